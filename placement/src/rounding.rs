@@ -1,0 +1,215 @@
+//! Breadth-first randomized rounding (seed 004, after Even, Rost and Schmid).
+//!
+//! The root sits on the initiator. Each later unit is drawn among the hosts within its call's
+//! latency bound of its tree parent's host that can still take it, with probability falling
+//! exponentially in the policy's marginal cost: `exp(-(m - m_min) / T)` where `T` is the
+//! temperature times the spread between the mean and the smallest marginal. A dead end (no host
+//! can take a unit) restarts the round with fresh draws, a bounded number of times. `k`
+//! independent rounds run, each from its own reproducible stream, and the best plan wins.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::PlacementError;
+use crate::network::HostId;
+use crate::partial::Partial;
+use crate::plan::Plan;
+use crate::policy::Policy;
+use crate::problem::Problem;
+
+/// How hard randomized rounding tries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundingConfig {
+    /// Independent rounds; the best plan among them wins.
+    pub rounds: u32,
+    /// Restarts of one round after a dead end before the round is given up.
+    pub retries: u32,
+    /// 0 draws only among the best hosts; larger values spread the draw.
+    pub temperature: f64,
+    pub seed: u64,
+}
+
+impl Default for RoundingConfig {
+    fn default() -> Self {
+        Self {
+            rounds: 32,
+            retries: 8,
+            temperature: 0.3,
+            seed: 0,
+        }
+    }
+}
+
+/// The winning plan and how the rounds went.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub plan: Plan,
+    /// The round that produced the plan.
+    pub best_round: u32,
+    /// Rounds that ended with a complete plan.
+    pub feasible_rounds: u32,
+    /// Passes started, counting restarts after dead ends.
+    pub passes: u32,
+}
+
+/// Reusable buffers, so that rounds allocate nothing.
+struct Scratch {
+    candidates: Vec<HostId>,
+    weights: Vec<f64>,
+    probability: Vec<Option<f64>>,
+}
+
+/// Runs `cfg.rounds` rounds and returns the best plan, or says which task could not be placed
+/// in the pass that got furthest, and why.
+pub fn place(
+    problem: &Problem,
+    policy: &dyn Policy,
+    cfg: &RoundingConfig,
+) -> Result<Outcome, PlacementError> {
+    let mut partial = Partial::new(problem);
+    let mut scratch = Scratch {
+        candidates: Vec::new(),
+        weights: Vec::new(),
+        probability: vec![None; problem.units().len()],
+    };
+    let mut best: Option<(f64, u32, Plan)> = None;
+    let mut feasible_rounds = 0;
+    let mut passes = 0;
+    let mut furthest: Option<(usize, PlacementError)> = None;
+    for round in 0..cfg.rounds.max(1) {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        rng.set_stream(u64::from(round));
+        for _ in 0..=cfg.retries {
+            passes += 1;
+            partial.reset();
+            if one_pass(&mut partial, policy, cfg.temperature, &mut rng, &mut scratch) {
+                feasible_rounds += 1;
+                let objective = policy.objective(&partial);
+                if best.as_ref().is_none_or(|(b, _, _)| objective < *b) {
+                    let plan = Plan::from_partial(&partial, objective, &scratch.probability);
+                    best = Some((objective, round, plan));
+                }
+                break;
+            }
+            let depth = partial.placed();
+            if furthest.as_ref().is_none_or(|(d, _)| depth > *d) {
+                furthest = Some((depth, no_host(&partial)));
+            }
+        }
+    }
+    match (best, furthest) {
+        (Some((_, best_round, plan)), _) => Ok(Outcome {
+            plan,
+            best_round,
+            feasible_rounds,
+            passes,
+        }),
+        (None, Some((_, err))) => Err(err),
+        (None, None) => unreachable!("at least one pass ran and neither succeeded nor failed"),
+    }
+}
+
+/// The error for the unit `partial` could not place.
+pub(crate) fn no_host(partial: &Partial) -> PlacementError {
+    let unit = partial.problem.units()[partial.placed()];
+    let task = partial.problem.graph.task(unit.task);
+    let name = if task.replicas > 1 {
+        format!("{} (replica {} of {})", task.name, unit.replica + 1, task.replicas)
+    } else {
+        task.name.clone()
+    };
+    PlacementError::NoHost {
+        task: name,
+        why: partial.explain(),
+    }
+}
+
+/// Places every unit by weighted draws; false at a dead end, with the partial plan left there.
+fn one_pass(
+    partial: &mut Partial,
+    policy: &dyn Policy,
+    temperature: f64,
+    rng: &mut ChaCha8Rng,
+    s: &mut Scratch,
+) -> bool {
+    while !partial.is_complete() {
+        partial.candidates(&mut s.candidates);
+        if s.candidates.is_empty() {
+            return false;
+        }
+        s.weights.clear();
+        s.weights
+            .extend(s.candidates.iter().map(|&h| policy.marginal(partial, h)));
+        let (pick, p) = draw(&mut s.weights, temperature, rng);
+        s.probability[partial.placed()] = Some(p);
+        partial.place(s.candidates[pick]);
+    }
+    true
+}
+
+/// Turns marginals into weights in place and draws an index; returns it with its probability.
+fn draw(marginals: &mut [f64], temperature: f64, rng: &mut impl Rng) -> (usize, f64) {
+    let finite = marginals.iter().copied().filter(|m| m.is_finite());
+    let (min, sum, n) = finite.fold((f64::INFINITY, 0.0, 0usize), |(lo, s, n), m| {
+        (lo.min(m), s + m, n + 1)
+    });
+    if n == 0 {
+        // Every host is infinitely bad by the policy's measure: draw uniformly among them all.
+        let i = rng.random_range(0..marginals.len());
+        return (i, 1.0 / marginals.len() as f64);
+    }
+    let t = temperature * (sum / n as f64 - min);
+    for m in marginals.iter_mut() {
+        *m = if !m.is_finite() {
+            0.0
+        } else if t > 1e-12 {
+            (-(*m - min) / t).exp()
+        } else if *m <= min {
+            1.0
+        } else {
+            0.0
+        };
+    }
+    let total: f64 = marginals.iter().sum();
+    let mut x = rng.random::<f64>() * total;
+    let mut last = 0;
+    for (i, w) in marginals.iter().enumerate() {
+        if *w > 0.0 {
+            last = i;
+            if x < *w {
+                return (i, w / total);
+            }
+            x -= w;
+        }
+    }
+    (last, marginals[last] / total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draw_prefers_small_marginals_and_reports_probability() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut hits = [0u32; 3];
+        for _ in 0..2000 {
+            let mut m = [1.0, 2.0, 10.0];
+            let (i, p) = draw(&mut m, 0.5, &mut rng);
+            assert!(p > 0.0 && p <= 1.0);
+            hits[i] += 1;
+        }
+        assert!(hits[0] > hits[1] && hits[1] > hits[2], "{hits:?}");
+    }
+
+    #[test]
+    fn zero_temperature_only_draws_the_minimum() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..100 {
+            let mut m = [3.0, 1.0, 1.0, 2.0];
+            let (i, p) = draw(&mut m, 0.0, &mut rng);
+            assert!(i == 1 || i == 2);
+            assert!((p - 0.5).abs() < 1e-12);
+        }
+    }
+}
