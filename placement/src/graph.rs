@@ -128,8 +128,8 @@ impl CallGraph {
             )
     }
 
-    /// Tasks in breadth-first order from the root, each with the task that discovered it
-    /// (its tree parent) and the call between them.
+    /// Tasks in breadth-first order from the root (siblings by decreasing traffic), each with the
+    /// task that discovered it (its tree parent) and the call between them.
     pub fn bfs(&self) -> Result<Vec<(TaskId, Option<(TaskId, Call)>)>, GraphError> {
         let mut seen = vec![false; self.graph.node_count()];
         let mut order = Vec::with_capacity(self.graph.node_count());
@@ -138,13 +138,18 @@ impl CallGraph {
         queue.push_back((self.root, None));
         while let Some((task, parent)) = queue.pop_front() {
             order.push((task, parent));
-            // Children in insertion order so the walk is reproducible.
+            // Heaviest calls first, so the children that talk most claim the hosts nearest their
+            // parent; ties in insertion order so the walk is reproducible.
             let mut out: Vec<_> = self
                 .graph
                 .edges_directed(task, petgraph::Direction::Outgoing)
                 .map(|e| (e.id(), e.target(), *e.weight()))
                 .collect();
-            out.sort_by_key(|(id, _, _)| *id);
+            out.sort_by(|a, b| {
+                b.2.traffic_mbps
+                    .total_cmp(&a.2.traffic_mbps)
+                    .then(a.0.cmp(&b.0))
+            });
             for (_, child, call) in out {
                 if !seen[child.index()] {
                     seen[child.index()] = true;

@@ -19,7 +19,7 @@ pub fn place(problem: &Problem, policy: &dyn Policy) -> Result<Plan, PlacementEr
             .min_by(|a, b| a.0.total_cmp(&b.0));
         match best {
             Some((_, h)) => partial.place(h),
-            None => return Err(no_host(&partial)),
+            None => return Err(no_host(&partial, 0)),
         }
     }
     let objective = policy.objective(&partial);

@@ -124,6 +124,8 @@ pub struct Network {
     initiator: HostId,
     /// Per host, its measured links sorted by the other end.
     adjacency: Vec<Vec<(HostId, Link)>>,
+    /// Per host, the RTT of its shortest measured link.
+    nearest: Vec<Option<f64>>,
 }
 
 impl Network {
@@ -166,10 +168,15 @@ impl Network {
         for adj in &mut adjacency {
             adj.sort_by_key(|(o, _)| *o);
         }
+        let nearest = adjacency
+            .iter()
+            .map(|adj| adj.iter().map(|(_, l)| l.rtt_ms).min_by(f64::total_cmp))
+            .collect();
         Ok(Self {
             hosts,
             initiator,
             adjacency,
+            nearest,
         })
     }
 
@@ -206,6 +213,11 @@ impl Network {
     /// Measured links of `host`.
     pub fn links(&self, host: HostId) -> &[(HostId, Link)] {
         &self.adjacency[host.index()]
+    }
+
+    /// RTT of the shortest measured link of `host`: the least a call leaving it costs.
+    pub fn nearest_rtt(&self, host: HostId) -> Option<f64> {
+        self.nearest[host.index()]
     }
 
     pub fn link(&self, a: HostId, b: HostId) -> Option<&Link> {

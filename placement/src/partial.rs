@@ -83,6 +83,11 @@ impl<'p, 'a> Partial<'p, 'a> {
         self.max_util
     }
 
+    /// CPU millis and memory MiB the plan puts on `host`.
+    pub fn used(&self, host: HostId) -> (u64, u64) {
+        (self.used_cpu[host.index()], self.used_mem[host.index()])
+    }
+
     /// Utilisation of `host` (the larger of CPU and memory) if it also took `extra` (cpu, mem).
     pub fn util_with(&self, host: HostId, extra: (u64, u64)) -> f64 {
         let h = self.problem.net.host(host);
@@ -241,7 +246,7 @@ fn describe(r: Refusal, p: &Partial) -> String {
             let peers: Vec<String> = pr
                 .graph
                 .incident(unit.task)
-                .map(|(o, c)| format!("`{}` (bound {} ms)", pr.graph.task(o).name, c.latency_bound_ms))
+                .map(|(o, c)| format!("`{}` (bound {:.1} ms)", pr.graph.task(o).name, c.latency_bound_ms))
                 .collect();
             format!("are too far from, or of unknown distance to, the hosts of {}", peers.join(", "))
         }

@@ -67,12 +67,53 @@ fn latency_to_placed(p: &Partial, host: HostId) -> f64 {
     sum
 }
 
+/// One step of lookahead for the latency marginal: the next unit's callees that are not placed
+/// yet will either fit beside it on `host` (free) or leave it, paying at least the RTT of the
+/// host's shortest link (half the call's bound when the host has no measured link). Heaviest
+/// calls claim the room first. Without this, rounding fills the parent's host with light tasks
+/// and leaves no room for the heavy subtree behind them.
+fn latency_lookahead(p: &Partial, host: HostId) -> f64 {
+    let pr = p.problem;
+    let k = p.placed();
+    let unit = pr.units()[k];
+    let task = pr.graph.task(unit.task);
+    let h = pr.net.host(host);
+    let (cpu, mem) = p.used(host);
+    let mut room_cpu = h.free_cpu_millis.saturating_sub(cpu + task.demand.cpu_millis);
+    let mut room_mem = h.free_memory_mb.saturating_sub(mem + task.demand.memory_mb);
+    let mut later: Vec<(f64, &crate::graph::Call, &crate::graph::Task)> = pr
+        .graph
+        .incident(unit.task)
+        .filter(|(other, _)| pr.unit_of(*other, 0) > k)
+        .map(|(other, call)| {
+            let o = pr.graph.task(other);
+            (call.traffic_mbps / (task.replicas * o.replicas) as f64, call, o)
+        })
+        .collect();
+    later.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut cost = 0.0;
+    for (share, call, other) in later {
+        let d = &other.demand;
+        if d.cpu_millis <= room_cpu && d.memory_mb <= room_mem && d.labels.is_subset(&h.labels) {
+            room_cpu -= d.cpu_millis;
+            room_mem -= d.memory_mb;
+        } else {
+            let leave = pr
+                .net
+                .nearest_rtt(host)
+                .unwrap_or(call.latency_bound_ms / 2.0);
+            cost += share * leave;
+        }
+    }
+    cost
+}
+
 impl Policy for Latency {
     fn name(&self) -> String {
         "latency".into()
     }
     fn marginal(&self, p: &Partial, host: HostId) -> f64 {
-        latency_to_placed(p, host)
+        latency_to_placed(p, host) + latency_lookahead(p, host)
     }
     fn objective(&self, p: &Partial) -> f64 {
         let pr = p.problem;

@@ -22,8 +22,11 @@ use crate::problem::Problem;
 pub struct RoundingConfig {
     /// Independent rounds; the best plan among them wins.
     pub rounds: u32,
-    /// Restarts of one round after a dead end before the round is given up.
-    pub retries: u32,
+    /// Draws undone and redrawn elsewhere after dead ends, per pass.
+    pub backtracks: u32,
+    /// Fresh passes of one round after a pass fails, each drawing more widely, before the round
+    /// is given up.
+    pub restarts: u32,
     /// 0 draws only among the best hosts; larger values spread the draw.
     pub temperature: f64,
     pub seed: u64,
@@ -33,7 +36,8 @@ impl Default for RoundingConfig {
     fn default() -> Self {
         Self {
             rounds: 32,
-            retries: 8,
+            backtracks: 32,
+            restarts: 3,
             temperature: 0.3,
             seed: 0,
         }
@@ -57,6 +61,8 @@ struct Scratch {
     candidates: Vec<HostId>,
     weights: Vec<f64>,
     probability: Vec<Option<f64>>,
+    /// Per unit, hosts that led to a dead end in this pass.
+    banned: Vec<Vec<HostId>>,
 }
 
 /// Runs `cfg.rounds` rounds and returns the best plan, or says which task could not be placed
@@ -71,6 +77,7 @@ pub fn place(
         candidates: Vec::new(),
         weights: Vec::new(),
         probability: vec![None; problem.units().len()],
+        banned: vec![Vec::new(); problem.units().len()],
     };
     let mut best: Option<(f64, u32, Plan)> = None;
     let mut feasible_rounds = 0;
@@ -79,10 +86,12 @@ pub fn place(
     for round in 0..cfg.rounds.max(1) {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         rng.set_stream(u64::from(round));
-        for _ in 0..=cfg.retries {
+        for restart in 0..=cfg.restarts {
             passes += 1;
             partial.reset();
-            if one_pass(&mut partial, policy, cfg.temperature, &mut rng, &mut scratch) {
+            let t = cfg.temperature * f64::from(1 + restart);
+            let pass = one_pass(&mut partial, policy, t, cfg.backtracks, &mut rng, &mut scratch);
+            if pass.is_ok() {
                 feasible_rounds += 1;
                 let objective = policy.objective(&partial);
                 if best.as_ref().is_none_or(|(b, _, _)| objective < *b) {
@@ -93,7 +102,8 @@ pub fn place(
             }
             let depth = partial.placed();
             if furthest.as_ref().is_none_or(|(d, _)| depth > *d) {
-                furthest = Some((depth, no_host(&partial)));
+                let dropped = pass.err().unwrap_or(0);
+                furthest = Some((depth, no_host(&partial, dropped)));
             }
         }
     }
@@ -109,8 +119,9 @@ pub fn place(
     }
 }
 
-/// The error for the unit `partial` could not place.
-pub(crate) fn no_host(partial: &Partial) -> PlacementError {
+/// The error for the unit `partial` could not place; `dropped` hosts could take it but were
+/// given up because they led to dead ends further on.
+pub(crate) fn no_host(partial: &Partial, dropped: usize) -> PlacementError {
     let unit = partial.problem.units()[partial.placed()];
     let task = partial.problem.graph.task(unit.task);
     let name = if task.replicas > 1 {
@@ -118,33 +129,54 @@ pub(crate) fn no_host(partial: &Partial) -> PlacementError {
     } else {
         task.name.clone()
     };
-    PlacementError::NoHost {
-        task: name,
-        why: partial.explain(),
+    let mut why = partial.explain();
+    if dropped > 0 {
+        why = format!(
+            "{why}; {dropped} more could take it but every draw through them ended at a dead end"
+        );
     }
+    PlacementError::NoHost { task: name, why }
 }
 
-/// Places every unit by weighted draws; false at a dead end, with the partial plan left there.
+/// Places every unit by weighted draws. At a dead end it undoes the previous draw and draws
+/// again without the host that led there, at most `backtracks` times in the pass. If the pass
+/// still ends at a dead end, the partial plan is left there and the error counts the hosts that
+/// could take the stuck unit but were dropped because they led to dead ends further on.
 fn one_pass(
     partial: &mut Partial,
     policy: &dyn Policy,
     temperature: f64,
+    mut backtracks: u32,
     rng: &mut ChaCha8Rng,
     s: &mut Scratch,
-) -> bool {
+) -> Result<(), usize> {
+    for banned in &mut s.banned {
+        banned.clear();
+    }
     while !partial.is_complete() {
+        let k = partial.placed();
         partial.candidates(&mut s.candidates);
+        let banned = &s.banned[k];
+        s.candidates.retain(|h| !banned.contains(h));
         if s.candidates.is_empty() {
-            return false;
+            if backtracks == 0 || k <= 1 {
+                return Err(s.banned[k].len());
+            }
+            backtracks -= 1;
+            s.banned[k].clear();
+            let undone = partial.hosts()[k - 1];
+            partial.unplace();
+            s.banned[k - 1].push(undone);
+            continue;
         }
         s.weights.clear();
         s.weights
             .extend(s.candidates.iter().map(|&h| policy.marginal(partial, h)));
         let (pick, p) = draw(&mut s.weights, temperature, rng);
-        s.probability[partial.placed()] = Some(p);
+        s.probability[k] = Some(p);
         partial.place(s.candidates[pick]);
     }
-    true
+    Ok(())
 }
 
 /// Turns marginals into weights in place and draws an index; returns it with its probability.
