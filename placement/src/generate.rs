@@ -110,7 +110,11 @@ pub fn network(spec: &NetSpec, rng: &mut impl Rng) -> Network {
         }
         order.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
         for &(predicted, j) in &order[..k] {
-            if j < i && links.iter().any(|(a, b, _): &(usize, usize, Link)| *a == j && *b == i) {
+            if j < i
+                && links
+                    .iter()
+                    .any(|(a, b, _): &(usize, usize, Link)| *a == j && *b == i)
+            {
                 continue;
             }
             let bw = hosts[i].bandwidth_mbps.min(hosts[j].bandwidth_mbps);
@@ -186,7 +190,11 @@ pub fn call_graph(spec: &GraphSpec, rng: &mut impl Rng) -> CallGraph {
             t.replicas = 2;
         }
         if rng.random::<f64>() < spec.label_prob {
-            let l = if rng.random::<bool>() { "camera" } else { "gpu" };
+            let l = if rng.random::<bool>() {
+                "camera"
+            } else {
+                "gpu"
+            };
             t.demand.labels.insert(l.to_string());
         }
         t.stateful = rng.random::<bool>();
@@ -217,7 +225,11 @@ pub fn call_graph(spec: &GraphSpec, rng: &mut impl Rng) -> CallGraph {
 fn random_call(spec: &GraphSpec, rng: &mut impl Rng) -> Call {
     let (lo, hi) = spec.bound_ms;
     Call {
-        latency_bound_ms: if hi > lo { rng.random_range(lo..hi) } else { lo },
+        latency_bound_ms: if hi > lo {
+            rng.random_range(lo..hi)
+        } else {
+            lo
+        },
         traffic_mbps: rng.random_range(0.1..20.0),
     }
 }

@@ -33,8 +33,13 @@ pub struct Coord {
 impl Coord {
     /// Predicted RTT between two coordinates, in ms.
     pub fn rtt(&self, other: &Coord) -> f64 {
-        ((self.x - other.x).powi(2) + (self.y - other.y).powi(2)).sqrt() + self.height + other.height
+        // Heights are summed first so that the result is the same bits in both directions.
+        planar(self.x - other.x, self.y - other.y) + (self.height + other.height)
     }
+}
+
+fn planar(dx: f64, dy: f64) -> f64 {
+    (dx * dx + dy * dy).sqrt()
 }
 
 /// A device that may run tasks.
@@ -87,7 +92,9 @@ impl Host {
             })
         };
         if self.free_cpu_millis > self.cpu_millis || self.free_memory_mb > self.memory_mb {
-            return bad("free resources exceed the total: free cpu/memory must be at most the total");
+            return bad(
+                "free resources exceed the total: free cpu/memory must be at most the total",
+            );
         }
         if !(self.reliability > 0.0 && self.reliability <= 1.0) {
             return bad("reliability must be in (0, 1]");
@@ -126,6 +133,12 @@ pub struct Network {
     adjacency: Vec<Vec<(HostId, Link)>>,
     /// Per host, the RTT of its shortest measured link.
     nearest: Vec<Option<f64>>,
+    /// Coordinates apart from the hosts, so that scanning every host stays in cache.
+    coords: Vec<Option<Coord>>,
+    /// The same coordinates as columns (NaN where a host has none), for [`Network::within`].
+    xs: Vec<f64>,
+    ys: Vec<f64>,
+    heights: Vec<f64>,
 }
 
 impl Network {
@@ -156,7 +169,9 @@ impl Network {
             if !(link.rtt_ms.is_finite() && link.rtt_ms >= 0.0 && link.bandwidth_mbps >= 0.0) {
                 return Err(NetworkError::BadHost {
                     host: a,
-                    what: format!("the link to `{b}` needs a finite rtt_ms >= 0 and bandwidth >= 0"),
+                    what: format!(
+                        "the link to `{b}` needs a finite rtt_ms >= 0 and bandwidth >= 0"
+                    ),
                 });
             }
             for (x, y) in [(ia, ib), (ib, ia)] {
@@ -172,11 +187,22 @@ impl Network {
             .iter()
             .map(|adj| adj.iter().map(|(_, l)| l.rtt_ms).min_by(f64::total_cmp))
             .collect();
+        let coords: Vec<Option<Coord>> = hosts.iter().map(|h| h.coord).collect();
+        let column = |f: fn(&Coord) -> f64| {
+            coords
+                .iter()
+                .map(|c| c.as_ref().map_or(f64::NAN, f))
+                .collect()
+        };
         Ok(Self {
+            xs: column(|c| c.x),
+            ys: column(|c| c.y),
+            heights: column(|c| c.height),
             hosts,
             initiator,
             adjacency,
             nearest,
+            coords,
         })
     }
 
@@ -239,6 +265,44 @@ impl Network {
         match (&self.hosts[a.index()].coord, &self.hosts[b.index()].coord) {
             (Some(x), Some(y)) => Some(x.rtt(y)),
             _ => None,
+        }
+    }
+
+    /// Every host whose RTT from `from` is at most `bound_ms`, `from` first: the same answer as
+    /// testing [`Network::rtt`] on every host, in one pass over the coordinates.
+    pub fn within(&self, from: HostId, bound_ms: f64, out: &mut Vec<HostId>) {
+        out.clear();
+        out.push(from);
+        let f = from.index();
+        if let Some(o) = self.coords[f] {
+            // Branchless: write every index, advance only past those in reach. Hosts without a
+            // coordinate are NaN and never compare as in reach.
+            let n = self.xs.len();
+            out.resize(n + 1, from);
+            let mut len = 1;
+            for (i, ((x, y), h)) in self.xs.iter().zip(&self.ys).zip(&self.heights).enumerate() {
+                let rtt = planar(o.x - x, o.y - y) + (o.height + h);
+                out[len] = HostId(i as u32);
+                len += usize::from(rtt <= bound_ms && i != f);
+            }
+            out.truncate(len);
+        }
+        // Measured links override the coordinates' prediction, both ways.
+        let mut wrong = Vec::new();
+        for (other, link) in self.links(from) {
+            let predicted = match (&self.coords[from.index()], &self.coords[other.index()]) {
+                (Some(a), Some(b)) => a.rtt(b) <= bound_ms,
+                _ => false,
+            };
+            let measured = link.rtt_ms <= bound_ms;
+            if measured && !predicted {
+                out.push(*other);
+            } else if predicted && !measured {
+                wrong.push(*other);
+            }
+        }
+        if !wrong.is_empty() {
+            out.retain(|h| !wrong.contains(h));
         }
     }
 

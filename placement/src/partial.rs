@@ -153,23 +153,20 @@ impl<'p, 'a> Partial<'p, 'a> {
         if self.used_mem[i] + task.demand.memory_mb > h.free_memory_mb {
             return Err(Refusal::Memory);
         }
-        if p
-            .units_of(unit.task)
+        if p.units_of(unit.task)
             .take_while(|&u| u < k)
             .any(|u| self.host_of[u] == host)
         {
             return Err(Refusal::Replica);
         }
-        for (other, call) in p.graph.incident(unit.task) {
-            let share = call.traffic_mbps
-                / (task.replicas as f64 * p.graph.task(other).replicas as f64);
-            for u in p.units_of(other).take_while(|&u| u < k) {
+        for partner in p.partners(unit.task) {
+            for u in p.units_of(partner.task).take_while(|&u| u < k) {
                 let there = self.host_of[u];
                 match p.net.rtt(host, there) {
-                    Some(rtt) if rtt <= call.latency_bound_ms => {}
+                    Some(rtt) if rtt <= partner.call.latency_bound_ms => {}
                     _ => return Err(Refusal::Latency),
                 }
-                if share > p.net.bandwidth(host, there) {
+                if partner.share > p.net.bandwidth(host, there) {
                     return Err(Refusal::Bandwidth);
                 }
             }
@@ -177,29 +174,87 @@ impl<'p, 'a> Partial<'p, 'a> {
         Ok(())
     }
 
-    /// Hosts the next unit may take. The root goes on the initiator; any other unit is drawn from
-    /// the hosts within its call's latency bound of its tree parent's first replica.
-    pub fn candidates(&self, out: &mut Vec<HostId>) {
-        out.clear();
+    /// Hosts within the next unit's call bound of its tree parent's first replica (the initiator
+    /// alone for the root), before any other check. The parent's own host comes first.
+    pub fn reachable(&self, out: &mut Vec<HostId>) {
         let p = self.problem;
         let unit = &p.units()[self.host_of.len()];
         match unit.parent {
             None => {
-                let init = p.net.initiator();
-                if self.check(init).is_ok() {
-                    out.push(init);
-                }
+                out.clear();
+                out.push(p.net.initiator());
             }
             Some((parent, call)) => {
                 let from = self.host_of[p.unit_of(parent, 0)];
-                for (host, _) in p.net.hosts() {
-                    if matches!(p.net.rtt(from, host), Some(r) if r <= call.latency_bound_ms)
-                        && self.check(host).is_ok()
-                    {
-                        out.push(host);
-                    }
+                p.net.within(from, call.latency_bound_ms, out);
+            }
+        }
+    }
+
+    /// Every host the next unit may take: [`Partial::reachable`] hosts that pass [`Partial::check`].
+    pub fn candidates(&self, out: &mut Vec<HostId>) {
+        self.reachable(out);
+        out.retain(|&h| self.check(h).is_ok());
+    }
+
+    /// At most about `cap` hosts the next unit may take, for large networks. When at least `cap`
+    /// hosts are in reach, the draw weighs the parent's host, its measured neighbours in reach
+    /// and a uniform sample of `cap` others, found by drawing random hosts and keeping those in
+    /// reach; that costs `cap` divided by the fraction in reach instead of a scan of every host.
+    /// When the sample does not fill up quickly, every reachable host is listed, and if no
+    /// sampled host can take the unit, every reachable host is tried, so the cap never turns a
+    /// feasible unit into a dead end.
+    pub fn sample_candidates(&self, cap: usize, rng: &mut impl rand::Rng, out: &mut Vec<HostId>) {
+        let p = self.problem;
+        let unit = &p.units()[self.host_of.len()];
+        let n = p.net.len();
+        let Some((parent, call)) = unit.parent.filter(|_| cap > 0 && n > 4 * cap) else {
+            return self.candidates(out);
+        };
+        let from = self.host_of[p.unit_of(parent, 0)];
+        let bound = call.latency_bound_ms;
+        let mut chosen = vec![from];
+        chosen.extend(
+            p.net
+                .links(from)
+                .iter()
+                .filter(|(_, l)| l.rtt_ms <= bound)
+                .map(|(h, _)| *h),
+        );
+        let front = chosen.len();
+        let mut sampled = 0;
+        for _ in 0..8 * cap {
+            if sampled == cap {
+                break;
+            }
+            let h = HostId(rng.random_range(0..n) as u32);
+            if matches!(p.net.rtt(from, h), Some(r) if r <= bound) && !chosen.contains(&h) {
+                chosen.push(h);
+                sampled += 1;
+            }
+        }
+        if sampled < cap {
+            // Few hosts in reach, or a thin fraction of the network: list them all.
+            self.reachable(out);
+            if out.len() <= cap + front {
+                out.retain(|&h| self.check(h).is_ok());
+                return;
+            }
+            chosen.truncate(front);
+            let m = out.len();
+            for i in 1..m.min(cap + 1) {
+                let j = rng.random_range(i..m);
+                out.swap(i, j);
+                if !chosen[..front].contains(&out[i]) {
+                    chosen.push(out[i]);
                 }
             }
+        }
+        chosen.retain(|&h| self.check(h).is_ok());
+        if chosen.is_empty() {
+            self.candidates(out);
+        } else {
+            *out = chosen;
         }
     }
 
@@ -244,15 +299,29 @@ fn describe(r: Refusal, p: &Partial) -> String {
     match r {
         Refusal::Latency => {
             let peers: Vec<String> = pr
-                .graph
-                .incident(unit.task)
-                .map(|(o, c)| format!("`{}` (bound {:.1} ms)", pr.graph.task(o).name, c.latency_bound_ms))
+                .partners(unit.task)
+                .iter()
+                .map(|x| {
+                    format!(
+                        "`{}` (bound {:.1} ms)",
+                        pr.graph.task(x.task).name,
+                        x.call.latency_bound_ms
+                    )
+                })
                 .collect();
-            format!("are too far from, or of unknown distance to, the hosts of {}", peers.join(", "))
+            format!(
+                "are too far from, or of unknown distance to, the hosts of {}",
+                peers.join(", ")
+            )
         }
         Refusal::Label => format!(
             "lack one of the labels [{}]",
-            task.demand.labels.iter().cloned().collect::<Vec<_>>().join(", ")
+            task.demand
+                .labels
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Refusal::Cpu => format!("lack {} free millicpu", task.demand.cpu_millis),
         Refusal::Memory => format!("lack {} MiB free memory", task.demand.memory_mb),

@@ -37,9 +37,7 @@ impl Plan {
             .map(|(k, u)| {
                 let host = p.hosts()[k];
                 let parent_rtt_ms = u.parent.and_then(|(parent, _)| {
-                    problem
-                        .net
-                        .rtt(p.hosts()[problem.unit_of(parent, 0)], host)
+                    problem.net.rtt(p.hosts()[problem.unit_of(parent, 0)], host)
                 });
                 Placement {
                     task: u.task,
@@ -100,7 +98,10 @@ impl Plan {
                     out.push(format!("{}/{r} on a host without its labels", task.name));
                 }
                 if reps[..r].contains(&Some(*h)) {
-                    out.push(format!("{}/{r} shares a host with another replica", task.name));
+                    out.push(format!(
+                        "{}/{r} shares a host with another replica",
+                        task.name
+                    ));
                 }
             }
         }

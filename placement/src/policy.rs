@@ -56,53 +56,61 @@ fn latency_to_placed(p: &Partial, host: HostId) -> f64 {
     let pr = p.problem;
     let k = p.placed();
     let task = pr.units()[k].task;
-    let reps = pr.graph.task(task).replicas as f64;
     let mut sum = 0.0;
-    for (other, call) in pr.graph.incident(task) {
-        let share = call.traffic_mbps / (reps * pr.graph.task(other).replicas as f64);
-        for u in pr.units_of(other).take_while(|&u| u < k) {
-            sum += share * pr.net.rtt(host, p.hosts()[u]).unwrap_or(f64::INFINITY);
+    for partner in pr.partners(task) {
+        for u in pr.units_of(partner.task).take_while(|&u| u < k) {
+            sum += partner.share * pr.net.rtt(host, p.hosts()[u]).unwrap_or(f64::INFINITY);
         }
     }
     sum
 }
 
-/// One step of lookahead for the latency marginal: the next unit's callees that are not placed
-/// yet will either fit beside it on `host` (free) or leave it, paying at least the RTT of the
-/// host's shortest link (half the call's bound when the host has no measured link). Heaviest
-/// calls claim the room first. Without this, rounding fills the parent's host with light tasks
-/// and leaves no room for the heavy subtree behind them.
+/// Lookahead for the latency marginal. The next unit's breadth-first subtree is not placed yet;
+/// its tasks will sit beside it on `host` while they fit there (in breadth-first order, one
+/// replica each), and each tree call that leaves `host` pays at least the RTT of the host's
+/// shortest measured link (half the call's bound when the host has none). Without this,
+/// rounding fills the parent's host with light tasks and leaves no room for the heavy subtree
+/// behind them. Only the first replica of a task looks ahead; later ones follow it.
 fn latency_lookahead(p: &Partial, host: HostId) -> f64 {
     let pr = p.problem;
-    let k = p.placed();
-    let unit = pr.units()[k];
-    let task = pr.graph.task(unit.task);
+    let unit = pr.units()[p.placed()];
+    if unit.replica > 0 {
+        return 0.0;
+    }
+    let subtree = pr.subtree(unit.task);
     let h = pr.net.host(host);
     let (cpu, mem) = p.used(host);
-    let mut room_cpu = h.free_cpu_millis.saturating_sub(cpu + task.demand.cpu_millis);
-    let mut room_mem = h.free_memory_mb.saturating_sub(mem + task.demand.memory_mb);
-    let mut later: Vec<(f64, &crate::graph::Call, &crate::graph::Task)> = pr
-        .graph
-        .incident(unit.task)
-        .filter(|(other, _)| pr.unit_of(*other, 0) > k)
-        .map(|(other, call)| {
-            let o = pr.graph.task(other);
-            (call.traffic_mbps / (task.replicas * o.replicas) as f64, call, o)
-        })
-        .collect();
-    later.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let d0 = &pr.graph.task(unit.task).demand;
+    let mut room_cpu = h.free_cpu_millis.saturating_sub(cpu + d0.cpu_millis);
+    let mut room_mem = h.free_memory_mb.saturating_sub(mem + d0.memory_mb);
+    let leave = pr.net.nearest_rtt(host);
+    // Bit i: descendant i sits on `host`.
+    let mut on_host: u64 = 1;
     let mut cost = 0.0;
-    for (share, call, other) in later {
-        let d = &other.demand;
-        if d.cpu_millis <= room_cpu && d.memory_mb <= room_mem && d.labels.is_subset(&h.labels) {
-            room_cpu -= d.cpu_millis;
-            room_mem -= d.memory_mb;
-        } else {
-            let leave = pr
-                .net
-                .nearest_rtt(host)
-                .unwrap_or(call.latency_bound_ms / 2.0);
-            cost += share * leave;
+    for (i, d) in subtree.iter().enumerate().skip(1) {
+        if on_host & (1 << d.parent) == 0 {
+            continue;
+        }
+        let task = pr.graph.task(d.task);
+        let need = &task.demand;
+        let fits = need.cpu_millis <= room_cpu
+            && need.memory_mb <= room_mem
+            && need.labels.is_subset(&h.labels);
+        let parent_reps = f64::from(pr.graph.task(subtree[d.parent].task).replicas);
+        let mut away = f64::from(task.replicas);
+        if fits {
+            room_cpu -= need.cpu_millis;
+            room_mem -= need.memory_mb;
+            on_host |= 1 << i;
+            away -= 1.0;
+        }
+        if away > 0.0 {
+            let bound = pr
+                .partners(d.task)
+                .iter()
+                .find(|x| x.task == subtree[d.parent].task)
+                .map_or(0.0, |x| x.call.latency_bound_ms);
+            cost += d.share * away * parent_reps * leave.unwrap_or(bound / 2.0);
         }
     }
     cost
@@ -138,7 +146,11 @@ impl Policy for LoadBalance {
         "load".into()
     }
     fn marginal(&self, p: &Partial, host: HostId) -> f64 {
-        let d = &p.problem.graph.task(p.problem.units()[p.placed()].task).demand;
+        let d = &p
+            .problem
+            .graph
+            .task(p.problem.units()[p.placed()].task)
+            .demand;
         let after = p.util_with(host, (d.cpu_millis, d.memory_mb));
         // The rise of the maximum, plus a little of the host's own level so that among hosts
         // that leave the maximum alone the emptier ones are preferred.

@@ -17,6 +17,29 @@ pub struct Unit {
     pub parent: Option<(TaskId, Call)>,
 }
 
+/// A call seen from one of its ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Partner {
+    /// The task at the other end.
+    pub task: TaskId,
+    pub call: Call,
+    /// The call's traffic divided among the pairs of replicas of both ends, in Mbit/s.
+    pub share: f64,
+}
+
+/// A task below another in the breadth-first tree, for lookahead.
+#[derive(Debug, Clone, Copy)]
+pub struct Descendant {
+    pub task: TaskId,
+    /// Position of its tree parent in the same list; 0 is the task whose subtree this is.
+    pub parent: usize,
+    /// Traffic share of the call from its tree parent, per pair of replicas.
+    pub share: f64,
+}
+
+/// How many descendants lookahead considers per task.
+pub const LOOKAHEAD: usize = 63;
+
 /// A validated graph and network, with units in breadth-first order.
 #[derive(Debug)]
 pub struct Problem<'a> {
@@ -25,6 +48,10 @@ pub struct Problem<'a> {
     units: Vec<Unit>,
     /// Per task index, the position of its replica 0 in `units`.
     first_unit: Vec<usize>,
+    /// Per task index, its calls in both directions, heaviest share first.
+    partners: Vec<Vec<Partner>>,
+    /// Per task index, its breadth-first subtree (itself first), at most `LOOKAHEAD + 1` long.
+    subtrees: Vec<Vec<Descendant>>,
 }
 
 impl<'a> Problem<'a> {
@@ -42,12 +69,72 @@ impl<'a> Problem<'a> {
                 });
             }
         }
+        let partners = graph
+            .tasks()
+            .map(|(id, t)| {
+                let mut v: Vec<Partner> = graph
+                    .incident(id)
+                    .map(|(other, call)| Partner {
+                        task: other,
+                        call: *call,
+                        share: call.traffic_mbps
+                            / (f64::from(t.replicas) * f64::from(graph.task(other).replicas)),
+                    })
+                    .collect();
+                v.sort_by(|a, b| b.share.total_cmp(&a.share));
+                v
+            })
+            .collect();
+        let order = graph.bfs()?;
+        let mut children: Vec<Vec<(TaskId, f64)>> = vec![Vec::new(); graph.task_count()];
+        for (task, parent) in &order {
+            if let Some((p, call)) = parent {
+                let reps = graph.task(*p).replicas * graph.task(*task).replicas;
+                children[p.index()].push((*task, call.traffic_mbps / f64::from(reps)));
+            }
+        }
+        let subtrees = graph
+            .tasks()
+            .map(|(id, _)| {
+                let mut list = vec![Descendant {
+                    task: id,
+                    parent: 0,
+                    share: 0.0,
+                }];
+                let mut i = 0;
+                while i < list.len() && list.len() <= LOOKAHEAD {
+                    for &(c, share) in &children[list[i].task.index()] {
+                        if list.len() <= LOOKAHEAD {
+                            list.push(Descendant {
+                                task: c,
+                                parent: i,
+                                share,
+                            });
+                        }
+                    }
+                    i += 1;
+                }
+                list
+            })
+            .collect();
         Ok(Self {
             graph,
             net,
             units,
             first_unit,
+            partners,
+            subtrees,
         })
+    }
+
+    /// `task` and the tasks below it in the breadth-first tree, each after its tree parent.
+    pub fn subtree(&self, task: TaskId) -> &[Descendant] {
+        &self.subtrees[task.index()]
+    }
+
+    /// Calls of `task` in both directions, heaviest share first.
+    pub fn partners(&self, task: TaskId) -> &[Partner] {
+        &self.partners[task.index()]
     }
 
     pub fn units(&self) -> &[Unit] {

@@ -4,15 +4,39 @@
 use brume_placement::exact::{self, Exact};
 use brume_placement::generate::{self, GraphSpec, NetSpec, Shape};
 use brume_placement::policy::{self, Latency};
-use brume_placement::{greedy, rounding, Call, CallGraph, Host, Link, Network, Problem, RoundingConfig, Task};
+use brume_placement::{
+    greedy, rounding, Call, CallGraph, Host, Link, Network, Problem, RoundingConfig, Task,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 fn line_net() -> Network {
     // h0 - h1 - h2 in a line, 10 ms apart, measured links only (no coordinates).
-    let hosts = vec![Host::new("h0", 1000, 1024), Host::new("h1", 1000, 1024), Host::new("h2", 4000, 8192)];
-    let l = |a: &str, b: &str, rtt| (a.to_string(), b.to_string(), Link { rtt_ms: rtt, bandwidth_mbps: 100.0 });
-    Network::new(hosts, "h0", vec![l("h0", "h1", 10.0), l("h1", "h2", 10.0), l("h0", "h2", 20.0)]).unwrap()
+    let hosts = vec![
+        Host::new("h0", 1000, 1024),
+        Host::new("h1", 1000, 1024),
+        Host::new("h2", 4000, 8192),
+    ];
+    let l = |a: &str, b: &str, rtt| {
+        (
+            a.to_string(),
+            b.to_string(),
+            Link {
+                rtt_ms: rtt,
+                bandwidth_mbps: 100.0,
+            },
+        )
+    };
+    Network::new(
+        hosts,
+        "h0",
+        vec![
+            l("h0", "h1", 10.0),
+            l("h1", "h2", 10.0),
+            l("h0", "h2", 20.0),
+        ],
+    )
+    .unwrap()
 }
 
 #[test]
@@ -23,13 +47,27 @@ fn root_on_initiator_and_bounds_respected() {
     let mut trainer = Task::new("trainer", 400, 400);
     trainer.replicas = 2;
     let t = g.add_task(trainer);
-    g.add_call(root, t, Call { latency_bound_ms: 15.0, traffic_mbps: 1.0 });
+    g.add_call(
+        root,
+        t,
+        Call {
+            latency_bound_ms: 15.0,
+            traffic_mbps: 1.0,
+        },
+    );
     let problem = Problem::new(&g, &net).unwrap();
     let out = rounding::place(&problem, &Latency, &RoundingConfig::default()).unwrap();
-    assert!(out.plan.violations(&problem).is_empty(), "{:?}", out.plan.violations(&problem));
+    assert!(
+        out.plan.violations(&problem).is_empty(),
+        "{:?}",
+        out.plan.violations(&problem)
+    );
     assert_eq!(out.plan.host_of(root, 0), net.find("h0"));
     // h2 is 20 ms away, beyond the bound, so the two replicas take h0 and h1, one each.
-    let mut hosts = [out.plan.host_of(t, 0).unwrap(), out.plan.host_of(t, 1).unwrap()];
+    let mut hosts = [
+        out.plan.host_of(t, 0).unwrap(),
+        out.plan.host_of(t, 1).unwrap(),
+    ];
     hosts.sort();
     assert_eq!(hosts, [net.find("h0").unwrap(), net.find("h1").unwrap()]);
 }
@@ -42,13 +80,23 @@ fn infeasible_names_task_and_reason() {
     let mut trainer = Task::new("trainer", 800, 512);
     trainer.replicas = 3;
     let t = g.add_task(trainer);
-    g.add_call(root, t, Call { latency_bound_ms: 15.0, traffic_mbps: 1.0 });
+    g.add_call(
+        root,
+        t,
+        Call {
+            latency_bound_ms: 15.0,
+            traffic_mbps: 1.0,
+        },
+    );
     let problem = Problem::new(&g, &net).unwrap();
     let err = rounding::place(&problem, &Latency, &RoundingConfig::default()).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("trainer"), "{msg}");
     assert!(msg.contains("too far"), "{msg}");
-    assert!(matches!(exact::solve(&problem, &Latency, 1_000_000).result, Exact::Infeasible));
+    assert!(matches!(
+        exact::solve(&problem, &Latency, 1_000_000).result,
+        Exact::Infeasible
+    ));
 }
 
 #[test]
@@ -62,13 +110,36 @@ fn rounding_close_to_exact_on_random_small_instances() {
         for name in ["latency", "load", "energy", "cost", "reliability"] {
             let pol = policy::by_name(name).unwrap();
             let ex = exact::solve(&problem, pol.as_ref(), 5_000_000);
-            let r = rounding::place(&problem, pol.as_ref(), &RoundingConfig { seed, temperature: std::env::var("T").map(|t| t.parse().unwrap()).unwrap_or(0.3), ..Default::default() });
+            let r = rounding::place(
+                &problem,
+                pol.as_ref(),
+                &RoundingConfig {
+                    seed,
+                    temperature: std::env::var("T")
+                        .map(|t| t.parse().unwrap())
+                        .unwrap_or(0.3),
+                    ..Default::default()
+                },
+            );
             match ex.result {
                 Exact::Optimal(opt) => {
-                    let plan = match r { Ok(o) => o.plan, Err(e) => { eprintln!("seed {seed} {name}: exact found a plan, rounding: {e}"); continue } };
+                    let plan = match r {
+                        Ok(o) => o.plan,
+                        Err(e) => {
+                            eprintln!("seed {seed} {name}: exact found a plan, rounding: {e}");
+                            continue;
+                        }
+                    };
                     assert!(plan.violations(&problem).is_empty());
-                    assert!(plan.objective >= opt.objective - 1e-9, "{name}: beat the optimum");
-                    let ratio = if (plan.objective - opt.objective).abs() < 1e-9 { 1.0 } else { plan.objective / opt.objective };
+                    assert!(
+                        plan.objective >= opt.objective - 1e-9,
+                        "{name}: beat the optimum"
+                    );
+                    let ratio = if (plan.objective - opt.objective).abs() < 1e-9 {
+                        1.0
+                    } else {
+                        plan.objective / opt.objective
+                    };
                     ratios.push((name, ratio));
                     if let Ok(gp) = greedy::place(&problem, pol.as_ref()) {
                         assert!(gp.objective >= opt.objective - 1e-9);
@@ -80,8 +151,16 @@ fn rounding_close_to_exact_on_random_small_instances() {
         }
     }
     for name in ["latency", "load", "energy", "cost", "reliability"] {
-        let v: Vec<f64> = ratios.iter().filter(|(n, _)| *n == name).map(|(_, r)| *r).collect();
+        let v: Vec<f64> = ratios
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, r)| *r)
+            .collect();
         let mean = v.iter().sum::<f64>() / v.len() as f64;
-        eprintln!("{name}: n={} mean ratio {mean:.4} max {:.4}", v.len(), v.iter().cloned().fold(0.0, f64::max));
+        eprintln!(
+            "{name}: n={} mean ratio {mean:.4} max {:.4}",
+            v.len(),
+            v.iter().cloned().fold(0.0, f64::max)
+        );
     }
 }
