@@ -102,7 +102,8 @@ fn infeasible_names_task_and_reason() {
 #[test]
 fn rounding_close_to_exact_on_random_small_instances() {
     let mut ratios = Vec::new();
-    for seed in 0..100u64 {
+    let mut misses = 0;
+    for seed in 0..40u64 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let net = generate::network(&NetSpec::new(20), &mut rng);
         let g = generate::call_graph(&GraphSpec::new(Shape::ALL[seed as usize % 4], 6), &mut rng);
