@@ -197,10 +197,11 @@ impl<'p, 'a> Partial<'p, 'a> {
         out.retain(|&h| self.check(h).is_ok());
     }
 
-    /// At most about `cap` hosts the next unit may take, for large networks. When at least `cap`
-    /// hosts are in reach, the draw weighs the parent's host, its measured neighbours in reach
-    /// and a uniform sample of `cap` others, found by drawing random hosts and keeping those in
-    /// reach; that costs `cap` divided by the fraction in reach instead of a scan of every host.
+    /// At most about `cap` hosts the next unit may take, for large networks. When many hosts are
+    /// in reach, the draw weighs the parent's host, its measured neighbours and theirs (the
+    /// overlay's own idea of near) within the bound, up to three quarters of `cap`, then fills
+    /// up with hosts drawn uniformly from the network and kept if in reach, for exploration;
+    /// that costs `cap` divided by the fraction in reach instead of a scan of every host.
     /// When the sample does not fill up quickly, every reachable host is listed, and if no
     /// sampled host can take the unit, every reachable host is tried, so the cap never turns a
     /// feasible unit into a dead end.
@@ -213,27 +214,32 @@ impl<'p, 'a> Partial<'p, 'a> {
         };
         let from = self.host_of[p.unit_of(parent, 0)];
         let bound = call.latency_bound_ms;
+        let in_reach = |h: HostId| matches!(p.net.rtt(from, h), Some(r) if r <= bound);
         let mut chosen = vec![from];
-        chosen.extend(
-            p.net
-                .links(from)
-                .iter()
-                .filter(|(_, l)| l.rtt_ms <= bound)
-                .map(|(h, _)| *h),
-        );
+        let local = cap * 3 / 4;
+        let mut hop = 0;
+        while hop < chosen.len() && chosen.len() < local && hop <= p.net.links(from).len() {
+            for (h, _) in p.net.links(chosen[hop]) {
+                if chosen.len() < local && in_reach(*h) && !chosen.contains(h) {
+                    chosen.push(*h);
+                }
+            }
+            hop += 1;
+        }
         let front = chosen.len();
+        let wanted = cap.saturating_sub(front).max(cap / 4);
         let mut sampled = 0;
         for _ in 0..8 * cap {
-            if sampled == cap {
+            if sampled == wanted {
                 break;
             }
             let h = HostId(rng.random_range(0..n) as u32);
-            if matches!(p.net.rtt(from, h), Some(r) if r <= bound) && !chosen.contains(&h) {
+            if in_reach(h) && !chosen.contains(&h) {
                 chosen.push(h);
                 sampled += 1;
             }
         }
-        if sampled < cap {
+        if sampled < wanted {
             // Few hosts in reach, or a thin fraction of the network: list them all.
             self.reachable(out);
             if out.len() <= cap + front {

@@ -3,7 +3,7 @@
 //! The root sits on the initiator. Each later unit is drawn among the hosts within its call's
 //! latency bound of its tree parent's host that can still take it, with probability falling
 //! exponentially in the policy's marginal cost: `exp(-(m - m_min) / T)` where `T` is the
-//! temperature times the spread between the mean and the smallest marginal. A dead end (no host
+//! temperature times the gap between the best and the fifth-best marginal. A dead end (no host
 //! can take a unit) undoes the previous draw and draws again without that host, a bounded number
 //! of times, then restarts the round with wider draws, a bounded number of times. `k` independent
 //! rounds run, each from its own reproducible stream, and the best plan wins.
@@ -22,6 +22,9 @@ use crate::problem::Problem;
 /// stay close to the best marginal with draws that explore (measured: better than any single
 /// temperature on the quality benchmark).
 const SCHEDULE: [f64; 3] = [0.5, 1.0, 2.0];
+
+/// The rank whose gap to the best sets the temperature's scale.
+const TOP: usize = 5;
 
 /// How hard randomized rounding tries.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -203,17 +206,24 @@ fn one_pass(
 }
 
 /// Turns marginals into weights in place and draws an index; returns it with its probability.
+///
+/// The temperature is scaled by the gap between the best and the fifth-best marginal, not by
+/// the spread of all of them: a crowd of poor far-away candidates must not flatten the draw.
 fn draw(marginals: &mut [f64], temperature: f64, rng: &mut impl Rng) -> (usize, f64) {
-    let finite = marginals.iter().copied().filter(|m| m.is_finite());
-    let (min, sum, n) = finite.fold((f64::INFINITY, 0.0, 0usize), |(lo, s, n), m| {
-        (lo.min(m), s + m, n + 1)
-    });
-    if n == 0 {
+    let mut finite: Vec<f64> = marginals
+        .iter()
+        .copied()
+        .filter(|m| m.is_finite())
+        .collect();
+    if finite.is_empty() {
         // Every host is infinitely bad by the policy's measure: draw uniformly among them all.
         let i = rng.random_range(0..marginals.len());
         return (i, 1.0 / marginals.len() as f64);
     }
-    let t = temperature * (sum / n as f64 - min);
+    let q = (finite.len() - 1).min(TOP - 1);
+    finite.select_nth_unstable_by(q, f64::total_cmp);
+    let min = finite[..=q].iter().copied().fold(f64::INFINITY, f64::min);
+    let t = temperature * (finite[q] - min);
     for m in marginals.iter_mut() {
         *m = if !m.is_finite() {
             0.0
