@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what brume's build and tests need, idempotently. Needs root (or sudo) only when
+# something is missing. Today: a Rust toolchain with rustfmt and clippy, a C compiler, and
+# Graphviz (for `brume map --dot`, rendered in tests of later issues).
+set -euo pipefail
+
+need=()
+command -v cc >/dev/null || need+=(build-essential)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v dot >/dev/null || need+=(graphviz)
+if ((${#need[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "error: cargo not found. Install Rust (https://rustup.rs), then run this again." >&2
+  exit 1
+fi
+if command -v rustup >/dev/null; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
