@@ -1,0 +1,12 @@
+//! The `brume` node program: the daemon and the command line every device runs.
+//!
+//! This crate is the only place that wires brume's pure parts to the world. Files the operator
+//! writes come in through [`manifest`] (a service: tasks and calls) and [`netfile`] (a network:
+//! hosts and links); both refuse bad input with the file, line and field at fault, and turn what
+//! they read into `brume_placement`'s `CallGraph` and `Network`. [`place`] runs a placer on
+//! those and [`report`] shows the plan to a person (a table that says why each task landed where
+//! it did) or to a program (JSON). [`bench`] holds the benchmark families of `brume bench`.
+
+pub mod bench;
+pub mod input_error;
+pub mod manifest;

@@ -1,0 +1,295 @@
+use super::*;
+
+const GOOD: &str = r#"
+[service]
+name = "fedavg"
+root = "aggregator"
+
+[[task]]
+name = "aggregator"
+build = "aggregator"
+cpu_millis = 500
+memory_mb = 256
+stateful = true
+checkpoint = "app"
+ports = [7000]
+
+[[task]]
+name = "trainer"
+image = "images/trainer.tar"
+cpu_millis = 1000
+memory_mb = 512
+labels = ["gpu"]
+replicas = 4
+env = { ROUNDS = "10" }
+
+[[task]]
+name = "logger"
+command = ["./logger", "--quiet"]
+cpu_millis = 50
+memory_mb = 16
+stateful = true
+
+[[call]]
+from = "aggregator"
+to = "trainer"
+latency_ms = 40
+traffic_mbps = 5.5
+
+[[call]]
+from = "trainer"
+to = "logger"
+latency_ms = 100
+"#;
+
+fn parse(text: &str) -> Result<Manifest, InputError> {
+    Manifest::parse("service.toml", text, Path::new("/srv/app"))
+}
+
+/// Replaces the first occurrence of `from` in the good manifest and returns the refusal.
+fn refusal(from: &str, to: &str) -> InputError {
+    assert!(
+        GOOD.contains(from),
+        "test edits text that is not there: {from}"
+    );
+    match parse(&GOOD.replacen(from, to, 1)) {
+        Ok(_) => panic!("accepted a manifest with {from:?} replaced by {to:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Line of the first occurrence of `needle` in `text`, 1-based.
+fn line_of(text: &str, needle: &str) -> usize {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} not in text"));
+    text[..at].matches('\n').count() + 1
+}
+
+fn assert_refusal(e: &InputError, line: usize, field: &str, says: &str) {
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!("service.toml:{line}: {field}: ")),
+        "wanted service.toml:{line}: {field}: ..., got:\n{shown}"
+    );
+    assert!(shown.contains(says), "wanted {says:?} in:\n{shown}");
+    assert_eq!(e.line, Some(line));
+    assert_eq!(e.field.as_deref(), Some(field));
+}
+
+#[test]
+fn a_good_manifest_parses_with_defaults_and_resolved_paths() {
+    let m = parse(GOOD).expect("the good manifest parses");
+    assert_eq!(m.service.name, "fedavg");
+    assert_eq!(m.service.root, "aggregator");
+    let agg = m.task("aggregator").expect("aggregator");
+    assert_eq!(agg.artifact, Artifact::Build("/srv/app/aggregator".into()));
+    assert_eq!((agg.replicas, agg.stateful), (1, true));
+    assert_eq!(agg.checkpoint, Checkpoint::App);
+    assert_eq!(agg.ports, vec![7000]);
+    let trainer = m.task("trainer").expect("trainer");
+    assert_eq!(
+        trainer.artifact,
+        Artifact::Image("/srv/app/images/trainer.tar".into())
+    );
+    assert_eq!(trainer.replicas, 4);
+    assert_eq!(trainer.checkpoint, Checkpoint::None);
+    assert!(trainer.labels.contains("gpu"));
+    assert_eq!(trainer.env.get("ROUNDS").map(String::as_str), Some("10"));
+    let logger = m.task("logger").expect("logger");
+    assert_eq!(
+        logger.artifact,
+        Artifact::Command(vec!["./logger".into(), "--quiet".into()])
+    );
+    assert_eq!(
+        logger.checkpoint,
+        Checkpoint::Criu,
+        "stateful defaults to criu"
+    );
+    assert_eq!(m.calls[1].traffic_mbps, 0.0);
+    assert_eq!(m.calls[0].latency_ms, 40.0);
+}
+
+#[test]
+fn the_call_graph_is_rooted_at_the_root_task() {
+    let m = parse(GOOD).expect("parses");
+    let g = m.call_graph();
+    g.validate().expect("valid graph");
+    assert_eq!(g.task(g.root()).name, "aggregator");
+    assert_eq!(g.task_count(), 3);
+    assert_eq!(g.call_count(), 2);
+    let trainer = g.find("trainer").expect("trainer in graph");
+    assert_eq!(g.task(trainer).replicas, 4);
+    assert_eq!(g.task(trainer).demand.cpu_millis, 1000);
+    let (a, b, c) = g.calls().next().expect("a call");
+    assert_eq!((a, b), (g.root(), trainer));
+    assert_eq!(c.latency_bound_ms, 40.0);
+}
+
+#[test]
+fn the_root_need_not_be_declared_first() {
+    let text = r#"
+        service = { name = "s", root = "b" }
+        task = [
+            { name = "a", command = ["a"], cpu_millis = 1, memory_mb = 1 },
+            { name = "b", command = ["b"], cpu_millis = 1, memory_mb = 1 },
+        ]
+        call = [{ from = "b", to = "a", latency_ms = 5 }]
+    "#;
+    let g = parse(text).expect("parses").call_graph();
+    assert_eq!(g.task(g.root()).name, "b");
+    g.validate().expect("valid graph");
+}
+
+#[test]
+fn unknown_task_in_a_call_names_the_line_and_the_tasks() {
+    let e = refusal("to = \"trainer\"", "to = \"traner\"");
+    let line = line_of(GOOD, "to = \"trainer\"");
+    assert_refusal(
+        &e,
+        line,
+        "call.to",
+        "no task named \"traner\" (tasks: aggregator, trainer, logger)",
+    );
+}
+
+#[test]
+fn duplicate_task_name() {
+    let e = refusal("name = \"logger\"", "name = \"trainer\"");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "name = \"logger\""),
+        "task.name",
+        "declared twice",
+    );
+}
+
+#[test]
+fn missing_root() {
+    let e = refusal("root = \"aggregator\"", "root = \"boss\"");
+    assert_refusal(&e, 4, "service.root", "no task named \"boss\"");
+}
+
+#[test]
+fn zero_replicas() {
+    let e = refusal("replicas = 4", "replicas = 0");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "replicas = 4"),
+        "task.replicas",
+        "0 replicas",
+    );
+}
+
+#[test]
+fn a_replicated_root() {
+    let e = refusal("checkpoint = \"app\"", "checkpoint = \"app\"\nreplicas = 2");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "checkpoint") + 1,
+        "task.replicas",
+        "runs once",
+    );
+}
+
+#[test]
+fn nothing_to_run() {
+    let e = refusal("command = [\"./logger\", \"--quiet\"]\n", "");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "name = \"logger\""),
+        "task",
+        "one of image",
+    );
+}
+
+#[test]
+fn two_things_to_run() {
+    let e = refusal("name = \"logger\"", "name = \"logger\"\nbuild = \"logger\"");
+    let line = line_of(GOOD, "command = [") + 1;
+    assert_refusal(&e, line, "task.command", "both build and command");
+}
+
+#[test]
+fn bad_checkpoint_mode() {
+    let e = refusal("checkpoint = \"app\"", "checkpoint = \"crui\"");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "checkpoint"),
+        "task.checkpoint",
+        "\"criu\"",
+    );
+}
+
+#[test]
+fn checkpoint_on_a_stateless_task() {
+    let e = refusal("replicas = 4", "replicas = 4\ncheckpoint = \"criu\"");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "replicas = 4") + 1,
+        "task.checkpoint",
+        "stateful = true",
+    );
+}
+
+#[test]
+fn negative_latency_bound() {
+    let e = refusal("latency_ms = 40", "latency_ms = -1");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "latency_ms = 40"),
+        "call.latency_ms",
+        ">= 0",
+    );
+}
+
+#[test]
+fn unreachable_task() {
+    let text = GOOD.replacen("from = \"trainer\"", "from = \"logger\"", 1);
+    let text = text.replacen("to = \"logger\"", "to = \"trainer\"", 1);
+    let e = parse(&text).expect_err("logger is unreachable");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "name = \"logger\""),
+        "task.name",
+        "not reachable",
+    );
+}
+
+#[test]
+fn bad_names_and_empty_commands() {
+    let e = refusal("name = \"logger\"", "name = \"log ger\"");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "name = \"logger\""),
+        "task.name",
+        "not a usable name",
+    );
+    let e = refusal("command = [\"./logger\", \"--quiet\"]", "command = []");
+    assert_refusal(&e, line_of(GOOD, "command = ["), "task.command", "empty");
+}
+
+#[test]
+fn syntax_and_type_errors_carry_file_and_line() {
+    let e = refusal("cpu_millis = 50\n", "cpu_millis = \"50\"\n");
+    let line = line_of(GOOD, "cpu_millis = 50\n");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("service.toml:{line}: invalid type")),
+        "{e}"
+    );
+    let e = refusal("memory_mb = 16", "memory_mb = 16\nmemroy = 3");
+    assert!(e.to_string().contains("unknown field `memroy`"), "{e}");
+    assert_eq!(e.line, Some(line_of(GOOD, "memory_mb = 16") + 1));
+    let e = refusal("env = { ROUNDS = \"10\" }", "env = { ROUNDS = 10 }");
+    assert_eq!(e.line, Some(line_of(GOOD, "env =")));
+    let e = refusal("[[call]]", "[[call]");
+    assert_eq!(e.line, Some(line_of(GOOD, "[[call]]")));
+    assert!(e.to_string().starts_with("service.toml:"), "{e}");
+}
+
+#[test]
+fn an_empty_service_says_what_to_add() {
+    let e = parse("[service]\nname = \"x\"\nroot = \"a\"\n").expect_err("no tasks");
+    assert!(e.to_string().contains("add a [[task]]"), "{e}");
+}
