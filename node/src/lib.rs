@@ -10,3 +10,4 @@
 pub mod bench;
 pub mod input_error;
 pub mod manifest;
+pub mod netfile;
