@@ -11,3 +11,5 @@ pub mod bench;
 pub mod input_error;
 pub mod manifest;
 pub mod netfile;
+pub mod place;
+pub mod report;

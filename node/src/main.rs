@@ -1,1 +1,69 @@
-fn main() {}
+//! The `brume` command: parses the command line and hands each subcommand to the library, which
+//! holds the logic; errors are printed here, once, with the chain of what led to them.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "brume",
+    version,
+    about = "brume: a peer-to-peer fog orchestrator for fleets of edge devices",
+    long_about = "brume: a peer-to-peer fog orchestrator for fleets of edge devices.\n\n\
+        Every device runs the same program. A service is a manifest (service.toml) of tasks and \
+        the calls between them, each call with the latency its caller tolerates; brume places \
+        the tasks on nearby hosts within those bounds and runs them. Start with \
+        `brume place --help` and the files under examples/."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Plan where a service's tasks would run on a network described in a file (nothing is
+    /// deployed): prints who goes where and why.
+    Place(brume::place::PlaceArgs),
+    /// Run a benchmark family and print a table, then one `BENCH name key=value ...` line. Use a
+    /// release build.
+    Bench {
+        #[command(subcommand)]
+        family: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Quality of randomized rounding against the exact optimum and greedy, and its speed.
+    Placement(brume::bench::placement::PlacementArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Clap's own usage status is 2, which `brume place` keeps for "no plan exists".
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match &cli.command {
+        Command::Place(args) => brume::place::run(args),
+        Command::Bench {
+            family: Bench::Placement(args),
+        } => brume::bench::placement::run(args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
