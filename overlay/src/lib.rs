@@ -1,6 +1,15 @@
-//! brume's overlay: the libp2p node every device runs.
+//! brume's overlay core: the sans-IO protocol logic every brume node runs.
 //!
-//! Joining through any member, per-peer RTT sensing, Vivaldi coordinates and the latency-bounded
-//! neighbourhood mapping protocol of seed 004 will live here (issue 4). The protocol logic is kept
-//! sans-IO so it can be simulated over thousands of nodes; the libp2p swarm is a thin shell around it.
-//! Nothing is implemented yet: this crate only reserves its place in the workspace.
+//! Data flows like this: the (future) libp2p shell measures pings and feeds each sample into the
+//! per-peer [`rtt::RttEstimator`] and the node's [`vivaldi::Vivaldi`] coordinate; peers exchange
+//! small state records ([`mapping::NodeRecord`]). When a node needs to know its neighbourhood it
+//! calls [`mapping::MappingNode::start_map`] with a latency budget; the state machine returns
+//! messages to send, the shell (or the [`sim`] simulator) delivers them to the other nodes'
+//! state machines, whose outputs flow back, until the originator outputs a
+//! [`mapping::NeighbourhoodMap`]. No function here reads a clock, a socket or global randomness:
+//! time is a parameter ([`mapping::Time`]), so the same code runs under libp2p and in a
+//! discrete-event simulation of thousands of nodes over a [`latency::LatencyModel`].
+
+pub mod latency;
+pub mod rtt;
+pub mod vivaldi;
