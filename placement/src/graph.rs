@@ -61,6 +61,9 @@ pub struct Call {
     pub traffic_mbps: f64,
 }
 
+/// The task that discovered another in the breadth-first walk, and the call between them.
+pub type TreeEdge = (TaskId, Call);
+
 /// A validated call graph with its root.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallGraph {
@@ -130,7 +133,7 @@ impl CallGraph {
 
     /// Tasks in breadth-first order from the root (siblings by decreasing traffic), each with the
     /// task that discovered it (its tree parent) and the call between them.
-    pub fn bfs(&self) -> Result<Vec<(TaskId, Option<(TaskId, Call)>)>, GraphError> {
+    pub fn bfs(&self) -> Result<Vec<(TaskId, Option<TreeEdge>)>, GraphError> {
         let mut seen = vec![false; self.graph.node_count()];
         let mut order = Vec::with_capacity(self.graph.node_count());
         let mut queue = std::collections::VecDeque::new();
@@ -188,9 +191,8 @@ impl CallGraph {
             }
         }
         for (a, b, c) in self.calls() {
-            if !(c.latency_bound_ms.is_finite() && c.latency_bound_ms >= 0.0)
-                || !(c.traffic_mbps.is_finite() && c.traffic_mbps >= 0.0)
-            {
+            let sane = |x: f64| x.is_finite() && x >= 0.0;
+            if !sane(c.latency_bound_ms) || !sane(c.traffic_mbps) {
                 return Err(GraphError::BadCall {
                     from: self.graph[a].name.clone(),
                     to: self.graph[b].name.clone(),

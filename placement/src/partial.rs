@@ -294,7 +294,25 @@ impl<'p, 'a> Partial<'p, 'a> {
             let sep = if i == 0 { " " } else { "; " };
             let _ = write!(s, "{sep}{n} {}", describe(*r, self));
         }
+        if let Some((r, _)) = counts.iter().max_by_key(|(_, n)| *n) {
+            let _ = write!(s, ". To place it: {}", remedy(*r));
+        }
         s
+    }
+}
+
+/// What an operator can change when most hosts refuse for reason `r`.
+fn remedy(r: Refusal) -> &'static str {
+    match r {
+        Refusal::Latency => {
+            "raise the latency bound of its calls, or add hosts nearer its partners"
+        }
+        Refusal::Label => "add hosts with the labels it needs, or drop a label from the task",
+        Refusal::Cpu | Refusal::Memory => {
+            "lower its cpu/memory demand or replica count, or free capacity on nearby hosts"
+        }
+        Refusal::Replica => "lower its replica count, or add hosts within its calls' bounds",
+        Refusal::Bandwidth => "lower the traffic of its calls, or add faster links",
     }
 }
 

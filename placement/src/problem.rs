@@ -5,7 +5,7 @@
 //! in the walk). All placers fill units in exactly this order, so a partial plan is always a prefix.
 
 use crate::error::GraphError;
-use crate::graph::{Call, CallGraph, TaskId};
+use crate::graph::{Call, CallGraph, TaskId, TreeEdge};
 use crate::network::Network;
 
 /// One replica of one task, in placement order.
@@ -14,7 +14,7 @@ pub struct Unit {
     pub task: TaskId,
     pub replica: u32,
     /// The task that discovered this one in the breadth-first walk, and the call between them.
-    pub parent: Option<(TaskId, Call)>,
+    pub parent: Option<TreeEdge>,
 }
 
 /// A call seen from one of its ends.

@@ -199,7 +199,8 @@ fn one_pass(
         s.weights
             .extend(s.candidates.iter().map(|&h| policy.marginal(partial, h)));
         let (pick, p) = draw(&mut s.weights, temperature, rng);
-        s.probability[k] = Some(p);
+        // The root is pinned to the initiator, not drawn.
+        s.probability[k] = partial.problem.units()[k].parent.map(|_| p);
         partial.place(s.candidates[pick]);
     }
     Ok(())

@@ -116,9 +116,6 @@ fn rounding_close_to_exact_on_random_small_instances() {
                 pol.as_ref(),
                 &RoundingConfig {
                     seed,
-                    temperature: std::env::var("T")
-                        .map(|t| t.parse().unwrap())
-                        .unwrap_or(0.3),
                     ..Default::default()
                 },
             );
@@ -128,6 +125,7 @@ fn rounding_close_to_exact_on_random_small_instances() {
                         Ok(o) => o.plan,
                         Err(e) => {
                             eprintln!("seed {seed} {name}: exact found a plan, rounding: {e}");
+                            misses += 1;
                             continue;
                         }
                     };
@@ -151,17 +149,16 @@ fn rounding_close_to_exact_on_random_small_instances() {
             }
         }
     }
-    for name in ["latency", "load", "energy", "cost", "reliability"] {
-        let v: Vec<f64> = ratios
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, r)| *r)
-            .collect();
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        eprintln!(
-            "{name}: n={} mean ratio {mean:.4} max {:.4}",
-            v.len(),
-            v.iter().cloned().fold(0.0, f64::max)
-        );
-    }
+    // A loose guard against regressions; the real measurement is `brume bench placement`.
+    let mean = ratios.iter().map(|(_, r)| r).sum::<f64>() / ratios.len() as f64;
+    assert!(
+        ratios.len() >= 100,
+        "too few solved exactly: {}",
+        ratios.len()
+    );
+    assert!(mean < 1.10, "best-of-32 is {mean:.3} x optimal on average");
+    assert!(
+        misses * 50 <= ratios.len(),
+        "rounding missed {misses} feasible instances"
+    );
 }

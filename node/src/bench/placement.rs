@@ -91,7 +91,10 @@ pub fn run(args: &PlacementArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut tallies: Vec<Tally> = POLICIES.iter().map(|_| Tally::default()).collect();
-    eprintln!("quality: {instances} instances x {} policies ...", POLICIES.len());
+    eprintln!(
+        "quality: {instances} instances x {} policies ...",
+        POLICIES.len()
+    );
     for i in 0..instances {
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
         rng.set_stream(u64::from(i));
@@ -140,11 +143,24 @@ pub fn run(args: &PlacementArgs) -> anyhow::Result<()> {
         }
     }
 
-    println!("Quality: best-of-{} rounding and greedy against the exact optimum", args.rounds);
+    println!(
+        "Quality: best-of-{} rounding and greedy against the exact optimum",
+        args.rounds
+    );
     println!(
         "{:<12} {:>7} {:>6} {:>5} {:>9} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
-        "policy", "optimal", "infeas", "limit", "round-ok%", "round-mean", "round-p95", "round-max",
-        "greedy-ok%", "greedy-mean", "exact-ms", "round-ms"
+        "policy",
+        "optimal",
+        "infeas",
+        "limit",
+        "round-ok%",
+        "round-mean",
+        "round-p95",
+        "round-max",
+        "greedy-ok%",
+        "greedy-mean",
+        "exact-ms",
+        "round-ms"
     );
     let mut all_r = Vec::new();
     let mut all_g = Vec::new();
@@ -190,7 +206,9 @@ pub fn run(args: &PlacementArgs) -> anyhow::Result<()> {
         mean(&all_g),
     );
     if false_total > 0 {
-        anyhow::bail!("a placer returned a plan for an instance the exact solver proved infeasible");
+        anyhow::bail!(
+            "a placer returned a plan for an instance the exact solver proved infeasible"
+        );
     }
 
     eprintln!("speed: 100 tasks on 10,000 hosts ...");
@@ -246,7 +264,11 @@ pub fn run(args: &PlacementArgs) -> anyhow::Result<()> {
     );
     println!(
         "{:<22} {:>12.2} {:>14.2} {:>12.1} {:>8}",
-        "greedy (all hosts)", greedy_med, greedy_med / one, greedy_obj, 1
+        "greedy (all hosts)",
+        greedy_med,
+        greedy_med / one,
+        greedy_obj,
+        1
     );
     println!(
         "BENCH placement ratio_vs_exact={:.4} greedy_ratio_vs_exact={:.4} feasible_pct={:.1} \
