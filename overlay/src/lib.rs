@@ -2,14 +2,19 @@
 //!
 //! Data flows like this: the (future) libp2p shell measures pings and feeds each sample into the
 //! per-peer [`rtt::RttEstimator`] and the node's [`vivaldi::Vivaldi`] coordinate; peers exchange
-//! small state records ([`mapping::NodeRecord`]). When a node needs to know its neighbourhood it
+//! small state records ([`neighbourhood::NodeRecord`]). When a node needs to know its neighbourhood it
 //! calls [`mapping::MappingNode::start_map`] with a latency budget; the state machine returns
-//! messages to send, the shell (or the [`sim`] simulator) delivers them to the other nodes'
+//! messages to send, the shell (or the simulator) delivers them to the other nodes'
 //! state machines, whose outputs flow back, until the originator outputs a
-//! [`mapping::NeighbourhoodMap`]. No function here reads a clock, a socket or global randomness:
-//! time is a parameter ([`mapping::Time`]), so the same code runs under libp2p and in a
+//! [`neighbourhood::NeighbourhoodMap`]. No function here reads a clock, a socket or global randomness:
+//! time is a parameter ([`ids::Time`]), so the same code runs under libp2p and in a
 //! discrete-event simulation of thousands of nodes over a [`latency::LatencyModel`].
 
+pub mod ids;
 pub mod latency;
+pub mod mapping;
+pub mod neighbourhood;
 pub mod rtt;
+pub mod sim;
 pub mod vivaldi;
+pub mod wire;

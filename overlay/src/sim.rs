@@ -1,0 +1,551 @@
+//! A discrete-event simulator of the mapping protocol over thousands of nodes.
+//!
+//! The protocol must be judged at a scale no test bed on two cores can host, so the sans-IO
+//! [`MappingNode`]s run here in one process: events (a message arriving, a node's timer) sit in a
+//! binary heap ordered by virtual time; a message from `a` to `b` arrives `rtt(a, b) / 2` after it
+//! was sent. RTTs come from any [`LatencyModel`].
+//!
+//! The overlay graph imitates what joining produces: every node links to its `near` nearest nodes
+//! (by RTT) and to `far` uniformly random ones; links are undirected, so degrees vary.
+//!
+//! Ground truth for a map from `origin` with budget `B` is **over the overlay**: the nodes whose
+//! shortest-path RTT from the origin along overlay links (true RTTs as weights) is at most `B`.
+//! That is what "reachable within B" can mean for a protocol that only talks over overlay links,
+//! and what the map's links let placement use. The direct-RTT set (`rtt(origin, v) <= B`) is
+//! reported beside it ([`MapStats::recall_direct`]) to show what overlay detours cost.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashSet};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::ids::{NodeId, Time};
+use crate::latency::LatencyModel;
+use crate::mapping::{MapConfig, MappingNode, Message, Output};
+use crate::neighbourhood::{NeighbourhoodMap, NodeRecord};
+
+/// An undirected overlay graph over node indices.
+#[derive(Debug, Clone)]
+pub struct OverlayGraph {
+    adj: Vec<Vec<usize>>,
+}
+
+impl OverlayGraph {
+    /// Each node links to its `near` nearest nodes and `far` random ones (only pairs whose RTT
+    /// the model knows are linked).
+    pub fn near_and_far(model: &dyn LatencyModel, near: usize, far: usize, seed: u64) -> Self {
+        let n = model.len();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x000E_71A7);
+        let mut sets: Vec<HashSet<usize>> = vec![HashSet::new(); n];
+        let mut cand: Vec<(f64, usize)> = Vec::with_capacity(n);
+        for i in 0..n {
+            cand.clear();
+            cand.extend(
+                (0..n)
+                    .filter(|&j| j != i)
+                    .filter_map(|j| model.rtt(i, j).map(|r| (r, j))),
+            );
+            let k = near.min(cand.len());
+            if k > 0 && k < cand.len() {
+                cand.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
+            }
+            let mut picks: Vec<usize> = cand[..k].iter().map(|c| c.1).collect();
+            for _ in 0..far {
+                if cand.is_empty() {
+                    break;
+                }
+                picks.push(cand[rng.random_range(0..cand.len())].1);
+            }
+            for j in picks {
+                sets[i].insert(j);
+                sets[j].insert(i);
+            }
+        }
+        let adj = sets
+            .into_iter()
+            .map(|s| {
+                let mut v: Vec<usize> = s.into_iter().collect();
+                v.sort_unstable();
+                v
+            })
+            .collect();
+        OverlayGraph { adj }
+    }
+
+    pub fn len(&self) -> usize {
+        self.adj.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.adj.is_empty()
+    }
+
+    pub fn neighbours(&self, i: usize) -> &[usize] {
+        &self.adj[i]
+    }
+
+    /// Number of undirected links.
+    pub fn links(&self) -> usize {
+        self.adj.iter().map(Vec::len).sum::<usize>() / 2
+    }
+
+    /// Shortest-path RTT from `src` to every node over the overlay (Dijkstra; infinite if cut off).
+    pub fn shortest_rtt(&self, model: &dyn LatencyModel, src: usize) -> Vec<f64> {
+        let mut dist = vec![f64::INFINITY; self.len()];
+        let mut heap = BinaryHeap::new();
+        dist[src] = 0.0;
+        heap.push(Reverse((OrdF64(0.0), src)));
+        while let Some(Reverse((OrdF64(d), u))) = heap.pop() {
+            if d > dist[u] {
+                continue;
+            }
+            for &v in &self.adj[u] {
+                let Some(w) = model.rtt(u, v) else { continue };
+                let nd = d + w;
+                if nd < dist[v] {
+                    dist[v] = nd;
+                    heap.push(Reverse((OrdF64(nd), v)));
+                }
+            }
+        }
+        dist
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdF64(f64);
+impl Eq for OrdF64 {}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Parameters of a simulation.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub near: usize,
+    pub far: usize,
+    pub seed: u64,
+    /// Warm-up rounds: each round every node pings every overlay neighbour once and
+    /// `random_pings` random nodes (those only feed Vivaldi).
+    pub warmup_rounds: usize,
+    pub random_pings: usize,
+    /// Ping samples are the true RTT times `1 + jitter * u`, `u` uniform in [-1, 1].
+    pub jitter: f64,
+    pub map: MapConfig,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            near: 4,
+            far: 1,
+            seed: 1,
+            warmup_rounds: 16,
+            random_pings: 4,
+            jitter: 0.02,
+            map: MapConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum EventKind {
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Message,
+    },
+    Timer {
+        node: usize,
+    },
+}
+
+#[derive(Debug)]
+struct Event {
+    at: Time,
+    seq: u64,
+    kind: EventKind,
+}
+impl PartialEq for Event {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: invert so the earliest event pops first.
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// What one map cost and how good it was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapStats {
+    pub origin: usize,
+    pub budget_ms: f64,
+    pub map: NeighbourhoodMap,
+    pub complete: bool,
+    /// Size of the ground truth (overlay shortest-path RTT within the budget).
+    pub truth: usize,
+    pub recall: f64,
+    pub precision: f64,
+    /// Recall against the nodes whose direct RTT from the origin is within the budget.
+    pub recall_direct: f64,
+    /// Overlay links with both ends in the ground truth.
+    pub region_links: usize,
+    /// Every message sent for this map (requests, acks, answers).
+    pub messages: usize,
+    pub requests: usize,
+    /// Requests a plain flood of the region would send (each region node to all its neighbours
+    /// but the one it heard from first).
+    pub flood_requests: usize,
+    /// From start to the originator's `MapDone`, in ms.
+    pub completion_ms: f64,
+    /// The largest RTT of an overlay link inside the region (the "one RTT" of the target).
+    pub max_region_link_ms: f64,
+}
+
+impl MapStats {
+    /// Messages per overlay link inside the region (NaN for a region without links).
+    pub fn messages_per_region_link(&self) -> f64 {
+        self.messages as f64 / self.region_links as f64
+    }
+}
+
+/// N mapping state machines over a latency model and an overlay graph.
+pub struct Simulation<'m> {
+    model: &'m dyn LatencyModel,
+    graph: OverlayGraph,
+    nodes: Vec<MappingNode>,
+    dead: HashSet<usize>,
+    queue: BinaryHeap<Event>,
+    timer_at: Vec<Option<Time>>,
+    now: Time,
+    seq: u64,
+    rng: ChaCha8Rng,
+    config: SimConfig,
+}
+
+impl<'m> Simulation<'m> {
+    /// Builds the overlay, the nodes, and runs the warm-up pings.
+    pub fn new(model: &'m dyn LatencyModel, config: SimConfig) -> Self {
+        let graph = OverlayGraph::near_and_far(model, config.near, config.far, config.seed);
+        let mut nodes: Vec<MappingNode> = (0..model.len())
+            .map(|i| {
+                let mut r = NodeRecord::bare(NodeId(i as u64));
+                r.cpu_total_milli = 4000;
+                r.cpu_free_milli = 2000;
+                r.mem_total_mb = 8192;
+                r.mem_free_mb = 4096;
+                MappingNode::new(NodeId(i as u64), r, config.map.clone())
+            })
+            .collect();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            for &j in graph.neighbours(i) {
+                node.add_peer(NodeId(j as u64));
+            }
+        }
+        let n = model.len();
+        let mut sim = Simulation {
+            model,
+            graph,
+            nodes,
+            dead: HashSet::new(),
+            queue: BinaryHeap::new(),
+            timer_at: vec![None; n],
+            now: Time(0),
+            seq: 0,
+            rng: ChaCha8Rng::seed_from_u64(config.seed ^ 0x51_u64),
+            config,
+        };
+        sim.warm_up();
+        sim
+    }
+
+    fn jittered(&mut self, rtt: f64) -> f64 {
+        let u: f64 = self.rng.random_range(-1.0..=1.0);
+        rtt * (1.0 + self.config.jitter * u)
+    }
+
+    fn warm_up(&mut self) {
+        let n = self.nodes.len();
+        for _ in 0..self.config.warmup_rounds {
+            for i in 0..n {
+                for k in 0..self.graph.neighbours(i).len() {
+                    let j = self.graph.neighbours(i)[k];
+                    let Some(rtt) = self.model.rtt(i, j) else {
+                        continue;
+                    };
+                    let sample = self.jittered(rtt);
+                    let remote = (
+                        self.nodes[j].vivaldi().coord(),
+                        self.nodes[j].vivaldi().error(),
+                    );
+                    self.nodes[i].on_rtt_sample(NodeId(j as u64), sample, Some(remote));
+                }
+                for _ in 0..self.config.random_pings {
+                    let j = self.rng.random_range(0..n);
+                    if j == i {
+                        continue;
+                    }
+                    let Some(rtt) = self.model.rtt(i, j) else {
+                        continue;
+                    };
+                    let sample = self.jittered(rtt);
+                    let (c, e) = (
+                        self.nodes[j].vivaldi().coord(),
+                        self.nodes[j].vivaldi().error(),
+                    );
+                    self.nodes[i].on_remote_sample(&c, e, sample);
+                }
+            }
+        }
+    }
+
+    pub fn graph(&self) -> &OverlayGraph {
+        &self.graph
+    }
+
+    pub fn node(&self, i: usize) -> &MappingNode {
+        &self.nodes[i]
+    }
+
+    /// From now on the node drops every message (a crashed or silent peer).
+    pub fn kill(&mut self, i: usize) {
+        self.dead.insert(i);
+    }
+
+    /// The median relative error `|predicted - true| / true` of Vivaldi over `pairs` random pairs
+    /// whose RTT is known.
+    pub fn vivaldi_median_error(&mut self, pairs: usize) -> f64 {
+        let n = self.nodes.len();
+        let mut errs = Vec::with_capacity(pairs);
+        let mut tries = 0;
+        while errs.len() < pairs && tries < pairs * 10 && n > 1 {
+            tries += 1;
+            let (i, j) = (self.rng.random_range(0..n), self.rng.random_range(0..n));
+            if i == j {
+                continue;
+            }
+            let Some(rtt) = self.model.rtt(i, j).filter(|r| *r > 0.0) else {
+                continue;
+            };
+            let pred = self.nodes[i]
+                .vivaldi()
+                .predict(&self.nodes[j].vivaldi().coord());
+            errs.push((pred - rtt).abs() / rtt);
+        }
+        median(&mut errs)
+    }
+
+    fn push(&mut self, at: Time, kind: EventKind) {
+        self.seq += 1;
+        self.queue.push(Event {
+            at,
+            seq: self.seq,
+            kind,
+        });
+    }
+
+    fn schedule_timer(&mut self, i: usize) {
+        if let Some(t) = self.nodes[i].poll_timeout() {
+            if self.timer_at[i].is_none_or(|s| t < s) {
+                self.timer_at[i] = Some(t);
+                self.push(t.max(self.now), EventKind::Timer { node: i });
+            }
+        }
+    }
+
+    /// Routes outputs of node `i`; returns the `MapDone` if any, and counts messages.
+    fn route(
+        &mut self,
+        i: usize,
+        outputs: Vec<Output>,
+        counts: &mut (usize, usize),
+    ) -> Option<(NeighbourhoodMap, bool)> {
+        let mut done = None;
+        for o in outputs {
+            match o {
+                Output::Send { to, msg } => {
+                    counts.0 += 1;
+                    if matches!(msg, Message::Request(_)) {
+                        counts.1 += 1;
+                    }
+                    let to = to.0 as usize;
+                    if let Some(rtt) = self.model.rtt(i, to) {
+                        let at = self.now.plus_ms(rtt / 2.0);
+                        self.push(at, EventKind::Deliver { from: i, to, msg });
+                    }
+                }
+                Output::MapDone { map, complete, .. } => done = Some((map, complete)),
+                Output::Refused { .. } => {}
+            }
+        }
+        self.schedule_timer(i);
+        done
+    }
+
+    /// Runs one fresh map from `origin` with `budget_ms` to the end (all messages drained) and
+    /// scores it against the ground truth.
+    pub fn run_map(&mut self, origin: usize, budget_ms: f64) -> MapStats {
+        let start = self.now;
+        let mut counts = (0usize, 0usize);
+        let (_, outs) = self.nodes[origin].start_fresh_map(self.now, budget_ms);
+        let mut result = self.route(origin, outs, &mut counts);
+        let mut done_at = if result.is_some() { Some(start) } else { None };
+        while let Some(ev) = self.queue.pop() {
+            self.now = ev.at;
+            let (i, outs) = match ev.kind {
+                EventKind::Deliver { from, to, msg } => {
+                    if self.dead.contains(&to) {
+                        continue;
+                    }
+                    let outs = self.nodes[to].handle_message(self.now, NodeId(from as u64), msg);
+                    (to, outs)
+                }
+                EventKind::Timer { node } => {
+                    if self.timer_at[node] != Some(ev.at) {
+                        continue;
+                    }
+                    self.timer_at[node] = None;
+                    if self.dead.contains(&node) {
+                        continue;
+                    }
+                    (node, self.nodes[node].handle_timeout(self.now))
+                }
+            };
+            if let Some(r) = self.route(i, outs, &mut counts) {
+                if i == origin && result.is_none() {
+                    result = Some(r);
+                    done_at = Some(self.now);
+                }
+            }
+        }
+        let (map, complete) = result.unwrap_or_default();
+        let completion_ms = done_at.map_or(f64::INFINITY, |t| t.ms_since(start));
+        self.score(origin, budget_ms, map, complete, counts, completion_ms)
+    }
+
+    fn score(
+        &self,
+        origin: usize,
+        budget_ms: f64,
+        map: NeighbourhoodMap,
+        complete: bool,
+        counts: (usize, usize),
+        completion_ms: f64,
+    ) -> MapStats {
+        let dist = self.graph.shortest_rtt(self.model, origin);
+        let eps = 1e-9;
+        let truth: HashSet<usize> = (0..dist.len())
+            .filter(|&v| dist[v] <= budget_ms + eps && !self.dead.contains(&v))
+            .collect();
+        let direct: HashSet<usize> = (0..dist.len())
+            .filter(|&v| {
+                self.model.rtt(origin, v).is_some_and(|r| r <= budget_ms) && !self.dead.contains(&v)
+            })
+            .collect();
+        let got: HashSet<usize> = map.nodes.iter().map(|r| r.id.0 as usize).collect();
+        let hit = got.intersection(&truth).count();
+        let hit_direct = got.intersection(&direct).count();
+        let mut region_links = 0;
+        let mut max_region_link_ms: f64 = 0.0;
+        let mut flood_requests = 0;
+        for &u in &truth {
+            flood_requests += self.graph.neighbours(u).len();
+            for &v in self.graph.neighbours(u) {
+                if u < v && truth.contains(&v) {
+                    region_links += 1;
+                    if let Some(r) = self.model.rtt(u, v) {
+                        max_region_link_ms = max_region_link_ms.max(r);
+                    }
+                }
+            }
+        }
+        flood_requests -= truth.len().saturating_sub(1);
+        let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+        MapStats {
+            origin,
+            budget_ms,
+            complete,
+            truth: truth.len(),
+            recall: ratio(hit, truth.len()),
+            precision: ratio(hit, got.len()),
+            recall_direct: ratio(hit_direct, direct.len()),
+            region_links,
+            messages: counts.0,
+            requests: counts.1,
+            flood_requests,
+            completion_ms,
+            max_region_link_ms,
+            map,
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Averages over several maps of one budget, for reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetSummary {
+    pub budget_ms: f64,
+    pub maps: usize,
+    pub mean_truth: f64,
+    pub mean_recall: f64,
+    pub min_recall: f64,
+    pub mean_precision: f64,
+    pub mean_recall_direct: f64,
+    /// Sum of messages over sum of region links.
+    pub messages_per_region_link: f64,
+    /// Sum of requests over what flooding would send.
+    pub requests_vs_flood: f64,
+    pub max_completion_ms: f64,
+    /// Largest `completion - budget - max_region_link` over the maps (<= 0 means within target).
+    pub worst_overrun_ms: f64,
+}
+
+/// Runs maps from `origins` with one budget and summarises them.
+pub fn summarise(sim: &mut Simulation<'_>, origins: &[usize], budget_ms: f64) -> BudgetSummary {
+    let stats: Vec<MapStats> = origins.iter().map(|&o| sim.run_map(o, budget_ms)).collect();
+    let k = stats.len().max(1) as f64;
+    let msgs: usize = stats.iter().map(|s| s.messages).sum();
+    let links: usize = stats.iter().map(|s| s.region_links).sum();
+    let reqs: usize = stats.iter().map(|s| s.requests).sum();
+    let flood: usize = stats.iter().map(|s| s.flood_requests).sum();
+    BudgetSummary {
+        budget_ms,
+        maps: stats.len(),
+        mean_truth: stats.iter().map(|s| s.truth as f64).sum::<f64>() / k,
+        mean_recall: stats.iter().map(|s| s.recall).sum::<f64>() / k,
+        min_recall: stats.iter().map(|s| s.recall).fold(1.0, f64::min),
+        mean_precision: stats.iter().map(|s| s.precision).sum::<f64>() / k,
+        mean_recall_direct: stats.iter().map(|s| s.recall_direct).sum::<f64>() / k,
+        messages_per_region_link: msgs as f64 / links.max(1) as f64,
+        requests_vs_flood: reqs as f64 / flood.max(1) as f64,
+        max_completion_ms: stats.iter().map(|s| s.completion_ms).fold(0.0, f64::max),
+        worst_overrun_ms: stats
+            .iter()
+            .map(|s| s.completion_ms - s.budget_ms - s.max_region_link_ms)
+            .fold(f64::NEG_INFINITY, f64::max),
+    }
+}

@@ -1,0 +1,269 @@
+//! The mapping protocol at scale, in the discrete-event simulator: the targets where they
+//! hold, plus fault cases. Numbers are printed (`cargo test -p brume-overlay --test sim --
+//! --nocapture`) so they can be copied into BENCHMARKS.md.
+
+use brume_overlay::ids::{MapId, NodeId, Time};
+use brume_overlay::latency::{
+    to_matrix_text, LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet,
+};
+use brume_overlay::mapping::{MapConfig, MapRequest, MappingNode, Message, Output, Refusal};
+use brume_overlay::neighbourhood::NodeRecord;
+use brume_overlay::sim::{summarise, BudgetSummary, SimConfig, Simulation};
+use brume_overlay::wire;
+
+const BUDGETS: [f64; 4] = [10.0, 25.0, 50.0, 80.0];
+
+fn report(n: usize, rows: &[BudgetSummary], vivaldi: f64) {
+    eprintln!("nodes={n}");
+    eprintln!(
+        "{:>7} {:>5} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9}",
+        "budget",
+        "maps",
+        "region",
+        "recall",
+        "minrec",
+        "precision",
+        "rec_dir",
+        "msg/link",
+        "req/flood",
+        "max_done"
+    );
+    for r in rows {
+        eprintln!(
+            "{:>7.0} {:>5} {:>8.1} {:>8.4} {:>8.4} {:>9.4} {:>9.4} {:>9.2} {:>10.2} {:>9.1}",
+            r.budget_ms,
+            r.maps,
+            r.mean_truth,
+            r.mean_recall,
+            r.min_recall,
+            r.mean_precision,
+            r.mean_recall_direct,
+            r.messages_per_region_link,
+            r.requests_vs_flood,
+            r.max_completion_ms
+        );
+    }
+    eprintln!("vivaldi median relative error = {:.4}", vivaldi);
+}
+
+fn run_scale(n: usize, maps_per_budget: usize) -> (Vec<BudgetSummary>, f64) {
+    let model = SyntheticInternet::new(SyntheticConfig::internet(n, 42));
+    let mut sim = Simulation::new(&model, SimConfig::default());
+    let vivaldi = sim.vivaldi_median_error(20_000);
+    let origins: Vec<usize> = (0..maps_per_budget).map(|k| (k * 7919) % n).collect();
+    let rows: Vec<BudgetSummary> = BUDGETS
+        .iter()
+        .map(|&b| summarise(&mut sim, &origins, b))
+        .collect();
+    report(n, &rows, vivaldi);
+    (rows, vivaldi)
+}
+
+fn check_targets(rows: &[BudgetSummary], vivaldi: f64) {
+    for r in rows {
+        assert!(r.mean_recall >= 0.99, "recall {r:?}");
+        assert!(r.mean_precision >= 0.99, "precision {r:?}");
+        assert!(
+            r.worst_overrun_ms <= 0.0,
+            "completion beyond budget + one RTT: {r:?}"
+        );
+    }
+    assert!(vivaldi <= 0.15, "vivaldi median error {vivaldi}");
+}
+
+#[test]
+fn thousand_nodes_meet_the_targets() {
+    let (rows, vivaldi) = run_scale(1_000, 6);
+    check_targets(&rows, vivaldi);
+}
+
+#[test]
+#[ignore = "10,000 nodes: run with --release -- --ignored"]
+fn ten_thousand_nodes_meet_the_targets() {
+    let (rows, vivaldi) = run_scale(10_000, 4);
+    check_targets(&rows, vivaldi);
+}
+
+/// The simulation also runs on a measured-style matrix read from a file, with unmeasured pairs.
+#[test]
+fn runs_on_a_matrix_file() {
+    let model = SyntheticInternet::new(SyntheticConfig::internet(120, 5));
+    let mut text = to_matrix_text(&model);
+    // Knock out one pair in both directions: it must stay unmeasured.
+    let mut rows: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    rows[0][1] = "0".into();
+    rows[1][0] = "-1".into();
+    text = rows.iter().map(|r| r.join(" ") + "\n").collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtt.txt");
+    std::fs::write(&path, text).unwrap();
+    let matrix = RttMatrix::from_file(&path).unwrap();
+    assert_eq!(matrix.len(), 120);
+    assert_eq!(
+        brume_overlay::latency::LatencyModel::rtt(&matrix, 0, 1),
+        None
+    );
+    let mut sim = Simulation::new(&matrix, SimConfig::default());
+    let row = summarise(&mut sim, &[0, 17, 60], 30.0);
+    eprintln!("matrix file: {row:?}");
+    assert!(row.mean_recall >= 0.95, "{row:?}");
+    assert!(row.mean_precision >= 0.95, "{row:?}");
+
+    std::fs::write(&path, "0 1\n1 zero\n").unwrap();
+    let err = RttMatrix::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("rtt.txt:2:3"), "{err}");
+}
+
+/// A node that never answers (not even an ack) cannot stall a map: it completes by the budget
+/// plus the grace, holds every other node, and says it is incomplete.
+#[test]
+fn a_silent_node_does_not_stall_the_map() {
+    let model = SyntheticInternet::new(SyntheticConfig::internet(400, 11));
+    let mut sim = Simulation::new(&model, SimConfig::default());
+    let origin = 3;
+    let budget = 40.0;
+    let before = sim.run_map(origin, budget);
+    assert!(before.complete && before.truth > 10);
+    // Kill a neighbour of the origin that was in the map.
+    let victim = *sim
+        .graph()
+        .neighbours(origin)
+        .iter()
+        .find(|&&v| before.map.contains(NodeId(v as u64)))
+        .unwrap();
+    sim.kill(victim);
+    let after = sim.run_map(origin, budget);
+    let grace = MapConfig::default()
+        .grace_min_ms
+        .max(MapConfig::default().grace_fraction * budget);
+    eprintln!(
+        "silent node: completion {:.1} ms (budget {budget}), recall {:.3}, complete {}",
+        after.completion_ms, after.recall, after.complete
+    );
+    assert!(!after.complete);
+    assert!(
+        after.completion_ms <= budget + grace,
+        "{}",
+        after.completion_ms
+    );
+    assert!(!after.map.contains(NodeId(victim as u64)));
+    assert!(after.recall >= 0.9, "recall {}", after.recall);
+}
+
+fn two_nodes() -> (MappingNode, MappingNode) {
+    let mut a = MappingNode::new(NodeId(1), NodeRecord::bare(NodeId(1)), MapConfig::default());
+    let mut b = MappingNode::new(NodeId(2), NodeRecord::bare(NodeId(2)), MapConfig::default());
+    a.add_peer(NodeId(2));
+    b.add_peer(NodeId(1));
+    for _ in 0..30 {
+        a.on_rtt_sample(NodeId(2), 4.0, None);
+        b.on_rtt_sample(NodeId(1), 4.0, None);
+    }
+    (a, b)
+}
+
+fn request(seq: u64) -> Message {
+    Message::Request(MapRequest {
+        id: MapId {
+            origin: NodeId(9),
+            seq,
+        },
+        origin: NodeId(9),
+        budget_ms: 20.0,
+        wait_ms: 25.0,
+        skip: vec![],
+    })
+}
+
+/// A duplicate id gets an acknowledgement and nothing else.
+#[test]
+fn a_duplicate_gets_only_an_ack() {
+    let (_, mut b) = two_nodes();
+    let first = b.handle_message(Time(0), NodeId(1), request(1));
+    assert!(first.iter().any(|o| matches!(
+        o,
+        Output::Send {
+            msg: Message::Ack {
+                answer_follows: true,
+                ..
+            },
+            ..
+        }
+    )));
+    let second = b.handle_message(Time(10), NodeId(1), request(1));
+    assert_eq!(
+        second,
+        vec![Output::Send {
+            to: NodeId(1),
+            msg: Message::Ack {
+                id: MapId {
+                    origin: NodeId(9),
+                    seq: 1
+                },
+                answer_follows: false
+            }
+        }]
+    );
+}
+
+/// Malformed or oversized input is refused with an error, never a panic.
+#[test]
+fn malformed_and_oversized_input_is_refused() {
+    let (_, mut b) = two_nodes();
+    let bytes = wire::encode(&request(5)).unwrap();
+    assert!(matches!(
+        wire::decode_with_limit(&bytes, 8),
+        Err(wire::WireError::TooLarge { .. })
+    ));
+    assert!(wire::decode(&bytes[..3]).is_err());
+    assert!(wire::decode(b"not cbor at all").is_err());
+    let big = vec![0u8; wire::MAX_MESSAGE_BYTES + 1];
+    assert!(matches!(
+        wire::decode(&big),
+        Err(wire::WireError::TooLarge { .. })
+    ));
+
+    // Well-formed CBOR with nonsense values is refused by the state machine.
+    let bad = Message::Request(MapRequest {
+        id: MapId {
+            origin: NodeId(9),
+            seq: 6,
+        },
+        origin: NodeId(9),
+        budget_ms: f64::NAN,
+        wait_ms: 1.0,
+        skip: vec![],
+    });
+    let out = b.handle_message(
+        Time(0),
+        NodeId(1),
+        wire::decode(&wire::encode(&bad).unwrap()).unwrap(),
+    );
+    assert_eq!(
+        out,
+        vec![Output::Refused {
+            from: NodeId(1),
+            reason: Refusal::BadNumbers
+        }]
+    );
+    let forged = Message::Request(MapRequest {
+        id: MapId {
+            origin: NodeId(9),
+            seq: 7,
+        },
+        origin: NodeId(4),
+        budget_ms: 1.0,
+        wait_ms: 1.0,
+        skip: vec![],
+    });
+    assert!(matches!(
+        b.handle_message(Time(0), NodeId(1), forged)[..],
+        [Output::Refused {
+            reason: Refusal::OriginMismatch { .. },
+            ..
+        }]
+    ));
+}
