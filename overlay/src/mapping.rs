@@ -35,9 +35,11 @@
 //! processing delays can break a near-tie the wrong way and shave a little off the budget behind
 //! such a node; the simulator measures the resulting recall.
 //!
-//! To spare messages on the links among siblings, a request carries a `skip` list: the sender and
-//! the other peers it forwarded the same request to (at most `MapConfig::max_skip`). They already
-//! have the request, so the receiver does not forward to them.
+//! To spare messages on the links among siblings, a request carries a `skip` list: the sender, its
+//! own parent, the other peers it forwarded the same request to, then the skip list it received
+//! itself (at most `MapConfig::max_skip` ids in all). They already have the request, so the receiver does not forward to
+//! them. The price: if a path through the receiver to a skipped sibling is shorter than the direct
+//! link (a triangle-inequality violation), the sibling keeps the smaller budget of the direct link.
 //!
 //! # Time bounds (why a dead peer cannot stall a map)
 //!
@@ -427,7 +429,14 @@ impl MappingNode {
         };
         let mut sibling_skip: Vec<NodeId> = Vec::with_capacity(children.len() + 1);
         sibling_skip.push(self.id);
+        sibling_skip.extend(parent);
         sibling_skip.extend(children.iter().map(|c| c.0));
+        // Whatever our sender listed has the request too: pass it on while room remains.
+        for s in skip {
+            if !sibling_skip.contains(s) {
+                sibling_skip.push(*s);
+            }
+        }
         sibling_skip.truncate(self.config.max_skip);
         for &(pid, est, upper) in &children {
             let child_wait = (wait_ms - upper - self.config.hop_guard_ms).max(0.0);

@@ -148,7 +148,7 @@ impl Default for SimConfig {
             near: 4,
             far: 1,
             seed: 1,
-            warmup_rounds: 16,
+            warmup_rounds: 32,
             random_pings: 4,
             jitter: 0.02,
             map: MapConfig::default(),

@@ -267,3 +267,44 @@ fn malformed_and_oversized_input_is_refused() {
         }]
     ));
 }
+
+/// A completed map is cached: asking again for the same budget within the TTL costs no message.
+#[test]
+fn completed_maps_are_cached() {
+    let (mut a, mut b) = two_nodes();
+    let (id, out) = a.start_map(Time(0), 10.0);
+    let [Output::Send { to, msg }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*to, NodeId(2));
+    let replies = b.handle_message(Time(2_000), NodeId(1), msg.clone());
+    let mut done = Vec::new();
+    for r in replies {
+        if let Output::Send { msg, .. } = r {
+            done.extend(a.handle_message(Time(4_000), NodeId(2), msg));
+        }
+    }
+    let Some(Output::MapDone {
+        id: got,
+        map,
+        complete: true,
+        from_cache: false,
+    }) = done.last()
+    else {
+        panic!("{done:?}")
+    };
+    assert_eq!(*got, id);
+    assert_eq!(map.ids(), vec![NodeId(1), NodeId(2)]);
+    let (_, again) = a.start_map(Time(5_000), 10.0);
+    assert!(matches!(
+        &again[..],
+        [Output::MapDone {
+            from_cache: true,
+            ..
+        }]
+    ));
+    // After the TTL the map is fetched afresh.
+    let later = Time(5_000).plus_ms(MapConfig::default().cache_ttl_ms + 1.0);
+    let (_, fresh) = a.start_map(later, 10.0);
+    assert!(matches!(&fresh[..], [Output::Send { .. }]));
+}
