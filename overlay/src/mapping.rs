@@ -675,8 +675,7 @@ impl MappingNode {
     }
 }
 
-/// Peers that have seen nothing of a map are not told anything; this helper lists the distinct
-/// destinations of a batch of outputs (handy for shells and tests).
+/// The distinct destinations of a batch of outputs (handy for shells and tests).
 pub fn destinations(outputs: &[Output]) -> HashSet<NodeId> {
     outputs
         .iter()
