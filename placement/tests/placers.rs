@@ -5,7 +5,7 @@ use brume_placement::exact::{self, Exact};
 use brume_placement::generate::{self, GraphSpec, NetSpec, Shape};
 use brume_placement::policy::{self, Latency};
 use brume_placement::{
-    greedy, rounding, Call, CallGraph, Host, Link, Network, Problem, RoundingConfig, Task,
+    greedy, rounding, Call, CallGraph, Host, Link, Network, Problem, RoundingConfig, Task, TaskId,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -39,22 +39,25 @@ fn line_net() -> Network {
     .unwrap()
 }
 
+/// An aggregator calling `replicas` trainers of the given size within 15 ms.
+fn star(cpu: u64, mem: u64, replicas: u32) -> (CallGraph, TaskId, TaskId) {
+    let mut g = CallGraph::new(Task::new("agg", 500, 512));
+    let root = g.root();
+    let mut trainer = Task::new("trainer", cpu, mem);
+    trainer.replicas = replicas;
+    let t = g.add_task(trainer);
+    let call = Call {
+        latency_bound_ms: 15.0,
+        traffic_mbps: 1.0,
+    };
+    g.add_call(root, t, call);
+    (g, root, t)
+}
+
 #[test]
 fn root_on_initiator_and_bounds_respected() {
     let net = line_net();
-    let mut g = CallGraph::new(Task::new("agg", 500, 512));
-    let root = g.root();
-    let mut trainer = Task::new("trainer", 400, 400);
-    trainer.replicas = 2;
-    let t = g.add_task(trainer);
-    g.add_call(
-        root,
-        t,
-        Call {
-            latency_bound_ms: 15.0,
-            traffic_mbps: 1.0,
-        },
-    );
+    let (g, root, t) = star(400, 400, 2);
     let problem = Problem::new(&g, &net).unwrap();
     let out = rounding::place(&problem, &Latency, &RoundingConfig::default()).unwrap();
     assert!(
@@ -75,19 +78,7 @@ fn root_on_initiator_and_bounds_respected() {
 #[test]
 fn infeasible_names_task_and_reason() {
     let net = line_net();
-    let mut g = CallGraph::new(Task::new("agg", 500, 512));
-    let root = g.root();
-    let mut trainer = Task::new("trainer", 800, 512);
-    trainer.replicas = 3;
-    let t = g.add_task(trainer);
-    g.add_call(
-        root,
-        t,
-        Call {
-            latency_bound_ms: 15.0,
-            traffic_mbps: 1.0,
-        },
-    );
+    let (g, _, _) = star(800, 512, 3);
     let problem = Problem::new(&g, &net).unwrap();
     let err = rounding::place(&problem, &Latency, &RoundingConfig::default()).unwrap_err();
     let msg = err.to_string();
