@@ -1,0 +1,288 @@
+//! The node's settings, layered the way operators expect: built-in defaults, then a TOML file
+//! (`--config FILE` or `BRUME_CONFIG`), then `BRUME_*` environment variables, then flags. Each
+//! layer overrides only what it names. A key the file misspells is refused with the file and the
+//! line, not ignored: a typo in a fleet's config should not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::input_error::Source;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for a person.
+    #[default]
+    Human,
+    /// One JSON object per line, for a log collector.
+    Json,
+}
+
+/// Everything `brume node` needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Multiaddrs to listen on, e.g. `/ip4/0.0.0.0/tcp/7100`.
+    pub listen: Vec<String>,
+    /// Members to join through; any member will do.
+    pub join: Vec<String>,
+    /// The control socket `brume peers`, `brume map` and `brume status` talk to.
+    pub control: PathBuf,
+    /// Fewest overlay peers the node keeps; below it, it dials more.
+    pub min_degree: usize,
+    /// Most overlay peers the node keeps; above it, it drops the worst.
+    pub max_degree: usize,
+    /// Where the node keeps its identity key, so that it keeps its peer id across restarts.
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    /// A tracing filter, e.g. `info` or `brume=debug,libp2p=warn`.
+    pub log: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["/ip4/0.0.0.0/tcp/7100".into()],
+            join: Vec::new(),
+            control: default_control_socket(),
+            min_degree: 4,
+            max_degree: 12,
+            data_dir: default_data_dir(),
+            log_format: LogFormat::Human,
+            log: "info".into(),
+        }
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/brume/node.sock`, else a per-user directory under the system temp dir.
+pub fn default_control_socket() -> PathBuf {
+    runtime_dir().join("node.sock")
+}
+
+fn runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("brume"),
+        _ => std::env::temp_dir().join(format!("brume-{}", user_id())),
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("XDG_DATA_HOME").or_else(|| std::env::var_os("HOME")) {
+        Some(home) if std::env::var_os("XDG_DATA_HOME").is_some() => {
+            PathBuf::from(home).join("brume")
+        }
+        Some(home) => PathBuf::from(home).join(".local/share/brume"),
+        None => runtime_dir().join("data"),
+    }
+}
+
+fn user_id() -> String {
+    // No libc call needed: the owner of /proc/self is this process's user.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m).to_string())
+        .unwrap_or_else(|_| "user".into())
+}
+
+/// What the command line said; `None` leaves the lower layers alone.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Vec<String>,
+    pub join: Vec<String>,
+    pub control: Option<PathBuf>,
+    pub min_degree: Option<usize>,
+    pub max_degree: Option<usize>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub log: Option<String>,
+}
+
+/// Builds the settings from the four layers. `env` is the process environment (passed in so
+/// tests need not touch the real one).
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: &Overrides,
+) -> anyhow::Result<NodeConfig> {
+    use config::{Config, File, FileFormat, Map, Value};
+
+    let mut builder = Config::builder()
+        .add_source(Config::try_from(&NodeConfig::default()).map_err(anyhow::Error::msg)?);
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        // Parse once strictly for errors with a line number and unknown keys.
+        let name = path.display().to_string();
+        toml::from_str::<NodeConfig>(&text).map_err(|e| Source::new(&name, &text).toml(&e))?;
+        builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+    }
+    let env: Map<String, Value> = env
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("BRUME_")?.to_ascii_lowercase();
+            (key != "config").then_some((key, v))
+        })
+        .map(|(k, v)| {
+            let value: Value = if k == "listen" || k == "join" {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::from(s.to_string()))
+                    .collect::<Vec<_>>()
+                    .into()
+            } else {
+                v.into()
+            };
+            (k, value)
+        })
+        .collect();
+    for (k, v) in env {
+        if !KEYS.contains(&k.as_str()) {
+            anyhow::bail!(
+                "environment variable BRUME_{}: unknown setting `{k}` (known: {})",
+                k.to_ascii_uppercase(),
+                KEYS.join(", ")
+            );
+        }
+        builder = builder.set_override(k, v)?;
+    }
+    let f = flags;
+    if !f.listen.is_empty() {
+        builder = builder.set_override("listen", f.listen.clone())?;
+    }
+    if !f.join.is_empty() {
+        builder = builder.set_override("join", f.join.clone())?;
+    }
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+    builder = builder
+        .set_override_option("control", path(&f.control))?
+        .set_override_option("data_dir", path(&f.data_dir))?
+        .set_override_option("min_degree", f.min_degree.map(|d| d as u64))?
+        .set_override_option("max_degree", f.max_degree.map(|d| d as u64))?
+        .set_override_option("log", f.log.clone())?
+        .set_override_option(
+            "log_format",
+            f.log_format.map(|l| match l {
+                LogFormat::Human => "human",
+                LogFormat::Json => "json",
+            }),
+        )?;
+    let cfg: NodeConfig = builder
+        .build()?
+        .try_deserialize()
+        .map_err(|e| anyhow::anyhow!("invalid node settings: {e}"))?;
+    cfg.check()?;
+    Ok(cfg)
+}
+
+/// Settings keys, as the file and `BRUME_*` variables spell them.
+pub const KEYS: [&str; 8] = [
+    "listen",
+    "join",
+    "control",
+    "min_degree",
+    "max_degree",
+    "data_dir",
+    "log_format",
+    "log",
+];
+
+impl NodeConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.min_degree == 0 || self.min_degree > self.max_degree {
+            anyhow::bail!(
+                "min_degree ({}) must be at least 1 and at most max_degree ({})",
+                self.min_degree,
+                self.max_degree
+            );
+        }
+        if self.listen.is_empty() {
+            anyhow::bail!(
+                "no listen address: give at least one, e.g. --listen /ip4/0.0.0.0/tcp/7100"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "min_degree = 3\nmax_degree = 9\nlog = \"debug\"\n").unwrap();
+        let flags = Overrides {
+            max_degree: Some(7),
+            ..Default::default()
+        };
+        let cfg = load(
+            Some(&file),
+            env(&[
+                ("BRUME_LOG", "warn"),
+                ("BRUME_JOIN", "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2"),
+                ("PATH", "/bin"),
+            ]),
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(cfg.min_degree, 3, "file over default");
+        assert_eq!(cfg.log, "warn", "environment over file");
+        assert_eq!(cfg.max_degree, 7, "flag over file");
+        assert_eq!(
+            cfg.join,
+            vec!["/ip4/127.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/2"]
+        );
+        assert_eq!(cfg.listen, NodeConfig::default().listen, "default kept");
+    }
+
+    #[test]
+    fn misspelt_file_key_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "log = \"info\"\nmin_degre = 3\n").unwrap();
+        let err = load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("node.toml:2"), "{msg}");
+        assert!(msg.contains("min_degre"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_env_setting_and_bad_degrees_are_refused() {
+        let err = load(
+            None,
+            env(&[("BRUME_MIN_DEGRE", "3")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("BRUME_MIN_DEGRE"), "{err}");
+        let flags = Overrides {
+            min_degree: Some(9),
+            max_degree: Some(3),
+            ..Default::default()
+        };
+        let err = load(None, env(&[]), &flags).unwrap_err();
+        assert!(err.to_string().contains("min_degree"), "{err}");
+    }
+
+    #[test]
+    fn env_value_of_wrong_type_is_refused() {
+        let err = load(
+            None,
+            env(&[("BRUME_MIN_DEGREE", "many")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("min_degree"), "{err:#}");
+    }
+}

@@ -1,0 +1,225 @@
+//! The local control API: how `brume peers`, `brume map` and `brume status` talk to a running
+//! `brume node`.
+//!
+//! A Unix socket, readable and writable by the node's user only (the socket's directory is 0700),
+//! so no token is needed and nothing listens on the network. The protocol is one JSON request per
+//! line and one JSON response per line, which a person can also speak with `socat`. The server is
+//! transport only: it hands each request to the daemon over a channel and writes back whatever
+//! the daemon answers, so the daemon's logic is tested without a socket and the socket without
+//! an overlay.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{Framed, LinesCodec};
+
+/// Longest request or response line, in bytes. A neighbourhood map of a few thousand nodes fits.
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Peers,
+    /// Map the neighbourhood within `budget_ms`; `fresh` skips the node's cache.
+    Map {
+        budget_ms: f64,
+        fresh: bool,
+    },
+}
+
+/// What the node answers: a JSON value on success, or a message saying what went wrong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// A request on its way to the daemon, with the slot for its answer.
+pub type Call = (Request, oneshot::Sender<Response>);
+
+/// Why talking to a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "no brume node answers on {0}: is `brume node` running? (pass --control PATH if it uses another socket)"
+    )]
+    NotRunning(PathBuf),
+    #[error("another brume node already listens on {0}: stop it, or give this one --control PATH")]
+    InUse(PathBuf),
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the node closed the connection without answering")]
+    NoAnswer,
+    #[error("the node's answer is not valid: {0}")]
+    BadAnswer(String),
+    #[error("the node took longer than {0:?} to answer")]
+    Timeout(Duration),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ControlError + '_ {
+    move |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Binds the control socket: creates its directory owner-only, refuses if a live node already
+/// answers there, and replaces a stale socket left by a node that died.
+pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io(path))?;
+    }
+    UnixListener::bind(path).map_err(io(path))
+}
+
+/// Serves connections until `calls` is closed by the daemon. Each connection may send several
+/// requests; a malformed line gets an error response and the connection stays usable.
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("control socket: accept failed: {e}");
+                    continue;
+                }
+            },
+            () = calls.closed() => return,
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+            while let Some(line) = lines.next().await {
+                let response = match line {
+                    Err(e) => Response::Error(format!("unreadable request: {e}")),
+                    Ok(line) => match serde_json::from_str::<Request>(&line) {
+                        Err(e) => Response::Error(format!(
+                            "bad request `{}`: {e}; expected e.g. {{\"cmd\":\"status\"}}",
+                            line.chars().take(80).collect::<String>()
+                        )),
+                        Ok(request) => {
+                            let (tx, rx) = oneshot::channel();
+                            if calls.send((request, tx)).await.is_err() {
+                                return;
+                            }
+                            rx.await.unwrap_or_else(|_| {
+                                Response::Error("the node is shutting down".into())
+                            })
+                        }
+                    },
+                };
+                let Ok(text) = serde_json::to_string(&response) else {
+                    return;
+                };
+                if lines.send(text).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Sends one request to the node at `path` and waits at most `timeout` for its answer.
+pub async fn call(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, ControlError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|_| ControlError::NotRunning(path.to_path_buf()))?;
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+    let text =
+        serde_json::to_string(request).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+    let exchange = async {
+        lines
+            .send(text)
+            .await
+            .map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+        let line = lines
+            .next()
+            .await
+            .ok_or(ControlError::NoAnswer)?
+            .map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+        serde_json::from_str(&line).map_err(|e| ControlError::BadAnswer(e.to_string()))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ControlError::Timeout(timeout))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon stand-in that echoes what it was asked.
+    fn echo(mut rx: mpsc::Receiver<Call>) {
+        tokio::spawn(async move {
+            while let Some((req, tx)) = rx.recv().await {
+                let _ = tx.send(Response::Ok(serde_json::to_value(&req).unwrap_or_default()));
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn round_trip_bad_lines_and_second_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl/node.sock");
+        let listener = bind(&path).await.unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        echo(rx);
+        tokio::spawn(serve(listener, tx));
+
+        let req = Request::Map {
+            budget_ms: 50.0,
+            fresh: true,
+        };
+        let got = call(&path, &req, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got, Response::Ok(serde_json::to_value(&req).unwrap()));
+
+        // A malformed line is answered with an error, and the connection keeps working.
+        let stream = UnixStream::connect(&path).await.unwrap();
+        let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+        lines.send("{not json".to_string()).await.unwrap();
+        let answer: Response = serde_json::from_str(&lines.next().await.unwrap().unwrap()).unwrap();
+        assert!(matches!(answer, Response::Error(m) if m.contains("bad request")));
+        lines.send(r#"{"cmd":"status"}"#.to_string()).await.unwrap();
+        let answer: Response = serde_json::from_str(&lines.next().await.unwrap().unwrap()).unwrap();
+        assert!(matches!(answer, Response::Ok(_)));
+
+        // A second node on the same socket is refused while the first is alive.
+        assert!(matches!(bind(&path).await, Err(ControlError::InUse(_))));
+    }
+
+    #[tokio::test]
+    async fn no_node_and_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.sock");
+        let err = call(&path, &Request::Status, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("is `brume node` running"), "{err}");
+        // A socket file nobody listens on (a node that died) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        assert!(bind(&path).await.is_ok());
+    }
+}

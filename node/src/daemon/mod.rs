@@ -1,0 +1,6 @@
+//! `brume node`: the long-running process every device runs. It reads its settings
+//! ([`config`]), runs the overlay, and answers the local control socket ([`control`]) that the
+//! other subcommands talk to.
+
+pub mod config;
+pub mod control;
