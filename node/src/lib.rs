@@ -11,6 +11,8 @@ pub mod bench;
 pub mod daemon;
 pub mod input_error;
 pub mod manifest;
+pub mod mapnet;
+pub mod mapview;
 pub mod netfile;
 pub mod place;
 pub mod report;
