@@ -38,6 +38,9 @@ enum Command {
 enum Bench {
     /// Quality of randomized rounding against the exact optimum and greedy, and its speed.
     Placement(brume::bench::placement::PlacementArgs),
+    /// Neighbourhood mapping in the discrete-event simulator: recall, messages against flooding,
+    /// completion against the budget, Vivaldi error; on the synthetic model or an RTT matrix file.
+    Overlay(brume::bench::overlay::OverlayArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,9 @@ fn main() -> ExitCode {
         Command::Bench {
             family: Bench::Placement(args),
         } => brume::bench::placement::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            family: Bench::Overlay(args),
+        } => brume::bench::overlay::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

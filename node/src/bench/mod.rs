@@ -2,6 +2,7 @@
 //! ends with one machine-readable line, `BENCH NAME key=value ...`, numbers only. Run them from a
 //! release build: debug timings mean nothing.
 
+pub mod overlay;
 pub mod placement;
 
 /// Median of a non-empty sample (the upper median for even sizes); NaN when empty.

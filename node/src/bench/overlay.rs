@@ -1,0 +1,457 @@
+//! `brume bench overlay`: how well latency-bounded neighbourhood mapping works at scale.
+//!
+//! The sans-IO mapping core of every node runs in the overlay crate's discrete-event simulator
+//! ([`brume_overlay::sim`]) over 1,000 and 10,000 simulated nodes, on the synthetic Internet-like
+//! model (clustered, with triangle-inequality violations) or on an N x N RTT matrix read from a
+//! file (`--rtt-matrix`). For each (nodes, budget) it runs `--maps` fresh maps from random origins
+//! and reports:
+//!
+//! * the region: nodes whose shortest-path RTT **over the overlay** from the origin is within the
+//!   budget (the simulator's ground truth), and recall and precision of the map against it;
+//! * recall against the **direct** RTT set (`rtt(origin, v) <= budget`), which a protocol that
+//!   only talks over overlay links cannot always reach: the cost of overlay detours;
+//! * messages per map (requests, acks and answers) against a **flood** of the same region over the
+//!   same overlay, counted in the same run (see [`flood_messages`]), and both per overlay link
+//!   inside the region;
+//! * completion time against the budget (median and max), and the worst overrun beyond the
+//!   issue's target of budget plus one RTT (the largest link RTT inside the region);
+//! * Vivaldi's median relative error over random pairs with a known RTT, after the simulator's
+//!   warm-up pings.
+//!
+//! The last line carries the headline figures of the 1,000-node run at the 50 ms budget (the
+//! scale nearest 1,000 and the budget nearest 50 ms when those are not in the run). Idle RSS needs
+//! the real daemon and is left out of the line until it can be measured.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use brume_overlay::latency::{LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet};
+use brume_overlay::mapping::MapConfig;
+use brume_overlay::sim::{MapStats, SimConfig, Simulation};
+use rand::seq::index;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::median;
+
+const DEFAULT_NODES: [usize; 2] = [1_000, 10_000];
+const QUICK_NODES: usize = 500;
+const DEFAULT_BUDGETS: [f64; 4] = [10.0, 25.0, 50.0, 80.0];
+const HEADLINE_NODES: usize = 1_000;
+const HEADLINE_BUDGET_MS: f64 = 50.0;
+
+/// Options of `brume bench overlay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OverlayArgs {
+    /// Simulated node counts of the synthetic model, comma-separated [default: 1000,10000;
+    /// --quick: 500]. Ignored with --rtt-matrix (the file says how many nodes there are).
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub nodes: Option<Vec<usize>>,
+    /// Latency budgets of the maps in ms, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "MS,...", default_values_t = DEFAULT_BUDGETS)]
+    pub budgets: Vec<f64>,
+    /// Maps per (nodes, budget), each from a different random origin (the same origins for every
+    /// budget) [default: 32; --quick: 3].
+    #[arg(long, value_name = "N")]
+    pub maps: Option<usize>,
+    /// Seed of the synthetic model, the overlay graph, the warm-up pings and the origins.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Random node pairs over which Vivaldi's median relative error is taken [default: 20000;
+    /// --quick: 2000].
+    #[arg(long, value_name = "N")]
+    pub vivaldi_pairs: Option<usize>,
+    /// Run on this N x N RTT matrix (ms, whitespace-separated, row i column j = RTT from i to j,
+    /// 0 or negative = unmeasured, `#` comments) instead of the synthetic model.
+    #[arg(long, value_name = "FILE", conflicts_with = "write_matrix")]
+    pub rtt_matrix: Option<PathBuf>,
+    /// Write the synthetic model for one `--nodes N` (and `--seed`) as such a matrix file, then
+    /// exit: a way to exercise --rtt-matrix without a published dataset.
+    #[arg(long, value_name = "FILE")]
+    pub write_matrix: Option<PathBuf>,
+    /// A small smoke run: 500 nodes, 3 maps per budget, fewer Vivaldi pairs.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// One (nodes, budget) row of the table.
+struct Row {
+    budget_ms: f64,
+    maps: usize,
+    complete: usize,
+    region_mean: f64,
+    region_max: usize,
+    recall_mean: f64,
+    recall_min: f64,
+    precision_mean: f64,
+    recall_direct_mean: f64,
+    msgs_per_map: f64,
+    flood_msgs_per_map: f64,
+    msgs_per_link: f64,
+    flood_msgs_per_link: f64,
+    requests_vs_flood: f64,
+    completion_median_ms: f64,
+    completion_max_ms: f64,
+    /// Largest `completion - (budget + largest link RTT in the region)`; <= 0 meets the target.
+    worst_overrun_ms: f64,
+}
+
+/// One latency model's results.
+struct Scale {
+    label: String,
+    nodes: usize,
+    links: usize,
+    vivaldi_err: f64,
+    build_s: f64,
+    maps_s: f64,
+    rows: Vec<Row>,
+}
+
+/// Messages a plain flood of the same region would send, with duplicate suppression and the
+/// same acknowledgements and answers as the protocol.
+///
+/// The flood: the origin sends the request to every overlay neighbour; a node that hears it for
+/// the first time, with the RTT accumulated along its path within the budget, forwards it to every
+/// neighbour but the one it heard it from; every request is acknowledged (a duplicate or an
+/// out-of-budget one with "no answer follows"); every region node but the origin answers its
+/// parent once. Messages travel at link speed, so the first copy arrives along the shortest path
+/// and the nodes that forward are exactly the ground-truth region `R`. Hence
+/// `requests = sum over R of degree - (|R| - 1)` (the simulator's `flood_requests`, counted on the
+/// same overlay in the same run) and `messages = 2 * requests + (|R| - 1)`.
+pub fn flood_messages(s: &MapStats) -> usize {
+    2 * s.flood_requests + s.truth.saturating_sub(1)
+}
+
+fn summarise(budget_ms: f64, stats: &[MapStats]) -> Row {
+    let k = stats.len().max(1) as f64;
+    let mean = |f: &dyn Fn(&MapStats) -> f64| stats.iter().map(f).sum::<f64>() / k;
+    let msgs: usize = stats.iter().map(|s| s.messages).sum();
+    let flood: usize = stats.iter().map(flood_messages).sum();
+    let links: usize = stats.iter().map(|s| s.region_links).sum();
+    let reqs: usize = stats.iter().map(|s| s.requests).sum();
+    let flood_reqs: usize = stats.iter().map(|s| s.flood_requests).sum();
+    let per_link = |m: usize| {
+        if links == 0 {
+            0.0
+        } else {
+            m as f64 / links as f64
+        }
+    };
+    let mut completion: Vec<f64> = stats.iter().map(|s| s.completion_ms).collect();
+    Row {
+        budget_ms,
+        maps: stats.len(),
+        complete: stats.iter().filter(|s| s.complete).count(),
+        region_mean: mean(&|s| s.truth as f64),
+        region_max: stats.iter().map(|s| s.truth).max().unwrap_or(0),
+        recall_mean: mean(&|s| s.recall),
+        recall_min: stats.iter().map(|s| s.recall).fold(1.0, f64::min),
+        precision_mean: mean(&|s| s.precision),
+        recall_direct_mean: mean(&|s| s.recall_direct),
+        msgs_per_map: msgs as f64 / k,
+        flood_msgs_per_map: flood as f64 / k,
+        msgs_per_link: per_link(msgs),
+        flood_msgs_per_link: per_link(flood),
+        requests_vs_flood: reqs as f64 / flood_reqs.max(1) as f64,
+        completion_max_ms: completion.iter().copied().fold(0.0, f64::max),
+        completion_median_ms: median(&mut completion),
+        worst_overrun_ms: stats
+            .iter()
+            .map(|s| s.completion_ms - s.budget_ms - s.max_region_link_ms)
+            .fold(f64::NEG_INFINITY, f64::max),
+    }
+}
+
+fn evaluate(
+    label: String,
+    model: &dyn LatencyModel,
+    budgets: &[f64],
+    maps: usize,
+    vivaldi_pairs: usize,
+    seed: u64,
+) -> Scale {
+    let n = model.len();
+    eprintln!("{label}: building the overlay and warming up ...");
+    let t = Instant::now();
+    let config = SimConfig {
+        seed,
+        ..SimConfig::default()
+    };
+    let mut sim = Simulation::new(model, config);
+    let build_s = t.elapsed().as_secs_f64();
+    let vivaldi_err = sim.vivaldi_median_error(vivaldi_pairs);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0016_1215);
+    let origins = index::sample(&mut rng, n, maps.min(n)).into_vec();
+    eprintln!(
+        "{label}: {} maps per budget over {} budgets ...",
+        origins.len(),
+        budgets.len()
+    );
+    let t = Instant::now();
+    let rows = budgets
+        .iter()
+        .map(|&b| {
+            let stats: Vec<MapStats> = origins.iter().map(|&o| sim.run_map(o, b)).collect();
+            summarise(b, &stats)
+        })
+        .collect();
+    Scale {
+        label,
+        nodes: n,
+        links: sim.graph().links(),
+        vivaldi_err,
+        build_s,
+        maps_s: t.elapsed().as_secs_f64(),
+        rows,
+    }
+}
+
+fn print_scale(s: &Scale) {
+    let c = SimConfig::default();
+    println!(
+        "{}: {} nodes, {} overlay links ({} nearest + {} random per node), Vivaldi median \
+         relative error {:.1}% after {} warm-up rounds; built in {:.1} s, maps in {:.1} s",
+        s.label,
+        s.nodes,
+        s.links,
+        c.near,
+        c.far,
+        100.0 * s.vivaldi_err,
+        c.warmup_rounds,
+        s.build_s,
+        s.maps_s
+    );
+    println!(
+        "{:>6} {:>4} {:>4} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "budget",
+        "maps",
+        "done",
+        "region",
+        "max",
+        "recall%",
+        "min%",
+        "prec%",
+        "direct%",
+        "msgs/map",
+        "flood/map",
+        "msg/lnk",
+        "fld/lnk",
+        "req/fld",
+        "t50_ms",
+        "tmax_ms",
+        "over_ms"
+    );
+    for r in &s.rows {
+        println!(
+            "{:>6.0} {:>4} {:>4} {:>7.1} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>8.1}",
+            r.budget_ms,
+            r.maps,
+            r.complete,
+            r.region_mean,
+            r.region_max,
+            100.0 * r.recall_mean,
+            100.0 * r.recall_min,
+            100.0 * r.precision_mean,
+            100.0 * r.recall_direct_mean,
+            r.msgs_per_map,
+            r.flood_msgs_per_map,
+            r.msgs_per_link,
+            r.flood_msgs_per_link,
+            r.requests_vs_flood,
+            r.completion_median_ms,
+            r.completion_max_ms,
+            r.worst_overrun_ms
+        );
+    }
+    println!();
+}
+
+fn print_legend() {
+    println!(
+        "Columns: budget ms; maps run and maps the originator reported complete; region = nodes \
+         within the budget by shortest-path RTT over the overlay (mean, max) = the ground truth; \
+         recall% (mean, min) and prec% against it; direct% = recall against the nodes whose \
+         direct RTT from the origin is within the budget; msgs/map = requests + acks + answers of \
+         the protocol, flood/map = a flood of the same region over the same overlay with \
+         duplicate suppression, acks and answers (2 x flood requests + region - 1), both also per \
+         overlay link inside the region (msg/lnk, fld/lnk; target <= 2); req/fld = protocol \
+         requests / flood requests; t50_ms, tmax_ms = median and max completion; over_ms = worst \
+         completion - (budget + largest link RTT in the region), <= 0 meets the target."
+    );
+}
+
+fn check_budgets(budgets: &[f64]) -> anyhow::Result<()> {
+    if budgets.is_empty() {
+        anyhow::bail!("--budgets is empty: give one or more budgets in ms, e.g. --budgets 10,50");
+    }
+    let max = MapConfig::default().max_budget_ms;
+    for &b in budgets {
+        if !(b.is_finite() && b > 0.0 && b <= max) {
+            anyhow::bail!(
+                "--budgets: {b} ms is not a usable budget; each must be > 0 and <= {max}"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn write_matrix(path: &Path, nodes: usize, seed: u64) -> anyhow::Result<()> {
+    let model = SyntheticInternet::new(SyntheticConfig::internet(nodes, seed));
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create the matrix file {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let write = |out: &mut std::io::BufWriter<std::fs::File>| -> std::io::Result<()> {
+        writeln!(
+            out,
+            "# brume synthetic Internet-like model: {nodes} nodes, seed {seed}; RTT in ms, \
+             row i column j = RTT from i to j"
+        )?;
+        let mut line = String::new();
+        for i in 0..nodes {
+            line.clear();
+            for j in 0..nodes {
+                if j > 0 {
+                    line.push(' ');
+                }
+                match model.rtt(i, j) {
+                    Some(v) => line.push_str(&format!("{v:.3}")),
+                    None => line.push_str("-1"),
+                }
+            }
+            line.push('\n');
+            out.write_all(line.as_bytes())?;
+        }
+        out.flush()
+    };
+    write(&mut out).with_context(|| format!("cannot write the matrix file {}", path.display()))?;
+    println!(
+        "wrote the synthetic model ({nodes} nodes, seed {seed}) as a {nodes} x {nodes} RTT matrix \
+         to {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The index of the value nearest `target` (the first on ties).
+fn nearest<T>(xs: &[T], target: f64, f: impl Fn(&T) -> f64) -> usize {
+    let mut best = 0;
+    for (i, x) in xs.iter().enumerate() {
+        if (f(x) - target).abs() < (f(&xs[best]) - target).abs() {
+            best = i;
+        }
+    }
+    best
+}
+
+pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
+    let nodes = match (&args.nodes, args.quick) {
+        (Some(n), _) => n.clone(),
+        (None, true) => vec![QUICK_NODES],
+        (None, false) => DEFAULT_NODES.to_vec(),
+    };
+    if let Some(&n) = nodes.iter().find(|&&n| n < 2) {
+        anyhow::bail!("--nodes: {n} is too few; a map needs at least 2 nodes");
+    }
+    if nodes.is_empty() {
+        anyhow::bail!("--nodes is empty: give one or more node counts, e.g. --nodes 1000");
+    }
+    if let Some(path) = &args.write_matrix {
+        let [n] = nodes[..] else {
+            anyhow::bail!(
+                "--write-matrix writes one model: give exactly one --nodes N (got {})",
+                nodes
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        };
+        return write_matrix(path, n, args.seed);
+    }
+    check_budgets(&args.budgets)?;
+    let maps = args.maps.unwrap_or(if args.quick { 3 } else { 32 });
+    if maps == 0 {
+        anyhow::bail!("--maps must be at least 1");
+    }
+    let pairs = args
+        .vivaldi_pairs
+        .unwrap_or(if args.quick { 2_000 } else { 20_000 });
+
+    if cfg!(debug_assertions) && !args.quick {
+        eprintln!("warning: this is a debug build; it will be slow (use --release)");
+    }
+    let mut scales = Vec::new();
+    if let Some(path) = &args.rtt_matrix {
+        // The error's own text names the file, the line and the column; its source chain would
+        // only repeat the I/O error, so it is not attached.
+        let matrix =
+            RttMatrix::from_file(path).map_err(|e| anyhow::anyhow!("--rtt-matrix refused: {e}"))?;
+        let n = matrix.len();
+        let measured = matrix.measured_pairs();
+        if n < 2 || measured == 0 {
+            anyhow::bail!(
+                "--rtt-matrix {}: {n} x {n} with {measured} measured pairs; the simulation needs \
+                 at least 2 nodes and some measured RTTs (entries > 0)",
+                path.display()
+            );
+        }
+        println!(
+            "RTT matrix {}: {n} nodes, {measured} of {} pairs measured",
+            path.display(),
+            n * (n - 1) / 2
+        );
+        scales.push(evaluate(
+            format!("matrix {}", path.display()),
+            &matrix,
+            &args.budgets,
+            maps,
+            pairs,
+            args.seed,
+        ));
+    } else {
+        for &n in &nodes {
+            let model = SyntheticInternet::new(SyntheticConfig::internet(n, args.seed));
+            scales.push(evaluate(
+                format!("synthetic, seed {}", args.seed),
+                &model,
+                &args.budgets,
+                maps,
+                pairs,
+                args.seed,
+            ));
+        }
+    }
+
+    println!("Overlay mapping in the discrete-event simulator (sans-IO mapping core)");
+    println!();
+    for s in &scales {
+        print_scale(s);
+    }
+    print_legend();
+
+    let si = nearest(&scales, HEADLINE_NODES as f64, |s: &Scale| s.nodes as f64);
+    let s = &scales[si];
+    let ri = nearest(&s.rows, HEADLINE_BUDGET_MS, |r: &Row| r.budget_ms);
+    let r = &s.rows[ri];
+    println!(
+        "Headline: {} nodes at the {} ms budget: recall {:.2}% (overlay ground truth; direct \
+         {:.2}%), {:.2} messages per region link (flood {:.2}), Vivaldi median error {:.1}%. \
+         Idle RSS is not measured here: it needs the daemon.",
+        s.nodes,
+        r.budget_ms,
+        100.0 * r.recall_mean,
+        100.0 * r.recall_direct_mean,
+        r.msgs_per_link,
+        r.flood_msgs_per_link,
+        100.0 * s.vivaldi_err
+    );
+    println!(
+        "BENCH overlay recall_pct={:.2} msgs_per_region_link={:.3} vivaldi_median_err_pct={:.2}",
+        100.0 * r.recall_mean,
+        r.msgs_per_link,
+        100.0 * s.vivaldi_err
+    );
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `brume bench overlay` as an operator runs it: the built binary, a smoke run on the synthetic
+//! model, a run on an RTT matrix file it wrote itself, and refusals of broken matrix files.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_brume"))
+        .args(["bench", "overlay"])
+        .args(args)
+        .output()
+        .expect("the brume binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The last stdout line, checked to be `BENCH overlay key=number ...`, as a map.
+fn bench_line(out: &Output) -> HashMap<String, f64> {
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("some output");
+    let rest = last
+        .strip_prefix("BENCH overlay ")
+        .unwrap_or_else(|| panic!("last line is not a BENCH line: {last}"));
+    let mut keys = HashMap::new();
+    for kv in rest.split_whitespace() {
+        let (k, v) = kv
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not key=value: {kv}"));
+        let v: f64 = v
+            .parse()
+            .unwrap_or_else(|e| panic!("{k}={v} is not a number: {e}"));
+        assert!(v.is_finite(), "{k}={v}");
+        keys.insert(k.to_string(), v);
+    }
+    for k in [
+        "recall_pct",
+        "msgs_per_region_link",
+        "vivaldi_median_err_pct",
+    ] {
+        assert!(keys.contains_key(k), "{k} missing from {last}");
+    }
+    keys
+}
+
+#[test]
+fn quick_run_ends_with_a_parsable_bench_line_and_high_recall() {
+    let out = bench(&["--quick"]);
+    let keys = bench_line(&out);
+    assert!(keys["recall_pct"] >= 99.0, "{keys:?}");
+    assert!(keys["msgs_per_region_link"] <= 2.0, "{keys:?}");
+    assert!(keys["vivaldi_median_err_pct"] <= 15.0, "{keys:?}");
+    let stdout = text(&out.stdout);
+    for budget in ["10", "25", "50", "80"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(budget)),
+            "no row for budget {budget} in\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("flood/map"), "{stdout}");
+}
+
+#[test]
+fn runs_on_a_matrix_file_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rtt.txt");
+    let p = path.to_str().unwrap();
+    let out = bench(&["--write-matrix", p, "--nodes", "150", "--seed", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Mark one pair unmeasured both ways, as a published dataset would.
+    let written = std::fs::read_to_string(&path).unwrap();
+    let mut rows: Vec<Vec<String>> = written
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows.len(), 150);
+    assert!(rows.iter().all(|r| r.len() == 150));
+    rows[0][1] = "0".into();
+    rows[1][0] = "-1".into();
+    let edited: String = rows.iter().map(|r| r.join(" ") + "\n").collect();
+    std::fs::write(&path, edited).unwrap();
+
+    let out = bench(&["--rtt-matrix", p, "--maps", "4", "--budgets", "20,50"]);
+    let keys = bench_line(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("150 nodes, 11174 of 11175 pairs measured"),
+        "{stdout}"
+    );
+    assert!(keys["recall_pct"] >= 95.0, "{keys:?}");
+}
+
+fn refused(content: &str, expect: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.txt");
+    std::fs::write(&path, content).unwrap();
+    let out = bench(&["--rtt-matrix", path.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "accepted {content:?}");
+    assert!(
+        !text(&out.stdout).contains("BENCH"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for e in expect {
+        assert!(stderr.contains(e), "{e:?} not in {stderr}");
+    }
+}
+
+#[test]
+fn a_malformed_matrix_is_refused_with_a_clear_error() {
+    refused(
+        "0 1 2\n1 0 x3\n2 3 0\n",
+        &["bad.txt:2:5", "`x3` is not a number"],
+    );
+    refused("0 1 2\n1 0\n2 1 0\n", &["bad.txt:2", "row has 2 entries"]);
+    refused("0 1 2\n1 0 3\n", &["must be square"]);
+    refused("# nothing\n", &["no rows"]);
+    refused("0 -1\n-1 0\n", &["measured pairs"]);
+    let out = bench(&[
+        "--rtt-matrix",
+        Path::new("/nonexistent/rtt.txt").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("cannot read RTT matrix /nonexistent/rtt.txt"));
+}
