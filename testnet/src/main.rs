@@ -1,0 +1,180 @@
+//! `brume-testnet`: bring a latency-emulating testbed up by hand, or clean up after crashed runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use brume_overlay::latency::{LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet};
+use brume_testnet::{Shaping, Testbed};
+use clap::{Args, Parser, Subcommand};
+
+/// Network namespaces joined by a userspace router that delays packets by an RTT matrix
+/// (the kernel has no netem). Needs root.
+#[derive(Parser)]
+#[command(name = "brume-testnet", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a testbed, print its hosts, and route until Ctrl-C (then delete it).
+    Up(Up),
+    /// Delete leftover brume-* namespaces of crashed runs (live testbeds are kept).
+    Cleanup {
+        /// Also delete the namespaces of testbeds whose owning process is still running.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args)]
+struct Up {
+    /// Number of hosts (default: the matrix's size; required with --synthetic).
+    #[arg(long)]
+    hosts: Option<usize>,
+    /// N x N RTT matrix in ms (rows of whitespace-separated numbers; <= 0 = unmeasured, which
+    /// makes the pair unreachable). With --hosts, the first hosts of the matrix are used.
+    #[arg(long, value_name = "FILE", conflicts_with = "synthetic")]
+    rtt_matrix: Option<PathBuf>,
+    /// RTTs from brume's seeded synthetic Internet model (5 continents, 8 cities each).
+    #[arg(long)]
+    synthetic: bool,
+    /// Seed of the synthetic model.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Limit every host's link to this many Mbit/s in each direction.
+    #[arg(long, value_name = "MBIT")]
+    mbit: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Up(up) => run_up(up),
+        Cmd::Cleanup { all } => run_cleanup(all),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("brume-testnet: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cleanup(all: bool) -> Result<(), String> {
+    let report = brume_testnet::cleanup(all).map_err(|e| e.to_string())?;
+    for name in &report.removed {
+        println!("removed {name}");
+    }
+    for name in &report.kept {
+        println!("kept {name} (its testbed's process is running; --all removes it)");
+    }
+    for (name, why) in &report.failed {
+        eprintln!("failed {name}: {why}");
+    }
+    if report.removed.is_empty() && report.kept.is_empty() && report.failed.is_empty() {
+        println!("no brume-* namespaces");
+    }
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} namespaces not removed", report.failed.len()))
+    }
+}
+
+fn run_up(up: Up) -> Result<(), String> {
+    let model: Box<dyn LatencyModel> = match (&up.rtt_matrix, up.synthetic) {
+        (Some(path), _) => Box::new(RttMatrix::from_file(path).map_err(|e| e.to_string())?),
+        (None, true) => {
+            let n = up
+                .hosts
+                .ok_or("--synthetic needs --hosts N (how many hosts to draw)")?;
+            Box::new(SyntheticInternet::new(SyntheticConfig::internet(
+                n, up.seed,
+            )))
+        }
+        (None, false) => {
+            return Err("say where RTTs come from: --rtt-matrix FILE or --synthetic".into())
+        }
+    };
+    let n = up.hosts.unwrap_or(model.len());
+    if n == 0 || n > model.len() {
+        return Err(format!(
+            "--hosts {n}: the RTT source has {} hosts",
+            model.len()
+        ));
+    }
+    // Block the stop signals before any thread exists, so that every thread inherits the mask
+    // and this one receives them with sigwait.
+    let signals = block_stop_signals();
+    let mut builder = Testbed::builder(n, |i, j| model.rtt(i, j).unwrap_or(-1.0));
+    if let Some(mbit) = up.mbit {
+        for host in 0..n {
+            builder = builder.bandwidth(host, Shaping::mbit(mbit));
+        }
+    }
+    let bed = builder.build().map_err(|e| e.to_string())?;
+    println!(
+        "testbed {} on {}: {n} hosts",
+        bed.tag(),
+        bed.subnet().cidr()
+    );
+    println!("{:>5}  {:<20} address", "host", "namespace");
+    for i in 0..n {
+        println!("{i:>5}  {:<20} {}", bed.netns(i), bed.addr(i));
+    }
+    if n <= 12 {
+        println!("RTT matrix (ms):");
+        for i in 0..n {
+            let row: Vec<String> = (0..n)
+                .map(|j| match bed.rtt_ms(i, j) {
+                    v if v.is_finite() && v >= 0.0 => format!("{v:7.1}"),
+                    _ => format!("{:>7}", "-"),
+                })
+                .collect();
+            println!("  {}", row.join(" "));
+        }
+    }
+    if n >= 2 {
+        println!(
+            "try: ip netns exec {} ping -c 3 {}",
+            bed.netns(0),
+            bed.addr(1)
+        );
+    }
+    println!("routing; Ctrl-C to stop and delete the namespaces");
+    wait_for(&signals);
+    let stats = bed.stats();
+    println!(
+        "forwarded {} packets (timer lateness mean {:?}, max {:?}); dropped: {} not for a host, {} unreachable, {} queue full",
+        stats.forwarded,
+        stats.late_mean,
+        stats.late_max,
+        stats.dropped_no_host,
+        stats.dropped_unreachable,
+        stats.dropped_queue
+    );
+    bed.shutdown().map_err(|e| e.to_string())
+}
+
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; the calls only touch it and the
+    // calling thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for(set: &libc::sigset_t) {
+    let mut sig = 0;
+    // SAFETY: set is a valid initialised sigset; sig is a live c_int.
+    unsafe { libc::sigwait(set, &mut sig) };
+}
