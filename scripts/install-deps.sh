@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what brume's build and tests need, idempotently. Needs root (or sudo) only when
-# something is missing. Today: a Rust toolchain with rustfmt and clippy, a C compiler, and
-# Graphviz (for `brume map --dot`, rendered in tests of later issues).
+# something is missing: a Rust toolchain with rustfmt and clippy, a C compiler, Graphviz (the
+# tests render `brume map --dot`), iproute2 and ping (the testbed's network namespaces; its tests
+# need root, which CI has).
 set -euo pipefail
 
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v dot >/dev/null || need+=(graphviz)
+command -v ip >/dev/null || need+=(iproute2)        # network namespaces for the testbed
+command -v ping >/dev/null || need+=(iputils-ping)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
