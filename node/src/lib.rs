@@ -8,6 +8,7 @@
 //! it did) or to a program (JSON). [`bench`] holds the benchmark families of `brume bench`.
 
 pub mod bench;
+pub mod client;
 pub mod daemon;
 pub mod input_error;
 pub mod manifest;

@@ -32,6 +32,14 @@ enum Command {
         #[command(subcommand)]
         family: Bench,
     },
+    /// Ask the running node who it is: peer id, addresses, degree, Vivaldi coordinate.
+    Status(brume::client::Target),
+    /// List the node's overlay peers with their measured RTT (EWMA and variation) and the RTT
+    /// their Vivaldi coordinates predict.
+    Peers(brume::client::Target),
+    /// Map the neighbourhood: the nodes reachable over the overlay within a latency budget, with
+    /// their resources and the links measured among them, as a table, JSON or Graphviz.
+    Map(brume::client::MapArgs),
 }
 
 #[derive(Subcommand)]
@@ -64,6 +72,9 @@ fn main() -> ExitCode {
         Command::Bench {
             family: Bench::Overlay(args),
         } => brume::bench::overlay::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Status(target) => block_on(brume::client::status(target)),
+        Command::Peers(target) => block_on(brume::client::peers(target)),
+        Command::Map(args) => block_on(brume::client::map(args)),
     };
     match result {
         Ok(code) => code,
@@ -72,4 +83,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs one client call on a small runtime of its own.
+fn block_on(
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)
+        .map(|()| ExitCode::SUCCESS)
 }

@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod control;
+pub mod dispatch;
 pub mod resources;
 pub mod views;

@@ -1,0 +1,138 @@
+//! Answering control requests: each request from the socket becomes a call on the overlay
+//! [`Backend`] and its result a [`Response`]. Calls run concurrently, so a map that takes its
+//! whole budget does not hold up `brume status`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brume_overlay::neighbourhood::NeighbourhoodMap;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use super::control::{Call, Request, Response};
+use super::views::{PeerView, StatusView};
+
+/// Longest budget a client may ask a map for.
+pub const MAX_BUDGET: Duration = Duration::from_secs(10);
+
+/// What the daemon needs from the overlay. The real one wraps the libp2p node's handle; tests
+/// use a stand-in.
+pub trait Backend: Send + Sync + 'static {
+    fn status(&self) -> BoxFuture<'_, anyhow::Result<StatusView>>;
+    fn peers(&self) -> BoxFuture<'_, anyhow::Result<Vec<PeerView>>>;
+    fn map(&self, budget: Duration, fresh: bool)
+        -> BoxFuture<'_, anyhow::Result<NeighbourhoodMap>>;
+}
+
+/// Answers calls until the control server goes away.
+pub async fn dispatch(backend: Arc<dyn Backend>, mut calls: mpsc::Receiver<Call>) {
+    while let Some((request, reply)) = calls.recv().await {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            let _ = reply.send(answer(backend.as_ref(), request).await);
+        });
+    }
+}
+
+async fn answer(backend: &dyn Backend, request: Request) -> Response {
+    let result = match request {
+        Request::Status => backend.status().await.and_then(to_json),
+        Request::Peers => backend.peers().await.and_then(to_json),
+        Request::Map { budget_ms, fresh } => {
+            if !(budget_ms.is_finite() && budget_ms > 0.0)
+                || budget_ms > MAX_BUDGET.as_secs_f64() * 1e3
+            {
+                return Response::Error(format!(
+                    "budget {budget_ms} ms is out of range: give a positive budget up to {} ms",
+                    MAX_BUDGET.as_millis()
+                ));
+            }
+            let budget = Duration::from_secs_f64(budget_ms / 1e3);
+            backend.map(budget, fresh).await.and_then(to_json)
+        }
+    };
+    match result {
+        Ok(v) => Response::Ok(v),
+        Err(e) => Response::Error(format!("{e:#}")),
+    }
+}
+
+fn to_json(value: impl serde::Serialize) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::to_value(value)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brume_overlay::ids::NodeId;
+    use brume_overlay::neighbourhood::NodeRecord;
+    use tokio::sync::oneshot;
+
+    struct Fake;
+
+    impl Backend for Fake {
+        fn status(&self) -> BoxFuture<'_, anyhow::Result<StatusView>> {
+            Box::pin(async { anyhow::bail!("overlay not ready") })
+        }
+        fn peers(&self) -> BoxFuture<'_, anyhow::Result<Vec<PeerView>>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn map(
+            &self,
+            budget: Duration,
+            _: bool,
+        ) -> BoxFuture<'_, anyhow::Result<NeighbourhoodMap>> {
+            Box::pin(async move {
+                // A slow map, to show that other calls are not held up behind it.
+                tokio::time::sleep(budget).await;
+                Ok(NeighbourhoodMap::single(NodeRecord::bare(NodeId(7))))
+            })
+        }
+    }
+
+    async fn ask(tx: &mpsc::Sender<Call>, req: Request) -> oneshot::Receiver<Response> {
+        let (reply, rx) = oneshot::channel();
+        tx.send((req, reply)).await.unwrap();
+        rx
+    }
+
+    #[tokio::test]
+    async fn answers_concurrently_and_refuses_bad_budgets() {
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(dispatch(Arc::new(Fake), rx));
+        let slow = ask(
+            &tx,
+            Request::Map {
+                budget_ms: 300.0,
+                fresh: false,
+            },
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let peers = ask(&tx, Request::Peers).await.await.unwrap();
+        assert_eq!(peers, Response::Ok(serde_json::json!([])));
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "peers waited for the map"
+        );
+        match slow.await.unwrap() {
+            Response::Ok(v) => assert_eq!(v["nodes"][0]["id"], 7),
+            other => panic!("{other:?}"),
+        }
+        for bad in [0.0, -5.0, f64::NAN, 1e9] {
+            let r = ask(
+                &tx,
+                Request::Map {
+                    budget_ms: bad,
+                    fresh: false,
+                },
+            )
+            .await
+            .await
+            .unwrap();
+            assert!(matches!(r, Response::Error(m) if m.contains("out of range")));
+        }
+        let r = ask(&tx, Request::Status).await.await.unwrap();
+        assert_eq!(r, Response::Error("overlay not ready".into()));
+    }
+}
