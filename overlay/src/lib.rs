@@ -13,6 +13,7 @@
 pub mod ids;
 pub mod latency;
 pub mod mapping;
+pub mod membership;
 pub mod neighbourhood;
 pub mod rtt;
 pub mod sim;

@@ -1,0 +1,832 @@
+//! Overlay membership as a sans-IO state machine: joining, degree bounds, shuffling, rejoining and
+//! peer scoring (DESIGN.md flow step 1, seed 004's "randomized phase").
+//!
+//! One [`Membership`] runs per node. Like [`crate::mapping::MappingNode`] it never reads a clock,
+//! a socket or global randomness: the shell tells it what happened (a connection came up or went
+//! down, a dial failed, a join or shuffle answer arrived, a peer sent garbage, an RTT was measured)
+//! with the current [`Time`], and it answers with [`Action`]s (dial this address, drop that peer,
+//! send a join or shuffle request). Randomness comes from a generator seeded at construction, so
+//! every run with the same inputs takes the same decisions.
+//!
+//! * **Join.** A node dials its bootstrap addresses and asks the first members it reaches for a
+//!   sample of their peers ([`Action::SendJoin`]). A member answers with [`Membership::join_sample`]:
+//!   half its nearest peers (by RTT, measured or predicted) and half drawn at random among the
+//!   others, so a newcomer gets both local links (cheap mapping) and long ones (a small world).
+//! * **Degree.** Below `min_degree` the node dials addresses it knows; above `max_degree` it drops
+//!   the worst-scoring surplus (lowest score, then largest RTT), never going below `max_degree`
+//!   (hence never below `min_degree`) by trimming.
+//! * **Shuffle.** Every `shuffle_interval_ms` (jittered) the node sends a few addresses (its own
+//!   included) to a random peer, which answers with a few of its own ([`Membership::on_shuffle`]).
+//!   Addresses learnt so are remembered; while the degree is below `max_degree` one of them is
+//!   dialled, which keeps adding random long links and heals partitions.
+//! * **Rejoin.** A node that has lost all its peers dials every address it remembers: the
+//!   bootstrap list and the peers it has known, with a backoff between attempts.
+//! * **Scoring.** Every peer starts at [`INITIAL_SCORE`]; malformed and oversized messages lower it
+//!   ([`Misbehaviour`]), good messages raise it slowly back. A peer whose score falls below
+//!   `ban_threshold` is disconnected and not dialled again (nor accepted) for `ban_ms`.
+
+use std::collections::BTreeMap;
+use std::hash::Hash;
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::ids::{NodeId, Time};
+
+/// The score every peer starts with; good messages never raise it above this.
+pub const INITIAL_SCORE: f64 = 100.0;
+
+/// Tuning of membership.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembershipConfig {
+    /// The node dials more peers while it has fewer than this.
+    pub min_degree: usize,
+    /// The node drops its worst peers while it has more than this.
+    pub max_degree: usize,
+    /// How many peers a member returns to a newcomer.
+    pub join_sample: usize,
+    /// How many addresses a shuffle carries each way.
+    pub shuffle_len: usize,
+    /// Mean time between shuffles (each interval is jittered by +-25 %).
+    pub shuffle_interval_ms: f64,
+    /// How often degree bounds are checked.
+    pub maintain_interval_ms: f64,
+    /// A dial not reported back within this is forgotten.
+    pub dial_timeout_ms: f64,
+    /// Wait at least this between two rejoin attempts.
+    pub rejoin_backoff_ms: f64,
+    /// At most this many remembered addresses (the oldest are forgotten first).
+    pub max_known: usize,
+    /// A peer whose score falls below this is disconnected and banned.
+    pub ban_threshold: f64,
+    /// How long a banned peer stays banned.
+    pub ban_ms: f64,
+    pub malformed_penalty: f64,
+    pub oversized_penalty: f64,
+    pub unresponsive_penalty: f64,
+    /// Added per good message (up to [`INITIAL_SCORE`]).
+    pub good_reward: f64,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            min_degree: 4,
+            max_degree: 12,
+            join_sample: 8,
+            shuffle_len: 4,
+            shuffle_interval_ms: 10_000.0,
+            maintain_interval_ms: 1_000.0,
+            dial_timeout_ms: 5_000.0,
+            rejoin_backoff_ms: 2_000.0,
+            max_known: 256,
+            ban_threshold: 50.0,
+            ban_ms: 60_000.0,
+            malformed_penalty: 20.0,
+            oversized_penalty: 30.0,
+            unresponsive_penalty: 5.0,
+            good_reward: 1.0,
+        }
+    }
+}
+
+/// Something a peer did wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// A message that could not be decoded or was refused by a protocol core.
+    Malformed,
+    /// A message over the size limit.
+    Oversized,
+    /// A request that was never answered.
+    Unresponsive,
+}
+
+/// Why the state machine asks to disconnect a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The degree is above `max_degree` and this peer scored worst.
+    Surplus,
+    /// The peer's score fell below the threshold (or it is banned).
+    Banned,
+}
+
+/// What membership asks its shell to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action<A> {
+    /// Dial an address (`node` if known).
+    Dial { addr: A, node: Option<NodeId> },
+    /// Close every connection to a peer.
+    Disconnect { node: NodeId, reason: DropReason },
+    /// Ask a member for a sample of its peers; feed the answer to [`Membership::on_join_reply`].
+    SendJoin { to: NodeId },
+    /// Offer addresses to a peer; feed its answer to [`Membership::on_shuffle_reply`].
+    SendShuffle {
+        to: NodeId,
+        entries: Vec<(NodeId, A)>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Connected<A> {
+    addr: Option<A>,
+    score: f64,
+    rtt_ms: Option<f64>,
+    since: Time,
+}
+
+/// One node's membership state.
+#[derive(Debug, Clone)]
+pub struct Membership<A> {
+    id: NodeId,
+    config: MembershipConfig,
+    self_addr: Option<A>,
+    bootstrap: Vec<A>,
+    connected: BTreeMap<NodeId, Connected<A>>,
+    /// Remembered addresses with the time they were last heard of.
+    known: BTreeMap<NodeId, (A, Time)>,
+    /// Dials in flight: address -> give-up time.
+    dialing: Vec<(A, Time)>,
+    banned: BTreeMap<NodeId, Time>,
+    /// Scores survive disconnection so a misbehaving peer cannot reset its score by reconnecting.
+    scores: BTreeMap<NodeId, f64>,
+    next_shuffle: Time,
+    next_maintain: Time,
+    next_rejoin: Time,
+    joined: bool,
+    rng: ChaCha8Rng,
+}
+
+impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
+    /// A node that knows only its bootstrap addresses. `seed` drives every random choice.
+    pub fn new(id: NodeId, config: MembershipConfig, bootstrap: Vec<A>, seed: u64) -> Self {
+        let mut config = config;
+        config.min_degree = config.min_degree.max(1);
+        config.max_degree = config.max_degree.max(config.min_degree);
+        Membership {
+            id,
+            config,
+            self_addr: None,
+            bootstrap,
+            connected: BTreeMap::new(),
+            known: BTreeMap::new(),
+            dialing: Vec::new(),
+            banned: BTreeMap::new(),
+            scores: BTreeMap::new(),
+            next_shuffle: Time(0),
+            next_maintain: Time(0),
+            next_rejoin: Time(0),
+            joined: false,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ id.0),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn config(&self) -> &MembershipConfig {
+        &self.config
+    }
+
+    /// The address this node advertises of itself in shuffles.
+    pub fn set_self_addr(&mut self, addr: A) {
+        self.self_addr = Some(addr);
+    }
+
+    /// The number of connected peers.
+    pub fn degree(&self) -> usize {
+        self.connected.len()
+    }
+
+    /// The connected peers, sorted.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.connected.keys().copied().collect()
+    }
+
+    pub fn is_connected(&self, node: NodeId) -> bool {
+        self.connected.contains_key(&node)
+    }
+
+    /// The score of a peer (connected or not); [`INITIAL_SCORE`] if never seen.
+    pub fn score(&self, node: NodeId) -> f64 {
+        self.scores.get(&node).copied().unwrap_or(INITIAL_SCORE)
+    }
+
+    /// Whether the peer is banned now (the shell refuses its connections).
+    pub fn is_banned(&self, now: Time, node: NodeId) -> bool {
+        self.banned.get(&node).is_some_and(|until| *until > now)
+    }
+
+    /// The addresses this node remembers (bootstrap excluded).
+    pub fn known(&self) -> Vec<(NodeId, A)> {
+        self.known
+            .iter()
+            .map(|(n, (a, _))| (*n, a.clone()))
+            .collect()
+    }
+
+    /// Starts: schedules the timers and dials the bootstrap addresses.
+    pub fn start(&mut self, now: Time) -> Vec<Action<A>> {
+        self.next_maintain = now.plus_ms(self.config.maintain_interval_ms);
+        let first = self.jittered_shuffle_ms();
+        self.next_shuffle = now.plus_ms(first);
+        let mut out = Vec::new();
+        self.rejoin(now, &mut out);
+        out
+    }
+
+    fn jittered_shuffle_ms(&mut self) -> f64 {
+        let j: f64 = self.rng.random_range(0.75..1.25);
+        self.config.shuffle_interval_ms * j
+    }
+
+    /// A connection to `node` is up; `addr` is its dialable address if known (the address we
+    /// dialled, or a listen address it told us).
+    pub fn on_connected(&mut self, now: Time, node: NodeId, addr: Option<A>) -> Vec<Action<A>> {
+        let mut out = Vec::new();
+        if node == self.id {
+            return out;
+        }
+        if self.is_banned(now, node) {
+            out.push(Action::Disconnect {
+                node,
+                reason: DropReason::Banned,
+            });
+            return out;
+        }
+        if let Some(a) = &addr {
+            self.dialing.retain(|(d, _)| d != a);
+        }
+        let fresh = !self.connected.contains_key(&node);
+        let entry = self.connected.entry(node).or_insert(Connected {
+            addr: None,
+            score: INITIAL_SCORE,
+            rtt_ms: None,
+            since: now,
+        });
+        entry.score = self.scores.get(&node).copied().unwrap_or(INITIAL_SCORE);
+        if addr.is_some() {
+            entry.addr = addr.clone();
+        }
+        if let Some(a) = addr {
+            self.remember(now, node, a);
+        }
+        // Ask the first members we reach for a sample until we have enough peers.
+        if fresh && (!self.joined || self.connected.len() < self.config.min_degree) {
+            self.joined = true;
+            out.push(Action::SendJoin { to: node });
+        }
+        out
+    }
+
+    /// The peer's dialable address became known (e.g. from identify).
+    pub fn set_addr(&mut self, now: Time, node: NodeId, addr: A) {
+        if node == self.id {
+            return;
+        }
+        if let Some(c) = self.connected.get_mut(&node) {
+            c.addr = Some(addr.clone());
+        }
+        self.remember(now, node, addr);
+    }
+
+    /// The smoothed RTT (measured, or a Vivaldi prediction) of a connected peer.
+    pub fn set_rtt(&mut self, node: NodeId, rtt_ms: f64) {
+        if let Some(c) = self.connected.get_mut(&node) {
+            if rtt_ms.is_finite() && rtt_ms >= 0.0 {
+                c.rtt_ms = Some(rtt_ms);
+            }
+        }
+    }
+
+    /// The last connection to `node` closed.
+    pub fn on_disconnected(&mut self, now: Time, node: NodeId) -> Vec<Action<A>> {
+        let mut out = Vec::new();
+        if self.connected.remove(&node).is_some() && self.connected.is_empty() {
+            self.next_rejoin = now;
+            self.rejoin(now, &mut out);
+        }
+        out
+    }
+
+    /// A dial to `addr` failed.
+    pub fn on_dial_failed(&mut self, _now: Time, addr: &A) {
+        self.dialing.retain(|(d, _)| d != addr);
+        // Forget a remembered peer whose address fails; bootstrap addresses stay.
+        self.known.retain(|_, (a, _)| a != addr);
+    }
+
+    fn remember(&mut self, now: Time, node: NodeId, addr: A) {
+        if node == self.id || self.bootstrap.contains(&addr) && self.known.contains_key(&node) {
+            return;
+        }
+        self.known.insert(node, (addr, now));
+        while self.known.len() > self.config.max_known {
+            let oldest = self
+                .known
+                .iter()
+                .filter(|(n, _)| !self.connected.contains_key(n))
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(n, _)| *n);
+            match oldest {
+                Some(n) => {
+                    self.known.remove(&n);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// The sample a member gives a newcomer `to`: half its nearest peers, half random others,
+    /// then remembered addresses if it has too few peers.
+    pub fn join_sample(&mut self, to: NodeId) -> Vec<(NodeId, A)> {
+        let n = self.config.join_sample;
+        let mut cands: Vec<(NodeId, A, f64)> = self
+            .connected
+            .iter()
+            .filter(|(id, _)| **id != to)
+            .filter_map(|(id, c)| {
+                c.addr
+                    .clone()
+                    .map(|a| (*id, a, c.rtt_ms.unwrap_or(f64::INFINITY)))
+            })
+            .collect();
+        cands.sort_by(|x, y| x.2.total_cmp(&y.2).then(x.0.cmp(&y.0)));
+        let near = n.div_ceil(2).min(cands.len());
+        let mut out: Vec<(NodeId, A)> = cands
+            .iter()
+            .take(near)
+            .map(|(i, a, _)| (*i, a.clone()))
+            .collect();
+        let mut far: Vec<(NodeId, A)> = cands
+            .iter()
+            .skip(near)
+            .map(|(i, a, _)| (*i, a.clone()))
+            .collect();
+        far.shuffle(&mut self.rng);
+        out.extend(far.into_iter().take(n - out.len()));
+        if out.len() < n {
+            let mut extra: Vec<(NodeId, A)> = self
+                .known
+                .iter()
+                .filter(|(id, _)| **id != to && !out.iter().any(|(o, _)| o == *id))
+                .map(|(id, (a, _))| (*id, a.clone()))
+                .collect();
+            extra.shuffle(&mut self.rng);
+            let room = n - out.len();
+            out.extend(extra.into_iter().take(room));
+        }
+        out
+    }
+
+    /// A member's answer to our join request: remember the addresses, dial up to `min_degree`.
+    pub fn on_join_reply(
+        &mut self,
+        now: Time,
+        _from: NodeId,
+        entries: Vec<(NodeId, A)>,
+    ) -> Vec<Action<A>> {
+        for (node, addr) in entries.into_iter().take(self.config.join_sample.max(1) * 4) {
+            self.remember(now, node, addr);
+        }
+        let mut out = Vec::new();
+        self.fill(now, self.config.min_degree, &mut out);
+        out
+    }
+
+    /// A peer offers addresses: remember them and answer with as many of ours.
+    pub fn on_shuffle(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        entries: Vec<(NodeId, A)>,
+    ) -> Vec<(NodeId, A)> {
+        let reply = self.shuffle_entries(Some(from));
+        for (node, addr) in entries.into_iter().take(self.config.shuffle_len.max(1) * 2) {
+            self.remember(now, node, addr);
+        }
+        reply
+    }
+
+    /// The answer to our shuffle: remember it; while below `max_degree`, dial one new address.
+    pub fn on_shuffle_reply(
+        &mut self,
+        now: Time,
+        _from: NodeId,
+        entries: Vec<(NodeId, A)>,
+    ) -> Vec<Action<A>> {
+        let mut fresh = Vec::new();
+        for (node, addr) in entries.into_iter().take(self.config.shuffle_len.max(1) * 2) {
+            if node != self.id && !self.connected.contains_key(&node) {
+                fresh.push((node, addr.clone()));
+            }
+            self.remember(now, node, addr);
+        }
+        let mut out = Vec::new();
+        if self.connected.len() + self.dialing.len() < self.config.max_degree {
+            fresh.retain(|(n, a)| !self.is_banned(now, *n) && !self.is_dialing(a));
+            if let Some((node, addr)) = fresh.choose(&mut self.rng).cloned() {
+                self.dial(now, addr, Some(node), &mut out);
+            }
+        }
+        out
+    }
+
+    fn shuffle_entries(&mut self, exclude: Option<NodeId>) -> Vec<(NodeId, A)> {
+        let mut pool: Vec<(NodeId, A)> = self
+            .connected
+            .iter()
+            .filter(|(id, _)| Some(**id) != exclude)
+            .filter_map(|(id, c)| c.addr.clone().map(|a| (*id, a)))
+            .collect();
+        pool.extend(
+            self.known
+                .iter()
+                .filter(|(id, _)| Some(**id) != exclude && !self.connected.contains_key(id))
+                .map(|(id, (a, _))| (*id, a.clone())),
+        );
+        pool.shuffle(&mut self.rng);
+        let mut out = Vec::new();
+        if let Some(me) = &self.self_addr {
+            out.push((self.id, me.clone()));
+        }
+        let room = self.config.shuffle_len.saturating_sub(out.len());
+        out.extend(pool.into_iter().take(room));
+        out
+    }
+
+    /// A peer misbehaved: lower its score; below the threshold it is disconnected and banned.
+    pub fn on_misbehaviour(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        what: Misbehaviour,
+    ) -> Vec<Action<A>> {
+        let penalty = match what {
+            Misbehaviour::Malformed => self.config.malformed_penalty,
+            Misbehaviour::Oversized => self.config.oversized_penalty,
+            Misbehaviour::Unresponsive => self.config.unresponsive_penalty,
+        };
+        let score = self.score(node) - penalty;
+        self.scores.insert(node, score);
+        if let Some(c) = self.connected.get_mut(&node) {
+            c.score = score;
+        }
+        let mut out = Vec::new();
+        if score < self.config.ban_threshold {
+            self.banned.insert(node, now.plus_ms(self.config.ban_ms));
+            self.known.remove(&node);
+            if self.connected.contains_key(&node) {
+                out.push(Action::Disconnect {
+                    node,
+                    reason: DropReason::Banned,
+                });
+            }
+        }
+        out
+    }
+
+    /// A peer sent a well-formed, useful message: its score recovers a little.
+    pub fn on_good(&mut self, node: NodeId) {
+        if let Some(s) = self.scores.get_mut(&node) {
+            *s = (*s + self.config.good_reward).min(INITIAL_SCORE);
+            if let Some(c) = self.connected.get_mut(&node) {
+                c.score = *s;
+            }
+        }
+    }
+
+    fn is_dialing(&self, addr: &A) -> bool {
+        self.dialing.iter().any(|(d, _)| d == addr)
+    }
+
+    fn dial(&mut self, now: Time, addr: A, node: Option<NodeId>, out: &mut Vec<Action<A>>) {
+        if self.is_dialing(&addr) {
+            return;
+        }
+        self.dialing
+            .push((addr.clone(), now.plus_ms(self.config.dial_timeout_ms)));
+        out.push(Action::Dial { addr, node });
+    }
+
+    /// Dials remembered peers until connected + dialling reaches `target`.
+    fn fill(&mut self, now: Time, target: usize, out: &mut Vec<Action<A>>) {
+        let have = self.connected.len() + self.dialing.len();
+        if have >= target {
+            return;
+        }
+        let mut cands: Vec<(NodeId, A)> = self
+            .known
+            .iter()
+            .filter(|(id, (a, _))| {
+                !self.connected.contains_key(id)
+                    && !self.is_banned(now, **id)
+                    && !self.is_dialing(a)
+            })
+            .map(|(id, (a, _))| (*id, a.clone()))
+            .collect();
+        cands.shuffle(&mut self.rng);
+        for (node, addr) in cands.into_iter().take(target - have) {
+            self.dial(now, addr, Some(node), out);
+        }
+    }
+
+    /// Lost every peer: dial the bootstrap list and every remembered address (with a backoff).
+    fn rejoin(&mut self, now: Time, out: &mut Vec<Action<A>>) {
+        if now < self.next_rejoin {
+            return;
+        }
+        self.next_rejoin = now.plus_ms(self.config.rejoin_backoff_ms);
+        self.joined = false;
+        let boots = self.bootstrap.clone();
+        for a in boots {
+            self.dial(now, a, None, out);
+        }
+        let known: Vec<(NodeId, A)> = self
+            .known
+            .iter()
+            .filter(|(id, _)| !self.is_banned(now, **id))
+            .map(|(id, (a, _))| (*id, a.clone()))
+            .collect();
+        for (node, addr) in known {
+            self.dial(now, addr, Some(node), out);
+        }
+    }
+
+    /// Drops the worst-scoring peers above `max_degree` (lowest score, then largest RTT, then the
+    /// most recent connection).
+    fn trim(&mut self, out: &mut Vec<Action<A>>) {
+        let surplus = self.connected.len().saturating_sub(self.config.max_degree);
+        if surplus == 0 {
+            return;
+        }
+        let mut ranked: Vec<(NodeId, f64, f64, Time)> = self
+            .connected
+            .iter()
+            .map(|(id, c)| (*id, c.score, c.rtt_ms.unwrap_or(f64::INFINITY), c.since))
+            .collect();
+        ranked.sort_by(|x, y| {
+            x.1.total_cmp(&y.1)
+                .then(y.2.total_cmp(&x.2))
+                .then(y.3.cmp(&x.3))
+                .then(x.0.cmp(&y.0))
+        });
+        for (node, ..) in ranked.into_iter().take(surplus) {
+            self.connected.remove(&node);
+            out.push(Action::Disconnect {
+                node,
+                reason: DropReason::Surplus,
+            });
+        }
+    }
+
+    /// Periodic work: expire dials and bans, keep the degree in bounds, rejoin, shuffle.
+    pub fn handle_timeout(&mut self, now: Time) -> Vec<Action<A>> {
+        let mut out = Vec::new();
+        if now >= self.next_maintain {
+            self.next_maintain = now.plus_ms(self.config.maintain_interval_ms);
+            self.dialing.retain(|(_, until)| *until > now);
+            self.banned.retain(|_, until| *until > now);
+            if self.connected.is_empty() {
+                if self.dialing.is_empty() {
+                    self.rejoin(now, &mut out);
+                }
+            } else {
+                self.fill(now, self.config.min_degree, &mut out);
+                self.trim(&mut out);
+            }
+        }
+        if now >= self.next_shuffle {
+            let ms = self.jittered_shuffle_ms();
+            self.next_shuffle = now.plus_ms(ms);
+            let peers = self.peers();
+            if let Some(&to) = peers.choose(&mut self.rng) {
+                let entries = self.shuffle_entries(Some(to));
+                out.push(Action::SendShuffle { to, entries });
+            }
+        }
+        out
+    }
+
+    /// The next time [`Membership::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Time {
+        self.next_maintain.min(self.next_shuffle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type M = Membership<String>;
+
+    fn cfg() -> MembershipConfig {
+        MembershipConfig {
+            min_degree: 2,
+            max_degree: 4,
+            join_sample: 4,
+            shuffle_len: 3,
+            ..MembershipConfig::default()
+        }
+    }
+
+    fn addr(n: u64) -> String {
+        format!("a{n}")
+    }
+
+    fn dials(out: &[Action<String>]) -> Vec<String> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Dial { addr, .. } => Some(addr.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ms(v: u64) -> Time {
+        Time(v * 1000)
+    }
+
+    #[test]
+    fn joins_through_bootstrap_and_fills_to_min_degree() {
+        let mut m = M::new(NodeId(1), cfg(), vec!["boot".into()], 7);
+        let out = m.start(ms(0));
+        assert_eq!(dials(&out), vec!["boot".to_string()]);
+        let out = m.on_connected(ms(1), NodeId(2), Some("boot".into()));
+        assert_eq!(out, vec![Action::SendJoin { to: NodeId(2) }]);
+        let out = m.on_join_reply(
+            ms(2),
+            NodeId(2),
+            vec![
+                (NodeId(3), addr(3)),
+                (NodeId(4), addr(4)),
+                (NodeId(5), addr(5)),
+            ],
+        );
+        // One connected; dials one more to reach min_degree = 2.
+        assert_eq!(dials(&out).len(), 1);
+        let d = dials(&out)[0].clone();
+        let n: u64 = d[1..].parse().unwrap();
+        let out = m.on_connected(ms(3), NodeId(n), Some(d));
+        // Still below min when the second member connects? degree 2 == min: no new join.
+        assert!(out.is_empty());
+        assert_eq!(m.degree(), 2);
+    }
+
+    #[test]
+    fn join_sample_mixes_near_and_far() {
+        let mut c = cfg();
+        c.join_sample = 4;
+        let mut m = M::new(NodeId(1), c, vec![], 1);
+        for i in 2..=11u64 {
+            m.on_connected(ms(0), NodeId(i), Some(addr(i)));
+            m.set_rtt(NodeId(i), i as f64 * 10.0);
+        }
+        let s = m.join_sample(NodeId(99));
+        assert_eq!(s.len(), 4);
+        let ids: Vec<u64> = s.iter().map(|(n, _)| n.0).collect();
+        // Two nearest first, then two drawn among the far ones.
+        assert_eq!(&ids[..2], &[2, 3]);
+        assert!(ids[2..].iter().all(|&i| i > 3));
+        // The requester is never offered to itself.
+        let s = m.join_sample(NodeId(2));
+        assert!(s.iter().all(|(n, _)| n.0 != 2));
+        // Deterministic: same seed, same sample.
+        let mut m2 = M::new(NodeId(1), cfg(), vec![], 1);
+        for i in 2..=11u64 {
+            m2.on_connected(ms(0), NodeId(i), Some(addr(i)));
+            m2.set_rtt(NodeId(i), i as f64 * 10.0);
+        }
+        let mut m3 = m2.clone();
+        assert_eq!(m2.join_sample(NodeId(99)), m3.join_sample(NodeId(99)));
+    }
+
+    #[test]
+    fn trims_worst_surplus_but_never_below_max() {
+        let mut m = M::new(NodeId(1), cfg(), vec![], 3);
+        m.start(ms(0));
+        for i in 2..=8u64 {
+            m.on_connected(ms(0), NodeId(i), Some(addr(i)));
+            m.set_rtt(NodeId(i), 5.0);
+        }
+        m.set_rtt(NodeId(5), 500.0);
+        // Peer 7 is slightly misbehaved: lowest score, dropped first.
+        m.on_misbehaviour(ms(0), NodeId(7), Misbehaviour::Unresponsive);
+        let out = m.handle_timeout(ms(1_000));
+        let dropped: Vec<u64> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Disconnect {
+                    node,
+                    reason: DropReason::Surplus,
+                } => Some(node.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dropped.len(), 3);
+        assert_eq!(dropped[0], 7);
+        assert_eq!(dropped[1], 5);
+        assert_eq!(m.degree(), 4);
+        // A second round drops nothing more.
+        let out = m.handle_timeout(ms(2_000));
+        assert!(!out.iter().any(|a| matches!(a, Action::Disconnect { .. })));
+    }
+
+    #[test]
+    fn below_min_dials_known_addresses() {
+        let mut m = M::new(NodeId(1), cfg(), vec![], 3);
+        m.start(ms(0));
+        m.on_connected(ms(0), NodeId(2), Some(addr(2)));
+        m.on_join_reply(ms(0), NodeId(2), vec![]);
+        m.set_addr(ms(0), NodeId(9), addr(9));
+        let out = m.handle_timeout(ms(1_000));
+        assert_eq!(dials(&out), vec![addr(9)]);
+        // The dial is in flight: no duplicate next round.
+        let out = m.handle_timeout(ms(2_000));
+        assert!(dials(&out).is_empty());
+        m.on_dial_failed(ms(2_500), &addr(9));
+        assert_eq!(m.known(), vec![(NodeId(2), addr(2))]);
+    }
+
+    #[test]
+    fn rejoins_through_everything_remembered_when_alone() {
+        let mut m = M::new(NodeId(1), cfg(), vec!["boot".into()], 3);
+        m.start(ms(0));
+        m.on_dial_failed(ms(0), &"boot".to_string());
+        m.on_connected(ms(10), NodeId(2), Some(addr(2)));
+        m.on_connected(ms(10), NodeId(3), Some(addr(3)));
+        m.set_addr(ms(10), NodeId(4), addr(4));
+        assert!(m.on_disconnected(ms(20), NodeId(2)).is_empty());
+        let out = m.on_disconnected(ms(5_000), NodeId(3));
+        let mut d = dials(&out);
+        d.sort();
+        assert_eq!(d, vec![addr(2), addr(3), addr(4), "boot".to_string()]);
+        // Dials failing: after the backoff the next maintenance tries again.
+        for a in d {
+            m.on_dial_failed(ms(5_001), &a);
+        }
+        let out = m.handle_timeout(ms(8_000));
+        assert_eq!(dials(&out), vec!["boot".to_string()]);
+    }
+
+    #[test]
+    fn shuffle_exchanges_addresses_and_adds_a_random_link() {
+        let mut a = M::new(NodeId(1), cfg(), vec![], 5);
+        let mut b = M::new(NodeId(2), cfg(), vec![], 6);
+        a.set_self_addr(addr(1));
+        b.set_self_addr(addr(2));
+        a.start(ms(0));
+        b.start(ms(0));
+        a.on_connected(ms(0), NodeId(2), Some(addr(2)));
+        b.on_connected(ms(0), NodeId(1), Some(addr(1)));
+        b.set_addr(ms(0), NodeId(7), addr(7));
+        b.set_addr(ms(0), NodeId(8), addr(8));
+        let out = a.handle_timeout(ms(20_000));
+        let (to, entries) = out
+            .iter()
+            .find_map(|x| match x {
+                Action::SendShuffle { to, entries } => Some((*to, entries.clone())),
+                _ => None,
+            })
+            .expect("a shuffle is due");
+        assert_eq!(to, NodeId(2));
+        assert_eq!(entries[0], (NodeId(1), addr(1)));
+        let reply = b.on_shuffle(ms(20_001), NodeId(1), entries);
+        assert!(reply.len() <= 3);
+        assert!(reply.contains(&(NodeId(2), addr(2))));
+        let out = a.on_shuffle_reply(ms(20_002), NodeId(2), reply);
+        // One fresh address is dialled (7 or 8: node 2 is connected already).
+        let d = dials(&out);
+        assert_eq!(d.len(), 1);
+        assert!(d[0] == addr(7) || d[0] == addr(8));
+    }
+
+    #[test]
+    fn misbehaving_peer_is_scored_down_banned_and_refused() {
+        let mut m = M::new(NodeId(1), cfg(), vec![], 3);
+        m.on_connected(ms(0), NodeId(2), Some(addr(2)));
+        assert!(m
+            .on_misbehaviour(ms(0), NodeId(2), Misbehaviour::Malformed)
+            .is_empty());
+        assert_eq!(m.score(NodeId(2)), INITIAL_SCORE - 20.0);
+        m.on_good(NodeId(2));
+        assert_eq!(m.score(NodeId(2)), INITIAL_SCORE - 19.0);
+        m.on_misbehaviour(ms(0), NodeId(2), Misbehaviour::Oversized);
+        let out = m.on_misbehaviour(ms(0), NodeId(2), Misbehaviour::Malformed);
+        assert_eq!(
+            out,
+            vec![Action::Disconnect {
+                node: NodeId(2),
+                reason: DropReason::Banned
+            }]
+        );
+        assert!(m.is_banned(ms(1), NodeId(2)));
+        m.on_disconnected(ms(1), NodeId(2));
+        // Reconnecting while banned is refused, and the score is not reset.
+        let out = m.on_connected(ms(2), NodeId(2), Some(addr(2)));
+        assert!(matches!(out[0], Action::Disconnect { .. }));
+        assert!(m.score(NodeId(2)) < 50.0);
+        assert!(!m.is_banned(ms(61_000), NodeId(2)));
+    }
+}
