@@ -10,12 +10,20 @@
 //! time is a parameter ([`ids::Time`]), so the same code runs under libp2p and in a
 //! discrete-event simulation of thousands of nodes over a [`latency::LatencyModel`].
 
+pub mod behaviour;
 pub mod ids;
 pub mod latency;
 pub mod mapping;
 pub mod membership;
 pub mod neighbourhood;
+pub mod node;
 pub mod rtt;
 pub mod sim;
+pub mod swarm;
 pub mod vivaldi;
 pub mod wire;
+
+pub use node::{
+    BulkIncoming, Identity, MapOutcome, Overlay, OverlayConfig, OverlayError, OverlayHandle,
+    PeerInfo, Status, Timings,
+};

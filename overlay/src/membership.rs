@@ -17,8 +17,10 @@
 //!   (hence never below `min_degree`) by trimming.
 //! * **Shuffle.** Every `shuffle_interval_ms` (jittered) the node sends a few addresses (its own
 //!   included) to a random peer, which answers with a few of its own ([`Membership::on_shuffle`]).
-//!   Addresses learnt so are remembered; while the degree is below `max_degree` one of them is
-//!   dialled, which keeps adding random long links and heals partitions.
+//!   Addresses learnt so are remembered; while the degree is below the target (halfway between
+//!   the bounds) one of them is dialled, which adds random long links and heals partitions. A
+//!   peer that went away (or that we dropped) cools down before it is dialled again, so trimming
+//!   does not turn into churn.
 //! * **Rejoin.** A node that has lost all its peers dials every address it remembers: the
 //!   bootstrap list and the peers it has known, with a backoff between attempts.
 //! * **Scoring.** Every peer starts at [`INITIAL_SCORE`]; malformed and oversized messages lower it
@@ -56,6 +58,9 @@ pub struct MembershipConfig {
     pub dial_timeout_ms: f64,
     /// Wait at least this between two rejoin attempts.
     pub rejoin_backoff_ms: f64,
+    /// A peer that disconnected (or that we dropped) is not dialled again for this long, unless
+    /// the node is alone: without it a dropped surplus peer would be dialled straight back.
+    pub redial_cooldown_ms: f64,
     /// At most this many remembered addresses (the oldest are forgotten first).
     pub max_known: usize,
     /// A peer whose score falls below this is disconnected and banned.
@@ -80,6 +85,7 @@ impl Default for MembershipConfig {
             maintain_interval_ms: 1_000.0,
             dial_timeout_ms: 5_000.0,
             rejoin_backoff_ms: 2_000.0,
+            redial_cooldown_ms: 30_000.0,
             max_known: 256,
             ban_threshold: 50.0,
             ban_ms: 60_000.0,
@@ -148,6 +154,8 @@ pub struct Membership<A> {
     /// Dials in flight: address -> give-up time.
     dialing: Vec<(A, Time)>,
     banned: BTreeMap<NodeId, Time>,
+    /// Recently disconnected peers: not dialled again before the time given.
+    cooling: BTreeMap<NodeId, Time>,
     /// Scores survive disconnection so a misbehaving peer cannot reset its score by reconnecting.
     scores: BTreeMap<NodeId, f64>,
     next_shuffle: Time,
@@ -172,6 +180,7 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
             known: BTreeMap::new(),
             dialing: Vec::new(),
             banned: BTreeMap::new(),
+            cooling: BTreeMap::new(),
             scores: BTreeMap::new(),
             next_shuffle: Time(0),
             next_maintain: Time(0),
@@ -192,6 +201,16 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
     /// The address this node advertises of itself in shuffles.
     pub fn set_self_addr(&mut self, addr: A) {
         self.self_addr = Some(addr);
+    }
+
+    /// The degree shuffles grow the node to: halfway between the bounds. Staying clear of
+    /// `max_degree` leaves room for inbound connections, so trimming (and churn) stays rare.
+    pub fn target_degree(&self) -> usize {
+        (self.config.min_degree + self.config.max_degree) / 2
+    }
+
+    fn cooling(&self, now: Time, node: NodeId) -> bool {
+        self.cooling.get(&node).is_some_and(|until| *until > now)
     }
 
     /// The number of connected peers.
@@ -303,7 +322,11 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
     /// The last connection to `node` closed.
     pub fn on_disconnected(&mut self, now: Time, node: NodeId) -> Vec<Action<A>> {
         let mut out = Vec::new();
-        if self.connected.remove(&node).is_some() && self.connected.is_empty() {
+        if self.connected.remove(&node).is_some() {
+            self.cooling
+                .insert(node, now.plus_ms(self.config.redial_cooldown_ms));
+        }
+        if self.connected.is_empty() {
             self.next_rejoin = now;
             self.rejoin(now, &mut out);
         }
@@ -409,7 +432,8 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
         reply
     }
 
-    /// The answer to our shuffle: remember it; while below `max_degree`, dial one new address.
+    /// The answer to our shuffle: remember it; while below the target degree, dial one new
+    /// address (not a peer cooling down).
     pub fn on_shuffle_reply(
         &mut self,
         now: Time,
@@ -424,8 +448,10 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
             self.remember(now, node, addr);
         }
         let mut out = Vec::new();
-        if self.connected.len() + self.dialing.len() < self.config.max_degree {
-            fresh.retain(|(n, a)| !self.is_banned(now, *n) && !self.is_dialing(a));
+        if self.connected.len() + self.dialing.len() < self.target_degree() {
+            fresh.retain(|(n, a)| {
+                !self.is_banned(now, *n) && !self.cooling(now, *n) && !self.is_dialing(a)
+            });
             if let Some((node, addr)) = fresh.choose(&mut self.rng).cloned() {
                 self.dial(now, addr, Some(node), &mut out);
             }
@@ -522,6 +548,7 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
             .filter(|(id, (a, _))| {
                 !self.connected.contains_key(id)
                     && !self.is_banned(now, **id)
+                    && !self.cooling(now, **id)
                     && !self.is_dialing(a)
             })
             .map(|(id, (a, _))| (*id, a.clone()))
@@ -556,7 +583,7 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
 
     /// Drops the worst-scoring peers above `max_degree` (lowest score, then largest RTT, then the
     /// most recent connection).
-    fn trim(&mut self, out: &mut Vec<Action<A>>) {
+    fn trim(&mut self, now: Time, out: &mut Vec<Action<A>>) {
         let surplus = self.connected.len().saturating_sub(self.config.max_degree);
         if surplus == 0 {
             return;
@@ -574,6 +601,8 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
         });
         for (node, ..) in ranked.into_iter().take(surplus) {
             self.connected.remove(&node);
+            self.cooling
+                .insert(node, now.plus_ms(self.config.redial_cooldown_ms));
             out.push(Action::Disconnect {
                 node,
                 reason: DropReason::Surplus,
@@ -588,13 +617,14 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
             self.next_maintain = now.plus_ms(self.config.maintain_interval_ms);
             self.dialing.retain(|(_, until)| *until > now);
             self.banned.retain(|_, until| *until > now);
+            self.cooling.retain(|_, until| *until > now);
             if self.connected.is_empty() {
                 if self.dialing.is_empty() {
                     self.rejoin(now, &mut out);
                 }
             } else {
                 self.fill(now, self.config.min_degree, &mut out);
-                self.trim(&mut out);
+                self.trim(now, &mut out);
             }
         }
         if now >= self.next_shuffle {
@@ -731,6 +761,19 @@ mod tests {
         // A second round drops nothing more.
         let out = m.handle_timeout(ms(2_000));
         assert!(!out.iter().any(|a| matches!(a, Action::Disconnect { .. })));
+    }
+
+    #[test]
+    fn a_lost_peer_cools_down_before_it_is_dialled_again() {
+        let mut m = M::new(NodeId(1), cfg(), vec![], 3);
+        m.start(ms(0));
+        m.on_connected(ms(0), NodeId(2), Some(addr(2)));
+        m.on_connected(ms(0), NodeId(3), Some(addr(3)));
+        m.on_disconnected(ms(10), NodeId(2));
+        let out = m.on_shuffle_reply(ms(11), NodeId(3), vec![(NodeId(2), addr(2))]);
+        assert!(dials(&out).is_empty());
+        let out = m.on_shuffle_reply(ms(40_000), NodeId(3), vec![(NodeId(2), addr(2))]);
+        assert_eq!(dials(&out), vec![addr(2)]);
     }
 
     #[test]

@@ -1,0 +1,827 @@
+//! The libp2p shell: a tokio task owning the `Swarm` (TCP + noise + yamux, the behaviours of
+//! [`crate::behaviour`]) and the two sans-IO cores, [`MappingNode`] and [`Membership`]. The task is
+//! one `tokio::select!` over swarm events, handle commands and the cores' timers; every event is
+//! translated into calls on the cores, whose outputs become dials, disconnections and requests.
+//!
+//! Peers are named by `PeerId` on the wire and by [`NodeId`] in the cores: [`node_id_of`] maps one
+//! to the other deterministically and the task keeps the table back.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{identify, identity, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, trace, warn};
+
+use crate::behaviour::{
+    BehaviourTimings, BrumeBehaviour, BrumeBehaviourEvent, MapFrame, MembershipRequest,
+    MembershipResponse,
+};
+use crate::ids::{MapId, NodeId, Time};
+use crate::mapping::{MappingNode, Output};
+use crate::membership::{Action, Membership, Misbehaviour};
+use crate::neighbourhood::NodeRecord;
+use crate::node::{
+    Command, Identity, MapOutcome, OverlayConfig, OverlayError, OverlayHandle, PeerInfo, Status,
+};
+
+/// The core's id of a peer: the first 8 bytes (big-endian) of a 64-bit FNV-1a hash of the peer
+/// id's bytes, passed through SplitMix64's finalizer so every bit depends on every input byte.
+pub fn node_id_of(peer: &PeerId) -> NodeId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in peer.to_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    NodeId(h ^ (h >> 31))
+}
+
+/// The peer id a multiaddr ends with, if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}
+
+fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
+    if peer_of(&addr).is_some() {
+        addr
+    } else {
+        addr.with(Protocol::P2p(peer))
+    }
+}
+
+fn is_dialable(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+fn keypair(identity: &Identity) -> Result<identity::Keypair, OverlayError> {
+    match identity {
+        Identity::Generate => Ok(identity::Keypair::generate_ed25519()),
+        Identity::Seed(seed) => identity::Keypair::ed25519_from_bytes(*seed)
+            .map_err(|e| OverlayError::Identity(e.to_string())),
+        Identity::Keypair(k) => Ok(k.clone()),
+    }
+}
+
+struct PeerEntry {
+    peer: PeerId,
+    record: Option<NodeRecord>,
+}
+
+/// The swarm task's state.
+struct Driver {
+    swarm: Swarm<BrumeBehaviour>,
+    commands: mpsc::Receiver<Command>,
+    epoch: Instant,
+    local_peer: PeerId,
+    node_id: NodeId,
+    mapping: MappingNode,
+    membership: Membership<Multiaddr>,
+    /// Every peer ever heard of, by core id (the table back from `NodeId` to `PeerId`).
+    peers: HashMap<NodeId, PeerEntry>,
+    connected: HashSet<NodeId>,
+    dials: HashMap<ConnectionId, Multiaddr>,
+    maps: HashMap<MapId, (oneshot::Sender<MapOutcome>, Instant)>,
+    /// Outstanding join (true) and shuffle (false) requests.
+    join_requests: HashMap<OutboundRequestId, bool>,
+    listen_addrs: Vec<Multiaddr>,
+    state_interval: Duration,
+}
+
+pub(crate) async fn spawn(
+    config: OverlayConfig,
+) -> Result<(OverlayHandle, JoinHandle<Result<(), OverlayError>>), OverlayError> {
+    let key = keypair(&config.identity)?;
+    let t = &config.timings;
+    let bt = BehaviourTimings {
+        ping_interval: t.ping_interval,
+        ping_timeout: t.ping_timeout,
+        identify_interval: t.identify_interval,
+        request_timeout: t.request_timeout,
+    };
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| OverlayError::Transport(e.to_string()))?
+        .with_behaviour(|key| BrumeBehaviour::new(key, &bt))
+        .map_err(|e| OverlayError::Transport(e.to_string()))?
+        // The overlay decides which connections to keep (membership's degree bounds).
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(365 * 86_400)))
+        .build();
+    let local_peer = *swarm.local_peer_id();
+    let node_id = node_id_of(&local_peer);
+
+    let mut listeners = 0;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| OverlayError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        listeners += 1;
+    }
+    // Wait for every listener's first address, so the handle can report real ports at once.
+    let mut listen_addrs = Vec::new();
+    let mut reported = HashSet::new();
+    let wait = tokio::time::timeout(t.listen_timeout, async {
+        while reported.len() < listeners {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    reported.insert(listener_id);
+                    listen_addrs.push(address);
+                }
+                SwarmEvent::ListenerError { error, .. } => return Err(error.to_string()),
+                SwarmEvent::ListenerClosed {
+                    addresses, reason, ..
+                } => {
+                    let why = match reason {
+                        Ok(()) => "closed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(format!("{addresses:?}: {why}"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match wait {
+        Err(_) => return Err(OverlayError::ListenTimeout(t.listen_timeout)),
+        Ok(Err(reason)) => {
+            return Err(OverlayError::Listen {
+                addr: config
+                    .listen
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(Multiaddr::empty),
+                reason,
+            })
+        }
+        Ok(Ok(())) => {}
+    }
+
+    let mut mconf = config.membership.clone();
+    mconf.min_degree = config.min_degree;
+    mconf.max_degree = config.max_degree;
+    mconf.shuffle_interval_ms = t.shuffle_interval.as_secs_f64() * 1000.0;
+    mconf.maintain_interval_ms = t.maintain_interval.as_secs_f64() * 1000.0;
+    let mut membership = Membership::new(node_id, mconf, config.bootstrap.clone(), node_id.0);
+    let mut record = config
+        .record
+        .clone()
+        .unwrap_or_else(|| NodeRecord::bare(node_id));
+    record.id = node_id;
+    let mapping = MappingNode::new(node_id, record, config.map.clone());
+    if let Some(a) = listen_addrs.iter().find(|a| is_dialable(a)) {
+        membership.set_self_addr(with_peer(a.clone(), local_peer));
+    }
+
+    let (tx, rx) = mpsc::channel(64);
+    let bulk = swarm.behaviour().bulk.new_control();
+    let handle = OverlayHandle {
+        peer_id: local_peer,
+        node_id,
+        commands: tx,
+        bulk,
+    };
+    let mut driver = Driver {
+        swarm,
+        commands: rx,
+        epoch: Instant::now(),
+        local_peer,
+        node_id,
+        mapping,
+        membership,
+        peers: HashMap::new(),
+        connected: HashSet::new(),
+        dials: HashMap::new(),
+        maps: HashMap::new(),
+        join_requests: HashMap::new(),
+        listen_addrs,
+        state_interval: t.state_interval,
+    };
+    info!(peer = %local_peer, node = %node_id, addrs = ?driver.listen_addrs, "overlay node listening");
+    let now = driver.now();
+    let actions = driver.membership.start(now);
+    driver.apply(actions);
+    let task = tokio::spawn(driver.run());
+    Ok((handle, task))
+}
+
+impl Driver {
+    fn now(&self) -> Time {
+        Time(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    fn instant_of(&self, t: Time) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.epoch + Duration::from_micros(t.0))
+    }
+
+    async fn run(mut self) -> Result<(), OverlayError> {
+        let mut state_tick = tokio::time::interval(self.state_interval);
+        state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = match self.mapping.poll_timeout() {
+                Some(m) => m.min(self.membership.poll_timeout()),
+                None => self.membership.poll_timeout(),
+            };
+            let deadline = self.instant_of(next);
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Shutdown(reply)) => {
+                        info!(peer = %self.local_peer, "overlay node shutting down");
+                        let _ = reply.send(());
+                        return Ok(());
+                    }
+                    Some(cmd) => self.on_command(cmd),
+                    None => return Ok(()),
+                },
+                _ = tokio::time::sleep_until(deadline) => self.on_timers(),
+                _ = state_tick.tick() => self.broadcast_state(),
+            }
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = self.now();
+        if self.mapping.poll_timeout().is_some_and(|t| t <= now) {
+            let out = self.mapping.handle_timeout(now);
+            self.apply_mapping(out);
+        }
+        if self.membership.poll_timeout() <= now {
+            let actions = self.membership.handle_timeout(now);
+            self.apply(actions);
+        }
+    }
+
+    fn learn(&mut self, peer: PeerId) -> NodeId {
+        let id = node_id_of(&peer);
+        let entry = self
+            .peers
+            .entry(id)
+            .or_insert(PeerEntry { peer, record: None });
+        if entry.peer != peer {
+            warn!(%peer, other = %entry.peer, node = %id, "node id collision; keeping the newer peer");
+            entry.peer = peer;
+            entry.record = None;
+        }
+        id
+    }
+
+    fn peer_id(&self, node: NodeId) -> Option<PeerId> {
+        self.peers.get(&node).map(|e| e.peer)
+    }
+
+    // ----- commands -----
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::Map { budget_ms, reply } => {
+                let now = self.now();
+                let (id, out) = self.mapping.start_map(now, budget_ms);
+                debug!(?id, budget_ms, "map started");
+                self.maps.insert(id, (reply, Instant::now()));
+                self.apply_mapping(out);
+            }
+            Command::Status(reply) => {
+                let v = self.mapping.vivaldi();
+                let _ = reply.send(Status {
+                    peer_id: self.local_peer,
+                    node_id: self.node_id,
+                    listen_addrs: self.own_addrs(),
+                    degree: self.connected.len(),
+                    coordinate: v.coord(),
+                    coord_error: v.error(),
+                    uptime: self.epoch.elapsed(),
+                });
+            }
+            Command::SetRecord(record) => self.mapping.set_record(record),
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.own_addrs());
+            }
+            Command::Shutdown(_) => {} // handled in run
+        }
+    }
+
+    fn own_addrs(&self) -> Vec<Multiaddr> {
+        self.listen_addrs
+            .iter()
+            .map(|a| with_peer(a.clone(), self.local_peer))
+            .collect()
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut out: Vec<PeerInfo> = self
+            .connected
+            .iter()
+            .filter_map(|id| {
+                let entry = self.peers.get(id)?;
+                let rtt = self.mapping.peer_rtt(*id);
+                let addr = self
+                    .membership
+                    .known()
+                    .into_iter()
+                    .find(|(n, _)| n == id)
+                    .map(|(_, a)| a);
+                Some(PeerInfo {
+                    peer_id: entry.peer,
+                    node_id: *id,
+                    addr,
+                    srtt_ms: rtt.and_then(|r| r.srtt()),
+                    rttvar_ms: rtt.and_then(|r| r.rttvar()),
+                    coord: entry.record.as_ref().map(|r| (r.coord, r.coord_error)),
+                    record: entry.record.clone(),
+                    score: self.membership.score(*id),
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| p.node_id);
+        out
+    }
+
+    // ----- core outputs -----
+
+    fn apply(&mut self, actions: Vec<Action<Multiaddr>>) {
+        for a in actions {
+            match a {
+                Action::Dial { addr, node } => self.dial(addr, node),
+                Action::Disconnect { node, reason } => {
+                    if let Some(peer) = self.peer_id(node) {
+                        debug!(%peer, ?reason, "disconnecting");
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
+                Action::SendJoin { to } => {
+                    if let Some(peer) = self.peer_id(to) {
+                        let rid = self
+                            .swarm
+                            .behaviour_mut()
+                            .join
+                            .send_request(&peer, MembershipRequest::Join);
+                        self.join_requests.insert(rid, true);
+                    }
+                }
+                Action::SendShuffle { to, entries } => {
+                    if let Some(peer) = self.peer_id(to) {
+                        let entries = entries.into_iter().map(|(_, a)| a.to_string()).collect();
+                        let rid = self
+                            .swarm
+                            .behaviour_mut()
+                            .join
+                            .send_request(&peer, MembershipRequest::Shuffle { entries });
+                        self.join_requests.insert(rid, false);
+                    }
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr, node: Option<NodeId>) {
+        let peer = node
+            .and_then(|n| self.peer_id(n))
+            .or_else(|| peer_of(&addr));
+        if peer == Some(self.local_peer) {
+            let now = self.now();
+            self.membership.on_dial_failed(now, &addr);
+            return;
+        }
+        let opts = match peer {
+            Some(p) => DialOpts::peer_id(p)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let cid = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                trace!(%addr, "dialling");
+                self.dials.insert(cid, addr);
+            }
+            Err(e) => {
+                debug!(%addr, error = %e, "dial refused");
+                let now = self.now();
+                self.membership.on_dial_failed(now, &addr);
+            }
+        }
+    }
+
+    fn apply_mapping(&mut self, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Send { to, msg } => {
+                    match self.peer_id(to).filter(|_| self.connected.contains(&to)) {
+                        Some(peer) => {
+                            self.swarm
+                                .behaviour_mut()
+                                .map
+                                .send_request(&peer, MapFrame::Msg(msg));
+                        }
+                        None => trace!(node = %to, "map message to a peer no longer connected"),
+                    }
+                }
+                Output::MapDone {
+                    id,
+                    map,
+                    complete,
+                    from_cache,
+                } => {
+                    if let Some((reply, started)) = self.maps.remove(&id) {
+                        debug!(?id, nodes = map.nodes.len(), complete, "map done");
+                        let _ = reply.send(MapOutcome {
+                            map,
+                            complete,
+                            from_cache,
+                            elapsed: started.elapsed(),
+                        });
+                    }
+                }
+                Output::Refused { from, reason } => {
+                    warn!(node = %from, %reason, "map message refused");
+                    self.misbehaved(from, Misbehaviour::Malformed);
+                }
+            }
+        }
+    }
+
+    fn misbehaved(&mut self, node: NodeId, what: Misbehaviour) {
+        let now = self.now();
+        let actions = self.membership.on_misbehaviour(now, node, what);
+        self.apply(actions);
+    }
+
+    fn broadcast_state(&mut self) {
+        let record = self.mapping.record();
+        let peers: Vec<PeerId> = self
+            .connected
+            .iter()
+            .filter_map(|n| self.peer_id(*n))
+            .collect();
+        for p in peers {
+            self.swarm
+                .behaviour_mut()
+                .state
+                .send_request(&p, record.clone());
+        }
+    }
+
+    /// A state record from `node`: stored, its coordinate handed to the mapping core.
+    fn on_record(&mut self, node: NodeId, mut record: NodeRecord) {
+        if record.id != node || !record.coord.is_finite() || !record.coord_error.is_finite() {
+            debug!(%node, "state record with a wrong id or non-finite coordinate");
+            self.misbehaved(node, Misbehaviour::Malformed);
+            return;
+        }
+        record.id = node;
+        self.mapping
+            .set_peer_coord(node, record.coord, record.coord_error);
+        if let Some(e) = self.peers.get_mut(&node) {
+            e.record = Some(record);
+        }
+        self.membership.on_good(node);
+    }
+
+    /// Parses membership entries; malformed ones count against the sender.
+    fn parse_entries(&mut self, from: NodeId, entries: Vec<String>) -> Vec<(NodeId, Multiaddr)> {
+        let mut out = Vec::new();
+        let mut bad = false;
+        for s in entries {
+            match s
+                .parse::<Multiaddr>()
+                .ok()
+                .and_then(|a| Some((peer_of(&a)?, a)))
+            {
+                Some((peer, addr)) => {
+                    if peer != self.local_peer {
+                        let id = self.learn(peer);
+                        out.push((id, addr));
+                    }
+                }
+                None => bad = true,
+            }
+        }
+        if bad {
+            self.misbehaved(from, Misbehaviour::Malformed);
+        }
+        out
+    }
+
+    // ----- swarm events -----
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BrumeBehaviourEvent>) {
+        let now = self.now();
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                self.dials.remove(&connection_id);
+                let id = self.learn(peer_id);
+                let addr = match &endpoint {
+                    ConnectedPoint::Dialer { address, .. } => {
+                        Some(with_peer(address.clone(), peer_id))
+                    }
+                    ConnectedPoint::Listener { .. } => None,
+                };
+                if num_established.get() == 1 {
+                    debug!(peer = %peer_id, node = %id, "connected");
+                    self.connected.insert(id);
+                    self.mapping.add_peer(id);
+                    let actions = self.membership.on_connected(now, id, addr);
+                    self.apply(actions);
+                    if self.connected.contains(&id) {
+                        let record = self.mapping.record();
+                        self.swarm
+                            .behaviour_mut()
+                            .state
+                            .send_request(&peer_id, record);
+                    }
+                } else if let Some(a) = addr {
+                    self.membership.set_addr(now, id, a);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                let id = node_id_of(&peer_id);
+                debug!(peer = %peer_id, node = %id, "disconnected");
+                self.connected.remove(&id);
+                self.mapping.remove_peer(id);
+                let actions = self.membership.on_disconnected(now, id);
+                self.apply(actions);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some(addr) = self.dials.remove(&connection_id) {
+                    debug!(%addr, %error, "dial failed");
+                    self.membership.on_dial_failed(now, &addr);
+                }
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(now, ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, now: Time, ev: BrumeBehaviourEvent) {
+        match ev {
+            BrumeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let id = self.learn(peer_id);
+                if let Some(a) = info.listen_addrs.iter().find(|a| is_dialable(a)) {
+                    self.membership
+                        .set_addr(now, id, with_peer(a.clone(), peer_id));
+                }
+            }
+            BrumeBehaviourEvent::Identify(_) => {}
+            BrumeBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                let id = node_id_of(&peer);
+                if self.connected.contains(&id) {
+                    let ms = rtt.as_secs_f64() * 1000.0;
+                    self.mapping.on_rtt_sample(id, ms, None);
+                    if let Some(s) = self.mapping.peer_rtt(id).and_then(|r| r.srtt()) {
+                        self.membership.set_rtt(id, s);
+                    }
+                }
+            }
+            BrumeBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Err(e),
+                ..
+            }) => debug!(%peer, error = %e, "ping failed"),
+            BrumeBehaviourEvent::Join(ev) => self.on_join_event(now, ev),
+            BrumeBehaviourEvent::State(ev) => self.on_state_event(ev),
+            BrumeBehaviourEvent::Map(ev) => self.on_map_event(now, ev),
+            BrumeBehaviourEvent::Bulk(()) => {}
+        }
+    }
+
+    fn on_join_event(
+        &mut self,
+        now: Time,
+        ev: request_response::Event<MembershipRequest, MembershipResponse>,
+    ) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let from = self.learn(peer);
+                let entries = match request {
+                    MembershipRequest::Join => self.membership.join_sample(from),
+                    MembershipRequest::Shuffle { entries } => {
+                        let offered = self.parse_entries(from, entries);
+                        self.membership.on_shuffle(now, from, offered)
+                    }
+                };
+                let entries = entries.into_iter().map(|(_, a)| a.to_string()).collect();
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .join
+                    .send_response(channel, MembershipResponse { entries });
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let from = self.learn(peer);
+                let was_join = self.join_requests.remove(&request_id);
+                let entries = self.parse_entries(from, response.entries);
+                // Join and shuffle answers carry the same thing; only the reaction differs.
+                let actions = match was_join {
+                    Some(true) => self.membership.on_join_reply(now, from, entries),
+                    _ => self.membership.on_shuffle_reply(now, from, entries),
+                };
+                self.apply(actions);
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.join_requests.remove(&request_id);
+                debug!(%peer, %error, "join/shuffle request failed");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                self.inbound_failure(peer, "join", &error);
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn inbound_failure(
+        &mut self,
+        peer: PeerId,
+        proto: &str,
+        error: &request_response::InboundFailure,
+    ) {
+        use request_response::InboundFailure;
+        debug!(%peer, proto, %error, "inbound request failed");
+        // Undecodable or oversized CBOR (the codec reads with a size limit) is the peer's fault.
+        if let InboundFailure::Io(e) = error {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::Unsupported
+                    | std::io::ErrorKind::Other
+            ) {
+                let id = node_id_of(&peer);
+                self.misbehaved(id, Misbehaviour::Malformed);
+            }
+        }
+    }
+
+    fn on_state_event(&mut self, ev: request_response::Event<NodeRecord, NodeRecord>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let from = self.learn(peer);
+                let mine = self.mapping.record();
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .state
+                    .send_response(channel, mine);
+                self.on_record(from, request);
+            }
+            Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => {
+                let from = self.learn(peer);
+                self.on_record(from, response);
+            }
+            Event::OutboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "state request failed");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                self.inbound_failure(peer, "state", &error);
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_map_event(&mut self, now: Time, ev: request_response::Event<MapFrame, ()>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let _ = self.swarm.behaviour_mut().map.send_response(channel, ());
+                let from = self.learn(peer);
+                match request {
+                    MapFrame::Msg(msg) => {
+                        let out = self.mapping.handle_message(now, from, msg);
+                        self.membership.on_good(from);
+                        self.apply_mapping(out);
+                    }
+                    MapFrame::Bad { oversized, reason } => {
+                        warn!(%peer, %reason, "bad map message dropped");
+                        let what = if oversized {
+                            Misbehaviour::Oversized
+                        } else {
+                            Misbehaviour::Malformed
+                        };
+                        self.misbehaved(from, what);
+                    }
+                }
+            }
+            Event::Message { .. } => {}
+            Event::OutboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "map message not delivered");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                self.inbound_failure(peer, "map", &error);
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_deterministic_and_distinct() {
+        let a = identity::Keypair::ed25519_from_bytes([1u8; 32]).unwrap();
+        let b = identity::Keypair::ed25519_from_bytes([2u8; 32]).unwrap();
+        let pa = a.public().to_peer_id();
+        let pb = b.public().to_peer_id();
+        assert_eq!(node_id_of(&pa), node_id_of(&pa.clone()));
+        assert_ne!(node_id_of(&pa), node_id_of(&pb));
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let full = with_peer(addr.clone(), pa);
+        assert_eq!(peer_of(&full), Some(pa));
+        assert_eq!(with_peer(full.clone(), pa), full);
+        assert_eq!(peer_of(&addr), None);
+        assert!(!is_dialable(&"/ip4/0.0.0.0/tcp/1".parse().unwrap()));
+    }
+}
