@@ -45,6 +45,14 @@ pub fn node_id_of(peer: &PeerId) -> NodeId {
     NodeId(h ^ (h >> 31))
 }
 
+fn msg_kind(msg: &crate::mapping::Message) -> &'static str {
+    match msg {
+        crate::mapping::Message::Request(_) => "request",
+        crate::mapping::Message::Ack { .. } => "ack",
+        crate::mapping::Message::Answer { .. } => "answer",
+    }
+}
+
 /// The peer id a multiaddr ends with, if any.
 pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last() {
@@ -440,6 +448,7 @@ impl Driver {
                 Output::Send { to, msg } => {
                     match self.peer_id(to).filter(|_| self.connected.contains(&to)) {
                         Some(peer) => {
+                            trace!(node = %to, kind = msg_kind(&msg), "map message out");
                             self.swarm
                                 .behaviour_mut()
                                 .map
@@ -778,6 +787,7 @@ impl Driver {
                 let from = self.learn(peer);
                 match request {
                     MapFrame::Msg(msg) => {
+                        trace!(node = %from, kind = msg_kind(&msg), "map message in");
                         let out = self.mapping.handle_message(now, from, msg);
                         self.membership.on_good(from);
                         self.apply_mapping(out);

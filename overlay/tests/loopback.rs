@@ -167,6 +167,14 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
     let status = handles[3].status().await.unwrap();
     assert!((1..=6).contains(&status.degree));
     assert!(status.coordinate.is_finite());
+    let srtts: Vec<String> = handles[0]
+        .peers()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| format!("{:.2}", p.srtt_ms.unwrap_or(f64::NAN)))
+        .collect();
+    eprintln!("node 0's peers' ping SRTT (ms): {srtts:?}");
     eprintln!(
         "8 nodes: each seen by another node after {:?} (max {max_seen:?}); overlay connected with \
          RTTs {settled:?} after the first start; degrees {degrees:?}; map times {map_times:?}",
@@ -265,14 +273,16 @@ async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_map_with_a_node_killed_midway_ends_within_budget_plus_grace() {
     init_tracing();
-    let (handles, mut tasks, _) = start_chain(8).await;
+    // Six nodes: enough for a tree with a middle, and lighter on a shared two-core machine
+    // while the eight-node test runs in parallel.
+    let (handles, mut tasks, _) = start_chain(6).await;
     wait_settled(&handles, Duration::from_secs(10)).await;
     let budget = Duration::from_millis(400);
     // Grace is max(2 ms, 10 % of the budget); allow a little scheduling slack on a busy machine.
     let bound = budget + Duration::from_millis(40) + Duration::from_millis(250);
     let origin = handles[0].clone();
     // A node in the middle of the chain the nodes joined along.
-    let victim = 4;
+    let victim = 3;
     let map = tokio::spawn(async move { origin.map_outcome(budget).await });
     // Kill a node while the map runs: its task (and swarm, and sockets) disappear at once.
     tasks[victim].abort();
@@ -303,7 +313,7 @@ async fn a_map_with_a_node_killed_midway_ends_within_budget_plus_grace() {
         .unwrap();
     assert!(out.elapsed <= Duration::from_millis(900 + 90 + 250));
     assert!(!out.map.contains(handles[victim].node_id()));
-    assert_eq!(out.map.nodes.len(), 7, "survivors: {:?}", out.map.ids());
+    assert_eq!(out.map.nodes.len(), 5, "survivors: {:?}", out.map.ids());
     tasks.remove(victim);
     let mut alive = handles;
     alive.remove(victim);
