@@ -32,6 +32,9 @@ enum Command {
         #[command(subcommand)]
         family: Bench,
     },
+    /// Run this device's node in the foreground: join the overlay (through any member given
+    /// with --join), measure latencies, answer maps, and serve the local control socket.
+    Node(brume::daemon::run::NodeArgs),
     /// Ask the running node who it is: peer id, addresses, degree, Vivaldi coordinate.
     Status(brume::client::Target),
     /// List the node's overlay peers with their measured RTT (EWMA and variation) and the RTT
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Bench {
             family: Bench::Overlay(args),
         } => brume::bench::overlay::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Node(args) => brume::daemon::run::run(args).map(|()| ExitCode::SUCCESS),
         Command::Status(target) => block_on(brume::client::status(target)),
         Command::Peers(target) => block_on(brume::client::peers(target)),
         Command::Map(args) => block_on(brume::client::map(args)),

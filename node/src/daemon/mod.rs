@@ -6,4 +6,5 @@ pub mod config;
 pub mod control;
 pub mod dispatch;
 pub mod resources;
+pub mod run;
 pub mod views;

@@ -1,0 +1,289 @@
+//! `brume node` itself: settings in, overlay up, control socket open, until Ctrl-C or SIGTERM.
+//!
+//! The node keeps its identity key in its data directory so that its peer id survives restarts
+//! (peers and maps refer to it), and refreshes its advertised state record from `/proc`
+//! periodically. On the way out it closes the control socket and stops the overlay.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord};
+use brume_overlay::node::{Identity, Overlay, OverlayConfig, OverlayHandle};
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use super::config::{self, LogFormat, NodeConfig, Overrides};
+use super::control;
+use super::dispatch::{dispatch, Backend};
+use super::resources;
+use super::views::{PeerView, StatusView};
+
+/// Options of `brume node`. Each may also come from the config file or a `BRUME_*` variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
+    /// log_format, log).
+    #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/7100; port 0 picks a free one.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// A member to join through (repeatable); any member will do, e.g. /ip4/10.0.0.2/tcp/7100.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub join: Vec<String>,
+    /// The control socket that `brume status`, `peers` and `map` talk to.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Fewest overlay peers to keep.
+    #[arg(long)]
+    pub min_degree: Option<usize>,
+    /// Most overlay peers to keep.
+    #[arg(long)]
+    pub max_degree: Option<usize>,
+    /// Where the node keeps its identity key.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or brume=debug,libp2p=warn.
+    #[arg(long)]
+    pub log: Option<String>,
+    /// Most CPU (millicores) brume may offer to tasks on this device.
+    #[arg(long)]
+    pub cpu_millis: Option<u32>,
+    /// Most memory (MiB) brume may offer to tasks on this device.
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+}
+
+/// How often the advertised resources are read again.
+const REFRESH: Duration = Duration::from_secs(5);
+
+pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
+    let flags = Overrides {
+        listen: args.listen.clone(),
+        join: args.join.clone(),
+        control: args.control.clone(),
+        min_degree: args.min_degree,
+        max_degree: args.max_degree,
+        data_dir: args.data_dir.clone(),
+        log_format: args.log_format,
+        log: args.log.clone(),
+    };
+    let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)?;
+    init_logging(&cfg)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(serve(cfg, args.cpu_millis, args.memory_mb))
+}
+
+fn init_logging(cfg: &NodeConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
+        .with_context(|| format!("bad log filter `{}`", cfg.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match cfg.log_format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> anyhow::Result<()> {
+    let parse = |list: &[String], what: &str| -> anyhow::Result<Vec<_>> {
+        list.iter()
+            .map(|a| {
+                a.parse().with_context(|| {
+                    format!(
+                        "{what} address `{a}` is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/7100)"
+                    )
+                })
+            })
+            .collect()
+    };
+    let seed = identity_seed(&cfg.data_dir)?;
+    let record = local_record(cpu_cap, mem_cap)?;
+    let overlay_cfg = OverlayConfig {
+        listen: parse(&cfg.listen, "listen")?,
+        bootstrap: parse(&cfg.join, "join")?,
+        min_degree: cfg.min_degree,
+        max_degree: cfg.max_degree,
+        identity: Identity::Seed(seed),
+        record: Some(record),
+        ..OverlayConfig::default()
+    };
+    let listener = control::bind(&cfg.control).await?;
+    let (handle, task) = Overlay::spawn(overlay_cfg)
+        .await
+        .context("cannot start the overlay")?;
+    let addrs = handle.listen_addrs().await?;
+    let shown: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            let a = a.to_string();
+            if a.contains("/p2p/") {
+                a
+            } else {
+                format!("{a}/p2p/{}", handle.peer_id())
+            }
+        })
+        .collect();
+    tracing::info!(
+        peer_id = %handle.peer_id(),
+        control = %cfg.control.display(),
+        "brume node up, listening on {}",
+        shown.join(", ")
+    );
+    // Machine-readable for scripts that start nodes: one line on stdout.
+    println!("listening {}", shown.join(" "));
+
+    let (calls_tx, calls_rx) = mpsc::channel(64);
+    let backend = Arc::new(OverlayBackend {
+        handle: handle.clone(),
+        started: Instant::now(),
+    });
+    tokio::spawn(control::serve(listener, calls_tx));
+    let dispatcher = tokio::spawn(dispatch(backend, calls_rx));
+    let refresher = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REFRESH);
+            loop {
+                tick.tick().await;
+                match local_record(cpu_cap, mem_cap) {
+                    Ok(r) => {
+                        if handle.set_record(r).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot read this device's resources: {e:#}"),
+                }
+            }
+        })
+    };
+
+    let mut task = task;
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("stopping");
+            let _ = handle.shutdown().await;
+            Ok(())
+        }
+        ended = &mut task => match ended {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the overlay stopped")),
+            Err(e) => Err(anyhow::anyhow!("the overlay task failed: {e}")),
+        },
+    };
+    refresher.abort();
+    dispatcher.abort();
+    let _ = std::fs::remove_file(&cfg.control);
+    outcome
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The node's advertised record from this device's resources (id and coordinate are the
+/// overlay's own and are filled in there).
+fn local_record(cpu_cap: Option<u32>, mem_cap: Option<u64>) -> anyhow::Result<NodeRecord> {
+    let r = resources::read()?.capped(cpu_cap, mem_cap);
+    let mut rec = NodeRecord::bare(brume_overlay::ids::NodeId(0));
+    rec.cpu_total_milli = r.cpu_total_milli;
+    rec.cpu_free_milli = r.cpu_free_milli;
+    rec.mem_total_mb = r.mem_total_mb;
+    rec.mem_free_mb = r.mem_free_mb;
+    rec.load = r.load;
+    Ok(rec)
+}
+
+/// The 32-byte identity seed in `data_dir/identity.key`, created (owner-only) on first start.
+fn identity_seed(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("identity.key");
+    if let Ok(bytes) = std::fs::read(&path) {
+        return bytes.as_slice().try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a 32-byte key: move it away to start with a new identity",
+                path.display()
+            )
+        });
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let seed: [u8; 32] = rand::random();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(&seed)?;
+    Ok(seed)
+}
+
+/// The daemon's view of the overlay handle.
+struct OverlayBackend {
+    handle: OverlayHandle,
+    started: Instant,
+}
+
+impl Backend for OverlayBackend {
+    fn status(&self) -> BoxFuture<'_, anyhow::Result<StatusView>> {
+        Box::pin(async move {
+            let s = self.handle.status().await?;
+            Ok(StatusView {
+                peer_id: s.peer_id.to_string(),
+                node_id: s.node_id.0,
+                listen: s.listen_addrs.iter().map(ToString::to_string).collect(),
+                degree: s.degree,
+                coord: [s.coordinate.x, s.coordinate.y, s.coordinate.height],
+                coord_error: s.coord_error,
+                uptime_s: self.started.elapsed().as_secs_f64(),
+            })
+        })
+    }
+
+    fn peers(&self) -> BoxFuture<'_, anyhow::Result<Vec<PeerView>>> {
+        Box::pin(async move {
+            let me = self.handle.status().await?;
+            let peers = self.handle.peers().await?;
+            Ok(peers
+                .into_iter()
+                .map(|p| PeerView {
+                    peer_id: p.peer_id.to_string(),
+                    node_id: p.node_id.0,
+                    addr: p.addr.map(|a| a.to_string()),
+                    srtt_ms: p.srtt_ms,
+                    rttvar_ms: p.rttvar_ms,
+                    predicted_ms: p.coord.map(|(c, _)| me.coordinate.predicted_rtt(&c)),
+                })
+                .collect())
+        })
+    }
+
+    fn map(
+        &self,
+        budget: Duration,
+        _fresh: bool,
+    ) -> BoxFuture<'_, anyhow::Result<NeighbourhoodMap>> {
+        Box::pin(async move { Ok(self.handle.map(budget).await?) })
+    }
+}
