@@ -182,6 +182,8 @@ pub(crate) enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Map {
         budget_ms: f64,
+        /// Skip the cache of recent maps.
+        fresh: bool,
         reply: oneshot::Sender<MapOutcome>,
     },
     Status(oneshot::Sender<Status>),
@@ -255,11 +257,26 @@ impl OverlayHandle {
 
     /// Like [`OverlayHandle::map`], saying whether the map is complete and how long it took.
     pub async fn map_outcome(&self, budget: Duration) -> Result<MapOutcome, OverlayError> {
+        self.map_with(budget, false).await
+    }
+
+    /// Maps within `budget`; with `fresh`, ignores recent maps of the same budget (whose RTT
+    /// estimates may have settled since).
+    pub async fn map_with(
+        &self,
+        budget: Duration,
+        fresh: bool,
+    ) -> Result<MapOutcome, OverlayError> {
         let budget_ms = budget.as_secs_f64() * 1000.0;
         if !(budget_ms > 0.0 && budget_ms <= 10_000.0) {
             return Err(OverlayError::BadBudget(budget));
         }
-        self.ask(|reply| Command::Map { budget_ms, reply }).await
+        self.ask(|reply| Command::Map {
+            budget_ms,
+            fresh,
+            reply,
+        })
+        .await
     }
 
     /// The node's own view of itself.

@@ -312,9 +312,17 @@ impl Driver {
             Command::Peers(reply) => {
                 let _ = reply.send(self.peer_infos());
             }
-            Command::Map { budget_ms, reply } => {
+            Command::Map {
+                budget_ms,
+                fresh,
+                reply,
+            } => {
                 let now = self.now();
-                let (id, out) = self.mapping.start_map(now, budget_ms);
+                let (id, out) = if fresh {
+                    self.mapping.start_fresh_map(now, budget_ms)
+                } else {
+                    self.mapping.start_map(now, budget_ms)
+                };
                 debug!(?id, budget_ms, "map started");
                 self.maps.insert(id, (reply, Instant::now()));
                 self.apply_mapping(out);

@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `brume=debug,libp2p=warn`.
     pub log: String,
+    /// How often each peer is pinged; RTT estimates and Vivaldi settle after a few pings.
+    pub ping_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -52,6 +54,7 @@ impl Default for NodeConfig {
             data_dir: default_data_dir(),
             log_format: LogFormat::Human,
             log: "info".into(),
+            ping_interval_ms: 5000,
         }
     }
 }
@@ -96,6 +99,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub log: Option<String>,
+    pub ping_interval_ms: Option<u64>,
 }
 
 /// Builds the settings from the four layers. `env` is the process environment (passed in so
@@ -161,6 +165,7 @@ pub fn load(
         .set_override_option("min_degree", f.min_degree.map(|d| d as u64))?
         .set_override_option("max_degree", f.max_degree.map(|d| d as u64))?
         .set_override_option("log", f.log.clone())?
+        .set_override_option("ping_interval_ms", f.ping_interval_ms)?
         .set_override_option(
             "log_format",
             f.log_format.map(|l| match l {
@@ -177,7 +182,7 @@ pub fn load(
 }
 
 /// Settings keys, as the file and `BRUME_*` variables spell them.
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 9] = [
     "listen",
     "join",
     "control",
@@ -186,6 +191,7 @@ pub const KEYS: [&str; 8] = [
     "data_dir",
     "log_format",
     "log",
+    "ping_interval_ms",
 ];
 
 impl NodeConfig {
@@ -195,6 +201,12 @@ impl NodeConfig {
                 "min_degree ({}) must be at least 1 and at most max_degree ({})",
                 self.min_degree,
                 self.max_degree
+            );
+        }
+        if !(50..=600_000).contains(&self.ping_interval_ms) {
+            anyhow::bail!(
+                "ping_interval_ms ({}) must be between 50 and 600000",
+                self.ping_interval_ms
             );
         }
         if self.listen.is_empty() {

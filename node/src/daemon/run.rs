@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord};
-use brume_overlay::node::{Identity, Overlay, OverlayConfig, OverlayHandle};
+use brume_overlay::node::{Identity, Overlay, OverlayConfig, OverlayHandle, Timings};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
@@ -24,7 +24,7 @@ use super::views::{PeerView, StatusView};
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
-    /// log_format, log).
+    /// log_format, log, ping_interval_ms).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/7100; port 0 picks a free one.
@@ -50,6 +50,9 @@ pub struct NodeArgs {
     /// Log filter, e.g. info or brume=debug,libp2p=warn.
     #[arg(long)]
     pub log: Option<String>,
+    /// How often each peer is pinged, in ms (default 5000).
+    #[arg(long)]
+    pub ping_interval_ms: Option<u64>,
     /// Most CPU (millicores) brume may offer to tasks on this device.
     #[arg(long)]
     pub cpu_millis: Option<u32>,
@@ -71,6 +74,7 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         log_format: args.log_format,
         log: args.log.clone(),
+        ping_interval_ms: args.ping_interval_ms,
     };
     let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)?;
     init_logging(&cfg)?;
@@ -115,6 +119,10 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
         max_degree: cfg.max_degree,
         identity: Identity::Seed(seed),
         record: Some(record),
+        timings: Timings {
+            ping_interval: Duration::from_millis(cfg.ping_interval_ms),
+            ..Timings::default()
+        },
         ..OverlayConfig::default()
     };
     let listener = control::bind(&cfg.control).await?;
