@@ -13,4 +13,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== bench smoke (release): brume bench placement --quick"
 cargo run --release --locked -q -p brume -- bench placement --quick --instances 20 --reps 3 | tail -n 3
 echo "== tests"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line over every test binary (cargo's own last lines are per binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
