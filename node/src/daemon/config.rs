@@ -72,12 +72,17 @@ fn runtime_dir() -> PathBuf {
 }
 
 fn default_data_dir() -> PathBuf {
-    match std::env::var_os("XDG_DATA_HOME").or_else(|| std::env::var_os("HOME")) {
-        Some(home) if std::env::var_os("XDG_DATA_HOME").is_some() => {
-            PathBuf::from(home).join("brume")
-        }
-        Some(home) => PathBuf::from(home).join(".local/share/brume"),
-        None => runtime_dir().join("data"),
+    let set = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(data) = set("XDG_DATA_HOME") {
+        data.join("brume")
+    } else if let Some(home) = set("HOME") {
+        home.join(".local/share/brume")
+    } else {
+        runtime_dir().join("data")
     }
 }
 
