@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# brume's main job, as far as it goes today: builds brume, starts a small overlay of `brume node`
-# processes on loopback (each joining through a different earlier member), shows one node's
-# peers and its latency-bounded neighbourhood map, then places the federated-learning service
-# (examples/fedavg/service.toml) on the 12-host example network. Later issues deploy it for real.
+# brume's main job on one machine: builds brume and the example workloads (static binaries),
+# starts a small overlay of `brume node` processes on loopback (each joining through a different
+# earlier member), shows one node's peers and its latency-bounded neighbourhood map, then deploys
+# the federated-learning service (examples/fedavg/service.toml) from node 0: the aggregator on
+# node 0, four trainers on four other nodes, talking through brume's tunnels. It waits for the
+# training to finish, shows `brume ps` and the aggregator's log, and stops the service.
+#
+# ENGINE=auto (default) runs tasks as Docker containers when a Docker daemon answers and as plain
+# processes otherwise; ENGINE=process or ENGINE=docker forces one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release --locked -q -p brume
+bash scripts/build-static.sh >/dev/null
 brume=./target/release/brume
+engine=${ENGINE:-auto}
 nodes=${NODES:-5}
 work=$(mktemp -d)
 pids=()
@@ -23,6 +30,7 @@ for i in $(seq 0 $((nodes - 1))); do
   join=()
   if ((i > 0)); then join=(--join "${addrs[$(( (i - 1) / 2 ))]}"); fi
   "$brume" node --listen /ip4/127.0.0.1/tcp/0 "${join[@]}" --min-degree 2 --max-degree 4 \
+    --engine "$engine" \
     --control "$work/n$i.sock" --data-dir "$work/n$i" --log warn >"$work/n$i.out" 2>"$work/n$i.err" &
   pids+=($!)
   for _ in $(seq 50); do
@@ -40,6 +48,18 @@ echo; echo "== brume peers (node 0)"
 "$brume" peers --control "$work/n0.sock"
 echo; echo "== brume map --budget 50ms (node 0)"
 "$brume" map --control "$work/n0.sock" --budget 50ms
-echo; echo "== brume place: the fedavg service on the example edge network"
-"$brume" place --network examples/networks/edge-lab.toml --graph examples/fedavg/service.toml \
-  --policy "${POLICY:-latency}" --rounds 32 --seed 1
+echo; echo "== brume deploy examples/fedavg/service.toml (from node 0)"
+"$brume" deploy examples/fedavg/service.toml --control "$work/n0.sock" --budget 80ms
+echo; echo "== training (10 rounds, one a second) ..."
+for _ in $(seq 90); do
+  if "$brume" logs aggregator --control "$work/n0.sock" 2>/dev/null | grep -q "^round=10/10"; then
+    break
+  fi
+  sleep 1
+done
+echo; echo "== brume ps (node 0)"
+"$brume" ps --control "$work/n0.sock"
+echo; echo "== brume logs aggregator"
+"$brume" logs aggregator --control "$work/n0.sock" --tail 12
+echo; echo "== brume stop fedavg"
+"$brume" stop fedavg --control "$work/n0.sock"

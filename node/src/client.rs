@@ -40,7 +40,7 @@ pub struct MapArgs {
     pub fresh: bool,
 }
 
-async fn ask(
+pub(crate) async fn ask(
     target: &Target,
     request: Request,
     wait: Duration,
@@ -52,6 +52,7 @@ async fn ask(
     match control::call(&path, &request, wait).await? {
         Response::Ok(v) => Ok(v),
         Response::Error(e) => anyhow::bail!("the node refused: {e}"),
+        Response::Progress(_) => anyhow::bail!("the node sent progress where an answer was due"),
     }
 }
 

@@ -7,13 +7,19 @@
 //! those and [`report`] shows the plan to a person (a table that says why each task landed where
 //! it did) or to a program (JSON). [`bench`] holds the benchmark families of `brume bench`.
 
+pub mod artifact;
 pub mod bench;
 pub mod client;
 pub mod daemon;
+pub mod deploy;
+pub mod engine;
+pub mod frames;
 pub mod input_error;
+pub mod localnet;
 pub mod manifest;
 pub mod mapnet;
 pub mod mapview;
 pub mod netfile;
 pub mod place;
 pub mod report;
+pub mod tunnel;

@@ -43,6 +43,20 @@ enum Command {
     /// Map the neighbourhood: the nodes reachable over the overlay within a latency budget, with
     /// their resources and the links measured among them, as a table, JSON or Graphviz.
     Map(brume::client::MapArgs),
+    /// Deploy a service from its manifest, with this node as the initiator: map the
+    /// neighbourhood within --budget, place the call graph (the root task stays here), ship each
+    /// task's image to its host as content-addressed chunks (no registry) and start it there.
+    /// Shows progress per task and ends with a table of task, host, state and address. A deploy
+    /// that fails anywhere is rolled back everywhere.
+    Deploy(brume::deploy::cli::DeployArgs),
+    /// List the task instances of the services deployed from this node, with their host and
+    /// state (--all: also what this node runs for others, exited instances included).
+    Ps(brume::deploy::cli::PsArgs),
+    /// Show the last lines a task instance wrote, wherever it runs.
+    Logs(brume::deploy::cli::LogsArgs),
+    /// Stop a service deployed from this node: every instance on every host is stopped and
+    /// removed.
+    Stop(brume::deploy::cli::StopArgs),
 }
 
 #[derive(Subcommand)]
@@ -52,6 +66,14 @@ enum Bench {
     /// Neighbourhood mapping in the discrete-event simulator: recall, messages against flooding,
     /// completion against the budget, Vivaldi error; on the synthetic model or an RTT matrix file.
     Overlay(brume::bench::overlay::OverlayArgs),
+    /// Deployment on three local daemons (cold and warm) against docker-compose of the same
+    /// image, artifact transfer against plain TCP, tunnels against direct connections. Needs
+    /// Docker, docker-compose and scripts/build-static.sh's relay binary.
+    Deploy(brume::bench::deploy::DeployArgs),
+    /// Artifact chunk fetch over the overlay against a plain TCP copy of the same bytes.
+    Transfer(brume::bench::transfer::TransferArgs),
+    /// Tunnel throughput and round trip against a direct TCP connection.
+    Tunnel(brume::bench::tunnel::TunnelArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,10 +97,23 @@ fn main() -> ExitCode {
         Command::Bench {
             family: Bench::Overlay(args),
         } => brume::bench::overlay::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            family: Bench::Deploy(args),
+        } => brume::bench::deploy::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            family: Bench::Transfer(args),
+        } => brume::bench::transfer::cli(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            family: Bench::Tunnel(args),
+        } => brume::bench::tunnel::cli(args).map(|()| ExitCode::SUCCESS),
         Command::Node(args) => brume::daemon::run::run(args).map(|()| ExitCode::SUCCESS),
         Command::Status(target) => block_on(brume::client::status(target)),
         Command::Peers(target) => block_on(brume::client::peers(target)),
         Command::Map(args) => block_on(brume::client::map(args)),
+        Command::Deploy(args) => block_on(brume::deploy::cli::deploy(args)),
+        Command::Ps(args) => block_on(brume::deploy::cli::ps(args)),
+        Command::Logs(args) => block_on(brume::deploy::cli::logs(args)),
+        Command::Stop(args) => block_on(brume::deploy::cli::stop(args)),
     };
     match result {
         Ok(code) => code,

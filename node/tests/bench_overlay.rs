@@ -58,6 +58,15 @@ fn quick_run_ends_with_a_parsable_bench_line_and_high_recall() {
     assert!(keys["recall_pct"] >= 99.0, "{keys:?}");
     assert!(keys["msgs_per_region_link"] <= 2.0, "{keys:?}");
     assert!(keys["vivaldi_median_err_pct"] <= 15.0, "{keys:?}");
+    // A real daemon was measured (debug build here; BENCHMARKS.md has the release figure).
+    assert!(
+        keys["idle_rss_mb"] > 1.0 && keys["idle_rss_mb"] < 64.0,
+        "{keys:?}"
+    );
+    assert!(
+        keys["idle_cpu_pct"] >= 0.0 && keys["idle_cpu_pct"] < 25.0,
+        "{keys:?}"
+    );
     let stdout = text(&out.stdout);
     for budget in ["10", "25", "50", "80"] {
         assert!(

@@ -1,6 +1,6 @@
 //! brume's overlay core: the sans-IO protocol logic every brume node runs.
 //!
-//! Data flows like this: the (future) libp2p shell measures pings and feeds each sample into the
+//! Data flows like this: the libp2p shell ([`swarm`], driven through [`node::OverlayHandle`]) measures pings and feeds each sample into the
 //! per-peer [`rtt::RttEstimator`] and the node's [`vivaldi::Vivaldi`] coordinate; peers exchange
 //! small state records ([`neighbourhood::NodeRecord`]). When a node needs to know its neighbourhood it
 //! calls [`mapping::MappingNode::start_map`] with a latency budget; the state machine returns
@@ -13,6 +13,7 @@
 pub mod behaviour;
 pub mod ids;
 pub mod latency;
+pub mod maplink;
 pub mod mapping;
 pub mod membership;
 pub mod neighbourhood;
@@ -23,6 +24,7 @@ pub mod swarm;
 pub mod vivaldi;
 pub mod wire;
 
+pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use node::{
     BulkIncoming, Identity, MapOutcome, Overlay, OverlayConfig, OverlayError, OverlayHandle,
     PeerInfo, Status, Timings,

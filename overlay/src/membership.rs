@@ -56,8 +56,13 @@ pub struct MembershipConfig {
     pub maintain_interval_ms: f64,
     /// A dial not reported back within this is forgotten.
     pub dial_timeout_ms: f64,
-    /// Wait at least this between two rejoin attempts.
+    /// Wait at least this between two rejoin attempts; it doubles after every attempt that
+    /// finds nobody (up to 32 times), and resets once a peer connects.
     pub rejoin_backoff_ms: f64,
+    /// A remembered address is forgotten after this many failed dials in a row, but only while
+    /// the node has other peers: a lonely node keeps every address it knows, since one of them
+    /// coming back (a gateway rebooting) is its only way home.
+    pub forget_after_failures: u32,
     /// A peer that disconnected (or that we dropped) is not dialled again for this long, unless
     /// the node is alone: without it a dropped surplus peer would be dialled straight back.
     pub redial_cooldown_ms: f64,
@@ -85,6 +90,7 @@ impl Default for MembershipConfig {
             maintain_interval_ms: 1_000.0,
             dial_timeout_ms: 5_000.0,
             rejoin_backoff_ms: 2_000.0,
+            forget_after_failures: 5,
             redial_cooldown_ms: 30_000.0,
             max_known: 256,
             ban_threshold: 50.0,
@@ -161,6 +167,10 @@ pub struct Membership<A> {
     next_shuffle: Time,
     next_maintain: Time,
     next_rejoin: Time,
+    /// Rejoin attempts since the last connection (drives the backoff).
+    rejoin_rounds: u32,
+    /// Failed dials in a row per remembered address.
+    failures: BTreeMap<A, u32>,
     joined: bool,
     rng: ChaCha8Rng,
 }
@@ -185,6 +195,8 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
             next_shuffle: Time(0),
             next_maintain: Time(0),
             next_rejoin: Time(0),
+            rejoin_rounds: 0,
+            failures: BTreeMap::new(),
             joined: false,
             rng: ChaCha8Rng::seed_from_u64(seed ^ id.0),
         }
@@ -276,7 +288,9 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
         }
         if let Some(a) = &addr {
             self.dialing.retain(|(d, _)| d != a);
+            self.failures.remove(a);
         }
+        self.rejoin_rounds = 0;
         let fresh = !self.connected.contains_key(&node);
         let entry = self.connected.entry(node).or_insert(Connected {
             addr: None,
@@ -336,8 +350,17 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
     /// A dial to `addr` failed.
     pub fn on_dial_failed(&mut self, _now: Time, addr: &A) {
         self.dialing.retain(|(d, _)| d != addr);
-        // Forget a remembered peer whose address fails; bootstrap addresses stay.
-        self.known.retain(|_, (a, _)| a != addr);
+        if !self.known.values().any(|(a, _)| a == addr) {
+            return;
+        }
+        let failures = self.failures.entry(addr.clone()).or_insert(0);
+        *failures += 1;
+        // Forget a remembered peer whose address keeps failing, unless we are alone;
+        // bootstrap addresses always stay.
+        if *failures >= self.config.forget_after_failures && !self.connected.is_empty() {
+            self.known.retain(|_, (a, _)| a != addr);
+            self.failures.remove(addr);
+        }
     }
 
     fn remember(&mut self, now: Time, node: NodeId, addr: A) {
@@ -564,7 +587,9 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
         if now < self.next_rejoin {
             return;
         }
-        self.next_rejoin = now.plus_ms(self.config.rejoin_backoff_ms);
+        let factor = f64::from(1u32 << self.rejoin_rounds.min(5));
+        self.next_rejoin = now.plus_ms(self.config.rejoin_backoff_ms * factor);
+        self.rejoin_rounds += 1;
         self.joined = false;
         let boots = self.bootstrap.clone();
         for a in boots {
@@ -788,7 +813,11 @@ mod tests {
         // The dial is in flight: no duplicate next round.
         let out = m.handle_timeout(ms(2_000));
         assert!(dials(&out).is_empty());
-        m.on_dial_failed(ms(2_500), &addr(9));
+        // Forgotten after `forget_after_failures` failures in a row (we are not alone).
+        for i in 0..5 {
+            assert_eq!(m.known().len(), 2);
+            m.on_dial_failed(ms(2_500 + i), &addr(9));
+        }
         assert_eq!(m.known(), vec![(NodeId(2), addr(2))]);
     }
 
@@ -805,12 +834,36 @@ mod tests {
         let mut d = dials(&out);
         d.sort();
         assert_eq!(d, vec![addr(2), addr(3), addr(4), "boot".to_string()]);
-        // Dials failing: after the backoff the next maintenance tries again.
-        for a in d {
-            m.on_dial_failed(ms(5_001), &a);
+        // Dials failing: a lonely node forgets nothing, and after the backoff (2 s) the next
+        // maintenance tries everything again; the next wait doubles (4 s).
+        for _ in 0..10 {
+            for a in &d {
+                m.on_dial_failed(ms(5_001), a);
+            }
         }
         let out = m.handle_timeout(ms(8_000));
-        assert_eq!(dials(&out), vec!["boot".to_string()]);
+        let mut again = dials(&out);
+        again.sort();
+        assert_eq!(again, d);
+        for a in &d {
+            m.on_dial_failed(ms(8_001), a);
+        }
+        assert!(dials(&m.handle_timeout(ms(11_000))).is_empty());
+        assert_eq!(dials(&m.handle_timeout(ms(12_100))).len(), 4);
+    }
+
+    #[test]
+    fn forgets_an_address_that_keeps_failing_only_when_not_alone() {
+        let mut m = M::new(NodeId(1), cfg(), vec![], 3);
+        m.start(ms(0));
+        m.on_connected(ms(10), NodeId(2), Some(addr(2)));
+        m.set_addr(ms(10), NodeId(4), addr(4));
+        for i in 0..4 {
+            m.on_dial_failed(ms(20 + i), &addr(4));
+        }
+        assert!(m.known().iter().any(|(_, a)| *a == addr(4)));
+        m.on_dial_failed(ms(30), &addr(4));
+        assert!(!m.known().iter().any(|(_, a)| *a == addr(4)));
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub struct NodeRecord {
     pub load: f32,
     /// Fraction of time the node has been reachable (0..=1).
     pub reliability: f32,
+    /// The node's libp2p peer id (empty in simulations): what a deployer opens streams to.
+    #[serde(default)]
+    pub peer: String,
+    /// Its dialable addresses, each ending in `/p2p/<peer>`, for a deployer not connected to it.
+    #[serde(default)]
+    pub addrs: Vec<String>,
 }
 
 impl NodeRecord {
@@ -42,6 +48,8 @@ impl NodeRecord {
             mem_total_mb: 0,
             load: 0.0,
             reliability: 1.0,
+            peer: String::new(),
+            addrs: Vec::new(),
         }
     }
 }

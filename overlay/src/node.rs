@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
-use libp2p::{Multiaddr, PeerId, Stream};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -189,6 +189,11 @@ pub(crate) enum Command {
     Status(oneshot::Sender<Status>),
     SetRecord(NodeRecord),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    /// Dial a peer (not a membership decision: the connection may later be trimmed).
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -297,6 +302,36 @@ impl OverlayHandle {
         self.ask(Command::ListenAddrs).await
     }
 
+    /// Makes sure a connection to `peer` exists, dialling `addrs` if there is none, and waits
+    /// for it up to `timeout`. For talking to a host found in a map that is not a neighbour.
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        timeout: Duration,
+    ) -> Result<(), OverlayError> {
+        if peer == self.peer_id || self.peers().await?.iter().any(|p| p.peer_id == peer) {
+            return Ok(());
+        }
+        self.commands
+            .send(Command::Dial { peer, addrs })
+            .await
+            .map_err(|_| OverlayError::Stopped)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.peers().await?.iter().any(|p| p.peer_id == peer) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OverlayError::OpenStream {
+                    peer,
+                    reason: format!("no connection within {timeout:?}"),
+                });
+            }
+        }
+    }
+
     /// Stops the node and waits until its task has closed the swarm.
     pub async fn shutdown(&self) -> Result<(), OverlayError> {
         self.ask(Command::Shutdown).await
@@ -304,9 +339,26 @@ impl OverlayHandle {
 
     /// Opens a `/brume/bulk/1` stream to a connected peer (it must be accepting).
     pub async fn open_bulk(&self, peer: PeerId) -> Result<Stream, OverlayError> {
+        self.open_stream(peer, BULK_PROTOCOL).await
+    }
+
+    /// Starts accepting `/brume/bulk/1` streams; only one caller at a time (dropping the returned
+    /// stream stops accepting).
+    pub fn accept_bulk(&self) -> Result<BulkIncoming, OverlayError> {
+        self.accept_streams(BULK_PROTOCOL)
+    }
+
+    /// Opens a raw stream of `protocol` to a peer that accepts it (see
+    /// [`OverlayHandle::accept_streams`]). The bytes are the caller's: the overlay only
+    /// encrypts and multiplexes them. The peer must be connected or dialable.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<Stream, OverlayError> {
         let mut control = self.bulk.clone();
         control
-            .open_stream(peer, BULK_PROTOCOL)
+            .open_stream(peer, protocol)
             .await
             .map_err(|e| OverlayError::OpenStream {
                 peer,
@@ -314,12 +366,12 @@ impl OverlayHandle {
             })
     }
 
-    /// Starts accepting `/brume/bulk/1` streams; only one caller at a time (dropping the returned
-    /// stream stops accepting).
-    pub fn accept_bulk(&self) -> Result<BulkIncoming, OverlayError> {
+    /// Starts accepting streams of `protocol`; one acceptor per protocol at a time (dropping the
+    /// returned stream stops accepting).
+    pub fn accept_streams(&self, protocol: StreamProtocol) -> Result<BulkIncoming, OverlayError> {
         let mut control = self.bulk.clone();
         control
-            .accept(BULK_PROTOCOL)
+            .accept(protocol)
             .map_err(|_| OverlayError::AlreadyAccepting)
     }
 }

@@ -25,6 +25,7 @@ use crate::behaviour::{
     MembershipResponse,
 };
 use crate::ids::{MapId, NodeId, Time};
+use crate::maplink::{LinkEvent, MapLinks};
 use crate::mapping::{MappingNode, Output};
 use crate::membership::{Action, Membership, Misbehaviour};
 use crate::neighbourhood::NodeRecord;
@@ -109,6 +110,8 @@ struct Driver {
     join_requests: HashMap<OutboundRequestId, bool>,
     listen_addrs: Vec<Multiaddr>,
     state_interval: Duration,
+    links: MapLinks,
+    link_events: mpsc::Receiver<LinkEvent>,
 }
 
 pub(crate) async fn spawn(
@@ -203,6 +206,13 @@ pub(crate) async fn spawn(
         .clone()
         .unwrap_or_else(|| NodeRecord::bare(node_id));
     record.id = node_id;
+    record.peer = local_peer.to_string();
+    record.addrs = listen_addrs
+        .iter()
+        .filter(|a| is_dialable(a))
+        .take(4)
+        .map(|a| with_peer(a.clone(), local_peer).to_string())
+        .collect();
     let mapping = MappingNode::new(node_id, record, config.map.clone());
     if let Some(a) = listen_addrs.iter().find(|a| is_dialable(a)) {
         membership.set_self_addr(with_peer(a.clone(), local_peer));
@@ -210,6 +220,7 @@ pub(crate) async fn spawn(
 
     let (tx, rx) = mpsc::channel(64);
     let bulk = swarm.behaviour().bulk.new_control();
+    let (links, link_events) = MapLinks::start(bulk.clone(), crate::wire::MAX_MESSAGE_BYTES);
     let handle = OverlayHandle {
         peer_id: local_peer,
         node_id,
@@ -231,6 +242,8 @@ pub(crate) async fn spawn(
         join_requests: HashMap::new(),
         listen_addrs,
         state_interval: t.state_interval,
+        links,
+        link_events,
     };
     info!(peer = %local_peer, node = %node_id, addrs = ?driver.listen_addrs, "overlay node listening");
     let now = driver.now();
@@ -271,6 +284,7 @@ impl Driver {
                 },
                 _ = tokio::time::sleep_until(deadline) => self.on_timers(),
                 _ = state_tick.tick() => self.broadcast_state(),
+                Some(ev) = self.link_events.recv() => self.on_link_event(ev),
             }
         }
     }
@@ -339,12 +353,39 @@ impl Driver {
                     uptime: self.epoch.elapsed(),
                 });
             }
-            Command::SetRecord(record) => self.mapping.set_record(record),
+            Command::Dial { peer, addrs } => {
+                if peer != self.local_peer {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        debug!(%peer, error = %e, "dial asked by the node refused");
+                    }
+                }
+            }
+            Command::SetRecord(record) => {
+                let record = self.stamped(record);
+                self.mapping.set_record(record);
+            }
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.own_addrs());
             }
             Command::Shutdown(_) => {} // handled in run
         }
+    }
+
+    /// A record carrying this node's peer id and dialable addresses.
+    fn stamped(&self, mut record: NodeRecord) -> NodeRecord {
+        record.peer = self.local_peer.to_string();
+        record.addrs = self
+            .own_addrs()
+            .iter()
+            .filter(|a| is_dialable(a))
+            .take(4)
+            .map(|a| a.to_string())
+            .collect();
+        record
     }
 
     fn own_addrs(&self) -> Vec<Multiaddr> {
@@ -457,10 +498,9 @@ impl Driver {
                     match self.peer_id(to).filter(|_| self.connected.contains(&to)) {
                         Some(peer) => {
                             trace!(node = %to, kind = msg_kind(&msg), "map message out");
-                            self.swarm
-                                .behaviour_mut()
-                                .map
-                                .send_request(&peer, MapFrame::Msg(msg));
+                            if !self.links.send(peer, &msg) {
+                                debug!(node = %to, "map message dropped (link queue full)");
+                            }
                         }
                         None => trace!(node = %to, "map message to a peer no longer connected"),
                     }
@@ -512,7 +552,13 @@ impl Driver {
 
     /// A state record from `node`: stored, its coordinate handed to the mapping core.
     fn on_record(&mut self, node: NodeId, mut record: NodeRecord) {
-        if record.id != node || !record.coord.is_finite() || !record.coord_error.is_finite() {
+        let claimed_other_peer = !record.peer.is_empty()
+            && self.peer_id(node).map(|p| p.to_string()) != Some(record.peer.clone());
+        if record.id != node
+            || claimed_other_peer
+            || !record.coord.is_finite()
+            || !record.coord_error.is_finite()
+        {
             debug!(%node, "state record with a wrong id or non-finite coordinate");
             self.misbehaved(node, Misbehaviour::Malformed);
             return;
@@ -578,6 +624,8 @@ impl Driver {
                     debug!(peer = %peer_id, node = %id, "connected");
                     self.connected.insert(id);
                     self.mapping.add_peer(id);
+                    // Open the map link now, so no map pays for the stream's negotiation.
+                    self.links.open(peer_id);
                     let actions = self.membership.on_connected(now, id, addr);
                     self.apply(actions);
                     if self.connected.contains(&id) {
@@ -600,6 +648,7 @@ impl Driver {
                 debug!(peer = %peer_id, node = %id, "disconnected");
                 self.connected.remove(&id);
                 self.mapping.remove_peer(id);
+                self.links.close(peer_id);
                 let actions = self.membership.on_disconnected(now, id);
                 self.apply(actions);
             }
@@ -649,7 +698,6 @@ impl Driver {
             }) => debug!(%peer, error = %e, "ping failed"),
             BrumeBehaviourEvent::Join(ev) => self.on_join_event(now, ev),
             BrumeBehaviourEvent::State(ev) => self.on_state_event(ev),
-            BrumeBehaviourEvent::Map(ev) => self.on_map_event(now, ev),
             BrumeBehaviourEvent::Bulk(()) => {}
         }
     }
@@ -780,20 +828,13 @@ impl Driver {
         }
     }
 
-    fn on_map_event(&mut self, now: Time, ev: request_response::Event<MapFrame, ()>) {
-        use request_response::{Event, Message};
+    fn on_link_event(&mut self, ev: LinkEvent) {
+        let now = self.now();
         match ev {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let _ = self.swarm.behaviour_mut().map.send_response(channel, ());
+            LinkEvent::Closed { peer, generation } => self.links.on_closed(peer, generation),
+            LinkEvent::Frame { peer, frame } => {
                 let from = self.learn(peer);
-                match request {
+                match frame {
                     MapFrame::Msg(msg) => {
                         trace!(node = %from, kind = msg_kind(&msg), "map message in");
                         let out = self.mapping.handle_message(now, from, msg);
@@ -811,14 +852,6 @@ impl Driver {
                     }
                 }
             }
-            Event::Message { .. } => {}
-            Event::OutboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "map message not delivered");
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                self.inbound_failure(peer, "map", &error);
-            }
-            Event::ResponseSent { .. } => {}
         }
     }
 }

@@ -3,9 +3,12 @@
 //! * eight nodes join, each through a different earlier node; each is in some other node's peer
 //!   table within 1 s of starting, the overlay graph ends connected and a map from every node
 //!   holds all eight;
-//! * a peer sending garbage on `/brume/map/1` is scored down and dropped, nothing panics;
+//! * a peer sending malformed and oversized frames on `/brume/map/2` is scored down and dropped,
+//!   nothing panics;
 //! * a map with a node killed while it runs ends within its budget plus grace;
-//! * a bulk stream moves bytes.
+//! * a bulk stream moves bytes;
+//! * a node that loses every peer rejoins through an address it remembers (not its bootstrap)
+//!   when that peer comes back.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -189,7 +192,7 @@ async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped(
     let (victim, task) = Overlay::spawn(config(Vec::new())).await.unwrap();
     let victim_addr = victim.listen_addrs().await.unwrap()[0].clone();
 
-    // A bare libp2p peer that speaks no brume protocol but writes raw bytes on /brume/map/1.
+    // A bare libp2p peer that speaks no brume protocol but writes bad frames on /brume/map/2.
     let mut evil = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -216,7 +219,7 @@ async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped(
         }
     });
     let victim_id = victim.peer_id();
-    let proto = StreamProtocol::new("/brume/map/1");
+    let proto = StreamProtocol::new("/brume/map/2");
     let score_of = |peers: Vec<brume_overlay::PeerInfo>| {
         peers
             .into_iter()
@@ -224,37 +227,42 @@ async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped(
             .map(|p| p.score)
     };
 
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(5),
+        control.open_stream(victim_id, proto.clone()),
+    )
+    .await
+    .expect("stream opens in time")
+    .expect("the victim accepts /brume/map/2");
+    // Two malformed frames (-20 each), then a length header far over the limit (-30): the
+    // score goes 100 -> 80 -> 60 -> 30, below the ban threshold of 50.
     let mut scores = Vec::new();
-    for round in 0..3 {
-        let mut s = tokio::time::timeout(
-            Duration::from_secs(5),
-            control.open_stream(victim_id, proto.clone()),
-        )
-        .await
-        .expect("stream opens in time")
-        .expect("the victim accepts /brume/map/1");
-        let garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 + round) as u8 | 0x80).collect();
-        s.write_all(&garbage).await.unwrap();
-        s.close().await.unwrap();
-        let mut ack = Vec::new();
-        let _ = s.read_to_end(&mut ack).await;
-        // Wait until the victim has judged this message.
+    for (round, expected) in [(0u32, 80.0), (1, 60.0), (2, 30.0)] {
+        if round < 2 {
+            let garbage: Vec<u8> = (0..200u32).map(|i| (i * 37 + round) as u8 | 0x80).collect();
+            s.write_all(&200u32.to_be_bytes()).await.unwrap();
+            s.write_all(&garbage).await.unwrap();
+        } else {
+            s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+            s.write_all(&[0u8; 64]).await.unwrap();
+        }
+        s.flush().await.unwrap();
+        // Wait until the victim has judged this frame.
         let start = Instant::now();
         loop {
             let score = score_of(victim.peers().await.unwrap());
-            let expected = 100.0 - 20.0 * (round as f64 + 1.0);
             if score.is_none_or(|s| s <= expected) {
                 scores.push(score);
                 break;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(5),
-                "garbage not scored"
+                "bad frame {round} not scored (score {score:?})"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    // 100 - 3 x 20 = 40 is below the threshold of 50: the victim drops the connection.
+    // The victim drops the connection to the banned sender.
     tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
         .await
         .expect("the victim closes the connection to the garbage sender");
@@ -367,4 +375,69 @@ async fn a_bulk_stream_moves_bytes() {
     assert_eq!(got, expected);
     assert_eq!(reply, b"ok");
     stop(vec![a, b], vec![ta, tb]).await;
+}
+
+/// Waits until `cond` holds on `h`'s peer table, up to `limit`.
+async fn wait_peers(
+    h: &OverlayHandle,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&[brume_overlay::PeerInfo]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let peers = h.peers().await.unwrap();
+        if cond(&peers) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what} not within {limit:?}; peers {:?}",
+            peers.iter().map(|p| p.peer_id).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_every_peer_rejoins_through_a_remembered_address() {
+    init_tracing();
+    let seed_b: [u8; 32] = rand::random();
+    let (a, ta) = Overlay::spawn(config(Vec::new())).await.unwrap();
+    let a_addrs = a.listen_addrs().await.unwrap();
+    let mut cb = config(a_addrs.clone());
+    cb.identity = brume_overlay::Identity::Seed(seed_b);
+    let (b, tb) = Overlay::spawn(cb.clone()).await.unwrap();
+    let b_addr = b.listen_addrs().await.unwrap()[0].clone();
+    let b_id = b.peer_id();
+    // C joins through A only, and learns B's address from A's join sample.
+    let (c, tc) = Overlay::spawn(config(a_addrs)).await.unwrap();
+    wait_peers(&c, Duration::from_secs(5), "C connected to A and B", |p| {
+        p.iter().any(|p| p.peer_id == b_id) && p.iter().any(|p| p.peer_id == a.peer_id())
+    })
+    .await;
+
+    // A and B go away: C is alone (A, its bootstrap, stays down for good).
+    stop(vec![a, b], vec![ta, tb]).await;
+    wait_peers(&c, Duration::from_secs(5), "C alone", |p| p.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // B comes back at the same address with the same identity, knowing nobody.
+    let port = b_addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("a tcp address");
+    cb.bootstrap = Vec::new();
+    cb.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    let (b2, tb2) = Overlay::spawn(cb).await.unwrap();
+    assert_eq!(b2.peer_id(), b_id);
+    let took = wait_peers(&c, Duration::from_secs(15), "C back with B", |p| {
+        p.iter().any(|p| p.peer_id == b_id)
+    })
+    .await;
+    eprintln!("rejoin: C reconnected to the restarted B {took:?} after B came back");
+    stop(vec![c, b2], vec![tc, tb2]).await;
 }

@@ -2,8 +2,13 @@
 //! ends with one machine-readable line, `BENCH NAME key=value ...`, numbers only. Run them from a
 //! release build: debug timings mean nothing.
 
+pub mod deploy;
+pub mod idle;
 pub mod overlay;
+pub mod pair;
 pub mod placement;
+pub mod transfer;
+pub mod tunnel;
 
 /// Median of a non-empty sample (the upper median for even sizes); NaN when empty.
 pub fn median(xs: &mut [f64]) -> f64 {

@@ -24,7 +24,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use brume_overlay::latency::{LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet};
@@ -437,8 +437,7 @@ pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
     let r = &s.rows[ri];
     println!(
         "Headline: {} nodes at the {} ms budget: recall {:.2}% (overlay ground truth; direct \
-         {:.2}%), {:.2} messages per region link (flood {:.2}), Vivaldi median error {:.1}%. \
-         Idle RSS is not measured here: it needs the daemon.",
+         {:.2}%), {:.2} messages per region link (flood {:.2}), Vivaldi median error {:.1}%.",
         s.nodes,
         r.budget_ms,
         100.0 * r.recall_mean,
@@ -447,11 +446,29 @@ pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
         r.flood_msgs_per_link,
         100.0 * s.vivaldi_err
     );
+    let (settle, window) = if args.quick {
+        (Duration::from_secs(2), Duration::from_secs(3))
+    } else {
+        (Duration::from_secs(10), Duration::from_secs(30))
+    };
+    eprintln!(
+        "measuring an idle daemon: 3 `brume node` on loopback, {settle:?} to settle, then \
+         {window:?} of /proc readings..."
+    );
+    let idle = super::idle::measure(settle, window)?;
     println!(
-        "BENCH overlay recall_pct={:.2} msgs_per_region_link={:.3} vivaldi_median_err_pct={:.2}",
+        "Idle node (real daemon, 2 peers, default timers): RSS {:.1} MB, CPU {:.2}% of one core \
+         over {:?}",
+        idle.rss_mb, idle.cpu_pct, idle.window
+    );
+    println!(
+        "BENCH overlay recall_pct={:.2} msgs_per_region_link={:.3} vivaldi_median_err_pct={:.2} \
+         idle_rss_mb={:.1} idle_cpu_pct={:.3}",
         100.0 * r.recall_mean,
         r.msgs_per_link,
-        100.0 * s.vivaldi_err
+        100.0 * s.vivaldi_err,
+        idle.rss_mb,
+        idle.cpu_pct
     );
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub log: String,
     /// How often each peer is pinged; RTT estimates and Vivaldi settle after a few pings.
     pub ping_interval_ms: u64,
+    /// What runs tasks: `docker`, `process` (plain child processes), or `auto` (Docker if its
+    /// daemon answers, else processes).
+    pub engine: String,
 }
 
 impl Default for NodeConfig {
@@ -55,6 +58,7 @@ impl Default for NodeConfig {
             log_format: LogFormat::Human,
             log: "info".into(),
             ping_interval_ms: 5000,
+            engine: "auto".into(),
         }
     }
 }
@@ -105,6 +109,7 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     pub log: Option<String>,
     pub ping_interval_ms: Option<u64>,
+    pub engine: Option<String>,
 }
 
 /// Builds the settings from the four layers. `env` is the process environment (passed in so
@@ -171,6 +176,7 @@ pub fn load(
         .set_override_option("max_degree", f.max_degree.map(|d| d as u64))?
         .set_override_option("log", f.log.clone())?
         .set_override_option("ping_interval_ms", f.ping_interval_ms)?
+        .set_override_option("engine", f.engine.clone())?
         .set_override_option(
             "log_format",
             f.log_format.map(|l| match l {
@@ -187,7 +193,7 @@ pub fn load(
 }
 
 /// Settings keys, as the file and `BRUME_*` variables spell them.
-pub const KEYS: [&str; 9] = [
+pub const KEYS: [&str; 10] = [
     "listen",
     "join",
     "control",
@@ -197,6 +203,7 @@ pub const KEYS: [&str; 9] = [
     "log_format",
     "log",
     "ping_interval_ms",
+    "engine",
 ];
 
 impl NodeConfig {
@@ -212,6 +219,12 @@ impl NodeConfig {
             anyhow::bail!(
                 "ping_interval_ms ({}) must be between 50 and 600000",
                 self.ping_interval_ms
+            );
+        }
+        if !["auto", "docker", "process"].contains(&self.engine.as_str()) {
+            anyhow::bail!(
+                "engine `{}` is unknown: use docker, process or auto",
+                self.engine
             );
         }
         if self.listen.is_empty() {

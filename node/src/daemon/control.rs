@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LinesCodec};
 
 /// Longest request or response line, in bytes. A neighbourhood map of a few thousand nodes fits.
@@ -31,18 +31,56 @@ pub enum Request {
         budget_ms: f64,
         fresh: bool,
     },
+    /// Deploy the service in the manifest at `manifest` (an absolute path on this machine).
+    Deploy(DeployRequest),
+    /// Instances of the services deployed from this node (`all`: and every instance this node
+    /// runs for anyone, exited ones included).
+    Ps {
+        all: bool,
+    },
+    /// The last `tail` log lines of a task instance.
+    Logs {
+        service: Option<String>,
+        task: String,
+        replica: u32,
+        tail: usize,
+    },
+    /// Stop every instance of a service deployed from this node.
+    Stop {
+        service: String,
+    },
 }
 
-/// What the node answers: a JSON value on success, or a message saying what went wrong.
+/// How `brume deploy` asks for a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub manifest: PathBuf,
+    pub budget_ms: f64,
+    pub policy: String,
+    pub seed: u64,
+    pub rounds: u32,
+}
+
+/// What the node answers: a JSON value on success, or a message saying what went wrong. A long
+/// request (a deploy) may first send any number of `Progress` lines; `Ok` or `Error` ends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Ok(serde_json::Value),
     Error(String),
+    Progress(serde_json::Value),
 }
 
-/// A request on its way to the daemon, with the slot for its answer.
-pub type Call = (Request, oneshot::Sender<Response>);
+impl Response {
+    /// Whether this line ends the answer.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Response::Progress(_))
+    }
+}
+
+/// A request on its way to the daemon, with the channel for its answer: progress lines, then
+/// one final response.
+pub type Call = (Request, mpsc::Sender<Response>);
 
 /// Why talking to a node failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,13 +154,26 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
                             line.chars().take(80).collect::<String>()
                         )),
                         Ok(request) => {
-                            let (tx, rx) = oneshot::channel();
+                            let (tx, mut rx) = mpsc::channel(64);
                             if calls.send((request, tx)).await.is_err() {
                                 return;
                             }
-                            rx.await.unwrap_or_else(|_| {
-                                Response::Error("the node is shutting down".into())
-                            })
+                            loop {
+                                match rx.recv().await {
+                                    Some(r) if r.is_final() => break r,
+                                    Some(progress) => {
+                                        let Ok(text) = serde_json::to_string(&progress) else {
+                                            return;
+                                        };
+                                        if lines.send(text).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    None => {
+                                        break Response::Error("the node is shutting down".into())
+                                    }
+                                }
+                            }
                         }
                     },
                 };
@@ -143,6 +194,16 @@ pub async fn call(
     request: &Request,
     timeout: Duration,
 ) -> Result<Response, ControlError> {
+    call_with_progress(path, request, timeout, |_| {}).await
+}
+
+/// Like [`call`], handing every progress line to `progress` as it arrives.
+pub async fn call_with_progress(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+    mut progress: impl FnMut(serde_json::Value),
+) -> Result<Response, ControlError> {
     let stream = UnixStream::connect(path)
         .await
         .map_err(|_| ControlError::NotRunning(path.to_path_buf()))?;
@@ -154,12 +215,19 @@ pub async fn call(
             .send(text)
             .await
             .map_err(|e| ControlError::BadAnswer(e.to_string()))?;
-        let line = lines
-            .next()
-            .await
-            .ok_or(ControlError::NoAnswer)?
-            .map_err(|e| ControlError::BadAnswer(e.to_string()))?;
-        serde_json::from_str(&line).map_err(|e| ControlError::BadAnswer(e.to_string()))
+        loop {
+            let line = lines
+                .next()
+                .await
+                .ok_or(ControlError::NoAnswer)?
+                .map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+            let response: Response =
+                serde_json::from_str(&line).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
+            match response {
+                Response::Progress(v) => progress(v),
+                last => return Ok(last),
+            }
+        }
     };
     tokio::time::timeout(timeout, exchange)
         .await
@@ -174,7 +242,9 @@ mod tests {
     fn echo(mut rx: mpsc::Receiver<Call>) {
         tokio::spawn(async move {
             while let Some((req, tx)) = rx.recv().await {
-                let _ = tx.send(Response::Ok(serde_json::to_value(&req).unwrap_or_default()));
+                let v = serde_json::to_value(&req).unwrap_or_default();
+                let _ = tx.send(Response::Progress(v.clone())).await;
+                let _ = tx.send(Response::Ok(v)).await;
             }
         });
     }
@@ -192,16 +262,23 @@ mod tests {
             budget_ms: 50.0,
             fresh: true,
         };
-        let got = call(&path, &req, Duration::from_secs(5)).await.unwrap();
+        let mut seen = Vec::new();
+        let got = call_with_progress(&path, &req, Duration::from_secs(5), |p| seen.push(p))
+            .await
+            .unwrap();
         assert_eq!(got, Response::Ok(serde_json::to_value(&req).unwrap()));
+        assert_eq!(seen, vec![serde_json::to_value(&req).unwrap()]);
 
         // A malformed line is answered with an error, and the connection keeps working.
         let stream = UnixStream::connect(&path).await.unwrap();
         let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
         lines.send("{not json".to_string()).await.unwrap();
+        // (the echo daemon sends a progress line before each answer; a bad line gets none)
         let answer: Response = serde_json::from_str(&lines.next().await.unwrap().unwrap()).unwrap();
         assert!(matches!(answer, Response::Error(m) if m.contains("bad request")));
         lines.send(r#"{"cmd":"status"}"#.to_string()).await.unwrap();
+        let answer: Response = serde_json::from_str(&lines.next().await.unwrap().unwrap()).unwrap();
+        assert!(matches!(answer, Response::Progress(_)));
         let answer: Response = serde_json::from_str(&lines.next().await.unwrap().unwrap()).unwrap();
         assert!(matches!(answer, Response::Ok(_)));
 

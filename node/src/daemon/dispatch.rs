@@ -9,7 +9,7 @@ use brume_overlay::neighbourhood::NeighbourhoodMap;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use super::control::{Call, Request, Response};
+use super::control::{Call, DeployRequest, Request, Response};
 use super::views::{PeerView, StatusView};
 
 /// Longest budget a client may ask a map for.
@@ -22,6 +22,29 @@ pub trait Backend: Send + Sync + 'static {
     fn peers(&self) -> BoxFuture<'_, anyhow::Result<Vec<PeerView>>>;
     fn map(&self, budget: Duration, fresh: bool)
         -> BoxFuture<'_, anyhow::Result<NeighbourhoodMap>>;
+    /// Deploys a service, sending progress lines as it goes.
+    fn deploy(
+        &self,
+        _request: DeployRequest,
+        _progress: mpsc::Sender<Response>,
+    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async { anyhow::bail!("this node cannot deploy") })
+    }
+    fn ps(&self, _all: bool) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async { anyhow::bail!("this node runs no tasks") })
+    }
+    fn logs(
+        &self,
+        _service: Option<String>,
+        _task: String,
+        _replica: u32,
+        _tail: usize,
+    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async { anyhow::bail!("this node runs no tasks") })
+    }
+    fn stop(&self, _service: String) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async { anyhow::bail!("this node runs no tasks") })
+    }
 }
 
 /// Answers calls until the control server goes away.
@@ -29,12 +52,17 @@ pub async fn dispatch(backend: Arc<dyn Backend>, mut calls: mpsc::Receiver<Call>
     while let Some((request, reply)) = calls.recv().await {
         let backend = backend.clone();
         tokio::spawn(async move {
-            let _ = reply.send(answer(backend.as_ref(), request).await);
+            let last = answer(backend.as_ref(), request, &reply).await;
+            let _ = reply.send(last).await;
         });
     }
 }
 
-async fn answer(backend: &dyn Backend, request: Request) -> Response {
+async fn answer(
+    backend: &dyn Backend,
+    request: Request,
+    progress: &mpsc::Sender<Response>,
+) -> Response {
     let result = match request {
         Request::Status => backend.status().await.and_then(to_json),
         Request::Peers => backend.peers().await.and_then(to_json),
@@ -50,6 +78,15 @@ async fn answer(backend: &dyn Backend, request: Request) -> Response {
             let budget = Duration::from_secs_f64(budget_ms / 1e3);
             backend.map(budget, fresh).await.and_then(to_json)
         }
+        Request::Deploy(request) => backend.deploy(request, progress.clone()).await,
+        Request::Ps { all } => backend.ps(all).await,
+        Request::Logs {
+            service,
+            task,
+            replica,
+            tail,
+        } => backend.logs(service, task, replica, tail).await,
+        Request::Stop { service } => backend.stop(service).await,
     };
     match result {
         Ok(v) => Response::Ok(v),
@@ -66,7 +103,6 @@ mod tests {
     use super::*;
     use brume_overlay::ids::NodeId;
     use brume_overlay::neighbourhood::NodeRecord;
-    use tokio::sync::oneshot;
 
     struct Fake;
 
@@ -90,10 +126,21 @@ mod tests {
         }
     }
 
-    async fn ask(tx: &mpsc::Sender<Call>, req: Request) -> oneshot::Receiver<Response> {
-        let (reply, rx) = oneshot::channel();
+    /// Sends a request; the returned future yields its final response.
+    async fn ask(
+        tx: &mpsc::Sender<Call>,
+        req: Request,
+    ) -> impl std::future::Future<Output = Result<Response, &'static str>> {
+        let (reply, mut rx) = mpsc::channel(8);
         tx.send((req, reply)).await.unwrap();
-        rx
+        async move {
+            while let Some(r) = rx.recv().await {
+                if r.is_final() {
+                    return Ok(r);
+                }
+            }
+            Err("no final response")
+        }
     }
 
     #[tokio::test]

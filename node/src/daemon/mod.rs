@@ -7,4 +7,5 @@ pub mod control;
 pub mod dispatch;
 pub mod resources;
 pub mod run;
+pub mod services;
 pub mod views;

@@ -15,16 +15,19 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::config::{self, LogFormat, NodeConfig, Overrides};
-use super::control;
+use super::control::{self, DeployRequest};
 use super::dispatch::{dispatch, Backend};
 use super::resources;
+use super::services::Services;
 use super::views::{PeerView, StatusView};
+use crate::deploy::agent::{Advertiser, Capacity};
+use crate::deploy::initiator::Initiator;
 
 /// Options of `brume node`. Each may also come from the config file or a `BRUME_*` variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
-    /// log_format, log, ping_interval_ms).
+    /// log_format, log, ping_interval_ms, engine).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/7100; port 0 picks a free one.
@@ -53,6 +56,10 @@ pub struct NodeArgs {
     /// How often each peer is pinged, in ms (default 5000).
     #[arg(long)]
     pub ping_interval_ms: Option<u64>,
+    /// What runs tasks: docker, process (plain child processes) or auto (Docker if its daemon
+    /// answers, else processes; the default).
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<String>,
     /// Most CPU (millicores) brume may offer to tasks on this device.
     #[arg(long)]
     pub cpu_millis: Option<u32>,
@@ -75,6 +82,7 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
         log_format: args.log_format,
         log: args.log.clone(),
         ping_interval_ms: args.ping_interval_ms,
+        engine: args.engine.clone(),
     };
     let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)?;
     init_logging(&cfg)?;
@@ -121,6 +129,9 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
         record: Some(record),
         timings: Timings {
             ping_interval: Duration::from_millis(cfg.ping_interval_ms),
+            // Vivaldi updates each sample against the peer's coordinate as last exchanged:
+            // records twice per ping period keep those fresh (10 s at the default 5 s pings).
+            state_interval: Duration::from_millis(2 * cfg.ping_interval_ms),
             ..Timings::default()
         },
         ..OverlayConfig::default()
@@ -150,26 +161,53 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
     // Machine-readable for scripts that start nodes: one line on stdout.
     println!("listening {}", shown.join(" "));
 
+    let totals = resources::read()?.capped(cpu_cap, mem_cap);
+    let capacity = Capacity {
+        cpu_millis: u64::from(totals.cpu_total_milli),
+        memory_mb: totals.mem_total_mb,
+    };
+    // The advertised record: this device's resources, less what tasks here reserved (CPU is
+    // offered by reservation; memory is the lesser of that and what /proc says is available).
+    let advertise: Advertiser = Arc::new(move |cpu, mem| match local_record(cpu_cap, mem_cap) {
+        Ok(mut r) => {
+            let left_cpu = u64::from(r.cpu_total_milli).saturating_sub(cpu);
+            r.cpu_free_milli = r.cpu_free_milli.min(left_cpu as u32);
+            r.mem_free_mb = r.mem_free_mb.min(r.mem_total_mb.saturating_sub(mem));
+            Some(r)
+        }
+        Err(e) => {
+            tracing::warn!("cannot read this device's resources: {e:#}");
+            None
+        }
+    });
+    let services = Services::start(
+        &handle,
+        &cfg.data_dir,
+        &cfg.engine,
+        capacity,
+        advertise.clone(),
+    )
+    .await?;
     let (calls_tx, calls_rx) = mpsc::channel(64);
     let backend = Arc::new(OverlayBackend {
         handle: handle.clone(),
         started: Instant::now(),
+        initiator: services.initiator.clone(),
     });
     tokio::spawn(control::serve(listener, calls_tx));
     let dispatcher = tokio::spawn(dispatch(backend, calls_rx));
     let refresher = {
         let handle = handle.clone();
+        let agent = services.agent.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REFRESH);
             loop {
                 tick.tick().await;
-                match local_record(cpu_cap, mem_cap) {
-                    Ok(r) => {
-                        if handle.set_record(r).await.is_err() {
-                            return;
-                        }
+                let (cpu, mem) = agent.reserved();
+                if let Some(r) = advertise(cpu, mem) {
+                    if handle.set_record(r).await.is_err() {
+                        return;
                     }
-                    Err(e) => tracing::warn!("cannot read this device's resources: {e:#}"),
                 }
             }
         })
@@ -190,6 +228,7 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
     };
     refresher.abort();
     dispatcher.abort();
+    services.shutdown().await;
     let _ = std::fs::remove_file(&cfg.control);
     outcome
 }
@@ -214,7 +253,11 @@ fn local_record(cpu_cap: Option<u32>, mem_cap: Option<u64>) -> anyhow::Result<No
     let r = resources::read()?.capped(cpu_cap, mem_cap);
     let mut rec = NodeRecord::bare(brume_overlay::ids::NodeId(0));
     rec.cpu_total_milli = r.cpu_total_milli;
-    rec.cpu_free_milli = r.cpu_free_milli;
+    // CPU is offered by reservation, not by the idle share of the moment: a burst of other work
+    // (or another node on the same machine) would otherwise make placement refuse a host that
+    // can run the task. The load average is advertised beside it for the load policy. The
+    // refresher takes what tasks here reserved off this figure.
+    rec.cpu_free_milli = r.cpu_total_milli;
     rec.mem_total_mb = r.mem_total_mb;
     rec.mem_free_mb = r.mem_free_mb;
     rec.load = r.load;
@@ -251,6 +294,7 @@ fn identity_seed(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
 struct OverlayBackend {
     handle: OverlayHandle,
     started: Instant,
+    initiator: Arc<Initiator>,
 }
 
 impl Backend for OverlayBackend {
@@ -290,8 +334,40 @@ impl Backend for OverlayBackend {
     fn map(
         &self,
         budget: Duration,
-        _fresh: bool,
+        fresh: bool,
     ) -> BoxFuture<'_, anyhow::Result<NeighbourhoodMap>> {
-        Box::pin(async move { Ok(self.handle.map(budget).await?) })
+        Box::pin(async move { Ok(self.handle.map_with(budget, fresh).await?.map) })
+    }
+
+    fn deploy(
+        &self,
+        request: DeployRequest,
+        progress: mpsc::Sender<control::Response>,
+    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async move {
+            let done = self.initiator.deploy(request, progress).await?;
+            Ok(serde_json::to_value(done)?)
+        })
+    }
+
+    fn ps(&self, all: bool) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async move { Ok(serde_json::to_value(self.initiator.ps(all).await)?) })
+    }
+
+    fn logs(
+        &self,
+        service: Option<String>,
+        task: String,
+        replica: u32,
+        tail: usize,
+    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async move {
+            let text = self.initiator.logs(service, task, replica, tail).await?;
+            Ok(serde_json::Value::String(text))
+        })
+    }
+
+    fn stop(&self, service: String) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async move { Ok(serde_json::to_value(self.initiator.stop(&service).await?)?) })
     }
 }

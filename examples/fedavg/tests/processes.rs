@@ -1,0 +1,384 @@
+//! The two programs as brume runs them: plain child processes given `PORT`, `BRUME_REPLICA` and
+//! `BRUME_CALL_TRAINER`, talked to over their line protocols. Every test starts its own trainers
+//! and aggregators on ports found free by binding 127.0.0.1:0, waits for each to say it listens,
+//! and kills them all when it ends, pass or fail (the `Proc` guard).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use brume_fedavg::wire::State;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A child process, its output lines (stderr ones prefixed "err: "), killed on drop.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    port: u16,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn start(bin: &str, env: &[(&str, String)]) -> Proc {
+        let port = free_port();
+        let mut child = Command::new(bin)
+            .env_clear()
+            .env("PORT", port.to_string())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stdout.take().expect("stdout"), "", &lines);
+        collect(child.stderr.take().expect("stderr"), "err: ", &lines);
+        let p = Proc { child, lines, port };
+        let listening = format!("listening on 127.0.0.1:{port}");
+        p.wait_for_line(&listening);
+        p
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    fn wait_for_line(&self, needle: &str) {
+        wait_for(&format!("a line with {needle:?}"), self, || {
+            self.log().iter().any(|l| l.contains(needle))
+        });
+    }
+
+    fn ask(&self, line: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        writeln!(s, "{line}").expect("send");
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply).expect("reply");
+        reply.trim_end().to_string()
+    }
+
+    fn status(&self) -> Status {
+        Status::parse(&self.ask("STATUS"))
+    }
+
+    /// The `round=k/R ...` lines of an aggregator, as parsed fields.
+    fn rounds(&self) -> Vec<RoundLine> {
+        self.log()
+            .iter()
+            .filter_map(|l| RoundLine::parse(l))
+            .collect()
+    }
+
+    fn wait_done(&self) -> Status {
+        wait_for("the last round", self, || self.status().done);
+        self.status()
+    }
+}
+
+fn collect(out: impl Read + Send + 'static, prefix: &'static str, into: &Arc<Mutex<Vec<String>>>) {
+    let into = Arc::clone(into);
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            into.lock().expect("lines").push(format!("{prefix}{line}"));
+        }
+    });
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 0");
+    l.local_addr().expect("addr").port()
+}
+
+fn wait_for(what: &str, p: &Proc, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no {what} after {DEADLINE:?}; output:\n{}",
+            p.log().join("\n")
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `key=value` out of a line of such words.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[derive(Debug)]
+struct Status {
+    round: u64,
+    loss: f64,
+    checksum: String,
+    done: bool,
+}
+
+impl Status {
+    fn parse(line: &str) -> Status {
+        let get = |k| field(line, k).unwrap_or_else(|| panic!("no {k} in {line:?}"));
+        Status {
+            round: get("round").split('/').next().unwrap().parse().unwrap(),
+            loss: get("loss").parse().unwrap(),
+            checksum: get("checksum").to_string(),
+            done: get("done") == "true",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RoundLine {
+    round: u64,
+    answered: usize,
+    loss: f64,
+    checksum: String,
+}
+
+impl RoundLine {
+    fn parse(line: &str) -> Option<RoundLine> {
+        if !line.starts_with("round=") {
+            return None;
+        }
+        let round = field(line, "round")?.split('/').next()?.parse().ok()?;
+        let answered = field(line, "trainers")?.split('/').next()?.parse().ok()?;
+        Some(RoundLine {
+            round,
+            answered,
+            loss: field(line, "loss")?.parse().ok()?,
+            checksum: field(line, "checksum")?.to_string(),
+        })
+    }
+}
+
+fn trainers(n: usize) -> (Vec<Proc>, String) {
+    let procs: Vec<Proc> = (0..n)
+        .map(|i| {
+            Proc::start(
+                env!("CARGO_BIN_EXE_trainer"),
+                &[("BRUME_REPLICA", i.to_string())],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = procs
+        .iter()
+        .map(|p| format!("127.0.0.1:{}", p.port))
+        .collect();
+    (procs, addrs.join(","))
+}
+
+fn aggregator(call: &str, rounds: u64, extra: &[(&str, &str)]) -> Proc {
+    let mut env = vec![
+        ("BRUME_CALL_TRAINER", call.to_string()),
+        ("ROUNDS", rounds.to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    Proc::start(env!("CARGO_BIN_EXE_aggregator"), &env)
+}
+
+#[test]
+fn five_rounds_cut_the_global_loss_and_status_reports_the_end() {
+    let (trainers, call) = trainers(4);
+    let mut agg = aggregator(&call, 5, &[]);
+    let end = agg.wait_done();
+    let rounds = agg.rounds();
+    let numbers: Vec<u64> = rounds.iter().map(|r| r.round).collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5], "{:#?}", agg.log());
+    assert!(rounds.iter().all(|r| r.answered == 4), "{rounds:?}");
+    assert!(
+        rounds.windows(2).all(|w| w[1].loss < w[0].loss),
+        "the loss falls every round: {rounds:?}"
+    );
+    let (first, last) = (rounds[0].loss, rounds[4].loss);
+    eprintln!("global loss: round 1 {first}, round 5 {last}");
+    assert!(
+        last < 0.2 * first,
+        "round 5 ({last}) is not 80% below round 1 ({first})"
+    );
+    // STATUS tells the same story as the last log line.
+    assert_eq!(end.round, 5);
+    assert_eq!(end.checksum, rounds[4].checksum);
+    assert!((end.loss - last).abs() < 1e-6, "{end:?} vs {last}");
+    // Every trainer trained every round.
+    for t in &trainers {
+        let trained = t.log().iter().filter(|l| l.starts_with("round=")).count();
+        assert_eq!(trained, 5, "{:#?}", t.log());
+    }
+    // Finished, it keeps serving until SIGTERM, then exits cleanly at once.
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        agg.child.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+    assert_eq!(agg.status().round, 5);
+    let pid = agg.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let start = Instant::now();
+    let code = loop {
+        if let Some(code) = agg.child.try_wait().expect("wait") {
+            break code;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "SIGTERM ignored");
+        thread::sleep(Duration::from_millis(10));
+    };
+    assert!(code.success(), "{code:?}");
+}
+
+#[test]
+fn a_checkpoint_restored_elsewhere_continues_to_the_same_model() {
+    let (_trainers, call) = trainers(4);
+    // A runs 3 rounds and is checkpointed.
+    let a = aggregator(&call, 3, &[]);
+    let a_end = a.wait_done();
+    let checkpoint = a.ask("CHECKPOINT");
+    let state = State::parse(&checkpoint).expect("CHECKPOINT prints a state line");
+    assert_eq!(state.round, 3);
+    assert_eq!(format!("{:016x}", state.model.checksum()), a_end.checksum);
+    assert_eq!((state.updates, state.missed), (12, 0));
+
+    // B starts from it through BRUME_RESTORE and runs rounds 4 to 6 only.
+    let b = aggregator(&call, 6, &[("BRUME_RESTORE", &checkpoint)]);
+    let b_end = b.wait_done();
+    let b_rounds: Vec<u64> = b.rounds().iter().map(|r| r.round).collect();
+    assert_eq!(b_rounds, [4, 5, 6], "{:#?}", b.log());
+
+    // C starts fresh and is told RESTORE while running: it answers with A's round and checksum,
+    // and whatever it had done is replaced by rounds 4 to 6 from A's state.
+    let c = aggregator(&call, 6, &[("ROUND_PAUSE_MS", "100")]);
+    let ok = c.ask(&format!("RESTORE {checkpoint}"));
+    assert_eq!(ok, format!("OK round=3 checksum={}", a_end.checksum));
+    let c_end = c.wait_done();
+    let log = c.log();
+    let restored = log
+        .iter()
+        .position(|l| l.starts_with("restored round=3/6"))
+        .expect("logged");
+    let after: Vec<u64> = log[restored..]
+        .iter()
+        .filter_map(|l| RoundLine::parse(l))
+        .map(|r| r.round)
+        .collect();
+    assert_eq!(after, [4, 5, 6], "{log:#?}");
+
+    // D runs 6 rounds uninterrupted: checkpoint-and-restore changed nothing, to the bit.
+    let d = aggregator(&call, 6, &[]);
+    let d_end = d.wait_done();
+    assert_eq!(b_end.checksum, d_end.checksum);
+    assert_eq!(c_end.checksum, d_end.checksum);
+    assert_ne!(d_end.checksum, a_end.checksum);
+    let (b_state, d_state) = (
+        State::parse(&b.ask("CHECKPOINT")).expect("B's state"),
+        State::parse(&d.ask("CHECKPOINT")).expect("D's state"),
+    );
+    assert_eq!(b_state, d_state, "the counters travel with the state too");
+}
+
+#[test]
+fn a_trainer_killed_mid_run_leaves_the_others_to_finish() {
+    let (mut trainers, call) = trainers(4);
+    let env = [
+        ("ROUND_PAUSE_MS", "150"),
+        ("RETRIES", "2"),
+        ("RETRY_BACKOFF_MS", "50"),
+        ("MIN_TRAINERS", "3"),
+    ];
+    let agg = aggregator(&call, 8, &env);
+    wait_for("round 2", &agg, || agg.status().round >= 2);
+    let dead = trainers.pop().expect("four trainers");
+    let dead_addr = format!("127.0.0.1:{}", dead.port);
+    drop(dead); // killed and reaped
+    let end = agg.wait_done();
+    assert_eq!(end.round, 8);
+    let rounds = agg.rounds();
+    assert_eq!(rounds.len(), 8, "{:#?}", agg.log());
+    assert_eq!(rounds[0].answered, 4, "{rounds:?}");
+    let short: Vec<u64> = rounds
+        .iter()
+        .filter(|r| r.answered == 3)
+        .map(|r| r.round)
+        .collect();
+    assert!(
+        short.contains(&8) && short.len() >= 5,
+        "rounds with 3 answers: {short:?}"
+    );
+    assert!(rounds[7].loss < 0.2 * rounds[0].loss, "{rounds:?}");
+    let log = agg.log().join("\n");
+    assert!(
+        log.contains(&format!("trainer 3 at {dead_addr}: cannot connect")),
+        "{log}"
+    );
+    assert!(
+        log.contains("retry 2/2") && log.contains("left out of this round"),
+        "{log}"
+    );
+    let state = State::parse(&agg.ask("CHECKPOINT")).expect("state");
+    assert_eq!(state.missed, short.len() as u64);
+    assert_eq!(state.updates, 8 * 4 - state.missed);
+}
+
+#[test]
+fn too_few_trainers_hold_the_round_and_bad_lines_get_errors() {
+    let (trainers, call) = trainers(1);
+    let nobody = free_port();
+    let call = format!("{call},127.0.0.1:{nobody}");
+    let agg = aggregator(&call, 3, &[("MIN_TRAINERS", "2"), ("RETRIES", "0")]);
+    agg.wait_for_line("round=1/3 trainers=1/2 below MIN_TRAINERS=2: trying again");
+    assert_eq!(agg.status().round, 0);
+    assert!(!agg.status().done);
+
+    assert!(agg
+        .ask("HELLO")
+        .starts_with("ERR unknown command \"HELLO\""));
+    assert!(agg
+        .ask("RESTORE junk")
+        .starts_with("ERR unknown command or tag \"junk\""));
+    let t = &trainers[0];
+    assert!(t
+        .ask("TRAIN x 1,2")
+        .starts_with("ERR round \"x\" is not a number"));
+    assert!(t
+        .ask("TRAIN 1 1,2")
+        .starts_with("ERR the model has 2 numbers"));
+    assert_eq!(agg.status().round, 0, "the errors changed nothing");
+
+    // Settings that cannot work stop the program at once, saying why.
+    for (key, value, says) in [
+        (
+            "MIN_TRAINERS",
+            "3",
+            "MIN_TRAINERS=3 but BRUME_CALL_TRAINER lists 2 trainers",
+        ),
+        (
+            "BRUME_RESTORE",
+            "fedavg-state/1 round=1",
+            "BRUME_RESTORE: the line has no loss",
+        ),
+        ("ROUNDS", "ten", "ROUNDS=\"ten\" is not usable"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_aggregator"))
+            .env_clear()
+            .env("BRUME_CALL_TRAINER", &call)
+            .env(key, value)
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "wanted {says:?} in {err}");
+    }
+}

@@ -1,0 +1,101 @@
+//! What a node runs beside the overlay so that services can be deployed on it and from it: the
+//! deployment agent (`/brume/deploy/1`), the chunk server hosts fetch artifacts from
+//! (`/brume/transfer/1`), the tunnel server that lands calls on local tasks
+//! (`/brume/tunnel/1`), and the initiator behind `brume deploy`, `ps`, `logs` and `stop`.
+//!
+//! Everything here shares one chunk store and one routing table, both under the data directory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use brume_overlay::OverlayHandle;
+
+use crate::artifact::{self, ChunkStore};
+use crate::deploy::agent::{Advertiser, Agent, Capacity};
+use crate::deploy::initiator::Initiator;
+use crate::deploy::ledger::Ledger;
+use crate::engine::{self, AnyEngine, EngineChoice};
+use crate::tunnel::{self, Routes, TUNNEL_PROTOCOL};
+
+/// Chunk streams served at once.
+const TRANSFER_CONCURRENCY: usize = 8;
+
+/// The running deployment services of a node.
+pub struct Services {
+    pub agent: Arc<Agent>,
+    pub initiator: Arc<Initiator>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Services {
+    /// Picks the engine (`docker`, `process` or `auto`) and starts serving.
+    pub async fn start(
+        overlay: &OverlayHandle,
+        data_dir: &Path,
+        engine_choice: &str,
+        capacity: Capacity,
+        advertiser: Advertiser,
+    ) -> anyhow::Result<Services> {
+        let store =
+            ChunkStore::open(data_dir.join("chunks")).context("cannot open the chunk store")?;
+        let choice: EngineChoice = engine_choice.parse().map_err(anyhow::Error::msg)?;
+        let engine: AnyEngine = engine::pick(choice, data_dir.join("tasks"))
+            .await
+            .context("cannot set up the task engine")?;
+        tracing::info!(
+            engine = engine.kind(),
+            "tasks run on the {} engine",
+            engine.kind()
+        );
+        let routes = Routes::new();
+        let agent = Agent::new(
+            overlay.clone(),
+            Arc::new(engine),
+            store.clone(),
+            routes.clone(),
+            data_dir.join("images"),
+            capacity,
+            Some(advertiser),
+        );
+        let ledger = Ledger::open(data_dir)?;
+        let initiator = Arc::new(Initiator::new(
+            overlay.clone(),
+            store.clone(),
+            ledger,
+            agent.clone(),
+        ));
+        let chunks = overlay.accept_streams(artifact::TRANSFER_PROTOCOL)?;
+        let tunnels = overlay.accept_streams(TUNNEL_PROTOCOL)?;
+        let serving = agent.clone();
+        let tasks = vec![
+            tokio::spawn(async move {
+                if let Err(e) = serving.serve().await {
+                    tracing::error!("the deployment agent stopped: {e:#}");
+                }
+            }),
+            tokio::spawn(artifact::serve_incoming(
+                store,
+                chunks,
+                TRANSFER_CONCURRENCY,
+            )),
+            tokio::spawn(tunnel::serve(tunnels, routes)),
+        ];
+        Ok(Services {
+            agent,
+            initiator,
+            tasks,
+        })
+    }
+
+    /// Stops every task this node runs (the node is leaving) and the servers.
+    pub async fn shutdown(self) {
+        let stopped = self.agent.stop_all().await;
+        if !stopped.is_empty() {
+            tracing::info!(count = stopped.len(), "stopped the tasks running here");
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! `brume deploy`, `brume ps`, `brume logs` and `brume stop`: clients of the local node's control
+//! socket. The node does the work (it is the initiator, with the overlay identity and the chunk
+//! store); these draw its progress (one bar per task instance) and its answers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::progress::{Deployed, Event, Row, Step};
+use crate::client::{ask, Target};
+use crate::daemon::config::default_control_socket;
+use crate::daemon::control::{self, DeployRequest, Request, Response};
+
+/// Options of `brume deploy`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeployArgs {
+    /// The service manifest (e.g. examples/fedavg/service.toml).
+    pub manifest: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
+    /// Latency budget of the neighbourhood map the tasks are placed on (e.g. 80ms).
+    #[arg(long, default_value = "80ms", value_parser = humantime::parse_duration)]
+    pub budget: Duration,
+    /// Placement policy: latency, load, energy, cost, reliability, or a mix like
+    /// "latency=0.7,load=0.3".
+    #[arg(long, default_value = "latency")]
+    pub policy: String,
+    /// Seed of the randomized rounding (the same seed and map give the same plan).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Independent rounding rounds; the best plan wins.
+    #[arg(long, default_value_t = 32)]
+    pub rounds: u32,
+}
+
+/// Options of `brume logs`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogsArgs {
+    /// The task whose log to show.
+    pub task: String,
+    #[command(flatten)]
+    pub target: Target,
+    /// The service (needed only when several services have a task of that name).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Which replica.
+    #[arg(long, default_value_t = 0)]
+    pub replica: u32,
+    /// How many of the last lines.
+    #[arg(long, default_value_t = 100)]
+    pub tail: usize,
+}
+
+/// Options of `brume ps`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Also every instance this node runs for other initiators, and exited ones.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Options of `brume stop`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StopArgs {
+    /// The service to stop (every instance, on every host).
+    pub service: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// The longest a deploy may take before the client gives up waiting (the node carries on).
+const DEPLOY_WAIT: Duration = Duration::from_secs(1800);
+const WAIT: Duration = Duration::from_secs(30);
+
+pub async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
+    let manifest = std::fs::canonicalize(&args.manifest).with_context(|| {
+        format!(
+            "cannot find the manifest {} (give the path of a service.toml)",
+            args.manifest.display()
+        )
+    })?;
+    let request = Request::Deploy(DeployRequest {
+        manifest,
+        budget_ms: args.budget.as_secs_f64() * 1e3,
+        policy: args.policy.clone(),
+        seed: args.seed,
+        rounds: args.rounds,
+    });
+    let path = args
+        .target
+        .control
+        .clone()
+        .unwrap_or_else(default_control_socket);
+    let bars = Bars::new(args.target.json);
+    let response =
+        control::call_with_progress(&path, &request, DEPLOY_WAIT, |v| bars.update(v)).await?;
+    bars.finish();
+    let v = match response {
+        Response::Ok(v) => v,
+        Response::Error(e) => anyhow::bail!("deploy failed: {e}"),
+        Response::Progress(_) => anyhow::bail!("the node ended the deploy with a progress line"),
+    };
+    if args.target.json {
+        println!("{v:#}");
+        return Ok(());
+    }
+    let d: Deployed = serde_json::from_value(v).context("the node's answer is malformed")?;
+    println!(
+        "service {} epoch {} deployed in {:.2} s on a map of {} node(s)",
+        d.service,
+        d.epoch,
+        d.elapsed_ms as f64 / 1e3,
+        d.map_nodes
+    );
+    print!("{}", table(&d.instances));
+    Ok(())
+}
+
+/// One bar per task instance, drawn on stderr (none with --json).
+struct Bars {
+    multi: Option<MultiProgress>,
+    bars: std::sync::Mutex<BTreeMap<(String, u32), ProgressBar>>,
+}
+
+impl Bars {
+    fn new(quiet: bool) -> Self {
+        Bars {
+            multi: (!quiet).then(MultiProgress::new),
+            bars: Default::default(),
+        }
+    }
+
+    fn update(&self, v: serde_json::Value) {
+        let Some(multi) = &self.multi else { return };
+        let Ok(e) = serde_json::from_value::<Event>(v) else {
+            return;
+        };
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
+        let bar = bars
+            .entry((e.task.clone(), e.replica))
+            .or_insert_with(|| {
+                let b = multi.add(ProgressBar::new(1));
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:<24} {wide_msg} {bytes:>10}/{total_bytes:<10}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                b.set_prefix(format!("{}#{} on {}", e.task, e.replica, short(&e.host)));
+                b
+            })
+            .clone();
+        match e.step {
+            Step::Placed => bar.set_message("placed, asking the host"),
+            Step::Fetching { done, total } => {
+                bar.set_length(total.max(1));
+                bar.set_position(done);
+                bar.set_message("fetching chunks");
+            }
+            Step::Building => bar.set_message("building the image"),
+            Step::Starting => bar.set_message("starting"),
+            Step::Running { port, reused } => {
+                let how = if reused { " (already running)" } else { "" };
+                bar.finish_with_message(format!("running on port {port}{how}"));
+            }
+            Step::Failed { reason } => bar.abandon_with_message(format!("FAILED: {reason}")),
+            Step::RolledBack => bar.abandon_with_message("rolled back"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Ok(bars) = self.bars.lock() {
+            for b in bars.values() {
+                if !b.is_finished() {
+                    b.abandon();
+                }
+            }
+        }
+    }
+}
+
+fn short(host: &str) -> String {
+    host.chars().take(10).collect()
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<16} {:>7}  {:<22} {:<8} {:<10} {}\n",
+        "TASK", "REPLICA", "HOST", "ENGINE", "STATE", "ADDRESS"
+    );
+    for r in rows {
+        out += &format!(
+            "{:<16} {:>7}  {:<22} {:<8} {:<10} {}\n",
+            r.task, r.replica, r.host, r.engine, r.state, r.address
+        );
+    }
+    out
+}
+
+pub async fn ps(args: &PsArgs) -> anyhow::Result<()> {
+    let v = ask(&args.target, Request::Ps { all: args.all }, WAIT).await?;
+    if args.target.json {
+        println!("{v:#}");
+        return Ok(());
+    }
+    let rows: Vec<(String, Row)> =
+        serde_json::from_value(v).context("the node's answer is malformed")?;
+    if rows.is_empty() {
+        println!("no services deployed from this node (try --all)");
+        return Ok(());
+    }
+    let mut by_service: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for (service, row) in rows {
+        by_service.entry(service).or_default().push(row);
+    }
+    for (service, rows) in by_service {
+        println!("service {service}");
+        print!("{}", table(&rows));
+    }
+    Ok(())
+}
+
+pub async fn logs(args: &LogsArgs) -> anyhow::Result<()> {
+    let request = Request::Logs {
+        service: args.service.clone(),
+        task: args.task.clone(),
+        replica: args.replica,
+        tail: args.tail,
+    };
+    let v = ask(&args.target, request, WAIT).await?;
+    match v.as_str() {
+        Some(text) if !args.target.json => print!("{text}"),
+        _ => println!("{v:#}"),
+    }
+    Ok(())
+}
+
+pub async fn stop(args: &StopArgs) -> anyhow::Result<()> {
+    let request = Request::Stop {
+        service: args.service.clone(),
+    };
+    let v = ask(&args.target, request, WAIT).await?;
+    if args.target.json {
+        println!("{v:#}");
+        return Ok(());
+    }
+    let stopped: Vec<String> = serde_json::from_value(v).unwrap_or_default();
+    println!(
+        "service {}: {} instance(s) stopped and removed",
+        args.service,
+        stopped.len()
+    );
+    Ok(())
+}

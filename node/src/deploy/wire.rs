@@ -1,0 +1,184 @@
+//! What an initiator and a host say to each other on `/brume/deploy/1`.
+//!
+//! One request per stream, as length-prefixed CBOR frames ([`crate::frames`]). A deploy request
+//! is answered by any number of [`AgentReply::Phase`] frames (what the host is doing: fetching
+//! the artifact's chunks, building, starting) and then exactly one final frame. Every name that
+//! ends up in a container name, a file name or an environment variable is checked here, on the
+//! host, before anything is done with it: the request comes from the network.
+
+use std::collections::BTreeMap;
+
+use brume_overlay::StreamProtocol;
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::chunks::ArtifactManifest;
+
+pub const DEPLOY_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/deploy/1");
+
+/// Largest request or reply frame (logs are cut to fit).
+pub const MAX_FRAME: usize = 4 << 20;
+
+/// What a task runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// A content-addressed artifact the host fetches from the initiator.
+    Artifact(ArtifactManifest),
+    /// An argv run as-is on the host (process engine only; nothing is shipped).
+    Command(Vec<String>),
+}
+
+/// Where each replica of a called task runs: the host's peer id, in replica order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallTarget {
+    pub task: String,
+    pub hosts: Vec<String>,
+}
+
+/// One task instance for one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub service: String,
+    /// Deployment epoch: a newer epoch replaces an older one; a stale one is refused.
+    pub epoch: u64,
+    pub task: String,
+    pub replica: u32,
+    pub payload: Payload,
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+    pub env: BTreeMap<String, String>,
+    pub calls: Vec<CallTarget>,
+    /// Restarts allowed after a crash (0: never restarted).
+    pub max_restarts: u32,
+}
+
+/// What the host is asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentRequest {
+    Deploy(InstanceSpec),
+    /// Stops and removes a service's instances here (of one epoch, or all).
+    Stop {
+        service: String,
+        epoch: Option<u64>,
+    },
+    /// The instances running here (of one service, or all).
+    List {
+        service: Option<String>,
+    },
+    Logs {
+        service: String,
+        task: String,
+        replica: u32,
+        tail: usize,
+    },
+}
+
+/// A step of a deploy on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Fetching { done: u64, total: u64 },
+    Building,
+    Starting,
+}
+
+/// One instance as a host reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub service: String,
+    pub epoch: u64,
+    pub task: String,
+    pub replica: u32,
+    /// Engine-level name (container or process name).
+    pub name: String,
+    pub engine: String,
+    /// The port the task listens on, on the host's loopback.
+    pub port: u16,
+    /// running, exited (code), restarting, missing...
+    pub state: String,
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+}
+
+/// What the host answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentReply {
+    /// Progress of a deploy; more frames follow.
+    Phase(Phase),
+    /// The instance runs (`reused`: it already ran with this epoch, nothing was done).
+    Started {
+        instance: InstanceView,
+        reused: bool,
+    },
+    /// Nothing was started, and nothing is left behind.
+    Refused {
+        reason: String,
+    },
+    Stopped {
+        instances: Vec<String>,
+    },
+    Instances(Vec<InstanceView>),
+    Logs(String),
+}
+
+/// Why a name from a request is refused.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} name {name:?} is not allowed: use 1-63 lowercase letters, digits, '-' or '_', \
+             starting with a letter or digit"
+        ))
+    }
+}
+
+impl InstanceSpec {
+    /// Checks every field a host acts on.
+    pub fn check(&self) -> Result<(), String> {
+        check_name("service", &self.service)?;
+        check_name("task", &self.task)?;
+        for c in &self.calls {
+            check_name("called task", &c.task)?;
+            if c.hosts.is_empty() || c.hosts.len() > 1024 {
+                return Err(format!("call to {} lists {} hosts", c.task, c.hosts.len()));
+            }
+        }
+        for k in self.env.keys() {
+            let ok = !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                return Err(format!("environment variable name {k:?} is not allowed"));
+            }
+        }
+        match &self.payload {
+            Payload::Artifact(m) => m.validate().map_err(|e| e.to_string())?,
+            Payload::Command(argv) if argv.is_empty() => {
+                return Err("empty command".to_string());
+            }
+            Payload::Command(_) => {}
+        }
+        if self.cpu_millis == 0 || self.memory_mb == 0 {
+            return Err("a task must ask for some CPU and memory".to_string());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_the_network_are_checked() {
+        assert!(check_name("task", "trainer-2").is_ok());
+        for bad in ["", "Trainer", "a/b", "-x", "a b", "..", &"x".repeat(64)] {
+            assert!(check_name("task", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! The Docker engine: brume's tasks as containers of the local Docker daemon, through bollard.
+//!
+//! * `prepare`: a build context tar is streamed from disk as the body of `POST /build` (the tar
+//!   bytes are the context) and tagged `brume/<16 hex>:latest`; a `docker save` tar is streamed
+//!   to `POST /images/load` and its image id (from the tar's `manifest.json`) tagged with that
+//!   name. An image already there is not built again. A context without a Dockerfile is refused
+//!   before the daemon is asked; a failing build returns the daemon's message.
+//! * `start`: the port must be free (containers share the host network, so a taken port would
+//!   only show as the task failing to bind); then create (host network, env, labels, CPU and
+//!   memory limits, restart policy), start, and wait until the task accepts on its port. Anything
+//!   failing after the create removes the container, so a failed start leaves nothing.
+//! * `state`, `logs`, `stop`, `remove`, `list` only ever touch containers carrying the
+//!   `brume.instance` label: brume never stops or removes what it did not create.
+//!
+//! The client negotiates the API version at connect time: bollard speaks a newer API than the
+//! daemons on edge devices (Docker 20.10 is API 1.41) and downgrades to the daemon's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, RestartPolicy as DockerRestart,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ImportImageOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder, TagImageOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use tokio_util::io::ReaderStream;
+
+use super::error::EngineError;
+use super::ready::{ensure_port_free, tail_lines, wait_until_ready, Readiness};
+use super::tarball::{read_entry, read_save_manifest};
+use super::types::{
+    ImageInput, ImageKind, ImageRef, LaunchSpec, RestartPolicy, TaskState, TaskStatus, TaskSummary,
+};
+use super::{Engine, INSTANCE_LABEL};
+
+/// How long `start` waits for a task to accept on its port before reporting it started anyway.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Log lines quoted in a start failure.
+const FAILURE_LOG_LINES: usize = 20;
+/// Docker refuses memory limits under 6 MiB.
+const MIN_MEMORY_MB: u32 = 6;
+
+/// The Docker engine. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    endpoint: String,
+    ready_timeout: Duration,
+    /// One lock per image name, so two deploys of one artifact build it once.
+    image_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// Where the client connects: `DOCKER_HOST`, else the local socket.
+pub fn endpoint() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
+}
+
+fn status_code(e: &BollardError) -> Option<u16> {
+    match e {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn daemon_message(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError { message, .. } => message.trim().to_string(),
+        BollardError::DockerStreamError { error } => error.trim().to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn docker_err(op: &'static str) -> impl FnOnce(BollardError) -> EngineError {
+    move |source| EngineError::Docker { op, source }
+}
+
+impl DockerEngine {
+    /// Connects to `DOCKER_HOST` (or the local socket) and negotiates the API version, within
+    /// `within`.
+    pub async fn connect_within(within: Duration) -> Result<Self, EngineError> {
+        Self::connect_to(&endpoint(), within).await
+    }
+
+    /// Connects to `host` (`unix:///path`, `tcp://host:port`) and negotiates the API version,
+    /// within `within`.
+    pub async fn connect_to(host: &str, within: Duration) -> Result<Self, EngineError> {
+        let endpoint = host.to_string();
+        let unreachable = |reason: String| EngineError::DockerUnreachable {
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        let docker = Docker::connect_with_host(host).map_err(|e| unreachable(e.to_string()))?;
+        let docker = match tokio::time::timeout(within, docker.negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {} ms",
+                    within.as_millis()
+                )))
+            }
+        };
+        tracing::debug!(%endpoint, api = %docker.client_version(), "connected to Docker");
+        Ok(Self {
+            docker,
+            endpoint,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            image_locks: Arc::default(),
+        })
+    }
+
+    /// Connects with a 5 s bound (see [`DockerEngine::connect_within`]).
+    pub async fn connect() -> Result<Self, EngineError> {
+        Self::connect_within(Duration::from_secs(5)).await
+    }
+
+    /// How long `start` waits for the task to accept on its port.
+    pub fn with_ready_timeout(mut self, bound: Duration) -> Self {
+        self.ready_timeout = bound;
+        self
+    }
+
+    /// The bollard client, for what the trait does not cover (checkpoints, stats).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Where the daemon was reached.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn image_lock(&self, image: &ImageRef) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .image_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(locks.entry(image.0.clone()).or_default())
+    }
+
+    /// Is the image on this host?
+    pub async fn image_exists(&self, image: &str) -> Result<bool, EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_code(&e) == Some(404) => Ok(false),
+            Err(e) => Err(EngineError::Docker {
+                op: "inspect image",
+                source: e,
+            }),
+        }
+    }
+
+    async fn build(&self, input: &ImageInput, image: &ImageRef) -> Result<(), EngineError> {
+        let tar = input.tar.clone();
+        let has_dockerfile = tokio::task::spawn_blocking(move || read_entry(&tar, "Dockerfile"))
+            .await
+            .map_err(|e| EngineError::io("read", &input.tar, std::io::Error::other(e)))??
+            .is_some();
+        if !has_dockerfile {
+            return Err(EngineError::MissingDockerfile {
+                path: input.tar.clone(),
+            });
+        }
+        let file = tokio::fs::File::open(&input.tar)
+            .await
+            .map_err(|e| EngineError::io("open the build context", &input.tar, e))?;
+        let labels = HashMap::from([("brume.digest", input.digest.as_str())]);
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(image.as_str())
+            .rm(true)
+            .forcerm(true)
+            .labels(&labels)
+            .build();
+        let body = bollard::body_try_stream(ReaderStream::new(file));
+        let mut progress = self.docker.build_image(options, None, Some(body));
+        let mut output = String::new();
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(line) = info.stream {
+                        output.push_str(&line);
+                    }
+                }
+                Err(e) => {
+                    let mut message = daemon_message(&e);
+                    let before = tail_lines(&output, 5);
+                    if !before.trim().is_empty() {
+                        message = format!("{message}\nbuild output before it:\n{}", before.trim());
+                    }
+                    return Err(EngineError::BuildFailed {
+                        image: image.0.clone(),
+                        message,
+                    });
+                }
+            }
+        }
+        if !self.image_exists(image.as_str()).await? {
+            return Err(EngineError::BuildFailed {
+                image: image.0.clone(),
+                message: format!(
+                    "the daemon reported no error but the image is not there; output:\n{}",
+                    tail_lines(&output, 10).trim()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn load(&self, input: &ImageInput, image: &ImageRef) -> Result<(), EngineError> {
+        let tar = input.tar.clone();
+        let manifest = tokio::task::spawn_blocking(move || read_save_manifest(&tar))
+            .await
+            .map_err(|e| EngineError::io("read", &input.tar, std::io::Error::other(e)))??;
+        let load_failed = |message: String| EngineError::LoadFailed {
+            path: input.tar.clone(),
+            message,
+        };
+        let file = tokio::fs::File::open(&input.tar)
+            .await
+            .map_err(|e| EngineError::io("open the image tarball", &input.tar, e))?;
+        let options = ImportImageOptionsBuilder::default().quiet(true).build();
+        let mut progress = self
+            .docker
+            .import_image_stream(options, ReaderStream::new(file), None);
+        let mut output = String::new();
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(line) = info.stream {
+                        output.push_str(&line);
+                    }
+                }
+                Err(e) => return Err(load_failed(daemon_message(&e))),
+            }
+        }
+        // The image id is the config's digest; the tar's own tags are not brume's business.
+        let id = manifest
+            .image_id()
+            .or_else(|| {
+                output
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Loaded image ID: "))
+                    .map(str::to_string)
+            })
+            .or_else(|| {
+                let tags = manifest.repo_tags.as_ref()?;
+                tags.first().cloned()
+            })
+            .ok_or_else(|| load_failed("cannot tell the loaded image's id or tag".into()))?;
+        let (repo, tag) = image
+            .0
+            .rsplit_once(':')
+            .unwrap_or((image.as_str(), "latest"));
+        let options = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.docker
+            .tag_image(&id, Some(options))
+            .await
+            .map_err(|e| load_failed(format!("tagging {id} as {image}: {}", daemon_message(&e))))?;
+        Ok(())
+    }
+
+    /// The container's labels, or `None` when there is no such container.
+    async fn inspect_ours(
+        &self,
+        name: &str,
+    ) -> Result<Option<bollard::models::ContainerInspectResponse>, EngineError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(info) => {
+                let ours = info
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.labels.as_ref())
+                    .and_then(|l| l.get(INSTANCE_LABEL))
+                    .is_some_and(|v| v == name);
+                if ours {
+                    Ok(Some(info))
+                } else {
+                    Err(EngineError::NotOurs {
+                        name: name.to_string(),
+                    })
+                }
+            }
+            Err(e) if status_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(EngineError::Docker {
+                op: "inspect container",
+                source: e,
+            }),
+        }
+    }
+
+    async fn force_remove(&self, name: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            // "removal already in progress": wait until it is gone.
+            Err(e) if status_code(&e) == Some(409) => {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if self.inspect_ours(name).await?.is_none() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(EngineError::Docker {
+                    op: "remove container",
+                    source: e,
+                })
+            }
+            Err(e) => Err(EngineError::Docker {
+                op: "remove container",
+                source: e,
+            }),
+        }
+    }
+
+    fn create_body(spec: &LaunchSpec) -> Result<ContainerCreateBody, EngineError> {
+        if spec.memory_mb != 0 && spec.memory_mb < MIN_MEMORY_MB {
+            return Err(EngineError::BadSpec {
+                name: spec.name.clone(),
+                why: format!(
+                    "a memory limit of {} MiB is below Docker's minimum of {MIN_MEMORY_MB} MiB; \
+                     ask for more or for no limit (0)",
+                    spec.memory_mb
+                ),
+            });
+        }
+        let env = spec
+            .task_env()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let labels = HashMap::from([
+            (INSTANCE_LABEL.to_string(), spec.name.clone()),
+            ("brume.service".to_string(), spec.service.clone()),
+            ("brume.task".to_string(), spec.task.clone()),
+            ("brume.replica".to_string(), spec.replica.to_string()),
+            ("brume.epoch".to_string(), spec.epoch.to_string()),
+            ("brume.port".to_string(), spec.port.to_string()),
+        ]);
+        let restart_policy = match spec.restart {
+            RestartPolicy::Never => DockerRestart {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            },
+            RestartPolicy::OnFailure { max_restarts } => DockerRestart {
+                name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                maximum_retry_count: Some(i64::from(max_restarts)),
+            },
+        };
+        let host_config = HostConfig {
+            network_mode: Some("host".into()),
+            nano_cpus: (spec.cpu_millis > 0).then(|| i64::from(spec.cpu_millis) * 1_000_000),
+            memory: (spec.memory_mb > 0).then(|| i64::from(spec.memory_mb) << 20),
+            restart_policy: Some(restart_policy),
+            ..Default::default()
+        };
+        Ok(ContainerCreateBody {
+            image: Some(spec.image.0.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        })
+    }
+
+    /// Starts the created container and waits for it; the caller removes it on error.
+    async fn start_created(&self, spec: &LaunchSpec) -> Result<(), EngineError> {
+        self.docker
+            .start_container(&spec.name, None)
+            .await
+            .map_err(|e| EngineError::StartFailed {
+                name: spec.name.clone(),
+                reason: format!("the daemon refused to start it: {}", daemon_message(&e)),
+                last_logs: String::new(),
+            })?;
+        let readiness = wait_until_ready(spec.port, self.ready_timeout, || async {
+            let info = self.docker.inspect_container(&spec.name, None).await.ok()?;
+            let restarts = info.restart_count.unwrap_or(0);
+            let state = info.state?;
+            let status = state.status?;
+            let exited = matches!(
+                status,
+                ContainerStateStatusEnum::EXITED
+                    | ContainerStateStatusEnum::DEAD
+                    | ContainerStateStatusEnum::RESTARTING
+            );
+            (exited || restarts > 0).then(|| state.exit_code.unwrap_or(-1))
+        })
+        .await;
+        match readiness {
+            Readiness::Accepting => Ok(()),
+            Readiness::TimedOut => {
+                tracing::warn!(
+                    task = %spec.name, port = spec.port,
+                    "task runs but did not accept on its port within {:?}; reporting it started",
+                    self.ready_timeout
+                );
+                Ok(())
+            }
+            Readiness::Exited(code) => {
+                let last_logs = self
+                    .logs(&spec.name, FAILURE_LOG_LINES)
+                    .await
+                    .unwrap_or_default();
+                Err(EngineError::StartFailed {
+                    name: spec.name.clone(),
+                    reason: format!(
+                        "it exited with code {code} before accepting connections on port {}",
+                        spec.port
+                    ),
+                    last_logs,
+                })
+            }
+        }
+    }
+}
+
+fn state_of(info: &bollard::models::ContainerInspectResponse) -> TaskStatus {
+    let restarts = info
+        .restart_count
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
+    let Some(state) = info.state.as_ref() else {
+        return TaskStatus {
+            state: TaskState::Created,
+            restarts,
+            pid: None,
+        };
+    };
+    let code = state.exit_code.unwrap_or(0);
+    let task_state = match state.status {
+        Some(ContainerStateStatusEnum::RUNNING) | Some(ContainerStateStatusEnum::PAUSED) => {
+            TaskState::Running
+        }
+        Some(ContainerStateStatusEnum::RESTARTING) => TaskState::Restarting,
+        Some(ContainerStateStatusEnum::CREATED) | Some(ContainerStateStatusEnum::EMPTY) | None => {
+            TaskState::Created
+        }
+        Some(_) => TaskState::Exited { code },
+    };
+    let pid = state
+        .pid
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0);
+    TaskStatus {
+        state: task_state,
+        restarts,
+        pid,
+    }
+}
+
+impl Engine for DockerEngine {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn prepare(&self, input: &ImageInput) -> Result<ImageRef, EngineError> {
+        let image = input.image_ref()?;
+        let lock = self.image_lock(&image);
+        let _guard = lock.lock().await;
+        if self.image_exists(image.as_str()).await? {
+            tracing::debug!(%image, "image already on this host");
+            return Ok(image);
+        }
+        let started = Instant::now();
+        match input.kind {
+            ImageKind::BuildContext => self.build(input, &image).await?,
+            ImageKind::DockerSave => self.load(input, &image).await?,
+        }
+        tracing::info!(%image, kind = ?input.kind, elapsed = ?started.elapsed(), "image ready");
+        Ok(image)
+    }
+
+    async fn start(&self, spec: &LaunchSpec) -> Result<(), EngineError> {
+        spec.validate()?;
+        let body = Self::create_body(spec)?;
+        if !self.image_exists(spec.image.as_str()).await? {
+            return Err(EngineError::ImageMissing {
+                image: spec.image.0.clone(),
+            });
+        }
+        match self.docker.inspect_container(&spec.name, None).await {
+            Ok(_) => {
+                return Err(EngineError::AlreadyExists {
+                    name: spec.name.clone(),
+                })
+            }
+            Err(e) if status_code(&e) == Some(404) => {}
+            Err(e) => return Err(docker_err("inspect container")(e)),
+        }
+        ensure_port_free(spec.port)?;
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        match self.docker.create_container(Some(options), body).await {
+            Ok(_) => {}
+            Err(e) if status_code(&e) == Some(409) => {
+                return Err(EngineError::AlreadyExists {
+                    name: spec.name.clone(),
+                })
+            }
+            Err(e) => {
+                return Err(EngineError::StartFailed {
+                    name: spec.name.clone(),
+                    reason: format!("the daemon refused to create it: {}", daemon_message(&e)),
+                    last_logs: String::new(),
+                })
+            }
+        }
+        // From here on the container exists: any failure removes it.
+        if let Err(e) = self.start_created(spec).await {
+            if let Err(cleanup) = self.force_remove(&spec.name).await {
+                tracing::warn!(task = %spec.name, "removing the failed container: {cleanup}");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn state(&self, name: &str) -> Result<TaskStatus, EngineError> {
+        Ok(match self.inspect_ours(name).await? {
+            Some(info) => state_of(&info),
+            None => TaskStatus::MISSING,
+        })
+    }
+
+    async fn logs(&self, name: &str, tail_lines: usize) -> Result<String, EngineError> {
+        if self.inspect_ours(name).await?.is_none() {
+            return Err(EngineError::NotFound {
+                name: name.to_string(),
+            });
+        }
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail_lines.to_string())
+            .build();
+        let mut stream = self.docker.logs(name, Some(options));
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            let item = item.map_err(docker_err("read logs"))?;
+            out.extend_from_slice(item.as_ref());
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<(), EngineError> {
+        if self.inspect_ours(name).await?.is_none() {
+            return Err(EngineError::NotFound {
+                name: name.to_string(),
+            });
+        }
+        let secs = i32::try_from(grace.as_secs() + u64::from(grace.subsec_nanos() > 0))
+            .unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(secs).build();
+        match self.docker.stop_container(name, Some(options)).await {
+            // 304: it was not running.
+            Err(e) if status_code(&e) != Some(304) => Err(docker_err("stop container")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), EngineError> {
+        if self.inspect_ours(name).await?.is_none() {
+            return Ok(());
+        }
+        self.force_remove(name).await
+    }
+
+    async fn list(&self) -> Result<Vec<TaskSummary>, EngineError> {
+        let filters = HashMap::from([("label".to_string(), vec![INSTANCE_LABEL.to_string()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_err("list containers"))?;
+        let mut out = Vec::new();
+        for c in containers {
+            let labels = c.labels.unwrap_or_default();
+            let Some(name) = labels.get(INSTANCE_LABEL).cloned() else {
+                continue;
+            };
+            let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+            let state = match c.state.map(|s| s.to_string()).as_deref() {
+                Some("running") | Some("paused") => TaskState::Running,
+                Some("restarting") => TaskState::Restarting,
+                Some("created") => TaskState::Created,
+                _ => {
+                    // The summary has no exit code; the status text does: "Exited (3) 2 s ago".
+                    let status = c.status.unwrap_or_default();
+                    let code = status
+                        .split_once('(')
+                        .and_then(|(_, rest)| rest.split_once(')'))
+                        .and_then(|(n, _)| n.parse().ok())
+                        .unwrap_or(-1);
+                    TaskState::Exited { code }
+                }
+            };
+            out.push(TaskSummary {
+                name,
+                service: label("brume.service"),
+                task: label("brume.task"),
+                replica: label("brume.replica").parse().unwrap_or(0),
+                epoch: label("brume.epoch").parse().unwrap_or(0),
+                port: label("brume.port").parse().unwrap_or(0),
+                state,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}

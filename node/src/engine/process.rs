@@ -1,0 +1,641 @@
+//! The process engine: brume's tasks as plain child processes, for hosts without Docker.
+//!
+//! Layout under the engine's root directory:
+//!
+//! ```text
+//!  <root>/images/<16 hex>/rootfs/      the image's files (see rootfs.rs), image.json beside it
+//!  <root>/tasks/<instance>/rootfs/     the task's own copy (hard links) of its image's rootfs
+//!  <root>/tasks/<instance>/task.log    its stdout and stderr
+//! ```
+//!
+//! (`LaunchSpec::workdir` replaces `<root>/tasks/<instance>` when given.) A task runs the image's
+//! entrypoint and command, with the program path and working directory mapped into its rootfs,
+//! and an environment made of the image's ENV, then the spec's (`PORT`, `BRUME_*`). Nothing is
+//! isolated: no chroot, namespaces or resource limits (`cpu_millis`/`memory_mb` are not enforced);
+//! it is for static programs on a laptop or a device with nothing installed.
+//!
+//! Each task has a supervisor (a tokio task) that spawns the child, waits for it, and applies the
+//! restart policy with a doubling back-off (100 ms to 5 s). `stop` asks the supervisor to send
+//! SIGTERM to the task's process group, wait the grace period, then SIGKILL it. Children never
+//! outlive the engine: each runs in its own process group with `PR_SET_PDEATHSIG` = SIGKILL (the
+//! kernel kills it if the node dies, even by SIGKILL; the signal follows the spawning thread,
+//! and tokio's worker threads live as long as the runtime), `kill_on_drop`, and dropping the
+//! last clone of the engine SIGKILLs every task's process group.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::dockerfile::join_abs;
+use super::error::EngineError;
+use super::ready::{ensure_port_free, tail_lines, wait_until_ready, Readiness};
+use super::rootfs::{self, ImageConfig};
+use super::types::{
+    ImageInput, ImageRef, LaunchSpec, RestartPolicy, TaskState, TaskStatus, TaskSummary,
+};
+use super::Engine;
+
+/// How long `start` waits for a task to accept on its port before reporting it started anyway.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Log lines quoted in a start failure.
+const FAILURE_LOG_LINES: usize = 20;
+/// The most of a log file `logs` reads (from its end).
+const MAX_LOG_READ: u64 = 1 << 20;
+/// Docker's default PATH, for images that set none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The process engine. Cheap to clone; the tasks die with the last clone.
+#[derive(Clone)]
+pub struct ProcessEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    ready_timeout: Duration,
+    tasks: Mutex<HashMap<String, Arc<Task>>>,
+}
+
+/// One task instance and its supervisor.
+struct Task {
+    spec: LaunchSpec,
+    dir: PathBuf,
+    log: PathBuf,
+    status: Mutex<Status>,
+    /// `Some(grace)` asks the supervisor to stop the task.
+    stop_tx: watch::Sender<Option<Duration>>,
+    /// Becomes true (or closed) when the supervisor is done.
+    done_rx: watch::Receiver<bool>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Status {
+    state: TaskState,
+    restarts: u32,
+    /// The running child's pid, which is also its process group id.
+    pid: Option<u32>,
+    last_code: Option<i64>,
+}
+
+/// Everything the supervisor needs to (re)spawn the task.
+#[derive(Debug, Clone)]
+struct Launch {
+    program: PathBuf,
+    argv0: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    cwd: PathBuf,
+    log: PathBuf,
+    restart: RestartPolicy,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends `signal` to the process group led by `pid`.
+fn signal_group(pid: Option<u32>, signal: libc::c_int) {
+    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+        if pid > 1 {
+            // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
+            unsafe {
+                libc::kill(-pid, signal);
+            }
+        }
+    }
+}
+
+impl Task {
+    fn snapshot(&self) -> Status {
+        *lock(&self.status)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut lock(&self.status));
+    }
+
+    /// Waits (bounded) until the supervisor has finished.
+    async fn wait_done(&self, bound: Duration) -> bool {
+        let mut rx = self.done_rx.clone();
+        let finished = tokio::time::timeout(bound, rx.wait_for(|done| *done)).await;
+        finished.is_ok()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks.values() {
+            signal_group(task.snapshot().pid, libc::SIGKILL);
+            if let Some(handle) = lock(&task.supervisor).take() {
+                handle.abort();
+            }
+        }
+    }
+}
+
+/// Exit code of a finished child: its status, or 128+N when killed by signal N.
+fn code_of(status: std::io::Result<std::process::ExitStatus>) -> i64 {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => i64::from(code),
+            (None, Some(sig)) => 128 + i64::from(sig),
+            (None, None) => -1,
+        },
+        Err(_) => -1,
+    }
+}
+
+fn spawn_child(l: &Launch) -> std::io::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&l.log)?;
+    let err = log.try_clone()?;
+    let mut cmd = tokio::process::Command::new(&l.program);
+    cmd.arg0(&l.argv0)
+        .args(&l.args)
+        .env_clear()
+        .envs(&l.env)
+        .current_dir(&l.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true)
+        .process_group(0);
+    // SAFETY: getpid is async-signal-safe; it runs before the fork.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The node died between fork and prctl: do not run orphaned.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Spawns, retrying "text file busy": the image's files were just written, and a fork in
+/// another thread can briefly hold a write descriptor to them.
+async fn spawn_retrying(l: &Launch) -> std::io::Result<tokio::process::Child> {
+    let mut tries = 0;
+    loop {
+        match spawn_child(l) {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Waits for a stop request and returns its grace period.
+async fn stop_requested(rx: &mut watch::Receiver<Option<Duration>>) -> Duration {
+    match rx.wait_for(|g| g.is_some()).await {
+        Ok(grace) => grace.unwrap_or(Duration::ZERO),
+        Err(_) => Duration::ZERO,
+    }
+}
+
+fn note_in_log(log: &Path, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "brume: {line}");
+    }
+}
+
+/// Runs the task until it exits for good or is stopped, restarting it by its policy.
+async fn supervise(
+    task: Arc<Task>,
+    launch: Launch,
+    mut stop_rx: watch::Receiver<Option<Duration>>,
+    done_tx: watch::Sender<bool>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let mut child = match spawn_retrying(&launch).await {
+            Ok(child) => child,
+            Err(e) => {
+                note_in_log(
+                    &launch.log,
+                    &format!("cannot run {}: {e}", launch.program.display()),
+                );
+                task.update(|s| {
+                    s.state = TaskState::Exited { code: 127 };
+                    s.last_code = Some(127);
+                    s.pid = None;
+                });
+                break;
+            }
+        };
+        let pid = child.id();
+        task.update(|s| {
+            s.state = TaskState::Running;
+            s.pid = pid;
+        });
+        let stop = tokio::select! {
+            status = child.wait() => Err(code_of(status)),
+            grace = stop_requested(&mut stop_rx) => Ok(grace),
+        };
+        let code = match stop {
+            Ok(grace) => {
+                signal_group(pid, libc::SIGTERM);
+                let code = match tokio::time::timeout(grace, child.wait()).await {
+                    Ok(status) => code_of(status),
+                    Err(_) => {
+                        signal_group(pid, libc::SIGKILL);
+                        code_of(child.wait().await)
+                    }
+                };
+                signal_group(pid, libc::SIGKILL);
+                task.update(|s| {
+                    s.state = TaskState::Exited { code };
+                    s.last_code = Some(code);
+                    s.pid = None;
+                });
+                break;
+            }
+            Err(code) => code,
+        };
+        // Whatever the task left in its group goes with it.
+        signal_group(pid, libc::SIGKILL);
+        let restarts = task.snapshot().restarts;
+        let again = matches!(launch.restart,
+            RestartPolicy::OnFailure { max_restarts } if code != 0 && restarts < max_restarts);
+        if !again {
+            task.update(|s| {
+                s.state = TaskState::Exited { code };
+                s.last_code = Some(code);
+                s.pid = None;
+            });
+            break;
+        }
+        tracing::info!(task = %task.spec.name, code, restarts = restarts + 1, "task exited; restarting it");
+        task.update(|s| {
+            s.state = TaskState::Restarting;
+            s.restarts += 1;
+            s.last_code = Some(code);
+            s.pid = None;
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop_requested(&mut stop_rx) => {
+                task.update(|s| s.state = TaskState::Exited { code });
+                break;
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    let _ = done_tx.send(true);
+}
+
+/// Reads at most the last [`MAX_LOG_READ`] bytes of a log file.
+fn read_log_tail(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len > MAX_LOG_READ {
+        f.seek(SeekFrom::Start(len - MAX_LOG_READ))?;
+    }
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Finds the program of `argv0` inside `rootfs` the way the kernel and Docker would inside the
+/// image: absolute, relative to the working directory, or along PATH.
+fn resolve_program(rootfs: &Path, workdir: &str, argv0: &str, path_var: &str) -> Option<PathBuf> {
+    let in_rootfs = |abs: &str| rootfs.join(abs.trim_start_matches('/'));
+    if argv0.contains('/') {
+        let p = in_rootfs(&join_abs(workdir, argv0));
+        return p.is_file().then_some(p);
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| in_rootfs(&join_abs(d, argv0)))
+        .find(|p| p.is_file())
+}
+
+impl ProcessEngine {
+    /// An engine keeping its images and task directories under `root` (created if needed).
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, EngineError> {
+        let root = root.into();
+        for dir in [root.join("images"), root.join("tasks")] {
+            std::fs::create_dir_all(&dir).map_err(|e| EngineError::io("create", &dir, e))?;
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root,
+                ready_timeout: DEFAULT_READY_TIMEOUT,
+                tasks: Mutex::default(),
+            }),
+        })
+    }
+
+    /// How long `start` waits for the task to accept on its port. Call before cloning.
+    pub fn with_ready_timeout(self, bound: Duration) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.ready_timeout = bound;
+                Self {
+                    inner: Arc::new(inner),
+                }
+            }
+            Err(inner) => Self { inner },
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    fn images(&self) -> PathBuf {
+        self.inner.root.join("images")
+    }
+
+    fn task(&self, name: &str) -> Option<Arc<Task>> {
+        lock(&self.inner.tasks).get(name).cloned()
+    }
+
+    /// Builds everything the supervisor needs: the task's rootfs copy, program, env, cwd.
+    async fn stage(&self, spec: &LaunchSpec, dir: &Path) -> Result<Launch, EngineError> {
+        let start_failed = |reason: String| EngineError::StartFailed {
+            name: spec.name.clone(),
+            reason,
+            last_logs: String::new(),
+        };
+        let (image_dir, config): (PathBuf, ImageConfig) =
+            rootfs::load_config(&self.images(), &spec.image)?;
+        let argv = config.argv();
+        let Some(argv0) = argv.first().cloned() else {
+            return Err(start_failed(format!(
+                "the image {} has neither ENTRYPOINT nor CMD, so there is nothing to run",
+                spec.image
+            )));
+        };
+        let rootfs = dir.join("rootfs");
+        let image_rootfs = image_dir.join("rootfs");
+        let (rootfs_c, dir_c) = (rootfs.clone(), dir.to_path_buf());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir_c)?;
+            if rootfs_c.exists() {
+                std::fs::remove_dir_all(&rootfs_c)?;
+            }
+            rootfs::clone_tree(&image_rootfs, &rootfs_c)
+        })
+        .await
+        .map_err(|e| EngineError::io("copy the image into", &rootfs, std::io::Error::other(e)))?
+        .map_err(|e| EngineError::io("copy the image into", &rootfs, e))?;
+
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), DEFAULT_PATH.into());
+        env.extend(config.env.iter().cloned());
+        env.extend(spec.task_env());
+        let path_var = env.get("PATH").cloned().unwrap_or_default();
+        let program =
+            resolve_program(&rootfs, &config.workdir, &argv0, &path_var).ok_or_else(|| {
+                start_failed(format!(
+                    "its entrypoint {argv0} is not in the image {} (workdir {})",
+                    spec.image, config.workdir
+                ))
+            })?;
+        let cwd = rootfs.join(config.workdir.trim_start_matches('/'));
+        std::fs::create_dir_all(&cwd).map_err(|e| EngineError::io("create", &cwd, e))?;
+        let log = dir.join("task.log");
+        std::fs::write(&log, b"").map_err(|e| EngineError::io("create", &log, e))?;
+        Ok(Launch {
+            program,
+            argv0,
+            args: argv[1..].to_vec(),
+            env,
+            cwd,
+            log,
+            restart: spec.restart,
+        })
+    }
+
+    /// Kills the task, waits for its supervisor, forgets it and deletes its files.
+    async fn discard(&self, name: &str) {
+        let task = lock(&self.inner.tasks).remove(name);
+        let Some(task) = task else { return };
+        signal_group(task.snapshot().pid, libc::SIGKILL);
+        task.stop_tx.send_replace(Some(Duration::ZERO));
+        if !task.wait_done(Duration::from_secs(5)).await {
+            tracing::warn!(task = %name, "the supervisor did not finish within 5 s; aborting it");
+        }
+        if let Some(handle) = lock(&task.supervisor).take() {
+            handle.abort();
+        }
+        let dir = task.dir.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(dir.join("rootfs"));
+            let _ = std::fs::remove_file(dir.join("task.log"));
+            // Only if nothing else is in it: a caller-given workdir may hold more.
+            let _ = std::fs::remove_dir(&dir);
+        })
+        .await;
+        if removed.is_err() {
+            tracing::warn!(task = %name, "could not delete the task's files");
+        }
+    }
+}
+
+impl Engine for ProcessEngine {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    async fn prepare(&self, input: &ImageInput) -> Result<ImageRef, EngineError> {
+        let image = input.image_ref()?;
+        let (images, input_c, image_c) = (self.images(), input.clone(), image.clone());
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || rootfs::prepare(&images, &input_c, &image_c))
+            .await
+            .map_err(|e| EngineError::io("prepare", &input.tar, std::io::Error::other(e)))??;
+        tracing::debug!(%image, elapsed = ?started.elapsed(), "image ready");
+        Ok(image)
+    }
+
+    async fn start(&self, spec: &LaunchSpec) -> Result<(), EngineError> {
+        spec.validate()?;
+        if spec.cpu_millis > 0 || spec.memory_mb > 0 {
+            tracing::debug!(task = %spec.name, "the process engine does not enforce CPU or memory limits");
+        }
+        let dir = spec
+            .workdir
+            .clone()
+            .unwrap_or_else(|| self.inner.root.join("tasks").join(&spec.name));
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let (done_tx, done_rx) = watch::channel(false);
+        let task = Arc::new(Task {
+            spec: spec.clone(),
+            log: dir.join("task.log"),
+            dir: dir.clone(),
+            status: Mutex::new(Status {
+                state: TaskState::Created,
+                restarts: 0,
+                pid: None,
+                last_code: None,
+            }),
+            stop_tx,
+            done_rx,
+            supervisor: Mutex::new(None),
+        });
+        {
+            let mut tasks = lock(&self.inner.tasks);
+            if tasks.contains_key(&spec.name) {
+                return Err(EngineError::AlreadyExists {
+                    name: spec.name.clone(),
+                });
+            }
+            tasks.insert(spec.name.clone(), Arc::clone(&task));
+        }
+        // From here on the name is taken: any failure discards the task and its files.
+        let launch = match ensure_port_free(spec.port) {
+            Ok(()) => self.stage(spec, &dir).await,
+            Err(e) => Err(e),
+        };
+        let launch = match launch {
+            Ok(l) => l,
+            Err(e) => {
+                // No supervisor will run: nothing to wait for.
+                drop(done_tx);
+                self.discard(&spec.name).await;
+                return Err(e);
+            }
+        };
+        let handle = tokio::spawn(supervise(Arc::clone(&task), launch, stop_rx, done_tx));
+        *lock(&task.supervisor) = Some(handle);
+        let readiness = wait_until_ready(spec.port, self.inner.ready_timeout, || {
+            let s = task.snapshot();
+            let exited = match s.state {
+                TaskState::Exited { code } => Some(code),
+                TaskState::Restarting => Some(s.last_code.unwrap_or(-1)),
+                _ if s.restarts > 0 => Some(s.last_code.unwrap_or(-1)),
+                _ => None,
+            };
+            std::future::ready(exited)
+        })
+        .await;
+        match readiness {
+            Readiness::Accepting => Ok(()),
+            Readiness::TimedOut => {
+                tracing::warn!(
+                    task = %spec.name, port = spec.port,
+                    "task runs but did not accept on its port within {:?}; reporting it started",
+                    self.inner.ready_timeout
+                );
+                Ok(())
+            }
+            Readiness::Exited(code) => {
+                let last_logs = read_log_tail(&task.log)
+                    .map(|t| tail_lines(&t, FAILURE_LOG_LINES))
+                    .unwrap_or_default();
+                self.discard(&spec.name).await;
+                Err(EngineError::StartFailed {
+                    name: spec.name.clone(),
+                    reason: format!(
+                        "it exited with code {code} before accepting connections on port {}",
+                        spec.port
+                    ),
+                    last_logs,
+                })
+            }
+        }
+    }
+
+    async fn state(&self, name: &str) -> Result<TaskStatus, EngineError> {
+        Ok(match self.task(name) {
+            Some(task) => {
+                let s = task.snapshot();
+                TaskStatus {
+                    state: s.state,
+                    restarts: s.restarts,
+                    pid: s.pid,
+                }
+            }
+            None => TaskStatus::MISSING,
+        })
+    }
+
+    async fn logs(&self, name: &str, tail_lines_n: usize) -> Result<String, EngineError> {
+        let task = self.task(name).ok_or_else(|| EngineError::NotFound {
+            name: name.to_string(),
+        })?;
+        let log = task.log.clone();
+        let text = tokio::task::spawn_blocking(move || read_log_tail(&log))
+            .await
+            .map_err(|e| EngineError::io("read", &task.log, std::io::Error::other(e)))?;
+        match text {
+            Ok(text) => Ok(tail_lines(&text, tail_lines_n)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(EngineError::io("read", &task.log, e)),
+        }
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<(), EngineError> {
+        let task = self.task(name).ok_or_else(|| EngineError::NotFound {
+            name: name.to_string(),
+        })?;
+        task.stop_tx.send_replace(Some(grace));
+        let bound = grace + Duration::from_secs(5);
+        if !task.wait_done(bound).await {
+            return Err(EngineError::Timeout {
+                what: format!("stopping task {name}"),
+                secs: bound.as_secs(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), EngineError> {
+        self.discard(name).await;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<TaskSummary>, EngineError> {
+        let tasks: Vec<Arc<Task>> = lock(&self.inner.tasks).values().cloned().collect();
+        let mut out: Vec<TaskSummary> = tasks
+            .iter()
+            .map(|t| TaskSummary {
+                name: t.spec.name.clone(),
+                service: t.spec.service.clone(),
+                task: t.spec.task.clone(),
+                replica: t.spec.replica,
+                epoch: t.spec.epoch,
+                port: t.spec.port,
+                state: t.snapshot().state,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}

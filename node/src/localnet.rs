@@ -1,0 +1,132 @@
+//! A few real `brume node` daemons on loopback, for benchmarks and tests: the same binary an
+//! operator runs, each with its own data directory and control socket under one temporary
+//! directory, node `i > 0` joining through node 0.
+//!
+//! Dropping a [`LocalNet`] stops its daemons the way an operator would (SIGTERM, so each stops
+//! the tasks it runs), and kills any that linger.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+pub struct LocalNet {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    nodes: Vec<Child>,
+}
+
+impl LocalNet {
+    /// Starts `n` daemons of `bin` with `args` added to each `brume node` command line, and
+    /// waits (up to 20 s) until node 0 is connected to all the others.
+    pub fn start(bin: &Path, n: usize, args: &[&str]) -> anyhow::Result<LocalNet> {
+        let dir = tempfile::Builder::new()
+            .prefix("brume-localnet-")
+            .tempdir()
+            .context("cannot make a temporary directory")?;
+        let mut net = LocalNet {
+            dir,
+            bin: bin.to_path_buf(),
+            nodes: Vec::new(),
+        };
+        let first = net.spawn(0, args, None)?;
+        for i in 1..n {
+            net.spawn(i, args, Some(&first))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let peers = net
+                .brume(0, &["peers", "--json"])
+                .ok()
+                .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+                .and_then(|v| v.as_array().map(Vec::len))
+                .unwrap_or(0);
+            if peers + 1 >= n {
+                return Ok(net);
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("the {n} daemons did not connect within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn spawn(&mut self, i: usize, args: &[&str], join: Option<&str>) -> anyhow::Result<String> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--log", "warn"])
+            .args(args)
+            .arg("--control")
+            .arg(self.sock(i))
+            .arg("--data-dir")
+            .arg(self.data(i))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(a) = join {
+            cmd.args(["--join", a]);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        let out = child.stdout.take().context("daemon stdout not piped")?;
+        self.nodes.push(child);
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .context("the daemon printed no address")?;
+        line.split_whitespace()
+            .nth(1)
+            .map(str::to_string)
+            .with_context(|| format!("node {i} did not start (it printed {line:?})"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn sock(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}.sock"))
+    }
+
+    pub fn data(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}"))
+    }
+
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes.get(i).map(Child::id)
+    }
+
+    /// Runs `brume ARGS --control <node i's socket>`.
+    pub fn brume(&self, i: usize, args: &[&str]) -> std::io::Result<Output> {
+        Command::new(&self.bin)
+            .args(args)
+            .arg("--control")
+            .arg(self.sock(i))
+            .output()
+    }
+
+    /// Whether every daemon is still running.
+    pub fn alive(&mut self) -> bool {
+        self.nodes
+            .iter_mut()
+            .all(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for LocalNet {
+    fn drop(&mut self) {
+        for c in &self.nodes {
+            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for c in &mut self.nodes {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! What travels on a `/brume/tunnel/1` stream before the payload, and what can go wrong.
+//!
+//! The opener writes one [`Hello`] frame (see [`crate::frames`]) naming the callee; the acceptor
+//! answers one [`Reply`] frame; after `Reply::Ok` the stream carries the call's raw bytes. Hellos
+//! are read with a [`HELLO_LIMIT`], so a hostile peer cannot make the acceptor allocate much.
+
+use brume_overlay::PeerId;
+use serde::{Deserialize, Serialize};
+
+use crate::frames::FrameError;
+
+/// Most bytes a hello or a reply frame may take.
+pub const HELLO_LIMIT: usize = 4096;
+
+/// One callee: a replica of a task of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub service: String,
+    pub task: String,
+    /// 0-based replica index.
+    pub replica: u32,
+}
+
+impl Endpoint {
+    pub fn new(service: impl Into<String>, task: impl Into<String>, replica: u32) -> Self {
+        Endpoint {
+            service: service.into(),
+            task: task.into(),
+            replica,
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "task {} (replica {}) of service {}",
+            self.task, self.replica, self.service
+        )
+    }
+}
+
+/// The first frame on a tunnel stream: which task the connection is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub endpoint: Endpoint,
+}
+
+/// The acceptor's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The task's port is connected: raw bytes follow both ways.
+    Ok,
+    /// The acceptor will not carry this connection; the stream is closed after this frame.
+    Refused { reason: String },
+}
+
+/// Why a tunnelled connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("cannot listen for calls to {endpoint} on 127.0.0.1: {source}; is the loopback up?")]
+    Bind {
+        endpoint: Endpoint,
+        source: std::io::Error,
+    },
+    #[error("no route to {0}: it is not deployed, or the node has not learned where it runs yet")]
+    NoRoute(Endpoint),
+    #[error("cannot open a tunnel stream to {peer}: {reason}; is the peer up and reachable?")]
+    Open { peer: PeerId, reason: String },
+    #[error("tunnel handshake: {0}")]
+    Handshake(#[from] FrameError),
+    #[error("the far node refused the tunnel: {0}")]
+    Refused(String),
+    #[error("{0} does not run on this node; the caller's route is stale or wrong")]
+    NotHere(Endpoint),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("cannot connect to the task on 127.0.0.1:{port}: {source}; is the task listening?")]
+    LocalConnect { port: u16, source: std::io::Error },
+}

@@ -1,0 +1,403 @@
+//! `brume deploy` end to end: three real `brume node` daemons on loopback, a service of three
+//! relay tasks (a static Rust binary in a `FROM scratch` build context) placed one per node,
+//! each calling the next through its `BRUME_CALL_*` tunnel. Run on the real Docker engine and on
+//! the process engine; then the refusals: a malformed manifest, a missing Dockerfile and a
+//! corrupt chunk, each a clear error that leaves no task and no container behind.
+//!
+//! Each node offers only 150 mCPU, so the 100-mCPU tasks cannot share a node: the call chain
+//! front -> mid -> back crosses the overlay twice.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use brume::localnet::LocalNet;
+
+mod common;
+
+const BRUME: &str = env!("CARGO_BIN_EXE_brume");
+
+/// The relay chain's build context (the static relay, `FROM scratch`) with `salt` in it.
+fn context(dir: &Path, salt: &str) -> PathBuf {
+    brume::bench::deploy::context(dir, &common::relay_binary(), salt).expect("a build context")
+}
+
+/// The relay chain's manifest: front -> mid -> back, 100 mCPU each.
+fn manifest(dir: &Path, service: &str) -> PathBuf {
+    brume::bench::deploy::manifest(dir, service).expect("a manifest")
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// Three daemons (stopped with SIGTERM, so they stop their tasks, when the test ends however it
+/// ends), and a last sweep of any container of the test's service.
+struct Net {
+    net: LocalNet,
+    service: String,
+}
+
+impl Net {
+    fn start(engine: &str, service: &str) -> Net {
+        let net = LocalNet::start(
+            Path::new(BRUME),
+            3,
+            &["--engine", engine, "--cpu-millis", "150"],
+        )
+        .expect("three daemons start and connect");
+        Net {
+            net,
+            service: service.to_string(),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.net.dir()
+    }
+
+    fn data(&self, i: usize) -> PathBuf {
+        self.net.data(i)
+    }
+
+    fn brume(&self, i: usize, args: &[&str]) -> Output {
+        self.net.brume(i, args).expect("brume runs")
+    }
+
+    fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=brume.service={}", self.service))
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // The daemons stop first (LocalNet's own drop runs after this body), so sweep after a
+        // stop through the initiator; whatever still exists then is removed by force.
+        let _ = self.net.brume(0, &["stop", &self.service]);
+        let left = self.containers();
+        if !left.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&left)
+                .output();
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn port_of(row: &serde_json::Value) -> u16 {
+    row["address"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {row}"))
+}
+
+fn deploys_a_chain_across_three_nodes(engine: &str) {
+    let service = unique("chain");
+    let net = Net::start(engine, &service);
+    context(net.dir(), &service);
+    let m = manifest(net.dir(), &service);
+    let started = Instant::now();
+    let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "deploy failed: {}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    let took = started.elapsed();
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = done["instances"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{done:#}");
+    let hosts: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts.len(), 3, "one task per node: {done:#}");
+    let front = rows.iter().find(|r| r["task"] == "front").unwrap();
+    assert_eq!(front["engine"], engine);
+
+    // front runs here (the root stays on the initiator); mid and back are one and two overlay
+    // hops of tunnel away.
+    let reply = common::ask(port_of(front), "hello").expect("front answers");
+    assert_eq!(reply, "front(mid(back))");
+    eprintln!("{engine}: deployed in {took:?}; reply {reply}");
+
+    let ps = net.brume(0, &["ps", "--json"]);
+    let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let states: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[1]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["running"; 3], "{ps:#}");
+
+    let logs = net.brume(0, &["logs", "back"]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+
+    let stop = net.brume(0, &["stop", &service]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    assert!(
+        text(&stop.stdout).contains("3 instance(s)"),
+        "{}",
+        text(&stop.stdout)
+    );
+    assert!(
+        net.containers().is_empty(),
+        "containers left: {:?}",
+        net.containers()
+    );
+    let ps = net.brume(0, &["ps", "--json"]);
+    assert_eq!(text(&ps.stdout).trim(), "[]");
+}
+
+#[test]
+fn a_chain_of_three_tasks_calls_through_tunnels_on_docker() {
+    if !common::docker_available() {
+        eprintln!("SKIPPED: no Docker daemon answers; this test needs the real engine");
+        return;
+    }
+    deploys_a_chain_across_three_nodes("docker");
+}
+
+#[test]
+fn a_chain_of_three_tasks_calls_through_tunnels_on_processes() {
+    deploys_a_chain_across_three_nodes("process");
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing_behind() {
+    if !common::docker_available() {
+        eprintln!("SKIPPED: no Docker daemon answers; this test needs the real engine");
+        return;
+    }
+    let service = unique("bad");
+    let net = Net::start("docker", &service);
+    let dir = net.dir();
+
+    // A malformed manifest: refused with the file, the line and the field.
+    let broken = dir.join("broken.toml");
+    std::fs::write(&broken, "[service]\nname = \"x\"\nroot = 3\n").unwrap();
+    let out = net.brume(0, &["deploy", broken.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("broken.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A build context without a Dockerfile.
+    let m = manifest(dir, &service);
+    std::fs::create_dir_all(dir.join("ctx")).unwrap();
+    let out = net.brume(0, &["deploy", m.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("Dockerfile"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(net.containers().is_empty());
+
+    // A corrupt chunk on the initiator: the hosts refuse it, the deploy is rolled back.
+    context(dir, &service);
+    let ok = net.brume(0, &["deploy", m.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(net.brume(0, &["stop", &service]).status.success());
+    for i in 1..3 {
+        let _ = std::fs::remove_dir_all(net.data(i).join("chunks"));
+        let _ = std::fs::remove_dir_all(net.data(i).join("images"));
+    }
+    let mut corrupted = 0;
+    for entry in walk(&net.data(0).join("chunks")) {
+        let len = std::fs::metadata(&entry).unwrap().len() as usize;
+        std::fs::write(&entry, vec![0x5a; len]).unwrap();
+        corrupted += 1;
+    }
+    assert!(corrupted > 0, "the initiator stored no chunks");
+    let out = net.brume(0, &["deploy", m.to_str().unwrap()]);
+    assert!(!out.status.success(), "a corrupt artifact was deployed");
+    let err = text(&out.stderr);
+    assert!(err.contains("digest") || err.contains("corrupt"), "{err}");
+    assert!(err.contains("stopped again"), "{err}");
+    assert!(
+        net.containers().is_empty(),
+        "containers left: {:?}",
+        net.containers()
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A host asked directly (as a racing initiator with a stale map would) for more than it has
+/// free refuses and starts nothing; deploys are idempotent per epoch (the same again is a no-op,
+/// an older epoch is stale, a newer one replaces); garbage on the deploy protocol is refused.
+#[test]
+fn a_host_checks_resources_epochs_and_garbage() {
+    use brume::deploy::wire::{AgentReply, AgentRequest, InstanceSpec, Payload, DEPLOY_PROTOCOL};
+    use brume::frames::{read_frame, write_frame};
+    use futures::AsyncWriteExt;
+
+    let service = unique("greedy");
+    let net = Net::start("process", &service);
+    let target = {
+        let out = net.brume(1, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["listen"][0].as_str().unwrap().to_string()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cfg = brume_overlay::OverlayConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![target.parse().unwrap()],
+            min_degree: 1,
+            max_degree: 4,
+            ..Default::default()
+        };
+        let (me, task) = brume_overlay::Overlay::spawn(cfg).await.unwrap();
+        let host: brume_overlay::PeerId = target.rsplit('/').next().unwrap().parse().unwrap();
+        let addr: brume_overlay::Multiaddr = target.parse().unwrap();
+        me.connect(host, vec![addr], Duration::from_secs(5))
+            .await
+            .unwrap();
+
+        let spec = InstanceSpec {
+            service: service.clone(),
+            epoch: 1,
+            task: "hog".into(),
+            replica: 0,
+            payload: Payload::Command(vec!["/bin/true".into()]),
+            cpu_millis: 10_000,
+            memory_mb: 64,
+            env: Default::default(),
+            calls: Vec::new(),
+            max_restarts: 0,
+        };
+        let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
+        write_frame(&mut s, &AgentRequest::Deploy(spec))
+            .await
+            .unwrap();
+        let reply: AgentReply = read_frame(&mut s, 1 << 20).await.unwrap();
+        match reply {
+            AgentReply::Refused { reason } => {
+                assert!(reason.contains("not enough free resources"), "{reason}")
+            }
+            other => panic!("a 10-core task was not refused: {other:?}"),
+        }
+
+        // Deploys are idempotent per epoch: the same request again changes nothing, an older
+        // epoch is refused as stale, a newer one replaces the instance.
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = brume::artifact::ChunkStore::open(store_dir.path()).unwrap();
+        let ctx = common::relay_context();
+        let artifact = brume::artifact::pack_context(ctx.path()).unwrap();
+        let manifest = store.put_artifact(&artifact).unwrap();
+        let incoming = me.accept_streams(brume::artifact::TRANSFER_PROTOCOL).unwrap();
+        let server = tokio::spawn(brume::artifact::serve_incoming(store, incoming, 2));
+        let relay = |epoch: u64| InstanceSpec {
+            service: service.clone(),
+            epoch,
+            task: "relay".into(),
+            replica: 0,
+            payload: Payload::Artifact(manifest.clone()),
+            cpu_millis: 100,
+            memory_mb: 64,
+            env: Default::default(),
+            calls: Vec::new(),
+            max_restarts: 0,
+        };
+        let deploy = |spec: InstanceSpec| {
+            let me = me.clone();
+            async move {
+                let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
+                write_frame(&mut s, &AgentRequest::Deploy(spec)).await.unwrap();
+                loop {
+                    match read_frame::<_, AgentReply>(&mut s, 1 << 20).await.unwrap() {
+                        AgentReply::Phase(_) => continue,
+                        last => return last,
+                    }
+                }
+            }
+        };
+        let first = deploy(relay(10)).await;
+        let AgentReply::Started { instance, reused } = first else {
+            panic!("the relay did not start: {first:?}");
+        };
+        assert!(!reused);
+        assert_eq!(common::ask(instance.port, "x").unwrap(), "relay");
+        let again = deploy(relay(10)).await;
+        assert!(
+            matches!(&again, AgentReply::Started { instance: i, reused: true } if i.port == instance.port),
+            "{again:?}"
+        );
+        let stale = deploy(relay(9)).await;
+        assert!(
+            matches!(&stale, AgentReply::Refused { reason } if reason.contains("stale")),
+            "{stale:?}"
+        );
+        let newer = deploy(relay(11)).await;
+        let AgentReply::Started { instance: second, reused: false } = newer else {
+            panic!("epoch 11 did not replace epoch 10: {newer:?}");
+        };
+        assert_eq!(second.epoch, 11);
+        assert!(
+            common::ask(instance.port, "x").is_err() || instance.port == second.port,
+            "the epoch-10 relay still answers"
+        );
+        let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
+        let stop = AgentRequest::Stop {
+            service: service.clone(),
+            epoch: None,
+        };
+        write_frame(&mut s, &stop).await.unwrap();
+        let reply: AgentReply = read_frame(&mut s, 1 << 20).await.unwrap();
+        assert!(
+            matches!(&reply, AgentReply::Stopped { instances } if instances.len() == 1),
+            "{reply:?}"
+        );
+        server.abort();
+
+        // Garbage instead of a request: refused, and the host still answers.
+        let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
+        s.write_all(&[0, 0, 0, 4, 0xff, 0xfe, 0xfd, 0xfc])
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        let reply: AgentReply = read_frame(&mut s, 1 << 20).await.unwrap();
+        assert!(matches!(reply, AgentReply::Refused { .. }), "{reply:?}");
+        let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
+        write_frame(&mut s, &AgentRequest::List { service: None })
+            .await
+            .unwrap();
+        let reply: AgentReply = read_frame(&mut s, 1 << 20).await.unwrap();
+        assert_eq!(reply, AgentReply::Instances(Vec::new()));
+        me.shutdown().await.unwrap();
+        let _ = task.await;
+    });
+}
