@@ -312,7 +312,10 @@ impl Agent {
                     let _ = self.engine.remove(&name).await;
                     tries += 1;
                     if matches!(e, EngineError::PortInUse { .. }) && tries < PORT_TRIES {
-                        warn!(port = launch.port, "the task's port was taken; picking another");
+                        warn!(
+                            port = launch.port,
+                            "the task's port was taken; picking another"
+                        );
                         continue;
                     }
                     return refuse(format!("the task did not start: {e}"));
@@ -559,4 +562,3 @@ fn instance_name(spec: &InstanceSpec, me: &PeerId) -> String {
         spec.service, spec.task, spec.replica, spec.epoch, node
     )
 }
-

@@ -26,7 +26,11 @@ const TRIES: usize = 64;
 pub fn task_port_range() -> Range<u16> {
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|l| l.parse::<u16>().ok()));
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|l| l.parse::<u16>().ok())
+        });
     match low {
         Some(low) if low >= FALLBACK.start + 1024 => FALLBACK.start..low,
         _ => FALLBACK,
@@ -45,7 +49,9 @@ pub fn free_task_port() -> std::io::Result<u16> {
         }
     }
     // The whole range looks busy: let the kernel choose.
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 fn bindable(port: u16) -> bool {
