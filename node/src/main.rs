@@ -74,6 +74,10 @@ enum Bench {
     Transfer(brume::bench::transfer::TransferArgs),
     /// Tunnel throughput and round trip against a direct TCP connection.
     Tunnel(brume::bench::tunnel::TunnelArgs),
+    /// Live migration (iterative pre-copy, chunk deltas, adaptive compression) against
+    /// stop-and-copy of the same task, over links shaped to 100 Mbit/s and 1 Gbit/s between
+    /// network namespaces. Needs root and CRIU.
+    Migration(brume::bench::migration::MigrationArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +110,9 @@ fn main() -> ExitCode {
         Command::Bench {
             family: Bench::Tunnel(args),
         } => brume::bench::tunnel::cli(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench {
+            family: Bench::Migration(args),
+        } => brume::bench::migration::run(args).map(|()| ExitCode::SUCCESS),
         Command::Node(args) => brume::daemon::run::run(args).map(|()| ExitCode::SUCCESS),
         Command::Status(target) => block_on(brume::client::status(target)),
         Command::Peers(target) => block_on(brume::client::peers(target)),

@@ -4,6 +4,7 @@
 
 pub mod deploy;
 pub mod idle;
+pub mod migration;
 pub mod overlay;
 pub mod pair;
 pub mod placement;
