@@ -19,6 +19,7 @@ pub mod localnet;
 pub mod manifest;
 pub mod mapnet;
 pub mod mapview;
+pub mod migrate;
 pub mod netfile;
 pub mod place;
 pub mod report;

@@ -57,6 +57,13 @@ enum Command {
     /// Stop a service deployed from this node: every instance on every host is stopped and
     /// removed.
     Stop(brume::deploy::cli::StopArgs),
+    /// Move a running task instance to another node (--to PEER, or the nearest node with room).
+    /// A task with checkpoint = "app" carries its state (its CHECKPOINT line goes to the new
+    /// instance in BRUME_RESTORE); a stateless one restarts there. The old instance stops only
+    /// once the new one runs and callers are switched, so a failed move changes nothing.
+    Migrate(brume::migrate::cli::MigrateArgs),
+    /// Move every task instance this node runs to other nodes (before taking it down).
+    Drain(brume::migrate::cli::DrainArgs),
 }
 
 #[derive(Subcommand)]
@@ -121,6 +128,8 @@ fn main() -> ExitCode {
         Command::Ps(args) => block_on(brume::deploy::cli::ps(args)),
         Command::Logs(args) => block_on(brume::deploy::cli::logs(args)),
         Command::Stop(args) => block_on(brume::deploy::cli::stop(args)),
+        Command::Migrate(args) => block_on(brume::migrate::cli::migrate(args)),
+        Command::Drain(args) => block_on(brume::migrate::cli::drain(args)),
     };
     match result {
         Ok(code) => code,

@@ -298,6 +298,8 @@ fn a_host_checks_resources_epochs_and_garbage() {
             env: Default::default(),
             calls: Vec::new(),
             max_restarts: 0,
+            checkpoint: Default::default(),
+            initiator: String::new(),
         };
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
         write_frame(&mut s, &AgentRequest::Deploy(spec))
@@ -331,6 +333,8 @@ fn a_host_checks_resources_epochs_and_garbage() {
             env: Default::default(),
             calls: Vec::new(),
             max_restarts: 0,
+            checkpoint: Default::default(),
+            initiator: String::new(),
         };
         let deploy = |spec: InstanceSpec| {
             let me = me.clone();

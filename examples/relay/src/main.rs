@@ -14,6 +14,10 @@
 //!
 //! The line `STATE` is answered with the number of requests served so far (a counter kept in
 //! memory, so a checkpoint/restore that keeps memory keeps it: handy for migration tests).
+//! The relay also speaks brume's application-level checkpoint convention (`checkpoint = "app"`):
+//! `CHECKPOINT` is answered with `relay-state/1 served=<n>`, and a relay started with that line
+//! in `BRUME_RESTORE` counts on from `n`. A malformed `BRUME_RESTORE` stops the relay at start,
+//! with status 2, rather than silently losing the state.
 //! Each client connection gets a thread, and keeps its own connections to the callees, so many
 //! clients are served at once. SIGTERM and SIGINT end the process at once with status 0: in a
 //! `FROM scratch` container the relay is PID 1, and the kernel ignores signals PID 1 does not
@@ -34,6 +38,17 @@ use std::time::Duration;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest line the relay reads, from a client or a callee.
 const MAX_LINE: usize = 64 * 1024;
+
+/// How a checkpoint line starts; the served count follows.
+const STATE_PREFIX: &str = "relay-state/1 served=";
+
+/// The served count a `CHECKPOINT` line carries.
+fn parse_state(line: &str) -> Result<u64, String> {
+    line.trim()
+        .strip_prefix(STATE_PREFIX)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("{line:?} is not a relay checkpoint ({STATE_PREFIX}<count>)"))
+}
 
 /// One callee replica: the variable it came from and its address.
 #[derive(Debug, Clone)]
@@ -196,6 +211,11 @@ fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             writer.write_all(format!("{n}\n").as_bytes())?;
             continue;
         }
+        if line == "CHECKPOINT" {
+            let n = shared.served.load(Ordering::SeqCst);
+            writer.write_all(format!("{STATE_PREFIX}{n}\n").as_bytes())?;
+            continue;
+        }
         let reply = if shared.callees.is_empty() {
             shared.task.clone()
         } else {
@@ -245,6 +265,14 @@ fn main() -> ExitCode {
         .get("BRUME_TASK")
         .cloned()
         .unwrap_or_else(|| "relay".into());
+    let served = match env.get("BRUME_RESTORE").map(|l| parse_state(l)) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            eprintln!("brume-relay: BRUME_RESTORE: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let callees = callees_from(env);
     let listener = match TcpListener::bind((host.as_str(), port)) {
         Ok(l) => l,
@@ -258,13 +286,13 @@ fn main() -> ExitCode {
         .map(|c| format!("{}={}", c.var, c.addr))
         .collect();
     println!(
-        "brume-relay {task} listening on {host}:{port}, calls [{}]",
+        "brume-relay {task} listening on {host}:{port}, calls [{}], served {served}",
         shown.join(" ")
     );
     let shared = Arc::new(Shared {
         task,
         callees,
-        served: AtomicU64::new(0),
+        served: AtomicU64::new(served),
     });
     for stream in listener.incoming() {
         match stream {
@@ -379,6 +407,18 @@ mod tests {
         assert_eq!(ask(a, "again"), "a(b(c),c)");
         assert_eq!(ask(a, "STATE"), "2");
         assert_eq!(ask(c, "STATE"), "4");
+    }
+
+    #[test]
+    fn a_checkpoint_line_carries_the_count_and_parses_back() {
+        let a = spawn_relay("a", vec![]);
+        assert_eq!(ask(a, "x"), "a");
+        assert_eq!(ask(a, "y"), "a");
+        let line = ask(a, "CHECKPOINT");
+        assert_eq!(line, "relay-state/1 served=2");
+        assert_eq!(parse_state(&line), Ok(2));
+        assert!(parse_state("relay-state/1 served=x").is_err());
+        assert!(parse_state("served=2").is_err());
     }
 
     #[test]

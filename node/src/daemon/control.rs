@@ -49,6 +49,26 @@ pub enum Request {
     Stop {
         service: String,
     },
+    /// Move one instance (running here, or deployed from here) to another node.
+    Migrate(MigrateRequest),
+    /// Move every instance running here to other nodes.
+    Drain {
+        budget_ms: u64,
+        cold: bool,
+    },
+}
+
+/// How `brume migrate` asks for a move.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    pub service: Option<String>,
+    pub task: String,
+    pub replica: u32,
+    /// The target's peer id; `None` lets the node that runs the instance pick.
+    pub to: Option<String>,
+    pub budget_ms: u64,
+    /// Restart cold a task whose state cannot be carried.
+    pub cold: bool,
 }
 
 /// How `brume deploy` asks for a deployment.

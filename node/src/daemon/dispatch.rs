@@ -9,7 +9,7 @@ use brume_overlay::neighbourhood::NeighbourhoodMap;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use super::control::{Call, DeployRequest, Request, Response};
+use super::control::{Call, DeployRequest, MigrateRequest, Request, Response};
 use super::views::{PeerView, StatusView};
 
 /// Longest budget a client may ask a map for.
@@ -43,6 +43,23 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(async { anyhow::bail!("this node runs no tasks") })
     }
     fn stop(&self, _service: String) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async { anyhow::bail!("this node runs no tasks") })
+    }
+    /// Moves an instance, sending progress lines as it goes.
+    fn migrate(
+        &self,
+        _request: MigrateRequest,
+        _progress: mpsc::Sender<Response>,
+    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async { anyhow::bail!("this node runs no tasks") })
+    }
+    /// Moves every instance running here away, sending progress lines as it goes.
+    fn drain(
+        &self,
+        _budget: Duration,
+        _cold: bool,
+        _progress: mpsc::Sender<Response>,
+    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
         Box::pin(async { anyhow::bail!("this node runs no tasks") })
     }
 }
@@ -87,6 +104,11 @@ async fn answer(
             tail,
         } => backend.logs(service, task, replica, tail).await,
         Request::Stop { service } => backend.stop(service).await,
+        Request::Migrate(request) => backend.migrate(request, progress.clone()).await,
+        Request::Drain { budget_ms, cold } => {
+            let budget = Duration::from_millis(budget_ms.clamp(1, MAX_BUDGET.as_millis() as u64));
+            backend.drain(budget, cold, progress.clone()).await
+        }
     };
     match result {
         Ok(v) => Response::Ok(v),

@@ -15,12 +15,12 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::config::{self, LogFormat, NodeConfig, Overrides};
-use super::control::{self, DeployRequest};
+use super::control::{self, DeployRequest, MigrateRequest};
 use super::dispatch::{dispatch, Backend};
 use super::resources;
 use super::services::Services;
 use super::views::{PeerView, StatusView};
-use crate::deploy::agent::{Advertiser, Capacity};
+use crate::deploy::agent::{Advertiser, Agent, Capacity};
 use crate::deploy::initiator::Initiator;
 
 /// Options of `brume node`. Each may also come from the config file or a `BRUME_*` variable.
@@ -193,6 +193,7 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
         handle: handle.clone(),
         started: Instant::now(),
         initiator: services.initiator.clone(),
+        agent: services.agent.clone(),
     });
     tokio::spawn(control::serve(listener, calls_tx));
     let dispatcher = tokio::spawn(dispatch(backend, calls_rx));
@@ -295,6 +296,7 @@ struct OverlayBackend {
     handle: OverlayHandle,
     started: Instant,
     initiator: Arc<Initiator>,
+    agent: Arc<Agent>,
 }
 
 impl Backend for OverlayBackend {
@@ -369,5 +371,28 @@ impl Backend for OverlayBackend {
 
     fn stop(&self, service: String) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
         Box::pin(async move { Ok(serde_json::to_value(self.initiator.stop(&service).await?)?) })
+    }
+
+    fn migrate(
+        &self,
+        request: MigrateRequest,
+        progress: mpsc::Sender<control::Response>,
+    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async move {
+            let moved = crate::migrate::control::migrate(&self.agent, request, progress).await?;
+            Ok(serde_json::to_value(moved)?)
+        })
+    }
+
+    fn drain(
+        &self,
+        budget: Duration,
+        cold: bool,
+        progress: mpsc::Sender<control::Response>,
+    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        Box::pin(async move {
+            let lines = crate::migrate::control::drain(&self.agent, budget, cold, progress).await;
+            Ok(serde_json::to_value(lines)?)
+        })
     }
 }

@@ -58,7 +58,8 @@ impl Services {
             capacity,
             Some(advertiser),
         );
-        let ledger = Ledger::open(data_dir)?;
+        let ledger = Arc::new(Ledger::open(data_dir)?);
+        agent.attach_ledger(ledger.clone());
         let initiator = Arc::new(Initiator::new(
             overlay.clone(),
             store.clone(),

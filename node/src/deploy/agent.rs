@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use brume_overlay::neighbourhood::NodeRecord;
@@ -21,6 +21,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::ledger::Ledger;
 use super::wire::{
     AgentReply, AgentRequest, CallTarget, InstanceSpec, InstanceView, Payload, Phase,
     DEPLOY_PROTOCOL, MAX_FRAME,
@@ -34,7 +35,7 @@ use crate::frames::{read_frame, write_frame};
 use crate::tunnel::{call_env, Endpoint, Forwarder, Route, Routes};
 
 /// How long a stopping task gets before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts tried, each on a newly picked port, when the picked port gets taken before the task
 /// binds it.
@@ -48,12 +49,12 @@ pub struct Capacity {
 }
 
 /// Instances are keyed by service, task and replica: one epoch of each at a time.
-type Key = (String, String, u32);
+pub(crate) type Key = (String, String, u32);
 
-struct Instance {
-    spec: InstanceSpec,
-    name: String,
-    port: u16,
+pub(crate) struct Instance {
+    pub(crate) spec: InstanceSpec,
+    pub(crate) name: String,
+    pub(crate) port: u16,
     /// Dropping them closes the listeners behind `BRUME_CALL_*`.
     _forwarders: Vec<Forwarder>,
 }
@@ -63,15 +64,18 @@ pub type Advertiser = Arc<dyn Fn(u64, u64) -> Option<NodeRecord> + Send + Sync>;
 
 /// The deployment agent of one node.
 pub struct Agent {
-    overlay: OverlayHandle,
-    engine: Arc<AnyEngine>,
+    pub(crate) overlay: OverlayHandle,
+    pub(crate) engine: Arc<AnyEngine>,
     store: ChunkStore,
-    routes: Routes,
+    pub(crate) routes: Routes,
     images: PathBuf,
     capacity: Capacity,
     instances: Mutex<BTreeMap<Key, Instance>>,
     deploying: tokio::sync::Mutex<()>,
     advertiser: Option<Advertiser>,
+    /// The services this node deployed, when it runs an initiator: a move of one of their
+    /// instances is written there.
+    ledger: OnceLock<Arc<Ledger>>,
 }
 
 impl Agent {
@@ -97,11 +101,21 @@ impl Agent {
             instances: Mutex::new(BTreeMap::new()),
             deploying: tokio::sync::Mutex::new(()),
             advertiser,
+            ledger: OnceLock::new(),
         })
     }
 
+    /// Gives the agent this node's deployment ledger (once; later calls are ignored).
+    pub fn attach_ledger(&self, ledger: Arc<Ledger>) {
+        let _ = self.ledger.set(ledger);
+    }
+
+    pub(crate) fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.ledger.get()
+    }
+
     /// Sends the record for the current reservations to the overlay.
-    async fn readvertise(&self) {
+    pub(crate) async fn readvertise(&self) {
         if let Some(advertise) = &self.advertiser {
             let (cpu, mem) = self.reserved();
             if let Some(record) = advertise(cpu, mem) {
@@ -121,7 +135,7 @@ impl Agent {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Instance>> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Instance>> {
         // A panic while holding the lock cannot leave the map half-written (every update is
         // one insert or remove), so a poisoned lock is still sound to use.
         self.instances.lock().unwrap_or_else(|e| e.into_inner())
@@ -192,6 +206,32 @@ impl Agent {
                 Ok(text) => AgentReply::Logs(text),
                 Err(reason) => AgentReply::Refused { reason },
             },
+            AgentRequest::Migrate {
+                service,
+                task,
+                replica,
+                to,
+                budget_ms,
+                allow_cold,
+            } => {
+                let request = crate::migrate::MoveRequest {
+                    key: (service, task, replica),
+                    to,
+                    budget: Duration::from_millis(budget_ms.clamp(1, 10_000)),
+                    allow_cold,
+                };
+                // Boxed: a move asks other agents, and asking this node's own agent comes
+                // back here.
+                Box::pin(self.migrate(request, phases)).await
+            }
+            AgentRequest::Moved {
+                service,
+                task,
+                replica,
+                peer,
+                host,
+                addrs,
+            } => self.moved(&(service, task, replica), &peer, &host, addrs),
         }
     }
 
@@ -429,7 +469,7 @@ impl Agent {
         Ok((forwarders, vars))
     }
 
-    async fn remove_instance(&self, key: &Key) -> Option<String> {
+    pub(crate) async fn remove_instance(&self, key: &Key) -> Option<String> {
         let instance = self.lock().remove(key)?;
         if let Err(e) = self.engine.stop(&instance.name, STOP_GRACE).await {
             debug!(name = %instance.name, error = %e, "stop failed; removing anyway");
@@ -514,7 +554,13 @@ impl Agent {
             .map_err(|e| format!("cannot read the log of {name}: {e}"))
     }
 
-    fn view(&self, spec: &InstanceSpec, name: &str, port: u16, state: String) -> InstanceView {
+    pub(crate) fn view(
+        &self,
+        spec: &InstanceSpec,
+        name: &str,
+        port: u16,
+        state: String,
+    ) -> InstanceView {
         InstanceView {
             service: spec.service.clone(),
             epoch: spec.epoch,

@@ -21,13 +21,13 @@ use super::ledger::{Entry, Ledger, Placed};
 use super::plan::{self, Assignment, PlaceOptions};
 use super::progress::{Deployed, Event, Row, Step};
 use super::wire::{
-    AgentReply, AgentRequest, CallTarget, InstanceSpec, InstanceView, Payload, Phase,
-    DEPLOY_PROTOCOL, MAX_FRAME,
+    AgentReply, AgentRequest, CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload,
+    Phase, DEPLOY_PROTOCOL, MAX_FRAME,
 };
 use crate::artifact::{self, ChunkStore};
 use crate::daemon::control::{DeployRequest, Response};
 use crate::frames::{read_frame, write_frame};
-use crate::manifest::{Artifact, Manifest};
+use crate::manifest::{Artifact, Checkpoint, Manifest};
 
 /// How long reaching a host that is not a neighbour may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +37,7 @@ const MAX_RESTARTS: u32 = 5;
 pub struct Initiator {
     overlay: OverlayHandle,
     store: ChunkStore,
-    ledger: Ledger,
+    ledger: Arc<Ledger>,
     agent: Arc<Agent>,
 }
 
@@ -45,7 +45,7 @@ impl Initiator {
     pub fn new(
         overlay: OverlayHandle,
         store: ChunkStore,
-        ledger: Ledger,
+        ledger: Arc<Ledger>,
         agent: Arc<Agent>,
     ) -> Self {
         Initiator {
@@ -99,7 +99,14 @@ impl Initiator {
 
         // Every instance at once; each host fetches what it lacks from us.
         let runs = assignments.iter().map(|a| {
-            let spec = instance_spec(&manifest, &payloads, &assignments, a, epoch);
+            let spec = instance_spec(
+                &manifest,
+                &payloads,
+                &assignments,
+                a,
+                epoch,
+                self.overlay.peer_id(),
+            );
             let host = a.node.to_string();
             async move {
                 send(&a.task, a.replica, host.clone(), Step::Placed).await;
@@ -107,7 +114,11 @@ impl Initiator {
                     let step = match phase {
                         Phase::Fetching { done, total } => Step::Fetching { done, total },
                         Phase::Building => Step::Building,
-                        Phase::Starting => Step::Starting,
+                        // A deploy's host never reports a migration's phases.
+                        Phase::Starting
+                        | Phase::Target { .. }
+                        | Phase::Checkpointed { .. }
+                        | Phase::Switching => Step::Starting,
                     };
                     send(&a.task, a.replica, host.clone(), step)
                 };
@@ -423,6 +434,7 @@ fn instance_spec(
     assignments: &[Assignment],
     a: &Assignment,
     epoch: u64,
+    initiator: PeerId,
 ) -> anyhow::Result<InstanceSpec> {
     let task = manifest
         .tasks
@@ -457,6 +469,12 @@ fn instance_spec(
         env: task.env.clone(),
         calls,
         max_restarts: MAX_RESTARTS,
+        checkpoint: match task.checkpoint {
+            Checkpoint::None => CheckpointMode::None,
+            Checkpoint::App => CheckpointMode::App,
+            Checkpoint::Criu => CheckpointMode::Criu,
+        },
+        initiator: initiator.to_string(),
     };
     spec.check().map_err(anyhow::Error::msg)?;
     Ok(spec)
@@ -478,7 +496,7 @@ async fn ask_placed(
 
 /// Sends one request to a host's agent (this node's own agent directly) and reads its phases
 /// and final reply.
-async fn ask<F, Fut>(
+pub(crate) async fn ask<F, Fut>(
     overlay: &OverlayHandle,
     agent: &Agent,
     peer: PeerId,

@@ -82,6 +82,35 @@ impl Ledger {
         Ok(old)
     }
 
+    /// Records that an instance of `service` moved to another host; `false` when the service
+    /// or the instance is not in this ledger (it was deployed from another node).
+    pub fn relocate(
+        &self,
+        service: &str,
+        task: &str,
+        replica: u32,
+        to: Placed,
+    ) -> anyhow::Result<bool> {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(service) else {
+            return Ok(false);
+        };
+        let Some(placed) = entry
+            .instances
+            .iter_mut()
+            .find(|p| p.task == task && p.replica == replica)
+        else {
+            return Ok(false);
+        };
+        *placed = Placed {
+            task: task.to_string(),
+            replica,
+            ..to
+        };
+        self.save(&entries)?;
+        Ok(true)
+    }
+
     fn save(&self, entries: &BTreeMap<String, Entry>) -> anyhow::Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;

@@ -49,6 +49,36 @@ pub struct InstanceSpec {
     pub calls: Vec<CallTarget>,
     /// Restarts allowed after a crash (0: never restarted).
     pub max_restarts: u32,
+    /// How the instance's state moves with it when it is migrated.
+    #[serde(default)]
+    pub checkpoint: CheckpointMode,
+    /// The peer id of the node that deployed the service (it keeps the service's ledger and is
+    /// told when the instance moves); empty when unknown.
+    #[serde(default)]
+    pub initiator: String,
+}
+
+/// How an instance's state moves when it is migrated (the manifest's `checkpoint`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointMode {
+    /// Stateless: a new instance starts on the target and the old one stops (cold restart).
+    #[default]
+    None,
+    /// The task exports its own state: it answers `CHECKPOINT` on its port with one line, and
+    /// a new instance started with that line in `BRUME_RESTORE` continues from it.
+    App,
+    /// The process is checkpointed with CRIU.
+    Criu,
+}
+
+impl CheckpointMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointMode::None => "none",
+            CheckpointMode::App => "app",
+            CheckpointMode::Criu => "criu",
+        }
+    }
 }
 
 /// What the host is asked.
@@ -70,14 +100,50 @@ pub enum AgentRequest {
         replica: u32,
         tail: usize,
     },
+    /// Moves an instance running on this host to `to` (a peer id), or to a host this node picks
+    /// from its map within `budget_ms` when `to` is `None`.
+    Migrate {
+        service: String,
+        task: String,
+        replica: u32,
+        to: Option<String>,
+        budget_ms: u64,
+        /// Move a task whose state cannot be carried (`checkpoint = "criu"` here) by a cold
+        /// restart instead of refusing.
+        allow_cold: bool,
+    },
+    /// An instance now runs on `peer`: calls to it go there from now on.
+    Moved {
+        service: String,
+        task: String,
+        replica: u32,
+        peer: String,
+        /// The new host's node id and dialable addresses, for the initiator's ledger.
+        host: String,
+        addrs: Vec<String>,
+    },
 }
 
 /// A step of a deploy on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
-    Fetching { done: u64, total: u64 },
+    Fetching {
+        done: u64,
+        total: u64,
+    },
     Building,
     Starting,
+    /// A migration chose its target host.
+    Target {
+        peer: String,
+        host: String,
+    },
+    /// A migration captured the instance's state (`bytes` of it).
+    Checkpointed {
+        bytes: u64,
+    },
+    /// A migration's new instance runs; callers are being switched to it.
+    Switching,
 }
 
 /// One instance as a host reports it.
@@ -117,6 +183,23 @@ pub enum AgentReply {
     },
     Instances(Vec<InstanceView>),
     Logs(String),
+    /// The instance moved: it runs on `to` (as `instance`) and no longer here.
+    Migrated {
+        to: String,
+        host: String,
+        instance: InstanceView,
+        mode: String,
+        /// Bytes of state carried.
+        state_bytes: u64,
+        /// From asking for the checkpoint to the old instance stopped, in milliseconds.
+        switch_ms: u64,
+        /// Hosts told about the move.
+        told: usize,
+    },
+    /// How many routes a `Moved` changed here.
+    Rerouted {
+        routes: usize,
+    },
 }
 
 /// Why a name from a request is refused.

@@ -1,0 +1,218 @@
+//! What a node does when its control socket asks for a move: `brume migrate` and `brume drain`.
+//!
+//! A move is driven by the node that runs the instance. Asked on that node, its agent moves
+//! the instance itself; asked on the node that deployed the service, the node finds the host in
+//! its ledger and forwards the request there, relaying the host's progress. `drain` moves every
+//! instance this node runs, one after another, and reports each.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use brume_overlay::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::MoveRequest;
+use crate::daemon::control::{MigrateRequest, Response};
+use crate::deploy::agent::Agent;
+use crate::deploy::initiator::ask;
+use crate::deploy::wire::{AgentReply, AgentRequest, Phase};
+
+/// One finished move, as `brume migrate` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Moved {
+    pub service: String,
+    pub task: String,
+    pub replica: u32,
+    /// The new host's node id and peer id.
+    pub host: String,
+    pub peer: String,
+    /// `app` (the task's own checkpoint went along) or `cold`.
+    pub mode: String,
+    pub state_bytes: u64,
+    /// From the checkpoint to the old instance stopped.
+    pub switch_ms: u64,
+    /// The whole move, from the request.
+    pub elapsed_ms: u64,
+    /// Nodes that acknowledged the new route.
+    pub told: usize,
+    /// Where the new instance listens on its host.
+    pub address: String,
+}
+
+/// One line of a drain's report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainLine {
+    pub service: String,
+    pub task: String,
+    pub replica: u32,
+    pub outcome: Result<Moved, String>,
+}
+
+/// A phase of a move, as a progress line for the client.
+fn progress_line(service: &str, task: &str, replica: u32, phase: &Phase) -> Response {
+    Response::Progress(serde_json::json!({
+        "service": service, "task": task, "replica": replica, "phase": phase,
+    }))
+}
+
+/// Moves the instance `req` names, wherever it runs (here, or a host of a service deployed
+/// from here).
+pub async fn migrate(
+    agent: &Agent,
+    req: MigrateRequest,
+    progress: mpsc::Sender<Response>,
+) -> anyhow::Result<Moved> {
+    let started = Instant::now();
+    let budget = Duration::from_millis(req.budget_ms.clamp(1, 10_000));
+    let local = agent
+        .lock()
+        .keys()
+        .filter(|(s, t, r)| {
+            *t == req.task && *r == req.replica && req.service.as_ref().is_none_or(|w| w == s)
+        })
+        .cloned()
+        .collect::<Vec<_>>();
+    let (service, host): (String, Option<(PeerId, Vec<Multiaddr>)>) = match &local[..] {
+        [one] => (one.0.clone(), None),
+        [] => {
+            let (service, peer, addrs) = find_in_ledger(agent, &req)?;
+            (service, Some((peer, addrs)))
+        }
+        _ => anyhow::bail!(
+            "several services run a task {} here: say which with --service",
+            req.task
+        ),
+    };
+    let on_phase = |phase: Phase| {
+        let line = progress_line(&service, &req.task, req.replica, &phase);
+        let progress = progress.clone();
+        async move {
+            let _ = progress.send(line).await;
+        }
+    };
+    let reply = match host {
+        None => {
+            let (tx, mut rx) = mpsc::channel::<Phase>(16);
+            let request = MoveRequest {
+                key: (service.clone(), req.task.clone(), req.replica),
+                to: req.to.clone(),
+                budget,
+                allow_cold: req.cold,
+            };
+            let work = agent.migrate(request, tx);
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    reply = &mut work => break reply,
+                    Some(phase) = rx.recv() => on_phase(phase).await,
+                }
+            }
+        }
+        Some((peer, addrs)) => {
+            let request = AgentRequest::Migrate {
+                service: service.clone(),
+                task: req.task.clone(),
+                replica: req.replica,
+                to: req.to.clone(),
+                budget_ms: req.budget_ms,
+                allow_cold: req.cold,
+            };
+            ask(&agent.overlay, agent, peer, &addrs, &request, on_phase)
+                .await
+                .with_context(|| format!("cannot reach the host of {service}/{}", req.task))?
+        }
+    };
+    match reply {
+        AgentReply::Migrated {
+            to,
+            host,
+            instance,
+            mode,
+            state_bytes,
+            switch_ms,
+            told,
+        } => Ok(Moved {
+            service,
+            task: req.task,
+            replica: req.replica,
+            host,
+            peer: to,
+            mode,
+            state_bytes,
+            switch_ms,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            told,
+            address: format!("127.0.0.1:{}", instance.port),
+        }),
+        AgentReply::Refused { reason } => anyhow::bail!(reason),
+        other => anyhow::bail!("the host answered {other:?} to a move"),
+    }
+}
+
+/// The host of an instance of a service deployed from this node.
+fn find_in_ledger(
+    agent: &Agent,
+    req: &MigrateRequest,
+) -> anyhow::Result<(String, PeerId, Vec<Multiaddr>)> {
+    let not_found = || {
+        anyhow::anyhow!(
+            "no task {} (replica {}) runs on this node or in the services deployed from it \
+             (see `brume ps --all`); run the move on the node that runs it or deployed it",
+            req.task,
+            req.replica
+        )
+    };
+    let ledger = agent.ledger().ok_or_else(not_found)?;
+    let mut found = ledger
+        .all()
+        .into_iter()
+        .filter(|(s, _)| req.service.as_ref().is_none_or(|w| w == s))
+        .flat_map(|(s, e)| e.instances.into_iter().map(move |p| (s.clone(), p)))
+        .filter(|(_, p)| p.task == req.task && p.replica == req.replica)
+        .collect::<Vec<_>>();
+    if found.len() > 1 {
+        anyhow::bail!(
+            "several services have a task {}: say which with --service",
+            req.task
+        );
+    }
+    let (service, placed) = found.pop().ok_or_else(not_found)?;
+    let peer: PeerId = placed
+        .peer
+        .parse()
+        .with_context(|| format!("the ledger holds a bad peer id {:?}", placed.peer))?;
+    let addrs = placed.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    Ok((service, peer, addrs))
+}
+
+/// Moves every instance running here to a node picked from the map; one line per instance.
+pub async fn drain(
+    agent: &Agent,
+    budget: Duration,
+    cold: bool,
+    progress: mpsc::Sender<Response>,
+) -> Vec<DrainLine> {
+    let keys: Vec<_> = agent.lock().keys().cloned().collect();
+    let mut lines = Vec::new();
+    for (service, task, replica) in keys {
+        let req = MigrateRequest {
+            service: Some(service.clone()),
+            task: task.clone(),
+            replica,
+            to: None,
+            budget_ms: budget.as_millis() as u64,
+            cold,
+        };
+        let outcome = migrate(agent, req, progress.clone())
+            .await
+            .map_err(|e| format!("{e:#}"));
+        lines.push(DrainLine {
+            service,
+            task,
+            replica,
+            outcome,
+        });
+    }
+    lines
+}

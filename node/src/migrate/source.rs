@@ -1,0 +1,245 @@
+//! The source side of a move: the node that runs the instance picks the target, captures the
+//! state, has the target start the instance, and only then switches callers and stops its own.
+
+use std::time::Instant;
+
+use brume_overlay::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use super::checkpoint::{self, CHECKPOINT_TIMEOUT};
+use super::{target, MoveRequest};
+use crate::deploy::agent::{Agent, STOP_GRACE};
+use crate::deploy::initiator::ask;
+use crate::deploy::wire::{AgentReply, AgentRequest, CheckpointMode, InstanceSpec, Phase};
+use crate::engine::Engine;
+use crate::tunnel::{Endpoint, Route};
+
+/// The environment variable a restored instance finds its state line in.
+pub const RESTORE_ENV: &str = "BRUME_RESTORE";
+
+/// Where the instance goes: its peer, node id as maps print it, and addresses.
+struct Destination {
+    peer: PeerId,
+    host: String,
+    addrs: Vec<String>,
+}
+
+impl Agent {
+    /// Moves one instance running here to another node; on `Refused` it still runs here,
+    /// untouched.
+    pub async fn migrate(&self, req: MoveRequest, phases: mpsc::Sender<Phase>) -> AgentReply {
+        let refuse = |reason: String| AgentReply::Refused { reason };
+        let (service, task, replica) = &req.key;
+        let what = format!("{service}/{task}#{replica}");
+        let Some((spec, port)) = self.lock().get(&req.key).map(|i| (i.spec.clone(), i.port)) else {
+            return refuse(format!("{what} does not run on this node"));
+        };
+        let carry_state = match spec.checkpoint {
+            CheckpointMode::App => true,
+            CheckpointMode::None => false,
+            CheckpointMode::Criu if req.allow_cold => false,
+            CheckpointMode::Criu => {
+                return refuse(format!(
+                    "{what} asks for CRIU checkpoints, which brume cannot take of a deployed \
+                     task yet; move it with --cold (it restarts on the target without its \
+                     state), or give the task checkpoint = \"app\""
+                ))
+            }
+        };
+        let dest = match self.destination(&req, &spec).await {
+            Ok(d) => d,
+            Err(reason) => return refuse(reason),
+        };
+        let _ = phases
+            .send(Phase::Target {
+                peer: dest.peer.to_string(),
+                host: dest.host.clone(),
+            })
+            .await;
+
+        let started = Instant::now();
+        let mut moved = spec.clone();
+        moved.calls = self.current_calls(&spec);
+        moved.env.remove(RESTORE_ENV);
+        let mut state_bytes = 0;
+        if carry_state {
+            match checkpoint::capture(port, CHECKPOINT_TIMEOUT).await {
+                Ok(state) => {
+                    state_bytes = state.len() as u64;
+                    moved.env.insert(RESTORE_ENV.to_string(), state);
+                }
+                Err(e) => {
+                    return refuse(format!(
+                        "{what} gave no checkpoint ({e}); it still runs here"
+                    ))
+                }
+            }
+        }
+        let _ = phases
+            .send(Phase::Checkpointed { bytes: state_bytes })
+            .await;
+
+        let addrs: Vec<Multiaddr> = dest.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let forward = |p: Phase| {
+            let phases = phases.clone();
+            async move {
+                let _ = phases.send(p).await;
+            }
+        };
+        let instance = match ask(
+            &self.overlay,
+            self,
+            dest.peer,
+            &addrs,
+            &AgentRequest::Deploy(moved),
+            forward,
+        )
+        .await
+        {
+            Ok(AgentReply::Started { instance, .. }) => instance,
+            Ok(AgentReply::Refused { reason }) => {
+                return refuse(format!(
+                    "{} refused {what}: {reason}; it still runs here",
+                    dest.host
+                ))
+            }
+            Ok(other) => {
+                return refuse(format!(
+                    "{} answered {other:?} to the move of {what}; it still runs here",
+                    dest.host
+                ))
+            }
+            Err(e) => {
+                return refuse(format!(
+                    "cannot start {what} on {}: {e:#}; it still runs here",
+                    dest.host
+                ))
+            }
+        };
+
+        // The new instance runs: calls from here go there at once, the other nodes follow, and
+        // only then does the old instance stop.
+        let _ = phases.send(Phase::Switching).await;
+        let endpoint = Endpoint::new(service, task, *replica);
+        self.routes.set(endpoint, Route::Remote { peer: dest.peer });
+        let told = self
+            .tell_moved(&spec, dest.peer, &dest.host, &dest.addrs)
+            .await;
+        let old = self.lock().remove(&req.key);
+        if let Some(old) = old {
+            if let Err(e) = self.engine.stop(&old.name, STOP_GRACE).await {
+                tracing::debug!(name = %old.name, error = %e, "stop failed; removing anyway");
+            }
+            if let Err(e) = self.engine.remove(&old.name).await {
+                tracing::warn!(name = %old.name, error = %e, "cannot remove the moved task");
+            }
+        }
+        self.readvertise().await;
+        let switch_ms = started.elapsed().as_millis() as u64;
+        info!(%what, to = %dest.host, state_bytes, switch_ms, told, "instance moved");
+        AgentReply::Migrated {
+            to: dest.peer.to_string(),
+            host: dest.host,
+            instance,
+            mode: if carry_state {
+                CheckpointMode::App.as_str().to_string()
+            } else {
+                "cold".to_string()
+            },
+            state_bytes,
+            switch_ms,
+            told,
+        }
+    }
+
+    /// The named target, or the nearest node of a fresh map with room for the instance.
+    async fn destination(
+        &self,
+        req: &MoveRequest,
+        spec: &InstanceSpec,
+    ) -> Result<Destination, String> {
+        let me = self.overlay.peer_id();
+        let map = self
+            .overlay
+            .map_with(req.budget, true)
+            .await
+            .map_err(|e| format!("cannot map the neighbourhood: {e}"))?
+            .map;
+        match &req.to {
+            Some(to) => {
+                let peer: PeerId = to
+                    .parse()
+                    .map_err(|_| format!("{to:?} is not a peer id (see `brume peers`)"))?;
+                if peer == me {
+                    return Err("the instance already runs on this node".to_string());
+                }
+                let record = map.nodes.iter().find(|n| n.peer == peer.to_string());
+                Ok(Destination {
+                    peer,
+                    host: record.map_or_else(|| peer.to_string(), |r| r.id.to_string()),
+                    addrs: record.map(|r| r.addrs.clone()).unwrap_or_default(),
+                })
+            }
+            None => {
+                let choice = target::pick(
+                    &map,
+                    self.overlay.node_id(),
+                    spec.cpu_millis,
+                    spec.memory_mb,
+                )
+                .ok_or_else(|| {
+                    format!(
+                        "no other node within {:?} has {} mCPU and {} MB free for \
+                                 {}/{}#{} (map of {} node(s)); name one with --to or widen \
+                                 --budget",
+                        req.budget,
+                        spec.cpu_millis,
+                        spec.memory_mb,
+                        spec.service,
+                        spec.task,
+                        spec.replica,
+                        map.nodes.len()
+                    )
+                })?;
+                let peer: PeerId =
+                    choice.record.peer.parse().map_err(|_| {
+                        format!("the map holds a bad peer id {:?}", choice.record.peer)
+                    })?;
+                Ok(Destination {
+                    peer,
+                    host: choice.record.id.to_string(),
+                    addrs: choice.record.addrs.clone(),
+                })
+            }
+        }
+    }
+
+    /// The instance's calls with each callee where it runs now (callees may have moved since
+    /// the deploy): this node's routes know.
+    fn current_calls(&self, spec: &InstanceSpec) -> Vec<crate::deploy::wire::CallTarget> {
+        let me = self.overlay.peer_id().to_string();
+        spec.calls
+            .iter()
+            .map(|c| {
+                let hosts = c
+                    .hosts
+                    .iter()
+                    .enumerate()
+                    .map(|(replica, host)| {
+                        let endpoint = Endpoint::new(&spec.service, &c.task, replica as u32);
+                        match self.routes.get(&endpoint) {
+                            Some(Route::Remote { peer }) => peer.to_string(),
+                            Some(Route::Local { .. }) => me.clone(),
+                            None => host.clone(),
+                        }
+                    })
+                    .collect();
+                crate::deploy::wire::CallTarget {
+                    task: c.task.clone(),
+                    hosts,
+                }
+            })
+            .collect()
+    }
+}

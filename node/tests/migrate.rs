@@ -1,0 +1,256 @@
+//! `brume migrate` and `brume drain` end to end: four real `brume node` daemons on loopback, the
+//! relay chain front -> mid -> back deployed from node 0 (one task per node: each node offers
+//! 150 mCPU and a task takes 100, so exactly one node is free), then moves, on the real Docker
+//! engine and on the process engine:
+//!
+//! * mid (`checkpoint = "app"`) moves to the free node, asked on the initiator (which forwards
+//!   to mid's host): its served count continues on the new host, the chain answers through the
+//!   switched tunnels, and `brume ps` on the initiator shows the new host;
+//! * a move to a node without room is refused by that node: mid keeps running where it is, with
+//!   its count, and nothing is left on the refusing node;
+//! * back (stateless) moves cold to the node mid left;
+//! * `brume drain` on node 0 moves front away too, and the chain still answers from there.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use brume::localnet::LocalNet;
+
+mod common;
+
+const BRUME: &str = env!("CARGO_BIN_EXE_brume");
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// The relay chain with mid stateful, carrying its state by the application-level checkpoint.
+fn manifest(dir: &Path, service: &str) -> PathBuf {
+    let m = brume::bench::deploy::manifest(dir, service).expect("a manifest");
+    let text = std::fs::read_to_string(&m).expect("read manifest").replace(
+        "name = \"mid\"\nbuild = \"ctx\"\n",
+        "name = \"mid\"\nbuild = \"ctx\"\nstateful = true\ncheckpoint = \"app\"\n",
+    );
+    assert!(text.contains("checkpoint = \"app\""), "{text}");
+    std::fs::write(&m, text).expect("write manifest");
+    m
+}
+
+struct Net {
+    net: LocalNet,
+    service: String,
+}
+
+impl Net {
+    fn brume(&self, i: usize, args: &[&str]) -> Output {
+        self.net.brume(i, args).expect("brume runs")
+    }
+
+    fn json(&self, i: usize, args: &[&str]) -> serde_json::Value {
+        let out = self.brume(i, args);
+        assert!(
+            out.status.success(),
+            "brume {args:?} on node {i} failed: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("brume {args:?}: not JSON ({e}): {}", text(&out.stdout)))
+    }
+
+    fn status(&self, i: usize) -> (String, String) {
+        let s = self.json(i, &["status", "--json"]);
+        (
+            format!("n{}", s["node_id"]),
+            s["peer_id"].as_str().expect("peer id").to_string(),
+        )
+    }
+
+    /// (task -> (host node id, port)) from the initiator's `brume ps`, every row running.
+    fn placement(&self) -> BTreeMap<String, (String, u16)> {
+        let ps = self.json(0, &["ps", "--json"]);
+        let mut out = BTreeMap::new();
+        for row in ps.as_array().expect("rows") {
+            let r = &row[1];
+            assert_eq!(r["state"], "running", "{ps:#}");
+            out.insert(
+                r["task"].as_str().expect("task").to_string(),
+                (r["host"].as_str().expect("host").to_string(), port_of(r)),
+            );
+        }
+        out
+    }
+
+    fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=brume.service={}", self.service))
+            .output();
+        match out {
+            Ok(o) => text(&o.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = self.net.brume(0, &["stop", &self.service]);
+        let left = self.containers();
+        if !left.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&left)
+                .output();
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn port_of(row: &serde_json::Value) -> u16 {
+    row["address"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {row}"))
+}
+
+/// Asks until the chain answers in full (a moved instance may take a moment to be reachable
+/// through every tunnel), bounded.
+fn chain_answers(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = common::ask(port, "hello");
+        match &reply {
+            Ok(r) if r == "front(mid(back))" => return r.clone(),
+            _ if Instant::now() > deadline => panic!("the chain does not answer: {reply:?}"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn state(port: u16) -> u64 {
+    common::ask(port, "STATE")
+        .expect("STATE answers")
+        .parse()
+        .expect("a count")
+}
+
+fn moves_tasks_between_nodes(engine: &str) {
+    let service = unique("move");
+    let net = Net {
+        net: LocalNet::start(
+            Path::new(BRUME),
+            4,
+            &["--engine", engine, "--cpu-millis", "150"],
+        )
+        .expect("four daemons start and connect"),
+        service: service.clone(),
+    };
+    let dir = net.net.dir().to_path_buf();
+    brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
+    let m = manifest(&dir, &service);
+    net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
+    let before = net.placement();
+    let (front_host, front_port) = before["front"].clone();
+    assert_eq!(front_host, nodes[0].0, "the root stays on the initiator");
+    for _ in 0..5 {
+        chain_answers(front_port);
+    }
+    let (mid_host, mid_port) = before["mid"].clone();
+    assert_eq!(state(mid_port), 5, "mid served the five requests");
+    let free: Vec<&(String, String)> = nodes
+        .iter()
+        .filter(|(id, _)| before.values().all(|(h, _)| h != id))
+        .collect();
+    assert_eq!(free.len(), 1, "one node is free: {before:?}");
+    let free_node = free[0].clone();
+
+    // A move to a node with no room (node 0 holds front) is refused there; mid stays, counting.
+    let refused = net.brume(0, &["migrate", "mid", "--to", &nodes[0].1]);
+    assert!(
+        !refused.status.success(),
+        "a move onto a full node succeeded"
+    );
+    let why = text(&refused.stderr);
+    assert!(why.contains("not enough free resources"), "{why}");
+    assert!(why.contains("still runs here"), "{why}");
+    assert_eq!(net.placement()["mid"], (mid_host.clone(), mid_port));
+    assert_eq!(state(mid_port), 5, "the refused move did not touch mid");
+    chain_answers(front_port);
+
+    // mid moves (asked on the initiator, done by its host) to the free node with its count.
+    let moved = net.json(0, &["migrate", "mid", "--to", "auto", "--json"]);
+    assert_eq!(
+        moved["host"].as_str(),
+        Some(free_node.0.as_str()),
+        "{moved:#}"
+    );
+    assert_eq!(moved["mode"], "app", "{moved:#}");
+    let new_mid = port_of(&moved);
+    assert_eq!(
+        state(new_mid),
+        6,
+        "the count continued: 6 served before the move"
+    );
+    chain_answers(front_port);
+    assert_eq!(state(new_mid), 7, "the chain now goes through the new mid");
+    let after = net.placement();
+    assert_eq!(after["mid"], (free_node.0.clone(), new_mid), "{after:?}");
+    eprintln!(
+        "{engine}: mid moved in {} ms (switch {} ms, {} bytes of state, {} node(s) told)",
+        moved["elapsed_ms"], moved["switch_ms"], moved["state_bytes"], moved["told"]
+    );
+
+    // back is stateless: it restarts cold on the node mid left.
+    let moved = net.json(0, &["migrate", "back", "--json"]);
+    assert_eq!(moved["host"].as_str(), Some(mid_host.as_str()), "{moved:#}");
+    assert_eq!(moved["mode"], "cold", "{moved:#}");
+    chain_answers(front_port);
+    assert_eq!(state(port_of(&moved)), 1, "a cold back starts from zero");
+
+    // Draining node 0 moves front to the last free node; the chain answers from there.
+    let drained = net.json(0, &["drain", "--json"]);
+    let lines = drained.as_array().expect("lines");
+    assert_eq!(lines.len(), 1, "{drained:#}");
+    let front = &lines[0]["outcome"]["Ok"];
+    assert_eq!(front["task"], "front", "{drained:#}");
+    let final_placement = net.placement();
+    assert_ne!(
+        final_placement["front"].0, nodes[0].0,
+        "{final_placement:?}"
+    );
+    chain_answers(port_of(front));
+    if engine == "docker" {
+        assert_eq!(
+            net.containers().len(),
+            3,
+            "one container per task, none left behind"
+        );
+    }
+    let list = net.json(0, &["ps", "--all", "--json"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list:#}");
+}
+
+#[test]
+fn tasks_move_between_nodes_on_processes() {
+    moves_tasks_between_nodes("process");
+}
+
+#[test]
+fn tasks_move_between_nodes_on_docker() {
+    if !common::docker_available() {
+        eprintln!("SKIPPED: no Docker daemon answers; this test needs the real engine");
+        return;
+    }
+    moves_tasks_between_nodes("docker");
+}
