@@ -3,7 +3,8 @@
 # engine: glibc linked statically (crt-static; no musl toolchain here), into target/static so the
 # flags never invalidate the normal target dir. Then copies the fedavg binaries beside their
 # Dockerfiles (examples/fedavg/{aggregator,trainer}/, gitignored) and prints the absolute path of
-# the brume-relay binary on the last line of stdout. Progress goes to stderr.
+# the brume-relay binary on the last line of stdout. Progress goes to stderr. The dirtier (the
+# live-migration workload) lands in target/static/x86_64-unknown-linux-gnu/release/dirtier.
 #
 # Idempotent and fast when up to date: cargo does nothing when nothing changed, and a binary is
 # only copied when it differs from the copy already there.
@@ -14,9 +15,9 @@ triple="x86_64-unknown-linux-gnu"
 export CARGO_TARGET_DIR="$root/target/static"
 export RUSTFLAGS="-C target-feature=+crt-static"
 
-echo "build-static: cargo build --release --target $triple -p brume-relay -p brume-fedavg" >&2
+echo "build-static: cargo build --release --target $triple -p brume-relay -p brume-fedavg -p brume-dirtier" >&2
 (cd "$root" && "${CARGO:-cargo}" build --release --target "$triple" \
-    -p brume-relay -p brume-fedavg 1>&2)
+    -p brume-relay -p brume-fedavg -p brume-dirtier 1>&2)
 
 out="$CARGO_TARGET_DIR/$triple/release"
 for bin in aggregator trainer; do

@@ -1,5 +1,7 @@
-//! brume's live migration, the pure part: everything that decides or transforms, nothing that
-//! touches a socket, a process, a clock or CRIU (time is always a parameter).
+//! brume's live migration. The decisions and transformations are pure (chunks, compression
+//! choice, planner, predictor: no socket, process, clock or CRIU; time is always a parameter);
+//! two modules are the edge that drives them: [`criu`] runs the `criu` program, and [`live`]
+//! runs a whole migration (source and target) over any async byte stream.
 //!
 //! How data flows during a migration (DESIGN.md step 7): each pre-copy round dumps the task while
 //! it keeps running; its image files are cut into 4 KiB content-addressed chunks ([`chunks`]);
@@ -11,10 +13,13 @@
 //! whether to run another pre-copy round, freeze the task for the final dump, or abort and keep
 //! the source running; the [`predictor`] (seed 000), learned online from every dump, tells it how
 //! long a dump and the final downtime will take, so it starts in time before a deadline and only
-//! freezes when the predicted downtime fits.
+//! freezes when the predicted downtime fits. [`live`] carries this out with real dumps and a
+//! real stream: pre-copy rounds, the final round, the target's rebuild and restore, and the
+//! fallback that restores the task on the source when the target cannot.
 
 pub mod chunks;
 pub mod compress;
 pub mod criu;
+pub mod live;
 pub mod planner;
 pub mod predictor;

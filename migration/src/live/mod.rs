@@ -1,0 +1,173 @@
+//! Live migration of a process with CRIU: iterative pre-copy (or stop-and-copy) over any byte
+//! stream, the source in [`source`], the target in [`target`].
+//!
+//! Why here and async: the node runs it over an overlay stream and the bench over a TCP
+//! connection, so both ends take any `AsyncRead + AsyncWrite`; the pure parts (chunks,
+//! compression choice, planner, predictor) stay sans-IO in their own modules and this is the
+//! edge that drives them with CRIU, files, a clock and a socket.
+//!
+//! One migration, source side ([`source::migrate_out`]): each pre-copy round dumps the task with
+//! `--leave-running` into a fresh directory (tmpfs), cuts every image file into 4 KiB chunks,
+//! sends the chunks the target does not hold (the source keeps the set of digests the target
+//! acknowledged: those of the files it rebuilt in the last round) compressed at the level the
+//! [`crate::compress::Chooser`] picks (or a fixed one), then each file's recipe as a diff against
+//! the previous round's ([`recipe`]), and waits for the target's acknowledgement. Hashing and
+//! compression run on a blocking thread while the async side writes. The
+//! [`crate::planner::Planner`] decides after each round: another round, the final one, or stop
+//! (the task was never stopped, so it just runs on). The final round dumps without
+//! `--leave-running` (the task stops), sends the last delta and every other image, and the target
+//! rebuilds the files and runs `criu restore`. If that fails, or the link breaks after the final
+//! dump, the source restores the task from its own final images, so nothing is lost.
+//!
+//! Target side ([`target::migrate_in`]): keeps the received chunks, rebuilds every round's files
+//! in a staging directory in place (only changed positions are rewritten, so the final round
+//! costs what changed, not the whole image), and restores from it after the last round.
+//!
+//! Measured limits on this kernel (no soft-dirty): every dump writes all of the task's memory
+//! and the final one does so while the task is frozen, so downtime grows with memory size.
+
+pub mod recipe;
+pub mod scan;
+pub mod source;
+pub mod target;
+pub mod wire;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::chunks::ChunkError;
+use crate::compress::{CompressError, Level};
+use crate::criu::CriuError;
+use crate::planner::{Decision, PlanError, RoundProgress};
+
+pub use recipe::RecipeError;
+pub use source::{migrate_out, Migrated, SourceOptions};
+pub use target::{migrate_in, Received, TargetOptions};
+pub use wire::{Mode, WireError};
+
+/// How the source compresses chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// The level [`crate::compress::Chooser`] picks from measured cost, ratio and bandwidth.
+    Adaptive,
+    /// Always this level.
+    Fixed(Level),
+}
+
+/// What one round (pre-copy or final) did, reported to the caller as it ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundStats {
+    /// 1, 2, ...; the final round is the last one.
+    pub round: u32,
+    /// True for the final round (the task was frozen for it).
+    pub last: bool,
+    /// Bytes of image files dumped.
+    pub dumped_bytes: u64,
+    /// Bytes of chunks the target lacked, before compression.
+    pub delta_bytes: u64,
+    /// Bytes written to the stream in this round (chunks, recipes, framing).
+    pub wire_bytes: u64,
+    /// Wire bytes sent at each level, indexed like [`Level::ALL`].
+    pub wire_by_level: [u64; 4],
+    /// Wall time of `criu dump`.
+    pub dump: Duration,
+    /// How long CRIU kept the task frozen during the dump (from its stats), if known.
+    pub frozen: Option<Duration>,
+    /// From the dump's end to the target's answer (hash, compress, send, apply on the target).
+    pub transfer: Duration,
+    /// The whole round.
+    pub round_time: Duration,
+    /// The planner's view after a pre-copy round (rate, dirty rate, predicted downtime, next
+    /// decision); `None` for the final round.
+    pub progress: Option<RoundProgress>,
+}
+
+impl RoundStats {
+    /// The level that carried most of this round's bytes.
+    pub fn main_level(&self) -> Level {
+        let i = (0..4).max_by_key(|&i| self.wire_by_level[i]).unwrap_or(0);
+        Level::ALL[i]
+    }
+}
+
+/// Why a migration did not complete, and where the task is.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("the link to the peer failed: {0}")]
+    Link(#[source] io::Error),
+    #[error("the peer sent an invalid message: {0}")]
+    Wire(#[from] WireError),
+    #[error("the peer sent {got} where {expected} was expected")]
+    Unexpected { expected: &'static str, got: String },
+    #[error("the peer speaks migration protocol version {0}, this node {ours}", ours = wire::VERSION)]
+    Version(u32),
+    #[error(transparent)]
+    Criu(#[from] CriuError),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    #[error(transparent)]
+    Compress(#[from] CompressError),
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{what} {}: {source}", path.display())]
+    Files {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the target failed: {reason}")]
+    Target { reason: String },
+    #[error("the source gave up: {reason}")]
+    SourceAborted { reason: String },
+    #[error("the planner stopped the migration ({0}); the task keeps running on the source")]
+    Aborted(Decision),
+    #[error("a worker thread of the migration died: {0}")]
+    Worker(String),
+    #[error("the migration failed after the final dump ({cause}); the task was restored on the source as pid {pid}")]
+    RestoredAtSource {
+        cause: Box<LiveError>,
+        pid: u32,
+        restore: Duration,
+    },
+    #[error("the migration failed after the final dump ({cause}) and restoring the task on the source failed too ({restore}); its final images are kept in {}", images.display())]
+    Lost {
+        cause: Box<LiveError>,
+        restore: String,
+        images: PathBuf,
+    },
+}
+
+impl From<wire::ReadError> for LiveError {
+    fn from(e: wire::ReadError) -> Self {
+        match e {
+            wire::ReadError::Io(e) => LiveError::Link(e),
+            wire::ReadError::Wire(e) => LiveError::Wire(e),
+        }
+    }
+}
+
+impl LiveError {
+    /// True if the task was left running on the source, never stopped (any failure before the
+    /// final dump).
+    pub fn task_untouched(&self) -> bool {
+        !matches!(
+            self,
+            LiveError::RestoredAtSource { .. } | LiveError::Lost { .. }
+        )
+    }
+}
+
+fn files_error(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> LiveError {
+    let path = path.into();
+    move |source| LiveError::Files { what, path, source }
+}
+
+fn join_error(e: tokio::task::JoinError) -> LiveError {
+    LiveError::Worker(e.to_string())
+}

@@ -1,0 +1,532 @@
+//! The migration protocol's messages and their framing (`/brume/migrate/1`).
+//!
+//! Why hand-rolled: chunk batches are most of the bytes and must not be copied through a
+//! generic serializer; the rest is a handful of small messages. Every frame is a big-endian u32
+//! length, then a tag byte and the body; a frame longer than [`MAX_FRAME`] is refused before
+//! anything is allocated, and every count inside a frame is checked against what is left of it,
+//! so a hostile or broken peer cannot make either side allocate without bound.
+//!
+//! Source to target: [`Message::Hello`], then per round any number of [`Message::Chunks`] and one
+//! [`Message::RoundEnd`] (with `last` set on the final round), or [`Message::Abort`]. Target to
+//! source: [`Message::Ack`] after each pre-copy round is applied, then [`Message::Restored`] or
+//! [`Message::Failed`] after the last one (or [`Message::Failed`] at any time).
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::chunks::{ChunkRef, Digest, CHUNK_SIZE};
+use crate::compress::Level;
+
+/// The protocol's name, for a stream negotiated over the overlay.
+pub const PROTOCOL: &str = "/brume/migrate/1";
+/// The version in [`Message::Hello`].
+pub const VERSION: u32 = 1;
+/// The largest frame either side accepts: a recipe of a 7 GiB image fits.
+pub const MAX_FRAME: usize = 64 << 20;
+/// The most chunks one [`Message::Chunks`] may carry.
+pub const MAX_BATCH: usize = 1024;
+/// The longest file name or reason string.
+const MAX_TEXT: usize = 4096;
+
+/// How the source moves the task, as announced in [`Message::Hello`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Iterative pre-copy rounds, then a final one.
+    PreCopy,
+    /// One round: freeze, dump, copy, restore.
+    StopAndCopy,
+}
+
+/// One step of a file's recipe, relative to the recipe the same file had in the previous round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecipeOp {
+    /// The next `n` chunks are the previous recipe's chunks at the same positions.
+    Same(u32),
+    /// The next chunks, named in full.
+    Refs(Vec<ChunkRef>),
+}
+
+/// A file of the round's images: its name, length and recipe (as a diff).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRecipe {
+    pub name: String,
+    pub len: u64,
+    pub ops: Vec<RecipeOp>,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Hello {
+        version: u32,
+        mode: Mode,
+        pid: u32,
+        memory_bytes: u64,
+    },
+    /// Chunks the target lacks, concatenated in `refs` order and compressed together at `level`.
+    Chunks {
+        level: Level,
+        refs: Vec<ChunkRef>,
+        payload: Vec<u8>,
+    },
+    /// The round's images are complete: rebuild them from these recipes (and, if `last`,
+    /// restore the task from them).
+    RoundEnd {
+        round: u32,
+        last: bool,
+        files: Vec<FileRecipe>,
+    },
+    /// The source gives up; the target drops what it received.
+    Abort { reason: String },
+    /// The target applied round `round` and holds `chunks` chunks.
+    Ack { round: u32, chunks: u64 },
+    /// The task runs on the target as `pid`.
+    Restored {
+        pid: u32,
+        rebuild_us: u64,
+        restore_us: u64,
+    },
+    /// The target cannot go on.
+    Failed { reason: String },
+}
+
+/// Why bytes from the peer are not a valid message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("a frame of {len} bytes exceeds the limit of {MAX_FRAME}: refused")]
+    FrameTooLarge { len: usize },
+    #[error("a malformed {what} message: {why}")]
+    Malformed { what: &'static str, why: String },
+    #[error("unknown message tag {0}: is the peer speaking another protocol version?")]
+    UnknownTag(u8),
+}
+
+fn malformed(what: &'static str, why: impl Into<String>) -> WireError {
+    WireError::Malformed {
+        what,
+        why: why.into(),
+    }
+}
+
+const T_HELLO: u8 = 1;
+const T_CHUNKS: u8 = 2;
+const T_ROUND_END: u8 = 3;
+const T_ABORT: u8 = 4;
+const T_ACK: u8 = 5;
+const T_RESTORED: u8 = 6;
+const T_FAILED: u8 = 7;
+
+fn level_byte(l: Level) -> u8 {
+    match l {
+        Level::None => 0,
+        Level::Zstd1 => 1,
+        Level::Zstd3 => 3,
+        Level::Zstd9 => 9,
+    }
+}
+
+fn byte_level(b: u8) -> Option<Level> {
+    Some(match b {
+        0 => Level::None,
+        1 => Level::Zstd1,
+        3 => Level::Zstd3,
+        9 => Level::Zstd9,
+        _ => return None,
+    })
+}
+
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn text(&mut self, s: &str) {
+        let s = &s.as_bytes()[..s.len().min(MAX_TEXT)];
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s);
+    }
+    fn chunk_ref(&mut self, r: &ChunkRef) {
+        self.0.extend_from_slice(&r.digest.0);
+        self.u32(r.len);
+    }
+}
+
+struct Dec<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.buf.len() < n {
+            return Err(malformed(
+                self.what,
+                format!("needs {n} more bytes, {} left", self.buf.len()),
+            ));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(b))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(b))
+    }
+    /// A count of items of at least `item_size` bytes each, checked against what is left.
+    fn count(&mut self, item_size: usize, max: usize) -> Result<usize, WireError> {
+        let n = self.u32()? as usize;
+        if n > max || n.saturating_mul(item_size) > self.buf.len() {
+            return Err(malformed(
+                self.what,
+                format!("a count of {n} does not fit the frame"),
+            ));
+        }
+        Ok(n)
+    }
+    fn text(&mut self) -> Result<String, WireError> {
+        let n = self.count(1, MAX_TEXT)?;
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| malformed(self.what, "text is not UTF-8"))
+    }
+    fn chunk_ref(&mut self) -> Result<ChunkRef, WireError> {
+        let mut d = [0u8; 32];
+        d.copy_from_slice(self.take(32)?);
+        let len = self.u32()?;
+        if len == 0 || len as usize > CHUNK_SIZE {
+            return Err(malformed(self.what, format!("a chunk of {len} bytes")));
+        }
+        Ok(ChunkRef {
+            digest: Digest(d),
+            len,
+        })
+    }
+    fn end(&self) -> Result<(), WireError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(
+                self.what,
+                format!("{} trailing bytes", self.buf.len()),
+            ))
+        }
+    }
+}
+
+impl Message {
+    /// The message as one frame: length, tag, body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc(vec![0, 0, 0, 0]);
+        match self {
+            Message::Hello {
+                version,
+                mode,
+                pid,
+                memory_bytes,
+            } => {
+                e.u8(T_HELLO);
+                e.u32(*version);
+                e.u8(match mode {
+                    Mode::PreCopy => 0,
+                    Mode::StopAndCopy => 1,
+                });
+                e.u32(*pid);
+                e.u64(*memory_bytes);
+            }
+            Message::Chunks {
+                level,
+                refs,
+                payload,
+            } => {
+                e.u8(T_CHUNKS);
+                e.u8(level_byte(*level));
+                e.u32(refs.len() as u32);
+                for r in refs {
+                    e.chunk_ref(r);
+                }
+                e.u32(payload.len() as u32);
+                e.0.extend_from_slice(payload);
+            }
+            Message::RoundEnd { round, last, files } => {
+                e.u8(T_ROUND_END);
+                e.u32(*round);
+                e.u8(u8::from(*last));
+                e.u32(files.len() as u32);
+                for f in files {
+                    e.text(&f.name);
+                    e.u64(f.len);
+                    e.u32(f.ops.len() as u32);
+                    for op in &f.ops {
+                        match op {
+                            RecipeOp::Same(n) => {
+                                e.u8(0);
+                                e.u32(*n);
+                            }
+                            RecipeOp::Refs(refs) => {
+                                e.u8(1);
+                                e.u32(refs.len() as u32);
+                                for r in refs {
+                                    e.chunk_ref(r);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Message::Abort { reason } => {
+                e.u8(T_ABORT);
+                e.text(reason);
+            }
+            Message::Ack { round, chunks } => {
+                e.u8(T_ACK);
+                e.u32(*round);
+                e.u64(*chunks);
+            }
+            Message::Restored {
+                pid,
+                rebuild_us,
+                restore_us,
+            } => {
+                e.u8(T_RESTORED);
+                e.u32(*pid);
+                e.u64(*rebuild_us);
+                e.u64(*restore_us);
+            }
+            Message::Failed { reason } => {
+                e.u8(T_FAILED);
+                e.text(reason);
+            }
+        }
+        let len = (e.0.len() - 4) as u32;
+        e.0[..4].copy_from_slice(&len.to_be_bytes());
+        e.0
+    }
+
+    /// Decodes one frame's body (tag and fields, without the length).
+    pub fn decode(body: &[u8]) -> Result<Message, WireError> {
+        let (&tag, rest) = body
+            .split_first()
+            .ok_or_else(|| malformed("empty", "a frame without a tag"))?;
+        let what = match tag {
+            T_HELLO => "hello",
+            T_CHUNKS => "chunks",
+            T_ROUND_END => "round-end",
+            T_ABORT => "abort",
+            T_ACK => "ack",
+            T_RESTORED => "restored",
+            T_FAILED => "failed",
+            other => return Err(WireError::UnknownTag(other)),
+        };
+        let mut d = Dec { buf: rest, what };
+        let msg = match tag {
+            T_HELLO => Message::Hello {
+                version: d.u32()?,
+                mode: match d.u8()? {
+                    0 => Mode::PreCopy,
+                    1 => Mode::StopAndCopy,
+                    m => return Err(malformed(what, format!("unknown mode {m}"))),
+                },
+                pid: d.u32()?,
+                memory_bytes: d.u64()?,
+            },
+            T_CHUNKS => {
+                let level = byte_level(d.u8()?)
+                    .ok_or_else(|| malformed(what, "unknown compression level"))?;
+                let n = d.count(36, MAX_BATCH)?;
+                let refs = (0..n)
+                    .map(|_| d.chunk_ref())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let len = d.count(1, MAX_FRAME)?;
+                let payload = d.take(len)?.to_vec();
+                Message::Chunks {
+                    level,
+                    refs,
+                    payload,
+                }
+            }
+            T_ROUND_END => {
+                let round = d.u32()?;
+                let last = d.u8()? != 0;
+                let nfiles = d.count(16, 1 << 16)?;
+                let mut files = Vec::with_capacity(nfiles);
+                for _ in 0..nfiles {
+                    let name = d.text()?;
+                    let len = d.u64()?;
+                    let nops = d.count(5, MAX_FRAME)?;
+                    let mut ops = Vec::with_capacity(nops);
+                    for _ in 0..nops {
+                        ops.push(match d.u8()? {
+                            0 => RecipeOp::Same(d.u32()?),
+                            1 => {
+                                let n = d.count(36, MAX_FRAME)?;
+                                RecipeOp::Refs(
+                                    (0..n).map(|_| d.chunk_ref()).collect::<Result<_, _>>()?,
+                                )
+                            }
+                            op => return Err(malformed(what, format!("unknown recipe op {op}"))),
+                        });
+                    }
+                    files.push(FileRecipe { name, len, ops });
+                }
+                Message::RoundEnd { round, last, files }
+            }
+            T_ABORT => Message::Abort { reason: d.text()? },
+            T_ACK => Message::Ack {
+                round: d.u32()?,
+                chunks: d.u64()?,
+            },
+            T_RESTORED => Message::Restored {
+                pid: d.u32()?,
+                rebuild_us: d.u64()?,
+                restore_us: d.u64()?,
+            },
+            _ => Message::Failed { reason: d.text()? },
+        };
+        d.end()?;
+        Ok(msg)
+    }
+}
+
+/// What reading a frame can run into.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+}
+
+/// Writes one message as a frame.
+pub async fn write_message<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) -> std::io::Result<()> {
+    w.write_all(&m.encode()).await
+}
+
+/// Reads one frame and decodes it; refuses frames over [`MAX_FRAME`] before reading them.
+pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, ReadError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::FrameTooLarge { len }.into());
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(Message::decode(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(b: u8, len: u32) -> ChunkRef {
+        ChunkRef {
+            digest: Digest([b; 32]),
+            len,
+        }
+    }
+
+    fn all() -> Vec<Message> {
+        vec![
+            Message::Hello {
+                version: VERSION,
+                mode: Mode::StopAndCopy,
+                pid: 42,
+                memory_bytes: 1 << 30,
+            },
+            Message::Chunks {
+                level: Level::Zstd3,
+                refs: vec![r(1, 4096), r(2, 10)],
+                payload: vec![9; 77],
+            },
+            Message::RoundEnd {
+                round: 3,
+                last: true,
+                files: vec![FileRecipe {
+                    name: "pages-1.img".into(),
+                    len: 8196,
+                    ops: vec![RecipeOp::Same(1), RecipeOp::Refs(vec![r(3, 4096), r(4, 4)])],
+                }],
+            },
+            Message::Abort {
+                reason: "bye".into(),
+            },
+            Message::Ack {
+                round: 2,
+                chunks: 99,
+            },
+            Message::Restored {
+                pid: 7,
+                rebuild_us: 5,
+                restore_us: 6,
+            },
+            Message::Failed {
+                reason: "no".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in all() {
+            let frame = m.encode();
+            let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+            assert_eq!(len, frame.len() - 4);
+            assert_eq!(Message::decode(&frame[4..]).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn truncated_and_padded_frames_are_refused() {
+        for m in all() {
+            let frame = m.encode();
+            let body = &frame[4..];
+            for cut in 0..body.len() {
+                assert!(Message::decode(&body[..cut]).is_err(), "{m:?} cut at {cut}");
+            }
+            let mut padded = body.to_vec();
+            padded.push(0);
+            assert!(Message::decode(&padded).is_err());
+        }
+    }
+
+    #[test]
+    fn huge_counts_and_bad_chunks_are_refused() {
+        // A chunks frame claiming 2^31 refs in a few bytes.
+        let body = [T_CHUNKS, 1, 0x80, 0, 0, 0, 1, 2, 3];
+        assert!(matches!(
+            Message::decode(&body),
+            Err(WireError::Malformed { .. })
+        ));
+        let bad = Message::Chunks {
+            level: Level::None,
+            refs: vec![r(1, 5000)],
+            payload: vec![],
+        };
+        assert!(Message::decode(&bad.encode()[4..]).is_err());
+        assert_eq!(Message::decode(&[200]), Err(WireError::UnknownTag(200)));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_refused_before_reading_it() {
+        let mut bytes: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        let err = read_message(&mut bytes).await.unwrap_err();
+        assert!(matches!(
+            err,
+            ReadError::Wire(WireError::FrameTooLarge { .. })
+        ));
+    }
+}
