@@ -3,8 +3,10 @@
 # starts a small overlay of `brume node` processes on loopback (each joining through a different
 # earlier member), shows one node's peers and its latency-bounded neighbourhood map, then deploys
 # the federated-learning service (examples/fedavg/service.toml) from node 0: the aggregator on
-# node 0, four trainers on four other nodes, talking through brume's tunnels. It waits for the
-# training to finish, shows `brume ps` and the aggregator's log, and stops the service.
+# node 0, four trainers on four other nodes, talking through brume's tunnels. After three rounds
+# it moves the aggregator live to another node (`brume migrate`: its CHECKPOINT state goes along,
+# the trainers' calls follow it), waits for the training to finish there, shows `brume ps` and
+# the aggregator's log, and stops the service.
 #
 # ENGINE=auto (default) runs tasks as Docker containers when a Docker daemon answers and as plain
 # processes otherwise; ENGINE=process or ENGINE=docker forces one.
@@ -50,7 +52,21 @@ echo; echo "== brume map --budget 50ms (node 0)"
 "$brume" map --control "$work/n0.sock" --budget 50ms
 echo; echo "== brume deploy examples/fedavg/service.toml (from node 0)"
 "$brume" deploy examples/fedavg/service.toml --control "$work/n0.sock" --budget 80ms
+# Waits (bounded) until the aggregator's log shows round $1 of 10.
+wait_round() {
+  for _ in $(seq 90); do
+    if "$brume" logs aggregator --control "$work/n0.sock" 2>/dev/null | grep -q "^round=$1/10"; then
+      return 0
+    fi
+    sleep 1
+  done
+  echo "round $1 did not come within 90 s"; return 1
+}
 echo; echo "== training (10 rounds, one a second) ..."
+wait_round 3
+echo; echo "== brume migrate aggregator (after round 3: it moves with its model to the nearest node with room)"
+"$brume" migrate aggregator --control "$work/n0.sock"
+echo; echo "== training goes on on the new host ..."
 for _ in $(seq 90); do
   if "$brume" logs aggregator --control "$work/n0.sock" 2>/dev/null | grep -q "^round=10/10"; then
     break

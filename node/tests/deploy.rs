@@ -8,10 +8,8 @@
 //! front -> mid -> back crosses the overlay twice.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
-
-use brume::localnet::LocalNet;
 
 mod common;
 
@@ -31,66 +29,34 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
-/// Three daemons (stopped with SIGTERM, so they stop their tasks, when the test ends however it
-/// ends), and a last sweep of any container of the test's service.
-struct Net {
-    net: LocalNet,
-    service: String,
-}
+/// Three daemons, each offering 150 mCPU (one task per node), and the test's service.
+struct Net(common::ServiceNet);
 
 impl Net {
     fn start(engine: &str, service: &str) -> Net {
-        let net = LocalNet::start(
+        Net(common::ServiceNet::start(
             Path::new(BRUME),
             3,
-            &["--engine", engine, "--cpu-millis", "150"],
-        )
-        .expect("three daemons start and connect");
-        Net {
-            net,
-            service: service.to_string(),
-        }
+            engine,
+            150,
+            service,
+        ))
     }
 
     fn dir(&self) -> &Path {
-        self.net.dir()
+        self.0.dir()
     }
 
     fn data(&self, i: usize) -> PathBuf {
-        self.net.data(i)
+        self.0.net.data(i)
     }
 
     fn brume(&self, i: usize, args: &[&str]) -> Output {
-        self.net.brume(i, args).expect("brume runs")
+        self.0.brume(i, args)
     }
 
     fn containers(&self) -> Vec<String> {
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter"])
-            .arg(format!("label=brume.service={}", self.service))
-            .output();
-        match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .map(str::to_string)
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        // The daemons stop first (LocalNet's own drop runs after this body), so sweep after a
-        // stop through the initiator; whatever still exists then is removed by force.
-        let _ = self.net.brume(0, &["stop", &self.service]);
-        let left = self.containers();
-        if !left.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&left)
-                .output();
-        }
+        self.0.containers()
     }
 }
 

@@ -13,10 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
-
-use brume::localnet::LocalNet;
 
 mod common;
 
@@ -38,14 +36,15 @@ fn manifest(dir: &Path, service: &str) -> PathBuf {
     m
 }
 
-struct Net {
-    net: LocalNet,
-    service: String,
-}
+struct Net(common::ServiceNet);
 
 impl Net {
     fn brume(&self, i: usize, args: &[&str]) -> Output {
-        self.net.brume(i, args).expect("brume runs")
+        self.0.brume(i, args)
+    }
+
+    fn containers(&self) -> Vec<String> {
+        self.0.containers()
     }
 
     fn json(&self, i: usize, args: &[&str]) -> serde_json::Value {
@@ -81,33 +80,6 @@ impl Net {
             );
         }
         out
-    }
-
-    fn containers(&self) -> Vec<String> {
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter"])
-            .arg(format!("label=brume.service={}", self.service))
-            .output();
-        match out {
-            Ok(o) => text(&o.stdout)
-                .split_whitespace()
-                .map(str::to_string)
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = self.net.brume(0, &["stop", &self.service]);
-        let left = self.containers();
-        if !left.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&left)
-                .output();
-        }
     }
 }
 
@@ -146,16 +118,14 @@ fn state(port: u16) -> u64 {
 
 fn moves_tasks_between_nodes(engine: &str) {
     let service = unique("move");
-    let net = Net {
-        net: LocalNet::start(
-            Path::new(BRUME),
-            4,
-            &["--engine", engine, "--cpu-millis", "150"],
-        )
-        .expect("four daemons start and connect"),
-        service: service.clone(),
-    };
-    let dir = net.net.dir().to_path_buf();
+    let net = Net(common::ServiceNet::start(
+        Path::new(BRUME),
+        4,
+        engine,
+        150,
+        &service,
+    ));
+    let dir = net.0.dir().to_path_buf();
     brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
     let m = manifest(&dir, &service);
     net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);

@@ -164,3 +164,64 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// A few `brume node` daemons on loopback (stopped with SIGTERM when dropped, so they stop
+/// their tasks) and the service a test deploys on them: on drop, the service is stopped through
+/// node 0 and any container of it that is still there is removed by force.
+pub struct ServiceNet {
+    pub net: brume::localnet::LocalNet,
+    pub service: String,
+}
+
+impl ServiceNet {
+    /// `n` daemons of `bin` on `engine`, each offering `cpu_millis`.
+    pub fn start(bin: &Path, n: usize, engine: &str, cpu_millis: u32, service: &str) -> Self {
+        let cpu = cpu_millis.to_string();
+        let net =
+            brume::localnet::LocalNet::start(bin, n, &["--engine", engine, "--cpu-millis", &cpu])
+                .unwrap_or_else(|e| panic!("{n} daemons start and connect: {e:#}"));
+        ServiceNet {
+            net,
+            service: service.to_string(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.net.dir()
+    }
+
+    /// Runs `brume ARGS` against node `i`.
+    pub fn brume(&self, i: usize, args: &[&str]) -> std::process::Output {
+        self.net.brume(i, args).expect("brume runs")
+    }
+
+    /// The ids of the service's Docker containers, running or not.
+    pub fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=brume.service={}", self.service))
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for ServiceNet {
+    fn drop(&mut self) {
+        // The daemons stop after this body (LocalNet's own drop), so stop the service through
+        // node 0 first; whatever still exists then is removed by force.
+        let _ = self.net.brume(0, &["stop", &self.service]);
+        let left = self.containers();
+        if !left.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&left)
+                .output();
+        }
+    }
+}
