@@ -26,4 +26,4 @@ fi
 if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
-"$(dirname "$0")/install-criu.sh"   # CRIU >= 4 from trixie, nftables (live migration)
+"$(dirname "$0")/install-criu.sh"   # CRIU >= 4.2 (sid, libraries from trixie), nftables (live migration)

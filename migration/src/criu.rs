@@ -502,7 +502,7 @@ impl CriuError {
             Some(
                 "criu 4.1.1 and older cannot dump TCP/UDP sockets on Linux >= 6.16 (SO_PASSCRED/SO_PASSSEC \
                  are refused on inet sockets; criu issue #2718); close inet sockets before the \
-                 dump or use a criu built with that fix",
+                 dump, or install criu >= 4.2 (scripts/install-criu.sh does)",
             )
         } else if has("page-pipe: tee") || has("page-pipe: splice") {
             Some(
