@@ -11,8 +11,8 @@
 //! (a tick never covers more than 50 ms), so a migration does not cause a burst after it.
 //!
 //! The process calls `setsid` so CRIU can dump it without its parent's session or terminal, and
-//! serves one connection at a time (each request on a fresh connection, closed by the client),
-//! so between requests it holds no connected socket a dump would have to deal with.
+//! serves one request per connection, one connection at a time, closing each as soon as it has
+//! answered, so between requests it holds no connected socket a dump would have to deal with.
 //!
 //! ```text
 //! dirtier serve <socket> <mib> <seed> <dirty_mib_per_s>
@@ -169,7 +169,9 @@ fn serve(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// Answers every request line of one connection until the client closes it.
+/// Answers the one request of a connection and closes it at once, so the task holds a
+/// connected socket only for the microseconds of an answer (a dump that caught it then would
+/// have to deal with a peer outside the task).
 fn handle(conn: UnixStream, state: &mut State, counter: &mut u64) {
     if conn.set_nonblocking(false).is_err()
         || conn.set_read_timeout(Some(Duration::from_secs(2))).is_err()
@@ -179,26 +181,20 @@ fn handle(conn: UnixStream, state: &mut State, counter: &mut u64) {
     let Ok(read_half) = conn.try_clone() else {
         return;
     };
-    let mut reader = BufReader::new(read_half);
-    let mut w = conn;
     let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let reply = match line.trim() {
-            "TICK" => {
-                *counter += 1;
-                counter.to_string()
-            }
-            "GET" => counter.to_string(),
-            "SUM" => format!("{} {}", state.steps, state.checksum()),
-            "PID" => std::process::id().to_string(),
-            _ => "?".to_string(),
-        };
-        if writeln!(w, "{reply}").is_err() {
-            return;
-        }
+    if BufReader::new(read_half).read_line(&mut line).unwrap_or(0) == 0 {
+        return;
     }
+    let reply = match line.trim() {
+        "TICK" => {
+            *counter += 1;
+            counter.to_string()
+        }
+        "GET" => counter.to_string(),
+        "SUM" => format!("{} {}", state.steps, state.checksum()),
+        "PID" => std::process::id().to_string(),
+        _ => "?".to_string(),
+    };
+    let mut w = conn;
+    let _ = writeln!(w, "{reply}");
 }

@@ -1,11 +1,711 @@
-//! `brume bench migration`: live migration against stop-and-copy over shaped links.
-//! (Being built; see issue 6.)
+//! `brume bench migration`: live migration (iterative pre-copy with CRIU, chunk deltas, adaptive
+//! compression) against stop-and-copy of the same task, in the same run, over shaped links.
+//!
+//! The setup: a 2-host brume-testnet testbed (network namespaces joined by the userspace TUN
+//! router, since this kernel has no netem) with host A's link shaped to the rate under test.
+//! The workload is the `dirtier` (examples/dirtier, compiled here with rustc): M MiB of half-zero
+//! pages (about 2:1 compressible), rewritten at `--dirty-mib-s`. It runs in host A's namespace
+//! and is dumped there (criu runs through `nsenter --net`); the target receives over a TCP
+//! connection from A to B and restores it in host B's namespace. Both are on this machine, so
+//! the restore waits for the dumped PID to be reaped (CRIU restores PIDs).
+//!
+//! Measured per move: downtime as a client sees it (a poller asks the task for its counter every
+//! 1 ms over its Unix socket; downtime is the gap from the last answer before the final dump to
+//! the first answer after it), broken into the final dump (with CRIU's frozen time), the
+//! transfer (hash, compress, send, the target's in-place rebuild) and the restore; total time;
+//! the longest pause the task took during pre-copy (a `--leave-running` dump freezes it too);
+//! pre-copy rounds and wire bytes. Strategies: live with adaptive compression, stop-and-copy
+//! (freeze, full dump, copy every image byte uncompressed, restore) and live with fixed levels,
+//! whose best total (chosen in hindsight) is the yardstick for the adaptive choice. After every
+//! move the counter must have gone up by exactly one between consecutive answers and the memory
+//! must be exactly what the seed and the task's step count make; otherwise the bench fails.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener as StdListener, TcpStream as StdStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use brume_migration::compress::Level;
+use brume_migration::criu::Criu;
+use brume_migration::live::{
+    migrate_in, migrate_out, Compression, Mode, RoundStats, SourceOptions, TargetOptions,
+};
+use brume_migration::planner::PlannerConfig;
+use brume_testnet::{Shaping, Testbed};
 use clap::Args;
 
-#[derive(Args, Debug, Clone)]
-pub struct MigrationArgs {}
+use super::median;
 
-pub fn run(_args: &MigrationArgs) -> anyhow::Result<()> {
-    anyhow::bail!("brume bench migration is not built yet")
+/// The workload's source (std only), compiled at run time so the bench needs no extra build step.
+const DIRTIER_SRC: &str = include_str!("../../../examples/dirtier/src/main.rs");
+const MIB: f64 = 1048576.0;
+
+/// Options of `brume bench migration`.
+#[derive(Args, Debug, Clone)]
+pub struct MigrationArgs {
+    /// Link rates to measure, Mbit/s (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [100u64, 1000])]
+    pub mbit: Vec<u64>,
+    /// Task sizes, MiB (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [32usize, 64, 128, 256, 512])]
+    pub sizes: Vec<usize>,
+    /// How fast the task rewrites its memory, MiB/s (random pages).
+    #[arg(long, default_value_t = 8.0)]
+    pub dirty_mib_s: f64,
+    /// Repetitions; every figure is the median over them.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Round-trip time between the two hosts, ms.
+    #[arg(long, default_value_t = 2.0)]
+    pub rtt_ms: f64,
+    /// Skip the fixed-level live migrations (then there is no adaptive_vs_best_static).
+    #[arg(long)]
+    pub no_static: bool,
+    /// A smoke run: 32 MiB, 100 Mbit/s, one run.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where images are dumped and staged (tmpfs).
+    #[arg(long, default_value = "/dev/shm")]
+    pub work_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Strategy {
+    Live(Compression),
+    StopAndCopy,
+}
+
+impl Strategy {
+    fn name(&self) -> String {
+        match self {
+            Strategy::Live(Compression::Adaptive) => "live adaptive".into(),
+            Strategy::Live(Compression::Fixed(l)) => format!("live {}", level_name(*l)),
+            Strategy::StopAndCopy => "stop-and-copy".into(),
+        }
+    }
+}
+
+fn level_name(l: Level) -> &'static str {
+    match l {
+        Level::None => "none",
+        Level::Zstd1 => "zstd1",
+        Level::Zstd3 => "zstd3",
+        Level::Zstd9 => "zstd9",
+    }
+}
+
+/// One move, in ms and MiB.
+#[derive(Clone, Debug, Default)]
+struct Move {
+    downtime: f64,
+    dump: f64,
+    frozen: f64,
+    transfer: f64,
+    rebuild: f64,
+    restore: f64,
+    total: f64,
+    precopy_pause: f64,
+    rounds: f64,
+    wire_mib: f64,
+    level: String,
+}
+
+/// Medians over runs of one (rate, size, strategy).
+#[derive(Clone, Debug)]
+struct Row {
+    mbit: u64,
+    mib: usize,
+    strategy: Strategy,
+    m: Move,
+}
+
+/// Runs the bench and prints the table and the BENCH line.
+pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
+    let mut args = args.clone();
+    if args.quick {
+        args.sizes = vec![32];
+        args.mbit = vec![100];
+        args.runs = 1;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("brume bench migration needs root (network namespaces and criu)");
+    }
+    let criu_version = Criu::new()
+        .version()
+        .context("criu is needed: run scripts/install-criu.sh")?;
+    let work = args
+        .work_dir
+        .join(format!("brume-bench-migration-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+    let _cleanup = RemoveOnDrop(work.clone());
+    let dirtier = build_dirtier(&work)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut strategies = vec![Strategy::Live(Compression::Adaptive), Strategy::StopAndCopy];
+    if !args.no_static {
+        for l in [Level::None, Level::Zstd1, Level::Zstd3] {
+            strategies.push(Strategy::Live(Compression::Fixed(l)));
+        }
+    }
+    println!(
+        "brume bench migration: criu {criu_version}, sizes {:?} MiB, dirtied at {} MiB/s, rtt {} ms, medians of {} run(s)",
+        args.sizes, args.dirty_mib_s, args.rtt_ms, args.runs
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut goodputs = Vec::new();
+    for &mbit in &args.mbit {
+        let rtt = args.rtt_ms;
+        let bed = Testbed::builder(2, |i, j| if i == j { 0.0 } else { rtt })
+            .bandwidth(0, Shaping::mbit(mbit))
+            .build()
+            .context("build the 2-host testbed (needs root, ip, /dev/net/tun)")?;
+        let goodput = measure_goodput(&bed, mbit)?;
+        println!(
+            "\nlink shaped at {mbit} Mbit/s: raw TCP goodput A->B measured {goodput:.0} Mbit/s"
+        );
+        goodputs.push((mbit, goodput));
+        let criu_a = nsenter_criu(&work, &bed, 0)?;
+        let criu_b = nsenter_criu(&work, &bed, 1)?;
+        for &mib in &args.sizes {
+            for &strategy in &strategies {
+                let mut moves = Vec::new();
+                for run in 0..args.runs {
+                    let seed = 0x5eed_0000 + (mib as u64) * 100 + run as u64;
+                    let ctx = MoveCtx {
+                        bed: &bed,
+                        rt: &rt,
+                        dirtier: &dirtier,
+                        work: &work,
+                        criu_a: &criu_a,
+                        criu_b: &criu_b,
+                        mbit,
+                        dirty_mib_s: args.dirty_mib_s,
+                    };
+                    let m = one_move(&ctx, mib, seed, strategy).with_context(|| {
+                        format!(
+                            "{} of {mib} MiB at {mbit} Mbit/s, run {run}",
+                            strategy.name()
+                        )
+                    })?;
+                    eprintln!(
+                        "  {mbit} Mbit/s {mib} MiB {} run {run}: downtime {:.0} ms (dump {:.0}, frozen {:.0}, transfer {:.0}, rebuild {:.0}, restore {:.0}), total {:.0} ms, {} rounds, {:.1} MiB on the wire, precopy pause {:.0} ms, level {}",
+                        strategy.name(), m.downtime, m.dump, m.frozen, m.transfer, m.rebuild, m.restore, m.total, m.rounds, m.wire_mib, m.precopy_pause, m.level
+                    );
+                    moves.push(m);
+                }
+                rows.push(Row {
+                    mbit,
+                    mib,
+                    strategy,
+                    m: medians(&moves),
+                });
+            }
+        }
+        print_table(&rows, mbit, goodput);
+        drop(bed);
+    }
+    let headline = args
+        .mbit
+        .iter()
+        .copied()
+        .find(|&m| m == 100)
+        .or(args.mbit.first().copied());
+    let Some(h) = headline else {
+        bail!("no link rate given");
+    };
+    let find = |mib: usize, s: Strategy| {
+        rows.iter()
+            .find(|r| r.mbit == h && r.mib == mib && r.strategy == s)
+            .map(|r| r.m.clone())
+    };
+    let live = Strategy::Live(Compression::Adaptive);
+    let dt = |mib| find(mib, live).map(|m| m.downtime).unwrap_or(f64::NAN);
+    let sc = find(512, Strategy::StopAndCopy)
+        .map(|m| m.downtime)
+        .unwrap_or(f64::NAN);
+    println!(
+        "\nBENCH migration downtime_ms_128={:.0} downtime_ms_512={:.0} stopcopy_ms_512={:.0} adaptive_vs_best_static={:.3}",
+        dt(128),
+        dt(512),
+        sc,
+        adaptive_vs_best_static(&rows, h)
+    );
+    Ok(())
+}
+
+/// Adaptive total over the best fixed level's total, both summed over every size at `mbit`.
+fn adaptive_vs_best_static(rows: &[Row], mbit: u64) -> f64 {
+    let total = |s: Strategy| -> f64 {
+        rows.iter()
+            .filter(|r| r.mbit == mbit && r.strategy == s)
+            .map(|r| r.m.total)
+            .sum()
+    };
+    let adaptive = total(Strategy::Live(Compression::Adaptive));
+    let best = [Level::None, Level::Zstd1, Level::Zstd3]
+        .into_iter()
+        .map(|l| total(Strategy::Live(Compression::Fixed(l))))
+        .filter(|t| *t > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    if best.is_finite() {
+        adaptive / best
+    } else {
+        f64::NAN
+    }
+}
+
+fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
+    println!(
+        "\n{mbit} Mbit/s (measured {goodput:.0} Mbit/s). Times in ms; downtime as the polling client saw it = dump + transfer + restore (+ a poll interval)"
+    );
+    println!(
+        "{:>5} {:<15} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>6}",
+        "MiB",
+        "strategy",
+        "downtime",
+        "dump",
+        "frozen",
+        "transfer",
+        "rebuild",
+        "restore",
+        "total",
+        "pre-pause",
+        "rounds",
+        "wire MiB",
+        "level"
+    );
+    for r in rows.iter().filter(|r| r.mbit == mbit) {
+        let m = &r.m;
+        println!(
+            "{:>5} {:<15} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>9.0} {:>7.1} {:>9.1} {:>6}",
+            r.mib,
+            r.strategy.name(),
+            m.downtime,
+            m.dump,
+            m.frozen,
+            m.transfer,
+            m.rebuild,
+            m.restore,
+            m.total,
+            m.precopy_pause,
+            m.rounds,
+            m.wire_mib,
+            m.level
+        );
+    }
+    let live = Strategy::Live(Compression::Adaptive);
+    for mib in rows
+        .iter()
+        .filter(|r| r.mbit == mbit && r.strategy == live)
+        .map(|r| r.mib)
+    {
+        let get = |s: Strategy| {
+            rows.iter()
+                .find(|r| r.mbit == mbit && r.mib == mib && r.strategy == s)
+                .map(|r| r.m.clone())
+        };
+        let (Some(l), Some(s)) = (get(live), get(Strategy::StopAndCopy)) else {
+            continue;
+        };
+        let best = [Level::None, Level::Zstd1, Level::Zstd3]
+            .into_iter()
+            .filter_map(|lv| get(Strategy::Live(Compression::Fixed(lv))).map(|m| (lv, m.total)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let best_text = match best {
+            Some((lv, t)) => format!(
+                ", best fixed level {} {:.0} ms (adaptive/best {:.3})",
+                level_name(lv),
+                t,
+                l.total / t
+            ),
+            None => String::new(),
+        };
+        println!(
+            "{mib:>5} MiB: stop-and-copy downtime / live downtime = {:.1}x{best_text}",
+            s.downtime / l.downtime
+        );
+    }
+    println!(
+        "adaptive_vs_best_static at {mbit} Mbit/s (sums over sizes): {:.3}",
+        adaptive_vs_best_static(rows, mbit)
+    );
+}
+
+fn medians(moves: &[Move]) -> Move {
+    let med = |f: fn(&Move) -> f64| median(&mut moves.iter().map(f).collect::<Vec<_>>());
+    Move {
+        downtime: med(|m| m.downtime),
+        dump: med(|m| m.dump),
+        frozen: med(|m| m.frozen),
+        transfer: med(|m| m.transfer),
+        rebuild: med(|m| m.rebuild),
+        restore: med(|m| m.restore),
+        total: med(|m| m.total),
+        precopy_pause: med(|m| m.precopy_pause),
+        rounds: med(|m| m.rounds),
+        wire_mib: med(|m| m.wire_mib),
+        level: moves.last().map(|m| m.level.clone()).unwrap_or_default(),
+    }
+}
+
+struct MoveCtx<'a> {
+    bed: &'a Testbed,
+    rt: &'a tokio::runtime::Runtime,
+    dirtier: &'a Path,
+    work: &'a Path,
+    criu_a: &'a Path,
+    criu_b: &'a Path,
+    mbit: u64,
+    dirty_mib_s: f64,
+}
+
+/// Starts a fresh task in host A, moves it to host B with `strategy`, verifies it, kills it.
+fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> anyhow::Result<Move> {
+    let dir = ctx
+        .work
+        .join(format!("move-{seed:x}-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let socket = dir.join("w.sock");
+    let task = Task::start(ctx, &socket, mib, seed)?;
+    // Let it dirty for a while before the move starts.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = task.verify(ctx.dirtier)?;
+    let poller = Poller::start(&socket, ctx.bed.netns(0));
+    std::thread::sleep(Duration::from_millis(100));
+
+    let listener = ctx
+        .bed
+        .run_in(1, || StdListener::bind((ctx.bed.addr(1), 0)))??;
+    let addr = listener.local_addr()?;
+    let stream = ctx.bed.run_in(0, || StdStream::connect(addr))??;
+    stream.set_nodelay(true)?;
+    let bytes_per_sec = ctx.mbit as f64 * 1e6 / 8.0;
+    let mut src = SourceOptions::new(dir.join("source"));
+    src.criu = Criu::with_binary(ctx.criu_a);
+    src.bandwidth = Some(bytes_per_sec);
+    src.planner = PlannerConfig {
+        max_downtime: Duration::from_secs(120),
+        ..PlannerConfig::default()
+    };
+    match strategy {
+        Strategy::Live(c) => src.compression = c,
+        Strategy::StopAndCopy => {
+            src.mode = Mode::StopAndCopy;
+            src.compression = Compression::Fixed(Level::None);
+        }
+    }
+    let mut dst = TargetOptions::new(dir.join("staging"));
+    dst.criu = Criu::with_binary(ctx.criu_b);
+    let pid = task.pid;
+    let mut rounds: Vec<RoundStats> = Vec::new();
+    let (out, received, done_at) = ctx.rt.block_on(async {
+        listener.set_nonblocking(true)?;
+        stream.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let stream = tokio::net::TcpStream::from_std(stream)?;
+        let target = tokio::spawn(async move {
+            let (s, _) = listener.accept().await?;
+            s.set_nodelay(true)?;
+            Ok::<_, anyhow::Error>(migrate_in(s, dst).await)
+        });
+        let out = migrate_out(stream, pid, src, |r| rounds.push(r.clone())).await;
+        let done_at = Instant::now();
+        let received = target.await?;
+        Ok::<_, anyhow::Error>((out, received, done_at))
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let log = poller.finish();
+    let migrated = out.context("the migration failed")?;
+    let received = received?.context("the target failed")?;
+    if received.pid != pid {
+        bail!("restored as pid {} instead of {pid}", received.pid);
+    }
+    // The counter went up by exactly one between consecutive answers, across the move too.
+    for w in log.windows(2) {
+        if w[1].1 != w[0].1 + 1 {
+            bail!(
+                "the counter went from {} to {} across the move: the task's state did not continue",
+                w[0].1,
+                w[1].1
+            );
+        }
+    }
+    let after = task.verify(ctx.dirtier)?;
+    if after <= before {
+        bail!("the task stopped dirtying ({before} steps, then {after})");
+    }
+    let last = migrated.rounds.last().cloned().context("no final round")?;
+    // The switch: the gap in the answers around the end of the final dump.
+    let dump_end = done_at - last.round_time + last.dump;
+    let switch = log
+        .windows(2)
+        .position(|w| w[0].0 <= dump_end && dump_end <= w[1].0)
+        .context("the poller saw no answer on one side of the final dump")?;
+    let downtime = log[switch + 1].0 - log[switch].0;
+    let precopy_pause = log
+        .windows(2)
+        .enumerate()
+        .filter(|(i, _)| *i != switch)
+        .map(|(_, w)| w[1].0 - w[0].0)
+        .max()
+        .unwrap_or_default();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let rebuild = ms(migrated.rebuild);
+    let restore = ms(migrated.restore);
+    let level = match strategy {
+        Strategy::Live(Compression::Adaptive) => rounds
+            .iter()
+            .map(|r| level_name(r.main_level()))
+            .collect::<Vec<_>>()
+            .join(","),
+        Strategy::Live(Compression::Fixed(l)) => level_name(l).into(),
+        Strategy::StopAndCopy => "none".into(),
+    };
+    Ok(Move {
+        downtime: ms(downtime),
+        dump: ms(last.dump),
+        frozen: last.frozen.map(ms).unwrap_or(f64::NAN),
+        transfer: ms(last.transfer) - rebuild - restore,
+        rebuild,
+        restore,
+        total: ms(migrated.total),
+        precopy_pause: ms(precopy_pause),
+        rounds: (migrated.rounds.len() - 1) as f64,
+        wire_mib: migrated.wire_bytes as f64 / MIB,
+        level,
+    })
+}
+
+/// A dirtier started in host A; killed (wherever it runs now) on drop.
+struct Task {
+    pid: u32,
+    socket: PathBuf,
+    mib: usize,
+    seed: u64,
+    reaper: Option<JoinHandle<()>>,
+}
+
+impl Task {
+    fn start(ctx: &MoveCtx<'_>, socket: &Path, mib: usize, seed: u64) -> anyhow::Result<Task> {
+        let mut child = ctx.bed.run_in(0, || {
+            Command::new(ctx.dirtier)
+                .arg("serve")
+                .arg(socket)
+                .arg(mib.to_string())
+                .arg(seed.to_string())
+                .arg(ctx.dirty_mib_s.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        })??;
+        let pid = child.id();
+        // Reaped as soon as CRIU's final dump kills it, so its PID is free for the restore.
+        let reaper = std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        let task = Task {
+            pid,
+            socket: socket.to_path_buf(),
+            mib,
+            seed,
+            reaper: Some(reaper),
+        };
+        let started = Instant::now();
+        while UnixStream::connect(socket).is_err() {
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("the dirtier did not come up on {}", socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(task)
+    }
+
+    /// Checks that the memory is what the seed and the task's step count make; returns steps.
+    fn verify(&self, dirtier: &Path) -> anyhow::Result<u64> {
+        let line = ask(&self.socket, "SUM")?;
+        let mut it = line.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(steps)), Some(Ok(sum))) = (it.next(), it.next()) else {
+            bail!("the task answered {line:?} to SUM");
+        };
+        let out = Command::new(dirtier)
+            .args(["expect", &self.mib.to_string(), &self.seed.to_string()])
+            .arg(steps.to_string())
+            .output()?;
+        let expected: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("dirtier expect")?;
+        if expected != sum {
+            bail!("after {steps} steps the task's checksum is {sum}, but the seed and steps make {expected}: its memory did not survive");
+        }
+        Ok(steps)
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory effects.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+        }
+        if let Some(r) = self.reaper.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+fn ask(socket: &Path, command: &str) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    writeln!(s, "{command}")?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+/// Asks `TICK` every millisecond from a thread, recording (time of the answer, counter).
+/// One request per connection, as the dirtier serves them.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<(Instant, u64)>>>,
+}
+
+impl Poller {
+    /// Polls from inside network namespace `netns` (the source host's), so the sockets a dump
+    /// may find half-connected to the task belong to the namespace CRIU looks at.
+    fn start(socket: &Path, netns: &str) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let socket = socket.to_path_buf();
+        let netns = netns.to_string();
+        let thread = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            if brume_testnet::netns::enter(&netns).is_err() {
+                return log;
+            }
+            while !flag.load(Ordering::Relaxed) {
+                let answer = (|| -> std::io::Result<u64> {
+                    let mut s = UnixStream::connect(&socket)?;
+                    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+                    s.write_all(b"TICK\n")?;
+                    let mut line = String::new();
+                    BufReader::new(&s).read_line(&mut line)?;
+                    line.trim()
+                        .parse()
+                        .map_err(|_| std::io::Error::other("not a number"))
+                })();
+                if let Ok(v) = answer {
+                    log.push((Instant::now(), v));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            log
+        });
+        Poller {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<(Instant, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A `criu` that runs in host `i`'s network namespace (same mount namespace, so images and
+/// Unix socket paths are shared): the task is dumped in A and restored in B.
+fn nsenter_criu(work: &Path, bed: &Testbed, i: usize) -> anyhow::Result<PathBuf> {
+    let path = work.join(format!("criu-host{i}.sh"));
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nexec nsenter --net={}/{} criu \"$@\"\n",
+            brume_testnet::netns::NETNS_DIR,
+            bed.netns(i)
+        ),
+    )?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+/// The dirtier, compiled with `rustc -O` into the bench's work directory.
+fn build_dirtier(work: &Path) -> anyhow::Result<PathBuf> {
+    let src = work.join("dirtier.rs");
+    let bin = work.join("dirtier");
+    std::fs::write(&src, DIRTIER_SRC)?;
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let out = Command::new(&rustc)
+        .args(["--edition", "2021", "-O", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .with_context(|| format!("run {rustc} to build the dirtier workload"))?;
+    if !out.status.success() {
+        bail!(
+            "rustc could not build the dirtier: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(bin)
+}
+
+/// Raw TCP goodput from host A to host B through the shaped link, Mbit/s (1.5 s worth of bytes).
+fn measure_goodput(bed: &Testbed, mbit: u64) -> anyhow::Result<f64> {
+    let bytes = (mbit as usize * 1_000_000 / 8 * 3 / 2).max(1 << 20);
+    let listener = bed.run_in(1, || StdListener::bind((bed.addr(1), 0)))??;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<(usize, Instant)> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0;
+        loop {
+            let k = s.read(&mut buf)?;
+            if k == 0 {
+                return Ok((n, Instant::now()));
+            }
+            n += k;
+        }
+    });
+    let mut s = bed.run_in(0, || StdStream::connect(addr))??;
+    let started = Instant::now();
+    let chunk = vec![0x5au8; 1 << 16];
+    let mut sent = 0;
+    while sent < bytes {
+        s.write_all(&chunk)?;
+        sent += chunk.len();
+    }
+    drop(s);
+    let (got, ended) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the goodput reader panicked"))??;
+    Ok(got as f64 * 8.0 / 1e6 / (ended - started).as_secs_f64())
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
