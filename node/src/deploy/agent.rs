@@ -28,7 +28,7 @@ use super::wire::{
 };
 use crate::artifact::{self, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions};
 use crate::engine::{
-    free_task_port, AnyEngine, Engine, EngineError, ImageInput, ImageKind, LaunchSpec,
+    free_task_port, AnyEngine, Engine, EngineError, ImageInput, ImageKind, ImageRef, LaunchSpec,
     RestartPolicy, TaskState,
 };
 use crate::frames::{read_frame, write_frame};
@@ -191,6 +191,7 @@ impl Agent {
     ) -> AgentReply {
         match request {
             AgentRequest::Deploy(spec) => self.deploy(from, spec, phases).await,
+            AgentRequest::Prepare(spec) => self.prepare(from, spec, phases).await,
             AgentRequest::Stop { service, epoch } => AgentReply::Stopped {
                 instances: self.stop(&service, epoch).await,
             },
@@ -290,23 +291,9 @@ impl Agent {
             ));
         }
 
-        let image = match &spec.payload {
-            Payload::Artifact(m) => match self.fetch(initiator, m, &phases).await {
-                Ok(input) => input,
-                Err(reason) => return refuse(reason),
-            },
-            Payload::Command(_) => {
-                return refuse(
-                    "tasks given as a command are not deployed over the overlay yet: give the \
-                     task a build context (build = \"dir\") or an image tarball"
-                        .into(),
-                )
-            }
-        };
-        let _ = phases.send(Phase::Building).await;
-        let image_ref = match self.engine.prepare(&image).await {
+        let image_ref = match self.image(initiator, &spec, &phases).await {
             Ok(r) => r,
-            Err(e) => return refuse(format!("cannot prepare the image: {e}")),
+            Err(reason) => return refuse(reason),
         };
 
         let (forwarders, call_vars) = match self.forwarders(&spec).await {
@@ -381,6 +368,48 @@ impl Agent {
         AgentReply::Started {
             instance: view,
             reused: false,
+        }
+    }
+
+    /// The instance's image, ready to run here: its artifact's missing chunks fetched from
+    /// `from`, then built or loaded (both skipped when already done).
+    async fn image(
+        &self,
+        from: PeerId,
+        spec: &InstanceSpec,
+        phases: &mpsc::Sender<Phase>,
+    ) -> Result<ImageRef, String> {
+        let image = match &spec.payload {
+            Payload::Artifact(m) => self.fetch(from, m, phases).await?,
+            Payload::Command(_) => {
+                return Err(
+                    "tasks given as a command are not deployed over the overlay yet: give the \
+                     task a build context (build = \"dir\") or an image tarball"
+                        .into(),
+                )
+            }
+        };
+        let _ = phases.send(Phase::Building).await;
+        self.engine
+            .prepare(&image)
+            .await
+            .map_err(|e| format!("cannot prepare the image: {e}"))
+    }
+
+    /// Gets an instance's image ready here without starting anything, so that a move's
+    /// start (while callers wait) costs only the start.
+    pub async fn prepare(
+        &self,
+        from: PeerId,
+        spec: InstanceSpec,
+        phases: mpsc::Sender<Phase>,
+    ) -> AgentReply {
+        if let Err(reason) = spec.check() {
+            return AgentReply::Refused { reason };
+        }
+        match self.image(from, &spec, &phases).await {
+            Ok(_) => AgentReply::Prepared,
+            Err(reason) => AgentReply::Refused { reason },
         }
     }
 

@@ -85,6 +85,9 @@ impl CheckpointMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentRequest {
     Deploy(InstanceSpec),
+    /// Fetches and builds an instance's image without starting it (a move does this before
+    /// it holds the instance's callers).
+    Prepare(InstanceSpec),
     /// Stops and removes a service's instances here (of one epoch, or all).
     Stop {
         service: String,
@@ -191,11 +194,14 @@ pub enum AgentReply {
         mode: String,
         /// Bytes of state carried.
         state_bytes: u64,
-        /// From asking for the checkpoint to the old instance stopped, in milliseconds.
-        switch_ms: u64,
+        /// How long calls to the instance were held (checkpoint, start on the target,
+        /// switch), in milliseconds: the pause callers saw.
+        held_ms: u64,
         /// Hosts told about the move.
         told: usize,
     },
+    /// The image of a `Prepare` is ready here.
+    Prepared,
     /// How many routes a `Moved` changed here.
     Rerouted {
         routes: usize,

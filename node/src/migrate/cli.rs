@@ -104,7 +104,7 @@ async fn call(target: &Target, request: Request) -> anyhow::Result<serde_json::V
 
 fn moved_line(m: &Moved) -> String {
     format!(
-        "{}/{}#{} now runs on {} at {} ({}, {} bytes of state, switched in {} ms, move took {} ms, {} node(s) rerouted)",
+        "{}/{}#{} now runs on {} at {} ({}, {} bytes of state, callers held {} ms, move took {} ms, {} node(s) rerouted)",
         m.service,
         m.task,
         m.replica,
@@ -112,7 +112,7 @@ fn moved_line(m: &Moved) -> String {
         m.address,
         m.mode,
         m.state_bytes,
-        m.switch_ms,
+        m.held_ms,
         m.elapsed_ms,
         m.told
     )

@@ -30,8 +30,8 @@ pub struct Moved {
     /// `app` (the task's own checkpoint went along) or `cold`.
     pub mode: String,
     pub state_bytes: u64,
-    /// From the checkpoint to the old instance stopped.
-    pub switch_ms: u64,
+    /// How long calls to the instance were held: the pause its callers saw.
+    pub held_ms: u64,
     /// The whole move, from the request.
     pub elapsed_ms: u64,
     /// Nodes that acknowledged the new route.
@@ -130,7 +130,7 @@ pub async fn migrate(
             instance,
             mode,
             state_bytes,
-            switch_ms,
+            held_ms,
             told,
         } => Ok(Moved {
             service,
@@ -140,7 +140,7 @@ pub async fn migrate(
             peer: to,
             mode,
             state_bytes,
-            switch_ms,
+            held_ms,
             elapsed_ms: started.elapsed().as_millis() as u64,
             told,
             address: format!("127.0.0.1:{}", instance.port),

@@ -58,28 +58,9 @@ impl Agent {
             })
             .await;
 
-        let started = Instant::now();
         let mut moved = spec.clone();
         moved.calls = self.current_calls(&spec);
         moved.env.remove(RESTORE_ENV);
-        let mut state_bytes = 0;
-        if carry_state {
-            match checkpoint::capture(port, CHECKPOINT_TIMEOUT).await {
-                Ok(state) => {
-                    state_bytes = state.len() as u64;
-                    moved.env.insert(RESTORE_ENV.to_string(), state);
-                }
-                Err(e) => {
-                    return refuse(format!(
-                        "{what} gave no checkpoint ({e}); it still runs here"
-                    ))
-                }
-            }
-        }
-        let _ = phases
-            .send(Phase::Checkpointed { bytes: state_bytes })
-            .await;
-
         let addrs: Vec<Multiaddr> = dest.addrs.iter().filter_map(|a| a.parse().ok()).collect();
         let forward = |p: Phase| {
             let phases = phases.clone();
@@ -87,42 +68,72 @@ impl Agent {
                 let _ = phases.send(p).await;
             }
         };
+        let untouched = |what_failed: String| AgentReply::Refused {
+            reason: format!("{what_failed}; {what} still runs here"),
+        };
+
+        // The image first, while callers still reach the old instance: the hold below then
+        // lasts only the checkpoint and the start.
+        match ask(
+            &self.overlay,
+            self,
+            dest.peer,
+            &addrs,
+            &AgentRequest::Prepare(moved.clone()),
+            &forward,
+        )
+        .await
+        {
+            Ok(AgentReply::Prepared) => {}
+            Ok(AgentReply::Refused { reason }) => {
+                return untouched(format!("{} refused {what}: {reason}", dest.host))
+            }
+            Ok(other) => return untouched(format!("{} answered {other:?}", dest.host)),
+            Err(e) => return untouched(format!("cannot reach {}: {e:#}", dest.host)),
+        }
+
+        // Hold the instance's callers: live calls through this node are cut, new ones wait,
+        // so nothing reaches the old instance after its checkpoint.
+        let endpoint = Endpoint::new(service, task, *replica);
+        let hold = self.routes.hold(&endpoint);
+        let held = Instant::now();
+        let mut state_bytes = 0;
+        if carry_state {
+            match checkpoint::capture(port, CHECKPOINT_TIMEOUT).await {
+                Ok(state) => {
+                    state_bytes = state.len() as u64;
+                    moved.env.insert(RESTORE_ENV.to_string(), state);
+                }
+                Err(e) => return untouched(format!("{what} gave no checkpoint ({e})")),
+            }
+        }
+        let _ = phases
+            .send(Phase::Checkpointed { bytes: state_bytes })
+            .await;
         let instance = match ask(
             &self.overlay,
             self,
             dest.peer,
             &addrs,
             &AgentRequest::Deploy(moved),
-            forward,
+            &forward,
         )
         .await
         {
             Ok(AgentReply::Started { instance, .. }) => instance,
             Ok(AgentReply::Refused { reason }) => {
-                return refuse(format!(
-                    "{} refused {what}: {reason}; it still runs here",
-                    dest.host
-                ))
+                return untouched(format!("{} refused {what}: {reason}", dest.host))
             }
-            Ok(other) => {
-                return refuse(format!(
-                    "{} answered {other:?} to the move of {what}; it still runs here",
-                    dest.host
-                ))
-            }
-            Err(e) => {
-                return refuse(format!(
-                    "cannot start {what} on {}: {e:#}; it still runs here",
-                    dest.host
-                ))
-            }
+            Ok(other) => return untouched(format!("{} answered {other:?}", dest.host)),
+            Err(e) => return untouched(format!("cannot start {what} on {}: {e:#}", dest.host)),
         };
 
-        // The new instance runs: calls from here go there at once, the other nodes follow, and
-        // only then does the old instance stop.
+        // The new instance runs: calls from here go there (held ones first; streams from other
+        // nodes are redirected until they are told), then the old instance stops.
         let _ = phases.send(Phase::Switching).await;
-        let endpoint = Endpoint::new(service, task, *replica);
         self.routes.set(endpoint, Route::Remote { peer: dest.peer });
+        drop(hold);
+        let held_ms = held.elapsed().as_millis() as u64;
         let told = self
             .tell_moved(&spec, dest.peer, &dest.host, &dest.addrs)
             .await;
@@ -136,8 +147,7 @@ impl Agent {
             }
         }
         self.readvertise().await;
-        let switch_ms = started.elapsed().as_millis() as u64;
-        info!(%what, to = %dest.host, state_bytes, switch_ms, told, "instance moved");
+        info!(%what, to = %dest.host, state_bytes, held_ms, told, "instance moved");
         AgentReply::Migrated {
             to: dest.peer.to_string(),
             host: dest.host,
@@ -148,7 +158,7 @@ impl Agent {
                 "cold".to_string()
             },
             state_bytes,
-            switch_ms,
+            held_ms,
             told,
         }
     }

@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use super::routes::{Route, Routes};
 use super::wire::{Endpoint, Hello, Reply, TunnelError, HELLO_LIMIT};
-use super::{connect_local, splice, HANDSHAKE_TIMEOUT, TUNNEL_PROTOCOL};
+use super::{connect_local, splice, HANDSHAKE_TIMEOUT, MAX_HOLD, MAX_REDIRECTS, TUNNEL_PROTOCOL};
 use crate::frames::{read_frame, write_frame, FrameError};
 
 /// Opens raw `/brume/tunnel/1` streams to peers: the overlay in the daemon, a fake in unit tests.
@@ -96,6 +96,15 @@ async fn handshake<O: StreamOpener>(
     match read_frame::<_, Reply>(&mut stream, HELLO_LIMIT).await? {
         Reply::Ok => Ok(stream),
         Reply::Refused { reason } => Err(TunnelError::Refused(reason)),
+        Reply::Moved { peer: to } => match to.parse::<PeerId>() {
+            Ok(to) if to != peer => Err(TunnelError::Moved {
+                endpoint: hello.endpoint.clone(),
+                peer: to,
+            }),
+            _ => Err(TunnelError::Refused(format!(
+                "{peer} redirected the call to {to:?}, which is not another peer"
+            ))),
+        },
     }
 }
 
@@ -204,6 +213,30 @@ async fn accept_loop<O: StreamOpener>(
     }
 }
 
+/// Opens the tunnel to `peer`; when it answers that the task moved, records the new host in
+/// `routes` (unless the route changed meanwhile) and opens the tunnel there instead.
+async fn open_following_moves<O: StreamOpener>(
+    opener: &O,
+    routes: &Routes,
+    mut peer: PeerId,
+    endpoint: &Endpoint,
+) -> Result<O::Stream, TunnelError> {
+    let mut redirects = 0;
+    loop {
+        match open_tunnel(opener, peer, endpoint).await {
+            Err(TunnelError::Moved { peer: to, .. }) if redirects < MAX_REDIRECTS => {
+                debug!(%endpoint, from = %peer, %to, "the task moved; following it");
+                if routes.get(endpoint) == Some(Route::Remote { peer }) {
+                    routes.set(endpoint.clone(), Route::Remote { peer: to });
+                }
+                peer = to;
+                redirects += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Carries one accepted connection to the endpoint's current host.
 async fn carry<O: StreamOpener>(
     mut tcp: TcpStream,
@@ -212,16 +245,25 @@ async fn carry<O: StreamOpener>(
     opener: &O,
 ) -> Result<(), TunnelError> {
     let _ = tcp.set_nodelay(true);
+    // A move may hold the endpoint here: wait for it, then go where the route says.
     let route = routes
-        .get(endpoint)
+        .resolve(endpoint, MAX_HOLD)
+        .await
         .ok_or_else(|| TunnelError::NoRoute(endpoint.clone()))?;
     let moved = match route {
         Route::Local { port } => {
+            let cut = routes.cut_signal(endpoint);
             let mut task = connect_local(port).await?;
-            splice(&mut tcp, &mut task).await
+            tokio::select! {
+                moved = splice(&mut tcp, &mut task) => moved,
+                () = cut.cut() => {
+                    debug!(%endpoint, "call cut: the task is moving");
+                    return Ok(());
+                }
+            }
         }
         Route::Remote { peer } => {
-            let stream = open_tunnel(opener, peer, endpoint).await?;
+            let stream = open_following_moves(opener, routes, peer, endpoint).await?;
             splice(&mut tcp, &mut stream.compat()).await
         }
     };

@@ -20,7 +20,12 @@
 //!   connections opened before the move keep their old far end and break when the old instance
 //!   goes away (the caller reconnects, as it would after any TCP error).
 //! * [`serve`] is the callee's end: it answers `/brume/tunnel/1` streams for the tasks whose route
-//!   on this node is [`Route::Local`], and refuses the others with a reason.
+//!   on this node is [`Route::Local`], redirects those that moved away ([`Reply::Moved`]: the
+//!   caller's node updates its route and opens the tunnel to the new host), and refuses the
+//!   others with a reason.
+//! * While a task moves, its endpoint is held ([`Routes::hold`]): connections to the old instance
+//!   are cut and new ones wait (up to [`MAX_HOLD`]) until the new instance runs, so no request
+//!   reaches the old one after its checkpoint and callers see a pause rather than an error.
 //! * A new remote call costs two overlay round trips before its first byte moves: opening the
 //!   stream (libp2p's protocol negotiation) and the hello/reply. The reply is awaited on purpose:
 //!   until it arrives nothing of the caller's has been sent, so a stream lost on the way (see
@@ -41,7 +46,7 @@ mod wire;
 
 pub use env::{call_env, call_env_name};
 pub use forward::{open_tunnel, Forwarder, StreamOpener, OPEN_ATTEMPTS};
-pub use routes::{Route, Routes};
+pub use routes::{CutSignal, Hold, Route, Routes};
 pub use serve::serve;
 pub use wire::{Endpoint, Hello, Reply, TunnelError, HELLO_LIMIT};
 
@@ -58,6 +63,13 @@ pub const COPY_BUFFER: usize = 256 * 1024;
 
 /// How long opening a tunnel (stream, hello, reply) or reading a hello may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest a connection waits for a move's hold on its endpoint (below
+/// [`HANDSHAKE_TIMEOUT`], so a held remote caller gets its reply before it gives up).
+pub const MAX_HOLD: Duration = Duration::from_secs(8);
+
+/// How many times a call follows [`Reply::Moved`] to the task's new host.
+pub const MAX_REDIRECTS: u32 = 2;
 
 /// How long connecting to a task's port on this node may take.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -3,11 +3,19 @@
 //! The daemon writes it (on deploy, after a migration, when a host dies) and the tunnel ends read
 //! it: a [`crate::tunnel::Forwarder`] once per accepted connection, [`crate::tunnel::serve`] once
 //! per incoming stream. Reads and writes are short critical sections under one lock.
+//!
+//! A move holds an endpoint ([`Routes::hold`]) while it captures the instance's state and starts
+//! it elsewhere: the connections this node carries to the instance are cut (so nothing changes
+//! its state after the checkpoint), and new ones wait in [`Routes::resolve`] instead of failing,
+//! until the hold ends and the route says where the instance runs now. Callers see a pause, not
+//! an error, and no request reaches the old instance after its checkpoint.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use brume_overlay::PeerId;
+use tokio::sync::watch;
 
 use super::wire::Endpoint;
 
@@ -24,6 +32,43 @@ pub enum Route {
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     inner: Arc<RwLock<HashMap<Endpoint, Route>>>,
+    gates: Arc<Mutex<HashMap<Endpoint, watch::Sender<Gate>>>>,
+}
+
+/// Whether an endpoint is held, and how many holds have cut its connections so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Gate {
+    held: bool,
+    cuts: u64,
+}
+
+/// An endpoint held by a move; dropping it lets waiting connections through.
+#[derive(Debug)]
+pub struct Hold {
+    gate: watch::Sender<Gate>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.gate.send_modify(|g| g.held = false);
+    }
+}
+
+/// Resolves once the connections of an endpoint are cut by a hold that began after it was made.
+#[derive(Debug)]
+pub struct CutSignal {
+    rx: watch::Receiver<Gate>,
+    seen: u64,
+}
+
+impl CutSignal {
+    /// Completes when a later hold cuts this endpoint's connections (never, if none does).
+    pub async fn cut(mut self) {
+        let seen = self.seen;
+        if self.rx.wait_for(|g| g.cuts != seen).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Routes {
@@ -64,10 +109,103 @@ impl Routes {
         }
     }
 
+    fn gate(&self, endpoint: &Endpoint) -> watch::Sender<Gate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates
+            .entry(endpoint.clone())
+            .or_insert_with(|| watch::channel(Gate::default()).0)
+            .clone()
+    }
+
+    /// Holds `endpoint`: cuts the connections this node carries to it now and makes new ones
+    /// wait in [`Routes::resolve`] until the returned guard is dropped.
+    pub fn hold(&self, endpoint: &Endpoint) -> Hold {
+        let gate = self.gate(endpoint);
+        gate.send_modify(|g| {
+            g.held = true;
+            g.cuts += 1;
+        });
+        Hold { gate }
+    }
+
+    /// Where `endpoint` runs, once no hold is on it (waiting at most `bound`; after that the
+    /// route as it stands).
+    pub async fn resolve(&self, endpoint: &Endpoint, bound: Duration) -> Option<Route> {
+        let mut rx = self.gate(endpoint).subscribe();
+        let _ = tokio::time::timeout(bound, rx.wait_for(|g| !g.held)).await;
+        self.get(endpoint)
+    }
+
+    /// A signal for a connection to `endpoint` set up now: it fires when a later hold cuts it.
+    pub fn cut_signal(&self, endpoint: &Endpoint) -> CutSignal {
+        let rx = self.gate(endpoint).subscribe();
+        let seen = rx.borrow().cuts;
+        CutSignal { rx, seen }
+    }
+
     /// Every route, sorted by endpoint.
     pub fn snapshot(&self) -> Vec<(Endpoint, Route)> {
         let mut all: Vec<_> = self.read().iter().map(|(e, r)| (e.clone(), *r)).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep() -> Endpoint {
+        Endpoint::new("svc", "mid", 0)
+    }
+
+    #[tokio::test]
+    async fn a_hold_cuts_live_connections_and_makes_new_ones_wait_for_the_new_route() {
+        let routes = Routes::new();
+        routes.set(ep(), Route::Local { port: 7 });
+        let live = routes.cut_signal(&ep());
+        let other = routes.cut_signal(&Endpoint::new("svc", "back", 0));
+        let hold = routes.hold(&ep());
+        // The live connection is cut at once; one to another endpoint is not.
+        tokio::time::timeout(Duration::from_secs(1), live.cut())
+            .await
+            .expect("the hold cuts the live connection");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), other.cut())
+                .await
+                .is_err(),
+            "another endpoint's connection was cut"
+        );
+        // A new connection waits for the hold, then sees the route the move set.
+        let waiter = {
+            let routes = routes.clone();
+            tokio::spawn(async move { routes.resolve(&ep(), Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "resolve did not wait for the hold");
+        let peer = PeerId::random();
+        routes.set(ep(), Route::Remote { peer });
+        drop(hold);
+        let route = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("released")
+            .expect("joined");
+        assert_eq!(route, Some(Route::Remote { peer }));
+        // A connection made after the hold ended is not cut by it.
+        let after = routes.cut_signal(&ep());
+        assert!(tokio::time::timeout(Duration::from_millis(50), after.cut())
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_hold_that_is_never_released_is_waited_for_only_up_to_the_bound() {
+        let routes = Routes::new();
+        routes.set(ep(), Route::Local { port: 7 });
+        let _hold = routes.hold(&ep());
+        let t = std::time::Instant::now();
+        let route = routes.resolve(&ep(), Duration::from_millis(100)).await;
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert_eq!(route, Some(Route::Local { port: 7 }));
     }
 }

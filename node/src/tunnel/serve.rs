@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::routes::{Route, Routes};
 use super::wire::{Hello, Reply, TunnelError, HELLO_LIMIT};
-use super::{connect_local, splice, HANDSHAKE_TIMEOUT};
+use super::{connect_local, splice, HANDSHAKE_TIMEOUT, MAX_HOLD};
 use crate::frames::{read_frame, write_frame};
 
 /// Serves every incoming tunnel stream (from
@@ -70,9 +70,27 @@ where
         }
     };
     let endpoint = hello.endpoint;
-    let port = match routes.get(&endpoint) {
+    // A move may hold the endpoint: wait for it, then serve, redirect or refuse.
+    let route = routes.resolve(&endpoint, MAX_HOLD).await;
+    let cut = routes.cut_signal(&endpoint);
+    let port = match route {
         Some(Route::Local { port }) => port,
-        _ => {
+        Some(Route::Remote { peer }) => {
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let _ = write_frame(
+                    &mut stream,
+                    &Reply::Moved {
+                        peer: peer.to_string(),
+                    },
+                )
+                .await;
+                let _ = stream.close().await;
+            })
+            .await;
+            debug!(%endpoint, %peer, "caller redirected to the task's new host");
+            return Ok(());
+        }
+        None => {
             let e = TunnelError::NotHere(endpoint);
             refuse(&mut stream, e.to_string()).await;
             return Err(e);
@@ -86,9 +104,13 @@ where
         }
     };
     write_frame(&mut stream, &Reply::Ok).await?;
-    match splice(&mut stream.compat(), &mut task).await {
-        Ok((inbound, outbound)) => debug!(%endpoint, inbound, outbound, "tunnelled call ended"),
-        Err(e) => debug!(%endpoint, error = %e, "tunnelled call ended with an error"),
+    let mut stream = stream.compat();
+    tokio::select! {
+        moved = splice(&mut stream, &mut task) => match moved {
+            Ok((inbound, outbound)) => debug!(%endpoint, inbound, outbound, "tunnelled call ended"),
+            Err(e) => debug!(%endpoint, error = %e, "tunnelled call ended with an error"),
+        },
+        () = cut.cut() => debug!(%endpoint, "tunnelled call cut: the task is moving"),
     }
     Ok(())
 }

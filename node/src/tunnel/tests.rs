@@ -239,3 +239,37 @@ async fn streams_lost_before_the_reply_are_retried() {
     let err = open_tunnel(&overlay, b, &missing).await.unwrap_err();
     assert!(matches!(err, TunnelError::Refused(_)), "{err}");
 }
+
+#[tokio::test]
+async fn a_call_follows_a_moved_task_and_waits_out_a_hold() {
+    let mut peers = HashMap::new();
+    let (old_host, old_routes) = fake_node(&mut peers);
+    let (new_host, new_routes) = fake_node(&mut peers);
+    let ep = Endpoint::new("svc", "mid", 0);
+    let port = echo_task("new:").await;
+    new_routes.set(ep.clone(), Route::Local { port });
+    // The old host knows the task moved; the caller's node still routes to the old host.
+    old_routes.set(ep.clone(), Route::Remote { peer: new_host });
+    let caller_routes = Routes::new();
+    caller_routes.set(ep.clone(), Route::Remote { peer: old_host });
+    let fwd = Forwarder::bind(ep.clone(), caller_routes.clone(), FakeOverlay::new(peers))
+        .await
+        .unwrap();
+    assert_eq!(call(fwd.local_addr(), b"hi").await, b"new:hi");
+    assert_eq!(
+        caller_routes.get(&ep),
+        Some(Route::Remote { peer: new_host }),
+        "the caller's node learned the new host from the redirect"
+    );
+
+    // While the new host holds the task (as a move does), a call waits, then goes through.
+    let hold = new_routes.hold(&ep);
+    let pending = tokio::spawn(call(fwd.local_addr(), b"later"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !pending.is_finished(),
+        "a call went through a held endpoint"
+    );
+    drop(hold);
+    assert_eq!(pending.await.unwrap(), b"new:later");
+}
