@@ -65,7 +65,10 @@ impl Agent {
         });
         let told = join_all(asks).await.into_iter().filter(|ok| *ok).count();
         // This node's own ledger, if the service was deployed from here.
-        self.relocate_in_ledger(&request);
+        self.relocate_in_ledger(
+            &spec.service,
+            placed(&spec.task, spec.replica, to, host, addrs),
+        );
         told
     }
 
@@ -92,41 +95,27 @@ impl Agent {
                 }
             }
         }
-        self.relocate_in_ledger(&AgentRequest::Moved {
-            service: key.0.clone(),
-            task: key.1.clone(),
-            replica: key.2,
-            peer: peer.to_string(),
-            host: host.to_string(),
-            addrs,
-        });
+        self.relocate_in_ledger(&key.0, placed(&key.1, key.2, to, host, &addrs));
         AgentReply::Rerouted { routes }
     }
 
-    fn relocate_in_ledger(&self, moved: &AgentRequest) {
-        let (
-            Some(ledger),
-            AgentRequest::Moved {
-                service,
-                task,
-                replica,
-                peer,
-                host,
-                addrs,
-            },
-        ) = (self.ledger(), moved)
-        else {
-            return;
-        };
-        let placed = Placed {
-            task: task.clone(),
-            replica: *replica,
-            host: host.clone(),
-            peer: peer.clone(),
-            addrs: addrs.clone(),
-        };
-        if let Err(e) = ledger.relocate(service, task, *replica, placed) {
-            tracing::warn!(error = %e, "cannot record a move in the ledger");
+    /// Records the move in this node's ledger, if the service was deployed from here.
+    fn relocate_in_ledger(&self, service: &str, to: Placed) {
+        if let Some(ledger) = self.ledger() {
+            if let Err(e) = ledger.relocate(service, &to.task, to.replica, to.clone()) {
+                tracing::warn!(error = %e, "cannot record a move in the ledger");
+            }
         }
+    }
+}
+
+/// Where an instance runs now, as the ledger keeps it.
+fn placed(task: &str, replica: u32, peer: PeerId, host: &str, addrs: &[String]) -> Placed {
+    Placed {
+        task: task.to_string(),
+        replica,
+        host: host.to_string(),
+        peer: peer.to_string(),
+        addrs: addrs.to_vec(),
     }
 }
