@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::{port_of, text};
+
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
 
 /// The relay chain's build context (the static relay, `FROM scratch`) with `salt` in it.
@@ -58,18 +60,6 @@ impl Net {
     fn containers(&self) -> Vec<String> {
         self.0.containers()
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn port_of(row: &serde_json::Value) -> u16 {
-    row["address"]
-        .as_str()
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {row}"))
 }
 
 fn deploys_a_chain_across_three_nodes(engine: &str) {

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::{port_of, text};
+
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
 
 fn unique(prefix: &str) -> String {
@@ -81,18 +83,6 @@ impl Net {
         }
         out
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn port_of(row: &serde_json::Value) -> u16 {
-    row["address"]
-        .as_str()
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {row}"))
 }
 
 /// Asks until the chain answers in full (a moved instance may take a moment to be reachable

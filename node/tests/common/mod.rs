@@ -165,6 +165,20 @@ impl Drop for Cleanup {
     }
 }
 
+/// Bytes a command printed, as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The port of a `brume ps --json` / `deploy --json` row's `address` (`127.0.0.1:PORT`).
+pub fn port_of(row: &serde_json::Value) -> u16 {
+    row["address"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {row}"))
+}
+
 /// A few `brume node` daemons on loopback (stopped with SIGTERM when dropped, so they stop
 /// their tasks) and the service a test deploys on them: on drop, the service is stopped through
 /// node 0 and any container of it that is still there is removed by force.
