@@ -70,8 +70,11 @@ pub struct RoundStats {
     pub wire_bytes: u64,
     /// Wire bytes sent at each level, indexed like [`Level::ALL`].
     pub wire_by_level: [u64; 4],
-    /// Wall time of `criu dump`.
+    /// Wall time of `criu dump`, failed attempts included.
     pub dump: Duration,
+    /// Dumps tried: more than one when a dump caught the task holding a transient Unix
+    /// connection to a peer outside it (CRIU refuses those and resumes the task).
+    pub dump_attempts: u32,
     /// How long CRIU kept the task frozen during the dump (from its stats), if known.
     pub frozen: Option<Duration>,
     /// From the dump's end to the target's answer (hash, compress, send, apply on the target).

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::chunks::{ChunkSet, Recipe};
 use crate::compress::{Chooser, ChooserConfig, Level};
-use crate::criu::{Criu, DumpOptions, NetworkLock, RestoreOptions};
+use crate::criu::{Criu, CriuError, DumpOptions, DumpReport, NetworkLock, RestoreOptions};
 use crate::planner::{Action, FinalReport, Planner, PlannerConfig, RoundReport};
 use crate::predictor::Predictor;
 
@@ -76,6 +76,38 @@ pub struct Migrated {
     pub wire_bytes: u64,
     /// The predictor with what this migration taught it.
     pub predictor: Predictor,
+}
+
+/// How often a dump that caught the task holding a transient connection is tried again.
+const DUMP_ATTEMPTS: u32 = 8;
+
+/// Whether a failed dump only caught the task mid-connection: a Unix connection to a peer
+/// outside the task (a client that has not closed yet, or one still in the listen queue). CRIU
+/// resumes the task after a failed dump, so trying again a moment later is safe.
+fn transient(e: &CriuError) -> bool {
+    match e {
+        CriuError::Failed { errors, .. } => errors.iter().any(|l| {
+            l.contains("External socket is used")
+                || (l.contains("unix: Unix socket") && l.contains("not found"))
+        }),
+        _ => false,
+    }
+}
+
+/// `criu dump`, tried again (up to [`DUMP_ATTEMPTS`] times) while it fails only because the task
+/// held a transient connection; returns the last result and how many attempts it took.
+fn dump_retrying(criu: &Criu, opts: &DumpOptions) -> (Result<DumpReport, CriuError>, u32) {
+    let mut attempt = 1;
+    loop {
+        let _ = std::fs::remove_dir_all(&opts.images_dir);
+        match criu.dump(opts) {
+            Err(e) if attempt < DUMP_ATTEMPTS && transient(&e) => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            r => return (r, attempt),
+        }
+    }
 }
 
 /// The task's resident memory, from `/proc/<pid>/statm`.
@@ -279,9 +311,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
             .network_lock(self.opts.network_lock);
         dump_opts.log_file = Some(self.opts.work_dir.join(format!("round-{n}.dump.log")));
         let criu = self.opts.criu.clone();
-        let report = tokio::task::spawn_blocking(move || criu.dump(&dump_opts))
-            .await
-            .map_err(join_error)??;
+        let (report, dump_attempts) =
+            tokio::task::spawn_blocking(move || dump_retrying(&criu, &dump_opts))
+                .await
+                .map_err(join_error)?;
+        let report = report?;
         self.final_dumped = last;
         let dump = started.elapsed();
         let frozen = report.stats.map(|s| s.frozen);
@@ -375,6 +409,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
                 wire_bytes: wire,
                 wire_by_level: by_level,
                 dump,
+                dump_attempts,
                 frozen,
                 transfer: round_time.saturating_sub(dump),
                 round_time,

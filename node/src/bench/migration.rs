@@ -115,6 +115,9 @@ struct Move {
     rounds: f64,
     wire_mib: f64,
     level: String,
+    /// Dumps tried again because they caught the task mid-connection (final round, all rounds).
+    final_retries: u32,
+    retries: u32,
 }
 
 /// Medians over runs of one (rate, size, strategy).
@@ -197,8 +200,8 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
                         )
                     })?;
                     eprintln!(
-                        "  {mbit} Mbit/s {mib} MiB {} run {run}: downtime {:.0} ms (dump {:.0}, frozen {:.0}, transfer {:.0}, rebuild {:.0}, restore {:.0}), total {:.0} ms, {} rounds, {:.1} MiB on the wire, precopy pause {:.0} ms, level {}",
-                        strategy.name(), m.downtime, m.dump, m.frozen, m.transfer, m.rebuild, m.restore, m.total, m.rounds, m.wire_mib, m.precopy_pause, m.level
+                        "  {mbit} Mbit/s {mib} MiB {} run {run}: downtime {:.0} ms (dump {:.0}, frozen {:.0}, transfer {:.0}, rebuild {:.0}, restore {:.0}), total {:.0} ms, {} rounds, {:.1} MiB on the wire, precopy pause {:.0} ms, level {}, dumps retried {} (final {})",
+                        strategy.name(), m.downtime, m.dump, m.frozen, m.transfer, m.rebuild, m.restore, m.total, m.rounds, m.wire_mib, m.precopy_pause, m.level, m.retries, m.final_retries
                     );
                     moves.push(m);
                 }
@@ -354,6 +357,8 @@ fn medians(moves: &[Move]) -> Move {
         rounds: med(|m| m.rounds),
         wire_mib: med(|m| m.wire_mib),
         level: moves.last().map(|m| m.level.clone()).unwrap_or_default(),
+        final_retries: moves.iter().map(|m| m.final_retries).sum(),
+        retries: moves.iter().map(|m| m.retries).sum(),
     }
 }
 
@@ -483,6 +488,8 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
         rounds: (migrated.rounds.len() - 1) as f64,
         wire_mib: migrated.wire_bytes as f64 / MIB,
         level,
+        final_retries: last.dump_attempts - 1,
+        retries: migrated.rounds.iter().map(|r| r.dump_attempts - 1).sum(),
     })
 }
 
