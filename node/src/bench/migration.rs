@@ -65,9 +65,10 @@ pub struct MigrationArgs {
     /// Round-trip time between the two hosts, ms.
     #[arg(long, default_value_t = 2.0)]
     pub rtt_ms: f64,
-    /// Skip the fixed-level live migrations (then there is no adaptive_vs_best_static).
-    #[arg(long)]
-    pub no_static: bool,
+    /// Fixed levels to run live migrations at, for adaptive_vs_best_static (comma-separated:
+    /// none, zstd1, zstd3, zstd9; empty to skip).
+    #[arg(long, value_delimiter = ',', default_values_t = ["none".to_string(), "zstd1".to_string(), "zstd3".to_string()])]
+    pub levels: Vec<String>,
     /// A smoke run: 32 MiB, 100 Mbit/s, one run.
     #[arg(long)]
     pub quick: bool,
@@ -154,10 +155,15 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut strategies = vec![Strategy::Live(Compression::Adaptive), Strategy::StopAndCopy];
-    if !args.no_static {
-        for l in [Level::None, Level::Zstd1, Level::Zstd3] {
-            strategies.push(Strategy::Live(Compression::Fixed(l)));
-        }
+    for name in args.levels.iter().filter(|n| !n.is_empty()) {
+        let l = match name.as_str() {
+            "none" => Level::None,
+            "zstd1" => Level::Zstd1,
+            "zstd3" => Level::Zstd3,
+            "zstd9" => Level::Zstd9,
+            other => bail!("unknown level {other:?}: use none, zstd1, zstd3 or zstd9"),
+        };
+        strategies.push(Strategy::Live(Compression::Fixed(l)));
     }
     println!(
         "brume bench migration: criu {criu_version}, sizes {:?} MiB, dirtied at {} MiB/s, rtt {} ms, medians of {} run(s)",
@@ -254,7 +260,7 @@ fn adaptive_vs_best_static(rows: &[Row], mbit: u64) -> f64 {
             .sum()
     };
     let adaptive = total(Strategy::Live(Compression::Adaptive));
-    let best = [Level::None, Level::Zstd1, Level::Zstd3]
+    let best = Level::ALL
         .into_iter()
         .map(|l| total(Strategy::Live(Compression::Fixed(l))))
         .filter(|t| *t > 0.0)
@@ -319,7 +325,7 @@ fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
         let (Some(l), Some(s)) = (get(live), get(Strategy::StopAndCopy)) else {
             continue;
         };
-        let best = [Level::None, Level::Zstd1, Level::Zstd3]
+        let best = Level::ALL
             .into_iter()
             .filter_map(|lv| get(Strategy::Live(Compression::Fixed(lv))).map(|m| (lv, m.total)))
             .min_by(|a, b| a.1.total_cmp(&b.1));
@@ -604,7 +610,9 @@ impl Poller {
             while !flag.load(Ordering::Relaxed) {
                 let answer = (|| -> std::io::Result<u64> {
                     let mut s = UnixStream::connect(&socket)?;
-                    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+                    // Long enough to outlast any pre-copy freeze: a poll that gave up while the
+                    // task was frozen would see its TICK counted but never answered.
+                    s.set_read_timeout(Some(Duration::from_secs(30)))?;
                     s.write_all(b"TICK\n")?;
                     let mut line = String::new();
                     BufReader::new(&s).read_line(&mut line)?;
