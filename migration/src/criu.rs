@@ -510,6 +510,13 @@ impl CriuError {
                  pipes cannot grow past fs.pipe-max-size (1 MiB); run \
                  `sysctl fs.pipe-max-size=4194304` (see docs/criu.md)",
             )
+        } else if has("External socket is used") {
+            Some(
+                "the task held a Unix connection to a process outside the dumped tree at the \
+                 moment of the dump; criu resumed it, so try again (or dump with --ext-unix-sk)",
+            )
+        } else if has("not found") && has("nix socket") {
+            Some("run criu in the task's network namespace (nsenter --net=...)")
         } else if has("iptables") {
             Some("iptables is missing here: use NetworkLock::Nftables (needs `nft`)")
         } else if has("File exists") || has("Can't fork for") {
@@ -801,6 +808,12 @@ mod tests {
         let lazy =
             failed("Error (criu/page-pipe.c:424): page-pipe: splice: -1: Bad file descriptor");
         assert!(lazy.hint().is_some_and(|h| h.contains("pipe-max-size")));
+        let external = failed("Error (criu/sk-unix.c:1): unix: External socket is used. Consider using --ext-unix-sk option.");
+        assert!(external.hint().is_some_and(|h| h.contains("try again")));
+        let netns = failed("Error (criu/sk-unix.c:2): unix: Unix socket 0x1234 not found");
+        assert!(netns
+            .hint()
+            .is_some_and(|h| h.contains("network namespace")));
         assert!(failed("Error (criu/x.c:1): something else")
             .hint()
             .is_none());
