@@ -6,6 +6,13 @@
 //! they read into `brume_placement`'s `CallGraph` and `Network`. [`place`] runs a placer on
 //! those and [`report`] shows the plan to a person (a table that says why each task landed where
 //! it did) or to a program (JSON). [`bench`] holds the benchmark families of `brume bench`.
+//!
+//! The running node is [`daemon`]: the overlay (crate `brume_overlay`), a control socket that
+//! [`client`] and the command modules speak to, and the services of [`deploy`]: an initiator
+//! that packs [`artifact`]s and places a service on its map, and an agent that fetches them and
+//! runs tasks through an [`engine`] (Docker or plain processes), wiring their calls through
+//! [`tunnel`]s. [`migrate`] moves a running instance to another node, holding its callers while
+//! its state goes across.
 
 pub mod artifact;
 pub mod bench;
