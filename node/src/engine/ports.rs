@@ -22,7 +22,7 @@ const FALLBACK: Range<u16> = 20_000..32_768;
 const TRIES: usize = 64;
 
 /// The range task ports are drawn from: `[20000, lower bound of the ephemeral range)`, or
-/// [`FALLBACK`] when `/proc/sys/net/ipv4/ip_local_port_range` is unreadable or leaves too little.
+/// 20000..32768 when `/proc/sys/net/ipv4/ip_local_port_range` is unreadable or leaves too little.
 pub fn task_port_range() -> Range<u16> {
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
