@@ -330,6 +330,35 @@ fn a_host_checks_resources_epochs_and_garbage() {
             common::ask(instance.port, "x").is_err() || instance.port == second.port,
             "the epoch-10 relay still answers"
         );
+        // A move that gave up removes one instance of one epoch: another epoch is left alone.
+        let remove = |epoch: u64| {
+            let me = me.clone();
+            let service = service.clone();
+            async move {
+                let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
+                let req = AgentRequest::Remove {
+                    service,
+                    task: "relay".into(),
+                    replica: 0,
+                    epoch,
+                    back_to: None,
+                };
+                write_frame(&mut s, &req).await.unwrap();
+                read_frame::<_, AgentReply>(&mut s, 1 << 20).await.unwrap()
+            }
+        };
+        let kept = remove(10).await;
+        assert!(
+            matches!(&kept, AgentReply::Stopped { instances } if instances.is_empty()),
+            "{kept:?}"
+        );
+        assert_eq!(common::ask(second.port, "x").unwrap(), "relay");
+        let removed = remove(11).await;
+        assert!(
+            matches!(&removed, AgentReply::Stopped { instances } if instances.len() == 1),
+            "{removed:?}"
+        );
+        assert!(common::ask(second.port, "x").is_err(), "the removed relay still answers");
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
         let stop = AgentRequest::Stop {
             service: service.clone(),
@@ -338,8 +367,8 @@ fn a_host_checks_resources_epochs_and_garbage() {
         write_frame(&mut s, &stop).await.unwrap();
         let reply: AgentReply = read_frame(&mut s, 1 << 20).await.unwrap();
         assert!(
-            matches!(&reply, AgentReply::Stopped { instances } if instances.len() == 1),
-            "{reply:?}"
+            matches!(&reply, AgentReply::Stopped { instances } if instances.is_empty()),
+            "nothing is left to stop: {reply:?}"
         );
         server.abort();
 

@@ -6,8 +6,9 @@
 //! * mid (`checkpoint = "app"`) moves to the free node, asked on the initiator (which forwards
 //!   to mid's host): its served count continues on the new host, the chain answers through the
 //!   switched tunnels, and `brume ps` on the initiator shows the new host;
-//! * a move to a node without room is refused by that node, and a move to a node nobody can
-//!   reach fails: each time mid keeps running where it is, with its count;
+//! * a move to a node without room is refused by that node, a move to a node nobody can reach
+//!   fails, and a move that cannot meet its deadline gives up: each time mid keeps running where
+//!   it is, with its count;
 //! * back (stateless) moves cold to the node mid left;
 //! * `brume drain` on node 0 moves front away too, and the chain still answers from there.
 
@@ -203,6 +204,17 @@ fn moves_tasks_between_nodes(engine: &str) {
     assert!(why.contains("still runs here"), "{why}");
     assert_eq!(state(mid_port), 6, "the failed move did not touch mid");
     chain_answers(front_port);
+
+    // A deadline that cannot be met: the move gives up and mid is untouched.
+    let late = net.brume(0, &["migrate", "mid", "--deadline", "1ms"]);
+    assert!(!late.status.success(), "a 1 ms move succeeded");
+    let why = text(&late.stderr);
+    assert!(
+        why.contains("deadline") && why.contains("still runs here"),
+        "{why}"
+    );
+    assert_eq!(net.placement()["mid"], (mid_host.clone(), mid_port));
+    assert_eq!(state(mid_port), 7, "the late move did not touch mid");
 
     // mid moves (asked on the initiator, done by its host) to the free node with its count,
     // while a client keeps calling the chain on one connection: make-before-break means no

@@ -69,6 +69,9 @@ pub struct MigrateRequest {
     pub budget_ms: u64,
     /// Restart cold a task whose state cannot be carried.
     pub cold: bool,
+    /// Give up, leaving the instance where it is, if the move takes longer.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 /// How `brume deploy` asks for a deployment.

@@ -195,6 +195,17 @@ impl Agent {
             AgentRequest::Stop { service, epoch } => AgentReply::Stopped {
                 instances: self.stop(&service, epoch).await,
             },
+            AgentRequest::Remove {
+                service,
+                task,
+                replica,
+                epoch,
+                back_to,
+            } => AgentReply::Stopped {
+                instances: self
+                    .remove_one(&(service, task, replica), epoch, back_to.as_deref())
+                    .await,
+            },
             AgentRequest::List { service } => {
                 AgentReply::Instances(self.list(service.as_deref()).await)
             }
@@ -214,12 +225,14 @@ impl Agent {
                 to,
                 budget_ms,
                 allow_cold,
+                deadline_ms,
             } => {
                 let request = crate::migrate::MoveRequest {
                     key: (service, task, replica),
                     to,
                     budget: Duration::from_millis(budget_ms.clamp(1, 10_000)),
                     allow_cold,
+                    deadline: deadline_ms.map(Duration::from_millis),
                 };
                 // Boxed: a move asks other agents, and asking this node's own agent comes
                 // back here.
@@ -533,6 +546,29 @@ impl Agent {
             }
         }
         stopped
+    }
+
+    /// Stops and removes one instance if it runs here with `epoch`; with `back_to`, calls to
+    /// it from this node go to that peer afterwards.
+    pub async fn remove_one(&self, key: &Key, epoch: u64, back_to: Option<&str>) -> Vec<String> {
+        // After any deploy in progress here: the one being undone may still be starting.
+        let _one_at_a_time = self.deploying.lock().await;
+        let matches = self.lock().get(key).is_some_and(|i| i.spec.epoch == epoch);
+        let removed: Vec<String> = if matches {
+            self.remove_instance(key).await.into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        if !removed.is_empty() {
+            self.readvertise().await;
+        }
+        if let Some(peer) = back_to.and_then(|p| p.parse::<PeerId>().ok()) {
+            let endpoint = Endpoint::new(&key.0, &key.1, key.2);
+            if peer != self.overlay.peer_id() && self.routes.get(&endpoint).is_none() {
+                self.routes.set(endpoint, Route::Remote { peer });
+            }
+        }
+        removed
     }
 
     /// Stops and removes every instance here (the node is leaving).

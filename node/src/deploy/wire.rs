@@ -114,6 +114,18 @@ pub enum AgentRequest {
         /// Move a task whose state cannot be carried (`checkpoint = "criu"` here) by a cold
         /// restart instead of refusing.
         allow_cold: bool,
+        /// Give up, leaving the instance where it is, if the move takes longer.
+        #[serde(default)]
+        deadline_ms: Option<u64>,
+    },
+    /// Stops and removes one instance of the given epoch (a move that gave up undoes its start
+    /// on the target); calls to it from here then go to `back_to` (a peer id) if given.
+    Remove {
+        service: String,
+        task: String,
+        replica: u32,
+        epoch: u64,
+        back_to: Option<String>,
     },
     /// An instance now runs on `peer`: calls to it go there from now on.
     Moved {

@@ -33,6 +33,10 @@ pub struct MigrateArgs {
     /// on the target: its state is lost.
     #[arg(long)]
     pub cold: bool,
+    /// Give up if the move is not done within this (e.g. 30s): the instance stays where it is,
+    /// and a start already under way on the target is undone.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub deadline: Option<Duration>,
 }
 
 /// Options of `brume drain`.
@@ -126,6 +130,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
         to: (args.to != "auto").then(|| args.to.clone()),
         budget_ms: args.budget.as_millis() as u64,
         cold: args.cold,
+        deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
     });
     let v = call(&args.target, request)
         .await

@@ -99,6 +99,7 @@ pub async fn migrate(
                 to: req.to.clone(),
                 budget,
                 allow_cold: req.cold,
+                deadline: req.deadline_ms.map(Duration::from_millis),
             };
             let work = agent.migrate(request, tx);
             tokio::pin!(work);
@@ -117,6 +118,7 @@ pub async fn migrate(
                 to: req.to.clone(),
                 budget_ms: req.budget_ms,
                 allow_cold: req.cold,
+                deadline_ms: req.deadline_ms,
             };
             ask(&agent.overlay, agent, peer, &addrs, &request, on_phase)
                 .await
@@ -203,6 +205,7 @@ pub async fn drain(
             to: None,
             budget_ms: budget.as_millis() as u64,
             cold,
+            deadline_ms: None,
         };
         let outcome = migrate(agent, req, progress.clone())
             .await

@@ -39,4 +39,6 @@ pub struct MoveRequest {
     pub budget: Duration,
     /// Restart cold a task whose state cannot be carried, instead of refusing.
     pub allow_cold: bool,
+    /// Give up (leaving the instance where it is) if the move is not done within this.
+    pub deadline: Option<Duration>,
 }

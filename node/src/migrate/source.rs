@@ -18,6 +18,17 @@ use crate::tunnel::{Endpoint, Route};
 /// The environment variable a restored instance finds its state line in.
 pub const RESTORE_ENV: &str = "BRUME_RESTORE";
 
+/// `fut`'s output, or `None` once `deadline` has passed.
+async fn within<T>(
+    deadline: Option<Instant>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        None => Some(fut.await),
+        Some(at) => tokio::time::timeout_at(at.into(), fut).await.ok(),
+    }
+}
+
 /// Where the instance goes: its peer, node id as maps print it, and addresses.
 struct Destination {
     peer: PeerId,
@@ -72,18 +83,32 @@ impl Agent {
             reason: format!("{what_failed}; {what} still runs here"),
         };
 
+        let deadline = req.deadline.map(|d| Instant::now() + d);
+        let late = || {
+            untouched(format!(
+                "the move did not finish within the deadline ({:?})",
+                req.deadline.unwrap_or_default()
+            ))
+        };
+
         // The image first, while callers still reach the old instance: the hold below then
         // lasts only the checkpoint and the start.
-        match ask(
-            &self.overlay,
-            self,
-            dest.peer,
-            &addrs,
-            &AgentRequest::Prepare(moved.clone()),
-            &forward,
+        let prepared = within(
+            deadline,
+            ask(
+                &self.overlay,
+                self,
+                dest.peer,
+                &addrs,
+                &AgentRequest::Prepare(moved.clone()),
+                &forward,
+            ),
         )
-        .await
-        {
+        .await;
+        let Some(prepared) = prepared else {
+            return late();
+        };
+        match prepared {
             Ok(AgentReply::Prepared) => {}
             Ok(AgentReply::Refused { reason }) => {
                 return untouched(format!("{} refused {what}: {reason}", dest.host))
@@ -99,27 +124,49 @@ impl Agent {
         let held = Instant::now();
         let mut state_bytes = 0;
         if carry_state {
-            match checkpoint::capture(port, CHECKPOINT_TIMEOUT).await {
-                Ok(state) => {
+            let captured = within(deadline, checkpoint::capture(port, CHECKPOINT_TIMEOUT)).await;
+            match captured {
+                None => return late(),
+                Some(Ok(state)) => {
                     state_bytes = state.len() as u64;
                     moved.env.insert(RESTORE_ENV.to_string(), state);
                 }
-                Err(e) => return untouched(format!("{what} gave no checkpoint ({e})")),
+                Some(Err(e)) => return untouched(format!("{what} gave no checkpoint ({e})")),
             }
         }
         let _ = phases
             .send(Phase::Checkpointed { bytes: state_bytes })
             .await;
-        let instance = match ask(
-            &self.overlay,
-            self,
-            dest.peer,
-            &addrs,
-            &AgentRequest::Deploy(moved),
-            &forward,
+        let epoch = moved.epoch;
+        let started = within(
+            deadline,
+            ask(
+                &self.overlay,
+                self,
+                dest.peer,
+                &addrs,
+                &AgentRequest::Deploy(moved),
+                &forward,
+            ),
         )
-        .await
-        {
+        .await;
+        let Some(started) = started else {
+            // The target may still start it: have it removed there (after its deploy ends),
+            // and its calls to the instance sent back here.
+            let undo = AgentRequest::Remove {
+                service: service.clone(),
+                task: task.clone(),
+                replica: *replica,
+                epoch,
+                back_to: Some(self.overlay.peer_id().to_string()),
+            };
+            if let Err(e) = ask(&self.overlay, self, dest.peer, &addrs, &undo, |_| async {}).await {
+                tracing::warn!(%what, error = %e, "cannot undo the late start on the target");
+            }
+            drop(hold);
+            return late();
+        };
+        let instance = match started {
             Ok(AgentReply::Started { instance, .. }) => instance,
             Ok(AgentReply::Refused { reason }) => {
                 return untouched(format!("{} refused {what}: {reason}", dest.host))
