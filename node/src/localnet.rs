@@ -106,6 +106,28 @@ impl LocalNet {
             .output()
     }
 
+    /// Stops node `i` as an operator would (SIGTERM) and waits up to `limit` for it to exit;
+    /// whether it did.
+    pub fn stop(&mut self, i: usize, limit: Duration) -> bool {
+        let Some(child) = self.nodes.get_mut(i) else {
+            return false;
+        };
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Whether every daemon is still running.
     pub fn alive(&mut self) -> bool {
         self.nodes

@@ -297,3 +297,50 @@ fn tasks_move_between_nodes_on_docker() {
     }
     moves_tasks_between_nodes("docker");
 }
+
+/// A node started with --drain-on-exit that is told to stop (SIGTERM) moves its task to the
+/// free node first: the chain keeps answering and mid's count continues there.
+#[test]
+fn a_leaving_node_moves_its_tasks_away_first() {
+    let service = unique("leave");
+    let mut net = Net(common::ServiceNet::start_with(
+        Path::new(BRUME),
+        4,
+        "process",
+        150,
+        &["--drain-on-exit"],
+        &service,
+    ));
+    let dir = net.0.dir().to_path_buf();
+    brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
+    let m = manifest(&dir, &service);
+    net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
+    let before = net.placement();
+    let (_, front_port) = before["front"].clone();
+    for _ in 0..3 {
+        chain_answers(front_port);
+    }
+    let (mid_host, _) = before["mid"].clone();
+    let leaving = nodes
+        .iter()
+        .position(|(id, _)| *id == mid_host)
+        .expect("mid's host is one of the nodes");
+    assert_ne!(leaving, 0, "the root stays on node 0");
+    assert!(
+        net.0.net.stop(leaving, Duration::from_secs(60)),
+        "the leaving node did not exit within 60 s"
+    );
+    chain_answers(front_port);
+    let after = net.placement();
+    let (new_host, new_port) = after["mid"].clone();
+    assert_ne!(
+        new_host, mid_host,
+        "mid is still on the node that left: {after:?}"
+    );
+    assert_eq!(
+        state(new_port),
+        4,
+        "mid's count continued: 3 before, 1 after"
+    );
+}

@@ -44,6 +44,9 @@ pub struct NodeConfig {
     /// What runs tasks: `docker`, `process` (plain child processes), or `auto` (Docker if its
     /// daemon answers, else processes).
     pub engine: String,
+    /// On SIGTERM/SIGINT, move the tasks this node runs to other nodes (as `brume drain`)
+    /// before stopping; those that cannot move are stopped.
+    pub drain_on_exit: bool,
 }
 
 impl Default for NodeConfig {
@@ -59,6 +62,7 @@ impl Default for NodeConfig {
             log: "info".into(),
             ping_interval_ms: 5000,
             engine: "auto".into(),
+            drain_on_exit: false,
         }
     }
 }
@@ -110,6 +114,7 @@ pub struct Overrides {
     pub log: Option<String>,
     pub ping_interval_ms: Option<u64>,
     pub engine: Option<String>,
+    pub drain_on_exit: Option<bool>,
 }
 
 /// Builds the settings from the four layers. `env` is the process environment (passed in so
@@ -177,6 +182,7 @@ pub fn load(
         .set_override_option("log", f.log.clone())?
         .set_override_option("ping_interval_ms", f.ping_interval_ms)?
         .set_override_option("engine", f.engine.clone())?
+        .set_override_option("drain_on_exit", f.drain_on_exit)?
         .set_override_option(
             "log_format",
             f.log_format.map(|l| match l {
@@ -193,7 +199,7 @@ pub fn load(
 }
 
 /// Settings keys, as the file and `BRUME_*` variables spell them.
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 11] = [
     "listen",
     "join",
     "control",
@@ -204,6 +210,7 @@ pub const KEYS: [&str; 10] = [
     "log",
     "ping_interval_ms",
     "engine",
+    "drain_on_exit",
 ];
 
 impl NodeConfig {

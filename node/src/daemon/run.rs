@@ -27,7 +27,7 @@ use crate::deploy::initiator::Initiator;
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
-    /// log_format, log, ping_interval_ms, engine).
+    /// log_format, log, ping_interval_ms, engine, drain_on_exit).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/7100; port 0 picks a free one.
@@ -60,6 +60,10 @@ pub struct NodeArgs {
     /// answers, else processes; the default).
     #[arg(long, value_name = "ENGINE")]
     pub engine: Option<String>,
+    /// On SIGTERM or Ctrl-C, move this node's tasks to other nodes (as `brume drain`) before
+    /// stopping, instead of just stopping them.
+    #[arg(long)]
+    pub drain_on_exit: bool,
     /// Most CPU (millicores) brume may offer to tasks on this device.
     #[arg(long)]
     pub cpu_millis: Option<u32>,
@@ -83,6 +87,7 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
         log: args.log.clone(),
         ping_interval_ms: args.ping_interval_ms,
         engine: args.engine.clone(),
+        drain_on_exit: args.drain_on_exit.then_some(true),
     };
     let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)?;
     init_logging(&cfg)?;
@@ -217,6 +222,9 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
     let mut task = task;
     let outcome = tokio::select! {
         _ = shutdown_signal() => {
+            if cfg.drain_on_exit {
+                drain_before_exit(&services.agent).await;
+            }
             tracing::info!("stopping");
             let _ = handle.shutdown().await;
             Ok(())
@@ -289,6 +297,39 @@ fn identity_seed(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(&seed)?;
     Ok(seed)
+}
+
+/// The longest a node leaving with `drain_on_exit` spends moving its tasks away.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Moves every task this node runs to other nodes (bounded by [`DRAIN_LIMIT`]) and logs what
+/// could not move; those are stopped with the node.
+async fn drain_before_exit(agent: &Agent) {
+    tracing::info!("leaving: moving this node's tasks to other nodes");
+    // Progress lines have no reader here.
+    let (progress, _) = mpsc::channel(1);
+    let drained = tokio::time::timeout(
+        DRAIN_LIMIT,
+        crate::migrate::control::drain(agent, Duration::from_millis(80), false, progress),
+    )
+    .await;
+    match drained {
+        Ok(lines) => {
+            for l in lines {
+                match l.outcome {
+                    Ok(m) => {
+                        tracing::info!(service = %l.service, task = %l.task, replica = l.replica, to = %m.host, "moved before leaving")
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %l.service, task = %l.task, replica = l.replica, error = %e, "could not move; stopping it")
+                    }
+                }
+            }
+        }
+        Err(_) => {
+            tracing::warn!("draining took longer than {DRAIN_LIMIT:?}; stopping what is left")
+        }
+    }
 }
 
 /// The daemon's view of the overlay handle.

@@ -190,10 +190,23 @@ pub struct ServiceNet {
 impl ServiceNet {
     /// `n` daemons of `bin` on `engine`, each offering `cpu_millis`.
     pub fn start(bin: &Path, n: usize, engine: &str, cpu_millis: u32, service: &str) -> Self {
+        Self::start_with(bin, n, engine, cpu_millis, &[], service)
+    }
+
+    /// The same, with `extra` arguments for every `brume node`.
+    pub fn start_with(
+        bin: &Path,
+        n: usize,
+        engine: &str,
+        cpu_millis: u32,
+        extra: &[&str],
+        service: &str,
+    ) -> Self {
         let cpu = cpu_millis.to_string();
-        let net =
-            brume::localnet::LocalNet::start(bin, n, &["--engine", engine, "--cpu-millis", &cpu])
-                .unwrap_or_else(|e| panic!("{n} daemons start and connect: {e:#}"));
+        let mut args = vec!["--engine", engine, "--cpu-millis", &cpu];
+        args.extend_from_slice(extra);
+        let net = brume::localnet::LocalNet::start(bin, n, &args)
+            .unwrap_or_else(|e| panic!("{n} daemons start and connect: {e:#}"));
         ServiceNet {
             net,
             service: service.to_string(),
