@@ -35,7 +35,7 @@ use crate::frames::{read_frame, write_frame};
 use crate::tunnel::{call_env, Endpoint, Forwarder, Route, Routes};
 
 /// How long a stopping task gets before it is killed.
-pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts tried, each on a newly picked port, when the picked port gets taken before the task
 /// binds it.
@@ -512,6 +512,14 @@ impl Agent {
     }
 
     pub(crate) async fn remove_instance(&self, key: &Key) -> Option<String> {
+        let name = self.stop_instance(key).await?;
+        self.routes.remove(&Endpoint::new(&key.0, &key.1, key.2));
+        Some(name)
+    }
+
+    /// Takes an instance out of this node's table and stops and removes its task, leaving its
+    /// route alone (a move has already pointed it elsewhere); returns its name.
+    pub(crate) async fn stop_instance(&self, key: &Key) -> Option<String> {
         let instance = self.lock().remove(key)?;
         if let Err(e) = self.engine.stop(&instance.name, STOP_GRACE).await {
             debug!(name = %instance.name, error = %e, "stop failed; removing anyway");
@@ -519,7 +527,6 @@ impl Agent {
         if let Err(e) = self.engine.remove(&instance.name).await {
             warn!(name = %instance.name, error = %e, "cannot remove a stopped task");
         }
-        self.routes.remove(&Endpoint::new(&key.0, &key.1, key.2));
         Some(instance.name)
     }
 

@@ -348,16 +348,10 @@ impl Initiator {
         replica: u32,
         tail: usize,
     ) -> anyhow::Result<String> {
-        let ledger = self.ledger.all();
-        let candidates: Vec<(&String, &Placed)> = ledger
-            .iter()
-            .filter(|(s, _)| service.as_ref().is_none_or(|want| want == *s))
-            .flat_map(|(s, e)| e.instances.iter().map(move |p| (s, p)))
-            .filter(|(_, p)| p.task == task && p.replica == replica)
-            .collect();
-        let (service, placed) = match candidates[..] {
-            [one] => one,
-            [] => anyhow::bail!(
+        let mut candidates = self.ledger.locate(service.as_deref(), &task, replica);
+        let (service, placed) = match candidates.len() {
+            1 => candidates.remove(0),
+            0 => anyhow::bail!(
                 "no task {task} (replica {replica}) in the services deployed from this node \
                  (see `brume ps`)"
             ),
@@ -369,7 +363,7 @@ impl Initiator {
             replica,
             tail,
         };
-        match ask_placed(&self.overlay, &self.agent, placed, &req).await? {
+        match ask_placed(&self.overlay, &self.agent, &placed, &req).await? {
             AgentReply::Logs(text) => Ok(text),
             AgentReply::Refused { reason } => anyhow::bail!(reason),
             other => anyhow::bail!("the host answered {other:?} to a logs request"),
@@ -486,11 +480,7 @@ async fn ask_placed(
     p: &Placed,
     req: &AgentRequest,
 ) -> anyhow::Result<AgentReply> {
-    let peer: PeerId = p
-        .peer
-        .parse()
-        .with_context(|| format!("the ledger holds a bad peer id {:?}", p.peer))?;
-    let addrs: Vec<Multiaddr> = p.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    let (peer, addrs) = p.target()?;
     ask(overlay, agent, peer, &addrs, req, |_| async {}).await
 }
 

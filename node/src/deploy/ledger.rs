@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use brume_overlay::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 /// Where one instance of a deployed service runs.
@@ -19,6 +20,20 @@ pub struct Placed {
     pub host: String,
     pub peer: String,
     pub addrs: Vec<String>,
+}
+
+impl Placed {
+    /// The host's peer id and the addresses to dial it by (unparsable ones skipped).
+    pub fn target(&self) -> anyhow::Result<(PeerId, Vec<Multiaddr>)> {
+        let peer: PeerId = self
+            .peer
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the ledger holds a bad peer id {:?}", self.peer))?;
+        Ok((
+            peer,
+            self.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+        ))
+    }
 }
 
 /// One deployed service.
@@ -80,6 +95,19 @@ impl Ledger {
         let old = entries.remove(service);
         self.save(&entries)?;
         Ok(old)
+    }
+
+    /// The instances `replica` of `task` in the services deployed from here (in `service`
+    /// only, when given), as (service, where it runs); more than one when services share a
+    /// task name.
+    pub fn locate(&self, service: Option<&str>, task: &str, replica: u32) -> Vec<(String, Placed)> {
+        self.lock()
+            .iter()
+            .filter(|(s, _)| service.is_none_or(|want| want == s.as_str()))
+            .flat_map(|(s, e)| e.instances.iter().map(move |p| (s, p)))
+            .filter(|(_, p)| p.task == task && p.replica == replica)
+            .map(|(s, p)| (s.clone(), p.clone()))
+            .collect()
     }
 
     /// Records that an instance of `service` moved to another host; `false` when the service

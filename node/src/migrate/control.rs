@@ -157,34 +157,24 @@ fn find_in_ledger(
     agent: &Agent,
     req: &MigrateRequest,
 ) -> anyhow::Result<(String, PeerId, Vec<Multiaddr>)> {
-    let not_found = || {
-        anyhow::anyhow!(
+    let mut found = agent
+        .ledger()
+        .map(|l| l.locate(req.service.as_deref(), &req.task, req.replica))
+        .unwrap_or_default();
+    let (service, placed) = match found.len() {
+        1 => found.remove(0),
+        0 => anyhow::bail!(
             "no task {} (replica {}) runs on this node or in the services deployed from it \
              (see `brume ps --all`); run the move on the node that runs it or deployed it",
             req.task,
             req.replica
-        )
-    };
-    let ledger = agent.ledger().ok_or_else(not_found)?;
-    let mut found = ledger
-        .all()
-        .into_iter()
-        .filter(|(s, _)| req.service.as_ref().is_none_or(|w| w == s))
-        .flat_map(|(s, e)| e.instances.into_iter().map(move |p| (s.clone(), p)))
-        .filter(|(_, p)| p.task == req.task && p.replica == req.replica)
-        .collect::<Vec<_>>();
-    if found.len() > 1 {
-        anyhow::bail!(
+        ),
+        _ => anyhow::bail!(
             "several services have a task {}: say which with --service",
             req.task
-        );
-    }
-    let (service, placed) = found.pop().ok_or_else(not_found)?;
-    let peer: PeerId = placed
-        .peer
-        .parse()
-        .with_context(|| format!("the ledger holds a bad peer id {:?}", placed.peer))?;
-    let addrs = placed.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        ),
+    };
+    let (peer, addrs) = placed.target()?;
     Ok((service, peer, addrs))
 }
 

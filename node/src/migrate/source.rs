@@ -9,14 +9,22 @@ use tracing::info;
 
 use super::checkpoint::{self, CHECKPOINT_TIMEOUT};
 use super::{target, MoveRequest};
-use crate::deploy::agent::{Agent, STOP_GRACE};
+use crate::deploy::agent::Agent;
 use crate::deploy::initiator::ask;
 use crate::deploy::wire::{AgentReply, AgentRequest, CheckpointMode, InstanceSpec, Phase};
-use crate::engine::Engine;
 use crate::tunnel::{Endpoint, Route};
 
 /// The environment variable a restored instance finds its state line in.
 pub const RESTORE_ENV: &str = "BRUME_RESTORE";
+
+/// Why the target did not do what it was asked, from a reply other than the expected one.
+fn target_failure(host: &str, what: &str, reply: anyhow::Result<AgentReply>) -> String {
+    match reply {
+        Ok(AgentReply::Refused { reason }) => format!("{host} refused {what}: {reason}"),
+        Ok(other) => format!("{host} answered {other:?}"),
+        Err(e) => format!("talking to {host} failed: {e:#}"),
+    }
+}
 
 /// `fut`'s output, or `None` once `deadline` has passed.
 async fn within<T>(
@@ -110,11 +118,7 @@ impl Agent {
         };
         match prepared {
             Ok(AgentReply::Prepared) => {}
-            Ok(AgentReply::Refused { reason }) => {
-                return untouched(format!("{} refused {what}: {reason}", dest.host))
-            }
-            Ok(other) => return untouched(format!("{} answered {other:?}", dest.host)),
-            Err(e) => return untouched(format!("cannot reach {}: {e:#}", dest.host)),
+            other => return untouched(target_failure(&dest.host, &what, other)),
         }
 
         // Hold the instance's callers: live calls through this node are cut, new ones wait,
@@ -168,11 +172,7 @@ impl Agent {
         };
         let instance = match started {
             Ok(AgentReply::Started { instance, .. }) => instance,
-            Ok(AgentReply::Refused { reason }) => {
-                return untouched(format!("{} refused {what}: {reason}", dest.host))
-            }
-            Ok(other) => return untouched(format!("{} answered {other:?}", dest.host)),
-            Err(e) => return untouched(format!("cannot start {what} on {}: {e:#}", dest.host)),
+            other => return untouched(target_failure(&dest.host, &what, other)),
         };
 
         // The new instance runs: calls from here go there (held ones first; streams from other
@@ -184,15 +184,7 @@ impl Agent {
         let told = self
             .tell_moved(&spec, dest.peer, &dest.host, &dest.addrs)
             .await;
-        let old = self.lock().remove(&req.key);
-        if let Some(old) = old {
-            if let Err(e) = self.engine.stop(&old.name, STOP_GRACE).await {
-                tracing::debug!(name = %old.name, error = %e, "stop failed; removing anyway");
-            }
-            if let Err(e) = self.engine.remove(&old.name).await {
-                tracing::warn!(name = %old.name, error = %e, "cannot remove the moved task");
-            }
-        }
+        self.stop_instance(&req.key).await;
         self.readvertise().await;
         info!(%what, to = %dest.host, state_bytes, held_ms, told, "instance moved");
         AgentReply::Migrated {

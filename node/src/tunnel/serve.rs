@@ -76,17 +76,10 @@ where
     let port = match route {
         Some(Route::Local { port }) => port,
         Some(Route::Remote { peer }) => {
-            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                let _ = write_frame(
-                    &mut stream,
-                    &Reply::Moved {
-                        peer: peer.to_string(),
-                    },
-                )
-                .await;
-                let _ = stream.close().await;
-            })
-            .await;
+            let moved = Reply::Moved {
+                peer: peer.to_string(),
+            };
+            reply_and_close(&mut stream, &moved).await;
             debug!(%endpoint, %peer, "caller redirected to the task's new host");
             return Ok(());
         }
@@ -117,8 +110,13 @@ where
 
 /// Best effort, bounded in time: tells the opener why, then closes the stream.
 async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, reason: String) {
+    reply_and_close(stream, &Reply::Refused { reason }).await;
+}
+
+/// Best effort, bounded in time: sends a final reply, then closes the stream.
+async fn reply_and_close<S: AsyncWrite + Unpin>(stream: &mut S, reply: &Reply) {
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let _ = write_frame(stream, &Reply::Refused { reason }).await;
+        let _ = write_frame(stream, reply).await;
         let _ = stream.close().await;
     })
     .await;
