@@ -197,6 +197,10 @@ impl Testbed {
     /// A command that runs `program` inside host `i` (`ip netns exec <ns> <program>`); add its
     /// arguments with [`Command::arg`]. Processes still running when the testbed is dropped are
     /// killed.
+    ///
+    /// The child enters the namespace (through `ip netns exec`) a moment after it starts;
+    /// dropping the testbed kills what is inside the namespace, so a child spawned an instant
+    /// before the drop may escape it.
     pub fn command(&self, i: usize, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.netns(i)]).arg(program);

@@ -57,6 +57,17 @@ fn drop_deletes_the_namespaces_and_kills_what_runs_inside() {
         .arg("60")
         .spawn()
         .expect("spawn sleep inside host 1");
+    // `ip netns exec` enters the namespace after it starts: wait until the child is inside
+    // (what drop kills is what is in the namespace), bounded.
+    let started = std::time::Instant::now();
+    while !brume_testnet::netns::pids(&names[1]).contains(&(child.id() as i32)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the child never entered {}",
+            names[1]
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(names.iter().all(|n| exists(n)));
     drop(bed);
     assert!(names.iter().all(|n| !exists(n)), "{names:?} left behind");
