@@ -2,7 +2,7 @@
 # Installs what brume's build and tests need, idempotently. Needs root (or sudo) only when
 # something is missing: a Rust toolchain with rustfmt and clippy, a C compiler, Graphviz (the
 # tests render `brume map --dot`), iproute2 and ping (the testbed's network namespaces; its tests
-# need root, which CI has).
+# need root, which CI has), CRIU, and fs.pipe-max-size >= 4 MiB for post-copy migration.
 set -euo pipefail
 
 need=()
@@ -27,3 +27,17 @@ if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 "$(dirname "$0")/install-criu.sh"   # CRIU >= 4.2 (sid, libraries from trixie), nftables (live migration)
+
+# Post-copy (CRIU lazy pages): the page server grows a pipe to 4 MiB, and root here lacks
+# CAP_SYS_RESOURCE, so fs.pipe-max-size must allow it (docs/criu.md). Raised, never lowered.
+want=4194304
+have=$(cat /proc/sys/fs/pipe-max-size 2>/dev/null || echo 0)
+if [ "$have" -lt "$want" ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setting fs.pipe-max-size=$want (was $have) for CRIU lazy pages; kept in /etc/sysctl.d/60-brume-lazy-pages.conf"
+  echo "fs.pipe-max-size = $want" | $sudo tee /etc/sysctl.d/60-brume-lazy-pages.conf >/dev/null ||
+    echo "warning: could not write /etc/sysctl.d/60-brume-lazy-pages.conf" >&2
+  $sudo sysctl -q -w fs.pipe-max-size=$want ||
+    echo "warning: could not set fs.pipe-max-size; post-copy migration will refuse to start" >&2
+fi

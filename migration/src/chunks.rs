@@ -12,7 +12,9 @@
 //! target holds and yields the chunks to send plus a [`Recipe`] (the digests in file order).
 //! After the send, [`ChunkSet::absorb`] records the new digests, so the next round and the next
 //! task only send what is still missing. On the target: chunks land in a store keyed by digest
-//! (here [`MemStore`]; the node keeps its own on disk) and [`rebuild`] turns a recipe back into the
+//! (here [`MemStore`]; a live migration's target keeps them in memory while it runs, and a node
+//! keeps those of finished migrations on disk in [`crate::live::store`], which a later
+//! migration's source asks before its first round) and [`rebuild`] turns a recipe back into the
 //! exact file, verifying every chunk's digest and length and the total length.
 //!
 //! Everything here is pure: no files, sockets or clocks; readers are passed in.

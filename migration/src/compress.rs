@@ -27,15 +27,32 @@
 //! completion time. Levels never measured are estimated from a reference table scaled by how the
 //! current level's measurements compare with its reference (seed 003's `Scale_P`, `Scale_R`),
 //! because ratios between levels are stable across workloads even when absolute values are not.
+//! One change from the seed: the ratio is scaled as a mixture, not a product. Memory is a mix of
+//! pages like the reference ones and pages nothing compresses, so a level's ratio is
+//! `1 - (1 - R_ref) * c` for the share `c` the measured level implies; the seed's `R_ref * Scale_R`
+//! makes nearly incompressible data look 17 % better at zstd9 than at zstd1 when the truth is 1 %,
+//! which kept the chooser at 86 % of the best on such data.
 //!
 //! Hysteresis: the chooser switches only when the best level beats the current one by more than
-//! `hysteresis` (10 %) and the current one has been held for `min_hold`. Probing: every
+//! `hysteresis` (10 %) and the current one has been held for `min_hold`, or when the best other
+//! level has led it by more than `sustained_gain` (3 %) on a moving average for `sustain` (1 s): noise
+//! averages out of a tie's lead, a real lead stays, so the chooser neither flaps on ties nor sits
+//! up to 10 % below the best for good (a property test found it at 89.5 % of the oracle, holding
+//! zstd3 at 195 MB/s while zstd1 delivered 216). Probing: every
 //! `probe_every` it spends one tick on the level whose own measurement is the oldest, so its
-//! estimates do not rot when the data's compressibility changes.
+//! estimates do not rot when the data's compressibility changes; and a sample 25 % away from its
+//! level's average (the data or the CPU changed) drops the other levels' measurements at once.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// Weight of a tick's lead in the runner-up's moving average (a time constant of ~1 s of ticks).
+const LEAD_ALPHA: f64 = 0.1;
+
+/// A sample this far (relative) from its level's average means the data's compressibility or
+/// the CPU's speed changed, not noise.
+const REGIME_SHIFT: f64 = 0.25;
 
 /// A compression setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -126,6 +143,11 @@ pub struct ChooserConfig {
     pub hysteresis: f64,
     /// A chosen level is kept at least this long.
     pub min_hold: Duration,
+    /// A smaller lead that also replaces the current level when it is the moving average of the
+    /// same runner-up's lead for at least `sustain`.
+    pub sustained_gain: f64,
+    /// How long the same level must have been the runner-up.
+    pub sustain: Duration,
     /// How often one tick is spent measuring the least recently measured level.
     pub probe_every: Duration,
     /// A level's own measurement older than this is replaced by the scaled reference estimate.
@@ -149,6 +171,8 @@ impl Default for ChooserConfig {
             tick: Duration::from_millis(100),
             hysteresis: 0.10,
             min_hold: Duration::from_millis(500),
+            sustained_gain: 0.03,
+            sustain: Duration::from_secs(1),
             probe_every: Duration::from_secs(5),
             stale_after: Duration::from_secs(3),
             workers: 1.0,
@@ -201,6 +225,9 @@ pub struct Chooser {
     switched_at: Duration,
     last_probe: Duration,
     switches: u32,
+    /// The best level other than the chosen one, since when, and the moving average of its
+    /// relative lead over the chosen one.
+    runner_up: Option<(Level, Duration, f64)>,
 }
 
 impl Chooser {
@@ -216,6 +243,7 @@ impl Chooser {
             switched_at: Duration::ZERO,
             last_probe: Duration::ZERO,
             switches: 0,
+            runner_up: None,
         }
     }
 
@@ -254,7 +282,20 @@ impl Chooser {
         let m = &mut self.measured[s.level.index()];
         let fresh =
             m.at.is_some_and(|at| now.saturating_sub(at) <= self.cfg.stale_after);
-        if fresh {
+        let shifted = fresh
+            && ((ratio - m.ratio).abs() > REGIME_SHIFT * m.ratio
+                || (cpu - m.cpu_per_byte).abs() > REGIME_SHIFT * m.cpu_per_byte);
+        if shifted {
+            // The data or the CPU changed under this level: what the other levels measured
+            // before no longer holds, so they are estimated from this one until probed again.
+            for (i, other) in self.measured.iter_mut().enumerate() {
+                if i != s.level.index() {
+                    other.at = None;
+                }
+            }
+        }
+        let m = &mut self.measured[s.level.index()];
+        if fresh && !shifted {
             m.cpu_per_byte += self.cfg.alpha * (cpu - m.cpu_per_byte);
             m.ratio += self.cfg.alpha * (ratio - m.ratio);
         } else {
@@ -276,11 +317,11 @@ impl Chooser {
             Some(m) => (m.cpu_per_byte, m.ratio, true),
             None => {
                 let (p_ref, r_ref) = self.cfg.reference[level.index()];
-                let (sp, sr) = self.scales(now);
+                let (sp, share) = self.scales(now);
                 let ratio = if level == Level::None {
                     1.0
                 } else {
-                    r_ref * sr
+                    (1.0 - (1.0 - r_ref) * share).clamp(0.005, 1.0)
                 };
                 (p_ref * sp, ratio, false)
             }
@@ -299,8 +340,9 @@ impl Chooser {
         }
     }
 
-    /// Seed 003's scale factors: how the freshest measured compressing level compares with its
-    /// reference (1 when nothing is known).
+    /// Seed 003's scale factors: how the freshest measured level compares with its reference.
+    /// Returns the CPU scale and the compressible share of the data (how much of the reference's
+    /// saving the measured level got); both 1 when nothing is known.
     fn scales(&self, now: Duration) -> (f64, f64) {
         let mut best: Option<(Duration, Level, Measured)> = None;
         for l in Level::ALL {
@@ -316,12 +358,12 @@ impl Chooser {
         };
         let (p_ref, r_ref) = self.cfg.reference[level.index()];
         let sp = (m.cpu_per_byte / p_ref).clamp(0.05, 20.0);
-        let sr = if level == Level::None {
+        let share = if level == Level::None {
             1.0
         } else {
-            (m.ratio / r_ref).clamp(0.1, 4.0)
+            ((1.0 - m.ratio) / (1.0 - r_ref)).clamp(0.0, 1.5)
         };
-        (sp, sr)
+        (sp, share)
     }
 
     /// Re-decides if a tick has passed since the last decision; returns the level to use from
@@ -336,19 +378,38 @@ impl Chooser {
         let before = self.level();
         self.probing = None;
         if self.bandwidth.is_some() {
-            let best = Level::ALL
-                .into_iter()
-                .map(|l| self.estimate(l, now))
-                .max_by(|a, b| a.rate.total_cmp(&b.rate))
-                .map(|e| e.level)
-                .unwrap_or(self.chosen);
             let current = self.estimate(self.chosen, now).rate;
-            let gain = self.estimate(best, now).rate;
             let held = now.saturating_sub(self.switched_at) >= self.cfg.min_hold;
-            if best != self.chosen && gain > current * (1.0 + self.cfg.hysteresis) && held {
-                self.chosen = best;
+            // The best level other than the chosen one: the one to jump to, and the runner-up
+            // whose lead is averaged.
+            let other = Level::ALL
+                .into_iter()
+                .filter(|l| *l != self.chosen)
+                .map(|l| self.estimate(l, now))
+                .max_by(|a, b| a.rate.total_cmp(&b.rate));
+            let jump = other
+                .filter(|o| o.rate > current * (1.0 + self.cfg.hysteresis))
+                .map(|o| o.level);
+            let mut sustained = None;
+            if let Some(o) = other.filter(|_| current > 0.0) {
+                let lead = o.rate / current - 1.0;
+                let (since, avg) = match self.runner_up {
+                    Some((l, since, avg)) if l == o.level => {
+                        (since, avg + LEAD_ALPHA * (lead - avg))
+                    }
+                    _ => (now, lead),
+                };
+                self.runner_up = Some((o.level, since, avg));
+                let long = now.saturating_sub(since) >= self.cfg.sustain;
+                if long && avg > self.cfg.sustained_gain {
+                    sustained = Some(o.level);
+                }
+            }
+            if let Some(next) = jump.or(sustained).filter(|_| held) {
+                self.chosen = next;
                 self.switched_at = now;
                 self.switches += 1;
+                self.runner_up = None;
             } else if now.saturating_sub(self.last_probe) >= self.cfg.probe_every {
                 self.last_probe = now;
                 self.probing = Level::ALL
@@ -403,12 +464,24 @@ mod tests {
         }
     }
 
-    /// Runs the chooser over `segments` (truth, seconds) with multiplicative noise from `noise`,
-    /// returning (bytes delivered, bytes the per-tick oracle would deliver, chosen levels).
-    fn simulate(
-        segments: &[(Truth, f64)],
-        noise: &mut impl FnMut() -> f64,
-    ) -> (f64, f64, Vec<Level>) {
+    /// What a simulated run delivered.
+    struct Run {
+        /// Bytes delivered, and what an oracle choosing the best level at every tick would.
+        got: f64,
+        oracle: f64,
+        /// The same, counting only ticks at least `SETTLE` seconds after a change of truth.
+        settled_got: f64,
+        settled_oracle: f64,
+        /// The chosen level at every tick.
+        chosen: Vec<Level>,
+    }
+
+    /// How long after a change of truth the chooser is given to notice it: bandwidth is averaged
+    /// over a few ticks, a choice is held 500 ms, and a change may take two steps.
+    const SETTLE: f64 = 1.5;
+
+    /// Runs the chooser over `segments` (truth, seconds) with multiplicative noise from `noise`.
+    fn simulate(segments: &[(Truth, f64)], noise: &mut impl FnMut() -> f64) -> Run {
         simulate_with(ChooserConfig::default(), segments, noise)
     }
 
@@ -416,14 +489,19 @@ mod tests {
         cfg: ChooserConfig,
         segments: &[(Truth, f64)],
         noise: &mut impl FnMut() -> f64,
-    ) -> (f64, f64, Vec<Level>) {
+    ) -> Run {
         let mut c = Chooser::new(cfg);
         let dt = 0.1;
         let mut t = 0.0;
-        let (mut got, mut oracle) = (0.0, 0.0);
-        let mut chosen = Vec::new();
+        let mut run = Run {
+            got: 0.0,
+            oracle: 0.0,
+            settled_got: 0.0,
+            settled_oracle: 0.0,
+            chosen: Vec::new(),
+        };
         for (truth, secs) in segments {
-            let end = t + secs;
+            let (start, end) = (t, t + secs);
             while t < end - 1e-9 {
                 let now = Duration::from_secs_f64(t);
                 c.observe_bandwidth(truth.bandwidth * noise());
@@ -441,13 +519,17 @@ mod tests {
                     },
                     now,
                 );
-                got += bytes_in;
-                oracle += truth.best() * dt;
-                chosen.push(c.chosen());
+                run.got += bytes_in;
+                run.oracle += truth.best() * dt;
+                if t - start >= SETTLE - 1e-9 {
+                    run.settled_got += bytes_in;
+                    run.settled_oracle += truth.best() * dt;
+                }
+                run.chosen.push(c.chosen());
                 t += dt;
             }
         }
-        (got, oracle, chosen)
+        run
     }
 
     fn steady(bandwidth: f64) -> Truth {
@@ -487,15 +569,15 @@ mod tests {
 
     #[test]
     fn slow_link_picks_high_compression() {
-        let (_, _, chosen) = simulate(&[(steady(1.0 * MB), 5.0)], &mut || 1.0);
+        let Run { chosen, .. } = simulate(&[(steady(1.0 * MB), 5.0)], &mut || 1.0);
         assert_eq!(*chosen.last().unwrap(), Level::Zstd9);
     }
 
     #[test]
     fn fast_link_picks_none_or_zstd1() {
-        let (_, _, chosen) = simulate(&[(steady(2000.0 * MB), 5.0)], &mut || 1.0);
+        let Run { chosen, .. } = simulate(&[(steady(2000.0 * MB), 5.0)], &mut || 1.0);
         assert!(matches!(chosen.last().unwrap(), Level::None | Level::Zstd1));
-        let (_, _, chosen) = simulate(&[(steady(10_000.0 * MB), 5.0)], &mut || 1.0);
+        let Run { chosen, .. } = simulate(&[(steady(10_000.0 * MB), 5.0)], &mut || 1.0);
         assert_eq!(*chosen.last().unwrap(), Level::None);
     }
 
@@ -506,13 +588,18 @@ mod tests {
             cpu_scale: 1.0,
             compressibility: 0.0,
         };
-        let (_, _, chosen) = simulate(&[(t, 10.0)], &mut || 1.0);
+        let Run { chosen, .. } = simulate(&[(t, 10.0)], &mut || 1.0);
         assert_eq!(*chosen.last().unwrap(), Level::None);
     }
 
     #[test]
     fn follows_bandwidth_changes_both_ways() {
-        let (got, oracle, chosen) = simulate(
+        let Run {
+            got,
+            oracle,
+            chosen,
+            ..
+        } = simulate(
             &[
                 (steady(1.0 * MB), 10.0),
                 (steady(5000.0 * MB), 10.0),
@@ -560,7 +647,7 @@ mod tests {
     #[test]
     fn hysteresis_prevents_flapping() {
         let (truth, mut noise) = tie_trace();
-        let (_, _, chosen) = simulate(&[(truth, 60.0)], &mut noise);
+        let Run { chosen, .. } = simulate(&[(truth, 60.0)], &mut noise);
         eprintln!(
             "with hysteresis: {} switches in 600 ticks",
             switches(&chosen)
@@ -581,7 +668,7 @@ mod tests {
             ..ChooserConfig::default()
         };
         let (truth, mut noise) = tie_trace();
-        let (_, _, chosen) = simulate_with(cfg, &[(truth, 60.0)], &mut noise);
+        let Run { chosen, .. } = simulate_with(cfg, &[(truth, 60.0)], &mut noise);
         eprintln!(
             "without hysteresis: {} switches in 600 ticks",
             switches(&chosen)
@@ -627,6 +714,63 @@ mod tests {
         assert_eq!(c.level(), l);
     }
 
+    fn xorshift_noise(seed: u64) -> impl FnMut() -> f64 {
+        let mut rng = seed | 1;
+        move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            1.0 + ((rng >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.1
+        }
+    }
+
+    fn truth(bandwidth: f64, cpu_scale: f64, compressibility: f64) -> Truth {
+        Truth {
+            bandwidth,
+            cpu_scale,
+            compressibility,
+        }
+    }
+
+    /// Traces the property below once failed on, each a way the chooser went wrong: holding
+    /// zstd3 while zstd1 led by 11% (under the hysteresis; 89.5% of the oracle), trusting
+    /// other levels' measurements of incompressible data after the data turned compressible
+    /// (79.6%), and scaling ratios as a product on nearly incompressible data (85.4%).
+    #[test]
+    fn traces_the_property_test_found() {
+        let slow_incompressible = truth(395_284.7, 0.3, 0.0);
+        let cases = [
+            (
+                vec![
+                    (slow_incompressible, 9.18),
+                    (truth(140_423_389.3, 0.786, 0.542), 8.69),
+                ],
+                13_278_967_331_741_706_578u64,
+            ),
+            (
+                vec![
+                    (truth(27_054_348.4, 0.869, 0.880), 5.0),
+                    (slow_incompressible, 5.91),
+                    (truth(133_471_944.7, 0.3, 0.998), 5.0),
+                ],
+                33_940_439_415_718,
+            ),
+            (
+                vec![
+                    (slow_incompressible, 14.83),
+                    (truth(240_478_840.6, 0.601, 0.247), 5.0),
+                ],
+                6_909_028_981_661_640_392,
+            ),
+        ];
+        for (i, (segments, seed)) in cases.iter().enumerate() {
+            let run = simulate(segments, &mut xorshift_noise(*seed));
+            let share = run.got / run.oracle;
+            eprintln!("case {i}: {share:.3} of the oracle");
+            assert!(share >= 0.9, "case {i}: {share:.3} of the oracle");
+        }
+    }
+
     fn truth_strategy() -> impl Strategy<Value = (Truth, f64)> {
         (0.5f64..4.0, 0.3f64..1.0, 0.0f64..1.0, 5.0f64..20.0).prop_map(
             |(log_bw, cpu_scale, compressibility, secs)| {
@@ -643,26 +787,28 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// On piecewise-constant traces (bandwidth 0.4 MB/s..1.2 GB/s, CPU speed and
         /// compressibility varying, each phase 5-20 s, 5% measurement noise), the adaptive
-        /// choice delivers at least 90% of what an oracle knowing the truth at every tick would
-        /// (the worst of 288 cases seen while writing this: 94.7%).
+        /// choice delivers at least 90% of what an oracle knowing the truth at every tick would,
+        /// and 95% once 1.5 s have passed since each change. Worst of 15,000 cases (5 runs of
+        /// 3,000 with `BRUME_CHOOSER_RATIOS=1`): 92.3% and 95.9%.
         #[test]
         fn within_10_percent_of_hindsight(
             segments in proptest::collection::vec(truth_strategy(), 1..5),
             seed in any::<u64>(),
         ) {
-            let mut rng = seed | 1;
-            let mut noise = move || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                1.0 + ((rng >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.1
-            };
-            let (got, oracle, _) = simulate(&segments, &mut noise);
-            prop_assert!(got >= 0.9 * oracle, "{:.3} of the oracle", got / oracle);
+            let run = simulate(&segments, &mut xorshift_noise(seed));
+            if std::env::var_os("BRUME_CHOOSER_RATIOS").is_some() {
+                eprintln!("RATIOS settled {:.4} whole {:.4}", run.settled_got / run.settled_oracle, run.got / run.oracle);
+            }
+            prop_assert!(run.got >= 0.9 * run.oracle, "{:.3} of the oracle", run.got / run.oracle);
+            prop_assert!(
+                run.settled_got >= 0.95 * run.settled_oracle,
+                "settled: {:.3} of the oracle",
+                run.settled_got / run.settled_oracle
+            );
         }
     }
 }

@@ -26,6 +26,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -130,13 +131,13 @@ impl DumpOptions {
         self
     }
 
-    fn log_path(&self) -> PathBuf {
+    pub(crate) fn log_path(&self) -> PathBuf {
         self.log_file
             .clone()
             .unwrap_or_else(|| self.images_dir.join("dump.log"))
     }
 
-    fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         let mut args = vec![
             "dump".to_string(),
             "-t".to_string(),
@@ -155,6 +156,19 @@ impl DumpOptions {
         push_flag(&mut args, self.ext_unix_sk, "--ext-unix-sk");
         args
     }
+}
+
+/// A file descriptor of the caller that `criu restore` gives the restored tree in place of a
+/// file it cannot recreate (`--inherit-fd fd[N]:KEY`): a pipe whose other end was outside the
+/// dumped tree, such as the pipe an engine reads the task's stdout from. Without it CRIU makes a
+/// new pipe nobody reads, and the task's next write fails or blocks. `key` names the dumped file
+/// as CRIU does, e.g. `pipe:[123456]` (the link `/proc/<pid>/fd/1` had at dump time); `fd` must
+/// stay open until [`Criu::restore`] returns. This is how runc hands stdio back to a restored
+/// container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritFd {
+    pub key: String,
+    pub fd: RawFd,
 }
 
 /// What to restore and how; build with [`RestoreOptions::new`] and the setters.
@@ -183,6 +197,11 @@ pub struct RestoreOptions {
     pub log_file: Option<PathBuf>,
     /// Log verbosity (`-v<n>`, 0..=4).
     pub verbosity: u8,
+    /// Descriptors handed to the restored tree (`--inherit-fd`), see [`InheritFd`].
+    pub inherit_fds: Vec<InheritFd>,
+    /// Memory was dumped lazily: pages come from a `criu lazy-pages` daemon running on the
+    /// same images directory (`--lazy-pages`), see [`crate::lazy`].
+    pub lazy_pages: bool,
 }
 
 impl RestoreOptions {
@@ -200,7 +219,18 @@ impl RestoreOptions {
             pidfile: None,
             log_file: None,
             verbosity: 4,
+            inherit_fds: Vec::new(),
+            lazy_pages: false,
         }
+    }
+
+    /// Adds an [`InheritFd`].
+    pub fn inherit_fd(mut self, key: impl Into<String>, fd: RawFd) -> Self {
+        self.inherit_fds.push(InheritFd {
+            key: key.into(),
+            fd,
+        });
+        self
     }
 
     /// Sets [`RestoreOptions::detached`].
@@ -272,6 +302,11 @@ impl RestoreOptions {
         push_flag(&mut args, self.tcp_established, "--tcp-established");
         push_flag(&mut args, self.shell_job, "--shell-job");
         push_flag(&mut args, self.ext_unix_sk, "--ext-unix-sk");
+        push_flag(&mut args, self.lazy_pages, "--lazy-pages");
+        for i in &self.inherit_fds {
+            args.push("--inherit-fd".to_string());
+            args.push(format!("fd[{}]:{}", i.fd, i.key));
+        }
         args
     }
 }
@@ -347,14 +382,14 @@ impl DumpStats {
     }
 }
 
-/// A protobuf field value, as far as the stats image needs.
-enum Field<'a> {
+/// A protobuf field value, as far as the images brume reads need (stats, pagemaps).
+pub(crate) enum Field<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
 }
 
 /// The (field number, value) pairs of a protobuf message; `None` on anything unexpected.
-fn protobuf_fields(mut buf: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
+pub(crate) fn protobuf_fields(mut buf: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
     fn varint(buf: &mut &[u8]) -> Option<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
@@ -450,6 +485,12 @@ pub enum CriuError {
         pid: u32,
         /// How long it was waited for.
         waited: Duration,
+    },
+    /// `fs.pipe-max-size` is below what CRIU's page server needs for lazy pages.
+    #[error("lazy pages need fs.pipe-max-size >= {} (it is {current}): root here lacks CAP_SYS_RESOURCE, so CRIU's page server cannot grow its pipe; run `sysctl -w fs.pipe-max-size={}` (scripts/install-deps.sh sets it)", crate::lazy::MIN_PIPE_MAX_SIZE, crate::lazy::MIN_PIPE_MAX_SIZE)]
+    PipeMaxSize {
+        /// The current setting, bytes.
+        current: u64,
     },
 }
 
@@ -627,7 +668,8 @@ impl Criu {
         // A stale pidfile from an earlier restore would be read as this one's.
         let _ = std::fs::remove_file(&pidfile);
         let log_file = opts.log_path();
-        let elapsed = self.run("restore", &opts.args(), &log_file)?;
+        let keep: Vec<RawFd> = opts.inherit_fds.iter().map(|i| i.fd).collect();
+        let elapsed = self.run_keeping("restore", &opts.args(), &log_file, &keep)?;
         let text = std::fs::read_to_string(&pidfile).map_err(|e| CriuError::Pidfile {
             path: pidfile.clone(),
             why: e.to_string(),
@@ -666,7 +708,7 @@ impl Criu {
         cmd
     }
 
-    fn spawn_error(&self, source: io::Error) -> CriuError {
+    pub(crate) fn spawn_error(&self, source: io::Error) -> CriuError {
         CriuError::Spawn {
             binary: self.binary.clone(),
             source,
@@ -680,33 +722,83 @@ impl Criu {
         args: &[String],
         log_file: &Path,
     ) -> Result<Duration, CriuError> {
+        self.run_keeping(action, args, log_file, &[])
+    }
+
+    /// [`Criu::run`], with the descriptors `keep` left open (same numbers) in `criu`.
+    fn run_keeping(
+        &self,
+        action: &'static str,
+        args: &[String],
+        log_file: &Path,
+        keep: &[RawFd],
+    ) -> Result<Duration, CriuError> {
         let started = Instant::now();
-        let out = self
-            .command()
-            .args(args)
-            .output()
-            .map_err(|e| self.spawn_error(e))?;
+        let mut cmd = self.command_keeping(keep);
+        cmd.args(args);
+        let out = cmd.output().map_err(|e| self.spawn_error(e))?;
         let elapsed = started.elapsed();
         if out.status.success() {
             return Ok(elapsed);
         }
-        let log = std::fs::read_to_string(log_file).unwrap_or_default();
-        let mut errors = error_lines(&String::from_utf8_lossy(&out.stderr));
-        errors.extend(error_lines(&log));
-        errors.dedup();
-        Err(CriuError::Failed {
+        Err(failed(
             action,
-            status: out.status,
+            out.status,
             elapsed,
-            errors,
-            log_tail: tail(&log, LOG_TAIL_LINES),
-            log_file: log_file.to_path_buf(),
-        })
+            &String::from_utf8_lossy(&out.stderr),
+            log_file,
+        ))
+    }
+
+    /// `criu` with the descriptors `keep` left open (same numbers) in it.
+    pub(crate) fn command_keeping(&self, keep: &[RawFd]) -> Command {
+        let mut cmd = self.command();
+        if !keep.is_empty() {
+            use std::os::unix::process::CommandExt;
+            let keep = keep.to_vec();
+            // SAFETY: runs in the forked child before exec and only calls fcntl(2), which is
+            // async-signal-safe; clearing FD_CLOEXEC there (not in the parent) keeps the
+            // descriptors out of every other program this process starts meanwhile.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &fd in &keep {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd
+    }
+}
+
+/// [`CriuError::Failed`] for a `criu` that exited with `status`: CRIU's error lines from its
+/// stderr and its log, and the log's tail.
+pub(crate) fn failed(
+    action: &'static str,
+    status: ExitStatus,
+    elapsed: Duration,
+    stderr: &str,
+    log_file: &Path,
+) -> CriuError {
+    let log = std::fs::read_to_string(log_file).unwrap_or_default();
+    let mut errors = error_lines(stderr);
+    errors.extend(error_lines(&log));
+    errors.dedup();
+    CriuError::Failed {
+        action,
+        status,
+        elapsed,
+        errors,
+        log_tail: tail(&log, LOG_TAIL_LINES),
+        log_file: log_file.to_path_buf(),
     }
 }
 
 /// CRIU's `Error (file:line): ...` lines, without the harmless RLIMIT_NOFILE one.
-fn error_lines(text: &str) -> Vec<String> {
+pub(crate) fn error_lines(text: &str) -> Vec<String> {
     text.lines()
         .filter(|l| l.contains("Error") && !l.contains(HARMLESS_ERROR))
         .map(|l| l.trim().to_string())
@@ -722,7 +814,7 @@ fn tail(text: &str, n: usize) -> Vec<String> {
 }
 
 /// Total size of the regular files in `dir` (CRIU's images are flat).
-fn dir_bytes(dir: &Path) -> io::Result<u64> {
+pub(crate) fn dir_bytes(dir: &Path) -> io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let meta = entry?.metadata()?;
@@ -763,6 +855,49 @@ mod tests {
             "restore -D /imgs -o /imgs/restore.log -v4 --pidfile /imgs/restore.pid --network-lock skip \
              --restore-detached --root /"
         );
+    }
+
+    #[test]
+    fn inherited_fds_become_inherit_fd_flags() {
+        let line = RestoreOptions::new("/imgs")
+            .inherit_fd("pipe:[4242]", 7)
+            .inherit_fd("pipe:[17]", 9)
+            .args()
+            .join(" ");
+        assert!(
+            line.ends_with("--inherit-fd fd[7]:pipe:[4242] --inherit-fd fd[9]:pipe:[17]"),
+            "{line}"
+        );
+        assert!(!RestoreOptions::new("/imgs")
+            .args()
+            .join(" ")
+            .contains("--inherit-fd"));
+    }
+
+    /// The descriptors to keep reach the program under the same numbers, and only those.
+    #[test]
+    fn kept_descriptors_stay_open_in_the_child() {
+        let (r, w) = std::io::pipe().expect("pipe");
+        use std::os::fd::AsRawFd;
+        let fd = w.as_raw_fd();
+        let dir = std::env::temp_dir().join(format!("brume-criu-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let log = dir.join("log");
+        // `sh -c` stands in for criu: it writes into the kept descriptor by number.
+        let sh = Criu::with_binary("sh");
+        let script = format!("echo kept > /proc/self/fd/{fd}");
+        sh.run_keeping("test", &["-c".into(), script.clone()], &log, &[fd])
+            .expect("the kept descriptor is open in the child");
+        drop(w);
+        let mut got = String::new();
+        use std::io::Read;
+        (&r).read_to_string(&mut got).expect("read");
+        assert_eq!(got, "kept\n");
+        // Without keeping it, the same number is closed in the child (close-on-exec).
+        let (_r2, w2) = std::io::pipe().expect("pipe");
+        let script = format!("echo lost > /proc/self/fd/{}", w2.as_raw_fd());
+        assert!(sh.run("test", &["-c".into(), script], &log).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -15,11 +15,16 @@
 //! long a dump and the final downtime will take, so it starts in time before a deadline and only
 //! freezes when the predicted downtime fits. [`live`] carries this out with real dumps and a
 //! real stream: pre-copy rounds, the final round, the target's rebuild and restore, and the
-//! fallback that restores the task on the source when the target cannot.
+//! fallback that restores the task on the source when the target cannot. Its post-copy mode
+//! freezes the task once, sends everything but its memory and restores it at once; [`lazy`]
+//! runs CRIU's lazy-pages processes whose page traffic [`live`] relays over the same stream
+//! until the target holds every page, so the freeze does not grow with the task's memory.
 
+pub mod checkpointer;
 pub mod chunks;
 pub mod compress;
 pub mod criu;
+pub mod lazy;
 pub mod live;
 pub mod planner;
 pub mod predictor;

@@ -17,32 +17,13 @@
 mod criu_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use criu_support::{ask, require_criu, wait_ready, workload_binary, TempDir};
+use criu_support::{ask, require_criu, run, run_ok, wait_ready, workload_binary, TempDir};
 
 const DOCKER_RUNC_ROOT: &str = "/run/docker/runtime-runc/moby";
 const DOCKER_BUNDLES: &str = "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby";
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"))
-}
-
-fn run_ok(program: &str, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Removes the Docker container and image, the restored runc container and its cgroups.
 struct Cleanup {

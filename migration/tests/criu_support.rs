@@ -15,7 +15,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -254,4 +254,25 @@ pub fn require_criu() {
         matches!(&out, Ok(o) if o.status.success()),
         "criu is not installed: run scripts/install-criu.sh (tests need root and CRIU >= 4)"
     );
+}
+
+/// Runs `program` with `args` (no stdin) and returns what it did; panics if it cannot start.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+/// Runs `program` and returns its trimmed stdout; panics, with its output, if it fails.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

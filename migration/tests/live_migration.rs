@@ -12,13 +12,13 @@ mod live_support;
 use std::time::Duration;
 
 use brume_migration::criu::Criu;
-use brume_migration::live::wire::{read_message, Message};
+use brume_migration::live::wire::{read_message, write_message, Message};
 use brume_migration::live::{
     migrate_in, migrate_out, LiveError, RoundStats, SourceOptions, TargetOptions,
 };
 use brume_migration::planner::PlannerConfig;
 use live_support::{
-    ask, assert_counter_continues, criu_or_skip, longest_gap, Dirtier, Poller, TempDir,
+    ask, assert_counter_continues, criu_or_skip, longest_gap, poll, Dirtier, TempDir,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -48,7 +48,7 @@ fn precopy_moves_a_64_mib_task_that_keeps_dirtying_its_memory() {
     let socket = dir.path().join("w.sock");
     let task = Dirtier::start(&socket, 64, 0x6464, 8.0);
     let before_steps = task.assert_state_consistent();
-    let poller = Poller::start(&socket, Duration::from_millis(2));
+    let poller = poll(&socket, Duration::from_millis(2));
     std::thread::sleep(Duration::from_millis(300));
 
     let rt = runtime();
@@ -93,7 +93,7 @@ fn precopy_moves_a_64_mib_task_that_keeps_dirtying_its_memory() {
     let (gap, last_source, first_target) = longest_gap(&log).expect("answers");
     assert!(log.len() > 100, "{} answers", log.len());
     assert_counter_continues(&log);
-    let (_, after) = log.last().copied().expect("answers");
+    let after = log.last().map(|a| a.value).expect("answers");
     assert!(
         after > first_target,
         "the restored task keeps answering ({first_target} then {after})"
@@ -132,7 +132,15 @@ fn a_target_that_drops_the_link_mid_precopy_leaves_the_task_running() {
         let addr = listener.local_addr().expect("addr");
         let target = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.expect("accept");
-            // Take the hello and a few batches of the first round, then vanish.
+            // Take the hello (answered as a version 2 target without a chunk store does) and a
+            // few batches of the first round, then vanish.
+            match read_message(&mut stream).await {
+                Ok(Message::Hello { .. }) => {}
+                other => panic!("expected the hello, got {other:?}"),
+            }
+            write_message(&mut stream, &Message::Welcome { store_chunks: 0 })
+                .await
+                .expect("welcome");
             let mut seen = 0;
             while seen < 4 {
                 match read_message(&mut stream).await {
@@ -179,7 +187,7 @@ fn a_failed_restore_on_the_target_brings_the_task_back_on_the_source() {
     let dir = TempDir::new("live-fail");
     let socket = dir.path().join("w.sock");
     let task = Dirtier::start(&socket, 16, 0xfa11, 4.0);
-    let poller = Poller::start(&socket, Duration::from_millis(2));
+    let poller = poll(&socket, Duration::from_millis(2));
     std::thread::sleep(Duration::from_millis(200));
     let rt = runtime();
     let staging = dir.path().join("staging");

@@ -10,10 +10,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+pub use brume_testnet::poller::{Answer, Poller};
 
 /// The workload's source, shared with `brume bench migration`.
 pub const DIRTIER_SRC: &str = include_str!("../../examples/dirtier/src/main.rs");
@@ -94,12 +95,44 @@ pub struct Dirtier {
     pub mib: usize,
     pub seed: u64,
     reaper: Option<JoinHandle<()>>,
+    /// The original is gone for good (a post-copy ended it): its PID may belong to anyone now.
+    moved_away: bool,
 }
 
 impl Dirtier {
     pub fn start(socket: &Path, mib: usize, seed: u64, dirty_mib_s: f64) -> Dirtier {
-        let mut child = Command::new(dirtier())
-            .arg("serve")
+        let mut cmd = Command::new(dirtier());
+        let child = Dirtier::serve(&mut cmd, socket, mib, seed, dirty_mib_s)
+            .spawn()
+            .expect("spawn dirtier");
+        let pid = child.id();
+        Dirtier::ready(child, pid, socket, mib, seed)
+    }
+
+    /// Like [`Dirtier::start`], but the dirtier is the init of its own PID namespace
+    /// (`brume_testnet::pidns`), as a task must be when it is restored on the host it was dumped
+    /// on while the original still exists (post-copy). `pid` is its host PID.
+    pub fn start_in_pid_namespace(
+        socket: &Path,
+        mib: usize,
+        seed: u64,
+        dirty_mib_s: f64,
+    ) -> Dirtier {
+        let mut cmd = brume_testnet::pidns::command(dirtier());
+        let (child, pid) =
+            brume_testnet::pidns::spawn(Dirtier::serve(&mut cmd, socket, mib, seed, dirty_mib_s))
+                .expect("spawn unshare");
+        Dirtier::ready(child, pid, socket, mib, seed)
+    }
+
+    fn serve<'a>(
+        cmd: &'a mut Command,
+        socket: &Path,
+        mib: usize,
+        seed: u64,
+        dirty_mib_s: f64,
+    ) -> &'a mut Command {
+        cmd.arg("serve")
             .arg(socket)
             .arg(mib.to_string())
             .arg(seed.to_string())
@@ -107,9 +140,17 @@ impl Dirtier {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn dirtier");
-        let pid = child.id();
+    }
+
+    /// Reaps `child` from a thread as soon as it exits (CRIU's final dump kills the task, and a
+    /// zombie would hold its PID against the restore) and waits until the socket answers.
+    fn ready(
+        mut child: std::process::Child,
+        pid: u32,
+        socket: &Path,
+        mib: usize,
+        seed: u64,
+    ) -> Dirtier {
         let reaper = std::thread::spawn(move || {
             let _ = child.wait();
         });
@@ -127,7 +168,18 @@ impl Dirtier {
             mib,
             seed,
             reaper: Some(reaper),
+            moved_away: false,
         }
+    }
+
+    /// Waits (bounded) until the original process is gone and reaped, and stops killing its PID
+    /// on drop: after a post-copy the task runs elsewhere under another PID, and this one may be
+    /// reused.
+    pub fn wait_moved_away(&mut self) {
+        if let Some(r) = self.reaper.take() {
+            let _ = r.join();
+        }
+        self.moved_away = true;
     }
 
     /// `SUM`: (steps, checksum) of the memory now.
@@ -166,8 +218,11 @@ impl Dirtier {
 
 impl Drop for Dirtier {
     fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.pid as i32, libc::SIGKILL);
+        if !self.moved_away {
+            // SAFETY: kill(2) has no memory effects.
+            unsafe {
+                libc::kill(self.pid as i32, libc::SIGKILL);
+            }
         }
         if let Some(r) = self.reaper.take() {
             let _ = r.join();
@@ -188,68 +243,30 @@ pub fn ask(socket: &Path, command: &str) -> std::io::Result<String> {
     Ok(line.trim().to_string())
 }
 
-/// Sends `TICK` every `every` from a thread and records each answer with its time.
-pub struct Poller {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<(Instant, u64)>>>,
-}
-
-impl Poller {
-    pub fn start(socket: &Path, every: Duration) -> Poller {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let socket = socket.to_path_buf();
-        let thread = std::thread::spawn(move || {
-            let mut log = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok(v) = ask(&socket, "TICK") {
-                    if let Ok(v) = v.parse::<u64>() {
-                        log.push((Instant::now(), v));
-                    }
-                }
-                std::thread::sleep(every);
-            }
-            log
-        });
-        Poller {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops polling and returns every answer.
-    pub fn finish(mut self) -> Vec<(Instant, u64)> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+/// Asks the task at `socket` for `TICK` every `every`, recording each answer with its time and
+/// the PID that gave it; never gives a request up on a process that may still answer it, so
+/// the counter must go up by one per answer (`brume_testnet::poller`).
+pub fn poll(socket: &Path, every: Duration) -> Poller {
+    Poller::start(socket, "TICK", every, || true)
 }
 
 /// The longest silence between two answers, as (gap, answer before, answer after).
-pub fn longest_gap(log: &[(Instant, u64)]) -> Option<(Duration, u64, u64)> {
+pub fn longest_gap(log: &[Answer]) -> Option<(Duration, u64, u64)> {
     log.windows(2)
-        .map(|w| (w[1].0 - w[0].0, w[0].1, w[1].1))
+        .map(|w| (w[1].at - w[0].at, w[0].value, w[1].value))
         .max_by_key(|g| g.0)
 }
 
 /// Asserts the counter went up by exactly one from each answer to the next.
-pub fn assert_counter_continues(log: &[(Instant, u64)]) {
+pub fn assert_counter_continues(log: &[Answer]) {
     for w in log.windows(2) {
         assert_eq!(
-            w[1].1,
-            w[0].1 + 1,
+            w[1].value,
+            w[0].value + 1,
             "the counter jumped from {} to {} ({:?} apart)",
-            w[0].1,
-            w[1].1,
-            w[1].0 - w[0].0
+            w[0].value,
+            w[1].value,
+            w[1].at - w[0].at
         );
     }
 }

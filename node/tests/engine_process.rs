@@ -376,7 +376,21 @@ async fn dropping_the_engine_leaves_no_child_alive() {
         let mut s = spec(name, name, &image, free_port());
         s.restart = RestartPolicy::OnFailure { max_restarts: 5 };
         engine.start(&s).await.unwrap();
-        let pid = engine.state(name).await.unwrap().pid.unwrap();
+        // Its pid, once it runs (a CI run once found none right after the start: the state and
+        // the task's log say why if that happens again).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            let st = engine.state(name).await.unwrap();
+            if let (TaskState::Running, Some(pid)) = (&st.state, st.pid) {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} does not run: {st:?}; its log: {:?}",
+                engine.logs(name, 20).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         pids.push((pid, start_time(pid)));
     }
     let clone = engine.clone();

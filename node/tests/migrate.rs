@@ -344,3 +344,650 @@ fn a_leaving_node_moves_its_tasks_away_first() {
         "mid's count continued: 3 before, 1 after"
     );
 }
+
+/// Why this machine cannot run the live CRIU move, if it cannot: it needs root (the node's
+/// mount namespace, CRIU) and criu >= 4.2 (TCP listeners on this kernel).
+fn live_move_unsupported() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".to_string());
+    }
+    match brume_migration::criu::Criu::new().version() {
+        Err(e) => Some(format!("no criu: {e}")),
+        Ok(v) => {
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            (version < (4, 2)).then(|| format!("criu {v} is older than 4.2"))
+        }
+    }
+}
+
+/// The pids of the live processes on this machine that run `task` of `service` (by
+/// environment; not the `unshare` that started one).
+fn processes_of(service: &str, task: &str) -> Vec<u32> {
+    let want = [
+        format!("BRUME_SERVICE={service}"),
+        format!("BRUME_TASK={task}"),
+    ];
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        let vars: Vec<String> = env
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if !zombie && comm.trim() != "unshare" && want.iter().all(|w| vars.contains(w)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// mid with `checkpoint = "criu"` on the process engine moves live (CRIU pre-copy over the
+/// overlay) to the free node: it runs there, listening on the same port, its served count
+/// continues from where it was (memory carried; a cold start would answer 0), the chain
+/// answers through it, and no mid process is left on the source. Moves to a node without room
+/// or to a node nobody can reach leave it untouched where it was.
+#[test]
+fn a_criu_task_moves_live_with_its_memory() {
+    if let Some(why) = live_move_unsupported() {
+        eprintln!("SKIPPED: {why}; the live CRIU move needs root and criu >= 4.2");
+        return;
+    }
+    let service = unique("live");
+    let net = Net(common::ServiceNet::start(
+        Path::new(BRUME),
+        4,
+        "process",
+        150,
+        &service,
+    ));
+    let dir = net.0.dir().to_path_buf();
+    brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
+    let m = manifest(&dir, &service);
+    let criu = std::fs::read_to_string(&m)
+        .expect("read manifest")
+        .replace("checkpoint = \"app\"", "checkpoint = \"criu\"");
+    std::fs::write(&m, criu).expect("write manifest");
+    net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
+    let before = net.placement();
+    let (_, front_port) = before["front"].clone();
+    for _ in 0..5 {
+        chain_answers(front_port);
+    }
+    let (mid_host, mid_port) = before["mid"].clone();
+    assert_eq!(state(mid_port), 5, "mid served the five requests");
+    let source = nodes
+        .iter()
+        .position(|(id, _)| *id == mid_host)
+        .expect("mid's host is a node");
+    let free = nodes
+        .iter()
+        .position(|(id, _)| before.values().all(|(h, _)| h != id))
+        .expect("a free node");
+    let old = processes_of(&service, "mid");
+    assert_eq!(old.len(), 1, "one mid process: {old:?}");
+
+    // No room on node 0 (it runs front): refused there, after the hold; mid runs on, counting.
+    let refused = net.brume(0, &["migrate", "mid", "--to", &nodes[0].1]);
+    assert!(
+        !refused.status.success(),
+        "a move onto a full node succeeded"
+    );
+    let why = text(&refused.stderr);
+    assert!(why.contains("not enough free resources"), "{why}");
+    assert!(why.contains("still runs here"), "{why}");
+    // A node nobody can reach: refused; mid untouched.
+    let nowhere = brume_overlay::PeerId::random().to_string();
+    let refused = net.brume(0, &["migrate", "mid", "--to", &nowhere]);
+    assert!(!refused.status.success(), "a move to nowhere succeeded");
+    assert!(text(&refused.stderr).contains("still runs here"));
+    assert_eq!(
+        processes_of(&service, "mid"),
+        old,
+        "the same mid process runs"
+    );
+    assert_eq!(net.placement()["mid"], (mid_host.clone(), mid_port));
+    assert_eq!(state(mid_port), 5, "the refused moves did not touch mid");
+    chain_answers(front_port);
+    assert_eq!(state(mid_port), 6);
+
+    // The live move, asked on the initiator, while a client keeps calling the chain; its
+    // phases (rounds, downtime) on stderr.
+    let caller = Caller::start(front_port);
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(100));
+    let (calls, bad, longest_gap) = caller.stop();
+    let (out, err) = (text(&moved.stdout), text(&moved.stderr));
+    eprintln!("{err}{out}");
+    assert!(moved.status.success(), "the live move failed: {err}");
+    assert!(out.contains("(criu,"), "{out}");
+    assert!(err.contains("final round"), "{err}");
+    assert!(err.contains("restored on the target: downtime"), "{err}");
+    let after = net.placement();
+    assert_eq!(
+        after["mid"],
+        (nodes[free].0.clone(), mid_port),
+        "mid runs on the free node, on the port its restored socket kept"
+    );
+    assert!(calls > 0, "the caller made no call");
+    assert_eq!(bad, Vec::<String>::new(), "calls failed during the move");
+    // The count continues from 6 plus the caller's calls: CRIU carried the memory (a cold
+    // start would count from 0). The call in flight when the hold cut mid's connection may
+    // have been counted and then repeated by the caller: at most one extra.
+    let counted = state(mid_port);
+    assert!(
+        (6 + calls..=7 + calls).contains(&counted),
+        "mid's count continued on the target: {counted} for 6 + {calls} calls"
+    );
+    chain_answers(front_port);
+    assert_eq!(
+        state(mid_port),
+        counted + 1,
+        "the chain goes through the restored mid"
+    );
+    let n = counted + 1;
+    let now = processes_of(&service, "mid");
+    assert_eq!(now.len(), 1, "exactly one mid process: {now:?}");
+    assert_ne!(now, old, "the old process is gone");
+    let left = net.json(source, &["ps", "--all", "--json"]);
+    assert!(
+        left.as_array()
+            .is_some_and(|rows| rows.iter().all(|r| r[1]["task"] != "mid")),
+        "the source still lists mid: {left:#}"
+    );
+    let there = net.json(free, &["ps", "--all", "--json"]);
+    assert!(
+        there.as_array().is_some_and(|rows| rows
+            .iter()
+            .any(|r| r[1]["task"] == "mid" && r[1]["state"] == "running")),
+        "the target does not run mid: {there:#}"
+    );
+    assert!(
+        stdout_read_elsewhere(now[0]),
+        "the restored mid writes into a pipe nobody reads (CRIU did not inherit the engine's)"
+    );
+    let logs = net.brume(0, &["logs", "mid"]);
+    assert!(
+        text(&logs.stdout).contains("restored by CRIU"),
+        "{}",
+        text(&logs.stdout)
+    );
+    eprintln!(
+        "live CRIU move of mid: {took:?} end to end, asked on the initiator; {calls} calls \
+         during the move, none failed, longest gap {longest_gap:?}"
+    );
+
+    // And back, asked on the node that runs it now: a restored task moves again.
+    let back = net.brume(free, &["migrate", "mid", "--to", &nodes[source].1]);
+    let err = text(&back.stderr);
+    eprintln!("{err}{}", text(&back.stdout));
+    assert!(back.status.success(), "the move back failed: {err}");
+    assert_eq!(net.placement()["mid"], (mid_host.clone(), mid_port));
+    assert_eq!(state(mid_port), n, "mid's count continued on the way back");
+    chain_answers(front_port);
+    assert_eq!(state(mid_port), n + 1);
+    let again = processes_of(&service, "mid");
+    assert_eq!(again.len(), 1, "exactly one mid process: {again:?}");
+
+    // A target that died: the move fails and mid runs on where it is, with its count.
+    let mut net = net;
+    assert!(
+        net.0.net.stop(free, Duration::from_secs(30)),
+        "the free node did not stop"
+    );
+    let dead = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
+    assert!(!dead.status.success(), "a move to a stopped node succeeded");
+    let why = text(&dead.stderr);
+    assert!(why.contains("still runs here"), "{why}");
+    assert_eq!(
+        processes_of(&service, "mid"),
+        again,
+        "the same mid process runs"
+    );
+    assert_eq!(state(mid_port), n + 1, "the failed move did not touch mid");
+}
+
+/// Whether a process other than `pid` holds the pipe `pid`'s stdout goes to (the engine's log
+/// pump, when CRIU handed the task the engine's pipe rather than one of its own).
+fn stdout_read_elsewhere(pid: u32) -> bool {
+    let Ok(pipe) = std::fs::read_link(format!("/proc/{pid}/fd/1")) else {
+        return false;
+    };
+    if !pipe.to_string_lossy().starts_with("pipe:") {
+        return false;
+    }
+    let me = pid.to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy() != me)
+        .any(|e| {
+            std::fs::read_dir(e.path().join("fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == pipe))
+            })
+        })
+}
+
+/// A restore that fails on the target after the final dump (the target's copy of the relay
+/// binary is swapped for another file while the pre-copy runs, so `criu restore` finds a file of
+/// the wrong size): the source restores mid from its own final images, its engine takes the
+/// restored process, and mid serves on where it was with its count. `brume stop` then stops
+/// that restored process too.
+#[test]
+fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
+    if let Some(why) = live_move_unsupported() {
+        eprintln!("SKIPPED: {why}; the live CRIU move needs root and criu >= 4.2");
+        return;
+    }
+    let service = unique("back");
+    let net = Net(common::ServiceNet::start(
+        Path::new(BRUME),
+        4,
+        "process",
+        150,
+        &service,
+    ));
+    let dir = net.0.dir().to_path_buf();
+    brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
+    let m = manifest(&dir, &service);
+    let criu = std::fs::read_to_string(&m)
+        .expect("read manifest")
+        .replace("checkpoint = \"app\"", "checkpoint = \"criu\"");
+    std::fs::write(&m, criu).expect("write manifest");
+    net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
+    let before = net.placement();
+    let (_, front_port) = before["front"].clone();
+    for _ in 0..3 {
+        chain_answers(front_port);
+    }
+    let (mid_host, mid_port) = before["mid"].clone();
+    assert_eq!(state(mid_port), 3);
+    let free = nodes
+        .iter()
+        .position(|(id, _)| before.values().all(|(h, _)| h != id))
+        .expect("a free node");
+    let old = processes_of(&service, "mid");
+    assert_eq!(old.len(), 1, "{old:?}");
+
+    // The target lays mid's files out under its data directory (bound on /run/brume/tasks
+    // inside that node): swap the binary as soon as it appears.
+    let binary = net
+        .0
+        .net
+        .data(free)
+        .join("criu-tasks")
+        .join(format!("{service}.mid.0"))
+        .join("rootfs")
+        .join("relay");
+    let saboteur = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        while !binary.exists() {
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let decoy = binary.with_file_name("decoy");
+        std::fs::write(&decoy, b"not the relay").expect("write the decoy");
+        std::fs::rename(&decoy, &binary).expect("swap the binary");
+        true
+    });
+    let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
+    assert!(
+        saboteur.join().expect("saboteur"),
+        "the target never laid mid out"
+    );
+    let why = text(&moved.stderr);
+    eprintln!("{why}");
+    assert!(
+        !moved.status.success(),
+        "the move succeeded with a broken target"
+    );
+    assert!(
+        why.contains("after the final dump") && why.contains("runs here again"),
+        "{why}"
+    );
+    assert_eq!(net.placement()["mid"], (mid_host, mid_port));
+    assert_eq!(state(mid_port), 3, "the restored mid kept its count");
+    chain_answers(front_port);
+    assert_eq!(
+        state(mid_port),
+        4,
+        "the chain goes through the restored mid"
+    );
+    let now = processes_of(&service, "mid");
+    assert_eq!(now.len(), 1, "exactly one mid process: {now:?}");
+    assert_ne!(now, old, "mid runs as the process restored on the source");
+    assert!(
+        stdout_read_elsewhere(now[0]),
+        "the restored mid writes into a pipe nobody reads"
+    );
+
+    // Stopping the service stops the process the engine adopted.
+    let stopped = net.brume(0, &["stop", &service]);
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+    let until = Instant::now() + Duration::from_secs(15);
+    while !processes_of(&service, "mid").is_empty() {
+        assert!(Instant::now() < until, "the restored mid outlived the stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Removes, on drop, the runc containers brume restored for `service` (their ids start with
+/// the instance name, which holds the service name) and their bundles and cgroups, whatever
+/// the test did: a failing assertion must not leave a relay running.
+struct RuncLeftovers(String);
+
+impl Drop for RuncLeftovers {
+    fn drop(&mut self) {
+        let home = Path::new(brume::engine::runc_task::RUNC_HOME);
+        let root = home.join("root");
+        if let Ok(dirs) = std::fs::read_dir(&root) {
+            for d in dirs.flatten() {
+                let id = d.file_name().to_string_lossy().into_owned();
+                if !id.contains(&self.0) {
+                    continue;
+                }
+                for args in [vec!["kill", &id, "KILL"], vec!["delete", "-f", &id]] {
+                    let _ = std::process::Command::new("runc")
+                        .arg("--root")
+                        .arg(&root)
+                        .args(&args)
+                        .output();
+                }
+                brume::engine::runc_task::remove_cgroup(&format!("/brume-runc/{id}"));
+            }
+        }
+        if let Ok(dirs) = std::fs::read_dir(home.join("bundles")) {
+            for d in dirs.flatten() {
+                if d.file_name().to_string_lossy().contains(&self.0) {
+                    let _ = std::fs::remove_dir_all(d.path());
+                }
+            }
+        }
+        // A restore that failed on a target keeps runc's work directory (its CRIU log names
+        // the bundle, hence the service).
+        if let Ok(dirs) = std::fs::read_dir("/dev/shm") {
+            for d in dirs.flatten() {
+                let name = d.file_name().to_string_lossy().into_owned();
+                if name.starts_with("brume-live-in-")
+                    && name.ends_with(".restore.work")
+                    && std::fs::read_to_string(d.path().join("restore.log"))
+                        .is_ok_and(|log| log.contains(&self.0))
+                {
+                    let _ = std::fs::remove_dir_all(d.path());
+                }
+            }
+        }
+    }
+}
+
+/// Why this machine cannot move a Docker task live, if it cannot: the CRIU needs, Docker, runc.
+fn docker_live_unsupported() -> Option<String> {
+    if let Some(why) = live_move_unsupported() {
+        return Some(why);
+    }
+    if !common::docker_available() {
+        return Some("no Docker daemon answers".to_string());
+    }
+    let runc = std::process::Command::new("runc").arg("--version").output();
+    if !runc.is_ok_and(|o| o.status.success()) {
+        return Some("no runc".to_string());
+    }
+    None
+}
+
+/// Deploys the relay chain with `checkpoint = "criu"` on the Docker engine; the net, its
+/// service, the nodes (id, host), placement before, front's port.
+fn docker_criu_chain(prefix: &str) -> (Net, String, Vec<(String, String)>) {
+    let service = unique(prefix);
+    let net = Net(common::ServiceNet::start(
+        Path::new(BRUME),
+        4,
+        "docker",
+        150,
+        &service,
+    ));
+    let dir = net.0.dir().to_path_buf();
+    brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
+    let m = manifest(&dir, &service);
+    let criu = std::fs::read_to_string(&m)
+        .expect("read manifest")
+        .replace("checkpoint = \"app\"", "checkpoint = \"criu\"");
+    std::fs::write(&m, criu).expect("write manifest");
+    net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
+    (net, service, nodes)
+}
+
+/// mid with `checkpoint = "criu"` on the Docker engine moves live: pre-copy rounds of `runc
+/// checkpoint` of its container, restored on the free node as a runc container from a bundle
+/// the target made from its own copy of the image. Its count continues exactly, one mid
+/// process runs afterwards (the Docker container on the source is gone), ps and logs follow it,
+/// it moves back (the runc container checkpointed in turn), and stopping the service stops the
+/// runc container.
+#[test]
+fn a_docker_criu_task_moves_live_with_its_memory() {
+    if let Some(why) = docker_live_unsupported() {
+        eprintln!("SKIPPED: {why}; the live Docker move needs root, criu >= 4.2, Docker and runc");
+        return;
+    }
+    let (net, service, nodes) = docker_criu_chain("dlive");
+    let _leftovers = RuncLeftovers(service.clone());
+    let before = net.placement();
+    let (_, front_port) = before["front"].clone();
+    for _ in 0..5 {
+        chain_answers(front_port);
+    }
+    let (mid_host, mid_port) = before["mid"].clone();
+    assert_eq!(state(mid_port), 5, "mid served the five requests");
+    let source = nodes
+        .iter()
+        .position(|(id, _)| *id == mid_host)
+        .expect("mid's host is a node");
+    let free = nodes
+        .iter()
+        .position(|(id, _)| before.values().all(|(h, _)| h != id))
+        .expect("a free node");
+    let old = processes_of(&service, "mid");
+    assert_eq!(old.len(), 1, "one mid process: {old:?}");
+    let containers_before = net.containers().len();
+
+    let caller = Caller::start(front_port);
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(100));
+    let (calls, bad, longest_gap) = caller.stop();
+    let (out, err) = (text(&moved.stdout), text(&moved.stderr));
+    eprintln!("{err}{out}");
+    assert!(moved.status.success(), "the live move failed: {err}");
+    assert!(out.contains("(criu,"), "{out}");
+    assert!(err.contains("final round"), "{err}");
+    assert!(err.contains("restored on the target: downtime"), "{err}");
+    assert_eq!(
+        net.placement()["mid"],
+        (nodes[free].0.clone(), mid_port),
+        "mid runs on the free node, on the same port"
+    );
+    assert!(calls > 0, "the caller made no call");
+    assert_eq!(bad, Vec::<String>::new(), "calls failed during the move");
+    let counted = state(mid_port);
+    assert!(
+        (5 + calls..=6 + calls).contains(&counted),
+        "mid's count continued on the target: {counted} for 5 + {calls} calls"
+    );
+    chain_answers(front_port);
+    assert_eq!(state(mid_port), counted + 1, "the chain goes through it");
+    let n = counted + 1;
+    let now = processes_of(&service, "mid");
+    assert_eq!(now.len(), 1, "exactly one mid process: {now:?}");
+    assert_ne!(now, old, "the old container's process is gone");
+    assert_eq!(
+        net.containers().len(),
+        containers_before - 1,
+        "the source's Docker container of mid is removed (mid runs as a runc container)"
+    );
+    let left = net.json(source, &["ps", "--all", "--json"]);
+    assert!(
+        left.as_array()
+            .is_some_and(|rows| rows.iter().all(|r| r[1]["task"] != "mid")),
+        "the source still lists mid: {left:#}"
+    );
+    let there = net.json(free, &["ps", "--all", "--json"]);
+    assert!(
+        there.as_array().is_some_and(|rows| rows
+            .iter()
+            .any(|r| r[1]["task"] == "mid" && r[1]["state"] == "running")),
+        "the target does not run mid: {there:#}"
+    );
+    let logs = net.brume(0, &["logs", "mid"]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+    eprintln!(
+        "live Docker move of mid: {took:?} end to end; {calls} calls during the move, none \
+         failed, longest gap {longest_gap:?}; logs after: {:?}",
+        text(&logs.stdout)
+    );
+
+    // And back, asked on the node that runs it now: the runc container the move restored is
+    // checkpointed in turn and restored on the first node, its count going on; the free node
+    // keeps nothing of it. Stopping the service stops the runc container.
+    let again = net.brume(free, &["migrate", "mid", "--to", &nodes[source].1]);
+    let (out, err) = (text(&again.stdout), text(&again.stderr));
+    eprintln!("{err}{out}");
+    assert!(again.status.success(), "the second live move failed: {err}");
+    assert_eq!(
+        net.placement()["mid"],
+        (nodes[source].0.clone(), mid_port),
+        "mid runs on its first node again"
+    );
+    assert_eq!(state(mid_port), n, "mid's count went along the second move");
+    chain_answers(front_port);
+    assert_eq!(state(mid_port), n + 1, "the chain goes through it");
+    let back = processes_of(&service, "mid");
+    assert_eq!(back.len(), 1, "exactly one mid process: {back:?}");
+    assert_ne!(back, now, "the free node's mid process is gone");
+    let left = net.json(free, &["ps", "--all", "--json"]);
+    assert!(
+        left.as_array()
+            .is_some_and(|rows| rows.iter().all(|r| r[1]["task"] != "mid")),
+        "the free node still lists mid: {left:#}"
+    );
+    let stopped = net.brume(0, &["stop", &service]);
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+    let until = Instant::now() + Duration::from_secs(15);
+    while !processes_of(&service, "mid").is_empty() {
+        assert!(Instant::now() < until, "the restored mid outlived the stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A restore that fails on the target (the relay binary in the target's bundle is swapped for
+/// another file while the pre-copy runs): the source restores mid as a runc container from the
+/// bundle it copied before, its engine adopts it, mid serves on where it was with its count,
+/// exactly one mid runs, and stopping the service stops it.
+#[test]
+fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
+    if let Some(why) = docker_live_unsupported() {
+        eprintln!("SKIPPED: {why}; the live Docker move needs root, criu >= 4.2, Docker and runc");
+        return;
+    }
+    let (net, service, nodes) = docker_criu_chain("dback");
+    let _leftovers = RuncLeftovers(service.clone());
+    let before = net.placement();
+    let (_, front_port) = before["front"].clone();
+    for _ in 0..3 {
+        chain_answers(front_port);
+    }
+    let (mid_host, mid_port) = before["mid"].clone();
+    assert_eq!(state(mid_port), 3);
+    let free = nodes
+        .iter()
+        .position(|(id, _)| before.values().all(|(h, _)| h != id))
+        .expect("a free node");
+    let old = processes_of(&service, "mid");
+    assert_eq!(old.len(), 1, "{old:?}");
+
+    // The target's bundle: <RUNC_HOME>/bundles/<instance>-in-<hex>/rootfs/relay.
+    let bundles = Path::new(brume::engine::runc_task::RUNC_HOME).join("bundles");
+    let svc = service.clone();
+    let saboteur = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if Instant::now() > until {
+                return false;
+            }
+            let found = std::fs::read_dir(&bundles).ok().and_then(|dirs| {
+                dirs.flatten().find(|d| {
+                    let n = d.file_name().to_string_lossy().into_owned();
+                    n.contains(&svc) && n.contains("-in-")
+                })
+            });
+            if let Some(d) = found {
+                let binary = d.path().join("rootfs").join("relay");
+                if binary.exists() && d.path().join("config.json").exists() {
+                    let decoy = binary.with_file_name("decoy");
+                    std::fs::write(&decoy, b"not the relay").expect("write the decoy");
+                    std::fs::rename(&decoy, &binary).expect("swap the binary");
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
+    assert!(
+        saboteur.join().expect("saboteur"),
+        "the target never laid mid's bundle out"
+    );
+    let why = text(&moved.stderr);
+    eprintln!("{why}");
+    assert!(
+        !moved.status.success(),
+        "the move succeeded with a broken target"
+    );
+    assert!(
+        why.contains("after the final checkpoint") && why.contains("runs here again"),
+        "{why}"
+    );
+    assert_eq!(net.placement()["mid"], (mid_host, mid_port));
+    assert_eq!(state(mid_port), 3, "the restored mid kept its count");
+    chain_answers(front_port);
+    assert_eq!(
+        state(mid_port),
+        4,
+        "the chain goes through the restored mid"
+    );
+    let now = processes_of(&service, "mid");
+    assert_eq!(now.len(), 1, "exactly one mid process: {now:?}");
+    assert_ne!(
+        now, old,
+        "mid runs as the runc container restored on the source"
+    );
+
+    let stopped = net.brume(0, &["stop", &service]);
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+    let until = Instant::now() + Duration::from_secs(15);
+    while !processes_of(&service, "mid").is_empty() {
+        assert!(Instant::now() < until, "the restored mid outlived the stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -13,7 +13,11 @@
 //!   refused and the node keeps serving;
 //! * a burst of 64 tunnels opened at once all open, although the far node's acceptor drops some
 //!   bare streams of such a burst (those are retried);
-//! * a local route connects straight to the port, even with the overlay stopped.
+//! * a local route connects straight to the port, even with the overlay stopped;
+//! * a call to a host the node never met fails until the overlay is told the host's addresses,
+//!   then gets through (what a call target's addresses and a move notice do in the daemon);
+//! * a redirect to a host the caller never met carries the host's addresses when the
+//!   redirecting node knows them, and the call gets through (without them it cannot).
 //!
 //! The ignored test runs the tunnel benchmark: `cargo test --release -p brume --test
 //! tunnel_overlay -- --ignored --nocapture`.
@@ -78,6 +82,24 @@ impl Node {
 
     async fn addrs(&self) -> Vec<Multiaddr> {
         self.overlay.listen_addrs().await.unwrap()
+    }
+
+    /// Routes this node's calls to `endpoint` to `host` and opens a forwarder for them.
+    async fn forward_to(&self, host: &Node, endpoint: &Endpoint) -> Forwarder {
+        self.routes.set(
+            endpoint.clone(),
+            Route::Remote {
+                peer: host.overlay.peer_id(),
+            },
+        );
+        Forwarder::bind(endpoint.clone(), self.routes.clone(), self.overlay.clone())
+            .await
+            .unwrap()
+    }
+
+    fn is_address_of_mine(&self, addr: &Multiaddr) -> bool {
+        addr.to_string()
+            .ends_with(&format!("/p2p/{}", self.overlay.peer_id()))
     }
 
     /// Waits until this node has `others` as connected peers.
@@ -215,15 +237,7 @@ async fn lines_and_eight_concurrent_transfers_cross_the_tunnel() {
         let task = EchoTask::start("hello from b\n").await;
         let e = Endpoint::new("svc", "echo", 0);
         b.routes.set(e.clone(), Route::Local { port: task.port });
-        a.routes.set(
-            e.clone(),
-            Route::Remote {
-                peer: b.overlay.peer_id(),
-            },
-        );
-        let fwd = Forwarder::bind(e.clone(), a.routes.clone(), a.overlay.clone())
-            .await
-            .unwrap();
+        let fwd = a.forward_to(&b, &e).await;
         let addr = fwd.local_addr();
 
         let (mut r, mut w, greeting) = connect(addr).await;
@@ -291,10 +305,7 @@ async fn after_a_move_new_connections_reach_the_new_host() {
         let on_c = EchoTask::start("hello from c\n").await;
         let e = Endpoint::new("svc", "echo", 0);
         b.routes.set(e.clone(), Route::Local { port: on_b.port });
-        a.routes.set(e.clone(), Route::Remote { peer: b.overlay.peer_id() });
-        let fwd = Forwarder::bind(e.clone(), a.routes.clone(), a.overlay.clone())
-            .await
-            .unwrap();
+        let fwd = a.forward_to(&b, &e).await;
         let (mut old_r, mut old_w, greeting) = connect(fwd.local_addr()).await;
         assert_eq!(greeting, "hello from b\n");
 
@@ -325,6 +336,124 @@ async fn after_a_move_new_connections_reach_the_new_host() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_reaches_a_host_this_node_never_met_once_told_its_addresses() {
+    init_tracing();
+    within(async {
+        // Two nodes that never met: no bootstrap either way.
+        let a = Node::start(Vec::new()).await;
+        let c = Node::start(Vec::new()).await;
+        let on_c = EchoTask::start("hello from c\n").await;
+        let e = Endpoint::new("svc", "echo", 0);
+        c.routes.set(e.clone(), Route::Local { port: on_c.port });
+        let fwd = a.forward_to(&c, &e).await;
+
+        // Not told where c is: the call is closed without a greeting (libp2p has no address).
+        assert!(closes_without_greeting(fwd.local_addr()).await);
+        assert!(a
+            .overlay
+            .known_addresses(c.overlay.peer_id())
+            .await
+            .unwrap()
+            .is_empty());
+
+        // Told (as a call target's addresses or a Moved notice tell a daemon): calls get through.
+        a.overlay
+            .add_addresses(c.overlay.peer_id(), c.addrs().await)
+            .await
+            .unwrap();
+        let known = a
+            .overlay
+            .known_addresses(c.overlay.peer_id())
+            .await
+            .unwrap();
+        assert!(
+            !known.is_empty() && known.iter().all(|k| c.is_address_of_mine(k)),
+            "{known:?}"
+        );
+        for i in 0..3 {
+            let (mut r, mut w, greeting) = connect(fwd.local_addr()).await;
+            assert_eq!(greeting, "hello from c\n");
+            assert_eq!(
+                echo_line(&mut r, &mut w, &format!("{i}")).await,
+                format!("{i}\n")
+            );
+        }
+        drop(fwd);
+        for n in [a, c] {
+            n.stop().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_a_host_the_caller_never_met_carries_its_addresses() {
+    init_tracing();
+    within(async {
+        // a calls through b; the task moved from b to c, which a never met (c is alone).
+        let a = Node::start(Vec::new()).await;
+        let b = Node::start(a.addrs().await).await;
+        let c = Node::start(Vec::new()).await;
+        a.wait_connected(&[&b]).await;
+        let on_c = EchoTask::start("hello from c\n").await;
+        let e = Endpoint::new("svc", "echo", 0);
+        c.routes.set(e.clone(), Route::Local { port: on_c.port });
+        b.routes.set(
+            e.clone(),
+            Route::Remote {
+                peer: c.overlay.peer_id(),
+            },
+        );
+        let fwd = a.forward_to(&b, &e).await;
+
+        // b does not know where c is: its redirect names c alone and a cannot reach it.
+        assert!(closes_without_greeting(fwd.local_addr()).await);
+
+        // b knows (a move's source knows its target): the redirect carries c's addresses.
+        let c_addrs: Vec<String> = c.addrs().await.iter().map(|m| m.to_string()).collect();
+        b.routes
+            .set_host_addrs(c.overlay.peer_id(), c_addrs.clone());
+        a.routes.set(
+            e.clone(),
+            Route::Remote {
+                peer: b.overlay.peer_id(),
+            },
+        );
+        for i in 0..3 {
+            let (mut r, mut w, greeting) = connect(fwd.local_addr()).await;
+            assert_eq!(greeting, "hello from c\n");
+            assert_eq!(
+                echo_line(&mut r, &mut w, &format!("{i}")).await,
+                format!("{i}\n")
+            );
+        }
+        assert_eq!(
+            a.routes.get(&e),
+            Some(Route::Remote {
+                peer: c.overlay.peer_id()
+            })
+        );
+        assert_eq!(a.routes.host_addrs(&c.overlay.peer_id()), c_addrs);
+        drop(fwd);
+        for n in [a, b, c] {
+            n.stop().await;
+        }
+    })
+    .await;
+}
+
+/// Connects through a forwarder and says whether the call was closed without a byte (the
+/// forwarder could not reach the task), within 10 s.
+async fn closes_without_greeting(addr: SocketAddr) -> bool {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the forwarder neither served nor closed the call");
+    read.is_err() || got.is_empty()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The libp2p behaviours of a brume node, composed the rust-libp2p way: one small
 //! `NetworkBehaviour` per protocol, put together with `#[derive(NetworkBehaviour)]`.
 //!
+//! * [`AddressBook`]: where to dial peers by id (see [`crate::addresses`]);
 //! * `identify`: learns the peers' listen addresses (what membership hands out to newcomers);
 //! * `ping`: RTT samples for the mapping core's estimators and Vivaldi;
 //! * `/brume/join/1` (request-response, CBOR): join samples and shuffles ([`MembershipRequest`]);
@@ -13,6 +14,8 @@ use std::time::Duration;
 
 use libp2p::request_response::{self, cbor, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
+
+use crate::addresses::AddressBook;
 use libp2p::{identify, identity, ping, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +71,7 @@ pub struct BehaviourTimings {
 /// Every protocol a brume node speaks.
 #[derive(NetworkBehaviour)]
 pub struct BrumeBehaviour {
+    pub addresses: AddressBook,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub join: cbor::Behaviour<MembershipRequest, MembershipResponse>,
@@ -85,6 +89,7 @@ impl BrumeBehaviour {
             .set_request_size_maximum(MAX_STATE_BYTES)
             .set_response_size_maximum(MAX_STATE_BYTES);
         BrumeBehaviour {
+            addresses: AddressBook::default(),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_VERSION.to_string(), key.public())
                     .with_interval(t.identify_interval),

@@ -10,6 +10,7 @@
 //! time is a parameter ([`ids::Time`]), so the same code runs under libp2p and in a
 //! discrete-event simulation of thousands of nodes over a [`latency::LatencyModel`].
 
+pub mod addresses;
 pub mod behaviour;
 pub mod ids;
 pub mod latency;

@@ -194,6 +194,11 @@ pub(crate) enum Command {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
     },
+    AddAddresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    KnownAddresses(PeerId, oneshot::Sender<Vec<Multiaddr>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -330,6 +335,27 @@ impl OverlayHandle {
                 });
             }
         }
+    }
+
+    /// Remembers where `peer` can be dialled, so that streams opened to it by id find it
+    /// without a connection made first (see [`crate::addresses`]).
+    pub async fn add_addresses(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), OverlayError> {
+        if addrs.is_empty() || peer == self.peer_id {
+            return Ok(());
+        }
+        self.commands
+            .send(Command::AddAddresses { peer, addrs })
+            .await
+            .map_err(|_| OverlayError::Stopped)
+    }
+
+    /// The addresses this node knows for `peer` (empty if none).
+    pub async fn known_addresses(&self, peer: PeerId) -> Result<Vec<Multiaddr>, OverlayError> {
+        self.ask(|reply| Command::KnownAddresses(peer, reply)).await
     }
 
     /// Stops the node and waits until its task has closed the swarm.

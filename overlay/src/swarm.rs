@@ -70,6 +70,9 @@ fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
     }
 }
 
+/// At most this many addresses of one record or identify message are remembered.
+const MAX_RECORD_ADDRS: usize = 8;
+
 fn is_dialable(addr: &Multiaddr) -> bool {
     !addr.iter().any(|p| match p {
         Protocol::Ip4(ip) => ip.is_unspecified(),
@@ -364,6 +367,14 @@ impl Driver {
                     }
                 }
             }
+            Command::AddAddresses { peer, addrs } => {
+                for a in addrs {
+                    self.remember(peer, a);
+                }
+            }
+            Command::KnownAddresses(peer, reply) => {
+                let _ = reply.send(self.swarm.behaviour_mut().addresses.get(&peer));
+            }
             Command::SetRecord(record) => {
                 let record = self.stamped(record);
                 self.mapping.set_record(record);
@@ -386,6 +397,26 @@ impl Driver {
             .map(|a| a.to_string())
             .collect();
         record
+    }
+
+    /// Keeps a dialable address of `peer` in the address book (see [`crate::addresses`]).
+    fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
+        if peer != self.local_peer && is_dialable(&addr) && peer_of(&addr).is_none_or(|p| p == peer)
+        {
+            self.swarm.add_peer_address(peer, with_peer(addr, peer));
+        }
+    }
+
+    /// Keeps the addresses a state record gives for its node.
+    fn remember_record(&mut self, record: &NodeRecord) {
+        let Ok(peer) = record.peer.parse::<PeerId>() else {
+            return;
+        };
+        for a in record.addrs.iter().take(MAX_RECORD_ADDRS) {
+            if let Ok(addr) = a.parse::<Multiaddr>() {
+                self.remember(peer, addr);
+            }
+        }
     }
 
     fn own_addrs(&self) -> Vec<Multiaddr> {
@@ -511,6 +542,9 @@ impl Driver {
                     complete,
                     from_cache,
                 } => {
+                    for record in &map.nodes {
+                        self.remember_record(record);
+                    }
                     if let Some((reply, started)) = self.maps.remove(&id) {
                         debug!(?id, nodes = map.nodes.len(), complete, "map done");
                         let _ = reply.send(MapOutcome {
@@ -564,6 +598,7 @@ impl Driver {
             return;
         }
         record.id = node;
+        self.remember_record(&record);
         self.mapping
             .set_peer_coord(node, record.coord, record.coord_error);
         if let Some(e) = self.peers.get_mut(&node) {
@@ -585,6 +620,7 @@ impl Driver {
                 Some((peer, addr)) => {
                     if peer != self.local_peer {
                         let id = self.learn(peer);
+                        self.remember(peer, addr.clone());
                         out.push((id, addr));
                     }
                 }
@@ -671,6 +707,9 @@ impl Driver {
         match ev {
             BrumeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let id = self.learn(peer_id);
+                for a in info.listen_addrs.iter().take(MAX_RECORD_ADDRS) {
+                    self.remember(peer_id, a.clone());
+                }
                 if let Some(a) = info.listen_addrs.iter().find(|a| is_dialable(a)) {
                     self.membership
                         .set_addr(now, id, with_peer(a.clone(), peer_id));

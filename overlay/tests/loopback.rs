@@ -158,17 +158,49 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
     let graph = wait_settled(&handles, Duration::from_secs(10)).await;
     let settled = t0.elapsed();
     let degrees: Vec<usize> = handles.iter().map(|h| graph[&h.peer_id()].len()).collect();
+    // The overlay is connected with RTTs, but its links still change (a node above its maximum
+    // degree trims, one below its target dials, and a fresh link has no RTT yet, so a map does
+    // not cross it): a map may miss a node while that happens. Every node's map must hold all
+    // eight within a few seconds; how many tries it took is printed.
     let mut map_times = Vec::new();
+    let mut tries = Vec::new();
     for h in &handles {
-        let out = h.map_outcome(Duration::from_millis(1000)).await.unwrap();
-        let ids: BTreeSet<NodeId> = out.map.ids().into_iter().collect();
-        assert_eq!(ids, all, "map from {} misses nodes", h.node_id());
-        assert!(out.complete);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut n = 0;
+        let out = loop {
+            n += 1;
+            let out = h.map_with(Duration::from_millis(1000), true).await.unwrap();
+            let ids: BTreeSet<NodeId> = out.map.ids().into_iter().collect();
+            if ids == all && out.complete {
+                break out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "map from {} still misses nodes after {n} tries: {ids:?} (complete: {})",
+                h.node_id(),
+                out.complete
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert!(!out.map.links.is_empty());
         map_times.push(out.elapsed);
+        tries.push(n);
     }
-    let status = handles[3].status().await.unwrap();
-    assert!((1..=6).contains(&status.degree));
+    // A node may sit above its maximum degree between an inbound connection and its next trim
+    // (every 100 ms here); it must come back within the bounds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let status = handles[3].status().await.unwrap();
+        if (1..=6).contains(&status.degree) {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3's degree {} stays outside 1..=6",
+            status.degree
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(status.coordinate.is_finite());
     let srtts: Vec<String> = handles[0]
         .peers()
@@ -180,7 +212,8 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
     eprintln!("node 0's peers' ping SRTT (ms): {srtts:?}");
     eprintln!(
         "8 nodes: each seen by another node after {:?} (max {max_seen:?}); overlay connected with \
-         RTTs {settled:?} after the first start; degrees {degrees:?}; map times {map_times:?}",
+         RTTs {settled:?} after the first start; degrees {degrees:?}; map times {map_times:?}; \
+         tries per map {tries:?}",
         seen_after
     );
     stop(handles, tasks).await;

@@ -16,6 +16,8 @@
 pub mod addr;
 pub mod error;
 pub mod netns;
+pub mod pidns;
+pub mod poller;
 pub mod router;
 pub mod testbed;
 pub mod tun;

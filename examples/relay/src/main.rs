@@ -12,8 +12,10 @@
 //! is itself a `BRUME_CALL_` variable). A callee that cannot be reached yields the slot
 //! `error: <CALLEE> at <addr>: <why>` instead of crashing the relay.
 //!
-//! The line `STATE` is answered with the number of requests served so far (a counter kept in
-//! memory, so a checkpoint/restore that keeps memory keeps it: handy for migration tests).
+//! The line `STATE` is answered with the number of requests served in full so far: a request
+//! whose call tree holds an error slot is answered but not counted, so a chain still coming up
+//! (a callee not yet reachable) does not move the count. The counter is kept in memory, so a
+//! checkpoint/restore that keeps memory keeps it: handy for migration tests.
 //! The relay also speaks brume's application-level checkpoint convention (`checkpoint = "app"`):
 //! `CHECKPOINT` is answered with `relay-state/1 served=<n>`, and a relay started with that line
 //! in `BRUME_RESTORE` counts on from `n`. A malformed `BRUME_RESTORE` stops the relay at start,
@@ -239,7 +241,9 @@ fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             });
             format!("{}({})", shared.task, replies.join(","))
         };
-        shared.served.fetch_add(1, Ordering::SeqCst);
+        if !reply.contains("error: ") {
+            shared.served.fetch_add(1, Ordering::SeqCst);
+        }
         writer.write_all(reply.as_bytes())?;
         writer.write_all(b"\n")?;
     }
@@ -439,5 +443,7 @@ mod tests {
             "{reply}"
         );
         assert!(!reply[2..reply.len() - 1].contains(','), "{reply}");
+        // Answered, but not served in full: the count stays.
+        assert_eq!(ask(a, "STATE"), "0");
     }
 }

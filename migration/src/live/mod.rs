@@ -23,12 +23,25 @@
 //! in a staging directory in place (only changed positions are rewritten, so the final round
 //! costs what changed, not the whole image), and restores from it after the last round.
 //!
+//! Across migrations ([`store`]): a node keeps the memory images of the migrations it received
+//! in an on-disk chunk store, bounded in bytes, shared by every migration into it. Before round
+//! 1's chunks the source asks which of its distinct chunks the store holds (a `Query` of their
+//! digests, ~0.8% of the image, answered by a bitmap) and sends only the others, so a task that
+//! comes back, or a replica whose memory matches one received before, costs little more than
+//! what changed since. The target checks every chunk it reads from the store against its digest.
+//!
 //! Measured limits on this kernel (no soft-dirty): every dump writes all of the task's memory
 //! and the final one does so while the task is frozen, so downtime grows with memory size.
+//! [`postcopy`] is the other mode: one frozen dump without memory, a restore at once, and the
+//! pages after it, relayed between CRIU's page server and lazy-pages daemon.
 
+pub mod pagemap;
+pub mod pageproxy;
+pub mod postcopy;
 pub mod recipe;
 pub mod scan;
 pub mod source;
+pub mod store;
 pub mod target;
 pub mod wire;
 
@@ -36,13 +49,15 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::checkpointer::CheckpointError;
 use crate::chunks::ChunkError;
 use crate::compress::{CompressError, Level};
 use crate::criu::CriuError;
 use crate::planner::{Decision, PlanError, RoundProgress};
 
 pub use recipe::RecipeError;
-pub use source::{migrate_out, Migrated, SourceOptions};
+pub use source::{migrate_out, Migrated, PostCopyStats, SourceOptions};
+pub use store::{ChunkStore, StoreError};
 pub use target::{migrate_in, Received, TargetOptions};
 pub use wire::{Mode, WireError};
 
@@ -107,6 +122,9 @@ pub enum LiveError {
     Version(u32),
     #[error(transparent)]
     Criu(#[from] CriuError),
+    /// A checkpointer other than CRIU on a process failed (runc), or cannot do what was asked.
+    #[error(transparent)]
+    Checkpoint(CheckpointError),
     #[error(transparent)]
     Chunk(#[from] ChunkError),
     #[error(transparent)]
@@ -129,6 +147,8 @@ pub enum LiveError {
     Aborted(Decision),
     #[error("a worker thread of the migration died: {0}")]
     Worker(String),
+    #[error("the post-copy migration failed ({cause}); the source's CRIU thawed the task, which runs on there from where it was frozen, and the target's copy, if any, was killed")]
+    Thawed { cause: Box<LiveError> },
     #[error("the migration failed after the final dump ({cause}); the task was restored on the source as pid {pid}")]
     RestoredAtSource {
         cause: Box<LiveError>,
@@ -143,6 +163,16 @@ pub enum LiveError {
     },
 }
 
+impl From<CheckpointError> for LiveError {
+    /// CRIU's own failures stay [`LiveError::Criu`], as before checkpointers were a trait.
+    fn from(e: CheckpointError) -> Self {
+        match e {
+            CheckpointError::Criu(e) => LiveError::Criu(e),
+            other => LiveError::Checkpoint(other),
+        }
+    }
+}
+
 impl From<wire::ReadError> for LiveError {
     fn from(e: wire::ReadError) -> Self {
         match e {
@@ -153,8 +183,8 @@ impl From<wire::ReadError> for LiveError {
 }
 
 impl LiveError {
-    /// True if the task was left running on the source, never stopped (any failure before the
-    /// final dump).
+    /// True if the task runs on the source under its old pid: never stopped (any failure before
+    /// the final dump), or frozen and thawed again (a failed post-copy).
     pub fn task_untouched(&self) -> bool {
         !matches!(
             self,

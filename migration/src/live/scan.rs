@@ -2,7 +2,7 @@
 //! keep the ones the target lacks and compress them in batches, handing each batch to the async
 //! sender as soon as it is ready, so hashing and compressing overlap with sending.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,16 +70,8 @@ pub struct Scanned {
     pub busy: Duration,
 }
 
-/// Reads every regular file of `dir` (sorted by name), and sends the chunks that `known` lacks
-/// (each once) through `tx`; with `dedup` off, every chunk is sent, repeats too (a plain copy).
-/// Stops early if the receiver is gone.
-pub fn scan(
-    dir: &Path,
-    known: &ChunkSet,
-    dedup: bool,
-    pick: &LevelPick,
-    tx: &mpsc::Sender<Batch>,
-) -> Result<Scanned, LiveError> {
+/// Every regular file of `dir`, sorted by name.
+fn image_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, LiveError> {
     let mut names: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
         .map_err(files_error("read the images directory", dir))?
         .filter_map(|e| e.ok())
@@ -87,6 +79,34 @@ pub fn scan(
         .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
         .collect();
     names.sort();
+    Ok(names)
+}
+
+/// The recipe of every file of `dir` (what [`scan`] would find), without sending anything: the
+/// source hashes round 1 ahead to ask the target's store what it holds, and hands the result
+/// to [`scan`] so nothing is hashed twice.
+pub fn hash_dir(dir: &Path) -> Result<HashMap<String, Recipe>, LiveError> {
+    let mut out = HashMap::new();
+    for (name, path) in image_files(dir)? {
+        let bytes = std::fs::read(&path).map_err(files_error("read image file", &path))?;
+        out.insert(name, Recipe::of(&bytes));
+    }
+    Ok(out)
+}
+
+/// Reads every regular file of `dir` (sorted by name), and sends the chunks that `known` lacks
+/// (each once) through `tx`; with `dedup` off, every chunk is sent, repeats too (a plain copy).
+/// `hashed` holds recipes already computed for some files (by [`hash_dir`]); a file whose
+/// length no longer matches is hashed again. Stops early if the receiver is gone.
+pub fn scan(
+    dir: &Path,
+    known: &ChunkSet,
+    dedup: bool,
+    hashed: &HashMap<String, Recipe>,
+    pick: &LevelPick,
+    tx: &mpsc::Sender<Batch>,
+) -> Result<Scanned, LiveError> {
+    let names = image_files(dir)?;
     let mut out = Scanned {
         files: Vec::with_capacity(names.len()),
         dumped_bytes: 0,
@@ -99,14 +119,21 @@ pub fn scan(
     for (name, path) in names {
         let bytes = std::fs::read(&path).map_err(files_error("read image file", &path))?;
         let started = Instant::now();
+        let pre = hashed
+            .get(&name)
+            .filter(|r| r.len == bytes.len() as u64)
+            .map(|r| r.chunks.as_slice());
         let mut recipe = Recipe {
             len: bytes.len() as u64,
             chunks: Vec::with_capacity(bytes.len().div_ceil(CHUNK_SIZE)),
         };
-        for data in bytes.chunks(CHUNK_SIZE) {
-            let r = ChunkRef {
-                digest: Digest::of(data),
-                len: data.len() as u32,
+        for (i, data) in bytes.chunks(CHUNK_SIZE).enumerate() {
+            let r = match pre.and_then(|p| p.get(i)) {
+                Some(r) => *r,
+                None => ChunkRef {
+                    digest: Digest::of(data),
+                    len: data.len() as u32,
+                },
             };
             recipe.chunks.push(r);
             let new = !dedup || (!known.contains(&r.digest) && sent.insert(r.digest));

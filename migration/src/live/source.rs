@@ -9,15 +9,18 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::chunks::{ChunkSet, Recipe};
+use crate::checkpointer::{CheckpointError, Checkpointer, CriuProcess, CriuRestore};
+use crate::chunks::{ChunkSet, Digest, Recipe, CHUNK_SIZE};
 use crate::compress::{Chooser, ChooserConfig, Level};
-use crate::criu::{Criu, CriuError, DumpOptions, DumpReport, NetworkLock, RestoreOptions};
+use crate::criu::{Criu, CriuError, DumpReport, InheritFd, NetworkLock};
 use crate::planner::{Action, FinalReport, Planner, PlannerConfig, RoundReport};
 use crate::predictor::Predictor;
 
 use super::recipe::diff;
-use super::scan::{scan, Batch, LevelPick};
-use super::wire::{read_message, write_message, FileRecipe, Message, Mode, VERSION};
+use super::scan::{hash_dir, scan, Batch, LevelPick, Scanned};
+use super::wire::{
+    from_bitmap, read_message, write_message, FileRecipe, Message, Mode, MAX_QUERY, VERSION,
+};
 use super::{files_error, join_error, Compression, LiveError, RoundStats};
 
 /// How the source migrates; [`SourceOptions::new`] gives the defaults.
@@ -38,6 +41,14 @@ pub struct SourceOptions {
     pub network_lock: NetworkLock,
     /// How long a local restore waits for the dumped task's PID to be free.
     pub pid_wait: Duration,
+    /// Descriptors a local restore gives the task in place of files outside it
+    /// (`--inherit-fd`), e.g. a fresh stdout pipe for the dumped one.
+    pub restore_inherit_fds: Vec<InheritFd>,
+    /// What dumps the task; `None`: the process `pid` with CRIU directly ([`CriuProcess`]),
+    /// configured by `criu`, `network_lock`, `pid_wait` and `restore_inherit_fds` above. A
+    /// container checkpointer (e.g. [`crate::checkpointer::RuncContainer`]) moves in pre-copy or
+    /// stop-and-copy only.
+    pub checkpointer: Option<Arc<dyn Checkpointer>>,
 }
 
 impl SourceOptions {
@@ -54,7 +65,28 @@ impl SourceOptions {
             criu: Criu::new(),
             network_lock: NetworkLock::default(),
             pid_wait: Duration::from_secs(10),
+            restore_inherit_fds: Vec::new(),
+            checkpointer: None,
         }
+    }
+
+    /// The checkpointer of task `pid`: the one given, or CRIU on the process.
+    pub fn checkpointer(&self, pid: u32) -> Arc<dyn Checkpointer> {
+        if let Some(c) = &self.checkpointer {
+            return c.clone();
+        }
+        Arc::new(CriuProcess {
+            criu: self.criu.clone(),
+            pid,
+            network_lock: self.network_lock,
+            local: CriuRestore {
+                criu: self.criu.clone(),
+                network_lock: self.network_lock,
+                pid_wait: self.pid_wait,
+                inherit_fds: self.restore_inherit_fds.clone(),
+                pid_namespace: false,
+            },
+        })
     }
 }
 
@@ -76,15 +108,28 @@ pub struct Migrated {
     pub wire_bytes: u64,
     /// The predictor with what this migration taught it.
     pub predictor: Predictor,
+    /// When the task stopped running here for good: the end of the final dump.
+    pub final_dump_end: Instant,
+    /// Post-copy only: the pages that followed the restore.
+    pub post_copy: Option<PostCopyStats>,
+}
+
+/// What followed a post-copy restore.
+#[derive(Clone, Debug)]
+pub struct PostCopyStats {
+    /// Bytes of page-server traffic sent to the target (pages and their headers).
+    pub page_bytes: u64,
+    /// From the target's restore to its having every page.
+    pub pages_done: Duration,
 }
 
 /// How often a dump that caught the task holding a transient connection is tried again.
-const DUMP_ATTEMPTS: u32 = 8;
+pub(super) const DUMP_ATTEMPTS: u32 = 8;
 
 /// Whether a failed dump only caught the task mid-connection: a Unix connection to a peer
 /// outside the task (a client that has not closed yet, or one still in the listen queue). CRIU
 /// resumes the task after a failed dump, so trying again a moment later is safe.
-fn transient(e: &CriuError) -> bool {
+pub(super) fn transient(e: &CriuError) -> bool {
     match e {
         CriuError::Failed { errors, .. } => errors.iter().any(|l| {
             l.contains("External socket is used")
@@ -94,14 +139,19 @@ fn transient(e: &CriuError) -> bool {
     }
 }
 
-/// `criu dump`, tried again (up to [`DUMP_ATTEMPTS`] times) while it fails only because the task
+/// A dump, tried again (up to [`DUMP_ATTEMPTS`] times) while it fails only because the task
 /// held a transient connection; returns the last result and how many attempts it took.
-fn dump_retrying(criu: &Criu, opts: &DumpOptions) -> (Result<DumpReport, CriuError>, u32) {
+fn dump_retrying(
+    checkpointer: &dyn Checkpointer,
+    dir: &Path,
+    leave_running: bool,
+    log: &Path,
+) -> (Result<DumpReport, CheckpointError>, u32) {
     let mut attempt = 1;
     loop {
-        let _ = std::fs::remove_dir_all(&opts.images_dir);
-        match criu.dump(opts) {
-            Err(e) if attempt < DUMP_ATTEMPTS && transient(&e) => {
+        let _ = std::fs::remove_dir_all(dir);
+        match checkpointer.dump(dir, leave_running, log) {
+            Err(e) if attempt < DUMP_ATTEMPTS && e.transient() => {
                 attempt += 1;
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -156,6 +206,7 @@ where
         opts,
         pick,
         acked: Arc::new(ChunkSet::new()),
+        hashed: HashMap::new(),
         prev: HashMap::new(),
         wire: 0,
         final_dumped: false,
@@ -169,6 +220,16 @@ where
     write_message(&mut src.stream, &hello)
         .await
         .map_err(LiveError::Link)?;
+    if src.opts.mode == Mode::PostCopy {
+        if src.opts.checkpointer.is_some() {
+            let e = CheckpointError::Unsupported(
+                "post-copy moves processes dumped with CRIU only, not containers".into(),
+            );
+            src.abort(&e.to_string()).await;
+            return Err(e.into());
+        }
+        return src.post_copy(start, on_round).await;
+    }
     let mut rounds: Vec<RoundStats> = Vec::new();
     if src.opts.mode == Mode::PreCopy {
         let mut decision = planner.start(start.elapsed())?;
@@ -217,6 +278,7 @@ where
         }
     };
     let downtime = stats.round_time;
+    let final_dump_end = Instant::now() - stats.round_time + stats.dump;
     on_round(&stats);
     let (target_pid, rebuild, restore) = match reply {
         Some(Message::Restored {
@@ -263,29 +325,41 @@ where
         total: start.elapsed(),
         wire_bytes: src.wire,
         predictor: planner.into_predictor(),
+        final_dump_end,
+        post_copy: None,
     })
 }
 
-struct Source<S> {
-    stream: S,
-    pid: u32,
-    opts: SourceOptions,
+pub(super) struct Source<S> {
+    pub(super) stream: S,
+    pub(super) pid: u32,
+    pub(super) opts: SourceOptions,
     pick: LevelPick,
-    /// Digests of the chunks the target holds: those of the files it rebuilt last round.
+    /// Digests of the chunks the target holds: those of the files it rebuilt last round (in
+    /// round 1, those its chunk store holds).
     acked: Arc<ChunkSet>,
+    /// Recipes of the next round's files already hashed (round 1's, for the store query).
+    hashed: HashMap<String, Recipe>,
     /// The recipes the target holds, by file name.
     prev: HashMap<String, Recipe>,
-    wire: u64,
+    pub(super) wire: u64,
     final_dumped: bool,
 }
 
+/// What [`Source::send_images`] put on the wire.
+pub(super) struct Sent {
+    pub(super) wire: u64,
+    pub(super) by_level: [u64; 4],
+    pub(super) scanned: Scanned,
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
-    fn round_dir(&self, n: u32) -> PathBuf {
+    pub(super) fn round_dir(&self, n: u32) -> PathBuf {
         self.opts.work_dir.join(format!("round-{n}"))
     }
 
     /// Tells the target the migration is off (best effort: the link may be what failed).
-    async fn abort(&mut self, reason: &str) {
+    pub(super) async fn abort(&mut self, reason: &str) {
         let m = Message::Abort {
             reason: reason.to_string(),
         };
@@ -306,27 +380,154 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
     ) -> Result<(RoundStats, Option<Message>), LiveError> {
         let started = Instant::now();
         let dir = self.round_dir(n);
-        let mut dump_opts = DumpOptions::new(&dir, self.pid)
-            .leave_running(!last)
-            .network_lock(self.opts.network_lock);
-        dump_opts.log_file = Some(self.opts.work_dir.join(format!("round-{n}.dump.log")));
-        let criu = self.opts.criu.clone();
-        let (report, dump_attempts) =
-            tokio::task::spawn_blocking(move || dump_retrying(&criu, &dump_opts))
-                .await
-                .map_err(join_error)?;
+        let log = self.opts.work_dir.join(format!("round-{n}.dump.log"));
+        let checkpointer = self.opts.checkpointer(self.pid);
+        let dump_dir = dir.clone();
+        let (report, dump_attempts) = tokio::task::spawn_blocking(move || {
+            dump_retrying(&*checkpointer, &dump_dir, !last, &log)
+        })
+        .await
+        .map_err(join_error)?;
         let report = report?;
         self.final_dumped = last;
         let dump = started.elapsed();
         let frozen = report.stats.map(|s| s.frozen);
 
+        let query_wire = if n == 1 && self.opts.mode == Mode::PreCopy {
+            self.ask_store(&dir).await?
+        } else {
+            0
+        };
+        let Sent {
+            wire,
+            by_level,
+            scanned,
+        } = self.send_images(n, last, &dir).await?;
+        let wire = wire + query_wire;
+        let reply = read_message(&mut self.stream).await?;
+        let reply = match reply {
+            Message::Ack { round, .. } if !last && round == n => {
+                let mut known = ChunkSet::new();
+                for (_, r) in &scanned.files {
+                    known.extend(r.chunks.iter().map(|c| c.digest));
+                }
+                self.acked = Arc::new(known);
+                self.prev = scanned.files.into_iter().collect();
+                let _ = std::fs::remove_dir_all(&dir);
+                None
+            }
+            Message::Failed { reason } => return Err(LiveError::Target { reason }),
+            m @ Message::Restored { .. } if last => Some(m),
+            other => {
+                return Err(LiveError::Unexpected {
+                    expected: if last { "restored" } else { "ack" },
+                    got: format!("{other:?}"),
+                })
+            }
+        };
+        let round_time = started.elapsed();
+        Ok((
+            RoundStats {
+                round: n,
+                last,
+                dumped_bytes: scanned.dumped_bytes,
+                delta_bytes: scanned.delta_bytes,
+                wire_bytes: wire,
+                wire_by_level: by_level,
+                dump,
+                dump_attempts,
+                frozen,
+                transfer: round_time.saturating_sub(dump),
+                round_time,
+                progress: None,
+            },
+            reply,
+        ))
+    }
+
+    /// Round 1 of a pre-copy: reads the target's [`Message::Welcome`] (sent when it read the
+    /// hello, so it is here by now) and, if its chunk store holds anything, hashes the round's
+    /// files, asks which of their distinct full chunks it holds and counts those as
+    /// acknowledged. Returns the bytes the query put on the wire.
+    async fn ask_store(&mut self, dir: &Path) -> Result<u64, LiveError> {
+        match read_message(&mut self.stream).await? {
+            Message::Welcome { store_chunks: 0 } => return Ok(0),
+            Message::Welcome { .. } => {}
+            Message::Failed { reason } => return Err(LiveError::Target { reason }),
+            other => {
+                return Err(LiveError::Unexpected {
+                    expected: "welcome",
+                    got: format!("{other:?}"),
+                })
+            }
+        }
+        let d = dir.to_path_buf();
+        let hashed = tokio::task::spawn_blocking(move || hash_dir(&d))
+            .await
+            .map_err(join_error)??;
+        // Sorted by name like the scan, so the query names chunks in the order they are sent.
+        let mut names: Vec<&String> = hashed.keys().collect();
+        names.sort();
+        let mut seen = std::collections::HashSet::new();
+        let digests: Vec<Digest> = names
+            .iter()
+            .flat_map(|n| hashed[*n].chunks.iter())
+            .filter(|c| c.len as usize == CHUNK_SIZE && seen.insert(c.digest))
+            .map(|c| c.digest)
+            .take(MAX_QUERY)
+            .collect();
+        self.hashed = hashed;
+        if digests.is_empty() {
+            return Ok(0);
+        }
+        let query = Message::Query {
+            digests: digests.clone(),
+        }
+        .encode();
+        self.stream
+            .write_all(&query)
+            .await
+            .map_err(LiveError::Link)?;
+        self.stream.flush().await.map_err(LiveError::Link)?;
+        let held = match read_message(&mut self.stream).await? {
+            Message::Holding { bitmap } => from_bitmap(&bitmap, digests.len())?,
+            Message::Failed { reason } => return Err(LiveError::Target { reason }),
+            other => {
+                return Err(LiveError::Unexpected {
+                    expected: "holding",
+                    got: format!("{other:?}"),
+                })
+            }
+        };
+        self.acked = Arc::new(
+            digests
+                .into_iter()
+                .zip(held)
+                .filter(|(_, h)| *h)
+                .map(|(d, _)| d)
+                .collect(),
+        );
+        self.wire += query.len() as u64;
+        Ok(query.len() as u64)
+    }
+
+    /// Sends the images in `dir`: the chunks the target lacks, then every file's recipe in the
+    /// round's end. Hashing and compression run on a blocking thread while this writes.
+    pub(super) async fn send_images(
+        &mut self,
+        n: u32,
+        last: bool,
+        dir: &Path,
+    ) -> Result<Sent, LiveError> {
         let (tx, mut rx) = mpsc::channel::<Batch>(4);
         let known = self.acked.clone();
         let pick = self.pick.clone();
         let dedup = self.opts.mode == Mode::PreCopy;
-        let scan_dir = dir.clone();
-        let scanner =
-            tokio::task::spawn_blocking(move || scan(&scan_dir, &known, dedup, &pick, &tx));
+        let scan_dir = dir.to_path_buf();
+        let hashed = std::mem::take(&mut self.hashed);
+        let scanner = tokio::task::spawn_blocking(move || {
+            scan(&scan_dir, &known, dedup, &hashed, &pick, &tx)
+        });
         let mut wire = 0u64;
         let mut by_level = [0u64; 4];
         let (mut win_bytes, mut win_write, mut win_start) = (0u64, Duration::ZERO, Instant::now());
@@ -382,60 +583,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         self.wire += wire;
         self.stream.write_all(&end).await.map_err(LiveError::Link)?;
         self.stream.flush().await.map_err(LiveError::Link)?;
-        let reply = read_message(&mut self.stream).await?;
-        let reply = match reply {
-            Message::Ack { round, .. } if !last && round == n => {
-                let mut known = ChunkSet::new();
-                for (_, r) in &scanned.files {
-                    known.extend(r.chunks.iter().map(|c| c.digest));
-                }
-                self.acked = Arc::new(known);
-                self.prev = scanned.files.into_iter().collect();
-                let _ = std::fs::remove_dir_all(&dir);
-                None
-            }
-            Message::Failed { reason } => return Err(LiveError::Target { reason }),
-            m @ Message::Restored { .. } if last => Some(m),
-            other => {
-                return Err(LiveError::Unexpected {
-                    expected: if last { "restored" } else { "ack" },
-                    got: format!("{other:?}"),
-                })
-            }
-        };
-        let round_time = started.elapsed();
-        Ok((
-            RoundStats {
-                round: n,
-                last,
-                dumped_bytes: scanned.dumped_bytes,
-                delta_bytes: scanned.delta_bytes,
-                wire_bytes: wire,
-                wire_by_level: by_level,
-                dump,
-                dump_attempts,
-                frozen,
-                transfer: round_time.saturating_sub(dump),
-                round_time,
-                progress: None,
-            },
-            reply,
-        ))
+        Ok(Sent {
+            wire,
+            by_level,
+            scanned,
+        })
     }
 
     /// The final dump stopped the task but the target does not run it: restore it here from the
     /// final images.
     async fn restore_locally(&mut self, cause: LiveError, dir: &Path) -> LiveError {
-        let mut ro = RestoreOptions::new(dir).network_lock(self.opts.network_lock);
-        ro.log_file = Some(self.opts.work_dir.join("local-restore.log"));
-        ro.pidfile = Some(self.opts.work_dir.join("local-restore.pid"));
-        let criu = self.opts.criu.clone();
-        let (pid, wait) = (self.pid, self.opts.pid_wait);
-        let result = tokio::task::spawn_blocking(move || {
-            Criu::wait_pid_gone(pid, wait)?;
-            criu.restore(&ro)
-        })
-        .await;
+        let log = self.opts.work_dir.join("local-restore.log");
+        let checkpointer = self.opts.checkpointer(self.pid);
+        let (pid, images) = (self.pid, dir.to_path_buf());
+        let result =
+            tokio::task::spawn_blocking(move || checkpointer.restore(&images, pid, &log)).await;
         match result {
             Ok(Ok(r)) => {
                 let _ = std::fs::remove_dir_all(&self.opts.work_dir);

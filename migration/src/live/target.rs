@@ -1,21 +1,29 @@
 //! The target of a live migration: receives chunks, rebuilds each round's image files in place
 //! in a staging directory, and restores the task after the last round.
+//!
+//! With a chunk store ([`TargetOptions::store`], pre-copy only) it also answers the source's
+//! round-1 query with the chunks the store holds (read, checked and kept with the received ones,
+//! so the rebuild does not care where a chunk came from), and once the task runs and the source
+//! has its `Restored`, keeps the final memory images in the store from a thread of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::checkpointer::{CheckpointError, CriuRestore, Restorer};
 use crate::chunks::{ChunkError, ChunkRef, Digest, Recipe, CHUNK_SIZE};
 use crate::compress::{decompress, Level};
-use crate::criu::{Criu, NetworkLock, RestoreOptions};
+use crate::criu::{Criu, InheritFd, NetworkLock};
 
 use super::recipe;
-use super::wire::{read_message, write_message, FileRecipe, Message, Mode, VERSION};
+use super::store::ChunkStore;
+use super::wire::{read_message, to_bitmap, write_message, FileRecipe, Message, Mode, VERSION};
 use super::{files_error, LiveError};
 
 /// How the target receives; [`TargetOptions::new`] gives the defaults.
@@ -28,6 +36,31 @@ pub struct TargetOptions {
     /// How long the restore waits for the task's PID to be free here (CRIU restores PIDs; on
     /// the host the task was dumped on, the old process must be gone).
     pub pid_wait: Duration,
+    /// Descriptors the restored task gets in place of files outside it (`--inherit-fd`), e.g.
+    /// a fresh stdout pipe for the dumped one.
+    pub inherit_fds: Vec<InheritFd>,
+    /// The task is the init of its own PID namespace: its PIDs are restored inside a new
+    /// namespace, so its host PID need not be free here and is not waited for.
+    pub pid_namespace: bool,
+    /// Post-copy: the most pages one request of the lazy-pages daemon may ask the source for
+    /// (see [`super::pageproxy`]): what a page fault may have to wait behind.
+    pub page_request_cap: u64,
+    /// Post-copy: the most pages the target's relay keeps requested from the source and not yet
+    /// arrived, prefetching every lazy range in the background (see [`super::pageproxy`];
+    /// arrived pages wait in a separate, bounded cache until the daemon asks). It must cover
+    /// what the link holds in a round trip, else the link idles; a forwarded fault waits behind
+    /// at most this much more than the cap. 16 caps (1 MiB with the default cap): 80 ms of a
+    /// 100 Mbit/s link, far above its 2 ms round trip. 0 turns prefetch off.
+    pub prefetch_window: u64,
+    /// What restores the task; `None`: `criu restore` of a process ([`CriuRestore`]),
+    /// configured by `criu`, `network_lock`, `pid_wait`, `inherit_fds` and `pid_namespace`
+    /// above. A container restorer (e.g. [`crate::checkpointer::RuncRestore`]) takes pre-copy
+    /// or stop-and-copy only.
+    pub restorer: Option<Arc<dyn Restorer>>,
+    /// The node's chunk store, shared by every migration into it: round 1 of a pre-copy takes
+    /// what it holds instead of receiving it, and a successful migration's final memory images
+    /// are added to it. `None`: every chunk comes over the wire and nothing is kept.
+    pub store: Option<Arc<ChunkStore>>,
 }
 
 impl TargetOptions {
@@ -37,7 +70,27 @@ impl TargetOptions {
             criu: Criu::new(),
             network_lock: NetworkLock::default(),
             pid_wait: Duration::from_secs(10),
+            inherit_fds: Vec::new(),
+            pid_namespace: false,
+            page_request_cap: 16,
+            prefetch_window: 16 * 16,
+            restorer: None,
+            store: None,
         }
+    }
+
+    /// The restorer: the one given, or `criu restore` of a process.
+    pub fn restorer(&self) -> Arc<dyn Restorer> {
+        if let Some(r) = &self.restorer {
+            return r.clone();
+        }
+        Arc::new(CriuRestore {
+            criu: self.criu.clone(),
+            network_lock: self.network_lock,
+            pid_wait: self.pid_wait,
+            inherit_fds: self.inherit_fds.clone(),
+            pid_namespace: self.pid_namespace,
+        })
     }
 }
 
@@ -49,6 +102,8 @@ pub struct Received {
     pub rounds: u32,
     /// Chunks received (after dedup on the source).
     pub chunks: u64,
+    /// Chunks taken from the node's chunk store instead (round 1 of a pre-copy).
+    pub from_store: u64,
     /// Rebuilding the last round's files.
     pub rebuild: Duration,
     /// `criu restore`.
@@ -61,6 +116,12 @@ enum Job {
         refs: Vec<ChunkRef>,
         payload: Vec<u8>,
     },
+    /// Which of these does the chunk store hold? Those it does are loaded; the answer is the
+    /// [`Message::Holding`] bitmap.
+    Query {
+        digests: Vec<Digest>,
+        reply: oneshot::Sender<Vec<u8>>,
+    },
     Round {
         files: Vec<FileRecipe>,
         restore_pid: Option<u32>,
@@ -72,6 +133,7 @@ struct Applied {
     rebuild: Duration,
     restored: Option<(u32, Duration)>,
     chunks: u64,
+    from_store: u64,
 }
 
 /// Receives a task from the source at the other end of `stream` and restores it here. On any
@@ -82,6 +144,25 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let result = receive(&mut stream, &opts).await;
+    // After a pre-copy (or stop-and-copy) the staged files are the task's final images: keep
+    // its memory in the store, off the downtime (the source has its Restored already), then
+    // drop them.
+    if let (Ok(r), Some(store)) = (&result, &opts.store) {
+        if r.mode != Mode::PostCopy {
+            let guard = store.begin_insert();
+            let (store, dir) = (store.clone(), opts.staging_dir.clone());
+            let spawned = std::thread::Builder::new()
+                .name("brume-chunk-store".into())
+                .spawn(move || {
+                    let _ = store.insert_dir(&dir);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    drop(guard);
+                });
+            if spawned.is_ok() {
+                return result;
+            }
+        }
+    }
     if let Err(e) = &result {
         if !matches!(e, LiveError::Link(_) | LiveError::SourceAborted { .. }) {
             let m = Message::Failed {
@@ -109,6 +190,12 @@ where
             if version != VERSION {
                 return Err(LiveError::Version(version));
             }
+            if mode == Mode::PostCopy && opts.restorer.is_some() {
+                return Err(CheckpointError::Unsupported(
+                    "post-copy moves processes dumped with CRIU only, not containers".into(),
+                )
+                .into());
+            }
             (mode, pid)
         }
         other => {
@@ -123,23 +210,53 @@ where
         &opts.staging_dir,
     ))?;
     let (tx, rx) = mpsc::channel::<Job>(8);
+    let disk = opts.store.clone().filter(|_| mode == Mode::PreCopy);
+    let welcome = (mode == Mode::PreCopy).then(|| Message::Welcome {
+        store_chunks: disk.as_ref().map_or(0, |s| s.chunks() as u64),
+    });
     let stage = Stage {
         dir: opts.staging_dir.clone(),
         store: HashMap::new(),
+        disk,
+        from_store: 0,
         prev: HashMap::new(),
         error: None,
         chunks: 0,
-        criu: opts.criu.clone(),
-        network_lock: opts.network_lock,
-        pid_wait: opts.pid_wait,
+        restorer: opts.restorer(),
     };
     let worker = std::thread::Builder::new()
         .name("brume-migrate-in".into())
         .spawn(move || stage.run(rx))
         .map_err(|e| LiveError::Worker(e.to_string()))?;
     let result = async {
+        if let Some(w) = &welcome {
+            write_message(stream, w).await.map_err(LiveError::Link)?;
+            stream.flush().await.map_err(LiveError::Link)?;
+        }
+        // One query, in round 1: each loads up to the whole store into memory.
+        let mut queried = false;
         loop {
             match read_message(stream).await? {
+                Message::Query { .. } if queried || mode != Mode::PreCopy => {
+                    return Err(LiveError::Unexpected {
+                        expected: "one store query, in round 1 of a pre-copy",
+                        got: "another".into(),
+                    })
+                }
+                Message::Query { digests } => {
+                    queried = true;
+                    let (reply, answer) = oneshot::channel();
+                    tx.send(Job::Query { digests, reply })
+                        .await
+                        .map_err(|_| LiveError::Worker("the staging thread stopped".into()))?;
+                    let bitmap = answer
+                        .await
+                        .map_err(|_| LiveError::Worker("the staging thread stopped".into()))?;
+                    write_message(stream, &Message::Holding { bitmap })
+                        .await
+                        .map_err(LiveError::Link)?;
+                    stream.flush().await.map_err(LiveError::Link)?;
+                }
                 Message::Chunks {
                     level,
                     refs,
@@ -154,10 +271,12 @@ where
                     .map_err(|_| LiveError::Worker("the staging thread stopped".into()))?;
                 }
                 Message::RoundEnd { round, last, files } => {
+                    queried = true;
                     let (reply, answer) = oneshot::channel();
+                    let post_copy = last && mode == Mode::PostCopy;
                     tx.send(Job::Round {
                         files,
-                        restore_pid: last.then_some(pid),
+                        restore_pid: (last && !post_copy).then_some(pid),
                         reply,
                     })
                     .await
@@ -165,7 +284,11 @@ where
                     let applied = answer
                         .await
                         .map_err(|_| LiveError::Worker("the staging thread stopped".into()))??;
-                    if let Some((pid, restore)) = applied.restored {
+                    // Post-copy's restore runs while its pages are relayed, and says Restored
+                    // itself; pre-copy's ran on the staging thread and is reported here.
+                    let restored = if post_copy {
+                        Some(super::postcopy::post_copy_in(stream, opts, applied.rebuild).await?)
+                    } else if let Some((pid, restore)) = applied.restored {
                         let m = Message::Restored {
                             pid,
                             rebuild_us: applied.rebuild.as_micros() as u64,
@@ -173,11 +296,17 @@ where
                         };
                         write_message(stream, &m).await.map_err(LiveError::Link)?;
                         stream.flush().await.map_err(LiveError::Link)?;
+                        Some((pid, restore))
+                    } else {
+                        None
+                    };
+                    if let Some((pid, restore)) = restored {
                         return Ok(Received {
                             pid,
                             mode,
                             rounds: round,
                             chunks: applied.chunks,
+                            from_store: applied.from_store,
                             rebuild: applied.rebuild,
                             restore,
                         });
@@ -192,7 +321,7 @@ where
                 Message::Abort { reason } => return Err(LiveError::SourceAborted { reason }),
                 other => {
                     return Err(LiveError::Unexpected {
-                        expected: "chunks, round-end or abort",
+                        expected: "chunks, query, round-end or abort",
                         got: format!("{other:?}"),
                     })
                 }
@@ -209,13 +338,15 @@ where
 struct Stage {
     dir: PathBuf,
     store: HashMap<Digest, Vec<u8>>,
+    /// The node's chunk store, if it has one and this is a pre-copy.
+    disk: Option<Arc<ChunkStore>>,
+    /// Chunks taken from `disk`.
+    from_store: u64,
     prev: HashMap<String, Recipe>,
     /// The first failure while storing chunks, reported at the round's end.
     error: Option<LiveError>,
     chunks: u64,
-    criu: Criu,
-    network_lock: NetworkLock,
-    pid_wait: Duration,
+    restorer: Arc<dyn Restorer>,
 }
 
 impl Stage {
@@ -232,6 +363,9 @@ impl Stage {
                             self.error = Some(e);
                         }
                     }
+                }
+                Job::Query { digests, reply } => {
+                    let _ = reply.send(self.take_from_store(&digests));
                 }
                 Job::Round {
                     files,
@@ -277,6 +411,24 @@ impl Stage {
         Ok(())
     }
 
+    /// Loads the queried chunks the store holds (each checked on read) beside the received
+    /// ones; returns the bitmap of those it found.
+    fn take_from_store(&mut self, digests: &[Digest]) -> Vec<u8> {
+        let Some(disk) = &self.disk else {
+            return to_bitmap(&vec![false; digests.len()]);
+        };
+        let found = disk.get_many(digests);
+        let mut bits = Vec::with_capacity(digests.len());
+        for (d, data) in digests.iter().zip(found) {
+            bits.push(data.is_some());
+            if let Some(data) = data {
+                self.store.insert(*d, data);
+                self.from_store += 1;
+            }
+        }
+        to_bitmap(&bits)
+    }
+
     fn round(
         &mut self,
         files: &[FileRecipe],
@@ -297,6 +449,7 @@ impl Stage {
             rebuild,
             restored,
             chunks: self.chunks,
+            from_store: self.from_store,
         })
     }
 
@@ -352,17 +505,14 @@ impl Stage {
     }
 
     fn restore(&self, pid: u32) -> Result<(u32, Duration), LiveError> {
-        Criu::wait_pid_gone(pid, self.pid_wait)?;
-        let mut ro = RestoreOptions::new(&self.dir).network_lock(self.network_lock);
-        ro.log_file = Some(sibling(&self.dir, "restore.log"));
-        ro.pidfile = Some(sibling(&self.dir, "restore.pid"));
-        let r = self.criu.restore(&ro)?;
+        let log = sibling(&self.dir, "restore.log");
+        let r = self.restorer.restore(&self.dir, pid, &log)?;
         Ok((r.pid, r.elapsed))
     }
 }
 
 /// `<dir>.<suffix>`, beside the staging directory so the images stay exactly as sent.
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+pub(super) fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let mut s = dir.as_os_str().to_owned();
     s.push(".");
     s.push(suffix);

@@ -1,4 +1,4 @@
-//! The migration protocol's messages and their framing (`/brume/migrate/1`).
+//! The migration protocol's messages and their framing (`/brume/migrate/2`).
 //!
 //! Why hand-rolled: chunk batches are most of the bytes and must not be copied through a
 //! generic serializer; the rest is a handful of small messages. Every frame is a big-endian u32
@@ -10,6 +10,17 @@
 //! [`Message::RoundEnd`] (with `last` set on the final round), or [`Message::Abort`]. Target to
 //! source: [`Message::Ack`] after each pre-copy round is applied, then [`Message::Restored`] or
 //! [`Message::Failed`] after the last one (or [`Message::Failed`] at any time).
+//!
+//! Version 2 adds the target's chunk store ([`super::store`]), in pre-copy only: the target
+//! answers the hello with [`Message::Welcome`] (how many chunks its store holds; the source reads
+//! it after round 1's dump, so it costs no round trip of its own). If the store holds any, the
+//! source sends round 1's distinct digests in a [`Message::Query`] before its chunks, and the
+//! target answers [`Message::Holding`], a bitmap of those it took from its store (read and
+//! checked); the source treats those as acknowledged. An empty store or none: no query, the
+//! version 1 exchange. In post-copy
+//! ([`Mode::PostCopy`]) the one round carries no memory, and from its end on both sides also
+//! send [`Message::Pages`] (the page-server conversation, relayed) until the target says
+//! [`Message::PagesDone`].
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -17,13 +28,16 @@ use crate::chunks::{ChunkRef, Digest, CHUNK_SIZE};
 use crate::compress::Level;
 
 /// The protocol's name, for a stream negotiated over the overlay.
-pub const PROTOCOL: &str = "/brume/migrate/1";
+pub const PROTOCOL: &str = "/brume/migrate/2";
 /// The version in [`Message::Hello`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The largest frame either side accepts: a recipe of a 7 GiB image fits.
 pub const MAX_FRAME: usize = 64 << 20;
 /// The most chunks one [`Message::Chunks`] may carry.
 pub const MAX_BATCH: usize = 1024;
+/// The most digests one [`Message::Query`] may name (a 64 GiB image's distinct chunks; the
+/// frame is then 32 MiB, within [`MAX_FRAME`]).
+pub const MAX_QUERY: usize = 1 << 20;
 /// The longest file name or reason string.
 const MAX_TEXT: usize = 4096;
 
@@ -34,6 +48,9 @@ pub enum Mode {
     PreCopy,
     /// One round: freeze, dump, copy, restore.
     StopAndCopy,
+    /// Post-copy: freeze, dump everything but memory, restore at once; pages follow on demand
+    /// and in the background through CRIU's lazy pages ([`crate::lazy`]).
+    PostCopy,
 }
 
 /// One step of a file's recipe, relative to the recipe the same file had in the previous round.
@@ -87,6 +104,19 @@ pub enum Message {
     },
     /// The target cannot go on.
     Failed { reason: String },
+    /// Post-copy: bytes between the source's page server and the target's lazy-pages daemon,
+    /// either way, relayed as they are.
+    Pages { data: Vec<u8> },
+    /// Post-copy: the target holds every page; the migration is over.
+    PagesDone,
+    /// Pre-copy, target, right after the hello: its chunk store holds `store_chunks` chunks
+    /// (0: no store, or an empty one; the source then sends no [`Message::Query`]).
+    Welcome { store_chunks: u64 },
+    /// Source, before round 1's chunks: which of these (distinct) chunks does your store hold?
+    Query { digests: Vec<Digest> },
+    /// Target: bit `i` (byte `i / 8`, bit `i % 8`) set if it took `digests[i]` of the query
+    /// from its store; exactly `ceil(n / 8)` bytes.
+    Holding { bitmap: Vec<u8> },
 }
 
 /// Why bytes from the peer are not a valid message.
@@ -114,6 +144,11 @@ const T_ABORT: u8 = 4;
 const T_ACK: u8 = 5;
 const T_RESTORED: u8 = 6;
 const T_FAILED: u8 = 7;
+const T_PAGES: u8 = 8;
+const T_PAGES_DONE: u8 = 9;
+const T_WELCOME: u8 = 10;
+const T_QUERY: u8 = 11;
+const T_HOLDING: u8 = 12;
 
 fn level_byte(l: Level) -> u8 {
     match l {
@@ -243,6 +278,7 @@ impl Message {
                 e.u8(match mode {
                     Mode::PreCopy => 0,
                     Mode::StopAndCopy => 1,
+                    Mode::PostCopy => 2,
                 });
                 e.u32(*pid);
                 e.u64(*memory_bytes);
@@ -310,6 +346,28 @@ impl Message {
                 e.u8(T_FAILED);
                 e.text(reason);
             }
+            Message::Pages { data } => {
+                e.u8(T_PAGES);
+                e.u32(data.len() as u32);
+                e.0.extend_from_slice(data);
+            }
+            Message::PagesDone => e.u8(T_PAGES_DONE),
+            Message::Welcome { store_chunks } => {
+                e.u8(T_WELCOME);
+                e.u64(*store_chunks);
+            }
+            Message::Query { digests } => {
+                e.u8(T_QUERY);
+                e.u32(digests.len() as u32);
+                for d in digests {
+                    e.0.extend_from_slice(&d.0);
+                }
+            }
+            Message::Holding { bitmap } => {
+                e.u8(T_HOLDING);
+                e.u32(bitmap.len() as u32);
+                e.0.extend_from_slice(bitmap);
+            }
         }
         let len = (e.0.len() - 4) as u32;
         e.0[..4].copy_from_slice(&len.to_be_bytes());
@@ -329,6 +387,11 @@ impl Message {
             T_ACK => "ack",
             T_RESTORED => "restored",
             T_FAILED => "failed",
+            T_PAGES => "pages",
+            T_PAGES_DONE => "pages-done",
+            T_WELCOME => "welcome",
+            T_QUERY => "query",
+            T_HOLDING => "holding",
             other => return Err(WireError::UnknownTag(other)),
         };
         let mut d = Dec { buf: rest, what };
@@ -338,6 +401,7 @@ impl Message {
                 mode: match d.u8()? {
                     0 => Mode::PreCopy,
                     1 => Mode::StopAndCopy,
+                    2 => Mode::PostCopy,
                     m => return Err(malformed(what, format!("unknown mode {m}"))),
                 },
                 pid: d.u32()?,
@@ -394,11 +458,64 @@ impl Message {
                 rebuild_us: d.u64()?,
                 restore_us: d.u64()?,
             },
-            _ => Message::Failed { reason: d.text()? },
+            T_FAILED => Message::Failed { reason: d.text()? },
+            T_PAGES => {
+                let len = d.count(1, MAX_FRAME)?;
+                Message::Pages {
+                    data: d.take(len)?.to_vec(),
+                }
+            }
+            T_WELCOME => Message::Welcome {
+                store_chunks: d.u64()?,
+            },
+            T_QUERY => {
+                let n = d.count(32, MAX_QUERY)?;
+                let digests = (0..n)
+                    .map(|_| {
+                        let mut b = [0u8; 32];
+                        b.copy_from_slice(d.take(32)?);
+                        Ok(Digest(b))
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                Message::Query { digests }
+            }
+            T_HOLDING => {
+                let n = d.count(1, MAX_QUERY.div_ceil(8))?;
+                Message::Holding {
+                    bitmap: d.take(n)?.to_vec(),
+                }
+            }
+            _ => Message::PagesDone,
         };
         d.end()?;
         Ok(msg)
     }
+}
+
+/// A [`Message::Holding`] bitmap of `bits`, in order.
+pub fn to_bitmap(bits: &[bool]) -> Vec<u8> {
+    let mut out = vec![0u8; bits.len().div_ceil(8)];
+    for (i, _) in bits.iter().enumerate().filter(|(_, b)| **b) {
+        out[i / 8] |= 1 << (i % 8);
+    }
+    out
+}
+
+/// The `n` bits of a [`Message::Holding`] bitmap; an error unless it has exactly `ceil(n / 8)`
+/// bytes and no bit set past `n`.
+pub fn from_bitmap(bitmap: &[u8], n: usize) -> Result<Vec<bool>, WireError> {
+    if bitmap.len() != n.div_ceil(8) {
+        return Err(malformed(
+            "holding",
+            format!("{} bytes answer a query of {n}", bitmap.len()),
+        ));
+    }
+    if !n.is_multiple_of(8) && bitmap.last().is_some_and(|b| b >> (n % 8) != 0) {
+        return Err(malformed("holding", "bits set past the query's end"));
+    }
+    Ok((0..n)
+        .map(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
+        .collect())
 }
 
 /// What reading a frame can run into.
@@ -476,6 +593,23 @@ mod tests {
             Message::Failed {
                 reason: "no".into(),
             },
+            Message::Hello {
+                version: VERSION,
+                mode: Mode::PostCopy,
+                pid: 1,
+                memory_bytes: 0,
+            },
+            Message::Pages {
+                data: vec![1, 2, 3, 4, 5],
+            },
+            Message::PagesDone,
+            Message::Welcome { store_chunks: 9 },
+            Message::Query {
+                digests: vec![Digest([1; 32]), Digest([2; 32])],
+            },
+            Message::Holding { bitmap: vec![0b10] },
+            Message::Query { digests: vec![] },
+            Message::Holding { bitmap: vec![] },
         ]
     }
 
@@ -518,6 +652,25 @@ mod tests {
         };
         assert!(Message::decode(&bad.encode()[4..]).is_err());
         assert_eq!(Message::decode(&[200]), Err(WireError::UnknownTag(200)));
+        // A query or holding claiming more than fits.
+        assert!(Message::decode(&[T_QUERY, 0, 0, 0, 2, 1, 2, 3]).is_err());
+        assert!(Message::decode(&[T_QUERY, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(Message::decode(&[T_HOLDING, 0, 0, 0, 9, 1]).is_err());
+    }
+
+    #[test]
+    fn bitmaps_round_trip_and_wrong_sizes_are_refused() {
+        for n in [0usize, 1, 7, 8, 9, 100] {
+            let bits: Vec<bool> = (0..n).map(|i| i % 3 == 1).collect();
+            let map = to_bitmap(&bits);
+            assert_eq!(map.len(), n.div_ceil(8));
+            assert_eq!(from_bitmap(&map, n).unwrap(), bits);
+            assert!(from_bitmap(&map, n + 8).is_err());
+        }
+        assert!(
+            from_bitmap(&[0b1000_0000], 7).is_err(),
+            "a bit past the end"
+        );
     }
 
     #[tokio::test]

@@ -26,8 +26,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,6 +36,7 @@ use brume_migration::live::{
     migrate_in, migrate_out, Compression, Mode, RoundStats, SourceOptions, TargetOptions,
 };
 use brume_migration::planner::PlannerConfig;
+use brume_testnet::poller::Poller;
 use brume_testnet::{Shaping, Testbed};
 use clap::Args;
 
@@ -72,6 +71,16 @@ pub struct MigrationArgs {
     /// A smoke run: 32 MiB, 100 Mbit/s, one run.
     #[arg(long)]
     pub quick: bool,
+    /// Post-copy: the most one page request of the target's lazy-pages daemon may ask for, KiB
+    /// (what a page fault may wait behind); 0 = what the link carries in 2 ms, at least 16.
+    #[arg(long, default_value_t = 0)]
+    pub page_request_kib: u64,
+    /// Leave out post-copy (CRIU lazy pages, which need fs.pipe-max-size >= 4 MiB).
+    #[arg(long)]
+    pub no_post_copy: bool,
+    /// Only post-copy (with stop-and-copy as the baseline): skips pre-copy and `--levels`.
+    #[arg(long, conflicts_with = "no_post_copy")]
+    pub post_copy_only: bool,
     /// Where images are dumped and staged (tmpfs).
     #[arg(long, default_value = "/dev/shm")]
     pub work_dir: PathBuf,
@@ -79,7 +88,10 @@ pub struct MigrationArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Strategy {
+    /// Iterative pre-copy at a compression.
     Live(Compression),
+    /// CRIU lazy pages: a frozen dump without memory, pages after the restore.
+    PostCopy,
     StopAndCopy,
 }
 
@@ -88,6 +100,7 @@ impl Strategy {
         match self {
             Strategy::Live(Compression::Adaptive) => "live adaptive".into(),
             Strategy::Live(Compression::Fixed(l)) => format!("live {}", level_name(*l)),
+            Strategy::PostCopy => "post-copy".into(),
             Strategy::StopAndCopy => "stop-and-copy".into(),
         }
     }
@@ -112,6 +125,8 @@ struct Move {
     rebuild: f64,
     restore: f64,
     total: f64,
+    /// Post-copy: from the restore to the last page on the target.
+    pages: f64,
     precopy_pause: f64,
     rounds: f64,
     wire_mib: f64,
@@ -155,6 +170,15 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut strategies = vec![Strategy::Live(Compression::Adaptive), Strategy::StopAndCopy];
+    if args.post_copy_only {
+        strategies = vec![Strategy::StopAndCopy];
+        args.levels.clear();
+    }
+    if !args.no_post_copy {
+        brume_migration::lazy::check_pipe_max_size()
+            .context("post-copy needs this (or --no-post-copy)")?;
+        strategies.insert(1, Strategy::PostCopy);
+    }
     for name in args.levels.iter().filter(|n| !n.is_empty()) {
         let l = match name.as_str() {
             "none" => Level::None,
@@ -198,6 +222,7 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
                         criu_b: &criu_b,
                         mbit,
                         dirty_mib_s: args.dirty_mib_s,
+                        page_request_kib: args.page_request_kib,
                     };
                     let m = one_move(&ctx, mib, seed, strategy).with_context(|| {
                         format!(
@@ -206,8 +231,8 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
                         )
                     })?;
                     eprintln!(
-                        "  {mbit} Mbit/s {mib} MiB {} run {run}: downtime {:.0} ms (dump {:.0}, frozen {:.0}, transfer {:.0}, rebuild {:.0}, restore {:.0}), total {:.0} ms, {} rounds, {:.1} MiB on the wire, precopy pause {:.0} ms, level {}, dumps retried {} (final {})",
-                        strategy.name(), m.downtime, m.dump, m.frozen, m.transfer, m.rebuild, m.restore, m.total, m.rounds, m.wire_mib, m.precopy_pause, m.level, m.retries, m.final_retries
+                        "  {mbit} Mbit/s {mib} MiB {} run {run}: downtime {:.0} ms (dump {:.0}, frozen {:.0}, transfer {:.0}, rebuild {:.0}, restore {:.0}), total {:.0} ms (pages after the restore {:.0}), {} rounds, {:.1} MiB on the wire, precopy pause {:.0} ms, level {}, dumps retried {} (final {})",
+                        strategy.name(), m.downtime, m.dump, m.frozen, m.transfer, m.rebuild, m.restore, m.total, m.pages, m.rounds, m.wire_mib, m.precopy_pause, m.level, m.retries, m.final_retries
                     );
                     moves.push(m);
                 }
@@ -237,16 +262,19 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
             .map(|r| r.m.clone())
     };
     let live = Strategy::Live(Compression::Adaptive);
-    let dt = |mib| find(mib, live).map(|m| m.downtime).unwrap_or(f64::NAN);
-    let sc = find(512, Strategy::StopAndCopy)
-        .map(|m| m.downtime)
-        .unwrap_or(f64::NAN);
+    let dt = |mib, s| find(mib, s).map(|m| m.downtime).unwrap_or(f64::NAN);
+    // brume's live migration: the better of its two modes at each size (post-copy when it ran).
+    let best = |mib| dt(mib, live).min(dt(mib, Strategy::PostCopy));
     println!(
-        "\nBENCH migration downtime_ms_128={:.0} downtime_ms_512={:.0} stopcopy_ms_512={:.0} adaptive_vs_best_static={:.3}",
-        dt(128),
-        dt(512),
-        sc,
-        adaptive_vs_best_static(&rows, h)
+        "\nBENCH migration downtime_ms_128={:.0} downtime_ms_512={:.0} stopcopy_ms_512={:.0} adaptive_vs_best_static={:.3} precopy_ms_128={:.0} precopy_ms_512={:.0} postcopy_ms_128={:.0} postcopy_ms_512={:.0}",
+        best(128),
+        best(512),
+        dt(512, Strategy::StopAndCopy),
+        adaptive_vs_best_static(&rows, h),
+        dt(128, live),
+        dt(512, live),
+        dt(128, Strategy::PostCopy),
+        dt(512, Strategy::PostCopy),
     );
     Ok(())
 }
@@ -277,7 +305,7 @@ fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
         "\n{mbit} Mbit/s (measured {goodput:.0} Mbit/s). Times in ms; downtime as the polling client saw it = dump + transfer + restore (+ a poll interval)"
     );
     println!(
-        "{:>5} {:<15} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>6}",
+        "{:>5} {:<15} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>7} {:>9} {:>7} {:>9} {:>6}",
         "MiB",
         "strategy",
         "downtime",
@@ -287,6 +315,7 @@ fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
         "rebuild",
         "restore",
         "total",
+        "pages",
         "pre-pause",
         "rounds",
         "wire MiB",
@@ -295,7 +324,7 @@ fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
     for r in rows.iter().filter(|r| r.mbit == mbit) {
         let m = &r.m;
         println!(
-            "{:>5} {:<15} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>9.0} {:>7.1} {:>9.1} {:>6}",
+            "{:>5} {:<15} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>7.0} {:>9.0} {:>7.1} {:>9.1} {:>6}",
             r.mib,
             r.strategy.name(),
             m.downtime,
@@ -305,6 +334,7 @@ fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
             m.rebuild,
             m.restore,
             m.total,
+            m.pages,
             m.precopy_pause,
             m.rounds,
             m.wire_mib,
@@ -338,8 +368,11 @@ fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
             ),
             None => String::new(),
         };
+        let post = get(Strategy::PostCopy)
+            .map(|p| format!(", / post-copy downtime = {:.1}x", s.downtime / p.downtime))
+            .unwrap_or_default();
         println!(
-            "{mib:>5} MiB: stop-and-copy downtime / live downtime = {:.1}x{best_text}",
+            "{mib:>5} MiB: stop-and-copy downtime / live downtime = {:.1}x{post}{best_text}",
             s.downtime / l.downtime
         );
     }
@@ -359,6 +392,7 @@ fn medians(moves: &[Move]) -> Move {
         rebuild: med(|m| m.rebuild),
         restore: med(|m| m.restore),
         total: med(|m| m.total),
+        pages: med(|m| m.pages),
         precopy_pause: med(|m| m.precopy_pause),
         rounds: med(|m| m.rounds),
         wire_mib: med(|m| m.wire_mib),
@@ -377,6 +411,7 @@ struct MoveCtx<'a> {
     criu_b: &'a Path,
     mbit: u64,
     dirty_mib_s: f64,
+    page_request_kib: u64,
 }
 
 /// Starts a fresh task in host A, moves it to host B with `strategy`, verifies it, kills it.
@@ -387,11 +422,16 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
     std::fs::create_dir_all(&dir)?;
     let _cleanup = RemoveOnDrop(dir.clone());
     let socket = dir.join("w.sock");
-    let task = Task::start(ctx, &socket, mib, seed)?;
+    let mut task = Task::start(ctx, &socket, mib, seed)?;
     // Let it dirty for a while before the move starts.
     std::thread::sleep(Duration::from_millis(500));
     let before = task.verify(ctx.dirtier)?;
-    let poller = Poller::start(&socket, ctx.bed.netns(0));
+    // Polls from inside host A's namespace, so the sockets a dump may find half-connected to
+    // the task belong to the namespace CRIU looks at.
+    let netns = ctx.bed.netns(0).to_string();
+    let poller = Poller::start(&socket, "TICK", Duration::from_millis(1), move || {
+        brume_testnet::netns::enter(&netns).is_ok()
+    });
     std::thread::sleep(Duration::from_millis(100));
 
     let listener = ctx
@@ -410,6 +450,7 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
     };
     match strategy {
         Strategy::Live(c) => src.compression = c,
+        Strategy::PostCopy => src.mode = Mode::PostCopy,
         Strategy::StopAndCopy => {
             src.mode = Mode::StopAndCopy;
             src.compression = Compression::Fixed(Level::None);
@@ -417,9 +458,21 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
     }
     let mut dst = TargetOptions::new(dir.join("staging"));
     dst.criu = Criu::with_binary(ctx.criu_b);
+    // The task is the init of its own PID namespace: restored as a new namespace, it needs no
+    // free PID, so post-copy can restore it while the frozen original still exists.
+    dst.pid_namespace = true;
+    let kib = match ctx.page_request_kib {
+        0 => ((bytes_per_sec * 0.002 / 1024.0) as u64).max(16),
+        k => k,
+    };
+    dst.page_request_cap = (kib / 4).max(1);
+    // Two capped answers in flight ahead of a fault: the background sweep keeps about half of
+    // this link busy while a fault waits behind at most 2 caps (measured: 16 caps in flight
+    // fetched 32 MiB with the link's speed but kept the woken task waiting 3 s on its faults).
+    dst.prefetch_window = dst.page_request_cap * 2;
     let pid = task.pid;
     let mut rounds: Vec<RoundStats> = Vec::new();
-    let (out, received, done_at) = ctx.rt.block_on(async {
+    let (out, received) = ctx.rt.block_on(async {
         listener.set_nonblocking(true)?;
         stream.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -430,24 +483,24 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
             Ok::<_, anyhow::Error>(migrate_in(s, dst).await)
         });
         let out = migrate_out(stream, pid, src, |r| rounds.push(r.clone())).await;
-        let done_at = Instant::now();
         let received = target.await?;
-        Ok::<_, anyhow::Error>((out, received, done_at))
+        Ok::<_, anyhow::Error>((out, received))
     })?;
+    if let Ok(Ok(r)) = &received {
+        task.restored = Some(r.pid);
+    }
     std::thread::sleep(Duration::from_millis(300));
     let log = poller.finish();
     let migrated = out.context("the migration failed")?;
-    let received = received?.context("the target failed")?;
-    if received.pid != pid {
-        bail!("restored as pid {} instead of {pid}", received.pid);
-    }
+    received?.context("the target failed")?;
+    task.original_gone()?;
     // The counter went up by exactly one between consecutive answers, across the move too.
     for w in log.windows(2) {
-        if w[1].1 != w[0].1 + 1 {
+        if w[1].value != w[0].value + 1 {
             bail!(
                 "the counter went from {} to {} across the move: the task's state did not continue",
-                w[0].1,
-                w[1].1
+                w[0].value,
+                w[1].value
             );
         }
     }
@@ -456,18 +509,15 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
         bail!("the task stopped dirtying ({before} steps, then {after})");
     }
     let last = migrated.rounds.last().cloned().context("no final round")?;
-    // The switch: the gap in the answers around the end of the final dump.
-    let dump_end = done_at - last.round_time + last.dump;
-    let switch = log
-        .windows(2)
-        .position(|w| w[0].0 <= dump_end && dump_end <= w[1].0)
-        .context("the poller saw no answer on one side of the final dump")?;
-    let downtime = log[switch + 1].0 - log[switch].0;
+    // The switch: the original's last answer and the restored task's first (told apart by the
+    // PID behind the socket, so a client stuck on the frozen original does not blur it).
+    let (old, new) = brume_testnet::poller::switch(&log, task.pid)
+        .context("the poller saw no answer from the original or none from the restored task")?;
+    let downtime = new.at - old.at;
     let precopy_pause = log
         .windows(2)
-        .enumerate()
-        .filter(|(i, _)| *i != switch)
-        .map(|(_, w)| w[1].0 - w[0].0)
+        .filter(|w| w[1].peer == task.pid)
+        .map(|w| w[1].at - w[0].at)
         .max()
         .unwrap_or_default();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -480,6 +530,7 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
             .collect::<Vec<_>>()
             .join(","),
         Strategy::Live(Compression::Fixed(l)) => level_name(l).into(),
+        Strategy::PostCopy => level_name(last.main_level()).into(),
         Strategy::StopAndCopy => "none".into(),
     };
     Ok(Move {
@@ -490,6 +541,11 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
         rebuild,
         restore,
         total: ms(migrated.total),
+        pages: migrated
+            .post_copy
+            .as_ref()
+            .map(|p| ms(p.pages_done))
+            .unwrap_or(0.0),
         precopy_pause: ms(precopy_pause),
         rounds: (migrated.rounds.len() - 1) as f64,
         wire_mib: migrated.wire_bytes as f64 / MIB,
@@ -499,9 +555,15 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
     })
 }
 
-/// A dirtier started in host A; killed (wherever it runs now) on drop.
+/// A dirtier started in host A as the init of its own PID namespace; killed on drop, the
+/// original and its restored copy.
 struct Task {
+    /// The original's host PID.
     pid: u32,
+    /// The restored copy's host PID, once there is one.
+    restored: Option<u32>,
+    /// The original is gone and reaped: its PID may belong to anyone now.
+    gone: bool,
     socket: PathBuf,
     mib: usize,
     seed: u64,
@@ -510,31 +572,32 @@ struct Task {
 
 impl Task {
     fn start(ctx: &MoveCtx<'_>, socket: &Path, mib: usize, seed: u64) -> anyhow::Result<Task> {
-        let mut child = ctx.bed.run_in(0, || {
-            Command::new(ctx.dirtier)
-                .arg("serve")
+        let (mut child, pid) = ctx.bed.run_in(0, || {
+            let mut cmd = brume_testnet::pidns::command(ctx.dirtier);
+            cmd.arg("serve")
                 .arg(socket)
                 .arg(mib.to_string())
                 .arg(seed.to_string())
                 .arg(ctx.dirty_mib_s.to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
+                .stderr(Stdio::null());
+            brume_testnet::pidns::spawn(&mut cmd)
         })??;
-        let pid = child.id();
-        // Reaped as soon as CRIU's final dump kills it, so its PID is free for the restore.
+        // `unshare` exits when the dirtier (its only child) dies: reaped at once.
         let reaper = std::thread::spawn(move || {
             let _ = child.wait();
         });
+        let started = Instant::now();
         let task = Task {
             pid,
+            restored: None,
+            gone: false,
             socket: socket.to_path_buf(),
             mib,
             seed,
             reaper: Some(reaper),
         };
-        let started = Instant::now();
         while UnixStream::connect(socket).is_err() {
             if started.elapsed() > Duration::from_secs(60) {
                 bail!("the dirtier did not come up on {}", socket.display());
@@ -566,11 +629,32 @@ impl Task {
     }
 }
 
+impl Task {
+    /// Waits (bounded) until the original is gone and reaped, as after a finished move.
+    fn original_gone(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while self.reaper.as_ref().is_some_and(|r| !r.is_finished()) {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("the original (pid {}) still runs after the move", self.pid);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(r) = self.reaper.take() {
+            let _ = r.join();
+        }
+        self.gone = true;
+        Ok(())
+    }
+}
+
 impl Drop for Task {
     fn drop(&mut self) {
-        // SAFETY: kill(2) has no memory effects.
-        unsafe {
-            libc::kill(self.pid as i32, libc::SIGKILL);
+        let pids = [(!self.gone).then_some(self.pid), self.restored];
+        for pid in pids.into_iter().flatten() {
+            // SAFETY: kill(2) has no memory effects.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
         }
         if let Some(r) = self.reaper.take() {
             let _ = r.join();
@@ -585,67 +669,6 @@ fn ask(socket: &Path, command: &str) -> std::io::Result<String> {
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line)?;
     Ok(line.trim().to_string())
-}
-
-/// Asks `TICK` every millisecond from a thread, recording (time of the answer, counter).
-/// One request per connection, as the dirtier serves them.
-struct Poller {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<(Instant, u64)>>>,
-}
-
-impl Poller {
-    /// Polls from inside network namespace `netns` (the source host's), so the sockets a dump
-    /// may find half-connected to the task belong to the namespace CRIU looks at.
-    fn start(socket: &Path, netns: &str) -> Poller {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let socket = socket.to_path_buf();
-        let netns = netns.to_string();
-        let thread = std::thread::spawn(move || {
-            let mut log = Vec::new();
-            if brume_testnet::netns::enter(&netns).is_err() {
-                return log;
-            }
-            while !flag.load(Ordering::Relaxed) {
-                let answer = (|| -> std::io::Result<u64> {
-                    let mut s = UnixStream::connect(&socket)?;
-                    // Long enough to outlast any pre-copy freeze: a poll that gave up while the
-                    // task was frozen would see its TICK counted but never answered.
-                    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-                    s.write_all(b"TICK\n")?;
-                    let mut line = String::new();
-                    BufReader::new(&s).read_line(&mut line)?;
-                    line.trim()
-                        .parse()
-                        .map_err(|_| std::io::Error::other("not a number"))
-                })();
-                if let Ok(v) = answer {
-                    log.push((Instant::now(), v));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            log
-        });
-        Poller {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> Vec<(Instant, u64)> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// A `criu` that runs in host `i`'s network namespace (same mount namespace, so images and

@@ -47,6 +47,10 @@ pub struct NodeConfig {
     /// On SIGTERM/SIGINT, move the tasks this node runs to other nodes (as `brume drain`)
     /// before stopping; those that cannot move are stopped.
     pub drain_on_exit: bool,
+    /// MiB of memory pages kept from the live migrations this node received, so that a later
+    /// move into it (a task coming back, another replica of a service) sends only the pages it
+    /// lacks; 0 keeps none and every move sends all its memory.
+    pub migration_cache_mb: u64,
 }
 
 impl Default for NodeConfig {
@@ -63,6 +67,7 @@ impl Default for NodeConfig {
             ping_interval_ms: 5000,
             engine: "auto".into(),
             drain_on_exit: false,
+            migration_cache_mb: 1024,
         }
     }
 }
@@ -115,6 +120,7 @@ pub struct Overrides {
     pub ping_interval_ms: Option<u64>,
     pub engine: Option<String>,
     pub drain_on_exit: Option<bool>,
+    pub migration_cache_mb: Option<u64>,
 }
 
 /// Builds the settings from the four layers. `env` is the process environment (passed in so
@@ -183,6 +189,7 @@ pub fn load(
         .set_override_option("ping_interval_ms", f.ping_interval_ms)?
         .set_override_option("engine", f.engine.clone())?
         .set_override_option("drain_on_exit", f.drain_on_exit)?
+        .set_override_option("migration_cache_mb", f.migration_cache_mb)?
         .set_override_option(
             "log_format",
             f.log_format.map(|l| match l {
@@ -199,7 +206,7 @@ pub fn load(
 }
 
 /// Settings keys, as the file and `BRUME_*` variables spell them.
-pub const KEYS: [&str; 11] = [
+pub const KEYS: [&str; 12] = [
     "listen",
     "join",
     "control",
@@ -211,6 +218,7 @@ pub const KEYS: [&str; 11] = [
     "ping_interval_ms",
     "engine",
     "drain_on_exit",
+    "migration_cache_mb",
 ];
 
 impl NodeConfig {
@@ -310,6 +318,63 @@ mod tests {
         };
         let err = load(None, env(&[]), &flags).unwrap_err();
         assert!(err.to_string().contains("min_degree"), "{err}");
+    }
+
+    #[test]
+    fn migration_cache_defaults_to_a_gibibyte_and_each_layer_sets_it() {
+        assert_eq!(NodeConfig::default().migration_cache_mb, 1024);
+        let none = load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(none.migration_cache_mb, 1024);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "migration_cache_mb = 0\n").unwrap();
+        let from_file = load(Some(&file), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(from_file.migration_cache_mb, 0, "file over default");
+
+        let from_env = load(
+            Some(&file),
+            env(&[("BRUME_MIGRATION_CACHE_MB", "64")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(from_env.migration_cache_mb, 64, "environment over file");
+
+        let flags = Overrides {
+            migration_cache_mb: Some(256),
+            ..Default::default()
+        };
+        let from_flag = load(
+            Some(&file),
+            env(&[("BRUME_MIGRATION_CACHE_MB", "64")]),
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(from_flag.migration_cache_mb, 256, "flag over environment");
+    }
+
+    #[test]
+    fn migration_cache_flag_reaches_the_settings() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: crate::daemon::run::NodeArgs,
+        }
+        let cli = Cli::try_parse_from(["brume", "--migration-cache-mb", "0"]).unwrap();
+        let cfg = load(None, env(&[]), &cli.node.overrides()).unwrap();
+        assert_eq!(cfg.migration_cache_mb, 0);
+        let cli = Cli::try_parse_from(["brume"]).unwrap();
+        let cfg = load(
+            None,
+            env(&[("BRUME_MIGRATION_CACHE_MB", "64")]),
+            &cli.node.overrides(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.migration_cache_mb, 64,
+            "no flag leaves the lower layers"
+        );
     }
 
     #[test]

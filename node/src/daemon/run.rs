@@ -27,7 +27,7 @@ use crate::deploy::initiator::Initiator;
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
-    /// log_format, log, ping_interval_ms, engine, drain_on_exit).
+    /// log_format, log, ping_interval_ms, engine, drain_on_exit, migration_cache_mb).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/7100; port 0 picks a free one.
@@ -64,6 +64,12 @@ pub struct NodeArgs {
     /// stopping, instead of just stopping them.
     #[arg(long)]
     pub drain_on_exit: bool,
+    /// MiB of memory pages this node keeps from the live migrations it received (in
+    /// <data_dir>/migration-chunks, oldest dropped first), so that a later move into it (a task
+    /// coming back, another replica of a service) sends only the pages it lacks. 0 keeps none:
+    /// every move sends all its memory (default 1024).
+    #[arg(long, value_name = "MIB")]
+    pub migration_cache_mb: Option<u64>,
     /// Most CPU (millicores) brume may offer to tasks on this device.
     #[arg(long)]
     pub cpu_millis: Option<u32>,
@@ -75,22 +81,39 @@ pub struct NodeArgs {
 /// How often the advertised resources are read again.
 const REFRESH: Duration = Duration::from_secs(5);
 
+impl NodeArgs {
+    /// The flag layer of the settings: what the command line said, and nothing else.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            join: self.join.clone(),
+            control: self.control.clone(),
+            min_degree: self.min_degree,
+            max_degree: self.max_degree,
+            data_dir: self.data_dir.clone(),
+            log_format: self.log_format,
+            log: self.log.clone(),
+            ping_interval_ms: self.ping_interval_ms,
+            engine: self.engine.clone(),
+            drain_on_exit: self.drain_on_exit.then_some(true),
+            migration_cache_mb: self.migration_cache_mb,
+        }
+    }
+}
+
 pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
-    let flags = Overrides {
-        listen: args.listen.clone(),
-        join: args.join.clone(),
-        control: args.control.clone(),
-        min_degree: args.min_degree,
-        max_degree: args.max_degree,
-        data_dir: args.data_dir.clone(),
-        log_format: args.log_format,
-        log: args.log.clone(),
-        ping_interval_ms: args.ping_interval_ms,
-        engine: args.engine.clone(),
-        drain_on_exit: args.drain_on_exit.then_some(true),
-    };
+    let flags = args.overrides();
     let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)?;
     init_logging(&cfg)?;
+    // Before the runtime: a mount namespace is entered by the whole process only while it has
+    // one thread.
+    match crate::engine::taskroot::enter(&cfg.data_dir) {
+        Ok(()) => tracing::debug!(
+            "CRIU-mode tasks live in {}",
+            crate::engine::taskroot::TASK_ROOT
+        ),
+        Err(why) => tracing::info!("CRIU-mode tasks cannot move live: {why}"),
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -191,6 +214,7 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
         &cfg.engine,
         capacity,
         advertise.clone(),
+        cfg.migration_cache_mb,
     )
     .await?;
     let (calls_tx, calls_rx) = mpsc::channel(64);

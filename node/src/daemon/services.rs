@@ -3,7 +3,8 @@
 //! (`/brume/transfer/1`), the tunnel server that lands calls on local tasks
 //! (`/brume/tunnel/1`), and the initiator behind `brume deploy`, `ps`, `logs` and `stop`.
 //!
-//! Everything here shares one chunk store and one routing table, both under the data directory.
+//! Everything here shares one chunk store and one routing table, both under the data directory
+//! (as is the agent's store of live-migration chunks, a different thing).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::deploy::agent::{Advertiser, Agent, Capacity};
 use crate::deploy::initiator::Initiator;
 use crate::deploy::ledger::Ledger;
 use crate::engine::{self, AnyEngine, EngineChoice};
+use crate::migrate::live::chunk_store::MigrationStoreConfig;
 use crate::tunnel::{self, Routes, TUNNEL_PROTOCOL};
 
 /// Chunk streams served at once.
@@ -29,13 +31,15 @@ pub struct Services {
 }
 
 impl Services {
-    /// Picks the engine (`docker`, `process` or `auto`) and starts serving.
+    /// Picks the engine (`docker`, `process` or `auto`) and starts serving. `migration_cache_mb`
+    /// bounds the chunks kept from live migrations into this node (0: none kept).
     pub async fn start(
         overlay: &OverlayHandle,
         data_dir: &Path,
         engine_choice: &str,
         capacity: Capacity,
         advertiser: Advertiser,
+        migration_cache_mb: u64,
     ) -> anyhow::Result<Services> {
         let store =
             ChunkStore::open(data_dir.join("chunks")).context("cannot open the chunk store")?;
@@ -57,6 +61,7 @@ impl Services {
             data_dir.join("images"),
             capacity,
             Some(advertiser),
+            MigrationStoreConfig::in_data_dir(data_dir, migration_cache_mb),
         );
         let ledger = Arc::new(Ledger::open(data_dir)?);
         agent.attach_ledger(ledger.clone());

@@ -23,8 +23,8 @@ use tracing::{debug, info, warn};
 
 use super::ledger::Ledger;
 use super::wire::{
-    AgentReply, AgentRequest, CallTarget, InstanceSpec, InstanceView, Payload, Phase,
-    DEPLOY_PROTOCOL, MAX_FRAME,
+    AgentReply, AgentRequest, CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload,
+    Phase, DEPLOY_PROTOCOL, MAX_FRAME,
 };
 use crate::artifact::{self, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions};
 use crate::engine::{
@@ -32,6 +32,7 @@ use crate::engine::{
     RestartPolicy, TaskState,
 };
 use crate::frames::{read_frame, write_frame};
+use crate::migrate::live::chunk_store::{MigrationStore, MigrationStoreConfig};
 use crate::tunnel::{call_env, Endpoint, Forwarder, Route, Routes};
 
 /// How long a stopping task gets before it is killed.
@@ -56,7 +57,7 @@ pub(crate) struct Instance {
     pub(crate) name: String,
     pub(crate) port: u16,
     /// Dropping them closes the listeners behind `BRUME_CALL_*`.
-    _forwarders: Vec<Forwarder>,
+    pub(crate) forwarders: Vec<Forwarder>,
 }
 
 /// Builds this node's state record for given reservations (CPU mCPU, memory MB), or `None`.
@@ -69,19 +70,23 @@ pub struct Agent {
     store: ChunkStore,
     pub(crate) routes: Routes,
     images: PathBuf,
-    capacity: Capacity,
+    pub(crate) capacity: Capacity,
     instances: Mutex<BTreeMap<Key, Instance>>,
-    deploying: tokio::sync::Mutex<()>,
+    pub(crate) deploying: tokio::sync::Mutex<()>,
     advertiser: Option<Advertiser>,
     /// The services this node deployed, when it runs an initiator: a move of one of their
     /// instances is written there.
     ledger: OnceLock<Arc<Ledger>>,
+    /// The memory chunks of the live migrations this node received, shared by every later
+    /// one into it (opened by the first).
+    pub(crate) migration_store: MigrationStore,
 }
 
 impl Agent {
     /// An agent; with an `advertiser` it re-advertises the node's free resources whenever its
     /// reservations change, before it answers, so a map taken right after a deploy or a stop
     /// sees them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         overlay: OverlayHandle,
         engine: Arc<AnyEngine>,
@@ -90,6 +95,7 @@ impl Agent {
         images: PathBuf,
         capacity: Capacity,
         advertiser: Option<Advertiser>,
+        migration_store: MigrationStoreConfig,
     ) -> Arc<Self> {
         Arc::new(Agent {
             overlay,
@@ -102,6 +108,7 @@ impl Agent {
             deploying: tokio::sync::Mutex::new(()),
             advertiser,
             ledger: OnceLock::new(),
+            migration_store: MigrationStore::new(migration_store),
         })
     }
 
@@ -141,9 +148,19 @@ impl Agent {
         self.instances.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Serves deploy streams until the overlay stops.
+    /// Serves deploy streams (and live migrations into this node) until the overlay stops.
     pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
         let mut incoming = self.overlay.accept_streams(DEPLOY_PROTOCOL)?;
+        let mut live = self
+            .overlay
+            .accept_streams(crate::migrate::live::LIVE_PROTOCOL)?;
+        let agent = self.clone();
+        tokio::spawn(async move {
+            while let Some((peer, stream)) = live.next().await {
+                let agent = agent.clone();
+                tokio::spawn(async move { agent.receive_live(peer, stream).await });
+            }
+        });
         while let Some((peer, stream)) = incoming.next().await {
             let agent = self.clone();
             tokio::spawn(async move {
@@ -245,7 +262,10 @@ impl Agent {
                 peer,
                 host,
                 addrs,
-            } => self.moved(&(service, task, replica), &peer, &host, addrs),
+            } => {
+                self.moved(&(service, task, replica), &peer, &host, addrs)
+                    .await
+            }
         }
     }
 
@@ -288,20 +308,8 @@ impl Agent {
             self.remove_instance(&key).await;
         }
 
-        let (used_cpu, used_mem) = self.reserved();
-        let free_cpu = self.capacity.cpu_millis.saturating_sub(used_cpu);
-        let free_mem = self.capacity.memory_mb.saturating_sub(used_mem);
-        if spec.cpu_millis > free_cpu || spec.memory_mb > free_mem {
-            return refuse(format!(
-                "not enough free resources on this node for {}/{}: it asks {} mCPU and {} MB, \
-                 {free_cpu} mCPU and {free_mem} MB are free of {} mCPU and {} MB",
-                spec.service,
-                spec.task,
-                spec.cpu_millis,
-                spec.memory_mb,
-                self.capacity.cpu_millis,
-                self.capacity.memory_mb
-            ));
+        if let Err(reason) = self.room_for(&spec) {
+            return refuse(reason);
         }
 
         let image_ref = match self.image(initiator, &spec, &phases).await {
@@ -315,27 +323,8 @@ impl Agent {
         };
         let mut env = spec.env.clone();
         env.extend(call_vars);
-        let name = instance_name(&spec, &self.overlay.peer_id());
-        let mut launch = LaunchSpec {
-            name: name.clone(),
-            service: spec.service.clone(),
-            task: spec.task.clone(),
-            replica: spec.replica,
-            epoch: spec.epoch,
-            image: image_ref,
-            env,
-            port: 0,
-            cpu_millis: u32::try_from(spec.cpu_millis).unwrap_or(u32::MAX),
-            memory_mb: u32::try_from(spec.memory_mb).unwrap_or(u32::MAX),
-            restart: if spec.max_restarts > 0 {
-                RestartPolicy::OnFailure {
-                    max_restarts: spec.max_restarts,
-                }
-            } else {
-                RestartPolicy::Never
-            },
-            workdir: None,
-        };
+        let mut launch = self.launch_spec(&spec, image_ref, env, 0);
+        let name = launch.name.clone();
         let _ = phases.send(Phase::Starting).await;
         // The port is checked free when picked, but something else on the host may bind it before
         // the task does: pick another and start again, a few times.
@@ -345,7 +334,7 @@ impl Agent {
                 Ok(p) => p,
                 Err(e) => return refuse(format!("no free port on this node: {e}")),
             };
-            match self.engine.start(&launch).await {
+            match self.start_task(&spec, &launch).await {
                 Ok(()) => break launch.port,
                 Err(e) => {
                     // The engine removes what it created when start fails; make sure.
@@ -374,7 +363,7 @@ impl Agent {
                 spec,
                 name,
                 port,
-                _forwarders: forwarders,
+                forwarders,
             },
         );
         self.readvertise().await;
@@ -384,9 +373,85 @@ impl Agent {
         }
     }
 
+    /// Whether this node has the free share of its capacity `spec` asks for, or why not.
+    pub(crate) fn room_for(&self, spec: &InstanceSpec) -> Result<(), String> {
+        let (used_cpu, used_mem) = self.reserved();
+        let free_cpu = self.capacity.cpu_millis.saturating_sub(used_cpu);
+        let free_mem = self.capacity.memory_mb.saturating_sub(used_mem);
+        if spec.cpu_millis > free_cpu || spec.memory_mb > free_mem {
+            return Err(format!(
+                "not enough free resources on this node for {}/{}: it asks {} mCPU and {} MB, \
+                 {free_cpu} mCPU and {free_mem} MB are free of {} mCPU and {} MB",
+                spec.service,
+                spec.task,
+                spec.cpu_millis,
+                spec.memory_mb,
+                self.capacity.cpu_millis,
+                self.capacity.memory_mb
+            ));
+        }
+        Ok(())
+    }
+
+    /// How the engine runs `spec` here, on `port`, with `env`.
+    pub(crate) fn launch_spec(
+        &self,
+        spec: &InstanceSpec,
+        image: ImageRef,
+        env: BTreeMap<String, String>,
+        port: u16,
+    ) -> LaunchSpec {
+        LaunchSpec {
+            name: instance_name(spec, &self.overlay.peer_id()),
+            service: spec.service.clone(),
+            task: spec.task.clone(),
+            replica: spec.replica,
+            epoch: spec.epoch,
+            image,
+            env,
+            port,
+            cpu_millis: u32::try_from(spec.cpu_millis).unwrap_or(u32::MAX),
+            memory_mb: u32::try_from(spec.memory_mb).unwrap_or(u32::MAX),
+            restart: if spec.max_restarts > 0 {
+                RestartPolicy::OnFailure {
+                    max_restarts: spec.max_restarts,
+                }
+            } else {
+                RestartPolicy::Never
+            },
+            workdir: None,
+        }
+    }
+
+    /// Records an instance that runs here (its route is the caller's business).
+    pub(crate) fn insert_instance(&self, key: Key, instance: Instance) {
+        self.lock().insert(key, instance);
+    }
+
+    /// Starts one task: a `checkpoint = "criu"` one on the process engine of a node that has
+    /// the fixed task directory runs so that CRIU can move it ([`ProcessEngine::start_checkpointable`]);
+    /// any other as usual.
+    ///
+    /// [`ProcessEngine::start_checkpointable`]: crate::engine::ProcessEngine::start_checkpointable
+    async fn start_task(
+        &self,
+        spec: &InstanceSpec,
+        launch: &LaunchSpec,
+    ) -> Result<(), EngineError> {
+        match &*self.engine {
+            AnyEngine::Process(p)
+                if spec.checkpoint == CheckpointMode::Criu
+                    && crate::engine::taskroot::available().is_ok() =>
+            {
+                p.start_checkpointable(launch).await
+            }
+            _ => self.engine.start(launch).await,
+        }
+    }
+
     /// The instance's image, ready to run here: its artifact's missing chunks fetched from
     /// `from`, then built or loaded (both skipped when already done).
-    async fn image(
+    pub(crate) async fn image(
         &self,
         from: PeerId,
         spec: &InstanceSpec,
@@ -485,10 +550,25 @@ impl Agent {
         &self,
         spec: &InstanceSpec,
     ) -> Result<(Vec<Forwarder>, Vec<(String, String)>), String> {
+        self.forwarders_at(spec, &[]).await
+    }
+
+    /// [`Agent::forwarders`] on the given ports, in the same order (calls, then replicas);
+    /// empty: any free ports.
+    pub(crate) async fn forwarders_at(
+        &self,
+        spec: &InstanceSpec,
+        ports: &[u16],
+    ) -> Result<(Vec<Forwarder>, Vec<(String, String)>), String> {
         let me = self.overlay.peer_id();
         let mut forwarders = Vec::new();
         let mut vars = Vec::new();
-        for CallTarget { task, hosts } in &spec.calls {
+        for CallTarget {
+            task,
+            hosts,
+            addrs: dial,
+        } in &spec.calls
+        {
             let mut addrs: Vec<SocketAddr> = Vec::new();
             for (replica, host) in hosts.iter().enumerate() {
                 let host: PeerId = host
@@ -496,13 +576,23 @@ impl Agent {
                     .map_err(|_| format!("call to {task}: {host:?} is not a peer id"))?;
                 let endpoint = Endpoint::new(&spec.service, task, replica as u32);
                 if host != me {
+                    // This node may never have met the callee's host: tell the overlay where it is.
+                    let told = dial.get(replica).cloned().unwrap_or_default();
+                    let _ = self.overlay.add_addresses(host, parse_addrs(&told)).await;
+                    if !told.is_empty() {
+                        self.routes.set_host_addrs(host, told);
+                    }
                     self.routes
                         .set(endpoint.clone(), Route::Remote { peer: host });
                 }
                 // A callee on this node sets its own local route when it starts.
-                let f = Forwarder::bind(endpoint, self.routes.clone(), self.overlay.clone())
-                    .await
-                    .map_err(|e| format!("cannot open a local port for calls to {task}: {e}"))?;
+                let port = ports.get(forwarders.len()).copied().unwrap_or(0);
+                let f =
+                    Forwarder::bind_at(endpoint, self.routes.clone(), self.overlay.clone(), port)
+                        .await
+                        .map_err(|e| {
+                            format!("cannot open a local port for calls to {task}: {e}")
+                        })?;
                 addrs.push(f.local_addr());
                 forwarders.push(f);
             }
@@ -679,4 +769,9 @@ fn instance_name(spec: &InstanceSpec, me: &PeerId) -> String {
         "brume-{}-{}-{}-{}-{}",
         spec.service, spec.task, spec.replica, spec.epoch, node
     )
+}
+
+/// The addresses of `addrs` that parse (a peer's advertised addresses; the rest are skipped).
+pub(crate) fn parse_addrs(addrs: &[String]) -> Vec<brume_overlay::Multiaddr> {
+    addrs.iter().filter_map(|a| a.parse().ok()).collect()
 }

@@ -118,6 +118,8 @@ impl Initiator {
                         Phase::Starting
                         | Phase::Target { .. }
                         | Phase::Checkpointed { .. }
+                        | Phase::Round { .. }
+                        | Phase::Restored { .. }
                         | Phase::Switching => Step::Starting,
                     };
                     send(&a.task, a.replica, host.clone(), step)
@@ -446,6 +448,10 @@ fn instance_spec(
             CallTarget {
                 task: c.to.clone(),
                 hosts: replicas.iter().map(|x| x.peer.to_string()).collect(),
+                addrs: replicas
+                    .iter()
+                    .map(|x| x.addrs.iter().map(|a| a.to_string()).collect())
+                    .collect(),
             }
         })
         .collect();

@@ -27,12 +27,21 @@ pub enum Payload {
     Command(Vec<String>),
 }
 
-/// Where each replica of a called task runs: the host's peer id, in replica order.
+/// Where each replica of a called task runs: the host's peer id, in replica order, and where
+/// to dial it. The addresses let a host that never met the callee's host reach it (a caller
+/// moved to a node outside the callee's neighbourhood); empty when unknown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallTarget {
     pub task: String,
     pub hosts: Vec<String>,
+    /// Per host, in the same order (may be shorter: a missing entry is "none known").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<Vec<String>>,
 }
+
+/// At most this many addresses per host in a [`CallTarget`], each at most this long.
+const MAX_HOST_ADDRS: usize = 16;
+const MAX_ADDR_LEN: usize = 512;
 
 /// One task instance for one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,8 +120,8 @@ pub enum AgentRequest {
         replica: u32,
         to: Option<String>,
         budget_ms: u64,
-        /// Move a task whose state cannot be carried (`checkpoint = "criu"` here) by a cold
-        /// restart instead of refusing.
+        /// Restart the task cold instead of carrying its state (a `checkpoint = "criu"` task
+        /// that cannot move live is refused without it).
         allow_cold: bool,
         /// Give up, leaving the instance where it is, if the move takes longer.
         #[serde(default)]
@@ -159,6 +168,29 @@ pub enum Phase {
     },
     /// A migration's new instance runs; callers are being switched to it.
     Switching,
+    /// A round of a live CRIU migration ended (sizes in bytes, rate in bytes/s).
+    Round {
+        round: u32,
+        /// The final round: the task was frozen for it.
+        last: bool,
+        dumped_bytes: u64,
+        delta_bytes: u64,
+        wire_bytes: u64,
+        /// Wall time of the round and of its dump.
+        round_ms: u64,
+        dump_ms: u64,
+        rate: u64,
+        /// After a pre-copy round: the planner's predicted downtime if it froze now.
+        predicted_downtime_ms: Option<u64>,
+    },
+    /// A live CRIU migration's task runs on the target: how long it was frozen (final dump to
+    /// restored), the target's `criu restore`, rounds and bytes sent in all.
+    Restored {
+        downtime_ms: u64,
+        restore_ms: u64,
+        rounds: u32,
+        wire_bytes: u64,
+    },
 }
 
 /// One instance as a host reports it.
@@ -247,6 +279,25 @@ impl InstanceSpec {
             check_name("called task", &c.task)?;
             if c.hosts.is_empty() || c.hosts.len() > 1024 {
                 return Err(format!("call to {} lists {} hosts", c.task, c.hosts.len()));
+            }
+            if c.addrs.len() > c.hosts.len() {
+                return Err(format!(
+                    "call to {} gives addresses for {} hosts but lists {}",
+                    c.task,
+                    c.addrs.len(),
+                    c.hosts.len()
+                ));
+            }
+            let too_many = c
+                .addrs
+                .iter()
+                .any(|a| a.len() > MAX_HOST_ADDRS || a.iter().any(|x| x.len() > MAX_ADDR_LEN));
+            if too_many {
+                return Err(format!(
+                    "call to {}: at most {MAX_HOST_ADDRS} addresses of at most {MAX_ADDR_LEN} \
+                     bytes per host",
+                    c.task
+                ));
             }
         }
         for k in self.env.keys() {

@@ -35,6 +35,7 @@ use tokio_util::io::ReaderStream;
 
 use super::error::EngineError;
 use super::ready::{ensure_port_free, tail_lines, wait_until_ready, Readiness};
+use super::runc_task::RuncTask;
 use super::tarball::{read_entry, read_save_manifest};
 use super::types::{
     ImageInput, ImageKind, ImageRef, LaunchSpec, RestartPolicy, TaskState, TaskStatus, TaskSummary,
@@ -48,6 +49,9 @@ const FAILURE_LOG_LINES: usize = 20;
 /// Docker refuses memory limits under 6 MiB.
 const MIN_MEMORY_MB: u32 = 6;
 
+/// Docker's restart policy, as [`DockerEngine::set_restart`] takes it.
+pub use bollard::models::RestartPolicy as DockerRestartPolicy;
+
 /// The Docker engine. Cheap to clone: clones share the connection.
 #[derive(Clone)]
 pub struct DockerEngine {
@@ -56,6 +60,9 @@ pub struct DockerEngine {
     ready_timeout: Duration,
     /// One lock per image name, so two deploys of one artifact build it once.
     image_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Instances restored by a live migration as runc containers Docker does not know, by
+    /// instance name ([`super::runc_task`]); consulted before Docker.
+    adopted: Arc<Mutex<HashMap<String, RuncTask>>>,
 }
 
 /// Where the client connects: `DOCKER_HOST`, else the local socket.
@@ -117,6 +124,7 @@ impl DockerEngine {
             endpoint,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             image_locks: Arc::default(),
+            adopted: Arc::default(),
         })
     }
 
@@ -147,6 +155,150 @@ impl DockerEngine {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         Arc::clone(locks.entry(image.0.clone()).or_default())
+    }
+
+    /// The runc container restored as instance `name`, if one was adopted.
+    pub fn adopted(&self, name: &str) -> Option<RuncTask> {
+        self.adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Makes a runc container restored by a live migration the instance `task.summary.name`
+    /// (see [`super::runc_task`]); `state`, `logs`, `stop`, `remove` and `list` then answer for
+    /// it through runc. Fails when runc does not see it running.
+    pub fn adopt(&self, task: RuncTask) -> Result<u32, EngineError> {
+        let status = task.status();
+        let pid = match (status.state, status.pid) {
+            (TaskState::Running, Some(pid)) => pid,
+            _ => {
+                return Err(EngineError::StartFailed {
+                    name: task.summary.name.clone(),
+                    reason: format!(
+                        "the restored runc container {} is not running ({:?})",
+                        task.restore.id, status.state
+                    ),
+                    last_logs: task.logs(FAILURE_LOG_LINES),
+                })
+            }
+        };
+        self.adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task.summary.name.clone(), task);
+        Ok(pid)
+    }
+
+    /// The full Docker id of brume's container `name` (what runc calls it).
+    pub async fn container_id(&self, name: &str) -> Result<String, EngineError> {
+        self.inspect_ours(name)
+            .await?
+            .and_then(|info| info.id)
+            .ok_or_else(|| EngineError::NotFound {
+                name: name.to_string(),
+            })
+    }
+
+    /// The summary `list` gives of instance `name`, if it is there.
+    pub async fn summary_of(&self, name: &str) -> Result<Option<TaskSummary>, EngineError> {
+        Ok(self.list().await?.into_iter().find(|t| t.name == name))
+    }
+
+    /// Fills `dest` (created) with the root filesystem of `image`: `docker export` of a
+    /// container created (never started) from it under a unique name, then removed. What a
+    /// container of that image wrote at run time is not in it.
+    pub async fn export_rootfs(
+        &self,
+        image: &ImageRef,
+        dest: &std::path::Path,
+    ) -> Result<(), EngineError> {
+        let name = format!("brume-rootfs-{:016x}", rand::random::<u64>());
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let body = ContainerCreateBody {
+            image: Some(image.0.clone()),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(docker_err("create a container to export"))?;
+        let tar = dest.with_extension("tar");
+        let exported = async {
+            if let Some(parent) = dest.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(|e| EngineError::io("create", parent, e))?;
+            }
+            let mut file = tokio::fs::File::create(&tar)
+                .await
+                .map_err(|e| EngineError::io("create", &tar, e))?;
+            let mut stream = self.docker.export_container(&name);
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(docker_err("export container"))?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                    .await
+                    .map_err(|e| EngineError::io("write", &tar, e))?;
+            }
+            tokio::io::AsyncWriteExt::flush(&mut file)
+                .await
+                .map_err(|e| EngineError::io("write", &tar, e))?;
+            let (from, to) = (tar.clone(), dest.to_path_buf());
+            tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+                std::fs::create_dir_all(&to).map_err(|e| EngineError::io("create", &to, e))?;
+                let file =
+                    std::fs::File::open(&from).map_err(|e| EngineError::io("open", &from, e))?;
+                let mut archive = tar::Archive::new(file);
+                archive.set_preserve_permissions(true);
+                archive
+                    .unpack(&to)
+                    .map_err(|e| EngineError::io("unpack the exported rootfs", &to, e))
+            })
+            .await
+            .map_err(|e| EngineError::io("unpack", dest, std::io::Error::other(e)))?
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&tar).await;
+        if let Err(e) = self.force_remove(&name).await {
+            tracing::warn!(container = %name, "removing the exported container: {e}");
+        }
+        exported
+    }
+
+    /// Sets the restart policy of brume's container `name` to `policy` and returns the one it
+    /// had: a container being checkpointed must not have one, or Docker starts it again from
+    /// scratch when the final checkpoint stops it (and it takes its port back).
+    pub async fn set_restart(
+        &self,
+        name: &str,
+        policy: DockerRestart,
+    ) -> Result<Option<DockerRestart>, EngineError> {
+        let info = self
+            .inspect_ours(name)
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                name: name.to_string(),
+            })?;
+        let old = info.host_config.and_then(|h| h.restart_policy);
+        let body = bollard::models::ContainerUpdateBody {
+            restart_policy: Some(policy),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(name, body)
+            .await
+            .map_err(docker_err("update container"))?;
+        Ok(old)
+    }
+
+    /// Removes Docker's container `name` only (not an adopted runc container of that name).
+    pub async fn remove_docker_container(&self, name: &str) -> Result<(), EngineError> {
+        if self.inspect_ours(name).await?.is_none() {
+            return Ok(());
+        }
+        self.force_remove(name).await
     }
 
     /// Is the image on this host?
@@ -489,6 +641,11 @@ impl Engine for DockerEngine {
 
     async fn start(&self, spec: &LaunchSpec) -> Result<(), EngineError> {
         spec.validate()?;
+        if self.adopted(&spec.name).is_some() {
+            return Err(EngineError::AlreadyExists {
+                name: spec.name.clone(),
+            });
+        }
         let body = Self::create_body(spec)?;
         if !self.image_exists(spec.image.as_str()).await? {
             return Err(EngineError::ImageMissing {
@@ -534,6 +691,9 @@ impl Engine for DockerEngine {
     }
 
     async fn state(&self, name: &str) -> Result<TaskStatus, EngineError> {
+        if let Some(t) = self.adopted(name) {
+            return Ok(t.status());
+        }
         Ok(match self.inspect_ours(name).await? {
             Some(info) => state_of(&info),
             None => TaskStatus::MISSING,
@@ -541,6 +701,9 @@ impl Engine for DockerEngine {
     }
 
     async fn logs(&self, name: &str, tail_lines: usize) -> Result<String, EngineError> {
+        if let Some(t) = self.adopted(name) {
+            return Ok(t.logs(tail_lines));
+        }
         if self.inspect_ours(name).await?.is_none() {
             return Err(EngineError::NotFound {
                 name: name.to_string(),
@@ -561,6 +724,10 @@ impl Engine for DockerEngine {
     }
 
     async fn stop(&self, name: &str, grace: Duration) -> Result<(), EngineError> {
+        if let Some(t) = self.adopted(name) {
+            t.stop(grace).await;
+            return Ok(());
+        }
         if self.inspect_ours(name).await?.is_none() {
             return Err(EngineError::NotFound {
                 name: name.to_string(),
@@ -577,6 +744,22 @@ impl Engine for DockerEngine {
     }
 
     async fn remove(&self, name: &str) -> Result<(), EngineError> {
+        let adopted = self
+            .adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some(t) = adopted {
+            tokio::task::spawn_blocking(move || t.remove())
+                .await
+                .map_err(|e| {
+                    EngineError::io(
+                        "remove",
+                        std::path::Path::new(name),
+                        std::io::Error::other(e),
+                    )
+                })?;
+        }
         if self.inspect_ours(name).await?.is_none() {
             return Ok(());
         }
@@ -625,6 +808,19 @@ impl Engine for DockerEngine {
                 port: label("brume.port").parse().unwrap_or(0),
                 state,
             });
+        }
+        let adopted: Vec<RuncTask> = self
+            .adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for t in adopted {
+            out.retain(|o| o.name != t.summary.name);
+            let mut summary = t.summary.clone();
+            summary.state = t.status().state;
+            out.push(summary);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -27,6 +27,7 @@
 //! Both engines refuse what they cannot do with an [`EngineError`] that says what to do, and a
 //! failed `start` leaves nothing behind.
 
+pub mod criu_task;
 pub mod detect;
 pub mod docker;
 pub mod dockerfile;
@@ -35,7 +36,9 @@ pub mod ports;
 pub mod process;
 pub mod ready;
 mod rootfs;
+pub mod runc_task;
 pub mod tarball;
+pub mod taskroot;
 mod types;
 
 use std::future::Future;

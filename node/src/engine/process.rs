@@ -21,21 +21,30 @@
 //! kernel kills it if the node dies, even by SIGKILL; the signal follows the spawning thread,
 //! and tokio's worker threads live as long as the runtime), `kill_on_drop`, and dropping the
 //! last clone of the engine SIGKILLs every task's process group.
+//!
+//! Tasks with `checkpoint = "criu"` are the exception ([`super::criu_task`]): started with
+//! [`ProcessEngine::start_checkpointable`] at `/run/brume/tasks/<service>.<task>.<replica>`
+//! ([`super::taskroot`]) as the init of their own PID namespace, with their output through a
+//! pipe, and without the death signal (they may outlive a node killed by SIGKILL). A task CRIU
+//! restored here is taken over with [`ProcessEngine::adopt`] and watched through `/proc`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::criu_task;
 use super::dockerfile::join_abs;
 use super::error::EngineError;
 use super::ready::{ensure_port_free, tail_lines, wait_until_ready, Readiness};
 use super::rootfs::{self, ImageConfig};
+use super::taskroot;
 use super::types::{
     ImageInput, ImageRef, LaunchSpec, RestartPolicy, TaskState, TaskStatus, TaskSummary,
 };
@@ -64,9 +73,24 @@ struct Inner {
     tasks: Mutex<HashMap<String, Arc<Task>>>,
 }
 
+/// How a task's process came to be, which decides how it is watched and stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The engine's child, in its own process group.
+    Plain,
+    /// The engine's child `unshare`, whose child is the task as the init of its own PID
+    /// namespace (see [`criu_task`]).
+    Checkpointable,
+    /// Restored here by CRIU: not a child; the pid is the namespace's init.
+    Adopted,
+}
+
 /// One task instance and its supervisor.
 struct Task {
     spec: LaunchSpec,
+    kind: Kind,
+    /// Set while the task is being checkpointed away: its exit is then not restarted.
+    migrating: AtomicBool,
     dir: PathBuf,
     log: PathBuf,
     status: Mutex<Status>,
@@ -96,6 +120,8 @@ struct Launch {
     cwd: PathBuf,
     log: PathBuf,
     restart: RestartPolicy,
+    /// Run under `unshare` with its output through a pipe (see [`criu_task`]).
+    criu: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -115,6 +141,35 @@ fn signal_group(pid: Option<u32>, signal: libc::c_int) {
 }
 
 impl Task {
+    /// The process CRIU dumps: the namespace init under `unshare`, or the adopted one.
+    fn checkpoint_pid(&self) -> Option<u32> {
+        let pid = self.snapshot().pid?;
+        match self.kind {
+            Kind::Plain => None,
+            Kind::Checkpointable => criu_task::namespace_init(pid, Duration::from_secs(2)),
+            Kind::Adopted => Some(pid),
+        }
+    }
+
+    /// SIGKILLs whatever runs of the task now.
+    fn kill_now(&self) {
+        let pid = self.snapshot().pid;
+        match self.kind {
+            Kind::Plain => {}
+            Kind::Checkpointable => {
+                if let Some(init) = pid.and_then(|p| criu_task::namespace_init(p, Duration::ZERO)) {
+                    criu_task::kill(init, libc::SIGKILL);
+                }
+            }
+            Kind::Adopted => {
+                if let Some(p) = pid {
+                    criu_task::kill(p, libc::SIGKILL);
+                }
+            }
+        }
+        signal_group(pid, libc::SIGKILL);
+    }
+
     fn snapshot(&self) -> Status {
         *lock(&self.status)
     }
@@ -135,7 +190,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let tasks = std::mem::take(&mut *lock(&self.tasks));
         for task in tasks.values() {
-            signal_group(task.snapshot().pid, libc::SIGKILL);
+            task.kill_now();
             if let Some(handle) = lock(&task.supervisor).take() {
                 handle.abort();
             }
@@ -157,26 +212,40 @@ fn code_of(status: std::io::Result<std::process::ExitStatus>) -> i64 {
 }
 
 fn spawn_child(l: &Launch) -> std::io::Result<tokio::process::Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&l.log)?;
-    let err = log.try_clone()?;
-    let mut cmd = tokio::process::Command::new(&l.program);
-    cmd.arg0(&l.argv0)
-        .args(&l.args)
-        .env_clear()
+    let mut output = None;
+    let mut cmd = if l.criu {
+        // stdout and stderr: one pipe, pumped into the log (a restore hands a new one back).
+        let (reader, writer) = std::io::pipe()?;
+        let mut cmd = tokio::process::Command::new("unshare");
+        cmd.args(criu_task::wrap(&l.program, &l.args))
+            .stdout(Stdio::from(writer.try_clone()?))
+            .stderr(Stdio::from(writer));
+        output = Some(reader);
+        cmd
+    } else {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&l.log)?;
+        let err = log.try_clone()?;
+        let mut cmd = tokio::process::Command::new(&l.program);
+        cmd.arg0(&l.argv0)
+            .args(&l.args)
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err));
+        cmd
+    };
+    cmd.env_clear()
         .envs(&l.env)
         .current_dir(&l.cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(err))
         .kill_on_drop(true)
         .process_group(0);
     // SAFETY: getpid is async-signal-safe; it runs before the fork.
     let parent = unsafe { libc::getpid() };
+    let criu = l.criu;
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, _exit); it allocates nothing.
+    // (prctl, getppid, _exit, close_range); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(
@@ -193,10 +262,28 @@ fn spawn_child(l: &Launch) -> std::io::Result<tokio::process::Child> {
             if libc::getppid() != parent {
                 libc::_exit(137);
             }
+            // Descriptors the node inherited without close-on-exec would reach the task, and
+            // CRIU cannot dump one opened outside the node's mount namespace.
+            if criu {
+                libc::close_range(
+                    3,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+                );
+            }
             Ok(())
         });
     }
-    cmd.spawn()
+    // PR_SET_PDEATHSIG is not inherited across fork: it reaches `unshare`, never the task
+    // under it, which CRIU may restore under a parent that exits at once.
+    let child = cmd.spawn()?;
+    // The Command (and its copies of the pipe's write end) is gone: the pump sees the end of
+    // the output when the task's own copies close.
+    drop(cmd);
+    if let Some(reader) = output {
+        criu_task::pump(reader, l.log.clone());
+    }
+    Ok(child)
 }
 
 /// Spawns, retrying "text file busy": the image's files were just written, and a fork in
@@ -267,6 +354,14 @@ async fn supervise(
         };
         let code = match stop {
             Ok(grace) => {
+                if launch.criu {
+                    // The task is the namespace's init, out of unshare's group.
+                    if let Some(init) =
+                        pid.and_then(|p| criu_task::namespace_init(p, Duration::ZERO))
+                    {
+                        criu_task::terminate(init, None, grace).await;
+                    }
+                }
                 signal_group(pid, libc::SIGTERM);
                 let code = match tokio::time::timeout(grace, child.wait()).await {
                     Ok(status) => code_of(status),
@@ -288,8 +383,10 @@ async fn supervise(
         // Whatever the task left in its group goes with it.
         signal_group(pid, libc::SIGKILL);
         let restarts = task.snapshot().restarts;
-        let again = matches!(launch.restart,
-            RestartPolicy::OnFailure { max_restarts } if code != 0 && restarts < max_restarts);
+        // A task checkpointed away (the final dump ends it) is not brought back here.
+        let again = !task.migrating.load(Ordering::SeqCst)
+            && matches!(launch.restart,
+                RestartPolicy::OnFailure { max_restarts } if code != 0 && restarts < max_restarts);
         if !again {
             task.update(|s| {
                 s.state = TaskState::Exited { code };
@@ -314,6 +411,42 @@ async fn supervise(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+    let _ = done_tx.send(true);
+}
+
+/// Watches a task CRIU restored here (not a child: polled through `/proc`) until it exits or
+/// is stopped.
+async fn watch_adopted(
+    task: Arc<Task>,
+    pid: u32,
+    mut stop_rx: watch::Receiver<Option<Duration>>,
+    done_tx: watch::Sender<bool>,
+) {
+    let born = criu_task::start_time(pid);
+    task.update(|s| {
+        s.state = TaskState::Running;
+        s.pid = Some(pid);
+    });
+    let code = loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if !criu_task::alive(pid, born) {
+                    // Not our child: its status is not ours to read.
+                    note_in_log(&task.log, "the restored task exited (status unknown)");
+                    break -1;
+                }
+            }
+            grace = stop_requested(&mut stop_rx) => {
+                criu_task::terminate(pid, born, grace).await;
+                break 128 + i64::from(libc::SIGTERM);
+            }
+        }
+    };
+    task.update(|s| {
+        s.state = TaskState::Exited { code };
+        s.last_code = Some(code);
+        s.pid = None;
+    });
     let _ = done_tx.send(true);
 }
 
@@ -381,6 +514,18 @@ impl ProcessEngine {
         self.inner.root.join("images")
     }
 
+    /// Claims `name` for `task`, unless a task of that name exists.
+    fn register(&self, name: &str, task: &Arc<Task>) -> Result<(), EngineError> {
+        let mut tasks = lock(&self.inner.tasks);
+        if tasks.contains_key(name) {
+            return Err(EngineError::AlreadyExists {
+                name: name.to_string(),
+            });
+        }
+        tasks.insert(name.to_string(), Arc::clone(task));
+        Ok(())
+    }
+
     fn task(&self, name: &str) -> Option<Arc<Task>> {
         lock(&self.inner.tasks).get(name).cloned()
     }
@@ -439,6 +584,7 @@ impl ProcessEngine {
             cwd,
             log,
             restart: spec.restart,
+            criu: false,
         })
     }
 
@@ -446,7 +592,7 @@ impl ProcessEngine {
     async fn discard(&self, name: &str) {
         let task = lock(&self.inner.tasks).remove(name);
         let Some(task) = task else { return };
-        signal_group(task.snapshot().pid, libc::SIGKILL);
+        task.kill_now();
         task.stop_tx.send_replace(Some(Duration::ZERO));
         if !task.wait_done(Duration::from_secs(5)).await {
             tracing::warn!(task = %name, "the supervisor did not finish within 5 s; aborting it");
@@ -466,37 +612,26 @@ impl ProcessEngine {
             tracing::warn!(task = %name, "could not delete the task's files");
         }
     }
-}
 
-impl Engine for ProcessEngine {
-    fn kind(&self) -> &'static str {
-        "process"
-    }
-
-    async fn prepare(&self, input: &ImageInput) -> Result<ImageRef, EngineError> {
-        let image = input.image_ref()?;
-        let (images, input_c, image_c) = (self.images(), input.clone(), image.clone());
-        let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || rootfs::prepare(&images, &input_c, &image_c))
-            .await
-            .map_err(|e| EngineError::io("prepare", &input.tar, std::io::Error::other(e)))??;
-        tracing::debug!(%image, elapsed = ?started.elapsed(), "image ready");
-        Ok(image)
-    }
-
-    async fn start(&self, spec: &LaunchSpec) -> Result<(), EngineError> {
+    /// Starts a task of `kind` (plain or checkpointable) and waits until it accepts.
+    async fn start_as(&self, spec: &LaunchSpec, kind: Kind) -> Result<(), EngineError> {
         spec.validate()?;
         if spec.cpu_millis > 0 || spec.memory_mb > 0 {
             tracing::debug!(task = %spec.name, "the process engine does not enforce CPU or memory limits");
         }
-        let dir = spec
-            .workdir
-            .clone()
-            .unwrap_or_else(|| self.inner.root.join("tasks").join(&spec.name));
+        let dir = match kind {
+            Kind::Plain => spec
+                .workdir
+                .clone()
+                .unwrap_or_else(|| self.inner.root.join("tasks").join(&spec.name)),
+            _ => taskroot::dir_for(&spec.service, &spec.task, spec.replica),
+        };
         let (stop_tx, stop_rx) = watch::channel(None);
         let (done_tx, done_rx) = watch::channel(false);
         let task = Arc::new(Task {
             spec: spec.clone(),
+            kind,
+            migrating: AtomicBool::new(false),
             log: dir.join("task.log"),
             dir: dir.clone(),
             status: Mutex::new(Status {
@@ -509,22 +644,17 @@ impl Engine for ProcessEngine {
             done_rx,
             supervisor: Mutex::new(None),
         });
-        {
-            let mut tasks = lock(&self.inner.tasks);
-            if tasks.contains_key(&spec.name) {
-                return Err(EngineError::AlreadyExists {
-                    name: spec.name.clone(),
-                });
-            }
-            tasks.insert(spec.name.clone(), Arc::clone(&task));
-        }
+        self.register(&spec.name, &task)?;
         // From here on the name is taken: any failure discards the task and its files.
         let launch = match ensure_port_free(spec.port) {
             Ok(()) => self.stage(spec, &dir).await,
             Err(e) => Err(e),
         };
         let launch = match launch {
-            Ok(l) => l,
+            Ok(l) => Launch {
+                criu: kind == Kind::Checkpointable,
+                ..l
+            },
             Err(e) => {
                 // No supervisor will run: nothing to wait for.
                 drop(done_tx);
@@ -570,6 +700,142 @@ impl Engine for ProcessEngine {
                 })
             }
         }
+    }
+
+    /// Starts a task that CRIU can move (`checkpoint = "criu"`): at its fixed path, as the init
+    /// of its own PID namespace, its output through a pipe (see [`criu_task`]). Needs the fixed
+    /// task directory ([`taskroot::available`]).
+    pub async fn start_checkpointable(&self, spec: &LaunchSpec) -> Result<(), EngineError> {
+        taskroot::available().map_err(|why| EngineError::BadSpec {
+            name: spec.name.clone(),
+            why,
+        })?;
+        self.start_as(spec, Kind::Checkpointable).await
+    }
+
+    /// Lays a checkpointable task's files out at its fixed path without starting it: what a
+    /// CRIU restore of it here needs (its executable and working directory by path).
+    pub async fn lay_out(&self, spec: &LaunchSpec) -> Result<(), EngineError> {
+        spec.validate()?;
+        taskroot::available().map_err(|why| EngineError::BadSpec {
+            name: spec.name.clone(),
+            why,
+        })?;
+        if self.task(&spec.name).is_some() {
+            return Err(EngineError::AlreadyExists {
+                name: spec.name.clone(),
+            });
+        }
+        let dir = taskroot::dir_for(&spec.service, &spec.task, spec.replica);
+        self.stage(spec, &dir).await.map(|_| ())
+    }
+
+    /// Deletes what [`ProcessEngine::lay_out`] made, unless a task of that name runs.
+    pub async fn drop_layout(&self, spec: &LaunchSpec) {
+        if self.task(&spec.name).is_some() {
+            return;
+        }
+        let dir = taskroot::dir_for(&spec.service, &spec.task, spec.replica);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
+
+    /// Takes `pid`, a task CRIU restored from `spec`'s files (laid out at its fixed path), as
+    /// the task `spec.name`, with its output read from `output`. A task of that name that was
+    /// there (its process ended by the dump) is replaced; its files stay.
+    pub async fn adopt(
+        &self,
+        spec: &LaunchSpec,
+        pid: u32,
+        output: std::io::PipeReader,
+    ) -> Result<(), EngineError> {
+        let dir = taskroot::dir_for(&spec.service, &spec.task, spec.replica);
+        let old = lock(&self.inner.tasks).remove(&spec.name);
+        if let Some(old) = old {
+            old.stop_tx.send_replace(Some(Duration::ZERO));
+            if !old.wait_done(Duration::from_secs(5)).await {
+                tracing::warn!(task = %spec.name, "the old supervisor did not finish; aborting it");
+            }
+            if let Some(handle) = lock(&old.supervisor).take() {
+                handle.abort();
+            }
+        }
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let (done_tx, done_rx) = watch::channel(false);
+        let task = Arc::new(Task {
+            spec: spec.clone(),
+            kind: Kind::Adopted,
+            migrating: AtomicBool::new(false),
+            log: dir.join("task.log"),
+            dir,
+            status: Mutex::new(Status {
+                state: TaskState::Running,
+                restarts: 0,
+                pid: Some(pid),
+                last_code: None,
+            }),
+            stop_tx,
+            done_rx,
+            supervisor: Mutex::new(None),
+        });
+        self.register(&spec.name, &task)?;
+        note_in_log(&task.log, &format!("restored by CRIU as pid {pid}"));
+        criu_task::pump(output, task.log.clone());
+        let handle = tokio::spawn(watch_adopted(Arc::clone(&task), pid, stop_rx, done_tx));
+        *lock(&task.supervisor) = Some(handle);
+        Ok(())
+    }
+
+    /// How task `name` was started.
+    pub fn spec_of(&self, name: &str) -> Option<LaunchSpec> {
+        self.task(name).map(|t| t.spec.clone())
+    }
+
+    /// The pid CRIU must dump to move task `name` (the init of its PID namespace).
+    pub fn checkpoint_pid(&self, name: &str) -> Result<u32, EngineError> {
+        let task = self.task(name).ok_or_else(|| EngineError::NotFound {
+            name: name.to_string(),
+        })?;
+        if task.kind == Kind::Plain {
+            return Err(EngineError::BadSpec {
+                name: name.to_string(),
+                why: "it was not started checkpointable (at the fixed task path, in a PID \
+                      namespace of its own)"
+                    .to_string(),
+            });
+        }
+        task.checkpoint_pid().ok_or_else(|| EngineError::BadSpec {
+            name: name.to_string(),
+            why: "it does not run".to_string(),
+        })
+    }
+
+    /// Marks task `name` as being checkpointed away: when the final dump ends it, it is not
+    /// restarted. Cleared when the move gave up.
+    pub fn set_migrating(&self, name: &str, yes: bool) {
+        if let Some(task) = self.task(name) {
+            task.migrating.store(yes, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Engine for ProcessEngine {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    async fn prepare(&self, input: &ImageInput) -> Result<ImageRef, EngineError> {
+        let image = input.image_ref()?;
+        let (images, input_c, image_c) = (self.images(), input.clone(), image.clone());
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || rootfs::prepare(&images, &input_c, &image_c))
+            .await
+            .map_err(|e| EngineError::io("prepare", &input.tar, std::io::Error::other(e)))??;
+        tracing::debug!(%image, elapsed = ?started.elapsed(), "image ready");
+        Ok(image)
+    }
+
+    async fn start(&self, spec: &LaunchSpec) -> Result<(), EngineError> {
+        self.start_as(spec, Kind::Plain).await
     }
 
     async fn state(&self, name: &str) -> Result<TaskStatus, EngineError> {

@@ -29,8 +29,9 @@ pub struct MigrateArgs {
     /// Latency budget of the map an `auto` target is picked from.
     #[arg(long, default_value = "80ms", value_parser = humantime::parse_duration)]
     pub budget: Duration,
-    /// Move a task whose state brume cannot carry (checkpoint = "criu") by restarting it cold
-    /// on the target: its state is lost.
+    /// Restart the task cold on the target instead of carrying its state: what a task with
+    /// checkpoint = "criu" needs where it cannot move live (Docker, a node not running as root,
+    /// no criu >= 4.2). Its state is lost.
     #[arg(long)]
     pub cold: bool,
     /// Give up if the move is not done within this (e.g. 30s): the instance stays where it is,
@@ -72,6 +73,31 @@ fn show(json: bool, v: &serde_json::Value) {
             "target {} ({})",
             t["host"].as_str().unwrap_or("?"),
             t["peer"].as_str().unwrap_or("?")
+        )
+    } else if let Some(r) = phase.get("Round") {
+        const MIB: f64 = (1u64 << 20) as f64;
+        let mib = |k: &str| r[k].as_f64().unwrap_or(0.0) / MIB;
+        let predicted = match r["predicted_downtime_ms"].as_u64() {
+            Some(ms) => format!(", predicted downtime {ms} ms"),
+            None => String::new(),
+        };
+        format!(
+            "{} round {}: dumped {:.1} MiB in {} ms, delta {:.2} MiB, wire {:.2} MiB, {:.1} MiB/s{predicted}",
+            if r["last"].as_bool() == Some(true) { "final" } else { "pre-copy" },
+            r["round"],
+            mib("dumped_bytes"),
+            r["dump_ms"],
+            mib("delta_bytes"),
+            mib("wire_bytes"),
+            mib("rate"),
+        )
+    } else if let Some(r) = phase.get("Restored") {
+        format!(
+            "restored on the target: downtime {} ms (criu restore {} ms), {} round(s), {:.2} MiB sent",
+            r["downtime_ms"],
+            r["restore_ms"],
+            r["rounds"],
+            r["wire_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64
         )
     } else if let Some(c) = phase.get("Checkpointed") {
         format!("state captured: {} bytes", c["bytes"])

@@ -27,7 +27,8 @@ pub struct Moved {
     /// The new host's node id and peer id.
     pub host: String,
     pub peer: String,
-    /// `app` (the task's own checkpoint went along) or `cold`.
+    /// `app` (the task's own checkpoint went along), `criu` (moved live, `state_bytes` is what
+    /// the pre-copy sent) or `cold`.
     pub mode: String,
     pub state_bytes: u64,
     /// How long calls to the instance were held: the pause its callers saw.

@@ -16,10 +16,18 @@
 //!          ◀── phases (fetching, building, starting) ── Started
 //!          route here → target ─ Moved ──▶ every peer + the initiator ─ stop the old instance
 //! ```
+//!
+//! A task with `checkpoint = "criu"` on the process engine moves live instead ([`live`]): after
+//! `Prepare` and the hold, brume's CRIU pre-copy carries the whole process over
+//! `/brume/live/1`, the target restores and adopts it, and only then are callers switched. Here
+//! the old instance is ended by the final dump, not after the switch: a failure before that
+//! dump leaves it untouched, one after it restores it on the source. On Docker such a task is
+//! refused unless `--cold`.
 
 pub mod checkpoint;
 pub mod cli;
 pub mod control;
+pub mod live;
 pub mod moved;
 pub mod source;
 pub mod target;
@@ -37,7 +45,8 @@ pub struct MoveRequest {
     pub to: Option<String>,
     /// Latency budget of the map the target is picked from.
     pub budget: Duration,
-    /// Restart cold a task whose state cannot be carried, instead of refusing.
+    /// Restart cold a task whose state cannot be carried (or a CRIU one), instead of refusing
+    /// or moving it live.
     pub allow_cold: bool,
     /// Give up (leaving the instance where it is) if the move is not done within this.
     pub deadline: Option<Duration>,

@@ -72,8 +72,9 @@ impl Agent {
         told
     }
 
-    /// Hears that an instance now runs on `peer`.
-    pub(crate) fn moved(
+    /// Hears that an instance now runs on `peer` (whose addresses the overlay keeps: this node
+    /// may never have met it).
+    pub(crate) async fn moved(
         &self,
         key: &Key,
         peer: &str,
@@ -85,6 +86,13 @@ impl Agent {
                 reason: format!("{peer:?} is not a peer id"),
             };
         };
+        let _ = self
+            .overlay
+            .add_addresses(to, crate::deploy::agent::parse_addrs(&addrs))
+            .await;
+        if !addrs.is_empty() {
+            self.routes.set_host_addrs(to, addrs.clone());
+        }
         let endpoint = Endpoint::new(&key.0, &key.1, key.2);
         let mut routes = 0;
         if to != self.overlay.peer_id() {

@@ -27,7 +27,7 @@ fn target_failure(host: &str, what: &str, reply: anyhow::Result<AgentReply>) -> 
 }
 
 /// `fut`'s output, or `None` once `deadline` has passed.
-async fn within<T>(
+pub(super) async fn within<T>(
     deadline: Option<Instant>,
     fut: impl std::future::Future<Output = T>,
 ) -> Option<T> {
@@ -38,10 +38,10 @@ async fn within<T>(
 }
 
 /// Where the instance goes: its peer, node id as maps print it, and addresses.
-struct Destination {
-    peer: PeerId,
-    host: String,
-    addrs: Vec<String>,
+pub(super) struct Destination {
+    pub(super) peer: PeerId,
+    pub(super) host: String,
+    pub(super) addrs: Vec<String>,
 }
 
 impl Agent {
@@ -54,18 +54,20 @@ impl Agent {
         let Some((spec, port)) = self.lock().get(&req.key).map(|i| (i.spec.clone(), i.port)) else {
             return refuse(format!("{what} does not run on this node"));
         };
+        let live = spec.checkpoint == CheckpointMode::Criu && !req.allow_cold;
         let carry_state = match spec.checkpoint {
             CheckpointMode::App => true,
-            CheckpointMode::None => false,
-            CheckpointMode::Criu if req.allow_cold => false,
-            CheckpointMode::Criu => {
-                return refuse(format!(
-                    "{what} asks for CRIU checkpoints, which brume cannot take of a deployed \
-                     task yet; move it with --cold (it restarts on the target without its \
-                     state), or give the task checkpoint = \"app\""
-                ))
-            }
+            CheckpointMode::None | CheckpointMode::Criu => false,
         };
+        if live {
+            if let Err(why) = self.live_preflight(&req.key) {
+                return refuse(format!(
+                    "{what} asks for CRIU checkpoints, but {why}; move it with --cold (it \
+                     restarts on the target without its state), or give the task \
+                     checkpoint = \"app\""
+                ));
+            }
+        }
         let dest = match self.destination(&req, &spec).await {
             Ok(d) => d,
             Err(reason) => return refuse(reason),
@@ -78,7 +80,7 @@ impl Agent {
             .await;
 
         let mut moved = spec.clone();
-        moved.calls = self.current_calls(&spec);
+        moved.calls = self.current_calls(&spec).await;
         moved.env.remove(RESTORE_ENV);
         let addrs: Vec<Multiaddr> = dest.addrs.iter().filter_map(|a| a.parse().ok()).collect();
         let forward = |p: Phase| {
@@ -119,6 +121,11 @@ impl Agent {
         match prepared {
             Ok(AgentReply::Prepared) => {}
             other => return untouched(target_failure(&dest.host, &what, other)),
+        }
+        if live {
+            return self
+                .move_live(&req.key, moved, &dest, deadline, &phases)
+                .await;
         }
 
         // Hold the instance's callers: live calls through this node are cut, new ones wait,
@@ -178,6 +185,7 @@ impl Agent {
         // The new instance runs: calls from here go there (held ones first; streams from other
         // nodes are redirected until they are told), then the old instance stops.
         let _ = phases.send(Phase::Switching).await;
+        self.routes.set_host_addrs(dest.peer, dest.addrs.clone());
         self.routes.set(endpoint, Route::Remote { peer: dest.peer });
         drop(hold);
         let held_ms = held.elapsed().as_millis() as u64;
@@ -265,30 +273,42 @@ impl Agent {
     }
 
     /// The instance's calls with each callee where it runs now (callees may have moved since
-    /// the deploy): this node's routes know.
-    fn current_calls(&self, spec: &InstanceSpec) -> Vec<crate::deploy::wire::CallTarget> {
-        let me = self.overlay.peer_id().to_string();
-        spec.calls
-            .iter()
-            .map(|c| {
-                let hosts = c
-                    .hosts
-                    .iter()
-                    .enumerate()
-                    .map(|(replica, host)| {
-                        let endpoint = Endpoint::new(&spec.service, &c.task, replica as u32);
-                        match self.routes.get(&endpoint) {
-                            Some(Route::Remote { peer }) => peer.to_string(),
-                            Some(Route::Local { .. }) => me.clone(),
-                            None => host.clone(),
-                        }
-                    })
-                    .collect();
-                crate::deploy::wire::CallTarget {
-                    task: c.task.clone(),
-                    hosts,
-                }
-            })
-            .collect()
+    /// the deploy): this node's routes know. Each host goes with the addresses this node knows
+    /// for it (it has been calling it), else those of the deploy: the target may never have met
+    /// it.
+    async fn current_calls(&self, spec: &InstanceSpec) -> Vec<crate::deploy::wire::CallTarget> {
+        let me = self.overlay.peer_id();
+        let mut calls = Vec::new();
+        for c in &spec.calls {
+            let (mut hosts, mut addrs) = (Vec::new(), Vec::new());
+            for (replica, host) in c.hosts.iter().enumerate() {
+                let endpoint = Endpoint::new(&spec.service, &c.task, replica as u32);
+                let now = match self.routes.get(&endpoint) {
+                    Some(Route::Remote { peer }) => Some(peer),
+                    Some(Route::Local { .. }) => Some(me),
+                    None => host.parse::<PeerId>().ok(),
+                };
+                let known = match now {
+                    Some(peer) if peer != me => {
+                        self.overlay.known_addresses(peer).await.unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                };
+                let now_host = now.map(|p| p.to_string()).unwrap_or_else(|| host.clone());
+                let unmoved = &now_host == host;
+                addrs.push(match (known.is_empty(), unmoved) {
+                    (false, _) => known.iter().map(|a| a.to_string()).collect(),
+                    (true, true) => c.addrs.get(replica).cloned().unwrap_or_default(),
+                    (true, false) => Vec::new(),
+                });
+                hosts.push(now_host);
+            }
+            calls.push(crate::deploy::wire::CallTarget {
+                task: c.task.clone(),
+                hosts,
+                addrs,
+            });
+        }
+        calls
     }
 }

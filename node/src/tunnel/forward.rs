@@ -31,6 +31,12 @@ pub trait StreamOpener: Send + Sync + 'static {
 
     /// Opens a tunnel stream to `peer`.
     fn open(&self, peer: PeerId) -> impl Future<Output = Result<Self::Stream, TunnelError>> + Send;
+
+    /// Learns where `peer` can be dialled (a redirect named a host this node may never have
+    /// met). Nothing by default.
+    fn learn(&self, _peer: PeerId, _addrs: Vec<String>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 impl StreamOpener for OverlayHandle {
@@ -43,6 +49,13 @@ impl StreamOpener for OverlayHandle {
                 peer,
                 reason: e.to_string(),
             })
+    }
+
+    async fn learn(&self, peer: PeerId, addrs: Vec<String>) {
+        let addrs = crate::deploy::agent::parse_addrs(&addrs);
+        if let Err(e) = self.add_addresses(peer, addrs).await {
+            debug!(%peer, error = %e, "cannot note a redirect's addresses");
+        }
     }
 }
 
@@ -96,10 +109,11 @@ async fn handshake<O: StreamOpener>(
     match read_frame::<_, Reply>(&mut stream, HELLO_LIMIT).await? {
         Reply::Ok => Ok(stream),
         Reply::Refused { reason } => Err(TunnelError::Refused(reason)),
-        Reply::Moved { peer: to } => match to.parse::<PeerId>() {
+        Reply::Moved { peer: to, addrs } => match to.parse::<PeerId>() {
             Ok(to) if to != peer => Err(TunnelError::Moved {
                 endpoint: hello.endpoint.clone(),
                 peer: to,
+                addrs,
             }),
             _ => Err(TunnelError::Refused(format!(
                 "{peer} redirected the call to {to:?}, which is not another peer"
@@ -134,11 +148,22 @@ impl Forwarder {
         routes: Routes,
         opener: O,
     ) -> Result<Forwarder, TunnelError> {
+        Self::bind_at(endpoint, routes, opener, 0).await
+    }
+
+    /// [`Forwarder::bind`] on a given port (0: any): a task CRIU restored here still calls the
+    /// addresses its environment named on the node it came from.
+    pub async fn bind_at<O: StreamOpener>(
+        endpoint: Endpoint,
+        routes: Routes,
+        opener: O,
+        port: u16,
+    ) -> Result<Forwarder, TunnelError> {
         let bind_err = |source| TunnelError::Bind {
             endpoint: endpoint.clone(),
             source,
         };
-        let listener = TcpListener::bind(("127.0.0.1", 0))
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
@@ -224,8 +249,14 @@ async fn open_following_moves<O: StreamOpener>(
     let mut redirects = 0;
     loop {
         match open_tunnel(opener, peer, endpoint).await {
-            Err(TunnelError::Moved { peer: to, .. }) if redirects < MAX_REDIRECTS => {
+            Err(TunnelError::Moved {
+                peer: to, addrs, ..
+            }) if redirects < MAX_REDIRECTS => {
                 debug!(%endpoint, from = %peer, %to, "the task moved; following it");
+                if !addrs.is_empty() {
+                    routes.set_host_addrs(to, addrs.clone());
+                    opener.learn(to, addrs).await;
+                }
                 if routes.get(endpoint) == Some(Route::Remote { peer }) {
                     routes.set(endpoint.clone(), Route::Remote { peer: to });
                 }

@@ -33,7 +33,13 @@ pub enum Route {
 pub struct Routes {
     inner: Arc<RwLock<HashMap<Endpoint, Route>>>,
     gates: Arc<Mutex<HashMap<Endpoint, watch::Sender<Gate>>>>,
+    /// Where remote hosts can be dialled, as far as this node was told: handed on with a
+    /// redirect, since the caller may never have met the host a task moved to.
+    hosts: Arc<Mutex<HashMap<PeerId, Vec<String>>>>,
 }
+
+/// At most this many hosts' addresses are kept (beyond it, new hosts are not noted).
+const MAX_HOSTS: usize = 4096;
 
 /// Whether an endpoint is held, and how many holds have cut its connections so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,6 +147,20 @@ impl Routes {
         let rx = self.gate(endpoint).subscribe();
         let seen = rx.borrow().cuts;
         CutSignal { rx, seen }
+    }
+
+    /// Notes where `peer` can be dialled (replacing what was noted).
+    pub fn set_host_addrs(&self, peer: PeerId, addrs: Vec<String>) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if hosts.len() < MAX_HOSTS || hosts.contains_key(&peer) {
+            hosts.insert(peer, addrs);
+        }
+    }
+
+    /// Where `peer` can be dialled, if this node was told (else empty).
+    pub fn host_addrs(&self, peer: &PeerId) -> Vec<String> {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        hosts.get(peer).cloned().unwrap_or_default()
     }
 
     /// Every route, sorted by endpoint.

@@ -78,6 +78,7 @@ where
         Some(Route::Remote { peer }) => {
             let moved = Reply::Moved {
                 peer: peer.to_string(),
+                addrs: routes.host_addrs(&peer),
             };
             reply_and_close(&mut stream, &moved).await;
             debug!(%endpoint, %peer, "caller redirected to the task's new host");

@@ -54,8 +54,13 @@ pub enum Reply {
     Ok,
     /// The acceptor will not carry this connection; the stream is closed after this frame.
     Refused { reason: String },
-    /// The task moved away from the acceptor to `peer` (a peer id): open the tunnel there.
-    Moved { peer: String },
+    /// The task moved away from the acceptor to `peer` (a peer id): open the tunnel there, at
+    /// `addrs` if the caller never met it (the acceptor's, possibly none).
+    Moved {
+        peer: String,
+        #[serde(default)]
+        addrs: Vec<String>,
+    },
 }
 
 /// Why a tunnelled connection could not be set up.
@@ -77,7 +82,11 @@ pub enum TunnelError {
     #[error("{0} does not run on this node; the caller's route is stale or wrong")]
     NotHere(Endpoint),
     #[error("{endpoint} moved to {peer}")]
-    Moved { endpoint: Endpoint, peer: PeerId },
+    Moved {
+        endpoint: Endpoint,
+        peer: PeerId,
+        addrs: Vec<String>,
+    },
     #[error("timed out {0}")]
     Timeout(&'static str),
     #[error("cannot connect to the task on 127.0.0.1:{port}: {source}; is the task listening?")]

@@ -1,0 +1,275 @@
+//! Post-copy with CRIU's lazy pages, over a page-server connection that brume carries itself.
+//!
+//! Why: these kernels have no soft-dirty bits, so there is no `criu pre-dump` and a final dump
+//! writes all of a task's memory while the task is frozen: pre-copy downtime grows with memory.
+//! With lazy pages, the frozen task's dump ([`Criu::dump_lazy`]) writes every image except its
+//! anonymous memory and then serves those pages from a page server inside the same `criu dump`;
+//! the target restores from the small images at once (`criu restore --lazy-pages`) and its
+//! `criu lazy-pages` daemon ([`Criu::lazy_pages`]) fetches pages on first touch (userfaultfd) and
+//! pushes the rest in the background. The source's CRIU keeps the task frozen, and so every page,
+//! until the daemon has them all; then the dump exits and the source task is gone. If the
+//! transfer fails first, the source's CRIU thaws its task.
+//!
+//! Why `--ps-socket`: the page server and the lazy-pages daemon would otherwise talk over a TCP
+//! connection of their own, which does not cross brume's overlay and binds in whatever network
+//! namespace criu runs in. Here each side gets one end of a socketpair instead, and the caller
+//! relays the bytes between the two over its migration stream ([`crate::live`]). `--status-fd`
+//! says when each side is ready: the dump once every image is written, the daemon once it waits
+//! for the restore.
+//!
+//! Two facts of the page server that shape the callers: it takes an end of file on its socket
+//! for a finished transfer (and then kills the task), so a caller that gives up must send a
+//! command it does not know ([`abort_page_server`]), which fails the transfer and thaws the task;
+//! and it sizes a pipe to 4 MiB, which without CAP_SYS_RESOURCE (root lacks it on these
+//! machines) needs `fs.pipe-max-size` >= 4 MiB ([`check_pipe_max_size`], docs/criu.md).
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::criu::{failed, Criu, CriuError, DumpOptions};
+
+/// What the page server needs `fs.pipe-max-size` to be, at least.
+pub const MIN_PIPE_MAX_SIZE: u64 = 4 << 20;
+
+const PIPE_MAX_SIZE: &str = "/proc/sys/fs/pipe-max-size";
+
+/// Fails with [`CriuError::PipeMaxSize`] unless this machine lets the page server size its pipe.
+pub fn check_pipe_max_size() -> Result<(), CriuError> {
+    let current = std::fs::read_to_string(PIPE_MAX_SIZE)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if current < MIN_PIPE_MAX_SIZE {
+        return Err(CriuError::PipeMaxSize { current });
+    }
+    Ok(())
+}
+
+/// Makes the page server at the other end of `page_socket` fail its transfer, so the dump thaws
+/// the task instead of killing it: one request with a command it does not know. (Closing the
+/// socket would not do: an end of file is a finished transfer to it.) The request is 32 bytes,
+/// CRIU's `struct page_server_iov`; a server reading the older 24-byte layout fails on it too.
+pub fn abort_page_server(page_socket: &mut impl Write) -> io::Result<()> {
+    let mut request = [0u8; 32];
+    request[..4].copy_from_slice(&0x7777u32.to_le_bytes());
+    page_socket.write_all(&request)?;
+    page_socket.flush()
+}
+
+/// A running `criu dump --lazy-pages` (see the module's doc).
+#[derive(Debug)]
+pub struct LazyDump {
+    process: Process,
+    images_dir: PathBuf,
+}
+
+/// A running `criu lazy-pages` daemon.
+#[derive(Debug)]
+pub struct LazyPages {
+    process: Process,
+}
+
+/// One criu process with its status pipe.
+#[derive(Debug)]
+struct Process {
+    action: &'static str,
+    child: Option<Child>,
+    status: Option<io::PipeReader>,
+    log_file: PathBuf,
+    started: Instant,
+}
+
+impl Criu {
+    /// Starts `criu dump --lazy-pages` of `opts.pid` into `opts.images_dir` (its other options
+    /// apply; `leave_running` must be off) and returns it with the local end of its page-server
+    /// socket. The task is frozen from now on; [`LazyDump::wait_ready`] returns once the images
+    /// can be sent.
+    pub fn dump_lazy(&self, opts: &DumpOptions) -> Result<(LazyDump, UnixStream), CriuError> {
+        check_pipe_max_size()?;
+        std::fs::create_dir_all(&opts.images_dir).map_err(|source| CriuError::ImagesDir {
+            path: opts.images_dir.clone(),
+            source,
+        })?;
+        let mut args = opts.args();
+        args.push("--lazy-pages".into());
+        let (process, socket) = self.start("dump", args, opts.log_path())?;
+        Ok((
+            LazyDump {
+                process,
+                images_dir: opts.images_dir.clone(),
+            },
+            socket,
+        ))
+    }
+
+    /// Starts `criu lazy-pages --page-server` on `images_dir` (the images a lazy dump wrote, as
+    /// received) and waits until it is ready for `criu restore --lazy-pages` on the same
+    /// directory. Returns it with the local end of its page-server socket, whose bytes must
+    /// reach the source's [`LazyDump`] socket and back.
+    pub fn lazy_pages(
+        &self,
+        images_dir: &Path,
+        log_file: &Path,
+    ) -> Result<(LazyPages, UnixStream), CriuError> {
+        let args = vec![
+            "lazy-pages".to_string(),
+            "--page-server".to_string(),
+            "-D".to_string(),
+            images_dir.display().to_string(),
+            "-o".to_string(),
+            log_file.display().to_string(),
+            "-v4".to_string(),
+        ];
+        let (mut process, socket) = self.start("lazy-pages", args, log_file.to_path_buf())?;
+        process.wait_ready()?;
+        Ok((LazyPages { process }, socket))
+    }
+
+    /// Spawns `criu <args> --ps-socket A --status-fd B` with the far ends of a fresh socketpair
+    /// and status pipe.
+    fn start(
+        &self,
+        action: &'static str,
+        mut args: Vec<String>,
+        log_file: PathBuf,
+    ) -> Result<(Process, UnixStream), CriuError> {
+        let io_error = |source| CriuError::ImagesDir {
+            path: log_file.clone(),
+            source,
+        };
+        let (ours, theirs) = UnixStream::pair().map_err(io_error)?;
+        let (status, status_w) = io::pipe().map_err(io_error)?;
+        let status_w = OwnedFd::from(status_w);
+        args.push("--ps-socket".into());
+        args.push(theirs.as_raw_fd().to_string());
+        args.push("--status-fd".into());
+        args.push(status_w.as_raw_fd().to_string());
+        let started = Instant::now();
+        let child = self
+            .command_keeping(&[theirs.as_raw_fd(), status_w.as_raw_fd()])
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| self.spawn_error(e))?;
+        // Only criu holds these now: its exit closes them, which is how a failure shows.
+        drop(theirs);
+        drop(status_w);
+        Ok((
+            Process {
+                action,
+                child: Some(child),
+                status: Some(status),
+                log_file,
+                started,
+            },
+            ours,
+        ))
+    }
+}
+
+impl LazyDump {
+    /// Blocks until every image is written and the page server waits for the target (the
+    /// freeze, as CRIU's dump takes it, is over), and returns how long that took; or fails, the
+    /// task thawed, if the dump failed.
+    pub fn wait_ready(&mut self) -> Result<Duration, CriuError> {
+        self.process.wait_ready()
+    }
+
+    /// The directory the images are in.
+    pub fn images_dir(&self) -> &Path {
+        &self.images_dir
+    }
+
+    /// Blocks until the dump exits: `Ok` once the target holds every page (the task is gone
+    /// here), an error if the transfer failed (the task runs here again).
+    pub fn wait(mut self) -> Result<Duration, CriuError> {
+        self.process.wait()
+    }
+}
+
+impl LazyPages {
+    /// Blocks until the daemon exits: `Ok` once every page of the restored task arrived.
+    pub fn wait(mut self) -> Result<Duration, CriuError> {
+        self.process.wait()
+    }
+}
+
+impl Process {
+    fn wait_ready(&mut self) -> Result<Duration, CriuError> {
+        let mut byte = [0u8; 1];
+        let got = match self.status.as_mut() {
+            Some(s) => s.read(&mut byte).unwrap_or(0),
+            None => 1,
+        };
+        self.status = None;
+        if got == 1 {
+            return Ok(self.started.elapsed());
+        }
+        // The status pipe closed without a byte: criu exited.
+        self.wait()?;
+        Err(CriuError::Failed {
+            action: self.action,
+            status: std::process::ExitStatus::default(),
+            elapsed: self.started.elapsed(),
+            errors: vec!["criu exited successfully before it was ready".into()],
+            log_tail: Vec::new(),
+            log_file: self.log_file.clone(),
+        })
+    }
+
+    fn wait(&mut self) -> Result<Duration, CriuError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(self.started.elapsed());
+        };
+        let status = child.wait().map_err(|e| CriuError::ImagesDir {
+            path: self.log_file.clone(),
+            source: e,
+        })?;
+        let elapsed = self.started.elapsed();
+        if status.success() {
+            Ok(elapsed)
+        } else {
+            Err(failed(self.action, status, elapsed, "", &self.log_file))
+        }
+    }
+}
+
+impl Drop for Process {
+    /// A process nobody waits for any more is killed, so no criu outlives its migration.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_abort_request_is_an_unknown_command() {
+        let mut buf = Vec::new();
+        abort_page_server(&mut buf).unwrap();
+        assert_eq!(buf.len(), 32);
+        let cmd = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        // CRIU's commands: 1..=7, 0x1023 (close), 0x1024 (force close), in the low 16 bits.
+        assert!(!(1..=7).contains(&(cmd & 0xffff)));
+        assert_ne!(cmd & 0xffff, 0x1023);
+        assert_ne!(cmd & 0xffff, 0x1024);
+    }
+
+    #[test]
+    fn a_missing_criu_is_a_spawn_error_not_a_hang() {
+        let criu = Criu::with_binary("/nonexistent/criu");
+        let dir = std::env::temp_dir().join(format!("brume-lazy-{}", std::process::id()));
+        let r = criu.lazy_pages(&dir, &dir.join("lazy.log"));
+        assert!(matches!(r, Err(CriuError::Spawn { .. })), "{r:?}");
+    }
+}

@@ -1,0 +1,464 @@
+//! Post-copy over the migration stream: the source's lazy dump and page server, the target's
+//! lazy restore, and the relay of the page-server conversation between them.
+//!
+//! Why it exists: without soft-dirty tracking every pre-copy final dump writes all memory while
+//! the task is frozen, so downtime grows with memory; here the frozen part is the dump of
+//! everything but memory, the transfer of those small images and a restore that does not wait
+//! for pages (see [`crate::lazy`]), whatever the task's size. The price: until the last page
+//! arrives the task runs on the target with part of its memory still on the source, so a
+//! failure then is handled by thawing the source and killing the target's copy (never two
+//! copies, and never a copy running on pages it did not get).
+//!
+//! ```text
+//!  source                                            target
+//!  criu dump --lazy-pages (frozen) ─ images ──────▶  rebuild, criu lazy-pages, criu restore
+//!  page server ◀── Pages (requests) ───────────────  lazy-pages daemon (faults + background)
+//!              ─── Pages (pages) ─────────────────▶
+//!              ◀── Restored ───────────────────────  the task runs here
+//!  dump exits: every page is there ◀── PagesDone ──  daemon exits: every page is here
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::criu::{Criu, CriuError, DumpOptions, RestoreOptions};
+use crate::lazy::{abort_page_server, LazyDump};
+
+use super::pagemap;
+use super::pageproxy::{Out, PageProxy};
+use super::source::{transient, Source, DUMP_ATTEMPTS};
+use super::target::sibling;
+use super::wire::{read_message, write_message, Message};
+use super::{join_error, LiveError, Migrated, PostCopyStats, RoundStats, TargetOptions};
+
+/// The most bytes of page-server traffic in one [`Message::Pages`].
+const PAGES_FRAME: usize = 256 << 10;
+
+/// How long a failed target waits for a restore still under way, to kill what it restored.
+const RESTORE_WAIT: Duration = Duration::from_secs(30);
+
+fn tokio_socket(s: std::os::unix::net::UnixStream) -> Result<tokio::net::UnixStream, LiveError> {
+    s.set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(s))
+        .map_err(|e| LiveError::Worker(format!("the page-server socket: {e}")))
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
+    /// The whole post-copy migration, after the hello.
+    pub(super) async fn post_copy(
+        &mut self,
+        start: Instant,
+        mut on_round: impl FnMut(&RoundStats),
+    ) -> Result<Migrated, LiveError> {
+        let started = Instant::now();
+        let dir = self.round_dir(1);
+        let mut opts = DumpOptions::new(&dir, self.pid).network_lock(self.opts.network_lock);
+        opts.log_file = Some(self.opts.work_dir.join("round-1.dump.log"));
+        let criu = self.opts.criu.clone();
+        let dumped = tokio::task::spawn_blocking(move || lazy_dump_retrying(&criu, &opts))
+            .await
+            .map_err(join_error)?;
+        let (dump, socket, attempts) = match dumped {
+            Ok(d) => d,
+            Err(e) => {
+                // A failed dump thaws the task: it runs on here.
+                self.abort(&e.to_string()).await;
+                return Err(e.into());
+            }
+        };
+        let dump_time = started.elapsed();
+        let dump_end = Instant::now();
+        let mut socket = tokio_socket(socket)?;
+        let dump_exit = tokio::task::spawn_blocking(move || dump.wait());
+        let sent = match self.send_images(1, true, &dir).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.thaw(e, &mut socket, dump_exit).await),
+        };
+        let relayed = relay_source(&mut self.stream, &mut socket).await;
+        let (restored, page_bytes) = match relayed {
+            Ok(r) => r,
+            Err(e) => return Err(self.thaw(e, &mut socket, dump_exit).await),
+        };
+        drop(socket);
+        // The relay ended because the page server closed its socket: the dump is over.
+        match dump_exit.await.map_err(join_error)? {
+            Ok(_) => {}
+            Err(e) => {
+                // The target said every page arrived, yet the dump failed: CRIU thawed the
+                // task here while the target runs its copy. Say so; it should not happen.
+                return Err(LiveError::Target {
+                    reason: format!("the target holds every page but the source's dump failed ({e}); the task may now run in both places"),
+                });
+            }
+        }
+        let Restored {
+            pid,
+            rebuild,
+            restore,
+            at,
+        } = restored;
+        let stats = RoundStats {
+            round: 1,
+            last: true,
+            dumped_bytes: sent.scanned.dumped_bytes,
+            delta_bytes: sent.scanned.delta_bytes,
+            wire_bytes: sent.wire,
+            wire_by_level: sent.by_level,
+            dump: dump_time,
+            dump_attempts: attempts,
+            frozen: None,
+            transfer: at.saturating_duration_since(dump_end),
+            round_time: at - started,
+            progress: None,
+        };
+        on_round(&stats);
+        let _ = std::fs::remove_dir_all(&self.opts.work_dir);
+        Ok(Migrated {
+            target_pid: pid,
+            downtime: at - started,
+            rebuild,
+            restore,
+            total: start.elapsed(),
+            wire_bytes: self.wire + page_bytes,
+            predictor: self.opts.predictor.clone(),
+            final_dump_end: dump_end,
+            post_copy: Some(PostCopyStats {
+                page_bytes,
+                pages_done: at.elapsed(),
+            }),
+            rounds: vec![stats],
+        })
+    }
+
+    /// Gives up a post-copy migration whose dump is waiting for or serving the target: fails
+    /// the page server's transfer, so CRIU thaws the task here, and tells the target.
+    async fn thaw(
+        &mut self,
+        cause: LiveError,
+        socket: &mut tokio::net::UnixStream,
+        dump_exit: tokio::task::JoinHandle<Result<Duration, CriuError>>,
+    ) -> LiveError {
+        let mut request = Vec::new();
+        let _ = abort_page_server(&mut request);
+        let _ = socket.write_all(&request).await;
+        // The server may be in the middle of an answer nobody relays any more: read and drop
+        // it, so it gets to the request that fails it.
+        let drain = async {
+            let mut buf = vec![0u8; PAGES_FRAME];
+            while let Ok(n) = socket.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let ((), thawed) = tokio::join!(drain, dump_exit);
+        self.abort(&cause.to_string()).await;
+        match thawed {
+            Ok(Err(_)) => LiveError::Thawed {
+                cause: Box::new(cause),
+            },
+            // The dump finished (the target took every page before the failure) or its
+            // thread died: either way the task is not running here any more.
+            Ok(Ok(_)) => LiveError::Lost {
+                cause: Box::new(cause),
+                restore: "the page transfer had completed, so CRIU ended the task here".into(),
+                images: self.round_dir(1),
+            },
+            Err(e) => LiveError::Lost {
+                cause: Box::new(cause),
+                restore: format!("the thread waiting for criu dump died: {e}"),
+                images: self.round_dir(1),
+            },
+        }
+    }
+}
+
+/// `criu dump --lazy-pages` until it is ready, tried again while it fails only because the task
+/// held a transient connection (like pre-copy's dumps).
+fn lazy_dump_retrying(
+    criu: &Criu,
+    opts: &DumpOptions,
+) -> Result<(LazyDump, std::os::unix::net::UnixStream, u32), CriuError> {
+    let mut attempt = 1;
+    loop {
+        let _ = std::fs::remove_dir_all(&opts.images_dir);
+        let ready = criu
+            .dump_lazy(opts)
+            .and_then(|(mut d, s)| d.wait_ready().map(|_| (d, s)));
+        match ready {
+            Err(e) if attempt < DUMP_ATTEMPTS && transient(&e) => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            r => return r.map(|(d, s)| (d, s, attempt)),
+        }
+    }
+}
+
+/// What the target said when the task ran there.
+struct Restored {
+    pid: u32,
+    rebuild: Duration,
+    restore: Duration,
+    at: Instant,
+}
+
+/// The source's relay: page-server bytes to the target, the target's bytes to the page server,
+/// until the target has every page. Returns the restore and the page bytes sent.
+async fn relay_source<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    socket: &mut tokio::net::UnixStream,
+) -> Result<(Restored, u64), LiveError> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (mut sock_rd, mut sock_wr) = socket.split();
+    let up = async {
+        let mut buf = vec![0u8; PAGES_FRAME];
+        let mut sent = 0u64;
+        loop {
+            let n = sock_rd
+                .read(&mut buf)
+                .await
+                .map_err(|e| LiveError::Worker(format!("reading the page server: {e}")))?;
+            if n == 0 {
+                return Ok::<u64, LiveError>(sent);
+            }
+            let m = Message::Pages {
+                data: buf[..n].to_vec(),
+            };
+            write_message(&mut wr, &m).await.map_err(LiveError::Link)?;
+            wr.flush().await.map_err(LiveError::Link)?;
+            sent += n as u64 + 9;
+        }
+    };
+    let down = async {
+        let mut restored = None;
+        loop {
+            match read_message(&mut rd).await? {
+                Message::Pages { data } => sock_wr
+                    .write_all(&data)
+                    .await
+                    .map_err(|e| LiveError::Worker(format!("writing the page server: {e}")))?,
+                Message::Restored {
+                    pid,
+                    rebuild_us,
+                    restore_us,
+                } => {
+                    restored = Some(Restored {
+                        pid,
+                        rebuild: Duration::from_micros(rebuild_us),
+                        restore: Duration::from_micros(restore_us),
+                        at: Instant::now(),
+                    })
+                }
+                Message::PagesDone => {
+                    return restored.ok_or_else(|| LiveError::Unexpected {
+                        expected: "restored before pages-done",
+                        got: "pages-done".into(),
+                    })
+                }
+                Message::Failed { reason } => return Err(LiveError::Target { reason }),
+                other => {
+                    return Err(LiveError::Unexpected {
+                        expected: "pages, restored or pages-done",
+                        got: format!("{other:?}"),
+                    })
+                }
+            }
+        }
+    };
+    // Both directions must finish: the page server closes its socket after its last answer,
+    // and the target says pages-done after its daemon read that answer.
+    let (sent, restored) = tokio::try_join!(up, down)?;
+    Ok((restored, sent))
+}
+
+/// The target's post-copy after the images are staged: starts the lazy-pages daemon, restores
+/// the task while relaying the daemon's conversation with the source's page server, and returns
+/// once every page is here. On failure the restored task, if any, is killed before the daemon's
+/// socket closes (a task whose daemon is gone would read zeros where its pages were missing).
+pub(super) async fn post_copy_in<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    opts: &TargetOptions,
+    rebuild: Duration,
+) -> Result<(u32, Duration), LiveError> {
+    let dir = opts.staging_dir.clone();
+    let log = sibling(&dir, "lazy-pages.log");
+    let criu = opts.criu.clone();
+    let (daemon, socket) = tokio::task::spawn_blocking(move || criu.lazy_pages(&dir, &log))
+        .await
+        .map_err(join_error)??;
+    let mut socket = tokio_socket(socket)?;
+    let slot: Arc<Mutex<RestoreSlot>> = Arc::new(Mutex::new(RestoreSlot::Pending));
+    let result = relay_target(stream, &mut socket, opts, daemon, rebuild, slot.clone()).await;
+    if result.is_err() {
+        kill_restored(&slot).await;
+    }
+    drop(socket);
+    result
+}
+
+/// Where the target's restore is, for the failure path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RestoreSlot {
+    Pending,
+    Done(Option<u32>),
+}
+
+/// Kills the restored task, waiting for a restore still under way first (bounded).
+async fn kill_restored(slot: &Arc<Mutex<RestoreSlot>>) {
+    let waited = Instant::now();
+    loop {
+        let state = slot.lock().map(|s| *s).unwrap_or(RestoreSlot::Done(None));
+        match state {
+            RestoreSlot::Done(Some(pid)) => {
+                // SAFETY: kill(2) has no memory effects.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+                return;
+            }
+            RestoreSlot::Done(None) => return,
+            RestoreSlot::Pending if waited.elapsed() > RESTORE_WAIT => return,
+            RestoreSlot::Pending => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+async fn relay_target<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    socket: &mut tokio::net::UnixStream,
+    opts: &TargetOptions,
+    daemon: crate::lazy::LazyPages,
+    rebuild: Duration,
+    slot: Arc<Mutex<RestoreSlot>>,
+) -> Result<(u32, Duration), LiveError> {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (mut sock_rd, mut sock_wr) = socket.split();
+    // Unbounded: the proxy's output is sent while it is locked, so both directions' bytes
+    // leave in the order the proxy made them; what waits here is bounded by the proxy (the
+    // daemon's requests, the prefetch window and one answer).
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let (to_daemon, mut daemon_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Read before the restore: the daemon only asks for what the task faults on first.
+    let lazy = pagemap::lazy_ranges(&opts.staging_dir);
+    let proxy = Mutex::new(
+        PageProxy::new(opts.page_request_cap, opts.prefetch_window).with_lazy_ranges(lazy),
+    );
+    let mut ro = RestoreOptions::new(&opts.staging_dir).network_lock(opts.network_lock);
+    ro.lazy_pages = true;
+    ro.log_file = Some(sibling(&opts.staging_dir, "restore.log"));
+    ro.pidfile = Some(sibling(&opts.staging_dir, "restore.pid"));
+    ro.inherit_fds = opts.inherit_fds.clone();
+    let criu = opts.criu.clone();
+    let life = {
+        let tx = tx.clone();
+        async move {
+            let restored = tokio::task::spawn_blocking(move || {
+                let r = criu.restore(&ro);
+                if let Ok(mut s) = slot.lock() {
+                    *s = RestoreSlot::Done(r.as_ref().ok().map(|r| r.pid));
+                }
+                r
+            })
+            .await
+            .map_err(join_error)??;
+            let m = Message::Restored {
+                pid: restored.pid,
+                rebuild_us: rebuild.as_micros() as u64,
+                restore_us: restored.elapsed.as_micros() as u64,
+            };
+            tx.send(m)
+                .map_err(|_| LiveError::Worker("the relay's writer stopped".into()))?;
+            tokio::task::spawn_blocking(move || daemon.wait())
+                .await
+                .map_err(join_error)??;
+            tx.send(Message::PagesDone)
+                .map_err(|_| LiveError::Worker("the relay's writer stopped".into()))?;
+            Ok::<_, LiveError>((restored.pid, restored.elapsed))
+        }
+    };
+    // Feeds the proxy and sends what it made, under its lock (see the channels above).
+    let feed = |from_daemon: bool, bytes: &[u8]| -> Result<(), LiveError> {
+        let mut p = proxy
+            .lock()
+            .map_err(|_| LiveError::Worker("the page proxy's lock is poisoned".into()))?;
+        let fed = if from_daemon {
+            p.from_daemon(bytes)
+        } else {
+            p.from_source(bytes)
+        };
+        let Out {
+            to_source,
+            to_daemon: for_daemon,
+        } = fed.map_err(|e| LiveError::Worker(format!("post-copy page relay: {e}")))?;
+        if !to_source.is_empty() {
+            tx.send(Message::Pages { data: to_source })
+                .map_err(|_| LiveError::Worker("the relay's writer stopped".into()))?;
+        }
+        if !for_daemon.is_empty() {
+            to_daemon
+                .send(for_daemon)
+                .map_err(|_| LiveError::Worker("the daemon's writer stopped".into()))?;
+        }
+        Ok(())
+    };
+    let up = async {
+        let mut buf = vec![0u8; PAGES_FRAME];
+        loop {
+            let n = sock_rd
+                .read(&mut buf)
+                .await
+                .map_err(|e| LiveError::Worker(format!("reading the lazy-pages daemon: {e}")))?;
+            if n == 0 {
+                return Ok::<(), LiveError>(());
+            }
+            feed(true, &buf[..n])?;
+        }
+    };
+    let writer = async {
+        while let Some(m) = rx.recv().await {
+            let last = matches!(m, Message::PagesDone);
+            write_message(&mut wr, &m).await.map_err(LiveError::Link)?;
+            wr.flush().await.map_err(LiveError::Link)?;
+            if last {
+                break;
+            }
+        }
+        Ok::<(), LiveError>(())
+    };
+    let down = async {
+        loop {
+            match read_message(&mut rd).await? {
+                Message::Pages { data } => feed(false, &data)?,
+                Message::Abort { reason } => {
+                    return Err::<(), LiveError>(LiveError::SourceAborted { reason })
+                }
+                other => {
+                    return Err(LiveError::Unexpected {
+                        expected: "pages or abort",
+                        got: format!("{other:?}"),
+                    })
+                }
+            }
+        }
+    };
+    let daemon_writer = async {
+        while let Some(bytes) = daemon_rx.recv().await {
+            sock_wr
+                .write_all(&bytes)
+                .await
+                .map_err(|e| LiveError::Worker(format!("writing the lazy-pages daemon: {e}")))?;
+        }
+        Ok::<(), LiveError>(())
+    };
+    tokio::select! {
+        r = async { tokio::try_join!(life, up, writer) } => r.map(|(l, (), ())| l),
+        r = async { tokio::try_join!(down, daemon_writer) } => match r {
+            Err(e) => Err(e),
+            Ok(((), ())) => Err(LiveError::Worker("the page relay stopped".into())),
+        },
+    }
+}

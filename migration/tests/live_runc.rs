@@ -1,0 +1,470 @@
+//! A Docker container moved live with brume's pre-copy through the runc checkpointer: each
+//! round is a `runc checkpoint --leave-running` of the container on Docker's runc state into a
+//! fresh directory, chunked and deduplicated against the previous round's images, the final one
+//! a `runc checkpoint` that stops it, and the target restores the rebuilt images as a new runc
+//! container from a copied bundle (`brume_migration::checkpointer`). The stream is loopback TCP.
+//!
+//! What is proven: the restored container answers with the counter the original had at the
+//! final checkpoint (a client kept ticking it during the pre-copy rounds) and the checksum of
+//! its memory; later rounds send far less than the first; a target that drops the link mid
+//! pre-copy leaves the Docker container running untouched; a restore that fails on the target
+//! brings the container back on the source as a runc container.
+//!
+//! Needs root, criu >= 4, runc, Docker 20.10 with its runc state in /run/docker/runtime-runc/moby
+//! (which exists only once dockerd has run a container since it started: the test starts its
+//! container first, then looks) and cgroup v1; it skips loudly otherwise. Unique names; the
+//! containers, runc containers, image, cgroups and directories are removed on drop.
+
+mod criu_support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use brume_migration::checkpointer::{
+    prepare_bundle, RuncContainer, RuncRestore, DOCKER_BUNDLES, DOCKER_RUNC_ROOT,
+};
+use brume_migration::live::wire::{read_message, write_message, Message};
+use brume_migration::live::{
+    migrate_in, migrate_out, LiveError, RoundStats, SourceOptions, TargetOptions,
+};
+use brume_migration::planner::{Action, PlannerConfig};
+use criu_support::{expected_checksum, run, run_ok, wait_ready, workload_binary, TempDir};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The workload's memory and seed: static, so later rounds find the same chunks.
+const MIB: usize = 16;
+const SEED: u64 = 0x7c0de;
+
+/// One command on a fresh connection, without panicking (the ticker runs across dumps).
+fn try_ask(socket: &Path, command: &str) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    writeln!(stream, "{command}")?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+fn ask(socket: &Path, command: &str) -> String {
+    try_ask(socket, command).unwrap_or_else(|e| panic!("{command} to {}: {e}", socket.display()))
+}
+
+fn socket_of(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root/w.sock"))
+}
+
+/// A Docker container of the static workload, and whatever the test restores from it; all of
+/// it removed on drop.
+struct Fixture {
+    dir: TempDir,
+    suffix: String,
+    image: String,
+    container: String,
+    id: String,
+    pid: u32,
+    restored: Vec<RuncRestore>,
+    cgroups: Vec<String>,
+}
+
+impl Fixture {
+    /// Builds the image and starts the container; `None` (after printing SKIPPED) when Docker,
+    /// runc, criu or root is missing.
+    fn start(test: &str) -> Option<Fixture> {
+        let root = unsafe { libc::geteuid() } == 0;
+        let have = |p: &str, a: &str| matches!(Command::new(p).arg(a).output(), Ok(o) if o.status.success());
+        if !root || !have("criu", "--version") || !have("runc", "--version") {
+            eprintln!("SKIPPED: {test}: needs root, criu and runc");
+            return None;
+        }
+        if !have("docker", "version") {
+            eprintln!("SKIPPED: {test}: Docker is not running");
+            return None;
+        }
+        let dir = TempDir::new("live-runc");
+        let suffix = format!("{:08x}", rand::random::<u32>());
+        let mut f = Fixture {
+            image: format!("brume-live-runc:{suffix}"),
+            container: format!("brume-live-runc-{suffix}"),
+            dir,
+            suffix,
+            id: String::new(),
+            pid: 0,
+            restored: Vec::new(),
+            cgroups: Vec::new(),
+        };
+        let context = f.dir.path().join("context");
+        std::fs::create_dir_all(&context).expect("context");
+        std::fs::copy(workload_binary(true), context.join("workload")).expect("copy workload");
+        std::fs::write(context.join("unique"), &f.suffix).expect("unique");
+        std::fs::write(
+            context.join("Dockerfile"),
+            format!(
+                "FROM scratch\nCOPY workload unique /\nENTRYPOINT [\"/workload\", \"/w.sock\", \"{MIB}\", \"{SEED}\"]\n"
+            ),
+        )
+        .expect("Dockerfile");
+        run_ok(
+            "docker",
+            &[
+                "build",
+                "-q",
+                "-t",
+                &f.image,
+                &context.display().to_string(),
+            ],
+        );
+        f.id = run_ok("docker", &["run", "-d", "--name", &f.container, &f.image]);
+        f.pid = run_ok("docker", &["inspect", "-f", "{{.State.Pid}}", &f.id])
+            .parse()
+            .expect("pid");
+        // Docker creates its runc state dir with its first container since it started.
+        if !Path::new(DOCKER_RUNC_ROOT).join(&f.id).is_dir() {
+            eprintln!("SKIPPED: {test}: Docker's runc state {DOCKER_RUNC_ROOT}/<id> is missing (not Docker 20.10's layout?)");
+            return None;
+        }
+        wait_ready(&socket_of(f.pid), Duration::from_secs(20));
+        Some(f)
+    }
+
+    /// A restorer into a new runc container under the test's own runc root, with a bundle
+    /// copied from the running container's (`tag` names it).
+    fn restorer(&mut self, tag: &str) -> RuncRestore {
+        let cgroup = format!("/brume-live-runc-{}-{tag}", self.suffix);
+        let bundle = self.dir.path().join(format!("bundle-{tag}"));
+        let config = Path::new(DOCKER_BUNDLES).join(&self.id).join("config.json");
+        prepare_bundle(&config, &bundle, &cgroup).expect("prepare the bundle");
+        self.cgroups.push(cgroup);
+        let r = RuncRestore {
+            runc: PathBuf::from("runc"),
+            root: self.dir.path().join("runc-root"),
+            id: format!("brume-live-runc-{}-{tag}", self.suffix),
+            bundle,
+        };
+        self.restored.push(r.clone());
+        r
+    }
+
+    fn docker_status(&self) -> String {
+        run_ok("docker", &["inspect", "-f", "{{.State.Status}}", &self.id])
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for r in &self.restored {
+            r.remove();
+        }
+        let _ = run("docker", &["rm", "-f", &self.container]);
+        let _ = run("docker", &["rmi", "-f", &self.image]);
+        for cgroup in &self.cgroups {
+            if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+                for c in controllers.flatten() {
+                    let _ = std::fs::remove_dir(c.path().join(cgroup.trim_start_matches('/')));
+                }
+            }
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn source_opts(f: &Fixture, fallback: Option<RuncRestore>) -> SourceOptions {
+    let mut o = SourceOptions::new(f.dir.path().join("source"));
+    o.planner = PlannerConfig {
+        max_downtime: Duration::from_secs(10),
+        ..PlannerConfig::default()
+    };
+    let mut c = RuncContainer::docker(f.id.clone());
+    c.fallback = fallback;
+    o.checkpointer = Some(Arc::new(c));
+    o
+}
+
+/// A client that TICKs the container every 15 ms until stopped, remembering the last answer
+/// (connections that a dump catches make that dump retry, which is part of what is tested).
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    last: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Ticker {
+    fn start(socket: PathBuf, last: u64) -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let last = Arc::new(AtomicU64::new(last));
+        let (s, l) = (stop.clone(), last.clone());
+        let thread = std::thread::spawn(move || {
+            let mut ticks = 0;
+            while !s.load(Ordering::SeqCst) {
+                if let Ok(v) = try_ask(&socket, "TICK") {
+                    l.store(v.parse().expect("counter"), Ordering::SeqCst);
+                    ticks += 1;
+                }
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            ticks
+        });
+        Ticker {
+            stop,
+            last,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops ticking; returns the last counter and how many ticks were answered.
+    fn stop(&mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let ticks = self
+            .thread
+            .take()
+            .map(|t| t.join().expect("ticker"))
+            .unwrap_or(0);
+        (self.last.load(Ordering::SeqCst), ticks)
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_docker_container_moves_live_with_precopy_rounds_of_runc_checkpoints() {
+    let Some(mut f) =
+        Fixture::start("a_docker_container_moves_live_with_precopy_rounds_of_runc_checkpoints")
+    else {
+        return;
+    };
+    let socket = socket_of(f.pid);
+    for i in 1..=3 {
+        assert_eq!(ask(&socket, "TICK"), i.to_string());
+    }
+    let sum = ask(&socket, "SUM");
+    assert_eq!(sum, expected_checksum(MIB, SEED).to_string());
+    let restorer = f.restorer("target");
+    let source = source_opts(&f, None);
+    let staging = f.dir.path().join("staging");
+    let mut ticker = Ticker::start(socket.clone(), 3);
+
+    let rt = runtime();
+    let mut rounds: Vec<RoundStats> = Vec::new();
+    let mut before_final: Option<(u64, u64)> = None;
+    let (migrated, received) = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut opts = TargetOptions::new(staging);
+            opts.restorer = Some(Arc::new(restorer));
+            migrate_in(stream, opts).await
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let migrated = migrate_out(stream, f.pid, source, |r| {
+            eprintln!(
+                "round {}{}: dumped {} KiB, delta {} KiB, wire {} KiB, dump {} ms ({} attempts, frozen {:?}), round {} ms",
+                r.round,
+                if r.last { " (final)" } else { "" },
+                r.dumped_bytes / 1024,
+                r.delta_bytes / 1024,
+                r.wire_bytes / 1024,
+                r.dump.as_millis(),
+                r.dump_attempts,
+                r.frozen,
+                r.round_time.as_millis()
+            );
+            rounds.push(r.clone());
+            // The planner's next step is the final checkpoint: stop ticking, so the counter
+            // the final checkpoint catches is the ticker's last answer.
+            if r.progress
+                .as_ref()
+                .is_some_and(|p| p.decision.action == Action::FinalDump)
+            {
+                before_final = Some(ticker.stop());
+            }
+        })
+        .await;
+        (migrated, target.await.expect("target task"))
+    });
+    let migrated = migrated.unwrap_or_else(|e| panic!("migration: {e}"));
+    let received = received.unwrap_or_else(|e| panic!("target: {e}"));
+    let (last, ticks) = before_final.expect("the planner chose the final checkpoint");
+
+    assert_eq!(migrated.target_pid, received.pid);
+    assert_ne!(received.pid, f.pid, "a new container, a new host pid");
+    let precopy: Vec<&RoundStats> = rounds.iter().filter(|r| !r.last).collect();
+    assert!(!precopy.is_empty(), "pre-copy rounds ran: {rounds:?}");
+    assert!(
+        rounds.iter().skip(1).all(|r| r.wire_bytes < rounds[0].wire_bytes / 4),
+        "later rounds send a fraction of the first (chunks deduplicated across runc checkpoints): {rounds:?}"
+    );
+    assert!(rounds.last().is_some_and(|r| r.last));
+    assert_ne!(
+        f.docker_status(),
+        "running",
+        "the final checkpoint stopped the Docker container"
+    );
+    // The restored container continues exactly from the final checkpoint.
+    let new_socket = socket_of(received.pid);
+    wait_ready(&new_socket, Duration::from_secs(10));
+    assert_eq!(
+        ask(&new_socket, "PID"),
+        "1",
+        "PID 1 of its own pid namespace"
+    );
+    assert_eq!(
+        ask(&new_socket, "TICK"),
+        (last + 1).to_string(),
+        "the counter continues from the last answer before the final checkpoint"
+    );
+    assert_eq!(
+        ask(&new_socket, "SUM"),
+        sum,
+        "memory is the checkpointed memory"
+    );
+    let attempts: u32 = rounds.iter().map(|r| r.dump_attempts).sum();
+    eprintln!(
+        "runc live: {} pre-copy round(s) + final, {ticks} ticks answered during pre-copy (counter {last}), {attempts} checkpoints for {} rounds, wire {:.1} MiB (round 1 {:.1} MiB), total {} ms, downtime {} ms (final checkpoint {} ms, rebuild {} ms, runc restore {} ms)",
+        precopy.len(),
+        rounds.len(),
+        migrated.wire_bytes as f64 / 1048576.0,
+        rounds[0].wire_bytes as f64 / 1048576.0,
+        migrated.total.as_millis(),
+        migrated.downtime.as_millis(),
+        rounds.last().map_or(0, |r| r.dump.as_millis()),
+        migrated.rebuild.as_millis(),
+        migrated.restore.as_millis(),
+    );
+}
+
+#[test]
+fn a_target_that_drops_the_link_mid_precopy_leaves_the_docker_container_running() {
+    let Some(f) = Fixture::start(
+        "a_target_that_drops_the_link_mid_precopy_leaves_the_docker_container_running",
+    ) else {
+        return;
+    };
+    let socket = socket_of(f.pid);
+    assert_eq!(ask(&socket, "TICK"), "1");
+    let rt = runtime();
+    let source = source_opts(&f, None);
+    let result = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            // Take the hello, welcome the source with an empty store, take a few batches of
+            // the first round, then vanish.
+            match read_message(&mut stream).await {
+                Ok(Message::Hello { .. }) => {}
+                other => panic!("expected the hello, got {other:?}"),
+            }
+            write_message(&mut stream, &Message::Welcome { store_chunks: 0 })
+                .await
+                .expect("welcome");
+            let mut seen = 0;
+            while seen < 4 {
+                match read_message(&mut stream).await {
+                    Ok(Message::Chunks { .. }) => seen += 1,
+                    Ok(_) => {}
+                    Err(e) => panic!("source stopped first: {e}"),
+                }
+            }
+            drop(stream);
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let r = migrate_out(stream, f.pid, source, |_| {}).await;
+        target.await.expect("target");
+        r
+    });
+    let err = result.expect_err("the target went away");
+    assert!(matches!(err, LiveError::Link(_)), "{err}");
+    assert!(err.task_untouched(), "{err}");
+    assert_eq!(f.docker_status(), "running");
+    assert_eq!(
+        run_ok("docker", &["inspect", "-f", "{{.State.Pid}}", &f.id]),
+        f.pid.to_string()
+    );
+    assert_eq!(ask(&socket, "TICK"), "2", "the same container goes on");
+    assert_eq!(
+        ask(&socket, "SUM"),
+        expected_checksum(MIB, SEED).to_string()
+    );
+    assert!(
+        !f.dir.path().join("source").exists(),
+        "round images removed"
+    );
+    eprintln!("link dropped mid pre-copy: {err}; the Docker container runs on");
+}
+
+#[test]
+fn a_failed_restore_on_the_target_brings_the_container_back_on_the_source() {
+    let Some(mut f) =
+        Fixture::start("a_failed_restore_on_the_target_brings_the_container_back_on_the_source")
+    else {
+        return;
+    };
+    let socket = socket_of(f.pid);
+    for i in 1..=4 {
+        assert_eq!(ask(&socket, "TICK"), i.to_string());
+    }
+    let fallback = f.restorer("fallback");
+    let mut broken = f.restorer("target");
+    // A runc that fails every command: the target's restore fails after the final checkpoint.
+    broken.runc = PathBuf::from("/bin/false");
+    let source = source_opts(&f, Some(fallback.clone()));
+    let staging = f.dir.path().join("staging");
+    let rt = runtime();
+    let (result, target) = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut opts = TargetOptions::new(staging);
+            opts.restorer = Some(Arc::new(broken));
+            migrate_in(stream, opts).await
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let r = migrate_out(stream, f.pid, source, |_| {}).await;
+        (r, target.await.expect("target"))
+    });
+    assert!(target.is_err(), "the target's restore failed");
+    let err = result.expect_err("the target could not restore");
+    let LiveError::RestoredAtSource {
+        pid,
+        cause,
+        restore,
+    } = &err
+    else {
+        panic!("expected the container back on the source, got {err}");
+    };
+    assert!(matches!(**cause, LiveError::Target { .. }), "{cause}");
+    assert_eq!(*pid, fallback.pid().expect("runc state"));
+    let new_socket = socket_of(*pid);
+    wait_ready(&new_socket, Duration::from_secs(10));
+    assert_eq!(
+        ask(&new_socket, "TICK"),
+        "5",
+        "continues from the final checkpoint"
+    );
+    assert_eq!(
+        ask(&new_socket, "SUM"),
+        expected_checksum(MIB, SEED).to_string()
+    );
+    eprintln!(
+        "restore failed on the target; back on the source as runc container {} (pid {pid}, runc restore {} ms)",
+        fallback.id,
+        restore.as_millis()
+    );
+}

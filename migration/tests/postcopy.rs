@@ -1,0 +1,345 @@
+//! Post-copy live migration with the real CRIU (lazy pages through brume's own relay of the page
+//! server) over a loopback TCP connection: the `dirtier` keeps rewriting its memory, is frozen,
+//! dumped without its memory, restored at once on the target, and gets its pages afterwards; its
+//! counter continues exactly and its memory is exactly what its seed and steps make. Failure
+//! safety: a target that goes away before the restore, or while pages are still moving, leaves
+//! the task thawed on the source, and no copy of it on the target.
+//!
+//! Needs root, criu >= 4.2 and `fs.pipe-max-size` >= 4 MiB (scripts/install-deps.sh sets it);
+//! the dirtier runs in its own PID namespace because source and target share this host.
+
+mod live_support;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use brume_migration::lazy::check_pipe_max_size;
+use brume_migration::live::wire::{read_message, Message};
+use brume_migration::live::{
+    migrate_in, migrate_out, LiveError, Mode, RoundStats, SourceOptions, TargetOptions,
+};
+use live_support::{
+    ask, assert_counter_continues, criu_or_skip, longest_gap, poll, Dirtier, TempDir,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn ready(test: &str) -> bool {
+    if !criu_or_skip(test) {
+        return false;
+    }
+    if let Err(e) = check_pipe_max_size() {
+        panic!("{test}: {e}");
+    }
+    true
+}
+
+fn post_copy(dir: &TempDir) -> SourceOptions {
+    let mut o = SourceOptions::new(dir.path().join("source"));
+    o.mode = Mode::PostCopy;
+    o
+}
+
+/// Kills a restored copy when the test ends, whatever happened.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory effects.
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGKILL);
+        }
+    }
+}
+
+/// PIDs of dirtiers serving `socket`, from /proc.
+fn dirtiers_serving(socket: &std::path::Path) -> Vec<u32> {
+    let want = socket.to_string_lossy().to_string();
+    let dirtier_path = live_support::dirtier().to_string_lossy().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        let is_dirtier = args.first().is_some_and(|a| *a == dirtier_path)
+            && args.get(1).is_some_and(|a| a == "serve");
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'));
+        if is_dirtier && !zombie && args.contains(&want) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// CPU ticks a process has used, from /proc/<pid>/stat.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command.
+    field(11) + field(12)
+}
+
+#[test]
+fn postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen() {
+    if !ready("postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen") {
+        return;
+    }
+    let dir = TempDir::new("post-64");
+    let socket = dir.path().join("w.sock");
+    let mut task = Dirtier::start_in_pid_namespace(&socket, 64, 0x9c64, 8.0);
+    let before_steps = task.assert_state_consistent();
+    let poller = poll(&socket, Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let rt = runtime();
+    let mut rounds: Vec<RoundStats> = Vec::new();
+    let staging = dir.path().join("staging");
+    let (migrated, received) = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            // Page faults are small requests that wait on their answer: no Nagle delay.
+            stream.set_nodelay(true).expect("nodelay");
+            let mut opts = TargetOptions::new(staging);
+            opts.pid_namespace = true;
+            migrate_in(stream, opts).await
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let migrated = migrate_out(stream, task.pid, post_copy(&dir), |r| {
+            rounds.push(r.clone());
+        })
+        .await;
+        (migrated, target.await.expect("target task"))
+    });
+    let received = received.unwrap_or_else(|e| panic!("target: {e}"));
+    let _restored = KillOnDrop(received.pid);
+    let migrated = migrated.unwrap_or_else(|e| panic!("migration: {e}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let log = poller.finish();
+
+    let (gap, last_source, first_target) = longest_gap(&log).expect("answers");
+    let post = migrated.post_copy.clone().expect("post-copy stats");
+    let images = rounds.first().map(|r| r.dumped_bytes).unwrap_or(0);
+    eprintln!(
+        "post-copy 64 MiB: frozen dump {} ms ({} KiB of images), downtime {} ms by the source (restore {} ms), {} ms by the poller (counter {last_source} -> {first_target}); pages {:.1} MiB in {} ms after the restore; total {} ms",
+        rounds.first().map(|r| r.dump.as_millis()).unwrap_or(0),
+        images / 1024,
+        migrated.downtime.as_millis(),
+        migrated.restore.as_millis(),
+        gap.as_millis(),
+        post.page_bytes as f64 / 1048576.0,
+        post.pages_done.as_millis(),
+        migrated.total.as_millis(),
+    );
+    assert_eq!(migrated.target_pid, received.pid);
+    assert_ne!(
+        received.pid, task.pid,
+        "a new PID namespace, so a new host PID"
+    );
+    assert_eq!(rounds.len(), 1, "post-copy is one round: {rounds:?}");
+    assert!(
+        images < 8 << 20,
+        "the frozen dump leaves the 64 MiB of memory out: {images} bytes of images"
+    );
+    assert!(
+        post.page_bytes > 48 << 20,
+        "the memory followed as pages: {} bytes",
+        post.page_bytes
+    );
+    // The original is gone: CRIU ends it once the target holds every page (and its `unshare`
+    // parent exits, which the reaper waits for).
+    task.wait_moved_away();
+    assert_eq!(
+        dirtiers_serving(&socket),
+        vec![received.pid],
+        "only the restored dirtier is left"
+    );
+    assert!(log.len() > 100, "{} answers", log.len());
+    assert_counter_continues(&log);
+    // Before the move the original answered, after it the restored copy, nobody else.
+    let (old, new) = brume_testnet::poller::switch(&log, task.pid).expect("a switch");
+    assert_eq!(new.peer, received.pid);
+    assert!(log
+        .iter()
+        .all(|a| a.peer == task.pid || a.peer == received.pid));
+    assert!(new.at > old.at);
+    let steps = task.assert_state_consistent();
+    assert!(
+        steps > before_steps,
+        "dirtying continues: {before_steps} then {steps}"
+    );
+}
+
+#[test]
+fn a_target_gone_before_the_restore_leaves_the_task_thawed_on_the_source() {
+    if !ready("a_target_gone_before_the_restore_leaves_the_task_thawed_on_the_source") {
+        return;
+    }
+    let dir = TempDir::new("post-gone");
+    let socket = dir.path().join("w.sock");
+    let task = Dirtier::start_in_pid_namespace(&socket, 32, 0x90e, 8.0);
+    let counter: u64 = ask(&socket, "TICK").expect("TICK").parse().expect("n");
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            // Take the images up to the round's end, then vanish without restoring.
+            loop {
+                match read_message(&mut stream).await {
+                    Ok(Message::RoundEnd { .. }) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("the source stopped first: {e}")),
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let r = migrate_out(stream, task.pid, post_copy(&dir), |_| {}).await;
+        (r, target.await.expect("target"))
+    });
+    let (result, target) = result;
+    // If the source gave up before sending its images, its own error says why.
+    if let Err(why) = target {
+        panic!("{why}; the source: {result:?}");
+    }
+    let err = result.expect_err("the target went away");
+    assert!(matches!(err, LiveError::Thawed { .. }), "{err}");
+    assert!(err.task_untouched(), "{err}");
+    // The same process answers, its counter goes on, its memory is consistent and it dirties.
+    assert_eq!(
+        ask(&socket, "TICK").expect("TICK"),
+        (counter + 1).to_string()
+    );
+    assert_eq!(dirtiers_serving(&socket), vec![task.pid]);
+    let s1 = task.assert_state_consistent();
+    std::thread::sleep(Duration::from_millis(200));
+    let s2 = task.assert_state_consistent();
+    assert!(s2 > s1, "still dirtying: {s1} then {s2}");
+    eprintln!("target gone before the restore: {err}");
+}
+
+/// A stream that fails every read once `limit` bytes were read: a link that breaks mid-way.
+struct Breaking {
+    inner: TcpStream,
+    left: usize,
+}
+
+impl AsyncRead for Breaking {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.left == 0 {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the test broke the link",
+            )));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let got = buf.filled().len() - before;
+        self.left = self.left.saturating_sub(got);
+        r
+    }
+}
+
+impl AsyncWrite for Breaking {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[test]
+fn a_link_that_breaks_while_pages_move_thaws_the_source_and_kills_the_copy() {
+    if !ready("a_link_that_breaks_while_pages_move_thaws_the_source_and_kills_the_copy") {
+        return;
+    }
+    let dir = TempDir::new("post-break");
+    let socket = dir.path().join("w.sock");
+    let task = Dirtier::start_in_pid_namespace(&socket, 64, 0xb4ea, 8.0);
+    let before_steps = task.assert_state_consistent();
+    let rt = runtime();
+    let staging = dir.path().join("staging");
+    let (result, target) = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut opts = TargetOptions::new(staging);
+            opts.pid_namespace = true;
+            // The images are a few MiB; the link breaks 16 MiB in, with pages still to come.
+            let stream = Breaking {
+                inner: stream,
+                left: 16 << 20,
+            };
+            migrate_in(stream, opts).await
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let r = migrate_out(stream, task.pid, post_copy(&dir), |_| {}).await;
+        (r, target.await.expect("target task"))
+    });
+    assert!(target.is_err(), "the target saw its link break");
+    let err = result.expect_err("the link broke");
+    assert!(matches!(err, LiveError::Thawed { .. }), "{err}");
+    assert!(err.task_untouched(), "{err}");
+    // The restored copy is gone and the original runs again (it burns CPU dirtying memory).
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        dirtiers_serving(&socket),
+        vec![task.pid],
+        "only the original is left"
+    );
+    let t1 = cpu_ticks(task.pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let t2 = cpu_ticks(task.pid);
+    assert!(t2 > t1, "the original runs again: {t1} then {t2} ticks");
+    eprintln!(
+        "link broke while pages moved: {err}; the original ({} steps before) runs on as pid {}",
+        before_steps, task.pid
+    );
+}

@@ -1,0 +1,207 @@
+//! What the process engine does differently for a task brume may checkpoint with CRIU
+//! (`checkpoint = "criu"`), and for a task CRIU restored here.
+//!
+//! Such a task must be restorable on another node, so three things a plain child process gets
+//! would break it. Its files live at the same absolute path on every node ([`super::taskroot`]).
+//! It runs as the init of its own PID namespace (`unshare --pid --fork -- setsid PROGRAM`: util-
+//! linux's own tools, the task is PID 1 there and leads its own session, so CRIU restores its
+//! PIDs inside a fresh namespace and never clashes with the target's). And its stdout and
+//! stderr are one pipe that the engine pumps into `task.log` (`pump`): a regular log file
+//! could not be restored at a different size, while a pipe is handed back by `criu restore
+//! --inherit-fd` under the key [`stdout_key`] read at dump time. It gets no `PR_SET_PDEATHSIG`
+//! (`criu restore` would be its parent, and exits): it may outlive a node killed by SIGKILL.
+//!
+//! A restored task is not the engine's child, so it is watched through `/proc` (`alive`):
+//! gone, a zombie, or a new process under the same PID (another start time) all mean it
+//! exited. Without a reaper of ours, its exit code is unknown.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// `unshare`'s arguments that run `program args` as PID 1 of a new PID namespace, in a new
+/// session.
+pub(crate) fn wrap(program: &Path, args: &[String]) -> Vec<String> {
+    let mut argv = ["--pid", "--fork", "--", "setsid", "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>();
+    argv.push(program.display().to_string());
+    argv.extend(args.iter().cloned());
+    argv
+}
+
+/// The children of `pid` (all its threads'), from `/proc`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The task under `unshare` (its only child), waiting up to `bound` for the fork.
+pub(crate) fn namespace_init(unshare: u32, bound: Duration) -> Option<u32> {
+    let started = Instant::now();
+    loop {
+        if let Some(&pid) = children(unshare).first() {
+            return Some(pid);
+        }
+        if started.elapsed() >= bound {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Field 3 (state) and 22 (start time, in clock ticks since boot) of `/proc/<pid>/stat`.
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The start time of `pid`, which tells it from a later process under the same PID.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, t)| t)
+}
+
+/// Whether `pid` still runs as the process that started at `born` (not a zombie, not reused).
+pub(crate) fn alive(pid: u32, born: Option<u64>) -> bool {
+    match stat(pid) {
+        Some(('Z' | 'X' | 'x', _)) | None => false,
+        Some((_, t)) => born.is_none_or(|b| b == t),
+    }
+}
+
+/// Whether `pid` handles `signal` (bit in SigCgt): a namespace init that does not is immune
+/// to it, so a stop goes straight to SIGKILL.
+pub(crate) fn catches(pid: u32, signal: libc::c_int) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| signal > 0 && mask & (1u64 << (signal - 1)) != 0)
+}
+
+/// Sends `signal` to `pid` (one process: a namespace init takes its namespace with it).
+pub(crate) fn kill(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        if pid > 1 {
+            // SAFETY: kill(2) on one pid; no memory involved.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+}
+
+/// SIGTERM (when the task handles it), up to `grace` for it to go, then SIGKILL; waits
+/// (bounded) until it is gone.
+pub(crate) async fn terminate(pid: u32, born: Option<u64>, grace: Duration) {
+    if catches(pid, libc::SIGTERM) {
+        kill(pid, libc::SIGTERM);
+        let until = Instant::now() + grace;
+        while alive(pid, born) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    if alive(pid, born) {
+        kill(pid, libc::SIGKILL);
+    }
+    let until = Instant::now() + Duration::from_secs(2);
+    while alive(pid, born) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The key CRIU gives the task's stdout (`pipe:[INODE]`), for `--inherit-fd` at restore.
+pub fn stdout_key(pid: u32) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/1")).ok()?;
+    let key = link.to_str()?;
+    key.starts_with("pipe:[").then(|| key.to_string())
+}
+
+/// Appends everything read from `output` to `log` until every writer is gone, on a thread of
+/// its own (a task's output may stall for hours; it should not hold a runtime thread).
+pub(crate) fn pump(output: std::io::PipeReader, log: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("brume-task-log".into())
+        .spawn(move || {
+            let mut output = output;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match output.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                // Opened per write and never created: once the task's files are deleted,
+                // late output goes nowhere instead of recreating the log.
+                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log) {
+                    let _ = f.write_all(&buf[..n]);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the thread that writes a task's log");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_runs_under_unshare_and_setsid() {
+        let argv = wrap(
+            Path::new("/run/brume/tasks/s.t.0/rootfs/relay"),
+            &["-v".into()],
+        );
+        assert_eq!(
+            argv.join(" "),
+            "--pid --fork -- setsid -- /run/brume/tasks/s.t.0/rootfs/relay -v"
+        );
+    }
+
+    #[test]
+    fn proc_tells_a_live_process_from_a_gone_one() {
+        let me = std::process::id();
+        let born = start_time(me);
+        assert!(born.is_some());
+        assert!(alive(me, born));
+        assert!(!alive(me, born.map(|b| b + 1)), "another start time");
+        assert!(!alive(u32::MAX - 1, None));
+    }
+
+    #[test]
+    fn the_pump_copies_output_into_the_log() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("task.log");
+        std::fs::write(&log, b"").expect("log");
+        let (r, mut w) = std::io::pipe().expect("pipe");
+        pump(r, log.clone());
+        w.write_all(b"hello\n").expect("write");
+        drop(w);
+        let until = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&log).unwrap_or_default() != "hello\n" {
+            assert!(Instant::now() < until, "the log never got the output");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

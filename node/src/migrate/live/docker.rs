@@ -1,0 +1,444 @@
+//! The Docker engine's side of a live move: `runc checkpoint` on Docker's runc state dumps the
+//! task's host-network container, and the target restores it as a runc container Docker does
+//! not know, which its engine adopts ([`crate::engine::runc_task`], docs/criu.md).
+
+use super::*;
+
+/// Why this node cannot checkpoint or restore its Docker tasks with runc, if it cannot: runc
+/// missing, or Docker's runc state not where Docker 20.10 keeps it.
+pub(super) fn runc_usable() -> Result<(), String> {
+    let runc = std::process::Command::new("runc")
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output();
+    match runc {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            return Err(
+                "runc is not installed here: Docker tasks move live through `runc checkpoint`"
+                    .to_string(),
+            )
+        }
+    }
+    if !Path::new(DOCKER_RUNC_ROOT).is_dir() {
+        return Err(format!(
+            "Docker's runc state {DOCKER_RUNC_ROOT} is missing (not Docker 20.10's layout?)"
+        ));
+    }
+    Ok(())
+}
+
+/// What the source checkpoints: Docker's own container, or a runc container that an earlier
+/// move restored on this node (so a task moves on as often as it is asked).
+enum Checkpointed {
+    Docker { id: String, summary: TaskSummary },
+    Adopted(RuncTask),
+}
+
+impl Checkpointed {
+    /// The runc root and container id `runc checkpoint` works on.
+    fn runc_state(&self) -> (PathBuf, String) {
+        match self {
+            Checkpointed::Docker { id, .. } => (PathBuf::from(DOCKER_RUNC_ROOT), id.clone()),
+            Checkpointed::Adopted(t) => (t.restore.root.clone(), t.restore.id.clone()),
+        }
+    }
+
+    /// The container's OCI config, as its runtime holds it.
+    fn config(&self) -> PathBuf {
+        match self {
+            Checkpointed::Docker { id, .. } => {
+                Path::new(DOCKER_BUNDLES).join(id).join("config.json")
+            }
+            Checkpointed::Adopted(t) => t.bundle().join("config.json"),
+        }
+    }
+
+    /// Makes the container checkpointable: an adopted one's bundle names a CRIU config with
+    /// `mntns-compat-mode` (its restore needed it), which runc passes to the dump too and CRIU
+    /// refuses there ("only valid on restore"). The config is read only by runc's checkpoint
+    /// and restore, so emptying it changes nothing else.
+    fn ready_for_dump(&self) -> std::io::Result<()> {
+        match self {
+            Checkpointed::Docker { .. } => Ok(()),
+            Checkpointed::Adopted(t) => std::fs::write(t.bundle().join("criu.conf"), ""),
+        }
+    }
+
+    fn summary(&self) -> TaskSummary {
+        match self {
+            Checkpointed::Docker { summary, .. } => summary.clone(),
+            Checkpointed::Adopted(t) => t.summary.clone(),
+        }
+    }
+}
+
+impl Agent {
+    /// The source side of a live move of a Docker-engine instance: pre-copy rounds of `runc
+    /// checkpoint --leave-running` of its container, a final checkpoint that stops it, the
+    /// target restoring a runc container (docs/criu.md). The stopped Docker container is removed
+    /// only once the target took the task; if the target cannot restore it, it comes back here
+    /// as a runc container from a bundle copied while it ran, which the engine adopts.
+    pub(super) async fn move_live_docker(
+        &self,
+        key: &Key,
+        moved: InstanceSpec,
+        dest: &Destination,
+        deadline: Option<Instant>,
+        phases: &mpsc::Sender<Phase>,
+        d: DockerEngine,
+    ) -> AgentReply {
+        let (service, task, replica) = key;
+        let what = format!("{service}/{task}#{replica}");
+        let untouched = |why: String| AgentReply::Refused {
+            reason: format!("{why}; {what} still runs here"),
+        };
+        if let Err(why) = runc_usable() {
+            return untouched(format!("this node cannot move it live: {why}"));
+        }
+        let Some((name, port, call_ports, spec)) = self.lock().get(key).map(|i| {
+            let ports = i.forwarders.iter().map(|f| f.local_addr().port()).collect();
+            (i.name.clone(), i.port, ports, i.spec.clone())
+        }) else {
+            return AgentReply::Refused {
+                reason: format!("{what} does not run on this node"),
+            };
+        };
+        // A Docker container, or a runc container an earlier move restored here.
+        let source = match d.adopted(&name) {
+            Some(t) => Checkpointed::Adopted(t),
+            None => {
+                let summary = match d.summary_of(&name).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return untouched(format!("Docker does not know {name}")),
+                    Err(e) => return untouched(e.to_string()),
+                };
+                match d.container_id(&name).await {
+                    Ok(id) => Checkpointed::Docker { id, summary },
+                    Err(e) => return untouched(e.to_string()),
+                }
+            }
+        };
+        let pid = match d.state(&name).await {
+            Ok(s) if s.state == TaskState::Running => match s.pid {
+                Some(pid) => pid,
+                None => return untouched(format!("{name} runs without a pid")),
+            },
+            Ok(s) => return untouched(format!("{name} is not running ({:?})", s.state)),
+            Err(e) => return untouched(e.to_string()),
+        };
+        if let Err(e) = source.ready_for_dump() {
+            return untouched(format!(
+                "cannot ready its runc bundle for a checkpoint: {e}"
+            ));
+        }
+        let (root, id) = source.runc_state();
+        if !root.join(&id).is_dir() {
+            return untouched(format!(
+                "runc has no state for its container in {}",
+                root.display()
+            ));
+        }
+        // The fallback's bundle, copied while the container runs (Docker unmounts its rootfs
+        // once it stops), and what the target needs to make its own.
+        let fallback = RuncTask::new(source.summary(), "back");
+        let config = source.config();
+        let (bundle_dir, cgroup) = (fallback.bundle().to_path_buf(), fallback.cgroup.clone());
+        let prepared = tokio::task::spawn_blocking(move || {
+            prepare_bundle(&config, &bundle_dir, &cgroup)?;
+            PortableBundle::read(&config)
+        })
+        .await;
+        let discard = |t: RuncTask| tokio::task::spawn_blocking(move || t.remove());
+        let portable = match prepared {
+            Ok(Ok(p)) => p,
+            other => {
+                let _ = discard(fallback.clone()).await;
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                return untouched(format!("cannot prepare its runc bundle: {why}"));
+            }
+        };
+
+        // Docker must not start the container again when the final checkpoint stops it.
+        let no = DockerRestartPolicy {
+            name: Some(bollard::models::RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        };
+        let restart = match &source {
+            Checkpointed::Adopted(_) => None,
+            Checkpointed::Docker { .. } => match d.set_restart(&name, no).await {
+                Ok(old) => old,
+                Err(e) => {
+                    let _ = discard(fallback.clone()).await;
+                    return untouched(format!("cannot lift its restart policy: {e}"));
+                }
+            },
+        };
+        let endpoint = Endpoint::new(service, task, *replica);
+        let hold = self.routes.hold(&endpoint);
+        let held = Instant::now();
+        let open = quiet(pid, QUIET_WAIT).await;
+        if open > 0 {
+            warn!(%what, open, "the task still holds TCP connections; the checkpoint may fail");
+        }
+        let fail = |why: String| {
+            let t = fallback.clone();
+            let (d, name, restart) = (d.clone(), name.clone(), restart.clone());
+            async move {
+                let _ = tokio::task::spawn_blocking(move || t.remove()).await;
+                if let Some(policy) = restart {
+                    if let Err(e) = d.set_restart(&name, policy).await {
+                        warn!(%name, error = %e, "cannot give its restart policy back");
+                    }
+                }
+                untouched(why)
+            }
+        };
+        let Some(stream) =
+            within(deadline, self.overlay.open_stream(dest.peer, LIVE_PROTOCOL)).await
+        else {
+            return fail("the move did not finish within the deadline".to_string()).await;
+        };
+        let mut stream = match stream {
+            Ok(s) => s.compat(),
+            Err(e) => {
+                return fail(format!(
+                    "cannot open a migration stream to {}: {e}",
+                    dest.host
+                ))
+                .await
+            }
+        };
+        let hello = Frame::Hello {
+            spec: moved,
+            port,
+            call_ports,
+            stdout_key: None,
+            bundle: Some(portable),
+        };
+        let answer = within(deadline, async {
+            write_frame(stream.get_mut(), &hello).await?;
+            read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await
+        })
+        .await;
+        match answer {
+            None => return fail("the move did not finish within the deadline".to_string()).await,
+            Some(Ok(Frame::Ready)) => {}
+            Some(Ok(Frame::Refused { reason })) => {
+                return fail(format!("{} refused {what}: {reason}", dest.host)).await
+            }
+            Some(Ok(other)) => return fail(format!("{} answered {other:?}", dest.host)).await,
+            Some(Err(e)) => return fail(format!("talking to {} failed: {e}", dest.host)).await,
+        }
+
+        let mut opts = SourceOptions::new(work_dir("live-out"));
+        opts.network_lock = NetworkLock::Skip;
+        let mut checkpointer = RuncContainer::docker(id.clone());
+        checkpointer.root = root;
+        checkpointer.fallback = Some(fallback.restore.clone());
+        opts.checkpointer = Some(Arc::new(checkpointer));
+        let work_dir = opts.work_dir.clone();
+        let rounds = phases.clone();
+        let out = migrate_out(&mut stream, pid, opts, |r| {
+            let _ = rounds.try_send(round_phase(r));
+        })
+        .await;
+        let _ = std::fs::remove_dir_all(&work_dir);
+        let migrated = match out {
+            Ok(m) => m,
+            Err(e) if e.task_untouched() => {
+                return fail(format!("the live migration to {} failed: {e}", dest.host)).await;
+            }
+            Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
+                // The exited container gives way to the runc container restored here.
+                match &source {
+                    Checkpointed::Docker { .. } => {
+                        if let Err(e) = d.remove_docker_container(&name).await {
+                            warn!(%name, error = %e, "cannot remove the checkpointed Docker container");
+                        }
+                    }
+                    Checkpointed::Adopted(old) => {
+                        let _ = discard(old.clone()).await;
+                    }
+                }
+                let adopted = d.adopt(fallback.clone());
+                drop(hold);
+                return AgentReply::Refused {
+                    reason: match adopted {
+                        Ok(_) => format!(
+                            "the live migration to {} failed after the final checkpoint \
+                             ({cause}); {what} was restored here as a runc container (pid {pid}) \
+                             and runs here again",
+                            dest.host
+                        ),
+                        Err(e) => format!(
+                            "the live migration to {} failed after the final checkpoint \
+                             ({cause}); {what} was restored here as pid {pid}, but the engine \
+                             cannot take it: {e}",
+                            dest.host
+                        ),
+                    },
+                };
+            }
+            Err(e) => {
+                let _ = discard(fallback.clone()).await;
+                self.stop_instance(key).await;
+                return self
+                    .lost(&endpoint, hold, format!("{what} is lost: {e}"))
+                    .await;
+            }
+        };
+        let _ = discard(fallback.clone()).await;
+        self.hand_over(
+            key,
+            endpoint,
+            hold,
+            held,
+            &mut stream,
+            &spec,
+            dest,
+            &migrated,
+            phases,
+            &what,
+            "Docker instance moved live with runc checkpoints",
+        )
+        .await
+    }
+
+    /// The target side of a live move of a Docker-engine task: its rootfs exported from the
+    /// image here, the bundle laid out around it, the checkpoint restored as a runc container
+    /// the engine adopts.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn receive_live_docker(
+        &self,
+        peer: PeerId,
+        mut stream: tokio_util::compat::Compat<Stream>,
+        d: DockerEngine,
+        spec: InstanceSpec,
+        port: u16,
+        call_ports: Vec<u16>,
+        bundle: Option<PortableBundle>,
+    ) {
+        let checked = self
+            .accept_live_spec(&spec)
+            .and_then(|()| runc_usable())
+            .and_then(|()| bundle.ok_or_else(|| "a Docker task comes with its bundle".to_string()));
+        let portable = match checked {
+            Ok(p) => p,
+            Err(reason) => {
+                let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+                return;
+            }
+        };
+        let launch = match self.incoming_launch(peer, &spec, port).await {
+            Ok(l) => l,
+            Err(reason) => {
+                let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+                return;
+            }
+        };
+        let summary = TaskSummary {
+            name: launch.name.clone(),
+            service: spec.service.clone(),
+            task: spec.task.clone(),
+            replica: spec.replica,
+            epoch: spec.epoch,
+            port,
+            state: TaskState::Running,
+        };
+        let runc = RuncTask::new(summary, "in");
+        let discard = |t: RuncTask| tokio::task::spawn_blocking(move || t.remove());
+        let laid_out = async {
+            d.export_rootfs(&launch.image, &runc.bundle().join("rootfs"))
+                .await
+                .map_err(|e| format!("cannot export the image's rootfs: {e}"))?;
+            let (bundle, cgroup) = (runc.bundle().to_path_buf(), runc.cgroup.clone());
+            tokio::task::spawn_blocking(move || portable.lay_out(&bundle, &cgroup))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot lay the runc bundle out: {e}"))
+        }
+        .await;
+        if let Err(reason) = laid_out {
+            let _ = discard(runc.clone()).await;
+            let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+            return;
+        }
+        if write_frame(stream.get_mut(), &Frame::Ready).await.is_err() {
+            let _ = discard(runc.clone()).await;
+            return;
+        }
+        let staging = work_dir("live-in");
+        // runc's work directory of the restore, beside the staging directory (kept when the
+        // restore fails: the error names the CRIU log in it).
+        let runc_work = PathBuf::from(format!("{}.restore.work", staging.display()));
+        let mut opts = TargetOptions::new(staging);
+        opts.network_lock = NetworkLock::Skip;
+        opts.restorer = Some(Arc::new(runc.restore.clone()));
+        opts.store = self.migration_store.get().await;
+        let received = migrate_in(&mut stream, opts).await;
+        let received = match received {
+            Ok(r) => {
+                let _ = std::fs::remove_dir_all(&runc_work);
+                r
+            }
+            Err(e) => {
+                info!(%peer, task = %launch.name, error = %e, "live migration in failed");
+                let _ = discard(runc.clone()).await;
+                return;
+            }
+        };
+        let released = tokio::time::timeout(
+            RELEASE_WAIT,
+            read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME),
+        )
+        .await;
+        let outcome = match released {
+            Ok(Ok(Frame::Released)) => {
+                self.take_restored_docker(&d, spec, &launch, &call_ports, runc.clone())
+                    .await
+            }
+            other => Err(format!(
+                "the source did not release the instance: {other:?}"
+            )),
+        };
+        let reply = match outcome {
+            Ok(instance) => Frame::Adopted { instance },
+            Err(reason) => {
+                warn!(task = %launch.name, pid = received.pid, %reason, "removing a restored container this node cannot take");
+                let _ = d.remove(&launch.name).await;
+                let _ = discard(runc.clone()).await;
+                Frame::Failed { reason }
+            }
+        };
+        let _ = write_frame(stream.get_mut(), &reply).await;
+    }
+
+    /// Makes the restored runc container the instance here (see [`Agent::take_restored`]).
+    async fn take_restored_docker(
+        &self,
+        d: &DockerEngine,
+        spec: InstanceSpec,
+        launch: &crate::engine::LaunchSpec,
+        call_ports: &[u16],
+        runc: RuncTask,
+    ) -> Result<InstanceView, String> {
+        let forwarders = self.bind_forwarders(&spec, call_ports).await?;
+        let pid = d
+            .adopt(runc)
+            .map_err(|e| format!("the engine cannot take it: {e}"))?;
+        Ok(self
+            .install_restored(
+                spec,
+                launch,
+                forwarders,
+                pid,
+                "Docker task restored here as a runc container by a live migration",
+            )
+            .await)
+    }
+}

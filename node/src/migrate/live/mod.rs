@@ -1,0 +1,501 @@
+//! Moving a `checkpoint = "criu"` task live: brume's CRIU pre-copy ([`brume_migration::live`])
+//! over an overlay stream of its own, `/brume/live/1`. On the process engine CRIU dumps the
+//! task's process tree (below); on the Docker engine `runc checkpoint` dumps its host-network
+//! container and the target restores a runc container Docker does not know, which its engine
+//! adopts ([`Agent::move_live_docker`], [`crate::engine::runc_task`], docs/criu.md).
+//!
+//! The task was started checkpointable (fixed path, own PID namespace, output through a pipe:
+//! [`crate::engine::criu_task`]). After the target has fetched the image (`Prepare`), the source
+//! holds the instance's callers and waits (bounded) until the task holds no TCP connection but
+//! its listener, then opens the stream and says what comes (`Hello`: the spec, the
+//! task's port, the ports of its call forwarders and its stdout pipe's key). The target checks
+//! it, lays the files out at the fixed path and answers `Ready`; then the two ends run
+//! `migrate_out` / `migrate_in` on the stream, the source reporting every round as a phase. Once
+//! the target restored the task, the source forgets its own instance (the final dump ended its
+//! process), which frees the forwarder ports, and says `Released`; the target binds its
+//! forwarders on those same ports (the restored task's environment names them), adopts the
+//! restored pid as the instance and answers `Adopted`. The source then routes the instance's
+//! calls to the target, releases them and tells the overlay.
+//!
+//! ```text
+//!  source: hold ─ quiet ─ Hello ──▶ target: check, lay out ─ Ready
+//!          pre-copy rounds ... final dump ──▶ restore (inherit the stdout pipe)
+//!          forget own instance ─ Released ──▶ forwarders on the same ports, adopt ─ Adopted
+//!          route → target, release the hold, tell the overlay
+//! ```
+//!
+//! Chunk store: every migration into the node, on either engine, shares one store of the memory
+//! chunks of the migrations it received before, which the agent owns ([`chunk_store`]:
+//! `<data_dir>/migration-chunks`, at most `migration_cache_mb`, oldest packs evicted first;
+//! [`brume_migration::live::store`]). Round 1 of a pre-copy then sends only the chunks it lacks:
+//! a task coming back, or a replica of a service that already moved here, costs what changed
+//! rather than its whole memory. A store that cannot be opened is logged and the migration goes
+//! on without one; `migration_cache_mb = 0` keeps none.
+//!
+//! Failures: anything before the final dump leaves the task running untouched on the source;
+//! after it, `migrate_out` restores it on the source, whose engine adopts the new pid. A target
+//! that restored the task but cannot take it (its forwarder ports are taken) kills it: the move
+//! then fails with the instance lost, and says so. So does a target that hears no `Released`:
+//! the source may not have heard that the restore succeeded and restored the task itself, and
+//! two copies must never run.
+
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use brume_migration::checkpointer::{
+    prepare_bundle, PortableBundle, RuncContainer, DOCKER_BUNDLES, DOCKER_RUNC_ROOT,
+};
+use brume_migration::criu::{Criu, InheritFd, NetworkLock};
+use brume_migration::live::{
+    migrate_in, migrate_out, LiveError, Migrated, RoundStats, SourceOptions, TargetOptions,
+};
+use brume_overlay::{PeerId, Stream, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tracing::{info, warn};
+
+use super::source::{within, Destination};
+use crate::deploy::agent::{Agent, Instance, Key};
+use crate::deploy::wire::{AgentReply, CheckpointMode, InstanceSpec, InstanceView, Phase};
+use crate::engine::docker::DockerRestartPolicy;
+use crate::engine::runc_task::RuncTask;
+use crate::engine::{
+    criu_task, taskroot, AnyEngine, DockerEngine, Engine, LaunchSpec, ProcessEngine, TaskState,
+    TaskSummary,
+};
+use crate::frames::{read_frame, write_frame};
+use crate::tunnel::{Endpoint, Forwarder, Hold, Route};
+
+pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/live/1");
+
+/// Largest frame of this protocol outside the migration itself.
+const MAX_FRAME: usize = 1 << 20;
+
+/// How long the source waits for the task's connections to close once its callers are held.
+const QUIET_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the target waits for the source to release the forwarder ports.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the target retries binding a forwarder port the source is releasing.
+const BIND_WAIT: Duration = Duration::from_secs(3);
+
+/// Oldest CRIU that dumps TCP listeners on these kernels (docs/criu.md).
+const MIN_CRIU: (u32, u32) = (4, 2);
+
+/// The frames around the migration proper.
+#[derive(Debug, Serialize, Deserialize)]
+enum Frame {
+    /// Source: the instance that comes, where it listens, its forwarders' ports (calls then
+    /// replicas) and its stdout's CRIU key.
+    Hello {
+        spec: InstanceSpec,
+        port: u16,
+        call_ports: Vec<u16>,
+        stdout_key: Option<String>,
+        /// A Docker-engine task's OCI config and bind-mounted files: the target lays its
+        /// runc bundle out around its own export of the image.
+        #[serde(default)]
+        bundle: Option<PortableBundle>,
+    },
+    /// Target: laid out, the migration may start.
+    Ready,
+    Refused {
+        reason: String,
+    },
+    /// Source: its instance is forgotten; the forwarder ports are free.
+    Released,
+    /// Target: the restored task is the instance here.
+    Adopted {
+        instance: InstanceView,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+/// `(major, minor)` of a CRIU version string such as `4.2.1`.
+fn version_of(text: &str) -> Option<(u32, u32)> {
+    let mut parts = text.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().map_or(Some(0), |m| m.parse().ok())?;
+    Some((major, minor))
+}
+
+/// Socket inodes of `pid`'s descriptors.
+fn socket_inodes(pid: u32) -> HashSet<String> {
+    let mut out = HashSet::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            if let Ok(link) = std::fs::read_link(fd.path()) {
+                let link = link.to_string_lossy();
+                if let Some(inode) = link
+                    .strip_prefix("socket:[")
+                    .and_then(|l| l.strip_suffix(']'))
+                {
+                    out.insert(inode.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// How many of `pid`'s TCP sockets are not listeners (CRIU refuses to dump those without
+/// `--tcp-established`, which could not be restored on another host anyway).
+fn open_connections(pid: u32) -> usize {
+    let inodes = socket_inodes(pid);
+    let mut n = 0;
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let (Some(state), Some(inode)) = (f.get(3), f.get(9)) {
+                if *state != "0A" && inodes.contains(*inode) {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Waits (bounded) until `pid` holds no TCP connection; returns how many it still holds.
+async fn quiet(pid: u32, bound: Duration) -> usize {
+    let until = Instant::now() + bound;
+    loop {
+        let n = open_connections(pid);
+        if n == 0 || Instant::now() >= until {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A fresh directory name on tmpfs for one end of one migration.
+fn work_dir(what: &str) -> PathBuf {
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!(
+        "brume-{what}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
+}
+
+/// A pre-copy round as the progress phase the mover prints.
+fn round_phase(r: &RoundStats) -> Phase {
+    Phase::Round {
+        round: r.round,
+        last: r.last,
+        dumped_bytes: r.dumped_bytes,
+        delta_bytes: r.delta_bytes,
+        wire_bytes: r.wire_bytes,
+        round_ms: ms(r.round_time),
+        dump_ms: ms(r.dump),
+        rate: r.progress.as_ref().map_or_else(
+            || (r.wire_bytes as f64 / r.transfer.as_secs_f64().max(1e-6)) as u64,
+            |p| p.rate as u64,
+        ),
+        predicted_downtime_ms: r.progress.as_ref().map(|p| ms(p.predicted_downtime)),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+pub mod chunk_store;
+mod docker;
+mod process;
+
+use docker::runc_usable;
+
+impl Agent {
+    /// Why a live move of `key` cannot even start here, if it cannot.
+    pub(super) fn live_preflight(&self, key: &Key) -> Result<(), String> {
+        let name = self
+            .lock()
+            .get(key)
+            .map(|i| i.name.clone())
+            .ok_or("it does not run here")?;
+        match &*self.engine {
+            AnyEngine::Process(_) => {
+                let p = self.live_engine()?;
+                p.checkpoint_pid(&name).map_err(|e| e.to_string())?;
+            }
+            AnyEngine::Docker(_) => runc_usable()?,
+        }
+        let version = Criu::new()
+            .version()
+            .map_err(|e| format!("CRIU is not usable here: {e}"))?;
+        match version_of(&version) {
+            Some(v) if v >= MIN_CRIU => Ok(()),
+            _ => Err(format!(
+                "criu {version} is too old to dump TCP listeners on this kernel; install criu >= \
+                 {}.{} (scripts/install-criu.sh)",
+                MIN_CRIU.0, MIN_CRIU.1
+            )),
+        }
+    }
+
+    /// The live move of `key` (prepared on `dest` already): see the module comment. `moved` is
+    /// the spec as the target should run it.
+    pub(super) async fn move_live(
+        &self,
+        key: &Key,
+        moved: InstanceSpec,
+        dest: &Destination,
+        deadline: Option<Instant>,
+        phases: &mpsc::Sender<Phase>,
+    ) -> AgentReply {
+        match &*self.engine {
+            AnyEngine::Docker(d) => {
+                self.move_live_docker(key, moved, dest, deadline, phases, d.clone())
+                    .await
+            }
+            AnyEngine::Process(_) => {
+                self.move_live_process(key, moved, dest, deadline, phases)
+                    .await
+            }
+        }
+    }
+
+    /// The target side of a live move, on one `/brume/live/1` stream from `peer`.
+    pub(crate) async fn receive_live(&self, peer: PeerId, stream: Stream) {
+        let mut stream = stream.compat();
+        let hello = match read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(%peer, error = %e, "unreadable live migration request");
+                return;
+            }
+        };
+        let Frame::Hello {
+            spec,
+            port,
+            call_ports,
+            stdout_key,
+            bundle,
+        } = hello
+        else {
+            let reason = "a live migration starts with Hello".to_string();
+            let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+            return;
+        };
+        // One deploy or move at a time: the resource check stays honest.
+        let _one_at_a_time = self.deploying.lock().await;
+        if let AnyEngine::Docker(d) = &*self.engine {
+            let d = d.clone();
+            return self
+                .receive_live_docker(peer, stream, d, spec, port, call_ports, bundle)
+                .await;
+        }
+        self.receive_live_process(peer, stream, spec, port, call_ports, stdout_key, bundle)
+            .await
+    }
+
+    /// The engine-independent half of [`Agent::accept_live`].
+    pub(super) fn accept_live_spec(&self, spec: &InstanceSpec) -> Result<(), String> {
+        spec.check()?;
+        if spec.checkpoint != CheckpointMode::Criu {
+            return Err("only checkpoint = \"criu\" tasks move live".to_string());
+        }
+        let key = (spec.service.clone(), spec.task.clone(), spec.replica);
+        if self.lock().contains_key(&key) {
+            return Err(format!(
+                "{}/{}#{} already runs here",
+                spec.service, spec.task, spec.replica
+            ));
+        }
+        self.room_for(spec)?;
+        Ok(())
+    }
+
+    /// Gives a moving instance up for lost (its task is gone here and nowhere else took it):
+    /// its route goes, the hold ends so held calls fail instead of waiting, and the node's room
+    /// is advertised again.
+    async fn lost(&self, endpoint: &Endpoint, hold: Hold, reason: String) -> AgentReply {
+        self.routes.remove(endpoint);
+        drop(hold);
+        self.readvertise().await;
+        AgentReply::Refused { reason }
+    }
+
+    /// The end of a live move on either engine, once the target restored the task: the
+    /// instance here goes (the final checkpoint ended its process; its forwarders free their
+    /// ports), `Released` lets the target bind them and adopt the task, and only on its
+    /// `Adopted` are the calls routed there, the hold released and the overlay told. A target
+    /// that cannot take the task has killed it: the instance is lost, and the reply says so.
+    #[allow(clippy::too_many_arguments)]
+    async fn hand_over(
+        &self,
+        key: &Key,
+        endpoint: Endpoint,
+        hold: Hold,
+        held: Instant,
+        stream: &mut Compat<Stream>,
+        spec: &InstanceSpec,
+        dest: &Destination,
+        migrated: &Migrated,
+        phases: &mpsc::Sender<Phase>,
+        what: &str,
+        how: &str,
+    ) -> AgentReply {
+        let _ = phases
+            .send(Phase::Restored {
+                downtime_ms: ms(migrated.downtime),
+                restore_ms: ms(migrated.restore),
+                rounds: migrated.rounds.len() as u32,
+                wire_bytes: migrated.wire_bytes,
+            })
+            .await;
+        // The task runs on the target: the instance here (forwarders, files, an exited
+        // container) goes, which frees the forwarder ports.
+        self.stop_instance(key).await;
+        let adopted = async {
+            write_frame(stream.get_mut(), &Frame::Released).await?;
+            read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await
+        };
+        let instance = match tokio::time::timeout(RELEASE_WAIT, adopted).await {
+            Ok(Ok(Frame::Adopted { instance })) => instance,
+            other => {
+                let why = match other {
+                    Ok(Ok(Frame::Failed { reason })) => reason,
+                    Ok(Ok(f)) => format!("it answered {f:?}"),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {RELEASE_WAIT:?}"),
+                };
+                let reason = format!(
+                    "{what} was restored on {} but that node could not take it ({why}); it is \
+                     lost",
+                    dest.host
+                );
+                return self.lost(&endpoint, hold, reason).await;
+            }
+        };
+        let _ = phases.send(Phase::Switching).await;
+        self.routes.set_host_addrs(dest.peer, dest.addrs.clone());
+        self.routes.set(endpoint, Route::Remote { peer: dest.peer });
+        drop(hold);
+        let held_ms = held.elapsed().as_millis() as u64;
+        let told = self
+            .tell_moved(spec, dest.peer, &dest.host, &dest.addrs)
+            .await;
+        self.readvertise().await;
+        info!(%what, to = %dest.host, held_ms, downtime_ms = ms(migrated.downtime),
+              rounds = migrated.rounds.len(), wire_bytes = migrated.wire_bytes, told,
+              "{how}");
+        AgentReply::Migrated {
+            to: dest.peer.to_string(),
+            host: dest.host.clone(),
+            instance,
+            mode: CheckpointMode::Criu.as_str().to_string(),
+            state_bytes: migrated.wire_bytes,
+            held_ms,
+            told,
+        }
+    }
+
+    /// How the incoming instance will run here: its image fetched from `peer` (or already
+    /// here), on the port the restored task listens on.
+    async fn incoming_launch(
+        &self,
+        peer: PeerId,
+        spec: &InstanceSpec,
+        port: u16,
+    ) -> Result<LaunchSpec, String> {
+        let (tx, _rx) = mpsc::channel(64);
+        let image = self.image(peer, spec, &tx).await?;
+        Ok(self.launch_spec(spec, image, spec.env.clone(), port))
+    }
+
+    /// The restored task's call forwarders, on the ports its environment names (the source
+    /// is freeing them: retried for a short while).
+    async fn bind_forwarders(
+        &self,
+        spec: &InstanceSpec,
+        call_ports: &[u16],
+    ) -> Result<Vec<Forwarder>, String> {
+        let until = Instant::now() + BIND_WAIT;
+        loop {
+            match self.forwarders_at(spec, call_ports).await {
+                Ok((f, _)) => return Ok(f),
+                Err(e) if Instant::now() >= until => {
+                    return Err(format!(
+                        "its call forwarders cannot listen where it calls: {e}"
+                    ))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Makes a task the engine took the instance here: its route, its ledger entry.
+    async fn install_restored(
+        &self,
+        spec: InstanceSpec,
+        launch: &LaunchSpec,
+        forwarders: Vec<Forwarder>,
+        pid: u32,
+        how: &str,
+    ) -> InstanceView {
+        let port = launch.port;
+        self.routes.set(
+            Endpoint::new(&spec.service, &spec.task, spec.replica),
+            Route::Local { port },
+        );
+        let view = self.view(&spec, &launch.name, port, "running".into());
+        info!(service = %spec.service, task = %spec.task, replica = spec.replica, port, pid,
+              "{how}");
+        let key = (spec.service.clone(), spec.task.clone(), spec.replica);
+        self.insert_instance(
+            key,
+            Instance {
+                spec,
+                name: launch.name.clone(),
+                port,
+                forwarders,
+            },
+        );
+        self.readvertise().await;
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_versions_are_compared_by_major_and_minor() {
+        assert_eq!(version_of("4.2.1"), Some((4, 2)));
+        assert_eq!(version_of("4.1"), Some((4, 1)));
+        assert_eq!(version_of("5"), Some((5, 0)));
+        assert_eq!(version_of("x"), None);
+        assert!(version_of("4.1.1").is_some_and(|v| v < MIN_CRIU));
+        assert!(version_of("4.10").is_some_and(|v| v >= MIN_CRIU));
+    }
+
+    #[test]
+    fn connections_are_counted_and_listeners_are_not() {
+        // Other tests of this binary may hold connections meanwhile: only a lower bound holds.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _c = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("c");
+        let _s = listener.accept().expect("accept");
+        assert!(
+            open_connections(std::process::id()) >= 2,
+            "both ends are counted"
+        );
+        assert!(!socket_inodes(std::process::id()).is_empty());
+    }
+}

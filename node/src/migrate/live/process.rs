@@ -1,0 +1,304 @@
+//! The process engine's side of a live move: CRIU dumps the task's process tree (started
+//! checkpointable: [`crate::engine::criu_task`]) and restores it on the target, whose engine
+//! adopts the restored pid.
+
+use super::*;
+
+impl Agent {
+    /// The process engine, when this node moves tasks with CRIU; why not otherwise.
+    pub(super) fn live_engine(&self) -> Result<&ProcessEngine, String> {
+        match &*self.engine {
+            AnyEngine::Process(p) => {
+                taskroot::available()
+                    .map_err(|why| format!("this node cannot move it live: {why}"))?;
+                Ok(p)
+            }
+            AnyEngine::Docker(_) => Err("this node runs its tasks on Docker".to_string()),
+        }
+    }
+
+    /// The source side on the process engine: CRIU dumps the task's process tree.
+    pub(super) async fn move_live_process(
+        &self,
+        key: &Key,
+        moved: InstanceSpec,
+        dest: &Destination,
+        deadline: Option<Instant>,
+        phases: &mpsc::Sender<Phase>,
+    ) -> AgentReply {
+        let (service, task, replica) = key;
+        let what = format!("{service}/{task}#{replica}");
+        let untouched = |why: String| AgentReply::Refused {
+            reason: format!("{why}; {what} still runs here"),
+        };
+        let p = match self.live_engine() {
+            Ok(p) => p.clone(),
+            Err(why) => return untouched(why),
+        };
+        let Some((name, port, call_ports, spec)) = self.lock().get(key).map(|i| {
+            let ports = i.forwarders.iter().map(|f| f.local_addr().port()).collect();
+            (i.name.clone(), i.port, ports, i.spec.clone())
+        }) else {
+            return AgentReply::Refused {
+                reason: format!("{what} does not run on this node"),
+            };
+        };
+        let Some(launch) = p.spec_of(&name) else {
+            return untouched(format!("the engine does not know {name}"));
+        };
+
+        let endpoint = Endpoint::new(service, task, *replica);
+        let hold = self.routes.hold(&endpoint);
+        let held = Instant::now();
+        let pid = match p.checkpoint_pid(&name) {
+            Ok(pid) => pid,
+            Err(e) => return untouched(e.to_string()),
+        };
+        let open = quiet(pid, QUIET_WAIT).await;
+        if open > 0 {
+            warn!(%what, open, "the task still holds TCP connections; the dump may fail");
+        }
+        let stdout_key = criu_task::stdout_key(pid);
+        let Some(stream) =
+            within(deadline, self.overlay.open_stream(dest.peer, LIVE_PROTOCOL)).await
+        else {
+            return untouched("the move did not finish within the deadline".to_string());
+        };
+        let mut stream = match stream {
+            Ok(s) => s.compat(),
+            Err(e) => {
+                return untouched(format!(
+                    "cannot open a migration stream to {}: {e}",
+                    dest.host
+                ))
+            }
+        };
+        let hello = Frame::Hello {
+            spec: moved,
+            port,
+            call_ports,
+            stdout_key: stdout_key.clone(),
+            bundle: None,
+        };
+        let answer = within(deadline, async {
+            write_frame(stream.get_mut(), &hello).await?;
+            read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await
+        })
+        .await;
+        match answer {
+            None => return untouched("the move did not finish within the deadline".to_string()),
+            Some(Ok(Frame::Ready)) => {}
+            Some(Ok(Frame::Refused { reason })) => {
+                return untouched(format!("{} refused {what}: {reason}", dest.host))
+            }
+            Some(Ok(other)) => return untouched(format!("{} answered {other:?}", dest.host)),
+            Some(Err(e)) => return untouched(format!("talking to {} failed: {e}", dest.host)),
+        }
+
+        // A pipe for the task's output should it be restored here after all.
+        let (local_out, local_in) = match std::io::pipe() {
+            Ok(p) => p,
+            Err(e) => return untouched(format!("cannot make a pipe: {e}")),
+        };
+        let mut opts = SourceOptions::new(work_dir("live-out"));
+        // Only listeners are dumped (connections are held off): nothing to lock.
+        opts.network_lock = NetworkLock::Skip;
+        if let Some(key) = &stdout_key {
+            opts.restore_inherit_fds = vec![InheritFd {
+                key: key.clone(),
+                fd: local_in.as_raw_fd(),
+            }];
+        }
+        p.set_migrating(&name, true);
+        let work_dir = opts.work_dir.clone();
+        let rounds = phases.clone();
+        let out = migrate_out(&mut stream, pid, opts, |r| {
+            let _ = rounds.try_send(round_phase(r));
+        })
+        .await;
+        drop(local_in);
+        let _ = std::fs::remove_dir_all(&work_dir);
+        let migrated = match out {
+            Ok(m) => m,
+            Err(e) if e.task_untouched() => {
+                p.set_migrating(&name, false);
+                return untouched(format!("the live migration to {} failed: {e}", dest.host));
+            }
+            Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
+                let adopted = p.adopt(&launch, pid, local_out).await;
+                drop(hold);
+                return AgentReply::Refused {
+                    reason: match adopted {
+                        Ok(()) => format!(
+                            "the live migration to {} failed after the final dump ({cause}); \
+                             {what} was restored here (pid {pid}) and runs here again",
+                            dest.host
+                        ),
+                        Err(e) => format!(
+                            "the live migration to {} failed after the final dump ({cause}); \
+                             {what} was restored here as pid {pid}, but the engine cannot \
+                             watch it: {e}",
+                            dest.host
+                        ),
+                    },
+                };
+            }
+            Err(e) => {
+                self.stop_instance(key).await;
+                return self
+                    .lost(&endpoint, hold, format!("{what} is lost: {e}"))
+                    .await;
+            }
+        };
+        self.hand_over(
+            key,
+            endpoint,
+            hold,
+            held,
+            &mut stream,
+            &spec,
+            dest,
+            &migrated,
+            phases,
+            &what,
+            "instance moved live with CRIU",
+        )
+        .await
+    }
+
+    /// The target side on the process engine: CRIU restores the process tree.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn receive_live_process(
+        &self,
+        peer: PeerId,
+        mut stream: Compat<Stream>,
+        spec: InstanceSpec,
+        port: u16,
+        call_ports: Vec<u16>,
+        stdout_key: Option<String>,
+        bundle: Option<PortableBundle>,
+    ) {
+        if bundle.is_some() {
+            // A runc checkpoint of a container needs runc and the image's rootfs here.
+            let reason = "this node runs its tasks as processes and cannot restore a Docker \
+                          container's checkpoint"
+                .to_string();
+            let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+            return;
+        }
+        let p = match self.accept_live(&spec) {
+            Ok(p) => p.clone(),
+            Err(reason) => {
+                let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+                return;
+            }
+        };
+        let launch = match self.incoming_launch(peer, &spec, port).await {
+            Ok(l) => l,
+            Err(reason) => {
+                let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+                return;
+            }
+        };
+        let (out, into_task) = match std::io::pipe() {
+            Ok(pair) => pair,
+            Err(e) => {
+                let reason = format!("cannot make a pipe: {e}");
+                let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+                return;
+            }
+        };
+        if let Err(e) = p.lay_out(&launch).await {
+            p.drop_layout(&launch).await;
+            let reason = format!("cannot lay the task's files out: {e}");
+            let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+            return;
+        }
+        if write_frame(stream.get_mut(), &Frame::Ready).await.is_err() {
+            p.drop_layout(&launch).await;
+            return;
+        }
+        let mut opts = TargetOptions::new(work_dir("live-in"));
+        opts.network_lock = NetworkLock::Skip;
+        opts.pid_namespace = true;
+        opts.store = self.migration_store.get().await;
+        if let Some(key) = stdout_key {
+            opts.inherit_fds = vec![InheritFd {
+                key,
+                fd: into_task.as_raw_fd(),
+            }];
+        }
+        let received = migrate_in(&mut stream, opts).await;
+        drop(into_task);
+        let received = match received {
+            Ok(r) => {
+                if r.from_store > 0 {
+                    info!(task = %launch.name, chunks = r.from_store,
+                          "round 1 took chunks from this node's migration chunk store");
+                }
+                r
+            }
+            Err(e) => {
+                info!(%peer, task = %launch.name, error = %e, "live migration in failed");
+                p.drop_layout(&launch).await;
+                return;
+            }
+        };
+        let released = tokio::time::timeout(
+            RELEASE_WAIT,
+            read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME),
+        )
+        .await;
+        let outcome = match released {
+            Ok(Ok(Frame::Released)) => {
+                self.take_restored(&p, spec, &launch, &call_ports, received.pid, out)
+                    .await
+            }
+            other => Err(format!(
+                "the source did not release the instance: {other:?}"
+            )),
+        };
+        let reply = match outcome {
+            Ok(instance) => Frame::Adopted { instance },
+            Err(reason) => {
+                warn!(task = %launch.name, pid = received.pid, %reason, "killing a restored task this node cannot take");
+                criu_task::kill(received.pid, libc::SIGKILL);
+                p.drop_layout(&launch).await;
+                Frame::Failed { reason }
+            }
+        };
+        let _ = write_frame(stream.get_mut(), &reply).await;
+    }
+
+    /// Whether a live move of `spec` into this node is acceptable, and the engine that takes it.
+    fn accept_live(&self, spec: &InstanceSpec) -> Result<&ProcessEngine, String> {
+        self.accept_live_spec(spec)?;
+        self.live_engine()
+    }
+
+    /// Makes the restored `pid` the instance here: its forwarders on the ports its environment
+    /// names, the engine watching it, its route.
+    async fn take_restored(
+        &self,
+        p: &ProcessEngine,
+        spec: InstanceSpec,
+        launch: &crate::engine::LaunchSpec,
+        call_ports: &[u16],
+        pid: u32,
+        out: std::io::PipeReader,
+    ) -> Result<InstanceView, String> {
+        let forwarders = self.bind_forwarders(&spec, call_ports).await?;
+        p.adopt(launch, pid, out)
+            .await
+            .map_err(|e| format!("the engine cannot take it: {e}"))?;
+        Ok(self
+            .install_restored(
+                spec,
+                launch,
+                forwarders,
+                pid,
+                "task restored here by a live migration",
+            )
+            .await)
+    }
+}
