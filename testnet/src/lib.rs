@@ -18,6 +18,7 @@ pub mod error;
 pub mod netns;
 pub mod pidns;
 pub mod poller;
+pub mod require;
 pub mod router;
 pub mod testbed;
 pub mod tun;
