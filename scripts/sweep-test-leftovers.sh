@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Removes what earlier test runs left behind: Docker containers and images labelled `brume.test`
+# (every test-made container and image carries it), runc containers under the tests' runc roots,
+# network namespaces `brume-<tag>-<n>` whose owning process is gone (`brume-testnet cleanup`
+# keeps those of a run still alive), and test temp dirs older than a day. scripts/test.sh runs it
+# before and after the tests; nothing without the test label or prefix is touched, so a node's
+# real tasks are safe. Prints one line per kind when it removed something.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if command -v docker >/dev/null && docker version >/dev/null 2>&1; then
+  containers=$(docker ps -aq --filter label=brume.test)
+  if [ -n "$containers" ]; then
+    echo "sweep: removing $(wc -w <<<"$containers") leftover test container(s)"
+    docker rm -f $containers >/dev/null 2>&1 || true
+  fi
+  images=$(docker images -q --filter label=brume.test | sort -u)
+  if [ -n "$images" ]; then
+    echo "sweep: removing $(wc -w <<<"$images") leftover test image(s)"
+    docker rmi -f $images >/dev/null 2>&1 || true
+  fi
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+  testnet=target/debug/brume-testnet
+  if [ -x "$testnet" ]; then
+    "$testnet" cleanup 2>&1 | grep -v '^no brume-' | sed 's/^/sweep: /' || true
+  fi
+fi
+
+# Temp dirs of test runs that died before their guards ran (a day old: never a live run's).
+find "${TMPDIR:-/tmp}" /dev/shm -maxdepth 1 -name 'brume-*' -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
+exit 0
