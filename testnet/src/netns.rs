@@ -123,13 +123,18 @@ pub fn list() -> Vec<String> {
     names
 }
 
+/// Opens the named namespace's file (`/run/netns/NAME`), the handle `setns(2)` takes. The file is
+/// opened close-on-exec, so a program started afterwards does not inherit it.
+pub fn open(name: &str) -> std::io::Result<File> {
+    File::open(Path::new(NETNS_DIR).join(name))
+}
+
 /// Moves the *calling thread* into the named namespace. Only call this on a thread of your own
 /// that does nothing else afterwards (see [`run_in`]); sockets and TUN devices it opens stay in
 /// that namespace whichever thread uses them later.
 pub fn enter(name: &str) -> Result<()> {
-    let path = Path::new(NETNS_DIR).join(name);
-    let file = File::open(&path).map_err(|source| Error::Os {
-        what: format!("open {}", path.display()),
+    let file = open(name).map_err(|source| Error::Os {
+        what: format!("open {}", Path::new(NETNS_DIR).join(name).display()),
         source,
     })?;
     // SAFETY: the fd is open for the duration of the call.
@@ -156,15 +161,29 @@ pub fn owner_file(tag: &str) -> PathBuf {
     Path::new(OWNER_DIR).join(format!("{tag}.pid"))
 }
 
-/// Records that this process owns the testbed `tag`.
-pub fn write_owner(tag: &str) -> Result<()> {
+/// Records that this process owns the testbed `tag`, unless a marker for `tag` exists already:
+/// `Ok(false)` then, and the caller picks another tag. The marker appears at once with its
+/// content (written to a private file first, then hard-linked into place, which fails when the
+/// name is taken), so two processes never claim one tag, and a concurrent [`cleanup`] never reads
+/// an empty marker and takes a live testbed for a crashed one.
+pub fn claim_owner(tag: &str) -> Result<bool> {
     let path = owner_file(tag);
-    fs::create_dir_all(OWNER_DIR)
-        .and_then(|()| fs::write(&path, std::process::id().to_string()))
-        .map_err(|source| Error::Os {
-            what: format!("write {}", path.display()),
-            source,
-        })
+    let os = |what: &str, source| Error::Os {
+        what: format!("{what} {}", path.display()),
+        source,
+    };
+    fs::create_dir_all(OWNER_DIR).map_err(|e| os("create the directory of", e))?;
+    let me = std::process::id();
+    // Not `<tag>.pid`: cleanup only reads names ending in `.pid`.
+    let draft = Path::new(OWNER_DIR).join(format!(".{tag}.{me}.draft"));
+    fs::write(&draft, me.to_string()).map_err(|e| os("write a draft of", e))?;
+    let linked = fs::hard_link(&draft, &path);
+    let _ = fs::remove_file(&draft);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(os("create", e)),
+    }
 }
 
 /// Whether the process recorded as the owner of `tag` is still running.

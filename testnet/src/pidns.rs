@@ -45,8 +45,8 @@ mod tests {
 
     #[test]
     fn the_program_is_pid_1_of_its_namespace_and_unshares_child() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: needs root (unshare --pid)");
+        if !crate::require::root("pidns::the_program_is_pid_1_of_its_namespace_and_unshares_child")
+        {
             return;
         }
         let mut cmd = command("sleep");

@@ -2,6 +2,8 @@
 
 use std::ffi::OsStr;
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -75,8 +77,7 @@ impl TestbedBuilder {
         {
             return Err(Error::Invalid(format!("a link rate must be > 0 ({s:?})")));
         }
-        let tag = fresh_tag();
-        netns::write_owner(&tag)?;
+        let tag = claim_tag()?;
         let mut bed = Testbed {
             tag,
             subnet: Subnet::random(),
@@ -110,16 +111,17 @@ impl TestbedBuilder {
     }
 }
 
-/// A tag no live namespace uses.
-fn fresh_tag() -> String {
+/// A tag that no namespace and no other testbed uses, claimed for this process (its owner
+/// marker written). The tag is random: it only names resources and decides nothing a test
+/// checks; the claim is atomic, so testbeds built at once in parallel tests never share one.
+fn claim_tag() -> Result<String> {
     loop {
         let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let taken = Path::new(netns::NETNS_DIR)
+        let used = Path::new(netns::NETNS_DIR)
             .join(netns::name(&tag, 0))
-            .exists()
-            || netns::owner_file(&tag).exists();
-        if !taken {
-            return tag;
+            .exists();
+        if !used && netns::claim_owner(&tag)? {
+            return Ok(tag);
         }
     }
 }
@@ -181,7 +183,8 @@ impl Testbed {
         self.subnet.host(i)
     }
 
-    /// Host `i`'s namespace name (for `ip netns exec` or `ip -n`). Panics if there is no host `i`.
+    /// Host `i`'s namespace name (for `ip -n`, `nsenter --net=/run/netns/<name>` or
+    /// [`netns::enter`]). Panics if there is no host `i`.
     pub fn netns(&self, i: usize) -> &str {
         self.check(i);
         &self.names[i]
@@ -194,16 +197,36 @@ impl Testbed {
         self.rtt_ms[i * self.len() + j]
     }
 
-    /// A command that runs `program` inside host `i` (`ip netns exec <ns> <program>`); add its
-    /// arguments with [`Command::arg`]. Processes still running when the testbed is dropped are
-    /// killed.
+    /// A command that runs `program` inside host `i`'s network namespace; add its arguments with
+    /// [`Command::arg`]. Processes still running when the testbed is dropped are killed.
     ///
-    /// The child enters the namespace (through `ip netns exec`) a moment after it starts;
-    /// dropping the testbed kills what is inside the namespace, so a child spawned an instant
-    /// before the drop may escape it.
+    /// The child enters the namespace itself, between fork and exec (`setns(2)` on
+    /// `/run/netns/<ns>` in a `pre_exec` hook), so once `spawn` (or `output`, `status`) has
+    /// returned the process is inside: a testbed dropped right after the spawn kills it, and
+    /// nothing it does ever happens outside the namespace. If the namespace cannot be opened or
+    /// entered, `spawn` fails with that error and no program runs. Unlike `ip netns exec`, only
+    /// the network namespace changes: `/sys` and `/etc` stay the host's.
     pub fn command(&self, i: usize, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.netns(i)]).arg(program);
+        // Opened now, in the parent: the child must not allocate or touch the file system between
+        // fork and exec. An open failure is kept as its errno and reported by `spawn`.
+        let ns = netns::open(self.netns(i)).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+        let mut cmd = Command::new(program);
+        // SAFETY: the hook runs in the forked child before exec. It only calls setns(2), which is
+        // async-signal-safe, on a descriptor the closure owns (opened close-on-exec, so the
+        // program does not inherit it), and builds an `io::Error` from an errno, which does not
+        // allocate.
+        unsafe {
+            cmd.pre_exec(move || match &ns {
+                Ok(file) => {
+                    if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                }
+                Err(errno) => Err(std::io::Error::from_raw_os_error(*errno)),
+            });
+        }
         cmd
     }
 
