@@ -1,186 +1,259 @@
 #!/usr/bin/env bash
 # Installs CRIU >= 4.2 (checkpoint/restore of processes, used by brume's live migration) and
-# nftables (CRIU's `--network-lock nftables`; these machines have no iptables), idempotently.
+# nftables (CRIU's `--network-lock nftables`), idempotently, without upgrading, downgrading or
+# removing any installed package.
 #
-# Why not bookworm's criu: 3.17 fails on this kernel with a vDSO error. Why not trixie's: 4.1.1
-# cannot dump any process with a TCP/UDP socket on Linux >= 6.16 (`Can't get 1:16 opt`, criu
-# issue #2718, fixed in 4.2), and every brume task listens on a TCP port. So criu comes from sid
-# (4.2.1 when this was written), and the libraries it needs from trixie:
-#   - trixie is an apt source pinned at 100: sid's criu needs libc6 >= 2.38, and trixie's libc6
-#     (2.41) and the core packages around it are the stable way to get that. On a fresh bookworm
-#     the script installs trixie's criu first, which moves libc6 and the core packages around it
-#     to trixie's (12 upgraded and 45 new on a minimal bookworm, 100 upgraded on a full one), then
-#     replaces it with sid's (bookworm's apt cannot do both in one step);
-#   - sid is an apt source pinned at 50 (below trixie): only what is named (`criu/sid`) and what
-#     it strictly needs at a version trixie lacks (libcompel1, libnl-3-200, libnet9) comes from
-#     sid. The script refuses to go on if sid would also bring libc6.
-# See docs/criu.md for what was measured.
+#   install-criu.sh              install if needed (does nothing when criu >= 4.2 works)
+#   install-criu.sh --rebuild    download and build again even if a cached build exists
+#   install-criu.sh --uninstall  remove the files it put under /usr/local and its cache
 #
-# Does nothing when `criu --version` already reports >= 4.2, `criu check` passes and `nft`
-# exists. Needs root (or sudo) otherwise. Safe to run again.
+# Why build it: bookworm's criu 3.17 fails on this kernel (vDSO error); criu 4.1.1 and older
+# (trixie's) cannot dump a process with a TCP socket on Linux >= 6.16 (criu issue #2718, fixed
+# in 4.2); sid's criu 4.2 package needs libc6 >= 2.38, i.e. a partial distribution upgrade. So:
+#   1. the source comes from Debian's source archive: sid's criu source package (the newest,
+#      refused below 4.2), read through a private, throwaway apt configuration under the cache
+#      dir (its own deb-src list, lists and cache; the system's apt sources and state are not
+#      touched); apt checks the .dsc and the upstream tarball against sid's signed Sources
+#      index, and the script checks the tarball against the .dsc's SHA-256 again;
+#   2. the build dependencies come from the machine's own (bookworm) packages through
+#      scripts/apt-no-upgrade.sh, which refuses any plan that would upgrade, downgrade or remove
+#      an installed package; libcap-dev's header (criu needs only <sys/capability.h>, not the
+#      library) is unpacked into the cache instead of installed: bookworm's libcap-dev must be
+#      the same version as the installed libcap2, which a machine's image is often behind;
+#   3. `make criu` (no docs, no GnuTLS, with nftables), `make install-criu` into a staging dir,
+#      copied to /usr/local (criu at /usr/local/sbin/criu); the list of files goes to the cache
+#      dir, and a later run with a cached build takes no download.
+# Cache: ${BRUME_CACHE_DIR:-/var/cache/brume}/criu. Mirror: $BRUME_DEBIAN_MIRROR (default
+# http://deb.debian.org/debian); suite: $BRUME_CRIU_SUITE (default sid). See docs/criu.md.
+#
+# Does nothing when `criu --version` reports >= 4.2, `criu check` passes, criu supports
+# `--network-lock nftables` and `nft` exists. Needs root (re-runs itself through sudo otherwise).
 set -euo pipefail
 
-want_major=4
-want_minor=2
+want=4.2
+suite=${BRUME_CRIU_SUITE:-sid}
+mirror=${BRUME_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+cache=${BRUME_CACHE_DIR:-/var/cache/brume}/criu
+prefix=/usr/local
+here=$(cd "$(dirname "$0")" && pwd)
+
+mode=install
+case "${1:-}" in
+  "") ;;
+  --rebuild) mode=rebuild ;;
+  --uninstall) mode=uninstall ;;
+  *) echo "usage: $0 [--rebuild | --uninstall]" >&2; exit 2 ;;
+esac
+
+say() { echo "install-criu: $*"; }
+die() { echo "install-criu: error: $*" >&2; exit 1; }
 
 sudo=""
-sudo_env=""
-if [ "$(id -u)" -ne 0 ]; then
-  sudo="sudo"
-  sudo_env="sudo -E" # keeps DEBIAN_FRONTEND for apt-get
-fi
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 criu_version() {
-  criu --version 2>/dev/null | sed -n 's/^Version: *//p' | head -n1
+  "${1:-criu}" --version 2>/dev/null | sed -n 's/^Version: *//p' | head -n1
 }
 
-# True when the installed criu is >= $want_major.$want_minor and `criu check` prints "Looks good."
-# (or "Looks good but some kernel features are missing"). Every criu command may also log
-# "rlimit: Can't setup RLIMIT_NOFILE": harmless.
+# True when criu ($1, default the one on PATH) is >= $want, `criu check` prints "Looks good"
+# (also "Looks good but some kernel features are missing") and it can lock the network with
+# nftables. Every criu command may also log "rlimit: Can't setup RLIMIT_NOFILE": harmless.
 criu_ok() {
-  command -v criu >/dev/null || return 1
-  local version major minor rest
-  version=$(criu_version)
-  major=${version%%.*}
-  rest=${version#*.}
-  minor=${rest%%[.-]*}
-  [[ "$major" =~ ^[0-9]+$ && "$minor" =~ ^[0-9]+$ ]] || return 1
-  if [ "$major" -lt "$want_major" ] || { [ "$major" -eq "$want_major" ] && [ "$minor" -lt "$want_minor" ]; }; then
-    return 1
-  fi
-  local check
-  check=$($sudo criu check 2>&1 || true) # captured first: `| grep -q` could SIGPIPE criu under pipefail
-  [[ "$check" == *"Looks good"* ]]
+  local criu=${1:-criu} version check
+  command -v "$criu" >/dev/null || return 1
+  version=$(criu_version "$criu")
+  [ -n "$version" ] && dpkg --compare-versions "$version" ge "$want" || return 1
+  check=$($sudo "$criu" check 2>&1 || true) # captured first: `| grep -q` could SIGPIPE criu under pipefail
+  [[ "$check" == *"Looks good"* ]] || return 1
+  $sudo "$criu" check --feature network_lock_nftables >/dev/null 2>&1
 }
 
-# Writes $1 with the contents of stdin unless it exists; $2 says what it is.
-add_file() {
-  local path=$1 what=$2
-  if [ ! -f "$path" ]; then
-    echo "$what ($path)"
-    $sudo tee "$path" >/dev/null
-  else
-    cat >/dev/null
-  fi
-}
-
-# The installed version of package $1, empty when it is not (fully) installed.
-installed_version() {
-  local line
-  line=$(dpkg-query -W -f='${Status}|${Version}' "$1" 2>/dev/null || true)
-  [[ "$line" == "install ok installed|"* ]] && echo "${line#*|}"
+# The apt sources an older brume added (criu from sid with trixie's libraries).
+old_apt_files() {
+  local f
+  for f in /etc/apt/sources.list.d/brume-sid.sources /etc/apt/sources.list.d/brume-trixie.sources \
+    /etc/apt/preferences.d/brume-sid.pref /etc/apt/preferences.d/brume-trixie.pref; do
+    [ -e "$f" ] && echo "$f"
+  done
   return 0
 }
+old=$(old_apt_files)
+if [ -n "$old" ]; then
+  echo "install-criu: warning: an older brume added Debian sid and trixie as apt sources:" >&2
+  sed 's/^/  /' <<<"$old" >&2
+  echo "  brume no longer needs them (criu is now built from source); remove them with" >&2
+  echo "  'rm $(tr '\n' ' ' <<<"$old")' and then 'apt-get update', or a later" >&2
+  echo "  'apt-get upgrade' may take more packages from trixie. (Packages they brought are left alone.)" >&2
+fi
 
-need_criu=0
-criu_ok || need_criu=1
-need_nft=0
-command -v nft >/dev/null || need_nft=1
-
-if [ "$need_criu" -eq 0 ] && [ "$need_nft" -eq 0 ]; then
-  echo "criu $(criu_version) is installed and 'criu check' passes; nothing to do"
+if [ "$mode" = uninstall ]; then
+  [ -z "$sudo" ] || exec sudo "$0" "$@"
+  if [ -f "$cache/installed-files.txt" ]; then
+    say "removing the files listed in $cache/installed-files.txt"
+    xargs -r -d '\n' rm -fv <"$cache/installed-files.txt"
+    rmdir -p --ignore-fail-on-non-empty "$prefix/include/criu" "$prefix/libexec/criu/scripts" 2>/dev/null || true
+  else
+    say "no $cache/installed-files.txt: nothing of brume's criu under $prefix"
+  fi
+  if [ -f "$cache/packages-added.txt" ]; then
+    say "packages this script added (left installed; 'apt-get remove' them if nothing else needs them):"
+    tr '\n' ' ' <"$cache/packages-added.txt"
+    echo
+  fi
+  say "removing the cache $cache"
+  rm -rf "$cache"
   exit 0
 fi
 
-# A bookworm machine this script (or its 4.1.1 predecessor) ran on reports trixie: base-files
-# comes along with trixie's libc6.
-if ! grep -qE 'VERSION_CODENAME=(bookworm|trixie)' /etc/os-release 2>/dev/null; then
-  echo "warning: this script was written for Debian bookworm; found: $(. /etc/os-release && echo "${PRETTY_NAME:-unknown}")" >&2
+need_criu=1
+[ "$mode" = rebuild ] || ! criu_ok || need_criu=0
+need_nft=0
+command -v nft >/dev/null || need_nft=1
+if [ "$need_criu" -eq 0 ] && [ "$need_nft" -eq 0 ]; then
+  say "criu $(criu_version) ($(command -v criu)) is installed and 'criu check' passes; nothing to do"
+  exit 0
 fi
+[ -z "$sudo" ] || exec sudo "$0" "$@"
 
-export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a
-# Keep local config files on upgrade, take the package's for files never changed: no prompts.
-apt_opts=(-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
 started=$(date +%s)
+mkdir -p "$cache"
+exec 9>"$cache/lock"
+flock 9 # another install-criu.sh (say test.sh and demo.sh at once) waits here
 
-if [ "$need_criu" -eq 1 ]; then
-  if command -v criu >/dev/null; then
-    echo "criu $(criu_version) is installed, but brume needs >= $want_major.$want_minor (older ones cannot dump TCP sockets on Linux >= 6.16) and a passing 'criu check'"
-  fi
-  add_file /etc/apt/sources.list.d/brume-trixie.sources "adding Debian trixie as an apt source" <<'EOF'
-# Added by brume's scripts/install-criu.sh: criu's libraries (libc6 >= 2.38) come from trixie.
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-  add_file /etc/apt/preferences.d/brume-trixie.pref "pinning trixie at priority 100" <<'EOF'
-# Added by brume's scripts/install-criu.sh: take trixie packages only when asked (-t trixie).
-Package: *
-Pin: release n=trixie
-Pin-Priority: 100
-EOF
-  add_file /etc/apt/sources.list.d/brume-sid.sources "adding Debian sid as an apt source" <<'EOF'
-# Added by brume's scripts/install-criu.sh: criu >= 4.2 comes from sid (4.1.1 cannot dump TCP
-# sockets on Linux >= 6.16).
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: sid
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-  add_file /etc/apt/preferences.d/brume-sid.pref "pinning sid at priority 50 (below trixie)" <<'EOF'
-# Added by brume's scripts/install-criu.sh: take sid packages only when named (criu/sid) or
-# needed by one at a version trixie lacks.
-Package: *
-Pin: release n=sid
-Pin-Priority: 50
-EOF
-fi
-
-echo "apt-get update"
-$sudo apt-get update -q
-
+# Build dependencies, all from this machine's own apt sources. criu needs protobuf-c, libnl-3,
+# libnet, libuuid and (for --network-lock nftables) libnftables; libbsd is optional
+# (setproctitle). Each -dev package brings its runtime library, which criu then links to.
+build_deps=(gcc make libc6-dev pkg-config xz-utils protobuf-c-compiler libprotobuf-c-dev
+  protobuf-compiler libprotobuf-dev libnl-3-dev libnet1-dev uuid-dev libnftables-dev)
+optional_deps=(libbsd-dev)
 if [ "$need_nft" -eq 1 ]; then
-  # nftables and libnftables1 must be the same version, and criu needs libnftables1 too. Where
-  # criu's install already brought trixie's libnftables1, bookworm's nftables cannot go beside
-  # it, so take the nftables of the installed libnftables1; otherwise the default release's
-  # (installed before criu, whose libnftables1 (>= 1.0.2) it then also satisfies).
-  nft_lib=$(installed_version libnftables1)
-  echo "installing nftables${nft_lib:+ $nft_lib (the version of the installed libnftables1)}"
-  $sudo_env apt-get install "${apt_opts[@]}" "nftables${nft_lib:+=$nft_lib}"
+  say "installing nftables (nft) from this machine's apt sources"
+  "$here/apt-no-upgrade.sh" --no-recommends --record "$cache/packages-added.txt" nftables ||
+    die "cannot install nftables without changing installed packages"
+fi
+if [ "$need_criu" -eq 0 ]; then
+  say "done in $(($(date +%s) - started)) s"
+  exit 0
+fi
+if command -v criu >/dev/null; then
+  say "criu $(criu_version) at $(command -v criu) is not enough: brume needs >= $want (older ones cannot dump TCP sockets on Linux >= 6.16), a passing 'criu check' and --network-lock nftables"
 fi
 
-if [ "$need_criu" -eq 1 ]; then
-  # Two steps, because bookworm's apt (2.6) cannot do it in one: asked for `-t trixie criu/sid`
-  # on a fresh bookworm, it takes sid's libc6 for criu's `libc6 (>= 2.38)` (the installed 2.36 is
-  # too old) and then gives up on broken dependencies. So, while libc6 is older than 2.38, first
-  # trixie's criu, which brings libc6 and criu's libraries to trixie's versions; then sid's.
-  libc_version=$(installed_version libc6)
-  if [ -z "$libc_version" ] || ! dpkg --compare-versions "$libc_version" ge 2.38; then
-    echo "installing criu from trixie first (this upgrades libc6 and other core packages to trixie's)"
-    $sudo_env apt-get install "${apt_opts[@]}" -t trixie criu
-  fi
-  # criu/sid: criu from sid, and its dependencies from sid only where trixie's are too old;
-  # -t trixie: anything else it needs from trixie, not sid.
-  install=(-t trixie criu/sid)
-  plan=$($sudo apt-get install -s "${apt_opts[@]}" "${install[@]}" 2>&1) || {
-    echo "error: apt cannot install criu from sid here:" >&2
-    echo "$plan" >&2
-    exit 1
-  }
-  from_sid=$(awk '/^Inst / && /Debian:unstable/ {print $2}' <<<"$plan" | tr '\n' ' ')
-  echo "plan: $(grep -E '^[0-9]+ upgraded' <<<"$plan")"
-  echo "from sid: ${from_sid:-nothing}"
-  if [[ " $from_sid " == *" libc6 "* ]]; then
-    echo "error: sid's criu now needs sid's libc6; not moving this machine's libc to unstable." >&2
-    echo "Check 'apt-cache show criu/sid' and update this script (or build criu >= $want_major.$want_minor from source)." >&2
-    exit 1
-  fi
-  echo "installing criu from sid"
-  $sudo_env apt-get install "${apt_opts[@]}" "${install[@]}"
+# A cached build (newest version first), unless --rebuild.
+tree=""
+if [ "$mode" != rebuild ]; then
+  for d in $(printf '%s\n' "$cache"/criu-*/src | sort -rV); do
+    if [ -f "$d/.brume-built" ] && [ -x "$d/criu/criu" ]; then
+      tree=$d
+      say "using the cached build in $tree"
+      break
+    fi
+  done
 fi
 
-if ! command -v criu >/dev/null; then
-  echo "error: criu is still not on PATH after installing it; see the apt output above" >&2
-  exit 1
+if [ -z "$tree" ]; then
+  # 1. The source, through a private apt configuration: nothing in /etc/apt or /var/lib/apt.
+  apt_dir="$cache/apt"
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/state"
+  cat >"$apt_dir/$suite.sources" <<EOF
+# Written by brume's scripts/install-criu.sh: criu's source package, read only by that script.
+Types: deb-src
+URIs: $mirror
+Suites: $suite
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+  apt_private=(-o "Dir::Etc::sourcelist=$apt_dir/$suite.sources" -o Dir::Etc::sourceparts=-
+    -o "Dir::State=$apt_dir/state" -o "Dir::State::Lists=$apt_dir/lists"
+    -o Dir::State::status=/var/lib/dpkg/status -o "Dir::Cache=$apt_dir/cache")
+  say "reading Debian $suite's source index ($mirror, private apt lists in $apt_dir)"
+  # apt-get update exits 0 when a download fails; its "W: Failed to fetch" says so.
+  if ! out=$(apt-get "${apt_private[@]}" update 2>&1) || grep -qE '^(E: |W: (Failed|Some index))' <<<"$out"; then
+    echo "$out" >&2
+    die "could not read $suite's Sources index from $mirror (set BRUME_DEBIAN_MIRROR to another Debian mirror?)"
+  fi
+  version=$(apt-cache "${apt_private[@]}" showsrc --only-source criu 2>/dev/null |
+    sed -n 's/^Version: *//p' | sort -V | tail -n1)
+  [ -n "$version" ] || die "Debian $suite has no criu source package"
+  upstream=${version#*:}
+  upstream=${upstream%-*}
+  if ! dpkg --compare-versions "$upstream" ge "$want"; then
+    die "Debian $suite has criu $version, older than $want (criu < $want cannot dump TCP sockets on Linux >= 6.16); try BRUME_CRIU_SUITE=experimental"
+  fi
+  dir="$cache/criu-$upstream"
+  mkdir -p "$dir/dl"
+  chown _apt:root "$dir/dl" 2>/dev/null || true # apt downloads as _apt
+  say "downloading criu $version's source (.dsc and upstream tarball) into $dir/dl"
+  # --dsc-only, then --tar-only: the upstream tarball only; the Debian packaging (debian.tar.xz)
+  # is not needed to build criu itself (and a mirror may not carry it).
+  (cd "$dir/dl" &&
+    apt-get "${apt_private[@]}" -q source --dsc-only "criu=$version" >/dev/null &&
+    apt-get "${apt_private[@]}" -q source --tar-only "criu=$version" >/dev/null) ||
+    die "could not download criu $version's source from $mirror"
+  dsc="$dir/dl/criu_${version#*:}.dsc"
+  [ -f "$dsc" ] || die "$dsc is missing after the download"
+  orig=$(awk '/^Checksums-Sha256:/ {s=1; next} /^[^ ]/ {s=0} s && $3 ~ /\.orig\.tar\./ {print $3}' "$dsc" | grep -v '\.asc$' | head -n1)
+  sum=$(awk -v f="$orig" '/^Checksums-Sha256:/ {s=1; next} /^[^ ]/ {s=0} s && $3 == f {print $1}' "$dsc")
+  [ -n "$orig" ] && [ -n "$sum" ] || die "no upstream tarball listed in $dsc"
+  echo "$sum  $dir/dl/$orig" | sha256sum --check --quiet >/dev/null 2>&1 ||
+    die "$orig does not match the SHA-256 in $dsc"
+  say "verified $orig (SHA-256 $sum, as listed in the .dsc, which apt checked against $suite's signed index)"
+  tree="$dir/src"
+  rm -rf "$tree" "$dir/stage"
+  mkdir -p "$tree"
+  tar -xf "$dir/dl/$orig" -C "$tree" --strip-components=1
 fi
-echo "installed: criu $(criu_version)"
-if ! criu_ok; then
-  echo "error: criu is installed but is not >= $want_major.$want_minor or 'criu check' fails:" >&2
-  $sudo criu check >&2 || true
-  exit 1
+dir=$(dirname "$tree")
+upstream=${dir##*/criu-}
+
+# 2. Build dependencies (also the runtime libraries of a cached build).
+say "checking the build dependencies"
+"$here/apt-no-upgrade.sh" --no-recommends --record "$cache/packages-added.txt" \
+  "${build_deps[@]}" --optional "${optional_deps[@]}" ||
+  die "cannot install criu's build dependencies without changing installed packages"
+cflags=""
+if [ ! -f /usr/include/sys/capability.h ]; then
+  cap="$cache/libcap-dev"
+  if [ ! -f "$cap/usr/include/sys/capability.h" ]; then
+    say "unpacking libcap-dev's headers into $cap (criu needs only <sys/capability.h>)"
+    rm -rf "$cap"
+    mkdir -p "$cap/dl"
+    chown _apt:root "$cap/dl" 2>/dev/null || true
+    (cd "$cap/dl" && apt-get -q download libcap-dev >/dev/null) || die "could not download libcap-dev"
+    dpkg-deb -x "$cap"/dl/libcap-dev_*.deb "$cap"
+  fi
+  cflags="-I$cap/usr/include"
 fi
-echo "criu check: $($sudo criu check 2>&1 | grep 'Looks good')"
-echo "install took $(($(date +%s) - started)) s"
+
+# 3. Build (or reuse) and install.
+if [ ! -f "$tree/.brume-built" ] || [ ! -x "$tree/criu/criu" ]; then
+  say "building criu $upstream in $tree (make -j2 criu; log: $dir/build.log)"
+  build_started=$(date +%s)
+  if ! make -C "$tree" -j2 PREFIX="$prefix" NO_GNUTLS=1 USERCFLAGS="$cflags" criu >"$dir/build.log" 2>&1; then
+    tail -n 30 "$dir/build.log" >&2
+    die "criu $upstream failed to build; full log: $dir/build.log"
+  fi
+  grep -E '^(Note|Warn):' "$dir/build.log" | sed 's/^/  /' || true
+  say "built criu $upstream in $(($(date +%s) - build_started)) s"
+  touch "$tree/.brume-built"
+fi
+stage="$dir/stage"
+rm -rf "$stage"
+make -C "$tree" PREFIX="$prefix" NO_GNUTLS=1 USERCFLAGS="$cflags" DESTDIR="$stage" install-criu >>"$dir/build.log" 2>&1 ||
+  die "make install-criu failed; log: $dir/build.log"
+(cd "$stage" && find . -type f -o -type l) | sed 's|^\.||' | sort >"$cache/installed-files.txt"
+say "installing under $prefix: $(tr '\n' ' ' <"$cache/installed-files.txt")"
+cp -a --remove-destination "$stage$prefix/." "$prefix/"
+sort -u -o "$cache/packages-added.txt" "$cache/packages-added.txt" 2>/dev/null || true
+
+criu="$prefix/sbin/criu"
+if ! criu_ok "$criu"; then
+  "$criu" check >&2 || true
+  die "$criu ($(criu_version "$criu")) is installed, but 'criu check' or 'criu check --feature network_lock_nftables' fails"
+fi
+on_path=$(command -v criu || true)
+if [ "$on_path" != "$criu" ]; then
+  echo "install-criu: warning: 'criu' on PATH is ${on_path:-missing}, not $criu; put $prefix/sbin first in PATH" >&2
+fi
+say "installed criu $(criu_version "$criu") at $criu; criu check: $("$criu" check 2>&1 | grep 'Looks good')"
+say "done in $(($(date +%s) - started)) s"

@@ -12,11 +12,10 @@ command -v dot >/dev/null || need+=(graphviz)
 command -v ip >/dev/null || need+=(iproute2)        # network namespaces for the testbed
 command -v ping >/dev/null || need+=(iputils-ping)
 if ((${#need[@]})); then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # From this machine's own apt sources, refusing any plan that upgrades, downgrades or removes
+  # an installed package.
   echo "installing: ${need[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  "$(dirname "$0")/apt-no-upgrade.sh" "${need[@]}"
 fi
 
 if ! command -v cargo >/dev/null; then
@@ -26,7 +25,7 @@ fi
 if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
-"$(dirname "$0")/install-criu.sh"   # CRIU >= 4.2 (sid, libraries from trixie), nftables (live migration)
+"$(dirname "$0")/install-criu.sh"   # CRIU >= 4.2 built from Debian's source under /usr/local, nftables (live migration)
 
 # Post-copy (CRIU lazy pages): the page server grows a pipe to 4 MiB, and root here lacks
 # CAP_SYS_RESOURCE, so fs.pipe-max-size must allow it (docs/criu.md). Raised, never lowered.
