@@ -1,14 +1,23 @@
-//! Real libp2p nodes on loopback (TCP + noise + yamux), every port chosen by the kernel.
+//! Real libp2p nodes on loopback (TCP + noise + yamux), every port chosen by the kernel except
+//! the one a restarting node must keep.
 //!
-//! * eight nodes join, each through a different earlier node; each is in some other node's peer
-//!   table within 1 s of starting, the overlay graph ends connected and a map from every node
-//!   holds all eight;
-//! * a peer sending malformed and oversized frames on `/brume/map/2` is scored down and dropped,
-//!   nothing panics;
-//! * a map with a node killed while it runs ends within its budget plus grace;
+//! * eight nodes join, each through a different earlier node; each shows up in some other node's
+//!   peer table, the overlay graph ends connected and a map from every node holds exactly the
+//!   eight;
+//! * a peer sending malformed and oversized frames on `/brume/map/2` is scored down by exactly the
+//!   penalties and dropped, nothing panics;
+//! * a map with a node killed while it runs still ends, and later maps hold exactly the survivors;
 //! * a bulk stream moves bytes;
 //! * a node that loses every peer rejoins through an address it remembers (not its bootstrap)
 //!   when that peer comes back.
+//!
+//! These tests assert what the code must do, never how fast: every wait is a liveness bound of
+//! [`PATIENCE`] (far beyond what a loaded two-core machine needs) that reports the last state it
+//! saw. How long things took is printed (`-- --nocapture`). That a map ends by its budget plus
+//! grace is the sans-IO core's promise, checked in simulated time in `tests/sim.rs`.
+//!
+//! Node identities (which also seed each node's membership choices) come from one seed, printed
+//! at the start of every test; `BRUME_TEST_SEED=<n>` replays a run's.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -21,6 +30,52 @@ use tokio::task::JoinHandle;
 
 type Task = JoinHandle<Result<(), OverlayError>>;
 
+/// How long any awaited condition may take before the test fails: a liveness bound.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The seed of every identity in these tests: `BRUME_TEST_SEED`, or a fixed default.
+fn test_seed() -> u64 {
+    std::env::var("BRUME_TEST_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0x6272_756d_6531)
+}
+
+/// Identities of one test's nodes: node `i` of test `test` always gets the same key for a seed,
+/// and no two nodes of the suite share one. (Two runs of the suite at once would have the same
+/// keys, and a node dialling a stale address could then reach the other run's twin; runs do not
+/// overlap: scripts/test.sh holds a lock, one run per machine.)
+struct Identities {
+    test: &'static str,
+    seed: u64,
+}
+
+impl Identities {
+    /// Prints the seed (shown with the output of a failing test) and returns the test's keys.
+    fn new(test: &'static str) -> Identities {
+        let seed = test_seed();
+        eprintln!("{test}: BRUME_TEST_SEED={seed}");
+        Identities { test, seed }
+    }
+
+    /// The identity of node `i` (splitmix64 over the seed, the test's name and `i`).
+    fn node(&self, i: u64) -> brume_overlay::Identity {
+        let name = self.test.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let mut state = self.seed ^ name ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut key = [0u8; 32];
+        for chunk in key.chunks_mut(8) {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        brume_overlay::Identity::Seed(key)
+    }
+}
+
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -31,28 +86,59 @@ fn init_tracing() {
         .try_init();
 }
 
-fn config(bootstrap: Vec<Multiaddr>) -> OverlayConfig {
+/// A node on loopback (port 0: the node binds its own port and reports it) with fast periods.
+/// Timeouts are not shortened: on a loaded machine a short one only turns a slow answer into a
+/// retry.
+fn config(identity: brume_overlay::Identity, bootstrap: Vec<Multiaddr>) -> OverlayConfig {
     OverlayConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap,
         min_degree: 3,
         max_degree: 6,
+        identity,
         timings: Timings {
             ping_interval: Duration::from_millis(200),
             state_interval: Duration::from_millis(300),
             shuffle_interval: Duration::from_millis(500),
             maintain_interval: Duration::from_millis(100),
-            request_timeout: Duration::from_secs(2),
+            listen_timeout: PATIENCE,
             ..Timings::default()
         },
         ..OverlayConfig::default()
     }
 }
 
+/// Polls `probe` every 20 ms until it returns `Ok` (the condition holds, with what it found),
+/// at most [`PATIENCE`]; fails with `what` and the last state `probe` described in its `Err`.
+async fn wait_until<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        let state = match probe().await {
+            Ok(found) => return found,
+            Err(state) => state,
+        };
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{what}: not within {PATIENCE:?}; last seen: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn short(p: &PeerId) -> String {
+    let s = p.to_string();
+    s[s.len() - 6..].to_string()
+}
+
 /// Starts `n` nodes, node `i > 0` joining through node `i - 1` (a chain: every join goes through
-/// a different member). Returns the handles, tasks and, per node, how long after its start it
-/// first appeared in another node's peer table.
-async fn start_chain(n: usize) -> (Vec<OverlayHandle>, Vec<Task>, Vec<Duration>) {
+/// a different member), each once the one before is in some other node's peer table. Returns the
+/// handles, tasks and, per node, how long after its start it first appeared in another node's
+/// peer table (printed, not asserted).
+async fn start_chain(ids: &Identities, n: usize) -> (Vec<OverlayHandle>, Vec<Task>, Vec<Duration>) {
     let mut handles: Vec<OverlayHandle> = Vec::new();
     let mut tasks = Vec::new();
     let mut seen_after = Vec::new();
@@ -62,7 +148,9 @@ async fn start_chain(n: usize) -> (Vec<OverlayHandle>, Vec<Task>, Vec<Duration>)
             None => Vec::new(),
         };
         let started = Instant::now();
-        let (h, t) = Overlay::spawn(config(boot)).await.unwrap();
+        let (h, t) = Overlay::spawn(config(ids.node(i as u64), boot))
+            .await
+            .unwrap();
         let addrs = h.listen_addrs().await.unwrap();
         assert!(!addrs.is_empty());
         assert!(addrs
@@ -70,23 +158,22 @@ async fn start_chain(n: usize) -> (Vec<OverlayHandle>, Vec<Task>, Vec<Duration>)
             .all(|a| !a.to_string().contains("/tcp/0/") && a.to_string().contains("/p2p/")));
         if i > 0 {
             let me = h.peer_id();
-            loop {
-                let mut found = false;
-                for other in &handles {
-                    if other.peers().await.unwrap().iter().any(|p| p.peer_id == me) {
-                        found = true;
-                        break;
+            let others = &handles;
+            wait_until(
+                &format!("node {i} in another node's peer table"),
+                || async move {
+                    let mut degrees = Vec::new();
+                    for other in others {
+                        let peers = other.peers().await.unwrap();
+                        if peers.iter().any(|p| p.peer_id == me) {
+                            return Ok(());
+                        }
+                        degrees.push(peers.len());
                     }
-                }
-                if found {
-                    break;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(1),
-                    "node {i} is in no other node's peer table 1 s after starting"
-                );
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+                    Err(format!("degrees of the earlier nodes {degrees:?}"))
+                },
+            )
+            .await;
             seen_after.push(started.elapsed());
         }
         handles.push(h);
@@ -95,21 +182,22 @@ async fn start_chain(n: usize) -> (Vec<OverlayHandle>, Vec<Task>, Vec<Duration>)
     (handles, tasks, seen_after)
 }
 
-/// The overlay graph from every node's peer table: connected, and every peer has an RTT.
-async fn wait_settled(
-    handles: &[OverlayHandle],
-    deadline: Duration,
-) -> HashMap<PeerId, Vec<PeerId>> {
-    let start = Instant::now();
-    loop {
+/// Waits until the overlay graph from every node's peer table is connected and every peer has an
+/// RTT and a coordinate; returns the graph.
+async fn wait_settled(handles: &[OverlayHandle]) -> HashMap<PeerId, Vec<PeerId>> {
+    wait_until("overlay connected with RTTs", || async move {
         let mut graph = HashMap::new();
-        let mut all_rtt = true;
-        for h in handles {
+        let mut missing = Vec::new();
+        for (i, h) in handles.iter().enumerate() {
             let peers = h.peers().await.unwrap();
-            all_rtt &= !peers.is_empty()
-                && peers
-                    .iter()
-                    .all(|p| p.srtt_ms.is_some() && p.coord.is_some());
+            if peers.is_empty() {
+                missing.push(format!("node {i} has no peer"));
+            }
+            for p in &peers {
+                if p.srtt_ms.is_none() || p.coord.is_none() {
+                    missing.push(format!("node {i}: {} without RTT/coord", short(&p.peer_id)));
+                }
+            }
             graph.insert(
                 h.peer_id(),
                 peers.iter().map(|p| p.peer_id).collect::<Vec<_>>(),
@@ -125,17 +213,52 @@ async fn wait_settled(
                 }
             }
         }
-        if all_rtt && seen.len() == handles.len() {
-            return graph;
+        if missing.is_empty() && seen.len() == handles.len() {
+            Ok(graph)
+        } else {
+            Err(format!(
+                "reached {} of {} from node 0; {missing:?}",
+                seen.len(),
+                handles.len()
+            ))
         }
-        assert!(
-            start.elapsed() < deadline,
-            "overlay not connected with RTTs after {deadline:?}: reached {} of {}",
-            seen.len(),
-            handles.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
+}
+
+/// Maps from `h` (fresh, not from the cache) until the map holds exactly `want` and is complete;
+/// returns that map's outcome and how many maps it took. A map may miss a node while links change
+/// (a node above its maximum degree trims, one below its target dials, and a fresh link has no
+/// RTT yet, so a map does not cross it); a node outside `want` in any map fails at once.
+async fn map_until_exactly(
+    h: &OverlayHandle,
+    budget: Duration,
+    want: &BTreeSet<NodeId>,
+    never: &[NodeId],
+) -> (brume_overlay::MapOutcome, usize) {
+    let mut tries = 0;
+    let out = wait_until(
+        &format!("a complete map from {} holding {want:?}", h.node_id()),
+        || {
+            tries += 1;
+            async move {
+                let out = h.map_with(budget, true).await.unwrap();
+                let ids: BTreeSet<NodeId> = out.map.ids().into_iter().collect();
+                assert!(
+                    never.iter().all(|n| !ids.contains(n)),
+                    "map from {} holds a node that must not be there ({never:?}): {ids:?}",
+                    h.node_id()
+                );
+                if ids == *want && out.complete {
+                    Ok(out)
+                } else {
+                    Err(format!("{ids:?} (complete: {})", out.complete))
+                }
+            }
+        },
+    )
+    .await;
+    (out, tries)
 }
 
 async fn stop(handles: Vec<OverlayHandle>, tasks: Vec<Task>) {
@@ -143,65 +266,42 @@ async fn stop(handles: Vec<OverlayHandle>, tasks: Vec<Task>) {
         let _ = h.shutdown().await;
     }
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        let _ = tokio::time::timeout(PATIENCE, t).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_nodes_join_through_one_another_and_map_each_other() {
     init_tracing();
+    let ids = Identities::new("eight_nodes_join_through_one_another_and_map_each_other");
     let t0 = Instant::now();
-    let (handles, tasks, seen_after) = start_chain(8).await;
+    let (handles, tasks, seen_after) = start_chain(&ids, 8).await;
     let all: BTreeSet<NodeId> = handles.iter().map(|h| h.node_id()).collect();
     assert_eq!(all.len(), 8);
-    let max_seen = seen_after.iter().max().copied().unwrap_or_default();
-    let graph = wait_settled(&handles, Duration::from_secs(10)).await;
+    let graph = wait_settled(&handles).await;
     let settled = t0.elapsed();
     let degrees: Vec<usize> = handles.iter().map(|h| graph[&h.peer_id()].len()).collect();
-    // The overlay is connected with RTTs, but its links still change (a node above its maximum
-    // degree trims, one below its target dials, and a fresh link has no RTT yet, so a map does
-    // not cross it): a map may miss a node while that happens. Every node's map must hold all
-    // eight within a few seconds; how many tries it took is printed.
     let mut map_times = Vec::new();
     let mut tries = Vec::new();
     for h in &handles {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut n = 0;
-        let out = loop {
-            n += 1;
-            let out = h.map_with(Duration::from_millis(1000), true).await.unwrap();
-            let ids: BTreeSet<NodeId> = out.map.ids().into_iter().collect();
-            if ids == all && out.complete {
-                break out;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "map from {} still misses nodes after {n} tries: {ids:?} (complete: {})",
-                h.node_id(),
-                out.complete
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let (out, n) = map_until_exactly(h, Duration::from_millis(1000), &all, &[]).await;
         assert!(!out.map.links.is_empty());
         map_times.push(out.elapsed);
         tries.push(n);
     }
     // A node may sit above its maximum degree between an inbound connection and its next trim
     // (every 100 ms here); it must come back within the bounds.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        let status = handles[3].status().await.unwrap();
+    let node3 = &handles[3];
+    wait_until("node 3's degree back within 1..=6", || async move {
+        let status = node3.status().await.unwrap();
+        assert!(status.coordinate.is_finite(), "{status:?}");
         if (1..=6).contains(&status.degree) {
-            break status;
+            Ok(())
+        } else {
+            Err(format!("degree {}", status.degree))
         }
-        assert!(
-            Instant::now() < deadline,
-            "node 3's degree {} stays outside 1..=6",
-            status.degree
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.coordinate.is_finite());
+    })
+    .await;
     let srtts: Vec<String> = handles[0]
         .peers()
         .await
@@ -211,10 +311,9 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
         .collect();
     eprintln!("node 0's peers' ping SRTT (ms): {srtts:?}");
     eprintln!(
-        "8 nodes: each seen by another node after {:?} (max {max_seen:?}); overlay connected with \
-         RTTs {settled:?} after the first start; degrees {degrees:?}; map times {map_times:?}; \
-         tries per map {tries:?}",
-        seen_after
+        "8 nodes: each seen by another node after {seen_after:?}; overlay connected with RTTs \
+         {settled:?} after the first start; degrees {degrees:?}; map times {map_times:?}; tries \
+         per map {tries:?}"
     );
     stop(handles, tasks).await;
 }
@@ -222,11 +321,21 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped() {
     init_tracing();
-    let (victim, task) = Overlay::spawn(config(Vec::new())).await.unwrap();
+    let ids =
+        Identities::new("garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped");
+    let (victim, task) = Overlay::spawn(config(ids.node(0), Vec::new()))
+        .await
+        .unwrap();
     let victim_addr = victim.listen_addrs().await.unwrap()[0].clone();
 
     // A bare libp2p peer that speaks no brume protocol but writes bad frames on /brume/map/2.
-    let mut evil = libp2p::SwarmBuilder::with_new_identity()
+    let evil_key = match ids.node(1) {
+        brume_overlay::Identity::Seed(k) => {
+            libp2p::identity::Keypair::ed25519_from_bytes(k).unwrap()
+        }
+        _ => unreachable!("Identities gives seeds"),
+    };
+    let mut evil = libp2p::SwarmBuilder::with_existing_identity(evil_key)
         .with_tokio()
         .with_tcp(
             libp2p::tcp::Config::default(),
@@ -236,7 +345,7 @@ async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped(
         .unwrap()
         .with_behaviour(|_| libp2p_stream::Behaviour::new())
         .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
     let evil_id = *evil.local_peer_id();
     let mut control = evil.behaviour().new_control();
@@ -260,15 +369,13 @@ async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped(
             .map(|p| p.score)
     };
 
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(5),
-        control.open_stream(victim_id, proto.clone()),
-    )
-    .await
-    .expect("stream opens in time")
-    .expect("the victim accepts /brume/map/2");
+    let mut s = tokio::time::timeout(PATIENCE, control.open_stream(victim_id, proto.clone()))
+        .await
+        .expect("stream opens in time")
+        .expect("the victim accepts /brume/map/2");
     // Two malformed frames (-20 each), then a length header far over the limit (-30): the
-    // score goes 100 -> 80 -> 60 -> 30, below the ban threshold of 50.
+    // score goes 100 -> 80 -> 60 -> 30, below the ban threshold of 50. Each frame is sent only
+    // once the victim has judged the one before, so every score is exact.
     let mut scores = Vec::new();
     for (round, expected) in [(0u32, 80.0), (1, 60.0), (2, 30.0)] {
         if round < 2 {
@@ -281,22 +388,20 @@ async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped(
         }
         s.flush().await.unwrap();
         // Wait until the victim has judged this frame.
-        let start = Instant::now();
-        loop {
+        let victim = &victim;
+        let score = wait_until(&format!("bad frame {round} scored"), || async move {
             let score = score_of(victim.peers().await.unwrap());
             if score.is_none_or(|s| s <= expected) {
-                scores.push(score);
-                break;
+                Ok(score)
+            } else {
+                Err(format!("score {score:?}"))
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "bad frame {round} not scored (score {score:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        })
+        .await;
+        scores.push(score);
     }
     // The victim drops the connection to the banned sender.
-    tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
+    tokio::time::timeout(PATIENCE, closed_rx.recv())
         .await
         .expect("the victim closes the connection to the garbage sender");
     assert_eq!(score_of(victim.peers().await.unwrap()), None);
@@ -312,60 +417,85 @@ async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_map_with_a_node_killed_midway_ends_within_budget_plus_grace() {
+async fn a_map_with_a_node_killed_midway_still_ends_and_later_maps_hold_the_survivors() {
     init_tracing();
+    let ids = Identities::new(
+        "a_map_with_a_node_killed_midway_still_ends_and_later_maps_hold_the_survivors",
+    );
     // Six nodes: enough for a tree with a middle, and lighter on a shared two-core machine
     // while the eight-node test runs in parallel.
-    let (handles, mut tasks, _) = start_chain(6).await;
-    wait_settled(&handles, Duration::from_secs(10)).await;
+    let (handles, mut tasks, _) = start_chain(&ids, 6).await;
+    wait_settled(&handles).await;
     let budget = Duration::from_millis(400);
-    // Grace is max(2 ms, 10 % of the budget); allow a little scheduling slack on a busy machine.
-    let bound = budget + Duration::from_millis(40) + Duration::from_millis(250);
     let origin = handles[0].clone();
     // A node in the middle of the chain the nodes joined along.
     let victim = 3;
+    let victim_id = handles[victim].node_id();
+    let victim_peer = handles[victim].peer_id();
     let map = tokio::spawn(async move { origin.map_outcome(budget).await });
     // Kill a node while the map runs: its task (and swarm, and sockets) disappear at once.
     tasks[victim].abort();
     let started = Instant::now();
-    let out = tokio::time::timeout(bound + Duration::from_secs(1), map)
+    // The map must end (its deadline is the core's, checked in simulated time in sim.rs; here
+    // only that a dead node cannot stall it).
+    let out = tokio::time::timeout(PATIENCE, map)
         .await
-        .expect("the map ends")
+        .expect("the map with a node killed midway never ended")
         .unwrap()
         .unwrap();
-    let took = started.elapsed();
-    assert!(
-        out.elapsed <= bound,
-        "map took {:?}, bound {bound:?}",
-        out.elapsed
-    );
     assert!(out.map.contains(handles[0].node_id()));
     eprintln!(
-        "map with node {victim} killed: {} nodes, complete={}, {:?} (waited {took:?})",
+        "map with node {victim} killed: {} nodes, complete={}, {:?} (budget {budget:?}, waited \
+         {:?})",
         out.map.nodes.len(),
         out.complete,
-        out.elapsed
+        out.elapsed,
+        started.elapsed()
     );
-    // A later map, with the dead node gone, still works and holds the seven survivors.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let out = handles[0]
-        .map_outcome(Duration::from_millis(900))
-        .await
-        .unwrap();
-    assert!(out.elapsed <= Duration::from_millis(900 + 90 + 250));
-    assert!(!out.map.contains(handles[victim].node_id()));
-    assert_eq!(out.map.nodes.len(), 5, "survivors: {:?}", out.map.ids());
-    tasks.remove(victim);
     let mut alive = handles;
     alive.remove(victim);
+    tasks.remove(victim);
+    // Every survivor notices the dead node (its connections closed).
+    let survivors = &alive;
+    wait_until("the dead node gone from every peer table", || async move {
+        let mut holding = Vec::new();
+        for (i, h) in survivors.iter().enumerate() {
+            if h.peers()
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.peer_id == victim_peer)
+            {
+                holding.push(i);
+            }
+        }
+        if holding.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still listed by survivors {holding:?}"))
+        }
+    })
+    .await;
+    // Later maps hold exactly the five survivors, never the dead node.
+    let want: BTreeSet<NodeId> = alive.iter().map(|h| h.node_id()).collect();
+    let (out, tries) =
+        map_until_exactly(&alive[0], Duration::from_millis(900), &want, &[victim_id]).await;
+    eprintln!(
+        "later map: {} survivors after {tries} tries, {:?}",
+        out.map.nodes.len(),
+        out.elapsed
+    );
     stop(alive, tasks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_stream_moves_bytes() {
     init_tracing();
-    let (a, ta) = Overlay::spawn(config(Vec::new())).await.unwrap();
-    let (b, tb) = Overlay::spawn(config(a.listen_addrs().await.unwrap()))
+    let ids = Identities::new("a_bulk_stream_moves_bytes");
+    let (a, ta) = Overlay::spawn(config(ids.node(0), Vec::new()))
+        .await
+        .unwrap();
+    let (b, tb) = Overlay::spawn(config(ids.node(1), a.listen_addrs().await.unwrap()))
         .await
         .unwrap();
     let mut incoming = a.accept_bulk().unwrap();
@@ -373,17 +503,10 @@ async fn a_bulk_stream_moves_bytes() {
         a.accept_bulk(),
         Err(OverlayError::AlreadyAccepting)
     ));
-    let start = Instant::now();
-    while !b
-        .peers()
-        .await
-        .unwrap()
-        .iter()
-        .any(|p| p.peer_id == a.peer_id())
-    {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_peers(&b, "B connected to A", |p| {
+        p.iter().any(|p| p.peer_id == a.peer_id())
+    })
+    .await;
     let payload: Vec<u8> = (0..(1u32 << 20))
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -396,13 +519,19 @@ async fn a_bulk_stream_moves_bytes() {
         s.close().await.unwrap();
         (from, got)
     });
-    let mut s = b.open_bulk(a.peer_id()).await.unwrap();
+    let mut s = tokio::time::timeout(PATIENCE, b.open_bulk(a.peer_id()))
+        .await
+        .expect("the bulk stream opens")
+        .unwrap();
     let t = Instant::now();
     s.write_all(&payload).await.unwrap();
     s.close().await.unwrap();
     let mut reply = Vec::new();
     s.read_to_end(&mut reply).await.unwrap();
-    let (from, got) = receiver.await.unwrap();
+    let (from, got) = tokio::time::timeout(PATIENCE, receiver)
+        .await
+        .expect("the receiver ends")
+        .unwrap();
     eprintln!("bulk: 1 MiB in {:?}", t.elapsed());
     assert_eq!(from, b.peer_id());
     assert_eq!(got, expected);
@@ -410,67 +539,118 @@ async fn a_bulk_stream_moves_bytes() {
     stop(vec![a, b], vec![ta, tb]).await;
 }
 
-/// Waits until `cond` holds on `h`'s peer table, up to `limit`.
+/// Waits until `cond` holds on `h`'s peer table (at most [`PATIENCE`]); returns how long it took.
 async fn wait_peers(
     h: &OverlayHandle,
-    limit: Duration,
     what: &str,
     cond: impl Fn(&[brume_overlay::PeerInfo]) -> bool,
 ) -> Duration {
+    let cond = &cond;
     let start = Instant::now();
-    loop {
+    wait_until(what, || async move {
         let peers = h.peers().await.unwrap();
         if cond(&peers) {
-            return start.elapsed();
+            Ok(())
+        } else {
+            Err(format!(
+                "peers {:?}",
+                peers.iter().map(|p| short(&p.peer_id)).collect::<Vec<_>>()
+            ))
         }
-        assert!(
-            start.elapsed() < limit,
-            "{what} not within {limit:?}; peers {:?}",
-            peers.iter().map(|p| p.peer_id).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    start.elapsed()
+}
+
+/// Ports a node may listen on and find again after a restart: those outside the kernel's
+/// ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`), which `bind(0)` and the source
+/// ports of outgoing connections are taken from. A port from the ephemeral range, once its
+/// listener closes, can be taken at any moment by any outgoing connection on the machine (this
+/// test's own nodes dial all the time), and the restart would then fail. Outside the range only a
+/// program that names the port explicitly can take it. The list starts at an offset drawn from
+/// the process id, so parallel runs of this test (cargo test and nextest alike) start far apart.
+fn restartable_ports() -> Vec<u16> {
+    let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let ports: Vec<u16> = (10_000..=65_535u16)
+        .filter(|p| !(lo..=hi).contains(p))
+        .collect();
+    let start = (std::process::id() as usize).wrapping_mul(7919) % ports.len();
+    ports[start..]
+        .iter()
+        .chain(&ports[..start])
+        .copied()
+        .collect()
+}
+
+fn at_port(mut cfg: OverlayConfig, port: u16) -> OverlayConfig {
+    cfg.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    cfg
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_loses_every_peer_rejoins_through_a_remembered_address() {
     init_tracing();
-    let seed_b: [u8; 32] = rand::random();
-    let (a, ta) = Overlay::spawn(config(Vec::new())).await.unwrap();
+    let ids = Identities::new("a_node_that_loses_every_peer_rejoins_through_a_remembered_address");
+    let (a, ta) = Overlay::spawn(config(ids.node(0), Vec::new()))
+        .await
+        .unwrap();
     let a_addrs = a.listen_addrs().await.unwrap();
-    let mut cb = config(a_addrs.clone());
-    cb.identity = brume_overlay::Identity::Seed(seed_b);
-    let (b, tb) = Overlay::spawn(cb.clone()).await.unwrap();
-    let b_addr = b.listen_addrs().await.unwrap()[0].clone();
+    // B listens on a port it can come back to (see restartable_ports): the first free one.
+    let cb = config(ids.node(1), a_addrs.clone());
+    let mut started = None;
+    for port in restartable_ports().into_iter().take(200) {
+        match Overlay::spawn(at_port(cb.clone(), port)).await {
+            Ok(node) => {
+                started = Some((node, port));
+                break;
+            }
+            Err(OverlayError::Listen { reason, .. }) => {
+                eprintln!("port {port} is taken ({reason}); trying the next")
+            }
+            Err(e) => panic!("start B: {e}"),
+        }
+    }
+    let ((b, tb), port) = started.expect("a free port outside the ephemeral range");
     let b_id = b.peer_id();
+    eprintln!("B listens on 127.0.0.1:{port}");
     // C joins through A only, and learns B's address from A's join sample.
-    let (c, tc) = Overlay::spawn(config(a_addrs)).await.unwrap();
-    wait_peers(&c, Duration::from_secs(5), "C connected to A and B", |p| {
-        p.iter().any(|p| p.peer_id == b_id) && p.iter().any(|p| p.peer_id == a.peer_id())
+    let (c, tc) = Overlay::spawn(config(ids.node(2), a_addrs)).await.unwrap();
+    let a_id = a.peer_id();
+    wait_peers(&c, "C connected to A and B", |p| {
+        p.iter().any(|p| p.peer_id == b_id) && p.iter().any(|p| p.peer_id == a_id)
     })
     .await;
 
     // A and B go away: C is alone (A, its bootstrap, stays down for good).
     stop(vec![a, b], vec![ta, tb]).await;
-    wait_peers(&c, Duration::from_secs(5), "C alone", |p| p.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_peers(&c, "C alone", |p| p.is_empty()).await;
 
-    // B comes back at the same address with the same identity, knowing nobody.
-    let port = b_addr
-        .iter()
-        .find_map(|p| match p {
-            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
-            _ => None,
-        })
-        .expect("a tcp address");
+    // B comes back at the same address with the same identity, knowing nobody. Its old
+    // listener and connections may take a moment to close (and its accepted connections linger
+    // in TIME_WAIT, which SO_REUSEADDR, set by libp2p's TCP transport, lets a listener bind
+    // over): try the same port until it binds. Nothing else takes a port outside the ephemeral
+    // range, so this ends as soon as B's old sockets are gone.
+    let mut cb = at_port(cb, port);
     cb.bootstrap = Vec::new();
-    cb.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
-    let (b2, tb2) = Overlay::spawn(cb).await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let (b2, tb2) = loop {
+        match Overlay::spawn(cb.clone()).await {
+            Ok(node) => break node,
+            Err(OverlayError::Listen { reason, .. }) if Instant::now() < deadline => {
+                tracing::debug!("port {port} not free again yet: {reason}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("B cannot listen on 127.0.0.1:{port} again: {e}"),
+        }
+    };
     assert_eq!(b2.peer_id(), b_id);
-    let took = wait_peers(&c, Duration::from_secs(15), "C back with B", |p| {
-        p.iter().any(|p| p.peer_id == b_id)
-    })
-    .await;
+    let took = wait_peers(&c, "C back with B", |p| p.iter().any(|p| p.peer_id == b_id)).await;
     eprintln!("rejoin: C reconnected to the restarted B {took:?} after B came back");
     stop(vec![c, b2], vec![tc, tb2]).await;
 }
