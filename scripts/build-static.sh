@@ -4,7 +4,8 @@
 # flags never invalidate the normal target dir. Then copies the fedavg binaries beside their
 # Dockerfiles (examples/fedavg/{aggregator,trainer}/, gitignored) and prints the absolute path of
 # the brume-relay binary on the last line of stdout. Progress goes to stderr. The dirtier (the
-# live-migration workload) lands in target/static/x86_64-unknown-linux-gnu/release/dirtier.
+# live-migration workload) lands in target/static/x86_64-unknown-linux-gnu/release/dirtier, the
+# CRIU tests' workload (brume-dirtier's second binary) beside it as criu-workload.
 #
 # Idempotent and fast when up to date: cargo does nothing when nothing changed, and a binary is
 # only copied when it differs from the copy already there.

@@ -673,8 +673,8 @@ mod tests {
     /// own cgroup, no hooks, the CRIU config annotation.
     #[test]
     fn a_docker_config_becomes_a_restore_bundle() {
-        let dir = std::env::temp_dir().join(format!("brume-bundle-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = crate::testing::TempDir::new("bundle");
+        let dir = tmp.path().to_path_buf();
         let src_root = dir.join("merged");
         std::fs::create_dir_all(src_root.join("etc")).expect("mkdir");
         std::fs::write(src_root.join("workload"), b"binary").expect("write");
@@ -725,15 +725,14 @@ mod tests {
             std::fs::read_link(bundle.join("rootfs/link")).expect("link"),
             PathBuf::from("workload")
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The config and bind-mounted files read on one host make a bundle on another around a
     /// rootfs the caller filled; a host network namespace (a path) is kept.
     #[test]
     fn a_portable_bundle_is_laid_out_around_a_rootfs_made_elsewhere() {
-        let dir = std::env::temp_dir().join(format!("brume-portable-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = crate::testing::TempDir::new("portable");
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("hosts"), b"127.0.0.1 localhost\n").expect("write");
         let config = serde_json::json!({
@@ -780,7 +779,6 @@ mod tests {
         assert_eq!(out["linux"]["cgroupsPath"], "/brume-y");
         assert!(out.get("hooks").is_none());
         assert!(out["annotations"]["org.criu.config"].is_string());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -600,7 +600,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(crate::testing::proptest_config(64))]
 
         /// Whatever the target held before, sending the delta lets it rebuild the image exactly,
         /// and the delta never sends a chunk the target had or the same chunk twice.

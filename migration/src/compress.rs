@@ -787,7 +787,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(crate::testing::proptest_config(256))]
 
         /// On piecewise-constant traces (bandwidth 0.4 MB/s..1.2 GB/s, CPU speed and
         /// compressibility varying, each phase 5-20 s, 5% measurement noise), the adaptive

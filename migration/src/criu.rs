@@ -880,7 +880,8 @@ mod tests {
         let (r, w) = std::io::pipe().expect("pipe");
         use std::os::fd::AsRawFd;
         let fd = w.as_raw_fd();
-        let dir = std::env::temp_dir().join(format!("brume-criu-keep-{}", std::process::id()));
+        let tmp = crate::testing::TempDir::new("criu-keep");
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).expect("mkdir");
         let log = dir.join("log");
         // `sh -c` stands in for criu: it writes into the kept descriptor by number.
@@ -897,7 +898,6 @@ mod tests {
         let (_r2, w2) = std::io::pipe().expect("pipe");
         let script = format!("echo lost > /proc/self/fd/{}", w2.as_raw_fd());
         assert!(sh.run("test", &["-c".into(), script], &log).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -909,11 +909,11 @@ mod tests {
             0x01, 0x28, 0xa0, 0x10, 0x30, 0x00, 0x38, 0x97, 0x10, 0x40, 0x00, 0x48, 0x00, 0x50,
             0x08, 0x58, 0x08, 0x60, 0x00, 0x68, 0x00, 0x70, 0x00,
         ];
-        let dir = std::env::temp_dir().join(format!("brume-criu-stats-{}", std::process::id()));
+        let tmp = crate::testing::TempDir::new("criu-stats");
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("stats-dump"), bytes).expect("write");
         let stats = DumpStats::read(&dir).expect("decoded");
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(stats.freezing, Duration::from_micros(0x59 | 0x32 << 7));
         assert_eq!(
             stats.frozen,

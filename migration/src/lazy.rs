@@ -268,7 +268,8 @@ mod tests {
     #[test]
     fn a_missing_criu_is_a_spawn_error_not_a_hang() {
         let criu = Criu::with_binary("/nonexistent/criu");
-        let dir = std::env::temp_dir().join(format!("brume-lazy-{}", std::process::id()));
+        let tmp = crate::testing::TempDir::new("lazy");
+        let dir = tmp.path().to_path_buf();
         let r = criu.lazy_pages(&dir, &dir.join("lazy.log"));
         assert!(matches!(r, Err(CriuError::Spawn { .. })), "{r:?}");
     }

@@ -28,3 +28,6 @@ pub mod lazy;
 pub mod live;
 pub mod planner;
 pub mod predictor;
+
+#[cfg(test)]
+mod testing;

@@ -490,7 +490,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(32))]
+        #![proptest_config(crate::testing::proptest_config(32))]
 
         /// For any linear truth in a plausible range (0-5 s/GiB of memory, 0-5 s/GiB dirtied,
         /// 0-0.3 s fixed) and 20 ms noise, 40 observations bring the error below 10% + 50 ms.

@@ -2,9 +2,10 @@
 //! `docker checkpoint` needs the daemon in experimental mode, which these machines do not run),
 //! and restore of the images into a NEW container run by runc from a copy of the bundle.
 //!
-//! Needs root, CRIU >= 4, Docker 20.10 with its runc state in /run/docker/runtime-runc/moby and
-//! containerd's bundles in /run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby (as
-//! on these machines and CI); it skips loudly when Docker or runc is missing.
+//! Needs root, CRIU >= 4, runc, Docker 20.10 with its runc state in
+//! /run/docker/runtime-runc/moby and containerd's bundles in
+//! /run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby (as on these machines and
+//! CI); without them it skips, or fails under `BRUME_REQUIRE` (`brume_testnet::require`).
 //!
 //! Data flow: a `FROM scratch` image of the static workload (criu_support.rs) runs as a Docker
 //! container; the test talks to its Unix socket through `/proc/<pid>/root`; runc checkpoints it
@@ -12,20 +13,26 @@
 //! container's), a new cgroup, no Docker network hooks, and a CRIU config file that turns on
 //! `mntns-compat-mode` (CRIU 4.1.1's mount-v2 engine fails on this restore with `Failed to copy
 //! sharing`); `runc restore --detach` starts it as a new container; its counter continues from
-//! the checkpoint. Everything is removed on drop.
+//! the checkpoint. Everything is removed on drop, a panic too: the Docker container and image
+//! (named `brume-test-criu-...`, labelled `brume.test=<run>`), the restored runc container
+//! (under a runc root inside the test's temp dir), its cgroup `/brume-test-criu-...`.
 
 mod criu_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use criu_support::{ask, require_criu, run, run_ok, wait_ready, workload_binary, TempDir};
+use brume_testnet::require::{self, Need};
+use criu_support::{
+    ask, build_workload_image, docker_label, have_criu_runc_docker, remove_cgroup,
+    remove_runc_container, run, run_ok, unique, wait_ready, TempDir, PREFIX,
+};
 
 const DOCKER_RUNC_ROOT: &str = "/run/docker/runtime-runc/moby";
 const DOCKER_BUNDLES: &str = "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby";
 
-/// Removes the Docker container and image, the restored runc container and its cgroups.
+/// Removes the restored runc container, the Docker container and image, and the cgroup.
 struct Cleanup {
     container: String,
     image: String,
@@ -36,17 +43,10 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let root = self.runc_root.display().to_string();
-        let _ = run("runc", &["--root", &root, "kill", &self.restored, "KILL"]);
-        std::thread::sleep(Duration::from_millis(200));
-        let _ = run("runc", &["--root", &root, "delete", "-f", &self.restored]);
+        remove_runc_container(&self.runc_root, &self.restored);
         let _ = run("docker", &["rm", "-f", &self.container]);
         let _ = run("docker", &["rmi", "-f", &self.image]);
-        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in controllers.flatten() {
-                let _ = std::fs::remove_dir(c.path().join(self.cgroup.trim_start_matches('/')));
-            }
-        }
+        remove_cgroup(&self.cgroup);
     }
 }
 
@@ -120,48 +120,46 @@ fn json_string_field(json: &str, key: &str) -> Option<String> {
 
 #[test]
 fn runc_checkpoint_of_a_docker_container_restores_into_a_new_container() {
-    require_criu();
-    if !run("docker", &["version"]).status.success() || !Path::new(DOCKER_RUNC_ROOT).is_dir() {
-        eprintln!("SKIPPED: Docker or its runc state dir {DOCKER_RUNC_ROOT} is missing");
+    let test = "runc_checkpoint_of_a_docker_container_restores_into_a_new_container";
+    if !have_criu_runc_docker(test) {
         return;
     }
     let dir = TempDir::new("criu-runc");
-    let suffix = format!("{:08x}", rand::random::<u32>());
+    let suffix = unique();
     let cleanup = Cleanup {
-        container: format!("brume-criu-{suffix}"),
-        image: format!("brume-criu-workload:{suffix}"),
+        container: format!("{PREFIX}-criu-{suffix}"),
+        image: format!("{PREFIX}-criu-workload:{suffix}"),
         runc_root: dir.path().join("runc-root"),
-        restored: format!("brume-criu-restored-{suffix}"),
-        cgroup: format!("/brume-criu-{suffix}"),
+        restored: format!("{PREFIX}-criu-restored-{suffix}"),
+        cgroup: format!("/{PREFIX}-criu-{suffix}"),
     };
 
     // A FROM scratch image of the static workload, with bytes of its own so no layer is shared.
-    let context = dir.path().join("context");
-    std::fs::create_dir_all(&context).expect("context");
-    std::fs::copy(workload_binary(true), context.join("workload")).expect("copy workload");
-    std::fs::write(context.join("unique"), &suffix).expect("unique");
-    std::fs::write(
-        context.join("Dockerfile"),
-        "FROM scratch\nCOPY workload unique /\nENTRYPOINT [\"/workload\", \"/w.sock\", \"8\", \"77\"]\n",
-    )
-    .expect("Dockerfile");
-    run_ok(
-        "docker",
-        &[
-            "build",
-            "-q",
-            "-t",
-            &cleanup.image,
-            &context.display().to_string(),
-        ],
-    );
+    build_workload_image(&dir.path().join("context"), &cleanup.image, &suffix, 8, 77);
     let id = run_ok(
         "docker",
-        &["run", "-d", "--name", &cleanup.container, &cleanup.image],
+        &[
+            "run",
+            "-d",
+            "--label",
+            &docker_label(),
+            "--name",
+            &cleanup.container,
+            &cleanup.image,
+        ],
     );
+    // Docker creates its runc state dir with its first container since it started.
+    if !Path::new(DOCKER_RUNC_ROOT).join(&id).is_dir() {
+        require::missing(
+            test,
+            Need::Docker,
+            &format!("Docker's runc state {DOCKER_RUNC_ROOT}/<id> is missing (not Docker 20.10's layout?)"),
+        );
+        return;
+    }
     let pid = run_ok("docker", &["inspect", "-f", "{{.State.Pid}}", &id]);
     let socket = PathBuf::from(format!("/proc/{pid}/root/w.sock"));
-    wait_ready(&socket, Duration::from_secs(20));
+    wait_ready(&socket);
     assert_eq!(ask(&socket, "TICK"), "1");
     assert_eq!(ask(&socket, "TICK"), "2");
     let sum = ask(&socket, "SUM");
@@ -265,7 +263,7 @@ fn runc_checkpoint_of_a_docker_container_restores_into_a_new_container() {
         "the restored container is a new process"
     );
     let new_socket = PathBuf::from(format!("/proc/{new_pid}/root/w.sock"));
-    wait_ready(&new_socket, Duration::from_secs(10));
+    wait_ready(&new_socket);
     assert_eq!(
         ask(&new_socket, "PID"),
         "1",

@@ -1,66 +1,36 @@
-//! What the CRIU tests share: a tiny workload program, built from source by the test with
-//! `rustc`, and a client for it.
+//! What the CRIU tests share: the workload (examples/dirtier/src/bin/criu-workload.rs, built
+//! static by scripts/build-static.sh) and a client for it.
 //!
 //! The workload (std only, one thread) calls `setsid` so CRIU can dump it without the test's
 //! terminal or session, fills N MiB with a xorshift stream from a seed (so the test knows what
-//! the memory must hold), then serves a Unix socket line protocol: `TICK` adds one to a counter
-//! in memory and answers it, `SUM` answers a checksum of the whole buffer, `PID` its pid. A
-//! checkpoint that keeps memory keeps both the counter and the checksum. Clients must close
-//! their connection before a dump (a connection to a peer outside the tree would need
-//! `--ext-unix-sk`), and reconnect after the restore, which re-creates the listening socket.
+//! the memory must hold: [`expected_checksum`] mirrors it), then serves a Unix socket line
+//! protocol: `TICK` adds one to a counter in memory and answers it, `SUM` answers a checksum of
+//! the whole buffer, `PID` its pid. A checkpoint that keeps memory keeps both the counter and
+//! the checksum. Clients must close their connection before a dump (a connection to a peer
+//! outside the tree would need `--ext-unix-sk`), and reconnect after the restore, which
+//! re-creates the listening socket.
 //!
 //! Used as a module by the `criu_*` test files; on its own it is an empty test target.
-#![allow(dead_code)]
+// Each test file uses part of it (and of what it re-exports).
+#![allow(dead_code, unused_imports)]
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// The workload's source. `checksum` and `fill` are mirrored by [`expected_checksum`].
-pub const WORKLOAD_SRC: &str = r#"
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixListener;
-extern "C" { fn setsid() -> i32; }
-fn checksum(mem: &[u64]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for &w in mem { h = (h ^ w).wrapping_mul(0x100000001b3); }
-    h
+pub use common::{
+    docker_label, run_id, static_binary, unique, wait_for, TempDir, LIVENESS, PREFIX, TEST_BUDGET,
+};
+
+/// The workload binary (static; the same file runs as a process and in a `FROM scratch` image).
+pub fn workload_binary() -> PathBuf {
+    static_binary("criu-workload")
 }
-fn main() {
-    unsafe { setsid(); }
-    let args: Vec<String> = std::env::args().collect();
-    let sock = &args[1];
-    let mib: usize = args[2].parse().expect("MiB");
-    let seed: u64 = args[3].parse().expect("seed");
-    let mut mem = vec![0u64; mib * 1024 * 1024 / 8];
-    let mut x = seed | 1;
-    for w in mem.iter_mut() { x ^= x << 13; x ^= x >> 7; x ^= x << 17; *w = x; }
-    let _ = std::fs::remove_file(sock);
-    let listener = UnixListener::bind(sock).expect("bind");
-    let mut counter: u64 = 0;
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let Ok(read_half) = conn.try_clone() else { continue };
-        let mut reader = BufReader::new(read_half);
-        let mut w = conn;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 { break; }
-            let reply = match line.trim() {
-                "TICK" => { counter += 1; counter.to_string() }
-                "SUM" => checksum(&mem).to_string(),
-                "PID" => std::process::id().to_string(),
-                _ => "?".to_string(),
-            };
-            if writeln!(w, "{reply}").is_err() { break; }
-        }
-    }
-}
-"#;
 
 /// The checksum the workload must report for `mib` MiB filled from `seed`.
 pub fn expected_checksum(mib: usize, seed: u64) -> u64 {
@@ -73,70 +43,6 @@ pub fn expected_checksum(mib: usize, seed: u64) -> u64 {
         h = (h ^ x).wrapping_mul(0x100000001b3);
     }
     h
-}
-
-/// Builds the workload once per test binary (optimised; `static_glibc` links it statically,
-/// for `FROM scratch` images). The file name carries this process's pid, so test binaries
-/// running at once do not overwrite each other's.
-pub fn workload_binary(static_glibc: bool) -> PathBuf {
-    static DYNAMIC: OnceLock<PathBuf> = OnceLock::new();
-    static STATIC: OnceLock<PathBuf> = OnceLock::new();
-    let cell = if static_glibc { &STATIC } else { &DYNAMIC };
-    cell.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let src = dir.join(format!("criu-workload-{}.rs", std::process::id()));
-        let bin = dir.join(format!(
-            "criu-workload-{}{}",
-            std::process::id(),
-            if static_glibc { "-static" } else { "" }
-        ));
-        std::fs::write(&src, WORKLOAD_SRC).expect("write workload source");
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-        let mut cmd = Command::new(rustc);
-        cmd.args(["--edition", "2021", "-O", "-o"])
-            .arg(&bin)
-            .arg(&src);
-        if static_glibc {
-            cmd.args([
-                "-C",
-                "target-feature=+crt-static",
-                "--target",
-                "x86_64-unknown-linux-gnu",
-            ]);
-        }
-        let out = cmd.output().expect("run rustc");
-        assert!(
-            out.status.success(),
-            "rustc failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        bin
-    })
-    .clone()
-}
-
-/// A directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "brume-{tag}-{}-{:x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 extern "C" {
@@ -171,10 +77,10 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Starts the workload with `mib` MiB from `seed`, listening on `socket`, and waits (up to
-    /// 20 s) until it answers.
+    /// Starts the workload with `mib` MiB from `seed`, listening on `socket`, and waits until it
+    /// answers.
     pub fn start(socket: &Path, mib: usize, seed: u64) -> Workload {
-        let child = Command::new(workload_binary(false))
+        let child = Command::new(workload_binary())
             .arg(socket)
             .arg(mib.to_string())
             .arg(seed.to_string())
@@ -188,7 +94,7 @@ impl Workload {
             child: Some(child),
             socket: socket.to_path_buf(),
         };
-        wait_ready(socket, Duration::from_secs(20));
+        wait_ready(socket);
         w
     }
 
@@ -214,20 +120,13 @@ impl Drop for Workload {
     }
 }
 
-/// Waits until a Unix socket accepts connections.
-pub fn wait_ready(socket: &Path, timeout: Duration) {
-    let started = Instant::now();
-    loop {
-        if UnixStream::connect(socket).is_ok() {
-            return;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "workload at {} not ready after {timeout:?}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Waits (up to [`LIVENESS`]) until a Unix socket accepts connections.
+pub fn wait_ready(socket: &Path) {
+    wait_for(
+        &format!("the workload at {} accepting", socket.display()),
+        LIVENESS,
+        || UnixStream::connect(socket).map(drop),
+    );
 }
 
 /// Sends one command on a fresh connection and returns the answer; the connection is closed
@@ -235,25 +134,13 @@ pub fn wait_ready(socket: &Path, timeout: Duration) {
 pub fn ask(socket: &Path, command: &str) -> String {
     let mut stream =
         UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(LIVENESS)).expect("timeout");
     writeln!(stream, "{command}").expect("send");
     let mut line = String::new();
     BufReader::new(&stream)
         .read_line(&mut line)
-        .expect("read answer");
+        .unwrap_or_else(|e| panic!("{command} to {}: {e}", socket.display()));
     line.trim().to_string()
-}
-
-/// Whether this test process can run CRIU (root and a `criu` binary). Tests fail, not skip,
-/// when it cannot: CI runs them as root after scripts/install-criu.sh.
-pub fn require_criu() {
-    let out = Command::new("criu").arg("--version").output();
-    assert!(
-        matches!(&out, Ok(o) if o.status.success()),
-        "criu is not installed: run scripts/install-criu.sh (tests need root and CRIU >= 4)"
-    );
 }
 
 /// Runs `program` with `args` (no stdin) and returns what it did; panics if it cannot start.
@@ -275,4 +162,84 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Builds the `FROM scratch` image `image` of the workload in `context` (created), with a file
+/// of `unique` bytes so no layer is shared with another test's image, started as
+/// `/workload /w.sock <mib> <seed>`. Labelled [`docker_label`].
+///
+/// `--no-cache`: with the cache on, Docker 20.10's legacy builder probes it by listing every
+/// image built on the same parent (for FROM scratch: every such image on the host) and loading
+/// each; another test's `docker rmi` at that moment fails this build with `unable to find
+/// image "sha256:..."` (CI lost a run to it). These images are unique per test, so the cache
+/// never had anything to offer.
+pub fn build_workload_image(context: &Path, image: &str, unique: &str, mib: usize, seed: u64) {
+    std::fs::create_dir_all(context).expect("context");
+    std::fs::copy(workload_binary(), context.join("workload")).expect("copy workload");
+    std::fs::write(context.join("unique"), unique).expect("unique");
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY workload unique /\nENTRYPOINT [\"/workload\", \"/w.sock\", \"{mib}\", \"{seed}\"]\n"
+        ),
+    )
+    .expect("Dockerfile");
+    run_ok(
+        "docker",
+        &[
+            "build",
+            "--no-cache",
+            "--label",
+            &docker_label(),
+            "-q",
+            "-t",
+            image,
+            &context.display().to_string(),
+        ],
+    );
+}
+
+/// Removes cgroup `path` (e.g. `/brume-test-...`) from every cgroup v1 controller (and the
+/// unified hierarchy). Its processes must be gone.
+pub fn remove_cgroup(path: &str) {
+    let rel = path.trim_start_matches('/');
+    if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+        for c in controllers.flatten() {
+            let _ = std::fs::remove_dir(c.path().join(rel));
+        }
+    }
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(rel));
+}
+
+/// Removes runc container `id` under runc root `root`: `runc delete -f` (which kills a running
+/// container and waits for it, up to 10 s, before deleting it), then waits until `runc state`
+/// no longer knows it. For Drop guards: reports a container it could not remove, never panics.
+pub fn remove_runc_container(root: &Path, id: &str) {
+    let root_arg = root.display().to_string();
+    let gone = || {
+        !run("runc", &["--root", &root_arg, "state", id])
+            .status
+            .success()
+    };
+    let deadline = std::time::Instant::now() + LIVENESS;
+    while !gone() {
+        if std::time::Instant::now() >= deadline {
+            eprintln!("leftover: runc container {id} under {root_arg} could not be removed");
+            return;
+        }
+        let _ = run("runc", &["--root", &root_arg, "delete", "-f", id]);
+        if !gone() {
+            // A retry interval, not a wait for an event: delete -f itself waits for the kill.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Runs `test` only when root, criu, runc and Docker are all here; records the skip otherwise
+/// (a failure under `BRUME_REQUIRE`, see `brume_testnet::require`).
+pub fn have_criu_runc_docker(test: &str) -> bool {
+    use brume_testnet::require::{self, Need};
+    require::criu(test)
+        && require::program(test, Need::Runc, "runc", "--version")
+        && require::docker(test)
 }

@@ -7,7 +7,7 @@
 //! run 6.18): `Error (criu/sockets.c:628): sockets: Can't get 1:16 opt: Operation not supported`
 //! (getsockopt SO_PASSCRED/SO_PASSSEC are refused on inet sockets since kernel commit
 //! 7d8d93fdde50b; criu issues #2705/#2718, fixed in criu 4.2). scripts/install-criu.sh installs
-//! 4.2.x from Debian sid for that reason; when this test meets the old failure it fails with a
+//! criu >= 4.2 for that reason; when this test meets the old failure it fails with a
 //! message saying the installed criu is too old, rather than passing on a machine that cannot
 //! migrate anything.
 //!
@@ -16,26 +16,25 @@
 //! the relay has closed every client connection: a half-closed one (CLOSE_WAIT) would need
 //! `--tcp-established`, which is not what this test is about.
 //!
+//! The relay binds port 0 itself and the test reads the port from the line it prints (a port
+//! the test picked and released could be taken before the relay binds it). Its stdout is a file
+//! in the test's temp dir, opened for appending: CRIU dumps and restores it by path, and does
+//! not check the size of an appended-to file.
+//!
 //! The relay is built by scripts/build-static.sh into
-//! target/static/x86_64-unknown-linux-gnu/release/brume-relay; the test skips loudly without it.
+//! target/static/x86_64-unknown-linux-gnu/release/brume-relay; the test panics without it, and
+//! skips without root and criu (fails under `BRUME_REQUIRE`).
 
 mod criu_support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use brume_migration::criu::{Criu, CriuError, DumpOptions, RestoreOptions};
-use criu_support::{require_criu, KillOnDrop, TempDir};
-
-fn relay_binary() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/static/x86_64-unknown-linux-gnu/release/brume-relay");
-    path.is_file().then_some(path)
-}
+use criu_support::{static_binary, wait_for, KillOnDrop, TempDir, LIVENESS};
 
 struct Relay {
     child: Child,
@@ -49,13 +48,16 @@ impl Drop for Relay {
     }
 }
 
-fn start_relay(binary: &PathBuf) -> Relay {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let mut command = Command::new(binary);
+/// Starts the relay on a port of its own choosing, in its own session, and returns once it has
+/// said which port it listens on (it prints that line after it bound and listened).
+fn start_relay(dir: &Path) -> Relay {
+    let out = dir.join("relay.out");
+    let stdout = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&out)
+        .expect("relay stdout file");
+    let mut command = Command::new(static_binary("brume-relay"));
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {
@@ -65,66 +67,63 @@ fn start_relay(binary: &PathBuf) -> Relay {
             Ok(())
         });
     }
-    let child = command
-        .env("PORT", port.to_string())
+    let mut child = command
+        .env("PORT", "0")
         .env("BRUME_TASK", "a")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn relay");
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "relay not listening"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let port = wait_for("the relay's `listening on` line", LIVENESS, || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the relay exited ({status}); it printed {text:?}"));
+        }
+        text.split("listening on 127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{text:?}"))
+    });
     Relay { child, port }
 }
 
 fn line(port: u16, text: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    s.set_read_timeout(Some(LIVENESS)).expect("timeout");
     writeln!(s, "{text}").expect("send");
     let mut answer = String::new();
     BufReader::new(&s).read_line(&mut answer).expect("read");
     answer.trim().to_string()
 }
 
-/// Waits (up to 10 s) until `pid` holds exactly one socket, its listener: the threads that
-/// served the test's connections have seen them close.
+/// Waits until `pid` holds exactly one socket, its listener: the threads that served the test's
+/// connections have seen them close.
 fn wait_only_listener(pid: u32) {
-    let started = Instant::now();
-    loop {
+    wait_for("the relay holding its listener only", LIVENESS, || {
         let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .expect("read the relay's fds")
+            .map_err(|e| format!("/proc/{pid}/fd: {e}"))?
             .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
             .filter(|target| target.to_string_lossy().starts_with("socket:"))
             .count();
         if sockets == 1 {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{sockets} sockets"))
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the relay still holds {sockets} sockets after 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    });
 }
 
 #[test]
 fn relay_counter_continues_across_dump_and_restore() {
-    require_criu();
-    let Some(binary) = relay_binary() else {
-        eprintln!("SKIPPED: run scripts/build-static.sh first (no static brume-relay)");
+    if !brume_testnet::require::criu("relay_counter_continues_across_dump_and_restore") {
         return;
-    };
+    }
     let dir = TempDir::new("criu-relay");
     let images = dir.path().join("images");
-    let mut relay = start_relay(&binary);
+    let mut relay = start_relay(dir.path());
     for _ in 0..3 {
         assert_eq!(line(relay.port, "hi"), "a");
     }
@@ -149,7 +148,7 @@ fn relay_counter_continues_across_dump_and_restore() {
     assert_eq!(line(relay.port, "STATE"), "4");
     let _ = relay.child.kill();
     let _ = relay.child.wait();
-    Criu::wait_pid_gone(pid, Duration::from_secs(10)).expect("pid gone");
+    Criu::wait_pid_gone(pid, LIVENESS).expect("pid gone");
     let restore = criu
         .restore(&RestoreOptions::new(&images))
         .unwrap_or_else(|e| panic!("criu {version}: restore of the relay failed: {e}"));

@@ -4,8 +4,13 @@
 //! steps it made say. Failure safety: a target that drops the link mid pre-copy leaves the task
 //! running untouched; a restore that fails on the target brings the task back on the source.
 //!
-//! Needs root and criu >= 4 (skips loudly otherwise). Each test has its own tmpfs directory,
-//! socket and port; processes are killed on drop.
+//! What is not asserted: how many pre-copy rounds ran, how much each sent, how long the task
+//! was frozen. Those depend on the machine's speed and load; `brume bench migration` measures
+//! them. Every wait here is on an event (answers of the poller, steps of the task), bounded by
+//! `LIVENESS` (60 s) with the last state in the message.
+//!
+//! Needs root and criu >= 4 (skips otherwise, or fails under `BRUME_REQUIRE`). Each test has its
+//! own tmpfs directory, socket and port; processes are killed on drop.
 
 mod live_support;
 
@@ -18,7 +23,8 @@ use brume_migration::live::{
 };
 use brume_migration::planner::PlannerConfig;
 use live_support::{
-    ask, assert_counter_continues, criu_or_skip, longest_gap, poll, Dirtier, TempDir,
+    ask, assert_counter_continues, have_criu, longest_gap, poll, wait_answers, Dirtier, TempDir,
+    TEST_BUDGET,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -33,7 +39,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn source_opts(dir: &TempDir) -> SourceOptions {
     let mut o = SourceOptions::new(dir.path().join("source"));
     o.planner = PlannerConfig {
-        max_downtime: Duration::from_secs(10),
+        max_downtime: TEST_BUDGET,
         ..PlannerConfig::default()
     };
     o
@@ -41,7 +47,7 @@ fn source_opts(dir: &TempDir) -> SourceOptions {
 
 #[test]
 fn precopy_moves_a_64_mib_task_that_keeps_dirtying_its_memory() {
-    if !criu_or_skip("precopy_moves_a_64_mib_task_that_keeps_dirtying_its_memory") {
+    if !have_criu("precopy_moves_a_64_mib_task_that_keeps_dirtying_its_memory") {
         return;
     }
     let dir = TempDir::new("live-64");
@@ -49,7 +55,8 @@ fn precopy_moves_a_64_mib_task_that_keeps_dirtying_its_memory() {
     let task = Dirtier::start(&socket, 64, 0x6464, 8.0);
     let before_steps = task.assert_state_consistent();
     let poller = poll(&socket, Duration::from_millis(2));
-    std::thread::sleep(Duration::from_millis(300));
+    // The poller has seen the task before the move.
+    wait_answers(&poller, "answers before the move", 10);
 
     let rt = runtime();
     let mut rounds: Vec<RoundStats> = Vec::new();
@@ -69,44 +76,35 @@ fn precopy_moves_a_64_mib_task_that_keeps_dirtying_its_memory() {
         .await;
         (migrated, target.await.expect("target task"))
     });
-    std::thread::sleep(Duration::from_millis(300));
-    let log = poller.finish();
     let migrated = migrated.unwrap_or_else(|e| panic!("migration: {e}"));
     let received = received.unwrap_or_else(|e| panic!("target: {e}"));
+    // The restored task answers the poller (CRIU restores the same PID, so it is told apart by
+    // when it answered: after the move returned).
+    let at_restore = poller.answers().len();
+    wait_answers(&poller, "answers after the move", at_restore + 10);
+    let log = poller.finish();
 
     assert_eq!(received.pid, task.pid, "CRIU restores the same pid");
     assert_eq!(migrated.target_pid, task.pid);
+    // At least one pre-copy round, by construction rather than timing: the planner starts with
+    // a pre-copy round whenever the task's memory exceeds its delta threshold (64 MiB against
+    // 256 KiB) and its prior forecast of dump + restore fits the budget (well under a second
+    // against TEST_BUDGET), and no deadline is set. How many more, and what they sent, depends
+    // on the machine's speed: `brume bench migration` reports it.
     let precopy: Vec<&RoundStats> = rounds.iter().filter(|r| !r.last).collect();
-    assert!(
-        precopy.len() >= 2,
-        "at least two pre-copy rounds: {rounds:?}"
-    );
-    assert!(
-        precopy[1..]
-            .iter()
-            .any(|r| r.wire_bytes < precopy[0].wire_bytes / 2),
-        "a later round sent far fewer bytes than the first: {rounds:?}"
-    );
+    assert!(!precopy.is_empty(), "a pre-copy round ran: {rounds:?}");
     assert!(rounds.last().is_some_and(|r| r.last));
-    // The poller saw the task before and after the move, and the counter never skipped or
-    // repeated: the restored task continues from the frozen one's last answer.
-    let (gap, last_source, first_target) = longest_gap(&log).expect("answers");
-    assert!(log.len() > 100, "{} answers", log.len());
+    // The counter never skipped or repeated: the restored task continues from the frozen one's
+    // last answer.
     assert_counter_continues(&log);
-    let after = log.last().map(|a| a.value).expect("answers");
-    assert!(
-        after > first_target,
-        "the restored task keeps answering ({first_target} then {after})"
-    );
     // The memory is exactly what the seed and the steps the task made say, and dirtying goes on.
     let steps = task.assert_state_consistent();
-    assert!(
-        steps > before_steps,
-        "dirtying continues: {before_steps} then {steps}"
-    );
+    task.wait_dirtying_past(steps.max(before_steps));
+    task.assert_state_consistent();
     assert_eq!(ask(&socket, "PID").expect("PID"), task.pid.to_string());
+    let (gap, last_source, first_target) = longest_gap(&log).expect("answers");
     eprintln!(
-        "live 64 MiB: {} pre-copy rounds, wire {:.1} MiB, total {} ms, downtime {} ms by the source (rebuild {} ms, restore {} ms), {} ms by the poller (counter {last_source} -> {first_target})",
+        "live 64 MiB: {} pre-copy rounds, wire {:.1} MiB, total {} ms, downtime {} ms by the source (rebuild {} ms, restore {} ms), longest poller gap {} ms (counter {last_source} -> {first_target})",
         precopy.len(),
         migrated.wire_bytes as f64 / 1048576.0,
         migrated.total.as_millis(),
@@ -119,7 +117,7 @@ fn precopy_moves_a_64_mib_task_that_keeps_dirtying_its_memory() {
 
 #[test]
 fn a_target_that_drops_the_link_mid_precopy_leaves_the_task_running() {
-    if !criu_or_skip("a_target_that_drops_the_link_mid_precopy_leaves_the_task_running") {
+    if !have_criu("a_target_that_drops_the_link_mid_precopy_leaves_the_task_running") {
         return;
     }
     let dir = TempDir::new("live-drop");
@@ -166,9 +164,8 @@ fn a_target_that_drops_the_link_mid_precopy_leaves_the_task_running() {
         (counter + 1).to_string()
     );
     let s1 = task.assert_state_consistent();
-    std::thread::sleep(Duration::from_millis(200));
-    let s2 = task.assert_state_consistent();
-    assert!(s2 > s1, "still dirtying: {s1} then {s2}");
+    task.wait_dirtying_past(s1);
+    task.assert_state_consistent();
     assert!(
         !dir.path().join("source").exists(),
         "the source removed its round images"
@@ -181,14 +178,14 @@ fn a_target_that_drops_the_link_mid_precopy_leaves_the_task_running() {
 
 #[test]
 fn a_failed_restore_on_the_target_brings_the_task_back_on_the_source() {
-    if !criu_or_skip("a_failed_restore_on_the_target_brings_the_task_back_on_the_source") {
+    if !have_criu("a_failed_restore_on_the_target_brings_the_task_back_on_the_source") {
         return;
     }
     let dir = TempDir::new("live-fail");
     let socket = dir.path().join("w.sock");
     let task = Dirtier::start(&socket, 16, 0xfa11, 4.0);
     let poller = poll(&socket, Duration::from_millis(2));
-    std::thread::sleep(Duration::from_millis(200));
+    wait_answers(&poller, "answers before the move", 10);
     let rt = runtime();
     let staging = dir.path().join("staging");
     let result = rt.block_on(async {
@@ -205,7 +202,9 @@ fn a_failed_restore_on_the_target_brings_the_task_back_on_the_source() {
         let r = migrate_out(stream, task.pid, source_opts(&dir), |_| {}).await;
         (r, target.await.expect("target"))
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The task restored on the source answers the poller again.
+    let at_restore = poller.answers().len();
+    wait_answers(&poller, "answers after the local restore", at_restore + 10);
     let log = poller.finish();
     let (result, target) = result;
     assert!(target.is_err(), "the target's restore failed");
@@ -221,7 +220,7 @@ fn a_failed_restore_on_the_target_brings_the_task_back_on_the_source() {
     let (gap, a, b) = longest_gap(&log).expect("answers");
     task.assert_state_consistent();
     eprintln!(
-        "restore failed on the target; back on the source after {} ms (counter {a} -> {b}): {err}",
+        "restore failed on the target; back on the source; longest poller gap {} ms (counter {a} -> {b}): {err}",
         gap.as_millis()
     );
 }

@@ -6,21 +6,23 @@
 //!
 //! What is proven: the restored container answers with the counter the original had at the
 //! final checkpoint (a client kept ticking it during the pre-copy rounds) and the checksum of
-//! its memory; later rounds send far less than the first; a target that drops the link mid
-//! pre-copy leaves the Docker container running untouched; a restore that fails on the target
-//! brings the container back on the source as a runc container.
+//! its memory; later rounds send a fraction of the first (the workload never writes its buffer
+//! after the fill, so that holds by construction, not by timing); a target that drops the link
+//! mid pre-copy leaves the Docker container running untouched; a restore that fails on the
+//! target brings the container back on the source as a runc container.
 //!
 //! Needs root, criu >= 4, runc, Docker 20.10 with its runc state in /run/docker/runtime-runc/moby
 //! (which exists only once dockerd has run a container since it started: the test starts its
-//! container first, then looks) and cgroup v1; it skips loudly otherwise. Unique names; the
-//! containers, runc containers, image, cgroups and directories are removed on drop.
+//! container first, then looks) and cgroup v1; it skips otherwise, or fails under
+//! `BRUME_REQUIRE` (`brume_testnet::require`). Unique names starting `brume-test-live-runc-`;
+//! Docker objects labelled `brume.test=<run>`; the containers, runc containers (under a runc
+//! root in the test's temp dir), image, cgroups and directories are removed on drop.
 
 mod criu_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +35,11 @@ use brume_migration::live::{
     migrate_in, migrate_out, LiveError, RoundStats, SourceOptions, TargetOptions,
 };
 use brume_migration::planner::{Action, PlannerConfig};
-use criu_support::{expected_checksum, run, run_ok, wait_ready, workload_binary, TempDir};
+use brume_testnet::require::{self, Need};
+use criu_support::{
+    build_workload_image, docker_label, expected_checksum, have_criu_runc_docker, remove_cgroup,
+    remove_runc_container, run, run_ok, unique, wait_ready, TempDir, LIVENESS, PREFIX, TEST_BUDGET,
+};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The workload's memory and seed: static, so later rounds find the same chunks.
@@ -43,7 +49,7 @@ const SEED: u64 = 0x7c0de;
 /// One command on a fresh connection, without panicking (the ticker runs across dumps).
 fn try_ask(socket: &Path, command: &str) -> std::io::Result<String> {
     let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.set_read_timeout(Some(LIVENESS))?;
     writeln!(stream, "{command}")?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
@@ -72,24 +78,17 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// Builds the image and starts the container; `None` (after printing SKIPPED) when Docker,
-    /// runc, criu or root is missing.
+    /// Builds the image and starts the container; `None` (the skip recorded, see
+    /// `brume_testnet::require`) when Docker, runc, criu or root is missing.
     fn start(test: &str) -> Option<Fixture> {
-        let root = unsafe { libc::geteuid() } == 0;
-        let have = |p: &str, a: &str| matches!(Command::new(p).arg(a).output(), Ok(o) if o.status.success());
-        if !root || !have("criu", "--version") || !have("runc", "--version") {
-            eprintln!("SKIPPED: {test}: needs root, criu and runc");
-            return None;
-        }
-        if !have("docker", "version") {
-            eprintln!("SKIPPED: {test}: Docker is not running");
+        if !have_criu_runc_docker(test) {
             return None;
         }
         let dir = TempDir::new("live-runc");
-        let suffix = format!("{:08x}", rand::random::<u32>());
+        let suffix = unique();
         let mut f = Fixture {
-            image: format!("brume-live-runc:{suffix}"),
-            container: format!("brume-live-runc-{suffix}"),
+            image: format!("{PREFIX}-live-runc:{suffix}"),
+            container: format!("{PREFIX}-live-runc-{suffix}"),
             dir,
             suffix,
             id: String::new(),
@@ -97,44 +96,45 @@ impl Fixture {
             restored: Vec::new(),
             cgroups: Vec::new(),
         };
-        let context = f.dir.path().join("context");
-        std::fs::create_dir_all(&context).expect("context");
-        std::fs::copy(workload_binary(true), context.join("workload")).expect("copy workload");
-        std::fs::write(context.join("unique"), &f.suffix).expect("unique");
-        std::fs::write(
-            context.join("Dockerfile"),
-            format!(
-                "FROM scratch\nCOPY workload unique /\nENTRYPOINT [\"/workload\", \"/w.sock\", \"{MIB}\", \"{SEED}\"]\n"
-            ),
-        )
-        .expect("Dockerfile");
-        run_ok(
+        build_workload_image(
+            &f.dir.path().join("context"),
+            &f.image,
+            &f.suffix,
+            MIB,
+            SEED,
+        );
+        f.id = run_ok(
             "docker",
             &[
-                "build",
-                "-q",
-                "-t",
+                "run",
+                "-d",
+                "--label",
+                &docker_label(),
+                "--name",
+                &f.container,
                 &f.image,
-                &context.display().to_string(),
             ],
         );
-        f.id = run_ok("docker", &["run", "-d", "--name", &f.container, &f.image]);
         f.pid = run_ok("docker", &["inspect", "-f", "{{.State.Pid}}", &f.id])
             .parse()
             .expect("pid");
         // Docker creates its runc state dir with its first container since it started.
         if !Path::new(DOCKER_RUNC_ROOT).join(&f.id).is_dir() {
-            eprintln!("SKIPPED: {test}: Docker's runc state {DOCKER_RUNC_ROOT}/<id> is missing (not Docker 20.10's layout?)");
+            require::missing(
+                test,
+                Need::Docker,
+                &format!("Docker's runc state {DOCKER_RUNC_ROOT}/<id> is missing (not Docker 20.10's layout?)"),
+            );
             return None;
         }
-        wait_ready(&socket_of(f.pid), Duration::from_secs(20));
+        wait_ready(&socket_of(f.pid));
         Some(f)
     }
 
     /// A restorer into a new runc container under the test's own runc root, with a bundle
     /// copied from the running container's (`tag` names it).
     fn restorer(&mut self, tag: &str) -> RuncRestore {
-        let cgroup = format!("/brume-live-runc-{}-{tag}", self.suffix);
+        let cgroup = format!("/{PREFIX}-live-runc-{}-{tag}", self.suffix);
         let bundle = self.dir.path().join(format!("bundle-{tag}"));
         let config = Path::new(DOCKER_BUNDLES).join(&self.id).join("config.json");
         prepare_bundle(&config, &bundle, &cgroup).expect("prepare the bundle");
@@ -142,7 +142,7 @@ impl Fixture {
         let r = RuncRestore {
             runc: PathBuf::from("runc"),
             root: self.dir.path().join("runc-root"),
-            id: format!("brume-live-runc-{}-{tag}", self.suffix),
+            id: format!("{PREFIX}-live-runc-{}-{tag}", self.suffix),
             bundle,
         };
         self.restored.push(r.clone());
@@ -157,16 +157,12 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         for r in &self.restored {
-            r.remove();
+            remove_runc_container(&r.root, &r.id);
         }
         let _ = run("docker", &["rm", "-f", &self.container]);
         let _ = run("docker", &["rmi", "-f", &self.image]);
         for cgroup in &self.cgroups {
-            if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-                for c in controllers.flatten() {
-                    let _ = std::fs::remove_dir(c.path().join(cgroup.trim_start_matches('/')));
-                }
-            }
+            remove_cgroup(cgroup);
         }
     }
 }
@@ -182,7 +178,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn source_opts(f: &Fixture, fallback: Option<RuncRestore>) -> SourceOptions {
     let mut o = SourceOptions::new(f.dir.path().join("source"));
     o.planner = PlannerConfig {
-        max_downtime: Duration::from_secs(10),
+        max_downtime: TEST_BUDGET,
         ..PlannerConfig::default()
     };
     let mut c = RuncContainer::docker(f.id.clone());
@@ -317,7 +313,7 @@ fn a_docker_container_moves_live_with_precopy_rounds_of_runc_checkpoints() {
     );
     // The restored container continues exactly from the final checkpoint.
     let new_socket = socket_of(received.pid);
-    wait_ready(&new_socket, Duration::from_secs(10));
+    wait_ready(&new_socket);
     assert_eq!(
         ask(&new_socket, "PID"),
         "1",
@@ -452,7 +448,7 @@ fn a_failed_restore_on_the_target_brings_the_container_back_on_the_source() {
     assert!(matches!(**cause, LiveError::Target { .. }), "{cause}");
     assert_eq!(*pid, fallback.pid().expect("runc state"));
     let new_socket = socket_of(*pid);
-    wait_ready(&new_socket, Duration::from_secs(10));
+    wait_ready(&new_socket);
     assert_eq!(
         ask(&new_socket, "TICK"),
         "5",

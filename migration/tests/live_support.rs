@@ -1,100 +1,59 @@
-//! What the live-migration tests share: the `dirtier` workload (examples/dirtier, built here
-//! from its source with `rustc -O`), a handle that starts and reaps it, and a poller that asks it
-//! for its counter every few milliseconds so a move's downtime and the counter's continuity can
-//! be read off afterwards.
+//! What the live-migration tests share: the `dirtier` workload (examples/dirtier, built static
+//! by scripts/build-static.sh; tests never compile it), a handle that starts and reaps it, and
+//! the shared poller (`brume_testnet::poller`, also `brume bench migration`'s) that asks it for
+//! its counter every few milliseconds so the counter's continuity across a move can be checked
+//! afterwards, with waits on its answers instead of sleeps.
 //!
 //! Used as a module by the `live_*` test files; on its own it is an empty test target.
-#![allow(dead_code)]
+// Each test file uses part of it (and of what it re-exports).
+#![allow(dead_code, unused_imports)]
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 pub use brume_testnet::poller::{Answer, Poller};
+pub use common::{static_binary, wait_for, LIVENESS, TEST_BUDGET};
 
-/// The workload's source, shared with `brume bench migration`.
-pub const DIRTIER_SRC: &str = include_str!("../../examples/dirtier/src/main.rs");
-
-/// Whether criu can run here; prints SKIPPED and returns false when it cannot.
-pub fn criu_or_skip(test: &str) -> bool {
-    let ok = matches!(
-        Command::new("criu").arg("--version").output(),
-        Ok(o) if o.status.success()
-    );
-    let root = unsafe { libc::geteuid() } == 0;
-    if !ok || !root {
-        eprintln!("SKIPPED: {test}: needs root and criu (scripts/install-criu.sh)");
-    }
-    ok && root
+/// Whether criu can run here (root and criu); records the skip otherwise, which fails the test
+/// under `BRUME_REQUIRE` (`brume_testnet::require`).
+pub fn have_criu(test: &str) -> bool {
+    brume_testnet::require::criu(test)
 }
 
-/// Builds the dirtier once per test binary.
+/// The static dirtier from scripts/build-static.sh.
 pub fn dirtier() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let src = dir.join(format!("dirtier-{}.rs", std::process::id()));
-        let bin = dir.join(format!("dirtier-{}", std::process::id()));
-        std::fs::write(&src, DIRTIER_SRC).expect("write dirtier source");
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-        let out = Command::new(rustc)
-            .args(["--edition", "2021", "-O", "-o"])
-            .arg(&bin)
-            .arg(&src)
-            .output()
-            .expect("run rustc");
-        assert!(
-            out.status.success(),
-            "rustc failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        bin
-    })
-    .clone()
+    static_binary("dirtier")
 }
 
-/// A directory under /dev/shm (tmpfs, like the node's) or the temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A directory `brume-test-<tag>-...` under /dev/shm (tmpfs, like the node's) or the temp
+/// dir, removed on drop.
+pub struct TempDir(common::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let base = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!(
-            "brume-{tag}-{}-{:x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
+        TempDir(common::TempDir::in_shm(tag))
     }
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
 /// A running dirtier. A thread reaps it as soon as it exits (CRIU's final dump kills it, and a
-/// zombie would hold its PID against the restore). Whatever holds its PID is killed on drop:
-/// the original or the restored task.
+/// zombie would hold its PID against the restore) and says so on `exited`. Whatever holds its
+/// PID is killed on drop: the original or the restored task.
 pub struct Dirtier {
     pub pid: u32,
     pub socket: PathBuf,
     pub mib: usize,
     pub seed: u64,
-    reaper: Option<JoinHandle<()>>,
+    exited: Option<mpsc::Receiver<()>>,
     /// The original is gone for good (a post-copy ended it): its PID may belong to anyone now.
     moved_away: bool,
 }
@@ -151,35 +110,50 @@ impl Dirtier {
         mib: usize,
         seed: u64,
     ) -> Dirtier {
-        let reaper = std::thread::spawn(move || {
+        let (tx, exited) = mpsc::channel();
+        std::thread::spawn(move || {
             let _ = child.wait();
+            let _ = tx.send(());
         });
-        let started = Instant::now();
-        while UnixStream::connect(socket).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "dirtier not ready"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Dirtier {
+        let d = Dirtier {
             pid,
             socket: socket.to_path_buf(),
             mib,
             seed,
-            reaper: Some(reaper),
+            exited: Some(exited),
             moved_away: false,
-        }
+        };
+        wait_for("the dirtier answering", LIVENESS, || {
+            UnixStream::connect(socket).map(drop)
+        });
+        d
     }
 
-    /// Waits (bounded) until the original process is gone and reaped, and stops killing its PID
-    /// on drop: after a post-copy the task runs elsewhere under another PID, and this one may be
-    /// reused.
+    /// Waits until the original process is gone and reaped, and stops killing its PID on drop:
+    /// after a post-copy the task runs elsewhere under another PID, and this one may be reused.
     pub fn wait_moved_away(&mut self) {
-        if let Some(r) = self.reaper.take() {
-            let _ = r.join();
+        if let Some(exited) = self.exited.take() {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = exited.recv_timeout(LIVENESS) {
+                panic!(
+                    "the original dirtier (pid {}) still runs {LIVENESS:?} after the move",
+                    self.pid
+                );
+            }
         }
         self.moved_away = true;
+    }
+
+    /// Waits until the task has made more than `steps` dirty steps (it dirties by the clock, so
+    /// it does, unless it stopped running) and returns the steps it reported.
+    pub fn wait_dirtying_past(&self, steps: u64) -> u64 {
+        wait_for("the task dirtying on", LIVENESS, || {
+            let (now, _) = self.sum();
+            if now > steps {
+                Ok(now)
+            } else {
+                Err(format!("{now} steps, not past {steps}"))
+            }
+        })
     }
 
     /// `SUM`: (steps, checksum) of the memory now.
@@ -224,16 +198,20 @@ impl Drop for Dirtier {
                 libc::kill(self.pid as i32, libc::SIGKILL);
             }
         }
-        if let Some(r) = self.reaper.take() {
-            let _ = r.join();
+        if let Some(exited) = self.exited.take() {
+            // The reaper says when the killed process (or the `unshare` above it) is reaped.
+            let _ = exited.recv_timeout(LIVENESS);
         }
     }
 }
 
-/// One request on a fresh connection (closed on return, so a dump never sees it open).
+/// One request on a fresh connection (closed on return, so a dump never sees it open). Waits
+/// for the answer as long as [`LIVENESS`]: a pre-copy round freezes the task for a while, and
+/// an answer that comes after the freeze is the right answer (this used to give up after
+/// 500 ms, and failed under load).
 pub fn ask(socket: &Path, command: &str) -> std::io::Result<String> {
     let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream.set_read_timeout(Some(LIVENESS))?;
     writeln!(stream, "{command}")?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
@@ -248,6 +226,17 @@ pub fn ask(socket: &Path, command: &str) -> std::io::Result<String> {
 /// the counter must go up by one per answer (`brume_testnet::poller`).
 pub fn poll(socket: &Path, every: Duration) -> Poller {
     Poller::start(socket, "TICK", every, || true)
+}
+
+/// Waits until the poller holds at least `n` answers; panics with the last ones seen.
+pub fn wait_answers(poller: &Poller, what: &str, n: usize) {
+    let (done, seen) = poller.wait_until(LIVENESS, |log| log.len() >= n);
+    assert!(
+        done,
+        "{what}: {} answers after {LIVENESS:?}, waiting for {n}; the last: {:?}",
+        seen.len(),
+        seen.iter().rev().take(3).collect::<Vec<_>>()
+    );
 }
 
 /// The longest silence between two answers, as (gap, answer before, answer after).

@@ -49,19 +49,28 @@ mod tests {
         {
             return;
         }
+        // The program only has to outlive the reading of its status: a long sleep, killed by
+        // the guard (a panic too), so no load makes it exit before it is read.
+        struct Kill(Child, u32);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                // SAFETY: kill(2) has no memory effects.
+                unsafe {
+                    libc::kill(self.1 as i32, libc::SIGKILL);
+                }
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
         let mut cmd = command("sleep");
-        cmd.arg("5");
-        let (mut child, pid) = spawn(&mut cmd).expect("spawn");
+        cmd.arg("600");
+        let (child, pid) = spawn(&mut cmd).expect("spawn");
+        let _guard = Kill(child, pid);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         let nspid = status
             .lines()
             .find(|l| l.starts_with("NSpid:"))
             .expect("NSpid");
         assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
-        let _ = child.kill();
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-        let _ = child.wait();
     }
 }

@@ -20,7 +20,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,32 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Polls from a thread until [`Poller::finish`].
 pub struct Poller {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<Answer>>>,
+    log: Arc<Log>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The answers so far, and whether the polling thread has ended; [`Poller::wait_until`] is
+/// woken by every answer.
+#[derive(Default)]
+struct Log {
+    state: Mutex<(Vec<Answer>, bool)>,
+    changed: Condvar,
+}
+
+impl Log {
+    fn push(&self, a: Answer) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .push(a);
+        self.changed.notify_all();
+    }
+
+    fn end(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.changed.notify_all();
+    }
 }
 
 fn inode(path: &Path) -> Option<u64> {
@@ -147,12 +172,22 @@ impl Poller {
     ) -> Poller {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let log = Arc::new(Log::default());
+        let shared = log.clone();
         let socket: PathBuf = socket.to_path_buf();
         let request = request.to_string();
         let thread = std::thread::spawn(move || {
-            let mut log = Vec::new();
+            /// Marks the log ended when the thread returns or unwinds.
+            struct Ended(Arc<Log>);
+            impl Drop for Ended {
+                fn drop(&mut self) {
+                    self.0.end();
+                }
+            }
+            let log = Ended(shared);
+            let log = &log.0;
             if !setup() {
-                return log;
+                return;
             }
             // Requests not answered promptly, each on the socket the path named when it went.
             let mut stuck: Vec<Pending> = Vec::new();
@@ -178,21 +213,58 @@ impl Poller {
                 }
                 std::thread::sleep(every);
             }
-            log
         });
         Poller {
             stop,
+            log,
             thread: Some(thread),
+        }
+    }
+
+    /// The answers so far, in order.
+    pub fn answers(&self) -> Vec<Answer> {
+        self.log
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Waits, woken by each answer, until `done` holds for the answers so far; gives up after
+    /// `timeout` or when polling has stopped (its setup failed). Returns whether `done` held, and
+    /// the answers it was last asked about (for the caller's message when it did not).
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[Answer]) -> bool,
+    ) -> (bool, Vec<Answer>) {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.log.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if done(&state.0) {
+                return (true, state.0.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if state.1 || left.is_zero() {
+                return (false, state.0.clone());
+            }
+            state = self
+                .log
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
     /// Stops polling and returns every answer, in order.
     pub fn finish(mut self) -> Vec<Answer> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default()
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        std::mem::take(&mut self.log.state.lock().unwrap_or_else(|e| e.into_inner()).0)
     }
 }
 
@@ -237,6 +309,36 @@ mod tests {
         assert_eq!(values, vec![1, 2, 3]);
         assert!(log.iter().all(|a| a.peer == me), "{log:?}");
         assert_eq!(switch(&log, me), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn wait_until_wakes_on_answers_and_gives_up_when_polling_cannot_start() {
+        let dir = std::env::temp_dir().join(format!("brume-test-poller-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().take(5).enumerate() {
+                let mut conn = conn.unwrap();
+                let mut line = String::new();
+                BufReader::new(&conn).read_line(&mut line).unwrap();
+                writeln!(conn, "{}", n + 1).unwrap();
+            }
+        });
+        let poller = Poller::start(&path, "TICK", Duration::from_millis(1), || true);
+        let (done, seen) = poller.wait_until(Duration::from_secs(60), |log| log.len() >= 3);
+        assert!(done, "{seen:?}");
+        assert!(poller.answers().len() >= 3);
+        server.join().unwrap();
+        let values: Vec<u64> = poller.finish().iter().map(|a| a.value).collect();
+        assert_eq!(values, vec![1, 2, 3, 4, 5]);
+
+        // A setup that fails ends polling: the wait returns at once, not after its timeout.
+        let poller = Poller::start(&path, "TICK", Duration::from_millis(1), || false);
+        let (done, seen) = poller.wait_until(Duration::from_secs(3600), |log| !log.is_empty());
+        assert!(!done && seen.is_empty());
+        assert!(poller.finish().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

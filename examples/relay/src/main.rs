@@ -1,6 +1,7 @@
 //! brume-relay: the test workload for brume's engines, tunnels and migrations.
 //!
-//! A TCP line server on `127.0.0.1:$PORT` (or `$HOST:$PORT`). For each line a client sends, the
+//! A TCP line server on `127.0.0.1:$PORT` (or `$HOST:$PORT`; `PORT=0` takes a free port, named
+//! in the `listening on` line it prints first). For each line a client sends, the
 //! relay forwards the same line to every replica of every task it calls, reads one line back from
 //! each, and answers `<BRUME_TASK>(<reply1>,<reply2>,...)`, or just `<BRUME_TASK>` when it calls
 //! nobody. So a chain `a -> b -> c` answers `a(b(c))` and a fan-out `a -> b x2` answers `a(b,b)`:
@@ -289,6 +290,10 @@ fn main() -> ExitCode {
         .iter()
         .map(|c| format!("{}={}", c.var, c.addr))
         .collect();
+    // The port bound, not the one asked for: with PORT=0 the kernel picks a free one, and this
+    // line is how a test learns it (a port picked by the test and released before the relay
+    // binds it may be taken by then).
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
     println!(
         "brume-relay {task} listening on {host}:{port}, calls [{}], served {served}",
         shown.join(" ")

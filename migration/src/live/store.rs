@@ -527,7 +527,7 @@ mod tests {
     impl Tmp {
         fn new(tag: &str) -> Tmp {
             let p = std::env::temp_dir().join(format!(
-                "brume-store-{tag}-{}-{:x}",
+                "brume-test-store-{tag}-{}-{:x}",
                 std::process::id(),
                 rand::random::<u64>()
             ));
@@ -722,12 +722,16 @@ mod tests {
         let store = Arc::new(ChunkStore::open(t.0.join("store"), DEFAULT_CAP).expect("open"));
         assert!(store.wait_idle(Duration::ZERO));
         let g = store.begin_insert();
+        // While an insert is under way the store is never idle: this wait can only time out.
         assert!(!store.wait_idle(Duration::from_millis(20)));
-        let h = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            drop(g);
-        });
-        assert!(store.wait_idle(Duration::from_secs(5)));
-        h.join().expect("thread");
+        // A waiter blocked before the insert ends is woken when it does; the bound only turns
+        // a lost wake-up into a failure instead of a hang.
+        let waiter = {
+            let store = store.clone();
+            std::thread::spawn(move || store.wait_idle(Duration::from_secs(60)))
+        };
+        drop(g);
+        assert!(waiter.join().expect("thread"));
+        assert!(store.wait_idle(Duration::ZERO));
     }
 }

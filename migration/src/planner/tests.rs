@@ -355,7 +355,7 @@ mod properties {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
+        #![proptest_config(crate::testing::proptest_config(128))]
 
         /// Whatever deltas the rounds report, the planner stops within its round limit, and it
         /// never freezes with a predicted downtime over the budget unless a deadline forces it.

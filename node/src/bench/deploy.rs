@@ -218,8 +218,11 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
         cold.push(brume_deploy(&net, &m, &service)?);
         warm.push(brume_deploy(&net, &m, &service)?);
         let image = format!("brume-bench-relay:{tag}-{r}");
+        // --no-cache: Docker 20.10's cache probe lists and loads every image on the same parent
+        // (FROM scratch: all of them) and fails the build if one is removed meanwhile; this
+        // build's time is not measured, so the cache has nothing to save.
         let built = Command::new("docker")
-            .args(["build", "-q", "-t", &image])
+            .args(["build", "--no-cache", "-q", "-t", &image])
             .arg(&ctx)
             .output()?;
         if !built.status.success() {

@@ -328,9 +328,16 @@ impl DockerEngine {
             .await
             .map_err(|e| EngineError::io("open the build context", &input.tar, e))?;
         let labels = HashMap::from([("brume.digest", input.digest.as_str())]);
+        // No build cache. brume names an image by its context's digest and builds only when no
+        // image of that name exists, so the cache could at most spare the leading steps a
+        // changed context shares with an image still here; and Docker 20.10's legacy builder
+        // probes it by listing every image built on the same parent (for FROM scratch: every
+        // such image) and loading each, so a `docker rmi` of any of them at the same moment
+        // fails this build with `unable to find image "sha256:..."` (seen in CI).
         let options = BuildImageOptionsBuilder::default()
             .dockerfile("Dockerfile")
             .t(image.as_str())
+            .nocache(true)
             .rm(true)
             .forcerm(true)
             .labels(&labels)
