@@ -49,7 +49,10 @@ say() { echo "install-criu: $*"; }
 die() { echo "install-criu: error: $*" >&2; exit 1; }
 
 sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || die "needs root: run it as root (sudo is not installed)"
+  sudo="sudo"
+fi
 
 criu_version() {
   "${1:-criu}" --version 2>/dev/null | sed -n 's/^Version: *//p' | head -n1
@@ -81,9 +84,10 @@ old=$(old_apt_files)
 if [ -n "$old" ]; then
   echo "install-criu: warning: an older brume added Debian sid and trixie as apt sources:" >&2
   sed 's/^/  /' <<<"$old" >&2
-  echo "  brume no longer needs them (criu is now built from source); remove them with" >&2
-  echo "  'rm $(tr '\n' ' ' <<<"$old")' and then 'apt-get update', or a later" >&2
-  echo "  'apt-get upgrade' may take more packages from trixie. (Packages they brought are left alone.)" >&2
+  echo "  brume no longer needs them (criu is now built from source); remove them, then" >&2
+  echo "  'apt-get update', or a later 'apt-get upgrade' may take more packages from trixie:" >&2
+  echo "  rm ${old//$'\n'/ }" >&2
+  echo "  (the packages they brought are left as they are)" >&2
 fi
 
 if [ "$mode" = uninstall ]; then
