@@ -123,6 +123,10 @@ started=$(date +%s)
 mkdir -p "$cache"
 exec 9>"$cache/lock"
 flock 9 # another install-criu.sh (say test.sh and demo.sh at once) waits here
+if [ "$mode" != rebuild ] && command -v nft >/dev/null && criu_ok; then
+  say "criu $(criu_version) was installed meanwhile (by another run); nothing to do"
+  exit 0
+fi
 
 # Build dependencies, all from this machine's own apt sources. criu needs protobuf-c, libnl-3,
 # libnet, libuuid and (for --network-lock nftables) libnftables; libbsd is optional
