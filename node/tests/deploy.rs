@@ -6,10 +6,15 @@
 //!
 //! Each node offers only 150 mCPU, so the 100-mCPU tasks cannot share a node: the call chain
 //! front -> mid -> back crosses the overlay twice.
+//!
+//! Build contexts carry the labels `brume.test=<run>` and `brume.test.owner=<service>`, so the
+//! images the daemons build (and their containers) are removed when the test ends, pass or fail
+//! (`common::ServiceNet`'s drop), and swept by label after a run that died. A missing Docker
+//! daemon is a skip recorded by `brume_testnet::require`.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
@@ -17,9 +22,10 @@ use common::{port_of, text};
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
 
-/// The relay chain's build context (the static relay, `FROM scratch`) with `salt` in it.
-fn context(dir: &Path, salt: &str) -> PathBuf {
-    brume::bench::deploy::context(dir, &common::relay_binary(), salt).expect("a build context")
+/// The relay chain's build context (the static relay, `FROM scratch`) with `service` in it as
+/// its salt and its owner label.
+fn context(dir: &Path, service: &str) -> PathBuf {
+    common::chain_context(dir, service, service)
 }
 
 /// The relay chain's manifest: front -> mid -> back, 100 mCPU each.
@@ -67,7 +73,7 @@ fn deploys_a_chain_across_three_nodes(engine: &str) {
     let net = Net::start(engine, &service);
     context(net.dir(), &service);
     let m = manifest(net.dir(), &service);
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
     assert!(
         out.status.success(),
@@ -122,8 +128,7 @@ fn deploys_a_chain_across_three_nodes(engine: &str) {
 
 #[test]
 fn a_chain_of_three_tasks_calls_through_tunnels_on_docker() {
-    if !common::docker_available() {
-        eprintln!("SKIPPED: no Docker daemon answers; this test needs the real engine");
+    if !common::need_docker("deploy::a_chain_of_three_tasks_calls_through_tunnels_on_docker") {
         return;
     }
     deploys_a_chain_across_three_nodes("docker");
@@ -136,8 +141,7 @@ fn a_chain_of_three_tasks_calls_through_tunnels_on_processes() {
 
 #[test]
 fn bad_input_is_refused_and_leaves_nothing_behind() {
-    if !common::docker_available() {
-        eprintln!("SKIPPED: no Docker daemon answers; this test needs the real engine");
+    if !common::need_docker("deploy::bad_input_is_refused_and_leaves_nothing_behind") {
         return;
     }
     let service = unique("bad");
@@ -239,7 +243,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
         let (me, task) = brume_overlay::Overlay::spawn(cfg).await.unwrap();
         let host: brume_overlay::PeerId = target.rsplit('/').next().unwrap().parse().unwrap();
         let addr: brume_overlay::Multiaddr = target.parse().unwrap();
-        me.connect(host, vec![addr], Duration::from_secs(5))
+        me.connect(host, vec![addr], Duration::from_secs(60))
             .await
             .unwrap();
 
@@ -271,9 +275,9 @@ fn a_host_checks_resources_epochs_and_garbage() {
 
         // Deploys are idempotent per epoch: the same request again changes nothing, an older
         // epoch is refused as stale, a newer one replaces the instance.
-        let store_dir = tempfile::tempdir().unwrap();
+        let store_dir = common::tempdir();
         let store = brume::artifact::ChunkStore::open(store_dir.path()).unwrap();
-        let ctx = common::relay_context();
+        let ctx = common::relay_context(&service);
         let artifact = brume::artifact::pack_context(ctx.path()).unwrap();
         let manifest = store.put_artifact(&artifact).unwrap();
         let incoming = me.accept_streams(brume::artifact::TRANSFER_PROTOCOL).unwrap();

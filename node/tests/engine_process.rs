@@ -18,7 +18,7 @@ use brume::engine::{
     DockerEngine, Engine, EngineError, ImageInput, ImageKind, ImageRef, LaunchSpec, ProcessEngine,
     RestartPolicy, TaskState,
 };
-use common::{ask, free_port, pack_context, relay_context, unique_suffix, Cleanup};
+use common::{ask, free_port, pack_context, relay_context, tempdir, unique_suffix, Cleanup};
 
 fn spec(name: &str, task: &str, image: &ImageRef, port: u16) -> LaunchSpec {
     LaunchSpec {
@@ -59,6 +59,8 @@ fn start_time(pid: u32) -> String {
         .to_string()
 }
 
+/// Waits (polling /proc) until the process is gone; false when it is still alive after `bound`,
+/// a liveness deadline far beyond what a loaded machine needs.
 fn wait_dead(pid: u32, start: &str, bound: Duration) -> bool {
     let deadline = Instant::now() + bound;
     while Instant::now() < deadline {
@@ -70,9 +72,13 @@ fn wait_dead(pid: u32, start: &str, bound: Duration) -> bool {
     false
 }
 
+/// How long a task may take to do what it was told (exit, come back) before the test calls it
+/// stuck: a liveness bound, never a speed claim.
+const LIVENESS: Duration = Duration::from_secs(60);
+
 async fn relay_engine(root: &Path) -> (ProcessEngine, ImageRef) {
     let engine = ProcessEngine::new(root.join("engine")).unwrap();
-    let ctx = relay_context();
+    let ctx = relay_context("engine-process");
     let input = pack_context(ctx.path(), root);
     let image = engine.prepare(&input).await.unwrap();
     (engine, image)
@@ -80,9 +86,9 @@ async fn relay_engine(root: &Path) -> (ProcessEngine, ImageRef) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_call_each_other_and_leave_nothing_behind() {
-    let root = tempfile::tempdir().unwrap();
+    let root = tempdir();
     let engine = ProcessEngine::new(root.path().join("engine")).unwrap();
-    let ctx = relay_context();
+    let ctx = relay_context("engine-process");
     let input = pack_context(ctx.path(), root.path());
     let t = Instant::now();
     let image = engine.prepare(&input).await.unwrap();
@@ -162,10 +168,10 @@ async fn two_relays_call_each_other_and_leave_nothing_behind() {
         .collect();
     assert_eq!(names, vec!["a", "b"]);
 
+    // SIGTERM ends the relay with status 0 (SIGKILL, which the engine sends once the grace is
+    // over, would read 137: the exit code, not the time taken, shows the relay handled SIGTERM).
     let start_a = start_time(pid);
-    let t = Instant::now();
-    engine.stop("a", Duration::from_secs(5)).await.unwrap();
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    engine.stop("a", Duration::from_secs(30)).await.unwrap();
     assert_eq!(
         engine.state("a").await.unwrap().state,
         TaskState::Exited { code: 0 }
@@ -178,7 +184,10 @@ async fn two_relays_call_each_other_and_leave_nothing_behind() {
     let start_b = start_time(pid_b);
     engine.remove("a").await.unwrap();
     engine.remove("b").await.unwrap();
-    assert!(wait_dead(pid_b, &start_b, Duration::from_secs(5)));
+    assert!(
+        wait_dead(pid_b, &start_b, LIVENESS),
+        "b ({pid_b}) outlived its removal"
+    );
     assert!(engine.list().await.unwrap().is_empty());
     assert_eq!(engine.state("a").await.unwrap().state, TaskState::Missing);
     engine.remove("a").await.unwrap();
@@ -198,7 +207,7 @@ async fn prepare_err(engine: &ProcessEngine, root: &Path, dockerfile: Option<&st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_fails_clearly_and_leaves_no_task() {
-    let root = tempfile::tempdir().unwrap();
+    let root = tempdir();
     let (engine, image) = relay_engine(root.path()).await;
 
     let err = prepare_err(&engine, root.path(), None).await;
@@ -316,9 +325,26 @@ async fn bad_input_fails_clearly_and_leaves_no_task() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// The state of task `name` once it no longer runs (a kill is seen by its supervisor a moment
+/// after the signal).
+async fn wait_not_running(engine: &ProcessEngine, name: &str) -> brume::engine::TaskStatus {
+    let deadline = Instant::now() + LIVENESS;
+    loop {
+        let st = engine.state(name).await.unwrap();
+        if st.state != TaskState::Running {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} still runs {LIVENESS:?} after its kill: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_supervisor_restarts_a_killed_task_up_to_its_limit() {
-    let root = tempfile::tempdir().unwrap();
+    let root = tempdir();
     let (engine, image) = relay_engine(root.path()).await;
     let (pr, pn) = (free_port(), free_port());
     let mut sr = spec("r", "r", &image, pr);
@@ -334,7 +360,7 @@ async fn the_supervisor_restarts_a_killed_task_up_to_its_limit() {
     let first = engine.state("r").await.unwrap().pid.unwrap();
     kill(first);
     kill(engine.state("n").await.unwrap().pid.unwrap());
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + LIVENESS;
     let second = loop {
         let st = engine.state("r").await.unwrap();
         if st.restarts == 1 && st.state == TaskState::Running {
@@ -343,24 +369,32 @@ async fn the_supervisor_restarts_a_killed_task_up_to_its_limit() {
                 break pid;
             }
         }
-        assert!(Instant::now() < deadline, "not restarted: {st:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not restarted within {LIVENESS:?}: {st:?}; its log: {:?}",
+            engine.logs("r", 20).await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_ne!(second, first);
-    let st = engine.state("n").await.unwrap();
+    // n (restart: never) stays down once its supervisor has seen the kill.
+    let st = wait_not_running(&engine, "n").await;
     assert_eq!(st.state, TaskState::Exited { code: 137 });
     assert_eq!(st.restarts, 0);
 
     // The limit: a second crash is the last.
     kill(second);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + LIVENESS;
     loop {
         let st = engine.state("r").await.unwrap();
         if st.state == (TaskState::Exited { code: 137 }) {
             assert_eq!(st.restarts, 1);
             break;
         }
-        assert!(Instant::now() < deadline, "still {st:?}");
+        assert!(
+            Instant::now() < deadline,
+            "still {st:?} {LIVENESS:?} after the second kill"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     engine.remove("r").await.unwrap();
@@ -369,7 +403,7 @@ async fn the_supervisor_restarts_a_killed_task_up_to_its_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_engine_leaves_no_child_alive() {
-    let root = tempfile::tempdir().unwrap();
+    let root = tempdir();
     let (engine, image) = relay_engine(root.path()).await;
     let mut pids = Vec::new();
     for name in ["d1", "d2"] {
@@ -378,7 +412,7 @@ async fn dropping_the_engine_leaves_no_child_alive() {
         engine.start(&s).await.unwrap();
         // Its pid, once it runs (a CI run once found none right after the start: the state and
         // the task's log say why if that happens again).
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + LIVENESS;
         let pid = loop {
             let st = engine.state(name).await.unwrap();
             if let (TaskState::Running, Some(pid)) = (&st.state, st.pid) {
@@ -402,7 +436,7 @@ async fn dropping_the_engine_leaves_no_child_alive() {
     drop(clone);
     for (pid, start) in &pids {
         assert!(
-            wait_dead(*pid, start, Duration::from_secs(5)),
+            wait_dead(*pid, start, LIVENESS),
             "task {pid} outlived the engine"
         );
     }
@@ -429,13 +463,15 @@ async fn orphan_helper_node() {
     let pid = engine.state("orphan").await.unwrap().pid.unwrap();
     std::fs::write(dir.join("pid.tmp"), pid.to_string()).unwrap();
     std::fs::rename(dir.join("pid.tmp"), dir.join("pid")).unwrap();
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Killed by the test long before this ends; the bound only keeps a lost helper from
+    // lingering.
+    tokio::time::sleep(Duration::from_secs(300)).await;
 }
 
 #[test]
 fn a_killed_node_leaves_no_orphan() {
-    let root = tempfile::tempdir().unwrap();
-    let ctx = relay_context();
+    let root = tempdir();
+    let ctx = relay_context("engine-process");
     let input = pack_context(ctx.path(), root.path());
     let mut node = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -450,11 +486,12 @@ fn a_killed_node_leaves_no_orphan() {
         .spawn()
         .unwrap();
     let pid_file = root.path().join("pid");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + LIVENESS;
     while !pid_file.exists() {
         if Instant::now() > deadline {
             let _ = node.kill();
-            panic!("the helper node did not start its task");
+            let _ = node.wait();
+            panic!("the helper node did not start its task within {LIVENESS:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -469,25 +506,23 @@ fn a_killed_node_leaves_no_orphan() {
     node.kill().unwrap();
     node.wait().unwrap();
     assert!(
-        wait_dead(pid, &start, Duration::from_secs(5)),
+        wait_dead(pid, &start, LIVENESS),
         "task {pid} outlived its killed node"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_docker_save_tarball_runs_as_a_process() {
-    let docker = match DockerEngine::connect().await {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("!!! SKIPPED: Docker is unreachable ({e}), so no docker save tarball could be made !!!");
-            return;
-        }
-    };
-    let root = tempfile::tempdir().unwrap();
-    let ctx = relay_context();
-    std::fs::write(ctx.path().join("nonce"), unique_suffix()).unwrap();
+    const TEST: &str = "engine_process::a_docker_save_tarball_runs_as_a_process";
+    if !common::need_docker(TEST) {
+        return;
+    }
+    let docker = DockerEngine::connect().await.expect("Docker answers");
+    let root = tempdir();
+    let owner = format!("engine-process-{}", unique_suffix());
+    let mut cleanup = Cleanup::owned(&owner);
+    let ctx = relay_context(&owner);
     let input = pack_context(ctx.path(), root.path());
-    let mut cleanup = Cleanup::default();
     let built = docker.prepare(&input).await.unwrap();
     cleanup.images.push(built.0.clone());
     let saved = root.path().join("save.tar");

@@ -11,17 +11,35 @@
 //!   it is, with its count;
 //! * back (stateless) moves cold to the node mid left;
 //! * `brume drain` on node 0 moves front away too, and the chain still answers from there.
+//!
+//! Waits are on events (an answer of the whole chain, a call made, a process gone), each with a
+//! generous liveness deadline that reports what it saw last. Build contexts carry the labels
+//! `brume.test=<run>` and `brume.test.owner=<service>`: the daemons' images and containers are
+//! removed when a test ends (`common::ServiceNet`), runc leftovers by [`RuncLeftovers`]. A
+//! missing Docker, CRIU (>= 4.2), runc or root is a skip recorded by `brume_testnet::require`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
+use brume_testnet::require::{self, Need};
 use common::{port_of, text};
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
+
+/// How long anything a test waits for (an answer, a process gone, a daemon stopped) may take
+/// before the test calls it stuck: a liveness bound, never a speed claim.
+const LIVENESS: Duration = Duration::from_secs(60);
+
+/// The relay chain's build context in `dir/ctx`, salted and labelled with `service`.
+fn context(dir: &Path, service: &str) {
+    common::chain_context(dir, service, service);
+}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
@@ -87,14 +105,16 @@ impl Net {
 }
 
 /// Asks until the chain answers in full (a moved instance may take a moment to be reachable
-/// through every tunnel), bounded.
+/// through every tunnel), for at most [`LIVENESS`]; a failure says what it got last.
 fn chain_answers(port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + LIVENESS;
     loop {
         let reply = common::ask(port, "hello");
         match &reply {
             Ok(r) if r == "front(mid(back))" => return r.clone(),
-            _ if Instant::now() > deadline => panic!("the chain does not answer: {reply:?}"),
+            _ if Instant::now() > deadline => {
+                panic!("the chain does not answer within {LIVENESS:?}; last: {reply:?}")
+            }
             _ => std::thread::sleep(Duration::from_millis(50)),
         }
     }
@@ -102,31 +122,35 @@ fn chain_answers(port: u16) -> String {
 
 /// Calls the chain on one kept connection, as fast as it answers, until stopped (bounded).
 struct Caller {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
+    /// Calls answered so far (right or wrong).
+    calls: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<(u64, Vec<String>, Duration)>,
 }
 
 impl Caller {
+    /// Starts calling, and returns once the first call has been answered, so a move started
+    /// after this always has a caller in flight.
     fn start(port: u16) -> Caller {
         use std::io::{BufRead, BufReader, Write};
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), calls.clone());
         let thread = std::thread::spawn(move || {
             let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect front");
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
+            // A call held through a move waits as long as the move takes; this bound only
+            // keeps a lost answer from hanging the test.
+            s.set_read_timeout(Some(LIVENESS)).expect("timeout");
             let mut w = s.try_clone().expect("clone");
             let mut r = BufReader::new(s);
-            let (mut calls, mut bad, mut longest) = (0u64, Vec::new(), Duration::ZERO);
+            let (mut bad, mut longest) = (Vec::new(), Duration::ZERO);
             let started = Instant::now();
-            while !flag.load(std::sync::atomic::Ordering::SeqCst)
-                && started.elapsed() < Duration::from_secs(60)
-            {
+            while !flag.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(300) {
                 let t = Instant::now();
                 let mut line = String::new();
                 let ok = writeln!(w, "hello").is_ok() && r.read_line(&mut line).is_ok();
                 longest = longest.max(t.elapsed());
-                calls += 1;
+                count.fetch_add(1, Ordering::SeqCst);
                 if !ok || line.trim() != "front(mid(back))" {
                     bad.push(line.trim().to_string());
                     if !ok {
@@ -135,14 +159,41 @@ impl Caller {
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
-            (calls, bad, longest)
+            (count.load(Ordering::SeqCst), bad, longest)
         });
-        Caller { stop, thread }
+        let caller = Caller {
+            stop,
+            calls,
+            thread,
+        };
+        caller.wait_calls(1);
+        caller
     }
 
-    /// Calls made, the answers that were wrong, and the longest wait for one answer.
-    fn stop(self) -> (u64, Vec<String>, Duration) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// Waits until at least `n` calls have been answered in all.
+    fn wait_calls(&self, n: u64) {
+        let deadline = Instant::now() + LIVENESS;
+        while self.calls.load(Ordering::SeqCst) < n {
+            assert!(
+                !self.thread.is_finished(),
+                "the caller stopped after {} calls",
+                self.calls.load(Ordering::SeqCst)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the caller made {} of {n} calls within {LIVENESS:?}",
+                self.calls.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until the caller has made another call after now (so a call crossed what just
+    /// happened), then stops it: calls made, the answers that were wrong, and the longest wait
+    /// for one answer.
+    fn stop_after_one_more(self) -> (u64, Vec<String>, Duration) {
+        self.wait_calls(self.calls.load(Ordering::SeqCst) + 1);
+        self.stop.store(true, Ordering::SeqCst);
         self.thread.join().expect("the caller thread")
     }
 }
@@ -164,7 +215,7 @@ fn moves_tasks_between_nodes(engine: &str) {
         &service,
     ));
     let dir = net.0.dir().to_path_buf();
-    brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
+    context(&dir, &service);
     let m = manifest(&dir, &service);
     net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
@@ -221,7 +272,7 @@ fn moves_tasks_between_nodes(engine: &str) {
     // call fails, and the longest gap between answers is what the move costs a caller.
     let caller = Caller::start(front_port);
     let moved = net.json(0, &["migrate", "mid", "--to", "auto", "--json"]);
-    let (calls, bad, longest_gap) = caller.stop();
+    let (calls, bad, longest_gap) = caller.stop_after_one_more();
     assert!(calls > 0, "the caller made no call during the move");
     assert_eq!(bad, Vec::<String>::new(), "calls failed during the move");
     assert_eq!(
@@ -291,8 +342,7 @@ fn tasks_move_between_nodes_on_processes() {
 
 #[test]
 fn tasks_move_between_nodes_on_docker() {
-    if !common::docker_available() {
-        eprintln!("SKIPPED: no Docker daemon answers; this test needs the real engine");
+    if !common::need_docker("migrate::tasks_move_between_nodes_on_docker") {
         return;
     }
     moves_tasks_between_nodes("docker");
@@ -312,7 +362,7 @@ fn a_leaving_node_moves_its_tasks_away_first() {
         &service,
     ));
     let dir = net.0.dir().to_path_buf();
-    brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
+    context(&dir, &service);
     let m = manifest(&dir, &service);
     net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
@@ -328,8 +378,8 @@ fn a_leaving_node_moves_its_tasks_away_first() {
         .expect("mid's host is one of the nodes");
     assert_ne!(leaving, 0, "the root stays on node 0");
     assert!(
-        net.0.net.stop(leaving, Duration::from_secs(60)),
-        "the leaving node did not exit within 60 s"
+        net.0.net.stop(leaving, Duration::from_secs(120)),
+        "the leaving node did not exit within 120 s (its drain is bounded at 60 s)"
     );
     chain_answers(front_port);
     let after = net.placement();
@@ -345,19 +395,26 @@ fn a_leaving_node_moves_its_tasks_away_first() {
     );
 }
 
-/// Why this machine cannot run the live CRIU move, if it cannot: it needs root (the node's
-/// mount namespace, CRIU) and criu >= 4.2 (TCP listeners on this kernel).
-fn live_move_unsupported() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".to_string());
+/// Whether this machine can run the live CRIU move: it needs root (the node's mount namespace,
+/// CRIU) and criu >= 4.2 (TCP listeners on this kernel). When not, the skip is recorded through
+/// `brume_testnet::require` (a failure when `BRUME_REQUIRE` lists the need).
+fn live_move_supported(test: &str) -> bool {
+    if !require::criu(test) {
+        return false;
     }
     match brume_migration::criu::Criu::new().version() {
-        Err(e) => Some(format!("no criu: {e}")),
+        Err(e) => {
+            require::missing(test, Need::Criu, &format!("criu's version is unknown: {e}"));
+            false
+        }
         Ok(v) => {
             let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
             let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-            (version < (4, 2)).then(|| format!("criu {v} is older than 4.2"))
+            if version < (4, 2) {
+                require::missing(test, Need::Criu, &format!("criu {v} is older than 4.2"));
+                return false;
+            }
+            true
         }
     }
 }
@@ -393,6 +450,23 @@ fn processes_of(service: &str, task: &str) -> Vec<u32> {
     out
 }
 
+/// Waits until no process runs `task` of `service` (a stopped task's processes are reaped a
+/// moment after the stop returns), for at most [`LIVENESS`].
+fn wait_no_process(service: &str, task: &str) {
+    let until = Instant::now() + LIVENESS;
+    loop {
+        let left = processes_of(service, task);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{task} outlived the stop by {LIVENESS:?}: processes {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// mid with `checkpoint = "criu"` on the process engine moves live (CRIU pre-copy over the
 /// overlay) to the free node: it runs there, listening on the same port, its served count
 /// continues from where it was (memory carried; a cold start would answer 0), the chain
@@ -400,8 +474,7 @@ fn processes_of(service: &str, task: &str) -> Vec<u32> {
 /// or to a node nobody can reach leave it untouched where it was.
 #[test]
 fn a_criu_task_moves_live_with_its_memory() {
-    if let Some(why) = live_move_unsupported() {
-        eprintln!("SKIPPED: {why}; the live CRIU move needs root and criu >= 4.2");
+    if !live_move_supported("migrate::a_criu_task_moves_live_with_its_memory") {
         return;
     }
     let service = unique("live");
@@ -413,7 +486,7 @@ fn a_criu_task_moves_live_with_its_memory() {
         &service,
     ));
     let dir = net.0.dir().to_path_buf();
-    brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
+    context(&dir, &service);
     let m = manifest(&dir, &service);
     let criu = std::fs::read_to_string(&m)
         .expect("read manifest")
@@ -466,12 +539,10 @@ fn a_criu_task_moves_live_with_its_memory() {
     // The live move, asked on the initiator, while a client keeps calling the chain; its
     // phases (rounds, downtime) on stderr.
     let caller = Caller::start(front_port);
-    std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
     let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
     let took = started.elapsed();
-    std::thread::sleep(Duration::from_millis(100));
-    let (calls, bad, longest_gap) = caller.stop();
+    let (calls, bad, longest_gap) = caller.stop_after_one_more();
     let (out, err) = (text(&moved.stdout), text(&moved.stderr));
     eprintln!("{err}{out}");
     assert!(moved.status.success(), "the live move failed: {err}");
@@ -547,8 +618,8 @@ fn a_criu_task_moves_live_with_its_memory() {
     // A target that died: the move fails and mid runs on where it is, with its count.
     let mut net = net;
     assert!(
-        net.0.net.stop(free, Duration::from_secs(30)),
-        "the free node did not stop"
+        net.0.net.stop(free, LIVENESS),
+        "the free node did not stop within {LIVENESS:?}"
     );
     let dead = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
     assert!(!dead.status.success(), "a move to a stopped node succeeded");
@@ -591,8 +662,9 @@ fn stdout_read_elsewhere(pid: u32) -> bool {
 /// that restored process too.
 #[test]
 fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
-    if let Some(why) = live_move_unsupported() {
-        eprintln!("SKIPPED: {why}; the live CRIU move needs root and criu >= 4.2");
+    if !live_move_supported(
+        "migrate::a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source",
+    ) {
         return;
     }
     let service = unique("back");
@@ -604,7 +676,7 @@ fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
         &service,
     ));
     let dir = net.0.dir().to_path_buf();
-    brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
+    context(&dir, &service);
     let m = manifest(&dir, &service);
     let criu = std::fs::read_to_string(&m)
         .expect("read manifest")
@@ -683,11 +755,7 @@ fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
     // Stopping the service stops the process the engine adopted.
     let stopped = net.brume(0, &["stop", &service]);
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));
-    let until = Instant::now() + Duration::from_secs(15);
-    while !processes_of(&service, "mid").is_empty() {
-        assert!(Instant::now() < until, "the restored mid outlived the stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_no_process(&service, "mid");
 }
 
 /// Removes, on drop, the runc containers brume restored for `service` (their ids start with
@@ -739,19 +807,12 @@ impl Drop for RuncLeftovers {
     }
 }
 
-/// Why this machine cannot move a Docker task live, if it cannot: the CRIU needs, Docker, runc.
-fn docker_live_unsupported() -> Option<String> {
-    if let Some(why) = live_move_unsupported() {
-        return Some(why);
-    }
-    if !common::docker_available() {
-        return Some("no Docker daemon answers".to_string());
-    }
-    let runc = std::process::Command::new("runc").arg("--version").output();
-    if !runc.is_ok_and(|o| o.status.success()) {
-        return Some("no runc".to_string());
-    }
-    None
+/// Whether this machine can move a Docker task live: the CRIU needs, Docker, runc (each
+/// missing one a skip recorded through `brume_testnet::require`).
+fn docker_live_supported(test: &str) -> bool {
+    live_move_supported(test)
+        && common::need_docker(test)
+        && require::program(test, Need::Runc, "runc", "--version")
 }
 
 /// Deploys the relay chain with `checkpoint = "criu"` on the Docker engine; the net, its
@@ -766,7 +827,7 @@ fn docker_criu_chain(prefix: &str) -> (Net, String, Vec<(String, String)>) {
         &service,
     ));
     let dir = net.0.dir().to_path_buf();
-    brume::bench::deploy::context(&dir, &common::relay_binary(), &service).expect("context");
+    context(&dir, &service);
     let m = manifest(&dir, &service);
     let criu = std::fs::read_to_string(&m)
         .expect("read manifest")
@@ -785,8 +846,7 @@ fn docker_criu_chain(prefix: &str) -> (Net, String, Vec<(String, String)>) {
 /// runc container.
 #[test]
 fn a_docker_criu_task_moves_live_with_its_memory() {
-    if let Some(why) = docker_live_unsupported() {
-        eprintln!("SKIPPED: {why}; the live Docker move needs root, criu >= 4.2, Docker and runc");
+    if !docker_live_supported("migrate::a_docker_criu_task_moves_live_with_its_memory") {
         return;
     }
     let (net, service, nodes) = docker_criu_chain("dlive");
@@ -811,12 +871,10 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
     let containers_before = net.containers().len();
 
     let caller = Caller::start(front_port);
-    std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
     let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
     let took = started.elapsed();
-    std::thread::sleep(Duration::from_millis(100));
-    let (calls, bad, longest_gap) = caller.stop();
+    let (calls, bad, longest_gap) = caller.stop_after_one_more();
     let (out, err) = (text(&moved.stdout), text(&moved.stderr));
     eprintln!("{err}{out}");
     assert!(moved.status.success(), "the live move failed: {err}");
@@ -893,11 +951,7 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
     );
     let stopped = net.brume(0, &["stop", &service]);
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));
-    let until = Instant::now() + Duration::from_secs(15);
-    while !processes_of(&service, "mid").is_empty() {
-        assert!(Instant::now() < until, "the restored mid outlived the stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_no_process(&service, "mid");
 }
 
 /// A restore that fails on the target (the relay binary in the target's bundle is swapped for
@@ -906,8 +960,9 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
 /// exactly one mid runs, and stopping the service stops it.
 #[test]
 fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
-    if let Some(why) = docker_live_unsupported() {
-        eprintln!("SKIPPED: {why}; the live Docker move needs root, criu >= 4.2, Docker and runc");
+    if !docker_live_supported(
+        "migrate::a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source",
+    ) {
         return;
     }
     let (net, service, nodes) = docker_criu_chain("dback");
@@ -985,9 +1040,5 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
 
     let stopped = net.brume(0, &["stop", &service]);
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));
-    let until = Instant::now() + Duration::from_secs(15);
-    while !processes_of(&service, "mid").is_empty() {
-        assert!(Instant::now() < until, "the restored mid outlived the stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_no_process(&service, "mid");
 }

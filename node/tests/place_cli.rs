@@ -258,7 +258,10 @@ fn shrunken_network(dir: &Path) -> PathBuf {
 
 #[test]
 fn an_infeasible_network_exits_2_and_names_the_task() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("brume-test-place-")
+        .tempdir()
+        .expect("temp dir");
     let net = shrunken_network(dir.path());
     for algorithm in ["rounding", "greedy", "exact"] {
         let out = place(&net, &manifest(), &["--algorithm", algorithm]);
@@ -288,7 +291,10 @@ fn an_infeasible_network_exits_2_and_names_the_task() {
 
 #[test]
 fn a_malformed_manifest_is_refused_with_file_and_line() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("brume-test-place-")
+        .tempdir()
+        .expect("temp dir");
     let good = read(&manifest());
     let cases = [
         // A semantic error: the checks after TOML's own.
@@ -323,7 +329,10 @@ fn a_malformed_manifest_is_refused_with_file_and_line() {
 
 #[test]
 fn a_malformed_network_or_a_missing_file_is_refused_with_its_name() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("brume-test-place-")
+        .tempdir()
+        .expect("temp dir");
     let good = read(&network());
     let path = dir.path().join("net.toml");
     std::fs::write(&path, good.replacen("b = \"srv-0\"", "b = \"srv-9\"", 1)).expect("write");

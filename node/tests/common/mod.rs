@@ -1,28 +1,32 @@
 //! Test support shared by brume's integration tests (`mod common;` in a test file).
 //!
-//! * [`relay_binary`] runs `scripts/build-static.sh` once per test binary and returns the static
-//!   brume-relay binary (the script is fast when nothing changed).
-//! * [`relay_context`] makes a temporary `FROM scratch` build context for it, [`context_dir`]
-//!   any other; [`pack_context`] turns a directory into the context tar the engines take, named
-//!   by its blake3 digest.
-//! * [`unique_suffix`], [`free_port`], [`ask`]: names that do not collide between parallel
-//!   tests, a port to give a task, and one line sent to a task and its answer.
-//! * [`Cleanup`] removes the Docker containers and images a test made, even when it fails.
+//! * [`relay_binary`] and [`static_binary`] return the static workloads that
+//!   `scripts/build-static.sh` built (scripts/test.sh runs it before any test); a test never
+//!   builds anything itself, it panics with the command to run when a binary is missing.
+//! * [`relay_context`] makes a temporary `FROM scratch` build context for the relay,
+//!   [`context_dir`] any other; [`pack_context`] turns a directory into the context tar the
+//!   engines take, named by its blake3 digest. Every Dockerfile a test writes carries
+//!   [`docker_labels`]: `brume.test=<run>` (what scripts/sweep-test-leftovers.sh removes) and
+//!   `brume.test.owner=<owner>` (what a test's own guard removes); containers inherit them.
+//! * [`unique_suffix`], [`free_port`], [`refused_port`], [`ask`]: names that do not collide
+//!   between parallel tests, a port leased to this test process for a task to bind, a port on
+//!   which every connection is refused, and one line sent to a task and its answer.
+//! * [`Cleanup`] removes the Docker containers and images a test made, even when it fails;
+//!   [`ServiceNet`] does the same for the daemons and the service a test deploys.
+//! * [`need_docker`] is the one way a test skips for a missing Docker daemon
+//!   (`brume_testnet::require`: a failure under `BRUME_REQUIRE=docker` or `all`).
 
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use brume::engine::{ImageInput, ImageKind};
-
-/// The house build context for the relay: nothing but its static binary.
-pub const RELAY_DOCKERFILE: &str =
-    "FROM scratch\nCOPY brume-relay /brume-relay\nENTRYPOINT [\"/brume-relay\"]\n";
 
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
@@ -32,34 +36,73 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs `scripts/build-static.sh` (once per test binary) and returns the relay binary's path.
+/// Where `scripts/build-static.sh` puts the static workloads.
+pub fn static_dir() -> PathBuf {
+    repo_root().join("target/static/x86_64-unknown-linux-gnu/release")
+}
+
+/// The static workload `name` (brume-relay, aggregator, trainer, dirtier). Tests only read it:
+/// building here would compete with timing-sensitive tests and take a cargo lock mid-run.
+pub fn static_binary(name: &str) -> PathBuf {
+    let path = static_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `bash scripts/build-static.sh` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The static relay binary.
 pub fn relay_binary() -> PathBuf {
-    static RELAY: OnceLock<PathBuf> = OnceLock::new();
-    RELAY
-        .get_or_init(|| {
-            let root = repo_root();
-            let out = Command::new("bash")
-                .arg(root.join("scripts/build-static.sh"))
-                .current_dir(&root)
-                .output()
-                .expect("run scripts/build-static.sh");
-            assert!(
-                out.status.success(),
-                "scripts/build-static.sh failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let path = PathBuf::from(stdout.lines().last().expect("a path on stdout").trim());
-            assert!(path.is_file(), "{} is not a file", path.display());
-            path
-        })
-        .clone()
+    static_binary("brume-relay")
+}
+
+/// This run's id: `BRUME_TEST_RUN` (scripts/test.sh sets it), else this process's id.
+pub fn run_id() -> String {
+    std::env::var("BRUME_TEST_RUN").unwrap_or_else(|_| format!("pid{}", std::process::id()))
+}
+
+/// The `LABEL` line every Dockerfile a test writes carries: the run's label, which the
+/// leftover sweep looks for, and `owner`, which the test's own guard removes by.
+pub fn docker_labels(owner: &str) -> String {
+    format!(
+        "LABEL brume.test=\"{}\" brume.test.owner=\"{owner}\"\n",
+        run_id()
+    )
+}
+
+/// Adds [`docker_labels`] to the Dockerfile in `ctx` (the process engine ignores `LABEL`).
+pub fn label_dockerfile(ctx: &Path, owner: &str) {
+    let path = ctx.join("Dockerfile");
+    let mut text = std::fs::read_to_string(&path).expect("read the Dockerfile");
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&docker_labels(owner));
+    std::fs::write(&path, text).expect("write the Dockerfile");
+}
+
+/// The relay chain's build context in `dir/ctx` (`brume bench deploy`'s, with `salt` in it),
+/// labelled for `owner`.
+pub fn chain_context(dir: &Path, salt: &str, owner: &str) -> PathBuf {
+    let ctx = brume::bench::deploy::context(dir, &relay_binary(), salt).expect("a build context");
+    label_dockerfile(&ctx, owner);
+    ctx
+}
+
+/// A temporary directory named `brume-test-*` (the sweep's prefix), removed on drop.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("brume-test-")
+        .tempdir()
+        .expect("a temporary directory")
 }
 
 /// A temporary build context: `dockerfile` (if any) and `files` (name in the context, source).
 pub fn context_dir(dockerfile: Option<&str>, files: &[(&str, &Path)]) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
-        .prefix("brume-ctx-")
+        .prefix("brume-test-ctx-")
         .tempdir()
         .expect("temp dir");
     if let Some(text) = dockerfile {
@@ -75,10 +118,18 @@ pub fn context_dir(dockerfile: Option<&str>, files: &[(&str, &Path)]) -> tempfil
     dir
 }
 
-/// A temporary `FROM scratch` build context holding the static relay and [`RELAY_DOCKERFILE`].
-pub fn relay_context() -> tempfile::TempDir {
+/// The house build context for the relay, labelled for `owner`: nothing but its static binary.
+pub fn relay_dockerfile(owner: &str) -> String {
+    format!(
+        "FROM scratch\nCOPY brume-relay /brume-relay\nENTRYPOINT [\"/brume-relay\"]\n{}",
+        docker_labels(owner)
+    )
+}
+
+/// A temporary `FROM scratch` build context holding the static relay, labelled for `owner`.
+pub fn relay_context(owner: &str) -> tempfile::TempDir {
     let relay = relay_binary();
-    context_dir(Some(RELAY_DOCKERFILE), &[("brume-relay", &relay)])
+    context_dir(Some(&relay_dockerfile(owner)), &[("brume-relay", &relay)])
 }
 
 fn append_tree(b: &mut tar::Builder<std::fs::File>, root: &Path, rel: &Path) {
@@ -118,20 +169,89 @@ pub fn pack_context(dir: &Path, out_dir: &Path) -> ImageInput {
     }
 }
 
-/// A suffix no other test run or parallel test has: pid and random bits.
+/// A suffix no other test run or parallel test has: pid and random bits (a name, not a seed:
+/// nothing a test checks depends on it).
 pub fn unique_suffix() -> String {
     format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    brume::engine::free_task_port().expect("a free port")
+/// Where test task ports come from: below both the range the node's engines draw task ports
+/// from (`brume::engine::ports::task_port_range`, which starts at 20000) and the kernel's ephemeral
+/// range (where `bind(0)` and outgoing connections take their ports), so neither a daemon under
+/// test nor any connection on the host takes a leased port.
+fn lease_range() -> std::ops::Range<u16> {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let end = brume::engine::ports::task_port_range()
+        .start
+        .min(ephemeral)
+        .min(20_000);
+    assert!(end >= 11_000, "no room for test ports below {end}");
+    10_000..end
 }
 
-/// Sends one line to `127.0.0.1:port` and returns the line it answers (10 s bound).
+/// A port for a task to bind, leased to this test process until it exits: no other test
+/// process (cargo test binary or nextest process) leases it meanwhile, and it was free when
+/// leased. The lease is an exclusive OFD lock on byte `port` of a shared lock file, so it holds
+/// across processes and across the threads of one process, and ends with the process. Picking
+/// a port with `bind(0)` and releasing it before a task binds it let another test (or an
+/// outgoing connection) take it in between; leases close that window.
+pub fn free_port() -> u16 {
+    static LEASES: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let lock_path = std::env::temp_dir().join(".brume-test-ports.lock");
+    let range = lease_range();
+    let span = u32::from(range.end - range.start);
+    let start = rand::random::<u32>() % span;
+    for i in 0..span {
+        let port = range.start + ((start + i) % span) as u16;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", lock_path.display()));
+        // SAFETY: a zeroed flock is a valid value; every field used is set below.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_WRLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        lock.l_start = libc::off_t::from(port);
+        lock.l_len = 1;
+        // SAFETY: fcntl on an open file with a valid flock; OFD locks need l_pid = 0 (zeroed).
+        let got = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) } == 0;
+        if !got || !bindable(port) {
+            continue;
+        }
+        LEASES.lock().expect("leases").push(file);
+        return port;
+    }
+    panic!("no free port to lease in {range:?}");
+}
+
+fn bindable(port: u16) -> bool {
+    [
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+    ]
+    .iter()
+    .all(|a| TcpListener::bind(a).is_ok())
+}
+
+/// A port on which every connection is refused for as long as the returned socket lives: the
+/// socket is bound without `SO_REUSEADDR` and never listens, so nothing else can listen there.
+pub fn refused_port() -> (tokio::net::TcpSocket, u16) {
+    let s = tokio::net::TcpSocket::new_v4().expect("a socket");
+    s.bind((Ipv4Addr::LOCALHOST, 0).into()).expect("bind");
+    let port = s.local_addr().expect("its address").port();
+    (s, port)
+}
+
+/// Sends one line to `127.0.0.1:port` and returns the line it answers (30 s bound).
 pub fn ask(port: u16, line: &str) -> std::io::Result<String> {
     let s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut w = s.try_clone()?;
     writeln!(w, "{line}")?;
     let mut reply = String::new();
@@ -139,19 +259,64 @@ pub fn ask(port: u16, line: &str) -> std::io::Result<String> {
     Ok(reply.trim_end().to_string())
 }
 
-/// Does `docker info` work?
-pub fn docker_available() -> bool {
-    Command::new("docker")
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// Whether a Docker daemon answers; when not, the skip is recorded through
+/// `brume_testnet::require` (a failure when `BRUME_REQUIRE` lists docker).
+pub fn need_docker(test: &str) -> bool {
+    brume_testnet::require::docker(test)
 }
 
-/// Docker containers and images a test made, removed on drop (also when the test panics).
+/// Docker containers and images a test made, removed on drop (also when the test panics):
+/// the named ones, then everything labelled `brume.test.owner=<owner>`.
 #[derive(Default)]
 pub struct Cleanup {
     pub containers: Vec<String>,
     pub images: Vec<String>,
+    pub owner: Option<String>,
+}
+
+impl Cleanup {
+    /// A guard that also removes whatever carries `brume.test.owner=<owner>`.
+    pub fn owned(owner: &str) -> Cleanup {
+        Cleanup {
+            containers: Vec::new(),
+            images: Vec::new(),
+            owner: Some(owner.to_string()),
+        }
+    }
+}
+
+/// Removes every container, then every image, labelled `brume.test.owner=<owner>`.
+pub fn remove_owned(owner: &str) {
+    let filter = format!("label=brume.test.owner={owner}");
+    let ids = |args: &[&str]| -> Vec<String> {
+        Command::new("docker")
+            .args(args)
+            .arg(&filter)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let containers = ids(&["ps", "-aq", "--filter"]);
+    if !containers.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&containers)
+            .output();
+    }
+    let mut images = ids(&["images", "-q", "--filter"]);
+    images.sort();
+    images.dedup();
+    if !images.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f"])
+            .args(&images)
+            .output();
+    }
 }
 
 impl Drop for Cleanup {
@@ -161,6 +326,9 @@ impl Drop for Cleanup {
         }
         for i in &self.images {
             let _ = Command::new("docker").args(["rmi", "-f", i]).output();
+        }
+        if let Some(owner) = &self.owner {
+            remove_owned(owner);
         }
     }
 }
@@ -181,7 +349,8 @@ pub fn port_of(row: &serde_json::Value) -> u16 {
 
 /// A few `brume node` daemons on loopback (stopped with SIGTERM when dropped, so they stop
 /// their tasks) and the service a test deploys on them: on drop, the service is stopped through
-/// node 0 and any container of it that is still there is removed by force.
+/// node 0, any container of it that is still there is removed by force, and so is every image
+/// and container labelled `brume.test.owner=<service>` (the contexts of [`chain_context`]).
 pub struct ServiceNet {
     pub net: brume::localnet::LocalNet,
     pub service: String,
@@ -249,6 +418,40 @@ impl Drop for ServiceNet {
                 .args(["rm", "-f"])
                 .args(&left)
                 .output();
+        }
+        remove_owned(&self.service);
+        // What live moves left on tmpfs (work dirs, restore logs and pid files, a lost task's
+        // final images): named `brume-live-{in,out}-<daemon pid>-*`. Removed while the daemons
+        // still run, so their pids cannot belong to another test's daemons yet.
+        let mut i = 0;
+        while let Some(pid) = self.net.pid(i) {
+            remove_live_work(pid);
+            i += 1;
+        }
+    }
+}
+
+/// Removes the live-migration work files of daemon `pid` in /dev/shm and the temp dir.
+fn remove_live_work(pid: u32) {
+    let prefixes = [
+        format!("brume-live-in-{pid}-"),
+        format!("brume-live-out-{pid}-"),
+    ];
+    for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                continue;
+            }
+            let path = e.path();
+            if path.is_dir() {
+                let _ = std::fs::remove_dir_all(&path);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }
