@@ -67,15 +67,16 @@ fn bindable(port: u16) -> bool {
 mod tests {
     use super::*;
 
+    /// Whether a picked port is still free when this test looks again depends on every other
+    /// process on the host (tests run in parallel, and their daemons pick from this range too),
+    /// so only the range is checked here; what "free" means is checked on a held port below.
     #[test]
-    fn ports_come_from_below_the_ephemeral_range_and_are_free() {
+    fn ports_come_from_below_the_ephemeral_range() {
         let range = task_port_range();
         assert!(range.start >= 20_000 && range.end > range.start);
         for _ in 0..20 {
             let port = free_task_port().expect("a port");
             assert!(range.contains(&port), "{port} outside {range:?}");
-            // Free means this test can bind it now.
-            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("the port is free");
         }
     }
 

@@ -85,7 +85,7 @@ mod tests {
     #[tokio::test]
     async fn a_state_line_comes_back_without_its_newline() {
         let port = task(b"fedavg-state/1 round=3\r\n".to_vec()).await;
-        let state = capture(port, Duration::from_secs(5)).await.expect("state");
+        let state = capture(port, Duration::from_secs(60)).await.expect("state");
         assert_eq!(state, "fedavg-state/1 round=3");
     }
 
@@ -93,29 +93,36 @@ mod tests {
     async fn empty_oversized_silent_and_absent_tasks_are_errors() {
         let port = task(b"\n".to_vec()).await;
         assert!(matches!(
-            capture(port, Duration::from_secs(5)).await,
+            capture(port, Duration::from_secs(60)).await,
             Err(CheckpointError::Empty)
         ));
         let port = task(vec![b'x'; MAX_STATE + 10]).await;
         assert!(matches!(
-            capture(port, Duration::from_secs(5)).await,
+            capture(port, Duration::from_secs(60)).await,
             Err(CheckpointError::TooLarge)
         ));
-        // Accepts and never answers.
+        // Accepts and never answers (holds the connection until the test ends).
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let _held = tokio::spawn(async move {
+        let held = tokio::spawn(async move {
             let conn = listener.accept().await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            std::future::pending::<()>().await;
             drop(conn);
         });
         assert!(matches!(
             capture(port, Duration::from_millis(200)).await,
             Err(CheckpointError::Timeout(_))
         ));
-        let closed = crate::engine::free_task_port().expect("port");
+        held.abort();
+        // Bound without SO_REUSEADDR and never listened on: every connection is refused, and
+        // nothing else can listen there while `closed` lives.
+        let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+        closed
+            .bind((std::net::Ipv4Addr::LOCALHOST, 0).into())
+            .expect("bind");
+        let closed_port = closed.local_addr().expect("addr").port();
         assert!(matches!(
-            capture(closed, Duration::from_secs(5)).await,
+            capture(closed_port, Duration::from_secs(60)).await,
             Err(CheckpointError::Connect { .. })
         ));
     }

@@ -102,7 +102,8 @@ async fn call(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
         let _ = s.read_to_end(&mut got).await;
         got
     };
-    tokio::time::timeout(Duration::from_secs(10), go)
+    // A liveness bound: a call that never ends fails instead of hanging.
+    tokio::time::timeout(Duration::from_secs(60), go)
         .await
         .expect("call ends in time")
 }
@@ -197,11 +198,13 @@ async fn a_task_that_refuses_connections_is_reported() {
     let mut peers = HashMap::new();
     let (b, routes_b) = fake_node(&mut peers);
     let overlay = FakeOverlay::new(peers);
-    // A port nobody listens on (bound, then released).
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port nobody listens on: bound without SO_REUSEADDR and never listened on, so every
+    // connection is refused and nothing else can listen there while `closed` lives.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed
+        .bind((std::net::Ipv4Addr::LOCALHOST, 0).into())
+        .unwrap();
+    let port = closed.local_addr().unwrap().port();
     let e = Endpoint::new("svc", "gone", 1);
     routes_b.set(e.clone(), Route::Local { port });
     let err = open_tunnel(&overlay, b, &e).await.unwrap_err();
