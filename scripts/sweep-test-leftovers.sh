@@ -28,6 +28,19 @@ if [ "$(id -u)" -eq 0 ]; then
   fi
 fi
 
+# runc containers restored by CRIU tests under their own runc roots, and their cgroups, for test
+# runs killed before their guards ran (no live run: test.sh holds one lock per machine).
+if [ "$(id -u)" -eq 0 ] && command -v runc >/dev/null; then
+  for r in "${TMPDIR:-/tmp}"/brume-test-*/runc-root; do
+    [ -d "$r" ] || continue
+    for c in $(runc --root "$r" list -q 2>/dev/null); do
+      echo "sweep: removing runc container $c"
+      runc --root "$r" delete -f "$c" >/dev/null 2>&1 || true
+    done
+  done
+  find /sys/fs/cgroup -mindepth 1 -maxdepth 2 -type d -name 'brume-test-*' -exec rmdir {} + 2>/dev/null || true
+fi
+
 # Temp dirs of test runs that died before their guards ran (a day old: never a live run's).
 find "${TMPDIR:-/tmp}" /dev/shm -maxdepth 1 -name 'brume-*' -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
 exit 0
