@@ -55,6 +55,7 @@ impl LocalNet {
 
     fn spawn(&mut self, i: usize, args: &[&str], join: Option<&str>) -> anyhow::Result<String> {
         let mut cmd = Command::new(&self.bin);
+        only_settings_from_env(&mut cmd);
         cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--log", "warn"])
             .args(args)
             .arg("--control")
@@ -133,6 +134,23 @@ impl LocalNet {
         self.nodes
             .iter_mut()
             .all(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// Keeps from `cmd`'s environment every `BRUME_*` variable that is not a node setting. A node
+/// refuses such a variable (a misspelt setting must not pass unnoticed), but the test harness
+/// sets some of its own (`BRUME_REQUIRE`, `BRUME_SKIP_LOG`, `BRUME_TEST_RUN`), and a node a test
+/// or a bench starts must not fail on them. Settings (`BRUME_LOG`, ...) still reach the node.
+pub fn only_settings_from_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let Some(setting) = key.strip_prefix("BRUME_") else {
+            continue;
+        };
+        let setting = setting.to_ascii_lowercase();
+        if setting != "config" && !crate::daemon::config::KEYS.contains(&setting.as_str()) {
+            cmd.env_remove(key);
+        }
     }
 }
 
