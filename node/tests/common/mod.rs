@@ -8,9 +8,9 @@
 //!   engines take, named by its blake3 digest. Every Dockerfile a test writes carries
 //!   [`docker_labels`]: `brume.test=<run>` (what scripts/sweep-test-leftovers.sh removes) and
 //!   `brume.test.owner=<owner>` (what a test's own guard removes); containers inherit them.
-//! * [`unique_suffix`], [`free_port`], [`refused_port`], [`ask`]: names that do not collide
-//!   between parallel tests, a port leased to this test process for a task to bind, a port on
-//!   which every connection is refused, and one line sent to a task and its answer.
+//! * [`unique_suffix`], [`free_port`], [`ask`]: names that do not collide between parallel
+//!   tests, a port leased to this test process for a task to bind, and one line sent to a task
+//!   and its answer.
 //! * [`Cleanup`] removes the Docker containers and images a test made, even when it fails;
 //!   [`ServiceNet`] does the same for the daemons and the service a test deploys.
 //! * [`need_docker`] is the one way a test skips for a missing Docker daemon
@@ -237,15 +237,6 @@ fn bindable(port: u16) -> bool {
     ]
     .iter()
     .all(|a| TcpListener::bind(a).is_ok())
-}
-
-/// A port on which every connection is refused for as long as the returned socket lives: the
-/// socket is bound without `SO_REUSEADDR` and never listens, so nothing else can listen there.
-pub fn refused_port() -> (tokio::net::TcpSocket, u16) {
-    let s = tokio::net::TcpSocket::new_v4().expect("a socket");
-    s.bind((Ipv4Addr::LOCALHOST, 0).into()).expect("bind");
-    let port = s.local_addr().expect("its address").port();
-    (s, port)
 }
 
 /// Sends one line to `127.0.0.1:port` and returns the line it answers (30 s bound).
