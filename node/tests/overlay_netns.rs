@@ -65,7 +65,6 @@ impl Drop for Nodes {
 fn start(bed: &Testbed, i: usize, dir: &Path, join: Option<&str>) -> Child {
     let log = std::fs::File::create(dir.join(format!("n{i}.log"))).expect("a log file");
     let mut cmd = bed.command(i, BRUME);
-    brume::localnet::only_settings_from_env(&mut cmd);
     cmd.arg("node")
         .args(["--listen", &format!("/ip4/{}/tcp/7100", bed.addr(i))])
         .args([

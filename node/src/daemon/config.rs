@@ -146,7 +146,7 @@ pub fn load(
         .into_iter()
         .filter_map(|(k, v)| {
             let key = k.strip_prefix("BRUME_")?.to_ascii_lowercase();
-            (key != "config").then_some((key, v))
+            (key != "config" && !NOT_SETTINGS.contains(&key.as_str())).then_some((key, v))
         })
         .map(|(k, v)| {
             let value: Value = if k == "listen" || k == "join" {
@@ -204,6 +204,10 @@ pub fn load(
     cfg.check()?;
     Ok(cfg)
 }
+
+/// `BRUME_*` variables that belong to brume's scripts and tests, not to a node: a node started
+/// from `scripts/test.sh` (which exports them) ignores them instead of refusing to start.
+const NOT_SETTINGS: &[&str] = &["require", "skip_log", "test_run", "test_seed"];
 
 /// Settings keys, as the file and `BRUME_*` variables spell them.
 pub const KEYS: [&str; 12] = [
@@ -300,6 +304,18 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains("node.toml:2"), "{msg}");
         assert!(msg.contains("min_degre"), "{msg}");
+    }
+
+    #[test]
+    fn the_test_harness_variables_are_not_settings() {
+        let vars = [
+            ("BRUME_REQUIRE", "all"),
+            ("BRUME_SKIP_LOG", "/tmp/skips"),
+            ("BRUME_TEST_RUN", "7"),
+            ("BRUME_TEST_SEED", "1"),
+        ];
+        let cfg = load(None, env(&vars), &Overrides::default()).expect("ignored");
+        assert_eq!(cfg.min_degree, NodeConfig::default().min_degree);
     }
 
     #[test]
