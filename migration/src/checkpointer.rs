@@ -673,7 +673,7 @@ mod tests {
     /// own cgroup, no hooks, the CRIU config annotation.
     #[test]
     fn a_docker_config_becomes_a_restore_bundle() {
-        let tmp = crate::testing::TempDir::new("bundle");
+        let tmp = crate::testing::temp_dir("bundle");
         let dir = tmp.path().to_path_buf();
         let src_root = dir.join("merged");
         std::fs::create_dir_all(src_root.join("etc")).expect("mkdir");
@@ -731,7 +731,7 @@ mod tests {
     /// rootfs the caller filled; a host network namespace (a path) is kept.
     #[test]
     fn a_portable_bundle_is_laid_out_around_a_rootfs_made_elsewhere() {
-        let tmp = crate::testing::TempDir::new("portable");
+        let tmp = crate::testing::temp_dir("portable");
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("hosts"), b"127.0.0.1 localhost\n").expect("write");

@@ -880,7 +880,7 @@ mod tests {
         let (r, w) = std::io::pipe().expect("pipe");
         use std::os::fd::AsRawFd;
         let fd = w.as_raw_fd();
-        let tmp = crate::testing::TempDir::new("criu-keep");
+        let tmp = crate::testing::temp_dir("criu-keep");
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).expect("mkdir");
         let log = dir.join("log");
@@ -909,7 +909,7 @@ mod tests {
             0x01, 0x28, 0xa0, 0x10, 0x30, 0x00, 0x38, 0x97, 0x10, 0x40, 0x00, 0x48, 0x00, 0x50,
             0x08, 0x58, 0x08, 0x60, 0x00, 0x68, 0x00, 0x70, 0x00,
         ];
-        let tmp = crate::testing::TempDir::new("criu-stats");
+        let tmp = crate::testing::temp_dir("criu-stats");
         let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("stats-dump"), bytes).expect("write");

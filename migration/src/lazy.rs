@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn a_missing_criu_is_a_spawn_error_not_a_hang() {
         let criu = Criu::with_binary("/nonexistent/criu");
-        let tmp = crate::testing::TempDir::new("lazy");
+        let tmp = crate::testing::temp_dir("lazy");
         let dir = tmp.path().to_path_buf();
         let r = criu.lazy_pages(&dir, &dir.join("lazy.log"));
         assert!(matches!(r, Err(CriuError::Spawn { .. })), "{r:?}");

@@ -1,8 +1,6 @@
 //! What this crate's unit tests share: the pinned seed of every property test, and temp dirs
 //! removed even when a test panics.
 
-use std::path::{Path, PathBuf};
-
 use proptest::test_runner::{Config, RngSeed};
 
 /// The seed every property test of this crate runs with, so a run here and a run in CI try the
@@ -27,27 +25,10 @@ pub fn proptest_config(cases: u32) -> Config {
     }
 }
 
-/// A directory `brume-test-<tag>-<pid>-<random>` under the temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "brume-test-{tag}-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A directory `brume-test-<tag>-<random>` under the temp dir (tempfile's), removed on drop.
+pub fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("brume-test-{tag}-"))
+        .tempdir()
+        .expect("create a temp dir")
 }

@@ -523,24 +523,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
-    struct Tmp(PathBuf);
-    impl Tmp {
-        fn new(tag: &str) -> Tmp {
-            let p = std::env::temp_dir().join(format!(
-                "brume-test-store-{tag}-{}-{:x}",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
-            std::fs::create_dir_all(&p).expect("tmp dir");
-            Tmp(p)
-        }
-    }
-    impl Drop for Tmp {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     /// A page filled from `seed`.
     fn page(seed: u64) -> Vec<u8> {
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -571,10 +553,10 @@ mod tests {
 
     #[test]
     fn inserted_pages_are_found_deduplicated_and_others_are_not() {
-        let t = Tmp::new("insert");
-        let store = ChunkStore::open(t.0.join("store"), DEFAULT_CAP).expect("open");
+        let t = crate::testing::temp_dir("store-insert");
+        let store = ChunkStore::open(t.path().join("store"), DEFAULT_CAP).expect("open");
         // Pages 1..=8, page 3 twice: 8 distinct chunks.
-        let dir = images(&t.0, "a", [1, 2, 3, 3, 4, 5, 6, 7, 8]);
+        let dir = images(t.path(), "a", [1, 2, 3, 3, 4, 5, 6, 7, 8]);
         let ins = store.insert_dir(&dir).expect("insert");
         assert!(ins.kept);
         assert_eq!(ins.chunks, 8);
@@ -594,12 +576,12 @@ mod tests {
 
     #[test]
     fn the_oldest_packs_are_evicted_to_stay_within_the_cap() {
-        let t = Tmp::new("evict");
+        let t = crate::testing::temp_dir("store-evict");
         // Room for two packs of 10 chunks, not three.
         let cap = pack_bytes(10) * 2 + pack_bytes(10) / 2;
-        let store = ChunkStore::open(t.0.join("store"), cap).expect("open");
+        let store = ChunkStore::open(t.path().join("store"), cap).expect("open");
         for (i, base) in [100u64, 200, 300].into_iter().enumerate() {
-            let dir = images(&t.0, &format!("m{i}"), base..base + 10);
+            let dir = images(t.path(), &format!("m{i}"), base..base + 10);
             let ins = store.insert_dir(&dir).expect("insert");
             assert!(ins.kept);
             assert_eq!(ins.evicted, u32::from(i == 2));
@@ -610,11 +592,11 @@ mod tests {
         assert!(store.get(&Digest::of(&page(205))).is_some());
         assert!(store.get(&Digest::of(&page(305))).is_some());
         // Images larger than the whole cap are not kept, and evict nothing.
-        let big = images(&t.0, "big", 1000..1030);
+        let big = images(t.path(), "big", 1000..1030);
         let ins = store.insert_dir(&big).expect("insert");
         assert!(!ins.kept);
         assert_eq!(store.packs(), 2);
-        let leftovers = std::fs::read_dir(t.0.join("store"))
+        let leftovers = std::fs::read_dir(t.path().join("store"))
             .expect("list")
             .filter(|e| {
                 e.as_ref()
@@ -626,18 +608,18 @@ mod tests {
 
     #[test]
     fn a_pack_superseded_by_a_newer_one_is_removed() {
-        let t = Tmp::new("supersede");
-        let store = ChunkStore::open(t.0.join("store"), DEFAULT_CAP).expect("open");
-        let a = images(&t.0, "a", 1..=20);
+        let t = crate::testing::temp_dir("store-supersede");
+        let store = ChunkStore::open(t.path().join("store"), DEFAULT_CAP).expect("open");
+        let a = images(t.path(), "a", 1..=20);
         store.insert_dir(&a).expect("insert a");
         // The same task again, two pages changed: the old pack still serves those two.
-        let b = images(&t.0, "b", (1..=18).chain([50, 51]));
+        let b = images(t.path(), "b", (1..=18).chain([50, 51]));
         let ins = store.insert_dir(&b).expect("insert b");
         assert_eq!(ins.evicted, 0);
         assert_eq!(store.packs(), 2);
         assert!(store.get(&Digest::of(&page(19))).is_some());
         // A third copy holding everything the first still served: the first goes.
-        let c = images(&t.0, "c", (1..=20).chain([50, 51]));
+        let c = images(t.path(), "c", (1..=20).chain([50, 51]));
         let ins = store.insert_dir(&c).expect("insert c");
         assert_eq!(ins.evicted, 2, "both older packs serve nothing now");
         assert_eq!(store.packs(), 1);
@@ -647,15 +629,15 @@ mod tests {
 
     #[test]
     fn a_reopened_store_serves_what_it_held_and_drops_unfinished_packs() {
-        let t = Tmp::new("reopen");
-        let root = t.0.join("store");
+        let t = crate::testing::temp_dir("store-reopen");
+        let root = t.path().join("store");
         {
             let store = ChunkStore::open(&root, DEFAULT_CAP).expect("open");
             store
-                .insert_dir(&images(&t.0, "a", 1..=10))
+                .insert_dir(&images(t.path(), "a", 1..=10))
                 .expect("insert a");
             store
-                .insert_dir(&images(&t.0, "b", 11..=20))
+                .insert_dir(&images(t.path(), "b", 11..=20))
                 .expect("insert b");
         }
         // A crash mid-insert and a pack cut short.
@@ -674,7 +656,7 @@ mod tests {
         assert!(!root.join("7.pack").exists());
         // New packs number after the old ones, so eviction order survives the restart.
         store
-            .insert_dir(&images(&t.0, "c", 21..=30))
+            .insert_dir(&images(t.path(), "c", 21..=30))
             .expect("insert c");
         assert!(root.join("2.pack").exists());
         drop(store);
@@ -687,10 +669,12 @@ mod tests {
 
     #[test]
     fn a_corrupted_chunk_is_detected_and_never_served() {
-        let t = Tmp::new("corrupt");
-        let root = t.0.join("store");
+        let t = crate::testing::temp_dir("store-corrupt");
+        let root = t.path().join("store");
         let store = ChunkStore::open(&root, DEFAULT_CAP).expect("open");
-        store.insert_dir(&images(&t.0, "a", 1..=4)).expect("insert");
+        store
+            .insert_dir(&images(t.path(), "a", 1..=4))
+            .expect("insert");
         let pack = root.join("0.pack");
         // Flip one byte of the second chunk on disk.
         let f = OpenOptions::new()
@@ -718,8 +702,8 @@ mod tests {
 
     #[test]
     fn wait_idle_waits_for_inserts_under_way() {
-        let t = Tmp::new("idle");
-        let store = Arc::new(ChunkStore::open(t.0.join("store"), DEFAULT_CAP).expect("open"));
+        let t = crate::testing::temp_dir("store-idle");
+        let store = Arc::new(ChunkStore::open(t.path().join("store"), DEFAULT_CAP).expect("open"));
         assert!(store.wait_idle(Duration::ZERO));
         let g = store.begin_insert();
         // While an insert is under way the store is never idle: this wait can only time out.

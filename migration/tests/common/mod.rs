@@ -53,8 +53,8 @@ pub fn unique() -> String {
     format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-/// A directory `brume-test-<tag>-<pid>-<random>` under `base`, removed on drop (a panic too).
-pub struct TempDir(pub PathBuf);
+/// A directory `brume-test-<tag>-<random>` (tempfile's), removed on drop, a panic too.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     /// Under the system temp dir.
@@ -73,20 +73,15 @@ impl TempDir {
     }
 
     fn under(base: &Path, tag: &str) -> TempDir {
-        let dir = base.join(format!("{PREFIX}-{tag}-{}", unique()));
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("create temp dir {}: {e}", dir.display()));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{PREFIX}-{tag}-"))
+            .tempdir_in(base)
+            .unwrap_or_else(|e| panic!("create a temp dir in {}: {e}", base.display()));
         TempDir(dir)
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 
