@@ -43,7 +43,9 @@ if [ "${CI:-}" = "true" ] || ((ci_like)); then
   export BRUME_REQUIRE=${BRUME_REQUIRE:-all}
 fi
 profile=default
-((ci_like)) || [ "${CI:-}" = "true" ] && profile=ci
+if ((ci_like)) || [ "${CI:-}" = "true" ]; then
+  profile=ci
+fi
 
 # Each run's resources carry this id (tests name their containers, images, namespaces and temp
 # dirs with it where they can), and the skip log lives beside it.
@@ -57,99 +59,106 @@ export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 exec 9>"${TMPDIR:-/tmp}/.brume-test.lock"
 flock -n 9 || { echo "test.sh: another run of the suite holds ${TMPDIR:-/tmp}/.brume-test.lock; wait for it" >&2; exit 1; }
 
-started=$(date +%s)
-stamp() { echo "== $1 ($(($(date +%s) - started)) s)"; }
+# The suite runs with fd 9 closed for every command it starts: bash keeps the lock open on a
+# close-on-exec copy meanwhile. A test's workload must not inherit the lock: CRIU refuses to dump
+# a task holding a file lock.
+suite() {
 
-bash scripts/install-deps.sh
-command -v cargo-nextest >/dev/null || {
-  stamp "installing cargo-nextest (cargo install, once)"
-  cargo install --locked cargo-nextest
-}
+  started=$(date +%s)
+  stamp() { echo "== $1 ($(($(date +%s) - started)) s)"; }
 
-bash scripts/sweep-test-leftovers.sh
+  bash scripts/install-deps.sh
+  command -v cargo-nextest >/dev/null || {
+    stamp "installing cargo-nextest (cargo install, once)"
+    cargo install --locked cargo-nextest
+  }
 
-run=()
-busy=()
-stop_load() { for p in "${busy[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap 'stop_load; bash "$root/scripts/sweep-test-leftovers.sh" || true' EXIT
-if ((ci_like)); then
-  run=(taskset -c 0,1)
-  for _ in $(seq 1 "$load"); do
-    # Bounded: never outlives the longest CI run.
-    timeout 5400 sh -c 'while :; do :; done' &
-    busy+=($!)
+  bash scripts/sweep-test-leftovers.sh
+
+  run=()
+  busy=()
+  stop_load() { for p in "${busy[@]}"; do kill "$p" 2>/dev/null || true; done; }
+  trap 'stop_load; bash "$root/scripts/sweep-test-leftovers.sh" || true' EXIT
+  if ((ci_like)); then
+    run=(taskset -c 0,1)
+    for _ in $(seq 1 "$load"); do
+      # Bounded: never outlives the longest CI run.
+      timeout 5400 sh -c 'while :; do :; done' &
+      busy+=($!)
+    done
+    echo "ci-like: taskset -c 0,1, 2 test threads, $load busy loop(s) in the background, BRUME_REQUIRE=$BRUME_REQUIRE"
+  fi
+
+  if ! ((fast)); then
+    stamp "format"
+    cargo fmt --all -- --check
+    stamp "clippy"
+    "${run[@]}" cargo clippy --workspace --all-targets --locked -- -D warnings
+  fi
+
+  stamp "build: workloads (scripts/build-static.sh)"
+  "${run[@]}" bash scripts/build-static.sh >/dev/null
+  stamp "build: tests"
+  "${run[@]}" cargo nextest run --workspace --locked --no-run --cargo-quiet
+  if ! ((fast)); then
+    stamp "bench smoke (release): brume bench placement --quick"
+    "${run[@]}" cargo run --release --locked -q -p brume -- bench placement --quick --instances 20 --reps 3 | tail -n 3
+  fi
+
+  # The deterministic tier: unit tests and the pure simulations. Everything else is a real-system
+  # test. A new test binary is real-system until it is listed here.
+  deterministic='kind(lib) | kind(bin) | binary(sim) | binary(placers) | binary(properties) | binary(precopy_sim) | binary(place_cli)'
+  rm -f "$BRUME_SKIP_LOG"
+  results=()
+  status=0
+  tier() { # name filterset
+    local name=$1 set=$2
+    [ -n "$filter" ] && set="($set) & ($filter)"
+    stamp "tests: $name"
+    local junit="target/nextest/$profile/junit.xml"
+    rm -f "$junit"
+    "${run[@]}" cargo nextest run --workspace --locked --cargo-quiet --profile "$profile" \
+      --no-tests=pass -E "$set" || status=1
+    [ -f "$junit" ] && results+=("$(cat "$junit")")
+    return 0
+  }
+  tier "deterministic" "$deterministic"
+  if ((status == 0)); then
+    tier "real systems" "not ($deterministic)"
+  else
+    echo "deterministic tests failed: the real-system tier does not run"
+  fi
+  if ((status == 0)) && [ -z "$filter" ]; then
+    stamp "doc tests"
+    "${run[@]}" cargo test --workspace --locked --doc -q 2>&1 | tail -n 3 || status=1
+  fi
+
+  # Counts over every test (nextest's own summary is per tier); ignored tests and tests that
+  # skipped for a missing system are counted as skipped, and named.
+  passed=0 failed=0 ignored=0
+  for r in "${results[@]}"; do
+    t=$(grep -o '<testsuites [^>]*' <<<"$r" | grep -o ' tests="[0-9]*"' | grep -o '[0-9]*' || echo 0)
+    f=$(grep -o '<testsuites [^>]*' <<<"$r" | grep -o ' failures="[0-9]*"' | grep -o '[0-9]*' || echo 0)
+    e=$(grep -o '<testsuites [^>]*' <<<"$r" | grep -o ' errors="[0-9]*"' | grep -o '[0-9]*' || echo 0)
+    passed=$((passed + t - f - e))
+    failed=$((failed + f + e))
   done
-  echo "ci-like: taskset -c 0,1, 2 test threads, $load busy loop(s) in the background, BRUME_REQUIRE=$BRUME_REQUIRE"
-fi
-
-if ! ((fast)); then
-  stamp "format"
-  cargo fmt --all -- --check
-  stamp "clippy"
-  "${run[@]}" cargo clippy --workspace --all-targets --locked -- -D warnings
-fi
-
-stamp "build: workloads (scripts/build-static.sh)"
-"${run[@]}" bash scripts/build-static.sh >/dev/null
-stamp "build: tests"
-"${run[@]}" cargo nextest run --workspace --locked --no-run --cargo-quiet
-if ! ((fast)); then
-  stamp "bench smoke (release): brume bench placement --quick"
-  "${run[@]}" cargo run --release --locked -q -p brume -- bench placement --quick --instances 20 --reps 3 | tail -n 3
-fi
-
-# The deterministic tier: unit tests and the pure simulations. Everything else is a real-system
-# test. A new test binary is real-system until it is listed here.
-deterministic='kind(lib) | kind(bin) | binary(sim) | binary(placers) | binary(properties) | binary(precopy_sim) | binary(place_cli)'
-rm -f "$BRUME_SKIP_LOG"
-results=()
-status=0
-tier() { # name filterset
-  local name=$1 set=$2
-  [ -n "$filter" ] && set="($set) & ($filter)"
-  stamp "tests: $name"
-  local junit="target/nextest/$profile/junit.xml"
-  rm -f "$junit"
-  "${run[@]}" cargo nextest run --workspace --locked --cargo-quiet --profile "$profile" \
-    --no-tests=pass -E "$set" || status=1
-  [ -f "$junit" ] && results+=("$(cat "$junit")")
-  return 0
+  ignored=$(cargo nextest list --workspace --locked --cargo-quiet --run-ignored only \
+    --message-format oneline ${filter:+-E "$filter"} 2>/dev/null | grep -c . || true)
+  skips=0
+  [ -f "$BRUME_SKIP_LOG" ] && skips=$(grep -c . "$BRUME_SKIP_LOG" || true)
+  if ((ignored)); then
+    echo "ignored (run by hand, see each test's reason):"
+    cargo nextest list --workspace --locked --cargo-quiet --run-ignored only --message-format oneline \
+      ${filter:+-E "$filter"} 2>/dev/null | sed 's/^/  /'
+  fi
+  if ((skips)); then
+    echo "skipped for a missing system (BRUME_REQUIRE=all makes these failures):"
+    sed 's/^/  /' "$BRUME_SKIP_LOG"
+  fi
+  echo "took $(($(date +%s) - started)) s"
+  # A test that skipped for a missing system returned early and counts as passed in the report.
+  echo "tests: $((passed - skips)) passed, $failed failed, $((ignored + skips)) skipped"
+  return "$status"
 }
-tier "deterministic" "$deterministic"
-if ((status == 0)); then
-  tier "real systems" "not ($deterministic)"
-else
-  echo "deterministic tests failed: the real-system tier does not run"
-fi
-if ((status == 0)) && [ -z "$filter" ]; then
-  stamp "doc tests"
-  "${run[@]}" cargo test --workspace --locked --doc -q 2>&1 | tail -n 3 || status=1
-fi
-
-# Counts over every test (nextest's own summary is per tier); ignored tests and tests that
-# skipped for a missing system are counted as skipped, and named.
-passed=0 failed=0 ignored=0
-for r in "${results[@]}"; do
-  t=$(grep -o '<testsuites [^>]*' <<<"$r" | grep -o ' tests="[0-9]*"' | grep -o '[0-9]*' || echo 0)
-  f=$(grep -o '<testsuites [^>]*' <<<"$r" | grep -o ' failures="[0-9]*"' | grep -o '[0-9]*' || echo 0)
-  e=$(grep -o '<testsuites [^>]*' <<<"$r" | grep -o ' errors="[0-9]*"' | grep -o '[0-9]*' || echo 0)
-  passed=$((passed + t - f - e))
-  failed=$((failed + f + e))
-done
-ignored=$(cargo nextest list --workspace --locked --cargo-quiet --run-ignored only \
-  --message-format oneline ${filter:+-E "$filter"} 2>/dev/null | grep -c . || true)
-skips=0
-[ -f "$BRUME_SKIP_LOG" ] && skips=$(grep -c . "$BRUME_SKIP_LOG" || true)
-if ((ignored)); then
-  echo "ignored (run by hand, see each test's reason):"
-  cargo nextest list --workspace --locked --cargo-quiet --run-ignored only --message-format oneline \
-    ${filter:+-E "$filter"} 2>/dev/null | sed 's/^/  /'
-fi
-if ((skips)); then
-  echo "skipped for a missing system (BRUME_REQUIRE=all makes these failures):"
-  sed 's/^/  /' "$BRUME_SKIP_LOG"
-fi
-echo "took $(($(date +%s) - started)) s"
-# A test that skipped for a missing system returned early and counts as passed in the report.
-echo "tests: $((passed - skips)) passed, $failed failed, $((ignored + skips)) skipped"
-exit "$status"
+suite 9>&-

@@ -24,7 +24,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 pub use common::{
-    docker_label, run_id, static_binary, unique, wait_for, TempDir, LIVENESS, PREFIX, TEST_BUDGET,
+    docker_label, run_id, static_binary, unique, wait_for, workload_command, TempDir, LIVENESS,
+    PREFIX, TEST_BUDGET,
 };
 
 /// The workload binary (static; the same file runs as a process and in a `FROM scratch` image).
@@ -80,7 +81,7 @@ impl Workload {
     /// Starts the workload with `mib` MiB from `seed`, listening on `socket`, and waits until it
     /// answers.
     pub fn start(socket: &Path, mib: usize, seed: u64) -> Workload {
-        let child = Command::new(workload_binary())
+        let child = workload_command(workload_binary())
             .arg(socket)
             .arg(mib.to_string())
             .arg(seed.to_string())

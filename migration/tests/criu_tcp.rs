@@ -31,10 +31,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use brume_migration::criu::{Criu, CriuError, DumpOptions, RestoreOptions};
-use criu_support::{static_binary, wait_for, KillOnDrop, TempDir, LIVENESS};
+use criu_support::{static_binary, wait_for, workload_command, KillOnDrop, TempDir, LIVENESS};
 
 struct Relay {
     child: Child,
@@ -57,7 +57,7 @@ fn start_relay(dir: &Path) -> Relay {
         .append(true)
         .open(&out)
         .expect("relay stdout file");
-    let mut command = Command::new(static_binary("brume-relay"));
+    let mut command = workload_command(static_binary("brume-relay"));
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {

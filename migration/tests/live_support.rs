@@ -60,7 +60,7 @@ pub struct Dirtier {
 
 impl Dirtier {
     pub fn start(socket: &Path, mib: usize, seed: u64, dirty_mib_s: f64) -> Dirtier {
-        let mut cmd = Command::new(dirtier());
+        let mut cmd = common::workload_command(dirtier());
         let child = Dirtier::serve(&mut cmd, socket, mib, seed, dirty_mib_s)
             .spawn()
             .expect("spawn dirtier");
@@ -78,6 +78,7 @@ impl Dirtier {
         dirty_mib_s: f64,
     ) -> Dirtier {
         let mut cmd = brume_testnet::pidns::command(dirtier());
+        common::close_inherited_fds(&mut cmd);
         let (child, pid) =
             brume_testnet::pidns::spawn(Dirtier::serve(&mut cmd, socket, mib, seed, dirty_mib_s))
                 .expect("spawn unshare");

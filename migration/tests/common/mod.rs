@@ -29,6 +29,34 @@ pub fn static_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A command for a process CRIU will dump: it starts with no descriptor beyond stdin, stdout and
+/// stderr. Whatever runs the tests (a shell holding a lock, a CI agent's pipes) may leave
+/// descriptors open without close-on-exec; a workload would inherit them, and CRIU refuses to
+/// dump a task holding, say, another program's file lock ("Some file locks are hold by dumping
+/// tasks"). The node's process engine does the same for its tasks.
+pub fn workload_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    close_inherited_fds(&mut cmd);
+    cmd
+}
+
+/// Makes `cmd`'s child close every descriptor above stderr before it runs (see
+/// [`workload_command`]).
+pub fn close_inherited_fds(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: close_range is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            );
+            Ok(())
+        });
+    }
+}
+
 /// Every name a test gives to something outside its process (Docker containers and images,
 /// runc containers, cgroups, temp dirs) starts with this, so scripts/sweep-test-leftovers.sh
 /// can find what a killed run left behind.

@@ -234,7 +234,9 @@ impl Agent {
                 let record = map.nodes.iter().find(|n| n.peer == peer.to_string());
                 Ok(Destination {
                     peer,
-                    host: record.map_or_else(|| peer.to_string(), |r| r.id.to_string()),
+                    // The same name whether or not the map found the node (under load a fresh
+                    // map can miss it): node ids derive from peer ids.
+                    host: brume_overlay::swarm::node_id_of(&peer).to_string(),
                     addrs: record.map(|r| r.addrs.clone()).unwrap_or_default(),
                 })
             }
