@@ -5,6 +5,7 @@
 //! Dropping a [`LocalNet`] stops its daemons the way an operator would (SIGTERM, so each stops
 //! the tasks it runs), and kills any that linger.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -22,6 +23,17 @@ impl LocalNet {
     /// Starts `n` daemons of `bin` with `args` added to each `brume node` command line, and
     /// waits (up to 60 s, generous for a loaded machine) until node 0 is connected to all the others.
     pub fn start(bin: &Path, n: usize, args: &[&str]) -> anyhow::Result<LocalNet> {
+        Self::start_with_env(bin, n, args, &|_| Vec::new())
+    }
+
+    /// [`LocalNet::start`], with `env(i)` added to node `i`'s environment (a test's fault
+    /// injection, e.g. a `PATH` that finds a wrapper first).
+    pub fn start_with_env(
+        bin: &Path,
+        n: usize,
+        args: &[&str],
+        env: &dyn Fn(usize) -> Vec<(OsString, OsString)>,
+    ) -> anyhow::Result<LocalNet> {
         let dir = tempfile::Builder::new()
             .prefix("brume-localnet-")
             .tempdir()
@@ -31,9 +43,9 @@ impl LocalNet {
             bin: bin.to_path_buf(),
             nodes: Vec::new(),
         };
-        let first = net.spawn(0, args, None)?;
+        let first = net.spawn(0, args, &env(0), None)?;
         for i in 1..n {
-            net.spawn(i, args, Some(&first))?;
+            net.spawn(i, args, &env(i), Some(&first))?;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -55,9 +67,16 @@ impl LocalNet {
         }
     }
 
-    fn spawn(&mut self, i: usize, args: &[&str], join: Option<&str>) -> anyhow::Result<String> {
+    fn spawn(
+        &mut self,
+        i: usize,
+        args: &[&str],
+        env: &[(OsString, OsString)],
+        join: Option<&str>,
+    ) -> anyhow::Result<String> {
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--log", "warn"])
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
+            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--log", "warn"])
             .args(args)
             .arg("--control")
             .arg(self.sock(i))

@@ -19,6 +19,7 @@
 //! missing Docker, CRIU (>= 4.2), runc or root is a skip recorded by `brume_testnet::require`.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -422,32 +423,10 @@ fn live_move_supported(test: &str) -> bool {
 /// The pids of the live processes on this machine that run `task` of `service` (by
 /// environment; not the `unshare` that started one).
 fn processes_of(service: &str, task: &str) -> Vec<u32> {
-    let want = [
-        format!("BRUME_SERVICE={service}"),
-        format!("BRUME_TASK={task}"),
-    ];
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        let vars: Vec<String> = env
-            .split(|b| *b == 0)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .collect();
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if !zombie && comm.trim() != "unshare" && want.iter().all(|w| vars.contains(w)) {
-            out.push(pid);
-        }
-    }
-    out
+    common::processes_with_env(&[
+        &format!("BRUME_SERVICE={service}"),
+        &format!("BRUME_TASK={task}"),
+    ])
 }
 
 /// Waits until no process runs `task` of `service` (a stopped task's processes are reaped a
@@ -655,11 +634,122 @@ fn stdout_read_elsewhere(pid: u32) -> bool {
         })
 }
 
-/// A restore that fails on the target after the final dump (the target's copy of the relay
-/// binary is swapped for another file while the pre-copy runs, so `criu restore` finds a file of
-/// the wrong size): the source restores mid from its own final images, its engine takes the
-/// restored process, and mid serves on where it was with its count. `brume stop` then stops
-/// that restored process too.
+/// A deterministic restore failure on chosen nodes: every node of the net runs with a `PATH`
+/// that finds a `criu` wrapper (bash) first and with `TEST_NODE_DIR` naming its own directory
+/// here. The wrapper logs each call into `<node dir>/criu-calls`; a restore while
+/// `<node dir>/fail-restore` exists ([`RestoreFault::arm`]) is refused (exit 1, an `Error`
+/// line on stderr), anything else execs the real criu. A restore is `criu restore ...` (the
+/// process engine runs criu itself) or `criu swrk <fd>` started by a `runc ... restore ...`
+/// (runc speaks CRIU's RPC, so its parent's argv says what for; the first such call, runc's
+/// CRIU version check, is the one refused). Unlike a file swapped from a thread while the
+/// pre-copy runs, this cannot miss its window on a loaded machine.
+struct RestoreFault {
+    dir: tempfile::TempDir,
+    n: usize,
+}
+
+/// The marker file that makes the wrapper refuse a node's restores.
+const FAIL_RESTORE: &str = "fail-restore";
+
+impl RestoreFault {
+    fn new(n: usize) -> RestoreFault {
+        use std::os::unix::fs::PermissionsExt;
+        let out = std::process::Command::new("sh")
+            .args(["-c", "command -v criu"])
+            .output()
+            .expect("sh runs");
+        let real = text(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success() && real.starts_with('/') && !real.contains('\''),
+            "no criu in PATH: {real:?}"
+        );
+        let dir = common::tempdir();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("mkdir bin");
+        let script = format!(
+            r#"#!/bin/bash
+# criu for a brume test's nodes: refuses a restore while $TEST_NODE_DIR/{FAIL_RESTORE} exists.
+dir=${{TEST_NODE_DIR:?TEST_NODE_DIR is not set}}
+restore=no
+if [ "$1" = restore ]; then
+    restore=yes
+elif [ "$1" = swrk ] && tr '\0' '\n' < /proc/$PPID/cmdline | grep -qx restore; then
+    restore=yes
+fi
+echo "restore=$restore: $*" >> "$dir/criu-calls"
+if [ "$restore" = yes ] && [ -e "$dir/{FAIL_RESTORE}" ]; then
+    echo "refused: $*" >> "$dir/criu-calls"
+    echo "Error (test criu wrapper): restore refused on purpose ($dir/{FAIL_RESTORE} exists)" >&2
+    exit 1
+fi
+exec '{real}' "$@"
+"#
+        );
+        let wrapper = bin.join("criu");
+        std::fs::write(&wrapper, script).expect("write the criu wrapper");
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the criu wrapper");
+        for i in 0..n {
+            std::fs::create_dir(dir.path().join(format!("n{i}"))).expect("mkdir node dir");
+        }
+        RestoreFault { dir, n }
+    }
+
+    /// Node `i`'s additions to its environment.
+    fn env(&self, i: usize) -> Vec<(OsString, OsString)> {
+        assert!(i < self.n, "node {i} of {}", self.n);
+        let mut path = OsString::from(self.dir.path().join("bin"));
+        if let Some(old) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(old);
+        }
+        vec![
+            ("PATH".into(), path),
+            ("TEST_NODE_DIR".into(), self.node(i).into()),
+        ]
+    }
+
+    fn node(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}"))
+    }
+
+    /// From now on, node `i`'s restores fail.
+    fn arm(&self, i: usize) {
+        std::fs::write(self.node(i).join(FAIL_RESTORE), b"").expect("write the marker");
+    }
+
+    /// The criu calls node `i` made, one line each (`restore=yes|no: ARGS`, then `refused:
+    /// ARGS` for a refused one).
+    fn calls(&self, i: usize) -> Vec<String> {
+        std::fs::read_to_string(self.node(i).join("criu-calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Checks that the wrapper did what the test relies on: the target refused a restore, and
+    /// the source restored through the real criu (a restore it did not refuse).
+    fn assert_target_refused_source_restored(&self, target: usize, source: usize) {
+        let t = self.calls(target);
+        let s = self.calls(source);
+        eprintln!("criu calls on the target: {t:#?}\ncriu calls on the source: {s:#?}");
+        assert!(
+            t.iter().any(|l| l.starts_with("refused: ")),
+            "the target's criu wrapper refused no restore: {t:#?}"
+        );
+        assert!(
+            s.iter().any(|l| l.starts_with("restore=yes: "))
+                && !s.iter().any(|l| l.starts_with("refused: ")),
+            "the source did not restore through the real criu: {s:#?}"
+        );
+    }
+}
+
+/// A restore that fails on the target after the final dump (the target's `criu restore` is
+/// refused, [`RestoreFault`]): the source restores mid from its own final images, its engine
+/// takes the restored process, and mid serves on where it was with its count. `brume stop` then
+/// stops that restored process too.
 #[test]
 fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
     if !live_move_supported(
@@ -668,11 +758,14 @@ fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
         return;
     }
     let service = unique("back");
-    let net = Net(common::ServiceNet::start(
+    let fault = RestoreFault::new(4);
+    let net = Net(common::ServiceNet::start_with_env(
         Path::new(BRUME),
         4,
         "process",
         150,
+        &[],
+        &|i| fault.env(i),
         &service,
     ));
     let dir = net.0.dir().to_path_buf();
@@ -695,37 +788,15 @@ fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
         .iter()
         .position(|(id, _)| before.values().all(|(h, _)| h != id))
         .expect("a free node");
+    let source = nodes
+        .iter()
+        .position(|(id, _)| *id == mid_host)
+        .expect("mid's host is a node");
     let old = processes_of(&service, "mid");
     assert_eq!(old.len(), 1, "{old:?}");
 
-    // The target lays mid's files out under its data directory (bound on /run/brume/tasks
-    // inside that node): swap the binary as soon as it appears.
-    let binary = net
-        .0
-        .net
-        .data(free)
-        .join("criu-tasks")
-        .join(format!("{service}.mid.0"))
-        .join("rootfs")
-        .join("relay");
-    let saboteur = std::thread::spawn(move || {
-        let until = Instant::now() + Duration::from_secs(60);
-        while !binary.exists() {
-            if Instant::now() > until {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let decoy = binary.with_file_name("decoy");
-        std::fs::write(&decoy, b"not the relay").expect("write the decoy");
-        std::fs::rename(&decoy, &binary).expect("swap the binary");
-        true
-    });
+    fault.arm(free);
     let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
-    assert!(
-        saboteur.join().expect("saboteur"),
-        "the target never laid mid out"
-    );
     let why = text(&moved.stderr);
     eprintln!("{why}");
     assert!(
@@ -736,6 +807,7 @@ fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
         why.contains("after the final dump") && why.contains("runs here again"),
         "{why}"
     );
+    fault.assert_target_refused_source_restored(free, source);
     assert_eq!(net.placement()["mid"], (mid_host, mid_port));
     assert_eq!(state(mid_port), 3, "the restored mid kept its count");
     chain_answers(front_port);
@@ -815,15 +887,21 @@ fn docker_live_supported(test: &str) -> bool {
         && require::program(test, Need::Runc, "runc", "--version")
 }
 
-/// Deploys the relay chain with `checkpoint = "criu"` on the Docker engine; the net, its
-/// service, the nodes (id, host), placement before, front's port.
-fn docker_criu_chain(prefix: &str) -> (Net, String, Vec<(String, String)>) {
+/// Deploys the relay chain with `checkpoint = "criu"` on the Docker engine, on nodes that run
+/// `fault`'s criu wrapper if given; the net, its service, the nodes (id, host).
+fn docker_criu_chain(
+    prefix: &str,
+    fault: Option<&RestoreFault>,
+) -> (Net, String, Vec<(String, String)>) {
     let service = unique(prefix);
-    let net = Net(common::ServiceNet::start(
+    let env = |i| fault.map(|f| f.env(i)).unwrap_or_default();
+    let net = Net(common::ServiceNet::start_with_env(
         Path::new(BRUME),
         4,
         "docker",
         150,
+        &[],
+        &env,
         &service,
     ));
     let dir = net.0.dir().to_path_buf();
@@ -849,7 +927,7 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
     if !docker_live_supported("migrate::a_docker_criu_task_moves_live_with_its_memory") {
         return;
     }
-    let (net, service, nodes) = docker_criu_chain("dlive");
+    let (net, service, nodes) = docker_criu_chain("dlive", None);
     let _leftovers = RuncLeftovers(service.clone());
     let before = net.placement();
     let (_, front_port) = before["front"].clone();
@@ -954,8 +1032,8 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
     wait_no_process(&service, "mid");
 }
 
-/// A restore that fails on the target (the relay binary in the target's bundle is swapped for
-/// another file while the pre-copy runs): the source restores mid as a runc container from the
+/// A restore that fails on the target (runc's CRIU is refused there, [`RestoreFault`]): the
+/// source restores mid as a runc container from the
 /// bundle it copied before, its engine adopts it, mid serves on where it was with its count,
 /// exactly one mid runs, and stopping the service stops it.
 #[test]
@@ -965,7 +1043,8 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
     ) {
         return;
     }
-    let (net, service, nodes) = docker_criu_chain("dback");
+    let fault = RestoreFault::new(4);
+    let (net, service, nodes) = docker_criu_chain("dback", Some(&fault));
     let _leftovers = RuncLeftovers(service.clone());
     let before = net.placement();
     let (_, front_port) = before["front"].clone();
@@ -978,41 +1057,15 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
         .iter()
         .position(|(id, _)| before.values().all(|(h, _)| h != id))
         .expect("a free node");
+    let source = nodes
+        .iter()
+        .position(|(id, _)| *id == mid_host)
+        .expect("mid's host is a node");
     let old = processes_of(&service, "mid");
     assert_eq!(old.len(), 1, "{old:?}");
 
-    // The target's bundle: <RUNC_HOME>/bundles/<instance>-in-<hex>/rootfs/relay.
-    let bundles = Path::new(brume::engine::runc_task::RUNC_HOME).join("bundles");
-    let svc = service.clone();
-    let saboteur = std::thread::spawn(move || {
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if Instant::now() > until {
-                return false;
-            }
-            let found = std::fs::read_dir(&bundles).ok().and_then(|dirs| {
-                dirs.flatten().find(|d| {
-                    let n = d.file_name().to_string_lossy().into_owned();
-                    n.contains(&svc) && n.contains("-in-")
-                })
-            });
-            if let Some(d) = found {
-                let binary = d.path().join("rootfs").join("relay");
-                if binary.exists() && d.path().join("config.json").exists() {
-                    let decoy = binary.with_file_name("decoy");
-                    std::fs::write(&decoy, b"not the relay").expect("write the decoy");
-                    std::fs::rename(&decoy, &binary).expect("swap the binary");
-                    return true;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    });
+    fault.arm(free);
     let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
-    assert!(
-        saboteur.join().expect("saboteur"),
-        "the target never laid mid's bundle out"
-    );
     let why = text(&moved.stderr);
     eprintln!("{why}");
     assert!(
@@ -1023,6 +1076,7 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
         why.contains("after the final checkpoint") && why.contains("runs here again"),
         "{why}"
     );
+    fault.assert_target_refused_source_restored(free, source);
     assert_eq!(net.placement()["mid"], (mid_host, mid_port));
     assert_eq!(state(mid_port), 3, "the restored mid kept its count");
     chain_answers(front_port);

@@ -18,6 +18,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -324,6 +325,33 @@ impl Drop for Cleanup {
     }
 }
 
+/// The pids of the live processes on this machine (not zombies, not the `unshare` the process
+/// engine starts a task through) whose environment holds every `NAME=value` of `vars`.
+pub fn processes_with_env(vars: &[&str]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        let have: Vec<String> = env
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if !zombie && comm.trim() != "unshare" && vars.iter().all(|w| have.iter().any(|h| h == w)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Bytes a command printed, as text.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -362,10 +390,23 @@ impl ServiceNet {
         extra: &[&str],
         service: &str,
     ) -> Self {
+        Self::start_with_env(bin, n, engine, cpu_millis, extra, &|_| Vec::new(), service)
+    }
+
+    /// The same, with `env(i)` added to node `i`'s environment.
+    pub fn start_with_env(
+        bin: &Path,
+        n: usize,
+        engine: &str,
+        cpu_millis: u32,
+        extra: &[&str],
+        env: &dyn Fn(usize) -> Vec<(OsString, OsString)>,
+        service: &str,
+    ) -> Self {
         let cpu = cpu_millis.to_string();
         let mut args = vec!["--engine", engine, "--cpu-millis", &cpu];
         args.extend_from_slice(extra);
-        let net = brume::localnet::LocalNet::start(bin, n, &args)
+        let net = brume::localnet::LocalNet::start_with_env(bin, n, &args, env)
             .unwrap_or_else(|e| panic!("{n} daemons start and connect: {e:#}"));
         ServiceNet {
             net,
