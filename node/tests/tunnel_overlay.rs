@@ -90,15 +90,25 @@ impl Node {
 
     /// Routes this node's calls to `endpoint` to `host` and opens a forwarder for them.
     async fn forward_to(&self, host: &Node, endpoint: &Endpoint) -> Forwarder {
+        self.forward_to_at(host, endpoint, 0).await
+    }
+
+    /// [`Node::forward_to`], the forwarder listening on `port` (0: any).
+    async fn forward_to_at(&self, host: &Node, endpoint: &Endpoint, port: u16) -> Forwarder {
         self.routes.set(
             endpoint.clone(),
             Route::Remote {
                 peer: host.overlay.peer_id(),
             },
         );
-        Forwarder::bind(endpoint.clone(), self.routes.clone(), self.overlay.clone())
-            .await
-            .unwrap()
+        Forwarder::bind_at(
+            endpoint.clone(),
+            self.routes.clone(),
+            self.overlay.clone(),
+            port,
+        )
+        .await
+        .unwrap()
     }
 
     fn is_address_of_mine(&self, addr: &Multiaddr) -> bool {
@@ -241,7 +251,16 @@ async fn lines_and_eight_concurrent_transfers_cross_the_tunnel() {
         let task = EchoTask::start("hello from b\n").await;
         let e = Endpoint::new("svc", "echo", 0);
         b.routes.set(e.clone(), Route::Local { port: task.port });
-        let fwd = a.forward_to(&b, &e).await;
+        // The forwarder listens on a port held by a socket bound with SO_REUSEADDR and never
+        // listened on: once the forwarder closes, a connection there is refused, and no other
+        // socket can take the port (bind(0) and outgoing connections skip a bound port), so a
+        // refusal at the end says the forwarder's listener is gone.
+        let hold = tokio::net::TcpSocket::new_v4().unwrap();
+        hold.set_reuseaddr(true).unwrap();
+        hold.bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let fwd = a
+            .forward_to_at(&b, &e, hold.local_addr().unwrap().port())
+            .await;
         let addr = fwd.local_addr();
 
         let (mut r, mut w, greeting) = connect(addr).await;

@@ -109,8 +109,28 @@ mod tests {
 
     #[test]
     fn a_listened_port_is_refused_and_a_free_one_passes() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
+        // The port is held by a socket bound with SO_REUSEADDR and never listened on, on every
+        // address ([::] takes IPv4 too; 0.0.0.0 where the host has no IPv6): nothing else takes
+        // it (bind(0) and outgoing connections skip a bound port, a bind without SO_REUSEADDR
+        // conflicts), while binds with SO_REUSEADDR, as the check's and a task listener's are,
+        // still pass. So the port found free at the end cannot have been taken in between.
+        let held = |h: tokio::net::TcpSocket, any: SocketAddr| {
+            h.set_reuseaddr(true).ok()?;
+            h.bind(any).ok()?;
+            Some(h)
+        };
+        let hold = tokio::net::TcpSocket::new_v6()
+            .ok()
+            .and_then(|h| held(h, (Ipv6Addr::UNSPECIFIED, 0).into()))
+            .or_else(|| {
+                held(
+                    tokio::net::TcpSocket::new_v4().ok()?,
+                    (Ipv4Addr::UNSPECIFIED, 0).into(),
+                )
+            })
+            .expect("a socket holding a port");
+        let port = hold.local_addr().unwrap().port();
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
         let err = ensure_port_free(port).unwrap_err();
         assert!(
             err.to_string().contains(&format!("port {port} is in use")),
