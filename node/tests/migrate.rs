@@ -32,6 +32,10 @@ use brume_testnet::require::{self, Need};
 use common::{port_of, text};
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
+/// The freeze a live move in these tests may predict before it gives up: generous, since the
+/// tests check that state moves exactly, not how fast (under load the default 2 s budget made
+/// the planner abort moves that had no bug).
+const MAX_DOWNTIME: &str = "120s";
 
 /// How long anything a test waits for (an answer, a process gone, a daemon stopped) may take
 /// before the test calls it stuck: a liveness bound, never a speed claim.
@@ -492,7 +496,17 @@ fn a_criu_task_moves_live_with_its_memory() {
     assert_eq!(old.len(), 1, "one mid process: {old:?}");
 
     // No room on node 0 (it runs front): refused there, after the hold; mid runs on, counting.
-    let refused = net.brume(0, &["migrate", "mid", "--to", &nodes[0].1]);
+    let refused = net.brume(
+        0,
+        &[
+            "migrate",
+            "mid",
+            "--to",
+            &nodes[0].1,
+            "--max-downtime",
+            MAX_DOWNTIME,
+        ],
+    );
     assert!(
         !refused.status.success(),
         "a move onto a full node succeeded"
@@ -519,7 +533,17 @@ fn a_criu_task_moves_live_with_its_memory() {
     // phases (rounds, downtime) on stderr.
     let caller = Caller::start(front_port);
     let started = Instant::now();
-    let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
+    let moved = net.brume(
+        0,
+        &[
+            "migrate",
+            "mid",
+            "--to",
+            &nodes[free].1,
+            "--max-downtime",
+            MAX_DOWNTIME,
+        ],
+    );
     let took = started.elapsed();
     let (calls, bad, longest_gap) = caller.stop_after_one_more();
     let (out, err) = (text(&moved.stdout), text(&moved.stderr));
@@ -583,7 +607,17 @@ fn a_criu_task_moves_live_with_its_memory() {
     );
 
     // And back, asked on the node that runs it now: a restored task moves again.
-    let back = net.brume(free, &["migrate", "mid", "--to", &nodes[source].1]);
+    let back = net.brume(
+        free,
+        &[
+            "migrate",
+            "mid",
+            "--to",
+            &nodes[source].1,
+            "--max-downtime",
+            MAX_DOWNTIME,
+        ],
+    );
     let err = text(&back.stderr);
     eprintln!("{err}{}", text(&back.stdout));
     assert!(back.status.success(), "the move back failed: {err}");
@@ -600,7 +634,17 @@ fn a_criu_task_moves_live_with_its_memory() {
         net.0.net.stop(free, LIVENESS),
         "the free node did not stop within {LIVENESS:?}"
     );
-    let dead = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
+    let dead = net.brume(
+        0,
+        &[
+            "migrate",
+            "mid",
+            "--to",
+            &nodes[free].1,
+            "--max-downtime",
+            MAX_DOWNTIME,
+        ],
+    );
     assert!(!dead.status.success(), "a move to a stopped node succeeded");
     let why = text(&dead.stderr);
     assert!(why.contains("still runs here"), "{why}");
@@ -796,7 +840,17 @@ fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
     assert_eq!(old.len(), 1, "{old:?}");
 
     fault.arm(free);
-    let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
+    let moved = net.brume(
+        0,
+        &[
+            "migrate",
+            "mid",
+            "--to",
+            &nodes[free].1,
+            "--max-downtime",
+            MAX_DOWNTIME,
+        ],
+    );
     let why = text(&moved.stderr);
     eprintln!("{why}");
     assert!(
@@ -950,7 +1004,17 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
 
     let caller = Caller::start(front_port);
     let started = Instant::now();
-    let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
+    let moved = net.brume(
+        0,
+        &[
+            "migrate",
+            "mid",
+            "--to",
+            &nodes[free].1,
+            "--max-downtime",
+            MAX_DOWNTIME,
+        ],
+    );
     let took = started.elapsed();
     let (calls, bad, longest_gap) = caller.stop_after_one_more();
     let (out, err) = (text(&moved.stdout), text(&moved.stderr));
@@ -1006,7 +1070,17 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
     // And back, asked on the node that runs it now: the runc container the move restored is
     // checkpointed in turn and restored on the first node, its count going on; the free node
     // keeps nothing of it. Stopping the service stops the runc container.
-    let again = net.brume(free, &["migrate", "mid", "--to", &nodes[source].1]);
+    let again = net.brume(
+        free,
+        &[
+            "migrate",
+            "mid",
+            "--to",
+            &nodes[source].1,
+            "--max-downtime",
+            MAX_DOWNTIME,
+        ],
+    );
     let (out, err) = (text(&again.stdout), text(&again.stderr));
     eprintln!("{err}{out}");
     assert!(again.status.success(), "the second live move failed: {err}");
@@ -1065,7 +1139,17 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
     assert_eq!(old.len(), 1, "{old:?}");
 
     fault.arm(free);
-    let moved = net.brume(0, &["migrate", "mid", "--to", &nodes[free].1]);
+    let moved = net.brume(
+        0,
+        &[
+            "migrate",
+            "mid",
+            "--to",
+            &nodes[free].1,
+            "--max-downtime",
+            MAX_DOWNTIME,
+        ],
+    );
     let why = text(&moved.stderr);
     eprintln!("{why}");
     assert!(

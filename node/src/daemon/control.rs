@@ -72,6 +72,10 @@ pub struct MigrateRequest {
     /// Give up, leaving the instance where it is, if the move takes longer.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// The longest freeze a live move may predict before it gives up (the planner's default
+    /// when `None`).
+    #[serde(default)]
+    pub max_downtime_ms: Option<u64>,
 }
 
 /// How `brume deploy` asks for a deployment.

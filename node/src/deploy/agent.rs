@@ -243,6 +243,7 @@ impl Agent {
                 budget_ms,
                 allow_cold,
                 deadline_ms,
+                max_downtime_ms,
             } => {
                 let request = crate::migrate::MoveRequest {
                     key: (service, task, replica),
@@ -250,6 +251,7 @@ impl Agent {
                     budget: Duration::from_millis(budget_ms.clamp(1, 10_000)),
                     allow_cold,
                     deadline: deadline_ms.map(Duration::from_millis),
+                    max_downtime: max_downtime_ms.map(Duration::from_millis),
                 };
                 // Boxed: a move asks other agents, and asking this node's own agent comes
                 // back here.

@@ -126,6 +126,9 @@ pub enum AgentRequest {
         /// Give up, leaving the instance where it is, if the move takes longer.
         #[serde(default)]
         deadline_ms: Option<u64>,
+        /// The longest freeze a live move may predict before it gives up.
+        #[serde(default)]
+        max_downtime_ms: Option<u64>,
     },
     /// Stops and removes one instance of the given epoch (a move that gave up undoes its start
     /// on the target); calls to it from here then go to `back_to` (a peer id) if given.

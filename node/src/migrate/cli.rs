@@ -38,6 +38,11 @@ pub struct MigrateArgs {
     /// and a start already under way on the target is undone.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub deadline: Option<Duration>,
+    /// A live move freezes the task only when the predicted freeze fits this (default 2s);
+    /// if the task writes memory faster than the link carries it, or its dumps are slow, the
+    /// move gives up and the task keeps running here.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_downtime: Option<Duration>,
 }
 
 /// Options of `brume drain`.
@@ -157,6 +162,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
         budget_ms: args.budget.as_millis() as u64,
         cold: args.cold,
         deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
+        max_downtime_ms: args.max_downtime.map(|d| d.as_millis() as u64),
     });
     let v = call(&args.target, request)
         .await

@@ -101,6 +101,7 @@ pub async fn migrate(
                 budget,
                 allow_cold: req.cold,
                 deadline: req.deadline_ms.map(Duration::from_millis),
+                max_downtime: req.max_downtime_ms.map(Duration::from_millis),
             };
             let work = agent.migrate(request, tx);
             tokio::pin!(work);
@@ -120,6 +121,7 @@ pub async fn migrate(
                 budget_ms: req.budget_ms,
                 allow_cold: req.cold,
                 deadline_ms: req.deadline_ms,
+                max_downtime_ms: req.max_downtime_ms,
             };
             ask(&agent.overlay, agent, peer, &addrs, &request, on_phase)
                 .await
@@ -197,6 +199,7 @@ pub async fn drain(
             budget_ms: budget.as_millis() as u64,
             cold,
             deadline_ms: None,
+            max_downtime_ms: None,
         };
         let outcome = migrate(agent, req, progress.clone())
             .await

@@ -50,4 +50,7 @@ pub struct MoveRequest {
     pub allow_cold: bool,
     /// Give up (leaving the instance where it is) if the move is not done within this.
     pub deadline: Option<Duration>,
+    /// A live move gives up (the task keeps running here) when the planner predicts a longer
+    /// freeze than this; `None` is the planner's default.
+    pub max_downtime: Option<Duration>,
 }

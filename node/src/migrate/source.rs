@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use super::checkpoint::{self, CHECKPOINT_TIMEOUT};
-use super::{target, MoveRequest};
+use super::{live, target, MoveRequest};
 use crate::deploy::agent::Agent;
 use crate::deploy::initiator::ask;
 use crate::deploy::wire::{AgentReply, AgentRequest, CheckpointMode, InstanceSpec, Phase};
@@ -124,7 +124,16 @@ impl Agent {
         }
         if live {
             return self
-                .move_live(&req.key, moved, &dest, deadline, &phases)
+                .move_live(
+                    &req.key,
+                    moved,
+                    &dest,
+                    live::Limits {
+                        deadline,
+                        max_downtime: req.max_downtime,
+                    },
+                    &phases,
+                )
                 .await;
         }
 

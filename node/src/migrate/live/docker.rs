@@ -84,11 +84,15 @@ impl Agent {
         key: &Key,
         moved: InstanceSpec,
         dest: &Destination,
-        deadline: Option<Instant>,
+        limits: Limits,
         phases: &mpsc::Sender<Phase>,
         d: DockerEngine,
     ) -> AgentReply {
         let (service, task, replica) = key;
+        let Limits {
+            deadline,
+            max_downtime,
+        } = limits;
         let what = format!("{service}/{task}#{replica}");
         let untouched = |why: String| AgentReply::Refused {
             reason: format!("{why}; {what} still runs here"),
@@ -236,6 +240,9 @@ impl Agent {
         }
 
         let mut opts = SourceOptions::new(work_dir("live-out"));
+        if let Some(d) = max_downtime {
+            opts.planner.max_downtime = d;
+        }
         opts.network_lock = NetworkLock::Skip;
         let mut checkpointer = RuncContainer::docker(id.clone());
         checkpointer.root = root;

@@ -179,6 +179,14 @@ async fn quiet(pid: u32, bound: Duration) -> usize {
 }
 
 /// A fresh directory name on tmpfs for one end of one migration.
+/// What bounds a live move: when it must be done by, and the longest freeze the planner may
+/// predict before it gives up (its default when `None`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Limits {
+    pub deadline: Option<Instant>,
+    pub max_downtime: Option<Duration>,
+}
+
 fn work_dir(what: &str) -> PathBuf {
     let base = if std::path::Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")
@@ -255,16 +263,16 @@ impl Agent {
         key: &Key,
         moved: InstanceSpec,
         dest: &Destination,
-        deadline: Option<Instant>,
+        limits: Limits,
         phases: &mpsc::Sender<Phase>,
     ) -> AgentReply {
         match &*self.engine {
             AnyEngine::Docker(d) => {
-                self.move_live_docker(key, moved, dest, deadline, phases, d.clone())
+                self.move_live_docker(key, moved, dest, limits, phases, d.clone())
                     .await
             }
             AnyEngine::Process(_) => {
-                self.move_live_process(key, moved, dest, deadline, phases)
+                self.move_live_process(key, moved, dest, limits, phases)
                     .await
             }
         }

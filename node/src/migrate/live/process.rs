@@ -23,10 +23,14 @@ impl Agent {
         key: &Key,
         moved: InstanceSpec,
         dest: &Destination,
-        deadline: Option<Instant>,
+        limits: Limits,
         phases: &mpsc::Sender<Phase>,
     ) -> AgentReply {
         let (service, task, replica) = key;
+        let Limits {
+            deadline,
+            max_downtime,
+        } = limits;
         let what = format!("{service}/{task}#{replica}");
         let untouched = |why: String| AgentReply::Refused {
             reason: format!("{why}; {what} still runs here"),
@@ -101,6 +105,9 @@ impl Agent {
             Err(e) => return untouched(format!("cannot make a pipe: {e}")),
         };
         let mut opts = SourceOptions::new(work_dir("live-out"));
+        if let Some(d) = max_downtime {
+            opts.planner.max_downtime = d;
+        }
         // Only listeners are dumped (connections are held off): nothing to lock.
         opts.network_lock = NetworkLock::Skip;
         if let Some(key) = &stdout_key {
