@@ -907,11 +907,3 @@ async fn a_32_mib_artifact_crosses_two_overlay_nodes() {
     }
     result.expect("test timed out");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run in release with --ignored --nocapture"]
-async fn bench_transfer_vs_tcp() {
-    let n = brume::bench::transfer::run(256, 5).await.unwrap();
-    println!("{}", n.report());
-    assert!(n.overlay_mb_s > 0.0 && n.tcp_mb_s > 0.0);
-}

@@ -619,25 +619,3 @@ async fn a_local_route_connects_directly_without_the_overlay() {
     })
     .await;
 }
-
-/// The tunnel benchmark, in this test binary until `brume bench tunnel` is wired into the CLI.
-/// Meaningful only in release: `cargo test --release -p brume --test tunnel_overlay -- --ignored
-/// --nocapture`; sizes can be overridden with BRUME_TUNNEL_BENCH="size_mb,pings,runs".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark; run in release"]
-async fn bench_tunnel_against_direct_tcp() {
-    init_tracing();
-    let (size_mb, pings, runs) = match std::env::var("BRUME_TUNNEL_BENCH") {
-        Ok(v) => {
-            let n: Vec<usize> = v.split(',').map(|x| x.trim().parse().unwrap()).collect();
-            (n[0], n[1], n[2])
-        }
-        Err(_) => (256, 2000, 5),
-    };
-    let numbers = brume::bench::tunnel::run(size_mb, pings, runs)
-        .await
-        .unwrap();
-    println!("{}", numbers.report());
-    assert!(numbers.tunnel_mib_s > 0.0 && numbers.direct_mib_s > 0.0);
-    assert!(numbers.tunnel_rtt_us > 0.0 && numbers.direct_rtt_us > 0.0);
-}

@@ -88,13 +88,6 @@ fn thousand_nodes_meet_the_targets() {
     check_targets(&rows, vivaldi);
 }
 
-#[test]
-#[ignore = "10,000 nodes: run with --release -- --ignored"]
-fn ten_thousand_nodes_meet_the_targets() {
-    let (rows, vivaldi) = run_scale(10_000, 4);
-    check_targets(&rows, vivaldi);
-}
-
 /// The simulation also runs on a measured-style matrix read from a file, with unmeasured pairs.
 #[test]
 fn runs_on_a_matrix_file() {
