@@ -16,10 +16,10 @@
 //! must be read anyway. The CLI is what `runc` and the CRIU docs use, and what an operator can
 //! rerun by hand from the logged command line.
 //!
-//! What works on these machines (Debian bookworm, kernel 6.18, criu 4.1.1 from trixie; see
-//! docs/criu.md): dump and restore of processes without inet sockets. criu 4.1.1 cannot dump a
-//! TCP or UDP socket on kernels >= 6.16 (`Can't get 1:16 opt: Operation not supported`, fixed
-//! upstream after 4.1.1); [`CriuError::hint`] says so. Lazy pages through a page server need
+//! What works on these machines (Debian bookworm, kernel 6.18, criu 4.2.1 built from source by
+//! scripts/install-criu.sh; see docs/criu.md): dump and restore of processes, TCP listeners
+//! included. criu 4.1.1 and older cannot dump a TCP or UDP socket on kernels >= 6.16 (`Can't get
+//! 1:16 opt: Operation not supported`, fixed in 4.2); [`CriuError::hint`] says so. Lazy pages through a page server need
 //! `fs.pipe-max-size` >= 4 MiB, because root here lacks CAP_SYS_RESOURCE. Every call logs a
 //! harmless `rlimit: Can't setup RLIMIT_NOFILE` error (the same missing capability), which is not
 //! reported as a failure line.
