@@ -68,6 +68,11 @@ suite() {
   stamp() { echo "== $1 ($(($(date +%s) - started)) s)"; }
 
   bash scripts/install-deps.sh
+  # install-criu.sh puts criu in /usr/local/sbin, which a non-login environment may lack.
+  case ":$PATH:" in
+    *:/usr/local/sbin:*) ;;
+    *) export PATH="/usr/local/sbin:$PATH" ;;
+  esac
   command -v cargo-nextest >/dev/null || {
     stamp "installing cargo-nextest (cargo install, once)"
     cargo install --locked cargo-nextest
