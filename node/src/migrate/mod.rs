@@ -32,11 +32,19 @@ pub mod moved;
 pub mod source;
 pub mod target;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::deploy::agent::Key;
 
 /// What a source is asked to move.
+/// What bounds a live move: when it must be done by, and the longest freeze the planner may
+/// predict before it gives up (its default when `None`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Limits {
+    pub deadline: Option<Instant>,
+    pub max_downtime: Option<Duration>,
+}
+
 #[derive(Debug, Clone)]
 pub struct MoveRequest {
     /// Service, task and replica of the instance.

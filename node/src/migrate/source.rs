@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use super::checkpoint::{self, CHECKPOINT_TIMEOUT};
-use super::{live, target, MoveRequest};
+use super::{target, Limits, MoveRequest};
 use crate::deploy::agent::Agent;
 use crate::deploy::initiator::ask;
 use crate::deploy::wire::{AgentReply, AgentRequest, CheckpointMode, InstanceSpec, Phase};
@@ -128,7 +128,7 @@ impl Agent {
                     &req.key,
                     moved,
                     &dest,
-                    live::Limits {
+                    Limits {
                         deadline,
                         max_downtime: req.max_downtime,
                     },

@@ -59,6 +59,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tracing::{info, warn};
 
 use super::source::{within, Destination};
+use super::Limits;
 use crate::deploy::agent::{Agent, Instance, Key};
 use crate::deploy::wire::{AgentReply, CheckpointMode, InstanceSpec, InstanceView, Phase};
 use crate::engine::docker::DockerRestartPolicy;
@@ -179,14 +180,6 @@ async fn quiet(pid: u32, bound: Duration) -> usize {
 }
 
 /// A fresh directory name on tmpfs for one end of one migration.
-/// What bounds a live move: when it must be done by, and the longest freeze the planner may
-/// predict before it gives up (its default when `None`).
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Limits {
-    pub deadline: Option<Instant>,
-    pub max_downtime: Option<Duration>,
-}
-
 fn work_dir(what: &str) -> PathBuf {
     let base = if std::path::Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")
