@@ -239,11 +239,7 @@ impl Agent {
             Some(Err(e)) => return fail(format!("talking to {} failed: {e}", dest.host)).await,
         }
 
-        let mut opts = SourceOptions::new(work_dir("live-out"));
-        if let Some(d) = max_downtime {
-            opts.planner.max_downtime = d;
-        }
-        opts.network_lock = NetworkLock::Skip;
+        let mut opts = source_options(max_downtime);
         let mut checkpointer = RuncContainer::docker(id.clone());
         checkpointer.root = root;
         checkpointer.fallback = Some(fallback.restore.clone());

@@ -180,6 +180,18 @@ async fn quiet(pid: u32, bound: Duration) -> usize {
 }
 
 /// A fresh directory name on tmpfs for one end of one migration.
+/// The pipeline's options on either engine's source: a fresh work dir, no network lock (only
+/// listeners are dumped; connections are held off), and the move's freeze budget when it gave
+/// one.
+fn source_options(max_downtime: Option<Duration>) -> SourceOptions {
+    let mut opts = SourceOptions::new(work_dir("live-out"));
+    if let Some(d) = max_downtime {
+        opts.planner.max_downtime = d;
+    }
+    opts.network_lock = NetworkLock::Skip;
+    opts
+}
+
 fn work_dir(what: &str) -> PathBuf {
     let base = if std::path::Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")

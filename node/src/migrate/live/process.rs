@@ -104,12 +104,7 @@ impl Agent {
             Ok(p) => p,
             Err(e) => return untouched(format!("cannot make a pipe: {e}")),
         };
-        let mut opts = SourceOptions::new(work_dir("live-out"));
-        if let Some(d) = max_downtime {
-            opts.planner.max_downtime = d;
-        }
-        // Only listeners are dumped (connections are held off): nothing to lock.
-        opts.network_lock = NetworkLock::Skip;
+        let mut opts = source_options(max_downtime);
         if let Some(key) = &stdout_key {
             opts.restore_inherit_fds = vec![InheritFd {
                 key: key.clone(),
