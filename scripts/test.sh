@@ -152,14 +152,14 @@ suite() {
     passed=$((passed + t - f - e))
     failed=$((failed + f + e))
   done
-  ignored=$(cargo nextest list --workspace --locked --cargo-quiet --run-ignored only \
-    --message-format oneline ${filter:+-E "$filter"} 2>/dev/null | grep -c . || true)
+  ignored_tests=$(cargo nextest list --workspace --locked --cargo-quiet --run-ignored only \
+    --message-format oneline ${filter:+-E "$filter"} 2>/dev/null || true)
+  ignored=$(grep -c . <<<"$ignored_tests" || true)
   skips=0
   [ -f "$BRUME_SKIP_LOG" ] && skips=$(grep -c . "$BRUME_SKIP_LOG" || true)
   if ((ignored)); then
     echo "ignored (run by hand, see each test's reason):"
-    cargo nextest list --workspace --locked --cargo-quiet --run-ignored only --message-format oneline \
-      ${filter:+-E "$filter"} 2>/dev/null | sed 's/^/  /'
+    sed 's/^/  /' <<<"$ignored_tests"
   fi
   if ((skips)); then
     echo "skipped for a missing system (BRUME_REQUIRE=all makes these failures):"
