@@ -26,11 +26,14 @@ enum Command {
     /// Plan where a service's tasks would run on a network described in a file (nothing is
     /// deployed): prints who goes where and why.
     Place(brume::place::PlaceArgs),
-    /// Run a benchmark family and print a table, then one `BENCH name key=value ...` line. Use a
-    /// release build.
+    /// Run a benchmark family (placement, overlay, deploy, transfer, tunnel, migration) and print
+    /// a table, then one `BENCH name key=value ...` line. Runs the `brume-bench` program installed
+    /// beside this one (`brume bench --help` lists the families). Use a release build.
+    #[command(disable_help_flag = true)]
     Bench {
-        #[command(subcommand)]
-        family: Bench,
+        /// The family and its options, handed to brume-bench as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Run this device's node in the foreground: join the overlay (through any member given
     /// with --join), measure latencies, answer maps, and serve the local control socket.
@@ -67,27 +70,6 @@ enum Command {
     Drain(brume::migrate::cli::DrainArgs),
 }
 
-#[derive(Subcommand)]
-enum Bench {
-    /// Quality of randomized rounding against the exact optimum and greedy, and its speed.
-    Placement(brume::bench::placement::PlacementArgs),
-    /// Neighbourhood mapping in the discrete-event simulator: recall, messages against flooding,
-    /// completion against the budget, Vivaldi error; on the synthetic model or an RTT matrix file.
-    Overlay(brume::bench::overlay::OverlayArgs),
-    /// Deployment on three local daemons (cold and warm) against docker-compose of the same
-    /// image, artifact transfer against plain TCP, tunnels against direct connections. Needs
-    /// Docker, docker-compose and scripts/build-static.sh's relay binary.
-    Deploy(brume::bench::deploy::DeployArgs),
-    /// Artifact chunk fetch over the overlay against a plain TCP copy of the same bytes.
-    Transfer(brume::bench::transfer::TransferArgs),
-    /// Tunnel throughput and round trip against a direct TCP connection.
-    Tunnel(brume::bench::tunnel::TunnelArgs),
-    /// Live migration (iterative pre-copy, chunk deltas, adaptive compression) against
-    /// stop-and-copy of the same task, over links shaped to 100 Mbit/s and 1 Gbit/s between
-    /// network namespaces. Needs root and CRIU.
-    Migration(brume::bench::migration::MigrationArgs),
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -103,24 +85,7 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Place(args) => brume::place::run(args),
-        Command::Bench {
-            family: Bench::Placement(args),
-        } => brume::bench::placement::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Bench {
-            family: Bench::Overlay(args),
-        } => brume::bench::overlay::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Bench {
-            family: Bench::Deploy(args),
-        } => brume::bench::deploy::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Bench {
-            family: Bench::Transfer(args),
-        } => brume::bench::transfer::cli(args).map(|()| ExitCode::SUCCESS),
-        Command::Bench {
-            family: Bench::Tunnel(args),
-        } => brume::bench::tunnel::cli(args).map(|()| ExitCode::SUCCESS),
-        Command::Bench {
-            family: Bench::Migration(args),
-        } => brume::bench::migration::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench { args } => bench(args),
         Command::Node(args) => brume::daemon::run::run(args).map(|()| ExitCode::SUCCESS),
         Command::Status(target) => block_on(brume::client::status(target)),
         Command::Peers(target) => block_on(brume::client::peers(target)),
@@ -150,4 +115,28 @@ fn block_on(
         .build()?
         .block_on(fut)
         .map(|()| ExitCode::SUCCESS)
+}
+
+/// `brume bench ...`: runs `brume-bench ...` from this program's own directory, so the daemon
+/// links none of the benches' tooling.
+fn bench(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let me = std::env::current_exe().context("cannot find this program's own path")?;
+    let exe = me.with_file_name("brume-bench");
+    let status = std::process::Command::new(&exe)
+        .args(args)
+        .env("BRUME_BIN", &me)
+        .status()
+        .with_context(|| {
+            format!(
+                "cannot run {} (the benches are a separate program: cargo build --release \
+                 -p brume-bench)",
+                exe.display()
+            )
+        })?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }

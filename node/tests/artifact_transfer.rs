@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use brume::artifact::{
+use brume_artifact::{
     fetch, pack_context, read_image_tar, serve, Artifact, ArtifactKind, ArtifactManifest,
     ChunkStore, Digest, FetchOptions, PackError, ServeStats, StoreError, TransferError, CHUNK_SIZE,
     TRANSFER_PROTOCOL,
@@ -80,7 +80,7 @@ fn server_with(dir: &Path, n: usize, seed: u64) -> (ChunkStore, ArtifactManifest
     (store, m, bytes)
 }
 
-type Server = JoinHandle<Result<ServeStats, brume::artifact::ServeError>>;
+type Server = JoinHandle<Result<ServeStats, brume_artifact::ServeError>>;
 
 /// Opens in-memory streams to `serve(store)`, one per call; keeps every server's outcome.
 #[derive(Clone)]
@@ -849,7 +849,7 @@ async fn a_32_mib_artifact_crosses_two_overlay_nodes() {
         let n_chunks = bytes.len().div_ceil(CHUNK_SIZE as usize);
         assert_eq!(m.chunks.len(), n_chunks);
         let incoming = a.accept_streams(TRANSFER_PROTOCOL).unwrap();
-        let serving = tokio::spawn(brume::artifact::serve_incoming(server.clone(), incoming, 4));
+        let serving = tokio::spawn(brume_artifact::serve_incoming(server.clone(), incoming, 4));
 
         let start = Instant::now();
         loop {

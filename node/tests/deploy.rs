@@ -30,7 +30,7 @@ fn context(dir: &Path, service: &str) -> PathBuf {
 
 /// The relay chain's manifest: front -> mid -> back, 100 mCPU each.
 fn manifest(dir: &Path, service: &str) -> PathBuf {
-    brume::bench::deploy::manifest(dir, service).expect("a manifest")
+    brume_testnet::relay_service::manifest(dir, service).expect("a manifest")
 }
 
 fn unique(prefix: &str) -> String {
@@ -247,7 +247,7 @@ fn wait_relay_gone(service: &str, epoch: u64) {
 #[test]
 fn a_host_checks_resources_epochs_and_garbage() {
     use brume::deploy::wire::{AgentReply, AgentRequest, InstanceSpec, Payload, DEPLOY_PROTOCOL};
-    use brume::frames::{read_frame, write_frame};
+    use brume_overlay::frames::{read_frame, write_frame};
     use futures::AsyncWriteExt;
 
     let service = unique("greedy");
@@ -302,12 +302,12 @@ fn a_host_checks_resources_epochs_and_garbage() {
         // Deploys are idempotent per epoch: the same request again changes nothing, an older
         // epoch is refused as stale, a newer one replaces the instance.
         let store_dir = common::tempdir();
-        let store = brume::artifact::ChunkStore::open(store_dir.path()).unwrap();
+        let store = brume_artifact::ChunkStore::open(store_dir.path()).unwrap();
         let ctx = common::relay_context(&service);
-        let artifact = brume::artifact::pack_context(ctx.path()).unwrap();
+        let artifact = brume_artifact::pack_context(ctx.path()).unwrap();
         let manifest = store.put_artifact(&artifact).unwrap();
-        let incoming = me.accept_streams(brume::artifact::TRANSFER_PROTOCOL).unwrap();
-        let server = tokio::spawn(brume::artifact::serve_incoming(store, incoming, 2));
+        let incoming = me.accept_streams(brume_artifact::TRANSFER_PROTOCOL).unwrap();
+        let server = tokio::spawn(brume_artifact::serve_incoming(store, incoming, 2));
         let relay = |epoch: u64| InstanceSpec {
             service: service.clone(),
             epoch,

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use brume::engine::{
+use brume_engine::{
     DockerEngine, Engine, EngineError, ImageInput, ImageKind, ImageRef, LaunchSpec, RestartPolicy,
     TaskState,
 };

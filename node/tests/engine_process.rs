@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use brume::engine::{
+use brume_engine::{
     DockerEngine, Engine, EngineError, ImageInput, ImageKind, ImageRef, LaunchSpec, ProcessEngine,
     RestartPolicy, TaskState,
 };
@@ -327,7 +327,7 @@ async fn bad_input_fails_clearly_and_leaves_no_task() {
 
 /// The state of task `name` once it no longer runs (a kill is seen by its supervisor a moment
 /// after the signal).
-async fn wait_not_running(engine: &ProcessEngine, name: &str) -> brume::engine::TaskStatus {
+async fn wait_not_running(engine: &ProcessEngine, name: &str) -> brume_engine::TaskStatus {
     let deadline = Instant::now() + LIVENESS;
     loop {
         let st = engine.state(name).await.unwrap();

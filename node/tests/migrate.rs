@@ -52,7 +52,7 @@ fn unique(prefix: &str) -> String {
 
 /// The relay chain with mid stateful, carrying its state by the application-level checkpoint.
 fn manifest(dir: &Path, service: &str) -> PathBuf {
-    let m = brume::bench::deploy::manifest(dir, service).expect("a manifest");
+    let m = brume_testnet::relay_service::manifest(dir, service).expect("a manifest");
     let text = std::fs::read_to_string(&m).expect("read manifest").replace(
         "name = \"mid\"\nbuild = \"ctx\"\n",
         "name = \"mid\"\nbuild = \"ctx\"\nstateful = true\ncheckpoint = \"app\"\n",
@@ -891,7 +891,7 @@ struct RuncLeftovers(String);
 
 impl Drop for RuncLeftovers {
     fn drop(&mut self) {
-        let home = Path::new(brume::engine::runc_task::RUNC_HOME);
+        let home = Path::new(brume_engine::runc_task::RUNC_HOME);
         let root = home.join("root");
         if let Ok(dirs) = std::fs::read_dir(&root) {
             for d in dirs.flatten() {
@@ -906,7 +906,7 @@ impl Drop for RuncLeftovers {
                         .args(&args)
                         .output();
                 }
-                brume::engine::runc_task::remove_cgroup(&format!("/brume-runc/{id}"));
+                brume_engine::runc_task::remove_cgroup(&format!("/brume-runc/{id}"));
             }
         }
         if let Ok(dirs) = std::fs::read_dir(home.join("bundles")) {

@@ -25,11 +25,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use brume::frames::{read_frame, write_frame};
-use brume::tunnel::{
+use brume_overlay::frames::{read_frame, write_frame};
+use brume_overlay::{Multiaddr, Overlay, OverlayConfig, OverlayError, OverlayHandle, Timings};
+use brume_tunnel::{
     serve, Endpoint, Forwarder, Hello, Reply, Route, Routes, HELLO_LIMIT, TUNNEL_PROTOCOL,
 };
-use brume_overlay::{Multiaddr, Overlay, OverlayConfig, OverlayError, OverlayHandle, Timings};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -583,7 +583,7 @@ async fn a_burst_of_tunnels_all_open_though_raw_streams_get_dropped() {
         let raw_lost = raw.iter().filter(|r| r.is_none()).count();
         // The same burst through open_tunnel, which retries streams lost before the reply.
         let tunnels = futures::future::join_all(
-            (0..BURST).map(|_| brume::tunnel::open_tunnel(&a.overlay, peer, &e)),
+            (0..BURST).map(|_| brume_tunnel::open_tunnel(&a.overlay, peer, &e)),
         )
         .await;
         let failed: Vec<String> = tunnels

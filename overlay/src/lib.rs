@@ -8,19 +8,19 @@
 //! state machines, whose outputs flow back, until the originator outputs a
 //! [`neighbourhood::NeighbourhoodMap`]. No function here reads a clock, a socket or global randomness:
 //! time is a parameter ([`ids::Time`]), so the same code runs under libp2p and in a
-//! discrete-event simulation of thousands of nodes over a [`latency::LatencyModel`].
+//! discrete-event simulation of thousands of nodes (brume-testnet's `sim`). [`frames`] is how
+//! brume's own stream protocols put typed messages on an overlay stream.
 
 pub mod addresses;
 pub mod behaviour;
+pub mod frames;
 pub mod ids;
-pub mod latency;
 pub mod maplink;
 pub mod mapping;
 pub mod membership;
 pub mod neighbourhood;
 pub mod node;
 pub mod rtt;
-pub mod sim;
 pub mod swarm;
 pub mod vivaldi;
 pub mod wire;

@@ -12,14 +12,26 @@
 //! [`Testbed::run_in`], and reach host `j` at [`Testbed::addr`]`(j)`.
 //!
 //! Everything needs root; without it building a testbed fails with [`Error::NotRoot`].
+//!
+//! Beside the testbed lives the rest of brume's tooling, which the `brume` daemon never links:
+//! [`latency`] (latency models: a synthetic Internet-like one and N x N RTT matrix files) and
+//! [`sim`] (a discrete-event simulation of thousands of overlay nodes running brume-overlay's
+//! sans-IO mapping cores over such a model), [`localnet`] (a few real `brume node` processes on
+//! loopback, for tests and benches), [`relay_service`] (the three-task service they deploy),
+//! and [`require`] (how a test says what system it needs).
+//! The benches themselves are the `brume-bench` binary in `testnet/bench`.
 
 pub mod addr;
 pub mod error;
+pub mod latency;
+pub mod localnet;
 pub mod netns;
 pub mod pidns;
 pub mod poller;
+pub mod relay_service;
 pub mod require;
 pub mod router;
+pub mod sim;
 pub mod testbed;
 pub mod tun;
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use brume_overlay::latency::{LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet};
+use brume_testnet::latency::{LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet};
 use brume_testnet::{Shaping, Testbed};
 use clap::{Args, Parser, Subcommand};
 

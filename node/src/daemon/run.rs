@@ -107,10 +107,10 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
     init_logging(&cfg)?;
     // Before the runtime: a mount namespace is entered by the whole process only while it has
     // one thread.
-    match crate::engine::taskroot::enter(&cfg.data_dir) {
+    match brume_engine::taskroot::enter(&cfg.data_dir) {
         Ok(()) => tracing::debug!(
             "CRIU-mode tasks live in {}",
-            crate::engine::taskroot::TASK_ROOT
+            brume_engine::taskroot::TASK_ROOT
         ),
         Err(why) => tracing::info!("CRIU-mode tasks cannot move live: {why}"),
     }

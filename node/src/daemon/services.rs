@@ -12,13 +12,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use brume_overlay::OverlayHandle;
 
-use crate::artifact::{self, ChunkStore};
 use crate::deploy::agent::{Advertiser, Agent, Capacity};
 use crate::deploy::initiator::Initiator;
 use crate::deploy::ledger::Ledger;
-use crate::engine::{self, AnyEngine, EngineChoice};
 use crate::migrate::live::chunk_store::MigrationStoreConfig;
-use crate::tunnel::{self, Routes, TUNNEL_PROTOCOL};
+use brume_artifact::{self as artifact, ChunkStore};
+use brume_engine::{self as engine, AnyEngine, EngineChoice};
+use brume_tunnel::{self as tunnel, Routes, TUNNEL_PROTOCOL};
 
 /// Chunk streams served at once.
 const TRANSFER_CONCURRENCY: usize = 8;

@@ -26,14 +26,14 @@ use super::wire::{
     AgentReply, AgentRequest, CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload,
     Phase, DEPLOY_PROTOCOL, MAX_FRAME,
 };
-use crate::artifact::{self, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions};
-use crate::engine::{
+use crate::migrate::live::chunk_store::{MigrationStore, MigrationStoreConfig};
+use brume_artifact::{self as artifact, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions};
+use brume_engine::{
     free_task_port, AnyEngine, Engine, EngineError, ImageInput, ImageKind, ImageRef, LaunchSpec,
     RestartPolicy, TaskState,
 };
-use crate::frames::{read_frame, write_frame};
-use crate::migrate::live::chunk_store::{MigrationStore, MigrationStoreConfig};
-use crate::tunnel::{call_env, Endpoint, Forwarder, Route, Routes};
+use brume_overlay::frames::{read_frame, write_frame};
+use brume_tunnel::{call_env, Endpoint, Forwarder, Route, Routes};
 
 /// How long a stopping task gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -434,7 +434,7 @@ impl Agent {
     /// the fixed task directory runs so that CRIU can move it ([`ProcessEngine::start_checkpointable`]);
     /// any other as usual.
     ///
-    /// [`ProcessEngine::start_checkpointable`]: crate::engine::ProcessEngine::start_checkpointable
+    /// [`ProcessEngine::start_checkpointable`]: brume_engine::ProcessEngine::start_checkpointable
     async fn start_task(
         &self,
         spec: &InstanceSpec,
@@ -443,7 +443,7 @@ impl Agent {
         match &*self.engine {
             AnyEngine::Process(p)
                 if spec.checkpoint == CheckpointMode::Criu
-                    && crate::engine::taskroot::available().is_ok() =>
+                    && brume_engine::taskroot::available().is_ok() =>
             {
                 p.start_checkpointable(launch).await
             }

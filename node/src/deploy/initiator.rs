@@ -24,10 +24,10 @@ use super::wire::{
     AgentReply, AgentRequest, CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload,
     Phase, DEPLOY_PROTOCOL, MAX_FRAME,
 };
-use crate::artifact::{self, ChunkStore};
 use crate::daemon::control::{DeployRequest, Response};
-use crate::frames::{read_frame, write_frame};
 use crate::manifest::{Artifact, Checkpoint, Manifest};
+use brume_artifact::{self as artifact, ChunkStore};
+use brume_overlay::frames::{read_frame, write_frame};
 
 /// How long reaching a host that is not a neighbour may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

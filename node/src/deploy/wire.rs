@@ -1,6 +1,6 @@
 //! What an initiator and a host say to each other on `/brume/deploy/1`.
 //!
-//! One request per stream, as length-prefixed CBOR frames ([`crate::frames`]). A deploy request
+//! One request per stream, as length-prefixed CBOR frames ([`brume_overlay::frames`]). A deploy request
 //! is answered by any number of [`AgentReply::Phase`] frames (what the host is doing: fetching
 //! the artifact's chunks, building, starting) and then exactly one final frame. Every name that
 //! ends up in a container name, a file name or an environment variable is checked here, on the
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use brume_overlay::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::chunks::ArtifactManifest;
+use brume_artifact::chunks::ArtifactManifest;
 
 pub const DEPLOY_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/deploy/1");
 

@@ -16,7 +16,7 @@ use crate::deploy::agent::{Agent, Key};
 use crate::deploy::initiator::ask;
 use crate::deploy::ledger::Placed;
 use crate::deploy::wire::{AgentReply, AgentRequest, InstanceSpec};
-use crate::tunnel::{Endpoint, Route};
+use brume_tunnel::{Endpoint, Route};
 
 /// How long one node may take to acknowledge a move.
 const TELL_TIMEOUT: Duration = Duration::from_secs(3);

@@ -12,7 +12,7 @@ use super::{target, Limits, MoveRequest};
 use crate::deploy::agent::Agent;
 use crate::deploy::initiator::ask;
 use crate::deploy::wire::{AgentReply, AgentRequest, CheckpointMode, InstanceSpec, Phase};
-use crate::tunnel::{Endpoint, Route};
+use brume_tunnel::{Endpoint, Route};
 
 /// The environment variable a restored instance finds its state line in.
 pub const RESTORE_ENV: &str = "BRUME_RESTORE";

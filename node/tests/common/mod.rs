@@ -27,7 +27,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use brume::engine::{ImageInput, ImageKind};
+use brume_engine::{ImageInput, ImageKind};
 
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
@@ -87,7 +87,8 @@ pub fn label_dockerfile(ctx: &Path, owner: &str) {
 /// The relay chain's build context in `dir/ctx` (`brume bench deploy`'s, with `salt` in it),
 /// labelled for `owner`.
 pub fn chain_context(dir: &Path, salt: &str, owner: &str) -> PathBuf {
-    let ctx = brume::bench::deploy::context(dir, &relay_binary(), salt).expect("a build context");
+    let ctx =
+        brume_testnet::relay_service::context(dir, &relay_binary(), salt).expect("a build context");
     label_dockerfile(&ctx, owner);
     ctx
 }
@@ -177,7 +178,7 @@ pub fn unique_suffix() -> String {
 }
 
 /// Where test task ports come from: below both the range the node's engines draw task ports
-/// from (`brume::engine::ports::task_port_range`, which starts at 20000) and the kernel's ephemeral
+/// from (`brume_engine::ports::task_port_range`, which starts at 20000) and the kernel's ephemeral
 /// range (where `bind(0)` and outgoing connections take their ports), so neither a daemon under
 /// test nor any connection on the host takes a leased port.
 fn lease_range() -> std::ops::Range<u16> {
@@ -185,7 +186,7 @@ fn lease_range() -> std::ops::Range<u16> {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32_768);
-    let end = brume::engine::ports::task_port_range()
+    let end = brume_engine::ports::task_port_range()
         .start
         .min(ephemeral)
         .min(20_000);
@@ -371,7 +372,7 @@ pub fn port_of(row: &serde_json::Value) -> u16 {
 /// node 0, any container of it that is still there is removed by force, and so is every image
 /// and container labelled `brume.test.owner=<service>` (the contexts of [`chain_context`]).
 pub struct ServiceNet {
-    pub net: brume::localnet::LocalNet,
+    pub net: brume_testnet::localnet::LocalNet,
     pub service: String,
 }
 
@@ -406,7 +407,7 @@ impl ServiceNet {
         let cpu = cpu_millis.to_string();
         let mut args = vec!["--engine", engine, "--cpu-millis", &cpu];
         args.extend_from_slice(extra);
-        let net = brume::localnet::LocalNet::start_with_env(bin, n, &args, env)
+        let net = brume_testnet::localnet::LocalNet::start_with_env(bin, n, &args, env)
             .unwrap_or_else(|e| panic!("{n} daemons start and connect: {e:#}"));
         ServiceNet {
             net,

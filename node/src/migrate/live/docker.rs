@@ -1,6 +1,6 @@
 //! The Docker engine's side of a live move: `runc checkpoint` on Docker's runc state dumps the
 //! task's host-network container, and the target restores it as a runc container Docker does
-//! not know, which its engine adopts ([`crate::engine::runc_task`], docs/criu.md).
+//! not know, which its engine adopts ([`brume_engine::runc_task`], docs/criu.md).
 
 use super::*;
 
@@ -426,7 +426,7 @@ impl Agent {
         &self,
         d: &DockerEngine,
         spec: InstanceSpec,
-        launch: &crate::engine::LaunchSpec,
+        launch: &brume_engine::LaunchSpec,
         call_ports: &[u16],
         runc: RuncTask,
     ) -> Result<InstanceView, String> {

@@ -2,10 +2,10 @@
 //! over an overlay stream of its own, `/brume/live/1`. On the process engine CRIU dumps the
 //! task's process tree (below); on the Docker engine `runc checkpoint` dumps its host-network
 //! container and the target restores a runc container Docker does not know, which its engine
-//! adopts ([`Agent::move_live_docker`], [`crate::engine::runc_task`], docs/criu.md).
+//! adopts ([`Agent::move_live_docker`], [`brume_engine::runc_task`], docs/criu.md).
 //!
 //! The task was started checkpointable (fixed path, own PID namespace, output through a pipe:
-//! [`crate::engine::criu_task`]). After the target has fetched the image (`Prepare`), the source
+//! [`brume_engine::criu_task`]). After the target has fetched the image (`Prepare`), the source
 //! holds the instance's callers and waits (bounded) until the task holds no TCP connection but
 //! its listener, then opens the stream and says what comes (`Hello`: the spec, the
 //! task's port, the ports of its call forwarders and its stdout pipe's key). The target checks
@@ -62,14 +62,14 @@ use super::source::{within, Destination};
 use super::Limits;
 use crate::deploy::agent::{Agent, Instance, Key};
 use crate::deploy::wire::{AgentReply, CheckpointMode, InstanceSpec, InstanceView, Phase};
-use crate::engine::docker::DockerRestartPolicy;
-use crate::engine::runc_task::RuncTask;
-use crate::engine::{
+use brume_engine::docker::DockerRestartPolicy;
+use brume_engine::runc_task::RuncTask;
+use brume_engine::{
     criu_task, taskroot, AnyEngine, DockerEngine, Engine, LaunchSpec, ProcessEngine, TaskState,
     TaskSummary,
 };
-use crate::frames::{read_frame, write_frame};
-use crate::tunnel::{Endpoint, Forwarder, Hold, Route};
+use brume_overlay::frames::{read_frame, write_frame};
+use brume_tunnel::{Endpoint, Forwarder, Hold, Route};
 
 pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/live/1");
 

@@ -1,5 +1,5 @@
 //! The process engine's side of a live move: CRIU dumps the task's process tree (started
-//! checkpointable: [`crate::engine::criu_task`]) and restores it on the target, whose engine
+//! checkpointable: [`brume_engine::criu_task`]) and restores it on the target, whose engine
 //! adopts the restored pid.
 
 use super::*;
@@ -284,7 +284,7 @@ impl Agent {
         &self,
         p: &ProcessEngine,
         spec: InstanceSpec,
-        launch: &crate::engine::LaunchSpec,
+        launch: &brume_engine::LaunchSpec,
         call_ports: &[u16],
         pid: u32,
         out: std::io::PipeReader,

@@ -28,7 +28,7 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use super::median;
 use super::pair::Pair;
-use crate::artifact::{
+use brume_artifact::{
     fetch, serve, serve_incoming, Artifact, ArtifactKind, ArtifactManifest, ChunkStore,
     FetchOptions, TRANSFER_PROTOCOL,
 };

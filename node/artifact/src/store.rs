@@ -355,7 +355,7 @@ impl Read for ArtifactReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifact::chunks::{ArtifactKind, CHUNK_SIZE};
+    use crate::chunks::{ArtifactKind, CHUNK_SIZE};
 
     fn data(n: usize, seed: u8) -> Vec<u8> {
         let mut x = u32::from(seed) | 1;

@@ -1,13 +1,13 @@
 //! What travels on a `/brume/tunnel/1` stream before the payload, and what can go wrong.
 //!
-//! The opener writes one [`Hello`] frame (see [`crate::frames`]) naming the callee; the acceptor
+//! The opener writes one [`Hello`] frame (see [`brume_overlay::frames`]) naming the callee; the acceptor
 //! answers one [`Reply`] frame; after `Reply::Ok` the stream carries the call's raw bytes. Hellos
 //! are read with a [`HELLO_LIMIT`], so a hostile peer cannot make the acceptor allocate much.
 
 use brume_overlay::PeerId;
 use serde::{Deserialize, Serialize};
 
-use crate::frames::FrameError;
+use brume_overlay::frames::FrameError;
 
 /// Most bytes a hello or a reply frame may take.
 pub const HELLO_LIMIT: usize = 4096;

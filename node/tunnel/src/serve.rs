@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use super::routes::{Route, Routes};
 use super::wire::{Hello, Reply, TunnelError, HELLO_LIMIT};
 use super::{connect_local, splice, HANDSHAKE_TIMEOUT, MAX_HOLD};
-use crate::frames::{read_frame, write_frame};
+use brume_overlay::frames::{read_frame, write_frame};
 
 /// Serves every incoming tunnel stream (from
 /// `OverlayHandle::accept_streams(TUNNEL_PROTOCOL)`) until `incoming` ends, then waits for the

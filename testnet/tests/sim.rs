@@ -6,13 +6,13 @@
 //! each failure message), and time is the simulator's, so a run here is the run CI makes.
 
 use brume_overlay::ids::{MapId, NodeId, Time};
-use brume_overlay::latency::{
-    to_matrix_text, LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet,
-};
 use brume_overlay::mapping::{MapConfig, MapRequest, MappingNode, Message, Output, Refusal};
 use brume_overlay::neighbourhood::NodeRecord;
-use brume_overlay::sim::{summarise, BudgetSummary, SimConfig, Simulation};
 use brume_overlay::wire;
+use brume_testnet::latency::{
+    to_matrix_text, LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet,
+};
+use brume_testnet::sim::{summarise, BudgetSummary, SimConfig, Simulation};
 
 const BUDGETS: [f64; 4] = [10.0, 25.0, 50.0, 80.0];
 
@@ -107,7 +107,7 @@ fn runs_on_a_matrix_file() {
     let matrix = RttMatrix::from_file(&path).unwrap();
     assert_eq!(matrix.len(), 120);
     assert_eq!(
-        brume_overlay::latency::LatencyModel::rtt(&matrix, 0, 1),
+        brume_testnet::latency::LatencyModel::rtt(&matrix, 0, 1),
         None
     );
     let mut sim = Simulation::new(&matrix, SimConfig::default());

@@ -12,7 +12,7 @@
 //!   close                                         ->  end
 //! ```
 //!
-//! Requests are small CBOR frames ([`crate::frames`], at most [`MAX_WANT`] digests each); answers
+//! Requests are small CBOR frames ([`brume_overlay::frames`], at most [`MAX_WANT`] digests each); answers
 //! are a fixed 37-byte header (tag, digest, big-endian length) then the chunk's raw bytes, so a
 //! chunk crosses the stream with no encoding and lands in a reused buffer: no per-chunk
 //! allocation on either side. The fetcher keeps two batches asked for, so the server never waits
@@ -39,7 +39,7 @@ use tracing::{debug, warn};
 
 use super::chunks::{ArtifactManifest, Digest, ManifestError, CHUNK_SIZE};
 use super::store::{ChunkStore, StoreError};
-use crate::frames::{read_frame, write_frame, FrameError};
+use brume_overlay::frames::{read_frame, write_frame, FrameError};
 
 /// The overlay stream protocol of chunk transfers.
 pub const TRANSFER_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/transfer/1");

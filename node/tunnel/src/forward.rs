@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use super::routes::{Route, Routes};
 use super::wire::{Endpoint, Hello, Reply, TunnelError, HELLO_LIMIT};
 use super::{connect_local, splice, HANDSHAKE_TIMEOUT, MAX_HOLD, MAX_REDIRECTS, TUNNEL_PROTOCOL};
-use crate::frames::{read_frame, write_frame, FrameError};
+use brume_overlay::frames::{read_frame, write_frame, FrameError};
 
 /// Opens raw `/brume/tunnel/1` streams to peers: the overlay in the daemon, a fake in unit tests.
 pub trait StreamOpener: Send + Sync + 'static {
@@ -52,7 +52,7 @@ impl StreamOpener for OverlayHandle {
     }
 
     async fn learn(&self, peer: PeerId, addrs: Vec<String>) {
-        let addrs = crate::deploy::agent::parse_addrs(&addrs);
+        let addrs = addrs.iter().filter_map(|a| a.parse().ok()).collect();
         if let Err(e) = self.add_addresses(peer, addrs).await {
             debug!(%peer, error = %e, "cannot note a redirect's addresses");
         }

@@ -1,22 +1,22 @@
-//! `brume bench overlay` as an operator runs it: the built binary, a smoke run on the synthetic
+//! `brume-bench overlay` (what `brume bench overlay` runs) as an operator runs it: the built binary, a smoke run on the synthetic
 //! model, a run on an RTT matrix file it wrote itself, and refusals of broken matrix files.
 //!
 //! These tests check that the bench runs and reports: a well-formed `BENCH overlay` line whose
 //! figures are numbers in their possible ranges (a percentage within 0-100, a count or a size
 //! not negative). They assert no figure's quality: the bench measures an idle real daemon (RSS,
 //! CPU), which depends on the machine, and the simulation's recall and Vivaldi error are
-//! asserted on pinned seeds by brume-overlay's own `sim` tests.
+//! asserted on pinned seeds by brume-testnet's `sim` tests.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_brume"))
-        .args(["bench", "overlay"])
+    Command::new(env!("CARGO_BIN_EXE_brume-bench"))
+        .arg("overlay")
         .args(args)
         .output()
-        .expect("the brume binary runs")
+        .expect("the brume-bench binary runs")
 }
 
 fn text(bytes: &[u8]) -> String {

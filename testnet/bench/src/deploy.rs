@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::median;
-use crate::localnet::LocalNet;
+use brume_testnet::localnet::LocalNet;
 
 /// Options of `brume bench deploy`.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,39 +60,6 @@ fn relay_path(args: &DeployArgs) -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
-    Ok(path)
-}
-
-/// The relay chain's build context `dir/ctx`: the static relay binary, a `FROM scratch`
-/// Dockerfile and `salt` (a different salt, a different digest). Also used by the deploy tests.
-pub fn context(dir: &Path, relay: &Path, salt: &str) -> anyhow::Result<PathBuf> {
-    let ctx = dir.join("ctx");
-    std::fs::create_dir_all(&ctx)?;
-    std::fs::copy(relay, ctx.join("relay"))?;
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM scratch\nCOPY relay /relay\nENTRYPOINT [\"/relay\"]\n",
-    )?;
-    std::fs::write(ctx.join("salt.txt"), salt)?;
-    Ok(ctx)
-}
-
-/// The relay chain's manifest `dir/service.toml`: front -> mid -> back, 100 mCPU each, built
-/// from `ctx`. Also used by the deploy tests.
-pub fn manifest(dir: &Path, service: &str) -> anyhow::Result<PathBuf> {
-    let mut text = format!("[service]\nname = \"{service}\"\nroot = \"front\"\n\n");
-    for t in ["front", "mid", "back"] {
-        text += &format!(
-            "[[task]]\nname = \"{t}\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n"
-        );
-    }
-    for (a, b) in [("front", "mid"), ("mid", "back")] {
-        text += &format!(
-            "[[call]]\nfrom = \"{a}\"\nto = \"{b}\"\nlatency_ms = 50\ntraffic_mbps = 1\n\n"
-        );
-    }
-    let path = dir.join("service.toml");
-    std::fs::write(&path, text)?;
     Ok(path)
 }
 
@@ -144,7 +111,7 @@ fn brume_deploy(net: &LocalNet, manifest: &Path, service: &str) -> anyhow::Resul
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(crate::engine::free_task_port()?)
+    Ok(brume_engine::free_task_port()?)
 }
 
 /// `docker-compose up -d` of the same chain on one host, to the first answer, in seconds.
@@ -203,7 +170,7 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
     let runs = if args.quick { 1 } else { args.runs.max(1) };
     let size_mb = if args.quick { 16 } else { args.size_mb.max(1) };
     let relay = relay_path(args)?;
-    let exe = std::env::current_exe()?;
+    let exe = crate::brume_exe()?;
     let net = LocalNet::start(&exe, 3, &["--engine", "docker", "--cpu-millis", "150"])?;
     let tag = format!("{:08x}", rand::random::<u32>());
 
@@ -212,8 +179,8 @@ pub fn run(args: &DeployArgs) -> anyhow::Result<()> {
         let dir = net.dir().join(format!("run{r}"));
         std::fs::create_dir_all(&dir)?;
         let service = format!("bench-{tag}-{r}");
-        let ctx = context(&dir, &relay, &service)?;
-        let m = manifest(&dir, &service)?;
+        let ctx = brume_testnet::relay_service::context(&dir, &relay, &service)?;
+        let m = brume_testnet::relay_service::manifest(&dir, &service)?;
         eprintln!("run {}/{runs}: cold deploy, warm deploy, compose up", r + 1);
         cold.push(brume_deploy(&net, &m, &service)?);
         warm.push(brume_deploy(&net, &m, &service)?);

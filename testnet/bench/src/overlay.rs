@@ -1,7 +1,7 @@
 //! `brume bench overlay`: how well latency-bounded neighbourhood mapping works at scale.
 //!
 //! The sans-IO mapping core of every node runs in the overlay crate's discrete-event simulator
-//! ([`brume_overlay::sim`]) over 1,000 and 10,000 simulated nodes, on the synthetic Internet-like
+//! ([`brume_testnet::sim`]) over 1,000 and 10,000 simulated nodes, on the synthetic Internet-like
 //! model (clustered, with triangle-inequality violations) or on an N x N RTT matrix read from a
 //! file (`--rtt-matrix`). For each (nodes, budget) it runs `--maps` fresh maps from random origins
 //! and reports:
@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use brume_overlay::latency::{LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet};
 use brume_overlay::mapping::MapConfig;
-use brume_overlay::sim::{MapStats, SimConfig, Simulation};
+use brume_testnet::latency::{LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet};
+use brume_testnet::sim::{MapStats, SimConfig, Simulation};
 use rand::seq::index;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -20,10 +20,10 @@ use std::collections::{BinaryHeap, HashSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::ids::{NodeId, Time};
 use crate::latency::LatencyModel;
-use crate::mapping::{MapConfig, MappingNode, Message, Output};
-use crate::neighbourhood::{NeighbourhoodMap, NodeRecord};
+use brume_overlay::ids::{NodeId, Time};
+use brume_overlay::mapping::{MapConfig, MappingNode, Message, Output};
+use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord};
 
 /// An undirected overlay graph over node indices.
 #[derive(Debug, Clone)]

@@ -99,7 +99,7 @@ pub(crate) fn catches(pid: u32, signal: libc::c_int) -> bool {
 }
 
 /// Sends `signal` to `pid` (one process: a namespace init takes its namespace with it).
-pub(crate) fn kill(pid: u32, signal: libc::c_int) {
+pub fn kill(pid: u32, signal: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(pid) {
         if pid > 1 {
             // SAFETY: kill(2) on one pid; no memory involved.

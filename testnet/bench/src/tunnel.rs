@@ -35,7 +35,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::median;
 use super::pair::Pair;
-use crate::tunnel::{serve, Endpoint, Forwarder, Route, Routes, TUNNEL_PROTOCOL};
+use brume_tunnel::{serve, Endpoint, Forwarder, Route, Routes, TUNNEL_PROTOCOL};
 
 /// Connections per run for the connect figure.
 const CONNECTS: usize = 10;

@@ -1,7 +1,7 @@
 //! The node's routing table for calls: where each callee runs now.
 //!
 //! The daemon writes it (on deploy, after a migration, when a host dies) and the tunnel ends read
-//! it: a [`crate::tunnel::Forwarder`] once per accepted connection, [`crate::tunnel::serve`] once
+//! it: a [`crate::Forwarder`] once per accepted connection, [`crate::serve`] once
 //! per incoming stream. Reads and writes are short critical sections under one lock.
 //!
 //! A move holds an endpoint ([`Routes::hold`]) while it captures the instance's state and starts

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::localnet::LocalNet;
+use brume_testnet::localnet::LocalNet;
 
 /// Resident memory and CPU use of an idle node.
 #[derive(Debug, Clone, Copy)]
@@ -47,7 +47,7 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 
 /// Starts three daemons, waits `settle`, then measures the first over `window`.
 pub fn measure(settle: Duration, window: Duration) -> anyhow::Result<Idle> {
-    let exe = std::env::current_exe().context("cannot find the brume binary itself")?;
+    let exe = crate::brume_exe()?;
     let mut net = LocalNet::start(&exe, 3, &[])?;
     std::thread::sleep(settle);
     let pid = net.pid(0).context("no daemon")?;

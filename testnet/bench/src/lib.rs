@@ -1,0 +1,47 @@
+//! brume's benchmarks (`brume-bench NAME`, also reached as `brume bench NAME`): one family per
+//! module. Each prints a table a person can read and ends with one machine-readable line,
+//! `BENCH NAME key=value ...`, numbers only. Run them from a release build: debug timings mean
+//! nothing.
+//!
+//! They live outside the daemon so the `brume` binary links no test tooling: the families that
+//! need running nodes start the `brume` binary found beside this one ([`brume_exe`]) through
+//! brume-testnet's `LocalNet`, and the migration family builds its namespaces with brume-testnet.
+
+pub mod deploy;
+pub mod idle;
+pub mod migration;
+pub mod overlay;
+pub mod pair;
+pub mod placement;
+pub mod transfer;
+pub mod tunnel;
+
+/// The `brume` binary the benches run: `$BRUME_BIN`, or `brume` beside this program (cargo puts
+/// both in the same target directory).
+pub fn brume_exe() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("BRUME_BIN") {
+        return Ok(path.into());
+    }
+    let me = std::env::current_exe()?;
+    let exe = me.with_file_name("brume");
+    anyhow::ensure!(
+        exe.is_file(),
+        "no brume binary beside {} (build it: cargo build --release -p brume, or set BRUME_BIN)",
+        me.display()
+    );
+    Ok(exe)
+}
+
+/// Median of a non-empty sample (the upper median for even sizes); NaN when empty.
+pub fn median(xs: &mut [f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Mean of a sample; NaN when empty.
+pub fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}

@@ -1,0 +1,58 @@
+//! `brume-bench NAME`: runs one benchmark family and prints its table, then one
+//! `BENCH NAME key=value ...` line. `brume bench NAME` runs this program.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "brume-bench",
+    version,
+    about = "brume's benchmarks: each family prints a table a person can read, then one \
+             machine-readable `BENCH name key=value ...` line. Use a release build."
+)]
+struct Cli {
+    #[command(subcommand)]
+    family: Family,
+}
+
+#[derive(Subcommand)]
+enum Family {
+    /// Quality of randomized rounding against the exact optimum and greedy, and its speed.
+    Placement(brume_bench::placement::PlacementArgs),
+    /// Neighbourhood mapping in the discrete-event simulator: recall, messages against flooding,
+    /// completion against the budget, Vivaldi error; on the synthetic model or an RTT matrix file.
+    Overlay(brume_bench::overlay::OverlayArgs),
+    /// Deployment on three local daemons (cold and warm) against docker-compose of the same
+    /// image, artifact transfer against plain TCP, tunnels against direct connections. Needs
+    /// Docker, docker-compose and scripts/build-static.sh's relay binary.
+    Deploy(brume_bench::deploy::DeployArgs),
+    /// Artifact chunk fetch over the overlay against a plain TCP copy of the same bytes.
+    Transfer(brume_bench::transfer::TransferArgs),
+    /// Tunnel throughput and round trip against a direct TCP connection.
+    Tunnel(brume_bench::tunnel::TunnelArgs),
+    /// Live migration (iterative pre-copy, chunk deltas, adaptive compression) against
+    /// stop-and-copy of the same task, over links shaped to 100 Mbit/s and 1 Gbit/s between
+    /// network namespaces. Needs root and CRIU.
+    Migration(brume_bench::migration::MigrationArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.family {
+        Family::Placement(args) => brume_bench::placement::run(args),
+        Family::Overlay(args) => brume_bench::overlay::run(args),
+        Family::Deploy(args) => brume_bench::deploy::run(args),
+        Family::Transfer(args) => brume_bench::transfer::cli(args),
+        Family::Tunnel(args) => brume_bench::tunnel::cli(args),
+        Family::Migration(args) => brume_bench::migration::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The relay chain, the service brume's deploy tests and benches deploy: three copies of the
+//! static `brume-relay` binary (front -> mid -> back) in a `FROM scratch` image. Each answers a
+//! line with its own name wrapped around its callee's answer, so `front(mid(back))` proves every
+//! call went through.
+
+use std::path::{Path, PathBuf};
+
+/// The relay chain's build context `dir/ctx`: the static relay binary, a `FROM scratch`
+/// Dockerfile and `salt` (a different salt, a different digest).
+pub fn context(dir: &Path, relay: &Path, salt: &str) -> anyhow::Result<PathBuf> {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx)?;
+    std::fs::copy(relay, ctx.join("relay"))?;
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY relay /relay\nENTRYPOINT [\"/relay\"]\n",
+    )?;
+    std::fs::write(ctx.join("salt.txt"), salt)?;
+    Ok(ctx)
+}
+
+/// The relay chain's manifest `dir/service.toml`: front -> mid -> back, 100 mCPU each, built
+/// from `ctx`.
+pub fn manifest(dir: &Path, service: &str) -> anyhow::Result<PathBuf> {
+    let mut text = format!("[service]\nname = \"{service}\"\nroot = \"front\"\n\n");
+    for t in ["front", "mid", "back"] {
+        text += &format!(
+            "[[task]]\nname = \"{t}\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n"
+        );
+    }
+    for (a, b) in [("front", "mid"), ("mid", "back")] {
+        text += &format!(
+            "[[call]]\nfrom = \"{a}\"\nto = \"{b}\"\nlatency_ms = 50\ntraffic_mbps = 1\n\n"
+        );
+    }
+    let path = dir.join("service.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
