@@ -246,8 +246,9 @@ fn wait_relay_gone(service: &str, epoch: u64) {
 /// an older epoch is stale, a newer one replaces); garbage on the deploy protocol is refused.
 #[test]
 fn a_host_checks_resources_epochs_and_garbage() {
-    use brume::deploy::wire::{AgentReply, AgentRequest, InstanceSpec, Payload, DEPLOY_PROTOCOL};
+    use brume::deploy::wire::{InstanceSpec, Payload, Reply, Request, DEPLOY_PROTOCOL};
     use brume_overlay::frames::{read_frame, write_frame};
+    use brume_tunnel::InstanceId;
     use futures::AsyncWriteExt;
 
     let service = unique("greedy");
@@ -274,10 +275,8 @@ fn a_host_checks_resources_epochs_and_garbage() {
             .unwrap();
 
         let spec = InstanceSpec {
-            service: service.clone(),
+            id: InstanceId::new(&service, "hog", 0),
             epoch: 1,
-            task: "hog".into(),
-            replica: 0,
             payload: Payload::Command(vec!["/bin/true".into()]),
             cpu_millis: 10_000,
             memory_mb: 64,
@@ -285,15 +284,15 @@ fn a_host_checks_resources_epochs_and_garbage() {
             calls: Vec::new(),
             max_restarts: 0,
             checkpoint: Default::default(),
-            initiator: String::new(),
+            initiator: None,
         };
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
-        write_frame(&mut s, &AgentRequest::Deploy(spec))
+        write_frame(&mut s, &Request::Deploy(spec))
             .await
             .unwrap();
-        let reply: AgentReply = read_frame(&mut s, 1 << 20).await.unwrap();
+        let reply: Reply = read_frame(&mut s, 1 << 20).await.unwrap();
         match reply {
-            AgentReply::Refused { reason } => {
+            Reply::Refused { reason } => {
                 assert!(reason.contains("not enough free resources"), "{reason}")
             }
             other => panic!("a 10-core task was not refused: {other:?}"),
@@ -309,10 +308,8 @@ fn a_host_checks_resources_epochs_and_garbage() {
         let incoming = me.accept_streams(brume_artifact::TRANSFER_PROTOCOL).unwrap();
         let server = tokio::spawn(brume_artifact::serve_incoming(store, incoming, 2));
         let relay = |epoch: u64| InstanceSpec {
-            service: service.clone(),
+            id: InstanceId::new(&service, "relay", 0),
             epoch,
-            task: "relay".into(),
-            replica: 0,
             payload: Payload::Artifact(manifest.clone()),
             cpu_millis: 100,
             memory_mb: 64,
@@ -320,23 +317,23 @@ fn a_host_checks_resources_epochs_and_garbage() {
             calls: Vec::new(),
             max_restarts: 0,
             checkpoint: Default::default(),
-            initiator: String::new(),
+            initiator: None,
         };
         let deploy = |spec: InstanceSpec| {
             let me = me.clone();
             async move {
                 let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
-                write_frame(&mut s, &AgentRequest::Deploy(spec)).await.unwrap();
+                write_frame(&mut s, &Request::Deploy(spec)).await.unwrap();
                 loop {
-                    match read_frame::<_, AgentReply>(&mut s, 1 << 20).await.unwrap() {
-                        AgentReply::Phase(_) => continue,
+                    match read_frame::<_, Reply>(&mut s, 1 << 20).await.unwrap() {
+                        Reply::Phase(_) => continue,
                         last => return last,
                     }
                 }
             }
         };
         let first = deploy(relay(10)).await;
-        let AgentReply::Started { instance, reused } = first else {
+        let Reply::Started { instance, reused } = first else {
             panic!("the relay did not start: {first:?}");
         };
         assert!(!reused);
@@ -348,16 +345,16 @@ fn a_host_checks_resources_epochs_and_garbage() {
         );
         let again = deploy(relay(10)).await;
         assert!(
-            matches!(&again, AgentReply::Started { instance: i, reused: true } if i.port == instance.port),
+            matches!(&again, Reply::Started { instance: i, reused: true } if i.port == instance.port),
             "{again:?}"
         );
         let stale = deploy(relay(9)).await;
         assert!(
-            matches!(&stale, AgentReply::Refused { reason } if reason.contains("stale")),
+            matches!(&stale, Reply::Refused { reason } if reason.contains("stale")),
             "{stale:?}"
         );
         let newer = deploy(relay(11)).await;
-        let AgentReply::Started { instance: second, reused: false } = newer else {
+        let Reply::Started { instance: second, reused: false } = newer else {
             panic!("epoch 11 did not replace epoch 10: {newer:?}");
         };
         assert_eq!(second.epoch, 11);
@@ -369,38 +366,36 @@ fn a_host_checks_resources_epochs_and_garbage() {
             let service = service.clone();
             async move {
                 let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
-                let req = AgentRequest::Remove {
-                    service,
-                    task: "relay".into(),
-                    replica: 0,
+                let req = Request::Remove {
+                    instance: InstanceId::new(service, "relay", 0),
                     epoch,
                     back_to: None,
                 };
                 write_frame(&mut s, &req).await.unwrap();
-                read_frame::<_, AgentReply>(&mut s, 1 << 20).await.unwrap()
+                read_frame::<_, Reply>(&mut s, 1 << 20).await.unwrap()
             }
         };
         let kept = remove(10).await;
         assert!(
-            matches!(&kept, AgentReply::Stopped { instances } if instances.is_empty()),
+            matches!(&kept, Reply::Stopped { instances } if instances.is_empty()),
             "{kept:?}"
         );
         assert_eq!(common::ask(second.port, "x").unwrap(), "relay");
         let removed = remove(11).await;
         assert!(
-            matches!(&removed, AgentReply::Stopped { instances } if instances.len() == 1),
+            matches!(&removed, Reply::Stopped { instances } if instances.len() == 1),
             "{removed:?}"
         );
         wait_relay_gone(&service, 11);
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
-        let stop = AgentRequest::Stop {
+        let stop = Request::Stop {
             service: service.clone(),
             epoch: None,
         };
         write_frame(&mut s, &stop).await.unwrap();
-        let reply: AgentReply = read_frame(&mut s, 1 << 20).await.unwrap();
+        let reply: Reply = read_frame(&mut s, 1 << 20).await.unwrap();
         assert!(
-            matches!(&reply, AgentReply::Stopped { instances } if instances.is_empty()),
+            matches!(&reply, Reply::Stopped { instances } if instances.is_empty()),
             "nothing is left to stop: {reply:?}"
         );
         server.abort();
@@ -411,14 +406,14 @@ fn a_host_checks_resources_epochs_and_garbage() {
             .await
             .unwrap();
         s.flush().await.unwrap();
-        let reply: AgentReply = read_frame(&mut s, 1 << 20).await.unwrap();
-        assert!(matches!(reply, AgentReply::Refused { .. }), "{reply:?}");
+        let reply: Reply = read_frame(&mut s, 1 << 20).await.unwrap();
+        assert!(matches!(reply, Reply::Refused { .. }), "{reply:?}");
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
-        write_frame(&mut s, &AgentRequest::List { service: None })
+        write_frame(&mut s, &Request::List { service: None })
             .await
             .unwrap();
-        let reply: AgentReply = read_frame(&mut s, 1 << 20).await.unwrap();
-        assert_eq!(reply, AgentReply::Instances(Vec::new()));
+        let reply: Reply = read_frame(&mut s, 1 << 20).await.unwrap();
+        assert_eq!(reply, Reply::Instances(Vec::new()));
         me.shutdown().await.unwrap();
         let _ = task.await;
     });

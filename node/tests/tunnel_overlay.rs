@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use brume_overlay::frames::{read_frame, write_frame};
 use brume_overlay::{Multiaddr, Overlay, OverlayConfig, OverlayError, OverlayHandle, Timings};
 use brume_tunnel::{
-    serve, Endpoint, Forwarder, Hello, Reply, Route, Routes, HELLO_LIMIT, TUNNEL_PROTOCOL,
+    serve, Forwarder, Hello, InstanceId, Reply, Route, Routes, HELLO_LIMIT, TUNNEL_PROTOCOL,
 };
 use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -89,12 +89,12 @@ impl Node {
     }
 
     /// Routes this node's calls to `endpoint` to `host` and opens a forwarder for them.
-    async fn forward_to(&self, host: &Node, endpoint: &Endpoint) -> Forwarder {
+    async fn forward_to(&self, host: &Node, endpoint: &InstanceId) -> Forwarder {
         self.forward_to_at(host, endpoint, 0).await
     }
 
     /// [`Node::forward_to`], the forwarder listening on `port` (0: any).
-    async fn forward_to_at(&self, host: &Node, endpoint: &Endpoint, port: u16) -> Forwarder {
+    async fn forward_to_at(&self, host: &Node, endpoint: &InstanceId, port: u16) -> Forwarder {
         self.routes.set(
             endpoint.clone(),
             Route::Remote {
@@ -249,7 +249,7 @@ async fn lines_and_eight_concurrent_transfers_cross_the_tunnel() {
         let b = Node::start(a.addrs().await).await;
         a.wait_connected(&[&b]).await;
         let task = EchoTask::start("hello from b\n").await;
-        let e = Endpoint::new("svc", "echo", 0);
+        let e = InstanceId::new("svc", "echo", 0);
         b.routes.set(e.clone(), Route::Local { port: task.port });
         // The forwarder listens on a port held by a socket bound with SO_REUSEADDR and never
         // listened on: once the forwarder closes, a connection there is refused, and no other
@@ -326,7 +326,7 @@ async fn after_a_move_new_connections_reach_the_new_host() {
         a.wait_connected(&[&b, &c]).await;
         let on_b = EchoTask::start("hello from b\n").await;
         let on_c = EchoTask::start("hello from c\n").await;
-        let e = Endpoint::new("svc", "echo", 0);
+        let e = InstanceId::new("svc", "echo", 0);
         b.routes.set(e.clone(), Route::Local { port: on_b.port });
         let fwd = a.forward_to(&b, &e).await;
         let (mut old_r, mut old_w, greeting) = connect(fwd.local_addr()).await;
@@ -369,7 +369,7 @@ async fn a_call_reaches_a_host_this_node_never_met_once_told_its_addresses() {
         let a = Node::start(Vec::new()).await;
         let c = Node::start(Vec::new()).await;
         let on_c = EchoTask::start("hello from c\n").await;
-        let e = Endpoint::new("svc", "echo", 0);
+        let e = InstanceId::new("svc", "echo", 0);
         c.routes.set(e.clone(), Route::Local { port: on_c.port });
         let fwd = a.forward_to(&c, &e).await;
 
@@ -422,7 +422,7 @@ async fn a_redirect_to_a_host_the_caller_never_met_carries_its_addresses() {
         let c = Node::start(Vec::new()).await;
         a.wait_connected(&[&b]).await;
         let on_c = EchoTask::start("hello from c\n").await;
-        let e = Endpoint::new("svc", "echo", 0);
+        let e = InstanceId::new("svc", "echo", 0);
         c.routes.set(e.clone(), Route::Local { port: on_c.port });
         b.routes.set(
             e.clone(),
@@ -436,7 +436,7 @@ async fn a_redirect_to_a_host_the_caller_never_met_carries_its_addresses() {
         assert!(closes_without_greeting(fwd.local_addr()).await);
 
         // b knows (a move's source knows its target): the redirect carries c's addresses.
-        let c_addrs: Vec<String> = c.addrs().await.iter().map(|m| m.to_string()).collect();
+        let c_addrs = c.addrs().await;
         b.routes
             .set_host_addrs(c.overlay.peer_id(), c_addrs.clone());
         a.routes.set(
@@ -487,8 +487,8 @@ async fn refusals_and_garbage_leave_both_ends_serving() {
         let b = Node::start(a.addrs().await).await;
         a.wait_connected(&[&b]).await;
         let task = EchoTask::start("hello from b\n").await;
-        let good = Endpoint::new("svc", "echo", 0);
-        let missing = Endpoint::new("svc", "echo", 1);
+        let good = InstanceId::new("svc", "echo", 0);
+        let missing = InstanceId::new("svc", "echo", 1);
         b.routes.set(good.clone(), Route::Local { port: task.port });
         let to_b = Route::Remote {
             peer: b.overlay.peer_id(),
@@ -565,7 +565,7 @@ async fn a_burst_of_tunnels_all_open_though_raw_streams_get_dropped() {
         let b = Node::start(a.addrs().await).await;
         a.wait_connected(&[&b]).await;
         let task = EchoTask::start("hello from b\n").await;
-        let e = Endpoint::new("svc", "echo", 0);
+        let e = InstanceId::new("svc", "echo", 0);
         b.routes.set(e.clone(), Route::Local { port: task.port });
         let peer = b.overlay.peer_id();
         const BURST: usize = 64;
@@ -605,7 +605,7 @@ async fn a_local_route_connects_directly_without_the_overlay() {
     within(async {
         let a = Node::start(Vec::new()).await;
         let task = EchoTask::start("hello from a\n").await;
-        let e = Endpoint::new("svc", "echo", 0);
+        let e = InstanceId::new("svc", "echo", 0);
         a.routes.set(e.clone(), Route::Local { port: task.port });
         let fwd = Forwarder::bind(e, a.routes.clone(), a.overlay.clone())
             .await

@@ -20,8 +20,10 @@ use super::dispatch::{dispatch, Backend};
 use super::resources;
 use super::services::Services;
 use super::views::{PeerView, StatusView};
-use crate::deploy::agent::{Advertiser, Agent, Capacity};
+use crate::deploy::deployer::Advertiser;
 use crate::deploy::initiator::Initiator;
+use crate::deploy::instances::Capacity;
+use crate::migrate::mover::Mover;
 
 /// Options of `brume node`. Each may also come from the config file or a `BRUME_*` variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -222,18 +224,18 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
         handle: handle.clone(),
         started: Instant::now(),
         initiator: services.initiator.clone(),
-        agent: services.agent.clone(),
+        mover: services.mover.clone(),
     });
     tokio::spawn(control::serve(listener, calls_tx));
     let dispatcher = tokio::spawn(dispatch(backend, calls_rx));
     let refresher = {
         let handle = handle.clone();
-        let agent = services.agent.clone();
+        let deployer = services.deployer.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REFRESH);
             loop {
                 tick.tick().await;
-                let (cpu, mem) = agent.reserved();
+                let (cpu, mem) = deployer.reserved();
                 if let Some(r) = advertise(cpu, mem) {
                     if handle.set_record(r).await.is_err() {
                         return;
@@ -247,7 +249,7 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
     let outcome = tokio::select! {
         _ = shutdown_signal() => {
             if cfg.drain_on_exit {
-                drain_before_exit(&services.agent).await;
+                drain_before_exit(&services.mover).await;
             }
             tracing::info!("stopping");
             let _ = handle.shutdown().await;
@@ -328,13 +330,13 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Moves every task this node runs to other nodes (bounded by [`DRAIN_LIMIT`]) and logs what
 /// could not move; those are stopped with the node.
-async fn drain_before_exit(agent: &Agent) {
+async fn drain_before_exit(mover: &Mover) {
     tracing::info!("leaving: moving this node's tasks to other nodes");
     // Progress lines have no reader here.
     let (progress, _) = mpsc::channel(1);
     let drained = tokio::time::timeout(
         DRAIN_LIMIT,
-        crate::migrate::control::drain(agent, Duration::from_millis(80), false, progress),
+        crate::migrate::control::drain(mover, Duration::from_millis(80), false, progress),
     )
     .await;
     match drained {
@@ -361,7 +363,7 @@ struct OverlayBackend {
     handle: OverlayHandle,
     started: Instant,
     initiator: Arc<Initiator>,
-    agent: Arc<Agent>,
+    mover: Arc<Mover>,
 }
 
 impl Backend for OverlayBackend {
@@ -412,8 +414,27 @@ impl Backend for OverlayBackend {
         progress: mpsc::Sender<control::Response>,
     ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
         Box::pin(async move {
-            let done = self.initiator.deploy(request, progress).await?;
-            Ok(serde_json::to_value(done)?)
+            let (events, mut relay) = mpsc::channel(64);
+            let lines = tokio::spawn(async move {
+                while let Some(event) = relay.recv().await {
+                    if let Ok(v) = serde_json::to_value(event) {
+                        let _ = progress.send(control::Response::Progress(v)).await;
+                    }
+                }
+            });
+            let options = crate::deploy::plan::PlaceOptions {
+                policy: request.policy.clone(),
+                seed: request.seed,
+                rounds: request.rounds.max(1),
+            };
+            let budget = Duration::from_secs_f64(request.budget_ms.max(0.0) / 1e3);
+            let done = self
+                .initiator
+                .deploy(&request.manifest, budget, &options, events)
+                .await;
+            // Every progress line goes out before the answer.
+            let _ = lines.await;
+            Ok(serde_json::to_value(done?)?)
         })
     }
 
@@ -444,7 +465,7 @@ impl Backend for OverlayBackend {
         progress: mpsc::Sender<control::Response>,
     ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
         Box::pin(async move {
-            let moved = crate::migrate::control::migrate(&self.agent, request, progress).await?;
+            let moved = crate::migrate::control::migrate(&self.mover, request, progress).await?;
             Ok(serde_json::to_value(moved)?)
         })
     }
@@ -456,7 +477,7 @@ impl Backend for OverlayBackend {
         progress: mpsc::Sender<control::Response>,
     ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
         Box::pin(async move {
-            let lines = crate::migrate::control::drain(&self.agent, budget, cold, progress).await;
+            let lines = crate::migrate::control::drain(&self.mover, budget, cold, progress).await;
             Ok(serde_json::to_value(lines)?)
         })
     }

@@ -1,10 +1,11 @@
-//! What a node runs beside the overlay so that services can be deployed on it and from it: the
-//! deployment agent (`/brume/deploy/1`), the chunk server hosts fetch artifacts from
-//! (`/brume/transfer/1`), the tunnel server that lands calls on local tasks
-//! (`/brume/tunnel/1`), and the initiator behind `brume deploy`, `ps`, `logs` and `stop`.
+//! What a node runs beside the overlay so that services can be deployed on it and from it and
+//! moved: the deployer (`/brume/deploy/2`), the mover (`/brume/move/1`, `/brume/live/1`), the
+//! chunk server hosts fetch artifacts from (`/brume/transfer/1`), the tunnel server that lands
+//! calls on local tasks (`/brume/tunnel/2`), and the initiator behind `brume deploy`, `ps`,
+//! `logs` and `stop`.
 //!
 //! Everything here shares one chunk store and one routing table, both under the data directory
-//! (as is the agent's store of live-migration chunks, a different thing).
+//! (as is the mover's store of live-migration chunks, a different thing).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,10 +13,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use brume_overlay::OverlayHandle;
 
-use crate::deploy::agent::{Advertiser, Agent, Capacity};
+use crate::deploy::deployer::{Advertiser, Deployer};
 use crate::deploy::initiator::Initiator;
+use crate::deploy::instances::Capacity;
 use crate::deploy::ledger::Ledger;
 use crate::migrate::live::chunk_store::MigrationStoreConfig;
+use crate::migrate::mover::Mover;
 use brume_artifact::{self as artifact, ChunkStore};
 use brume_engine::{self as engine, AnyEngine, EngineChoice};
 use brume_tunnel::{self as tunnel, Routes, TUNNEL_PROTOCOL};
@@ -25,7 +28,8 @@ const TRANSFER_CONCURRENCY: usize = 8;
 
 /// The running deployment services of a node.
 pub struct Services {
-    pub agent: Arc<Agent>,
+    pub deployer: Arc<Deployer>,
+    pub mover: Arc<Mover>,
     pub initiator: Arc<Initiator>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -53,7 +57,7 @@ impl Services {
             engine.kind()
         );
         let routes = Routes::new();
-        let agent = Agent::new(
+        let deployer = Deployer::new(
             overlay.clone(),
             Arc::new(engine),
             store.clone(),
@@ -61,23 +65,31 @@ impl Services {
             data_dir.join("images"),
             capacity,
             Some(advertiser),
-            MigrationStoreConfig::in_data_dir(data_dir, migration_cache_mb),
         );
         let ledger = Arc::new(Ledger::open(data_dir)?);
-        agent.attach_ledger(ledger.clone());
+        let mover = Mover::new(
+            deployer.clone(),
+            Some(ledger.clone()),
+            MigrationStoreConfig::in_data_dir(data_dir, migration_cache_mb),
+        );
         let initiator = Arc::new(Initiator::new(
             overlay.clone(),
             store.clone(),
             ledger,
-            agent.clone(),
+            deployer.clone(),
         ));
         let chunks = overlay.accept_streams(artifact::TRANSFER_PROTOCOL)?;
         let tunnels = overlay.accept_streams(TUNNEL_PROTOCOL)?;
-        let serving = agent.clone();
+        let (deploying, moving) = (deployer.clone(), mover.clone());
         let tasks = vec![
             tokio::spawn(async move {
-                if let Err(e) = serving.serve().await {
-                    tracing::error!("the deployment agent stopped: {e:#}");
+                if let Err(e) = deploying.serve().await {
+                    tracing::error!("the deployer stopped: {e:#}");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Err(e) = moving.serve().await {
+                    tracing::error!("the mover stopped: {e:#}");
                 }
             }),
             tokio::spawn(artifact::serve_incoming(
@@ -88,7 +100,8 @@ impl Services {
             tokio::spawn(tunnel::serve(tunnels, routes)),
         ];
         Ok(Services {
-            agent,
+            deployer,
+            mover,
             initiator,
             tasks,
         })
@@ -96,7 +109,7 @@ impl Services {
 
     /// Stops every task this node runs (the node is leaving) and the servers.
     pub async fn shutdown(self) {
-        let stopped = self.agent.stop_all().await;
+        let stopped = self.deployer.stop_all().await;
         if !stopped.is_empty() {
             tracing::info!(count = stopped.len(), "stopped the tasks running here");
         }

@@ -2,43 +2,44 @@
 //!
 //! Load the manifest, pack every task's artifact into this node's chunk store (hosts fetch
 //! from it), map the neighbourhood, place the call graph, then ask every chosen host at once to
-//! run its instances, relaying each host's phases as progress. If any instance is refused or
-//! its host cannot be reached, every host is told to stop that epoch of the service: the deploy
-//! either runs whole or leaves nothing. A successful deploy is written to the [`Ledger`], which
-//! `ps`, `logs` and `stop` read.
+//! run its instances, relaying each host's phases as progress. The all-or-nothing rule is
+//! [`Rollout`]'s (no I/O, tested on its own): if any instance is refused or its host cannot be
+//! reached, every host is told to stop that epoch of the service, so the deploy either runs
+//! whole or leaves nothing. A successful deploy is written to the [`Ledger`], which `ps`,
+//! `logs` and `stop` read.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use brume_overlay::{Multiaddr, OverlayHandle, PeerId};
+use brume_overlay::{OverlayHandle, PeerId};
+use brume_tunnel::InstanceId;
 use futures::future::join_all;
 use tokio::sync::mpsc;
 
-use super::agent::Agent;
+use super::client::ask;
+use super::deployer::Deployer;
 use super::ledger::{Entry, Ledger, Placed};
 use super::plan::{self, Assignment, PlaceOptions};
 use super::progress::{Deployed, Event, Row, Step};
+use super::rollout::{Decision, Outcome, Rollout, Slot};
 use super::wire::{
-    AgentReply, AgentRequest, CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload,
-    Phase, DEPLOY_PROTOCOL, MAX_FRAME,
+    CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
 };
-use crate::daemon::control::{DeployRequest, Response};
 use crate::manifest::{Artifact, Checkpoint, Manifest};
 use brume_artifact::{self as artifact, ChunkStore};
-use brume_overlay::frames::{read_frame, write_frame};
 
-/// How long reaching a host that is not a neighbour may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Restarts allowed to a crashed task.
 const MAX_RESTARTS: u32 = 5;
 
+/// The services deployed from this node: `brume deploy`, `ps`, `logs` and `stop`.
 pub struct Initiator {
     overlay: OverlayHandle,
     store: ChunkStore,
     ledger: Arc<Ledger>,
-    agent: Arc<Agent>,
+    deployer: Arc<Deployer>,
 }
 
 impl Initiator {
@@ -46,36 +47,34 @@ impl Initiator {
         overlay: OverlayHandle,
         store: ChunkStore,
         ledger: Arc<Ledger>,
-        agent: Arc<Agent>,
+        deployer: Arc<Deployer>,
     ) -> Self {
         Initiator {
             overlay,
             store,
             ledger,
-            agent,
+            deployer,
         }
     }
 
+    /// Deploys the service in the manifest at `manifest` on the hosts placement picks from a
+    /// fresh map within `budget`, sending each instance's steps to `progress` as they happen.
     pub async fn deploy(
         &self,
-        req: DeployRequest,
-        progress: mpsc::Sender<Response>,
+        manifest_path: &Path,
+        budget: Duration,
+        options: &PlaceOptions,
+        progress: mpsc::Sender<Event>,
     ) -> anyhow::Result<Deployed> {
         let started = Instant::now();
-        let manifest = Manifest::load(&req.manifest)?;
+        let manifest = Manifest::load(manifest_path)?;
         let payloads = self.pack(&manifest).await?;
-        let budget = Duration::from_secs_f64(req.budget_ms / 1e3);
         let outcome = self
             .overlay
             .map_with(budget, true)
             .await
             .context("cannot map the neighbourhood")?;
-        let options = PlaceOptions {
-            policy: req.policy.clone(),
-            seed: req.seed,
-            rounds: req.rounds.max(1),
-        };
-        let assignments = plan::place(&manifest, &outcome.map, self.overlay.node_id(), &options)?;
+        let assignments = plan::place(&manifest, &outcome.map, self.overlay.node_id(), options)?;
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -91,9 +90,7 @@ impl Initiator {
             };
             let progress = progress.clone();
             async move {
-                if let Ok(v) = serde_json::to_value(event) {
-                    let _ = progress.send(Response::Progress(v)).await;
-                }
+                let _ = progress.send(event).await;
             }
         };
 
@@ -114,32 +111,19 @@ impl Initiator {
                     let step = match phase {
                         Phase::Fetching { done, total } => Step::Fetching { done, total },
                         Phase::Building => Step::Building,
-                        // A deploy's host never reports a migration's phases.
-                        Phase::Starting
-                        | Phase::Target { .. }
-                        | Phase::Checkpointed { .. }
-                        | Phase::Round { .. }
-                        | Phase::Restored { .. }
-                        | Phase::Switching => Step::Starting,
+                        Phase::Starting => Step::Starting,
                     };
                     send(&a.task, a.replica, host.clone(), step)
                 };
                 let reply = match spec {
                     Ok(spec) => {
-                        ask(
-                            &self.overlay,
-                            &self.agent,
-                            a.peer,
-                            &a.addrs,
-                            &AgentRequest::Deploy(spec),
-                            on_phase,
-                        )
-                        .await
+                        let req = Request::Deploy(spec);
+                        ask(&self.deployer, a.peer, &a.addrs, &req, on_phase).await
                     }
                     Err(e) => Err(e),
                 };
-                let result = match reply {
-                    Ok(AgentReply::Started { instance, reused }) => {
+                let outcome = match reply {
+                    Ok(Reply::Started { instance, reused }) => {
                         send(
                             &a.task,
                             a.replica,
@@ -150,79 +134,68 @@ impl Initiator {
                             },
                         )
                         .await;
-                        Ok(instance)
+                        Outcome::Running(instance)
                     }
-                    Ok(AgentReply::Refused { reason }) => Err(reason),
-                    Ok(other) => Err(format!("the host answered {other:?} to a deploy")),
-                    Err(e) => Err(format!("{e:#}")),
+                    Ok(Reply::Refused { reason }) => Outcome::Refused(reason),
+                    Ok(other) => {
+                        Outcome::Refused(format!("the host answered {other:?} to a deploy"))
+                    }
+                    Err(e) => Outcome::Unreachable(format!("{e:#}")),
                 };
-                if let Err(reason) = &result {
-                    send(
-                        &a.task,
-                        a.replica,
-                        host.clone(),
-                        Step::Failed {
-                            reason: reason.clone(),
-                        },
-                    )
-                    .await;
+                if let Outcome::Refused(reason) | Outcome::Unreachable(reason) = &outcome {
+                    let reason = reason.clone();
+                    send(&a.task, a.replica, host.clone(), Step::Failed { reason }).await;
                 }
-                result
+                outcome
             }
         });
-        let results = join_all(runs).await;
-
-        let failures: Vec<String> = assignments
+        let outcomes = join_all(runs).await;
+        let slots = assignments
             .iter()
-            .zip(&results)
-            .filter_map(|(a, r)| {
-                r.as_ref()
-                    .err()
-                    .map(|e| format!("{}#{} on {}: {e}", a.task, a.replica, a.node))
+            .map(|a| Slot {
+                task: a.task.clone(),
+                replica: a.replica,
+                peer: a.peer,
+                host: a.node.to_string(),
             })
             .collect();
-        if !failures.is_empty() {
-            // Roll back everywhere, refused hosts included (a refusal may have come late).
-            let hosts: BTreeMap<PeerId, Vec<Multiaddr>> = assignments
-                .iter()
-                .map(|a| (a.peer, a.addrs.clone()))
-                .collect();
-            let stop = AgentRequest::Stop {
-                service: service.clone(),
-                epoch: Some(epoch),
-            };
-            let stops = hosts.iter().map(|(peer, addrs)| {
-                ask(&self.overlay, &self.agent, *peer, addrs, &stop, |_| async {
-                })
-            });
-            let stopped = join_all(stops).await;
-            let unreachable: Vec<String> = hosts
-                .keys()
-                .zip(&stopped)
-                .filter(|(_, r)| r.is_err())
-                .map(|(p, _)| p.to_string())
-                .collect();
-            for (a, r) in assignments.iter().zip(&results) {
-                if r.is_ok() {
+        let mut rollout = Rollout::new(&service, slots);
+        let mut decision = None;
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            decision = rollout.report(i, outcome);
+        }
+        let instances = match decision {
+            Some(Decision::Record(instances)) => instances,
+            Some(Decision::RollBack(back)) => {
+                let stop = Request::Stop {
+                    service: service.clone(),
+                    epoch: Some(epoch),
+                };
+                let addrs: BTreeMap<PeerId, _> =
+                    assignments.iter().map(|a| (a.peer, &a.addrs)).collect();
+                let stops = back.hosts.iter().map(|peer| {
+                    let addrs = addrs.get(peer).map(|a| a.as_slice()).unwrap_or_default();
+                    ask(&self.deployer, *peer, addrs, &stop, |_| async {})
+                });
+                let stopped = join_all(stops).await;
+                let unreachable: Vec<PeerId> = back
+                    .hosts
+                    .iter()
+                    .zip(&stopped)
+                    .filter(|(_, r)| r.is_err())
+                    .map(|(p, _)| *p)
+                    .collect();
+                let end = back.finish(&unreachable);
+                for &i in &end.stopped {
+                    let a = &assignments[i];
                     send(&a.task, a.replica, a.node.to_string(), Step::RolledBack).await;
                 }
+                anyhow::bail!(end.message);
             }
-            let mut msg = format!(
-                "{} of {} instance(s) of {service} failed, so every instance was stopped again: {}",
-                failures.len(),
-                assignments.len(),
-                failures.join("; ")
-            );
-            if !unreachable.is_empty() {
-                msg += &format!(
-                    " (could not reach {} to roll back; it will refuse this stale epoch later)",
-                    unreachable.join(", ")
-                );
-            }
-            anyhow::bail!(msg);
-        }
+            // No instance at all: placement never returns an empty plan.
+            None => anyhow::bail!("placement put no instance of {service} anywhere"),
+        };
 
-        let instances: Vec<InstanceView> = results.into_iter().filter_map(Result::ok).collect();
         let rows = assignments
             .iter()
             .zip(&instances)
@@ -232,7 +205,7 @@ impl Initiator {
             &service,
             Entry {
                 epoch,
-                manifest: req.manifest.clone(),
+                manifest: manifest_path.to_path_buf(),
                 instances: assignments
                     .iter()
                     .map(|a| Placed {
@@ -296,11 +269,11 @@ impl Initiator {
             let mut views: BTreeMap<(String, u32), (String, InstanceView)> = BTreeMap::new();
             let mut unreachable = BTreeSet::new();
             for (peer, p) in hosts {
-                let req = AgentRequest::List {
+                let req = Request::List {
                     service: Some(service.clone()),
                 };
-                match ask_placed(&self.overlay, &self.agent, p, &req).await {
-                    Ok(AgentReply::Instances(list)) => {
+                match self.ask_placed(p, &req).await {
+                    Ok(Reply::Instances(list)) => {
                         for v in list {
                             views.insert((v.task.clone(), v.replica), (p.host.clone(), v));
                         }
@@ -334,7 +307,7 @@ impl Initiator {
             let me = self.overlay.node_id().to_string();
             let peer = self.overlay.peer_id().to_string();
             let mine: BTreeSet<String> = self.ledger.all().into_keys().collect();
-            for v in self.agent.list(None).await {
+            for v in self.deployer.list(None).await {
                 if !mine.contains(&v.service) {
                     out.push((v.service.clone(), row(me.clone(), peer.clone(), &v)));
                 }
@@ -359,15 +332,13 @@ impl Initiator {
             ),
             _ => anyhow::bail!("several services have a task {task}: say which with --service"),
         };
-        let req = AgentRequest::Logs {
-            service: service.clone(),
-            task,
-            replica,
+        let req = Request::Logs {
+            instance: InstanceId::new(service, task, replica),
             tail,
         };
-        match ask_placed(&self.overlay, &self.agent, &placed, &req).await? {
-            AgentReply::Logs(text) => Ok(text),
-            AgentReply::Refused { reason } => anyhow::bail!(reason),
+        match self.ask_placed(&placed, &req).await? {
+            Reply::Logs(text) => Ok(text),
+            Reply::Refused { reason } => anyhow::bail!(reason),
             other => anyhow::bail!("the host answered {other:?} to a logs request"),
         }
     }
@@ -385,15 +356,15 @@ impl Initiator {
             .iter()
             .map(|p| (p.peer.clone(), p))
             .collect();
-        let req = AgentRequest::Stop {
+        let req = Request::Stop {
             service: service.to_string(),
             epoch: None,
         };
         let mut stopped = Vec::new();
         let mut failed = Vec::new();
         for p in hosts.values() {
-            match ask_placed(&self.overlay, &self.agent, p, &req).await {
-                Ok(AgentReply::Stopped { instances }) => stopped.extend(instances),
+            match self.ask_placed(p, &req).await {
+                Ok(Reply::Stopped { instances }) => stopped.extend(instances),
                 Ok(other) => failed.push(format!("{}: answered {other:?}", p.host)),
                 Err(e) => failed.push(format!("{}: {e:#}", p.host)),
             }
@@ -408,6 +379,12 @@ impl Initiator {
         }
         self.ledger.remove(service)?;
         Ok(stopped)
+    }
+
+    /// Asks the host an instance of the ledger runs on.
+    async fn ask_placed(&self, p: &Placed, req: &Request) -> anyhow::Result<Reply> {
+        let (peer, addrs) = p.target()?;
+        ask(&self.deployer, peer, &addrs, req, |_| async {}).await
     }
 }
 
@@ -447,19 +424,14 @@ fn instance_spec(
             replicas.sort_by_key(|x| x.replica);
             CallTarget {
                 task: c.to.clone(),
-                hosts: replicas.iter().map(|x| x.peer.to_string()).collect(),
-                addrs: replicas
-                    .iter()
-                    .map(|x| x.addrs.iter().map(|a| a.to_string()).collect())
-                    .collect(),
+                hosts: replicas.iter().map(|x| x.peer).collect(),
+                addrs: replicas.iter().map(|x| x.addrs.clone()).collect(),
             }
         })
         .collect();
     let spec = InstanceSpec {
-        service: manifest.service.name.clone(),
+        id: InstanceId::new(&manifest.service.name, &a.task, a.replica),
         epoch,
-        task: a.task.clone(),
-        replica: a.replica,
         payload: payloads
             .get(&a.task)
             .cloned()
@@ -474,81 +446,8 @@ fn instance_spec(
             Checkpoint::App => CheckpointMode::App,
             Checkpoint::Criu => CheckpointMode::Criu,
         },
-        initiator: initiator.to_string(),
+        initiator: Some(initiator),
     };
     spec.check().map_err(anyhow::Error::msg)?;
     Ok(spec)
-}
-
-async fn ask_placed(
-    overlay: &OverlayHandle,
-    agent: &Agent,
-    p: &Placed,
-    req: &AgentRequest,
-) -> anyhow::Result<AgentReply> {
-    let (peer, addrs) = p.target()?;
-    ask(overlay, agent, peer, &addrs, req, |_| async {}).await
-}
-
-/// Sends one request to a host's agent (this node's own agent directly) and reads its phases
-/// and final reply.
-pub(crate) async fn ask<F, Fut>(
-    overlay: &OverlayHandle,
-    agent: &Agent,
-    peer: PeerId,
-    addrs: &[Multiaddr],
-    req: &AgentRequest,
-    mut on_phase: F,
-) -> anyhow::Result<AgentReply>
-where
-    F: FnMut(Phase) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    if peer == overlay.peer_id() {
-        let (tx, mut rx) = mpsc::channel::<Phase>(16);
-        let work = agent.handle(peer, req.clone(), tx);
-        tokio::pin!(work);
-        return Ok(loop {
-            tokio::select! {
-                reply = &mut work => break reply,
-                Some(phase) = rx.recv() => on_phase(phase).await,
-            }
-        });
-    }
-    overlay
-        .connect(peer, addrs.to_vec(), CONNECT_TIMEOUT)
-        .await
-        .with_context(|| format!("cannot reach host {peer}"))?;
-    // An overlay node drops inbound streams that arrive faster than its acceptor takes them
-    // (libp2p-stream hands them over through a one-slot channel), so a stream that breaks before
-    // its first reply is opened again. Every request is safe to repeat: a deploy of the same
-    // epoch is a no-op on the host.
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut stream = overlay
-            .open_stream(peer, DEPLOY_PROTOCOL)
-            .await
-            .with_context(|| format!("host {peer} does not take deploy requests"))?;
-        write_frame(&mut stream, req).await?;
-        let mut answered = false;
-        let last = loop {
-            match read_frame::<_, AgentReply>(&mut stream, MAX_FRAME).await {
-                Ok(AgentReply::Phase(p)) => {
-                    answered = true;
-                    on_phase(p).await;
-                }
-                Ok(last) => break Ok(last),
-                Err(e) => break Err(e),
-            }
-        };
-        match last {
-            Ok(reply) => return Ok(reply),
-            Err(e) if !answered && attempt < 3 => {
-                tracing::debug!(%peer, error = %e, attempt, "deploy stream lost; opening another");
-                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-            }
-            Err(e) => return Err(e).with_context(|| format!("host {peer} broke off")),
-        }
-    }
 }

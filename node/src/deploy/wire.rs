@@ -1,4 +1,6 @@
-//! What an initiator and a host say to each other on `/brume/deploy/1`.
+//! What an initiator and a host say to each other on `/brume/deploy/2`: run, prepare, list,
+//! show the logs of, stop and remove task instances. (Moves have a protocol of their own,
+//! [`crate::migrate::wire`].)
 //!
 //! One request per stream, as length-prefixed CBOR frames ([`brume_overlay::frames`]). A deploy request
 //! is answered by any number of [`AgentReply::Phase`] frames (what the host is doing: fetching
@@ -8,12 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use brume_overlay::StreamProtocol;
+use brume_overlay::{Multiaddr, PeerId, StreamProtocol};
+use brume_tunnel::InstanceId;
 use serde::{Deserialize, Serialize};
 
 use brume_artifact::chunks::ArtifactManifest;
 
-pub const DEPLOY_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/deploy/1");
+pub const DEPLOY_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/deploy/2");
 
 /// Largest request or reply frame (logs are cut to fit).
 pub const MAX_FRAME: usize = 4 << 20;
@@ -33,10 +36,10 @@ pub enum Payload {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallTarget {
     pub task: String,
-    pub hosts: Vec<String>,
+    pub hosts: Vec<PeerId>,
     /// Per host, in the same order (may be shorter: a missing entry is "none known").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addrs: Vec<Vec<String>>,
+    pub addrs: Vec<Vec<Multiaddr>>,
 }
 
 /// At most this many addresses per host in a [`CallTarget`], each at most this long.
@@ -46,11 +49,9 @@ const MAX_ADDR_LEN: usize = 512;
 /// One task instance for one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceSpec {
-    pub service: String,
+    pub id: InstanceId,
     /// Deployment epoch: a newer epoch replaces an older one; a stale one is refused.
     pub epoch: u64,
-    pub task: String,
-    pub replica: u32,
     pub payload: Payload,
     pub cpu_millis: u64,
     pub memory_mb: u64,
@@ -61,10 +62,10 @@ pub struct InstanceSpec {
     /// How the instance's state moves with it when it is migrated.
     #[serde(default)]
     pub checkpoint: CheckpointMode,
-    /// The peer id of the node that deployed the service (it keeps the service's ledger and is
-    /// told when the instance moves); empty when unknown.
+    /// The node that deployed the service (it keeps the service's ledger and is told when the
+    /// instance moves), when known.
     #[serde(default)]
-    pub initiator: String,
+    pub initiator: Option<PeerId>,
 }
 
 /// How an instance's state moves when it is migrated (the manifest's `checkpoint`).
@@ -92,7 +93,7 @@ impl CheckpointMode {
 
 /// What the host is asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AgentRequest {
+pub enum Request {
     Deploy(InstanceSpec),
     /// Fetches and builds an instance's image without starting it (a move does this before
     /// it holds the instance's callers).
@@ -107,93 +108,24 @@ pub enum AgentRequest {
         service: Option<String>,
     },
     Logs {
-        service: String,
-        task: String,
-        replica: u32,
+        instance: InstanceId,
         tail: usize,
     },
-    /// Moves an instance running on this host to `to` (a peer id), or to a host this node picks
-    /// from its map within `budget_ms` when `to` is `None`.
-    Migrate {
-        service: String,
-        task: String,
-        replica: u32,
-        to: Option<String>,
-        budget_ms: u64,
-        /// Restart the task cold instead of carrying its state (a `checkpoint = "criu"` task
-        /// that cannot move live is refused without it).
-        allow_cold: bool,
-        /// Give up, leaving the instance where it is, if the move takes longer.
-        #[serde(default)]
-        deadline_ms: Option<u64>,
-        /// The longest freeze a live move may predict before it gives up.
-        #[serde(default)]
-        max_downtime_ms: Option<u64>,
-    },
     /// Stops and removes one instance of the given epoch (a move that gave up undoes its start
-    /// on the target); calls to it from here then go to `back_to` (a peer id) if given.
+    /// on the target); calls to it from here then go to `back_to` if given.
     Remove {
-        service: String,
-        task: String,
-        replica: u32,
+        instance: InstanceId,
         epoch: u64,
-        back_to: Option<String>,
-    },
-    /// An instance now runs on `peer`: calls to it go there from now on.
-    Moved {
-        service: String,
-        task: String,
-        replica: u32,
-        peer: String,
-        /// The new host's node id and dialable addresses, for the initiator's ledger.
-        host: String,
-        addrs: Vec<String>,
+        back_to: Option<PeerId>,
     },
 }
 
 /// A step of a deploy on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
-    Fetching {
-        done: u64,
-        total: u64,
-    },
+    Fetching { done: u64, total: u64 },
     Building,
     Starting,
-    /// A migration chose its target host.
-    Target {
-        peer: String,
-        host: String,
-    },
-    /// A migration captured the instance's state (`bytes` of it).
-    Checkpointed {
-        bytes: u64,
-    },
-    /// A migration's new instance runs; callers are being switched to it.
-    Switching,
-    /// A round of a live CRIU migration ended (sizes in bytes, rate in bytes/s).
-    Round {
-        round: u32,
-        /// The final round: the task was frozen for it.
-        last: bool,
-        dumped_bytes: u64,
-        delta_bytes: u64,
-        wire_bytes: u64,
-        /// Wall time of the round and of its dump.
-        round_ms: u64,
-        dump_ms: u64,
-        rate: u64,
-        /// After a pre-copy round: the planner's predicted downtime if it froze now.
-        predicted_downtime_ms: Option<u64>,
-    },
-    /// A live CRIU migration's task runs on the target: how long it was frozen (final dump to
-    /// restored), the target's `criu restore`, rounds and bytes sent in all.
-    Restored {
-        downtime_ms: u64,
-        restore_ms: u64,
-        rounds: u32,
-        wire_bytes: u64,
-    },
 }
 
 /// One instance as a host reports it.
@@ -216,7 +148,7 @@ pub struct InstanceView {
 
 /// What the host answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum AgentReply {
+pub enum Reply {
     /// Progress of a deploy; more frames follow.
     Phase(Phase),
     /// The instance runs (`reused`: it already ran with this epoch, nothing was done).
@@ -233,26 +165,8 @@ pub enum AgentReply {
     },
     Instances(Vec<InstanceView>),
     Logs(String),
-    /// The instance moved: it runs on `to` (as `instance`) and no longer here.
-    Migrated {
-        to: String,
-        host: String,
-        instance: InstanceView,
-        mode: String,
-        /// Bytes of state carried.
-        state_bytes: u64,
-        /// How long calls to the instance were held (checkpoint, start on the target,
-        /// switch), in milliseconds: the pause callers saw.
-        held_ms: u64,
-        /// Hosts told about the move.
-        told: usize,
-    },
     /// The image of a `Prepare` is ready here.
     Prepared,
-    /// How many routes a `Moved` changed here.
-    Rerouted {
-        routes: usize,
-    },
 }
 
 /// Why a name from a request is refused.
@@ -276,8 +190,8 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
 impl InstanceSpec {
     /// Checks every field a host acts on.
     pub fn check(&self) -> Result<(), String> {
-        check_name("service", &self.service)?;
-        check_name("task", &self.task)?;
+        check_name("service", &self.id.service)?;
+        check_name("task", &self.id.task)?;
         for c in &self.calls {
             check_name("called task", &c.task)?;
             if c.hosts.is_empty() || c.hosts.len() > 1024 {
@@ -291,10 +205,9 @@ impl InstanceSpec {
                     c.hosts.len()
                 ));
             }
-            let too_many = c
-                .addrs
-                .iter()
-                .any(|a| a.len() > MAX_HOST_ADDRS || a.iter().any(|x| x.len() > MAX_ADDR_LEN));
+            let too_many = c.addrs.iter().any(|a| {
+                a.len() > MAX_HOST_ADDRS || a.iter().any(|x| x.as_ref().len() > MAX_ADDR_LEN)
+            });
             if too_many {
                 return Err(format!(
                     "call to {}: at most {MAX_HOST_ADDRS} addresses of at most {MAX_ADDR_LEN} \

@@ -12,11 +12,12 @@ use brume_overlay::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::client::ask;
+use super::mover::Mover;
+use super::wire::{Phase, Reply, Request};
 use super::MoveRequest;
 use crate::daemon::control::{MigrateRequest, Response};
-use crate::deploy::agent::Agent;
-use crate::deploy::initiator::ask;
-use crate::deploy::wire::{AgentReply, AgentRequest, Phase};
+use brume_tunnel::InstanceId;
 
 /// One finished move, as `brume migrate` prints it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,24 +61,28 @@ fn progress_line(service: &str, task: &str, replica: u32, phase: &Phase) -> Resp
 /// Moves the instance `req` names, wherever it runs (here, or a host of a service deployed
 /// from here).
 pub async fn migrate(
-    agent: &Agent,
+    mover: &Mover,
     req: MigrateRequest,
     progress: mpsc::Sender<Response>,
 ) -> anyhow::Result<Moved> {
     let started = Instant::now();
     let budget = Duration::from_millis(req.budget_ms.clamp(1, 10_000));
-    let local = agent
-        .lock()
-        .keys()
-        .filter(|(s, t, r)| {
-            *t == req.task && *r == req.replica && req.service.as_ref().is_none_or(|w| w == s)
-        })
-        .cloned()
-        .collect::<Vec<_>>();
+    let to = match &req.to {
+        Some(to) => Some(
+            to.parse::<PeerId>()
+                .map_err(|_| anyhow::anyhow!("{to:?} is not a peer id (see `brume peers`)"))?,
+        ),
+        None => None,
+    };
+    let local = mover.deployer.instances.ids(|id| {
+        id.task == req.task
+            && id.replica == req.replica
+            && req.service.as_ref().is_none_or(|w| *w == id.service)
+    });
     let (service, host): (String, Option<(PeerId, Vec<Multiaddr>)>) = match &local[..] {
-        [one] => (one.0.clone(), None),
+        [one] => (one.service.clone(), None),
         [] => {
-            let (service, peer, addrs) = find_in_ledger(agent, &req)?;
+            let (service, peer, addrs) = find_in_ledger(mover, &req)?;
             (service, Some((peer, addrs)))
         }
         _ => anyhow::bail!(
@@ -96,14 +101,14 @@ pub async fn migrate(
         None => {
             let (tx, mut rx) = mpsc::channel::<Phase>(16);
             let request = MoveRequest {
-                key: (service.clone(), req.task.clone(), req.replica),
-                to: req.to.clone(),
+                instance: InstanceId::new(&service, &req.task, req.replica),
+                to,
                 budget,
                 allow_cold: req.cold,
                 deadline: req.deadline_ms.map(Duration::from_millis),
                 max_downtime: req.max_downtime_ms.map(Duration::from_millis),
             };
-            let work = agent.migrate(request, tx);
+            let work = mover.migrate(request, tx);
             tokio::pin!(work);
             loop {
                 tokio::select! {
@@ -113,23 +118,21 @@ pub async fn migrate(
             }
         }
         Some((peer, addrs)) => {
-            let request = AgentRequest::Migrate {
-                service: service.clone(),
-                task: req.task.clone(),
-                replica: req.replica,
-                to: req.to.clone(),
+            let request = Request::Migrate {
+                instance: InstanceId::new(&service, &req.task, req.replica),
+                to,
                 budget_ms: req.budget_ms,
                 allow_cold: req.cold,
                 deadline_ms: req.deadline_ms,
                 max_downtime_ms: req.max_downtime_ms,
             };
-            ask(&agent.overlay, agent, peer, &addrs, &request, on_phase)
+            ask(mover, peer, &addrs, &request, on_phase)
                 .await
                 .with_context(|| format!("cannot reach the host of {service}/{}", req.task))?
         }
     };
     match reply {
-        AgentReply::Migrated {
+        Reply::Migrated {
             to,
             host,
             instance,
@@ -142,25 +145,25 @@ pub async fn migrate(
             task: req.task,
             replica: req.replica,
             host,
-            peer: to,
-            mode,
+            peer: to.to_string(),
+            mode: mode.as_str().to_string(),
             state_bytes,
             held_ms,
             elapsed_ms: started.elapsed().as_millis() as u64,
             told,
             address: format!("127.0.0.1:{}", instance.port),
         }),
-        AgentReply::Refused { reason } => anyhow::bail!(reason),
+        Reply::Refused { reason } => anyhow::bail!(reason),
         other => anyhow::bail!("the host answered {other:?} to a move"),
     }
 }
 
 /// The host of an instance of a service deployed from this node.
 fn find_in_ledger(
-    agent: &Agent,
+    mover: &Mover,
     req: &MigrateRequest,
 ) -> anyhow::Result<(String, PeerId, Vec<Multiaddr>)> {
-    let mut found = agent
+    let mut found = mover
         .ledger()
         .map(|l| l.locate(req.service.as_deref(), &req.task, req.replica))
         .unwrap_or_default();
@@ -183,14 +186,19 @@ fn find_in_ledger(
 
 /// Moves every instance running here to a node picked from the map; one line per instance.
 pub async fn drain(
-    agent: &Agent,
+    mover: &Mover,
     budget: Duration,
     cold: bool,
     progress: mpsc::Sender<Response>,
 ) -> Vec<DrainLine> {
-    let keys: Vec<_> = agent.lock().keys().cloned().collect();
+    let ids = mover.deployer.instances.ids(|_| true);
     let mut lines = Vec::new();
-    for (service, task, replica) in keys {
+    for InstanceId {
+        service,
+        task,
+        replica,
+    } in ids
+    {
         let req = MigrateRequest {
             service: Some(service.clone()),
             task: task.clone(),
@@ -201,7 +209,7 @@ pub async fn drain(
             deadline_ms: None,
             max_downtime_ms: None,
         };
-        let outcome = migrate(agent, req, progress.clone())
+        let outcome = migrate(mover, req, progress.clone())
             .await
             .map_err(|e| format!("{e:#}"));
         lines.push(DrainLine {

@@ -1,42 +1,47 @@
 //! Moving a running task instance to another node (`brume migrate`, `brume drain`).
 //!
 //! The node that runs the instance (the source) drives the move, because it holds the instance,
-//! its spec and its state: it picks a target from its own map within a latency budget
-//! ([`target`]) unless one is named, captures the instance's state the way its manifest says
+//! its spec and its state. Its decisions are a state machine with no I/O ([`machine`]: prepare,
+//! hold, capture, start, switch, undo); the [`mover`] performs them. It picks a target from its
+//! own map within a latency budget ([`target`]) unless one is named, has the target prepare the
+//! image, holds the instance's callers, captures the state the way the manifest says
 //! ([`checkpoint`]: the task's own `CHECKPOINT` line, or nothing for a cold restart), and asks
 //! the target to deploy the same instance (same service and epoch) with that state in
-//! `BRUME_RESTORE`. The target fetches the artifact's chunks from the source, exactly as in a
-//! deploy. Only when the new instance runs does the source switch callers to it ([`source`]):
-//! it routes its own calls there, tells the other nodes and the service's initiator
-//! ([`moved`]), and then stops the old instance. Until that point the old instance is never
-//! touched, so a target that refuses, dies or is unreachable leaves the service as it was.
+//! `BRUME_RESTORE`. Only when the new instance runs does the source switch callers to it: it
+//! routes its own calls there, tells the other nodes and the service's initiator ([`moved`],
+//! on `/brume/move/1`: [`wire`], [`client`]), and then stops the old instance. Until that point
+//! the old instance is never touched, so a target that refuses, dies or is unreachable leaves
+//! the service as it was.
 //!
 //! ```text
-//!  source: lookup ─ pick target ─ CHECKPOINT ─ Deploy(spec + BRUME_RESTORE) ──▶ target
-//!          ◀── phases (fetching, building, starting) ── Started
+//!  source: pick target ─ Prepare ──▶ target: fetch, build
+//!          hold ─ CHECKPOINT ─ Deploy(spec + BRUME_RESTORE) ──▶ target: start ─ Started
 //!          route here → target ─ Moved ──▶ every peer + the initiator ─ stop the old instance
 //! ```
 //!
-//! A task with `checkpoint = "criu"` on the process engine moves live instead ([`live`]): after
-//! `Prepare` and the hold, brume's CRIU pre-copy carries the whole process over
-//! `/brume/live/1`, the target restores and adopts it, and only then are callers switched. Here
-//! the old instance is ended by the final dump, not after the switch: a failure before that
-//! dump leaves it untouched, one after it restores it on the source. On Docker such a task is
-//! refused unless `--cold`.
+//! A task with `checkpoint = "criu"` moves live instead ([`live`]): after `Prepare` and the
+//! hold, brume's CRIU pre-copy carries the whole process over `/brume/live/1`, the target
+//! restores and adopts it, and only then are callers switched. Here the old instance is ended
+//! by the final dump, not after the switch: a failure before that dump leaves it untouched, one
+//! after it restores it on the source. [`control`] answers `brume migrate` and `brume drain`
+//! on the node's control socket.
 
 pub mod checkpoint;
 pub mod cli;
+pub mod client;
 pub mod control;
 pub mod live;
+pub mod machine;
 pub mod moved;
-pub mod source;
+pub mod mover;
 pub mod target;
+pub mod wire;
 
 use std::time::{Duration, Instant};
 
-use crate::deploy::agent::Key;
+use brume_overlay::PeerId;
+use brume_tunnel::InstanceId;
 
-/// What a source is asked to move.
 /// What bounds a live move: when it must be done by, and the longest freeze the planner may
 /// predict before it gives up (its default when `None`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,12 +50,12 @@ pub(crate) struct Limits {
     pub max_downtime: Option<Duration>,
 }
 
+/// What a source is asked to move.
 #[derive(Debug, Clone)]
 pub struct MoveRequest {
-    /// Service, task and replica of the instance.
-    pub key: Key,
-    /// The target's peer id, or `None` to let the source pick one.
-    pub to: Option<String>,
+    pub instance: InstanceId,
+    /// The target, or `None` to let the source pick one.
+    pub to: Option<PeerId>,
     /// Latency budget of the map the target is picked from.
     pub budget: Duration,
     /// Restart cold a task whose state cannot be carried (or a CRIU one), instead of refusing

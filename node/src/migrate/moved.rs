@@ -8,20 +8,21 @@
 
 use std::time::Duration;
 
-use brume_overlay::PeerId;
+use brume_overlay::{Multiaddr, PeerId};
+use brume_tunnel::{InstanceId, Route};
 use futures::future::join_all;
 use tracing::debug;
 
-use crate::deploy::agent::{Agent, Key};
-use crate::deploy::initiator::ask;
+use super::client::ask;
+use super::mover::Mover;
+use super::wire::{Reply, Request};
 use crate::deploy::ledger::Placed;
-use crate::deploy::wire::{AgentReply, AgentRequest, InstanceSpec};
-use brume_tunnel::{Endpoint, Route};
+use crate::deploy::wire::InstanceSpec;
 
 /// How long one node may take to acknowledge a move.
 const TELL_TIMEOUT: Duration = Duration::from_secs(3);
 
-impl Agent {
+impl Mover {
     /// Sends `Moved` for `spec`'s instance, now on `to`, to every connected node and the
     /// initiator; returns how many acknowledged.
     pub(crate) async fn tell_moved(
@@ -29,33 +30,32 @@ impl Agent {
         spec: &InstanceSpec,
         to: PeerId,
         host: &str,
-        addrs: &[String],
+        addrs: &[Multiaddr],
     ) -> usize {
-        let me = self.overlay.peer_id();
-        let mut peers: Vec<PeerId> = match self.overlay.peers().await {
+        let overlay = &self.deployer.overlay;
+        let me = overlay.peer_id();
+        let mut peers: Vec<PeerId> = match overlay.peers().await {
             Ok(p) => p.into_iter().map(|p| p.peer_id).collect(),
             Err(_) => Vec::new(),
         };
-        if let Ok(initiator) = spec.initiator.parse::<PeerId>() {
+        if let Some(initiator) = spec.initiator {
             if !peers.contains(&initiator) {
                 peers.push(initiator);
             }
         }
         peers.retain(|p| *p != me);
-        let request = AgentRequest::Moved {
-            service: spec.service.clone(),
-            task: spec.task.clone(),
-            replica: spec.replica,
-            peer: to.to_string(),
+        let request = Request::Moved {
+            instance: spec.id.clone(),
+            peer: to,
             host: host.to_string(),
             addrs: addrs.to_vec(),
         };
         let asks = peers.iter().map(|&peer| {
             let request = &request;
             async move {
-                let asked = ask(&self.overlay, self, peer, &[], request, |_| async {});
+                let asked = ask(self, peer, &[], request, |_| async {});
                 match tokio::time::timeout(TELL_TIMEOUT, asked).await {
-                    Ok(Ok(AgentReply::Rerouted { .. })) => true,
+                    Ok(Ok(Reply::Rerouted { .. })) => true,
                     other => {
                         debug!(%peer, ?other, "a node did not take the move");
                         false
@@ -65,10 +65,7 @@ impl Agent {
         });
         let told = join_all(asks).await.into_iter().filter(|ok| *ok).count();
         // This node's own ledger, if the service was deployed from here.
-        self.relocate_in_ledger(
-            &spec.service,
-            placed(&spec.task, spec.replica, to, host, addrs),
-        );
+        self.relocate_in_ledger(&spec.id, to, host, addrs);
         told
     }
 
@@ -76,54 +73,44 @@ impl Agent {
     /// may never have met it).
     pub(crate) async fn moved(
         &self,
-        key: &Key,
-        peer: &str,
+        id: &InstanceId,
+        to: PeerId,
         host: &str,
-        addrs: Vec<String>,
-    ) -> AgentReply {
-        let Ok(to) = peer.parse::<PeerId>() else {
-            return AgentReply::Refused {
-                reason: format!("{peer:?} is not a peer id"),
-            };
-        };
-        let _ = self
-            .overlay
-            .add_addresses(to, crate::deploy::agent::parse_addrs(&addrs))
-            .await;
+        addrs: Vec<Multiaddr>,
+    ) -> Reply {
+        let overlay = &self.deployer.overlay;
+        let routes = &self.deployer.routes;
+        let _ = overlay.add_addresses(to, addrs.clone()).await;
         if !addrs.is_empty() {
-            self.routes.set_host_addrs(to, addrs.clone());
+            routes.set_host_addrs(to, addrs.clone());
         }
-        let endpoint = Endpoint::new(&key.0, &key.1, key.2);
-        let mut routes = 0;
-        if to != self.overlay.peer_id() {
-            if let Some(Route::Remote { peer: old }) = self.routes.get(&endpoint) {
+        let mut changed = 0;
+        if to != overlay.peer_id() {
+            if let Some(Route::Remote { peer: old }) = routes.get(id) {
                 if old != to {
-                    self.routes.set(endpoint, Route::Remote { peer: to });
-                    routes = 1;
+                    routes.set(id.clone(), Route::Remote { peer: to });
+                    changed = 1;
                 }
             }
         }
-        self.relocate_in_ledger(&key.0, placed(&key.1, key.2, to, host, &addrs));
-        AgentReply::Rerouted { routes }
+        self.relocate_in_ledger(id, to, host, &addrs);
+        Reply::Rerouted { routes: changed }
     }
 
     /// Records the move in this node's ledger, if the service was deployed from here.
-    fn relocate_in_ledger(&self, service: &str, to: Placed) {
-        if let Some(ledger) = self.ledger() {
-            if let Err(e) = ledger.relocate(service, &to.task, to.replica, to.clone()) {
-                tracing::warn!(error = %e, "cannot record a move in the ledger");
-            }
+    fn relocate_in_ledger(&self, id: &InstanceId, peer: PeerId, host: &str, addrs: &[Multiaddr]) {
+        let Some(ledger) = self.ledger() else {
+            return;
+        };
+        let to = Placed {
+            task: id.task.clone(),
+            replica: id.replica,
+            host: host.to_string(),
+            peer: peer.to_string(),
+            addrs: addrs.iter().map(Multiaddr::to_string).collect(),
+        };
+        if let Err(e) = ledger.relocate(&id.service, &id.task, id.replica, to) {
+            tracing::warn!(error = %e, "cannot record a move in the ledger");
         }
-    }
-}
-
-/// Where an instance runs now, as the ledger keeps it.
-fn placed(task: &str, replica: u32, peer: PeerId, host: &str, addrs: &[String]) -> Placed {
-    Placed {
-        task: task.to_string(),
-        replica,
-        host: host.to_string(),
-        peer: peer.to_string(),
-        addrs: addrs.to_vec(),
     }
 }

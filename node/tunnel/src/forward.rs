@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use brume_overlay::{OverlayHandle, PeerId};
+use brume_overlay::{Multiaddr, OverlayHandle, PeerId};
 use futures::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -20,8 +20,9 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, warn};
 
 use super::routes::{Route, Routes};
-use super::wire::{Endpoint, Hello, Reply, TunnelError, HELLO_LIMIT};
+use super::wire::{Hello, Reply, TunnelError, HELLO_LIMIT};
 use super::{connect_local, splice, HANDSHAKE_TIMEOUT, MAX_HOLD, MAX_REDIRECTS, TUNNEL_PROTOCOL};
+use crate::InstanceId;
 use brume_overlay::frames::{read_frame, write_frame, FrameError};
 
 /// Opens raw `/brume/tunnel/1` streams to peers: the overlay in the daemon, a fake in unit tests.
@@ -34,7 +35,7 @@ pub trait StreamOpener: Send + Sync + 'static {
 
     /// Learns where `peer` can be dialled (a redirect named a host this node may never have
     /// met). Nothing by default.
-    fn learn(&self, _peer: PeerId, _addrs: Vec<String>) -> impl Future<Output = ()> + Send {
+    fn learn(&self, _peer: PeerId, _addrs: Vec<Multiaddr>) -> impl Future<Output = ()> + Send {
         async {}
     }
 }
@@ -51,8 +52,7 @@ impl StreamOpener for OverlayHandle {
             })
     }
 
-    async fn learn(&self, peer: PeerId, addrs: Vec<String>) {
-        let addrs = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    async fn learn(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
         if let Err(e) = self.add_addresses(peer, addrs).await {
             debug!(%peer, error = %e, "cannot note a redirect's addresses");
         }
@@ -74,7 +74,7 @@ pub const OPEN_ATTEMPTS: u32 = 4;
 pub async fn open_tunnel<O: StreamOpener>(
     opener: &O,
     peer: PeerId,
-    endpoint: &Endpoint,
+    endpoint: &InstanceId,
 ) -> Result<O::Stream, TunnelError> {
     let hello = Hello {
         endpoint: endpoint.clone(),
@@ -109,16 +109,14 @@ async fn handshake<O: StreamOpener>(
     match read_frame::<_, Reply>(&mut stream, HELLO_LIMIT).await? {
         Reply::Ok => Ok(stream),
         Reply::Refused { reason } => Err(TunnelError::Refused(reason)),
-        Reply::Moved { peer: to, addrs } => match to.parse::<PeerId>() {
-            Ok(to) if to != peer => Err(TunnelError::Moved {
-                endpoint: hello.endpoint.clone(),
-                peer: to,
-                addrs,
-            }),
-            _ => Err(TunnelError::Refused(format!(
-                "{peer} redirected the call to {to:?}, which is not another peer"
-            ))),
-        },
+        Reply::Moved { peer: to, addrs } if to != peer => Err(TunnelError::Moved {
+            endpoint: hello.endpoint.clone(),
+            peer: to,
+            addrs,
+        }),
+        Reply::Moved { .. } => Err(TunnelError::Refused(format!(
+            "{peer} redirected the call to itself"
+        ))),
     }
 }
 
@@ -135,7 +133,7 @@ fn retryable(e: &TunnelError) -> bool {
 /// listening and ends every connection it carries.
 #[derive(Debug)]
 pub struct Forwarder {
-    endpoint: Endpoint,
+    endpoint: InstanceId,
     addr: SocketAddr,
     task: Option<JoinHandle<()>>,
 }
@@ -144,7 +142,7 @@ impl Forwarder {
     /// Listens on 127.0.0.1 on a free port for calls to `endpoint`, routed by `routes`, remote
     /// ones through `opener`.
     pub async fn bind<O: StreamOpener>(
-        endpoint: Endpoint,
+        endpoint: InstanceId,
         routes: Routes,
         opener: O,
     ) -> Result<Forwarder, TunnelError> {
@@ -154,7 +152,7 @@ impl Forwarder {
     /// [`Forwarder::bind`] on a given port (0: any): a task CRIU restored here still calls the
     /// addresses its environment named on the node it came from.
     pub async fn bind_at<O: StreamOpener>(
-        endpoint: Endpoint,
+        endpoint: InstanceId,
         routes: Routes,
         opener: O,
         port: u16,
@@ -186,7 +184,7 @@ impl Forwarder {
         self.addr
     }
 
-    pub fn endpoint(&self) -> &Endpoint {
+    pub fn endpoint(&self) -> &InstanceId {
         &self.endpoint
     }
 
@@ -211,7 +209,7 @@ impl Drop for Forwarder {
 /// aborting this loop aborts them all.
 async fn accept_loop<O: StreamOpener>(
     listener: TcpListener,
-    endpoint: Endpoint,
+    endpoint: InstanceId,
     routes: Routes,
     opener: Arc<O>,
 ) {
@@ -244,7 +242,7 @@ async fn open_following_moves<O: StreamOpener>(
     opener: &O,
     routes: &Routes,
     mut peer: PeerId,
-    endpoint: &Endpoint,
+    endpoint: &InstanceId,
 ) -> Result<O::Stream, TunnelError> {
     let mut redirects = 0;
     loop {
@@ -271,7 +269,7 @@ async fn open_following_moves<O: StreamOpener>(
 /// Carries one accepted connection to the endpoint's current host.
 async fn carry<O: StreamOpener>(
     mut tcp: TcpStream,
-    endpoint: &Endpoint,
+    endpoint: &InstanceId,
     routes: &Routes,
     opener: &O,
 ) -> Result<(), TunnelError> {

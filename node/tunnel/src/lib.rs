@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  caller task ──TCP──▶ Forwarder (127.0.0.1:p, in BRUME_CALL_<CALLEE>)       node A
-//!                         │ looks the callee's Endpoint up in Routes, now
+//!                         │ looks the callee's InstanceId up in Routes, now
 //!                         ├─ Route::Local { port } ──TCP──▶ 127.0.0.1:port     (same node)
 //!                         └─ Route::Remote { peer } ── /brume/tunnel/1 stream ─▶ node B
 //!                              Hello{endpoint} ─▶ serve(): is it running HERE?
@@ -13,7 +13,7 @@
 //!                              bytes both ways ◀──▶ TCP 127.0.0.1:port of the task on B
 //! ```
 //!
-//! * [`Routes`] is the node's table from an [`Endpoint`] (service, task, replica) to where it runs
+//! * [`Routes`] is the node's table from an [`InstanceId`] (service, task, replica) to where it runs
 //!   now; the daemon updates it on deploy and after a migration. It is shared: cloning is cheap.
 //! * [`Forwarder`] is the caller's end: one listener per callee endpoint. The route is read **when
 //!   a connection is accepted**, so after a task moves new connections reach the new host at once;
@@ -39,6 +39,7 @@
 
 mod env;
 mod forward;
+mod instance;
 mod routes;
 mod serve;
 mod splice;
@@ -46,16 +47,17 @@ mod wire;
 
 pub use env::{call_env, call_env_name};
 pub use forward::{open_tunnel, Forwarder, StreamOpener, OPEN_ATTEMPTS};
+pub use instance::InstanceId;
 pub use routes::{CutSignal, Hold, Route, Routes};
 pub use serve::serve;
-pub use wire::{Endpoint, Hello, Reply, TunnelError, HELLO_LIMIT};
+pub use wire::{Hello, Reply, TunnelError, HELLO_LIMIT};
 
 use std::time::Duration;
 
 use brume_overlay::StreamProtocol;
 
 /// The overlay stream protocol of tunnels.
-pub const TUNNEL_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/tunnel/1");
+pub const TUNNEL_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/tunnel/2");
 
 /// Size of each direction's copy buffer: large, so that bulk transfers move in big writes
 /// (the buffers are pooled: see [`POOL_MAX`]).

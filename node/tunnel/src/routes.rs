@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use brume_overlay::PeerId;
+use brume_overlay::{Multiaddr, PeerId};
 use tokio::sync::watch;
 
-use super::wire::Endpoint;
+use crate::InstanceId;
 
 /// Where a callee runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,14 +28,14 @@ pub enum Route {
     Remote { peer: PeerId },
 }
 
-/// A shared table from [`Endpoint`] to [`Route`]; clones share the same table.
+/// A shared table from [`InstanceId`] to [`Route`]; clones share the same table.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    inner: Arc<RwLock<HashMap<Endpoint, Route>>>,
-    gates: Arc<Mutex<HashMap<Endpoint, watch::Sender<Gate>>>>,
+    inner: Arc<RwLock<HashMap<InstanceId, Route>>>,
+    gates: Arc<Mutex<HashMap<InstanceId, watch::Sender<Gate>>>>,
     /// Where remote hosts can be dialled, as far as this node was told: handed on with a
     /// redirect, since the caller may never have met the host a task moved to.
-    hosts: Arc<Mutex<HashMap<PeerId, Vec<String>>>>,
+    hosts: Arc<Mutex<HashMap<PeerId, Vec<Multiaddr>>>>,
 }
 
 /// At most this many hosts' addresses are kept (beyond it, new hosts are not noted).
@@ -84,38 +84,38 @@ impl Routes {
 
     // A panic while holding the lock cannot leave the map half-updated (every write is a
     // single insert or remove), so a poisoned lock is still good to use.
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<Endpoint, Route>> {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<InstanceId, Route>> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Endpoint, Route>> {
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<InstanceId, Route>> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets where `endpoint` runs; returns the previous route.
-    pub fn set(&self, endpoint: Endpoint, route: Route) -> Option<Route> {
+    pub fn set(&self, endpoint: InstanceId, route: Route) -> Option<Route> {
         self.write().insert(endpoint, route)
     }
 
     /// Forgets `endpoint`; returns its route.
-    pub fn remove(&self, endpoint: &Endpoint) -> Option<Route> {
+    pub fn remove(&self, endpoint: &InstanceId) -> Option<Route> {
         self.write().remove(endpoint)
     }
 
     /// Where `endpoint` runs now.
-    pub fn get(&self, endpoint: &Endpoint) -> Option<Route> {
+    pub fn get(&self, endpoint: &InstanceId) -> Option<Route> {
         self.read().get(endpoint).copied()
     }
 
     /// The port of `endpoint` if it runs on this node.
-    pub fn local_port(&self, endpoint: &Endpoint) -> Option<u16> {
+    pub fn local_port(&self, endpoint: &InstanceId) -> Option<u16> {
         match self.get(endpoint) {
             Some(Route::Local { port }) => Some(port),
             _ => None,
         }
     }
 
-    fn gate(&self, endpoint: &Endpoint) -> watch::Sender<Gate> {
+    fn gate(&self, endpoint: &InstanceId) -> watch::Sender<Gate> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
         gates
             .entry(endpoint.clone())
@@ -125,7 +125,7 @@ impl Routes {
 
     /// Holds `endpoint`: cuts the connections this node carries to it now and makes new ones
     /// wait in [`Routes::resolve`] until the returned guard is dropped.
-    pub fn hold(&self, endpoint: &Endpoint) -> Hold {
+    pub fn hold(&self, endpoint: &InstanceId) -> Hold {
         let gate = self.gate(endpoint);
         gate.send_modify(|g| {
             g.held = true;
@@ -136,21 +136,21 @@ impl Routes {
 
     /// Where `endpoint` runs, once no hold is on it (waiting at most `bound`; after that the
     /// route as it stands).
-    pub async fn resolve(&self, endpoint: &Endpoint, bound: Duration) -> Option<Route> {
+    pub async fn resolve(&self, endpoint: &InstanceId, bound: Duration) -> Option<Route> {
         let mut rx = self.gate(endpoint).subscribe();
         let _ = tokio::time::timeout(bound, rx.wait_for(|g| !g.held)).await;
         self.get(endpoint)
     }
 
     /// A signal for a connection to `endpoint` set up now: it fires when a later hold cuts it.
-    pub fn cut_signal(&self, endpoint: &Endpoint) -> CutSignal {
+    pub fn cut_signal(&self, endpoint: &InstanceId) -> CutSignal {
         let rx = self.gate(endpoint).subscribe();
         let seen = rx.borrow().cuts;
         CutSignal { rx, seen }
     }
 
     /// Notes where `peer` can be dialled (replacing what was noted).
-    pub fn set_host_addrs(&self, peer: PeerId, addrs: Vec<String>) {
+    pub fn set_host_addrs(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         if hosts.len() < MAX_HOSTS || hosts.contains_key(&peer) {
             hosts.insert(peer, addrs);
@@ -158,13 +158,13 @@ impl Routes {
     }
 
     /// Where `peer` can be dialled, if this node was told (else empty).
-    pub fn host_addrs(&self, peer: &PeerId) -> Vec<String> {
+    pub fn host_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
         let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         hosts.get(peer).cloned().unwrap_or_default()
     }
 
     /// Every route, sorted by endpoint.
-    pub fn snapshot(&self) -> Vec<(Endpoint, Route)> {
+    pub fn snapshot(&self) -> Vec<(InstanceId, Route)> {
         let mut all: Vec<_> = self.read().iter().map(|(e, r)| (e.clone(), *r)).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -175,8 +175,8 @@ impl Routes {
 mod tests {
     use super::*;
 
-    fn ep() -> Endpoint {
-        Endpoint::new("svc", "mid", 0)
+    fn ep() -> InstanceId {
+        InstanceId::new("svc", "mid", 0)
     }
 
     #[tokio::test]
@@ -184,7 +184,7 @@ mod tests {
         let routes = Routes::new();
         routes.set(ep(), Route::Local { port: 7 });
         let live = routes.cut_signal(&ep());
-        let other = routes.cut_signal(&Endpoint::new("svc", "back", 0));
+        let other = routes.cut_signal(&InstanceId::new("svc", "back", 0));
         let hold = routes.hold(&ep());
         // The live connection is cut at once; one to another endpoint is not.
         // Positive waits are bounded generously (a hang fails); negative ones ("not cut", "still

@@ -77,7 +77,7 @@ where
         Some(Route::Local { port }) => port,
         Some(Route::Remote { peer }) => {
             let moved = Reply::Moved {
-                peer: peer.to_string(),
+                peer,
                 addrs: routes.host_addrs(&peer),
             };
             reply_and_close(&mut stream, &moved).await;

@@ -130,7 +130,7 @@ fn call_env_follows_the_convention() {
 fn routes_are_shared_between_clones() {
     let routes = Routes::new();
     let other = routes.clone();
-    let e = Endpoint::new("svc", "db", 0);
+    let e = InstanceId::new("svc", "db", 0);
     assert_eq!(routes.set(e.clone(), Route::Local { port: 9 }), None);
     assert_eq!(other.local_port(&e), Some(9));
     let peer = PeerId::random();
@@ -151,7 +151,7 @@ async fn remote_local_refused_and_unrouted_calls() {
     let (b, routes_b) = fake_node(&mut peers);
     let (c, _routes_c) = fake_node(&mut peers);
     let overlay = FakeOverlay::new(peers);
-    let e = Endpoint::new("svc", "echo", 0);
+    let e = InstanceId::new("svc", "echo", 0);
     let port = echo_task("hi\n").await;
     routes_b.set(e.clone(), Route::Local { port });
 
@@ -205,7 +205,7 @@ async fn a_task_that_refuses_connections_is_reported() {
         .bind((std::net::Ipv4Addr::LOCALHOST, 0).into())
         .unwrap();
     let port = closed.local_addr().unwrap().port();
-    let e = Endpoint::new("svc", "gone", 1);
+    let e = InstanceId::new("svc", "gone", 1);
     routes_b.set(e.clone(), Route::Local { port });
     let err = open_tunnel(&overlay, b, &e).await.unwrap_err();
     assert!(
@@ -219,7 +219,7 @@ async fn streams_lost_before_the_reply_are_retried() {
     let mut peers = HashMap::new();
     let (b, routes_b) = fake_node(&mut peers);
     let overlay = FakeOverlay::new(peers);
-    let e = Endpoint::new("svc", "echo", 0);
+    let e = InstanceId::new("svc", "echo", 0);
     let port = echo_task("hi\n").await;
     routes_b.set(e.clone(), Route::Local { port });
     let routes_a = Routes::new();
@@ -237,7 +237,7 @@ async fn streams_lost_before_the_reply_are_retried() {
     let err = open_tunnel(&overlay, b, &e).await.unwrap_err();
     assert!(matches!(err, TunnelError::Handshake(_)), "{err}");
     // A refusal is not retried.
-    let missing = Endpoint::new("svc", "nope", 0);
+    let missing = InstanceId::new("svc", "nope", 0);
     overlay.drop_next.store(0, Ordering::SeqCst);
     let err = open_tunnel(&overlay, b, &missing).await.unwrap_err();
     assert!(matches!(err, TunnelError::Refused(_)), "{err}");
@@ -248,7 +248,7 @@ async fn a_call_follows_a_moved_task_and_waits_out_a_hold() {
     let mut peers = HashMap::new();
     let (old_host, old_routes) = fake_node(&mut peers);
     let (new_host, new_routes) = fake_node(&mut peers);
-    let ep = Endpoint::new("svc", "mid", 0);
+    let ep = InstanceId::new("svc", "mid", 0);
     let port = echo_task("new:").await;
     new_routes.set(ep.clone(), Route::Local { port });
     // The old host knows the task moved; the caller's node still routes to the old host.

@@ -4,47 +4,20 @@
 //! answers one [`Reply`] frame; after `Reply::Ok` the stream carries the call's raw bytes. Hellos
 //! are read with a [`HELLO_LIMIT`], so a hostile peer cannot make the acceptor allocate much.
 
-use brume_overlay::PeerId;
+use brume_overlay::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
+
+use crate::InstanceId;
 
 use brume_overlay::frames::FrameError;
 
 /// Most bytes a hello or a reply frame may take.
 pub const HELLO_LIMIT: usize = 4096;
 
-/// One callee: a replica of a task of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Endpoint {
-    pub service: String,
-    pub task: String,
-    /// 0-based replica index.
-    pub replica: u32,
-}
-
-impl Endpoint {
-    pub fn new(service: impl Into<String>, task: impl Into<String>, replica: u32) -> Self {
-        Endpoint {
-            service: service.into(),
-            task: task.into(),
-            replica,
-        }
-    }
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "task {} (replica {}) of service {}",
-            self.task, self.replica, self.service
-        )
-    }
-}
-
 /// The first frame on a tunnel stream: which task the connection is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    pub endpoint: Endpoint,
+    pub endpoint: InstanceId,
 }
 
 /// The acceptor's answer to a [`Hello`].
@@ -54,12 +27,12 @@ pub enum Reply {
     Ok,
     /// The acceptor will not carry this connection; the stream is closed after this frame.
     Refused { reason: String },
-    /// The task moved away from the acceptor to `peer` (a peer id): open the tunnel there, at
-    /// `addrs` if the caller never met it (the acceptor's, possibly none).
+    /// The task moved away from the acceptor to `peer`: open the tunnel there, at `addrs` if
+    /// the caller never met it (the acceptor's, possibly none).
     Moved {
-        peer: String,
+        peer: PeerId,
         #[serde(default)]
-        addrs: Vec<String>,
+        addrs: Vec<Multiaddr>,
     },
 }
 
@@ -68,11 +41,11 @@ pub enum Reply {
 pub enum TunnelError {
     #[error("cannot listen for calls to {endpoint} on 127.0.0.1: {source}; is the loopback up?")]
     Bind {
-        endpoint: Endpoint,
+        endpoint: InstanceId,
         source: std::io::Error,
     },
     #[error("no route to {0}: it is not deployed, or the node has not learned where it runs yet")]
-    NoRoute(Endpoint),
+    NoRoute(InstanceId),
     #[error("cannot open a tunnel stream to {peer}: {reason}; is the peer up and reachable?")]
     Open { peer: PeerId, reason: String },
     #[error("tunnel handshake: {0}")]
@@ -80,12 +53,12 @@ pub enum TunnelError {
     #[error("the far node refused the tunnel: {0}")]
     Refused(String),
     #[error("{0} does not run on this node; the caller's route is stale or wrong")]
-    NotHere(Endpoint),
+    NotHere(InstanceId),
     #[error("{endpoint} moved to {peer}")]
     Moved {
-        endpoint: Endpoint,
+        endpoint: InstanceId,
         peer: PeerId,
-        addrs: Vec<String>,
+        addrs: Vec<Multiaddr>,
     },
     #[error("timed out {0}")]
     Timeout(&'static str),

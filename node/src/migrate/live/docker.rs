@@ -73,7 +73,7 @@ impl Checkpointed {
     }
 }
 
-impl Agent {
+impl Mover {
     /// The source side of a live move of a Docker-engine instance: pre-copy rounds of `runc
     /// checkpoint --leave-running` of its container, a final checkpoint that stops it, the
     /// target restoring a runc container (docs/criu.md). The stopped Docker container is removed
@@ -81,30 +81,31 @@ impl Agent {
     /// as a runc container from a bundle copied while it ran, which the engine adopts.
     pub(super) async fn move_live_docker(
         &self,
-        key: &Key,
+        instance: &InstanceId,
         moved: InstanceSpec,
         dest: &Destination,
         limits: Limits,
         phases: &mpsc::Sender<Phase>,
         d: DockerEngine,
-    ) -> AgentReply {
-        let (service, task, replica) = key;
+    ) -> Reply {
         let Limits {
             deadline,
             max_downtime,
         } = limits;
-        let what = format!("{service}/{task}#{replica}");
-        let untouched = |why: String| AgentReply::Refused {
+        let what = instance.to_string();
+        let untouched = |why: String| Reply::Refused {
             reason: format!("{why}; {what} still runs here"),
         };
         if let Err(why) = runc_usable() {
             return untouched(format!("this node cannot move it live: {why}"));
         }
-        let Some((name, port, call_ports, spec)) = self.lock().get(key).map(|i| {
-            let ports = i.forwarders.iter().map(|f| f.local_addr().port()).collect();
-            (i.name.clone(), i.port, ports, i.spec.clone())
-        }) else {
-            return AgentReply::Refused {
+        let Some((name, port, call_ports, spec)) =
+            self.deployer.instances.lock().get(instance).map(|i| {
+                let ports = i.forwarders.iter().map(|f| f.local_addr().port()).collect();
+                (i.name.clone(), i.port, ports, i.spec.clone())
+            })
+        else {
+            return Reply::Refused {
                 reason: format!("{what} does not run on this node"),
             };
         };
@@ -182,8 +183,8 @@ impl Agent {
                 }
             },
         };
-        let endpoint = Endpoint::new(service, task, *replica);
-        let hold = self.routes.hold(&endpoint);
+        let endpoint = instance.clone();
+        let hold = self.deployer.routes.hold(&endpoint);
         let held = Instant::now();
         let open = quiet(pid, QUIET_WAIT).await;
         if open > 0 {
@@ -202,8 +203,11 @@ impl Agent {
                 untouched(why)
             }
         };
-        let Some(stream) =
-            within(deadline, self.overlay.open_stream(dest.peer, LIVE_PROTOCOL)).await
+        let Some(stream) = within(
+            deadline,
+            self.deployer.overlay.open_stream(dest.peer, LIVE_PROTOCOL),
+        )
+        .await
         else {
             return fail("the move did not finish within the deadline".to_string()).await;
         };
@@ -218,7 +222,7 @@ impl Agent {
             }
         };
         let hello = Frame::Hello {
-            spec: moved,
+            spec: Box::new(moved),
             port,
             call_ports,
             stdout_key: None,
@@ -270,7 +274,7 @@ impl Agent {
                 }
                 let adopted = d.adopt(fallback.clone());
                 drop(hold);
-                return AgentReply::Refused {
+                return Reply::Refused {
                     reason: match adopted {
                         Ok(_) => format!(
                             "the live migration to {} failed after the final checkpoint \
@@ -289,7 +293,7 @@ impl Agent {
             }
             Err(e) => {
                 let _ = discard(fallback.clone()).await;
-                self.stop_instance(key).await;
+                self.deployer.stop_instance(instance).await;
                 return self
                     .lost(&endpoint, hold, format!("{what} is lost: {e}"))
                     .await;
@@ -297,7 +301,7 @@ impl Agent {
         };
         let _ = discard(fallback.clone()).await;
         self.hand_over(
-            key,
+            instance,
             endpoint,
             hold,
             held,
@@ -346,9 +350,9 @@ impl Agent {
         };
         let summary = TaskSummary {
             name: launch.name.clone(),
-            service: spec.service.clone(),
-            task: spec.task.clone(),
-            replica: spec.replica,
+            service: spec.id.service.clone(),
+            task: spec.id.task.clone(),
+            replica: spec.id.replica,
             epoch: spec.epoch,
             port,
             state: TaskState::Running,
@@ -421,7 +425,7 @@ impl Agent {
         let _ = write_frame(stream.get_mut(), &reply).await;
     }
 
-    /// Makes the restored runc container the instance here (see [`Agent::take_restored`]).
+    /// Makes the restored runc container the instance here (see [`Mover::take_restored`]).
     async fn take_restored_docker(
         &self,
         d: &DockerEngine,

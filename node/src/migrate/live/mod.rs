@@ -2,7 +2,7 @@
 //! over an overlay stream of its own, `/brume/live/1`. On the process engine CRIU dumps the
 //! task's process tree (below); on the Docker engine `runc checkpoint` dumps its host-network
 //! container and the target restores a runc container Docker does not know, which its engine
-//! adopts ([`Agent::move_live_docker`], [`brume_engine::runc_task`], docs/criu.md).
+//! adopts ([`Mover::move_live_docker`], [`brume_engine::runc_task`], docs/criu.md).
 //!
 //! The task was started checkpointable (fixed path, own PID namespace, output through a pipe:
 //! [`brume_engine::criu_task`]). After the target has fetched the image (`Prepare`), the source
@@ -58,10 +58,11 @@ use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tracing::{info, warn};
 
-use super::source::{within, Destination};
+use super::mover::{within, Destination, Mover};
+use super::wire::{Mode, Phase, Reply};
 use super::Limits;
-use crate::deploy::agent::{Agent, Instance, Key};
-use crate::deploy::wire::{AgentReply, CheckpointMode, InstanceSpec, InstanceView, Phase};
+use crate::deploy::instances::Instance;
+use crate::deploy::wire::{CheckpointMode, InstanceSpec, InstanceView};
 use brume_engine::docker::DockerRestartPolicy;
 use brume_engine::runc_task::RuncTask;
 use brume_engine::{
@@ -69,7 +70,7 @@ use brume_engine::{
     TaskSummary,
 };
 use brume_overlay::frames::{read_frame, write_frame};
-use brume_tunnel::{Endpoint, Forwarder, Hold, Route};
+use brume_tunnel::{Forwarder, Hold, InstanceId, Route};
 
 pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/live/1");
 
@@ -94,7 +95,7 @@ enum Frame {
     /// Source: the instance that comes, where it listens, its forwarders' ports (calls then
     /// replicas) and its stdout's CRIU key.
     Hello {
-        spec: InstanceSpec,
+        spec: Box<InstanceSpec>,
         port: u16,
         call_ports: Vec<u16>,
         stdout_key: Option<String>,
@@ -233,15 +234,17 @@ mod process;
 
 use docker::runc_usable;
 
-impl Agent {
-    /// Why a live move of `key` cannot even start here, if it cannot.
-    pub(super) fn live_preflight(&self, key: &Key) -> Result<(), String> {
+impl Mover {
+    /// Why a live move of `id` cannot even start here, if it cannot.
+    pub(super) fn live_preflight(&self, id: &InstanceId) -> Result<(), String> {
         let name = self
+            .deployer
+            .instances
             .lock()
-            .get(key)
+            .get(id)
             .map(|i| i.name.clone())
             .ok_or("it does not run here")?;
-        match &*self.engine {
+        match &*self.deployer.engine {
             AnyEngine::Process(_) => {
                 let p = self.live_engine()?;
                 p.checkpoint_pid(&name).map_err(|e| e.to_string())?;
@@ -265,19 +268,19 @@ impl Agent {
     /// the spec as the target should run it.
     pub(super) async fn move_live(
         &self,
-        key: &Key,
+        id: &InstanceId,
         moved: InstanceSpec,
         dest: &Destination,
         limits: Limits,
         phases: &mpsc::Sender<Phase>,
-    ) -> AgentReply {
-        match &*self.engine {
+    ) -> Reply {
+        match &*self.deployer.engine {
             AnyEngine::Docker(d) => {
-                self.move_live_docker(key, moved, dest, limits, phases, d.clone())
+                self.move_live_docker(id, moved, dest, limits, phases, d.clone())
                     .await
             }
             AnyEngine::Process(_) => {
-                self.move_live_process(key, moved, dest, limits, phases)
+                self.move_live_process(id, moved, dest, limits, phases)
                     .await
             }
         }
@@ -306,42 +309,38 @@ impl Agent {
             return;
         };
         // One deploy or move at a time: the resource check stays honest.
-        let _one_at_a_time = self.deploying.lock().await;
-        if let AnyEngine::Docker(d) = &*self.engine {
+        let _one_at_a_time = self.deployer.deploying.lock().await;
+        if let AnyEngine::Docker(d) = &*self.deployer.engine {
             let d = d.clone();
             return self
-                .receive_live_docker(peer, stream, d, spec, port, call_ports, bundle)
+                .receive_live_docker(peer, stream, d, *spec, port, call_ports, bundle)
                 .await;
         }
-        self.receive_live_process(peer, stream, spec, port, call_ports, stdout_key, bundle)
+        self.receive_live_process(peer, stream, *spec, port, call_ports, stdout_key, bundle)
             .await
     }
 
-    /// The engine-independent half of [`Agent::accept_live`].
+    /// The engine-independent half of [`Mover::accept_live`].
     pub(super) fn accept_live_spec(&self, spec: &InstanceSpec) -> Result<(), String> {
         spec.check()?;
         if spec.checkpoint != CheckpointMode::Criu {
             return Err("only checkpoint = \"criu\" tasks move live".to_string());
         }
-        let key = (spec.service.clone(), spec.task.clone(), spec.replica);
-        if self.lock().contains_key(&key) {
-            return Err(format!(
-                "{}/{}#{} already runs here",
-                spec.service, spec.task, spec.replica
-            ));
+        if self.deployer.instances.contains(&spec.id) {
+            return Err(format!("{} already runs here", spec.id));
         }
-        self.room_for(spec)?;
+        self.deployer.instances.room_for(spec)?;
         Ok(())
     }
 
     /// Gives a moving instance up for lost (its task is gone here and nowhere else took it):
     /// its route goes, the hold ends so held calls fail instead of waiting, and the node's room
     /// is advertised again.
-    async fn lost(&self, endpoint: &Endpoint, hold: Hold, reason: String) -> AgentReply {
-        self.routes.remove(endpoint);
+    async fn lost(&self, endpoint: &InstanceId, hold: Hold, reason: String) -> Reply {
+        self.deployer.routes.remove(endpoint);
         drop(hold);
-        self.readvertise().await;
-        AgentReply::Refused { reason }
+        self.deployer.readvertise().await;
+        Reply::Refused { reason }
     }
 
     /// The end of a live move on either engine, once the target restored the task: the
@@ -352,8 +351,8 @@ impl Agent {
     #[allow(clippy::too_many_arguments)]
     async fn hand_over(
         &self,
-        key: &Key,
-        endpoint: Endpoint,
+        id: &InstanceId,
+        endpoint: InstanceId,
         hold: Hold,
         held: Instant,
         stream: &mut Compat<Stream>,
@@ -363,7 +362,7 @@ impl Agent {
         phases: &mpsc::Sender<Phase>,
         what: &str,
         how: &str,
-    ) -> AgentReply {
+    ) -> Reply {
         let _ = phases
             .send(Phase::Restored {
                 downtime_ms: ms(migrated.downtime),
@@ -374,7 +373,7 @@ impl Agent {
             .await;
         // The task runs on the target: the instance here (forwarders, files, an exited
         // container) goes, which frees the forwarder ports.
-        self.stop_instance(key).await;
+        self.deployer.stop_instance(id).await;
         let adopted = async {
             write_frame(stream.get_mut(), &Frame::Released).await?;
             read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await
@@ -397,22 +396,26 @@ impl Agent {
             }
         };
         let _ = phases.send(Phase::Switching).await;
-        self.routes.set_host_addrs(dest.peer, dest.addrs.clone());
-        self.routes.set(endpoint, Route::Remote { peer: dest.peer });
+        self.deployer
+            .routes
+            .set_host_addrs(dest.peer, dest.addrs.clone());
+        self.deployer
+            .routes
+            .set(endpoint, Route::Remote { peer: dest.peer });
         drop(hold);
         let held_ms = held.elapsed().as_millis() as u64;
         let told = self
             .tell_moved(spec, dest.peer, &dest.host, &dest.addrs)
             .await;
-        self.readvertise().await;
+        self.deployer.readvertise().await;
         info!(%what, to = %dest.host, held_ms, downtime_ms = ms(migrated.downtime),
               rounds = migrated.rounds.len(), wire_bytes = migrated.wire_bytes, told,
               "{how}");
-        AgentReply::Migrated {
-            to: dest.peer.to_string(),
+        Reply::Migrated {
+            to: dest.peer,
             host: dest.host.clone(),
             instance,
-            mode: CheckpointMode::Criu.as_str().to_string(),
+            mode: Mode::Criu,
             state_bytes: migrated.wire_bytes,
             held_ms,
             told,
@@ -428,8 +431,10 @@ impl Agent {
         port: u16,
     ) -> Result<LaunchSpec, String> {
         let (tx, _rx) = mpsc::channel(64);
-        let image = self.image(peer, spec, &tx).await?;
-        Ok(self.launch_spec(spec, image, spec.env.clone(), port))
+        let image = self.deployer.image(peer, spec, &tx).await?;
+        Ok(self
+            .deployer
+            .launch_spec(spec, image, spec.env.clone(), port))
     }
 
     /// The restored task's call forwarders, on the ports its environment names (the source
@@ -441,7 +446,7 @@ impl Agent {
     ) -> Result<Vec<Forwarder>, String> {
         let until = Instant::now() + BIND_WAIT;
         loop {
-            match self.forwarders_at(spec, call_ports).await {
+            match self.deployer.forwarders_at(spec, call_ports).await {
                 Ok((f, _)) => return Ok(f),
                 Err(e) if Instant::now() >= until => {
                     return Err(format!(
@@ -463,24 +468,20 @@ impl Agent {
         how: &str,
     ) -> InstanceView {
         let port = launch.port;
-        self.routes.set(
-            Endpoint::new(&spec.service, &spec.task, spec.replica),
-            Route::Local { port },
-        );
-        let view = self.view(&spec, &launch.name, port, "running".into());
-        info!(service = %spec.service, task = %spec.task, replica = spec.replica, port, pid,
-              "{how}");
-        let key = (spec.service.clone(), spec.task.clone(), spec.replica);
-        self.insert_instance(
-            key,
-            Instance {
-                spec,
-                name: launch.name.clone(),
-                port,
-                forwarders,
-            },
-        );
-        self.readvertise().await;
+        self.deployer
+            .routes
+            .set(spec.id.clone(), Route::Local { port });
+        let view = self
+            .deployer
+            .view(&spec, &launch.name, port, "running".into());
+        info!(instance = %spec.id, port, pid, "{how}");
+        self.deployer.instances.insert(Instance {
+            spec,
+            name: launch.name.clone(),
+            port,
+            forwarders,
+        });
+        self.deployer.readvertise().await;
         view
     }
 }

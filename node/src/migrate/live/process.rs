@@ -4,10 +4,10 @@
 
 use super::*;
 
-impl Agent {
+impl Mover {
     /// The process engine, when this node moves tasks with CRIU; why not otherwise.
     pub(super) fn live_engine(&self) -> Result<&ProcessEngine, String> {
-        match &*self.engine {
+        match &*self.deployer.engine {
             AnyEngine::Process(p) => {
                 taskroot::available()
                     .map_err(|why| format!("this node cannot move it live: {why}"))?;
@@ -20,30 +20,31 @@ impl Agent {
     /// The source side on the process engine: CRIU dumps the task's process tree.
     pub(super) async fn move_live_process(
         &self,
-        key: &Key,
+        id: &InstanceId,
         moved: InstanceSpec,
         dest: &Destination,
         limits: Limits,
         phases: &mpsc::Sender<Phase>,
-    ) -> AgentReply {
-        let (service, task, replica) = key;
+    ) -> Reply {
         let Limits {
             deadline,
             max_downtime,
         } = limits;
-        let what = format!("{service}/{task}#{replica}");
-        let untouched = |why: String| AgentReply::Refused {
+        let what = id.to_string();
+        let untouched = |why: String| Reply::Refused {
             reason: format!("{why}; {what} still runs here"),
         };
         let p = match self.live_engine() {
             Ok(p) => p.clone(),
             Err(why) => return untouched(why),
         };
-        let Some((name, port, call_ports, spec)) = self.lock().get(key).map(|i| {
-            let ports = i.forwarders.iter().map(|f| f.local_addr().port()).collect();
-            (i.name.clone(), i.port, ports, i.spec.clone())
-        }) else {
-            return AgentReply::Refused {
+        let Some((name, port, call_ports, spec)) =
+            self.deployer.instances.lock().get(id).map(|i| {
+                let ports = i.forwarders.iter().map(|f| f.local_addr().port()).collect();
+                (i.name.clone(), i.port, ports, i.spec.clone())
+            })
+        else {
+            return Reply::Refused {
                 reason: format!("{what} does not run on this node"),
             };
         };
@@ -51,8 +52,8 @@ impl Agent {
             return untouched(format!("the engine does not know {name}"));
         };
 
-        let endpoint = Endpoint::new(service, task, *replica);
-        let hold = self.routes.hold(&endpoint);
+        let endpoint = id.clone();
+        let hold = self.deployer.routes.hold(&endpoint);
         let held = Instant::now();
         let pid = match p.checkpoint_pid(&name) {
             Ok(pid) => pid,
@@ -63,8 +64,11 @@ impl Agent {
             warn!(%what, open, "the task still holds TCP connections; the dump may fail");
         }
         let stdout_key = criu_task::stdout_key(pid);
-        let Some(stream) =
-            within(deadline, self.overlay.open_stream(dest.peer, LIVE_PROTOCOL)).await
+        let Some(stream) = within(
+            deadline,
+            self.deployer.overlay.open_stream(dest.peer, LIVE_PROTOCOL),
+        )
+        .await
         else {
             return untouched("the move did not finish within the deadline".to_string());
         };
@@ -78,7 +82,7 @@ impl Agent {
             }
         };
         let hello = Frame::Hello {
-            spec: moved,
+            spec: Box::new(moved),
             port,
             call_ports,
             stdout_key: stdout_key.clone(),
@@ -129,7 +133,7 @@ impl Agent {
             Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
                 let adopted = p.adopt(&launch, pid, local_out).await;
                 drop(hold);
-                return AgentReply::Refused {
+                return Reply::Refused {
                     reason: match adopted {
                         Ok(()) => format!(
                             "the live migration to {} failed after the final dump ({cause}); \
@@ -146,14 +150,14 @@ impl Agent {
                 };
             }
             Err(e) => {
-                self.stop_instance(key).await;
+                self.deployer.stop_instance(id).await;
                 return self
                     .lost(&endpoint, hold, format!("{what} is lost: {e}"))
                     .await;
             }
         };
         self.hand_over(
-            key,
+            id,
             endpoint,
             hold,
             held,

@@ -1,18 +1,19 @@
 //! The host side of a deployment: what a node does when an initiator asks it to run a task.
 //!
-//! Every request arrives on its own `/brume/deploy/1` stream. A deploy is checked (names, sizes,
-//! the epoch against what already runs, this node's free share of its advertised capacity),
-//! then the artifact's missing chunks are fetched from the initiator and verified, the image is
-//! built or loaded by the engine, each called task gets a local tunnel forwarder whose address
-//! goes into `BRUME_CALL_*`, and the task starts on a port of its own. Any failure undoes what
-//! this request did (forwarders, routes, the container or process) and answers `Refused`, so a
-//! refused deploy leaves nothing here. Deploys on one node run one at a time, which keeps the
-//! resource check honest; stops and queries do not wait for them.
+//! Every request arrives on its own `/brume/deploy/2` stream. A deploy is checked (names, sizes,
+//! the epoch against what already runs, this node's free share of its capacity in the
+//! [`Instances`] table), then the artifact's missing chunks are fetched from the initiator and
+//! verified, the image is built or loaded by the engine, each called task gets a local tunnel
+//! forwarder whose address goes into `BRUME_CALL_*`, and the task starts on a port of its own.
+//! Any failure undoes what this request did (forwarders, routes, the container or process) and
+//! answers `Refused`, so a refused deploy leaves nothing here. Deploys on one node run one at a
+//! time, which keeps the resource check honest; stops and queries do not wait for them. The
+//! mover ([`crate::migrate::mover`]) uses the same steps to take an instance that arrives live.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use brume_overlay::neighbourhood::NodeRecord;
@@ -21,19 +22,18 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::ledger::Ledger;
+use super::instances::{Capacity, Instance, Instances};
 use super::wire::{
-    AgentReply, AgentRequest, CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload,
-    Phase, DEPLOY_PROTOCOL, MAX_FRAME,
+    CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
+    DEPLOY_PROTOCOL, MAX_FRAME,
 };
-use crate::migrate::live::chunk_store::{MigrationStore, MigrationStoreConfig};
 use brume_artifact::{self as artifact, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions};
 use brume_engine::{
     free_task_port, AnyEngine, Engine, EngineError, ImageInput, ImageKind, ImageRef, LaunchSpec,
     RestartPolicy, TaskState,
 };
 use brume_overlay::frames::{read_frame, write_frame};
-use brume_tunnel::{call_env, Endpoint, Forwarder, Route, Routes};
+use brume_tunnel::{call_env, Forwarder, InstanceId, Route, Routes};
 
 /// How long a stopping task gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -42,51 +42,26 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// binds it.
 const PORT_TRIES: usize = 3;
 
-/// What this node may hand out to tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capacity {
-    pub cpu_millis: u64,
-    pub memory_mb: u64,
-}
-
-/// Instances are keyed by service, task and replica: one epoch of each at a time.
-pub(crate) type Key = (String, String, u32);
-
-pub(crate) struct Instance {
-    pub(crate) spec: InstanceSpec,
-    pub(crate) name: String,
-    pub(crate) port: u16,
-    /// Dropping them closes the listeners behind `BRUME_CALL_*`.
-    pub(crate) forwarders: Vec<Forwarder>,
-}
-
 /// Builds this node's state record for given reservations (CPU mCPU, memory MB), or `None`.
 pub type Advertiser = Arc<dyn Fn(u64, u64) -> Option<NodeRecord> + Send + Sync>;
 
-/// The deployment agent of one node.
-pub struct Agent {
+/// The deployer of one node: runs, lists and removes the instances it is asked to.
+pub struct Deployer {
     pub(crate) overlay: OverlayHandle,
     pub(crate) engine: Arc<AnyEngine>,
     store: ChunkStore,
     pub(crate) routes: Routes,
     images: PathBuf,
-    pub(crate) capacity: Capacity,
-    instances: Mutex<BTreeMap<Key, Instance>>,
+    pub(crate) instances: Arc<Instances>,
+    /// Held by every deploy and live arrival: one at a time keeps the resource check honest.
     pub(crate) deploying: tokio::sync::Mutex<()>,
     advertiser: Option<Advertiser>,
-    /// The services this node deployed, when it runs an initiator: a move of one of their
-    /// instances is written there.
-    ledger: OnceLock<Arc<Ledger>>,
-    /// The memory chunks of the live migrations this node received, shared by every later
-    /// one into it (opened by the first).
-    pub(crate) migration_store: MigrationStore,
 }
 
-impl Agent {
-    /// An agent; with an `advertiser` it re-advertises the node's free resources whenever its
+impl Deployer {
+    /// A deployer; with an `advertiser` it re-advertises the node's free resources whenever its
     /// reservations change, before it answers, so a map taken right after a deploy or a stop
     /// sees them.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         overlay: OverlayHandle,
         engine: Arc<AnyEngine>,
@@ -95,36 +70,23 @@ impl Agent {
         images: PathBuf,
         capacity: Capacity,
         advertiser: Option<Advertiser>,
-        migration_store: MigrationStoreConfig,
     ) -> Arc<Self> {
-        Arc::new(Agent {
+        Arc::new(Deployer {
             overlay,
             engine,
             store,
             routes,
             images,
-            capacity,
-            instances: Mutex::new(BTreeMap::new()),
+            instances: Arc::new(Instances::new(capacity)),
             deploying: tokio::sync::Mutex::new(()),
             advertiser,
-            ledger: OnceLock::new(),
-            migration_store: MigrationStore::new(migration_store),
         })
-    }
-
-    /// Gives the agent this node's deployment ledger (once; later calls are ignored).
-    pub fn attach_ledger(&self, ledger: Arc<Ledger>) {
-        let _ = self.ledger.set(ledger);
-    }
-
-    pub(crate) fn ledger(&self) -> Option<&Arc<Ledger>> {
-        self.ledger.get()
     }
 
     /// Sends the record for the current reservations to the overlay.
     pub(crate) async fn readvertise(&self) {
         if let Some(advertise) = &self.advertiser {
-            let (cpu, mem) = self.reserved();
+            let (cpu, mem) = self.instances.reserved();
             if let Some(record) = advertise(cpu, mem) {
                 let _ = self.overlay.set_record(record).await;
             }
@@ -137,34 +99,16 @@ impl Agent {
 
     /// CPU and memory promised to running instances.
     pub fn reserved(&self) -> (u64, u64) {
-        self.lock().values().fold((0, 0), |(c, m), i| {
-            (c + i.spec.cpu_millis, m + i.spec.memory_mb)
-        })
+        self.instances.reserved()
     }
 
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Instance>> {
-        // A panic while holding the lock cannot leave the map half-written (every update is
-        // one insert or remove), so a poisoned lock is still sound to use.
-        self.instances.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Serves deploy streams (and live migrations into this node) until the overlay stops.
+    /// Serves deploy streams until the overlay stops.
     pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
         let mut incoming = self.overlay.accept_streams(DEPLOY_PROTOCOL)?;
-        let mut live = self
-            .overlay
-            .accept_streams(crate::migrate::live::LIVE_PROTOCOL)?;
-        let agent = self.clone();
-        tokio::spawn(async move {
-            while let Some((peer, stream)) = live.next().await {
-                let agent = agent.clone();
-                tokio::spawn(async move { agent.receive_live(peer, stream).await });
-            }
-        });
         while let Some((peer, stream)) = incoming.next().await {
-            let agent = self.clone();
+            let deployer = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = agent.answer(peer, stream).await {
+                if let Err(e) = deployer.answer(peer, stream).await {
                     debug!(%peer, error = %e, "deploy stream ended badly");
                 }
             });
@@ -173,12 +117,12 @@ impl Agent {
     }
 
     async fn answer(&self, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
-        let request: AgentRequest = match read_frame(&mut stream, MAX_FRAME).await {
+        let request: Request = match read_frame(&mut stream, MAX_FRAME).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(%peer, error = %e, "unreadable deploy request");
                 let reason = format!("unreadable request: {e}");
-                write_frame(&mut stream, &AgentReply::Refused { reason }).await?;
+                write_frame(&mut stream, &Reply::Refused { reason }).await?;
                 return Ok(());
             }
         };
@@ -191,7 +135,7 @@ impl Agent {
                 Some(phase) = rx.recv() => {
                     // The initiator gone mid-way does not stop the deploy: its rollback (or a
                     // later deploy) cleans up.
-                    let _ = write_frame(&mut stream, &AgentReply::Phase(phase)).await;
+                    let _ = write_frame(&mut stream, &Reply::Phase(phase)).await;
                 }
             }
         };
@@ -203,70 +147,28 @@ impl Agent {
     pub async fn handle(
         &self,
         from: PeerId,
-        request: AgentRequest,
+        request: Request,
         phases: mpsc::Sender<Phase>,
-    ) -> AgentReply {
+    ) -> Reply {
         match request {
-            AgentRequest::Deploy(spec) => self.deploy(from, spec, phases).await,
-            AgentRequest::Prepare(spec) => self.prepare(from, spec, phases).await,
-            AgentRequest::Stop { service, epoch } => AgentReply::Stopped {
+            Request::Deploy(spec) => self.deploy(from, spec, phases).await,
+            Request::Prepare(spec) => self.prepare(from, spec, phases).await,
+            Request::Stop { service, epoch } => Reply::Stopped {
                 instances: self.stop(&service, epoch).await,
             },
-            AgentRequest::Remove {
-                service,
-                task,
-                replica,
+            Request::Remove {
+                instance,
                 epoch,
                 back_to,
-            } => AgentReply::Stopped {
-                instances: self
-                    .remove_one(&(service, task, replica), epoch, back_to.as_deref())
-                    .await,
+            } => Reply::Stopped {
+                instances: self.remove_one(&instance, epoch, back_to).await,
             },
-            AgentRequest::List { service } => {
-                AgentReply::Instances(self.list(service.as_deref()).await)
-            }
-            AgentRequest::Logs {
-                service,
-                task,
-                replica,
-                tail,
-            } => match self.logs(&service, &task, replica, tail.min(10_000)).await {
-                Ok(text) => AgentReply::Logs(text),
-                Err(reason) => AgentReply::Refused { reason },
-            },
-            AgentRequest::Migrate {
-                service,
-                task,
-                replica,
-                to,
-                budget_ms,
-                allow_cold,
-                deadline_ms,
-                max_downtime_ms,
-            } => {
-                let request = crate::migrate::MoveRequest {
-                    key: (service, task, replica),
-                    to,
-                    budget: Duration::from_millis(budget_ms.clamp(1, 10_000)),
-                    allow_cold,
-                    deadline: deadline_ms.map(Duration::from_millis),
-                    max_downtime: max_downtime_ms.map(Duration::from_millis),
-                };
-                // Boxed: a move asks other agents, and asking this node's own agent comes
-                // back here.
-                Box::pin(self.migrate(request, phases)).await
-            }
-            AgentRequest::Moved {
-                service,
-                task,
-                replica,
-                peer,
-                host,
-                addrs,
-            } => {
-                self.moved(&(service, task, replica), &peer, &host, addrs)
-                    .await
+            Request::List { service } => Reply::Instances(self.list(service.as_deref()).await),
+            Request::Logs { instance, tail } => {
+                match self.logs(&instance, tail.min(10_000)).await {
+                    Ok(text) => Reply::Logs(text),
+                    Err(reason) => Reply::Refused { reason },
+                }
             }
         }
     }
@@ -277,40 +179,36 @@ impl Agent {
         initiator: PeerId,
         spec: InstanceSpec,
         phases: mpsc::Sender<Phase>,
-    ) -> AgentReply {
-        let refuse = |reason: String| AgentReply::Refused { reason };
+    ) -> Reply {
+        let refuse = |reason: String| Reply::Refused { reason };
         if let Err(reason) = spec.check() {
             return refuse(reason);
         }
         let _one_at_a_time = self.deploying.lock().await;
-        let key = (spec.service.clone(), spec.task.clone(), spec.replica);
 
         // The same epoch again: idempotent. An older one: replaced. A newer one: refused.
-        let existing = self
-            .lock()
-            .get(&key)
-            .map(|i| (i.spec.epoch, i.name.clone(), i.port));
-        if let Some((epoch, name, port)) = existing {
+        if let Some((running, name, port)) = self.instances.get(&spec.id) {
+            let epoch = running.epoch;
             if epoch > spec.epoch {
                 return refuse(format!(
-                    "{}/{}#{} already runs here with the newer epoch {epoch}; this request \
-                     (epoch {}) is stale",
-                    spec.service, spec.task, spec.replica, spec.epoch
+                    "{} already runs here with the newer epoch {epoch}; this request (epoch {}) \
+                     is stale",
+                    spec.id, spec.epoch
                 ));
             }
             if epoch == spec.epoch {
                 let state = self.engine.state(&name).await.map(|s| s.state);
                 if matches!(state, Ok(s) if s.is_alive()) {
-                    return AgentReply::Started {
+                    return Reply::Started {
                         instance: self.view(&spec, &name, port, "running".into()),
                         reused: true,
                     };
                 }
             }
-            self.remove_instance(&key).await;
+            self.remove_instance(&spec.id).await;
         }
 
-        if let Err(reason) = self.room_for(&spec) {
+        if let Err(reason) = self.instances.room_for(&spec) {
             return refuse(reason);
         }
 
@@ -353,46 +251,20 @@ impl Agent {
                 }
             }
         };
-        self.routes.set(
-            Endpoint::new(&spec.service, &spec.task, spec.replica),
-            Route::Local { port },
-        );
-        info!(service = %spec.service, task = %spec.task, replica = spec.replica, port, %name, "task started");
+        self.routes.set(spec.id.clone(), Route::Local { port });
+        info!(instance = %spec.id, port, %name, "task started");
         let view = self.view(&spec, &name, port, "running".into());
-        self.lock().insert(
-            key,
-            Instance {
-                spec,
-                name,
-                port,
-                forwarders,
-            },
-        );
+        self.instances.insert(Instance {
+            spec,
+            name,
+            port,
+            forwarders,
+        });
         self.readvertise().await;
-        AgentReply::Started {
+        Reply::Started {
             instance: view,
             reused: false,
         }
-    }
-
-    /// Whether this node has the free share of its capacity `spec` asks for, or why not.
-    pub(crate) fn room_for(&self, spec: &InstanceSpec) -> Result<(), String> {
-        let (used_cpu, used_mem) = self.reserved();
-        let free_cpu = self.capacity.cpu_millis.saturating_sub(used_cpu);
-        let free_mem = self.capacity.memory_mb.saturating_sub(used_mem);
-        if spec.cpu_millis > free_cpu || spec.memory_mb > free_mem {
-            return Err(format!(
-                "not enough free resources on this node for {}/{}: it asks {} mCPU and {} MB, \
-                 {free_cpu} mCPU and {free_mem} MB are free of {} mCPU and {} MB",
-                spec.service,
-                spec.task,
-                spec.cpu_millis,
-                spec.memory_mb,
-                self.capacity.cpu_millis,
-                self.capacity.memory_mb
-            ));
-        }
-        Ok(())
     }
 
     /// How the engine runs `spec` here, on `port`, with `env`.
@@ -405,9 +277,9 @@ impl Agent {
     ) -> LaunchSpec {
         LaunchSpec {
             name: instance_name(spec, &self.overlay.peer_id()),
-            service: spec.service.clone(),
-            task: spec.task.clone(),
-            replica: spec.replica,
+            service: spec.id.service.clone(),
+            task: spec.id.task.clone(),
+            replica: spec.id.replica,
             epoch: spec.epoch,
             image,
             env,
@@ -423,11 +295,6 @@ impl Agent {
             },
             workdir: None,
         }
-    }
-
-    /// Records an instance that runs here (its route is the caller's business).
-    pub(crate) fn insert_instance(&self, key: Key, instance: Instance) {
-        self.lock().insert(key, instance);
     }
 
     /// Starts one task: a `checkpoint = "criu"` one on the process engine of a node that has
@@ -483,13 +350,13 @@ impl Agent {
         from: PeerId,
         spec: InstanceSpec,
         phases: mpsc::Sender<Phase>,
-    ) -> AgentReply {
+    ) -> Reply {
         if let Err(reason) = spec.check() {
-            return AgentReply::Refused { reason };
+            return Reply::Refused { reason };
         }
         match self.image(from, &spec, &phases).await {
-            Ok(_) => AgentReply::Prepared,
-            Err(reason) => AgentReply::Refused { reason },
+            Ok(_) => Reply::Prepared,
+            Err(reason) => Reply::Refused { reason },
         }
     }
 
@@ -572,15 +439,12 @@ impl Agent {
         } in &spec.calls
         {
             let mut addrs: Vec<SocketAddr> = Vec::new();
-            for (replica, host) in hosts.iter().enumerate() {
-                let host: PeerId = host
-                    .parse()
-                    .map_err(|_| format!("call to {task}: {host:?} is not a peer id"))?;
-                let endpoint = Endpoint::new(&spec.service, task, replica as u32);
+            for (replica, &host) in hosts.iter().enumerate() {
+                let endpoint = InstanceId::new(&spec.id.service, task, replica as u32);
                 if host != me {
                     // This node may never have met the callee's host: tell the overlay where it is.
                     let told = dial.get(replica).cloned().unwrap_or_default();
-                    let _ = self.overlay.add_addresses(host, parse_addrs(&told)).await;
+                    let _ = self.overlay.add_addresses(host, told.clone()).await;
                     if !told.is_empty() {
                         self.routes.set_host_addrs(host, told);
                     }
@@ -603,16 +467,16 @@ impl Agent {
         Ok((forwarders, vars))
     }
 
-    pub(crate) async fn remove_instance(&self, key: &Key) -> Option<String> {
-        let name = self.stop_instance(key).await?;
-        self.routes.remove(&Endpoint::new(&key.0, &key.1, key.2));
+    pub(crate) async fn remove_instance(&self, id: &InstanceId) -> Option<String> {
+        let name = self.stop_instance(id).await?;
+        self.routes.remove(id);
         Some(name)
     }
 
     /// Takes an instance out of this node's table and stops and removes its task, leaving its
     /// route alone (a move has already pointed it elsewhere); returns its name.
-    pub(crate) async fn stop_instance(&self, key: &Key) -> Option<String> {
-        let instance = self.lock().remove(key)?;
+    pub(crate) async fn stop_instance(&self, id: &InstanceId) -> Option<String> {
+        let instance = self.instances.remove(id)?;
         if let Err(e) = self.engine.stop(&instance.name, STOP_GRACE).await {
             debug!(name = %instance.name, error = %e, "stop failed; removing anyway");
         }
@@ -624,10 +488,11 @@ impl Agent {
 
     /// Stops and removes a service's instances here (one epoch, or all); returns their names.
     pub async fn stop(&self, service: &str, epoch: Option<u64>) -> Vec<String> {
-        let keys: Vec<Key> = self
+        let keys: Vec<InstanceId> = self
+            .instances
             .lock()
             .iter()
-            .filter(|(k, i)| k.0 == service && epoch.is_none_or(|e| i.spec.epoch == e))
+            .filter(|(k, i)| k.service == service && epoch.is_none_or(|e| i.spec.epoch == e))
             .map(|(k, _)| k.clone())
             .collect();
         let mut stopped = Vec::new();
@@ -637,7 +502,7 @@ impl Agent {
         if !stopped.is_empty() {
             self.readvertise().await;
         }
-        if !self.lock().keys().any(|k| k.0 == service) {
+        if self.instances.ids(|k| k.service == service).is_empty() {
             for (endpoint, _) in self.routes.snapshot() {
                 if endpoint.service == service {
                     self.routes.remove(&endpoint);
@@ -649,22 +514,29 @@ impl Agent {
 
     /// Stops and removes one instance if it runs here with `epoch`; with `back_to`, calls to
     /// it from this node go to that peer afterwards.
-    pub async fn remove_one(&self, key: &Key, epoch: u64, back_to: Option<&str>) -> Vec<String> {
+    pub async fn remove_one(
+        &self,
+        id: &InstanceId,
+        epoch: u64,
+        back_to: Option<PeerId>,
+    ) -> Vec<String> {
         // After any deploy in progress here: the one being undone may still be starting.
         let _one_at_a_time = self.deploying.lock().await;
-        let matches = self.lock().get(key).is_some_and(|i| i.spec.epoch == epoch);
+        let matches = self
+            .instances
+            .get(id)
+            .is_some_and(|(spec, _, _)| spec.epoch == epoch);
         let removed: Vec<String> = if matches {
-            self.remove_instance(key).await.into_iter().collect()
+            self.remove_instance(id).await.into_iter().collect()
         } else {
             Vec::new()
         };
         if !removed.is_empty() {
             self.readvertise().await;
         }
-        if let Some(peer) = back_to.and_then(|p| p.parse::<PeerId>().ok()) {
-            let endpoint = Endpoint::new(&key.0, &key.1, key.2);
-            if peer != self.overlay.peer_id() && self.routes.get(&endpoint).is_none() {
-                self.routes.set(endpoint, Route::Remote { peer });
+        if let Some(peer) = back_to {
+            if peer != self.overlay.peer_id() && self.routes.get(id).is_none() {
+                self.routes.set(id.clone(), Route::Remote { peer });
             }
         }
         removed
@@ -672,8 +544,12 @@ impl Agent {
 
     /// Stops and removes every instance here (the node is leaving).
     pub async fn stop_all(&self) -> Vec<String> {
-        let services: std::collections::BTreeSet<String> =
-            self.lock().keys().map(|k| k.0.clone()).collect();
+        let services: std::collections::BTreeSet<String> = self
+            .instances
+            .ids(|_| true)
+            .into_iter()
+            .map(|k| k.service)
+            .collect();
         let mut stopped = Vec::new();
         for s in services {
             stopped.extend(self.stop(&s, None).await);
@@ -684,9 +560,10 @@ impl Agent {
     /// The instances here, with the engine's view of their state.
     pub async fn list(&self, service: Option<&str>) -> Vec<InstanceView> {
         let rows: Vec<(InstanceSpec, String, u16)> = self
+            .instances
             .lock()
             .values()
-            .filter(|i| service.is_none_or(|s| i.spec.service == s))
+            .filter(|i| service.is_none_or(|s| i.spec.id.service == s))
             .map(|i| (i.spec.clone(), i.name.clone(), i.port))
             .collect();
         let mut out = Vec::new();
@@ -700,18 +577,11 @@ impl Agent {
         out
     }
 
-    async fn logs(
-        &self,
-        service: &str,
-        task: &str,
-        replica: u32,
-        tail: usize,
-    ) -> Result<String, String> {
-        let name = self
-            .lock()
-            .get(&(service.to_string(), task.to_string(), replica))
-            .map(|i| i.name.clone())
-            .ok_or_else(|| format!("{service}/{task}#{replica} does not run on this node"))?;
+    async fn logs(&self, id: &InstanceId, tail: usize) -> Result<String, String> {
+        let (_, name, _) = self
+            .instances
+            .get(id)
+            .ok_or_else(|| format!("{id} does not run on this node"))?;
         self.engine
             .logs(&name, tail)
             .await
@@ -726,10 +596,10 @@ impl Agent {
         state: String,
     ) -> InstanceView {
         InstanceView {
-            service: spec.service.clone(),
+            service: spec.id.service.clone(),
             epoch: spec.epoch,
-            task: spec.task.clone(),
-            replica: spec.replica,
+            task: spec.id.task.clone(),
+            replica: spec.id.replica,
             name: name.to_string(),
             engine: self.engine.kind().to_string(),
             port,
@@ -767,13 +637,9 @@ fn instance_name(spec: &InstanceSpec, me: &PeerId) -> String {
         .into_iter()
         .rev()
         .collect();
+    let id = &spec.id;
     format!(
-        "brume-{}-{}-{}-{}-{}",
-        spec.service, spec.task, spec.replica, spec.epoch, node
+        "brume-{}-{}-{}-{}-{node}",
+        id.service, id.task, id.replica, spec.epoch
     )
-}
-
-/// The addresses of `addrs` that parse (a peer's advertised addresses; the rest are skipped).
-pub(crate) fn parse_addrs(addrs: &[String]) -> Vec<brume_overlay::Multiaddr> {
-    addrs.iter().filter_map(|a| a.parse().ok()).collect()
 }
