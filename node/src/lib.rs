@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod mapnet;
 pub mod mapview;
 pub mod migrate;
+pub mod naming;
 pub mod netfile;
 pub mod place;
 pub mod report;
