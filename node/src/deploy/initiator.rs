@@ -228,23 +228,25 @@ impl Initiator {
             .zip(&instances)
             .map(|(a, i)| row(a.node.to_string(), a.peer.to_string(), i))
             .collect();
-        self.ledger.put(
-            &service,
-            Entry {
-                epoch,
-                manifest: req.manifest.clone(),
-                instances: assignments
-                    .iter()
-                    .map(|a| Placed {
-                        task: a.task.clone(),
-                        replica: a.replica,
-                        host: a.node.to_string(),
-                        peer: a.peer.to_string(),
-                        addrs: a.addrs.iter().map(|m| m.to_string()).collect(),
-                    })
-                    .collect(),
-            },
-        )?;
+        self.ledger
+            .put(
+                &service,
+                Entry {
+                    epoch,
+                    manifest: req.manifest.clone(),
+                    instances: assignments
+                        .iter()
+                        .map(|a| Placed {
+                            task: a.task.clone(),
+                            replica: a.replica,
+                            host: a.node.to_string(),
+                            peer: a.peer.to_string(),
+                            addrs: a.addrs.iter().map(|m| m.to_string()).collect(),
+                        })
+                        .collect(),
+                },
+            )
+            .await?;
         Ok(Deployed {
             service,
             epoch,
@@ -406,7 +408,7 @@ impl Initiator {
                 failed.join("; ")
             );
         }
-        self.ledger.remove(service)?;
+        self.ledger.remove(service).await?;
         Ok(stopped)
     }
 }

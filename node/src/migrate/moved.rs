@@ -68,7 +68,8 @@ impl Agent {
         self.relocate_in_ledger(
             &spec.service,
             placed(&spec.task, spec.replica, to, host, addrs),
-        );
+        )
+        .await;
         told
     }
 
@@ -103,14 +104,18 @@ impl Agent {
                 }
             }
         }
-        self.relocate_in_ledger(&key.0, placed(&key.1, key.2, to, host, &addrs));
+        self.relocate_in_ledger(&key.0, placed(&key.1, key.2, to, host, &addrs))
+            .await;
         AgentReply::Rerouted { routes }
     }
 
     /// Records the move in this node's ledger, if the service was deployed from here.
-    fn relocate_in_ledger(&self, service: &str, to: Placed) {
+    async fn relocate_in_ledger(&self, service: &str, to: Placed) {
         if let Some(ledger) = self.ledger() {
-            if let Err(e) = ledger.relocate(service, &to.task, to.replica, to.clone()) {
+            if let Err(e) = ledger
+                .relocate(service, &to.task, to.replica, to.clone())
+                .await
+            {
                 tracing::warn!(error = %e, "cannot record a move in the ledger");
             }
         }
