@@ -4,7 +4,8 @@
 //! writes come in through [`manifest`] (a service: tasks and calls) and [`netfile`] (a network:
 //! hosts and links); both refuse bad input with the file, line and field at fault, and turn what
 //! they read into `brume_placement`'s `CallGraph` and `Network`. [`place`] runs a placer on
-//! those and [`report`] shows the plan to a person (a table that says why each task landed where
+//! those, giving a [`verdict`] (a plan and how it was found, or why there is none), and
+//! [`report`] shows the plan to a person (a table that says why each task landed where
 //! it did) or to a program (JSON).
 //!
 //! The running node is [`daemon`]: the overlay (crate `brume_overlay`), a control socket that
@@ -24,6 +25,8 @@ pub mod manifest;
 pub mod mapnet;
 pub mod mapview;
 pub mod migrate;
+pub mod naming;
 pub mod netfile;
 pub mod place;
 pub mod report;
+pub mod verdict;

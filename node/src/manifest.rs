@@ -190,6 +190,21 @@ impl Manifest {
                     ),
                 ));
             }
+            // `-` and `_` both become `_` in the callers' variables.
+            let var = brume_tunnel::call_env_name(&spec.name);
+            if let Some(other) = tasks
+                .iter()
+                .find(|x| brume_tunnel::call_env_name(&x.name) == var)
+            {
+                return Err(src.at(
+                    t.get_ref().name.span(),
+                    "task.name",
+                    format!(
+                        "tasks \"{}\" and \"{}\" would both be called through {var}: rename one",
+                        other.name, spec.name
+                    ),
+                ));
+            }
             name_spans.push(t.get_ref().name.span());
             tasks.push(spec);
         }
@@ -349,18 +364,19 @@ impl Manifest {
     }
 }
 
-/// Names become container names and environment variable stems, so they keep to what Docker
-/// accepts.
+/// Service and task names follow [`crate::naming`]'s rule, the one the deploy wire enforces, so
+/// a manifest `brume place` accepts is one `brume deploy` can send.
 fn checked_name(src: &Source, name: &Spanned<String>, field: &str) -> Result<String, InputError> {
     let s = name.get_ref();
-    let ok = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
+    if !crate::naming::is_valid(s) {
+        let what = field.split('.').next().unwrap_or(field);
         return Err(src.at(
             name.span(),
             field,
-            format!("\"{s}\" is not a usable name: start with a letter or digit, then letters, digits, '-', '_' or '.'"),
+            format!(
+                "{what} name \"{s}\" is not allowed: {}",
+                crate::naming::RULE
+            ),
         ));
     }
     Ok(s.clone())

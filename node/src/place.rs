@@ -7,11 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use brume_placement::exact::{self, Exact};
-use brume_placement::{greedy, policy, rounding, PlacementError, Plan, Policy, Problem};
+use brume_placement::{greedy, policy, rounding, Policy, Problem};
 
 use crate::manifest::Manifest;
 use crate::netfile;
 use crate::report;
+use crate::verdict::{Algorithm, Search, Verdict};
 
 /// Exit status when the instance has no plan, so scripts can tell "no room" from "bad input" (1).
 pub const NO_PLAN: u8 = 2;
@@ -66,80 +67,8 @@ pub struct PlaceArgs {
     pub node_limit: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Algorithm {
-    Rounding,
-    Greedy,
-    Exact,
-}
-
-impl Algorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::Rounding => "rounding",
-            Algorithm::Greedy => "greedy",
-            Algorithm::Exact => "exact",
-        }
-    }
-}
-
 fn parse_policy(s: &str) -> Result<String, String> {
     policy::by_name(s).map(|_| s.to_string())
-}
-
-/// How the algorithm got to its plan.
-#[derive(Debug, Clone)]
-pub enum Search {
-    Rounding {
-        rounds: u32,
-        feasible_rounds: u32,
-        best_round: u32,
-    },
-    Greedy,
-    Exact {
-        nodes: u64,
-        /// False when the node limit stopped the search: the plan is the best found, unproven.
-        optimal: bool,
-    },
-}
-
-/// A plan, or why there is none.
-#[derive(Debug, Clone)]
-pub enum Verdict {
-    Placed {
-        plan: Plan,
-        search: Search,
-    },
-    NoPlan {
-        /// The task that could not be placed, when one could be named.
-        task: Option<String>,
-        reason: String,
-    },
-}
-
-impl Verdict {
-    fn from_error(e: PlacementError) -> anyhow::Result<Self> {
-        match e {
-            PlacementError::NoHost { task, why } => Ok(Verdict::NoPlan {
-                task: Some(task),
-                reason: why,
-            }),
-            // The manifest parser refuses every graph placement would; reaching this is a bug.
-            PlacementError::Graph(g) => Err(anyhow::anyhow!("the call graph is invalid: {g}")),
-        }
-    }
-
-    /// The one-line error a person reads when there is no plan.
-    pub fn message(&self) -> Option<String> {
-        match self {
-            Verdict::Placed { .. } => None,
-            Verdict::NoPlan {
-                task: Some(task),
-                reason,
-            } => Some(format!("task {task} could not be placed: {reason}")),
-            Verdict::NoPlan { task: None, reason } => Some(reason.clone()),
-        }
-    }
 }
 
 /// Runs the chosen algorithm on a validated problem.

@@ -7,7 +7,7 @@ use brume_placement::{HostId, Plan, Problem};
 use serde_json::{json, Value};
 
 use crate::manifest::Manifest;
-use crate::place::{Algorithm, Search, Verdict};
+use crate::verdict::{Algorithm, Search, Verdict};
 
 /// What a report needs besides the verdict.
 pub struct View<'a> {

@@ -2,9 +2,17 @@
 //! (`--config FILE` or `BRUME_CONFIG`), then `BRUME_*` environment variables, then flags. Each
 //! layer overrides only what it names. A key the file misspells is refused with the file and the
 //! line, not ignored: a typo in a fleet's config should not silently fall back to a default.
+//!
+//! Every layer takes the same path: it becomes a map from setting key (as the file spells it) to
+//! a value that remembers where it came from, the `config` crate stacks the maps in order, and
+//! [`NodeConfig`] is deserialised once from the result. So a bad value's error names its layer
+//! (`in environment variable BRUME_MIN_DEGREE`, `from flag --engine`). Adding a setting takes a
+//! field of [`NodeConfig`] with its default, and its flag in `run::NodeArgs`; the file key and
+//! the `BRUME_*` variable follow from the field's name.
 
 use std::path::{Path, PathBuf};
 
+use config::{Config, File, FileFormat, Map, Source as _, Value, ValueKind};
 use serde::{Deserialize, Serialize};
 
 use crate::input_error::Source;
@@ -51,6 +59,10 @@ pub struct NodeConfig {
     /// move into it (a task coming back, another replica of a service) sends only the pages it
     /// lacks; 0 keeps none and every move sends all its memory.
     pub migration_cache_mb: u64,
+    /// Most CPU (millicores) brume may offer to tasks on this device; unset offers all of it.
+    pub cpu_millis: Option<u32>,
+    /// Most memory (MiB) brume may offer to tasks on this device; unset offers all of it.
+    pub memory_mb: Option<u64>,
 }
 
 impl Default for NodeConfig {
@@ -68,6 +80,8 @@ impl Default for NodeConfig {
             engine: "auto".into(),
             drain_on_exit: false,
             migration_cache_mb: 1024,
+            cpu_millis: None,
+            memory_mb: None,
         }
     }
 }
@@ -106,150 +120,175 @@ fn user_id() -> String {
         .unwrap_or_else(|_| "user".into())
 }
 
-/// What the command line said; `None` leaves the lower layers alone.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub listen: Vec<String>,
-    pub join: Vec<String>,
-    pub control: Option<PathBuf>,
-    pub min_degree: Option<usize>,
-    pub max_degree: Option<usize>,
-    pub data_dir: Option<PathBuf>,
-    pub log_format: Option<LogFormat>,
-    pub log: Option<String>,
-    pub ping_interval_ms: Option<u64>,
-    pub engine: Option<String>,
-    pub drain_on_exit: Option<bool>,
-    pub migration_cache_mb: Option<u64>,
-}
-
 /// Builds the settings from the four layers. `env` is the process environment (passed in so
-/// tests need not touch the real one).
+/// tests need not touch the real one); `flags` is what the command line said, serialised with
+/// the settings' keys, leaving out (or as `None`) what it did not say.
 pub fn load(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
-    flags: &Overrides,
+    flags: &impl Serialize,
 ) -> anyhow::Result<NodeConfig> {
-    use config::{Config, File, FileFormat, Map, Value};
-
-    let mut builder = Config::builder()
-        .add_source(Config::try_from(&NodeConfig::default()).map_err(anyhow::Error::msg)?);
+    let keys = keys()?;
+    let mut layers = vec![Layer::of(&NodeConfig::default(), |_| "the default".into())?];
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-        // Parse once strictly for errors with a line number and unknown keys.
-        let name = path.display().to_string();
-        toml::from_str::<NodeConfig>(&text).map_err(|e| Source::new(&name, &text).toml(&e))?;
-        builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+        layers.push(file_layer(path)?);
     }
-    let env: Map<String, Value> = env
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let key = k.strip_prefix("BRUME_")?.to_ascii_lowercase();
-            (key != "config" && !NOT_SETTINGS.contains(&key.as_str())).then_some((key, v))
-        })
-        .map(|(k, v)| {
-            let value: Value = if k == "listen" || k == "join" {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| Value::from(s.to_string()))
-                    .collect::<Vec<_>>()
-                    .into()
-            } else {
-                v.into()
-            };
-            (k, value)
-        })
-        .collect();
-    for (k, v) in env {
-        if !KEYS.contains(&k.as_str()) {
-            anyhow::bail!(
-                "environment variable BRUME_{}: unknown setting `{k}` (known: {})",
-                k.to_ascii_uppercase(),
-                KEYS.join(", ")
-            );
-        }
-        builder = builder.set_override(k, v)?;
+    layers.push(env_layer(env, &keys)?);
+    layers.push(Layer::of(flags, |k| {
+        format!("flag --{}", k.replace('_', "-"))
+    })?);
+
+    let mut builder = Config::builder();
+    for layer in &layers {
+        builder = builder.add_source(layer.clone());
     }
-    let f = flags;
-    if !f.listen.is_empty() {
-        builder = builder.set_override("listen", f.listen.clone())?;
-    }
-    if !f.join.is_empty() {
-        builder = builder.set_override("join", f.join.clone())?;
-    }
-    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
-    builder = builder
-        .set_override_option("control", path(&f.control))?
-        .set_override_option("data_dir", path(&f.data_dir))?
-        .set_override_option("min_degree", f.min_degree.map(|d| d as u64))?
-        .set_override_option("max_degree", f.max_degree.map(|d| d as u64))?
-        .set_override_option("log", f.log.clone())?
-        .set_override_option("ping_interval_ms", f.ping_interval_ms)?
-        .set_override_option("engine", f.engine.clone())?
-        .set_override_option("drain_on_exit", f.drain_on_exit)?
-        .set_override_option("migration_cache_mb", f.migration_cache_mb)?
-        .set_override_option(
-            "log_format",
-            f.log_format.map(|l| match l {
-                LogFormat::Human => "human",
-                LogFormat::Json => "json",
-            }),
-        )?;
     let cfg: NodeConfig = builder
         .build()?
         .try_deserialize()
         .map_err(|e| anyhow::anyhow!("invalid node settings: {e}"))?;
-    cfg.check()?;
+    cfg.check().map_err(|(key, why)| {
+        // The last layer that named the key is the one whose value was used.
+        let from = layers.iter().rev().find_map(|l| l.origin(key));
+        anyhow::anyhow!("{why} ({key} from {})", from.unwrap_or("the default"))
+    })?;
     Ok(cfg)
+}
+
+/// Settings keys, as the file and `BRUME_*` variables spell them: [`NodeConfig`]'s fields.
+pub fn keys() -> anyhow::Result<Vec<String>> {
+    // Through JSON, which keeps empty lists and unset options as keys (`config` drops them).
+    match serde_json::to_value(NodeConfig::default())? {
+        serde_json::Value::Object(fields) => Ok(fields.into_iter().map(|(k, _)| k).collect()),
+        _ => anyhow::bail!("the settings are not a table"),
+    }
+}
+
+/// One layer of settings: values by key, each tagged with where it came from.
+#[derive(Debug, Clone)]
+struct Layer(Map<String, Value>);
+
+impl Layer {
+    /// The layer a serialisable value gives; `origin` describes each key's source. Unset
+    /// options (`None`) are left out, so they leave the lower layers alone.
+    fn of(value: &impl Serialize, origin: impl Fn(&str) -> String) -> anyhow::Result<Layer> {
+        let values = Config::try_from(value)
+            .map_err(|e| anyhow::anyhow!("cannot read settings: {e}"))?
+            .collect()?;
+        Ok(Layer::tagged(values, origin))
+    }
+
+    fn tagged(values: Map<String, Value>, origin: impl Fn(&str) -> String) -> Layer {
+        Layer(
+            values
+                .into_iter()
+                .filter(|(_, v)| !matches!(v.kind, ValueKind::Nil))
+                .map(|(k, v)| {
+                    let tagged = Value::new(Some(&origin(&k)), v.kind);
+                    (k, tagged)
+                })
+                .collect(),
+        )
+    }
+
+    fn origin(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(Value::origin)
+    }
+}
+
+impl config::Source for Layer {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The file's layer, after a strict parse for errors with a line number and unknown keys.
+fn file_layer(path: &Path) -> anyhow::Result<Layer> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    let name = path.display().to_string();
+    toml::from_str::<NodeConfig>(&text).map_err(|e| Source::new(&name, &text).toml(&e))?;
+    let values = File::from_str(&text, FileFormat::Toml).collect()?;
+    Ok(Layer::tagged(values, |_| format!("config file {name}")))
+}
+
+/// The `BRUME_*` variables' layer; `listen` and `join` take comma-separated lists.
+fn env_layer(
+    env: impl IntoIterator<Item = (String, String)>,
+    keys: &[String],
+) -> anyhow::Result<Layer> {
+    let mut values = Map::new();
+    for (var, v) in env {
+        let Some(key) = var.strip_prefix("BRUME_").map(str::to_ascii_lowercase) else {
+            continue;
+        };
+        if key == "config" || NOT_SETTINGS.contains(&key.as_str()) {
+            continue;
+        }
+        if !keys.contains(&key) {
+            anyhow::bail!(
+                "environment variable {var}: unknown setting `{key}` (known: {})",
+                keys.join(", ")
+            );
+        }
+        let kind = if key == "listen" || key == "join" {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::from(s.to_string()))
+                .collect::<Vec<_>>()
+                .into()
+        } else {
+            ValueKind::from(v)
+        };
+        let origin = format!("environment variable {var}");
+        values.insert(key, Value::new(Some(&origin), kind));
+    }
+    Ok(Layer(values))
 }
 
 /// `BRUME_*` variables that belong to brume's scripts and tests, not to a node: a node started
 /// from `scripts/test.sh` (which exports them) ignores them instead of refusing to start.
 const NOT_SETTINGS: &[&str] = &["require", "skip_log", "test_run", "test_seed"];
 
-/// Settings keys, as the file and `BRUME_*` variables spell them.
-pub const KEYS: [&str; 12] = [
-    "listen",
-    "join",
-    "control",
-    "min_degree",
-    "max_degree",
-    "data_dir",
-    "log_format",
-    "log",
-    "ping_interval_ms",
-    "engine",
-    "drain_on_exit",
-    "migration_cache_mb",
-];
-
 impl NodeConfig {
-    fn check(&self) -> anyhow::Result<()> {
+    /// Refuses values no layer may set; the error names the key at fault.
+    fn check(&self) -> Result<(), (&'static str, String)> {
         if self.min_degree == 0 || self.min_degree > self.max_degree {
-            anyhow::bail!(
-                "min_degree ({}) must be at least 1 and at most max_degree ({})",
-                self.min_degree,
-                self.max_degree
-            );
+            return Err((
+                "min_degree",
+                format!(
+                    "min_degree ({}) must be at least 1 and at most max_degree ({})",
+                    self.min_degree, self.max_degree
+                ),
+            ));
         }
         if !(50..=600_000).contains(&self.ping_interval_ms) {
-            anyhow::bail!(
-                "ping_interval_ms ({}) must be between 50 and 600000",
-                self.ping_interval_ms
-            );
+            return Err((
+                "ping_interval_ms",
+                format!(
+                    "ping_interval_ms ({}) must be between 50 and 600000",
+                    self.ping_interval_ms
+                ),
+            ));
         }
         if !["auto", "docker", "process"].contains(&self.engine.as_str()) {
-            anyhow::bail!(
-                "engine `{}` is unknown: use docker, process or auto",
-                self.engine
-            );
+            return Err((
+                "engine",
+                format!(
+                    "engine `{}` is unknown: use docker, process or auto",
+                    self.engine
+                ),
+            ));
         }
         if self.listen.is_empty() {
-            anyhow::bail!(
-                "no listen address: give at least one, e.g. --listen /ip4/0.0.0.0/tcp/7100"
-            );
+            return Err((
+                "listen",
+                "no listen address: give at least one, e.g. --listen /ip4/0.0.0.0/tcp/7100".into(),
+            ));
         }
         Ok(())
     }
@@ -266,15 +305,29 @@ mod tests {
             .collect()
     }
 
+    /// The flag layer as `brume node` parses it from `args`.
+    fn flags(args: &[&str]) -> crate::daemon::run::NodeArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: crate::daemon::run::NodeArgs,
+        }
+        let argv = std::iter::once("brume").chain(args.iter().copied());
+        Cli::try_parse_from(argv).expect("flags parse").node
+    }
+
+    /// A config file with `text` in a fresh temporary directory (kept alive by the guard).
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
     #[test]
     fn layers_override_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("node.toml");
-        std::fs::write(&file, "min_degree = 3\nmax_degree = 9\nlog = \"debug\"\n").unwrap();
-        let flags = Overrides {
-            max_degree: Some(7),
-            ..Default::default()
-        };
+        let (_dir, file) = file("min_degree = 3\nmax_degree = 9\nlog = \"debug\"\n");
         let cfg = load(
             Some(&file),
             env(&[
@@ -282,7 +335,7 @@ mod tests {
                 ("BRUME_JOIN", "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2"),
                 ("PATH", "/bin"),
             ]),
-            &flags,
+            &flags(&["--max-degree", "7"]),
         )
         .unwrap();
         assert_eq!(cfg.min_degree, 3, "file over default");
@@ -296,11 +349,164 @@ mod tests {
     }
 
     #[test]
-    fn misspelt_file_key_names_file_and_line() {
+    fn one_setting_through_all_four_layers() {
+        let ping = |file: Option<&Path>, vars: &[(&str, &str)], args: &[&str]| {
+            load(file, env(vars), &flags(args))
+                .unwrap()
+                .ping_interval_ms
+        };
+        let (_dir, path) = file("ping_interval_ms = 1000\n");
+        let var = [("BRUME_PING_INTERVAL_MS", "2000")];
+        let flag = ["--ping-interval-ms", "3000"];
+        assert_eq!(ping(None, &[], &[]), 5000, "default");
+        assert_eq!(ping(Some(&path), &[], &[]), 1000, "file over default");
+        assert_eq!(ping(Some(&path), &var, &[]), 2000, "environment over file");
+        assert_eq!(
+            ping(Some(&path), &var, &flag),
+            3000,
+            "flag over environment"
+        );
+        assert_eq!(ping(None, &[], &flag), 3000, "flag over default");
+        assert_eq!(ping(Some(&path), &[], &flag), 3000, "flag over file");
+    }
+
+    #[test]
+    fn cpu_and_memory_caps_go_through_the_layers() {
+        let caps = |file: Option<&Path>, vars: &[(&str, &str)], args: &[&str]| {
+            let cfg = load(file, env(vars), &flags(args)).unwrap();
+            (cfg.cpu_millis, cfg.memory_mb)
+        };
+        assert_eq!(caps(None, &[], &[]), (None, None), "the whole device");
+        let (_dir, path) = file("cpu_millis = 1500\nmemory_mb = 2048\n");
+        assert_eq!(caps(Some(&path), &[], &[]), (Some(1500), Some(2048)));
+        let vars = [("BRUME_CPU_MILLIS", "1200")];
+        assert_eq!(
+            caps(Some(&path), &vars, &[]),
+            (Some(1200), Some(2048)),
+            "environment over file, only what it names"
+        );
+        assert_eq!(
+            caps(
+                Some(&path),
+                &vars,
+                &["--cpu-millis", "900", "--memory-mb", "64"]
+            ),
+            (Some(900), Some(64)),
+            "flags over environment"
+        );
+        assert_eq!(
+            caps(None, &[("BRUME_MEMORY_MB", "512")], &[]),
+            (None, Some(512))
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_its_layer() {
+        let refusal = |file: Option<&Path>, vars: &[(&str, &str)], args: &[&str]| {
+            format!("{:#}", load(file, env(vars), &flags(args)).unwrap_err())
+        };
+        let (_dir, path) = file("engine = \"dockr\"\n");
+        let msg = refusal(Some(&path), &[], &[]);
+        assert!(msg.contains("engine `dockr`"), "{msg}");
+        assert!(
+            msg.contains(&format!("from config file {}", path.display())),
+            "{msg}"
+        );
+
+        let msg = refusal(Some(&path), &[("BRUME_ENGINE", "podman")], &[]);
+        assert!(msg.contains("engine `podman`"), "{msg}");
+        assert!(
+            msg.contains("from environment variable BRUME_ENGINE"),
+            "{msg}"
+        );
+
+        let msg = refusal(
+            Some(&path),
+            &[("BRUME_ENGINE", "podman")],
+            &["--engine", "lxc"],
+        );
+        assert!(msg.contains("engine `lxc`"), "{msg}");
+        assert!(msg.contains("from flag --engine"), "{msg}");
+
+        let msg = refusal(None, &[("BRUME_CPU_MILLIS", "lots")], &[]);
+        assert!(msg.contains("cpu_millis"), "{msg}");
+        assert!(
+            msg.contains("in environment variable BRUME_CPU_MILLIS"),
+            "{msg}"
+        );
+
+        // Values the file gets wrong are refused with its line, before any layering.
+        let (_dir2, path) = file("log = \"info\"\nmemory_mb = \"lots\"\n");
+        let msg = refusal(Some(&path), &[], &[]);
+        assert!(msg.contains("node.toml:2"), "{msg}");
+    }
+
+    #[test]
+    fn every_flag_is_a_setting() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("node.toml");
-        std::fs::write(&file, "log = \"info\"\nmin_degre = 3\n").unwrap();
-        let err = load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        let (control, data) = (dir.path().join("c.sock"), dir.path().join("data"));
+        let args = flags(&[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--join",
+            "/ip4/127.0.0.1/tcp/9",
+            "--control",
+            control.to_str().unwrap(),
+            "--min-degree",
+            "2",
+            "--max-degree",
+            "5",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "--log",
+            "debug",
+            "--ping-interval-ms",
+            "700",
+            "--engine",
+            "process",
+            "--drain-on-exit",
+            "--migration-cache-mb",
+            "8",
+            "--cpu-millis",
+            "250",
+            "--memory-mb",
+            "128",
+        ]);
+        let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
+        let want = NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            join: vec!["/ip4/127.0.0.1/tcp/9".into()],
+            control,
+            min_degree: 2,
+            max_degree: 5,
+            data_dir: data,
+            log_format: LogFormat::Json,
+            log: "debug".into(),
+            ping_interval_ms: 700,
+            engine: "process".into(),
+            drain_on_exit: true,
+            migration_cache_mb: 8,
+            cpu_millis: Some(250),
+            memory_mb: Some(128),
+        };
+        assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn a_switch_left_off_leaves_the_lower_layers_alone() {
+        let (_dir, path) = file("drain_on_exit = true\n");
+        let cfg = load(Some(&path), env(&[]), &flags(&[])).unwrap();
+        assert!(cfg.drain_on_exit);
+        let cfg = load(None, env(&[("BRUME_DRAIN_ON_EXIT", "true")]), &flags(&[])).unwrap();
+        assert!(cfg.drain_on_exit);
+    }
+
+    #[test]
+    fn misspelt_file_key_names_file_and_line() {
+        let (_dir, file) = file("log = \"info\"\nmin_degre = 3\n");
+        let err = load(Some(&file), env(&[]), &flags(&[])).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("node.toml:2"), "{msg}");
         assert!(msg.contains("min_degre"), "{msg}");
@@ -314,56 +520,46 @@ mod tests {
             ("BRUME_TEST_RUN", "7"),
             ("BRUME_TEST_SEED", "1"),
         ];
-        let cfg = load(None, env(&vars), &Overrides::default()).expect("ignored");
+        let cfg = load(None, env(&vars), &flags(&[])).expect("ignored");
         assert_eq!(cfg.min_degree, NodeConfig::default().min_degree);
     }
 
     #[test]
     fn unknown_env_setting_and_bad_degrees_are_refused() {
+        let err = load(None, env(&[("BRUME_MIN_DEGRE", "3")]), &flags(&[])).unwrap_err();
+        assert!(err.to_string().contains("BRUME_MIN_DEGRE"), "{err}");
         let err = load(
             None,
-            env(&[("BRUME_MIN_DEGRE", "3")]),
-            &Overrides::default(),
+            env(&[]),
+            &flags(&["--min-degree", "9", "--max-degree", "3"]),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("BRUME_MIN_DEGRE"), "{err}");
-        let flags = Overrides {
-            min_degree: Some(9),
-            max_degree: Some(3),
-            ..Default::default()
-        };
-        let err = load(None, env(&[]), &flags).unwrap_err();
         assert!(err.to_string().contains("min_degree"), "{err}");
+        assert!(err.to_string().contains("from flag --min-degree"), "{err}");
     }
 
     #[test]
     fn migration_cache_defaults_to_a_gibibyte_and_each_layer_sets_it() {
         assert_eq!(NodeConfig::default().migration_cache_mb, 1024);
-        let none = load(None, env(&[]), &Overrides::default()).unwrap();
+        let none = load(None, env(&[]), &flags(&[])).unwrap();
         assert_eq!(none.migration_cache_mb, 1024);
 
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("node.toml");
-        std::fs::write(&file, "migration_cache_mb = 0\n").unwrap();
-        let from_file = load(Some(&file), env(&[]), &Overrides::default()).unwrap();
+        let (_dir, file) = file("migration_cache_mb = 0\n");
+        let from_file = load(Some(&file), env(&[]), &flags(&[])).unwrap();
         assert_eq!(from_file.migration_cache_mb, 0, "file over default");
 
         let from_env = load(
             Some(&file),
             env(&[("BRUME_MIGRATION_CACHE_MB", "64")]),
-            &Overrides::default(),
+            &flags(&[]),
         )
         .unwrap();
         assert_eq!(from_env.migration_cache_mb, 64, "environment over file");
 
-        let flags = Overrides {
-            migration_cache_mb: Some(256),
-            ..Default::default()
-        };
         let from_flag = load(
             Some(&file),
             env(&[("BRUME_MIGRATION_CACHE_MB", "64")]),
-            &flags,
+            &flags(&["--migration-cache-mb", "256"]),
         )
         .unwrap();
         assert_eq!(from_flag.migration_cache_mb, 256, "flag over environment");
@@ -371,20 +567,12 @@ mod tests {
 
     #[test]
     fn migration_cache_flag_reaches_the_settings() {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            node: crate::daemon::run::NodeArgs,
-        }
-        let cli = Cli::try_parse_from(["brume", "--migration-cache-mb", "0"]).unwrap();
-        let cfg = load(None, env(&[]), &cli.node.overrides()).unwrap();
+        let cfg = load(None, env(&[]), &flags(&["--migration-cache-mb", "0"])).unwrap();
         assert_eq!(cfg.migration_cache_mb, 0);
-        let cli = Cli::try_parse_from(["brume"]).unwrap();
         let cfg = load(
             None,
             env(&[("BRUME_MIGRATION_CACHE_MB", "64")]),
-            &cli.node.overrides(),
+            &flags(&[]),
         )
         .unwrap();
         assert_eq!(
@@ -395,12 +583,12 @@ mod tests {
 
     #[test]
     fn env_value_of_wrong_type_is_refused() {
-        let err = load(
-            None,
-            env(&[("BRUME_MIN_DEGREE", "many")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("min_degree"), "{err:#}");
+        let err = load(None, env(&[("BRUME_MIN_DEGREE", "many")]), &flags(&[])).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("min_degree"), "{msg}");
+        assert!(
+            msg.contains("environment variable BRUME_MIN_DEGREE"),
+            "{msg}"
+        );
     }
 }

@@ -14,7 +14,7 @@ use brume_overlay::node::{Identity, Overlay, OverlayConfig, OverlayHandle, Timin
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use super::config::{self, LogFormat, NodeConfig, Overrides};
+use super::config::{self, LogFormat, NodeConfig};
 use super::control::{self, DeployRequest, MigrateRequest};
 use super::dispatch::{dispatch, Backend};
 use super::resources;
@@ -25,18 +25,25 @@ use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
 use crate::migrate::mover::Mover;
 
-/// Options of `brume node`. Each may also come from the config file or a `BRUME_*` variable.
-#[derive(Debug, Clone, clap::Args)]
+/// Options of `brume node`: the flag layer of the settings (see [`config`]). Each flag is a
+/// setting of [`NodeConfig`] under the same name, so it may also come from the config file or a
+/// `BRUME_*` variable; serialised, a flag the command line did not give is left out (`None`, an
+/// empty list, an absent switch) and leaves the lower layers alone.
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize)]
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
-    /// log_format, log, ping_interval_ms, engine, drain_on_exit, migration_cache_mb).
+    /// log_format, log, ping_interval_ms, engine, drain_on_exit, migration_cache_mb, cpu_millis,
+    /// memory_mb).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/7100; port 0 picks a free one.
     #[arg(long, value_name = "MULTIADDR")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listen: Vec<String>,
     /// A member to join through (repeatable); any member will do, e.g. /ip4/10.0.0.2/tcp/7100.
     #[arg(long, value_name = "MULTIADDR")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub join: Vec<String>,
     /// The control socket that `brume status`, `peers` and `map` talk to.
     #[arg(long, value_name = "PATH")]
@@ -65,6 +72,7 @@ pub struct NodeArgs {
     /// On SIGTERM or Ctrl-C, move this node's tasks to other nodes (as `brume drain`) before
     /// stopping, instead of just stopping them.
     #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub drain_on_exit: bool,
     /// MiB of memory pages this node keeps from the live migrations it received (in
     /// <data_dir>/migration-chunks, oldest dropped first), so that a later move into it (a task
@@ -83,29 +91,8 @@ pub struct NodeArgs {
 /// How often the advertised resources are read again.
 const REFRESH: Duration = Duration::from_secs(5);
 
-impl NodeArgs {
-    /// The flag layer of the settings: what the command line said, and nothing else.
-    pub fn overrides(&self) -> Overrides {
-        Overrides {
-            listen: self.listen.clone(),
-            join: self.join.clone(),
-            control: self.control.clone(),
-            min_degree: self.min_degree,
-            max_degree: self.max_degree,
-            data_dir: self.data_dir.clone(),
-            log_format: self.log_format,
-            log: self.log.clone(),
-            ping_interval_ms: self.ping_interval_ms,
-            engine: self.engine.clone(),
-            drain_on_exit: self.drain_on_exit.then_some(true),
-            migration_cache_mb: self.migration_cache_mb,
-        }
-    }
-}
-
 pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
-    let flags = args.overrides();
-    let cfg = config::load(args.config.as_deref(), std::env::vars(), &flags)?;
+    let cfg = config::load(args.config.as_deref(), std::env::vars(), args)?;
     init_logging(&cfg)?;
     // Before the runtime: a mount namespace is entered by the whole process only while it has
     // one thread.
@@ -120,7 +107,7 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(serve(cfg, args.cpu_millis, args.memory_mb))
+        .block_on(serve(cfg))
 }
 
 fn init_logging(cfg: &NodeConfig) -> anyhow::Result<()> {
@@ -136,7 +123,8 @@ fn init_logging(cfg: &NodeConfig) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
-async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> anyhow::Result<()> {
+async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
+    let (cpu_cap, mem_cap) = (cfg.cpu_millis, cfg.memory_mb);
     let parse = |list: &[String], what: &str| -> anyhow::Result<Vec<_>> {
         list.iter()
             .map(|a| {

@@ -201,23 +201,25 @@ impl Initiator {
             .zip(&instances)
             .map(|(a, i)| row(a.node.to_string(), a.peer.to_string(), i))
             .collect();
-        self.ledger.put(
-            &service,
-            Entry {
-                epoch,
-                manifest: manifest_path.to_path_buf(),
-                instances: assignments
-                    .iter()
-                    .map(|a| Placed {
-                        task: a.task.clone(),
-                        replica: a.replica,
-                        host: a.node.to_string(),
-                        peer: a.peer.to_string(),
-                        addrs: a.addrs.iter().map(|m| m.to_string()).collect(),
-                    })
-                    .collect(),
-            },
-        )?;
+        self.ledger
+            .put(
+                &service,
+                Entry {
+                    epoch,
+                    manifest: manifest_path.to_path_buf(),
+                    instances: assignments
+                        .iter()
+                        .map(|a| Placed {
+                            task: a.task.clone(),
+                            replica: a.replica,
+                            host: a.node.to_string(),
+                            peer: a.peer.to_string(),
+                            addrs: a.addrs.iter().map(|m| m.to_string()).collect(),
+                        })
+                        .collect(),
+                },
+            )
+            .await?;
         Ok(Deployed {
             service,
             epoch,
@@ -377,7 +379,7 @@ impl Initiator {
                 failed.join("; ")
             );
         }
-        self.ledger.remove(service)?;
+        self.ledger.remove(service).await?;
         Ok(stopped)
     }
 

@@ -2,11 +2,18 @@
 //! `brume stop` work after the daemon restarts.
 //!
 //! One JSON file, `deployments.json` in the data directory, rewritten whole through a temporary
-//! file and a rename: a crash mid-write leaves the old file, never half of a new one.
+//! file, an fsync and a rename: a crash mid-write leaves the old file, never half of a new one.
+//!
+//! Changes are async and never block the runtime's threads: each takes the writer's turn (a
+//! tokio mutex), applies itself to a copy of the table, and hands the serialised bytes to a
+//! blocking thread that writes them and only then installs the copy. One change at a time, in
+//! the order they took their turn, so no update is lost or overtaken; readers take a short std
+//! lock and always see what is on disk. The turn is held by the write itself, so a caller that
+//! stops waiting cannot let a later write overtake it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use brume_overlay::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
@@ -44,11 +51,17 @@ pub struct Entry {
     pub instances: Vec<Placed>,
 }
 
+/// The table of deployments, by service.
+type Entries = BTreeMap<String, Entry>;
+
 /// The deployments of this node.
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
-    entries: Mutex<BTreeMap<String, Entry>>,
+    /// What is on disk; replaced whole after each write.
+    entries: Arc<Mutex<Entries>>,
+    /// Whose turn it is to change the ledger; held until that change is on disk.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Ledger {
@@ -68,12 +81,13 @@ impl Ledger {
         };
         Ok(Ledger {
             path,
-            entries: Mutex::new(entries),
+            entries: Arc::new(Mutex::new(entries)),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Entries> {
+        lock(&self.entries)
     }
 
     pub fn get(&self, service: &str) -> Option<Entry> {
@@ -84,17 +98,19 @@ impl Ledger {
         self.lock().clone()
     }
 
-    pub fn put(&self, service: &str, entry: Entry) -> anyhow::Result<()> {
-        let mut entries = self.lock();
-        entries.insert(service.to_string(), entry);
-        self.save(&entries)
+    pub async fn put(&self, service: &str, entry: Entry) -> anyhow::Result<()> {
+        let service = service.to_string();
+        self.change(move |entries| {
+            entries.insert(service, entry);
+            ((), true)
+        })
+        .await
     }
 
-    pub fn remove(&self, service: &str) -> anyhow::Result<Option<Entry>> {
-        let mut entries = self.lock();
-        let old = entries.remove(service);
-        self.save(&entries)?;
-        Ok(old)
+    pub async fn remove(&self, service: &str) -> anyhow::Result<Option<Entry>> {
+        let service = service.to_string();
+        self.change(move |entries| (entries.remove(&service), true))
+            .await
     }
 
     /// The instances `replica` of `task` in the services deployed from here (in `service`
@@ -112,70 +128,164 @@ impl Ledger {
 
     /// Records that an instance of `service` moved to another host; `false` when the service
     /// or the instance is not in this ledger (it was deployed from another node).
-    pub fn relocate(
+    pub async fn relocate(
         &self,
         service: &str,
         task: &str,
         replica: u32,
         to: Placed,
     ) -> anyhow::Result<bool> {
-        let mut entries = self.lock();
-        let Some(entry) = entries.get_mut(service) else {
-            return Ok(false);
-        };
-        let Some(placed) = entry
-            .instances
-            .iter_mut()
-            .find(|p| p.task == task && p.replica == replica)
-        else {
-            return Ok(false);
-        };
-        *placed = Placed {
-            task: task.to_string(),
-            replica,
-            ..to
-        };
-        self.save(&entries)?;
-        Ok(true)
+        let (service, task) = (service.to_string(), task.to_string());
+        self.change(move |entries| {
+            let Some(entry) = entries.get_mut(&service) else {
+                return (false, false);
+            };
+            let Some(placed) = entry
+                .instances
+                .iter_mut()
+                .find(|p| p.task == task && p.replica == replica)
+            else {
+                return (false, false);
+            };
+            *placed = Placed {
+                task,
+                replica,
+                ..to
+            };
+            (true, true)
+        })
+        .await
     }
 
-    fn save(&self, entries: &BTreeMap<String, Entry>) -> anyhow::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = tempfile::NamedTempFile::new_in(dir)?;
-        serde_json::to_writer_pretty(tmp.as_file(), entries)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&self.path)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.path.display()))?;
-        Ok(())
+    /// Applies `edit` (which says whether it changed anything) to a copy of the table, writes
+    /// the copy when it changed, then installs it. A failed write changes nothing.
+    async fn change<T: Send + 'static>(
+        &self,
+        edit: impl FnOnce(&mut Entries) -> (T, bool),
+    ) -> anyhow::Result<T> {
+        let turn = self.writer.clone().lock_owned().await;
+        let mut next = self.lock().clone();
+        let (out, changed) = edit(&mut next);
+        if !changed {
+            return Ok(out);
+        }
+        let bytes = serde_json::to_vec_pretty(&next)?;
+        let (path, entries) = (self.path.clone(), self.entries.clone());
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            write_atomically(&path, &bytes)?;
+            *lock(&entries) = next;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the ledger's writer failed: {e}"))?
     }
+}
+
+fn lock(entries: &Mutex<Entries>) -> MutexGuard<'_, Entries> {
+    // A panic elsewhere cannot leave the table half-changed: it is replaced whole.
+    entries.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes `bytes` to `path` through a synced temporary file in the same directory and a rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn survives_a_reopen_and_refuses_garbage() {
-        let dir = tempfile::tempdir().unwrap();
-        let l = Ledger::open(dir.path()).unwrap();
-        let entry = Entry {
-            epoch: 7,
+    fn entry(epoch: u64, host: &str) -> Entry {
+        Entry {
+            epoch,
             manifest: "/x/service.toml".into(),
             instances: vec![Placed {
                 task: "a".into(),
                 replica: 0,
-                host: "n1".into(),
+                host: host.into(),
                 peer: "p".into(),
                 addrs: vec![],
             }],
-        };
-        l.put("svc", entry.clone()).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn survives_a_reopen_and_refuses_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        let entry = entry(7, "n1");
+        l.put("svc", entry.clone()).await.unwrap();
         let again = Ledger::open(dir.path()).unwrap();
         assert_eq!(again.get("svc"), Some(entry));
-        assert!(again.remove("svc").unwrap().is_some());
+        assert!(again.remove("svc").await.unwrap().is_some());
         assert!(Ledger::open(dir.path()).unwrap().all().is_empty());
         std::fs::write(dir.path().join("deployments.json"), "{oops").unwrap();
         assert!(Ledger::open(dir.path()).is_err());
+    }
+
+    #[tokio::test]
+    async fn relocate_changes_only_what_it_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        l.put("svc", entry(1, "n1")).await.unwrap();
+        let to = entry(1, "n2").instances.remove(0);
+        assert!(l.relocate("svc", "a", 0, to.clone()).await.unwrap());
+        assert!(!l.relocate("other", "a", 0, to.clone()).await.unwrap());
+        assert!(!l.relocate("svc", "b", 0, to).await.unwrap());
+        let on_disk = Ledger::open(dir.path()).unwrap().get("svc").unwrap();
+        assert_eq!(on_disk.instances[0].host, "n2");
+    }
+
+    /// Changes racing from many tasks on a multi-threaded runtime: none is lost, and what is
+    /// on disk afterwards is what the ledger holds (no write overtook a later one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_changes_are_neither_lost_nor_reordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Arc::new(Ledger::open(dir.path()).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..24u64 {
+            let l = l.clone();
+            tasks.spawn(async move {
+                l.put(&format!("svc{i}"), entry(i, "n1")).await.unwrap();
+                l.put("shared", entry(i, "n1")).await.unwrap();
+                let to = entry(i, &format!("n{i}")).instances.remove(0);
+                l.relocate("shared", "a", 0, to).await.unwrap();
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        let held = l.all();
+        assert_eq!(held.len(), 25, "every service recorded");
+        assert_eq!(
+            Ledger::open(dir.path()).unwrap().all(),
+            held,
+            "disk == memory"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        l.put("svc", entry(1, "n1")).await.unwrap();
+        // A directory where the file goes: the rename fails (even for root).
+        std::fs::remove_file(dir.path().join("deployments.json")).unwrap();
+        std::fs::create_dir(dir.path().join("deployments.json")).unwrap();
+        assert!(l.put("svc", entry(2, "n2")).await.is_err());
+        assert_eq!(
+            l.get("svc"),
+            Some(entry(1, "n1")),
+            "memory kept what was stored"
+        );
     }
 }

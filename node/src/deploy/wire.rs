@@ -169,20 +169,14 @@ pub enum Reply {
     Prepared,
 }
 
-/// Why a name from a request is refused.
+/// Why a name from a request is refused (the rule is [`crate::naming`]'s, the manifest's too).
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
+    if crate::naming::is_valid(name) {
         Ok(())
     } else {
         Err(format!(
-            "{what} name {name:?} is not allowed: use 1-63 lowercase letters, digits, '-' or '_', \
-             starting with a letter or digit"
+            "{what} name {name:?} is not allowed: {}",
+            crate::naming::RULE
         ))
     }
 }

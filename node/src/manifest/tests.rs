@@ -263,10 +263,65 @@ fn bad_names_and_empty_commands() {
         &e,
         line_of(GOOD, "name = \"logger\""),
         "task.name",
-        "not a usable name",
+        "task name \"log ger\" is not allowed: use 1-63 lowercase letters",
     );
     let e = refusal("command = [\"./logger\", \"--quiet\"]", "command = []");
     assert_refusal(&e, line_of(GOOD, "command = ["), "task.command", "empty");
+}
+
+#[test]
+fn names_the_deploy_wire_refuses_are_refused_with_the_name_and_the_rule() {
+    let line = line_of(GOOD, "name = \"logger\"");
+    for bad in ["Logger", "log.ger", "-logger", &"l".repeat(64)] {
+        let e = refusal("name = \"logger\"", &format!("name = \"{bad}\""));
+        assert_refusal(
+            &e,
+            line,
+            "task.name",
+            &format!("task name \"{bad}\" is not allowed"),
+        );
+        assert!(e.to_string().contains(crate::naming::RULE), "{e}");
+    }
+    let e = refusal("name = \"fedavg\"", "name = \"FedAvg\"");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "name = \"fedavg\""),
+        "service.name",
+        "service name \"FedAvg\"",
+    );
+}
+
+#[test]
+fn the_manifest_and_the_wire_agree_on_every_name() {
+    for name in [
+        "log",
+        "log-2",
+        "l_2",
+        "Log",
+        "l.g",
+        "",
+        "-x",
+        "a b",
+        "x".repeat(64).as_str(),
+    ] {
+        let text = GOOD
+            .replacen("name = \"logger\"", &format!("name = {name:?}"), 1)
+            .replace("to = \"logger\"", &format!("to = {name:?}"));
+        let manifest = parse(&text).is_ok();
+        let wire = crate::deploy::wire::check_name("task", name).is_ok();
+        assert_eq!(manifest, wire, "{name:?}: manifest {manifest}, wire {wire}");
+    }
+}
+
+#[test]
+fn task_names_that_share_a_call_variable_are_refused() {
+    let text = GOOD
+        .replacen("name = \"logger\"", "name = \"train-er\"", 1)
+        .replace("to = \"logger\"", "to = \"train-er\"")
+        .replacen("name = \"trainer\"", "name = \"train_er\"", 1)
+        .replace("\"trainer\"", "\"train_er\"");
+    let e = parse(&text).expect_err("train-er and train_er share BRUME_CALL_TRAIN_ER");
+    assert!(e.to_string().contains("BRUME_CALL_TRAIN_ER"), "{e}");
 }
 
 #[test]

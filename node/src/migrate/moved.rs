@@ -65,7 +65,7 @@ impl Mover {
         });
         let told = join_all(asks).await.into_iter().filter(|ok| *ok).count();
         // This node's own ledger, if the service was deployed from here.
-        self.relocate_in_ledger(&spec.id, to, host, addrs);
+        self.relocate_in_ledger(&spec.id, to, host, addrs).await;
         told
     }
 
@@ -93,12 +93,18 @@ impl Mover {
                 }
             }
         }
-        self.relocate_in_ledger(id, to, host, &addrs);
+        self.relocate_in_ledger(id, to, host, &addrs).await;
         Reply::Rerouted { routes: changed }
     }
 
     /// Records the move in this node's ledger, if the service was deployed from here.
-    fn relocate_in_ledger(&self, id: &InstanceId, peer: PeerId, host: &str, addrs: &[Multiaddr]) {
+    async fn relocate_in_ledger(
+        &self,
+        id: &InstanceId,
+        peer: PeerId,
+        host: &str,
+        addrs: &[Multiaddr],
+    ) {
         let Some(ledger) = self.ledger() else {
             return;
         };
@@ -109,7 +115,7 @@ impl Mover {
             peer: peer.to_string(),
             addrs: addrs.iter().map(Multiaddr::to_string).collect(),
         };
-        if let Err(e) = ledger.relocate(&id.service, &id.task, id.replica, to) {
+        if let Err(e) = ledger.relocate(&id.service, &id.task, id.replica, to).await {
             tracing::warn!(error = %e, "cannot record a move in the ledger");
         }
     }

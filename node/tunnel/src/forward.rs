@@ -284,7 +284,7 @@ async fn carry<O: StreamOpener>(
             let cut = routes.cut_signal(endpoint);
             let mut task = connect_local(port).await?;
             tokio::select! {
-                moved = splice(&mut tcp, &mut task) => moved,
+                moved = splice(&mut tcp, &mut task, routes.buffers()) => moved,
                 () = cut.cut() => {
                     debug!(%endpoint, "call cut: the task is moving");
                     return Ok(());
@@ -293,7 +293,7 @@ async fn carry<O: StreamOpener>(
         }
         Route::Remote { peer } => {
             let stream = open_following_moves(opener, routes, peer, endpoint).await?;
-            splice(&mut tcp, &mut stream.compat()).await
+            splice(&mut tcp, &mut stream.compat(), routes.buffers()).await
         }
     };
     match moved {

@@ -31,8 +31,8 @@
 //!   until it arrives nothing of the caller's has been sent, so a stream lost on the way (see
 //!   [`open_tunnel`]) is retried without ever delivering a request twice.
 //! * [`StreamOpener`] is the one seam to the overlay (implemented for
-//!   [`brume_overlay::OverlayHandle`]); bytes are copied with pooled [`COPY_BUFFER`]-sized
-//!   buffers (`splice.rs`) and half-closes are passed on (a FIN on one side becomes a FIN on the
+//!   [`brume_overlay::OverlayHandle`]); bytes are copied with [`COPY_BUFFER`]-sized buffers from
+//!   the [`BufferPool`] the node's [`Routes`] carries (`splice.rs`) and half-closes are passed on (a FIN on one side becomes a FIN on the
 //!   other).
 //! * [`call_env`] turns forwarder addresses into the `BRUME_CALL_*` variables of the house
 //!   convention.
@@ -60,7 +60,7 @@ use brume_overlay::StreamProtocol;
 pub const TUNNEL_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/tunnel/2");
 
 /// Size of each direction's copy buffer: large, so that bulk transfers move in big writes
-/// (the buffers are pooled: see [`POOL_MAX`]).
+/// (the buffers are pooled: see [`BufferPool`]).
 pub const COPY_BUFFER: usize = 256 * 1024;
 
 /// How long opening a tunnel (stream, hello, reply) or reading a hello may take.
@@ -77,7 +77,7 @@ pub const MAX_REDIRECTS: u32 = 2;
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) use splice::splice;
-pub use splice::POOL_MAX;
+pub use splice::{BufferPool, POOL_MAX};
 
 /// Connects to a task's port on this node's loopback, with Nagle off (calls are often small
 /// request/response exchanges).

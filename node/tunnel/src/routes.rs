@@ -1,4 +1,5 @@
-//! The node's routing table for calls: where each callee runs now.
+//! The node's routing table for calls: where each callee runs now. It is also what the node's
+//! tunnel ends share, so it carries the [`BufferPool`] their connections copy through.
 //!
 //! The daemon writes it (on deploy, after a migration, when a host dies) and the tunnel ends read
 //! it: a [`crate::Forwarder`] once per accepted connection, [`crate::serve`] once
@@ -17,6 +18,7 @@ use std::time::Duration;
 use brume_overlay::{Multiaddr, PeerId};
 use tokio::sync::watch;
 
+use super::splice::BufferPool;
 use crate::InstanceId;
 
 /// Where a callee runs.
@@ -36,6 +38,8 @@ pub struct Routes {
     /// Where remote hosts can be dialled, as far as this node was told: handed on with a
     /// redirect, since the caller may never have met the host a task moved to.
     hosts: Arc<Mutex<HashMap<PeerId, Vec<Multiaddr>>>>,
+    /// The copy buffers of this node's tunnelled connections.
+    buffers: BufferPool,
 }
 
 /// At most this many hosts' addresses are kept (beyond it, new hosts are not noted).
@@ -161,6 +165,11 @@ impl Routes {
     pub fn host_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
         let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
         hosts.get(peer).cloned().unwrap_or_default()
+    }
+
+    /// The copy buffers the tunnels of this node reuse.
+    pub fn buffers(&self) -> &BufferPool {
+        &self.buffers
     }
 
     /// Every route, sorted by endpoint.

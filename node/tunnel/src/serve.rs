@@ -100,7 +100,7 @@ where
     write_frame(&mut stream, &Reply::Ok).await?;
     let mut stream = stream.compat();
     tokio::select! {
-        moved = splice(&mut stream, &mut task) => match moved {
+        moved = splice(&mut stream, &mut task, routes.buffers()) => match moved {
             Ok((inbound, outbound)) => debug!(%endpoint, inbound, outbound, "tunnelled call ended"),
             Err(e) => debug!(%endpoint, error = %e, "tunnelled call ended with an error"),
         },

@@ -35,7 +35,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::median;
 use super::pair::Pair;
-use brume_tunnel::{serve, Endpoint, Forwarder, Route, Routes, TUNNEL_PROTOCOL};
+use brume_tunnel::{serve, Forwarder, InstanceId, Route, Routes, TUNNEL_PROTOCOL};
 
 /// Connections per run for the connect figure.
 const CONNECTS: usize = 10;
@@ -199,7 +199,7 @@ async fn measure(
     let server = TcpListener::bind("127.0.0.1:0").await?;
     let direct = server.local_addr()?;
     let server = tokio::spawn(bench_server(server));
-    let endpoint = Endpoint::new("bench", "sink", 0);
+    let endpoint = InstanceId::new("bench", "sink", 0);
     let routes_b = Routes::new();
     routes_b.set(
         endpoint.clone(),
