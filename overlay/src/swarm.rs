@@ -24,14 +24,15 @@ use crate::behaviour::{
     BehaviourTimings, BrumeBehaviour, BrumeBehaviourEvent, MapFrame, MembershipRequest,
     MembershipResponse,
 };
+use crate::commands::{Command, MapOutcome, PeerInfo, Status};
+use crate::config::{Identity, OverlayConfig};
+use crate::error::OverlayError;
+use crate::handle::OverlayHandle;
 use crate::ids::{MapId, NodeId, Time};
 use crate::maplink::{LinkEvent, MapLinks};
 use crate::mapping::{MappingNode, Output};
 use crate::membership::{Action, Membership, Misbehaviour};
-use crate::neighbourhood::NodeRecord;
-use crate::node::{
-    Command, Identity, MapOutcome, OverlayConfig, OverlayError, OverlayHandle, PeerInfo, Status,
-};
+use crate::neighbourhood::{check_name, NodeRecord};
 
 /// The core's id of a peer: the first 8 bytes (big-endian) of a 64-bit FNV-1a hash of the peer
 /// id's bytes, passed through SplitMix64's finalizer so every bit depends on every input byte.
@@ -87,6 +88,15 @@ fn keypair(identity: &Identity) -> Result<identity::Keypair, OverlayError> {
         Identity::Seed(seed) => identity::Keypair::ed25519_from_bytes(*seed)
             .map_err(|e| OverlayError::Identity(e.to_string())),
         Identity::Keypair(k) => Ok(k.clone()),
+    }
+}
+
+/// Forgets a record's name if it is not one [`check_name`] accepts: names are shown to people,
+/// and the rest of the record is still good for placement.
+fn drop_bad_name(record: &mut NodeRecord) {
+    if let Some(Err(e)) = record.name.as_deref().map(check_name) {
+        debug!(node = %record.id, error = %e, "record name dropped");
+        record.name = None;
     }
 }
 
@@ -222,13 +232,13 @@ pub(crate) async fn spawn(
     }
 
     let (tx, rx) = mpsc::channel(64);
-    let bulk = swarm.behaviour().bulk.new_control();
-    let (links, link_events) = MapLinks::start(bulk.clone(), crate::wire::MAX_MESSAGE_BYTES);
+    let streams = swarm.behaviour().streams.new_control();
+    let (links, link_events) = MapLinks::start(streams.clone(), crate::wire::MAX_MESSAGE_BYTES);
     let handle = OverlayHandle {
         peer_id: local_peer,
         node_id,
         commands: tx,
-        bulk,
+        streams,
     };
     let mut driver = Driver {
         swarm,
@@ -538,11 +548,12 @@ impl Driver {
                 }
                 Output::MapDone {
                     id,
-                    map,
+                    mut map,
                     complete,
                     from_cache,
                 } => {
-                    for record in &map.nodes {
+                    for record in &mut map.nodes {
+                        drop_bad_name(record);
                         self.remember_record(record);
                     }
                     if let Some((reply, started)) = self.maps.remove(&id) {
@@ -598,6 +609,7 @@ impl Driver {
             return;
         }
         record.id = node;
+        drop_bad_name(&mut record);
         self.remember_record(&record);
         self.mapping
             .set_peer_coord(node, record.coord, record.coord_error);
@@ -737,7 +749,7 @@ impl Driver {
             }) => debug!(%peer, error = %e, "ping failed"),
             BrumeBehaviourEvent::Join(ev) => self.on_join_event(now, ev),
             BrumeBehaviourEvent::State(ev) => self.on_state_event(ev),
-            BrumeBehaviourEvent::Bulk(()) => {}
+            BrumeBehaviourEvent::Streams(()) => {}
         }
     }
 

@@ -7,7 +7,7 @@
 //! * a peer sending malformed and oversized frames on `/brume/map/2` is scored down by exactly the
 //!   penalties and dropped, nothing panics;
 //! * a map with a node killed while it runs still ends, and later maps hold exactly the survivors;
-//! * a bulk stream moves bytes;
+//! * a raw stream moves bytes;
 //! * a node that loses every peer rejoins through an address it remembers (not its bootstrap)
 //!   when that peer comes back.
 //!
@@ -32,6 +32,9 @@ type Task = JoinHandle<Result<(), OverlayError>>;
 
 /// How long any awaited condition may take before the test fails: a liveness bound.
 const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A protocol only this test speaks: raw streams carry whatever protocol their caller names.
+const RAW_TEST_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume-test/raw/1");
 
 /// The seed of every identity in these tests: `BRUME_TEST_SEED`, or a fixed default.
 fn test_seed() -> u64 {
@@ -489,18 +492,18 @@ async fn a_map_with_a_node_killed_midway_still_ends_and_later_maps_hold_the_surv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bulk_stream_moves_bytes() {
+async fn a_raw_stream_moves_bytes() {
     init_tracing();
-    let ids = Identities::new("a_bulk_stream_moves_bytes");
+    let ids = Identities::new("a_raw_stream_moves_bytes");
     let (a, ta) = Overlay::spawn(config(ids.node(0), Vec::new()))
         .await
         .unwrap();
     let (b, tb) = Overlay::spawn(config(ids.node(1), a.listen_addrs().await.unwrap()))
         .await
         .unwrap();
-    let mut incoming = a.accept_bulk().unwrap();
+    let mut incoming = a.accept_streams(RAW_TEST_PROTOCOL).unwrap();
     assert!(matches!(
-        a.accept_bulk(),
+        a.accept_streams(RAW_TEST_PROTOCOL),
         Err(OverlayError::AlreadyAccepting)
     ));
     wait_peers(&b, "B connected to A", |p| {
@@ -519,9 +522,9 @@ async fn a_bulk_stream_moves_bytes() {
         s.close().await.unwrap();
         (from, got)
     });
-    let mut s = tokio::time::timeout(PATIENCE, b.open_bulk(a.peer_id()))
+    let mut s = tokio::time::timeout(PATIENCE, b.open_stream(a.peer_id(), RAW_TEST_PROTOCOL))
         .await
-        .expect("the bulk stream opens")
+        .expect("the raw stream opens")
         .unwrap();
     let t = Instant::now();
     s.write_all(&payload).await.unwrap();
@@ -532,7 +535,7 @@ async fn a_bulk_stream_moves_bytes() {
         .await
         .expect("the receiver ends")
         .unwrap();
-    eprintln!("bulk: 1 MiB in {:?}", t.elapsed());
+    eprintln!("raw stream: 1 MiB in {:?}", t.elapsed());
     assert_eq!(from, b.peer_id());
     assert_eq!(got, expected);
     assert_eq!(reply, b"ok");
