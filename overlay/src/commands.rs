@@ -37,6 +37,18 @@ pub struct Status {
     pub coordinate: Coord,
     pub coord_error: f64,
     pub uptime: Duration,
+    /// The last map this node started with each recent budget, oldest first: how big its
+    /// neighbourhood is, for an operator's dashboard.
+    pub maps: Vec<MapSize>,
+}
+
+/// How many nodes the last map of one budget held.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MapSize {
+    pub budget_ms: f64,
+    pub nodes: usize,
+    /// False if some branch was given up (see [`MapOutcome::complete`]).
+    pub complete: bool,
 }
 
 /// A finished map and how it ended.

@@ -31,8 +31,8 @@ pub mod swarm;
 pub mod vivaldi;
 pub mod wire;
 
-pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+pub use libp2p::{identity::Keypair, Multiaddr, PeerId, Stream, StreamProtocol};
 pub use node::{
-    Identity, IncomingStreams, MapOutcome, Overlay, OverlayConfig, OverlayError, OverlayHandle,
-    PeerInfo, Status, Timings,
+    Identity, IncomingStreams, MapOutcome, MapSize, Overlay, OverlayConfig, OverlayError,
+    OverlayHandle, PeerInfo, Status, Timings,
 };

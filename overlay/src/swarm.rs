@@ -24,7 +24,7 @@ use crate::behaviour::{
     BehaviourTimings, BrumeBehaviour, BrumeBehaviourEvent, MapFrame, MembershipRequest,
     MembershipResponse,
 };
-use crate::commands::{Command, MapOutcome, PeerInfo, Status};
+use crate::commands::{Command, MapOutcome, MapSize, PeerInfo, Status};
 use crate::config::{Identity, OverlayConfig};
 use crate::error::OverlayError;
 use crate::handle::OverlayHandle;
@@ -70,6 +70,9 @@ fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
         addr.with(Protocol::P2p(peer))
     }
 }
+
+/// At most this many budgets' last map sizes are kept for [`Status::maps`].
+const MAX_MAP_SIZES: usize = 16;
 
 /// At most this many addresses of one record or identify message are remembered.
 const MAX_RECORD_ADDRS: usize = 8;
@@ -118,7 +121,10 @@ struct Driver {
     peers: HashMap<NodeId, PeerEntry>,
     connected: HashSet<NodeId>,
     dials: HashMap<ConnectionId, Multiaddr>,
-    maps: HashMap<MapId, (oneshot::Sender<MapOutcome>, Instant)>,
+    /// Maps this node started: who waits for each, since when, and its budget.
+    maps: HashMap<MapId, (oneshot::Sender<MapOutcome>, Instant, f64)>,
+    /// The size of the last map of each recent budget, oldest first (see [`Status::maps`]).
+    map_sizes: Vec<MapSize>,
     /// Outstanding join (true) and shuffle (false) requests.
     join_requests: HashMap<OutboundRequestId, bool>,
     listen_addrs: Vec<Multiaddr>,
@@ -252,6 +258,7 @@ pub(crate) async fn spawn(
         connected: HashSet::new(),
         dials: HashMap::new(),
         maps: HashMap::new(),
+        map_sizes: Vec::new(),
         join_requests: HashMap::new(),
         listen_addrs,
         state_interval: t.state_interval,
@@ -351,7 +358,7 @@ impl Driver {
                     self.mapping.start_map(now, budget_ms)
                 };
                 debug!(?id, budget_ms, "map started");
-                self.maps.insert(id, (reply, Instant::now()));
+                self.maps.insert(id, (reply, Instant::now(), budget_ms));
                 self.apply_mapping(out);
             }
             Command::Status(reply) => {
@@ -364,6 +371,7 @@ impl Driver {
                     coordinate: v.coord(),
                     coord_error: v.error(),
                     uptime: self.epoch.elapsed(),
+                    maps: self.map_sizes.clone(),
                 });
             }
             Command::Dial { peer, addrs } => {
@@ -556,7 +564,12 @@ impl Driver {
                         drop_bad_name(record);
                         self.remember_record(record);
                     }
-                    if let Some((reply, started)) = self.maps.remove(&id) {
+                    if let Some((reply, started, budget_ms)) = self.maps.remove(&id) {
+                        self.note_map_size(MapSize {
+                            budget_ms,
+                            nodes: map.nodes.len(),
+                            complete,
+                        });
                         debug!(?id, nodes = map.nodes.len(), complete, "map done");
                         let _ = reply.send(MapOutcome {
                             map,
@@ -572,6 +585,16 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Keeps `size` as the last map of its budget; callers choose budgets, so only the
+    /// [`MAX_MAP_SIZES`] most recent budgets are kept.
+    fn note_map_size(&mut self, size: MapSize) {
+        self.map_sizes.retain(|m| m.budget_ms != size.budget_ms);
+        if self.map_sizes.len() >= MAX_MAP_SIZES {
+            self.map_sizes.remove(0);
+        }
+        self.map_sizes.push(size);
     }
 
     fn misbehaved(&mut self, node: NodeId, what: Misbehaviour) {

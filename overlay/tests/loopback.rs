@@ -289,6 +289,16 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
     for h in &handles {
         let (out, n) = map_until_exactly(h, Duration::from_millis(1000), &all, &[]).await;
         assert!(!out.map.links.is_empty());
+        // The status reports the size of the last map of each budget (what metrics show).
+        let sizes = h.status().await.unwrap().maps;
+        assert_eq!(
+            sizes,
+            vec![brume_overlay::MapSize {
+                budget_ms: 1000.0,
+                nodes: 8,
+                complete: true
+            }]
+        );
         map_times.push(out.elapsed);
         tries.push(n);
     }

@@ -51,6 +51,11 @@ pub struct NodeConfig {
     /// move into it (a task coming back, another replica of a service) sends only the pages it
     /// lacks; 0 keeps none and every move sends all its memory.
     pub migration_cache_mb: u64,
+    /// A name for people (1-32 of `a-z`, `0-9`, `-`, e.g. `gw-kitchen`), shown beside the peer id.
+    pub name: Option<String>,
+    /// Serve Prometheus metrics on this loopback address (e.g. `127.0.0.1:9464`; port 0 picks one,
+    /// written to `<data_dir>/metrics.addr`); off when unset. See docs/metrics.md.
+    pub metrics: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -68,6 +73,8 @@ impl Default for NodeConfig {
             engine: "auto".into(),
             drain_on_exit: false,
             migration_cache_mb: 1024,
+            name: None,
+            metrics: None,
         }
     }
 }
@@ -210,7 +217,7 @@ pub fn load(
 const NOT_SETTINGS: &[&str] = &["require", "skip_log", "test_run", "test_seed"];
 
 /// Settings keys, as the file and `BRUME_*` variables spell them.
-pub const KEYS: [&str; 12] = [
+pub const KEYS: [&str; 14] = [
     "listen",
     "join",
     "control",
@@ -223,6 +230,8 @@ pub const KEYS: [&str; 12] = [
     "engine",
     "drain_on_exit",
     "migration_cache_mb",
+    "name",
+    "metrics",
 ];
 
 impl NodeConfig {
@@ -246,12 +255,39 @@ impl NodeConfig {
                 self.engine
             );
         }
+        if let Some(name) = &self.name {
+            brume_overlay::neighbourhood::check_name(name)?;
+        }
+        self.metrics_addr()?;
         if self.listen.is_empty() {
             anyhow::bail!(
                 "no listen address: give at least one, e.g. --listen /ip4/0.0.0.0/tcp/7100"
             );
         }
         Ok(())
+    }
+}
+
+impl NodeConfig {
+    /// The address of the metrics endpoint, if it is on. Only loopback: the endpoint has no
+    /// authentication and tells whoever asks the node's peers, load and moves, so another
+    /// machine reaches it through something the operator secures (an SSH tunnel, a reverse
+    /// proxy with TLS, a Prometheus agent on the device).
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        let Some(text) = &self.metrics else {
+            return Ok(None);
+        };
+        let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+            anyhow::anyhow!("metrics address `{text}` is not an IP:port, e.g. 127.0.0.1:9464")
+        })?;
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "metrics address `{text}` is not loopback: the endpoint has no authentication, \
+                 so it listens only on 127.0.0.1 or [::1]; reach it from another machine through \
+                 an SSH tunnel or a reverse proxy"
+            );
+        }
+        Ok(Some(addr))
     }
 }
 
@@ -391,6 +427,52 @@ mod tests {
             cfg.migration_cache_mb, 64,
             "no flag leaves the lower layers"
         );
+    }
+
+    #[test]
+    fn a_name_is_checked_and_optional() {
+        assert_eq!(NodeConfig::default().name, None);
+        let cfg = load(
+            None,
+            env(&[("BRUME_NAME", "gw-kitchen")]),
+            &Overrides::default(),
+        );
+        assert_eq!(cfg.unwrap().name.as_deref(), Some("gw-kitchen"));
+        for bad in ["Gw-Kitchen", "gw kitchen", "", &"x".repeat(33)] {
+            let err = load(None, env(&[("BRUME_NAME", bad)]), &Overrides::default()).unwrap_err();
+            assert!(format!("{err:#}").contains("node name"), "{bad:?}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_only_on_loopback() {
+        let none = load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(none.metrics_addr().unwrap(), None);
+        for (text, port) in [("127.0.0.1:0", 0), ("[::1]:9464", 9464)] {
+            let cfg = load(None, env(&[("BRUME_METRICS", text)]), &Overrides::default()).unwrap();
+            let addr = cfg.metrics_addr().unwrap().expect("on");
+            assert!(addr.ip().is_loopback() && addr.port() == port, "{addr}");
+        }
+        let err = load(
+            None,
+            env(&[("BRUME_METRICS", "0.0.0.0:9464")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not loopback"), "{err:#}");
+        let err = load(
+            None,
+            env(&[("BRUME_METRICS", "9464")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("IP:port"), "{err:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "name = \"gw-1\"\nmetrics = \"127.0.0.1:9464\"\n").unwrap();
+        let cfg = load(Some(&file), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(cfg.name.as_deref(), Some("gw-1"));
+        assert_eq!(cfg.metrics.as_deref(), Some("127.0.0.1:9464"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::config::{self, LogFormat, NodeConfig, Overrides};
 use super::control::{self, DeployRequest, MigrateRequest};
 use super::dispatch::{dispatch, Backend};
+use super::metrics::{refresh_from, Metrics};
 use super::resources;
 use super::services::Services;
 use super::views::{PeerView, StatusView};
@@ -147,7 +148,8 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
             .collect()
     };
     let seed = identity_seed(&cfg.data_dir)?;
-    let record = local_record(cpu_cap, mem_cap)?;
+    let mut record = local_record(cpu_cap, mem_cap)?;
+    record.name = cfg.name.clone();
     let overlay_cfg = OverlayConfig {
         listen: parse(&cfg.listen, "listen")?,
         bootstrap: parse(&cfg.join, "join")?,
@@ -168,6 +170,12 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
     let (handle, task) = Overlay::spawn(overlay_cfg)
         .await
         .context("cannot start the overlay")?;
+    let metrics = Metrics::new(&handle.peer_id(), cfg.name.as_deref());
+    // Bound before `listening` is printed, so the address file is there once the node is up.
+    let metrics_endpoint = match cfg.metrics_addr()? {
+        Some(addr) => Some(super::metrics::bind(addr, &cfg.data_dir).await?),
+        None => None,
+    };
     let addrs = handle.listen_addrs().await?;
     let shown: Vec<String> = addrs
         .iter()
@@ -196,8 +204,10 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
     };
     // The advertised record: this device's resources, less what tasks here reserved (CPU is
     // offered by reservation; memory is the lesser of that and what /proc says is available).
+    let name = cfg.name.clone();
     let advertise: Advertiser = Arc::new(move |cpu, mem| match local_record(cpu_cap, mem_cap) {
         Ok(mut r) => {
+            r.name = name.clone();
             let left_cpu = u64::from(r.cpu_total_milli).saturating_sub(cpu);
             r.cpu_free_milli = r.cpu_free_milli.min(left_cpu as u32);
             r.mem_free_mb = r.mem_free_mb.min(r.mem_total_mb.saturating_sub(mem));
@@ -217,6 +227,17 @@ async fn serve(cfg: NodeConfig, cpu_cap: Option<u32>, mem_cap: Option<u64>) -> a
         cfg.migration_cache_mb,
     )
     .await?;
+    let _metrics_serving = metrics_endpoint.map(|endpoint| {
+        let agent = services.agent.clone();
+        let count = move || -> BoxFuture<'static, usize> {
+            let agent = agent.clone();
+            Box::pin(async move { agent.list(None).await.len() })
+        };
+        endpoint.spawn(
+            metrics.clone(),
+            refresh_from(metrics.clone(), handle.clone(), count),
+        )
+    });
     let (calls_tx, calls_rx) = mpsc::channel(64);
     let backend = Arc::new(OverlayBackend {
         handle: handle.clone(),
