@@ -7,8 +7,8 @@
 //! * `/brume/join/1` (request-response, CBOR): join samples and shuffles ([`MembershipRequest`]);
 //! * `/brume/state/1` (request-response, CBOR): state records exchanged both ways;
 //! * `libp2p-stream`: raw streams, for the mapping core's messages on one long-lived stream per
-//!   peer (`/brume/map/2`, see [`crate::maplink`]), for bulk transfers (`/brume/bulk/1`) and for
-//!   the node's own stream protocols (deploy, transfer, tunnel).
+//!   peer (`/brume/map/2`, see [`crate::maplink`]) and for the node's own stream protocols
+//!   (deploy, transfer, tunnel), which it opens through [`crate::OverlayHandle::open_stream`].
 
 use std::time::Duration;
 
@@ -24,7 +24,6 @@ use crate::neighbourhood::NodeRecord;
 
 pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/join/1");
 pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/state/1");
-pub const BULK_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/bulk/1");
 /// identify's protocol version string for brume nodes.
 pub const IDENTIFY_VERSION: &str = "/brume/1.0.0";
 
@@ -76,7 +75,7 @@ pub struct BrumeBehaviour {
     pub ping: ping::Behaviour,
     pub join: cbor::Behaviour<MembershipRequest, MembershipResponse>,
     pub state: cbor::Behaviour<NodeRecord, NodeRecord>,
-    pub bulk: libp2p_stream::Behaviour,
+    pub streams: libp2p_stream::Behaviour,
 }
 
 impl BrumeBehaviour {
@@ -109,7 +108,7 @@ impl BrumeBehaviour {
                 [(STATE_PROTOCOL, ProtocolSupport::Full)],
                 rr,
             ),
-            bulk: libp2p_stream::Behaviour::new(),
+            streams: libp2p_stream::Behaviour::new(),
         }
     }
 }

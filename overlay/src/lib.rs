@@ -1,8 +1,10 @@
 //! brume's overlay core: the sans-IO protocol logic every brume node runs.
 //!
-//! Data flows like this: the libp2p shell ([`swarm`], driven through [`node::OverlayHandle`]) measures pings and feeds each sample into the
-//! per-peer [`rtt::RttEstimator`] and the node's [`vivaldi::Vivaldi`] coordinate; peers exchange
-//! small state records ([`neighbourhood::NodeRecord`]). When a node needs to know its neighbourhood it
+//! Data flows like this: the libp2p shell ([`swarm`], started by [`node::Overlay::spawn`] from an
+//! [`config::OverlayConfig`] and driven through [`handle::OverlayHandle`] with the [`commands`]
+//! both share) measures pings and feeds each sample into the per-peer [`rtt::RttEstimator`] and
+//! the node's [`vivaldi::Vivaldi`] coordinate; peers exchange small state records
+//! ([`neighbourhood::NodeRecord`]). When a node needs to know its neighbourhood it
 //! calls [`mapping::MappingNode::start_map`] with a latency budget; the state machine returns
 //! messages to send, the shell (or the simulator) delivers them to the other nodes'
 //! state machines, whose outputs flow back, until the originator outputs a
@@ -13,7 +15,11 @@
 
 pub mod addresses;
 pub mod behaviour;
+pub mod commands;
+pub mod config;
+pub mod error;
 pub mod frames;
+pub mod handle;
 pub mod ids;
 pub mod maplink;
 pub mod mapping;
@@ -25,8 +31,8 @@ pub mod swarm;
 pub mod vivaldi;
 pub mod wire;
 
-pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+pub use libp2p::{identity::Keypair, Multiaddr, PeerId, Stream, StreamProtocol};
 pub use node::{
-    BulkIncoming, Identity, MapOutcome, Overlay, OverlayConfig, OverlayError, OverlayHandle,
-    PeerInfo, Status, Timings,
+    Identity, IncomingStreams, MapOutcome, MapSize, Overlay, OverlayConfig, OverlayError,
+    OverlayHandle, PeerInfo, Status, Timings,
 };

@@ -33,6 +33,45 @@ pub struct NodeRecord {
     /// Its dialable addresses, each ending in `/p2p/<peer>`, for a deployer not connected to it.
     #[serde(default)]
     pub addrs: Vec<String>,
+    /// The operator's name for the node (e.g. `gw-kitchen`), for people reading maps and peer
+    /// lists; see [`check_name`]. Records from nodes that predate it decode as `None`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The longest node name: short enough for a column of `brume peers`.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Why a node name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("a node name cannot be empty")]
+    Empty,
+    #[error("node name `{0}` is longer than {MAX_NAME_LEN} characters")]
+    TooLong(String),
+    #[error("node name `{0}` may hold only lowercase letters a-z, digits and `-`")]
+    BadChar(String),
+}
+
+/// Checks a node name: 1 to [`MAX_NAME_LEN`] characters of `[a-z0-9-]`, so that it prints the
+/// same in every terminal and log and needs no quoting in scripts. Names in records from the
+/// network are checked too: a peer cannot put escape sequences on an operator's screen.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong(
+            name.chars().take(MAX_NAME_LEN).collect(),
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(NameError::BadChar(name.escape_default().to_string()));
+    }
+    Ok(())
 }
 
 impl NodeRecord {
@@ -50,6 +89,7 @@ impl NodeRecord {
             reliability: 1.0,
             peer: String::new(),
             addrs: Vec::new(),
+            name: None,
         }
     }
 }
@@ -134,6 +174,74 @@ impl NeighbourhoodMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_short_lowercase_words() {
+        for good in ["gw-kitchen", "a", "0", "node-7", &"x".repeat(MAX_NAME_LEN)] {
+            assert_eq!(check_name(good), Ok(()), "{good}");
+        }
+        assert_eq!(check_name(""), Err(NameError::Empty));
+        assert!(matches!(
+            check_name(&"x".repeat(MAX_NAME_LEN + 1)),
+            Err(NameError::TooLong(_))
+        ));
+        for bad in [
+            "GW",
+            "gw_kitchen",
+            "gw.kitchen",
+            "gw kitchen",
+            "café",
+            "a\u{1b}[2J",
+        ] {
+            assert!(
+                matches!(check_name(bad), Err(NameError::BadChar(_))),
+                "{bad}"
+            );
+        }
+        let msg = check_name("Gw").unwrap_err().to_string();
+        assert!(msg.contains("`Gw`") && msg.contains("a-z"), "{msg}");
+    }
+
+    #[test]
+    fn a_record_without_a_name_still_decodes() {
+        /// The record as nodes before names sent it.
+        #[derive(Serialize)]
+        struct Old {
+            id: NodeId,
+            coord: Coord,
+            coord_error: f64,
+            cpu_free_milli: u32,
+            cpu_total_milli: u32,
+            mem_free_mb: u64,
+            mem_total_mb: u64,
+            load: f32,
+            reliability: f32,
+        }
+        let b = NodeRecord::bare(NodeId(3));
+        let old = Old {
+            id: b.id,
+            coord: b.coord,
+            coord_error: b.coord_error,
+            cpu_free_milli: 1,
+            cpu_total_milli: 2,
+            mem_free_mb: 3,
+            mem_total_mb: 4,
+            load: 0.5,
+            reliability: 1.0,
+        };
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(&old, &mut bytes).unwrap();
+        let got: NodeRecord = ciborium::de::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(got.name, None);
+        assert_eq!(got.mem_total_mb, 4);
+
+        let mut named = NodeRecord::bare(NodeId(4));
+        named.name = Some("gw-kitchen".into());
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(&named, &mut bytes).unwrap();
+        let back: NodeRecord = ciborium::de::from_reader(bytes.as_slice()).unwrap();
+        assert_eq!(back, named);
+    }
 
     #[test]
     fn merge_is_a_canonical_union() {

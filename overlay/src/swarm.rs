@@ -24,14 +24,15 @@ use crate::behaviour::{
     BehaviourTimings, BrumeBehaviour, BrumeBehaviourEvent, MapFrame, MembershipRequest,
     MembershipResponse,
 };
+use crate::commands::{Command, MapOutcome, MapSize, PeerInfo, Status};
+use crate::config::{Identity, OverlayConfig};
+use crate::error::OverlayError;
+use crate::handle::OverlayHandle;
 use crate::ids::{MapId, NodeId, Time};
 use crate::maplink::{LinkEvent, MapLinks};
 use crate::mapping::{MappingNode, Output};
 use crate::membership::{Action, Membership, Misbehaviour};
-use crate::neighbourhood::NodeRecord;
-use crate::node::{
-    Command, Identity, MapOutcome, OverlayConfig, OverlayError, OverlayHandle, PeerInfo, Status,
-};
+use crate::neighbourhood::{check_name, NodeRecord};
 
 /// The core's id of a peer: the first 8 bytes (big-endian) of a 64-bit FNV-1a hash of the peer
 /// id's bytes, passed through SplitMix64's finalizer so every bit depends on every input byte.
@@ -70,6 +71,9 @@ fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
     }
 }
 
+/// At most this many budgets' last map sizes are kept for [`Status::maps`].
+const MAX_MAP_SIZES: usize = 16;
+
 /// At most this many addresses of one record or identify message are remembered.
 const MAX_RECORD_ADDRS: usize = 8;
 
@@ -87,6 +91,15 @@ fn keypair(identity: &Identity) -> Result<identity::Keypair, OverlayError> {
         Identity::Seed(seed) => identity::Keypair::ed25519_from_bytes(*seed)
             .map_err(|e| OverlayError::Identity(e.to_string())),
         Identity::Keypair(k) => Ok(k.clone()),
+    }
+}
+
+/// Forgets a record's name if it is not one [`check_name`] accepts: names are shown to people,
+/// and the rest of the record is still good for placement.
+fn drop_bad_name(record: &mut NodeRecord) {
+    if let Some(Err(e)) = record.name.as_deref().map(check_name) {
+        debug!(node = %record.id, error = %e, "record name dropped");
+        record.name = None;
     }
 }
 
@@ -108,7 +121,10 @@ struct Driver {
     peers: HashMap<NodeId, PeerEntry>,
     connected: HashSet<NodeId>,
     dials: HashMap<ConnectionId, Multiaddr>,
-    maps: HashMap<MapId, (oneshot::Sender<MapOutcome>, Instant)>,
+    /// Maps this node started: who waits for each, since when, and its budget.
+    maps: HashMap<MapId, (oneshot::Sender<MapOutcome>, Instant, f64)>,
+    /// The size of the last map of each recent budget, oldest first (see [`Status::maps`]).
+    map_sizes: Vec<MapSize>,
     /// Outstanding join (true) and shuffle (false) requests.
     join_requests: HashMap<OutboundRequestId, bool>,
     listen_addrs: Vec<Multiaddr>,
@@ -222,13 +238,13 @@ pub(crate) async fn spawn(
     }
 
     let (tx, rx) = mpsc::channel(64);
-    let bulk = swarm.behaviour().bulk.new_control();
-    let (links, link_events) = MapLinks::start(bulk.clone(), crate::wire::MAX_MESSAGE_BYTES);
+    let streams = swarm.behaviour().streams.new_control();
+    let (links, link_events) = MapLinks::start(streams.clone(), crate::wire::MAX_MESSAGE_BYTES);
     let handle = OverlayHandle {
         peer_id: local_peer,
         node_id,
         commands: tx,
-        bulk,
+        streams,
     };
     let mut driver = Driver {
         swarm,
@@ -242,6 +258,7 @@ pub(crate) async fn spawn(
         connected: HashSet::new(),
         dials: HashMap::new(),
         maps: HashMap::new(),
+        map_sizes: Vec::new(),
         join_requests: HashMap::new(),
         listen_addrs,
         state_interval: t.state_interval,
@@ -341,7 +358,7 @@ impl Driver {
                     self.mapping.start_map(now, budget_ms)
                 };
                 debug!(?id, budget_ms, "map started");
-                self.maps.insert(id, (reply, Instant::now()));
+                self.maps.insert(id, (reply, Instant::now(), budget_ms));
                 self.apply_mapping(out);
             }
             Command::Status(reply) => {
@@ -354,6 +371,7 @@ impl Driver {
                     coordinate: v.coord(),
                     coord_error: v.error(),
                     uptime: self.epoch.elapsed(),
+                    maps: self.map_sizes.clone(),
                 });
             }
             Command::Dial { peer, addrs } => {
@@ -538,14 +556,20 @@ impl Driver {
                 }
                 Output::MapDone {
                     id,
-                    map,
+                    mut map,
                     complete,
                     from_cache,
                 } => {
-                    for record in &map.nodes {
+                    for record in &mut map.nodes {
+                        drop_bad_name(record);
                         self.remember_record(record);
                     }
-                    if let Some((reply, started)) = self.maps.remove(&id) {
+                    if let Some((reply, started, budget_ms)) = self.maps.remove(&id) {
+                        self.note_map_size(MapSize {
+                            budget_ms,
+                            nodes: map.nodes.len(),
+                            complete,
+                        });
                         debug!(?id, nodes = map.nodes.len(), complete, "map done");
                         let _ = reply.send(MapOutcome {
                             map,
@@ -561,6 +585,16 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Keeps `size` as the last map of its budget; callers choose budgets, so only the
+    /// [`MAX_MAP_SIZES`] most recent budgets are kept.
+    fn note_map_size(&mut self, size: MapSize) {
+        self.map_sizes.retain(|m| m.budget_ms != size.budget_ms);
+        if self.map_sizes.len() >= MAX_MAP_SIZES {
+            self.map_sizes.remove(0);
+        }
+        self.map_sizes.push(size);
     }
 
     fn misbehaved(&mut self, node: NodeId, what: Misbehaviour) {
@@ -598,6 +632,7 @@ impl Driver {
             return;
         }
         record.id = node;
+        drop_bad_name(&mut record);
         self.remember_record(&record);
         self.mapping
             .set_peer_coord(node, record.coord, record.coord_error);
@@ -737,7 +772,7 @@ impl Driver {
             }) => debug!(%peer, error = %e, "ping failed"),
             BrumeBehaviourEvent::Join(ev) => self.on_join_event(now, ev),
             BrumeBehaviourEvent::State(ev) => self.on_state_event(ev),
-            BrumeBehaviourEvent::Bulk(()) => {}
+            BrumeBehaviourEvent::Streams(()) => {}
         }
     }
 

@@ -7,7 +7,7 @@
 //! * a peer sending malformed and oversized frames on `/brume/map/2` is scored down by exactly the
 //!   penalties and dropped, nothing panics;
 //! * a map with a node killed while it runs still ends, and later maps hold exactly the survivors;
-//! * a bulk stream moves bytes;
+//! * a raw stream moves bytes;
 //! * a node that loses every peer rejoins through an address it remembers (not its bootstrap)
 //!   when that peer comes back.
 //!
@@ -32,6 +32,9 @@ type Task = JoinHandle<Result<(), OverlayError>>;
 
 /// How long any awaited condition may take before the test fails: a liveness bound.
 const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A protocol only this test speaks: raw streams carry whatever protocol their caller names.
+const RAW_TEST_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume-test/raw/1");
 
 /// The seed of every identity in these tests: `BRUME_TEST_SEED`, or a fixed default.
 fn test_seed() -> u64 {
@@ -286,6 +289,16 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
     for h in &handles {
         let (out, n) = map_until_exactly(h, Duration::from_millis(1000), &all, &[]).await;
         assert!(!out.map.links.is_empty());
+        // The status reports the size of the last map of each budget (what metrics show).
+        let sizes = h.status().await.unwrap().maps;
+        assert_eq!(
+            sizes,
+            vec![brume_overlay::MapSize {
+                budget_ms: 1000.0,
+                nodes: 8,
+                complete: true
+            }]
+        );
         map_times.push(out.elapsed);
         tries.push(n);
     }
@@ -489,18 +502,18 @@ async fn a_map_with_a_node_killed_midway_still_ends_and_later_maps_hold_the_surv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bulk_stream_moves_bytes() {
+async fn a_raw_stream_moves_bytes() {
     init_tracing();
-    let ids = Identities::new("a_bulk_stream_moves_bytes");
+    let ids = Identities::new("a_raw_stream_moves_bytes");
     let (a, ta) = Overlay::spawn(config(ids.node(0), Vec::new()))
         .await
         .unwrap();
     let (b, tb) = Overlay::spawn(config(ids.node(1), a.listen_addrs().await.unwrap()))
         .await
         .unwrap();
-    let mut incoming = a.accept_bulk().unwrap();
+    let mut incoming = a.accept_streams(RAW_TEST_PROTOCOL).unwrap();
     assert!(matches!(
-        a.accept_bulk(),
+        a.accept_streams(RAW_TEST_PROTOCOL),
         Err(OverlayError::AlreadyAccepting)
     ));
     wait_peers(&b, "B connected to A", |p| {
@@ -519,9 +532,9 @@ async fn a_bulk_stream_moves_bytes() {
         s.close().await.unwrap();
         (from, got)
     });
-    let mut s = tokio::time::timeout(PATIENCE, b.open_bulk(a.peer_id()))
+    let mut s = tokio::time::timeout(PATIENCE, b.open_stream(a.peer_id(), RAW_TEST_PROTOCOL))
         .await
-        .expect("the bulk stream opens")
+        .expect("the raw stream opens")
         .unwrap();
     let t = Instant::now();
     s.write_all(&payload).await.unwrap();
@@ -532,7 +545,7 @@ async fn a_bulk_stream_moves_bytes() {
         .await
         .expect("the receiver ends")
         .unwrap();
-    eprintln!("bulk: 1 MiB in {:?}", t.elapsed());
+    eprintln!("raw stream: 1 MiB in {:?}", t.elapsed());
     assert_eq!(from, b.peer_id());
     assert_eq!(got, expected);
     assert_eq!(reply, b"ok");

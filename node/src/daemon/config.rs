@@ -63,6 +63,11 @@ pub struct NodeConfig {
     pub cpu_millis: Option<u32>,
     /// Most memory (MiB) brume may offer to tasks on this device; unset offers all of it.
     pub memory_mb: Option<u64>,
+    /// A name for people (1-32 of `a-z`, `0-9`, `-`, e.g. `gw-kitchen`), shown beside the peer id.
+    pub name: Option<String>,
+    /// Serve Prometheus metrics on this loopback address (e.g. `127.0.0.1:9464`; port 0 picks one,
+    /// written to `<data_dir>/metrics.addr`); off when unset. See docs/metrics.md.
+    pub metrics: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +87,8 @@ impl Default for NodeConfig {
             migration_cache_mb: 1024,
             cpu_millis: None,
             memory_mb: None,
+            name: None,
+            metrics: None,
         }
     }
 }
@@ -284,6 +291,11 @@ impl NodeConfig {
                 ),
             ));
         }
+        if let Some(name) = &self.name {
+            brume_overlay::neighbourhood::check_name(name).map_err(|e| ("name", e.to_string()))?;
+        }
+        self.metrics_addr()
+            .map_err(|e| ("metrics", format!("{e:#}")))?;
         if self.listen.is_empty() {
             return Err((
                 "listen",
@@ -291,6 +303,29 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl NodeConfig {
+    /// The address of the metrics endpoint, if it is on. Only loopback: the endpoint has no
+    /// authentication and tells whoever asks the node's peers, load and moves, so another
+    /// machine reaches it through something the operator secures (an SSH tunnel, a reverse
+    /// proxy with TLS, a Prometheus agent on the device).
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        let Some(text) = &self.metrics else {
+            return Ok(None);
+        };
+        let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+            anyhow::anyhow!("metrics address `{text}` is not an IP:port, e.g. 127.0.0.1:9464")
+        })?;
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "metrics address `{text}` is not loopback: the endpoint has no authentication, \
+                 so it listens only on 127.0.0.1 or [::1]; reach it from another machine through \
+                 an SSH tunnel or a reverse proxy"
+            );
+        }
+        Ok(Some(addr))
     }
 }
 
@@ -473,6 +508,10 @@ mod tests {
             "250",
             "--memory-mb",
             "128",
+            "--name",
+            "gw-kitchen",
+            "--metrics",
+            "127.0.0.1:0",
         ]);
         let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
         let want = NodeConfig {
@@ -490,6 +529,8 @@ mod tests {
             migration_cache_mb: 8,
             cpu_millis: Some(250),
             memory_mb: Some(128),
+            name: Some("gw-kitchen".into()),
+            metrics: Some("127.0.0.1:0".into()),
         };
         assert_eq!(cfg, want);
     }
@@ -579,6 +620,38 @@ mod tests {
             cfg.migration_cache_mb, 64,
             "no flag leaves the lower layers"
         );
+    }
+
+    #[test]
+    fn a_name_is_checked_and_optional() {
+        assert_eq!(NodeConfig::default().name, None);
+        let cfg = load(None, env(&[("BRUME_NAME", "gw-kitchen")]), &flags(&[]));
+        assert_eq!(cfg.unwrap().name.as_deref(), Some("gw-kitchen"));
+        for bad in ["Gw-Kitchen", "gw kitchen", "", &"x".repeat(33)] {
+            let err = load(None, env(&[("BRUME_NAME", bad)]), &flags(&[])).unwrap_err();
+            assert!(format!("{err:#}").contains("node name"), "{bad:?}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_only_on_loopback() {
+        let none = load(None, env(&[]), &flags(&[])).unwrap();
+        assert_eq!(none.metrics_addr().unwrap(), None);
+        for (text, port) in [("127.0.0.1:0", 0), ("[::1]:9464", 9464)] {
+            let cfg = load(None, env(&[("BRUME_METRICS", text)]), &flags(&[])).unwrap();
+            let addr = cfg.metrics_addr().unwrap().expect("on");
+            assert!(addr.ip().is_loopback() && addr.port() == port, "{addr}");
+        }
+        let err = load(None, env(&[("BRUME_METRICS", "0.0.0.0:9464")]), &flags(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("not loopback"), "{err:#}");
+        let err = load(None, env(&[("BRUME_METRICS", "9464")]), &flags(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("IP:port"), "{err:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "name = \"gw-1\"\nmetrics = \"127.0.0.1:9464\"\n").unwrap();
+        let cfg = load(Some(&file), env(&[]), &flags(&[])).unwrap();
+        assert_eq!(cfg.name.as_deref(), Some("gw-1"));
+        assert_eq!(cfg.metrics.as_deref(), Some("127.0.0.1:9464"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use super::config::{self, LogFormat, NodeConfig};
 use super::control::{self, DeployRequest, MigrateRequest};
 use super::dispatch::{dispatch, Backend};
+use super::metrics::{refresh_from, Metrics, Outcome as MetricsOutcome};
 use super::resources;
 use super::services::Services;
 use super::views::{PeerView, StatusView};
@@ -86,6 +87,13 @@ pub struct NodeArgs {
     /// Most memory (MiB) brume may offer to tasks on this device.
     #[arg(long)]
     pub memory_mb: Option<u64>,
+    /// A name for people, shown beside the peer id in every listing (1-32 of a-z, 0-9, '-').
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, loopback only (port 0 picks one and
+    /// writes it to <data_dir>/metrics.addr). See docs/metrics.md.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// How often the advertised resources are read again.
@@ -137,7 +145,8 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             .collect()
     };
     let seed = identity_seed(&cfg.data_dir)?;
-    let record = local_record(cpu_cap, mem_cap)?;
+    let mut record = local_record(cpu_cap, mem_cap)?;
+    record.name = cfg.name.clone();
     let overlay_cfg = OverlayConfig {
         listen: parse(&cfg.listen, "listen")?,
         bootstrap: parse(&cfg.join, "join")?,
@@ -158,6 +167,12 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let (handle, task) = Overlay::spawn(overlay_cfg)
         .await
         .context("cannot start the overlay")?;
+    let metrics = Metrics::new(&handle.peer_id(), cfg.name.as_deref());
+    // Bound before `listening` is printed, so the address file is there once the node is up.
+    let metrics_endpoint = match cfg.metrics_addr()? {
+        Some(addr) => Some(super::metrics::bind(addr, &cfg.data_dir).await?),
+        None => None,
+    };
     let addrs = handle.listen_addrs().await?;
     let shown: Vec<String> = addrs
         .iter()
@@ -186,8 +201,10 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     };
     // The advertised record: this device's resources, less what tasks here reserved (CPU is
     // offered by reservation; memory is the lesser of that and what /proc says is available).
+    let name = cfg.name.clone();
     let advertise: Advertiser = Arc::new(move |cpu, mem| match local_record(cpu_cap, mem_cap) {
         Ok(mut r) => {
+            r.name = name.clone();
             let left_cpu = u64::from(r.cpu_total_milli).saturating_sub(cpu);
             r.cpu_free_milli = r.cpu_free_milli.min(left_cpu as u32);
             r.mem_free_mb = r.mem_free_mb.min(r.mem_total_mb.saturating_sub(mem));
@@ -205,14 +222,27 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         capacity,
         advertise.clone(),
         cfg.migration_cache_mb,
+        Some(count_moves(metrics.clone())),
     )
     .await?;
+    let _metrics_serving = metrics_endpoint.map(|endpoint| {
+        let deployer = services.deployer.clone();
+        let count = move || -> BoxFuture<'static, usize> {
+            let deployer = deployer.clone();
+            Box::pin(async move { deployer.list(None).await.len() })
+        };
+        endpoint.spawn(
+            metrics.clone(),
+            refresh_from(metrics.clone(), handle.clone(), count),
+        )
+    });
     let (calls_tx, calls_rx) = mpsc::channel(64);
     let backend = Arc::new(OverlayBackend {
         handle: handle.clone(),
         started: Instant::now(),
         initiator: services.initiator.clone(),
         mover: services.mover.clone(),
+        metrics: metrics.clone(),
     });
     tokio::spawn(control::serve(listener, calls_tx));
     let dispatcher = tokio::spawn(dispatch(backend, calls_rx));
@@ -352,6 +382,19 @@ struct OverlayBackend {
     started: Instant,
     initiator: Arc<Initiator>,
     mover: Arc<Mover>,
+    metrics: Metrics,
+}
+
+/// Counts every move this node drove in the metrics, with the state bytes it carried.
+fn count_moves(metrics: Metrics) -> crate::migrate::mover::OnMoved {
+    use crate::migrate::wire::Reply;
+    Arc::new(move |reply: &Reply| match reply {
+        Reply::Migrated { state_bytes, .. } => {
+            metrics.record_move(MetricsOutcome::Ok);
+            metrics.add_moved_bytes(*state_bytes);
+        }
+        _ => metrics.record_move(MetricsOutcome::Failed),
+    })
 }
 
 impl Backend for OverlayBackend {
@@ -422,6 +465,11 @@ impl Backend for OverlayBackend {
                 .await;
             // Every progress line goes out before the answer.
             let _ = lines.await;
+            self.metrics.record_deploy(if done.is_ok() {
+                MetricsOutcome::Ok
+            } else {
+                MetricsOutcome::Failed
+            });
             Ok(serde_json::to_value(done?)?)
         })
     }

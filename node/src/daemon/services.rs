@@ -18,7 +18,7 @@ use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
 use crate::deploy::ledger::Ledger;
 use crate::migrate::live::chunk_store::MigrationStoreConfig;
-use crate::migrate::mover::Mover;
+use crate::migrate::mover::{Mover, OnMoved};
 use brume_artifact::{self as artifact, ChunkStore};
 use brume_engine::{self as engine, AnyEngine, EngineChoice};
 use brume_tunnel::{self as tunnel, Routes, TUNNEL_PROTOCOL};
@@ -36,7 +36,8 @@ pub struct Services {
 
 impl Services {
     /// Picks the engine (`docker`, `process` or `auto`) and starts serving. `migration_cache_mb`
-    /// bounds the chunks kept from live migrations into this node (0: none kept).
+    /// bounds the chunks kept from live migrations into this node (0: none kept); `on_moved`
+    /// hears how every move this node drove ended.
     pub async fn start(
         overlay: &OverlayHandle,
         data_dir: &Path,
@@ -44,6 +45,7 @@ impl Services {
         capacity: Capacity,
         advertiser: Advertiser,
         migration_cache_mb: u64,
+        on_moved: Option<OnMoved>,
     ) -> anyhow::Result<Services> {
         let store =
             ChunkStore::open(data_dir.join("chunks")).context("cannot open the chunk store")?;
@@ -71,6 +73,7 @@ impl Services {
             deployer.clone(),
             Some(ledger.clone()),
             MigrationStoreConfig::in_data_dir(data_dir, migration_cache_mb),
+            on_moved,
         );
         let initiator = Arc::new(Initiator::new(
             overlay.clone(),

@@ -31,6 +31,9 @@ use brume_overlay::frames::{read_frame, write_frame};
 /// The environment variable a restored instance finds its state line in.
 pub const RESTORE_ENV: &str = "BRUME_RESTORE";
 
+/// Told of every move this node drove, as it ends (the daemon counts them for its metrics).
+pub type OnMoved = Arc<dyn Fn(&Reply) + Send + Sync>;
+
 /// Moves instances off this node and takes the ones that arrive live.
 pub struct Mover {
     pub(crate) deployer: Arc<Deployer>,
@@ -39,6 +42,7 @@ pub struct Mover {
     /// The memory chunks of the live migrations this node received, shared by every later
     /// one into it (opened by the first).
     pub(crate) migration_store: MigrationStore,
+    on_moved: Option<OnMoved>,
 }
 
 /// Where the instance goes: its peer, its name as maps print it, and addresses.
@@ -76,11 +80,13 @@ impl Mover {
         deployer: Arc<Deployer>,
         ledger: Option<Arc<Ledger>>,
         migration_store: MigrationStoreConfig,
+        on_moved: Option<OnMoved>,
     ) -> Arc<Self> {
         Arc::new(Mover {
             deployer,
             ledger,
             migration_store: MigrationStore::new(migration_store),
+            on_moved,
         })
     }
 
@@ -177,6 +183,15 @@ impl Mover {
     /// Moves one instance running here to another node; on `Refused` it still runs here,
     /// untouched (see [`super::machine`]).
     pub async fn migrate(&self, req: MoveRequest, phases: mpsc::Sender<Phase>) -> Reply {
+        let reply = self.run_move(req, phases).await;
+        if let Some(on_moved) = &self.on_moved {
+            on_moved(&reply);
+        }
+        reply
+    }
+
+    /// The shell of one move: performs the machine's actions until it is done.
+    async fn run_move(&self, req: MoveRequest, phases: mpsc::Sender<Phase>) -> Reply {
         let id = req.instance.clone();
         let Some((spec, _, port)) = self.deployer.instances.get(&id) else {
             return Reply::Refused {

@@ -1,0 +1,88 @@
+//! What the handle ([`crate::handle`]) asks the swarm task ([`crate::swarm`]) and what the task
+//! answers. Both sides import these types from here, so neither imports the other's file.
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::oneshot;
+
+use crate::ids::NodeId;
+use crate::neighbourhood::{NeighbourhoodMap, NodeRecord};
+use crate::vivaldi::Coord;
+
+/// What a node knows about one connected peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerInfo {
+    pub peer_id: PeerId,
+    pub node_id: NodeId,
+    /// Its dialable address (the one we dialled, or its listen address from identify).
+    pub addr: Option<Multiaddr>,
+    pub srtt_ms: Option<f64>,
+    pub rttvar_ms: Option<f64>,
+    /// Its Vivaldi coordinate and error, from its last state record.
+    pub coord: Option<(Coord, f64)>,
+    /// Its last state record.
+    pub record: Option<NodeRecord>,
+    /// Its membership score (starts at 100; below the ban threshold it is dropped).
+    pub score: f64,
+}
+
+/// A node's view of itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub peer_id: PeerId,
+    pub node_id: NodeId,
+    pub listen_addrs: Vec<Multiaddr>,
+    pub degree: usize,
+    pub coordinate: Coord,
+    pub coord_error: f64,
+    pub uptime: Duration,
+    /// The last map this node started with each recent budget, oldest first: how big its
+    /// neighbourhood is, for an operator's dashboard.
+    pub maps: Vec<MapSize>,
+}
+
+/// How many nodes the last map of one budget held.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MapSize {
+    pub budget_ms: f64,
+    pub nodes: usize,
+    /// False if some branch was given up (see [`MapOutcome::complete`]).
+    pub complete: bool,
+}
+
+/// A finished map and how it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapOutcome {
+    pub map: NeighbourhoodMap,
+    /// False if some branch was given up (a peer did not answer in time).
+    pub complete: bool,
+    pub from_cache: bool,
+    /// Wall-clock time from the command reaching the node to the map being done.
+    pub elapsed: Duration,
+}
+
+/// One request of the handle to the swarm task; the reply, if any, comes back on the oneshot.
+pub(crate) enum Command {
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Map {
+        budget_ms: f64,
+        /// Skip the cache of recent maps.
+        fresh: bool,
+        reply: oneshot::Sender<MapOutcome>,
+    },
+    Status(oneshot::Sender<Status>),
+    SetRecord(NodeRecord),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    /// Dial a peer (not a membership decision: the connection may later be trimmed).
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    AddAddresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    KnownAddresses(PeerId, oneshot::Sender<Vec<Multiaddr>>),
+    Shutdown(oneshot::Sender<()>),
+}

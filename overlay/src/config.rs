@@ -1,0 +1,106 @@
+//! What a node is started with: its identity, the periods of its protocols, its degree bounds
+//! and the tuning of its sans-IO cores. [`crate::swarm`] reads it once, when the node starts.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::Multiaddr;
+
+use crate::mapping::MapConfig;
+use crate::membership::MembershipConfig;
+use crate::neighbourhood::NodeRecord;
+
+/// How a node gets its libp2p identity.
+#[derive(Debug, Clone, Default)]
+pub enum Identity {
+    /// A fresh random ed25519 key.
+    #[default]
+    Generate,
+    /// An ed25519 key derived from 32 secret bytes (the same seed gives the same peer id).
+    Seed([u8; 32]),
+    /// A given key.
+    Keypair(Keypair),
+}
+
+/// Periods and timeouts of the node.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub identify_interval: Duration,
+    /// How often state records are exchanged with every peer.
+    pub state_interval: Duration,
+    /// request-response timeout of the join, state and map protocols.
+    pub request_timeout: Duration,
+    /// Mean time between two shuffles.
+    pub shuffle_interval: Duration,
+    /// How often degree bounds are checked.
+    pub maintain_interval: Duration,
+    /// How long [`Overlay::spawn`] waits for its listeners to report their addresses.
+    pub listen_timeout: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(10),
+            identify_interval: Duration::from_secs(300),
+            state_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            shuffle_interval: Duration::from_secs(10),
+            maintain_interval: Duration::from_secs(1),
+            listen_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything needed to start a node.
+#[derive(Debug, Clone)]
+pub struct OverlayConfig {
+    /// Addresses to listen on (`/ip4/127.0.0.1/tcp/0` picks a free port).
+    pub listen: Vec<Multiaddr>,
+    /// Members to join through (any member will do); empty for the first node.
+    pub bootstrap: Vec<Multiaddr>,
+    pub min_degree: usize,
+    pub max_degree: usize,
+    pub identity: Identity,
+    /// The resources this node advertises (its id and coordinate are filled in by the node).
+    pub record: Option<NodeRecord>,
+    pub timings: Timings,
+    /// Mapping protocol tuning.
+    pub map: MapConfig,
+    /// Membership tuning; `min_degree`, `max_degree` and the shuffle and maintenance intervals
+    /// above override the corresponding fields.
+    pub membership: MembershipConfig,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        OverlayConfig {
+            listen: vec!["/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr")],
+            bootstrap: Vec::new(),
+            min_degree: 4,
+            max_degree: 12,
+            identity: Identity::Generate,
+            record: None,
+            timings: Timings::default(),
+            map: network_map_config(),
+            membership: MembershipConfig::default(),
+        }
+    }
+}
+
+/// The mapping core's tuning for real networks: [`MapConfig::default`] is tuned for the
+/// simulator, where handling a message takes no time. Over libp2p every message opens a yamux
+/// stream and crosses two tasks, which on a loaded two-core machine in a debug build can take
+/// tens of milliseconds even on loopback, so a child gets at least 250 ms to acknowledge and each
+/// hop keeps 2 ms in hand; the originator's grace is at least 20 ms.
+pub fn network_map_config() -> MapConfig {
+    MapConfig {
+        ack_timeout_min_ms: 250.0,
+        hop_guard_ms: 2.0,
+        grace_min_ms: 20.0,
+        ..MapConfig::default()
+    }
+}
