@@ -20,13 +20,5 @@
 pub mod client;
 pub mod daemon;
 pub mod deploy;
-pub mod input_error;
-pub mod manifest;
-pub mod mapnet;
 pub mod mapview;
 pub mod migrate;
-pub mod naming;
-pub mod netfile;
-pub mod place;
-pub mod report;
-pub mod verdict;

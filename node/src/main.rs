@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Plan where a service's tasks would run on a network described in a file (nothing is
     /// deployed): prints who goes where and why.
-    Place(brume::place::PlaceArgs),
+    Place(brume_plan::place::PlaceArgs),
     /// Run a benchmark family (placement, overlay, deploy, transfer, tunnel, migration) and print
     /// a table, then one `BENCH name key=value ...` line. Runs the `brume-bench` program installed
     /// beside this one (`brume bench --help` lists the families). Use a release build.
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match &cli.command {
-        Command::Place(args) => brume::place::run(args),
+        Command::Place(args) => brume_plan::place::run(args),
         Command::Bench { args } => bench(args),
         Command::Node(args) => brume::daemon::run::run(args).map(|()| ExitCode::SUCCESS),
         Command::Status(target) => block_on(brume::client::status(target)),

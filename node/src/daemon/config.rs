@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use config::{Config, File, FileFormat, Map, Source as _, Value, ValueKind};
 use serde::{Deserialize, Serialize};
 
-use crate::input_error::Source;
+use brume_plan::input_error::Source;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]

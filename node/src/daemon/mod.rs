@@ -5,7 +5,6 @@
 pub mod config;
 pub mod control;
 pub mod dispatch;
-pub mod metrics;
 pub mod resources;
 pub mod run;
 pub mod services;

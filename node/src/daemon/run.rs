@@ -17,7 +17,6 @@ use tokio::sync::mpsc;
 use super::config::{self, LogFormat, NodeConfig};
 use super::control::{self, DeployRequest, MigrateRequest};
 use super::dispatch::{dispatch, Backend};
-use super::metrics::{refresh_from, Metrics, Outcome as MetricsOutcome};
 use super::resources;
 use super::services::Services;
 use super::views::{PeerView, StatusView};
@@ -25,6 +24,7 @@ use crate::deploy::deployer::Advertiser;
 use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
 use crate::migrate::mover::Mover;
+use brume_metrics::{refresh_from, Metrics, Outcome as MetricsOutcome};
 
 /// Options of `brume node`: the flag layer of the settings (see [`config`]). Each flag is a
 /// setting of [`NodeConfig`] under the same name, so it may also come from the config file or a
@@ -170,7 +170,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let metrics = Metrics::new(&handle.peer_id(), cfg.name.as_deref());
     // Bound before `listening` is printed, so the address file is there once the node is up.
     let metrics_endpoint = match cfg.metrics_addr()? {
-        Some(addr) => Some(super::metrics::bind(addr, &cfg.data_dir).await?),
+        Some(addr) => Some(brume_metrics::bind(addr, &cfg.data_dir).await?),
         None => None,
     };
     let addrs = handle.listen_addrs().await?;
@@ -453,7 +453,7 @@ impl Backend for OverlayBackend {
                     }
                 }
             });
-            let options = crate::deploy::plan::PlaceOptions {
+            let options = brume_plan::onmap::PlaceOptions {
                 policy: request.policy.clone(),
                 seed: request.seed,
                 rounds: request.rounds.max(1),

@@ -22,14 +22,14 @@ use tokio::sync::mpsc;
 use super::client::ask;
 use super::deployer::Deployer;
 use super::ledger::{Entry, Ledger, Placed};
-use super::plan::{self, Assignment, PlaceOptions};
 use super::progress::{Deployed, Event, Row, Step};
 use super::rollout::{Decision, Outcome, Rollout, Slot};
 use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
 };
-use crate::manifest::{Artifact, Checkpoint, Manifest};
 use brume_artifact::{self as artifact, ChunkStore};
+use brume_plan::manifest::{Artifact, Checkpoint, Manifest};
+use brume_plan::onmap::{self, Assignment, PlaceOptions};
 
 /// Restarts allowed to a crashed task.
 const MAX_RESTARTS: u32 = 5;
@@ -74,7 +74,7 @@ impl Initiator {
             .map_with(budget, true)
             .await
             .context("cannot map the neighbourhood")?;
-        let assignments = plan::place(&manifest, &outcome.map, self.overlay.node_id(), options)?;
+        let assignments = onmap::place(&manifest, &outcome.map, self.overlay.node_id(), options)?;
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

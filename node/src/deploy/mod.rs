@@ -15,7 +15,6 @@ pub mod deployer;
 pub mod initiator;
 pub mod instances;
 pub mod ledger;
-pub mod plan;
 pub mod progress;
 pub mod rollout;
 pub mod wire;

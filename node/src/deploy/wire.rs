@@ -169,14 +169,14 @@ pub enum Reply {
     Prepared,
 }
 
-/// Why a name from a request is refused (the rule is [`crate::naming`]'s, the manifest's too).
+/// Why a name from a request is refused (the rule is [`brume_plan::naming`]'s, the manifest's too).
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
-    if crate::naming::is_valid(name) {
+    if brume_plan::naming::is_valid(name) {
         Ok(())
     } else {
         Err(format!(
             "{what} name {name:?} is not allowed: {}",
-            crate::naming::RULE
+            brume_plan::naming::RULE
         ))
     }
 }

@@ -1,4 +1,4 @@
-//! The node's opt-in Prometheus endpoint: `GET /metrics` on a loopback address (the `metrics`
+//! brume-metrics: the node's opt-in Prometheus endpoint, `GET /metrics` on a loopback address (the `metrics`
 //! setting), in the OpenMetrics text format that Prometheus scrapes. Every name is documented in
 //! docs/metrics.md.
 //!
