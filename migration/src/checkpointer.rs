@@ -40,6 +40,30 @@ pub const OUTPUT_FILE: &str = "output.log";
 /// Where containerd keeps a Docker container's OCI bundle (`<id>/config.json`).
 pub const DOCKER_BUNDLES: &str = "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby";
 
+/// Why this host cannot checkpoint or restore Docker's containers with runc, if it cannot: runc
+/// missing, or Docker's runc state not where Docker 20.10 keeps it.
+pub fn runc_usable() -> Result<(), String> {
+    let runc = Command::new("runc")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output();
+    match runc {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            return Err(
+                "runc is not installed here: Docker tasks move live through `runc checkpoint`"
+                    .to_string(),
+            )
+        }
+    }
+    if !Path::new(DOCKER_RUNC_ROOT).is_dir() {
+        return Err(format!(
+            "Docker's runc state {DOCKER_RUNC_ROOT} is missing (not Docker 20.10's layout?)"
+        ));
+    }
+    Ok(())
+}
+
 /// A task restored here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Restored {

@@ -20,6 +20,7 @@
 //! runs CRIU's lazy-pages processes whose page traffic [`live`] relays over the same stream
 //! until the target holds every page, so the freeze does not grow with the task's memory.
 
+pub mod app;
 pub mod checkpointer;
 pub mod chunks;
 pub mod compress;
@@ -28,6 +29,7 @@ pub mod lazy;
 pub mod live;
 pub mod planner;
 pub mod predictor;
+pub mod preflight;
 
 #[cfg(test)]
 mod testing;

@@ -40,6 +40,7 @@ pub mod pageproxy;
 pub mod postcopy;
 pub mod recipe;
 pub mod scan;
+pub mod shared;
 pub mod source;
 pub mod store;
 pub mod target;
@@ -203,4 +204,19 @@ fn files_error(
 
 fn join_error(e: tokio::task::JoinError) -> LiveError {
     LiveError::Worker(e.to_string())
+}
+
+/// A fresh directory on tmpfs (else the temp dir) for one end of one migration, named
+/// `brume-<what>-<pid>-<random>`.
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!(
+        "brume-{what}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
 }

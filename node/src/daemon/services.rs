@@ -17,10 +17,10 @@ use crate::deploy::deployer::{Advertiser, Deployer};
 use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
 use crate::deploy::ledger::Ledger;
-use crate::migrate::live::chunk_store::MigrationStoreConfig;
 use crate::migrate::mover::{Mover, OnMoved};
 use brume_artifact::{self as artifact, ChunkStore};
 use brume_engine::{self as engine, AnyEngine, EngineChoice};
+use brume_migration::live::shared::MigrationStoreConfig;
 use brume_tunnel::{self as tunnel, Routes, TUNNEL_PROTOCOL};
 
 /// Chunk streams served at once.

@@ -5,7 +5,7 @@
 //! hold, capture, start, switch, undo); the [`mover`] performs them. It picks a target from its
 //! own map within a latency budget ([`target`]) unless one is named, has the target prepare the
 //! image, holds the instance's callers, captures the state the way the manifest says
-//! ([`checkpoint`]: the task's own `CHECKPOINT` line, or nothing for a cold restart), and asks
+//! (`brume_migration::app`: the task's own `CHECKPOINT` line, or nothing for a cold restart), and asks
 //! the target to deploy the same instance (same service and epoch) with that state in
 //! `BRUME_RESTORE`. Only when the new instance runs does the source switch callers to it: it
 //! routes its own calls there, tells the other nodes and the service's initiator ([`moved`],
@@ -26,7 +26,6 @@
 //! after it restores it on the source. [`control`] answers `brume migrate` and `brume drain`
 //! on the node's control socket.
 
-pub mod checkpoint;
 pub mod cli;
 pub mod client;
 pub mod control;

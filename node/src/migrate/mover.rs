@@ -16,16 +16,15 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::checkpoint::{self, CHECKPOINT_TIMEOUT};
-use super::live::chunk_store::{MigrationStore, MigrationStoreConfig};
-use super::live::LIVE_PROTOCOL;
 use super::machine::{Action, Carry, End, Input, Move};
-use super::wire::{Mode, Phase, Reply, Request, MAX_FRAME, MOVE_PROTOCOL};
+use super::wire::{Mode, Phase, Reply, Request, LIVE_PROTOCOL, MAX_FRAME, MOVE_PROTOCOL};
 use super::{target, Limits, MoveRequest};
 use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::ledger::Ledger;
 use crate::deploy::wire::{self as deploy, CallTarget, CheckpointMode, InstanceSpec, InstanceView};
+use brume_migration::app::{self as checkpoint, CHECKPOINT_TIMEOUT};
+use brume_migration::live::shared::{MigrationStore, MigrationStoreConfig};
 use brume_overlay::frames::{read_frame, write_frame};
 
 /// The environment variable a restored instance finds its state line in.

@@ -15,6 +15,9 @@ use crate::deploy::wire::{self, InstanceView};
 
 pub const MOVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/move/1");
 
+/// A live move's own stream: its frames around the pre-copy ([`super::live`]), then the pages.
+pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/live/1");
+
 /// Largest request or reply frame.
 pub const MAX_FRAME: usize = 1 << 20;
 

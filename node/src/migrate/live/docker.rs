@@ -4,30 +4,6 @@
 
 use super::*;
 
-/// Why this node cannot checkpoint or restore its Docker tasks with runc, if it cannot: runc
-/// missing, or Docker's runc state not where Docker 20.10 keeps it.
-pub(super) fn runc_usable() -> Result<(), String> {
-    let runc = std::process::Command::new("runc")
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .output();
-    match runc {
-        Ok(o) if o.status.success() => {}
-        _ => {
-            return Err(
-                "runc is not installed here: Docker tasks move live through `runc checkpoint`"
-                    .to_string(),
-            )
-        }
-    }
-    if !Path::new(DOCKER_RUNC_ROOT).is_dir() {
-        return Err(format!(
-            "Docker's runc state {DOCKER_RUNC_ROOT} is missing (not Docker 20.10's layout?)"
-        ));
-    }
-    Ok(())
-}
-
 /// What the source checkpoints: Docker's own container, or a runc container that an earlier
 /// move restored on this node (so a task moves on as often as it is asked).
 enum Checkpointed {
@@ -379,7 +355,7 @@ impl Mover {
             let _ = discard(runc.clone()).await;
             return;
         }
-        let staging = work_dir("live-in");
+        let staging = scratch_dir("live-in");
         // runc's work directory of the restore, beside the staging directory (kept when the
         // restore fails: the error names the CRIU log in it).
         let runc_work = PathBuf::from(format!("{}.restore.work", staging.display()));

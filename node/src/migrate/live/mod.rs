@@ -25,7 +25,7 @@
 //! ```
 //!
 //! Chunk store: every migration into the node, on either engine, shares one store of the memory
-//! chunks of the migrations it received before, which the agent owns ([`chunk_store`]:
+//! chunks of the migrations it received before, which the mover owns (`brume_migration::live::shared`:
 //! `<data_dir>/migration-chunks`, at most `migration_cache_mb`, oldest packs evicted first;
 //! [`brume_migration::live::store`]). Round 1 of a pre-copy then sends only the chunks it lacks:
 //! a task coming back, or a replica of a service that already moved here, costs what changed
@@ -39,27 +39,28 @@
 //! the source may not have heard that the restore succeeded and restored the task itself, and
 //! two copies must never run.
 
-use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brume_migration::checkpointer::{
-    prepare_bundle, PortableBundle, RuncContainer, DOCKER_BUNDLES, DOCKER_RUNC_ROOT,
+    prepare_bundle, runc_usable, PortableBundle, RuncContainer, DOCKER_BUNDLES, DOCKER_RUNC_ROOT,
 };
-use brume_migration::criu::{Criu, InheritFd, NetworkLock};
+use brume_migration::criu::{InheritFd, NetworkLock};
+use brume_migration::live::scratch_dir;
 use brume_migration::live::{
     migrate_in, migrate_out, LiveError, Migrated, RoundStats, SourceOptions, TargetOptions,
 };
-use brume_overlay::{PeerId, Stream, StreamProtocol};
+use brume_migration::preflight::{self, quiet};
+use brume_overlay::{PeerId, Stream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tracing::{info, warn};
 
 use super::mover::{within, Destination, Mover};
-use super::wire::{Mode, Phase, Reply};
+use super::wire::{Mode, Phase, Reply, LIVE_PROTOCOL};
 use super::Limits;
 use crate::deploy::instances::Instance;
 use crate::deploy::wire::{CheckpointMode, InstanceSpec, InstanceView};
@@ -72,8 +73,6 @@ use brume_engine::{
 use brume_overlay::frames::{read_frame, write_frame};
 use brume_tunnel::{Forwarder, Hold, InstanceId, Route};
 
-pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/live/1");
-
 /// Largest frame of this protocol outside the migration itself.
 const MAX_FRAME: usize = 1 << 20;
 
@@ -85,9 +84,6 @@ const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// How long the target retries binding a forwarder port the source is releasing.
 const BIND_WAIT: Duration = Duration::from_secs(3);
-
-/// Oldest CRIU that dumps TCP listeners on these kernels (docs/criu.md).
-const MIN_CRIU: (u32, u32) = (4, 2);
 
 /// The frames around the migration proper.
 #[derive(Debug, Serialize, Deserialize)]
@@ -120,90 +116,16 @@ enum Frame {
     },
 }
 
-/// `(major, minor)` of a CRIU version string such as `4.2.1`.
-fn version_of(text: &str) -> Option<(u32, u32)> {
-    let mut parts = text.trim().split('.');
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next().map_or(Some(0), |m| m.parse().ok())?;
-    Some((major, minor))
-}
-
-/// Socket inodes of `pid`'s descriptors.
-fn socket_inodes(pid: u32) -> HashSet<String> {
-    let mut out = HashSet::new();
-    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        for fd in fds.flatten() {
-            if let Ok(link) = std::fs::read_link(fd.path()) {
-                let link = link.to_string_lossy();
-                if let Some(inode) = link
-                    .strip_prefix("socket:[")
-                    .and_then(|l| l.strip_suffix(']'))
-                {
-                    out.insert(inode.to_string());
-                }
-            }
-        }
-    }
-    out
-}
-
-/// How many of `pid`'s TCP sockets are not listeners (CRIU refuses to dump those without
-/// `--tcp-established`, which could not be restored on another host anyway).
-fn open_connections(pid: u32) -> usize {
-    let inodes = socket_inodes(pid);
-    let mut n = 0;
-    for table in ["tcp", "tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if let (Some(state), Some(inode)) = (f.get(3), f.get(9)) {
-                if *state != "0A" && inodes.contains(*inode) {
-                    n += 1;
-                }
-            }
-        }
-    }
-    n
-}
-
-/// Waits (bounded) until `pid` holds no TCP connection; returns how many it still holds.
-async fn quiet(pid: u32, bound: Duration) -> usize {
-    let until = Instant::now() + bound;
-    loop {
-        let n = open_connections(pid);
-        if n == 0 || Instant::now() >= until {
-            return n;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A fresh directory name on tmpfs for one end of one migration.
 /// The pipeline's options on either engine's source: a fresh work dir, no network lock (only
 /// listeners are dumped; connections are held off), and the move's freeze budget when it gave
 /// one.
 fn source_options(max_downtime: Option<Duration>) -> SourceOptions {
-    let mut opts = SourceOptions::new(work_dir("live-out"));
+    let mut opts = SourceOptions::new(scratch_dir("live-out"));
     if let Some(d) = max_downtime {
         opts.planner.max_downtime = d;
     }
     opts.network_lock = NetworkLock::Skip;
     opts
-}
-
-fn work_dir(what: &str) -> PathBuf {
-    let base = if std::path::Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    base.join(format!(
-        "brume-{what}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ))
 }
 
 /// A pre-copy round as the progress phase the mover prints.
@@ -228,11 +150,8 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-pub mod chunk_store;
 mod docker;
 mod process;
-
-use docker::runc_usable;
 
 impl Mover {
     /// Why a live move of `id` cannot even start here, if it cannot.
@@ -251,17 +170,7 @@ impl Mover {
             }
             AnyEngine::Docker(_) => runc_usable()?,
         }
-        let version = Criu::new()
-            .version()
-            .map_err(|e| format!("CRIU is not usable here: {e}"))?;
-        match version_of(&version) {
-            Some(v) if v >= MIN_CRIU => Ok(()),
-            _ => Err(format!(
-                "criu {version} is too old to dump TCP listeners on this kernel; install criu >= \
-                 {}.{} (scripts/install-criu.sh)",
-                MIN_CRIU.0, MIN_CRIU.1
-            )),
-        }
+        preflight::criu_usable()
     }
 
     /// The live move of `key` (prepared on `dest` already): see the module comment. `moved` is
@@ -483,33 +392,5 @@ impl Mover {
         });
         self.deployer.readvertise().await;
         view
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn criu_versions_are_compared_by_major_and_minor() {
-        assert_eq!(version_of("4.2.1"), Some((4, 2)));
-        assert_eq!(version_of("4.1"), Some((4, 1)));
-        assert_eq!(version_of("5"), Some((5, 0)));
-        assert_eq!(version_of("x"), None);
-        assert!(version_of("4.1.1").is_some_and(|v| v < MIN_CRIU));
-        assert!(version_of("4.10").is_some_and(|v| v >= MIN_CRIU));
-    }
-
-    #[test]
-    fn connections_are_counted_and_listeners_are_not() {
-        // Other tests of this binary may hold connections meanwhile: only a lower bound holds.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let _c = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("c");
-        let _s = listener.accept().expect("accept");
-        assert!(
-            open_connections(std::process::id()) >= 2,
-            "both ends are counted"
-        );
-        assert!(!socket_inodes(std::process::id()).is_empty());
     }
 }

@@ -224,7 +224,7 @@ impl Mover {
             p.drop_layout(&launch).await;
             return;
         }
-        let mut opts = TargetOptions::new(work_dir("live-in"));
+        let mut opts = TargetOptions::new(scratch_dir("live-in"));
         opts.network_lock = NetworkLock::Skip;
         opts.pid_namespace = true;
         opts.store = self.migration_store.get().await;

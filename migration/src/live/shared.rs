@@ -1,15 +1,15 @@
 //! The node's store of memory chunks from the live migrations it received
-//! ([`brume_migration::live::store`]), owned by its agent: every migration into the node, on
+//! ([`crate::live::store`]), owned by its mover: every migration into the node, on
 //! either engine, shares it, so round 1 of a later move sends only the chunks it lacks.
 //!
-//! Held by the agent rather than looked up by directory in a process-wide table: a process that
-//! runs several nodes (tests do) gets one store per node because it has one agent per node, and
-//! nothing outlives the agent.
+//! Held by the mover rather than looked up by directory in a process-wide table: a process that
+//! runs several nodes (tests do) gets one store per node because it has one mover per node, and
+//! nothing outlives the mover.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use brume_migration::live::{ChunkStore, StoreError};
+use crate::live::{ChunkStore, StoreError};
 use tokio::sync::OnceCell;
 use tracing::warn;
 
@@ -102,7 +102,7 @@ mod tests {
     fn the_setting_is_mebibytes_in_the_data_dir() {
         let c = MigrationStoreConfig::in_data_dir(Path::new("/data"), 1024);
         assert_eq!(c.dir, Path::new("/data/migration-chunks"));
-        assert_eq!(c.cap_bytes, brume_migration::live::store::DEFAULT_CAP);
+        assert_eq!(c.cap_bytes, crate::live::store::DEFAULT_CAP);
         let huge = MigrationStoreConfig::in_data_dir(Path::new("/data"), u64::MAX);
         assert_eq!(huge.cap_bytes, u64::MAX, "saturates rather than wraps");
     }
