@@ -23,7 +23,7 @@ use crate::mapping::Message;
 use crate::neighbourhood::NodeRecord;
 
 pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/join/1");
-pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/state/1");
+pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/state/2");
 /// identify's protocol version string for brume nodes.
 pub const IDENTIFY_VERSION: &str = "/brume/1.0.0";
 

@@ -26,7 +26,7 @@ use crate::behaviour::MapFrame;
 use crate::mapping::Message;
 use crate::wire::{self, WireError};
 
-pub const MAP_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/map/2");
+pub const MAP_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/map/3");
 
 /// Frames queued for one peer beyond this are dropped (the map's timeouts cover the loss).
 const QUEUE: usize = 1024;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 
+use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeId;
@@ -27,12 +28,12 @@ pub struct NodeRecord {
     pub load: f32,
     /// Fraction of time the node has been reachable (0..=1).
     pub reliability: f32,
-    /// The node's libp2p peer id (empty in simulations): what a deployer opens streams to.
+    /// The node's libp2p peer id (none in simulations): what a deployer opens streams to.
     #[serde(default)]
-    pub peer: String,
+    pub peer: Option<PeerId>,
     /// Its dialable addresses, each ending in `/p2p/<peer>`, for a deployer not connected to it.
     #[serde(default)]
-    pub addrs: Vec<String>,
+    pub addrs: Vec<Multiaddr>,
     /// The operator's name for the node (e.g. `gw-kitchen`), for people reading maps and peer
     /// lists; see [`check_name`]. Records from nodes that predate it decode as `None`.
     #[serde(default)]
@@ -87,7 +88,7 @@ impl NodeRecord {
             mem_total_mb: 0,
             load: 0.0,
             reliability: 1.0,
-            peer: String::new(),
+            peer: None,
             addrs: Vec::new(),
             name: None,
         }

@@ -225,12 +225,12 @@ pub(crate) async fn spawn(
         .clone()
         .unwrap_or_else(|| NodeRecord::bare(node_id));
     record.id = node_id;
-    record.peer = local_peer.to_string();
+    record.peer = Some(local_peer);
     record.addrs = listen_addrs
         .iter()
         .filter(|a| is_dialable(a))
         .take(4)
-        .map(|a| with_peer(a.clone(), local_peer).to_string())
+        .map(|a| with_peer(a.clone(), local_peer))
         .collect();
     let mapping = MappingNode::new(node_id, record, config.map.clone());
     if let Some(a) = listen_addrs.iter().find(|a| is_dialable(a)) {
@@ -406,13 +406,13 @@ impl Driver {
 
     /// A record carrying this node's peer id and dialable addresses.
     fn stamped(&self, mut record: NodeRecord) -> NodeRecord {
-        record.peer = self.local_peer.to_string();
+        record.peer = Some(self.local_peer);
         record.addrs = self
             .own_addrs()
             .iter()
             .filter(|a| is_dialable(a))
             .take(4)
-            .map(|a| a.to_string())
+            .cloned()
             .collect();
         record
     }
@@ -427,13 +427,11 @@ impl Driver {
 
     /// Keeps the addresses a state record gives for its node.
     fn remember_record(&mut self, record: &NodeRecord) {
-        let Ok(peer) = record.peer.parse::<PeerId>() else {
+        let Some(peer) = record.peer else {
             return;
         };
-        for a in record.addrs.iter().take(MAX_RECORD_ADDRS) {
-            if let Ok(addr) = a.parse::<Multiaddr>() {
-                self.remember(peer, addr);
-            }
+        for addr in record.addrs.iter().take(MAX_RECORD_ADDRS) {
+            self.remember(peer, addr.clone());
         }
     }
 
@@ -620,8 +618,7 @@ impl Driver {
 
     /// A state record from `node`: stored, its coordinate handed to the mapping core.
     fn on_record(&mut self, node: NodeId, mut record: NodeRecord) {
-        let claimed_other_peer = !record.peer.is_empty()
-            && self.peer_id(node).map(|p| p.to_string()) != Some(record.peer.clone());
+        let claimed_other_peer = record.peer.is_some() && self.peer_id(node) != record.peer;
         if record.id != node
             || claimed_other_peer
             || !record.coord.is_finite()

@@ -83,14 +83,13 @@ pub fn place(
         let record = by_host.get(&host.id).ok_or_else(|| {
             anyhow::anyhow!("placement chose {}, which is not in the map", host.id)
         })?;
-        let peer: PeerId = record.peer.parse().map_err(|_| {
+        let peer: PeerId = record.peer.ok_or_else(|| {
             anyhow::anyhow!(
-                "host {} advertises no usable peer id ({:?}): it runs an older brume?",
-                host.id,
-                record.peer
+                "host {} advertises no peer id: it runs an older brume?",
+                host.id
             )
         })?;
-        let addrs = record.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let addrs = record.addrs.clone();
         out.push(Assignment {
             task,
             replica: p.replica,

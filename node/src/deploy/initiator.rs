@@ -199,7 +199,7 @@ impl Initiator {
         let rows = assignments
             .iter()
             .zip(&instances)
-            .map(|(a, i)| row(a.node.to_string(), a.peer.to_string(), i))
+            .map(|(a, i)| row(a.node.to_string(), a.peer, i))
             .collect();
         self.ledger
             .put(
@@ -213,8 +213,8 @@ impl Initiator {
                             task: a.task.clone(),
                             replica: a.replica,
                             host: a.node.to_string(),
-                            peer: a.peer.to_string(),
-                            addrs: a.addrs.iter().map(|m| m.to_string()).collect(),
+                            peer: a.peer,
+                            addrs: a.addrs.clone(),
                         })
                         .collect(),
                 },
@@ -263,11 +263,8 @@ impl Initiator {
     pub async fn ps(&self, all: bool) -> Vec<(String, Row)> {
         let mut out = Vec::new();
         for (service, entry) in self.ledger.all() {
-            let hosts: BTreeMap<String, &Placed> = entry
-                .instances
-                .iter()
-                .map(|p| (p.peer.clone(), p))
-                .collect();
+            let hosts: BTreeMap<PeerId, &Placed> =
+                entry.instances.iter().map(|p| (p.peer, p)).collect();
             let mut views: BTreeMap<(String, u32), (String, InstanceView)> = BTreeMap::new();
             let mut unreachable = BTreeSet::new();
             for (peer, p) in hosts {
@@ -287,12 +284,12 @@ impl Initiator {
             }
             for p in &entry.instances {
                 let r = match views.get(&(p.task.clone(), p.replica)) {
-                    Some((host, v)) => row(host.clone(), p.peer.clone(), v),
+                    Some((host, v)) => row(host.clone(), p.peer, v),
                     None => Row {
                         task: p.task.clone(),
                         replica: p.replica,
                         host: p.host.clone(),
-                        peer: p.peer.clone(),
+                        peer: p.peer.to_string(),
                         engine: "-".into(),
                         state: if unreachable.contains(&p.peer) {
                             "unreachable".into()
@@ -307,11 +304,11 @@ impl Initiator {
         }
         if all {
             let me = self.overlay.node_id().to_string();
-            let peer = self.overlay.peer_id().to_string();
+            let peer = self.overlay.peer_id();
             let mine: BTreeSet<String> = self.ledger.all().into_keys().collect();
             for v in self.deployer.list(None).await {
                 if !mine.contains(&v.service) {
-                    out.push((v.service.clone(), row(me.clone(), peer.clone(), &v)));
+                    out.push((v.service.clone(), row(me.clone(), peer, &v)));
                 }
             }
         }
@@ -353,11 +350,8 @@ impl Initiator {
                  on the node that deployed it"
             );
         };
-        let hosts: BTreeMap<String, &Placed> = entry
-            .instances
-            .iter()
-            .map(|p| (p.peer.clone(), p))
-            .collect();
+        let hosts: BTreeMap<PeerId, &Placed> =
+            entry.instances.iter().map(|p| (p.peer, p)).collect();
         let req = Request::Stop {
             service: service.to_string(),
             epoch: None,
@@ -385,17 +379,16 @@ impl Initiator {
 
     /// Asks the host an instance of the ledger runs on.
     async fn ask_placed(&self, p: &Placed, req: &Request) -> anyhow::Result<Reply> {
-        let (peer, addrs) = p.target()?;
-        ask(&self.deployer, peer, &addrs, req, |_| async {}).await
+        ask(&self.deployer, p.peer, &p.addrs, req, |_| async {}).await
     }
 }
 
-fn row(host: String, peer: String, v: &InstanceView) -> Row {
+fn row(host: String, peer: PeerId, v: &InstanceView) -> Row {
     Row {
         task: v.task.clone(),
         replica: v.replica,
         host,
-        peer,
+        peer: peer.to_string(),
         engine: v.engine.clone(),
         state: v.state.clone(),
         address: format!("127.0.0.1:{}", v.port),

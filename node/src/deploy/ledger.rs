@@ -25,22 +25,9 @@ pub struct Placed {
     pub replica: u32,
     /// The host's node id as maps print it.
     pub host: String,
-    pub peer: String,
-    pub addrs: Vec<String>,
-}
-
-impl Placed {
-    /// The host's peer id and the addresses to dial it by (unparsable ones skipped).
-    pub fn target(&self) -> anyhow::Result<(PeerId, Vec<Multiaddr>)> {
-        let peer: PeerId = self
-            .peer
-            .parse()
-            .map_err(|_| anyhow::anyhow!("the ledger holds a bad peer id {:?}", self.peer))?;
-        Ok((
-            peer,
-            self.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
-        ))
-    }
+    pub peer: PeerId,
+    /// Where to dial it, for a node not connected to it.
+    pub addrs: Vec<Multiaddr>,
 }
 
 /// One deployed service.
@@ -212,7 +199,7 @@ mod tests {
                 task: "a".into(),
                 replica: 0,
                 host: host.into(),
-                peer: "p".into(),
+                peer: PeerId::random(),
                 addrs: vec![],
             }],
         }

@@ -180,8 +180,7 @@ fn find_in_ledger(
             req.task
         ),
     };
-    let (peer, addrs) = placed.target()?;
-    Ok((service, peer, addrs))
+    Ok((service, placed.peer, placed.addrs))
 }
 
 /// Moves every instance running here to a node picked from the map; one line per instance.

@@ -112,8 +112,8 @@ impl Mover {
             task: id.task.clone(),
             replica: id.replica,
             host: host.to_string(),
-            peer: peer.to_string(),
-            addrs: addrs.iter().map(Multiaddr::to_string).collect(),
+            peer,
+            addrs: addrs.to_vec(),
         };
         if let Err(e) = ledger.relocate(&id.service, &id.task, id.replica, to).await {
             tracing::warn!(error = %e, "cannot record a move in the ledger");

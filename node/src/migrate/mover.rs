@@ -378,15 +378,13 @@ impl Mover {
                 if peer == me {
                     return Err("the instance already runs on this node".to_string());
                 }
-                let record = map.nodes.iter().find(|n| n.peer == peer.to_string());
+                let record = map.nodes.iter().find(|n| n.peer == Some(peer));
                 Ok(Destination {
                     peer,
                     // The same name whether or not the map found the node (under load a fresh
                     // map can miss it): node ids derive from peer ids.
                     host: brume_overlay::swarm::node_id_of(&peer).to_string(),
-                    addrs: record
-                        .map(|r| r.addrs.iter().filter_map(|a| a.parse().ok()).collect())
-                        .unwrap_or_default(),
+                    addrs: record.map(|r| r.addrs.clone()).unwrap_or_default(),
                 })
             }
             None => {
@@ -402,19 +400,10 @@ impl Mover {
                             map.nodes.len()
                         )
                     })?;
-                let peer: PeerId =
-                    choice.record.peer.parse().map_err(|_| {
-                        format!("the map holds a bad peer id {:?}", choice.record.peer)
-                    })?;
                 Ok(Destination {
-                    peer,
+                    peer: choice.peer,
                     host: choice.record.id.to_string(),
-                    addrs: choice
-                        .record
-                        .addrs
-                        .iter()
-                        .filter_map(|a| a.parse().ok())
-                        .collect(),
+                    addrs: choice.record.addrs,
                 })
             }
         }

@@ -8,10 +8,12 @@
 
 use brume_overlay::ids::NodeId;
 use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord};
+use brume_overlay::PeerId;
 
 /// The chosen node and the RTT it was chosen by (milliseconds).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
+    pub peer: PeerId,
     pub record: NodeRecord,
     pub rtt_ms: f64,
 }
@@ -22,9 +24,10 @@ pub fn pick(map: &NeighbourhoodMap, me: NodeId, cpu_millis: u64, memory_mb: u64)
     let mine = map.nodes.iter().find(|n| n.id == me);
     map.nodes
         .iter()
-        .filter(|n| n.id != me && !n.peer.is_empty())
+        .filter(|n| n.id != me)
         .filter(|n| u64::from(n.cpu_free_milli) >= cpu_millis && n.mem_free_mb >= memory_mb)
-        .map(|n| {
+        .filter_map(|n| Some((n.peer?, n)))
+        .map(|(peer, n)| {
             let measured = map
                 .links
                 .iter()
@@ -33,6 +36,7 @@ pub fn pick(map: &NeighbourhoodMap, me: NodeId, cpu_millis: u64, memory_mb: u64)
             let predicted = mine.map(|m| m.coord.predicted_rtt(&n.coord));
             let rtt_ms = measured.or(predicted).unwrap_or(f64::INFINITY);
             Choice {
+                peer,
                 record: n.clone(),
                 rtt_ms,
             }
@@ -53,7 +57,7 @@ mod tests {
         let mut n = NodeRecord::bare(NodeId(id));
         n.cpu_free_milli = cpu;
         n.mem_free_mb = mem;
-        n.peer = format!("peer-{id}");
+        n.peer = Some(PeerId::random());
         n
     }
 
@@ -94,7 +98,7 @@ mod tests {
     #[test]
     fn nodes_without_a_peer_id_or_memory_are_skipped() {
         let mut anonymous = node(2, 4000, 4096);
-        anonymous.peer.clear();
+        anonymous.peer = None;
         let m = map(
             vec![
                 node(1, 0, 0),
