@@ -109,7 +109,9 @@ suite() {
     # The debug build the tests use: this checks the bench runs and ends with its BENCH line;
     # its timings mean nothing (a release build just for this took minutes on CI's two cores).
     stamp "bench smoke: brume bench placement --quick"
-    "${run[@]}" cargo run --locked -q -p brume -- bench placement --quick --instances 20 --reps 3 2>/dev/null |
+    # `brume bench` runs the brume-bench program beside it: build both.
+    "${run[@]}" cargo build --locked -q -p brume -p brume-bench
+    "${run[@]}" target/debug/brume bench placement --quick --instances 20 --reps 3 2>/dev/null |
       tee target/bench-smoke.txt | tail -n 1
     grep -q '^BENCH placement ' target/bench-smoke.txt || { echo "bench smoke: no BENCH line"; return 1; }
   fi
