@@ -1,5 +1,5 @@
 //! Tunnels over real overlay nodes on loopback (TCP + noise + yamux, every port chosen by the
-//! kernel). Each node runs `serve` on `/brume/tunnel/1` with its own routes table; "tasks" are
+//! kernel). Each node runs `serve` on `/brume/tunnel/2` with its own routes table; "tasks" are
 //! small TCP servers on loopback that greet with a line naming their node, then echo.
 //!
 //! * lines echo through a forwarder on A to a task on B; eight concurrent connections each move

@@ -5,9 +5,9 @@
 //! * `identify`: learns the peers' listen addresses (what membership hands out to newcomers);
 //! * `ping`: RTT samples for the mapping core's estimators and Vivaldi;
 //! * `/brume/join/1` (request-response, CBOR): join samples and shuffles ([`MembershipRequest`]);
-//! * `/brume/state/1` (request-response, CBOR): state records exchanged both ways;
+//! * `/brume/state/2` (request-response, CBOR): state records exchanged both ways;
 //! * `libp2p-stream`: raw streams, for the mapping core's messages on one long-lived stream per
-//!   peer (`/brume/map/2`, see [`crate::maplink`]) and for the node's own stream protocols
+//!   peer (`/brume/map/3`, see [`crate::maplink`]) and for the node's own stream protocols
 //!   (deploy, transfer, tunnel), which it opens through [`crate::OverlayHandle::open_stream`].
 
 use std::time::Duration;

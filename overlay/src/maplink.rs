@@ -1,4 +1,4 @@
-//! Map messages on one long-lived stream per peer and direction (`/brume/map/2`).
+//! Map messages on one long-lived stream per peer and direction (`/brume/map/3`).
 //!
 //! Why not request-response: a request-response message opens a fresh substream, and opening a
 //! substream costs a multistream-select negotiation before the first byte is read, so each hop of

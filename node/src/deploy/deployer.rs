@@ -422,7 +422,7 @@ impl Deployer {
         self.forwarders_at(spec, &[]).await
     }
 
-    /// [`Agent::forwarders`] on the given ports, in the same order (calls, then replicas);
+    /// [`Deployer::forwarders`] on the given ports, in the same order (calls, then replicas);
     /// empty: any free ports.
     pub(crate) async fn forwarders_at(
         &self,

@@ -2,7 +2,7 @@
 //! carries every accepted connection to wherever the callee runs at that moment.
 //!
 //! Per connection: read the route from [`Routes`]; for [`Route::Local`] connect straight to the
-//! task's port; for [`Route::Remote`] open a `/brume/tunnel/1` stream through the
+//! task's port; for [`Route::Remote`] open a `/brume/tunnel/2` stream through the
 //! [`StreamOpener`] ([`open_tunnel`]: hello, reply, retried if the stream is lost before the
 //! reply), then [`super::splice`] the two until both directions end. The caller's bytes wait in
 //! its socket until the reply, so a lost stream can be retried without losing or repeating any. A connection that cannot be carried (no route, unreachable peer, refusal) is
@@ -25,7 +25,7 @@ use super::{connect_local, splice, HANDSHAKE_TIMEOUT, MAX_HOLD, MAX_REDIRECTS, T
 use crate::InstanceId;
 use brume_overlay::frames::{read_frame, write_frame, FrameError};
 
-/// Opens raw `/brume/tunnel/1` streams to peers: the overlay in the daemon, a fake in unit tests.
+/// Opens raw `/brume/tunnel/2` streams to peers: the overlay in the daemon, a fake in unit tests.
 pub trait StreamOpener: Send + Sync + 'static {
     /// A futures-io byte stream.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;

@@ -7,7 +7,7 @@
 //!  caller task ──TCP──▶ Forwarder (127.0.0.1:p, in BRUME_CALL_<CALLEE>)       node A
 //!                         │ looks the callee's InstanceId up in Routes, now
 //!                         ├─ Route::Local { port } ──TCP──▶ 127.0.0.1:port     (same node)
-//!                         └─ Route::Remote { peer } ── /brume/tunnel/1 stream ─▶ node B
+//!                         └─ Route::Remote { peer } ── /brume/tunnel/2 stream ─▶ node B
 //!                              Hello{endpoint} ─▶ serve(): is it running HERE?
 //!                              ◀─ Reply::Ok | Reply::Refused{reason}
 //!                              bytes both ways ◀──▶ TCP 127.0.0.1:port of the task on B
@@ -19,7 +19,7 @@
 //!   a connection is accepted**, so after a task moves new connections reach the new host at once;
 //!   connections opened before the move keep their old far end and break when the old instance
 //!   goes away (the caller reconnects, as it would after any TCP error).
-//! * [`serve`] is the callee's end: it answers `/brume/tunnel/1` streams for the tasks whose route
+//! * [`serve`] is the callee's end: it answers `/brume/tunnel/2` streams for the tasks whose route
 //!   on this node is [`Route::Local`], redirects those that moved away ([`Reply::Moved`]: the
 //!   caller's node updates its route and opens the tunnel to the new host), and refuses the
 //!   others with a reason.

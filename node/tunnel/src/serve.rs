@@ -1,4 +1,4 @@
-//! The callee's end of tunnels: [`serve`] answers `/brume/tunnel/1` streams for the tasks that
+//! The callee's end of tunnels: [`serve`] answers `/brume/tunnel/2` streams for the tasks that
 //! run on this node.
 //!
 //! Per stream: read the [`Hello`] (at most [`HELLO_LIMIT`] bytes, within [`HANDSHAKE_TIMEOUT`]),

@@ -1,4 +1,4 @@
-//! What travels on a `/brume/tunnel/1` stream before the payload, and what can go wrong.
+//! What travels on a `/brume/tunnel/2` stream before the payload, and what can go wrong.
 //!
 //! The opener writes one [`Hello`] frame (see [`brume_overlay::frames`]) naming the callee; the acceptor
 //! answers one [`Reply`] frame; after `Reply::Ok` the stream carries the call's raw bytes. Hellos

@@ -2,7 +2,7 @@
 //! TCP connection.
 //!
 //! Two overlay nodes run in this process on loopback (TCP + noise + yamux, as in the daemon). A
-//! bench server stands for a task on node B; node B serves `/brume/tunnel/1` for it and node A
+//! bench server stands for a task on node B; node B serves `/brume/tunnel/2` for it and node A
 //! has a [`Forwarder`] to it. Every figure is measured in the same run against the same server,
 //! through the forwarder, through a second forwarder on A whose route is local (a call to a task
 //! on the same node), and by connecting to the server's port directly, rotating which goes
