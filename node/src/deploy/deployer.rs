@@ -223,33 +223,12 @@ impl Deployer {
         };
         let mut env = spec.env.clone();
         env.extend(call_vars);
-        let mut launch = self.launch_spec(&spec, image_ref, env, 0);
+        let launch = self.launch_spec(&spec, image_ref, env, 0);
         let name = launch.name.clone();
         let _ = phases.send(Phase::Starting).await;
-        // The port is checked free when picked, but something else on the host may bind it before
-        // the task does: pick another and start again, a few times.
-        let mut tries = 0;
-        let port = loop {
-            launch.port = match free_task_port() {
-                Ok(p) => p,
-                Err(e) => return refuse(format!("no free port on this node: {e}")),
-            };
-            match self.start_task(&spec, &launch).await {
-                Ok(()) => break launch.port,
-                Err(e) => {
-                    // The engine removes what it created when start fails; make sure.
-                    let _ = self.engine.remove(&name).await;
-                    tries += 1;
-                    if matches!(e, EngineError::PortInUse { .. }) && tries < PORT_TRIES {
-                        warn!(
-                            port = launch.port,
-                            "the task's port was taken; picking another"
-                        );
-                        continue;
-                    }
-                    return refuse(format!("the task did not start: {e}"));
-                }
-            }
+        let port = match self.start_on_a_free_port(&spec, launch).await {
+            Ok(port) => port,
+            Err(reason) => return refuse(reason),
         };
         self.routes.set(spec.id.clone(), Route::Local { port });
         info!(instance = %spec.id, port, %name, "task started");
@@ -264,6 +243,34 @@ impl Deployer {
         Reply::Started {
             instance: view,
             reused: false,
+        }
+    }
+
+    /// Starts `launch` on a free port and returns the port. The port is checked free when picked,
+    /// but something else on the host may bind it before the task does: then another is picked
+    /// and the start tried again, a few times. A failed start leaves nothing behind.
+    async fn start_on_a_free_port(
+        &self,
+        spec: &InstanceSpec,
+        mut launch: LaunchSpec,
+    ) -> Result<u16, String> {
+        let mut tries = 0;
+        loop {
+            launch.port =
+                free_task_port().map_err(|e| format!("no free port on this node: {e}"))?;
+            let Err(e) = self.start_task(spec, &launch).await else {
+                return Ok(launch.port);
+            };
+            // The engine removes what it created when start fails; make sure.
+            let _ = self.engine.remove(&launch.name).await;
+            tries += 1;
+            if !(matches!(e, EngineError::PortInUse { .. }) && tries < PORT_TRIES) {
+                return Err(format!("the task did not start: {e}"));
+            }
+            warn!(
+                port = launch.port,
+                "the task's port was taken; picking another"
+            );
         }
     }
 
