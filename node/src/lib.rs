@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod mapnet;
 pub mod mapview;
 pub mod migrate;
+pub mod names;
 pub mod netfile;
 pub mod place;
 pub mod report;

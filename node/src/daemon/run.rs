@@ -22,6 +22,8 @@ use super::services::Services;
 use super::views::{PeerView, StatusView};
 use crate::deploy::agent::{Advertiser, Agent, Capacity};
 use crate::deploy::initiator::Initiator;
+use crate::deploy::progress::{Deployed, Event, Row};
+use crate::migrate::control::{DrainLine, MoveProgress, Moved};
 
 /// Options of `brume node`. Each may also come from the config file or a `BRUME_*` variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,7 +38,7 @@ pub struct NodeArgs {
     /// A member to join through (repeatable); any member will do, e.g. /ip4/10.0.0.2/tcp/7100.
     #[arg(long, value_name = "MULTIADDR")]
     pub join: Vec<String>,
-    /// The control socket that `brume status`, `peers` and `map` talk to.
+    /// The control socket that every client command (`brume status`, `deploy`, `migrate`...) talks to.
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
     /// Fewest overlay peers to keep.
@@ -370,6 +372,8 @@ impl Backend for OverlayBackend {
             let s = self.handle.status().await?;
             Ok(StatusView {
                 peer_id: s.peer_id.to_string(),
+                // The config's `name` setting, once there is one.
+                name: None,
                 node_id: s.node_id.0,
                 listen: s.listen_addrs.iter().map(ToString::to_string).collect(),
                 degree: s.degree,
@@ -388,6 +392,8 @@ impl Backend for OverlayBackend {
                 .into_iter()
                 .map(|p| PeerView {
                     peer_id: p.peer_id.to_string(),
+                    // The peer's record's `name`, once records carry one.
+                    name: None,
                     node_id: p.node_id.0,
                     addr: p.addr.map(|a| a.to_string()),
                     srtt_ms: p.srtt_ms,
@@ -409,16 +415,13 @@ impl Backend for OverlayBackend {
     fn deploy(
         &self,
         request: DeployRequest,
-        progress: mpsc::Sender<control::Response>,
-    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move {
-            let done = self.initiator.deploy(request, progress).await?;
-            Ok(serde_json::to_value(done)?)
-        })
+        progress: mpsc::Sender<Event>,
+    ) -> BoxFuture<'_, anyhow::Result<Deployed>> {
+        Box::pin(self.initiator.deploy(request, progress))
     }
 
-    fn ps(&self, all: bool) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move { Ok(serde_json::to_value(self.initiator.ps(all).await)?) })
+    fn ps(&self, all: bool) -> BoxFuture<'_, anyhow::Result<Vec<(String, Row)>>> {
+        Box::pin(async move { Ok(self.initiator.ps(all).await) })
     }
 
     fn logs(
@@ -427,37 +430,34 @@ impl Backend for OverlayBackend {
         task: String,
         replica: u32,
         tail: usize,
-    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move {
-            let text = self.initiator.logs(service, task, replica, tail).await?;
-            Ok(serde_json::Value::String(text))
-        })
+    ) -> BoxFuture<'_, anyhow::Result<String>> {
+        Box::pin(self.initiator.logs(service, task, replica, tail))
     }
 
-    fn stop(&self, service: String) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move { Ok(serde_json::to_value(self.initiator.stop(&service).await?)?) })
+    fn stop(&self, service: String) -> BoxFuture<'_, anyhow::Result<Vec<String>>> {
+        Box::pin(async move { self.initiator.stop(&service).await })
     }
 
     fn migrate(
         &self,
         request: MigrateRequest,
-        progress: mpsc::Sender<control::Response>,
-    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move {
-            let moved = crate::migrate::control::migrate(&self.agent, request, progress).await?;
-            Ok(serde_json::to_value(moved)?)
-        })
+        progress: mpsc::Sender<MoveProgress>,
+    ) -> BoxFuture<'_, anyhow::Result<Moved>> {
+        Box::pin(crate::migrate::control::migrate(
+            &self.agent,
+            request,
+            progress,
+        ))
     }
 
     fn drain(
         &self,
         budget: Duration,
         cold: bool,
-        progress: mpsc::Sender<control::Response>,
-    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        progress: mpsc::Sender<MoveProgress>,
+    ) -> BoxFuture<'_, anyhow::Result<Vec<DrainLine>>> {
         Box::pin(async move {
-            let lines = crate::migrate::control::drain(&self.agent, budget, cold, progress).await;
-            Ok(serde_json::to_value(lines)?)
+            Ok(crate::migrate::control::drain(&self.agent, budget, cold, progress).await)
         })
     }
 }

@@ -19,13 +19,13 @@ use tokio::sync::mpsc;
 use super::agent::Agent;
 use super::ledger::{Entry, Ledger, Placed};
 use super::plan::{self, Assignment, PlaceOptions};
-use super::progress::{Deployed, Event, Row, Step};
+use super::progress::{DeployRequest, Deployed, Event, Row, Step};
 use super::wire::{
     AgentReply, AgentRequest, CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload,
     Phase, DEPLOY_PROTOCOL, MAX_FRAME,
 };
-use crate::daemon::control::{DeployRequest, Response};
 use crate::manifest::{Artifact, Checkpoint, Manifest};
+use crate::names::NodeName;
 use brume_artifact::{self as artifact, ChunkStore};
 use brume_overlay::frames::{read_frame, write_frame};
 
@@ -59,7 +59,7 @@ impl Initiator {
     pub async fn deploy(
         &self,
         req: DeployRequest,
-        progress: mpsc::Sender<Response>,
+        progress: mpsc::Sender<Event>,
     ) -> anyhow::Result<Deployed> {
         let started = Instant::now();
         let manifest = Manifest::load(&req.manifest)?;
@@ -86,14 +86,12 @@ impl Initiator {
             let event = Event {
                 task: task.to_string(),
                 replica,
-                host,
+                peer: host,
                 step,
             };
             let progress = progress.clone();
             async move {
-                if let Ok(v) = serde_json::to_value(event) {
-                    let _ = progress.send(Response::Progress(v)).await;
-                }
+                let _ = progress.send(event).await;
             }
         };
 
@@ -107,7 +105,7 @@ impl Initiator {
                 epoch,
                 self.overlay.peer_id(),
             );
-            let host = a.node.to_string();
+            let host = a.peer.to_string();
             async move {
                 send(&a.task, a.replica, host.clone(), Step::Placed).await;
                 let on_phase = |phase: Phase| {
@@ -178,7 +176,7 @@ impl Initiator {
             .filter_map(|(a, r)| {
                 r.as_ref()
                     .err()
-                    .map(|e| format!("{}#{} on {}: {e}", a.task, a.replica, a.node))
+                    .map(|e| format!("{}#{} on {}: {e}", a.task, a.replica, NodeName::of(a.peer)))
             })
             .collect();
         if !failures.is_empty() {
@@ -204,7 +202,7 @@ impl Initiator {
                 .collect();
             for (a, r) in assignments.iter().zip(&results) {
                 if r.is_ok() {
-                    send(&a.task, a.replica, a.node.to_string(), Step::RolledBack).await;
+                    send(&a.task, a.replica, a.peer.to_string(), Step::RolledBack).await;
                 }
             }
             let mut msg = format!(
