@@ -18,7 +18,9 @@ fn main() {
         Some(c) => format!("{version} ({c})"),
         None => version.to_string(),
     };
-    println!("cargo:rustc-env=BRUME_VERSION={long}");
+    // Not `BRUME_*`: cargo also sets this for `cargo test` and `cargo run`, and the node reads
+    // every `BRUME_*` variable as a setting.
+    println!("cargo:rustc-env=LONG_VERSION={long}");
     // Build again when HEAD moves: a checkout (HEAD) or a commit (the branch's ref).
     for path in [
         git(&["rev-parse", "--git-path", "HEAD"]),

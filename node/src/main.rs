@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "brume",
-    version = env!("BRUME_VERSION"),
+    version = env!("LONG_VERSION"),
     about = "brume: a peer-to-peer fog orchestrator for fleets of edge devices",
     long_about = "brume: a peer-to-peer fog orchestrator for fleets of edge devices.\n\n\
         Every device runs the same program. A service is a manifest (service.toml) of tasks and \
