@@ -106,9 +106,13 @@ impl Show {
                 }
                 let Some((_, bar)) = current else { return };
                 match &p.step {
-                    MoveStep::Round { round, .. } => {
+                    MoveStep::Round { round, last, .. } => {
                         bar.set_position(u64::from(*round));
                         bar.set_message(text(&p.step));
+                        // The frozen round stays on the screen once the bar is gone.
+                        if *last {
+                            bar.println(format!("{who}: {}", text(&p.step)));
+                        }
                     }
                     MoveStep::Fetching { .. } => bar.set_message(text(&p.step)),
                     step => bar.println(format!("{who}: {}", text(step))),
@@ -300,4 +304,80 @@ pub async fn drain(args: &DrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failed} of {} instance(s) could not be moved", lines.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(round: u32, last: bool) -> MoveStep {
+        MoveStep::Round {
+            round,
+            last,
+            dumped_bytes: 64 << 20,
+            delta_bytes: 3 << 20,
+            wire_bytes: 1 << 20,
+            round_ms: 50,
+            dump_ms: 40,
+            rate: 100 << 20,
+            predicted_downtime_ms: (!last).then_some(120),
+        }
+    }
+
+    fn progress(task: &str, step: MoveStep) -> MoveProgress {
+        MoveProgress {
+            service: "svc".into(),
+            task: task.into(),
+            replica: 0,
+            step,
+        }
+    }
+
+    #[test]
+    fn one_bar_per_instance_advances_per_round() {
+        // (indicatif draws nothing here: a test's stderr is not a terminal.)
+        let mut show = Show::Bar(None);
+        for r in 1..=3 {
+            show.update(progress("mid", round(r, false)));
+        }
+        let Show::Bar(Some((who, bar))) = &show else {
+            panic!("no bar")
+        };
+        assert_eq!(who, "svc/mid#0");
+        assert_eq!(bar.position(), 3);
+        assert!(bar
+            .message()
+            .starts_with("pre-copy round 3: dumped 64.0 MiB"));
+        assert!(bar.message().ends_with("predicted downtime 120 ms"));
+        let first = bar.clone();
+        // The next instance of a drain gets a bar of its own; the last one is done.
+        show.update(progress("back", MoveStep::Building));
+        assert!(first.is_finished());
+        let Show::Bar(Some((who, bar))) = &show else {
+            panic!("no bar")
+        };
+        assert_eq!(who, "svc/back#0");
+        assert_eq!(bar.position(), 0);
+        show.finish();
+    }
+
+    #[test]
+    fn lines_say_what_the_tests_and_scripts_read() {
+        assert!(text(&round(4, true)).starts_with("final round 4:"));
+        let restored = MoveStep::Restored {
+            downtime_ms: 90,
+            restore_ms: 60,
+            rounds: 4,
+            wire_bytes: 1 << 21,
+        };
+        assert_eq!(
+            text(&restored),
+            "restored on the target: downtime 90 ms (criu restore 60 ms), 4 round(s), 2.00 MiB sent"
+        );
+        let target = MoveStep::Target {
+            peer: "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into(),
+            host: "n7".into(),
+        };
+        assert_eq!(text(&target), "target …4kx6nXTN");
+    }
 }
