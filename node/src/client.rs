@@ -1,16 +1,19 @@
 //! `brume status`, `brume peers` and `brume map`: small clients of a running node's control
-//! socket. They print for a person by default, and JSON (or Graphviz) on request.
+//! socket. They print for a person by default (nodes by their [`NodeName`]), and on request
+//! JSON (the command's typed reply as it is, full peer ids) or Graphviz. Also the helpers the
+//! other client commands share: which socket, one typed call, JSON out.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
-use brume_overlay::neighbourhood::NeighbourhoodMap;
+use serde::Serialize;
 
 use crate::daemon::config::default_control_socket;
-use crate::daemon::control::{self, Request, Response};
-use crate::daemon::views::{PeerView, StatusView};
+use crate::daemon::control::{
+    self, Command, ControlError, MapRequest, PeersRequest, Progress, StatusRequest,
+};
 use crate::mapview;
+use crate::names::NodeName;
 
 /// Where to find the node.
 #[derive(Debug, Clone, clap::Args)]
@@ -18,7 +21,7 @@ pub struct Target {
     /// The node's control socket (default: the one `brume node` uses by default).
     #[arg(long, env = "BRUME_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,
-    /// Print JSON instead of a table.
+    /// Print the node's answer as JSON (stable field names, full peer ids) instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -40,33 +43,58 @@ pub struct MapArgs {
     pub fresh: bool,
 }
 
-pub(crate) async fn ask(
-    target: &Target,
-    request: Request,
-    wait: Duration,
-) -> anyhow::Result<serde_json::Value> {
-    let path = target
+/// The socket of the node `target` names.
+pub(crate) fn socket(target: &Target) -> PathBuf {
+    target
         .control
         .clone()
-        .unwrap_or_else(default_control_socket);
-    match control::call(&path, &request, wait).await? {
-        Response::Ok(v) => Ok(v),
-        Response::Error(e) => anyhow::bail!("the node refused: {e}"),
-        Response::Progress(_) => anyhow::bail!("the node sent progress where an answer was due"),
-    }
+        .unwrap_or_else(default_control_socket)
+}
+
+/// Sends `command` to the node and waits at most `wait` for its reply, handing progress
+/// reports to `progress`; a refusal becomes an error that says `what` failed and why.
+pub(crate) async fn call<C: Command>(
+    target: &Target,
+    command: C,
+    wait: Duration,
+    what: &str,
+    progress: impl FnMut(Progress),
+) -> anyhow::Result<C::Reply> {
+    control::call(&socket(target), command, wait, progress)
+        .await
+        .map_err(|e| match e {
+            ControlError::Refused(why) => anyhow::anyhow!("{what}: {why}"),
+            other => other.into(),
+        })
+}
+
+/// [`call`] for a command that reports no progress.
+pub(crate) async fn ask<C: Command>(
+    target: &Target,
+    command: C,
+    wait: Duration,
+) -> anyhow::Result<C::Reply> {
+    call(target, command, wait, "the node refused", |_| {}).await
+}
+
+/// Prints a reply as `--json` shows it.
+pub(crate) fn print_json(reply: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(reply)?);
+    Ok(())
 }
 
 const WAIT: Duration = Duration::from_secs(5);
 
 pub async fn status(target: &Target) -> anyhow::Result<()> {
-    let v = ask(target, Request::Status, WAIT).await?;
+    let s = ask(target, StatusRequest, WAIT).await?;
     if target.json {
-        println!("{v:#}");
-        return Ok(());
+        return print_json(&s);
     }
-    let s: StatusView = serde_json::from_value(v).context("the node's status is malformed")?;
+    println!(
+        "node        {}",
+        NodeName::of(&s.peer_id).named(s.name.as_deref())
+    );
     println!("peer id     {}", s.peer_id);
-    println!("node id     {}", s.node_id);
     println!("listening   {}", s.listen.join(", "));
     println!("peers       {}", s.degree);
     println!(
@@ -78,22 +106,19 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
 }
 
 pub async fn peers(target: &Target) -> anyhow::Result<()> {
-    let v = ask(target, Request::Peers, WAIT).await?;
+    let peers = ask(target, PeersRequest, WAIT).await?;
     if target.json {
-        println!("{v:#}");
-        return Ok(());
+        return print_json(&peers);
     }
-    let peers: Vec<PeerView> =
-        serde_json::from_value(v).context("the node's peer list is malformed")?;
     println!(
-        "{:<54} {:>9} {:>9} {:>10}  address",
+        "{:<28} {:>9} {:>9} {:>10}  address",
         "peer", "srtt ms", "var ms", "vivaldi ms"
     );
     let ms = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}"));
     for p in &peers {
         println!(
-            "{:<54} {:>9} {:>9} {:>10}  {}",
-            p.peer_id,
+            "{:<28} {:>9} {:>9} {:>10}  {}",
+            NodeName::of(&p.peer_id).named(p.name.as_deref()),
             ms(p.srtt_ms),
             ms(p.rttvar_ms),
             ms(p.predicted_ms),
@@ -105,21 +130,19 @@ pub async fn peers(target: &Target) -> anyhow::Result<()> {
 }
 
 pub async fn map(args: &MapArgs) -> anyhow::Result<()> {
-    let request = Request::Map {
+    let request = MapRequest {
         budget_ms: args.budget.as_secs_f64() * 1e3,
         fresh: args.fresh,
     };
     // The node answers within the budget plus a grace; wait a little longer than that.
-    let v = ask(&args.target, request, WAIT + args.budget * 2).await?;
+    let map = ask(&args.target, request, WAIT + args.budget * 2).await?;
     if args.target.json {
-        println!("{v:#}");
-        return Ok(());
+        return print_json(&map);
     }
-    let map: NeighbourhoodMap = serde_json::from_value(v).context("the node's map is malformed")?;
-    let origin = ask(&args.target, Request::Status, WAIT)
+    let origin = ask(&args.target, StatusRequest, WAIT)
         .await
         .ok()
-        .and_then(|v| v.get("node_id")?.as_u64());
+        .map(|s| s.node_id);
     if args.dot {
         print!("{}", mapview::dot(&map, origin));
     } else {

@@ -1,24 +1,24 @@
 //! The `brume` node program: the daemon and the command line every device runs.
 //!
-//! This crate is the only place that wires brume's parts to the world. Files the operator
-//! writes come in through [`manifest`] (a service: tasks and calls) and [`netfile`] (a network:
-//! hosts and links); both refuse bad input with the file, line and field at fault, and turn what
-//! they read into `brume_placement`'s `CallGraph` and `Network`. [`place`] runs a placer on
-//! those, giving a [`verdict`] (a plan and how it was found, or why there is none), and
-//! [`report`] shows the plan to a person (a table that says why each task landed where
-//! it did) or to a program (JSON).
+//! This crate is the only place that wires brume's parts to the world. The running node is
+//! [`daemon`]: it reads its settings (defaults, file, `BRUME_*`, flags: one path), runs the
+//! overlay (crate `brume_overlay`), serves a typed control socket (`daemon::control`: one
+//! request and one reply type per command) that [`client`] and the command modules speak to,
+//! naming nodes the same way in every listing ([`names`]), and runs the services of [`deploy`]
+//! and [`migrate`].
 //!
-//! The running node is [`daemon`]: the overlay (crate `brume_overlay`), a control socket that
-//! [`client`] and the command modules speak to, and the services of [`deploy`]: an initiator
-//! that packs artifacts (crate `brume_artifact`) and places a service on its map, and an agent
-//! that fetches them and runs tasks through an engine (crate `brume_engine`: Docker or plain
-//! processes), wiring their calls through tunnels (crate `brume_tunnel`). [`migrate`] moves a
-//! running instance to another node, holding its callers while its state goes across. The
-//! benchmarks are a program of their own (`brume-bench`, in testnet/bench), which `brume bench`
-//! runs.
+//! A deploy: the initiator reads the manifest and places it on the node's neighbourhood map
+//! (crate `brume_plan`), packs artifacts (crate `brume_artifact`) and asks every chosen host on
+//! `/brume/deploy/2`; each host's deployer fetches what it lacks and runs the task through an
+//! engine (crate `brume_engine`: Docker or plain processes), wiring its calls through tunnels
+//! (crate `brume_tunnel`). A move: the node that runs an instance drives it, its decisions a
+//! state machine with no I/O (`migrate::machine`) and its state captured by brume-migration.
+//! The opt-in metrics endpoint is crate `brume_metrics`; the benchmarks are a program of their
+//! own (`brume-bench`, in testnet/bench), which `brume bench` runs.
 
 pub mod client;
 pub mod daemon;
 pub mod deploy;
 pub mod mapview;
 pub mod migrate;
+pub mod names;

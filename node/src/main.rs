@@ -3,12 +3,12 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "brume",
-    version,
+    version = env!("LONG_VERSION"),
     about = "brume: a peer-to-peer fog orchestrator for fleets of edge devices",
     long_about = "brume: a peer-to-peer fog orchestrator for fleets of edge devices.\n\n\
         Every device runs the same program. A service is a manifest (service.toml) of tasks and \
@@ -68,6 +68,12 @@ enum Command {
     Migrate(brume::migrate::cli::MigrateArgs),
     /// Move every task instance this node runs to other nodes (before taking it down).
     Drain(brume::migrate::cli::DrainArgs),
+    /// Print a completion script for a shell, e.g. `brume completions bash >
+    /// /etc/bash_completion.d/brume`, or `source <(brume completions bash)`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +102,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => block_on(brume::deploy::cli::stop(args)),
         Command::Migrate(args) => block_on(brume::migrate::cli::migrate(args)),
         Command::Drain(args) => block_on(brume::migrate::cli::drain(args)),
+        Command::Completions { shell } => completions(*shell),
     };
     match result {
         Ok(code) => code,
@@ -103,6 +110,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints the completion script; written whole from a buffer, so that a closed pipe
+/// (`brume completions bash | head`) is an error rather than clap_complete's panic.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "brume", &mut script);
+    match std::io::stdout().write_all(&script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 

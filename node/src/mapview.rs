@@ -1,24 +1,43 @@
 //! Showing a neighbourhood map: a table for a person, JSON for a program, Graphviz `dot` for a
-//! picture (`brume map --dot | dot -Tpng > map.png`).
+//! picture (`brume map --dot | dot -Tpng > map.png`). Nodes read as their [`NodeName`]; links,
+//! which the map keys by the overlay's numeric node ids, are shown by the names of their ends.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use brume_overlay::ids::NodeId;
 use brume_overlay::neighbourhood::NeighbourhoodMap;
+
+use crate::names::NodeName;
+
+/// The name of every node in the map, by its numeric id.
+fn names(map: &NeighbourhoodMap) -> HashMap<NodeId, String> {
+    map.nodes
+        .iter()
+        .map(|n| (n.id, NodeName::of_record(n).to_string()))
+        .collect()
+}
+
+/// A node's name, or its numeric id when the map holds no record of it.
+fn name_of(names: &HashMap<NodeId, String>, id: NodeId) -> String {
+    names.get(&id).cloned().unwrap_or_else(|| id.to_string())
+}
 
 /// One line per node (resources, load, coordinate), then one per measured link.
 pub fn table(map: &NeighbourhoodMap, origin: Option<u64>) -> String {
+    let names = names(map);
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<18} {:>11} {:>13} {:>5} {:>6} {:>22}",
+        "{:<24} {:>11} {:>13} {:>5} {:>6} {:>22}",
         "node", "cpu free", "memory free", "load", "rel", "coordinate (ms)"
     );
     for n in &map.nodes {
         let mark = if Some(n.id.0) == origin { "*" } else { "" };
         let _ = writeln!(
             s,
-            "{:<18} {:>5}/{:<5} {:>6}/{:<6} {:>5.2} {:>6.3} {:>22}",
-            format!("{}{mark}", n.id),
+            "{:<24} {:>5}/{:<5} {:>6}/{:<6} {:>5.2} {:>6.3} {:>22}",
+            format!("{}{mark}", name_of(&names, n.id)),
             n.cpu_free_milli,
             n.cpu_total_milli,
             n.mem_free_mb,
@@ -31,13 +50,13 @@ pub fn table(map: &NeighbourhoodMap, origin: Option<u64>) -> String {
             ),
         );
     }
-    let _ = writeln!(s, "\n{:<18} {:<18} {:>9}", "link", "", "rtt ms");
+    let _ = writeln!(s, "\n{:<24} {:<24} {:>9}", "link", "", "rtt ms");
     for l in &map.links {
         let _ = writeln!(
             s,
-            "{:<18} {:<18} {:>9.2}",
-            l.a.to_string(),
-            l.b.to_string(),
+            "{:<24} {:<24} {:>9.2}",
+            name_of(&names, l.a),
+            name_of(&names, l.b),
             l.rtt_ms
         );
     }
@@ -50,9 +69,11 @@ pub fn table(map: &NeighbourhoodMap, origin: Option<u64>) -> String {
     s
 }
 
-/// An undirected Graphviz graph: nodes labelled with their id and free resources, edges with
-/// their RTT, the origin drawn bold; edge lengths follow RTT for `neato`.
+/// An undirected Graphviz graph: nodes labelled with their name and free resources, edges with
+/// their RTT, the origin drawn bold; edge lengths follow RTT for `neato`. Graphviz ids stay the
+/// numeric ids (unique, plain ASCII).
 pub fn dot(map: &NeighbourhoodMap, origin: Option<u64>) -> String {
+    let names = names(map);
     let mut s =
         String::from("graph neighbourhood {\n  node [shape=box, fontname=\"monospace\"];\n");
     for n in &map.nodes {
@@ -61,10 +82,13 @@ pub fn dot(map: &NeighbourhoodMap, origin: Option<u64>) -> String {
         } else {
             ""
         };
+        let label = name_of(&names, n.id)
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
         let _ = writeln!(
             s,
-            "  \"{}\" [label=\"{}\\ncpu {}/{}m\\nmem {}/{} MiB\"{style}];",
-            n.id, n.id, n.cpu_free_milli, n.cpu_total_milli, n.mem_free_mb, n.mem_total_mb
+            "  \"{}\" [label=\"{label}\\ncpu {}/{}m\\nmem {}/{} MiB\"{style}];",
+            n.id, n.cpu_free_milli, n.cpu_total_milli, n.mem_free_mb, n.mem_total_mb
         );
     }
     for l in &map.links {
@@ -84,12 +108,15 @@ pub fn dot(map: &NeighbourhoodMap, origin: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use brume_overlay::ids::NodeId;
     use brume_overlay::neighbourhood::{Link, NodeRecord};
 
+    const PEER: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+
     fn sample() -> NeighbourhoodMap {
+        let mut named = NodeRecord::bare(NodeId(2));
+        named.peer = Some(PEER.parse().expect("a peer id"));
         NeighbourhoodMap {
-            nodes: vec![NodeRecord::bare(NodeId(1)), NodeRecord::bare(NodeId(2))],
+            nodes: vec![NodeRecord::bare(NodeId(1)), named],
             links: vec![Link::new(NodeId(2), NodeId(1), 12.5)],
         }
     }
@@ -126,5 +153,8 @@ mod tests {
         let t = table(&sample(), Some(1));
         assert!(t.contains("2 nodes, 1 measured links"), "{t}");
         assert!(t.contains("12.50"), "{t}");
+        // A node with a peer id reads as its short form, in its line and in its links.
+        assert_eq!(t.matches("…4kx6nXTN").count(), 2, "{t}");
+        assert!(!t.contains(&NodeId(2).to_string()), "{t}");
     }
 }

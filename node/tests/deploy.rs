@@ -18,6 +18,9 @@ use std::time::Duration;
 
 mod common;
 
+use brume::daemon::views::{PsRow, StatusView};
+use brume::deploy::progress::Deployed;
+
 use common::{port_of, text};
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
@@ -82,30 +85,24 @@ fn deploys_a_chain_across_three_nodes(engine: &str) {
         text(&out.stdout)
     );
     let took = started.elapsed();
-    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rows = done["instances"].as_array().unwrap();
-    assert_eq!(rows.len(), 3, "{done:#}");
-    let hosts: std::collections::BTreeSet<&str> =
-        rows.iter().map(|r| r["host"].as_str().unwrap()).collect();
-    assert_eq!(hosts.len(), 3, "one task per node: {done:#}");
-    let front = rows.iter().find(|r| r["task"] == "front").unwrap();
-    assert_eq!(front["engine"], engine);
+    let done: Deployed = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = &done.instances;
+    assert_eq!(rows.len(), 3, "{done:#?}");
+    let hosts: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(hosts.len(), 3, "one task per node: {done:#?}");
+    let front = rows.iter().find(|r| r.task == "front").unwrap();
+    assert_eq!(front.engine, engine);
 
     // front runs here (the root stays on the initiator); mid and back are one and two overlay
     // hops of tunnel away.
-    let reply = common::ask(port_of(front), "hello").expect("front answers");
+    let reply = common::ask(port_of(&front.address), "hello").expect("front answers");
     assert_eq!(reply, "front(mid(back))");
     eprintln!("{engine}: deployed in {took:?}; reply {reply}");
 
     let ps = net.brume(0, &["ps", "--json"]);
-    let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
-    let states: Vec<&str> = ps
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r[1]["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, vec!["running"; 3], "{ps:#}");
+    let ps: Vec<PsRow> = serde_json::from_slice(&ps.stdout).unwrap();
+    let states: Vec<&str> = ps.iter().map(|r| r.instance.state.as_str()).collect();
+    assert_eq!(states, vec!["running"; 3], "{ps:#?}");
 
     let logs = net.brume(0, &["logs", "back"]);
     assert!(logs.status.success(), "{}", text(&logs.stderr));
@@ -123,7 +120,8 @@ fn deploys_a_chain_across_three_nodes(engine: &str) {
         net.containers()
     );
     let ps = net.brume(0, &["ps", "--json"]);
-    assert_eq!(text(&ps.stdout).trim(), "[]");
+    let ps: Vec<PsRow> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(ps, Vec::new());
 }
 
 #[test]
@@ -255,8 +253,8 @@ fn a_host_checks_resources_epochs_and_garbage() {
     let net = Net::start("process", &service);
     let target = {
         let out = net.brume(1, &["status", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["listen"][0].as_str().unwrap().to_string()
+        let status: StatusView = serde_json::from_slice(&out.stdout).unwrap();
+        status.listen[0].clone()
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use brume::daemon::views::{PsRow, StatusView};
+use brume::deploy::progress::Deployed;
+use brume::migrate::control::{DrainLine, Moved};
 use brume_testnet::require::{self, Need};
 use common::{port_of, text};
 
@@ -73,7 +76,8 @@ impl Net {
         self.0.containers()
     }
 
-    fn json(&self, i: usize, args: &[&str]) -> serde_json::Value {
+    /// `brume ARGS` on node `i`, its `--json` output read as the command's typed reply.
+    fn json<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> T {
         let out = self.brume(i, args);
         assert!(
             out.status.success(),
@@ -86,24 +90,18 @@ impl Net {
     }
 
     fn status(&self, i: usize) -> (String, String) {
-        let s = self.json(i, &["status", "--json"]);
-        (
-            format!("n{}", s["node_id"]),
-            s["peer_id"].as_str().expect("peer id").to_string(),
-        )
+        let s: StatusView = self.json(i, &["status", "--json"]);
+        (format!("n{}", s.node_id), s.peer_id)
     }
 
     /// (task -> (host node id, port)) from the initiator's `brume ps`, every row running.
     fn placement(&self) -> BTreeMap<String, (String, u16)> {
-        let ps = self.json(0, &["ps", "--json"]);
+        let ps: Vec<PsRow> = self.json(0, &["ps", "--json"]);
         let mut out = BTreeMap::new();
-        for row in ps.as_array().expect("rows") {
-            let r = &row[1];
-            assert_eq!(r["state"], "running", "{ps:#}");
-            out.insert(
-                r["task"].as_str().expect("task").to_string(),
-                (r["host"].as_str().expect("host").to_string(), port_of(r)),
-            );
+        for row in &ps {
+            let r = &row.instance;
+            assert_eq!(r.state, "running", "{ps:#?}");
+            out.insert(r.task.clone(), (r.host.clone(), port_of(&r.address)));
         }
         out
     }
@@ -222,7 +220,7 @@ fn moves_tasks_between_nodes(engine: &str) {
     let dir = net.0.dir().to_path_buf();
     context(&dir, &service);
     let m = manifest(&dir, &service);
-    net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
     let before = net.placement();
     let (front_host, front_port) = before["front"].clone();
@@ -276,17 +274,13 @@ fn moves_tasks_between_nodes(engine: &str) {
     // while a client keeps calling the chain on one connection: make-before-break means no
     // call fails, and the longest gap between answers is what the move costs a caller.
     let caller = Caller::start(front_port);
-    let moved = net.json(0, &["migrate", "mid", "--to", "auto", "--json"]);
+    let moved: Moved = net.json(0, &["migrate", "mid", "--to", "auto", "--json"]);
     let (calls, bad, longest_gap) = caller.stop_after_one_more();
     assert!(calls > 0, "the caller made no call during the move");
     assert_eq!(bad, Vec::<String>::new(), "calls failed during the move");
-    assert_eq!(
-        moved["host"].as_str(),
-        Some(free_node.0.as_str()),
-        "{moved:#}"
-    );
-    assert_eq!(moved["mode"], "app", "{moved:#}");
-    let new_mid = port_of(&moved);
+    assert_eq!(moved.host, free_node.0, "{moved:#?}");
+    assert_eq!(moved.mode, "app", "{moved:#?}");
+    let new_mid = port_of(&moved.address);
     // The caller's calls went through mid too, each counted once: before the move (in the
     // checkpoint) or after it, on the new mid. The one call in flight when the move cut the
     // old connection may have been counted by the old mid before the checkpoint and then
@@ -307,28 +301,31 @@ fn moves_tasks_between_nodes(engine: &str) {
     eprintln!(
         "{engine}: mid moved in {} ms (callers held {} ms, {} bytes of state, {} node(s) told); \
          {calls} calls during the move, none failed, longest gap {longest_gap:?}",
-        moved["elapsed_ms"], moved["held_ms"], moved["state_bytes"], moved["told"]
+        moved.elapsed_ms, moved.held_ms, moved.state_bytes, moved.told
     );
 
     // back is stateless: it restarts cold on the node mid left.
-    let moved = net.json(0, &["migrate", "back", "--json"]);
-    assert_eq!(moved["host"].as_str(), Some(mid_host.as_str()), "{moved:#}");
-    assert_eq!(moved["mode"], "cold", "{moved:#}");
+    let moved: Moved = net.json(0, &["migrate", "back", "--json"]);
+    assert_eq!(moved.host, mid_host, "{moved:#?}");
+    assert_eq!(moved.mode, "cold", "{moved:#?}");
     chain_answers(front_port);
-    assert_eq!(state(port_of(&moved)), 1, "a cold back starts from zero");
+    assert_eq!(
+        state(port_of(&moved.address)),
+        1,
+        "a cold back starts from zero"
+    );
 
     // Draining node 0 moves front to the last free node; the chain answers from there.
-    let drained = net.json(0, &["drain", "--json"]);
-    let lines = drained.as_array().expect("lines");
-    assert_eq!(lines.len(), 1, "{drained:#}");
-    let front = &lines[0]["outcome"]["Ok"];
-    assert_eq!(front["task"], "front", "{drained:#}");
+    let drained: Vec<DrainLine> = net.json(0, &["drain", "--json"]);
+    assert_eq!(drained.len(), 1, "{drained:#?}");
+    let front = drained[0].outcome.as_ref().expect("front moved");
+    assert_eq!(front.task, "front", "{drained:#?}");
     let final_placement = net.placement();
     assert_ne!(
         final_placement["front"].0, nodes[0].0,
         "{final_placement:?}"
     );
-    chain_answers(port_of(front));
+    chain_answers(port_of(&front.address));
     if engine == "docker" {
         assert_eq!(
             net.containers().len(),
@@ -336,8 +333,8 @@ fn moves_tasks_between_nodes(engine: &str) {
             "one container per task, none left behind"
         );
     }
-    let list = net.json(0, &["ps", "--all", "--json"]);
-    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list:#}");
+    let list: Vec<PsRow> = net.json(0, &["ps", "--all", "--json"]);
+    assert_eq!(list.len(), 3, "{list:#?}");
 }
 
 #[test]
@@ -369,7 +366,7 @@ fn a_leaving_node_moves_its_tasks_away_first() {
     let dir = net.0.dir().to_path_buf();
     context(&dir, &service);
     let m = manifest(&dir, &service);
-    net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
     let before = net.placement();
     let (_, front_port) = before["front"].clone();
@@ -475,7 +472,7 @@ fn a_criu_task_moves_live_with_its_memory() {
         .expect("read manifest")
         .replace("checkpoint = \"app\"", "checkpoint = \"criu\"");
     std::fs::write(&m, criu).expect("write manifest");
-    net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
     let before = net.placement();
     let (_, front_port) = before["front"].clone();
@@ -578,18 +575,17 @@ fn a_criu_task_moves_live_with_its_memory() {
     let now = processes_of(&service, "mid");
     assert_eq!(now.len(), 1, "exactly one mid process: {now:?}");
     assert_ne!(now, old, "the old process is gone");
-    let left = net.json(source, &["ps", "--all", "--json"]);
+    let left: Vec<PsRow> = net.json(source, &["ps", "--all", "--json"]);
     assert!(
-        left.as_array()
-            .is_some_and(|rows| rows.iter().all(|r| r[1]["task"] != "mid")),
-        "the source still lists mid: {left:#}"
+        left.iter().all(|r| r.instance.task != "mid"),
+        "the source still lists mid: {left:#?}"
     );
-    let there = net.json(free, &["ps", "--all", "--json"]);
+    let there: Vec<PsRow> = net.json(free, &["ps", "--all", "--json"]);
     assert!(
-        there.as_array().is_some_and(|rows| rows
+        there
             .iter()
-            .any(|r| r[1]["task"] == "mid" && r[1]["state"] == "running")),
-        "the target does not run mid: {there:#}"
+            .any(|r| r.instance.task == "mid" && r.instance.state == "running"),
+        "the target does not run mid: {there:#?}"
     );
     assert!(
         stdout_read_elsewhere(now[0]),
@@ -819,7 +815,7 @@ fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
         .expect("read manifest")
         .replace("checkpoint = \"app\"", "checkpoint = \"criu\"");
     std::fs::write(&m, criu).expect("write manifest");
-    net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
     let before = net.placement();
     let (_, front_port) = before["front"].clone();
@@ -965,7 +961,7 @@ fn docker_criu_chain(
         .expect("read manifest")
         .replace("checkpoint = \"app\"", "checkpoint = \"criu\"");
     std::fs::write(&m, criu).expect("write manifest");
-    net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
     (net, service, nodes)
 }
@@ -1046,18 +1042,17 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
         containers_before - 1,
         "the source's Docker container of mid is removed (mid runs as a runc container)"
     );
-    let left = net.json(source, &["ps", "--all", "--json"]);
+    let left: Vec<PsRow> = net.json(source, &["ps", "--all", "--json"]);
     assert!(
-        left.as_array()
-            .is_some_and(|rows| rows.iter().all(|r| r[1]["task"] != "mid")),
-        "the source still lists mid: {left:#}"
+        left.iter().all(|r| r.instance.task != "mid"),
+        "the source still lists mid: {left:#?}"
     );
-    let there = net.json(free, &["ps", "--all", "--json"]);
+    let there: Vec<PsRow> = net.json(free, &["ps", "--all", "--json"]);
     assert!(
-        there.as_array().is_some_and(|rows| rows
+        there
             .iter()
-            .any(|r| r[1]["task"] == "mid" && r[1]["state"] == "running")),
-        "the target does not run mid: {there:#}"
+            .any(|r| r.instance.task == "mid" && r.instance.state == "running"),
+        "the target does not run mid: {there:#?}"
     );
     let logs = net.brume(0, &["logs", "mid"]);
     assert!(logs.status.success(), "{}", text(&logs.stderr));
@@ -1095,11 +1090,10 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
     let back = processes_of(&service, "mid");
     assert_eq!(back.len(), 1, "exactly one mid process: {back:?}");
     assert_ne!(back, now, "the free node's mid process is gone");
-    let left = net.json(free, &["ps", "--all", "--json"]);
+    let left: Vec<PsRow> = net.json(free, &["ps", "--all", "--json"]);
     assert!(
-        left.as_array()
-            .is_some_and(|rows| rows.iter().all(|r| r[1]["task"] != "mid")),
-        "the free node still lists mid: {left:#}"
+        left.iter().all(|r| r.instance.task != "mid"),
+        "the free node still lists mid: {left:#?}"
     );
     let stopped = net.brume(0, &["stop", &service]);
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));

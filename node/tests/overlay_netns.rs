@@ -25,6 +25,8 @@ use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use brume::daemon::views::{PeerView, StatusView};
+use brume_overlay::neighbourhood::NeighbourhoodMap;
 use brume_testnet::Testbed;
 
 /// Where each host sits, in ms; RTT is the Euclidean distance.
@@ -113,7 +115,7 @@ fn log_tails(dir: &Path) -> String {
 }
 
 /// `brume ARGS --json` against node `i`, parsed; `None` when it fails or prints no JSON.
-fn brume_json(dir: &Path, i: usize, args: &[&str]) -> Option<serde_json::Value> {
+fn brume_json<T: serde::de::DeserializeOwned>(dir: &Path, i: usize, args: &[&str]) -> Option<T> {
     let out = Command::new(BRUME)
         .args(args)
         .arg("--control")
@@ -125,12 +127,11 @@ fn brume_json(dir: &Path, i: usize, args: &[&str]) -> Option<serde_json::Value> 
 }
 
 /// Node ids in a map, mapped back to host indices through each node's status.
-fn hosts_in_map(map: &serde_json::Value, ids: &[u64]) -> Vec<usize> {
-    let mut hosts: Vec<usize> = map["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|n| ids.iter().position(|id| Some(*id) == n["id"].as_u64()))
+fn hosts_in_map(map: &NeighbourhoodMap, ids: &[u64]) -> Vec<usize> {
+    let mut hosts: Vec<usize> = map
+        .nodes
+        .iter()
+        .filter_map(|n| ids.iter().position(|id| *id == n.id.0))
         .collect();
     hosts.sort();
     hosts
@@ -138,16 +139,17 @@ fn hosts_in_map(map: &serde_json::Value, ids: &[u64]) -> Vec<usize> {
 
 /// How many peers node `i` has pinged (holds an SRTT for).
 fn pinged(dir: &Path, i: usize) -> usize {
-    brume_json(dir, i, &["peers"])
-        .as_ref()
-        .and_then(|p| p.as_array())
-        .map_or(0, |a| a.iter().filter(|p| p["srtt_ms"].is_f64()).count())
+    brume_json::<Vec<PeerView>>(dir, i, &["peers"])
+        .map_or(0, |a| a.iter().filter(|p| p.srtt_ms.is_some()).count())
 }
 
 /// Every node's peers, for a failure message.
 fn all_peers(dir: &Path) -> String {
     (0..PLANE.len())
-        .map(|i| format!("\nnode {i}'s peers: {:#?}", brume_json(dir, i, &["peers"])))
+        .map(|i| {
+            let peers = brume_json::<Vec<PeerView>>(dir, i, &["peers"]);
+            format!("\nnode {i}'s peers: {peers:#?}")
+        })
         .collect()
 }
 
@@ -182,8 +184,8 @@ fn map_holds_exactly_the_hosts_within_the_budget() {
     for i in 0..PLANE.len() {
         let deadline = Instant::now() + LIVENESS;
         let id = loop {
-            let status = brume_json(dir, i, &["status"]);
-            if let Some(id) = status.as_ref().and_then(|v| v["node_id"].as_u64()) {
+            let status = brume_json::<StatusView>(dir, i, &["status"]);
+            if let Some(id) = status.as_ref().map(|s| s.node_id) {
                 break id;
             }
             assert!(
@@ -217,7 +219,11 @@ fn map_holds_exactly_the_hosts_within_the_budget() {
         let deadline = Instant::now() + LIVENESS;
         let (mut last, mut maps, mut failed) = (None, 0, 0);
         loop {
-            match brume_json(dir, 0, &["map", "--fresh", "--budget", &budget_arg]) {
+            match brume_json::<NeighbourhoodMap>(
+                dir,
+                0,
+                &["map", "--fresh", "--budget", &budget_arg],
+            ) {
                 Some(map) => {
                     maps += 1;
                     let seen = hosts_in_map(&map, &ids);
@@ -225,7 +231,7 @@ fn map_holds_exactly_the_hosts_within_the_budget() {
                         assert!(
                             rtt(0, *h) <= budget,
                             "host {h} at {} ms is in a {budget} ms map: hosts {seen:?}, map \
-                             {map:#}{}",
+                             {map:#?}{}",
                             rtt(0, *h),
                             all_peers(dir)
                         );

@@ -1,101 +1,155 @@
-//! The local control API: how `brume peers`, `brume map` and `brume status` talk to a running
-//! `brume node`.
+//! The local control API: how every `brume` subcommand that talks to a running `brume node`
+//! (`status`, `peers`, `map`, `deploy`, `ps`, `logs`, `stop`, `migrate`, `drain`) reaches it.
 //!
 //! A Unix socket, readable and writable by the node's user only (the socket's directory is 0700),
 //! so no token is needed and nothing listens on the network. The protocol is one JSON request per
-//! line and one JSON response per line, which a person can also speak with `socat`. The server is
-//! transport only: it hands each request to the daemon over a channel and writes back whatever
-//! the daemon answers, so the daemon's logic is tested without a socket and the socket without
-//! an overlay.
+//! line and one JSON response per line, which a person can also speak with `socat`:
+//!
+//! ```text
+//! $ echo '{"cmd":"status"}' | socat - UNIX-CONNECT:$XDG_RUNTIME_DIR/brume/node.sock
+//! {"ok":{"status":{"peer_id":"12D3KooW…","node_id":…,"listen":[…],…}}}
+//! ```
+//!
+//! Each command is a request type with its own reply type, tied together by [`Command`]: the
+//! daemon can only answer a command with that command's reply ([`Command::wrap`]) and the CLI
+//! gets that type back from [`call`], so neither side reads JSON by key. A long command (deploy,
+//! migrate, drain) first sends any number of [`Response::Progress`] lines, typed as well
+//! ([`Progress`]); `Ok` or `Error` ends the answer. A line that is not a request is answered
+//! with an error that shows an example, and the connection stays open for the next one.
+//!
+//! The server is transport only: it hands each request to the daemon over a channel and writes
+//! back whatever the daemon answers, so the daemon's logic ([`super::dispatch`]) is tested
+//! without a socket and the socket without an overlay.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use brume_overlay::neighbourhood::NeighbourhoodMap;
 use futures::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LinesCodec};
 
+pub use super::views::{LogLines, PeerView, Progress, PsRow, Reply, StatusView, Stopped};
+pub use crate::deploy::progress::{DeployRequest, Deployed};
+pub use crate::migrate::control::{DrainLine, MigrateRequest, Moved};
+
 /// Longest request or response line, in bytes. A neighbourhood map of a few thousand nodes fits.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 
-/// What a client asks.
+/// What a client asks: `{"cmd":"<command>", ...its fields}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
     Peers,
-    /// Map the neighbourhood within `budget_ms`; `fresh` skips the node's cache.
-    Map {
-        budget_ms: f64,
-        fresh: bool,
-    },
-    /// Deploy the service in the manifest at `manifest` (an absolute path on this machine).
+    Map(MapRequest),
     Deploy(DeployRequest),
-    /// Instances of the services deployed from this node (`all`: and every instance this node
-    /// runs for anyone, exited ones included).
-    Ps {
-        all: bool,
-    },
-    /// The last `tail` log lines of a task instance.
-    Logs {
-        service: Option<String>,
-        task: String,
-        replica: u32,
-        tail: usize,
-    },
-    /// Stop every instance of a service deployed from this node.
-    Stop {
-        service: String,
-    },
-    /// Move one instance (running here, or deployed from here) to another node.
+    Ps(PsRequest),
+    Logs(LogsRequest),
+    Stop(StopRequest),
     Migrate(MigrateRequest),
-    /// Move every instance running here to other nodes.
-    Drain {
-        budget_ms: u64,
-        cold: bool,
-    },
+    Drain(DrainRequest),
 }
 
-/// How `brume migrate` asks for a move.
+/// `brume status`: who the node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRequest;
+
+/// `brume peers`: the node's overlay peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeersRequest;
+
+/// `brume map`: map the neighbourhood within `budget_ms`; `fresh` skips the node's cache.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MigrateRequest {
+pub struct MapRequest {
+    pub budget_ms: f64,
+    pub fresh: bool,
+}
+
+/// `brume ps`: instances of the services deployed from this node (`all`: and every instance
+/// this node runs for anyone, exited ones included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsRequest {
+    pub all: bool,
+}
+
+/// `brume logs`: the last `tail` log lines of a task instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsRequest {
     pub service: Option<String>,
     pub task: String,
     pub replica: u32,
-    /// The target's peer id; `None` lets the node that runs the instance pick.
-    pub to: Option<String>,
+    pub tail: usize,
+}
+
+/// `brume stop`: stop every instance of a service deployed from this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub service: String,
+}
+
+/// `brume drain`: move every instance running here to other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRequest {
     pub budget_ms: u64,
-    /// Restart cold a task whose state cannot be carried.
     pub cold: bool,
-    /// Give up, leaving the instance where it is, if the move takes longer.
-    #[serde(default)]
-    pub deadline_ms: Option<u64>,
-    /// The longest freeze a live move may predict before it gives up (the planner's default
-    /// when `None`).
-    #[serde(default)]
-    pub max_downtime_ms: Option<u64>,
 }
 
-/// How `brume deploy` asks for a deployment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeployRequest {
-    pub manifest: PathBuf,
-    pub budget_ms: f64,
-    pub policy: String,
-    pub seed: u64,
-    pub rounds: u32,
+/// A command of the control API: its request and the one reply type that answers it.
+pub trait Command {
+    type Reply: Serialize + DeserializeOwned;
+    /// The request line that asks for it.
+    fn into_request(self) -> Request;
+    /// The daemon's answer, as the response carries it.
+    fn wrap(reply: Self::Reply) -> Reply;
+    /// This command's reply out of a response, or the reply that came instead.
+    fn unwrap(reply: Reply) -> Result<Self::Reply, Box<Reply>>;
 }
 
-/// What the node answers: a JSON value on success, or a message saying what went wrong. A long
-/// request (a deploy) may first send any number of `Progress` lines; `Ok` or `Error` ends it.
+/// One [`Command`] impl: the request type, how it becomes a [`Request`], and the [`Reply`]
+/// variant with the reply type it carries.
+macro_rules! command {
+    ($req:ty, |$s:pat_param| $into:expr, $variant:ident($reply:ty)) => {
+        impl Command for $req {
+            type Reply = $reply;
+            fn into_request(self) -> Request {
+                let $s = self;
+                $into
+            }
+            fn wrap(reply: $reply) -> Reply {
+                Reply::$variant(reply)
+            }
+            fn unwrap(reply: Reply) -> Result<$reply, Box<Reply>> {
+                match reply {
+                    Reply::$variant(r) => Ok(r),
+                    other => Err(Box::new(other)),
+                }
+            }
+        }
+    };
+}
+
+command!(StatusRequest, |_| Request::Status, Status(StatusView));
+command!(PeersRequest, |_| Request::Peers, Peers(Vec<PeerView>));
+command!(MapRequest, |r| Request::Map(r), Map(NeighbourhoodMap));
+command!(DeployRequest, |r| Request::Deploy(r), Deployed(Deployed));
+command!(PsRequest, |r| Request::Ps(r), Ps(Vec<PsRow>));
+command!(LogsRequest, |r| Request::Logs(r), Logs(LogLines));
+command!(StopRequest, |r| Request::Stop(r), Stopped(Stopped));
+command!(MigrateRequest, |r| Request::Migrate(r), Moved(Moved));
+command!(DrainRequest, |r| Request::Drain(r), Drained(Vec<DrainLine>));
+
+/// One line the node sends: the command's reply, a refusal saying what went wrong, or (before
+/// either) a progress report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    Ok(serde_json::Value),
+    Ok(Reply),
     Error(String),
-    Progress(serde_json::Value),
+    Progress(Progress),
 }
 
 impl Response {
@@ -127,6 +181,9 @@ pub enum ControlError {
     NoAnswer,
     #[error("the node's answer is not valid: {0}")]
     BadAnswer(String),
+    /// The node understood the request and refused it; the message says why.
+    #[error("{0}")]
+    Refused(String),
     #[error("the node took longer than {0:?} to answer")]
     Timeout(Duration),
 }
@@ -215,21 +272,31 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
     }
 }
 
-/// Sends one request to the node at `path` and waits at most `timeout` for its answer.
-pub async fn call(
+/// Sends `command` to the node at `path` and waits at most `timeout` for its reply, handing
+/// every progress line to `progress` as it arrives. A refusal is [`ControlError::Refused`].
+pub async fn call<C: Command>(
     path: &Path,
-    request: &Request,
+    command: C,
     timeout: Duration,
-) -> Result<Response, ControlError> {
-    call_with_progress(path, request, timeout, |_| {}).await
+    progress: impl FnMut(Progress),
+) -> Result<C::Reply, ControlError> {
+    match exchange(path, &command.into_request(), timeout, progress).await? {
+        Response::Ok(reply) => C::unwrap(reply).map_err(|other| {
+            ControlError::BadAnswer(format!("it answered another command: {other:?}"))
+        }),
+        Response::Error(e) => Err(ControlError::Refused(e)),
+        Response::Progress(_) => Err(ControlError::BadAnswer(
+            "a progress line where the answer was due".into(),
+        )),
+    }
 }
 
-/// Like [`call`], handing every progress line to `progress` as it arrives.
-pub async fn call_with_progress(
+/// Sends one request line and reads lines until the final response.
+async fn exchange(
     path: &Path,
     request: &Request,
     timeout: Duration,
-    mut progress: impl FnMut(serde_json::Value),
+    mut progress: impl FnMut(Progress),
 ) -> Result<Response, ControlError> {
     let stream = UnixStream::connect(path)
         .await
@@ -251,7 +318,7 @@ pub async fn call_with_progress(
             let response: Response =
                 serde_json::from_str(&line).map_err(|e| ControlError::BadAnswer(e.to_string()))?;
             match response {
-                Response::Progress(v) => progress(v),
+                Response::Progress(p) => progress(p),
                 last => return Ok(last),
             }
         }
@@ -262,68 +329,4 @@ pub async fn call_with_progress(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A daemon stand-in that echoes what it was asked.
-    fn echo(mut rx: mpsc::Receiver<Call>) {
-        tokio::spawn(async move {
-            while let Some((req, tx)) = rx.recv().await {
-                let v = serde_json::to_value(&req).unwrap_or_default();
-                let _ = tx.send(Response::Progress(v.clone())).await;
-                let _ = tx.send(Response::Ok(v)).await;
-            }
-        });
-    }
-
-    #[tokio::test]
-    async fn round_trip_bad_lines_and_second_node() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ctl/node.sock");
-        let listener = bind(&path).await.unwrap();
-        let (tx, rx) = mpsc::channel(4);
-        echo(rx);
-        tokio::spawn(serve(listener, tx));
-
-        let req = Request::Map {
-            budget_ms: 50.0,
-            fresh: true,
-        };
-        let mut seen = Vec::new();
-        let got = call_with_progress(&path, &req, Duration::from_secs(5), |p| seen.push(p))
-            .await
-            .unwrap();
-        assert_eq!(got, Response::Ok(serde_json::to_value(&req).unwrap()));
-        assert_eq!(seen, vec![serde_json::to_value(&req).unwrap()]);
-
-        // A malformed line is answered with an error, and the connection keeps working.
-        let stream = UnixStream::connect(&path).await.unwrap();
-        let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
-        lines.send("{not json".to_string()).await.unwrap();
-        // (the echo daemon sends a progress line before each answer; a bad line gets none)
-        let answer: Response = serde_json::from_str(&lines.next().await.unwrap().unwrap()).unwrap();
-        assert!(matches!(answer, Response::Error(m) if m.contains("bad request")));
-        lines.send(r#"{"cmd":"status"}"#.to_string()).await.unwrap();
-        let answer: Response = serde_json::from_str(&lines.next().await.unwrap().unwrap()).unwrap();
-        assert!(matches!(answer, Response::Progress(_)));
-        let answer: Response = serde_json::from_str(&lines.next().await.unwrap().unwrap()).unwrap();
-        assert!(matches!(answer, Response::Ok(_)));
-
-        // A second node on the same socket is refused while the first is alive.
-        assert!(matches!(bind(&path).await, Err(ControlError::InUse(_))));
-    }
-
-    #[tokio::test]
-    async fn no_node_and_stale_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.sock");
-        let err = call(&path, &Request::Status, Duration::from_secs(1))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("is `brume node` running"), "{err}");
-        // A socket file nobody listens on (a node that died) is replaced.
-        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        assert!(path.exists());
-        assert!(bind(&path).await.is_ok());
-    }
-}
+mod tests;

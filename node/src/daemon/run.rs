@@ -23,6 +23,8 @@ use super::views::{PeerView, StatusView};
 use crate::deploy::deployer::Advertiser;
 use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
+use crate::deploy::progress::{Deployed, Event, Row};
+use crate::migrate::control::{DrainLine, MoveProgress, Moved};
 use crate::migrate::mover::Mover;
 use brume_metrics::{refresh_from, Metrics, Outcome as MetricsOutcome};
 
@@ -46,7 +48,7 @@ pub struct NodeArgs {
     #[arg(long, value_name = "MULTIADDR")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub join: Vec<String>,
-    /// The control socket that `brume status`, `peers` and `map` talk to.
+    /// The control socket that every client command (`brume status`, `deploy`, `migrate`...) talks to.
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
     /// Fewest overlay peers to keep.
@@ -243,6 +245,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         initiator: services.initiator.clone(),
         mover: services.mover.clone(),
         metrics: metrics.clone(),
+        name: cfg.name.clone(),
     });
     tokio::spawn(control::serve(listener, calls_tx));
     let dispatcher = tokio::spawn(dispatch(backend, calls_rx));
@@ -383,6 +386,8 @@ struct OverlayBackend {
     initiator: Arc<Initiator>,
     mover: Arc<Mover>,
     metrics: Metrics,
+    /// This node's human name (the `name` setting).
+    name: Option<String>,
 }
 
 /// Counts every move this node drove in the metrics, with the state bytes it carried.
@@ -403,6 +408,7 @@ impl Backend for OverlayBackend {
             let s = self.handle.status().await?;
             Ok(StatusView {
                 peer_id: s.peer_id.to_string(),
+                name: self.name.clone(),
                 node_id: s.node_id.0,
                 listen: s.listen_addrs.iter().map(ToString::to_string).collect(),
                 degree: s.degree,
@@ -421,6 +427,7 @@ impl Backend for OverlayBackend {
                 .into_iter()
                 .map(|p| PeerView {
                     peer_id: p.peer_id.to_string(),
+                    name: p.record.as_ref().and_then(|r| r.name.clone()),
                     node_id: p.node_id.0,
                     addr: p.addr.map(|a| a.to_string()),
                     srtt_ms: p.srtt_ms,
@@ -442,17 +449,9 @@ impl Backend for OverlayBackend {
     fn deploy(
         &self,
         request: DeployRequest,
-        progress: mpsc::Sender<control::Response>,
-    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        progress: mpsc::Sender<Event>,
+    ) -> BoxFuture<'_, anyhow::Result<Deployed>> {
         Box::pin(async move {
-            let (events, mut relay) = mpsc::channel(64);
-            let lines = tokio::spawn(async move {
-                while let Some(event) = relay.recv().await {
-                    if let Ok(v) = serde_json::to_value(event) {
-                        let _ = progress.send(control::Response::Progress(v)).await;
-                    }
-                }
-            });
             let options = brume_plan::onmap::PlaceOptions {
                 policy: request.policy.clone(),
                 seed: request.seed,
@@ -461,21 +460,19 @@ impl Backend for OverlayBackend {
             let budget = Duration::from_secs_f64(request.budget_ms.max(0.0) / 1e3);
             let done = self
                 .initiator
-                .deploy(&request.manifest, budget, &options, events)
+                .deploy(&request.manifest, budget, &options, progress)
                 .await;
-            // Every progress line goes out before the answer.
-            let _ = lines.await;
             self.metrics.record_deploy(if done.is_ok() {
                 MetricsOutcome::Ok
             } else {
                 MetricsOutcome::Failed
             });
-            Ok(serde_json::to_value(done?)?)
+            done
         })
     }
 
-    fn ps(&self, all: bool) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move { Ok(serde_json::to_value(self.initiator.ps(all).await)?) })
+    fn ps(&self, all: bool) -> BoxFuture<'_, anyhow::Result<Vec<(String, Row)>>> {
+        Box::pin(async move { Ok(self.initiator.ps(all).await) })
     }
 
     fn logs(
@@ -484,37 +481,34 @@ impl Backend for OverlayBackend {
         task: String,
         replica: u32,
         tail: usize,
-    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move {
-            let text = self.initiator.logs(service, task, replica, tail).await?;
-            Ok(serde_json::Value::String(text))
-        })
+    ) -> BoxFuture<'_, anyhow::Result<String>> {
+        Box::pin(self.initiator.logs(service, task, replica, tail))
     }
 
-    fn stop(&self, service: String) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move { Ok(serde_json::to_value(self.initiator.stop(&service).await?)?) })
+    fn stop(&self, service: String) -> BoxFuture<'_, anyhow::Result<Vec<String>>> {
+        Box::pin(async move { self.initiator.stop(&service).await })
     }
 
     fn migrate(
         &self,
         request: MigrateRequest,
-        progress: mpsc::Sender<control::Response>,
-    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
-        Box::pin(async move {
-            let moved = crate::migrate::control::migrate(&self.mover, request, progress).await?;
-            Ok(serde_json::to_value(moved)?)
-        })
+        progress: mpsc::Sender<MoveProgress>,
+    ) -> BoxFuture<'_, anyhow::Result<Moved>> {
+        Box::pin(crate::migrate::control::migrate(
+            &self.mover,
+            request,
+            progress,
+        ))
     }
 
     fn drain(
         &self,
         budget: Duration,
         cold: bool,
-        progress: mpsc::Sender<control::Response>,
-    ) -> BoxFuture<'_, anyhow::Result<serde_json::Value>> {
+        progress: mpsc::Sender<MoveProgress>,
+    ) -> BoxFuture<'_, anyhow::Result<Vec<DrainLine>>> {
         Box::pin(async move {
-            let lines = crate::migrate::control::drain(&self.mover, budget, cold, progress).await;
-            Ok(serde_json::to_value(lines)?)
+            Ok(crate::migrate::control::drain(&self.mover, budget, cold, progress).await)
         })
     }
 }

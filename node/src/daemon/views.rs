@@ -1,12 +1,22 @@
 //! What the control API answers, in the node's own terms: plain serde types, so neither the
-//! socket protocol nor the CLI depends on libp2p's types.
+//! socket protocol nor the CLI depends on libp2p's types. `--json` prints these as they are, so
+//! their field names are the stable interface for scripts; peer ids are always full there (a
+//! person reads the short form of [`crate::names`]).
 
+use brume_overlay::neighbourhood::NeighbourhoodMap;
 use serde::{Deserialize, Serialize};
+
+use crate::deploy::progress::{Deployed, Event, Row};
+use crate::migrate::control::{DrainLine, MoveProgress, Moved};
 
 /// `brume status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
     pub peer_id: String,
+    /// The node's human name, from its config, if it has one.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The overlay's numeric id of the node (what map links refer to).
     pub node_id: u64,
     pub listen: Vec<String>,
     pub degree: usize,
@@ -20,6 +30,9 @@ pub struct StatusView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerView {
     pub peer_id: String,
+    /// The peer's human name, if its record carries one.
+    #[serde(default)]
+    pub name: Option<String>,
     pub node_id: u64,
     pub addr: Option<String>,
     /// Smoothed RTT and its variation from pings, if any were answered yet.
@@ -27,4 +40,61 @@ pub struct PeerView {
     pub rttvar_ms: Option<f64>,
     /// RTT predicted from the two Vivaldi coordinates.
     pub predicted_ms: Option<f64>,
+}
+
+/// One line of `brume ps`: an instance and the service it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PsRow {
+    pub service: String,
+    #[serde(flatten)]
+    pub instance: Row,
+}
+
+impl From<(String, Row)> for PsRow {
+    fn from((service, instance): (String, Row)) -> Self {
+        PsRow { service, instance }
+    }
+}
+
+/// What `brume logs` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLines {
+    pub task: String,
+    pub replica: u32,
+    /// The last lines the instance wrote, oldest first, without their line ends.
+    pub lines: Vec<String>,
+}
+
+/// What `brume stop` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopped {
+    pub service: String,
+    /// The engine-level names of the instances stopped and removed.
+    pub instances: Vec<String>,
+}
+
+/// The answer to each command (one variant per command; see
+/// [`super::control::Command`] for which answers which).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Status(StatusView),
+    Peers(Vec<PeerView>),
+    Map(NeighbourhoodMap),
+    Deployed(Deployed),
+    Ps(Vec<PsRow>),
+    Logs(LogLines),
+    Stopped(Stopped),
+    Moved(Moved),
+    Drained(Vec<DrainLine>),
+}
+
+/// A progress report of a long command, sent before its reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Progress {
+    /// A step of one instance of a deploy.
+    Deploy(Event),
+    /// A phase of a move (`migrate`, or one instance of a `drain`).
+    Move(MoveProgress),
 }

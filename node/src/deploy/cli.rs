@@ -1,6 +1,7 @@
 //! `brume deploy`, `brume ps`, `brume logs` and `brume stop`: clients of the local node's control
 //! socket. The node does the work (it is the initiator, with the overlay identity and the chunk
-//! store); these draw its progress (one bar per task instance) and its answers.
+//! store); these draw its progress (one bar per task instance) and its answers, hosts by their
+//! [`NodeName`], or print the answer as JSON with `--json`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,10 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::progress::{Deployed, Event, Row, Step};
-use crate::client::{ask, Target};
-use crate::daemon::config::default_control_socket;
-use crate::daemon::control::{self, DeployRequest, Request, Response};
+use super::progress::{DeployRequest, Event, Row, Step};
+use crate::client::{ask, call, print_json, Target};
+use crate::daemon::control::{LogsRequest, Progress, PsRequest, StopRequest};
+use crate::names::NodeName;
 
 /// Options of `brume deploy`.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,32 +85,25 @@ pub async fn deploy(args: &DeployArgs) -> anyhow::Result<()> {
             args.manifest.display()
         )
     })?;
-    let request = Request::Deploy(DeployRequest {
+    let request = DeployRequest {
         manifest,
         budget_ms: args.budget.as_secs_f64() * 1e3,
         policy: args.policy.clone(),
         seed: args.seed,
         rounds: args.rounds,
-    });
-    let path = args
-        .target
-        .control
-        .clone()
-        .unwrap_or_else(default_control_socket);
-    let bars = Bars::new(args.target.json);
-    let response =
-        control::call_with_progress(&path, &request, DEPLOY_WAIT, |v| bars.update(v)).await?;
-    bars.finish();
-    let v = match response {
-        Response::Ok(v) => v,
-        Response::Error(e) => anyhow::bail!("deploy failed: {e}"),
-        Response::Progress(_) => anyhow::bail!("the node ended the deploy with a progress line"),
     };
+    let bars = Bars::new(args.target.json);
+    let done = call(&args.target, request, DEPLOY_WAIT, "deploy failed", |p| {
+        if let Progress::Deploy(e) = p {
+            bars.update(e);
+        }
+    })
+    .await;
+    bars.finish();
+    let d = done?;
     if args.target.json {
-        println!("{v:#}");
-        return Ok(());
+        return print_json(&d);
     }
-    let d: Deployed = serde_json::from_value(v).context("the node's answer is malformed")?;
     println!(
         "service {} epoch {} deployed in {:.2} s on a map of {} node(s)",
         d.service,
@@ -135,11 +129,8 @@ impl Bars {
         }
     }
 
-    fn update(&self, v: serde_json::Value) {
+    fn update(&self, e: Event) {
         let Some(multi) = &self.multi else { return };
-        let Ok(e) = serde_json::from_value::<Event>(v) else {
-            return;
-        };
         let Ok(mut bars) = self.bars.lock() else {
             return;
         };
@@ -153,7 +144,12 @@ impl Bars {
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
-                b.set_prefix(format!("{}#{} on {}", e.task, e.replica, short(&e.host)));
+                b.set_prefix(format!(
+                    "{}#{} on {}",
+                    e.task,
+                    e.replica,
+                    NodeName::of(&e.peer)
+                ));
                 b
             })
             .clone();
@@ -186,10 +182,6 @@ impl Bars {
     }
 }
 
-fn short(host: &str) -> String {
-    host.chars().take(10).collect()
-}
-
 fn table(rows: &[Row]) -> String {
     let mut out = format!(
         "{:<16} {:>7}  {:<22} {:<8} {:<10} {}\n",
@@ -198,27 +190,32 @@ fn table(rows: &[Row]) -> String {
     for r in rows {
         out += &format!(
             "{:<16} {:>7}  {:<22} {:<8} {:<10} {}\n",
-            r.task, r.replica, r.host, r.engine, r.state, r.address
+            r.task,
+            r.replica,
+            NodeName::of(&r.peer),
+            r.engine,
+            r.state,
+            r.address
         );
     }
     out
 }
 
 pub async fn ps(args: &PsArgs) -> anyhow::Result<()> {
-    let v = ask(&args.target, Request::Ps { all: args.all }, WAIT).await?;
+    let rows = ask(&args.target, PsRequest { all: args.all }, WAIT).await?;
     if args.target.json {
-        println!("{v:#}");
-        return Ok(());
+        return print_json(&rows);
     }
-    let rows: Vec<(String, Row)> =
-        serde_json::from_value(v).context("the node's answer is malformed")?;
     if rows.is_empty() {
         println!("no services deployed from this node (try --all)");
         return Ok(());
     }
     let mut by_service: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    for (service, row) in rows {
-        by_service.entry(service).or_default().push(row);
+    for row in rows {
+        by_service
+            .entry(row.service)
+            .or_default()
+            .push(row.instance);
     }
     for (service, rows) in by_service {
         println!("service {service}");
@@ -228,34 +225,34 @@ pub async fn ps(args: &PsArgs) -> anyhow::Result<()> {
 }
 
 pub async fn logs(args: &LogsArgs) -> anyhow::Result<()> {
-    let request = Request::Logs {
+    let request = LogsRequest {
         service: args.service.clone(),
         task: args.task.clone(),
         replica: args.replica,
         tail: args.tail,
     };
-    let v = ask(&args.target, request, WAIT).await?;
-    match v.as_str() {
-        Some(text) if !args.target.json => print!("{text}"),
-        _ => println!("{v:#}"),
+    let logs = ask(&args.target, request, WAIT).await?;
+    if args.target.json {
+        return print_json(&logs);
+    }
+    for line in &logs.lines {
+        println!("{line}");
     }
     Ok(())
 }
 
 pub async fn stop(args: &StopArgs) -> anyhow::Result<()> {
-    let request = Request::Stop {
+    let request = StopRequest {
         service: args.service.clone(),
     };
-    let v = ask(&args.target, request, WAIT).await?;
+    let stopped = ask(&args.target, request, WAIT).await?;
     if args.target.json {
-        println!("{v:#}");
-        return Ok(());
+        return print_json(&stopped);
     }
-    let stopped: Vec<String> = serde_json::from_value(v).unwrap_or_default();
     println!(
         "service {}: {} instance(s) stopped and removed",
-        args.service,
-        stopped.len()
+        stopped.service,
+        stopped.instances.len()
     );
     Ok(())
 }

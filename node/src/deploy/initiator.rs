@@ -31,6 +31,8 @@ use brume_artifact::{self as artifact, ChunkStore};
 use brume_plan::manifest::{Artifact, Checkpoint, Manifest};
 use brume_plan::onmap::{self, Assignment, PlaceOptions};
 
+use crate::names::NodeName;
+
 /// Restarts allowed to a crashed task.
 const MAX_RESTARTS: u32 = 5;
 
@@ -85,7 +87,7 @@ impl Initiator {
             let event = Event {
                 task: task.to_string(),
                 replica,
-                host,
+                peer: host,
                 step,
             };
             let progress = progress.clone();
@@ -104,7 +106,7 @@ impl Initiator {
                 epoch,
                 self.overlay.peer_id(),
             );
-            let host = a.node.to_string();
+            let host = a.peer.to_string();
             async move {
                 send(&a.task, a.replica, host.clone(), Step::Placed).await;
                 let on_phase = |phase: Phase| {
@@ -156,7 +158,7 @@ impl Initiator {
                 task: a.task.clone(),
                 replica: a.replica,
                 peer: a.peer,
-                host: a.node.to_string(),
+                host: NodeName::of(a.peer).to_string(),
             })
             .collect();
         let mut rollout = Rollout::new(&service, slots);
@@ -188,7 +190,7 @@ impl Initiator {
                 let end = back.finish(&unreachable);
                 for &i in &end.stopped {
                     let a = &assignments[i];
-                    send(&a.task, a.replica, a.node.to_string(), Step::RolledBack).await;
+                    send(&a.task, a.replica, a.peer.to_string(), Step::RolledBack).await;
                 }
                 anyhow::bail!(end.message);
             }

@@ -1,15 +1,29 @@
-//! What a deploy reports as it goes and when it ends, in the shape the control socket carries
-//! to `brume deploy` (JSON) and the CLI draws (one progress bar per task instance).
+//! What `brume deploy` asks, what a deploy reports as it goes and what it answers when it
+//! ends: the deploy's part of the control API (`crate::daemon::control`), which the CLI draws
+//! (one progress bar per task instance, then a table) or prints as JSON.
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+/// How `brume deploy` asks for a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// The manifest, as an absolute path on the node's machine.
+    pub manifest: PathBuf,
+    pub budget_ms: f64,
+    pub policy: String,
+    pub seed: u64,
+    pub rounds: u32,
+}
 
 /// One step of one task instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub task: String,
     pub replica: u32,
-    /// The host's node id as maps print it.
-    pub host: String,
+    /// The host's peer id.
+    pub peer: String,
     pub step: Step,
 }
 
@@ -35,11 +49,12 @@ pub enum Step {
     RolledBack,
 }
 
-/// One row of the final table.
+/// One row of the final table (and of `brume ps`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub task: String,
     pub replica: u32,
+    /// The host's overlay node id (`n…`, as map links name it) and its peer id.
     pub host: String,
     pub peer: String,
     pub engine: String,

@@ -4,6 +4,10 @@
 //! the instance itself; asked on the node that deployed the service, the node finds the host in
 //! its ledger and forwards the request there, relaying the host's progress. `drain` moves every
 //! instance this node runs, one after another, and reports each.
+//!
+//! Also here: the move's part of the control API ([`MigrateRequest`], [`Moved`], [`DrainLine`],
+//! and the progress a move reports, [`MoveProgress`]), in terms of its own, not the wire's: the
+//! host's [`Phase`]s become [`MoveStep`]s here.
 
 use std::time::{Duration, Instant};
 
@@ -16,8 +20,127 @@ use super::client::ask;
 use super::mover::Mover;
 use super::wire::{Phase, Reply, Request};
 use super::MoveRequest;
-use crate::daemon::control::{MigrateRequest, Response};
+use crate::deploy::wire::Phase as DeployPhase;
 use brume_tunnel::InstanceId;
+
+/// How `brume migrate` asks for a move.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    pub service: Option<String>,
+    pub task: String,
+    pub replica: u32,
+    /// The target's peer id; `None` lets the node that runs the instance pick.
+    pub to: Option<String>,
+    pub budget_ms: u64,
+    /// Restart cold a task whose state cannot be carried.
+    pub cold: bool,
+    /// Give up, leaving the instance where it is, if the move takes longer.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// The longest freeze a live move may predict before it gives up (the planner's default
+    /// when `None`).
+    #[serde(default)]
+    pub max_downtime_ms: Option<u64>,
+}
+
+/// A phase of a move of one instance, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveProgress {
+    pub service: String,
+    pub task: String,
+    pub replica: u32,
+    pub step: MoveStep,
+}
+
+/// What a move is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "step")]
+pub enum MoveStep {
+    /// The target is chosen: its peer id and overlay node id.
+    Target { peer: String, host: String },
+    /// The instance's state is captured (`bytes` of it).
+    Checkpointed { bytes: u64 },
+    /// The target fetches the artifact's chunks it lacks.
+    Fetching { done: u64, total: u64 },
+    /// The target builds or loads the image.
+    Building,
+    /// The target starts the task.
+    Starting,
+    /// A round of a live CRIU move ended (sizes in bytes, rate in bytes/s).
+    Round {
+        round: u32,
+        /// The final round: the task was frozen for it.
+        last: bool,
+        dumped_bytes: u64,
+        delta_bytes: u64,
+        wire_bytes: u64,
+        round_ms: u64,
+        dump_ms: u64,
+        rate: u64,
+        /// After a pre-copy round: the planner's predicted downtime if it froze now.
+        predicted_downtime_ms: Option<u64>,
+    },
+    /// A live move's task runs on the target: how long it was frozen, the target's restore,
+    /// rounds and bytes sent in all.
+    Restored {
+        downtime_ms: u64,
+        restore_ms: u64,
+        rounds: u32,
+        wire_bytes: u64,
+    },
+    /// The new instance runs; callers are switched to it and the old one stops.
+    Switching,
+}
+
+impl From<Phase> for MoveStep {
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Target { peer, host } => MoveStep::Target {
+                peer: peer.to_string(),
+                host,
+            },
+            Phase::Checkpointed { bytes } => MoveStep::Checkpointed { bytes },
+            Phase::Preparing(DeployPhase::Fetching { done, total }) => {
+                MoveStep::Fetching { done, total }
+            }
+            Phase::Preparing(DeployPhase::Building) => MoveStep::Building,
+            Phase::Preparing(DeployPhase::Starting) => MoveStep::Starting,
+            Phase::Round {
+                round,
+                last,
+                dumped_bytes,
+                delta_bytes,
+                wire_bytes,
+                round_ms,
+                dump_ms,
+                rate,
+                predicted_downtime_ms,
+            } => MoveStep::Round {
+                round,
+                last,
+                dumped_bytes,
+                delta_bytes,
+                wire_bytes,
+                round_ms,
+                dump_ms,
+                rate,
+                predicted_downtime_ms,
+            },
+            Phase::Restored {
+                downtime_ms,
+                restore_ms,
+                rounds,
+                wire_bytes,
+            } => MoveStep::Restored {
+                downtime_ms,
+                restore_ms,
+                rounds,
+                wire_bytes,
+            },
+            Phase::Switching => MoveStep::Switching,
+        }
+    }
+}
 
 /// One finished move, as `brume migrate` prints it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,19 +174,12 @@ pub struct DrainLine {
     pub outcome: Result<Moved, String>,
 }
 
-/// A phase of a move, as a progress line for the client.
-fn progress_line(service: &str, task: &str, replica: u32, phase: &Phase) -> Response {
-    Response::Progress(serde_json::json!({
-        "service": service, "task": task, "replica": replica, "phase": phase,
-    }))
-}
-
 /// Moves the instance `req` names, wherever it runs (here, or a host of a service deployed
 /// from here).
 pub async fn migrate(
     mover: &Mover,
     req: MigrateRequest,
-    progress: mpsc::Sender<Response>,
+    progress: mpsc::Sender<MoveProgress>,
 ) -> anyhow::Result<Moved> {
     let started = Instant::now();
     let budget = Duration::from_millis(req.budget_ms.clamp(1, 10_000));
@@ -91,7 +207,12 @@ pub async fn migrate(
         ),
     };
     let on_phase = |phase: Phase| {
-        let line = progress_line(&service, &req.task, req.replica, &phase);
+        let line = MoveProgress {
+            service: service.clone(),
+            task: req.task.clone(),
+            replica: req.replica,
+            step: phase.into(),
+        };
         let progress = progress.clone();
         async move {
             let _ = progress.send(line).await;
@@ -188,7 +309,7 @@ pub async fn drain(
     mover: &Mover,
     budget: Duration,
     cold: bool,
-    progress: mpsc::Sender<Response>,
+    progress: mpsc::Sender<MoveProgress>,
 ) -> Vec<DrainLine> {
     let ids = mover.deployer.instances.ids(|_| true);
     let mut lines = Vec::new();

@@ -23,6 +23,7 @@ use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::ledger::Ledger;
 use crate::deploy::wire::{self as deploy, CallTarget, CheckpointMode, InstanceSpec, InstanceView};
+use crate::names::NodeName;
 use brume_migration::app::{self as checkpoint, CHECKPOINT_TIMEOUT};
 use brume_migration::live::shared::{MigrationStore, MigrationStoreConfig};
 use brume_overlay::frames::{read_frame, write_frame};
@@ -44,10 +45,12 @@ pub struct Mover {
     on_moved: Option<OnMoved>,
 }
 
-/// Where the instance goes: its peer, its name as maps print it, and addresses.
+/// Where the instance goes: its peer, its overlay node id (as the ledger keeps hosts), the name
+/// people read, and addresses.
 pub(super) struct Destination {
     pub(super) peer: PeerId,
     pub(super) host: String,
+    pub(super) name: String,
     pub(super) addrs: Vec<Multiaddr>,
 }
 
@@ -337,7 +340,7 @@ impl Mover {
                     } else {
                         Mode::Cold
                     };
-                    info!(instance = %id, to = %d.host, state_bytes, held_ms, told, "instance moved");
+                    info!(instance = %id, to = %d.name, state_bytes, held_ms, told, "instance moved");
                     break Reply::Migrated {
                         to: d.peer,
                         host: d.host,
@@ -384,6 +387,9 @@ impl Mover {
                     // The same name whether or not the map found the node (under load a fresh
                     // map can miss it): node ids derive from peer ids.
                     host: brume_overlay::swarm::node_id_of(&peer).to_string(),
+                    name: record
+                        .map_or_else(|| NodeName::of(peer), NodeName::of_record)
+                        .to_string(),
                     addrs: record.map(|r| r.addrs.clone()).unwrap_or_default(),
                 })
             }
@@ -403,6 +409,7 @@ impl Mover {
                 Ok(Destination {
                     peer: choice.peer,
                     host: choice.record.id.to_string(),
+                    name: NodeName::of_record(&choice.record).to_string(),
                     addrs: choice.record.addrs,
                 })
             }

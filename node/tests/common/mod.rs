@@ -358,13 +358,13 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The port of a `brume ps --json` / `deploy --json` row's `address` (`127.0.0.1:PORT`).
-pub fn port_of(row: &serde_json::Value) -> u16 {
-    row["address"]
-        .as_str()
-        .and_then(|a| a.rsplit(':').next())
+/// The port in an instance's `address` (`127.0.0.1:PORT`) as `ps`, `deploy` and `migrate` report it.
+pub fn port_of(address: &str) -> u16 {
+    address
+        .rsplit(':')
+        .next()
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {row}"))
+        .unwrap_or_else(|| panic!("no port in {address}"))
 }
 
 /// A few `brume node` daemons on loopback (stopped with SIGTERM when dropped, so they stop

@@ -192,7 +192,7 @@ impl Mover {
             Err(e) => {
                 return fail(format!(
                     "cannot open a migration stream to {}: {e}",
-                    dest.host
+                    dest.name
                 ))
                 .await
             }
@@ -213,10 +213,10 @@ impl Mover {
             None => return fail("the move did not finish within the deadline".to_string()).await,
             Some(Ok(Frame::Ready)) => {}
             Some(Ok(Frame::Refused { reason })) => {
-                return fail(format!("{} refused {what}: {reason}", dest.host)).await
+                return fail(format!("{} refused {what}: {reason}", dest.name)).await
             }
-            Some(Ok(other)) => return fail(format!("{} answered {other:?}", dest.host)).await,
-            Some(Err(e)) => return fail(format!("talking to {} failed: {e}", dest.host)).await,
+            Some(Ok(other)) => return fail(format!("{} answered {other:?}", dest.name)).await,
+            Some(Err(e)) => return fail(format!("talking to {} failed: {e}", dest.name)).await,
         }
 
         let mut opts = source_options(max_downtime);
@@ -234,7 +234,7 @@ impl Mover {
         let migrated = match out {
             Ok(m) => m,
             Err(e) if e.task_untouched() => {
-                return fail(format!("the live migration to {} failed: {e}", dest.host)).await;
+                return fail(format!("the live migration to {} failed: {e}", dest.name)).await;
             }
             Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
                 // The exited container gives way to the runc container restored here.
@@ -256,13 +256,13 @@ impl Mover {
                             "the live migration to {} failed after the final checkpoint \
                              ({cause}); {what} was restored here as a runc container (pid {pid}) \
                              and runs here again",
-                            dest.host
+                            dest.name
                         ),
                         Err(e) => format!(
                             "the live migration to {} failed after the final checkpoint \
                              ({cause}); {what} was restored here as pid {pid}, but the engine \
                              cannot take it: {e}",
-                            dest.host
+                            dest.name
                         ),
                     },
                 };

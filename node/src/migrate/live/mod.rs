@@ -299,7 +299,7 @@ impl Mover {
                 let reason = format!(
                     "{what} was restored on {} but that node could not take it ({why}); it is \
                      lost",
-                    dest.host
+                    dest.name
                 );
                 return self.lost(&endpoint, hold, reason).await;
             }
@@ -317,7 +317,7 @@ impl Mover {
             .tell_moved(spec, dest.peer, &dest.host, &dest.addrs)
             .await;
         self.deployer.readvertise().await;
-        info!(%what, to = %dest.host, held_ms, downtime_ms = ms(migrated.downtime),
+        info!(%what, to = %dest.name, held_ms, downtime_ms = ms(migrated.downtime),
               rounds = migrated.rounds.len(), wire_bytes = migrated.wire_bytes, told,
               "{how}");
         Reply::Migrated {

@@ -77,7 +77,7 @@ impl Mover {
             Err(e) => {
                 return untouched(format!(
                     "cannot open a migration stream to {}: {e}",
-                    dest.host
+                    dest.name
                 ))
             }
         };
@@ -97,10 +97,10 @@ impl Mover {
             None => return untouched("the move did not finish within the deadline".to_string()),
             Some(Ok(Frame::Ready)) => {}
             Some(Ok(Frame::Refused { reason })) => {
-                return untouched(format!("{} refused {what}: {reason}", dest.host))
+                return untouched(format!("{} refused {what}: {reason}", dest.name))
             }
-            Some(Ok(other)) => return untouched(format!("{} answered {other:?}", dest.host)),
-            Some(Err(e)) => return untouched(format!("talking to {} failed: {e}", dest.host)),
+            Some(Ok(other)) => return untouched(format!("{} answered {other:?}", dest.name)),
+            Some(Err(e)) => return untouched(format!("talking to {} failed: {e}", dest.name)),
         }
 
         // A pipe for the task's output should it be restored here after all.
@@ -128,7 +128,7 @@ impl Mover {
             Ok(m) => m,
             Err(e) if e.task_untouched() => {
                 p.set_migrating(&name, false);
-                return untouched(format!("the live migration to {} failed: {e}", dest.host));
+                return untouched(format!("the live migration to {} failed: {e}", dest.name));
             }
             Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
                 let adopted = p.adopt(&launch, pid, local_out).await;
@@ -138,13 +138,13 @@ impl Mover {
                         Ok(()) => format!(
                             "the live migration to {} failed after the final dump ({cause}); \
                              {what} was restored here (pid {pid}) and runs here again",
-                            dest.host
+                            dest.name
                         ),
                         Err(e) => format!(
                             "the live migration to {} failed after the final dump ({cause}); \
                              {what} was restored here as pid {pid}, but the engine cannot \
                              watch it: {e}",
-                            dest.host
+                            dest.name
                         ),
                     },
                 };
