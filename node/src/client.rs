@@ -9,11 +9,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::daemon::config::default_control_socket;
-use crate::daemon::control::{
-    self, Command, ControlError, MapRequest, PeersRequest, Progress, StatusRequest,
-};
 use crate::mapview;
 use crate::names::NodeName;
+use brume_control::{
+    self, Command, ControlError, MapRequest, PeersRequest, Progress, StatusRequest,
+};
 
 /// Where to find the node.
 #[derive(Debug, Clone, clap::Args)]
@@ -60,7 +60,7 @@ pub(crate) async fn call<C: Command>(
     what: &str,
     progress: impl FnMut(Progress),
 ) -> anyhow::Result<C::Reply> {
-    control::call(&socket(target), command, wait, progress)
+    brume_control::call(&socket(target), command, wait, progress)
         .await
         .map_err(|e| match e {
             ControlError::Refused(why) => anyhow::anyhow!("{what}: {why}"),

@@ -2,7 +2,7 @@
 //!
 //! This crate is the only place that wires brume's parts to the world. The running node is
 //! [`daemon`]: it reads its settings (defaults, file, `BRUME_*`, flags: one path), runs the
-//! overlay (crate `brume_overlay`), serves a typed control socket (`daemon::control`: one
+//! overlay (crate `brume_overlay`), serves a typed control socket (crate `brume_control`: one
 //! request and one reply type per command) that [`client`] and the command modules speak to,
 //! naming nodes the same way in every listing ([`names`]), and runs the services of [`deploy`]
 //! and [`migrate`].

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 mod common;
 
-use brume::daemon::views::{PsRow, StatusView};
-use brume::deploy::progress::Deployed;
+use brume_control::Deployed;
+use brume_control::{PsRow, StatusView};
 
 use common::{port_of, text};
 

@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use brume::daemon::views::{PsRow, StatusView};
-use brume::deploy::progress::Deployed;
-use brume::migrate::control::{DrainLine, Moved};
+use brume_control::Deployed;
+use brume_control::{DrainLine, Moved};
+use brume_control::{PsRow, StatusView};
 use brume_testnet::require::{self, Need};
 use common::{port_of, text};
 

@@ -25,7 +25,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use brume::daemon::views::{PeerView, StatusView};
+use brume_control::{PeerView, StatusView};
 use brume_overlay::neighbourhood::NeighbourhoodMap;
 use brume_testnet::Testbed;
 

@@ -11,13 +11,13 @@ use brume_overlay::neighbourhood::NeighbourhoodMap;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use super::control::{
+use brume_control::{
     Call, Command, DeployRequest, DrainRequest, LogLines, LogsRequest, MapRequest, MigrateRequest,
     PeersRequest, Progress, PsRequest, Request, Response, StatusRequest, StopRequest, Stopped,
 };
-use super::views::{PeerView, PsRow, StatusView};
-use crate::deploy::progress::{Deployed, Event, Row};
-use crate::migrate::control::{DrainLine, MoveProgress, Moved};
+use brume_control::{Deployed, Event, Row};
+use brume_control::{DrainLine, MoveProgress, Moved};
+use brume_control::{PeerView, PsRow, StatusView};
 
 /// Longest budget a client may ask a map for.
 pub const MAX_BUDGET: Duration = Duration::from_secs(10);
@@ -188,8 +188,8 @@ mod tests {
     use brume_overlay::ids::NodeId;
     use brume_overlay::neighbourhood::NodeRecord;
 
-    use crate::daemon::views::Reply;
-    use crate::deploy::progress::Step;
+    use brume_control::Reply;
+    use brume_control::Step;
 
     /// A backend whose map does not finish until the test releases it.
     #[derive(Default)]

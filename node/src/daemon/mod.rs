@@ -3,9 +3,7 @@
 //! other subcommands talk to.
 
 pub mod config;
-pub mod control;
 pub mod dispatch;
 pub mod resources;
 pub mod run;
 pub mod services;
-pub mod views;

@@ -15,17 +15,17 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::config::{self, LogFormat, NodeConfig};
-use super::control::{self, DeployRequest, MigrateRequest};
 use super::dispatch::{dispatch, Backend};
 use super::resources;
 use super::services::Services;
-use super::views::{PeerView, StatusView};
 use crate::deploy::deployer::Advertiser;
 use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
-use crate::deploy::progress::{Deployed, Event, Row};
-use crate::migrate::control::{DrainLine, MoveProgress, Moved};
 use crate::migrate::mover::Mover;
+use brume_control::{self as control, DeployRequest, MigrateRequest};
+use brume_control::{Deployed, Event, Row};
+use brume_control::{DrainLine, MoveProgress, Moved};
+use brume_control::{PeerView, StatusView};
 use brume_metrics::{refresh_from, Metrics, Outcome as MetricsOutcome};
 
 /// Options of `brume node`: the flag layer of the settings (see [`config`]). Each flag is a

@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::progress::{DeployRequest, Event, Row, Step};
 use crate::client::{ask, call, print_json, Target};
-use crate::daemon::control::{LogsRequest, Progress, PsRequest, StopRequest};
 use crate::names::NodeName;
+use brume_control::{DeployRequest, Event, Row, Step};
+use brume_control::{LogsRequest, Progress, PsRequest, StopRequest};
 
 /// Options of `brume deploy`.
 #[derive(Debug, Clone, clap::Args)]

@@ -22,12 +22,12 @@ use tokio::sync::mpsc;
 use super::client::ask;
 use super::deployer::Deployer;
 use super::ledger::{Entry, Ledger, Placed};
-use super::progress::{Deployed, Event, Row, Step};
 use super::rollout::{Decision, Outcome, Rollout, Slot};
 use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
 };
 use brume_artifact::{self as artifact, ChunkStore};
+use brume_control::{Deployed, Event, Row, Step};
 use brume_plan::manifest::{Artifact, Checkpoint, Manifest};
 use brume_plan::onmap::{self, Assignment, PlaceOptions};
 

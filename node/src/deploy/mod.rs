@@ -15,6 +15,5 @@ pub mod deployer;
 pub mod initiator;
 pub mod instances;
 pub mod ledger;
-pub mod progress;
 pub mod rollout;
 pub mod wire;

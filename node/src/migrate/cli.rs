@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::control::{DrainLine, MigrateRequest, MoveProgress, MoveStep, Moved};
 use crate::client::{ask, call, print_json, Target};
-use crate::daemon::control::{DrainRequest, MapRequest, Progress};
 use crate::names::NodeName;
+use brume_control::{DrainLine, MigrateRequest, MoveProgress, MoveStep, Moved};
+use brume_control::{DrainRequest, MapRequest, Progress};
 
 /// Options of `brume migrate`.
 #[derive(Debug, Clone, clap::Args)]

@@ -5,15 +5,13 @@
 //! its ledger and forwards the request there, relaying the host's progress. `drain` moves every
 //! instance this node runs, one after another, and reports each.
 //!
-//! Also here: the move's part of the control API ([`MigrateRequest`], [`Moved`], [`DrainLine`],
-//! and the progress a move reports, [`MoveProgress`]), in terms of its own, not the wire's: the
-//! host's [`Phase`]s become [`MoveStep`]s here.
+//! The move's part of the control API (`MigrateRequest`, `Moved`, `DrainLine`, `MoveProgress`)
+//! is brume-control's; the host's wire [`Phase`]s become its `MoveStep`s here.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use brume_overlay::{Multiaddr, PeerId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::client::ask;
@@ -21,76 +19,8 @@ use super::mover::Mover;
 use super::wire::{Phase, Reply, Request};
 use super::MoveRequest;
 use crate::deploy::wire::Phase as DeployPhase;
+use brume_control::{DrainLine, MigrateRequest, MoveProgress, MoveStep, Moved};
 use brume_tunnel::InstanceId;
-
-/// How `brume migrate` asks for a move.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MigrateRequest {
-    pub service: Option<String>,
-    pub task: String,
-    pub replica: u32,
-    /// The target's peer id; `None` lets the node that runs the instance pick.
-    pub to: Option<String>,
-    pub budget_ms: u64,
-    /// Restart cold a task whose state cannot be carried.
-    pub cold: bool,
-    /// Give up, leaving the instance where it is, if the move takes longer.
-    #[serde(default)]
-    pub deadline_ms: Option<u64>,
-    /// The longest freeze a live move may predict before it gives up (the planner's default
-    /// when `None`).
-    #[serde(default)]
-    pub max_downtime_ms: Option<u64>,
-}
-
-/// A phase of a move of one instance, as the client sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MoveProgress {
-    pub service: String,
-    pub task: String,
-    pub replica: u32,
-    pub step: MoveStep,
-}
-
-/// What a move is doing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "step")]
-pub enum MoveStep {
-    /// The target is chosen: its peer id and overlay node id.
-    Target { peer: String, host: String },
-    /// The instance's state is captured (`bytes` of it).
-    Checkpointed { bytes: u64 },
-    /// The target fetches the artifact's chunks it lacks.
-    Fetching { done: u64, total: u64 },
-    /// The target builds or loads the image.
-    Building,
-    /// The target starts the task.
-    Starting,
-    /// A round of a live CRIU move ended (sizes in bytes, rate in bytes/s).
-    Round {
-        round: u32,
-        /// The final round: the task was frozen for it.
-        last: bool,
-        dumped_bytes: u64,
-        delta_bytes: u64,
-        wire_bytes: u64,
-        round_ms: u64,
-        dump_ms: u64,
-        rate: u64,
-        /// After a pre-copy round: the planner's predicted downtime if it froze now.
-        predicted_downtime_ms: Option<u64>,
-    },
-    /// A live move's task runs on the target: how long it was frozen, the target's restore,
-    /// rounds and bytes sent in all.
-    Restored {
-        downtime_ms: u64,
-        restore_ms: u64,
-        rounds: u32,
-        wire_bytes: u64,
-    },
-    /// The new instance runs; callers are switched to it and the old one stops.
-    Switching,
-}
 
 impl From<Phase> for MoveStep {
     fn from(phase: Phase) -> Self {
@@ -140,38 +70,6 @@ impl From<Phase> for MoveStep {
             Phase::Switching => MoveStep::Switching,
         }
     }
-}
-
-/// One finished move, as `brume migrate` prints it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Moved {
-    pub service: String,
-    pub task: String,
-    pub replica: u32,
-    /// The new host's node id and peer id.
-    pub host: String,
-    pub peer: String,
-    /// `app` (the task's own checkpoint went along), `criu` (moved live, `state_bytes` is what
-    /// the pre-copy sent) or `cold`.
-    pub mode: String,
-    pub state_bytes: u64,
-    /// How long calls to the instance were held: the pause its callers saw.
-    pub held_ms: u64,
-    /// The whole move, from the request.
-    pub elapsed_ms: u64,
-    /// Nodes that acknowledged the new route.
-    pub told: usize,
-    /// Where the new instance listens on its host.
-    pub address: String,
-}
-
-/// One line of a drain's report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DrainLine {
-    pub service: String,
-    pub task: String,
-    pub replica: u32,
-    pub outcome: Result<Moved, String>,
 }
 
 /// Moves the instance `req` names, wherever it runs (here, or a host of a service deployed

@@ -1,11 +1,15 @@
 //! The control protocol: every reply survives the trip as a line, requests keep the wire form a
 //! person types (`{"cmd":"status"}`), and the socket answers bad lines without hanging up.
 
+use std::time::Duration;
+
 use super::*;
-use crate::deploy::progress::{Event, Row, Step};
-use crate::migrate::control::{MoveProgress, MoveStep};
 use brume_overlay::ids::NodeId;
-use brume_overlay::neighbourhood::{Link, NodeRecord};
+use brume_overlay::neighbourhood::{Link, NeighbourhoodMap, NodeRecord};
+use futures::{SinkExt, StreamExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LinesCodec};
 
 const PEER: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
 

@@ -1,5 +1,5 @@
 //! What `brume deploy` asks, what a deploy reports as it goes and what it answers when it
-//! ends: the deploy's part of the control API (`crate::daemon::control`), which the CLI draws
+//! ends: the deploy's part of the control API, which the CLI draws
 //! (one progress bar per task instance, then a table) or prints as JSON.
 
 use std::path::PathBuf;

@@ -1,13 +1,12 @@
 //! What the control API answers, in the node's own terms: plain serde types, so neither the
 //! socket protocol nor the CLI depends on libp2p's types. `--json` prints these as they are, so
 //! their field names are the stable interface for scripts; peer ids are always full there (a
-//! person reads the short form of [`crate::names`]).
+//! person reads brume's short form of them).
 
 use brume_overlay::neighbourhood::NeighbourhoodMap;
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::progress::{Deployed, Event, Row};
-use crate::migrate::control::{DrainLine, MoveProgress, Moved};
+use crate::{Deployed, DrainLine, Event, MoveProgress, Moved, Row};
 
 /// `brume status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,7 +73,7 @@ pub struct Stopped {
 }
 
 /// The answer to each command (one variant per command; see
-/// [`super::control::Command`] for which answers which).
+/// [`crate::Command`] for which answers which).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
