@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use super::client::ask;
 use super::deployer::Deployer;
 use super::ledger::{Entry, Ledger, Placed};
-use super::rollout::{Decision, Outcome, Rollout, Slot};
+use super::rollout::{Decision, Outcome, RollBack, Rollout, Slot};
 use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
 };
@@ -82,76 +82,25 @@ impl Initiator {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
         let service = manifest.service.name.clone();
-
-        let send = |task: &str, replica: u32, host: String, step: Step| {
-            let event = Event {
-                task: task.to_string(),
-                replica,
-                peer: host,
-                step,
-            };
-            let progress = progress.clone();
-            async move {
-                let _ = progress.send(event).await;
-            }
-        };
+        let report = Reporter(progress);
 
         // Every instance at once; each host fetches what it lacks from us.
-        let runs = assignments.iter().map(|a| {
-            let spec = instance_spec(
+        let specs = assignments.iter().map(|a| {
+            instance_spec(
                 &manifest,
                 &payloads,
                 &assignments,
                 a,
                 epoch,
                 self.overlay.peer_id(),
-            );
-            let host = a.peer.to_string();
-            async move {
-                send(&a.task, a.replica, host.clone(), Step::Placed).await;
-                let on_phase = |phase: Phase| {
-                    let step = match phase {
-                        Phase::Fetching { done, total } => Step::Fetching { done, total },
-                        Phase::Building => Step::Building,
-                        Phase::Starting => Step::Starting,
-                    };
-                    send(&a.task, a.replica, host.clone(), step)
-                };
-                let reply = match spec {
-                    Ok(spec) => {
-                        let req = Request::Deploy(spec);
-                        ask(&self.deployer, a.peer, &a.addrs, &req, on_phase).await
-                    }
-                    Err(e) => Err(e),
-                };
-                let outcome = match reply {
-                    Ok(Reply::Started { instance, reused }) => {
-                        send(
-                            &a.task,
-                            a.replica,
-                            host.clone(),
-                            Step::Running {
-                                port: instance.port,
-                                reused,
-                            },
-                        )
-                        .await;
-                        Outcome::Running(instance)
-                    }
-                    Ok(Reply::Refused { reason }) => Outcome::Refused(reason),
-                    Ok(other) => {
-                        Outcome::Refused(format!("the host answered {other:?} to a deploy"))
-                    }
-                    Err(e) => Outcome::Unreachable(format!("{e:#}")),
-                };
-                if let Outcome::Refused(reason) | Outcome::Unreachable(reason) = &outcome {
-                    let reason = reason.clone();
-                    send(&a.task, a.replica, host.clone(), Step::Failed { reason }).await;
-                }
-                outcome
-            }
+            )
         });
+        let runs = assignments
+            .iter()
+            .zip(specs)
+            .map(|(a, spec)| self.run_one(a, spec, &report));
         let outcomes = join_all(runs).await;
+
         let slots = assignments
             .iter()
             .map(|a| Slot {
@@ -169,66 +118,114 @@ impl Initiator {
         let instances = match decision {
             Some(Decision::Record(instances)) => instances,
             Some(Decision::RollBack(back)) => {
-                let stop = Request::Stop {
-                    service: service.clone(),
-                    epoch: Some(epoch),
-                };
-                let addrs: BTreeMap<PeerId, _> =
-                    assignments.iter().map(|a| (a.peer, &a.addrs)).collect();
-                let stops = back.hosts.iter().map(|peer| {
-                    let addrs = addrs.get(peer).map(|a| a.as_slice()).unwrap_or_default();
-                    ask(&self.deployer, *peer, addrs, &stop, |_| async {})
-                });
-                let stopped = join_all(stops).await;
-                let unreachable: Vec<PeerId> = back
-                    .hosts
-                    .iter()
-                    .zip(&stopped)
-                    .filter(|(_, r)| r.is_err())
-                    .map(|(p, _)| *p)
-                    .collect();
-                let end = back.finish(&unreachable);
-                for &i in &end.stopped {
-                    let a = &assignments[i];
-                    send(&a.task, a.replica, a.peer.to_string(), Step::RolledBack).await;
-                }
-                anyhow::bail!(end.message);
+                let message = self
+                    .roll_back(back, &service, epoch, &assignments, &report)
+                    .await;
+                anyhow::bail!(message);
             }
             // No instance at all: placement never returns an empty plan.
             None => anyhow::bail!("placement put no instance of {service} anywhere"),
         };
-
-        let rows = assignments
-            .iter()
-            .zip(&instances)
-            .map(|(a, i)| row(a.node.to_string(), a.peer, i))
-            .collect();
-        self.ledger
-            .put(
-                &service,
-                Entry {
-                    epoch,
-                    manifest: manifest_path.to_path_buf(),
-                    instances: assignments
-                        .iter()
-                        .map(|a| Placed {
-                            task: a.task.clone(),
-                            replica: a.replica,
-                            host: a.node.to_string(),
-                            peer: a.peer,
-                            addrs: a.addrs.clone(),
-                        })
-                        .collect(),
-                },
-            )
-            .await?;
+        let entry = Entry {
+            epoch,
+            manifest: manifest_path.to_path_buf(),
+            instances: assignments.iter().map(placed).collect(),
+        };
+        self.ledger.put(&service, entry).await?;
         Ok(Deployed {
             service,
             epoch,
             elapsed_ms: started.elapsed().as_millis() as u64,
             map_nodes: outcome.map.nodes.len(),
-            instances: rows,
+            instances: assignments
+                .iter()
+                .zip(&instances)
+                .map(|(a, i)| row(a.node.to_string(), a.peer, i))
+                .collect(),
         })
+    }
+
+    /// Asks one host to run one instance, reporting its steps; what it came to, for the
+    /// [`Rollout`].
+    async fn run_one(
+        &self,
+        a: &Assignment,
+        spec: anyhow::Result<InstanceSpec>,
+        report: &Reporter,
+    ) -> Outcome {
+        report.step(a, Step::Placed).await;
+        let on_phase = |phase: Phase| {
+            report.step(
+                a,
+                match phase {
+                    Phase::Fetching { done, total } => Step::Fetching { done, total },
+                    Phase::Building => Step::Building,
+                    Phase::Starting => Step::Starting,
+                },
+            )
+        };
+        let reply = match spec {
+            Ok(spec) => {
+                ask(
+                    &self.deployer,
+                    a.peer,
+                    &a.addrs,
+                    &Request::Deploy(spec),
+                    on_phase,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match reply {
+            Ok(Reply::Started { instance, reused }) => {
+                let port = instance.port;
+                report.step(a, Step::Running { port, reused }).await;
+                return Outcome::Running(instance);
+            }
+            Ok(Reply::Refused { reason }) => Outcome::Refused(reason),
+            Ok(other) => Outcome::Refused(format!("the host answered {other:?} to a deploy")),
+            Err(e) => Outcome::Unreachable(format!("{e:#}")),
+        };
+        if let Outcome::Refused(reason) | Outcome::Unreachable(reason) = &outcome {
+            let reason = reason.clone();
+            report.step(a, Step::Failed { reason }).await;
+        }
+        outcome
+    }
+
+    /// Tells every host the rollout names to stop this epoch of the service; what the user is
+    /// told.
+    async fn roll_back(
+        &self,
+        back: RollBack,
+        service: &str,
+        epoch: u64,
+        assignments: &[Assignment],
+        report: &Reporter,
+    ) -> String {
+        let stop = Request::Stop {
+            service: service.to_string(),
+            epoch: Some(epoch),
+        };
+        let addrs: BTreeMap<PeerId, _> = assignments.iter().map(|a| (a.peer, &a.addrs)).collect();
+        let stops = back.hosts.iter().map(|peer| {
+            let addrs = addrs.get(peer).map(|a| a.as_slice()).unwrap_or_default();
+            ask(&self.deployer, *peer, addrs, &stop, |_| async {})
+        });
+        let stopped = join_all(stops).await;
+        let unreachable: Vec<PeerId> = back
+            .hosts
+            .iter()
+            .zip(&stopped)
+            .filter(|(_, r)| r.is_err())
+            .map(|(p, _)| *p)
+            .collect();
+        let end = back.finish(&unreachable);
+        for &i in &end.stopped {
+            report.step(&assignments[i], Step::RolledBack).await;
+        }
+        end.message
     }
 
     /// Packs every task's artifact into the chunk store (hosts fetch from it).
@@ -382,6 +379,32 @@ impl Initiator {
     /// Asks the host an instance of the ledger runs on.
     async fn ask_placed(&self, p: &Placed, req: &Request) -> anyhow::Result<Reply> {
         ask(&self.deployer, p.peer, &p.addrs, req, |_| async {}).await
+    }
+}
+
+/// Where to send a deploy's steps.
+struct Reporter(mpsc::Sender<Event>);
+
+impl Reporter {
+    async fn step(&self, a: &Assignment, step: Step) {
+        let event = Event {
+            task: a.task.clone(),
+            replica: a.replica,
+            peer: a.peer.to_string(),
+            step,
+        };
+        let _ = self.0.send(event).await;
+    }
+}
+
+/// Where an instance of a deploy runs, as the ledger keeps it.
+fn placed(a: &Assignment) -> Placed {
+    Placed {
+        task: a.task.clone(),
+        replica: a.replica,
+        host: a.node.to_string(),
+        peer: a.peer,
+        addrs: a.addrs.clone(),
     }
 }
 
