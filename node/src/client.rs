@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::daemon::config::default_control_socket;
 use crate::mapview;
-use crate::names::NodeName;
+use brume_control::NodeName;
 use brume_control::{
     self, Command, ControlError, MapRequest, PeersRequest, Progress, StatusRequest,
 };

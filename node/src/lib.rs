@@ -4,7 +4,7 @@
 //! [`daemon`]: it reads its settings (defaults, file, `BRUME_*`, flags: one path), runs the
 //! overlay (crate `brume_overlay`), serves a typed control socket (crate `brume_control`: one
 //! request and one reply type per command) that [`client`] and the command modules speak to,
-//! naming nodes the same way in every listing ([`names`]), and runs the services of [`deploy`]
+//! naming nodes the same way in every listing (`brume_control::NodeName`), and runs the services of [`deploy`]
 //! and [`migrate`].
 //!
 //! A deploy: the initiator reads the manifest and places it on the node's neighbourhood map
@@ -21,4 +21,4 @@ pub mod daemon;
 pub mod deploy;
 pub mod mapview;
 pub mod migrate;
-pub mod names;
+pub mod streams;

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use brume_overlay::ids::NodeId;
 use brume_overlay::neighbourhood::NeighbourhoodMap;
 
-use crate::names::NodeName;
+use brume_control::NodeName;
 
 /// The name of every node in the map, by its numeric id.
 fn names(map: &NeighbourhoodMap) -> HashMap<NodeId, String> {

@@ -24,6 +24,7 @@
 mod command;
 pub mod deploy;
 pub mod moves;
+pub mod names;
 mod socket;
 mod views;
 
@@ -33,6 +34,7 @@ pub use command::{
 };
 pub use deploy::{DeployRequest, Deployed, Event, Row, Step};
 pub use moves::{DrainLine, MigrateRequest, MoveProgress, MoveStep, Moved};
+pub use names::NodeName;
 pub use socket::{bind, call, serve, ControlError};
 pub use views::{LogLines, PeerView, Progress, PsRow, Reply, StatusView, Stopped};
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::client::{ask, call, print_json, Target};
-use crate::names::NodeName;
+use brume_control::NodeName;
 use brume_control::{DeployRequest, Event, Row, Step};
 use brume_control::{LogsRequest, Progress, PsRequest, StopRequest};
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brume_overlay::neighbourhood::NodeRecord;
-use brume_overlay::{OverlayHandle, PeerId, Stream};
+use brume_overlay::{OverlayHandle, PeerId};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -27,12 +27,12 @@ use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
     DEPLOY_PROTOCOL, MAX_FRAME,
 };
+use crate::streams::respond;
 use brume_artifact::{self as artifact, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions};
 use brume_engine::{
     free_task_port, AnyEngine, Engine, EngineError, ImageInput, ImageKind, ImageRef, LaunchSpec,
     RestartPolicy, TaskState,
 };
-use brume_overlay::frames::{read_frame, write_frame};
 use brume_tunnel::{call_env, Forwarder, InstanceId, Route, Routes};
 
 /// How long a stopping task gets before it is killed.
@@ -108,38 +108,15 @@ impl Deployer {
         while let Some((peer, stream)) = incoming.next().await {
             let deployer = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = deployer.answer(peer, stream).await {
+                let handle = |request, phases| deployer.handle(peer, request, phases);
+                let answered = respond(stream, MAX_FRAME, handle, Reply::Phase, |reason| {
+                    Reply::Refused { reason }
+                });
+                if let Err(e) = answered.await {
                     debug!(%peer, error = %e, "deploy stream ended badly");
                 }
             });
         }
-        Ok(())
-    }
-
-    async fn answer(&self, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
-        let request: Request = match read_frame(&mut stream, MAX_FRAME).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(%peer, error = %e, "unreadable deploy request");
-                let reason = format!("unreadable request: {e}");
-                write_frame(&mut stream, &Reply::Refused { reason }).await?;
-                return Ok(());
-            }
-        };
-        let (tx, mut rx) = mpsc::channel::<Phase>(16);
-        let work = self.handle(peer, request, tx);
-        tokio::pin!(work);
-        let reply = loop {
-            tokio::select! {
-                reply = &mut work => break reply,
-                Some(phase) = rx.recv() => {
-                    // The initiator gone mid-way does not stop the deploy: its rollback (or a
-                    // later deploy) cleans up.
-                    let _ = write_frame(&mut stream, &Reply::Phase(phase)).await;
-                }
-            }
-        };
-        write_frame(&mut stream, &reply).await?;
         Ok(())
     }
 

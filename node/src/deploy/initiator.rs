@@ -31,7 +31,7 @@ use brume_control::{Deployed, Event, Row, Step};
 use brume_plan::manifest::{Artifact, Checkpoint, Manifest};
 use brume_plan::onmap::{self, Assignment, PlaceOptions};
 
-use crate::names::NodeName;
+use brume_control::NodeName;
 
 /// Restarts allowed to a crashed task.
 const MAX_RESTARTS: u32 = 5;

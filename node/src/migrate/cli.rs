@@ -13,7 +13,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client::{ask, call, print_json, Target};
-use crate::names::NodeName;
+use brume_control::NodeName;
 use brume_control::{DrainLine, MigrateRequest, MoveProgress, MoveStep, Moved};
 use brume_control::{DrainRequest, MapRequest, Progress};
 

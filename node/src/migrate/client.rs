@@ -6,7 +6,7 @@ use brume_overlay::{Multiaddr, PeerId};
 
 use super::mover::Mover;
 use super::wire::{Phase, Reply, Request, MAX_FRAME, MOVE_PROTOCOL};
-use crate::deploy::client::{exchange, local, Answer};
+use crate::streams::{exchange, local, Answer};
 
 /// Sends one move request to `peer` and reads its phases and final reply.
 pub(crate) async fn ask<F, Fut>(

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use brume_overlay::{Multiaddr, PeerId, Stream};
+use brume_overlay::{Multiaddr, PeerId};
 use brume_tunnel::{Hold, InstanceId, Route};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -23,10 +23,10 @@ use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::ledger::Ledger;
 use crate::deploy::wire::{self as deploy, CallTarget, CheckpointMode, InstanceSpec, InstanceView};
-use crate::names::NodeName;
+use crate::streams::respond;
+use brume_control::NodeName;
 use brume_migration::app::{self as checkpoint, CHECKPOINT_TIMEOUT};
 use brume_migration::live::shared::{MigrationStore, MigrationStoreConfig};
-use brume_overlay::frames::{read_frame, write_frame};
 
 /// The environment variable a restored instance finds its state line in.
 pub const RESTORE_ENV: &str = "BRUME_RESTORE";
@@ -103,7 +103,10 @@ impl Mover {
                 next = moves.next() => {
                     let Some((peer, stream)) = next else { return Ok(()) };
                     tokio::spawn(async move {
-                        if let Err(e) = mover.answer(peer, stream).await {
+                        let handle = |request, phases| mover.handle(peer, request, phases);
+                        let refuse = |reason| Reply::Refused { reason };
+                        let answered = respond(stream, MAX_FRAME, handle, Reply::Phase, refuse);
+                        if let Err(e) = answered.await {
                             debug!(%peer, error = %e, "move stream ended badly");
                         }
                     });
@@ -114,32 +117,6 @@ impl Mover {
                 }
             }
         }
-    }
-
-    async fn answer(&self, peer: PeerId, mut stream: Stream) -> anyhow::Result<()> {
-        let request: Request = match read_frame(&mut stream, MAX_FRAME).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(%peer, error = %e, "unreadable move request");
-                let reason = format!("unreadable request: {e}");
-                write_frame(&mut stream, &Reply::Refused { reason }).await?;
-                return Ok(());
-            }
-        };
-        let (tx, mut rx) = mpsc::channel::<Phase>(16);
-        let work = self.handle(peer, request, tx);
-        tokio::pin!(work);
-        let reply = loop {
-            tokio::select! {
-                reply = &mut work => break reply,
-                Some(phase) = rx.recv() => {
-                    // A client gone mid-way does not stop the move: it ends either way.
-                    let _ = write_frame(&mut stream, &Reply::Phase(phase)).await;
-                }
-            }
-        };
-        write_frame(&mut stream, &reply).await?;
-        Ok(())
     }
 
     /// Answers one move request (phases of a move go to `phases`).
