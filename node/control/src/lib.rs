@@ -1,5 +1,7 @@
-//! brume-control: the local control API of a running node: how every `brume` subcommand that talks to a running `brume node`
-//! (`status`, `peers`, `map`, `deploy`, `ps`, `logs`, `stop`, `migrate`, `drain`) reaches it.
+//! brume-control: the local control API of a running node, shared by the daemon and the CLI:
+//! how every `brume` subcommand that talks to a running `brume node` (`status`, `peers`, `map`,
+//! `deploy`, `ps`, `logs`, `stop`, `migrate`, `drain`) reaches it, what it answers, and how a
+//! person reads the nodes those answers name ([`NodeName`]).
 //!
 //! A Unix socket, readable and writable by the node's user only (the socket's directory is 0700),
 //! so no token is needed and nothing listens on the network. The protocol is one JSON request per
