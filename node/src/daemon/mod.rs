@@ -2,6 +2,7 @@
 //! ([`config`]), runs the overlay, and answers the local control socket ([`control`]) that the
 //! other subcommands talk to.
 
+mod backend;
 pub mod config;
 pub mod dispatch;
 pub mod resources;

@@ -9,24 +9,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord};
+use brume_overlay::neighbourhood::NodeRecord;
 use brume_overlay::node::{Identity, Overlay, OverlayConfig, OverlayHandle, Timings};
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use super::backend::{count_moves, OverlayBackend};
 use super::config::{self, LogFormat, NodeConfig};
-use super::dispatch::{dispatch, Backend};
+use super::dispatch::dispatch;
 use super::resources;
 use super::services::Services;
-use crate::deploy::deployer::Advertiser;
-use crate::deploy::initiator::Initiator;
+use crate::deploy::deployer::{Advertiser, Deployer};
 use crate::deploy::instances::Capacity;
 use crate::migrate::mover::Mover;
-use brume_control::{self as control, DeployRequest, MigrateRequest};
-use brume_control::{Deployed, Event, Row};
-use brume_control::{DrainLine, MoveProgress, Moved};
-use brume_control::{PeerView, StatusView};
-use brume_metrics::{refresh_from, Metrics, Outcome as MetricsOutcome};
+use brume_control as control;
+use brume_metrics::{refresh_from, Metrics};
 
 /// Options of `brume node`: the flag layer of the settings (see [`config`]). Each flag is a
 /// setting of [`NodeConfig`] under the same name, so it may also come from the config file or a
@@ -134,39 +131,8 @@ fn init_logging(cfg: &NodeConfig) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
-    let (cpu_cap, mem_cap) = (cfg.cpu_millis, cfg.memory_mb);
-    let parse = |list: &[String], what: &str| -> anyhow::Result<Vec<_>> {
-        list.iter()
-            .map(|a| {
-                a.parse().with_context(|| {
-                    format!(
-                        "{what} address `{a}` is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/7100)"
-                    )
-                })
-            })
-            .collect()
-    };
-    let seed = identity_seed(&cfg.data_dir)?;
-    let mut record = local_record(cpu_cap, mem_cap)?;
-    record.name = cfg.name.clone();
-    let overlay_cfg = OverlayConfig {
-        listen: parse(&cfg.listen, "listen")?,
-        bootstrap: parse(&cfg.join, "join")?,
-        min_degree: cfg.min_degree,
-        max_degree: cfg.max_degree,
-        identity: Identity::Seed(seed),
-        record: Some(record),
-        timings: Timings {
-            ping_interval: Duration::from_millis(cfg.ping_interval_ms),
-            // Vivaldi updates each sample against the peer's coordinate as last exchanged:
-            // records twice per ping period keep those fresh (10 s at the default 5 s pings).
-            state_interval: Duration::from_millis(2 * cfg.ping_interval_ms),
-            ..Timings::default()
-        },
-        ..OverlayConfig::default()
-    };
     let listener = control::bind(&cfg.control).await?;
-    let (handle, task) = Overlay::spawn(overlay_cfg)
+    let (handle, task) = Overlay::spawn(overlay_config(&cfg)?)
         .await
         .context("cannot start the overlay")?;
     let metrics = Metrics::new(&handle.peer_id(), cfg.name.as_deref());
@@ -175,48 +141,9 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         Some(addr) => Some(brume_metrics::bind(addr, &cfg.data_dir).await?),
         None => None,
     };
-    let addrs = handle.listen_addrs().await?;
-    let shown: Vec<String> = addrs
-        .iter()
-        .map(|a| {
-            let a = a.to_string();
-            if a.contains("/p2p/") {
-                a
-            } else {
-                format!("{a}/p2p/{}", handle.peer_id())
-            }
-        })
-        .collect();
-    tracing::info!(
-        peer_id = %handle.peer_id(),
-        control = %cfg.control.display(),
-        "brume node up, listening on {}",
-        shown.join(", ")
-    );
-    // Machine-readable for scripts that start nodes: one line on stdout.
-    println!("listening {}", shown.join(" "));
+    announce(&handle, &cfg).await?;
 
-    let totals = resources::read()?.capped(cpu_cap, mem_cap);
-    let capacity = Capacity {
-        cpu_millis: u64::from(totals.cpu_total_milli),
-        memory_mb: totals.mem_total_mb,
-    };
-    // The advertised record: this device's resources, less what tasks here reserved (CPU is
-    // offered by reservation; memory is the lesser of that and what /proc says is available).
-    let name = cfg.name.clone();
-    let advertise: Advertiser = Arc::new(move |cpu, mem| match local_record(cpu_cap, mem_cap) {
-        Ok(mut r) => {
-            r.name = name.clone();
-            let left_cpu = u64::from(r.cpu_total_milli).saturating_sub(cpu);
-            r.cpu_free_milli = r.cpu_free_milli.min(left_cpu as u32);
-            r.mem_free_mb = r.mem_free_mb.min(r.mem_total_mb.saturating_sub(mem));
-            Some(r)
-        }
-        Err(e) => {
-            tracing::warn!("cannot read this device's resources: {e:#}");
-            None
-        }
-    });
+    let (capacity, advertise) = offer(&cfg)?;
     let services = Services::start(
         &handle,
         &cfg.data_dir,
@@ -249,22 +176,11 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     });
     tokio::spawn(control::serve(listener, calls_tx));
     let dispatcher = tokio::spawn(dispatch(backend, calls_rx));
-    let refresher = {
-        let handle = handle.clone();
-        let deployer = services.deployer.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REFRESH);
-            loop {
-                tick.tick().await;
-                let (cpu, mem) = deployer.reserved();
-                if let Some(r) = advertise(cpu, mem) {
-                    if handle.set_record(r).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        })
-    };
+    let refresher = tokio::spawn(readvertise(
+        handle.clone(),
+        services.deployer.clone(),
+        advertise,
+    ));
 
     let mut task = task;
     let outcome = tokio::select! {
@@ -287,6 +203,107 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     services.shutdown().await;
     let _ = std::fs::remove_file(&cfg.control);
     outcome
+}
+
+/// The overlay's settings from the node's.
+fn overlay_config(cfg: &NodeConfig) -> anyhow::Result<OverlayConfig> {
+    let parse = |list: &[String], what: &str| -> anyhow::Result<Vec<_>> {
+        list.iter()
+            .map(|a| {
+                a.parse().with_context(|| {
+                    format!(
+                        "{what} address `{a}` is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/7100)"
+                    )
+                })
+            })
+            .collect()
+    };
+    let seed = identity_seed(&cfg.data_dir)?;
+    let mut record = local_record(cfg.cpu_millis, cfg.memory_mb)?;
+    record.name = cfg.name.clone();
+    Ok(OverlayConfig {
+        listen: parse(&cfg.listen, "listen")?,
+        bootstrap: parse(&cfg.join, "join")?,
+        min_degree: cfg.min_degree,
+        max_degree: cfg.max_degree,
+        identity: Identity::Seed(seed),
+        record: Some(record),
+        timings: Timings {
+            ping_interval: Duration::from_millis(cfg.ping_interval_ms),
+            // Vivaldi updates each sample against the peer's coordinate as last exchanged:
+            // records twice per ping period keep those fresh (10 s at the default 5 s pings).
+            state_interval: Duration::from_millis(2 * cfg.ping_interval_ms),
+            ..Timings::default()
+        },
+        ..OverlayConfig::default()
+    })
+}
+
+/// Logs where the node listens and prints one `listening ADDR...` line on stdout, which
+/// scripts that start nodes read.
+async fn announce(handle: &OverlayHandle, cfg: &NodeConfig) -> anyhow::Result<()> {
+    let addrs = handle.listen_addrs().await?;
+    let shown: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            let a = a.to_string();
+            if a.contains("/p2p/") {
+                a
+            } else {
+                format!("{a}/p2p/{}", handle.peer_id())
+            }
+        })
+        .collect();
+    tracing::info!(
+        peer_id = %handle.peer_id(),
+        control = %cfg.control.display(),
+        "brume node up, listening on {}",
+        shown.join(", ")
+    );
+    println!("listening {}", shown.join(" "));
+    Ok(())
+}
+
+/// What this node offers to tasks, and how its record is made for given reservations: this
+/// device's resources (capped by the settings), less what tasks here reserved (CPU is offered
+/// by reservation; memory is the lesser of that and what /proc says is available).
+fn offer(cfg: &NodeConfig) -> anyhow::Result<(Capacity, Advertiser)> {
+    let (cpu_cap, mem_cap) = (cfg.cpu_millis, cfg.memory_mb);
+    let totals = resources::read()?.capped(cpu_cap, mem_cap);
+    let capacity = Capacity {
+        cpu_millis: u64::from(totals.cpu_total_milli),
+        memory_mb: totals.mem_total_mb,
+    };
+    let name = cfg.name.clone();
+    let advertise: Advertiser = Arc::new(move |cpu, mem| match local_record(cpu_cap, mem_cap) {
+        Ok(mut r) => {
+            r.name = name.clone();
+            let left_cpu = u64::from(r.cpu_total_milli).saturating_sub(cpu);
+            r.cpu_free_milli = r.cpu_free_milli.min(left_cpu as u32);
+            r.mem_free_mb = r.mem_free_mb.min(r.mem_total_mb.saturating_sub(mem));
+            Some(r)
+        }
+        Err(e) => {
+            tracing::warn!("cannot read this device's resources: {e:#}");
+            None
+        }
+    });
+    Ok((capacity, advertise))
+}
+
+/// Sends the node's record again every [`REFRESH`] (load and free memory change), until the
+/// overlay stops.
+async fn readvertise(handle: OverlayHandle, deployer: Arc<Deployer>, advertise: Advertiser) {
+    let mut tick = tokio::time::interval(REFRESH);
+    loop {
+        tick.tick().await;
+        let (cpu, mem) = deployer.reserved();
+        if let Some(r) = advertise(cpu, mem) {
+            if handle.set_record(r).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -376,139 +393,5 @@ async fn drain_before_exit(mover: &Mover) {
         Err(_) => {
             tracing::warn!("draining took longer than {DRAIN_LIMIT:?}; stopping what is left")
         }
-    }
-}
-
-/// The daemon's view of the overlay handle.
-struct OverlayBackend {
-    handle: OverlayHandle,
-    started: Instant,
-    initiator: Arc<Initiator>,
-    mover: Arc<Mover>,
-    metrics: Metrics,
-    /// This node's human name (the `name` setting).
-    name: Option<String>,
-}
-
-/// Counts every move this node drove in the metrics, with the state bytes it carried.
-fn count_moves(metrics: Metrics) -> crate::migrate::mover::OnMoved {
-    use crate::migrate::wire::Reply;
-    Arc::new(move |reply: &Reply| match reply {
-        Reply::Migrated { state_bytes, .. } => {
-            metrics.record_move(MetricsOutcome::Ok);
-            metrics.add_moved_bytes(*state_bytes);
-        }
-        _ => metrics.record_move(MetricsOutcome::Failed),
-    })
-}
-
-impl Backend for OverlayBackend {
-    fn status(&self) -> BoxFuture<'_, anyhow::Result<StatusView>> {
-        Box::pin(async move {
-            let s = self.handle.status().await?;
-            Ok(StatusView {
-                peer_id: s.peer_id.to_string(),
-                name: self.name.clone(),
-                node_id: s.node_id.0,
-                listen: s.listen_addrs.iter().map(ToString::to_string).collect(),
-                degree: s.degree,
-                coord: [s.coordinate.x, s.coordinate.y, s.coordinate.height],
-                coord_error: s.coord_error,
-                uptime_s: self.started.elapsed().as_secs_f64(),
-            })
-        })
-    }
-
-    fn peers(&self) -> BoxFuture<'_, anyhow::Result<Vec<PeerView>>> {
-        Box::pin(async move {
-            let me = self.handle.status().await?;
-            let peers = self.handle.peers().await?;
-            Ok(peers
-                .into_iter()
-                .map(|p| PeerView {
-                    peer_id: p.peer_id.to_string(),
-                    name: p.record.as_ref().and_then(|r| r.name.clone()),
-                    node_id: p.node_id.0,
-                    addr: p.addr.map(|a| a.to_string()),
-                    srtt_ms: p.srtt_ms,
-                    rttvar_ms: p.rttvar_ms,
-                    predicted_ms: p.coord.map(|(c, _)| me.coordinate.predicted_rtt(&c)),
-                })
-                .collect())
-        })
-    }
-
-    fn map(
-        &self,
-        budget: Duration,
-        fresh: bool,
-    ) -> BoxFuture<'_, anyhow::Result<NeighbourhoodMap>> {
-        Box::pin(async move { Ok(self.handle.map_with(budget, fresh).await?.map) })
-    }
-
-    fn deploy(
-        &self,
-        request: DeployRequest,
-        progress: mpsc::Sender<Event>,
-    ) -> BoxFuture<'_, anyhow::Result<Deployed>> {
-        Box::pin(async move {
-            let options = brume_plan::onmap::PlaceOptions {
-                policy: request.policy.clone(),
-                seed: request.seed,
-                rounds: request.rounds.max(1),
-            };
-            let budget = Duration::from_secs_f64(request.budget_ms.max(0.0) / 1e3);
-            let done = self
-                .initiator
-                .deploy(&request.manifest, budget, &options, progress)
-                .await;
-            self.metrics.record_deploy(if done.is_ok() {
-                MetricsOutcome::Ok
-            } else {
-                MetricsOutcome::Failed
-            });
-            done
-        })
-    }
-
-    fn ps(&self, all: bool) -> BoxFuture<'_, anyhow::Result<Vec<(String, Row)>>> {
-        Box::pin(async move { Ok(self.initiator.ps(all).await) })
-    }
-
-    fn logs(
-        &self,
-        service: Option<String>,
-        task: String,
-        replica: u32,
-        tail: usize,
-    ) -> BoxFuture<'_, anyhow::Result<String>> {
-        Box::pin(self.initiator.logs(service, task, replica, tail))
-    }
-
-    fn stop(&self, service: String) -> BoxFuture<'_, anyhow::Result<Vec<String>>> {
-        Box::pin(async move { self.initiator.stop(&service).await })
-    }
-
-    fn migrate(
-        &self,
-        request: MigrateRequest,
-        progress: mpsc::Sender<MoveProgress>,
-    ) -> BoxFuture<'_, anyhow::Result<Moved>> {
-        Box::pin(crate::migrate::control::migrate(
-            &self.mover,
-            request,
-            progress,
-        ))
-    }
-
-    fn drain(
-        &self,
-        budget: Duration,
-        cold: bool,
-        progress: mpsc::Sender<MoveProgress>,
-    ) -> BoxFuture<'_, anyhow::Result<Vec<DrainLine>>> {
-        Box::pin(async move {
-            Ok(crate::migrate::control::drain(&self.mover, budget, cold, progress).await)
-        })
     }
 }
