@@ -191,6 +191,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// The peer id of the node whose key is `seed` repeated (tests are deterministic).
+    fn peer(seed: u8) -> PeerId {
+        brume_overlay::Keypair::ed25519_from_bytes([seed; 32])
+            .expect("32 bytes are an ed25519 key")
+            .public()
+            .to_peer_id()
+    }
+
     fn entry(epoch: u64, host: &str) -> Entry {
         Entry {
             epoch,
@@ -199,7 +207,7 @@ mod tests {
                 task: "a".into(),
                 replica: 0,
                 host: host.into(),
-                peer: PeerId::random(),
+                peer: peer(1),
                 addrs: vec![],
             }],
         }

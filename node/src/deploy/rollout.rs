@@ -163,6 +163,14 @@ impl RollBack {
 mod tests {
     use super::*;
 
+    /// The peer id of the node whose key is `seed` repeated (tests are deterministic).
+    fn peer(seed: u8) -> PeerId {
+        brume_overlay::Keypair::ed25519_from_bytes([seed; 32])
+            .expect("32 bytes are an ed25519 key")
+            .public()
+            .to_peer_id()
+    }
+
     fn view(task: &str) -> InstanceView {
         InstanceView {
             service: "svc".into(),
@@ -180,7 +188,7 @@ mod tests {
 
     /// Three instances: a and b on host 1, c on host 2.
     fn rollout() -> (Rollout, PeerId, PeerId) {
-        let (h1, h2) = (PeerId::random(), PeerId::random());
+        let (h1, h2) = (peer(1), peer(2));
         let slot = |task: &str, peer| Slot {
             task: task.into(),
             replica: 0,

@@ -53,11 +53,19 @@ mod tests {
     use super::*;
     use brume_overlay::neighbourhood::Link;
 
+    /// The peer id of the node whose key is `seed` repeated (tests are deterministic).
+    fn peer(seed: u8) -> PeerId {
+        brume_overlay::Keypair::ed25519_from_bytes([seed; 32])
+            .expect("32 bytes are an ed25519 key")
+            .public()
+            .to_peer_id()
+    }
+
     fn node(id: u64, cpu: u32, mem: u64) -> NodeRecord {
         let mut n = NodeRecord::bare(NodeId(id));
         n.cpu_free_milli = cpu;
         n.mem_free_mb = mem;
-        n.peer = Some(PeerId::random());
+        n.peer = Some(peer(id as u8));
         n
     }
 
