@@ -144,7 +144,6 @@ fn bench(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
     let exe = me.with_file_name("brume-bench");
     let status = std::process::Command::new(&exe)
         .args(args)
-        .env("BRUME_BIN", &me)
         .status()
         .with_context(|| {
             format!(

@@ -16,17 +16,16 @@ pub mod placement;
 pub mod transfer;
 pub mod tunnel;
 
-/// The `brume` binary the benches run: `$BRUME_BIN`, or `brume` beside this program (cargo puts
-/// both in the same target directory).
+/// The `brume` binary the benches run: `brume` beside this program (cargo builds both into the
+/// same target directory; `brume bench` runs this program from its own directory). Not an
+/// environment variable: the daemons the benches start would read any `BRUME_*` one as a
+/// setting.
 pub fn brume_exe() -> anyhow::Result<std::path::PathBuf> {
-    if let Some(path) = std::env::var_os("BRUME_BIN") {
-        return Ok(path.into());
-    }
     let me = std::env::current_exe()?;
     let exe = me.with_file_name("brume");
     anyhow::ensure!(
         exe.is_file(),
-        "no brume binary beside {} (build it: cargo build --release -p brume, or set BRUME_BIN)",
+        "no brume binary beside {} (build both: cargo build --release -p brume -p brume-bench)",
         me.display()
     );
     Ok(exe)
