@@ -93,10 +93,6 @@ impl Deployer {
         }
     }
 
-    pub fn engine_name(&self) -> &'static str {
-        self.engine.kind()
-    }
-
     /// CPU and memory promised to running instances.
     pub fn reserved(&self) -> (u64, u64) {
         self.instances.reserved()

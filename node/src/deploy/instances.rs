@@ -43,10 +43,6 @@ impl Instances {
         }
     }
 
-    pub fn capacity(&self) -> Capacity {
-        self.capacity
-    }
-
     pub(crate) fn lock(&self) -> MutexGuard<'_, BTreeMap<InstanceId, Instance>> {
         // A panic while holding the lock cannot leave the map half-written (every update is
         // one insert or remove), so a poisoned lock is still sound to use.
