@@ -9,7 +9,7 @@
 #   4. real-system tests     Docker, CRIU, runc, namespaces and daemons, each killed after 5 minutes
 #                            (.config/nextest.toml), never retried
 #
-# Tests that need a system which is missing skip; BRUME_REQUIRE (a comma list of docker, criu,
+# Tests that need a system which is missing skip; BRUME_REQUIRE (a comma list of docker, criu, tracking,
 # runc, root, or all) turns those skips into failures. CI (CI=true) and --ci-like require all.
 # The closing line counts every test and names every skip.
 #

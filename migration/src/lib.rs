@@ -19,6 +19,8 @@
 //! freezes the task once, sends everything but its memory and restores it at once; [`lazy`]
 //! runs CRIU's lazy-pages processes whose page traffic [`live`] relays over the same stream
 //! until the target holds every page, so the freeze does not grow with the task's memory.
+//! [`track`] tells, on kernels without soft-dirty bits, which pages a running task wrote since
+//! the last round (userfaultfd async write-protect and `PAGEMAP_SCAN`), and reads them.
 
 pub mod app;
 pub mod checkpointer;
@@ -30,6 +32,7 @@ pub mod live;
 pub mod planner;
 pub mod predictor;
 pub mod preflight;
+pub mod track;
 
 #[cfg(test)]
 mod testing;

@@ -3,7 +3,7 @@
 //! Tests of real systems (Docker, CRIU, runc, network namespaces, root) used to return early
 //! when one was missing, printing `SKIPPED` into output nobody reads: a green run that exercised
 //! nothing. Now they call [`missing`] instead. It reads `BRUME_REQUIRE`, a comma list of needs
-//! (`docker`, `criu`, `runc`, `root`, or `all`): a need listed there fails the test with the
+//! (`docker`, `criu`, `runc`, `root`, `tracking`, or `all`): a need listed there fails the test with the
 //! reason; otherwise the test is skipped, and the skip is written to stderr and, when
 //! `BRUME_SKIP_LOG` names a file, appended to it as one line, so `scripts/test.sh` can list every
 //! skip in its closing lines. CI sets `BRUME_REQUIRE=all`.
@@ -21,6 +21,9 @@ pub enum Need {
     Criu,
     /// `runc` on PATH.
     Runc,
+    /// A kernel whose userfaultfd has async write-protect and `PAGEMAP_SCAN` (Linux >= 6.7):
+    /// brume's dirty-page tracker.
+    Tracking,
 }
 
 impl Need {
@@ -31,6 +34,7 @@ impl Need {
             Need::Docker => "docker",
             Need::Criu => "criu",
             Need::Runc => "runc",
+            Need::Tracking => "tracking",
         }
     }
 }
