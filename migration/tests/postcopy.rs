@@ -19,7 +19,7 @@ use std::time::Duration;
 use brume_migration::lazy::check_pipe_max_size;
 use brume_migration::live::wire::{read_message, Message};
 use brume_migration::live::{
-    migrate_in, migrate_out, LiveError, Mode, RoundStats, SourceOptions, TargetOptions,
+    migrate_in, migrate_out, LiveError, Migrated, Mode, RoundStats, SourceOptions, TargetOptions,
 };
 use live_support::{
     ask, assert_counter_continues, have_criu, longest_gap, poll, wait_answers, wait_for, Dirtier,
@@ -113,14 +113,14 @@ fn cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12)
 }
 
-#[test]
-fn postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen() {
-    if !ready("postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen") {
-        return;
-    }
-    let dir = TempDir::new("post-64");
+/// One post-copy move of a 64 MiB dirtier over loopback TCP (with tracked rounds first when
+/// `track`), checked as every such move must be: the restored copy answers, the original is
+/// gone, the counter continues exactly and the memory is what the seed and steps make.
+/// Returns the source's view and its rounds.
+fn move_64_mib(tag: &str, seed: u64, track: bool) -> (Migrated, Vec<RoundStats>) {
+    let dir = TempDir::new(tag);
     let socket = dir.path().join("w.sock");
-    let mut task = Dirtier::start_in_pid_namespace(&socket, 64, 0x9c64, 8.0);
+    let mut task = Dirtier::start_in_pid_namespace(&socket, 64, seed, 8.0);
     let before_steps = task.assert_state_consistent();
     let poller = poll(&socket, Duration::from_millis(2));
     wait_answers(&poller, "answers before the move", 10);
@@ -128,6 +128,8 @@ fn postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen() {
     let rt = runtime();
     let mut rounds: Vec<RoundStats> = Vec::new();
     let staging = dir.path().join("staging");
+    let mut source = post_copy(&dir);
+    source.track = track;
     let (migrated, received) = rt.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -141,7 +143,7 @@ fn postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen() {
         });
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
-        let migrated = migrate_out(stream, task.pid, post_copy(&dir), |r| {
+        let migrated = migrate_out(stream, task.pid, source, |r| {
             rounds.push(r.clone());
         })
         .await;
@@ -165,11 +167,12 @@ fn postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen() {
 
     let (gap, last_source, first_target) = longest_gap(&log).expect("answers");
     let post = migrated.post_copy.clone().expect("post-copy stats");
-    let images = rounds.first().map(|r| r.dumped_bytes).unwrap_or(0);
+    let last = rounds.last().expect("a final round");
     eprintln!(
-        "post-copy 64 MiB: frozen dump {} ms ({} KiB of images), downtime {} ms by the source (restore {} ms), {} ms by the poller (counter {last_source} -> {first_target}); pages {:.1} MiB in {} ms after the restore; total {} ms",
-        rounds.first().map(|r| r.dump.as_millis()).unwrap_or(0),
-        images / 1024,
+        "{tag}: {} rounds; frozen dump {} ms ({} KiB of images and final pages), downtime {} ms by the source (restore {} ms), {} ms by the poller (counter {last_source} -> {first_target}); pages {:.1} MiB from the source in {} ms after the restore; total {} ms",
+        rounds.len(),
+        last.dump.as_millis(),
+        last.dumped_bytes / 1024,
         migrated.downtime.as_millis(),
         migrated.restore.as_millis(),
         gap.as_millis(),
@@ -181,16 +184,6 @@ fn postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen() {
     assert_ne!(
         received.pid, task.pid,
         "a new PID namespace, so a new host PID"
-    );
-    assert_eq!(rounds.len(), 1, "post-copy is one round: {rounds:?}");
-    assert!(
-        images < 8 << 20,
-        "the frozen dump leaves the 64 MiB of memory out: {images} bytes of images"
-    );
-    assert!(
-        post.page_bytes > 48 << 20,
-        "the memory followed as pages: {} bytes",
-        post.page_bytes
     );
     // The original is gone: CRIU ends it once the target holds every page (and its `unshare`
     // parent exits, which the reaper waits for).
@@ -211,6 +204,59 @@ fn postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen() {
     let steps = task.assert_state_consistent();
     task.wait_dirtying_past(steps.max(before_steps));
     task.assert_state_consistent();
+    (migrated, rounds)
+}
+
+#[test]
+fn postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen() {
+    if !ready("postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen") {
+        return;
+    }
+    let (migrated, rounds) = move_64_mib("post-64", 0x9c64, false);
+    let post = migrated.post_copy.clone().expect("post-copy stats");
+    let images = rounds.first().map(|r| r.dumped_bytes).unwrap_or(0);
+    assert_eq!(rounds.len(), 1, "post-copy is one round: {rounds:?}");
+    assert!(
+        images < 8 << 20,
+        "the frozen dump leaves the 64 MiB of memory out: {images} bytes of images"
+    );
+    assert!(
+        post.page_bytes > 48 << 20,
+        "the memory followed as pages: {} bytes",
+        post.page_bytes
+    );
+}
+
+#[test]
+fn tracked_rounds_carry_the_memory_before_the_freeze_and_the_source_serves_no_page() {
+    let test = "tracked_rounds_carry_the_memory_before_the_freeze_and_the_source_serves_no_page";
+    if !ready(test) {
+        return;
+    }
+    let support = brume_migration::track::probe();
+    if support.method != brume_migration::track::Method::Tracked {
+        brume_testnet::require::missing(test, brume_testnet::require::Need::Tracking, &support.why);
+        return;
+    }
+    let (migrated, rounds) = move_64_mib("tracked-64", 0x7c64, true);
+    let post = migrated.post_copy.clone().expect("post-copy stats");
+    assert!(
+        rounds.len() >= 2,
+        "tracked rounds ran before the final: {rounds:?}"
+    );
+    // Round 1 read the whole task (64 MiB of state, resident), later rounds what it wrote.
+    assert!(
+        rounds[0].dumped_bytes >= 64 << 20,
+        "round 1 read {} bytes",
+        rounds[0].dumped_bytes
+    );
+    // Every page the lazy restore asked for came from the target's replica: what crossed
+    // from the source's page server is only the close of the conversation.
+    assert!(
+        post.page_bytes < 64 << 10,
+        "the source's page server sent {} bytes: the replica missed pages",
+        post.page_bytes
+    );
 }
 
 #[test]

@@ -39,11 +39,13 @@ pub mod pagemap;
 pub mod pageproxy;
 pub mod postcopy;
 pub mod recipe;
+pub mod replica;
 pub mod scan;
 pub mod shared;
 pub mod source;
 pub mod store;
 pub mod target;
+pub mod tracked;
 pub mod wire;
 
 use std::io;

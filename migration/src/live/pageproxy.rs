@@ -27,6 +27,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use super::replica::Replica;
+
 /// Bytes of one request or answer header.
 pub const REQUEST: usize = 32;
 /// Bytes of one page.
@@ -38,6 +40,9 @@ const PS_IOV_CLOSE: u32 = 0x1023;
 const PS_IOV_FORCE_CLOSE: u32 = 0x1024;
 /// Bytes of the page server's answer to a close.
 const CLOSE_ANSWER: usize = 4;
+/// The command word of the page server's answers: `PS_IOV_ADD_F | PE_PRESENT << 16`
+/// (criu/page-xfer.c, `page_server_get_pages`); what the proxy puts on answers of its own.
+const SERVER_ANSWER: u32 = 6 | (4 << 16);
 
 /// Why the conversation cannot go on (either peer broke the protocol as the proxy knows it).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -169,6 +174,11 @@ pub struct PageProxy {
     /// Per process, the address ranges ever requested from the source (merged, start -> end).
     requested: HashMap<u64, BTreeMap<u64, u64>>,
     closed: bool,
+    /// Pages the target already holds from tracked rounds ([`super::tracked`]): answered
+    /// from here, never asked of the source.
+    replica: Replica,
+    /// Daemon requests answered from the replica.
+    pub replica_hits: u64,
     /// Daemon requests answered from prefetched pages.
     pub hits: u64,
     /// Prefetch requests sent.
@@ -195,6 +205,8 @@ impl PageProxy {
             background: VecDeque::new(),
             requested: HashMap::new(),
             closed: false,
+            replica: Replica::default(),
+            replica_hits: 0,
             hits: 0,
             prefetches: 0,
         }
@@ -204,6 +216,16 @@ impl PageProxy {
     /// start, end), the dump's lazy ranges: nothing outside them may be asked of the server).
     pub fn with_lazy_ranges(mut self, ranges: impl IntoIterator<Item = (u64, u64, u64)>) -> Self {
         self.background = ranges.into_iter().filter(|r| r.1 < r.2).collect();
+        self
+    }
+
+    /// Answers from `replica` whatever it holds: those pages are never asked of the source,
+    /// by the daemon's requests or the background sweep.
+    pub fn with_replica(mut self, replica: Replica) -> Self {
+        for (id, start, end) in replica.ranges() {
+            self.mark(id, start, end);
+        }
+        self.replica = replica;
         self
     }
 
@@ -312,6 +334,26 @@ impl PageProxy {
                         pages: iov.nr_pages,
                         vaddr: iov.vaddr,
                     })?;
+                if let Some((n, data)) = self.replica.run(iov.dst_id, iov.vaddr, iov.nr_pages) {
+                    let mut bytes = Vec::with_capacity(REQUEST + data.len());
+                    Iov {
+                        cmd: SERVER_ANSWER,
+                        nr_pages: n,
+                        ..iov
+                    }
+                    .encode(&mut bytes);
+                    bytes.extend_from_slice(&data);
+                    self.replica.forget(iov.dst_id, iov.vaddr, n);
+                    self.replica_hits += 1;
+                    self.slots.push_back(Slot::Ready {
+                        bytes,
+                        covers: Some((iov.dst_id, iov.vaddr, n)),
+                    });
+                    if n < iov.nr_pages {
+                        self.plan.push_back((iov.dst_id, iov.vaddr + n * PAGE, end));
+                    }
+                    return Ok(());
+                }
                 match self.holder(iov.dst_id, iov.vaddr) {
                     Some(_) => {
                         self.hits += 1;
@@ -1178,5 +1220,64 @@ mod tests {
         assert_eq!(set, BTreeMap::from([(0, 5), (25, 30)]));
         unmark(&mut set, 26, 27);
         assert_eq!(set, BTreeMap::from([(0, 5), (25, 26), (27, 30)]));
+    }
+
+    #[test]
+    fn pages_the_replica_holds_are_answered_here_and_never_asked_of_the_source() {
+        let base = 0x40_0000;
+        // The replica holds pages 0..8 and 12..16 of process 3, with the server's bytes.
+        let mut replica = Replica::default();
+        let held = |from: u64, n: u64| -> Vec<u8> {
+            (0..n)
+                .flat_map(|p| (0..PAGE).map(move |o| byte(3, base + (from + p) * PAGE, o)))
+                .collect()
+        };
+        replica
+            .insert(
+                3,
+                &[(base, 8), (base + 12 * PAGE, 4)],
+                &[held(0, 8), held(12, 4)].concat(),
+            )
+            .unwrap();
+        let mut p = PageProxy::new(4, 8)
+            .with_replica(replica)
+            .with_lazy_ranges([(3, base, base + 16 * PAGE)]);
+        let mut s = Server::new(u64::MAX);
+        // Like the daemon: 16 pages from the start, then the rest where each answer ended.
+        let mut at = base;
+        let end = base + 16 * PAGE;
+        let mut got_pages = 0;
+        while at < end {
+            let left = (end - at) / PAGE;
+            let a = answers(&round(&mut p, &mut s, &get(left, at, 3), 7), &[]);
+            assert_eq!(a.len(), 1);
+            let (h, data) = &a[0];
+            assert_eq!((h.vaddr, h.dst_id), (at, 3));
+            check_data(h, data);
+            at += h.nr_pages * PAGE;
+            got_pages += h.nr_pages;
+        }
+        assert_eq!(got_pages, 16);
+        assert_eq!(
+            p.replica_hits, 2,
+            "the two held runs answered from the replica"
+        );
+        // The source was asked for pages 8..12 only, each once.
+        let asked: u64 = s
+            .asked
+            .iter()
+            .filter(|i| i.cmd & CMD_MASK == PS_IOV_GET)
+            .map(|i| {
+                assert!(
+                    i.vaddr >= base + 8 * PAGE && i.vaddr + i.nr_pages * PAGE <= base + 12 * PAGE,
+                    "asked {} pages at {:#x}",
+                    i.nr_pages,
+                    i.vaddr
+                );
+                i.nr_pages
+            })
+            .sum();
+        assert_eq!(asked, 4);
+        assert!(s.hits_only_once());
     }
 }

@@ -29,6 +29,7 @@ use crate::lazy::{abort_page_server, LazyDump};
 
 use super::pagemap;
 use super::pageproxy::{Out, PageProxy};
+use super::replica::Replica;
 use super::source::{transient, Source, DUMP_ATTEMPTS};
 use super::target::sibling;
 use super::wire::{read_message, write_message, Message};
@@ -53,6 +54,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         start: Instant,
         mut on_round: impl FnMut(&RoundStats),
     ) -> Result<Migrated, LiveError> {
+        let mut rounds = Vec::new();
+        let tracker = if self.opts.track {
+            match self.tracked_rounds(&mut on_round, &mut rounds).await {
+                Ok(t) => t,
+                Err(e) => {
+                    // Before the dump: the task runs on here untouched.
+                    self.abort(&e.to_string()).await;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let tracked_rounds = rounds.len() as u32;
         let started = Instant::now();
         let dir = self.round_dir(1);
         let mut opts = DumpOptions::new(&dir, self.pid).network_lock(self.opts.network_lock);
@@ -73,6 +88,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         let dump_end = Instant::now();
         let mut socket = tokio_socket(socket)?;
         let dump_exit = tokio::task::spawn_blocking(move || dump.wait());
+        // The task is frozen now: the last tracked round reads what it wrote since the last one.
+        let mut final_pages = (0, 0);
+        if let Some(tracker) = tracker {
+            match self.tracked_final(tracker, tracked_rounds + 1).await {
+                Ok(p) => final_pages = p,
+                Err(e) => return Err(self.thaw(e, &mut socket, dump_exit).await),
+            }
+        }
         let sent = match self.send_images(1, true, &dir).await {
             Ok(s) => s,
             Err(e) => return Err(self.thaw(e, &mut socket, dump_exit).await),
@@ -101,11 +124,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
             at,
         } = restored;
         let stats = RoundStats {
-            round: 1,
+            round: tracked_rounds + 1,
             last: true,
-            dumped_bytes: sent.scanned.dumped_bytes,
-            delta_bytes: sent.scanned.delta_bytes,
-            wire_bytes: sent.wire,
+            dumped_bytes: sent.scanned.dumped_bytes + final_pages.0 * 4096,
+            delta_bytes: sent.scanned.delta_bytes + final_pages.0 * 4096,
+            wire_bytes: sent.wire + final_pages.1,
             wire_by_level: sent.by_level,
             dump: dump_time,
             dump_attempts: attempts,
@@ -129,7 +152,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
                 page_bytes,
                 pages_done: at.elapsed(),
             }),
-            rounds: vec![stats],
+            rounds: {
+                rounds.push(stats);
+                rounds
+            },
         })
     }
 
@@ -283,6 +309,7 @@ pub(super) async fn post_copy_in<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     opts: &TargetOptions,
     rebuild: Duration,
+    replica: Replica,
 ) -> Result<(u32, Duration), LiveError> {
     let dir = opts.staging_dir.clone();
     let log = sibling(&dir, "lazy-pages.log");
@@ -292,7 +319,16 @@ pub(super) async fn post_copy_in<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(join_error)??;
     let mut socket = tokio_socket(socket)?;
     let slot: Arc<Mutex<RestoreSlot>> = Arc::new(Mutex::new(RestoreSlot::Pending));
-    let result = relay_target(stream, &mut socket, opts, daemon, rebuild, slot.clone()).await;
+    let result = relay_target(
+        stream,
+        &mut socket,
+        opts,
+        daemon,
+        rebuild,
+        replica,
+        slot.clone(),
+    )
+    .await;
     if result.is_err() {
         kill_restored(&slot).await;
     }
@@ -333,6 +369,7 @@ async fn relay_target<S: AsyncRead + AsyncWrite + Unpin>(
     opts: &TargetOptions,
     daemon: crate::lazy::LazyPages,
     rebuild: Duration,
+    replica: Replica,
     slot: Arc<Mutex<RestoreSlot>>,
 ) -> Result<(u32, Duration), LiveError> {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -345,7 +382,9 @@ async fn relay_target<S: AsyncRead + AsyncWrite + Unpin>(
     // Read before the restore: the daemon only asks for what the task faults on first.
     let lazy = pagemap::lazy_ranges(&opts.staging_dir);
     let proxy = Mutex::new(
-        PageProxy::new(opts.page_request_cap, opts.prefetch_window).with_lazy_ranges(lazy),
+        PageProxy::new(opts.page_request_cap, opts.prefetch_window)
+            .with_replica(replica)
+            .with_lazy_ranges(lazy),
     );
     let mut ro = RestoreOptions::new(&opts.staging_dir).network_lock(opts.network_lock);
     ro.lazy_pages = true;

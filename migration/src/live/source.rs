@@ -49,6 +49,11 @@ pub struct SourceOptions {
     /// container checkpointer (e.g. [`crate::checkpointer::RuncContainer`]) moves in pre-copy or
     /// stop-and-copy only.
     pub checkpointer: Option<Arc<dyn Checkpointer>>,
+    /// Post-copy only: run tracked pre-copy rounds first ([`super::tracked`]), so the final
+    /// step carries only what the task wrote since, where the kernel allows tracking.
+    pub track: bool,
+    /// When the tracked rounds stop.
+    pub tracked: super::tracked::TrackedPlan,
 }
 
 impl SourceOptions {
@@ -67,6 +72,8 @@ impl SourceOptions {
             pid_wait: Duration::from_secs(10),
             restore_inherit_fds: Vec::new(),
             checkpointer: None,
+            track: false,
+            tracked: super::tracked::TrackedPlan::default(),
         }
     }
 

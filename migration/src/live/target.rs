@@ -22,6 +22,7 @@ use crate::compress::{decompress, Level};
 use crate::criu::{Criu, InheritFd, NetworkLock};
 
 use super::recipe;
+use super::replica::Replica;
 use super::store::ChunkStore;
 use super::wire::{read_message, to_bitmap, write_message, FileRecipe, Message, Mode, VERSION};
 use super::{files_error, LiveError};
@@ -235,8 +236,35 @@ where
         }
         // One query, in round 1: each loads up to the whole store into memory.
         let mut queried = false;
+        // Post-copy with tracking: the pages of the tracked rounds, for the page proxy.
+        let mut replica = Some(Replica::default());
         loop {
             match read_message(stream).await? {
+                Message::Tracked {
+                    pid: task,
+                    level,
+                    runs,
+                    payload,
+                } if mode == Mode::PostCopy => {
+                    let bytes: usize = runs.iter().map(|r| r.1 as usize * 4096).sum();
+                    let data = decompress(level, &payload, bytes)?;
+                    replica
+                        .as_mut()
+                        .ok_or_else(|| LiveError::Unexpected {
+                            expected: "no tracked pages after the last round",
+                            got: "tracked pages".into(),
+                        })?
+                        .insert(u64::from(task), &runs, &data)?;
+                }
+                Message::TrackedEnd { round } if mode == Mode::PostCopy => {
+                    let held = replica.as_ref().map_or(0, |r| r.len() as u64);
+                    let m = Message::Ack {
+                        round,
+                        chunks: held,
+                    };
+                    write_message(stream, &m).await.map_err(LiveError::Link)?;
+                    stream.flush().await.map_err(LiveError::Link)?;
+                }
                 Message::Query { .. } if queried || mode != Mode::PreCopy => {
                     return Err(LiveError::Unexpected {
                         expected: "one store query, in round 1 of a pre-copy",
@@ -287,7 +315,11 @@ where
                     // Post-copy's restore runs while its pages are relayed, and says Restored
                     // itself; pre-copy's ran on the staging thread and is reported here.
                     let restored = if post_copy {
-                        Some(super::postcopy::post_copy_in(stream, opts, applied.rebuild).await?)
+                        let replica = replica.take().unwrap_or_default();
+                        Some(
+                            super::postcopy::post_copy_in(stream, opts, applied.rebuild, replica)
+                                .await?,
+                        )
                     } else if let Some((pid, restore)) = applied.restored {
                         let m = Message::Restored {
                             pid,
@@ -321,7 +353,7 @@ where
                 Message::Abort { reason } => return Err(LiveError::SourceAborted { reason }),
                 other => {
                     return Err(LiveError::Unexpected {
-                        expected: "chunks, query, round-end or abort",
+                        expected: "chunks, query, tracked pages, round-end or abort",
                         got: format!("{other:?}"),
                     })
                 }

@@ -20,7 +20,10 @@
 //! version 1 exchange. In post-copy
 //! ([`Mode::PostCopy`]) the one round carries no memory, and from its end on both sides also
 //! send [`Message::Pages`] (the page-server conversation, relayed) until the target says
-//! [`Message::PagesDone`].
+//! [`Message::PagesDone`]. Post-copy with tracking sends, before that one round, tracked
+//! rounds of pages ([`Message::Tracked`], each round closed by [`Message::TrackedEnd`] and
+//! acknowledged) and, after the frozen dump, one more of the pages written since: the target
+//! answers the lazy-pages daemon from them.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -117,7 +120,24 @@ pub enum Message {
     /// Target: bit `i` (byte `i / 8`, bit `i % 8`) set if it took `digests[i]` of the query
     /// from its store; exactly `ceil(n / 8)` bytes.
     Holding { bitmap: Vec<u8> },
+    /// Post-copy with tracking, source: pages of process `pid` (its PID in the task's
+    /// namespace, as CRIU's images name it) read by the dirty-page tracker ([`crate::track`]),
+    /// `runs` of (start address, pages), their bytes back to back, compressed at `level`.
+    Tracked {
+        pid: u32,
+        level: Level,
+        runs: Vec<(u64, u32)>,
+        payload: Vec<u8>,
+    },
+    /// Post-copy with tracking, source: tracked round `round` is complete; the target answers
+    /// [`Message::Ack`] with the pages its replica holds.
+    TrackedEnd { round: u32 },
 }
+
+/// The most runs one [`Message::Tracked`] may carry.
+pub const MAX_RUNS: usize = 1 << 16;
+/// The most page bytes one [`Message::Tracked`] may carry, uncompressed (16 MiB).
+pub const MAX_TRACKED_BYTES: usize = 16 << 20;
 
 /// Why bytes from the peer are not a valid message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -149,6 +169,8 @@ const T_PAGES_DONE: u8 = 9;
 const T_WELCOME: u8 = 10;
 const T_QUERY: u8 = 11;
 const T_HOLDING: u8 = 12;
+const T_TRACKED: u8 = 13;
+const T_TRACKED_END: u8 = 14;
 
 fn level_byte(l: Level) -> u8 {
     match l {
@@ -368,6 +390,27 @@ impl Message {
                 e.u32(bitmap.len() as u32);
                 e.0.extend_from_slice(bitmap);
             }
+            Message::Tracked {
+                pid,
+                level,
+                runs,
+                payload,
+            } => {
+                e.u8(T_TRACKED);
+                e.u32(*pid);
+                e.u8(level_byte(*level));
+                e.u32(runs.len() as u32);
+                for (start, pages) in runs {
+                    e.u64(*start);
+                    e.u32(*pages);
+                }
+                e.u32(payload.len() as u32);
+                e.0.extend_from_slice(payload);
+            }
+            Message::TrackedEnd { round } => {
+                e.u8(T_TRACKED_END);
+                e.u32(*round);
+            }
         }
         let len = (e.0.len() - 4) as u32;
         e.0[..4].copy_from_slice(&len.to_be_bytes());
@@ -392,6 +435,8 @@ impl Message {
             T_WELCOME => "welcome",
             T_QUERY => "query",
             T_HOLDING => "holding",
+            T_TRACKED => "tracked",
+            T_TRACKED_END => "tracked-end",
             other => return Err(WireError::UnknownTag(other)),
         };
         let mut d = Dec { buf: rest, what };
@@ -485,6 +530,31 @@ impl Message {
                     bitmap: d.take(n)?.to_vec(),
                 }
             }
+            T_TRACKED => {
+                let pid = d.u32()?;
+                let level = byte_level(d.u8()?)
+                    .ok_or_else(|| malformed(what, "unknown compression level"))?;
+                let n = d.count(12, MAX_RUNS)?;
+                let mut runs = Vec::with_capacity(n);
+                let mut bytes = 0usize;
+                for _ in 0..n {
+                    let start = d.u64()?;
+                    let pages = d.u32()?;
+                    bytes = bytes.saturating_add(pages as usize * 4096);
+                    runs.push((start, pages));
+                }
+                if bytes > MAX_TRACKED_BYTES {
+                    return Err(malformed(what, format!("{bytes} bytes of pages")));
+                }
+                let len = d.count(1, MAX_FRAME)?;
+                Message::Tracked {
+                    pid,
+                    level,
+                    runs,
+                    payload: d.take(len)?.to_vec(),
+                }
+            }
+            T_TRACKED_END => Message::TrackedEnd { round: d.u32()? },
             _ => Message::PagesDone,
         };
         d.end()?;
@@ -610,6 +680,13 @@ mod tests {
             Message::Holding { bitmap: vec![0b10] },
             Message::Query { digests: vec![] },
             Message::Holding { bitmap: vec![] },
+            Message::Tracked {
+                pid: 1,
+                level: Level::Zstd1,
+                runs: vec![(0x7f00_0000_0000, 3), (0x1000, 1)],
+                payload: vec![5; 33],
+            },
+            Message::TrackedEnd { round: 4 },
         ]
     }
 
