@@ -787,25 +787,49 @@ exec '{real}' "$@"
 }
 
 /// A restore that fails on the target after the final dump (the target's `criu restore` is
-/// refused, [`RestoreFault`]): the source restores mid from its own final images, its engine
-/// takes the restored process, and mid serves on where it was with its count. `brume stop` then
-/// stops that restored process too.
+/// refused, [`RestoreFault`]), with full-dump pre-copy (`live_migration = "pre-copy"`): the
+/// source restores mid from its own final images, its engine takes the restored process, and
+/// mid serves on where it was with its count. `brume stop` then stops that restored process too.
 #[test]
 fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
-    if !live_move_supported(
+    restore_fails_on_the_target(
         "migrate::a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source",
-    ) {
+        "pre-copy",
+    );
+}
+
+/// The same failure with tracked post-copy (`live_migration = "tracked"`, where the kernel tracks
+/// written pages): the target's lazy restore is refused, the source's CRIU thaws the frozen
+/// task in place (the very process, no restore), and mid serves on with its count.
+#[test]
+fn a_lazy_restore_that_fails_on_the_target_thaws_the_task_on_the_source() {
+    let test = "migrate::a_lazy_restore_that_fails_on_the_target_thaws_the_task_on_the_source";
+    let support = brume_migration::track::probe();
+    if support.method != brume_migration::track::Method::Tracked {
+        require::missing(test, Need::Tracking, &support.why);
+        return;
+    }
+    restore_fails_on_the_target(test, "tracked");
+}
+
+fn restore_fails_on_the_target(test: &str, live: &str) {
+    if !live_move_supported(test) {
         return;
     }
     let service = unique("back");
     let fault = RestoreFault::new(4);
+    let env = |i: usize| {
+        let mut env = fault.env(i);
+        env.push(("BRUME_LIVE_MIGRATION".into(), live.into()));
+        env
+    };
     let net = Net(common::ServiceNet::start_with_env(
         Path::new(BRUME),
         4,
         "process",
         150,
         &[],
-        &|i| fault.env(i),
+        &env,
         &service,
     ));
     let dir = net.0.dir().to_path_buf();
@@ -853,11 +877,19 @@ fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
         !moved.status.success(),
         "the move succeeded with a broken target"
     );
-    assert!(
-        why.contains("after the final dump") && why.contains("runs here again"),
-        "{why}"
-    );
-    fault.assert_target_refused_source_restored(free, source);
+    if live == "pre-copy" {
+        assert!(
+            why.contains("after the final dump") && why.contains("runs here again"),
+            "{why}"
+        );
+        fault.assert_target_refused_source_restored(free, source);
+    } else {
+        let t = fault.calls(free);
+        assert!(
+            t.iter().any(|l| l.starts_with("refused: ")),
+            "the target's criu wrapper refused no restore: {t:#?}"
+        );
+    }
     assert_eq!(net.placement()["mid"], (mid_host, mid_port));
     assert_eq!(state(mid_port), 3, "the restored mid kept its count");
     chain_answers(front_port);
@@ -868,7 +900,11 @@ fn a_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
     );
     let now = processes_of(&service, "mid");
     assert_eq!(now.len(), 1, "exactly one mid process: {now:?}");
-    assert_ne!(now, old, "mid runs as the process restored on the source");
+    if live == "pre-copy" {
+        assert_ne!(now, old, "mid runs as the process restored on the source");
+    } else {
+        assert_eq!(now, old, "mid runs on as the very process, thawed");
+    }
     assert!(
         stdout_read_elsewhere(now[0]),
         "the restored mid writes into a pipe nobody reads"

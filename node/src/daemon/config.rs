@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use brume_plan::input_error::Source;
 
+pub use crate::migrate::LiveMigration;
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -59,6 +61,9 @@ pub struct NodeConfig {
     /// move into it (a task coming back, another replica of a service) sends only the pages it
     /// lacks; 0 keeps none and every move sends all its memory.
     pub migration_cache_mb: u64,
+    /// How `checkpoint = "criu"` tasks move on the process engine: `pre-copy` (full dumps) or
+    /// `tracked` (tracked rounds and a freeze that carries only what the task wrote since).
+    pub live_migration: LiveMigration,
     /// Most CPU (millicores) brume may offer to tasks on this device; unset offers all of it.
     pub cpu_millis: Option<u32>,
     /// Most memory (MiB) brume may offer to tasks on this device; unset offers all of it.
@@ -85,6 +90,7 @@ impl Default for NodeConfig {
             engine: "auto".into(),
             drain_on_exit: false,
             migration_cache_mb: 1024,
+            live_migration: LiveMigration::PreCopy,
             cpu_millis: None,
             memory_mb: None,
             name: None,
@@ -504,6 +510,8 @@ mod tests {
             "--drain-on-exit",
             "--migration-cache-mb",
             "8",
+            "--live-migration",
+            "tracked",
             "--cpu-millis",
             "250",
             "--memory-mb",
@@ -527,6 +535,7 @@ mod tests {
             engine: "process".into(),
             drain_on_exit: true,
             migration_cache_mb: 8,
+            live_migration: LiveMigration::Tracked,
             cpu_millis: Some(250),
             memory_mb: Some(128),
             name: Some("gw-kitchen".into()),

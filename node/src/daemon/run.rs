@@ -32,8 +32,8 @@ use brume_metrics::{refresh_from, Metrics};
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize)]
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
-    /// log_format, log, ping_interval_ms, engine, drain_on_exit, migration_cache_mb, cpu_millis,
-    /// memory_mb).
+    /// log_format, log, ping_interval_ms, engine, drain_on_exit, migration_cache_mb,
+    /// live_migration, cpu_millis, memory_mb, name, metrics).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -80,6 +80,13 @@ pub struct NodeArgs {
     /// every move sends all its memory (default 1024).
     #[arg(long, value_name = "MIB")]
     pub migration_cache_mb: Option<u64>,
+    /// How checkpoint = "criu" tasks move on the process engine: pre-copy (full dumps, any
+    /// kernel; the default) or tracked (tracked pre-copy rounds and a freeze that carries only
+    /// what the task wrote since, where the kernel tracks written pages, Linux >= 6.7; the
+    /// frozen original and its copy coexist for a moment, so nodes sharing one host's network
+    /// cannot move a task that listens on a TCP port this way).
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub live_migration: Option<crate::migrate::LiveMigration>,
     /// Most CPU (millicores) brume may offer to tasks on this device.
     #[arg(long)]
     pub cpu_millis: Option<u32>,
@@ -150,7 +157,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         &cfg.engine,
         capacity,
         advertise.clone(),
-        cfg.migration_cache_mb,
+        (cfg.migration_cache_mb, cfg.live_migration),
         Some(count_moves(metrics.clone())),
     )
     .await?;

@@ -18,6 +18,7 @@ use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
 use crate::deploy::ledger::Ledger;
 use crate::migrate::mover::{Mover, OnMoved};
+use crate::migrate::LiveMigration;
 use brume_artifact::{self as artifact, ChunkStore};
 use brume_engine::{self as engine, AnyEngine, EngineChoice};
 use brume_migration::live::shared::MigrationStoreConfig;
@@ -36,7 +37,8 @@ pub struct Services {
 
 impl Services {
     /// Picks the engine (`docker`, `process` or `auto`) and starts serving. `migration_cache_mb`
-    /// bounds the chunks kept from live migrations into this node (0: none kept); `on_moved`
+    /// bounds the chunks kept from live migrations into this node (0: none kept), `live` says
+    /// how CRIU tasks move; `on_moved`
     /// hears how every move this node drove ended.
     pub async fn start(
         overlay: &OverlayHandle,
@@ -44,7 +46,7 @@ impl Services {
         engine_choice: &str,
         capacity: Capacity,
         advertiser: Advertiser,
-        migration_cache_mb: u64,
+        (migration_cache_mb, live): (u64, LiveMigration),
         on_moved: Option<OnMoved>,
     ) -> anyhow::Result<Services> {
         let store =
@@ -73,6 +75,7 @@ impl Services {
             deployer.clone(),
             Some(ledger.clone()),
             MigrationStoreConfig::in_data_dir(data_dir, migration_cache_mb),
+            live,
             on_moved,
         );
         let initiator = Arc::new(Initiator::new(

@@ -41,6 +41,34 @@ use std::time::{Duration, Instant};
 use brume_overlay::PeerId;
 use brume_tunnel::InstanceId;
 
+/// How this node moves a `checkpoint = "criu"` task on the process engine (the `live_migration`
+/// setting). Docker tasks always move by pre-copy (runc checkpoints; CRIU's lazy pages need
+/// the process itself).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum LiveMigration {
+    /// Full-dump pre-copy rounds and a final full dump, on any kernel. The task's process
+    /// ends before its copy is restored, so the two never hold a port at once.
+    #[default]
+    PreCopy,
+    /// Tracked pre-copy rounds, then a freeze that carries only what the task wrote since
+    /// (where the kernel tracks written pages: Linux >= 6.7; else pre-copy). The frozen
+    /// original stays until the copy has every page, so the two exist at once for a moment:
+    /// nodes on one host sharing a network namespace cannot move a task that listens on a TCP
+    /// port this way (the copy's listener finds the port taken); separate devices can.
+    Tracked,
+}
+
 /// What bounds a live move: when it must be done by, and the longest freeze the planner may
 /// predict before it gives up (its default when `None`).
 #[derive(Clone, Copy, Debug, Default)]

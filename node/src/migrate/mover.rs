@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::machine::{Action, Carry, End, Input, Move};
 use super::wire::{Mode, Phase, Reply, Request, LIVE_PROTOCOL, MAX_FRAME, MOVE_PROTOCOL};
-use super::{target, Limits, MoveRequest};
+use super::{target, Limits, LiveMigration, MoveRequest};
 use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::ledger::Ledger;
@@ -42,6 +42,8 @@ pub struct Mover {
     /// The memory chunks of the live migrations this node received, shared by every later
     /// one into it (opened by the first).
     pub(crate) migration_store: MigrationStore,
+    /// How CRIU tasks move on the process engine.
+    pub(crate) live: LiveMigration,
     on_moved: Option<OnMoved>,
 }
 
@@ -82,12 +84,14 @@ impl Mover {
         deployer: Arc<Deployer>,
         ledger: Option<Arc<Ledger>>,
         migration_store: MigrationStoreConfig,
+        live: LiveMigration,
         on_moved: Option<OnMoved>,
     ) -> Arc<Self> {
         Arc::new(Mover {
             deployer,
             ledger,
             migration_store: MigrationStore::new(migration_store),
+            live,
             on_moved,
         })
     }

@@ -61,7 +61,7 @@ use tracing::{info, warn};
 
 use super::mover::{within, Destination, Mover};
 use super::wire::{Mode, Phase, Reply, LIVE_PROTOCOL};
-use super::Limits;
+use super::{Limits, LiveMigration};
 use crate::deploy::instances::Instance;
 use crate::deploy::wire::{CheckpointMode, InstanceSpec, InstanceView};
 use brume_engine::docker::DockerRestartPolicy;

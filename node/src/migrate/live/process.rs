@@ -109,6 +109,20 @@ impl Mover {
             Err(e) => return untouched(format!("cannot make a pipe: {e}")),
         };
         let mut opts = source_options(max_downtime);
+        // Where the kernel tracks written pages, the task's memory crosses before the freeze
+        // and the final step carries only what it wrote since (brume_migration::live::tracked);
+        // elsewhere, pre-copy with full dumps as before.
+        let tracking = brume_migration::track::probe();
+        let lazy = brume_migration::lazy::check_pipe_max_size();
+        if self.live == LiveMigration::PreCopy {
+            tracing::debug!(instance = %id, "moving with full-dump pre-copy (live_migration = pre-copy)");
+        } else if tracking.method == brume_migration::track::Method::Tracked && lazy.is_ok() {
+            opts.mode = brume_migration::live::Mode::PostCopy;
+            opts.track = true;
+        } else {
+            let why = lazy.err().map_or(tracking.why, |e| e.to_string());
+            info!(instance = %id, "moving with full-dump pre-copy: {why}");
+        }
         if let Some(key) = &stdout_key {
             opts.restore_inherit_fds = vec![InheritFd {
                 key: key.clone(),
