@@ -552,8 +552,8 @@ fn redis_moves_live(engine: &str, service: &str) {
         writes.acked + BLOBS,
         &missing[..missing.len().min(10)]
     );
-    // Nothing else was written: the acknowledged keys, and perhaps the one write sent when the
-    // writer stopped whose answer it never read.
+    // Nothing else was written: the acknowledged keys, and perhaps the next one, had a try of
+    // it failed just before the writer was stopped (a write may arrive without its answer).
     let size = call_retrying(&mut conn, &addr, &["DBSIZE"]);
     let acked = (writes.acked + BLOBS) as i64;
     assert!(
