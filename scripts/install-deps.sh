@@ -2,7 +2,8 @@
 # Installs what brume's build and tests need, idempotently. Needs root (or sudo) only when
 # something is missing: a Rust toolchain with rustfmt and clippy, a C compiler, Graphviz (the
 # tests render `brume map --dot`), iproute2 and ping (the testbed's network namespaces; its tests
-# need root, which CI has), redis-server (an unmodified server the live-migration tests move), CRIU, and fs.pipe-max-size >= 4 MiB for post-copy migration.
+# need root, which CI has), redis-server (an unmodified server the live-migration tests move),
+# CRIU, and fs.pipe-max-size >= 4 MiB for post-copy migration.
 set -euo pipefail
 
 need=()
