@@ -2,7 +2,8 @@
 # Installs what brume's build and tests need, idempotently. Needs root (or sudo) only when
 # something is missing: a Rust toolchain with rustfmt and clippy, a C compiler, Graphviz (the
 # tests render `brume map --dot`), iproute2 and ping (the testbed's network namespaces; its tests
-# need root, which CI has), CRIU, and fs.pipe-max-size >= 4 MiB for post-copy migration.
+# need root, which CI has), redis-server (an unmodified server the live-migration tests move),
+# CRIU, and fs.pipe-max-size >= 4 MiB for post-copy migration.
 set -euo pipefail
 
 need=()
@@ -11,6 +12,9 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v dot >/dev/null || need+=(graphviz)
 command -v ip >/dev/null || need+=(iproute2)        # network namespaces for the testbed
 command -v ping >/dev/null || need+=(iputils-ping)
+# The off-the-shelf stateful server the live-migration tests move (node/tests/offshelf.rs); the
+# tests copy the binary into their own images and never use the package's system service.
+command -v redis-server >/dev/null || need+=(redis-server)
 if ((${#need[@]})); then
   # From this machine's own apt sources, refusing any plan that upgrades, downgrades or removes
   # an installed package.

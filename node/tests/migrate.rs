@@ -31,8 +31,7 @@ mod common;
 use brume_control::Deployed;
 use brume_control::{DrainLine, Moved};
 use brume_control::{PsRow, StatusView};
-use brume_testnet::require::{self, Need};
-use common::{port_of, text};
+use common::{docker_live_supported, live_move_supported, port_of, text, RuncLeftovers};
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
 /// The freeze a live move in these tests may predict before it gives up: generous, since the
@@ -395,30 +394,6 @@ fn a_leaving_node_moves_its_tasks_away_first() {
         4,
         "mid's count continued: 3 before, 1 after"
     );
-}
-
-/// Whether this machine can run the live CRIU move: it needs root (the node's mount namespace,
-/// CRIU) and criu >= 4.2 (TCP listeners on this kernel). When not, the skip is recorded through
-/// `brume_testnet::require` (a failure when `BRUME_REQUIRE` lists the need).
-fn live_move_supported(test: &str) -> bool {
-    if !require::criu(test) {
-        return false;
-    }
-    match brume_migration::criu::Criu::new().version() {
-        Err(e) => {
-            require::missing(test, Need::Criu, &format!("criu's version is unknown: {e}"));
-            false
-        }
-        Ok(v) => {
-            let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-            let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-            if version < (4, 2) {
-                require::missing(test, Need::Criu, &format!("criu {v} is older than 4.2"));
-                return false;
-            }
-            true
-        }
-    }
 }
 
 /// The pids of the live processes on this machine that run `task` of `service` (by
@@ -914,63 +889,6 @@ fn restore_fails_on_the_target(test: &str, live: &str) {
     let stopped = net.brume(0, &["stop", &service]);
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));
     wait_no_process(&service, "mid");
-}
-
-/// Removes, on drop, the runc containers brume restored for `service` (their ids start with
-/// the instance name, which holds the service name) and their bundles and cgroups, whatever
-/// the test did: a failing assertion must not leave a relay running.
-struct RuncLeftovers(String);
-
-impl Drop for RuncLeftovers {
-    fn drop(&mut self) {
-        let home = Path::new(brume_engine::runc_task::RUNC_HOME);
-        let root = home.join("root");
-        if let Ok(dirs) = std::fs::read_dir(&root) {
-            for d in dirs.flatten() {
-                let id = d.file_name().to_string_lossy().into_owned();
-                if !id.contains(&self.0) {
-                    continue;
-                }
-                for args in [vec!["kill", &id, "KILL"], vec!["delete", "-f", &id]] {
-                    let _ = std::process::Command::new("runc")
-                        .arg("--root")
-                        .arg(&root)
-                        .args(&args)
-                        .output();
-                }
-                brume_engine::runc_task::remove_cgroup(&format!("/brume-runc/{id}"));
-            }
-        }
-        if let Ok(dirs) = std::fs::read_dir(home.join("bundles")) {
-            for d in dirs.flatten() {
-                if d.file_name().to_string_lossy().contains(&self.0) {
-                    let _ = std::fs::remove_dir_all(d.path());
-                }
-            }
-        }
-        // A restore that failed on a target keeps runc's work directory (its CRIU log names
-        // the bundle, hence the service).
-        if let Ok(dirs) = std::fs::read_dir("/dev/shm") {
-            for d in dirs.flatten() {
-                let name = d.file_name().to_string_lossy().into_owned();
-                if name.starts_with("brume-live-in-")
-                    && name.ends_with(".restore.work")
-                    && std::fs::read_to_string(d.path().join("restore.log"))
-                        .is_ok_and(|log| log.contains(&self.0))
-                {
-                    let _ = std::fs::remove_dir_all(d.path());
-                }
-            }
-        }
-    }
-}
-
-/// Whether this machine can move a Docker task live: the CRIU needs, Docker, runc (each
-/// missing one a skip recorded through `brume_testnet::require`).
-fn docker_live_supported(test: &str) -> bool {
-    live_move_supported(test)
-        && common::need_docker(test)
-        && require::program(test, Need::Runc, "runc", "--version")
 }
 
 /// Deploys the relay chain with `checkpoint = "criu"` on the Docker engine, on nodes that run

@@ -14,7 +14,12 @@
 //! * [`Cleanup`] removes the Docker containers and images a test made, even when it fails;
 //!   [`ServiceNet`] does the same for the daemons and the service a test deploys.
 //! * [`need_docker`] is the one way a test skips for a missing Docker daemon
-//!   (`brume_testnet::require`: a failure under `BRUME_REQUIRE=docker` or `all`).
+//!   (`brume_testnet::require`: a failure under `BRUME_REQUIRE=docker` or `all`);
+//!   [`live_move_supported`] and [`docker_live_supported`] do the same for a live CRIU move
+//!   (root, criu >= 4.2; Docker and runc too), and [`RuncLeftovers`] removes the runc
+//!   containers a live Docker move restored for a service.
+//! * [`add_host_program`] puts an unmodified host program, its `ldd` libraries and the dynamic
+//!   loader into a rootfs for a `FROM scratch` image (an off-the-shelf server from Debian).
 
 #![allow(dead_code)]
 
@@ -484,6 +489,130 @@ fn remove_live_work(pid: u32) {
                 let _ = std::fs::remove_dir_all(&path);
             } else {
                 let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+/// Puts the host program `program` (links followed) into `rootfs` at `at` (absolute), with
+/// every shared library `ldd` lists for it and the dynamic loader, each at the path `ldd`
+/// names: an unmodified, dynamically linked program from the host's packages, ready for a
+/// `FROM scratch` image (`COPY rootfs/ /`). A library `ldd` cannot find fails the test.
+pub fn add_host_program(rootfs: &Path, program: &Path, at: &str) {
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .unwrap_or_else(|e| panic!("ldd {}: {e}", program.display()));
+    let listing = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ldd {} failed: {}{listing}",
+        program.display(),
+        text(&out.stderr)
+    );
+    let mut files = vec![(program.to_path_buf(), at.to_string())];
+    for line in listing.lines() {
+        assert!(
+            !line.contains("not found"),
+            "{} needs a library the host lacks: {line}",
+            program.display()
+        );
+        // `libx.so.1 => /lib/.../libx.so.1 (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)`,
+        // or the kernel's `linux-vdso.so.1 (0x...)`, which is no file.
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(path) = path.filter(|p| p.starts_with('/')) {
+            files.push((PathBuf::from(path), path.to_string()));
+        }
+    }
+    for (src, dst) in files {
+        let dst = rootfs.join(dst.trim_start_matches('/'));
+        std::fs::create_dir_all(dst.parent().expect("a file has a parent")).expect("mkdir");
+        std::fs::copy(&src, &dst)
+            .unwrap_or_else(|e| panic!("copy {} into the rootfs: {e}", src.display()));
+    }
+}
+
+/// Whether this machine can run a live CRIU move: root (the node's mount namespace, CRIU) and
+/// criu >= 4.2 (TCP listeners on this kernel). When not, the skip is recorded through
+/// `brume_testnet::require` (a failure when `BRUME_REQUIRE` lists the need).
+pub fn live_move_supported(test: &str) -> bool {
+    use brume_testnet::require::{self, Need};
+    if !require::criu(test) {
+        return false;
+    }
+    match brume_migration::criu::Criu::new().version() {
+        Err(e) => {
+            require::missing(test, Need::Criu, &format!("criu's version is unknown: {e}"));
+            false
+        }
+        Ok(v) => {
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+            let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            if version < (4, 2) {
+                require::missing(test, Need::Criu, &format!("criu {v} is older than 4.2"));
+                return false;
+            }
+            true
+        }
+    }
+}
+
+/// Whether this machine can move a Docker task live: the CRIU needs, Docker, runc (each
+/// missing one a skip recorded through `brume_testnet::require`).
+pub fn docker_live_supported(test: &str) -> bool {
+    use brume_testnet::require::{self, Need};
+    live_move_supported(test)
+        && need_docker(test)
+        && require::program(test, Need::Runc, "runc", "--version")
+}
+
+/// Removes, on drop, the runc containers brume restored for a service (their ids start with
+/// the instance name, which holds the service name) and their bundles and cgroups, whatever
+/// the test did: a failing assertion must not leave a task running.
+pub struct RuncLeftovers(pub String);
+
+impl Drop for RuncLeftovers {
+    fn drop(&mut self) {
+        let home = Path::new(brume_engine::runc_task::RUNC_HOME);
+        let root = home.join("root");
+        if let Ok(dirs) = std::fs::read_dir(&root) {
+            for d in dirs.flatten() {
+                let id = d.file_name().to_string_lossy().into_owned();
+                if !id.contains(&self.0) {
+                    continue;
+                }
+                for args in [vec!["kill", &id, "KILL"], vec!["delete", "-f", &id]] {
+                    let _ = Command::new("runc")
+                        .arg("--root")
+                        .arg(&root)
+                        .args(&args)
+                        .output();
+                }
+                brume_engine::runc_task::remove_cgroup(&format!("/brume-runc/{id}"));
+            }
+        }
+        if let Ok(dirs) = std::fs::read_dir(home.join("bundles")) {
+            for d in dirs.flatten() {
+                if d.file_name().to_string_lossy().contains(&self.0) {
+                    let _ = std::fs::remove_dir_all(d.path());
+                }
+            }
+        }
+        // A restore that failed on a target keeps runc's work directory (its CRIU log names
+        // the bundle, hence the service).
+        if let Ok(dirs) = std::fs::read_dir("/dev/shm") {
+            for d in dirs.flatten() {
+                let name = d.file_name().to_string_lossy().into_owned();
+                if name.starts_with("brume-live-in-")
+                    && name.ends_with(".restore.work")
+                    && std::fs::read_to_string(d.path().join("restore.log"))
+                        .is_ok_and(|log| log.contains(&self.0))
+                {
+                    let _ = std::fs::remove_dir_all(d.path());
+                }
             }
         }
     }
