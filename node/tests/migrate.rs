@@ -31,6 +31,7 @@ mod common;
 use brume_control::Deployed;
 use brume_control::{DrainLine, Moved};
 use brume_control::{PsRow, StatusView};
+use brume_testnet::require::{self, Need};
 use common::{docker_live_supported, live_move_supported, port_of, text, RuncLeftovers};
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
