@@ -130,6 +130,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
                 pages_done: at.elapsed(),
             }),
             rounds: vec![stats],
+            last_heard: Instant::now(),
         })
     }
 

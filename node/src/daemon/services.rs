@@ -17,6 +17,7 @@ use crate::deploy::deployer::{Advertiser, Deployer};
 use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
 use crate::deploy::ledger::Ledger;
+use crate::migrate::live::fault::LiveFault;
 use crate::migrate::mover::{Mover, OnMoved};
 use brume_artifact::{self as artifact, ChunkStore};
 use brume_engine::{self as engine, AnyEngine, EngineChoice};
@@ -37,7 +38,9 @@ pub struct Services {
 impl Services {
     /// Picks the engine (`docker`, `process` or `auto`) and starts serving. `migration_cache_mb`
     /// bounds the chunks kept from live migrations into this node (0: none kept); `on_moved`
-    /// hears how every move this node drove ended.
+    /// hears how every move this node drove ended; `live_fault` is a test's failure on purpose
+    /// (see [`LiveFault`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         overlay: &OverlayHandle,
         data_dir: &Path,
@@ -46,6 +49,7 @@ impl Services {
         advertiser: Advertiser,
         migration_cache_mb: u64,
         on_moved: Option<OnMoved>,
+        live_fault: Option<LiveFault>,
     ) -> anyhow::Result<Services> {
         let store =
             ChunkStore::open(data_dir.join("chunks")).context("cannot open the chunk store")?;
@@ -74,6 +78,7 @@ impl Services {
             Some(ledger.clone()),
             MigrationStoreConfig::in_data_dir(data_dir, migration_cache_mb),
             on_moved,
+            live_fault,
         );
         let initiator = Arc::new(Initiator::new(
             overlay.clone(),
