@@ -283,6 +283,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
             max_restarts: 0,
             checkpoint: Default::default(),
             initiator: None,
+            generation: Default::default(),
         };
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
         write_frame(&mut s, &Request::Deploy(spec))
@@ -316,6 +317,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
             max_restarts: 0,
             checkpoint: Default::default(),
             initiator: None,
+            generation: Default::default(),
         };
         let deploy = |spec: InstanceSpec| {
             let me = me.clone();

@@ -59,7 +59,7 @@ use crate::criu::CriuError;
 use crate::planner::{Decision, PlanError, RoundProgress};
 
 pub use recipe::RecipeError;
-pub use source::{migrate_out, Migrated, PostCopyStats, SourceOptions};
+pub use source::{migrate_out, restore_at_source, InDoubt, Migrated, PostCopyStats, SourceOptions};
 pub use store::{ChunkStore, StoreError};
 pub use target::{migrate_in, Received, TargetOptions};
 pub use wire::{Mode, WireError};
@@ -158,6 +158,15 @@ pub enum LiveError {
         pid: u32,
         restore: Duration,
     },
+    /// After the final dump the target's answer never came: it may run the task. The final
+    /// images are kept for [`source::restore_at_source`], once the caller made sure it does not.
+    #[error("the migration failed after the final dump ({cause}) and the target may have restored the task; its final images are kept in {}", images.display())]
+    InDoubt {
+        cause: Box<LiveError>,
+        images: PathBuf,
+        /// When the source last heard the target (see [`Migrated::last_heard`]).
+        last_heard: std::time::Instant,
+    },
     #[error("the migration failed after the final dump ({cause}) and restoring the task on the source failed too ({restore}); its final images are kept in {}", images.display())]
     Lost {
         cause: Box<LiveError>,
@@ -191,7 +200,7 @@ impl LiveError {
     pub fn task_untouched(&self) -> bool {
         !matches!(
             self,
-            LiveError::RestoredAtSource { .. } | LiveError::Lost { .. }
+            LiveError::RestoredAtSource { .. } | LiveError::Lost { .. } | LiveError::InDoubt { .. }
         )
     }
 }

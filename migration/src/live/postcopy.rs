@@ -156,6 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
                 rounds.push(stats);
                 rounds
             },
+            last_heard: Instant::now(),
         })
     }
 

@@ -1,5 +1,15 @@
 //! The source of a live migration: pre-copy rounds driven by the planner, the final round, and
 //! the fallback that restores the task locally when the target cannot.
+//!
+//! After the final dump the task runs nowhere until someone restores it, and two copies must
+//! never run. The target's `Failed` answer means it did not restore (and will not): the source
+//! restores here at once. Silence (a broken link, a garbled answer, no answer within
+//! [`SourceOptions::final_wait`]) is ambiguous: the target may have restored the task and only
+//! its `Restored` was lost. What the source then does is [`SourceOptions::in_doubt`]: restore
+//! here anyway ([`InDoubt::RestoreHere`], for a caller that knows the target cannot run it, e.g.
+//! a bench on one machine), or return [`LiveError::InDoubt`] with the final images so that the
+//! caller first makes sure the target's copy cannot run (brume's mover fences it, or waits out
+//! the target's lease) and then calls [`restore_at_source`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +64,26 @@ pub struct SourceOptions {
     pub track: bool,
     /// When the tracked rounds stop.
     pub tracked: super::tracked::TrackedPlan,
+    /// What to do when the target's answer to the final round is missing (see the module doc).
+    pub in_doubt: InDoubt,
+    /// The longest wait, from the end of the final dump, for the target to take the final
+    /// round and answer; `None`: as long as the link lives.
+    pub final_wait: Option<Duration>,
+    /// A `Restored` read later than this after the source last heard the target before the
+    /// final round counts as missing (in doubt): a target that kills a copy the source has not
+    /// released within its lease needs the source's release to come in time. `None`: any time.
+    pub commit_within: Option<Duration>,
+}
+
+/// What the source does when the final dump is done and the target's answer never came.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InDoubt {
+    /// Restore the task here at once (the caller knows the target cannot be running it).
+    #[default]
+    RestoreHere,
+    /// Return [`LiveError::InDoubt`]: the caller settles the target first, then calls
+    /// [`restore_at_source`].
+    Return,
 }
 
 impl SourceOptions {
@@ -74,6 +104,9 @@ impl SourceOptions {
             checkpointer: None,
             track: false,
             tracked: super::tracked::TrackedPlan::default(),
+            in_doubt: InDoubt::RestoreHere,
+            final_wait: None,
+            commit_within: None,
         }
     }
 
@@ -119,6 +152,9 @@ pub struct Migrated {
     pub final_dump_end: Instant,
     /// Post-copy only: the pages that followed the restore.
     pub post_copy: Option<PostCopyStats>,
+    /// When the source last read a message of the target before the final round's answer: the
+    /// target's own clock for its lease started no later than this.
+    pub last_heard: Instant,
 }
 
 /// What followed a post-copy restore.
@@ -217,6 +253,7 @@ where
         prev: HashMap::new(),
         wire: 0,
         final_dumped: false,
+        last_heard: start,
     };
     let hello = Message::Hello {
         version: VERSION,
@@ -276,9 +313,14 @@ where
     }
     let n = rounds.len() as u32 + 1;
     let final_dir = src.round_dir(n);
+    let heard = src.last_heard;
     let (stats, reply) = match src.round(n, true).await {
         Ok(r) => r,
-        Err(e) if src.final_dumped => return Err(src.restore_locally(e, &final_dir).await),
+        // The target's own Failed: it did not restore, and will not.
+        Err(e @ LiveError::Target { .. }) if src.final_dumped => {
+            return Err(src.restore_locally(e, &final_dir).await)
+        }
+        Err(e) if src.final_dumped => return Err(src.in_doubt(e, &final_dir).await),
         Err(e) => {
             src.abort(&e.to_string()).await;
             return Err(e);
@@ -287,7 +329,16 @@ where
     let downtime = stats.round_time;
     let final_dump_end = Instant::now() - stats.round_time + stats.dump;
     on_round(&stats);
+    let late = |w: Duration| heard.elapsed() > w;
     let (target_pid, rebuild, restore) = match reply {
+        Some(Message::Restored { .. }) if src.opts.commit_within.is_some_and(late) => {
+            let waited = heard.elapsed();
+            let cause = LiveError::Link(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the target's Restored came {waited:?} after it was last heard, too late to release the task to it"),
+            ));
+            return Err(src.in_doubt(cause, &final_dir).await);
+        }
         Some(Message::Restored {
             pid,
             rebuild_us,
@@ -305,7 +356,7 @@ where
         other => {
             let got = format!("{other:?}");
             return Err(src
-                .restore_locally(
+                .in_doubt(
                     LiveError::Unexpected {
                         expected: "restored or failed",
                         got,
@@ -334,6 +385,7 @@ where
         predictor: planner.into_predictor(),
         final_dump_end,
         post_copy: None,
+        last_heard: src.last_heard,
     })
 }
 
@@ -351,6 +403,8 @@ pub(super) struct Source<S> {
     prev: HashMap<String, Recipe>,
     pub(super) wire: u64,
     final_dumped: bool,
+    /// When a message of the target was last read.
+    last_heard: Instant,
 }
 
 /// What [`Source::send_images`] put on the wire.
@@ -363,6 +417,13 @@ pub(super) struct Sent {
 impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
     pub(super) fn round_dir(&self, n: u32) -> PathBuf {
         self.opts.work_dir.join(format!("round-{n}"))
+    }
+
+    /// The target's next message (and when it came).
+    async fn read(&mut self) -> Result<Message, LiveError> {
+        let m = read_message(&mut self.stream).await?;
+        self.last_heard = Instant::now();
+        Ok(m)
     }
 
     /// Tells the target the migration is off (best effort: the link may be what failed).
@@ -399,7 +460,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         self.final_dumped = last;
         let dump = started.elapsed();
         let frozen = report.stats.map(|s| s.frozen);
+        let bound = if last { self.opts.final_wait } else { None };
+        let rest = self.send_round(n, last, &dir);
+        let (wire, by_level, (dumped_bytes, delta_bytes), reply) = match bound {
+            None => rest.await?,
+            Some(wait) => tokio::time::timeout(wait, rest).await.map_err(|_| {
+                LiveError::Link(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer to the final round within {wait:?}"),
+                ))
+            })??,
+        };
+        let round_time = started.elapsed();
+        Ok((
+            RoundStats {
+                round: n,
+                last,
+                dumped_bytes,
+                delta_bytes,
+                wire_bytes: wire,
+                wire_by_level: by_level,
+                dump,
+                dump_attempts,
+                frozen,
+                transfer: round_time.saturating_sub(dump),
+                round_time,
+                progress: None,
+            },
+            reply,
+        ))
+    }
 
+    /// The part of a round after its dump: the images sent, the target's answer read.
+    async fn send_round(
+        &mut self,
+        n: u32,
+        last: bool,
+        dir: &Path,
+    ) -> Result<(u64, [u64; 4], (u64, u64), Option<Message>), LiveError> {
+        let dir = dir.to_path_buf();
         let query_wire = if n == 1 && self.opts.mode == Mode::PreCopy {
             self.ask_store(&dir).await?
         } else {
@@ -411,7 +510,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
             scanned,
         } = self.send_images(n, last, &dir).await?;
         let wire = wire + query_wire;
-        let reply = read_message(&mut self.stream).await?;
+        let reply = self.read().await?;
         let reply = match reply {
             Message::Ack { round, .. } if !last && round == n => {
                 let mut known = ChunkSet::new();
@@ -432,24 +531,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
                 })
             }
         };
-        let round_time = started.elapsed();
-        Ok((
-            RoundStats {
-                round: n,
-                last,
-                dumped_bytes: scanned.dumped_bytes,
-                delta_bytes: scanned.delta_bytes,
-                wire_bytes: wire,
-                wire_by_level: by_level,
-                dump,
-                dump_attempts,
-                frozen,
-                transfer: round_time.saturating_sub(dump),
-                round_time,
-                progress: None,
-            },
-            reply,
-        ))
+        let sizes = (scanned.dumped_bytes, scanned.delta_bytes);
+        Ok((wire, by_level, sizes, reply))
     }
 
     /// Round 1 of a pre-copy: reads the target's [`Message::Welcome`] (sent when it read the
@@ -457,7 +540,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
     /// files, asks which of their distinct full chunks it holds and counts those as
     /// acknowledged. Returns the bytes the query put on the wire.
     async fn ask_store(&mut self, dir: &Path) -> Result<u64, LiveError> {
-        match read_message(&mut self.stream).await? {
+        match self.read().await? {
             Message::Welcome { store_chunks: 0 } => return Ok(0),
             Message::Welcome { .. } => {}
             Message::Failed { reason } => return Err(LiveError::Target { reason }),
@@ -496,7 +579,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
             .await
             .map_err(LiveError::Link)?;
         self.stream.flush().await.map_err(LiveError::Link)?;
-        let held = match read_message(&mut self.stream).await? {
+        let held = match self.read().await? {
             Message::Holding { bitmap } => from_bitmap(&bitmap, digests.len())?,
             Message::Failed { reason } => return Err(LiveError::Target { reason }),
             other => {
@@ -600,30 +683,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
     /// The final dump stopped the task but the target does not run it: restore it here from the
     /// final images.
     async fn restore_locally(&mut self, cause: LiveError, dir: &Path) -> LiveError {
-        let log = self.opts.work_dir.join("local-restore.log");
-        let checkpointer = self.opts.checkpointer(self.pid);
-        let (pid, images) = (self.pid, dir.to_path_buf());
-        let result =
-            tokio::task::spawn_blocking(move || checkpointer.restore(&images, pid, &log)).await;
-        match result {
-            Ok(Ok(r)) => {
-                let _ = std::fs::remove_dir_all(&self.opts.work_dir);
-                LiveError::RestoredAtSource {
-                    cause: Box::new(cause),
-                    pid: r.pid,
-                    restore: r.elapsed,
-                }
-            }
-            Ok(Err(e)) => LiveError::Lost {
+        restore_at_source(&self.opts, self.pid, dir, cause).await
+    }
+
+    /// The final dump stopped the task and the target's answer is missing: restore here, or
+    /// hand the images back, as [`SourceOptions::in_doubt`] says.
+    async fn in_doubt(&mut self, cause: LiveError, dir: &Path) -> LiveError {
+        match self.opts.in_doubt {
+            InDoubt::RestoreHere => self.restore_locally(cause, dir).await,
+            InDoubt::Return => LiveError::InDoubt {
                 cause: Box::new(cause),
-                restore: e.to_string(),
                 images: dir.to_path_buf(),
-            },
-            Err(e) => LiveError::Lost {
-                cause: Box::new(cause),
-                restore: format!("the restore thread died: {e}"),
-                images: dir.to_path_buf(),
+                last_heard: self.last_heard,
             },
         }
+    }
+}
+
+/// Restores the task `pid` dumped with `opts` from its final `images` on the source, after a
+/// migration that ended with `cause` ([`LiveError::RestoredAtSource`] or, if the restore fails,
+/// [`LiveError::Lost`]). Only for a task no target runs: see the module doc. On success the
+/// work directory goes.
+pub async fn restore_at_source(
+    opts: &SourceOptions,
+    pid: u32,
+    images: &Path,
+    cause: LiveError,
+) -> LiveError {
+    let log = opts.work_dir.join("local-restore.log");
+    let checkpointer = opts.checkpointer(pid);
+    let dir = images.to_path_buf();
+    let result = tokio::task::spawn_blocking(move || checkpointer.restore(&dir, pid, &log)).await;
+    match result {
+        Ok(Ok(r)) => {
+            let _ = std::fs::remove_dir_all(&opts.work_dir);
+            LiveError::RestoredAtSource {
+                cause: Box::new(cause),
+                pid: r.pid,
+                restore: r.elapsed,
+            }
+        }
+        Ok(Err(e)) => LiveError::Lost {
+            cause: Box::new(cause),
+            restore: e.to_string(),
+            images: images.to_path_buf(),
+        },
+        Err(e) => LiveError::Lost {
+            cause: Box::new(cause),
+            restore: format!("the restore thread died: {e}"),
+            images: images.to_path_buf(),
+        },
     }
 }

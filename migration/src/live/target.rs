@@ -109,6 +109,10 @@ pub struct Received {
     pub rebuild: Duration,
     /// `criu restore`.
     pub restore: Duration,
+    /// Whether the source was sent `Restored`. When not (the link broke right after the
+    /// restore), the task runs here all the same and the caller decides its fate: the source
+    /// does not know, so it must not be kept unless the source later says it gave its copy up.
+    pub told: bool,
 }
 
 enum Job {
@@ -316,23 +320,29 @@ where
                     // itself; pre-copy's ran on the staging thread and is reported here.
                     let restored = if post_copy {
                         let replica = replica.take().unwrap_or_default();
-                        Some(
+                        let r =
                             super::postcopy::post_copy_in(stream, opts, applied.rebuild, replica)
-                                .await?,
-                        )
+                                .await?;
+                        Some((r.0, r.1, true))
                     } else if let Some((pid, restore)) = applied.restored {
                         let m = Message::Restored {
                             pid,
                             rebuild_us: applied.rebuild.as_micros() as u64,
                             restore_us: restore.as_micros() as u64,
                         };
-                        write_message(stream, &m).await.map_err(LiveError::Link)?;
-                        stream.flush().await.map_err(LiveError::Link)?;
-                        Some((pid, restore))
+                        // A task that runs is never forgotten: a failed send is the caller's
+                        // to settle (`told`), not an error that would lose its pid.
+                        let told = async {
+                            write_message(stream, &m).await?;
+                            stream.flush().await
+                        }
+                        .await
+                        .is_ok();
+                        Some((pid, restore, told))
                     } else {
                         None
                     };
-                    if let Some((pid, restore)) = restored {
+                    if let Some((pid, restore, told)) = restored {
                         return Ok(Received {
                             pid,
                             mode,
@@ -341,6 +351,7 @@ where
                             from_store: applied.from_store,
                             rebuild: applied.rebuild,
                             restore,
+                            told,
                         });
                     }
                     let m = Message::Ack {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use brume_plan::input_error::Source;
 
+use crate::migrate::live::fault::LiveFault;
 pub use crate::migrate::LiveMigration;
 
 /// How logs are written.
@@ -73,6 +74,10 @@ pub struct NodeConfig {
     /// Serve Prometheus metrics on this loopback address (e.g. `127.0.0.1:9464`; port 0 picks one,
     /// written to `<data_dir>/metrics.addr`); off when unset. See docs/metrics.md.
     pub metrics: Option<String>,
+    /// Tests only (`node/tests/move_failures.rs`): a failure this node suffers on purpose as
+    /// the target of a live move, `exit-in-precopy`, `cut-before-restore`, `fail-restore` or
+    /// `cut-after-restore` ([`LiveFault`]). Unset on every real node.
+    pub live_fault: Option<LiveFault>,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +100,7 @@ impl Default for NodeConfig {
             memory_mb: None,
             name: None,
             metrics: None,
+            live_fault: None,
         }
     }
 }
@@ -520,6 +526,8 @@ mod tests {
             "gw-kitchen",
             "--metrics",
             "127.0.0.1:0",
+            "--live-fault",
+            "cut-after-restore",
         ]);
         let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
         let want = NodeConfig {
@@ -540,6 +548,7 @@ mod tests {
             memory_mb: Some(128),
             name: Some("gw-kitchen".into()),
             metrics: Some("127.0.0.1:0".into()),
+            live_fault: Some(LiveFault::CutAfterRestore),
         };
         assert_eq!(cfg, want);
     }

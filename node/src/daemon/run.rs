@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use crate::migrate::live::fault::LiveFault;
 use brume_overlay::neighbourhood::NodeRecord;
 use brume_overlay::node::{Identity, Overlay, OverlayConfig, OverlayHandle, Timings};
 use futures::future::BoxFuture;
@@ -100,6 +102,11 @@ pub struct NodeArgs {
     /// writes it to <data_dir>/metrics.addr). See docs/metrics.md.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Tests only: a failure this node suffers on purpose as the target of a live move
+    /// (exit-in-precopy, cut-before-restore, fail-restore, cut-after-restore). Never set it on a
+    /// node that runs anything you care about.
+    #[arg(long, value_enum, hide = true)]
+    pub live_fault: Option<LiveFault>,
 }
 
 /// How often the advertised resources are read again.
@@ -159,6 +166,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         advertise.clone(),
         (cfg.migration_cache_mb, cfg.live_migration),
         Some(count_moves(metrics.clone())),
+        cfg.live_fault,
     )
     .await?;
     let _metrics_serving = metrics_endpoint.map(|endpoint| {

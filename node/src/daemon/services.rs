@@ -17,6 +17,7 @@ use crate::deploy::deployer::{Advertiser, Deployer};
 use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
 use crate::deploy::ledger::Ledger;
+use crate::migrate::live::fault::LiveFault;
 use crate::migrate::mover::{Mover, OnMoved};
 use crate::migrate::LiveMigration;
 use brume_artifact::{self as artifact, ChunkStore};
@@ -38,8 +39,9 @@ pub struct Services {
 impl Services {
     /// Picks the engine (`docker`, `process` or `auto`) and starts serving. `migration_cache_mb`
     /// bounds the chunks kept from live migrations into this node (0: none kept), `live` says
-    /// how CRIU tasks move; `on_moved`
-    /// hears how every move this node drove ended.
+    /// how CRIU tasks move; `on_moved` hears how every move this node drove ended; `live_fault`
+    /// is a test's failure on purpose (see [`LiveFault`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         overlay: &OverlayHandle,
         data_dir: &Path,
@@ -48,6 +50,7 @@ impl Services {
         advertiser: Advertiser,
         (migration_cache_mb, live): (u64, LiveMigration),
         on_moved: Option<OnMoved>,
+        live_fault: Option<LiveFault>,
     ) -> anyhow::Result<Services> {
         let store =
             ChunkStore::open(data_dir.join("chunks")).context("cannot open the chunk store")?;
@@ -77,6 +80,7 @@ impl Services {
             MigrationStoreConfig::in_data_dir(data_dir, migration_cache_mb),
             live,
             on_moved,
+            live_fault,
         );
         let initiator = Arc::new(Initiator::new(
             overlay.clone(),

@@ -467,6 +467,7 @@ fn instance_spec(
             Checkpoint::Criu => CheckpointMode::Criu,
         },
         initiator: Some(initiator),
+        generation: Default::default(),
     };
     spec.check().map_err(anyhow::Error::msg)?;
     Ok(spec)

@@ -66,6 +66,32 @@ pub struct InstanceSpec {
     /// instance moves), when known.
     #[serde(default)]
     pub initiator: Option<PeerId>,
+    /// Which copy of the instance this is: 0 as deployed, one more with every move. The node
+    /// that runs it keeps it in its instance table, and a fence names it ("stop it if it runs
+    /// at this generation"), so a copy left behind by a failed move is never confused with the
+    /// one that runs now.
+    #[serde(default)]
+    pub generation: Generation,
+}
+
+/// The generation of an instance (see [`InstanceSpec::generation`]).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Generation(pub u64);
+
+impl Generation {
+    /// The generation of the copy a move of this one makes.
+    pub fn next(self) -> Generation {
+        Generation(self.0.saturating_add(1))
+    }
+}
+
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "g{}", self.0)
+    }
 }
 
 /// How an instance's state moves when it is migrated (the manifest's `checkpoint`).

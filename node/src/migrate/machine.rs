@@ -16,7 +16,11 @@
 //!
 //! A reply that never came is not a refusal: the target may have started the instance, so it
 //! is told to remove that epoch (and to send its calls back here) before callers are released.
-//! The live CRIU path has its own pipeline ([`super::live`]) once the image is prepared.
+//! An undo the target never confirms still releases the callers: the old instance never
+//! stopped, and the target's copy (the next generation) gets no calls, since no route points
+//! at it, but it may run until the target hears of a newer epoch (a known gap of this path).
+//! The live CRIU path has its own pipeline ([`super::live`]) once the image is prepared, and
+//! its end after the final dump is [`Finish`] below.
 
 use std::time::Duration;
 
@@ -235,6 +239,284 @@ impl Move {
     fn untouched(&mut self, why: String) -> Action {
         let why = format!("{why}; {} still runs here", self.what);
         self.go(Step::Over, Action::Done(End::Untouched(why)))
+    }
+}
+
+/// The end of a live move, once the final dump has stopped the task here: exactly one copy
+/// must run afterwards, and it must hold every write the task acknowledged (the final images
+/// do). The source alone can restore from them, the target alone knows whether it restored, so
+/// the rule is: the source restores here only when it knows the target's copy does not run and
+/// never will, and it gives its own copy up ([`FinishAction::Commit`]) only while the target
+/// surely still holds its copy.
+///
+/// ```text
+///  RestoredThere (in time) ─▶ Commit ─ Adopted ─▶ Done(Moved)
+///                                    ├ NotAdopted ─▶ Done(Lost)      (the target killed it)
+///                                    └ AdoptionUnheard ─▶ Done(Moved, unconfirmed)
+///  TargetFailed ─────────────────────────▶ RestoreHere ─▶ Done(BackHere) | Done(Lost)
+///  NoAnswer, RestoredThere (late) ─▶ Fence ─ Fenced | LeaseOver ─▶ RestoreHere
+/// ```
+///
+/// Failure points and what each leaves:
+/// * the target dies or the link breaks before the final dump: the task was never stopped (the
+///   pipeline says so before this machine starts): it runs here untouched;
+/// * the target says `Failed` after the final dump (its restore failed, or it was fenced): no
+///   copy runs there, the source restores here at once;
+/// * the link breaks during the final step, or the target's `Restored` is lost, or it comes
+///   too late to commit: the target may run a copy. The source fences it (`Fence`: "stop this
+///   instance if it runs at generation G", answered only once no copy of G runs there or will),
+///   and restores here only on the answer, or, if the target cannot be reached, once the
+///   target's lease has surely run out: a target kills a restored copy that was not `Released`
+///   within its lease, counted from its last message to the source (the source's clock for it
+///   starts later: at reading that message);
+/// * after `Released` the source has given its copy up (its instance is gone): a lost `Adopted`
+///   leaves the task to the target, the only copy, and calls are switched there; a target that
+///   says it could not take the task (it killed it) leaves none: the move ends lost.
+#[derive(Debug)]
+pub struct Finish {
+    step: FinishStep,
+    /// Why the task is not moving after all (for the message).
+    why: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FinishStep {
+    Committing,
+    Fencing,
+    RestoringHere,
+    Over,
+}
+
+/// What the source does next once the task is frozen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishAction {
+    /// Give the copy here up (`Released`) and wait for the target's `Adopted`.
+    Commit,
+    /// Have the target stop any copy of this generation (retried until it answers or its lease
+    /// has run out).
+    Fence,
+    /// Restore the task here from the final images.
+    RestoreHere,
+    Done(FinishEnd),
+}
+
+/// What the source learned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishInput {
+    /// The target restored the task and said so; `in_time`: early enough that `Released`
+    /// reaches it within its lease.
+    RestoredThere {
+        in_time: bool,
+    },
+    /// The target said it did not restore the task (and will not).
+    TargetFailed(String),
+    /// No usable answer after the final dump: the target may run the task.
+    NoAnswer(String),
+    /// The target answered the fence: no copy of this generation runs there, nor will.
+    Fenced,
+    /// The target never answered the fence, but its lease has surely run out.
+    LeaseOver,
+    /// After `Commit`: the target adopted the task / says it could not (it killed its copy) /
+    /// said nothing.
+    Adopted,
+    NotAdopted(String),
+    AdoptionUnheard(String),
+    /// After `RestoreHere`.
+    RestoredHere,
+    RestoreFailed(String),
+}
+
+/// How a live move ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishEnd {
+    /// The task runs on the target only; `confirmed` unless its `Adopted` was lost.
+    Moved { confirmed: bool },
+    /// The task runs here again, restored from its final images; why it did not move.
+    BackHere(String),
+    /// No copy runs: why.
+    Lost(String),
+}
+
+impl Finish {
+    /// The first action once the pipeline ended after the final dump with `input`
+    /// (`RestoredThere`, `TargetFailed` or `NoAnswer`).
+    pub fn start(input: FinishInput) -> (Self, FinishAction) {
+        let mut f = Finish {
+            step: FinishStep::Over,
+            why: None,
+        };
+        let action = match input {
+            FinishInput::RestoredThere { in_time: true } => {
+                f.go(FinishStep::Committing, FinishAction::Commit)
+            }
+            FinishInput::RestoredThere { in_time: false } => {
+                f.why = Some("the target restored it too late to take it within its lease".into());
+                f.go(FinishStep::Fencing, FinishAction::Fence)
+            }
+            FinishInput::TargetFailed(why) => {
+                f.why = Some(format!("the target did not restore it: {why}"));
+                f.go(FinishStep::RestoringHere, FinishAction::RestoreHere)
+            }
+            FinishInput::NoAnswer(why) => {
+                f.why = Some(format!(
+                    "the target's answer to the final step was lost ({why})"
+                ));
+                f.go(FinishStep::Fencing, FinishAction::Fence)
+            }
+            // Anything else cannot start the end: the target may run a copy; fence it.
+            other => {
+                f.why = Some(format!("internal: {other:?} after the final dump"));
+                f.go(FinishStep::Fencing, FinishAction::Fence)
+            }
+        };
+        (f, action)
+    }
+
+    pub fn next(&mut self, input: FinishInput) -> FinishAction {
+        use FinishInput::*;
+        match (self.step, input) {
+            (FinishStep::Committing, Adopted) => self.done(FinishEnd::Moved { confirmed: true }),
+            (FinishStep::Committing, NotAdopted(why)) => self.done(FinishEnd::Lost(format!(
+                "it was restored on the target, which could not take it ({why})"
+            ))),
+            // Released: the copy here is gone; the target's is the only one.
+            (FinishStep::Committing, _) => self.done(FinishEnd::Moved { confirmed: false }),
+
+            (FinishStep::Fencing, Fenced | LeaseOver) => {
+                self.go(FinishStep::RestoringHere, FinishAction::RestoreHere)
+            }
+            // Never restore here on anything else: fence again.
+            (FinishStep::Fencing, _) => FinishAction::Fence,
+
+            (FinishStep::RestoringHere, RestoredHere) => {
+                let why = self.why.take().unwrap_or_default();
+                self.done(FinishEnd::BackHere(why))
+            }
+            (FinishStep::RestoringHere, RestoreFailed(e)) => {
+                let why = self.why.take().unwrap_or_default();
+                self.done(FinishEnd::Lost(format!(
+                    "{why}, and restoring it here failed: {e}"
+                )))
+            }
+            (FinishStep::RestoringHere, other) => self.done(FinishEnd::Lost(format!(
+                "internal: {other:?} while restoring here"
+            ))),
+            (FinishStep::Over, other) => self.done(FinishEnd::Lost(format!(
+                "internal: {other:?} after the end"
+            ))),
+        }
+    }
+
+    fn go(&mut self, step: FinishStep, action: FinishAction) -> FinishAction {
+        self.step = step;
+        action
+    }
+
+    fn done(&mut self, end: FinishEnd) -> FinishAction {
+        self.step = FinishStep::Over;
+        FinishAction::Done(end)
+    }
+}
+
+#[cfg(test)]
+mod finish_tests {
+    use super::FinishAction::*;
+    use super::FinishInput::*;
+    use super::*;
+
+    fn run(first: FinishInput, inputs: Vec<FinishInput>) -> Vec<FinishAction> {
+        let (mut f, a) = Finish::start(first);
+        let mut actions = vec![a];
+        for i in inputs {
+            actions.push(f.next(i));
+        }
+        actions
+    }
+
+    #[test]
+    fn a_timely_restore_is_committed_and_adopted() {
+        let a = run(RestoredThere { in_time: true }, vec![Adopted]);
+        assert_eq!(a, vec![Commit, Done(FinishEnd::Moved { confirmed: true })]);
+    }
+
+    #[test]
+    fn a_lost_adoption_leaves_the_task_to_the_target() {
+        let a = run(
+            RestoredThere { in_time: true },
+            vec![AdoptionUnheard("reset".into())],
+        );
+        assert_eq!(a[1], Done(FinishEnd::Moved { confirmed: false }));
+        assert!(
+            !a.contains(&RestoreHere),
+            "never a second copy after Released"
+        );
+    }
+
+    #[test]
+    fn a_target_that_could_not_adopt_leaves_it_lost_and_nothing_restored_here() {
+        let a = run(
+            RestoredThere { in_time: true },
+            vec![NotAdopted("ports taken".into())],
+        );
+        assert!(matches!(&a[1], Done(FinishEnd::Lost(w)) if w.contains("ports taken")));
+        assert!(!a.contains(&RestoreHere));
+    }
+
+    #[test]
+    fn a_late_restore_is_fenced_before_restoring_here() {
+        let a = run(RestoredThere { in_time: false }, vec![Fenced, RestoredHere]);
+        assert_eq!(a[..2], [Fence, RestoreHere]);
+        assert!(matches!(&a[2], Done(FinishEnd::BackHere(w)) if w.contains("too late")));
+    }
+
+    #[test]
+    fn a_target_failure_restores_here_at_once() {
+        let a = run(
+            TargetFailed("criu restore failed".into()),
+            vec![RestoredHere],
+        );
+        assert_eq!(a[0], RestoreHere);
+        assert!(!a.contains(&Fence), "the target said it runs nothing");
+        assert!(matches!(&a[1], Done(FinishEnd::BackHere(w)) if w.contains("criu restore failed")));
+    }
+
+    #[test]
+    fn a_lost_answer_is_fenced_first_and_restored_here_only_after_the_fence() {
+        let a = run(NoAnswer("link reset".into()), vec![Fenced, RestoredHere]);
+        assert_eq!(a, vec![Fence, RestoreHere, a[2].clone()]);
+        assert!(matches!(&a[2], Done(FinishEnd::BackHere(w)) if w.contains("link reset")));
+    }
+
+    #[test]
+    fn an_unreachable_target_is_waited_out_to_its_lease() {
+        let a = run(NoAnswer("cut".into()), vec![LeaseOver, RestoredHere]);
+        assert_eq!(a[..2], [Fence, RestoreHere]);
+    }
+
+    #[test]
+    fn anything_but_a_fence_answer_or_the_lease_keeps_fencing() {
+        let a = run(
+            NoAnswer("cut".into()),
+            vec![Adopted, RestoredHere, NoAnswer("again".into()), Fenced],
+        );
+        assert_eq!(a, vec![Fence, Fence, Fence, Fence, RestoreHere]);
+    }
+
+    #[test]
+    fn a_failed_restore_here_ends_lost_with_both_reasons() {
+        let a = run(
+            TargetFailed("no".into()),
+            vec![RestoreFailed("pid taken".into())],
+        );
+        assert!(
+            matches!(&a[1], Done(FinishEnd::Lost(w)) if w.contains("no") && w.contains("pid taken"))
+        );
+    }
+
+    #[test]
+    fn an_unexpected_first_input_is_fenced() {
+        let (_, a) = Finish::start(Adopted);
+        assert_eq!(a, Fence);
     }
 }
 

@@ -23,12 +23,15 @@
 //! hold, brume's CRIU pre-copy carries the whole process over `/brume/live/1`, the target
 //! restores and adopts it, and only then are callers switched. Here the old instance is ended
 //! by the final dump, not after the switch: a failure before that dump leaves it untouched, one
-//! after it restores it on the source. [`control`] answers `brume migrate` and `brume drain`
-//! on the node's control socket.
+//! after it restores it on the source, but only once the target's copy surely does not run
+//! (its own `Failed`, an answered fence by generation, or its lease run out: [`fence`],
+//! [`machine::Finish`]). Every move makes the instance's next generation. [`control`] answers
+//! `brume migrate` and `brume drain` on the node's control socket.
 
 pub mod cli;
 pub mod client;
 pub mod control;
+pub mod fence;
 pub mod live;
 pub mod machine;
 pub mod moved;

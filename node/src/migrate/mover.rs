@@ -16,6 +16,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::live::fault::LiveFault;
+use super::live::guard::FenceBook;
 use super::machine::{Action, Carry, End, Input, Move};
 use super::wire::{Mode, Phase, Reply, Request, LIVE_PROTOCOL, MAX_FRAME, MOVE_PROTOCOL};
 use super::{target, Limits, LiveMigration, MoveRequest};
@@ -45,6 +47,10 @@ pub struct Mover {
     /// How CRIU tasks move on the process engine.
     pub(crate) live: LiveMigration,
     on_moved: Option<OnMoved>,
+    /// The live moves coming in and the fences heard ([`super::fence`]).
+    pub(crate) fences: Arc<FenceBook>,
+    /// A failure this node suffers on purpose as a live move's target (tests only).
+    pub(crate) fault: Option<LiveFault>,
 }
 
 /// Where the instance goes: its peer, its overlay node id (as the ledger keeps hosts), the name
@@ -86,13 +92,19 @@ impl Mover {
         migration_store: MigrationStoreConfig,
         live: LiveMigration,
         on_moved: Option<OnMoved>,
+        fault: Option<LiveFault>,
     ) -> Arc<Self> {
+        if let Some(f) = fault {
+            warn!(fault = ?f, "live_fault is set: this node fails live moves into it on purpose");
+        }
         Arc::new(Mover {
             deployer,
             ledger,
             migration_store: MigrationStore::new(migration_store),
             live,
             on_moved,
+            fences: Arc::default(),
+            fault,
         })
     }
 
@@ -126,7 +138,7 @@ impl Mover {
     /// Answers one move request (phases of a move go to `phases`).
     pub async fn handle(
         &self,
-        _from: PeerId,
+        from: PeerId,
         request: Request,
         phases: mpsc::Sender<Phase>,
     ) -> Reply {
@@ -156,6 +168,10 @@ impl Mover {
                 host,
                 addrs,
             } => self.moved(&instance, peer, &host, addrs).await,
+            Request::Fence {
+                instance,
+                generation,
+            } => self.fence(from, &instance, generation).await,
         }
     }
 
@@ -204,6 +220,8 @@ impl Mover {
         let mut dest: Option<Destination> = None;
         let mut moved = spec.clone();
         moved.env.remove(RESTORE_ENV);
+        // The copy the move makes is the instance's next generation: a fence names it.
+        moved.generation = spec.generation.next();
         let mut hold: Option<Hold> = None;
         let mut held = Instant::now();
         let mut state_bytes = 0;

@@ -11,7 +11,7 @@ use brume_overlay::{Multiaddr, PeerId, StreamProtocol};
 use brume_tunnel::InstanceId;
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::wire::{self, InstanceView};
+use crate::deploy::wire::{self, Generation, InstanceView};
 
 pub const MOVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/move/1");
 
@@ -46,6 +46,13 @@ pub enum Request {
         /// initiator's ledger.
         host: String,
         addrs: Vec<Multiaddr>,
+    },
+    /// From the source of a failed move: stop `instance` here if it runs (or is being restored)
+    /// at `generation`, and never run that generation. Idempotent; answered with
+    /// [`Reply::Fenced`] only once no such copy runs here.
+    Fence {
+        instance: InstanceId,
+        generation: Generation,
     },
 }
 
@@ -128,6 +135,9 @@ pub enum Reply {
     },
     /// How many routes a `Moved` changed here.
     Rerouted { routes: usize },
+    /// The fence holds: no copy of that generation runs here, nor will; `stopped` if one was
+    /// running and was killed.
+    Fenced { stopped: bool },
     /// Nothing moved; the reason says where the instance is.
     Refused { reason: String },
 }

@@ -197,6 +197,7 @@ impl Mover {
                 .await
             }
         };
+        let generation = moved.generation;
         let hello = Frame::Hello {
             spec: Box::new(moved),
             port,
@@ -225,34 +226,40 @@ impl Mover {
         checkpointer.fallback = Some(fallback.restore.clone());
         opts.checkpointer = Some(Arc::new(checkpointer));
         let work_dir = opts.work_dir.clone();
+        let kept = opts.clone();
         let rounds = phases.clone();
         let out = migrate_out(&mut stream, pid, opts, |r| {
             let _ = rounds.try_send(round_phase(r));
         })
         .await;
-        let _ = std::fs::remove_dir_all(&work_dir);
-        let migrated = match out {
-            Ok(m) => m,
-            Err(e) if e.task_untouched() => {
-                return fail(format!("the live migration to {} failed: {e}", dest.name)).await;
-            }
-            Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
-                // The exited container gives way to the runc container restored here.
-                match &source {
-                    Checkpointed::Docker { .. } => {
-                        if let Err(e) = d.remove_docker_container(&name).await {
-                            warn!(%name, error = %e, "cannot remove the checkpointed Docker container");
-                        }
-                    }
-                    Checkpointed::Adopted(old) => {
-                        let _ = discard(old.clone()).await;
+        // The task restored here as a runc container: the exited container gives way to it.
+        let take_back = || async {
+            match &source {
+                Checkpointed::Docker { .. } => {
+                    if let Err(e) = d.remove_docker_container(&name).await {
+                        warn!(%name, error = %e, "cannot remove the checkpointed Docker container");
                     }
                 }
-                let adopted = d.adopt(fallback.clone());
+                Checkpointed::Adopted(old) => {
+                    let _ = discard(old.clone()).await;
+                }
+            }
+            d.adopt(fallback.clone()).map(|_| ())
+        };
+        let (first, mut doubt, migrated) = match out {
+            Ok(m) => (FinishInput::RestoredThere { in_time: true }, None, Some(m)),
+            Err(e) if e.task_untouched() => {
+                let _ = std::fs::remove_dir_all(&work_dir);
+                return fail(format!("the live migration to {} failed: {e}", dest.name)).await;
+            }
+            // The target said it failed, and the pipeline restored the task here already.
+            Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
+                let _ = std::fs::remove_dir_all(&work_dir);
+                let adopted = take_back().await;
                 drop(hold);
                 return Reply::Refused {
                     reason: match adopted {
-                        Ok(_) => format!(
+                        Ok(()) => format!(
                             "the live migration to {} failed after the final checkpoint \
                              ({cause}); {what} was restored here as a runc container (pid {pid}) \
                              and runs here again",
@@ -267,7 +274,17 @@ impl Mover {
                     },
                 };
             }
+            Err(LiveError::InDoubt {
+                cause,
+                images,
+                last_heard,
+            }) => (
+                FinishInput::NoAnswer(cause.to_string()),
+                Some((*cause, images, last_heard)),
+                None,
+            ),
             Err(e) => {
+                let _ = std::fs::remove_dir_all(&work_dir);
                 let _ = discard(fallback.clone()).await;
                 self.deployer.stop_instance(instance).await;
                 return self
@@ -275,21 +292,103 @@ impl Mover {
                     .await;
             }
         };
-        let _ = discard(fallback.clone()).await;
-        self.hand_over(
-            instance,
-            endpoint,
-            hold,
-            held,
-            &mut stream,
-            &spec,
-            dest,
-            &migrated,
-            phases,
-            &what,
-            "Docker instance moved live with runc checkpoints",
-        )
-        .await
+        // The task is frozen for good here: the finish machine says who runs it.
+        let (mut finish, mut action) = Finish::start(first);
+        let mut view = None;
+        let mut restored_pid = None;
+        let reply = loop {
+            let input = match action {
+                FinishAction::Commit => {
+                    let Some(m) = &migrated else {
+                        break self
+                            .lost(
+                                &endpoint,
+                                hold,
+                                format!("internal: {what} has no migration to commit"),
+                            )
+                            .await;
+                    };
+                    let _ = discard(fallback.clone()).await;
+                    let (input, v) = self.commit(instance, &mut stream, dest, m, phases).await;
+                    view = v;
+                    input
+                }
+                FinishAction::Fence => {
+                    let heard = doubt.as_ref().map_or_else(Instant::now, |d| d.2);
+                    self.fence_target(dest, instance, generation, heard).await
+                }
+                FinishAction::RestoreHere => {
+                    let Some((cause, images, _)) = doubt.take() else {
+                        break self
+                            .lost(
+                                &endpoint,
+                                hold,
+                                format!("internal: no final images of {what}"),
+                            )
+                            .await;
+                    };
+                    match restore_at_source(&kept, pid, &images, cause).await {
+                        LiveError::RestoredAtSource { pid, .. } => match take_back().await {
+                            Ok(()) => {
+                                restored_pid = Some(pid);
+                                FinishInput::RestoredHere
+                            }
+                            Err(e) => FinishInput::RestoreFailed(format!(
+                                "restored here as pid {pid}, but the engine cannot take it: {e}"
+                            )),
+                        },
+                        e => FinishInput::RestoreFailed(e.to_string()),
+                    }
+                }
+                FinishAction::Done(FinishEnd::Moved { confirmed }) => {
+                    let Some(m) = &migrated else {
+                        break self
+                            .lost(
+                                &endpoint,
+                                hold,
+                                format!("internal: {what} moved without a migration"),
+                            )
+                            .await;
+                    };
+                    break self
+                        .switch(
+                            endpoint,
+                            hold,
+                            held,
+                            &spec,
+                            dest,
+                            m,
+                            view.take(),
+                            confirmed,
+                            &what,
+                            "Docker instance moved live with runc checkpoints",
+                        )
+                        .await;
+                }
+                FinishAction::Done(FinishEnd::BackHere(why)) => {
+                    drop(hold);
+                    let pid = restored_pid.unwrap_or_default();
+                    break Reply::Refused {
+                        reason: format!(
+                            "the live migration to {} failed after the final checkpoint ({why}); \
+                             {what} was restored here as a runc container (pid {pid}) and runs \
+                             here again",
+                            dest.name
+                        ),
+                    };
+                }
+                FinishAction::Done(FinishEnd::Lost(why)) => {
+                    let _ = discard(fallback.clone()).await;
+                    self.deployer.stop_instance(instance).await;
+                    break self
+                        .lost(&endpoint, hold, format!("{what} is lost: {why}"))
+                        .await;
+                }
+            };
+            action = finish.next(input);
+        };
+        let _ = std::fs::remove_dir_all(&work_dir);
+        reply
     }
 
     /// The target side of a live move of a Docker-engine task: its rootfs exported from the
@@ -351,8 +450,17 @@ impl Mover {
             let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
             return;
         }
+        let (id, g) = (spec.id.clone(), spec.generation);
+        if let Err(reason) = self.fences.with(|f| f.arrive(&id, g)) {
+            let _ = discard(runc.clone()).await;
+            let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+            return;
+        }
+        // The lease counts from the target's last message: this one is the first.
+        let link = Link::new();
         if write_frame(stream.get_mut(), &Frame::Ready).await.is_err() {
             let _ = discard(runc.clone()).await;
+            self.fences.with(|f| f.gone(&id, g));
             return;
         }
         let staging = scratch_dir("live-in");
@@ -361,9 +469,9 @@ impl Mover {
         let runc_work = PathBuf::from(format!("{}.restore.work", staging.display()));
         let mut opts = TargetOptions::new(staging);
         opts.network_lock = NetworkLock::Skip;
-        opts.restorer = Some(Arc::new(runc.restore.clone()));
+        opts.restorer = Some(self.guarded(Arc::new(runc.restore.clone()), &id, g, &link));
         opts.store = self.migration_store.get().await;
-        let received = migrate_in(&mut stream, opts).await;
+        let received = self.receive_guarded(&mut stream, opts, &link, &id, g).await;
         let received = match received {
             Ok(r) => {
                 let _ = std::fs::remove_dir_all(&runc_work);
@@ -372,33 +480,34 @@ impl Mover {
             Err(e) => {
                 info!(%peer, task = %launch.name, error = %e, "live migration in failed");
                 let _ = discard(runc.clone()).await;
+                self.fences.with(|f| f.gone(&id, g));
                 return;
             }
         };
-        let released = tokio::time::timeout(
-            RELEASE_WAIT,
-            read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME),
-        )
-        .await;
-        let outcome = match released {
-            Ok(Ok(Frame::Released)) => {
+        let outcome = match self
+            .await_release(&mut stream, &link, &id, g, received.told)
+            .await
+        {
+            Ok(()) => {
                 self.take_restored_docker(&d, spec, &launch, &call_ports, runc.clone())
                     .await
             }
-            other => Err(format!(
-                "the source did not release the instance: {other:?}"
-            )),
+            Err(why) => Err(why),
         };
         let reply = match outcome {
             Ok(instance) => Frame::Adopted { instance },
             Err(reason) => {
                 warn!(task = %launch.name, pid = received.pid, %reason, "removing a restored container this node cannot take");
+                guard::kill_copy(received.pid).await;
                 let _ = d.remove(&launch.name).await;
                 let _ = discard(runc.clone()).await;
+                self.fences.with(|f| f.gone(&id, g));
                 Frame::Failed { reason }
             }
         };
-        let _ = write_frame(stream.get_mut(), &reply).await;
+        if !link.is_cut() {
+            let _ = write_frame(stream.get_mut(), &reply).await;
+        }
     }
 
     /// Makes the restored runc container the instance here (see [`Mover::take_restored`]).

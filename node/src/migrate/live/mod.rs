@@ -32,12 +32,30 @@
 //! rather than its whole memory. A store that cannot be opened is logged and the migration goes
 //! on without one; `migration_cache_mb = 0` keeps none.
 //!
-//! Failures: anything before the final dump leaves the task running untouched on the source;
-//! after it, `migrate_out` restores it on the source, whose engine adopts the new pid. A target
-//! that restored the task but cannot take it (its forwarder ports are taken) kills it: the move
-//! then fails with the instance lost, and says so. So does a target that hears no `Released`:
-//! the source may not have heard that the restore succeeded and restored the task itself, and
-//! two copies must never run.
+//! Exactly one copy ([`crate::migrate::machine::Finish`] holds the rule, [`guard`] the I/O,
+//! [`crate::migrate::fence`] the target's table). The moved spec carries the next generation
+//! of the instance (in `Hello`); the target records it with the instance. Failure points:
+//!
+//! * before the final dump (the target refuses, dies mid pre-copy, the link breaks, the planner
+//!   gives up): the task was never stopped and runs on the source untouched; the target drops
+//!   what it staged (a target that died holds nothing);
+//! * the target's restore fails: it says `Failed`, and `migrate_out` restores the task on the
+//!   source at once, whose engine adopts the new pid;
+//! * the link breaks during the final step, or the target's `Restored` is lost or too late
+//!   ([`guard::COMMIT_WITHIN`]): the target may run a copy. The source fences it on
+//!   `/brume/move/1` ("stop it if it runs at generation G"; the target kills a restored copy,
+//!   makes a restore under way kill what it restores, and refuses G from then on) and restores
+//!   the task from its final images only on the target's answer, or, if the target cannot be
+//!   reached, once the target's lease ([`guard::LEASE`]) has surely run out: a target never
+//!   keeps a copy the source did not release within it;
+//! * after `Released` the source's instance is gone: a target that cannot take the task (its
+//!   forwarder ports are taken) kills it and the move ends with the instance lost, and says so;
+//!   an `Adopted` that never comes leaves the target's copy the only one, and calls are
+//!   switched to it.
+//!
+//! Before this, a source whose link broke after the final dump restored the task at once while
+//! the target kept its restored copy for up to 30 s waiting for `Released` (two copies), and a
+//! target that restored but could not send `Restored` lost track of the pid (an orphan copy).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -57,7 +75,7 @@ use brume_overlay::{PeerId, Stream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::mover::{within, Destination, Mover};
 use super::wire::{Mode, Phase, Reply, LIVE_PROTOCOL};
@@ -79,7 +97,8 @@ const MAX_FRAME: usize = 1 << 20;
 /// How long the source waits for the task's connections to close once its callers are held.
 const QUIET_WAIT: Duration = Duration::from_secs(2);
 
-/// How long the target waits for the source to release the forwarder ports.
+/// How long the source waits for the target's `Adopted` after `Released` (the target binds the
+/// forwarder ports the source is freeing, and takes the task).
 const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// How long the target retries binding a forwarder port the source is releasing.
@@ -125,6 +144,11 @@ fn source_options(max_downtime: Option<Duration>) -> SourceOptions {
         opts.planner.max_downtime = d;
     }
     opts.network_lock = NetworkLock::Skip;
+    // A missing answer after the final dump is settled by the mover (fence, lease), not by a
+    // restore here that could make a second copy.
+    opts.in_doubt = InDoubt::Return;
+    opts.final_wait = Some(COMMIT_WITHIN);
+    opts.commit_within = Some(COMMIT_WITHIN);
     opts
 }
 
@@ -151,7 +175,38 @@ fn ms(d: Duration) -> u64 {
 }
 
 mod docker;
+pub mod fault;
+pub(crate) mod guard;
 mod process;
+
+use crate::migrate::machine::{Finish, FinishAction, FinishEnd, FinishInput};
+use brume_migration::checkpointer::Restorer;
+use brume_migration::live::{restore_at_source, InDoubt, Received};
+use fault::{Link, Watched};
+use guard::{Guarded, COMMIT_WITHIN};
+
+/// The answer of a move whose task the pipeline restored on the source (`adopted`: whether the
+/// engine took it).
+fn back_here<E: std::fmt::Display>(
+    adopted: Result<(), E>,
+    to: &str,
+    cause: &str,
+    what: &str,
+    pid: u32,
+) -> Reply {
+    Reply::Refused {
+        reason: match adopted {
+            Ok(()) => format!(
+                "the live migration to {to} failed after the final dump ({cause}); {what} was \
+                 restored here (pid {pid}) and runs here again"
+            ),
+            Err(e) => format!(
+                "the live migration to {to} failed after the final dump ({cause}); {what} was \
+                 restored here as pid {pid}, but the engine cannot watch it: {e}"
+            ),
+        },
+    }
+}
 
 impl Mover {
     /// Why a live move of `id` cannot even start here, if it cannot.
@@ -252,26 +307,18 @@ impl Mover {
         Reply::Refused { reason }
     }
 
-    /// The end of a live move on either engine, once the target restored the task: the
-    /// instance here goes (the final checkpoint ended its process; its forwarders free their
-    /// ports), `Released` lets the target bind them and adopt the task, and only on its
-    /// `Adopted` are the calls routed there, the hold released and the overlay told. A target
-    /// that cannot take the task has killed it: the instance is lost, and the reply says so.
-    #[allow(clippy::too_many_arguments)]
-    async fn hand_over(
+    /// Gives the task to the target, which restored it (the machine's `Commit`): the instance
+    /// here goes (the final checkpoint ended its process; its forwarders free their ports),
+    /// `Released` lets the target bind them and adopt the task; returns what it answered and,
+    /// on `Adopted`, the instance there.
+    async fn commit(
         &self,
         id: &InstanceId,
-        endpoint: InstanceId,
-        hold: Hold,
-        held: Instant,
         stream: &mut Compat<Stream>,
-        spec: &InstanceSpec,
         dest: &Destination,
         migrated: &Migrated,
         phases: &mpsc::Sender<Phase>,
-        what: &str,
-        how: &str,
-    ) -> Reply {
+    ) -> (FinishInput, Option<InstanceView>) {
         let _ = phases
             .send(Phase::Restored {
                 downtime_ms: ms(migrated.downtime),
@@ -280,31 +327,51 @@ impl Mover {
                 wire_bytes: migrated.wire_bytes,
             })
             .await;
-        // The task runs on the target: the instance here (forwarders, files, an exited
-        // container) goes, which frees the forwarder ports.
         self.deployer.stop_instance(id).await;
         let adopted = async {
             write_frame(stream.get_mut(), &Frame::Released).await?;
             read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await
         };
-        let instance = match tokio::time::timeout(RELEASE_WAIT, adopted).await {
-            Ok(Ok(Frame::Adopted { instance })) => instance,
-            other => {
-                let why = match other {
-                    Ok(Ok(Frame::Failed { reason })) => reason,
-                    Ok(Ok(f)) => format!("it answered {f:?}"),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("no answer within {RELEASE_WAIT:?}"),
-                };
-                let reason = format!(
-                    "{what} was restored on {} but that node could not take it ({why}); it is \
-                     lost",
-                    dest.name
-                );
-                return self.lost(&endpoint, hold, reason).await;
+        match tokio::time::timeout(RELEASE_WAIT, adopted).await {
+            Ok(Ok(Frame::Adopted { instance })) => (FinishInput::Adopted, Some(instance)),
+            Ok(Ok(Frame::Failed { reason })) => (FinishInput::NotAdopted(reason), None),
+            Ok(Ok(f)) => (FinishInput::NotAdopted(format!("it answered {f:?}")), None),
+            Ok(Err(e)) => {
+                warn!(instance = %id, to = %dest.name, error = %e, "the target's Adopted was lost");
+                (FinishInput::AdoptionUnheard(e.to_string()), None)
             }
-        };
-        let _ = phases.send(Phase::Switching).await;
+            Err(_) => (
+                FinishInput::AdoptionUnheard(format!("no answer within {RELEASE_WAIT:?}")),
+                None,
+            ),
+        }
+    }
+
+    /// The end of a move to the target (the machine's `Done(Moved)`): calls are routed there,
+    /// the hold released and the overlay told. `view` is the target's `Adopted` instance; when
+    /// that answer was lost (`confirmed` false) the instance is described from its spec.
+    #[allow(clippy::too_many_arguments)]
+    async fn switch(
+        &self,
+        endpoint: InstanceId,
+        hold: Hold,
+        held: Instant,
+        spec: &InstanceSpec,
+        dest: &Destination,
+        migrated: &Migrated,
+        view: Option<InstanceView>,
+        confirmed: bool,
+        what: &str,
+        how: &str,
+    ) -> Reply {
+        let instance = view.unwrap_or_else(|| {
+            self.deployer.view(
+                spec,
+                "(unconfirmed)",
+                0,
+                "unconfirmed: its Adopted was lost".into(),
+            )
+        });
         self.deployer
             .routes
             .set_host_addrs(dest.peer, dest.addrs.clone());
@@ -318,7 +385,7 @@ impl Mover {
             .await;
         self.deployer.readvertise().await;
         info!(%what, to = %dest.name, held_ms, downtime_ms = ms(migrated.downtime),
-              rounds = migrated.rounds.len(), wire_bytes = migrated.wire_bytes, told,
+              rounds = migrated.rounds.len(), wire_bytes = migrated.wire_bytes, told, confirmed,
               "{how}");
         Reply::Migrated {
             to: dest.peer,
@@ -328,6 +395,80 @@ impl Mover {
             state_bytes: migrated.wire_bytes,
             held_ms,
             told,
+        }
+    }
+
+    /// The restorer of an incoming move of `id` at `g`: `inner`, behind the fence table, the
+    /// lease and this node's test fault.
+    fn guarded(
+        &self,
+        inner: Arc<dyn Restorer>,
+        id: &InstanceId,
+        g: crate::deploy::wire::Generation,
+        link: &Arc<Link>,
+    ) -> Arc<dyn Restorer> {
+        Arc::new(Guarded {
+            inner,
+            book: self.fences.clone(),
+            id: id.clone(),
+            generation: g,
+            link: link.clone(),
+            fault: self.fault,
+        })
+    }
+
+    /// `migrate_in` on the target's end of `stream`, timed for the lease (and faulted, in tests).
+    async fn receive_guarded(
+        &self,
+        stream: &mut Compat<Stream>,
+        opts: TargetOptions,
+        link: &Arc<Link>,
+        id: &InstanceId,
+        g: crate::deploy::wire::Generation,
+    ) -> Result<Received, LiveError> {
+        let watched = Watched::new(stream, link.clone(), self.fault);
+        let received = migrate_in(watched, opts).await;
+        if let Err(e) = &received {
+            debug!(instance = %id, generation = %g, error = %e, "nothing restored");
+        }
+        received
+    }
+
+    /// Waits for the source to release the restored copy of `id` at `g`: `Ok` once it did (the
+    /// copy may be adopted), `Err` when the copy must go: the source cannot release it (it never
+    /// heard of the restore, or the link broke), fenced it, or the lease ran out.
+    async fn await_release(
+        &self,
+        stream: &mut Compat<Stream>,
+        link: &Link,
+        id: &InstanceId,
+        g: crate::deploy::wire::Generation,
+        told: bool,
+    ) -> Result<(), String> {
+        if !told {
+            return Err("the source never heard of the restore".to_string());
+        }
+        let lease_end = (*link.lease_end.lock().unwrap_or_else(|p| p.into_inner()))
+            .unwrap_or_else(Instant::now);
+        let cut = link.is_cut();
+        let released = async {
+            if cut {
+                // Behind a cut link (a test fault) nothing comes.
+                std::future::pending::<()>().await;
+            }
+            read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await
+        };
+        tokio::select! {
+            r = released => match r {
+                Ok(Frame::Released) if self.fences.with(|f| f.adopt(id, g)) => Ok(()),
+                Ok(Frame::Released) => Err(format!("generation {g} of {id} was fenced")),
+                Ok(f) => Err(format!("the source answered {f:?} instead of Released")),
+                Err(e) => Err(format!("the source did not release the instance: {e}")),
+            },
+            () = self.fences.fenced(id, g) => Err(format!("the source fenced generation {g}")),
+            () = tokio::time::sleep_until(lease_end.into()) => Err(format!(
+                "the source did not release it within this node's lease ({:?})", guard::LEASE
+            )),
         }
     }
 

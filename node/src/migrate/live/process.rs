@@ -81,6 +81,7 @@ impl Mover {
                 ))
             }
         };
+        let generation = moved.generation;
         let hello = Frame::Hello {
             spec: Box::new(moved),
             port,
@@ -131,59 +132,146 @@ impl Mover {
         }
         p.set_migrating(&name, true);
         let work_dir = opts.work_dir.clone();
+        let kept = opts.clone();
         let rounds = phases.clone();
         let out = migrate_out(&mut stream, pid, opts, |r| {
             let _ = rounds.try_send(round_phase(r));
         })
         .await;
-        drop(local_in);
-        let _ = std::fs::remove_dir_all(&work_dir);
-        let migrated = match out {
-            Ok(m) => m,
+        let (first, mut doubt, migrated) = match out {
+            Ok(m) => (FinishInput::RestoredThere { in_time: true }, None, Some(m)),
             Err(e) if e.task_untouched() => {
+                let _ = std::fs::remove_dir_all(&work_dir);
                 p.set_migrating(&name, false);
                 return untouched(format!("the live migration to {} failed: {e}", dest.name));
             }
+            // The target said it failed, and the pipeline restored the task here already.
             Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
+                let _ = std::fs::remove_dir_all(&work_dir);
                 let adopted = p.adopt(&launch, pid, local_out).await;
+                drop(local_in);
                 drop(hold);
-                return Reply::Refused {
-                    reason: match adopted {
-                        Ok(()) => format!(
-                            "the live migration to {} failed after the final dump ({cause}); \
-                             {what} was restored here (pid {pid}) and runs here again",
-                            dest.name
-                        ),
-                        Err(e) => format!(
-                            "the live migration to {} failed after the final dump ({cause}); \
-                             {what} was restored here as pid {pid}, but the engine cannot \
-                             watch it: {e}",
-                            dest.name
-                        ),
-                    },
-                };
+                return back_here(adopted, &dest.name, &cause.to_string(), &what, pid);
             }
+            Err(LiveError::InDoubt {
+                cause,
+                images,
+                last_heard,
+            }) => (
+                FinishInput::NoAnswer(cause.to_string()),
+                Some((*cause, images, last_heard)),
+                None,
+            ),
             Err(e) => {
+                let _ = std::fs::remove_dir_all(&work_dir);
                 self.deployer.stop_instance(id).await;
                 return self
                     .lost(&endpoint, hold, format!("{what} is lost: {e}"))
                     .await;
             }
         };
-        self.hand_over(
-            id,
-            endpoint,
-            hold,
-            held,
-            &mut stream,
-            &spec,
-            dest,
-            &migrated,
-            phases,
-            &what,
-            "instance moved live with CRIU",
-        )
-        .await
+        // The task is frozen for good here: the finish machine says who runs it.
+        let (mut finish, mut action) = Finish::start(first);
+        let mut local_out = Some(local_out);
+        let mut view = None;
+        let mut restored_pid = None;
+        let reply = loop {
+            let input = match action {
+                FinishAction::Commit => {
+                    let Some(m) = &migrated else {
+                        break self
+                            .lost(
+                                &endpoint,
+                                hold,
+                                format!("internal: {what} has no migration to commit"),
+                            )
+                            .await;
+                    };
+                    let (input, v) = self.commit(id, &mut stream, dest, m, phases).await;
+                    view = v;
+                    input
+                }
+                FinishAction::Fence => {
+                    let heard = doubt.as_ref().map_or_else(Instant::now, |d| d.2);
+                    self.fence_target(dest, id, generation, heard).await
+                }
+                FinishAction::RestoreHere => {
+                    let Some((cause, images, _)) = doubt.take() else {
+                        break self
+                            .lost(
+                                &endpoint,
+                                hold,
+                                format!("internal: no final images of {what}"),
+                            )
+                            .await;
+                    };
+                    match restore_at_source(&kept, pid, &images, cause).await {
+                        LiveError::RestoredAtSource { pid, .. } => {
+                            let out = local_out.take();
+                            match out {
+                                Some(out) => match p.adopt(&launch, pid, out).await {
+                                    Ok(()) => {
+                                        restored_pid = Some(pid);
+                                        FinishInput::RestoredHere
+                                    }
+                                    Err(e) => FinishInput::RestoreFailed(format!(
+                                        "restored here as pid {pid}, but the engine cannot watch it: {e}"
+                                    )),
+                                },
+                                None => FinishInput::RestoreFailed("internal: no pipe".into()),
+                            }
+                        }
+                        e => FinishInput::RestoreFailed(e.to_string()),
+                    }
+                }
+                FinishAction::Done(FinishEnd::Moved { confirmed }) => {
+                    let Some(m) = &migrated else {
+                        break self
+                            .lost(
+                                &endpoint,
+                                hold,
+                                format!("internal: {what} moved without a migration"),
+                            )
+                            .await;
+                    };
+                    break self
+                        .switch(
+                            endpoint,
+                            hold,
+                            held,
+                            &spec,
+                            dest,
+                            m,
+                            view.take(),
+                            confirmed,
+                            &what,
+                            "instance moved live with CRIU",
+                        )
+                        .await;
+                }
+                FinishAction::Done(FinishEnd::BackHere(why)) => {
+                    drop(hold);
+                    let pid = restored_pid.unwrap_or_default();
+                    break Reply::Refused {
+                        reason: format!(
+                            "the live migration to {} failed after the final dump ({why}); \
+                             {what} was restored here (pid {pid}) and runs here again",
+                            dest.name
+                        ),
+                    };
+                }
+                FinishAction::Done(FinishEnd::Lost(why)) => {
+                    self.deployer.stop_instance(id).await;
+                    break self
+                        .lost(&endpoint, hold, format!("{what} is lost: {why}"))
+                        .await;
+                }
+            };
+            action = finish.next(input);
+        };
+        drop(local_in);
+        let _ = std::fs::remove_dir_all(&work_dir);
+        reply
     }
 
     /// The target side on the process engine: CRIU restores the process tree.
@@ -228,14 +316,23 @@ impl Mover {
                 return;
             }
         };
+        let (id, g) = (spec.id.clone(), spec.generation);
+        if let Err(reason) = self.fences.with(|f| f.arrive(&id, g)) {
+            let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+            return;
+        }
         if let Err(e) = p.lay_out(&launch).await {
             p.drop_layout(&launch).await;
+            self.fences.with(|f| f.gone(&id, g));
             let reason = format!("cannot lay the task's files out: {e}");
             let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
             return;
         }
+        // The lease counts from the target's last message: this one is the first.
+        let link = Link::new();
         if write_frame(stream.get_mut(), &Frame::Ready).await.is_err() {
             p.drop_layout(&launch).await;
+            self.fences.with(|f| f.gone(&id, g));
             return;
         }
         let mut opts = TargetOptions::new(scratch_dir("live-in"));
@@ -248,7 +345,8 @@ impl Mover {
                 fd: into_task.as_raw_fd(),
             }];
         }
-        let received = migrate_in(&mut stream, opts).await;
+        opts.restorer = Some(self.guarded(opts.restorer(), &id, g, &link));
+        let received = self.receive_guarded(&mut stream, opts, &link, &id, g).await;
         drop(into_task);
         let received = match received {
             Ok(r) => {
@@ -261,33 +359,33 @@ impl Mover {
             Err(e) => {
                 info!(%peer, task = %launch.name, error = %e, "live migration in failed");
                 p.drop_layout(&launch).await;
+                self.fences.with(|f| f.gone(&id, g));
                 return;
             }
         };
-        let released = tokio::time::timeout(
-            RELEASE_WAIT,
-            read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME),
-        )
-        .await;
-        let outcome = match released {
-            Ok(Ok(Frame::Released)) => {
+        let outcome = match self
+            .await_release(&mut stream, &link, &id, g, received.told)
+            .await
+        {
+            Ok(()) => {
                 self.take_restored(&p, spec, &launch, &call_ports, received.pid, out)
                     .await
             }
-            other => Err(format!(
-                "the source did not release the instance: {other:?}"
-            )),
+            Err(why) => Err(why),
         };
         let reply = match outcome {
             Ok(instance) => Frame::Adopted { instance },
             Err(reason) => {
                 warn!(task = %launch.name, pid = received.pid, %reason, "killing a restored task this node cannot take");
-                criu_task::kill(received.pid, libc::SIGKILL);
+                guard::kill_copy(received.pid).await;
                 p.drop_layout(&launch).await;
+                self.fences.with(|f| f.gone(&id, g));
                 Frame::Failed { reason }
             }
         };
-        let _ = write_frame(stream.get_mut(), &reply).await;
+        if !link.is_cut() {
+            let _ = write_frame(stream.get_mut(), &reply).await;
+        }
     }
 
     /// Whether a live move of `spec` into this node is acceptable, and the engine that takes it.
