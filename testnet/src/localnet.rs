@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+/// The latency budget test commands map within (see [`LocalNet::brume`]).
+pub const TEST_BUDGET: &str = "5s";
+
 pub struct LocalNet {
     dir: tempfile::TempDir,
     bin: PathBuf,
@@ -21,7 +24,8 @@ pub struct LocalNet {
 
 impl LocalNet {
     /// Starts `n` daemons of `bin` with `args` added to each `brume node` command line, and
-    /// waits (up to 60 s, generous for a loaded machine) until node 0 is connected to all the others.
+    /// waits (up to 60 s, generous for a loaded machine) until node 0 is connected to all the others
+    /// and its map within [`TEST_BUDGET`] holds them all.
     pub fn start(bin: &Path, n: usize, args: &[&str]) -> anyhow::Result<LocalNet> {
         Self::start_with_env(bin, n, args, &|_| Vec::new())
     }
@@ -55,12 +59,14 @@ impl LocalNet {
                 .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
                 .and_then(|v| v.as_array().map(Vec::len))
                 .unwrap_or(0);
-            if peers + 1 >= n {
+            if peers + 1 >= n && net.map_size(0) >= n {
                 return Ok(net);
             }
             if Instant::now() > deadline {
                 anyhow::bail!(
-                    "the {n} daemons did not connect within 60 s (node 0 sees {peers} peers)"
+                    "the {n} daemons did not connect and map within 60 s (node 0 sees {peers} \
+                     peers, its map {} nodes)",
+                    net.map_size(0)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -120,11 +126,28 @@ impl LocalNet {
 
     /// Runs `brume ARGS --control <node i's socket>`.
     pub fn brume(&self, i: usize, args: &[&str]) -> std::io::Result<Output> {
-        Command::new(&self.bin)
-            .args(args)
-            .arg("--control")
-            .arg(self.sock(i))
-            .output()
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).arg("--control").arg(self.sock(i));
+        // Placing and moving read a latency-bounded map, and a latency bound is a timing bound:
+        // on one loaded host a ping can take longer than the 80 ms default and drop a node from
+        // the map, failing a test that is not about latency. Unless the test gives a budget,
+        // these commands map within TEST_BUDGET, which no loopback round trip reaches.
+        let maps = matches!(args.first(), Some(&("deploy" | "migrate" | "drain")));
+        if maps && !args.contains(&"--budget") {
+            cmd.args(["--budget", TEST_BUDGET]);
+        }
+        cmd.output()
+    }
+
+    /// How many nodes node `i`'s fresh map within [`TEST_BUDGET`] holds (0 if it cannot say).
+    /// Every node needs a measured round trip to be mapped, so this is what "ready to place"
+    /// means, beyond "connected".
+    pub fn map_size(&self, i: usize) -> usize {
+        self.brume(i, &["map", "--json", "--fresh", "--budget", TEST_BUDGET])
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|v| v["nodes"].as_array().map(Vec::len))
+            .unwrap_or(0)
     }
 
     /// Stops node `i` as an operator would (SIGTERM) and waits up to `limit` for it to exit;
