@@ -18,10 +18,8 @@
 //! removed when a test ends (`common::ServiceNet`), runc leftovers by [`RuncLeftovers`]. A
 //! missing Docker, CRIU (>= 4.2), runc or root is a skip recorded by `brume_testnet::require`.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +27,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use brume_control::Deployed;
+use brume_control::PsRow;
 use brume_control::{DrainLine, Moved};
-use brume_control::{PsRow, StatusView};
 use brume_testnet::require::{self, Need};
 use common::{docker_live_supported, live_move_supported, port_of, text, RuncLeftovers};
 
@@ -65,45 +63,14 @@ fn manifest(dir: &Path, service: &str) -> PathBuf {
     m
 }
 
+/// The test's nodes: [`common::ServiceNet`], whose commands it reaches through `Deref`.
 struct Net(common::ServiceNet);
 
-impl Net {
-    fn brume(&self, i: usize, args: &[&str]) -> Output {
-        self.0.brume(i, args)
-    }
+impl std::ops::Deref for Net {
+    type Target = common::ServiceNet;
 
-    fn containers(&self) -> Vec<String> {
-        self.0.containers()
-    }
-
-    /// `brume ARGS` on node `i`, its `--json` output read as the command's typed reply.
-    fn json<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> T {
-        let out = self.brume(i, args);
-        assert!(
-            out.status.success(),
-            "brume {args:?} on node {i} failed: {}\n{}",
-            text(&out.stderr),
-            text(&out.stdout)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("brume {args:?}: not JSON ({e}): {}", text(&out.stdout)))
-    }
-
-    fn status(&self, i: usize) -> (String, String) {
-        let s: StatusView = self.json(i, &["status", "--json"]);
-        (format!("n{}", s.node_id), s.peer_id)
-    }
-
-    /// (task -> (host node id, port)) from the initiator's `brume ps`, every row running.
-    fn placement(&self) -> BTreeMap<String, (String, u16)> {
-        let ps: Vec<PsRow> = self.json(0, &["ps", "--json"]);
-        let mut out = BTreeMap::new();
-        for row in &ps {
-            let r = &row.instance;
-            assert_eq!(r.state, "running", "{ps:#?}");
-            out.insert(r.task.clone(), (r.host.clone(), port_of(&r.address)));
-        }
-        out
+    fn deref(&self) -> &common::ServiceNet {
+        &self.0
     }
 }
 

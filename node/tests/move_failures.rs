@@ -17,17 +17,14 @@
 //! Waits are on events with a generous liveness bound; a missing CRIU or root is a skip
 //! recorded by `brume_testnet::require`.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use brume_control::{Deployed, PsRow, StatusView};
-use brume_testnet::require::{self, Need};
-use common::{port_of, text};
+use brume_control::Deployed;
+use common::{live_move_supported, text};
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
 
@@ -37,66 +34,19 @@ const MAX_DOWNTIME: &str = "120s";
 /// A liveness bound on anything a test waits for, never a speed claim.
 const LIVENESS: Duration = Duration::from_secs(60);
 
+/// The test's nodes: [`common::ServiceNet`], whose commands it reaches through `Deref`.
 struct Net(common::ServiceNet);
 
-impl Net {
-    fn brume(&self, i: usize, args: &[&str]) -> Output {
-        self.0.brume(i, args)
-    }
+impl std::ops::Deref for Net {
+    type Target = common::ServiceNet;
 
-    fn json<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> T {
-        let out = self.brume(i, args);
-        assert!(
-            out.status.success(),
-            "brume {args:?} on node {i} failed: {}\n{}",
-            text(&out.stderr),
-            text(&out.stdout)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("brume {args:?}: not JSON ({e}): {}", text(&out.stdout)))
-    }
-
-    fn status(&self, i: usize) -> (String, String) {
-        let s: StatusView = self.json(i, &["status", "--json"]);
-        (format!("n{}", s.node_id), s.peer_id)
-    }
-
-    /// (task -> (host node id, port)) from the initiator's `brume ps`, every row running.
-    fn placement(&self) -> BTreeMap<String, (String, u16)> {
-        let ps: Vec<PsRow> = self.json(0, &["ps", "--json"]);
-        let mut out = BTreeMap::new();
-        for row in &ps {
-            let r = &row.instance;
-            assert_eq!(r.state, "running", "{ps:#?}");
-            out.insert(r.task.clone(), (r.host.clone(), port_of(&r.address)));
-        }
-        out
+    fn deref(&self) -> &common::ServiceNet {
+        &self.0
     }
 }
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
-}
-
-/// Whether this machine can move a task live (root, criu >= 4.2); a skip recorded otherwise.
-fn live_move_supported(test: &str) -> bool {
-    if !require::criu(test) {
-        return false;
-    }
-    match brume_migration::criu::Criu::new().version() {
-        Err(e) => {
-            require::missing(test, Need::Criu, &format!("criu's version is unknown: {e}"));
-            false
-        }
-        Ok(v) => {
-            let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-            if (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (4, 2) {
-                require::missing(test, Need::Criu, &format!("criu {v} is older than 4.2"));
-                return false;
-            }
-            true
-        }
-    }
 }
 
 /// Asks until the chain answers in full, for at most [`LIVENESS`].

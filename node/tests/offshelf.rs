@@ -25,14 +25,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use brume_control::{Deployed, LogLines, PsRow, StatusView};
+use brume_control::{Deployed, LogLines, PsRow};
 use common::text;
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
@@ -111,30 +110,15 @@ fn manifest(dir: &Path, service: &str) -> PathBuf {
 
 struct Net(common::ServiceNet);
 
+impl std::ops::Deref for Net {
+    type Target = common::ServiceNet;
+
+    fn deref(&self) -> &common::ServiceNet {
+        &self.0
+    }
+}
+
 impl Net {
-    fn brume(&self, i: usize, args: &[&str]) -> Output {
-        self.0.brume(i, args)
-    }
-
-    /// `brume ARGS` on node `i`, its `--json` output read as the command's typed reply.
-    fn json<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> T {
-        let out = self.brume(i, args);
-        assert!(
-            out.status.success(),
-            "brume {args:?} on node {i} failed: {}\n{}",
-            text(&out.stderr),
-            text(&out.stdout)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("brume {args:?}: not JSON ({e}): {}", text(&out.stdout)))
-    }
-
-    /// Node `i`'s id (as `ps` names hosts) and peer id.
-    fn status(&self, i: usize) -> (String, String) {
-        let s: StatusView = self.json(i, &["status", "--json"]);
-        (format!("n{}", s.node_id), s.peer_id)
-    }
-
     /// Waits until node 0's map within [`BUDGET_MS`] holds `n` nodes (each needs a measured
     /// round trip first), for at most [`LIVENESS`].
     fn wait_map(&self, n: usize) {

@@ -424,6 +424,37 @@ impl ServiceNet {
         self.net.dir()
     }
 
+    /// `brume ARGS` on node `i`, its `--json` output read as the command's typed reply.
+    pub fn json<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> T {
+        let out = self.brume(i, args);
+        assert!(
+            out.status.success(),
+            "brume {args:?} on node {i} failed: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("brume {args:?}: not JSON ({e}): {}", text(&out.stdout)))
+    }
+
+    /// Node `i`'s id (as `ps` names hosts) and peer id.
+    pub fn status(&self, i: usize) -> (String, String) {
+        let s: brume_control::StatusView = self.json(i, &["status", "--json"]);
+        (format!("n{}", s.node_id), s.peer_id)
+    }
+
+    /// (task -> (host node id, port)) from the initiator's `brume ps`, every row running.
+    pub fn placement(&self) -> std::collections::BTreeMap<String, (String, u16)> {
+        let ps: Vec<brume_control::PsRow> = self.json(0, &["ps", "--json"]);
+        let mut out = std::collections::BTreeMap::new();
+        for row in &ps {
+            let r = &row.instance;
+            assert_eq!(r.state, "running", "{ps:#?}");
+            out.insert(r.task.clone(), (r.host.clone(), port_of(&r.address)));
+        }
+        out
+    }
+
     /// Runs `brume ARGS` against node `i`.
     pub fn brume(&self, i: usize, args: &[&str]) -> std::process::Output {
         self.net.brume(i, args).expect("brume runs")
