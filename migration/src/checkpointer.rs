@@ -84,6 +84,12 @@ pub trait Restorer: Send + Sync + fmt::Debug {
         dumped_pid: u32,
         log: &Path,
     ) -> Result<Restored, CheckpointError>;
+
+    /// Whether this restores a process with CRIU, so that post-copy's lazy restore of the same
+    /// images may stand in for it (a container restorer may not: runc restores containers).
+    fn restores_a_process(&self) -> bool {
+        false
+    }
 }
 
 /// Checkpoints a running task. The source side of a live migration; its [`Restorer`] half is
@@ -185,6 +191,10 @@ pub struct CriuProcess {
 }
 
 impl Restorer for CriuProcess {
+    fn restores_a_process(&self) -> bool {
+        true
+    }
+
     fn restore(
         &self,
         images: &Path,
@@ -225,6 +235,10 @@ pub struct CriuRestore {
 }
 
 impl Restorer for CriuRestore {
+    fn restores_a_process(&self) -> bool {
+        true
+    }
+
     fn restore(
         &self,
         images: &Path,

@@ -195,7 +195,14 @@ where
             if version != VERSION {
                 return Err(LiveError::Version(version));
             }
-            if mode == Mode::PostCopy && opts.restorer.is_some() {
+            // Post-copy restores lazily with CRIU itself: a process restorer (guarded or not)
+            // may be stood in for; a container restorer may not. (A guarded restorer's fence
+            // and lease do not wrap the lazy restore: its own failure path kills the copy.)
+            let lazy_ok = opts
+                .restorer
+                .as_ref()
+                .is_none_or(|r| r.restores_a_process());
+            if mode == Mode::PostCopy && !lazy_ok {
                 return Err(CheckpointError::Unsupported(
                     "post-copy moves processes dumped with CRIU only, not containers".into(),
                 )

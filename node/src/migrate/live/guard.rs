@@ -118,6 +118,10 @@ fn refused(why: String) -> CheckpointError {
 }
 
 impl Restorer for Guarded {
+    fn restores_a_process(&self) -> bool {
+        self.inner.restores_a_process()
+    }
+
     fn restore(
         &self,
         images: &std::path::Path,
