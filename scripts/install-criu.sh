@@ -20,14 +20,18 @@
 #      an installed package; libcap-dev's header (criu needs only <sys/capability.h>, not the
 #      library) is unpacked into the cache instead of installed: bookworm's libcap-dev must be
 #      the same version as the installed libcap2, which a machine's image is often behind;
-#   3. `make criu` (no docs, no GnuTLS, with nftables), `make install-criu` into a staging dir,
+#   3. brume's patches (scripts/criu-patches/*.patch, applied in order to the pristine source:
+#      `dump --lazy-pages-defer-read`, which keeps a lazy dump's freeze from growing with memory;
+#      docs/criu.md says why);
+#   4. `make criu` (no docs, no GnuTLS, with nftables), `make install-criu` into a staging dir,
 #      copied to /usr/local (criu at /usr/local/sbin/criu); the list of files goes to the cache
-#      dir, and a later run with a cached build takes no download.
+#      dir, and a later run with a cached build takes no download (nor does a rebuild for new
+#      patches: the verified source in the cache is unpacked again).
 # Cache: ${BRUME_CACHE_DIR:-/var/cache/brume}/criu. Mirror: $BRUME_DEBIAN_MIRROR (default
 # http://deb.debian.org/debian); suite: $BRUME_CRIU_SUITE (default sid). See docs/criu.md.
 #
 # Does nothing when `criu --version` reports >= 4.2, `criu check` passes, criu supports
-# `--network-lock nftables` and `nft` exists. Needs root (re-runs itself through sudo otherwise).
+# `--network-lock nftables` and `dump --lazy-pages-defer-read`, and `nft` exists. Needs root (re-runs itself through sudo otherwise).
 set -euo pipefail
 
 want=4.2
@@ -36,6 +40,10 @@ mirror=${BRUME_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 cache=${BRUME_CACHE_DIR:-/var/cache/brume}/criu
 prefix=/usr/local
 here=$(cd "$(dirname "$0")" && pwd)
+patches=("$here"/criu-patches/*.patch)
+[ -f "${patches[0]}" ] || { echo "install-criu: error: no patches in $here/criu-patches" >&2; exit 1; }
+# What a build is of: a cached build whose .brume-built holds another id is built again.
+build_id=$(cat "${patches[@]}" | sha256sum | cut -c1-16)
 
 mode=install
 case "${1:-}" in
@@ -59,8 +67,10 @@ criu_version() {
 }
 
 # True when criu ($1, default the one on PATH) is >= $want, `criu check` prints "Looks good"
-# (also "Looks good but some kernel features are missing") and it can lock the network with
-# nftables. Every criu command may also log "rlimit: Can't setup RLIMIT_NOFILE": harmless.
+# (also "Looks good but some kernel features are missing"), it can lock the network with
+# nftables and it carries brume's patches (its --help names --lazy-pages-defer-read, and the
+# build this script installed last was of the patches here now). Every criu
+# command may also log "rlimit: Can't setup RLIMIT_NOFILE": harmless.
 criu_ok() {
   local criu=${1:-criu} version check
   command -v "$criu" >/dev/null || return 1
@@ -68,6 +78,9 @@ criu_ok() {
   [ -n "$version" ] && dpkg --compare-versions "$version" ge "$want" || return 1
   check=$($sudo "$criu" check 2>&1 || true) # captured first: `| grep -q` could SIGPIPE criu under pipefail
   [[ "$check" == *"Looks good"* ]] || return 1
+  [[ "$("$criu" --help 2>&1 || true)" == *"--lazy-pages-defer-read"* ]] || return 1
+  # Built from these patches (the id install writes; patches that changed since mean a rebuild).
+  [ "$(cat "$cache/installed-build-id" 2>/dev/null)" = "$build_id" ] || return 1
   $sudo "$criu" check --feature network_lock_nftables >/dev/null 2>&1
 }
 
@@ -131,7 +144,7 @@ fi
 # Build dependencies, all from this machine's own apt sources. criu needs protobuf-c, libnl-3,
 # libnet, libuuid and (for --network-lock nftables) libnftables; libbsd is optional
 # (setproctitle). Each -dev package brings its runtime library, which criu then links to.
-build_deps=(gcc make libc6-dev pkg-config xz-utils protobuf-c-compiler libprotobuf-c-dev
+build_deps=(gcc make libc6-dev pkg-config xz-utils patch protobuf-c-compiler libprotobuf-c-dev
   protobuf-compiler libprotobuf-dev libnl-3-dev libnet1-dev uuid-dev libnftables-dev)
 optional_deps=(libbsd-dev)
 if [ "$need_nft" -eq 1 ]; then
@@ -144,19 +157,52 @@ if [ "$need_criu" -eq 0 ]; then
   exit 0
 fi
 if command -v criu >/dev/null; then
-  say "criu $(criu_version) at $(command -v criu) is not enough: brume needs >= $want (older ones cannot dump TCP sockets on Linux >= 6.16), a passing 'criu check' and --network-lock nftables"
+  say "criu $(criu_version) at $(command -v criu) is not enough: brume needs >= $want (older ones cannot dump TCP sockets on Linux >= 6.16), a passing 'criu check', --network-lock nftables and brume's patches (dump --lazy-pages-defer-read)"
 fi
 
-# A cached build (newest version first), unless --rebuild.
+# Unpacks the upstream tarball in $1/dl into $1/src, after checking it against the .dsc beside
+# it, and applies brume's patches. Prints the tree.
+unpack() {
+  local dir=$1 dsc orig sum
+  dsc=$(ls "$dir"/dl/*.dsc 2>/dev/null | head -n1)
+  [ -f "$dsc" ] || return 1
+  orig=$(awk '/^Checksums-Sha256:/ {s=1; next} /^[^ ]/ {s=0} s && $3 ~ /\.orig\.tar\./ {print $3}' "$dsc" | grep -v '\.asc$' | head -n1)
+  sum=$(awk -v f="$orig" '/^Checksums-Sha256:/ {s=1; next} /^[^ ]/ {s=0} s && $3 == f {print $1}' "$dsc")
+  [ -n "$orig" ] && [ -n "$sum" ] || die "no upstream tarball listed in $dsc"
+  echo "$sum  $dir/dl/$orig" | sha256sum --check --quiet >/dev/null 2>&1 ||
+    die "$orig does not match the SHA-256 in $dsc"
+  say "verified $orig (SHA-256 $sum, as listed in the .dsc, which apt checked against the signed index)" >&2
+  rm -rf "$dir/src" "$dir/stage"
+  mkdir -p "$dir/src"
+  tar -xf "$dir/dl/$orig" -C "$dir/src" --strip-components=1
+  local p
+  for p in "${patches[@]}"; do
+    say "applying $(basename "$p")" >&2
+    patch -d "$dir/src" -p1 --quiet --forward <"$p" >&2 || die "$(basename "$p") does not apply to $orig"
+  done
+  echo "$dir/src"
+}
+
+# A cached build of these patches (newest version first), unless --rebuild; else a source
+# downloaded by an earlier run, unpacked and patched again.
 tree=""
 if [ "$mode" != rebuild ]; then
   for d in $(printf '%s\n' "$cache"/criu-*/src | sort -rV); do
-    if [ -f "$d/.brume-built" ] && [ -x "$d/criu/criu" ]; then
+    if [ "$(cat "$d/.brume-built" 2>/dev/null)" = "$build_id" ] && [ -x "$d/criu/criu" ]; then
       tree=$d
       say "using the cached build in $tree"
       break
     fi
   done
+  if [ -z "$tree" ]; then
+    for d in $(printf '%s\n' "$cache"/criu-*/dl | sort -rV); do
+      if [ -d "$d" ] && tree=$(unpack "$(dirname "$d")"); then
+        say "rebuilding from the source downloaded before, in $tree"
+        break
+      fi
+      tree=""
+    done
+  fi
 fi
 
 if [ -z "$tree" ]; then
@@ -200,16 +246,7 @@ EOF
     die "could not download criu $version's source from $mirror"
   dsc="$dir/dl/criu_${version#*:}.dsc"
   [ -f "$dsc" ] || die "$dsc is missing after the download"
-  orig=$(awk '/^Checksums-Sha256:/ {s=1; next} /^[^ ]/ {s=0} s && $3 ~ /\.orig\.tar\./ {print $3}' "$dsc" | grep -v '\.asc$' | head -n1)
-  sum=$(awk -v f="$orig" '/^Checksums-Sha256:/ {s=1; next} /^[^ ]/ {s=0} s && $3 == f {print $1}' "$dsc")
-  [ -n "$orig" ] && [ -n "$sum" ] || die "no upstream tarball listed in $dsc"
-  echo "$sum  $dir/dl/$orig" | sha256sum --check --quiet >/dev/null 2>&1 ||
-    die "$orig does not match the SHA-256 in $dsc"
-  say "verified $orig (SHA-256 $sum, as listed in the .dsc, which apt checked against $suite's signed index)"
-  tree="$dir/src"
-  rm -rf "$tree" "$dir/stage"
-  mkdir -p "$tree"
-  tar -xf "$dir/dl/$orig" -C "$tree" --strip-components=1
+  tree=$(unpack "$dir") || die "could not unpack the source in $dir"
 fi
 dir=$(dirname "$tree")
 upstream=${dir##*/criu-}
@@ -234,7 +271,7 @@ if [ ! -f /usr/include/sys/capability.h ]; then
 fi
 
 # 3. Build (or reuse) and install.
-if [ ! -f "$tree/.brume-built" ] || [ ! -x "$tree/criu/criu" ]; then
+if [ "$(cat "$tree/.brume-built" 2>/dev/null)" != "$build_id" ] || [ ! -x "$tree/criu/criu" ]; then
   say "building criu $upstream in $tree (make -j2 criu; log: $dir/build.log)"
   build_started=$(date +%s)
   if ! make -C "$tree" -j2 PREFIX="$prefix" NO_GNUTLS=1 USERCFLAGS="$cflags" criu >"$dir/build.log" 2>&1; then
@@ -243,7 +280,7 @@ if [ ! -f "$tree/.brume-built" ] || [ ! -x "$tree/criu/criu" ]; then
   fi
   grep -E '^(Note|Warn):' "$dir/build.log" | sed 's/^/  /' || true
   say "built criu $upstream in $(($(date +%s) - build_started)) s"
-  touch "$tree/.brume-built"
+  echo "$build_id" >"$tree/.brume-built"
 fi
 stage="$dir/stage"
 rm -rf "$stage"
@@ -252,6 +289,7 @@ make -C "$tree" PREFIX="$prefix" NO_GNUTLS=1 USERCFLAGS="$cflags" DESTDIR="$stag
 (cd "$stage" && find . -type f -o -type l) | sed 's|^\.||' | sort >"$cache/installed-files.txt"
 say "installing under $prefix: $(tr '\n' ' ' <"$cache/installed-files.txt")"
 cp -a --remove-destination "$stage$prefix/." "$prefix/"
+echo "$build_id" >"$cache/installed-build-id"
 sort -u -o "$cache/packages-added.txt" "$cache/packages-added.txt" 2>/dev/null || true
 
 criu="$prefix/sbin/criu"

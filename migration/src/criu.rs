@@ -82,6 +82,10 @@ pub struct DumpOptions {
     pub log_file: Option<PathBuf>,
     /// Log verbosity (`-v<n>`, 0..=4); 4 gives everything, which is what a failure needs.
     pub verbosity: u8,
+    /// In a lazy dump ([`Criu::dump_lazy`]), leave the lazy pages in the frozen task and read
+    /// each one when the target asks (`--lazy-pages-defer-read`, brume's patch to CRIU; see
+    /// [`Criu::defers_lazy_reads`]), so the freeze does not grow with memory.
+    pub defer_lazy_reads: bool,
 }
 
 impl DumpOptions {
@@ -98,7 +102,14 @@ impl DumpOptions {
             network_lock: NetworkLock::default(),
             log_file: None,
             verbosity: 4,
+            defer_lazy_reads: false,
         }
+    }
+
+    /// Sets [`DumpOptions::defer_lazy_reads`].
+    pub fn defer_lazy_reads(mut self, yes: bool) -> Self {
+        self.defer_lazy_reads = yes;
+        self
     }
 
     /// Sets [`DumpOptions::leave_running`].
@@ -609,6 +620,19 @@ impl Criu {
             .map(|v| v.trim().to_string())
             .unwrap_or_else(|| text.trim().to_string());
         Ok(version)
+    }
+
+    /// Whether this CRIU carries brume's `dump --lazy-pages-defer-read` (scripts/criu-patches,
+    /// built by scripts/install-criu.sh): its `--help` names the option. A CRIU without it
+    /// still moves tasks; its lazy dumps copy every page while the task is frozen.
+    pub fn defers_lazy_reads(&self) -> Result<bool, CriuError> {
+        let out = self
+            .command()
+            .arg("--help")
+            .output()
+            .map_err(|e| self.spawn_error(e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.contains("--lazy-pages-defer-read"))
     }
 
     /// `criu check`: whether this kernel can checkpoint at all. On failure the error carries

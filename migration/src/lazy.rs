@@ -96,6 +96,9 @@ impl Criu {
         })?;
         let mut args = opts.args();
         args.push("--lazy-pages".into());
+        if opts.defer_lazy_reads {
+            args.push("--lazy-pages-defer-read".into());
+        }
         let (process, socket) = self.start("dump", args, opts.log_path())?;
         Ok((
             LazyDump {

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use brume_migration::criu::Criu;
 use brume_migration::lazy::check_pipe_max_size;
 use brume_migration::live::wire::{read_message, Message};
 use brume_migration::live::{
@@ -205,6 +206,21 @@ fn move_64_mib(tag: &str, seed: u64, track: bool) -> (Migrated, Vec<RoundStats>)
     task.wait_dirtying_past(steps.max(before_steps));
     task.assert_state_consistent();
     (migrated, rounds)
+}
+
+/// The post-copy tests below read their pages through `--lazy-pages-defer-read` (brume's patch
+/// to CRIU): the page server takes each page from the frozen task when asked. This says that
+/// the CRIU they run is the patched one, so that path is what they test.
+#[test]
+fn the_installed_criu_defers_lazy_reads() {
+    if !ready("the_installed_criu_defers_lazy_reads") {
+        return;
+    }
+    let defers = Criu::new().defers_lazy_reads().expect("criu --help");
+    assert!(
+        defers,
+        "criu has no --lazy-pages-defer-read: run scripts/install-criu.sh (it applies scripts/criu-patches)"
+    );
 }
 
 #[test]

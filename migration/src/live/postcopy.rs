@@ -55,6 +55,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         mut on_round: impl FnMut(&RoundStats),
     ) -> Result<Migrated, LiveError> {
         let mut rounds = Vec::new();
+        // Asked before the rounds, so the freeze does not wait for it.
+        let criu = self.opts.criu.clone();
+        let defer = self.opts.defer_lazy_reads
+            && tokio::task::spawn_blocking(move || criu.defers_lazy_reads())
+                .await
+                .map_err(join_error)?
+                .unwrap_or(false);
+        if self.opts.defer_lazy_reads && !defer {
+            tracing::info!("this criu copies every lazy page while the task is frozen (no --lazy-pages-defer-read: scripts/install-criu.sh builds one that defers them)");
+        }
         let tracker = if self.opts.track {
             match self.tracked_rounds(&mut on_round, &mut rounds).await {
                 Ok(t) => t,
@@ -70,7 +80,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         let tracked_rounds = rounds.len() as u32;
         let started = Instant::now();
         let dir = self.round_dir(1);
-        let mut opts = DumpOptions::new(&dir, self.pid).network_lock(self.opts.network_lock);
+        let mut opts = DumpOptions::new(&dir, self.pid)
+            .network_lock(self.opts.network_lock)
+            .defer_lazy_reads(defer);
         opts.log_file = Some(self.opts.work_dir.join("round-1.dump.log"));
         let criu = self.opts.criu.clone();
         let dumped = tokio::task::spawn_blocking(move || lazy_dump_retrying(&criu, &opts))
@@ -90,16 +102,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         let dump_exit = tokio::task::spawn_blocking(move || dump.wait());
         // The task is frozen now: the last tracked round reads what it wrote since the last one.
         let mut final_pages = (0, 0);
+        let final_started = Instant::now();
         if let Some(tracker) = tracker {
             match self.tracked_final(tracker, tracked_rounds + 1).await {
                 Ok(p) => final_pages = p,
                 Err(e) => return Err(self.thaw(e, &mut socket, dump_exit).await),
             }
         }
+        let final_round = final_started.elapsed();
+        let images_started = Instant::now();
         let sent = match self.send_images(1, true, &dir).await {
             Ok(s) => s,
             Err(e) => return Err(self.thaw(e, &mut socket, dump_exit).await),
         };
+        let images = images_started.elapsed();
         let relayed = relay_source(&mut self.stream, &mut socket).await;
         let (restored, page_bytes) = match relayed {
             Ok(r) => r,
@@ -151,6 +167,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
             post_copy: Some(PostCopyStats {
                 page_bytes,
                 pages_done: at.elapsed(),
+                final_round,
+                final_pages: final_pages.0,
+                images,
             }),
             rounds: {
                 rounds.push(stats);

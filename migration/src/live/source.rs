@@ -64,6 +64,10 @@ pub struct SourceOptions {
     pub track: bool,
     /// When the tracked rounds stop.
     pub tracked: super::tracked::TrackedPlan,
+    /// Post-copy: leave the lazy pages in the frozen task at the dump and read them when asked,
+    /// where this CRIU can ([`crate::criu::Criu::defers_lazy_reads`]); on by default. Off only
+    /// to measure the copying dump against it.
+    pub defer_lazy_reads: bool,
     /// What to do when the target's answer to the final round is missing (see the module doc).
     pub in_doubt: InDoubt,
     /// The longest wait, from the end of the final dump, for the target to take the final
@@ -104,6 +108,7 @@ impl SourceOptions {
             checkpointer: None,
             track: false,
             tracked: super::tracked::TrackedPlan::default(),
+            defer_lazy_reads: true,
             in_doubt: InDoubt::RestoreHere,
             final_wait: None,
             commit_within: None,
@@ -164,6 +169,12 @@ pub struct PostCopyStats {
     pub page_bytes: u64,
     /// From the target's restore to its having every page.
     pub pages_done: Duration,
+    /// Tracked post-copy: the last tracked round, read and sent while the task is frozen.
+    pub final_round: Duration,
+    /// Pages that last round carried.
+    pub final_pages: u64,
+    /// Sending the dump's images (everything but the lazy pages), while frozen.
+    pub images: Duration,
 }
 
 /// How often a dump that caught the task holding a transient connection is tried again.

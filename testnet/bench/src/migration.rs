@@ -99,6 +99,9 @@ enum Strategy {
     /// Post-copy after tracked pre-copy rounds (`brume_migration::track`): the target holds
     /// the pages before the freeze and answers the lazy restore from them.
     Tracked,
+    /// Tracked post-copy whose lazy dump copies every page while the task is frozen (CRIU
+    /// without `--lazy-pages-defer-read`): the baseline of deferred reads.
+    TrackedCopying,
     StopAndCopy,
 }
 
@@ -109,6 +112,7 @@ impl Strategy {
             Strategy::Live(Compression::Fixed(l)) => format!("live {}", level_name(*l)),
             Strategy::PostCopy => "post-copy".into(),
             Strategy::Tracked => "tracked".into(),
+            Strategy::TrackedCopying => "tracked, copying dump".into(),
             Strategy::StopAndCopy => "stop-and-copy".into(),
         }
     }
@@ -135,6 +139,11 @@ struct Move {
     total: f64,
     /// Post-copy: from the restore to the last page on the target.
     pages: f64,
+    /// Tracked post-copy: the last tracked round (scan, read, send) while frozen, and its pages.
+    final_round: f64,
+    final_pages: f64,
+    /// Post-copy: sending the dump's images while frozen.
+    images: f64,
     precopy_pause: f64,
     rounds: f64,
     wire_mib: f64,
@@ -167,6 +176,11 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
     let criu_version = Criu::new()
         .version()
         .context("criu is needed: run scripts/install-criu.sh")?;
+    let defers = if Criu::new().defers_lazy_reads().unwrap_or(false) {
+        "defers lazy reads"
+    } else {
+        "copies lazy pages at the dump: no --lazy-pages-defer-read (scripts/install-criu.sh)"
+    };
     let work = args
         .work_dir
         .join(format!("brume-bench-migration-{}", std::process::id()));
@@ -194,6 +208,9 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
         }
         if tracking.method == brume_migration::track::Method::Tracked && !args.post_copy_only {
             strategies.insert(1, Strategy::Tracked);
+            if args.tracked_only {
+                strategies.insert(2, Strategy::TrackedCopying);
+            }
         } else if !args.post_copy_only {
             println!("no tracked post-copy here: {}", tracking.why);
         }
@@ -209,7 +226,7 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
         strategies.push(Strategy::Live(Compression::Fixed(l)));
     }
     println!(
-        "brume bench migration: criu {criu_version}, sizes {:?} MiB, dirtied at {} MiB/s, rtt {} ms, medians of {} run(s)",
+        "brume bench migration: criu {criu_version} ({defers}), sizes {:?} MiB, dirtied at {} MiB/s, rtt {} ms, medians of {} run(s)",
         args.sizes, args.dirty_mib_s, args.rtt_ms, args.runs
     );
     let mut rows: Vec<Row> = Vec::new();
@@ -250,8 +267,8 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
                         )
                     })?;
                     eprintln!(
-                        "  {mbit} Mbit/s {mib} MiB {} run {run}: downtime {:.0} ms (dump {:.0}, frozen {:.0}, transfer {:.0}, rebuild {:.0}, restore {:.0}), total {:.0} ms (pages after the restore {:.0}), {} rounds, {:.1} MiB on the wire, precopy pause {:.0} ms, level {}, dumps retried {} (final {})",
-                        strategy.name(), m.downtime, m.dump, m.frozen, m.transfer, m.rebuild, m.restore, m.total, m.pages, m.rounds, m.wire_mib, m.precopy_pause, m.level, m.retries, m.final_retries
+                        "  {mbit} Mbit/s {mib} MiB {} run {run}: downtime {:.0} ms (dump {:.0}, frozen {:.0}, final round {:.0} for {:.0} pages, images {:.0}, transfer {:.0}, rebuild {:.0}, restore {:.0}), total {:.0} ms (pages after the restore {:.0}), {} rounds, {:.1} MiB on the wire, precopy pause {:.0} ms, level {}, dumps retried {} (final {})",
+                        strategy.name(), m.downtime, m.dump, m.frozen, m.final_round, m.final_pages, m.images, m.transfer, m.rebuild, m.restore, m.total, m.pages, m.rounds, m.wire_mib, m.precopy_pause, m.level, m.retries, m.final_retries
                     );
                     moves.push(m);
                 }
@@ -326,6 +343,11 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
         key(format!("precopy_ms_{mib}"), dt(mib, live), 0);
         key(format!("postcopy_ms_{mib}"), dt(mib, Strategy::PostCopy), 0);
         key(format!("tracked_ms_{mib}"), dt(mib, Strategy::Tracked), 0);
+        key(
+            format!("tracked_copying_ms_{mib}"),
+            dt(mib, Strategy::TrackedCopying),
+            0,
+        );
     }
     println!("\n{line}");
     Ok(())
@@ -357,12 +379,15 @@ fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
         "\n{mbit} Mbit/s (measured {goodput:.0} Mbit/s). Times in ms; downtime as the polling client saw it = dump + transfer + restore (+ a poll interval)"
     );
     println!(
-        "{:>5} {:<15} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>7} {:>9} {:>7} {:>9} {:>6}",
+        "{:>5} {:<21} {:>9} {:>8} {:>8} {:>6} {:>7} {:>7} {:>9} {:>8} {:>8} {:>9} {:>7} {:>9} {:>7} {:>9} {:>6}",
         "MiB",
         "strategy",
         "downtime",
         "dump",
         "frozen",
+        "final",
+        "fpages",
+        "images",
         "transfer",
         "rebuild",
         "restore",
@@ -376,12 +401,15 @@ fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
     for r in rows.iter().filter(|r| r.mbit == mbit) {
         let m = &r.m;
         println!(
-            "{:>5} {:<15} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>7.0} {:>9.0} {:>7.1} {:>9.1} {:>6}",
+            "{:>5} {:<21} {:>9.0} {:>8.0} {:>8.0} {:>6.0} {:>7.0} {:>7.0} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>7.0} {:>9.0} {:>7.1} {:>9.1} {:>6}",
             r.mib,
             r.strategy.name(),
             m.downtime,
             m.dump,
             m.frozen,
+            m.final_round,
+            m.final_pages,
+            m.images,
             m.transfer,
             m.rebuild,
             m.restore,
@@ -413,6 +441,13 @@ fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
                 s.downtime / t.downtime,
                 t.total / s.total
             );
+            if let Some(c) = get(Strategy::TrackedCopying) {
+                println!(
+                    "{mib:>5} MiB: tracked with a copying dump / with deferred reads: downtime {:.2}x, frozen dump {:.2}x",
+                    c.downtime / t.downtime,
+                    c.dump / t.dump
+                );
+            }
         }
         let Some(l) = get(live) else {
             continue;
@@ -455,6 +490,9 @@ fn medians(moves: &[Move]) -> Move {
         restore: med(|m| m.restore),
         total: med(|m| m.total),
         pages: med(|m| m.pages),
+        final_round: med(|m| m.final_round),
+        final_pages: med(|m| m.final_pages),
+        images: med(|m| m.images),
         precopy_pause: med(|m| m.precopy_pause),
         rounds: med(|m| m.rounds),
         wire_mib: med(|m| m.wire_mib),
@@ -513,9 +551,10 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
     match strategy {
         Strategy::Live(c) => src.compression = c,
         Strategy::PostCopy => src.mode = Mode::PostCopy,
-        Strategy::Tracked => {
+        Strategy::Tracked | Strategy::TrackedCopying => {
             src.mode = Mode::PostCopy;
             src.track = true;
+            src.defer_lazy_reads = strategy == Strategy::Tracked;
         }
         Strategy::StopAndCopy => {
             src.mode = Mode::StopAndCopy;
@@ -596,14 +635,25 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
             .collect::<Vec<_>>()
             .join(","),
         Strategy::Live(Compression::Fixed(l)) => level_name(l).into(),
-        Strategy::PostCopy | Strategy::Tracked => level_name(last.main_level()).into(),
+        Strategy::PostCopy | Strategy::Tracked | Strategy::TrackedCopying => {
+            level_name(last.main_level()).into()
+        }
         Strategy::StopAndCopy => "none".into(),
     };
+    let (final_round, final_pages, images) = migrated
+        .post_copy
+        .as_ref()
+        .map(|p| (ms(p.final_round), p.final_pages as f64, ms(p.images)))
+        .unwrap_or((0.0, 0.0, 0.0));
     Ok(Move {
         downtime: ms(downtime),
         dump: ms(last.dump),
         frozen: last.frozen.map(ms).unwrap_or(f64::NAN),
-        transfer: ms(last.transfer) - rebuild - restore,
+        // What the frozen part spent beyond the parts named: the link, the relay, the target.
+        transfer: ms(last.transfer) - rebuild - restore - final_round - images,
+        final_round,
+        final_pages,
+        images,
         rebuild,
         restore,
         total: ms(migrated.total),
