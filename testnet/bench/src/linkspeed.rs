@@ -204,7 +204,7 @@ impl LinkNumbers {
 
     /// `100mbit`, `1gbit`: the suffix of this rate's BENCH keys.
     pub fn label(&self) -> String {
-        if self.mbit % 1000 == 0 {
+        if self.mbit.is_multiple_of(1000) {
             format!("{}gbit", self.mbit / 1000)
         } else {
             format!("{}mbit", self.mbit)
@@ -334,8 +334,10 @@ pub fn measure(opts: &LinkOptions) -> anyhow::Result<LinkNumbers> {
     let work = tempfile::tempdir().context("creating the bench's temp directory")?;
     let bytes: Arc<[u8]> = random_bytes(size_mib << 20).into();
     let store = ChunkStore::open(work.path().join("server"))?;
-    let manifest =
-        store.put_artifact(&Artifact::from_bytes(ArtifactKind::ImageTar, bytes.to_vec()))?;
+    let manifest = store.put_artifact(&Artifact::from_bytes(
+        ArtifactKind::ImageTar,
+        bytes.to_vec(),
+    ))?;
     let refs: Arc<[ChunkRef]> = bytes
         .chunks(PAGE)
         .map(|c| ChunkRef {
@@ -504,15 +506,23 @@ impl Rig<'_> {
                 }
             }))
         };
+        // Every copy B lands on disk is kept until the end: each then writes fresh pages, as a
+        // host's fetch does. (Deleted at once, the next writer would reuse pages the VM still
+        // backs and run up to twice as fast as the one that found none: whichever way came first
+        // after a pause lost, and the order, not the way, decided the ratio.)
+        let mut kept: Vec<tempfile::TempDir> = Vec::new();
         let mut once = |way: Way| -> anyhow::Result<Sample> {
+            let dir = tempfile::tempdir_in(self.work)?;
             let cpu = Cpu::now();
             let secs = match way {
-                Way::Tcp => self.tcp(tcp_addr, false)?,
-                Way::TcpFile => self.tcp(tcp_addr, true)?,
-                Way::Fetch => self.fetch()?,
+                Way::Tcp => self.tcp(tcp_addr, None)?,
+                Way::TcpFile => self.tcp(tcp_addr, Some(dir.path()))?,
+                Way::Fetch => self.fetch(dir.path())?,
                 Way::Wire => self.wire(&mut done_rx)?,
             };
-            Ok(cpu.since(secs))
+            let sample = cpu.since(secs);
+            kept.push(dir);
+            Ok(sample)
         };
         // Warm-up: the connection's windows, the allocator, the page cache.
         for way in WAYS {
@@ -526,18 +536,27 @@ impl Rig<'_> {
             }
             for way in order {
                 let s = once(way).with_context(|| format!("{way:?}, run {run}"))?;
+                eprintln!(
+                    "  {way:?} run {run}: {:.2} s, {:.1} MB/s, CPU A {:.0} ms, B {:.0} ms, router {:.0} ms",
+                    s.secs,
+                    (self.bytes.len() as f64 / 1e6) / s.secs,
+                    s.cpu_a * 1e3,
+                    s.cpu_b * 1e3,
+                    s.cpu_router * 1e3
+                );
                 samples[way as usize].push(s);
             }
         }
+        // Deleting the copies is not part of any measurement.
+        drop(kept);
         Ok(samples)
     }
 
-    /// A plain TCP copy to host B, into a file if `to_file`.
-    fn tcp(&self, addr: std::net::SocketAddr, to_file: bool) -> anyhow::Result<f64> {
+    /// A plain TCP copy to host B, into a file in `dir` if given.
+    fn tcp(&self, addr: std::net::SocketAddr, dir: Option<&Path>) -> anyhow::Result<f64> {
         let size = self.bytes.len();
-        let dir = tempfile::tempdir_in(self.work)?;
-        let path = to_file.then(|| dir.path().join("image.tar"));
-        let secs = on(self.rt_b, async move {
+        let path = dir.map(|d| d.join("image.tar"));
+        on(self.rt_b, async move {
             let started = Instant::now();
             let mut s = TcpStream::connect(addr).await?;
             s.set_nodelay(true)?;
@@ -573,17 +592,14 @@ impl Rig<'_> {
                 bail!("the TCP copy got {got} bytes of {size}");
             }
             Ok(secs)
-        })?;
-        // Deleting the copy is not part of the measurement.
-        drop(dir);
-        Ok(secs)
+        })
     }
 
-    fn fetch(&self) -> anyhow::Result<f64> {
-        let dir = tempfile::tempdir_in(self.work)?;
-        let host = ChunkStore::open(dir.path())?;
+    /// An artifact fetch by host B into an empty store in `dir`.
+    fn fetch(&self, dir: &Path) -> anyhow::Result<f64> {
+        let host = ChunkStore::open(dir)?;
         let (b, peer, manifest) = (self.b.clone(), self.a.peer_id(), self.manifest.clone());
-        let secs = on(self.rt_b, async move {
+        on(self.rt_b, async move {
             let opts = FetchOptions {
                 peer: peer.to_string(),
                 ..FetchOptions::default()
@@ -610,10 +626,7 @@ impl Rig<'_> {
                 bail!("fetched {} chunks of {want}", stats.chunks_fetched);
             }
             Ok(secs)
-        })?;
-        // Deleting the fetched copy is not part of the measurement.
-        drop(dir);
-        Ok(secs)
+        })
     }
 
     fn wire(
