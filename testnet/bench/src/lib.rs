@@ -9,6 +9,7 @@
 
 pub mod deploy;
 pub mod idle;
+pub mod linkspeed;
 pub mod migration;
 pub mod overlay;
 pub mod pair;

@@ -28,7 +28,9 @@ enum Family {
     /// image, artifact transfer against plain TCP, tunnels against direct connections. Needs
     /// Docker, docker-compose and scripts/build-static.sh's relay binary.
     Deploy(brume_bench::deploy::DeployArgs),
-    /// Artifact chunk fetch over the overlay against a plain TCP copy of the same bytes.
+    /// Artifact chunk fetch over the overlay against a plain TCP copy of the same bytes, on
+    /// loopback; with --link (root), artifact fetches and migration streams against TCP over a
+    /// testbed link shaped to 100 Mbit/s and 1 Gbit/s.
     Transfer(brume_bench::transfer::TransferArgs),
     /// Tunnel throughput and round trip against a direct TCP connection.
     Tunnel(brume_bench::tunnel::TunnelArgs),

@@ -85,6 +85,10 @@ pub struct MigrationArgs {
     /// stop-and-copy; skips plain post-copy and `--levels`.
     #[arg(long, conflicts_with_all = ["no_post_copy", "post_copy_only"])]
     pub tracked_only: bool,
+    /// Leave out the byte movers' link-speed ratios (`transfer_ratio_100mbit`,
+    /// `transfer_ratio_1gbit`: `brume bench transfer --link` at this RTT, about a minute).
+    #[arg(long)]
+    pub no_link_ratio: bool,
     /// Where images are dumped and staged (tmpfs).
     #[arg(long, default_value = "/dev/shm")]
     pub work_dir: PathBuf,
@@ -321,6 +325,11 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
             .unwrap_or(f64::NAN)
     };
     let tracked = u8::from(tracking.method == brume_migration::track::Method::Tracked);
+    let links = if args.no_link_ratio {
+        Vec::new()
+    } else {
+        super::linkspeed::for_migration(args.rtt_ms, args.quick, args.runs)?
+    };
     let mut line = format!("BENCH migration tracked={tracked}");
     let mut key = |k: String, v: f64, digits: usize| {
         // Numbers only: a figure this run did not measure is left out, not faked.
@@ -348,6 +357,9 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
             dt(mib, Strategy::TrackedCopying),
             0,
         );
+    }
+    for l in &links {
+        key(format!("transfer_ratio_{}", l.label()), l.ratio_key(), 3);
     }
     println!("\n{line}");
     Ok(())

@@ -43,12 +43,25 @@ const COPY_BUF: usize = 1 << 20;
 /// Options of `brume bench transfer`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TransferArgs {
-    /// MiB in the artifact.
-    #[arg(long, default_value_t = 256)]
-    pub size_mb: usize,
-    /// Repetitions; every figure is the median over them.
-    #[arg(long, default_value_t = 5)]
-    pub runs: usize,
+    /// MiB in the artifact [default: 256 on loopback; with --link, about 2 s of each rate].
+    #[arg(long)]
+    pub size_mb: Option<usize>,
+    /// Repetitions; every figure is the median over them [default: 5 on loopback, 3 with --link].
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Measure over a shaped link instead of loopback (needs root): two overlay endpoints in two
+    /// brume-testnet namespaces; a plain TCP copy, an artifact fetch and a migration stream
+    /// (live::wire frames) of the same bytes in the same run, at each --mbit. Its ratios
+    /// (`transfer_ratio_100mbit`, `transfer_ratio_1gbit`) replace the loopback ratio, which
+    /// measures noise + yamux's CPU cost on two shared cores, not a link.
+    #[arg(long)]
+    pub link: bool,
+    /// With --link: the link rates, Mbit/s (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [100u64, 1000], requires = "link")]
+    pub mbit: Vec<u64>,
+    /// With --link: the round trip between the two hosts, ms.
+    #[arg(long, default_value_t = 2.0, requires = "link")]
+    pub rtt_ms: f64,
 }
 
 /// The figures of one bench run (medians over `runs`, MB/s of 10^6 bytes).
@@ -134,10 +147,14 @@ impl TransferNumbers {
 
 /// `brume bench transfer`: runs the bench on a runtime of its own and prints the report.
 pub fn cli(args: &TransferArgs) -> anyhow::Result<()> {
+    if args.link {
+        let runs = args.runs.unwrap_or(3);
+        return super::linkspeed::cli(&args.mbit, args.rtt_ms, args.size_mb, runs);
+    }
     let numbers = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(args.size_mb, args.runs))?;
+        .block_on(run(args.size_mb.unwrap_or(256), args.runs.unwrap_or(5)))?;
     println!("{}", numbers.report());
     Ok(())
 }
