@@ -4,9 +4,10 @@
 # earlier member), shows one node's peers and its latency-bounded neighbourhood map, then deploys
 # the federated-learning service (examples/fedavg/service.toml) from node 0: the aggregator on
 # node 0, four trainers on four other nodes, talking through brume's tunnels. After three rounds
-# it moves the aggregator live to another node (`brume migrate`: its CHECKPOINT state goes along,
-# the trainers' calls follow it), waits for the training to finish there, shows `brume ps` and
-# the aggregator's log, and stops the service.
+# it moves the aggregator live to another node (`brume migrate`: CRIU checkpoints the running
+# process, its model in memory, in pre-copy rounds; the trainers' calls are held and follow it),
+# waits for the training to finish there, shows `brume ps` and the aggregator's log, and stops
+# the service. The checksum of the last round is the same as without the move.
 #
 # ENGINE=auto (default) runs tasks as Docker containers when a Docker daemon answers and as plain
 # processes otherwise; ENGINE=process or ENGINE=docker forces one.
@@ -64,7 +65,7 @@ wait_round() {
 }
 echo; echo "== training (10 rounds, one a second) ..."
 wait_round 3
-echo; echo "== brume migrate aggregator (after round 3: it moves with its model to the nearest node with room)"
+echo; echo "== brume migrate aggregator (after round 3: CRIU moves the process, model and all, to the nearest node with room)"
 "$brume" migrate aggregator --control "$work/n0.sock"
 echo; echo "== training goes on on the new host ..."
 for _ in $(seq 90); do
