@@ -14,6 +14,7 @@ pub mod migration;
 pub mod overlay;
 pub mod pair;
 pub mod placement;
+pub mod tcpcopy;
 pub mod transfer;
 pub mod tunnel;
 

@@ -33,6 +33,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tcpcopy::COPY_BUF;
 use anyhow::{bail, Context};
 use brume_artifact::{
     fetch, serve_incoming, Artifact, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions,
@@ -45,8 +46,8 @@ use brume_migration::live::wire::{read_message, write_message, Message, Mode, VE
 use brume_overlay::{Overlay, OverlayConfig, OverlayHandle, PeerId, StreamProtocol};
 use brume_testnet::{Shaping, Testbed};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -57,8 +58,6 @@ use super::median;
 const WIRE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/bench-link-wire/1");
 /// How long one transfer may take before the bench gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
-/// Read and write size of the TCP copy.
-const COPY_BUF: usize = 1 << 20;
 /// Thread name prefixes whose CPU time is counted as host A, host B and the router.
 const THREADS_A: &str = "brume-link-a";
 const THREADS_B: &str = "brume-link-b";
@@ -558,40 +557,8 @@ impl Rig<'_> {
         let path = dir.map(|d| d.join("image.tar"));
         on(self.rt_b, async move {
             let started = Instant::now();
-            let mut s = TcpStream::connect(addr).await?;
-            s.set_nodelay(true)?;
-            let mut file = match path {
-                Some(p) => Some(tokio::fs::File::create(p).await?),
-                None => None,
-            };
-            let mut buf = vec![0u8; COPY_BUF];
-            let mut got = 0usize;
-            loop {
-                // Fill the buffer before writing it, as the fetch writes whole chunks.
-                let mut n = 0;
-                while n < buf.len() {
-                    let k = s.read(&mut buf[n..]).await?;
-                    if k == 0 {
-                        break;
-                    }
-                    n += k;
-                }
-                if n == 0 {
-                    break;
-                }
-                got += n;
-                if let Some(f) = file.as_mut() {
-                    f.write_all(&buf[..n]).await?;
-                }
-            }
-            if let Some(mut f) = file {
-                f.flush().await?;
-            }
-            let secs = started.elapsed().as_secs_f64();
-            if got != size {
-                bail!("the TCP copy got {got} bytes of {size}");
-            }
-            Ok(secs)
+            crate::tcpcopy::receive(addr, path.as_deref(), size).await?;
+            Ok(started.elapsed().as_secs_f64())
         })
     }
 

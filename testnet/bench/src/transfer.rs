@@ -19,11 +19,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::tcpcopy::COPY_BUF;
 use anyhow::{bail, Context};
 use brume_overlay::{OverlayHandle, StreamProtocol};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 use super::median;
@@ -37,8 +38,6 @@ use brume_artifact::{
 const RAW_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/bench-transfer-raw/1");
 /// How long any single measurement may take before the bench gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
-/// Read and write size of the TCP copies.
-const COPY_BUF: usize = 1 << 20;
 
 /// Options of `brume bench transfer`.
 #[derive(Debug, Clone, clap::Args)]
@@ -406,39 +405,7 @@ impl Ctx<'_> {
 
     /// Reads the bytes off a TCP connection, into `out` if given.
     async fn tcp_copy(&self, out: Option<&Path>) -> anyhow::Result<()> {
-        let mut s = TcpStream::connect(self.tcp_addr).await?;
-        s.set_nodelay(true)?;
-        let mut file = match out {
-            Some(p) => Some(tokio::fs::File::create(p).await?),
-            None => None,
-        };
-        let mut buf = vec![0u8; COPY_BUF];
-        let mut got = 0usize;
-        loop {
-            // Fill the buffer before writing it, as the chunk fetch writes whole chunks.
-            let mut n = 0;
-            while n < buf.len() {
-                let k = s.read(&mut buf[n..]).await?;
-                if k == 0 {
-                    break;
-                }
-                n += k;
-            }
-            if n == 0 {
-                break;
-            }
-            got += n;
-            if let Some(f) = file.as_mut() {
-                f.write_all(&buf[..n]).await?;
-            }
-        }
-        if let Some(mut f) = file {
-            f.flush().await?;
-        }
-        if got != self.size {
-            bail!("TCP copy got {got} bytes of {}", self.size);
-        }
-        Ok(())
+        crate::tcpcopy::receive(self.tcp_addr, out, self.size).await
     }
 
     async fn overlay_raw(&self) -> anyhow::Result<()> {
