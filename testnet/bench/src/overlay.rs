@@ -286,6 +286,7 @@ fn evaluate(
             .collect()
     };
     let rows = run(&mut sim);
+    let links = sim.graph().links();
     sim.set_map_config(args.reach_config());
     let direct_rows = run(&mut sim);
     let spread_rows = (args.spread > 0).then(|| {
@@ -297,7 +298,7 @@ fn evaluate(
     Scale {
         label,
         nodes: n,
-        links: sim.graph().links(),
+        links,
         vivaldi_err,
         build_s,
         maps_s: t.elapsed().as_secs_f64(),
