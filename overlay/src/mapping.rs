@@ -482,7 +482,7 @@ impl MappingNode {
 
     /// `(predicted RTT from the origin, summed error)` of a peer, when its coordinate and the
     /// origin's are trusted enough to say anything.
-    fn from_origin(&self, peer: &Peer, reach: &Reach) -> Option<(f64, f64)> {
+    fn predicted_from_origin(peer: &Peer, reach: &Reach) -> Option<(f64, f64)> {
         let (c, e) = peer.coord?;
         let error = reach.error + e.max(0.0);
         (error < VIVALDI_UNTRUSTED).then(|| (reach.coord.predicted_rtt(&c), error))
@@ -555,7 +555,7 @@ impl MappingNode {
                 continue;
             };
             let in_time = wait_ms - upper - self.config.hop_guard_ms > 0.0;
-            if let Some((v, err)) = self.from_origin(peer, &r) {
+            if let Some((v, err)) = Self::predicted_from_origin(peer, &r) {
                 let lower = v * (1.0 - self.config.reach_margin * err).max(0.0);
                 let outward = !self.config.reach_outward || v > here;
                 if in_time && outward && lower <= r.budget_ms * (1.0 + self.config.reach_slack) {

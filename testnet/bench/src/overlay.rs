@@ -93,9 +93,10 @@ pub struct OverlayArgs {
     /// inequality, which the synthetic model violates on purpose).
     #[arg(long)]
     pub no_confirm_paths: bool,
-    /// Direct maps: forward beyond the path budget in every direction, not only outward.
+    /// Direct maps: beyond the path budget, forward only outward (to peers predicted farther
+    /// from the origin than the sender); off by default, as in `MapConfig`.
     #[arg(long)]
-    pub no_outward: bool,
+    pub outward: bool,
     /// Links per node picked by Vivaldi distance across the space, added to the same overlay
     /// for a third set of maps in the same run (0: none).
     #[arg(long, value_name = "K", default_value_t = 2)]
@@ -111,7 +112,7 @@ impl OverlayArgs {
             reach_wait_factor: self.reach_wait,
             reach_slack: self.reach_slack,
             confirm_paths: !self.no_confirm_paths,
-            reach_outward: !self.no_outward,
+            reach_outward: self.outward,
             ..MapConfig::default()
         }
     }
