@@ -42,6 +42,27 @@
 //! them. The price: if a path through the receiver to a skipped sibling is shorter than the direct
 //! link (a triangle-inequality violation), the sibling keeps the smaller budget of the direct link.
 //!
+//! # Beyond the path budget: maps by direct RTT (issue 17)
+//!
+//! The map seed 004 defines holds the nodes within `B` *over the overlay*; a node within `B` of
+//! the origin directly but farther over the overlay (joining links each node to its nearest
+//! peers, so detours add up) is missed. With `MapConfig::reach` (the default) a request also
+//! carries a [`Reach`]: the origin's budget, its Vivaldi coordinate and error, and whether the
+//! path so far is proven. A receiver forwards, besides the peers whose link fits the path
+//! budget, to peers whose predicted RTT from the origin less `reach_margin` times the summed
+//! coordinate errors fits `B * (1 + reach_slack)`, when the answer can still come back in time;
+//! such requests say `proven: false` and their receivers answer as [`RttHow::Candidate`]s. The
+//! origin waits `B * (1 + reach_wait_factor) + grace`, marks what it measured itself (its
+//! peers' SRTT) as [`RttHow::Direct`], and asks its shell to probe the rest
+//! ([`Output::Probe`]; with `confirm_paths`, path-proven nodes too, since a path within `B`
+//! proves nothing about the direct RTT where routing violates the triangle inequality). A probe
+//! within `B` confirms the node, anything else removes it with its links, so a finished map
+//! holds only nodes whose RTT from the origin was measured within `B` (or, without
+//! `confirm_paths`, proven by a path): precision against direct RTTs is 100 % by construction.
+//! The price is time (answers beyond the path budget come back along paths longer than `B`)
+//! and messages (requests beyond the path budget do not shrink hop by hop); `brume bench
+//! overlay` measures both.
+//!
 //! # Time bounds (why a dead peer cannot stall a map)
 //!
 //! The originator waits at most `budget + grace` (`grace = max(grace_min_ms, grace_fraction *
