@@ -134,8 +134,9 @@ pub async fn map(args: &MapArgs) -> anyhow::Result<()> {
         budget_ms: args.budget.as_secs_f64() * 1e3,
         fresh: args.fresh,
     };
-    // The node answers within the budget plus a grace; wait a little longer than that.
-    let map = ask(&args.target, request, WAIT + args.budget * 2).await?;
+    // The node answers within twice the budget plus a grace (requests beyond the path budget
+    // travel longer paths), then probes for at most the budget: wait a little longer.
+    let map = ask(&args.target, request, WAIT + args.budget * 4).await?;
     if args.target.json {
         return print_json(&map);
     }

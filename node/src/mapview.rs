@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use brume_overlay::ids::NodeId;
-use brume_overlay::neighbourhood::NeighbourhoodMap;
+use brume_overlay::neighbourhood::{NeighbourhoodMap, RttHow};
 
 use brume_control::NodeName;
 
@@ -23,21 +23,30 @@ fn name_of(names: &HashMap<NodeId, String>, id: NodeId) -> String {
     names.get(&id).cloned().unwrap_or_else(|| id.to_string())
 }
 
-/// One line per node (resources, load, coordinate), then one per measured link.
+/// One line per node (its RTT from the origin and how that was established, resources, load,
+/// coordinate), then one per measured link. `path` = the RTT sum of an overlay path within the
+/// budget; `direct` = measured by the origin (its own link or a probe); `-` = a map of a node
+/// that does not say (older than issue 17).
 pub fn table(map: &NeighbourhoodMap, origin: Option<u64>) -> String {
     let names = names(map);
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<24} {:>11} {:>13} {:>5} {:>6} {:>22}",
-        "node", "cpu free", "memory free", "load", "rel", "coordinate (ms)"
+        "{:<24} {:>8} {:<6} {:>11} {:>13} {:>5} {:>6} {:>22}",
+        "node", "rtt ms", "via", "cpu free", "memory free", "load", "rel", "coordinate (ms)"
     );
     for n in &map.nodes {
         let mark = if Some(n.id.0) == origin { "*" } else { "" };
+        let (rtt, via) = match map.proof(n.id) {
+            Some(p) => (format!("{:.2}", p.rtt_ms), p.how.as_str()),
+            None => ("-".to_string(), "-"),
+        };
         let _ = writeln!(
             s,
-            "{:<24} {:>5}/{:<5} {:>6}/{:<6} {:>5.2} {:>6.3} {:>22}",
+            "{:<24} {:>8} {:<6} {:>5}/{:<5} {:>6}/{:<6} {:>5.2} {:>6.3} {:>22}",
             format!("{}{mark}", name_of(&names, n.id)),
+            rtt,
+            via,
             n.cpu_free_milli,
             n.cpu_total_milli,
             n.mem_free_mb,
@@ -60,10 +69,13 @@ pub fn table(map: &NeighbourhoodMap, origin: Option<u64>) -> String {
             l.rtt_ms
         );
     }
+    let count = |how: RttHow| map.proofs.iter().filter(|p| p.how == how).count();
     let _ = write!(
         s,
-        "{} nodes, {} measured links",
+        "{} nodes ({} proven by an overlay path, {} confirmed directly), {} measured links",
         map.nodes.len(),
+        count(RttHow::Path),
+        count(RttHow::Direct),
         map.links.len()
     );
     s
@@ -108,7 +120,7 @@ pub fn dot(map: &NeighbourhoodMap, origin: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use brume_overlay::neighbourhood::{Link, NodeRecord};
+    use brume_overlay::neighbourhood::{Link, NodeRecord, RttProof};
 
     const PEER: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
 
@@ -116,8 +128,29 @@ mod tests {
         let mut named = NodeRecord::bare(NodeId(2));
         named.peer = Some(PEER.parse().expect("a peer id"));
         NeighbourhoodMap {
-            nodes: vec![NodeRecord::bare(NodeId(1)), named],
+            nodes: vec![
+                NodeRecord::bare(NodeId(1)),
+                named,
+                NodeRecord::bare(NodeId(3)),
+            ],
             links: vec![Link::new(NodeId(2), NodeId(1), 12.5)],
+            proofs: vec![
+                RttProof {
+                    id: NodeId(1),
+                    rtt_ms: 0.0,
+                    how: RttHow::Origin,
+                },
+                RttProof {
+                    id: NodeId(2),
+                    rtt_ms: 21.25,
+                    how: RttHow::Path,
+                },
+                RttProof {
+                    id: NodeId(3),
+                    rtt_ms: 33.5,
+                    how: RttHow::Direct,
+                },
+            ],
         }
     }
 
@@ -151,7 +184,17 @@ mod tests {
     #[test]
     fn table_lists_every_node_and_link() {
         let t = table(&sample(), Some(1));
-        assert!(t.contains("2 nodes, 1 measured links"), "{t}");
+        assert!(
+            t.contains(
+                "3 nodes (1 proven by an overlay path, 1 confirmed directly), 1 measured links"
+            ),
+            "{t}"
+        );
+        // Each node says how its RTT from the origin was established.
+        let line = |name: &str| t.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+        assert!(line("n3").contains("33.50 direct"), "{t}");
+        assert!(line("…4kx6nXTN").contains("21.25 path"), "{t}");
+        assert!(line("n1*").contains("0.00 origin"), "{t}");
         assert!(t.contains("12.50"), "{t}");
         // A node with a peer id reads as its short form, in its line and in its links.
         assert_eq!(t.matches("…4kx6nXTN").count(), 2, "{t}");

@@ -13,7 +13,11 @@
 //! host enters a map only over a path whose emulated RTTs sum to at most the budget, and in a
 //! plane no path to a host is shorter than the straight line. The one estimate that may fall
 //! below the truth is the Vivaldi prediction used for a peer never pinged, so maps are checked
-//! only once every node has pinged all four of its peers.
+//! only once every node has pinged all four of its peers. Since issue 17 requests also go beyond
+//! the path budget to peers predicted near the origin, but the origin keeps such a host only
+//! after measuring it itself (its own SRTT, or one probe), and every measurement here is at
+//! least the emulated RTT; so each host of a map must say `direct` (or `origin`) with an RTT
+//! within the budget.
 //!
 //! Whether a map also holds every host within the budget depends on timing (estimates settle
 //! over a few pings; an answer later than the map's time bound is left out by design), so that
@@ -26,7 +30,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use brume_control::{PeerView, StatusView};
-use brume_overlay::neighbourhood::NeighbourhoodMap;
+use brume_overlay::neighbourhood::{NeighbourhoodMap, RttHow};
 use brume_testnet::Testbed;
 
 /// Where each host sits, in ms; RTT is the Euclidean distance.
@@ -227,6 +231,15 @@ fn map_holds_exactly_the_hosts_within_the_budget() {
                 Some(map) => {
                     maps += 1;
                     let seen = hosts_in_map(&map, &ids);
+                    for n in &map.nodes {
+                        let proof = map.proof(n.id);
+                        assert!(
+                            proof.is_some_and(|p| matches!(p.how, RttHow::Direct | RttHow::Origin)
+                                && p.rtt_ms <= budget),
+                            "node {} of a {budget} ms map: {proof:?}, map {map:#?}",
+                            n.id
+                        );
+                    }
                     for h in &seen {
                         assert!(
                             rtt(0, *h) <= budget,

@@ -42,6 +42,27 @@
 //! them. The price: if a path through the receiver to a skipped sibling is shorter than the direct
 //! link (a triangle-inequality violation), the sibling keeps the smaller budget of the direct link.
 //!
+//! # Beyond the path budget: maps by direct RTT (issue 17)
+//!
+//! The map seed 004 defines holds the nodes within `B` *over the overlay*; a node within `B` of
+//! the origin directly but farther over the overlay (joining links each node to its nearest
+//! peers, so detours add up) is missed. With `MapConfig::reach` (the default) a request also
+//! carries a [`Reach`]: the origin's budget, its Vivaldi coordinate and error, and whether the
+//! path so far is proven. A receiver forwards, besides the peers whose link fits the path
+//! budget, to peers whose predicted RTT from the origin less `reach_margin` times the summed
+//! coordinate errors fits `B * (1 + reach_slack)`, when the answer can still come back in time;
+//! such requests say `proven: false` and their receivers answer as [`RttHow::Candidate`]s. The
+//! origin waits `B * (1 + reach_wait_factor) + grace`, marks what it measured itself (its
+//! peers' SRTT) as [`RttHow::Direct`], and asks its shell to probe the rest
+//! ([`Output::Probe`]; with `confirm_paths`, path-proven nodes too, since a path within `B`
+//! proves nothing about the direct RTT where routing violates the triangle inequality). A probe
+//! within `B` confirms the node, anything else removes it with its links, so a finished map
+//! holds only nodes whose RTT from the origin was measured within `B` (or, without
+//! `confirm_paths`, proven by a path): precision against direct RTTs is 100 % by construction.
+//! The price is time (answers beyond the path budget come back along paths longer than `B`)
+//! and messages (requests beyond the path budget do not shrink hop by hop); `brume bench
+//! overlay` measures both.
+//!
 //! # Time bounds (why a dead peer cannot stall a map)
 //!
 //! The originator waits at most `budget + grace` (`grace = max(grace_min_ms, grace_fraction *
@@ -59,7 +80,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MapId, NodeId, Time};
-use crate::neighbourhood::{Link, NeighbourhoodMap, NodeRecord};
+use crate::neighbourhood::{Link, NeighbourhoodMap, NodeRecord, RttHow, RttProof};
 use crate::rtt::RttEstimator;
 use crate::vivaldi::{Coord, Vivaldi};
 
@@ -74,6 +95,38 @@ pub struct MapRequest {
     pub wait_ms: f64,
     /// Nodes that already have this request; the receiver does not forward to them.
     pub skip: Vec<NodeId>,
+    /// What the receiver needs to judge peers by their predicted direct RTT from the origin
+    /// (issue 17). Requests of nodes before it carry none: the receiver then maps by paths only.
+    #[serde(default)]
+    pub reach: Option<Reach>,
+}
+
+/// The origin's whole budget and Vivaldi coordinate, carried by every request, so a receiver can
+/// forward to a peer whose overlay path no longer fits the budget but whose predicted direct RTT
+/// from the origin still may.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Reach {
+    /// The origin's budget `B`.
+    pub budget_ms: f64,
+    /// The origin's coordinate and Vivaldi error when it started the map.
+    pub coord: Coord,
+    pub error: f64,
+    /// Whether every hop so far fitted the path budget: the receiver is then proven to be within
+    /// `budget_ms - MapRequest::budget_ms` of the origin over the overlay.
+    pub proven: bool,
+    /// Whether the origin asked for forwarding beyond the path budget (it then probes what comes
+    /// back beyond it); false is seed 004's map.
+    pub extend: bool,
+}
+
+impl Reach {
+    fn is_valid(&self) -> bool {
+        self.budget_ms.is_finite()
+            && self.budget_ms >= 0.0
+            && self.coord.is_finite()
+            && self.error.is_finite()
+            && self.error >= 0.0
+    }
 }
 
 /// The messages of `/brume/map/1`.
@@ -120,6 +173,18 @@ pub enum Output {
         complete: bool,
         from_cache: bool,
     },
+    /// The origin of map `id` asks its shell to measure the RTT to each target once, all in
+    /// parallel, and to report every result through [`MappingNode::handle_probe_result`]. A
+    /// result not back within `timeout_ms` need not be reported: the target is beyond the budget.
+    /// Targets are nodes the map found beyond what overlay paths prove (and, with
+    /// [`MapConfig::confirm_paths`], path-proven nodes the origin has not measured itself).
+    /// Each target comes as its record (its peer id and addresses, for a shell not connected
+    /// to it).
+    Probe {
+        id: MapId,
+        targets: Vec<NodeRecord>,
+        timeout_ms: f64,
+    },
     /// A message was malformed and dropped.
     Refused {
         from: NodeId,
@@ -142,6 +207,23 @@ pub struct MapConfig {
     pub max_answer_nodes: usize,
     pub cache_ttl_ms: f64,
     pub seen_ttl_ms: f64,
+    /// Map by direct RTT (issue 17): forward beyond the path budget to peers whose predicted
+    /// direct RTT from the origin may fit, and probe what comes back. False: seed 004's map.
+    pub reach: bool,
+    /// A peer is forwarded to beyond the path budget when `v * (1 - reach_margin * e) <= B *
+    /// (1 + reach_slack)`, `v` its predicted RTT from the origin and `e` both coordinates' errors.
+    pub reach_margin: f64,
+    pub reach_slack: f64,
+    /// The origin waits `B * (1 + reach_wait_factor) + grace` for answers when it reaches beyond
+    /// paths (requests beyond the path budget travel longer paths than `B`).
+    pub reach_wait_factor: f64,
+    /// Also probe path-proven nodes the origin has not measured itself: an overlay path within
+    /// `B` does not prove a direct RTT within `B` where routing violates the triangle inequality.
+    pub confirm_paths: bool,
+    /// Beyond the path budget, forward only outward: to peers predicted farther from the origin
+    /// than this node. The request then spreads like a wave from the origin instead of echoing
+    /// inside the ball, at the price of nodes reachable only by stepping back in.
+    pub reach_outward: bool,
 }
 
 impl Default for MapConfig {
@@ -159,6 +241,12 @@ impl Default for MapConfig {
             max_answer_nodes: 100_000,
             cache_ttl_ms: 30_000.0,
             seen_ttl_ms: 120_000.0,
+            reach: true,
+            reach_margin: 0.5,
+            reach_slack: 0.6,
+            reach_wait_factor: 1.0,
+            confirm_paths: true,
+            reach_outward: false,
         }
     }
 }
@@ -186,6 +274,17 @@ struct Session {
     sent_at: HashMap<NodeId, Time>,
     map: NeighbourhoodMap,
     complete: bool,
+    reach: Option<Reach>,
+}
+
+/// An originated map waiting for the origin's confirmation probes.
+#[derive(Debug, Clone)]
+struct Probing {
+    budget_ms: f64,
+    deadline: Time,
+    pending: HashSet<NodeId>,
+    map: NeighbourhoodMap,
+    complete: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +306,7 @@ pub struct MappingNode {
     vivaldi: Vivaldi,
     peers: HashMap<NodeId, Peer>,
     sessions: HashMap<MapId, Session>,
+    probing: HashMap<MapId, Probing>,
     seen: HashMap<MapId, Time>,
     next_purge: Time,
     cache: Vec<CachedMap>,
@@ -224,6 +324,7 @@ impl MappingNode {
             vivaldi: Vivaldi::new(id.0),
             peers: HashMap::new(),
             sessions: HashMap::new(),
+            probing: HashMap::new(),
             seen: HashMap::new(),
             next_purge: Time(0),
             cache: Vec::new(),
@@ -233,6 +334,12 @@ impl MappingNode {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// Replaces the protocol's tuning (maps already running keep what they were started with
+    /// where it is stored in them; timers and margins use the new values from now on).
+    pub fn set_config(&mut self, config: MapConfig) {
+        self.config = config;
     }
 
     pub fn vivaldi(&self) -> &Vivaldi {
@@ -377,10 +484,29 @@ impl MappingNode {
             0.0
         };
         self.remember(now, id);
-        let wait = budget_ms + self.grace_ms(budget_ms);
+        let extend = self.config.reach;
+        let mut wait = budget_ms + self.grace_ms(budget_ms);
+        if extend {
+            wait += self.config.reach_wait_factor.max(0.0) * budget_ms;
+        }
+        let reach = Reach {
+            budget_ms,
+            coord: self.vivaldi.coord(),
+            error: self.vivaldi.error(),
+            proven: true,
+            extend,
+        };
         let mut out = Vec::new();
-        self.open_session(now, id, None, budget_ms, wait, &[], &mut out);
+        self.open_session(now, id, None, budget_ms, wait, &[], Some(reach), &mut out);
         out
+    }
+
+    /// `(predicted RTT from the origin, summed error)` of a peer, when its coordinate and the
+    /// origin's are trusted enough to say anything.
+    fn predicted_from_origin(peer: &Peer, reach: &Reach) -> Option<(f64, f64)> {
+        let (c, e) = peer.coord?;
+        let error = reach.error + e.max(0.0);
+        (error < VIVALDI_UNTRUSTED).then(|| (reach.coord.predicted_rtt(&c), error))
     }
 
     fn remember(&mut self, now: Time, id: MapId) {
@@ -402,13 +528,32 @@ impl MappingNode {
         budget_ms: f64,
         wait_ms: f64,
         skip: &[NodeId],
+        reach: Option<Reach>,
         out: &mut Vec<Output>,
     ) {
         let mut map = NeighbourhoodMap::single(self.record());
-        let mut children: Vec<(NodeId, f64, f64)> = Vec::new();
+        if let Some(r) = &reach {
+            let (rtt_ms, how) = if parent.is_none() {
+                (0.0, RttHow::Origin)
+            } else if r.proven {
+                ((r.budget_ms - budget_ms).max(0.0), RttHow::Path)
+            } else {
+                (self.vivaldi.predict(&r.coord), RttHow::Candidate)
+            };
+            map.proofs.push(RttProof {
+                id: self.id,
+                rtt_ms,
+                how,
+            });
+        }
+        let proven = reach.is_none_or(|r| r.proven);
+        let here = reach.map_or(0.0, |r| self.vivaldi.predict(&r.coord));
+        let link_budget = reach.map_or(budget_ms, |r| r.budget_ms.max(budget_ms));
+        // (peer, est, upper, proven)
+        let mut children: Vec<(NodeId, f64, f64, bool)> = Vec::new();
         for (&pid, peer) in &self.peers {
             if let Some(s) = peer.rtt.srtt() {
-                if s <= budget_ms {
+                if s <= link_budget {
                     // Measured links near enough to matter; the originator drops those whose
                     // other end is not in the map.
                     map.links.push(Link::new(self.id, pid, s));
@@ -417,9 +562,25 @@ impl MappingNode {
             if Some(pid) == parent || pid == id.origin || skip.contains(&pid) {
                 continue;
             }
-            if let Some((est, upper)) = self.predict(peer) {
-                if upper <= budget_ms {
-                    children.push((pid, est, upper));
+            let Some((est, upper)) = self.predict(peer) else {
+                continue;
+            };
+            if proven && upper <= budget_ms {
+                children.push((pid, est, upper, true));
+                continue;
+            }
+            // Beyond the path budget: worth a request while the peer's predicted direct RTT
+            // from the origin, less its error margin, may fit and the answer can come back in
+            // time.
+            let Some(r) = reach.filter(|r| r.extend) else {
+                continue;
+            };
+            let in_time = wait_ms - upper - self.config.hop_guard_ms > 0.0;
+            if let Some((v, err)) = Self::predicted_from_origin(peer, &r) {
+                let lower = v * (1.0 - self.config.reach_margin * err).max(0.0);
+                let outward = !self.config.reach_outward || v > here;
+                if in_time && outward && lower <= r.budget_ms * (1.0 + self.config.reach_slack) {
+                    children.push((pid, est, upper, false));
                 }
             }
         }
@@ -434,6 +595,7 @@ impl MappingNode {
             sent_at: HashMap::new(),
             map,
             complete: true,
+            reach,
         };
         let mut sibling_skip: Vec<NodeId> = Vec::with_capacity(children.len() + 1);
         sibling_skip.push(self.id);
@@ -446,7 +608,7 @@ impl MappingNode {
             }
         }
         sibling_skip.truncate(self.config.max_skip);
-        for &(pid, est, upper) in &children {
+        for &(pid, est, upper, child_proven) in &children {
             let child_wait = (wait_ms - upper - self.config.hop_guard_ms).max(0.0);
             let ack_by = now
                 .plus_ms(self.config.ack_timeout_factor * upper + self.config.ack_timeout_min_ms)
@@ -464,9 +626,17 @@ impl MappingNode {
                 msg: Message::Request(MapRequest {
                     id,
                     origin: id.origin,
-                    budget_ms: (budget_ms - est).max(0.0),
+                    budget_ms: if child_proven {
+                        (budget_ms - est).max(0.0)
+                    } else {
+                        0.0
+                    },
                     wait_ms: child_wait,
                     skip: sibling_skip.clone(),
+                    reach: reach.map(|r| Reach {
+                        proven: child_proven,
+                        ..r
+                    }),
                 }),
             });
         }
@@ -501,7 +671,7 @@ impl MappingNode {
 
     fn on_request(&mut self, now: Time, from: NodeId, req: MapRequest, out: &mut Vec<Output>) {
         let ok = |v: f64| v.is_finite() && v >= 0.0;
-        if !ok(req.budget_ms) || !ok(req.wait_ms) {
+        if !ok(req.budget_ms) || !ok(req.wait_ms) || req.reach.is_some_and(|r| !r.is_valid()) {
             out.push(Output::Refused {
                 from,
                 reason: Refusal::BadNumbers,
@@ -543,7 +713,11 @@ impl MappingNode {
         let budget = req.budget_ms.min(self.config.max_budget_ms);
         let max_wait = self.config.max_budget_ms + self.grace_ms(self.config.max_budget_ms);
         let wait = req.wait_ms.min(max_wait);
-        self.open_session(now, req.id, Some(from), budget, wait, &req.skip, out);
+        let reach = req.reach.map(|r| Reach {
+            budget_ms: r.budget_ms.min(self.config.max_budget_ms),
+            ..r
+        });
+        self.open_session(now, req.id, Some(from), budget, wait, &req.skip, reach, out);
     }
 
     fn on_ack(
@@ -619,6 +793,56 @@ impl MappingNode {
         for id in due {
             self.maybe_finish(now, id, &mut out);
         }
+        let mut expired: Vec<MapId> = self
+            .probing
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        expired.sort();
+        for id in expired {
+            if let Some(mut p) = self.probing.remove(&id) {
+                // No answer within the budget: the target is beyond it.
+                for t in std::mem::take(&mut p.pending) {
+                    p.map.remove_node(t);
+                }
+                self.finish_origin(now, id, p.budget_ms, p.map, p.complete, &mut out);
+            }
+        }
+        out
+    }
+
+    /// The result of one confirmation probe of map `id` (see [`Output::Probe`]): the RTT
+    /// measured, or `None` if the target could not be reached. A target whose RTT exceeds the
+    /// budget, or that is not reached, leaves the map; one within it is kept as directly
+    /// confirmed. Results for unknown maps or targets, or after the probes' deadline, are ignored.
+    pub fn handle_probe_result(
+        &mut self,
+        now: Time,
+        id: MapId,
+        target: NodeId,
+        rtt_ms: Option<f64>,
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        let Some(p) = self.probing.get_mut(&id) else {
+            return out;
+        };
+        if !p.pending.remove(&target) {
+            return out;
+        }
+        match rtt_ms.filter(|r| r.is_finite() && *r >= 0.0 && *r <= p.budget_ms) {
+            Some(rtt_ms) if now <= p.deadline => p.map.set_proof(RttProof {
+                id: target,
+                rtt_ms,
+                how: RttHow::Direct,
+            }),
+            _ => p.map.remove_node(target),
+        }
+        if p.pending.is_empty() {
+            if let Some(p) = self.probing.remove(&id) {
+                self.finish_origin(now, id, p.budget_ms, p.map, p.complete, &mut out);
+            }
+        }
         out
     }
 
@@ -633,12 +857,13 @@ impl MappingNode {
                     .map(|p| p.ack_by)
                     .chain(std::iter::once(s.deadline))
             })
+            .chain(self.probing.values().map(|p| p.deadline))
             .min()
     }
 
-    /// Number of maps in progress at this node.
+    /// Number of maps in progress at this node (waiting for answers or for probes).
     pub fn open_sessions(&self) -> usize {
-        self.sessions.len()
+        self.sessions.len() + self.probing.len()
     }
 
     fn maybe_finish(&mut self, now: Time, id: MapId, out: &mut Vec<Output>) {
@@ -655,20 +880,105 @@ impl MappingNode {
                 to: parent,
                 msg: Message::Answer { id, map: s.map },
             }),
-            None => {
-                let mut map = s.map;
-                map.drop_dangling_links();
-                if s.complete {
-                    self.cache_map(now, s.budget_ms, map.clone());
+            None => self.confirm(now, id, s, out),
+        }
+    }
+
+    /// The origin's answers are all in: what the origin measured itself becomes direct
+    /// evidence, and the nodes that need it are probed before the map is done.
+    fn confirm(&mut self, now: Time, id: MapId, s: Session, out: &mut Vec<Output>) {
+        let mut map = s.map;
+        map.drop_dangling_links();
+        let budget = s.budget_ms;
+        let extend = s.reach.is_some_and(|r| r.extend);
+        let mut targets = Vec::new();
+        let ids = map.ids();
+        for n in ids {
+            if n == self.id {
+                continue;
+            }
+            if let Some(srtt) = self.peers.get(&n).and_then(|p| p.rtt.srtt()) {
+                if srtt <= budget {
+                    map.set_proof(RttProof {
+                        id: n,
+                        rtt_ms: srtt,
+                        how: RttHow::Direct,
+                    });
+                    continue;
                 }
-                out.push(Output::MapDone {
-                    id,
-                    map,
-                    complete: s.complete,
-                    from_cache: false,
-                });
+                if extend {
+                    // Measured by the origin itself beyond the budget.
+                    map.remove_node(n);
+                    continue;
+                }
+            }
+            if !extend {
+                continue;
+            }
+            let probe = match map.proof(n).map(|p| p.how) {
+                Some(RttHow::Direct | RttHow::Origin) => false,
+                Some(RttHow::Path) => self.config.confirm_paths,
+                Some(RttHow::Candidate) | None => true,
+            };
+            if probe {
+                targets.push(n);
             }
         }
+        if targets.is_empty() {
+            self.finish_origin(now, id, budget, map, s.complete, out);
+            return;
+        }
+        let records = map
+            .nodes
+            .iter()
+            .filter(|n| targets.contains(&n.id))
+            .cloned()
+            .collect();
+        self.probing.insert(
+            id,
+            Probing {
+                budget_ms: budget,
+                deadline: now.plus_ms(budget),
+                pending: targets.into_iter().collect(),
+                map,
+                complete: s.complete,
+            },
+        );
+        out.push(Output::Probe {
+            id,
+            targets: records,
+            timeout_ms: budget,
+        });
+    }
+
+    fn finish_origin(
+        &mut self,
+        now: Time,
+        id: MapId,
+        budget_ms: f64,
+        mut map: NeighbourhoodMap,
+        complete: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let unconfirmed: Vec<NodeId> = map
+            .proofs
+            .iter()
+            .filter(|p| p.how == RttHow::Candidate)
+            .map(|p| p.id)
+            .collect();
+        for n in unconfirmed {
+            map.remove_node(n);
+        }
+        map.drop_dangling_links();
+        if complete {
+            self.cache_map(now, budget_ms, map.clone());
+        }
+        out.push(Output::MapDone {
+            id,
+            map,
+            complete,
+            from_cache: false,
+        });
     }
 
     /// Stores a finished map of this node in the cache (done automatically for complete maps).
@@ -744,8 +1054,348 @@ mod tests {
         let v = a.vivaldi().predict(&far);
         let (_, out) = a.start_fresh_map(Time(1), 2.0 * v);
         assert_eq!(requested(&out), vec![NodeId(2)]);
-        // The upper bound carries both errors: a budget of the bare prediction is not enough.
+        // The upper bound carries both errors: a budget of the bare prediction is not enough
+        // to prove a path; the peer only gets a request beyond the path budget, as a candidate
+        // the origin will probe (issue 17), and none in seed 004's map.
         let (_, out) = a.start_fresh_map(Time(2), v);
+        let proven: Vec<bool> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    msg: Message::Request(r),
+                    ..
+                } => r.reach.map(|r| r.proven),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(proven, vec![false], "budget {v}: {out:?}");
+        a.set_config(MapConfig {
+            reach: false,
+            ..MapConfig::default()
+        });
+        let (_, out) = a.start_fresh_map(Time(3), v);
         assert!(requested(&out).is_empty(), "budget {v}: {out:?}");
+    }
+}
+
+/// Issue 17: maps by direct RTT. Every test drives the state machine by hand with fixed
+/// numbers: no clock, no randomness.
+#[cfg(test)]
+mod reach_tests {
+    use super::*;
+    use crate::vivaldi::MIN_HEIGHT;
+
+    const O: NodeId = NodeId(1);
+    const A: NodeId = NodeId(2);
+    const C: NodeId = NodeId(3);
+    const D: NodeId = NodeId(4);
+    const E: NodeId = NodeId(5);
+
+    fn at(x: f64) -> Coord {
+        Coord {
+            x,
+            y: 0.0,
+            height: MIN_HEIGHT,
+        }
+    }
+
+    fn node(id: NodeId, config: MapConfig) -> MappingNode {
+        MappingNode::new(id, NodeRecord::bare(id), config)
+    }
+
+    fn pinged(n: &mut MappingNode, peer: NodeId, rtt: f64) {
+        n.add_peer(peer);
+        for _ in 0..20 {
+            n.on_rtt_sample(peer, rtt, None);
+        }
+    }
+
+    fn requests(out: &[Output]) -> Vec<(NodeId, MapRequest)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    to,
+                    msg: Message::Request(r),
+                } => Some((*to, r.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reach(proven: bool) -> Reach {
+        Reach {
+            budget_ms: 15.0,
+            coord: at(0.0),
+            error: 0.05,
+            proven,
+            extend: true,
+        }
+    }
+
+    fn request(budget_ms: f64, reach: Option<Reach>) -> Message {
+        Message::Request(MapRequest {
+            id: MapId { origin: O, seq: 1 },
+            origin: O,
+            budget_ms,
+            wait_ms: 40.0,
+            skip: vec![],
+            reach,
+        })
+    }
+
+    /// `A` got the request with 3 ms of path budget left. Its link to `C` (12 ms) does not fit
+    /// the path budget, but `C`'s coordinate says it is ~10 ms from the origin: `C` gets an
+    /// unproven request. `D`, as far on its link but ~100 ms from the origin, gets none; nor
+    /// does anyone when the origin did not ask to reach beyond paths.
+    #[test]
+    fn beyond_the_path_budget_requests_go_to_peers_predicted_near_the_origin() {
+        let mut a = node(A, MapConfig::default());
+        pinged(&mut a, C, 12.0);
+        pinged(&mut a, D, 12.0);
+        a.set_peer_coord(C, at(10.0), 0.05);
+        a.set_peer_coord(D, at(100.0), 0.05);
+
+        let out = a.handle_message(Time(0), O, request(3.0, Some(reach(true))));
+        let sent = requests(&out);
+        assert_eq!(sent.len(), 1, "{out:?}");
+        let (to, r) = &sent[0];
+        assert_eq!(*to, C);
+        assert_eq!(r.budget_ms, 0.0);
+        assert_eq!(r.reach, Some(reach(false)));
+
+        // Seed 004's map: the same request without `extend`, or from an old node without
+        // `reach`, is forwarded on the path budget only.
+        let mut a2 = a.clone();
+        let plain = Reach {
+            extend: false,
+            ..reach(true)
+        };
+        let id2 = MapId { origin: O, seq: 2 };
+        let msg = Message::Request(MapRequest {
+            id: id2,
+            origin: O,
+            budget_ms: 3.0,
+            wait_ms: 40.0,
+            skip: vec![],
+            reach: Some(plain),
+        });
+        assert!(requests(&a2.handle_message(Time(0), O, msg)).is_empty());
+        let old = Message::Request(MapRequest {
+            id: MapId { origin: O, seq: 3 },
+            origin: O,
+            budget_ms: 3.0,
+            wait_ms: 40.0,
+            skip: vec![],
+            reach: None,
+        });
+        assert!(requests(&a2.handle_message(Time(0), O, old)).is_empty());
+    }
+
+    /// A node's own answer says how it was reached: by a proven path (with the path's RTT sum),
+    /// or as a candidate (with its predicted RTT from the origin).
+    #[test]
+    fn answers_say_how_each_node_was_reached() {
+        for (proven, how) in [(true, RttHow::Path), (false, RttHow::Candidate)] {
+            let mut c = node(C, MapConfig::default());
+            c.add_peer(A);
+            let out = c.handle_message(Time(0), A, request(4.0, Some(reach(proven))));
+            let answer = out
+                .iter()
+                .find_map(|o| match o {
+                    Output::Send {
+                        msg: Message::Answer { map, .. },
+                        ..
+                    } => Some(map.clone()),
+                    _ => None,
+                })
+                .expect("a leaf answers at once");
+            let p = answer.proof(C).expect("the node's own proof");
+            assert_eq!(p.how, how);
+            if proven {
+                assert_eq!(p.rtt_ms, 11.0);
+            }
+        }
+    }
+
+    /// Runs the origin `O` (peer `A` at 5 ms) to the point where `A` answered with `answer`.
+    fn origin_with_answer(
+        config: MapConfig,
+        answer: NeighbourhoodMap,
+    ) -> (MappingNode, MapId, Vec<Output>) {
+        let mut o = node(O, config);
+        pinged(&mut o, A, 5.0);
+        let (id, out) = o.start_fresh_map(Time(0), 15.0);
+        assert_eq!(requests(&out).len(), 1, "{out:?}");
+        let mut done = o.handle_message(
+            Time(5_000),
+            A,
+            Message::Ack {
+                id,
+                answer_follows: true,
+            },
+        );
+        done.extend(o.handle_message(Time(6_000), A, Message::Answer { id, map: answer }));
+        (o, id, done)
+    }
+
+    fn answer_of_a() -> NeighbourhoodMap {
+        let mut m = NeighbourhoodMap::single(NodeRecord::bare(A));
+        for id in [C, D, E] {
+            m.nodes.push(NodeRecord::bare(id));
+        }
+        m.proofs = vec![
+            RttProof {
+                id: A,
+                rtt_ms: 5.0,
+                how: RttHow::Path,
+            },
+            RttProof {
+                id: C,
+                rtt_ms: 9.0,
+                how: RttHow::Candidate,
+            },
+            RttProof {
+                id: D,
+                rtt_ms: 12.0,
+                how: RttHow::Candidate,
+            },
+            RttProof {
+                id: E,
+                rtt_ms: 13.0,
+                how: RttHow::Path,
+            },
+        ];
+        m.links = vec![Link::new(A, C, 7.0), Link::new(A, D, 8.0)];
+        m.normalize();
+        m
+    }
+
+    /// The origin probes what it has not measured itself; a probe within the budget confirms
+    /// the node, one beyond it, or none before the deadline, removes it (with its links).
+    #[test]
+    fn the_origin_keeps_only_what_its_probes_confirm() {
+        let (mut o, id, out) = origin_with_answer(MapConfig::default(), answer_of_a());
+        let [Output::Probe {
+            id: pid,
+            targets,
+            timeout_ms,
+        }] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*pid, id);
+        assert_eq!(*timeout_ms, 15.0);
+        let ids: Vec<NodeId> = targets.iter().map(|r| r.id).collect();
+        // A is the origin's peer (measured: 5 ms), C and D are candidates, E is path-proven.
+        assert_eq!(ids, vec![C, D, E]);
+        assert!(o
+            .poll_timeout()
+            .is_some_and(|t| t <= Time(6_000).plus_ms(15.0)));
+
+        assert!(o
+            .handle_probe_result(Time(15_000), id, C, Some(9.5))
+            .is_empty());
+        assert!(o
+            .handle_probe_result(Time(21_000), id, D, Some(15.1))
+            .is_empty());
+        // Unknown targets and maps are ignored.
+        assert!(o
+            .handle_probe_result(Time(21_000), id, NodeId(77), Some(1.0))
+            .is_empty());
+        let done = o.handle_timeout(Time(6_000).plus_ms(15.0));
+        let [Output::MapDone {
+            map,
+            complete: true,
+            ..
+        }] = &done[..]
+        else {
+            panic!("{done:?}")
+        };
+        assert_eq!(map.ids(), vec![O, A, C]);
+        let hows: Vec<(NodeId, RttHow, f64)> =
+            map.proofs.iter().map(|p| (p.id, p.how, p.rtt_ms)).collect();
+        assert_eq!(
+            hows,
+            vec![
+                (O, RttHow::Origin, 0.0),
+                (A, RttHow::Direct, 5.0),
+                (C, RttHow::Direct, 9.5)
+            ]
+        );
+        assert_eq!(map.links, vec![Link::new(O, A, 5.0), Link::new(A, C, 7.0)]);
+        assert_eq!(o.open_sessions(), 0);
+    }
+
+    /// Without `confirm_paths` a path-proven node stays in the map as such, unprobed; a map
+    /// whose every probe answers is done at the last answer, not at the deadline.
+    #[test]
+    fn path_proven_nodes_are_probed_only_when_asked() {
+        let config = MapConfig {
+            confirm_paths: false,
+            ..MapConfig::default()
+        };
+        let (mut o, id, out) = origin_with_answer(config, answer_of_a());
+        let [Output::Probe { targets, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(targets.iter().map(|r| r.id).collect::<Vec<_>>(), vec![C, D]);
+        assert!(o
+            .handle_probe_result(Time(7_000), id, C, Some(3.0))
+            .is_empty());
+        let done = o.handle_probe_result(Time(8_000), id, D, None);
+        let [Output::MapDone { map, .. }] = &done[..] else {
+            panic!("{done:?}")
+        };
+        assert_eq!(map.ids(), vec![O, A, C, E]);
+        assert_eq!(map.proof(E).map(|p| p.how), Some(RttHow::Path));
+        assert_eq!(map.proof(C).map(|p| p.how), Some(RttHow::Direct));
+    }
+
+    /// Seed 004's map (`reach: false`) probes nothing and keeps what the paths found (an
+    /// unconfirmed candidate never survives into a finished map).
+    #[test]
+    fn seed_004_maps_probe_nothing() {
+        let config = MapConfig {
+            reach: false,
+            ..MapConfig::default()
+        };
+        let (_, _, out) = origin_with_answer(config, answer_of_a());
+        let [Output::MapDone { map, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(map.ids(), vec![O, A, E]);
+        assert_eq!(map.proof(E).map(|p| p.how), Some(RttHow::Path));
+    }
+
+    /// A request of a node before issue 17 (no `reach` field on the wire) still decodes.
+    #[test]
+    fn requests_without_reach_decode() {
+        #[derive(Serialize)]
+        struct Old {
+            id: MapId,
+            origin: NodeId,
+            budget_ms: f64,
+            wait_ms: f64,
+            skip: Vec<NodeId>,
+        }
+        #[derive(Serialize)]
+        enum OldMessage {
+            Request(Old),
+        }
+        let old = OldMessage::Request(Old {
+            id: MapId { origin: O, seq: 1 },
+            origin: O,
+            budget_ms: 3.0,
+            wait_ms: 4.0,
+            skip: vec![],
+        });
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(&old, &mut bytes).unwrap();
+        let got: Message = ciborium::de::from_reader(bytes.as_slice()).unwrap();
+        let Message::Request(r) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(r.reach, None);
+        assert_eq!(r.budget_ms, 3.0);
     }
 }

@@ -111,6 +111,43 @@ impl Link {
     }
 }
 
+/// How the RTT between a map's origin and one of its nodes was established: what an operator
+/// (and placement) can trust about "this node is within the budget".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RttHow {
+    /// Predicted by Vivaldi and not (yet) confirmed: only inside maps in flight. A finished map
+    /// never holds a candidate: the origin probes it and keeps it only if the probe fits.
+    Candidate,
+    /// The sum of the smoothed RTTs along an overlay path from the origin fits the budget.
+    Path,
+    /// Measured directly by the origin: its own link to a peer, or one probe.
+    Direct,
+    /// The origin itself.
+    Origin,
+}
+
+impl RttHow {
+    /// The word `brume map` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RttHow::Candidate => "candidate",
+            RttHow::Path => "path",
+            RttHow::Direct => "direct",
+            RttHow::Origin => "origin",
+        }
+    }
+}
+
+/// The RTT from the origin to one node of the map and how it was established.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RttProof {
+    pub id: NodeId,
+    /// `Path`: the path's RTT sum; `Direct`: the measured RTT; `Candidate`: the prediction.
+    pub rtt_ms: f64,
+    pub how: RttHow,
+}
+
 /// The nodes reachable within a latency budget from an origin, and the links measured among them.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct NeighbourhoodMap {
@@ -118,6 +155,11 @@ pub struct NeighbourhoodMap {
     pub nodes: Vec<NodeRecord>,
     /// Sorted by `(a, b)`, one per unordered pair (the smallest RTT seen: queueing only adds).
     pub links: Vec<Link>,
+    /// Sorted by id, at most one per node: how each node's RTT from the origin was established
+    /// (the strongest evidence wins: origin, direct, path, candidate). Maps of nodes before
+    /// issue 17 carry none.
+    #[serde(default)]
+    pub proofs: Vec<RttProof>,
 }
 
 impl NeighbourhoodMap {
@@ -126,6 +168,7 @@ impl NeighbourhoodMap {
         NeighbourhoodMap {
             nodes: vec![record],
             links: Vec::new(),
+            proofs: Vec::new(),
         }
     }
 
@@ -133,6 +176,7 @@ impl NeighbourhoodMap {
     pub fn merge(&mut self, other: NeighbourhoodMap) {
         self.nodes.extend(other.nodes);
         self.links.extend(other.links);
+        self.proofs.extend(other.proofs);
         self.normalize();
     }
 
@@ -152,13 +196,46 @@ impl NeighbourhoodMap {
                 .then(x.rtt_ms.total_cmp(&y.rtt_ms))
         });
         self.links.dedup_by_key(|l| (l.a, l.b));
+        self.proofs
+            .retain(|p| p.rtt_ms.is_finite() && p.rtt_ms >= 0.0);
+        // Strongest evidence first, then the smallest RTT; dedup keeps the first.
+        self.proofs.sort_by(|x, y| {
+            x.id.cmp(&y.id)
+                .then(y.how.cmp(&x.how))
+                .then(x.rtt_ms.total_cmp(&y.rtt_ms))
+        });
+        self.proofs.dedup_by_key(|p| p.id);
     }
 
-    /// Keeps only links whose two ends are nodes of the map.
+    /// How the RTT from the origin to `id` was established, if the map says.
+    pub fn proof(&self, id: NodeId) -> Option<&RttProof> {
+        self.proofs
+            .binary_search_by_key(&id, |p| p.id)
+            .ok()
+            .map(|i| &self.proofs[i])
+    }
+
+    /// Sets (replaces) the proof of `id`, keeping the list sorted.
+    pub fn set_proof(&mut self, proof: RttProof) {
+        match self.proofs.binary_search_by_key(&proof.id, |p| p.id) {
+            Ok(i) => self.proofs[i] = proof,
+            Err(i) => self.proofs.insert(i, proof),
+        }
+    }
+
+    /// Removes a node, its proof and its links.
+    pub fn remove_node(&mut self, id: NodeId) {
+        self.nodes.retain(|n| n.id != id);
+        self.proofs.retain(|p| p.id != id);
+        self.links.retain(|l| l.a != id && l.b != id);
+    }
+
+    /// Keeps only links (and proofs) whose nodes are nodes of the map.
     pub fn drop_dangling_links(&mut self) {
         let ids: BTreeSet<NodeId> = self.nodes.iter().map(|n| n.id).collect();
         self.links
             .retain(|l| ids.contains(&l.a) && ids.contains(&l.b));
+        self.proofs.retain(|p| ids.contains(&p.id));
     }
 
     /// Whether the map holds the node.

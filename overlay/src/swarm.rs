@@ -131,6 +131,8 @@ struct Driver {
     state_interval: Duration,
     links: MapLinks,
     link_events: mpsc::Receiver<LinkEvent>,
+    /// Confirmation probes in flight: the maps waiting for the next ping of each node.
+    probes: HashMap<NodeId, Vec<MapId>>,
 }
 
 pub(crate) async fn spawn(
@@ -264,6 +266,7 @@ pub(crate) async fn spawn(
         state_interval: t.state_interval,
         links,
         link_events,
+        probes: HashMap::new(),
     };
     info!(peer = %local_peer, node = %node_id, addrs = ?driver.listen_addrs, "overlay node listening");
     let now = driver.now();
@@ -562,6 +565,10 @@ impl Driver {
                         drop_bad_name(record);
                         self.remember_record(record);
                     }
+                    self.probes.retain(|_, maps| {
+                        maps.retain(|m| *m != id);
+                        !maps.is_empty()
+                    });
                     if let Some((reply, started, budget_ms)) = self.maps.remove(&id) {
                         self.note_map_size(MapSize {
                             budget_ms,
@@ -577,10 +584,50 @@ impl Driver {
                         });
                     }
                 }
+                Output::Probe { id, targets, .. } => {
+                    for record in targets {
+                        self.probe(id, record);
+                    }
+                }
                 Output::Refused { from, reason } => {
                     warn!(node = %from, %reason, "map message refused");
                     self.misbehaved(from, Misbehaviour::Malformed);
                 }
+            }
+        }
+    }
+
+    /// One confirmation probe of map `id`: the next ping to the node is its result. A connected
+    /// node is pinged by the ping behaviour's own rounds (its SRTT answers at once if the
+    /// mapping core has one); any other is dialled at the addresses its record gives, and
+    /// libp2p's ping runs as soon as the connection is up. A target that cannot be reached is
+    /// left to the core's probe deadline.
+    fn probe(&mut self, id: MapId, record: NodeRecord) {
+        let Some(peer) = record.peer else {
+            return;
+        };
+        if node_id_of(&peer) != record.id || peer == self.local_peer {
+            return;
+        }
+        let node = self.learn(peer);
+        self.remember_record(&record);
+        if self.connected.contains(&node) {
+            if let Some(srtt) = self.mapping.peer_rtt(node).and_then(|r| r.srtt()) {
+                let now = self.now();
+                let out = self.mapping.handle_probe_result(now, id, node, Some(srtt));
+                self.apply_mapping(out);
+                return;
+            }
+        }
+        self.probes.entry(node).or_default().push(id);
+        if !self.connected.contains(&node) {
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, error = %e, "probe dial refused");
+            } else {
+                trace!(%peer, "dialling to probe");
             }
         }
     }
@@ -754,6 +801,13 @@ impl Driver {
                 ..
             }) => {
                 let id = node_id_of(&peer);
+                if let Some(maps) = self.probes.remove(&id) {
+                    let ms = rtt.as_secs_f64() * 1000.0;
+                    for m in maps {
+                        let out = self.mapping.handle_probe_result(now, m, id, Some(ms));
+                        self.apply_mapping(out);
+                    }
+                }
                 if self.connected.contains(&id) {
                     let ms = rtt.as_secs_f64() * 1000.0;
                     self.mapping.on_rtt_sample(id, ms, None);

@@ -64,6 +64,13 @@ mod tests {
             budget_ms: 42.5,
             wait_ms: 50.0,
             skip: vec![NodeId(1), NodeId(3)],
+            reach: Some(crate::mapping::Reach {
+                budget_ms: 60.0,
+                coord: crate::vivaldi::Coord::origin(),
+                error: 0.2,
+                proven: false,
+                extend: true,
+            }),
         })
     }
 

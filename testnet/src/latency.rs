@@ -69,6 +69,26 @@ impl SyntheticConfig {
     }
 }
 
+impl SyntheticConfig {
+    /// A differently clustered world: 3 continents of 20 wide metro areas (5 ms across) in
+    /// bigger continents, slower and more varied access links, and twice the badly routed
+    /// pairs. A second model to check that results do not hang on the first one's shape.
+    pub fn metro(nodes: usize, seed: u64) -> Self {
+        SyntheticConfig {
+            nodes,
+            continents: 3,
+            cities_per_continent: 20,
+            world_ms: 160.0,
+            continent_radius_ms: 45.0,
+            city_radius_ms: 5.0,
+            access_ms: (0.5, 8.0),
+            tiv_fraction: 0.10,
+            tiv_inflation: (1.2, 3.0),
+            seed,
+        }
+    }
+}
+
 /// The synthetic Internet-like latency model (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct SyntheticInternet {

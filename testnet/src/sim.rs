@@ -21,9 +21,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::latency::LatencyModel;
-use brume_overlay::ids::{NodeId, Time};
+use brume_overlay::ids::{MapId, NodeId, Time};
 use brume_overlay::mapping::{MapConfig, MappingNode, Message, Output};
-use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord};
+use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord, RttHow};
 
 /// An undirected overlay graph over node indices.
 #[derive(Debug, Clone)]
@@ -75,6 +75,18 @@ impl OverlayGraph {
 
     pub fn len(&self) -> usize {
         self.adj.len()
+    }
+
+    /// Links `i` and `j` (undirected); false if they already were.
+    pub fn link(&mut self, i: usize, j: usize) -> bool {
+        if i == j || self.adj[i].binary_search(&j).is_ok() {
+            return false;
+        }
+        for (a, b) in [(i, j), (j, i)] {
+            let at = self.adj[a].binary_search(&b).unwrap_or_else(|e| e);
+            self.adj[a].insert(at, b);
+        }
+        true
     }
 
     pub fn is_empty(&self) -> bool {
@@ -139,6 +151,9 @@ pub struct SimConfig {
     pub random_pings: usize,
     /// Ping samples are the true RTT times `1 + jitter * u`, `u` uniform in [-1, 1].
     pub jitter: f64,
+    /// Links per node chosen by Vivaldi distance across the space after the warm-up (see
+    /// [`Simulation::spread_links`]); 0 keeps the near-and-far overlay of joining.
+    pub spread: usize,
     pub map: MapConfig,
 }
 
@@ -151,6 +166,7 @@ impl Default for SimConfig {
             warmup_rounds: 32,
             random_pings: 4,
             jitter: 0.02,
+            spread: 0,
             map: MapConfig::default(),
         }
     }
@@ -166,6 +182,22 @@ enum EventKind {
     Timer {
         node: usize,
     },
+    /// The pong of an origin's confirmation probe, one RTT after its ping.
+    ProbeReply {
+        origin: usize,
+        id: MapId,
+        target: usize,
+        rtt_ms: f64,
+    },
+}
+
+/// What one map cost, counted while it runs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    messages: usize,
+    requests: usize,
+    probes: usize,
+    max_confirm_ms: f64,
 }
 
 #[derive(Debug)]
@@ -207,9 +239,23 @@ pub struct MapStats {
     pub recall_direct: f64,
     /// Overlay links with both ends in the ground truth.
     pub region_links: usize,
-    /// Every message sent for this map (requests, acks, answers).
+    /// Every message sent for this map (requests, acks, answers, and two per confirmation
+    /// probe: the ping and its pong).
     pub messages: usize,
     pub requests: usize,
+    /// Confirmation probes the origin sent.
+    pub probes: usize,
+    /// The largest RTT of a probe answered within the budget (0 without probes).
+    pub max_confirm_ms: f64,
+    /// Size of the direct-RTT truth (`rtt(origin, v) <= B`).
+    pub direct: usize,
+    /// Precision against the direct-RTT truth.
+    pub precision_direct: f64,
+    /// Overlay links with both ends in the direct-RTT truth.
+    pub direct_region_links: usize,
+    /// Map nodes whose RTT was proven by an overlay path, and confirmed directly.
+    pub path_proven: usize,
+    pub direct_confirmed: usize,
     /// Requests a plain flood of the region would send (each region node to all its neighbours
     /// but the one it heard from first).
     pub flood_requests: usize,
@@ -223,6 +269,11 @@ impl MapStats {
     /// Messages per overlay link inside the region (NaN for a region without links).
     pub fn messages_per_region_link(&self) -> f64 {
         self.messages as f64 / self.region_links as f64
+    }
+
+    /// Messages per overlay link inside the direct-RTT region (NaN without links).
+    pub fn messages_per_direct_region_link(&self) -> f64 {
+        self.messages as f64 / self.direct_region_links as f64
     }
 }
 
@@ -273,7 +324,76 @@ impl<'m> Simulation<'m> {
             config,
         };
         sim.warm_up();
+        if sim.config.spread > 0 {
+            sim.spread_links(sim.config.spread);
+        }
         sim
+    }
+
+    /// Adds `k` links per node picked by Vivaldi distance across the space: for each, a
+    /// distance drawn log-uniformly between the node's farthest near link and the farthest
+    /// predicted RTT, and the node whose predicted RTT is closest to it. Log-uniform distances
+    /// in a plane are Kleinberg's harmonic links (probability ~ 1/d^2): as many links to the
+    /// next city as to the next continent, which is what a ball around any origin needs to be
+    /// connected by short paths. Each new link is then pinged as in the warm-up.
+    pub fn spread_links(&mut self, k: usize) {
+        let n = self.nodes.len();
+        let coords: Vec<_> = self.nodes.iter().map(|x| x.vivaldi().coord()).collect();
+        let mut added = Vec::new();
+        let mut pred: Vec<(f64, usize)> = Vec::with_capacity(n);
+        for i in 0..n {
+            pred.clear();
+            pred.extend(
+                (0..n)
+                    .filter(|&j| j != i && self.model.rtt(i, j).is_some())
+                    .map(|j| (coords[i].predicted_rtt(&coords[j]), j)),
+            );
+            if pred.is_empty() {
+                continue;
+            }
+            pred.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let near = self
+                .graph
+                .neighbours(i)
+                .iter()
+                .map(|&j| coords[i].predicted_rtt(&coords[j]));
+            let lo = near.fold(pred[0].0, f64::max).max(pred[0].0).max(0.1);
+            let hi = pred[pred.len() - 1].0.max(lo * 1.01);
+            for _ in 0..k {
+                let u: f64 = self.rng.random_range(0.0..1.0);
+                let d = lo * (hi / lo).powf(u);
+                let at = pred.partition_point(|p| p.0 < d).min(pred.len() - 1);
+                // The closest non-neighbour around the drawn distance.
+                let pick = (0..pred.len())
+                    .flat_map(|o| [at.checked_add(o), at.checked_sub(o)])
+                    .flatten()
+                    .filter(|&x| x < pred.len())
+                    .map(|x| pred[x].1)
+                    .find(|&j| self.graph.neighbours(i).binary_search(&j).is_err());
+                if let Some(j) = pick {
+                    if self.graph.link(i, j) {
+                        self.nodes[i].add_peer(NodeId(j as u64));
+                        self.nodes[j].add_peer(NodeId(i as u64));
+                        added.push((i, j));
+                    }
+                }
+            }
+        }
+        for _ in 0..8 {
+            for &(i, j) in &added {
+                for (a, b) in [(i, j), (j, i)] {
+                    let Some(rtt) = self.model.rtt(a, b) else {
+                        continue;
+                    };
+                    let sample = self.jittered(rtt);
+                    let remote = (
+                        self.nodes[b].vivaldi().coord(),
+                        self.nodes[b].vivaldi().error(),
+                    );
+                    self.nodes[a].on_rtt_sample(NodeId(b as u64), sample, Some(remote));
+                }
+            }
+        }
     }
 
     fn jittered(&mut self, rtt: f64) -> f64 {
@@ -314,6 +434,15 @@ impl<'m> Simulation<'m> {
                 }
             }
         }
+    }
+
+    /// Gives every node a new mapping configuration (e.g. seed 004's map beside issue 17's, on
+    /// the same overlay and warm-up).
+    pub fn set_map_config(&mut self, config: MapConfig) {
+        for n in &mut self.nodes {
+            n.set_config(config.clone());
+        }
+        self.config.map = config;
     }
 
     pub fn graph(&self) -> &OverlayGraph {
@@ -375,15 +504,48 @@ impl<'m> Simulation<'m> {
         &mut self,
         i: usize,
         outputs: Vec<Output>,
-        counts: &mut (usize, usize),
+        counts: &mut Counts,
     ) -> Option<(NeighbourhoodMap, bool)> {
         let mut done = None;
         for o in outputs {
             match o {
+                Output::Probe {
+                    id,
+                    targets,
+                    timeout_ms,
+                } => {
+                    for t in targets {
+                        let target = t.id.0 as usize;
+                        counts.probes += 1;
+                        counts.messages += 2;
+                        if self.dead.contains(&target) {
+                            continue;
+                        }
+                        let Some(rtt) = self.model.rtt(i, target) else {
+                            continue;
+                        };
+                        // One ping: queueing only ever adds to the true RTT.
+                        let u: f64 = self.rng.random_range(0.0..=1.0);
+                        let rtt_ms = rtt * (1.0 + self.config.jitter * u);
+                        if rtt_ms <= timeout_ms {
+                            counts.max_confirm_ms = counts.max_confirm_ms.max(rtt_ms);
+                        }
+                        let at = self.now.plus_ms(rtt_ms);
+                        self.push(
+                            at,
+                            EventKind::ProbeReply {
+                                origin: i,
+                                id,
+                                target,
+                                rtt_ms,
+                            },
+                        );
+                    }
+                }
                 Output::Send { to, msg } => {
-                    counts.0 += 1;
+                    counts.messages += 1;
                     if matches!(msg, Message::Request(_)) {
-                        counts.1 += 1;
+                        counts.requests += 1;
                     }
                     let to = to.0 as usize;
                     if let Some(rtt) = self.model.rtt(i, to) {
@@ -403,7 +565,7 @@ impl<'m> Simulation<'m> {
     /// scores it against the ground truth.
     pub fn run_map(&mut self, origin: usize, budget_ms: f64) -> MapStats {
         let start = self.now;
-        let mut counts = (0usize, 0usize);
+        let mut counts = Counts::default();
         let (_, outs) = self.nodes[origin].start_fresh_map(self.now, budget_ms);
         let mut result = self.route(origin, outs, &mut counts);
         let mut done_at = if result.is_some() { Some(start) } else { None };
@@ -427,6 +589,20 @@ impl<'m> Simulation<'m> {
                     }
                     (node, self.nodes[node].handle_timeout(self.now))
                 }
+                EventKind::ProbeReply {
+                    origin: o,
+                    id,
+                    target,
+                    rtt_ms,
+                } => {
+                    let outs = self.nodes[o].handle_probe_result(
+                        self.now,
+                        id,
+                        NodeId(target as u64),
+                        Some(rtt_ms),
+                    );
+                    (o, outs)
+                }
             };
             if let Some(r) = self.route(i, outs, &mut counts) {
                 if i == origin && result.is_none() {
@@ -446,7 +622,7 @@ impl<'m> Simulation<'m> {
         budget_ms: f64,
         map: NeighbourhoodMap,
         complete: bool,
-        counts: (usize, usize),
+        counts: Counts,
         completion_ms: f64,
     ) -> MapStats {
         let dist = self.graph.shortest_rtt(self.model, origin);
@@ -462,6 +638,17 @@ impl<'m> Simulation<'m> {
         let got: HashSet<usize> = map.nodes.iter().map(|r| r.id.0 as usize).collect();
         let hit = got.intersection(&truth).count();
         let hit_direct = got.intersection(&direct).count();
+        let mut direct_region_links = 0;
+        for &u in &direct {
+            for &v in self.graph.neighbours(u) {
+                if u < v && direct.contains(&v) {
+                    direct_region_links += 1;
+                }
+            }
+        }
+        let proven = |how: RttHow| map.proofs.iter().filter(|p| p.how == how).count();
+        let path_proven = proven(RttHow::Path);
+        let direct_confirmed = proven(RttHow::Direct);
         let mut region_links = 0;
         let mut max_region_link_ms: f64 = 0.0;
         let mut flood_requests = 0;
@@ -486,9 +673,16 @@ impl<'m> Simulation<'m> {
             recall: ratio(hit, truth.len()),
             precision: ratio(hit, got.len()),
             recall_direct: ratio(hit_direct, direct.len()),
+            precision_direct: ratio(hit_direct, got.len()),
+            direct: direct.len(),
+            direct_region_links,
+            path_proven,
+            direct_confirmed,
             region_links,
-            messages: counts.0,
-            requests: counts.1,
+            messages: counts.messages,
+            requests: counts.requests,
+            probes: counts.probes,
+            max_confirm_ms: counts.max_confirm_ms,
             flood_requests,
             completion_ms,
             max_region_link_ms,
@@ -515,6 +709,13 @@ pub struct BudgetSummary {
     pub min_recall: f64,
     pub mean_precision: f64,
     pub mean_recall_direct: f64,
+    /// Precision against the direct-RTT truth, mean and worst single map.
+    pub mean_precision_direct: f64,
+    pub min_precision_direct: f64,
+    /// Sum of messages over sum of overlay links inside the direct-RTT regions.
+    pub messages_per_direct_region_link: f64,
+    /// Largest `completion - budget - largest confirmation RTT` over the maps.
+    pub worst_confirm_overrun_ms: f64,
     /// Sum of messages over sum of region links.
     pub messages_per_region_link: f64,
     /// Sum of requests over what flooding would send.
@@ -540,6 +741,18 @@ pub fn summarise(sim: &mut Simulation<'_>, origins: &[usize], budget_ms: f64) ->
         min_recall: stats.iter().map(|s| s.recall).fold(1.0, f64::min),
         mean_precision: stats.iter().map(|s| s.precision).sum::<f64>() / k,
         mean_recall_direct: stats.iter().map(|s| s.recall_direct).sum::<f64>() / k,
+        mean_precision_direct: stats.iter().map(|s| s.precision_direct).sum::<f64>() / k,
+        min_precision_direct: stats.iter().map(|s| s.precision_direct).fold(1.0, f64::min),
+        messages_per_direct_region_link: msgs as f64
+            / stats
+                .iter()
+                .map(|s| s.direct_region_links)
+                .sum::<usize>()
+                .max(1) as f64,
+        worst_confirm_overrun_ms: stats
+            .iter()
+            .map(|s| s.completion_ms - s.budget_ms - s.max_confirm_ms)
+            .fold(f64::NEG_INFINITY, f64::max),
         messages_per_region_link: msgs as f64 / links.max(1) as f64,
         requests_vs_flood: reqs as f64 / flood.max(1) as f64,
         max_completion_ms: stats.iter().map(|s| s.completion_ms).fold(0.0, f64::max),

@@ -68,6 +68,7 @@ fn every_reply() -> Vec<Reply> {
         Reply::Map(NeighbourhoodMap {
             nodes: vec![record, NodeRecord::bare(NodeId(8))],
             links: vec![Link::new(NodeId(7), NodeId(8), 4.5)],
+            proofs: Vec::new(),
         }),
         Reply::Deployed(Deployed {
             service: "svc".into(),

@@ -92,6 +92,7 @@ mod tests {
         let map = NeighbourhoodMap {
             nodes: vec![record(1, 4000, 0.0), record(2, 2000, 30.0)],
             links: vec![MapLink::new(NodeId(1), NodeId(2), 7.5)],
+            proofs: Vec::new(),
         };
         let net = network(&map, NodeId(1), &HostDefaults::default()).unwrap();
         let a = net.find("n1").unwrap();
@@ -107,6 +108,7 @@ mod tests {
         let map = NeighbourhoodMap {
             nodes: vec![record(1, 4000, 0.0)],
             links: vec![],
+            proofs: Vec::new(),
         };
         assert!(network(&map, NodeId(9), &HostDefaults::default()).is_err());
     }

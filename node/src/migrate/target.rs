@@ -76,6 +76,7 @@ mod tests {
                 .iter()
                 .map(|&(a, b, rtt)| Link::new(NodeId(a), NodeId(b), rtt))
                 .collect(),
+            proofs: Vec::new(),
         }
     }
 

@@ -71,9 +71,66 @@ pub struct OverlayArgs {
     /// exit: a way to exercise --rtt-matrix without a published dataset.
     #[arg(long, value_name = "FILE")]
     pub write_matrix: Option<PathBuf>,
+    /// The synthetic model --write-matrix writes: `internet` (5 continents x 8 tight cities,
+    /// the model of the runs without a matrix) or `metro` (3 continents x 20 wide metro areas,
+    /// slower access, twice the badly routed pairs).
+    #[arg(long, value_name = "MODEL", default_value = "internet")]
+    pub model: ModelKind,
     /// A small smoke run: 500 nodes, 3 maps per budget, fewer Vivaldi pairs.
     #[arg(long)]
     pub quick: bool,
+    /// Direct maps: a peer beyond the path budget is forwarded to when its predicted RTT from the
+    /// origin, less this many times the coordinates' summed error, fits the budget.
+    #[arg(long, value_name = "K", default_value_t = MapConfig::default().reach_margin)]
+    pub reach_margin: f64,
+    /// Direct maps: the origin waits this fraction of the budget beyond it for answers.
+    #[arg(long, value_name = "F", default_value_t = MapConfig::default().reach_wait_factor)]
+    pub reach_wait: f64,
+    /// Direct maps: forward to peers predicted within budget x (1 + this).
+    #[arg(long, value_name = "F", default_value_t = MapConfig::default().reach_slack)]
+    pub reach_slack: f64,
+    /// Direct maps: do not probe path-proven nodes (precision then rests on the triangle
+    /// inequality, which the synthetic model violates on purpose).
+    #[arg(long)]
+    pub no_confirm_paths: bool,
+    /// Direct maps: beyond the path budget, forward only outward (to peers predicted farther
+    /// from the origin than the sender); off by default, as in `MapConfig`.
+    #[arg(long)]
+    pub outward: bool,
+    /// Links per node picked by Vivaldi distance across the space, added to the same overlay
+    /// for a third set of maps in the same run (0: none).
+    #[arg(long, value_name = "K", default_value_t = 2)]
+    pub spread: usize,
+}
+
+impl OverlayArgs {
+    /// The mapping configuration of the direct (issue 17) maps of this run.
+    fn reach_config(&self) -> MapConfig {
+        MapConfig {
+            reach: true,
+            reach_margin: self.reach_margin,
+            reach_wait_factor: self.reach_wait,
+            reach_slack: self.reach_slack,
+            confirm_paths: !self.no_confirm_paths,
+            reach_outward: self.outward,
+            ..MapConfig::default()
+        }
+    }
+}
+
+/// Seed 004's map (paths only), the baseline run beside the direct maps.
+fn path_config() -> MapConfig {
+    MapConfig {
+        reach: false,
+        ..MapConfig::default()
+    }
+}
+
+/// The synthetic models `--write-matrix` can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelKind {
+    Internet,
+    Metro,
 }
 
 /// One (nodes, budget) row of the table.
@@ -96,6 +153,15 @@ struct Row {
     completion_max_ms: f64,
     /// Largest `completion - (budget + largest link RTT in the region)`; <= 0 meets the target.
     worst_overrun_ms: f64,
+    direct_mean: f64,
+    precision_direct_mean: f64,
+    precision_direct_min: f64,
+    recall_direct_min: f64,
+    probes_per_map: f64,
+    path_proven_per_map: f64,
+    msgs_per_direct_link: f64,
+    /// Largest `completion - (budget + largest confirmation RTT)`.
+    worst_confirm_overrun_ms: f64,
 }
 
 /// One latency model's results.
@@ -106,7 +172,11 @@ struct Scale {
     vivaldi_err: f64,
     build_s: f64,
     maps_s: f64,
+    /// Seed 004's maps (paths only) and issue 17's direct maps, same overlay, same origins.
     rows: Vec<Row>,
+    direct_rows: Vec<Row>,
+    /// Direct maps after `--spread` Vivaldi-spread links per node were added (if any).
+    spread_rows: Option<(Vec<Row>, usize)>,
 }
 
 /// Messages a plain flood of the same region would send, with duplicate suppression and the
@@ -140,6 +210,7 @@ fn summarise(budget_ms: f64, stats: &[MapStats]) -> Row {
         }
     };
     let mut completion: Vec<f64> = stats.iter().map(|s| s.completion_ms).collect();
+    let direct_links: usize = stats.iter().map(|s| s.direct_region_links).sum();
     Row {
         budget_ms,
         maps: stats.len(),
@@ -161,22 +232,38 @@ fn summarise(budget_ms: f64, stats: &[MapStats]) -> Row {
             .iter()
             .map(|s| s.completion_ms - s.budget_ms - s.max_region_link_ms)
             .fold(f64::NEG_INFINITY, f64::max),
+        direct_mean: mean(&|s| s.direct as f64),
+        precision_direct_mean: mean(&|s| s.precision_direct),
+        precision_direct_min: stats.iter().map(|s| s.precision_direct).fold(1.0, f64::min),
+        recall_direct_min: stats.iter().map(|s| s.recall_direct).fold(1.0, f64::min),
+        probes_per_map: mean(&|s| s.probes as f64),
+        path_proven_per_map: mean(&|s| s.path_proven as f64),
+        msgs_per_direct_link: if direct_links == 0 {
+            0.0
+        } else {
+            msgs as f64 / direct_links as f64
+        },
+        worst_confirm_overrun_ms: stats
+            .iter()
+            .map(|s| s.completion_ms - s.budget_ms - s.max_confirm_ms)
+            .fold(f64::NEG_INFINITY, f64::max),
     }
 }
 
 fn evaluate(
     label: String,
     model: &dyn LatencyModel,
-    budgets: &[f64],
+    args: &OverlayArgs,
     maps: usize,
     vivaldi_pairs: usize,
-    seed: u64,
 ) -> Scale {
+    let (budgets, seed) = (&args.budgets, args.seed);
     let n = model.len();
     eprintln!("{label}: building the overlay and warming up ...");
     let t = Instant::now();
     let config = SimConfig {
         seed,
+        map: path_config(),
         ..SimConfig::default()
     };
     let mut sim = Simulation::new(model, config);
@@ -190,21 +277,35 @@ fn evaluate(
         budgets.len()
     );
     let t = Instant::now();
-    let rows = budgets
-        .iter()
-        .map(|&b| {
-            let stats: Vec<MapStats> = origins.iter().map(|&o| sim.run_map(o, b)).collect();
-            summarise(b, &stats)
-        })
-        .collect();
+    let run = |sim: &mut Simulation<'_>| -> Vec<Row> {
+        budgets
+            .iter()
+            .map(|&b| {
+                let stats: Vec<MapStats> = origins.iter().map(|&o| sim.run_map(o, b)).collect();
+                summarise(b, &stats)
+            })
+            .collect()
+    };
+    let rows = run(&mut sim);
+    let links = sim.graph().links();
+    sim.set_map_config(args.reach_config());
+    let direct_rows = run(&mut sim);
+    let spread_rows = (args.spread > 0).then(|| {
+        let before = sim.graph().links();
+        sim.spread_links(args.spread);
+        let added = sim.graph().links() - before;
+        (run(&mut sim), added)
+    });
     Scale {
         label,
         nodes: n,
-        links: sim.graph().links(),
+        links,
         vivaldi_err,
         build_s,
         maps_s: t.elapsed().as_secs_f64(),
         rows,
+        direct_rows,
+        spread_rows,
     }
 }
 
@@ -265,7 +366,64 @@ fn print_scale(s: &Scale) {
             r.worst_overrun_ms
         );
     }
+    print_direct(
+        "  direct maps (issue 17: forwarding on predicted direct RTT, origin probes):",
+        &s.direct_rows,
+    );
+    if let Some((rows, added)) = &s.spread_rows {
+        print_direct(
+            &format!(
+                "  direct maps after adding Vivaldi-spread links ({added} links, {} overlay links in all):",
+                s.links + added
+            ),
+            rows,
+        );
+    }
     println!();
+}
+
+fn print_direct(title: &str, rows: &[Row]) {
+    println!("{title}");
+    println!(
+        "{:>6} {:>4} {:>4} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "budget",
+        "maps",
+        "done",
+        "direct",
+        "recall%",
+        "min%",
+        "prec%",
+        "minp%",
+        "ovl_rc%",
+        "msgs/map",
+        "probes",
+        "paths",
+        "msg/lnk",
+        "t50_ms",
+        "tmax_ms",
+        "over_ms"
+    );
+    for r in rows {
+        println!(
+            "{:>6.0} {:>4} {:>4} {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.1} {:>8.1} {:>8.2} {:>8.1} {:>8.1} {:>8.1}",
+            r.budget_ms,
+            r.maps,
+            r.complete,
+            r.direct_mean,
+            100.0 * r.recall_direct_mean,
+            100.0 * r.recall_direct_min,
+            100.0 * r.precision_direct_mean,
+            100.0 * r.precision_direct_min,
+            100.0 * r.recall_mean,
+            r.msgs_per_map,
+            r.probes_per_map,
+            r.path_proven_per_map,
+            r.msgs_per_direct_link,
+            r.completion_median_ms,
+            r.completion_max_ms,
+            r.worst_confirm_overrun_ms
+        );
+    }
 }
 
 fn print_legend() {
@@ -278,7 +436,14 @@ fn print_legend() {
          duplicate suppression, acks and answers (2 x flood requests + region - 1), both also per \
          overlay link inside the region (msg/lnk, fld/lnk; target <= 2); req/fld = protocol \
          requests / flood requests; t50_ms, tmax_ms = median and max completion; over_ms = worst \
-         completion - (budget + largest link RTT in the region), <= 0 meets the target."
+         completion - (budget + largest link RTT in the region), <= 0 meets the target. \
+         Direct maps: direct = nodes whose direct RTT from the origin is within the budget \
+         (the truth); recall% (mean, min) and prec% (mean, minp% the worst map) against it; \
+         ovl_rc% = recall against the overlay-path region above; msgs/map counts requests, \
+         acks, answers and 2 per confirmation probe (ping, pong); probes, paths = probes and \
+         path-proven nodes per map; msg/lnk = messages per overlay link inside the direct \
+         region (target <= 2); over_ms = worst completion - (budget + largest confirmation \
+         RTT), <= 0 meets the target."
     );
 }
 
@@ -297,15 +462,19 @@ fn check_budgets(budgets: &[f64]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_matrix(path: &Path, nodes: usize, seed: u64) -> anyhow::Result<()> {
-    let model = SyntheticInternet::new(SyntheticConfig::internet(nodes, seed));
+fn write_matrix(path: &Path, nodes: usize, seed: u64, kind: ModelKind) -> anyhow::Result<()> {
+    let config = match kind {
+        ModelKind::Internet => SyntheticConfig::internet(nodes, seed),
+        ModelKind::Metro => SyntheticConfig::metro(nodes, seed),
+    };
+    let model = SyntheticInternet::new(config);
     let file = std::fs::File::create(path)
         .with_context(|| format!("cannot create the matrix file {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
     let write = |out: &mut std::io::BufWriter<std::fs::File>| -> std::io::Result<()> {
         writeln!(
             out,
-            "# brume synthetic Internet-like model: {nodes} nodes, seed {seed}; RTT in ms, \
+            "# brume synthetic model {kind:?}: {nodes} nodes, seed {seed}; RTT in ms, \
              row i column j = RTT from i to j"
         )?;
         let mut line = String::new();
@@ -368,7 +537,7 @@ pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
                     .join(",")
             );
         };
-        return write_matrix(path, n, args.seed);
+        return write_matrix(path, n, args.seed, args.model);
     }
     check_budgets(&args.budgets)?;
     let maps = args.maps.unwrap_or(if args.quick { 3 } else { 32 });
@@ -405,10 +574,9 @@ pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
         scales.push(evaluate(
             format!("matrix {}", path.display()),
             &matrix,
-            &args.budgets,
+            args,
             maps,
             pairs,
-            args.seed,
         ));
     } else {
         for &n in &nodes {
@@ -416,10 +584,9 @@ pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
             scales.push(evaluate(
                 format!("synthetic, seed {}", args.seed),
                 &model,
-                &args.budgets,
+                args,
                 maps,
                 pairs,
-                args.seed,
             ));
         }
     }
@@ -435,15 +602,22 @@ pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
     let s = &scales[si];
     let ri = nearest(&s.rows, HEADLINE_BUDGET_MS, |r: &Row| r.budget_ms);
     let r = &s.rows[ri];
+    let d = &s.direct_rows[ri];
     println!(
-        "Headline: {} nodes at the {} ms budget: recall {:.2}% (overlay ground truth; direct \
-         {:.2}%), {:.2} messages per region link (flood {:.2}), Vivaldi median error {:.1}%.",
+        "Headline: {} nodes at the {} ms budget: seed 004's map: recall {:.2}% (overlay ground \
+         truth; direct {:.2}%), {:.2} messages per region link (flood {:.2}); direct maps: \
+         recall {:.2}% and precision {:.2}% against direct RTTs, {:.2} messages per direct-region \
+         link with {:.1} probes per map; Vivaldi median error {:.1}%.",
         s.nodes,
         r.budget_ms,
         100.0 * r.recall_mean,
         100.0 * r.recall_direct_mean,
         r.msgs_per_link,
         r.flood_msgs_per_link,
+        100.0 * d.recall_direct_mean,
+        100.0 * d.precision_direct_mean,
+        d.msgs_per_direct_link,
+        d.probes_per_map,
         100.0 * s.vivaldi_err
     );
     let (settle, window) = if args.quick {
@@ -463,12 +637,13 @@ pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
     );
     println!(
         "BENCH overlay recall_pct={:.2} msgs_per_region_link={:.3} vivaldi_median_err_pct={:.2} \
-         idle_rss_mb={:.1} idle_cpu_pct={:.3}",
+         idle_rss_mb={:.1} idle_cpu_pct={:.3} direct_recall_pct={:.2}",
         100.0 * r.recall_mean,
-        r.msgs_per_link,
+        d.msgs_per_direct_link,
         100.0 * s.vivaldi_err,
         idle.rss_mb,
-        idle.cpu_pct
+        idle.cpu_pct,
+        100.0 * d.recall_direct_mean
     );
     Ok(())
 }

@@ -53,11 +53,16 @@ fn bench_line(out: &Output) -> HashMap<String, f64> {
         "vivaldi_median_err_pct",
         "idle_rss_mb",
         "idle_cpu_pct",
+        "direct_recall_pct",
     ] {
         assert!(keys.contains_key(k), "{k} missing from {last}");
     }
     // Possible values, not good ones.
     assert!((0.0..=100.0).contains(&keys["recall_pct"]), "{keys:?}");
+    assert!(
+        (0.0..=100.0).contains(&keys["direct_recall_pct"]),
+        "{keys:?}"
+    );
     for k in [
         "msgs_per_region_link",
         "vivaldi_median_err_pct",
@@ -84,6 +89,7 @@ fn quick_run_ends_with_a_well_formed_bench_line() {
         );
     }
     assert!(stdout.contains("flood/map"), "{stdout}");
+    assert!(stdout.contains("direct maps (issue 17"), "{stdout}");
 }
 
 #[test]
@@ -113,6 +119,35 @@ fn runs_on_a_matrix_file_it_wrote() {
     assert!(
         stdout.contains("150 nodes, 11174 of 11175 pairs measured"),
         "{stdout}"
+    );
+
+    // The second, differently clustered model writes a different matrix of the same shape.
+    let metro = dir.path().join("metro.txt");
+    let m = metro.to_str().unwrap();
+    let out = bench(&[
+        "--write-matrix",
+        m,
+        "--model",
+        "metro",
+        "--nodes",
+        "150",
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let metro_text = std::fs::read_to_string(&metro).unwrap();
+    assert!(
+        metro_text.starts_with("# brume synthetic model Metro"),
+        "{metro_text:.200}"
+    );
+    assert_eq!(
+        metro_text.lines().filter(|l| !l.starts_with('#')).count(),
+        150
+    );
+    assert_ne!(
+        metro_text.lines().nth(1),
+        written.lines().nth(1),
+        "the metro model wrote the internet model's first row"
     );
 }
 
