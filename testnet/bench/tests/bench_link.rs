@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+mod common;
+
 #[test]
 fn link_bench_runs_and_reports_every_key() {
     if !brume_testnet::require::root("link_bench_runs_and_reports_every_key") {
@@ -26,32 +28,15 @@ fn link_bench_runs_and_reports_every_key() {
         ])
         .output()
         .expect("the brume-bench binary runs");
+    let seen = common::bench_line(&out, "transfer_link");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         stdout.contains("link shaped at 100 Mbit/s, RTT 2 ms, 2 MiB"),
         "{stdout}"
     );
-    let last = stdout.lines().last().expect("some output");
-    let rest = last
-        .strip_prefix("BENCH transfer_link ")
-        .unwrap_or_else(|| panic!("last line is not a BENCH line: {last}"));
-    let mut seen = Vec::new();
-    for kv in rest.split_whitespace() {
-        let (k, v) = kv
-            .split_once('=')
-            .unwrap_or_else(|| panic!("not key=value: {kv}"));
-        let v: f64 = v
-            .parse()
-            .unwrap_or_else(|_| panic!("{k}={v} is not a number"));
+    for (k, v) in &seen {
         // CPU times are counted in clock ticks: a tiny run may cost 0 of them.
-        assert!(v.is_finite() && v >= 0.0, "{k}={v} is not a number >= 0");
-        seen.push((k.to_string(), v));
+        assert!(*v >= 0.0, "{k}={v} is not a number >= 0");
     }
     for k in [
         "transfer_ratio_100mbit",
@@ -62,7 +47,7 @@ fn link_bench_runs_and_reports_every_key() {
         "fetch_mb_s_100mbit",
         "wire_mb_s_100mbit",
     ] {
-        let v = seen.iter().find(|(s, _)| s == k).map(|(_, v)| *v);
-        assert!(v.is_some_and(|v| v > 0.0), "no positive {k} in {last}");
+        let v = seen.get(k).copied();
+        assert!(v.is_some_and(|v| v > 0.0), "no positive {k} in {seen:?}");
     }
 }

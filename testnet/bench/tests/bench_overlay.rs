@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+
 fn bench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_brume-bench"))
         .arg("overlay")
@@ -23,30 +25,10 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The last stdout line, checked to be `BENCH overlay key=number ...`, as a map.
+/// The last stdout line, checked to be `BENCH overlay key=number ...` with every key the bench
+/// promises, as a map.
 fn bench_line(out: &Output) -> HashMap<String, f64> {
-    let stdout = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        text(&out.stderr)
-    );
-    let last = stdout.lines().last().expect("some output");
-    let rest = last
-        .strip_prefix("BENCH overlay ")
-        .unwrap_or_else(|| panic!("last line is not a BENCH line: {last}"));
-    let mut keys = HashMap::new();
-    for kv in rest.split_whitespace() {
-        let (k, v) = kv
-            .split_once('=')
-            .unwrap_or_else(|| panic!("not key=value: {kv}"));
-        let v: f64 = v
-            .parse()
-            .unwrap_or_else(|e| panic!("{k}={v} is not a number: {e}"));
-        assert!(v.is_finite(), "{k}={v}");
-        keys.insert(k.to_string(), v);
-    }
+    let keys = common::bench_line(out, "overlay");
     for k in [
         "recall_pct",
         "msgs_per_region_link",
@@ -55,7 +37,7 @@ fn bench_line(out: &Output) -> HashMap<String, f64> {
         "idle_cpu_pct",
         "direct_recall_pct",
     ] {
-        assert!(keys.contains_key(k), "{k} missing from {last}");
+        assert!(keys.contains_key(k), "{k} missing from {keys:?}");
     }
     // Possible values, not good ones.
     assert!((0.0..=100.0).contains(&keys["recall_pct"]), "{keys:?}");
