@@ -2,6 +2,7 @@
 //! `NetworkBehaviour` per protocol, put together with `#[derive(NetworkBehaviour)]`.
 //!
 //! * [`AddressBook`]: where to dial peers by id (see [`crate::addresses`]);
+//! * the gate: the optional allow-list of peer ids (see [`crate::gate`]);
 //! * `identify`: learns the peers' listen addresses (what membership hands out to newcomers);
 //! * `ping`: RTT samples for the mapping core's estimators and Vivaldi;
 //! * `/brume/join/1` (request-response, CBOR): join samples and shuffles ([`MembershipRequest`]);
@@ -16,6 +17,7 @@ use libp2p::request_response::{self, cbor, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 
 use crate::addresses::AddressBook;
+use crate::gate::Gate;
 use libp2p::{identify, identity, ping, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +73,7 @@ pub struct BehaviourTimings {
 #[derive(NetworkBehaviour)]
 pub struct BrumeBehaviour {
     pub addresses: AddressBook,
+    pub gate: Gate,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub join: cbor::Behaviour<MembershipRequest, MembershipResponse>,
@@ -79,7 +82,7 @@ pub struct BrumeBehaviour {
 }
 
 impl BrumeBehaviour {
-    pub fn new(key: &identity::Keypair, t: &BehaviourTimings) -> Self {
+    pub fn new(key: &identity::Keypair, t: &BehaviourTimings, gate: Gate) -> Self {
         let rr = request_response::Config::default().with_request_timeout(t.request_timeout);
         let join_codec = cbor::codec::Codec::default()
             .set_request_size_maximum(MAX_JOIN_BYTES)
@@ -89,6 +92,7 @@ impl BrumeBehaviour {
             .set_response_size_maximum(MAX_STATE_BYTES);
         BrumeBehaviour {
             addresses: AddressBook::default(),
+            gate,
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_VERSION.to_string(), key.public())
                     .with_interval(t.identify_interval),
