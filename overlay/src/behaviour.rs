@@ -6,9 +6,9 @@
 //! * `identify`: learns the peers' listen addresses (what membership hands out to newcomers);
 //! * `ping`: RTT samples for the mapping core's estimators and Vivaldi;
 //! * `/brume/join/1` (request-response, CBOR): join samples and shuffles ([`MembershipRequest`]);
-//! * `/brume/state/2` (request-response, CBOR): state records exchanged both ways;
+//! * `/brume/state/3` (request-response, CBOR): signed state records exchanged both ways;
 //! * `libp2p-stream`: raw streams, for the mapping core's messages on one long-lived stream per
-//!   peer (`/brume/map/3`, see [`crate::maplink`]) and for the node's own stream protocols
+//!   peer (`/brume/map/4`, see [`crate::maplink`]) and for the node's own stream protocols
 //!   (deploy, transfer, tunnel), which it opens through [`crate::OverlayHandle::open_stream`].
 
 use std::time::Duration;
@@ -25,7 +25,8 @@ use crate::mapping::Message;
 use crate::neighbourhood::NodeRecord;
 
 pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/join/1");
-pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/state/2");
+/// Version 3: the record is signed by the node it describes ([`crate::signed_record`]).
+pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/state/3");
 /// identify's protocol version string for brume nodes.
 pub const IDENTIFY_VERSION: &str = "/brume/1.0.0";
 

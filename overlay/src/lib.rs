@@ -31,6 +31,7 @@ pub mod neighbourhood;
 pub mod network_key;
 pub mod node;
 pub mod rtt;
+pub mod signed_record;
 pub mod swarm;
 pub mod transport;
 pub mod vivaldi;

@@ -35,6 +35,7 @@ use crate::maplink::{LinkEvent, MapLinks};
 use crate::mapping::{MappingNode, Output};
 use crate::membership::{Action, Membership, Misbehaviour};
 use crate::neighbourhood::{check_name, NodeRecord};
+use crate::signed_record;
 
 /// The core's id of a peer: the first 8 bytes (big-endian) of a 64-bit FNV-1a hash of the peer
 /// id's bytes, passed through SplitMix64's finalizer so every bit depends on every input byte.
@@ -137,6 +138,8 @@ struct Driver {
     probes: HashMap<NodeId, Vec<MapId>>,
     /// Where [`ConnectionEvent`]s go (nowhere when nobody listens).
     events: broadcast::Sender<ConnectionEvent>,
+    /// This node's identity key: it signs the node's own record as it leaves.
+    key: identity::Keypair,
 }
 
 pub(crate) async fn spawn(
@@ -154,6 +157,7 @@ pub(crate) async fn spawn(
     if let Some(k) = &config.network_key {
         info!(fingerprint = %k.fingerprint(), "private overlay: only holders of this network key can connect");
     }
+    let signing_key = key.clone();
     let mut swarm = crate::transport::build(key.clone(), config.network_key, move |key| {
         BrumeBehaviour::new(key, &bt, gate)
     })?;
@@ -269,6 +273,7 @@ pub(crate) async fn spawn(
         link_events,
         probes: HashMap::new(),
         events,
+        key: signing_key,
     };
     info!(peer = %local_peer, node = %node_id, addrs = ?driver.listen_addrs, "overlay node listening");
     let now = driver.now();
@@ -546,7 +551,8 @@ impl Driver {
     fn apply_mapping(&mut self, out: Vec<Output>) {
         for o in out {
             match o {
-                Output::Send { to, msg } => {
+                Output::Send { to, mut msg } => {
+                    signed_record::sign_own(&mut msg, self.node_id, &self.key);
                     match self.peer_id(to).filter(|_| self.connected.contains(&to)) {
                         Some(peer) => {
                             trace!(node = %to, kind = msg_kind(&msg), "map message out");
@@ -650,8 +656,15 @@ impl Driver {
         self.apply(actions);
     }
 
+    /// This node's record as it goes out: signed.
+    fn own_record(&self) -> NodeRecord {
+        let mut record = self.mapping.record();
+        signed_record::sign(&mut record, &self.key);
+        record
+    }
+
     fn broadcast_state(&mut self) {
-        let record = self.mapping.record();
+        let record = self.own_record();
         let peers: Vec<PeerId> = self
             .connected
             .iter()
@@ -674,6 +687,11 @@ impl Driver {
             || !record.coord_error.is_finite()
         {
             debug!(%node, "state record with a wrong id or non-finite coordinate");
+            self.misbehaved(node, Misbehaviour::Malformed);
+            return;
+        }
+        if let Err(e) = signed_record::verify(&record) {
+            debug!(%node, error = %e, "state record dropped");
             self.misbehaved(node, Misbehaviour::Malformed);
             return;
         }
@@ -749,7 +767,7 @@ impl Driver {
                     let actions = self.membership.on_connected(now, id, addr);
                     self.apply(actions);
                     if self.connected.contains(&id) {
-                        let record = self.mapping.record();
+                        let record = self.own_record();
                         self.swarm
                             .behaviour_mut()
                             .state
@@ -966,7 +984,7 @@ impl Driver {
                 ..
             } => {
                 let from = self.learn(peer);
-                let mine = self.mapping.record();
+                let mine = self.own_record();
                 let _ = self
                     .swarm
                     .behaviour_mut()
