@@ -146,18 +146,10 @@ impl Deployer {
                 instance,
                 epoch,
                 back_to,
-            } => {
-                if let Some((spec, _, _)) = self.instances.get(&instance) {
-                    let also: Vec<PeerId> = self.instances.sent_by(&instance).into_iter().collect();
-                    if let Err(reason) = check(from, me, "remove", &instance, spec.initiator, &also)
-                    {
-                        return Reply::Refused { reason };
-                    }
-                }
-                Reply::Stopped {
-                    instances: self.remove_one(&instance, epoch, back_to).await,
-                }
-            }
+            } => match self.remove_one(from, &instance, epoch, back_to).await {
+                Ok(instances) => Reply::Stopped { instances },
+                Err(reason) => Reply::Refused { reason },
+            },
             Request::List { service } => {
                 let mut list = self.list(service.as_deref()).await;
                 if from != me {
@@ -557,19 +549,26 @@ impl Deployer {
     }
 
     /// Stops and removes one instance if it runs here with `epoch`; with `back_to`, calls to
-    /// it from this node go to that peer afterwards.
+    /// it from this node go to that peer afterwards. Asked by `from`: the owner, this node, or
+    /// the node that brought the instance here (a move undoing its start); checked once any
+    /// deploy in progress here has ended, so the instance it may be starting is judged too. A
+    /// `back_to` from anyone else is ignored when no such instance runs here.
     pub async fn remove_one(
         &self,
+        from: PeerId,
         id: &InstanceId,
         epoch: u64,
         back_to: Option<PeerId>,
-    ) -> Vec<String> {
+    ) -> Result<Vec<String>, String> {
         // After any deploy in progress here: the one being undone may still be starting.
         let _one_at_a_time = self.deploying.lock().await;
-        let matches = self
-            .instances
-            .get(id)
-            .is_some_and(|(spec, _, _)| spec.epoch == epoch);
+        let me = self.overlay.peer_id();
+        let here = self.instances.get(id).map(|(spec, _, _)| spec);
+        if let Some(spec) = &here {
+            let also: Vec<PeerId> = self.instances.sent_by(id).into_iter().collect();
+            check(from, me, "remove", id, spec.initiator, &also)?;
+        }
+        let matches = here.is_some_and(|spec| spec.epoch == epoch);
         let removed: Vec<String> = if matches {
             self.remove_instance(id).await.into_iter().collect()
         } else {
@@ -578,12 +577,12 @@ impl Deployer {
         if !removed.is_empty() {
             self.readvertise().await;
         }
-        if let Some(peer) = back_to {
-            if peer != self.overlay.peer_id() && self.routes.get(id).is_none() {
+        if let Some(peer) = back_to.filter(|_| !removed.is_empty() || from == me) {
+            if peer != me && self.routes.get(id).is_none() {
                 self.routes.set(id.clone(), Route::Remote { peer });
             }
         }
-        removed
+        Ok(removed)
     }
 
     /// Stops and removes every instance here (the node is leaving).
