@@ -9,7 +9,7 @@
 //!
 //! A deploy: the initiator reads the manifest and places it on the node's neighbourhood map
 //! (crate `brume_plan`), packs artifacts (crate `brume_artifact`) and asks every chosen host on
-//! `/brume/deploy/2`; each host's deployer fetches what it lacks and runs the task through an
+//! `/brume/deploy/3`; each host's deployer fetches what it lacks and runs the task through an
 //! engine (crate `brume_engine`: Docker or plain processes), wiring its calls through tunnels
 //! (crate `brume_tunnel`). A move: the node that runs an instance drives it, its decisions a
 //! state machine with no I/O (`migrate::machine`) and its state captured by brume-migration.

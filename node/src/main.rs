@@ -68,12 +68,22 @@ enum Command {
     Migrate(brume::migrate::cli::MigrateArgs),
     /// Move every task instance this node runs to other nodes (before taking it down).
     Drain(brume::migrate::cli::DrainArgs),
+    /// Keys of a private overlay: `brume key gen > net.key` prints a new network key; copy the
+    /// file to every machine and start each node with `--network-key net.key`.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print a completion script for a shell, e.g. `brume completions bash >
     /// /etc/bash_completion.d/brume`, or `source <(brume completions bash)`.
     Completions {
         /// The shell to complete in.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print a new pre-shared network key (libp2p pnet's swarm-key text) on stdout.
+    Gen,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +112,10 @@ fn main() -> ExitCode {
         Command::Stop(args) => block_on(brume::deploy::cli::stop(args)),
         Command::Migrate(args) => block_on(brume::migrate::cli::migrate(args)),
         Command::Drain(args) => block_on(brume::migrate::cli::drain(args)),
+        Command::Key(KeyCommand::Gen) => {
+            print!("{}", brume::daemon::network_key::generate());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => completions(*shell),
     };
     match result {

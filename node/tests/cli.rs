@@ -1,10 +1,10 @@
-//! The `brume` command line itself, as a shell sees it: `--version`, and completion scripts
-//! that name every subcommand. No node runs here.
+//! The `brume` command line itself, as a shell sees it: `--version`, `key gen`, and completion
+//! scripts that name every subcommand. No node runs here.
 
 use std::process::Command;
 
 /// Every subcommand `brume --help` lists.
-const SUBCOMMANDS: [&str; 14] = [
+const SUBCOMMANDS: [&str; 15] = [
     "place",
     "bench",
     "node",
@@ -17,6 +17,7 @@ const SUBCOMMANDS: [&str; 14] = [
     "stop",
     "migrate",
     "drain",
+    "key",
     "completions",
     "help",
 ];
@@ -41,6 +42,19 @@ fn version_names_the_package_version() {
         v.starts_with(&format!("brume {}", env!("CARGO_PKG_VERSION"))),
         "{v}"
     );
+}
+
+#[test]
+fn key_gen_prints_a_new_network_key_each_time() {
+    let a = brume(&["key", "gen"]);
+    let lines: Vec<&str> = a.lines().collect();
+    assert_eq!(lines.len(), 3, "{a}");
+    assert_eq!(&lines[..2], ["/key/swarm/psk/1.0.0/", "/base16/"], "{a}");
+    assert!(
+        lines[2].len() == 64 && lines[2].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{a}"
+    );
+    assert_ne!(brume(&["key", "gen"]), a, "every key is new");
 }
 
 #[test]

@@ -284,7 +284,9 @@ fn a_host_checks_resources_epochs_and_garbage() {
             checkpoint: Default::default(),
             initiator: None,
             generation: Default::default(),
-        };
+            grant: None,
+        }
+        .signed(me.keypair());
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
         write_frame(&mut s, &Request::Deploy(spec))
             .await
@@ -318,7 +320,9 @@ fn a_host_checks_resources_epochs_and_garbage() {
             checkpoint: Default::default(),
             initiator: None,
             generation: Default::default(),
-        };
+            grant: None,
+        }
+        .signed(me.keypair());
         let deploy = |spec: InstanceSpec| {
             let me = me.clone();
             async move {

@@ -2,12 +2,13 @@
 //! `NetworkBehaviour` per protocol, put together with `#[derive(NetworkBehaviour)]`.
 //!
 //! * [`AddressBook`]: where to dial peers by id (see [`crate::addresses`]);
+//! * the gate: the optional allow-list of peer ids (see [`crate::gate`]);
 //! * `identify`: learns the peers' listen addresses (what membership hands out to newcomers);
 //! * `ping`: RTT samples for the mapping core's estimators and Vivaldi;
 //! * `/brume/join/1` (request-response, CBOR): join samples and shuffles ([`MembershipRequest`]);
-//! * `/brume/state/2` (request-response, CBOR): state records exchanged both ways;
+//! * `/brume/state/3` (request-response, CBOR): signed state records exchanged both ways;
 //! * `libp2p-stream`: raw streams, for the mapping core's messages on one long-lived stream per
-//!   peer (`/brume/map/3`, see [`crate::maplink`]) and for the node's own stream protocols
+//!   peer (`/brume/map/4`, see [`crate::maplink`]) and for the node's own stream protocols
 //!   (deploy, transfer, tunnel), which it opens through [`crate::OverlayHandle::open_stream`].
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use libp2p::request_response::{self, cbor, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 
 use crate::addresses::AddressBook;
+use crate::gate::Gate;
 use libp2p::{identify, identity, ping, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +25,8 @@ use crate::mapping::Message;
 use crate::neighbourhood::NodeRecord;
 
 pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/join/1");
-pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/state/2");
+/// Version 3: the record is signed by the node it describes ([`crate::signed_record`]).
+pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/state/3");
 /// identify's protocol version string for brume nodes.
 pub const IDENTIFY_VERSION: &str = "/brume/1.0.0";
 
@@ -71,6 +74,7 @@ pub struct BehaviourTimings {
 #[derive(NetworkBehaviour)]
 pub struct BrumeBehaviour {
     pub addresses: AddressBook,
+    pub gate: Gate,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub join: cbor::Behaviour<MembershipRequest, MembershipResponse>,
@@ -79,7 +83,7 @@ pub struct BrumeBehaviour {
 }
 
 impl BrumeBehaviour {
-    pub fn new(key: &identity::Keypair, t: &BehaviourTimings) -> Self {
+    pub fn new(key: &identity::Keypair, t: &BehaviourTimings, gate: Gate) -> Self {
         let rr = request_response::Config::default().with_request_timeout(t.request_timeout);
         let join_codec = cbor::codec::Codec::default()
             .set_request_size_maximum(MAX_JOIN_BYTES)
@@ -89,6 +93,7 @@ impl BrumeBehaviour {
             .set_response_size_maximum(MAX_STATE_BYTES);
         BrumeBehaviour {
             addresses: AddressBook::default(),
+            gate,
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_VERSION.to_string(), key.public())
                     .with_interval(t.identify_interval),

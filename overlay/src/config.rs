@@ -1,14 +1,16 @@
 //! What a node is started with: its identity, the periods of its protocols, its degree bounds
 //! and the tuning of its sans-IO cores. [`crate::swarm`] reads it once, when the node starts.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 
 use crate::mapping::MapConfig;
 use crate::membership::MembershipConfig;
 use crate::neighbourhood::NodeRecord;
+use crate::network_key::NetworkKey;
 
 /// How a node gets its libp2p identity.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +75,11 @@ pub struct OverlayConfig {
     /// Membership tuning; `min_degree`, `max_degree` and the shuffle and maintenance intervals
     /// above override the corresponding fields.
     pub membership: MembershipConfig,
+    /// The private overlay's pre-shared key: with one, only nodes holding the same key can
+    /// complete a connection ([`crate::network_key`]); without, the overlay is open.
+    pub network_key: Option<NetworkKey>,
+    /// The only peers this node connects to or accepts (`None`: any; see [`crate::gate`]).
+    pub allowed_peers: Option<HashSet<PeerId>>,
 }
 
 impl Default for OverlayConfig {
@@ -87,6 +94,8 @@ impl Default for OverlayConfig {
             timings: Timings::default(),
             map: network_map_config(),
             membership: MembershipConfig::default(),
+            network_key: None,
+            allowed_peers: None,
         }
     }
 }

@@ -6,11 +6,15 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::commands::{Command, MapOutcome, PeerInfo, Status};
 use crate::error::OverlayError;
+use crate::events::ConnectionEvent;
 use crate::ids::NodeId;
 use crate::neighbourhood::{NeighbourhoodMap, NodeRecord};
 
@@ -25,6 +29,9 @@ pub struct OverlayHandle {
     pub(crate) commands: mpsc::Sender<Command>,
     /// Opens and accepts the raw streams of [`OverlayHandle::open_stream`].
     pub(crate) streams: libp2p_stream::Control,
+    pub(crate) events: broadcast::Sender<ConnectionEvent>,
+    /// The node's identity key: what it signs with (deploy specs, its records).
+    pub(crate) keypair: Arc<Keypair>,
 }
 
 impl std::fmt::Debug for OverlayHandle {
@@ -43,6 +50,16 @@ impl OverlayHandle {
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// The node's identity key, to sign what this node vouches for (its peer id is the key's).
+    pub fn keypair(&self) -> &Keypair {
+        &self.keypair
+    }
+
+    /// Connection events from now on (see [`ConnectionEvent`]); subscribe before causing them.
+    pub fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.events.subscribe()
     }
 
     async fn ask<T>(

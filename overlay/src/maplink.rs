@@ -1,4 +1,4 @@
-//! Map messages on one long-lived stream per peer and direction (`/brume/map/3`).
+//! Map messages on one long-lived stream per peer and direction (`/brume/map/4`).
 //!
 //! Why not request-response: a request-response message opens a fresh substream, and opening a
 //! substream costs a multistream-select negotiation before the first byte is read, so each hop of
@@ -14,6 +14,8 @@
 //! task as [`LinkEvent`]s through one channel. A frame that does not parse is reported as
 //! [`MapFrame::Bad`] (so its sender is scored down) and the stream stays usable; a length over the
 //! limit is reported and the stream is closed unread, since the bytes after it cannot be trusted.
+//! An answer holding a node record whose signature does not hold ([`crate::signed_record`]) is
+//! dropped whole and reported as a bad frame.
 
 use std::collections::HashMap;
 
@@ -26,7 +28,8 @@ use crate::behaviour::MapFrame;
 use crate::mapping::Message;
 use crate::wire::{self, WireError};
 
-pub const MAP_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/map/3");
+/// Version 4: node records in answers are signed by the node they describe.
+pub const MAP_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/map/4");
 
 /// Frames queued for one peer beyond this are dropped (the map's timeouts cover the loss).
 const QUEUE: usize = 1024;
@@ -276,7 +279,21 @@ async fn read_frames(
             return;
         }
         let frame = match wire::decode_with_limit(&buf, max_bytes) {
-            Ok(msg) => MapFrame::Msg(msg),
+            Ok(mut msg) => {
+                // Every hop checks records before it merges them, so an honest peer never
+                // sends a bad one: the whole message goes, and its sender is scored down.
+                let forged = crate::signed_record::drop_forged_in(&mut msg);
+                match forged.first() {
+                    None => MapFrame::Msg(msg),
+                    Some((id, why)) => MapFrame::Bad {
+                        oversized: false,
+                        reason: format!(
+                            "an answer with {} forged node record(s), the first ({id}): {why}",
+                            forged.len()
+                        ),
+                    },
+                }
+            }
             Err(e) => MapFrame::Bad {
                 oversized: matches!(e, WireError::TooLarge { .. }),
                 reason: e.to_string(),

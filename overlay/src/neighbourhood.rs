@@ -10,6 +10,7 @@ use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeId;
+use crate::signed_record::RecordSignature;
 use crate::vivaldi::Coord;
 
 /// The small state record a node advertises: what placement needs to judge it as a host.
@@ -38,6 +39,11 @@ pub struct NodeRecord {
     /// lists; see [`check_name`]. Records from nodes that predate it decode as `None`.
     #[serde(default)]
     pub name: Option<String>,
+    /// The node's signature of everything above ([`crate::signed_record`]): records from the
+    /// network without a good one are dropped. `None` in simulations and before the node
+    /// sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<RecordSignature>,
 }
 
 /// The longest node name: short enough for a column of `brume peers`.
@@ -91,6 +97,7 @@ impl NodeRecord {
             peer: None,
             addrs: Vec::new(),
             name: None,
+            signature: None,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The libp2p shell: a tokio task owning the `Swarm` (TCP + noise + yamux, the behaviours of
+//! The libp2p shell: a tokio task owning the `Swarm` ([`crate::transport`], the behaviours of
 //! [`crate::behaviour`]) and the two sans-IO cores, [`MappingNode`] and [`Membership`]. The task is
 //! one `tokio::select!` over swarm events, handle commands and the cores' timers; every event is
 //! translated into calls on the cores, whose outputs become dials, disconnections and requests.
@@ -15,8 +15,9 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{identify, identity, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
-use tokio::sync::{mpsc, oneshot};
+use libp2p::swarm::{DialError, ListenError};
+use libp2p::{identify, identity, ping, Multiaddr, PeerId, Swarm};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
@@ -27,12 +28,14 @@ use crate::behaviour::{
 use crate::commands::{Command, MapOutcome, MapSize, PeerInfo, Status};
 use crate::config::{Identity, OverlayConfig};
 use crate::error::OverlayError;
+use crate::events::{ConnectionEvent, EVENT_BUFFER};
 use crate::handle::OverlayHandle;
 use crate::ids::{MapId, NodeId, Time};
 use crate::maplink::{LinkEvent, MapLinks};
 use crate::mapping::{MappingNode, Output};
 use crate::membership::{Action, Membership, Misbehaviour};
 use crate::neighbourhood::{check_name, NodeRecord};
+use crate::signed_record;
 
 /// The core's id of a peer: the first 8 bytes (big-endian) of a 64-bit FNV-1a hash of the peer
 /// id's bytes, passed through SplitMix64's finalizer so every bit depends on every input byte.
@@ -133,6 +136,10 @@ struct Driver {
     link_events: mpsc::Receiver<LinkEvent>,
     /// Confirmation probes in flight: the maps waiting for the next ping of each node.
     probes: HashMap<NodeId, Vec<MapId>>,
+    /// Where [`ConnectionEvent`]s go (nowhere when nobody listens).
+    events: broadcast::Sender<ConnectionEvent>,
+    /// This node's identity key: it signs the node's own record as it leaves.
+    key: identity::Keypair,
 }
 
 pub(crate) async fn spawn(
@@ -146,19 +153,14 @@ pub(crate) async fn spawn(
         identify_interval: t.identify_interval,
         request_timeout: t.request_timeout,
     };
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| OverlayError::Transport(e.to_string()))?
-        .with_behaviour(|key| BrumeBehaviour::new(key, &bt))
-        .map_err(|e| OverlayError::Transport(e.to_string()))?
-        // The overlay decides which connections to keep (membership's degree bounds).
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(365 * 86_400)))
-        .build();
+    let gate = crate::gate::gate(config.allowed_peers.as_ref());
+    if let Some(k) = &config.network_key {
+        info!(fingerprint = %k.fingerprint(), "private overlay: only holders of this network key can connect");
+    }
+    let signing_key = key.clone();
+    let mut swarm = crate::transport::build(key.clone(), config.network_key, move |key| {
+        BrumeBehaviour::new(key, &bt, gate)
+    })?;
     let local_peer = *swarm.local_peer_id();
     let node_id = node_id_of(&local_peer);
 
@@ -242,11 +244,14 @@ pub(crate) async fn spawn(
     let (tx, rx) = mpsc::channel(64);
     let streams = swarm.behaviour().streams.new_control();
     let (links, link_events) = MapLinks::start(streams.clone(), crate::wire::MAX_MESSAGE_BYTES);
+    let (events, _) = broadcast::channel(EVENT_BUFFER);
     let handle = OverlayHandle {
         peer_id: local_peer,
         node_id,
         commands: tx,
         streams,
+        events: events.clone(),
+        keypair: std::sync::Arc::new(key),
     };
     let mut driver = Driver {
         swarm,
@@ -267,6 +272,8 @@ pub(crate) async fn spawn(
         links,
         link_events,
         probes: HashMap::new(),
+        events,
+        key: signing_key,
     };
     info!(peer = %local_peer, node = %node_id, addrs = ?driver.listen_addrs, "overlay node listening");
     let now = driver.now();
@@ -544,7 +551,8 @@ impl Driver {
     fn apply_mapping(&mut self, out: Vec<Output>) {
         for o in out {
             match o {
-                Output::Send { to, msg } => {
+                Output::Send { to, mut msg } => {
+                    signed_record::sign_own(&mut msg, self.node_id, &self.key);
                     match self.peer_id(to).filter(|_| self.connected.contains(&to)) {
                         Some(peer) => {
                             trace!(node = %to, kind = msg_kind(&msg), "map message out");
@@ -648,8 +656,15 @@ impl Driver {
         self.apply(actions);
     }
 
+    /// This node's record as it goes out: signed.
+    fn own_record(&self) -> NodeRecord {
+        let mut record = self.mapping.record();
+        signed_record::sign(&mut record, &self.key);
+        record
+    }
+
     fn broadcast_state(&mut self) {
-        let record = self.mapping.record();
+        let record = self.own_record();
         let peers: Vec<PeerId> = self
             .connected
             .iter()
@@ -672,6 +687,11 @@ impl Driver {
             || !record.coord_error.is_finite()
         {
             debug!(%node, "state record with a wrong id or non-finite coordinate");
+            self.misbehaved(node, Misbehaviour::Malformed);
+            return;
+        }
+        if let Err(e) = signed_record::verify(&record) {
+            debug!(%node, error = %e, "state record dropped");
             self.misbehaved(node, Misbehaviour::Malformed);
             return;
         }
@@ -737,6 +757,9 @@ impl Driver {
                 };
                 if num_established.get() == 1 {
                     debug!(peer = %peer_id, node = %id, "connected");
+                    let _ = self
+                        .events
+                        .send(ConnectionEvent::Connected { peer: peer_id });
                     self.connected.insert(id);
                     self.mapping.add_peer(id);
                     // Open the map link now, so no map pays for the stream's negotiation.
@@ -744,7 +767,7 @@ impl Driver {
                     let actions = self.membership.on_connected(now, id, addr);
                     self.apply(actions);
                     if self.connected.contains(&id) {
-                        let record = self.mapping.record();
+                        let record = self.own_record();
                         self.swarm
                             .behaviour_mut()
                             .state
@@ -761,6 +784,9 @@ impl Driver {
             } => {
                 let id = node_id_of(&peer_id);
                 debug!(peer = %peer_id, node = %id, "disconnected");
+                let _ = self
+                    .events
+                    .send(ConnectionEvent::Disconnected { peer: peer_id });
                 self.connected.remove(&id);
                 self.mapping.remove_peer(id);
                 self.links.close(peer_id);
@@ -769,13 +795,43 @@ impl Driver {
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
+                peer_id,
                 error,
-                ..
             } => {
+                let denied = matches!(error, DialError::Denied { .. });
+                if denied {
+                    info!(peer = ?peer_id, "connection to a peer not on the allow-list closed");
+                }
+                let _ = self.events.send(ConnectionEvent::Failed {
+                    peer: peer_id,
+                    incoming: false,
+                    denied,
+                    reason: error.to_string(),
+                });
                 if let Some(addr) = self.dials.remove(&connection_id) {
                     debug!(%addr, %error, "dial failed");
                     self.membership.on_dial_failed(now, &addr);
                 }
+            }
+            SwarmEvent::IncomingConnectionError {
+                peer_id,
+                send_back_addr,
+                error,
+                ..
+            } => {
+                let denied = matches!(error, ListenError::Denied { .. });
+                if denied {
+                    info!(peer = ?peer_id, from = %send_back_addr, "connection from a peer not on the allow-list refused");
+                } else {
+                    // Without the network key (or with another) the handshake fails here.
+                    debug!(from = %send_back_addr, %error, "incoming connection failed");
+                }
+                let _ = self.events.send(ConnectionEvent::Failed {
+                    peer: peer_id,
+                    incoming: true,
+                    denied,
+                    reason: error.to_string(),
+                });
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(now, ev),
             _ => {}
@@ -824,6 +880,7 @@ impl Driver {
             BrumeBehaviourEvent::Join(ev) => self.on_join_event(now, ev),
             BrumeBehaviourEvent::State(ev) => self.on_state_event(ev),
             BrumeBehaviourEvent::Streams(()) => {}
+            BrumeBehaviourEvent::Gate(never) => match never {},
         }
     }
 
@@ -927,7 +984,7 @@ impl Driver {
                 ..
             } => {
                 let from = self.learn(peer);
-                let mine = self.mapping.record();
+                let mine = self.own_record();
                 let _ = self
                     .swarm
                     .behaviour_mut()

@@ -4,7 +4,7 @@
 //! * eight nodes join, each through a different earlier node; each shows up in some other node's
 //!   peer table, the overlay graph ends connected and a map from every node holds exactly the
 //!   eight;
-//! * a peer sending malformed and oversized frames on `/brume/map/3` is scored down by exactly the
+//! * a peer sending malformed and oversized frames on `/brume/map/4` is scored down by exactly the
 //!   penalties and dropped, nothing panics;
 //! * a map with a node killed while it runs still ends, and later maps hold exactly the survivors;
 //! * a raw stream moves bytes;
@@ -341,7 +341,7 @@ async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped(
         .unwrap();
     let victim_addr = victim.listen_addrs().await.unwrap()[0].clone();
 
-    // A bare libp2p peer that speaks no brume protocol but writes bad frames on /brume/map/3.
+    // A bare libp2p peer that speaks no brume protocol but writes bad frames on /brume/map/4.
     let evil_key = match ids.node(1) {
         brume_overlay::Identity::Seed(k) => {
             libp2p::identity::Keypair::ed25519_from_bytes(k).unwrap()
@@ -385,7 +385,7 @@ async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped(
     let mut s = tokio::time::timeout(PATIENCE, control.open_stream(victim_id, proto.clone()))
         .await
         .expect("stream opens in time")
-        .expect("the victim accepts /brume/map/3");
+        .expect("the victim accepts /brume/map/4");
     // Two malformed frames (-20 each), then a length header far over the limit (-30): the
     // score goes 100 -> 80 -> 60 -> 30, below the ban threshold of 50. Each frame is sent only
     // once the victim has judged the one before, so every score is exact.

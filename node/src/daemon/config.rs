@@ -78,6 +78,12 @@ pub struct NodeConfig {
     /// the target of a live move, `exit-in-precopy`, `cut-before-restore`, `fail-restore` or
     /// `cut-after-restore` ([`LiveFault`]). Unset on every real node.
     pub live_fault: Option<LiveFault>,
+    /// A file holding the private overlay's key (`brume key gen > net.key`): only nodes with
+    /// the same key can connect. Unset: the overlay is open to any machine that reaches it.
+    pub network_key: Option<PathBuf>,
+    /// Peer ids this node alone connects to or accepts (empty: any member). An operator's
+    /// extra gate on top of the network key.
+    pub allow_peer: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -101,6 +107,8 @@ impl Default for NodeConfig {
             name: None,
             metrics: None,
             live_fault: None,
+            network_key: None,
+            allow_peer: Vec::new(),
         }
     }
 }
@@ -234,7 +242,7 @@ fn file_layer(path: &Path) -> anyhow::Result<Layer> {
     Ok(Layer::tagged(values, |_| format!("config file {name}")))
 }
 
-/// The `BRUME_*` variables' layer; `listen` and `join` take comma-separated lists.
+/// The `BRUME_*` variables' layer; `listen`, `join` and `allow_peer` take comma-separated lists.
 fn env_layer(
     env: impl IntoIterator<Item = (String, String)>,
     keys: &[String],
@@ -253,7 +261,7 @@ fn env_layer(
                 keys.join(", ")
             );
         }
-        let kind = if key == "listen" || key == "join" {
+        let kind = if ["listen", "join", "allow_peer"].contains(&key.as_str()) {
             v.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -308,6 +316,8 @@ impl NodeConfig {
         }
         self.metrics_addr()
             .map_err(|e| ("metrics", format!("{e:#}")))?;
+        self.allowed_peers()
+            .map_err(|e| ("allow_peer", format!("{e:#}")))?;
         if self.listen.is_empty() {
             return Err((
                 "listen",
@@ -319,6 +329,25 @@ impl NodeConfig {
 }
 
 impl NodeConfig {
+    /// The allow-list of peer ids, if one is set.
+    pub fn allowed_peers(
+        &self,
+    ) -> anyhow::Result<Option<std::collections::HashSet<brume_overlay::PeerId>>> {
+        if self.allow_peer.is_empty() {
+            return Ok(None);
+        }
+        let peers = self
+            .allow_peer
+            .iter()
+            .map(|p| {
+                p.parse().map_err(|_| {
+                    anyhow::anyhow!("`{p}` is not a peer id (brume status prints a node's)")
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Some(peers))
+    }
+
     /// The address of the metrics endpoint, if it is on. Only loopback: the endpoint has no
     /// authentication and tells whoever asks the node's peers, load and moves, so another
     /// machine reaches it through something the operator secures (an SSH tunnel, a reverse
@@ -528,6 +557,10 @@ mod tests {
             "127.0.0.1:0",
             "--live-fault",
             "cut-after-restore",
+            "--network-key",
+            "/etc/brume/net.key",
+            "--allow-peer",
+            "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
         ]);
         let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
         let want = NodeConfig {
@@ -549,6 +582,8 @@ mod tests {
             name: Some("gw-kitchen".into()),
             metrics: Some("127.0.0.1:0".into()),
             live_fault: Some(LiveFault::CutAfterRestore),
+            network_key: Some("/etc/brume/net.key".into()),
+            allow_peer: vec!["12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
         };
         assert_eq!(cfg, want);
     }
@@ -670,6 +705,27 @@ mod tests {
         let cfg = load(Some(&file), env(&[]), &flags(&[])).unwrap();
         assert_eq!(cfg.name.as_deref(), Some("gw-1"));
         assert_eq!(cfg.metrics.as_deref(), Some("127.0.0.1:9464"));
+    }
+
+    #[test]
+    fn the_allow_list_takes_peer_ids_from_any_layer() {
+        let a = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        let b = "12D3KooWH3uVF6wv47WnArKHk5p6cvgCJEb74UTmxztmQDc298L3";
+        let open = load(None, env(&[]), &flags(&[])).unwrap();
+        assert_eq!(open.allowed_peers().unwrap(), None, "open by default");
+        let both = format!("{a},{b}");
+        let cfg = load(None, env(&[("BRUME_ALLOW_PEER", &both)]), &flags(&[])).unwrap();
+        assert_eq!(cfg.allowed_peers().unwrap().map(|p| p.len()), Some(2));
+        let (_dir, path) = file(&format!("allow_peer = [\"{a}\"]\nnetwork_key = \"k\"\n"));
+        let cfg = load(Some(&path), env(&[]), &flags(&[])).unwrap();
+        assert_eq!(cfg.allow_peer, vec![a.to_string()]);
+        assert_eq!(cfg.network_key, Some(PathBuf::from("k")));
+        let err = load(None, env(&[]), &flags(&["--allow-peer", "nobody"])).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("not a peer id") && msg.contains("--allow-peer"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -35,7 +35,7 @@ use brume_metrics::{refresh_from, Metrics};
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
     /// log_format, log, ping_interval_ms, engine, drain_on_exit, migration_cache_mb,
-    /// live_migration, cpu_millis, memory_mb, name, metrics).
+    /// live_migration, cpu_millis, memory_mb, name, metrics, network_key, allow_peer).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -107,6 +107,16 @@ pub struct NodeArgs {
     /// node that runs anything you care about.
     #[arg(long, value_enum, hide = true)]
     pub live_fault: Option<LiveFault>,
+    /// Make the overlay private: only nodes started with the same key file (`brume key gen >
+    /// net.key`, copied to every machine) can connect. Without it any machine that reaches
+    /// the node's port can join.
+    #[arg(long, value_name = "FILE")]
+    pub network_key: Option<PathBuf>,
+    /// Accept and keep connections only with this peer id (repeatable); without, any node
+    /// (holding the network key, if one is set) may connect.
+    #[arg(long, value_name = "PEER_ID")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_peer: Vec<String>,
 }
 
 /// How often the advertised resources are read again.
@@ -250,6 +260,11 @@ fn overlay_config(cfg: &NodeConfig) -> anyhow::Result<OverlayConfig> {
             state_interval: Duration::from_millis(2 * cfg.ping_interval_ms),
             ..Timings::default()
         },
+        network_key: match &cfg.network_key {
+            Some(path) => Some(super::network_key::load(path)?),
+            None => None,
+        },
+        allowed_peers: cfg.allowed_peers()?,
         ..OverlayConfig::default()
     })
 }

@@ -1,5 +1,5 @@
 //! What a node runs beside the overlay so that services can be deployed on it and from it and
-//! moved: the deployer (`/brume/deploy/2`), the mover (`/brume/move/1`, `/brume/live/1`), the
+//! moved: the deployer (`/brume/deploy/3`), the mover (`/brume/move/2`, `/brume/live/2`), the
 //! chunk server hosts fetch artifacts from (`/brume/transfer/1`), the tunnel server that lands
 //! calls on local tasks (`/brume/tunnel/2`), and the initiator behind `brume deploy`, `ps`,
 //! `logs` and `stop`.

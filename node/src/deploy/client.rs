@@ -1,4 +1,4 @@
-//! Asking a host on the deploy protocol (`/brume/deploy/2`): a request to this node itself goes
+//! Asking a host on the deploy protocol (`/brume/deploy/3`): a request to this node itself goes
 //! straight to its own deployer, any other over a stream ([`crate::streams`]).
 
 use std::future::Future;

@@ -1,6 +1,6 @@
 //! The host side of a deployment: what a node does when an initiator asks it to run a task.
 //!
-//! Every request arrives on its own `/brume/deploy/2` stream. A deploy is checked (names, sizes,
+//! Every request arrives on its own `/brume/deploy/3` stream. A deploy is checked (names, sizes,
 //! the epoch against what already runs, this node's free share of its capacity in the
 //! [`Instances`] table), then the artifact's missing chunks are fetched from the initiator and
 //! verified, the image is built or loaded by the engine, each called task gets a local tunnel
@@ -22,6 +22,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::authority::check;
 use super::instances::{Capacity, Instance, Instances};
 use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
@@ -116,33 +117,80 @@ impl Deployer {
         Ok(())
     }
 
-    /// Answers one request from `from` (phases of a deploy go to `phases`).
+    /// Answers one request from `from` (phases of a deploy go to `phases`). A spec must carry
+    /// its owner's signature and not claim a service another owner runs here; everything else
+    /// about a service is obeyed from its owner only ([`super::authority`]), or from the node
+    /// that brought the instance here where a move needs it.
     pub async fn handle(
         &self,
         from: PeerId,
         request: Request,
         phases: mpsc::Sender<Phase>,
     ) -> Reply {
+        let me = self.overlay.peer_id();
         match request {
             Request::Deploy(spec) => self.deploy(from, spec, phases).await,
             Request::Prepare(spec) => self.prepare(from, spec, phases).await,
-            Request::Stop { service, epoch } => Reply::Stopped {
-                instances: self.stop(&service, epoch).await,
-            },
+            Request::Stop { service, epoch } => {
+                let owner = self.instances.owner_of(&service);
+                if owner.is_some() {
+                    if let Err(reason) = check(from, me, "stop", &service, owner, &[]) {
+                        return Reply::Refused { reason };
+                    }
+                }
+                Reply::Stopped {
+                    instances: self.stop(&service, epoch).await,
+                }
+            }
             Request::Remove {
                 instance,
                 epoch,
                 back_to,
-            } => Reply::Stopped {
-                instances: self.remove_one(&instance, epoch, back_to).await,
+            } => match self.remove_one(from, &instance, epoch, back_to).await {
+                Ok(instances) => Reply::Stopped { instances },
+                Err(reason) => Reply::Refused { reason },
             },
-            Request::List { service } => Reply::Instances(self.list(service.as_deref()).await),
+            Request::List { service } => {
+                let mut list = self.list(service.as_deref()).await;
+                if from != me {
+                    // A node sees only what it owns.
+                    list.retain(|v| {
+                        let id = InstanceId::new(&v.service, &v.task, v.replica);
+                        self.instances
+                            .get(&id)
+                            .is_some_and(|(spec, _, _)| spec.initiator == Some(from))
+                    });
+                }
+                Reply::Instances(list)
+            }
             Request::Logs { instance, tail } => {
+                if let Some((spec, _, _)) = self.instances.get(&instance) {
+                    if let Err(reason) =
+                        check(from, me, "read the logs of", &instance, spec.initiator, &[])
+                    {
+                        return Reply::Refused { reason };
+                    }
+                }
                 match self.logs(&instance, tail.min(10_000)).await {
                     Ok(text) => Reply::Logs(text),
                     Err(reason) => Reply::Refused { reason },
                 }
             }
+        }
+    }
+
+    /// Whether `spec` may run here: signed by its owner ([`super::grant`]), and not of a
+    /// service another owner runs here (a name cannot be taken over, whatever its epoch).
+    pub(crate) fn check_owner(&self, spec: &InstanceSpec) -> Result<PeerId, String> {
+        let owner = spec
+            .owner()
+            .map_err(|e| format!("refused: {} is not signed by its owner: {e}", spec.id))?;
+        match self.instances.owner_of(&spec.id.service) {
+            Some(theirs) if theirs != owner => Err(format!(
+                "refused: service {} belongs to {theirs} here; {owner} may not deploy over it",
+                spec.id.service
+            )),
+            _ => Ok(owner),
         }
     }
 
@@ -158,6 +206,10 @@ impl Deployer {
             return refuse(reason);
         }
         let _one_at_a_time = self.deploying.lock().await;
+        // Under the lock: no other deploy can take the name between the check and the start.
+        if let Err(reason) = self.check_owner(&spec) {
+            return refuse(reason);
+        }
 
         // The same epoch again: idempotent. An older one: replaced. A newer one: refused.
         if let Some((running, name, port)) = self.instances.get(&spec.id) {
@@ -211,6 +263,7 @@ impl Deployer {
             name,
             port,
             forwarders,
+            sent_by: initiator,
         });
         self.readvertise().await;
         Reply::Started {
@@ -331,7 +384,10 @@ impl Deployer {
         spec: InstanceSpec,
         phases: mpsc::Sender<Phase>,
     ) -> Reply {
-        if let Err(reason) = spec.check() {
+        if let Err(reason) = spec
+            .check()
+            .and_then(|()| self.check_owner(&spec).map(|_| ()))
+        {
             return Reply::Refused { reason };
         }
         match self.image(from, &spec, &phases).await {
@@ -493,19 +549,26 @@ impl Deployer {
     }
 
     /// Stops and removes one instance if it runs here with `epoch`; with `back_to`, calls to
-    /// it from this node go to that peer afterwards.
+    /// it from this node go to that peer afterwards. Asked by `from`: the owner, this node, or
+    /// the node that brought the instance here (a move undoing its start); checked once any
+    /// deploy in progress here has ended, so the instance it may be starting is judged too. A
+    /// `back_to` from anyone else is ignored when no such instance runs here.
     pub async fn remove_one(
         &self,
+        from: PeerId,
         id: &InstanceId,
         epoch: u64,
         back_to: Option<PeerId>,
-    ) -> Vec<String> {
+    ) -> Result<Vec<String>, String> {
         // After any deploy in progress here: the one being undone may still be starting.
         let _one_at_a_time = self.deploying.lock().await;
-        let matches = self
-            .instances
-            .get(id)
-            .is_some_and(|(spec, _, _)| spec.epoch == epoch);
+        let me = self.overlay.peer_id();
+        let here = self.instances.get(id).map(|(spec, _, _)| spec);
+        if let Some(spec) = &here {
+            let also: Vec<PeerId> = self.instances.sent_by(id).into_iter().collect();
+            check(from, me, "remove", id, spec.initiator, &also)?;
+        }
+        let matches = here.is_some_and(|spec| spec.epoch == epoch);
         let removed: Vec<String> = if matches {
             self.remove_instance(id).await.into_iter().collect()
         } else {
@@ -514,12 +577,12 @@ impl Deployer {
         if !removed.is_empty() {
             self.readvertise().await;
         }
-        if let Some(peer) = back_to {
-            if peer != self.overlay.peer_id() && self.routes.get(id).is_none() {
+        if let Some(peer) = back_to.filter(|_| !removed.is_empty() || from == me) {
+            if peer != me && self.routes.get(id).is_none() {
                 self.routes.set(id.clone(), Route::Remote { peer });
             }
         }
-        removed
+        Ok(removed)
     }
 
     /// Stops and removes every instance here (the node is leaving).

@@ -85,6 +85,7 @@ impl Initiator {
         let report = Reporter(progress);
 
         // Every instance at once; each host fetches what it lacks from us.
+        // Each signed: the hosts run only what the service's owner vouches for.
         let specs = assignments.iter().map(|a| {
             instance_spec(
                 &manifest,
@@ -94,6 +95,7 @@ impl Initiator {
                 epoch,
                 self.overlay.peer_id(),
             )
+            .map(|spec| spec.signed(self.overlay.keypair()))
         });
         let runs = assignments
             .iter()
@@ -468,6 +470,7 @@ fn instance_spec(
         },
         initiator: Some(initiator),
         generation: Default::default(),
+        grant: None,
     };
     spec.check().map_err(anyhow::Error::msg)?;
     Ok(spec)

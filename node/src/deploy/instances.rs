@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
+use brume_overlay::PeerId;
 use brume_tunnel::{Forwarder, InstanceId};
 
 use super::wire::InstanceSpec;
@@ -27,6 +28,9 @@ pub(crate) struct Instance {
     pub(crate) port: u16,
     /// Dropping them closes the listeners behind `BRUME_CALL_*`.
     pub(crate) forwarders: Vec<Forwarder>,
+    /// Who brought it here: its owner, or the source of the move that made this copy (who may
+    /// undo its start, or fence it).
+    pub(crate) sent_by: PeerId,
 }
 
 /// The instances running here, one epoch of each.
@@ -66,6 +70,19 @@ impl Instances {
         self.lock()
             .get(id)
             .map(|i| (i.spec.clone(), i.name.clone(), i.port))
+    }
+
+    /// The owner of the service's instances here, if any runs here.
+    pub fn owner_of(&self, service: &str) -> Option<PeerId> {
+        self.lock()
+            .values()
+            .find(|i| i.spec.id.service == service)
+            .and_then(|i| i.spec.initiator)
+    }
+
+    /// Who brought an instance here (see [`Instance::sent_by`]).
+    pub fn sent_by(&self, id: &InstanceId) -> Option<PeerId> {
+        self.lock().get(id).map(|i| i.sent_by)
     }
 
     /// The instances here, all or those matching `keep`.

@@ -2,16 +2,18 @@
 //!
 //! The initiator ([`initiator`]) maps its neighbourhood, places the call graph ([`plan`]), packs
 //! each task's artifact into its chunk store and sends every host a deploy request on
-//! `/brume/deploy/2` ([`wire`], sent by [`client`]). The host's [`deployer`] checks the request
+//! `/brume/deploy/3` ([`wire`], sent by [`client`]). The host's [`deployer`] checks the request
 //! and its own free resources ([`instances`]), fetches the chunks it lacks from the initiator
 //! over `/brume/transfer/1`, builds or loads the image through its engine, wires the task's
 //! calls to local tunnel forwarders (`BRUME_CALL_*`) and starts it. If any instance fails, the
 //! initiator stops every instance of that epoch on every host it asked ([`rollout`]), so a
 //! failed deploy leaves nothing behind; a deploy that ran is kept in the [`ledger`].
 
+pub mod authority;
 pub mod cli;
 pub mod client;
 pub mod deployer;
+pub mod grant;
 pub mod initiator;
 pub mod instances;
 pub mod ledger;

@@ -1,4 +1,4 @@
-//! What an initiator and a host say to each other on `/brume/deploy/2`: run, prepare, list,
+//! What an initiator and a host say to each other on `/brume/deploy/3`: run, prepare, list,
 //! show the logs of, stop and remove task instances. (Moves have a protocol of their own,
 //! [`crate::migrate::wire`].)
 //!
@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use brume_artifact::chunks::ArtifactManifest;
 
-pub const DEPLOY_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/deploy/2");
+use super::grant::Grant;
+
+/// Version 3: specs are signed by the service's owner, and hosts obey only the owner.
+pub const DEPLOY_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/deploy/3");
 
 /// Largest request or reply frame (logs are cut to fit).
 pub const MAX_FRAME: usize = 4 << 20;
@@ -72,6 +75,9 @@ pub struct InstanceSpec {
     /// one that runs now.
     #[serde(default)]
     pub generation: Generation,
+    /// The owner's signature ([`super::grant`]): without a good one no host acts on the spec.
+    #[serde(default)]
+    pub grant: Option<Grant>,
 }
 
 /// The generation of an instance (see [`InstanceSpec::generation`]).

@@ -1,4 +1,4 @@
-//! Asking a node about a move on `/brume/move/1` (this node's own mover directly).
+//! Asking a node about a move on `/brume/move/2` (this node's own mover directly).
 
 use std::future::Future;
 

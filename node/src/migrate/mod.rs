@@ -9,7 +9,7 @@
 //! the target to deploy the same instance (same service and epoch) with that state in
 //! `BRUME_RESTORE`. Only when the new instance runs does the source switch callers to it: it
 //! routes its own calls there, tells the other nodes and the service's initiator ([`moved`],
-//! on `/brume/move/1`: [`wire`], [`client`]), and then stops the old instance. Until that point
+//! on `/brume/move/2`: [`wire`], [`client`]), and then stops the old instance. Until that point
 //! the old instance is never touched, so a target that refuses, dies or is unreachable leaves
 //! the service as it was.
 //!
@@ -20,7 +20,7 @@
 //! ```
 //!
 //! A task with `checkpoint = "criu"` moves live instead ([`live`]): after `Prepare` and the
-//! hold, brume's CRIU pre-copy carries the whole process over `/brume/live/1`, the target
+//! hold, brume's CRIU pre-copy carries the whole process over `/brume/live/2`, the target
 //! restores and adopts it, and only then are callers switched. Here the old instance is ended
 //! by the final dump, not after the switch: a failure before that dump leaves it untouched, one
 //! after it restores it on the source, but only once the target's copy surely does not run

@@ -16,6 +16,7 @@ use tracing::debug;
 use super::client::ask;
 use super::mover::Mover;
 use super::wire::{Reply, Request};
+use crate::deploy::authority::check;
 use crate::deploy::ledger::Placed;
 use crate::deploy::wire::InstanceSpec;
 
@@ -67,6 +68,35 @@ impl Mover {
         // This node's own ledger, if the service was deployed from here.
         self.relocate_in_ledger(&spec.id, to, host, addrs).await;
         told
+    }
+
+    /// Whether `from` may say where `id` runs now: the service's owner, or the host that runs
+    /// it now as this node knows it (its route here, or its place in this node's ledger when
+    /// the service was deployed from here). A node that has neither for the instance has
+    /// nothing a `Moved` could change, and takes it.
+    pub(crate) fn may_say_moved(&self, from: PeerId, id: &InstanceId) -> Result<(), String> {
+        let me = self.deployer.overlay.peer_id();
+        let route = match self.deployer.routes.get(id) {
+            Some(Route::Remote { peer }) => Some(peer),
+            Some(Route::Local { .. }) => Some(me),
+            None => None,
+        };
+        let placed = self.ledger().and_then(|l| {
+            l.locate(Some(&id.service), &id.task, id.replica)
+                .into_iter()
+                .next()
+                .map(|(_, p)| p.peer)
+        });
+        if route.is_none() && placed.is_none() {
+            return Ok(());
+        }
+        // The ledger's service was deployed from here: this node is its owner.
+        let owner = match placed {
+            Some(_) => Some(me),
+            None => self.deployer.instances.owner_of(&id.service),
+        };
+        let hosts: Vec<PeerId> = route.into_iter().chain(placed).collect();
+        check(from, me, "reroute", id, owner, &hosts)
     }
 
     /// Hears that an instance now runs on `peer` (whose addresses the overlay keeps: this node

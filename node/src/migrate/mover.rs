@@ -1,5 +1,5 @@
 //! The mover of one node: the shell around [`Move`](super::machine::Move) that performs its
-//! actions, and the server of `/brume/move/1` and `/brume/live/1`.
+//! actions, and the server of `/brume/move/2` and `/brume/live/2`.
 //!
 //! The node that runs the instance (the source) drives the move, because it holds the instance,
 //! its spec and its state. Each action of the machine is one await here (bounded by the move's
@@ -21,6 +21,7 @@ use super::live::guard::FenceBook;
 use super::machine::{Action, Carry, End, Input, Move};
 use super::wire::{Mode, Phase, Reply, Request, LIVE_PROTOCOL, MAX_FRAME, MOVE_PROTOCOL};
 use super::{target, Limits, LiveMigration, MoveRequest};
+use crate::deploy::authority::check;
 use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::ledger::Ledger;
@@ -142,6 +143,7 @@ impl Mover {
         request: Request,
         phases: mpsc::Sender<Phase>,
     ) -> Reply {
+        let me = self.deployer.overlay.peer_id();
         match request {
             Request::Migrate {
                 instance,
@@ -151,6 +153,12 @@ impl Mover {
                 deadline_ms,
                 max_downtime_ms,
             } => {
+                // Its state goes wherever the move takes it: only the owner may ask.
+                if let Some((spec, _, _)) = self.deployer.instances.get(&instance) {
+                    if let Err(reason) = check(from, me, "move", &instance, spec.initiator, &[]) {
+                        return Reply::Refused { reason };
+                    }
+                }
                 let request = MoveRequest {
                     instance,
                     to,
@@ -167,11 +175,30 @@ impl Mover {
                 peer,
                 host,
                 addrs,
-            } => self.moved(&instance, peer, &host, addrs).await,
+            } => {
+                if let Err(reason) = self.may_say_moved(from, &instance) {
+                    return Reply::Refused { reason };
+                }
+                self.moved(&instance, peer, &host, addrs).await
+            }
             Request::Fence {
                 instance,
                 generation,
-            } => self.fence(from, &instance, generation).await,
+            } => {
+                if let Some((spec, _, _)) = self.deployer.instances.get(&instance) {
+                    let also: Vec<PeerId> = self
+                        .deployer
+                        .instances
+                        .sent_by(&instance)
+                        .into_iter()
+                        .collect();
+                    if let Err(reason) = check(from, me, "fence", &instance, spec.initiator, &also)
+                    {
+                        return Reply::Refused { reason };
+                    }
+                }
+                self.fence(from, &instance, generation).await
+            }
         }
     }
 

@@ -1,11 +1,11 @@
-//! What nodes say to each other about moves, on `/brume/move/1`: a node asks the host of an
+//! What nodes say to each other about moves, on `/brume/move/2`: a node asks the host of an
 //! instance to move it (`brume migrate` forwarded from the initiator), and the source tells
 //! every node it knows, and the service's initiator, where the instance runs now.
 //!
 //! One request per stream, as length-prefixed CBOR frames ([`brume_overlay::frames`]); a move
 //! is answered by any number of [`Reply::Phase`] frames and then exactly one final frame. The
 //! target's part of a move (prepare, start, remove) uses the deploy protocol
-//! ([`crate::deploy::wire`]); a live move's pages go on `/brume/live/1` ([`super::live`]).
+//! ([`crate::deploy::wire`]); a live move's pages go on `/brume/live/2` ([`super::live`]).
 
 use brume_overlay::{Multiaddr, PeerId, StreamProtocol};
 use brume_tunnel::InstanceId;
@@ -13,10 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::deploy::wire::{self, Generation, InstanceView};
 
-pub const MOVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/move/1");
+/// Version 2: a move, a fence and `Moved` are obeyed only from the service's owner (or, for
+/// `Moved` and a fence, the host that runs the instance).
+pub const MOVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/move/2");
 
 /// A live move's own stream: its frames around the pre-copy ([`super::live`]), then the pages.
-pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/live/1");
+/// Version 2: the instance's spec carries its owner's signature, which the target checks.
+pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/live/2");
 
 /// Largest request or reply frame.
 pub const MAX_FRAME: usize = 1 << 20;

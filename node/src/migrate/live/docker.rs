@@ -489,7 +489,7 @@ impl Mover {
             .await
         {
             Ok(()) => {
-                self.take_restored_docker(&d, spec, &launch, &call_ports, runc.clone())
+                self.take_restored_docker(&d, peer, spec, &launch, &call_ports, runc.clone())
                     .await
             }
             Err(why) => Err(why),
@@ -514,6 +514,7 @@ impl Mover {
     async fn take_restored_docker(
         &self,
         d: &DockerEngine,
+        from: PeerId,
         spec: InstanceSpec,
         launch: &brume_engine::LaunchSpec,
         call_ports: &[u16],
@@ -525,6 +526,7 @@ impl Mover {
             .map_err(|e| format!("the engine cannot take it: {e}"))?;
         Ok(self
             .install_restored(
+                from,
                 spec,
                 launch,
                 forwarders,

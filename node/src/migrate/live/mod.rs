@@ -1,5 +1,5 @@
 //! Moving a `checkpoint = "criu"` task live: brume's CRIU pre-copy ([`brume_migration::live`])
-//! over an overlay stream of its own, `/brume/live/1`. On the process engine CRIU dumps the
+//! over an overlay stream of its own, `/brume/live/2`. On the process engine CRIU dumps the
 //! task's process tree (below); on the Docker engine `runc checkpoint` dumps its host-network
 //! container and the target restores a runc container Docker does not know, which its engine
 //! adopts ([`Mover::move_live_docker`], [`brume_engine::runc_task`], docs/criu.md).
@@ -43,7 +43,7 @@
 //!   source at once, whose engine adopts the new pid;
 //! * the link breaks during the final step, or the target's `Restored` is lost or too late
 //!   ([`guard::COMMIT_WITHIN`]): the target may run a copy. The source fences it on
-//!   `/brume/move/1` ("stop it if it runs at generation G"; the target kills a restored copy,
+//!   `/brume/move/2` ("stop it if it runs at generation G"; the target kills a restored copy,
 //!   makes a restore under way kill what it restores, and refuses G from then on) and restores
 //!   the task from its final images only on the target's answer, or, if the target cannot be
 //!   reached, once the target's lease ([`guard::LEASE`]) has surely run out: a target never
@@ -250,7 +250,7 @@ impl Mover {
         }
     }
 
-    /// The target side of a live move, on one `/brume/live/1` stream from `peer`.
+    /// The target side of a live move, on one `/brume/live/2` stream from `peer`.
     pub(crate) async fn receive_live(&self, peer: PeerId, stream: Stream) {
         let mut stream = stream.compat();
         let hello = match read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await {
@@ -287,6 +287,7 @@ impl Mover {
     /// The engine-independent half of [`Mover::accept_live`].
     pub(super) fn accept_live_spec(&self, spec: &InstanceSpec) -> Result<(), String> {
         spec.check()?;
+        self.deployer.check_owner(spec)?;
         if spec.checkpoint != CheckpointMode::Criu {
             return Err("only checkpoint = \"criu\" tasks move live".to_string());
         }
@@ -511,6 +512,7 @@ impl Mover {
     /// Makes a task the engine took the instance here: its route, its ledger entry.
     async fn install_restored(
         &self,
+        from: PeerId,
         spec: InstanceSpec,
         launch: &LaunchSpec,
         forwarders: Vec<Forwarder>,
@@ -530,6 +532,7 @@ impl Mover {
             name: launch.name.clone(),
             port,
             forwarders,
+            sent_by: from,
         });
         self.deployer.readvertise().await;
         view

@@ -368,7 +368,7 @@ impl Mover {
             .await
         {
             Ok(()) => {
-                self.take_restored(&p, spec, &launch, &call_ports, received.pid, out)
+                self.take_restored(&p, peer, spec, &launch, &call_ports, received.pid, out)
                     .await
             }
             Err(why) => Err(why),
@@ -396,9 +396,11 @@ impl Mover {
 
     /// Makes the restored `pid` the instance here: its forwarders on the ports its environment
     /// names, the engine watching it, its route.
+    #[allow(clippy::too_many_arguments)]
     async fn take_restored(
         &self,
         p: &ProcessEngine,
+        from: PeerId,
         spec: InstanceSpec,
         launch: &brume_engine::LaunchSpec,
         call_ports: &[u16],
@@ -411,6 +413,7 @@ impl Mover {
             .map_err(|e| format!("the engine cannot take it: {e}"))?;
         Ok(self
             .install_restored(
+                from,
                 spec,
                 launch,
                 forwarders,

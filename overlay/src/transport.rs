@@ -1,0 +1,67 @@
+//! How a node's swarm reaches other nodes: TCP, then (in a private overlay) libp2p `pnet` with
+//! the network key, then noise and yamux. Every protocol of a node, the overlay's own and the
+//! raw streams the node opens for deploys, moves, transfers and tunnels, runs over these
+//! connections, so the key guards all of them; no part of brume opens a socket to another node
+//! any other way.
+//!
+//! Without a key it is the plain TCP + noise + yamux transport, as the overlay always had. The
+//! swarm's connection timeout (libp2p's default, 10 s) bounds a handshake that goes nowhere,
+//! which is how a key mismatch can end when neither side can parse the other's bytes.
+
+use std::time::Duration;
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::core::Transport;
+use libp2p::identity::Keypair;
+use libp2p::pnet::PnetConfig;
+use libp2p::{noise, tcp, yamux, Swarm};
+
+use crate::behaviour::BrumeBehaviour;
+use crate::error::OverlayError;
+use crate::network_key::NetworkKey;
+
+/// How long a connection that nothing uses stays up: the overlay decides which connections to
+/// keep (membership's degree bounds), not the idle timer.
+const IDLE: Duration = Duration::from_secs(365 * 86_400);
+
+/// The swarm of a node with identity `key`, over TCP guarded by `network_key` if given.
+pub fn build(
+    key: Keypair,
+    network_key: Option<NetworkKey>,
+    behaviour: impl FnOnce(&Keypair) -> BrumeBehaviour,
+) -> Result<Swarm<BrumeBehaviour>, OverlayError> {
+    let transport_error = |e: &dyn std::fmt::Display| OverlayError::Transport(e.to_string());
+    let tcp_config = tcp::Config::default().nodelay(true);
+    let swarm = match network_key {
+        None => libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport_error(&e))?
+            .with_behaviour(behaviour)
+            .map_err(|e| transport_error(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
+            .build(),
+        Some(network_key) => {
+            let psk = network_key.psk();
+            libp2p::SwarmBuilder::with_existing_identity(key)
+                .with_tokio()
+                .with_other_transport(|key| {
+                    let noise = noise::Config::new(key)?;
+                    let transport = tcp::tokio::Transport::new(tcp_config)
+                        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default())
+                        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(transport)
+                })
+                .map_err(|e| transport_error(&e))?
+                .with_behaviour(behaviour)
+                .map_err(|e| transport_error(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
+                .build()
+        }
+    };
+    Ok(swarm)
+}
