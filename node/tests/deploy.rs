@@ -284,6 +284,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
             checkpoint: Default::default(),
             initiator: None,
             generation: Default::default(),
+            user: None,
         };
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
         write_frame(&mut s, &Request::Deploy(spec))
@@ -318,6 +319,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
             checkpoint: Default::default(),
             initiator: None,
             generation: Default::default(),
+            user: None,
         };
         let deploy = |spec: InstanceSpec| {
             let me = me.clone();

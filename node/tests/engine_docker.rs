@@ -64,6 +64,7 @@ fn spec(name: &str, task: &str, image: &ImageRef, port: u16) -> LaunchSpec {
         memory_mb: 64,
         restart: RestartPolicy::Never,
         workdir: None,
+        user: None,
     }
 }
 

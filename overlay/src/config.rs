@@ -6,6 +6,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
 
+use crate::limits::StreamLimits;
 use crate::mapping::MapConfig;
 use crate::membership::MembershipConfig;
 use crate::neighbourhood::NodeRecord;
@@ -73,6 +74,9 @@ pub struct OverlayConfig {
     /// Membership tuning; `min_degree`, `max_degree` and the shuffle and maintenance intervals
     /// above override the corresponding fields.
     pub membership: MembershipConfig,
+    /// Caps on the inbound streams of the node's own protocols (deploy, move, transfer), applied
+    /// by [`crate::OverlayHandle::accept_limited`].
+    pub stream_limits: StreamLimits,
 }
 
 impl Default for OverlayConfig {
@@ -87,6 +91,7 @@ impl Default for OverlayConfig {
             timings: Timings::default(),
             map: network_map_config(),
             membership: MembershipConfig::default(),
+            stream_limits: StreamLimits::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::commands::{Command, MapOutcome, PeerInfo, Status};
 use crate::error::OverlayError;
 use crate::ids::NodeId;
+use crate::limits::{LimitedIncoming, StreamLimits};
 use crate::neighbourhood::{NeighbourhoodMap, NodeRecord};
 
 /// Incoming raw streams of one protocol: a `futures::Stream` of `(PeerId, libp2p::Stream)`.
@@ -25,6 +26,8 @@ pub struct OverlayHandle {
     pub(crate) commands: mpsc::Sender<Command>,
     /// Opens and accepts the raw streams of [`OverlayHandle::open_stream`].
     pub(crate) streams: libp2p_stream::Control,
+    /// The caps [`OverlayHandle::accept_limited`] applies.
+    pub(crate) stream_limits: StreamLimits,
 }
 
 impl std::fmt::Debug for OverlayHandle {
@@ -193,5 +196,24 @@ impl OverlayHandle {
         control
             .accept(protocol)
             .map_err(|_| OverlayError::AlreadyAccepting)
+    }
+
+    /// [`OverlayHandle::accept_streams`] under the node's [`StreamLimits`]: streams over the
+    /// per-peer or total cap are dropped unserved, and a stream whose peer stalls a read or a
+    /// write for the idle timeout fails. For request protocols, whose peer always has something
+    /// to say; not for long-lived links that may rightly be quiet.
+    pub fn accept_limited(
+        &self,
+        protocol: StreamProtocol,
+    ) -> Result<LimitedIncoming<IncomingStreams>, OverlayError> {
+        Ok(LimitedIncoming::new(
+            self.accept_streams(protocol)?,
+            self.stream_limits,
+        ))
+    }
+
+    /// The caps of [`OverlayHandle::accept_limited`].
+    pub fn stream_limits(&self) -> StreamLimits {
+        self.stream_limits
     }
 }

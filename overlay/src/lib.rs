@@ -20,7 +20,9 @@ pub mod config;
 pub mod error;
 pub mod frames;
 pub mod handle;
+pub mod idle;
 pub mod ids;
+pub mod limits;
 pub mod maplink;
 pub mod mapping;
 pub mod membership;
@@ -32,6 +34,7 @@ pub mod vivaldi;
 pub mod wire;
 
 pub use libp2p::{identity::Keypair, Multiaddr, PeerId, Stream, StreamProtocol};
+pub use limits::{Limited, LimitedIncoming, StreamLimits};
 pub use node::{
     Identity, IncomingStreams, MapOutcome, MapSize, Overlay, OverlayConfig, OverlayError,
     OverlayHandle, PeerInfo, Status, Timings,

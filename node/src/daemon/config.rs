@@ -78,6 +78,10 @@ pub struct NodeConfig {
     /// the target of a live move, `exit-in-precopy`, `cut-before-restore`, `fail-restore` or
     /// `cut-after-restore` ([`LiveFault`]). Unset on every real node.
     pub live_fault: Option<LiveFault>,
+    /// A peer that stalls a deploy, move or chunk-transfer stream (sends nothing, or stops
+    /// reading) for this long is dropped, and a map frame that stops arriving midway closes its
+    /// link.
+    pub stream_idle_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -101,6 +105,7 @@ impl Default for NodeConfig {
             name: None,
             metrics: None,
             live_fault: None,
+            stream_idle_timeout_ms: 30_000,
         }
     }
 }
@@ -291,6 +296,15 @@ impl NodeConfig {
                 format!(
                     "ping_interval_ms ({}) must be between 50 and 600000",
                     self.ping_interval_ms
+                ),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.stream_idle_timeout_ms) {
+            return Err((
+                "stream_idle_timeout_ms",
+                format!(
+                    "stream_idle_timeout_ms ({}) must be between 100 and 3600000",
+                    self.stream_idle_timeout_ms
                 ),
             ));
         }
@@ -528,6 +542,8 @@ mod tests {
             "127.0.0.1:0",
             "--live-fault",
             "cut-after-restore",
+            "--stream-idle-timeout-ms",
+            "1500",
         ]);
         let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
         let want = NodeConfig {
@@ -549,6 +565,7 @@ mod tests {
             name: Some("gw-kitchen".into()),
             metrics: Some("127.0.0.1:0".into()),
             live_fault: Some(LiveFault::CutAfterRestore),
+            stream_idle_timeout_ms: 1500,
         };
         assert_eq!(cfg, want);
     }

@@ -5,6 +5,7 @@
 mod backend;
 pub mod config;
 pub mod dispatch;
+pub mod identity;
 pub mod resources;
 pub mod run;
 pub mod services;

@@ -35,7 +35,7 @@ use brume_metrics::{refresh_from, Metrics};
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
     /// log_format, log, ping_interval_ms, engine, drain_on_exit, migration_cache_mb,
-    /// live_migration, cpu_millis, memory_mb, name, metrics).
+    /// live_migration, cpu_millis, memory_mb, name, metrics, stream_idle_timeout_ms).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -107,6 +107,10 @@ pub struct NodeArgs {
     /// node that runs anything you care about.
     #[arg(long, value_enum, hide = true)]
     pub live_fault: Option<LiveFault>,
+    /// Drop a peer that stalls a deploy, move or chunk-transfer stream for this long, in ms
+    /// (default 30000).
+    #[arg(long, value_name = "MS")]
+    pub stream_idle_timeout_ms: Option<u64>,
 }
 
 /// How often the advertised resources are read again.
@@ -233,7 +237,7 @@ fn overlay_config(cfg: &NodeConfig) -> anyhow::Result<OverlayConfig> {
             })
             .collect()
     };
-    let seed = identity_seed(&cfg.data_dir)?;
+    let seed = super::identity::seed(&cfg.data_dir)?;
     let mut record = local_record(cfg.cpu_millis, cfg.memory_mb)?;
     record.name = cfg.name.clone();
     Ok(OverlayConfig {
@@ -249,6 +253,10 @@ fn overlay_config(cfg: &NodeConfig) -> anyhow::Result<OverlayConfig> {
             // records twice per ping period keep those fresh (10 s at the default 5 s pings).
             state_interval: Duration::from_millis(2 * cfg.ping_interval_ms),
             ..Timings::default()
+        },
+        stream_limits: brume_overlay::StreamLimits {
+            idle_timeout: Duration::from_millis(cfg.stream_idle_timeout_ms),
+            ..brume_overlay::StreamLimits::default()
         },
         ..OverlayConfig::default()
     })
@@ -350,32 +358,6 @@ fn local_record(cpu_cap: Option<u32>, mem_cap: Option<u64>) -> anyhow::Result<No
     rec.mem_free_mb = r.mem_free_mb;
     rec.load = r.load;
     Ok(rec)
-}
-
-/// The 32-byte identity seed in `data_dir/identity.key`, created (owner-only) on first start.
-fn identity_seed(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("identity.key");
-    if let Ok(bytes) = std::fs::read(&path) {
-        return bytes.as_slice().try_into().map_err(|_| {
-            anyhow::anyhow!(
-                "{} is not a 32-byte key: move it away to start with a new identity",
-                path.display()
-            )
-        });
-    }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let seed: [u8; 32] = rand::random();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&seed)?;
-    Ok(seed)
 }
 
 /// The longest a node leaving with `drain_on_exit` spends moving its tasks away.

@@ -468,6 +468,7 @@ fn instance_spec(
         },
         initiator: Some(initiator),
         generation: Default::default(),
+        user: task.user.clone(),
     };
     spec.check().map_err(anyhow::Error::msg)?;
     Ok(spec)

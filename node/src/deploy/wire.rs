@@ -72,6 +72,9 @@ pub struct InstanceSpec {
     /// one that runs now.
     #[serde(default)]
     pub generation: Generation,
+    /// Who the task runs as (the manifest's `user`); `None`: an unprivileged user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// The generation of an instance (see [`InstanceSpec::generation`]).
@@ -212,6 +215,14 @@ impl InstanceSpec {
     pub fn check(&self) -> Result<(), String> {
         check_name("service", &self.id.service)?;
         check_name("task", &self.id.task)?;
+        if let Some(u) = &self.user {
+            if !brume_plan::naming::is_valid_user(u) {
+                return Err(format!(
+                    "user {u:?} is not allowed: {}",
+                    brume_plan::naming::USER_RULE
+                ));
+            }
+        }
         for c in &self.calls {
             check_name("called task", &c.task)?;
             if c.hosts.is_empty() || c.hosts.len() > 1024 {

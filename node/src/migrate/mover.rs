@@ -111,7 +111,7 @@ impl Mover {
     /// Serves move requests and incoming live moves until the overlay stops.
     pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
         let overlay = &self.deployer.overlay;
-        let mut moves = overlay.accept_streams(MOVE_PROTOCOL)?;
+        let mut moves = overlay.accept_limited(MOVE_PROTOCOL)?;
         let mut live = overlay.accept_streams(LIVE_PROTOCOL)?;
         loop {
             let mover = self.clone();
