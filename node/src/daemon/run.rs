@@ -4,7 +4,7 @@
 //! (peers and maps refer to it), and refreshes its advertised state record from `/proc`
 //! periodically. On the way out it closes the control socket and stops the overlay.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
