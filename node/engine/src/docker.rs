@@ -50,6 +50,16 @@ const FAILURE_LOG_LINES: usize = 20;
 /// Docker refuses memory limits under 6 MiB.
 const MIN_MEMORY_MB: u32 = 6;
 
+/// The container user for a task's `user`: unset, [`DEFAULT_USER`]; `root` by number, so that
+/// images without an `/etc/passwd` (`FROM scratch`) can run as root too.
+fn docker_user(user: Option<&str>) -> String {
+    match user {
+        None => DEFAULT_USER.to_string(),
+        Some("root") => "0:0".to_string(),
+        Some(u) => u.to_string(),
+    }
+}
+
 /// Capabilities every task container loses (on top of Docker's default set).
 pub const DROPPED_CAPS: &[&str] = &["NET_RAW"];
 
@@ -566,11 +576,7 @@ impl DockerEngine {
             ..Default::default()
         };
         Ok(ContainerCreateBody {
-            user: Some(
-                spec.user
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_USER.to_string()),
-            ),
+            user: Some(docker_user(spec.user.as_deref())),
             image: Some(spec.image.0.clone()),
             env: Some(env),
             labels: Some(labels),
