@@ -108,7 +108,6 @@ async fn fetch_from(b: &OverlayHandle, server: &OverlayHandle, m: &ArtifactManif
         retry_delay: Duration::from_millis(20),
         max_retries: 20,
         read_timeout: Duration::from_secs(60),
-        ..FetchOptions::default()
     };
     let stats = fetch(
         &host,
