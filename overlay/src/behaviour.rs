@@ -33,7 +33,7 @@ pub const MAX_JOIN_BYTES: u64 = 64 * 1024;
 pub const MAX_STATE_BYTES: u64 = 4 * 1024;
 
 /// Requests of one request-response protocol in flight at once on one connection.
-pub const MAX_CONCURRENT_REQUESTS: usize = 8;
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
 /// A request of `/brume/join/1`. Addresses are multiaddr strings ending in `/p2p/<peer id>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
