@@ -37,7 +37,7 @@ enum Command {
     },
     /// Run this device's node in the foreground: join the overlay (through any member given
     /// with --join), measure latencies, answer maps, and serve the local control socket.
-    Node(brume::daemon::run::NodeArgs),
+    Node(Box<brume::daemon::run::NodeArgs>),
     /// Ask the running node who it is: peer id, addresses, degree, Vivaldi coordinate.
     Status(brume::client::Target),
     /// List the node's overlay peers with their measured RTT (EWMA and variation) and the RTT

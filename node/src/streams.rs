@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use brume_overlay::frames::{read_frame, write_frame, FrameError};
-use brume_overlay::{Multiaddr, OverlayHandle, PeerId, Stream, StreamProtocol};
+use brume_overlay::{Multiaddr, OverlayHandle, PeerId, StreamProtocol};
+use futures::io::{AsyncRead, AsyncWrite};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -108,18 +109,20 @@ where
     }
 }
 
-/// Answers one request read from `stream`: `handle` runs it, its phases go out as they come
+/// Answers one request read from `stream` (accepted with
+/// [`OverlayHandle::accept_limited`], so a peer that stalls is dropped): `handle` runs it, its phases go out as they come
 /// (wrapped by `phase`), then its reply. A request that cannot be read is answered with
 /// `refuse(why)`. A client gone mid-way does not stop the work: it ends either way, and the
 /// protocols clean up after it (a deploy's rollback, a move's undo).
-pub(crate) async fn respond<Q, R, P, W>(
-    mut stream: Stream,
+pub(crate) async fn respond<S, Q, R, P, W>(
+    mut stream: S,
     max_frame: usize,
     handle: impl FnOnce(Q, mpsc::Sender<P>) -> W,
     phase: impl Fn(P) -> R,
     refuse: impl FnOnce(String) -> R,
 ) -> Result<(), FrameError>
 where
+    S: AsyncRead + AsyncWrite + Unpin,
     Q: DeserializeOwned,
     R: Serialize,
     W: Future<Output = R>,

@@ -136,6 +136,7 @@ fn a_member_that_does_not_own_a_service_is_refused_and_its_owner_is_obeyed() {
             initiator: None,
             generation: Default::default(),
             grant: None,
+            user: None,
         };
         let started = host_says(
             &owner,

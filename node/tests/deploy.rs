@@ -285,6 +285,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
             initiator: None,
             generation: Default::default(),
             grant: None,
+            user: None,
         }
         .signed(me.keypair());
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
@@ -321,6 +322,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
             initiator: None,
             generation: Default::default(),
             grant: None,
+            user: None,
         }
         .signed(me.keypair());
         let deploy = |spec: InstanceSpec| {

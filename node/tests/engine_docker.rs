@@ -3,7 +3,10 @@
 //! host network, logs are read, stop and remove leave nothing; a `docker save` tar loads; bad
 //! input (no Dockerfile, a failing build, a taken port, a task that exits at once, a name in
 //! use, an image never prepared, a container brume did not create) fails with a clear message
-//! and leaves no container; the restart policy brings a killed task back.
+//! and leaves no container; the restart policy brings a killed task back. Tasks run contained:
+//! without NET_RAW, with no-new-privileges and a pids limit, as an unprivileged user (read
+//! back from the daemon and from /proc); a `docker save` tarball whose manifest names another
+//! image's tag loads without moving that tag.
 //!
 //! Every test names its containers `brume-t-*-<unique suffix>`, builds its images from contexts
 //! labelled `brume.test=<run>` and `brume.test.owner=<its own owner>` (containers inherit the
@@ -64,6 +67,7 @@ fn spec(name: &str, task: &str, image: &ImageRef, port: u16) -> LaunchSpec {
         memory_mb: 64,
         restart: RestartPolicy::Never,
         workdir: None,
+        user: None,
     }
 }
 
@@ -73,6 +77,30 @@ fn image_id(image: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Copies a `docker save` tarball, its manifest's `RepoTags` set to `[tag]`.
+fn retag_save(src: &std::path::Path, dst: &std::path::Path, tag: &str) {
+    let mut archive = tar::Archive::new(std::fs::File::open(src).unwrap());
+    let mut out = tar::Builder::new(std::fs::File::create(dst).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().into_owned();
+        let mut header = entry.header().clone();
+        if path == std::path::Path::new("manifest.json") {
+            let mut images: Vec<serde_json::Value> = serde_json::from_reader(&mut entry).unwrap();
+            images[0]["RepoTags"] = serde_json::json!([tag]);
+            let bytes = serde_json::to_vec(&images).unwrap();
+            header.set_size(bytes.len() as u64);
+            header.set_cksum();
+            out.append(&header, bytes.as_slice()).unwrap();
+        } else if path == std::path::Path::new("repositories") {
+            continue;
+        } else {
+            out.append(&header, entry).unwrap();
+        }
+    }
+    out.finish().unwrap();
 }
 
 fn container_exists(name: &str) -> bool {
@@ -173,6 +201,30 @@ async fn two_relays_call_each_other_and_leave_nothing_behind() {
         format!("host 500000000 {}", 64 << 20)
     );
 
+    // The containment reached Docker (read back through its API).
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let info = docker.inspect_container(&a, None).await.unwrap();
+    let host = info.host_config.unwrap();
+    assert_eq!(host.cap_drop, Some(vec!["NET_RAW".to_string()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec![brume_engine::NO_NEW_PRIVILEGES.to_string()])
+    );
+    assert_eq!(host.pids_limit, Some(brume_engine::PIDS_LIMIT));
+    assert_eq!(
+        info.config.unwrap().user.as_deref(),
+        Some(brume_engine::DEFAULT_USER)
+    );
+    // The task's process runs as that user, not as root.
+    let pid = info.state.unwrap().pid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some("65534"),
+        "{uid_line}"
+    );
+
     // SIGTERM ends the relay with status 0 (Docker's SIGKILL after the grace would read 137:
     // the exit code, not the time taken, shows the relay handled SIGTERM).
     engine.stop(&a, Duration::from_secs(30)).await.unwrap();
@@ -232,6 +284,35 @@ async fn a_docker_save_tarball_loads_under_its_digest_name() {
         .unwrap();
     assert_eq!(ask(port, "x").unwrap(), "loaded");
     engine.remove(&name).await.unwrap();
+
+    // A tarball whose manifest names another image's tag cannot take that tag: the loaded image
+    // is known by id and brume's digest name only.
+    let victim = relay_input(out.path(), cleanup.owner.as_deref().unwrap());
+    let victim_ref = engine.prepare(&victim).await.unwrap();
+    cleanup.images.push(victim_ref.0.clone());
+    let victim_id = image_id(victim_ref.as_str());
+    assert_ne!(victim_id, image_id(built.as_str()));
+    let forged = out.path().join("forged-save.tar");
+    retag_save(
+        &out.path().join("relay-save.tar"),
+        &forged,
+        victim_ref.as_str(),
+    );
+    let forged_load = ImageInput {
+        kind: ImageKind::DockerSave,
+        tar: forged,
+        digest: blake3::hash(unique_suffix().as_bytes())
+            .to_hex()
+            .to_string(),
+    };
+    let forged_ref = engine.prepare(&forged_load).await.unwrap();
+    cleanup.images.push(forged_ref.0.clone());
+    assert_eq!(image_id(forged_ref.as_str()), image_id(built.as_str()));
+    assert_eq!(
+        image_id(victim_ref.as_str()),
+        victim_id,
+        "the forged tarball retagged another image"
+    );
 
     // Not a docker save tarball.
     let bogus = ImageInput {

@@ -34,6 +34,7 @@ fn spec(name: &str, task: &str, image: &ImageRef, port: u16) -> LaunchSpec {
         memory_mb: 0,
         restart: RestartPolicy::Never,
         workdir: None,
+        user: None,
     }
 }
 

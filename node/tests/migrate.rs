@@ -411,9 +411,12 @@ fn a_criu_task_moves_live_with_its_memory() {
     let dir = net.0.dir().to_path_buf();
     context(&dir, &service);
     let m = manifest(&dir, &service);
-    let criu = std::fs::read_to_string(&m)
-        .expect("read manifest")
-        .replace("checkpoint = \"app\"", "checkpoint = \"criu\"");
+    // CRIU cannot dump a container task running as another user here (reading its rlimits is
+    // refused), so a Docker task that moves live asks to run as root (docs/limits.md).
+    let criu = std::fs::read_to_string(&m).expect("read manifest").replace(
+        "checkpoint = \"app\"",
+        "checkpoint = \"criu\"\nuser = \"root\"",
+    );
     std::fs::write(&m, criu).expect("write manifest");
     let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
@@ -778,9 +781,12 @@ fn restore_fails_on_the_target(test: &str, live: &str) {
     let dir = net.0.dir().to_path_buf();
     context(&dir, &service);
     let m = manifest(&dir, &service);
-    let criu = std::fs::read_to_string(&m)
-        .expect("read manifest")
-        .replace("checkpoint = \"app\"", "checkpoint = \"criu\"");
+    // CRIU cannot dump a container task running as another user here (reading its rlimits is
+    // refused), so a Docker task that moves live asks to run as root (docs/limits.md).
+    let criu = std::fs::read_to_string(&m).expect("read manifest").replace(
+        "checkpoint = \"app\"",
+        "checkpoint = \"criu\"\nuser = \"root\"",
+    );
     std::fs::write(&m, criu).expect("write manifest");
     let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
@@ -879,9 +885,12 @@ fn docker_criu_chain(
     let dir = net.0.dir().to_path_buf();
     context(&dir, &service);
     let m = manifest(&dir, &service);
-    let criu = std::fs::read_to_string(&m)
-        .expect("read manifest")
-        .replace("checkpoint = \"app\"", "checkpoint = \"criu\"");
+    // CRIU cannot dump a container task running as another user here (reading its rlimits is
+    // refused), so a Docker task that moves live asks to run as root (docs/limits.md).
+    let criu = std::fs::read_to_string(&m).expect("read manifest").replace(
+        "checkpoint = \"app\"",
+        "checkpoint = \"criu\"\nuser = \"root\"",
+    );
     std::fs::write(&m, criu).expect("write manifest");
     let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();

@@ -94,13 +94,14 @@ fn front_context(dir: &Path, owner: &str) {
         .expect("write the Dockerfile");
 }
 
-/// front (the root, stateless) calls kv (redis, moved live with CRIU).
+/// front (the root, stateless) calls kv (redis, moved live with CRIU, so as root: CRIU cannot
+/// dump a container task of another user here; docs/limits.md).
 fn manifest(dir: &Path, service: &str) -> PathBuf {
     let text = format!(
         "[service]\nname = \"{service}\"\nroot = \"front\"\n\n\
          [[task]]\nname = \"front\"\nbuild = \"front\"\ncpu_millis = 100\nmemory_mb = 64\n\n\
          [[task]]\nname = \"kv\"\nbuild = \"kv\"\ncpu_millis = 100\nmemory_mb = 64\n\
-         stateful = true\ncheckpoint = \"criu\"\n\n\
+         stateful = true\ncheckpoint = \"criu\"\nuser = \"root\"\n\n\
          [[call]]\nfrom = \"front\"\nto = \"kv\"\nlatency_ms = {BUDGET_MS}\ntraffic_mbps = 1\n"
     );
     let path = dir.join("service.toml");

@@ -35,6 +35,9 @@ pub const IDENTIFY_VERSION: &str = "/brume/1.0.0";
 pub const MAX_JOIN_BYTES: u64 = 64 * 1024;
 pub const MAX_STATE_BYTES: u64 = 4 * 1024;
 
+/// Requests of one request-response protocol in flight at once on one connection.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+
 /// A request of `/brume/join/1`. Addresses are multiaddr strings ending in `/p2p/<peer id>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MembershipRequest {
@@ -84,7 +87,11 @@ pub struct BrumeBehaviour {
 
 impl BrumeBehaviour {
     pub fn new(key: &identity::Keypair, t: &BehaviourTimings, gate: Gate) -> Self {
-        let rr = request_response::Config::default().with_request_timeout(t.request_timeout);
+        // A peer gets a few join or state requests in flight at once, not a task per request it
+        // cares to open.
+        let rr = request_response::Config::default()
+            .with_request_timeout(t.request_timeout)
+            .with_max_concurrent_streams(MAX_CONCURRENT_REQUESTS);
         let join_codec = cbor::codec::Codec::default()
             .set_request_size_maximum(MAX_JOIN_BYTES)
             .set_response_size_maximum(MAX_JOIN_BYTES);

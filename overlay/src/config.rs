@@ -7,6 +7,7 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 
+use crate::limits::StreamLimits;
 use crate::mapping::MapConfig;
 use crate::membership::MembershipConfig;
 use crate::neighbourhood::NodeRecord;
@@ -80,6 +81,9 @@ pub struct OverlayConfig {
     pub network_key: Option<NetworkKey>,
     /// The only peers this node connects to or accepts (`None`: any; see [`crate::gate`]).
     pub allowed_peers: Option<HashSet<PeerId>>,
+    /// Caps on the inbound streams of the node's own protocols (deploy, move, transfer), applied
+    /// by [`crate::OverlayHandle::accept_limited`].
+    pub stream_limits: StreamLimits,
 }
 
 impl Default for OverlayConfig {
@@ -96,6 +100,7 @@ impl Default for OverlayConfig {
             membership: MembershipConfig::default(),
             network_key: None,
             allowed_peers: None,
+            stream_limits: StreamLimits::default(),
         }
     }
 }

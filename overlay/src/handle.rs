@@ -16,6 +16,7 @@ use crate::commands::{Command, MapOutcome, PeerInfo, Status};
 use crate::error::OverlayError;
 use crate::events::ConnectionEvent;
 use crate::ids::NodeId;
+use crate::limits::{LimitedIncoming, StreamLimits};
 use crate::neighbourhood::{NeighbourhoodMap, NodeRecord};
 
 /// Incoming raw streams of one protocol: a `futures::Stream` of `(PeerId, libp2p::Stream)`.
@@ -32,6 +33,8 @@ pub struct OverlayHandle {
     pub(crate) events: broadcast::Sender<ConnectionEvent>,
     /// The node's identity key: what it signs with (deploy specs, its records).
     pub(crate) keypair: Arc<Keypair>,
+    /// The caps [`OverlayHandle::accept_limited`] applies.
+    pub(crate) stream_limits: StreamLimits,
 }
 
 impl std::fmt::Debug for OverlayHandle {
@@ -210,5 +213,24 @@ impl OverlayHandle {
         control
             .accept(protocol)
             .map_err(|_| OverlayError::AlreadyAccepting)
+    }
+
+    /// [`OverlayHandle::accept_streams`] under the node's [`StreamLimits`]: streams over the
+    /// per-peer or total cap are dropped unserved, and a stream whose peer stalls a read or a
+    /// write for the idle timeout fails. For request protocols, whose peer always has something
+    /// to say; not for long-lived links that may rightly be quiet.
+    pub fn accept_limited(
+        &self,
+        protocol: StreamProtocol,
+    ) -> Result<LimitedIncoming<IncomingStreams>, OverlayError> {
+        Ok(LimitedIncoming::new(
+            self.accept_streams(protocol)?,
+            self.stream_limits,
+        ))
+    }
+
+    /// The caps of [`OverlayHandle::accept_limited`].
+    pub fn stream_limits(&self) -> StreamLimits {
+        self.stream_limits
     }
 }

@@ -23,7 +23,9 @@ pub mod events;
 pub mod frames;
 pub mod gate;
 pub mod handle;
+pub mod idle;
 pub mod ids;
+pub mod limits;
 pub mod maplink;
 pub mod mapping;
 pub mod membership;
@@ -40,6 +42,7 @@ pub mod wire;
 pub use events::ConnectionEvent;
 pub use libp2p::identity::{Keypair, PublicKey};
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+pub use limits::{Limited, LimitedIncoming, StreamLimits};
 pub use network_key::NetworkKey;
 pub use node::{
     Identity, IncomingStreams, MapOutcome, MapSize, Overlay, OverlayConfig, OverlayError,

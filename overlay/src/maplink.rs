@@ -16,8 +16,13 @@
 //! limit is reported and the stream is closed unread, since the bytes after it cannot be trusted.
 //! An answer holding a node record whose signature does not hold ([`crate::signed_record`]) is
 //! dropped whole and reported as a bad frame.
+//! A link may rightly be quiet between frames, but not inside one: a frame whose bytes stop
+//! coming for the idle timeout closes the stream, and its buffer grows only with the bytes that
+//! arrive. A peer has at most [`LINKS_PER_PEER`] inbound links at once (one, plus those being
+//! replaced, whose readers may not have noticed yet on a loaded machine); more are dropped unread.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
@@ -25,6 +30,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, trace};
 
 use crate::behaviour::MapFrame;
+use crate::frames::read_body;
+use crate::limits::Slots;
 use crate::mapping::Message;
 use crate::wire::{self, WireError};
 
@@ -37,6 +44,10 @@ const QUEUE: usize = 1024;
 /// The byte a reader sends when it takes a link, and how long a writer waits for it.
 const WELCOME: u8 = 0xB7;
 const WELCOME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Inbound map links served at once per peer, and in all.
+pub const LINKS_PER_PEER: usize = 16;
+const LINKS_TOTAL: usize = 4096;
 
 /// What the link tasks tell the swarm task.
 #[derive(Debug)]
@@ -66,14 +77,24 @@ impl MapLinks {
     pub(crate) fn start(
         mut control: libp2p_stream::Control,
         max_bytes: usize,
+        mid_frame_timeout: Duration,
     ) -> (Self, mpsc::Receiver<LinkEvent>) {
         let (events, rx) = mpsc::channel(QUEUE);
         match control.accept(MAP_STREAM_PROTOCOL) {
             Ok(mut incoming) => {
                 let events = events.clone();
+                let slots = Slots::new(LINKS_PER_PEER, LINKS_TOTAL);
                 tokio::spawn(async move {
                     while let Some((peer, stream)) = incoming.next().await {
-                        tokio::spawn(read_frames(peer, stream, events.clone(), max_bytes));
+                        let Some(slot) = slots.try_take(&peer) else {
+                            debug!(%peer, "too many inbound map links from one peer; dropped");
+                            continue;
+                        };
+                        let events = events.clone();
+                        tokio::spawn(async move {
+                            read_frames(peer, stream, events, max_bytes, mid_frame_timeout).await;
+                            drop(slot);
+                        });
                     }
                 });
             }
@@ -249,6 +270,7 @@ async fn read_frames(
     mut stream: libp2p::Stream,
     events: mpsc::Sender<LinkEvent>,
     max_bytes: usize,
+    mid_frame_timeout: Duration,
 ) {
     if stream.write_all(&[WELCOME]).await.is_err() || stream.flush().await.is_err() {
         return;
@@ -274,9 +296,15 @@ async fn read_frames(
             let _ = stream.close().await;
             return;
         }
-        buf.resize(len, 0);
-        if stream.read_exact(&mut buf).await.is_err() {
-            return;
+        buf.clear();
+        match tokio::time::timeout(mid_frame_timeout, read_body(&mut stream, len, &mut buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                debug!(%peer, len, got = buf.len(), "map frame stalled; link closed");
+                let _ = stream.close().await;
+                return;
+            }
         }
         let frame = match wire::decode_with_limit(&buf, max_bytes) {
             Ok(mut msg) => {

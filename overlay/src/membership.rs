@@ -68,6 +68,11 @@ pub struct MembershipConfig {
     pub redial_cooldown_ms: f64,
     /// At most this many remembered addresses (the oldest are forgotten first).
     pub max_known: usize,
+    /// At most this many peers with a remembered score or ban. Past it, the scores closest to
+    /// [`INITIAL_SCORE`] of peers not connected are forgotten first (forgetting a full score
+    /// loses nothing), then the bans that end soonest: a flood of new peer ids cannot grow the
+    /// tables without bound.
+    pub max_scored: usize,
     /// A peer whose score falls below this is disconnected and banned.
     pub ban_threshold: f64,
     /// How long a banned peer stays banned.
@@ -93,6 +98,7 @@ impl Default for MembershipConfig {
             forget_after_failures: 5,
             redial_cooldown_ms: 30_000.0,
             max_known: 256,
+            max_scored: 1024,
             ban_threshold: 50.0,
             ban_ms: 60_000.0,
             malformed_penalty: 20.0,
@@ -519,12 +525,14 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
         };
         let score = self.score(node) - penalty;
         self.scores.insert(node, score);
+        self.bound_scores(node);
         if let Some(c) = self.connected.get_mut(&node) {
             c.score = score;
         }
         let mut out = Vec::new();
         if score < self.config.ban_threshold {
             self.banned.insert(node, now.plus_ms(self.config.ban_ms));
+            self.bound_bans(node);
             self.known.remove(&node);
             if self.connected.contains_key(&node) {
                 out.push(Action::Disconnect {
@@ -540,8 +548,64 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
     pub fn on_good(&mut self, node: NodeId) {
         if let Some(s) = self.scores.get_mut(&node) {
             *s = (*s + self.config.good_reward).min(INITIAL_SCORE);
+            let s = *s;
             if let Some(c) = self.connected.get_mut(&node) {
-                c.score = *s;
+                c.score = s;
+            }
+            if s >= INITIAL_SCORE && !self.banned.contains_key(&node) {
+                // A full score is the default: nothing to remember.
+                self.scores.remove(&node);
+            }
+        }
+    }
+
+    /// Peers with a remembered score (bounded by `max_scored`).
+    pub fn scored(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Peers with a remembered ban (bounded by `max_scored`).
+    pub fn bans(&self) -> usize {
+        self.banned.len()
+    }
+
+    /// Keeps `scores` within `max_scored`, never forgetting `keep` (just scored) or a banned or
+    /// connected peer's score while another can go.
+    fn bound_scores(&mut self, keep: NodeId) {
+        while self.scores.len() > self.config.max_scored.max(1) {
+            let victim = self
+                .scores
+                .iter()
+                .filter(|(n, _)| **n != keep)
+                .min_by(|(a, sa), (b, sb)| {
+                    let rank =
+                        |n: &NodeId| (self.banned.contains_key(n), self.connected.contains_key(n));
+                    rank(a).cmp(&rank(b)).then(sb.total_cmp(sa))
+                })
+                .map(|(n, _)| *n);
+            match victim {
+                Some(n) => {
+                    self.scores.remove(&n);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Keeps `banned` within `max_scored`: the bans that end soonest go first.
+    fn bound_bans(&mut self, keep: NodeId) {
+        while self.banned.len() > self.config.max_scored.max(1) {
+            let victim = self
+                .banned
+                .iter()
+                .filter(|(n, _)| **n != keep)
+                .min_by_key(|(_, until)| **until)
+                .map(|(n, _)| *n);
+            match victim {
+                Some(n) => {
+                    self.banned.remove(&n);
+                }
+                None => break,
             }
         }
     }
@@ -673,6 +737,35 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scores_and_bans_of_a_flood_of_peer_ids_stay_bounded() {
+        let config = MembershipConfig {
+            max_scored: 16,
+            ..cfg()
+        };
+        let mut m = M::new(NodeId(1), config, vec![], 7);
+        // A thousand ids, each misbehaving enough to be banned, a thousand more once.
+        for n in 0..1000u64 {
+            for _ in 0..3 {
+                m.on_misbehaviour(ms(n), NodeId(10_000 + n), Misbehaviour::Oversized);
+            }
+            m.on_misbehaviour(ms(n), NodeId(20_000 + n), Misbehaviour::Malformed);
+        }
+        assert!(m.scored() <= 16, "{} scores", m.scored());
+        assert!(m.bans() <= 16, "{} bans", m.bans());
+        // The latest offender is remembered, and banned.
+        assert!(m.is_banned(ms(999), NodeId(10_999)));
+        // A peer that earns its score back is forgotten.
+        let mut m = M::new(NodeId(1), cfg(), vec![], 7);
+        m.on_misbehaviour(ms(0), NodeId(5), Misbehaviour::Unresponsive);
+        assert_eq!(m.scored(), 1);
+        for _ in 0..10 {
+            m.on_good(NodeId(5));
+        }
+        assert_eq!(m.scored(), 0);
+        assert_eq!(m.score(NodeId(5)), INITIAL_SCORE);
+    }
 
     type M = Membership<String>;
 

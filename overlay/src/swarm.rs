@@ -97,6 +97,10 @@ fn keypair(identity: &Identity) -> Result<identity::Keypair, OverlayError> {
     }
 }
 
+/// Peers heard of (connected, remembered, or named in a join or shuffle answer) kept at most;
+/// past it the ones neither connected nor remembered are forgotten.
+pub const MAX_PEERS_HEARD: usize = 2048;
+
 /// Forgets a record's name if it is not one [`check_name`] accepts: names are shown to people,
 /// and the rest of the record is still good for placement.
 fn drop_bad_name(record: &mut NodeRecord) {
@@ -243,7 +247,11 @@ pub(crate) async fn spawn(
 
     let (tx, rx) = mpsc::channel(64);
     let streams = swarm.behaviour().streams.new_control();
-    let (links, link_events) = MapLinks::start(streams.clone(), crate::wire::MAX_MESSAGE_BYTES);
+    let (links, link_events) = MapLinks::start(
+        streams.clone(),
+        crate::wire::MAX_MESSAGE_BYTES,
+        config.stream_limits.idle_timeout,
+    );
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let handle = OverlayHandle {
         peer_id: local_peer,
@@ -252,6 +260,7 @@ pub(crate) async fn spawn(
         streams,
         events: events.clone(),
         keypair: std::sync::Arc::new(key),
+        stream_limits: config.stream_limits,
     };
     let mut driver = Driver {
         swarm,
@@ -342,7 +351,24 @@ impl Driver {
             entry.peer = peer;
             entry.record = None;
         }
+        if self.peers.len() > MAX_PEERS_HEARD {
+            self.forget_strangers(id);
+        }
         id
+    }
+
+    /// Keeps the table of peers heard of bounded: past [`MAX_PEERS_HEARD`] it keeps only the
+    /// peers connected, remembered by membership, or `keep`.
+    fn forget_strangers(&mut self, keep: NodeId) {
+        let known: HashSet<NodeId> = self
+            .membership
+            .known()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let connected = &self.connected;
+        self.peers
+            .retain(|n, _| *n == keep || connected.contains(n) || known.contains(n));
     }
 
     fn peer_id(&self, node: NodeId) -> Option<PeerId> {

@@ -610,14 +610,70 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, Re
     if len > MAX_FRAME {
         return Err(WireError::FrameTooLarge { len }.into());
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    let mut body = Vec::new();
+    read_body(r, len, &mut body).await?;
     Ok(Message::decode(&body)?)
+}
+
+/// How far a frame's buffer grows ahead of the bytes that arrived.
+pub const READ_STEP: usize = 256 * 1024;
+
+/// Appends exactly `len` bytes from `r` to `buf`, growing it by at most [`READ_STEP`] beyond what
+/// arrived: a peer that announces a 64 MiB frame and stalls costs one step, not 64 MiB.
+pub async fn read_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let end = buf.len() + len;
+    while buf.len() < end {
+        let start = buf.len();
+        let step = (end - start).min(READ_STEP);
+        buf.resize(start + step, 0);
+        let mut got = 0;
+        while got < step {
+            match r.read(&mut buf[start + got..start + step]).await {
+                Ok(0) => {
+                    buf.truncate(start + got);
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    buf.truncate(start + got);
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_announced_frame_is_not_allocated_before_its_bytes_arrive() {
+        let mut wire = (MAX_FRAME as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&[T_PAGES; 1000]);
+        let mut r = wire.as_slice();
+        let mut head = [0u8; 4];
+        r.read_exact(&mut head).await.unwrap();
+        let mut buf = Vec::new();
+        let e = read_body(&mut r, u32::from_be_bytes(head) as usize, &mut buf)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(buf.len(), 1000);
+        assert!(buf.capacity() <= 2 * READ_STEP, "{}", buf.capacity());
+        let mut wire = (MAX_FRAME as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&[T_PAGES; 1000]);
+        assert!(matches!(
+            read_message(&mut wire.as_slice()).await,
+            Err(ReadError::Io(_))
+        ));
+    }
 
     fn r(b: u8, len: u32) -> ChunkRef {
         ChunkRef {

@@ -18,6 +18,6 @@ pub use chunks::{ArtifactKind, ArtifactManifest, Digest, ManifestError, CHUNK_SI
 pub use pack::{pack_context, read_image_tar, Artifact, PackError};
 pub use store::{ArtifactReader, ChunkStore, StoreError};
 pub use transfer::{
-    fetch, serve, serve_incoming, FetchOptions, FetchStats, ServeError, ServeStats, TransferError,
-    TRANSFER_PROTOCOL,
+    fetch, serve, serve_incoming, serve_limited, FetchOptions, FetchStats, ServeError, ServeStats,
+    TransferError, TRANSFER_LIMITS, TRANSFER_PROTOCOL,
 };

@@ -72,7 +72,22 @@ pub enum PackError {
          `docker save -o image.tar NAME:TAG`"
     )]
     NotAnImageTar { path: PathBuf, reason: String },
+    #[error(
+        "the build context {dir} holds more than {budget} bytes of files ({path} takes it to \
+         {total}; a sparse file counts at its full size): list what the image does not need \
+         in .dockerignore"
+    )]
+    TooLarge {
+        dir: PathBuf,
+        path: PathBuf,
+        total: u64,
+        budget: u64,
+    },
 }
+
+/// The most bytes of files a build context may hold. The packed context is held in memory and
+/// sent to every host, and a sparse file would be read (and sent) at its full size.
+pub const CONTEXT_BUDGET: u64 = 2 << 30;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
     move |source| PackError::Io {
@@ -178,6 +193,7 @@ pub fn pack_context(dir: &Path) -> Result<Artifact, PackError> {
     let mut entries = Vec::new();
     walk(dir, Path::new(""), &ignore, &mut entries)?;
     entries.sort_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+    within_budget(dir, &entries, CONTEXT_BUDGET)?;
 
     let mut tar = tar::Builder::new(Vec::new());
     for (rel, meta) in entries {
@@ -210,6 +226,30 @@ pub fn pack_context(dir: &Path) -> Result<Artifact, PackError> {
     }
     let bytes = tar.into_inner().map_err(io_err(dir))?;
     Ok(Artifact::from_bytes(ArtifactKind::Context, bytes))
+}
+
+/// Refuses a context whose files (at their full sizes, so a sparse file counts for what it
+/// would be read as) come to more than `budget` bytes, before any is read.
+fn within_budget(
+    dir: &Path,
+    entries: &[(PathBuf, fs::Metadata)],
+    budget: u64,
+) -> Result<(), PackError> {
+    let mut total = 0u64;
+    for (rel, meta) in entries {
+        if meta.file_type().is_file() {
+            total = total.saturating_add(meta.len());
+            if total > budget {
+                return Err(PackError::TooLarge {
+                    dir: dir.to_path_buf(),
+                    path: dir.join(rel),
+                    total,
+                    budget,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Collects `(relative path, metadata)` of everything under `dir/rel` that is not ignored.
@@ -446,6 +486,34 @@ mod tests {
 
     fn ignore(text: &str) -> DockerIgnore {
         DockerIgnore::parse(Path::new(".dockerignore"), text).unwrap()
+    }
+
+    #[test]
+    fn a_context_over_budget_or_with_a_huge_sparse_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("Dockerfile"),
+            "FROM scratch\nCOPY big /big\n",
+        )
+        .unwrap();
+        // A sparse file: past the budget in size, nothing on disk; reading it would take minutes.
+        let f = fs::File::create(dir.path().join("big")).unwrap();
+        f.set_len(CONTEXT_BUDGET + 1).unwrap();
+        drop(f);
+        let err = pack_context(dir.path()).unwrap_err();
+        assert!(matches!(err, PackError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains(".dockerignore"), "{err}");
+        // Under a budget that fits, the same walk passes.
+        let mut entries = Vec::new();
+        walk(
+            dir.path(),
+            Path::new(""),
+            &DockerIgnore::default(),
+            &mut entries,
+        )
+        .unwrap();
+        within_budget(dir.path(), &entries, CONTEXT_BUDGET + 1 + 64).unwrap();
+        assert!(within_budget(dir.path(), &entries, 10).is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::future::Future;
 use std::io;
 use std::time::{Duration, Instant};
 
-use brume_overlay::StreamProtocol;
+use brume_overlay::{LimitedIncoming, PeerId, StreamLimits, StreamProtocol};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -539,8 +539,41 @@ fn spare_buf(spare: &mut Vec<Vec<u8>>) -> Vec<u8> {
         .unwrap_or_else(|| Vec::with_capacity(CHUNK_SIZE as usize))
 }
 
+/// The caps a node serves transfers under ([`serve_limited`]): a peer may hold a few streams
+/// (one per artifact it fetches at once), everyone together a bounded number (each holds up to
+/// two chunk buffers), and a stream that stalls for the idle time is dropped.
+pub const TRANSFER_LIMITS: StreamLimits = StreamLimits {
+    idle_timeout: Duration::from_secs(30),
+    per_peer: 16,
+    total: 64,
+};
+
+/// Serves every incoming stream (from `accept_streams(TRANSFER_PROTOCOL)`) under `limits` until
+/// the incoming streams end: a stream over the per-peer or total cap is dropped at once (its
+/// fetcher retries), never queued, so streams that idle cannot delay another peer's fetch, and a
+/// stream whose peer sends nothing or stops reading for `limits.idle_timeout` is dropped and
+/// its slot freed. Errors are logged per peer.
+pub async fn serve_limited<I, S>(store: ChunkStore, incoming: I, limits: StreamLimits)
+where
+    I: Stream<Item = (PeerId, S)> + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut incoming = LimitedIncoming::new(incoming, limits);
+    while let Some((peer, stream)) = incoming.next().await {
+        let store = store.clone();
+        tokio::spawn(async move {
+            match serve(&store, stream).await {
+                Ok(s) => debug!(%peer, chunks = s.chunks_sent, bytes = s.bytes_sent, "served"),
+                Err(e) => debug!(%peer, error = %e, "transfer stream ended badly"),
+            }
+        });
+    }
+}
+
 /// Serves every incoming stream (from `accept_streams(TRANSFER_PROTOCOL)`), at most
-/// `max_concurrent` at once, until the incoming streams end. Errors are logged per peer.
+/// `max_concurrent` at once, until the incoming streams end. Errors are logged per peer. A
+/// stream over the cap waits for a free slot, and so does every stream after it: for trusted
+/// peers (tests, benches); a node serves with [`serve_limited`].
 pub async fn serve_incoming<I, Id, S>(store: ChunkStore, mut incoming: I, max_concurrent: usize)
 where
     I: Stream<Item = (Id, S)> + Unpin,

@@ -36,9 +36,10 @@ use tokio_util::io::ReaderStream;
 use super::error::EngineError;
 use super::ready::{ensure_port_free, tail_lines, wait_until_ready, Readiness};
 use super::runc_task::RuncTask;
-use super::tarball::{read_entry, read_save_manifest};
+use super::tarball::{read_entry, untagged_copy};
 use super::types::{
     ImageInput, ImageKind, ImageRef, LaunchSpec, RestartPolicy, TaskState, TaskStatus, TaskSummary,
+    DEFAULT_USER,
 };
 use super::{Engine, INSTANCE_LABEL};
 
@@ -48,6 +49,25 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const FAILURE_LOG_LINES: usize = 20;
 /// Docker refuses memory limits under 6 MiB.
 const MIN_MEMORY_MB: u32 = 6;
+
+/// The container user for a task's `user`: unset, [`DEFAULT_USER`]; `root` by number, so that
+/// images without an `/etc/passwd` (`FROM scratch`) can run as root too.
+fn docker_user(user: Option<&str>) -> String {
+    match user {
+        None => DEFAULT_USER.to_string(),
+        Some("root") => "0:0".to_string(),
+        Some(u) => u.to_string(),
+    }
+}
+
+/// Capabilities every task container loses (on top of Docker's default set).
+pub const DROPPED_CAPS: &[&str] = &["NET_RAW"];
+
+/// The security option that stops a task from gaining privileges (setuid binaries, file caps).
+pub const NO_NEW_PRIVILEGES: &str = "no-new-privileges";
+
+/// Most processes (threads included) a task container may have.
+pub const PIDS_LIMIT: i64 = 1024;
 
 /// Docker's restart policy, as [`DockerEngine::set_restart`] takes it.
 pub use bollard::models::RestartPolicy as DockerRestartPolicy;
@@ -377,47 +397,51 @@ impl DockerEngine {
         Ok(())
     }
 
+    /// Loads a `docker save` tarball by id only: an untagged copy is what the daemon reads
+    /// ([`untagged_copy`]), so the tarball's own tags cannot move a name of another image on
+    /// this host, and the id the daemon reports must be the one its manifest names (the config's
+    /// digest, in a tarball whose bytes the artifact's digest vouches for). Then the image gets
+    /// brume's name for the artifact.
     async fn load(&self, input: &ImageInput, image: &ImageRef) -> Result<(), EngineError> {
-        let tar = input.tar.clone();
-        let manifest = tokio::task::spawn_blocking(move || read_save_manifest(&tar))
-            .await
-            .map_err(|e| EngineError::io("read", &input.tar, std::io::Error::other(e)))??;
         let load_failed = |message: String| EngineError::LoadFailed {
             path: input.tar.clone(),
             message,
         };
-        let file = tokio::fs::File::open(&input.tar)
+        let copy = input
+            .tar
+            .with_extension(format!("untagged-{:016x}.tar", rand::random::<u64>()));
+        let (tar, out) = (input.tar.clone(), copy.clone());
+        let manifest = tokio::task::spawn_blocking(move || untagged_copy(&tar, &out))
             .await
-            .map_err(|e| EngineError::io("open the image tarball", &input.tar, e))?;
-        let options = ImportImageOptionsBuilder::default().quiet(true).build();
-        let mut progress = self
-            .docker
-            .import_image_stream(options, ReaderStream::new(file), None);
-        let mut output = String::new();
-        while let Some(item) = progress.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(line) = info.stream {
-                        output.push_str(&line);
-                    }
-                }
-                Err(e) => return Err(load_failed(daemon_message(&e))),
+            .map_err(|e| EngineError::io("read", &input.tar, std::io::Error::other(e)));
+        let manifest = match manifest {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) | Err(e) => {
+                let _ = tokio::fs::remove_file(&copy).await;
+                return Err(e);
             }
+        };
+        let loaded = self.load_untagged(&copy).await;
+        let _ = tokio::fs::remove_file(&copy).await;
+        let output = loaded.map_err(|e| load_failed(daemon_message(&e)))?;
+        let want = manifest.image_id().ok_or_else(|| {
+            load_failed(format!(
+                "its manifest.json names the config {:?}, which is not a sha256 digest: the \
+                 loaded image could not be checked",
+                manifest.config
+            ))
+        })?;
+        let reported: Vec<&str> = output
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Loaded image ID: "))
+            .collect();
+        if reported != [want.as_str()] {
+            return Err(load_failed(format!(
+                "the daemon loaded {reported:?} where the tarball's manifest names {want}: \
+                 refused (the tarball is inconsistent or forged)"
+            )));
         }
-        // The image id is the config's digest; the tar's own tags are not brume's business.
-        let id = manifest
-            .image_id()
-            .or_else(|| {
-                output
-                    .lines()
-                    .find_map(|l| l.trim().strip_prefix("Loaded image ID: "))
-                    .map(str::to_string)
-            })
-            .or_else(|| {
-                let tags = manifest.repo_tags.as_ref()?;
-                tags.first().cloned()
-            })
-            .ok_or_else(|| load_failed("cannot tell the loaded image's id or tag".into()))?;
+        let id = want;
         let (repo, tag) = image
             .0
             .rsplit_once(':')
@@ -431,6 +455,22 @@ impl DockerEngine {
             .await
             .map_err(|e| load_failed(format!("tagging {id} as {image}: {}", daemon_message(&e))))?;
         Ok(())
+    }
+
+    /// Streams an image tarball to the daemon; returns what it said.
+    async fn load_untagged(&self, tar: &std::path::Path) -> Result<String, bollard::errors::Error> {
+        let file = tokio::fs::File::open(tar).await?;
+        let options = ImportImageOptionsBuilder::default().quiet(true).build();
+        let mut progress = self
+            .docker
+            .import_image_stream(options, ReaderStream::new(file), None);
+        let mut output = String::new();
+        while let Some(item) = progress.next().await {
+            if let Some(line) = item?.stream {
+                output.push_str(&line);
+            }
+        }
+        Ok(output)
     }
 
     /// The container's labels, or `None` when there is no such container.
@@ -522,14 +562,21 @@ impl DockerEngine {
                 maximum_retry_count: Some(i64::from(max_restarts)),
             },
         };
+        // Tasks share the host's network: without NET_RAW they cannot forge packets or sniff
+        // it; no-new-privileges stops a setuid binary in the image from gaining root; a pids
+        // limit stops a fork bomb from starving the node.
         let host_config = HostConfig {
             network_mode: Some("host".into()),
             nano_cpus: (spec.cpu_millis > 0).then(|| i64::from(spec.cpu_millis) * 1_000_000),
             memory: (spec.memory_mb > 0).then(|| i64::from(spec.memory_mb) << 20),
             restart_policy: Some(restart_policy),
+            cap_drop: Some(DROPPED_CAPS.iter().map(|c| c.to_string()).collect()),
+            security_opt: Some(vec![NO_NEW_PRIVILEGES.to_string()]),
+            pids_limit: Some(PIDS_LIMIT),
             ..Default::default()
         };
         Ok(ContainerCreateBody {
+            user: Some(docker_user(spec.user.as_deref())),
             image: Some(spec.image.0.clone()),
             env: Some(env),
             labels: Some(labels),

@@ -46,12 +46,13 @@ use std::time::Duration;
 
 pub use detect::{pick, EngineChoice};
 pub use docker::DockerEngine;
+pub use docker::{DROPPED_CAPS, NO_NEW_PRIVILEGES, PIDS_LIMIT};
 pub use error::EngineError;
 pub use ports::free_task_port;
 pub use process::ProcessEngine;
 pub use types::{
     check_name, ImageInput, ImageKind, ImageRef, LaunchSpec, RestartPolicy, TaskState, TaskStatus,
-    TaskSummary,
+    TaskSummary, DEFAULT_USER,
 };
 
 /// The label every brume container carries; its value is the instance name.

@@ -155,11 +155,72 @@ fn recipe_of(input: &ImageInput) -> Result<ScratchRecipe, EngineError> {
     })
 }
 
-fn unpack_all(tar: &Path, into: &Path) -> Result<(), EngineError> {
+/// The most file bytes one tarball (a build context, a `docker save` tarball, or all the
+/// layers of an image together) may unpack to. A tar's entries are as large as the tar, except
+/// sparse ones, which are refused: a few kilobytes of sparse map could fill the disk.
+pub const UNPACK_BUDGET: u64 = 8 << 30;
+
+/// Permission bits never carried from a tarball or a build context onto the disk: setuid and
+/// setgid (a task runs as the node's user; a setuid-root file in its tree is a way up).
+const DROPPED_MODE_BITS: u32 = 0o6000;
+
+/// What is left of an unpacking budget.
+#[derive(Debug)]
+struct Budget {
+    left: u64,
+    limit: u64,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Self {
+        Budget { left: limit, limit }
+    }
+
+    /// Counts one entry; refuses a sparse one, or one past the budget.
+    fn take(&mut self, header: &tar::Header, path: &Path) -> Result<(), String> {
+        if header.entry_type().is_gnu_sparse() {
+            return Err(format!(
+                "{} is a sparse file; sparse files are refused (their size on disk is not the \
+                 size in the archive)",
+                path.display()
+            ));
+        }
+        let size = header.size().unwrap_or(u64::MAX);
+        match self.left.checked_sub(size) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(format!(
+                "{} ({size} bytes) takes the unpacked size past the budget of {} bytes",
+                path.display(),
+                self.limit
+            )),
+        }
+    }
+}
+
+fn unpack_all(tar: &Path, into: &Path, budget: u64) -> Result<(), EngineError> {
+    let over = |why: String| EngineError::Unsupported {
+        why: format!("{}: {why}", tar.display()),
+    };
+    // First the budget, over the headers alone.
+    let mut budget = Budget::new(budget);
+    let file = File::open(tar).map_err(|e| EngineError::io("open the tarball", tar, e))?;
+    let mut archive = tar::Archive::new(file);
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|e| EngineError::io("read the tarball", tar, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| EngineError::io("read the tarball", tar, e))?;
+        let path = entry.path().map(|p| p.into_owned()).unwrap_or_default();
+        budget.take(entry.header(), &path).map_err(over)?;
+    }
     fs::create_dir_all(into).map_err(|e| EngineError::io("create", into, e))?;
     let file = File::open(tar).map_err(|e| EngineError::io("open the tarball", tar, e))?;
     let mut archive = tar::Archive::new(file);
     archive.set_preserve_permissions(true);
+    archive.set_mask(DROPPED_MODE_BITS);
     archive.set_overwrite(true);
     archive
         .unpack(into)
@@ -209,7 +270,7 @@ fn from_context(
 ) -> Result<ImageConfig, EngineError> {
     let recipe = recipe_of(input)?;
     let context = tmp.join("context");
-    unpack_all(&input.tar, &context)?;
+    unpack_all(&input.tar, &context, UNPACK_BUDGET)?;
     let failed = |line: usize, message: String| EngineError::BuildFailed {
         image: image.0.clone(),
         message: format!("Dockerfile line {line}: {message}"),
@@ -227,11 +288,16 @@ fn from_context(
             let dest_rel = Path::new(step.dest.trim_start_matches('/'));
             let dest_path = inside(rootfs, dest_rel)
                 .map_err(|why| failed(step.line, format!("COPY destination {why}")))?;
+            // Never follow a link here: one laid by an earlier COPY would lead the copy out
+            // of the root (a link to a directory is replaced, as a file would be).
+            let dest_is_real_dir =
+                fs::symlink_metadata(&dest_path).is_ok_and(|m| m.file_type().is_dir());
             let target = if meta.is_dir() {
                 dest_path
-            } else if step.dest_is_dir || dest_path.is_dir() {
+            } else if step.dest_is_dir || dest_is_real_dir {
                 let name = src_path.file_name().unwrap_or_default();
-                dest_path.join(name)
+                inside(rootfs, &dest_rel.join(name))
+                    .map_err(|why| failed(step.line, format!("COPY destination {why}")))?
             } else {
                 dest_path
             };
@@ -263,7 +329,7 @@ fn copy_tree(src: &Path, dst: &Path, chmod: Option<u32>) -> std::io::Result<()> 
         }
         fs::create_dir_all(dst)?;
         if let Some(mode) = chmod {
-            fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
+            fs::set_permissions(dst, fs::Permissions::from_mode(mode & !DROPPED_MODE_BITS))?;
         }
         for entry in fs::read_dir(src)? {
             let entry = entry?;
@@ -274,9 +340,8 @@ fn copy_tree(src: &Path, dst: &Path, chmod: Option<u32>) -> std::io::Result<()> 
             fs::remove_file(dst)?;
         }
         fs::copy(src, dst)?;
-        if let Some(mode) = chmod {
-            fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
-        }
+        let mode = chmod.unwrap_or(meta.permissions().mode() & 0o7777);
+        fs::set_permissions(dst, fs::Permissions::from_mode(mode & !DROPPED_MODE_BITS))?;
     }
     Ok(())
 }
@@ -306,7 +371,7 @@ fn from_save(tmp: &Path, rootfs: &Path, input: &ImageInput) -> Result<ImageConfi
         message,
     };
     let save = tmp.join("save");
-    unpack_all(&input.tar, &save)?;
+    unpack_all(&input.tar, &save, UNPACK_BUDGET)?;
     let manifest_bytes = fs::read(save.join("manifest.json"))
         .map_err(|_| load_failed("it has no manifest.json at its root".into()))?;
     let manifests: Vec<super::tarball::SaveManifest> = serde_json::from_slice(&manifest_bytes)
@@ -321,10 +386,14 @@ fn from_save(tmp: &Path, rootfs: &Path, input: &ImageInput) -> Result<ImageConfi
         .map_err(|e| load_failed(format!("reading its config {}: {e}", manifest.config)))?;
     let config: SaveConfig = serde_json::from_slice(&config_bytes)
         .map_err(|e| load_failed(format!("its image config is not valid: {e}")))?;
+    let mut budget = Budget::new(UNPACK_BUDGET);
     for layer in &manifest.layers {
         let path = inside(&save, Path::new(layer))
             .map_err(|why| load_failed(format!("the layer path {why}")))?;
-        apply_layer(&path, rootfs).map_err(|e| match e {
+        apply_layer(&path, rootfs, &mut budget).map_err(|e| match e {
+            LayerError::Budget(why) => EngineError::Unsupported {
+                why: format!("layer {layer}: {why}"),
+            },
             LayerError::Io(e) => load_failed(format!("applying layer {layer}: {e}")),
             LayerError::Compressed(what) => EngineError::Unsupported {
                 why: format!("the layer {layer} is {what}-compressed"),
@@ -359,6 +428,7 @@ enum LayerError {
     Io(std::io::Error),
     Compressed(&'static str),
     Escapes(String),
+    Budget(String),
 }
 
 impl From<std::io::Error> for LayerError {
@@ -368,7 +438,7 @@ impl From<std::io::Error> for LayerError {
 }
 
 /// Applies one layer tar: first its whiteouts (they hide lower layers' files), then its files.
-fn apply_layer(path: &Path, rootfs: &Path) -> Result<(), LayerError> {
+fn apply_layer(path: &Path, rootfs: &Path, budget: &mut Budget) -> Result<(), LayerError> {
     let mut magic = [0u8; 4];
     let n = File::open(path)?.read(&mut magic)?;
     if n >= 2 && magic[..2] == [0x1f, 0x8b] {
@@ -401,10 +471,14 @@ fn apply_layer(path: &Path, rootfs: &Path) -> Result<(), LayerError> {
     // Pass 2: everything else.
     let mut archive = tar::Archive::new(File::open(path)?);
     archive.set_preserve_permissions(true);
+    archive.set_mask(DROPPED_MODE_BITS);
     archive.set_overwrite(true);
     for entry in archive.entries()? {
         let mut entry = entry?;
         let rel = normalized(&entry.path()?);
+        budget
+            .take(entry.header(), &rel)
+            .map_err(LayerError::Budget)?;
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with(".wh.") {
             continue;
@@ -549,6 +623,166 @@ mod tests {
         );
     }
 
+    /// A tar of `(name, data, mode)` files and `(name, target)` symbolic links.
+    fn tar_with_links(path: &Path, files: &[(&str, &[u8], u32)], links: &[(&str, &Path)]) {
+        let mut b = tar::Builder::new(File::create(path).unwrap());
+        for (name, data, mode) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(*mode);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        for (name, target) in links {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        b.finish().unwrap();
+    }
+
+    #[test]
+    fn a_link_laid_by_one_copy_does_not_lead_the_next_out_of_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        for dockerfile in [
+            // The link is copied in as /x, then a file is copied "into" /x/.
+            "FROM scratch\nCOPY link /x\nCOPY file /x/\n",
+            // The same through an existing directory's name.
+            "FROM scratch\nCOPY link /x\nCOPY file /x/sub/f\n",
+        ] {
+            let path = dir.path().join("ctx.tar");
+            tar_with_links(
+                &path,
+                &[
+                    ("Dockerfile", dockerfile.as_bytes(), 0o644),
+                    ("file", b"pwned", 0o644),
+                ],
+                &[("link", &outside)],
+            );
+            let input = ImageInput {
+                kind: ImageKind::BuildContext,
+                tar: path,
+                digest: "0011223344556677aa".into(),
+            };
+            let images = dir.path().join("images");
+            let err = prepare(&images, &input, &input.image_ref().unwrap()).unwrap_err();
+            assert!(
+                err.to_string().contains("symbolic link"),
+                "{dockerfile}: {err}"
+            );
+            assert_eq!(
+                fs::read_dir(&outside).unwrap().count(),
+                0,
+                "{dockerfile}: a file was written outside the root"
+            );
+        }
+        // Copying a file over a laid link replaces the link, and writes nothing outside.
+        let path = dir.path().join("ctx2.tar");
+        tar_with_links(
+            &path,
+            &[
+                (
+                    "Dockerfile",
+                    b"FROM scratch\nCOPY link /x\nCOPY file /x\n",
+                    0o644,
+                ),
+                ("file", b"mine", 0o644),
+            ],
+            &[("link", &outside)],
+        );
+        let input = ImageInput {
+            kind: ImageKind::BuildContext,
+            tar: path,
+            digest: "0011223344556677bb".into(),
+        };
+        let images = dir.path().join("images");
+        let image = input.image_ref().unwrap();
+        prepare(&images, &input, &image).unwrap();
+        let (idir, _) = load_config(&images, &image).unwrap();
+        assert_eq!(fs::read(idir.join("rootfs/x")).unwrap(), b"mine");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn setuid_and_setgid_bits_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = context(
+            dir.path(),
+            "FROM scratch\nCOPY su /bin/su\nCOPY --chmod=6755 plain /bin/plain\n",
+            &[("su", b"#!", 0o4755), ("plain", b"#!", 0o755)],
+        );
+        let images = dir.path().join("images");
+        let image = input.image_ref().unwrap();
+        prepare(&images, &input, &image).unwrap();
+        let (idir, _) = load_config(&images, &image).unwrap();
+        for f in ["bin/su", "bin/plain"] {
+            let mode = fs::metadata(idir.join("rootfs").join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, 0o755, "{f}: {mode:o}");
+        }
+        // And from an image layer.
+        let layer = dir.path().join("layer.tar");
+        tar_of(&layer, &[("bin/sg", b"x", 0o2755)]);
+        let rootfs = dir.path().join("layered");
+        fs::create_dir_all(&rootfs).unwrap();
+        assert!(apply_layer(&layer, &rootfs, &mut Budget::new(UNPACK_BUDGET)).is_ok());
+        let mode = fs::metadata(rootfs.join("bin/sg"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755, "{mode:o}");
+    }
+
+    #[test]
+    fn a_context_over_budget_or_with_a_sparse_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("big.tar");
+        tar_of(
+            &tar,
+            &[("a", &[1u8; 3000], 0o644), ("b", &[2u8; 3000], 0o644)],
+        );
+        let into = dir.path().join("out");
+        let err = unpack_all(&tar, &into, 5000).unwrap_err();
+        assert!(err.to_string().contains("budget of 5000 bytes"), "{err}");
+        assert!(!into.exists(), "nothing is unpacked when over budget");
+        unpack_all(&tar, &into, 6000).unwrap();
+        // A sparse entry, whatever its size, is refused; through prepare as well.
+        let path = dir.path().join("sparse.tar");
+        let mut b = tar::Builder::new(File::create(&path).unwrap());
+        let df = b"FROM scratch\nCOPY s /s\n";
+        let mut h = tar::Header::new_gnu();
+        h.set_size(df.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "Dockerfile", &df[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "s", &[][..]).unwrap();
+        b.finish().unwrap();
+        drop(b);
+        let input = ImageInput {
+            kind: ImageKind::BuildContext,
+            tar: path,
+            digest: "0011223344556677cc".into(),
+        };
+        let err = prepare(
+            &dir.path().join("images"),
+            &input,
+            &input.image_ref().unwrap(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sparse"), "{err}");
+    }
+
     #[test]
     fn copies_cannot_escape_through_symlinks() {
         let dir = tempfile::tempdir().unwrap();
@@ -588,8 +822,9 @@ mod tests {
                 ("etc/keep", b"2", 0o644),
             ],
         );
-        assert!(apply_layer(&l1, &rootfs).is_ok());
-        assert!(apply_layer(&l2, &rootfs).is_ok());
+        let mut budget = Budget::new(UNPACK_BUDGET);
+        assert!(apply_layer(&l1, &rootfs, &mut budget).is_ok());
+        assert!(apply_layer(&l2, &rootfs, &mut budget).is_ok());
         assert_eq!(fs::read(rootfs.join("etc/keep")).unwrap(), b"2");
         assert!(!rootfs.join("etc/gone").exists());
         assert!(!rootfs.join("opq/old").exists());

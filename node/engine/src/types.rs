@@ -113,7 +113,15 @@ pub struct LaunchSpec {
     /// The process engine's directory for this task (its file system copy and log). `None`: a
     /// directory named after the task under the engine's root. The Docker engine ignores it.
     pub workdir: Option<PathBuf>,
+    /// Who the task runs as in its container (the manifest's `user`: `root`, a name the image
+    /// knows, or `uid[:gid]`). `None`: [`DEFAULT_USER`], an unprivileged uid, so a task needs
+    /// to ask to run as root. The process engine runs tasks as the node's own user and ignores it.
+    pub user: Option<String>,
 }
+
+/// Who a Docker task runs as unless its manifest says otherwise: `nobody`, by number, so that
+/// images without an `/etc/passwd` (a `FROM scratch` static binary) run too.
+pub const DEFAULT_USER: &str = "65534:65534";
 
 impl LaunchSpec {
     /// The environment the task sees: `env` plus the standard variables of the house convention.
@@ -258,6 +266,7 @@ mod tests {
     #[test]
     fn standard_variables_win_over_the_extra_env() {
         let spec = LaunchSpec {
+            user: None,
             name: "n".into(),
             service: "s".into(),
             task: "t".into(),

@@ -13,6 +13,7 @@
 //! stateful = true
 //! checkpoint = "app"           # criu | app | none
 //! ports = [7000]
+//! user = "root"                # who it runs as under Docker; unset: nobody (65534)
 //!
 //! [[call]]
 //! from = "aggregator"
@@ -65,6 +66,9 @@ pub struct TaskSpec {
     /// Ports the task listens on inside its container.
     pub ports: Vec<u16>,
     pub env: BTreeMap<String, String>,
+    /// Who the task runs as on a Docker host: `root`, a user name the image knows, or
+    /// `uid[:gid]`. Unset, an unprivileged user (nobody, 65534): a task that must be root asks.
+    pub user: Option<String>,
 }
 
 /// Where a task's code comes from. There is no registry: images travel as files.
@@ -144,6 +148,7 @@ struct RawTask {
     ports: Option<Spanned<Vec<u16>>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -476,8 +481,22 @@ fn task(src: &Source, t: &Spanned<RawTask>, dir: &Path) -> Result<TaskSpec, Inpu
             ));
         }
     }
+    if let Some(u) = &raw.user {
+        if !crate::naming::is_valid_user(u.get_ref()) {
+            return Err(src.at(
+                u.span(),
+                "task.user",
+                format!(
+                    "user {:?} is not allowed: {}",
+                    u.get_ref(),
+                    crate::naming::USER_RULE
+                ),
+            ));
+        }
+    }
     Ok(TaskSpec {
         name,
+        user: raw.user.as_ref().map(|u| u.get_ref().clone()),
         artifact,
         cpu_millis: raw.cpu_millis,
         memory_mb: raw.memory_mb,

@@ -27,9 +27,38 @@ pub fn is_valid(name: &str) -> bool {
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// What an allowed task user looks like, for error messages.
+pub const USER_RULE: &str = "use root, a user name, or uid[:gid] (1-64 of letters, digits, \
+                             '_', '-', '.', with one optional ':' before a group)";
+
+/// Whether `user` may be a task's `user` (passed to Docker as the container's user).
+pub fn is_valid_user(user: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            && !p.starts_with('-')
+    };
+    user.len() <= 64
+        && match user.split_once(':') {
+            Some((u, g)) => part(u) && part(g),
+            None => part(user),
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_users_are_names_or_ids() {
+        for good in ["root", "1000", "1000:1000", "app", "www-data:www-data"] {
+            assert!(is_valid_user(good), "{good:?} refused");
+        }
+        for bad in ["", ":", "a:", "-x", "a b", "a:b:c", "x;rm", &"x".repeat(65)] {
+            assert!(!is_valid_user(bad), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn the_rule_accepts_what_every_consumer_takes() {

@@ -84,6 +84,10 @@ pub struct NodeConfig {
     /// Peer ids this node alone connects to or accepts (empty: any member). An operator's
     /// extra gate on top of the network key.
     pub allow_peer: Vec<String>,
+    /// A peer that stalls a deploy, move or chunk-transfer stream (sends nothing, or stops
+    /// reading) for this long is dropped, and a map frame that stops arriving midway closes its
+    /// link.
+    pub stream_idle_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -109,6 +113,7 @@ impl Default for NodeConfig {
             live_fault: None,
             network_key: None,
             allow_peer: Vec::new(),
+            stream_idle_timeout_ms: 30_000,
         }
     }
 }
@@ -299,6 +304,15 @@ impl NodeConfig {
                 format!(
                     "ping_interval_ms ({}) must be between 50 and 600000",
                     self.ping_interval_ms
+                ),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.stream_idle_timeout_ms) {
+            return Err((
+                "stream_idle_timeout_ms",
+                format!(
+                    "stream_idle_timeout_ms ({}) must be between 100 and 3600000",
+                    self.stream_idle_timeout_ms
                 ),
             ));
         }
@@ -561,6 +575,8 @@ mod tests {
             "/etc/brume/net.key",
             "--allow-peer",
             "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+            "--stream-idle-timeout-ms",
+            "1500",
         ]);
         let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
         let want = NodeConfig {
@@ -584,6 +600,7 @@ mod tests {
             live_fault: Some(LiveFault::CutAfterRestore),
             network_key: Some("/etc/brume/net.key".into()),
             allow_peer: vec!["12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
+            stream_idle_timeout_ms: 1500,
         };
         assert_eq!(cfg, want);
     }

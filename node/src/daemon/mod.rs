@@ -5,6 +5,7 @@
 mod backend;
 pub mod config;
 pub mod dispatch;
+pub mod identity;
 pub mod network_key;
 pub mod resources;
 pub mod run;

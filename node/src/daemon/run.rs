@@ -4,7 +4,7 @@
 //! (peers and maps refer to it), and refreshes its advertised state record from `/proc`
 //! periodically. On the way out it closes the control socket and stops the overlay.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,8 @@ use brume_metrics::{refresh_from, Metrics};
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
     /// log_format, log, ping_interval_ms, engine, drain_on_exit, migration_cache_mb,
-    /// live_migration, cpu_millis, memory_mb, name, metrics, network_key, allow_peer).
+    /// live_migration, cpu_millis, memory_mb, name, metrics, network_key, allow_peer,
+    /// stream_idle_timeout_ms).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -117,6 +118,10 @@ pub struct NodeArgs {
     #[arg(long, value_name = "PEER_ID")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_peer: Vec<String>,
+    /// Drop a peer that stalls a deploy, move or chunk-transfer stream for this long, in ms
+    /// (default 30000).
+    #[arg(long, value_name = "MS")]
+    pub stream_idle_timeout_ms: Option<u64>,
 }
 
 /// How often the advertised resources are read again.
@@ -243,7 +248,7 @@ fn overlay_config(cfg: &NodeConfig) -> anyhow::Result<OverlayConfig> {
             })
             .collect()
     };
-    let seed = identity_seed(&cfg.data_dir)?;
+    let seed = super::identity::seed(&cfg.data_dir)?;
     let mut record = local_record(cfg.cpu_millis, cfg.memory_mb)?;
     record.name = cfg.name.clone();
     Ok(OverlayConfig {
@@ -265,6 +270,10 @@ fn overlay_config(cfg: &NodeConfig) -> anyhow::Result<OverlayConfig> {
             None => None,
         },
         allowed_peers: cfg.allowed_peers()?,
+        stream_limits: brume_overlay::StreamLimits {
+            idle_timeout: Duration::from_millis(cfg.stream_idle_timeout_ms),
+            ..brume_overlay::StreamLimits::default()
+        },
         ..OverlayConfig::default()
     })
 }
@@ -365,32 +374,6 @@ fn local_record(cpu_cap: Option<u32>, mem_cap: Option<u64>) -> anyhow::Result<No
     rec.mem_free_mb = r.mem_free_mb;
     rec.load = r.load;
     Ok(rec)
-}
-
-/// The 32-byte identity seed in `data_dir/identity.key`, created (owner-only) on first start.
-fn identity_seed(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("identity.key");
-    if let Ok(bytes) = std::fs::read(&path) {
-        return bytes.as_slice().try_into().map_err(|_| {
-            anyhow::anyhow!(
-                "{} is not a 32-byte key: move it away to start with a new identity",
-                path.display()
-            )
-        });
-    }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let seed: [u8; 32] = rand::random();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&seed)?;
-    Ok(seed)
 }
 
 /// The longest a node leaving with `drain_on_exit` spends moving its tasks away.

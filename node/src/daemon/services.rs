@@ -25,9 +25,6 @@ use brume_engine::{self as engine, AnyEngine, EngineChoice};
 use brume_migration::live::shared::MigrationStoreConfig;
 use brume_tunnel::{self as tunnel, Routes, TUNNEL_PROTOCOL};
 
-/// Chunk streams served at once.
-const TRANSFER_CONCURRENCY: usize = 8;
-
 /// The running deployment services of a node.
 pub struct Services {
     pub deployer: Arc<Deployer>,
@@ -102,10 +99,13 @@ impl Services {
                     tracing::error!("the mover stopped: {e:#}");
                 }
             }),
-            tokio::spawn(artifact::serve_incoming(
+            tokio::spawn(artifact::serve_limited(
                 store,
                 chunks,
-                TRANSFER_CONCURRENCY,
+                brume_overlay::StreamLimits {
+                    idle_timeout: overlay.stream_limits().idle_timeout,
+                    ..artifact::TRANSFER_LIMITS
+                },
             )),
             tokio::spawn(tunnel::serve(tunnels, routes)),
         ];

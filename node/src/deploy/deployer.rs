@@ -6,8 +6,10 @@
 //! verified, the image is built or loaded by the engine, each called task gets a local tunnel
 //! forwarder whose address goes into `BRUME_CALL_*`, and the task starts on a port of its own.
 //! Any failure undoes what this request did (forwarders, routes, the container or process) and
-//! answers `Refused`, so a refused deploy leaves nothing here. Deploys on one node run one at a
-//! time, which keeps the resource check honest; stops and queries do not wait for them. The
+//! answers `Refused`, so a refused deploy leaves nothing here. Deploys on one node start one at
+//! a time, which keeps the resource check honest; their artifacts are fetched and images
+//! prepared before that lock, so one slow initiator does not hold up the others. Stops and
+//! queries do not wait for deploys. The
 //! mover ([`crate::migrate::mover`]) uses the same steps to take an instance that arrives live.
 
 use std::collections::BTreeMap;
@@ -101,7 +103,7 @@ impl Deployer {
 
     /// Serves deploy streams until the overlay stops.
     pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
-        let mut incoming = self.overlay.accept_streams(DEPLOY_PROTOCOL)?;
+        let mut incoming = self.overlay.accept_limited(DEPLOY_PROTOCOL)?;
         while let Some((peer, stream)) = incoming.next().await {
             let deployer = self.clone();
             tokio::spawn(async move {
@@ -205,6 +207,28 @@ impl Deployer {
         if let Err(reason) = spec.check() {
             return refuse(reason);
         }
+        // Cheap checks first, without the lock: a stale request, or one this node has no room
+        // for, fetches nothing (all are made again under the lock).
+        match self.instances.get(&spec.id) {
+            Some((running, _, _)) if running.epoch > spec.epoch => {
+                return refuse(format!(
+                    "{} already runs here with the newer epoch {}; this request (epoch {}) is \
+                     stale",
+                    spec.id, running.epoch, spec.epoch
+                ))
+            }
+            Some(_) => {}
+            None => {
+                if let Err(reason) = self.instances.room_for(&spec) {
+                    return refuse(reason);
+                }
+            }
+        }
+        // The artifact is fetched and the image prepared before the lock is taken: a slow or
+        // stalled initiator delays its own deploy, not every deploy on this node. (Both steps
+        // are idempotent and skip what is already here, so racing deploys of one artifact are
+        // fine.)
+        let image = self.image(initiator, &spec, &phases).await;
         let _one_at_a_time = self.deploying.lock().await;
         // Under the lock: no other deploy can take the name between the check and the start.
         if let Err(reason) = self.check_owner(&spec) {
@@ -237,7 +261,7 @@ impl Deployer {
             return refuse(reason);
         }
 
-        let image_ref = match self.image(initiator, &spec, &phases).await {
+        let image_ref = match image {
             Ok(r) => r,
             Err(reason) => return refuse(reason),
         };
@@ -327,6 +351,7 @@ impl Deployer {
                 RestartPolicy::Never
             },
             workdir: None,
+            user: spec.user.clone(),
         }
     }
 

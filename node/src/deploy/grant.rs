@@ -4,7 +4,7 @@
 //!
 //! The signature covers what the owner decides: the instance's name, epoch, payload (the
 //! artifact's digests: the chunks fetched are checked against them), resources, environment,
-//! restarts, checkpoint mode and the owner's own id. It leaves out what a move changes on the
+//! restarts, checkpoint mode, the user it runs as and the owner's own id. It leaves out what a move changes on the
 //! way (the source of a move forwards the owner's signature with its copy): the generation,
 //! where the callees run now, and the state line in `BRUME_RESTORE`. The key travels with the
 //! signature and must be the owner's: a spec whose key is not its `initiator`'s, or whose
@@ -58,6 +58,7 @@ struct Signed<'a> {
     env: BTreeMap<&'a str, &'a str>,
     max_restarts: u32,
     checkpoint: CheckpointMode,
+    user: Option<&'a str>,
     owner: PeerId,
 }
 
@@ -78,6 +79,7 @@ fn signed_bytes(spec: &InstanceSpec, owner: PeerId) -> Vec<u8> {
             .collect(),
         max_restarts: spec.max_restarts,
         checkpoint: spec.checkpoint,
+        user: spec.user.as_deref(),
         owner,
     };
     let mut out = DOMAIN.to_vec();
@@ -141,6 +143,7 @@ mod tests {
             initiator: None,
             generation: Generation(0),
             grant: None,
+            user: None,
         }
     }
 
@@ -179,6 +182,7 @@ mod tests {
             },
             |s: &mut InstanceSpec| s.payload = Payload::Command(vec!["/bin/sh".into()]),
             |s: &mut InstanceSpec| s.id.service = "other".into(),
+            |s: &mut InstanceSpec| s.user = Some("root".into()),
         ] {
             let mut s = signed.clone();
             alter(&mut s);

@@ -471,6 +471,7 @@ fn instance_spec(
         initiator: Some(initiator),
         generation: Default::default(),
         grant: None,
+        user: task.user.clone(),
     };
     spec.check().map_err(anyhow::Error::msg)?;
     Ok(spec)

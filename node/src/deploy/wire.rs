@@ -78,6 +78,9 @@ pub struct InstanceSpec {
     /// The owner's signature ([`super::grant`]): without a good one no host acts on the spec.
     #[serde(default)]
     pub grant: Option<Grant>,
+    /// Who the task runs as (the manifest's `user`); `None`: an unprivileged user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// The generation of an instance (see [`InstanceSpec::generation`]).
@@ -218,6 +221,14 @@ impl InstanceSpec {
     pub fn check(&self) -> Result<(), String> {
         check_name("service", &self.id.service)?;
         check_name("task", &self.id.task)?;
+        if let Some(u) = &self.user {
+            if !brume_plan::naming::is_valid_user(u) {
+                return Err(format!(
+                    "user {u:?} is not allowed: {}",
+                    brume_plan::naming::USER_RULE
+                ));
+            }
+        }
         for c in &self.calls {
             check_name("called task", &c.task)?;
             if c.hosts.is_empty() || c.hosts.len() > 1024 {

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use brume_overlay::limits::Slots;
 use brume_overlay::{Multiaddr, PeerId};
 use brume_tunnel::{Hold, InstanceId, Route};
 use futures::StreamExt;
@@ -30,6 +31,10 @@ use crate::streams::respond;
 use brume_control::NodeName;
 use brume_migration::app::{self as checkpoint, CHECKPOINT_TIMEOUT};
 use brume_migration::live::shared::{MigrationStore, MigrationStoreConfig};
+
+/// Live moves received at once from one peer, and in all.
+const LIVE_PER_PEER: usize = 8;
+const LIVE_TOTAL: usize = 32;
 
 /// The environment variable a restored instance finds its state line in.
 pub const RESTORE_ENV: &str = "BRUME_RESTORE";
@@ -112,8 +117,9 @@ impl Mover {
     /// Serves move requests and incoming live moves until the overlay stops.
     pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
         let overlay = &self.deployer.overlay;
-        let mut moves = overlay.accept_streams(MOVE_PROTOCOL)?;
+        let mut moves = overlay.accept_limited(MOVE_PROTOCOL)?;
         let mut live = overlay.accept_streams(LIVE_PROTOCOL)?;
+        let live_slots = Slots::new(LIVE_PER_PEER, LIVE_TOTAL);
         loop {
             let mover = self.clone();
             tokio::select! {
@@ -130,7 +136,16 @@ impl Mover {
                 }
                 next = live.next() => {
                     let Some((peer, stream)) = next else { return Ok(()) };
-                    tokio::spawn(async move { mover.receive_live(peer, stream).await });
+                    // A live move may rightly pause (post-copy waits on the task's faults), so
+                    // no idle timeout, but a peer gets only a few at once.
+                    let Some(slot) = live_slots.try_take(&peer) else {
+                        debug!(%peer, "too many live moves from one peer at once; stream dropped");
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        mover.receive_live(peer, stream).await;
+                        drop(slot);
+                    });
                 }
             }
         }

@@ -45,6 +45,9 @@ pub struct Routes {
 /// At most this many hosts' addresses are kept (beyond it, new hosts are not noted).
 const MAX_HOSTS: usize = 4096;
 
+/// Past this many hold gates, the unused ones are forgotten (see [`Routes::gate`]).
+const MAX_IDLE_GATES: usize = 1024;
+
 /// Whether an endpoint is held, and how many holds have cut its connections so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Gate {
@@ -119,8 +122,14 @@ impl Routes {
         }
     }
 
+    /// The hold gate of `endpoint`, made on first use.
     fn gate(&self, endpoint: &InstanceId) -> watch::Sender<Gate> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        if gates.len() >= MAX_IDLE_GATES && !gates.contains_key(endpoint) {
+            // Endpoints are named by callers: forget the gates nobody holds or watches, so
+            // asking for made-up endpoints cannot grow the table.
+            gates.retain(|_, g| g.borrow().held || g.receiver_count() > 0);
+        }
         gates
             .entry(endpoint.clone())
             .or_insert_with(|| watch::channel(Gate::default()).0)
@@ -227,6 +236,27 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(50), after.cut())
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn gates_of_endpoints_nobody_holds_or_watches_do_not_pile_up() {
+        let routes = Routes::new();
+        let held = routes.hold(&ep());
+        let watched = routes.cut_signal(&InstanceId::new("svc", "watched", 0));
+        for i in 0..(3 * MAX_IDLE_GATES as u32) {
+            // Made-up endpoints, as a caller could name them.
+            routes
+                .resolve(&InstanceId::new("nope", "x", i), Duration::from_secs(60))
+                .await;
+        }
+        let n = routes.gates.lock().unwrap().len();
+        assert!(n <= MAX_IDLE_GATES + 1, "{n} gates");
+        // What is held or watched survives the pruning.
+        let cut = routes.hold(&InstanceId::new("svc", "watched", 0));
+        tokio::time::timeout(Duration::from_secs(60), watched.cut())
+            .await
+            .expect("the watched gate is the same one");
+        drop((held, cut));
     }
 
     #[tokio::test]

@@ -19,25 +19,39 @@ use super::routes::{Route, Routes};
 use super::wire::{Hello, Reply, TunnelError, HELLO_LIMIT};
 use super::{connect_local, splice, HANDSHAKE_TIMEOUT, MAX_HOLD};
 use brume_overlay::frames::{read_frame, write_frame};
+use brume_overlay::limits::Slots;
+
+/// Tunnelled connections carried at once for one peer (its tasks' calls to this node's), and in
+/// all: past them a stream is dropped unserved. A tunnel may rightly be idle (a client keeping a
+/// connection open), so tunnels have no idle timeout, only these caps (and the hello's).
+pub const TUNNELS_PER_PEER: usize = 1024;
+const TUNNELS_TOTAL: usize = 8192;
 
 /// Serves every incoming tunnel stream (from
 /// `OverlayHandle::accept_streams(TUNNEL_PROTOCOL)`) until `incoming` ends, then waits for the
-/// calls in flight. Dropping the future ends them all.
+/// calls in flight. Dropping the future ends them all. At most [`TUNNELS_PER_PEER`] at once
+/// per peer.
 pub async fn serve<I, S>(mut incoming: I, routes: Routes)
 where
     I: Stream<Item = (PeerId, S)> + Unpin,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut conns = JoinSet::new();
+    let slots = Slots::new(TUNNELS_PER_PEER, TUNNELS_TOTAL);
     loop {
         tokio::select! {
             next = incoming.next() => match next {
                 Some((peer, stream)) => {
+                    let Some(slot) = slots.try_take(&peer) else {
+                        warn!(%peer, "too many tunnelled connections from one peer; stream dropped");
+                        continue;
+                    };
                     let routes = routes.clone();
                     conns.spawn(async move {
                         if let Err(e) = answer(stream, &routes).await {
                             warn!(%peer, error = %e, "tunnel stream refused and closed");
                         }
+                        drop(slot);
                     });
                 }
                 None => break,

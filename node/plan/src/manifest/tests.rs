@@ -348,3 +348,20 @@ fn an_empty_service_says_what_to_add() {
     let e = parse("[service]\nname = \"x\"\nroot = \"a\"\n").expect_err("no tasks");
     assert!(e.to_string().contains("add a [[task]]"), "{e}");
 }
+
+#[test]
+fn a_task_user_is_kept_and_a_bad_one_refused() {
+    let m = parse(&GOOD.replacen("ports = [7000]", "ports = [7000]\nuser = \"root\"", 1)).unwrap();
+    assert_eq!(m.tasks[0].user.as_deref(), Some("root"));
+    assert_eq!(
+        m.tasks[1].user, None,
+        "unset: the engine's unprivileged default"
+    );
+    let e = refusal("ports = [7000]", "ports = [7000]\nuser = \"a b\"");
+    assert_refusal(
+        &e,
+        line_of(GOOD, "ports = [7000]") + 1,
+        "task.user",
+        "uid[:gid]",
+    );
+}
