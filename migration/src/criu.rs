@@ -498,10 +498,12 @@ pub enum CriuError {
         waited: Duration,
     },
     /// `fs.pipe-max-size` is below what CRIU's page server needs for lazy pages.
-    #[error("lazy pages need fs.pipe-max-size >= {} (it is {current}): root here lacks CAP_SYS_RESOURCE, so CRIU's page server cannot grow its pipe; run `sysctl -w fs.pipe-max-size={}` (scripts/install-deps.sh sets it)", crate::lazy::MIN_PIPE_MAX_SIZE, crate::lazy::MIN_PIPE_MAX_SIZE)]
+    #[error("lazy pages need fs.pipe-max-size >= {needed} (it is {current}): root here lacks CAP_SYS_RESOURCE, so CRIU's page server cannot grow its pipe; run `sysctl -w fs.pipe-max-size={needed}` (scripts/install-deps.sh sets it)")]
     PipeMaxSize {
         /// The current setting, bytes.
         current: u64,
+        /// What the page server needs, bytes.
+        needed: u64,
     },
 }
 

@@ -5,7 +5,7 @@
 //! With lazy pages, the frozen task's dump ([`Criu::dump_lazy`]) writes every image except its
 //! anonymous memory and then serves those pages from a page server inside the same `criu dump`;
 //! the target restores from the small images at once (`criu restore --lazy-pages`) and its
-//! `criu lazy-pages` daemon ([`Criu::lazy_pages`]) fetches pages on first touch (userfaultfd) and
+//! `criu lazy-pages` daemon ([`Criu::start_lazy_pages`]) fetches pages on first touch (userfaultfd) and
 //! pushes the rest in the background. The source's CRIU keeps the task frozen, and so every page,
 //! until the daemon has them all; then the dump exits and the source task is gone. If the
 //! transfer fails first, the source's CRIU thaws its task.
@@ -44,7 +44,10 @@ pub fn check_pipe_max_size() -> Result<(), CriuError> {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(0);
     if current < MIN_PIPE_MAX_SIZE {
-        return Err(CriuError::PipeMaxSize { current });
+        return Err(CriuError::PipeMaxSize {
+            current,
+            needed: MIN_PIPE_MAX_SIZE,
+        });
     }
     Ok(())
 }
@@ -113,7 +116,7 @@ impl Criu {
     /// received) and waits until it is ready for `criu restore --lazy-pages` on the same
     /// directory. Returns it with the local end of its page-server socket, whose bytes must
     /// reach the source's [`LazyDump`] socket and back.
-    pub fn lazy_pages(
+    pub fn start_lazy_pages(
         &self,
         images_dir: &Path,
         log_file: &Path,
@@ -273,7 +276,7 @@ mod tests {
         let criu = Criu::with_binary("/nonexistent/criu");
         let tmp = crate::testing::temp_dir("lazy");
         let dir = tmp.path().to_path_buf();
-        let r = criu.lazy_pages(&dir, &dir.join("lazy.log"));
+        let r = criu.start_lazy_pages(&dir, &dir.join("lazy.log"));
         assert!(matches!(r, Err(CriuError::Spawn { .. })), "{r:?}");
     }
 }

@@ -310,7 +310,7 @@ async fn read_frames(
             Ok(mut msg) => {
                 // Every hop checks records before it merges them, so an honest peer never
                 // sends a bad one: the whole message goes, and its sender is scored down.
-                let forged = crate::signed_record::drop_forged_in(&mut msg);
+                let forged = msg.drop_forged();
                 match forged.first() {
                     None => MapFrame::Msg(msg),
                     Some((id, why)) => MapFrame::Bad {

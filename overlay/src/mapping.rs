@@ -77,11 +77,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MapId, NodeId, Time};
 use crate::neighbourhood::{Link, NeighbourhoodMap, NodeRecord, RttHow, RttProof};
 use crate::rtt::RttEstimator;
+use crate::signed_record::{self, RecordError};
 use crate::vivaldi::{Coord, Vivaldi};
 
 /// A request to map the neighbourhood of `origin` within `budget_ms`.
@@ -143,6 +145,26 @@ pub enum Message {
         id: MapId,
         map: NeighbourhoodMap,
     },
+}
+
+impl Message {
+    /// Drops every forged record of the map this message carries, if any
+    /// ([`signed_record::drop_forged`]); returns what was dropped and why.
+    pub fn drop_forged(&mut self) -> Vec<(NodeId, RecordError)> {
+        match self {
+            Message::Answer { map, .. } => signed_record::drop_forged(map),
+            Message::Request(_) | Message::Ack { .. } => Vec::new(),
+        }
+    }
+
+    /// Signs the record of `me` wherever this message carries it (this node's part of a map).
+    pub fn sign_own(&mut self, me: NodeId, key: &Keypair) {
+        if let Message::Answer { map, .. } = self {
+            for r in map.nodes.iter_mut().filter(|r| r.id == me) {
+                signed_record::sign(r, key);
+            }
+        }
+    }
 }
 
 /// Why a message was refused (the shell should lower the sender's score).

@@ -10,8 +10,15 @@ use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeId;
-use crate::signed_record::RecordSignature;
 use crate::vivaldi::Coord;
+
+/// A record's signature and the key it verifies with (protobuf-encoded, as libp2p encodes
+/// keys); made and checked in [`crate::signed_record`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordSignature {
+    pub key: Vec<u8>,
+    pub sig: Vec<u8>,
+}
 
 /// The small state record a node advertises: what placement needs to judge it as a host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //! another's addresses at itself) would attract tasks. Every record a node sends about itself
 //! carries its signature, made with its identity key over everything else in the record; every
 //! record that arrives, in a state exchange or anywhere in a map, is checked: its peer id must
-//! be the signing key's, its node id the one that peer id gives ([`crate::swarm::node_id_of`]),
+//! be the signing key's, its node id the one that peer id gives ([`crate::ids::node_id_of`]),
 //! and the signature must hold. A record that fails is dropped: a state record alone, a map
 //! answer whole. Since every hop checks before it merges, an honest node never forwards a bad
 //! record, so the peer that sent one is at fault and is scored down.
@@ -14,21 +14,12 @@
 
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
-use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeId;
-use crate::mapping::Message;
-use crate::neighbourhood::{NeighbourhoodMap, NodeRecord};
+use crate::neighbourhood::{NeighbourhoodMap, NodeRecord, RecordSignature};
 
 /// What the signed bytes start with, so no other signature of the key can pass for one.
 const DOMAIN: &[u8] = b"brume/node-record/1\n";
-
-/// A record's signature and the key it verifies with (protobuf-encoded, as libp2p encodes keys).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordSignature {
-    pub key: Vec<u8>,
-    pub sig: Vec<u8>,
-}
 
 /// Why a record was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +65,7 @@ pub fn sign(record: &mut NodeRecord, key: &Keypair) {
 /// The peer a record describes, once its id, key and signature hold.
 pub fn verify(record: &NodeRecord) -> Result<PeerId, RecordError> {
     let peer = record.peer.ok_or(RecordError::NoPeer)?;
-    if crate::swarm::node_id_of(&peer) != record.id {
+    if crate::ids::node_id_of(&peer) != record.id {
         return Err(RecordError::WrongId { id: record.id });
     }
     let s = record.signature.as_ref().ok_or(RecordError::Unsigned)?;
@@ -108,28 +99,11 @@ pub fn drop_forged(map: &mut NeighbourhoodMap) -> Vec<(NodeId, RecordError)> {
     dropped
 }
 
-/// [`drop_forged`] on the map a message carries, if any.
-pub fn drop_forged_in(msg: &mut Message) -> Vec<(NodeId, RecordError)> {
-    match msg {
-        Message::Answer { map, .. } => drop_forged(map),
-        Message::Request(_) | Message::Ack { .. } => Vec::new(),
-    }
-}
-
-/// Signs the record of `me` wherever a message carries it (this node's part of a map).
-pub fn sign_own(msg: &mut Message, me: NodeId, key: &Keypair) {
-    if let Message::Answer { map, .. } = msg {
-        for r in map.nodes.iter_mut().filter(|r| r.id == me) {
-            sign(r, key);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::node_id_of;
     use crate::neighbourhood::{Link, RttHow, RttProof};
-    use crate::swarm::node_id_of;
 
     fn key(seed: u8) -> Keypair {
         Keypair::ed25519_from_bytes([seed; 32]).unwrap()

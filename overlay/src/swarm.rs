@@ -3,7 +3,7 @@
 //! one `tokio::select!` over swarm events, handle commands and the cores' timers; every event is
 //! translated into calls on the cores, whose outputs become dials, disconnections and requests.
 //!
-//! Peers are named by `PeerId` on the wire and by [`NodeId`] in the cores: [`node_id_of`] maps one
+//! Peers are named by `PeerId` on the wire and by [`NodeId`] in the cores: [`crate::ids::node_id_of`] maps one
 //! to the other deterministically and the task keeps the table back.
 
 use std::collections::{HashMap, HashSet};
@@ -30,25 +30,12 @@ use crate::config::{Identity, OverlayConfig};
 use crate::error::OverlayError;
 use crate::events::{ConnectionEvent, EVENT_BUFFER};
 use crate::handle::OverlayHandle;
-use crate::ids::{MapId, NodeId, Time};
+use crate::ids::{node_id_of, MapId, NodeId, Time};
 use crate::maplink::{LinkEvent, MapLinks};
 use crate::mapping::{MappingNode, Output};
 use crate::membership::{Action, Membership, Misbehaviour};
 use crate::neighbourhood::{check_name, NodeRecord};
 use crate::signed_record;
-
-/// The core's id of a peer: the first 8 bytes (big-endian) of a 64-bit FNV-1a hash of the peer
-/// id's bytes, passed through SplitMix64's finalizer so every bit depends on every input byte.
-pub fn node_id_of(peer: &PeerId) -> NodeId {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in peer.to_bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    NodeId(h ^ (h >> 31))
-}
 
 fn msg_kind(msg: &crate::mapping::Message) -> &'static str {
     match msg {
@@ -578,7 +565,7 @@ impl Driver {
         for o in out {
             match o {
                 Output::Send { to, mut msg } => {
-                    signed_record::sign_own(&mut msg, self.node_id, &self.key);
+                    msg.sign_own(self.node_id, &self.key);
                     match self.peer_id(to).filter(|_| self.connected.contains(&to)) {
                         Some(peer) => {
                             trace!(node = %to, kind = msg_kind(&msg), "map message out");

@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use brume_overlay::ids::node_id_of;
 use brume_overlay::ids::{MapId, NodeId};
 use brume_overlay::mapping::Message;
 use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord};
-use brume_overlay::swarm::node_id_of;
 use brume_overlay::{signed_record, wire, Identity, Overlay, OverlayConfig, OverlayHandle};
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;

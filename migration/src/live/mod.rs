@@ -35,6 +35,7 @@
 //! [`postcopy`] is the other mode: one frozen dump without memory, a restore at once, and the
 //! pages after it, relayed between CRIU's page server and lazy-pages daemon.
 
+pub mod options;
 pub mod pagemap;
 pub mod pageproxy;
 pub mod postcopy;
@@ -49,7 +50,7 @@ pub mod tracked;
 pub mod wire;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::checkpointer::CheckpointError;
@@ -58,10 +59,11 @@ use crate::compress::{CompressError, Level};
 use crate::criu::CriuError;
 use crate::planner::{Decision, PlanError, RoundProgress};
 
+pub use options::{InDoubt, SourceOptions, TargetOptions, TrackedPlan};
 pub use recipe::RecipeError;
-pub use source::{migrate_out, restore_at_source, InDoubt, Migrated, PostCopyStats, SourceOptions};
+pub use source::{migrate_out, restore_at_source, Migrated, PostCopyStats};
 pub use store::{ChunkStore, StoreError};
-pub use target::{migrate_in, Received, TargetOptions};
+pub use target::{migrate_in, Received};
 pub use wire::{Mode, WireError};
 
 /// How the source compresses chunks.
@@ -230,4 +232,12 @@ pub fn scratch_dir(what: &str) -> std::path::PathBuf {
         std::process::id(),
         rand::random::<u32>()
     ))
+}
+
+/// `<dir>.<suffix>`, beside the staging directory so the images stay exactly as sent.
+pub(crate) fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(".");
+    s.push(suffix);
+    PathBuf::from(s)
 }

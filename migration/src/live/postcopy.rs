@@ -30,8 +30,8 @@ use crate::lazy::{abort_page_server, LazyDump};
 use super::pagemap;
 use super::pageproxy::{Out, PageProxy};
 use super::replica::Replica;
+use super::sibling;
 use super::source::{transient, Source, DUMP_ATTEMPTS};
-use super::target::sibling;
 use super::wire::{read_message, write_message, Message};
 use super::{join_error, LiveError, Migrated, PostCopyStats, RoundStats, TargetOptions};
 
@@ -334,7 +334,7 @@ pub(super) async fn post_copy_in<S: AsyncRead + AsyncWrite + Unpin>(
     let dir = opts.staging_dir.clone();
     let log = sibling(&dir, "lazy-pages.log");
     let criu = opts.criu.clone();
-    let (daemon, socket) = tokio::task::spawn_blocking(move || criu.lazy_pages(&dir, &log))
+    let (daemon, socket) = tokio::task::spawn_blocking(move || criu.start_lazy_pages(&dir, &log))
         .await
         .map_err(join_error)??;
     let mut socket = tokio_socket(socket)?;

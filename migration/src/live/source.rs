@@ -19,121 +19,20 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::checkpointer::{CheckpointError, Checkpointer, CriuProcess, CriuRestore};
+use crate::checkpointer::{CheckpointError, Checkpointer};
 use crate::chunks::{ChunkSet, Digest, Recipe, CHUNK_SIZE};
-use crate::compress::{Chooser, ChooserConfig, Level};
-use crate::criu::{Criu, CriuError, DumpReport, InheritFd, NetworkLock};
-use crate::planner::{Action, FinalReport, Planner, PlannerConfig, RoundReport};
+use crate::compress::{Chooser, Level};
+use crate::criu::{CriuError, DumpReport};
+use crate::planner::{Action, FinalReport, Planner, RoundReport};
 use crate::predictor::Predictor;
 
+use super::options::{InDoubt, SourceOptions};
 use super::recipe::diff;
 use super::scan::{hash_dir, scan, Batch, LevelPick, Scanned};
 use super::wire::{
     from_bitmap, read_message, write_message, FileRecipe, Message, Mode, MAX_QUERY, VERSION,
 };
 use super::{files_error, join_error, Compression, LiveError, RoundStats};
-
-/// How the source migrates; [`SourceOptions::new`] gives the defaults.
-#[derive(Clone, Debug)]
-pub struct SourceOptions {
-    /// Where each round's images are dumped (a directory per round; tmpfs is best).
-    pub work_dir: PathBuf,
-    pub mode: Mode,
-    pub compression: Compression,
-    pub chooser: ChooserConfig,
-    pub planner: PlannerConfig,
-    /// What this node learned about its dumps and restores so far.
-    pub predictor: Predictor,
-    /// The link's bandwidth in bytes/s when known (the chooser and planner use it; without it
-    /// the chooser follows what the sends measure).
-    pub bandwidth: Option<f64>,
-    pub criu: Criu,
-    pub network_lock: NetworkLock,
-    /// How long a local restore waits for the dumped task's PID to be free.
-    pub pid_wait: Duration,
-    /// Descriptors a local restore gives the task in place of files outside it
-    /// (`--inherit-fd`), e.g. a fresh stdout pipe for the dumped one.
-    pub restore_inherit_fds: Vec<InheritFd>,
-    /// What dumps the task; `None`: the process `pid` with CRIU directly ([`CriuProcess`]),
-    /// configured by `criu`, `network_lock`, `pid_wait` and `restore_inherit_fds` above. A
-    /// container checkpointer (e.g. [`crate::checkpointer::RuncContainer`]) moves in pre-copy or
-    /// stop-and-copy only.
-    pub checkpointer: Option<Arc<dyn Checkpointer>>,
-    /// Post-copy only: run tracked pre-copy rounds first ([`super::tracked`]), so the final
-    /// step carries only what the task wrote since, where the kernel allows tracking.
-    pub track: bool,
-    /// When the tracked rounds stop.
-    pub tracked: super::tracked::TrackedPlan,
-    /// Post-copy: leave the lazy pages in the frozen task at the dump and read them when asked,
-    /// where this CRIU can ([`crate::criu::Criu::defers_lazy_reads`]); on by default. Off only
-    /// to measure the copying dump against it.
-    pub defer_lazy_reads: bool,
-    /// What to do when the target's answer to the final round is missing (see the module doc).
-    pub in_doubt: InDoubt,
-    /// The longest wait, from the end of the final dump, for the target to take the final
-    /// round and answer; `None`: as long as the link lives.
-    pub final_wait: Option<Duration>,
-    /// A `Restored` read later than this after the source last heard the target before the
-    /// final round counts as missing (in doubt): a target that kills a copy the source has not
-    /// released within its lease needs the source's release to come in time. `None`: any time.
-    pub commit_within: Option<Duration>,
-}
-
-/// What the source does when the final dump is done and the target's answer never came.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum InDoubt {
-    /// Restore the task here at once (the caller knows the target cannot be running it).
-    #[default]
-    RestoreHere,
-    /// Return [`LiveError::InDoubt`]: the caller settles the target first, then calls
-    /// [`restore_at_source`].
-    Return,
-}
-
-impl SourceOptions {
-    /// Pre-copy with adaptive compression and the default planner, dumping under `work_dir`.
-    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
-        SourceOptions {
-            work_dir: work_dir.into(),
-            mode: Mode::PreCopy,
-            compression: Compression::Adaptive,
-            chooser: ChooserConfig::default(),
-            planner: PlannerConfig::default(),
-            predictor: Predictor::default(),
-            bandwidth: None,
-            criu: Criu::new(),
-            network_lock: NetworkLock::default(),
-            pid_wait: Duration::from_secs(10),
-            restore_inherit_fds: Vec::new(),
-            checkpointer: None,
-            track: false,
-            tracked: super::tracked::TrackedPlan::default(),
-            defer_lazy_reads: true,
-            in_doubt: InDoubt::RestoreHere,
-            final_wait: None,
-            commit_within: None,
-        }
-    }
-
-    /// The checkpointer of task `pid`: the one given, or CRIU on the process.
-    pub fn checkpointer(&self, pid: u32) -> Arc<dyn Checkpointer> {
-        if let Some(c) = &self.checkpointer {
-            return c.clone();
-        }
-        Arc::new(CriuProcess {
-            criu: self.criu.clone(),
-            pid,
-            network_lock: self.network_lock,
-            local: CriuRestore {
-                criu: self.criu.clone(),
-                network_lock: self.network_lock,
-                pid_wait: self.pid_wait,
-                inherit_fds: self.restore_inherit_fds.clone(),
-                pid_namespace: false,
-            },
-        })
-    }
-}
 
 /// A finished migration, as the source saw it.
 #[derive(Clone, Debug)]

@@ -9,91 +9,23 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::checkpointer::{CheckpointError, CriuRestore, Restorer};
+use crate::checkpointer::{CheckpointError, Restorer};
 use crate::chunks::{ChunkError, ChunkRef, Digest, Recipe, CHUNK_SIZE};
 use crate::compress::{decompress, Level};
-use crate::criu::{Criu, InheritFd, NetworkLock};
 
+use super::options::TargetOptions;
 use super::recipe;
 use super::replica::Replica;
 use super::store::ChunkStore;
 use super::wire::{read_message, to_bitmap, write_message, FileRecipe, Message, Mode, VERSION};
-use super::{files_error, LiveError};
-
-/// How the target receives; [`TargetOptions::new`] gives the defaults.
-#[derive(Clone, Debug)]
-pub struct TargetOptions {
-    /// Where the images are rebuilt (created; removed when the migration ends). tmpfs is best.
-    pub staging_dir: PathBuf,
-    pub criu: Criu,
-    pub network_lock: NetworkLock,
-    /// How long the restore waits for the task's PID to be free here (CRIU restores PIDs; on
-    /// the host the task was dumped on, the old process must be gone).
-    pub pid_wait: Duration,
-    /// Descriptors the restored task gets in place of files outside it (`--inherit-fd`), e.g.
-    /// a fresh stdout pipe for the dumped one.
-    pub inherit_fds: Vec<InheritFd>,
-    /// The task is the init of its own PID namespace: its PIDs are restored inside a new
-    /// namespace, so its host PID need not be free here and is not waited for.
-    pub pid_namespace: bool,
-    /// Post-copy: the most pages one request of the lazy-pages daemon may ask the source for
-    /// (see [`super::pageproxy`]): what a page fault may have to wait behind.
-    pub page_request_cap: u64,
-    /// Post-copy: the most pages the target's relay keeps requested from the source and not yet
-    /// arrived, prefetching every lazy range in the background (see [`super::pageproxy`];
-    /// arrived pages wait in a separate, bounded cache until the daemon asks). It must cover
-    /// what the link holds in a round trip, else the link idles; a forwarded fault waits behind
-    /// at most this much more than the cap. 16 caps (1 MiB with the default cap): 80 ms of a
-    /// 100 Mbit/s link, far above its 2 ms round trip. 0 turns prefetch off.
-    pub prefetch_window: u64,
-    /// What restores the task; `None`: `criu restore` of a process ([`CriuRestore`]),
-    /// configured by `criu`, `network_lock`, `pid_wait`, `inherit_fds` and `pid_namespace`
-    /// above. A container restorer (e.g. [`crate::checkpointer::RuncRestore`]) takes pre-copy
-    /// or stop-and-copy only.
-    pub restorer: Option<Arc<dyn Restorer>>,
-    /// The node's chunk store, shared by every migration into it: round 1 of a pre-copy takes
-    /// what it holds instead of receiving it, and a successful migration's final memory images
-    /// are added to it. `None`: every chunk comes over the wire and nothing is kept.
-    pub store: Option<Arc<ChunkStore>>,
-}
-
-impl TargetOptions {
-    pub fn new(staging_dir: impl Into<PathBuf>) -> Self {
-        TargetOptions {
-            staging_dir: staging_dir.into(),
-            criu: Criu::new(),
-            network_lock: NetworkLock::default(),
-            pid_wait: Duration::from_secs(10),
-            inherit_fds: Vec::new(),
-            pid_namespace: false,
-            page_request_cap: 16,
-            prefetch_window: 16 * 16,
-            restorer: None,
-            store: None,
-        }
-    }
-
-    /// The restorer: the one given, or `criu restore` of a process.
-    pub fn restorer(&self) -> Arc<dyn Restorer> {
-        if let Some(r) = &self.restorer {
-            return r.clone();
-        }
-        Arc::new(CriuRestore {
-            criu: self.criu.clone(),
-            network_lock: self.network_lock,
-            pid_wait: self.pid_wait,
-            inherit_fds: self.inherit_fds.clone(),
-            pid_namespace: self.pid_namespace,
-        })
-    }
-}
+use super::{files_error, sibling, LiveError};
 
 /// A task received and running here.
 #[derive(Clone, Debug)]
@@ -559,14 +491,6 @@ impl Stage {
         let r = self.restorer.restore(&self.dir, pid, &log)?;
         Ok((r.pid, r.elapsed))
     }
-}
-
-/// `<dir>.<suffix>`, beside the staging directory so the images stay exactly as sent.
-pub(super) fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(".");
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 /// Image names are plain file names: nothing that could leave the staging directory.

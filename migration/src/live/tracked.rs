@@ -5,7 +5,7 @@
 //! the pace of the task's faults. With the dirty-page tracker ([`crate::track`]) the rounds read
 //! the task's memory while it runs: round 1 all of it, each later round only the pages written
 //! since, until a round stops shrinking or what is left would cross the link in
-//! [`TrackedPlan::final_transfer`]. Then post-copy's frozen dump (without memory), one last
+//! [`super::TrackedPlan::final_transfer`]. Then post-copy's frozen dump (without memory), one last
 //! round read while the task is frozen, and the restore: the target's page proxy answers the
 //! lazy-pages daemon from the pages it holds ([`super::replica`]) and asks the source's page
 //! server only for what it lacks (nothing, when the tracker saw every write).
@@ -32,52 +32,6 @@ use crate::track::{task::namespace_pid, Scope, TaskTracker, TrackError};
 use super::source::Source;
 use super::wire::{read_message, write_message, Message, MAX_RUNS, MAX_TRACKED_BYTES};
 use super::{join_error, LiveError, RoundStats};
-
-/// When the tracked rounds stop.
-#[derive(Clone, Debug)]
-pub struct TrackedPlan {
-    /// Rounds at most (the first included).
-    pub max_rounds: u32,
-    /// Stop once the last round's pages would cross the link in this long.
-    pub final_transfer: Duration,
-    /// Stop when a round kept more than this share of the previous round's pages.
-    pub shrink: f64,
-}
-
-impl Default for TrackedPlan {
-    fn default() -> Self {
-        TrackedPlan {
-            max_rounds: 30,
-            final_transfer: Duration::from_millis(20),
-            shrink: 0.9,
-        }
-    }
-}
-
-impl TrackedPlan {
-    /// Whether to run another round after one that sent `pages` (the one before it sent
-    /// `prev`) at `bytes_per_page` on the wire over a link of `bytes_per_sec`.
-    pub fn another(
-        &self,
-        round: u32,
-        pages: u64,
-        prev: Option<u64>,
-        bytes_per_page: f64,
-        bytes_per_sec: f64,
-    ) -> bool {
-        if round >= self.max_rounds {
-            return false;
-        }
-        let secs = pages as f64 * bytes_per_page / bytes_per_sec.max(1.0);
-        if secs <= self.final_transfer.as_secs_f64() {
-            return false;
-        }
-        match prev {
-            Some(p) if round > 1 => (pages as f64) < p as f64 * self.shrink,
-            _ => true,
-        }
-    }
-}
 
 /// What one tracked round did.
 struct Sent {
@@ -265,30 +219,4 @@ fn read_round(
         flush(&mut batch)?;
     }
     Ok(pages)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rounds_stop_when_small_or_no_longer_shrinking() {
-        let plan = TrackedPlan::default();
-        let link = 12.5e6; // 100 Mbit/s
-                           // Round 1 always goes on unless tiny.
-        assert!(plan.another(1, 131_072, None, 2048.0, link));
-        assert!(
-            !plan.another(1, 10, None, 2048.0, link),
-            "10 pages cross in 2 ms"
-        );
-        // Shrinking well: on; barely: stop.
-        assert!(plan.another(2, 40_000, Some(131_072), 2048.0, link));
-        assert!(!plan.another(3, 39_000, Some(40_000), 2048.0, link));
-        // 100 pages at 2 KiB each: 16 ms at 100 Mbit/s, under the 20 ms final transfer.
-        assert!(!plan.another(5, 100, Some(400), 2048.0, link));
-        assert!(
-            !plan.another(30, 100_000, Some(131_072), 2048.0, link),
-            "round cap"
-        );
-    }
 }

@@ -9,6 +9,9 @@
 
 use std::mem::{offset_of, size_of};
 
+/// The page size the tracker works in (x86_64's base page).
+pub const PAGE: u64 = 4096;
+
 /// `UFFD_API`: the only API version there is.
 pub const UFFD_API: u64 = 0xAA;
 /// Bit 13: `UFFDIO_WRITEPROTECT` also arms pages never touched (they get a PTE marker), so a

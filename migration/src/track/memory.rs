@@ -4,8 +4,8 @@
 
 use std::io;
 
-use super::process::Region;
-use super::uffd::PAGE;
+use super::abi::PAGE;
+use super::region::Region;
 
 /// Most ranges one `process_vm_readv` takes (`IOV_MAX`).
 const IOV_MAX: usize = 1024;

@@ -30,12 +30,14 @@ pub mod inject;
 pub mod maps;
 pub mod memory;
 pub mod process;
+pub mod region;
 pub mod task;
 pub mod uffd;
 
 use std::io;
 
-pub use process::{ProcessTracker, Region, Round, Scope, Why};
+pub use process::{ProcessTracker, Round, Scope};
+pub use region::{Region, Why};
 pub use task::TaskTracker;
 
 /// Why tracking failed.
@@ -99,7 +101,7 @@ impl TestPage {
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                uffd::PAGE as usize,
+                abi::PAGE as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -125,7 +127,7 @@ impl TestPage {
 impl Drop for TestPage {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the page mapped in new().
-        unsafe { libc::munmap(self.0.cast(), uffd::PAGE as usize) };
+        unsafe { libc::munmap(self.0.cast(), abi::PAGE as usize) };
     }
 }
 
@@ -136,7 +138,7 @@ fn probe_tracked() -> Result<(), String> {
     let uffd = uffd::Uffd::own().map_err(|e| e.to_string())?;
     let page = TestPage::new()?;
     page.write(1);
-    let (start, end) = (page.addr(), page.addr() + uffd::PAGE);
+    let (start, end) = (page.addr(), page.addr() + abi::PAGE);
     uffd.register(start, end)
         .map_err(|e| format!("UFFDIO_REGISTER in write-protect mode: {e}"))?;
     uffd.arm(start, end)
@@ -179,7 +181,7 @@ fn soft_dirty() -> bool {
     let mut entry = [0u8; 8];
     use std::os::unix::fs::FileExt;
     if file
-        .read_exact_at(&mut entry, page.addr() / uffd::PAGE * 8)
+        .read_exact_at(&mut entry, page.addr() / abi::PAGE * 8)
         .is_err()
     {
         return false;

@@ -17,7 +17,8 @@ use std::fmt;
 
 use super::maps::{self, Class};
 use super::memory;
-use super::uffd::{Pagemap, ScanError, Uffd, PAGE};
+use super::region::{Region, Why};
+use super::uffd::{Pagemap, ScanError, Uffd};
 use super::TrackError;
 
 /// Which mappings a tracker follows.
@@ -27,32 +28,6 @@ pub enum Scope {
     All,
     /// Anonymous memory only: what CRIU's lazy restore serves page by page.
     Anonymous,
-}
-
-/// Why a run of pages is reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Why {
-    /// Written since the last round.
-    Written,
-    /// In a mapping new to the tracker (or the first round): all its present pages.
-    New,
-    /// In a mapping whose writes cannot be tracked (shared, or registration refused): all its
-    /// present pages, every round.
-    Untracked,
-}
-
-/// A run of pages `[start, end)` to copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
-    pub start: u64,
-    pub end: u64,
-    pub why: Why,
-}
-
-impl Region {
-    pub fn pages(&self) -> u64 {
-        (self.end - self.start) / PAGE
-    }
 }
 
 /// One round's answer for one process.

@@ -16,9 +16,6 @@ use super::abi::*;
 use super::inject::Session;
 use super::TrackError;
 
-/// The page size the tracker works in (x86_64's base page).
-pub const PAGE: u64 = 4096;
-
 /// A task's userfaultfd in async write-protect mode.
 pub struct Uffd {
     fd: OwnedFd,

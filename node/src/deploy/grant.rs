@@ -14,21 +14,12 @@
 use std::collections::BTreeMap;
 
 use brume_overlay::{Keypair, PeerId};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::wire::{CheckpointMode, InstanceSpec, Payload};
-use crate::migrate::mover::RESTORE_ENV;
+use super::wire::{CheckpointMode, Grant, InstanceSpec, Payload, RESTORE_ENV};
 
 /// What the signed bytes start with: a signature made for anything else never verifies here.
 const DOMAIN: &[u8] = b"brume/instance-spec/1\n";
-
-/// The owner's signature of a spec and the public key it verifies with (protobuf-encoded, as
-/// libp2p encodes keys).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    pub key: Vec<u8>,
-    pub signature: Vec<u8>,
-}
 
 /// Why a spec's grant does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

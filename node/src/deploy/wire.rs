@@ -16,13 +16,23 @@ use serde::{Deserialize, Serialize};
 
 use brume_artifact::chunks::ArtifactManifest;
 
-use super::grant::Grant;
-
 /// Version 3: specs are signed by the service's owner, and hosts obey only the owner.
 pub const DEPLOY_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/deploy/3");
 
 /// Largest request or reply frame (logs are cut to fit).
 pub const MAX_FRAME: usize = 4 << 20;
+
+/// The environment variable a restored instance finds its state line in (set by a move, and
+/// left out of the owner's signature: see [`super::grant`]).
+pub const RESTORE_ENV: &str = "BRUME_RESTORE";
+
+/// The owner's signature of a spec and the public key it verifies with (protobuf-encoded, as
+/// libp2p encodes keys); made and checked in [`super::grant`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub key: Vec<u8>,
+    pub signature: Vec<u8>,
+}
 
 /// What a task runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,8 +17,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::live::book::FenceBook;
 use super::live::fault::LiveFault;
-use super::live::guard::FenceBook;
 use super::machine::{Action, Carry, End, Input, Move};
 use super::wire::{Mode, Phase, Reply, Request, LIVE_PROTOCOL, MAX_FRAME, MOVE_PROTOCOL};
 use super::{target, Limits, LiveMigration, MoveRequest};
@@ -26,7 +26,9 @@ use crate::deploy::authority::check;
 use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::ledger::Ledger;
-use crate::deploy::wire::{self as deploy, CallTarget, CheckpointMode, InstanceSpec, InstanceView};
+use crate::deploy::wire::{
+    self as deploy, CallTarget, CheckpointMode, InstanceSpec, InstanceView, RESTORE_ENV,
+};
 use crate::streams::respond;
 use brume_control::NodeName;
 use brume_migration::app::{self as checkpoint, CHECKPOINT_TIMEOUT};
@@ -35,9 +37,6 @@ use brume_migration::live::shared::{MigrationStore, MigrationStoreConfig};
 /// Live moves received at once from one peer, and in all.
 const LIVE_PER_PEER: usize = 8;
 const LIVE_TOTAL: usize = 32;
-
-/// The environment variable a restored instance finds its state line in.
-pub const RESTORE_ENV: &str = "BRUME_RESTORE";
 
 /// Told of every move this node drove, as it ends (the daemon counts them for its metrics).
 pub type OnMoved = Arc<dyn Fn(&Reply) + Send + Sync>;
@@ -427,7 +426,7 @@ impl Mover {
                     peer,
                     // The same name whether or not the map found the node (under load a fresh
                     // map can miss it): node ids derive from peer ids.
-                    host: brume_overlay::swarm::node_id_of(&peer).to_string(),
+                    host: brume_overlay::ids::node_id_of(&peer).to_string(),
                     name: record
                         .map_or_else(|| NodeName::of(peer), NodeName::of_record)
                         .to_string(),

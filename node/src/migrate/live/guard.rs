@@ -12,20 +12,20 @@
 //! in doubt first fences the target and restores as soon as the target answers; it waits the
 //! lease out only when the target cannot be reached.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brume_migration::checkpointer::{CheckpointError, Restored, Restorer};
 use brume_overlay::PeerId;
 use brume_tunnel::InstanceId;
-use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use super::book::FenceBook;
 use super::fault::{Link, LiveFault};
 use super::Mover;
 use crate::deploy::wire::Generation;
 use crate::migrate::client::ask;
-use crate::migrate::fence::{FenceStep, Fences};
+use crate::migrate::fence::FenceStep;
 use crate::migrate::machine::FinishInput;
 use crate::migrate::mover::Destination;
 use crate::migrate::wire::{Reply, Request};
@@ -50,34 +50,6 @@ const FENCE_WAIT: Duration = Duration::from_secs(8);
 
 /// How long a killed copy may take to be gone (its sockets closed) before a fence is answered.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-
-/// This node's fence table, with a wake-up for the receivers when a fence came and one for
-/// the fences when a restore ended.
-#[derive(Debug, Default)]
-pub(crate) struct FenceBook {
-    table: Mutex<Fences>,
-    fence_came: Notify,
-    restore_ended: Notify,
-}
-
-impl FenceBook {
-    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Fences) -> T) -> T {
-        f(&mut self.table.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Returns once `id` at `g` is fenced.
-    pub(crate) async fn fenced(&self, id: &InstanceId, g: Generation) {
-        loop {
-            let came = self.fence_came.notified();
-            tokio::pin!(came);
-            came.as_mut().enable();
-            if self.with(|f| f.is_fenced(id, g)) {
-                return;
-            }
-            came.await;
-        }
-    }
-}
 
 /// Kills the copy `pid` (the init of its PID namespace: all of it goes) and waits, bounded,
 /// until it no longer runs (a zombie has closed its sockets).

@@ -174,6 +174,7 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+pub(crate) mod book;
 mod docker;
 pub mod fault;
 pub(crate) mod guard;
