@@ -212,7 +212,10 @@ impl Recovery {
                 continue;
             };
             for t in &m.tasks {
-                demands.insert((service.clone(), t.name.clone()), (t.cpu_millis, t.memory_mb));
+                demands.insert(
+                    (service.clone(), t.name.clone()),
+                    (t.cpu_millis, t.memory_mb),
+                );
                 if t.stateful || !matches!(t.checkpoint, brume_plan::manifest::Checkpoint::None) {
                     stateful.insert((service.clone(), t.name.clone()));
                 }

@@ -233,7 +233,11 @@ mod tests {
             .map(|k| last + PERIOD / 10 * k)
             .find(|t| d.is_suspected(*t))
             .expect("suspected at some point");
-        assert!(first - last <= PERIOD * 3, "suspected after {:?}", first - last);
+        assert!(
+            first - last <= PERIOD * 3,
+            "suspected after {:?}",
+            first - last
+        );
         let mut prev = 0.0;
         for k in 0..60u32 {
             let phi = d.phi(last + PERIOD / 10 * k);

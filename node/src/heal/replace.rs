@@ -57,7 +57,7 @@ pub fn plan(
         .filter(|c| !dead.contains(&c.peer))
         .cloned()
         .collect();
-    live.sort_by(|a, b| a.peer.cmp(&b.peer));
+    live.sort_by_key(|c| c.peer);
     live.dedup_by(|a, b| a.peer == b.peer);
     let mut out = Vec::new();
     for (service, entry) in ledger {
