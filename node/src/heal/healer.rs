@@ -9,8 +9,9 @@
 //! to the host is up. A host declared dead is logged with its phi and silence; then a fresh map
 //! is taken, [`plan`] chooses new hosts, and each instance is deployed there (signed by this
 //! node, its owner, at the next generation), recorded in the ledger, and announced with `Moved`
-//! to every connected node, so that callers' routes follow. An instance no host fits is tried
-//! again at the next period.
+//! to every connected node, so that callers' routes follow; the old host is asked to remove its
+//! copy, in case it was only slow (a dead one does not answer). An instance no host fits is
+//! tried again at the next period.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -31,6 +32,9 @@ use crate::migrate::mover::Mover;
 /// The latency budget of the map new hosts are chosen from: wide, since a running copy far
 /// away beats none (a silent node is given up by the map well before it).
 pub const REPLACE_BUDGET: Duration = Duration::from_secs(2);
+
+/// How long the old host of a re-placed instance is given to answer its removal.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a host that refused or failed a re-placement is not chosen again.
 pub const AVOID_FOR: Duration = Duration::from_secs(10);
@@ -254,6 +258,24 @@ impl Recovery {
                         .mover
                         .tell_moved(&spec, to.peer, &to.host, &to.addrs)
                         .await;
+                    // If the old host was only slow, not dead, its copy must not run on:
+                    // the owner asks it to remove the instance (a dead host does not answer).
+                    let (initiator, old) = (self.initiator.clone(), from.clone());
+                    let remove = Request::Remove {
+                        instance: spec.id.clone(),
+                        epoch: spec.epoch,
+                        back_to: None,
+                    };
+                    tokio::spawn(async move {
+                        let asked = initiator.ask_host(old.peer, &old.addrs, &remove);
+                        if let Ok(Ok(Reply::Stopped { instances })) =
+                            tokio::time::timeout(REMOVE_TIMEOUT, asked).await
+                        {
+                            if !instances.is_empty() {
+                                warn!(host = %old.host, ?instances, "the host declared dead was alive: its old copy is removed");
+                            }
+                        }
+                    });
                     let dead = self.dead.get(&from.peer);
                     let recover_ms = dead.map(|d| d.declared.elapsed().as_millis() as u64);
                     let detect_ms = dead.map(|d| d.silent.as_millis() as u64);

@@ -33,7 +33,7 @@ impl WatchConfig {
         WatchConfig {
             interval,
             phi: PhiConfig::for_interval(interval),
-            stall_intervals: 6,
+            stall_intervals: 20,
         }
     }
 }
@@ -197,8 +197,9 @@ mod tests {
         let (mut w, _a, b, last) = warmed();
         // Phi is long past the threshold at three periods, but the connection is up.
         assert!(w.judge(last + PERIOD * 3).is_empty());
+        assert!(w.judge(last + PERIOD * 19).is_empty());
         assert!(!w.is_declared(&b));
-        let v = w.judge(last + PERIOD * 6);
+        let v = w.judge(last + PERIOD * 20);
         assert!(v.iter().any(|v| v.peer == b && v.connected));
     }
 
