@@ -3,9 +3,9 @@
 //! is their I/O.
 //!
 //! Every period, each host the ledger names (other than this node) is sent a heartbeat: a
-//! `List` request of the deploy protocol for one of its services (a host answers it from its
-//! instance table, without touching the engine), at most one in flight per host, bounded in
-//! time. An answer is a heartbeat arrival. The overlay's peer list says whether a connection
+//! `List` request of the deploy protocol for the service with the empty name, which no service
+//! has (so the host answers an empty list from its instance table, without asking its engine
+//! anything), at most one in flight per host, bounded in time. An answer is a heartbeat arrival. The overlay's peer list says whether a connection
 //! to the host is up. A host declared dead is logged with its phi and silence; then a fresh map
 //! is taken, [`plan`] chooses new hosts, and each instance is deployed there (signed by this
 //! node, its owner, at the next generation), recorded in the ledger, and announced with `Moved`
@@ -97,11 +97,14 @@ impl Healer {
             let watched: BTreeSet<PeerId> = hosts.keys().copied().collect();
             watch.track(&watched, Instant::now());
             dead.retain(|p, _| watched.contains(p));
+            if hosts.is_empty() {
+                continue;
+            }
             let Ok(peers) = overlay.peers().await else {
                 return;
             };
             let up: BTreeSet<PeerId> = peers.into_iter().map(|p| p.peer_id).collect();
-            for (&peer, (addrs, service)) in &hosts {
+            for (&peer, addrs) in &hosts {
                 watch.connection(peer, up.contains(&peer));
                 if watch.is_declared(&peer) || !probing.insert(peer) {
                     continue;
@@ -110,7 +113,7 @@ impl Healer {
                 let (addrs, req) = (
                     addrs.clone(),
                     Request::List {
-                        service: Some(service.clone()),
+                        service: Some(String::new()),
                     },
                 );
                 tokio::spawn(async move {
@@ -151,13 +154,13 @@ impl Healer {
     }
 }
 
-/// The hosts the ledger names (but this node), with their addresses and one service they run.
-fn hosts(initiator: &Initiator, me: PeerId) -> BTreeMap<PeerId, (Vec<Multiaddr>, String)> {
+/// The hosts the ledger names (but this node), with their addresses.
+fn hosts(initiator: &Initiator, me: PeerId) -> BTreeMap<PeerId, Vec<Multiaddr>> {
     let mut out = BTreeMap::new();
-    for (service, entry) in initiator.ledger().all() {
+    for entry in initiator.ledger().all().into_values() {
         for p in entry.instances {
             if p.peer != me {
-                out.entry(p.peer).or_insert((p.addrs, service.clone()));
+                out.entry(p.peer).or_insert(p.addrs);
             }
         }
     }
