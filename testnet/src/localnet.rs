@@ -172,6 +172,21 @@ impl LocalNet {
         false
     }
 
+    /// Kills node `i` with SIGKILL, as a crash or a pulled plug would (its process-engine
+    /// tasks die with it: they carry the parent-death signal); whether the signal was sent.
+    /// The process is left unreaped until the net is dropped, so its pid cannot be taken by
+    /// another process before the drop signals it.
+    pub fn kill(&mut self, i: usize) -> bool {
+        let Some(child) = self.nodes.get(i) else {
+            return false;
+        };
+        let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+            return false;
+        };
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+    }
+
     /// Whether every daemon is still running.
     pub fn alive(&mut self) -> bool {
         self.nodes

@@ -88,6 +88,10 @@ pub struct NodeConfig {
     /// reading) for this long is dropped, and a map frame that stops arriving midway closes its
     /// link.
     pub stream_idle_timeout_ms: u64,
+    /// How often the initiator sends a heartbeat to each host of the services it deployed; a
+    /// host that stops answering is declared dead (phi-accrual) and its instances are placed
+    /// again (docs/healing.md).
+    pub heartbeat_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -114,6 +118,7 @@ impl Default for NodeConfig {
             network_key: None,
             allow_peer: Vec::new(),
             stream_idle_timeout_ms: 30_000,
+            heartbeat_interval_ms: 500,
         }
     }
 }
@@ -313,6 +318,15 @@ impl NodeConfig {
                 format!(
                     "stream_idle_timeout_ms ({}) must be between 100 and 3600000",
                     self.stream_idle_timeout_ms
+                ),
+            ));
+        }
+        if !(50..=60_000).contains(&self.heartbeat_interval_ms) {
+            return Err((
+                "heartbeat_interval_ms",
+                format!(
+                    "heartbeat_interval_ms ({}) must be between 50 and 60000",
+                    self.heartbeat_interval_ms
                 ),
             ));
         }
@@ -577,6 +591,8 @@ mod tests {
             "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
             "--stream-idle-timeout-ms",
             "1500",
+            "--heartbeat-interval-ms",
+            "250",
         ]);
         let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
         let want = NodeConfig {
@@ -601,6 +617,7 @@ mod tests {
             network_key: Some("/etc/brume/net.key".into()),
             allow_peer: vec!["12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
             stream_idle_timeout_ms: 1500,
+            heartbeat_interval_ms: 250,
         };
         assert_eq!(cfg, want);
     }

@@ -23,6 +23,7 @@ use super::resources;
 use super::services::Services;
 use crate::deploy::deployer::{Advertiser, Deployer};
 use crate::deploy::instances::Capacity;
+use crate::heal::healer::Healer;
 use crate::migrate::mover::Mover;
 use brume_control as control;
 use brume_metrics::{refresh_from, Metrics};
@@ -122,6 +123,10 @@ pub struct NodeArgs {
     /// (default 30000).
     #[arg(long, value_name = "MS")]
     pub stream_idle_timeout_ms: Option<u64>,
+    /// How often the hosts of the services deployed from this node are sent a heartbeat, in
+    /// ms (default 500); a dead one's instances are placed again (docs/healing.md).
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_interval_ms: Option<u64>,
 }
 
 /// How often the advertised resources are read again.
@@ -211,6 +216,14 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         services.deployer.clone(),
         advertise,
     ));
+    let healer = tokio::spawn(
+        Healer::new(
+            services.initiator.clone(),
+            services.mover.clone(),
+            Duration::from_millis(cfg.heartbeat_interval_ms),
+        )
+        .run(),
+    );
 
     let mut task = task;
     let outcome = tokio::select! {
@@ -229,6 +242,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         },
     };
     refresher.abort();
+    healer.abort();
     dispatcher.abort();
     services.shutdown().await;
     let _ = std::fs::remove_file(&cfg.control);

@@ -70,7 +70,7 @@ impl Initiator {
     ) -> anyhow::Result<Deployed> {
         let started = Instant::now();
         let manifest = Manifest::load(manifest_path)?;
-        let payloads = self.pack(&manifest).await?;
+        let payloads = self.pack(&manifest, None).await?;
         let outcome = self
             .overlay
             .map_with(budget, true)
@@ -230,10 +230,19 @@ impl Initiator {
         end.message
     }
 
-    /// Packs every task's artifact into the chunk store (hosts fetch from it).
-    async fn pack(&self, manifest: &Manifest) -> anyhow::Result<BTreeMap<String, Payload>> {
+    /// Packs every task's artifact (or only `only`'s) into the chunk store (hosts fetch from
+    /// it).
+    async fn pack(
+        &self,
+        manifest: &Manifest,
+        only: Option<&str>,
+    ) -> anyhow::Result<BTreeMap<String, Payload>> {
         let mut out = BTreeMap::new();
-        for t in &manifest.tasks {
+        let wanted = manifest
+            .tasks
+            .iter()
+            .filter(|t| only.is_none_or(|o| o == t.name));
+        for t in wanted {
             let payload = match &t.artifact {
                 Artifact::Command(argv) => Payload::Command(argv.clone()),
                 Artifact::Build(dir) | Artifact::Image(dir) => {
@@ -378,6 +387,88 @@ impl Initiator {
         Ok(stopped)
     }
 
+    /// Runs one instance of a service deployed from here again, on `to` (its host `from.peer`
+    /// was declared dead: [`crate::heal`]): the same epoch, signed again by this node (its
+    /// owner), at `to.generation`, calling its callees where the ledger has them now. Records
+    /// the new place in the ledger; the spec it started, for telling the callers.
+    pub(crate) async fn replace(
+        &self,
+        service: &str,
+        from: &Placed,
+        to: &Placed,
+    ) -> anyhow::Result<InstanceSpec> {
+        let entry = self
+            .ledger
+            .get(service)
+            .with_context(|| format!("{service} is no longer in the ledger"))?;
+        let manifest = Manifest::load(&entry.manifest)
+            .with_context(|| format!("cannot read {service}'s manifest again"))?;
+        let payloads = self.pack(&manifest, Some(&from.task)).await?;
+        let assignments: Vec<Assignment> = entry
+            .instances
+            .iter()
+            .map(|p| {
+                let p = if p.task == from.task && p.replica == from.replica {
+                    to
+                } else {
+                    p
+                };
+                Assignment {
+                    task: p.task.clone(),
+                    replica: p.replica,
+                    node: brume_overlay::ids::NodeId(0),
+                    peer: p.peer,
+                    addrs: p.addrs.clone(),
+                    parent_rtt_ms: None,
+                }
+            })
+            .collect();
+        let a = assignments
+            .iter()
+            .find(|a| a.task == from.task && a.replica == from.replica)
+            .with_context(|| format!("{service} has no {} {}", from.task, from.replica))?;
+        let mut spec = instance_spec(
+            &manifest,
+            &payloads,
+            &assignments,
+            a,
+            entry.epoch,
+            self.overlay.peer_id(),
+        )?;
+        spec.generation = to.generation;
+        let spec = spec.signed(self.overlay.keypair());
+        let req = Request::Deploy(spec.clone());
+        match ask(&self.deployer, to.peer, &to.addrs, &req, |_| async {}).await? {
+            Reply::Started { .. } => {}
+            Reply::Refused { reason } => anyhow::bail!("{} refused it: {reason}", to.host),
+            other => anyhow::bail!("{} answered {other:?} to a deploy", to.host),
+        }
+        self.ledger
+            .relocate(service, &from.task, from.replica, to.clone())
+            .await?;
+        Ok(spec)
+    }
+
+    /// The ledger this initiator keeps.
+    pub(crate) fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// The overlay this initiator maps and signs with.
+    pub(crate) fn overlay(&self) -> &OverlayHandle {
+        &self.overlay
+    }
+
+    /// Asks `peer` a request of the deploy protocol (this node's own deployer directly).
+    pub(crate) async fn ask_host(
+        &self,
+        peer: PeerId,
+        addrs: &[brume_overlay::Multiaddr],
+        req: &Request,
+    ) -> anyhow::Result<Reply> {
+        ask(&self.deployer, peer, addrs, req, |_| async {}).await
+    }
+
     /// Asks the host an instance of the ledger runs on.
     async fn ask_placed(&self, p: &Placed, req: &Request) -> anyhow::Result<Reply> {
         ask(&self.deployer, p.peer, &p.addrs, req, |_| async {}).await
@@ -407,6 +498,7 @@ fn placed(a: &Assignment) -> Placed {
         host: a.node.to_string(),
         peer: a.peer,
         addrs: a.addrs.clone(),
+        generation: Default::default(),
     }
 }
 

@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use brume_overlay::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
+use super::wire::Generation;
+
 /// Where one instance of a deployed service runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placed {
@@ -28,6 +30,10 @@ pub struct Placed {
     pub peer: PeerId,
     /// Where to dial it, for a node not connected to it.
     pub addrs: Vec<Multiaddr>,
+    /// Which copy runs there: one more with every move or re-placement (ledgers written
+    /// before it was kept read 0).
+    #[serde(default)]
+    pub generation: Generation,
 }
 
 /// One deployed service.
@@ -114,7 +120,9 @@ impl Ledger {
     }
 
     /// Records that an instance of `service` moved to another host; `false` when the service
-    /// or the instance is not in this ledger (it was deployed from another node).
+    /// or the instance is not in this ledger (it was deployed from another node). A new host
+    /// means a new copy: its generation is at least one more than the one it replaces (the
+    /// same host told again keeps it).
     pub async fn relocate(
         &self,
         service: &str,
@@ -134,9 +142,15 @@ impl Ledger {
             else {
                 return (false, false);
             };
+            let generation = if placed.peer == to.peer {
+                placed.generation.max(to.generation)
+            } else {
+                placed.generation.next().max(to.generation)
+            };
             *placed = Placed {
                 task,
                 replica,
+                generation,
                 ..to
             };
             (true, true)
@@ -209,6 +223,7 @@ mod tests {
                 host: host.into(),
                 peer: peer(1),
                 addrs: vec![],
+                generation: Generation(0),
             }],
         }
     }
@@ -232,12 +247,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::open(dir.path()).unwrap();
         l.put("svc", entry(1, "n1")).await.unwrap();
-        let to = entry(1, "n2").instances.remove(0);
+        let mut to = entry(1, "n2").instances.remove(0);
+        to.peer = peer(2);
         assert!(l.relocate("svc", "a", 0, to.clone()).await.unwrap());
         assert!(!l.relocate("other", "a", 0, to.clone()).await.unwrap());
-        assert!(!l.relocate("svc", "b", 0, to).await.unwrap());
+        assert!(!l.relocate("svc", "b", 0, to.clone()).await.unwrap());
         let on_disk = Ledger::open(dir.path()).unwrap().get("svc").unwrap();
         assert_eq!(on_disk.instances[0].host, "n2");
+        // Another host: the next generation; the same host again keeps it.
+        assert_eq!(on_disk.instances[0].generation, Generation(0).next());
+        assert!(l.relocate("svc", "a", 0, to).await.unwrap());
+        assert_eq!(l.get("svc").unwrap().instances[0].generation, Generation(1));
     }
 
     /// Changes racing from many tasks on a multi-threaded runtime: none is lost, and what is

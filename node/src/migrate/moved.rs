@@ -144,6 +144,8 @@ impl Mover {
             host: host.to_string(),
             peer,
             addrs: addrs.to_vec(),
+            // The ledger counts the new copy ([`crate::deploy::ledger::Ledger::relocate`]).
+            generation: Default::default(),
         };
         if let Err(e) = ledger.relocate(&id.service, &id.task, id.replica, to).await {
             tracing::warn!(error = %e, "cannot record a move in the ledger");

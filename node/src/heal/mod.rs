@@ -1,0 +1,16 @@
+//! Healing: a host that dies takes its instances with it, and the initiator that deployed them
+//! notices and runs them again elsewhere (issue 15, "Failure" and "Replicas"; docs/healing.md).
+//!
+//! * [`phi`]: the phi-accrual failure detector, fed heartbeat arrivals (no clock of its own);
+//! * [`watch`]: the hosts watched and the rule that declares one dead (phi above the threshold
+//!   and its connection down, or silent for several periods);
+//! * [`replace`]: where each instance of the dead hosts goes (a pure function of the ledger,
+//!   the dead set and a fresh map; replicas stay on distinct hosts);
+//! * [`healer`]: the thin async shell: heartbeats every `heartbeat_interval_ms` to the hosts in
+//!   the ledger, the judgement every period, and the re-placement (a signed deploy at the next
+//!   generation, the ledger, `Moved` to the callers).
+
+pub mod healer;
+pub mod phi;
+pub mod replace;
+pub mod watch;
