@@ -20,6 +20,9 @@ pub struct LocalNet {
     dir: tempfile::TempDir,
     bin: PathBuf,
     nodes: Vec<Child>,
+    /// Each node's extra arguments, environment and first listen address (to restart it, and
+    /// for a restarted node to join through).
+    started: Vec<(Vec<String>, Vec<(OsString, OsString)>, String)>,
 }
 
 impl LocalNet {
@@ -46,6 +49,7 @@ impl LocalNet {
             dir,
             bin: bin.to_path_buf(),
             nodes: Vec::new(),
+            started: Vec::new(),
         };
         let first = net.spawn(0, args, &env(0), None)?;
         for i in 1..n {
@@ -97,15 +101,52 @@ impl LocalNet {
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
         let out = child.stdout.take().context("daemon stdout not piped")?;
-        self.nodes.push(child);
+        if i < self.nodes.len() {
+            self.nodes[i] = child;
+        } else {
+            self.nodes.push(child);
+        }
         let mut line = String::new();
         BufReader::new(out)
             .read_line(&mut line)
             .context("the daemon printed no address")?;
-        line.split_whitespace()
+        let addr = line
+            .split_whitespace()
             .nth(1)
             .map(str::to_string)
-            .with_context(|| format!("node {i} did not start (it printed {line:?})"))
+            .with_context(|| format!("node {i} did not start (it printed {line:?})"))?;
+        let record = (
+            args.iter().map(|a| a.to_string()).collect(),
+            env.to_vec(),
+            addr.clone(),
+        );
+        if i < self.started.len() {
+            self.started[i] = record;
+        } else {
+            self.started.push(record);
+        }
+        Ok(addr)
+    }
+
+    /// Kills node `i` with SIGKILL (a crash: it stops nothing) and waits until it is gone.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let child = self.nodes.get_mut(i).context("no such node")?;
+        child.kill().context("cannot kill the daemon")?;
+        child.wait().context("cannot reap the daemon")?;
+        Ok(())
+    }
+
+    /// Starts node `i` again (after [`LocalNet::kill`] or [`LocalNet::stop`]) with the same
+    /// data directory, control socket and arguments, listening on a port of its own and
+    /// joining through another node; returns once it printed its address.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<String> {
+        let (args, env, _) = self.started.get(i).cloned().context("no such node")?;
+        let through = (0..self.started.len())
+            .find(|&j| j != i)
+            .map(|j| self.started[j].2.clone());
+        let _ = std::fs::remove_file(self.sock(i));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn(i, &args, &env, through.as_deref())
     }
 
     pub fn dir(&self) -> &Path {
