@@ -37,7 +37,10 @@ fn wait_for<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = ready() {
             return v;
         }
-        assert!(Instant::now() < until, "hang guard: {what} within {GUARD:?}");
+        assert!(
+            Instant::now() < until,
+            "hang guard: {what} within {GUARD:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -46,13 +49,15 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
-/// front -> back, 100 mCPU each (one per node when nodes offer 150), built from `dir/ctx`.
-fn manifest(dir: &Path, service: &str) -> PathBuf {
+/// front -> back, 100 mCPU each (one per node when nodes offer 150), built from `dir/ctx`;
+/// `back_extra` is added to back's table.
+fn manifest(dir: &Path, service: &str, back_extra: &str) -> PathBuf {
     common::chain_context(dir, service, service);
     let mut text = format!("[service]\nname = \"{service}\"\nroot = \"front\"\n\n");
     for t in ["front", "back"] {
+        let extra = if t == "back" { back_extra } else { "" };
         text += &format!(
-            "[[task]]\nname = \"{t}\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n"
+            "[[task]]\nname = \"{t}\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n{extra}\n"
         );
     }
     text += "[[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 50\ntraffic_mbps = 1\n";
@@ -62,9 +67,9 @@ fn manifest(dir: &Path, service: &str) -> PathBuf {
 }
 
 /// Two daemons on `engine` and the service deployed from node 0 (back on node 1); front's port.
-fn deployed(engine: &str, service: &str) -> (ServiceNet, u16) {
+fn deployed(engine: &str, service: &str, back_extra: &str) -> (ServiceNet, u16) {
     let net = ServiceNet::start(Path::new(BRUME), 2, engine, 150, service);
-    let m = manifest(net.dir(), service);
+    let m = manifest(net.dir(), service, back_extra);
     let done: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8"), "--json"]);
     let (n1, _) = net.status(1);
     let row = |t: &str| {
@@ -141,8 +146,13 @@ fn owner_stops(net: &ServiceNet) {
 #[test]
 fn a_restarted_node_restarts_its_process_tasks_and_leaves_no_orphan() {
     let service = unique("restart-proc");
-    let (mut net, front) = deployed("process", &service);
-    let env = |task: &str| [format!("BRUME_SERVICE={service}"), format!("BRUME_TASK={task}")];
+    let (mut net, front) = deployed("process", &service, "");
+    let env = |task: &str| {
+        [
+            format!("BRUME_SERVICE={service}"),
+            format!("BRUME_TASK={task}"),
+        ]
+    };
     let backs = || {
         let e = env("back");
         common::processes_with_env(&[e[0].as_str(), e[1].as_str()])
@@ -152,12 +162,18 @@ fn a_restarted_node_restarts_its_process_tasks_and_leaves_no_orphan() {
 
     crash_and_restart(&mut net, front, |_| {
         // Its plain child died with it (the death signal).
-        wait_for("back to die with its node", || backs().is_empty().then_some(()));
+        wait_for("back to die with its node", || {
+            backs().is_empty().then_some(())
+        });
     });
 
     let records = hosted(&net, 1);
     assert_eq!(records.len(), 1, "{records:?}");
-    let recorded: Vec<u32> = records.iter().filter_map(|r| r.1).map(|p| p as u32).collect();
+    let recorded: Vec<u32> = records
+        .iter()
+        .filter_map(|r| r.1)
+        .map(|p| p as u32)
+        .collect();
     let orphans = backs().iter().filter(|p| !recorded.contains(p)).count();
     assert_eq!(backs().len(), 1, "exactly one back runs");
     assert_eq!(orphans, 0, "a back process no record explains");
@@ -170,6 +186,40 @@ fn a_restarted_node_restarts_its_process_tasks_and_leaves_no_orphan() {
         Vec::<u32>::new(),
         "nothing of the service runs after the owner stopped it"
     );
+}
+
+/// A `checkpoint = "criu"` task outlives its node (no death signal): the restarted node adopts
+/// the very process, checked by pid and start time, instead of starting another.
+#[test]
+fn a_restarted_node_adopts_its_criu_processes() {
+    if !brume_testnet::require::criu("restart::a_restarted_node_adopts_its_criu_processes") {
+        return;
+    }
+    let service = unique("restart-criu");
+    let (mut net, front) = deployed(
+        "process",
+        &service,
+        "stateful = true\ncheckpoint = \"criu\"\n",
+    );
+    let back = [
+        format!("BRUME_SERVICE={service}"),
+        "BRUME_TASK=back".to_string(),
+    ];
+    let backs = || common::processes_with_env(&[back[0].as_str(), back[1].as_str()]);
+    let records = hosted(&net, 1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let pid = records[0].1.expect("a criu task's pid is recorded") as u32;
+    assert_eq!(backs(), vec![pid], "the recorded pid is back's");
+
+    crash_and_restart(&mut net, front, |_| {
+        assert_eq!(backs(), vec![pid], "back outlived its node");
+    });
+
+    assert_eq!(backs(), vec![pid], "the same process, adopted");
+    assert_eq!(hosted(&net, 1).len(), 1);
+    eprintln!("BENCH restart engine=process-criu orphans_after_restart=0");
+    owner_stops(&net);
+    assert_eq!(backs(), Vec::<u32>::new(), "back stopped by its owner");
 }
 
 /// The id of the container named `name`, if one exists (running or not).
@@ -185,12 +235,11 @@ fn container(name: &str) -> Option<String> {
 
 #[test]
 fn a_restarted_node_adopts_its_containers_and_removes_orphans() {
-    if !common::need_docker("restart::a_restarted_node_adopts_its_containers_and_removes_orphans")
-    {
+    if !common::need_docker("restart::a_restarted_node_adopts_its_containers_and_removes_orphans") {
         return;
     }
     let service = unique("restart-dock");
-    let (mut net, front) = deployed("docker", &service);
+    let (mut net, front) = deployed("docker", &service, "");
     let records = hosted(&net, 1);
     assert_eq!(records.len(), 1, "{records:?}");
     let back = records[0].0.clone();
@@ -244,10 +293,9 @@ fn a_restarted_node_adopts_its_containers_and_removes_orphans() {
 #[test]
 fn an_initiator_that_died_mid_deploy_undoes_it_on_restart() {
     let service = unique("restart-wal");
-    let (mut net, _front) = deployed("process", &service);
-    let running = || {
-        common::processes_with_env(&[format!("BRUME_SERVICE={service}").as_str()]).len()
-    };
+    let (mut net, _front) = deployed("process", &service, "");
+    let running =
+        || common::processes_with_env(&[format!("BRUME_SERVICE={service}").as_str()]).len();
     assert_eq!(running(), 2);
 
     // The initiator dies; its ledger says the deploy never finished (what it writes before it
@@ -261,8 +309,7 @@ fn an_initiator_that_died_mid_deploy_undoes_it_on_restart() {
 
     net.net.restart(0).expect("node 0 starts again");
     wait_for("the pending deploy to be dropped from the ledger", || {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&ledger).ok()?).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ledger).ok()?).ok()?;
         v.get(&service).is_none().then_some(())
     });
     wait_for("every instance of the undone deploy to stop", || {

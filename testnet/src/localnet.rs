@@ -20,10 +20,12 @@ pub struct LocalNet {
     dir: tempfile::TempDir,
     bin: PathBuf,
     nodes: Vec<Child>,
-    /// Each node's extra arguments, environment and first listen address (to restart it, and
-    /// for a restarted node to join through).
-    started: Vec<(Vec<String>, Vec<(OsString, OsString)>, String)>,
+    /// How each node was started (to restart it, and for a restarted node to join through).
+    started: Vec<Started>,
 }
+
+/// A node's extra arguments, environment and first listen address.
+type Started = (Vec<String>, Vec<(OsString, OsString)>, String);
 
 impl LocalNet {
     /// Starts `n` daemons of `bin` with `args` added to each `brume node` command line, and

@@ -68,7 +68,8 @@ pub struct Deployer {
 impl Deployer {
     /// A deployer; with an `advertiser` it re-advertises the node's free resources whenever its
     /// reservations change, before it answers, so a map taken right after a deploy or a stop
-    /// sees them.
+    /// sees them; with `hosted` it keeps its instance table on disk there ([`super::hosted`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         overlay: OverlayHandle,
         engine: Arc<AnyEngine>,

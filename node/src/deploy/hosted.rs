@@ -111,7 +111,9 @@ pub fn reconcile(
     let mut newest: BTreeMap<&InstanceId, &Record> = BTreeMap::new();
     for r in records {
         match newest.get(&r.spec.id) {
-            Some(kept) if (kept.spec.epoch, kept.spec.generation) >= (r.spec.epoch, r.spec.generation) => {}
+            Some(kept)
+                if (kept.spec.epoch, kept.spec.generation) >= (r.spec.epoch, r.spec.generation) => {
+            }
             _ => {
                 newest.insert(&r.spec.id, r);
             }

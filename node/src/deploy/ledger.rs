@@ -165,11 +165,8 @@ impl Ledger {
         let service = service.to_string();
         self.change(move |entries| match entries.get(&service) {
             Some(e) if e.epoch == epoch && e.state == State::Pending => {
-                match entries.remove(&service).and_then(|e| e.previous) {
-                    Some(previous) => {
-                        entries.insert(service, *previous);
-                    }
-                    None => {}
+                if let Some(previous) = entries.remove(&service).and_then(|e| e.previous) {
+                    entries.insert(service, *previous);
                 }
                 (true, true)
             }
@@ -326,10 +323,16 @@ mod tests {
         assert!(l.finish("svc", 1).await.unwrap());
         assert_eq!(l.get("svc"), Some(entry(1, "n1")));
         l.begin("svc", entry(2, "n2")).await.unwrap();
-        assert_eq!(l.get("svc").unwrap().previous, Some(Box::new(entry(1, "n1"))));
+        assert_eq!(
+            l.get("svc").unwrap().previous,
+            Some(Box::new(entry(1, "n1")))
+        );
         assert!(!l.finish("svc", 1).await.unwrap(), "not the pending epoch");
         assert!(l.undo_pending("svc", 2).await.unwrap());
-        assert_eq!(Ledger::open(dir.path()).unwrap().get("svc"), Some(entry(1, "n1")));
+        assert_eq!(
+            Ledger::open(dir.path()).unwrap().get("svc"),
+            Some(entry(1, "n1"))
+        );
         assert!(l.pending().is_empty());
     }
 
@@ -346,7 +349,10 @@ mod tests {
         assert!(l.pending().is_empty());
         // And a finished entry is written as it was before (no new keys).
         let text = serde_json::to_string(&entry(3, "n1")).unwrap();
-        assert!(!text.contains("state") && !text.contains("previous"), "{text}");
+        assert!(
+            !text.contains("state") && !text.contains("previous"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

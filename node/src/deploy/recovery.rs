@@ -215,9 +215,7 @@ impl Deployer {
     /// free, else on a free one; `Err` says why not (the record is then dropped).
     async fn restart(&self, r: &Record) -> Result<u16, String> {
         let spec = &r.spec;
-        if let Err(why) = self.instances.room_for(spec) {
-            return Err(why);
-        }
+        self.instances.room_for(spec)?;
         let (_, image) = self.recorded_image(r).await?;
         let (forwarders, call_vars) = match self.forwarders_at(spec, &r.call_ports).await {
             Ok(f) => f,
