@@ -5,8 +5,10 @@
 //! run its instances, relaying each host's phases as progress. The all-or-nothing rule is
 //! [`Rollout`]'s (no I/O, tested on its own): if any instance is refused or its host cannot be
 //! reached, every host is told to stop that epoch of the service, so the deploy either runs
-//! whole or leaves nothing. A successful deploy is written to the [`Ledger`], which `ps`,
-//! `logs` and `stop` read.
+//! whole or leaves nothing. The deploy is written to the [`Ledger`] as pending before any
+//! host is asked and marked done once it runs whole (a rolled-back one is dropped); a pending
+//! one found on start is undone ([`Initiator::undo_pending`]). `ps`, `logs` and `stop` read
+//! the ledger.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

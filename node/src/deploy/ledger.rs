@@ -1,5 +1,7 @@
 //! The services this node deployed as initiator, kept on disk so `brume ps`, `brume logs` and
-//! `brume stop` work after the daemon restarts.
+//! `brume stop` work after the daemon restarts, and so a deploy the daemon died in the middle
+//! of is undone when it starts again: a deploy is written [`State::Pending`] before any host
+//! is asked (write-ahead) and [`State::Done`] once it runs whole.
 //!
 //! One JSON file, `deployments.json` in the data directory, rewritten whole through a temporary
 //! file, an fsync and a rename: a crash mid-write leaves the old file, never half of a new one.
