@@ -111,7 +111,8 @@ impl Deployer {
             .collect();
         let mut records = Vec::with_capacity(rows.len());
         for (spec, name, port, call_ports, sent_by) in rows {
-            let process = self.process_facts(&name).await;
+            let criu = spec.checkpoint == CheckpointMode::Criu;
+            let process = self.process_facts(&name, criu).await;
             records.push(Record {
                 spec,
                 name,
@@ -133,12 +134,15 @@ impl Deployer {
 
     /// A process-engine task's process and its start time (for a CRIU-mode task, the init of
     /// its namespace, which outlives the node); `None` on Docker or when it does not run.
-    async fn process_facts(&self, name: &str) -> Option<ProcessFacts> {
+    async fn process_facts(&self, name: &str, criu: bool) -> Option<ProcessFacts> {
         let AnyEngine::Process(p) = &*self.engine else {
             return None;
         };
+        // A CRIU-mode task's own pid is its namespace's init (the engine's child is the
+        // `unshare` above it); a plain task's is the engine's child.
         let pid = match p.checkpoint_pid(name) {
             Ok(pid) => pid,
+            Err(_) if criu => return None,
             Err(_) => p.state(name).await.ok()?.pid?,
         };
         let start_time = brume_engine::criu_task::start_time(pid)?;

@@ -57,7 +57,7 @@ impl Deployer {
                         done.adopted += 1;
                     }
                     Err(why) => {
-                        info!(instance = %r.spec.id, name = %r.name, %why, "restart: cannot adopt the task; starting it again");
+                        warn!(instance = %r.spec.id, name = %r.name, %why, "restart: cannot adopt the task; starting it again");
                         self.remove_leftover(&self.leftover_of(&r)).await;
                         done.add_restart(self.restart(&r).await, &r);
                     }
@@ -259,7 +259,7 @@ impl Recovered {
                 self.restarted += 1;
             }
             Err(why) => {
-                info!(instance = %r.spec.id, name = %r.name, %why, "restart: cannot start the instance again; forgetting it");
+                warn!(instance = %r.spec.id, name = %r.name, %why, "restart: cannot start the instance again; forgetting it");
                 self.forgotten += 1;
             }
         }
