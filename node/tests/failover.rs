@@ -128,7 +128,7 @@ fn a_killed_host_s_task_runs_again_on_another_node() {
     assert_ne!(victim, 0, "back never runs beside front on the initiator");
 
     let killed = Instant::now();
-    assert!(net.net.kill(victim), "node {victim} killed");
+    net.net.kill(victim).expect("kill -9 the victim");
     let (moved, _) = wait_for(&net, "ps shows back on another node", |rows| {
         running(rows, "back", 0).is_some_and(|r| r.instance.host != dead_host)
     });
@@ -171,7 +171,7 @@ fn a_lost_replica_comes_back_on_a_host_distinct_from_the_survivor() {
     assert_ne!(victim, 0);
 
     let killed = Instant::now();
-    assert!(net.net.kill(victim), "node {victim} killed");
+    net.net.kill(victim).expect("kill -9 the victim");
     let (moved, _) = wait_for(&net, "ps shows replica 0 on another node", |rows| {
         running(rows, "back", 0).is_some_and(|r| r.instance.host != dead_host)
     });

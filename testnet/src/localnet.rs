@@ -20,7 +20,12 @@ pub struct LocalNet {
     dir: tempfile::TempDir,
     bin: PathBuf,
     nodes: Vec<Child>,
+    /// How each node was started (to restart it, and for a restarted node to join through).
+    started: Vec<Started>,
 }
+
+/// A node's extra arguments, environment and first listen address.
+type Started = (Vec<String>, Vec<(OsString, OsString)>, String);
 
 impl LocalNet {
     /// Starts `n` daemons of `bin` with `args` added to each `brume node` command line, and
@@ -46,6 +51,7 @@ impl LocalNet {
             dir,
             bin: bin.to_path_buf(),
             nodes: Vec::new(),
+            started: Vec::new(),
         };
         let first = net.spawn(0, args, &env(0), None)?;
         for i in 1..n {
@@ -97,15 +103,54 @@ impl LocalNet {
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
         let out = child.stdout.take().context("daemon stdout not piped")?;
-        self.nodes.push(child);
+        if i < self.nodes.len() {
+            self.nodes[i] = child;
+        } else {
+            self.nodes.push(child);
+        }
         let mut line = String::new();
         BufReader::new(out)
             .read_line(&mut line)
             .context("the daemon printed no address")?;
-        line.split_whitespace()
+        let addr = line
+            .split_whitespace()
             .nth(1)
             .map(str::to_string)
-            .with_context(|| format!("node {i} did not start (it printed {line:?})"))
+            .with_context(|| format!("node {i} did not start (it printed {line:?})"))?;
+        let record = (
+            args.iter().map(|a| a.to_string()).collect(),
+            env.to_vec(),
+            addr.clone(),
+        );
+        if i < self.started.len() {
+            self.started[i] = record;
+        } else {
+            self.started.push(record);
+        }
+        Ok(addr)
+    }
+
+    /// Kills node `i` with SIGKILL, as a crash or a pulled plug would (it stops nothing; its
+    /// process-engine tasks die with it: they carry the parent-death signal), and waits until
+    /// it is gone (reaped: the drop then leaves it alone, so no reused pid is signalled).
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let child = self.nodes.get_mut(i).context("no such node")?;
+        child.kill().context("cannot kill the daemon")?;
+        child.wait().context("cannot reap the daemon")?;
+        Ok(())
+    }
+
+    /// Starts node `i` again (after [`LocalNet::kill`] or [`LocalNet::stop`]) with the same
+    /// data directory, control socket and arguments, listening on a port of its own and
+    /// joining through another node; returns once it printed its address.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<String> {
+        let (args, env, _) = self.started.get(i).cloned().context("no such node")?;
+        let through = (0..self.started.len())
+            .find(|&j| j != i)
+            .map(|j| self.started[j].2.clone());
+        let _ = std::fs::remove_file(self.sock(i));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn(i, &args, &env, through.as_deref())
     }
 
     pub fn dir(&self) -> &Path {
@@ -172,21 +217,6 @@ impl LocalNet {
         false
     }
 
-    /// Kills node `i` with SIGKILL, as a crash or a pulled plug would (its process-engine
-    /// tasks die with it: they carry the parent-death signal); whether the signal was sent.
-    /// The process is left unreaped until the net is dropped, so its pid cannot be taken by
-    /// another process before the drop signals it.
-    pub fn kill(&mut self, i: usize) -> bool {
-        let Some(child) = self.nodes.get(i) else {
-            return false;
-        };
-        let Ok(pid) = libc::pid_t::try_from(child.id()) else {
-            return false;
-        };
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
-    }
-
     /// Whether every daemon is still running.
     pub fn alive(&mut self) -> bool {
         self.nodes
@@ -197,9 +227,13 @@ impl LocalNet {
 
 impl Drop for LocalNet {
     fn drop(&mut self) {
-        for c in &self.nodes {
-            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        for c in &mut self.nodes {
+            // A child already reaped (killed, stopped) is left alone: its pid may be another's.
+            if matches!(c.try_wait(), Ok(None)) {
+                // SAFETY: kill(2) on our own unreaped child's pid has no memory-safety
+                // preconditions.
+                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(15);
         for c in &mut self.nodes {

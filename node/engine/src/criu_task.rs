@@ -74,7 +74,7 @@ fn stat(pid: u32) -> Option<(char, u64)> {
 }
 
 /// The start time of `pid`, which tells it from a later process under the same PID.
-pub(crate) fn start_time(pid: u32) -> Option<u64> {
+pub fn start_time(pid: u32) -> Option<u64> {
     stat(pid).map(|(_, t)| t)
 }
 

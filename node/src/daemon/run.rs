@@ -200,6 +200,18 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             refresh_from(metrics.clone(), handle.clone(), count),
         )
     });
+    // Deploys this node began as initiator and never finished (it died mid-deploy) are undone:
+    // their hosts are told to stop that epoch. In the background: hosts may take a moment to
+    // reach, and nothing else waits on it.
+    let undoing = {
+        let initiator = services.initiator.clone();
+        tokio::spawn(async move {
+            let undone = initiator.undo_pending().await;
+            if !undone.is_empty() {
+                tracing::info!(?undone, "restart: undid the deploys left pending");
+            }
+        })
+    };
     let (calls_tx, calls_rx) = mpsc::channel(64);
     let backend = Arc::new(OverlayBackend {
         handle: handle.clone(),
@@ -244,6 +256,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     refresher.abort();
     healer.abort();
     dispatcher.abort();
+    undoing.abort();
     services.shutdown().await;
     let _ = std::fs::remove_file(&cfg.control);
     outcome

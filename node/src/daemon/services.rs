@@ -14,6 +14,7 @@ use anyhow::Context;
 use brume_overlay::OverlayHandle;
 
 use crate::deploy::deployer::{Advertiser, Deployer};
+use crate::deploy::hosted::HostedFile;
 use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
 use crate::deploy::ledger::Ledger;
@@ -69,7 +70,14 @@ impl Services {
             data_dir.join("images"),
             capacity,
             Some(advertiser),
+            Some(HostedFile::in_data_dir(data_dir)),
         );
+        // Before serving anything: what this node ran before it stopped is adopted, started
+        // again or removed (none is left orphaned).
+        let recovered = deployer.recover().await?;
+        if recovered != Default::default() {
+            tracing::info!(?recovered, "restart: took stock of the tasks this node ran");
+        }
         let ledger = Arc::new(Ledger::open(data_dir)?);
         let mover = Mover::new(
             deployer.clone(),

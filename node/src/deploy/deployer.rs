@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::authority::check;
+use super::hosted::{HostedFile, ProcessFacts, Record};
 use super::instances::{Capacity, Instance, Instances};
 use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
@@ -52,19 +53,23 @@ pub type Advertiser = Arc<dyn Fn(u64, u64) -> Option<NodeRecord> + Send + Sync>;
 pub struct Deployer {
     pub(crate) overlay: OverlayHandle,
     pub(crate) engine: Arc<AnyEngine>,
-    store: ChunkStore,
+    pub(crate) store: ChunkStore,
     pub(crate) routes: Routes,
-    images: PathBuf,
+    pub(crate) images: PathBuf,
     pub(crate) instances: Arc<Instances>,
     /// Held by every deploy and live arrival: one at a time keeps the resource check honest.
     pub(crate) deploying: tokio::sync::Mutex<()>,
     advertiser: Option<Advertiser>,
+    /// Where the instance table is kept on disk ([`super::hosted`]), if anywhere; the mutex
+    /// orders the writes.
+    pub(crate) hosted: Option<(HostedFile, tokio::sync::Mutex<()>)>,
 }
 
 impl Deployer {
     /// A deployer; with an `advertiser` it re-advertises the node's free resources whenever its
     /// reservations change, before it answers, so a map taken right after a deploy or a stop
-    /// sees them.
+    /// sees them; with `hosted` it keeps its instance table on disk there ([`super::hosted`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         overlay: OverlayHandle,
         engine: Arc<AnyEngine>,
@@ -73,6 +78,7 @@ impl Deployer {
         images: PathBuf,
         capacity: Capacity,
         advertiser: Option<Advertiser>,
+        hosted: Option<HostedFile>,
     ) -> Arc<Self> {
         Arc::new(Deployer {
             overlay,
@@ -83,7 +89,64 @@ impl Deployer {
             instances: Arc::new(Instances::new(capacity)),
             deploying: tokio::sync::Mutex::new(()),
             advertiser,
+            hosted: hosted.map(|f| (f, tokio::sync::Mutex::new(()))),
         })
+    }
+
+    /// Writes the instance table to the hosted file ([`super::hosted`]), if there is one. A
+    /// failed write is logged: the instance runs either way, and the next change writes again.
+    pub(crate) async fn save_hosted(&self) {
+        let Some((file, turn)) = &self.hosted else {
+            return;
+        };
+        let _turn = turn.lock().await;
+        let rows: Vec<(InstanceSpec, String, u16, Vec<u16>, PeerId)> = self
+            .instances
+            .lock()
+            .values()
+            .map(|i| {
+                let calls = i.forwarders.iter().map(|f| f.local_addr().port()).collect();
+                (i.spec.clone(), i.name.clone(), i.port, calls, i.sent_by)
+            })
+            .collect();
+        let mut records = Vec::with_capacity(rows.len());
+        for (spec, name, port, call_ports, sent_by) in rows {
+            let criu = spec.checkpoint == CheckpointMode::Criu;
+            let process = self.process_facts(&name, criu).await;
+            records.push(Record {
+                spec,
+                name,
+                engine: self.engine.kind().to_string(),
+                port,
+                call_ports,
+                sent_by,
+                process,
+            });
+        }
+        let file = file.clone();
+        let written = tokio::task::spawn_blocking(move || file.write(&records)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot record the hosted instances"),
+            Err(e) => warn!(error = %e, "the hosted instances' writer failed"),
+        }
+    }
+
+    /// A process-engine task's process and its start time (for a CRIU-mode task, the init of
+    /// its namespace, which outlives the node); `None` on Docker or when it does not run.
+    async fn process_facts(&self, name: &str, criu: bool) -> Option<ProcessFacts> {
+        let AnyEngine::Process(p) = &*self.engine else {
+            return None;
+        };
+        // A CRIU-mode task's own pid is its namespace's init (the engine's child is the
+        // `unshare` above it); a plain task's is the engine's child.
+        let pid = match p.checkpoint_pid(name) {
+            Ok(pid) => pid,
+            Err(_) if criu => return None,
+            Err(_) => p.state(name).await.ok()?.pid?,
+        };
+        let start_time = brume_engine::criu_task::start_time(pid)?;
+        Some(ProcessFacts { pid, start_time })
     }
 
     /// Sends the record for the current reservations to the overlay.
@@ -289,6 +352,7 @@ impl Deployer {
             forwarders,
             sent_by: initiator,
         });
+        self.save_hosted().await;
         self.readvertise().await;
         Reply::Started {
             instance: view,
@@ -299,7 +363,7 @@ impl Deployer {
     /// Starts `launch` on a free port and returns the port. The port is checked free when picked,
     /// but something else on the host may bind it before the task does: then another is picked
     /// and the start tried again, a few times. A failed start leaves nothing behind.
-    async fn start_on_a_free_port(
+    pub(crate) async fn start_on_a_free_port(
         &self,
         spec: &InstanceSpec,
         mut launch: LaunchSpec,
@@ -360,7 +424,7 @@ impl Deployer {
     /// any other as usual.
     ///
     /// [`ProcessEngine::start_checkpointable`]: brume_engine::ProcessEngine::start_checkpointable
-    async fn start_task(
+    pub(crate) async fn start_task(
         &self,
         spec: &InstanceSpec,
         launch: &LaunchSpec,
@@ -538,6 +602,7 @@ impl Deployer {
     /// route alone (a move has already pointed it elsewhere); returns its name.
     pub(crate) async fn stop_instance(&self, id: &InstanceId) -> Option<String> {
         let instance = self.instances.remove(id)?;
+        self.save_hosted().await;
         if let Err(e) = self.engine.stop(&instance.name, STOP_GRACE).await {
             debug!(name = %instance.name, error = %e, "stop failed; removing anyway");
         }
@@ -696,18 +761,22 @@ fn state_text(state: TaskState, restarts: u32) -> String {
 /// `brume-<service>-<task>-<replica>-<epoch>-<node>`: unique across the nodes that share one
 /// Docker engine (a testnet on one machine), readable in `docker ps`.
 fn instance_name(spec: &InstanceSpec, me: &PeerId) -> String {
-    let me = me.to_string();
-    let node: String = me
-        .chars()
-        .rev()
-        .take(8)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let node = node_tag(me);
     let id = &spec.id;
     format!(
         "brume-{}-{}-{}-{}-{node}",
         id.service, id.task, id.replica, spec.epoch
     )
+}
+
+/// The last eight characters of the node's peer id, which end the names of its tasks.
+pub(crate) fn node_tag(me: &PeerId) -> String {
+    let me = me.to_string();
+    me.chars()
+        .rev()
+        .take(8)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect()
 }

@@ -5,8 +5,10 @@
 //! run its instances, relaying each host's phases as progress. The all-or-nothing rule is
 //! [`Rollout`]'s (no I/O, tested on its own): if any instance is refused or its host cannot be
 //! reached, every host is told to stop that epoch of the service, so the deploy either runs
-//! whole or leaves nothing. A successful deploy is written to the [`Ledger`], which `ps`,
-//! `logs` and `stop` read.
+//! whole or leaves nothing. The deploy is written to the [`Ledger`] as pending before any
+//! host is asked and marked done once it runs whole (a rolled-back one is dropped); a pending
+//! one found on start is undone ([`Initiator::undo_pending`]). `ps`, `logs` and `stop` read
+//! the ledger.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -21,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::client::ask;
 use super::deployer::Deployer;
-use super::ledger::{Entry, Ledger, Placed};
+use super::ledger::{Entry, Ledger, Placed, State};
 use super::rollout::{Decision, Outcome, RollBack, Rollout, Slot};
 use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
@@ -97,6 +99,16 @@ impl Initiator {
             )
             .map(|spec| spec.signed(self.overlay.keypair()))
         });
+        // Write-ahead: the deploy is in the ledger before any host hears of it, so an initiator
+        // that dies from here on finds it pending when it starts again and undoes it.
+        let pending = Entry {
+            epoch,
+            manifest: manifest_path.to_path_buf(),
+            instances: assignments.iter().map(placed).collect(),
+            state: State::Pending,
+            previous: None,
+        };
+        self.ledger.begin(&service, pending).await?;
         let runs = assignments
             .iter()
             .zip(specs)
@@ -123,17 +135,16 @@ impl Initiator {
                 let message = self
                     .roll_back(back, &service, epoch, &assignments, &report)
                     .await;
+                self.ledger.undo_pending(&service, epoch).await?;
                 anyhow::bail!(message);
             }
             // No instance at all: placement never returns an empty plan.
-            None => anyhow::bail!("placement put no instance of {service} anywhere"),
+            None => {
+                self.ledger.undo_pending(&service, epoch).await?;
+                anyhow::bail!("placement put no instance of {service} anywhere")
+            }
         };
-        let entry = Entry {
-            epoch,
-            manifest: manifest_path.to_path_buf(),
-            instances: assignments.iter().map(placed).collect(),
-        };
-        self.ledger.put(&service, entry).await?;
+        self.ledger.finish(&service, epoch).await?;
         Ok(Deployed {
             service,
             epoch,
@@ -471,7 +482,53 @@ impl Initiator {
 
     /// Asks the host an instance of the ledger runs on.
     async fn ask_placed(&self, p: &Placed, req: &Request) -> anyhow::Result<Reply> {
-        ask(&self.deployer, p.peer, &p.addrs, req, |_| async {}).await
+        self.ask_host(p.peer, &p.addrs, req).await
+    }
+
+    /// Undoes every deploy the ledger holds as pending (this node died while carrying it out):
+    /// each planned host is told to stop that epoch, as a roll-back does, and the entry is
+    /// dropped (the one it replaced, if any, is put back). A deploy with a host that cannot be
+    /// reached stays pending, to be undone on the next start. Returns the services undone.
+    pub async fn undo_pending(&self) -> Vec<String> {
+        let mut undone = Vec::new();
+        for (service, entry) in self.ledger.pending() {
+            let stop = Request::Stop {
+                service: service.clone(),
+                epoch: Some(entry.epoch),
+            };
+            let hosts: BTreeMap<PeerId, &Placed> =
+                entry.instances.iter().map(|p| (p.peer, p)).collect();
+            let mut unreachable = Vec::new();
+            for p in hosts.values() {
+                match self.ask_placed(p, &stop).await {
+                    Ok(Reply::Stopped { instances }) => tracing::info!(
+                        %service, epoch = entry.epoch, host = %p.host, ?instances,
+                        "restart: undid a deploy left pending on this host"
+                    ),
+                    Ok(other) => unreachable.push(format!("{}: answered {other:?}", p.host)),
+                    Err(e) => unreachable.push(format!("{}: {e:#}", p.host)),
+                }
+            }
+            if !unreachable.is_empty() {
+                tracing::warn!(
+                    %service, epoch = entry.epoch,
+                    "restart: a deploy left pending could not be undone everywhere ({}); it \
+                     stays pending until the next start",
+                    unreachable.join("; ")
+                );
+                continue;
+            }
+            match self.ledger.undo_pending(&service, entry.epoch).await {
+                Ok(_) => {
+                    tracing::info!(%service, epoch = entry.epoch, "restart: undid the deploy left pending");
+                    undone.push(service);
+                }
+                Err(e) => {
+                    tracing::warn!(%service, error = %e, "restart: cannot drop the pending deploy")
+                }
+            }
+        }
+        undone
     }
 }
 

@@ -1,5 +1,7 @@
 //! The services this node deployed as initiator, kept on disk so `brume ps`, `brume logs` and
-//! `brume stop` work after the daemon restarts.
+//! `brume stop` work after the daemon restarts, and so a deploy the daemon died in the middle
+//! of is undone when it starts again: a deploy is written [`State::Pending`] before any host
+//! is asked (write-ahead) and [`State::Done`] once it runs whole.
 //!
 //! One JSON file, `deployments.json` in the data directory, rewritten whole through a temporary
 //! file, an fsync and a rename: a crash mid-write leaves the old file, never half of a new one.
@@ -42,6 +44,30 @@ pub struct Entry {
     pub epoch: u64,
     pub manifest: PathBuf,
     pub instances: Vec<Placed>,
+    /// Whether the deploy of this epoch finished (a ledger written before this field existed
+    /// holds finished deploys only).
+    #[serde(default, skip_serializing_if = "State::is_done")]
+    pub state: State,
+    /// While a deploy is pending, the entry it replaces (an earlier epoch of the service),
+    /// which undoing the deploy puts back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<Entry>>,
+}
+
+/// Where a deploy stands: written [`State::Pending`] before any host is asked (write-ahead),
+/// [`State::Done`] once every instance runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    #[default]
+    Done,
+}
+
+impl State {
+    fn is_done(&self) -> bool {
+        *self == State::Done
+    }
 }
 
 /// The table of deployments, by service.
@@ -98,6 +124,72 @@ impl Ledger {
             ((), true)
         })
         .await
+    }
+
+    /// Records that a deploy of `entry.epoch` starts, before any host is asked: the entry is
+    /// [`State::Pending`] and keeps the one it replaces, for [`Ledger::undo_pending`].
+    pub async fn begin(&self, service: &str, entry: Entry) -> anyhow::Result<()> {
+        let service = service.to_string();
+        self.change(move |entries| {
+            let previous = entries
+                .remove(&service)
+                .map(|mut e| {
+                    // A pending entry replaced by another: keep what was there before both.
+                    match e.state {
+                        State::Pending => e.previous.take(),
+                        State::Done => Some(Box::new(e)),
+                    }
+                })
+                .unwrap_or_default();
+            let entry = Entry {
+                state: State::Pending,
+                previous,
+                ..entry
+            };
+            entries.insert(service, entry);
+            ((), true)
+        })
+        .await
+    }
+
+    /// Records that the deploy of `epoch` ran whole: its entry is [`State::Done`] and the one
+    /// it replaced is dropped. `false` when no such pending deploy is recorded.
+    pub async fn finish(&self, service: &str, epoch: u64) -> anyhow::Result<bool> {
+        let service = service.to_string();
+        self.change(move |entries| match entries.get_mut(&service) {
+            Some(e) if e.epoch == epoch && e.state == State::Pending => {
+                e.state = State::Done;
+                e.previous = None;
+                (true, true)
+            }
+            _ => (false, false),
+        })
+        .await
+    }
+
+    /// Drops the pending deploy of `epoch` (undone: rolled back, or found pending on start),
+    /// putting back the entry it replaced, if any. `false` when no such deploy is pending.
+    pub async fn undo_pending(&self, service: &str, epoch: u64) -> anyhow::Result<bool> {
+        let service = service.to_string();
+        self.change(move |entries| match entries.get(&service) {
+            Some(e) if e.epoch == epoch && e.state == State::Pending => {
+                if let Some(previous) = entries.remove(&service).and_then(|e| e.previous) {
+                    entries.insert(service, *previous);
+                }
+                (true, true)
+            }
+            _ => (false, false),
+        })
+        .await
+    }
+
+    /// The deploys recorded as started but never finished, as (service, entry).
+    pub fn pending(&self) -> Vec<(String, Entry)> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.state == State::Pending)
+            .map(|(s, e)| (s.clone(), e.clone()))
+            .collect()
     }
 
     pub async fn remove(&self, service: &str) -> anyhow::Result<Option<Entry>> {
@@ -189,7 +281,7 @@ fn lock(entries: &Mutex<Entries>) -> MutexGuard<'_, Entries> {
 }
 
 /// Writes `bytes` to `path` through a synced temporary file in the same directory and a rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -225,7 +317,59 @@ mod tests {
                 addrs: vec![],
                 generation: Generation(0),
             }],
+            state: State::Done,
+            previous: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_deploy_is_recorded_pending_before_it_starts_and_undone_or_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        // A first deploy: pending, on disk, then undone: nothing left.
+        l.begin("svc", entry(1, "n1")).await.unwrap();
+        let on_disk = Ledger::open(dir.path()).unwrap();
+        assert_eq!(on_disk.pending().len(), 1);
+        assert_eq!(on_disk.get("svc").unwrap().state, State::Pending);
+        assert!(!l.undo_pending("svc", 2).await.unwrap(), "another epoch");
+        assert!(l.undo_pending("svc", 1).await.unwrap());
+        assert!(Ledger::open(dir.path()).unwrap().all().is_empty());
+
+        // A deploy that finishes, then a redeploy undone: the first is back.
+        l.begin("svc", entry(1, "n1")).await.unwrap();
+        assert!(l.finish("svc", 1).await.unwrap());
+        assert_eq!(l.get("svc"), Some(entry(1, "n1")));
+        l.begin("svc", entry(2, "n2")).await.unwrap();
+        assert_eq!(
+            l.get("svc").unwrap().previous,
+            Some(Box::new(entry(1, "n1")))
+        );
+        assert!(!l.finish("svc", 1).await.unwrap(), "not the pending epoch");
+        assert!(l.undo_pending("svc", 2).await.unwrap());
+        assert_eq!(
+            Ledger::open(dir.path()).unwrap().get("svc"),
+            Some(entry(1, "n1"))
+        );
+        assert!(l.pending().is_empty());
+    }
+
+    #[test]
+    fn a_ledger_written_before_the_write_ahead_state_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = format!(
+            r#"{{"svc": {{"epoch": 3, "manifest": "/x/service.toml", "instances": [{{"task": "a", "replica": 0, "host": "n1", "peer": "{}", "addrs": []}}]}}}}"#,
+            peer(1)
+        );
+        std::fs::write(dir.path().join("deployments.json"), old).unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(l.get("svc"), Some(entry(3, "n1")));
+        assert!(l.pending().is_empty());
+        // And a finished entry is written as it was before (no new keys).
+        let text = serde_json::to_string(&entry(3, "n1")).unwrap();
+        assert!(
+            !text.contains("state") && !text.contains("previous"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

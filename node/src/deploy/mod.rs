@@ -7,15 +7,20 @@
 //! over `/brume/transfer/1`, builds or loads the image through its engine, wires the task's
 //! calls to local tunnel forwarders (`BRUME_CALL_*`) and starts it. If any instance fails, the
 //! initiator stops every instance of that epoch on every host it asked ([`rollout`]), so a
-//! failed deploy leaves nothing behind; a deploy that ran is kept in the [`ledger`].
+//! failed deploy leaves nothing behind. The [`ledger`] records a deploy before any host is
+//! asked (write-ahead) and marks it done after, so an initiator that died mid-deploy undoes it
+//! when it starts again. A host keeps what it runs in [`hosted`]; on start it adopts, restarts
+//! or removes those tasks ([`recovery`]) before it serves anything.
 
 pub mod authority;
 pub mod cli;
 pub mod client;
 pub mod deployer;
 pub mod grant;
+pub mod hosted;
 pub mod initiator;
 pub mod instances;
 pub mod ledger;
+pub mod recovery;
 pub mod rollout;
 pub mod wire;

@@ -25,7 +25,7 @@ use tracing::warn;
 use super::replace::{plan, Candidate, Demands};
 use super::watch::{Watch, WatchConfig};
 use crate::deploy::initiator::Initiator;
-use crate::deploy::ledger::Placed;
+use crate::deploy::ledger::{Placed, State};
 use crate::deploy::wire::{Reply, Request};
 use crate::migrate::mover::Mover;
 
@@ -211,7 +211,15 @@ impl Recovery {
                 })
             })
             .collect();
-        let ledger = self.initiator.ledger().all();
+        // A deploy still under way (or left pending by a crash) is its initiator's to finish
+        // or undo: only finished ones are healed.
+        let ledger: BTreeMap<_, _> = self
+            .initiator
+            .ledger()
+            .all()
+            .into_iter()
+            .filter(|(_, e)| e.state == State::Done)
+            .collect();
         let mut demands = Demands::new();
         let mut stateful = BTreeSet::new();
         for (service, entry) in &ledger {

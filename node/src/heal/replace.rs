@@ -175,6 +175,8 @@ mod tests {
                 epoch: 1,
                 manifest: "/m.toml".into(),
                 instances,
+                state: Default::default(),
+                previous: None,
             },
         )]
         .into()

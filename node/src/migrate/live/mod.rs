@@ -535,6 +535,7 @@ impl Mover {
             forwarders,
             sent_by: from,
         });
+        self.deployer.save_hosted().await;
         self.deployer.readvertise().await;
         view
     }
