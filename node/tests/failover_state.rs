@@ -115,9 +115,8 @@ fn a_killed_host_s_stateful_task_comes_back_from_its_latest_checkpoint() {
         }
         (served == SERVED).then_some(())
     });
-    let counted = |port: u16| -> Option<u64> {
-        common::ask(port, "STATE").ok()?.trim().parse().ok()
-    };
+    let counted =
+        |port: u16| -> Option<u64> { common::ask(port, "STATE").ok()?.trim().parse().ok() };
     assert_eq!(counted(port_of(&back.address)), Some(SERVED));
 
     // The initiator keeps back's latest checkpoint: wait until it holds the count.
@@ -131,7 +130,9 @@ fn a_killed_host_s_stateful_task_comes_back_from_its_latest_checkpoint() {
     let checkpointed = Instant::now();
     wait_until("the initiator holds a checkpoint with the count", || {
         let bytes = std::fs::read(&file).ok()?;
-        String::from_utf8_lossy(&bytes).contains(&line).then_some(())
+        String::from_utf8_lossy(&bytes)
+            .contains(&line)
+            .then_some(())
     });
     let took = checkpointed.elapsed();
 

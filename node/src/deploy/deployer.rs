@@ -25,13 +25,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::authority::check;
-use crate::heal::checkpoints::Keeper;
 use super::hosted::{HostedFile, ProcessFacts, Record};
 use super::instances::{Capacity, Instance, Instances};
 use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
     DEPLOY_PROTOCOL, MAX_FRAME,
 };
+use crate::heal::checkpoints::Keeper;
 use crate::streams::respond;
 use brume_artifact::{self as artifact, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions};
 use brume_engine::{

@@ -103,10 +103,8 @@ pub async fn run(deployer: Arc<Deployer>) {
                 Some((due, period, i.spec.epoch, i.spec.initiator))
             })
             .collect();
-        let table: Vec<(Due, Duration)> = running
-            .iter()
-            .map(|(d, p, _, _)| (d.clone(), *p))
-            .collect();
+        let table: Vec<(Due, Duration)> =
+            running.iter().map(|(d, p, _, _)| (d.clone(), *p)).collect();
         for d in schedule.due(&table, Instant::now()) {
             let Some((_, _, epoch, owner)) = running.iter().find(|r| r.0 == d) else {
                 continue;
@@ -146,11 +144,8 @@ async fn checkpoint_one(deployer: &Deployer, d: &Due, epoch: u64, owner: brume_o
         seq,
         state,
     };
-    let sent = tokio::time::timeout(
-        SEND_TIMEOUT,
-        ask(deployer, owner, &[], &req, |_| async {}),
-    )
-    .await;
+    let sent =
+        tokio::time::timeout(SEND_TIMEOUT, ask(deployer, owner, &[], &req, |_| async {})).await;
     match sent {
         Ok(Ok(Reply::Taken)) => {
             debug!(instance = %d.id, bytes, "periodic checkpoint kept by the owner")

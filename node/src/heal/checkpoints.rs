@@ -131,7 +131,10 @@ impl CheckpointStore {
         }
         let path = self.path(id)?;
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
-        if self.latest(id).is_some_and(|kept| kept.order() >= c.order()) {
+        if self
+            .latest(id)
+            .is_some_and(|kept| kept.order() >= c.order())
+        {
             return Ok(Offered::Older);
         }
         write_atomically(&path, c).map_err(|source| StoreError::Io {
@@ -232,12 +235,21 @@ mod tests {
         let store = CheckpointStore::in_data_dir(dir.path());
         assert_eq!(store.latest(&id), None);
         assert_eq!(store.offer(&id, &cp(1, 0, 10, "a")).unwrap(), Offered::Kept);
-        assert_eq!(store.offer(&id, &cp(1, 0, 9, "old")).unwrap(), Offered::Older);
-        assert_eq!(store.offer(&id, &cp(1, 0, 10, "same")).unwrap(), Offered::Older);
+        assert_eq!(
+            store.offer(&id, &cp(1, 0, 9, "old")).unwrap(),
+            Offered::Older
+        );
+        assert_eq!(
+            store.offer(&id, &cp(1, 0, 10, "same")).unwrap(),
+            Offered::Older
+        );
         assert_eq!(store.offer(&id, &cp(1, 0, 11, "b")).unwrap(), Offered::Kept);
         // A later generation wins whatever its sequence number.
         assert_eq!(store.offer(&id, &cp(1, 1, 0, "c")).unwrap(), Offered::Kept);
-        assert_eq!(store.offer(&id, &cp(1, 0, 99, "stale")).unwrap(), Offered::Older);
+        assert_eq!(
+            store.offer(&id, &cp(1, 0, 99, "stale")).unwrap(),
+            Offered::Older
+        );
         drop(store);
         let store = CheckpointStore::in_data_dir(dir.path());
         assert_eq!(store.latest(&id).unwrap().state, "c");
@@ -264,7 +276,10 @@ mod tests {
         ));
         assert_eq!(store.latest(&id), None);
         let fits = "x".repeat(MAX_CHECKPOINT);
-        assert_eq!(store.offer(&id, &cp(1, 0, 1, &fits)).unwrap(), Offered::Kept);
+        assert_eq!(
+            store.offer(&id, &cp(1, 0, 1, &fits)).unwrap(),
+            Offered::Kept
+        );
         let evil = InstanceId::new("..", "db", 0);
         assert!(matches!(
             store.offer(&evil, &cp(1, 0, 1, "x")),
