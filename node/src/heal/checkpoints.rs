@@ -286,4 +286,52 @@ mod tests {
             Err(StoreError::BadName(_))
         ));
     }
+
+    fn peer(seed: u8) -> PeerId {
+        brume_overlay::Keypair::ed25519_from_bytes([seed; 32])
+            .unwrap()
+            .public()
+            .to_peer_id()
+    }
+
+    #[tokio::test]
+    async fn the_owner_keeps_checkpoints_only_from_the_current_host() {
+        use crate::deploy::ledger::{Entry, Placed, State};
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::open(dir.path()).unwrap());
+        let (host, stale) = (peer(1), peer(2));
+        let placed = Placed {
+            task: "db".into(),
+            replica: 0,
+            host: "n1".into(),
+            peer: host,
+            addrs: Vec::new(),
+            generation: Generation(2),
+        };
+        let entry = Entry {
+            epoch: 7,
+            manifest: dir.path().join("service.toml"),
+            instances: vec![placed],
+            state: State::Done,
+            previous: None,
+        };
+        ledger.put("web", entry).await.unwrap();
+        let keeper = Keeper::new(CheckpointStore::in_data_dir(dir.path()), ledger);
+        let id = InstanceId::new("web", "db", 0);
+        let g = Generation(2);
+        let take =
+            |from, g, epoch, state: &str| keeper.accept(from, &id, g, epoch, 1, state.into());
+        assert_eq!(take(host, g, 7, "a").await, Ok(Offered::Kept));
+        // The copy a heal left behind, an older generation, another epoch: refused.
+        assert!(take(stale, g, 7, "x").await.is_err());
+        assert!(take(host, Generation(1), 7, "x").await.is_err());
+        assert!(take(host, g, 6, "x").await.is_err());
+        let other = InstanceId::new("web", "db", 1);
+        assert!(keeper
+            .accept(host, &other, g, 7, 1, "x".into())
+            .await
+            .is_err());
+        assert_eq!(keeper.latest(&id, 7).unwrap().state, "a");
+        assert_eq!(keeper.latest(&id, 8), None);
+    }
 }
