@@ -133,6 +133,7 @@ fn a_member_that_does_not_own_a_service_is_refused_and_its_owner_is_obeyed() {
             calls: Vec::new(),
             max_restarts: 0,
             checkpoint: Default::default(),
+            checkpoint_every_s: None,
             initiator: None,
             generation: Default::default(),
             grant: None,

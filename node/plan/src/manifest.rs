@@ -12,6 +12,7 @@
 //! memory_mb = 256
 //! stateful = true
 //! checkpoint = "app"           # criu | app | none
+//! checkpoint_every_s = 5       # app only: the owner keeps its latest state, for re-placement
 //! ports = [7000]
 //! user = "root"                # who it runs as under Docker; unset: nobody (65534)
 //!
@@ -63,6 +64,9 @@ pub struct TaskSpec {
     pub replicas: u32,
     pub stateful: bool,
     pub checkpoint: Checkpoint,
+    /// Every how many seconds the host captures the task's state and sends it to the service's
+    /// owner, which starts a re-placed copy from the latest one (`checkpoint = "app"` only).
+    pub checkpoint_every_s: Option<u32>,
     /// Ports the task listens on inside its container.
     pub ports: Vec<u16>,
     pub env: BTreeMap<String, String>,
@@ -145,6 +149,7 @@ struct RawTask {
     replicas: Option<Spanned<u32>>,
     stateful: Option<Spanned<bool>>,
     checkpoint: Option<Spanned<String>>,
+    checkpoint_every_s: Option<Spanned<u32>>,
     ports: Option<Spanned<Vec<u16>>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -466,6 +471,22 @@ fn task(src: &Source, t: &Spanned<RawTask>, dir: &Path) -> Result<TaskSpec, Inpu
             mode
         }
     };
+    if let Some(every) = &raw.checkpoint_every_s {
+        if checkpoint != Checkpoint::App {
+            return Err(src.at(
+                every.span(),
+                "task.checkpoint_every_s",
+                format!("task \"{name}\" asks for periodic checkpoints, which only checkpoint = \"app\" tasks take for now: set checkpoint = \"app\", or remove checkpoint_every_s"),
+            ));
+        }
+        if *every.get_ref() < 1 {
+            return Err(src.at(
+                every.span(),
+                "task.checkpoint_every_s",
+                format!("task \"{name}\" asks for a checkpoint every 0 s: use at least 1"),
+            ));
+        }
+    }
     let ports = raw
         .ports
         .as_ref()
@@ -504,6 +525,7 @@ fn task(src: &Source, t: &Spanned<RawTask>, dir: &Path) -> Result<TaskSpec, Inpu
         replicas,
         stateful,
         checkpoint,
+        checkpoint_every_s: raw.checkpoint_every_s.as_ref().map(|e| *e.get_ref()),
         ports,
         env: raw.env.clone(),
     })

@@ -1,5 +1,6 @@
 //! What a node runs beside the overlay so that services can be deployed on it and from it and
-//! moved: the deployer (`/brume/deploy/3`), the mover (`/brume/move/2`, `/brume/live/2`), the
+//! moved: the deployer (`/brume/deploy/3`, which also takes the periodic checkpoints of the
+//! services this node owns, sent by each host's checkpointer), the mover (`/brume/move/2`, `/brume/live/2`), the
 //! chunk server hosts fetch artifacts from (`/brume/transfer/1`), the tunnel server that lands
 //! calls on local tasks (`/brume/tunnel/2`), and the initiator behind `brume deploy`, `ps`,
 //! `logs` and `stop`.
@@ -18,6 +19,7 @@ use crate::deploy::hosted::HostedFile;
 use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
 use crate::deploy::ledger::Ledger;
+use crate::heal::checkpoints::{CheckpointStore, Keeper};
 use crate::migrate::live::fault::LiveFault;
 use crate::migrate::mover::{Mover, OnMoved};
 use crate::migrate::LiveMigration;
@@ -79,6 +81,10 @@ impl Services {
             tracing::info!(?recovered, "restart: took stock of the tasks this node ran");
         }
         let ledger = Arc::new(Ledger::open(data_dir)?);
+        deployer.set_keeper(Arc::new(Keeper::new(
+            CheckpointStore::in_data_dir(data_dir),
+            ledger.clone(),
+        )));
         let mover = Mover::new(
             deployer.clone(),
             Some(ledger.clone()),
@@ -97,6 +103,7 @@ impl Services {
         let tunnels = overlay.accept_streams(TUNNEL_PROTOCOL)?;
         let (deploying, moving) = (deployer.clone(), mover.clone());
         let tasks = vec![
+            tokio::spawn(crate::heal::checkpointer::run(deployer.clone())),
             tokio::spawn(async move {
                 if let Err(e) = deploying.serve().await {
                     tracing::error!("the deployer stopped: {e:#}");

@@ -4,11 +4,15 @@
 //! itself (its own control socket, a drain), or, for what a move needs, the node that brought
 //! the instance here (the source of a move undoing its start on the target). Everyone else is
 //! refused with a reason that names the owner. The rule is one function, so every handler
-//! reads the same.
+//! reads the same. The other way round, the owner takes a checkpoint of an instance only from
+//! the node its ledger says hosts that instance, at that generation ([`checkpoint_from`]): a
+//! copy left behind by a move or a re-placement cannot overwrite the state of the one that runs.
 
 use std::fmt::Display;
 
 use brume_overlay::PeerId;
+
+use super::wire::Generation;
 
 /// Whether `from` may `act` on `subject` at the node `me`: yes for `me` itself, the `owner`
 /// and any of `also`; otherwise the refusal.
@@ -30,6 +34,29 @@ pub fn check(
         ),
         None => format!("refused: {from} may not {act} {subject}: it is not its owner"),
     })
+}
+
+/// Whether the owner takes a checkpoint of `instance` at `generation` from `from`, when its
+/// ledger says the instance runs on `hosted` (host and generation), if anywhere.
+pub fn checkpoint_from(
+    from: PeerId,
+    instance: &dyn Display,
+    generation: Generation,
+    hosted: Option<(PeerId, Generation)>,
+) -> Result<(), String> {
+    match hosted {
+        None => Err(format!(
+            "refused: {instance} is not in this node's ledger: no checkpoint of it is kept here"
+        )),
+        Some((host, _)) if host != from => Err(format!(
+            "refused: {from} may not checkpoint {instance}: it runs on {host}"
+        )),
+        Some((_, current)) if current != generation => Err(format!(
+            "refused: the checkpoint of {instance} is of generation {generation}, but {current} \
+             runs now"
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -54,5 +81,17 @@ mod tests {
             "{why}"
         );
         assert!(check(stranger, me, "move", &"web", None, &[]).is_err());
+    }
+
+    #[test]
+    fn only_the_current_host_at_its_generation_may_checkpoint() {
+        let (host, other) = (peer(1), peer(2));
+        let g = Generation(3);
+        assert!(checkpoint_from(host, &"web", g, Some((host, g))).is_ok());
+        let why = checkpoint_from(other, &"web", g, Some((host, g))).unwrap_err();
+        assert!(why.contains("runs on"), "{why}");
+        let why = checkpoint_from(host, &"web", Generation(2), Some((host, g))).unwrap_err();
+        assert!(why.contains("g2") && why.contains("g3"), "{why}");
+        assert!(checkpoint_from(host, &"web", g, None).is_err());
     }
 }

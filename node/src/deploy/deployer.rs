@@ -31,6 +31,7 @@ use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
     DEPLOY_PROTOCOL, MAX_FRAME,
 };
+use crate::heal::checkpoints::Keeper;
 use crate::streams::respond;
 use brume_artifact::{self as artifact, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions};
 use brume_engine::{
@@ -63,6 +64,9 @@ pub struct Deployer {
     /// Where the instance table is kept on disk ([`super::hosted`]), if anywhere; the mutex
     /// orders the writes.
     pub(crate) hosted: Option<(HostedFile, tokio::sync::Mutex<()>)>,
+    /// Where the checkpoints of the services this node owns are kept, once set
+    /// ([`crate::heal::checkpoints`]); without it, `Checkpointed` is refused.
+    keeper: std::sync::OnceLock<Arc<Keeper>>,
 }
 
 impl Deployer {
@@ -90,7 +94,19 @@ impl Deployer {
             deploying: tokio::sync::Mutex::new(()),
             advertiser,
             hosted: hosted.map(|f| (f, tokio::sync::Mutex::new(()))),
+            keeper: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Keeps the checkpoints hosts send this node (as owner) in `keeper` (set once; later
+    /// calls are ignored).
+    pub fn set_keeper(&self, keeper: Arc<Keeper>) {
+        let _ = self.keeper.set(keeper);
+    }
+
+    /// The owner's checkpoint keeper, if set.
+    pub(crate) fn keeper(&self) -> Option<&Arc<Keeper>> {
+        self.keeper.get()
     }
 
     /// Writes the instance table to the hosted file ([`super::hosted`]), if there is one. A
@@ -227,6 +243,26 @@ impl Deployer {
                     });
                 }
                 Reply::Instances(list)
+            }
+            Request::Checkpointed {
+                instance,
+                generation,
+                epoch,
+                seq,
+                state,
+            } => {
+                let Some(keeper) = self.keeper() else {
+                    return Reply::Refused {
+                        reason: "this node keeps no checkpoints".into(),
+                    };
+                };
+                match keeper
+                    .accept(from, &instance, generation, epoch, seq, state)
+                    .await
+                {
+                    Ok(_) => Reply::Taken,
+                    Err(reason) => Reply::Refused { reason },
+                }
             }
             Request::Logs { instance, tail } => {
                 if let Some((spec, _, _)) = self.instances.get(&instance) {

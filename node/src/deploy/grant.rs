@@ -4,7 +4,7 @@
 //!
 //! The signature covers what the owner decides: the instance's name, epoch, payload (the
 //! artifact's digests: the chunks fetched are checked against them), resources, environment,
-//! restarts, checkpoint mode, the user it runs as and the owner's own id. It leaves out what a move changes on the
+//! restarts, checkpoint mode and period, the user it runs as and the owner's own id. It leaves out what a move changes on the
 //! way (the source of a move forwards the owner's signature with its copy): the generation,
 //! where the callees run now, and the state line in `BRUME_RESTORE`. The key travels with the
 //! signature and must be the owner's: a spec whose key is not its `initiator`'s, or whose
@@ -51,6 +51,9 @@ struct Signed<'a> {
     checkpoint: CheckpointMode,
     user: Option<&'a str>,
     owner: PeerId,
+    /// Left out when unset, so specs signed before it existed still verify.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint_every_s: Option<u32>,
 }
 
 fn signed_bytes(spec: &InstanceSpec, owner: PeerId) -> Vec<u8> {
@@ -72,6 +75,7 @@ fn signed_bytes(spec: &InstanceSpec, owner: PeerId) -> Vec<u8> {
         checkpoint: spec.checkpoint,
         user: spec.user.as_deref(),
         owner,
+        checkpoint_every_s: spec.checkpoint_every_s,
     };
     let mut out = DOMAIN.to_vec();
     // Writing into a Vec cannot fail, and every field is plainly serialisable.
@@ -131,6 +135,7 @@ mod tests {
             calls: Vec::new(),
             max_restarts: 0,
             checkpoint: CheckpointMode::App,
+            checkpoint_every_s: None,
             initiator: None,
             generation: Generation(0),
             grant: None,
@@ -174,6 +179,7 @@ mod tests {
             |s: &mut InstanceSpec| s.payload = Payload::Command(vec!["/bin/sh".into()]),
             |s: &mut InstanceSpec| s.id.service = "other".into(),
             |s: &mut InstanceSpec| s.user = Some("root".into()),
+            |s: &mut InstanceSpec| s.checkpoint_every_s = Some(1),
         ] {
             let mut s = signed.clone();
             alter(&mut s);

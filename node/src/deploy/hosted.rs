@@ -254,6 +254,7 @@ mod tests {
             } else {
                 CheckpointMode::default()
             },
+            checkpoint_every_s: None,
             initiator: Some(owner.public().to_peer_id()),
             generation: Generation(0),
             grant: None,

@@ -27,6 +27,7 @@ use super::ledger::{Entry, Ledger, Placed, State};
 use super::rollout::{Decision, Outcome, RollBack, Rollout, Slot};
 use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
+    RESTORE_ENV,
 };
 use brume_artifact::{self as artifact, ChunkStore};
 use brume_control::{Deployed, Event, Row, Step};
@@ -447,7 +448,10 @@ impl Initiator {
             self.overlay.peer_id(),
         )?;
         spec.generation = to.generation;
-        let spec = spec.signed(self.overlay.keypair());
+        let mut spec = spec.signed(self.overlay.keypair());
+        // A stateful copy starts from the latest checkpoint kept here (not signed: a move's
+        // state line is not either).
+        restore_latest(&self.deployer, &mut spec, &to.host);
         let req = Request::Deploy(spec.clone());
         match ask(&self.deployer, to.peer, &to.addrs, &req, |_| async {}).await? {
             Reply::Started { .. } => {}
@@ -572,6 +576,26 @@ fn row(host: String, peer: PeerId, v: &InstanceView) -> Row {
 }
 
 /// The request for one instance: its artifact, demands, environment and where its callees run.
+/// Puts the latest checkpoint the owner keeps of `spec`'s instance (of its epoch) in its
+/// `BRUME_RESTORE`, and says which way it starts.
+fn restore_latest(deployer: &Deployer, spec: &mut InstanceSpec, to: &str) {
+    if spec.checkpoint != CheckpointMode::App {
+        return;
+    }
+    let kept = deployer
+        .keeper()
+        .and_then(|k| k.latest(&spec.id, spec.epoch));
+    match kept {
+        Some(c) => {
+            tracing::warn!(instance = %spec.id, %to, from_generation = %c.generation, bytes = c.state.len(),
+                "restored from checkpoint taken {} ms ago: writes since then are lost", c.age_ms());
+            spec.env.insert(RESTORE_ENV.to_string(), c.state);
+        }
+        None => tracing::warn!(instance = %spec.id, %to,
+            "started fresh: no checkpoint of this stateful task is held here, its state is lost"),
+    }
+}
+
 fn instance_spec(
     manifest: &Manifest,
     payloads: &BTreeMap<String, Payload>,
@@ -617,6 +641,7 @@ fn instance_spec(
             Checkpoint::App => CheckpointMode::App,
             Checkpoint::Criu => CheckpointMode::Criu,
         },
+        checkpoint_every_s: task.checkpoint_every_s,
         initiator: Some(initiator),
         generation: Default::default(),
         grant: None,

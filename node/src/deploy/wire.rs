@@ -75,6 +75,10 @@ pub struct InstanceSpec {
     /// How the instance's state moves with it when it is migrated.
     #[serde(default)]
     pub checkpoint: CheckpointMode,
+    /// Every how many seconds the host captures the instance's state (`checkpoint = "app"`)
+    /// and sends it to the owner ([`crate::heal::checkpointer`]); `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every_s: Option<u32>,
     /// The node that deployed the service (it keeps the service's ledger and is told when the
     /// instance moves), when known.
     #[serde(default)]
@@ -163,6 +167,16 @@ pub enum Request {
         epoch: u64,
         back_to: Option<PeerId>,
     },
+    /// The latest state of an instance that asks for periodic checkpoints, sent by its host
+    /// to the service's owner, which keeps it for a re-placement ([`crate::heal::checkpoints`]).
+    /// `seq` orders the checkpoints of one generation; answered `Taken` or `Refused`.
+    Checkpointed {
+        instance: InstanceId,
+        generation: Generation,
+        epoch: u64,
+        seq: u64,
+        state: String,
+    },
 }
 
 /// A step of a deploy on the host.
@@ -212,6 +226,8 @@ pub enum Reply {
     Logs(String),
     /// The image of a `Prepare` is ready here.
     Prepared,
+    /// A `Checkpointed` was taken (kept, or older than the one kept).
+    Taken,
 }
 
 /// Why a name from a request is refused (the rule is [`brume_plan::naming`]'s, the manifest's too).
@@ -277,6 +293,9 @@ impl InstanceSpec {
                 return Err("empty command".to_string());
             }
             Payload::Command(_) => {}
+        }
+        if self.checkpoint_every_s == Some(0) {
+            return Err("a checkpoint every 0 s".to_string());
         }
         if self.cpu_millis == 0 || self.memory_mb == 0 {
             return Err("a task must ask for some CPU and memory".to_string());

@@ -247,9 +247,10 @@ impl Recovery {
                 }
             };
             if stateful.contains(&(service.clone(), from.task.clone())) {
-                // No checkpoint of a dead host's task reaches the initiator (yet).
+                // An app-checkpointed task starts from the latest checkpoint kept here, and
+                // `replace` says so; any other stateful one starts fresh.
                 warn!(%service, task = %from.task, replica = from.replica,
-                    "no checkpoint of this stateful task is held here: it starts fresh, and its state since it was deployed or last moved is lost");
+                    "re-placing a stateful task: only a checkpoint = \"app\" task with checkpoint_every_s keeps its state (up to its last checkpoint)");
             }
             let to = Placed {
                 task: from.task.clone(),

@@ -8,8 +8,13 @@
 //!   the dead set and a fresh map; replicas stay on distinct hosts);
 //! * [`healer`]: the thin async shell: heartbeats every `heartbeat_interval_ms` to the hosts in
 //!   the ledger, the judgement every period, and the re-placement (a signed deploy at the next
-//!   generation, the ledger, `Moved` to the callers).
+//!   generation, the ledger, `Moved` to the callers), from the latest checkpoint kept;
+//! * [`checkpointer`]: on a host, the periodic capture of the instances that ask for it
+//!   (`checkpoint_every_s`), sent to their owner;
+//! * [`checkpoints`]: on the owner, the latest checkpoint of each, on disk.
 
+pub mod checkpointer;
+pub mod checkpoints;
 pub mod healer;
 pub mod phi;
 pub mod replace;

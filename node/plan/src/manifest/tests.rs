@@ -365,3 +365,41 @@ fn a_task_user_is_kept_and_a_bad_one_refused() {
         "uid[:gid]",
     );
 }
+
+#[test]
+fn periodic_checkpoints_of_an_app_task() {
+    let m = parse(&GOOD.replacen(
+        "checkpoint = \"app\"",
+        "checkpoint = \"app\"\ncheckpoint_every_s = 5",
+        1,
+    ))
+    .expect("an app task may ask for periodic checkpoints");
+    let agg = m.tasks.iter().find(|t| t.name == "aggregator").unwrap();
+    assert_eq!(agg.checkpoint_every_s, Some(5));
+    let plain = parse(GOOD).unwrap();
+    assert!(plain.tasks.iter().all(|t| t.checkpoint_every_s.is_none()));
+}
+
+#[test]
+fn periodic_checkpoints_need_app_mode_and_a_second() {
+    let e = refusal(
+        "checkpoint = \"app\"",
+        "checkpoint = \"criu\"\ncheckpoint_every_s = 5",
+    );
+    assert_refusal(
+        &e,
+        line_of(GOOD, "checkpoint") + 1,
+        "task.checkpoint_every_s",
+        "only checkpoint = \"app\"",
+    );
+    let e = refusal(
+        "checkpoint = \"app\"",
+        "checkpoint = \"app\"\ncheckpoint_every_s = 0",
+    );
+    assert_refusal(
+        &e,
+        line_of(GOOD, "checkpoint") + 1,
+        "task.checkpoint_every_s",
+        "at least 1",
+    );
+}

@@ -1,0 +1,171 @@
+//! A stateful task's host dies and its copy comes back elsewhere with the state of its latest
+//! periodic checkpoint (issue 15, "Failure": "stateful ones from their latest checkpoint";
+//! docs/healing.md): real `brume node` daemons on loopback, the process engine, the relay
+//! service. `back` is `stateful`, `checkpoint = "app"`, `checkpoint_every_s = 1`: its host
+//! captures its served count every second and sends it to the initiator (node 0), which keeps
+//! it under its data directory. The test serves requests, waits until the initiator's
+//! checkpoint file holds the count, kills back's host with SIGKILL and waits until `brume ps`
+//! shows back running on another node; that copy must count on from the checkpoint.
+//!
+//! Each node offers 150 mCPU and each task asks 100, so no two tasks share a node.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use brume_control::PsRow;
+
+use common::{port_of, text};
+
+const BRUME: &str = env!("CARGO_BIN_EXE_brume");
+
+/// The longest the test waits for any one condition.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+/// Requests served before the host dies.
+const SERVED: u64 = 5;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// `front -> back`, back stateful and checkpointed every second.
+fn manifest(dir: &Path, service: &str) -> PathBuf {
+    common::chain_context(dir, service, service);
+    let text = format!(
+        "[service]\nname = \"{service}\"\nroot = \"front\"\n\n\
+         [[task]]\nname = \"front\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n\
+         [[task]]\nname = \"back\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\
+         stateful = true\ncheckpoint = \"app\"\ncheckpoint_every_s = 1\n\n\
+         [[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 50\ntraffic_mbps = 1\n"
+    );
+    let path = dir.join("service.toml");
+    std::fs::write(&path, text).expect("write the manifest");
+    path
+}
+
+fn ps(net: &common::ServiceNet) -> Vec<PsRow> {
+    let out = net.brume(0, &["ps", "--json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn running<'a>(rows: &'a [PsRow], task: &str) -> Option<&'a PsRow> {
+    rows.iter()
+        .find(|r| r.instance.task == task && r.instance.replica == 0)
+        .filter(|r| r.instance.state == "running")
+}
+
+/// Polls every 200 ms until `ready` gives a value, failing after the guard.
+fn wait_until<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = ready() {
+            return v;
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "{what}: not within {HANG_GUARD:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_killed_host_s_stateful_task_comes_back_from_its_latest_checkpoint() {
+    let service = unique("failstate");
+    let mut net = common::ServiceNet::start_with(
+        Path::new(BRUME),
+        3,
+        "process",
+        150,
+        &["--heartbeat-interval-ms", "300"],
+        &service,
+    );
+    let m = manifest(net.dir(), &service);
+    let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "deploy failed: {}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    let ids: Vec<String> = (0..3).map(|i| net.status(i).0).collect();
+    let rows = wait_until("the service runs", || {
+        let rows = ps(&net);
+        (running(&rows, "front").is_some() && running(&rows, "back").is_some()).then_some(rows)
+    });
+    let front = port_of(&running(&rows, "front").unwrap().instance.address);
+    let back = running(&rows, "back").unwrap().instance.clone();
+    let victim = ids
+        .iter()
+        .position(|h| *h == back.host)
+        .expect("back's host is a node");
+    assert_ne!(victim, 0, "back never runs beside front on the initiator");
+
+    // Requests through front until SERVED of them have reached back in full (a callee not
+    // yet reachable answers an error slot and is not counted).
+    let mut served = 0;
+    wait_until("front serves the requests", || {
+        if common::ask(front, "hello").ok().as_deref() == Some("front(back)") {
+            served += 1;
+        }
+        (served == SERVED).then_some(())
+    });
+    let counted =
+        |port: u16| -> Option<u64> { common::ask(port, "STATE").ok()?.trim().parse().ok() };
+    assert_eq!(counted(port_of(&back.address)), Some(SERVED));
+
+    // The initiator keeps back's latest checkpoint: wait until it holds the count.
+    let file = net
+        .net
+        .data(0)
+        .join("checkpoints")
+        .join(&service)
+        .join("back.0");
+    let line = format!("relay-state/1 served={SERVED}");
+    let checkpointed = Instant::now();
+    wait_until("the initiator holds a checkpoint with the count", || {
+        let bytes = std::fs::read(&file).ok()?;
+        String::from_utf8_lossy(&bytes)
+            .contains(&line)
+            .then_some(())
+    });
+    let took = checkpointed.elapsed();
+
+    let killed = Instant::now();
+    net.net.kill(victim).expect("kill -9 back's host");
+    let moved = wait_until("back runs again on another node", || {
+        let rows = ps(&net);
+        running(&rows, "back")
+            .filter(|r| r.instance.host != back.host)
+            .map(|r| r.instance.clone())
+    });
+    assert_ne!(moved.host, back.host);
+    // The new copy started from the checkpoint: it counts on from SERVED.
+    let restored = wait_until("the new back answers STATE", || {
+        counted(port_of(&moved.address))
+    });
+    assert_eq!(
+        restored, SERVED,
+        "the re-placed back lost the state checkpointed before its host died"
+    );
+    // And it serves on, counting from there.
+    wait_until("front reaches the new back", || {
+        (common::ask(front, "hello").ok().as_deref() == Some("front(back)")).then_some(())
+    });
+    let now = counted(port_of(&moved.address)).expect("the new back answers STATE");
+    assert!(now > SERVED, "the new back counts on from {SERVED}: {now}");
+    eprintln!(
+        "failover with state: checkpoint holding served={SERVED} seen at the initiator {:.2} s \
+         after the requests; back on {} killed, running again on {} with served={restored} \
+         after {:.2} s",
+        took.as_secs_f64(),
+        back.host,
+        moved.host,
+        killed.elapsed().as_secs_f64()
+    );
+}
