@@ -8,6 +8,8 @@
 #   3. deterministic tests   unit tests and pure simulations: no root, Docker, network or clock
 #   4. real-system tests     Docker, CRIU, runc, namespaces and daemons, each killed after 5 minutes
 #                            (.config/nextest.toml), never retried
+#   5. fuzzing               every fuzz target (fuzz/, cargo fuzz) for --fuzz-seconds each, from the
+#                            committed seeds (scripts/fuzz.sh); a crash fails the suite
 #
 # Tests that need a system which is missing skip; BRUME_REQUIRE (a comma list of docker, criu, tracking,
 # runc, root, or all) turns those skips into failures. CI (CI=true) and --ci-like require all.
@@ -17,7 +19,8 @@
 #   --ci-like    reproduce CI's conditions: two cores (taskset -c 0,1), two test threads, a
 #                background CPU load (one busy loop per --load, default 1), BRUME_REQUIRE=all
 #   --load N     busy loops for --ci-like (0 for none)
-#   --fast       skip format, lints and the bench smoke run (for iterating on tests)
+#   --fast       skip format, lints, the bench smoke run and fuzzing (for iterating on tests)
+#   --fuzz-seconds N  how long each fuzz target runs (default 10; 0 skips fuzzing)
 #   -E FILTER    run only the tests a nextest filterset selects (in both test tiers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,11 +30,13 @@ ci_like=0
 load=1
 fast=0
 filter=""
+fuzz_seconds=10
 while (($#)); do
   case "$1" in
     --ci-like) ci_like=1 ;;
     --load) load=$2; shift ;;
     --fast) fast=1 ;;
+    --fuzz-seconds) fuzz_seconds=$2; shift ;;
     -E) filter=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "test.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
@@ -142,6 +147,10 @@ suite() {
   if ((status == 0)) && [ -z "$filter" ]; then
     stamp "doc tests"
     "${run[@]}" cargo test --workspace --locked --doc -q 2>&1 | tail -n 3 || status=1
+  fi
+  if ((status == 0)) && [ -z "$filter" ] && ! ((fast)) && ((fuzz_seconds > 0)); then
+    stamp "fuzz: every target for ${fuzz_seconds} s (scripts/fuzz.sh)"
+    "${run[@]}" bash scripts/fuzz.sh --seconds "$fuzz_seconds" || status=1
   fi
 
   # Counts over every test (nextest's own summary is per tier); ignored tests and tests that

@@ -53,6 +53,14 @@ impl FromStr for NetworkKey {
     type Err = NetworkKeyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // libp2p-pnet slices the hex by byte index and panics inside a multi-byte character
+        // (found by fuzz/fuzz_targets/network_key.rs): a key file is ASCII, so refuse the rest
+        // before it gets there.
+        if let Some(c) = s.chars().find(|c| !c.is_ascii()) {
+            return Err(NetworkKeyError::Malformed(format!(
+                "a key file is ASCII text; it holds {c:?}"
+            )));
+        }
         PreSharedKey::from_str(s.trim_start())
             .map(NetworkKey)
             .map_err(|e| NetworkKeyError::Malformed(e.to_string()))
@@ -81,7 +89,9 @@ mod tests {
         assert_eq!(text.parse::<NetworkKey>().unwrap(), key);
         assert_ne!(NetworkKey::generate(), NetworkKey::generate());
         assert!(!format!("{key:?}").contains("0707"), "the key is not shown");
-        for bad in ["", "hello", "/key/swarm/psk/1.0.0/\n/base16/\n12\n"] {
+        // The last: a multi-byte character inside the hex, which made libp2p-pnet panic.
+        let inside = "/key/swarm/psk/1.0.0/\n/base16/\n3be68f20ade2632e2d59df37374bd98f7ab51d899ec11e0\u{464}k64201acc1916e1\n";
+        for bad in ["", "hello", "/key/swarm/psk/1.0.0/\n/base16/\n12\n", inside] {
             assert!(bad.parse::<NetworkKey>().is_err(), "{bad:?}");
         }
     }
