@@ -272,23 +272,35 @@ impl Initiator {
     /// runs for others), as (service, row).
     pub async fn ps(&self, all: bool) -> Vec<(String, Row)> {
         let mut out = Vec::new();
-        for (service, entry) in self.ledger.all() {
+        let ledger = self.ledger.all();
+        // Every host of every service asked at once: a dead host costs one timeout, not one
+        // per host in turn.
+        let asks = ledger.iter().flat_map(|(service, entry)| {
             let hosts: BTreeMap<PeerId, &Placed> =
                 entry.instances.iter().map(|p| (p.peer, p)).collect();
-            let mut views: BTreeMap<(String, u32), (String, InstanceView)> = BTreeMap::new();
-            let mut unreachable = BTreeSet::new();
-            for (peer, p) in hosts {
+            hosts.into_values().map(move |p| {
                 let req = Request::List {
                     service: Some(service.clone()),
                 };
-                match self.ask_placed(p, &req).await {
+                async move { (service.clone(), p, self.ask_placed(p, &req).await) }
+            })
+        });
+        let answers = futures::future::join_all(asks).await;
+        for (service, entry) in &ledger {
+            let mut views: BTreeMap<(String, u32), (String, InstanceView)> = BTreeMap::new();
+            let mut unreachable = BTreeSet::new();
+            for (s, p, answer) in &answers {
+                if s != service {
+                    continue;
+                }
+                match answer {
                     Ok(Reply::Instances(list)) => {
                         for v in list {
-                            views.insert((v.task.clone(), v.replica), (p.host.clone(), v));
+                            views.insert((v.task.clone(), v.replica), (p.host.clone(), v.clone()));
                         }
                     }
                     _ => {
-                        unreachable.insert(peer);
+                        unreachable.insert(p.peer);
                     }
                 }
             }
