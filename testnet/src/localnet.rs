@@ -20,6 +20,10 @@ pub struct LocalNet {
     dir: tempfile::TempDir,
     bin: PathBuf,
     nodes: Vec<Child>,
+    /// Node 0's address, which the others join through.
+    first: Option<String>,
+    /// Each daemon's log goes to [`LocalNet::log`] rather than this program's stderr.
+    logged: bool,
 }
 
 impl LocalNet {
@@ -30,6 +34,12 @@ impl LocalNet {
         Self::start_with_env(bin, n, args, &|_| Vec::new())
     }
 
+    /// [`LocalNet::start`], each daemon's log written to [`LocalNet::log`] (a bench reads what
+    /// the nodes report there).
+    pub fn start_logged(bin: &Path, n: usize, args: &[&str]) -> anyhow::Result<LocalNet> {
+        Self::start_inner(bin, n, args, &|_| Vec::new(), true)
+    }
+
     /// [`LocalNet::start`], with `env(i)` added to node `i`'s environment (a test's fault
     /// injection, e.g. a `PATH` that finds a wrapper first).
     pub fn start_with_env(
@@ -37,6 +47,16 @@ impl LocalNet {
         n: usize,
         args: &[&str],
         env: &dyn Fn(usize) -> Vec<(OsString, OsString)>,
+    ) -> anyhow::Result<LocalNet> {
+        Self::start_inner(bin, n, args, env, false)
+    }
+
+    fn start_inner(
+        bin: &Path,
+        n: usize,
+        args: &[&str],
+        env: &dyn Fn(usize) -> Vec<(OsString, OsString)>,
+        logged: bool,
     ) -> anyhow::Result<LocalNet> {
         let dir = tempfile::Builder::new()
             .prefix("brume-localnet-")
@@ -46,8 +66,11 @@ impl LocalNet {
             dir,
             bin: bin.to_path_buf(),
             nodes: Vec::new(),
+            first: None,
+            logged,
         };
         let first = net.spawn(0, args, &env(0), None)?;
+        net.first = Some(first.clone());
         for i in 1..n {
             net.spawn(i, args, &env(i), Some(&first))?;
         }
@@ -89,7 +112,16 @@ impl LocalNet {
             .arg("--data-dir")
             .arg(self.data(i))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if self.logged {
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.log(i))
+                    .with_context(|| format!("cannot open {}", self.log(i).display()))?;
+                Stdio::from(log)
+            } else {
+                Stdio::inherit()
+            });
         if let Some(a) = join {
             cmd.args(["--join", a]);
         }
@@ -118,6 +150,25 @@ impl LocalNet {
 
     pub fn data(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("n{i}"))
+    }
+
+    /// Node `i`'s log, for a net started with [`LocalNet::start_logged`].
+    pub fn log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}.log"))
+    }
+
+    /// Kills node `i` (SIGKILL) and starts it again on the same data directory with `args`,
+    /// joining through node 0 (a node > 0) as before; its new address.
+    pub fn restart(&mut self, i: usize, args: &[&str]) -> anyhow::Result<String> {
+        anyhow::ensure!(i < self.nodes.len(), "no node {i}");
+        let _ = self.nodes[i].kill();
+        let _ = self.nodes[i].wait();
+        let join = if i == 0 { None } else { self.first.clone() };
+        let addr = self.spawn(i, args, &[], join.as_deref())?;
+        // spawn appended the new child: it takes node i's place.
+        let child = self.nodes.pop().context("the restarted child")?;
+        self.nodes[i] = child;
+        Ok(addr)
     }
 
     pub fn pid(&self, i: usize) -> Option<u32> {
