@@ -269,7 +269,8 @@ impl Initiator {
     }
 
     /// Every instance of every service deployed from here (and with `all`, whatever this node
-    /// runs for others), as (service, row).
+    /// runs for others), as (service, row). A host that does not answer within
+    /// [`LIST_TIMEOUT`] (frozen, cut off) shows its instances `unreachable`.
     pub async fn ps(&self, all: bool) -> Vec<(String, Row)> {
         let mut out = Vec::new();
         let ledger = self.ledger.all();
@@ -282,7 +283,13 @@ impl Initiator {
                 let req = Request::List {
                     service: Some(service.clone()),
                 };
-                async move { (service.clone(), p, self.ask_placed(p, &req).await) }
+                async move {
+                    let asked = tokio::time::timeout(LIST_TIMEOUT, self.ask_placed(p, &req)).await;
+                    let answer = asked.unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("no answer within {LIST_TIMEOUT:?}"))
+                    });
+                    (service.clone(), p, answer)
+                }
             })
         });
         let answers = futures::future::join_all(asks).await;
@@ -487,6 +494,8 @@ impl Initiator {
     }
 }
 
+/// How long `ps` waits for a host's list.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where to send a deploy's steps.
 struct Reporter(mpsc::Sender<Event>);
 

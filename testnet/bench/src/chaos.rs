@@ -181,6 +181,17 @@ fn poll<T>(limit: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// Whether `log` says an instance of `host` was placed again.
+fn placed_again(log: &Path, host: &str) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|text| {
+        text.lines().any(|l| {
+            let l = strip_ansi(l);
+            l.contains("instance of a dead host placed again")
+                && l.contains(&format!("from={host}"))
+        })
+    })
+}
+
 /// The `detect_ms` of the last "placed again" line in `log`, in seconds.
 fn detect_from_log(log: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(log).ok()?;
@@ -263,10 +274,8 @@ fn partition(
     let t0 = Instant::now();
     let mut replaced = false;
     while t0.elapsed() < freeze {
-        replaced = replaced
-            || ps(&net)
-                .iter()
-                .any(|r| r.task == "back" && r.state == "running" && r.host != host);
+        // From node 0's log: a `ps` asked of the frozen host waits on it.
+        replaced = replaced || placed_again(&net.log(0), &host);
         std::thread::sleep(Duration::from_millis(200).min(freeze.saturating_sub(t0.elapsed())));
     }
     signal(pid, "-CONT")?;
