@@ -131,6 +131,8 @@ impl OverlayHandle {
 
     /// Makes sure a connection to `peer` exists, dialling `addrs` if there is none, and waits
     /// for it up to `timeout`. For talking to a host found in a map that is not a neighbour.
+    /// A dial that fails (refused, unreachable, the handshake rejected) fails at once; only a
+    /// dial that neither succeeds nor fails waits out the `timeout`.
     pub async fn connect(
         &self,
         peer: PeerId,
@@ -140,21 +142,45 @@ impl OverlayHandle {
         if peer == self.peer_id || self.peers().await?.iter().any(|p| p.peer_id == peer) {
             return Ok(());
         }
+        // Before the dial, so its failure is not missed.
+        let mut events = self.events.subscribe();
         self.commands
             .send(Command::Dial { peer, addrs })
             .await
             .map_err(|_| OverlayError::Stopped)?;
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if self.peers().await?.iter().any(|p| p.peer_id == peer) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(OverlayError::OpenStream {
-                    peer,
-                    reason: format!("no connection within {timeout:?}"),
-                });
+            tokio::select! {
+                _ = poll.tick() => {
+                    if self.peers().await?.iter().any(|p| p.peer_id == peer) {
+                        return Ok(());
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(OverlayError::OpenStream {
+                            peer,
+                            reason: format!("no connection within {timeout:?}"),
+                        });
+                    }
+                }
+                event = events.recv() => match event {
+                    Ok(ConnectionEvent::Connected { peer: p }) if p == peer => return Ok(()),
+                    Ok(ConnectionEvent::Failed { peer: Some(p), incoming: false, reason, .. })
+                        if p == peer =>
+                    {
+                        // A connection may have come up by another way meanwhile.
+                        if self.peers().await?.iter().any(|p| p.peer_id == peer) {
+                            return Ok(());
+                        }
+                        return Err(OverlayError::OpenStream {
+                            peer,
+                            reason: format!("dial failed: {reason}"),
+                        });
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Err(OverlayError::Stopped),
+                },
             }
         }
     }

@@ -192,3 +192,25 @@ async fn an_allow_list_keeps_other_members_out() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A dial to a port nobody listens on is refused by the kernel: `connect` fails with that
+/// failure, long before its (hour-long) timeout, which only a dial that neither succeeds nor
+/// fails waits out. Bounded by [`PATIENCE`], no time asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dial_fails_connect_at_once() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+        // dropped: the port is closed
+    };
+    let node = spawn(config(7, None, None, vec![])).await;
+    let at: Multiaddr = format!("/ip4/127.0.0.1/tcp/{closed}").parse().unwrap();
+    let outcome = tokio::time::timeout(
+        PATIENCE,
+        node.connect(peer_of(8), vec![at], Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("connect still waiting after {PATIENCE:?}"));
+    let e = outcome.expect_err("nobody listens there");
+    assert!(e.to_string().contains("dial failed"), "{e}");
+}

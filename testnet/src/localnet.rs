@@ -22,6 +22,8 @@ pub struct LocalNet {
     nodes: Vec<Child>,
     /// How each node was started (to restart it, and for a restarted node to join through).
     started: Vec<Started>,
+    /// Each daemon's log goes to [`LocalNet::log`] rather than this program's stderr.
+    logged: bool,
 }
 
 /// A node's extra arguments, environment and first listen address.
@@ -35,6 +37,12 @@ impl LocalNet {
         Self::start_with_env(bin, n, args, &|_| Vec::new())
     }
 
+    /// [`LocalNet::start`], each daemon's log written to [`LocalNet::log`] (a bench reads what
+    /// the nodes report there).
+    pub fn start_logged(bin: &Path, n: usize, args: &[&str]) -> anyhow::Result<LocalNet> {
+        Self::start_inner(bin, n, args, &|_| Vec::new(), true)
+    }
+
     /// [`LocalNet::start`], with `env(i)` added to node `i`'s environment (a test's fault
     /// injection, e.g. a `PATH` that finds a wrapper first).
     pub fn start_with_env(
@@ -42,6 +50,16 @@ impl LocalNet {
         n: usize,
         args: &[&str],
         env: &dyn Fn(usize) -> Vec<(OsString, OsString)>,
+    ) -> anyhow::Result<LocalNet> {
+        Self::start_inner(bin, n, args, env, false)
+    }
+
+    fn start_inner(
+        bin: &Path,
+        n: usize,
+        args: &[&str],
+        env: &dyn Fn(usize) -> Vec<(OsString, OsString)>,
+        logged: bool,
     ) -> anyhow::Result<LocalNet> {
         let dir = tempfile::Builder::new()
             .prefix("brume-localnet-")
@@ -52,6 +70,7 @@ impl LocalNet {
             bin: bin.to_path_buf(),
             nodes: Vec::new(),
             started: Vec::new(),
+            logged,
         };
         let first = net.spawn(0, args, &env(0), None)?;
         for i in 1..n {
@@ -95,7 +114,16 @@ impl LocalNet {
             .arg("--data-dir")
             .arg(self.data(i))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if self.logged {
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.log(i))
+                    .with_context(|| format!("cannot open {}", self.log(i).display()))?;
+                Stdio::from(log)
+            } else {
+                Stdio::inherit()
+            });
         if let Some(a) = join {
             cmd.args(["--join", a]);
         }
@@ -163,6 +191,11 @@ impl LocalNet {
 
     pub fn data(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("n{i}"))
+    }
+
+    /// Node `i`'s log, for a net started with [`LocalNet::start_logged`].
+    pub fn log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}.log"))
     }
 
     pub fn pid(&self, i: usize) -> Option<u32> {

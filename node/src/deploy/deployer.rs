@@ -694,7 +694,10 @@ impl Deployer {
             let also: Vec<PeerId> = self.instances.sent_by(id).into_iter().collect();
             check(from, me, "remove", id, spec.initiator, &also)?;
         }
-        let matches = here.is_some_and(|spec| spec.epoch == epoch);
+        let matches = here.as_ref().is_some_and(|spec| spec.epoch == epoch);
+        if matches {
+            self.keep_retired(id).await;
+        }
         let removed: Vec<String> = if matches {
             self.remove_instance(id).await.into_iter().collect()
         } else {
@@ -709,6 +712,20 @@ impl Deployer {
             }
         }
         Ok(removed)
+    }
+
+    /// Keeps the last state of a copy about to be removed (the loser of a partition):
+    /// [`crate::heal::retired`]; a failure is logged, never blocks the removal.
+    async fn keep_retired(&self, id: &InstanceId) {
+        let Some((spec, name, port)) = self.instances.get(id) else {
+            return;
+        };
+        let root = self.images.parent().unwrap_or(&self.images).join("retired");
+        match crate::heal::retired::keep(&self.engine, &root, &spec, &name, port).await {
+            Ok(dir) => info!(instance = ?id, generation = %spec.generation, dir = %dir.display(),
+                "a removed copy's log and state are kept"),
+            Err(e) => warn!(instance = ?id, "cannot keep a removed copy's state: {e}"),
+        }
     }
 
     /// Stops and removes every instance here (the node is leaving).

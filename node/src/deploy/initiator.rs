@@ -281,26 +281,45 @@ impl Initiator {
     }
 
     /// Every instance of every service deployed from here (and with `all`, whatever this node
-    /// runs for others), as (service, row).
+    /// runs for others), as (service, row). A host that does not answer within
+    /// [`LIST_TIMEOUT`] (frozen, cut off) shows its instances `unreachable`.
     pub async fn ps(&self, all: bool) -> Vec<(String, Row)> {
         let mut out = Vec::new();
-        for (service, entry) in self.ledger.all() {
+        let ledger = self.ledger.all();
+        // Every host of every service asked at once: a dead host costs one timeout, not one
+        // per host in turn.
+        let asks = ledger.iter().flat_map(|(service, entry)| {
             let hosts: BTreeMap<PeerId, &Placed> =
                 entry.instances.iter().map(|p| (p.peer, p)).collect();
-            let mut views: BTreeMap<(String, u32), (String, InstanceView)> = BTreeMap::new();
-            let mut unreachable = BTreeSet::new();
-            for (peer, p) in hosts {
+            hosts.into_values().map(move |p| {
                 let req = Request::List {
                     service: Some(service.clone()),
                 };
-                match self.ask_placed(p, &req).await {
+                async move {
+                    let asked = tokio::time::timeout(LIST_TIMEOUT, self.ask_placed(p, &req)).await;
+                    let answer = asked.unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("no answer within {LIST_TIMEOUT:?}"))
+                    });
+                    (service.clone(), p, answer)
+                }
+            })
+        });
+        let answers = futures::future::join_all(asks).await;
+        for (service, entry) in &ledger {
+            let mut views: BTreeMap<(String, u32), (String, InstanceView)> = BTreeMap::new();
+            let mut unreachable = BTreeSet::new();
+            for (s, p, answer) in &answers {
+                if s != service {
+                    continue;
+                }
+                match answer {
                     Ok(Reply::Instances(list)) => {
                         for v in list {
-                            views.insert((v.task.clone(), v.replica), (p.host.clone(), v));
+                            views.insert((v.task.clone(), v.replica), (p.host.clone(), v.clone()));
                         }
                     }
                     _ => {
-                        unreachable.insert(peer);
+                        unreachable.insert(p.peer);
                     }
                 }
             }
@@ -536,6 +555,8 @@ impl Initiator {
     }
 }
 
+/// How long `ps` waits for a host's list.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where to send a deploy's steps.
 struct Reporter(mpsc::Sender<Event>);
 

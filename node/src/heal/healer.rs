@@ -9,9 +9,11 @@
 //! to the host is up. A host declared dead is logged with its phi and silence; then a fresh map
 //! is taken, [`plan`] chooses new hosts, and each instance is deployed there (signed by this
 //! node, its owner, at the next generation), recorded in the ledger, and announced with `Moved`
-//! to every connected node, so that callers' routes follow; the old host is asked to remove its
-//! copy, in case it was only slow (a dead one does not answer). An instance no host fits is
-//! tried again at the next period.
+//! to every connected node, so that callers' routes follow. The old copy is remembered
+//! ([`Retirements`]) and its host asked to remove it every period until it answers: a host that
+//! was only cut off or frozen comes back with its old copy still running, and the newer
+//! generation must win (the host keeps the loser's logs and state, see
+//! [`super::retired`]). An instance no host fits is tried again at the next period.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::replace::{plan, Candidate, Demands};
+use super::retire::{Answer, Retirements, Stale};
 use super::watch::{Watch, WatchConfig};
 use crate::deploy::initiator::Initiator;
 use crate::deploy::ledger::{Placed, State};
@@ -35,6 +38,9 @@ pub const REPLACE_BUDGET: Duration = Duration::from_secs(2);
 
 /// How long the old host of a re-placed instance is given to answer its removal.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The stale copies, shared by the watch loop (which asks) and a recovery (which records).
+type StaleBook = Arc<std::sync::Mutex<Retirements>>;
 
 /// How long a host that refused or failed a re-placement is not chosen again.
 pub const AVOID_FOR: Duration = Duration::from_secs(10);
@@ -82,9 +88,20 @@ impl Healer {
         let mut dead: BTreeMap<PeerId, Dead> = BTreeMap::new();
         let mut recovery: Option<tokio::task::JoinHandle<()>> = None;
         let avoided = Avoided::default();
+        let stale = StaleBook::default();
+        let (retired_tx, mut retired) = mpsc::channel::<(PeerId, Vec<(Stale, Answer)>)>(64);
+        let mut retiring: BTreeSet<PeerId> = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                Some((peer, answers)) = retired.recv() => {
+                    retiring.remove(&peer);
+                    let mut book = stale.lock().unwrap_or_else(|e| e.into_inner());
+                    for (s, a) in &answers {
+                        book.answered(s, *a);
+                    }
+                    continue;
+                }
                 Some((peer, at)) = beats.recv() => {
                     probing.remove(&peer);
                     if let Some(at) = at {
@@ -93,6 +110,7 @@ impl Healer {
                     continue;
                 }
             }
+            self.retire(&stale, &mut retiring, &retired_tx);
             let hosts = hosts(&self.initiator, me);
             let watched: BTreeSet<PeerId> = hosts.keys().copied().collect();
             watch.track(&watched, Instant::now());
@@ -147,9 +165,63 @@ impl Healer {
                     mover: self.mover.clone(),
                     dead: dead.clone(),
                     avoided: avoided.clone(),
+                    stale: stale.clone(),
                 };
                 recovery = Some(tokio::spawn(job.run()));
             }
+        }
+    }
+}
+
+impl Healer {
+    /// Asks every old host with stale copies (one request at a time per host) to remove them;
+    /// the answers come back on `done`.
+    fn retire(
+        &self,
+        stale: &StaleBook,
+        retiring: &mut BTreeSet<PeerId>,
+        done: &mpsc::Sender<(PeerId, Vec<(Stale, Answer)>)>,
+    ) {
+        let ledger = self.initiator.ledger().all();
+        let due = stale.lock().unwrap_or_else(|e| e.into_inner()).due(&ledger);
+        for (peer, copies) in due {
+            if !retiring.insert(peer) {
+                continue;
+            }
+            let (initiator, done) = (self.initiator.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for s in copies {
+                    let remove = Request::Remove {
+                        instance: s.instance.clone(),
+                        epoch: s.epoch,
+                        back_to: None,
+                    };
+                    let asked = initiator.ask_host(s.peer, &s.addrs, &remove);
+                    let answer = match tokio::time::timeout(REMOVE_TIMEOUT, asked).await {
+                        Ok(Ok(Reply::Stopped { instances })) => {
+                            if !instances.is_empty() {
+                                warn!(host = %s.host, service = %s.instance.service,
+                                    task = %s.instance.task, replica = s.instance.replica,
+                                    generation = %s.generation, ?instances,
+                                    "a host declared dead is heard again: its old copy is retired");
+                            }
+                            Answer::Done
+                        }
+                        Ok(Ok(Reply::Refused { reason })) => {
+                            warn!(host = %s.host, "the old host refused to retire its copy: {reason}");
+                            Answer::Refused
+                        }
+                        _ => Answer::Silent,
+                    };
+                    let silent = answer == Answer::Silent;
+                    answers.push((s, answer));
+                    if silent {
+                        break;
+                    }
+                }
+                let _ = done.send((peer, answers)).await;
+            });
         }
     }
 }
@@ -173,6 +245,7 @@ struct Recovery {
     mover: Arc<Mover>,
     dead: BTreeMap<PeerId, Dead>,
     avoided: Avoided,
+    stale: StaleBook,
 }
 
 impl Recovery {
@@ -270,24 +343,19 @@ impl Recovery {
                         .mover
                         .tell_moved(&spec, to.peer, &to.host, &to.addrs)
                         .await;
-                    // If the old host was only slow, not dead, its copy must not run on:
-                    // the owner asks it to remove the instance (a dead host does not answer).
-                    let (initiator, old) = (self.initiator.clone(), from.clone());
-                    let remove = Request::Remove {
-                        instance: spec.id.clone(),
-                        epoch: spec.epoch,
-                        back_to: None,
-                    };
-                    tokio::spawn(async move {
-                        let asked = initiator.ask_host(old.peer, &old.addrs, &remove);
-                        if let Ok(Ok(Reply::Stopped { instances })) =
-                            tokio::time::timeout(REMOVE_TIMEOUT, asked).await
-                        {
-                            if !instances.is_empty() {
-                                warn!(host = %old.host, ?instances, "the host declared dead was alive: its old copy is removed");
-                            }
-                        }
-                    });
+                    // If the old host was only cut off or slow, its copy must not run on: it
+                    // is asked to remove it until it answers (a dead host does not).
+                    self.stale
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record(Stale {
+                            instance: spec.id.clone(),
+                            epoch: spec.epoch,
+                            generation: from.generation,
+                            peer: from.peer,
+                            host: from.host.clone(),
+                            addrs: from.addrs.clone(),
+                        });
                     let dead = self.dead.get(&from.peer);
                     let recover_ms = dead.map(|d| d.declared.elapsed().as_millis() as u64);
                     let detect_ms = dead.map(|d| d.silent.as_millis() as u64);

@@ -6,6 +6,9 @@
 //!   and its connection down, or silent for several periods);
 //! * [`replace`]: where each instance of the dead hosts goes (a pure function of the ledger,
 //!   the dead set and a fresh map; replicas stay on distinct hosts);
+//! * [`retire`]: the copies left on hosts declared dead, asked to stop until they answer (after
+//!   a partition heals the newer generation wins);
+//! * [`retired`]: the host's side: a copy removed keeps its log tail and state on disk;
 //! * [`healer`]: the thin async shell: heartbeats every `heartbeat_interval_ms` to the hosts in
 //!   the ledger, the judgement every period, and the re-placement (a signed deploy at the next
 //!   generation, the ledger, `Moved` to the callers), from the latest checkpoint kept;
@@ -18,4 +21,6 @@ pub mod checkpoints;
 pub mod healer;
 pub mod phi;
 pub mod replace;
+pub mod retire;
+pub mod retired;
 pub mod watch;

@@ -7,6 +7,7 @@
 //! need running nodes start the `brume` binary found beside this one ([`brume_exe`]) through
 //! brume-testnet's `LocalNet`, and the migration family builds its namespaces with brume-testnet.
 
+pub mod chaos;
 pub mod deploy;
 pub mod idle;
 pub mod linkspeed;
@@ -31,6 +32,17 @@ pub fn brume_exe() -> anyhow::Result<std::path::PathBuf> {
         me.display()
     );
     Ok(exe)
+}
+
+/// The static relay binary scripts/build-static.sh builds, found from this program's target
+/// directory (target/<profile>/brume-bench -> target/static/x86_64-unknown-linux-gnu/release/).
+pub fn relay_default() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the target directory"))?;
+    Ok(target.join("static/x86_64-unknown-linux-gnu/release/brume-relay"))
 }
 
 /// Median of a non-empty sample (the upper median for even sizes); NaN when empty.

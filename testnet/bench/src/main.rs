@@ -38,6 +38,10 @@ enum Family {
     /// stop-and-copy of the same task, over links shaped to 100 Mbit/s and 1 Gbit/s between
     /// network namespaces. Needs root and CRIU.
     Migration(brume_bench::migration::MigrationArgs),
+    /// Failures on four local daemons (process engine): a crashed host (detection, recovery,
+    /// lost instances), a frozen one thawed after --partition-s (duplicates after the heal),
+    /// a restarted one (orphan tasks). Needs scripts/build-static.sh's relay binary.
+    Chaos(brume_bench::chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Family::Transfer(args) => brume_bench::transfer::cli(args),
         Family::Tunnel(args) => brume_bench::tunnel::cli(args),
         Family::Migration(args) => brume_bench::migration::run(args),
+        Family::Chaos(args) => brume_bench::chaos::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

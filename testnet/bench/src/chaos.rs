@@ -1,0 +1,398 @@
+//! `brume bench chaos`: what failures cost a deployed service (issue 15). Four `brume node`
+//! daemons on loopback (process engine, 150 mCPU each, so the three relay tasks
+//! `front -> mid -> back` land on three nodes and one node is free), deployed from node 0, a
+//! fresh net for each experiment of each run:
+//!
+//! * crash: the node hosting `back` is killed with SIGKILL (its tasks die with it).
+//!   `detect_s` is the silence at which node 0 declared it dead (`detect_ms` of node 0's
+//!   "instance of a dead host placed again" log line); `recover_s` the time from the kill until
+//!   node 0's `brume ps` shows every instance running on a live node; `lost_tasks` the
+//!   instances not running again within `--bound-s`.
+//! * partition: the node hosting `back` is frozen with SIGSTOP for `--partition-s` (its tasks
+//!   keep running: the old copy still serves), then thawed with SIGCONT.
+//!   `duplicates_after_heal` is how many more processes of the service run on the machine than
+//!   it has instances, once `ps` shows every instance running and the count settled (or
+//!   `--bound-s` after the thaw).
+//! * restart: the node hosting `back` is killed and started again on its data directory.
+//!   `orphans_after_restart` is how many processes of the service run that no running
+//!   instance in `ps` explains, once `ps` shows every instance running (or `--bound-s` after).
+//!
+//! Every wait polls `brume ps` (or /proc); the only sleep that is not a poll is the partition
+//! itself. Figures are medians over `--runs`. Needs scripts/build-static.sh's relay binary;
+//! counting processes reads /proc/<pid>/environ, so run it as the user the tasks run as (root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::median;
+use brume_testnet::localnet::LocalNet;
+
+/// Options of `brume bench chaos`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChaosArgs {
+    /// Runs of each experiment; figures are medians.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// How long the partitioned node stays frozen.
+    #[arg(long, default_value_t = 30)]
+    pub partition_s: u64,
+    /// How long an instance may take to run again before it counts as lost.
+    #[arg(long, default_value_t = 60)]
+    pub bound_s: u64,
+    /// The nodes' heartbeat interval.
+    #[arg(long, default_value_t = 500)]
+    pub heartbeat_ms: u64,
+    /// The static relay binary (built by scripts/build-static.sh).
+    #[arg(long)]
+    pub relay: Option<PathBuf>,
+}
+
+const NODES: usize = 4;
+const TASKS: [&str; 3] = ["front", "mid", "back"];
+
+/// One instance as node 0's `ps` shows it.
+#[derive(Debug, Clone)]
+struct Row {
+    task: String,
+    host: String,
+    state: String,
+}
+
+fn ps(net: &LocalNet) -> Vec<Row> {
+    let Ok(out) = net.brume(0, &["ps", "--json"]) else {
+        return Vec::new();
+    };
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    rows.iter()
+        .map(|r| Row {
+            task: r["task"].as_str().unwrap_or_default().to_string(),
+            host: r["host"].as_str().unwrap_or_default().to_string(),
+            state: r["state"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect()
+}
+
+/// The tasks running, on a host other than `not_on`.
+fn running(rows: &[Row], not_on: Option<&str>) -> usize {
+    TASKS
+        .iter()
+        .filter(|t| {
+            rows.iter().any(|r| {
+                r.task == **t && r.state == "running" && not_on.is_none_or(|h| r.host != h)
+            })
+        })
+        .count()
+}
+
+fn node_id(net: &LocalNet, i: usize) -> anyhow::Result<String> {
+    let out = net.brume(i, &["status", "--json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = v["node_id"].as_u64().context("no node_id in status")?;
+    Ok(format!("n{id}"))
+}
+
+/// The pids of the live processes (not zombies, not the `unshare` the process engine starts a
+/// task through) whose environment says they are a task of `service`.
+fn processes_of(service: &str) -> Vec<u32> {
+    let want = format!("BRUME_SERVICE={service}");
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let ours = env.split(|b| *b == 0).any(|v| v == want.as_bytes());
+        if ours && !zombie && comm.trim() != "unshare" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "kill {sig} {pid} failed");
+    Ok(())
+}
+
+/// A fresh net with the chain deployed and running; the index of the node hosting `back`.
+fn setup(
+    exe: &Path,
+    relay: &Path,
+    args: &[&str],
+    service: &str,
+) -> anyhow::Result<(LocalNet, usize, String)> {
+    let net = LocalNet::start_logged(exe, NODES, args)?;
+    let dir = net.dir().join("svc");
+    std::fs::create_dir_all(&dir)?;
+    brume_testnet::relay_service::context(&dir, relay, service)?;
+    let m = brume_testnet::relay_service::manifest(&dir, service)?;
+    let out = net.brume(0, &["deploy", &m.to_string_lossy(), "--json"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "deploy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = poll(Duration::from_secs(60), || {
+        let rows = ps(&net);
+        (running(&rows, None) == TASKS.len()).then_some(rows)
+    })
+    .context("the deployed chain did not run within 60 s")?;
+    let host = rows
+        .iter()
+        .find(|r| r.task == "back")
+        .map(|r| r.host.clone())
+        .context("no back in ps")?;
+    for i in 1..NODES {
+        if node_id(&net, i)? == host {
+            return Ok((net, i, host));
+        }
+    }
+    anyhow::bail!("back runs on {host}, none of nodes 1..{NODES}")
+}
+
+/// Polls every 100 ms until `ready` gives a value or `limit` passes.
+fn poll<T>(limit: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = ready() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether `log` says an instance of `host` was placed again.
+fn placed_again(log: &Path, host: &str) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|text| {
+        text.lines().any(|l| {
+            let l = strip_ansi(l);
+            l.contains("instance of a dead host placed again")
+                && l.contains(&format!("from={host}"))
+        })
+    })
+}
+
+/// The `detect_ms` of the last "placed again" line in `log`, in seconds.
+fn detect_from_log(log: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("instance of a dead host placed again"))?;
+    let plain = strip_ansi(line);
+    let at = plain.find("detect_ms=")? + "detect_ms=".len();
+    let digits: String = plain[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse::<f64>().ok().map(|ms| ms / 1000.0)
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+struct Crash {
+    detect_s: f64,
+    recover_s: f64,
+    lost: usize,
+}
+
+fn crash(
+    exe: &Path,
+    relay: &Path,
+    args: &[&str],
+    a: &ChaosArgs,
+    service: &str,
+) -> anyhow::Result<Crash> {
+    let (mut net, victim, host) = setup(exe, relay, args, service)?;
+    let t0 = Instant::now();
+    net.kill(victim)
+        .with_context(|| format!("cannot kill node {victim}"))?;
+    let bound = Duration::from_secs(a.bound_s);
+    let back = poll(bound, || {
+        (running(&ps(&net), Some(&host)) == TASKS.len()).then(|| t0.elapsed())
+    });
+    let lost = match back {
+        Some(_) => 0,
+        None => TASKS.len() - running(&ps(&net), Some(&host)),
+    };
+    let detect_s = detect_from_log(&net.log(0)).unwrap_or(f64::NAN);
+    Ok(Crash {
+        detect_s,
+        recover_s: back.map_or(f64::NAN, |d| d.as_secs_f64()),
+        lost,
+    })
+}
+
+/// Duplicates after the heal, and whether `back` was placed again while its host was frozen
+/// (a partition shorter than the detection re-places nothing).
+fn partition(
+    exe: &Path,
+    relay: &Path,
+    args: &[&str],
+    a: &ChaosArgs,
+    service: &str,
+) -> anyhow::Result<(usize, bool)> {
+    let (net, victim, host) = setup(exe, relay, args, service)?;
+    let pid = net.pid(victim).context("victim pid")?;
+    signal(pid, "-STOP")?;
+    // The partition itself lasts its time whatever happens; meanwhile ps is watched.
+    let freeze = Duration::from_secs(a.partition_s);
+    let t0 = Instant::now();
+    let mut replaced = false;
+    while t0.elapsed() < freeze {
+        // From node 0's log: a `ps` asked of the frozen host waits on it.
+        replaced = replaced || placed_again(&net.log(0), &host);
+        std::thread::sleep(Duration::from_millis(200).min(freeze.saturating_sub(t0.elapsed())));
+    }
+    signal(pid, "-CONT")?;
+    let bound = Duration::from_secs(a.bound_s);
+    let settled = poll(bound, || {
+        let rows = ps(&net);
+        let n = processes_of(service).len();
+        (running(&rows, None) == TASKS.len() && n <= TASKS.len()).then_some(0)
+    });
+    let dups = settled.unwrap_or_else(|| processes_of(service).len().saturating_sub(TASKS.len()));
+    Ok((dups, replaced))
+}
+
+/// Orphan processes after the restart, and the instances not running again within the bound.
+fn restart(
+    exe: &Path,
+    relay: &Path,
+    args: &[&str],
+    a: &ChaosArgs,
+    service: &str,
+) -> anyhow::Result<(usize, usize)> {
+    let (mut net, victim, _) = setup(exe, relay, args, service)?;
+    net.kill(victim)?;
+    net.restart(victim)?;
+    let bound = Duration::from_secs(a.bound_s);
+    let explained = |rows: &[Row]| rows.iter().filter(|r| r.state == "running").count();
+    let settled = poll(bound, || {
+        let rows = ps(&net);
+        (running(&rows, None) == TASKS.len() && processes_of(service).len() <= explained(&rows))
+            .then_some(0)
+    });
+    let rows = ps(&net);
+    let orphans =
+        settled.unwrap_or_else(|| processes_of(service).len().saturating_sub(explained(&rows)));
+    Ok((orphans, TASKS.len() - running(&rows, None)))
+}
+
+pub fn run(a: &ChaosArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; timings will be slow (use --release)");
+    }
+    let relay = match &a.relay {
+        Some(p) => p.clone(),
+        None => super::relay_default()?,
+    };
+    anyhow::ensure!(
+        relay.exists(),
+        "no relay binary at {}: run scripts/build-static.sh first (or pass --relay PATH)",
+        relay.display()
+    );
+    let exe = crate::brume_exe()?;
+    let hb = a.heartbeat_ms.to_string();
+    let args = [
+        "--engine",
+        "process",
+        "--cpu-millis",
+        "150",
+        "--heartbeat-interval-ms",
+        &hb,
+    ];
+    let runs = a.runs.max(1);
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let (mut replaced, mut missing) = (0usize, Vec::new());
+    let (mut detect, mut recover, mut lost, mut dups, mut orphans) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in 0..runs {
+        eprintln!("run {}/{runs}: crash", r + 1);
+        let c = crash(&exe, &relay, &args, a, &format!("chaos-{tag}-c{r}"))?;
+        eprintln!(
+            "  detect {:.2} s, recover {:.2} s, lost {}",
+            c.detect_s, c.recover_s, c.lost
+        );
+        detect.push(c.detect_s);
+        recover.push(c.recover_s);
+        lost.push(c.lost as f64);
+        eprintln!("run {}/{runs}: partition of {} s", r + 1, a.partition_s);
+        let (d, re) = partition(&exe, &relay, &args, a, &format!("chaos-{tag}-p{r}"))?;
+        eprintln!("  duplicates after the heal: {d} (back placed again while frozen: {re})");
+        dups.push(d as f64);
+        replaced += usize::from(re);
+        eprintln!("run {}/{runs}: restart", r + 1);
+        let (o, m) = restart(&exe, &relay, &args, a, &format!("chaos-{tag}-r{r}"))?;
+        eprintln!("  orphans after the restart: {o}, instances not running again: {m}");
+        orphans.push(o as f64);
+        missing.push(m as f64);
+    }
+    let (detect_s, recover_s) = (median(&mut detect), median(&mut recover));
+    let (lost_tasks, dup, orph) = (median(&mut lost), median(&mut dups), median(&mut orphans));
+    println!(
+        "Failures of a 3-task chain on {NODES} local nodes (process engine, heartbeat {} ms), \
+         medians of {runs}",
+        a.heartbeat_ms
+    );
+    println!("  crash (SIGKILL): detected after a silence of     {detect_s:>8.2} s");
+    println!("  crash (SIGKILL): every instance running again    {recover_s:>8.2} s");
+    println!(
+        "  crash: instances not back within {:>3} s          {lost_tasks:>8.0}",
+        a.bound_s
+    );
+    println!(
+        "  partition (SIGSTOP {:>3} s): duplicates after heal {dup:>8.0}",
+        a.partition_s
+    );
+    println!(
+        "    (back placed again while frozen in {replaced} of {runs} runs: a partition shorter \
+         than the detection places nothing again)"
+    );
+    println!("  restart: orphan task processes                   {orph:>8.0}");
+    println!(
+        "  restart: instances not running within {:>3} s     {:>8.0}",
+        a.bound_s,
+        median(&mut missing)
+    );
+    println!(
+        "BENCH chaos detect_s={detect_s:.3} recover_s={recover_s:.3} duplicates_after_heal={dup:.0} \
+         lost_tasks={lost_tasks:.0} orphans_after_restart={orph:.0}"
+    );
+    Ok(())
+}
