@@ -318,7 +318,9 @@ fn tasks_move_between_nodes_on_docker() {
 }
 
 /// A node started with --drain-on-exit that is told to stop (SIGTERM) moves its task to the
-/// free node first: the chain keeps answering and mid's count continues there.
+/// free node first: the chain keeps answering and mid's count continues there. The drain maps
+/// within the test budget: at the default 80 ms a loaded machine's ping can leave the free node
+/// out of the map (seen in CI: the move found no node, mid was stopped and re-placed fresh).
 #[test]
 fn a_leaving_node_moves_its_tasks_away_first() {
     let service = unique("leave");
@@ -327,7 +329,7 @@ fn a_leaving_node_moves_its_tasks_away_first() {
         4,
         "process",
         150,
-        &["--drain-on-exit"],
+        &["--drain-on-exit", "--drain-budget-ms", "5000"],
         &service,
     ));
     let dir = net.0.dir().to_path_buf();

@@ -92,6 +92,9 @@ pub struct NodeConfig {
     /// host that stops answering is declared dead (phi-accrual) and its instances are placed
     /// again (docs/healing.md).
     pub heartbeat_interval_ms: u64,
+    /// The latency budget of the map a node leaving with `drain_on_exit` moves its tasks
+    /// within (the same budget `brume drain --budget` takes).
+    pub drain_budget_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -119,6 +122,7 @@ impl Default for NodeConfig {
             allow_peer: Vec::new(),
             stream_idle_timeout_ms: 30_000,
             heartbeat_interval_ms: 500,
+            drain_budget_ms: 80,
         }
     }
 }
@@ -327,6 +331,15 @@ impl NodeConfig {
                 format!(
                     "heartbeat_interval_ms ({}) must be between 50 and 60000",
                     self.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if !(1..=60_000).contains(&self.drain_budget_ms) {
+            return Err((
+                "drain_budget_ms",
+                format!(
+                    "drain_budget_ms ({}) must be between 1 and 60000",
+                    self.drain_budget_ms
                 ),
             ));
         }
@@ -593,6 +606,8 @@ mod tests {
             "1500",
             "--heartbeat-interval-ms",
             "250",
+            "--drain-budget-ms",
+            "900",
         ]);
         let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
         let want = NodeConfig {
@@ -618,6 +633,7 @@ mod tests {
             allow_peer: vec!["12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
             stream_idle_timeout_ms: 1500,
             heartbeat_interval_ms: 250,
+            drain_budget_ms: 900,
         };
         assert_eq!(cfg, want);
     }

@@ -35,9 +35,9 @@ use brume_metrics::{refresh_from, Metrics};
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize)]
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
-    /// log_format, log, ping_interval_ms, engine, drain_on_exit, migration_cache_mb,
-    /// live_migration, cpu_millis, memory_mb, name, metrics, network_key, allow_peer,
-    /// stream_idle_timeout_ms).
+    /// log_format, log, ping_interval_ms, engine, drain_on_exit, drain_budget_ms,
+    /// migration_cache_mb, live_migration, cpu_millis, memory_mb, name, metrics, network_key,
+    /// allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -127,6 +127,10 @@ pub struct NodeArgs {
     /// ms (default 500); a dead one's instances are placed again (docs/healing.md).
     #[arg(long, value_name = "MS")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// With --drain-on-exit: move tasks to nodes within this many ms of this one (the map's
+    /// latency budget, as `brume drain --budget`; default 80).
+    #[arg(long, value_name = "MS")]
+    pub drain_budget_ms: Option<u64>,
 }
 
 /// How often the advertised resources are read again.
@@ -241,7 +245,8 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let outcome = tokio::select! {
         _ = shutdown_signal() => {
             if cfg.drain_on_exit {
-                drain_before_exit(&services.mover).await;
+                drain_before_exit(&services.mover, Duration::from_millis(cfg.drain_budget_ms))
+                    .await;
             }
             tracing::info!("stopping");
             let _ = handle.shutdown().await;
@@ -408,13 +413,13 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// Moves every task this node runs to other nodes (bounded by [`DRAIN_LIMIT`]) and logs what
 /// could not move; those are stopped with the node.
-async fn drain_before_exit(mover: &Mover) {
+async fn drain_before_exit(mover: &Mover, budget: Duration) {
     tracing::info!("leaving: moving this node's tasks to other nodes");
     // Progress lines have no reader here.
     let (progress, _) = mpsc::channel(1);
     let drained = tokio::time::timeout(
         DRAIN_LIMIT,
-        crate::migrate::control::drain(mover, Duration::from_millis(80), false, progress),
+        crate::migrate::control::drain(mover, budget, false, progress),
     )
     .await;
     match drained {
