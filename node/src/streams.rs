@@ -84,7 +84,16 @@ where
             .open_stream(peer, protocol.clone())
             .await
             .with_context(|| format!("host {peer} does not take {protocol} requests"))?;
-        write_frame(&mut stream, req).await?;
+        // A stream whose connection closes under the request (seen in CI: "connection is
+        // closed" on the write) is lost like one that breaks before its answer: open another.
+        if let Err(e) = write_frame(&mut stream, req).await {
+            if attempt < ATTEMPTS {
+                tracing::debug!(%peer, error = %e, attempt, "request not sent; opening another stream");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                continue;
+            }
+            return Err(e).with_context(|| format!("cannot send the request to host {peer}"));
+        }
         let mut answered = false;
         let last = loop {
             match read_frame::<_, R>(&mut stream, max_frame).await {
