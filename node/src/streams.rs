@@ -84,8 +84,11 @@ where
             .open_stream(peer, protocol.clone())
             .await
             .with_context(|| format!("host {peer} does not take {protocol} requests"))?;
-        // A stream whose connection closes under the request (seen in CI: "connection is
-        // closed" on the write) is lost like one that breaks before its answer: open another.
+        // A stream the host dropped on arrival (its acceptor was busy: libp2p-stream hands
+        // inbound streams over through a one-slot channel, and a cap refuses streams over it)
+        // is reset, and yamux reports the first write to a reset stream as "<conn>/<stream>:
+        // connection is closed" although the connection lives on (seen in CI). It is lost like
+        // one that breaks before its answer: open another.
         if let Err(e) = write_frame(&mut stream, req).await {
             if attempt < ATTEMPTS {
                 tracing::debug!(%peer, error = %e, attempt, "request not sent; opening another stream");
