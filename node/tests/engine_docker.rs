@@ -211,6 +211,19 @@ async fn two_relays_call_each_other_and_leave_nothing_behind() {
         Some(vec![brume_engine::NO_NEW_PRIVILEGES.to_string()])
     );
     assert_eq!(host.pids_limit, Some(brume_engine::PIDS_LIMIT));
+    // Its log is capped like a process task's (Docker's json-file driver rolls it over).
+    let logs = host.log_config.expect("a log config");
+    assert_eq!(logs.typ.as_deref(), Some("json-file"));
+    let opts = logs.config.expect("log options");
+    assert_eq!(
+        opts.get("max-size").map(String::as_str),
+        Some(
+            brume_engine::logcap::DEFAULT_LOG_MAX_BYTES
+                .to_string()
+                .as_str()
+        )
+    );
+    assert_eq!(opts.get("max-file").map(String::as_str), Some("2"));
     assert_eq!(
         info.config.unwrap().user.as_deref(),
         Some(brume_engine::DEFAULT_USER)

@@ -562,3 +562,58 @@ async fn a_docker_save_tarball_runs_as_a_process() {
     let err = engine.prepare(&bogus).await.unwrap_err();
     assert!(err.to_string().contains("no manifest.json"), "{err}");
 }
+
+/// Polls `name`'s log until it shows `want` `count` times; a liveness bound, not a speed claim.
+async fn wait_log(engine: &ProcessEngine, name: &str, want: &str, count: usize) -> String {
+    let deadline = Instant::now() + LIVENESS;
+    loop {
+        let logs = engine.logs(name, 100).await.unwrap();
+        if logs.matches(want).count() >= count {
+            return logs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}'s log did not show {want:?} {count} times within {LIVENESS:?}: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A task's log past its cap moves to `task.log.1` and starts again empty; `logs` reads across
+/// both, and the task's next output lands in the emptied log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_log_past_its_cap_is_rotated_and_still_read_whole() {
+    let root = tempdir();
+    let engine = ProcessEngine::new(root.path().join("engine"))
+        .unwrap()
+        .with_log_max_bytes(32);
+    let ctx = relay_context("engine-process");
+    let image = engine
+        .prepare(&pack_context(ctx.path(), root.path()))
+        .await
+        .unwrap();
+    let port = free_port();
+    let mut s = spec("lg", "lg", &image, port);
+    s.restart = RestartPolicy::OnFailure { max_restarts: 1 };
+    engine.start(&s).await.unwrap();
+    wait_log(&engine, "lg", "listening", 1).await;
+    let log = root.path().join("engine/tasks/lg/task.log");
+    let older = root.path().join("engine/tasks/lg/task.log.1");
+    assert!(std::fs::metadata(&log).unwrap().len() > 32);
+
+    assert_eq!(engine.rotate_logs(), 1, "one log over its cap");
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+    assert!(std::fs::metadata(&older).unwrap().len() <= 32);
+    assert_eq!(engine.rotate_logs(), 0, "an emptied log is under its cap");
+
+    // The task's next life writes into the emptied log; `logs` shows the end of both.
+    let pid = engine.state("lg").await.unwrap().pid.unwrap();
+    // SAFETY: kill(2) on the task this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let logs = wait_log(&engine, "lg", "listening", 1).await;
+    let now = std::fs::read_to_string(&log).unwrap();
+    assert!(now.contains("listening"), "{now:?}");
+    let kept = std::fs::read_to_string(&older).unwrap();
+    assert!(logs.contains(kept.trim_end()), "{logs:?} lacks {kept:?}");
+    engine.remove("lg").await.unwrap();
+}

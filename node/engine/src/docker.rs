@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, RestartPolicy as DockerRestart,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig,
+    RestartPolicy as DockerRestart, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ImportImageOptionsBuilder,
@@ -83,6 +83,9 @@ pub struct DockerEngine {
     /// Instances restored by a live migration as runc containers Docker does not know, by
     /// instance name ([`super::runc_task`]); consulted before Docker.
     adopted: Arc<Mutex<HashMap<String, RuncTask>>>,
+    /// Docker's `json-file` log of each container is capped at this many bytes, with one
+    /// older file beside it (see [`super::logcap`]).
+    log_max_bytes: u64,
 }
 
 /// Where the client connects: `DOCKER_HOST`, else the local socket.
@@ -145,6 +148,7 @@ impl DockerEngine {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             image_locks: Arc::default(),
             adopted: Arc::default(),
+            log_max_bytes: super::logcap::DEFAULT_LOG_MAX_BYTES,
         })
     }
 
@@ -156,6 +160,13 @@ impl DockerEngine {
     /// How long `start` waits for the task to accept on its port.
     pub fn with_ready_timeout(mut self, bound: Duration) -> Self {
         self.ready_timeout = bound;
+        self
+    }
+
+    /// Caps each container's log at `bytes`, with one older file (Docker's `json-file` driver,
+    /// `max-size` and `max-file = 2`).
+    pub fn with_log_max_bytes(mut self, bytes: u64) -> Self {
+        self.log_max_bytes = bytes.max(1);
         self
     }
 
@@ -528,7 +539,10 @@ impl DockerEngine {
         }
     }
 
-    fn create_body(spec: &LaunchSpec) -> Result<ContainerCreateBody, EngineError> {
+    fn create_body(
+        spec: &LaunchSpec,
+        log_max_bytes: u64,
+    ) -> Result<ContainerCreateBody, EngineError> {
         if spec.memory_mb != 0 && spec.memory_mb < MIN_MEMORY_MB {
             return Err(EngineError::BadSpec {
                 name: spec.name.clone(),
@@ -573,6 +587,7 @@ impl DockerEngine {
             cap_drop: Some(DROPPED_CAPS.iter().map(|c| c.to_string()).collect()),
             security_opt: Some(vec![NO_NEW_PRIVILEGES.to_string()]),
             pids_limit: Some(PIDS_LIMIT),
+            log_config: Some(log_config(log_max_bytes)),
             ..Default::default()
         };
         Ok(ContainerCreateBody {
@@ -700,7 +715,7 @@ impl Engine for DockerEngine {
                 name: spec.name.clone(),
             });
         }
-        let body = Self::create_body(spec)?;
+        let body = Self::create_body(spec, self.log_max_bytes)?;
         if !self.image_exists(spec.image.as_str()).await? {
             return Err(EngineError::ImageMissing {
                 image: spec.image.0.clone(),
@@ -878,5 +893,17 @@ impl Engine for DockerEngine {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+/// Docker's `json-file` log driver, capped: the container's log rolls over at `max_bytes` and
+/// one older file is kept, as the process engine keeps `task.log.1`.
+pub fn log_config(max_bytes: u64) -> HostConfigLogConfig {
+    HostConfigLogConfig {
+        typ: Some("json-file".into()),
+        config: Some(HashMap::from([
+            ("max-size".to_string(), max_bytes.max(1).to_string()),
+            ("max-file".to_string(), "2".to_string()),
+        ])),
     }
 }

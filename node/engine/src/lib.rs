@@ -32,6 +32,7 @@ pub mod detect;
 pub mod docker;
 pub mod dockerfile;
 mod error;
+pub mod logcap;
 pub mod ports;
 pub mod process;
 pub mod ready;
@@ -109,6 +110,15 @@ impl AnyEngine {
     /// `"docker"` or `"process"` (also [`Engine::kind`], here without importing the trait).
     pub fn kind(&self) -> &'static str {
         Engine::kind(self)
+    }
+
+    /// Caps each task's log at `bytes`, one older file kept ([`logcap`]); before any task
+    /// starts.
+    pub fn with_log_max_bytes(self, bytes: u64) -> Self {
+        match self {
+            AnyEngine::Docker(e) => AnyEngine::Docker(e.with_log_max_bytes(bytes)),
+            AnyEngine::Process(e) => AnyEngine::Process(e.with_log_max_bytes(bytes)),
+        }
     }
 }
 

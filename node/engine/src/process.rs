@@ -14,6 +14,9 @@
 //! isolated: no chroot, namespaces or resource limits (`cpu_millis`/`memory_mb` are not enforced);
 //! it is for static programs on a laptop or a device with nothing installed.
 //!
+//! A task's log is capped (`with_log_max_bytes`, default 16 MiB): a sweep every 10 s moves its
+//! end to `task.log.1` and truncates it ([`super::logcap`]); `logs` reads across both.
+//!
 //! Each task has a supervisor (a tokio task) that spawns the child, waits for it, and applies the
 //! restart policy with a doubling back-off (100 ms to 5 s). `stop` asks the supervisor to send
 //! SIGTERM to the task's process group, wait the grace period, then SIGKILL it. Children never
@@ -29,7 +32,7 @@
 //! restored here is taken over with [`ProcessEngine::adopt`] and watched through `/proc`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +45,7 @@ use tokio::task::JoinHandle;
 use super::criu_task;
 use super::dockerfile::join_abs;
 use super::error::EngineError;
+use super::logcap;
 use super::ready::{ensure_port_free, tail_lines, wait_until_ready, Readiness};
 use super::rootfs::{self, ImageConfig};
 use super::taskroot;
@@ -56,6 +60,8 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const FAILURE_LOG_LINES: usize = 20;
 /// The most of a log file `logs` reads (from its end).
 const MAX_LOG_READ: u64 = 1 << 20;
+/// How often task logs are checked against their cap.
+const LOG_SWEEP: Duration = Duration::from_secs(10);
 /// Docker's default PATH, for images that set none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -71,6 +77,10 @@ struct Inner {
     root: PathBuf,
     ready_timeout: Duration,
     tasks: Mutex<HashMap<String, Arc<Task>>>,
+    /// Each task's log is rotated past this many bytes ([`logcap`]).
+    log_max_bytes: u64,
+    /// Whether the sweep that rotates logs runs (started with the first task).
+    log_keeper: AtomicBool,
 }
 
 /// How a task's process came to be, which decides how it is watched and stopped.
@@ -450,16 +460,22 @@ async fn watch_adopted(
     let _ = done_tx.send(true);
 }
 
-/// Reads at most the last [`MAX_LOG_READ`] bytes of a log file.
+/// Reads at most the last [`MAX_LOG_READ`] bytes of a task's output (across a rotation).
 fn read_log_tail(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    if len > MAX_LOG_READ {
-        f.seek(SeekFrom::Start(len - MAX_LOG_READ))?;
+    logcap::read_tail(path, MAX_LOG_READ)
+}
+
+/// Rotates each log over `cap`; returns how many were.
+fn rotate_all(paths: &[PathBuf], cap: u64) -> usize {
+    let mut rotated = 0;
+    for log in paths {
+        match logcap::rotate_if_over(log, cap) {
+            Ok(true) => rotated += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(log = %log.display(), error = %e, "cannot rotate a task log"),
+        }
     }
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    rotated
 }
 
 /// Finds the program of `argv0` inside `rootfs` the way the kernel and Docker would inside the
@@ -489,6 +505,8 @@ impl ProcessEngine {
                 root,
                 ready_timeout: DEFAULT_READY_TIMEOUT,
                 tasks: Mutex::default(),
+                log_max_bytes: logcap::DEFAULT_LOG_MAX_BYTES,
+                log_keeper: AtomicBool::new(false),
             }),
         })
     }
@@ -504,6 +522,60 @@ impl ProcessEngine {
             }
             Err(inner) => Self { inner },
         }
+    }
+
+    /// Caps each task's log at `bytes` (with one older file beside it, see [`logcap`]); only
+    /// before the first task starts.
+    pub fn with_log_max_bytes(self, bytes: u64) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.log_max_bytes = bytes.max(1);
+                Self {
+                    inner: Arc::new(inner),
+                }
+            }
+            Err(inner) => Self { inner },
+        }
+    }
+
+    /// Rotates every task log over the cap now; returns how many were rotated. The engine
+    /// does this on its own every [`LOG_SWEEP`].
+    pub fn rotate_logs(&self) -> usize {
+        rotate_all(&self.log_paths(), self.inner.log_max_bytes)
+    }
+
+    fn log_paths(&self) -> Vec<PathBuf> {
+        lock(&self.inner.tasks)
+            .values()
+            .map(|t| t.log.clone())
+            .collect()
+    }
+
+    /// Starts the periodic log sweep, once, on the current runtime. It holds the engine only
+    /// weakly, and ends with it.
+    fn keep_logs(&self) {
+        if self.inner.log_keeper.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.inner.log_keeper.store(false, Ordering::SeqCst);
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(LOG_SWEEP).await;
+                let (paths, cap) = match weak.upgrade() {
+                    Some(inner) => {
+                        let paths: Vec<PathBuf> =
+                            lock(&inner.tasks).values().map(|t| t.log.clone()).collect();
+                        (paths, inner.log_max_bytes)
+                    }
+                    None => break,
+                };
+                let _ = tokio::task::spawn_blocking(move || rotate_all(&paths, cap)).await;
+            }
+        });
     }
 
     pub fn root(&self) -> &Path {
@@ -523,6 +595,8 @@ impl ProcessEngine {
             });
         }
         tasks.insert(name.to_string(), Arc::clone(task));
+        drop(tasks);
+        self.keep_logs();
         Ok(())
     }
 

@@ -95,6 +95,9 @@ pub struct NodeConfig {
     /// The latency budget of the map a node leaving with `drain_on_exit` moves its tasks
     /// within (the same budget `brume drain --budget` takes).
     pub drain_budget_ms: u64,
+    /// Each task's log is rotated past this many MiB, one older file kept beside it (the
+    /// process engine's `task.log.1`, Docker's `json-file` `max-file = 2`).
+    pub task_log_max_mib: u64,
 }
 
 impl Default for NodeConfig {
@@ -123,6 +126,7 @@ impl Default for NodeConfig {
             stream_idle_timeout_ms: 30_000,
             heartbeat_interval_ms: 500,
             drain_budget_ms: 80,
+            task_log_max_mib: 16,
         }
     }
 }
@@ -349,6 +353,15 @@ impl NodeConfig {
                 format!(
                     "engine `{}` is unknown: use docker, process or auto",
                     self.engine
+                ),
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.task_log_max_mib) {
+            return Err((
+                "task_log_max_mib",
+                format!(
+                    "task_log_max_mib ({}) must be between 1 and 1048576",
+                    self.task_log_max_mib
                 ),
             ));
         }
@@ -608,6 +621,8 @@ mod tests {
             "250",
             "--drain-budget-ms",
             "900",
+            "--task-log-max-mib",
+            "2",
         ]);
         let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
         let want = NodeConfig {
@@ -634,6 +649,7 @@ mod tests {
             stream_idle_timeout_ms: 1500,
             heartbeat_interval_ms: 250,
             drain_budget_ms: 900,
+            task_log_max_mib: 2,
         };
         assert_eq!(cfg, want);
     }

@@ -37,7 +37,7 @@ pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
     /// log_format, log, ping_interval_ms, engine, drain_on_exit, drain_budget_ms,
     /// migration_cache_mb, live_migration, cpu_millis, memory_mb, name, metrics, network_key,
-    /// allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms).
+    /// allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms, task_log_max_mib).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -131,6 +131,9 @@ pub struct NodeArgs {
     /// latency budget, as `brume drain --budget`; default 80).
     #[arg(long, value_name = "MS")]
     pub drain_budget_ms: Option<u64>,
+    /// Rotate each task's log past this many MiB, one older file kept (default 16).
+    #[arg(long, value_name = "MIB")]
+    pub task_log_max_mib: Option<u64>,
 }
 
 /// How often the advertised resources are read again.
@@ -185,7 +188,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let services = Services::start(
         &handle,
         &cfg.data_dir,
-        &cfg.engine,
+        (&cfg.engine, cfg.task_log_max_mib << 20),
         capacity,
         advertise.clone(),
         (cfg.migration_cache_mb, cfg.live_migration),

@@ -37,7 +37,8 @@ pub struct Services {
 }
 
 impl Services {
-    /// Picks the engine (`docker`, `process` or `auto`) and starts serving. `migration_cache_mb`
+    /// Picks the engine (`docker`, `process` or `auto`; task logs capped at `log_max_bytes`)
+    /// and starts serving. `migration_cache_mb`
     /// bounds the chunks kept from live migrations into this node (0: none kept), `live` says
     /// how CRIU tasks move; `on_moved` hears how every move this node drove ended; `live_fault`
     /// is a test's failure on purpose (see [`LiveFault`]).
@@ -45,7 +46,7 @@ impl Services {
     pub async fn start(
         overlay: &OverlayHandle,
         data_dir: &Path,
-        engine_choice: &str,
+        (engine_choice, log_max_bytes): (&str, u64),
         capacity: Capacity,
         advertiser: Advertiser,
         (migration_cache_mb, live): (u64, LiveMigration),
@@ -57,7 +58,8 @@ impl Services {
         let choice: EngineChoice = engine_choice.parse().map_err(anyhow::Error::msg)?;
         let engine: AnyEngine = engine::pick(choice, data_dir.join("tasks"))
             .await
-            .context("cannot set up the task engine")?;
+            .context("cannot set up the task engine")?
+            .with_log_max_bytes(log_max_bytes);
         tracing::info!(
             engine = engine.kind(),
             "tasks run on the {} engine",
