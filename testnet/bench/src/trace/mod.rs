@@ -110,12 +110,9 @@ fn checkpoints(a: &CheckpointsArgs) -> anyhow::Result<()> {
         );
     }
     let criu = Criu::with_binary(&a.criu);
-    let version = criu.version().with_context(|| {
-        format!(
-            "CRIU is needed ({} did not run): scripts/install-criu.sh installs it",
-            a.criu.display()
-        )
-    })?;
+    let version = criu
+        .version()
+        .context("the trace needs CRIU for its dumps")?;
     let support = track::probe();
     if support.method != Method::Tracked {
         bail!(
