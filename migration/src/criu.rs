@@ -353,6 +353,8 @@ pub struct DumpStats {
     pub memdump: Duration,
     /// Time to write them out.
     pub memwrite: Duration,
+    /// Pages CRIU looked at (present in the tree's dumpable mappings).
+    pub pages_scanned: u64,
     /// Pages written to the images.
     pub pages_written: u64,
 }
@@ -360,7 +362,7 @@ pub struct DumpStats {
 impl DumpStats {
     /// Reads `<images_dir>/stats-dump`: two magic numbers, a little-endian u32 size, then a
     /// protobuf `StatsEntry { DumpStatsEntry dump = 1 }` whose fields 1-4 are the times in
-    /// microseconds and field 7 the pages written. `None` if the file is missing or malformed.
+    /// microseconds, field 5 the pages scanned and field 7 the pages written. `None` if the file is missing or malformed.
     pub fn read(images_dir: &Path) -> Option<DumpStats> {
         let bytes = std::fs::read(images_dir.join("stats-dump")).ok()?;
         let size = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?) as usize;
@@ -376,6 +378,7 @@ impl DumpStats {
             frozen: Duration::ZERO,
             memdump: Duration::ZERO,
             memwrite: Duration::ZERO,
+            pages_scanned: 0,
             pages_written: 0,
         };
         for (field, value) in protobuf_fields(dump)? {
@@ -385,6 +388,7 @@ impl DumpStats {
                 2 => stats.frozen = Duration::from_micros(v),
                 3 => stats.memdump = Duration::from_micros(v),
                 4 => stats.memwrite = Duration::from_micros(v),
+                5 => stats.pages_scanned = v,
                 7 => stats.pages_written = v,
                 _ => {}
             }
@@ -946,6 +950,7 @@ mod tests {
             Duration::from_micros(0x12 | 0x6c << 7 | 0x10 << 14)
         );
         assert_eq!(stats.pages_written, 0x17 | 0x10 << 7);
+        assert_eq!(stats.pages_scanned, 0x20 | 0x10 << 7);
         assert!(DumpStats::read(Path::new("/nonexistent")).is_none());
     }
 

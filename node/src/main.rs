@@ -35,6 +35,16 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Record a trace of real systems as a data file (`brume trace checkpoints --out FILE`: real
+    /// CRIU dumps of varied workloads, features and durations as CSV, what `brume bench
+    /// predictor` learns from). Runs `brume-bench trace ...` beside this program; needs root
+    /// and CRIU.
+    #[command(disable_help_flag = true)]
+    Trace {
+        /// The trace and its options, handed to `brume-bench trace` as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run this device's node in the foreground: join the overlay (through any member given
     /// with --join), measure latencies, answer maps, and serve the local control socket.
     Node(Box<brume::daemon::run::NodeArgs>),
@@ -102,6 +112,11 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Place(args) => brume_plan::place::run(args),
         Command::Bench { args } => bench(args),
+        Command::Trace { args } => {
+            let mut all = vec![std::ffi::OsString::from("trace")];
+            all.extend(args.iter().cloned());
+            bench(&all)
+        }
         Command::Node(args) => brume::daemon::run::run(args).map(|()| ExitCode::SUCCESS),
         Command::Status(target) => block_on(brume::client::status(target)),
         Command::Peers(target) => block_on(brume::client::peers(target)),

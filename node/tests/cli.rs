@@ -4,9 +4,10 @@
 use std::process::Command;
 
 /// Every subcommand `brume --help` lists.
-const SUBCOMMANDS: [&str; 15] = [
+const SUBCOMMANDS: [&str; 16] = [
     "place",
     "bench",
+    "trace",
     "node",
     "status",
     "peers",

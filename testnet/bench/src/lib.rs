@@ -16,6 +16,7 @@ pub mod overlay;
 pub mod pair;
 pub mod placement;
 pub mod tcpcopy;
+pub mod trace;
 pub mod transfer;
 pub mod tunnel;
 

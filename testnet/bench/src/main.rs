@@ -42,6 +42,10 @@ enum Family {
     /// lost instances), a frozen one thawed after --partition-s (duplicates after the heal),
     /// a restarted one (orphan tasks). Needs scripts/build-static.sh's relay binary.
     Chaos(brume_bench::chaos::ChaosArgs),
+    /// Traces of real systems written as data files, not benchmarks: `trace checkpoints` runs
+    /// real CRIU dumps of varied workloads and writes features and durations as CSV (the
+    /// predictor bench's input). Needs root and CRIU.
+    Trace(brume_bench::trace::TraceArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Family::Tunnel(args) => brume_bench::tunnel::cli(args),
         Family::Migration(args) => brume_bench::migration::run(args),
         Family::Chaos(args) => brume_bench::chaos::run(args),
+        Family::Trace(args) => brume_bench::trace::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
