@@ -218,7 +218,10 @@ pub fn cross_validated_r2(dumps: &[Dump], k: usize, cfg: &PredictorConfig) -> Cv
     let n = dumps.len();
     let k = k.clamp(2, n.max(2));
     let prior = features::prior(cfg);
-    let x: Vec<[f64; features::DIM]> = dumps.iter().map(|d| features::vector(&d.features)).collect();
+    let x: Vec<[f64; features::DIM]> = dumps
+        .iter()
+        .map(|d| features::vector(&d.features))
+        .collect();
     let y: Vec<f64> = dumps.iter().map(|d| d.dump_s).collect();
     let mut pred = vec![f64::NAN; n];
     let mut folds = Vec::new();
@@ -230,8 +233,9 @@ pub fn cross_validated_r2(dumps: &[Dump], k: usize, cfg: &PredictorConfig) -> Cv
         }
         let rows: Vec<&[f64]> = train.iter().map(|&i| &x[i][..]).collect();
         let ty: Vec<f64> = train.iter().map(|&i| y[i]).collect();
-        let theta = linalg::weighted_ridge(&rows, &ty, &vec![1.0; ty.len()], &prior.lambda, &prior.mean)
-            .unwrap_or_else(|| prior.mean.clone());
+        let theta =
+            linalg::weighted_ridge(&rows, &ty, &vec![1.0; ty.len()], &prior.lambda, &prior.mean)
+                .unwrap_or_else(|| prior.mean.clone());
         for &i in &test {
             pred[i] = linalg::dot(&x[i], &theta);
         }
@@ -243,7 +247,11 @@ pub fn cross_validated_r2(dumps: &[Dump], k: usize, cfg: &PredictorConfig) -> Cv
     }
     CvR2 {
         folds,
-        pooled: if n == 0 { f64::NAN } else { r2(&y, &pred).unwrap_or(f64::NAN) },
+        pooled: if n == 0 {
+            f64::NAN
+        } else {
+            r2(&y, &pred).unwrap_or(f64::NAN)
+        },
     }
 }
 

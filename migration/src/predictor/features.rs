@@ -112,12 +112,14 @@ pub struct Prior {
 /// The prior from the planner's config: the intercept and the per-GiB cost of resident memory
 /// come from `dump_prior` (measured here with criu 4.1.1: 64 MiB in 109 ms, 1 GiB in 3.5 s), the
 /// per-page cost of written pages from its "dirtied" entry (s/GiB turned into s per 1e5 pages);
-/// every other coefficient starts at 0 with sd 1 s per unit (one unit is a large amount, so this
-/// lets data move it freely while keeping a first answer sane).
+/// every other coefficient starts at 0 with sd 0.1 s per unit (a thousand open files, a hundred
+/// threads, an hour of age each a priori within about ±0.1 s of dump time: the data can move
+/// them, but a handful of dumps cannot make them carry an upper envelope on their own, which
+/// PB-MLR's steep late penalty otherwise invites).
 pub fn prior(cfg: &PredictorConfig) -> Prior {
     let pages_per_gib = GIB / PAGE / PAGE_UNIT;
     let mut mean = vec![0.0; DIM];
-    let mut sd = vec![1.0; DIM];
+    let mut sd = vec![0.1; DIM];
     (mean[0], sd[0]) = cfg.dump_prior[0];
     (mean[1], sd[1]) = cfg.dump_prior[1];
     mean[3] = cfg.dump_prior[2].0 / pages_per_gib;

@@ -80,7 +80,10 @@ mod tests {
     #[test]
     fn solves_a_small_system_and_refuses_a_singular_one() {
         let x = solve(vec![vec![0.0, 2.0], vec![3.0, 1.0]], vec![4.0, 5.0]).unwrap();
-        assert!((x[0] - 1.0).abs() < 1e-12 && (x[1] - 2.0).abs() < 1e-12, "{x:?}");
+        assert!(
+            (x[0] - 1.0).abs() < 1e-12 && (x[1] - 2.0).abs() < 1e-12,
+            "{x:?}"
+        );
         assert!(solve(vec![vec![1.0, 2.0], vec![2.0, 4.0]], vec![1.0, 2.0]).is_none());
         assert!(solve(vec![vec![1.0]], vec![1.0, 2.0]).is_none());
     }
@@ -91,6 +94,9 @@ mod tests {
         let y: Vec<f64> = rows.iter().map(|r| 0.5 + 2.0 * r[1]).collect();
         let refs: Vec<&[f64]> = rows.iter().map(|r| &r[..]).collect();
         let t = weighted_ridge(&refs, &y, &[1.0; 10], &[1e-12; 2], &[0.0; 2]).unwrap();
-        assert!((t[0] - 0.5).abs() < 1e-6 && (t[1] - 2.0).abs() < 1e-6, "{t:?}");
+        assert!(
+            (t[0] - 0.5).abs() < 1e-6 && (t[1] - 2.0).abs() < 1e-6,
+            "{t:?}"
+        );
     }
 }

@@ -10,10 +10,14 @@
 //! That cost as written cannot be minimised by descent: it jumps at `ŷ = y` (from `(y + e)²`
 //! just below to 0 at `y`), and on the late side its slope points *down* (toward `ŷ = −e`), so a
 //! gradient step on a late sample makes it later. What the seed's cost expresses is that a late
-//! sample costs as much as the work it throws away, far more than an early one. We keep that
-//! and make it convex: the late branch is `κ·(y − ŷ)²` with `κ = ((y + e) / y)²`, so a late
-//! residual of one dump's length (`y − ŷ = y`) costs exactly the seed's `(y + e)²` (y floored at
-//! 1 ms, κ capped at [`PbMlrConfig::kappa_max`]). Per sample the cost is then
+//! sample costs as much as the work it throws away, however little it is late, far more than an
+//! early one. We keep that and make it convex: the late branch is `κ·(y − ŷ)²` with
+//! `κ = ((y + e) / σ)²`, so a prediction late by σ, the noise of one measurement (`noise_sd` of
+//! [`PredictorConfig`], 50 ms, unless [`PbMlrConfig::late_scale_s`] says otherwise), costs
+//! exactly the seed's `(ŷ + e)²` at the boundary, `(y + e)²`, and one late by more costs more
+//! (κ capped at [`PbMlrConfig::kappa_max`] to keep the system well conditioned). A smaller scale,
+//! such as the dump's own length, would let predictions be late by a few noise widths for
+//! almost nothing, which the seed's jump does not allow. Per sample the cost is then
 //!
 //! ```text
 //! c_i(θ) = (x_i·θ − y_i)²          if x_i·θ ≥ y_i   (early: seed 000's Equation 2)
@@ -39,14 +43,17 @@ use super::PredictorConfig;
 
 /// Newton steps per refit, at most.
 pub const MAX_ITERS: usize = 60;
-/// The floor under `y` in κ, seconds: a dump measured at 0 would otherwise weigh infinitely.
-pub const Y_FLOOR: f64 = 1e-3;
+/// The floor under the late scale σ, seconds.
+pub const SCALE_FLOOR: f64 = 1e-3;
 
 /// PB-MLR's knobs.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PbMlrConfig {
     /// Samples kept and refit on.
     pub window: usize,
+    /// The lateness σ at which a late sample costs the seed's full penalty, seconds; `None`:
+    /// the config's `noise_sd`.
+    pub late_scale_s: Option<f64>,
     /// The cap on a late sample's weight κ (keeps the system well conditioned).
     pub kappa_max: f64,
 }
@@ -55,21 +62,27 @@ impl Default for PbMlrConfig {
     fn default() -> Self {
         PbMlrConfig {
             window: super::mlr::WINDOW,
-            kappa_max: 1e6,
+            late_scale_s: None,
+            kappa_max: 1e8,
         }
     }
 }
 
-/// A late sample's weight: `((y + e) / y)²`, y floored at [`Y_FLOOR`], within `[1, kappa_max]`.
-pub fn kappa(y: f64, e: f64, kappa_max: f64) -> f64 {
-    let r = (y.max(0.0) + e.max(0.0)) / y.max(Y_FLOOR);
+/// A late sample's weight: `((y + e) / σ)²`, σ floored at [`SCALE_FLOOR`], within
+/// `[1, kappa_max]`.
+pub fn kappa(y: f64, e: f64, scale: f64, kappa_max: f64) -> f64 {
+    let r = (y.max(0.0) + e.max(0.0)) / scale.max(SCALE_FLOOR);
     (r * r).clamp(1.0, kappa_max.max(1.0))
 }
 
 /// Seed 000's cost of one sample as written (Equations 2 and 3, squared): for reference and
 /// tests; it is not what the fit minimises (see the module doc).
 pub fn seed_cost(predicted: f64, y: f64, e: f64) -> f64 {
-    let d = if predicted >= y { y - predicted } else { predicted + e };
+    let d = if predicted >= y {
+        y - predicted
+    } else {
+        predicted + e
+    };
     d * d
 }
 
@@ -77,6 +90,8 @@ pub fn seed_cost(predicted: f64, y: f64, e: f64) -> f64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PbMlr {
     cfg: PbMlrConfig,
+    /// σ in κ, seconds.
+    scale: f64,
     window: Window,
     theta: Vec<f64>,
     mu: Vec<f64>,
@@ -89,6 +104,7 @@ impl PbMlr {
         let prior = features::prior(cfg);
         PbMlr {
             cfg: pb,
+            scale: pb.late_scale_s.unwrap_or(cfg.noise_sd),
             window: Window::new(pb.window),
             theta: prior.mean.clone(),
             mu: prior.mean,
@@ -128,7 +144,12 @@ impl PbMlr {
     }
 
     fn kappa(&self, i: usize) -> f64 {
-        kappa(self.window.y[i], self.window.e[i], self.cfg.kappa_max)
+        kappa(
+            self.window.y[i],
+            self.window.e[i],
+            self.scale,
+            self.cfg.kappa_max,
+        )
     }
 
     /// Minimises [`PbMlr::cost`] from the current θ (module doc: generalised Newton with

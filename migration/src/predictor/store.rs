@@ -153,7 +153,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(FILE)], "no temp file left");
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from(FILE)],
+            "no temp file left"
+        );
     }
 
     #[test]

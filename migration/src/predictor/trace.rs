@@ -235,11 +235,24 @@ mod tests {
         let bad = format!("{HEADER}\n0,t0,d,64,x,0,1,1,1,4,0,30,1.5,,0,,,,,,,120\n");
         assert!(matches!(
             parse(&bad),
-            Err(TraceError::Value { line: 2, column: "rss_bytes", .. })
+            Err(TraceError::Value {
+                line: 2,
+                column: "rss_bytes",
+                ..
+            })
         ));
         let short = format!("{HEADER}\n0,t0\n");
-        assert!(matches!(parse(&short), Err(TraceError::FieldCount { line: 2, .. })));
+        assert!(matches!(
+            parse(&short),
+            Err(TraceError::FieldCount { line: 2, .. })
+        ));
         let neg = format!("{HEADER}\n0,t0,d,64,1,0,1,1,1,4,0,30,1.5,,0,,,,,,,-3\n");
-        assert!(matches!(parse(&neg), Err(TraceError::Value { column: "dump_ms", .. })));
+        assert!(matches!(
+            parse(&neg),
+            Err(TraceError::Value {
+                column: "dump_ms",
+                ..
+            })
+        ));
     }
 }

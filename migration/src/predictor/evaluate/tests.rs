@@ -3,11 +3,11 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::predictor::Features;
 use crate::predictor::features::tests::example;
 use crate::predictor::mlr::{Mlr, WINDOW};
 use crate::predictor::pbmlr::{PbMlr, PbMlrConfig};
 use crate::predictor::static_best::StaticBest;
+use crate::predictor::Features;
 
 fn dump(i: u64, mib: u64, secs: f64, since: Option<f64>) -> Dump {
     let mut f = example(mib);
@@ -71,7 +71,10 @@ fn the_curve_is_trailing() {
     let r = report(&[true, false, false, false]);
     let c = r.curve(2);
     assert_eq!(c.len(), 4);
-    assert_eq!((c[0].late_rate, c[1].late_rate, c[2].late_rate), (1.0, 0.5, 0.0));
+    assert_eq!(
+        (c[0].late_rate, c[1].late_rate, c[2].late_rate),
+        (1.0, 0.5, 0.0)
+    );
     assert!((c[1].mean_lost - (10.5 + 1.0) / 2.0).abs() < 1e-12);
 }
 

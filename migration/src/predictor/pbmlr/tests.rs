@@ -58,12 +58,23 @@ fn predicts_at_or_above_a_noisy_law_and_is_late_less_often_than_mlr() {
     let (mlr_late, mlr_lost) = late_count(&mut mlr, 3, 200);
     // Lateness is cheap when little work was done since the last checkpoint, so PB-MLR still
     // accepts some: far fewer than MLR, and less lost computation.
-    assert!(pb_late * 2 < mlr_late, "pbmlr late {pb_late}, mlr late {mlr_late}");
-    assert!(pb_lost < mlr_lost / 2.0, "pbmlr lost {pb_lost}, mlr lost {mlr_lost}");
+    assert!(
+        pb_late * 2 < mlr_late,
+        "pbmlr late {pb_late}, mlr late {mlr_late}"
+    );
+    assert!(
+        pb_lost < mlr_lost / 2.0,
+        "pbmlr lost {pb_lost}, mlr lost {mlr_lost}"
+    );
     // After learning, it predicts above the law itself across sizes.
     for mib in [32, 128, 512, 1000] {
         let f = example(mib);
-        assert!(pb.predict(&f) >= law(&f), "{mib} MiB: {} < {}", pb.predict(&f), law(&f));
+        assert!(
+            pb.predict(&f) >= law(&f),
+            "{mib} MiB: {} < {}",
+            pb.predict(&f),
+            law(&f)
+        );
     }
 }
 
@@ -87,12 +98,12 @@ fn the_fit_is_deterministic() {
 
 #[test]
 fn kappa_charges_a_late_dump_the_seeds_cost() {
-    // A late residual of one dump's length costs the seed's (y + e)².
-    let (y, e) = (0.2, 9.8);
-    let k = kappa(y, e, 1e9);
-    assert!((k * y * y - (y + e) * (y + e)).abs() < 1e-9);
-    assert_eq!(kappa(0.0, 0.0, 1e6), 1.0);
-    assert_eq!(kappa(1e-9, 100.0, 1e6), 1e6);
+    // Late by the scale σ costs the seed's (y + e)².
+    let (y, e, sigma) = (0.2, 9.8, 0.05);
+    let k = kappa(y, e, sigma, 1e9);
+    assert!((k * sigma * sigma - (y + e) * (y + e)).abs() < 1e-6);
+    assert_eq!(kappa(0.0, 0.0, 0.05, 1e6), 1.0);
+    assert_eq!(kappa(1.0, 100.0, 0.0, 1e6), 1e6);
     assert!((seed_cost(0.5, 0.3, 10.0) - 0.04).abs() < 1e-12);
     assert!((seed_cost(0.2, 0.3, 10.0) - 10.2 * 10.2).abs() < 1e-12);
 }
@@ -134,4 +145,3 @@ proptest! {
         }
     }
 }
-
