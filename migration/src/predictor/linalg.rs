@@ -27,8 +27,9 @@ pub fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
             if factor == 0.0 {
                 continue;
             }
-            for k in col..n {
-                a[row][k] -= factor * a[col][k];
+            let (upper, lower) = a.split_at_mut(row);
+            for (d, s) in lower[0][col..].iter_mut().zip(&upper[col][col..]) {
+                *d -= factor * s;
             }
             b[row] -= factor * b[col];
         }

@@ -14,6 +14,8 @@
 //! - [`model`]: the small trait the models share (`predict`, `observe`);
 //! - [`pbmlr`]: seed 000's penalty-based multiple linear regression, refit online;
 //! - [`mlr`]: standard least-squares MLR (ridge, same prior), online;
+//! - [`calibrated`]: a conformal margin from a model's own past errors (ours, not the seed's),
+//!   reported beside PB-MLR;
 //! - [`bayes`]: the Bayesian [`OnlineLinear`] (mean, and the upper bound the planner uses);
 //! - [`static_best`]: the best constant in hindsight (offline reference);
 //! - [`trace`]: the checkpoint trace CSV (docs: /work/notes/trace-schema.md, testnet/bench);
@@ -25,6 +27,7 @@
 //! one file.
 
 pub mod bayes;
+pub mod calibrated;
 pub mod estimates;
 pub mod evaluate;
 pub mod features;

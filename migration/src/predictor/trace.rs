@@ -1,6 +1,6 @@
 //! The checkpoint trace: one row per real CRIU dump, in the order taken, with the features a
 //! node read before it and the measured durations (written by `brume trace checkpoints`, read
-//! by `brume bench predictor`; the schema is docs/predictor.md's).
+//! by `brume bench predictor`; docs/predictor.md gives the columns).
 //!
 //! Why a parser of our own: the format is a plain comma-separated table of numbers and short
 //! names (no quoting), and this keeps the crate free of a CSV dependency. Columns are found by

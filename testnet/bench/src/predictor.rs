@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use brume_migration::predictor::calibrated::Calibrated;
 use brume_migration::predictor::evaluate::{self, Report};
 use brume_migration::predictor::mlr::{Mlr, WINDOW};
 use brume_migration::predictor::pbmlr::{PbMlr, PbMlrConfig};
@@ -23,6 +24,9 @@ use crate::predictor_svg;
 
 /// Where the trace lives in the repository.
 pub const TRACE: &str = "testnet/bench/traces/checkpoints.csv";
+
+/// Out-of-sample ratios the conformal margin is taken from.
+const CONFORMAL_KEEP: usize = 100;
 
 /// Options of `brume bench predictor`.
 #[derive(Debug, Clone, clap::Args)]
@@ -104,6 +108,11 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
     let mut bayes = BayesModel::mean(&cfg);
     let mut bayes_up = BayesModel::upper(&cfg);
     let mut stat = StaticBest::fit(&samples);
+    let mut conformal = Calibrated::new(
+        PbMlr::new(&cfg, PbMlrConfig::default()),
+        args.max_late_pct / 100.0,
+        CONFORMAL_KEEP,
+    );
     let reports = evaluate::replay(
         &dumps,
         &mut [
@@ -112,6 +121,7 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
             &mut bayes,
             &mut bayes_up,
             &mut stat,
+            &mut conformal,
         ],
     );
     let by = |name: &str| -> anyhow::Result<&Report> {
@@ -161,6 +171,7 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
     }
     println!("lost computation: early ŷ − y; late e + ŷ, e = seconds since the task's last checkpoint (Equation 3)");
     println!("static-best is the constant with the least lost computation over the whole trace: offline, in hindsight");
+    println!("pbmlr+conformal is ours, not seed 000's: PB-MLR scaled by the quantile of its own past y/ŷ ratios (BENCH keys are plain PB-MLR's)");
 
     let cv = evaluate::cross_validated_r2(&dumps, args.folds, &cfg);
     let loo = evaluate::cross_validated_r2(&dumps, dumps.len(), &cfg);
