@@ -2,9 +2,9 @@
 //!
 //! Why: it is the baseline PB-MLR must beat. Its cost is seed 000's Equation 1, the mean squared
 //! error, which punishes early and late predictions alike, so about half its predictions are
-//! late. It refits after every dump on the last [`MlrConfig::window`] samples, with the same
-//! ridge prior as the other linear models ([`features::prior`]) so it answers sanely before the
-//! first sample.
+//! late. It refits after every dump on the last [`WINDOW`] samples (or as many as asked), with
+//! the same ridge prior as the other linear models ([`features::prior`]) so it answers sanely
+//! before the first sample.
 
 use serde::{Deserialize, Serialize};
 
