@@ -9,7 +9,9 @@
 //! model's own past errors: before learning each dump it records `y / ŷ` for the prediction it
 //! made, and predicts `ŷ · q` where `q` is the `⌈(1 − α)(k + 1)⌉`-th smallest of the last `k`
 //! ratios (at least 1; the split-conformal quantile, which keeps the late rate near α when the
-//! errors are exchangeable). Deterministic.
+//! errors are exchangeable). Deterministic. Its weak point: a ratio is only as good as the inner
+//! prediction is far from 0; a model that predicts near 0 makes huge ratios (capped at 100), and
+//! the margin then inflates every later prediction until they leave the window.
 
 use serde::{Deserialize, Serialize};
 

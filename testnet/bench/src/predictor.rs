@@ -50,6 +50,10 @@ pub struct PredictorArgs {
     /// Predictions that must follow for a late rate to count in `dumps_to_learn`.
     #[arg(long, default_value_t = 20)]
     pub min_span: usize,
+    /// PB-MLR's late scale σ in seconds (a prediction late by σ costs seed 000's full penalty);
+    /// default: the predictor config's noise_sd (0.05 s).
+    #[arg(long)]
+    pub late_scale_s: Option<f64>,
     /// Also print every dump: measured duration and each model's prediction.
     #[arg(long)]
     pub show_dumps: bool,
@@ -103,13 +107,17 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         .iter()
         .map(|d| (d.dump_s, d.features.since_checkpoint_s()))
         .collect();
-    let mut pb = PbMlr::new(&cfg, PbMlrConfig::default());
+    let pb_cfg = PbMlrConfig {
+        late_scale_s: args.late_scale_s,
+        ..PbMlrConfig::default()
+    };
+    let mut pb = PbMlr::new(&cfg, pb_cfg);
     let mut mlr = Mlr::new(&cfg, WINDOW);
     let mut bayes = BayesModel::mean(&cfg);
     let mut bayes_up = BayesModel::upper(&cfg);
     let mut stat = StaticBest::fit(&samples);
     let mut conformal = Calibrated::new(
-        PbMlr::new(&cfg, PbMlrConfig::default()),
+        PbMlr::new(&cfg, pb_cfg),
         args.max_late_pct / 100.0,
         CONFORMAL_KEEP,
     );
