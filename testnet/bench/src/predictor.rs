@@ -181,6 +181,20 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
     println!("static-best is the constant with the least lost computation over the whole trace: offline, in hindsight");
     println!("pbmlr+conformal is ours, not seed 000's: PB-MLR scaled by the quantile of its own past y/ŷ ratios (BENCH keys are plain PB-MLR's)");
 
+    // What a node choosing by this measure would run: the online model with the least lost
+    // computation (static-best needs the whole trace in advance, so it cannot be chosen).
+    if let Some(best) = reports
+        .iter()
+        .filter(|r| r.name != "static-best")
+        .min_by(|a, b| a.mean_lost().total_cmp(&b.mean_lost()))
+    {
+        println!(
+            "least lost computation among the online models: {} ({:.3} s per dump)",
+            best.name,
+            best.mean_lost()
+        );
+    }
+
     let cv = evaluate::cross_validated_r2(&dumps, args.folds, &cfg);
     let loo = evaluate::cross_validated_r2(&dumps, dumps.len(), &cfg);
     println!();
