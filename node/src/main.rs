@@ -26,9 +26,10 @@ enum Command {
     /// Plan where a service's tasks would run on a network described in a file (nothing is
     /// deployed): prints who goes where and why.
     Place(brume_plan::place::PlaceArgs),
-    /// Run a benchmark family (placement, overlay, deploy, transfer, tunnel, migration) and print
-    /// a table, then one `BENCH name key=value ...` line. Runs the `brume-bench` program installed
-    /// beside this one (`brume bench --help` lists the families). Use a release build.
+    /// Run a benchmark family (placement, overlay, deploy, transfer, tunnel, migration, chaos,
+    /// predictor) and print a table, then one `BENCH name key=value ...` line. Runs the
+    /// `brume-bench` program installed beside this one (`brume bench --help` lists the
+    /// families). Use a release build.
     #[command(disable_help_flag = true)]
     Bench {
         /// The family and its options, handed to brume-bench as they are.

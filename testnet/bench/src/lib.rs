@@ -15,6 +15,8 @@ pub mod migration;
 pub mod overlay;
 pub mod pair;
 pub mod placement;
+pub mod predictor;
+pub mod predictor_svg;
 pub mod tcpcopy;
 pub mod trace;
 pub mod transfer;

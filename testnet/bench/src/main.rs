@@ -42,6 +42,10 @@ enum Family {
     /// lost instances), a frozen one thawed after --partition-s (duplicates after the heal),
     /// a restarted one (orphan tasks). Needs scripts/build-static.sh's relay binary.
     Chaos(brume_bench::chaos::ChaosArgs),
+    /// Checkpoint-duration prediction (seed 000) on a trace of real dumps: PB-MLR, least-squares
+    /// MLR, the Bayesian model and the best static value replayed online; late/early %, lost
+    /// computation, MAE, cross-validated R², the learning curve as an SVG.
+    Predictor(brume_bench::predictor::PredictorArgs),
     /// Traces of real systems written as data files, not benchmarks: `trace checkpoints` runs
     /// real CRIU dumps of varied workloads and writes features and durations as CSV (the
     /// predictor bench's input). Needs root and CRIU.
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Family::Tunnel(args) => brume_bench::tunnel::cli(args),
         Family::Migration(args) => brume_bench::migration::run(args),
         Family::Chaos(args) => brume_bench::chaos::run(args),
+        Family::Predictor(args) => brume_bench::predictor::run(args),
         Family::Trace(args) => brume_bench::trace::run(args),
     };
     match result {

@@ -1,0 +1,229 @@
+//! Seed 000's penalty-based multiple linear regression (PB-MLR), trained online.
+//!
+//! Why: a prediction below the real duration (late) means the dump does not finish before the
+//! deadline and all the work since the last checkpoint is lost; one above it (early) only wastes
+//! the gap. Seed 000 (section IV-A) therefore fits its linear model with an asymmetric cost:
+//! for a sample with measured duration `y`, prediction `ŷ` and `e` seconds of work since the
+//! task's last checkpoint, Equation 3 sets `d = y − ŷ` when early (`ŷ ≥ y`) and `d = ŷ + e`
+//! (the computation wasted) when late, and the cost is the mean of `d²` (Equation 1).
+//!
+//! That cost as written cannot be minimised by descent: it jumps at `ŷ = y` (from `(y + e)²`
+//! just below to 0 at `y`), and on the late side its slope points *down* (toward `ŷ = −e`), so a
+//! gradient step on a late sample makes it later. What the seed's cost expresses is that a late
+//! sample costs as much as the work it throws away, however little it is late, far more than an
+//! early one. We keep that and make it convex: the late branch is `κ·(y − ŷ)²` with
+//! `κ = ((y + e) / σ)²`, so a prediction late by σ, the noise of one measurement (`noise_sd` of
+//! [`PredictorConfig`], 50 ms, unless [`PbMlrConfig::late_scale_s`] says otherwise), costs
+//! exactly the seed's `(ŷ + e)²` at the boundary, `(y + e)²`, and one late by more costs more
+//! (κ capped at [`PbMlrConfig::kappa_max`] to keep the system well conditioned). A smaller scale,
+//! such as the dump's own length, would let predictions be late by a few noise widths for
+//! almost nothing, which the seed's jump does not allow. Per sample the cost is then
+//!
+//! ```text
+//! c_i(θ) = (x_i·θ − y_i)²          if x_i·θ ≥ y_i   (early: seed 000's Equation 2)
+//!        = κ_i (y_i − x_i·θ)²      otherwise         (late)
+//! ```
+//!
+//! plus the ridge prior `Σ λ_j (θ_j − μ_j)²` from [`features::prior`], which gives sane answers
+//! before the first sample. The sum is convex and continuously differentiable (piecewise
+//! quadratic, both pieces flat at a zero residual), and it is minimised exactly by a
+//! generalised Newton method, deterministic and warm-started from the previous fit: fix each
+//! sample's weight (1 or κ_i) by the sign of its residual at the current θ, solve that weighted
+//! ridge least squares (the Newton step of the current piece), and halve the step until the cost
+//! does not grow (the step is a descent direction because the piece's quadratic has the true
+//! gradient at θ); stop when the weights no longer change or after [`MAX_ITERS`] steps. The
+//! model keeps the last [`PbMlrConfig::window`] samples and refits after every dump.
+
+use serde::{Deserialize, Serialize};
+
+use super::features::{self, Features};
+use super::linalg;
+use super::model::{Model, Window};
+use super::PredictorConfig;
+
+/// Newton steps per refit, at most.
+pub const MAX_ITERS: usize = 60;
+/// The floor under the late scale σ, seconds.
+pub const SCALE_FLOOR: f64 = 1e-3;
+
+/// PB-MLR's knobs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PbMlrConfig {
+    /// Samples kept and refit on.
+    pub window: usize,
+    /// The lateness σ at which a late sample costs the seed's full penalty, seconds; `None`:
+    /// the config's `noise_sd`.
+    pub late_scale_s: Option<f64>,
+    /// The cap on a late sample's weight κ (keeps the system well conditioned).
+    pub kappa_max: f64,
+}
+
+impl Default for PbMlrConfig {
+    fn default() -> Self {
+        PbMlrConfig {
+            window: super::mlr::WINDOW,
+            late_scale_s: None,
+            kappa_max: 1e8,
+        }
+    }
+}
+
+/// A late sample's weight: `((y + e) / σ)²`, σ floored at [`SCALE_FLOOR`], within
+/// `[1, kappa_max]`.
+pub fn kappa(y: f64, e: f64, scale: f64, kappa_max: f64) -> f64 {
+    let r = (y.max(0.0) + e.max(0.0)) / scale.max(SCALE_FLOOR);
+    (r * r).clamp(1.0, kappa_max.max(1.0))
+}
+
+/// Seed 000's cost of one sample as written (Equations 2 and 3, squared): for reference and
+/// tests; it is not what the fit minimises (see the module doc).
+pub fn seed_cost(predicted: f64, y: f64, e: f64) -> f64 {
+    let d = if predicted >= y {
+        y - predicted
+    } else {
+        predicted + e
+    };
+    d * d
+}
+
+/// The online PB-MLR model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PbMlr {
+    cfg: PbMlrConfig,
+    /// σ in κ, seconds.
+    scale: f64,
+    window: Window,
+    theta: Vec<f64>,
+    mu: Vec<f64>,
+    lambda: Vec<f64>,
+}
+
+impl PbMlr {
+    /// A model at the config's prior.
+    pub fn new(cfg: &PredictorConfig, pb: PbMlrConfig) -> Self {
+        let prior = features::prior(cfg);
+        PbMlr {
+            cfg: pb,
+            scale: pb.late_scale_s.unwrap_or(cfg.noise_sd),
+            window: Window::new(pb.window),
+            theta: prior.mean.clone(),
+            mu: prior.mean,
+            lambda: prior.lambda,
+        }
+    }
+
+    /// The coefficients, in [`features::NAMES`]' order.
+    pub fn coefficients(&self) -> &[f64] {
+        &self.theta
+    }
+
+    /// Samples learned so far.
+    pub fn samples(&self) -> u64 {
+        self.window.seen()
+    }
+
+    /// The penalized cost of `theta` on the window (the objective the fit minimises).
+    pub fn cost(&self, theta: &[f64]) -> f64 {
+        let data: f64 = (0..self.window.len())
+            .map(|i| {
+                let r = linalg::dot(&self.window.x[i], theta) - self.window.y[i];
+                if r >= 0.0 {
+                    r * r
+                } else {
+                    self.kappa(i) * r * r
+                }
+            })
+            .sum();
+        let prior: f64 = theta
+            .iter()
+            .zip(&self.mu)
+            .zip(&self.lambda)
+            .map(|((t, m), l)| l * (t - m) * (t - m))
+            .sum();
+        data + prior
+    }
+
+    fn kappa(&self, i: usize) -> f64 {
+        kappa(
+            self.window.y[i],
+            self.window.e[i],
+            self.scale,
+            self.cfg.kappa_max,
+        )
+    }
+
+    /// Minimises [`PbMlr::cost`] from the current θ (module doc: generalised Newton with
+    /// step halving). Returns the Newton steps taken.
+    fn refit(&mut self) -> usize {
+        let rows = self.window.rows();
+        let mut theta = self.theta.clone();
+        let mut cost = self.cost(&theta);
+        let mut last_weights: Option<Vec<f64>> = None;
+        for step in 0..MAX_ITERS {
+            let weights: Vec<f64> = (0..rows.len())
+                .map(|i| {
+                    if linalg::dot(rows[i], &theta) >= self.window.y[i] {
+                        1.0
+                    } else {
+                        self.kappa(i)
+                    }
+                })
+                .collect();
+            if last_weights.as_ref() == Some(&weights) {
+                self.theta = theta;
+                return step;
+            }
+            let Some(target) =
+                linalg::weighted_ridge(&rows, &self.window.y, &weights, &self.lambda, &self.mu)
+            else {
+                break;
+            };
+            let mut t = 1.0;
+            let mut accepted = None;
+            for _ in 0..40 {
+                let cand: Vec<f64> = theta
+                    .iter()
+                    .zip(&target)
+                    .map(|(a, b)| a + t * (b - a))
+                    .collect();
+                let c = self.cost(&cand);
+                if c <= cost {
+                    accepted = Some((cand, c));
+                    break;
+                }
+                t *= 0.5;
+            }
+            let Some((cand, c)) = accepted else { break };
+            let converged = cost - c <= 1e-15 * cost.max(1e-300);
+            theta = cand;
+            cost = c;
+            if converged {
+                break;
+            }
+            // A full step lands on the minimum of this piece: if the pieces are the same there,
+            // it is the minimum of the whole (convex, C¹) cost.
+            last_weights = (t == 1.0).then_some(weights);
+        }
+        self.theta = theta;
+        MAX_ITERS
+    }
+}
+
+impl Model for PbMlr {
+    fn name(&self) -> &'static str {
+        "pbmlr"
+    }
+
+    fn predict(&self, f: &Features) -> f64 {
+        linalg::dot(&features::vector(f), &self.theta).max(0.0)
+    }
+
+    fn observe(&mut self, f: &Features, seconds: f64, since_checkpoint: f64) {
+        if self.window.push(f, seconds, since_checkpoint) {
+            self.refit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

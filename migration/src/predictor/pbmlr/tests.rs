@@ -1,0 +1,147 @@
+//! PB-MLR's tests: the fit against a known law, its optimality, and seed 000's quantities.
+
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::predictor::features::tests::example;
+use crate::predictor::mlr::Mlr;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn gauss(rng: &mut StdRng) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(1e-12);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// A task like the trace's: 16 MiB-1 GiB, a few threads and files, dumped every few seconds.
+fn task(rng: &mut StdRng) -> Features {
+    let mut f = example(rng.random_range(16..1024));
+    f.threads = rng.random_range(1..16);
+    f.open_files = rng.random_range(3..200);
+    f.age_s = rng.random_range(1.0..120.0);
+    f.since_last_s = rng.random_bool(0.7).then(|| rng.random_range(0.5..10.0));
+    f
+}
+
+/// The law the machine follows: 40 ms + 1.5 s/GiB of resident memory.
+fn law(f: &Features) -> f64 {
+    0.04 + 1.5 * f.rss_bytes as f64 / GIB
+}
+
+/// Replays `n` noisy dumps (10% multiplicative noise) through `m`; returns the late count and
+/// the total lost computation (seed 000's Equation 3).
+fn late_count(m: &mut dyn Model, seed: u64, n: usize) -> (usize, f64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut late, mut lost) = (0, 0.0);
+    for _ in 0..n {
+        let f = task(&mut rng);
+        let y = law(&f) * (1.0 + 0.1 * gauss(&mut rng)).max(0.5);
+        let p = m.predict(&f);
+        if p < y {
+            late += 1;
+        }
+        lost += crate::predictor::evaluate::lost(p, y, f.since_checkpoint_s());
+        m.observe(&f, y, f.since_checkpoint_s());
+    }
+    (late, lost)
+}
+
+#[test]
+fn predicts_at_or_above_a_noisy_law_and_is_late_less_often_than_mlr() {
+    let cfg = PredictorConfig::default();
+    let mut pb = PbMlr::new(&cfg, PbMlrConfig::default());
+    let mut mlr = Mlr::new(&cfg, PbMlrConfig::default().window);
+    let (pb_late, pb_lost) = late_count(&mut pb, 3, 200);
+    let (mlr_late, mlr_lost) = late_count(&mut mlr, 3, 200);
+    // Lateness is cheap when little work was done since the last checkpoint, so PB-MLR still
+    // accepts some: far fewer than MLR, and less lost computation.
+    assert!(
+        pb_late * 2 < mlr_late,
+        "pbmlr late {pb_late}, mlr late {mlr_late}"
+    );
+    assert!(
+        pb_lost < mlr_lost / 2.0,
+        "pbmlr lost {pb_lost}, mlr lost {mlr_lost}"
+    );
+    // After learning, it predicts above the law itself across sizes.
+    for mib in [32, 128, 512, 1000] {
+        let f = example(mib);
+        assert!(
+            pb.predict(&f) >= law(&f),
+            "{mib} MiB: {} < {}",
+            pb.predict(&f),
+            law(&f)
+        );
+    }
+}
+
+#[test]
+fn answers_with_the_prior_before_any_sample() {
+    let m = PbMlr::new(&PredictorConfig::default(), PbMlrConfig::default());
+    let one_gib = m.predict(&example(1024));
+    assert!((3.0..4.0).contains(&one_gib), "{one_gib}");
+    assert_eq!(m.samples(), 0);
+}
+
+#[test]
+fn the_fit_is_deterministic() {
+    let run = || {
+        let mut m = PbMlr::new(&PredictorConfig::default(), PbMlrConfig::default());
+        late_count(&mut m, 5, 60);
+        m
+    };
+    assert_eq!(run().coefficients(), run().coefficients());
+}
+
+#[test]
+fn kappa_charges_a_late_dump_the_seeds_cost() {
+    // Late by the scale σ costs the seed's (y + e)².
+    let (y, e, sigma) = (0.2, 9.8, 0.05);
+    let k = kappa(y, e, sigma, 1e9);
+    assert!((k * sigma * sigma - (y + e) * (y + e)).abs() < 1e-6);
+    assert_eq!(kappa(0.0, 0.0, 0.05, 1e6), 1.0);
+    assert_eq!(kappa(1.0, 100.0, 0.0, 1e6), 1e6);
+    assert!((seed_cost(0.5, 0.3, 10.0) - 0.04).abs() < 1e-12);
+    assert!((seed_cost(0.2, 0.3, 10.0) - 10.2 * 10.2).abs() < 1e-12);
+}
+
+#[test]
+fn garbage_is_ignored() {
+    let mut m = PbMlr::new(&PredictorConfig::default(), PbMlrConfig::default());
+    let before = m.clone();
+    m.observe(&example(64), f64::NAN, 1.0);
+    m.observe(&example(64), -1.0, 1.0);
+    m.observe(&example(64), 0.1, f64::INFINITY);
+    assert_eq!(m, before);
+}
+
+proptest! {
+    #![proptest_config(crate::testing::proptest_config(24))]
+
+    /// Whatever the data, the fit is a minimum of the penalized cost: no step along any
+    /// coordinate lowers it (the cost is convex, so this is the global minimum), and the cost
+    /// is no higher than at the prior.
+    #[test]
+    fn the_fit_minimises_the_penalized_cost(seed in any::<u64>(), n in 1usize..40) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut m = PbMlr::new(&PredictorConfig::default(), PbMlrConfig::default());
+        for _ in 0..n {
+            let f = task(&mut rng);
+            let y = law(&f) * rng.random_range(0.5..2.0);
+            m.observe(&f, y, f.since_checkpoint_s());
+        }
+        let theta = m.coefficients().to_vec();
+        let best = m.cost(&theta);
+        prop_assert!(best <= m.cost(&m.mu) * (1.0 + 1e-9));
+        for j in 0..theta.len() {
+            for h in [1e-3, -1e-3, 1e-1, -1e-1] {
+                let mut t = theta.clone();
+                t[j] += h;
+                prop_assert!(m.cost(&t) >= best * (1.0 - 1e-9), "coordinate {} by {}", j, h);
+            }
+        }
+    }
+}

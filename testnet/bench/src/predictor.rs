@@ -1,0 +1,259 @@
+//! `brume bench predictor`: seed 000's evaluation of the checkpoint-duration models on a trace
+//! of real dumps.
+//!
+//! It reads the trace CSV (`brume trace checkpoints` writes it; default
+//! testnet/bench/traces/checkpoints.csv), replays it in order through PB-MLR, least-squares MLR
+//! and the Bayesian model (mean, and the mean + z·sd bound the planner uses), each predicting a
+//! dump before learning from it, beside the best static value in hindsight, and prints seed
+//! 000's table (late %, early %, mean lost computation, MAE), the cross-validated R² of the MLR
+//! fit, how many dumps PB-MLR needs before its late rate stays within 5%, and the learning curve
+//! as an SVG a person can open. The replay is brume-migration's pure
+//! `predictor::evaluate`; this module only reads the file, prints and draws.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use brume_migration::predictor::calibrated::Calibrated;
+use brume_migration::predictor::evaluate::{self, Report};
+use brume_migration::predictor::mlr::{Mlr, WINDOW};
+use brume_migration::predictor::pbmlr::{PbMlr, PbMlrConfig};
+use brume_migration::predictor::static_best::StaticBest;
+use brume_migration::predictor::{trace, BayesModel, Model, PredictorConfig};
+
+use crate::predictor_svg;
+
+/// Where the trace lives in the repository.
+pub const TRACE: &str = "testnet/bench/traces/checkpoints.csv";
+
+/// Out-of-sample ratios the conformal margin is taken from.
+const CONFORMAL_KEEP: usize = 100;
+
+/// Options of `brume bench predictor`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PredictorArgs {
+    /// The trace CSV (default: testnet/bench/traces/checkpoints.csv from the current directory,
+    /// else from this build's source tree).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Where to write the learning curve (SVG).
+    #[arg(long, default_value = "target/predictor-learning.svg")]
+    pub svg: PathBuf,
+    /// Predictions per point of the learning curve (trailing window).
+    #[arg(long, default_value_t = 20)]
+    pub window: usize,
+    /// Folds of the cross-validated R² (interleaved).
+    #[arg(long, default_value_t = 10)]
+    pub folds: usize,
+    /// The late rate (%) PB-MLR must stay within for `dumps_to_learn`.
+    #[arg(long, default_value_t = 5.0)]
+    pub max_late_pct: f64,
+    /// Predictions that must follow for a late rate to count in `dumps_to_learn`.
+    #[arg(long, default_value_t = 20)]
+    pub min_span: usize,
+    /// PB-MLR's late scale σ in seconds (a prediction late by σ costs seed 000's full penalty);
+    /// default: the predictor config's noise_sd (0.05 s).
+    #[arg(long)]
+    pub late_scale_s: Option<f64>,
+    /// Also print every dump: measured duration and each model's prediction.
+    #[arg(long)]
+    pub show_dumps: bool,
+}
+
+fn trace_path(arg: Option<&Path>) -> PathBuf {
+    if let Some(p) = arg {
+        return p.to_path_buf();
+    }
+    let here = PathBuf::from(TRACE);
+    if here.is_file() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/checkpoints.csv")
+}
+
+fn ratio(a: f64, b: f64, what: &str) -> anyhow::Result<f64> {
+    let r = a / b;
+    anyhow::ensure!(r.is_finite(), "{what}: {a} / {b} is not a number");
+    Ok(r)
+}
+
+pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
+    let path = trace_path(args.trace.as_deref());
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("read the trace {}", path.display()))?;
+    let dumps = trace::parse(&text).with_context(|| format!("parse {}", path.display()))?;
+    anyhow::ensure!(!dumps.is_empty(), "{} holds no dumps", path.display());
+    let mut tasks: Vec<&str> = dumps.iter().map(|d| d.task.as_str()).collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    let mut workloads: Vec<&str> = dumps.iter().map(|d| d.workload.as_str()).collect();
+    workloads.sort_unstable();
+    workloads.dedup();
+    let durations: Vec<f64> = dumps.iter().map(|d| d.dump_s).collect();
+    let (lo, hi) = durations
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(l, h), &v| (l.min(v), h.max(v)));
+    println!(
+        "predictor: {} ({} dumps of {} tasks; workloads {}; dumps {:.3}-{:.3} s)",
+        path.display(),
+        dumps.len(),
+        tasks.len(),
+        workloads.join(", "),
+        lo,
+        hi
+    );
+
+    let cfg = PredictorConfig::default();
+    let samples: Vec<(f64, f64)> = dumps
+        .iter()
+        .map(|d| (d.dump_s, d.features.since_checkpoint_s()))
+        .collect();
+    let pb_cfg = PbMlrConfig {
+        late_scale_s: args.late_scale_s,
+        ..PbMlrConfig::default()
+    };
+    let mut pb = PbMlr::new(&cfg, pb_cfg);
+    let mut mlr = Mlr::new(&cfg, WINDOW);
+    let mut bayes = BayesModel::mean(&cfg);
+    let mut bayes_up = BayesModel::upper(&cfg);
+    let mut stat = StaticBest::fit(&samples);
+    let mut conformal = Calibrated::new(
+        PbMlr::new(&cfg, pb_cfg),
+        args.max_late_pct / 100.0,
+        CONFORMAL_KEEP,
+    );
+    let reports = evaluate::replay(
+        &dumps,
+        &mut [
+            &mut pb as &mut dyn Model,
+            &mut mlr,
+            &mut bayes,
+            &mut bayes_up,
+            &mut stat,
+            &mut conformal,
+        ],
+    );
+    let by = |name: &str| -> anyhow::Result<&Report> {
+        reports
+            .iter()
+            .find(|r| r.name == name)
+            .with_context(|| format!("no report of {name}"))
+    };
+
+    if args.show_dumps {
+        print!("{:>5} {:>8} {:>9}", "dump", "task", "took (s)");
+        for r in &reports {
+            print!(" {:>11}", r.name);
+        }
+        println!();
+        for (i, d) in dumps.iter().enumerate() {
+            print!("{:>5} {:>8} {:>9.3}", d.dump, d.task, d.dump_s);
+            for r in &reports {
+                let o = r.outcomes[i];
+                print!(" {:>10.3}{}", o.predicted, if o.late() { "L" } else { " " });
+            }
+            println!();
+        }
+    }
+    println!();
+    println!("replayed in order, each model predicting a dump before learning from it (seed 000, section V):");
+    println!(
+        "{:<22} {:>7} {:>8} {:>15} {:>9}",
+        "model", "late %", "early %", "mean lost (s)", "MAE (s)"
+    );
+    for r in &reports {
+        let label = if r.name == "static-best" {
+            format!("static-best ({:.3} s)", stat.value())
+        } else if r.name == "bayes+zsd" {
+            format!("bayes+{}sd (planner)", cfg.z)
+        } else {
+            r.name.to_string()
+        };
+        println!(
+            "{:<22} {:>7.1} {:>8.1} {:>15.3} {:>9.3}",
+            label,
+            r.late_pct(),
+            r.early_pct(),
+            r.mean_lost(),
+            r.mae()
+        );
+    }
+    println!("lost computation: early ŷ − y; late e + ŷ, e = seconds since the task's last checkpoint (Equation 3)");
+    println!("static-best is the constant with the least lost computation over the whole trace: offline, in hindsight");
+    println!("pbmlr+conformal is ours, not seed 000's: PB-MLR scaled by the quantile of its own past y/ŷ ratios (BENCH keys are plain PB-MLR's)");
+
+    // What a node choosing by this measure would run: the online model with the least lost
+    // computation (static-best needs the whole trace in advance, so it cannot be chosen).
+    if let Some(best) = reports
+        .iter()
+        .filter(|r| r.name != "static-best")
+        .min_by(|a, b| a.mean_lost().total_cmp(&b.mean_lost()))
+    {
+        println!(
+            "least lost computation among the online models: {} ({:.3} s per dump)",
+            best.name,
+            best.mean_lost()
+        );
+    }
+
+    let cv = evaluate::cross_validated_r2(&dumps, args.folds, &cfg);
+    let loo = evaluate::cross_validated_r2(&dumps, dumps.len(), &cfg);
+    println!();
+    println!(
+        "MLR fit, cross-validated R²: {}-fold (interleaved) {:.3} ± {:.3} per fold, pooled {:.3}; leave-one-out pooled {:.3}",
+        args.folds.clamp(2, dumps.len().max(2)),
+        cv.mean(),
+        cv.sd(),
+        cv.pooled,
+        loo.pooled
+    );
+
+    let pbr = by("pbmlr")?;
+    let learned = evaluate::dumps_to_learn(pbr, args.max_late_pct / 100.0, args.min_span);
+    match learned {
+        Some(n) => {
+            let rest = Report {
+                name: "pbmlr",
+                outcomes: pbr.outcomes[n..].to_vec(),
+            };
+            println!(
+                "PB-MLR within {}% late after {n} dumps (every span of >= {} later predictions); after it: late {:.1}%, mean lost {:.3} s over {} dumps",
+                args.max_late_pct,
+                args.min_span,
+                rest.late_pct(),
+                rest.mean_lost(),
+                rest.n()
+            );
+        }
+        None => println!(
+            "PB-MLR never stays within {}% late in this trace (dumps_to_learn=-1)",
+            args.max_late_pct
+        ),
+    }
+
+    let svg = predictor_svg::render(&reports, args.window, args.max_late_pct);
+    if let Some(dir) = args.svg.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(&args.svg, svg).with_context(|| format!("write {}", args.svg.display()))?;
+    println!(
+        "learning curve (trailing {} predictions): {}",
+        args.window,
+        args.svg.display()
+    );
+
+    let lost_vs_mlr = ratio(pbr.mean_lost(), by("mlr")?.mean_lost(), "lost_vs_mlr")?;
+    let lost_vs_static = ratio(
+        pbr.mean_lost(),
+        by("static-best")?.mean_lost(),
+        "lost_vs_static",
+    )?;
+    let learned = learned.map_or(-1, |n| n as i64);
+    println!(
+        "BENCH predictor late_pct={:.2} early_pct={:.2} lost_vs_mlr={:.3} lost_vs_static={:.3} dumps_to_learn={learned}",
+        pbr.late_pct(),
+        pbr.early_pct(),
+        lost_vs_mlr,
+        lost_vs_static
+    );
+    Ok(())
+}
