@@ -56,6 +56,13 @@ pub struct PbMlrConfig {
     pub late_scale_s: Option<f64>,
     /// The cap on a late sample's weight κ (keeps the system well conditioned).
     pub kappa_max: f64,
+    /// When set, σ is this share of each sample's own duration (floored at [`SCALE_FLOOR`])
+    /// instead of a fixed number of seconds: a prediction late by that share of the dump costs
+    /// the seed's full penalty, so a 20 ms dump missed by 5 ms weighs as much as a 2 s dump
+    /// missed by 0.5 s (a fixed σ lets the fit trade small dumps' lateness for large dumps'
+    /// earliness). Overrides `late_scale_s`.
+    #[serde(default)]
+    pub late_scale_rel: Option<f64>,
 }
 
 impl Default for PbMlrConfig {
@@ -64,6 +71,7 @@ impl Default for PbMlrConfig {
             window: super::mlr::WINDOW,
             late_scale_s: None,
             kappa_max: 1e8,
+            late_scale_rel: None,
         }
     }
 }
@@ -144,12 +152,12 @@ impl PbMlr {
     }
 
     fn kappa(&self, i: usize) -> f64 {
-        kappa(
-            self.window.y[i],
-            self.window.e[i],
-            self.scale,
-            self.cfg.kappa_max,
-        )
+        let y = self.window.y[i];
+        let scale = match self.cfg.late_scale_rel {
+            Some(rel) if rel.is_finite() && rel > 0.0 => rel * y,
+            _ => self.scale,
+        };
+        kappa(y, self.window.e[i], scale, self.cfg.kappa_max)
     }
 
     /// Minimises [`PbMlr::cost`] from the current θ (module doc: generalised Newton with
