@@ -132,6 +132,79 @@ pub fn vector(f: &Features) -> [f64; DIM] {
     ]
 }
 
+/// Entries of [`log_vector`] in use (the rest of its `DIM` slots are 0).
+pub const LOG_USED: usize = 10;
+
+/// Names of [`log_vector`]'s entries in use, in order.
+pub const LOG_NAMES: [&str; LOG_USED] = [
+    "1",
+    "ln_rss_gib",
+    "ln_1p_written_pages_1e5",
+    "ln_processes",
+    "ln_threads",
+    "ln_1p_open_files",
+    "ln_1p_load_per_cpu",
+    "ln_1p_running_per_cpu",
+    "cpu_pressure",
+    "load_unknown",
+];
+
+/// The vector of PB-MLR's multiplicative (log-space) form, which models `ln(seconds)`: logs of
+/// the sizes, so a coefficient is an elasticity (ln rss's is how the time scales with memory)
+/// and the load terms multiply the whole duration. Resident memory is floored at 1 MiB, counts
+/// at 1. The load is handled as in [`vector`]: unknown gives 0 load terms and `load_unknown` 1.
+/// Padded with zeros to `DIM` so it shares the models' sample window.
+pub fn log_vector(f: &Features) -> [f64; DIM] {
+    let rss_gib = (f.rss_bytes as f64).max(1048576.0) / GIB;
+    let load = f.load.load_per_cpu();
+    let running = f.load.running_per_cpu().filter(|_| load.is_some());
+    let pressure = f
+        .load
+        .cpu_pressure
+        .filter(|p| p.is_finite() && load.is_some());
+    let mut v = [0.0; DIM];
+    v[..LOG_USED].copy_from_slice(&[
+        1.0,
+        rss_gib.ln(),
+        (f.written_pages as f64 / PAGE_UNIT).ln_1p(),
+        f64::from(f.processes.max(1)).ln(),
+        f64::from(f.threads.max(1)).ln(),
+        f64::from(f.open_files).ln_1p(),
+        load.unwrap_or(0.0).ln_1p(),
+        running.unwrap_or(0.0).ln_1p(),
+        finite_nonneg(pressure.unwrap_or(0.0)),
+        if load.is_none() { 1.0 } else { 0.0 },
+    ]);
+    v
+}
+
+/// The noise of one dump's `ln(seconds)` the log-space prior assumes: about ±30% (a priori, not
+/// measured on a trace).
+pub const LOG_NOISE_SD: f64 = 0.3;
+
+/// The prior of [`log_vector`]'s coefficients, from the same `dump_prior` as [`prior`]: the
+/// intercept is ln of its 1 GiB answer, the ln-rss elasticity the one that joins its 64 MiB and
+/// 1 GiB answers (ln(y(1 GiB)/y(64 MiB)) / ln 16), sd 1 and 0.5; every other coefficient 0, sd 0.5
+/// (a doubling of a count or of the load per CPU may a priori stretch a dump by about 40%); the
+/// unused slots 0 with sd 1e-3.
+pub fn log_prior(cfg: &PredictorConfig) -> Prior {
+    let (a, b) = (cfg.dump_prior[0].0, cfg.dump_prior[1].0);
+    let at = |gib: f64| (a + b * gib).max(1e-3);
+    let mut mean = vec![0.0; DIM];
+    let mut sd: Vec<f64> = vec![1e-3; DIM];
+    for s in &mut sd[..LOG_USED] {
+        *s = 0.5;
+    }
+    mean[0] = at(1.0).ln();
+    sd[0] = 1.0;
+    mean[1] = (at(1.0) / at(1.0 / 16.0)).ln() / 16f64.ln();
+    let lambda = sd
+        .iter()
+        .map(|s| (LOG_NOISE_SD / s.max(1e-6)).powi(2))
+        .collect();
+    Prior { mean, sd, lambda }
+}
+
 /// A Gaussian prior on the coefficients of [`vector`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prior {
@@ -200,6 +273,29 @@ pub(crate) mod tests {
         // The load was not read: its terms are 0 and the unknown-load term carries rss.
         assert_eq!(v[LOAD_FIRST..DIM - 1], [0.0; 4]);
         assert!((v[DIM - 1] - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_log_prior_predicts_the_measured_dumps() {
+        let p = log_prior(&PredictorConfig::default());
+        let at = |mib| -> f64 {
+            let v = log_vector(&example(mib));
+            v.iter().zip(&p.mean).map(|(a, b)| a * b).sum::<f64>().exp()
+        };
+        // Equal to the linear prior's answers at 64 MiB and 1 GiB (up to the written-pages
+        // term, 0 in the prior).
+        let lin = prior(&PredictorConfig::default());
+        let lin_at = |mib| -> f64 {
+            let v = vector(&example(mib));
+            v.iter().zip(&lin.mean).map(|(a, b)| a * b).sum()
+        };
+        for mib in [64, 1024] {
+            assert!((at(mib) / lin_at(mib) - 1.0).abs() < 0.02, "{mib}");
+        }
+        assert!(log_vector(&example(64))[LOG_USED..]
+            .iter()
+            .all(|x| *x == 0.0));
+        assert_eq!(log_vector(&example(64))[LOG_USED - 1], 1.0);
     }
 
     #[test]

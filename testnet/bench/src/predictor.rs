@@ -132,6 +132,13 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
             },
         ),
     };
+    let mut pb_log = PbMlr::new(
+        &cfg,
+        PbMlrConfig {
+            log_space: true,
+            ..pb_cfg
+        },
+    );
     let mut mlr_noload = WithoutLoad(Named {
         name: "mlr-noload",
         model: Mlr::new(&cfg, WINDOW),
@@ -151,6 +158,7 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
             &mut pb as &mut dyn Model,
             &mut pb_noload,
             &mut pb_rel,
+            &mut pb_log,
             &mut mlr,
             &mut mlr_noload,
             &mut bayes,
@@ -209,6 +217,7 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
     println!("pbmlr+conformal is ours, not seed 000's: PB-MLR scaled by the quantile of its own past y/ŷ ratios (BENCH keys are plain PB-MLR's)");
     println!("-noload: the same model with the machine-load features hidden (the feature vector before they were recorded)");
     println!("pbmlr-rel: PB-MLR with the late scale σ = {LATE_SCALE_REL} × the dump's own duration instead of a fixed noise_sd (fixed before the replay)");
+    println!("pbmlr-log: PB-MLR's cost on ln(seconds) over logs of the features (multiplicative), σ = {} × the dump, prior from the same dump_prior", brume_migration::predictor::pbmlr::LOG_LATE_SCALE);
 
     // What a node choosing by this measure would run: the online model with the least lost
     // computation (static-best needs the whole trace in advance, so it cannot be chosen).
@@ -259,7 +268,7 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         ),
     }
 
-    for name in ["pbmlr-noload", "pbmlr-rel", "pbmlr+conformal"] {
+    for name in ["pbmlr-noload", "pbmlr-rel", "pbmlr-log", "pbmlr+conformal"] {
         let n = evaluate::dumps_to_learn(by(name)?, args.max_late_pct / 100.0, args.min_span);
         println!("{name}: dumps_to_learn={}", n.map_or(-1, |n| n as i64));
     }

@@ -176,3 +176,28 @@ fn a_relative_late_scale_weighs_a_small_dumps_miss_by_its_share() {
         "{data_rel} {data_fixed}"
     );
 }
+
+#[test]
+fn the_log_space_form_learns_the_noisy_law_and_is_late_less_often_than_mlr() {
+    let cfg = PredictorConfig::default();
+    let log = PbMlrConfig {
+        log_space: true,
+        ..PbMlrConfig::default()
+    };
+    let mut pb = PbMlr::new(&cfg, log);
+    assert_eq!(pb.name(), "pbmlr-log");
+    let mut mlr = Mlr::new(&cfg, log.window);
+    let (pb_late, _) = late_count(&mut pb, 3, 200);
+    let (mlr_late, _) = late_count(&mut mlr, 3, 200);
+    assert!(pb_late < mlr_late / 2, "{pb_late} vs {mlr_late}");
+    // After 200 dumps its answers are finite, positive and grow with memory.
+    let (small, large) = (pb.predict(&example(64)), pb.predict(&example(1024)));
+    assert!(
+        small.is_finite() && small > 0.0 && large > 2.0 * small,
+        "{small} {large}"
+    );
+    // A sample it cannot use is ignored.
+    let before = pb.samples();
+    pb.observe(&example(64), f64::NAN, 1.0);
+    assert_eq!(pb.samples(), before);
+}
