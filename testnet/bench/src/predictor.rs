@@ -3,8 +3,10 @@
 //!
 //! It reads the trace CSV (`brume trace checkpoints` writes it; default
 //! testnet/bench/traces/checkpoints.csv), replays it in order through PB-MLR, least-squares MLR
-//! and the Bayesian model (mean, and the mean + z·sd bound the planner uses), each predicting a
-//! dump before learning from it, beside the best static value in hindsight, and prints seed
+//! and the Bayesian model (mean, and the mean + z·sd bound the planner uses), with PB-MLR's
+//! variants (without the machine-load features, a relative late scale, the log-space form;
+//! [`crate::predictor_variants`]), each predicting a dump before learning from it, beside the
+//! best static value in hindsight, and prints seed
 //! 000's table (late %, early %, mean lost computation, MAE), the cross-validated R² of the MLR
 //! fit, how many dumps PB-MLR needs before its late rate stays within 5%, and the learning curve
 //! as an SVG a person can open. The replay is brume-migration's pure
