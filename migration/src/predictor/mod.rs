@@ -11,6 +11,8 @@
 //! One file per concept:
 //! - [`features`]: what a node reads about a task before a dump, and the scaled feature vector
 //!   every linear model shares (with the prior from [`PredictorConfig`]);
+//! - [`load`]: the machine's load a node reads before a dump (load average, runnable threads,
+//!   CPUs, busy share, CPU pressure), with the parsers of its `/proc` texts;
 //! - [`model`]: the small trait the models share (`predict`, `observe`);
 //! - [`pbmlr`]: seed 000's penalty-based multiple linear regression, refit online;
 //! - [`mlr`]: standard least-squares MLR (ridge, same prior), online;
@@ -32,6 +34,7 @@ pub mod estimates;
 pub mod evaluate;
 pub mod features;
 mod linalg;
+pub mod load;
 pub mod mlr;
 pub mod model;
 pub mod pbmlr;

@@ -50,16 +50,22 @@ impl Window {
         if !seconds.is_finite() || seconds < 0.0 || !since_checkpoint.is_finite() {
             return false;
         }
+        self.push_row(features::vector(f), seconds, since_checkpoint);
+        true
+    }
+
+    /// Adds one sample as given (a vector and label of the caller's own space, e.g. PB-MLR's
+    /// log space, where the label may be negative); the caller checks finiteness.
+    pub(crate) fn push_row(&mut self, x: [f64; DIM], label: f64, since_checkpoint: f64) {
         if self.y.len() == self.cap {
             self.x.remove(0);
             self.y.remove(0);
             self.e.remove(0);
         }
-        self.x.push(features::vector(f));
-        self.y.push(seconds);
+        self.x.push(x);
+        self.y.push(label);
         self.e.push(since_checkpoint.max(0.0));
         self.seen += 1;
-        true
     }
 
     /// Samples in the window.

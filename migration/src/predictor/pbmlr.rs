@@ -56,7 +56,25 @@ pub struct PbMlrConfig {
     pub late_scale_s: Option<f64>,
     /// The cap on a late sample's weight κ (keeps the system well conditioned).
     pub kappa_max: f64,
+    /// When set, σ is this share of each sample's own duration (floored at [`SCALE_FLOOR`])
+    /// instead of a fixed number of seconds: a prediction late by that share of the dump costs
+    /// the seed's full penalty, so a 20 ms dump missed by 5 ms weighs as much as a 2 s dump
+    /// missed by 0.5 s (a fixed σ lets the fit trade small dumps' lateness for large dumps'
+    /// earliness). Overrides `late_scale_s`.
+    #[serde(default)]
+    pub late_scale_rel: Option<f64>,
+    /// Fit `ln(seconds)` on [`features::log_vector`] (a multiplicative model: relative errors
+    /// weigh the same at every size) instead of seconds on [`features::vector`]. In log space a
+    /// residual is a relative lateness, so σ is always relative: `late_scale_rel`, else
+    /// [`LOG_LATE_SCALE`].
+    #[serde(default)]
+    pub log_space: bool,
 }
+
+/// σ of the log-space form when `late_scale_rel` is not set: late by 5% of the dump.
+pub const LOG_LATE_SCALE: f64 = 0.05;
+/// The floor under a duration before its log is taken, seconds.
+pub const LOG_FLOOR_S: f64 = 1e-3;
 
 impl Default for PbMlrConfig {
     fn default() -> Self {
@@ -64,6 +82,8 @@ impl Default for PbMlrConfig {
             window: super::mlr::WINDOW,
             late_scale_s: None,
             kappa_max: 1e8,
+            late_scale_rel: None,
+            log_space: false,
         }
     }
 }
@@ -101,7 +121,11 @@ pub struct PbMlr {
 impl PbMlr {
     /// A model at the config's prior.
     pub fn new(cfg: &PredictorConfig, pb: PbMlrConfig) -> Self {
-        let prior = features::prior(cfg);
+        let prior = if pb.log_space {
+            features::log_prior(cfg)
+        } else {
+            features::prior(cfg)
+        };
         PbMlr {
             cfg: pb,
             scale: pb.late_scale_s.unwrap_or(cfg.noise_sd),
@@ -144,12 +168,32 @@ impl PbMlr {
     }
 
     fn kappa(&self, i: usize) -> f64 {
-        kappa(
-            self.window.y[i],
-            self.window.e[i],
-            self.scale,
-            self.cfg.kappa_max,
-        )
+        let rel = self
+            .cfg
+            .late_scale_rel
+            .filter(|r| r.is_finite() && *r > 0.0);
+        if self.cfg.log_space {
+            // The residual is ln(ŷ/y), about the relative error: κ keeps the linear form's
+            // ratio of a late to an early miss of the same size, ((y + e)/σ)² with σ = rel·y.
+            let y = self.window.y[i].exp();
+            let scale = rel.unwrap_or(LOG_LATE_SCALE) * y;
+            return kappa(y, self.window.e[i], scale, self.cfg.kappa_max);
+        }
+        let y = self.window.y[i];
+        let scale = match rel {
+            Some(rel) => rel * y,
+            None => self.scale,
+        };
+        kappa(y, self.window.e[i], scale, self.cfg.kappa_max)
+    }
+
+    /// The vector this model's space uses.
+    fn vector(&self, f: &Features) -> [f64; features::DIM] {
+        if self.cfg.log_space {
+            features::log_vector(f)
+        } else {
+            features::vector(f)
+        }
     }
 
     /// Minimises [`PbMlr::cost`] from the current θ (module doc: generalised Newton with
@@ -211,15 +255,33 @@ impl PbMlr {
 
 impl Model for PbMlr {
     fn name(&self) -> &'static str {
-        "pbmlr"
+        if self.cfg.log_space {
+            "pbmlr-log"
+        } else {
+            "pbmlr"
+        }
     }
 
     fn predict(&self, f: &Features) -> f64 {
-        linalg::dot(&features::vector(f), &self.theta).max(0.0)
+        let z = linalg::dot(&self.vector(f), &self.theta);
+        if self.cfg.log_space {
+            // exp of at most 20: under 14 years, never infinite.
+            z.min(20.0).exp()
+        } else {
+            z.max(0.0)
+        }
     }
 
     fn observe(&mut self, f: &Features, seconds: f64, since_checkpoint: f64) {
-        if self.window.push(f, seconds, since_checkpoint) {
+        if self.cfg.log_space {
+            if !seconds.is_finite() || seconds < 0.0 || !since_checkpoint.is_finite() {
+                return;
+            }
+            let x = self.vector(f);
+            self.window
+                .push_row(x, seconds.max(LOG_FLOOR_S).ln(), since_checkpoint);
+            self.refit();
+        } else if self.window.push(f, seconds, since_checkpoint) {
             self.refit();
         }
     }

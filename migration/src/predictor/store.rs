@@ -19,8 +19,9 @@ use super::PredictorConfig;
 
 /// The file's name in data_dir.
 pub const FILE: &str = "predictor.json";
-/// The state's format version; another one is refused.
-pub const VERSION: u32 = 1;
+/// The state's format version; another one is refused. 2: the feature vector gained the
+/// machine-load terms (17 entries, was 12), so a version-1 state's coefficients do not fit.
+pub const VERSION: u32 = 2;
 
 /// The online models of one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

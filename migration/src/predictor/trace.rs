@@ -6,8 +6,13 @@
 //! names (no quoting), and this keeps the crate free of a CSV dependency. Columns are found by
 //! header name, so extra columns are allowed; lines that are empty or start with `#` are
 //! comments (a hand-written fixture says so there).
+//!
+//! The machine-load columns (`load1`, `procs_running`, `cpus`, `cpu_busy`, `cpu_pressure`) were
+//! appended later: a trace without them, or a row with one empty, reads as "unknown" (`None` in
+//! [`MachineLoad`]), never as zero load.
 
 use super::features::Features;
+use super::load::MachineLoad;
 
 /// One dump of the trace.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,6 +87,8 @@ const STATS: [&str; 6] = [
     "pages_scanned",
     "pages_written",
 ];
+/// The machine's load before the dump: optional columns, each field optional too.
+const LOAD: [&str; 5] = ["load1", "procs_running", "cpus", "cpu_busy", "cpu_pressure"];
 
 struct Row<'a> {
     line: usize,
@@ -123,6 +130,14 @@ impl Row<'_> {
         self.opt_f64(name)?.ok_or_else(|| self.bad(name))
     }
 
+    fn opt_int<T: std::str::FromStr>(&self, name: &'static str) -> Result<Option<T>, TraceError> {
+        let s = self.raw(name);
+        if s.is_empty() {
+            return Ok(None);
+        }
+        s.parse().map(Some).map_err(|_| self.bad(name))
+    }
+
     fn int<T: std::str::FromStr>(&self, name: &'static str) -> Result<T, TraceError> {
         self.raw(name).parse().map_err(|_| self.bad(name))
     }
@@ -138,10 +153,15 @@ pub fn parse(text: &str) -> Result<Vec<Dump>, TraceError> {
     let (_, header) = lines.next().ok_or(TraceError::NoHeader)?;
     let names: Vec<&str> = header.split(',').map(str::trim).collect();
     let mut cols = Vec::new();
-    for name in REQUIRED.iter().chain(&STATS).chain(&["dump_ms"]) {
+    for name in REQUIRED
+        .iter()
+        .chain(&STATS)
+        .chain(&["dump_ms"])
+        .chain(&LOAD)
+    {
         match names.iter().position(|n| n == name) {
             Some(i) => cols.push((*name, i)),
-            None if STATS.contains(name) => {}
+            None if STATS.contains(name) || LOAD.contains(name) => {}
             None => return Err(TraceError::MissingColumn(name)),
         }
     }
@@ -177,6 +197,13 @@ pub fn parse(text: &str) -> Result<Vec<Dump>, TraceError> {
             age_s: r.f64("age_s")?,
             since_last_s: r.opt_f64("since_last_s")?,
             tracked,
+            load: MachineLoad {
+                load1: r.opt_f64("load1")?,
+                procs_running: r.opt_int("procs_running")?,
+                cpus: r.opt_int("cpus")?,
+                cpu_busy: r.opt_f64("cpu_busy")?,
+                cpu_pressure: r.opt_f64("cpu_pressure")?,
+            },
         };
         let stats = if STATS.iter().all(|s| !r.raw(s).is_empty()) {
             Some(CriuStats {
@@ -223,6 +250,39 @@ mod tests {
         assert!((t[1].dump_s - 0.0805).abs() < 1e-12);
         assert!(t[1].features.tracked);
         assert_eq!(t[1].features.dirty_pps, 2500.0);
+        // A trace from before the load columns: the load is unknown, not zero.
+        assert_eq!(t[0].features.load, MachineLoad::default());
+    }
+
+    #[test]
+    fn reads_the_appended_load_columns() {
+        let text = format!(
+            "{HEADER},load1,procs_running,cpus,cpu_busy,cpu_pressure\n\
+             0,t0,dirtier,64,67108864,0,16384,1,1,4,0,30,1.5,,0,,,,,,,120,3.03,3,2,0.5,0.0344\n\
+             1,t0,dirtier,64,67108864,0,16384,1,1,4,0,30,1.5,,0,,,,,,,120,1.5,,2,,\n"
+        );
+        let t = parse(&text).unwrap();
+        assert_eq!(
+            t[0].features.load,
+            MachineLoad {
+                load1: Some(3.03),
+                procs_running: Some(3),
+                cpus: Some(2),
+                cpu_busy: Some(0.5),
+                cpu_pressure: Some(0.0344),
+            }
+        );
+        assert_eq!(t[1].features.load.load1, Some(1.5));
+        assert_eq!(t[1].features.load.procs_running, None);
+        assert_eq!(t[1].features.load.cpu_pressure, None);
+        let bad = text.replace(",3.03,", ",busy,");
+        assert!(matches!(
+            parse(&bad),
+            Err(TraceError::Value {
+                column: "load1",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod pair;
 pub mod placement;
 pub mod predictor;
 pub mod predictor_svg;
+pub mod predictor_variants;
 pub mod tcpcopy;
 pub mod trace;
 pub mod transfer;

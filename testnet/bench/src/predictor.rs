@@ -3,8 +3,10 @@
 //!
 //! It reads the trace CSV (`brume trace checkpoints` writes it; default
 //! testnet/bench/traces/checkpoints.csv), replays it in order through PB-MLR, least-squares MLR
-//! and the Bayesian model (mean, and the mean + z·sd bound the planner uses), each predicting a
-//! dump before learning from it, beside the best static value in hindsight, and prints seed
+//! and the Bayesian model (mean, and the mean + z·sd bound the planner uses), with PB-MLR's
+//! variants (without the machine-load features, a relative late scale, the log-space form;
+//! [`crate::predictor_variants`]), each predicting a dump before learning from it, beside the
+//! best static value in hindsight, and prints seed
 //! 000's table (late %, early %, mean lost computation, MAE), the cross-validated R² of the MLR
 //! fit, how many dumps PB-MLR needs before its late rate stays within 5%, and the learning curve
 //! as an SVG a person can open. The replay is brume-migration's pure
@@ -21,12 +23,18 @@ use brume_migration::predictor::static_best::StaticBest;
 use brume_migration::predictor::{trace, BayesModel, Model, PredictorConfig};
 
 use crate::predictor_svg;
+use crate::predictor_variants::{Named, WithoutLoad};
 
 /// Where the trace lives in the repository.
 pub const TRACE: &str = "testnet/bench/traces/checkpoints.csv";
 
 /// Out-of-sample ratios the conformal margin is taken from.
 const CONFORMAL_KEEP: usize = 100;
+
+/// The `pbmlr-rel` variant's late scale: a prediction late by this share of the dump's own
+/// duration costs seed 000's full penalty. Fixed before any replay (a round figure, the same
+/// share as the late-rate target), not tuned on a trace.
+const LATE_SCALE_REL: f64 = 0.05;
 
 /// Options of `brume bench predictor`.
 #[derive(Debug, Clone, clap::Args)]
@@ -112,6 +120,31 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         ..PbMlrConfig::default()
     };
     let mut pb = PbMlr::new(&cfg, pb_cfg);
+    let mut pb_noload = WithoutLoad(Named {
+        name: "pbmlr-noload",
+        model: PbMlr::new(&cfg, pb_cfg),
+    });
+    let mut pb_rel = Named {
+        name: "pbmlr-rel",
+        model: PbMlr::new(
+            &cfg,
+            PbMlrConfig {
+                late_scale_rel: Some(LATE_SCALE_REL),
+                ..pb_cfg
+            },
+        ),
+    };
+    let mut pb_log = PbMlr::new(
+        &cfg,
+        PbMlrConfig {
+            log_space: true,
+            ..pb_cfg
+        },
+    );
+    let mut mlr_noload = WithoutLoad(Named {
+        name: "mlr-noload",
+        model: Mlr::new(&cfg, WINDOW),
+    });
     let mut mlr = Mlr::new(&cfg, WINDOW);
     let mut bayes = BayesModel::mean(&cfg);
     let mut bayes_up = BayesModel::upper(&cfg);
@@ -125,7 +158,11 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         &dumps,
         &mut [
             &mut pb as &mut dyn Model,
+            &mut pb_noload,
+            &mut pb_rel,
+            &mut pb_log,
             &mut mlr,
+            &mut mlr_noload,
             &mut bayes,
             &mut bayes_up,
             &mut stat,
@@ -180,6 +217,9 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
     println!("lost computation: early ŷ − y; late e + ŷ, e = seconds since the task's last checkpoint (Equation 3)");
     println!("static-best is the constant with the least lost computation over the whole trace: offline, in hindsight");
     println!("pbmlr+conformal is ours, not seed 000's: PB-MLR scaled by the quantile of its own past y/ŷ ratios (BENCH keys are plain PB-MLR's)");
+    println!("-noload: the same model with the machine-load features hidden (the feature vector before they were recorded)");
+    println!("pbmlr-rel: PB-MLR with the late scale σ = {LATE_SCALE_REL} × the dump's own duration instead of a fixed noise_sd (fixed before the replay)");
+    println!("pbmlr-log: PB-MLR's cost on ln(seconds) over logs of the features (multiplicative), σ = {} × the dump, prior from the same dump_prior", brume_migration::predictor::pbmlr::LOG_LATE_SCALE);
 
     // What a node choosing by this measure would run: the online model with the least lost
     // computation (static-best needs the whole trace in advance, so it cannot be chosen).
@@ -228,6 +268,11 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
             "PB-MLR never stays within {}% late in this trace (dumps_to_learn=-1)",
             args.max_late_pct
         ),
+    }
+
+    for name in ["pbmlr-noload", "pbmlr-rel", "pbmlr-log", "pbmlr+conformal"] {
+        let n = evaluate::dumps_to_learn(by(name)?, args.max_late_pct / 100.0, args.min_span);
+        println!("{name}: dumps_to_learn={}", n.map_or(-1, |n| n as i64));
     }
 
     let svg = predictor_svg::render(&reports, args.window, args.max_late_pct);

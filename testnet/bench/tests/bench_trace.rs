@@ -16,7 +16,7 @@ use brume_testnet::require::{self, Need};
 mod common;
 
 /// The schema, spelled out here on purpose: the predictor bench reads these names.
-const SCHEMA: &str = "dump,task,workload,mem_mib,rss_bytes,dirty_pps,written_pages,processes,threads,open_files,sockets,mappings,age_s,since_last_s,tracked,freezing_ms,frozen_ms,memdump_ms,memwrite_ms,pages_scanned,pages_written,dump_ms";
+const SCHEMA: &str = "dump,task,workload,mem_mib,rss_bytes,dirty_pps,written_pages,processes,threads,open_files,sockets,mappings,age_s,since_last_s,tracked,freezing_ms,frozen_ms,memdump_ms,memwrite_ms,pages_scanned,pages_written,dump_ms,load1,procs_running,cpus,cpu_busy,cpu_pressure";
 
 fn int(v: &str, what: &str, line: &str) -> u64 {
     v.parse()
@@ -117,6 +117,20 @@ fn a_tiny_checkpoint_trace_is_well_formed() {
             assert!(stats.iter().all(|c| f[c].is_empty()), "{line}");
         }
         assert!(num(f["dump_ms"], "dump_ms", line) > 0.0, "{line}");
+        // The machine's load, read before the dump: /proc/loadavg and /proc/stat are always
+        // there, PSI may not be (an empty cpu_pressure is allowed).
+        num(f["load1"], "load1", line);
+        assert!(
+            int(f["procs_running"], "procs_running", line) >= 1,
+            "{line}"
+        );
+        assert!(int(f["cpus"], "cpus", line) >= 1, "{line}");
+        let busy = num(f["cpu_busy"], "cpu_busy", line);
+        assert!((0.0..=1.0).contains(&busy), "{line}");
+        if !f["cpu_pressure"].is_empty() {
+            let p = num(f["cpu_pressure"], "cpu_pressure", line);
+            assert!((0.0..=1.0).contains(&p), "{line}");
+        }
         // Every page of the workload's memory was written before its first dump.
         assert!(rss >= mib << 20, "rss below the workload's size: {line}");
         rss_by_size.entry(mib).or_default().push(rss);

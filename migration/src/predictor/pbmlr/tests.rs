@@ -145,3 +145,59 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_relative_late_scale_weighs_a_small_dumps_miss_by_its_share() {
+    let cfg = PredictorConfig::default();
+    let rel = PbMlrConfig {
+        late_scale_rel: Some(0.05),
+        ..PbMlrConfig::default()
+    };
+    let small = example(16);
+    let mut by_share = PbMlr::new(&cfg, rel);
+    let mut fixed = PbMlr::new(&cfg, PbMlrConfig::default());
+    by_share.observe(&small, 0.02, 2.0);
+    fixed.observe(&small, 0.02, 2.0);
+    // One θ for both, predicting 18 ms for the 20 ms dump: late by 2 ms.
+    let mut theta = fixed.coefficients().to_vec();
+    theta[0] += 0.018 - linalg::dot(&features::vector(&small), &theta);
+    let prior_only = PbMlr::new(&cfg, PbMlrConfig::default()).cost(&theta);
+    let (data_rel, data_fixed) = (
+        by_share.cost(&theta) - prior_only,
+        fixed.cost(&theta) - prior_only,
+    );
+    // κ = (2.02 / σ)²: σ = 1 ms (5% of 20 ms) against the fixed 50 ms.
+    assert!(
+        (data_fixed - (2.02f64 / 0.05).powi(2) * 4e-6).abs() < 1e-6,
+        "{data_fixed}"
+    );
+    assert!(
+        (data_rel / data_fixed - 2500.0).abs() < 1e-3,
+        "{data_rel} {data_fixed}"
+    );
+}
+
+#[test]
+fn the_log_space_form_learns_the_noisy_law_and_is_late_less_often_than_mlr() {
+    let cfg = PredictorConfig::default();
+    let log = PbMlrConfig {
+        log_space: true,
+        ..PbMlrConfig::default()
+    };
+    let mut pb = PbMlr::new(&cfg, log);
+    assert_eq!(pb.name(), "pbmlr-log");
+    let mut mlr = Mlr::new(&cfg, log.window);
+    let (pb_late, _) = late_count(&mut pb, 3, 200);
+    let (mlr_late, _) = late_count(&mut mlr, 3, 200);
+    assert!(pb_late < mlr_late / 2, "{pb_late} vs {mlr_late}");
+    // After 200 dumps its answers are finite, positive and grow with memory.
+    let (small, large) = (pb.predict(&example(64)), pb.predict(&example(1024)));
+    assert!(
+        small.is_finite() && small > 0.0 && large > 2.0 * small,
+        "{small} {large}"
+    );
+    // A sample it cannot use is ignored.
+    let before = pb.samples();
+    pb.observe(&example(64), f64::NAN, 1.0);
+    assert_eq!(pb.samples(), before);
+}

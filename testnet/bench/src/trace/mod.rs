@@ -269,6 +269,7 @@ impl Trace<'_> {
         images: &Path,
         last_dump: &mut Option<Instant>,
     ) -> anyhow::Result<()> {
+        let busy_since = procfs::cpu_jiffies();
         let spent: f64 = d.rounds.iter().sum();
         interrupt::sleep(Duration::from_secs_f64((d.gap_s - spent).max(0.0)))?;
         let (written_pages, dirty_pps) = if d.rounds.is_empty() {
@@ -290,6 +291,7 @@ impl Trace<'_> {
         };
         let pids = descendants(w.pid).context("list the task's processes")?;
         let look = procfs::look(&pids);
+        let load = procfs::machine_load(busy_since);
         let begun = Instant::now();
         let age_s = (begun - w.started).as_secs_f64();
         let since_last_s = last_dump.map(|t| (begun - t).as_secs_f64());
@@ -316,6 +318,7 @@ impl Trace<'_> {
             tracked: !d.rounds.is_empty(),
             stats: report.stats,
             dump_ms: report.elapsed.as_secs_f64() * 1000.0,
+            load,
         };
         writeln!(self.out, "{}", row.csv())?;
         self.out.flush()?;
@@ -362,7 +365,7 @@ fn progress(row: &Row, task: &TaskPlan, d: &DumpPlan, planned: usize) -> String 
         .unwrap_or_default();
     format!(
         "trace: dump {}/{planned} task {} {} {} MiB ({} MiB/s, {}x{} threads, {} files, {} sockets) \
-         age {:.1} s, {kind}, rss {:.0} MiB, written {} pages: {:.1} ms{frozen}",
+         age {:.1} s, {kind}, rss {:.0} MiB, written {} pages, load {}: {:.1} ms{frozen}",
         row.dump + 1,
         row.task,
         task.workload,
@@ -375,6 +378,7 @@ fn progress(row: &Row, task: &TaskPlan, d: &DumpPlan, planned: usize) -> String 
         row.age_s,
         row.rss_bytes as f64 / 1048576.0,
         row.written_pages,
+        row.load.load1.map(|l| format!("{l:.2}")).unwrap_or_else(|| "?".into()),
         row.dump_ms,
     )
 }

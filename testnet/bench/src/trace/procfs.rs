@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use brume_migration::predictor::load::{self, MachineLoad};
+
 /// One look at a process tree.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Look {
@@ -84,6 +86,33 @@ pub fn resident_pages(pid: i32, runs: &[(u64, u64)]) -> std::io::Result<u64> {
     Ok(resident)
 }
 
+/// The `(busy, total)` CPU jiffies now, from /proc/stat (`None` if unreadable).
+pub fn cpu_jiffies() -> Option<(u64, u64)> {
+    load::parse_cpu_jiffies(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The machine's load now, with the busy share since `busy_since` (a [`cpu_jiffies`] sample):
+/// what a node reads right before it dumps. Each field is `None` when its file is unreadable.
+pub fn machine_load(busy_since: Option<(u64, u64)>) -> MachineLoad {
+    let stat = std::fs::read_to_string("/proc/stat").ok();
+    let now = stat.as_deref().and_then(load::parse_cpu_jiffies);
+    MachineLoad {
+        load1: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|t| load::parse_loadavg(&t)),
+        procs_running: stat.as_deref().and_then(load::parse_procs_running),
+        cpus: std::thread::available_parallelism()
+            .ok()
+            .and_then(|n| u32::try_from(n.get()).ok()),
+        cpu_busy: busy_since
+            .zip(now)
+            .and_then(|(a, b)| load::busy_share(a, b)),
+        cpu_pressure: std::fs::read_to_string("/proc/pressure/cpu")
+            .ok()
+            .and_then(|t| load::parse_cpu_pressure(&t)),
+    }
+}
+
 fn is_socket(fd: &Path) -> bool {
     std::fs::read_link(fd).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
 }
@@ -106,6 +135,13 @@ mod tests {
         assert_eq!(l.processes, 1);
         assert!(l.rss_bytes > 0 && l.threads >= 1 && l.open_files >= 1 && l.mappings > 0);
         assert_eq!(look(&[]), Look::default());
+    }
+
+    #[test]
+    fn the_machine_load_is_read() {
+        let l = machine_load(cpu_jiffies());
+        assert!(l.load1.is_some() && l.cpus.is_some_and(|c| c >= 1));
+        assert!(l.procs_running.is_some_and(|r| r >= 1));
     }
 
     #[test]

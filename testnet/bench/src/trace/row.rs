@@ -14,14 +14,21 @@
 //!   right before);
 //! - labels: CRIU's stats-dump `freezing_ms`, `frozen_ms`, `memdump_ms`, `memwrite_ms`,
 //!   `pages_scanned`, `pages_written` (empty when the image could not be read), and `dump_ms`,
-//!   the wall time of the `criu dump` call as brume measures it.
+//!   the wall time of the `criu dump` call as brume measures it;
+//! - appended later (a reader treats them as unknown when a trace lacks them or a field is
+//!   empty), the machine's load read right before the dump (`brume_migration::predictor::load`):
+//!   `load1` (/proc/loadavg's 1-minute average), `procs_running` (/proc/stat, runnable threads
+//!   then, the reader included), `cpus` (online CPUs), `cpu_busy` (share of all CPUs' time busy
+//!   between the start of the wait before this dump and the dump, two /proc/stat samples) and
+//!   `cpu_pressure` (/proc/pressure/cpu `some avg10` as a share; empty without PSI).
 
 use brume_migration::criu::DumpStats;
+use brume_migration::predictor::load::MachineLoad;
 
 /// The header line, in the schema's column order.
 pub const HEADER: &str = "dump,task,workload,mem_mib,rss_bytes,dirty_pps,written_pages,processes,\
 threads,open_files,sockets,mappings,age_s,since_last_s,tracked,freezing_ms,frozen_ms,memdump_ms,\
-memwrite_ms,pages_scanned,pages_written,dump_ms";
+memwrite_ms,pages_scanned,pages_written,dump_ms,load1,procs_running,cpus,cpu_busy,cpu_pressure";
 
 /// One dump.
 #[derive(Clone, Debug)]
@@ -43,6 +50,11 @@ pub struct Row {
     pub tracked: bool,
     pub stats: Option<DumpStats>,
     pub dump_ms: f64,
+    pub load: MachineLoad,
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
 }
 
 fn ms(d: std::time::Duration) -> String {
@@ -65,7 +77,7 @@ impl Row {
             None => ",,,,,".to_string(),
         };
         format!(
-            "{},{},{},{},{},{:.1},{},{},{},{},{},{},{:.3},{},{},{},{:.3}",
+            "{},{},{},{},{},{:.1},{},{},{},{},{},{},{:.3},{},{},{},{:.3},{},{},{},{},{}",
             self.dump,
             self.task,
             self.workload,
@@ -85,6 +97,11 @@ impl Row {
             u8::from(self.tracked),
             stats,
             self.dump_ms,
+            opt(self.load.load1),
+            opt(self.load.procs_running),
+            opt(self.load.cpus),
+            opt(self.load.cpu_busy.map(|b| format!("{b:.4}"))),
+            opt(self.load.cpu_pressure.map(|p| format!("{p:.4}"))),
         )
     }
 }
@@ -113,18 +130,19 @@ mod tests {
             tracked: true,
             stats: None,
             dump_ms: 123.4567,
+            load: MachineLoad::default(),
         }
     }
 
     #[test]
     fn a_row_has_one_field_per_column() {
         let columns = HEADER.split(',').count();
-        assert_eq!(columns, 22);
+        assert_eq!(columns, 27);
         let mut r = row();
         assert_eq!(r.csv().split(',').count(), columns);
         assert_eq!(
             r.csv(),
-            "3,1,files,64,70000000,1024.3,512,1,2,20,4,40,2.500,,1,,,,,,,123.457"
+            "3,1,files,64,70000000,1024.3,512,1,2,20,4,40,2.500,,1,,,,,,,123.457,,,,,"
         );
         r.since_last_s = Some(1.0);
         r.stats = Some(DumpStats {
@@ -135,9 +153,16 @@ mod tests {
             pages_scanned: 17000,
             pages_written: 16500,
         });
+        r.load = MachineLoad {
+            load1: Some(3.03),
+            procs_running: Some(3),
+            cpus: Some(2),
+            cpu_busy: Some(0.5),
+            cpu_pressure: Some(0.0344),
+        };
         assert_eq!(r.csv().split(',').count(), columns);
-        assert!(r
-            .csv()
-            .ends_with(",1.000,1,1.500,20.001,7.000,9.000,17000,16500,123.457"));
+        assert!(r.csv().ends_with(
+            ",1.000,1,1.500,20.001,7.000,9.000,17000,16500,123.457,3.03,3,2,0.5000,0.0344"
+        ));
     }
 }
