@@ -3,6 +3,7 @@
 //!
 //! * [`AddressBook`]: where to dial peers by id (see [`crate::addresses`]);
 //! * the gate: the optional allow-list of peer ids (see [`crate::gate`]);
+//! * `connection_limits`: connections per peer and in all ([`MAX_CONNECTIONS_PER_PEER`] ...);
 //! * `identify`: learns the peers' listen addresses (what membership hands out to newcomers);
 //! * `ping`: RTT samples for the mapping core's estimators and Vivaldi;
 //! * `/brume/join/1` (request-response, CBOR): join samples and shuffles ([`MembershipRequest`]);
@@ -18,7 +19,7 @@ use libp2p::swarm::NetworkBehaviour;
 
 use crate::addresses::AddressBook;
 use crate::gate::Gate;
-use libp2p::{identify, identity, ping, StreamProtocol};
+use libp2p::{connection_limits, identify, identity, ping, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
 use crate::mapping::Message;
@@ -37,6 +38,15 @@ pub const MAX_STATE_BYTES: u64 = 4 * 1024;
 
 /// Requests of one request-response protocol in flight at once on one connection.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+
+/// Connections one peer may hold to this node at once. Nodes dial only peers they are not
+/// connected to, so two (a simultaneous dial from both sides) is the most an honest peer holds;
+/// the rest is room for a restarted peer whose old connection has not timed out yet.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Incoming connections still in their handshake (pnet, noise, yamux) at once.
+pub const MAX_PENDING_INCOMING: u32 = 128;
+/// Established incoming connections at once, from everyone.
+pub const MAX_ESTABLISHED_INCOMING: u32 = 1024;
 
 /// A request of `/brume/join/1`. Addresses are multiaddr strings ending in `/p2p/<peer id>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +88,7 @@ pub struct BehaviourTimings {
 pub struct BrumeBehaviour {
     pub addresses: AddressBook,
     pub gate: Gate,
+    pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub join: cbor::Behaviour<MembershipRequest, MembershipResponse>,
@@ -101,6 +112,12 @@ impl BrumeBehaviour {
         BrumeBehaviour {
             addresses: AddressBook::default(),
             gate,
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                    .with_max_established_incoming(Some(MAX_ESTABLISHED_INCOMING)),
+            ),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_VERSION.to_string(), key.public())
                     .with_interval(t.identify_interval),

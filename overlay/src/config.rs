@@ -12,6 +12,7 @@ use crate::mapping::MapConfig;
 use crate::membership::MembershipConfig;
 use crate::neighbourhood::NodeRecord;
 use crate::network_key::NetworkKey;
+use crate::rate::Rate;
 
 /// How a node gets its libp2p identity.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +85,10 @@ pub struct OverlayConfig {
     /// Caps on the inbound streams of the node's own protocols (deploy, move, transfer), applied
     /// by [`crate::OverlayHandle::accept_limited`].
     pub stream_limits: StreamLimits,
+    /// Join, shuffle and state requests one peer may send: an honest peer sends a state request
+    /// every few seconds and a shuffle now and then; past the rate a request is refused
+    /// unanswered (the asker sees it fail) before it costs a record check or a membership update.
+    pub request_rate: Rate,
 }
 
 impl Default for OverlayConfig {
@@ -101,6 +106,7 @@ impl Default for OverlayConfig {
             network_key: None,
             allowed_peers: None,
             stream_limits: StreamLimits::default(),
+            request_rate: Rate::per_second(10, 40),
         }
     }
 }

@@ -21,7 +21,8 @@ pub enum ConnectionEvent {
     Failed {
         peer: Option<PeerId>,
         incoming: bool,
-        /// Denied by the allow-list (rather than failed in the transport).
+        /// Denied by the allow-list or the connection limits (rather than failed in the
+        /// transport); `reason` says which.
         denied: bool,
         reason: String,
     },

@@ -32,6 +32,7 @@ pub mod membership;
 pub mod neighbourhood;
 pub mod network_key;
 pub mod node;
+pub mod rate;
 pub mod rtt;
 pub mod signed_record;
 pub mod swarm;
@@ -48,3 +49,4 @@ pub use node::{
     Identity, IncomingStreams, MapOutcome, MapSize, Overlay, OverlayConfig, OverlayError,
     OverlayHandle, PeerInfo, Status, Timings,
 };
+pub use rate::Rate;

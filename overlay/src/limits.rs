@@ -1,5 +1,6 @@
 //! Caps on the inbound streams a node serves: at most so many at once from one peer and in all,
-//! each dropped when the peer stalls it ([`crate::idle::Idle`]).
+//! at most so many new ones per second from one peer ([`crate::rate`]), each dropped when the
+//! peer stalls it ([`crate::idle::Idle`]).
 //!
 //! Without them a peer that opens streams and sends nothing holds a server task per stream for
 //! ever, and a server that waits for a free slot before it accepts the next stream lets eight
@@ -12,7 +13,7 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::Stream as FuturesStream;
@@ -20,6 +21,10 @@ use libp2p::PeerId;
 use tracing::debug;
 
 use crate::idle::Idle;
+use crate::rate::{Rate, RateBook};
+
+/// Peers whose stream rate is tracked at once (see [`RateBook`]).
+const RATE_PEERS: usize = 1024;
 
 /// The caps of one kind of inbound stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +35,9 @@ pub struct StreamLimits {
     pub per_peer: usize,
     /// Streams served at once in all.
     pub total: usize,
+    /// New streams one peer may open per second (in bursts); past it a stream is dropped
+    /// unserved, before anything on it is read.
+    pub rate: Rate,
 }
 
 /// Requests a deploy or move may have in flight to one host: an initiator asks for every
@@ -40,6 +48,7 @@ impl Default for StreamLimits {
             idle_timeout: Duration::from_secs(30),
             per_peer: 32,
             total: 256,
+            rate: Rate::per_second(32, 128),
         }
     }
 }
@@ -156,10 +165,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
 }
 
 /// Inbound streams with [`StreamLimits`] applied: a `futures::Stream` of `(PeerId, Limited<S>)`
-/// that drops, unserved, every stream over a cap.
+/// that drops, unserved, every stream over a cap or over its peer's rate.
 pub struct LimitedIncoming<I> {
     incoming: I,
     slots: Slots<PeerId>,
+    rates: RateBook<PeerId>,
     limits: StreamLimits,
 }
 
@@ -168,6 +178,7 @@ impl<I> LimitedIncoming<I> {
         LimitedIncoming {
             incoming,
             slots: Slots::new(limits.per_peer, limits.total),
+            rates: RateBook::new(limits.rate, RATE_PEERS),
             limits,
         }
     }
@@ -188,6 +199,10 @@ where
         let this = self.get_mut();
         loop {
             match Pin::new(&mut this.incoming).poll_next(cx) {
+                Poll::Ready(Some((peer, stream))) if !this.rates.allow(&peer, Instant::now()) => {
+                    debug!(%peer, "inbound streams over the rate; dropped");
+                    drop(stream);
+                }
                 Poll::Ready(Some((peer, stream))) => match this.slots.try_take(&peer) {
                     Some(slot) => {
                         let stream = Idle::new(stream, this.limits.idle_timeout);

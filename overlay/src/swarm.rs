@@ -35,6 +35,7 @@ use crate::maplink::{LinkEvent, MapLinks};
 use crate::mapping::{MappingNode, Output};
 use crate::membership::{Action, Membership, Misbehaviour};
 use crate::neighbourhood::{check_name, NodeRecord};
+use crate::rate::RateBook;
 use crate::signed_record;
 
 fn msg_kind(msg: &crate::mapping::Message) -> &'static str {
@@ -131,7 +132,12 @@ struct Driver {
     events: broadcast::Sender<ConnectionEvent>,
     /// This node's identity key: it signs the node's own record as it leaves.
     key: identity::Keypair,
+    /// Join, shuffle and state requests from each peer, against [`OverlayConfig::request_rate`].
+    requests: RateBook<PeerId>,
 }
+
+/// Peers whose request rate is tracked at once.
+const REQUEST_RATE_PEERS: usize = 2048;
 
 pub(crate) async fn spawn(
     config: OverlayConfig,
@@ -270,6 +276,7 @@ pub(crate) async fn spawn(
         probes: HashMap::new(),
         events,
         key: signing_key,
+        requests: RateBook::new(config.request_rate, REQUEST_RATE_PEERS),
     };
     info!(peer = %local_peer, node = %node_id, addrs = ?driver.listen_addrs, "overlay node listening");
     let now = driver.now();
@@ -833,7 +840,15 @@ impl Driver {
                 ..
             } => {
                 let denied = matches!(error, ListenError::Denied { .. });
-                if denied {
+                let over_limit = match &error {
+                    ListenError::Denied { cause } => cause
+                        .downcast_ref::<libp2p::connection_limits::Exceeded>()
+                        .map(|e| format!("over the connection limits: {e}")),
+                    _ => None,
+                };
+                if let Some(why) = &over_limit {
+                    info!(peer = ?peer_id, from = %send_back_addr, "connection refused: {why}");
+                } else if denied {
                     info!(peer = ?peer_id, from = %send_back_addr, "connection from a peer not on the allow-list refused");
                 } else {
                     // Without the network key (or with another) the handshake fails here.
@@ -843,7 +858,7 @@ impl Driver {
                     peer: peer_id,
                     incoming: true,
                     denied,
-                    reason: error.to_string(),
+                    reason: over_limit.unwrap_or_else(|| error.to_string()),
                 });
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour_event(now, ev),
@@ -894,6 +909,7 @@ impl Driver {
             BrumeBehaviourEvent::State(ev) => self.on_state_event(ev),
             BrumeBehaviourEvent::Streams(()) => {}
             BrumeBehaviourEvent::Gate(never) => match never {},
+            BrumeBehaviourEvent::Limits(never) => match never {},
         }
     }
 
@@ -912,6 +928,10 @@ impl Driver {
                     },
                 ..
             } => {
+                if !self.requests.allow(&peer, Instant::now()) {
+                    debug!(%peer, "join/shuffle requests over the rate; refused unanswered");
+                    return;
+                }
                 let from = self.learn(peer);
                 let entries = match request {
                     MembershipRequest::Join => self.membership.join_sample(from),
@@ -996,6 +1016,10 @@ impl Driver {
                     },
                 ..
             } => {
+                if !self.requests.allow(&peer, Instant::now()) {
+                    debug!(%peer, "state requests over the rate; refused unanswered");
+                    return;
+                }
                 let from = self.learn(peer);
                 let mine = self.own_record();
                 let _ = self

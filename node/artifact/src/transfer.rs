@@ -546,6 +546,7 @@ pub const TRANSFER_LIMITS: StreamLimits = StreamLimits {
     idle_timeout: Duration::from_secs(30),
     per_peer: 16,
     total: 64,
+    rate: brume_overlay::rate::Rate::per_second(16, 64),
 };
 
 /// Serves every incoming stream (from `accept_streams(TRANSFER_PROTOCOL)`) under `limits` until
