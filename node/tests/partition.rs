@@ -197,3 +197,114 @@ fn after_a_partition_heals_one_copy_runs_the_newer_and_the_loser_is_kept() {
         kept.display()
     );
 }
+
+/// The stale copies node 0's healer still has to retire, as its data dir holds them.
+fn retiring(net: &common::ServiceNet) -> usize {
+    let path = net.net.data(0).join("retiring.json");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return 0;
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["stale"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+/// The same split, but the initiator crashes and restarts while the old host is frozen: the
+/// restarted initiator must still know the frozen host's copy is stale (its retire book is on
+/// disk) and have it stopped once the host is heard again.
+#[test]
+fn an_initiator_restarted_during_the_split_still_retires_the_old_copy() {
+    let service = unique("partition-restart");
+    let mut net = common::ServiceNet::start_with(
+        Path::new(BRUME),
+        3,
+        "process",
+        150,
+        &["--heartbeat-interval-ms", "300"],
+        &service,
+    );
+    let m = manifest(net.dir(), &service);
+    let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "deploy failed: {}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    let ids: Vec<String> = (0..3).map(|i| net.status(i).0).collect();
+    let old_host = wait_until("back runs", || {
+        let rows = ps(&net);
+        running(&rows, "back")
+            .map(|r| r.instance.host.clone())
+            .ok_or_else(|| format!("{rows:#?}"))
+    });
+    let victim = ids
+        .iter()
+        .position(|h| *h == old_host)
+        .unwrap_or_else(|| panic!("{old_host} is none of {ids:?}"));
+    assert_ne!(victim, 0, "back never runs beside front on the initiator");
+    let old_pids = wait_until("back's process is seen", || {
+        let pids = back_processes(&service);
+        if pids.is_empty() {
+            Err("no process".into())
+        } else {
+            Ok(pids)
+        }
+    });
+
+    let pid = net.net.pid(victim).expect("the victim's pid");
+    signal(pid, "-STOP");
+    let mut thaw = Thaw(Some(pid));
+    let new_host = wait_until("back is placed again elsewhere", || {
+        let rows = ps(&net);
+        running(&rows, "back")
+            .filter(|r| r.instance.host != old_host)
+            .map(|r| r.instance.host.clone())
+            .ok_or_else(|| format!("{rows:#?}"))
+    });
+    wait_until("the stale copy is on node 0's disk", || {
+        match retiring(&net) {
+            0 => Err("retiring.json lists nothing".to_string()),
+            n => Ok(n),
+        }
+    });
+
+    // The initiator crashes (its own task, front, dies with it) and starts again on its data
+    // dir, while the old host is still frozen.
+    net.net.kill(0).expect("kill node 0");
+    net.net.restart(0).expect("node 0 starts again");
+    wait_until("node 0 answers again", || {
+        let rows = ps(&net);
+        running(&rows, "back")
+            .map(|r| r.instance.host.clone())
+            .ok_or_else(|| format!("{rows:#?}"))
+    });
+
+    signal(pid, "-CONT");
+    thaw.0 = None;
+    let after = wait_until("exactly one copy of back runs, the new one", || {
+        let pids = back_processes(&service);
+        let old_gone = old_pids.iter().all(|p| !pids.contains(p));
+        if old_gone && pids.len() == old_pids.len() {
+            Ok(pids)
+        } else {
+            Err(format!("old {old_pids:?}, now {pids:?}"))
+        }
+    });
+    let rows = ps(&net);
+    let back = running(&rows, "back").expect("back runs");
+    assert_eq!(back.instance.host, new_host, "the newer generation stays");
+    wait_until(
+        "node 0's book is empty once the old host answered",
+        || match retiring(&net) {
+            0 => Ok(()),
+            n => Err(format!("{n} still listed")),
+        },
+    );
+    eprintln!(
+        "partition with a restart: node {victim} ({old_host}) frozen, back re-placed on \
+         {new_host}, node 0 killed and restarted; after the thaw one copy runs ({after:?}, was \
+         {old_pids:?})"
+    );
+}

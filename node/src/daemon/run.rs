@@ -240,6 +240,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             services.initiator.clone(),
             services.mover.clone(),
             Duration::from_millis(cfg.heartbeat_interval_ms),
+            cfg.data_dir.clone(),
         )
         .run(),
     );

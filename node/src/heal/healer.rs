@@ -16,6 +16,7 @@
 //! [`super::retired`]). An instance no host fits is tried again at the next period.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,8 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::replace::{plan, Candidate, Demands};
-use super::retire::{Answer, Retirements, Stale};
+use super::retire::{Answer, Stale};
+use super::retire_book::RetireBook;
 use super::watch::{Watch, WatchConfig};
 use crate::deploy::initiator::Initiator;
 use crate::deploy::ledger::{Placed, State};
@@ -39,8 +41,9 @@ pub const REPLACE_BUDGET: Duration = Duration::from_secs(2);
 /// How long the old host of a re-placed instance is given to answer its removal.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The stale copies, shared by the watch loop (which asks) and a recovery (which records).
-type StaleBook = Arc<std::sync::Mutex<Retirements>>;
+/// The stale copies, shared by the watch loop (which asks) and a recovery (which records), on
+/// disk between restarts.
+type StaleBook = Arc<RetireBook>;
 
 /// How long a host that refused or failed a re-placement is not chosen again.
 pub const AVOID_FOR: Duration = Duration::from_secs(10);
@@ -53,6 +56,8 @@ pub struct Healer {
     initiator: Arc<Initiator>,
     mover: Arc<Mover>,
     config: WatchConfig,
+    /// Where the stale copies are kept ([`RetireBook`]).
+    data_dir: PathBuf,
 }
 
 /// A host declared dead: when, and what was known then.
@@ -64,12 +69,18 @@ struct Dead {
 }
 
 impl Healer {
-    /// Heartbeats every `interval`.
-    pub fn new(initiator: Arc<Initiator>, mover: Arc<Mover>, interval: Duration) -> Healer {
+    /// Heartbeats every `interval`; the stale copies are kept in `data_dir`.
+    pub fn new(
+        initiator: Arc<Initiator>,
+        mover: Arc<Mover>,
+        interval: Duration,
+        data_dir: PathBuf,
+    ) -> Healer {
         Healer {
             initiator,
             mover,
             config: WatchConfig::for_interval(interval),
+            data_dir,
         }
     }
 
@@ -88,7 +99,13 @@ impl Healer {
         let mut dead: BTreeMap<PeerId, Dead> = BTreeMap::new();
         let mut recovery: Option<tokio::task::JoinHandle<()>> = None;
         let avoided = Avoided::default();
-        let stale = StaleBook::default();
+        let stale: StaleBook = Arc::new(RetireBook::open(&self.data_dir));
+        if !stale.is_empty() {
+            warn!(
+                copies = stale.len(),
+                "stale copies left on hosts declared dead before the restart: asking their hosts to stop them"
+            );
+        }
         let (retired_tx, mut retired) = mpsc::channel::<(PeerId, Vec<(Stale, Answer)>)>(64);
         let mut retiring: BTreeSet<PeerId> = BTreeSet::new();
         loop {
@@ -96,10 +113,7 @@ impl Healer {
                 _ = tick.tick() => {}
                 Some((peer, answers)) = retired.recv() => {
                     retiring.remove(&peer);
-                    let mut book = stale.lock().unwrap_or_else(|e| e.into_inner());
-                    for (s, a) in &answers {
-                        book.answered(s, *a);
-                    }
+                    stale.answered(&answers);
                     continue;
                 }
                 Some((peer, at)) = beats.recv() => {
@@ -183,7 +197,7 @@ impl Healer {
         done: &mpsc::Sender<(PeerId, Vec<(Stale, Answer)>)>,
     ) {
         let ledger = self.initiator.ledger().all();
-        let due = stale.lock().unwrap_or_else(|e| e.into_inner()).due(&ledger);
+        let due = stale.due(&ledger);
         for (peer, copies) in due {
             if !retiring.insert(peer) {
                 continue;
@@ -345,17 +359,14 @@ impl Recovery {
                         .await;
                     // If the old host was only cut off or slow, its copy must not run on: it
                     // is asked to remove it until it answers (a dead host does not).
-                    self.stale
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .record(Stale {
-                            instance: spec.id.clone(),
-                            epoch: spec.epoch,
-                            generation: from.generation,
-                            peer: from.peer,
-                            host: from.host.clone(),
-                            addrs: from.addrs.clone(),
-                        });
+                    self.stale.record(Stale {
+                        instance: spec.id.clone(),
+                        epoch: spec.epoch,
+                        generation: from.generation,
+                        peer: from.peer,
+                        host: from.host.clone(),
+                        addrs: from.addrs.clone(),
+                    });
                     let dead = self.dead.get(&from.peer);
                     let recover_ms = dead.map(|d| d.declared.elapsed().as_millis() as u64);
                     let detect_ms = dead.map(|d| d.silent.as_millis() as u64);

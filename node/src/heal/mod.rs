@@ -8,6 +8,7 @@
 //!   the dead set and a fresh map; replicas stay on distinct hosts);
 //! * [`retire`]: the copies left on hosts declared dead, asked to stop until they answer (after
 //!   a partition heals the newer generation wins);
+//! * [`retire_book`]: those copies on disk, so that a restarted initiator still asks;
 //! * [`retired`]: the host's side: a copy removed keeps its log tail and state on disk;
 //! * [`healer`]: the thin async shell: heartbeats every `heartbeat_interval_ms` to the hosts in
 //!   the ledger, the judgement every period, and the re-placement (a signed deploy at the next
@@ -22,5 +23,6 @@ pub mod healer;
 pub mod phi;
 pub mod replace;
 pub mod retire;
+pub mod retire_book;
 pub mod retired;
 pub mod watch;

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 
 use brume_overlay::{Multiaddr, PeerId};
 use brume_tunnel::InstanceId;
+use serde::{Deserialize, Serialize};
 
 use crate::deploy::ledger::Entry;
 use crate::deploy::wire::Generation;
 
 /// A copy that must not run any more: the instance, where it ran and which generation it was.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stale {
     pub instance: InstanceId,
     pub epoch: u64,
@@ -65,6 +66,11 @@ impl Retirements {
 
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+
+    /// Every stale copy, by old host (what [`super::retire_book`] saves).
+    pub fn all(&self) -> Vec<Stale> {
+        self.pending.values().flatten().cloned().collect()
     }
 
     /// What to ask each old host now, given the ledger: a stale copy is dropped when its
