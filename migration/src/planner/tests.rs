@@ -136,9 +136,19 @@ fn converged_but_too_slow_aborts_and_keeps_the_source() {
     // 8 MiB left at 1 MB/s is 4+ s of downtime against a 2 s budget.
     let mut p = planner(64 * MIB);
     p.set_bandwidth(1.0 * MB);
-    let (d, pr) = run(&mut p, &[64 * MIB, 8 * MIB, 8 * MIB]);
+    // Rounds 3 and 4 run because the freeze did not fit yet (the gate's bounded retries).
+    let (d, pr) = run(&mut p, &[64 * MIB, 8 * MIB, 8 * MIB, 8 * MIB, 8 * MIB]);
     assert_eq!(d, Decision::new(Action::Abort, Reason::DowntimeTooLong));
     assert!(pr.predicted_downtime > Duration::from_secs(2), "{pr}");
+    let reasons: Vec<_> = p.progress().iter().map(|r| r.decision.reason).collect();
+    assert_eq!(reasons[2..], [Reason::OverBudget, Reason::OverBudget, Reason::DowntimeTooLong]);
+    // The stop says what it was based on: the prediction against the budget.
+    let stopped = p.stopped(d);
+    assert_eq!(stopped.budget, Duration::from_secs(2));
+    assert_eq!(stopped.rounds, 5);
+    assert!(stopped.predicted_upper > stopped.budget, "{stopped}");
+    let text = stopped.to_string();
+    assert!(text.contains("budget of 2000 ms") && text.contains("predicted downtime"), "{text}");
     // The same rounds on a fast link freeze.
     let (d, _) = run(&mut planner(64 * MIB), &[64 * MIB, 8 * MIB, 8 * MIB]);
     assert_eq!(d.action, Action::FinalDump);
@@ -159,6 +169,8 @@ fn a_budget_below_the_bare_dump_aborts_at_once() {
         p.start(Duration::ZERO).unwrap(),
         Decision::new(Action::Abort, Reason::DowntimeTooLong)
     );
+    let s = p.stopped(Decision::new(Action::Abort, Reason::DowntimeTooLong));
+    assert!(s.predicted_floor > s.budget && s.rounds == 0, "{s}");
     assert!(p.round_finished(Duration::ZERO, report(0)).is_err());
 }
 

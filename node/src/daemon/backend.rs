@@ -55,6 +55,14 @@ impl Backend for OverlayBackend {
                 coord: [s.coordinate.x, s.coordinate.y, s.coordinate.height],
                 coord_error: s.coord_error,
                 uptime_s: self.started.elapsed().as_secs_f64(),
+                predictor: Some({
+                    let v = self.mover.dump_models.view();
+                    brume_control::PredictorView {
+                        model: v.model.to_string(),
+                        dumps: v.dumps,
+                        refused: v.refused,
+                    }
+                }),
             })
         })
     }

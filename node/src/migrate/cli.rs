@@ -51,6 +51,10 @@ pub struct MigrateArgs {
     /// move gives up and the task keeps running here.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub max_downtime: Option<Duration>,
+    /// Freeze a live move's task whatever its predicted downtime: neither --max-downtime nor
+    /// the task's downtime_budget_ms (manifest) holds.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Options of `brume drain`.
@@ -250,6 +254,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
         cold: args.cold,
         deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
         max_downtime_ms: args.max_downtime.map(|d| d.as_millis() as u64),
+        force: args.force,
     };
     let mut show = Show::new(args.target.json);
     let what = format!("cannot move {}", args.task);

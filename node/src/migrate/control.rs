@@ -126,6 +126,7 @@ pub async fn migrate(
                 allow_cold: req.cold,
                 deadline: req.deadline_ms.map(Duration::from_millis),
                 max_downtime: req.max_downtime_ms.map(Duration::from_millis),
+                force: req.force,
             };
             let work = mover.migrate(request, tx);
             tokio::pin!(work);
@@ -144,6 +145,7 @@ pub async fn migrate(
                 allow_cold: req.cold,
                 deadline_ms: req.deadline_ms,
                 max_downtime_ms: req.max_downtime_ms,
+                force: req.force,
             };
             ask(mover, peer, &addrs, &request, on_phase)
                 .await
@@ -226,6 +228,7 @@ pub async fn drain(
             cold,
             deadline_ms: None,
             max_downtime_ms: None,
+            force: false,
         };
         let outcome = migrate(mover, req, progress.clone())
             .await
