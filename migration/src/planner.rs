@@ -212,6 +212,9 @@ pub struct FinalOutcome {
     pub downtime: Duration,
 }
 
+/// A prediction this long means the transfer was not bounded (no bandwidth known yet).
+const UNMEASURED: Duration = Duration::from_secs(1_000_000);
+
 /// A decision to stop with what it was based on: the predicted downtime of freezing at that
 /// moment against the budget (for the reason a caller reports, e.g. `brume migrate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,15 +237,26 @@ impl fmt::Display for Stopped {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         write!(
             f,
-            "{} after {} pre-copy round(s): predicted downtime {:.0} ms (upper bound {:.0} ms, at \
-             least {:.0} ms for the dump and restore alone) against a downtime budget of {:.0} ms",
-            self.decision,
-            self.rounds,
-            ms(self.predicted_downtime),
-            ms(self.predicted_upper),
-            ms(self.predicted_floor),
-            ms(self.budget),
-        )
+            "{} after {} pre-copy round(s): predicted downtime ",
+            self.decision, self.rounds
+        )?;
+        // Before the link is measured the transfer has no bound: only the floor means anything.
+        if self.predicted_upper >= UNMEASURED {
+            write!(
+                f,
+                "at least {:.0} ms for the dump and restore alone (the transfer is not measured yet)",
+                ms(self.predicted_floor)
+            )?;
+        } else {
+            write!(
+                f,
+                "{:.0} ms (upper bound {:.0} ms, at least {:.0} ms for the dump and restore alone)",
+                ms(self.predicted_downtime),
+                ms(self.predicted_upper),
+                ms(self.predicted_floor),
+            )?;
+        }
+        write!(f, " against a downtime budget of {:.0} ms", ms(self.budget))
     }
 }
 

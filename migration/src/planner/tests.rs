@@ -141,14 +141,24 @@ fn converged_but_too_slow_aborts_and_keeps_the_source() {
     assert_eq!(d, Decision::new(Action::Abort, Reason::DowntimeTooLong));
     assert!(pr.predicted_downtime > Duration::from_secs(2), "{pr}");
     let reasons: Vec<_> = p.progress().iter().map(|r| r.decision.reason).collect();
-    assert_eq!(reasons[2..], [Reason::OverBudget, Reason::OverBudget, Reason::DowntimeTooLong]);
+    assert_eq!(
+        reasons[2..],
+        [
+            Reason::OverBudget,
+            Reason::OverBudget,
+            Reason::DowntimeTooLong
+        ]
+    );
     // The stop says what it was based on: the prediction against the budget.
     let stopped = p.stopped(d);
     assert_eq!(stopped.budget, Duration::from_secs(2));
     assert_eq!(stopped.rounds, 5);
     assert!(stopped.predicted_upper > stopped.budget, "{stopped}");
     let text = stopped.to_string();
-    assert!(text.contains("budget of 2000 ms") && text.contains("predicted downtime"), "{text}");
+    assert!(
+        text.contains("budget of 2000 ms") && text.contains("predicted downtime"),
+        "{text}"
+    );
     // The same rounds on a fast link freeze.
     let (d, _) = run(&mut planner(64 * MIB), &[64 * MIB, 8 * MIB, 8 * MIB]);
     assert_eq!(d.action, Action::FinalDump);
@@ -171,6 +181,11 @@ fn a_budget_below_the_bare_dump_aborts_at_once() {
     );
     let s = p.stopped(Decision::new(Action::Abort, Reason::DowntimeTooLong));
     assert!(s.predicted_floor > s.budget && s.rounds == 0, "{s}");
+    let text = s.to_string();
+    assert!(
+        text.contains("budget of 1000 ms") && text.contains("at least"),
+        "{text}"
+    );
     assert!(p.round_finished(Duration::ZERO, report(0)).is_err());
 }
 

@@ -64,7 +64,6 @@ pub fn look(pids: &[i32]) -> Look {
     l
 }
 
-
 /// `root` and its descendants, looked at (empty when `root` is gone).
 pub fn look_tree(root: i32) -> Look {
     look(&crate::track::task::descendants(root).unwrap_or_default())

@@ -144,6 +144,9 @@ mod tests {
             "the manifest's budget is tighter"
         );
         assert_eq!(freeze_budget(Some(s(1)), Some(5000), false), Some(s(1)));
-        assert_eq!(freeze_budget(Some(s(1)), Some(1), true), Some(FORCED_BUDGET));
+        assert_eq!(
+            freeze_budget(Some(s(1)), Some(1), true),
+            Some(FORCED_BUDGET)
+        );
     }
 }

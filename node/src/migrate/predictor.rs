@@ -163,7 +163,10 @@ mod tests {
         let models = DumpModels::open(dir.path());
         assert_eq!(models.view().dumps, 0);
         let f = probe(std::process::id(), None, None);
-        assert!(f.rss_bytes > 0 && f.processes >= 1 && f.threads >= 1, "{f:?}");
+        assert!(
+            f.rss_bytes > 0 && f.processes >= 1 && f.threads >= 1,
+            "{f:?}"
+        );
         assert!(f.age_s > 0.0, "{f:?}");
         let mut planner = Predictor::default();
         planner.observe_restore(64 << 20, Duration::from_millis(80));
@@ -190,7 +193,10 @@ mod tests {
         let v = models.view();
         assert_eq!(v.dumps, 0);
         assert_eq!(v.model, "pbmlr");
-        assert!(v.refused.as_deref().is_some_and(|r| r.contains("corrupt")), "{v:?}");
+        assert!(
+            v.refused.as_deref().is_some_and(|r| r.contains("corrupt")),
+            "{v:?}"
+        );
         assert_eq!(models.planner(), Predictor::default());
     }
 }
