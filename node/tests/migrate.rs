@@ -1302,3 +1302,29 @@ fn a_generous_downtime_budget_lets_a_live_move_freeze() {
     assert_eq!(state(c.mid_port), count, "mid's memory came along");
     assert!(dumps_learned(net, c.source) >= 1, "no dump learned");
 }
+
+/// `brume drain --deadline` on mid's host (mid is `checkpoint = "criu"`): the move is scheduled
+/// against the deadline from its predicted duration, mid moves live, and its line says it ran
+/// on its new host before the deadline (a generous one: the test is about the report, not speed).
+#[test]
+fn a_drain_with_a_deadline_reports_each_task_in_time() {
+    if !live_move_supported("migrate::a_drain_with_a_deadline_reports_each_task_in_time") {
+        return;
+    }
+    let c = budget_chain("deadline", 600_000);
+    let net = &c.net;
+    chain_answers(c.front_port);
+    let count = state(c.mid_port);
+    let lines: Vec<DrainLine> = net.json(
+        c.source,
+        &["drain", "--deadline", "60s", "--margin", "50s", "--json"],
+    );
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let line = &lines[0];
+    assert_eq!(line.task, "mid");
+    let moved = line.outcome.as_ref().expect("mid moved");
+    assert_eq!(moved.mode, "criu", "{moved:?}");
+    assert_eq!(line.on_time, Some(true), "{line:#?}");
+    assert_ne!(net.placement()["mid"].0, c.nodes[c.source].0, "mid left");
+    assert_eq!(state(c.mid_port), count, "mid's memory came along");
+}

@@ -107,4 +107,7 @@ pub struct DrainLine {
     pub task: String,
     pub replica: u32,
     pub outcome: Result<Moved, String>,
+    /// With a deadline: whether the instance ran on its new host before it.
+    #[serde(default)]
+    pub on_time: Option<bool>,
 }

@@ -98,12 +98,14 @@ fn every_reply() -> Vec<Reply> {
                 task: "mid".into(),
                 replica: 1,
                 outcome: Ok(moved()),
+                on_time: Some(true),
             },
             DrainLine {
                 service: "svc".into(),
                 task: "back".into(),
                 replica: 0,
                 outcome: Err("no room".into()),
+                on_time: None,
             },
         ]),
     ]

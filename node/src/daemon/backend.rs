@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::dispatch::Backend;
 use crate::deploy::initiator::Initiator;
+use crate::migrate::control::Deadline;
 use crate::migrate::mover::Mover;
 
 /// The daemon's view of the overlay handle.
@@ -153,10 +154,11 @@ impl Backend for OverlayBackend {
         &self,
         budget: Duration,
         cold: bool,
+        deadline: Option<Deadline>,
         progress: mpsc::Sender<MoveProgress>,
     ) -> BoxFuture<'_, anyhow::Result<Vec<DrainLine>>> {
         Box::pin(async move {
-            Ok(crate::migrate::control::drain(&self.mover, budget, cold, progress).await)
+            Ok(crate::migrate::control::drain(&self.mover, budget, cold, deadline, progress).await)
         })
     }
 }

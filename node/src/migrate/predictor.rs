@@ -26,6 +26,11 @@ use tracing::{info, warn};
 /// Bytes per page, for a full dump's written pages.
 const PAGE: u64 = 4096;
 
+/// What a move costs besides its dumps and restore, a priori (not learned): preparing the
+/// target (fetching and building the image), holding the callers, switching them. A drain's
+/// margin covers what this misses.
+pub const MOVE_OVERHEAD: Duration = Duration::from_secs(2);
+
 /// The node's dump models behind a lock, with where they are kept.
 #[derive(Debug)]
 pub struct DumpModels {
@@ -86,6 +91,26 @@ impl DumpModels {
     /// The prediction of the model in use for a dump with these features.
     pub fn predict(&self, f: &Features) -> Guess {
         self.lock().predict(f)
+    }
+
+    /// The predicted duration of a move of the task under `pid` when it moves live with CRIU,
+    /// or of a move that dumps nothing (`None`): [`MOVE_OVERHEAD`], plus for a live move two
+    /// dumps by the model in use (a pre-copy round and the final dump: what the planner runs
+    /// for a task that writes little) and the planner's upper bound of the restore.
+    pub fn move_estimate(&self, pid: Option<u32>) -> Duration {
+        let Some(pid) = pid else {
+            return MOVE_OVERHEAD;
+        };
+        let f = probe(pid, None, procfs::cpu_jiffies());
+        let dump = self.predict(&f).seconds;
+        let planner = self.planner();
+        let restore = planner.restore(f.rss_bytes).upper(planner.z());
+        let dumps = if (2.0 * dump).is_finite() && dump > 0.0 {
+            Duration::from_secs_f64((2.0 * dump).min(1e6))
+        } else {
+            Duration::ZERO
+        };
+        MOVE_OVERHEAD + dumps + restore
     }
 
     /// Learns the dumps of one move of `task` (features read before each, measured duration),
@@ -185,7 +210,20 @@ mod tests {
         // JSON floats come back to within the last digit.
         let (a, b) = (again.planner().restore(64 << 20), planner.restore(64 << 20));
         assert!((a.mean - b.mean).abs() < 1e-12 && (a.sd - b.sd).abs() < 1e-12);
-        assert_ne!(again.planner(), Predictor::default(), "the planner's state came back");
+        assert_ne!(
+            again.planner(),
+            Predictor::default(),
+            "the planner's state came back"
+        );
+    }
+
+    #[test]
+    fn a_live_move_is_predicted_longer_than_the_overhead() {
+        let dir = temp("dump-models-estimate");
+        let models = DumpModels::open(dir.path());
+        assert_eq!(models.move_estimate(None), MOVE_OVERHEAD);
+        let live = models.move_estimate(Some(std::process::id()));
+        assert!(live > MOVE_OVERHEAD, "{live:?}");
     }
 
     #[test]

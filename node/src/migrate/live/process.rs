@@ -19,6 +19,21 @@ impl Mover {
         }
     }
 
+    /// The predicted duration of a move of `id` (a drain's schedule): a `checkpoint = "criu"`
+    /// task this engine moves live (not `cold`) is probed for its dumps, any other counts the
+    /// move's fixed cost only ([`crate::migrate::predictor::DumpModels::move_estimate`]).
+    pub(crate) fn move_estimate(&self, id: &InstanceId, cold: bool) -> Duration {
+        let live = self
+            .deployer
+            .instances
+            .lock()
+            .get(id)
+            .filter(|i| i.spec.checkpoint == CheckpointMode::Criu && !cold)
+            .map(|i| i.name.clone());
+        let pid = live.and_then(|name| self.live_engine().ok()?.checkpoint_pid(&name).ok());
+        self.dump_models.move_estimate(pid)
+    }
+
     /// The source side on the process engine: CRIU dumps the task's process tree.
     pub(super) async fn move_live_process(
         &self,
