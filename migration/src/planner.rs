@@ -26,10 +26,10 @@
 //! 3. stop rules: d_k under the threshold, two successive deltas equal within a tolerance (seed
 //!    002), a round that shrank the delta by less than `min_shrink` (or grew it: the task dirties
 //!    faster than the link drains), or the round limit. When one holds, the downtime gate
-//!    ([`gate`]) decides: freeze if the predicted downtime's upper bound fits the budget, else
-//!    run another round ([`Reason::OverBudget`]; at most `max_over_budget` of them, each also
-//!    teaching the predictor), else abort ([`Reason::DowntimeTooLong`], with the prediction and
-//!    the budget in [`Stopped`]);
+//!    ([`gate`]) decides: freeze if the predicted downtime's upper bound fits the budget; if
+//!    only the bound is over it (the mean fits), run another round ([`Reason::OverBudget`]; at
+//!    most `max_over_budget` of them, each also teaching the predictor); else abort
+//!    ([`Reason::DowntimeTooLong`], with the prediction and the budget in [`Stopped`]);
 //! 4. otherwise dump again.
 
 use std::fmt;
@@ -606,6 +606,7 @@ impl Planner {
             return Decision::new(Action::PreCopy, Reason::DeltaShrinking);
         };
         match gate(
+            f.mean,
             f.upper,
             f.floor,
             self.cfg.max_downtime,
