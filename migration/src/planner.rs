@@ -25,14 +25,20 @@
 //!    alone) exceeds the budget, no round can help: abort ([`Reason::DowntimeTooLong`]);
 //! 3. stop rules: d_k under the threshold, two successive deltas equal within a tolerance (seed
 //!    002), a round that shrank the delta by less than `min_shrink` (or grew it: the task dirties
-//!    faster than the link drains), or the round limit. When one holds, freeze if the predicted
-//!    downtime's upper bound fits the budget, else abort;
+//!    faster than the link drains), or the round limit. When one holds, the downtime gate
+//!    ([`gate`]) decides: freeze if the predicted downtime's upper bound fits the budget; if
+//!    only the bound is over it (the mean fits), run another round ([`Reason::OverBudget`]; at
+//!    most `max_over_budget` of them, each also teaching the predictor); else abort
+//!    ([`Reason::DowntimeTooLong`], with the prediction and the budget in [`Stopped`]);
 //! 4. otherwise dump again.
 
 use std::fmt;
 use std::time::Duration;
 
 use crate::predictor::{DumpFeatures, Predictor};
+
+mod gate;
+pub use gate::{gate, Gate};
 
 /// The planner's knobs.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +55,9 @@ pub struct PlannerConfig {
     pub max_rounds: u32,
     /// Slack kept before a deadline.
     pub deadline_margin: Duration,
+    /// Pre-copy rounds run at most because a stop rule held but the predicted freeze did not
+    /// fit `max_downtime` yet ([`Reason::OverBudget`]), before the move is given up.
+    pub max_over_budget: u32,
 }
 
 impl Default for PlannerConfig {
@@ -60,6 +69,7 @@ impl Default for PlannerConfig {
             min_shrink: 0.2,
             max_rounds: 12,
             deadline_margin: Duration::from_millis(500),
+            max_over_budget: 2,
         }
     }
 }
@@ -87,6 +97,8 @@ pub enum Reason {
     DeadlineNear,
     DeadlineUnreachable,
     DowntimeTooLong,
+    /// A stop rule held but the predicted freeze does not fit the budget yet: one more round.
+    OverBudget,
 }
 
 /// One decision with its reason.
@@ -119,6 +131,7 @@ impl fmt::Display for Decision {
             Reason::DeadlineNear => "the deadline is near",
             Reason::DeadlineUnreachable => "the deadline cannot be met",
             Reason::DowntimeTooLong => "the predicted downtime exceeds the budget",
+            Reason::OverBudget => "the predicted downtime does not fit the budget yet",
         };
         write!(f, "{a} ({r})")
     }
@@ -199,6 +212,54 @@ pub struct FinalOutcome {
     pub downtime: Duration,
 }
 
+/// A prediction this long means the transfer was not bounded (no bandwidth known yet).
+const UNMEASURED: Duration = Duration::from_secs(1_000_000);
+
+/// A decision to stop with what it was based on: the predicted downtime of freezing at that
+/// moment against the budget (for the reason a caller reports, e.g. `brume migrate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    pub decision: Decision,
+    /// Expected downtime of a freeze at the moment of the decision.
+    pub predicted_downtime: Duration,
+    /// Its upper bound (what the gate compares with the budget).
+    pub predicted_upper: Duration,
+    /// The downtime expected with nothing left to send (dump and restore alone).
+    pub predicted_floor: Duration,
+    /// The longest freeze allowed (`max_downtime`).
+    pub budget: Duration,
+    /// Pre-copy rounds run before it.
+    pub rounds: u32,
+}
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "{} after {} pre-copy round(s): predicted downtime ",
+            self.decision, self.rounds
+        )?;
+        // Before the link is measured the transfer has no bound: only the floor means anything.
+        if self.predicted_upper >= UNMEASURED {
+            write!(
+                f,
+                "at least {:.0} ms for the dump and restore alone (the transfer is not measured yet)",
+                ms(self.predicted_floor)
+            )?;
+        } else {
+            write!(
+                f,
+                "{:.0} ms (upper bound {:.0} ms, at least {:.0} ms for the dump and restore alone)",
+                ms(self.predicted_downtime),
+                ms(self.predicted_upper),
+                ms(self.predicted_floor),
+            )?;
+        }
+        write!(f, " against a downtime budget of {:.0} ms", ms(self.budget))
+    }
+}
+
 /// An event arrived in a state that cannot take it: a bug in the caller.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -265,6 +326,10 @@ pub struct Planner {
     current_start: Option<Duration>,
     deltas: Vec<u64>,
     progress: Vec<RoundProgress>,
+    /// Rounds run because the freeze did not fit the budget yet ([`Reason::OverBudget`]).
+    over_budget: u32,
+    /// The forecast behind the last decision.
+    last: Option<Forecast>,
 }
 
 impl Planner {
@@ -284,6 +349,25 @@ impl Planner {
             current_start: None,
             deltas: Vec::new(),
             progress: Vec::new(),
+            over_budget: 0,
+            last: None,
+        }
+    }
+
+    /// `decision` with the forecast it was based on (the last decision's).
+    pub fn stopped(&self, decision: Decision) -> Stopped {
+        let (mean, upper, floor) = self
+            .last
+            .map_or((Duration::ZERO, Duration::ZERO, Duration::ZERO), |f| {
+                (f.mean, f.upper, f.floor)
+            });
+        Stopped {
+            decision,
+            predicted_downtime: mean,
+            predicted_upper: upper,
+            predicted_floor: floor,
+            budget: self.cfg.max_downtime,
+            rounds: self.rounds(),
         }
     }
 
@@ -390,6 +474,10 @@ impl Planner {
     }
 
     fn enter(&mut self, now: Duration, decision: Decision, f: &Forecast) {
+        self.last = Some(*f);
+        if decision.reason == Reason::OverBudget {
+            self.over_budget += 1;
+        }
         self.state = match decision.action {
             Action::PreCopy => {
                 self.current_start = Some(now);
@@ -514,12 +602,20 @@ impl Planner {
         } else {
             None
         };
-        match stop {
-            None => Decision::new(Action::PreCopy, Reason::DeltaShrinking),
-            Some(reason) if f.upper <= self.cfg.max_downtime => {
-                Decision::new(Action::FinalDump, reason)
-            }
-            Some(_) => Decision::new(Action::Abort, Reason::DowntimeTooLong),
+        let Some(reason) = stop else {
+            return Decision::new(Action::PreCopy, Reason::DeltaShrinking);
+        };
+        match gate(
+            f.mean,
+            f.upper,
+            f.floor,
+            self.cfg.max_downtime,
+            self.over_budget,
+            self.cfg.max_over_budget,
+        ) {
+            Gate::Freeze => Decision::new(Action::FinalDump, reason),
+            Gate::AnotherRound => Decision::new(Action::PreCopy, Reason::OverBudget),
+            Gate::Defer => Decision::new(Action::Abort, Reason::DowntimeTooLong),
         }
     }
 

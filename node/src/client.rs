@@ -102,6 +102,12 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
         s.coord[0], s.coord[1], s.coord[2], s.coord_error
     );
     println!("up          {:.0} s", s.uptime_s);
+    if let Some(p) = &s.predictor {
+        println!("dump model  {} ({} dumps learned)", p.model, p.dumps);
+        if let Some(why) = &p.refused {
+            println!("            {why}");
+        }
+    }
     Ok(())
 }
 

@@ -138,6 +138,7 @@ fn a_member_that_does_not_own_a_service_is_refused_and_its_owner_is_obeyed() {
             generation: Default::default(),
             grant: None,
             user: None,
+            downtime_budget_ms: None,
         };
         let started = host_says(
             &owner,
@@ -205,6 +206,7 @@ fn a_member_that_does_not_own_a_service_is_refused_and_its_owner_is_obeyed() {
             allow_cold: true,
             deadline_ms: None,
             max_downtime_ms: None,
+            force: false,
         };
         refused_move(&mover_says(&stranger, host, steal).await, "may not move");
         let fence = moves::Request::Fence {
@@ -239,6 +241,7 @@ fn a_member_that_does_not_own_a_service_is_refused_and_its_owner_is_obeyed() {
             allow_cold: true,
             deadline_ms: None,
             max_downtime_ms: None,
+            force: false,
         };
         let moved = mover_says(&owner, host, go).await;
         let moves::Reply::Migrated { to, instance, .. } = moved else {

@@ -287,6 +287,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
             generation: Default::default(),
             grant: None,
             user: None,
+            downtime_budget_ms: None,
         }
         .signed(me.keypair());
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
@@ -325,6 +326,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
             generation: Default::default(),
             grant: None,
             user: None,
+            downtime_budget_ms: None,
         }
         .signed(me.keypair());
         let deploy = |spec: InstanceSpec| {

@@ -1107,3 +1107,224 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));
     wait_no_process(&service, "mid");
 }
+
+/// The relay chain with mid `checkpoint = "criu"` (as root: see above) and the downtime budget
+/// `budget_ms`, deployed on four process-engine nodes; the net, its service, the nodes (id,
+/// peer), mid's host's index, a free node's index, mid's port and front's port.
+struct BudgetChain {
+    net: Net,
+    service: String,
+    nodes: Vec<(String, String)>,
+    source: usize,
+    free: usize,
+    mid_port: u16,
+    front_port: u16,
+}
+
+fn budget_chain(prefix: &str, budget_ms: u64) -> BudgetChain {
+    let service = unique(prefix);
+    let net = Net(common::ServiceNet::start(
+        Path::new(BRUME),
+        4,
+        "process",
+        150,
+        &service,
+    ));
+    let dir = net.0.dir().to_path_buf();
+    context(&dir, &service);
+    let m = manifest(&dir, &service);
+    let criu = std::fs::read_to_string(&m).expect("read manifest").replace(
+        "checkpoint = \"app\"",
+        &format!("checkpoint = \"criu\"\nuser = \"root\"\ndowntime_budget_ms = {budget_ms}"),
+    );
+    std::fs::write(&m, criu).expect("write manifest");
+    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
+    let before = net.placement();
+    let (_, front_port) = before["front"].clone();
+    let (mid_host, mid_port) = before["mid"].clone();
+    let source = nodes
+        .iter()
+        .position(|(id, _)| *id == mid_host)
+        .expect("mid's host is a node");
+    let free = nodes
+        .iter()
+        .position(|(id, _)| before.values().all(|(h, _)| h != id))
+        .expect("a free node");
+    BudgetChain {
+        net,
+        service,
+        nodes,
+        source,
+        free,
+        mid_port,
+        front_port,
+    }
+}
+
+/// The real dumps node `i` learned from, as its `predictor.json` counts them.
+fn dumps_learned(net: &Net, i: usize) -> u64 {
+    let path = net.0.net.data(i).join("predictor.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{} is not there: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).expect("predictor.json is JSON");
+    v["lost"]["dumps"].as_u64().expect("a dump count")
+}
+
+/// Node `i`'s dump models as `brume status` shows them.
+fn predictor_status(net: &Net, i: usize) -> brume_control::PredictorView {
+    let s: brume_control::StatusView = net.json(i, &["status", "--json"]);
+    s.predictor.expect("the node reports its dump models")
+}
+
+/// A `checkpoint = "criu"` task whose `downtime_budget_ms` no freeze can meet (1 ms) is not
+/// frozen: `brume migrate` fails with a reason naming the budget and the prediction, and mid
+/// runs on where it was, the same process, with its count. `--force` moves it anyway; the
+/// source then keeps the dumps it learned in `predictor.json`, a restarted source loads them
+/// (same count), and a node whose `predictor.json` is corrupt still starts, refusing the file
+/// and using the prior.
+#[test]
+fn an_impossible_downtime_budget_defers_a_live_move() {
+    if !live_move_supported("migrate::an_impossible_downtime_budget_defers_a_live_move") {
+        return;
+    }
+    let c = budget_chain("budget", 1);
+    let net = &c.net;
+    chain_answers(c.front_port);
+    let old = processes_of(&c.service, "mid");
+    assert_eq!(old.len(), 1, "one mid process: {old:?}");
+    let count = state(c.mid_port);
+
+    let deferred = net.brume(0, &["migrate", "mid", "--to", &c.nodes[c.free].1]);
+    let why = text(&deferred.stderr);
+    eprintln!("{why}");
+    assert!(!deferred.status.success(), "a move over budget succeeded");
+    assert!(why.contains("deferred"), "{why}");
+    assert!(why.contains("downtime budget of 1 ms"), "{why}");
+    assert!(why.contains("predicted downtime"), "{why}");
+    assert!(why.contains("still runs here"), "{why}");
+    assert_eq!(processes_of(&c.service, "mid"), old, "the same mid runs");
+    assert_eq!(
+        state(c.mid_port),
+        count,
+        "the deferred move did not touch mid"
+    );
+    chain_answers(c.front_port);
+    assert_eq!(state(c.mid_port), count + 1, "mid still serves the chain");
+    let mid_host = c.nodes[c.source].0.clone();
+    assert_eq!(net.placement()["mid"], (mid_host, c.mid_port));
+
+    // Forced: frozen whatever the prediction, and moved.
+    let forced = net.brume(
+        0,
+        &["migrate", "mid", "--to", &c.nodes[c.free].1, "--force"],
+    );
+    let err = text(&forced.stderr);
+    eprintln!("{err}{}", text(&forced.stdout));
+    assert!(forced.status.success(), "the forced move failed: {err}");
+    assert!(err.contains("restored on the target: downtime"), "{err}");
+    assert_eq!(
+        net.placement()["mid"],
+        (c.nodes[c.free].0.clone(), c.mid_port)
+    );
+    assert_eq!(state(c.mid_port), count + 1, "mid's memory came along");
+
+    // The source learned from the move's dumps and keeps them across a restart.
+    let learned = dumps_learned(net, c.source);
+    assert!(learned >= 1, "no dump learned");
+    assert_eq!(predictor_status(net, c.source).dumps, learned);
+    let mut c = c;
+    assert!(
+        c.net.0.net.stop(c.source, LIVENESS),
+        "the source did not stop within {LIVENESS:?}"
+    );
+    c.net
+        .0
+        .net
+        .restart(c.source)
+        .expect("the source starts again");
+    let after = predictor_status(&c.net, c.source);
+    assert_eq!(
+        after.dumps, learned,
+        "the restarted source lost what it learned"
+    );
+    assert_eq!(after.refused, None);
+
+    // A corrupt state is refused; the node starts with the prior.
+    assert!(
+        c.net.0.net.stop(c.source, LIVENESS),
+        "the source did not stop within {LIVENESS:?}"
+    );
+    std::fs::write(
+        c.net.0.net.data(c.source).join("predictor.json"),
+        b"{\"version\": 2, \"pbmlr\": [",
+    )
+    .expect("corrupt predictor.json");
+    c.net
+        .0
+        .net
+        .restart(c.source)
+        .expect("a corrupt state does not stop the node");
+    let prior = predictor_status(&c.net, c.source);
+    assert_eq!(prior.dumps, 0, "{prior:?}");
+    assert!(
+        prior
+            .refused
+            .as_deref()
+            .is_some_and(|r| r.contains("corrupt")),
+        "{prior:?}"
+    );
+}
+
+/// The same task with a generous `downtime_budget_ms` (10 min) moves live, and its source
+/// learned from the move's dumps.
+#[test]
+fn a_generous_downtime_budget_lets_a_live_move_freeze() {
+    if !live_move_supported("migrate::a_generous_downtime_budget_lets_a_live_move_freeze") {
+        return;
+    }
+    let c = budget_chain("generous", 600_000);
+    let net = &c.net;
+    chain_answers(c.front_port);
+    let count = state(c.mid_port);
+    let moved = net.brume(0, &["migrate", "mid", "--to", &c.nodes[c.free].1]);
+    let err = text(&moved.stderr);
+    eprintln!("{err}{}", text(&moved.stdout));
+    assert!(
+        moved.status.success(),
+        "the move within budget failed: {err}"
+    );
+    assert!(err.contains("restored on the target: downtime"), "{err}");
+    assert_eq!(
+        net.placement()["mid"],
+        (c.nodes[c.free].0.clone(), c.mid_port)
+    );
+    assert_eq!(state(c.mid_port), count, "mid's memory came along");
+    assert!(dumps_learned(net, c.source) >= 1, "no dump learned");
+}
+
+/// `brume drain --deadline` on mid's host (mid is `checkpoint = "criu"`): the move is scheduled
+/// against the deadline from its predicted duration, mid moves live, and its line says it ran
+/// on its new host before the deadline (a generous one: the test is about the report, not speed).
+#[test]
+fn a_drain_with_a_deadline_reports_each_task_in_time() {
+    if !live_move_supported("migrate::a_drain_with_a_deadline_reports_each_task_in_time") {
+        return;
+    }
+    let c = budget_chain("deadline", 600_000);
+    let net = &c.net;
+    chain_answers(c.front_port);
+    let count = state(c.mid_port);
+    let lines: Vec<DrainLine> = net.json(
+        c.source,
+        &["drain", "--deadline", "60s", "--margin", "50s", "--json"],
+    );
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let line = &lines[0];
+    assert_eq!(line.task, "mid");
+    let moved = line.outcome.as_ref().expect("mid moved");
+    assert_eq!(moved.mode, "criu", "{moved:?}");
+    assert_eq!(line.on_time, Some(true), "{line:#?}");
+    assert_ne!(net.placement()["mid"].0, c.nodes[c.source].0, "mid left");
+    assert_eq!(state(c.mid_port), count, "mid's memory came along");
+}

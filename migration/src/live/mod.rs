@@ -57,7 +57,7 @@ use crate::checkpointer::CheckpointError;
 use crate::chunks::ChunkError;
 use crate::compress::{CompressError, Level};
 use crate::criu::CriuError;
-use crate::planner::{Decision, PlanError, RoundProgress};
+use crate::planner::{PlanError, RoundProgress, Stopped};
 
 pub use options::{InDoubt, SourceOptions, TargetOptions, TrackedPlan};
 pub use recipe::RecipeError;
@@ -149,7 +149,7 @@ pub enum LiveError {
     #[error("the source gave up: {reason}")]
     SourceAborted { reason: String },
     #[error("the planner stopped the migration ({0}); the task keeps running on the source")]
-    Aborted(Decision),
+    Aborted(Stopped),
     #[error("a worker thread of the migration died: {0}")]
     Worker(String),
     #[error("the post-copy migration failed ({cause}); the source's CRIU thawed the task, which runs on there from where it was frozen, and the target's copy, if any, was killed")]

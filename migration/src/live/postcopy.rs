@@ -163,6 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
             total: start.elapsed(),
             wire_bytes: self.wire + page_bytes,
             predictor: self.opts.predictor.clone(),
+            forecast: None,
             final_dump_end: dump_end,
             post_copy: Some(PostCopyStats {
                 page_bytes,

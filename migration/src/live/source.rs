@@ -23,7 +23,7 @@ use crate::checkpointer::{CheckpointError, Checkpointer};
 use crate::chunks::{ChunkSet, Digest, Recipe, CHUNK_SIZE};
 use crate::compress::{Chooser, Level};
 use crate::criu::{CriuError, DumpReport};
-use crate::planner::{Action, FinalReport, Planner, RoundReport};
+use crate::planner::{Action, FinalOutcome, FinalReport, Planner, RoundReport};
 use crate::predictor::Predictor;
 
 use super::options::{InDoubt, SourceOptions};
@@ -52,6 +52,9 @@ pub struct Migrated {
     pub wire_bytes: u64,
     /// The predictor with what this migration taught it.
     pub predictor: Predictor,
+    /// Pre-copy: the final freeze's predicted downtime (when the planner decided it) beside
+    /// the measured one; `None` for post-copy, which the planner does not drive.
+    pub forecast: Option<FinalOutcome>,
     /// When the task stopped running here for good: the end of the final dump.
     pub final_dump_end: Instant,
     /// Post-copy only: the pages that followed the restore.
@@ -191,8 +194,9 @@ where
             match decision.action {
                 Action::FinalDump => break,
                 Action::Abort => {
-                    src.abort(&decision.to_string()).await;
-                    return Err(LiveError::Aborted(decision));
+                    let stopped = planner.stopped(decision);
+                    src.abort(&stopped.to_string()).await;
+                    return Err(LiveError::Aborted(stopped));
                 }
                 Action::PreCopy => {}
             }
@@ -276,12 +280,14 @@ where
                 .await);
         }
     };
-    let _ = planner.final_finished(FinalReport {
-        dump_time: stats.dump,
-        wire_bytes: stats.wire_bytes,
-        restore_time: restore,
-        downtime,
-    });
+    let forecast = planner
+        .final_finished(FinalReport {
+            dump_time: stats.dump,
+            wire_bytes: stats.wire_bytes,
+            restore_time: restore,
+            downtime,
+        })
+        .ok();
     rounds.push(stats);
     let _ = std::fs::remove_dir_all(&src.opts.work_dir);
     Ok(Migrated {
@@ -293,6 +299,7 @@ where
         total: start.elapsed(),
         wire_bytes: src.wire,
         predictor: planner.into_predictor(),
+        forecast,
         final_dump_end,
         post_copy: None,
         last_heard: src.last_heard,

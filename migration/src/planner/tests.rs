@@ -136,12 +136,60 @@ fn converged_but_too_slow_aborts_and_keeps_the_source() {
     // 8 MiB left at 1 MB/s is 4+ s of downtime against a 2 s budget.
     let mut p = planner(64 * MIB);
     p.set_bandwidth(1.0 * MB);
+    // Even the expected downtime is over the budget: no more rounds, abort at once.
     let (d, pr) = run(&mut p, &[64 * MIB, 8 * MIB, 8 * MIB]);
     assert_eq!(d, Decision::new(Action::Abort, Reason::DowntimeTooLong));
     assert!(pr.predicted_downtime > Duration::from_secs(2), "{pr}");
+    // The stop says what it was based on: the prediction against the budget.
+    let stopped = p.stopped(d);
+    assert_eq!(stopped.budget, Duration::from_secs(2));
+    assert_eq!(stopped.rounds, 3);
+    assert!(stopped.predicted_upper > stopped.budget, "{stopped}");
+    let text = stopped.to_string();
+    assert!(
+        text.contains("budget of 2000 ms") && text.contains("predicted downtime"),
+        "{text}"
+    );
     // The same rounds on a fast link freeze.
     let (d, _) = run(&mut planner(64 * MIB), &[64 * MIB, 8 * MIB, 8 * MIB]);
     assert_eq!(d.action, Action::FinalDump);
+}
+
+#[test]
+fn a_doubtful_freeze_runs_bounded_rounds_over_the_budget() {
+    // The same rounds as a run that froze, with a budget between its expected downtime and
+    // the bound: the doubt is over the budget, so rounds run (at most two) before a decision.
+    let (_, twin) = run(&mut planner(64 * MIB), &[64 * MIB, 8 * MIB, 8 * MIB]);
+    assert_eq!(twin.decision.action, Action::FinalDump);
+    let budget = (twin.predicted_downtime + twin.predicted_downtime_upper) / 2;
+    let mut p = Planner::new(
+        PlannerConfig {
+            max_downtime: budget,
+            ..PlannerConfig::default()
+        },
+        Predictor::default(),
+        64 * MIB,
+    );
+    p.set_bandwidth(100.0 * MB);
+    let deltas = [64 * MIB, 8 * MIB, 8 * MIB, 8 * MIB, 8 * MIB];
+    assert_eq!(p.start(Duration::ZERO).unwrap().action, Action::PreCopy);
+    let mut reasons = Vec::new();
+    for (i, delta) in deltas.iter().enumerate() {
+        let (d, _) = p
+            .round_finished(Duration::from_secs(i as u64 + 1), report(*delta))
+            .unwrap();
+        reasons.push(d.reason);
+        if d.action != Action::PreCopy {
+            break;
+        }
+    }
+    assert_eq!(reasons[2], Reason::OverBudget, "{reasons:?}");
+    assert!(
+        reasons.len() <= 5,
+        "at most two rounds over the budget: {reasons:?}"
+    );
+    let last = *reasons.last().unwrap();
+    assert_ne!(last, Reason::OverBudget, "{reasons:?}");
 }
 
 #[test]
@@ -158,6 +206,13 @@ fn a_budget_below_the_bare_dump_aborts_at_once() {
     assert_eq!(
         p.start(Duration::ZERO).unwrap(),
         Decision::new(Action::Abort, Reason::DowntimeTooLong)
+    );
+    let s = p.stopped(Decision::new(Action::Abort, Reason::DowntimeTooLong));
+    assert!(s.predicted_floor > s.budget && s.rounds == 0, "{s}");
+    let text = s.to_string();
+    assert!(
+        text.contains("budget of 1000 ms") && text.contains("at least"),
+        "{text}"
     );
     assert!(p.round_finished(Duration::ZERO, report(0)).is_err());
 }

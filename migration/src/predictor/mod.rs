@@ -23,13 +23,16 @@
 //! - [`trace`]: the checkpoint trace CSV (docs: /work/notes/trace-schema.md, testnet/bench);
 //! - [`evaluate`]: replaying a trace in order, seed 000's table, learning curves, cross-validated R²;
 //! - [`store`]: a node's model states in data_dir, written atomically;
+//! - [`choice`]: which model a node uses (the least lost computation on its own dumps so far);
+//! - [`procfs`]: what a node reads about a task's processes and the machine before a dump;
 //! - [`estimates`]: [`Predictor`], the dump and downtime estimates the [`crate::planner`] asks.
 //!
 //! Everything here is pure (no clock, socket or process) except [`store`], which reads and writes
-//! one file.
+//! one file, and [`procfs`], which reads `/proc`.
 
 pub mod bayes;
 pub mod calibrated;
+pub mod choice;
 pub mod estimates;
 pub mod evaluate;
 pub mod features;
@@ -38,6 +41,7 @@ pub mod load;
 pub mod mlr;
 pub mod model;
 pub mod pbmlr;
+pub mod procfs;
 pub mod static_best;
 pub mod store;
 pub mod trace;

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::bayes::BayesModel;
+use super::choice::Scores;
+use super::estimates::Predictor;
 use super::mlr::{Mlr, WINDOW};
 use super::pbmlr::{PbMlr, PbMlrConfig};
 use super::PredictorConfig;
@@ -30,6 +32,14 @@ pub struct Models {
     pub pbmlr: PbMlr,
     pub mlr: Mlr,
     pub bayes: BayesModel,
+    /// Each model's lost computation on the node's own dumps ([`super::choice`]); zero in a
+    /// state written before it was kept.
+    #[serde(default)]
+    pub lost: Scores,
+    /// The planner's dump and restore estimates as the node's last move left them, to start the
+    /// next move's planner from (`None`: the prior).
+    #[serde(default)]
+    pub planner: Option<Predictor>,
 }
 
 impl Models {
@@ -40,6 +50,8 @@ impl Models {
             pbmlr: PbMlr::new(cfg, PbMlrConfig::default()),
             mlr: Mlr::new(cfg, WINDOW),
             bayes: BayesModel::upper(cfg),
+            lost: Scores::default(),
+            planner: None,
         }
     }
 }

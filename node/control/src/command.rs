@@ -68,6 +68,13 @@ pub struct StopRequest {
 pub struct DrainRequest {
     pub budget_ms: u64,
     pub cold: bool,
+    /// Every instance must run on its new host within this many ms: each move starts at the
+    /// deadline minus its predicted duration minus `margin_ms`, not at once.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// The slack kept before the deadline (with `deadline_ms`).
+    #[serde(default)]
+    pub margin_ms: Option<u64>,
 }
 
 /// A command of the control API: its request and the one reply type that answers it.

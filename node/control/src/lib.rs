@@ -38,7 +38,7 @@ pub use deploy::{DeployRequest, Deployed, Event, Row, Step};
 pub use moves::{DrainLine, MigrateRequest, MoveProgress, MoveStep, Moved};
 pub use names::NodeName;
 pub use socket::{bind, call, serve, ControlError};
-pub use views::{LogLines, PeerView, Progress, PsRow, Reply, StatusView, Stopped};
+pub use views::{LogLines, PeerView, PredictorView, Progress, PsRow, Reply, StatusView, Stopped};
 
 #[cfg(test)]
 mod tests;

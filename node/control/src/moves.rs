@@ -22,6 +22,10 @@ pub struct MigrateRequest {
     /// when `None`).
     #[serde(default)]
     pub max_downtime_ms: Option<u64>,
+    /// Freeze a live move's task whatever its predicted downtime (the task's
+    /// `downtime_budget_ms` and `max_downtime_ms` do not hold).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// A phase of a move of one instance, as the client sees it.
@@ -103,4 +107,7 @@ pub struct DrainLine {
     pub task: String,
     pub replica: u32,
     pub outcome: Result<Moved, String>,
+    /// With a deadline: whether the instance ran on its new host before it.
+    #[serde(default)]
+    pub on_time: Option<bool>,
 }

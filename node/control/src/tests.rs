@@ -55,6 +55,7 @@ fn every_reply() -> Vec<Reply> {
             coord: [1.5, -2.0, 0.25],
             coord_error: 0.5,
             uptime_s: 12.0,
+            predictor: None,
         }),
         Reply::Peers(vec![PeerView {
             peer_id: PEER.into(),
@@ -97,12 +98,14 @@ fn every_reply() -> Vec<Reply> {
                 task: "mid".into(),
                 replica: 1,
                 outcome: Ok(moved()),
+                on_time: Some(true),
             },
             DrainLine {
                 service: "svc".into(),
                 task: "back".into(),
                 replica: 0,
                 outcome: Err("no room".into()),
+                on_time: None,
             },
         ]),
     ]
@@ -210,6 +213,7 @@ fn requests_keep_the_line_a_person_types() {
             cold: false,
             deadline_ms: None,
             max_downtime_ms: None,
+            force: false,
         }
         .into_request()
     );

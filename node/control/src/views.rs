@@ -23,6 +23,21 @@ pub struct StatusView {
     pub coord: [f64; 3],
     pub coord_error: f64,
     pub uptime_s: f64,
+    /// What the node learned about its own CRIU dumps (absent from older nodes).
+    #[serde(default)]
+    pub predictor: Option<PredictorView>,
+}
+
+/// The node's dump-duration models, in `brume status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictorView {
+    /// The model in use (the least lost computation on this node's dumps so far).
+    pub model: String,
+    /// Real dumps learned.
+    pub dumps: u64,
+    /// Why the stored state was refused at start (the prior is used then), if it was.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 /// One line of `brume peers`.

@@ -13,6 +13,7 @@
 //! stateful = true
 //! checkpoint = "app"           # criu | app | none
 //! checkpoint_every_s = 5       # app only: the owner keeps its latest state, for re-placement
+//! downtime_budget_ms = 500     # criu only: a live move freezes it only if predicted to fit
 //! ports = [7000]
 //! user = "root"                # who it runs as under Docker; unset: nobody (65534)
 //!
@@ -67,6 +68,10 @@ pub struct TaskSpec {
     /// Every how many seconds the host captures the task's state and sends it to the service's
     /// owner, which starts a re-placed copy from the latest one (`checkpoint = "app"` only).
     pub checkpoint_every_s: Option<u32>,
+    /// The longest freeze a live move of the task may be predicted to take, ms
+    /// (`checkpoint = "criu"` only): the final freeze is entered only when the prediction fits,
+    /// otherwise the move runs more pre-copy rounds or is deferred with the task left running.
+    pub downtime_budget_ms: Option<u64>,
     /// Ports the task listens on inside its container.
     pub ports: Vec<u16>,
     pub env: BTreeMap<String, String>,
@@ -150,6 +155,7 @@ struct RawTask {
     stateful: Option<Spanned<bool>>,
     checkpoint: Option<Spanned<String>>,
     checkpoint_every_s: Option<Spanned<u32>>,
+    downtime_budget_ms: Option<Spanned<u64>>,
     ports: Option<Spanned<Vec<u16>>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -487,6 +493,22 @@ fn task(src: &Source, t: &Spanned<RawTask>, dir: &Path) -> Result<TaskSpec, Inpu
             ));
         }
     }
+    if let Some(budget) = &raw.downtime_budget_ms {
+        if checkpoint != Checkpoint::Criu {
+            return Err(src.at(
+                budget.span(),
+                "task.downtime_budget_ms",
+                format!("task \"{name}\" sets a downtime budget, which only a live move (checkpoint = \"criu\") has: set checkpoint = \"criu\", or remove downtime_budget_ms"),
+            ));
+        }
+        if *budget.get_ref() < 1 {
+            return Err(src.at(
+                budget.span(),
+                "task.downtime_budget_ms",
+                format!("task \"{name}\" sets a downtime budget of 0 ms: use at least 1"),
+            ));
+        }
+    }
     let ports = raw
         .ports
         .as_ref()
@@ -526,6 +548,7 @@ fn task(src: &Source, t: &Spanned<RawTask>, dir: &Path) -> Result<TaskSpec, Inpu
         stateful,
         checkpoint,
         checkpoint_every_s: raw.checkpoint_every_s.as_ref().map(|e| *e.get_ref()),
+        downtime_budget_ms: raw.downtime_budget_ms.as_ref().map(|b| *b.get_ref()),
         ports,
         env: raw.env.clone(),
     })

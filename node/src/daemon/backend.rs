@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::dispatch::Backend;
 use crate::deploy::initiator::Initiator;
+use crate::migrate::control::Deadline;
 use crate::migrate::mover::Mover;
 
 /// The daemon's view of the overlay handle.
@@ -55,6 +56,14 @@ impl Backend for OverlayBackend {
                 coord: [s.coordinate.x, s.coordinate.y, s.coordinate.height],
                 coord_error: s.coord_error,
                 uptime_s: self.started.elapsed().as_secs_f64(),
+                predictor: Some({
+                    let v = self.mover.dump_models.view();
+                    brume_control::PredictorView {
+                        model: v.model.to_string(),
+                        dumps: v.dumps,
+                        refused: v.refused,
+                    }
+                }),
             })
         })
     }
@@ -145,10 +154,11 @@ impl Backend for OverlayBackend {
         &self,
         budget: Duration,
         cold: bool,
+        deadline: Option<Deadline>,
         progress: mpsc::Sender<MoveProgress>,
     ) -> BoxFuture<'_, anyhow::Result<Vec<DrainLine>>> {
         Box::pin(async move {
-            Ok(crate::migrate::control::drain(&self.mover, budget, cold, progress).await)
+            Ok(crate::migrate::control::drain(&self.mover, budget, cold, deadline, progress).await)
         })
     }
 }

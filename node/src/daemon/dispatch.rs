@@ -19,6 +19,8 @@ use brume_control::{Deployed, Event, Row};
 use brume_control::{DrainLine, MoveProgress, Moved};
 use brume_control::{PeerView, PsRow, StatusView};
 
+use crate::migrate::control::{Deadline, DRAIN_MARGIN};
+
 /// Longest budget a client may ask a map for.
 pub const MAX_BUDGET: Duration = Duration::from_secs(10);
 
@@ -68,6 +70,7 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         _budget: Duration,
         _cold: bool,
+        _deadline: Option<Deadline>,
         _progress: mpsc::Sender<MoveProgress>,
     ) -> BoxFuture<'_, anyhow::Result<Vec<DrainLine>>> {
         Box::pin(async { anyhow::bail!("this node runs no tasks") })
@@ -134,11 +137,20 @@ async fn answer(
         Request::Migrate(request) => reply::<MigrateRequest>(
             forwarding(progress, Progress::Move, |tx| backend.migrate(request, tx)).await,
         ),
-        Request::Drain(DrainRequest { budget_ms, cold }) => {
+        Request::Drain(DrainRequest {
+            budget_ms,
+            cold,
+            deadline_ms,
+            margin_ms,
+        }) => {
             let budget = Duration::from_millis(budget_ms.clamp(1, MAX_BUDGET.as_millis() as u64));
+            let deadline = deadline_ms.map(|d| Deadline {
+                within: Duration::from_millis(d),
+                margin: margin_ms.map_or(DRAIN_MARGIN, Duration::from_millis),
+            });
             reply::<DrainRequest>(
                 forwarding(progress, Progress::Move, |tx| {
-                    backend.drain(budget, cold, tx)
+                    backend.drain(budget, cold, deadline, tx)
                 })
                 .await,
             )

@@ -423,7 +423,7 @@ async fn drain_before_exit(mover: &Mover, budget: Duration) {
     let (progress, _) = mpsc::channel(1);
     let drained = tokio::time::timeout(
         DRAIN_LIMIT,
-        crate::migrate::control::drain(mover, budget, false, progress),
+        crate::migrate::control::drain(mover, budget, false, None, progress),
     )
     .await;
     match drained {

@@ -94,6 +94,7 @@ impl Services {
             live,
             on_moved,
             live_fault,
+            crate::migrate::predictor::DumpModels::open(data_dir),
         );
         let initiator = Arc::new(Initiator::new(
             overlay.clone(),

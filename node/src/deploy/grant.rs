@@ -4,7 +4,7 @@
 //!
 //! The signature covers what the owner decides: the instance's name, epoch, payload (the
 //! artifact's digests: the chunks fetched are checked against them), resources, environment,
-//! restarts, checkpoint mode and period, the user it runs as and the owner's own id. It leaves out what a move changes on the
+//! restarts, checkpoint mode and period, the downtime budget of a live move, the user it runs as and the owner's own id. It leaves out what a move changes on the
 //! way (the source of a move forwards the owner's signature with its copy): the generation,
 //! where the callees run now, and the state line in `BRUME_RESTORE`. The key travels with the
 //! signature and must be the owner's: a spec whose key is not its `initiator`'s, or whose
@@ -54,6 +54,9 @@ struct Signed<'a> {
     /// Left out when unset, so specs signed before it existed still verify.
     #[serde(skip_serializing_if = "Option::is_none")]
     checkpoint_every_s: Option<u32>,
+    /// Left out when unset, like `checkpoint_every_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    downtime_budget_ms: Option<u64>,
 }
 
 fn signed_bytes(spec: &InstanceSpec, owner: PeerId) -> Vec<u8> {
@@ -76,6 +79,7 @@ fn signed_bytes(spec: &InstanceSpec, owner: PeerId) -> Vec<u8> {
         user: spec.user.as_deref(),
         owner,
         checkpoint_every_s: spec.checkpoint_every_s,
+        downtime_budget_ms: spec.downtime_budget_ms,
     };
     let mut out = DOMAIN.to_vec();
     // Writing into a Vec cannot fail, and every field is plainly serialisable.
@@ -140,6 +144,7 @@ mod tests {
             generation: Generation(0),
             grant: None,
             user: None,
+            downtime_budget_ms: None,
         }
     }
 
@@ -180,6 +185,7 @@ mod tests {
             |s: &mut InstanceSpec| s.id.service = "other".into(),
             |s: &mut InstanceSpec| s.user = Some("root".into()),
             |s: &mut InstanceSpec| s.checkpoint_every_s = Some(1),
+            |s: &mut InstanceSpec| s.downtime_budget_ms = Some(60_000),
         ] {
             let mut s = signed.clone();
             alter(&mut s);

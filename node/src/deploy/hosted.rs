@@ -259,6 +259,7 @@ mod tests {
             generation: Generation(0),
             grant: None,
             user: None,
+            downtime_budget_ms: None,
         }
         .signed(&owner)
     }

@@ -667,6 +667,7 @@ fn instance_spec(
         generation: Default::default(),
         grant: None,
         user: task.user.clone(),
+        downtime_budget_ms: task.downtime_budget_ms,
     };
     spec.check().map_err(anyhow::Error::msg)?;
     Ok(spec)

@@ -95,6 +95,11 @@ pub struct InstanceSpec {
     /// Who the task runs as (the manifest's `user`); `None`: an unprivileged user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The longest freeze a live move of the instance may be predicted to take (the manifest's
+    /// `downtime_budget_ms`): the final freeze is entered only when the prediction fits, else
+    /// the move is deferred. `None`: the planner's default (or the move's own limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_budget_ms: Option<u64>,
 }
 
 /// The generation of an instance (see [`InstanceSpec::generation`]).
@@ -296,6 +301,9 @@ impl InstanceSpec {
         }
         if self.checkpoint_every_s == Some(0) {
             return Err("a checkpoint every 0 s".to_string());
+        }
+        if self.downtime_budget_ms == Some(0) {
+            return Err("a downtime budget of 0 ms".to_string());
         }
         if self.cpu_millis == 0 || self.memory_mb == 0 {
             return Err("a task must ask for some CPU and memory".to_string());

@@ -51,6 +51,10 @@ pub struct MigrateArgs {
     /// move gives up and the task keeps running here.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub max_downtime: Option<Duration>,
+    /// Freeze a live move's task whatever its predicted downtime: neither --max-downtime nor
+    /// the task's downtime_budget_ms (manifest) holds.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Options of `brume drain`.
@@ -64,6 +68,14 @@ pub struct DrainArgs {
     /// Restart cold the tasks whose state brume cannot carry, instead of leaving them here.
     #[arg(long)]
     pub cold: bool,
+    /// Every task should run on its new host within this (e.g. 2m): each move starts at the
+    /// deadline minus its predicted duration (and that of the moves after it) minus --margin,
+    /// not at once, and each line says whether its task made it in time.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub deadline: Option<Duration>,
+    /// The slack kept before --deadline.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub margin: Duration,
 }
 
 /// The longest a move may take before the client stops waiting (the node carries on).
@@ -250,6 +262,7 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
         cold: args.cold,
         deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
         max_downtime_ms: args.max_downtime.map(|d| d.as_millis() as u64),
+        force: args.force,
     };
     let mut show = Show::new(args.target.json);
     let what = format!("cannot move {}", args.task);
@@ -272,6 +285,8 @@ pub async fn drain(args: &DrainArgs) -> anyhow::Result<()> {
     let request = DrainRequest {
         budget_ms: args.budget.as_millis() as u64,
         cold: args.cold,
+        deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
+        margin_ms: args.deadline.map(|_| args.margin.as_millis() as u64),
     };
     let mut show = Show::new(args.target.json);
     let lines = call(&args.target, request, MOVE_WAIT, "cannot drain", |p| {
@@ -292,8 +307,13 @@ pub async fn drain(args: &DrainArgs) -> anyhow::Result<()> {
     }
     let mut failed = 0;
     for l in &lines {
+        let when = match l.on_time {
+            Some(true) => " (before the deadline)",
+            Some(false) => " (AFTER the deadline)",
+            None => "",
+        };
         match &l.outcome {
-            Ok(m) => println!("{}", moved_line(m)),
+            Ok(m) => println!("{}{when}", moved_line(m)),
             Err(e) => {
                 failed += 1;
                 println!("{}/{}#{} stays here: {e}", l.service, l.task, l.replica);
@@ -302,6 +322,13 @@ pub async fn drain(args: &DrainArgs) -> anyhow::Result<()> {
     }
     if failed > 0 {
         anyhow::bail!("{failed} of {} instance(s) could not be moved", lines.len());
+    }
+    let late = lines.iter().filter(|l| l.on_time == Some(false)).count();
+    if late > 0 {
+        anyhow::bail!(
+            "{late} of {} instance(s) ran on their new host only after the deadline",
+            lines.len()
+        );
     }
     Ok(())
 }

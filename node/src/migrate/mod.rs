@@ -26,7 +26,9 @@
 //! after it restores it on the source, but only once the target's copy surely does not run
 //! (its own `Failed`, an answered fence by generation, or its lease run out: [`fence`],
 //! [`machine::Finish`]). Every move makes the instance's next generation. [`control`] answers
-//! `brume migrate` and `brume drain` on the node's control socket.
+//! `brume migrate` and `brume drain` on the node's control socket. A live move's final freeze
+//! is entered only when its predicted downtime fits the task's budget ([`freeze_budget`]), and
+//! the node learns how long its dumps take from every one it makes ([`predictor`]).
 
 pub mod cli;
 pub mod client;
@@ -36,6 +38,7 @@ pub mod live;
 pub mod machine;
 pub mod moved;
 pub mod mover;
+pub mod predictor;
 pub mod target;
 pub mod wire;
 
@@ -96,4 +99,54 @@ pub struct MoveRequest {
     /// A live move gives up (the task keeps running here) when the planner predicts a longer
     /// freeze than this; `None` is the planner's default.
     pub max_downtime: Option<Duration>,
+    /// Freeze whatever the prediction: neither this limit nor the task's downtime budget holds.
+    pub force: bool,
+}
+
+/// The budget of a forced move: a freeze this long is never predicted, so the gate always lets
+/// it through.
+pub(crate) const FORCED_BUDGET: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest freeze a live move may be predicted to take: the tighter of the move's own limit
+/// (`brume migrate --max-downtime`) and the task's `downtime_budget_ms` (manifest), `None` (the
+/// planner's default) when neither is set; a forced move (`--force`) has [`FORCED_BUDGET`].
+pub(crate) fn freeze_budget(
+    requested: Option<Duration>,
+    manifest_ms: Option<u64>,
+    force: bool,
+) -> Option<Duration> {
+    if force {
+        return Some(FORCED_BUDGET);
+    }
+    let manifest = manifest_ms.map(Duration::from_millis);
+    match (requested, manifest) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tighter_budget_holds_and_force_lifts_both() {
+        let s = Duration::from_secs;
+        assert_eq!(freeze_budget(None, None, false), None);
+        assert_eq!(freeze_budget(Some(s(5)), None, false), Some(s(5)));
+        assert_eq!(
+            freeze_budget(None, Some(250), false),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            freeze_budget(Some(s(5)), Some(250), false),
+            Some(Duration::from_millis(250)),
+            "the manifest's budget is tighter"
+        );
+        assert_eq!(freeze_budget(Some(s(1)), Some(5000), false), Some(s(1)));
+        assert_eq!(
+            freeze_budget(Some(s(1)), Some(1), true),
+            Some(FORCED_BUDGET)
+        );
+    }
 }

@@ -20,8 +20,9 @@ use tracing::{debug, info, warn};
 use super::live::book::FenceBook;
 use super::live::fault::LiveFault;
 use super::machine::{Action, Carry, End, Input, Move};
+use super::predictor::DumpModels;
 use super::wire::{Mode, Phase, Reply, Request, LIVE_PROTOCOL, MAX_FRAME, MOVE_PROTOCOL};
-use super::{target, Limits, LiveMigration, MoveRequest};
+use super::{freeze_budget, target, Limits, LiveMigration, MoveRequest};
 use crate::deploy::authority::check;
 use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
@@ -56,6 +57,8 @@ pub struct Mover {
     pub(crate) fences: Arc<FenceBook>,
     /// A failure this node suffers on purpose as a live move's target (tests only).
     pub(crate) fault: Option<LiveFault>,
+    /// What this node learned about its own CRIU dumps ([`super::predictor`]).
+    pub(crate) dump_models: DumpModels,
 }
 
 /// Where the instance goes: its peer, its overlay node id (as the ledger keeps hosts), the name
@@ -98,6 +101,7 @@ impl Mover {
         live: LiveMigration,
         on_moved: Option<OnMoved>,
         fault: Option<LiveFault>,
+        dump_models: DumpModels,
     ) -> Arc<Self> {
         if let Some(f) = fault {
             warn!(fault = ?f, "live_fault is set: this node fails live moves into it on purpose");
@@ -110,6 +114,7 @@ impl Mover {
             on_moved,
             fences: Arc::default(),
             fault,
+            dump_models,
         })
     }
 
@@ -166,6 +171,7 @@ impl Mover {
                 allow_cold,
                 deadline_ms,
                 max_downtime_ms,
+                force,
             } => {
                 // Its state goes wherever the move takes it: only the owner may ask.
                 if let Some((spec, _, _)) = self.deployer.instances.get(&instance) {
@@ -180,6 +186,7 @@ impl Mover {
                     allow_cold,
                     deadline: deadline_ms.map(std::time::Duration::from_millis),
                     max_downtime: max_downtime_ms.map(std::time::Duration::from_millis),
+                    force,
                 };
                 // Boxed: a move asks other nodes, and a request to this node comes back here.
                 Box::pin(self.migrate(request, phases)).await
@@ -301,7 +308,11 @@ impl Mover {
                     let Some(d) = &dest else { break self.bug(&id) };
                     let limits = Limits {
                         deadline,
-                        max_downtime: req.max_downtime,
+                        max_downtime: freeze_budget(
+                            req.max_downtime,
+                            spec.downtime_budget_ms,
+                            req.force,
+                        ),
                     };
                     break self.move_live(&id, moved, d, limits, &phases).await;
                 }

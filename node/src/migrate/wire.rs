@@ -40,6 +40,10 @@ pub enum Request {
         deadline_ms: Option<u64>,
         /// The longest freeze a live move may predict before it gives up.
         max_downtime_ms: Option<u64>,
+        /// Freeze whatever the prediction (neither that limit nor the task's downtime budget
+        /// holds).
+        #[serde(default)]
+        force: bool,
     },
     /// An instance now runs on `peer`: calls to it go there from now on.
     Moved {

@@ -403,3 +403,41 @@ fn periodic_checkpoints_need_app_mode_and_a_second() {
         "at least 1",
     );
 }
+
+#[test]
+fn a_criu_task_may_set_a_downtime_budget() {
+    let m = parse(&GOOD.replacen(
+        "checkpoint = \"app\"",
+        "checkpoint = \"criu\"\ndowntime_budget_ms = 250",
+        1,
+    ))
+    .expect("a criu task may set a downtime budget");
+    let agg = m.tasks.iter().find(|t| t.name == "aggregator").unwrap();
+    assert_eq!(agg.downtime_budget_ms, Some(250));
+    let plain = parse(GOOD).unwrap();
+    assert!(plain.tasks.iter().all(|t| t.downtime_budget_ms.is_none()));
+}
+
+#[test]
+fn a_downtime_budget_needs_criu_mode_and_a_millisecond() {
+    let e = refusal(
+        "checkpoint = \"app\"",
+        "checkpoint = \"app\"\ndowntime_budget_ms = 250",
+    );
+    assert_refusal(
+        &e,
+        line_of(GOOD, "checkpoint") + 1,
+        "task.downtime_budget_ms",
+        "only a live move",
+    );
+    let e = refusal(
+        "checkpoint = \"app\"",
+        "checkpoint = \"criu\"\ndowntime_budget_ms = 0",
+    );
+    assert_refusal(
+        &e,
+        line_of(GOOD, "checkpoint") + 1,
+        "task.downtime_budget_ms",
+        "at least 1",
+    );
+}

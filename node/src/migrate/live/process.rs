@@ -3,6 +3,8 @@
 //! adopts the restored pid.
 
 use super::*;
+use crate::migrate::predictor::probe;
+use brume_migration::predictor::{procfs, Features};
 
 impl Mover {
     /// The process engine, when this node moves tasks with CRIU; why not otherwise.
@@ -15,6 +17,21 @@ impl Mover {
             }
             AnyEngine::Docker(_) => Err("this node runs its tasks on Docker".to_string()),
         }
+    }
+
+    /// The predicted duration of a move of `id` (a drain's schedule): a `checkpoint = "criu"`
+    /// task this engine moves live (not `cold`) is probed for its dumps, any other counts the
+    /// move's fixed cost only ([`crate::migrate::predictor::DumpModels::move_estimate`]).
+    pub(crate) fn move_estimate(&self, id: &InstanceId, cold: bool) -> Duration {
+        let live = self
+            .deployer
+            .instances
+            .lock()
+            .get(id)
+            .filter(|i| i.spec.checkpoint == CheckpointMode::Criu && !cold)
+            .map(|i| i.name.clone());
+        let pid = live.and_then(|name| self.live_engine().ok()?.checkpoint_pid(&name).ok());
+        self.dump_models.move_estimate(pid)
     }
 
     /// The source side on the process engine: CRIU dumps the task's process tree.
@@ -130,16 +147,71 @@ impl Mover {
                 fd: local_in.as_raw_fd(),
             }];
         }
+        // The planner starts from what the last move taught it; every full dump of this move is
+        // a sample for the node's dump models (post-copy's tracked rounds are not full dumps).
+        opts.predictor = self.dump_models.planner();
+        let budget_ms = ms(opts.planner.max_downtime);
+        let learning = opts.mode == brume_migration::live::Mode::PreCopy;
+        let mut samples: Vec<(Features, Duration)> = Vec::new();
+        let mut busy = procfs::cpu_jiffies();
+        let mut begun = Instant::now();
+        let mut next = learning.then(|| probe(pid, None, busy));
+        if let Some(f) = &next {
+            let g = self.dump_models.predict(f);
+            info!(instance = %what, model = g.model, predicted_ms = (g.seconds * 1e3) as u64,
+                  "dump duration predicted before round 1");
+        }
         p.set_migrating(&name, true);
         let work_dir = opts.work_dir.clone();
         let kept = opts.clone();
         let rounds = phases.clone();
         let out = migrate_out(&mut stream, pid, opts, |r| {
             let _ = rounds.try_send(round_phase(r));
+            if let Some(pr) = &r.progress {
+                info!(instance = %what, round = pr.round,
+                      predicted_downtime_ms = ms(pr.predicted_downtime),
+                      predicted_upper_ms = ms(pr.predicted_downtime_upper), budget_ms,
+                      decision = %pr.decision, "freeze gate");
+            }
+            if let Some(f) = next.take() {
+                samples.push((f, r.dump));
+            }
+            if learning && !r.last {
+                let since = begun;
+                (busy, begun) = (procfs::cpu_jiffies(), Instant::now());
+                next = Some(probe(pid, Some(since), busy));
+            }
         })
         .await;
+        self.dump_models.learn(
+            &what,
+            &samples,
+            out.as_ref().ok().map(|m| m.predictor.clone()),
+        );
+        match &out {
+            Ok(m) => {
+                if let Some(f) = m.forecast {
+                    info!(instance = %what, predicted_downtime_ms = ms(f.predicted_downtime),
+                          predicted_upper_ms = ms(f.predicted_downtime_upper),
+                          measured_downtime_ms = ms(f.downtime), budget_ms,
+                          "freeze gate: measured downtime beside the prediction");
+                }
+            }
+            Err(LiveError::Aborted(stopped)) => {
+                info!(instance = %what, %stopped, "freeze gate: move deferred");
+            }
+            Err(_) => {}
+        }
         let (first, mut doubt, migrated) = match out {
             Ok(m) => (FinishInput::RestoredThere { in_time: true }, None, Some(m)),
+            Err(LiveError::Aborted(stopped)) => {
+                let _ = std::fs::remove_dir_all(&work_dir);
+                p.set_migrating(&name, false);
+                return untouched(format!(
+                    "the live move to {} was deferred: {stopped}",
+                    dest.name
+                ));
+            }
             Err(e) if e.task_untouched() => {
                 let _ = std::fs::remove_dir_all(&work_dir);
                 p.set_migrating(&name, false);
