@@ -147,6 +147,7 @@ mod tests {
                 instances: vec![placed],
                 state: Default::default(),
                 previous: None,
+                artifacts: None,
             },
         )])
     }
