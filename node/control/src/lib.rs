@@ -31,8 +31,8 @@ mod socket;
 mod views;
 
 pub use command::{
-    Call, Command, DrainRequest, GcRequest, LogsRequest, MapRequest, PeersRequest, PsRequest, Request,
-    Response, StatusRequest, StopRequest, MAX_LINE,
+    Call, Command, DrainRequest, GcRequest, LogsRequest, MapRequest, PeersRequest, PsRequest,
+    Request, Response, StatusRequest, StopRequest, MAX_LINE,
 };
 pub use deploy::{DeployRequest, Deployed, Event, Row, Step};
 pub use moves::{DrainLine, MigrateRequest, MoveProgress, MoveStep, Moved};

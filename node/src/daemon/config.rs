@@ -674,7 +674,11 @@ mod tests {
 
     #[test]
     fn the_disk_budget_comes_from_every_layer_and_is_checked() {
-        assert_eq!(NodeConfig::default().disk_budget_mib, 0, "no budget by default");
+        assert_eq!(
+            NodeConfig::default().disk_budget_mib,
+            0,
+            "no budget by default"
+        );
         let (_dir, path) = file("disk_budget_mib = 300\n");
         let cfg = load(Some(&path), env(&[]), &flags(&[])).unwrap();
         assert_eq!(cfg.disk_budget_mib, 300);
@@ -692,10 +696,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.disk_budget_mib, 500);
-        let err = load(None, env(&[("BRUME_DISK_BUDGET_MIB", "2000000000")]), &flags(&[]))
-            .unwrap_err();
+        let err = load(
+            None,
+            env(&[("BRUME_DISK_BUDGET_MIB", "2000000000")]),
+            &flags(&[]),
+        )
+        .unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("disk_budget_mib") && msg.contains("BRUME_DISK_BUDGET_MIB"), "{msg}");
+        assert!(
+            msg.contains("disk_budget_mib") && msg.contains("BRUME_DISK_BUDGET_MIB"),
+            "{msg}"
+        );
     }
 
     #[test]

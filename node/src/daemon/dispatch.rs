@@ -12,8 +12,9 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use brume_control::{
-    Call, Command, DeployRequest, DrainRequest, GcReport, GcRequest, LogLines, LogsRequest, MapRequest, MigrateRequest,
-    PeersRequest, Progress, PsRequest, Request, Response, StatusRequest, StopRequest, Stopped,
+    Call, Command, DeployRequest, DrainRequest, GcReport, GcRequest, LogLines, LogsRequest,
+    MapRequest, MigrateRequest, PeersRequest, Progress, PsRequest, Request, Response,
+    StatusRequest, StopRequest, Stopped,
 };
 use brume_control::{Deployed, Event, Row};
 use brume_control::{DrainLine, MoveProgress, Moved};

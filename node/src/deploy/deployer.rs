@@ -671,7 +671,11 @@ impl Deployer {
         }
         let (store, m) = (self.store.clone(), manifest.clone());
         let missing: u64 = tokio::task::spawn_blocking(move || {
-            store.missing(&m).iter().map(|(_, len)| u64::from(*len)).sum()
+            store
+                .missing(&m)
+                .iter()
+                .map(|(_, len)| u64::from(*len))
+                .sum()
         })
         .await
         .map_err(|e| format!("cannot check the chunk store: {e}"))?;
@@ -681,7 +685,10 @@ impl Deployer {
             extra += manifest.size;
         }
         if let AnyEngine::Process(_) = &*self.engine {
-            let tree = self.images.parent().map(|d| d.join("tasks/images").join(&hex[..16]));
+            let tree = self
+                .images
+                .parent()
+                .map(|d| d.join("tasks/images").join(&hex[..16]));
             if tree.is_some_and(|t| !t.exists()) {
                 extra += manifest.size;
             }

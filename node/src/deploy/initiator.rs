@@ -253,10 +253,10 @@ impl Initiator {
         only: Option<&str>,
     ) -> anyhow::Result<BTreeMap<String, Payload>> {
         // Chunks are written before their manifest exists: none is collected meanwhile.
-        let _packing = self
-            .deployer
-            .gc()
-            .map(|gc| gc.pins().freeze_chunks(format!("packing {}", manifest.service.name)));
+        let _packing = self.deployer.gc().map(|gc| {
+            gc.pins()
+                .freeze_chunks(format!("packing {}", manifest.service.name))
+        });
         let mut out = BTreeMap::new();
         let wanted = manifest
             .tasks

@@ -217,7 +217,9 @@ mod tests {
             extra: 15,
             max_items: usize::MAX,
         };
-        assert!(select(disk(), &live(&[A], &["c-live"]), goal).delete.is_empty());
+        assert!(select(disk(), &live(&[A], &["c-live"]), goal)
+            .delete
+            .is_empty());
     }
 
     #[test]
