@@ -101,11 +101,23 @@ fn gc_deletes_a_stopped_services_items_and_keeps_a_running_ones() {
     stop(&net, &a);
     let report: GcReport = net.json(0, &["gc", "--json"]);
     // The relay's bytes make chunks both artifacts share: those stay with b.
-    let shared = art_a.chunks.iter().filter(|c| art_b.chunks.contains(c)).count();
+    let shared = art_a
+        .chunks
+        .iter()
+        .filter(|c| art_b.chunks.contains(c))
+        .count();
     assert!(shared < art_a.chunks.len(), "a has chunks of its own");
-    assert_eq!(on_disk(&data, &art_a), (shared, false, false), "{report:#?}");
+    assert_eq!(
+        on_disk(&data, &art_a),
+        (shared, false, false),
+        "{report:#?}"
+    );
     assert_eq!(on_disk(&data, &art_b), all_b, "running b kept: {report:#?}");
-    assert_eq!(report.chunks, (art_a.chunks.len() - shared) as u64, "{report:#?}");
+    assert_eq!(
+        report.chunks,
+        (art_a.chunks.len() - shared) as u64,
+        "{report:#?}"
+    );
     assert_eq!(
         (report.artifacts, report.image_trees),
         (1, 1),
@@ -215,4 +227,54 @@ async fn a_pinned_artifact_survives_a_sweep_and_goes_once_unpinned() {
     let report = gc.sweep(gc.live_base(), Goal::everything()).await.unwrap();
     assert_eq!(on_disk(data, &m), (0, false, false), "{report:?}");
     assert_eq!(report.deleted.len(), m.chunks.len());
+}
+
+fn image_exists(name: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["image", "inspect", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn on_docker_gc_removes_the_images_this_node_made_that_nothing_uses_and_no_other() {
+    if !common::need_docker("on_docker_gc_removes_the_images_this_node_made") {
+        return;
+    }
+    let (a, b) = (unique("gda"), unique("gdb"));
+    let net = common::ServiceNet::start(Path::new(BRUME), 1, "docker", 1000, &a);
+    let mut cleanup = common::Cleanup::owned(&b);
+    let (ma, art_a) = service(net.dir(), &a);
+    let (mb, art_b) = service(net.dir(), &b);
+    let name = |m: &ArtifactManifest| format!("brume/{}:latest", &m.digest.to_hex()[..16]);
+    let (image_a, image_b) = (name(&art_a), name(&art_b));
+
+    deployed_port(&deploy(&net, &ma));
+    let port_b = deployed_port(&deploy(&net, &mb));
+    assert!(image_exists(&image_a) && image_exists(&image_b));
+    // An image of brume's form of name that this node never made: never touched.
+    let foreign = format!("brume/{:016x}:latest", rand::random::<u64>());
+    let tagged = std::process::Command::new("docker")
+        .args(["tag", &image_b, &foreign])
+        .status()
+        .unwrap();
+    assert!(tagged.success());
+    cleanup.images.push(foreign.clone());
+
+    stop(&net, &a);
+    let report: GcReport = net.json(0, &["gc", "--json"]);
+    assert_eq!(report.images_removed, vec![image_a.clone()], "{report:#?}");
+    assert!(!image_exists(&image_a), "a's image is gone");
+    assert!(image_exists(&image_b), "b's image, in use, is kept");
+    assert!(
+        image_exists(&foreign),
+        "an image this node did not make is kept"
+    );
+    assert_eq!(common::ask(port_b, "x").unwrap(), "relay");
+
+    // a deploys again: its image is built anew.
+    deployed_port(&deploy(&net, &ma));
+    assert!(image_exists(&image_a));
+    stop(&net, &a);
+    stop(&net, &b);
 }
