@@ -6,8 +6,10 @@
 //! * Under a disk budget, a fetch that would pass it first deletes what nothing uses, oldest
 //!   first, and a deploy that the items in use leave no room for is refused with an error that
 //!   names the budget.
-//! * A pin held by an operation under way keeps its items through a sweep (no daemon: the
-//!   collector on a real chunk store).
+//! * A pin held by an operation under way keeps its items through a sweep: a real deploy whose
+//!   last chunk's fetch the test's initiator holds unanswered, and the collector's pins on a
+//!   real chunk store.
+//! * On Docker, only the images this node made and nothing uses are removed.
 
 use std::path::{Path, PathBuf};
 
@@ -277,4 +279,159 @@ fn on_docker_gc_removes_the_images_this_node_made_that_nothing_uses_and_no_other
     assert!(image_exists(&image_a));
     stop(&net, &a);
     stop(&net, &b);
+}
+
+/// A deploy under way pins its artifact on the host: a host that already holds all but one of
+/// its chunks (left from an earlier epoch, stopped: garbage) starts fetching the last one from an
+/// initiator that holds the stream unanswered; `brume gc` on the host then deletes nothing of
+/// the artifact. Once the initiator answers, the deploy completes; stopped, its items go.
+#[test]
+fn an_artifact_pinned_by_a_deploy_under_way_survives_gc() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use brume::deploy::wire::{InstanceSpec, Payload, Reply, Request, DEPLOY_PROTOCOL};
+    use brume_overlay::frames::{read_frame, write_frame};
+    use brume_tunnel::InstanceId;
+    use futures::StreamExt;
+
+    let service = unique("gcpin");
+    let net = common::ServiceNet::start(Path::new(BRUME), 1, "process", 1000, &service);
+    let data = net.net.data(0);
+    let target = {
+        let s: brume_control::StatusView = net.json(0, &["status", "--json"]);
+        s.listen[0].clone()
+    };
+    let store_dir = common::tempdir();
+    let store = ChunkStore::open(store_dir.path()).unwrap();
+    let ctx = common::relay_context(&service);
+    let m = store
+        .put_artifact(&brume_artifact::pack_context(ctx.path()).unwrap())
+        .unwrap();
+    assert!(m.chunks.len() >= 2, "the relay makes several chunks");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cfg = brume_overlay::OverlayConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![target.parse().unwrap()],
+            min_degree: 1,
+            max_degree: 4,
+            ..Default::default()
+        };
+        let (me, _task) = brume_overlay::Overlay::spawn(cfg).await.unwrap();
+        let host: brume_overlay::PeerId = target.rsplit('/').next().unwrap().parse().unwrap();
+        me.connect(host, vec![target.parse().unwrap()], Duration::from_secs(60))
+            .await
+            .unwrap();
+
+        // The chunk server, behind a gate: while closed, transfer streams are held unanswered.
+        let open = Arc::new(AtomicBool::new(true));
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let mut incoming = me
+            .accept_streams(brume_artifact::TRANSFER_PROTOCOL)
+            .unwrap();
+        let (gate, holding) = (open.clone(), held.clone());
+        tokio::spawn(async move {
+            while let Some(item) = incoming.next().await {
+                if gate.load(Ordering::SeqCst) {
+                    let _ = tx.unbounded_send(item);
+                } else {
+                    holding.lock().unwrap().push(item);
+                }
+            }
+        });
+        tokio::spawn(brume_artifact::serve_incoming(store, rx, 2));
+
+        let relay = |epoch: u64| {
+            InstanceSpec {
+                id: InstanceId::new(&service, "relay", 0),
+                epoch,
+                payload: Payload::Artifact(m.clone()),
+                cpu_millis: 100,
+                memory_mb: 64,
+                env: Default::default(),
+                calls: Vec::new(),
+                max_restarts: 0,
+                checkpoint: Default::default(),
+                checkpoint_every_s: None,
+                initiator: None,
+                generation: Default::default(),
+                grant: None,
+                user: None,
+            }
+            .signed(me.keypair())
+        };
+        let ask = |req: Request| {
+            let me = me.clone();
+            async move {
+                let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
+                write_frame(&mut s, &req).await.unwrap();
+                loop {
+                    match read_frame::<_, Reply>(&mut s, 1 << 20).await.unwrap() {
+                        Reply::Phase(_) => continue,
+                        last => return last,
+                    }
+                }
+            }
+        };
+        let stop = Request::Stop {
+            service: service.clone(),
+            epoch: None,
+        };
+        let all = (m.chunks.len(), true, true);
+
+        // Epoch 1 runs and stops: its items are garbage now. One chunk is lost.
+        let first = ask(Request::Deploy(relay(1))).await;
+        assert!(matches!(first, Reply::Started { .. }), "{first:?}");
+        assert!(matches!(ask(stop.clone()).await, Reply::Stopped { .. }));
+        assert_eq!(on_disk(&data, &m), all);
+        let last = m.chunks.last().unwrap().to_hex();
+        std::fs::remove_file(data.join("chunks").join(&last[..2]).join(&last[2..])).unwrap();
+        let kept = on_disk(&data, &m);
+        assert_eq!(
+            kept.0,
+            m.chunks.iter().filter(|c| c.to_hex() != last).count()
+        );
+
+        // Epoch 2: its fetch of the lost chunk is held by the closed gate.
+        open.store(false, Ordering::SeqCst);
+        let deploying = tokio::spawn(ask(Request::Deploy(relay(2))));
+        for _ in 0..600 {
+            if !held.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            !held.lock().unwrap().is_empty(),
+            "the host never asked for the lost chunk"
+        );
+
+        let report: GcReport = tokio::task::block_in_place(|| net.json(0, &["gc", "--json"]));
+        assert_eq!(
+            on_disk(&data, &m),
+            kept,
+            "the pinned artifact lost items: {report:#?}"
+        );
+        assert_eq!(
+            (report.chunks, report.artifacts, report.image_trees),
+            (0, 0, 0),
+            "{report:#?}"
+        );
+
+        // The initiator answers again: the held streams close, the fetch reopens and completes.
+        open.store(true, Ordering::SeqCst);
+        held.lock().unwrap().clear();
+        let second = deploying.await.unwrap();
+        assert!(matches!(second, Reply::Started { .. }), "{second:?}");
+        assert_eq!(on_disk(&data, &m), all);
+
+        // Stopped, with nothing under way: everything goes.
+        assert!(matches!(ask(stop.clone()).await, Reply::Stopped { .. }));
+        let report: GcReport = tokio::task::block_in_place(|| net.json(0, &["gc", "--json"]));
+        assert_eq!(on_disk(&data, &m), (0, false, false), "{report:#?}");
+    });
 }
