@@ -147,10 +147,15 @@ impl Deployer {
         if let AnyEngine::Docker(docker) = &*self.engine {
             // The live set again: a deploy may have started since.
             let live = self.live_set();
-            let candidates = gc.docker_garbage(&live).map_err(|e| e.to_string())?;
-            let old_enough = |_: &String| goal.before.is_some();
+            // Images are not in the budget: only sweeps by age (and `brume gc`) remove them.
+            let candidates = match goal.before {
+                Some(before) => gc
+                    .docker_garbage(&live, before)
+                    .map_err(|e| e.to_string())?,
+                None => Vec::new(),
+            };
             let mut gone = Vec::new();
-            for name in candidates.into_iter().filter(old_enough) {
+            for name in candidates {
                 match docker.remove_brume_image(&ImageRef(name.clone())).await {
                     Ok(true) => {
                         info!(image = %name, "gc: removed a docker image nothing uses");

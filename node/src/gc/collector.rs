@@ -208,15 +208,34 @@ impl Collector {
         Ok(())
     }
 
-    /// The recorded Docker images whose artifact is not live, and a way to forget the ones a
-    /// sweep removed.
-    pub fn docker_garbage(&self, live: &LiveSet) -> Result<Vec<String>, GcError> {
+    /// The recorded Docker images whose artifact is not live and, if its assembled tarball is
+    /// still here, was last written before `before` (an image has no age of its own here).
+    pub fn docker_garbage(
+        &self,
+        live: &LiveSet,
+        before: SystemTime,
+    ) -> Result<Vec<String>, GcError> {
         let ids = live.image_ids();
+        let young: BTreeSet<String> = entries(&self.artifacts)?
+            .into_iter()
+            .filter(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= before)
+            })
+            .map(|e| e.file_name().to_string_lossy().chars().take(16).collect())
+            .collect();
         let _one = self.record.lock().unwrap_or_else(|e| e.into_inner());
         Ok(self
             .read_record()?
             .into_iter()
-            .filter(|n| !ids.iter().any(|id| n == &format!("brume/{id}:latest")))
+            .filter(|n| {
+                let id = n
+                    .strip_prefix("brume/")
+                    .and_then(|r| r.strip_suffix(":latest"))
+                    .unwrap_or_default();
+                !ids.contains(id) && !young.contains(id)
+            })
             .collect())
     }
 
