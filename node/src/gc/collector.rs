@@ -399,3 +399,65 @@ fn delete(item: &Item) -> Result<bool, GcError> {
         Err(e) => Err(io_err("delete", &item.path)(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::ledger::{Entry, State};
+    use brume_artifact::{ArtifactKind, ArtifactManifest, Digest, CHUNK_SIZE};
+
+    fn manifest(seed: &[u8]) -> ArtifactManifest {
+        ArtifactManifest {
+            kind: ArtifactKind::Context,
+            size: 1,
+            digest: Digest::of(seed),
+            chunk_size: CHUNK_SIZE,
+            chunks: vec![Digest::of(&[seed, b"-chunk"].concat())],
+        }
+    }
+
+    fn entry(epoch: u64, artifacts: Option<Vec<ArtifactManifest>>) -> Entry {
+        Entry {
+            epoch,
+            manifest: "/x/service.toml".into(),
+            instances: Vec::new(),
+            state: State::Done,
+            previous: None,
+            artifacts,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ledger_keeps_its_services_artifacts_and_an_old_entry_freezes_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::open(dir.path()).unwrap());
+        let gc = Collector::in_data_dir(dir.path(), 0);
+        gc.set_ledger(ledger.clone());
+        let (now, before) = (manifest(b"now"), manifest(b"before"));
+        // A deploy pending over an earlier epoch: both epochs' artifacts are live.
+        ledger
+            .put("web", entry(1, Some(vec![before.clone()])))
+            .await
+            .unwrap();
+        ledger
+            .begin("web", entry(2, Some(vec![now.clone()])))
+            .await
+            .unwrap();
+        let live = gc.live_base();
+        for m in [&now, &before] {
+            assert!(live.artifacts.contains(&m.digest.to_hex()));
+            assert!(live.chunks.contains(&m.chunks[0].to_hex()));
+        }
+        assert!(live.chunks_frozen.is_empty());
+        // An entry from before artifacts were recorded: no chunk may go, and it says why.
+        ledger.put("old", entry(3, None)).await.unwrap();
+        let live = gc.live_base();
+        assert_eq!(live.chunks_frozen.len(), 1);
+        assert!(
+            live.chunks_frozen[0].contains("old"),
+            "{:?}",
+            live.chunks_frozen
+        );
+        assert!(live.has_chunk(&Digest::of(b"anything").to_hex()));
+    }
+}
