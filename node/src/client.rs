@@ -1,4 +1,4 @@
-//! `brume status`, `brume peers` and `brume map`: small clients of a running node's control
+//! `brume status`, `brume peers`, `brume map` and `brume gc`: small clients of a running node's control
 //! socket. They print for a person by default (nodes by their [`NodeName`]), and on request
 //! JSON (the command's typed reply as it is, full peer ids) or Graphviz. Also the helpers the
 //! other client commands share: which socket, one typed call, JSON out.
@@ -12,7 +12,7 @@ use crate::daemon::config::default_control_socket;
 use crate::mapview;
 use brume_control::NodeName;
 use brume_control::{
-    self, Command, ControlError, MapRequest, PeersRequest, Progress, StatusRequest,
+    self, Command, ControlError, GcRequest, MapRequest, PeersRequest, Progress, StatusRequest,
 };
 
 /// Where to find the node.
@@ -154,6 +154,42 @@ pub async fn map(args: &MapArgs) -> anyhow::Result<()> {
         print!("{}", mapview::dot(&map, origin));
     } else {
         println!("{}", mapview::table(&map, origin));
+    }
+    Ok(())
+}
+
+/// A sweep deletes files one by one: give it longer than a query.
+const GC_WAIT: Duration = Duration::from_secs(300);
+
+pub async fn gc(target: &Target) -> anyhow::Result<()> {
+    let r = ask(target, GcRequest, GC_WAIT).await?;
+    if target.json {
+        return print_json(&r);
+    }
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    println!(
+        "freed       {:.1} MiB: {} chunks, {} artifacts, {} image trees, {} docker images",
+        mib(r.freed_bytes),
+        r.chunks,
+        r.artifacts,
+        r.image_trees,
+        r.images_removed.len()
+    );
+    for image in &r.images_removed {
+        println!("            removed {image}");
+    }
+    println!(
+        "on disk     {:.1} MiB (was {:.1}), {:.1} MiB in use",
+        mib(r.after_bytes),
+        mib(r.before_bytes),
+        mib(r.live_bytes)
+    );
+    match r.budget_bytes {
+        Some(b) => println!("budget      {:.0} MiB (disk_budget_mib)", mib(b)),
+        None => println!("budget      none (disk_budget_mib = 0)"),
+    }
+    for why in &r.chunks_kept_because {
+        println!("chunks kept {why}");
     }
     Ok(())
 }

@@ -19,6 +19,7 @@
 pub mod client;
 pub mod daemon;
 pub mod deploy;
+pub mod gc;
 pub mod heal;
 pub mod mapview;
 pub mod migrate;

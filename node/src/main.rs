@@ -79,6 +79,10 @@ enum Command {
     Migrate(brume::migrate::cli::MigrateArgs),
     /// Move every task instance this node runs to other nodes (before taking it down).
     Drain(brume::migrate::cli::DrainArgs),
+    /// Delete now the chunks, artifacts, image trees and (on Docker) images this node keeps
+    /// that no task, service or operation under way uses, and print what was freed. The node
+    /// also does this periodically and when a fetch would pass its disk_budget_mib.
+    Gc(brume::client::Target),
     /// Keys of a private overlay: `brume key gen > net.key` prints a new network key; copy the
     /// file to every machine and start each node with `--network-key net.key`.
     #[command(subcommand)]
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => block_on(brume::deploy::cli::stop(args)),
         Command::Migrate(args) => block_on(brume::migrate::cli::migrate(args)),
         Command::Drain(args) => block_on(brume::migrate::cli::drain(args)),
+        Command::Gc(target) => block_on(brume::client::gc(target)),
         Command::Key(KeyCommand::Gen) => {
             print!("{}", brume::daemon::network_key::generate());
             Ok(ExitCode::SUCCESS)

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 /// Every subcommand `brume --help` lists.
-const SUBCOMMANDS: [&str; 16] = [
+const SUBCOMMANDS: [&str; 17] = [
     "place",
     "bench",
     "trace",
@@ -18,6 +18,7 @@ const SUBCOMMANDS: [&str; 16] = [
     "stop",
     "migrate",
     "drain",
+    "gc",
     "key",
     "completions",
     "help",

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::{DeployRequest, Deployed, DrainLine, LogLines, MigrateRequest, Moved, PeerView};
-use crate::{Progress, PsRow, Reply, StatusView, Stopped};
+use crate::{GcReport, Progress, PsRow, Reply, StatusView, Stopped};
 
 /// Longest request or response line, in bytes. A neighbourhood map of a few thousand nodes fits.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
@@ -24,6 +24,7 @@ pub enum Request {
     Stop(StopRequest),
     Migrate(MigrateRequest),
     Drain(DrainRequest),
+    Gc,
 }
 
 /// `brume status`: who the node is.
@@ -77,6 +78,10 @@ pub struct DrainRequest {
     pub margin_ms: Option<u64>,
 }
 
+/// `brume gc`: delete now what nothing on the node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcRequest;
+
 /// A command of the control API: its request and the one reply type that answers it.
 pub trait Command {
     type Reply: Serialize + DeserializeOwned;
@@ -120,6 +125,7 @@ command!(LogsRequest, |r| Request::Logs(r), Logs(LogLines));
 command!(StopRequest, |r| Request::Stop(r), Stopped(Stopped));
 command!(MigrateRequest, |r| Request::Migrate(r), Moved(Moved));
 command!(DrainRequest, |r| Request::Drain(r), Drained(Vec<DrainLine>));
+command!(GcRequest, |_| Request::Gc, Gc(GcReport));
 
 /// One line the node sends: the command's reply, a refusal saying what went wrong, or (before
 /// either) a progress report.

@@ -1,6 +1,6 @@
 //! brume-control: the local control API of a running node, shared by the daemon and the CLI:
 //! how every `brume` subcommand that talks to a running `brume node` (`status`, `peers`, `map`,
-//! `deploy`, `ps`, `logs`, `stop`, `migrate`, `drain`) reaches it, what it answers, and how a
+//! `deploy`, `ps`, `logs`, `stop`, `migrate`, `drain`, `gc`) reaches it, what it answers, and how a
 //! person reads the nodes those answers name ([`NodeName`]).
 //!
 //! A Unix socket, readable and writable by the node's user only (the socket's directory is 0700),
@@ -31,14 +31,16 @@ mod socket;
 mod views;
 
 pub use command::{
-    Call, Command, DrainRequest, LogsRequest, MapRequest, PeersRequest, PsRequest, Request,
-    Response, StatusRequest, StopRequest, MAX_LINE,
+    Call, Command, DrainRequest, GcRequest, LogsRequest, MapRequest, PeersRequest, PsRequest,
+    Request, Response, StatusRequest, StopRequest, MAX_LINE,
 };
 pub use deploy::{DeployRequest, Deployed, Event, Row, Step};
 pub use moves::{DrainLine, MigrateRequest, MoveProgress, MoveStep, Moved};
 pub use names::NodeName;
 pub use socket::{bind, call, serve, ControlError};
-pub use views::{LogLines, PeerView, PredictorView, Progress, PsRow, Reply, StatusView, Stopped};
+pub use views::{
+    GcReport, LogLines, PeerView, PredictorView, Progress, PsRow, Reply, StatusView, Stopped,
+};
 
 #[cfg(test)]
 mod tests;

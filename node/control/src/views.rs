@@ -87,6 +87,31 @@ pub struct Stopped {
     pub instances: Vec<String>,
 }
 
+/// What `brume gc` did: the items of the data directory nothing used, deleted now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// Content-addressed chunks deleted.
+    pub chunks: u64,
+    /// Assembled artifacts (`images/<digest>.tar`) deleted.
+    pub artifacts: u64,
+    /// Process-engine image trees deleted.
+    pub image_trees: u64,
+    /// Bytes those took.
+    pub freed_bytes: u64,
+    /// Bytes of chunks, artifacts and image trees before and after.
+    pub before_bytes: u64,
+    pub after_bytes: u64,
+    /// Bytes of the items still in use (kept).
+    pub live_bytes: u64,
+    /// The node's disk budget in bytes, if it has one.
+    pub budget_bytes: Option<u64>,
+    /// Docker images this node had prepared, removed because nothing uses them.
+    pub images_removed: Vec<String>,
+    /// Why every chunk was kept, if one was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks_kept_because: Vec<String>,
+}
+
 /// The answer to each command (one variant per command; see
 /// [`crate::Command`] for which answers which).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +126,7 @@ pub enum Reply {
     Stopped(Stopped),
     Moved(Moved),
     Drained(Vec<DrainLine>),
+    Gc(GcReport),
 }
 
 /// A progress report of a long command, sent before its reply.

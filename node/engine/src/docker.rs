@@ -27,7 +27,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ImportImageOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder, TagImageOptionsBuilder,
+    RemoveImageOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -333,6 +333,31 @@ impl DockerEngine {
     }
 
     /// Is the image on this host?
+    /// Removes one of brume's own images (`brume/<16 hex>:latest`; any other name is refused)
+    /// unless a container, of any state, still uses it: `Ok(true)` when removed, `Ok(false)`
+    /// when it was not there or is in use (the daemon's conflict; nothing is forced).
+    pub async fn remove_brume_image(&self, image: &ImageRef) -> Result<bool, EngineError> {
+        if image.brume_id().is_none() {
+            return Err(EngineError::BadSpec {
+                name: image.0.clone(),
+                why: "brume removes only the images it names brume/<16 hex>:latest".into(),
+            });
+        }
+        let options = RemoveImageOptionsBuilder::default()
+            .force(false)
+            .noprune(false)
+            .build();
+        match self
+            .docker
+            .remove_image(image.as_str(), Some(options), None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(status_code(&e), Some(404) | Some(409)) => Ok(false),
+            Err(e) => Err(docker_err("remove image")(e)),
+        }
+    }
+
     pub async fn image_exists(&self, image: &str) -> Result<bool, EngineError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),

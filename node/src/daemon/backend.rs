@@ -150,6 +150,18 @@ impl Backend for OverlayBackend {
         ))
     }
 
+    fn gc(&self) -> BoxFuture<'_, anyhow::Result<brume_control::GcReport>> {
+        Box::pin(async move {
+            let deployer = &self.mover.deployer;
+            let report = deployer
+                .collect(crate::gc::Goal::everything())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let budget = deployer.gc().and_then(|g| g.budget());
+            Ok(crate::gc::control_report(&report, budget))
+        })
+    }
+
     fn drain(
         &self,
         budget: Duration,

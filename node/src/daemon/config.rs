@@ -98,6 +98,11 @@ pub struct NodeConfig {
     /// Each task's log is rotated past this many MiB, one older file kept beside it (the
     /// process engine's `task.log.1`, Docker's `json-file` `max-file = 2`).
     pub task_log_max_mib: u64,
+    /// MiB of disk the chunks, assembled artifacts and process-engine image trees in the data
+    /// directory may take ([`crate::gc`]): a fetch past it first deletes what nothing uses,
+    /// oldest first, and is refused when what is in use leaves no room. 0 (the default) sets
+    /// no budget; either way, what nothing has used for an hour is deleted periodically.
+    pub disk_budget_mib: u64,
 }
 
 impl Default for NodeConfig {
@@ -127,6 +132,7 @@ impl Default for NodeConfig {
             heartbeat_interval_ms: 500,
             drain_budget_ms: 80,
             task_log_max_mib: 16,
+            disk_budget_mib: 0,
         }
     }
 }
@@ -362,6 +368,15 @@ impl NodeConfig {
                 format!(
                     "task_log_max_mib ({}) must be between 1 and 1048576",
                     self.task_log_max_mib
+                ),
+            ));
+        }
+        if self.disk_budget_mib > 1 << 30 {
+            return Err((
+                "disk_budget_mib",
+                format!(
+                    "disk_budget_mib ({}) must be at most 1073741824 (0: no budget)",
+                    self.disk_budget_mib
                 ),
             ));
         }
@@ -623,6 +638,8 @@ mod tests {
             "900",
             "--task-log-max-mib",
             "2",
+            "--disk-budget-mib",
+            "512",
         ]);
         let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
         let want = NodeConfig {
@@ -650,8 +667,46 @@ mod tests {
             heartbeat_interval_ms: 250,
             drain_budget_ms: 900,
             task_log_max_mib: 2,
+            disk_budget_mib: 512,
         };
         assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn the_disk_budget_comes_from_every_layer_and_is_checked() {
+        assert_eq!(
+            NodeConfig::default().disk_budget_mib,
+            0,
+            "no budget by default"
+        );
+        let (_dir, path) = file("disk_budget_mib = 300\n");
+        let cfg = load(Some(&path), env(&[]), &flags(&[])).unwrap();
+        assert_eq!(cfg.disk_budget_mib, 300);
+        let cfg = load(
+            Some(&path),
+            env(&[("BRUME_DISK_BUDGET_MIB", "400")]),
+            &flags(&[]),
+        )
+        .unwrap();
+        assert_eq!(cfg.disk_budget_mib, 400);
+        let cfg = load(
+            Some(&path),
+            env(&[("BRUME_DISK_BUDGET_MIB", "400")]),
+            &flags(&["--disk-budget-mib", "500"]),
+        )
+        .unwrap();
+        assert_eq!(cfg.disk_budget_mib, 500);
+        let err = load(
+            None,
+            env(&[("BRUME_DISK_BUDGET_MIB", "2000000000")]),
+            &flags(&[]),
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("disk_budget_mib") && msg.contains("BRUME_DISK_BUDGET_MIB"),
+            "{msg}"
+        );
     }
 
     #[test]

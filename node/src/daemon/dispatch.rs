@@ -12,8 +12,9 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use brume_control::{
-    Call, Command, DeployRequest, DrainRequest, LogLines, LogsRequest, MapRequest, MigrateRequest,
-    PeersRequest, Progress, PsRequest, Request, Response, StatusRequest, StopRequest, Stopped,
+    Call, Command, DeployRequest, DrainRequest, GcReport, GcRequest, LogLines, LogsRequest,
+    MapRequest, MigrateRequest, PeersRequest, Progress, PsRequest, Request, Response,
+    StatusRequest, StopRequest, Stopped,
 };
 use brume_control::{Deployed, Event, Row};
 use brume_control::{DrainLine, MoveProgress, Moved};
@@ -64,6 +65,10 @@ pub trait Backend: Send + Sync + 'static {
         _progress: mpsc::Sender<MoveProgress>,
     ) -> BoxFuture<'_, anyhow::Result<Moved>> {
         Box::pin(async { anyhow::bail!("this node runs no tasks") })
+    }
+    /// Deletes now what nothing on this node uses.
+    fn gc(&self) -> BoxFuture<'_, anyhow::Result<GcReport>> {
+        Box::pin(async { anyhow::bail!("this node keeps no artifacts") })
     }
     /// Moves every instance running here away, reporting their phases as it goes.
     fn drain(
@@ -155,6 +160,7 @@ async fn answer(
                 .await,
             )
         }
+        Request::Gc => reply::<GcRequest>(backend.gc().await),
     }
 }
 

@@ -37,7 +37,8 @@ pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
     /// log_format, log, ping_interval_ms, engine, drain_on_exit, drain_budget_ms,
     /// migration_cache_mb, live_migration, cpu_millis, memory_mb, name, metrics, network_key,
-    /// allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms, task_log_max_mib).
+    /// allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms, task_log_max_mib,
+    /// disk_budget_mib).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -134,6 +135,12 @@ pub struct NodeArgs {
     /// Rotate each task's log past this many MiB, one older file kept (default 16).
     #[arg(long, value_name = "MIB")]
     pub task_log_max_mib: Option<u64>,
+    /// Most MiB the chunks, artifacts and image trees in the data directory may take: past
+    /// it, what no task, service or operation under way uses is deleted oldest first, and a
+    /// deploy that would still not fit is refused (default 0: no budget; unused items are
+    /// deleted after an hour either way). See docs/limits.md.
+    #[arg(long, value_name = "MIB")]
+    pub disk_budget_mib: Option<u64>,
 }
 
 /// How often the advertised resources are read again.
@@ -188,7 +195,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let services = Services::start(
         &handle,
         &cfg.data_dir,
-        (&cfg.engine, cfg.task_log_max_mib << 20),
+        (&cfg.engine, cfg.task_log_max_mib << 20, cfg.disk_budget_mib),
         capacity,
         advertise.clone(),
         (cfg.migration_cache_mb, cfg.live_migration),
@@ -235,6 +242,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         services.deployer.clone(),
         advertise,
     ));
+    let collector = tokio::spawn(collect_periodically(services.deployer.clone()));
     let healer = tokio::spawn(
         Healer::new(
             services.initiator.clone(),
@@ -263,6 +271,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         },
     };
     refresher.abort();
+    collector.abort();
     healer.abort();
     dispatcher.abort();
     undoing.abort();
@@ -377,6 +386,45 @@ async fn readvertise(handle: OverlayHandle, deployer: Arc<Deployer>, advertise: 
             if handle.set_record(r).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// How often the garbage collector sweeps ([`crate::gc`]).
+const GC_PERIOD: Duration = Duration::from_secs(600);
+
+/// How long an item nothing uses is kept before a periodic sweep deletes it: a service stopped
+/// and deployed again soon after, or a move prepared and not yet started, finds its artifact
+/// still here.
+const GC_GRACE: Duration = Duration::from_secs(3600);
+
+/// Most items one periodic sweep deletes; the rest wait for the next.
+const GC_MAX_ITEMS: usize = 10_000;
+
+/// Deletes, every [`GC_PERIOD`], what nothing has used for [`GC_GRACE`], and more if the data
+/// directory is over its disk budget.
+async fn collect_periodically(deployer: Arc<Deployer>) {
+    let mut tick = tokio::time::interval(GC_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let budget = deployer.gc().and_then(|gc| gc.budget());
+        let goal = crate::gc::Goal {
+            before: std::time::SystemTime::now().checked_sub(GC_GRACE),
+            budget,
+            extra: 0,
+            max_items: GC_MAX_ITEMS,
+        };
+        match deployer.collect(goal).await {
+            Ok(r) if r.freed_bytes > 0 || !r.images_removed.is_empty() => tracing::info!(
+                freed_bytes = r.freed_bytes,
+                items = r.deleted.len(),
+                images = r.images_removed.len(),
+                left_bytes = r.after_bytes,
+                "gc: periodic sweep"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("gc: periodic sweep: {e}"),
         }
     }
 }

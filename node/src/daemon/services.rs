@@ -19,6 +19,7 @@ use crate::deploy::hosted::HostedFile;
 use crate::deploy::initiator::Initiator;
 use crate::deploy::instances::Capacity;
 use crate::deploy::ledger::Ledger;
+use crate::gc::Collector;
 use crate::heal::checkpoints::{CheckpointStore, Keeper};
 use crate::migrate::live::fault::LiveFault;
 use crate::migrate::mover::{Mover, OnMoved};
@@ -38,7 +39,8 @@ pub struct Services {
 
 impl Services {
     /// Picks the engine (`docker`, `process` or `auto`; task logs capped at `log_max_bytes`)
-    /// and starts serving. `migration_cache_mb`
+    /// and starts serving; the data directory's chunks, artifacts and image trees are kept
+    /// within `disk_budget_mib` (0: no budget) by the garbage collector ([`crate::gc`]). `migration_cache_mb`
     /// bounds the chunks kept from live migrations into this node (0: none kept), `live` says
     /// how CRIU tasks move; `on_moved` hears how every move this node drove ended; `live_fault`
     /// is a test's failure on purpose (see [`LiveFault`]).
@@ -46,7 +48,7 @@ impl Services {
     pub async fn start(
         overlay: &OverlayHandle,
         data_dir: &Path,
-        (engine_choice, log_max_bytes): (&str, u64),
+        (engine_choice, log_max_bytes, disk_budget_mib): (&str, u64, u64),
         capacity: Capacity,
         advertiser: Advertiser,
         (migration_cache_mb, live): (u64, LiveMigration),
@@ -76,6 +78,8 @@ impl Services {
             Some(advertiser),
             Some(HostedFile::in_data_dir(data_dir)),
         );
+        let gc = Arc::new(Collector::in_data_dir(data_dir, disk_budget_mib));
+        deployer.set_gc(gc.clone());
         // Before serving anything: what this node ran before it stopped is adopted, started
         // again or removed (none is left orphaned).
         let recovered = deployer.recover().await?;
@@ -83,6 +87,7 @@ impl Services {
             tracing::info!(?recovered, "restart: took stock of the tasks this node ran");
         }
         let ledger = Arc::new(Ledger::open(data_dir)?);
+        gc.set_ledger(ledger.clone());
         deployer.set_keeper(Arc::new(Keeper::new(
             CheckpointStore::in_data_dir(data_dir),
             ledger.clone(),

@@ -31,6 +31,7 @@ use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
     DEPLOY_PROTOCOL, MAX_FRAME,
 };
+use crate::gc::{Collector, Goal, LiveSet, PinGuard, Report};
 use crate::heal::checkpoints::Keeper;
 use crate::streams::respond;
 use brume_artifact::{self as artifact, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions};
@@ -67,6 +68,9 @@ pub struct Deployer {
     /// Where the checkpoints of the services this node owns are kept, once set
     /// ([`crate::heal::checkpoints`]); without it, `Checkpointed` is refused.
     keeper: std::sync::OnceLock<Arc<Keeper>>,
+    /// The node's garbage collector ([`crate::gc`]), once set: deploys pin their artifacts
+    /// and fetches keep its disk budget.
+    gc: std::sync::OnceLock<Arc<Collector>>,
 }
 
 impl Deployer {
@@ -95,7 +99,81 @@ impl Deployer {
             advertiser,
             hosted: hosted.map(|f| (f, tokio::sync::Mutex::new(()))),
             keeper: std::sync::OnceLock::new(),
+            gc: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Collects this node's garbage with `gc` and keeps its budget (set once; later calls are
+    /// ignored).
+    pub fn set_gc(&self, gc: Arc<Collector>) {
+        let _ = self.gc.set(gc);
+    }
+
+    /// The garbage collector, if set.
+    pub fn gc(&self) -> Option<&Arc<Collector>> {
+        self.gc.get()
+    }
+
+    /// Keeps `spec`'s artifact from being collected while the guard lives.
+    pub fn pin(&self, spec: &InstanceSpec) -> Option<PinGuard> {
+        let gc = self.gc.get()?;
+        let manifests = match &spec.payload {
+            Payload::Artifact(m) => vec![m.clone()],
+            Payload::Command(_) => Vec::new(),
+        };
+        Some(gc.pins().pin(manifests))
+    }
+
+    /// What must not be collected: the artifacts of the instances here, of the services this
+    /// node initiated, and of the operations under way.
+    pub fn live_set(&self) -> LiveSet {
+        let mut live = self.gc.get().map(|g| g.live_base()).unwrap_or_default();
+        for i in self.instances.lock().values() {
+            if let Payload::Artifact(m) = &i.spec.payload {
+                live.add(m);
+            }
+        }
+        live
+    }
+
+    /// Deletes the garbage `goal` names, then (on Docker) removes the images this node
+    /// prepared that nothing here needs and no container uses.
+    pub async fn collect(&self, goal: Goal) -> Result<Report, String> {
+        let Some(gc) = self.gc.get() else {
+            return Err("this node has no garbage collector".into());
+        };
+        let live = self.live_set();
+        let mut report = gc.sweep(live, goal).await.map_err(|e| e.to_string())?;
+        if let AnyEngine::Docker(docker) = &*self.engine {
+            // The live set again: a deploy may have started since.
+            let live = self.live_set();
+            // Images are not in the budget: only sweeps by age (and `brume gc`) remove them.
+            let candidates = match goal.before {
+                Some(before) => gc
+                    .docker_garbage(&live, before)
+                    .map_err(|e| e.to_string())?,
+                None => Vec::new(),
+            };
+            let mut gone = Vec::new();
+            for name in candidates {
+                match docker.remove_brume_image(&ImageRef(name.clone())).await {
+                    Ok(true) => {
+                        info!(image = %name, "gc: removed a docker image nothing uses");
+                        report.images_removed.push(name.clone());
+                        gone.push(name);
+                    }
+                    Ok(false) => {
+                        // In use by a container, or already gone: forget it only if gone.
+                        if !docker.image_exists(&name).await.unwrap_or(true) {
+                            gone.push(name);
+                        }
+                    }
+                    Err(e) => warn!(image = %name, error = %e, "gc: cannot remove a docker image"),
+                }
+            }
+            gc.forget_docker_images(&gone).map_err(|e| e.to_string())?;
+        }
+        Ok(report)
     }
 
     /// Keeps the checkpoints hosts send this node (as owner) in `keeper` (set once; later
@@ -306,6 +384,8 @@ impl Deployer {
         if let Err(reason) = spec.check() {
             return refuse(reason);
         }
+        // Its artifact is kept from the first chunk fetched until it runs (or is refused).
+        let _pin = self.pin(&spec);
         // Cheap checks first, without the lock: a stale request, or one this node has no room
         // for, fetches nothing (all are made again under the lock).
         match self.instances.get(&spec.id) {
@@ -495,10 +575,17 @@ impl Deployer {
             }
         };
         let _ = phases.send(Phase::Building).await;
-        self.engine
+        let prepared = self
+            .engine
             .prepare(&image)
             .await
-            .map_err(|e| format!("cannot prepare the image: {e}"))
+            .map_err(|e| format!("cannot prepare the image: {e}"))?;
+        if let (AnyEngine::Docker(_), Some(gc)) = (&*self.engine, self.gc.get()) {
+            if let Err(e) = gc.record_docker_image(prepared.as_str()) {
+                warn!(image = %prepared, error = %e, "cannot record a prepared image");
+            }
+        }
+        Ok(prepared)
     }
 
     /// Gets an instance's image ready here without starting anything, so that a move's
@@ -515,6 +602,7 @@ impl Deployer {
         {
             return Reply::Refused { reason };
         }
+        let _pin = self.pin(&spec);
         match self.image(from, &spec, &phases).await {
             Ok(_) => Reply::Prepared,
             Err(reason) => Reply::Refused { reason },
@@ -544,6 +632,7 @@ impl Deployer {
             }
         };
         let total = manifest.size;
+        self.make_room(manifest).await?;
         let progress = |done: u64, _total: u64| {
             let _ = phases.try_send(Phase::Fetching { done, total });
         };
@@ -573,6 +662,47 @@ impl Deployer {
             tar,
             digest: manifest.digest.to_hex(),
         })
+    }
+
+    /// Keeps the disk budget before `manifest` is fetched: makes room for what it will write
+    /// here (its missing chunks, its assembled tarball and, on the process engine, its image
+    /// tree; an estimate, the tree taken as big as the tarball), or refuses.
+    async fn make_room(&self, manifest: &ArtifactManifest) -> Result<(), String> {
+        let Some(gc) = self.gc.get() else {
+            return Ok(());
+        };
+        if gc.budget().is_none() {
+            return Ok(());
+        }
+        let (store, m) = (self.store.clone(), manifest.clone());
+        let missing: u64 = tokio::task::spawn_blocking(move || {
+            store
+                .missing(&m)
+                .iter()
+                .map(|(_, len)| u64::from(*len))
+                .sum()
+        })
+        .await
+        .map_err(|e| format!("cannot check the chunk store: {e}"))?;
+        let hex = manifest.digest.to_hex();
+        let mut extra = missing;
+        if !self.images.join(format!("{hex}.tar")).exists() {
+            extra += manifest.size;
+        }
+        if let AnyEngine::Process(_) = &*self.engine {
+            let tree = self
+                .images
+                .parent()
+                .map(|d| d.join("tasks/images").join(&hex[..16]));
+            if tree.is_some_and(|t| !t.exists()) {
+                extra += manifest.size;
+            }
+        }
+        // The manifest is pinned by the caller, so its chunks already here stay.
+        gc.make_room(self.live_set(), extra)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("refused: {e}"))
     }
 
     /// One forwarder per replica of every called task; their addresses as `BRUME_CALL_*`.

@@ -74,6 +74,8 @@ impl Initiator {
         let started = Instant::now();
         let manifest = Manifest::load(manifest_path)?;
         let payloads = self.pack(&manifest, None).await?;
+        // Its artifacts stay while hosts fetch them; then the ledger entry keeps them.
+        let _pin = self.pin(&payloads);
         let outcome = self
             .overlay
             .map_with(budget, true)
@@ -108,6 +110,7 @@ impl Initiator {
             instances: assignments.iter().map(placed).collect(),
             state: State::Pending,
             previous: None,
+            artifacts: Some(artifacts_of(&payloads)),
         };
         self.ledger.begin(&service, pending).await?;
         let runs = assignments
@@ -249,6 +252,11 @@ impl Initiator {
         manifest: &Manifest,
         only: Option<&str>,
     ) -> anyhow::Result<BTreeMap<String, Payload>> {
+        // Chunks are written before their manifest exists: none is collected meanwhile.
+        let _packing = self.deployer.gc().map(|gc| {
+            gc.pins()
+                .freeze_chunks(format!("packing {}", manifest.service.name))
+        });
         let mut out = BTreeMap::new();
         let wanted = manifest
             .tasks
@@ -278,6 +286,12 @@ impl Initiator {
             out.insert(t.name.clone(), payload);
         }
         Ok(out)
+    }
+
+    /// Keeps `payloads`' artifacts from being collected while the guard lives.
+    fn pin(&self, payloads: &BTreeMap<String, Payload>) -> Option<crate::gc::PinGuard> {
+        let gc = self.deployer.gc()?;
+        Some(gc.pins().pin(artifacts_of(payloads)))
     }
 
     /// Every instance of every service deployed from here (and with `all`, whatever this node
@@ -435,6 +449,7 @@ impl Initiator {
         let manifest = Manifest::load(&entry.manifest)
             .with_context(|| format!("cannot read {service}'s manifest again"))?;
         let payloads = self.pack(&manifest, Some(&from.task)).await?;
+        let _pin = self.pin(&payloads);
         let assignments: Vec<Assignment> = entry
             .instances
             .iter()
@@ -573,6 +588,17 @@ impl Reporter {
 }
 
 /// Where an instance of a deploy runs, as the ledger keeps it.
+/// The artifact manifests among `payloads`.
+fn artifacts_of(payloads: &BTreeMap<String, Payload>) -> Vec<artifact::ArtifactManifest> {
+    payloads
+        .values()
+        .filter_map(|p| match p {
+            Payload::Artifact(m) => Some(m.clone()),
+            Payload::Command(_) => None,
+        })
+        .collect()
+}
+
 fn placed(a: &Assignment) -> Placed {
     Placed {
         task: a.task.clone(),

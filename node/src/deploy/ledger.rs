@@ -52,6 +52,11 @@ pub struct Entry {
     /// which undoing the deploy puts back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Box<Entry>>,
+    /// The manifests of the artifacts this epoch's hosts fetch from this node, so that its
+    /// garbage collector ([`crate::gc`]) keeps their chunks. `None` in a ledger written before
+    /// they were recorded: then no chunk is collected until the service is deployed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Vec<brume_artifact::ArtifactManifest>>,
 }
 
 /// Where a deploy stands: written [`State::Pending`] before any host is asked (write-ahead),
@@ -319,7 +324,32 @@ mod tests {
             }],
             state: State::Done,
             previous: None,
+            artifacts: None,
         }
+    }
+
+    #[tokio::test]
+    async fn artifacts_are_recorded_and_an_older_ledger_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        // A ledger written before entries recorded their artifacts.
+        let old = r#"{"svc":{"epoch":3,"manifest":"/x/service.toml","instances":[]}}"#;
+        std::fs::write(dir.path().join("deployments.json"), old).unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(l.get("svc").unwrap().artifacts, None);
+        let m = brume_artifact::ArtifactManifest {
+            kind: brume_artifact::ArtifactKind::Context,
+            size: 3,
+            digest: brume_artifact::Digest::of(b"abc"),
+            chunk_size: brume_artifact::CHUNK_SIZE,
+            chunks: vec![brume_artifact::Digest::of(b"abc")],
+        };
+        let entry = Entry {
+            artifacts: Some(vec![m.clone()]),
+            ..entry(4, "n1")
+        };
+        l.put("svc", entry).await.unwrap();
+        let again = Ledger::open(dir.path()).unwrap().get("svc").unwrap();
+        assert_eq!(again.artifacts, Some(vec![m]));
     }
 
     #[tokio::test]

@@ -314,6 +314,7 @@ mod tests {
             instances: vec![placed],
             state: State::Done,
             previous: None,
+            artifacts: None,
         };
         ledger.put("web", entry).await.unwrap();
         let keeper = Keeper::new(CheckpointStore::in_data_dir(dir.path()), ledger);

@@ -177,6 +177,7 @@ mod tests {
                 instances,
                 state: Default::default(),
                 previous: None,
+                artifacts: None,
             },
         )]
         .into()

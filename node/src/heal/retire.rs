@@ -153,6 +153,7 @@ mod tests {
                 instances: vec![placed],
                 state: Default::default(),
                 previous: None,
+                artifacts: None,
             },
         )])
     }

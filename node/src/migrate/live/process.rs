@@ -373,6 +373,8 @@ impl Mover {
                 return;
             }
         };
+        // The artifact stays until the arrival ends (adopted or given up).
+        let _pin = self.deployer.pin(&spec);
         let launch = match self.incoming_launch(peer, &spec, port).await {
             Ok(l) => l,
             Err(reason) => {
