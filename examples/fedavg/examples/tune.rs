@@ -15,19 +15,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = data::cut(seed)?.train;
     let v = data::split(&pool, seed ^ 0x7475_6e65); // "tune"
     let (tune, val) = (pool.subset(&v.train), pool.subset(&v.test));
-    let shares: Vec<_> = data::partition(&tune, &(0..tune.len()).collect::<Vec<_>>(), seed, 4, DEFAULT_ALPHA)
-        .iter()
-        .map(|s| tune.subset(s))
-        .collect();
-    println!("tuning on {} samples, validating on {}; shares {:?}", tune.len(), val.len(), shares.iter().map(|s| s.len()).collect::<Vec<_>>());
+    let shares: Vec<_> = data::partition(
+        &tune,
+        &(0..tune.len()).collect::<Vec<_>>(),
+        seed,
+        4,
+        DEFAULT_ALPHA,
+    )
+    .iter()
+    .map(|s| tune.subset(s))
+    .collect();
+    println!(
+        "tuning on {} samples, validating on {}; shares {:?}",
+        tune.len(),
+        val.len(),
+        shares.iter().map(|s| s.len()).collect::<Vec<_>>()
+    );
     for epochs in [1, 2, 5] {
         for lr in [0.1, 0.3, 1.0] {
-            let sgd = Sgd { epochs, learning_rate: lr, batch: 32 };
+            let sgd = Sgd {
+                epochs,
+                learning_rate: lr,
+                batch: 32,
+            };
             let (fed, _) = learn::federated(&shares, &val, sgd, 10, seed);
             let (central, _) = learn::centralised(&tune, &val, sgd, 10 * epochs, seed);
             let f: Vec<String> = fed.iter().map(|s| format!("{:.3}", s.accuracy)).collect();
             let c = central.last().map_or(0.0, |s| s.accuracy);
-            println!("epochs={epochs} lr={lr}: central={c:.3} fed_final={:.3} gap={:+.3} per-round [{}]", fed[9].accuracy, fed[9].accuracy - c, f.join(" "));
+            println!(
+                "epochs={epochs} lr={lr}: central={c:.3} fed_final={:.3} gap={:+.3} per-round [{}]",
+                fed[9].accuracy,
+                fed[9].accuracy - c,
+                f.join(" ")
+            );
         }
     }
     Ok(())

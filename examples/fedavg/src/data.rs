@@ -87,7 +87,11 @@ impl Dataset {
     /// Parses lines of 64 pixel counts (0..=16) and a label (0..=9), comma-separated.
     pub fn parse_csv(text: &str) -> Result<Dataset, DataError> {
         let mut data = Dataset::default();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let err = |what: String| DataError { line: n + 1, what };
             let values: Vec<&str> = line.trim().split(',').collect();
             if values.len() != FEATURES + 1 {
@@ -152,7 +156,13 @@ pub fn split(data: &Dataset, seed: u64) -> Split {
 /// a Dirichlet(`alpha`) draw gives the fraction of that class's rows (shuffled) each trainer
 /// gets, cut at the rounded cumulative fractions so every row goes to exactly one trainer. A
 /// share can be small or empty; that is what the skew means. Each share is ascending.
-pub fn partition(data: &Dataset, pool: &[usize], seed: u64, trainers: usize, alpha: f64) -> Vec<Vec<usize>> {
+pub fn partition(
+    data: &Dataset,
+    pool: &[usize],
+    seed: u64,
+    trainers: usize,
+    alpha: f64,
+) -> Vec<Vec<usize>> {
     let mut shares = vec![Vec::new(); trainers];
     if trainers == 0 {
         return shares;
@@ -210,7 +220,12 @@ pub fn cut(seed: u64) -> Result<Cut, DataError> {
 /// Trainer `replica`'s private data: its share of the pool cut among `trainers` trainers.
 /// A replica index of `trainers` or more wraps around (so a fifth replica of four would
 /// duplicate the first rather than train on nothing).
-pub fn for_trainer(seed: u64, replica: u64, trainers: usize, alpha: f64) -> Result<Dataset, DataError> {
+pub fn for_trainer(
+    seed: u64,
+    replica: u64,
+    trainers: usize,
+    alpha: f64,
+) -> Result<Dataset, DataError> {
     let all = digits()?;
     let s = split(&all, seed);
     let shares = partition(&all, &s.train, seed, trainers.max(1), alpha);
@@ -242,9 +257,15 @@ mod tests {
         let short = format!("{good}\n1,2,3");
         assert_eq!(Dataset::parse_csv(&short).expect_err("short").line, 2);
         let label = format!("{}10", "0,".repeat(FEATURES));
-        assert!(Dataset::parse_csv(&label).expect_err("label").what.contains("label"));
+        assert!(Dataset::parse_csv(&label)
+            .expect_err("label")
+            .what
+            .contains("label"));
         let pixel = format!("17,{}1", "0,".repeat(FEATURES - 1));
-        assert!(Dataset::parse_csv(&pixel).expect_err("pixel").what.contains("pixel"));
+        assert!(Dataset::parse_csv(&pixel)
+            .expect_err("pixel")
+            .what
+            .contains("pixel"));
     }
 
     #[test]
@@ -257,7 +278,11 @@ mod tests {
         assert_eq!(all, (0..d.len()).collect::<Vec<_>>(), "every row once");
         let test = d.subset(&s.test).class_counts();
         for (c, n) in d.class_counts().iter().enumerate() {
-            assert_eq!(test[c], (*n as f64 * TEST_FRACTION).round() as usize, "class {c}");
+            assert_eq!(
+                test[c],
+                (*n as f64 * TEST_FRACTION).round() as usize,
+                "class {c}"
+            );
         }
         assert_eq!(split(&d, 0), s);
         assert_ne!(split(&d, 1).test, s.test);
@@ -283,7 +308,10 @@ mod tests {
                 .map(|c| (counts[c] as f64 / n - pool[c] as f64 / pool_n).abs())
                 .sum::<f64>()
                 / 2.0;
-            assert!(tv > 0.2, "trainer {t}: {counts:?} is close to IID (tv {tv})");
+            assert!(
+                tv > 0.2,
+                "trainer {t}: {counts:?} is close to IID (tv {tv})"
+            );
         }
         // A large alpha is close to IID: the same measure is small for every trainer.
         for share in partition(&d, &s.train, 0, 4, 1000.0) {
@@ -304,7 +332,11 @@ mod tests {
         let shares = partition(&d, &s.train, 3, 5, DEFAULT_ALPHA);
         let t2 = for_trainer(3, 2, 5, DEFAULT_ALPHA).expect("data");
         assert_eq!(t2, d.subset(&shares[2]));
-        assert_eq!(for_trainer(3, 7, 5, DEFAULT_ALPHA).expect("data"), t2, "wraps");
+        assert_eq!(
+            for_trainer(3, 7, 5, DEFAULT_ALPHA).expect("data"),
+            t2,
+            "wraps"
+        );
         let c = cut(3).expect("data");
         assert_eq!(c.train.len(), s.train.len());
         assert_eq!(c.test, d.subset(&s.test));

@@ -98,7 +98,9 @@ impl SplitMix64 {
             p.iter_mut().for_each(|x| *x /= sum);
         } else if k > 0 {
             let one = self.below(k);
-            p.iter_mut().enumerate().for_each(|(i, x)| *x = f64::from(u8::from(i == one)));
+            p.iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = f64::from(u8::from(i == one)));
         }
         p
     }
@@ -141,8 +143,14 @@ mod tests {
             let xs: Vec<f64> = (0..200_000).map(|_| r.gamma(a)).collect();
             assert!(xs.iter().all(|x| *x >= 0.0 && x.is_finite()));
             let (mean, var) = moments(&xs);
-            assert!((mean - a).abs() < 0.02 * a.max(1.0), "shape {a}: mean {mean}");
-            assert!((var - a).abs() < 0.06 * a.max(1.0), "shape {a}: variance {var}");
+            assert!(
+                (mean - a).abs() < 0.02 * a.max(1.0),
+                "shape {a}: mean {mean}"
+            );
+            assert!(
+                (var - a).abs() < 0.06 * a.max(1.0),
+                "shape {a}: variance {var}"
+            );
         }
         assert_eq!(SplitMix64::new(0).gamma(0.0), 0.0);
         assert_eq!(SplitMix64::new(0).gamma(f64::NAN), 0.0);
@@ -163,9 +171,15 @@ mod tests {
         let kf = k as f64;
         let want_var = (kf - 1.0) / (kf * kf * (kf * a + 1.0));
         assert!((mean - 1.0 / kf).abs() < 0.005, "mean {mean}");
-        assert!((var - want_var).abs() < 0.1 * want_var, "variance {var} vs {want_var}");
+        assert!(
+            (var - want_var).abs() < 0.1 * want_var,
+            "variance {var} vs {want_var}"
+        );
         // Repeatable from the seed.
-        assert_eq!(SplitMix64::new(9).dirichlet(a, k), SplitMix64::new(9).dirichlet(a, k));
+        assert_eq!(
+            SplitMix64::new(9).dirichlet(a, k),
+            SplitMix64::new(9).dirichlet(a, k)
+        );
     }
 
     #[test]
