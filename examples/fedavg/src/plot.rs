@@ -147,20 +147,19 @@ pub fn svg(c: &Curves, markers: &[Marker], title: &str) -> String {
         s,
         r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##
     );
-    // Grid and labels: every 10% of accuracy, every round (or every few when there are many).
-    let mut tick = (min_y * 10.0).round() as u32;
-    while tick <= 10 {
-        let a = f64::from(tick) / 10.0;
-        let y = y_of(a);
+    // Grid and labels: every 10% of accuracy (every 2% when the axis spans 20% or less), every
+    // round (or every few when there are many).
+    let lo_pct = (min_y * 100.0).round() as u32;
+    let tick_pct = if lo_pct >= 80 { 2 } else { 10 };
+    for pct in (lo_pct..=100).step_by(tick_pct) {
+        let y = y_of(f64::from(pct) / 100.0);
         let _ = writeln!(
             s,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}%</text>"##,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{pct}%</text>"##,
             LEFT + pw,
             LEFT - 6.0,
             y + 4.0,
-            tick * 10
         );
-        tick += 1;
     }
     let step = (max_x / 20.0).ceil().max(1.0) as u64;
     for r in (0..=max_x as u64).step_by(step as usize) {
