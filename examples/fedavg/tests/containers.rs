@@ -225,7 +225,10 @@ fn the_images_run_the_rounds_and_stop_at_once() {
     };
     let (acc, central) = (get("acc"), get("central_acc"));
     assert!(acc > 0.85 && central > 0.9, "{done}");
-    assert!(acc >= central - 0.02, "more than 2 points below centralised: {done}");
+    assert!(
+        acc >= central - 0.02,
+        "more than 2 points below centralised: {done}"
+    );
     let shares: Vec<Dataset> = (0..4)
         .map(|r| data::for_trainer(0, r, 4, DEFAULT_ALPHA).expect("data"))
         .collect();
