@@ -144,7 +144,7 @@ fn draw(cfg: &Config, baseline: &Curves, state: &State) {
         ..baseline.clone()
     };
     let title = format!(
-        "fedavg on the UCI digits: {} trainers, Dirichlet(0.5) label skew, test accuracy",
+        "fedavg on the UCI digits: test accuracy, {} label-skewed trainers vs centralised",
         cfg.trainers.len()
     );
     let svg = plot::svg(&curves, &cfg.markers, &title);
