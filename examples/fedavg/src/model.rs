@@ -1,21 +1,24 @@
-//! The model and its math: a linear predictor, its squared loss, local SGD and federated averaging.
+//! The model and its math: softmax regression (multinomial logistic regression) over the 64
+//! pixels, its cross-entropy loss and accuracy, local minibatch SGD, and federated averaging.
 //!
-//! A [`Model`] is [`FEATURES`] weights followed by a bias. Trainers call [`Model::train`] on their
-//! own data; the aggregator combines the answers with [`fedavg`] and scores the result with
-//! [`Model::loss`]. [`Model::checksum`] fingerprints the exact bits, so two runs can be compared
-//! without printing eleven floats.
+//! A [`Model`] is [`DIM`] = 650 numbers: for each class its 64 weights (class 0 first), then the
+//! 10 biases. Trainers call [`Model::train`] on their own data; the aggregator combines the
+//! answers with [`fedavg`] and scores the result with [`Model::score`]. [`Model::checksum`]
+//! fingerprints the exact bits, so two runs can be compared without printing 650 floats.
 
-use crate::data::{Dataset, FEATURES};
+use crate::data::{Dataset, CLASSES, FEATURES};
 use crate::rng::SplitMix64;
 
-/// Numbers in a model: the weights, then the bias.
-pub const DIM: usize = FEATURES + 1;
+/// Numbers in a model: 10 x 64 weights, then 10 biases.
+pub const DIM: usize = CLASSES * FEATURES + CLASSES;
+/// Where the biases start.
+const BIAS: usize = CLASSES * FEATURES;
 
-/// Linear regression weights, bias last.
+/// Softmax regression weights (class-major), biases last.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model(pub Vec<f64>);
 
-/// How a trainer runs SGD.
+/// How a model is trained.
 #[derive(Debug, Clone, Copy)]
 pub struct Sgd {
     pub epochs: u32,
@@ -23,48 +26,90 @@ pub struct Sgd {
     pub batch: usize,
 }
 
+/// A model's quality on a dataset.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// Share of samples whose most likely class is their label.
+    pub accuracy: f64,
+    /// Mean cross-entropy (natural log).
+    pub loss: f64,
+}
+
 impl Model {
-    /// The starting point of round 1.
+    /// The starting point: every class equally likely.
     pub fn zeros() -> Self {
         Model(vec![0.0; DIM])
     }
 
-    pub fn predict(&self, x: &[f64; FEATURES]) -> f64 {
-        x.iter().zip(&self.0).map(|(a, w)| a * w).sum::<f64>() + self.0[FEATURES]
-    }
-
-    /// Mean squared error over `data` (0 for no data).
-    pub fn loss(&self, data: &Dataset) -> f64 {
-        if data.is_empty() {
-            return 0.0;
+    /// Class probabilities for one image (softmax of the logits, shifted by the largest).
+    pub fn probabilities(&self, x: &[f64; FEATURES]) -> [f64; CLASSES] {
+        let w = &self.0;
+        let mut z: [f64; CLASSES] = std::array::from_fn(|k| {
+            let row = &w[k * FEATURES..(k + 1) * FEATURES];
+            row.iter().zip(x).map(|(a, b)| a * b).sum::<f64>() + w[BIAS + k]
+        });
+        let top = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mut sum = 0.0;
+        for v in &mut z {
+            *v = (*v - top).exp();
+            sum += *v;
         }
-        let sum: f64 = data
-            .x
-            .iter()
-            .zip(&data.y)
-            .map(|(x, y)| (self.predict(x) - y).powi(2))
-            .sum();
-        sum / data.len() as f64
+        z.map(|v| v / sum)
     }
 
-    /// `sgd.epochs` passes of minibatch SGD on the squared loss, each over a fresh shuffle drawn
-    /// from `rng`.
+    /// The most likely class (the lowest on a tie).
+    pub fn predict(&self, x: &[f64; FEATURES]) -> usize {
+        let p = self.probabilities(x);
+        (0..CLASSES).fold(0, |best, k| if p[k] > p[best] { k } else { best })
+    }
+
+    /// Accuracy and mean cross-entropy on `data` (accuracy 0 and loss 0 for no data).
+    pub fn score(&self, data: &Dataset) -> Score {
+        if data.is_empty() {
+            return Score {
+                accuracy: 0.0,
+                loss: 0.0,
+            };
+        }
+        let (mut right, mut loss) = (0usize, 0.0);
+        for (x, &y) in data.x.iter().zip(&data.y) {
+            let p = self.probabilities(x);
+            let best = (0..CLASSES).fold(0, |b, k| if p[k] > p[b] { k } else { b });
+            right += usize::from(best == y);
+            // Clamped so a confident mistake costs a large finite amount, not infinity.
+            loss -= p[y].max(1e-300).ln();
+        }
+        let n = data.len() as f64;
+        Score {
+            accuracy: right as f64 / n,
+            loss: loss / n,
+        }
+    }
+
+    /// `sgd.epochs` passes of minibatch SGD on the mean cross-entropy, each over a fresh
+    /// shuffle drawn from `rng`. No data, no change.
     pub fn train(&mut self, data: &Dataset, sgd: Sgd, rng: &mut SplitMix64) {
         let mut order: Vec<usize> = (0..data.len()).collect();
         let batch = sgd.batch.max(1);
+        let mut grad = vec![0.0; DIM];
         for _ in 0..sgd.epochs {
             rng.shuffle(&mut order);
             for chunk in order.chunks(batch) {
-                let mut grad = [0.0; DIM];
+                grad.iter_mut().for_each(|g| *g = 0.0);
                 for &i in chunk {
-                    let err = self.predict(&data.x[i]) - data.y[i];
-                    for (g, x) in grad.iter_mut().zip(&data.x[i]) {
-                        *g += err * x;
+                    let (x, y) = (&data.x[i], data.y[i]);
+                    let p = self.probabilities(x);
+                    for k in 0..CLASSES {
+                        let err = p[k] - f64::from(u8::from(k == y));
+                        let row = &mut grad[k * FEATURES..(k + 1) * FEATURES];
+                        for (g, a) in row.iter_mut().zip(x) {
+                            *g += err * a;
+                        }
+                        grad[BIAS + k] += err;
                     }
-                    grad[FEATURES] += err;
                 }
                 let step = sgd.learning_rate / chunk.len() as f64;
-                for (w, g) in self.0.iter_mut().zip(grad) {
+                for (w, g) in self.0.iter_mut().zip(&grad) {
                     *w -= step * g;
                 }
             }
@@ -137,35 +182,47 @@ mod tests {
     }
 
     #[test]
-    fn the_loss_is_the_mean_squared_error() {
+    fn the_score_is_accuracy_and_cross_entropy() {
+        let mut a = [0.0; FEATURES];
+        a[0] = 1.0;
         let d = Dataset {
-            x: vec![[1.0; FEATURES], [0.0; FEATURES]],
-            y: vec![FEATURES as f64 + 1.0, 3.0],
+            x: vec![a, [0.0; FEATURES]],
+            y: vec![3, 5],
         };
-        let mut m = Model(vec![1.0; DIM]); // predicts 11 and 1
-        assert_eq!(m.loss(&d), (0.0 + 4.0) / 2.0);
-        m.0[FEATURES] = 0.0; // predicts 10 and 0
-        assert_eq!(m.loss(&d), (1.0 + 9.0) / 2.0);
+        // The zero model: uniform probabilities, loss ln 10, class 0 predicted for both.
+        let s = Model::zeros().score(&d);
+        assert_eq!(s.accuracy, 0.0);
+        assert!((s.loss - (CLASSES as f64).ln()).abs() < 1e-12);
+        // Pixel 0 votes for class 3 and the bias for class 5: both right.
+        let mut m = Model::zeros();
+        m.0[3 * FEATURES] = 10.0;
+        m.0[BIAS + 5] = 5.0;
+        assert_eq!((m.predict(&d.x[0]), m.predict(&d.x[1])), (3, 5));
+        let s = m.score(&d);
+        assert_eq!(s.accuracy, 1.0);
+        let p0 = m.probabilities(&d.x[0]);
+        assert!((p0.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        let p1 = m.probabilities(&d.x[1]);
+        assert!((s.loss - -(p0[3].ln() + p1[5].ln()) / 2.0).abs() < 1e-12);
+        assert_eq!(m.score(&Dataset::default()).loss, 0.0);
     }
 
     #[test]
-    fn sgd_recovers_the_truth_and_is_repeatable() {
-        let d = data::for_trainer(0, 0, 2000);
+    fn sgd_learns_the_digits_and_is_repeatable() {
+        let cut = data::cut(0).expect("data");
         let sgd = Sgd {
-            epochs: 5,
-            learning_rate: 0.01,
+            epochs: 3,
+            learning_rate: 0.5,
             batch: 32,
         };
         let mut a = Model::zeros();
-        a.train(&d, sgd, &mut SplitMix64::new(1));
+        a.train(&cut.train, sgd, &mut SplitMix64::new(1));
         let mut b = Model::zeros();
-        b.train(&d, sgd, &mut SplitMix64::new(1));
+        b.train(&cut.train, sgd, &mut SplitMix64::new(1));
         assert_eq!(a.checksum(), b.checksum());
-        assert!(
-            a.loss(&d) < 0.05 * Model::zeros().loss(&d),
-            "{}",
-            a.loss(&d)
-        );
+        let s = a.score(&cut.test);
+        assert!(s.accuracy > 0.85, "{s:?}");
+        assert!(s.loss < Model::zeros().score(&cut.test).loss / 3.0, "{s:?}");
     }
 
     #[test]

@@ -8,10 +8,13 @@
 //!                                           or ERR <reason>
 //! ```
 //!
-//! A `<model>` is [`DIM`] comma-separated decimals, weights then bias, printed in Rust's
-//! shortest round-trip form so text carries the exact bits. The aggregator's whole state is one
-//! [`State`] line, `fedavg-state/1 round=.. loss=.. updates=.. missed=.. model=..`: what
-//! `CHECKPOINT` prints and what `RESTORE` and `BRUME_RESTORE` take back.
+//! A `<model>` is [`DIM`] (650) comma-separated decimals, the weights class by class then the
+//! biases, printed in Rust's shortest round-trip form so text carries the exact bits (about
+//! 13 KB). The aggregator's whole state is one [`State`] line,
+//! `fedavg-state/2 round=.. acc=.. loss=.. updates=.. missed=.. history=.. model=..`: what
+//! `CHECKPOINT` prints and what `RESTORE` and `BRUME_RESTORE` take back. Even with every number
+//! at its longest it stays under [`crate::service::MAX_LINE`] (64 KiB), and so under the 128 KiB
+//! brume keeps of an application checkpoint.
 
 use std::fmt;
 
@@ -26,6 +29,7 @@ pub enum WireError {
     Number { field: &'static str, value: String },
     NotFinite(&'static str),
     Dimension { got: usize, want: usize },
+    History { got: usize, round: u64 },
     Unexpected(String),
 }
 
@@ -44,6 +48,9 @@ impl fmt::Display for WireError {
             WireError::NotFinite(field) => write!(f, "{field} holds NaN or infinity"),
             WireError::Dimension { got, want } => {
                 write!(f, "the model has {got} numbers, this build uses {want}")
+            }
+            WireError::History { got, round } => {
+                write!(f, "the history has {got} accuracies for {round} rounds")
             }
             WireError::Unexpected(t) => write!(f, "unexpected \"{t}\" at the end of the line"),
         }
@@ -73,20 +80,43 @@ pub struct Update {
 pub struct State {
     /// The last completed round (0 before the first).
     pub round: u64,
-    /// Held-out loss of `model`.
+    /// Test accuracy of `model`.
+    pub acc: f64,
+    /// Test loss (mean cross-entropy) of `model`.
     pub loss: f64,
     /// Trainer answers averaged so far.
     pub updates: u64,
     /// Trainer answers missed so far (unreachable, failed or too slow).
     pub missed: u64,
+    /// Test accuracy after each completed round, round 1 first: the curve a picture draws, which
+    /// travels with the state so a moved aggregator can still draw all of it.
+    pub history: Vec<f64>,
     pub model: Model,
 }
 
-const STATE_TAG: &str = "fedavg-state/1";
+const STATE_TAG: &str = "fedavg-state/2";
+
+/// `v` in the shorter of Rust's two shortest-round-trip forms, plain (`0.125`) or exponent
+/// (`1.5e-20`): either parses back to the same bits, and the shorter bounds a number at 24
+/// characters where the plain form of a tiny weight runs to hundreds.
+pub fn number_text(v: f64) -> String {
+    let plain = v.to_string();
+    let exp = format!("{v:e}");
+    if exp.len() < plain.len() {
+        exp
+    } else {
+        plain
+    }
+}
+
+/// Numbers comma-separated, each by [`number_text`].
+fn numbers_text(vs: &[f64]) -> String {
+    let parts: Vec<String> = vs.iter().copied().map(number_text).collect();
+    parts.join(",")
+}
 
 pub fn model_text(m: &Model) -> String {
-    let parts: Vec<String> = m.0.iter().map(f64::to_string).collect();
-    parts.join(",")
+    numbers_text(&m.0)
 }
 
 pub fn parse_model(text: &str) -> Result<Model, WireError> {
@@ -121,7 +151,7 @@ impl Train {
 
 impl fmt::Display for Update {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (r, n, l) = (self.round, self.samples, self.loss);
+        let (r, n, l) = (self.round, self.samples, number_text(self.loss));
         write!(f, "UPDATE {r} {n} {l} {}", model_text(&self.model))
     }
 }
@@ -147,15 +177,19 @@ impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let State {
             round,
+            acc,
             loss,
             updates,
             missed,
+            history,
             model,
         } = self;
         let model = model_text(model);
+        let history = numbers_text(history);
+        let (acc, loss) = (number_text(*acc), number_text(*loss));
         write!(
             f,
-            "{STATE_TAG} round={round} loss={loss} updates={updates} missed={missed} model={model}"
+            "{STATE_TAG} round={round} acc={acc} loss={loss} updates={updates} missed={missed} history={history} model={model}"
         )
     }
 }
@@ -171,16 +205,34 @@ impl State {
             }
         };
         let round = int("round", field("round")?)?;
+        let acc = finite("acc", field("acc")?)?;
         let loss = finite("loss", field("loss")?)?;
         let updates = int("updates", field("updates")?)?;
         let missed = int("missed", field("missed")?)?;
+        let history_text = field("history")?;
         let model = parse_model(field("model")?)?;
         t.end()?;
+        let history = if history_text.is_empty() {
+            Vec::new()
+        } else {
+            history_text
+                .split(',')
+                .map(|a| finite("history", a))
+                .collect::<Result<Vec<f64>, _>>()?
+        };
+        if history.len() as u64 != round {
+            return Err(WireError::History {
+                got: history.len(),
+                round,
+            });
+        }
         Ok(State {
             round,
+            acc,
             loss,
             updates,
             missed,
+            history,
             model,
         })
     }
@@ -263,9 +315,11 @@ mod tests {
         assert_eq!(Update::parse(&update.to_string()), Ok(update));
         let state = State {
             round: 3,
+            acc: 0.9,
             loss: 1.0 / 7.0,
             updates: 12,
             missed: 1,
+            history: vec![0.5, 0.8, 1.0 / 3.0],
             model: m,
         };
         let line = state.to_string();
@@ -273,6 +327,41 @@ mod tests {
         let back = State::parse(&line).expect("parses");
         assert_eq!(back.model.checksum(), state.model.checksum());
         assert_eq!(back, state);
+        // Before the first round the history is empty, and that round-trips too.
+        let start = State {
+            round: 0,
+            history: Vec::new(),
+            ..state
+        };
+        assert_eq!(State::parse(&start.to_string()), Ok(start));
+    }
+
+    #[test]
+    fn the_longest_state_line_fits_a_request_and_a_brume_checkpoint() {
+        // Every number at its longest shortest-round-trip form (a negative subnormal-ish with a
+        // 17-digit mantissa and a 3-digit exponent), and a long history.
+        let long = -1.234_567_890_123_456_7e-300;
+        let state = State {
+            round: 1000,
+            acc: long,
+            loss: long,
+            updates: u64::MAX,
+            missed: u64::MAX,
+            history: vec![long; 1000],
+            model: Model(vec![long; DIM]),
+        };
+        let line = state.to_string();
+        assert!(
+            line.len() < crate::service::MAX_LINE as usize,
+            "{} bytes",
+            line.len()
+        );
+        assert!(line.len() < 128 * 1024, "{} bytes", line.len());
+        assert_eq!(State::parse(&line), Ok(state));
+        // Typical numbers keep their plain form.
+        assert_eq!(number_text(0.125), "0.125");
+        assert_eq!(number_text(-3.0), "-3");
+        assert_eq!(number_text(1.5e-20), "1.5e-20");
     }
 
     #[test]
@@ -303,9 +392,20 @@ mod tests {
         );
         assert_eq!(
             State::parse(&format!(
-                "{STATE_TAG} round=1 loss=1 missed=0 updates=0 model={m}"
+                "{STATE_TAG} round=1 acc=0.5 loss=1 missed=0 updates=0 history=0.5 model={m}"
             )),
             Err(WireError::Missing("updates"))
+        );
+        assert_eq!(
+            State::parse(&format!(
+                "{STATE_TAG} round=2 acc=0.5 loss=1 updates=0 missed=0 history=0.5 model={m}"
+            )),
+            Err(WireError::History { got: 1, round: 2 })
+        );
+        // A state line of the old synthetic-regression format is refused, not misread.
+        assert_eq!(
+            State::parse("fedavg-state/1 round=1 loss=1 updates=0 missed=0 model=1,2"),
+            Err(WireError::UnknownCommand("fedavg-state/1".into()))
         );
     }
 }

@@ -2,8 +2,10 @@
 //! built (scripts/test.sh runs it first; the test never builds), each Dockerfile built from a
 //! temporary copy of its context with the binary beside it, and four trainer containers and an
 //! aggregator run with host networking like brume's tasks, each with `PORT=0`: it binds a free
-//! port itself and names it in its log, which the test reads. The test checks the rounds finish
-//! and that `docker stop` ends the aggregator with status 0: as PID 1 it must handle SIGTERM
+//! port itself and names it in its log, which the test reads. The test checks the rounds finish,
+//! that the static release binaries in their images learn exactly what the library computes in
+//! this (debug) process (the same final checksum; an accuracy above 85% and within 2 points of
+//! the centralised baseline), and that `docker stop` ends the aggregator with status 0: as PID 1 it must handle SIGTERM
 //! itself (Docker's SIGKILL after the grace would read 137).
 //!
 //! Images and containers carry the labels `brume.test=<run>` (what
@@ -18,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use brume_fedavg::data::{self, Dataset, DEFAULT_ALPHA};
+use brume_fedavg::learn::{self, DEFAULT_SGD};
 
 /// How long the containers may take to listen and to finish the rounds before the test calls
 /// them stuck: a liveness bound, never a speed claim.
@@ -208,6 +213,31 @@ fn the_images_run_the_rounds_and_stop_at_once() {
         .lines()
         .filter(|l| l.starts_with("round=") && l.contains("trainers=4/4"));
     assert_eq!(answered.count(), 5, "{logs}");
+    let done = logs
+        .lines()
+        .find(|l| l.starts_with("done round=5/5 "))
+        .unwrap_or_else(|| panic!("no done line in {logs}"));
+    let get = |k: &str| -> f64 {
+        done.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {done}"))
+    };
+    let (acc, central) = (get("acc"), get("central_acc"));
+    assert!(acc > 0.85 && central > 0.9, "{done}");
+    assert!(
+        acc >= central - 0.02,
+        "more than 2 points below centralised: {done}"
+    );
+    let shares: Vec<Dataset> = (0..4)
+        .map(|r| data::for_trainer(0, r, 4, DEFAULT_ALPHA).expect("data"))
+        .collect();
+    let test = data::cut(0).expect("data").test;
+    let (_, model) = learn::federated(&shares, &test, DEFAULT_SGD, 5, 0);
+    assert!(
+        done.ends_with(&format!("checksum={:016x}", model.checksum())),
+        "the containers' model is not the library's: {done}"
+    );
 
     // Exit code 0, not 137: the aggregator ended on SIGTERM before Docker's SIGKILL (the grace
     // is long, so a slow machine is not mistaken for an ignored signal).

@@ -1,12 +1,16 @@
 //! `aggregator`: runs `ROUNDS` rounds of federated averaging over the trainers in
 //! `BRUME_CALL_TRAINER`, and serves its status and its checkpoint on 127.0.0.1:$PORT.
 //!
-//! Each round it sends `TRAIN <round> <model>` to every trainer at once (one connection each,
-//! retried a few times with backoff while a trainer is unreachable), averages the updates that
-//! came back weighted by sample count, scores the average on a held-out set and prints one line.
-//! A round with fewer than `MIN_TRAINERS` answers is not counted and is tried again.
+//! At start it trains the same softmax regression on the pooled training data (the centralised
+//! baseline, `ROUNDS` x `EPOCHS_PER_ROUND` passes) and prints `central acc=..`. Then each round
+//! it sends `TRAIN <round> <model>` to every trainer at once (one connection each, retried a few
+//! times with backoff while a trainer is unreachable), averages the updates that came back
+//! weighted by sample count, scores the average on the held-out test set (accuracy and
+//! cross-entropy) and prints one line; with `PLOT_SVG` set it redraws the accuracy picture
+//! there. A round with fewer than `MIN_TRAINERS` answers is not counted and is tried again.
 //!
-//! The control lines: `STATUS` → `round=<r>/<R> loss=<l> checksum=<hex> done=<bool>`;
+//! The control lines: `STATUS` → `round=<r>/<R> acc=<a> loss=<l> central_acc=<a>
+//! checksum=<hex> done=<bool>`;
 //! `CHECKPOINT` → the state line; `RESTORE <state line>` → `OK round=<r> checksum=<hex>`, after
 //! which the rounds continue from that state (a round in flight is dropped). `BRUME_RESTORE` holds
 //! a state line to start from. After the last round it keeps serving until SIGTERM.
@@ -18,13 +22,22 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use brume_fedavg::data::{self, Dataset};
-use brume_fedavg::model::{fedavg, Model};
+use brume_fedavg::learn::{self, DEFAULT_ROUNDS};
+use brume_fedavg::model::{fedavg, Model, Score, Sgd};
+use brume_fedavg::plot::{self, Curves, Marker};
 use brume_fedavg::service::{self, var, StartError};
 use brume_fedavg::wire::{State, Train, Update};
+
+/// More rounds would make the state line's history too long for one request line.
+const MAX_ROUNDS: u64 = 1000;
 
 struct Config {
     trainers: Vec<String>,
     rounds: u64,
+    sgd: Sgd,
+    central_epochs: u32,
+    plot: Option<String>,
+    markers: Vec<Marker>,
     min_trainers: usize,
     round_timeout: Duration,
     retries: u32,
@@ -49,31 +62,65 @@ fn main() {
     let cfg = config().unwrap_or_else(|e| start_err(&e));
     let seed =
         var("DATA_SEED", 0u64, "an unsigned 64-bit integer").unwrap_or_else(|e| start_err(&e));
-    let held_out = data::held_out(seed, 1000);
+    let cut = data::cut(seed).unwrap_or_else(|e| start_err(&e));
     let state = match std::env::var("BRUME_RESTORE") {
         Ok(line) if !line.trim().is_empty() => {
             State::parse(line.trim()).unwrap_or_else(|e| start_err(&format!("BRUME_RESTORE: {e}")))
         }
         _ => {
             let model = Model::zeros();
+            let score = model.score(&cut.test);
             State {
                 round: 0,
-                loss: model.loss(&held_out),
+                acc: score.accuracy,
+                loss: score.loss,
                 updates: 0,
                 missed: 0,
+                history: Vec::new(),
                 model,
             }
         }
     };
+    // The baseline: deterministic, so a restored aggregator computes the same one again.
+    let started = Instant::now();
+    let (curve, _) = learn::centralised(&cut.train, &cut.test, cfg.sgd, cfg.central_epochs, seed);
+    let central = curve.last().copied().unwrap_or(Score {
+        accuracy: 0.0,
+        loss: 0.0,
+    });
+    let accs: Vec<String> = curve.iter().map(|s| format!("{:.4}", s.accuracy)).collect();
     println!(
-        "start round={}/{} loss={:.6} checksum={:016x} trainers={} min_trainers={}",
+        "central acc={:.4} loss={:.6} epochs={} epochs_per_round={} samples={} test={} ms={} curve={}",
+        central.accuracy,
+        central.loss,
+        cfg.central_epochs,
+        cfg.sgd.epochs,
+        cut.train.len(),
+        cut.test.len(),
+        started.elapsed().as_millis(),
+        accs.join(",")
+    );
+    println!(
+        "start round={}/{} acc={:.4} loss={:.6} checksum={:016x} trainers={} min_trainers={}",
         state.round,
         cfg.rounds,
+        state.acc,
         state.loss,
         state.model.checksum(),
         cfg.trainers.len(),
         cfg.min_trainers
     );
+    let per_round = f64::from(cfg.sgd.epochs);
+    let baseline = Curves {
+        federated: Vec::new(),
+        central: curve
+            .iter()
+            .enumerate()
+            .map(|(e, s)| ((e + 1) as f64 / per_round, s.accuracy))
+            .collect(),
+        central_final: (!curve.is_empty()).then_some(central.accuracy),
+    };
+    draw(&cfg, &baseline, &state);
     // Shared by the round loop and the control threads for the life of the process.
     let shared: &'static Shared = Box::leak(Box::new(Shared {
         inner: Mutex::new((state, 0)),
@@ -81,8 +128,31 @@ fn main() {
     }));
     let listener = service::listen().unwrap_or_else(|e| start_err(&e));
     let rounds = cfg.rounds;
-    thread::spawn(move || service::serve_lines(listener, move |l| control(shared, rounds, l)));
-    run(&cfg, shared, &held_out);
+    let central_acc = central.accuracy;
+    thread::spawn(move || {
+        service::serve_lines(listener, move |l| control(shared, rounds, central_acc, l))
+    });
+    run(&cfg, shared, &cut.test, &baseline);
+}
+
+/// Redraws the picture at `PLOT_SVG`, if set, from the baseline and the state's history; a
+/// file that cannot be written is logged, never fatal.
+fn draw(cfg: &Config, baseline: &Curves, state: &State) {
+    let Some(path) = &cfg.plot else { return };
+    let curves = Curves {
+        federated: (1..).zip(state.history.iter().copied()).collect(),
+        ..baseline.clone()
+    };
+    let title = format!(
+        "fedavg on the UCI digits: test accuracy, {} label-skewed trainers vs centralised",
+        cfg.trainers.len()
+    );
+    let svg = plot::svg(&curves, &cfg.markers, &title);
+    // Written beside and renamed, so a reader never sees half a picture.
+    let tmp = format!("{path}.tmp");
+    if let Err(e) = std::fs::write(&tmp, svg).and_then(|()| std::fs::rename(&tmp, path)) {
+        eprintln!("cannot write PLOT_SVG={path}: {e}");
+    }
 }
 
 fn start_err(e: &dyn std::fmt::Display) -> ! {
@@ -103,8 +173,24 @@ fn config() -> Result<Config, String> {
     let e = |e: StartError| e.to_string();
     let ms =
         |name, default| var(name, default, "a number of milliseconds").map(Duration::from_millis);
+    let rounds = var("ROUNDS", DEFAULT_ROUNDS, "a number of rounds, 1000 at most").map_err(e)?;
+    if rounds > MAX_ROUNDS {
+        return Err(format!("ROUNDS={rounds}: use {MAX_ROUNDS} at most (the state line keeps every round's accuracy)"));
+    }
+    let sgd = learn::sgd_from_env().map_err(e)?;
+    let passes = u32::try_from(rounds)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(sgd.epochs);
+    let markers = plot::parse_markers(&std::env::var("PLOT_MARKERS").unwrap_or_default())
+        .map_err(|m| format!("PLOT_MARKERS: {m}"))?;
     let cfg = Config {
-        rounds: var("ROUNDS", 10u64, "a number of rounds").map_err(e)?,
+        rounds,
+        sgd,
+        central_epochs: var("CENTRAL_EPOCHS", passes, "a number of epochs").map_err(e)?,
+        plot: std::env::var("PLOT_SVG")
+            .ok()
+            .filter(|p| !p.trim().is_empty()),
+        markers,
         min_trainers: var("MIN_TRAINERS", 1usize, "a number of trainers, 1 or more").map_err(e)?,
         round_timeout: ms("ROUND_TIMEOUT_MS", 30_000).map_err(e)?,
         retries: var("RETRIES", 5u32, "a number of retries").map_err(e)?,
@@ -127,14 +213,14 @@ fn config() -> Result<Config, String> {
 }
 
 /// One reply line per control line.
-fn control(shared: &Shared, rounds: u64, line: &str) -> String {
+fn control(shared: &Shared, rounds: u64, central_acc: f64, line: &str) -> String {
     let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
     match cmd {
         "STATUS" => {
             let (s, _) = &*shared.lock();
-            let (r, l, c) = (s.round, s.loss, s.model.checksum());
+            let (r, a, l, c) = (s.round, s.acc, s.loss, s.model.checksum());
             format!(
-                "round={r}/{rounds} loss={l} checksum={c:016x} done={}",
+                "round={r}/{rounds} acc={a} loss={l} central_acc={central_acc} checksum={c:016x} done={}",
                 r >= rounds
             )
         }
@@ -155,7 +241,8 @@ fn control(shared: &Shared, rounds: u64, line: &str) -> String {
 }
 
 /// The rounds, forever: after the last one it waits for a RESTORE that sets it back.
-fn run(cfg: &Config, shared: &Shared, held_out: &Dataset) {
+fn run(cfg: &Config, shared: &Shared, test: &Dataset, baseline: &Curves) {
+    let central_acc = baseline.central_final.unwrap_or(0.0);
     let mut announced_done = false;
     loop {
         let (state, generation) = {
@@ -164,9 +251,10 @@ fn run(cfg: &Config, shared: &Shared, held_out: &Dataset) {
                 if !announced_done {
                     let s = &inner.0;
                     println!(
-                        "done round={}/{} loss={:.6} updates={} missed={} checksum={:016x}",
+                        "done round={}/{} acc={:.4} central_acc={central_acc:.4} loss={:.6} updates={} missed={} checksum={:016x}",
                         s.round,
                         cfg.rounds,
+                        s.acc,
                         s.loss,
                         s.updates,
                         s.missed,
@@ -220,28 +308,34 @@ fn run(cfg: &Config, shared: &Shared, held_out: &Dataset) {
             thread::sleep(cfg.pause.max(Duration::from_secs(1)));
             continue;
         };
-        let loss = model.loss(held_out);
+        let Score { accuracy, loss } = model.score(test);
         let checksum = model.checksum();
+        let mut history = state.history;
+        history.push(accuracy);
+        let next = State {
+            round,
+            acc: accuracy,
+            loss,
+            updates: state.updates + got.len() as u64,
+            missed: state.missed + (n - got.len()) as u64,
+            history,
+            model,
+        };
         {
             let mut inner = shared.lock();
             if inner.1 != generation {
                 println!("round={round} dropped: the state was restored meanwhile");
                 continue;
             }
-            inner.0 = State {
-                round,
-                loss,
-                updates: state.updates + got.len() as u64,
-                missed: state.missed + (n - got.len()) as u64,
-                model,
-            };
+            inner.0 = next.clone();
         }
         println!(
-            "round={round}/{} trainers={}/{n} loss={loss:.6} ms={} checksum={checksum:016x}",
+            "round={round}/{} trainers={}/{n} acc={accuracy:.4} loss={loss:.6} ms={} checksum={checksum:016x}",
             cfg.rounds,
             got.len(),
             started.elapsed().as_millis()
         );
+        draw(cfg, baseline, &next);
         if round < cfg.rounds {
             thread::sleep(cfg.pause);
         }

@@ -1,17 +1,18 @@
-//! `trainer`: one FedAvg participant. It holds a private synthetic dataset (drawn from
-//! `DATA_SEED` and its replica index `BRUME_REPLICA`) and listens on 127.0.0.1:$PORT for
-//! `TRAIN <round> <model>` lines; for each it runs `EPOCHS_PER_ROUND` epochs of minibatch SGD
-//! starting from the given model and answers `UPDATE <round> <samples> <loss> <model>`.
+//! `trainer`: one FedAvg participant. It holds a private share of the digits (cut from
+//! `DATA_SEED` among `TRAINERS` trainers with Dirichlet(`ALPHA`) label skew; its replica index
+//! `BRUME_REPLICA` picks which share) and listens on 127.0.0.1:$PORT for `TRAIN <round> <model>`
+//! lines; for each it runs `EPOCHS_PER_ROUND` epochs of minibatch SGD starting from the given
+//! model and answers `UPDATE <round> <samples> <loss> <model>`.
 //!
 //! It keeps no state between rounds: the answer depends only on the request, the seed and the
 //! replica index, so asking twice (a retry, or a restored aggregator) gives the same update.
 
 use std::time::Instant;
 
-use brume_fedavg::data::{self, Dataset};
+use brume_fedavg::data::{self, Dataset, DEFAULT_ALPHA};
+use brume_fedavg::learn::{self, DEFAULT_TRAINERS};
 use brume_fedavg::model::Sgd;
-use brume_fedavg::rng::SplitMix64;
-use brume_fedavg::service::{self, var, StartError};
+use brume_fedavg::service::{self, var};
 use brume_fedavg::wire::{Train, Update};
 
 struct Trainer {
@@ -25,10 +26,18 @@ fn main() {
     service::exit_on_sigterm();
     let trainer = setup().unwrap_or_else(|e| service::fail("trainer cannot start", &e));
     let listener = service::listen().unwrap_or_else(|e| service::fail("trainer cannot start", &e));
+    let counts: Vec<String> = trainer
+        .data
+        .class_counts()
+        .iter()
+        .enumerate()
+        .map(|(c, n)| format!("{c}:{n}"))
+        .collect();
     println!(
-        "trainer {}: {} samples, {} epochs per round, learning rate {}, batch {}",
+        "trainer {}: {} samples, labels {}, {} epochs per round, learning rate {}, batch {}",
         trainer.replica,
         trainer.data.len(),
+        counts.join(","),
         trainer.sgd.epochs,
         trainer.sgd.learning_rate,
         trainer.sgd.batch
@@ -36,23 +45,34 @@ fn main() {
     service::serve_lines(listener, move |line| answer(&trainer, line));
 }
 
-fn setup() -> Result<Trainer, StartError> {
-    let replica = var("BRUME_REPLICA", 0u64, "the replica index, 0 or more")?;
-    let seed = var("DATA_SEED", 0u64, "an unsigned 64-bit integer")?;
-    let samples = var("SAMPLES", 2000usize, "a number of samples")?;
-    let sgd = Sgd {
-        epochs: var("EPOCHS_PER_ROUND", 1u32, "a number of epochs, 1 or more")?,
-        learning_rate: var(
-            "LEARNING_RATE",
-            0.01f64,
-            "a small positive number like 0.01",
-        )?,
-        batch: var("BATCH", 32usize, "a minibatch size, 1 or more")?,
-    };
+fn setup() -> Result<Trainer, String> {
+    let e = |e: service::StartError| e.to_string();
+    let replica = var("BRUME_REPLICA", 0u64, "the replica index, 0 or more").map_err(e)?;
+    let seed = var("DATA_SEED", 0u64, "an unsigned 64-bit integer").map_err(e)?;
+    let trainers = var(
+        "TRAINERS",
+        DEFAULT_TRAINERS,
+        "the number of trainers the data is cut among, 1 or more",
+    )
+    .map_err(e)?;
+    let alpha = var(
+        "ALPHA",
+        DEFAULT_ALPHA,
+        "a Dirichlet concentration above 0, like 0.5",
+    )
+    .map_err(e)?;
+    if trainers == 0 {
+        return Err("TRAINERS=0: the data must be cut among 1 or more trainers".into());
+    }
+    if !(alpha > 0.0 && alpha.is_finite()) {
+        return Err(format!("ALPHA={alpha}: use a positive number like 0.5"));
+    }
+    let sgd = learn::sgd_from_env().map_err(e)?;
+    let data = data::for_trainer(seed, replica, trainers, alpha).map_err(|e| e.to_string())?;
     Ok(Trainer {
         replica,
         seed,
-        data: data::for_trainer(seed, replica, samples),
+        data,
         sgd,
     })
 }
@@ -63,11 +83,15 @@ fn answer(t: &Trainer, line: &str) -> String {
         Err(e) => return format!("ERR {e} (expected TRAIN <round> <model>)"),
     };
     let start = Instant::now();
-    let mut model = request.model;
-    // Bit 62 keeps these streams apart from the data's (small replica indices and u64::MAX-ish).
-    let stream = (t.replica << 32) ^ request.round ^ (1 << 62);
-    model.train(&t.data, t.sgd, &mut SplitMix64::stream(t.seed, stream));
-    let loss = model.loss(&t.data);
+    let model = learn::local_update(
+        &t.data,
+        &request.model,
+        t.sgd,
+        t.seed,
+        t.replica,
+        request.round,
+    );
+    let loss = model.score(&t.data).loss;
     if !loss.is_finite() || model.0.iter().any(|w| !w.is_finite()) {
         return "ERR training diverged: lower LEARNING_RATE".to_string();
     }
