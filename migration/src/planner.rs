@@ -212,6 +212,23 @@ pub struct FinalOutcome {
     pub downtime: Duration,
 }
 
+/// A round that put fewer bytes than this on the wire took the time of its fixed costs (round
+/// trips, the target's chunk-store lookups), not of its bytes: its rate says little about the
+/// link.
+pub const MIN_BANDWIDTH_SAMPLE: u64 = 1 << 20;
+
+/// The link's bandwidth after a round sent `wire_bytes` at `rate` bytes/s: a round large
+/// enough replaces the estimate; a smaller one can only raise it (its bytes went at least that
+/// fast) or give a first, pessimistic one. Without this, a round the target's chunk store made
+/// nearly empty (a few KiB in 200 ms: 0.1 MiB/s) told the planner the link had slowed a
+/// hundredfold, and the predicted final transfer, and with it the downtime, grew move after move.
+fn learned_bandwidth(previous: Option<f64>, wire_bytes: u64, rate: f64) -> f64 {
+    match previous {
+        Some(b) if wire_bytes < MIN_BANDWIDTH_SAMPLE => b.max(rate),
+        _ => rate,
+    }
+}
+
 /// A prediction this long means the transfer was not bounded (no bandwidth known yet).
 const UNMEASURED: Duration = Duration::from_secs(1_000_000);
 
@@ -536,7 +553,11 @@ impl Planner {
         }
         let send_time = r.round_time.saturating_sub(r.dump_time).as_secs_f64();
         if r.wire_bytes > 0 && send_time > 0.0 {
-            self.measured_bandwidth = Some(r.wire_bytes as f64 / send_time);
+            self.measured_bandwidth = Some(learned_bandwidth(
+                self.measured_bandwidth,
+                r.wire_bytes,
+                r.wire_bytes as f64 / send_time,
+            ));
         }
         let interval = features.since_last_dump;
         self.dirty_rate = match (r.dirty_rate, interval) {

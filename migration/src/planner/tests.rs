@@ -386,6 +386,25 @@ fn bandwidth_is_estimated_from_rounds_when_not_given() {
 }
 
 #[test]
+fn a_nearly_empty_round_does_not_slow_the_link_it_measured() {
+    use super::learned_bandwidth as learn;
+    // 10 MB in 1 s: the link's rate.
+    let b = learn(None, 10_000_000, 10.0 * MB);
+    assert_eq!(b, 10.0 * MB);
+    // 20 kB in 200 ms (the target held the rest): 0.1 MB/s says nothing about the link.
+    let b = learn(Some(b), 20_000, 0.1 * MB);
+    assert_eq!(b, 10.0 * MB);
+    // A small round that went faster raises it (its bytes went at least that fast).
+    let b = learn(Some(b), 500_000, 50.0 * MB);
+    assert_eq!(b, 50.0 * MB);
+    // A large slower round replaces it: the link did slow down.
+    let b = learn(Some(b), 4_000_000, 4.0 * MB);
+    assert_eq!(b, 4.0 * MB);
+    // With nothing known, even a small round gives a first (pessimistic) figure.
+    assert_eq!(learn(None, 20_000, 0.1 * MB), 0.1 * MB);
+}
+
+#[test]
 fn the_final_round_teaches_the_predictor() {
     let mut p = planner(64 * MIB);
     run(&mut p, &[64 * MIB, 100 * 1024]);
