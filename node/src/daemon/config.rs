@@ -305,6 +305,28 @@ fn env_layer(
 /// from `scripts/test.sh` (which exports them) ignores them instead of refusing to start.
 const NOT_SETTINGS: &[&str] = &["require", "skip_log", "test_run", "test_seed"];
 
+/// `value` of `key` within `range`, or the error [`NodeConfig::check`] returns for it.
+fn within<T>(
+    key: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), (&'static str, String)>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err((
+        key,
+        format!(
+            "{key} ({value}) must be between {} and {}",
+            range.start(),
+            range.end()
+        ),
+    ))
+}
+
 impl NodeConfig {
     /// Refuses values no layer may set; the error names the key at fault.
     fn check(&self) -> Result<(), (&'static str, String)> {
@@ -317,42 +339,18 @@ impl NodeConfig {
                 ),
             ));
         }
-        if !(50..=600_000).contains(&self.ping_interval_ms) {
-            return Err((
-                "ping_interval_ms",
-                format!(
-                    "ping_interval_ms ({}) must be between 50 and 600000",
-                    self.ping_interval_ms
-                ),
-            ));
-        }
-        if !(100..=3_600_000).contains(&self.stream_idle_timeout_ms) {
-            return Err((
-                "stream_idle_timeout_ms",
-                format!(
-                    "stream_idle_timeout_ms ({}) must be between 100 and 3600000",
-                    self.stream_idle_timeout_ms
-                ),
-            ));
-        }
-        if !(50..=60_000).contains(&self.heartbeat_interval_ms) {
-            return Err((
-                "heartbeat_interval_ms",
-                format!(
-                    "heartbeat_interval_ms ({}) must be between 50 and 60000",
-                    self.heartbeat_interval_ms
-                ),
-            ));
-        }
-        if !(1..=60_000).contains(&self.drain_budget_ms) {
-            return Err((
-                "drain_budget_ms",
-                format!(
-                    "drain_budget_ms ({}) must be between 1 and 60000",
-                    self.drain_budget_ms
-                ),
-            ));
-        }
+        within("ping_interval_ms", self.ping_interval_ms, 50..=600_000)?;
+        within(
+            "stream_idle_timeout_ms",
+            self.stream_idle_timeout_ms,
+            100..=3_600_000,
+        )?;
+        within(
+            "heartbeat_interval_ms",
+            self.heartbeat_interval_ms,
+            50..=60_000,
+        )?;
+        within("drain_budget_ms", self.drain_budget_ms, 1..=60_000)?;
         if !["auto", "docker", "process"].contains(&self.engine.as_str()) {
             return Err((
                 "engine",
@@ -362,15 +360,7 @@ impl NodeConfig {
                 ),
             ));
         }
-        if !(1..=1 << 20).contains(&self.task_log_max_mib) {
-            return Err((
-                "task_log_max_mib",
-                format!(
-                    "task_log_max_mib ({}) must be between 1 and 1048576",
-                    self.task_log_max_mib
-                ),
-            ));
-        }
+        within("task_log_max_mib", self.task_log_max_mib, 1..=1 << 20)?;
         if self.disk_budget_mib > 1 << 30 {
             return Err((
                 "disk_budget_mib",
