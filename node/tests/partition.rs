@@ -100,81 +100,122 @@ impl Drop for Thaw {
     }
 }
 
+/// A split under way: `back` deployed, its host (`victim`) frozen with SIGSTOP, and `back`
+/// placed again on `new_host` by node 0, the old copy still running.
+struct Split {
+    /// First, so it is dropped first: a failing test thaws the host before the net stops it.
+    thaw: Thaw,
+    net: common::ServiceNet,
+    service: String,
+    victim: usize,
+    old_host: String,
+    new_host: String,
+    old_pids: Vec<u32>,
+    pid: u32,
+}
+
+impl Split {
+    /// Three daemons, `front -> back` deployed from node 0, back's host frozen until node 0 has
+    /// placed `back` elsewhere.
+    fn start(prefix: &str) -> Split {
+        let service = unique(prefix);
+        let net = common::ServiceNet::start_with(
+            Path::new(BRUME),
+            3,
+            "process",
+            150,
+            &["--heartbeat-interval-ms", "300"],
+            &service,
+        );
+        let m = manifest(net.dir(), &service);
+        let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
+        assert!(
+            out.status.success(),
+            "deploy failed: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        let ids: Vec<String> = (0..3).map(|i| net.status(i).0).collect();
+        let old_host = wait_until("back runs", || {
+            let rows = ps(&net);
+            running(&rows, "back")
+                .map(|r| r.instance.host.clone())
+                .ok_or_else(|| format!("{rows:#?}"))
+        });
+        let victim = ids
+            .iter()
+            .position(|h| *h == old_host)
+            .unwrap_or_else(|| panic!("{old_host} is none of {ids:?}"));
+        assert_ne!(victim, 0, "back never runs beside front on the initiator");
+        let old_pids = wait_until("back's process is seen", || {
+            let pids = back_processes(&service);
+            if pids.is_empty() {
+                Err("no process".into())
+            } else {
+                Ok(pids)
+            }
+        });
+
+        let pid = net.net.pid(victim).expect("the victim's pid");
+        signal(pid, "-STOP");
+        let thaw = Thaw(Some(pid));
+        let new_host = wait_until("back is placed again elsewhere", || {
+            let rows = ps(&net);
+            running(&rows, "back")
+                .filter(|r| r.instance.host != old_host)
+                .map(|r| r.instance.host.clone())
+                .ok_or_else(|| format!("{rows:#?}"))
+        });
+        // The split is real: the frozen host's copy still runs beside the new one.
+        let during = back_processes(&service);
+        assert!(
+            old_pids.iter().all(|p| during.contains(p)),
+            "the frozen host's copy runs on: {old_pids:?} in {during:?}"
+        );
+        Split {
+            thaw,
+            net,
+            service,
+            victim,
+            old_host,
+            new_host,
+            old_pids,
+            pid,
+        }
+    }
+
+    /// Thaws the frozen host and waits until exactly one copy of `back` runs, the new one (by
+    /// pid, on the machine, and in node 0's `ps`); returns the pids running.
+    fn heal(&mut self) -> Vec<u32> {
+        signal(self.pid, "-CONT");
+        self.thaw.0 = None;
+        let after = wait_until("exactly one copy of back runs, the new one", || {
+            let pids = back_processes(&self.service);
+            let old_gone = self.old_pids.iter().all(|p| !pids.contains(p));
+            if old_gone && pids.len() == self.old_pids.len() {
+                Ok(pids)
+            } else {
+                Err(format!("old {:?}, now {pids:?}", self.old_pids))
+            }
+        });
+        let rows = ps(&self.net);
+        let back = running(&rows, "back").expect("back runs");
+        assert_eq!(
+            back.instance.host, self.new_host,
+            "the newer generation stays"
+        );
+        let copies = rows.iter().filter(|r| r.instance.task == "back").count();
+        assert_eq!(copies, 1, "one copy of back in ps: {rows:#?}");
+        after
+    }
+}
+
 #[test]
 fn after_a_partition_heals_one_copy_runs_the_newer_and_the_loser_is_kept() {
-    let service = unique("partition");
-    let net = common::ServiceNet::start_with(
-        Path::new(BRUME),
-        3,
-        "process",
-        150,
-        &["--heartbeat-interval-ms", "300"],
-        &service,
-    );
-    let m = manifest(net.dir(), &service);
-    let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "deploy failed: {}\n{}",
-        text(&out.stderr),
-        text(&out.stdout)
-    );
-    let ids: Vec<String> = (0..3).map(|i| net.status(i).0).collect();
-    let old_host = wait_until("back runs", || {
-        let rows = ps(&net);
-        running(&rows, "back")
-            .map(|r| r.instance.host.clone())
-            .ok_or_else(|| format!("{rows:#?}"))
-    });
-    let victim = ids
-        .iter()
-        .position(|h| *h == old_host)
-        .unwrap_or_else(|| panic!("{old_host} is none of {ids:?}"));
-    assert_ne!(victim, 0, "back never runs beside front on the initiator");
-    let old_pids = wait_until("back's process is seen", || {
-        let pids = back_processes(&service);
-        if pids.is_empty() {
-            Err("no process".into())
-        } else {
-            Ok(pids)
-        }
-    });
-
-    let pid = net.net.pid(victim).expect("the victim's pid");
-    signal(pid, "-STOP");
-    let mut thaw = Thaw(Some(pid));
-    let new_host = wait_until("back is placed again elsewhere", || {
-        let rows = ps(&net);
-        running(&rows, "back")
-            .filter(|r| r.instance.host != old_host)
-            .map(|r| r.instance.host.clone())
-            .ok_or_else(|| format!("{rows:#?}"))
-    });
-    // The split is real: the frozen host's copy still runs beside the new one.
-    let during = back_processes(&service);
-    assert!(
-        old_pids.iter().all(|p| during.contains(p)),
-        "the frozen host's copy runs on: {old_pids:?} in {during:?}"
-    );
-
-    signal(pid, "-CONT");
-    thaw.0 = None;
-    let after = wait_until("exactly one copy of back runs, the new one", || {
-        let pids = back_processes(&service);
-        let old_gone = old_pids.iter().all(|p| !pids.contains(p));
-        if old_gone && pids.len() == old_pids.len() {
-            Ok(pids)
-        } else {
-            Err(format!("old {old_pids:?}, now {pids:?}"))
-        }
-    });
-    let rows = ps(&net);
-    let back = running(&rows, "back").expect("back runs");
-    assert_eq!(back.instance.host, new_host, "the newer generation stays");
-    let copies = rows.iter().filter(|r| r.instance.task == "back").count();
-    assert_eq!(copies, 1, "one copy of back in ps: {rows:#?}");
-
-    let retired = net.net.data(victim).join("retired");
+    let mut split = Split::start("partition");
+    let after = split.heal();
+    let (service, victim) = (&split.service, split.victim);
+    let retired = split.net.net.data(victim).join("retired");
     let kept = wait_until("the loser's state is kept", || {
         let dirs: Vec<PathBuf> = std::fs::read_dir(&retired)
             .map_err(|e| format!("{}: {e}", retired.display()))?
@@ -192,8 +233,11 @@ fn after_a_partition_heals_one_copy_runs_the_newer_and_the_loser_is_kept() {
             .ok_or_else(|| format!("nothing kept in {}", retired.display()))
     });
     eprintln!(
-        "partition: node {victim} ({old_host}) frozen, back re-placed on {new_host}; after the \
-         thaw one copy runs ({after:?}, was {old_pids:?}); the loser is kept in {}",
+        "partition: node {victim} ({}) frozen, back re-placed on {}; after the thaw one copy \
+         runs ({after:?}, was {:?}); the loser is kept in {}",
+        split.old_host,
+        split.new_host,
+        split.old_pids,
         kept.display()
     );
 }
@@ -215,96 +259,34 @@ fn retiring(net: &common::ServiceNet) -> usize {
 /// disk) and have it stopped once the host is heard again.
 #[test]
 fn an_initiator_restarted_during_the_split_still_retires_the_old_copy() {
-    let service = unique("partition-restart");
-    let mut net = common::ServiceNet::start_with(
-        Path::new(BRUME),
-        3,
-        "process",
-        150,
-        &["--heartbeat-interval-ms", "300"],
-        &service,
-    );
-    let m = manifest(net.dir(), &service);
-    let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "deploy failed: {}\n{}",
-        text(&out.stderr),
-        text(&out.stdout)
-    );
-    let ids: Vec<String> = (0..3).map(|i| net.status(i).0).collect();
-    let old_host = wait_until("back runs", || {
-        let rows = ps(&net);
-        running(&rows, "back")
-            .map(|r| r.instance.host.clone())
-            .ok_or_else(|| format!("{rows:#?}"))
-    });
-    let victim = ids
-        .iter()
-        .position(|h| *h == old_host)
-        .unwrap_or_else(|| panic!("{old_host} is none of {ids:?}"));
-    assert_ne!(victim, 0, "back never runs beside front on the initiator");
-    let old_pids = wait_until("back's process is seen", || {
-        let pids = back_processes(&service);
-        if pids.is_empty() {
-            Err("no process".into())
-        } else {
-            Ok(pids)
-        }
-    });
-
-    let pid = net.net.pid(victim).expect("the victim's pid");
-    signal(pid, "-STOP");
-    let mut thaw = Thaw(Some(pid));
-    let new_host = wait_until("back is placed again elsewhere", || {
-        let rows = ps(&net);
-        running(&rows, "back")
-            .filter(|r| r.instance.host != old_host)
-            .map(|r| r.instance.host.clone())
-            .ok_or_else(|| format!("{rows:#?}"))
-    });
+    let mut split = Split::start("partition-restart");
     wait_until("the stale copy is on node 0's disk", || {
-        match retiring(&net) {
+        match retiring(&split.net) {
             0 => Err("retiring.json lists nothing".to_string()),
             n => Ok(n),
         }
     });
-
     // The initiator crashes (its own task, front, dies with it) and starts again on its data
     // dir, while the old host is still frozen.
-    net.net.kill(0).expect("kill node 0");
-    net.net.restart(0).expect("node 0 starts again");
+    split.net.net.kill(0).expect("kill node 0");
+    split.net.net.restart(0).expect("node 0 starts again");
     wait_until("node 0 answers again", || {
-        let rows = ps(&net);
+        let rows = ps(&split.net);
         running(&rows, "back")
             .map(|r| r.instance.host.clone())
             .ok_or_else(|| format!("{rows:#?}"))
     });
-
-    signal(pid, "-CONT");
-    thaw.0 = None;
-    let after = wait_until("exactly one copy of back runs, the new one", || {
-        let pids = back_processes(&service);
-        let old_gone = old_pids.iter().all(|p| !pids.contains(p));
-        if old_gone && pids.len() == old_pids.len() {
-            Ok(pids)
-        } else {
-            Err(format!("old {old_pids:?}, now {pids:?}"))
-        }
-    });
-    let rows = ps(&net);
-    let back = running(&rows, "back").expect("back runs");
-    assert_eq!(back.instance.host, new_host, "the newer generation stays");
+    let after = split.heal();
     wait_until(
         "node 0's book is empty once the old host answered",
-        || match retiring(&net) {
+        || match retiring(&split.net) {
             0 => Ok(()),
             n => Err(format!("{n} still listed")),
         },
     );
     eprintln!(
-        "partition with a restart: node {victim} ({old_host}) frozen, back re-placed on \
-         {new_host}, node 0 killed and restarted; after the thaw one copy runs ({after:?}, was \
-         {old_pids:?})"
+        "partition with a restart: node {} ({}) frozen, back re-placed on {}, node 0 killed and \
+         restarted; after the thaw one copy runs ({after:?}, was {:?})",
+        split.victim, split.old_host, split.new_host, split.old_pids
     );
 }
