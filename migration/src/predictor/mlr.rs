@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::features::{self, Features};
 use super::linalg;
-use super::model::{Model, Window};
+use super::model::{Model, Ridge};
 use super::PredictorConfig;
 
 /// Samples a windowed model keeps by default.
@@ -19,37 +19,42 @@ pub const WINDOW: usize = 512;
 /// Least squares with a ridge prior, refit on a window of samples.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Mlr {
-    window: Window,
-    theta: Vec<f64>,
-    mu: Vec<f64>,
-    lambda: Vec<f64>,
+    #[serde(flatten)]
+    ridge: Ridge,
 }
 
 impl Mlr {
     /// A model at the config's prior, keeping the last `window` samples.
     pub fn new(cfg: &PredictorConfig, window: usize) -> Self {
-        let prior = features::prior(cfg);
         Mlr {
-            window: Window::new(window),
-            theta: prior.mean.clone(),
-            mu: prior.mean,
-            lambda: prior.lambda,
+            ridge: Ridge::new(features::prior(cfg), window),
         }
+    }
+
+    /// The coefficients and what they were learned from.
+    pub fn ridge(&self) -> &Ridge {
+        &self.ridge
     }
 
     /// The coefficients, in [`features::NAMES`]' order.
     pub fn coefficients(&self) -> &[f64] {
-        &self.theta
+        self.ridge.coefficients()
     }
 
     /// Samples learned so far.
     pub fn samples(&self) -> u64 {
-        self.window.seen()
+        self.ridge.samples()
     }
 
     /// The ridge least-squares fit of `rows` (scaled vectors) to `y`, or `None` if singular.
     pub(crate) fn fit(&self, rows: &[&[f64]], y: &[f64]) -> Option<Vec<f64>> {
-        linalg::weighted_ridge(rows, y, &vec![1.0; y.len()], &self.lambda, &self.mu)
+        linalg::weighted_ridge(
+            rows,
+            y,
+            &vec![1.0; y.len()],
+            &self.ridge.lambda,
+            &self.ridge.mu,
+        )
     }
 }
 
@@ -59,15 +64,16 @@ impl Model for Mlr {
     }
 
     fn predict(&self, f: &Features) -> f64 {
-        linalg::dot(&features::vector(f), &self.theta).max(0.0)
+        linalg::dot(&features::vector(f), &self.ridge.theta).max(0.0)
     }
 
     fn observe(&mut self, f: &Features, seconds: f64, since_checkpoint: f64) {
-        if !self.window.push(f, seconds, since_checkpoint) {
+        if !self.ridge.window.push(f, seconds, since_checkpoint) {
             return;
         }
-        if let Some(t) = self.fit(&self.window.rows(), &self.window.y) {
-            self.theta = t;
+        let w = &self.ridge.window;
+        if let Some(t) = self.fit(&w.rows(), &w.y) {
+            self.ridge.theta = t;
         }
     }
 }
@@ -99,7 +105,7 @@ mod tests {
         for i in 0..5 {
             m.observe(&example(64), f64::from(i), 1.0);
         }
-        assert_eq!(m.window.y, vec![2.0, 3.0, 4.0]);
+        assert_eq!(m.ridge.window.y, vec![2.0, 3.0, 4.0]);
         m.observe(&example(64), f64::NAN, 1.0);
         assert_eq!(m.samples(), 5);
     }

@@ -3,11 +3,12 @@
 //!
 //! Why so small: a model only answers before a dump and learns after it. `since_checkpoint` is
 //! seed 000's `e[i]` (seconds of work since the task's last checkpoint), which PB-MLR's cost
-//! needs and the others ignore. [`Window`] is the bounded sample memory the refit models share.
+//! needs and the others ignore. [`Window`] is the bounded sample memory the refit models share,
+//! [`Ridge`] the rest of their state (coefficients and the prior they are pulled toward).
 
 use serde::{Deserialize, Serialize};
 
-use super::features::{self, Features, DIM};
+use super::features::{self, Features, Prior, DIM};
 
 /// A predictor of a dump's duration in seconds.
 pub trait Model {
@@ -84,5 +85,49 @@ impl Window {
 
     pub(crate) fn rows(&self) -> Vec<&[f64]> {
         self.x.iter().map(|r| &r[..]).collect()
+    }
+}
+
+/// What a windowed linear model fitted under a ridge prior holds: its samples, its coefficients
+/// θ (in [`features::NAMES`]' order) and the prior's mean μ and weights λ, which keep θ sane
+/// before the first sample and pull it back where the data say little. [`super::mlr::Mlr`] and
+/// [`super::pbmlr::PbMlr`] differ only in how they fit θ.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ridge {
+    pub(crate) window: Window,
+    pub(crate) theta: Vec<f64>,
+    pub(crate) mu: Vec<f64>,
+    pub(crate) lambda: Vec<f64>,
+}
+
+impl Ridge {
+    /// At the prior's mean, keeping the last `window` samples.
+    pub fn new(prior: Prior, window: usize) -> Self {
+        Ridge {
+            window: Window::new(window),
+            theta: prior.mean.clone(),
+            mu: prior.mean,
+            lambda: prior.lambda,
+        }
+    }
+
+    /// The coefficients θ.
+    pub fn coefficients(&self) -> &[f64] {
+        &self.theta
+    }
+
+    /// Samples learned so far (also those dropped from the window).
+    pub fn samples(&self) -> u64 {
+        self.window.seen()
+    }
+
+    /// The prior's penalty on `theta`: `Σ λ_j (θ_j − μ_j)²`.
+    pub fn prior_cost(&self, theta: &[f64]) -> f64 {
+        theta
+            .iter()
+            .zip(&self.mu)
+            .zip(&self.lambda)
+            .map(|((t, m), l)| l * (t - m) * (t - m))
+            .sum()
     }
 }

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::features::{self, Features};
 use super::linalg;
-use super::model::{Model, Window};
+use super::model::{Model, Ridge};
 use super::PredictorConfig;
 
 /// Newton steps per refit, at most.
@@ -112,10 +112,8 @@ pub struct PbMlr {
     cfg: PbMlrConfig,
     /// σ in κ, seconds.
     scale: f64,
-    window: Window,
-    theta: Vec<f64>,
-    mu: Vec<f64>,
-    lambda: Vec<f64>,
+    #[serde(flatten)]
+    ridge: Ridge,
 }
 
 impl PbMlr {
@@ -129,28 +127,30 @@ impl PbMlr {
         PbMlr {
             cfg: pb,
             scale: pb.late_scale_s.unwrap_or(cfg.noise_sd),
-            window: Window::new(pb.window),
-            theta: prior.mean.clone(),
-            mu: prior.mean,
-            lambda: prior.lambda,
+            ridge: Ridge::new(prior, pb.window),
         }
+    }
+
+    /// The coefficients and what they were learned from.
+    pub fn ridge(&self) -> &Ridge {
+        &self.ridge
     }
 
     /// The coefficients, in [`features::NAMES`]' order.
     pub fn coefficients(&self) -> &[f64] {
-        &self.theta
+        self.ridge.coefficients()
     }
 
     /// Samples learned so far.
     pub fn samples(&self) -> u64 {
-        self.window.seen()
+        self.ridge.samples()
     }
 
     /// The penalized cost of `theta` on the window (the objective the fit minimises).
     pub fn cost(&self, theta: &[f64]) -> f64 {
-        let data: f64 = (0..self.window.len())
+        let data: f64 = (0..self.ridge.window.len())
             .map(|i| {
-                let r = linalg::dot(&self.window.x[i], theta) - self.window.y[i];
+                let r = linalg::dot(&self.ridge.window.x[i], theta) - self.ridge.window.y[i];
                 if r >= 0.0 {
                     r * r
                 } else {
@@ -158,13 +158,7 @@ impl PbMlr {
                 }
             })
             .sum();
-        let prior: f64 = theta
-            .iter()
-            .zip(&self.mu)
-            .zip(&self.lambda)
-            .map(|((t, m), l)| l * (t - m) * (t - m))
-            .sum();
-        data + prior
+        data + self.ridge.prior_cost(theta)
     }
 
     fn kappa(&self, i: usize) -> f64 {
@@ -175,16 +169,16 @@ impl PbMlr {
         if self.cfg.log_space {
             // The residual is ln(ŷ/y), about the relative error: κ keeps the linear form's
             // ratio of a late to an early miss of the same size, ((y + e)/σ)² with σ = rel·y.
-            let y = self.window.y[i].exp();
+            let y = self.ridge.window.y[i].exp();
             let scale = rel.unwrap_or(LOG_LATE_SCALE) * y;
-            return kappa(y, self.window.e[i], scale, self.cfg.kappa_max);
+            return kappa(y, self.ridge.window.e[i], scale, self.cfg.kappa_max);
         }
-        let y = self.window.y[i];
+        let y = self.ridge.window.y[i];
         let scale = match rel {
             Some(rel) => rel * y,
             None => self.scale,
         };
-        kappa(y, self.window.e[i], scale, self.cfg.kappa_max)
+        kappa(y, self.ridge.window.e[i], scale, self.cfg.kappa_max)
     }
 
     /// The vector this model's space uses.
@@ -199,14 +193,14 @@ impl PbMlr {
     /// Minimises [`PbMlr::cost`] from the current θ (module doc: generalised Newton with
     /// step halving). Returns the Newton steps taken.
     fn refit(&mut self) -> usize {
-        let rows = self.window.rows();
-        let mut theta = self.theta.clone();
+        let rows = self.ridge.window.rows();
+        let mut theta = self.ridge.theta.clone();
         let mut cost = self.cost(&theta);
         let mut last_weights: Option<Vec<f64>> = None;
         for step in 0..MAX_ITERS {
             let weights: Vec<f64> = (0..rows.len())
                 .map(|i| {
-                    if linalg::dot(rows[i], &theta) >= self.window.y[i] {
+                    if linalg::dot(rows[i], &theta) >= self.ridge.window.y[i] {
                         1.0
                     } else {
                         self.kappa(i)
@@ -214,12 +208,16 @@ impl PbMlr {
                 })
                 .collect();
             if last_weights.as_ref() == Some(&weights) {
-                self.theta = theta;
+                self.ridge.theta = theta;
                 return step;
             }
-            let Some(target) =
-                linalg::weighted_ridge(&rows, &self.window.y, &weights, &self.lambda, &self.mu)
-            else {
+            let Some(target) = linalg::weighted_ridge(
+                &rows,
+                &self.ridge.window.y,
+                &weights,
+                &self.ridge.lambda,
+                &self.ridge.mu,
+            ) else {
                 break;
             };
             let mut t = 1.0;
@@ -248,7 +246,7 @@ impl PbMlr {
             // it is the minimum of the whole (convex, C¹) cost.
             last_weights = (t == 1.0).then_some(weights);
         }
-        self.theta = theta;
+        self.ridge.theta = theta;
         MAX_ITERS
     }
 }
@@ -263,7 +261,7 @@ impl Model for PbMlr {
     }
 
     fn predict(&self, f: &Features) -> f64 {
-        let z = linalg::dot(&self.vector(f), &self.theta);
+        let z = linalg::dot(&self.vector(f), &self.ridge.theta);
         if self.cfg.log_space {
             // exp of at most 20: under 14 years, never infinite.
             z.min(20.0).exp()
@@ -278,10 +276,11 @@ impl Model for PbMlr {
                 return;
             }
             let x = self.vector(f);
-            self.window
+            self.ridge
+                .window
                 .push_row(x, seconds.max(LOG_FLOOR_S).ln(), since_checkpoint);
             self.refit();
-        } else if self.window.push(f, seconds, since_checkpoint) {
+        } else if self.ridge.window.push(f, seconds, since_checkpoint) {
             self.refit();
         }
     }

@@ -135,7 +135,7 @@ proptest! {
         }
         let theta = m.coefficients().to_vec();
         let best = m.cost(&theta);
-        prop_assert!(best <= m.cost(&m.mu) * (1.0 + 1e-9));
+        prop_assert!(best <= m.cost(&m.ridge.mu) * (1.0 + 1e-9));
         for j in 0..theta.len() {
             for h in [1e-3, -1e-3, 1e-1, -1e-1] {
                 let mut t = theta.clone();
