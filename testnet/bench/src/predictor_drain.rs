@@ -248,7 +248,13 @@ fn manifest(dir: &Path, relay: &Path, service: &str, budget_ms: u64) -> anyhow::
 /// One trial; an error is a setup that failed before the drain.
 fn trial(exe: &Path, s: &DrainSetup, service: &str) -> anyhow::Result<Trial> {
     let args = ["--engine", "process", "--cpu-millis", "150"];
-    let net = LocalNet::start_logged(exe, NODES, &args)?;
+    // The drain's schedule is an info line of brume::migrate::control.
+    let net = LocalNet::start_logged_with_filter(
+        exe,
+        NODES,
+        &args,
+        "warn,brume::migrate::control=info",
+    )?;
     let dir = net.dir().join("svc");
     std::fs::create_dir_all(&dir)?;
     let m = manifest(&dir, &s.relay, service, s.budget_ms)?;
