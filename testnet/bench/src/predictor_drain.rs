@@ -249,12 +249,8 @@ fn manifest(dir: &Path, relay: &Path, service: &str, budget_ms: u64) -> anyhow::
 fn trial(exe: &Path, s: &DrainSetup, service: &str) -> anyhow::Result<Trial> {
     let args = ["--engine", "process", "--cpu-millis", "150"];
     // The drain's schedule is an info line of brume::migrate::control.
-    let net = LocalNet::start_logged_with_filter(
-        exe,
-        NODES,
-        &args,
-        "warn,brume::migrate::control=info",
-    )?;
+    let net =
+        LocalNet::start_logged_with_filter(exe, NODES, &args, "warn,brume::migrate::control=info")?;
     let dir = net.dir().join("svc");
     std::fs::create_dir_all(&dir)?;
     let m = manifest(&dir, &s.relay, service, s.budget_ms)?;
@@ -272,11 +268,12 @@ fn trial(exe: &Path, s: &DrainSetup, service: &str) -> anyhow::Result<Trial> {
         all.then_some(rows)
     })
     .context("the deployed chain did not run within 60 s")?;
-    let front = serde_json::from_slice::<Vec<serde_json::Value>>(&net.brume(0, &["ps", "--json"])?.stdout)?
-        .into_iter()
-        .find(|r| r["service"].as_str() == Some(service) && r["task"].as_str() == Some("front"))
-        .and_then(|r| r["address"].as_str().map(str::to_string))
-        .context("no front in ps")?;
+    let front =
+        serde_json::from_slice::<Vec<serde_json::Value>>(&net.brume(0, &["ps", "--json"])?.stdout)?
+            .into_iter()
+            .find(|r| r["service"].as_str() == Some(service) && r["task"].as_str() == Some("front"))
+            .and_then(|r| r["address"].as_str().map(str::to_string))
+            .context("no front in ps")?;
     poll(READY, || {
         (ask(&front).ok()? == "front(mid(back))").then_some(())
     })
@@ -329,9 +326,7 @@ fn trial(exe: &Path, s: &DrainSetup, service: &str) -> anyhow::Result<Trial> {
         .context("run brume drain")?;
     let mut t = Trial {
         tasks: on_source.len(),
-        seen_s: seen
-            .iter()
-            .try_fold(0.0f64, |acc, s| s.map(|s| acc.max(s))),
+        seen_s: seen.iter().try_fold(0.0f64, |acc, s| s.map(|s| acc.max(s))),
         ..Trial::default()
     };
     parse_drain(
@@ -402,7 +397,11 @@ pub fn run(s: &DrainSetup) -> anyhow::Result<Vec<Trial>> {
         println!(
             "{:>5} {:>9} {:>9} {:>4} {:>10} {:>9} {:>8} {:>10} {:>11} {:>5}  {note}",
             i + 1,
-            if t.drain_says_on_time() { "on-time" } else { "LATE" },
+            if t.drain_says_on_time() {
+                "on-time"
+            } else {
+                "LATE"
+            },
             t.seen_s.map_or("never".into(), |s| format!("{s:.2}")),
             if t.met(s.deadline) { "yes" } else { "NO" },
             opt(t.predicted_move_ms),
@@ -410,7 +409,11 @@ pub fn run(s: &DrainSetup) -> anyhow::Result<Vec<Trial>> {
             opt(t.move_ms),
             opt(t.predicted_downtime_ms),
             opt(t.downtime_ms),
-            if t.over_budget(s.budget_ms) { "YES" } else { "no" },
+            if t.over_budget(s.budget_ms) {
+                "YES"
+            } else {
+                "no"
+            },
         );
         trials.push(t);
     }
@@ -498,6 +501,9 @@ mod tests {
                    deadline_ms=20000 margin_ms=1000\n";
         let mut t = Trial::default();
         parse_schedule(log, &mut t);
-        assert_eq!((t.predicted_move_ms, t.start_in_ms), (Some(2100), Some(16900)));
+        assert_eq!(
+            (t.predicted_move_ms, t.start_in_ms),
+            (Some(2100), Some(16900))
+        );
     }
 }
