@@ -24,6 +24,8 @@ pub struct LocalNet {
     started: Vec<Started>,
     /// Each daemon's log goes to [`LocalNet::log`] rather than this program's stderr.
     logged: bool,
+    /// The daemons' `--log` filter.
+    log_filter: String,
 }
 
 /// A node's extra arguments, environment and first listen address.
@@ -40,7 +42,18 @@ impl LocalNet {
     /// [`LocalNet::start`], each daemon's log written to [`LocalNet::log`] (a bench reads what
     /// the nodes report there).
     pub fn start_logged(bin: &Path, n: usize, args: &[&str]) -> anyhow::Result<LocalNet> {
-        Self::start_inner(bin, n, args, &|_| Vec::new(), true)
+        Self::start_inner(bin, n, args, &|_| Vec::new(), true, "warn")
+    }
+
+    /// [`LocalNet::start_logged`] with the daemons' `--log` filter `filter` instead of `warn`
+    /// (a bench that reads an info line of one module, e.g. `warn,brume::migrate=info`).
+    pub fn start_logged_with_filter(
+        bin: &Path,
+        n: usize,
+        args: &[&str],
+        filter: &str,
+    ) -> anyhow::Result<LocalNet> {
+        Self::start_inner(bin, n, args, &|_| Vec::new(), true, filter)
     }
 
     /// [`LocalNet::start`], with `env(i)` added to node `i`'s environment (a test's fault
@@ -51,7 +64,7 @@ impl LocalNet {
         args: &[&str],
         env: &dyn Fn(usize) -> Vec<(OsString, OsString)>,
     ) -> anyhow::Result<LocalNet> {
-        Self::start_inner(bin, n, args, env, false)
+        Self::start_inner(bin, n, args, env, false, "warn")
     }
 
     fn start_inner(
@@ -60,6 +73,7 @@ impl LocalNet {
         args: &[&str],
         env: &dyn Fn(usize) -> Vec<(OsString, OsString)>,
         logged: bool,
+        log_filter: &str,
     ) -> anyhow::Result<LocalNet> {
         let dir = tempfile::Builder::new()
             .prefix("brume-localnet-")
@@ -71,6 +85,7 @@ impl LocalNet {
             nodes: Vec::new(),
             started: Vec::new(),
             logged,
+            log_filter: log_filter.to_string(),
         };
         let first = net.spawn(0, args, &env(0), None)?;
         for i in 1..n {
@@ -107,7 +122,8 @@ impl LocalNet {
     ) -> anyhow::Result<String> {
         let mut cmd = Command::new(&self.bin);
         cmd.envs(env.iter().map(|(k, v)| (k, v)))
-            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--log", "warn"])
+            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--log"])
+            .arg(&self.log_filter)
             .args(args)
             .arg("--control")
             .arg(self.sock(i))

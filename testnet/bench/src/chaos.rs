@@ -208,7 +208,7 @@ fn detect_from_log(log: &Path) -> Option<f64> {
     digits.parse::<f64>().ok().map(|ms| ms / 1000.0)
 }
 
-fn strip_ansi(s: &str) -> String {
+pub(crate) fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {

@@ -16,6 +16,7 @@ pub mod overlay;
 pub mod pair;
 pub mod placement;
 pub mod predictor;
+pub mod predictor_drain;
 pub mod predictor_svg;
 pub mod predictor_variants;
 pub mod tcpcopy;

@@ -10,7 +10,9 @@
 //! 000's table (late %, early %, mean lost computation, MAE), the cross-validated R² of the MLR
 //! fit, how many dumps PB-MLR needs before its late rate stays within 5%, and the learning curve
 //! as an SVG a person can open. The replay is brume-migration's pure
-//! `predictor::evaluate`; this module only reads the file, prints and draws.
+//! `predictor::evaluate`; this module only reads the file, prints and draws. With
+//! `--drain-trials N` it then runs issue 14's drain test on local daemons
+//! ([`crate::predictor_drain`]) and adds its figures to the BENCH line.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,7 @@ use brume_migration::predictor::pbmlr::{PbMlr, PbMlrConfig};
 use brume_migration::predictor::static_best::StaticBest;
 use brume_migration::predictor::{trace, BayesModel, Model, PredictorConfig};
 
+use crate::predictor_drain;
 use crate::predictor_svg;
 use crate::predictor_variants::{Named, WithoutLoad};
 
@@ -65,6 +68,21 @@ pub struct PredictorArgs {
     /// Also print every dump: measured duration and each model's prediction.
     #[arg(long)]
     pub show_dumps: bool,
+    /// After the replay, run this many drain trials on local daemons
+    /// ([`crate::predictor_drain`]; needs root and CRIU >= 4.2) and add
+    /// `drain_deadline_met_pct`, `over_budget_freezes` and `drain_trials` to the BENCH line.
+    /// 0: the replay only.
+    #[arg(long, default_value_t = 0)]
+    pub drain_trials: usize,
+    /// The drain trials' `brume drain --deadline`, in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub drain_deadline_s: u64,
+    /// The moved task's `downtime_budget_ms` in the drain trials.
+    #[arg(long, default_value_t = 2000)]
+    pub drain_budget_ms: u64,
+    /// The static relay binary the drain trials deploy (built by scripts/build-static.sh).
+    #[arg(long)]
+    pub relay: Option<PathBuf>,
 }
 
 fn trace_path(arg: Option<&Path>) -> PathBuf {
@@ -85,6 +103,21 @@ fn ratio(a: f64, b: f64, what: &str) -> anyhow::Result<f64> {
 }
 
 pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
+    // The drain trials' needs are checked before the replay, so a missing one fails at once.
+    let drain = if args.drain_trials > 0 {
+        predictor_drain::check_system()?;
+        Some(predictor_drain::DrainSetup {
+            trials: args.drain_trials,
+            deadline: std::time::Duration::from_secs(args.drain_deadline_s),
+            budget_ms: args.drain_budget_ms,
+            relay: match &args.relay {
+                Some(p) => p.clone(),
+                None => crate::relay_default()?,
+            },
+        })
+    } else {
+        None
+    };
     let path = trace_path(args.trace.as_deref());
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("read the trace {}", path.display()))?;
@@ -293,12 +326,32 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         "lost_vs_static",
     )?;
     let learned = learned.map_or(-1, |n| n as i64);
-    println!(
+    let mut bench = format!(
         "BENCH predictor late_pct={:.2} early_pct={:.2} lost_vs_mlr={:.3} lost_vs_static={:.3} dumps_to_learn={learned}",
         pbr.late_pct(),
         pbr.early_pct(),
         lost_vs_mlr,
         lost_vs_static
     );
+    if let Some(setup) = &drain {
+        if cfg!(debug_assertions) {
+            eprintln!("warning: this is a debug build of brume-bench (the daemons are the brume beside it)");
+        }
+        let trials = predictor_drain::run(setup)?;
+        let (pct, over) = predictor_drain::summary(setup, &trials);
+        let met = trials.iter().filter(|t| t.met(setup.deadline)).count();
+        println!(
+            "every task on its new host before the {} s deadline in {met} of {} trials; \
+             freezes over the {} ms budget: {over}",
+            setup.deadline.as_secs(),
+            trials.len(),
+            setup.budget_ms
+        );
+        bench += &format!(
+            " drain_deadline_met_pct={pct:.1} over_budget_freezes={over} drain_trials={}",
+            trials.len()
+        );
+    }
+    println!("{bench}");
     Ok(())
 }
