@@ -8,22 +8,10 @@
 //! is counted, and the answer says what the winner had predicted). Before any dump, and on a
 //! tie, the first of PB-MLR (seed 000's model), MLR, Bayes wins. Pure: no clock, no file.
 
-use serde::{Deserialize, Serialize};
-
 use super::evaluate::lost;
 use super::features::Features;
 use super::model::Model;
 use super::store::Models;
-
-/// The lost computation each model has cost over the dumps it predicted, seconds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Scores {
-    /// Real dumps observed.
-    pub dumps: u64,
-    pub pbmlr: f64,
-    pub mlr: f64,
-    pub bayes: f64,
-}
 
 /// A model's answer, named.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -120,6 +108,7 @@ impl Models {
 mod tests {
     use super::*;
     use crate::predictor::features::tests::example;
+    use crate::predictor::store::Scores;
     use crate::predictor::PredictorConfig;
 
     #[test]

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::bayes::BayesModel;
-use super::choice::Scores;
 use super::estimates::Predictor;
 use super::mlr::{Mlr, WINDOW};
 use super::pbmlr::{PbMlr, PbMlrConfig};
@@ -24,6 +23,17 @@ pub const FILE: &str = "predictor.json";
 /// The state's format version; another one is refused. 2: the feature vector gained the
 /// machine-load terms (17 entries, was 12), so a version-1 state's coefficients do not fit.
 pub const VERSION: u32 = 2;
+
+/// The lost computation each model has cost over the dumps it predicted, seconds (kept with the
+/// models; [`super::choice`] counts it and picks the winner by it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    /// Real dumps observed.
+    pub dumps: u64,
+    pub pbmlr: f64,
+    pub mlr: f64,
+    pub bayes: f64,
+}
 
 /// The online models of one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
