@@ -192,7 +192,8 @@ mod tests {
             f.rss_bytes > 0 && f.processes >= 1 && f.threads >= 1,
             "{f:?}"
         );
-        assert!(f.age_s > 0.0, "{f:?}");
+        // The age has the resolution of /proc/uptime (10 ms): a test process that young reads 0.
+        assert!(f.age_s >= 0.0 && f.age_s.is_finite(), "{f:?}");
         let mut planner = Predictor::default();
         planner.observe_restore(64 << 20, Duration::from_millis(80));
         models.learn(
