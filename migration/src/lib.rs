@@ -34,5 +34,8 @@ pub mod predictor;
 pub mod preflight;
 pub mod track;
 
+/// Bytes in a page (x86_64's base page): the unit of the tracker, the replica and the page images.
+pub use track::abi::PAGE;
+
 #[cfg(test)]
 mod testing;

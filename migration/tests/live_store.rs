@@ -101,7 +101,7 @@ fn assert_round1_took_the_rest_from_the_store(
     buffer_pages: u64,
     missing: u64,
 ) {
-    const PAGE: u64 = 4096;
+    use brume_migration::PAGE;
     assert_eq!(round1.round, 1, "{tag}: {round1:?}");
     assert!(
         received.from_store + missing >= buffer_pages,

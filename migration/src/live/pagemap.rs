@@ -11,12 +11,12 @@
 use std::path::Path;
 
 use crate::criu::{protobuf_fields, Field};
+use crate::PAGE;
 
 const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const PAGEMAP_MAGIC: u32 = 0x5608_4025;
 /// criu/include/pagemap.h: the pages may be restored lazily.
 const PE_LAZY: u64 = 1 << 1;
-const PAGE: u64 = 4096;
 
 /// One lazy range: (target id, start address, end address).
 pub type LazyRange = (u64, u64, u64);

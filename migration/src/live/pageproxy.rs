@@ -28,11 +28,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::replica::Replica;
+use crate::PAGE;
 
 /// Bytes of one request or answer header.
 pub const REQUEST: usize = 32;
-/// Bytes of one page.
-const PAGE: u64 = 4096;
 /// The low bits of the command word carry the command, the high ones flags.
 const CMD_MASK: u32 = 0xffff;
 const PS_IOV_GET: u32 = 7;

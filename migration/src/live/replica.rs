@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::LiveError;
 
-/// Bytes in a page.
-pub const PAGE: u64 = 4096;
+pub use crate::PAGE;
 
 /// Pages by (namespace PID, address).
 #[derive(Debug, Default)]

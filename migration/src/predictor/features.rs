@@ -16,8 +16,8 @@ use super::load::MachineLoad;
 use super::PredictorConfig;
 
 const GIB: f64 = (1u64 << 30) as f64;
-/// Bytes per page (x86-64 base pages), to turn the prior's s/GiB into s per 1e5 pages.
-const PAGE: f64 = 4096.0;
+/// Bytes per page, as a float: turns the prior's s/GiB into s per 1e5 pages.
+const PAGE: f64 = crate::PAGE as f64;
 /// Pages per unit of the page features.
 const PAGE_UNIT: f64 = 1e5;
 

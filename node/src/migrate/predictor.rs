@@ -21,10 +21,8 @@ use brume_migration::predictor::choice::Guess;
 use brume_migration::predictor::load::MachineLoad;
 use brume_migration::predictor::store::{self, Models};
 use brume_migration::predictor::{procfs, Features, Predictor, PredictorConfig};
+use brume_migration::PAGE;
 use tracing::{info, warn};
-
-/// Bytes per page, for a full dump's written pages.
-const PAGE: u64 = 4096;
 
 /// What a move costs besides its dumps and restore, a priori (not learned): preparing the
 /// target (fetching and building the image), holding the callers, switching them. A drain's

@@ -12,8 +12,8 @@ pub use brume_migration::predictor::procfs::{cpu_jiffies, look, machine_load};
 /// arming leaves on a mapping's unpopulated entries are swap entries to it, so an armed thread
 /// stack counts as all present. A first dump's "all present pages" must be what is resident.
 pub fn resident_pages(pid: i32, runs: &[(u64, u64)]) -> std::io::Result<u64> {
+    use brume_migration::PAGE;
     use std::os::unix::fs::FileExt;
-    const PAGE: u64 = 4096;
     let file = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
     let mut buf = vec![0u8; 8 * 4096];
     let mut resident = 0;
