@@ -324,7 +324,7 @@ fn tasks_move_between_nodes_on_docker() {
 #[test]
 fn a_leaving_node_moves_its_tasks_away_first() {
     let service = unique("leave");
-    let mut net = Net(common::ServiceNet::start_with(
+    let net = Net(common::ServiceNet::start_with(
         Path::new(BRUME),
         4,
         "process",
@@ -332,9 +332,83 @@ fn a_leaving_node_moves_its_tasks_away_first() {
         &["--drain-on-exit", "--drain-budget-ms", "5000"],
         &service,
     ));
+    leave_and_follow_mid(net, &service);
+}
+
+/// With a grace period the leaving node does not move at once: it schedules the move as late
+/// as its prediction and the margin allow (as `brume drain --deadline`), logs the schedule, and
+/// moves the task within it. What is checked is the schedule's arithmetic as logged (start =
+/// grace - margin - predicted, never before now) and the move, not how long anything took: the
+/// 20 s the grace leaves beside the margin is for a move predicted at a few seconds.
+#[test]
+fn a_leaving_node_with_a_grace_period_schedules_its_moves() {
+    let service = unique("grace");
+    let net = Net(common::ServiceNet::start_logged(
+        Path::new(BRUME),
+        4,
+        "process",
+        150,
+        &[
+            "--drain-on-exit",
+            "--drain-budget-ms",
+            "5000",
+            "--drain-grace-ms",
+            "120000",
+            "--drain-margin-ms",
+            "100000",
+            "--log-format",
+            "json",
+        ],
+        "warn,brume::migrate::control=info,brume::daemon::run=info",
+        &service,
+    ));
+    let (net, leaving) = leave_and_follow_mid(net, &service);
+    let log = std::fs::read_to_string(net.0.net.log(leaving)).expect("read the leaving node's log");
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let field = |e: &serde_json::Value, k: &str| e["fields"][k].as_u64();
+    let scheduled: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["fields"]["message"] == "drain: move scheduled")
+        .collect();
+    assert_eq!(
+        scheduled.len(),
+        1,
+        "one instance, one schedule line:\n{log}"
+    );
+    let s = scheduled[0];
+    let (predicted, start, deadline, margin) = (
+        field(s, "predicted_move_ms").expect("predicted_move_ms"),
+        field(s, "start_in_ms").expect("start_in_ms"),
+        field(s, "deadline_ms").expect("deadline_ms"),
+        field(s, "margin_ms").expect("margin_ms"),
+    );
+    assert_eq!((deadline, margin), (120_000, 100_000), "{s}");
+    assert_eq!(
+        start,
+        (deadline - margin).saturating_sub(predicted),
+        "the move starts at grace - margin - predicted: {s}"
+    );
+    assert!(
+        start > 0,
+        "a move predicted at {predicted} ms within a 20 s window starts later than at once: {s}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["message"] == "moved before leaving"),
+        "the leaving node logged its move:\n{log}"
+    );
+}
+
+/// Deploys the chain, stops mid's node with SIGTERM and checks mid moved with its state; the
+/// net and the index of the node that left, for what a test checks besides.
+fn leave_and_follow_mid(mut net: Net, service: &str) -> (Net, usize) {
     let dir = net.0.dir().to_path_buf();
-    context(&dir, &service);
-    let m = manifest(&dir, &service);
+    context(&dir, service);
+    let m = manifest(&dir, service);
     let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
     let before = net.placement();
@@ -349,8 +423,8 @@ fn a_leaving_node_moves_its_tasks_away_first() {
         .expect("mid's host is one of the nodes");
     assert_ne!(leaving, 0, "the root stays on node 0");
     assert!(
-        net.0.net.stop(leaving, Duration::from_secs(120)),
-        "the leaving node did not exit within 120 s (its drain is bounded at 60 s)"
+        net.0.net.stop(leaving, Duration::from_secs(180)),
+        "the leaving node did not exit within 180 s (its drain is bounded at 60 s, or its grace)"
     );
     chain_answers(front_port);
     let after = net.placement();
@@ -364,6 +438,7 @@ fn a_leaving_node_moves_its_tasks_away_first() {
         4,
         "mid's count continued: 3 before, 1 after"
     );
+    (net, leaving)
 }
 
 /// The pids of the live processes on this machine that run `task` of `service` (by

@@ -95,6 +95,14 @@ pub struct NodeConfig {
     /// The latency budget of the map a node leaving with `drain_on_exit` moves its tasks
     /// within (the same budget `brume drain --budget` takes).
     pub drain_budget_ms: u64,
+    /// With `drain_on_exit`: how long the node may take to leave once told to stop (a service
+    /// manager's stop timeout, a battery's last minutes). Each move then starts as late as its
+    /// predicted duration and `drain_margin_ms` allow (as `brume drain --deadline`), so tasks
+    /// keep running here until they must go; what has not moved when it ends is stopped.
+    /// 0 (the default): every move starts at once, the whole drain bounded at 60 s.
+    pub drain_grace_ms: u64,
+    /// The slack a leaving node's schedule keeps before `drain_grace_ms` ends.
+    pub drain_margin_ms: u64,
     /// Each task's log is rotated past this many MiB, one older file kept beside it (the
     /// process engine's `task.log.1`, Docker's `json-file` `max-file = 2`).
     pub task_log_max_mib: u64,
@@ -131,6 +139,8 @@ impl Default for NodeConfig {
             stream_idle_timeout_ms: 30_000,
             heartbeat_interval_ms: 500,
             drain_budget_ms: 80,
+            drain_grace_ms: 0,
+            drain_margin_ms: 1000,
             task_log_max_mib: 16,
             disk_budget_mib: 0,
         }
@@ -351,6 +361,18 @@ impl NodeConfig {
             50..=60_000,
         )?;
         within("drain_budget_ms", self.drain_budget_ms, 1..=60_000)?;
+        within("drain_grace_ms", self.drain_grace_ms, 0..=3_600_000)?;
+        within("drain_margin_ms", self.drain_margin_ms, 0..=600_000)?;
+        if self.drain_grace_ms > 0 && self.drain_margin_ms >= self.drain_grace_ms {
+            return Err((
+                "drain_margin_ms",
+                format!(
+                    "drain_margin_ms ({}) must be less than drain_grace_ms ({}): the margin is \
+                     kept inside the grace period",
+                    self.drain_margin_ms, self.drain_grace_ms
+                ),
+            ));
+        }
         if !["auto", "docker", "process"].contains(&self.engine.as_str()) {
             return Err((
                 "engine",
@@ -626,6 +648,10 @@ mod tests {
             "250",
             "--drain-budget-ms",
             "900",
+            "--drain-grace-ms",
+            "30000",
+            "--drain-margin-ms",
+            "3000",
             "--task-log-max-mib",
             "2",
             "--disk-budget-mib",
@@ -656,6 +682,8 @@ mod tests {
             stream_idle_timeout_ms: 1500,
             heartbeat_interval_ms: 250,
             drain_budget_ms: 900,
+            drain_grace_ms: 30_000,
+            drain_margin_ms: 3000,
             task_log_max_mib: 2,
             disk_budget_mib: 512,
         };

@@ -24,6 +24,7 @@ use super::services::Services;
 use crate::deploy::deployer::{Advertiser, Deployer};
 use crate::deploy::instances::Capacity;
 use crate::heal::healer::Healer;
+use crate::migrate::control::Deadline;
 use crate::migrate::mover::Mover;
 use brume_control as control;
 use brume_metrics::{refresh_from, Metrics};
@@ -35,10 +36,10 @@ use brume_metrics::{refresh_from, Metrics};
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize)]
 pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
-    /// log_format, log, ping_interval_ms, engine, drain_on_exit, drain_budget_ms,
-    /// migration_cache_mb, live_migration, cpu_millis, memory_mb, name, metrics, network_key,
-    /// allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms, task_log_max_mib,
-    /// disk_budget_mib).
+    /// log_format, log, ping_interval_ms, engine, drain_on_exit, drain_budget_ms, drain_grace_ms,
+    /// drain_margin_ms, migration_cache_mb, live_migration, cpu_millis, memory_mb, name,
+    /// metrics, network_key, allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms,
+    /// task_log_max_mib, disk_budget_mib).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -132,6 +133,15 @@ pub struct NodeArgs {
     /// latency budget, as `brume drain --budget`; default 80).
     #[arg(long, value_name = "MS")]
     pub drain_budget_ms: Option<u64>,
+    /// With --drain-on-exit: the node has this many ms to leave once told to stop; each move
+    /// starts as late as its predicted duration and --drain-margin-ms allow (as `brume drain
+    /// --deadline`), so tasks run here until they must go (default 0: move everything at once,
+    /// within 60 s).
+    #[arg(long, value_name = "MS")]
+    pub drain_grace_ms: Option<u64>,
+    /// With --drain-grace-ms: the slack kept before the grace period ends (default 1000).
+    #[arg(long, value_name = "MS")]
+    pub drain_margin_ms: Option<u64>,
     /// Rotate each task's log past this many MiB, one older file kept (default 16).
     #[arg(long, value_name = "MIB")]
     pub task_log_max_mib: Option<u64>,
@@ -257,8 +267,12 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let outcome = tokio::select! {
         _ = shutdown_signal() => {
             if cfg.drain_on_exit {
-                drain_before_exit(&services.mover, Duration::from_millis(cfg.drain_budget_ms))
-                    .await;
+                drain_before_exit(
+                    &services.mover,
+                    Duration::from_millis(cfg.drain_budget_ms),
+                    exit_deadline(cfg.drain_grace_ms, cfg.drain_margin_ms),
+                )
+                .await;
             }
             tracing::info!("stopping");
             let _ = handle.shutdown().await;
@@ -460,18 +474,34 @@ fn local_record(cpu_cap: Option<u32>, mem_cap: Option<u64>) -> anyhow::Result<No
     Ok(rec)
 }
 
-/// The longest a node leaving with `drain_on_exit` spends moving its tasks away.
+/// The longest a node leaving with `drain_on_exit` and no grace period spends moving its tasks
+/// away.
 const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
-/// Moves every task this node runs to other nodes (bounded by [`DRAIN_LIMIT`]) and logs what
-/// could not move; those are stopped with the node.
-async fn drain_before_exit(mover: &Mover, budget: Duration) {
-    tracing::info!("leaving: moving this node's tasks to other nodes");
+/// The schedule a leaving node keeps: none without a grace period (every move at once), else
+/// the grace period as the drain's deadline.
+fn exit_deadline(grace_ms: u64, margin_ms: u64) -> Option<Deadline> {
+    (grace_ms > 0).then(|| Deadline {
+        within: Duration::from_millis(grace_ms),
+        margin: Duration::from_millis(margin_ms),
+    })
+}
+
+/// Moves every task this node runs to other nodes, within the grace period (each move started
+/// as late as its prediction allows) or else bounded by [`DRAIN_LIMIT`], and logs what could not
+/// move; those are stopped with the node.
+async fn drain_before_exit(mover: &Mover, budget: Duration, deadline: Option<Deadline>) {
+    let limit = deadline.map_or(DRAIN_LIMIT, |d| d.within);
+    tracing::info!(
+        limit_ms = limit.as_millis() as u64,
+        scheduled = deadline.is_some(),
+        "leaving: moving this node's tasks to other nodes"
+    );
     // Progress lines have no reader here.
     let (progress, _) = mpsc::channel(1);
     let drained = tokio::time::timeout(
-        DRAIN_LIMIT,
-        crate::migrate::control::drain(mover, budget, false, None, progress),
+        limit,
+        crate::migrate::control::drain(mover, budget, false, deadline, progress),
     )
     .await;
     match drained {
@@ -479,7 +509,7 @@ async fn drain_before_exit(mover: &Mover, budget: Duration) {
             for l in lines {
                 match l.outcome {
                     Ok(m) => {
-                        tracing::info!(service = %l.service, task = %l.task, replica = l.replica, to = %m.host, "moved before leaving")
+                        tracing::info!(service = %l.service, task = %l.task, replica = l.replica, to = %m.host, on_time = ?l.on_time, "moved before leaving")
                     }
                     Err(e) => {
                         tracing::warn!(service = %l.service, task = %l.task, replica = l.replica, error = %e, "could not move; stopping it")
@@ -488,7 +518,7 @@ async fn drain_before_exit(mover: &Mover, budget: Duration) {
             }
         }
         Err(_) => {
-            tracing::warn!("draining took longer than {DRAIN_LIMIT:?}; stopping what is left")
+            tracing::warn!("draining took longer than {limit:?}; stopping what is left")
         }
     }
 }

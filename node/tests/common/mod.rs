@@ -399,6 +399,31 @@ impl ServiceNet {
         Self::start_with_env(bin, n, engine, cpu_millis, extra, &|_| Vec::new(), service)
     }
 
+    /// [`ServiceNet::start_with`], each daemon's log kept in its [`LocalNet::log`] file at
+    /// the tracing filter `filter` (a test that reads what a node decided).
+    ///
+    /// [`LocalNet::log`]: brume_testnet::localnet::LocalNet::log
+    pub fn start_logged(
+        bin: &Path,
+        n: usize,
+        engine: &str,
+        cpu_millis: u32,
+        extra: &[&str],
+        filter: &str,
+        service: &str,
+    ) -> Self {
+        let cpu = cpu_millis.to_string();
+        let mut args = vec!["--engine", engine, "--cpu-millis", &cpu];
+        args.extend_from_slice(extra);
+        let net =
+            brume_testnet::localnet::LocalNet::start_logged_with_filter(bin, n, &args, filter)
+                .unwrap_or_else(|e| panic!("{n} daemons start and connect: {e:#}"));
+        ServiceNet {
+            net,
+            service: service.to_string(),
+        }
+    }
+
     /// The same, with `env(i)` added to node `i`'s environment.
     pub fn start_with_env(
         bin: &Path,
