@@ -139,6 +139,7 @@ fn a_member_that_does_not_own_a_service_is_refused_and_its_owner_is_obeyed() {
             grant: None,
             user: None,
             downtime_budget_ms: None,
+            max_runtime_s: None,
         };
         let started = host_says(
             &owner,

@@ -288,6 +288,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
             grant: None,
             user: None,
             downtime_budget_ms: None,
+            max_runtime_s: None,
         }
         .signed(me.keypair());
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
@@ -327,6 +328,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
             grant: None,
             user: None,
             downtime_budget_ms: None,
+            max_runtime_s: None,
         }
         .signed(me.keypair());
         let deploy = |spec: InstanceSpec| {

@@ -362,6 +362,7 @@ fn an_artifact_pinned_by_a_deploy_under_way_survives_gc() {
                 grant: None,
                 user: None,
                 downtime_budget_ms: None,
+                max_runtime_s: None,
             }
             .signed(me.keypair())
         };

@@ -403,6 +403,77 @@ fn a_leaving_node_with_a_grace_period_schedules_its_moves() {
     );
 }
 
+/// mid with `max_runtime_s = 15` is moved on by its host before its 15 s there are up, with its
+/// state (its count continues; a fresh start would answer at most 1). Nothing here measures how
+/// long the move took: the test waits (bounded) for mid to run elsewhere, then for the chain, and
+/// reads the count from wherever mid runs by then (it moves on again every 15 s).
+#[test]
+fn a_task_past_its_max_runtime_is_moved_on_with_its_state() {
+    let service = unique("lease");
+    let net = Net(common::ServiceNet::start_with(
+        Path::new(BRUME),
+        4,
+        "process",
+        150,
+        &["--drain-budget-ms", "5000"],
+        &service,
+    ));
+    let dir = net.0.dir().to_path_buf();
+    context(&dir, &service);
+    let m = manifest(&dir, &service);
+    let text = std::fs::read_to_string(&m).expect("read manifest").replace(
+        "checkpoint = \"app\"\n",
+        "checkpoint = \"app\"\nmax_runtime_s = 15\n",
+    );
+    assert!(text.contains("max_runtime_s = 15"), "{text}");
+    std::fs::write(&m, text).expect("write manifest");
+    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+    let before = net.placement();
+    let (_, front_port) = before["front"].clone();
+    for _ in 0..3 {
+        chain_answers(front_port);
+    }
+    let (first_host, _) = before["mid"].clone();
+    // Where mid runs, from the initiator's ledger; None while it is between hosts.
+    let mid = || -> Option<(String, u16)> {
+        let ps: Vec<brume_control::PsRow> = net.json(0, &["ps", "--json"]);
+        ps.iter()
+            .map(|row| &row.instance)
+            .find(|r| r.task == "mid" && r.state == "running")
+            .map(|r| (r.host.clone(), common::port_of(&r.address)))
+    };
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        if mid().is_some_and(|(host, _)| host != first_host) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "mid still runs on its first host 120 s after a deploy that gave it 15 s there"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    chain_answers(front_port);
+    let until = Instant::now() + LIVENESS;
+    let count = loop {
+        if let Some(n) = mid()
+            .and_then(|(_, port)| common::ask(port, "STATE").ok())
+            .and_then(|a| a.parse::<u64>().ok())
+        {
+            break n;
+        }
+        assert!(
+            Instant::now() < until,
+            "mid's STATE unanswered for {LIVENESS:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        count >= 4,
+        "mid's count continued on its next host (3 before, at least 1 after): {count}"
+    );
+}
+
 /// Deploys the chain, stops mid's node with SIGTERM and checks mid moved with its state; the
 /// net and the index of the node that left, for what a test checks besides.
 fn leave_and_follow_mid(mut net: Net, service: &str) -> (Net, usize) {

@@ -14,6 +14,7 @@
 //! checkpoint = "app"           # criu | app | none
 //! checkpoint_every_s = 5       # app only: the owner keeps its latest state, for re-placement
 //! downtime_budget_ms = 500     # criu only: a live move freezes it only if predicted to fit
+//! max_runtime_s = 3600         # runs at most this long on one host, then moves on
 //! ports = [7000]
 //! user = "root"                # who it runs as under Docker; unset: nobody (65534)
 //!
@@ -72,6 +73,10 @@ pub struct TaskSpec {
     /// (`checkpoint = "criu"` only): the final freeze is entered only when the prediction fits,
     /// otherwise the move runs more pre-copy rounds or is deferred with the task left running.
     pub downtime_budget_ms: Option<u64>,
+    /// The longest one instance of the task runs on one host, seconds: before it is up, the
+    /// host moves the instance elsewhere (live if it can), starting as late as the move's
+    /// predicted duration allows (a borrowed or duty-cycled device's lease).
+    pub max_runtime_s: Option<u32>,
     /// Ports the task listens on inside its container.
     pub ports: Vec<u16>,
     pub env: BTreeMap<String, String>,
@@ -156,6 +161,7 @@ struct RawTask {
     checkpoint: Option<Spanned<String>>,
     checkpoint_every_s: Option<Spanned<u32>>,
     downtime_budget_ms: Option<Spanned<u64>>,
+    max_runtime_s: Option<Spanned<u32>>,
     ports: Option<Spanned<Vec<u16>>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -509,6 +515,15 @@ fn task(src: &Source, t: &Spanned<RawTask>, dir: &Path) -> Result<TaskSpec, Inpu
             ));
         }
     }
+    if let Some(limit) = &raw.max_runtime_s {
+        if *limit.get_ref() < 1 {
+            return Err(src.at(
+                limit.span(),
+                "task.max_runtime_s",
+                format!("task \"{name}\" may run 0 s on a host: use at least 1, or remove max_runtime_s"),
+            ));
+        }
+    }
     let ports = raw
         .ports
         .as_ref()
@@ -549,6 +564,7 @@ fn task(src: &Source, t: &Spanned<RawTask>, dir: &Path) -> Result<TaskSpec, Inpu
         checkpoint,
         checkpoint_every_s: raw.checkpoint_every_s.as_ref().map(|e| *e.get_ref()),
         downtime_budget_ms: raw.downtime_budget_ms.as_ref().map(|b| *b.get_ref()),
+        max_runtime_s: raw.max_runtime_s.as_ref().map(|m| *m.get_ref()),
         ports,
         env: raw.env.clone(),
     })

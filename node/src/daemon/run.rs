@@ -253,6 +253,11 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         advertise,
     ));
     let collector = tokio::spawn(collect_periodically(services.deployer.clone()));
+    let leases = tokio::spawn(crate::migrate::max_runtime::run(
+        services.mover.clone(),
+        Duration::from_millis(cfg.drain_budget_ms),
+        Duration::from_millis(cfg.drain_margin_ms),
+    ));
     let healer = tokio::spawn(
         Healer::new(
             services.initiator.clone(),
@@ -287,6 +292,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     refresher.abort();
     collector.abort();
     healer.abort();
+    leases.abort();
     dispatcher.abort();
     undoing.abort();
     services.shutdown().await;

@@ -57,6 +57,9 @@ struct Signed<'a> {
     /// Left out when unset, like `checkpoint_every_s`.
     #[serde(skip_serializing_if = "Option::is_none")]
     downtime_budget_ms: Option<u64>,
+    /// Left out when unset, like `checkpoint_every_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_runtime_s: Option<u32>,
 }
 
 fn signed_bytes(spec: &InstanceSpec, owner: PeerId) -> Vec<u8> {
@@ -80,6 +83,7 @@ fn signed_bytes(spec: &InstanceSpec, owner: PeerId) -> Vec<u8> {
         owner,
         checkpoint_every_s: spec.checkpoint_every_s,
         downtime_budget_ms: spec.downtime_budget_ms,
+        max_runtime_s: spec.max_runtime_s,
     };
     let mut out = DOMAIN.to_vec();
     // Writing into a Vec cannot fail, and every field is plainly serialisable.
@@ -145,6 +149,7 @@ mod tests {
             grant: None,
             user: None,
             downtime_budget_ms: None,
+            max_runtime_s: None,
         }
     }
 
@@ -186,6 +191,7 @@ mod tests {
             |s: &mut InstanceSpec| s.user = Some("root".into()),
             |s: &mut InstanceSpec| s.checkpoint_every_s = Some(1),
             |s: &mut InstanceSpec| s.downtime_budget_ms = Some(60_000),
+            |s: &mut InstanceSpec| s.max_runtime_s = Some(3600),
         ] {
             let mut s = signed.clone();
             alter(&mut s);

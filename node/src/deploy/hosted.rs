@@ -260,6 +260,7 @@ mod tests {
             grant: None,
             user: None,
             downtime_budget_ms: None,
+            max_runtime_s: None,
         }
         .signed(&owner)
     }

@@ -694,6 +694,7 @@ fn instance_spec(
         grant: None,
         user: task.user.clone(),
         downtime_budget_ms: task.downtime_budget_ms,
+        max_runtime_s: task.max_runtime_s,
     };
     spec.check().map_err(anyhow::Error::msg)?;
     Ok(spec)

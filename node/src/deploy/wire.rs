@@ -100,6 +100,10 @@ pub struct InstanceSpec {
     /// the move is deferred. `None`: the planner's default (or the move's own limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_budget_ms: Option<u64>,
+    /// The longest this instance runs on one host, seconds (the manifest's `max_runtime_s`):
+    /// the host moves it on before then ([`crate::migrate::max_runtime`]). `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runtime_s: Option<u32>,
 }
 
 /// The generation of an instance (see [`InstanceSpec::generation`]).
@@ -304,6 +308,9 @@ impl InstanceSpec {
         }
         if self.downtime_budget_ms == Some(0) {
             return Err("a downtime budget of 0 ms".to_string());
+        }
+        if self.max_runtime_s == Some(0) {
+            return Err("a maximum runtime of 0 s".to_string());
         }
         if self.cpu_millis == 0 || self.memory_mb == 0 {
             return Err("a task must ask for some CPU and memory".to_string());

@@ -36,6 +36,7 @@ pub mod control;
 pub mod fence;
 pub mod live;
 pub mod machine;
+pub mod max_runtime;
 pub mod moved;
 pub mod mover;
 pub mod predictor;

@@ -441,3 +441,30 @@ fn a_downtime_budget_needs_criu_mode_and_a_millisecond() {
         "at least 1",
     );
 }
+
+#[test]
+fn a_max_runtime_is_read_and_zero_refused() {
+    let m = parse(&GOOD.replacen(
+        "checkpoint = \"app\"",
+        "checkpoint = \"app\"\nmax_runtime_s = 3600",
+        1,
+    ))
+    .expect("any task may set a maximum runtime");
+    let agg = m.tasks.iter().find(|t| t.name == "aggregator").unwrap();
+    assert_eq!(agg.max_runtime_s, Some(3600));
+    assert!(parse(GOOD)
+        .unwrap()
+        .tasks
+        .iter()
+        .all(|t| t.max_runtime_s.is_none()));
+    let e = refusal(
+        "checkpoint = \"app\"",
+        "checkpoint = \"app\"\nmax_runtime_s = 0",
+    );
+    assert_refusal(
+        &e,
+        line_of(GOOD, "checkpoint") + 1,
+        "task.max_runtime_s",
+        "at least 1",
+    );
+}
