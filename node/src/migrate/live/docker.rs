@@ -49,6 +49,56 @@ impl Checkpointed {
     }
 }
 
+/// A Docker task frozen by a move: a copy restored here is a runc container (from the fallback
+/// bundle) the engine adopts, in place of the checkpointed one.
+struct DockerCopy {
+    engine: DockerEngine,
+    name: String,
+    source: Checkpointed,
+    fallback: RuncTask,
+}
+
+impl DockerCopy {
+    /// Deletes the fallback's bundle (off the async threads: it removes a file tree).
+    async fn discard_fallback(&self) {
+        let t = self.fallback.clone();
+        let _ = tokio::task::spawn_blocking(move || t.remove()).await;
+    }
+}
+
+impl LocalCopy for DockerCopy {
+    const FINAL: &'static str = "final checkpoint";
+    const RESTORED: &'static str = "restored here as a runc container";
+    const MOVED: &'static str = "Docker instance moved live with runc checkpoints";
+
+    async fn committing(&mut self) {
+        self.discard_fallback().await;
+    }
+
+    async fn take_back(&mut self, _pid: u32) -> Result<(), String> {
+        // The exited container gives way to the one restored here.
+        match &self.source {
+            Checkpointed::Docker { .. } => {
+                if let Err(e) = self.engine.remove_docker_container(&self.name).await {
+                    warn!(name = %self.name, error = %e, "cannot remove the checkpointed Docker container");
+                }
+            }
+            Checkpointed::Adopted(old) => {
+                let old = old.clone();
+                let _ = tokio::task::spawn_blocking(move || old.remove()).await;
+            }
+        }
+        self.engine
+            .adopt(self.fallback.clone())
+            .map(|_| ())
+            .map_err(|e| format!("the engine cannot take it: {e}"))
+    }
+
+    async fn losing(&mut self) {
+        self.discard_fallback().await;
+    }
+}
+
 impl Mover {
     /// The source side of a live move of a Docker-engine instance: pre-copy rounds of `runc
     /// checkpoint --leave-running` of its container, a final checkpoint that stops it, the
@@ -232,21 +282,13 @@ impl Mover {
             let _ = rounds.try_send(round_phase(r));
         })
         .await;
-        // The task restored here as a runc container: the exited container gives way to it.
-        let take_back = || async {
-            match &source {
-                Checkpointed::Docker { .. } => {
-                    if let Err(e) = d.remove_docker_container(&name).await {
-                        warn!(%name, error = %e, "cannot remove the checkpointed Docker container");
-                    }
-                }
-                Checkpointed::Adopted(old) => {
-                    let _ = discard(old.clone()).await;
-                }
-            }
-            d.adopt(fallback.clone()).map(|_| ())
+        let mut local = DockerCopy {
+            engine: d.clone(),
+            name: name.clone(),
+            source,
+            fallback: fallback.clone(),
         };
-        let (first, mut doubt, migrated) = match out {
+        let (first, doubt, migrated) = match out {
             Ok(m) => (FinishInput::RestoredThere { in_time: true }, None, Some(m)),
             Err(e) if e.task_untouched() => {
                 let _ = std::fs::remove_dir_all(&work_dir);
@@ -255,7 +297,7 @@ impl Mover {
             // The target said it failed, and the pipeline restored the task here already.
             Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
                 let _ = std::fs::remove_dir_all(&work_dir);
-                let adopted = take_back().await;
+                let adopted = local.take_back(pid).await;
                 drop(hold);
                 return Reply::Refused {
                     reason: match adopted {
@@ -267,8 +309,7 @@ impl Mover {
                         ),
                         Err(e) => format!(
                             "the live migration to {} failed after the final checkpoint \
-                             ({cause}); {what} was restored here as pid {pid}, but the engine \
-                             cannot take it: {e}",
+                             ({cause}); {what} was restored here as pid {pid}, but {e}",
                             dest.name
                         ),
                     },
@@ -285,7 +326,7 @@ impl Mover {
             ),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&work_dir);
-                let _ = discard(fallback.clone()).await;
+                local.losing().await;
                 self.deployer.stop_instance(instance).await;
                 return self
                     .lost(&endpoint, hold, format!("{what} is lost: {e}"))
@@ -293,100 +334,22 @@ impl Mover {
             }
         };
         // The task is frozen for good here: the finish machine says who runs it.
-        let (mut finish, mut action) = Finish::start(first);
-        let mut view = None;
-        let mut restored_pid = None;
-        let reply = loop {
-            let input = match action {
-                FinishAction::Commit => {
-                    let Some(m) = &migrated else {
-                        break self
-                            .lost(
-                                &endpoint,
-                                hold,
-                                format!("internal: {what} has no migration to commit"),
-                            )
-                            .await;
-                    };
-                    let _ = discard(fallback.clone()).await;
-                    let (input, v) = self.commit(instance, &mut stream, dest, m, phases).await;
-                    view = v;
-                    input
-                }
-                FinishAction::Fence => {
-                    let heard = doubt.as_ref().map_or_else(Instant::now, |d| d.2);
-                    self.fence_target(dest, instance, generation, heard).await
-                }
-                FinishAction::RestoreHere => {
-                    let Some((cause, images, _)) = doubt.take() else {
-                        break self
-                            .lost(
-                                &endpoint,
-                                hold,
-                                format!("internal: no final images of {what}"),
-                            )
-                            .await;
-                    };
-                    match restore_at_source(&kept, pid, &images, cause).await {
-                        LiveError::RestoredAtSource { pid, .. } => match take_back().await {
-                            Ok(()) => {
-                                restored_pid = Some(pid);
-                                FinishInput::RestoredHere
-                            }
-                            Err(e) => FinishInput::RestoreFailed(format!(
-                                "restored here as pid {pid}, but the engine cannot take it: {e}"
-                            )),
-                        },
-                        e => FinishInput::RestoreFailed(e.to_string()),
-                    }
-                }
-                FinishAction::Done(FinishEnd::Moved { confirmed }) => {
-                    let Some(m) = &migrated else {
-                        break self
-                            .lost(
-                                &endpoint,
-                                hold,
-                                format!("internal: {what} moved without a migration"),
-                            )
-                            .await;
-                    };
-                    break self
-                        .switch(
-                            endpoint,
-                            hold,
-                            held,
-                            &spec,
-                            dest,
-                            m,
-                            view.take(),
-                            confirmed,
-                            &what,
-                            "Docker instance moved live with runc checkpoints",
-                        )
-                        .await;
-                }
-                FinishAction::Done(FinishEnd::BackHere(why)) => {
-                    drop(hold);
-                    let pid = restored_pid.unwrap_or_default();
-                    break Reply::Refused {
-                        reason: format!(
-                            "the live migration to {} failed after the final checkpoint ({why}); \
-                             {what} was restored here as a runc container (pid {pid}) and runs \
-                             here again",
-                            dest.name
-                        ),
-                    };
-                }
-                FinishAction::Done(FinishEnd::Lost(why)) => {
-                    let _ = discard(fallback.clone()).await;
-                    self.deployer.stop_instance(instance).await;
-                    break self
-                        .lost(&endpoint, hold, format!("{what} is lost: {why}"))
-                        .await;
-                }
-            };
-            action = finish.next(input);
+        let frozen = Frozen {
+            id: instance,
+            hold,
+            held,
+            spec: &spec,
+            dest,
+            stream: &mut stream,
+            phases,
+            generation,
+            kept: &kept,
+            pid,
+            first,
+            doubt,
+            migrated,
         };
+        let reply = self.finish_frozen(frozen, &mut local).await;
         let _ = std::fs::remove_dir_all(&work_dir);
         reply
     }

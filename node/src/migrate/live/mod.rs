@@ -177,6 +177,7 @@ fn ms(d: Duration) -> u64 {
 pub(crate) mod book;
 mod docker;
 pub mod fault;
+mod finish;
 pub(crate) mod guard;
 mod process;
 
@@ -184,6 +185,7 @@ use crate::migrate::machine::{Finish, FinishAction, FinishEnd, FinishInput};
 use brume_migration::checkpointer::Restorer;
 use brume_migration::live::{restore_at_source, InDoubt, Received};
 use fault::{Link, Watched};
+use finish::{Frozen, LocalCopy};
 use guard::{Guarded, COMMIT_WITHIN};
 
 /// The answer of a move whose task the pipeline restored on the source (`adopted`: whether the

@@ -6,6 +6,28 @@ use super::*;
 use crate::migrate::predictor::probe;
 use brume_migration::predictor::{procfs, Features};
 
+/// A task of the process engine frozen by a move: a copy restored here is adopted by the engine
+/// with the output pipe kept for it.
+struct ProcessCopy {
+    engine: ProcessEngine,
+    launch: LaunchSpec,
+    output: Option<std::io::PipeReader>,
+}
+
+impl LocalCopy for ProcessCopy {
+    const FINAL: &'static str = "final dump";
+    const RESTORED: &'static str = "restored here";
+    const MOVED: &'static str = "instance moved live with CRIU";
+
+    async fn take_back(&mut self, pid: u32) -> Result<(), String> {
+        let output = self.output.take().ok_or("internal: no pipe")?;
+        self.engine
+            .adopt(&self.launch, pid, output)
+            .await
+            .map_err(|e| format!("the engine cannot watch it: {e}"))
+    }
+}
+
 impl Mover {
     /// The process engine, when this node moves tasks with CRIU; why not otherwise.
     pub(super) fn live_engine(&self) -> Result<&ProcessEngine, String> {
@@ -202,7 +224,7 @@ impl Mover {
             }
             Err(_) => {}
         }
-        let (first, mut doubt, migrated) = match out {
+        let (first, doubt, migrated) = match out {
             Ok(m) => (FinishInput::RestoredThere { in_time: true }, None, Some(m)),
             Err(LiveError::Aborted(stopped)) => {
                 let _ = std::fs::remove_dir_all(&work_dir);
@@ -243,104 +265,27 @@ impl Mover {
             }
         };
         // The task is frozen for good here: the finish machine says who runs it.
-        let (mut finish, mut action) = Finish::start(first);
-        let mut local_out = Some(local_out);
-        let mut view = None;
-        let mut restored_pid = None;
-        let reply = loop {
-            let input = match action {
-                FinishAction::Commit => {
-                    let Some(m) = &migrated else {
-                        break self
-                            .lost(
-                                &endpoint,
-                                hold,
-                                format!("internal: {what} has no migration to commit"),
-                            )
-                            .await;
-                    };
-                    let (input, v) = self.commit(id, &mut stream, dest, m, phases).await;
-                    view = v;
-                    input
-                }
-                FinishAction::Fence => {
-                    let heard = doubt.as_ref().map_or_else(Instant::now, |d| d.2);
-                    self.fence_target(dest, id, generation, heard).await
-                }
-                FinishAction::RestoreHere => {
-                    let Some((cause, images, _)) = doubt.take() else {
-                        break self
-                            .lost(
-                                &endpoint,
-                                hold,
-                                format!("internal: no final images of {what}"),
-                            )
-                            .await;
-                    };
-                    match restore_at_source(&kept, pid, &images, cause).await {
-                        LiveError::RestoredAtSource { pid, .. } => {
-                            let out = local_out.take();
-                            match out {
-                                Some(out) => match p.adopt(&launch, pid, out).await {
-                                    Ok(()) => {
-                                        restored_pid = Some(pid);
-                                        FinishInput::RestoredHere
-                                    }
-                                    Err(e) => FinishInput::RestoreFailed(format!(
-                                        "restored here as pid {pid}, but the engine cannot watch it: {e}"
-                                    )),
-                                },
-                                None => FinishInput::RestoreFailed("internal: no pipe".into()),
-                            }
-                        }
-                        e => FinishInput::RestoreFailed(e.to_string()),
-                    }
-                }
-                FinishAction::Done(FinishEnd::Moved { confirmed }) => {
-                    let Some(m) = &migrated else {
-                        break self
-                            .lost(
-                                &endpoint,
-                                hold,
-                                format!("internal: {what} moved without a migration"),
-                            )
-                            .await;
-                    };
-                    break self
-                        .switch(
-                            endpoint,
-                            hold,
-                            held,
-                            &spec,
-                            dest,
-                            m,
-                            view.take(),
-                            confirmed,
-                            &what,
-                            "instance moved live with CRIU",
-                        )
-                        .await;
-                }
-                FinishAction::Done(FinishEnd::BackHere(why)) => {
-                    drop(hold);
-                    let pid = restored_pid.unwrap_or_default();
-                    break Reply::Refused {
-                        reason: format!(
-                            "the live migration to {} failed after the final dump ({why}); \
-                             {what} was restored here (pid {pid}) and runs here again",
-                            dest.name
-                        ),
-                    };
-                }
-                FinishAction::Done(FinishEnd::Lost(why)) => {
-                    self.deployer.stop_instance(id).await;
-                    break self
-                        .lost(&endpoint, hold, format!("{what} is lost: {why}"))
-                        .await;
-                }
-            };
-            action = finish.next(input);
+        let mut local = ProcessCopy {
+            engine: p,
+            launch,
+            output: Some(local_out),
         };
+        let frozen = Frozen {
+            id,
+            hold,
+            held,
+            spec: &spec,
+            dest,
+            stream: &mut stream,
+            phases,
+            generation,
+            kept: &kept,
+            pid,
+            first,
+            doubt,
+            migrated,
+        };
+        let reply = self.finish_frozen(frozen, &mut local).await;
         drop(local_in);
         let _ = std::fs::remove_dir_all(&work_dir);
         reply

@@ -1,0 +1,155 @@
+//! The end of a live move once the task is frozen for good on the source, the same on both
+//! engines: the finish machine ([`Finish`]) says who runs the task, and this performs what it
+//! says (give the task to the target, fence the target, restore the task here, switch the
+//! callers, or give the instance up). What differs by engine is how a copy CRIU restored here
+//! is taken back and what the engine still holds of the old one: a [`LocalCopy`].
+
+use std::path::PathBuf;
+
+use super::*;
+
+/// The engine's side of a frozen move's end on the source.
+pub(super) trait LocalCopy {
+    /// What the engine's final capture is called in a reply ("final dump").
+    const FINAL: &'static str;
+    /// How a copy restored here runs, in a reply ("restored here").
+    const RESTORED: &'static str;
+    /// The log line of a move that succeeded.
+    const MOVED: &'static str;
+
+    /// The target is about to be given the task: what was kept to restore it here may go.
+    async fn committing(&mut self) {}
+
+    /// CRIU restored the task here as `pid`: the engine takes it back, or says why it cannot.
+    async fn take_back(&mut self, pid: u32) -> Result<(), String>;
+
+    /// The instance is lost: what the engine still holds of it goes.
+    async fn losing(&mut self) {}
+}
+
+/// A move whose task the final dump froze: what its end needs.
+pub(super) struct Frozen<'a> {
+    pub id: &'a InstanceId,
+    pub hold: Hold,
+    pub held: Instant,
+    pub spec: &'a InstanceSpec,
+    pub dest: &'a Destination,
+    pub stream: &'a mut Compat<Stream>,
+    pub phases: &'a mpsc::Sender<Phase>,
+    pub generation: crate::deploy::wire::Generation,
+    /// The options the move ran with (a restore here uses them).
+    pub kept: &'a SourceOptions,
+    /// The task's pid on the source before the dump.
+    pub pid: u32,
+    /// What the pipeline ended with.
+    pub first: FinishInput,
+    /// After an unanswered final step: why, the final images and when the target was last heard.
+    pub doubt: Option<(LiveError, PathBuf, Instant)>,
+    /// After a restore on the target: the migration.
+    pub migrated: Option<Migrated>,
+}
+
+impl Mover {
+    /// Drives [`Finish`] from `f.first` to its end; the reply to the move's requester.
+    pub(super) async fn finish_frozen<L: LocalCopy>(&self, f: Frozen<'_>, local: &mut L) -> Reply {
+        let Frozen {
+            id,
+            hold,
+            held,
+            spec,
+            dest,
+            stream,
+            phases,
+            generation,
+            kept,
+            pid,
+            first,
+            mut doubt,
+            migrated,
+        } = f;
+        let what = id.to_string();
+        let endpoint = id.clone();
+        let (mut finish, mut action) = Finish::start(first);
+        let mut view = None;
+        let mut restored_pid = None;
+        loop {
+            let input = match action {
+                FinishAction::Commit => {
+                    let Some(m) = &migrated else {
+                        let why = format!("internal: {what} has no migration to commit");
+                        return self.lost(&endpoint, hold, why).await;
+                    };
+                    local.committing().await;
+                    let (input, v) = self.commit(id, stream, dest, m, phases).await;
+                    view = v;
+                    input
+                }
+                FinishAction::Fence => {
+                    let heard = doubt.as_ref().map_or_else(Instant::now, |d| d.2);
+                    self.fence_target(dest, id, generation, heard).await
+                }
+                FinishAction::RestoreHere => {
+                    let Some((cause, images, _)) = doubt.take() else {
+                        let why = format!("internal: no final images of {what}");
+                        return self.lost(&endpoint, hold, why).await;
+                    };
+                    match restore_at_source(kept, pid, &images, cause).await {
+                        LiveError::RestoredAtSource { pid, .. } => {
+                            match local.take_back(pid).await {
+                                Ok(()) => {
+                                    restored_pid = Some(pid);
+                                    FinishInput::RestoredHere
+                                }
+                                Err(e) => FinishInput::RestoreFailed(format!(
+                                    "restored here as pid {pid}, but {e}"
+                                )),
+                            }
+                        }
+                        e => FinishInput::RestoreFailed(e.to_string()),
+                    }
+                }
+                FinishAction::Done(FinishEnd::Moved { confirmed }) => {
+                    let Some(m) = &migrated else {
+                        let why = format!("internal: {what} moved without a migration");
+                        return self.lost(&endpoint, hold, why).await;
+                    };
+                    return self
+                        .switch(
+                            endpoint,
+                            hold,
+                            held,
+                            spec,
+                            dest,
+                            m,
+                            view.take(),
+                            confirmed,
+                            &what,
+                            L::MOVED,
+                        )
+                        .await;
+                }
+                FinishAction::Done(FinishEnd::BackHere(why)) => {
+                    drop(hold);
+                    let pid = restored_pid.unwrap_or_default();
+                    return Reply::Refused {
+                        reason: format!(
+                            "the live migration to {} failed after the {} ({why}); {what} was \
+                             {} (pid {pid}) and runs here again",
+                            dest.name,
+                            L::FINAL,
+                            L::RESTORED
+                        ),
+                    };
+                }
+                FinishAction::Done(FinishEnd::Lost(why)) => {
+                    local.losing().await;
+                    self.deployer.stop_instance(id).await;
+                    return self
+                        .lost(&endpoint, hold, format!("{what} is lost: {why}"))
+                        .await;
+                }
+            };
+            action = finish.next(input);
+        }
+    }
+}
