@@ -74,6 +74,65 @@ impl std::ops::Deref for Net {
     }
 }
 
+/// mid's checkpoint lines for a live move. CRIU cannot dump a container task running as another
+/// user here (reading its rlimits is refused), so a Docker task that moves live asks to run as
+/// root (docs/limits.md); the process engine takes the same manifest.
+const CRIU_MID: &str = "checkpoint = \"criu\"\nuser = \"root\"";
+
+/// The relay chain (front -> mid -> back) deployed from node 0 on four nodes: where its tasks
+/// run, and the node that runs none.
+struct Chain {
+    net: Net,
+    service: String,
+    /// Each node's (id as `ps` names hosts, peer id).
+    nodes: Vec<(String, String)>,
+    front_port: u16,
+    mid_host: String,
+    mid_port: u16,
+    /// The node mid runs on.
+    source: usize,
+    /// A node that runs no task of the chain.
+    free: usize,
+}
+
+impl Chain {
+    /// Deploys the chain of `service` on `net`, mid's `checkpoint = "app"` line replaced by
+    /// `mid` (e.g. [`CRIU_MID`]).
+    fn deploy(net: Net, service: String, mid: &str) -> Chain {
+        let dir = net.0.dir().to_path_buf();
+        context(&dir, &service);
+        let m = manifest(&dir, &service);
+        let text = std::fs::read_to_string(&m)
+            .expect("read manifest")
+            .replace("checkpoint = \"app\"", mid);
+        assert!(text.contains(mid), "{text}");
+        std::fs::write(&m, text).expect("write manifest");
+        let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
+        let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
+        let before = net.placement();
+        let (_, front_port) = before["front"].clone();
+        let (mid_host, mid_port) = before["mid"].clone();
+        let source = nodes
+            .iter()
+            .position(|(id, _)| *id == mid_host)
+            .expect("mid's host is a node");
+        let free = nodes
+            .iter()
+            .position(|(id, _)| before.values().all(|(h, _)| h != id))
+            .expect("a free node");
+        Chain {
+            net,
+            service,
+            nodes,
+            front_port,
+            mid_host,
+            mid_port,
+            source,
+            free,
+        }
+    }
+}
+
 /// Asks until the chain answers in full (a moved instance may take a moment to be reachable
 /// through every tunnel), for at most [`LIVENESS`]; a failure says what it got last.
 fn chain_answers(port: u16) -> String {
@@ -418,22 +477,15 @@ fn a_task_past_its_max_runtime_is_moved_on_with_its_state() {
         &["--drain-budget-ms", "5000"],
         &service,
     ));
-    let dir = net.0.dir().to_path_buf();
-    context(&dir, &service);
-    let m = manifest(&dir, &service);
-    let text = std::fs::read_to_string(&m).expect("read manifest").replace(
-        "checkpoint = \"app\"\n",
-        "checkpoint = \"app\"\nmax_runtime_s = 15\n",
-    );
-    assert!(text.contains("max_runtime_s = 15"), "{text}");
-    std::fs::write(&m, text).expect("write manifest");
-    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
-    let before = net.placement();
-    let (_, front_port) = before["front"].clone();
+    let Chain {
+        net,
+        front_port,
+        mid_host: first_host,
+        ..
+    } = Chain::deploy(net, service, "checkpoint = \"app\"\nmax_runtime_s = 15");
     for _ in 0..3 {
         chain_answers(front_port);
     }
-    let (first_host, _) = before["mid"].clone();
     // Where mid runs, from the initiator's ledger; None while it is between hosts.
     let mid = || -> Option<(String, u16)> {
         let ps: Vec<brume_control::PsRow> = net.json(0, &["ps", "--json"]);
@@ -476,22 +528,17 @@ fn a_task_past_its_max_runtime_is_moved_on_with_its_state() {
 
 /// Deploys the chain, stops mid's node with SIGTERM and checks mid moved with its state; the
 /// net and the index of the node that left, for what a test checks besides.
-fn leave_and_follow_mid(mut net: Net, service: &str) -> (Net, usize) {
-    let dir = net.0.dir().to_path_buf();
-    context(&dir, service);
-    let m = manifest(&dir, service);
-    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
-    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
-    let before = net.placement();
-    let (_, front_port) = before["front"].clone();
+fn leave_and_follow_mid(net: Net, service: &str) -> (Net, usize) {
+    let Chain {
+        mut net,
+        front_port,
+        mid_host,
+        source: leaving,
+        ..
+    } = Chain::deploy(net, service.to_string(), "checkpoint = \"app\"");
     for _ in 0..3 {
         chain_answers(front_port);
     }
-    let (mid_host, _) = before["mid"].clone();
-    let leaving = nodes
-        .iter()
-        .position(|(id, _)| *id == mid_host)
-        .expect("mid's host is one of the nodes");
     assert_ne!(leaving, 0, "the root stays on node 0");
     assert!(
         net.0.net.stop(leaving, Duration::from_secs(180)),
@@ -556,33 +603,20 @@ fn a_criu_task_moves_live_with_its_memory() {
         150,
         &service,
     ));
-    let dir = net.0.dir().to_path_buf();
-    context(&dir, &service);
-    let m = manifest(&dir, &service);
-    // CRIU cannot dump a container task running as another user here (reading its rlimits is
-    // refused), so a Docker task that moves live asks to run as root (docs/limits.md).
-    let criu = std::fs::read_to_string(&m).expect("read manifest").replace(
-        "checkpoint = \"app\"",
-        "checkpoint = \"criu\"\nuser = \"root\"",
-    );
-    std::fs::write(&m, criu).expect("write manifest");
-    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
-    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
-    let before = net.placement();
-    let (_, front_port) = before["front"].clone();
+    let Chain {
+        net,
+        service,
+        nodes,
+        front_port,
+        mid_host,
+        mid_port,
+        source,
+        free,
+    } = Chain::deploy(net, service, CRIU_MID);
     for _ in 0..5 {
         chain_answers(front_port);
     }
-    let (mid_host, mid_port) = before["mid"].clone();
     assert_eq!(state(mid_port), 5, "mid served the five requests");
-    let source = nodes
-        .iter()
-        .position(|(id, _)| *id == mid_host)
-        .expect("mid's host is a node");
-    let free = nodes
-        .iter()
-        .position(|(id, _)| before.values().all(|(h, _)| h != id))
-        .expect("a free node");
     let old = processes_of(&service, "mid");
     assert_eq!(old.len(), 1, "one mid process: {old:?}");
 
@@ -926,33 +960,20 @@ fn restore_fails_on_the_target(test: &str, live: &str) {
         &env,
         &service,
     ));
-    let dir = net.0.dir().to_path_buf();
-    context(&dir, &service);
-    let m = manifest(&dir, &service);
-    // CRIU cannot dump a container task running as another user here (reading its rlimits is
-    // refused), so a Docker task that moves live asks to run as root (docs/limits.md).
-    let criu = std::fs::read_to_string(&m).expect("read manifest").replace(
-        "checkpoint = \"app\"",
-        "checkpoint = \"criu\"\nuser = \"root\"",
-    );
-    std::fs::write(&m, criu).expect("write manifest");
-    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
-    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
-    let before = net.placement();
-    let (_, front_port) = before["front"].clone();
+    let Chain {
+        net,
+        service,
+        nodes,
+        front_port,
+        mid_host,
+        mid_port,
+        source,
+        free,
+    } = Chain::deploy(net, service, CRIU_MID);
     for _ in 0..3 {
         chain_answers(front_port);
     }
-    let (mid_host, mid_port) = before["mid"].clone();
     assert_eq!(state(mid_port), 3);
-    let free = nodes
-        .iter()
-        .position(|(id, _)| before.values().all(|(h, _)| h != id))
-        .expect("a free node");
-    let source = nodes
-        .iter()
-        .position(|(id, _)| *id == mid_host)
-        .expect("mid's host is a node");
     let old = processes_of(&service, "mid");
     assert_eq!(old.len(), 1, "{old:?}");
 
@@ -1015,10 +1036,7 @@ fn restore_fails_on_the_target(test: &str, live: &str) {
 
 /// Deploys the relay chain with `checkpoint = "criu"` on the Docker engine, on nodes that run
 /// `fault`'s criu wrapper if given; the net, its service, the nodes (id, host).
-fn docker_criu_chain(
-    prefix: &str,
-    fault: Option<&RestoreFault>,
-) -> (Net, String, Vec<(String, String)>) {
+fn docker_criu_chain(prefix: &str, fault: Option<&RestoreFault>) -> Chain {
     let service = unique(prefix);
     let env = |i| fault.map(|f| f.env(i)).unwrap_or_default();
     let net = Net(common::ServiceNet::start_with_env(
@@ -1030,19 +1048,7 @@ fn docker_criu_chain(
         &env,
         &service,
     ));
-    let dir = net.0.dir().to_path_buf();
-    context(&dir, &service);
-    let m = manifest(&dir, &service);
-    // CRIU cannot dump a container task running as another user here (reading its rlimits is
-    // refused), so a Docker task that moves live asks to run as root (docs/limits.md).
-    let criu = std::fs::read_to_string(&m).expect("read manifest").replace(
-        "checkpoint = \"app\"",
-        "checkpoint = \"criu\"\nuser = \"root\"",
-    );
-    std::fs::write(&m, criu).expect("write manifest");
-    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
-    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
-    (net, service, nodes)
+    Chain::deploy(net, service, CRIU_MID)
 }
 
 /// mid with `checkpoint = "criu"` on the Docker engine moves live: pre-copy rounds of `runc
@@ -1056,23 +1062,21 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
     if !docker_live_supported("migrate::a_docker_criu_task_moves_live_with_its_memory") {
         return;
     }
-    let (net, service, nodes) = docker_criu_chain("dlive", None);
+    let Chain {
+        net,
+        service,
+        nodes,
+        front_port,
+        mid_host: _,
+        mid_port,
+        source,
+        free,
+    } = docker_criu_chain("dlive", None);
     let _leftovers = RuncLeftovers(service.clone());
-    let before = net.placement();
-    let (_, front_port) = before["front"].clone();
     for _ in 0..5 {
         chain_answers(front_port);
     }
-    let (mid_host, mid_port) = before["mid"].clone();
     assert_eq!(state(mid_port), 5, "mid served the five requests");
-    let source = nodes
-        .iter()
-        .position(|(id, _)| *id == mid_host)
-        .expect("mid's host is a node");
-    let free = nodes
-        .iter()
-        .position(|(id, _)| before.values().all(|(h, _)| h != id))
-        .expect("a free node");
     let old = processes_of(&service, "mid");
     assert_eq!(old.len(), 1, "one mid process: {old:?}");
     let containers_before = net.containers().len();
@@ -1191,23 +1195,21 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
         return;
     }
     let fault = RestoreFault::new(4);
-    let (net, service, nodes) = docker_criu_chain("dback", Some(&fault));
+    let Chain {
+        net,
+        service,
+        nodes,
+        front_port,
+        mid_host,
+        mid_port,
+        source,
+        free,
+    } = docker_criu_chain("dback", Some(&fault));
     let _leftovers = RuncLeftovers(service.clone());
-    let before = net.placement();
-    let (_, front_port) = before["front"].clone();
     for _ in 0..3 {
         chain_answers(front_port);
     }
-    let (mid_host, mid_port) = before["mid"].clone();
     assert_eq!(state(mid_port), 3);
-    let free = nodes
-        .iter()
-        .position(|(id, _)| before.values().all(|(h, _)| h != id))
-        .expect("a free node");
-    let source = nodes
-        .iter()
-        .position(|(id, _)| *id == mid_host)
-        .expect("mid's host is a node");
     let old = processes_of(&service, "mid");
     assert_eq!(old.len(), 1, "{old:?}");
 
@@ -1257,17 +1259,7 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
 /// The relay chain with mid `checkpoint = "criu"` (as root: see above) and the downtime budget
 /// `budget_ms`, deployed on four process-engine nodes; the net, its service, the nodes (id,
 /// peer), mid's host's index, a free node's index, mid's port and front's port.
-struct BudgetChain {
-    net: Net,
-    service: String,
-    nodes: Vec<(String, String)>,
-    source: usize,
-    free: usize,
-    mid_port: u16,
-    front_port: u16,
-}
-
-fn budget_chain(prefix: &str, budget_ms: u64) -> BudgetChain {
+fn budget_chain(prefix: &str, budget_ms: u64) -> Chain {
     let service = unique(prefix);
     let net = Net(common::ServiceNet::start(
         Path::new(BRUME),
@@ -1276,36 +1268,8 @@ fn budget_chain(prefix: &str, budget_ms: u64) -> BudgetChain {
         150,
         &service,
     ));
-    let dir = net.0.dir().to_path_buf();
-    context(&dir, &service);
-    let m = manifest(&dir, &service);
-    let criu = std::fs::read_to_string(&m).expect("read manifest").replace(
-        "checkpoint = \"app\"",
-        &format!("checkpoint = \"criu\"\nuser = \"root\"\ndowntime_budget_ms = {budget_ms}"),
-    );
-    std::fs::write(&m, criu).expect("write manifest");
-    let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
-    let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
-    let before = net.placement();
-    let (_, front_port) = before["front"].clone();
-    let (mid_host, mid_port) = before["mid"].clone();
-    let source = nodes
-        .iter()
-        .position(|(id, _)| *id == mid_host)
-        .expect("mid's host is a node");
-    let free = nodes
-        .iter()
-        .position(|(id, _)| before.values().all(|(h, _)| h != id))
-        .expect("a free node");
-    BudgetChain {
-        net,
-        service,
-        nodes,
-        source,
-        free,
-        mid_port,
-        front_port,
-    }
+    let mid = format!("{CRIU_MID}\ndowntime_budget_ms = {budget_ms}");
+    Chain::deploy(net, service, &mid)
 }
 
 /// The real dumps node `i` learned from, as its `predictor.json` counts them.
