@@ -123,23 +123,14 @@ fn a_member_that_does_not_own_a_service_is_refused_and_its_owner_is_obeyed() {
             .unwrap();
         let server = tokio::spawn(brume_artifact::serve_incoming(store, incoming, 2));
         let id = InstanceId::new(&service, "relay", 0);
-        let spec = |epoch: u64| InstanceSpec {
-            id: id.clone(),
-            epoch,
-            payload: Payload::Artifact(manifest.clone()),
-            cpu_millis: 100,
-            memory_mb: 64,
-            env: Default::default(),
-            calls: Vec::new(),
-            max_restarts: 0,
-            checkpoint: Default::default(),
-            checkpoint_every_s: None,
-            initiator: None,
-            generation: Default::default(),
-            grant: None,
-            user: None,
-            downtime_budget_ms: None,
-            max_runtime_s: None,
+        let spec = |epoch: u64| {
+            InstanceSpec::new(
+                id.clone(),
+                epoch,
+                Payload::Artifact(manifest.clone()),
+                100,
+                64,
+            )
         };
         let started = host_says(
             &owner,

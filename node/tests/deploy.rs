@@ -272,24 +272,13 @@ fn a_host_checks_resources_epochs_and_garbage() {
             .await
             .unwrap();
 
-        let spec = InstanceSpec {
-            id: InstanceId::new(&service, "hog", 0),
-            epoch: 1,
-            payload: Payload::Command(vec!["/bin/true".into()]),
-            cpu_millis: 10_000,
-            memory_mb: 64,
-            env: Default::default(),
-            calls: Vec::new(),
-            max_restarts: 0,
-            checkpoint: Default::default(),
-            checkpoint_every_s: None,
-            initiator: None,
-            generation: Default::default(),
-            grant: None,
-            user: None,
-            downtime_budget_ms: None,
-            max_runtime_s: None,
-        }
+        let spec = InstanceSpec::new(
+            InstanceId::new(&service, "hog", 0),
+            1,
+            Payload::Command(vec!["/bin/true".into()]),
+            10_000,
+            64,
+        )
         .signed(me.keypair());
         let mut s = me.open_stream(host, DEPLOY_PROTOCOL).await.unwrap();
         write_frame(&mut s, &Request::Deploy(spec))
@@ -312,24 +301,13 @@ fn a_host_checks_resources_epochs_and_garbage() {
         let manifest = store.put_artifact(&artifact).unwrap();
         let incoming = me.accept_streams(brume_artifact::TRANSFER_PROTOCOL).unwrap();
         let server = tokio::spawn(brume_artifact::serve_incoming(store, incoming, 2));
-        let relay = |epoch: u64| InstanceSpec {
-            id: InstanceId::new(&service, "relay", 0),
+        let relay = |epoch: u64| InstanceSpec::new(
+            InstanceId::new(&service, "relay", 0),
             epoch,
-            payload: Payload::Artifact(manifest.clone()),
-            cpu_millis: 100,
-            memory_mb: 64,
-            env: Default::default(),
-            calls: Vec::new(),
-            max_restarts: 0,
-            checkpoint: Default::default(),
-            checkpoint_every_s: None,
-            initiator: None,
-            generation: Default::default(),
-            grant: None,
-            user: None,
-            downtime_budget_ms: None,
-            max_runtime_s: None,
-        }
+            Payload::Artifact(manifest.clone()),
+            100,
+            64,
+        )
         .signed(me.keypair());
         let deploy = |spec: InstanceSpec| {
             let me = me.clone();

@@ -346,24 +346,13 @@ fn an_artifact_pinned_by_a_deploy_under_way_survives_gc() {
         tokio::spawn(brume_artifact::serve_incoming(store, rx, 2));
 
         let relay = |epoch: u64| {
-            InstanceSpec {
-                id: InstanceId::new(&service, "relay", 0),
+            InstanceSpec::new(
+                InstanceId::new(&service, "relay", 0),
                 epoch,
-                payload: Payload::Artifact(m.clone()),
-                cpu_millis: 100,
-                memory_mb: 64,
-                env: Default::default(),
-                calls: Vec::new(),
-                max_restarts: 0,
-                checkpoint: Default::default(),
-                checkpoint_every_s: None,
-                initiator: None,
-                generation: Default::default(),
-                grant: None,
-                user: None,
-                downtime_budget_ms: None,
-                max_runtime_s: None,
-            }
+                Payload::Artifact(m.clone()),
+                100,
+                64,
+            )
             .signed(me.keypair())
         };
         let ask = |req: Request| {

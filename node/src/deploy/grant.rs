@@ -134,22 +134,15 @@ mod tests {
 
     fn spec() -> InstanceSpec {
         InstanceSpec {
-            id: InstanceId::new("web", "front", 0),
-            epoch: 7,
-            payload: Payload::Command(vec!["/bin/true".into()]),
-            cpu_millis: 100,
-            memory_mb: 64,
             env: [("MODE".to_string(), "fast".to_string())].into(),
-            calls: Vec::new(),
-            max_restarts: 0,
             checkpoint: CheckpointMode::App,
-            checkpoint_every_s: None,
-            initiator: None,
-            generation: Generation(0),
-            grant: None,
-            user: None,
-            downtime_budget_ms: None,
-            max_runtime_s: None,
+            ..InstanceSpec::new(
+                InstanceId::new("web", "front", 0),
+                7,
+                Payload::Command(vec!["/bin/true".into()]),
+                100,
+                64,
+            )
         }
     }
 

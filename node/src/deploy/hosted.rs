@@ -232,7 +232,7 @@ impl HostedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deploy::wire::{Generation, Payload};
+    use crate::deploy::wire::Payload;
 
     fn key(seed: u8) -> brume_overlay::Keypair {
         brume_overlay::Keypair::ed25519_from_bytes([seed; 32]).expect("32 bytes are a key")
@@ -241,26 +241,19 @@ mod tests {
     fn spec(task: &str, epoch: u64, criu: bool) -> InstanceSpec {
         let owner = key(1);
         InstanceSpec {
-            id: InstanceId::new("svc", task, 0),
-            epoch,
-            payload: Payload::Command(vec!["x".into()]),
-            cpu_millis: 100,
-            memory_mb: 64,
-            env: BTreeMap::new(),
-            calls: Vec::new(),
-            max_restarts: 0,
             checkpoint: if criu {
                 CheckpointMode::Criu
             } else {
                 CheckpointMode::default()
             },
-            checkpoint_every_s: None,
             initiator: Some(owner.public().to_peer_id()),
-            generation: Generation(0),
-            grant: None,
-            user: None,
-            downtime_budget_ms: None,
-            max_runtime_s: None,
+            ..InstanceSpec::new(
+                InstanceId::new("svc", task, 0),
+                epoch,
+                Payload::Command(vec!["x".into()]),
+                100,
+                64,
+            )
         }
         .signed(&owner)
     }

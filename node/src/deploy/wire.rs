@@ -252,6 +252,37 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
 }
 
 impl InstanceSpec {
+    /// A spec of `id` at `epoch` that runs `payload` with `cpu_millis` and `memory_mb`, and
+    /// everything else a manifest may leave unset left so: no environment, calls, restarts,
+    /// checkpoints, budgets, owner or signature, generation 0. Set the rest with struct update
+    /// syntax (`InstanceSpec { user: Some(..), ..InstanceSpec::new(..) }`).
+    pub fn new(
+        id: InstanceId,
+        epoch: u64,
+        payload: Payload,
+        cpu_millis: u64,
+        memory_mb: u64,
+    ) -> InstanceSpec {
+        InstanceSpec {
+            id,
+            epoch,
+            payload,
+            cpu_millis,
+            memory_mb,
+            env: BTreeMap::new(),
+            calls: Vec::new(),
+            max_restarts: 0,
+            checkpoint: CheckpointMode::default(),
+            checkpoint_every_s: None,
+            initiator: None,
+            generation: Generation::default(),
+            grant: None,
+            user: None,
+            downtime_budget_ms: None,
+            max_runtime_s: None,
+        }
+    }
+
     /// Checks every field a host acts on.
     pub fn check(&self) -> Result<(), String> {
         check_name("service", &self.id.service)?;
