@@ -1,0 +1,278 @@
+//! `brume testnet` on the real Docker engine: three node containers from the node image, joined
+//! through the router with a known RTT, a relay chain deployed from one node onto the others,
+//! a partition that cuts a node off and a heal that brings it back, and `down` leaving no
+//! container, namespace, router or state behind. Needs root, Docker and criu (for the image);
+//! CI's `BRUME_REQUIRE=all` turns a missing one into a failure.
+//!
+//! The image is built by scripts/node-image.sh from the static brume that scripts/build-static.sh
+//! built (scripts/test.sh runs it first); the image's tag is the hash of its contents, so an
+//! unchanged image is not built again.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use brume_testnet::containers::docker;
+use brume_testnet::containers::state::{NetState, NODE_PORT};
+use brume_testnet::{netns, relay_service, require};
+
+const BIN: &str = env!("CARGO_BIN_EXE_brume-testnet");
+/// The RTT every pair gets.
+const RTT_MS: f64 = 20.0;
+/// A liveness bound for everything awaited here (generous for a loaded two-core machine).
+const PATIENCE: Duration = Duration::from_secs(180);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The node image, built (or found) by scripts/node-image.sh from the static brume.
+fn node_image() -> String {
+    let brume = repo().join("target/static/x86_64-unknown-linux-gnu/release/brume");
+    assert!(
+        brume.is_file(),
+        "{} is missing: run `bash scripts/build-static.sh` first (scripts/test.sh does)",
+        brume.display()
+    );
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/node-image.sh"))
+        .env("BRUME_NODE_BIN", &brume)
+        .output()
+        .expect("run scripts/node-image.sh");
+    assert!(
+        out.status.success(),
+        "node-image.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().last().expect("a tag").trim().to_string()
+}
+
+fn testnet(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run brume-testnet")
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `brume-testnet down` for the testnet on drop, also when the test fails.
+struct Down(String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let out = testnet(&["down", "--name", &self.0]);
+        if !out.status.success() {
+            eprintln!("down failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// A unique testnet name for this run: BRUME_TEST_RUN and the pid.
+fn unique_name() -> String {
+    let run: String = std::env::var("BRUME_TEST_RUN")
+        .unwrap_or_default()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect();
+    format!("t{run}-{}", std::process::id())
+}
+
+/// `brume <what> --json` inside node `i`'s container.
+fn node_json(state: &NetState, i: usize, args: &[&str]) -> serde_json::Value {
+    let mut cmd = vec!["exec", &state.nodes[i].container, "brume"];
+    cmd.extend(args);
+    cmd.extend(["--control", "/run/brume/control.sock", "--json"]);
+    let out = docker::docker(&cmd).expect("docker exec brume");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Whether a TCP connection from node `from`'s namespace to `to`:port opens within 3 s.
+fn connects(state: &NetState, from: usize, to: SocketAddr) -> bool {
+    netns::run_in(&netns::name(&state.tag, from), move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3)).is_ok()
+    })
+    .expect("enter the node's namespace")
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {PATIENCE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
+    let test = "containers::a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down";
+    if !(require::root(test) && require::docker(test) && require::criu(test)) {
+        return;
+    }
+    let image = node_image();
+    let name = unique_name();
+    let guard = Down(name.clone());
+    let run_label = format!(
+        "brume.test={}",
+        std::env::var("BRUME_TEST_RUN").unwrap_or_else(|_| "manual".into())
+    );
+    let out = ok(
+        testnet(&[
+            "up",
+            "--nodes",
+            "3",
+            "--latency",
+            "20ms",
+            "--seed",
+            "1",
+            "--name",
+            &name,
+            "--image",
+            &image,
+            "--label",
+            &run_label,
+            "--wait-s",
+            "180",
+        ]),
+        "up",
+    );
+    eprintln!("{out}");
+    let state = NetState::load(&name).expect("the state file");
+    assert_eq!(state.nodes.len(), 3);
+    let ps = ok(testnet(&["ps", "--name", &name]), "ps");
+    assert_eq!(ps.matches("running").count(), 3, "{ps}");
+
+    // Every node measures the router's RTT to its peers: never below it (the router only
+    // delays), where the same nodes without the router measure well under a millisecond.
+    wait_until("every node measuring RTTs to two peers", || {
+        (0..3).all(|i| {
+            let peers = node_json(&state, i, &["peers"]);
+            let rtts: Vec<f64> = peers
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["srtt_ms"].as_f64())
+                .collect();
+            rtts.len() == 2
+        })
+    });
+    for i in 0..3 {
+        for p in node_json(&state, i, &["peers"]).as_array().unwrap() {
+            let srtt = p["srtt_ms"].as_f64().unwrap();
+            assert!(
+                srtt >= RTT_MS,
+                "node {i} measured {srtt} ms to {p}; the router holds {RTT_MS} ms"
+            );
+        }
+    }
+
+    // A relay chain deployed from node 0: front stays there, mid and back go to the others
+    // (the manifest's tasks, copied into node 0's container with their build context).
+    let dir = tempfile::tempdir().unwrap();
+    let relay = repo().join("target/static/x86_64-unknown-linux-gnu/release/brume-relay");
+    relay_service::context(dir.path(), &relay, &name).unwrap();
+    relay_service::manifest(dir.path(), &name).unwrap();
+    let svc = format!("{}:/tmp/svc", state.nodes[0].container);
+    docker::docker(&["cp", dir.path().to_str().unwrap(), &svc]).expect("docker cp");
+    let deployed = node_json(
+        &state,
+        0,
+        &["deploy", "/tmp/svc/service.toml", "--budget", "1s"],
+    );
+    let rows = deployed.as_array().expect("deploy rows");
+    assert_eq!(rows.len(), 3, "{deployed}");
+    let front = rows
+        .iter()
+        .find(|r| r["task"] == "front")
+        .expect("a front row");
+    let port: u16 = front["address"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("front's address in {front}"));
+    let reply = netns::run_in(&netns::name(&state.tag, 0), move || {
+        use std::io::{BufRead, BufReader, Write};
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        writeln!(&s, "hello")?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        std::io::Result::Ok(line.trim().to_string())
+    })
+    .unwrap()
+    .expect("front answers");
+    assert_eq!(reply, "front(mid(back))");
+    let hosts: std::collections::BTreeSet<&str> =
+        rows.iter().filter_map(|r| r["peer"].as_str()).collect();
+    assert!(
+        hosts.len() >= 2,
+        "the chain ran on one node only: {deployed}"
+    );
+
+    // Partition node 2 from nodes 0 and 1: no packet between them passes; heal restores it.
+    let to = |i: usize| SocketAddr::from((state.nodes[i].addr, NODE_PORT));
+    assert!(
+        connects(&state, 0, to(2)),
+        "node 0 reaches node 2 before the partition"
+    );
+    ok(testnet(&["partition", "--name", &name, "2"]), "partition");
+    assert!(
+        !connects(&state, 0, to(2)),
+        "node 0 reached node 2 across the partition"
+    );
+    assert!(
+        !connects(&state, 2, to(1)),
+        "node 2 reached node 1 across the partition"
+    );
+    assert!(
+        connects(&state, 0, to(1)),
+        "nodes 0 and 1 are on the same side"
+    );
+    ok(testnet(&["heal", "--name", &name]), "heal");
+    wait_until("node 0 reaching node 2 after heal", || {
+        connects(&state, 0, to(2))
+    });
+
+    // Down removes every container, namespace, the router and the state.
+    ok(testnet(&["down", "--name", &name]), "down");
+    std::mem::forget(guard);
+    assert_eq!(docker::containers_of(&name).unwrap(), Vec::<String>::new());
+    for i in 0..3 {
+        let ns = netns::name(&state.tag, i);
+        assert!(
+            !Path::new(netns::NETNS_DIR).join(&ns).exists(),
+            "{ns} remains"
+        );
+    }
+    let router = state.router_pid.expect("a router pid");
+    let stat = std::fs::read_to_string(format!("/proc/{router}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty()
+            || stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z')),
+        "the router {router} still runs"
+    );
+    assert!(
+        !NetState::dir_of(&name).exists(),
+        "the state directory remains"
+    );
+}
