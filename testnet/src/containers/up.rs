@@ -138,10 +138,6 @@ fn start_node(state: &mut NetState, labels: &[String]) -> anyhow::Result<usize> 
         &net_label,
         "--label",
         &index_label,
-        // The process engine forks tasks into new PID namespaces (unshare) and CRIU dumps and
-        // restores them (ptrace, /proc/*/map_files, namespaces, userfaultfd that Docker's
-        // seccomp profile denies): that takes a privileged container.
-        "--privileged",
         "--network",
         "none",
         "--sysctl",
@@ -149,6 +145,12 @@ fn start_node(state: &mut NetState, labels: &[String]) -> anyhow::Result<usize> 
         "-v",
         &mount,
     ];
+    // The process engine forks tasks into new PID namespaces (unshare) and CRIU dumps and
+    // restores them (ptrace, /proc/*/map_files, namespaces, userfaultfd that Docker's seccomp
+    // profile denies): that takes a privileged container (see caps.rs for why not
+    // `--privileged` itself).
+    let privileges = super::caps::docker_args();
+    args.extend(privileges.iter().map(String::as_str));
     for l in labels {
         args.extend(["--label", l.as_str()]);
     }
