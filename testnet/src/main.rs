@@ -112,6 +112,10 @@ struct Up {
     /// Extra label key=value for every container (repeatable).
     #[arg(long)]
     label: Vec<String>,
+    /// An extra argument of every node's `brume node` command line (repeatable), e.g.
+    /// --node-arg=--cpu-millis=150 to make each node hold one task of 100 mCPU.
+    #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
+    node_arg: Vec<String>,
     /// Number of hosts of a bare testbed (default: the matrix's size; required with --synthetic).
     #[arg(long)]
     hosts: Option<usize>,

@@ -42,6 +42,7 @@ pub fn up(args: &Up) -> Result<(), String> {
         image: args.image.clone(),
         wait: Duration::from_secs(args.wait_s),
         labels: args.label.clone(),
+        node_args: args.node_arg.clone(),
     };
     let (state, joined) = up::up(&opts).map_err(msg)?;
     println!(

@@ -151,6 +151,8 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
             &run_label,
             "--wait-s",
             "180",
+            // One relay (100 mCPU) per node: the chain spans the nodes.
+            "--node-arg=--cpu-millis=150",
         ]),
         "up",
     );
@@ -197,7 +199,7 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
         0,
         &["deploy", "/tmp/svc/service.toml", "--budget", "1s"],
     );
-    let rows = deployed.as_array().expect("deploy rows");
+    let rows = deployed["instances"].as_array().expect("deploy rows");
     assert_eq!(rows.len(), 3, "{deployed}");
     let front = rows
         .iter()
@@ -221,9 +223,10 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
     assert_eq!(reply, "front(mid(back))");
     let hosts: std::collections::BTreeSet<&str> =
         rows.iter().filter_map(|r| r["peer"].as_str()).collect();
-    assert!(
-        hosts.len() >= 2,
-        "the chain ran on one node only: {deployed}"
+    assert_eq!(
+        hosts.len(),
+        3,
+        "the chain must span the three nodes: {deployed}"
     );
 
     // Partition node 2 from nodes 0 and 1: no packet between them passes; heal restores it.

@@ -91,6 +91,9 @@ pub struct NetState {
     pub router_pid: Option<u32>,
     /// Groups of node indices that cannot reach each other (empty: no partition).
     pub partition: Vec<Vec<usize>>,
+    /// Extra arguments of every node's `brume node` command line (`up --node-arg`).
+    #[serde(default)]
+    pub node_args: Vec<String>,
 }
 
 impl NetState {
@@ -263,6 +266,7 @@ mod tests {
                 .collect(),
             router_pid: None,
             partition: vec![vec![0], vec![1, 2]],
+            node_args: Vec::new(),
         };
         let m = s.effective_rtts();
         assert_eq!((m[1], m[2], m[5], m[3 + 2]), (-1.0, -1.0, 10.0, 10.0));

@@ -29,6 +29,8 @@ pub struct UpOptions {
     pub wait: Duration,
     /// Extra labels for every container (`key=value`; tests add `brume.test=...`).
     pub labels: Vec<String>,
+    /// Extra arguments of every `brume node` (e.g. `--cpu-millis=150`).
+    pub node_args: Vec<String>,
 }
 
 /// Starts a testnet and returns its state and, when waited for, how long joining took.
@@ -75,6 +77,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<(NetState, Option<Duration>)> {
         nodes: Vec::new(),
         router_pid: None,
         partition: Vec::new(),
+        node_args: opts.node_args.clone(),
     };
     // From here on, a failure removes what was made.
     let made = (|| -> anyhow::Result<()> {
@@ -183,6 +186,8 @@ fn start_node(state: &mut NetState, labels: &[String]) -> anyhow::Result<usize> 
     for a in &join_addrs {
         args.extend(["--join", a.as_str()]);
     }
+    let node_args = state.node_args.clone();
+    args.extend(node_args.iter().map(String::as_str));
     docker(&args)?;
     let pid = docker::pid_of(&container)?;
     state.nodes.push(NodeState {
