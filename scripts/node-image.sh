@@ -2,6 +2,7 @@
 # Builds the node image brume-node:<hash> (and tags it brume-node:latest) with no registry and no
 # network: FROM scratch around
 #   - brume, statically linked (glibc crt-static, built into target/static like build-static.sh),
+#     its debug info stripped,
 #   - criu (/usr/local/sbin/criu from scripts/install-criu.sh) with every library `ldd` lists,
 #   - unshare and setsid (the process engine runs a CRIU task as `unshare --pid --fork -- setsid`),
 #   - empty /tmp, /run, /var/lib/brume (the node's data dir) and /etc/{passwd,group,nsswitch}.
@@ -41,6 +42,10 @@ rm -rf "$rootfs.tmp"
 mkdir -p "$rootfs.tmp"/{usr/local/bin,usr/local/sbin,usr/bin,tmp,run,var/lib/brume,etc}
 chmod 1777 "$rootfs.tmp/tmp"
 install -m 0755 "$brume" "$rootfs.tmp/usr/local/bin/brume"
+# Debug info is 100 of brume's 130 MB; the image does not need it (panics still name functions).
+if command -v strip >/dev/null; then
+    strip --strip-debug "$rootfs.tmp/usr/local/bin/brume"
+fi
 install -m 0755 "$criu" "$rootfs.tmp/usr/local/sbin/criu"
 for tool in unshare setsid; do
     install -m 0755 "$(command -v $tool)" "$rootfs.tmp/usr/bin/$tool"
