@@ -253,11 +253,25 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
         connects(&state, 0, to(2))
     });
 
+    // A node joins the running testnet and reaches the others through the router; a killed
+    // node's container stops.
+    ok(
+        testnet(&["join", "--name", &name, "--wait-s", "180"]),
+        "join",
+    );
+    let state = NetState::load(&name).expect("the state file after join");
+    assert_eq!(state.nodes.len(), 4);
+    assert!(connects(&state, 3, to(0)), "the joined node reaches node 0");
+    ok(testnet(&["kill", "--name", &name, "3"]), "kill");
+    let ps = ok(testnet(&["ps", "--name", &name]), "ps");
+    assert_eq!(ps.matches("running").count(), 3, "{ps}");
+    assert_eq!(docker::status_of(&state.nodes[3].container), "exited");
+
     // Down removes every container, namespace, the router and the state.
     ok(testnet(&["down", "--name", &name]), "down");
     std::mem::forget(guard);
     assert_eq!(docker::containers_of(&name).unwrap(), Vec::<String>::new());
-    for i in 0..3 {
+    for i in 0..4 {
         let ns = netns::name(&state.tag, i);
         assert!(
             !Path::new(netns::NETNS_DIR).join(&ns).exists(),

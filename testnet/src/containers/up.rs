@@ -235,7 +235,12 @@ pub fn wait_joined(state: &NetState, limit: Duration) -> anyhow::Result<()> {
             Err(e) => format!("{e:#}"),
         };
         if Instant::now() > deadline {
-            bail!("the nodes did not join within {limit:?}: {why}");
+            bail!(
+                "the nodes of testnet `{}` did not join within {limit:?}: {why} (it stays up: \
+                 `brume testnet ps --name {0}`, node logs with `docker logs`, then \
+                 `brume testnet down --name {0}`)",
+                state.name
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
