@@ -53,7 +53,7 @@ done
 # Every shared library (and the loader) the dynamic programs need, at the path ldd resolves,
 # symlinks followed so the image holds the files themselves.
 for prog in "$criu" "$(command -v unshare)" "$(command -v setsid)"; do
-    ldd "$prog" | awk '/=> \//{print $3} /^\s*\/.*ld-linux/{print $1}' | while read -r lib; do
+    ldd "$prog" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
         mkdir -p "$rootfs.tmp$(dirname "$lib")"
         cp -L "$lib" "$rootfs.tmp$lib"
     done
@@ -75,6 +75,14 @@ else
     docker build -q -t "$tag" --label brume.node-image=1 --label "brume.node-image.hash=$hash" \
         --label "brume.version=$("$brume" --version | head -1 | cut -d' ' -f2)" "$out" 1>&2
 fi
+# The dynamic programs must run in the image (a library or the loader missing says "no such file").
+for prog in /usr/local/sbin/criu /usr/bin/unshare; do
+    if ! docker run --rm --network none --entrypoint "$prog" "$tag" --version >/dev/null; then
+        echo "node-image: $prog does not run in $tag (a library missing?)" >&2
+        docker rmi "$tag" >/dev/null
+        exit 1
+    fi
+done
 docker tag "$tag" brume-node:latest
 echo "node-image: ready in $(echo "$(date +%s.%N) - $started" | bc) s" >&2
 echo "$tag"

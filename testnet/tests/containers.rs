@@ -162,6 +162,24 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
     let ps = ok(testnet(&["ps", "--name", &name]), "ps");
     assert_eq!(ps.matches("running").count(), 3, "{ps}");
 
+    // The image's dynamic programs run inside a node (criu with its libraries, and what the
+    // process engine execs for a CRIU task).
+    let c0 = state.nodes[0].container.as_str();
+    docker::docker(&["exec", c0, "criu", "--version"]).expect("criu runs in the node");
+    docker::docker(&[
+        "exec",
+        c0,
+        "unshare",
+        "--pid",
+        "--fork",
+        "--",
+        "setsid",
+        "--",
+        "brume",
+        "--version",
+    ])
+    .expect("unshare and setsid run in the node");
+
     // Every node measures the router's RTT to its peers: never below it (the router only
     // delays), where the same nodes without the router measure well under a millisecond.
     wait_until("every node measuring RTTs to two peers", || {
