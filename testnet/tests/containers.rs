@@ -110,6 +110,21 @@ fn connects(state: &NetState, from: usize, to: SocketAddr) -> bool {
     .expect("enter the node's namespace")
 }
 
+/// The chain's answer to one line, asked at its front (a port on node 0's loopback).
+fn chain_answer(state: &NetState, port: u16) -> String {
+    netns::run_in(&netns::name(&state.tag, 0), move || {
+        use std::io::{BufRead, BufReader, Write};
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        writeln!(&s, "hello")?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        std::io::Result::Ok(line.trim().to_string())
+    })
+    .expect("enter node 0's namespace")
+    .expect("the chain's front answers")
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !f() {
@@ -209,7 +224,13 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
     let dir = tempfile::tempdir().unwrap();
     let relay = repo().join("target/static/x86_64-unknown-linux-gnu/release/brume-relay");
     relay_service::context(dir.path(), &relay, &name).unwrap();
-    relay_service::manifest(dir.path(), &name).unwrap();
+    let manifest = relay_service::manifest(dir.path(), &name).unwrap();
+    // Each task keeps its memory across a move: CRIU on the process engine, inside the node.
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "memory_mb = 64",
+        "memory_mb = 64\nstateful = true\ncheckpoint = \"criu\"\nuser = \"root\"",
+    );
+    std::fs::write(&manifest, text).unwrap();
     let svc = format!("{}:/tmp/svc", state.nodes[0].container);
     docker::docker(&["cp", dir.path().to_str().unwrap(), &svc]).expect("docker cp");
     let deployed = node_json(
@@ -227,17 +248,7 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
         .as_str()
         .and_then(|a| a.rsplit(':').next()?.parse().ok())
         .unwrap_or_else(|| panic!("front's address in {front}"));
-    let reply = netns::run_in(&netns::name(&state.tag, 0), move || {
-        use std::io::{BufRead, BufReader, Write};
-        let s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        writeln!(&s, "hello")?;
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line)?;
-        std::io::Result::Ok(line.trim().to_string())
-    })
-    .unwrap()
-    .expect("front answers");
+    let reply = chain_answer(&state, port);
     assert_eq!(reply, "front(mid(back))");
     let hosts: std::collections::BTreeSet<&str> =
         rows.iter().filter_map(|r| r["peer"].as_str()).collect();
@@ -246,6 +257,41 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
         3,
         "the chain must span the three nodes: {deployed}"
     );
+
+    // A node joins the running testnet and reaches the others through the router.
+    ok(
+        testnet(&["join", "--name", &name, "--wait-s", "180"]),
+        "join",
+    );
+    let state = NetState::load(&name).expect("the state file after join");
+    assert_eq!(state.nodes.len(), 4);
+    assert!(
+        connects(
+            &state,
+            3,
+            SocketAddr::from((state.nodes[0].addr, NODE_PORT))
+        ),
+        "the joined node reaches node 0"
+    );
+    // mid moves live (CRIU pre-copy between two node containers, over the router's delay) to
+    // the joined node, the only one with room, and the chain answers through it there.
+    let mid_before = rows.iter().find(|r| r["task"] == "mid").unwrap()["peer"].clone();
+    let joined = node_json(&state, 3, &["status"])["peer_id"]
+        .as_str()
+        .expect("node 3's peer id")
+        .to_string();
+    let moved = node_json(&state, 0, &["migrate", "mid", "--to", &joined]);
+    let ps = node_json(&state, 0, &["ps"]);
+    let mid_after = ps
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["task"] == "mid")
+        .unwrap_or_else(|| panic!("mid in {ps}"))["peer"]
+        .clone();
+    assert_ne!(mid_after, mid_before, "mid did not move: {moved}");
+    assert_eq!(mid_after.as_str(), Some(joined.as_str()), "{moved}");
+    assert_eq!(chain_answer(&state, port), "front(mid(back))");
 
     // Partition node 2 from nodes 0 and 1: no packet between them passes; heal restores it.
     let to = |i: usize| SocketAddr::from((state.nodes[i].addr, NODE_PORT));
@@ -271,15 +317,7 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
         connects(&state, 0, to(2))
     });
 
-    // A node joins the running testnet and reaches the others through the router; a killed
-    // node's container stops.
-    ok(
-        testnet(&["join", "--name", &name, "--wait-s", "180"]),
-        "join",
-    );
-    let state = NetState::load(&name).expect("the state file after join");
-    assert_eq!(state.nodes.len(), 4);
-    assert!(connects(&state, 3, to(0)), "the joined node reaches node 0");
+    // A killed node's container stops.
     ok(testnet(&["kill", "--name", &name, "3"]), "kill");
     let ps = ok(testnet(&["ps", "--name", &name]), "ps");
     assert_eq!(ps.matches("running").count(), 3, "{ps}");
