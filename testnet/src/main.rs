@@ -116,6 +116,10 @@ struct Up {
     /// --node-arg=--cpu-millis=150 to make each node hold one task of 100 mCPU.
     #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
     node_arg: Vec<String>,
+    /// Run each node as a `brume node` process in a network namespace instead of a container
+    /// (no Docker; the `brume` beside this program; tasks run on the host's process engine).
+    #[arg(long, requires = "nodes")]
+    processes: bool,
     /// Number of hosts of a bare testbed (default: the matrix's size; required with --synthetic).
     #[arg(long)]
     hosts: Option<usize>,

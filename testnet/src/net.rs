@@ -43,6 +43,7 @@ pub fn up(args: &Up) -> Result<(), String> {
         wait: Duration::from_secs(args.wait_s),
         labels: args.label.clone(),
         node_args: args.node_arg.clone(),
+        processes: args.processes,
     };
     let (state, joined) = up::up(&opts).map_err(msg)?;
     println!(
@@ -68,10 +69,17 @@ pub fn up(args: &Up) -> Result<(), String> {
             println!("  {}", row.join(" "));
         }
     }
-    println!(
-        "try: docker exec {} brume peers --control /run/brume/control.sock",
-        state.nodes[0].container
-    );
+    if state.processes {
+        println!(
+            "try: brume peers --control {}",
+            brume_testnet::containers::procs::control(&state, 0).display()
+        );
+    } else {
+        println!(
+            "try: docker exec {} brume peers --control /run/brume/control.sock",
+            state.nodes[0].container
+        );
+    }
     Ok(())
 }
 
@@ -116,6 +124,6 @@ pub fn join(name: &str, labels: &[String], wait_s: u64) -> Result<(), String> {
 
 pub fn down(name: &str) -> Result<(), String> {
     let removed = ops::down(name).map_err(msg)?;
-    println!("testnet {name} down ({} containers removed)", removed.len());
+    println!("testnet {name} down ({} nodes removed)", removed.len());
     Ok(())
 }

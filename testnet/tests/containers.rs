@@ -349,3 +349,93 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
         "the state directory remains"
     );
 }
+
+/// The same command without Docker (`up --processes`): `brume node` processes in namespaces
+/// this tooling creates, the same router, RTTs, partition and down.
+#[test]
+fn a_testnet_of_node_processes_needs_no_docker() {
+    if !require::root("containers::a_testnet_of_node_processes_needs_no_docker") {
+        return;
+    }
+    let brume = Path::new(BIN).with_file_name("brume");
+    assert!(
+        brume.is_file(),
+        "{} is missing: cargo build -p brume (cargo nextest run --workspace builds it)",
+        brume.display()
+    );
+    let name = format!("{}p", unique_name());
+    let guard = Down(name.clone());
+    ok(
+        testnet(&[
+            "up",
+            "--nodes",
+            "3",
+            "--processes",
+            "--latency",
+            "20ms",
+            "--name",
+            &name,
+            "--wait-s",
+            "180",
+        ]),
+        "up --processes",
+    );
+    let state = NetState::load(&name).expect("the state file");
+    assert!(state.processes);
+    wait_until("every node measuring RTTs to two peers", || {
+        (0..3).all(|i| {
+            let peers = node_json_host(&state, i, "peers");
+            peers
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["srtt_ms"].is_number())
+                .count()
+                == 2
+        })
+    });
+    for i in 0..3 {
+        for p in node_json_host(&state, i, "peers").as_array().unwrap() {
+            let srtt = p["srtt_ms"].as_f64().unwrap();
+            assert!(srtt >= RTT_MS, "node {i} measured {srtt} ms to {p}");
+        }
+    }
+    let to = |i: usize| SocketAddr::from((state.nodes[i].addr, NODE_PORT));
+    ok(testnet(&["partition", "--name", &name, "0"]), "partition");
+    assert!(
+        !connects(&state, 0, to(1)),
+        "node 0 reached node 1 across the partition"
+    );
+    assert!(
+        connects(&state, 1, to(2)),
+        "nodes 1 and 2 are on the same side"
+    );
+    ok(testnet(&["heal", "--name", &name]), "heal");
+    wait_until("node 0 reaching node 1 after heal", || {
+        connects(&state, 0, to(1))
+    });
+
+    ok(testnet(&["down", "--name", &name]), "down");
+    std::mem::forget(guard);
+    for (i, node) in state.nodes.iter().enumerate() {
+        let ns = netns::name(&state.tag, i);
+        assert!(
+            !Path::new(netns::NETNS_DIR).join(&ns).exists(),
+            "{ns} remains"
+        );
+        assert!(
+            !brume_testnet::containers::procs::alive(node.pid),
+            "node {i} (pid {}) still runs",
+            node.pid
+        );
+    }
+    assert!(
+        !NetState::dir_of(&name).exists(),
+        "the state directory remains"
+    );
+}
+
+/// `brume <what> --json` for a process node, through its control socket on the host.
+fn node_json_host(state: &NetState, i: usize, what: &str) -> serde_json::Value {
+    brume_testnet::containers::up::node_json(state, i, what).expect("brume answers")
+}

@@ -14,6 +14,7 @@
 pub mod caps;
 pub mod docker;
 pub mod ops;
+pub mod procs;
 pub mod router_proc;
 pub mod state;
 pub mod up;

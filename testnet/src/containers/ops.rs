@@ -26,7 +26,12 @@ pub fn ps(name: &str) -> anyhow::Result<Vec<NodeRow>> {
     Ok((0..state.nodes.len())
         .map(|i| {
             let node = &state.nodes[i];
-            let status = docker::status_of(&node.container);
+            let status = if state.processes {
+                let up = super::procs::alive(node.pid);
+                (if up { "running" } else { "exited" }).to_string()
+            } else {
+                docker::status_of(&node.container)
+            };
             let peer_id = if status == "running" {
                 node_json(&state, i, "status")
                     .ok()
@@ -50,7 +55,11 @@ pub fn ps(name: &str) -> anyhow::Result<Vec<NodeRow>> {
 pub fn kill(name: &str, node: &str) -> anyhow::Result<usize> {
     let mut state = NetState::load(name)?;
     let i = state.node_index(node)?;
-    docker(&["kill", &state.nodes[i].container])?;
+    if state.processes {
+        super::procs::signal(state.nodes[i].pid, libc::SIGKILL);
+    } else {
+        docker(&["kill", &state.nodes[i].container])?;
+    }
     state.nodes[i].killed = true;
     state.save()?;
     Ok(i)
@@ -100,9 +109,13 @@ pub fn heal(name: &str) -> anyhow::Result<()> {
 
 /// Removes everything testnet `name` made: the router process, the containers (by label, so
 /// also those of a half-finished `up`), the attached namespaces, the owner marker and the
-/// state directory. Safe to run again, and on a testnet whose state is gone.
+/// state directory. Safe to run again, and on a testnet whose state is gone. Returns the nodes
+/// removed.
 pub fn down(name: &str) -> anyhow::Result<Vec<String>> {
     let state = NetState::load(name).ok();
+    if let Some(state) = state.as_ref().filter(|s| s.processes) {
+        stop_processes(state);
+    }
     if let Some(state) = &state {
         if router_proc::ask(state, "stop").is_err() {
             if let Some(pid) = state.router_pid {
@@ -121,7 +134,16 @@ pub fn down(name: &str) -> anyhow::Result<Vec<String>> {
             }
         }
     }
-    let containers = docker::containers_of(name)?;
+    let processes = state.as_ref().is_some_and(|s| s.processes);
+    let containers = if processes {
+        state
+            .iter()
+            .flat_map(|s| &s.nodes)
+            .map(|n| n.container.clone())
+            .collect()
+    } else {
+        docker::containers_of(name)?
+    };
     if !containers.is_empty() {
         let mut args = vec!["rm", "-f", "-v"];
         args.extend(containers.iter().map(String::as_str));
@@ -136,6 +158,20 @@ pub fn down(name: &str) -> anyhow::Result<Vec<String>> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
     Ok(containers)
+}
+
+/// SIGTERM to every node process (each stops its tasks), then SIGKILL to any left after 20 s.
+fn stop_processes(state: &NetState) {
+    for node in &state.nodes {
+        super::procs::signal(node.pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state.nodes.iter().any(|n| super::procs::alive(n.pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for node in &state.nodes {
+        super::procs::signal(node.pid, libc::SIGKILL);
+    }
 }
 
 fn is_zombie(pid: u32) -> bool {

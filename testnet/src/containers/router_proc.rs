@@ -175,12 +175,15 @@ fn reload(
 fn attach(state: &NetState, i: usize) -> anyhow::Result<Tun> {
     let name = netns::name(&state.tag, i);
     let node = &state.nodes[i];
-    netns::ip(&["netns", "attach", &name, &node.pid.to_string()], None).with_context(|| {
-        format!(
-            "attach the namespace of {} (pid {})",
-            node.container, node.pid
-        )
-    })?;
+    // A process node's namespace was created by name already; a container's is attached.
+    if !state.processes {
+        netns::ip(&["netns", "attach", &name, &node.pid.to_string()], None).with_context(|| {
+            format!(
+                "attach the namespace of {} (pid {})",
+                node.container, node.pid
+            )
+        })?;
+    }
     let tun = Tun::create_in(&name, IFNAME)?;
     let script = format!(
         "link set lo up\nlink set {IFNAME} addrgenmode none\naddr add {}/16 dev {IFNAME}\nlink set {IFNAME} up\n",

@@ -94,6 +94,12 @@ pub struct NetState {
     /// Extra arguments of every node's `brume node` command line (`up --node-arg`).
     #[serde(default)]
     pub node_args: Vec<String>,
+    /// Nodes are `brume node` processes in namespaces, not containers (`up --processes`).
+    #[serde(default)]
+    pub processes: bool,
+    /// The `brume` program process nodes run (and that asks them), found at `up`.
+    #[serde(default)]
+    pub brume: Option<PathBuf>,
 }
 
 impl NetState {
@@ -267,6 +273,8 @@ mod tests {
             router_pid: None,
             partition: vec![vec![0], vec![1, 2]],
             node_args: Vec::new(),
+            processes: false,
+            brume: None,
         };
         let m = s.effective_rtts();
         assert_eq!((m[1], m[2], m[5], m[3 + 2]), (-1.0, -1.0, 10.0, 10.0));

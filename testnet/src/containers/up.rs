@@ -31,12 +31,18 @@ pub struct UpOptions {
     pub labels: Vec<String>,
     /// Extra arguments of every `brume node` (e.g. `--cpu-millis=150`).
     pub node_args: Vec<String>,
+    /// Run each node as a process in a namespace instead of a container (no Docker needed).
+    pub processes: bool,
 }
 
 /// Starts a testnet and returns its state and, when waited for, how long joining took.
 pub fn up(opts: &UpOptions) -> anyhow::Result<(NetState, Option<Duration>)> {
     netns::require_root()?;
-    docker::require()?;
+    if opts.processes {
+        super::procs::brume()?;
+    } else {
+        docker::require()?;
+    }
     let started = Instant::now();
     validate_name(&opts.name)?;
     anyhow::ensure!(
@@ -45,7 +51,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<(NetState, Option<Duration>)> {
         opts.nodes,
         opts.rtt.capacity()
     );
-    if !docker::image_exists(&opts.image) {
+    if !opts.processes && !docker::image_exists(&opts.image) {
         bail!(
             "no image {}: build the node image first with scripts/node-image.sh (offline, \
              about a minute once brume is built)",
@@ -60,7 +66,11 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<(NetState, Option<Duration>)> {
             opts.name
         );
     }
-    let leftovers = docker::containers_of(&opts.name)?;
+    let leftovers = if opts.processes {
+        Vec::new()
+    } else {
+        docker::containers_of(&opts.name)?
+    };
     anyhow::ensure!(
         leftovers.is_empty(),
         "containers of a testnet `{}` exist without its state ({}): `brume testnet down --name {0}`",
@@ -78,6 +88,12 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<(NetState, Option<Duration>)> {
         router_pid: None,
         partition: Vec::new(),
         node_args: opts.node_args.clone(),
+        processes: opts.processes,
+        brume: if opts.processes {
+            Some(super::procs::brume()?)
+        } else {
+            None
+        },
     };
     // From here on, a failure removes what was made.
     let made = (|| -> anyhow::Result<()> {
@@ -121,6 +137,9 @@ pub fn join(name: &str, labels: &[String], wait: Duration) -> anyhow::Result<usi
 
 /// `docker run`s node `nodes.len()` and records it.
 fn start_node(state: &mut NetState, labels: &[String]) -> anyhow::Result<usize> {
+    if state.processes {
+        return start_process_node(state);
+    }
     let i = state.nodes.len();
     let container = format!("brume-tn-{}-{i}", state.name);
     let addr = state.subnet().host(i);
@@ -199,6 +218,40 @@ fn start_node(state: &mut NetState, labels: &[String]) -> anyhow::Result<usize> 
     Ok(i)
 }
 
+/// Starts node `nodes.len()` as a process in a namespace (`up --processes`) and records it.
+fn start_process_node(state: &mut NetState) -> anyhow::Result<usize> {
+    let i = state.nodes.len();
+    let name = format!("brume-tn-{}-{i}", state.name);
+    let addr = state.subnet().host(i);
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        format!("/ip4/{addr}/tcp/{NODE_PORT}"),
+        "--engine".into(),
+        "process".into(),
+        "--name".into(),
+        name.clone(),
+        "--ping-interval-ms".into(),
+        "1000".into(),
+    ];
+    for j in [0, i.saturating_sub(1)] {
+        if j < i && !args.contains(&format!("/ip4/{}/tcp/{NODE_PORT}", state.nodes[j].addr)) {
+            args.push("--join".into());
+            args.push(format!("/ip4/{}/tcp/{NODE_PORT}", state.nodes[j].addr));
+        }
+    }
+    args.extend(state.node_args.iter().cloned());
+    // Recorded before the start, so that a failure past this point is cleaned up by `down`.
+    state.nodes.push(NodeState {
+        container: name,
+        addr,
+        pid: 0,
+        killed: false,
+    });
+    let pid = super::procs::start(state, i, &args)?;
+    state.nodes[i].pid = pid;
+    Ok(i)
+}
+
 /// Testnet names end up in container names and paths: keep them plain.
 fn validate_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
@@ -213,6 +266,27 @@ fn validate_name(name: &str) -> anyhow::Result<()> {
 /// What `brume status --json` and `brume peers --json` say in node `i`.
 pub fn node_json(state: &NetState, i: usize, what: &str) -> anyhow::Result<serde_json::Value> {
     let c = &state.nodes[i].container;
+    if state.processes {
+        let control = super::procs::control(state, i);
+        let brume = match &state.brume {
+            Some(b) => b.clone(),
+            None => super::procs::brume()?,
+        };
+        let out = std::process::Command::new(brume)
+            .arg(what)
+            .arg("--control")
+            .arg(&control)
+            .arg("--json")
+            .output()
+            .context("run brume")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`brume {what}` for {c}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("`brume {what} --json` for {c}"));
+    }
     let out = docker(&[
         "exec",
         c,
