@@ -32,15 +32,21 @@ pub fn control(state: &NetState, i: usize) -> PathBuf {
     state.node_dir(i).join("control.sock")
 }
 
-/// Creates node `i`'s namespace and starts `brume node ARGS` inside it, detached; returns its pid.
-pub fn start(state: &NetState, i: usize, args: &[String]) -> anyhow::Result<u32> {
+/// Creates node `i`'s namespace, where the node may bind its address before the router has
+/// made the device that holds it. The router attaches it on its next (re)load, before the node
+/// starts: the node's first join then finds a route.
+pub fn prepare(state: &NetState, i: usize) -> anyhow::Result<()> {
     let ns = netns::name(&state.tag, i);
     netns::create(&ns)?;
-    // The node binds its address before the router has made the device that holds it.
     netns::run_in(&ns, || {
         std::fs::write("/proc/sys/net/ipv4/ip_nonlocal_bind", "1")
             .context("set net.ipv4.ip_nonlocal_bind in the node's namespace")
-    })??;
+    })?
+}
+
+/// Starts `brume node ARGS` inside node `i`'s namespace ([`prepare`]d), detached; returns its pid.
+pub fn start(state: &NetState, i: usize, args: &[String]) -> anyhow::Result<u32> {
+    let ns = netns::name(&state.tag, i);
     let dir = state.node_dir(i);
     std::fs::create_dir_all(dir.join("data"))?;
     let log = std::fs::File::create(dir.join("node.log")).context("create node.log")?;

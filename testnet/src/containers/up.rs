@@ -98,6 +98,24 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<(NetState, Option<Duration>)> {
     // From here on, a failure removes what was made.
     let made = (|| -> anyhow::Result<()> {
         state.save()?;
+        if opts.processes {
+            // Namespaces, then the router, then the nodes: every first join finds its route.
+            let args: Vec<Vec<String>> = (0..opts.nodes)
+                .map(|_| prepare_process_node(&mut state))
+                .collect::<anyhow::Result<_>>()?;
+            state.save()?;
+            state.router_pid = Some(router_proc::spawn(&state)?);
+            state.save()?;
+            for (i, a) in args.iter().enumerate() {
+                state.nodes[i].pid = super::procs::start(&state, i, a)?;
+                state.save()?;
+                // Each node listens before the next dials it: a node whose bootstrap refused
+                // it, and that another newcomer then reached, would never dial its bootstrap
+                // again (it rejoins only when alone), leaving the first node on its own.
+                wait_answers(&state, i, Duration::from_secs(60))?;
+            }
+            return Ok(());
+        }
         for _ in 0..opts.nodes {
             start_node(&mut state, &opts.labels)?;
         }
@@ -126,9 +144,20 @@ pub fn join(name: &str, labels: &[String], wait: Duration) -> anyhow::Result<usi
         "the RTT matrix of testnet `{name}` has {} rows: no RTTs for another node",
         state.rtt.capacity()
     );
-    let i = start_node(&mut state, labels)?;
-    state.save()?;
-    router_proc::ask(&state, "reload")?;
+    let i = if state.processes {
+        let args = prepare_process_node(&mut state)?;
+        let i = state.nodes.len() - 1;
+        state.save()?;
+        router_proc::ask(&state, "reload")?;
+        state.nodes[i].pid = super::procs::start(&state, i, &args)?;
+        state.save()?;
+        i
+    } else {
+        let i = start_node(&mut state, labels)?;
+        state.save()?;
+        router_proc::ask(&state, "reload")?;
+        i
+    };
     if !wait.is_zero() {
         wait_joined(&state, wait)?;
     }
@@ -137,9 +166,10 @@ pub fn join(name: &str, labels: &[String], wait: Duration) -> anyhow::Result<usi
 
 /// `docker run`s node `nodes.len()` and records it.
 fn start_node(state: &mut NetState, labels: &[String]) -> anyhow::Result<usize> {
-    if state.processes {
-        return start_process_node(state);
-    }
+    anyhow::ensure!(
+        !state.processes,
+        "a process node starts through prepare_process_node"
+    );
     let i = state.nodes.len();
     let container = format!("brume-tn-{}-{i}", state.name);
     let addr = state.subnet().host(i);
@@ -218,8 +248,9 @@ fn start_node(state: &mut NetState, labels: &[String]) -> anyhow::Result<usize> 
     Ok(i)
 }
 
-/// Starts node `nodes.len()` as a process in a namespace (`up --processes`) and records it.
-fn start_process_node(state: &mut NetState) -> anyhow::Result<usize> {
+/// Records node `nodes.len()` as a process node, creates its namespace and returns its
+/// `brume node` arguments (it starts once the router has attached the namespace).
+fn prepare_process_node(state: &mut NetState) -> anyhow::Result<Vec<String>> {
     let i = state.nodes.len();
     let name = format!("brume-tn-{}-{i}", state.name);
     let addr = state.subnet().host(i);
@@ -234,22 +265,25 @@ fn start_process_node(state: &mut NetState) -> anyhow::Result<usize> {
         "1000".into(),
     ];
     for j in [0, i.saturating_sub(1)] {
-        if j < i && !args.contains(&format!("/ip4/{}/tcp/{NODE_PORT}", state.nodes[j].addr)) {
+        let join = format!(
+            "/ip4/{}/tcp/{NODE_PORT}",
+            state.nodes.get(j).map_or(addr, |n| n.addr)
+        );
+        if j < i && !args.contains(&join) {
             args.push("--join".into());
-            args.push(format!("/ip4/{}/tcp/{NODE_PORT}", state.nodes[j].addr));
+            args.push(join);
         }
     }
     args.extend(state.node_args.iter().cloned());
-    // Recorded before the start, so that a failure past this point is cleaned up by `down`.
+    // Recorded before anything is made, so that `down` cleans up after a failure.
     state.nodes.push(NodeState {
         container: name,
         addr,
         pid: 0,
         killed: false,
     });
-    let pid = super::procs::start(state, i, &args)?;
-    state.nodes[i].pid = pid;
-    Ok(i)
+    super::procs::prepare(state, i)?;
+    Ok(args)
 }
 
 /// Testnet names end up in container names and paths: keep them plain.
@@ -297,6 +331,20 @@ pub fn node_json(state: &NetState, i: usize, what: &str) -> anyhow::Result<serde
         "--json",
     ])?;
     serde_json::from_str(&out).with_context(|| format!("`brume {what} --json` in {c}: {out}"))
+}
+
+/// Waits until node `i` answers on its control socket (it listens on its address by then).
+fn wait_answers(state: &NetState, i: usize, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match node_json(state, i, "status") {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("node {i} did not answer within {limit:?}")))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Waits until every live node answers, has a peer, and the overlay among them is connected.
