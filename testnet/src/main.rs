@@ -21,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 ///   brume testnet kill 2
 ///   brume testnet down
 ///
+/// `up --nodes N --processes` runs the nodes as processes in namespaces (no Docker).
 /// `up --hosts N` (no --nodes) instead makes bare namespaces and routes in the foreground.
 #[derive(Parser)]
 #[command(name = "brume-testnet", version, verbatim_doc_comment)]

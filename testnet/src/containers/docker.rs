@@ -37,9 +37,8 @@ pub fn require() -> anyhow::Result<()> {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => bail!(
             "the Docker daemon does not answer ({}); `brume testnet up` runs each node in a \
-             container. Start Docker (systemctl start docker). Without Docker, \
-             `brume-testnet up --hosts N --synthetic` gives bare namespaces joined by the same \
-             router, where you can start `brume node` yourself",
+             container. Start Docker (systemctl start docker), or run the nodes as processes in \
+             namespaces instead: `brume testnet up --nodes N --processes`",
             String::from_utf8_lossy(&o.stderr).trim()
         ),
         Err(e) => Err(e),

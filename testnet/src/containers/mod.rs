@@ -5,7 +5,8 @@
 //! and nothing in it but loopback and a TUN device. One background router process (see
 //! [`router_proc`]) holds every container's TUN device and delays each packet by the pair's RTT,
 //! the same userspace router the bare [`Testbed`](crate::Testbed) uses (the kernel has no netem).
-//! Tasks run inside the node containers on brume's process engine.
+//! Tasks run inside the node containers on brume's process engine. Without Docker
+//! (`up --processes`, [`procs`]) each node is a `brume node` process in a namespace instead.
 //!
 //! The testnet's state (containers, addresses, router pid, partition) lives in a JSON file under
 //! `/run/brume-testnet/nets/<name>/`, which every command reads ([`state`]). The operations use

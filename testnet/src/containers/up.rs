@@ -359,8 +359,8 @@ pub fn wait_joined(state: &NetState, limit: Duration) -> anyhow::Result<()> {
         if Instant::now() > deadline {
             bail!(
                 "the nodes of testnet `{}` did not join within {limit:?}: {why} (it stays up: \
-                 `brume testnet ps --name {0}`, node logs with `docker logs`, then \
-                 `brume testnet down --name {0}`)",
+                 `brume testnet ps --name {0}`, node logs with `docker logs` or in \
+                 node-<i>/node.log of the state directory, then `brume testnet down --name {0}`)",
                 state.name
             );
         }
