@@ -17,7 +17,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 triple="x86_64-unknown-linux-gnu"
 criu="${CRIU:-/usr/local/sbin/criu}"
-started=$(date +%s.%N)
+started=$(date +%s%N)
 
 if [[ -n "${BRUME_NODE_BIN:-}" ]]; then
     brume="$BRUME_NODE_BIN"
@@ -84,5 +84,6 @@ for prog in /usr/local/sbin/criu /usr/bin/unshare; do
     fi
 done
 docker tag "$tag" brume-node:latest
-echo "node-image: ready in $(echo "$(date +%s.%N) - $started" | bc) s" >&2
+took_ms=$((($(date +%s%N) - started) / 1000000))
+echo "node-image: ready in $((took_ms / 1000)).$(printf %03d $((took_ms % 1000))) s" >&2
 echo "$tag"
