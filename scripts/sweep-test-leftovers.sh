@@ -14,7 +14,7 @@ if [ "$(id -u)" -eq 0 ] && [ -x target/debug/brume-testnet ]; then
   for d in /run/brume-testnet/nets/t*-*; do
     [ -d "$d" ] || continue
     name=$(basename "$d")
-    [[ "$name" =~ ^t[a-z0-9]*-[0-9]+$ ]] || continue
+    [[ "$name" =~ ^t[a-z0-9]*-[0-9]+p?$ ]] || continue
     echo "sweep: removing leftover testnet $name"
     target/debug/brume-testnet down --name "$name" >/dev/null 2>&1 || true
   done
