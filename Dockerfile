@@ -1,8 +1,11 @@
-# The brume node image. There is no registry on brume's machines, so the image is built FROM
-# scratch around a statically linked binary (glibc, crt-static):
-#   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p brume --target x86_64-unknown-linux-gnu
-#   docker build -t brume-node .
+# The brume node image, built with no registry: FROM scratch around brume's static binary, criu
+# (built from source by scripts/install-criu.sh, dynamically linked, so it comes with the shared
+# libraries `ldd` lists) and the two util-linux tools the process engine execs for CRIU tasks
+# (unshare, setsid). Do not `docker build` this file by hand: scripts/node-image.sh assembles
+# the root file system it copies (target/node-image/rootfs) and builds the image, tagged
+# brume-node:<hash of its contents> and brume-node:latest. See docs/testnet.md.
 FROM scratch
-COPY target/x86_64-unknown-linux-gnu/release/brume /brume
-ENTRYPOINT ["/brume"]
+COPY rootfs/ /
+ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/bin
+ENTRYPOINT ["/usr/local/bin/brume"]
 CMD ["--help"]

@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
 # Removes what earlier test runs left behind: Docker containers and images labelled `brume.test`
-# (every test-made container and image carries it), runc containers under the tests' runc roots,
+# (every test-made container and image carries it), testnets of test runs, runc containers under the tests' runc roots,
 # network namespaces `brume-<tag>-<n>` whose owning process is gone (`brume-testnet cleanup`
 # keeps those of a run still alive), and test temp dirs older than a day. scripts/test.sh runs it
 # before and after the tests; nothing without the test label or prefix is touched, so a node's
 # real tasks are safe. Prints one line per kind when it removed something.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+# Testnets of test runs (named t<run>-<pid> by testnet/tests/containers.rs) killed before their
+# guard ran `down`: their router process, containers, attached namespaces and state.
+if [ "$(id -u)" -eq 0 ] && [ -x target/debug/brume-testnet ]; then
+  for d in /run/brume-testnet/nets/t*-*; do
+    [ -d "$d" ] || continue
+    name=$(basename "$d")
+    [[ "$name" =~ ^t[a-z0-9]*-[0-9]+p?$ ]] || continue
+    echo "sweep: removing leftover testnet $name"
+    target/debug/brume-testnet down --name "$name" >/dev/null 2>&1 || true
+  done
+fi
 
 if command -v docker >/dev/null && docker version >/dev/null 2>&1; then
   containers=$(docker ps -aq --filter label=brume.test)

@@ -46,6 +46,16 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// A local testnet of node containers with real delays between them: `brume testnet up
+    /// --nodes 5 --latency 5ms..80ms`, then ps, kill NODE, partition A,B, heal, join, down.
+    /// Runs the `brume-testnet` program installed beside this one (`brume testnet --help`);
+    /// needs root, Docker and the node image (scripts/node-image.sh).
+    #[command(disable_help_flag = true)]
+    Testnet {
+        /// The subcommand and its options, handed to brume-testnet as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run this device's node in the foreground: join the overlay (through any member given
     /// with --join), measure latencies, answer maps, and serve the local control socket.
     Node(Box<brume::daemon::run::NodeArgs>),
@@ -117,6 +127,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Place(args) => brume_plan::place::run(args),
         Command::Bench { args } => bench(args),
+        Command::Testnet { args } => beside("brume-testnet", "brume-testnet", args),
         Command::Trace { args } => {
             let mut all = vec![std::ffi::OsString::from("trace")];
             all.extend(args.iter().cloned());
@@ -174,16 +185,21 @@ fn block_on(
 /// `brume bench ...`: runs `brume-bench ...` from this program's own directory, so the daemon
 /// links none of the benches' tooling.
 fn bench(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+    beside("brume-bench", "brume-bench", args)
+}
+
+/// Runs program `name` from this program's own directory with `args` (the tooling the daemon
+/// does not link: benches, testnet), built by `cargo build --release -p <package>`.
+fn beside(name: &str, package: &str, args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
     let me = std::env::current_exe().context("cannot find this program's own path")?;
-    let exe = me.with_file_name("brume-bench");
+    let exe = me.with_file_name(name);
     let status = std::process::Command::new(&exe)
         .args(args)
         .status()
         .with_context(|| {
             format!(
-                "cannot run {} (the benches are a separate program: cargo build --release \
-                 -p brume-bench)",
+                "cannot run {} (a separate program: cargo build --release -p {package})",
                 exe.display()
             )
         })?;

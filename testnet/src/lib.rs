@@ -22,6 +22,7 @@
 //! The benches themselves are the `brume-bench` binary in `testnet/bench`.
 
 pub mod addr;
+pub mod containers;
 pub mod error;
 pub mod latency;
 pub mod localnet;

@@ -100,7 +100,7 @@ pub struct RouterStats {
 #[derive(Debug)]
 pub struct Router {
     stop: OwnedFd,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Vec<Tun>>>,
     counters: Arc<Counters>,
 }
 
@@ -157,12 +157,25 @@ impl Router {
 
     /// Stops the thread (packets still held are dropped) and closes the devices.
     pub fn stop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-            unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
-            let _ = thread.join();
-        }
+        drop(self.stop_keeping_devices());
+    }
+
+    /// Stops the thread (packets still held are dropped) and hands back its devices, open, in
+    /// host order: a router started again over them (with another RTT matrix, or one more
+    /// device) routes for the same namespaces, which keep their interfaces and addresses. This
+    /// is how `brume testnet` partitions, heals and adds a node.
+    pub fn into_devices(mut self) -> Vec<Tun> {
+        self.stop_keeping_devices()
+    }
+
+    fn stop_keeping_devices(&mut self) -> Vec<Tun> {
+        let Some(thread) = self.thread.take() else {
+            return Vec::new();
+        };
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        thread.join().unwrap_or_default()
     }
 }
 
@@ -250,7 +263,7 @@ impl State {
         }
     }
 
-    fn run(mut self, stop: i32) {
+    fn run(mut self, stop: i32) -> Vec<Tun> {
         // Wake-ups as close to the due time as the kernel's hrtimers allow.
         // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
@@ -288,11 +301,11 @@ impl State {
                 )
             };
             if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                return; // Only EFAULT/EINVAL/ENOMEM: nothing sensible is left to do.
+                return self.tuns; // Only EFAULT/EINVAL/ENOMEM: nothing sensible is left to do.
             }
             if ready > 0 {
                 if fds[n].revents != 0 {
-                    return;
+                    return self.tuns;
                 }
                 for (i, fd) in fds[..n].iter_mut().enumerate() {
                     let revents = std::mem::take(&mut fd.revents);

@@ -114,7 +114,7 @@ impl TestbedBuilder {
 /// A tag that no namespace and no other testbed uses, claimed for this process (its owner
 /// marker written). The tag is random: it only names resources and decides nothing a test
 /// checks; the claim is atomic, so testbeds built at once in parallel tests never share one.
-fn claim_tag() -> Result<String> {
+pub(crate) fn claim_tag() -> Result<String> {
     loop {
         let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let used = Path::new(netns::NETNS_DIR)
