@@ -5,8 +5,7 @@
 # Dockerfiles (examples/fedavg/{aggregator,trainer}/, gitignored) and prints the absolute path of
 # the brume-relay binary on the last line of stdout. Progress goes to stderr. The dirtier (the
 # live-migration workload) lands in target/static/x86_64-unknown-linux-gnu/release/dirtier, the
-# CRIU tests' workload (brume-dirtier's second binary) beside it as criu-workload. brume itself
-# is built static here too: scripts/node-image.sh puts it in the node image (testnet tests).
+# CRIU tests' workload (brume-dirtier's second binary) beside it as criu-workload.
 #
 # Idempotent and fast when up to date: cargo does nothing when nothing changed, and a binary is
 # only copied when it differs from the copy already there.
@@ -17,9 +16,9 @@ triple="x86_64-unknown-linux-gnu"
 export CARGO_TARGET_DIR="$root/target/static"
 export RUSTFLAGS="-C target-feature=+crt-static"
 
-echo "build-static: cargo build --release --target $triple -p brume-relay -p brume-fedavg -p brume-dirtier -p brume" >&2
+echo "build-static: cargo build --release --target $triple -p brume-relay -p brume-fedavg -p brume-dirtier" >&2
 (cd "$root" && "${CARGO:-cargo}" build --release --target "$triple" \
-    -p brume-relay -p brume-fedavg -p brume-dirtier -p brume 1>&2)
+    -p brume-relay -p brume-fedavg -p brume-dirtier 1>&2)
 
 out="$CARGO_TARGET_DIR/$triple/release"
 for bin in aggregator trainer; do

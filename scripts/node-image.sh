@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the node image brume-node:<hash> (and tags it brume-node:latest) with no registry and no
 # network: FROM scratch around
-#   - brume, statically linked (glibc crt-static, built into target/static like build-static.sh),
-#     its debug info stripped,
+#   - brume, its debug info stripped: the static release build by default (glibc crt-static, in
+#     target/static), or BRUME_NODE_BIN (the tests give their debug build, which is dynamic: its
+#     libraries then come along like criu's),
 #   - criu (/usr/local/sbin/criu from scripts/install-criu.sh) with every library `ldd` lists,
 #   - unshare and setsid (the process engine runs a CRIU task as `unshare --pid --fork -- setsid`),
 #   - empty /tmp, /run, /var/lib/brume (the node's data dir) and /etc/{passwd,group,nsswitch}.
@@ -10,7 +11,7 @@
 # exactly when the contents do; an image that exists already is not built again. Prints the tag
 # on the last line of stdout; progress goes to stderr.
 #
-#   BRUME_NODE_BIN=/path/to/static/brume  use this binary instead of building one
+#   BRUME_NODE_BIN=/path/to/brume  use this binary (static or not) instead of building one
 #   CRIU=/path/to/criu                    another criu (default /usr/local/sbin/criu)
 set -euo pipefail
 
@@ -27,9 +28,10 @@ else
         "${CARGO:-cargo}" build --release --target "$triple" -p brume 1>&2)
     brume="$root/target/static/$triple/release/brume"
 fi
+# A dynamic brume brings its libraries, like criu.
+dynamic=("$criu" "$(command -v unshare)" "$(command -v setsid)")
 if ! ldd "$brume" 2>&1 | grep -q "not a dynamic executable\|statically linked"; then
-    echo "node-image: $brume is not statically linked (a FROM scratch image has no libc)" >&2
-    exit 1
+    dynamic+=("$brume")
 fi
 if [[ ! -x "$criu" ]]; then
     echo "node-image: no criu at $criu (build it with scripts/install-criu.sh, or set CRIU=)" >&2
@@ -52,7 +54,7 @@ for tool in unshare setsid; do
 done
 # Every shared library (and the loader) the dynamic programs need, at the path ldd resolves,
 # symlinks followed so the image holds the files themselves.
-for prog in "$criu" "$(command -v unshare)" "$(command -v setsid)"; do
+for prog in "${dynamic[@]}"; do
     ldd "$prog" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
         mkdir -p "$rootfs.tmp$(dirname "$lib")"
         cp -L "$lib" "$rootfs.tmp$lib"
@@ -76,7 +78,7 @@ else
         --label "brume.version=$("$brume" --version | head -1 | cut -d' ' -f2)" "$out" 1>&2
 fi
 # The dynamic programs must run in the image (a library or the loader missing says "no such file").
-for prog in /usr/local/sbin/criu /usr/bin/unshare; do
+for prog in /usr/local/bin/brume /usr/local/sbin/criu /usr/bin/unshare; do
     if ! docker run --rm --network none --entrypoint "$prog" "$tag" --version >/dev/null; then
         echo "node-image: $prog does not run in $tag (a library missing?)" >&2
         docker rmi "$tag" >/dev/null

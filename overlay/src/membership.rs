@@ -296,8 +296,10 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
             self.dialing.retain(|(d, _)| d != a);
             self.failures.remove(a);
         }
-        self.rejoin_rounds = 0;
         let fresh = !self.connected.contains_key(&node);
+        if fresh {
+            self.rejoin_rounds = 0;
+        }
         let entry = self.connected.entry(node).or_insert(Connected {
             addr: None,
             score: INITIAL_SCORE,
@@ -646,6 +648,39 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
         }
     }
 
+    /// Below `min_degree` with nothing remembered left to dial: dial again the bootstrap
+    /// addresses no connected peer was reached at, with the rejoin backoff. Without it a node
+    /// whose first dial to its bootstrap failed, and which a later node reached meanwhile, never
+    /// met its bootstrap, and a bootstrap node (which dials no one) stayed alone (seen in the
+    /// container testnet: peers {0: {}, 1: {2}, 2: {1}} for good).
+    fn redial_bootstrap(&mut self, now: Time, out: &mut Vec<Action<A>>) {
+        if now < self.next_rejoin
+            || self.connected.len() + self.dialing.len() >= self.config.min_degree
+        {
+            return;
+        }
+        let reached: Vec<&A> = self
+            .connected
+            .values()
+            .filter_map(|c| c.addr.as_ref())
+            .collect();
+        let boots: Vec<A> = self
+            .bootstrap
+            .iter()
+            .filter(|a| !reached.contains(a) && !self.is_dialing(a))
+            .cloned()
+            .collect();
+        if boots.is_empty() {
+            return;
+        }
+        let factor = f64::from(1u32 << self.rejoin_rounds.min(5));
+        self.next_rejoin = now.plus_ms(self.config.rejoin_backoff_ms * factor);
+        self.rejoin_rounds += 1;
+        for a in boots {
+            self.dial(now, a, None, out);
+        }
+    }
+
     /// Lost every peer: dial the bootstrap list and every remembered address (with a backoff).
     fn rejoin(&mut self, now: Time, out: &mut Vec<Action<A>>) {
         if now < self.next_rejoin {
@@ -713,6 +748,7 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
                 }
             } else {
                 self.fill(now, self.config.min_degree, &mut out);
+                self.redial_bootstrap(now, &mut out);
                 self.trim(now, &mut out);
             }
         }
@@ -820,6 +856,37 @@ mod tests {
         // Still below min when the second member connects? degree 2 == min: no new join.
         assert!(out.is_empty());
         assert_eq!(m.degree(), 2);
+    }
+
+    #[test]
+    fn a_node_reached_by_others_before_its_bootstrap_dials_the_bootstrap_again() {
+        let s = |v: u64| ms(v * 1000);
+        let boot = "boot".to_string();
+        let c = MembershipConfig {
+            min_degree: 3,
+            ..cfg()
+        };
+        let mut m = M::new(NodeId(1), c, vec![boot.clone()], 7);
+        assert_eq!(dials(&m.start(s(0))), vec![boot.clone()]);
+        m.on_dial_failed(ms(100), &boot);
+        // Another node dials in: one peer, below min_degree, nothing else remembered.
+        m.on_connected(ms(200), NodeId(3), None);
+        assert_eq!(
+            dials(&m.handle_timeout(s(3))),
+            vec![boot.clone()],
+            "the bootstrap is dialled again"
+        );
+        // Backed off: not again at once.
+        m.on_dial_failed(ms(3100), &boot);
+        assert!(dials(&m.handle_timeout(ms(4500))).is_empty());
+        // Reached at last: never dialled again while connected, though still below min_degree.
+        m.on_connected(s(6), NodeId(2), Some(boot.clone()));
+        for t in 7..200 {
+            assert!(
+                !dials(&m.handle_timeout(s(t))).contains(&boot),
+                "a connected bootstrap was dialled again at {t} s"
+            );
+        }
     }
 
     #[test]

@@ -4,9 +4,8 @@
 //! container, namespace, router or state behind. Needs root, Docker and criu (for the image);
 //! CI's `BRUME_REQUIRE=all` turns a missing one into a failure.
 //!
-//! The image is built by scripts/node-image.sh from the static brume that scripts/build-static.sh
-//! built (scripts/test.sh runs it first); the image's tag is the hash of its contents, so an
-//! unchanged image is not built again.
+//! The image is built by scripts/node-image.sh around the debug brume of the same build; the
+//! image's tag is the hash of its contents, so an unchanged image is not built again.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -30,12 +29,19 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// The node image, built (or found) by scripts/node-image.sh from the static brume.
+/// The node image, built (or found) by scripts/node-image.sh around the brume of this build
+/// (the debug binary beside this test's: `cargo test`/`nextest` of the workspace builds it, and
+/// a release build of it would cost CI a quarter of an hour).
 fn node_image() -> String {
-    let brume = repo().join("target/static/x86_64-unknown-linux-gnu/release/brume");
+    let brume = std::env::current_exe()
+        .expect("the test's own path")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .join("brume");
     assert!(
         brume.is_file(),
-        "{} is missing: run `bash scripts/build-static.sh` first (scripts/test.sh does)",
+        "{} is missing: build the workspace first (`cargo build -p brume`; scripts/test.sh does)",
         brume.display()
     );
     let out = Command::new("bash")
