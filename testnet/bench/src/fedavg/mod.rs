@@ -313,7 +313,19 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
             }
         );
     }
-    let lost = o.log.lost_rounds(a.rounds);
+    let counted = o.history.as_ref().map_or(0, |h| h.len() as u64);
+    let unseen: Vec<String> = (1..=counted)
+        .filter(|r| !rounds.iter().any(|x| x.round == *r))
+        .map(|r| r.to_string())
+        .collect();
+    if !unseen.is_empty() {
+        println!(
+            "rounds in the aggregator's own history (CHECKPOINT) but in no log this program read \
+             (printed on the old host just before the move): {}",
+            unseen.join(", ")
+        );
+    }
+    let lost = o.log.lost_rounds(a.rounds, counted);
     let (acc, central) = o.log.accuracies();
     println!(
         "lost rounds: {lost} (missing, redone, below the quorum or dropped, of {}); {}",
@@ -330,7 +342,14 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
         f(central, 4),
         f(acc.zip(central).map(|(a, c)| (a - c) * 100.0), 2)
     );
-    println!("up: {} s from the first daemon's start to the first round", f(up_s, 2));
+    println!(
+        "up: {} s from the first daemon's start to the first round (daemons connected and \
+         mapped at {:.2} s, `brume deploy` returned at {:.2} s, all instances running at {:.2} s)",
+        f(up_s, 2),
+        o.nodes_up_s,
+        o.deployed_s,
+        o.running_s
+    );
 
     // The picture.
     let mut markers = Vec::new();
@@ -346,7 +365,10 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
             label: format!("kill (trainer {})", k.replica),
         });
     }
-    let curves = Curves::from_log(&o.log.plot_text());
+    let mut curves = Curves::from_log(&o.log.plot_text());
+    if let Some(h) = &o.history {
+        curves.fill_from_history(h);
+    }
     let title = format!(
         "fedavg on the UCI digits, {} brume nodes: test accuracy per round",
         a.nodes

@@ -86,6 +86,14 @@ pub struct Outcome {
     pub finished: bool,
     /// Where the aggregator and each trainer ran at first (task, replica, host).
     pub placed: Vec<(String, u64, String)>,
+    /// When (s from the run's start) the daemons were connected and mapped, `brume deploy`
+    /// returned, and node 0's `ps` first showed every instance running.
+    pub nodes_up_s: f64,
+    /// The aggregator's own accuracy history at the end (its CHECKPOINT state line), if it
+    /// answered.
+    pub history: Option<Vec<f64>>,
+    pub deployed_s: f64,
+    pub running_s: f64,
 }
 
 /// (task, replica, host, state) of every instance of the service node 0's `ps` shows.
@@ -113,6 +121,27 @@ fn node_id(net: &LocalNet, i: usize) -> anyhow::Result<String> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let id = v["node_id"].as_u64().context("no node_id in status")?;
     Ok(format!("n{id}"))
+}
+
+/// The aggregator's address (on this machine's loopback) as node 0's `ps` shows it.
+fn aggregator_address(net: &LocalNet) -> Option<String> {
+    let out = net.brume(0, &["ps", "--json"]).ok()?;
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+    rows.into_iter()
+        .find(|r| r["service"].as_str() == Some(SERVICE) && r["task"].as_str() == Some("aggregator"))
+        .and_then(|r| r["address"].as_str().map(str::to_string))
+}
+
+/// The aggregator's state line (`CHECKPOINT` on its port), parsed.
+fn checkpoint(address: &str) -> anyhow::Result<brume_fedavg::wire::State> {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::net::TcpStream::connect(address)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    (&s).write_all(b"CHECKPOINT\n")?;
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    brume_fedavg::wire::State::parse(line.trim_end())
+        .map_err(|e| anyhow::anyhow!("the aggregator's CHECKPOINT: {e}"))
 }
 
 /// Polls every [`POLL`] until `ready` gives a value or `limit` passes.
@@ -225,6 +254,7 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
         "2048",
     ];
     let mut net = LocalNet::start_logged(exe, plan.nodes, &args)?;
+    let nodes_up_s = t0.elapsed().as_secs_f64();
     let ids: Vec<String> = (0..plan.nodes)
         .map(|i| node_id(&net, i))
         .collect::<anyhow::Result<_>>()?;
@@ -237,6 +267,7 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
         "deploy failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let deployed_s = t0.elapsed().as_secs_f64();
     let log = Arc::new(Mutex::new(Log::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let _follower = Follower {
@@ -260,6 +291,7 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
         (running >= 5 && rows.iter().any(|r| r.0 == "aggregator")).then_some(rows)
     })
     .context("the aggregator and its trainers did not run within 120 s")?;
+    let running_s = t0.elapsed().as_secs_f64();
     let placed: Vec<(String, u64, String)> =
         placed.into_iter().map(|(t, r, h, _)| (t, r, h)).collect();
     let wait_round = |r: u64| poll(PER_ROUND * r.max(1) as u32, || (last() >= r).then_some(()));
@@ -378,6 +410,9 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
                 .map(|r| r.round);
         }
     }
+    let history = aggregator_address(&net)
+        .and_then(|a| checkpoint(&a).ok())
+        .map(|s| s.history);
     let _ = net.brume(0, &["stop", SERVICE]);
     Ok(Outcome {
         log,
@@ -385,5 +420,9 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
         kill,
         finished,
         placed,
+        nodes_up_s,
+        history,
+        deployed_s,
+        running_s,
     })
 }

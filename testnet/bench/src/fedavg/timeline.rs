@@ -92,11 +92,13 @@ impl Log {
             .collect()
     }
 
-    /// Rounds that had to be redone or never came, out of `1..=total`: missing from the
-    /// sequence, counted twice (a restored state), tried below the quorum, or dropped.
-    pub fn lost_rounds(&self, total: u64) -> usize {
+    /// Rounds that had to be redone or never came, out of `1..=total`: missing (neither seen
+    /// in the log nor among the first `counted` rounds of the aggregator's own history: a line
+    /// printed on the old host just before a move is in no log the new host serves), counted
+    /// twice (a restored state), tried below the quorum, or dropped.
+    pub fn lost_rounds(&self, total: u64, counted: u64) -> usize {
         let mut lost: BTreeSet<u64> = (1..=total)
-            .filter(|r| !self.rounds.contains_key(r))
+            .filter(|r| !self.rounds.contains_key(r) && *r > counted)
             .collect();
         lost.extend(
             self.rounds
@@ -194,7 +196,7 @@ mod tests {
         assert_eq!(rounds[0].seen_s, 1.0);
         assert_eq!(rounds[1].seen_s, 2.0);
         assert_eq!(rounds[3].trainers, (3, 4));
-        assert_eq!(log.lost_rounds(5), 0);
+        assert_eq!(log.lost_rounds(5, 0), 0);
         assert_eq!(log.accuracies(), (Some(0.9443), Some(0.9610)));
         assert_eq!(rate(&rounds, 1, 5), Some(4.0 / 3.0 * 60.0));
         assert_eq!(rate(&rounds, 1, 9), None);
@@ -218,7 +220,9 @@ mod tests {
         );
         log.absorb("round=4 dropped: the state was restored meanwhile", 3.0);
         // 2 redone, 3 below quorum (and never counted), 4 dropped, 5 missing.
-        assert_eq!(log.lost_rounds(5), 4);
+        assert_eq!(log.lost_rounds(5, 0), 4);
+        // Round 5 in the aggregator's own history: not lost, only unseen.
+        assert_eq!(log.lost_rounds(5, 5), 3);
         assert_eq!(log.rounds()[1].acc, 0.92, "a redone round shows its last line");
     }
 
