@@ -74,6 +74,10 @@ wait_round() {
   done
   echo "round $1 did not come within 90 s"; return 1
 }
+# The last round the aggregator's log shows (where the picture marks an event).
+last_round() {
+  agg_log | awk -F'[=/]' '/^round=[0-9]+\/[0-9]+ / { r = $2 } END { print r + 0 }'
+}
 # Field $2 of every instance of node 0's `brume ps --json` whose task is $1, one a line
 # (`replica`, `host` or `state`), as "replica host state".
 instances() {
@@ -86,6 +90,7 @@ instances() {
 }
 echo; echo "== training (10 rounds, one a second) ..."
 wait_round 3
+moved_after=$(last_round)
 echo; echo "== brume migrate aggregator (after round 3: CRIU moves the process, model and all, to the nearest node with room)"
 "$brume" migrate aggregator --control "$work/n0.sock"
 echo; echo "== training goes on on the new host ..."
@@ -102,7 +107,15 @@ for i in $(seq 1 $((nodes - 1))); do
 done
 if [ -n "$victim" ]; then
   echo; echo "== after round 6: kill -9 node $victim (it runs trainer #$replica): a crash, no goodbye"
+  peer=$("$brume" status --json --control "$work/n$victim.sock" 2>/dev/null | awk -F'"' '/"peer_id"/ {print $4; exit}')
+  killed_after=$(last_round)
   { kill -9 "${pids[$victim]}"; wait "${pids[$victim]}"; } 2>/dev/null || true
+  # A process-engine task dies with its node; a container outlives the daemon, so it is
+  # removed too, as on a device that lost power (its name ends with the node's tag).
+  if [ -n "$peer" ] && command -v docker >/dev/null; then
+    gone=$(docker ps -aq --filter label=brume.service=fedavg --filter "name=-${peer: -8}\$" 2>/dev/null || true)
+    [ -n "$gone" ] && docker rm -f $gone >/dev/null 2>&1 || true
+  fi
   echo "waiting for node 0 to notice and place trainer #$replica again ..."
   healed=""
   for _ in $(seq 60); do
@@ -140,8 +153,8 @@ case "$done_line" in
   *) echo "not the uninterrupted run's model (checksum bf45cb7b0f34d6cf): see missed= above" ;;
 esac
 echo; echo "== the picture: test accuracy per round, federated and centralised, the move and the kill marked"
-markers="3.5:move"
-[ -n "$victim" ] && markers="$markers,6.5:kill (trainer $replica)"
+markers="$moved_after.5:move"
+[ -n "$victim" ] && markers="$markers,$killed_after.5:kill (trainer $replica)"
 plot=target/static/x86_64-unknown-linux-gnu/release/fedavg-plot
 # A round line printed on the old host just before the move is in no log the new host serves:
 # such rounds come from the aggregator's own history (its CHECKPOINT line, on its address).
