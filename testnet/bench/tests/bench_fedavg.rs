@@ -83,7 +83,13 @@ fn fedavg_bench_moves_the_aggregator_heals_a_trainer_and_reports_every_key() {
     // The picture: both curves and a marker for the move and the kill.
     let picture = std::fs::read_to_string(&svg).expect("the picture was written");
     assert!(picture.starts_with("<svg"), "{picture}");
-    assert!(picture.contains(">move</text>"), "no move marker in\n{picture}");
-    assert!(picture.contains(">kill (trainer "), "no kill marker in\n{picture}");
+    assert!(
+        picture.contains(">move</text>"),
+        "no move marker in\n{picture}"
+    );
+    assert!(
+        picture.contains(">kill (trainer "),
+        "no kill marker in\n{picture}"
+    );
     assert!(picture.contains("centralised"), "{picture}");
 }

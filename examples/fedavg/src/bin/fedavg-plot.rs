@@ -11,8 +11,8 @@
 //! `CHECKPOINT` state line.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::time::Duration;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use brume_fedavg::plot::{self, Curves};
 use brume_fedavg::wire::State;

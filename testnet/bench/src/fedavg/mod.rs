@@ -124,7 +124,10 @@ fn print_timeline(o: &Outcome, rounds: &[Round]) {
 }
 
 pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.nodes >= 5, "--nodes: the aggregator and four trainers need 5 nodes or more");
+    anyhow::ensure!(
+        a.nodes >= 5,
+        "--nodes: the aggregator and four trainers need 5 nodes or more"
+    );
     anyhow::ensure!(a.rounds >= 2, "--rounds: 2 or more");
     let exe = crate::brume_exe()?;
     let moving = !a.no_move;
@@ -244,7 +247,11 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
             m.after_round,
             f(before, 1),
             m.after_round,
-            if o.kill.is_some() { ", up to the kill" } else { "" },
+            if o.kill.is_some() {
+                ", up to the kill"
+            } else {
+                ""
+            },
             f(after, 1)
         );
         println!(

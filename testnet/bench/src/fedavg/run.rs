@@ -128,7 +128,9 @@ fn aggregator_address(net: &LocalNet) -> Option<String> {
     let out = net.brume(0, &["ps", "--json"]).ok()?;
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
     rows.into_iter()
-        .find(|r| r["service"].as_str() == Some(SERVICE) && r["task"].as_str() == Some("aggregator"))
+        .find(|r| {
+            r["service"].as_str() == Some(SERVICE) && r["task"].as_str() == Some("aggregator")
+        })
         .and_then(|r| r["address"].as_str().map(str::to_string))
 }
 
@@ -373,9 +375,7 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
         if let Some(host) = poll(HEAL, || {
             ps(&net)
                 .into_iter()
-                .find(|r| {
-                    r.0 == "trainer" && r.1 == replica && r.2 != k.host && r.3 == "running"
-                })
+                .find(|r| r.0 == "trainer" && r.1 == replica && r.2 != k.host && r.3 == "running")
                 .map(|r| r.2)
         }) {
             k.healed_s = Some(at.elapsed().as_secs_f64());

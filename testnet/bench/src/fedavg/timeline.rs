@@ -183,14 +183,37 @@ mod tests {
     #[test]
     fn lines_are_gathered_across_reads_and_keep_their_first_time() {
         let mut log = Log::default();
-        log.absorb(&format!("{CENTRAL}\nstart round=0/5 acc=0.1\n{}", round(1, 4, "0.9164")), 1.0);
         log.absorb(
-            &format!("{CENTRAL}\n{}\n{}", round(1, 4, "0.9164"), round(2, 4, "0.9387")),
+            &format!(
+                "{CENTRAL}\nstart round=0/5 acc=0.1\n{}",
+                round(1, 4, "0.9164")
+            ),
+            1.0,
+        );
+        log.absorb(
+            &format!(
+                "{CENTRAL}\n{}\n{}",
+                round(1, 4, "0.9164"),
+                round(2, 4, "0.9387")
+            ),
             2.0,
         );
         // After a move the new host's log holds only the later lines.
-        log.absorb(&format!("{}\nround 4: trainer 1 at x: y; retry 1/5 in 200 ms\n{}", round(3, 4, "0.9415"), round(4, 3, "0.9471")), 3.5);
-        log.absorb(&format!("{}\ndone round=5/5 acc=0.9443 central_acc=0.9610 loss=0.2", round(5, 4, "0.9443")), 4.0);
+        log.absorb(
+            &format!(
+                "{}\nround 4: trainer 1 at x: y; retry 1/5 in 200 ms\n{}",
+                round(3, 4, "0.9415"),
+                round(4, 3, "0.9471")
+            ),
+            3.5,
+        );
+        log.absorb(
+            &format!(
+                "{}\ndone round=5/5 acc=0.9443 central_acc=0.9610 loss=0.2",
+                round(5, 4, "0.9443")
+            ),
+            4.0,
+        );
         let rounds = log.rounds();
         assert_eq!(rounds.len(), 5);
         assert_eq!(rounds[0].seen_s, 1.0);
@@ -208,7 +231,10 @@ mod tests {
     #[test]
     fn missing_redone_and_below_quorum_rounds_are_lost() {
         let mut log = Log::default();
-        log.absorb(&format!("{}\n{}", round(1, 4, "0.9"), round(2, 4, "0.91")), 1.0);
+        log.absorb(
+            &format!("{}\n{}", round(1, 4, "0.9"), round(2, 4, "0.91")),
+            1.0,
+        );
         // Round 2 counted again with another result, round 3 below the quorum, 5 never came.
         log.absorb(
             &format!(
@@ -223,7 +249,11 @@ mod tests {
         assert_eq!(log.lost_rounds(5, 0), 4);
         // Round 5 in the aggregator's own history: not lost, only unseen.
         assert_eq!(log.lost_rounds(5, 5), 3);
-        assert_eq!(log.rounds()[1].acc, 0.92, "a redone round shows its last line");
+        assert_eq!(
+            log.rounds()[1].acc,
+            0.92,
+            "a redone round shows its last line"
+        );
     }
 
     #[test]
@@ -235,7 +265,14 @@ mod tests {
             acc: 0.9,
         };
         // Rounds every 1.1 s, then round 5 comes 1.6 s after round 4 (the freeze).
-        let rounds = [at(1, 1.0), at(2, 2.1), at(3, 3.2), at(4, 4.3), at(5, 5.9), at(6, 7.0)];
+        let rounds = [
+            at(1, 1.0),
+            at(2, 2.1),
+            at(3, 3.2),
+            at(4, 4.3),
+            at(5, 5.9),
+            at(6, 7.0),
+        ];
         let pause = move_pause_ms(&rounds, 3.3, 5.5, 1.1);
         assert!((pause - 500.0).abs() < 1e-6, "{pause}");
         // A window no round interval overlaps beyond normal: no pause.
