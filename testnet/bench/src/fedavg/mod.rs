@@ -298,8 +298,8 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
             k.at_s,
             match (&k.healed_s, &k.new_host) {
                 (Some(s), Some(h)) => format!(
-                    "the trainer ran again on {h} {s:.2} s later (node 0's ps; detection {} ms \
-                     by its log); first round with every trainer after that: {}",
+                    "the trainer ran again on {h} {s:.2} s later (node 0's ps; node 0 \
+                     declared the host dead {} ms after its last heartbeat answer); first round with every trainer after that: {}",
                     ms(k.detect_ms),
                     k.full_round.map_or("none".into(), |r| r.to_string())
                 ),

@@ -70,7 +70,8 @@ pub struct Kill {
     /// where; `None` if it never did within the limit.
     pub healed_s: Option<f64>,
     pub new_host: Option<String>,
-    /// The detection time node 0 logged ("placed again ... detect_ms").
+    /// How long the host had been silent (since its last heartbeat answer, so partly before
+    /// the kill) when node 0 declared it dead, from node 0's "placed again" log line.
     pub detect_ms: Option<u64>,
     /// The first round after the kill that all trainers answered.
     pub full_round: Option<u64>,
@@ -381,12 +382,6 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
             k.healed_s = Some(at.elapsed().as_secs_f64());
             k.new_host = Some(host);
         }
-        k.detect_ms = std::fs::read_to_string(net.log(0))
-            .unwrap_or_default()
-            .lines()
-            .map(strip_ansi)
-            .filter(|l| l.contains("placed again") && l.contains(&k.host))
-            .find_map(|l| number_after(&l, "detect_ms="));
         kill = Some(k);
     }
 
@@ -400,8 +395,15 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
     })
     .is_some();
     let log = log.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    // The first round seen after the trainer ran again with every trainer answering.
+    // The first round seen after the trainer ran again with every trainer answering; node 0's
+    // log line of the re-placement (read now: it may be written after `ps` shows the trainer).
     if let Some(k) = kill.as_mut() {
+        k.detect_ms = std::fs::read_to_string(net.log(0))
+            .unwrap_or_default()
+            .lines()
+            .map(strip_ansi)
+            .filter(|l| l.contains("placed again") && l.contains(&k.host))
+            .find_map(|l| number_after(&l, "detect_ms="));
         if let Some(healed) = k.healed_s {
             k.full_round = log
                 .rounds()
