@@ -64,6 +64,10 @@ pub struct FedavgArgs {
     /// Skip the baseline run (the same service with neither move nor kill, on fresh daemons).
     #[arg(long)]
     pub no_baseline: bool,
+    /// Passed to `brume migrate --max-downtime` (e.g. 10s): the freeze the move may predict
+    /// before it gives up. Unset: the node's default (2 s, or the manifest's budget).
+    #[arg(long)]
+    pub max_downtime: Option<String>,
     /// Where to write the picture.
     #[arg(long, default_value = "fedavg.svg")]
     pub svg: PathBuf,
@@ -152,6 +156,7 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
         move_after: moving.then_some(a.move_after),
         kill_after,
         manifest: a.manifest.clone(),
+        max_downtime: a.max_downtime.clone(),
     };
     println!(
         "fedavg: {} local `brume node` daemons (process engine), {} deployed from node 0 with \

@@ -37,6 +37,8 @@ pub struct Plan {
     pub kill_after: Option<u64>,
     /// The manifest (examples/fedavg/service.toml) and the directory its builds are under.
     pub manifest: PathBuf,
+    /// `brume migrate --max-downtime`, if given.
+    pub max_downtime: Option<String>,
 }
 
 /// The live move, as measured.
@@ -309,7 +311,11 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
             .unwrap_or_default();
         let after_round = last();
         let start_s = t0.elapsed().as_secs_f64();
-        let out = net.brume(0, &["migrate", "aggregator", "--service", SERVICE])?;
+        let mut args = vec!["migrate", "aggregator", "--service", SERVICE];
+        if let Some(d) = &plan.max_downtime {
+            args.extend(["--max-downtime", d.as_str()]);
+        }
+        let out = net.brume(0, &args)?;
         let end_s = t0.elapsed().as_secs_f64();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
