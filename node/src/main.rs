@@ -27,7 +27,7 @@ enum Command {
     /// deployed): prints who goes where and why.
     Place(brume_plan::place::PlaceArgs),
     /// Run a benchmark family (placement, overlay, deploy, transfer, tunnel, migration, chaos,
-    /// predictor) and print a table, then one `BENCH name key=value ...` line. Runs the
+    /// fedavg, predictor) and print a table, then one `BENCH name key=value ...` line. Runs the
     /// `brume-bench` program installed beside this one (`brume bench --help` lists the
     /// families). Use a release build.
     #[command(disable_help_flag = true)]

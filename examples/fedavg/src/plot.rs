@@ -95,6 +95,21 @@ impl Curves {
         curves.federated = rounds.into_iter().collect();
         curves
     }
+
+    /// Adds the rounds a log watched from outside missed from the aggregator's own history
+    /// (its state line's accuracy per round, round 1 first): a round line printed on the old
+    /// host just before a live move is in no log the new host serves. Rounds already drawn
+    /// keep their value; how many were added.
+    pub fn fill_from_history(&mut self, history: &[f64]) -> usize {
+        let mut rounds: BTreeMap<u64, f64> = self.federated.iter().copied().collect();
+        let before = rounds.len();
+        for (r, acc) in (1u64..).zip(history.iter().copied()) {
+            rounds.entry(r).or_insert(acc);
+        }
+        let added = rounds.len() - before;
+        self.federated = rounds.into_iter().collect();
+        added
+    }
 }
 
 const W: f64 = 760.0;
@@ -263,6 +278,16 @@ pub fn svg(c: &Curves, markers: &[Marker], title: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rounds_missing_from_a_log_are_filled_from_the_history() {
+        let mut c = super::Curves::from_log(
+            "round=1/4 trainers=4/4 acc=0.5\nround=3/4 trainers=4/4 acc=0.7",
+        );
+        assert_eq!(c.fill_from_history(&[0.1, 0.6, 0.2, 0.8]), 2);
+        assert_eq!(c.federated, [(1, 0.5), (2, 0.6), (3, 0.7), (4, 0.8)]);
+        assert_eq!(c.fill_from_history(&[]), 0);
+    }
+
     use super::*;
 
     const LOG: &str = "\

@@ -42,6 +42,11 @@ enum Family {
     /// lost instances), a frozen one thawed after --partition-s (duplicates after the heal),
     /// a restarted one (orphan tasks). Needs scripts/build-static.sh's relay binary.
     Chaos(brume_bench::chaos::ChaosArgs),
+    /// Federated learning on the UCI digits (examples/fedavg) on local daemons (process
+    /// engine): a per-round timeline, the aggregator moved live with CRIU mid-training, a
+    /// trainer's node killed and its trainer placed again, rounds per minute with and without
+    /// them, the move's pause, the picture. Needs root, CRIU and scripts/build-static.sh.
+    Fedavg(brume_bench::fedavg::FedavgArgs),
     /// Checkpoint-duration prediction (seed 000) on a trace of real dumps: PB-MLR, least-squares
     /// MLR, the Bayesian model and the best static value replayed online; late/early %, lost
     /// computation, MAE, cross-validated R², the learning curve as an SVG.
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Family::Tunnel(args) => brume_bench::tunnel::cli(args),
         Family::Migration(args) => brume_bench::migration::run(args),
         Family::Chaos(args) => brume_bench::chaos::run(args),
+        Family::Fedavg(args) => brume_bench::fedavg::run(args),
         Family::Predictor(args) => brume_bench::predictor::run(args),
         Family::Trace(args) => brume_bench::trace::run(args),
     };
