@@ -92,6 +92,10 @@ pub struct NodeConfig {
     /// host that stops answering is declared dead (phi-accrual) and its instances are placed
     /// again (docs/healing.md).
     pub heartbeat_interval_ms: u64,
+    /// How many of its nearest neighbours each service's record is replicated to (0: none); the
+    /// first live one re-places the service's instances when both its owner and a host die
+    /// (docs/healing.md).
+    pub record_replicas: u64,
     /// The latency budget of the map a node leaving with `drain_on_exit` moves its tasks
     /// within (the same budget `brume drain --budget` takes).
     pub drain_budget_ms: u64,
@@ -130,6 +134,7 @@ impl Default for NodeConfig {
             allow_peer: Vec::new(),
             stream_idle_timeout_ms: 30_000,
             heartbeat_interval_ms: 500,
+            record_replicas: 2,
             drain_budget_ms: 80,
             task_log_max_mib: 16,
             disk_budget_mib: 0,
@@ -351,6 +356,11 @@ impl NodeConfig {
             50..=60_000,
         )?;
         within("drain_budget_ms", self.drain_budget_ms, 1..=60_000)?;
+        within(
+            "record_replicas",
+            self.record_replicas,
+            0..=crate::heal::delegation::MAX_HOLDERS as u64,
+        )?;
         if !["auto", "docker", "process"].contains(&self.engine.as_str()) {
             return Err((
                 "engine",
@@ -624,6 +634,8 @@ mod tests {
             "1500",
             "--heartbeat-interval-ms",
             "250",
+            "--record-replicas",
+            "3",
             "--drain-budget-ms",
             "900",
             "--task-log-max-mib",
@@ -655,6 +667,7 @@ mod tests {
             allow_peer: vec!["12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
             stream_idle_timeout_ms: 1500,
             heartbeat_interval_ms: 250,
+            record_replicas: 3,
             drain_budget_ms: 900,
             task_log_max_mib: 2,
             disk_budget_mib: 512,

@@ -24,6 +24,10 @@ use super::services::Services;
 use crate::deploy::deployer::{Advertiser, Deployer};
 use crate::deploy::instances::Capacity;
 use crate::heal::healer::Healer;
+use crate::heal::replicator::{learn_from_holders, Replicator};
+
+/// How long a restarted node waits for the holders of its service records before healing.
+const LEARN_TIMEOUT: Duration = Duration::from_secs(20);
 use crate::migrate::mover::Mover;
 use brume_control as control;
 use brume_metrics::{refresh_from, Metrics};
@@ -37,8 +41,8 @@ pub struct NodeArgs {
     /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
     /// log_format, log, ping_interval_ms, engine, drain_on_exit, drain_budget_ms,
     /// migration_cache_mb, live_migration, cpu_millis, memory_mb, name, metrics, network_key,
-    /// allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms, task_log_max_mib,
-    /// disk_budget_mib).
+    /// allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms, record_replicas,
+    /// task_log_max_mib, disk_budget_mib).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -128,6 +132,10 @@ pub struct NodeArgs {
     /// ms (default 500); a dead one's instances are placed again (docs/healing.md).
     #[arg(long, value_name = "MS")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// Replicate each service record to this many nearest neighbours (default 2; 0: none), so
+    /// one of them re-places its instances if this node and a host die (docs/healing.md).
+    #[arg(long, value_name = "N")]
+    pub record_replicas: Option<u64>,
     /// With --drain-on-exit: move tasks to nodes within this many ms of this one (the map's
     /// latency budget, as `brume drain --budget`; default 80).
     #[arg(long, value_name = "MS")]
@@ -243,15 +251,41 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         advertise,
     ));
     let collector = tokio::spawn(collect_periodically(services.deployer.clone()));
-    let healer = tokio::spawn(
-        Healer::new(
+    let healer = {
+        let healer = Healer::new(
             services.initiator.clone(),
             services.mover.clone(),
             Duration::from_millis(cfg.heartbeat_interval_ms),
             cfg.data_dir.clone(),
-        )
-        .run(),
-    );
+        );
+        let (initiator, deployer) = (services.initiator.clone(), services.deployer.clone());
+        let data_dir = cfg.data_dir.clone();
+        tokio::spawn(async move {
+            // What the holders of this node's service records did while it was away is taken
+            // first, so the healer does not place again what a holder already did.
+            let learn = learn_from_holders(&initiator, &deployer, &data_dir);
+            if tokio::time::timeout(LEARN_TIMEOUT, learn).await.is_err() {
+                tracing::warn!(
+                    "restart: the holders of the service records did not all answer in time"
+                );
+            }
+            healer.run().await
+        })
+    };
+    let replicator = match services.deployer.holder().cloned() {
+        Some(holder) => tokio::spawn(
+            Replicator {
+                initiator: services.initiator.clone(),
+                deployer: services.deployer.clone(),
+                mover: services.mover.clone(),
+                holder,
+                copies: usize::try_from(cfg.record_replicas).unwrap_or(usize::MAX),
+                interval: Duration::from_millis(cfg.heartbeat_interval_ms),
+            }
+            .run(),
+        ),
+        None => tokio::spawn(async {}),
+    };
 
     let mut task = task;
     let outcome = tokio::select! {
@@ -273,6 +307,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     refresher.abort();
     collector.abort();
     healer.abort();
+    replicator.abort();
     dispatcher.abort();
     undoing.abort();
     services.shutdown().await;

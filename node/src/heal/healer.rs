@@ -253,6 +253,33 @@ fn hosts(initiator: &Initiator, me: PeerId) -> BTreeMap<PeerId, Vec<Multiaddr>> 
     out
 }
 
+/// The nodes of `map` (`me` its centre) a lost instance may go to, but those in `avoid`.
+pub(crate) fn candidates(
+    map: &brume_overlay::neighbourhood::NeighbourhoodMap,
+    me: brume_overlay::ids::NodeId,
+    avoid: &BTreeSet<PeerId>,
+) -> Vec<Candidate> {
+    map.nodes
+        .iter()
+        .filter_map(|n| {
+            let peer = n.peer.filter(|p| !avoid.contains(p))?;
+            let rtt_ms = if n.id == me {
+                0.0
+            } else {
+                map.proof(n.id).map(|p| p.rtt_ms).unwrap_or(f64::MAX)
+            };
+            Some(Candidate {
+                peer,
+                host: n.id.to_string(),
+                addrs: n.addrs.clone(),
+                cpu_free_milli: u64::from(n.cpu_free_milli),
+                mem_free_mb: n.mem_free_mb,
+                rtt_ms,
+            })
+        })
+        .collect()
+}
+
 /// One round of re-placing the instances of the dead hosts.
 struct Recovery {
     initiator: Arc<Initiator>,
@@ -278,26 +305,7 @@ impl Recovery {
             avoided.retain(|_, at| at.elapsed() < AVOID_FOR);
             avoided.keys().copied().collect()
         };
-        let candidates: Vec<Candidate> = map
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                let peer = n.peer.filter(|p| !avoid.contains(p))?;
-                let rtt_ms = if n.id == me {
-                    0.0
-                } else {
-                    map.proof(n.id).map(|p| p.rtt_ms).unwrap_or(f64::MAX)
-                };
-                Some(Candidate {
-                    peer,
-                    host: n.id.to_string(),
-                    addrs: n.addrs.clone(),
-                    cpu_free_milli: u64::from(n.cpu_free_milli),
-                    mem_free_mb: n.mem_free_mb,
-                    rtt_ms,
-                })
-            })
-            .collect();
+        let candidates = candidates(&map, me, &avoid);
         // A deploy still under way (or left pending by a crash) is its initiator's to finish
         // or undo: only finished ones are healed.
         let ledger: BTreeMap<_, _> = self
@@ -355,7 +363,7 @@ impl Recovery {
                         .await;
                     let told = self
                         .mover
-                        .tell_moved(&spec, to.peer, &to.host, &to.addrs)
+                        .tell_moved(&spec, to.peer, &to.host, &to.addrs, None)
                         .await;
                     // If the old host was only cut off or slow, its copy must not run on: it
                     // is asked to remove it until it answers (a dead host does not).
