@@ -144,7 +144,11 @@ fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
         };
         match (of("front").as_slice(), of("back").as_slice()) {
             ([f], [b]) => Ok(((*f).clone(), (*b).clone())),
-            (f, b) => Err(format!("{} front(s), {} back(s): {rows:#?}", f.len(), b.len())),
+            (f, b) => Err(format!(
+                "{} front(s), {} back(s): {rows:#?}",
+                f.len(),
+                b.len()
+            )),
         }
     });
     let recovered = killed.elapsed();
@@ -161,17 +165,20 @@ fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
     );
     // Every surviving holder has heard that it was done (the acting holder forwards its record),
     // so no other holder acts later: still exactly one copy of each.
-    wait_for("every surviving holder's record shows the new hosts", || {
-        let stale: Vec<usize> = survivors
-            .iter()
-            .copied()
-            .filter(|&i| record_names_any(&net, i, &dead_ids))
-            .collect();
-        stale
-            .is_empty()
-            .then_some(())
-            .ok_or_else(|| format!("nodes {stale:?} still place instances on {dead_ids:?}"))
-    });
+    wait_for(
+        "every surviving holder's record shows the new hosts",
+        || {
+            let stale: Vec<usize> = survivors
+                .iter()
+                .copied()
+                .filter(|&i| record_names_any(&net, i, &dead_ids))
+                .collect();
+            stale
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| format!("nodes {stale:?} still place instances on {dead_ids:?}"))
+        },
+    );
     let rows: Vec<PsRow> = survivors.iter().flat_map(|&i| runs_on(&net, i)).collect();
     for task in ["front", "back"] {
         let n = rows.iter().filter(|r| r.instance.task == task).count();

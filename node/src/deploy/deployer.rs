@@ -362,6 +362,12 @@ impl Deployer {
                     reason: "this node keeps no service records".into(),
                 },
             },
+            Request::ForgetRecord { service } => {
+                if let Some(h) = self.holder.get() {
+                    h.forget(from, &service);
+                }
+                Reply::Taken
+            }
             Request::HeldRecords => Reply::Records(
                 self.holder
                     .get()

@@ -189,6 +189,11 @@ pub enum Request {
     /// The records this node holds of the sender's services (an owner back from the dead
     /// learns what its holders did meanwhile); answered `Records`.
     HeldRecords,
+    /// The sender stopped its service: the record held of it is dropped (a holder must not
+    /// bring back a stopped service); answered `Taken`.
+    ForgetRecord {
+        service: String,
+    },
 }
 
 /// A step of a deploy on the host.

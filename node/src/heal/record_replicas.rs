@@ -259,6 +259,15 @@ impl RecordBook {
         self.dir.join(format!("{owner}.{service}.json"))
     }
 
+    /// Drops the record of `owner`'s `service` (stopped by its owner); whether one was kept.
+    pub fn forget(&self, owner: PeerId, service: &str) -> bool {
+        let gone = self.lock().remove(&(owner, service.to_string())).is_some();
+        if gone {
+            let _ = std::fs::remove_file(self.path(owner, service));
+        }
+        gone
+    }
+
     /// Every record kept.
     pub fn all(&self) -> Vec<ServiceRecord> {
         self.lock().values().cloned().collect()

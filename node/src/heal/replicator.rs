@@ -149,6 +149,17 @@ impl Holder {
         }
     }
 
+    /// Drops the record of `owner`'s `service` and unpins its artifacts.
+    pub fn forget(&self, owner: PeerId, service: &str) {
+        if self.book.forget(owner, service) {
+            info!(%service, %owner, "the owner stopped its service: its record is dropped");
+        }
+        self.pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(owner, service.to_string()));
+    }
+
     async fn fetch(&self, from: PeerId, m: &artifact::ArtifactManifest) -> Result<(), String> {
         let opts = FetchOptions {
             peer: from.to_string(),
@@ -194,6 +205,8 @@ impl Replicator {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pushed: BTreeMap<String, Fingerprint> = BTreeMap::new();
+        // The holders of each service pushed, to tell them when it is stopped.
+        let mut held_by: BTreeMap<String, Vec<(PeerId, Vec<Multiaddr>)>> = BTreeMap::new();
         let mut pushing: BTreeSet<String> = BTreeSet::new();
         let (push_tx, mut push_done) = mpsc::channel::<(String, Option<Fingerprint>)>(64);
         let mut version = 0u64;
@@ -228,8 +241,25 @@ impl Replicator {
                 }
             }
             // Owner: push what changed.
+            let ledger = this.initiator.ledger().all();
+            for (service, entry) in &ledger {
+                if !entry.holders.is_empty() {
+                    held_by.insert(service.clone(), entry.holders.clone());
+                }
+            }
+            let stopped: Vec<String> = held_by
+                .keys()
+                .filter(|s| !ledger.contains_key(*s))
+                .cloned()
+                .collect();
+            for service in stopped {
+                pushed.remove(&service);
+                let holders = held_by.remove(&service).unwrap_or_default();
+                let this = this.clone();
+                tokio::spawn(async move { this.forget(&service, &holders).await });
+            }
             if this.copies > 0 {
-                for (service, entry) in this.initiator.ledger().all() {
+                for (service, entry) in ledger {
                     let f = fingerprint(&entry);
                     let due = entry.state == State::Done
                         && !entry.specs.is_empty()
@@ -373,8 +403,13 @@ impl Replicator {
                 let asked = self.initiator.ask_host(peer, a, req);
                 match tokio::time::timeout(PUSH_TIMEOUT, asked).await {
                     Ok(Ok(Reply::Taken)) => true,
-                    other => {
-                        warn!(%service, %peer, ?other, "a neighbour did not take the service record");
+                    Ok(other) => {
+                        let other = said(&other);
+                        warn!(%service, %peer, %other, "a neighbour did not take the service record");
+                        false
+                    }
+                    Err(_) => {
+                        warn!(%service, %peer, "a neighbour did not take the service record in time");
                         false
                     }
                 }
@@ -396,6 +431,23 @@ impl Replicator {
             warn!(%service, "cannot record the record's holders in the ledger: {e:#}");
         }
         true
+    }
+
+    /// Tells `holders` that `service` was stopped (once each; one that does not hear it keeps
+    /// the record until the service is deployed again).
+    async fn forget(&self, service: &str, holders: &[(PeerId, Vec<Multiaddr>)]) {
+        let req = Request::ForgetRecord {
+            service: service.to_string(),
+        };
+        for (peer, addrs) in holders {
+            let asked = self.initiator.ask_host(*peer, addrs, &req);
+            if !matches!(
+                tokio::time::timeout(ASK_TIMEOUT, asked).await,
+                Ok(Ok(Reply::Taken))
+            ) {
+                warn!(%service, %peer, "a holder did not hear that the service was stopped");
+            }
+        }
     }
 
     /// Re-places `r`'s instances on dead hosts, for its dead owner.
@@ -478,11 +530,12 @@ impl Replicator {
             match started {
                 Ok(Reply::Started { .. }) => {}
                 other => {
+                    let other = said(&other);
                     avoided
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(to.peer, Instant::now());
-                    warn!(service = %r.service, task = %from.task, to = %to.host, ?other,
+                    warn!(service = %r.service, task = %from.task, to = %to.host, %other,
                         "re-placing for the dead owner failed; trying again elsewhere");
                     continue;
                 }
@@ -516,10 +569,20 @@ impl Replicator {
             let asked = self.initiator.ask_host(peer, &a, &req);
             if let Ok(other) = tokio::time::timeout(ASK_TIMEOUT, asked).await {
                 if !matches!(other, Ok(Reply::Taken)) {
-                    warn!(%peer, ?other, "a fellow holder did not take the updated record");
+                    let other = said(&other);
+                    warn!(%peer, %other, "a fellow holder did not take the updated record");
                 }
             }
         }
+    }
+}
+
+/// A short account of an answer for the log (no backtrace).
+fn said(r: &anyhow::Result<Reply>) -> String {
+    match r {
+        Ok(Reply::Refused { reason }) => format!("refused: {reason}"),
+        Ok(other) => format!("answered {other:?}"),
+        Err(e) => format!("{e:#}"),
     }
 }
 
