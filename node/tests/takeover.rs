@@ -8,7 +8,9 @@
 //! neighbours. The test waits until a node other than back's host holds the record, kills
 //! node 0 with SIGKILL, then back's host, and waits until the two nodes left run exactly one
 //! copy of each task between them (`brume ps --all` on each) and front reaches back through
-//! its route. The time is printed, never asserted.
+//! its route. Then node 0 starts again on its data directory: it learns the new placement from
+//! the holders (its `ps` shows it) and removes the copy of front its restart brought back, so
+//! one process of each task runs on the machine. The times are printed, never asserted.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -191,4 +193,50 @@ fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
         back.instance.host,
         recovered.as_secs_f64()
     );
+    for task in ["front", "back"] {
+        let n = copies(&service, task);
+        assert_eq!(n, 1, "{n} processes of {task} on the machine");
+    }
+
+    // The owner comes back on its data directory: its restart starts its old front again, then
+    // it learns from the holders that front and back run elsewhere now, and removes its copy.
+    let back_at = Instant::now();
+    net.net.restart(0).expect("node 0 starts again");
+    wait_for("the owner's ps shows where the holder placed them", || {
+        let out = net.brume(0, &["ps", "--json"]);
+        let rows: Vec<PsRow> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let at = |task: &str| {
+            rows.iter()
+                .find(|r| r.instance.task == task && r.instance.state == "running")
+                .map(|r| r.instance.host.clone())
+        };
+        let want = (
+            Some(front.instance.host.clone()),
+            Some(back.instance.host.clone()),
+        );
+        if (at("front"), at("back")) == want {
+            Ok(())
+        } else {
+            Err(format!("{rows:#?}"))
+        }
+    });
+    wait_for("one process of each task on the whole machine", || {
+        let n = (copies(&service, "front"), copies(&service, "back"));
+        (n == (1, 1))
+            .then_some(())
+            .ok_or_else(|| format!("(front, back) processes: {n:?}"))
+    });
+    eprintln!(
+        "takeover: the owner restarted and took the holder's placement after {:.2} s",
+        back_at.elapsed().as_secs_f64()
+    );
+}
+
+/// How many processes of `task` of `service` run on this machine.
+fn copies(service: &str, task: &str) -> usize {
+    common::processes_with_env(&[
+        &format!("BRUME_SERVICE={service}"),
+        &format!("BRUME_TASK={task}"),
+    ])
+    .len()
 }

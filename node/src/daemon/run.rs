@@ -258,33 +258,37 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             Duration::from_millis(cfg.heartbeat_interval_ms),
             cfg.data_dir.clone(),
         );
-        let (initiator, deployer) = (services.initiator.clone(), services.deployer.clone());
-        let data_dir = cfg.data_dir.clone();
-        tokio::spawn(async move {
-            // What the holders of this node's service records did while it was away is taken
-            // first, so the healer does not place again what a holder already did.
-            let learn = learn_from_holders(&initiator, &deployer, &data_dir);
-            if tokio::time::timeout(LEARN_TIMEOUT, learn).await.is_err() {
-                tracing::warn!(
-                    "restart: the holders of the service records did not all answer in time"
-                );
-            }
-            healer.run().await
-        })
-    };
-    let replicator = match services.deployer.holder().cloned() {
-        Some(holder) => tokio::spawn(
-            Replicator {
+        let replicator = services
+            .deployer
+            .holder()
+            .cloned()
+            .map(|holder| Replicator {
                 initiator: services.initiator.clone(),
                 deployer: services.deployer.clone(),
                 mover: services.mover.clone(),
                 holder,
                 copies: usize::try_from(cfg.record_replicas).unwrap_or(usize::MAX),
                 interval: Duration::from_millis(cfg.heartbeat_interval_ms),
+            });
+        let (initiator, deployer) = (services.initiator.clone(), services.deployer.clone());
+        let data_dir = cfg.data_dir.clone();
+        tokio::spawn(async move {
+            // What the holders of this node's service records did while it was away is taken
+            // first: the healer must not place again what a holder already did, nor a push
+            // overwrite the holders' newer records with this node's older ledger.
+            let learn = learn_from_holders(&initiator, &deployer, &data_dir);
+            if tokio::time::timeout(LEARN_TIMEOUT, learn).await.is_err() {
+                tracing::warn!(
+                    "restart: the holders of the service records did not all answer in time"
+                );
             }
-            .run(),
-        ),
-        None => tokio::spawn(async {}),
+            match replicator {
+                Some(r) => {
+                    tokio::join!(healer.run(), r.run());
+                }
+                None => healer.run().await,
+            }
+        })
     };
 
     let mut task = task;
@@ -307,7 +311,6 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     refresher.abort();
     collector.abort();
     healer.abort();
-    replicator.abort();
     dispatcher.abort();
     undoing.abort();
     services.shutdown().await;

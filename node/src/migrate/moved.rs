@@ -16,7 +16,7 @@ use tracing::debug;
 use super::client::ask;
 use super::mover::Mover;
 use super::wire::{Reply, Request};
-use crate::deploy::authority::check;
+use crate::deploy::authority::check_delegated;
 use crate::deploy::ledger::Placed;
 use crate::deploy::wire::InstanceSpec;
 use crate::heal::delegation::Delegation;
@@ -106,17 +106,16 @@ impl Mover {
             None => self.deployer.instances.owner_of(&id.service),
         };
         let hosts: Vec<PeerId> = route.into_iter().chain(placed).collect();
-        let refused = match check(from, me, "reroute", id, owner, &hosts) {
-            Ok(()) => return Ok(()),
-            Err(reason) => reason,
-        };
-        match (delegation, owner) {
-            (Some(d), Some(owner)) => d
-                .allows(owner, &id.service, from, None)
-                .map(|_| ())
-                .map_err(|e| format!("{refused} (its delegation: {e})")),
-            _ => Err(refused),
-        }
+        check_delegated(
+            from,
+            me,
+            "reroute",
+            id,
+            &id.service,
+            owner,
+            &hosts,
+            delegation,
+        )
     }
 
     /// Hears that an instance now runs on `peer` (whose addresses the overlay keeps: this node
