@@ -41,7 +41,10 @@ pub enum DelegationError {
     #[error("the delegation's key is not a public key")]
     BadKey,
     #[error("the delegation is signed by {signer}, not by the service's owner {owner}")]
-    NotTheOwner { signer: PeerId, owner: PeerId },
+    NotTheOwner {
+        signer: Box<PeerId>,
+        owner: Box<PeerId>,
+    },
     #[error("the owner's signature does not match the delegation (altered on the way?)")]
     BadSignature,
     #[error("the delegation is for service {named}, not {wanted}")]
@@ -137,7 +140,10 @@ impl Delegation {
     ) -> Result<usize, DelegationError> {
         let signer = self.signer()?;
         if signer != owner {
-            return Err(DelegationError::NotTheOwner { signer, owner });
+            return Err(DelegationError::NotTheOwner {
+                signer: Box::new(signer),
+                owner: Box::new(owner),
+            });
         }
         if self.service != service {
             return Err(DelegationError::WrongService {
