@@ -676,6 +676,25 @@ mod tests {
     }
 
     #[test]
+    fn the_record_replicas_come_from_every_layer_and_are_checked() {
+        assert_eq!(NodeConfig::default().record_replicas, 2);
+        let (_dir, path) = file("record_replicas = 1\n");
+        let cfg = load(Some(&path), env(&[]), &flags(&[])).unwrap();
+        assert_eq!(cfg.record_replicas, 1);
+        let var = [("BRUME_RECORD_REPLICAS", "0")];
+        let cfg = load(Some(&path), env(&var), &flags(&[])).unwrap();
+        assert_eq!(cfg.record_replicas, 0, "0 turns replicas off");
+        let cfg = load(Some(&path), env(&var), &flags(&["--record-replicas", "4"])).unwrap();
+        assert_eq!(cfg.record_replicas, 4);
+        let err = load(None, env(&[("BRUME_RECORD_REPLICAS", "9")]), &flags(&[])).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("record_replicas") && msg.contains("BRUME_RECORD_REPLICAS"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn the_disk_budget_comes_from_every_layer_and_is_checked() {
         assert_eq!(
             NodeConfig::default().disk_budget_mib,
