@@ -276,12 +276,16 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             // What the holders of this node's service records did while it was away is taken
             // first: the healer must not place again what a holder already did, nor a push
             // overwrite the holders' newer records with this node's older ledger.
-            let learn = learn_from_holders(&initiator, &deployer, &data_dir);
+            let stale = crate::heal::retire_book::RetireBook::open(&data_dir);
+            let none = Default::default();
+            let learn = learn_from_holders(&initiator, &deployer, &stale, &none);
             if tokio::time::timeout(LEARN_TIMEOUT, learn).await.is_err() {
                 tracing::warn!(
                     "restart: the holders of the service records did not all answer in time"
                 );
             }
+            // The healer reads the book again.
+            drop(stale);
             match replicator {
                 Some(r) => {
                     tokio::join!(healer.run(), r.run());

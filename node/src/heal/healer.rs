@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::replace::{plan, Candidate, Demands};
+use super::replicator::learn_from_holders;
 use super::retire::{Answer, Stale};
 use super::retire_book::RetireBook;
 use super::watch::{Watch, WatchConfig};
@@ -44,6 +45,9 @@ const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The stale copies, shared by the watch loop (which asks) and a recovery (which records), on
 /// disk between restarts.
 type StaleBook = Arc<RetireBook>;
+
+/// How long a re-placement waits for the holders of the records to say what they did.
+const LEARN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a host that refused or failed a re-placement is not chosen again.
 pub const AVOID_FOR: Duration = Duration::from_secs(10);
@@ -306,6 +310,18 @@ impl Recovery {
             avoided.keys().copied().collect()
         };
         let candidates = candidates(&map, me, &avoid);
+        // A holder may have re-placed them already, while this node was frozen or cut off
+        // (it then judged this node dead): its newer placement is taken, not doubled.
+        let _ = tokio::time::timeout(
+            LEARN_TIMEOUT,
+            learn_from_holders(
+                &self.initiator,
+                &self.mover.deployer,
+                &self.stale,
+                &self.dead.keys().copied().collect(),
+            ),
+        )
+        .await;
         // A deploy still under way (or left pending by a crash) is its initiator's to finish
         // or undo: only finished ones are healed.
         let ledger: BTreeMap<_, _> = self

@@ -606,20 +606,37 @@ fn calls_now(calls: &[CallTarget], instances: &[Placed]) -> Vec<CallTarget> {
         .collect()
 }
 
-/// On start, before the healer: asks the holders named in the ledger what they did while this
-/// node was away, and takes their newer placements (see the module's doc).
-pub async fn learn_from_holders(initiator: &Initiator, deployer: &Deployer, data_dir: &Path) {
+/// Asks the holders named in the ledger (but those in `skip`) what they did while this node
+/// was away (dead, frozen or cut off), and takes their newer placements (see the module's
+/// doc): on start before the healer, and by the healer before it re-places anything. The old
+/// copies go to `stale`. Which services learned something.
+pub async fn learn_from_holders(
+    initiator: &Initiator,
+    deployer: &Deployer,
+    stale: &RetireBook,
+    skip: &BTreeSet<PeerId>,
+) -> Vec<String> {
     let me = initiator.overlay().peer_id();
-    let stale = RetireBook::open(data_dir);
-    for (service, entry) in initiator.ledger().all() {
+    let mut learned = Vec::new();
+    let ledger = initiator.ledger().all();
+    // Every holder once, all at once (a dead one costs one timeout, not one per service).
+    let holders: BTreeMap<PeerId, Vec<Multiaddr>> = ledger
+        .values()
+        .flat_map(|e| e.holders.iter().cloned())
+        .filter(|(p, _)| !skip.contains(p) && *p != me)
+        .collect();
+    let asks = holders.iter().map(|(&peer, addrs)| async move {
+        let asked = initiator.ask_host(peer, addrs, &Request::HeldRecords);
+        match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+            Ok(Ok(Reply::Records(records))) => (peer, records),
+            _ => (peer, Vec::new()),
+        }
+    });
+    let answers = futures::future::join_all(asks).await;
+    for (service, entry) in ledger {
         let mut newest: BTreeMap<(String, u32), Placed> = BTreeMap::new();
-        for (peer, addrs) in &entry.holders {
-            let asked = initiator.ask_host(*peer, addrs, &Request::HeldRecords);
-            let Ok(Ok(Reply::Records(records))) = tokio::time::timeout(ASK_TIMEOUT, asked).await
-            else {
-                continue;
-            };
-            for r in records {
+        for (peer, records) in &answers {
+            for r in records.iter().cloned() {
                 let fits = r.service == service && r.epoch == entry.epoch && r.owner == me;
                 if !fits || r.check(*peer, *peer).is_err() {
                     continue;
@@ -649,7 +666,10 @@ pub async fn learn_from_holders(initiator: &Initiator, deployer: &Deployer, data
             }
             let id = InstanceId::new(&service, &old.task, old.replica);
             warn!(instance = %id, from = %old.host, to = %new.host, generation = %new.generation,
-                "restart: a holder of the service record placed this instance again while this node was away");
+                "a holder of the service record placed this instance again while this node was away");
+            if !learned.contains(&service) {
+                learned.push(service.clone());
+            }
             if old.peer == me {
                 // This node's restart started its old copy again: the holder's copy wins.
                 let _ = deployer.remove_one(me, &id, entry.epoch, None).await;
@@ -665,4 +685,5 @@ pub async fn learn_from_holders(initiator: &Initiator, deployer: &Deployer, data
             }
         }
     }
+    learned
 }
