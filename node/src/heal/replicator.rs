@@ -7,36 +7,34 @@
 //!   [`ServiceRecord`] to the `record_replicas` nearest connected peers (smallest smoothed
 //!   RTT), with a [`Delegation`] naming them nearest first at a new version. The holders that
 //!   took it are written to the ledger entry.
-//! * **Holder** ([`Holder`]). Keeps the records (bounded, on disk), fetches and pins their
-//!   artifacts (so it can serve the new hosts), and watches every owner, host and fellow holder
+//! * **Holder** ([`Holder`], in [`super::holder`]). Keeps the records (bounded, on disk),
+//!   fetches and pins their artifacts (so it can serve the new hosts), and watches every owner, host and fellow holder
 //!   its records name with the healer's heartbeats and detector. When the owner and a host of a
 //!   service are both declared dead and [`my_turn`] says so, it re-places the lost instances
 //!   as the owner would ([`plan`]): the owner-signed spec at the next generation, its calls
 //!   pointed at the current hosts; then `Moved` with the delegation to every connected node,
 //!   and the updated record to the other holders.
-//! * **Owner back.** On start, before its healer runs, the owner asks the holders its ledger
+//! * **Owner back** ([`super::owner_return`]). On start, before its healer runs, the owner asks the holders its ledger
 //!   names for their records ([`learn_from_holders`]): an instance a holder re-placed (a newer
 //!   generation) is relocated in the ledger, the copy left on its old host is put in the
 //!   retirement book (the healer asks that host to remove it), and the owner's own stale copy
 //!   (started again by its restart) is removed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use brume_artifact::{self as artifact, ChunkStore, FetchOptions};
-use brume_overlay::{Multiaddr, OverlayHandle, PeerId};
-use brume_tunnel::InstanceId;
+use brume_overlay::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::delegation::Delegation;
 use super::healer::{candidates, REPLACE_BUDGET};
-use super::record_replicas::{Offered, RecordBook, ServiceRecord};
+pub use super::holder::Holder;
+pub use super::owner_return::learn_from_holders;
+use super::record_replicas::ServiceRecord;
 use super::replace::{plan, Demands};
-use super::retire::Stale;
-use super::retire_book::RetireBook;
 use super::takeover::my_turn;
 use super::watch::{Watch, WatchConfig};
 use crate::deploy::client::ask;
@@ -44,7 +42,6 @@ use crate::deploy::deployer::Deployer;
 use crate::deploy::initiator::Initiator;
 use crate::deploy::ledger::{Entry, Placed, State};
 use crate::deploy::wire::{CallTarget, Reply, Request, RESTORE_ENV};
-use crate::gc::{Collector, PinGuard};
 use crate::migrate::mover::Mover;
 
 /// How long a holder is given to take a record (it fetches the artifacts first).
@@ -65,121 +62,6 @@ fn fingerprint(e: &Entry) -> Fingerprint {
         .collect();
     v.sort();
     (e.epoch, v)
-}
-
-/// The records this node holds for others, and the artifacts they need.
-pub struct Holder {
-    book: RecordBook,
-    overlay: OverlayHandle,
-    store: ChunkStore,
-    gc: Option<Arc<Collector>>,
-    /// Their artifacts are not collected while held.
-    pins: Mutex<BTreeMap<(PeerId, String), PinGuard>>,
-}
-
-impl Holder {
-    /// The records kept in `data_dir` (their artifacts pinned in `gc`).
-    pub fn new(
-        data_dir: &Path,
-        overlay: OverlayHandle,
-        store: ChunkStore,
-        gc: Option<Arc<Collector>>,
-    ) -> Holder {
-        let holder = Holder {
-            book: RecordBook::open(data_dir),
-            overlay,
-            store,
-            gc,
-            pins: Mutex::new(BTreeMap::new()),
-        };
-        for r in holder.book.all() {
-            holder.pin(&r);
-        }
-        holder
-    }
-
-    pub fn book(&self) -> &RecordBook {
-        &self.book
-    }
-
-    fn pin(&self, r: &ServiceRecord) {
-        if let Some(gc) = &self.gc {
-            let guard = gc.pins().pin(r.artifacts.clone());
-            self.pins
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((r.owner, r.service.clone()), guard);
-        }
-    }
-
-    /// Takes a record from `from`: checked, its artifacts fetched from `from` (so that this
-    /// node can serve them to new hosts), then kept if newer.
-    pub async fn take(&self, from: PeerId, record: ServiceRecord) -> Reply {
-        let me = self.overlay.peer_id();
-        if let Err(e) = record.check(from, me) {
-            return Reply::Refused {
-                reason: e.to_string(),
-            };
-        }
-        let kept = self.book.of_owner(record.owner);
-        if kept
-            .iter()
-            .any(|r| r.service == record.service && r.order() >= record.order())
-        {
-            return Reply::Taken;
-        }
-        for m in &record.artifacts {
-            if let Err(reason) = self.fetch(from, m).await {
-                return Reply::Refused { reason };
-            }
-        }
-        let (service, owner) = (record.service.clone(), record.owner);
-        let (epoch, version) = (record.epoch, record.delegation.version);
-        let pinned = record.clone();
-        match self.book.offer(from, me, record) {
-            Ok(Offered::Kept) => {
-                self.pin(&pinned);
-                info!(%service, %owner, epoch, version, "holding a replica of the service record");
-                Reply::Taken
-            }
-            Ok(Offered::Older) => Reply::Taken,
-            Err(e) => Reply::Refused {
-                reason: e.to_string(),
-            },
-        }
-    }
-
-    /// Drops the record of `owner`'s `service` and unpins its artifacts.
-    pub fn forget(&self, owner: PeerId, service: &str) {
-        if self.book.forget(owner, service) {
-            info!(%service, %owner, "the owner stopped its service: its record is dropped");
-        }
-        self.pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(owner, service.to_string()));
-    }
-
-    async fn fetch(&self, from: PeerId, m: &artifact::ArtifactManifest) -> Result<(), String> {
-        let opts = FetchOptions {
-            peer: from.to_string(),
-            ..FetchOptions::default()
-        };
-        let overlay = self.overlay.clone();
-        let open = || {
-            let overlay = overlay.clone();
-            async move {
-                overlay
-                    .open_stream(from, artifact::TRANSFER_PROTOCOL)
-                    .await
-                    .map_err(std::io::Error::other)
-            }
-        };
-        artifact::fetch(&self.store, m, &opts, open, |_, _| {})
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("cannot fetch the record's artifact from {from}: {e}"))
-    }
 }
 
 /// The owner's pushes and the holder's watch, every heartbeat period.
@@ -604,86 +486,4 @@ fn calls_now(calls: &[CallTarget], instances: &[Placed]) -> Vec<CallTarget> {
             }
         })
         .collect()
-}
-
-/// Asks the holders named in the ledger (but those in `skip`) what they did while this node
-/// was away (dead, frozen or cut off), and takes their newer placements (see the module's
-/// doc): on start before the healer, and by the healer before it re-places anything. The old
-/// copies go to `stale`. Which services learned something.
-pub async fn learn_from_holders(
-    initiator: &Initiator,
-    deployer: &Deployer,
-    stale: &RetireBook,
-    skip: &BTreeSet<PeerId>,
-) -> Vec<String> {
-    let me = initiator.overlay().peer_id();
-    let mut learned = Vec::new();
-    let ledger = initiator.ledger().all();
-    // Every holder once, all at once (a dead one costs one timeout, not one per service).
-    let holders: BTreeMap<PeerId, Vec<Multiaddr>> = ledger
-        .values()
-        .flat_map(|e| e.holders.iter().cloned())
-        .filter(|(p, _)| !skip.contains(p) && *p != me)
-        .collect();
-    let asks = holders.iter().map(|(&peer, addrs)| async move {
-        let asked = initiator.ask_host(peer, addrs, &Request::HeldRecords);
-        match tokio::time::timeout(ASK_TIMEOUT, asked).await {
-            Ok(Ok(Reply::Records(records))) => (peer, records),
-            _ => (peer, Vec::new()),
-        }
-    });
-    let answers = futures::future::join_all(asks).await;
-    for (service, entry) in ledger {
-        let mut newest: BTreeMap<(String, u32), Placed> = BTreeMap::new();
-        for (peer, records) in &answers {
-            for r in records.iter().cloned() {
-                let fits = r.service == service && r.epoch == entry.epoch && r.owner == me;
-                if !fits || r.check(*peer, *peer).is_err() {
-                    continue;
-                }
-                for p in r.instances {
-                    let key = (p.task.clone(), p.replica);
-                    if newest.get(&key).is_none_or(|q| q.generation < p.generation) {
-                        newest.insert(key, p);
-                    }
-                }
-            }
-        }
-        for old in &entry.instances {
-            let Some(new) = newest.get(&(old.task.clone(), old.replica)) else {
-                continue;
-            };
-            if new.generation <= old.generation {
-                continue;
-            }
-            let relocated = initiator
-                .ledger()
-                .relocate(&service, &old.task, old.replica, new.clone())
-                .await;
-            if let Err(e) = relocated {
-                warn!(%service, "cannot record a holder's re-placement: {e:#}");
-                continue;
-            }
-            let id = InstanceId::new(&service, &old.task, old.replica);
-            warn!(instance = %id, from = %old.host, to = %new.host, generation = %new.generation,
-                "a holder of the service record placed this instance again while this node was away");
-            if !learned.contains(&service) {
-                learned.push(service.clone());
-            }
-            if old.peer == me {
-                // This node's restart started its old copy again: the holder's copy wins.
-                let _ = deployer.remove_one(me, &id, entry.epoch, None).await;
-            } else {
-                stale.record(Stale {
-                    instance: id,
-                    epoch: entry.epoch,
-                    generation: old.generation,
-                    peer: old.peer,
-                    host: old.host.clone(),
-                    addrs: old.addrs.clone(),
-                });
-            }
-        }
-    }
-    learned
 }
