@@ -278,6 +278,29 @@ impl Replicator {
                 holders.clone(),
             ),
         };
+        // Write-ahead: the holders are in the ledger before any hears of the record, so that an
+        // owner killed right after a holder took it still asks that holder when it starts
+        // again. Those named before stay named (one of them may hold a newer record).
+        let mut named: Vec<(PeerId, Vec<Multiaddr>)> = holders
+            .iter()
+            .copied()
+            .zip(holder_addrs.iter().cloned())
+            .collect();
+        for old in entry.holders.iter() {
+            if !named.iter().any(|(p, _)| *p == old.0) {
+                named.push(old.clone());
+            }
+        }
+        named.truncate(2 * super::delegation::MAX_HOLDERS);
+        if let Err(e) = self
+            .initiator
+            .ledger()
+            .set_holders(service, entry.epoch, named)
+            .await
+        {
+            warn!(%service, "cannot record the record's holders in the ledger: {e:#}");
+            return false;
+        }
         let req = Request::Replica(Box::new(record));
         let asks = holders.iter().zip(&holder_addrs).map(|(&peer, a)| {
             let req = &req;
@@ -301,17 +324,8 @@ impl Replicator {
         if !took.iter().any(|t| *t) {
             return false;
         }
-        let kept: Vec<(PeerId, Vec<Multiaddr>)> = holders.into_iter().zip(holder_addrs).collect();
-        info!(%service, epoch = entry.epoch, version, holders = ?kept.iter().map(|h| h.0.to_string()).collect::<Vec<_>>(),
+        info!(%service, epoch = entry.epoch, version, holders = ?holders.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
             "service record replicated");
-        if let Err(e) = self
-            .initiator
-            .ledger()
-            .set_holders(service, entry.epoch, kept)
-            .await
-        {
-            warn!(%service, "cannot record the record's holders in the ledger: {e:#}");
-        }
         true
     }
 
