@@ -211,10 +211,30 @@ fn a_member_that_does_not_own_a_service_is_refused_and_its_owner_is_obeyed() {
             peer: stranger.peer_id(),
             host: "evil".into(),
             addrs: Vec::new(),
+            delegation: None,
         };
         refused_move(
             &mover_says(&stranger, host, reroute.clone()).await,
             "may not reroute",
+        );
+        // A delegation the stranger signed itself, naming itself: not the owner's.
+        let self_made = brume::heal::delegation::Delegation::sign(
+            stranger.keypair(),
+            &service,
+            2,
+            u64::MAX,
+            vec![stranger.peer_id()],
+        );
+        let reroute_delegated = moves::Request::Moved {
+            instance: id.clone(),
+            peer: stranger.peer_id(),
+            host: "evil".into(),
+            addrs: Vec::new(),
+            delegation: Some(Box::new(self_made)),
+        };
+        refused_move(
+            &mover_says(&stranger, host, reroute_delegated).await,
+            "not by the service's owner",
         );
         relay_answers();
 

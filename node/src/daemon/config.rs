@@ -92,6 +92,10 @@ pub struct NodeConfig {
     /// host that stops answering is declared dead (phi-accrual) and its instances are placed
     /// again (docs/healing.md).
     pub heartbeat_interval_ms: u64,
+    /// How many of its nearest neighbours each service's record is replicated to (0: none); the
+    /// first live one re-places the service's instances when both its owner and a host die
+    /// (docs/healing.md).
+    pub record_replicas: u64,
     /// The latency budget of the map a node leaving with `drain_on_exit` moves its tasks
     /// within (the same budget `brume drain --budget` takes).
     pub drain_budget_ms: u64,
@@ -138,6 +142,7 @@ impl Default for NodeConfig {
             allow_peer: Vec::new(),
             stream_idle_timeout_ms: 30_000,
             heartbeat_interval_ms: 500,
+            record_replicas: 2,
             drain_budget_ms: 80,
             drain_grace_ms: 0,
             drain_margin_ms: 1000,
@@ -373,6 +378,11 @@ impl NodeConfig {
                 ),
             ));
         }
+        within(
+            "record_replicas",
+            self.record_replicas,
+            0..=crate::heal::delegation::MAX_HOLDERS as u64,
+        )?;
         if !["auto", "docker", "process"].contains(&self.engine.as_str()) {
             return Err((
                 "engine",
@@ -646,6 +656,8 @@ mod tests {
             "1500",
             "--heartbeat-interval-ms",
             "250",
+            "--record-replicas",
+            "3",
             "--drain-budget-ms",
             "900",
             "--drain-grace-ms",
@@ -681,6 +693,7 @@ mod tests {
             allow_peer: vec!["12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into()],
             stream_idle_timeout_ms: 1500,
             heartbeat_interval_ms: 250,
+            record_replicas: 3,
             drain_budget_ms: 900,
             drain_grace_ms: 30_000,
             drain_margin_ms: 3000,
@@ -688,6 +701,25 @@ mod tests {
             disk_budget_mib: 512,
         };
         assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn the_record_replicas_come_from_every_layer_and_are_checked() {
+        assert_eq!(NodeConfig::default().record_replicas, 2);
+        let (_dir, path) = file("record_replicas = 1\n");
+        let cfg = load(Some(&path), env(&[]), &flags(&[])).unwrap();
+        assert_eq!(cfg.record_replicas, 1);
+        let var = [("BRUME_RECORD_REPLICAS", "0")];
+        let cfg = load(Some(&path), env(&var), &flags(&[])).unwrap();
+        assert_eq!(cfg.record_replicas, 0, "0 turns replicas off");
+        let cfg = load(Some(&path), env(&var), &flags(&["--record-replicas", "4"])).unwrap();
+        assert_eq!(cfg.record_replicas, 4);
+        let err = load(None, env(&[("BRUME_RECORD_REPLICAS", "9")]), &flags(&[])).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("record_replicas") && msg.contains("BRUME_RECORD_REPLICAS"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -24,10 +24,14 @@ use super::services::Services;
 use crate::deploy::deployer::{Advertiser, Deployer};
 use crate::deploy::instances::Capacity;
 use crate::heal::healer::Healer;
+use crate::heal::replicator::{learn_from_holders, Replicator};
 use crate::migrate::control::Deadline;
 use crate::migrate::mover::Mover;
 use brume_control as control;
 use brume_metrics::{refresh_from, Metrics};
+
+/// How long a restarted node waits for the holders of its service records before healing.
+const LEARN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Options of `brume node`: the flag layer of the settings (see [`config`]). Each flag is a
 /// setting of [`NodeConfig`] under the same name, so it may also come from the config file or a
@@ -39,6 +43,7 @@ pub struct NodeArgs {
     /// log_format, log, ping_interval_ms, engine, drain_on_exit, drain_budget_ms, drain_grace_ms,
     /// drain_margin_ms, migration_cache_mb, live_migration, cpu_millis, memory_mb, name,
     /// metrics, network_key, allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms,
+    /// record_replicas,
     /// task_log_max_mib, disk_budget_mib).
     #[arg(long, env = "BRUME_CONFIG", value_name = "FILE")]
     #[serde(skip)]
@@ -129,6 +134,10 @@ pub struct NodeArgs {
     /// ms (default 500); a dead one's instances are placed again (docs/healing.md).
     #[arg(long, value_name = "MS")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// Replicate each service record to this many nearest neighbours (default 2; 0: none), so
+    /// one of them re-places its instances if this node and a host die (docs/healing.md).
+    #[arg(long, value_name = "N")]
+    pub record_replicas: Option<u64>,
     /// With --drain-on-exit: move tasks to nodes within this many ms of this one (the map's
     /// latency budget, as `brume drain --budget`; default 80).
     #[arg(long, value_name = "MS")]
@@ -258,15 +267,49 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         Duration::from_millis(cfg.drain_budget_ms),
         Duration::from_millis(cfg.drain_margin_ms),
     ));
-    let healer = tokio::spawn(
-        Healer::new(
+    let healer = {
+        let healer = Healer::new(
             services.initiator.clone(),
             services.mover.clone(),
             Duration::from_millis(cfg.heartbeat_interval_ms),
             cfg.data_dir.clone(),
-        )
-        .run(),
-    );
+        );
+        let replicator = services
+            .deployer
+            .holder()
+            .cloned()
+            .map(|holder| Replicator {
+                initiator: services.initiator.clone(),
+                deployer: services.deployer.clone(),
+                mover: services.mover.clone(),
+                holder,
+                copies: usize::try_from(cfg.record_replicas).unwrap_or(usize::MAX),
+                interval: Duration::from_millis(cfg.heartbeat_interval_ms),
+            });
+        let (initiator, deployer) = (services.initiator.clone(), services.deployer.clone());
+        let data_dir = cfg.data_dir.clone();
+        tokio::spawn(async move {
+            // What the holders of this node's service records did while it was away is taken
+            // first: the healer must not place again what a holder already did, nor a push
+            // overwrite the holders' newer records with this node's older ledger.
+            let stale = crate::heal::retire_book::RetireBook::open(&data_dir);
+            let none = Default::default();
+            let learn = learn_from_holders(&initiator, &deployer, &stale, &none);
+            if tokio::time::timeout(LEARN_TIMEOUT, learn).await.is_err() {
+                tracing::warn!(
+                    "restart: the holders of the service records did not all answer in time"
+                );
+            }
+            // The healer reads the book again.
+            drop(stale);
+            match replicator {
+                Some(r) => {
+                    tokio::join!(healer.run(), r.run());
+                }
+                None => healer.run().await,
+            }
+        })
+    };
 
     let mut task = task;
     let outcome = tokio::select! {

@@ -88,6 +88,12 @@ impl Services {
         }
         let ledger = Arc::new(Ledger::open(data_dir)?);
         gc.set_ledger(ledger.clone());
+        deployer.set_holder(Arc::new(crate::heal::replicator::Holder::new(
+            data_dir,
+            overlay.clone(),
+            store.clone(),
+            Some(gc.clone()),
+        )));
         deployer.set_keeper(Arc::new(Keeper::new(
             CheckpointStore::in_data_dir(data_dir),
             ledger.clone(),

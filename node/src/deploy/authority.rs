@@ -3,7 +3,9 @@
 //! moves, fences and shows the logs of an instance only when the owner asks, or the node
 //! itself (its own control socket, a drain), or, for what a move needs, the node that brought
 //! the instance here (the source of a move undoing its start on the target). Everyone else is
-//! refused with a reason that names the owner. The rule is one function, so every handler
+//! refused with a reason that names the owner, except (for `Moved`) a holder of the service's
+//! record that shows the owner's signed delegation naming it ([`check_delegated`]: it re-placed
+//! the instance for a dead owner). The rule is one function, so every handler
 //! reads the same. The other way round, the owner takes a checkpoint of an instance only from
 //! the node its ledger says hosts that instance, at that generation ([`checkpoint_from`]): a
 //! copy left behind by a move or a re-placement cannot overwrite the state of the one that runs.
@@ -13,6 +15,7 @@ use std::fmt::Display;
 use brume_overlay::PeerId;
 
 use super::wire::Generation;
+use crate::heal::delegation::Delegation;
 
 /// Whether `from` may `act` on `subject` at the node `me`: yes for `me` itself, the `owner`
 /// and any of `also`; otherwise the refusal.
@@ -34,6 +37,33 @@ pub fn check(
         ),
         None => format!("refused: {from} may not {act} {subject}: it is not its owner"),
     })
+}
+
+/// [`check`], and failing it, whether `from` shows the `owner`'s delegation for `service`
+/// naming it (a holder of the service record acting for a dead owner:
+/// [`crate::heal::delegation`]). Without a known owner no delegation helps.
+#[allow(clippy::too_many_arguments)]
+pub fn check_delegated(
+    from: PeerId,
+    me: PeerId,
+    act: &str,
+    subject: &dyn Display,
+    service: &str,
+    owner: Option<PeerId>,
+    also: &[PeerId],
+    delegation: Option<&Delegation>,
+) -> Result<(), String> {
+    let refused = match check(from, me, act, subject, owner, also) {
+        Ok(()) => return Ok(()),
+        Err(reason) => reason,
+    };
+    match (delegation, owner) {
+        (Some(d), Some(owner)) => d
+            .allows(owner, service, from, None)
+            .map(|_| ())
+            .map_err(|e| format!("{refused} (its delegation: {e})")),
+        _ => Err(refused),
+    }
 }
 
 /// Whether the owner takes a checkpoint of `instance` at `generation` from `from`, when its
@@ -81,6 +111,43 @@ mod tests {
             "{why}"
         );
         assert!(check(stranger, me, "move", &"web", None, &[]).is_err());
+    }
+
+    #[test]
+    fn a_holder_with_the_owner_s_delegation_may_and_no_one_else() {
+        let key = |s: u8| brume_overlay::Keypair::ed25519_from_bytes([s; 32]).unwrap();
+        let (me, owner, holder, thief) = (peer(1), peer(2), peer(3), peer(4));
+        let good = Delegation::sign(&key(2), "web", 7, 1, vec![holder]);
+        let ok = |from, d: Option<&Delegation>| {
+            check_delegated(
+                from,
+                me,
+                "reroute",
+                &"web.back.0",
+                "web",
+                Some(owner),
+                &[],
+                d,
+            )
+        };
+        assert!(ok(holder, Some(&good)).is_ok());
+        assert!(ok(owner, None).is_ok());
+        // No delegation, or one not naming the sender, or forged, or for another service.
+        assert!(ok(holder, None).is_err());
+        assert!(ok(thief, Some(&good))
+            .unwrap_err()
+            .contains("not among the holders"));
+        let forged = Delegation::sign(&key(4), "web", 7, 1, vec![thief]);
+        assert!(ok(thief, Some(&forged))
+            .unwrap_err()
+            .contains("not by the service's owner"));
+        let other = Delegation::sign(&key(2), "db", 7, 1, vec![holder]);
+        assert!(ok(holder, Some(&other))
+            .unwrap_err()
+            .contains("for service db"));
+        // An owner this node does not know: no delegation helps.
+        let unknown = check_delegated(holder, me, "reroute", &"x", "web", None, &[], Some(&good));
+        assert!(unknown.is_err());
     }
 
     #[test]

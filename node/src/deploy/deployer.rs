@@ -71,6 +71,9 @@ pub struct Deployer {
     /// The node's garbage collector ([`crate::gc`]), once set: deploys pin their artifacts
     /// and fetches keep its disk budget.
     gc: std::sync::OnceLock<Arc<Collector>>,
+    /// The records this node holds for others ([`crate::heal::replicator`]), once set;
+    /// without it, `Replica` is refused.
+    holder: std::sync::OnceLock<Arc<crate::heal::replicator::Holder>>,
 }
 
 impl Deployer {
@@ -100,6 +103,7 @@ impl Deployer {
             hosted: hosted.map(|f| (f, tokio::sync::Mutex::new(()))),
             keeper: std::sync::OnceLock::new(),
             gc: std::sync::OnceLock::new(),
+            holder: std::sync::OnceLock::new(),
         })
     }
 
@@ -180,6 +184,16 @@ impl Deployer {
     /// calls are ignored).
     pub fn set_keeper(&self, keeper: Arc<Keeper>) {
         let _ = self.keeper.set(keeper);
+    }
+
+    /// Keeps the service records others push here in `holder` (set once).
+    pub fn set_holder(&self, holder: Arc<crate::heal::replicator::Holder>) {
+        let _ = self.holder.set(holder);
+    }
+
+    /// The records held for others, if set.
+    pub(crate) fn holder(&self) -> Option<&Arc<crate::heal::replicator::Holder>> {
+        self.holder.get()
     }
 
     /// The owner's checkpoint keeper, if set.
@@ -342,6 +356,24 @@ impl Deployer {
                     Err(reason) => Reply::Refused { reason },
                 }
             }
+            Request::Replica(record) => match self.holder.get() {
+                Some(holder) => holder.take(from, *record).await,
+                None => Reply::Refused {
+                    reason: "this node keeps no service records".into(),
+                },
+            },
+            Request::ForgetRecord { service } => {
+                if let Some(h) = self.holder.get() {
+                    h.forget(from, &service);
+                }
+                Reply::Taken
+            }
+            Request::HeldRecords => Reply::Records(
+                self.holder
+                    .get()
+                    .map(|h| h.book().of_owner(from))
+                    .unwrap_or_default(),
+            ),
             Request::Logs { instance, tail } => {
                 if let Some((spec, _, _)) = self.instances.get(&instance) {
                     if let Err(reason) =

@@ -91,17 +91,20 @@ impl Initiator {
 
         // Every instance at once; each host fetches what it lacks from us.
         // Each signed: the hosts run only what the service's owner vouches for.
-        let specs = assignments.iter().map(|a| {
-            instance_spec(
-                &manifest,
-                &payloads,
-                &assignments,
-                a,
-                epoch,
-                self.overlay.peer_id(),
-            )
-            .map(|spec| spec.signed(self.overlay.keypair()))
-        });
+        let specs: Vec<anyhow::Result<InstanceSpec>> = assignments
+            .iter()
+            .map(|a| {
+                instance_spec(
+                    &manifest,
+                    &payloads,
+                    &assignments,
+                    a,
+                    epoch,
+                    self.overlay.peer_id(),
+                )
+                .map(|spec| spec.signed(self.overlay.keypair()))
+            })
+            .collect();
         // Write-ahead: the deploy is in the ledger before any host hears of it, so an initiator
         // that dies from here on finds it pending when it starts again and undoes it.
         let pending = Entry {
@@ -111,6 +114,12 @@ impl Initiator {
             state: State::Pending,
             previous: None,
             artifacts: Some(artifacts_of(&payloads)),
+            // Kept for the replicas of the service's record (crate::heal::record_replicas).
+            specs: specs
+                .iter()
+                .filter_map(|s| s.as_ref().ok().cloned())
+                .collect(),
+            holders: Vec::new(),
         };
         self.ledger.begin(&service, pending).await?;
         let runs = assignments

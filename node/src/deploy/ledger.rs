@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::wire::Generation;
 
 /// Where one instance of a deployed service runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placed {
     pub task: String,
     pub replica: u32,
@@ -57,6 +57,15 @@ pub struct Entry {
     /// they were recorded: then no chunk is collected until the service is deployed again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<Vec<brume_artifact::ArtifactManifest>>,
+    /// The instance specs of this epoch as this node (the owner) signed them, for the replicas
+    /// of the service's record ([`crate::heal::record_replicas`]); empty in a ledger written
+    /// before they were kept (no replica is pushed then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub specs: Vec<super::wire::InstanceSpec>,
+    /// The nodes the record was last pushed to, nearest first, and where to dial them: asked
+    /// back when this node starts again ([`crate::heal::replicator`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<(PeerId, Vec<Multiaddr>)>,
 }
 
 /// Where a deploy stands: written [`State::Pending`] before any host is asked (write-ahead),
@@ -181,6 +190,25 @@ impl Ledger {
                 if let Some(previous) = entries.remove(&service).and_then(|e| e.previous) {
                     entries.insert(service, *previous);
                 }
+                (true, true)
+            }
+            _ => (false, false),
+        })
+        .await
+    }
+
+    /// Records the holders `service`'s record (of `epoch`) was pushed to, nearest first;
+    /// `false` when the ledger holds no such epoch of it.
+    pub async fn set_holders(
+        &self,
+        service: &str,
+        epoch: u64,
+        holders: Vec<(PeerId, Vec<Multiaddr>)>,
+    ) -> anyhow::Result<bool> {
+        let service = service.to_string();
+        self.change(move |entries| match entries.get_mut(&service) {
+            Some(e) if e.epoch == epoch && e.holders != holders => {
+                e.holders = holders;
                 (true, true)
             }
             _ => (false, false),
@@ -325,6 +353,8 @@ mod tests {
             state: State::Done,
             previous: None,
             artifacts: None,
+            specs: Vec::new(),
+            holders: Vec::new(),
         }
     }
 
@@ -345,6 +375,8 @@ mod tests {
         };
         let entry = Entry {
             artifacts: Some(vec![m.clone()]),
+            specs: Vec::new(),
+            holders: Vec::new(),
             ..entry(4, "n1")
         };
         l.put("svc", entry).await.unwrap();

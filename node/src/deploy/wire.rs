@@ -186,6 +186,18 @@ pub enum Request {
         seq: u64,
         state: String,
     },
+    /// The record of one of the sender's services (or, from a holder that re-placed some of
+    /// its instances, of its owner's), for this node to keep as one of its holders
+    /// ([`crate::heal::record_replicas`]); answered `Taken` or `Refused`.
+    Replica(Box<crate::heal::record_replicas::ServiceRecord>),
+    /// The records this node holds of the sender's services (an owner back from the dead
+    /// learns what its holders did meanwhile); answered `Records`.
+    HeldRecords,
+    /// The sender stopped its service: the record held of it is dropped (a holder must not
+    /// bring back a stopped service); answered `Taken`.
+    ForgetRecord {
+        service: String,
+    },
 }
 
 /// A step of a deploy on the host.
@@ -235,8 +247,10 @@ pub enum Reply {
     Logs(String),
     /// The image of a `Prepare` is ready here.
     Prepared,
-    /// A `Checkpointed` was taken (kept, or older than the one kept).
+    /// A `Checkpointed` or a `Replica` was taken (kept, or older than the one kept).
     Taken,
+    /// The records held of the asker's services.
+    Records(Vec<crate::heal::record_replicas::ServiceRecord>),
 }
 
 /// Why a name from a request is refused (the rule is [`brume_plan::naming`]'s, the manifest's too).

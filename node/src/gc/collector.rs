@@ -424,6 +424,8 @@ mod tests {
             state: State::Done,
             previous: None,
             artifacts,
+            specs: Vec::new(),
+            holders: Vec::new(),
         }
     }
 

@@ -315,6 +315,8 @@ mod tests {
             state: State::Done,
             previous: None,
             artifacts: None,
+            specs: Vec::new(),
+            holders: Vec::new(),
         };
         ledger.put("web", entry).await.unwrap();
         let keeper = Keeper::new(CheckpointStore::in_data_dir(dir.path()), ledger);

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::replace::{plan, Candidate, Demands};
+use super::replicator::learn_from_holders;
 use super::retire::{Answer, Stale};
 use super::retire_book::RetireBook;
 use super::watch::{Watch, WatchConfig};
@@ -44,6 +45,9 @@ const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The stale copies, shared by the watch loop (which asks) and a recovery (which records), on
 /// disk between restarts.
 type StaleBook = Arc<RetireBook>;
+
+/// How long a re-placement waits for the holders of the records to say what they did.
+const LEARN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a host that refused or failed a re-placement is not chosen again.
 pub const AVOID_FOR: Duration = Duration::from_secs(10);
@@ -253,6 +257,33 @@ fn hosts(initiator: &Initiator, me: PeerId) -> BTreeMap<PeerId, Vec<Multiaddr>> 
     out
 }
 
+/// The nodes of `map` (`me` its centre) a lost instance may go to, but those in `avoid`.
+pub(crate) fn candidates(
+    map: &brume_overlay::neighbourhood::NeighbourhoodMap,
+    me: brume_overlay::ids::NodeId,
+    avoid: &BTreeSet<PeerId>,
+) -> Vec<Candidate> {
+    map.nodes
+        .iter()
+        .filter_map(|n| {
+            let peer = n.peer.filter(|p| !avoid.contains(p))?;
+            let rtt_ms = if n.id == me {
+                0.0
+            } else {
+                map.proof(n.id).map(|p| p.rtt_ms).unwrap_or(f64::MAX)
+            };
+            Some(Candidate {
+                peer,
+                host: n.id.to_string(),
+                addrs: n.addrs.clone(),
+                cpu_free_milli: u64::from(n.cpu_free_milli),
+                mem_free_mb: n.mem_free_mb,
+                rtt_ms,
+            })
+        })
+        .collect()
+}
+
 /// One round of re-placing the instances of the dead hosts.
 struct Recovery {
     initiator: Arc<Initiator>,
@@ -278,26 +309,19 @@ impl Recovery {
             avoided.retain(|_, at| at.elapsed() < AVOID_FOR);
             avoided.keys().copied().collect()
         };
-        let candidates: Vec<Candidate> = map
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                let peer = n.peer.filter(|p| !avoid.contains(p))?;
-                let rtt_ms = if n.id == me {
-                    0.0
-                } else {
-                    map.proof(n.id).map(|p| p.rtt_ms).unwrap_or(f64::MAX)
-                };
-                Some(Candidate {
-                    peer,
-                    host: n.id.to_string(),
-                    addrs: n.addrs.clone(),
-                    cpu_free_milli: u64::from(n.cpu_free_milli),
-                    mem_free_mb: n.mem_free_mb,
-                    rtt_ms,
-                })
-            })
-            .collect();
+        let candidates = candidates(&map, me, &avoid);
+        // A holder may have re-placed them already, while this node was frozen or cut off
+        // (it then judged this node dead): its newer placement is taken, not doubled.
+        let _ = tokio::time::timeout(
+            LEARN_TIMEOUT,
+            learn_from_holders(
+                &self.initiator,
+                &self.mover.deployer,
+                &self.stale,
+                &self.dead.keys().copied().collect(),
+            ),
+        )
+        .await;
         // A deploy still under way (or left pending by a crash) is its initiator's to finish
         // or undo: only finished ones are healed.
         let ledger: BTreeMap<_, _> = self
@@ -355,7 +379,7 @@ impl Recovery {
                         .await;
                     let told = self
                         .mover
-                        .tell_moved(&spec, to.peer, &to.host, &to.addrs)
+                        .tell_moved(&spec, to.peer, &to.host, &to.addrs, None)
                         .await;
                     // If the old host was only cut off or slow, its copy must not run on: it
                     // is asked to remove it until it answers (a dead host does not).

@@ -15,14 +15,26 @@
 //!   generation, the ledger, `Moved` to the callers), from the latest checkpoint kept;
 //! * [`checkpointer`]: on a host, the periodic capture of the instances that ask for it
 //!   (`checkpoint_every_s`), sent to their owner;
-//! * [`checkpoints`]: on the owner, the latest checkpoint of each, on disk.
+//! * [`checkpoints`]: on the owner, the latest checkpoint of each, on disk;
+//! * [`delegation`]: the owner's signed word naming the holders of its service records;
+//! * [`record_replicas`]: a service's record and the holder's bounded book of them, on disk;
+//! * [`takeover`]: which holder re-places a dead owner's lost instances, and when;
+//! * [`replicator`]: the I/O of the three: the owner's pushes, the holder's watch and takeover;
+//! * [`holder`]: a holder keeping records and their artifacts;
+//! * [`owner_return`]: an owner back from the dead (or a freeze) learning what its holders did.
 
 pub mod checkpointer;
 pub mod checkpoints;
+pub mod delegation;
 pub mod healer;
+pub mod holder;
+pub mod owner_return;
 pub mod phi;
+pub mod record_replicas;
 pub mod replace;
+pub mod replicator;
 pub mod retire;
 pub mod retire_book;
 pub mod retired;
+pub mod takeover;
 pub mod watch;

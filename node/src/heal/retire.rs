@@ -154,6 +154,8 @@ mod tests {
                 state: Default::default(),
                 previous: None,
                 artifacts: None,
+                specs: Vec::new(),
+                holders: Vec::new(),
             },
         )])
     }

@@ -106,6 +106,12 @@ impl Watch {
         }
     }
 
+    /// Stops watching `peer` (it is watched afresh at the next [`Watch::track`]): a peer
+    /// declared dead that is heard again (an owner back after a restart) is judged anew.
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.hosts.remove(peer);
+    }
+
     /// Whether `peer` was declared dead.
     pub fn is_declared(&self, peer: &PeerId) -> bool {
         self.hosts.get(peer).is_some_and(|h| h.declared)

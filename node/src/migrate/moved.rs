@@ -16,9 +16,10 @@ use tracing::debug;
 use super::client::ask;
 use super::mover::Mover;
 use super::wire::{Reply, Request};
-use crate::deploy::authority::check;
+use crate::deploy::authority::check_delegated;
 use crate::deploy::ledger::Placed;
 use crate::deploy::wire::InstanceSpec;
+use crate::heal::delegation::Delegation;
 
 /// How long one node may take to acknowledge a move.
 const TELL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,6 +33,7 @@ impl Mover {
         to: PeerId,
         host: &str,
         addrs: &[Multiaddr],
+        delegation: Option<&Delegation>,
     ) -> usize {
         let overlay = &self.deployer.overlay;
         let me = overlay.peer_id();
@@ -50,6 +52,7 @@ impl Mover {
             peer: to,
             host: host.to_string(),
             addrs: addrs.to_vec(),
+            delegation: delegation.map(|d| Box::new(d.clone())),
         };
         let asks = peers.iter().map(|&peer| {
             let request = &request;
@@ -73,8 +76,15 @@ impl Mover {
     /// Whether `from` may say where `id` runs now: the service's owner, or the host that runs
     /// it now as this node knows it (its route here, or its place in this node's ledger when
     /// the service was deployed from here). A node that has neither for the instance has
-    /// nothing a `Moved` could change, and takes it.
-    pub(crate) fn may_say_moved(&self, from: PeerId, id: &InstanceId) -> Result<(), String> {
+    /// nothing a `Moved` could change, and takes it. A holder of the service's record that
+    /// shows the owner's delegation naming it may too (it re-placed the instance for a dead
+    /// owner: [`crate::heal::takeover`]).
+    pub(crate) fn may_say_moved(
+        &self,
+        from: PeerId,
+        id: &InstanceId,
+        delegation: Option<&Delegation>,
+    ) -> Result<(), String> {
         let me = self.deployer.overlay.peer_id();
         let route = match self.deployer.routes.get(id) {
             Some(Route::Remote { peer }) => Some(peer),
@@ -96,7 +106,16 @@ impl Mover {
             None => self.deployer.instances.owner_of(&id.service),
         };
         let hosts: Vec<PeerId> = route.into_iter().chain(placed).collect();
-        check(from, me, "reroute", id, owner, &hosts)
+        check_delegated(
+            from,
+            me,
+            "reroute",
+            id,
+            &id.service,
+            owner,
+            &hosts,
+            delegation,
+        )
     }
 
     /// Hears that an instance now runs on `peer` (whose addresses the overlay keeps: this node

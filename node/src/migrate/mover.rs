@@ -196,8 +196,9 @@ impl Mover {
                 peer,
                 host,
                 addrs,
+                delegation,
             } => {
-                if let Err(reason) = self.may_say_moved(from, &instance) {
+                if let Err(reason) = self.may_say_moved(from, &instance, delegation.as_deref()) {
                     return Reply::Refused { reason };
                 }
                 self.moved(&instance, peer, &host, addrs).await
@@ -374,7 +375,9 @@ impl Mover {
                     routes.set_host_addrs(d.peer, d.addrs.clone());
                     routes.set(id.clone(), Route::Remote { peer: d.peer });
                     drop(hold.take());
-                    told = self.tell_moved(&spec, d.peer, &d.host, &d.addrs).await;
+                    told = self
+                        .tell_moved(&spec, d.peer, &d.host, &d.addrs, None)
+                        .await;
                     self.deployer.stop_instance(&id).await;
                     self.deployer.readvertise().await;
                     Input::Completed

@@ -53,6 +53,10 @@ pub enum Request {
         /// initiator's ledger.
         host: String,
         addrs: Vec<Multiaddr>,
+        /// From a holder of the service's record re-placing for its dead owner: the owner's
+        /// signed word that it may ([`crate::heal::delegation`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delegation: Option<Box<crate::heal::delegation::Delegation>>,
     },
     /// From the source of a failed move: stop `instance` here if it runs (or is being restored)
     /// at `generation`, and never run that generation. Idempotent; answered with

@@ -385,7 +385,7 @@ impl Mover {
         drop(hold);
         let held_ms = held.elapsed().as_millis() as u64;
         let told = self
-            .tell_moved(spec, dest.peer, &dest.host, &dest.addrs)
+            .tell_moved(spec, dest.peer, &dest.host, &dest.addrs, None)
             .await;
         self.deployer.readvertise().await;
         info!(%what, to = %dest.name, held_ms, downtime_ms = ms(migrated.downtime),

@@ -1,0 +1,131 @@
+//! A holder's side of the service records' replicas: it keeps the records others push here
+//! ([`super::record_replicas`], bounded, on disk), fetches their artifacts from the sender and
+//! pins them against the garbage collector, so that it can serve them to the hosts it places
+//! instances on if it takes over ([`super::replicator`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use brume_artifact::{self as artifact, ChunkStore, FetchOptions};
+use brume_overlay::{OverlayHandle, PeerId};
+use tracing::info;
+
+use super::record_replicas::{Offered, RecordBook, ServiceRecord};
+use crate::deploy::wire::Reply;
+use crate::gc::{Collector, PinGuard};
+
+/// The records this node holds for others, and the artifacts they need.
+pub struct Holder {
+    book: RecordBook,
+    overlay: OverlayHandle,
+    store: ChunkStore,
+    gc: Option<Arc<Collector>>,
+    /// Their artifacts are not collected while held.
+    pins: Mutex<BTreeMap<(PeerId, String), PinGuard>>,
+}
+
+impl Holder {
+    /// The records kept in `data_dir` (their artifacts pinned in `gc`).
+    pub fn new(
+        data_dir: &Path,
+        overlay: OverlayHandle,
+        store: ChunkStore,
+        gc: Option<Arc<Collector>>,
+    ) -> Holder {
+        let holder = Holder {
+            book: RecordBook::open(data_dir),
+            overlay,
+            store,
+            gc,
+            pins: Mutex::new(BTreeMap::new()),
+        };
+        for r in holder.book.all() {
+            holder.pin(&r);
+        }
+        holder
+    }
+
+    pub fn book(&self) -> &RecordBook {
+        &self.book
+    }
+
+    fn pin(&self, r: &ServiceRecord) {
+        if let Some(gc) = &self.gc {
+            let guard = gc.pins().pin(r.artifacts.clone());
+            self.pins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((r.owner, r.service.clone()), guard);
+        }
+    }
+
+    /// Takes a record from `from`: checked, its artifacts fetched from `from` (so that this
+    /// node can serve them to new hosts), then kept if newer.
+    pub async fn take(&self, from: PeerId, record: ServiceRecord) -> Reply {
+        let me = self.overlay.peer_id();
+        if let Err(e) = record.check(from, me) {
+            return Reply::Refused {
+                reason: e.to_string(),
+            };
+        }
+        let kept = self.book.of_owner(record.owner);
+        if kept
+            .iter()
+            .any(|r| r.service == record.service && r.order() >= record.order())
+        {
+            return Reply::Taken;
+        }
+        for m in &record.artifacts {
+            if let Err(reason) = self.fetch(from, m).await {
+                return Reply::Refused { reason };
+            }
+        }
+        let (service, owner) = (record.service.clone(), record.owner);
+        let (epoch, version) = (record.epoch, record.delegation.version);
+        let pinned = record.clone();
+        match self.book.offer(from, me, record) {
+            Ok(Offered::Kept) => {
+                self.pin(&pinned);
+                info!(%service, %owner, epoch, version, "holding a replica of the service record");
+                Reply::Taken
+            }
+            Ok(Offered::Older) => Reply::Taken,
+            Err(e) => Reply::Refused {
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    /// Drops the record of `owner`'s `service` and unpins its artifacts.
+    pub fn forget(&self, owner: PeerId, service: &str) {
+        if self.book.forget(owner, service) {
+            info!(%service, %owner, "the owner stopped its service: its record is dropped");
+        }
+        self.pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(owner, service.to_string()));
+    }
+
+    async fn fetch(&self, from: PeerId, m: &artifact::ArtifactManifest) -> Result<(), String> {
+        let opts = FetchOptions {
+            peer: from.to_string(),
+            ..FetchOptions::default()
+        };
+        let overlay = self.overlay.clone();
+        let open = || {
+            let overlay = overlay.clone();
+            async move {
+                overlay
+                    .open_stream(from, artifact::TRANSFER_PROTOCOL)
+                    .await
+                    .map_err(std::io::Error::other)
+            }
+        };
+        artifact::fetch(&self.store, m, &opts, open, |_, _| {})
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot fetch the record's artifact from {from}: {e}"))
+    }
+}

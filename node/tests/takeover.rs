@@ -1,0 +1,242 @@
+//! The owner of a service dies, then a host of it: a holder of the service record re-places
+//! the lost instances (issue 15, "Failure": "by the service's initiator or, if it is gone too,
+//! by the nearest node holding a replica of the service record"; docs/healing.md). Real
+//! `brume node` daemons on loopback, the process engine, the relay service.
+//!
+//! Node 0 deploys `front -> back` (front, the root, on node 0; back on a node of its own: each
+//! node offers 150 mCPU and each task asks 100) and pushes the service record to its three
+//! neighbours. The test waits until a node other than back's host holds the record, kills
+//! node 0 with SIGKILL, then back's host, and waits until the two nodes left run exactly one
+//! copy of each task between them (`brume ps --all` on each) and front reaches back through
+//! its route. Then node 0 starts again on its data directory: it learns the new placement from
+//! the holders (its `ps` shows it) and removes the copy of front its restart brought back, so
+//! one process of each task runs on the machine. The times are printed, never asserted.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use brume_control::PsRow;
+
+use common::{port_of, text};
+
+const BRUME: &str = env!("CARGO_BIN_EXE_brume");
+
+/// The longest the test waits for any step.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+fn manifest(dir: &Path, service: &str) -> PathBuf {
+    common::chain_context(dir, service, service);
+    let text = format!(
+        "[service]\nname = \"{service}\"\nroot = \"front\"\n\n\
+         [[task]]\nname = \"front\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n\
+         [[task]]\nname = \"back\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n\
+         [[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 50\ntraffic_mbps = 1\n"
+    );
+    let path = dir.join("service.toml");
+    std::fs::write(&path, text).expect("write the manifest");
+    path
+}
+
+/// What node `i` runs (`ps --all`: its own instances, whoever owns them), running rows only.
+fn runs_on(net: &common::ServiceNet, i: usize) -> Vec<PsRow> {
+    let out = net.brume(i, &["ps", "--all", "--json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let rows: Vec<PsRow> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    rows.into_iter()
+        .filter(|r| r.service == net.service && r.instance.state == "running")
+        .collect()
+}
+
+/// Polls every 200 ms until `ready` gives a value, failing after the guard.
+fn wait_for<T>(what: &str, mut ready: impl FnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    loop {
+        match ready() {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                started.elapsed() < HANG_GUARD,
+                "{what}: not within {HANG_GUARD:?}; last: {last}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether node `i` holds a replica of the service's record.
+fn holds_record(net: &common::ServiceNet, i: usize) -> bool {
+    let dir = net.net.data(i).join("records");
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(&format!(".{}.json", net.service))
+        })
+    })
+}
+
+/// Whether node `i`'s record of the service places an instance on one of `hosts`.
+fn record_names_any(net: &common::ServiceNet, i: usize, hosts: &[String]) -> bool {
+    let Ok(entries) = std::fs::read_dir(net.net.data(i).join("records")) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.ends_with(&format!(".{}.json", net.service)) {
+            return false;
+        }
+        let Ok(bytes) = std::fs::read(e.path()) else {
+            return true;
+        };
+        let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let instances = record["instances"].as_array().cloned().unwrap_or_default();
+        instances
+            .iter()
+            .any(|p| hosts.iter().any(|h| p["host"].as_str() == Some(h.as_str())))
+    })
+}
+
+#[test]
+fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
+    let service = format!("takeover-{:08x}", rand::random::<u32>());
+    let mut net = common::ServiceNet::start_with(
+        Path::new(BRUME),
+        4,
+        "process",
+        150,
+        &["--heartbeat-interval-ms", "300", "--record-replicas", "3"],
+        &service,
+    );
+    let m = manifest(net.dir(), &service);
+    let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "deploy failed: {}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    // Where back runs, by node index.
+    let victim = wait_for("back runs on a node of its own", || {
+        (1..4)
+            .find(|&i| runs_on(&net, i).iter().any(|r| r.instance.task == "back"))
+            .ok_or_else(|| "no node runs back".to_string())
+    });
+    let survivors: Vec<usize> = (1..4).filter(|&i| i != victim).collect();
+    wait_for("a surviving node holds the service record", || {
+        survivors
+            .iter()
+            .any(|&i| holds_record(&net, i))
+            .then_some(())
+            .ok_or_else(|| format!("no record on nodes {survivors:?}"))
+    });
+
+    let ids: Vec<String> = (0..4).map(|i| net.status(i).0).collect();
+    let dead_ids = [ids[0].clone(), ids[victim].clone()];
+    let killed = Instant::now();
+    net.net.kill(0).expect("kill -9 the owner");
+    net.net.kill(victim).expect("kill -9 back's host");
+
+    let (front, back) = wait_for("front and back run again, once each", || {
+        let rows: Vec<PsRow> = survivors.iter().flat_map(|&i| runs_on(&net, i)).collect();
+        let of = |task: &str| -> Vec<&PsRow> {
+            rows.iter().filter(|r| r.instance.task == task).collect()
+        };
+        match (of("front").as_slice(), of("back").as_slice()) {
+            ([f], [b]) => Ok(((*f).clone(), (*b).clone())),
+            (f, b) => Err(format!(
+                "{} front(s), {} back(s): {rows:#?}",
+                f.len(),
+                b.len()
+            )),
+        }
+    });
+    let recovered = killed.elapsed();
+    // The caller path: front reaches the new back through its route.
+    wait_for("front reaches back", || {
+        match common::ask(port_of(&front.instance.address), "hello") {
+            Ok(a) if a == "front(back)" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(
+        common::ask(port_of(&back.instance.address), "hello").expect("back answers"),
+        "back"
+    );
+    // Every surviving holder has heard that it was done (the acting holder forwards its record),
+    // so no other holder acts later: still exactly one copy of each.
+    wait_for(
+        "every surviving holder's record shows the new hosts",
+        || {
+            let stale: Vec<usize> = survivors
+                .iter()
+                .copied()
+                .filter(|&i| record_names_any(&net, i, &dead_ids))
+                .collect();
+            stale
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| format!("nodes {stale:?} still place instances on {dead_ids:?}"))
+        },
+    );
+    let rows: Vec<PsRow> = survivors.iter().flat_map(|&i| runs_on(&net, i)).collect();
+    for task in ["front", "back"] {
+        let n = rows.iter().filter(|r| r.instance.task == task).count();
+        assert_eq!(n, 1, "{task} runs {n} times: {rows:#?}");
+    }
+    eprintln!(
+        "takeover: owner (node 0) and back's host (node {victim}) killed; front on {} and back \
+         on {} after {:.2} s, placed by a holder of the record",
+        front.instance.host,
+        back.instance.host,
+        recovered.as_secs_f64()
+    );
+    for task in ["front", "back"] {
+        let n = copies(&service, task);
+        assert_eq!(n, 1, "{n} processes of {task} on the machine");
+    }
+
+    // The owner comes back on its data directory: its restart starts its old front again, then
+    // it learns from the holders that front and back run elsewhere now, and removes its copy.
+    let back_at = Instant::now();
+    net.net.restart(0).expect("node 0 starts again");
+    wait_for("the owner's ps shows where the holder placed them", || {
+        let out = net.brume(0, &["ps", "--json"]);
+        let rows: Vec<PsRow> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let at = |task: &str| {
+            rows.iter()
+                .find(|r| r.instance.task == task && r.instance.state == "running")
+                .map(|r| r.instance.host.clone())
+        };
+        let want = (
+            Some(front.instance.host.clone()),
+            Some(back.instance.host.clone()),
+        );
+        if (at("front"), at("back")) == want {
+            Ok(())
+        } else {
+            Err(format!("{rows:#?}"))
+        }
+    });
+    wait_for("one process of each task on the whole machine", || {
+        let n = (copies(&service, "front"), copies(&service, "back"));
+        (n == (1, 1))
+            .then_some(())
+            .ok_or_else(|| format!("(front, back) processes: {n:?}"))
+    });
+    eprintln!(
+        "takeover: the owner restarted and took the holder's placement after {:.2} s",
+        back_at.elapsed().as_secs_f64()
+    );
+}
+
+/// How many processes of `task` of `service` run on this machine.
+fn copies(service: &str, task: &str) -> usize {
+    common::processes_with_env(&[
+        &format!("BRUME_SERVICE={service}"),
+        &format!("BRUME_TASK={task}"),
+    ])
+    .len()
+}
