@@ -100,8 +100,14 @@ impl Proc {
             .collect()
     }
 
+    /// Waits until the aggregator says it is done, over STATUS, and its `done` line has reached
+    /// this test's reader (the line is printed around the time STATUS turns, and a reader
+    /// thread copies it: a failed CI run read the log in between).
     fn wait_done(&self) -> Status {
         wait_for("the last round", self, || self.status().done);
+        wait_for("a done line", self, || {
+            self.log().iter().any(|l| l.starts_with("done "))
+        });
         self.status()
     }
 }
