@@ -4,10 +4,11 @@
 use std::process::Command;
 
 /// Every subcommand `brume --help` lists.
-const SUBCOMMANDS: [&str; 17] = [
+const SUBCOMMANDS: [&str; 18] = [
     "place",
     "bench",
     "trace",
+    "testnet",
     "node",
     "status",
     "peers",
