@@ -443,5 +443,5 @@ fn a_testnet_of_node_processes_needs_no_docker() {
 
 /// `brume <what> --json` for a process node, through its control socket on the host.
 fn node_json_host(state: &NetState, i: usize, what: &str) -> serde_json::Value {
-    brume_testnet::containers::up::node_json(state, i, what).expect("brume answers")
+    brume_testnet::containers::ask::node_json(state, i, what).expect("brume answers")
 }

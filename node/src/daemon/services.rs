@@ -88,7 +88,7 @@ impl Services {
         }
         let ledger = Arc::new(Ledger::open(data_dir)?);
         gc.set_ledger(ledger.clone());
-        deployer.set_holder(Arc::new(crate::heal::replicator::Holder::new(
+        deployer.set_holder(Arc::new(crate::heal::holder::Holder::new(
             data_dir,
             overlay.clone(),
             store.clone(),

@@ -73,7 +73,7 @@ pub struct Deployer {
     gc: std::sync::OnceLock<Arc<Collector>>,
     /// The records this node holds for others ([`crate::heal::replicator`]), once set;
     /// without it, `Replica` is refused.
-    holder: std::sync::OnceLock<Arc<crate::heal::replicator::Holder>>,
+    holder: std::sync::OnceLock<Arc<crate::heal::holder::Holder>>,
 }
 
 impl Deployer {
@@ -187,12 +187,12 @@ impl Deployer {
     }
 
     /// Keeps the service records others push here in `holder` (set once).
-    pub fn set_holder(&self, holder: Arc<crate::heal::replicator::Holder>) {
+    pub fn set_holder(&self, holder: Arc<crate::heal::holder::Holder>) {
         let _ = self.holder.set(holder);
     }
 
     /// The records held for others, if set.
-    pub(crate) fn holder(&self) -> Option<&Arc<crate::heal::replicator::Holder>> {
+    pub(crate) fn holder(&self) -> Option<&Arc<crate::heal::holder::Holder>> {
         self.holder.get()
     }
 

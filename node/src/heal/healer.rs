@@ -25,8 +25,8 @@ use brume_plan::manifest::Manifest;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::owner_return::learn_from_holders;
 use super::replace::{plan, Candidate, Demands};
-use super::replicator::learn_from_holders;
 use super::retire::{Answer, Stale};
 use super::retire_book::RetireBook;
 use super::watch::{Watch, WatchConfig};

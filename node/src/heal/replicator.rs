@@ -31,8 +31,7 @@ use tracing::{info, warn};
 
 use super::delegation::Delegation;
 use super::healer::{candidates, REPLACE_BUDGET};
-pub use super::holder::Holder;
-pub use super::owner_return::learn_from_holders;
+use super::holder::Holder;
 use super::record_replicas::ServiceRecord;
 use super::replace::{plan, Demands};
 use super::takeover::my_turn;

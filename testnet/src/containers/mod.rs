@@ -12,6 +12,7 @@
 //! `/run/brume-testnet/nets/<name>/`, which every command reads ([`state`]). The operations use
 //! `anyhow` errors: they are the edge of a command-line tool, and each error says what to do.
 
+pub mod ask;
 pub mod caps;
 pub mod docker;
 pub mod ops;

@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::ask::node_json;
 use super::docker::{self, docker};
 use super::router_proc;
 use super::state::{NetState, NODE_PORT};
-use super::up::node_json;
 use crate::netns;
 
 /// One line of `ps`.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use super::ask::node_json;
 use super::docker::{self, docker, NET_LABEL};
 use super::router_proc;
 use super::state::{NetState, NodeState, RttSource, NODE_PORT};
@@ -295,42 +296,6 @@ fn validate_name(name: &str) -> anyhow::Result<()> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     anyhow::ensure!(ok, "testnet name `{name}`: use 1-40 of a-z, 0-9 and '-'");
     Ok(())
-}
-
-/// What `brume status --json` and `brume peers --json` say in node `i`.
-pub fn node_json(state: &NetState, i: usize, what: &str) -> anyhow::Result<serde_json::Value> {
-    let c = &state.nodes[i].container;
-    if state.processes {
-        let control = super::procs::control(state, i);
-        let brume = match &state.brume {
-            Some(b) => b.clone(),
-            None => super::procs::brume()?,
-        };
-        let out = std::process::Command::new(brume)
-            .arg(what)
-            .arg("--control")
-            .arg(&control)
-            .arg("--json")
-            .output()
-            .context("run brume")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "`brume {what}` for {c}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        return serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("`brume {what} --json` for {c}"));
-    }
-    let out = docker(&[
-        "exec",
-        c,
-        "brume",
-        what,
-        "--control",
-        "/run/brume/control.sock",
-        "--json",
-    ])?;
-    serde_json::from_str(&out).with_context(|| format!("`brume {what} --json` in {c}: {out}"))
 }
 
 /// Waits until node `i` answers on its control socket (it listens on its address by then).
