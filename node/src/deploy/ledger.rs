@@ -20,23 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use brume_overlay::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
-use super::wire::Generation;
-
-/// Where one instance of a deployed service runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Placed {
-    pub task: String,
-    pub replica: u32,
-    /// The host's node id as maps print it.
-    pub host: String,
-    pub peer: PeerId,
-    /// Where to dial it, for a node not connected to it.
-    pub addrs: Vec<Multiaddr>,
-    /// Which copy runs there: one more with every move or re-placement (ledgers written
-    /// before it was kept read 0).
-    #[serde(default)]
-    pub generation: Generation,
-}
+pub use super::wire::Placed;
 
 /// One deployed service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -329,6 +313,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy::wire::Generation;
 
     /// The peer id of the node whose key is `seed` repeated (tests are deterministic).
     fn peer(seed: u8) -> PeerId {

@@ -189,7 +189,7 @@ pub enum Request {
     /// The record of one of the sender's services (or, from a holder that re-placed some of
     /// its instances, of its owner's), for this node to keep as one of its holders
     /// ([`crate::heal::record_replicas`]); answered `Taken` or `Refused`.
-    Replica(Box<crate::heal::record_replicas::ServiceRecord>),
+    Replica(Box<ServiceRecord>),
     /// The records this node holds of the sender's services (an owner back from the dead
     /// learns what its holders did meanwhile); answered `Records`.
     HeldRecords,
@@ -250,7 +250,7 @@ pub enum Reply {
     /// A `Checkpointed` or a `Replica` was taken (kept, or older than the one kept).
     Taken,
     /// The records held of the asker's services.
-    Records(Vec<crate::heal::record_replicas::ServiceRecord>),
+    Records(Vec<ServiceRecord>),
 }
 
 /// Why a name from a request is refused (the rule is [`brume_plan::naming`]'s, the manifest's too).
@@ -263,6 +263,42 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
             brume_plan::naming::RULE
         ))
     }
+}
+
+/// Where one instance of a deployed service runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    pub task: String,
+    pub replica: u32,
+    /// The host's node id as maps print it.
+    pub host: String,
+    pub peer: PeerId,
+    /// Where to dial it, for a node not connected to it.
+    pub addrs: Vec<Multiaddr>,
+    /// Which copy runs there: one more with every move or re-placement (ledgers written
+    /// before it was kept read 0).
+    #[serde(default)]
+    pub generation: Generation,
+}
+
+/// One service as its owner's ledger knows it, with the owner's delegation: what the owner
+/// replicates to a few neighbours ([`crate::heal::record_replicas`] checks and keeps it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub service: String,
+    pub owner: PeerId,
+    /// Where to dial the owner (a holder watches it).
+    pub owner_addrs: Vec<Multiaddr>,
+    pub epoch: u64,
+    /// One per instance, as the owner signed it.
+    pub specs: Vec<InstanceSpec>,
+    /// Where each instance runs, at which generation.
+    pub instances: Vec<Placed>,
+    /// The artifacts the specs name (a holder fetches and keeps them).
+    pub artifacts: Vec<ArtifactManifest>,
+    /// Where to dial each holder, in the delegation's order.
+    pub holder_addrs: Vec<Vec<Multiaddr>>,
+    pub delegation: crate::heal::delegation::Delegation,
 }
 
 impl InstanceSpec {

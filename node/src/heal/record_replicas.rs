@@ -18,14 +18,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use brume_artifact::ArtifactManifest;
-use brume_overlay::{Multiaddr, PeerId};
-use serde::{Deserialize, Serialize};
+use brume_overlay::PeerId;
 use tracing::warn;
 
-use super::delegation::Delegation;
-use crate::deploy::ledger::{write_atomically, Placed};
-use crate::deploy::wire::{check_name, InstanceSpec};
+use crate::deploy::ledger::write_atomically;
+pub use crate::deploy::wire::ServiceRecord;
+use crate::deploy::wire::{check_name, InstanceSpec, Placed};
 
 /// Owners whose records one node keeps at most.
 pub const MAX_OWNERS: usize = 64;
@@ -35,25 +33,6 @@ pub const MAX_PER_OWNER: usize = 32;
 pub const MAX_INSTANCES: usize = 256;
 /// Artifact bytes of one owner's records one node keeps at most.
 pub const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
-
-/// One service as its owner's ledger knows it, with the owner's delegation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceRecord {
-    pub service: String,
-    pub owner: PeerId,
-    /// Where to dial the owner (a holder watches it).
-    pub owner_addrs: Vec<Multiaddr>,
-    pub epoch: u64,
-    /// One per instance, as the owner signed it.
-    pub specs: Vec<InstanceSpec>,
-    /// Where each instance runs, at which generation.
-    pub instances: Vec<Placed>,
-    /// The artifacts the specs name (a holder fetches and keeps them).
-    pub artifacts: Vec<ArtifactManifest>,
-    /// Where to dial each holder, in the delegation's order.
-    pub holder_addrs: Vec<Vec<Multiaddr>>,
-    pub delegation: Delegation,
-}
 
 /// Why a record is not kept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -308,6 +287,7 @@ impl RecordBook {
 mod tests {
     use super::*;
     use crate::deploy::wire::{CheckpointMode, Generation, Payload};
+    use crate::heal::delegation::Delegation;
     use brume_overlay::Keypair;
     use brume_tunnel::InstanceId;
 
