@@ -2,8 +2,8 @@
 //!
 //! A task with `checkpoint = "app"` exports its own state (seed 001: kilobytes in milliseconds,
 //! instead of a process image): asked `CHECKPOINT` on its port, it answers one line, and a new
-//! instance started with that line in `BRUME_RESTORE` continues from it. The line is opaque to
-//! brume; it only bounds its size and the time the task may take.
+//! instance started with that line in the file `BRUME_RESTORE_FILE` names continues from it.
+//! The line is opaque to brume; it only bounds its size and the time the task may take.
 
 use std::time::Duration;
 

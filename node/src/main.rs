@@ -83,7 +83,7 @@ enum Command {
     Stop(brume::deploy::cli::StopArgs),
     /// Move a running task instance to another node (--to PEER, or the nearest node with room).
     /// A task with checkpoint = "app" carries its state (its CHECKPOINT line goes to the new
-    /// instance in BRUME_RESTORE); one with checkpoint = "criu" on the process engine moves live
+    /// instance as the file BRUME_RESTORE_FILE); one with checkpoint = "criu" on the process engine moves live
     /// (CRIU pre-copy; root and criu >= 4.2); a stateless one restarts there. The old instance stops only
     /// once the new one runs and callers are switched, so a failed move changes nothing.
     Migrate(brume::migrate::cli::MigrateArgs),

@@ -6,7 +6,8 @@
 //! and leaves no container; the restart policy brings a killed task back. Tasks run contained:
 //! without NET_RAW, with no-new-privileges and a pids limit, as an unprivileged user (read
 //! back from the daemon and from /proc); a `docker save` tarball whose manifest names another
-//! image's tag loads without moving that tag.
+//! image's tag loads without moving that tag. A state too big for the environment reaches a
+//! container as the file `BRUME_RESTORE_FILE` names.
 //!
 //! Every test names its containers `brume-t-*-<unique suffix>`, builds its images from contexts
 //! labelled `brume.test=<run>` and `brume.test.owner=<its own owner>` (containers inherit the
@@ -68,6 +69,7 @@ fn spec(name: &str, task: &str, image: &ImageRef, port: u16) -> LaunchSpec {
         restart: RestartPolicy::Never,
         workdir: None,
         user: None,
+        restore: None,
     }
 }
 
@@ -533,5 +535,78 @@ async fn a_killed_task_is_restarted_on_failure_and_not_under_never() {
     assert_eq!(st.restarts, 0);
     engine.remove(&r).await.unwrap();
     engine.remove(&n).await.unwrap();
+    assert!(our_names(&engine, &suffix).await.is_empty());
+}
+
+/// Characters of the relay's ballast (`RELAY_STATE_BYTES`): more than the 128 KiB Linux lets
+/// one environment string hold.
+const BIG_STATE: usize = 300_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_bigger_than_an_environment_string_reaches_the_container_as_a_file() {
+    let test = "a_state_bigger_than_an_environment_string_reaches_the_container_as_a_file";
+    let Some(engine) = engine(test).await else {
+        return;
+    };
+    let out = tempdir();
+    let suffix = unique_suffix();
+    let mut cleanup = Cleanup::owned(&format!("engine-docker-state-{suffix}"));
+    let input = relay_input(out.path(), cleanup.owner.as_deref().unwrap());
+    let image = engine.prepare(&input).await.unwrap();
+    cleanup.images.push(image.0.clone());
+    let big = |name: &str| {
+        let mut s = spec(name, "big", &image, free_port());
+        s.env
+            .insert("RELAY_STATE_BYTES".into(), BIG_STATE.to_string());
+        s
+    };
+    let names: Vec<String> = ["first", "second", "third"]
+        .iter()
+        .map(|n| format!("brume-t-{n}-{suffix}"))
+        .collect();
+    cleanup.containers.extend(names.iter().cloned());
+
+    let first = big(&names[0]);
+    engine.start(&first).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(ask(first.port, "x").unwrap(), "big");
+    }
+    let state = ask(first.port, "CHECKPOINT").unwrap();
+    assert!(state.len() > BIG_STATE, "{} bytes", state.len());
+
+    // The second container starts from the first's state, as the unprivileged default user: it
+    // checks the ballast and counts on.
+    let mut second = big(&names[1]);
+    second.restore = Some(state.clone());
+    engine.start(&second).await.unwrap();
+    assert_eq!(ask(second.port, "STATE").unwrap(), "3");
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap();
+    let config = docker
+        .inspect_container(&names[1], None)
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    let env = config.env.unwrap_or_default();
+    assert!(
+        env.contains(&"BRUME_RESTORE_FILE=/.brume/restore".to_string()),
+        "{env:?}"
+    );
+    assert!(
+        env.iter().all(|v| v.len() < 4096),
+        "no state in the environment"
+    );
+    assert_eq!(config.user.as_deref(), Some(brume_engine::DEFAULT_USER));
+
+    // A damaged state stops the task at start, saying so, and leaves no container.
+    let mut third = big(&names[2]);
+    third.restore = Some(state[..state.len() - 1].to_string());
+    let err = engine.start(&third).await.unwrap_err().to_string();
+    assert!(err.contains("BRUME_RESTORE_FILE"), "{err}");
+    assert!(!container_exists(&names[2]), "the failed container is gone");
+
+    for name in &names[..2] {
+        engine.remove(name).await.unwrap();
+    }
     assert!(our_names(&engine, &suffix).await.is_empty());
 }

@@ -6,6 +6,7 @@
 //! no task. The supervisor restarts a killed task up to its limit; dropping the engine, or
 //! killing the node's process outright, leaves no child alive (checked in /proc). A `docker
 //! save` tarball of the relay image (made with the real Docker engine) runs as a process too.
+//! A state too big for the environment reaches a task as the file `BRUME_RESTORE_FILE` names.
 
 mod common;
 
@@ -35,6 +36,7 @@ fn spec(name: &str, task: &str, image: &ImageRef, port: u16) -> LaunchSpec {
         restart: RestartPolicy::Never,
         workdir: None,
         user: None,
+        restore: None,
     }
 }
 
@@ -616,4 +618,92 @@ async fn a_task_log_past_its_cap_is_rotated_and_still_read_whole() {
     let kept = std::fs::read_to_string(&older).unwrap();
     assert!(logs.contains(kept.trim_end()), "{logs:?} lacks {kept:?}");
     engine.remove("lg").await.unwrap();
+}
+
+/// Characters of the relay's ballast (`RELAY_STATE_BYTES`) in the big-state tests: more than
+/// the 128 KiB Linux lets one environment string hold.
+const BIG_STATE: usize = 300_000;
+
+/// The environment of a running process, `KEY=value` each.
+fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_bigger_than_an_environment_string_reaches_the_task_as_a_file() {
+    let root = tempdir();
+    let (engine, image) = relay_engine(root.path()).await;
+    let big = |name: &str| {
+        let mut s = spec(name, name, &image, free_port());
+        s.env
+            .insert("RELAY_STATE_BYTES".into(), BIG_STATE.to_string());
+        s
+    };
+    let first = big("first");
+    engine.start(&first).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(ask(first.port, "x").unwrap(), "first");
+    }
+    let state = ask(first.port, "CHECKPOINT").unwrap();
+    assert!(state.len() > BIG_STATE, "{} bytes", state.len());
+
+    // The second relay starts from the first's state: it checks the ballast and counts on.
+    let mut second = big("second");
+    second.restore = Some(state.clone());
+    engine.start(&second).await.unwrap();
+    assert_eq!(ask(second.port, "STATE").unwrap(), "3");
+    let pid = engine.state("second").await.unwrap().pid.expect("a pid");
+    let env = environ(pid);
+    let file = root.path().join("engine/tasks/second/restore");
+    assert!(
+        env.contains(&format!("BRUME_RESTORE_FILE={}", file.display())),
+        "{env:?}"
+    );
+    assert!(
+        env.iter().all(|v| v.len() < 4096),
+        "no state in the environment"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), state);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A damaged state stops the task at start, saying so, and leaves no task.
+    let mut third = big("third");
+    third.restore = Some(state[..state.len() - 1].to_string());
+    let err = engine.start(&third).await.unwrap_err().to_string();
+    assert!(err.contains("BRUME_RESTORE_FILE"), "{err}");
+    assert_eq!(
+        engine.state("third").await.unwrap().state,
+        TaskState::Missing,
+        "the failed task is gone"
+    );
+
+    // A task that starts without a state sees no file, even where one was left.
+    engine.remove("second").await.unwrap();
+    assert!(!file.exists(), "removing the task removes its state");
+    let fresh = spec("first-again", "first-again", &image, free_port());
+    engine.remove("first").await.unwrap();
+    engine.start(&fresh).await.unwrap();
+    assert_eq!(ask(fresh.port, "STATE").unwrap(), "0");
+    let pid = engine
+        .state("first-again")
+        .await
+        .unwrap()
+        .pid
+        .expect("a pid");
+    assert!(
+        environ(pid)
+            .iter()
+            .all(|v| !v.starts_with("BRUME_RESTORE_FILE=")),
+        "no state named"
+    );
+    engine.remove("first-again").await.unwrap();
 }

@@ -227,6 +227,10 @@ impl Caller {
     }
 }
 
+/// Characters of ballast in mid's state in [`moves_tasks_between_nodes`]: over the 128 KiB an
+/// environment string may hold.
+const BIG_STATE: usize = 300_000;
+
 fn state(port: u16) -> u64 {
     common::ask(port, "STATE")
         .expect("STATE answers")
@@ -246,6 +250,14 @@ fn moves_tasks_between_nodes(engine: &str) {
     let dir = net.0.dir().to_path_buf();
     context(&dir, &service);
     let m = manifest(&dir, &service);
+    // mid's state is bigger than Linux lets one environment string be (128 KiB): it must reach
+    // the new mid whole all the same (the relay checks its ballast at start).
+    let big = std::fs::read_to_string(&m).expect("read manifest").replace(
+        "checkpoint = \"app\"\n",
+        &format!("checkpoint = \"app\"\nenv = {{ RELAY_STATE_BYTES = \"{BIG_STATE}\" }}\n"),
+    );
+    assert!(big.contains("RELAY_STATE_BYTES"), "{big}");
+    std::fs::write(&m, big).expect("write manifest");
     let _: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8 path"), "--json"]);
     let nodes: Vec<(String, String)> = (0..4).map(|i| net.status(i)).collect();
     let before = net.placement();
@@ -306,6 +318,10 @@ fn moves_tasks_between_nodes(engine: &str) {
     assert_eq!(bad, Vec::<String>::new(), "calls failed during the move");
     assert_eq!(moved.host, free_node.0, "{moved:#?}");
     assert_eq!(moved.mode, "app", "{moved:#?}");
+    assert!(
+        moved.state_bytes > BIG_STATE as u64,
+        "mid's whole state was carried: {moved:#?}"
+    );
     let new_mid = port_of(&moved.address);
     // The caller's calls went through mid too, each counted once: before the move (in the
     // checkpoint) or after it, on the new mid. The one call in flight when the move cut the

@@ -12,7 +12,7 @@
 //! it also trains the same model on the pooled training data ([`learn::centralised`]), the
 //! baseline the federated accuracy is compared with, and it can draw both curves ([`plot`]).
 //! Its whole state fits one line ([`wire::State`]), which is what `CHECKPOINT` returns and
-//! `RESTORE` or `BRUME_RESTORE` adopt.
+//! `RESTORE` or `BRUME_RESTORE_FILE` adopt.
 //!
 //! The crate is std-only on purpose: the binaries are linked statically for `FROM scratch`
 //! images, and the randomness is a hand-written splitmix64 ([`rng`]) so every run is repeatable.

@@ -12,8 +12,8 @@
 //! biases, printed in Rust's shortest round-trip form so text carries the exact bits (about
 //! 13 KB). The aggregator's whole state is one [`State`] line,
 //! `fedavg-state/2 round=.. acc=.. loss=.. updates=.. missed=.. history=.. model=..`: what
-//! `CHECKPOINT` prints and what `RESTORE` and `BRUME_RESTORE` take back. Even with every number
-//! at its longest it stays under [`crate::service::MAX_LINE`] (64 KiB), and so under the 128 KiB
+//! `CHECKPOINT` prints and what `RESTORE` and `BRUME_RESTORE_FILE` take back. Even with every number
+//! at its longest it stays under [`crate::service::MAX_LINE`] (64 KiB), and so under the 3 MiB
 //! brume keeps of an application checkpoint.
 
 use std::fmt;

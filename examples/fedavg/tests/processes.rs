@@ -353,8 +353,11 @@ fn a_checkpoint_restored_elsewhere_continues_to_the_same_model() {
     assert_eq!(state.history.len(), 3);
     assert_eq!(state.acc, a_end.acc);
 
-    // B starts from it through BRUME_RESTORE and runs rounds 4 to 6 only.
-    let b = aggregator(&call, 6, &[("BRUME_RESTORE", &checkpoint)]);
+    // B starts from it through BRUME_RESTORE_FILE and runs rounds 4 to 6 only.
+    let restore = TempFile::new("restore");
+    std::fs::write(&restore.0, &checkpoint).expect("write the state");
+    let restore_path = restore.0.display().to_string();
+    let b = aggregator(&call, 6, &[("BRUME_RESTORE_FILE", &restore_path)]);
     let b_end = b.wait_done();
     let b_rounds: Vec<u64> = b.rounds().iter().map(|r| r.round).collect();
     assert_eq!(b_rounds, [4, 5, 6], "{:#?}", b.log());
@@ -534,6 +537,10 @@ fn too_few_trainers_hold_the_round_and_bad_lines_get_errors() {
     assert_eq!(agg.status().round, 0, "the errors changed nothing");
 
     // Settings that cannot work stop the program at once, saying why.
+    let bad_file = TempFile::new("bad-state");
+    std::fs::write(&bad_file.0, "fedavg-state/2 round=1").expect("write the state");
+    let bad_state = bad_file.0.display().to_string();
+    let no_state = format!("{bad_state}.absent");
     for (key, value, says) in [
         (
             "MIN_TRAINERS",
@@ -541,10 +548,11 @@ fn too_few_trainers_hold_the_round_and_bad_lines_get_errors() {
             "MIN_TRAINERS=3 but BRUME_CALL_TRAINER lists 2 trainers",
         ),
         (
-            "BRUME_RESTORE",
-            "fedavg-state/2 round=1",
-            "BRUME_RESTORE: the line has no acc",
+            "BRUME_RESTORE_FILE",
+            bad_state.as_str(),
+            "BRUME_RESTORE_FILE: the line has no acc",
         ),
+        ("BRUME_RESTORE_FILE", no_state.as_str(), "cannot read it"),
         ("ROUNDS", "ten", "ROUNDS=\"ten\" is not usable"),
         ("ROUNDS", "1001", "ROUNDS=1001: use 1000 at most"),
         ("LEARNING_RATE", "-1", "LEARNING_RATE=\"-1\" is not usable"),

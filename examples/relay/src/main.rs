@@ -19,8 +19,11 @@
 //! checkpoint/restore that keeps memory keeps it: handy for migration tests.
 //! The relay also speaks brume's application-level checkpoint convention (`checkpoint = "app"`):
 //! `CHECKPOINT` is answered with `relay-state/1 served=<n>`, and a relay started with that line
-//! in `BRUME_RESTORE` counts on from `n`. A malformed `BRUME_RESTORE` stops the relay at start,
-//! with status 2, rather than silently losing the state.
+//! in the file `BRUME_RESTORE_FILE` names counts on from `n`. A missing or malformed state stops
+//! the relay at start, with status 2, rather than silently losing it. `RELAY_STATE_BYTES=<k>`
+//! makes the state large: the line gains ` ballast=<k characters of a fixed pattern>`, and a
+//! relay restored with the same setting checks the ballast arrived whole (a test of how brume
+//! carries big states).
 //! Each client connection gets a thread, and keeps its own connections to the callees, so many
 //! clients are served at once. SIGTERM and SIGINT end the process at once with status 0: in a
 //! `FROM scratch` container the relay is PID 1, and the kernel ignores signals PID 1 does not
@@ -45,12 +48,49 @@ const MAX_LINE: usize = 64 * 1024;
 /// How a checkpoint line starts; the served count follows.
 const STATE_PREFIX: &str = "relay-state/1 served=";
 
-/// The served count a `CHECKPOINT` line carries.
-fn parse_state(line: &str) -> Result<u64, String> {
-    line.trim()
+const BALLAST_KEY: &str = " ballast=";
+
+/// `len` characters of a pattern that a cut, a shift or a swapped chunk would all break.
+fn ballast(len: usize) -> String {
+    (0..len)
+        .map(|i| char::from(b'a' + ((i * 7 + i / 26) % 26) as u8))
+        .collect()
+}
+
+/// The `CHECKPOINT` line for `served` requests and `ballast_len` characters of ballast.
+fn state_line(served: u64, ballast_len: usize) -> String {
+    if ballast_len == 0 {
+        format!("{STATE_PREFIX}{served}")
+    } else {
+        format!(
+            "{STATE_PREFIX}{served}{BALLAST_KEY}{}",
+            ballast(ballast_len)
+        )
+    }
+}
+
+/// The served count a `CHECKPOINT` line carries, its ballast checked against `ballast_len`.
+fn parse_state(line: &str, ballast_len: usize) -> Result<u64, String> {
+    let short: String = line.chars().take(60).collect();
+    let rest = line
+        .trim()
         .strip_prefix(STATE_PREFIX)
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("{line:?} is not a relay checkpoint ({STATE_PREFIX}<count>)"))
+        .ok_or_else(|| format!("{short:?}... is not a relay checkpoint ({STATE_PREFIX}<count>)"))?;
+    let (count, extra) = match rest.split_once(BALLAST_KEY) {
+        Some((count, b)) => (count, b),
+        None => (rest, ""),
+    };
+    let served = count
+        .parse()
+        .map_err(|_| format!("{short:?}... does not carry a count ({STATE_PREFIX}<count>)"))?;
+    if extra != ballast(ballast_len) {
+        return Err(format!(
+            "its ballast is {} characters, not the {ballast_len} of the pattern RELAY_STATE_BYTES \
+             asks for, or differs from it",
+            extra.len()
+        ));
+    }
+    Ok(served)
 }
 
 /// One callee replica: the variable it came from and its address.
@@ -65,6 +105,8 @@ struct Shared {
     task: String,
     callees: Vec<Callee>,
     served: AtomicU64,
+    /// Characters of ballast in each `CHECKPOINT` line (`RELAY_STATE_BYTES`).
+    ballast: usize,
 }
 
 extern "C" {
@@ -216,7 +258,8 @@ fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
         }
         if line == "CHECKPOINT" {
             let n = shared.served.load(Ordering::SeqCst);
-            writer.write_all(format!("{STATE_PREFIX}{n}\n").as_bytes())?;
+            writer.write_all(state_line(n, shared.ballast).as_bytes())?;
+            writer.write_all(b"\n")?;
             continue;
         }
         let reply = if shared.callees.is_empty() {
@@ -270,13 +313,29 @@ fn main() -> ExitCode {
         .get("BRUME_TASK")
         .cloned()
         .unwrap_or_else(|| "relay".into());
-    let served = match env.get("BRUME_RESTORE").map(|l| parse_state(l)) {
+    let ballast = match env
+        .get("RELAY_STATE_BYTES")
+        .map(|b| b.trim().parse::<usize>())
+    {
         None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(e)) => {
-            eprintln!("brume-relay: BRUME_RESTORE: {e}");
+        Some(Ok(b)) => b,
+        Some(Err(_)) => {
+            eprintln!("brume-relay: RELAY_STATE_BYTES is not a number of bytes");
             return ExitCode::from(2);
         }
+    };
+    let served = match env.get("BRUME_RESTORE_FILE") {
+        None => 0,
+        Some(file) => match std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read it: {e}"))
+            .and_then(|l| parse_state(&l, ballast))
+        {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("brume-relay: the state in BRUME_RESTORE_FILE={file}: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let callees = callees_from(env);
     let listener = match TcpListener::bind((host.as_str(), port)) {
@@ -302,6 +361,7 @@ fn main() -> ExitCode {
         task,
         callees,
         served: AtomicU64::new(served),
+        ballast,
     });
     for stream in listener.incoming() {
         match stream {
@@ -371,6 +431,7 @@ mod tests {
             task: task.into(),
             callees,
             served: AtomicU64::new(0),
+            ballast: 0,
         });
         thread::spawn(move || {
             for s in listener.incoming().flatten() {
@@ -425,9 +486,26 @@ mod tests {
         assert_eq!(ask(a, "y"), "a");
         let line = ask(a, "CHECKPOINT");
         assert_eq!(line, "relay-state/1 served=2");
-        assert_eq!(parse_state(&line), Ok(2));
-        assert!(parse_state("relay-state/1 served=x").is_err());
-        assert!(parse_state("served=2").is_err());
+        assert_eq!(parse_state(&line, 0), Ok(2));
+        assert!(parse_state("relay-state/1 served=x", 0).is_err());
+        assert!(parse_state("served=2", 0).is_err());
+    }
+
+    #[test]
+    fn a_ballast_must_come_back_whole() {
+        let line = state_line(5, 1000);
+        assert_eq!(line.len(), "relay-state/1 served=5 ballast=".len() + 1000);
+        assert_eq!(parse_state(&line, 1000), Ok(5));
+        // Cut short, a character changed, or a relay set for another size: refused.
+        assert!(parse_state(&line[..line.len() - 1], 1000).is_err());
+        let mut changed = line.clone().into_bytes();
+        let last = changed.len() - 1;
+        changed[last] = if changed[last] == b'z' { b'y' } else { b'z' };
+        let changed = String::from_utf8(changed).unwrap();
+        assert!(parse_state(&changed, 1000).is_err());
+        assert!(parse_state(&line, 999).is_err());
+        assert!(parse_state(&line, 0).is_err());
+        assert!(parse_state("relay-state/1 served=5", 1000).is_err());
     }
 
     #[test]

@@ -28,8 +28,9 @@ use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ImportImageOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     RemoveImageOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
-use bollard::Docker;
+use bollard::{body_full, Docker};
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
@@ -39,7 +40,7 @@ use super::runc_task::RuncTask;
 use super::tarball::{read_entry, untagged_copy};
 use super::types::{
     ImageInput, ImageKind, ImageRef, LaunchSpec, RestartPolicy, TaskState, TaskStatus, TaskSummary,
-    DEFAULT_USER,
+    DEFAULT_USER, RESTORE_FILE_ENV,
 };
 use super::{Engine, INSTANCE_LABEL};
 
@@ -578,11 +579,11 @@ impl DockerEngine {
                 ),
             });
         }
-        let env = spec
-            .task_env()
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut env = spec.task_env();
+        if spec.restore.is_some() {
+            env.insert(RESTORE_FILE_ENV.into(), RESTORE_FILE_IN_CONTAINER.into());
+        }
+        let env = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         let labels = HashMap::from([
             (INSTANCE_LABEL.to_string(), spec.name.clone()),
             ("brume.service".to_string(), spec.service.clone()),
@@ -623,6 +624,33 @@ impl DockerEngine {
             host_config: Some(host_config),
             ..Default::default()
         })
+    }
+
+    /// Puts the state the task starts from into the created container, at
+    /// [`RESTORE_FILE_IN_CONTAINER`] (the path `create_body` named in `BRUME_RESTORE_FILE`),
+    /// through the daemon's archive endpoint: the file exists before the task's first
+    /// instruction, on a local or a remote daemon alike.
+    async fn put_restore(&self, spec: &LaunchSpec) -> Result<(), EngineError> {
+        let Some(state) = &spec.restore else {
+            return Ok(());
+        };
+        let tar = restore_tar(state.as_bytes()).map_err(|e| EngineError::StartFailed {
+            name: spec.name.clone(),
+            reason: format!("could not pack the state to start from: {e}"),
+            last_logs: String::new(),
+        })?;
+        let options = UploadToContainerOptionsBuilder::default().path("/").build();
+        self.docker
+            .upload_to_container(&spec.name, Some(options), body_full(tar.into()))
+            .await
+            .map_err(|e| EngineError::StartFailed {
+                name: spec.name.clone(),
+                reason: format!(
+                    "the daemon refused the state to start from: {}",
+                    daemon_message(&e)
+                ),
+                last_logs: String::new(),
+            })
     }
 
     /// Starts the created container and waits for it; the caller removes it on error.
@@ -675,6 +703,25 @@ impl DockerEngine {
             }
         }
     }
+}
+
+/// Where a container finds the state it starts from (see [`LaunchSpec::restore`]).
+pub const RESTORE_FILE_IN_CONTAINER: &str = "/.brume/restore";
+
+/// A tar of `/.brume/restore` holding `state`, readable by any user: a task runs as an
+/// unprivileged uid unless its manifest asks for root, and it is the container's only tenant.
+fn restore_tar(state: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    tar.append_data(&mut dir, ".brume/", std::io::empty())?;
+    let mut file = tar::Header::new_gnu();
+    file.set_mode(0o444);
+    file.set_size(state.len() as u64);
+    tar.append_data(&mut file, ".brume/restore", state)?;
+    tar.into_inner()
 }
 
 fn state_of(info: &bollard::models::ContainerInspectResponse) -> TaskStatus {
@@ -775,7 +822,11 @@ impl Engine for DockerEngine {
             }
         }
         // From here on the container exists: any failure removes it.
-        if let Err(e) = self.start_created(spec).await {
+        let started = match self.put_restore(spec).await {
+            Ok(()) => self.start_created(spec).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
             if let Err(cleanup) = self.force_remove(&spec.name).await {
                 tracing::warn!(task = %spec.name, "removing the failed container: {cleanup}");
             }

@@ -19,7 +19,8 @@
 //!
 //! ```text
 //!  ImageInput{kind, tar, digest} ──prepare──▶ ImageRef "brume/<16 hex>:latest"  (skipped if present)
-//!  LaunchSpec{name, image, env, port, limits, restart} ──start──▶ port free? ─ create ─ start
+//!  LaunchSpec{name, image, env, restore, port, limits, restart} ──start──▶ port free? ─ create
+//!        ─ the state to start from written to a file (BRUME_RESTORE_FILE) ─ start
 //!        ─ wait until it accepts on its port or exits (then: removed, StartFailed + last log lines)
 //!  state / logs / stop(grace) / remove (idempotent) / list (brume's own tasks only)
 //! ```
@@ -53,7 +54,7 @@ pub use ports::free_task_port;
 pub use process::ProcessEngine;
 pub use types::{
     check_name, ImageInput, ImageKind, ImageRef, LaunchSpec, RestartPolicy, TaskState, TaskStatus,
-    TaskSummary, DEFAULT_USER,
+    TaskSummary, DEFAULT_USER, RESTORE_FILE_ENV,
 };
 
 /// The label every brume container carries; its value is the instance name.

@@ -6,6 +6,7 @@
 //!  <root>/images/<16 hex>/rootfs/      the image's files (see rootfs.rs), image.json beside it
 //!  <root>/tasks/<instance>/rootfs/     the task's own copy (hard links) of its image's rootfs
 //!  <root>/tasks/<instance>/task.log    its stdout and stderr
+//!  <root>/tasks/<instance>/restore     the state it starts from, if any (`BRUME_RESTORE_FILE`)
 //! ```
 //!
 //! (`LaunchSpec::workdir` replaces `<root>/tasks/<instance>` when given.) A task runs the image's
@@ -51,11 +52,14 @@ use super::rootfs::{self, ImageConfig};
 use super::taskroot;
 use super::types::{
     ImageInput, ImageRef, LaunchSpec, RestartPolicy, TaskState, TaskStatus, TaskSummary,
+    RESTORE_FILE_ENV,
 };
 use super::Engine;
 
 /// How long `start` waits for a task to accept on its port before reporting it started anyway.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The file in a task's directory holding its state to start from.
+const RESTORE_FILE: &str = "restore";
 /// Log lines quoted in a start failure.
 const FAILURE_LOG_LINES: usize = 20;
 /// The most of a log file `logs` reads (from its end).
@@ -480,6 +484,22 @@ fn rotate_all(paths: &[PathBuf], cap: u64) -> usize {
 
 /// Finds the program of `argv0` inside `rootfs` the way the kernel and Docker would inside the
 /// image: absolute, relative to the working directory, or along PATH.
+/// The task's state to start from, in `<task dir>/restore` (readable by the node's user only, as
+/// the task runs as that user): the file [`RESTORE_FILE_ENV`] names.
+fn write_restore(dir: &Path, state: &str) -> Result<PathBuf, EngineError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(RESTORE_FILE);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(state.as_bytes()))
+        .map_err(|e| EngineError::io("write the state to start from into", &path, e))?;
+    Ok(path)
+}
+
 fn resolve_program(rootfs: &Path, workdir: &str, argv0: &str, path_var: &str) -> Option<PathBuf> {
     let in_rootfs = |abs: &str| rootfs.join(abs.trim_start_matches('/'));
     if argv0.contains('/') {
@@ -638,6 +658,16 @@ impl ProcessEngine {
         env.insert("PATH".into(), DEFAULT_PATH.into());
         env.extend(config.env.iter().cloned());
         env.extend(spec.task_env());
+        match &spec.restore {
+            Some(state) => {
+                let file = write_restore(dir, state)?;
+                env.insert(RESTORE_FILE_ENV.into(), file.display().to_string());
+            }
+            // A state left by an earlier task of this name is not this one's.
+            None => {
+                let _ = std::fs::remove_file(dir.join(RESTORE_FILE));
+            }
+        }
         let path_var = env.get("PATH").cloned().unwrap_or_default();
         let program =
             resolve_program(&rootfs, &config.workdir, &argv0, &path_var).ok_or_else(|| {
@@ -678,6 +708,7 @@ impl ProcessEngine {
         let removed = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(dir.join("rootfs"));
             let _ = std::fs::remove_file(dir.join("task.log"));
+            let _ = std::fs::remove_file(dir.join(RESTORE_FILE));
             // Only if nothing else is in it: a caller-given workdir may hold more.
             let _ = std::fs::remove_dir(&dir);
         })

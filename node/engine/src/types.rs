@@ -117,7 +117,17 @@ pub struct LaunchSpec {
     /// knows, or `uid[:gid]`). `None`: [`DEFAULT_USER`], an unprivileged uid, so a task needs
     /// to ask to run as root. The process engine runs tasks as the node's own user and ignores it.
     pub user: Option<String>,
+    /// The state the task starts from (the application checkpoint line of the instance it
+    /// replaces), or `None`: it starts fresh. The engine writes it to a file the task can read
+    /// and names that file in [`RESTORE_FILE_ENV`]. It never travels in the environment: Linux
+    /// caps one environment string at 128 KiB, and `exec` fails past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
 }
+
+/// The variable naming the file that holds a task's state to start from (see
+/// [`LaunchSpec::restore`]); unset when the task starts fresh.
+pub const RESTORE_FILE_ENV: &str = "BRUME_RESTORE_FILE";
 
 /// Who a Docker task runs as unless its manifest says otherwise: `nobody`, by number, so that
 /// images without an `/etc/passwd` (a `FROM scratch` static binary) run too.
@@ -279,6 +289,7 @@ mod tests {
             memory_mb: 0,
             restart: RestartPolicy::Never,
             workdir: None,
+            restore: None,
         };
         let env = spec.task_env();
         assert_eq!(env["PORT"], "4000");

@@ -564,6 +564,7 @@ impl Deployer {
             },
             workdir: None,
             user: spec.user.clone(),
+            restore: spec.restore.clone(),
         }
     }
 

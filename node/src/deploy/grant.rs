@@ -6,7 +6,7 @@
 //! artifact's digests: the chunks fetched are checked against them), resources, environment,
 //! restarts, checkpoint mode and period, the downtime budget of a live move, the user it runs as and the owner's own id. It leaves out what a move changes on the
 //! way (the source of a move forwards the owner's signature with its copy): the generation,
-//! where the callees run now, and the state line in `BRUME_RESTORE`. The key travels with the
+//! where the callees run now, and the state line it starts from (`restore`). The key travels with the
 //! signature and must be the owner's: a spec whose key is not its `initiator`'s, or whose
 //! signature fails, is refused. The signed bytes are the CBOR of [`Signed`], built the same
 //! way on both sides from the spec's fields, after a domain string.
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use brume_overlay::{Keypair, PeerId};
 use serde::Serialize;
 
-use super::wire::{CheckpointMode, Grant, InstanceSpec, Payload, RESTORE_ENV};
+use super::wire::{CheckpointMode, Grant, InstanceSpec, Payload};
 
 /// What the signed bytes start with: a signature made for anything else never verifies here.
 const DOMAIN: &[u8] = b"brume/instance-spec/1\n";
@@ -74,7 +74,6 @@ fn signed_bytes(spec: &InstanceSpec, owner: PeerId) -> Vec<u8> {
         env: spec
             .env
             .iter()
-            .filter(|(k, _)| k.as_str() != RESTORE_ENV)
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect(),
         max_restarts: spec.max_restarts,
@@ -154,7 +153,7 @@ mod tests {
         // What a move changes is not covered: the copy still proves its owner.
         let mut moved = signed.clone();
         moved.generation = Generation(3);
-        moved.env.insert(RESTORE_ENV.into(), "state".into());
+        moved.restore = Some("state".into());
         assert_eq!(moved.owner(), Ok(owner.public().to_peer_id()));
         // Through CBOR, as on the wire.
         let mut bytes = Vec::new();

@@ -27,7 +27,6 @@ use super::ledger::{Entry, Ledger, Placed, State};
 use super::rollout::{Decision, Outcome, RollBack, Rollout, Slot};
 use super::wire::{
     CallTarget, CheckpointMode, InstanceSpec, InstanceView, Payload, Phase, Reply, Request,
-    RESTORE_ENV,
 };
 use brume_artifact::{self as artifact, ChunkStore};
 use brume_control::{Deployed, Event, Row, Step};
@@ -633,7 +632,7 @@ fn row(host: String, peer: PeerId, v: &InstanceView) -> Row {
 
 /// The request for one instance: its artifact, demands, environment and where its callees run.
 /// Puts the latest checkpoint the owner keeps of `spec`'s instance (of its epoch) in its
-/// `BRUME_RESTORE`, and says which way it starts.
+/// `restore`, and says which way it starts.
 fn restore_latest(deployer: &Deployer, spec: &mut InstanceSpec, to: &str) {
     if spec.checkpoint != CheckpointMode::App {
         return;
@@ -645,7 +644,7 @@ fn restore_latest(deployer: &Deployer, spec: &mut InstanceSpec, to: &str) {
         Some(c) => {
             tracing::warn!(instance = %spec.id, %to, from_generation = %c.generation, bytes = c.state.len(),
                 "restored from checkpoint taken {} ms ago: writes since then are lost", c.age_ms());
-            spec.env.insert(RESTORE_ENV.to_string(), c.state);
+            spec.restore = Some(c.state);
         }
         None => tracing::warn!(instance = %spec.id, %to,
             "started fresh: no checkpoint of this stateful task is held here, its state is lost"),
@@ -704,6 +703,7 @@ fn instance_spec(
         user: task.user.clone(),
         downtime_budget_ms: task.downtime_budget_ms,
         max_runtime_s: task.max_runtime_s,
+        restore: None,
     };
     spec.check().map_err(anyhow::Error::msg)?;
     Ok(spec)

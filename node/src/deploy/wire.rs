@@ -16,15 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use brume_artifact::chunks::ArtifactManifest;
 
-/// Version 3: specs are signed by the service's owner, and hosts obey only the owner.
-pub const DEPLOY_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/deploy/3");
+/// Version 4: specs are signed by the service's owner, and hosts obey only the owner (3); the
+/// state a new instance starts from is a field of its spec, no longer a variable of its
+/// environment (4).
+pub const DEPLOY_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/deploy/4");
 
 /// Largest request or reply frame (logs are cut to fit).
 pub const MAX_FRAME: usize = 4 << 20;
-
-/// The environment variable a restored instance finds its state line in (set by a move, and
-/// left out of the owner's signature: see [`super::grant`]).
-pub const RESTORE_ENV: &str = "BRUME_RESTORE";
 
 /// The owner's signature of a spec and the public key it verifies with (protobuf-encoded, as
 /// libp2p encodes keys); made and checked in [`super::grant`].
@@ -104,6 +102,13 @@ pub struct InstanceSpec {
     /// the host moves it on before then ([`crate::migrate::max_runtime`]). `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_runtime_s: Option<u32>,
+    /// The state line the instance starts from (`checkpoint = "app"`: what the instance it
+    /// replaces answered to `CHECKPOINT`, set by a move or by a re-placement from a kept
+    /// checkpoint). Left out of the owner's signature ([`super::grant`]). The engine hands it to
+    /// the task as a file named in `BRUME_RESTORE_FILE`, never in the environment, which Linux
+    /// caps at 128 KiB a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
 }
 
 /// The generation of an instance (see [`InstanceSpec::generation`]).
@@ -133,7 +138,8 @@ pub enum CheckpointMode {
     #[default]
     None,
     /// The task exports its own state: it answers `CHECKPOINT` on its port with one line, and
-    /// a new instance started with that line in `BRUME_RESTORE` continues from it.
+    /// a new instance started with that line in the file `BRUME_RESTORE_FILE` names continues
+    /// from it.
     App,
     /// The process is checkpointed with CRIU.
     Criu,
@@ -330,6 +336,7 @@ impl InstanceSpec {
             user: None,
             downtime_budget_ms: None,
             max_runtime_s: None,
+            restore: None,
         }
     }
 

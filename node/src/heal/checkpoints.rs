@@ -1,6 +1,6 @@
 //! The owner's store of the latest checkpoint of each instance that asks for periodic
 //! checkpoints (`checkpoint_every_s`), so that a copy re-placed after its host died starts from
-//! it (`BRUME_RESTORE`) instead of from nothing: what is lost is what the task did since that
+//! it (the file `BRUME_RESTORE_FILE` names) instead of from nothing: what is lost is what the task did since that
 //! checkpoint (docs/healing.md).
 //!
 //! One file per instance, `<data_dir>/checkpoints/<service>/<task>.<replica>`, CBOR, replaced
@@ -26,8 +26,12 @@ use crate::deploy::authority::checkpoint_from;
 use crate::deploy::ledger::Ledger;
 use crate::deploy::wire::{check_name, Generation};
 
-/// The largest state kept (and sent): 128 KiB.
-pub const MAX_CHECKPOINT: usize = 128 * 1024;
+/// The largest state kept (and sent): the largest a task may answer to `CHECKPOINT` (3 MiB),
+/// which fits a deploy frame. (It was 128 KiB while the state travelled in an environment
+/// variable, which Linux caps at that.)
+pub const MAX_CHECKPOINT: usize = brume_migration::app::MAX_STATE;
+// A kept checkpoint travels to the owner in one deploy frame, beside its instance's name.
+const _: () = assert!(MAX_CHECKPOINT + (64 << 10) <= crate::deploy::wire::MAX_FRAME);
 
 /// One kept checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,7 +40,7 @@ use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::initiator::Initiator;
 use crate::deploy::ledger::{Entry, Placed, State};
-use crate::deploy::wire::{CallTarget, Reply, Request, RESTORE_ENV};
+use crate::deploy::wire::{CallTarget, Reply, Request};
 use crate::migrate::mover::Mover;
 
 /// How long a holder is given to take a record (it fetches the artifacts first).
@@ -417,7 +417,7 @@ impl Replicator {
                 *p = to.clone();
             }
             let mut spec = spec.clone();
-            spec.env.remove(RESTORE_ENV);
+            spec.restore = None;
             spec.generation = to.generation;
             spec.calls = calls_now(&spec.calls, &current);
             let req = Request::Deploy(spec.clone());

@@ -7,7 +7,7 @@
 //! image, holds the instance's callers, captures the state the way the manifest says
 //! (`brume_migration::app`: the task's own `CHECKPOINT` line, or nothing for a cold restart), and asks
 //! the target to deploy the same instance (same service and epoch) with that state in
-//! `BRUME_RESTORE`. Only when the new instance runs does the source switch callers to it: it
+//! `restore` (the task reads it from the file `BRUME_RESTORE_FILE` names). Only when the new instance runs does the source switch callers to it: it
 //! routes its own calls there, tells the other nodes and the service's initiator ([`moved`],
 //! on `/brume/move/2`: [`wire`], [`client`]), and then stops the old instance. Until that point
 //! the old instance is never touched, so a target that refuses, dies or is unreachable leaves
@@ -15,7 +15,7 @@
 //!
 //! ```text
 //!  source: pick target ─ Prepare ──▶ target: fetch, build
-//!          hold ─ CHECKPOINT ─ Deploy(spec + BRUME_RESTORE) ──▶ target: start ─ Started
+//!          hold ─ CHECKPOINT ─ Deploy(spec + restore) ──▶ target: start ─ Started
 //!          route here → target ─ Moved ──▶ every peer + the initiator ─ stop the old instance
 //! ```
 //!

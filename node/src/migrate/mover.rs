@@ -5,7 +5,7 @@
 //! its spec and its state. Each action of the machine is one await here (bounded by the move's
 //! deadline); what it came to goes back to the machine, which says what next. The target's
 //! part goes over the deploy protocol ([`crate::deploy::client::ask`]): `Prepare`, then
-//! `Deploy` with the state in `BRUME_RESTORE`, or `Remove` to undo.
+//! `Deploy` with the state in the spec's `restore`, or `Remove` to undo.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,9 +27,7 @@ use crate::deploy::authority::check;
 use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::ledger::Ledger;
-use crate::deploy::wire::{
-    self as deploy, CallTarget, CheckpointMode, InstanceSpec, InstanceView, RESTORE_ENV,
-};
+use crate::deploy::wire::{self as deploy, CallTarget, CheckpointMode, InstanceSpec, InstanceView};
 use crate::streams::respond;
 use brume_control::NodeName;
 use brume_migration::app::{self as checkpoint, CHECKPOINT_TIMEOUT};
@@ -268,7 +266,7 @@ impl Mover {
         // What the actions produce, for the later ones.
         let mut dest: Option<Destination> = None;
         let mut moved = spec.clone();
-        moved.env.remove(RESTORE_ENV);
+        moved.restore = None;
         // The copy the move makes is the instance's next generation: a fence names it.
         moved.generation = spec.generation.next();
         let mut hold: Option<Hold> = None;
@@ -329,7 +327,7 @@ impl Mover {
                         None => Input::Late,
                         Some(Ok(state)) => {
                             state_bytes = state.len() as u64;
-                            moved.env.insert(RESTORE_ENV.to_string(), state);
+                            moved.restore = Some(state);
                             Input::Completed
                         }
                         Some(Err(e)) => Input::CaptureFailed(e.to_string()),

@@ -12,8 +12,9 @@
 //! The control lines: `STATUS` → `round=<r>/<R> acc=<a> loss=<l> central_acc=<a>
 //! checksum=<hex> done=<bool>`;
 //! `CHECKPOINT` → the state line; `RESTORE <state line>` → `OK round=<r> checksum=<hex>`, after
-//! which the rounds continue from that state (a round in flight is dropped). `BRUME_RESTORE` holds
-//! a state line to start from. After the last round it keeps serving until SIGTERM.
+//! which the rounds continue from that state (a round in flight is dropped). The file
+//! `BRUME_RESTORE_FILE` names holds a state line to start from. After the last round it keeps
+//! serving until SIGTERM.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -63,11 +64,15 @@ fn main() {
     let seed =
         var("DATA_SEED", 0u64, "an unsigned 64-bit integer").unwrap_or_else(|e| start_err(&e));
     let cut = data::cut(seed).unwrap_or_else(|e| start_err(&e));
-    let state = match std::env::var("BRUME_RESTORE") {
-        Ok(line) if !line.trim().is_empty() => {
-            State::parse(line.trim()).unwrap_or_else(|e| start_err(&format!("BRUME_RESTORE: {e}")))
-        }
-        _ => {
+    let restore = std::env::var("BRUME_RESTORE_FILE").ok().map(|file| {
+        let line = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+            start_err(&format!("BRUME_RESTORE_FILE={file}: cannot read it: {e}"))
+        });
+        State::parse(line.trim()).unwrap_or_else(|e| start_err(&format!("BRUME_RESTORE_FILE: {e}")))
+    });
+    let state = match restore {
+        Some(state) => state,
+        None => {
             let model = Model::zeros();
             let score = model.score(&cut.test);
             State {
