@@ -250,7 +250,12 @@ fn crash(
         Some(_) => 0,
         None => TASKS.len() - running(&ps(&net), Some(&host)),
     };
-    let detect_s = detect_from_log(&net.log(0)).unwrap_or(f64::NAN);
+    // `ps` shows the new placement as soon as node 0's ledger has it; node 0 logs the line
+    // with the detection time only after it has told the other nodes, so it is waited for.
+    let detect_s = match back {
+        Some(_) => poll(bound, || detect_from_log(&net.log(0))).unwrap_or(f64::NAN),
+        None => detect_from_log(&net.log(0)).unwrap_or(f64::NAN),
+    };
     Ok(Crash {
         detect_s,
         recover_s: back.map_or(f64::NAN, |d| d.as_secs_f64()),
