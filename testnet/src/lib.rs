@@ -18,6 +18,7 @@
 //! [`sim`] (a discrete-event simulation of thousands of overlay nodes running brume-overlay's
 //! sans-IO mapping cores over such a model), [`localnet`] (a few real `brume node` processes on
 //! loopback, for tests and benches), [`relay_service`] (the three-task service they deploy),
+//! [`offshelf`] (Debian's redis moved live under a client counting its acknowledged writes),
 //! and [`require`] (how a test says what system it needs).
 //! The benches themselves are the `brume-bench` binary in `testnet/bench`.
 
@@ -27,6 +28,7 @@ pub mod error;
 pub mod latency;
 pub mod localnet;
 pub mod netns;
+pub mod offshelf;
 pub mod pidns;
 pub mod poller;
 pub mod relay_service;

@@ -18,8 +18,6 @@
 //!   [`live_move_supported`] and [`docker_live_supported`] do the same for a live CRIU move
 //!   (root, criu >= 4.2; Docker and runc too), and [`RuncLeftovers`] removes the runc
 //!   containers a live Docker move restored for a service.
-//! * [`add_host_program`] puts an unmodified host program, its `ldd` libraries and the dynamic
-//!   loader into a rootfs for a `FROM scratch` image (an off-the-shelf server from Debian).
 
 #![allow(dead_code)]
 
@@ -547,47 +545,6 @@ fn remove_live_work(pid: u32) {
                 let _ = std::fs::remove_file(&path);
             }
         }
-    }
-}
-
-/// Puts the host program `program` (links followed) into `rootfs` at `at` (absolute), with
-/// every shared library `ldd` lists for it and the dynamic loader, each at the path `ldd`
-/// names: an unmodified, dynamically linked program from the host's packages, ready for a
-/// `FROM scratch` image (`COPY rootfs/ /`). A library `ldd` cannot find fails the test.
-pub fn add_host_program(rootfs: &Path, program: &Path, at: &str) {
-    let out = Command::new("ldd")
-        .arg(program)
-        .output()
-        .unwrap_or_else(|e| panic!("ldd {}: {e}", program.display()));
-    let listing = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ldd {} failed: {}{listing}",
-        program.display(),
-        text(&out.stderr)
-    );
-    let mut files = vec![(program.to_path_buf(), at.to_string())];
-    for line in listing.lines() {
-        assert!(
-            !line.contains("not found"),
-            "{} needs a library the host lacks: {line}",
-            program.display()
-        );
-        // `libx.so.1 => /lib/.../libx.so.1 (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)`,
-        // or the kernel's `linux-vdso.so.1 (0x...)`, which is no file.
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(path) = path.filter(|p| p.starts_with('/')) {
-            files.push((PathBuf::from(path), path.to_string()));
-        }
-    }
-    for (src, dst) in files {
-        let dst = rootfs.join(dst.trim_start_matches('/'));
-        std::fs::create_dir_all(dst.parent().expect("a file has a parent")).expect("mkdir");
-        std::fs::copy(&src, &dst)
-            .unwrap_or_else(|e| panic!("copy {} into the rootfs: {e}", src.display()));
     }
 }
 
