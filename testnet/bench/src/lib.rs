@@ -20,6 +20,7 @@ pub mod predictor;
 pub mod predictor_drain;
 pub mod predictor_svg;
 pub mod predictor_variants;
+pub mod server;
 pub mod tcpcopy;
 pub mod trace;
 pub mod transfer;

@@ -89,6 +89,11 @@ pub struct MigrationArgs {
     /// `transfer_ratio_1gbit`: `brume bench transfer --link` at this RTT, about a minute).
     #[arg(long)]
     pub no_link_ratio: bool,
+    /// Moves of Debian's redis under a client counting acknowledged writes, per engine
+    /// (`server_lost_writes`, the client's pause; needs scripts/build-static.sh's relay and
+    /// the `brume` binary beside this one); 0 skips them, as `--quick` does.
+    #[arg(long, default_value_t = 3)]
+    pub server_runs: usize,
     /// Where images are dumped and staged (tmpfs).
     #[arg(long, default_value = "/dev/shm")]
     pub work_dir: PathBuf,
@@ -173,6 +178,7 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
         args.sizes = vec![32];
         args.mbit = vec![100];
         args.runs = 1;
+        args.server_runs = 0;
     }
     if unsafe { libc::geteuid() } != 0 {
         bail!("brume bench migration needs root (network namespaces and criu)");
@@ -330,6 +336,26 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
     } else {
         super::linkspeed::for_migration(args.rtt_ms, args.quick, args.runs)?
     };
+    let servers = if args.server_runs == 0 {
+        Vec::new()
+    } else {
+        let exe = crate::brume_exe()?;
+        let relay = super::relay_default()?;
+        super::server::measure(&exe, &relay, args.server_runs)?
+    };
+    if !servers.is_empty() {
+        println!("\nDebian's redis moved live by `brume migrate` (medians; pause: the longest gap between two acknowledged writes)");
+        println!(
+            "| engine | runs | lost writes | client pause ms | downtime ms (brume) | move ms |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for f in &servers {
+            println!(
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} |",
+                f.engine, f.runs, f.lost_writes, f.pause_ms, f.downtime_ms, f.move_ms
+            );
+        }
+    }
     let mut line = format!("BENCH migration tracked={tracked}");
     let mut key = |k: String, v: f64, digits: usize| {
         // Numbers only: a figure this run did not measure is left out, not faked.
@@ -360,6 +386,13 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
     }
     for l in &links {
         key(format!("transfer_ratio_{}", l.label()), l.ratio_key(), 3);
+    }
+    if !servers.is_empty() {
+        let lost: u64 = servers.iter().map(|f| f.lost_writes).sum();
+        key("server_lost_writes".into(), lost as f64, 0);
+        for f in &servers {
+            key(format!("server_pause_ms_{}", f.engine), f.pause_ms, 0);
+        }
     }
     println!("\n{line}");
     Ok(())
