@@ -155,12 +155,16 @@ fn criu_lines(lines: &[String]) -> String {
     }
 }
 
-/// Whether CRIU's error lines say only that the dump caught the task holding a Unix connection
-/// to a peer outside it; CRIU resumes the task after such a failed dump, so it can be retried.
-fn transient_lines(lines: &[String]) -> bool {
+/// Whether CRIU's error lines say only that the dump caught the task mid-connection: a Unix
+/// connection to a peer outside it (a client that has not closed yet, or one still in the
+/// listen queue), or an established TCP connection (a call the task is making: brume holds the
+/// calls it receives, not the ones it makes). CRIU resumes the task after such a failed dump,
+/// so it can be tried again once the connection is gone.
+pub(crate) fn transient_lines(lines: &[String]) -> bool {
     lines.iter().any(|l| {
         l.contains("External socket is used")
             || (l.contains("unix: Unix socket") && l.contains("not found"))
+            || l.contains("Connected TCP socket")
     })
 }
 
@@ -835,6 +839,28 @@ mod tests {
         };
         assert!(runc.transient());
         assert!(runc.to_string().contains("External socket"));
+        let tcp = CheckpointError::Runc {
+            action: "checkpoint",
+            container: "c".into(),
+            status,
+            stderr: "criu failed".into(),
+            criu_errors: vec![
+                "Error (criu/sk-inet.c:200): inet: Connected TCP socket, consider using \
+                 --tcp-established option."
+                    .into(),
+            ],
+            log_file: PathBuf::from("/w/dump.log"),
+        };
+        assert!(tcp.transient(), "a call in flight passes");
+        let other = CheckpointError::Runc {
+            action: "checkpoint",
+            container: "c".into(),
+            status,
+            stderr: "criu failed".into(),
+            criu_errors: vec!["Error (criu/cr-dump.c:1): Dumping FAILED.".into()],
+            log_file: PathBuf::from("/w/dump.log"),
+        };
+        assert!(!other.transient());
         assert!(!CheckpointError::Unsupported("x".into()).transient());
     }
 }

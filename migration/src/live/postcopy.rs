@@ -31,7 +31,7 @@ use super::pagemap;
 use super::pageproxy::{Out, PageProxy};
 use super::replica::Replica;
 use super::sibling;
-use super::source::{transient, Source, DUMP_ATTEMPTS};
+use super::source::{settle_before_retry, transient, Source, DUMP_ATTEMPTS};
 use super::wire::{read_message, write_message, Message};
 use super::{join_error, LiveError, Migrated, PostCopyStats, RoundStats, TargetOptions};
 
@@ -238,7 +238,7 @@ fn lazy_dump_retrying(
         match ready {
             Err(e) if attempt < DUMP_ATTEMPTS && transient(&e) => {
                 attempt += 1;
-                std::thread::sleep(Duration::from_millis(2));
+                settle_before_retry(opts.pid);
             }
             r => return r.map(|(d, s)| (d, s, attempt)),
         }

@@ -82,23 +82,33 @@ pub struct PostCopyStats {
 /// How often a dump that caught the task holding a transient connection is tried again.
 pub(super) const DUMP_ATTEMPTS: u32 = 8;
 
-/// Whether a failed dump only caught the task mid-connection: a Unix connection to a peer
-/// outside the task (a client that has not closed yet, or one still in the listen queue). CRIU
-/// resumes the task after a failed dump, so trying again a moment later is safe.
+/// How long a retry waits for the task's TCP connections to close before it dumps again.
+const QUIET_BEFORE_RETRY: Duration = Duration::from_millis(500);
+
+/// Whether a failed dump only caught the task mid-connection
+/// ([`crate::checkpointer::transient_lines`]); CRIU resumes the task after a failed dump.
 pub(super) fn transient(e: &CriuError) -> bool {
     match e {
-        CriuError::Failed { errors, .. } => errors.iter().any(|l| {
-            l.contains("External socket is used")
-                || (l.contains("unix: Unix socket") && l.contains("not found"))
-        }),
+        CriuError::Failed { errors, .. } => crate::checkpointer::transient_lines(errors),
         _ => false,
     }
 }
 
+/// Before a dump is tried again: waits (at most [`QUIET_BEFORE_RETRY`]) until `pid` holds no
+/// TCP connection but its listeners, then a moment more for a Unix peer to go.
+pub(super) fn settle_before_retry(pid: u32) {
+    let until = Instant::now() + QUIET_BEFORE_RETRY;
+    while crate::preflight::open_connections(pid) > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(2));
+}
+
 /// A dump, tried again (up to [`DUMP_ATTEMPTS`] times) while it fails only because the task
-/// held a transient connection; returns the last result and how many attempts it took.
+/// (`pid`) held a transient connection; returns the last result and how many attempts it took.
 fn dump_retrying(
     checkpointer: &dyn Checkpointer,
+    pid: u32,
     dir: &Path,
     leave_running: bool,
     log: &Path,
@@ -109,7 +119,7 @@ fn dump_retrying(
         match checkpointer.dump(dir, leave_running, log) {
             Err(e) if attempt < DUMP_ATTEMPTS && e.transient() => {
                 attempt += 1;
-                std::thread::sleep(Duration::from_millis(2));
+                settle_before_retry(pid);
             }
             r => return (r, attempt),
         }
@@ -368,8 +378,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         let log = self.opts.work_dir.join(format!("round-{n}.dump.log"));
         let checkpointer = self.opts.checkpointer(self.pid);
         let dump_dir = dir.clone();
+        let pid = self.pid;
         let (report, dump_attempts) = tokio::task::spawn_blocking(move || {
-            dump_retrying(&*checkpointer, &dump_dir, !last, &log)
+            dump_retrying(&*checkpointer, pid, &dump_dir, !last, &log)
         })
         .await
         .map_err(join_error)?;

@@ -7,7 +7,9 @@
 //! report, and that the picture marks the move and the kill. It asserts no time (those depend on
 //! the machine; BENCHMARKS.md holds measured runs). Needs root and CRIU (a missing one is a
 //! skip, a failure under `BRUME_REQUIRE`), the `brume` binary beside `brume-bench` and
-//! scripts/build-static.sh's fedavg binaries.
+//! scripts/build-static.sh's fedavg binaries. It runs on both engines: on Docker (which also
+//! needs runc) the aggregator's container is checkpointed and restored through runc, and the
+//! killed node's trainer container, which outlives its node, is removed by the bench.
 
 use std::process::Command;
 
@@ -19,6 +21,23 @@ fn fedavg_bench_moves_the_aggregator_heals_a_trainer_and_reports_every_key() {
     if !brume_testnet::require::criu(test) {
         return;
     }
+    fedavg_bench("process");
+}
+
+#[test]
+fn fedavg_bench_on_docker_moves_the_aggregator_heals_a_trainer_and_reports_every_key() {
+    use brume_testnet::require::{self, Need};
+    let test = "fedavg_bench_on_docker_moves_the_aggregator_heals_a_trainer_and_reports_every_key";
+    if !(require::criu(test)
+        && require::docker(test)
+        && require::program(test, Need::Runc, "runc", "--version"))
+    {
+        return;
+    }
+    fedavg_bench("docker");
+}
+
+fn fedavg_bench(engine: &str) {
     let dir = tempfile::Builder::new()
         .prefix("brume-test-bench-fedavg-")
         .tempdir()
@@ -34,6 +53,8 @@ fn fedavg_bench_moves_the_aggregator_heals_a_trainer_and_reports_every_key() {
             "--kill-after",
             "4",
             "--no-baseline",
+            "--engine",
+            engine,
             // A loaded machine dumps slowly: the move is what is tested, not the 2 s default.
             "--max-downtime",
             "30s",
@@ -50,6 +71,10 @@ fn fedavg_bench_moves_the_aggregator_heals_a_trainer_and_reports_every_key() {
         ["acc", "central_acc", "lost_rounds", "move_pause_ms", "up_s"]
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("({engine} engine)")),
+        "not on the {engine} engine:\n{stdout}"
+    );
     // Six rounds of softmax regression on the digits: well above chance (10%), not above 100%.
     let (acc, central) = (seen["acc"], seen["central_acc"]);
     assert!((0.85..=1.0).contains(&acc), "{seen:?}\n{stdout}");

@@ -1,7 +1,7 @@
 //! `brume bench fedavg`: issue 16's federated learning on the UCI digits, on real `brume node`
 //! daemons, with a live move of the aggregator and a crashed trainer's node.
 //!
-//! It starts `--nodes` daemons on loopback (process engine), deploys
+//! It starts `--nodes` daemons on loopback (`--engine`: the process engine, or Docker), deploys
 //! examples/fedavg/service.toml from node 0 (with `ROUNDS` set to `--rounds`), reads the
 //! aggregator's log through node 0 (`brume logs aggregator`, every 100 ms) and records when it
 //! first saw each round's line, with the round's trainers and test accuracy. After round
@@ -68,6 +68,11 @@ pub struct FedavgArgs {
     /// before it gives up. Unset: the node's default (2 s, or the manifest's budget).
     #[arg(long)]
     pub max_downtime: Option<String>,
+    /// The engine every node runs its tasks with: `process`, or `docker` (the aggregator then
+    /// moves through runc, and the killed node's trainer container, which outlives its node,
+    /// is removed at the end).
+    #[arg(long, default_value = "process", value_parser = ["process", "docker"])]
+    pub engine: String,
     /// Where to write the picture.
     #[arg(long, default_value = "fedavg.svg")]
     pub svg: PathBuf,
@@ -157,11 +162,13 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
         kill_after,
         manifest: a.manifest.clone(),
         max_downtime: a.max_downtime.clone(),
+        engine: a.engine.clone(),
     };
     println!(
-        "fedavg: {} local `brume node` daemons (process engine), {} deployed from node 0 with \
+        "fedavg: {} local `brume node` daemons ({} engine), {} deployed from node 0 with \
          ROUNDS={}; {}{}",
         a.nodes,
+        a.engine,
         a.manifest.display(),
         a.rounds,
         if moving {

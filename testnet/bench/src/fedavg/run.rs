@@ -39,6 +39,8 @@ pub struct Plan {
     pub manifest: PathBuf,
     /// `brume migrate --max-downtime`, if given.
     pub max_downtime: Option<String>,
+    /// The nodes' engine: `process` or `docker`.
+    pub engine: String,
 }
 
 /// The live move, as measured.
@@ -124,6 +126,49 @@ fn node_id(net: &LocalNet, i: usize) -> anyhow::Result<String> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let id = v["node_id"].as_u64().context("no node_id in status")?;
     Ok(format!("n{id}"))
+}
+
+/// The last eight characters of node `i`'s peer id, which end the names of its tasks.
+fn peer_tag(net: &LocalNet, i: usize) -> anyhow::Result<String> {
+    let out = net.brume(i, &["status", "--json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let peer = v["peer_id"].as_str().context("no peer_id in status")?;
+    Ok(peer
+        .chars()
+        .skip(peer.chars().count().saturating_sub(8))
+        .collect())
+}
+
+/// On drop, removes this run's containers of the service that are still there (the run's
+/// nodes' tags): `brume stop` reaches every live node, but a killed node's container outlives
+/// it (Docker, not the node, runs it), and a run that fails midway stops nothing.
+struct Containers(Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        remove_containers(&self.0);
+    }
+}
+
+fn remove_containers(tags: &[String]) {
+    let Ok(out) = std::process::Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("label=brume.service={SERVICE}"))
+        .output()
+    else {
+        return;
+    };
+    let ours: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|n| tags.iter().any(|t| n.ends_with(&format!("-{t}"))))
+        .map(str::to_string)
+        .collect();
+    if !ours.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ours)
+            .output();
+    }
 }
 
 /// The aggregator's address (on this machine's loopback) as node 0's `ps` shows it.
@@ -252,7 +297,7 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
     // Room for the aggregator beside a trainer (after the move) on every node, not two trainers.
     let args = [
         "--engine",
-        "process",
+        plan.engine.as_str(),
         "--cpu-millis",
         "2000",
         "--memory-mb",
@@ -263,6 +308,11 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
     let ids: Vec<String> = (0..plan.nodes)
         .map(|i| node_id(&net, i))
         .collect::<anyhow::Result<_>>()?;
+    // The ends of this run's task names (`brume-<service>-...-<last 8 of the peer id>`).
+    let tags: Vec<String> = (0..plan.nodes)
+        .map(|i| peer_tag(&net, i))
+        .collect::<anyhow::Result<_>>()?;
+    let _containers = (plan.engine == "docker").then(|| Containers(tags));
     let dir = net.dir().join("svc");
     std::fs::create_dir_all(&dir)?;
     let m = manifest(&dir, &plan.manifest, plan.rounds)?;
