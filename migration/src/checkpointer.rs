@@ -390,7 +390,7 @@ fn runc_failed(
 /// `runc restore --detach` of checkpoint images into a new container `id` under runc state
 /// directory `root` (brume's own, not Docker's: Docker would not know the container anyway),
 /// from a bundle made by [`prepare_bundle`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RuncRestore {
     pub runc: PathBuf,
     pub root: PathBuf,
@@ -410,9 +410,11 @@ impl Restorer for RuncRestore {
         // runc's stdio becomes the restored container's (CRIU gives the dumped stdout and
         // stderr pipes runc's own). A pipe, like Docker's, so that the container can be
         // checkpointed again (runc hands a pipe to CRIU as external; a host file outside the
-        // container's mounts fails the dump: "Can't lookup mount"), drained by a thread into
-        // [`RuncRestore::output`] for as long as anything holds its write end. runc's own
-        // messages come through it first: a failure quotes what this call added.
+        // container's mounts fails the dump: "Can't lookup mount"), drained into
+        // [`RuncRestore::output`] for as long as anything holds its write end by a `cat` of its
+        // own, not by this process: the container outlives a restart of the node, and a pipe
+        // whose reader died would end it with SIGPIPE at its next line. runc's own messages
+        // come through it first: a failure quotes what this call added.
         let output = self.output();
         let mut out_file = std::fs::OpenOptions::new()
             .create(true)
@@ -422,12 +424,14 @@ impl Restorer for RuncRestore {
         let before = out_file
             .seek(io::SeekFrom::End(0))
             .map_err(files("seek the container's output file", &output))?;
-        let (mut reader, writer) =
+        drop(out_file);
+        let (reader, writer) =
             io::pipe().map_err(files("make the container's output pipe", &output))?;
         let stderr = writer
             .try_clone()
             .map_err(files("make the container's output pipe", &output))?;
-        let drain = std::thread::spawn(move || io::copy(&mut reader, &mut out_file));
+        let drain = spawn_drain(reader, &output)
+            .map_err(files("start the drain of the container's output", &output))?;
         let started = Instant::now();
         let status = Command::new(&self.runc)
             .arg("--root")
@@ -451,8 +455,8 @@ impl Restorer for RuncRestore {
             })?;
         let elapsed = started.elapsed();
         if !status.success() {
-            // No container holds the pipe: the thread ends once runc's last words are in.
-            let _ = drain.join();
+            // No container holds the pipe: the drain ends once runc's last words are in.
+            wait_gone(drain, Duration::from_secs(5));
             let all = std::fs::read(&output).unwrap_or_default();
             let start = usize::try_from(before).unwrap_or(0).min(all.len());
             let stderr = all.get(start..).unwrap_or_default().to_vec();
@@ -466,6 +470,36 @@ impl Restorer for RuncRestore {
         }
         let pid = self.pid()?;
         Ok(Restored { pid, elapsed })
+    }
+}
+
+/// Starts a `cat` that appends what comes through `reader` to `output` until the last write end
+/// closes, detached from this process (reparented to init once its shell exits, in its own
+/// process group): it outlives the node. Returns its pid.
+fn spawn_drain(reader: io::PipeReader, output: &Path) -> io::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    // A background command's stdin is /dev/null unless redirected: the pipe goes in as fd 3.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<&0; cat <&3 3<&- >>\"$1\" & echo $!")
+        .arg("sh")
+        .arg(output)
+        .stdin(reader)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::other("the drain's shell did not name its cat"))
+}
+
+/// Waits (at most `bound`) until process `pid` is gone.
+fn wait_gone(pid: u32, bound: Duration) {
+    let until = Instant::now() + bound;
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -10,6 +10,11 @@
 //! * Docker: back's container outlived its node and is adopted as it is (the same container),
 //!   and a container carrying brume's labels and node 1's name that no record explains (an
 //!   orphan) is removed.
+//! * Docker, after a live move: back, moved live to a free node, runs there as a runc container
+//!   Docker does not know (docs/criu.md); that node is killed and restarted, and takes the same
+//!   process back from the record beside its bundle instead of starting a second copy; the
+//!   process's output still reaches `brume logs` (drained by a process of its own, not by the
+//!   dead node), and the owner stops it.
 //! * Write-ahead: the initiator dies with a deploy recorded as pending in its ledger; started
 //!   again, it undoes the deploy on every host it planned, and its ledger forgets it.
 //!
@@ -22,7 +27,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use brume_control::{Deployed, PsRow};
+use brume_control::{Deployed, LogLines, Moved, PsRow};
 use common::{port_of, text, ServiceNet};
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
@@ -319,4 +324,104 @@ fn an_initiator_that_died_mid_deploy_undoes_it_on_restart() {
     assert_eq!(hosted(&net, 1), vec![]);
     let ps: Vec<PsRow> = net.json(0, &["ps", "--json"]);
     assert_eq!(ps, vec![], "the owner lists nothing of it");
+}
+
+#[test]
+fn a_restarted_node_takes_back_a_task_restored_outside_docker() {
+    let test = "restart::a_restarted_node_takes_back_a_task_restored_outside_docker";
+    if !common::docker_live_supported(test) {
+        return;
+    }
+    let service = unique("restart-runc");
+    let _leftovers = common::RuncLeftovers(service.clone());
+    let mut net = ServiceNet::start(Path::new(BRUME), 3, "docker", 150, &service);
+    let m = manifest(
+        net.dir(),
+        &service,
+        "stateful = true\ncheckpoint = \"criu\"\nuser = \"root\"\n",
+    );
+    let done: Deployed = net.json(0, &["deploy", m.to_str().expect("utf-8"), "--json"]);
+    let row = |t: &str| {
+        done.instances
+            .iter()
+            .find(|r| r.task == t)
+            .unwrap_or_else(|| panic!("no {t} in {done:#?}"))
+            .clone()
+    };
+    let front = port_of(&row("front").address);
+    assert_eq!(
+        common::ask(front, "hello").expect("front answers"),
+        "front(back)"
+    );
+    let nodes: Vec<(String, String)> = (0..3).map(|i| net.status(i)).collect();
+    let source = nodes
+        .iter()
+        .position(|(id, _)| *id == row("back").host)
+        .expect("back's host is a node");
+    assert_ne!(source, 0, "one task per node: back is not beside front");
+    let target = 3 - source;
+    let moved: Moved = net.json(
+        0,
+        &[
+            "migrate",
+            "back",
+            "--to",
+            &nodes[target].1,
+            "--max-downtime",
+            "120s",
+            "--json",
+        ],
+    );
+    assert_eq!(moved.host, nodes[target].0, "{moved:#?}");
+    let backs =
+        || common::processes_with_env(&[&format!("BRUME_SERVICE={service}"), "BRUME_TASK=back"]);
+    let moved_pid = wait_for("one back process after the move", || {
+        let b = backs();
+        (b.len() == 1).then(|| b[0])
+    });
+    assert_eq!(
+        net.containers().len(),
+        1,
+        "front's container only: back runs under runc, outside Docker"
+    );
+
+    net.net.kill(target).expect("kill -9 the target");
+    assert_eq!(backs(), vec![moved_pid], "back outlived its node");
+    net.net.restart(target).expect("the target starts again");
+    let back_port = wait_for("the owner lists back running on the target again", || {
+        back_running(&net)?
+            .into_iter()
+            .find(|r| r.instance.task == "back" && r.instance.host == nodes[target].0)
+            .map(|r| port_of(&r.instance.address))
+    });
+    wait_for("front's calls reach back after the restart", || {
+        common::ask(front, "hello")
+            .ok()
+            .filter(|r| r == "front(back)")
+    });
+    assert_eq!(
+        backs(),
+        vec![moved_pid],
+        "the same process, taken back: no second copy"
+    );
+
+    // Its output reaches `brume logs`, with no node between the restore and now to read it.
+    assert_eq!(
+        common::ask(back_port, "LOG said after the restart").expect("back answers"),
+        "OK"
+    );
+    wait_for("back's line in brume logs", || {
+        let logs: LogLines = net.json(0, &["logs", "back", "--json"]);
+        logs.lines
+            .iter()
+            .any(|l| l.contains("said after the restart"))
+            .then_some(())
+    });
+    assert_eq!(backs(), vec![moved_pid], "back lives on after writing");
+
+    let stop = net.brume(0, &["stop", &net.service]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    wait_for("back's process gone after the stop", || {
+        backs().is_empty().then_some(())
+    });
 }

@@ -17,6 +17,7 @@
 //! whose call tree holds an error slot is answered but not counted, so a chain still coming up
 //! (a callee not yet reachable) does not move the count. The counter is kept in memory, so a
 //! checkpoint/restore that keeps memory keeps it: handy for migration tests.
+//! `LOG <text>` prints `<text>` on the relay's stdout and answers `OK`.
 //! The relay also speaks brume's application-level checkpoint convention (`checkpoint = "app"`):
 //! `CHECKPOINT` is answered with `relay-state/1 served=<n>`, and a relay started with that line
 //! in the file `BRUME_RESTORE_FILE` names counts on from `n`. A missing or malformed state stops
@@ -254,6 +255,13 @@ fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
         if line == "STATE" {
             let n = shared.served.load(Ordering::SeqCst);
             writer.write_all(format!("{n}\n").as_bytes())?;
+            continue;
+        }
+        if let Some(text) = line.strip_prefix("LOG ") {
+            // A line on its own output, on request: a test's proof that the output still
+            // reaches somebody (a pipe whose reader died would end the relay here).
+            println!("{text}");
+            writer.write_all(b"OK\n")?;
             continue;
         }
         if line == "CHECKPOINT" {

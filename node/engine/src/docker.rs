@@ -16,6 +16,7 @@
 //! daemons on edge devices (Docker 20.10 is API 1.41) and downgrades to the daemon's.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -216,11 +217,42 @@ impl DockerEngine {
                 })
             }
         };
+        if let Err(e) = task.save() {
+            tracing::warn!(task = %task.summary.name, error = %e,
+                "cannot record the restored container: a restart of this node would not find it");
+        }
         self.adopted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(task.summary.name.clone(), task);
         Ok(pid)
+    }
+
+    /// After a restart of the node: takes back the restored runc containers recorded under
+    /// [`runc_task::RUNC_HOME`] whose instance names `ours` accepts (nodes on one host share
+    /// it) and that still run, and removes the recorded ones of ours that do not. Returns the
+    /// names taken back; `state`, `logs`, `stop`, `remove` and `list` answer for them again.
+    ///
+    /// [`runc_task::RUNC_HOME`]: super::runc_task::RUNC_HOME
+    pub fn readopt(&self, ours: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut taken = Vec::new();
+        for task in RuncTask::saved(Path::new(super::runc_task::RUNC_HOME)) {
+            let name = task.summary.name.clone();
+            if !ours(&name) || self.adopted(&name).is_some() {
+                continue;
+            }
+            if task.status().state == TaskState::Running {
+                self.adopted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone(), task);
+                taken.push(name);
+            } else {
+                tracing::info!(task = %name, "a restored container of this node no longer runs; removing it");
+                task.remove();
+            }
+        }
+        taken
     }
 
     /// The full Docker id of brume's container `name` (what runc calls it).

@@ -8,6 +8,11 @@
 //!
 //! Names: two nodes on one host share the runc root, so each container, bundle and cgroup
 //! carries the instance name (which names the node) and a random suffix.
+//!
+//! A restored container outlives a restart of its node: its output is drained by a process of
+//! its own (`brume_migration::checkpointer`), and what the engine knows of it is written beside
+//! its bundle (`brume-task.json`, [`RuncTask::save`]), so the restarted node takes it back
+//! ([`RuncTask::saved`], `DockerEngine::readopt`) instead of starting a second copy.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,8 +27,11 @@ use super::types::{TaskState, TaskStatus, TaskSummary};
 /// and neither do the containers).
 pub const RUNC_HOME: &str = "/run/brume-runc";
 
+/// The file beside a restored container's bundle that records it.
+const TASK_FILE: &str = "brume-task.json";
+
 /// One restored container and what to clean up with it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RuncTask {
     pub restore: RuncRestore,
     /// Its cgroup path (as in the bundle's `cgroupsPath`), removed with it.
@@ -52,6 +60,28 @@ impl RuncTask {
     /// Its bundle directory.
     pub fn bundle(&self) -> &Path {
         &self.restore.bundle
+    }
+
+    /// Records this container in its bundle directory (written whole, then renamed), so that a
+    /// restarted node finds it.
+    pub fn save(&self) -> std::io::Result<()> {
+        let path = self.restore.bundle.join(TASK_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Every restored container recorded under `home`'s bundles (normally [`RUNC_HOME`]); an
+    /// unreadable record is skipped.
+    pub fn saved(home: &Path) -> Vec<RuncTask> {
+        let Ok(dirs) = std::fs::read_dir(home.join("bundles")) else {
+            return Vec::new();
+        };
+        dirs.flatten()
+            .filter_map(|d| std::fs::read(d.path().join(TASK_FILE)).ok())
+            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+            .collect()
     }
 
     /// `runc state`: running (with its pid), stopped (exited, code unknown), or missing.

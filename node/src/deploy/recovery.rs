@@ -101,20 +101,19 @@ impl Deployer {
     async fn listed(&self) -> Vec<Listed> {
         let tag = format!("-{}", node_tag(&self.overlay.peer_id()));
         match &*self.engine {
-            AnyEngine::Docker(d) => match d.list().await {
-                Ok(tasks) => tasks
-                    .into_iter()
-                    .filter(|t| t.name.ends_with(&tag))
-                    .map(|t| Listed {
-                        name: t.name,
-                        alive: t.state.is_alive(),
-                    })
-                    .collect(),
-                Err(e) => {
-                    warn!(error = %e, "restart: cannot list the engine's tasks; leaving orphans alone");
-                    Vec::new()
+            AnyEngine::Docker(d) => {
+                // A task a live move restored outside Docker (a runc container) is Docker's
+                // no more: the engine takes it back from its record, or it would look gone.
+                let d2 = d.clone();
+                let tag2 = tag.clone();
+                let taken = tokio::task::spawn_blocking(move || d2.readopt(|n| n.ends_with(&tag2)))
+                    .await
+                    .unwrap_or_default();
+                for name in taken {
+                    info!(%name, "restart: found the restored runc container still running");
                 }
-            },
+                self.listed_docker(d, &tag).await
+            }
             AnyEngine::Process(p) => std::fs::read_dir(p.root().join("tasks"))
                 .map(|dir| {
                     dir.flatten()
@@ -124,6 +123,23 @@ impl Deployer {
                         .collect()
                 })
                 .unwrap_or_default(),
+        }
+    }
+
+    async fn listed_docker(&self, d: &brume_engine::DockerEngine, tag: &str) -> Vec<Listed> {
+        match d.list().await {
+            Ok(tasks) => tasks
+                .into_iter()
+                .filter(|t| t.name.ends_with(&tag))
+                .map(|t| Listed {
+                    name: t.name,
+                    alive: t.state.is_alive(),
+                })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "restart: cannot list the engine's tasks; leaving orphans alone");
+                Vec::new()
+            }
         }
     }
 
