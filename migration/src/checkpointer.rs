@@ -412,9 +412,8 @@ impl Restorer for RuncRestore {
         // checkpointed again (runc hands a pipe to CRIU as external; a host file outside the
         // container's mounts fails the dump: "Can't lookup mount"), drained into
         // [`RuncRestore::output`] for as long as anything holds its write end by a `cat` of its
-        // own, not by this process: the container outlives a restart of the node, and a pipe
-        // whose reader died would end it with SIGPIPE at its next line. runc's own messages
-        // come through it first: a failure quotes what this call added.
+        // own ([`crate::drain`]), not by this process. runc's own messages come through it
+        // first: a failure quotes what this call added.
         let output = self.output();
         let mut out_file = std::fs::OpenOptions::new()
             .create(true)
@@ -430,7 +429,7 @@ impl Restorer for RuncRestore {
         let stderr = writer
             .try_clone()
             .map_err(files("make the container's output pipe", &output))?;
-        let drain = spawn_drain(reader, &output)
+        let drain = crate::drain::spawn(reader, &output)
             .map_err(files("start the drain of the container's output", &output))?;
         let started = Instant::now();
         let status = Command::new(&self.runc)
@@ -456,7 +455,7 @@ impl Restorer for RuncRestore {
         let elapsed = started.elapsed();
         if !status.success() {
             // No container holds the pipe: the drain ends once runc's last words are in.
-            wait_gone(drain, Duration::from_secs(5));
+            crate::drain::wait_gone(drain, Duration::from_secs(5));
             let all = std::fs::read(&output).unwrap_or_default();
             let start = usize::try_from(before).unwrap_or(0).min(all.len());
             let stderr = all.get(start..).unwrap_or_default().to_vec();
@@ -470,36 +469,6 @@ impl Restorer for RuncRestore {
         }
         let pid = self.pid()?;
         Ok(Restored { pid, elapsed })
-    }
-}
-
-/// Starts a `cat` that appends what comes through `reader` to `output` until the last write end
-/// closes, detached from this process (reparented to init once its shell exits, in its own
-/// process group): it outlives the node. Returns its pid.
-fn spawn_drain(reader: io::PipeReader, output: &Path) -> io::Result<u32> {
-    use std::os::unix::process::CommandExt;
-    // A background command's stdin is /dev/null unless redirected: the pipe goes in as fd 3.
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("exec 3<&0; cat <&3 3<&- >>\"$1\" & echo $!")
-        .arg("sh")
-        .arg(output)
-        .stdin(reader)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .output()?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| io::Error::other("the drain's shell did not name its cat"))
-}
-
-/// Waits (at most `bound`) until process `pid` is gone.
-fn wait_gone(pid: u32, bound: Duration) {
-    let until = Instant::now() + bound;
-    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -27,6 +27,7 @@ pub mod checkpointer;
 pub mod chunks;
 pub mod compress;
 pub mod criu;
+pub mod drain;
 pub mod lazy;
 pub mod live;
 pub mod planner;

@@ -7,6 +7,8 @@
 //!   again from its record, the owner's `brume ps` lists it, front's calls reach it through
 //!   its route, and the owner stops it. No process of the service is left that no record
 //!   explains (`orphans_after_restart=0`).
+//!   A task CRIU may move (`checkpoint = "criu"`) outlives its node, and its output has a reader
+//!   of its own: a line it writes while the node is down reaches `brume logs` afterwards.
 //! * Docker: back's container outlived its node and is adopted as it is (the same container),
 //!   and a container carrying brume's labels and node 1's name that no record explains (an
 //!   orphan) is removed.
@@ -216,12 +218,29 @@ fn a_restarted_node_adopts_its_criu_processes() {
     let pid = records[0].1.expect("a criu task's pid is recorded") as u32;
     assert_eq!(backs(), vec![pid], "the recorded pid is back's");
 
+    let back_port = back_running(&net)
+        .and_then(|ps| ps.into_iter().find(|r| r.instance.task == "back"))
+        .map(|r| port_of(&r.instance.address))
+        .expect("back is listed");
+
     crash_and_restart(&mut net, front, |_| {
         assert_eq!(backs(), vec![pid], "back outlived its node");
+        // Its output has a reader of its own: a line now does not end it with SIGPIPE.
+        assert_eq!(
+            common::ask(back_port, "LOG said while its node was down").expect("back answers"),
+            "OK"
+        );
     });
 
     assert_eq!(backs(), vec![pid], "the same process, adopted");
     assert_eq!(hosted(&net, 1).len(), 1);
+    wait_for("back's line in brume logs", || {
+        let logs: LogLines = net.json(0, &["logs", "back", "--json"]);
+        logs.lines
+            .iter()
+            .any(|l| l.contains("said while its node was down"))
+            .then_some(())
+    });
     eprintln!("BENCH restart engine=process-criu orphans_after_restart=0");
     owner_stops(&net);
     assert_eq!(backs(), Vec::<u32>::new(), "back stopped by its owner");

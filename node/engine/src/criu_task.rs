@@ -6,7 +6,8 @@
 //! It runs as the init of its own PID namespace (`unshare --pid --fork -- setsid PROGRAM`: util-
 //! linux's own tools, the task is PID 1 there and leads its own session, so CRIU restores its
 //! PIDs inside a fresh namespace and never clashes with the target's). And its stdout and
-//! stderr are one pipe that the engine pumps into `task.log` (`pump`): a regular log file
+//! stderr are one pipe drained into `task.log` by a process of the task's own (`drain`,
+//! which outlives the node): a regular log file
 //! could not be restored at a different size, while a pipe is handed back by `criu restore
 //! --inherit-fd` under the key [`stdout_key`] read at dump time. It gets no `PR_SET_PDEATHSIG`
 //! (`criu restore` would be its parent, and exits): it may outlive a node killed by SIGKILL.
@@ -15,8 +16,7 @@
 //! gone, a zombie, or a new process under the same PID (another start time) all mean it
 //! exited. Without a reaper of ours, its exit code is unknown.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// `unshare`'s arguments that run `program args` as PID 1 of a new PID namespace, in a new
@@ -136,36 +136,19 @@ pub fn stdout_key(pid: u32) -> Option<String> {
     key.starts_with("pipe:[").then(|| key.to_string())
 }
 
-/// Appends everything read from `output` to `log` until every writer is gone, on a thread of
-/// its own (a task's output may stall for hours; it should not hold a runtime thread).
-pub(crate) fn pump(output: std::io::PipeReader, log: PathBuf) {
-    let spawned = std::thread::Builder::new()
-        .name("brume-task-log".into())
-        .spawn(move || {
-            let mut output = output;
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match output.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
-                // Opened per write and never created: once the task's files are deleted,
-                // late output goes nowhere instead of recreating the log.
-                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log) {
-                    let _ = f.write_all(&buf[..n]);
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the thread that writes a task's log");
+/// Hands the task's output pipe to a drain of its own (`brume_migration::drain`), which
+/// appends it to `log` for as long as the task writes, whatever becomes of the node: a reader
+/// that died with the node would end the task with SIGPIPE at its next line.
+pub(crate) fn drain(output: std::io::PipeReader, log: &Path) {
+    if let Err(e) = brume_migration::drain::spawn(output, log) {
+        tracing::warn!(log = %log.display(), error = %e, "cannot start the drain of a task's output");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn the_task_runs_under_unshare_and_setsid() {
@@ -190,15 +173,15 @@ mod tests {
     }
 
     #[test]
-    fn the_pump_copies_output_into_the_log() {
+    fn the_drain_copies_output_into_the_log() {
         let dir = tempfile::tempdir().expect("tmp");
         let log = dir.path().join("task.log");
         std::fs::write(&log, b"").expect("log");
         let (r, mut w) = std::io::pipe().expect("pipe");
-        pump(r, log.clone());
+        drain(r, &log);
         w.write_all(b"hello\n").expect("write");
         drop(w);
-        // A liveness bound: the pump thread copies as soon as it is scheduled.
+        // A liveness bound: the drain copies as soon as it is scheduled.
         let until = Instant::now() + Duration::from_secs(60);
         while std::fs::read_to_string(&log).unwrap_or_default() != "hello\n" {
             assert!(Instant::now() < until, "the log never got the output");

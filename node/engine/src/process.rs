@@ -228,7 +228,7 @@ fn code_of(status: std::io::Result<std::process::ExitStatus>) -> i64 {
 fn spawn_child(l: &Launch) -> std::io::Result<tokio::process::Child> {
     let mut output = None;
     let mut cmd = if l.criu {
-        // stdout and stderr: one pipe, pumped into the log (a restore hands a new one back).
+        // stdout and stderr: one pipe, drained into the log (a restore hands a new one back).
         let (reader, writer) = std::io::pipe()?;
         let mut cmd = tokio::process::Command::new("unshare");
         cmd.args(criu_task::wrap(&l.program, &l.args))
@@ -295,7 +295,7 @@ fn spawn_child(l: &Launch) -> std::io::Result<tokio::process::Child> {
     // the output when the task's own copies close.
     drop(cmd);
     if let Some(reader) = output {
-        criu_task::pump(reader, l.log.clone());
+        criu_task::drain(reader, &l.log);
     }
     Ok(child)
 }
@@ -845,13 +845,14 @@ impl ProcessEngine {
     }
 
     /// Takes `pid`, a task CRIU restored from `spec`'s files (laid out at its fixed path), as
-    /// the task `spec.name`, with its output read from `output`. A task of that name that was
-    /// there (its process ended by the dump) is replaced; its files stay.
+    /// the task `spec.name`, with its output drained from `output` (`None`: a drain already
+    /// reads it, as after a restart of the node). A task of that name that was there (its
+    /// process ended by the dump) is replaced; its files stay.
     pub async fn adopt(
         &self,
         spec: &LaunchSpec,
         pid: u32,
-        output: std::io::PipeReader,
+        output: Option<std::io::PipeReader>,
     ) -> Result<(), EngineError> {
         let dir = taskroot::dir_for(&spec.service, &spec.task, spec.replica);
         let old = lock(&self.inner.tasks).remove(&spec.name);
@@ -884,7 +885,10 @@ impl ProcessEngine {
         });
         self.register(&spec.name, &task)?;
         note_in_log(&task.log, &format!("restored by CRIU as pid {pid}"));
-        criu_task::pump(output, task.log.clone());
+        match output {
+            Some(output) => criu_task::drain(output, &task.log),
+            None => note_in_log(&task.log, "its output is still drained into this log"),
+        }
         let handle = tokio::spawn(watch_adopted(Arc::clone(&task), pid, stop_rx, done_tx));
         *lock(&task.supervisor) = Some(handle);
         Ok(())

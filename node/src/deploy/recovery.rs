@@ -215,10 +215,23 @@ impl Deployer {
             env.extend(call_vars);
             let mut launch = self.launch_spec(spec, image, env, r.port);
             launch.name = r.name.clone();
-            // The task's output pipe, reopened through /proc: its old reader died with the node.
-            let output = std::fs::File::open(format!("/proc/{}/fd/1", facts.pid))
-                .map_err(|e| format!("cannot reopen its output: {e}"))?;
-            let output = std::io::PipeReader::from(std::os::fd::OwnedFd::from(output));
+            // The task's output has a drain of its own that outlived the node; a task whose
+            // pipe nobody reads (its reader died) gets a new drain, its pipe reopened through
+            // /proc.
+            let pid = facts.pid;
+            let read =
+                tokio::task::spawn_blocking(move || brume_migration::drain::stdout_is_read(pid))
+                    .await
+                    .unwrap_or(false);
+            let output = if read {
+                None
+            } else {
+                let output = std::fs::File::open(format!("/proc/{pid}/fd/1"))
+                    .map_err(|e| format!("cannot reopen its output: {e}"))?;
+                Some(std::io::PipeReader::from(std::os::fd::OwnedFd::from(
+                    output,
+                )))
+            };
             p.adopt(&launch, facts.pid, output)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -22,7 +22,7 @@ impl LocalCopy for ProcessCopy {
     async fn take_back(&mut self, pid: u32) -> Result<(), String> {
         let output = self.output.take().ok_or("internal: no pipe")?;
         self.engine
-            .adopt(&self.launch, pid, output)
+            .adopt(&self.launch, pid, Some(output))
             .await
             .map_err(|e| format!("the engine cannot watch it: {e}"))
     }
@@ -242,7 +242,7 @@ impl Mover {
             // The target said it failed, and the pipeline restored the task here already.
             Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
                 let _ = std::fs::remove_dir_all(&work_dir);
-                let adopted = p.adopt(&launch, pid, local_out).await;
+                let adopted = p.adopt(&launch, pid, Some(local_out)).await;
                 drop(local_in);
                 drop(hold);
                 return back_here(adopted, &dest.name, &cause.to_string(), &what, pid);
@@ -427,7 +427,7 @@ impl Mover {
         out: std::io::PipeReader,
     ) -> Result<InstanceView, String> {
         let forwarders = self.bind_forwarders(&spec, call_ports).await?;
-        p.adopt(launch, pid, out)
+        p.adopt(launch, pid, Some(out))
             .await
             .map_err(|e| format!("the engine cannot take it: {e}"))?;
         Ok(self
