@@ -83,7 +83,7 @@ pub struct PostCopyStats {
 pub(super) const DUMP_ATTEMPTS: u32 = 8;
 
 /// How long a retry waits for the task's TCP connections to close before it dumps again.
-const QUIET_BEFORE_RETRY: Duration = Duration::from_millis(500);
+const QUIET_BEFORE_RETRY: Duration = Duration::from_secs(2);
 
 /// Whether a failed dump only caught the task mid-connection
 /// ([`crate::checkpointer::transient_lines`]); CRIU resumes the task after a failed dump.
