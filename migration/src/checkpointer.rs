@@ -429,7 +429,7 @@ impl Restorer for RuncRestore {
         let stderr = writer
             .try_clone()
             .map_err(files("make the container's output pipe", &output))?;
-        let drain = crate::drain::spawn(reader, &output)
+        let drain = crate::drain::start(reader, &output)
             .map_err(files("start the drain of the container's output", &output))?;
         let started = Instant::now();
         let status = Command::new(&self.runc)
@@ -455,7 +455,7 @@ impl Restorer for RuncRestore {
         let elapsed = started.elapsed();
         if !status.success() {
             // No container holds the pipe: the drain ends once runc's last words are in.
-            crate::drain::wait_gone(drain, Duration::from_secs(5));
+            drain.wait(Duration::from_secs(5));
             let all = std::fs::read(&output).unwrap_or_default();
             let start = usize::try_from(before).unwrap_or(0).min(all.len());
             let stderr = all.get(start..).unwrap_or_default().to_vec();

@@ -140,7 +140,7 @@ pub fn stdout_key(pid: u32) -> Option<String> {
 /// appends it to `log` for as long as the task writes, whatever becomes of the node: a reader
 /// that died with the node would end the task with SIGPIPE at its next line.
 pub(crate) fn drain(output: std::io::PipeReader, log: &Path) {
-    if let Err(e) = brume_migration::drain::spawn(output, log) {
+    if let Err(e) = brume_migration::drain::start(output, log) {
         tracing::warn!(log = %log.display(), error = %e, "cannot start the drain of a task's output");
     }
 }
