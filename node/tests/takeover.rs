@@ -11,6 +11,10 @@
 //! its route. Then node 0 starts again on its data directory: it learns the new placement from
 //! the holders (its `ps` shows it) and removes the copy of front its restart brought back, so
 //! one process of each task runs on the machine. The times are printed, never asserted.
+//!
+//! back is stateful (`checkpoint = "app"`, every second): its host sends its state to the
+//! owner, which passes it on to the holders; the holder that re-places back starts it from
+//! that state, so the count of requests back served goes on from where it was.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,7 +35,8 @@ fn manifest(dir: &Path, service: &str) -> PathBuf {
     let text = format!(
         "[service]\nname = \"{service}\"\nroot = \"front\"\n\n\
          [[task]]\nname = \"front\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n\
-         [[task]]\nname = \"back\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n\
+         [[task]]\nname = \"back\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\
+         stateful = true\ncheckpoint = \"app\"\ncheckpoint_every_s = 1\n\n\
          [[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 50\ntraffic_mbps = 1\n"
     );
     let path = dir.join("service.toml");
@@ -76,6 +81,18 @@ fn holds_record(net: &common::ServiceNet, i: usize) -> bool {
                 .ends_with(&format!(".{}.json", net.service))
         })
     })
+}
+
+/// Whether node `i` holds a checkpoint of back that `owner` passed on, containing `text`.
+fn held_checkpoint_says(net: &common::ServiceNet, i: usize, owner: &str, text: &str) -> bool {
+    let path = net
+        .net
+        .data(i)
+        .join("held-checkpoints")
+        .join(owner)
+        .join(&net.service)
+        .join("back.0");
+    std::fs::read(path).is_ok_and(|b| String::from_utf8_lossy(&b).contains(text))
 }
 
 /// Whether node `i`'s record of the service places an instance on one of `hosts`.
@@ -125,13 +142,48 @@ fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
             .ok_or_else(|| "no node runs back".to_string())
     });
     let survivors: Vec<usize> = (1..4).filter(|&i| i != victim).collect();
-    wait_for("a surviving node holds the service record", || {
+    wait_for("every surviving node holds the service record", || {
         survivors
             .iter()
-            .any(|&i| holds_record(&net, i))
+            .all(|&i| holds_record(&net, i))
             .then_some(())
-            .ok_or_else(|| format!("no record on nodes {survivors:?}"))
+            .ok_or_else(|| format!("no record on some of nodes {survivors:?}"))
     });
+    // back serves three calls; its state reaches every surviving holder through the owner.
+    let front_port = wait_for("front answers through back", || {
+        let out = net.brume(0, &["ps", "--json"]);
+        let rows: Vec<PsRow> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let port = rows
+            .iter()
+            .find(|r| r.instance.task == "front")
+            .map(|r| port_of(&r.instance.address))
+            .ok_or("front is not listed")?;
+        match common::ask(port, "hello") {
+            Ok(a) if a == "front(back)" => Ok(port),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    for _ in 0..2 {
+        assert_eq!(
+            common::ask(front_port, "hello").expect("front answers"),
+            "front(back)"
+        );
+    }
+    let owner = net.status(0).1;
+    wait_for(
+        "every surviving holder keeps back's checkpoint at 3 served",
+        || {
+            let missing: Vec<usize> = survivors
+                .iter()
+                .copied()
+                .filter(|&i| !held_checkpoint_says(&net, i, &owner, "served=3"))
+                .collect();
+            missing
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| format!("nodes {missing:?} do not"))
+        },
+    );
 
     let ids: Vec<String> = (0..4).map(|i| net.status(i).0).collect();
     let dead_ids = [ids[0].clone(), ids[victim].clone()];
@@ -161,6 +213,12 @@ fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
             other => Err(format!("{other:?}")),
         }
     });
+    // back goes on from the checkpoint (the front call above is the 4th).
+    assert_eq!(
+        common::ask(port_of(&back.instance.address), "STATE").expect("back answers"),
+        "4",
+        "back's count went on from its checkpoint"
+    );
     assert_eq!(
         common::ask(port_of(&back.instance.address), "hello").expect("back answers"),
         "back"

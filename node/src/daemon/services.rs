@@ -94,10 +94,12 @@ impl Services {
             store.clone(),
             Some(gc.clone()),
         )));
-        deployer.set_keeper(Arc::new(Keeper::new(
-            CheckpointStore::in_data_dir(data_dir),
-            ledger.clone(),
-        )));
+        let (relay_tx, relay_rx) =
+            tokio::sync::mpsc::channel(crate::heal::checkpoint_relay::BACKLOG);
+        deployer.set_keeper(Arc::new(
+            Keeper::new(CheckpointStore::in_data_dir(data_dir), ledger.clone())
+                .with_relay(relay_tx),
+        ));
         let mover = Mover::new(
             deployer.clone(),
             Some(ledger.clone()),
@@ -110,7 +112,7 @@ impl Services {
         let initiator = Arc::new(Initiator::new(
             overlay.clone(),
             store.clone(),
-            ledger,
+            ledger.clone(),
             deployer.clone(),
         ));
         let chunks = overlay.accept_streams(artifact::TRANSFER_PROTOCOL)?;
@@ -118,6 +120,11 @@ impl Services {
         let (deploying, moving) = (deployer.clone(), mover.clone());
         let tasks = vec![
             tokio::spawn(crate::heal::checkpointer::run(deployer.clone())),
+            tokio::spawn(crate::heal::checkpoint_relay::run(
+                deployer.clone(),
+                ledger.clone(),
+                relay_rx,
+            )),
             tokio::spawn(async move {
                 if let Err(e) = deploying.serve().await {
                     tracing::error!("the deployer stopped: {e:#}");

@@ -356,6 +356,26 @@ impl Deployer {
                     Err(reason) => Reply::Refused { reason },
                 }
             }
+            Request::HeldCheckpoint {
+                instance,
+                generation,
+                epoch,
+                seq,
+                state,
+            } => match self.holder.get() {
+                Some(holder) => {
+                    let taken = holder
+                        .take_checkpoint(from, &instance, generation, epoch, seq, state)
+                        .await;
+                    match taken {
+                        Ok(()) => Reply::Taken,
+                        Err(reason) => Reply::Refused { reason },
+                    }
+                }
+                None => Reply::Refused {
+                    reason: "this node keeps no service records".into(),
+                },
+            },
             Request::Replica(record) => match self.holder.get() {
                 Some(holder) => holder.take(from, *record).await,
                 None => Reply::Refused {

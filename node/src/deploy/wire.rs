@@ -192,6 +192,17 @@ pub enum Request {
         seq: u64,
         state: String,
     },
+    /// The latest checkpoint of an instance of one of the sender's services, passed on by its
+    /// owner to the holders of the service's record ([`crate::heal::holder`]), so that a holder
+    /// re-placing the instance after the owner died starts it from there; answered `Taken` or
+    /// `Refused`.
+    HeldCheckpoint {
+        instance: InstanceId,
+        generation: Generation,
+        epoch: u64,
+        seq: u64,
+        state: String,
+    },
     /// The record of one of the sender's services (or, from a holder that re-placed some of
     /// its instances, of its owner's), for this node to keep as one of its holders
     /// ([`crate::heal::record_replicas`]); answered `Taken` or `Refused`.

@@ -98,9 +98,22 @@ pub struct CheckpointStore {
 impl CheckpointStore {
     /// The store under `<data_dir>/checkpoints` (created on the first write).
     pub fn in_data_dir(data_dir: &Path) -> CheckpointStore {
+        CheckpointStore::at(data_dir.join("checkpoints"))
+    }
+
+    /// The store under `dir` (created on the first write).
+    pub fn at(dir: PathBuf) -> CheckpointStore {
         CheckpointStore {
-            dir: data_dir.join("checkpoints"),
+            dir,
             turn: Mutex::new(()),
+        }
+    }
+
+    /// Deletes every checkpoint kept of `service`.
+    pub fn forget_service(&self, service: &str) {
+        if check_name("service", service).is_ok() {
+            let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = std::fs::remove_dir_all(self.dir.join(service));
         }
     }
 
@@ -164,11 +177,16 @@ fn write_atomically(path: &Path, c: &Checkpoint) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// The owner side: takes checkpoints from the hosts its ledger names, keeps them, and hands
-/// the latest to a re-placement.
+/// A checkpoint the owner now holds as the latest, for the holders of the service's record
+/// ([`super::checkpoint_relay`]).
+pub type Relayed = (InstanceId, Checkpoint);
+
+/// The owner side: takes checkpoints from the hosts its ledger names, keeps them, hands the
+/// latest to a re-placement, and on to the holders of the service's record.
 pub struct Keeper {
     store: Arc<CheckpointStore>,
     ledger: Arc<Ledger>,
+    relay: Option<tokio::sync::mpsc::Sender<Relayed>>,
 }
 
 impl Keeper {
@@ -176,7 +194,15 @@ impl Keeper {
         Keeper {
             store: Arc::new(store),
             ledger,
+            relay: None,
         }
+    }
+
+    /// Every checkpoint kept as the latest is also sent on `relay` (dropped when the relay is
+    /// behind: the next one supersedes it).
+    pub fn with_relay(mut self, relay: tokio::sync::mpsc::Sender<Relayed>) -> Keeper {
+        self.relay = Some(relay);
+        self
     }
 
     /// Takes a checkpoint of `id` from `from` if the ledger says `from` hosts it at
@@ -205,11 +231,16 @@ impl Keeper {
             received_unix_ms: now_unix_ms(),
             state,
         };
+        let relayed = self.relay.as_ref().map(|_| (id.clone(), c.clone()));
         let (store, id) = (self.store.clone(), id.clone());
-        tokio::task::spawn_blocking(move || store.offer(&id, &c))
+        let offered = tokio::task::spawn_blocking(move || store.offer(&id, &c))
             .await
             .map_err(|e| format!("the checkpoint writer failed: {e}"))?
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if let (Offered::Kept, Some(tx), Some(r)) = (offered, &self.relay, relayed) {
+            let _ = tx.try_send(r);
+        }
+        Ok(offered)
     }
 
     /// The latest checkpoint of `id` of the given epoch, if one is kept.

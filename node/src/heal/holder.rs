@@ -11,13 +11,18 @@ use brume_artifact::{self as artifact, ChunkStore, FetchOptions};
 use brume_overlay::{OverlayHandle, PeerId};
 use tracing::info;
 
+use super::checkpoints::{now_unix_ms, Checkpoint, CheckpointStore};
 use super::record_replicas::{Offered, RecordBook, ServiceRecord};
+use crate::deploy::wire::Generation;
 use crate::deploy::wire::Reply;
 use crate::gc::{Collector, PinGuard};
+use brume_tunnel::InstanceId;
 
-/// The records this node holds for others, and the artifacts they need.
+/// The records this node holds for others, the artifacts they need, and the latest
+/// checkpoints of their instances (`<data_dir>/held-checkpoints/<owner>/`).
 pub struct Holder {
     book: RecordBook,
+    checkpoints: std::path::PathBuf,
     overlay: OverlayHandle,
     store: ChunkStore,
     gc: Option<Arc<Collector>>,
@@ -35,6 +40,7 @@ impl Holder {
     ) -> Holder {
         let holder = Holder {
             book: RecordBook::open(data_dir),
+            checkpoints: data_dir.join("held-checkpoints"),
             overlay,
             store,
             gc,
@@ -97,11 +103,75 @@ impl Holder {
         }
     }
 
-    /// Drops the record of `owner`'s `service` and unpins its artifacts.
+    fn checkpoints_of(&self, owner: PeerId) -> CheckpointStore {
+        CheckpointStore::at(self.checkpoints.join(owner.to_string()))
+    }
+
+    /// Keeps a checkpoint of `instance` that `from` passed on, if `from` owns a service whose
+    /// record is held here, of that epoch, and it is newer than the one kept.
+    pub async fn take_checkpoint(
+        &self,
+        from: PeerId,
+        instance: &InstanceId,
+        generation: Generation,
+        epoch: u64,
+        seq: u64,
+        state: String,
+    ) -> Result<(), String> {
+        let held = self
+            .book
+            .of_owner(from)
+            .into_iter()
+            .find(|r| r.service == instance.service);
+        match held {
+            None => {
+                return Err(format!(
+                    "no record of {} from {from} is held here",
+                    instance.service
+                ))
+            }
+            Some(r) if r.epoch != epoch => {
+                return Err(format!(
+                    "the record held of {} is of epoch {}, not {epoch}",
+                    instance.service, r.epoch
+                ))
+            }
+            Some(_) => {}
+        }
+        let c = Checkpoint {
+            epoch,
+            generation,
+            seq,
+            received_unix_ms: now_unix_ms(),
+            state,
+        };
+        let (store, id) = (self.checkpoints_of(from), instance.clone());
+        tokio::task::spawn_blocking(move || store.offer(&id, &c))
+            .await
+            .map_err(|e| format!("the checkpoint writer failed: {e}"))?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The latest checkpoint of `owner`'s `instance` of `epoch` held here, if any.
+    pub fn latest_checkpoint(
+        &self,
+        owner: PeerId,
+        instance: &InstanceId,
+        epoch: u64,
+    ) -> Option<Checkpoint> {
+        self.checkpoints_of(owner)
+            .latest(instance)
+            .filter(|c| c.epoch == epoch)
+    }
+
+    /// Drops the record of `owner`'s `service`, the checkpoints of its instances, and unpins
+    /// its artifacts.
     pub fn forget(&self, owner: PeerId, service: &str) {
         if self.book.forget(owner, service) {
             info!(%service, %owner, "the owner stopped its service: its record is dropped");
         }
+        self.checkpoints_of(owner).forget_service(service);
         self.pins
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -16,13 +16,15 @@
 //! * [`checkpointer`]: on a host, the periodic capture of the instances that ask for it
 //!   (`checkpoint_every_s`), sent to their owner;
 //! * [`checkpoints`]: on the owner, the latest checkpoint of each, on disk;
+//! * [`checkpoint_relay`]: the owner passing each latest checkpoint on to the record's holders;
 //! * [`delegation`]: the owner's signed word naming the holders of its service records;
 //! * [`record_replicas`]: a service's record and the holder's bounded book of them, on disk;
 //! * [`takeover`]: which holder re-places a dead owner's lost instances, and when;
 //! * [`replicator`]: the I/O of the three: the owner's pushes, the holder's watch and takeover;
-//! * [`holder`]: a holder keeping records and their artifacts;
+//! * [`holder`]: a holder keeping records, their artifacts and their instances' checkpoints;
 //! * [`owner_return`]: an owner back from the dead (or a freeze) learning what its holders did.
 
+pub mod checkpoint_relay;
 pub mod checkpointer;
 pub mod checkpoints;
 pub mod delegation;

@@ -417,7 +417,17 @@ impl Replicator {
                 *p = to.clone();
             }
             let mut spec = spec.clone();
-            spec.restore = None;
+            // A stateful instance starts from the latest checkpoint its owner passed on here.
+            spec.restore = self
+                .holder
+                .latest_checkpoint(r.owner, &spec.id, spec.epoch)
+                .map(|c| {
+                    warn!(service = %r.service, task = %from.task, replica = from.replica,
+                        bytes = c.state.len(), from_generation = %c.generation,
+                        "restored from the checkpoint the owner passed on {} ms ago: writes since then are lost",
+                        c.age_ms());
+                    c.state
+                });
             spec.generation = to.generation;
             spec.calls = calls_now(&spec.calls, &current);
             let req = Request::Deploy(spec.clone());
