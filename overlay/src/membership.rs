@@ -349,6 +349,10 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
                 .insert(node, now.plus_ms(self.config.redial_cooldown_ms));
         }
         if self.connected.is_empty() {
+            // A fresh rejoin: its backoff starts over, whatever the bootstrap redials while
+            // connected had built up (up to a minute, which kept a lonely node from dialling a
+            // peer that came back a moment later).
+            self.rejoin_rounds = 0;
             self.next_rejoin = now;
             self.rejoin(now, &mut out);
         }
@@ -1010,6 +1014,44 @@ mod tests {
         }
         assert!(dials(&m.handle_timeout(ms(11_000))).is_empty());
         assert_eq!(dials(&m.handle_timeout(ms(12_100))).len(), 4);
+    }
+
+    #[test]
+    fn a_node_alone_again_rejoins_after_the_first_backoff_whatever_came_before() {
+        let mut m = M::new(NodeId(1), cfg(), vec!["boot".into()], 3);
+        m.start(ms(0));
+        m.on_dial_failed(ms(0), &"boot".to_string());
+        // One peer, which dialled this node (so "boot" was never reached): below min_degree,
+        // the bootstrap is dialled again with the backoff, for minutes, and fails each time.
+        m.on_connected(ms(10), NodeId(2), None);
+        m.set_addr(ms(10), NodeId(2), addr(2));
+        let mut t = 10;
+        let mut redials = 0;
+        for _ in 0..300 {
+            t += 1_000;
+            for a in dials(&m.handle_timeout(ms(t))) {
+                redials += 1;
+                m.on_dial_failed(ms(t), &a);
+            }
+        }
+        assert!(redials >= 5, "the bootstrap was redialled {redials} times");
+        // Alone: every address at once, and again after the first backoff (2 s), not after
+        // the long one the redials built up.
+        t += 1_000;
+        let out = m.on_disconnected(ms(t), NodeId(2));
+        let first = dials(&out);
+        assert!(first.contains(&addr(2)), "{first:?}");
+        for a in &first {
+            m.on_dial_failed(ms(t), a);
+        }
+        let mut again = Vec::new();
+        for step in 1..=3 {
+            again.extend(dials(&m.handle_timeout(ms(t + step * 1_000))));
+        }
+        assert!(
+            again.contains(&addr(2)),
+            "no second try within 3 s: {again:?}"
+        );
     }
 
     #[test]
