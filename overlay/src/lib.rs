@@ -26,6 +26,7 @@ pub mod handle;
 pub mod idle;
 pub mod ids;
 pub mod limits;
+mod listen_port;
 pub mod maplink;
 pub mod mapping;
 pub mod membership;

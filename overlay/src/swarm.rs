@@ -161,6 +161,14 @@ pub(crate) async fn spawn(
     let local_peer = *swarm.local_peer_id();
     let node_id = node_id_of(&local_peer);
 
+    // Probe every fixed port before binding any (see crate::listen_port), so this node's own
+    // listeners (an IPv4 and a dual-stack IPv6 one on one port) do not refuse each other.
+    for addr in &config.listen {
+        crate::listen_port::check_free(addr).map_err(|reason| OverlayError::Listen {
+            addr: addr.clone(),
+            reason,
+        })?;
+    }
     let mut listeners = 0;
     for addr in &config.listen {
         swarm
