@@ -321,6 +321,27 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
         out
     }
 
+    /// One more connection to `node` is up while another was already open (or closing). A peer
+    /// this node dropped (a trim, a ban) can come back this way: its connection was still in
+    /// its handshake when the drop closed the others, so the swarm reports it as a second one.
+    /// Counting only first connections left such a peer connected but unknown here: the degree
+    /// stayed above `max_degree` for good (seen in the loopback suite). It counts as connected
+    /// again, so the next maintenance trims (or refuses) it once more.
+    pub fn on_another_connection(
+        &mut self,
+        now: Time,
+        node: NodeId,
+        addr: Option<A>,
+    ) -> Vec<Action<A>> {
+        if !self.connected.contains_key(&node) {
+            return self.on_connected(now, node, addr);
+        }
+        if let Some(a) = addr {
+            self.set_addr(now, node, a);
+        }
+        Vec::new()
+    }
+
     /// The peer's dialable address became known (e.g. from identify).
     pub fn set_addr(&mut self, now: Time, node: NodeId, addr: A) {
         if node == self.id {
@@ -950,6 +971,44 @@ mod tests {
         // A second round drops nothing more.
         let out = m.handle_timeout(ms(2_000));
         assert!(!out.iter().any(|a| matches!(a, Action::Disconnect { .. })));
+    }
+
+    #[test]
+    fn a_trimmed_peer_back_on_a_connection_still_in_its_handshake_is_counted_and_trimmed_again() {
+        let mut m = M::new(NodeId(1), cfg(), vec![], 3);
+        m.start(ms(0));
+        let max = m.config().max_degree;
+        // One peer more than the maximum.
+        for i in 2..=(max as u64 + 2) {
+            m.on_connected(ms(0), NodeId(i), Some(addr(i)));
+            m.set_rtt(NodeId(i), 5.0);
+        }
+        let surplus = |out: &[Action<String>]| -> Vec<u64> {
+            out.iter()
+                .filter_map(|a| match a {
+                    Action::Disconnect {
+                        node,
+                        reason: DropReason::Surplus,
+                    } => Some(node.0),
+                    _ => None,
+                })
+                .collect()
+        };
+        let dropped = surplus(&m.handle_timeout(ms(1_000)));
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(m.degree(), max);
+        // The swarm closes the dropped peer's connection, but a second one from it, still in its
+        // handshake then, comes up: the swarm reports one more connection of that peer.
+        m.on_another_connection(ms(1_050), NodeId(dropped[0]), None);
+        assert_eq!(m.degree(), max + 1, "the peer is connected again");
+        assert!(m.is_connected(NodeId(dropped[0])));
+        // The next maintenance drops a surplus peer again.
+        assert_eq!(surplus(&m.handle_timeout(ms(2_000))).len(), 1);
+        assert_eq!(m.degree(), max);
+        // A second connection of a peer still counted changes nothing.
+        let kept = m.peers()[0];
+        m.on_another_connection(ms(2_050), kept, None);
+        assert_eq!(m.degree(), max);
     }
 
     #[test]

@@ -801,8 +801,10 @@ impl Driver {
                             .state
                             .send_request(&peer_id, record);
                     }
-                } else if let Some(a) = addr {
-                    self.membership.set_addr(now, id, a);
+                } else {
+                    self.connected.insert(id);
+                    let actions = self.membership.on_another_connection(now, id, addr);
+                    self.apply(actions);
                 }
             }
             SwarmEvent::ConnectionClosed {

@@ -576,7 +576,10 @@ async fn wait_peers(
         } else {
             Err(format!(
                 "peers {:?}",
-                peers.iter().map(|p| short(&p.peer_id)).collect::<Vec<_>>()
+                peers
+                    .iter()
+                    .map(|p| (short(&p.peer_id), p.addr.as_ref().map(|a| a.to_string())))
+                    .collect::<Vec<_>>()
             ))
         }
     })
@@ -676,11 +679,21 @@ async fn a_node_that_loses_every_peer_rejoins_through_a_remembered_address() {
     let ((b, tb), port) = started.expect("a free port outside the ephemeral range");
     let b_id = b.peer_id();
     eprintln!("B listens on 127.0.0.1:{port}");
-    // C joins through A only, and learns B's address from A's join sample.
+    // C joins through A only, and learns B's address from A's join sample or from B itself
+    // (identify). Being connected to B is not enough: when B dialled C, C knows where to reach
+    // B only once identify has told it, and a C that lost B before that had nothing to redial
+    // (B stopped 14 ms after connecting in a loaded run, and C never dialled it again).
     let (c, tc) = Overlay::spawn(config(ids.node(2), a_addrs)).await.unwrap();
     let a_id = a.peer_id();
-    wait_peers(&c, "C connected to A and B", |p| {
-        p.iter().any(|p| p.peer_id == b_id) && p.iter().any(|p| p.peer_id == a_id)
+    let b_port = format!("/tcp/{port}/");
+    wait_peers(&c, "C connected to A and B, with B's address", |p| {
+        let knows_b = p.iter().any(|p| {
+            p.peer_id == b_id
+                && p.addr
+                    .as_ref()
+                    .is_some_and(|a| a.to_string().contains(&b_port))
+        });
+        knows_b && p.iter().any(|p| p.peer_id == a_id)
     })
     .await;
 

@@ -47,6 +47,17 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A checkpoint that arrives now, stamped with this node's clock.
+    pub fn received(epoch: u64, generation: Generation, seq: u64, state: String) -> Checkpoint {
+        Checkpoint {
+            epoch,
+            generation,
+            seq,
+            received_unix_ms: now_unix_ms(),
+            state,
+        }
+    }
+
     fn order(&self) -> (u64, Generation, u64) {
         (self.epoch, self.generation, self.seq)
     }
@@ -86,6 +97,19 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Offers `c` to `store` on a blocking thread (the store writes and syncs a file), with both
+/// failures (the thread's and the store's) as the reason a reply carries.
+pub async fn offer(
+    store: Arc<CheckpointStore>,
+    id: InstanceId,
+    c: Checkpoint,
+) -> Result<Offered, String> {
+    tokio::task::spawn_blocking(move || store.offer(&id, &c))
+        .await
+        .map_err(|e| format!("the checkpoint writer failed: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// The checkpoint files under one directory.
@@ -224,19 +248,9 @@ impl Keeper {
                 .map(|p| (p.peer, p.generation))
         });
         checkpoint_from(from, id, generation, hosted)?;
-        let c = Checkpoint {
-            epoch,
-            generation,
-            seq,
-            received_unix_ms: now_unix_ms(),
-            state,
-        };
+        let c = Checkpoint::received(epoch, generation, seq, state);
         let relayed = self.relay.as_ref().map(|_| (id.clone(), c.clone()));
-        let (store, id) = (self.store.clone(), id.clone());
-        let offered = tokio::task::spawn_blocking(move || store.offer(&id, &c))
-            .await
-            .map_err(|e| format!("the checkpoint writer failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let offered = offer(self.store.clone(), id.clone(), c).await?;
         if let (Offered::Kept, Some(tx), Some(r)) = (offered, &self.relay, relayed) {
             let _ = tx.try_send(r);
         }

@@ -11,7 +11,7 @@ use brume_artifact::{self as artifact, ChunkStore, FetchOptions};
 use brume_overlay::{OverlayHandle, PeerId};
 use tracing::info;
 
-use super::checkpoints::{now_unix_ms, Checkpoint, CheckpointStore};
+use super::checkpoints::{offer, Checkpoint, CheckpointStore};
 use super::record_replicas::{Offered, RecordBook, ServiceRecord};
 use crate::deploy::wire::Generation;
 use crate::deploy::wire::Reply;
@@ -138,19 +138,10 @@ impl Holder {
             }
             Some(_) => {}
         }
-        let c = Checkpoint {
-            epoch,
-            generation,
-            seq,
-            received_unix_ms: now_unix_ms(),
-            state,
-        };
-        let (store, id) = (self.checkpoints_of(from), instance.clone());
-        tokio::task::spawn_blocking(move || store.offer(&id, &c))
+        let c = Checkpoint::received(epoch, generation, seq, state);
+        offer(Arc::new(self.checkpoints_of(from)), instance.clone(), c)
             .await
-            .map_err(|e| format!("the checkpoint writer failed: {e}"))?
             .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 
     /// The latest checkpoint of `owner`'s `instance` of `epoch` held here, if any.
