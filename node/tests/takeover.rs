@@ -213,11 +213,14 @@ fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
             other => Err(format!("{other:?}")),
         }
     });
-    // back goes on from the checkpoint (the front call above is the 4th).
-    assert_eq!(
-        common::ask(port_of(&back.instance.address), "STATE").expect("back answers"),
-        "4",
-        "back's count went on from its checkpoint"
+    // back goes on from the checkpoint: the front call above is the 4th (a fresh back would
+    // say 1). A call of the wait above that reached back but whose answer was lost on the way
+    // back counts too, hence "at least".
+    let state = common::ask(port_of(&back.instance.address), "STATE").expect("back answers");
+    let count: u64 = state.trim().parse().expect("STATE is a count");
+    assert!(
+        count >= 4,
+        "back's count went on from its checkpoint (3 served before): it says {count}"
     );
     assert_eq!(
         common::ask(port_of(&back.instance.address), "hello").expect("back answers"),

@@ -45,6 +45,10 @@ use crate::migrate::mover::Mover;
 
 /// How long a holder is given to take a record (it fetches the artifacts first).
 const PUSH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Pushes of one placement that some holders did not take, before the owner settles for the
+/// holders that did: a holder that missed a push (a timeout, a connection lost) gets it on a
+/// later heartbeat, and one that keeps refusing is not asked every period for good.
+const PARTIAL_PUSHES: u32 = 5;
 /// How long a holder is given to answer an owner back from the dead.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many heartbeat periods a holder waits per live holder ranked before it.
@@ -52,6 +56,17 @@ const STEP_PERIODS: u32 = 20;
 
 /// A service's placement as last pushed: its epoch and each instance's host and generation.
 type Fingerprint = (u64, Vec<(String, u32, PeerId, u64)>);
+
+/// How a push of a service record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    /// Every holder asked took it.
+    All,
+    /// Some did: pushed again on a later heartbeat, up to [`PARTIAL_PUSHES`] times.
+    Some,
+    /// None did (or there was no one to ask): pushed again on the next heartbeat.
+    None,
+}
 
 fn fingerprint(e: &Entry) -> Fingerprint {
     let mut v: Vec<_> = e
@@ -89,7 +104,9 @@ impl Replicator {
         // The holders of each service pushed, to tell them when it is stopped.
         let mut held_by: BTreeMap<String, Vec<(PeerId, Vec<Multiaddr>)>> = BTreeMap::new();
         let mut pushing: BTreeSet<String> = BTreeSet::new();
-        let (push_tx, mut push_done) = mpsc::channel::<(String, Option<Fingerprint>)>(64);
+        let (push_tx, mut push_done) = mpsc::channel::<(String, Fingerprint, Pushed)>(64);
+        // Partial pushes so far of the placement last pushed, per service.
+        let mut partial: BTreeMap<String, (Fingerprint, u32)> = BTreeMap::new();
         let mut version = 0u64;
         let mut watch = Watch::new(WatchConfig::for_interval(interval));
         let mut probing: BTreeSet<PeerId> = BTreeSet::new();
@@ -100,10 +117,25 @@ impl Replicator {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                Some((service, done)) = push_done.recv() => {
+                Some((service, f, outcome)) = push_done.recv() => {
                     pushing.remove(&service);
-                    if let Some(f) = done {
-                        pushed.insert(service, f);
+                    let tries = match partial.get(&service) {
+                        Some((g, n)) if *g == f => n + 1,
+                        _ => 1,
+                    };
+                    match outcome {
+                        Pushed::All => {
+                            partial.remove(&service);
+                            pushed.insert(service, f);
+                        }
+                        Pushed::Some if tries >= PARTIAL_PUSHES => {
+                            partial.remove(&service);
+                            pushed.insert(service, f);
+                        }
+                        Pushed::Some => {
+                            partial.insert(service, (f, tries));
+                        }
+                        Pushed::None => {}
                     }
                     continue;
                 }
@@ -157,8 +189,8 @@ impl Replicator {
                     pushing.insert(service.clone());
                     let (this, tx) = (this.clone(), push_tx.clone());
                     tokio::spawn(async move {
-                        let done = this.push(&service, entry, version).await.then_some(f);
-                        let _ = tx.send((service, done)).await;
+                        let outcome = this.push(&service, entry, version).await;
+                        let _ = tx.send((service, f, outcome)).await;
                     });
                 }
             }
@@ -240,11 +272,11 @@ impl Replicator {
     }
 
     /// Pushes `service`'s record to the nearest connected peers; whether any took it.
-    async fn push(&self, service: &str, entry: Entry, version: u64) -> bool {
+    async fn push(&self, service: &str, entry: Entry, version: u64) -> Pushed {
         let overlay = self.initiator.overlay();
         let me = overlay.peer_id();
         let Ok(mut peers) = overlay.peers().await else {
-            return false;
+            return Pushed::None;
         };
         peers.retain(|p| p.peer_id != me);
         peers.sort_by(|a, b| {
@@ -253,7 +285,7 @@ impl Replicator {
         });
         peers.truncate(self.copies.min(super::delegation::MAX_HOLDERS));
         if peers.is_empty() {
-            return false;
+            return Pushed::None;
         }
         let holders: Vec<PeerId> = peers.iter().map(|p| p.peer_id).collect();
         let holder_addrs: Vec<Vec<Multiaddr>> = peers
@@ -298,7 +330,7 @@ impl Replicator {
             .await
         {
             warn!(%service, "cannot record the record's holders in the ledger: {e:#}");
-            return false;
+            return Pushed::None;
         }
         let req = Request::Replica(Box::new(record));
         let asks = holders.iter().zip(&holder_addrs).map(|(&peer, a)| {
@@ -321,11 +353,15 @@ impl Replicator {
         });
         let took = futures::future::join_all(asks).await;
         if !took.iter().any(|t| *t) {
-            return false;
+            return Pushed::None;
         }
         info!(%service, epoch = entry.epoch, version, holders = ?holders.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-            "service record replicated");
-        true
+            took = took.iter().filter(|t| **t).count(), "service record replicated");
+        if took.iter().all(|t| *t) {
+            Pushed::All
+        } else {
+            Pushed::Some
+        }
     }
 
     /// Tells `holders` that `service` was stopped (once each; one that does not hear it keeps
