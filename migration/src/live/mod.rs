@@ -59,7 +59,7 @@ use crate::compress::{CompressError, Level};
 use crate::criu::CriuError;
 use crate::planner::{PlanError, RoundProgress, Stopped};
 
-pub use options::{InDoubt, SourceOptions, TargetOptions, TrackedPlan};
+pub use options::{DumpGate, InDoubt, SourceOptions, TargetOptions, TrackedPlan};
 pub use recipe::RecipeError;
 pub use source::{migrate_out, restore_at_source, Migrated, PostCopyStats};
 pub use store::{ChunkStore, StoreError};

@@ -78,6 +78,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
             None
         };
         let tracked_rounds = rounds.len() as u32;
+        if let Some(gate) = &self.opts.gate {
+            gate.before_dump().await;
+        }
         let started = Instant::now();
         let dir = self.round_dir(1);
         let mut opts = DumpOptions::new(&dir, self.pid)

@@ -379,12 +379,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         let checkpointer = self.opts.checkpointer(self.pid);
         let dump_dir = dir.clone();
         let pid = self.pid;
+        if let Some(gate) = &self.opts.gate {
+            gate.before_dump().await;
+        }
         let (report, dump_attempts) = tokio::task::spawn_blocking(move || {
             dump_retrying(&*checkpointer, pid, &dump_dir, !last, &log)
         })
         .await
         .map_err(join_error)?;
         let report = report?;
+        if let (Some(gate), false) = (&self.opts.gate, last) {
+            gate.after_dump();
+        }
         self.final_dumped = last;
         let dump = started.elapsed();
         let frozen = report.stats.map(|s| s.frozen);

@@ -2,6 +2,7 @@
 //! task's host-network container, and the target restores it as a runc container Docker does
 //! not know, which its engine adopts ([`brume_engine::runc_task`], docs/criu.md).
 
+use super::held::HeldCallers;
 use super::*;
 
 /// What the source checkpoints: Docker's own container, or a runc container that an earlier
@@ -210,12 +211,8 @@ impl Mover {
             },
         };
         let endpoint = instance.clone();
-        let hold = self.deployer.routes.hold(&endpoint);
-        let held = Instant::now();
-        let open = quiet(pid, QUIET_WAIT).await;
-        if open > 0 {
-            warn!(%what, open, "the task still holds TCP connections; the checkpoint may fail");
-        }
+        // Callers wait only while runc checkpoints the container (see `held`).
+        let callers = HeldCallers::new(self.deployer.routes.clone(), endpoint.clone(), pid);
         let fail = |why: String| {
             let t = fallback.clone();
             let (d, name, restart) = (d.clone(), name.clone(), restart.clone());
@@ -275,6 +272,7 @@ impl Mover {
         checkpointer.root = root;
         checkpointer.fallback = Some(fallback.restore.clone());
         opts.checkpointer = Some(Arc::new(checkpointer));
+        opts.gate = Some(Arc::new(callers.clone()));
         let work_dir = opts.work_dir.clone();
         let kept = opts.clone();
         let rounds = phases.clone();
@@ -298,7 +296,7 @@ impl Mover {
             Err(LiveError::RestoredAtSource { cause, pid, .. }) => {
                 let _ = std::fs::remove_dir_all(&work_dir);
                 let adopted = local.take_back(pid).await;
-                drop(hold);
+                callers.release();
                 return Reply::Refused {
                     reason: match adopted {
                         Ok(()) => format!(
@@ -329,11 +327,12 @@ impl Mover {
                 local.losing().await;
                 self.deployer.stop_instance(instance).await;
                 return self
-                    .lost(&endpoint, hold, format!("{what} is lost: {e}"))
+                    .lost(&endpoint, callers.take().0, format!("{what} is lost: {e}"))
                     .await;
             }
         };
         // The task is frozen for good here: the finish machine says who runs it.
+        let (hold, held) = callers.take();
         let frozen = Frozen {
             id: instance,
             hold,

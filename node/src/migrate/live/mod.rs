@@ -70,7 +70,7 @@ use brume_migration::live::scratch_dir;
 use brume_migration::live::{
     migrate_in, migrate_out, LiveError, Migrated, RoundStats, SourceOptions, TargetOptions,
 };
-use brume_migration::preflight::{self, quiet};
+use brume_migration::preflight;
 use brume_overlay::{PeerId, Stream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -179,6 +179,7 @@ mod docker;
 pub mod fault;
 mod finish;
 pub(crate) mod guard;
+mod held;
 mod process;
 
 use crate::migrate::machine::{Finish, FinishAction, FinishEnd, FinishInput};

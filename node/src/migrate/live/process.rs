@@ -2,6 +2,7 @@
 //! checkpointable: [`brume_engine::criu_task`]) and restores it on the target, whose engine
 //! adopts the restored pid.
 
+use super::held::HeldCallers;
 use super::*;
 use crate::migrate::predictor::probe;
 use brume_migration::predictor::{procfs, Features};
@@ -92,16 +93,11 @@ impl Mover {
         };
 
         let endpoint = id.clone();
-        let hold = self.deployer.routes.hold(&endpoint);
-        let held = Instant::now();
         let pid = match p.checkpoint_pid(&name) {
             Ok(pid) => pid,
             Err(e) => return untouched(e.to_string()),
         };
-        let open = quiet(pid, QUIET_WAIT).await;
-        if open > 0 {
-            warn!(%what, open, "the task still holds TCP connections; the dump may fail");
-        }
+        let held = HeldCallers::new(self.deployer.routes.clone(), endpoint.clone(), pid);
         let stdout_key = criu_task::stdout_key(pid);
         let Some(stream) = within(
             deadline,
@@ -169,6 +165,8 @@ impl Mover {
                 fd: local_in.as_raw_fd(),
             }];
         }
+        // Callers wait only while CRIU checkpoints the task (see `held`).
+        opts.gate = Some(Arc::new(held.clone()));
         // The planner starts from what the last move taught it; every full dump of this move is
         // a sample for the node's dump models (post-copy's tracked rounds are not full dumps).
         opts.predictor = self.dump_models.planner();
@@ -244,7 +242,7 @@ impl Mover {
                 let _ = std::fs::remove_dir_all(&work_dir);
                 let adopted = p.adopt(&launch, pid, Some(local_out)).await;
                 drop(local_in);
-                drop(hold);
+                held.release();
                 return back_here(adopted, &dest.name, &cause.to_string(), &what, pid);
             }
             Err(LiveError::InDoubt {
@@ -260,7 +258,7 @@ impl Mover {
                 let _ = std::fs::remove_dir_all(&work_dir);
                 self.deployer.stop_instance(id).await;
                 return self
-                    .lost(&endpoint, hold, format!("{what} is lost: {e}"))
+                    .lost(&endpoint, held.take().0, format!("{what} is lost: {e}"))
                     .await;
             }
         };
@@ -270,6 +268,7 @@ impl Mover {
             launch,
             output: Some(local_out),
         };
+        let (hold, held) = held.take();
         let frozen = Frozen {
             id,
             hold,
