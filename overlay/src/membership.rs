@@ -853,6 +853,19 @@ mod tests {
             .collect()
     }
 
+    /// The peers `out` drops as surplus.
+    fn surplus_drops(out: &[Action<String>]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Disconnect {
+                    node,
+                    reason: DropReason::Surplus,
+                } => Some(node.0),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn ms(v: u64) -> Time {
         Time(v * 1000)
     }
@@ -953,17 +966,7 @@ mod tests {
         m.set_rtt(NodeId(5), 500.0);
         // Peer 7 is slightly misbehaved: lowest score, dropped first.
         m.on_misbehaviour(ms(0), NodeId(7), Misbehaviour::Unresponsive);
-        let out = m.handle_timeout(ms(1_000));
-        let dropped: Vec<u64> = out
-            .iter()
-            .filter_map(|a| match a {
-                Action::Disconnect {
-                    node,
-                    reason: DropReason::Surplus,
-                } => Some(node.0),
-                _ => None,
-            })
-            .collect();
+        let dropped = surplus_drops(&m.handle_timeout(ms(1_000)));
         assert_eq!(dropped.len(), 3);
         assert_eq!(dropped[0], 7);
         assert_eq!(dropped[1], 5);
@@ -983,18 +986,7 @@ mod tests {
             m.on_connected(ms(0), NodeId(i), Some(addr(i)));
             m.set_rtt(NodeId(i), 5.0);
         }
-        let surplus = |out: &[Action<String>]| -> Vec<u64> {
-            out.iter()
-                .filter_map(|a| match a {
-                    Action::Disconnect {
-                        node,
-                        reason: DropReason::Surplus,
-                    } => Some(node.0),
-                    _ => None,
-                })
-                .collect()
-        };
-        let dropped = surplus(&m.handle_timeout(ms(1_000)));
+        let dropped = surplus_drops(&m.handle_timeout(ms(1_000)));
         assert_eq!(dropped.len(), 1);
         assert_eq!(m.degree(), max);
         // The swarm closes the dropped peer's connection, but a second one from it, still in its
@@ -1003,7 +995,7 @@ mod tests {
         assert_eq!(m.degree(), max + 1, "the peer is connected again");
         assert!(m.is_connected(NodeId(dropped[0])));
         // The next maintenance drops a surplus peer again.
-        assert_eq!(surplus(&m.handle_timeout(ms(2_000))).len(), 1);
+        assert_eq!(surplus_drops(&m.handle_timeout(ms(2_000))).len(), 1);
         assert_eq!(m.degree(), max);
         // A second connection of a peer still counted changes nothing.
         let kept = m.peers()[0];
