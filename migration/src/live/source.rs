@@ -373,15 +373,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         n: u32,
         last: bool,
     ) -> Result<(RoundStats, Option<Message>), LiveError> {
+        // The gate's wait (callers held, the task's connections closing) is not the dump's:
+        // the round, its dump time and the downtime are timed from the end of it.
+        if let Some(gate) = &self.opts.gate {
+            gate.before_dump().await;
+        }
         let started = Instant::now();
         let dir = self.round_dir(n);
         let log = self.opts.work_dir.join(format!("round-{n}.dump.log"));
         let checkpointer = self.opts.checkpointer(self.pid);
         let dump_dir = dir.clone();
         let pid = self.pid;
-        if let Some(gate) = &self.opts.gate {
-            gate.before_dump().await;
-        }
         let (report, dump_attempts) = tokio::task::spawn_blocking(move || {
             dump_retrying(&*checkpointer, pid, &dump_dir, !last, &log)
         })

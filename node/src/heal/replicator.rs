@@ -167,6 +167,7 @@ impl Replicator {
                 .collect();
             for service in stopped {
                 pushed.remove(&service);
+                partial.remove(&service);
                 let holders = held_by.remove(&service).unwrap_or_default();
                 let this = this.clone();
                 tokio::spawn(async move { this.forget(&service, &holders).await });
@@ -271,7 +272,8 @@ impl Replicator {
         }
     }
 
-    /// Pushes `service`'s record to the nearest connected peers; whether any took it.
+    /// Pushes `service`'s record to the nearest connected peers; whether all, some or none
+    /// of them took it.
     async fn push(&self, service: &str, entry: Entry, version: u64) -> Pushed {
         let overlay = self.initiator.overlay();
         let me = overlay.peer_id();
