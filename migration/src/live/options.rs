@@ -62,19 +62,16 @@ pub struct SourceOptions {
     /// final round counts as missing (in doubt): a target that kills a copy the source has not
     /// released within its lease needs the source's release to come in time. `None`: any time.
     pub commit_within: Option<Duration>,
-    /// Called around every checkpoint of the task (each pre-copy round's, the final one, the
-    /// post-copy freeze), never around tracked rounds, which read memory while the task runs.
+    /// Awaited before every checkpoint of the task (each pre-copy round's, the final one, the
+    /// post-copy freeze), never before tracked rounds, which read memory while the task runs.
     /// A node holds the task's callers there: CRIU cannot dump an established TCP connection.
     pub gate: Option<Arc<dyn DumpGate>>,
 }
 
-/// What the source does around each checkpoint of the task ([`SourceOptions::gate`]).
+/// What the source waits for before each checkpoint of the task ([`SourceOptions::gate`]).
 pub trait DumpGate: Send + Sync + std::fmt::Debug {
     /// Resolves when the task may be checkpointed (its callers held, its connections closed).
     fn before_dump(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
-    /// A checkpoint the task runs on from is done (a pre-copy round's): callers may come back.
-    /// Not called after the final checkpoint: the caller of the migration ends that hold.
-    fn after_dump(&self);
 }
 
 /// What the source does when the final dump is done and the target's answer never came.

@@ -390,9 +390,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         .await
         .map_err(join_error)?;
         let report = report?;
-        if let (Some(gate), false) = (&self.opts.gate, last) {
-            gate.after_dump();
-        }
         self.final_dumped = last;
         let dump = started.elapsed();
         let frozen = report.stats.map(|s| s.frozen);

@@ -211,7 +211,7 @@ impl Mover {
             },
         };
         let endpoint = instance.clone();
-        // Callers wait only while runc checkpoints the container (see `held`).
+        // Callers are held from the first checkpoint (see `held`).
         let callers = HeldCallers::new(self.deployer.routes.clone(), endpoint.clone(), pid);
         let fail = |why: String| {
             let t = fallback.clone();

@@ -1,14 +1,17 @@
-//! The callers of a task that moves live, held while CRIU checkpoints it.
+//! The callers of a task that moves live, held from its first checkpoint to the switch.
 //!
 //! CRIU cannot dump a task with an established TCP connection, and no call may reach the old
-//! instance after its final capture. So around each checkpoint of a move (brume_migration's
+//! instance after its final capture. So before the first checkpoint of a move (brume_migration's
 //! [`DumpGate`]) this node cuts the connections it carries to the task, makes new calls wait
-//! ([`brume_tunnel::Routes::hold`]) and gives the task's own connections a moment to close;
-//! after a pre-copy round's checkpoint the task runs on, and so do its calls, until the next.
-//! The final checkpoint's hold lasts until the switch to the new host. Callers used to be held
-//! from the start of a move through every round: a client of a moved redis paused 3-4 times
-//! the downtime.
-
+//! ([`brume_tunnel::Routes::hold`]) and gives the task's own connections a moment to close; the
+//! hold lasts until the switch to the new host. Callers used to be held from the start of a
+//! move, through the target's preparation (for Docker, a second or more); tracked rounds read
+//! memory while the task runs, so there the hold starts at the freeze.
+//!
+//! Letting callers through between pre-copy rounds was tried (a client of a moved redis paused
+//! 0.47x as long on processes, 0.28x on Docker), but every hold cuts the calls in flight, and a
+//! caller that retries once (the relay example) then saw its retry cut by the next round's hold:
+//! a failed call in one move of five. It waits for a cut that spares a call in flight.
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -17,12 +20,12 @@ use std::time::Instant;
 use brume_migration::live::DumpGate;
 use brume_migration::preflight::quiet;
 use brume_tunnel::{Hold, InstanceId, Routes};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::QUIET_WAIT;
 
-/// The hold on one moving task's callers: taken before each checkpoint, let go after each one
-/// the task runs on from, handed over to the move's finish after the last.
+/// The hold on one moving task's callers: taken before the first checkpoint, handed over to
+/// the move's finish after the last.
 #[derive(Clone)]
 pub(super) struct HeldCallers {
     inner: Arc<Inner>,
@@ -60,7 +63,7 @@ impl HeldCallers {
         self.inner.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Holds the callers (unless held already) and waits, at most [`QUIET_WAIT`], for the
+    /// Holds the callers (unless held already: later checkpoints find them held) and waits, at most [`QUIET_WAIT`], for the
     /// task's TCP connections to close.
     pub(super) async fn hold(&self) {
         let i = &self.inner;
@@ -77,13 +80,9 @@ impl HeldCallers {
         }
     }
 
-    /// Lets the callers through again, if they were held.
+    /// Lets the callers through again, if they were held (the task runs on here).
     pub(super) fn release(&self) {
-        let taken = self.slot().take();
-        if let Some((_, since)) = &taken {
-            debug!(instance = %self.inner.endpoint, held_ms = since.elapsed().as_millis() as u64, "callers let through between checkpoints");
-        }
-        drop(taken);
+        drop(self.slot().take());
     }
 
     /// The hold and when it began; taken now if no checkpoint took it (the task is frozen or
@@ -98,9 +97,5 @@ impl HeldCallers {
 impl DumpGate for HeldCallers {
     fn before_dump(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(self.hold())
-    }
-
-    fn after_dump(&self) {
-        self.release();
     }
 }

@@ -165,7 +165,7 @@ impl Mover {
                 fd: local_in.as_raw_fd(),
             }];
         }
-        // Callers wait only while CRIU checkpoints the task (see `held`).
+        // Callers are held from the first checkpoint (see `held`).
         opts.gate = Some(Arc::new(held.clone()));
         // The planner starts from what the last move taught it; every full dump of this move is
         // a sample for the node's dump models (post-copy's tracked rounds are not full dumps).
