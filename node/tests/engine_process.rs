@@ -463,7 +463,19 @@ async fn orphan_helper_node() {
     let mut s = spec("orphan", "o", &image, free_port());
     s.restart = RestartPolicy::OnFailure { max_restarts: 5 };
     engine.start(&s).await.unwrap();
-    let pid = engine.state("orphan").await.unwrap().pid.unwrap();
+    // `start` returns once the task's supervisor runs; the supervisor spawns the process a
+    // moment later (on a loaded machine, after this first look: CI-like run 19 read no pid).
+    let deadline = Instant::now() + LIVENESS;
+    let pid = loop {
+        if let Some(pid) = engine.state("orphan").await.unwrap().pid {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task got no pid within {LIVENESS:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     std::fs::write(dir.join("pid.tmp"), pid.to_string()).unwrap();
     std::fs::rename(dir.join("pid.tmp"), dir.join("pid")).unwrap();
     // Killed by the test long before this ends; the bound only keeps a lost helper from
