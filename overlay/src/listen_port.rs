@@ -6,9 +6,9 @@
 //! connections between the two by a hash of the connecting address. For brume that is silent
 //! breakage: two `brume node`s started with the same `--listen` port both "work", and a peer
 //! dialling one of them always reaches the same one of the two (its source port is fixed, so is
-//! the hash), which fails the peer-id check on every dial, for good. This was seen in the suite:
-//! a node of a test on a restarted port got none of the calls meant for it while another test's
-//! node shared the port.
+//! the hash), which fails the peer-id check on every dial, for good. Reproduced in the loopback
+//! suite by starting a second node on the port a test's node came back to: the test's other node
+//! never reached it again.
 //!
 //! So before libp2p binds, each fixed port is probed with a plain listener (`SO_REUSEADDR`, which
 //! lets it bind over connections lingering in `TIME_WAIT`, but no `SO_REUSEPORT`, which makes

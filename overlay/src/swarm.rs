@@ -802,7 +802,7 @@ impl Driver {
                             .send_request(&peer_id, record);
                     }
                 } else {
-                    self.connected.insert(id);
+                    // `self.connected` holds `id` since its first connection.
                     let actions = self.membership.on_another_connection(now, id, addr);
                     self.apply(actions);
                 }

@@ -609,9 +609,10 @@ fn restartable_ports() -> Vec<u16> {
             Some((it.next()??, it.next()??))
         })
         .unwrap_or((32768, 60999));
-    let above: Vec<u16> = (hi.saturating_add(1)..=65_535u16)
-        .filter(|p| *p > hi)
-        .collect();
+    let above: Vec<u16> = match hi.checked_add(1) {
+        Some(first) => (first..=u16::MAX).collect(),
+        None => Vec::new(),
+    };
     let ports: Vec<u16> = if above.len() >= 200 {
         above
     } else {

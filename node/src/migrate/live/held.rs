@@ -12,6 +12,7 @@
 //! 0.47x as long on processes, 0.28x on Docker), but every hold cuts the calls in flight, and a
 //! caller that retries once (the relay example) then saw its retry cut by the next round's hold:
 //! a failed call in one move of five. It waits for a cut that spares a call in flight.
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

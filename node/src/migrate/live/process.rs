@@ -97,7 +97,7 @@ impl Mover {
             Ok(pid) => pid,
             Err(e) => return untouched(e.to_string()),
         };
-        let held = HeldCallers::new(self.deployer.routes.clone(), endpoint.clone(), pid);
+        let callers = HeldCallers::new(self.deployer.routes.clone(), endpoint.clone(), pid);
         let stdout_key = criu_task::stdout_key(pid);
         let Some(stream) = within(
             deadline,
@@ -166,7 +166,7 @@ impl Mover {
             }];
         }
         // Callers are held from the first checkpoint (see `held`).
-        opts.gate = Some(Arc::new(held.clone()));
+        opts.gate = Some(Arc::new(callers.clone()));
         // The planner starts from what the last move taught it; every full dump of this move is
         // a sample for the node's dump models (post-copy's tracked rounds are not full dumps).
         opts.predictor = self.dump_models.planner();
@@ -242,7 +242,7 @@ impl Mover {
                 let _ = std::fs::remove_dir_all(&work_dir);
                 let adopted = p.adopt(&launch, pid, Some(local_out)).await;
                 drop(local_in);
-                held.release();
+                callers.release();
                 return back_here(adopted, &dest.name, &cause.to_string(), &what, pid);
             }
             Err(LiveError::InDoubt {
@@ -258,7 +258,7 @@ impl Mover {
                 let _ = std::fs::remove_dir_all(&work_dir);
                 self.deployer.stop_instance(id).await;
                 return self
-                    .lost(&endpoint, held.take().0, format!("{what} is lost: {e}"))
+                    .lost(&endpoint, callers.take().0, format!("{what} is lost: {e}"))
                     .await;
             }
         };
@@ -268,7 +268,7 @@ impl Mover {
             launch,
             output: Some(local_out),
         };
-        let (hold, held) = held.take();
+        let (hold, held) = callers.take();
         let frozen = Frozen {
             id,
             hold,
