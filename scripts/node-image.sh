@@ -42,6 +42,11 @@ fi
 
 out="$root/target/node-image"
 rootfs="$out/rootfs"
+# One build at a time: two tests (or a test and a bench) that make the image at once would
+# otherwise assemble the same rootfs.tmp together.
+mkdir -p "$out"
+exec 9>"$out/.lock"
+flock 9
 rm -rf "$rootfs.tmp"
 mkdir -p "$rootfs.tmp"/{bin,usr/local/bin,usr/local/sbin,usr/bin,tmp,run,var/lib/brume,etc}
 chmod 1777 "$rootfs.tmp/tmp"

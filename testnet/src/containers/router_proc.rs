@@ -25,10 +25,27 @@ use crate::router::{Router, RouterConfig};
 use crate::testbed::IFNAME;
 use crate::tun::Tun;
 
+/// The `brume-testnet` program that serves `router`: this one, or the one installed beside it
+/// (a bench that starts a testnet through this library runs as another program).
+fn router_program() -> anyhow::Result<std::path::PathBuf> {
+    let me = std::env::current_exe().context("cannot find this program's path")?;
+    if me.file_stem().is_some_and(|s| s == "brume-testnet") {
+        return Ok(me);
+    }
+    let beside = me.with_file_name("brume-testnet");
+    anyhow::ensure!(
+        beside.is_file(),
+        "no brume-testnet program beside {} to run the testnet's router (build it: cargo \
+         build --release -p brume-testnet)",
+        me.display()
+    );
+    Ok(beside)
+}
+
 /// Starts the router process for testnet `state` (detached: its own session, output to
 /// `router.log` in the state directory) and waits until it answers (all devices up).
 pub fn spawn(state: &NetState) -> anyhow::Result<u32> {
-    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let exe = router_program()?;
     let log = std::fs::File::create(state.dir().join("router.log")).context("create router.log")?;
     let mut cmd = Command::new(exe);
     cmd.args(["router", "--name", &state.name])

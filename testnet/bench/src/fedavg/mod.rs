@@ -30,6 +30,7 @@
 //! * the picture (`--svg`): accuracy per round, federated and centralised, the move and the
 //!   kill marked.
 
+pub mod nodes;
 pub mod run;
 pub mod timeline;
 
@@ -80,6 +81,51 @@ pub struct FedavgArgs {
     /// binaries scripts/build-static.sh copies there).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/fedavg/service.toml"))]
     pub manifest: PathBuf,
+    /// Run on a `brume testnet` of node containers instead of loopback daemons: each node a
+    /// device with its own network namespace, every pair's RTT a real kernel-path delay, tasks
+    /// on the process engine inside the nodes (needs Docker; the node image is built or found
+    /// by scripts/node-image.sh around the `brume` beside this program). The testnet is taken
+    /// down at the end.
+    #[arg(long, conflicts_with = "engine")]
+    pub testnet: bool,
+    /// The testnet's RTTs: a range each pair draws from (seeded by --seed), or one value.
+    #[arg(long, default_value = "5ms..40ms", requires = "testnet")]
+    pub latency: String,
+    /// Seed of the testnet's RTTs.
+    #[arg(long, default_value_t = 1, requires = "testnet")]
+    pub seed: u64,
+    /// The testnet's name (default `fedavg-<pid>`; the baseline run's adds `-b`).
+    #[arg(long, requires = "testnet")]
+    pub testnet_name: Option<String>,
+    /// A label for the testnet's containers (`key=value`, repeatable).
+    #[arg(long, requires = "testnet")]
+    pub label: Vec<String>,
+}
+
+/// The node image scripts/node-image.sh builds (or finds, by its content hash) around `brume`.
+fn node_image(brume: &std::path::Path) -> anyhow::Result<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/node-image.sh");
+    println!(
+        "node image: bash scripts/node-image.sh around {}",
+        brume.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .env("BRUME_NODE_BIN", brume)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {script}: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "scripts/node-image.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .last()
+        .map(|l| l.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("scripts/node-image.sh printed no image tag"))
 }
 
 fn f(v: Option<f64>, digits: usize) -> String {
@@ -155,6 +201,24 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
             "--kill-after: a round after --move-after and before --rounds"
         );
     }
+    let testnet = if a.testnet {
+        let (min_ms, max_ms) = brume_testnet::containers::state::parse_latency(&a.latency)?;
+        Some(run::TestnetPlan {
+            name: a
+                .testnet_name
+                .clone()
+                .unwrap_or_else(|| format!("fedavg-{}", std::process::id())),
+            image: node_image(&exe)?,
+            rtt: brume_testnet::containers::state::RttSource::Range {
+                min_ms,
+                max_ms,
+                seed: a.seed,
+            },
+            labels: a.label.clone(),
+        })
+    } else {
+        None
+    };
     let plan = Plan {
         nodes: a.nodes,
         rounds: a.rounds,
@@ -162,13 +226,23 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
         kill_after,
         manifest: a.manifest.clone(),
         max_downtime: a.max_downtime.clone(),
-        engine: a.engine.clone(),
+        engine: if a.testnet {
+            "process".into()
+        } else {
+            a.engine.clone()
+        },
+        testnet: testnet.clone(),
     };
     println!(
-        "fedavg: {} local `brume node` daemons ({} engine), {} deployed from node 0 with \
-         ROUNDS={}; {}{}",
-        a.nodes,
-        a.engine,
+        "fedavg: {} ({} engine), {} deployed from node 0 with ROUNDS={}; {}{}",
+        match &testnet {
+            Some(t) => format!(
+                "{} node containers of testnet `{}` (RTTs {}, seed {})",
+                a.nodes, t.name, a.latency, a.seed
+            ),
+            None => format!("{} local `brume node` daemons", a.nodes),
+        },
+        plan.engine,
         a.manifest.display(),
         a.rounds,
         if moving {
@@ -191,6 +265,10 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
             &Plan {
                 move_after: None,
                 kill_after: None,
+                testnet: plan.testnet.as_ref().map(|t| run::TestnetPlan {
+                    name: format!("{}-b", t.name),
+                    ..t.clone()
+                }),
                 ..plan.clone()
             },
         )?;
@@ -362,9 +440,14 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
         f(acc.zip(central).map(|(a, c)| (a - c) * 100.0), 2)
     );
     println!(
-        "up: {} s from the first daemon's start to the first round (daemons connected and \
+        "up: {} s from the start of the first node ({}) to the first round (nodes connected and \
          mapped at {:.2} s, `brume deploy` returned at {:.2} s, all instances running at {:.2} s)",
         f(up_s, 2),
+        if a.testnet {
+            "`testnet up`"
+        } else {
+            "its daemon"
+        },
         o.nodes_up_s,
         o.deployed_s,
         o.running_s

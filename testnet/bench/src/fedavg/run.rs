@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use brume_testnet::localnet::LocalNet;
-
+use super::nodes::Nodes;
+pub use super::nodes::TestnetPlan;
 use super::timeline::Log;
 use crate::chaos::strip_ansi;
+use anyhow::Context;
 
 /// The service's name in the manifest.
 pub const SERVICE: &str = "fedavg";
@@ -41,6 +41,9 @@ pub struct Plan {
     pub max_downtime: Option<String>,
     /// The nodes' engine: `process` or `docker`.
     pub engine: String,
+    /// Run on the node containers of a `brume testnet` (process engine inside), not on
+    /// loopback daemons.
+    pub testnet: Option<TestnetPlan>,
 }
 
 /// The live move, as measured.
@@ -102,7 +105,7 @@ pub struct Outcome {
 }
 
 /// (task, replica, host, state) of every instance of the service node 0's `ps` shows.
-fn ps(net: &LocalNet) -> Vec<(String, u64, String, String)> {
+fn ps(net: &Nodes) -> Vec<(String, u64, String, String)> {
     let Ok(out) = net.brume(0, &["ps", "--json"]) else {
         return Vec::new();
     };
@@ -121,7 +124,7 @@ fn ps(net: &LocalNet) -> Vec<(String, u64, String, String)> {
         .collect()
 }
 
-fn node_id(net: &LocalNet, i: usize) -> anyhow::Result<String> {
+fn node_id(net: &Nodes, i: usize) -> anyhow::Result<String> {
     let out = net.brume(i, &["status", "--json"])?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let id = v["node_id"].as_u64().context("no node_id in status")?;
@@ -129,7 +132,7 @@ fn node_id(net: &LocalNet, i: usize) -> anyhow::Result<String> {
 }
 
 /// The last eight characters of node `i`'s peer id, which end the names of its tasks.
-fn peer_tag(net: &LocalNet, i: usize) -> anyhow::Result<String> {
+fn peer_tag(net: &Nodes, i: usize) -> anyhow::Result<String> {
     let out = net.brume(i, &["status", "--json"])?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let peer = v["peer_id"].as_str().context("no peer_id in status")?;
@@ -171,15 +174,21 @@ fn remove_containers(tags: &[String]) {
     }
 }
 
-/// The aggregator's address (on this machine's loopback) as node 0's `ps` shows it.
-fn aggregator_address(net: &LocalNet) -> Option<String> {
+/// The aggregator's address and host as node 0's `ps` shows them (the address is reachable
+/// from the host node: this machine's loopback, or the testnet node's namespace).
+fn aggregator_address(net: &Nodes) -> Option<(String, String)> {
     let out = net.brume(0, &["ps", "--json"]).ok()?;
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
     rows.into_iter()
         .find(|r| {
             r["service"].as_str() == Some(SERVICE) && r["task"].as_str() == Some("aggregator")
         })
-        .and_then(|r| r["address"].as_str().map(str::to_string))
+        .and_then(|r| {
+            Some((
+                r["address"].as_str()?.to_string(),
+                r["host"].as_str()?.to_string(),
+            ))
+        })
 }
 
 /// The aggregator's state line (`CHECKPOINT` on its port), parsed.
@@ -295,15 +304,12 @@ impl Drop for Follower {
 pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
     let t0 = Instant::now();
     // Room for the aggregator beside a trainer (after the move) on every node, not two trainers.
-    let args = [
-        "--engine",
-        plan.engine.as_str(),
-        "--cpu-millis",
-        "2000",
-        "--memory-mb",
-        "2048",
-    ];
-    let mut net = LocalNet::start_logged(exe, plan.nodes, &args)?;
+    let mut args = vec!["--cpu-millis", "2000", "--memory-mb", "2048"];
+    // A testnet's nodes run the process engine already (its node containers hold no Docker).
+    if plan.testnet.is_none() {
+        args.extend(["--engine", plan.engine.as_str()]);
+    }
+    let mut net = Nodes::start(exe, plan.nodes, &args, plan.testnet.as_ref())?;
     let nodes_up_s = t0.elapsed().as_secs_f64();
     let ids: Vec<String> = (0..plan.nodes)
         .map(|i| node_id(&net, i))
@@ -313,10 +319,10 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
         .map(|i| peer_tag(&net, i))
         .collect::<anyhow::Result<_>>()?;
     let _containers = (plan.engine == "docker").then(|| Containers(tags));
-    let dir = net.dir().join("svc");
+    let dir = net.service_dir();
     std::fs::create_dir_all(&dir)?;
     let m = manifest(&dir, &plan.manifest, plan.rounds)?;
-    let out = net.brume(0, &["deploy", &m.to_string_lossy(), "--json"])?;
+    let out = net.deploy(&m)?;
     anyhow::ensure!(
         out.status.success(),
         "deploy failed: {}",
@@ -454,8 +460,8 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
     // The first round seen after the trainer ran again with every trainer answering; node 0's
     // log line of the re-placement (read now: it may be written after `ps` shows the trainer).
     if let Some(k) = kill.as_mut() {
-        k.detect_ms = std::fs::read_to_string(net.log(0))
-            .unwrap_or_default()
+        k.detect_ms = net
+            .log_text(0)
             .lines()
             .map(strip_ansi)
             .filter(|l| l.contains("placed again") && l.contains(&k.host))
@@ -469,7 +475,10 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
         }
     }
     let history = aggregator_address(&net)
-        .and_then(|a| checkpoint(&a).ok())
+        .and_then(|(address, host)| {
+            let i = ids.iter().position(|id| *id == host)?;
+            net.near(i, move || checkpoint(&address).ok()).ok()?
+        })
         .map(|s| s.history);
     let _ = net.brume(0, &["stop", SERVICE]);
     Ok(Outcome {
