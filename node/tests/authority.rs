@@ -172,6 +172,7 @@ fn a_member_that_does_not_own_a_service_is_refused_and_its_owner_is_obeyed() {
             instance: id.clone(),
             epoch: 1,
             back_to: Some(stranger.peer_id()),
+            delegation: None,
         };
         refused_deploy(&host_says(&stranger, host, remove).await, "may not remove");
         let logs = deploy::Request::Logs {
@@ -234,6 +235,23 @@ fn a_member_that_does_not_own_a_service_is_refused_and_its_owner_is_obeyed() {
         };
         refused_move(
             &mover_says(&stranger, host, reroute_delegated).await,
+            "not by the service's owner",
+        );
+        // Nor does it let the stranger retire the instance as a holder would.
+        let remove_delegated = deploy::Request::Remove {
+            instance: id.clone(),
+            epoch: 1,
+            back_to: None,
+            delegation: Some(Box::new(brume::heal::delegation::Delegation::sign(
+                stranger.keypair(),
+                &service,
+                2,
+                u64::MAX,
+                vec![stranger.peer_id()],
+            ))),
+        };
+        refused_deploy(
+            &host_says(&stranger, host, remove_delegated).await,
             "not by the service's owner",
         );
         relay_answers();

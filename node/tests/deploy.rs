@@ -360,6 +360,7 @@ fn a_host_checks_resources_epochs_and_garbage() {
                     instance: InstanceId::new(service, "relay", 0),
                     epoch,
                     back_to: None,
+                    delegation: None,
                 };
                 write_frame(&mut s, &req).await.unwrap();
                 read_frame::<_, Reply>(&mut s, 1 << 20).await.unwrap()

@@ -116,10 +116,18 @@ fn record_names_any(net: &common::ServiceNet, i: usize, hosts: &[String]) -> boo
     })
 }
 
-#[test]
-fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
+/// What [`deployed`] set up: the net, back's host and the other non-owner nodes.
+struct Deployed {
+    net: common::ServiceNet,
+    victim: usize,
+    survivors: Vec<usize>,
+}
+
+/// Four daemons, `front -> back` deployed from node 0 with back on a node of its own, the
+/// record held by every node but back's host, and back's checkpoint at 3 served with them.
+fn deployed() -> Deployed {
     let service = format!("takeover-{:08x}", rand::random::<u32>());
-    let mut net = common::ServiceNet::start_with(
+    let net = common::ServiceNet::start_with(
         Path::new(BRUME),
         4,
         "process",
@@ -185,6 +193,21 @@ fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
         },
     );
 
+    Deployed {
+        net,
+        victim,
+        survivors,
+    }
+}
+
+#[test]
+fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
+    let Deployed {
+        mut net,
+        victim,
+        survivors,
+    } = deployed();
+    let service = net.service.clone();
     let ids: Vec<String> = (0..4).map(|i| net.status(i).0).collect();
     let dead_ids = [ids[0].clone(), ids[victim].clone()];
     let killed = Instant::now();
@@ -290,6 +313,65 @@ fn a_holder_of_the_record_re_places_what_died_with_the_owner_and_a_host() {
     eprintln!(
         "takeover: the owner restarted and took the holder's placement after {:.2} s",
         back_at.elapsed().as_secs_f64()
+    );
+}
+
+/// The owner dies and back's host only freezes (SIGSTOP of its daemon: back's process runs on,
+/// as on a host cut off by a partition). A holder re-places back, so two copies run; when the
+/// host thaws, the holder asks it, with the owner's delegation, to remove its old copy, and one
+/// copy of back runs on the machine again, the holder's. Without the holder's retirement the
+/// old copy runs on for good (the owner, which would retire it, stays dead).
+#[test]
+fn a_holder_retires_the_old_copy_of_a_host_that_was_only_frozen() {
+    let Deployed {
+        net,
+        victim,
+        survivors,
+    } = deployed();
+    let service = net.service.clone();
+    let ids: Vec<String> = (0..4).map(|i| net.status(i).0).collect();
+    let host_pid = net.net.pid(victim).expect("back's host runs");
+    let mut net = net;
+    net.net.kill(0).expect("kill -9 the owner");
+    /// Thaws the frozen daemon when the test ends, also on a failure.
+    struct Thaw(u32);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) with a pid this test started and has not reaped.
+            unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+        }
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(host_pid as i32, libc::SIGSTOP) }, 0);
+    let thaw = Thaw(host_pid);
+    let back = wait_for("a holder runs back again on a survivor", || {
+        survivors
+            .iter()
+            .flat_map(|&i| runs_on(&net, i))
+            .find(|r| r.instance.task == "back")
+            .ok_or_else(|| "no survivor runs back".to_string())
+    });
+    assert_ne!(back.instance.host, ids[victim]);
+    // The frozen host's copy still runs beside the new one.
+    assert_eq!(copies(&service, "back"), 2, "the old copy and the holder's");
+    drop(thaw);
+    wait_for("the thawed host's old copy of back is retired", || {
+        let n = copies(&service, "back");
+        (n == 1)
+            .then_some(())
+            .ok_or_else(|| format!("{n} processes of back"))
+    });
+    assert!(
+        runs_on(&net, victim)
+            .iter()
+            .all(|r| r.instance.task != "back"),
+        "the thawed host still lists back"
+    );
+    let rows: Vec<PsRow> = survivors.iter().flat_map(|&i| runs_on(&net, i)).collect();
+    assert_eq!(
+        rows.iter().filter(|r| r.instance.task == "back").count(),
+        1,
+        "{rows:#?}"
     );
 }
 

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::authority::check;
+use super::authority::{check, check_delegated};
 use super::hosted::{HostedFile, ProcessFacts, Record};
 use super::instances::{Capacity, Instance, Instances};
 use super::wire::{
@@ -33,6 +33,7 @@ use super::wire::{
 };
 use crate::gc::{Collector, Goal, LiveSet, PinGuard, Report};
 use crate::heal::checkpoints::Keeper;
+use crate::heal::delegation::Delegation;
 use crate::streams::respond;
 use brume_artifact::{self as artifact, ArtifactKind, ArtifactManifest, ChunkStore, FetchOptions};
 use brume_engine::{
@@ -319,7 +320,11 @@ impl Deployer {
                 instance,
                 epoch,
                 back_to,
-            } => match self.remove_one(from, &instance, epoch, back_to).await {
+                delegation,
+            } => match self
+                .remove_one(from, &instance, epoch, back_to, delegation.as_deref())
+                .await
+            {
                 Ok(instances) => Reply::Stopped { instances },
                 Err(reason) => Reply::Refused { reason },
             },
@@ -868,6 +873,7 @@ impl Deployer {
         id: &InstanceId,
         epoch: u64,
         back_to: Option<PeerId>,
+        delegation: Option<&Delegation>,
     ) -> Result<Vec<String>, String> {
         // After any deploy in progress here: the one being undone may still be starting.
         let _one_at_a_time = self.deploying.lock().await;
@@ -875,7 +881,16 @@ impl Deployer {
         let here = self.instances.get(id).map(|(spec, _, _)| spec);
         if let Some(spec) = &here {
             let also: Vec<PeerId> = self.instances.sent_by(id).into_iter().collect();
-            check(from, me, "remove", id, spec.initiator, &also)?;
+            check_delegated(
+                from,
+                me,
+                "remove",
+                id,
+                &id.service,
+                spec.initiator,
+                &also,
+                delegation,
+            )?;
         }
         let matches = here.as_ref().is_some_and(|spec| spec.epoch == epoch);
         if matches {

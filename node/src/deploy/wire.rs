@@ -176,11 +176,15 @@ pub enum Request {
         tail: usize,
     },
     /// Stops and removes one instance of the given epoch (a move that gave up undoes its start
-    /// on the target); calls to it from here then go to `back_to` if given.
+    /// on the target; an initiator retires a copy it placed again elsewhere); calls to it from
+    /// here then go to `back_to` if given. A holder of the service's record that re-placed the
+    /// instance for a dead owner shows the owner's `delegation` naming it.
     Remove {
         instance: InstanceId,
         epoch: u64,
         back_to: Option<PeerId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delegation: Option<Box<crate::heal::delegation::Delegation>>,
     },
     /// The latest state of an instance that asks for periodic checkpoints, sent by its host
     /// to the service's owner, which keeps it for a re-placement ([`crate::heal::checkpoints`]).

@@ -25,6 +25,7 @@ use brume_plan::manifest::Manifest;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::delegation::Delegation;
 use super::owner_return::learn_from_holders;
 use super::replace::{plan, Candidate, Demands};
 use super::retire::{Answer, Stale};
@@ -208,40 +209,52 @@ impl Healer {
             }
             let (initiator, done) = (self.initiator.clone(), done.clone());
             tokio::spawn(async move {
-                let mut answers = Vec::new();
-                for s in copies {
-                    let remove = Request::Remove {
-                        instance: s.instance.clone(),
-                        epoch: s.epoch,
-                        back_to: None,
-                    };
-                    let asked = initiator.ask_host(s.peer, &s.addrs, &remove);
-                    let answer = match tokio::time::timeout(REMOVE_TIMEOUT, asked).await {
-                        Ok(Ok(Reply::Stopped { instances })) => {
-                            if !instances.is_empty() {
-                                warn!(host = %s.host, service = %s.instance.service,
-                                    task = %s.instance.task, replica = s.instance.replica,
-                                    generation = %s.generation, ?instances,
-                                    "a host declared dead is heard again: its old copy is retired");
-                            }
-                            Answer::Done
-                        }
-                        Ok(Ok(Reply::Refused { reason })) => {
-                            warn!(host = %s.host, "the old host refused to retire its copy: {reason}");
-                            Answer::Refused
-                        }
-                        _ => Answer::Silent,
-                    };
-                    let silent = answer == Answer::Silent;
-                    answers.push((s, answer));
-                    if silent {
-                        break;
-                    }
-                }
+                let copies = copies.into_iter().map(|s| (s, None)).collect();
+                let answers = retire_copies(&initiator, copies).await;
                 let _ = done.send((peer, answers)).await;
             });
         }
     }
+}
+
+/// Asks the old host of `copies` (one host) to remove each, in turn, until one goes
+/// unanswered; each with the delegation given beside it (a holder acting for a dead owner).
+pub(crate) async fn retire_copies(
+    initiator: &Initiator,
+    copies: Vec<(Stale, Option<Box<Delegation>>)>,
+) -> Vec<(Stale, Answer)> {
+    let mut answers = Vec::new();
+    for (s, delegation) in copies {
+        let remove = Request::Remove {
+            instance: s.instance.clone(),
+            epoch: s.epoch,
+            back_to: None,
+            delegation,
+        };
+        let asked = initiator.ask_host(s.peer, &s.addrs, &remove);
+        let answer = match tokio::time::timeout(REMOVE_TIMEOUT, asked).await {
+            Ok(Ok(Reply::Stopped { instances })) => {
+                if !instances.is_empty() {
+                    warn!(host = %s.host, service = %s.instance.service,
+                        task = %s.instance.task, replica = s.instance.replica,
+                        generation = %s.generation, ?instances,
+                        "a host declared dead is heard again: its old copy is retired");
+                }
+                Answer::Done
+            }
+            Ok(Ok(Reply::Refused { reason })) => {
+                warn!(host = %s.host, "the old host refused to retire its copy: {reason}");
+                Answer::Refused
+            }
+            _ => Answer::Silent,
+        };
+        let silent = answer == Answer::Silent;
+        answers.push((s, answer));
+        if silent {
+            break;
+        }
+    }
+    answers
 }
 
 /// The hosts the ledger names (but this node), with their addresses.

@@ -13,6 +13,7 @@ use tracing::info;
 
 use super::checkpoints::{offer, Checkpoint, CheckpointStore};
 use super::record_replicas::{Offered, RecordBook, ServiceRecord};
+use super::retire_book::{RetireBook, HELD_FILE};
 use crate::deploy::wire::Generation;
 use crate::deploy::wire::Reply;
 use crate::gc::{Collector, PinGuard};
@@ -22,6 +23,9 @@ use brume_tunnel::InstanceId;
 /// checkpoints of their instances (`<data_dir>/held-checkpoints/<owner>/`).
 pub struct Holder {
     book: RecordBook,
+    /// The copies this holder left on the old hosts of instances it re-placed for a dead
+    /// owner, until each old host confirms it stopped them (`<data_dir>/held-retiring.json`).
+    retiring: RetireBook,
     checkpoints: std::path::PathBuf,
     overlay: OverlayHandle,
     store: ChunkStore,
@@ -40,6 +44,7 @@ impl Holder {
     ) -> Holder {
         let holder = Holder {
             book: RecordBook::open(data_dir),
+            retiring: RetireBook::open_file(data_dir, HELD_FILE),
             checkpoints: data_dir.join("held-checkpoints"),
             overlay,
             store,
@@ -54,6 +59,11 @@ impl Holder {
 
     pub fn book(&self) -> &RecordBook {
         &self.book
+    }
+
+    /// The copies to retire on hosts that may come back (see [`Holder::retiring`]'s field).
+    pub fn retiring(&self) -> &RetireBook {
+        &self.retiring
     }
 
     fn pin(&self, r: &ServiceRecord) {

@@ -84,7 +84,7 @@ pub async fn learn_from_holders(
             }
             if old.peer == me {
                 // This node's restart started its old copy again: the holder's copy wins.
-                let _ = deployer.remove_one(me, &id, entry.epoch, None).await;
+                let _ = deployer.remove_one(me, &id, entry.epoch, None, None).await;
             } else {
                 stale.record(Stale {
                     instance: id,

@@ -30,10 +30,11 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::delegation::Delegation;
-use super::healer::{candidates, REPLACE_BUDGET};
+use super::healer::{candidates, retire_copies, REPLACE_BUDGET};
 use super::holder::Holder;
 use super::record_replicas::ServiceRecord;
 use super::replace::{plan, Demands};
+use super::retire::Stale;
 use super::takeover::my_turn;
 use super::watch::{Watch, WatchConfig};
 use crate::deploy::client::ask;
@@ -114,6 +115,8 @@ impl Replicator {
         let mut declared: BTreeMap<PeerId, Instant> = BTreeMap::new();
         let mut job: Option<tokio::task::JoinHandle<()>> = None;
         let avoided: Arc<Mutex<BTreeMap<PeerId, Instant>>> = Arc::default();
+        // Old hosts asked to retire a copy right now (one request at a time per host).
+        let retiring: Arc<Mutex<BTreeSet<PeerId>>> = Arc::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -197,6 +200,7 @@ impl Replicator {
             }
             // Holder: watch the owners, hosts and holders of the records kept here.
             let records = this.holder.book().all();
+            this.retire(&records, &retiring);
             let mut addrs: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
             for r in &records {
                 addrs
@@ -491,12 +495,71 @@ impl Replicator {
                 .mover
                 .tell_moved(&spec, to.peer, &to.host, &to.addrs, Some(&r.delegation))
                 .await;
+            // The old host may only have been frozen or cut off: its copy must not run on
+            // beside this one. It is asked (with the owner's delegation) until it answers.
+            self.holder.retiring().record(Stale {
+                instance: spec.id.clone(),
+                epoch: spec.epoch,
+                generation: from.generation,
+                peer: from.peer,
+                host: from.host.clone(),
+                addrs: from.addrs.clone(),
+            });
             if let Some(updated) = updated {
                 self.forward(&updated).await;
             }
             warn!(service = %r.service, task = %from.task, replica = from.replica, from = %from.host,
                 to = %to.host, generation = %to.generation, owner = %r.owner, told,
                 "instance placed again by a holder of its record: its owner and its host are dead");
+        }
+    }
+
+    /// Asks each old host of a copy this holder re-placed to remove it, with the owner's
+    /// delegation from the record; a copy whose record is gone, or whose instance the record
+    /// places on that host again, is dropped ([`super::retire::Retirements::due_with`]). With
+    /// several owners' records of one service name, the first of that name and epoch speaks.
+    fn retire(
+        self: &Arc<Self>,
+        records: &[ServiceRecord],
+        retiring: &Arc<Mutex<BTreeSet<PeerId>>>,
+    ) {
+        let book = self.holder.retiring();
+        if book.is_empty() {
+            return;
+        }
+        let due = book.due_with(|service| {
+            records
+                .iter()
+                .find(|r| r.service == service)
+                .map(|r| (r.epoch, r.instances.as_slice()))
+        });
+        for (peer, copies) in due {
+            if !retiring
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer)
+            {
+                continue;
+            }
+            let copies: Vec<(Stale, Option<Box<Delegation>>)> = copies
+                .into_iter()
+                .map(|s| {
+                    let d = records
+                        .iter()
+                        .find(|r| r.service == s.instance.service && r.epoch == s.epoch)
+                        .map(|r| Box::new(r.delegation.clone()));
+                    (s, d)
+                })
+                .collect();
+            let (this, retiring) = (self.clone(), retiring.clone());
+            tokio::spawn(async move {
+                let answers = retire_copies(&this.initiator, copies).await;
+                this.holder.retiring().answered(&answers);
+                retiring
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&peer);
+            });
         }
     }
 

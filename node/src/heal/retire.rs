@@ -11,7 +11,7 @@ use brume_overlay::{Multiaddr, PeerId};
 use brume_tunnel::InstanceId;
 use serde::{Deserialize, Serialize};
 
-use crate::deploy::ledger::Entry;
+use crate::deploy::ledger::{Entry, Placed};
 use crate::deploy::wire::Generation;
 
 /// A copy that must not run any more: the instance, where it ran and which generation it was.
@@ -77,8 +77,21 @@ impl Retirements {
     /// service is gone or redeployed at another epoch, or when the ledger places the instance
     /// on that very host again at a newer generation (asking would remove the live copy).
     pub fn due(&mut self, ledger: &BTreeMap<String, Entry>) -> Vec<(PeerId, Vec<Stale>)> {
+        self.due_with(|service| {
+            ledger
+                .get(service)
+                .map(|e| (e.epoch, e.instances.as_slice()))
+        })
+    }
+
+    /// [`Retirements::due`] against any placement record: `placed(service)` gives the epoch
+    /// and the instances where they run now (a holder's record of a dead owner's service).
+    pub fn due_with<'a>(
+        &mut self,
+        placed: impl Fn(&str) -> Option<(u64, &'a [Placed])>,
+    ) -> Vec<(PeerId, Vec<Stale>)> {
         for list in self.pending.values_mut() {
-            list.retain(|s| still_stale(s, ledger));
+            list.retain(|s| still_stale(s, placed(&s.instance.service)));
         }
         self.pending.retain(|_, l| !l.is_empty());
         self.pending.iter().map(|(p, l)| (*p, l.clone())).collect()
@@ -98,14 +111,14 @@ impl Retirements {
     }
 }
 
-fn still_stale(s: &Stale, ledger: &BTreeMap<String, Entry>) -> bool {
-    let Some(entry) = ledger.get(&s.instance.service) else {
+fn still_stale(s: &Stale, placed: Option<(u64, &[Placed])>) -> bool {
+    let Some((epoch, instances)) = placed else {
         return false;
     };
-    if entry.epoch != s.epoch {
+    if epoch != s.epoch {
         return false;
     }
-    !entry.instances.iter().any(|p| {
+    !instances.iter().any(|p| {
         p.task == s.instance.task
             && p.replica == s.instance.replica
             && p.peer == s.peer

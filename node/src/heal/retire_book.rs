@@ -20,10 +20,13 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::retire::{Answer, Retirements, Stale};
-use crate::deploy::ledger::{write_atomically, Entry};
+use crate::deploy::ledger::{write_atomically, Entry, Placed};
 
 /// The file, in the data dir.
 pub const FILE: &str = "retiring.json";
+/// The book of the copies a holder of service records left behind when it re-placed
+/// instances for a dead owner (it asks their old hosts with the owner's delegation).
+pub const HELD_FILE: &str = "held-retiring.json";
 const VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
@@ -41,7 +44,12 @@ pub struct RetireBook {
 impl RetireBook {
     /// The book of `data_dir`: what it held at the last save, or empty (see the module doc).
     pub fn open(data_dir: &Path) -> RetireBook {
-        let path = data_dir.join(FILE);
+        Self::open_file(data_dir, FILE)
+    }
+
+    /// The book kept in `data_dir/file` ([`FILE`] or [`HELD_FILE`]).
+    pub fn open_file(data_dir: &Path, file: &str) -> RetireBook {
+        let path = data_dir.join(file);
         let inner = Mutex::new(read(&path));
         RetireBook { path, inner }
     }
@@ -59,9 +67,21 @@ impl RetireBook {
     /// What to ask each old host now (see [`Retirements::due`]); saves when the ledger made
     /// some copies not stale any more.
     pub fn due(&self, ledger: &BTreeMap<String, Entry>) -> Vec<(PeerId, Vec<Stale>)> {
+        self.due_with(|service| {
+            ledger
+                .get(service)
+                .map(|e| (e.epoch, e.instances.as_slice()))
+        })
+    }
+
+    /// [`Retirements::due_with`], then a save when some copies were dropped.
+    pub fn due_with<'a>(
+        &self,
+        placed: impl Fn(&str) -> Option<(u64, &'a [Placed])>,
+    ) -> Vec<(PeerId, Vec<Stale>)> {
         let mut r = self.lock();
         let before = r.len();
-        let due = r.due(ledger);
+        let due = r.due_with(placed);
         if r.len() != before {
             self.save(&r);
         }

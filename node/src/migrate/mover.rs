@@ -351,6 +351,7 @@ impl Mover {
                         instance: id.clone(),
                         epoch: moved.epoch,
                         back_to: Some(self.deployer.overlay.peer_id()),
+                        delegation: None,
                     };
                     let asked = ask(&self.deployer, d.peer, &d.addrs, &undo, |_| async {}).await;
                     if let Err(e) = &asked {
