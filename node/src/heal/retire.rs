@@ -215,6 +215,21 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_s_record_decides_as_the_owner_s_ledger_does() {
+        // A holder has no ledger, only the record: its epoch and where the instances run now.
+        let record = ledger(2, 1, 7).remove("svc").unwrap();
+        let placed = |service: &str| {
+            (service == "svc").then_some((record.epoch, record.instances.as_slice()))
+        };
+        let mut r = Retirements::new();
+        r.record(stale(1, 0));
+        assert_eq!(r.due_with(placed), vec![(peer(1), vec![stale(1, 0)])]);
+        // The record forgotten (the owner stopped the service): nothing more to ask.
+        assert!(r.due_with(|_| None).is_empty());
+        assert!(r.is_empty());
+    }
+
+    #[test]
     fn copies_on_several_hosts_are_asked_of_each() {
         let mut r = Retirements::new();
         r.record(stale(1, 0));
