@@ -396,14 +396,7 @@ impl Recovery {
                         .await;
                     // If the old host was only cut off or slow, its copy must not run on: it
                     // is asked to remove it until it answers (a dead host does not).
-                    self.stale.record(Stale {
-                        instance: spec.id.clone(),
-                        epoch: spec.epoch,
-                        generation: from.generation,
-                        peer: from.peer,
-                        host: from.host.clone(),
-                        addrs: from.addrs.clone(),
-                    });
+                    self.stale.record(Stale::left_by(&spec, from));
                     let dead = self.dead.get(&from.peer);
                     let recover_ms = dead.map(|d| d.declared.elapsed().as_millis() as u64);
                     let detect_ms = dead.map(|d| d.silent.as_millis() as u64);

@@ -497,14 +497,7 @@ impl Replicator {
                 .await;
             // The old host may only have been frozen or cut off: its copy must not run on
             // beside this one. It is asked (with the owner's delegation) until it answers.
-            self.holder.retiring().record(Stale {
-                instance: spec.id.clone(),
-                epoch: spec.epoch,
-                generation: from.generation,
-                peer: from.peer,
-                host: from.host.clone(),
-                addrs: from.addrs.clone(),
-            });
+            self.holder.retiring().record(Stale::left_by(&spec, from));
             if let Some(updated) = updated {
                 self.forward(&updated).await;
             }

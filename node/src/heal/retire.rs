@@ -12,7 +12,7 @@ use brume_tunnel::InstanceId;
 use serde::{Deserialize, Serialize};
 
 use crate::deploy::ledger::{Entry, Placed};
-use crate::deploy::wire::Generation;
+use crate::deploy::wire::{Generation, InstanceSpec};
 
 /// A copy that must not run any more: the instance, where it ran and which generation it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +23,21 @@ pub struct Stale {
     pub peer: PeerId,
     pub host: String,
     pub addrs: Vec<Multiaddr>,
+}
+
+impl Stale {
+    /// The copy that `from` (the instance's old placement) still runs after the instance of
+    /// `spec` was placed again elsewhere.
+    pub fn left_by(spec: &InstanceSpec, from: &Placed) -> Stale {
+        Stale {
+            instance: spec.id.clone(),
+            epoch: spec.epoch,
+            generation: from.generation,
+            peer: from.peer,
+            host: from.host.clone(),
+            addrs: from.addrs.clone(),
+        }
+    }
 }
 
 /// What a host said when asked to retire a copy.
