@@ -3,9 +3,9 @@
 //! moves, fences and shows the logs of an instance only when the owner asks, or the node
 //! itself (its own control socket, a drain), or, for what a move needs, the node that brought
 //! the instance here (the source of a move undoing its start on the target). Everyone else is
-//! refused with a reason that names the owner, except (for `Moved`) a holder of the service's
-//! record that shows the owner's signed delegation naming it ([`check_delegated`]: it re-placed
-//! the instance for a dead owner). The rule is one function, so every handler
+//! refused with a reason that names the owner, except (for `Moved` and `Remove`) a holder of the
+//! service's record that shows the owner's signed delegation naming it ([`check_delegated`]: it
+//! re-placed the instance for a dead owner, and reroutes its callers or retires the old copy). The rule is one function, so every handler
 //! reads the same. The other way round, the owner takes a checkpoint of an instance only from
 //! the node its ledger says hosts that instance, at that generation ([`checkpoint_from`]): a
 //! copy left behind by a move or a re-placement cannot overwrite the state of the one that runs.

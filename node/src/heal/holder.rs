@@ -61,7 +61,8 @@ impl Holder {
         &self.book
     }
 
-    /// The copies to retire on hosts that may come back (see [`Holder::retiring`]'s field).
+    /// The copies left on the old hosts of instances this holder re-placed, to retire when
+    /// those hosts answer again.
     pub fn retiring(&self) -> &RetireBook {
         &self.retiring
     }
