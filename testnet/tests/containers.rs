@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use brume_testnet::containers::docker;
 use brume_testnet::containers::state::{NetState, NODE_PORT};
+use brume_testnet::containers::{docker, image, test_run};
 use brume_testnet::{netns, relay_service, require};
 
 const BIN: &str = env!("CARGO_BIN_EXE_brume-testnet");
@@ -44,18 +44,7 @@ fn node_image() -> String {
         "{} is missing: build the workspace first (`cargo build -p brume`; scripts/test.sh does)",
         brume.display()
     );
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/node-image.sh"))
-        .env("BRUME_NODE_BIN", &brume)
-        .output()
-        .expect("run scripts/node-image.sh");
-    assert!(
-        out.status.success(),
-        "node-image.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout.lines().last().expect("a tag").trim().to_string()
+    image::node_image(&brume).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn testnet(args: &[&str]) -> Output {
@@ -85,18 +74,6 @@ impl Drop for Down {
             eprintln!("down failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-}
-
-/// A unique testnet name for this run: BRUME_TEST_RUN and the pid.
-fn unique_name() -> String {
-    let run: String = std::env::var("BRUME_TEST_RUN")
-        .unwrap_or_default()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(12)
-        .collect();
-    format!("t{run}-{}", std::process::id())
 }
 
 /// `brume <what> --json` inside node `i`'s container.
@@ -149,12 +126,9 @@ fn a_testnet_of_node_containers_routes_partitions_deploys_and_goes_down() {
         return;
     }
     let image = node_image();
-    let name = unique_name();
+    let name = test_run::net_name();
     let guard = Down(name.clone());
-    let run_label = format!(
-        "brume.test={}",
-        std::env::var("BRUME_TEST_RUN").unwrap_or_else(|_| "manual".into())
-    );
+    let run_label = test_run::label();
     let out = ok(
         testnet(&[
             "up",
@@ -369,7 +343,7 @@ fn a_testnet_of_node_processes_needs_no_docker() {
         "{} is missing: cargo build -p brume (cargo nextest run --workspace builds it)",
         brume.display()
     );
-    let name = format!("{}p", unique_name());
+    let name = format!("{}p", test_run::net_name());
     let guard = Down(name.clone());
     ok(
         testnet(&[

@@ -49,20 +49,10 @@ fn fedavg_bench_on_a_testnet_of_node_containers_moves_the_aggregator_and_heals_a
     if !(require::root(test) && require::criu(test) && require::docker(test)) {
         return;
     }
-    // Named as the suite's testnets are (`t<run>-<pid>`), so a run killed midway leaves nothing
-    // scripts/sweep-test-leftovers.sh does not find; labelled for the same reason.
-    let run: String = std::env::var("BRUME_TEST_RUN")
-        .unwrap_or_else(|_| "manual".into())
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .take(12)
-        .collect();
-    let name = format!("t{run}-{}", std::process::id());
-    let label = format!(
-        "brume.test={}",
-        std::env::var("BRUME_TEST_RUN").unwrap_or_else(|_| "manual".into())
-    );
+    // Named and labelled as the suite's testnets are, so that a run killed midway leaves
+    // nothing scripts/sweep-test-leftovers.sh does not find.
+    let name = brume_testnet::containers::test_run::net_name();
+    let label = brume_testnet::containers::test_run::label();
     let stdout = fedavg_bench(
         "process",
         &[

@@ -15,8 +15,10 @@
 pub mod ask;
 pub mod caps;
 pub mod docker;
+pub mod image;
 pub mod ops;
 pub mod procs;
 pub mod router_proc;
 pub mod state;
+pub mod test_run;
 pub mod up;

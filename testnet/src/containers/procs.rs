@@ -27,7 +27,8 @@ pub fn brume() -> anyhow::Result<PathBuf> {
     Ok(brume)
 }
 
-/// Node `i`'s control socket on the host.
+/// Node `i`'s control socket on the host (a container node's too: the container mounts that
+/// directory at `/run/brume`).
 pub fn control(state: &NetState, i: usize) -> PathBuf {
     state.node_dir(i).join("control.sock")
 }

@@ -102,32 +102,6 @@ pub struct FedavgArgs {
     pub label: Vec<String>,
 }
 
-/// The node image scripts/node-image.sh builds (or finds, by its content hash) around `brume`.
-fn node_image(brume: &std::path::Path) -> anyhow::Result<String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/node-image.sh");
-    println!(
-        "node image: bash scripts/node-image.sh around {}",
-        brume.display()
-    );
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .env("BRUME_NODE_BIN", brume)
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run {script}: {e}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "scripts/node-image.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .last()
-        .map(|l| l.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("scripts/node-image.sh printed no image tag"))
-}
-
 fn f(v: Option<f64>, digits: usize) -> String {
     v.filter(|v| v.is_finite())
         .map_or("-".into(), |v| format!("{v:.digits$}"))
@@ -208,7 +182,10 @@ pub fn run(a: &FedavgArgs) -> anyhow::Result<()> {
                 .testnet_name
                 .clone()
                 .unwrap_or_else(|| format!("fedavg-{}", std::process::id())),
-            image: node_image(&exe)?,
+            image: {
+                println!("node image: scripts/node-image.sh around {}", exe.display());
+                brume_testnet::containers::image::node_image(&exe)?
+            },
             rtt: brume_testnet::containers::state::RttSource::Range {
                 min_ms,
                 max_ms,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use brume_testnet::containers::state::{NetState, RttSource};
-use brume_testnet::containers::{docker, ops, up};
+use brume_testnet::containers::{docker, ops, procs, up};
 use brume_testnet::localnet::LocalNet;
 use brume_testnet::netns;
 
@@ -104,7 +104,7 @@ impl Nodes {
     pub fn sock(&self, i: usize) -> PathBuf {
         match self {
             Nodes::Local(net) => net.sock(i),
-            Nodes::Testnet(t) => t.state.node_dir(i).join("control.sock"),
+            Nodes::Testnet(t) => procs::control(&t.state, i),
         }
     }
 
