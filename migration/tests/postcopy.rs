@@ -117,8 +117,14 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// One post-copy move of a 64 MiB dirtier over loopback TCP (with tracked rounds first when
 /// `track`), checked as every such move must be: the restored copy answers, the original is
 /// gone, the counter continues exactly and the memory is what the seed and steps make.
-/// Returns the source's view and its rounds.
-fn move_64_mib(tag: &str, seed: u64, track: bool) -> (Migrated, Vec<RoundStats>) {
+/// `final_inline` is the tracked plan's choice for the last round's pages. Returns the source's
+/// view and its rounds.
+fn move_64_mib(
+    tag: &str,
+    seed: u64,
+    track: bool,
+    final_inline: Option<Duration>,
+) -> (Migrated, Vec<RoundStats>) {
     let dir = TempDir::new(tag);
     let socket = dir.path().join("w.sock");
     let mut task = Dirtier::start_in_pid_namespace(&socket, 64, seed, 8.0);
@@ -131,6 +137,7 @@ fn move_64_mib(tag: &str, seed: u64, track: bool) -> (Migrated, Vec<RoundStats>)
     let staging = dir.path().join("staging");
     let mut source = post_copy(&dir);
     source.track = track;
+    source.tracked.final_inline = final_inline;
     let (migrated, received) = rt.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -228,7 +235,7 @@ fn postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen() {
     if !ready("postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen") {
         return;
     }
-    let (migrated, rounds) = move_64_mib("post-64", 0x9c64, false);
+    let (migrated, rounds) = move_64_mib("post-64", 0x9c64, false, None);
     let post = migrated.post_copy.clone().expect("post-copy stats");
     let images = rounds.first().map(|r| r.dumped_bytes).unwrap_or(0);
     assert_eq!(rounds.len(), 1, "post-copy is one round: {rounds:?}");
@@ -254,8 +261,10 @@ fn tracked_rounds_carry_the_memory_before_the_freeze_and_the_source_serves_no_pa
         brume_testnet::require::missing(test, brume_testnet::require::Need::Tracking, &support.why);
         return;
     }
-    let (migrated, rounds) = move_64_mib("tracked-64", 0x7c64, true);
+    // The last round's pages before the restore, whatever the link's speed.
+    let (migrated, rounds) = move_64_mib("tracked-64", 0x7c64, true, None);
     let post = migrated.post_copy.clone().expect("post-copy stats");
+    assert!(post.final_inline, "the plan said before the restore");
     assert!(
         rounds.len() >= 2,
         "tracked rounds ran before the final: {rounds:?}"
@@ -271,6 +280,40 @@ fn tracked_rounds_carry_the_memory_before_the_freeze_and_the_source_serves_no_pa
     assert!(
         post.page_bytes < 64 << 10,
         "the source's page server sent {} bytes: the replica missed pages",
+        post.page_bytes
+    );
+}
+
+#[test]
+fn the_last_tracked_pages_can_follow_the_restore_and_the_memory_is_still_exact() {
+    let test = "the_last_tracked_pages_can_follow_the_restore_and_the_memory_is_still_exact";
+    if !ready(test) {
+        return;
+    }
+    let support = brume_migration::track::probe();
+    if support.method != brume_migration::track::Method::Tracked {
+        brume_testnet::require::missing(test, brume_testnet::require::Need::Tracking, &support.why);
+        return;
+    }
+    // Never before the restore: only the addresses of what the task wrote since the last round
+    // go while it is frozen, and the target asks the page server for those pages. move_64_mib
+    // checks that the counter continues exactly and the memory is what seed and steps make, so
+    // a page the replica kept stale, or one never sent, fails it.
+    let (migrated, rounds) = move_64_mib("tracked-stale-64", 0x5a64, true, Some(Duration::ZERO));
+    let post = migrated.post_copy.clone().expect("post-copy stats");
+    assert!(
+        rounds.len() >= 2,
+        "tracked rounds ran before the final: {rounds:?}"
+    );
+    assert!(!post.final_inline, "the plan said after the restore");
+    eprintln!(
+        "{} pages written since the last round followed the restore; the page server sent {} bytes",
+        post.final_pages, post.page_bytes
+    );
+    assert!(
+        post.final_pages == 0 || post.page_bytes >= 4096,
+        "{} stale pages, yet the source's page server sent {} bytes",
+        post.final_pages,
         post.page_bytes
     );
 }

@@ -140,6 +140,11 @@ pub struct TrackedPlan {
     pub final_transfer: Duration,
     /// Stop when a round kept more than this share of the previous round's pages.
     pub shrink: f64,
+    /// The last round, read while the task is frozen, is sent before the restore only when its
+    /// pages would cross the link in less than this; otherwise only their addresses go
+    /// ([`super::wire::Message::Stale`]) and the pages follow the restore through the page
+    /// server, so the freeze does not wait for them. `None`: always sent before the restore.
+    pub final_inline: Option<Duration>,
 }
 
 impl Default for TrackedPlan {
@@ -148,6 +153,7 @@ impl Default for TrackedPlan {
             max_rounds: 30,
             final_transfer: Duration::from_millis(20),
             shrink: 0.9,
+            final_inline: Some(Duration::from_millis(10)),
         }
     }
 }

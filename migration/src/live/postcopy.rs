@@ -32,6 +32,7 @@ use super::pageproxy::{Out, PageProxy};
 use super::replica::Replica;
 use super::sibling;
 use super::source::{settle_before_retry, transient, Source, DUMP_ATTEMPTS};
+use super::tracked::FinalRound;
 use super::wire::{read_message, write_message, Message};
 use super::{join_error, LiveError, Migrated, PostCopyStats, RoundStats, TargetOptions};
 
@@ -104,11 +105,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         let mut socket = tokio_socket(socket)?;
         let dump_exit = tokio::task::spawn_blocking(move || dump.wait());
         // The task is frozen now: the last tracked round reads what it wrote since the last one.
-        let mut final_pages = (0, 0);
+        let mut last = FinalRound::default();
         let final_started = Instant::now();
-        if let Some(tracker) = tracker {
-            match self.tracked_final(tracker, tracked_rounds + 1).await {
-                Ok(p) => final_pages = p,
+        if let Some((tracker, link_rate)) = tracker {
+            match self
+                .tracked_final(tracker, tracked_rounds + 1, link_rate)
+                .await
+            {
+                Ok(r) => last = r,
                 Err(e) => return Err(self.thaw(e, &mut socket, dump_exit).await),
             }
         }
@@ -145,9 +149,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         let stats = RoundStats {
             round: tracked_rounds + 1,
             last: true,
-            dumped_bytes: sent.scanned.dumped_bytes + final_pages.0 * 4096,
-            delta_bytes: sent.scanned.delta_bytes + final_pages.0 * 4096,
-            wire_bytes: sent.wire + final_pages.1,
+            dumped_bytes: sent.scanned.dumped_bytes + last.pages * 4096,
+            delta_bytes: sent.scanned.delta_bytes + last.pages * 4096,
+            wire_bytes: sent.wire + last.wire,
             wire_by_level: sent.by_level,
             dump: dump_time,
             dump_attempts: attempts,
@@ -172,7 +176,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
                 page_bytes,
                 pages_done: at.elapsed(),
                 final_round,
-                final_pages: final_pages.0,
+                final_pages: last.pages,
+                final_inline: last.inline,
                 images,
             }),
             rounds: {

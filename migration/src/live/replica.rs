@@ -71,8 +71,15 @@ impl Replica {
         (n > 0).then_some((n, out))
     }
 
-    /// Forgets the pages of [vaddr, vaddr + n pages) of `pid` (the daemon has them now).
+    /// Forgets the pages of [vaddr, vaddr + n pages) of `pid` (the daemon has them now, or
+    /// the task wrote them since). The work is bounded by the pages held, whatever `n` says.
     pub fn forget(&mut self, pid: u64, vaddr: u64, n: u64) {
+        if n > self.pages.len() as u64 {
+            let end = vaddr.saturating_add(n.saturating_mul(PAGE));
+            self.pages
+                .retain(|&(p, a), _| p != pid || a < vaddr || a >= end);
+            return;
+        }
         for i in 0..n {
             self.pages.remove(&(pid, vaddr + i * PAGE));
         }
@@ -121,6 +128,20 @@ mod tests {
         assert_eq!(r.ranges(), vec![(1, 0x1000, 0x3000), (1, 0x5000, 0x6000)]);
         r.forget(1, 0x1000, 1);
         assert_eq!(r.ranges(), vec![(1, 0x2000, 0x3000), (1, 0x5000, 0x6000)]);
+    }
+
+    #[test]
+    fn a_huge_stale_run_forgets_only_what_it_covers() {
+        let mut r = Replica::default();
+        let data = [page(1), page(2), page(3)].concat();
+        r.insert(1, &[(0x1000, 2), (0x9000, 1)], &data).unwrap();
+        r.insert(2, &[(0x1000, 1)], &page(4)).unwrap();
+        // More pages than the replica holds: the other path, same meaning.
+        r.forget(1, 0x2000, 8);
+        assert_eq!(r.ranges(), vec![(1, 0x1000, 0x2000), (2, 0x1000, 0x2000)]);
+        // A run of 2^32 - 1 pages from address 0 costs the pages held, not the run.
+        r.forget(1, 0, u64::from(u32::MAX));
+        assert_eq!(r.ranges(), vec![(2, 0x1000, 0x2000)]);
     }
 
     #[test]

@@ -71,10 +71,14 @@ pub struct PostCopyStats {
     pub page_bytes: u64,
     /// From the target's restore to its having every page.
     pub pages_done: Duration,
-    /// Tracked post-copy: the last tracked round, read and sent while the task is frozen.
+    /// Tracked post-copy: the last tracked round, scanned (and read and sent, when
+    /// `final_inline`) while the task is frozen.
     pub final_round: Duration,
-    /// Pages that last round carried.
+    /// Pages the task wrote since the round before the last.
     pub final_pages: u64,
+    /// Whether those pages went before the restore, or after it through the page server (only
+    /// their addresses before it: [`super::wire::Message::Stale`]).
+    pub final_inline: bool,
     /// Sending the dump's images (everything but the lazy pages), while frozen.
     pub images: Duration,
 }

@@ -199,6 +199,16 @@ where
                         })?
                         .insert(u64::from(task), &runs, &data)?;
                 }
+                Message::Stale { pid: task, runs } if mode == Mode::PostCopy => {
+                    // Written after the copies held here: the page server sends them.
+                    let replica = replica.as_mut().ok_or_else(|| LiveError::Unexpected {
+                        expected: "no stale pages after the last round",
+                        got: "stale pages".into(),
+                    })?;
+                    for (start, pages) in runs {
+                        replica.forget(u64::from(task), start, u64::from(pages));
+                    }
+                }
                 Message::TrackedEnd { round } if mode == Mode::PostCopy => {
                     let held = replica.as_ref().map_or(0, |r| r.len() as u64);
                     let m = Message::Ack {

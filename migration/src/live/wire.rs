@@ -23,7 +23,10 @@
 //! [`Message::PagesDone`]. Post-copy with tracking sends, before that one round, tracked
 //! rounds of pages ([`Message::Tracked`], each round closed by [`Message::TrackedEnd`] and
 //! acknowledged) and, after the frozen dump, one more of the pages written since: the target
-//! answers the lazy-pages daemon from them.
+//! answers the lazy-pages daemon from them. When that last round would take longer to cross the
+//! link than the freeze should wait, the source names its pages instead ([`Message::Stale`]):
+//! the target drops them from its replica and they come from the source's page server after
+//! the restore, like any page the replica lacks.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -132,6 +135,13 @@ pub enum Message {
     /// Post-copy with tracking, source: tracked round `round` is complete; the target answers
     /// [`Message::Ack`] with the pages its replica holds.
     TrackedEnd { round: u32 },
+    /// Post-copy with tracking, source, after the frozen dump: process `pid` wrote these `runs`
+    /// of (start address, pages) since the last tracked round, and they are not sent: the
+    /// target drops them from its replica, so the page proxy asks the source's page server for
+    /// them after the restore. Sent instead of a last [`Message::Tracked`] round whose pages
+    /// would take longer to cross the link than the restore is worth waiting
+    /// ([`super::TrackedPlan::final_inline`]).
+    Stale { pid: u32, runs: Vec<(u64, u32)> },
 }
 
 /// The most runs one [`Message::Tracked`] may carry.
@@ -171,6 +181,7 @@ const T_QUERY: u8 = 11;
 const T_HOLDING: u8 = 12;
 const T_TRACKED: u8 = 13;
 const T_TRACKED_END: u8 = 14;
+const T_STALE: u8 = 15;
 
 fn level_byte(l: Level) -> u8 {
     match l {
@@ -411,6 +422,15 @@ impl Message {
                 e.u8(T_TRACKED_END);
                 e.u32(*round);
             }
+            Message::Stale { pid, runs } => {
+                e.u8(T_STALE);
+                e.u32(*pid);
+                e.u32(runs.len() as u32);
+                for (start, pages) in runs {
+                    e.u64(*start);
+                    e.u32(*pages);
+                }
+            }
         }
         let len = (e.0.len() - 4) as u32;
         e.0[..4].copy_from_slice(&len.to_be_bytes());
@@ -437,6 +457,7 @@ impl Message {
             T_HOLDING => "holding",
             T_TRACKED => "tracked",
             T_TRACKED_END => "tracked-end",
+            T_STALE => "stale",
             other => return Err(WireError::UnknownTag(other)),
         };
         let mut d = Dec { buf: rest, what };
@@ -555,6 +576,14 @@ impl Message {
                 }
             }
             T_TRACKED_END => Message::TrackedEnd { round: d.u32()? },
+            T_STALE => {
+                let pid = d.u32()?;
+                let n = d.count(12, MAX_RUNS)?;
+                let runs = (0..n)
+                    .map(|_| Ok((d.u64()?, d.u32()?)))
+                    .collect::<Result<_, WireError>>()?;
+                Message::Stale { pid, runs }
+            }
             _ => Message::PagesDone,
         };
         d.end()?;
@@ -743,6 +772,14 @@ mod tests {
                 payload: vec![5; 33],
             },
             Message::TrackedEnd { round: 4 },
+            Message::Stale {
+                pid: 2,
+                runs: vec![(0x7f00_0000_0000, 3), (0x1000, 1)],
+            },
+            Message::Stale {
+                pid: 3,
+                runs: vec![],
+            },
         ]
     }
 

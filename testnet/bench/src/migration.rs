@@ -111,6 +111,9 @@ enum Strategy {
     /// Tracked post-copy whose lazy dump copies every page while the task is frozen (CRIU
     /// without `--lazy-pages-defer-read`): the baseline of deferred reads.
     TrackedCopying,
+    /// Tracked post-copy whose last round's pages always cross the link before the restore
+    /// (`TrackedPlan::final_inline = None`): the baseline of sending them after it.
+    TrackedInline,
     StopAndCopy,
 }
 
@@ -122,6 +125,7 @@ impl Strategy {
             Strategy::PostCopy => "post-copy".into(),
             Strategy::Tracked => "tracked".into(),
             Strategy::TrackedCopying => "tracked, copying dump".into(),
+            Strategy::TrackedInline => "tracked, last pages before restore".into(),
             Strategy::StopAndCopy => "stop-and-copy".into(),
         }
     }
@@ -220,6 +224,7 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
             strategies.insert(1, Strategy::Tracked);
             if args.tracked_only {
                 strategies.insert(2, Strategy::TrackedCopying);
+                strategies.insert(3, Strategy::TrackedInline);
             }
         } else if !args.post_copy_only {
             println!("no tracked post-copy here: {}", tracking.why);
@@ -383,6 +388,11 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
             dt(mib, Strategy::TrackedCopying),
             0,
         );
+        key(
+            format!("tracked_inline_ms_{mib}"),
+            dt(mib, Strategy::TrackedInline),
+            0,
+        );
     }
     for l in &links {
         key(format!("transfer_ratio_{}", l.label()), l.ratio_key(), 3);
@@ -493,6 +503,12 @@ fn print_table(rows: &[Row], mbit: u64, goodput: f64) {
                     c.dump / t.dump
                 );
             }
+            if let Some(i) = get(Strategy::TrackedInline) {
+                println!(
+                    "{mib:>5} MiB: tracked with the last pages before the restore / after it: downtime {:.2}x",
+                    i.downtime / t.downtime
+                );
+            }
         }
         let Some(l) = get(live) else {
             continue;
@@ -600,10 +616,13 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
     match strategy {
         Strategy::Live(c) => src.compression = c,
         Strategy::PostCopy => src.mode = Mode::PostCopy,
-        Strategy::Tracked | Strategy::TrackedCopying => {
+        Strategy::Tracked | Strategy::TrackedCopying | Strategy::TrackedInline => {
             src.mode = Mode::PostCopy;
             src.track = true;
-            src.defer_lazy_reads = strategy == Strategy::Tracked;
+            src.defer_lazy_reads = strategy != Strategy::TrackedCopying;
+            if strategy == Strategy::TrackedInline {
+                src.tracked.final_inline = None;
+            }
         }
         Strategy::StopAndCopy => {
             src.mode = Mode::StopAndCopy;
@@ -685,9 +704,10 @@ fn one_move(ctx: &MoveCtx<'_>, mib: usize, seed: u64, strategy: Strategy) -> any
             .collect::<Vec<_>>()
             .join(","),
         Strategy::Live(Compression::Fixed(l)) => level_name(l).into(),
-        Strategy::PostCopy | Strategy::Tracked | Strategy::TrackedCopying => {
-            level_name(last.main_level()).into()
-        }
+        Strategy::PostCopy
+        | Strategy::Tracked
+        | Strategy::TrackedCopying
+        | Strategy::TrackedInline => level_name(last.main_level()).into(),
         Strategy::StopAndCopy => "none".into(),
     };
     let (final_round, final_pages, images) = migrated
