@@ -732,7 +732,7 @@ impl Criu {
         Ok(())
     }
 
-    fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.stdin(Stdio::null());
         cmd

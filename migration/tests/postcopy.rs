@@ -47,6 +47,19 @@ fn ready(test: &str) -> bool {
     true
 }
 
+/// [`ready`], and the dirty-page tracker works here (what is missing is said as the suite says it).
+fn tracking_ready(test: &str) -> bool {
+    if !ready(test) {
+        return false;
+    }
+    let support = brume_migration::track::probe();
+    if support.method != brume_migration::track::Method::Tracked {
+        brume_testnet::require::missing(test, brume_testnet::require::Need::Tracking, &support.why);
+        return false;
+    }
+    true
+}
+
 fn post_copy(dir: &TempDir) -> SourceOptions {
     let mut o = SourceOptions::new(dir.path().join("source"));
     o.mode = Mode::PostCopy;
@@ -253,12 +266,7 @@ fn postcopy_moves_a_64_mib_task_and_only_its_small_images_travel_frozen() {
 #[test]
 fn tracked_rounds_carry_the_memory_before_the_freeze_and_the_source_serves_no_page() {
     let test = "tracked_rounds_carry_the_memory_before_the_freeze_and_the_source_serves_no_page";
-    if !ready(test) {
-        return;
-    }
-    let support = brume_migration::track::probe();
-    if support.method != brume_migration::track::Method::Tracked {
-        brume_testnet::require::missing(test, brume_testnet::require::Need::Tracking, &support.why);
+    if !tracking_ready(test) {
         return;
     }
     // The last round's pages before the restore, whatever the link's speed.
@@ -287,12 +295,7 @@ fn tracked_rounds_carry_the_memory_before_the_freeze_and_the_source_serves_no_pa
 #[test]
 fn the_last_tracked_pages_can_follow_the_restore_and_the_memory_is_still_exact() {
     let test = "the_last_tracked_pages_can_follow_the_restore_and_the_memory_is_still_exact";
-    if !ready(test) {
-        return;
-    }
-    let support = brume_migration::track::probe();
-    if support.method != brume_migration::track::Method::Tracked {
-        brume_testnet::require::missing(test, brume_testnet::require::Need::Tracking, &support.why);
+    if !tracking_ready(test) {
         return;
     }
     // Never before the restore: only the addresses of what the task wrote since the last round

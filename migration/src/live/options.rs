@@ -144,6 +144,11 @@ pub struct TrackedPlan {
     /// pages would cross the link in less than this; otherwise only their addresses go
     /// ([`super::wire::Message::Stale`]) and the pages follow the restore through the page
     /// server, so the freeze does not wait for them. `None`: always sent before the restore.
+    /// 100 ms by default: measured at 100 Mbit/s (BENCHMARKS.md, "The last tracked pages"),
+    /// a task dirtying 8 MiB/s left 50-175 pages, and sending them before the restore gave
+    /// 119 ms of downtime against 141 after it (its first answers then fault on them); one
+    /// dirtying 64 MiB/s, faster than the link, left 30,000, and after the restore gave
+    /// 3.8 s against 5.5 s (but its pages took 16 s more to arrive).
     pub final_inline: Option<Duration>,
 }
 
@@ -153,7 +158,7 @@ impl Default for TrackedPlan {
             max_rounds: 30,
             final_transfer: Duration::from_millis(20),
             shrink: 0.9,
-            final_inline: Some(Duration::from_millis(10)),
+            final_inline: Some(Duration::from_millis(100)),
         }
     }
 }

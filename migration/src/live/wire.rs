@@ -139,8 +139,9 @@ pub enum Message {
     /// of (start address, pages) since the last tracked round, and they are not sent: the
     /// target drops them from its replica, so the page proxy asks the source's page server for
     /// them after the restore. Sent instead of a last [`Message::Tracked`] round whose pages
-    /// would take longer to cross the link than the restore is worth waiting
-    /// ([`super::TrackedPlan::final_inline`]).
+    /// would take too long to cross the link ([`super::TrackedPlan::final_inline`]). A target
+    /// of an older build does not know it and fails the move, which thaws the task on the
+    /// source.
     Stale { pid: u32, runs: Vec<(u64, u32)> },
 }
 

@@ -94,6 +94,11 @@ pub struct MigrationArgs {
     /// the `brume` binary beside this one); 0 skips them, as `--quick` does.
     #[arg(long, default_value_t = 3)]
     pub server_runs: usize,
+    /// Run only these strategies (comma-separated: live, post-copy, tracked, tracked-copying,
+    /// tracked-inline, stop-and-copy), of those the other flags chose; figures of the others are
+    /// left out of the BENCH line.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Where images are dumped and staged (tmpfs).
     #[arg(long, default_value = "/dev/shm")]
     pub work_dir: PathBuf,
@@ -117,7 +122,29 @@ enum Strategy {
     StopAndCopy,
 }
 
+/// The names `--only` takes.
+const ALL_STRATEGIES: [&str; 6] = [
+    "live",
+    "post-copy",
+    "tracked",
+    "tracked-copying",
+    "tracked-inline",
+    "stop-and-copy",
+];
+
 impl Strategy {
+    /// Its name for `--only`.
+    fn key(&self) -> &'static str {
+        match self {
+            Strategy::Live(_) => "live",
+            Strategy::PostCopy => "post-copy",
+            Strategy::Tracked => "tracked",
+            Strategy::TrackedCopying => "tracked-copying",
+            Strategy::TrackedInline => "tracked-inline",
+            Strategy::StopAndCopy => "stop-and-copy",
+        }
+    }
+
     fn name(&self) -> String {
         match self {
             Strategy::Live(Compression::Adaptive) => "live adaptive".into(),
@@ -229,6 +256,15 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
         } else if !args.post_copy_only {
             println!("no tracked post-copy here: {}", tracking.why);
         }
+    }
+    if !args.only.is_empty() {
+        for name in &args.only {
+            if !ALL_STRATEGIES.contains(&name.as_str()) {
+                bail!("--only {name:?}: use one of {}", ALL_STRATEGIES.join(", "));
+            }
+        }
+        strategies.retain(|s| args.only.iter().any(|n| n == s.key()));
+        args.levels.clear();
     }
     for name in args.levels.iter().filter(|n| !n.is_empty()) {
         let l = match name.as_str() {
