@@ -698,8 +698,32 @@ impl Criu {
         // A stale pidfile from an earlier restore would be read as this one's.
         let _ = std::fs::remove_file(&pidfile);
         let log_file = opts.log_path();
-        let keep: Vec<RawFd> = opts.inherit_fds.iter().map(|i| i.fd).collect();
-        let elapsed = self.run_keeping("restore", &opts.args(), &log_file, &keep)?;
+        let elapsed = match opts.inherit_fds.as_slice() {
+            // One descriptor (a task's output pipe) goes in as criu's stdin, so no code of ours
+            // runs in the child and std uses posix_spawn: a fork would copy the page tables of
+            // this process, which on a migration target holds the task's replica (docs/criu.md,
+            // "Starting criu from a process that holds the replica"). A shell job's stdin is
+            // its terminal, so it keeps the numbers.
+            [one] if !opts.shell_job => {
+                // SAFETY: the caller keeps `one.fd` open until this returns (InheritFd's
+                // contract); it is only duplicated here.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(one.fd) }
+                    .try_clone_to_owned()
+                    .map_err(|e| self.spawn_error(e))?;
+                let mut on_stdin = opts.clone();
+                on_stdin.inherit_fds = vec![InheritFd {
+                    key: one.key.clone(),
+                    fd: 0,
+                }];
+                let mut cmd = self.command();
+                cmd.args(on_stdin.args()).stdin(Stdio::from(fd));
+                self.run_command("restore", cmd, &log_file)?
+            }
+            _ => {
+                let keep: Vec<RawFd> = opts.inherit_fds.iter().map(|i| i.fd).collect();
+                self.run_keeping("restore", &opts.args(), &log_file, &keep)?
+            }
+        };
         let text = std::fs::read_to_string(&pidfile).map_err(|e| CriuError::Pidfile {
             path: pidfile.clone(),
             why: e.to_string(),
@@ -763,9 +787,19 @@ impl Criu {
         log_file: &Path,
         keep: &[RawFd],
     ) -> Result<Duration, CriuError> {
-        let started = Instant::now();
         let mut cmd = self.command_keeping(keep);
         cmd.args(args);
+        self.run_command(action, cmd, log_file)
+    }
+
+    /// Runs `cmd` (a criu), timed; on failure reads CRIU's error lines from stderr and the log.
+    fn run_command(
+        &self,
+        action: &'static str,
+        mut cmd: Command,
+        log_file: &Path,
+    ) -> Result<Duration, CriuError> {
+        let started = Instant::now();
         let out = cmd.output().map_err(|e| self.spawn_error(e))?;
         let elapsed = started.elapsed();
         if out.status.success() {

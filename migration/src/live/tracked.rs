@@ -42,11 +42,11 @@ use crate::track::{task::namespace_pid, Region, Round, Scope, TaskTracker, Track
 
 use super::source::Source;
 use super::wire::{read_message, write_message, Message, MAX_RUNS, MAX_TRACKED_BYTES};
+use super::{join_error, LiveError, RoundStats};
 
 /// A tracked round that put at least this much on the wire measures the link's speed (for the
 /// last round's choice); a smaller one is mostly latency.
 const RATE_SAMPLE_BYTES: u64 = 1 << 20;
-use super::{join_error, LiveError, RoundStats};
 
 /// What one tracked round did.
 struct Sent {
