@@ -31,6 +31,20 @@ pub struct LocalNet {
 /// A node's extra arguments, environment and first listen address.
 type Started = (Vec<String>, Vec<(OsString, OsString)>, String);
 
+/// The links node 0's map must hold before a net of `n` counts as started. Placement draws
+/// over links, not nodes: a map that already lists every node but not yet the link between
+/// two of them made a deploy right after the start fail with "every draw ended at a dead end"
+/// (a chain of three on three nodes, seen once in the suite). Up to the overlay's minimum
+/// degree plus one (4 + 1) every node links to every other, so the whole mesh; beyond it, a
+/// spanning tree's worth.
+fn links_wanted(n: usize) -> usize {
+    if n <= 5 {
+        n * n.saturating_sub(1) / 2
+    } else {
+        n - 1
+    }
+}
+
 impl LocalNet {
     /// Starts `n` daemons of `bin` with `args` added to each `brume node` command line, and
     /// waits (up to 60 s, generous for a loaded machine) until node 0 is connected to all the others
@@ -99,14 +113,15 @@ impl LocalNet {
                 .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
                 .and_then(|v| v.as_array().map(Vec::len))
                 .unwrap_or(0);
-            if peers + 1 >= n && net.map_size(0) >= n {
+            let (nodes, links) = net.map_counts(0);
+            if peers + 1 >= n && nodes >= n && links >= links_wanted(n) {
                 return Ok(net);
             }
             if Instant::now() > deadline {
                 anyhow::bail!(
                     "the {n} daemons did not connect and map within 60 s (node 0 sees {peers} \
-                     peers, its map {} nodes)",
-                    net.map_size(0)
+                     peers, its map {nodes} nodes and {links} links of {} wanted)",
+                    links_wanted(n)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -237,11 +252,21 @@ impl LocalNet {
     /// Every node needs a measured round trip to be mapped, so this is what "ready to place"
     /// means, beyond "connected".
     pub fn map_size(&self, i: usize) -> usize {
-        self.brume(i, &["map", "--json", "--fresh", "--budget", TEST_BUDGET])
+        self.map_counts(i).0
+    }
+
+    /// The nodes and links of node `i`'s fresh map (0 and 0 when it cannot be read).
+    pub fn map_counts(&self, i: usize) -> (usize, usize) {
+        let map = self
+            .brume(i, &["map", "--json", "--fresh", "--budget", TEST_BUDGET])
             .ok()
-            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-            .and_then(|v| v["nodes"].as_array().map(Vec::len))
-            .unwrap_or(0)
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
+        let count = |key: &str| {
+            map.as_ref()
+                .and_then(|v| v[key].as_array().map(Vec::len))
+                .unwrap_or(0)
+        };
+        (count("nodes"), count("links"))
     }
 
     /// Stops node `i` as an operator would (SIGTERM) and waits up to `limit` for it to exit;
