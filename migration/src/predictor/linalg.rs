@@ -69,6 +69,17 @@ pub fn weighted_ridge(
     solve(a, b)
 }
 
+/// The diagonal of `a⁻¹` (one solve per column). `None` when `a` is singular.
+pub fn inverse_diagonal(a: &[Vec<f64>]) -> Option<Vec<f64>> {
+    (0..a.len())
+        .map(|j| {
+            let mut e = vec![0.0; a.len()];
+            e[j] = 1.0;
+            solve(a.to_vec(), e).map(|x| x[j])
+        })
+        .collect()
+}
+
 /// `x·θ`.
 pub fn dot(x: &[f64], theta: &[f64]) -> f64 {
     x.iter().zip(theta).map(|(a, b)| a * b).sum()
@@ -87,6 +98,17 @@ mod tests {
         );
         assert!(solve(vec![vec![1.0, 2.0], vec![2.0, 4.0]], vec![1.0, 2.0]).is_none());
         assert!(solve(vec![vec![1.0]], vec![1.0, 2.0]).is_none());
+    }
+
+    #[test]
+    fn the_inverse_diagonal_of_a_small_matrix() {
+        // [[2, 1], [1, 1]]⁻¹ = [[1, −1], [−1, 2]].
+        let d = inverse_diagonal(&[vec![2.0, 1.0], vec![1.0, 1.0]]).unwrap();
+        assert!(
+            (d[0] - 1.0).abs() < 1e-12 && (d[1] - 2.0).abs() < 1e-12,
+            "{d:?}"
+        );
+        assert!(inverse_diagonal(&[vec![1.0, 2.0], vec![2.0, 4.0]]).is_none());
     }
 
     #[test]

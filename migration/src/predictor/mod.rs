@@ -15,9 +15,13 @@
 //!   CPUs, busy share, CPU pressure), with the parsers of its `/proc` texts;
 //! - [`model`]: the small trait the models share (`predict`, `observe`);
 //! - [`pbmlr`]: seed 000's penalty-based multiple linear regression, refit online;
+//! - [`selection`]: seed 000's feature selection (VIF, then p-values), which PB-MLR redoes
+//!   before every refit;
 //! - [`mlr`]: standard least-squares MLR (ridge, same prior), online;
 //! - [`calibrated`]: a conformal margin from a model's own past errors (ours, not the seed's),
 //!   reported beside PB-MLR;
+//! - [`margin`]: the factor over a model's past predictions that would have lost the least
+//!   computation (ours), reported beside PB-MLR;
 //! - [`bayes`]: the Bayesian [`OnlineLinear`] (mean, and the upper bound the planner uses);
 //! - [`static_best`]: the best constant in hindsight (offline reference);
 //! - [`trace`]: the checkpoint trace CSV (docs: /work/notes/trace-schema.md, testnet/bench);
@@ -38,10 +42,12 @@ pub mod evaluate;
 pub mod features;
 mod linalg;
 pub mod load;
+pub mod margin;
 pub mod mlr;
 pub mod model;
 pub mod pbmlr;
 pub mod procfs;
+pub mod selection;
 pub mod static_best;
 pub mod store;
 pub mod trace;

@@ -33,12 +33,17 @@
 //! does not grow (the step is a descent direction because the piece's quadratic has the true
 //! gradient at θ); stop when the weights no longer change or after [`MAX_ITERS`] steps. The
 //! model keeps the last [`PbMlrConfig::window`] samples and refits after every dump.
+//!
+//! Which features the fit may use is seed 000's choice too (section IV-B: low VIF, low
+//! p-value), made again from the window before every refit ([`super::selection`]); the others'
+//! coefficients are 0. Without it ([`PbMlrConfig::select`] `None`) every feature is fitted.
 
 use serde::{Deserialize, Serialize};
 
 use super::features::{self, Features};
 use super::linalg;
 use super::model::{Model, Ridge};
+use super::selection::{self, Selection};
 use super::PredictorConfig;
 
 /// Newton steps per refit, at most.
@@ -69,7 +74,19 @@ pub struct PbMlrConfig {
     /// [`LOG_LATE_SCALE`].
     #[serde(default)]
     pub log_space: bool,
+    /// Seed 000's feature selection before every refit; `None`: fit every feature. States
+    /// written before it existed read as selecting (they refit on their next dump).
+    #[serde(default = "default_select")]
+    pub select: Option<Selection>,
 }
+
+fn default_select() -> Option<Selection> {
+    Some(Selection::default())
+}
+
+/// Features PB-MLR always fits, never tested by the selection: the intercept and resident
+/// memory (the prior's own terms, and seed 000's "program memory usage").
+pub const KEEP: [usize; 2] = [0, 1];
 
 /// σ of the log-space form when `late_scale_rel` is not set: late by 5% of the dump.
 pub const LOG_LATE_SCALE: f64 = 0.05;
@@ -84,6 +101,7 @@ impl Default for PbMlrConfig {
             kappa_max: 1e8,
             late_scale_rel: None,
             log_space: false,
+            select: default_select(),
         }
     }
 }
@@ -114,6 +132,10 @@ pub struct PbMlr {
     scale: f64,
     #[serde(flatten)]
     ridge: Ridge,
+    /// The features of the last refit, ascending (every feature before the first, or without
+    /// selection).
+    #[serde(default)]
+    active: Vec<usize>,
 }
 
 impl PbMlr {
@@ -128,6 +150,27 @@ impl PbMlr {
             cfg: pb,
             scale: pb.late_scale_s.unwrap_or(cfg.noise_sd),
             ridge: Ridge::new(prior, pb.window),
+            active: Vec::new(),
+        }
+    }
+
+    /// The features the last refit used, in [`features::NAMES`]' order (or
+    /// [`features::LOG_NAMES`]' for the log-space form); every feature before the first refit
+    /// or without selection.
+    pub fn active(&self) -> Vec<usize> {
+        if self.active.is_empty() {
+            (0..self.used()).collect()
+        } else {
+            self.active.clone()
+        }
+    }
+
+    /// Entries of the vector in use.
+    fn used(&self) -> usize {
+        if self.cfg.log_space {
+            features::LOG_USED
+        } else {
+            features::DIM
         }
     }
 
@@ -194,7 +237,22 @@ impl PbMlr {
     /// step halving). Returns the Newton steps taken.
     fn refit(&mut self) -> usize {
         let rows = self.ridge.window.rows();
+        let all: Vec<usize> = (0..self.used()).collect();
+        self.active = match &self.cfg.select {
+            Some(s) => selection::select(&rows, &self.ridge.window.y, &all, &KEEP, s),
+            None => all,
+        };
+        let active = self.active.clone();
+        let project = |v: &[f64]| -> Vec<f64> { active.iter().map(|&j| v[j]).collect() };
+        let projected: Vec<Vec<f64>> = rows.iter().map(|r| project(r)).collect();
+        let projected: Vec<&[f64]> = projected.iter().map(|r| &r[..]).collect();
+        let (lambda, mu) = (project(&self.ridge.lambda), project(&self.ridge.mu));
         let mut theta = self.ridge.theta.clone();
+        for (j, t) in theta.iter_mut().enumerate() {
+            if !active.contains(&j) {
+                *t = 0.0;
+            }
+        }
         let mut cost = self.cost(&theta);
         let mut last_weights: Option<Vec<f64>> = None;
         for step in 0..MAX_ITERS {
@@ -211,15 +269,15 @@ impl PbMlr {
                 self.ridge.theta = theta;
                 return step;
             }
-            let Some(target) = linalg::weighted_ridge(
-                &rows,
-                &self.ridge.window.y,
-                &weights,
-                &self.ridge.lambda,
-                &self.ridge.mu,
-            ) else {
+            let Some(solved) =
+                linalg::weighted_ridge(&projected, &self.ridge.window.y, &weights, &lambda, &mu)
+            else {
                 break;
             };
+            let mut target = vec![0.0; theta.len()];
+            for (&j, t) in active.iter().zip(solved) {
+                target[j] = t;
+            }
             let mut t = 1.0;
             let mut accepted = None;
             for _ in 0..40 {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use brume_migration::predictor::calibrated::Calibrated;
 use brume_migration::predictor::evaluate::{self, Report};
+use brume_migration::predictor::margin::Margin;
 use brume_migration::predictor::mlr::{Mlr, WINDOW};
 use brume_migration::predictor::pbmlr::{PbMlr, PbMlrConfig};
 use brume_migration::predictor::static_best::StaticBest;
@@ -153,6 +154,16 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         ..PbMlrConfig::default()
     };
     let mut pb = PbMlr::new(&cfg, pb_cfg);
+    let mut pb_all = Named {
+        name: "pbmlr-all",
+        model: PbMlr::new(
+            &cfg,
+            PbMlrConfig {
+                select: None,
+                ..pb_cfg
+            },
+        ),
+    };
     let mut pb_noload = WithoutLoad(Named {
         name: "pbmlr-noload",
         model: PbMlr::new(&cfg, pb_cfg),
@@ -182,15 +193,26 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
     let mut bayes = BayesModel::mean(&cfg);
     let mut bayes_up = BayesModel::upper(&cfg);
     let mut stat = StaticBest::fit(&samples);
+    // On PB-MLR without selection, as before selection existed: a conformal ratio needs an
+    // inner model that never predicts 0, and the selected linear fit does for a few small dumps
+    // (ratios capped at 100 would then inflate every later prediction).
     let mut conformal = Calibrated::new(
-        PbMlr::new(&cfg, pb_cfg),
+        PbMlr::new(
+            &cfg,
+            PbMlrConfig {
+                select: None,
+                ..pb_cfg
+            },
+        ),
         args.max_late_pct / 100.0,
         CONFORMAL_KEEP,
     );
+    let mut margin = Margin::new(PbMlr::new(&cfg, pb_cfg), WINDOW);
     let reports = evaluate::replay(
         &dumps,
         &mut [
             &mut pb as &mut dyn Model,
+            &mut pb_all,
             &mut pb_noload,
             &mut pb_rel,
             &mut pb_log,
@@ -200,6 +222,7 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
             &mut bayes_up,
             &mut stat,
             &mut conformal,
+            &mut margin,
         ],
     );
     let by = |name: &str| -> anyhow::Result<&Report> {
@@ -249,7 +272,20 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
     }
     println!("lost computation: early ŷ − y; late e + ŷ, e = seconds since the task's last checkpoint (Equation 3)");
     println!("static-best is the constant with the least lost computation over the whole trace: offline, in hindsight");
-    println!("pbmlr+conformal is ours, not seed 000's: PB-MLR scaled by the quantile of its own past y/ŷ ratios (BENCH keys are plain PB-MLR's)");
+    println!(
+        "pbmlr: seed 000's PB-MLR with its feature selection (VIF <= {}, p <= {}, from {} dumps) redone before every refit; it ended on: {}",
+        pb_cfg.select.map_or(f64::NAN, |s| s.vif_max),
+        pb_cfg.select.map_or(f64::NAN, |s| s.p_max),
+        pb_cfg.select.map_or(0, |s| s.min_samples),
+        pb.active()
+            .iter()
+            .map(|&j| brume_migration::predictor::features::NAMES[j])
+            .collect::<Vec<_>>()
+            .join(" + ")
+    );
+    println!("pbmlr-all: the same PB-MLR fitted on every feature (no selection; the BENCH model before selection)");
+    println!("pbmlr+margin is ours, not seed 000's: PB-MLR scaled by the factor that would have lost the least computation over its own past predictions (final factor {:.3})", margin.factor());
+    println!("pbmlr+conformal is ours, not seed 000's: PB-MLR (every feature, as pbmlr-all) scaled by the quantile of its own past y/ŷ ratios (BENCH keys are plain PB-MLR's)");
     println!("-noload: the same model with the machine-load features hidden (the feature vector before they were recorded)");
     println!("pbmlr-rel: PB-MLR with the late scale σ = {LATE_SCALE_REL} × the dump's own duration instead of a fixed noise_sd (fixed before the replay)");
     println!("pbmlr-log: PB-MLR's cost on ln(seconds) over logs of the features (multiplicative), σ = {} × the dump, prior from the same dump_prior", brume_migration::predictor::pbmlr::LOG_LATE_SCALE);
@@ -303,7 +339,14 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         ),
     }
 
-    for name in ["pbmlr-noload", "pbmlr-rel", "pbmlr-log", "pbmlr+conformal"] {
+    for name in [
+        "pbmlr-all",
+        "pbmlr-noload",
+        "pbmlr-rel",
+        "pbmlr-log",
+        "pbmlr+conformal",
+        "pbmlr+margin",
+    ] {
         let n = evaluate::dumps_to_learn(by(name)?, args.max_late_pct / 100.0, args.min_span);
         println!("{name}: dumps_to_learn={}", n.map_or(-1, |n| n as i64));
     }

@@ -121,22 +121,38 @@ fn garbage_is_ignored() {
 proptest! {
     #![proptest_config(crate::testing::proptest_config(24))]
 
-    /// Whatever the data, the fit is a minimum of the penalized cost: no step along any
-    /// coordinate lowers it (the cost is convex, so this is the global minimum), and the cost
-    /// is no higher than at the prior.
+    /// Whatever the data, the fit is a minimum of the penalized cost over the features it may
+    /// use: no step along any of their coordinates lowers it (the cost is convex, so this is
+    /// the global minimum on them), the others' coefficients are exactly 0, and the cost is no
+    /// higher than at the prior. Without selection, that is every coordinate.
     #[test]
-    fn the_fit_minimises_the_penalized_cost(seed in any::<u64>(), n in 1usize..40) {
+    fn the_fit_minimises_the_penalized_cost(seed in any::<u64>(), n in 1usize..40, select in any::<bool>()) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut m = PbMlr::new(&PredictorConfig::default(), PbMlrConfig::default());
+        let pb = PbMlrConfig {
+            select: if select { Some(Selection::default()) } else { None },
+            ..PbMlrConfig::default()
+        };
+        let mut m = PbMlr::new(&PredictorConfig::default(), pb);
         for _ in 0..n {
             let f = task(&mut rng);
             let y = law(&f) * rng.random_range(0.5..2.0);
             m.observe(&f, y, f.since_checkpoint_s());
         }
         let theta = m.coefficients().to_vec();
+        let active = m.active();
+        if !select {
+            prop_assert_eq!(active.len(), theta.len());
+        }
         let best = m.cost(&theta);
-        prop_assert!(best <= m.cost(&m.ridge.mu) * (1.0 + 1e-9));
+        let prior: Vec<f64> = (0..theta.len())
+            .map(|j| if active.contains(&j) { m.ridge.mu[j] } else { 0.0 })
+            .collect();
+        prop_assert!(best <= m.cost(&prior) * (1.0 + 1e-9));
         for j in 0..theta.len() {
+            if !active.contains(&j) {
+                prop_assert_eq!(theta[j], 0.0);
+                continue;
+            }
             for h in [1e-3, -1e-3, 1e-1, -1e-1] {
                 let mut t = theta.clone();
                 t[j] += h;
