@@ -151,10 +151,17 @@ fn drop_insignificant(
     p_max: f64,
 ) {
     loop {
-        let Some(p) = p_values(rows, y, set) else {
+        // A kept feature that never varied is the intercept again: leave it out of the test,
+        // or the system is singular and nothing could be dropped.
+        let tested: Vec<usize> = set
+            .iter()
+            .copied()
+            .filter(|&j| j == 0 || !keep.contains(&j) || spread(rows, j) > 0.0)
+            .collect();
+        let Some(p) = p_values(rows, y, &tested) else {
             return;
         };
-        let worst = set
+        let worst = tested
             .iter()
             .zip(&p)
             .filter(|(j, _)| !keep.contains(j))

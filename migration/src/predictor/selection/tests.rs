@@ -77,6 +77,23 @@ fn a_constant_feature_is_never_selected() {
 }
 
 #[test]
+fn a_kept_feature_that_never_varied_does_not_stop_the_elimination() {
+    // One task shape: rss (kept) is the same in every sample.
+    let (mut rows, y) = data(100);
+    for r in &mut rows {
+        r[1] = 0.5;
+    }
+    let got = select(
+        &refs(&rows),
+        &y,
+        &[0, 1, 2, 3],
+        &[0, 1],
+        &Selection::default(),
+    );
+    assert_eq!(got, vec![0, 1, 2]);
+}
+
+#[test]
 fn p_values_are_small_for_a_real_effect_and_large_for_none() {
     let (rows, y) = data(200);
     let p = p_values(&refs(&rows), &y, &[0, 1, 2, 3]).expect("a regular system");
