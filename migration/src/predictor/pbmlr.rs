@@ -34,6 +34,12 @@
 //! gradient at θ); stop when the weights no longer change or after [`MAX_ITERS`] steps. The
 //! model keeps the last [`PbMlrConfig::window`] samples and refits after every dump.
 //!
+//! The default form is multiplicative ([`PbMlrConfig::log_space`]): `ln(seconds)` on logs of
+//! the features, so a miss weighs by its share of the dump at every size and a prediction is
+//! never 0. It was chosen over the linear form (`pbmlr-lin`, seconds on the features as the
+//! seed writes it) because it lost less computation, the seed's own measure, on both traces it
+//! was developed on (BENCHMARKS.md); node states written with the linear form keep it.
+//!
 //! Which features the fit may use is seed 000's choice too (section IV-B: low VIF, low
 //! p-value), made again from the window before every refit ([`super::selection`]); the others'
 //! coefficients are 0. Without it ([`PbMlrConfig::select`] `None`) every feature is fitted.
@@ -100,7 +106,7 @@ impl Default for PbMlrConfig {
             late_scale_s: None,
             kappa_max: 1e8,
             late_scale_rel: None,
-            log_space: false,
+            log_space: true,
             select: default_select(),
         }
     }
@@ -172,6 +178,11 @@ impl PbMlr {
         } else {
             features::DIM
         }
+    }
+
+    /// The knobs it was made with.
+    pub fn config(&self) -> &PbMlrConfig {
+        &self.cfg
     }
 
     /// The coefficients and what they were learned from.
@@ -312,9 +323,9 @@ impl PbMlr {
 impl Model for PbMlr {
     fn name(&self) -> &'static str {
         if self.cfg.log_space {
-            "pbmlr-log"
-        } else {
             "pbmlr"
+        } else {
+            "pbmlr-lin"
         }
     }
 

@@ -149,9 +149,13 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         .iter()
         .map(|d| (d.dump_s, d.features.since_checkpoint_s()))
         .collect();
-    let pb_cfg = PbMlrConfig {
+    // The BENCH model: PB-MLR as a node runs it (multiplicative form, seed 000's selection).
+    let pb_cfg = PbMlrConfig::default();
+    // The linear form, as seed 000 writes it (σ from --late-scale-s).
+    let lin_cfg = PbMlrConfig {
+        log_space: false,
         late_scale_s: args.late_scale_s,
-        ..PbMlrConfig::default()
+        ..pb_cfg
     };
     let mut pb = PbMlr::new(&cfg, pb_cfg);
     let mut pb_all = Named {
@@ -164,27 +168,31 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
             },
         ),
     };
+    let mut pb_lin = PbMlr::new(&cfg, lin_cfg);
+    let mut pb_lin_all = Named {
+        name: "pbmlr-lin-all",
+        model: PbMlr::new(
+            &cfg,
+            PbMlrConfig {
+                select: None,
+                ..lin_cfg
+            },
+        ),
+    };
     let mut pb_noload = WithoutLoad(Named {
         name: "pbmlr-noload",
         model: PbMlr::new(&cfg, pb_cfg),
     });
     let mut pb_rel = Named {
-        name: "pbmlr-rel",
+        name: "pbmlr-lin-rel",
         model: PbMlr::new(
             &cfg,
             PbMlrConfig {
                 late_scale_rel: Some(LATE_SCALE_REL),
-                ..pb_cfg
+                ..lin_cfg
             },
         ),
     };
-    let mut pb_log = PbMlr::new(
-        &cfg,
-        PbMlrConfig {
-            log_space: true,
-            ..pb_cfg
-        },
-    );
     let mut mlr_noload = WithoutLoad(Named {
         name: "mlr-noload",
         model: Mlr::new(&cfg, WINDOW),
@@ -193,17 +201,8 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
     let mut bayes = BayesModel::mean(&cfg);
     let mut bayes_up = BayesModel::upper(&cfg);
     let mut stat = StaticBest::fit(&samples);
-    // On PB-MLR without selection, as before selection existed: a conformal ratio needs an
-    // inner model that never predicts 0, and the selected linear fit does for a few small dumps
-    // (ratios capped at 100 would then inflate every later prediction).
     let mut conformal = Calibrated::new(
-        PbMlr::new(
-            &cfg,
-            PbMlrConfig {
-                select: None,
-                ..pb_cfg
-            },
-        ),
+        PbMlr::new(&cfg, pb_cfg),
         args.max_late_pct / 100.0,
         CONFORMAL_KEEP,
     );
@@ -213,9 +212,10 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         &mut [
             &mut pb as &mut dyn Model,
             &mut pb_all,
+            &mut pb_lin,
+            &mut pb_lin_all,
             &mut pb_noload,
             &mut pb_rel,
-            &mut pb_log,
             &mut mlr,
             &mut mlr_noload,
             &mut bayes,
@@ -272,23 +272,36 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
     }
     println!("lost computation: early ŷ − y; late e + ŷ, e = seconds since the task's last checkpoint (Equation 3)");
     println!("static-best is the constant with the least lost computation over the whole trace: offline, in hindsight");
+    let names = |m: &PbMlr| -> String {
+        let table: &[&str] = if m.config().log_space {
+            &brume_migration::predictor::features::LOG_NAMES
+        } else {
+            &brume_migration::predictor::features::NAMES
+        };
+        m.active()
+            .iter()
+            .map(|&j| table.get(j).copied().unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
     println!(
-        "pbmlr: seed 000's PB-MLR with its feature selection (VIF <= {}, p <= {}, from {} dumps) redone before every refit; it ended on: {}",
+        "pbmlr: seed 000's PB-MLR as a node runs it: its cost on ln(seconds) over logs of the features (multiplicative, σ = {} × the dump), with seed 000's feature selection (VIF <= {}, p <= {}, from {} dumps) redone before every refit; it ended on: {}",
+        brume_migration::predictor::pbmlr::LOG_LATE_SCALE,
         pb_cfg.select.map_or(f64::NAN, |s| s.vif_max),
         pb_cfg.select.map_or(f64::NAN, |s| s.p_max),
         pb_cfg.select.map_or(0, |s| s.min_samples),
-        pb.active()
-            .iter()
-            .map(|&j| brume_migration::predictor::features::NAMES[j])
-            .collect::<Vec<_>>()
-            .join(" + ")
+        names(&pb)
     );
-    println!("pbmlr-all: the same PB-MLR fitted on every feature (no selection; the BENCH model before selection)");
-    println!("pbmlr+margin is ours, not seed 000's: PB-MLR scaled by the factor that would have lost the least computation over its own past predictions (final factor {:.3})", margin.factor());
-    println!("pbmlr+conformal is ours, not seed 000's: PB-MLR (every feature, as pbmlr-all) scaled by the quantile of its own past y/ŷ ratios (BENCH keys are plain PB-MLR's)");
+    println!("pbmlr-all: the same fitted on every feature (no selection)");
+    println!(
+        "pbmlr-lin: the linear form (seconds on the features, as seed 000 writes it), with selection; it ended on: {}",
+        names(&pb_lin)
+    );
+    println!("pbmlr-lin-all: the linear form on every feature (the BENCH model before selection and the multiplicative form)");
+    println!("pbmlr-lin-rel: the linear form with the late scale σ = {LATE_SCALE_REL} × the dump's own duration instead of a fixed noise_sd (fixed before the replay)");
     println!("-noload: the same model with the machine-load features hidden (the feature vector before they were recorded)");
-    println!("pbmlr-rel: PB-MLR with the late scale σ = {LATE_SCALE_REL} × the dump's own duration instead of a fixed noise_sd (fixed before the replay)");
-    println!("pbmlr-log: PB-MLR's cost on ln(seconds) over logs of the features (multiplicative), σ = {} × the dump, prior from the same dump_prior", brume_migration::predictor::pbmlr::LOG_LATE_SCALE);
+    println!("pbmlr+margin is ours, not seed 000's: PB-MLR scaled by the factor that would have lost the least computation over its own past predictions (final factor {:.3})", margin.factor());
+    println!("pbmlr+conformal is ours, not seed 000's: PB-MLR scaled by the quantile of its own past y/ŷ ratios (BENCH keys are plain PB-MLR's)");
 
     // What a node choosing by this measure would run: the online model with the least lost
     // computation (static-best needs the whole trace in advance, so it cannot be chosen).
@@ -341,9 +354,10 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
 
     for name in [
         "pbmlr-all",
+        "pbmlr-lin",
+        "pbmlr-lin-all",
         "pbmlr-noload",
-        "pbmlr-rel",
-        "pbmlr-log",
+        "pbmlr-lin-rel",
         "pbmlr+conformal",
         "pbmlr+margin",
     ] {

@@ -10,6 +10,14 @@ use crate::predictor::mlr::Mlr;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// The linear form (seconds on the features), for the tests about its cost in seconds.
+fn linear() -> PbMlrConfig {
+    PbMlrConfig {
+        log_space: false,
+        ..PbMlrConfig::default()
+    }
+}
+
 fn gauss(rng: &mut StdRng) -> f64 {
     let u1: f64 = rng.random::<f64>().max(1e-12);
     let u2: f64 = rng.random();
@@ -51,8 +59,14 @@ fn late_count(m: &mut dyn Model, seed: u64, n: usize) -> (usize, f64) {
 
 #[test]
 fn predicts_at_or_above_a_noisy_law_and_is_late_less_often_than_mlr() {
+    for form in [linear(), PbMlrConfig::default()] {
+        predicts_at_or_above(form);
+    }
+}
+
+fn predicts_at_or_above(form: PbMlrConfig) {
     let cfg = PredictorConfig::default();
-    let mut pb = PbMlr::new(&cfg, PbMlrConfig::default());
+    let mut pb = PbMlr::new(&cfg, form);
     let mut mlr = Mlr::new(&cfg, PbMlrConfig::default().window);
     let (pb_late, pb_lost) = late_count(&mut pb, 3, 200);
     let (mlr_late, mlr_lost) = late_count(&mut mlr, 3, 200);
@@ -71,7 +85,8 @@ fn predicts_at_or_above_a_noisy_law_and_is_late_less_often_than_mlr() {
         let f = example(mib);
         assert!(
             pb.predict(&f) >= law(&f),
-            "{mib} MiB: {} < {}",
+            "{}, {mib} MiB: {} < {}",
+            pb.name(),
             pb.predict(&f),
             law(&f)
         );
@@ -126,10 +141,16 @@ proptest! {
     /// the global minimum on them), the others' coefficients are exactly 0, and the cost is no
     /// higher than at the prior. Without selection, that is every coordinate.
     #[test]
-    fn the_fit_minimises_the_penalized_cost(seed in any::<u64>(), n in 1usize..40, select in any::<bool>()) {
+    fn the_fit_minimises_the_penalized_cost(
+        seed in any::<u64>(),
+        n in 1usize..40,
+        select in any::<bool>(),
+        log_space in any::<bool>(),
+    ) {
         let mut rng = StdRng::seed_from_u64(seed);
         let pb = PbMlrConfig {
             select: if select { Some(Selection::default()) } else { None },
+            log_space,
             ..PbMlrConfig::default()
         };
         let mut m = PbMlr::new(&PredictorConfig::default(), pb);
@@ -141,7 +162,8 @@ proptest! {
         let theta = m.coefficients().to_vec();
         let active = m.active();
         if !select {
-            prop_assert_eq!(active.len(), theta.len());
+            let used = if log_space { features::LOG_USED } else { features::DIM };
+            prop_assert_eq!(&active, &(0..used).collect::<Vec<_>>());
         }
         let best = m.cost(&theta);
         let prior: Vec<f64> = (0..theta.len())
@@ -167,17 +189,17 @@ fn a_relative_late_scale_weighs_a_small_dumps_miss_by_its_share() {
     let cfg = PredictorConfig::default();
     let rel = PbMlrConfig {
         late_scale_rel: Some(0.05),
-        ..PbMlrConfig::default()
+        ..linear()
     };
     let small = example(16);
     let mut by_share = PbMlr::new(&cfg, rel);
-    let mut fixed = PbMlr::new(&cfg, PbMlrConfig::default());
+    let mut fixed = PbMlr::new(&cfg, linear());
     by_share.observe(&small, 0.02, 2.0);
     fixed.observe(&small, 0.02, 2.0);
     // One θ for both, predicting 18 ms for the 20 ms dump: late by 2 ms.
     let mut theta = fixed.coefficients().to_vec();
     theta[0] += 0.018 - linalg::dot(&features::vector(&small), &theta);
-    let prior_only = PbMlr::new(&cfg, PbMlrConfig::default()).cost(&theta);
+    let prior_only = PbMlr::new(&cfg, linear()).cost(&theta);
     let (data_rel, data_fixed) = (
         by_share.cost(&theta) - prior_only,
         fixed.cost(&theta) - prior_only,
@@ -196,12 +218,11 @@ fn a_relative_late_scale_weighs_a_small_dumps_miss_by_its_share() {
 #[test]
 fn the_log_space_form_learns_the_noisy_law_and_is_late_less_often_than_mlr() {
     let cfg = PredictorConfig::default();
-    let log = PbMlrConfig {
-        log_space: true,
-        ..PbMlrConfig::default()
-    };
+    let log = PbMlrConfig::default();
+    assert!(log.log_space, "the default form is the multiplicative one");
     let mut pb = PbMlr::new(&cfg, log);
-    assert_eq!(pb.name(), "pbmlr-log");
+    assert_eq!(pb.name(), "pbmlr");
+    assert_eq!(PbMlr::new(&cfg, linear()).name(), "pbmlr-lin");
     let mut mlr = Mlr::new(&cfg, log.window);
     let (pb_late, _) = late_count(&mut pb, 3, 200);
     let (mlr_late, _) = late_count(&mut mlr, 3, 200);
