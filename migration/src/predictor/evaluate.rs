@@ -130,6 +130,17 @@ impl Report {
     }
 }
 
+/// Has every model learn `dumps`, in order, without predicting: a start from dumps measured
+/// elsewhere (another trace) instead of from the prior alone.
+pub fn pretrain(dumps: &[Dump], models: &mut [&mut dyn Model]) {
+    for d in dumps {
+        let e = d.features.since_checkpoint_s();
+        for m in models.iter_mut() {
+            m.observe(&d.features, d.dump_s, e);
+        }
+    }
+}
+
 /// Replays `dumps` in order: every model predicts each dump, then learns from it.
 pub fn replay(dumps: &[Dump], models: &mut [&mut dyn Model]) -> Vec<Report> {
     let mut reports: Vec<Report> = models

@@ -66,6 +66,11 @@ pub struct PredictorArgs {
     /// default: the predictor config's noise_sd (0.05 s).
     #[arg(long)]
     pub late_scale_s: Option<f64>,
+    /// Traces every online model learns from first, in order, before the replay (a node that
+    /// starts from dumps measured elsewhere instead of from the prior). Repeatable; the BENCH
+    /// line then gains `pretrain_dumps`. Never the replayed trace itself.
+    #[arg(long, value_name = "TRACE")]
+    pub pretrain: Vec<PathBuf>,
     /// Also print every dump: measured duration and each model's prediction.
     #[arg(long)]
     pub show_dumps: bool,
@@ -207,24 +212,41 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         CONFORMAL_KEEP,
     );
     let mut margin = Margin::new(PbMlr::new(&cfg, pb_cfg), WINDOW);
-    let reports = evaluate::replay(
-        &dumps,
-        &mut [
-            &mut pb as &mut dyn Model,
-            &mut pb_all,
-            &mut pb_lin,
-            &mut pb_lin_all,
-            &mut pb_noload,
-            &mut pb_rel,
-            &mut mlr,
-            &mut mlr_noload,
-            &mut bayes,
-            &mut bayes_up,
-            &mut stat,
-            &mut conformal,
-            &mut margin,
-        ],
-    );
+    let mut models: [&mut dyn Model; 13] = [
+        &mut pb as &mut dyn Model,
+        &mut pb_all,
+        &mut pb_lin,
+        &mut pb_lin_all,
+        &mut pb_noload,
+        &mut pb_rel,
+        &mut mlr,
+        &mut mlr_noload,
+        &mut bayes,
+        &mut bayes_up,
+        &mut stat,
+        &mut conformal,
+        &mut margin,
+    ];
+    let mut pretrained = 0;
+    for path in &args.pretrain {
+        anyhow::ensure!(
+            std::fs::canonicalize(path).ok()
+                != std::fs::canonicalize(trace_path(args.trace.as_deref())).ok(),
+            "--pretrain {} is the replayed trace itself",
+            path.display()
+        );
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read the pretraining trace {}", path.display()))?;
+        let first = trace::parse(&text).with_context(|| format!("parse {}", path.display()))?;
+        evaluate::pretrain(&first, &mut models);
+        pretrained += first.len();
+        println!(
+            "pretrained every online model on {} ({} dumps)",
+            path.display(),
+            first.len()
+        );
+    }
+    let reports = evaluate::replay(&dumps, &mut models);
     let by = |name: &str| -> anyhow::Result<&Report> {
         reports
             .iter()
@@ -390,6 +412,9 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
         lost_vs_mlr,
         lost_vs_static
     );
+    if pretrained > 0 {
+        bench += &format!(" pretrain_dumps={pretrained}");
+    }
     if let Some(setup) = &drain {
         if cfg!(debug_assertions) {
             eprintln!("warning: this is a debug build of brume-bench (the daemons are the brume beside it)");

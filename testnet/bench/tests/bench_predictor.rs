@@ -53,3 +53,39 @@ fn predictor_bench_runs_on_the_fixture_and_reports_every_key() {
     assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
     assert!(doc.matches("<polyline").count() >= 8, "{doc}");
 }
+
+#[test]
+fn pretraining_on_another_trace_adds_its_dumps_and_the_trace_itself_is_refused() {
+    let dir = tempfile::Builder::new()
+        .prefix("brume-test-bench-predictor-pretrain-")
+        .tempdir()
+        .expect("a temp dir");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/predictor-fixture.csv"
+    );
+    // Another file with the same dumps: a different trace as far as the bench can tell.
+    let other = dir.path().join("other.csv");
+    std::fs::copy(fixture, &other).expect("copy the fixture");
+    let rows = std::fs::read_to_string(fixture)
+        .expect("the fixture")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count()
+        - 1;
+    let run = |pretrain: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_brume-bench"))
+            .args(["predictor", "--trace", fixture, "--svg"])
+            .arg(dir.path().join("curve.svg"))
+            .arg("--pretrain")
+            .arg(pretrain)
+            .output()
+            .expect("the brume-bench binary runs")
+    };
+    let seen = common::bench_line(&run(&other), "predictor");
+    assert_eq!(seen["pretrain_dumps"], rows as f64, "{seen:?}");
+    let refused = run(std::path::Path::new(fixture));
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("is the replayed trace itself"), "{err}");
+}

@@ -151,3 +151,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pretraining_is_learning_without_predicting() {
+    let cfg = PredictorConfig::default();
+    let first: Vec<Dump> = (0..8)
+        .map(|i| dump(i, 64 << (i % 4), 0.05 * (i + 1) as f64, Some(2.0)))
+        .collect();
+    let then: Vec<Dump> = (8..12).map(|i| dump(i, 256, 0.4, Some(3.0))).collect();
+    // Pretrained on `first`, then replayed on `then`: the same predictions as one replay of
+    // both, minus the first part's reports.
+    let mut a = PbMlr::new(&cfg, PbMlrConfig::default());
+    pretrain(&first, &mut [&mut a]);
+    assert_eq!(a.samples(), 8);
+    let after = replay(&then, &mut [&mut a]);
+    let mut b = PbMlr::new(&cfg, PbMlrConfig::default());
+    let both: Vec<Dump> = first.iter().chain(&then).cloned().collect();
+    let whole = replay(&both, &mut [&mut b]);
+    assert_eq!(after[0].outcomes[..], whole[0].outcomes[8..]);
+    assert_eq!(a, b);
+}
