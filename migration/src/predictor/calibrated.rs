@@ -86,17 +86,7 @@ impl<M: Model> Model for Calibrated<M> {
 mod tests {
     use super::*;
     use crate::predictor::features::tests::example;
-
-    struct Fixed(f64);
-    impl Model for Fixed {
-        fn name(&self) -> &'static str {
-            "fixed"
-        }
-        fn predict(&self, _f: &Features) -> f64 {
-            self.0
-        }
-        fn observe(&mut self, _f: &Features, _s: f64, _e: f64) {}
-    }
+    use crate::predictor::model::tests::Fixed;
 
     #[test]
     fn the_margin_is_the_conformal_quantile_of_past_ratios() {

@@ -111,17 +111,7 @@ impl<M: Model> Model for Margin<M> {
 mod tests {
     use super::*;
     use crate::predictor::features::tests::example;
-
-    struct Fixed(f64);
-    impl Model for Fixed {
-        fn name(&self) -> &'static str {
-            "fixed"
-        }
-        fn predict(&self, _f: &Features) -> f64 {
-            self.0
-        }
-        fn observe(&mut self, _f: &Features, _s: f64, _e: f64) {}
-    }
+    use crate::predictor::model::tests::Fixed;
 
     #[test]
     fn a_dear_late_dump_is_covered_and_a_cheap_one_is_not() {

@@ -131,3 +131,22 @@ impl Ridge {
             .sum()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A model that always answers the same and learns nothing: the inner model of the
+    /// layers' tests (margins on top of a model).
+    pub(crate) struct Fixed(pub f64);
+
+    impl Model for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+        fn predict(&self, _f: &Features) -> f64 {
+            self.0
+        }
+        fn observe(&mut self, _f: &Features, _s: f64, _e: f64) {}
+    }
+}

@@ -104,19 +104,28 @@ fn drop_collinear(rows: &[&[f64]], keep: &[usize], free: &mut Vec<usize>, vif_ma
             // Exactly collinear: every free candidate is as bad; drop the last.
             None => vec![f64::INFINITY; feats.len()],
         };
-        let worst = feats
-            .iter()
-            .zip(&vif)
-            .filter(|(j, _)| free.contains(j))
-            .max_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(b.0)));
-        match worst {
-            Some((j, v)) if v.is_nan() || *v > vif_max => {
-                let j = *j;
-                free.retain(|k| *k != j);
-            }
-            _ => return,
+        match worst(&feats, &vif, |j| free.contains(&j), vif_max) {
+            Some(j) => free.retain(|k| *k != j),
+            None => return,
         }
     }
+}
+
+/// Of the `eligible` features, the one with the largest score if that score exceeds `limit`
+/// (or is not a number): the one a step drops. Ties go to the higher index.
+fn worst(
+    feats: &[usize],
+    scores: &[f64],
+    eligible: impl Fn(usize) -> bool,
+    limit: f64,
+) -> Option<usize> {
+    feats
+        .iter()
+        .zip(scores)
+        .filter(|(j, _)| eligible(**j))
+        .max_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(b.0)))
+        .filter(|(_, v)| v.is_nan() || **v > limit)
+        .map(|(j, _)| *j)
 }
 
 /// The correlation matrix of the features `feats` (none constant) over `rows`.
@@ -161,17 +170,9 @@ fn drop_insignificant(
         let Some(p) = p_values(rows, y, &tested) else {
             return;
         };
-        let worst = tested
-            .iter()
-            .zip(&p)
-            .filter(|(j, _)| !keep.contains(j))
-            .max_by(|a, b| a.1.total_cmp(b.1).then(a.0.cmp(b.0)));
-        match worst {
-            Some((j, p)) if p.is_nan() || *p > p_max => {
-                let j = *j;
-                set.retain(|k| *k != j);
-            }
-            _ => return,
+        match worst(&tested, &p, |j| !keep.contains(&j), p_max) {
+            Some(j) => set.retain(|k| *k != j),
+            None => return,
         }
     }
 }
