@@ -170,9 +170,17 @@ fn move_64_mib(
         .await;
         (migrated, target.await.expect("target task"))
     });
-    let received = received.unwrap_or_else(|e| panic!("target: {e}"));
-    let _restored = KillOnDrop(received.pid);
-    let migrated = migrated.unwrap_or_else(|e| panic!("migration: {e}"));
+    // Either side's failure names the other's too: a target that saw the link close says
+    // little without the source's reason, and the other way round.
+    let _restored = received.as_ref().ok().map(|r| KillOnDrop(r.pid));
+    let (received, migrated) = match (received, migrated) {
+        (Ok(r), Ok(m)) => (r, m),
+        (r, m) => panic!(
+            "target: {}; source: {}",
+            r.as_ref().map_or_else(|e| e.to_string(), |_| "ok".into()),
+            m.as_ref().map_or_else(|e| e.to_string(), |_| "ok".into())
+        ),
+    };
     // The restored copy (another host PID) answers the poller.
     let (answered, seen) = poller.wait_until(LIVENESS, |log| {
         log.iter().filter(|a| a.peer == received.pid).count() >= 10
