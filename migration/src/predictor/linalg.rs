@@ -42,6 +42,29 @@ pub fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
     x.iter().all(|v| v.is_finite()).then_some(x)
 }
 
+/// The weighted normal equations of `p` unknowns: `A = Σ w_i x_i x_iᵀ`, `b = Σ w_i y_i x_i`
+/// (a missing weight counts as 1).
+pub fn normal_equations(
+    rows: &[&[f64]],
+    y: &[f64],
+    w: Option<&[f64]>,
+    p: usize,
+) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let mut a = vec![vec![0.0; p]; p];
+    let mut b = vec![0.0; p];
+    for (k, (x, yi)) in rows.iter().zip(y).enumerate() {
+        let wi = w.map_or(1.0, |w| w[k]);
+        for i in 0..p {
+            let wx = wi * x[i];
+            b[i] += wx * yi;
+            for j in 0..p {
+                a[i][j] += wx * x[j];
+            }
+        }
+    }
+    (a, b)
+}
+
 /// Weighted ridge least squares: minimises `Σ w_i (x_i·θ − y_i)² + Σ λ_j (θ_j − μ_j)²`.
 pub fn weighted_ridge(
     rows: &[&[f64]],
@@ -51,17 +74,7 @@ pub fn weighted_ridge(
     mu: &[f64],
 ) -> Option<Vec<f64>> {
     let p = mu.len();
-    let mut a = vec![vec![0.0; p]; p];
-    let mut b = vec![0.0; p];
-    for ((x, yi), wi) in rows.iter().zip(y).zip(w) {
-        for i in 0..p {
-            let wx = wi * x[i];
-            b[i] += wx * yi;
-            for j in 0..p {
-                a[i][j] += wx * x[j];
-            }
-        }
-    }
+    let (mut a, mut b) = normal_equations(rows, y, Some(w), p);
     for j in 0..p {
         a[j][j] += lambda[j];
         b[j] += lambda[j] * mu[j];

@@ -46,11 +46,6 @@ impl<M: Model> Margin<M> {
     pub fn factor(&self) -> f64 {
         self.factor
     }
-
-    /// The inner model.
-    pub fn inner(&self) -> &M {
-        &self.inner
-    }
 }
 
 /// The factor in `{1} ∪ {y/ŷ > 1}` with the least summed lost computation over `past`.

@@ -63,9 +63,21 @@ pub fn select(
             .filter(|j| !keep.contains(j) && *j != 0 && rows.iter().all(|r| *j < r.len()))
             .collect();
         free.retain(|&j| spread(rows, j) > 0.0);
-        drop_collinear(rows, keep, &mut free, s.vif_max);
+        // Kept features besides the intercept that never varied: the intercept again, left
+        // out of both tests (collinear with everything, and a singular least-squares system).
+        let flat: Vec<usize> = keep
+            .iter()
+            .copied()
+            .filter(|&j| j != 0 && spread(rows, j) == 0.0)
+            .collect();
+        let varying: Vec<usize> = keep
+            .iter()
+            .copied()
+            .filter(|j| *j != 0 && !flat.contains(j))
+            .collect();
+        drop_collinear(rows, &varying, &mut free, s.vif_max);
         set.extend(free);
-        drop_insignificant(rows, y, keep, &mut set, s.p_max);
+        drop_insignificant(rows, y, keep, &flat, &mut set, s.p_max);
     }
     set.sort_unstable();
     set.dedup();
@@ -86,16 +98,11 @@ fn spread(rows: &[&[f64]], j: usize) -> f64 {
     }
 }
 
-/// Step 2: drops the free candidate with the largest VIF (among the non-intercept kept and free
-/// features) while it exceeds `vif_max`.
-fn drop_collinear(rows: &[&[f64]], keep: &[usize], free: &mut Vec<usize>, vif_max: f64) {
+/// Step 2: drops the free candidate with the largest VIF (among the `varying` kept features,
+/// intercept excluded, and the free ones) while it exceeds `vif_max`.
+fn drop_collinear(rows: &[&[f64]], varying: &[usize], free: &mut Vec<usize>, vif_max: f64) {
     loop {
-        let feats: Vec<usize> = keep
-            .iter()
-            .copied()
-            .filter(|j| *j != 0 && spread(rows, *j) > 0.0)
-            .chain(free.iter().copied())
-            .collect();
+        let feats: Vec<usize> = varying.iter().chain(free.iter()).copied().collect();
         if free.is_empty() || feats.len() < 2 {
             return;
         }
@@ -151,22 +158,18 @@ fn correlation(rows: &[&[f64]], feats: &[usize]) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Step 3: backward elimination by p-value of the features in `set` not in `keep`.
+/// Step 3: backward elimination by p-value of the features in `set` not in `keep`; the `flat`
+/// ones (kept, never varied) are left out of the fit.
 fn drop_insignificant(
     rows: &[&[f64]],
     y: &[f64],
     keep: &[usize],
+    flat: &[usize],
     set: &mut Vec<usize>,
     p_max: f64,
 ) {
     loop {
-        // A kept feature that never varied is the intercept again: leave it out of the test,
-        // or the system is singular and nothing could be dropped.
-        let tested: Vec<usize> = set
-            .iter()
-            .copied()
-            .filter(|&j| j == 0 || !keep.contains(&j) || spread(rows, j) > 0.0)
-            .collect();
+        let tested: Vec<usize> = set.iter().copied().filter(|j| !flat.contains(j)).collect();
         let Some(p) = p_values(rows, y, &tested) else {
             return;
         };
@@ -182,25 +185,18 @@ fn drop_insignificant(
 pub fn p_values(rows: &[&[f64]], y: &[f64], set: &[usize]) -> Option<Vec<f64>> {
     let k = set.len();
     let dof = rows.len().checked_sub(k).filter(|d| *d > 0)?;
-    let mut a = vec![vec![0.0; k]; k];
-    let mut b = vec![0.0; k];
-    for (r, yi) in rows.iter().zip(y) {
-        for (i, &ji) in set.iter().enumerate() {
-            b[i] += r[ji] * yi;
-            for (l, &jl) in set.iter().enumerate() {
-                a[i][l] += r[ji] * r[jl];
-            }
-        }
-    }
+    let projected: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| set.iter().map(|&j| r[j]).collect())
+        .collect();
+    let projected: Vec<&[f64]> = projected.iter().map(|r| &r[..]).collect();
+    let (a, b) = linalg::normal_equations(&projected, y, None, k);
     let theta = linalg::solve(a.clone(), b)?;
     let inv = linalg::inverse_diagonal(&a)?;
-    let sse: f64 = rows
+    let sse: f64 = projected
         .iter()
         .zip(y)
-        .map(|(r, yi)| {
-            let fit: f64 = set.iter().zip(&theta).map(|(&j, t)| r[j] * t).sum();
-            (yi - fit).powi(2)
-        })
+        .map(|(r, yi)| (yi - linalg::dot(r, &theta)).powi(2))
         .sum();
     let s2 = sse / dof as f64;
     Some(
