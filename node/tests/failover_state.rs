@@ -7,6 +7,11 @@
 //! checkpoint file holds the count, kills back's host with SIGKILL and waits until `brume ps`
 //! shows back running on another node; that copy must count on from the checkpoint.
 //!
+//! The same with `checkpoint = "criu"` (the relay's count then lives only in its memory): the
+//! host dumps back with CRIU every second, leaving it running, and the initiator keeps the
+//! images; killed with its host (a device that dies takes its processes along), back is
+//! restored from them on another node and answers the count it had.
+//!
 //! Each node offers 150 mCPU and each task asks 100, so no two tasks share a node.
 
 use std::path::{Path, PathBuf};
@@ -30,14 +35,14 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
-/// `front -> back`, back stateful and checkpointed every second.
-fn manifest(dir: &Path, service: &str) -> PathBuf {
+/// `front -> back`, back stateful and checkpointed every second (`mode`: app or criu).
+fn manifest(dir: &Path, service: &str, mode: &str) -> PathBuf {
     common::chain_context(dir, service, service);
     let text = format!(
         "[service]\nname = \"{service}\"\nroot = \"front\"\n\n\
          [[task]]\nname = \"front\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n\
          [[task]]\nname = \"back\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\
-         stateful = true\ncheckpoint = \"app\"\ncheckpoint_every_s = 1\n\n\
+         stateful = true\ncheckpoint = \"{mode}\"\ncheckpoint_every_s = 1\n\n\
          [[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 50\ntraffic_mbps = 1\n"
     );
     let path = dir.join("service.toml");
@@ -85,7 +90,7 @@ fn a_killed_host_s_stateful_task_comes_back_from_its_latest_checkpoint() {
         &["--heartbeat-interval-ms", "300"],
         &service,
     );
-    let m = manifest(net.dir(), &service);
+    let m = manifest(net.dir(), &service, "app");
     let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
     assert!(
         out.status.success(),
@@ -163,6 +168,150 @@ fn a_killed_host_s_stateful_task_comes_back_from_its_latest_checkpoint() {
         "failover with state: checkpoint holding served={SERVED} seen at the initiator {:.2} s \
          after the requests; back on {} killed, running again on {} with served={restored} \
          after {:.2} s",
+        took.as_secs_f64(),
+        back.host,
+        moved.host,
+        killed.elapsed().as_secs_f64()
+    );
+}
+
+/// The seq (the host's capture time, ms since 1970) of the checkpoint file at `path`, if it
+/// holds CRIU images.
+fn criu_checkpoint_seq(path: &Path) -> Option<u64> {
+    use ciborium::Value;
+    let bytes = std::fs::read(path).ok()?;
+    let Value::Map(fields) = ciborium::from_reader::<Value, _>(bytes.as_slice()).ok()? else {
+        return None;
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.as_text() == Some(name))
+            .map(|(_, v)| v.clone())
+    };
+    let archive = field("images")?.into_map().ok()?.into_iter().find_map(|(k, v)| {
+        (k.as_text() == Some("archive")).then(|| v.into_bytes().ok())?
+    })?;
+    assert!(!archive.is_empty(), "an empty archive of images");
+    u64::try_from(field("seq")?.into_integer().ok()?).ok()
+}
+
+/// The pid of `task`'s process on the node whose data directory is `data`, from its hosted
+/// file (a CRIU-mode task's is the init of its PID namespace).
+fn hosted_pid(data: &Path, task: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(data.join("hosted.json")).ok()?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
+    rows.iter()
+        .find(|r| r["spec"]["id"]["task"] == task)
+        .and_then(|r| r["process"]["pid"].as_u64())
+        .and_then(|p| u32::try_from(p).ok())
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
+}
+
+#[test]
+fn a_killed_host_s_criu_task_comes_back_from_its_latest_criu_checkpoint() {
+    if !common::live_move_supported(
+        "failover_state::a_killed_host_s_criu_task_comes_back_from_its_latest_criu_checkpoint",
+    ) {
+        return;
+    }
+    let service = unique("failcriu");
+    let mut net = common::ServiceNet::start_with(
+        Path::new(BRUME),
+        3,
+        "process",
+        150,
+        &["--heartbeat-interval-ms", "300"],
+        &service,
+    );
+    let m = manifest(net.dir(), &service, "criu");
+    let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "deploy failed: {}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    let ids: Vec<String> = (0..3).map(|i| net.status(i).0).collect();
+    let rows = wait_until("the service runs", || {
+        let rows = ps(&net);
+        (running(&rows, "front").is_some() && running(&rows, "back").is_some()).then_some(rows)
+    });
+    let front = port_of(&running(&rows, "front").unwrap().instance.address);
+    let back = running(&rows, "back").unwrap().instance.clone();
+    let victim = ids
+        .iter()
+        .position(|h| *h == back.host)
+        .expect("back's host is a node");
+    assert_ne!(victim, 0, "back never runs beside front on the initiator");
+
+    let mut served = 0;
+    wait_until("front serves the requests", || {
+        if common::ask(front, "hello").ok().as_deref() == Some("front(back)") {
+            served += 1;
+        }
+        (served == SERVED).then_some(())
+    });
+    let counted =
+        |port: u16| -> Option<u64> { common::ask(port, "STATE").ok()?.trim().parse().ok() };
+    assert_eq!(counted(port_of(&back.address)), Some(SERVED));
+    let after_the_requests = now_unix_ms();
+
+    // The initiator keeps back's images: wait for a dump taken after the requests.
+    let file = net
+        .net
+        .data(0)
+        .join("checkpoints")
+        .join(&service)
+        .join("back.0");
+    let checkpointed = Instant::now();
+    wait_until("the initiator holds CRIU images taken after the requests", || {
+        criu_checkpoint_seq(&file).filter(|&seq| seq > after_the_requests)
+    });
+    let took = checkpointed.elapsed();
+    // Still the same count: the dumps left it running, and nothing else called it.
+    assert_eq!(counted(port_of(&back.address)), Some(SERVED));
+
+    // The device dies: its daemon and the task with it.
+    let pid = hosted_pid(&net.net.data(victim), "back").expect("back's pid on its host");
+    let killed = Instant::now();
+    net.net.kill(victim).expect("kill -9 back's host");
+    // SAFETY: kill(2) of one pid, the init of back's PID namespace (its whole tree goes).
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    let moved = wait_until("back runs again on another node", || {
+        let rows = ps(&net);
+        running(&rows, "back")
+            .filter(|r| r.instance.host != back.host)
+            .map(|r| r.instance.clone())
+    });
+    // Restored, not started afresh: the count is the one the process had in memory.
+    let restored = wait_until("the new back answers STATE", || {
+        counted(port_of(&moved.address))
+    });
+    assert_eq!(
+        restored, SERVED,
+        "the re-placed back lost the memory dumped before its host died"
+    );
+    let logs = net.brume(0, &["logs", "back"]);
+    assert!(
+        text(&logs.stdout).contains("restored by CRIU"),
+        "back was not restored by CRIU: {}",
+        text(&logs.stdout)
+    );
+    wait_until("front reaches the new back", || {
+        (common::ask(front, "hello").ok().as_deref() == Some("front(back)")).then_some(())
+    });
+    let now = counted(port_of(&moved.address)).expect("the new back answers STATE");
+    assert!(now > SERVED, "the new back counts on from {SERVED}: {now}");
+    eprintln!(
+        "failover with CRIU images: a dump after the requests at the initiator {:.2} s later; \
+         back on {} killed, restored on {} with served={restored} after {:.2} s",
         took.as_secs_f64(),
         back.host,
         moved.host,

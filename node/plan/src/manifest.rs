@@ -12,7 +12,7 @@
 //! memory_mb = 256
 //! stateful = true
 //! checkpoint = "app"           # criu | app | none
-//! checkpoint_every_s = 5       # app only: the owner keeps its latest state, for re-placement
+//! checkpoint_every_s = 5       # the owner keeps its latest state (criu: process engine), for re-placement
 //! downtime_budget_ms = 500     # criu only: a live move freezes it only if predicted to fit
 //! max_runtime_s = 3600         # runs at most this long on one host, then moves on
 //! ports = [7000]
@@ -484,11 +484,11 @@ fn task(src: &Source, t: &Spanned<RawTask>, dir: &Path) -> Result<TaskSpec, Inpu
         }
     };
     if let Some(every) = &raw.checkpoint_every_s {
-        if checkpoint != Checkpoint::App {
+        if checkpoint == Checkpoint::None {
             return Err(src.at(
                 every.span(),
                 "task.checkpoint_every_s",
-                format!("task \"{name}\" asks for periodic checkpoints, which only checkpoint = \"app\" tasks take for now: set checkpoint = \"app\", or remove checkpoint_every_s"),
+                format!("task \"{name}\" asks for periodic checkpoints but has checkpoint = \"none\": set checkpoint = \"app\" or \"criu\", or remove checkpoint_every_s"),
             ));
         }
         if *every.get_ref() < 1 {

@@ -347,6 +347,7 @@ impl Deployer {
                 epoch,
                 seq,
                 state,
+                images,
             } => {
                 let Some(keeper) = self.keeper() else {
                     return Reply::Refused {
@@ -354,7 +355,7 @@ impl Deployer {
                     };
                 };
                 match keeper
-                    .accept(from, &instance, generation, epoch, seq, state)
+                    .accept(from, &instance, generation, epoch, seq, state, images.map(|i| *i))
                     .await
                 {
                     Ok(_) => Reply::Taken,
@@ -502,6 +503,26 @@ impl Deployer {
             Err(reason) => return refuse(reason),
         };
 
+        // A CRIU-checkpointed task re-placed by its owner comes back from its images; where it
+        // cannot, it starts fresh, as it would have without them.
+        let mut spec = spec;
+        if let Some(images) = spec.restore_images.take() {
+            let _ = phases.send(Phase::Starting).await;
+            let restored = self
+                .restore_from_images(initiator, &spec, image_ref.clone(), *images)
+                .await;
+            match restored {
+                Ok((name, port, forwarders)) => {
+                    let how = "task restored from its latest CRIU checkpoint";
+                    return self
+                        .installed(initiator, spec, name, port, forwarders, how)
+                        .await;
+                }
+                Err(why) => warn!(instance = %spec.id,
+                    "cannot restore it from its CRIU checkpoint ({why}): starting it fresh, its state is lost"),
+            }
+        }
+
         let (forwarders, call_vars) = match self.forwarders(&spec).await {
             Ok(f) => f,
             Err(reason) => return refuse(reason),
@@ -515,15 +536,30 @@ impl Deployer {
             Ok(port) => port,
             Err(reason) => return refuse(reason),
         };
+        self.installed(initiator, spec, name, port, forwarders, "task started")
+            .await
+    }
+
+    /// Makes the task running as `name` on `port` the instance `spec` here: its route, its
+    /// entry in the instance table (and on disk), the node's room advertised again.
+    pub(crate) async fn installed(
+        &self,
+        sent_by: PeerId,
+        spec: InstanceSpec,
+        name: String,
+        port: u16,
+        forwarders: Vec<Forwarder>,
+        how: &str,
+    ) -> Reply {
         self.routes.set(spec.id.clone(), Route::Local { port });
-        info!(instance = %spec.id, port, %name, "task started");
+        info!(instance = %spec.id, port, %name, "{how}");
         let view = self.view(&spec, &name, port, "running".into());
         self.instances.insert(Instance {
             spec,
             name,
             port,
             forwarders,
-            sent_by: initiator,
+            sent_by,
         });
         self.save_hosted().await;
         self.readvertise().await;

@@ -503,6 +503,9 @@ impl Initiator {
         self.ledger
             .relocate(service, &from.task, from.replica, to.clone())
             .await?;
+        // The images did their work on the new host; nobody else needs a copy of them.
+        let mut spec = spec;
+        spec.restore_images = None;
         Ok(spec)
     }
 
@@ -634,7 +637,7 @@ fn row(host: String, peer: PeerId, v: &InstanceView) -> Row {
 /// Puts the latest checkpoint the owner keeps of `spec`'s instance (of its epoch) in its
 /// `restore`, and says which way it starts.
 fn restore_latest(deployer: &Deployer, spec: &mut InstanceSpec, to: &str) {
-    if spec.checkpoint != CheckpointMode::App {
+    if spec.checkpoint == CheckpointMode::None {
         return;
     }
     let kept = deployer
@@ -642,9 +645,12 @@ fn restore_latest(deployer: &Deployer, spec: &mut InstanceSpec, to: &str) {
         .and_then(|k| k.latest(&spec.id, spec.epoch));
     match kept {
         Some(c) => {
-            tracing::warn!(instance = %spec.id, %to, from_generation = %c.generation, bytes = c.state.len(),
+            tracing::warn!(instance = %spec.id, %to, from_generation = %c.generation, bytes = c.bytes(),
                 "restored from checkpoint taken {} ms ago: writes since then are lost", c.age_ms());
-            spec.restore = Some(c.state);
+            match spec.checkpoint {
+                CheckpointMode::Criu => spec.restore_images = c.images.map(Box::new),
+                _ => spec.restore = Some(c.state),
+            }
         }
         None => tracing::warn!(instance = %spec.id, %to,
             "started fresh: no checkpoint of this stateful task is held here, its state is lost"),
@@ -704,6 +710,7 @@ fn instance_spec(
         downtime_budget_ms: task.downtime_budget_ms,
         max_runtime_s: task.max_runtime_s,
         restore: None,
+        restore_images: None,
     };
     spec.check().map_err(anyhow::Error::msg)?;
     Ok(spec)

@@ -10,12 +10,15 @@
 //! failed deploy leaves nothing behind. The [`ledger`] records a deploy before any host is
 //! asked (write-ahead) and marks it done after, so an initiator that died mid-deploy undoes it
 //! when it starts again. A host keeps what it runs in [`hosted`]; on start it adopts, restarts
-//! or removes those tasks ([`recovery`]) before it serves anything.
+//! or removes those tasks ([`recovery`]) before it serves anything. A `checkpoint = "criu"`
+//! instance re-placed by its owner after its host died comes with the CRIU images of its latest
+//! periodic checkpoint, and the host restores it from them ([`from_images`]).
 
 pub mod authority;
 pub mod cli;
 pub mod client;
 pub mod deployer;
+pub mod from_images;
 pub mod grant;
 pub mod hosted;
 pub mod initiator;

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use brume_artifact::chunks::ArtifactManifest;
 
+use crate::heal::criu_images::CriuImages;
+
 /// Version 4: specs are signed by the service's owner, and hosts obey only the owner (3); the
 /// state a new instance starts from is a field of its spec, no longer a variable of its
 /// environment (4).
@@ -109,6 +111,11 @@ pub struct InstanceSpec {
     /// caps at 128 KiB a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<String>,
+    /// The CRIU images the instance is restored from (`checkpoint = "criu"`: the latest
+    /// periodic checkpoint of the instance it replaces, set by its owner's re-placement). Left
+    /// out of the owner's signature, and taken by a host only from the owner itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_images: Option<Box<CriuImages>>,
 }
 
 /// The generation of an instance (see [`InstanceSpec::generation`]).
@@ -195,6 +202,9 @@ pub enum Request {
         epoch: u64,
         seq: u64,
         state: String,
+        /// A `checkpoint = "criu"` task's CRIU images (`state` is then empty).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        images: Option<Box<CriuImages>>,
     },
     /// The latest checkpoint of an instance of one of the sender's services, passed on by its
     /// owner to the holders of the service's record ([`crate::heal::holder`]), so that a holder
@@ -352,6 +362,7 @@ impl InstanceSpec {
             downtime_budget_ms: None,
             max_runtime_s: None,
             restore: None,
+            restore_images: None,
         }
     }
 
@@ -408,6 +419,15 @@ impl InstanceSpec {
         }
         if self.checkpoint_every_s == Some(0) {
             return Err("a checkpoint every 0 s".to_string());
+        }
+        if let Some(images) = &self.restore_images {
+            if self.checkpoint != CheckpointMode::Criu {
+                return Err("CRIU images to restore a task that is not checkpoint = \"criu\"".into());
+            }
+            let max = crate::heal::checkpoints::MAX_CHECKPOINT;
+            if images.archive.len() > max {
+                return Err(format!("CRIU images of more than {max} bytes"));
+            }
         }
         if self.downtime_budget_ms == Some(0) {
             return Err("a downtime budget of 0 ms".to_string());

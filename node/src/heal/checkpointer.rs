@@ -1,8 +1,14 @@
 //! The host side of periodic checkpoints: every instance running here whose spec asks for
-//! them (`checkpoint_every_s`, `checkpoint = "app"`) has its state captured every period, the
-//! way a move captures it (`CHECKPOINT` on its port), and sent to the service's owner as a
-//! `Checkpointed` request of the deploy protocol ([`super::checkpoints`] keeps it there). When
-//! the owner is this node, the request goes straight to its own deployer.
+//! them (`checkpoint_every_s`) has its state captured every period and sent to the service's
+//! owner as a `Checkpointed` request of the deploy protocol ([`super::checkpoints`] keeps it
+//! there). A `checkpoint = "app"` task is captured the way a move captures it (`CHECKPOINT` on
+//! its port); a `checkpoint = "criu"` task on the process engine is dumped by CRIU and left
+//! running (`criu dump --leave-running`), its images packed ([`super::criu_images`]). When the
+//! owner is this node, the request goes straight to its own deployer.
+//!
+//! A CRIU dump fails while the task holds an established TCP connection (a call in flight):
+//! callers are not held for a periodic checkpoint, which would cut their calls every period, so
+//! such a dump is tried again a few times a moment later, then the next period.
 //!
 //! Bounded: at most one capture (and send) in flight per instance, each bounded in time; a
 //! state over [`MAX_CHECKPOINT`] is not sent; a failed capture or send is logged and tried
@@ -13,12 +19,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use brume_engine::{criu_task, taskroot, AnyEngine};
 use brume_migration::app::{self as app, CHECKPOINT_TIMEOUT};
+use brume_migration::checkpointer::{Checkpointer, CriuProcess, CriuRestore};
+use brume_migration::criu::{Criu, NetworkLock};
+use brume_migration::live::scratch_dir;
 use brume_tunnel::InstanceId;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::checkpoints::{now_unix_ms, MAX_CHECKPOINT};
+use super::criu_images::{pack, CriuImages};
 use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::wire::{CheckpointMode, Generation, Reply, Request};
@@ -29,12 +40,20 @@ const TICK: Duration = Duration::from_millis(250);
 /// How long the owner is given to take one checkpoint.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A CRIU dump that caught a connection is tried this many times in one period...
+const DUMP_TRIES: u32 = 4;
+
+/// ...this long apart.
+const DUMP_RETRY: Duration = Duration::from_millis(150);
+
 /// One instance that asks for checkpoints, as the table shows it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
     pub id: InstanceId,
     pub generation: Generation,
     pub port: u16,
+    /// Dumped by CRIU (`checkpoint = "criu"`), not asked for its state line.
+    pub criu: bool,
 }
 
 /// When each instance is next due, and which have a capture in flight.
@@ -79,6 +98,8 @@ pub async fn run(deployer: Arc<Deployer>) {
     let (done_tx, mut done) = mpsc::channel::<(InstanceId, Generation)>(64);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let dumps = criu_dumps_here(&deployer);
+    let mut told: BTreeSet<InstanceId> = BTreeSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -91,13 +112,24 @@ pub async fn run(deployer: Arc<Deployer>) {
             .instances
             .lock()
             .values()
-            .filter(|i| i.spec.checkpoint == CheckpointMode::App)
             .filter_map(|i| {
                 let every = i.spec.checkpoint_every_s?;
+                let criu = match i.spec.checkpoint {
+                    CheckpointMode::App => false,
+                    CheckpointMode::Criu => true,
+                    CheckpointMode::None => return None,
+                };
+                if let (true, Err(why)) = (criu, &dumps) {
+                    if told.insert(i.spec.id.clone()) {
+                        warn!(instance = %i.spec.id, "no periodic checkpoints: {why}");
+                    }
+                    return None;
+                }
                 let due = Due {
                     id: i.spec.id.clone(),
                     generation: i.spec.generation,
                     port: i.port,
+                    criu,
                 };
                 let period = Duration::from_secs(u64::from(every.max(1)));
                 Some((due, period, i.spec.epoch, i.spec.initiator))
@@ -121,28 +153,124 @@ pub async fn run(deployer: Arc<Deployer>) {
     }
 }
 
+/// Why this node cannot take CRIU checkpoints of its tasks, if it cannot.
+fn criu_dumps_here(deployer: &Deployer) -> Result<(), String> {
+    match &*deployer.engine {
+        AnyEngine::Process(_) => taskroot::available(),
+        AnyEngine::Docker(_) => Err(
+            "this node runs its tasks on Docker, and only the process engine takes periodic \
+             CRIU checkpoints for now: the task starts fresh if its host dies"
+                .to_string(),
+        ),
+    }
+}
+
+/// Dumps a `checkpoint = "criu"` instance with CRIU, leaving it running, and packs the images.
+async fn capture_criu(deployer: &Deployer, d: &Due) -> Result<CriuImages, String> {
+    let AnyEngine::Process(p) = &*deployer.engine else {
+        return Err("not on the process engine".into());
+    };
+    let (name, call_ports) = deployer
+        .instances
+        .lock()
+        .get(&d.id)
+        .map(|i| {
+            let ports = i.forwarders.iter().map(|f| f.local_addr().port()).collect();
+            (i.name.clone(), ports)
+        })
+        .ok_or("it no longer runs here")?;
+    let pid = p.checkpoint_pid(&name).map_err(|e| e.to_string())?;
+    let stdout_key = criu_task::stdout_key(pid);
+    let dir = scratch_dir("checkpoint");
+    let mut tries = 0;
+    let archive = loop {
+        tries += 1;
+        let dir = dir.clone();
+        let dumped = tokio::task::spawn_blocking(move || dump_and_pack(pid, &dir)).await;
+        match dumped {
+            Ok(Ok(archive)) => break archive,
+            Ok(Err((e, transient))) if transient && tries < DUMP_TRIES => {
+                debug!(instance = %d.id, "the dump caught a connection ({e}); again shortly");
+                tokio::time::sleep(DUMP_RETRY).await;
+            }
+            Ok(Err((e, _))) => return Err(e),
+            Err(e) => return Err(format!("the dump's thread failed: {e}")),
+        }
+    };
+    Ok(CriuImages {
+        dumped_pid: pid,
+        port: d.port,
+        call_ports,
+        stdout_key,
+        archive,
+    })
+}
+
+/// `criu dump --leave-running` of `pid` into `dir`, packed; the directory and CRIU's log
+/// (beside it) are removed either way. The error says whether it was only a connection.
+fn dump_and_pack(pid: u32, dir: &std::path::Path) -> Result<Vec<u8>, (String, bool)> {
+    let log = dir.with_extension("log");
+    let dumper = CriuProcess {
+        criu: Criu::new(),
+        pid,
+        network_lock: NetworkLock::Skip,
+        local: CriuRestore {
+            criu: Criu::new(),
+            network_lock: NetworkLock::Skip,
+            pid_wait: Duration::ZERO,
+            inherit_fds: Vec::new(),
+            pid_namespace: true,
+        },
+    };
+    let out = std::fs::create_dir_all(dir)
+        .map_err(|e| (format!("cannot make {}: {e}", dir.display()), false))
+        .and_then(|()| {
+            dumper
+                .dump(dir, true, &log)
+                .map_err(|e| (e.to_string(), e.transient()))
+        })
+        .and_then(|_| pack(dir).map_err(|e| (format!("cannot pack the images: {e}"), false)));
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(&log);
+    out
+}
+
 /// Captures one instance's state and sends it to its owner; failures are logged.
 async fn checkpoint_one(deployer: &Deployer, d: &Due, epoch: u64, owner: brume_overlay::PeerId) {
     let seq = now_unix_ms();
-    let state = match app::capture(d.port, CHECKPOINT_TIMEOUT).await {
-        Ok(s) => s,
+    let captured = if d.criu {
+        let started = Instant::now();
+        capture_criu(deployer, d).await.map(|images| {
+            debug!(instance = %d.id, bytes = images.archive.len(),
+                   ms = started.elapsed().as_millis() as u64, "CRIU checkpoint taken");
+            (String::new(), Some(Box::new(images)))
+        })
+    } else {
+        app::capture(d.port, CHECKPOINT_TIMEOUT)
+            .await
+            .map(|s| (s, None))
+            .map_err(|e| e.to_string())
+    };
+    let (state, images) = match captured {
+        Ok(c) => c,
         Err(e) => {
             warn!(instance = %d.id, "periodic checkpoint failed: {e}; trying again next period");
             return;
         }
     };
-    if state.len() > MAX_CHECKPOINT {
-        warn!(instance = %d.id, bytes = state.len(),
+    let bytes = state.len() + images.as_ref().map_or(0, |i| i.archive.len());
+    if bytes > MAX_CHECKPOINT {
+        warn!(instance = %d.id, bytes,
             "periodic checkpoint not sent: larger than the {MAX_CHECKPOINT} bytes kept");
         return;
     }
-    let bytes = state.len();
     let req = Request::Checkpointed {
         instance: d.id.clone(),
         generation: d.generation,
         epoch,
         seq,
         state,
+        images,
     };
     let sent =
         tokio::time::timeout(SEND_TIMEOUT, ask(deployer, owner, &[], &req, |_| async {})).await;
@@ -168,6 +296,7 @@ mod tests {
             id: InstanceId::new("web", "db", replica),
             generation: Generation(generation),
             port: 1000 + replica as u16,
+            criu: false,
         }
     }
 

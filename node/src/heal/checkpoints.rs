@@ -22,6 +22,7 @@ use brume_overlay::PeerId;
 use brume_tunnel::InstanceId;
 use serde::{Deserialize, Serialize};
 
+use super::criu_images::CriuImages;
 use crate::deploy::authority::checkpoint_from;
 use crate::deploy::ledger::Ledger;
 use crate::deploy::wire::{check_name, Generation};
@@ -42,8 +43,11 @@ pub struct Checkpoint {
     pub seq: u64,
     /// When this node received it (ms since 1970, this node's clock).
     pub received_unix_ms: u64,
-    /// The task's `CHECKPOINT` line.
+    /// The task's `CHECKPOINT` line (empty for a CRIU checkpoint).
     pub state: String,
+    /// A `checkpoint = "criu"` task's CRIU images ([`super::criu_images`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<CriuImages>,
 }
 
 impl Checkpoint {
@@ -55,7 +59,19 @@ impl Checkpoint {
             seq,
             received_unix_ms: now_unix_ms(),
             state,
+            images: None,
         }
+    }
+
+    /// This checkpoint carrying a CRIU dump.
+    pub fn with_images(mut self, images: Option<CriuImages>) -> Checkpoint {
+        self.images = images;
+        self
+    }
+
+    /// What it keeps: its state line and its images' archive.
+    pub fn bytes(&self) -> usize {
+        self.state.len() + self.images.as_ref().map_or(0, |i| i.archive.len())
     }
 
     fn order(&self) -> (u64, Generation, u64) {
@@ -165,10 +181,8 @@ impl CheckpointStore {
 
     /// Keeps `c` as the latest checkpoint of `id` unless a newer one is kept.
     pub fn offer(&self, id: &InstanceId, c: &Checkpoint) -> Result<Offered, StoreError> {
-        if c.state.len() > MAX_CHECKPOINT {
-            return Err(StoreError::TooBig {
-                bytes: c.state.len(),
-            });
+        if c.bytes() > MAX_CHECKPOINT {
+            return Err(StoreError::TooBig { bytes: c.bytes() });
         }
         let path = self.path(id)?;
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
@@ -230,7 +244,10 @@ impl Keeper {
     }
 
     /// Takes a checkpoint of `id` from `from` if the ledger says `from` hosts it at
-    /// `generation` (and at `epoch`); whether it is now the latest.
+    /// `generation` (and at `epoch`); whether it is now the latest. A CRIU checkpoint (with
+    /// `images`) is kept here only: holders get app checkpoints, since a host restores images
+    /// only from the service's owner (`crate::deploy::from_images`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn accept(
         &self,
         from: PeerId,
@@ -239,6 +256,7 @@ impl Keeper {
         epoch: u64,
         seq: u64,
         state: String,
+        images: Option<CriuImages>,
     ) -> Result<Offered, String> {
         let entry = self.ledger.get(&id.service).filter(|e| e.epoch == epoch);
         let hosted = entry.as_ref().and_then(|e| {
@@ -248,8 +266,12 @@ impl Keeper {
                 .map(|p| (p.peer, p.generation))
         });
         checkpoint_from(from, id, generation, hosted)?;
-        let c = Checkpoint::received(epoch, generation, seq, state);
-        let relayed = self.relay.as_ref().map(|_| (id.clone(), c.clone()));
+        let c = Checkpoint::received(epoch, generation, seq, state).with_images(images);
+        let relayed = self
+            .relay
+            .as_ref()
+            .filter(|_| c.images.is_none())
+            .map(|_| (id.clone(), c.clone()));
         let offered = offer(self.store.clone(), id.clone(), c).await?;
         if let (Offered::Kept, Some(tx), Some(r)) = (offered, &self.relay, relayed) {
             let _ = tx.try_send(r);
@@ -274,6 +296,7 @@ mod tests {
             seq,
             received_unix_ms: 1,
             state: state.into(),
+            images: None,
         }
     }
 
@@ -372,7 +395,7 @@ mod tests {
         let id = InstanceId::new("web", "db", 0);
         let g = Generation(2);
         let take =
-            |from, g, epoch, state: &str| keeper.accept(from, &id, g, epoch, 1, state.into());
+            |from, g, epoch, state: &str| keeper.accept(from, &id, g, epoch, 1, state.into(), None);
         assert_eq!(take(host, g, 7, "a").await, Ok(Offered::Kept));
         // The copy a heal left behind, an older generation, another epoch: refused.
         assert!(take(stale, g, 7, "x").await.is_err());
@@ -380,7 +403,7 @@ mod tests {
         assert!(take(host, g, 6, "x").await.is_err());
         let other = InstanceId::new("web", "db", 1);
         assert!(keeper
-            .accept(host, &other, g, 7, 1, "x".into())
+            .accept(host, &other, g, 7, 1, "x".into(), None)
             .await
             .is_err());
         assert_eq!(keeper.latest(&id, 7).unwrap().state, "a");

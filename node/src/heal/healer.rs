@@ -371,10 +371,10 @@ impl Recovery {
                 }
             };
             if stateful.contains(&(service.clone(), from.task.clone())) {
-                // An app-checkpointed task starts from the latest checkpoint kept here, and
+                // A checkpointed task starts from the latest checkpoint kept here, and
                 // `replace` says so; any other stateful one starts fresh.
                 warn!(%service, task = %from.task, replica = from.replica,
-                    "re-placing a stateful task: only a checkpoint = \"app\" task with checkpoint_every_s keeps its state (up to its last checkpoint)");
+                    "re-placing a stateful task: only a task with checkpoint_every_s keeps its state (up to its last checkpoint)");
             }
             let to = Placed {
                 task: from.task.clone(),

@@ -14,7 +14,9 @@
 //!   the ledger, the judgement every period, and the re-placement (a signed deploy at the next
 //!   generation, the ledger, `Moved` to the callers), from the latest checkpoint kept;
 //! * [`checkpointer`]: on a host, the periodic capture of the instances that ask for it
-//!   (`checkpoint_every_s`), sent to their owner;
+//!   (`checkpoint_every_s`), sent to their owner: the task's answer to `CHECKPOINT`
+//!   (`checkpoint = "app"`) or a CRIU dump of it (`checkpoint = "criu"`, process engine);
+//! * [`criu_images`]: such a dump as it travels, and its archive (packed, and unpacked safely);
 //! * [`checkpoints`]: on the owner, the latest checkpoint of each, on disk;
 //! * [`checkpoint_relay`]: the owner passing each latest checkpoint on to the record's holders;
 //! * [`delegation`]: the owner's signed word naming the holders of its service records;
@@ -27,6 +29,7 @@
 pub mod checkpoint_relay;
 pub mod checkpointer;
 pub mod checkpoints;
+pub mod criu_images;
 pub mod delegation;
 pub mod healer;
 pub mod holder;

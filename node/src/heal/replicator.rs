@@ -41,7 +41,7 @@ use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::initiator::Initiator;
 use crate::deploy::ledger::{Entry, Placed, State};
-use crate::deploy::wire::{CallTarget, Reply, Request};
+use crate::deploy::wire::{CallTarget, CheckpointMode, Reply, Request};
 use crate::migrate::mover::Mover;
 
 /// How long a holder is given to take a record (it fetches the artifacts first).
@@ -459,10 +459,12 @@ impl Replicator {
                 *p = to.clone();
             }
             let mut spec = spec.clone();
-            // A stateful instance starts from the latest checkpoint its owner passed on here.
+            // A stateful instance starts from the latest checkpoint its owner passed on here
+            // (app checkpoints only: a host restores CRIU images only from the owner itself).
             spec.restore = self
                 .holder
                 .latest_checkpoint(r.owner, &spec.id, spec.epoch)
+                .filter(|_| spec.checkpoint == CheckpointMode::App)
                 .map(|c| {
                     warn!(service = %r.service, task = %from.task, replica = from.replica,
                         bytes = c.state.len(), from_generation = %c.generation,

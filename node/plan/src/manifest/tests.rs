@@ -381,16 +381,27 @@ fn periodic_checkpoints_of_an_app_task() {
 }
 
 #[test]
-fn periodic_checkpoints_need_app_mode_and_a_second() {
-    let e = refusal(
+fn periodic_checkpoints_need_a_checkpoint_mode_and_a_second() {
+    let m = parse(&GOOD.replacen(
         "checkpoint = \"app\"",
         "checkpoint = \"criu\"\ncheckpoint_every_s = 5",
+        1,
+    ))
+    .expect("a criu task may ask for periodic checkpoints");
+    let agg = m.tasks.iter().find(|t| t.name == "aggregator").unwrap();
+    assert_eq!(
+        (agg.checkpoint, agg.checkpoint_every_s),
+        (Checkpoint::Criu, Some(5))
+    );
+    let e = refusal(
+        "checkpoint = \"app\"",
+        "checkpoint = \"none\"\ncheckpoint_every_s = 5",
     );
     assert_refusal(
         &e,
         line_of(GOOD, "checkpoint") + 1,
         "task.checkpoint_every_s",
-        "only checkpoint = \"app\"",
+        "checkpoint = \"none\"",
     );
     let e = refusal(
         "checkpoint = \"app\"",

@@ -1,0 +1,115 @@
+//! A re-placed `checkpoint = "criu"` instance restored from the images of its latest periodic
+//! checkpoint ([`crate::heal::criu_images`]) instead of started afresh.
+//!
+//! The images are taken only from the service's owner (the peer that signed the spec): a
+//! restore runs what the images say, as root, so they must come from the node that took them
+//! from the instance's host (its ledger checks that host) and not from any member holding a
+//! copy of the signed spec. The task's files are laid out as for a start, the images unpacked
+//! into a scratch directory, and `criu restore` brings the process tree back in a new PID
+//! namespace with a fresh output pipe in place of its old one; the engine then adopts it, as it
+//! adopts a task a live move restored here. The restored task listens and calls on the ports
+//! it had, so its forwarders are bound there; if a port is taken, or anything else fails, the
+//! restore is undone and the deployer starts the task fresh.
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use brume_engine::{criu_task, taskroot, AnyEngine, ImageRef};
+use brume_migration::checkpointer::{CriuRestore, Restorer};
+use brume_migration::criu::{Criu, InheritFd, NetworkLock};
+use brume_migration::live::scratch_dir;
+use brume_overlay::PeerId;
+use brume_tunnel::Forwarder;
+
+use super::deployer::Deployer;
+use super::wire::InstanceSpec;
+use crate::heal::criu_images::{unpack, CriuImages};
+
+/// The most bytes the images of one checkpoint may unpack to (its archive is at most
+/// [`crate::heal::checkpoints::MAX_CHECKPOINT`]; memory pages compress well, far less than
+/// this).
+const MAX_UNPACKED: u64 = 1 << 30;
+
+impl Deployer {
+    /// Restores `spec`'s task from `images` sent by `from`; its engine name, port and
+    /// forwarders, or why not (nothing of the attempt is left then).
+    pub(crate) async fn restore_from_images(
+        &self,
+        from: PeerId,
+        spec: &InstanceSpec,
+        image: ImageRef,
+        images: CriuImages,
+    ) -> Result<(String, u16, Vec<Forwarder>), String> {
+        let owner = spec.owner().map_err(|e| e.to_string())?;
+        if from != owner {
+            return Err(format!(
+                "the images came from {from}, not from the service's owner {owner}"
+            ));
+        }
+        let AnyEngine::Process(p) = &*self.engine else {
+            return Err("this node runs its tasks on Docker; CRIU images of a process restore \
+                        on the process engine"
+                .into());
+        };
+        taskroot::available()?;
+        let launch = self.launch_spec(spec, image, spec.env.clone(), images.port);
+        p.lay_out(&launch)
+            .await
+            .map_err(|e| format!("cannot lay the task's files out: {e}"))?;
+        let (out, into_task) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+        let restorer = CriuRestore {
+            criu: Criu::new(),
+            network_lock: NetworkLock::Skip,
+            pid_wait: Duration::ZERO,
+            inherit_fds: images
+                .stdout_key
+                .iter()
+                .map(|key| InheritFd {
+                    key: key.clone(),
+                    fd: into_task.as_raw_fd(),
+                })
+                .collect(),
+            pid_namespace: true,
+        };
+        let dir = scratch_dir("restore-in");
+        let work = dir.clone();
+        let (archive, dumped_pid) = (images.archive, images.dumped_pid);
+        let restored = tokio::task::spawn_blocking(move || -> Result<u32, String> {
+            std::fs::create_dir_all(&work).map_err(|e| format!("cannot make a scratch dir: {e}"))?;
+            unpack(&archive, &work, MAX_UNPACKED).map_err(|e| e.to_string())?;
+            let log = work.with_extension("log");
+            let r = restorer.restore(&work, dumped_pid, &log);
+            let _ = std::fs::remove_file(&log);
+            let _ = std::fs::remove_file(log.with_extension("pid"));
+            r.map(|r| r.pid).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("the restore's thread failed: {e}"))
+        .and_then(|r| r);
+        drop(into_task);
+        let _ = std::fs::remove_dir_all(&dir);
+        let pid = match restored {
+            Ok(pid) => pid,
+            Err(why) => {
+                p.drop_layout(&launch).await;
+                return Err(why);
+            }
+        };
+        let adopted = match self.forwarders_at(spec, &images.call_ports).await {
+            Ok((forwarders, _)) => p
+                .adopt(&launch, pid, Some(out))
+                .await
+                .map(|()| forwarders)
+                .map_err(|e| format!("the engine cannot take it: {e}")),
+            Err(e) => Err(format!("its call forwarders cannot listen where it calls: {e}")),
+        };
+        match adopted {
+            Ok(forwarders) => Ok((launch.name, launch.port, forwarders)),
+            Err(why) => {
+                criu_task::kill(pid, libc::SIGKILL);
+                p.drop_layout(&launch).await;
+                Err(why)
+            }
+        }
+    }
+}
