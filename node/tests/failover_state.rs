@@ -189,9 +189,11 @@ fn criu_checkpoint_seq(path: &Path) -> Option<u64> {
             .find(|(k, _)| k.as_text() == Some(name))
             .map(|(_, v)| v.clone())
     };
-    let archive = field("images")?.into_map().ok()?.into_iter().find_map(|(k, v)| {
-        (k.as_text() == Some("archive")).then(|| v.into_bytes().ok())?
-    })?;
+    let archive = field("images")?
+        .into_map()
+        .ok()?
+        .into_iter()
+        .find_map(|(k, v)| (k.as_text() == Some("archive")).then(|| v.into_bytes().ok())?)?;
     assert!(!archive.is_empty(), "an empty archive of images");
     u64::try_from(field("seq")?.into_integer().ok()?).ok()
 }
@@ -271,9 +273,10 @@ fn a_killed_host_s_criu_task_comes_back_from_its_latest_criu_checkpoint() {
         .join(&service)
         .join("back.0");
     let checkpointed = Instant::now();
-    wait_until("the initiator holds CRIU images taken after the requests", || {
-        criu_checkpoint_seq(&file).filter(|&seq| seq > after_the_requests)
-    });
+    wait_until(
+        "the initiator holds CRIU images taken after the requests",
+        || criu_checkpoint_seq(&file).filter(|&seq| seq > after_the_requests),
+    );
     let took = checkpointed.elapsed();
     // Still the same count: the dumps left it running, and nothing else called it.
     assert_eq!(counted(port_of(&back.address)), Some(SERVED));

@@ -355,7 +355,15 @@ impl Deployer {
                     };
                 };
                 match keeper
-                    .accept(from, &instance, generation, epoch, seq, state, images.map(|i| *i))
+                    .accept(
+                        from,
+                        &instance,
+                        generation,
+                        epoch,
+                        seq,
+                        state,
+                        images.map(|i| *i),
+                    )
                     .await
                 {
                     Ok(_) => Reply::Taken,

@@ -40,16 +40,13 @@ impl Deployer {
         image: ImageRef,
         images: CriuImages,
     ) -> Result<(String, u16, Vec<Forwarder>), String> {
-        let owner = spec.owner().map_err(|e| e.to_string())?;
-        if from != owner {
-            return Err(format!(
-                "the images came from {from}, not from the service's owner {owner}"
-            ));
-        }
+        from_the_owner(from, spec)?;
         let AnyEngine::Process(p) = &*self.engine else {
-            return Err("this node runs its tasks on Docker; CRIU images of a process restore \
+            return Err(
+                "this node runs its tasks on Docker; CRIU images of a process restore \
                         on the process engine"
-                .into());
+                    .into(),
+            );
         };
         taskroot::available()?;
         let launch = self.launch_spec(spec, image, spec.env.clone(), images.port);
@@ -75,7 +72,8 @@ impl Deployer {
         let work = dir.clone();
         let (archive, dumped_pid) = (images.archive, images.dumped_pid);
         let restored = tokio::task::spawn_blocking(move || -> Result<u32, String> {
-            std::fs::create_dir_all(&work).map_err(|e| format!("cannot make a scratch dir: {e}"))?;
+            std::fs::create_dir_all(&work)
+                .map_err(|e| format!("cannot make a scratch dir: {e}"))?;
             unpack(&archive, &work, MAX_UNPACKED).map_err(|e| e.to_string())?;
             let log = work.with_extension("log");
             let r = restorer.restore(&work, dumped_pid, &log);
@@ -101,7 +99,9 @@ impl Deployer {
                 .await
                 .map(|()| forwarders)
                 .map_err(|e| format!("the engine cannot take it: {e}")),
-            Err(e) => Err(format!("its call forwarders cannot listen where it calls: {e}")),
+            Err(e) => Err(format!(
+                "its call forwarders cannot listen where it calls: {e}"
+            )),
         };
         match adopted {
             Ok(forwarders) => Ok((launch.name, launch.port, forwarders)),
@@ -111,5 +111,45 @@ impl Deployer {
                 Err(why)
             }
         }
+    }
+}
+
+/// Images are restored only when the peer that sent them owns the spec (its signature holds).
+fn from_the_owner(from: PeerId, spec: &InstanceSpec) -> Result<(), String> {
+    let owner = spec.owner().map_err(|e| e.to_string())?;
+    if from != owner {
+        return Err(format!(
+            "the images came from {from}, not from the service's owner {owner}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::wire::Payload;
+    use brume_tunnel::InstanceId;
+
+    #[test]
+    fn images_are_taken_from_the_owner_only() {
+        let key = |seed: u8| {
+            brume_overlay::Keypair::ed25519_from_bytes([seed; 32]).expect("an ed25519 key")
+        };
+        let (owner, member) = (key(1), key(2));
+        let spec = InstanceSpec::new(
+            InstanceId::new("web", "db", 0),
+            1,
+            Payload::Command(vec!["/bin/true".into()]),
+            100,
+            64,
+        );
+        let signed = spec.clone().signed(&owner);
+        let of = |k: &brume_overlay::Keypair| k.public().to_peer_id();
+        assert_eq!(from_the_owner(of(&owner), &signed), Ok(()));
+        let e = from_the_owner(of(&member), &signed).unwrap_err();
+        assert!(e.contains("not from the service's owner"), "{e}");
+        // Unsigned: nobody owns it, so nobody's images are taken.
+        assert!(from_the_owner(of(&owner), &spec).is_err());
     }
 }

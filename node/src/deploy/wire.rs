@@ -422,7 +422,9 @@ impl InstanceSpec {
         }
         if let Some(images) = &self.restore_images {
             if self.checkpoint != CheckpointMode::Criu {
-                return Err("CRIU images to restore a task that is not checkpoint = \"criu\"".into());
+                return Err(
+                    "CRIU images to restore a task that is not checkpoint = \"criu\"".into(),
+                );
             }
             let max = crate::heal::checkpoints::MAX_CHECKPOINT;
             if images.archive.len() > max {

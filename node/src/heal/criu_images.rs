@@ -90,7 +90,10 @@ pub fn unpack(archive: &[u8], dir: &Path, limit: u64) -> Result<u64, UnpackError
         let path = entry.path().map_err(UnpackError::Corrupt)?.into_owned();
         let name = path.display().to_string();
         let mut parts = path.components();
-        let flat = matches!((parts.next(), parts.next()), (Some(Component::Normal(_)), None));
+        let flat = matches!(
+            (parts.next(), parts.next()),
+            (Some(Component::Normal(_)), None)
+        );
         if !flat {
             return Err(UnpackError::NotAFlatFile {
                 what: "the path",
@@ -145,12 +148,19 @@ mod tests {
         let from = dir_with(&[("pages-1.img", &pages), ("core-1.img", b"core")]);
         std::fs::create_dir(from.path().join("sub")).expect("mkdir");
         let archive = pack(from.path()).expect("pack");
-        assert!(archive.len() < 64 << 10, "pages compress: {}", archive.len());
+        assert!(
+            archive.len() < 64 << 10,
+            "pages compress: {}",
+            archive.len()
+        );
         let to = tempfile::tempdir().expect("temp dir");
         let n = unpack(&archive, to.path(), 2 << 20).expect("unpack");
         assert_eq!(n, (1 << 20) + 4);
         assert_eq!(std::fs::read(to.path().join("pages-1.img")).unwrap(), pages);
-        assert_eq!(std::fs::read(to.path().join("core-1.img")).unwrap(), b"core");
+        assert_eq!(
+            std::fs::read(to.path().join("core-1.img")).unwrap(),
+            b"core"
+        );
         // Only files: the directory did not travel.
         assert!(!to.path().join("sub").exists());
     }
