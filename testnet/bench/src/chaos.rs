@@ -16,6 +16,13 @@
 //! * restart: the node hosting `back` is killed and started again on its data directory.
 //!   `orphans_after_restart` is how many processes of the service run that no running
 //!   instance in `ps` explains, once `ps` shows every instance running (or `--bound-s` after).
+//! * crash with state: `back` is `stateful`, `checkpoint = "criu"`, `checkpoint_every_s = 1`
+//!   (its count of calls lives only in its memory; its host dumps it with CRIU every second).
+//!   Calls go through `front` for [`CALLING`], then back's host and back's process are killed
+//!   with SIGKILL (a device that dies takes its processes along). `state_recover_s` is the
+//!   time from the kill until `ps` shows back running on another node; `state_lost_calls` how
+//!   many of the calls back had answered its restored copy no longer counts (what it did since
+//!   the last checkpoint the owner kept; all of them if it started fresh). Needs CRIU (root).
 //!
 //! Every wait polls `brume ps` (or /proc); the only sleep that is not a poll is the partition
 //! itself. Figures are medians over `--runs`. Needs scripts/build-static.sh's relay binary;
@@ -28,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::median;
+use super::predictor_drain::ask;
 use brume_testnet::localnet::LocalNet;
 
 /// Options of `brume bench chaos`.
@@ -48,7 +56,16 @@ pub struct ChaosArgs {
     /// The static relay binary (built by scripts/build-static.sh).
     #[arg(long)]
     pub relay: Option<PathBuf>,
+    /// Leave out the crash of a CRIU-checkpointed task (which needs CRIU >= 4.2 and root).
+    #[arg(long)]
+    pub no_state: bool,
 }
+
+/// How long calls go through the chain before the crash with state (three checkpoints).
+const CALLING: Duration = Duration::from_secs(3);
+
+/// back's lines for the crash with state.
+const CRIU_BACK: &str = "stateful = true\ncheckpoint = \"criu\"\ncheckpoint_every_s = 1\n";
 
 const NODES: usize = 4;
 const TASKS: [&str; 3] = ["front", "mid", "back"];
@@ -59,6 +76,8 @@ struct Row {
     task: String,
     host: String,
     state: String,
+    /// Where it listens, `host:port`.
+    address: String,
 }
 
 fn ps(net: &LocalNet) -> Vec<Row> {
@@ -71,6 +90,7 @@ fn ps(net: &LocalNet) -> Vec<Row> {
             task: r["task"].as_str().unwrap_or_default().to_string(),
             host: r["host"].as_str().unwrap_or_default().to_string(),
             state: r["state"].as_str().unwrap_or_default().to_string(),
+            address: r["address"].as_str().unwrap_or_default().to_string(),
         })
         .collect()
 }
@@ -138,11 +158,26 @@ fn setup(
     args: &[&str],
     service: &str,
 ) -> anyhow::Result<(LocalNet, usize, String)> {
+    setup_with(exe, relay, args, service, "")
+}
+
+/// [`setup`] with `back_lines` added to back's task table.
+fn setup_with(
+    exe: &Path,
+    relay: &Path,
+    args: &[&str],
+    service: &str,
+    back_lines: &str,
+) -> anyhow::Result<(LocalNet, usize, String)> {
     let net = LocalNet::start_logged(exe, NODES, args)?;
     let dir = net.dir().join("svc");
     std::fs::create_dir_all(&dir)?;
     brume_testnet::relay_service::context(&dir, relay, service)?;
     let m = brume_testnet::relay_service::manifest(&dir, service)?;
+    let back = "name = \"back\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n";
+    let text = std::fs::read_to_string(&m)?;
+    anyhow::ensure!(text.contains(back), "the relay manifest changed: {text}");
+    std::fs::write(&m, text.replace(back, &format!("{back}{back_lines}")))?;
     let out = net.brume(0, &["deploy", &m.to_string_lossy(), "--json"])?;
     anyhow::ensure!(
         out.status.success(),
@@ -319,6 +354,73 @@ fn restart(
     Ok((orphans, TASKS.len() - running(&rows, None)))
 }
 
+/// back's pid on the node whose data directory is `data` (its hosted file).
+fn hosted_pid(data: &Path, task: &str) -> anyhow::Result<u32> {
+    let text = std::fs::read_to_string(data.join("hosted.json"))?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    rows.iter()
+        .find(|r| r["spec"]["id"]["task"] == task)
+        .and_then(|r| r["process"]["pid"].as_u64())
+        .and_then(|p| u32::try_from(p).ok())
+        .with_context(|| format!("no pid of {task} in {}", data.display()))
+}
+
+struct Kept {
+    recover_s: f64,
+    lost_calls: u64,
+    answered: u64,
+}
+
+fn crash_with_state(
+    exe: &Path,
+    relay: &Path,
+    args: &[&str],
+    a: &ChaosArgs,
+    service: &str,
+) -> anyhow::Result<Kept> {
+    let (mut net, victim, host) = setup_with(exe, relay, args, service, CRIU_BACK)?;
+    let front = ps(&net)
+        .into_iter()
+        .find(|r| r.task == "front")
+        .context("no front in ps")?
+        .address;
+    let mut answered = 0u64;
+    let calling = Instant::now();
+    while calling.elapsed() < CALLING {
+        if ask(&front, "hello").ok().as_deref() == Some("front(mid(back))") {
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = hosted_pid(&net.data(victim), "back")?;
+    let t0 = Instant::now();
+    net.kill(victim)
+        .with_context(|| format!("cannot kill node {victim}"))?;
+    signal(pid, "-KILL")?;
+    let bound = Duration::from_secs(a.bound_s);
+    let moved = poll(bound, || {
+        let rows = ps(&net);
+        let row = rows
+            .into_iter()
+            .find(|r| r.task == "back" && r.host != host && r.state == "running")?;
+        Some((row, t0.elapsed()))
+    });
+    let Some((moved, took)) = moved else {
+        return Ok(Kept {
+            recover_s: f64::NAN,
+            lost_calls: answered,
+            answered,
+        });
+    };
+    let counted: u64 = poll(bound, || ask(&moved.address, "STATE").ok()?.parse().ok())
+        .context("the re-placed back does not answer STATE")?;
+    Ok(Kept {
+        recover_s: took.as_secs_f64(),
+        lost_calls: answered.saturating_sub(counted),
+        answered,
+    })
+}
+
 pub fn run(a: &ChaosArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; timings will be slow (use --release)");
@@ -332,6 +434,14 @@ pub fn run(a: &ChaosArgs) -> anyhow::Result<()> {
         "no relay binary at {}: run scripts/build-static.sh first (or pass --relay PATH)",
         relay.display()
     );
+    if !a.no_state {
+        brume_migration::criu::Criu::new().check().map_err(|e| {
+            anyhow::anyhow!(
+                "the crash with state needs CRIU: {e} (scripts/install-criu.sh installs it; \
+                 --no-state leaves that experiment out)"
+            )
+        })?;
+    }
     let exe = crate::brume_exe()?;
     let hb = a.heartbeat_ms.to_string();
     let args = [
@@ -347,6 +457,8 @@ pub fn run(a: &ChaosArgs) -> anyhow::Result<()> {
     let (mut replaced, mut missing) = (0usize, Vec::new());
     let (mut detect, mut recover, mut lost, mut dups, mut orphans) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut state_recover, mut state_lost, mut state_answered) =
+        (Vec::new(), Vec::new(), Vec::new());
     for r in 0..runs {
         eprintln!("run {}/{runs}: crash", r + 1);
         let c = crash(&exe, &relay, &args, a, &format!("chaos-{tag}-c{r}"))?;
@@ -367,6 +479,17 @@ pub fn run(a: &ChaosArgs) -> anyhow::Result<()> {
         eprintln!("  orphans after the restart: {o}, instances not running again: {m}");
         orphans.push(o as f64);
         missing.push(m as f64);
+        if !a.no_state {
+            eprintln!("run {}/{runs}: crash with state (CRIU every second)", r + 1);
+            let k = crash_with_state(&exe, &relay, &args, a, &format!("chaos-{tag}-s{r}"))?;
+            eprintln!(
+                "  back running again after {:.2} s; of {} calls it answered, its copy lost {}",
+                k.recover_s, k.answered, k.lost_calls
+            );
+            state_recover.push(k.recover_s);
+            state_lost.push(k.lost_calls as f64);
+            state_answered.push(k.answered as f64);
+        }
     }
     let (detect_s, recover_s) = (median(&mut detect), median(&mut recover));
     let (lost_tasks, dup, orph) = (median(&mut lost), median(&mut dups), median(&mut orphans));
@@ -395,9 +518,24 @@ pub fn run(a: &ChaosArgs) -> anyhow::Result<()> {
         a.bound_s,
         median(&mut missing)
     );
+    let mut state = String::new();
+    if !a.no_state {
+        let (rec, lost, calls) = (
+            median(&mut state_recover),
+            median(&mut state_lost),
+            median(&mut state_answered),
+        );
+        println!("  crash with state: back running again             {rec:>8.2} s");
+        println!(
+            "  crash with state: calls lost of {calls:>4.0} answered    {lost:>8.0}   (CRIU \
+             checkpoint every 1 s; calls for {} s)",
+            CALLING.as_secs()
+        );
+        state = format!(" state_recover_s={rec:.3} state_lost_calls={lost:.0}");
+    }
     println!(
         "BENCH chaos detect_s={detect_s:.3} recover_s={recover_s:.3} duplicates_after_heal={dup:.0} \
-         lost_tasks={lost_tasks:.0} orphans_after_restart={orph:.0}"
+         lost_tasks={lost_tasks:.0} orphans_after_restart={orph:.0}{state}"
     );
     Ok(())
 }

@@ -201,13 +201,13 @@ fn node_id(net: &LocalNet, i: usize) -> anyhow::Result<String> {
     Ok(format!("n{id}"))
 }
 
-/// Asks the chain's front once; its answer.
-fn ask(address: &str) -> std::io::Result<String> {
+/// One request line to a relay task at `address` (`host:port`), its reply line.
+pub(crate) fn ask(address: &str, line: &str) -> std::io::Result<String> {
     use std::io::{BufRead, BufReader, Write};
     let s = std::net::TcpStream::connect(address)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut w = s.try_clone()?;
-    writeln!(w, "hello")?;
+    writeln!(w, "{line}")?;
     let mut reply = String::new();
     BufReader::new(s).read_line(&mut reply)?;
     Ok(reply.trim_end().to_string())
@@ -275,7 +275,7 @@ fn trial(exe: &Path, s: &DrainSetup, service: &str) -> anyhow::Result<Trial> {
             .and_then(|r| r["address"].as_str().map(str::to_string))
             .context("no front in ps")?;
     poll(READY, || {
-        (ask(&front).ok()? == "front(mid(back))").then_some(())
+        (ask(&front, "hello").ok()? == "front(mid(back))").then_some(())
     })
     .context("the chain did not answer front(mid(back)) within 60 s")?;
     let host = rows
