@@ -22,7 +22,10 @@
 //!   with SIGKILL (a device that dies takes its processes along). `state_recover_s` is the
 //!   time from the kill until `ps` shows back running on another node; `state_lost_calls` how
 //!   many of the calls back had answered its restored copy no longer counts (what it did since
-//!   the last checkpoint the owner kept; all of them if it started fresh). Needs CRIU (root).
+//!   the last checkpoint the owner kept; all of them if it started fresh);
+//!   `state_lost_beyond_checkpoint` how many of those were answered before the capture of the
+//!   latest checkpoint node 0 keeps (its `seq`, the host's clock, which is this machine's): the
+//!   loss the checkpoints should have prevented, 0 when it works. Needs CRIU (root).
 //!
 //! Every wait polls `brume ps` (or /proc); the only sleep that is not a poll is the partition
 //! itself. Figures are medians over `--runs`. Needs scripts/build-static.sh's relay binary;
@@ -368,7 +371,34 @@ fn hosted_pid(data: &Path, task: &str) -> anyhow::Result<u32> {
 struct Kept {
     recover_s: f64,
     lost_calls: u64,
+    lost_beyond: u64,
     answered: u64,
+}
+
+/// Milliseconds since 1970.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The `seq` (the host's capture time, ms since 1970) of the checkpoint node 0 keeps of
+/// `service`'s back.
+fn kept_seq(net: &LocalNet, service: &str) -> anyhow::Result<u64> {
+    use ciborium::Value;
+    let path = net.data(0).join("checkpoints").join(service).join("back.0");
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("no checkpoint {}", path.display()))?;
+    let v: Value = ciborium::from_reader(bytes.as_slice())?;
+    v.into_map()
+        .ok()
+        .and_then(|m| {
+            m.into_iter()
+                .find(|(k, _)| k.as_text() == Some("seq"))
+                .and_then(|(_, v)| v.into_integer().ok())
+                .and_then(|i| u64::try_from(i).ok())
+        })
+        .with_context(|| format!("no seq in {}", path.display()))
 }
 
 fn crash_with_state(
@@ -384,19 +414,24 @@ fn crash_with_state(
         .find(|r| r.task == "front")
         .context("no front in ps")?
         .address;
-    let mut answered = 0u64;
+    // When each call back answered came back (ms since 1970).
+    let mut answered_at: Vec<u64> = Vec::new();
     let calling = Instant::now();
     while calling.elapsed() < CALLING {
         if ask(&front, "hello").ok().as_deref() == Some("front(mid(back))") {
-            answered += 1;
+            answered_at.push(unix_ms());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let answered = answered_at.len() as u64;
     let pid = hosted_pid(&net.data(victim), "back")?;
     let t0 = Instant::now();
     net.kill(victim)
         .with_context(|| format!("cannot kill node {victim}"))?;
     signal(pid, "-KILL")?;
+    // The host is dead: the latest checkpoint node 0 keeps is the one back comes back from.
+    let seq = kept_seq(&net, service)?;
+    let since = answered_at.iter().filter(|&&t| t > seq).count() as u64;
     let bound = Duration::from_secs(a.bound_s);
     let moved = poll(bound, || {
         let rows = ps(&net);
@@ -409,14 +444,17 @@ fn crash_with_state(
         return Ok(Kept {
             recover_s: f64::NAN,
             lost_calls: answered,
+            lost_beyond: answered.saturating_sub(since),
             answered,
         });
     };
     let counted: u64 = poll(bound, || ask(&moved.address, "STATE").ok()?.parse().ok())
         .context("the re-placed back does not answer STATE")?;
+    let lost_calls = answered.saturating_sub(counted);
     Ok(Kept {
         recover_s: took.as_secs_f64(),
-        lost_calls: answered.saturating_sub(counted),
+        lost_calls,
+        lost_beyond: lost_calls.saturating_sub(since),
         answered,
     })
 }
@@ -457,8 +495,8 @@ pub fn run(a: &ChaosArgs) -> anyhow::Result<()> {
     let (mut replaced, mut missing) = (0usize, Vec::new());
     let (mut detect, mut recover, mut lost, mut dups, mut orphans) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut state_recover, mut state_lost, mut state_answered) =
-        (Vec::new(), Vec::new(), Vec::new());
+    let (mut state_recover, mut state_lost, mut state_beyond, mut state_answered) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..runs {
         eprintln!("run {}/{runs}: crash", r + 1);
         let c = crash(&exe, &relay, &args, a, &format!("chaos-{tag}-c{r}"))?;
@@ -483,11 +521,13 @@ pub fn run(a: &ChaosArgs) -> anyhow::Result<()> {
             eprintln!("run {}/{runs}: crash with state (CRIU every second)", r + 1);
             let k = crash_with_state(&exe, &relay, &args, a, &format!("chaos-{tag}-s{r}"))?;
             eprintln!(
-                "  back running again after {:.2} s; of {} calls it answered, its copy lost {}",
-                k.recover_s, k.answered, k.lost_calls
+                "  back running again after {:.2} s; of {} calls it answered, its copy lost {} \
+                 ({} answered before the latest checkpoint)",
+                k.recover_s, k.answered, k.lost_calls, k.lost_beyond
             );
             state_recover.push(k.recover_s);
             state_lost.push(k.lost_calls as f64);
+            state_beyond.push(k.lost_beyond as f64);
             state_answered.push(k.answered as f64);
         }
     }
@@ -520,9 +560,10 @@ pub fn run(a: &ChaosArgs) -> anyhow::Result<()> {
     );
     let mut state = String::new();
     if !a.no_state {
-        let (rec, lost, calls) = (
+        let (rec, lost, beyond, calls) = (
             median(&mut state_recover),
             median(&mut state_lost),
+            median(&mut state_beyond),
             median(&mut state_answered),
         );
         println!("  crash with state: back running again             {rec:>8.2} s");
@@ -531,7 +572,11 @@ pub fn run(a: &ChaosArgs) -> anyhow::Result<()> {
              checkpoint every 1 s; calls for {} s)",
             CALLING.as_secs()
         );
-        state = format!(" state_recover_s={rec:.3} state_lost_calls={lost:.0}");
+        println!("  crash with state: of those, before the checkpoint {beyond:>8.0}");
+        state = format!(
+            " state_recover_s={rec:.3} state_lost_calls={lost:.0} \
+             state_lost_beyond_checkpoint={beyond:.0}"
+        );
     }
     println!(
         "BENCH chaos detect_s={detect_s:.3} recover_s={recover_s:.3} duplicates_after_heal={dup:.0} \

@@ -40,9 +40,10 @@ fn chaos_bench_runs_and_reports_every_key() {
         "orphans_after_restart",
         "state_recover_s",
         "state_lost_calls",
+        "state_lost_beyond_checkpoint",
     ] {
         let v = seen.get(k).copied();
         assert!(v.is_some_and(|v| v >= 0.0), "no {k} >= 0 in {seen:?}");
     }
-    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert_eq!(seen.len(), 8, "{seen:?}");
 }
