@@ -12,7 +12,7 @@
 //! memory_mb = 256
 //! stateful = true
 //! checkpoint = "app"           # criu | app | none
-//! checkpoint_every_s = 5       # the owner keeps its latest state (criu: process engine), for re-placement
+//! checkpoint_every_s = 5       # the owner keeps its latest state, for re-placement
 //! downtime_budget_ms = 500     # criu only: a live move freezes it only if predicted to fit
 //! max_runtime_s = 3600         # runs at most this long on one host, then moves on
 //! ports = [7000]

@@ -2,8 +2,9 @@
 //! them (`checkpoint_every_s`) has its state captured every period and sent to the service's
 //! owner as a `Checkpointed` request of the deploy protocol ([`super::checkpoints`] keeps it
 //! there). A `checkpoint = "app"` task is captured the way a move captures it (`CHECKPOINT` on
-//! its port); a `checkpoint = "criu"` task on the process engine is dumped by CRIU and left
-//! running (`criu dump --leave-running`), its images packed ([`super::criu_images`]). When the
+//! its port); a `checkpoint = "criu"` task is dumped by CRIU and left running (`criu dump
+//! --leave-running` of a process, `runc checkpoint --leave-running` of a Docker container), its
+//! images packed ([`super::criu_images`]). When the
 //! owner is this node, the request goes straight to its own deployer.
 //!
 //! A CRIU dump fails while the task holds an established TCP connection (a call in flight):
@@ -21,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use brume_engine::{criu_task, taskroot, AnyEngine};
 use brume_migration::app::{self as app, CHECKPOINT_TIMEOUT};
-use brume_migration::checkpointer::{Checkpointer, CriuProcess, CriuRestore};
+use brume_migration::checkpointer::{
+    runc_usable, Checkpointer, CriuProcess, CriuRestore, PortableBundle,
+};
 use brume_migration::criu::{Criu, NetworkLock};
 use brume_migration::live::scratch_dir;
 use brume_tunnel::InstanceId;
@@ -33,6 +36,7 @@ use super::criu_images::{pack, CriuImages};
 use crate::deploy::client::ask;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::wire::{CheckpointMode, Generation, Reply, Request};
+use crate::migrate::live::docker::checkpoint_running;
 
 /// How often the table is looked at (periods are whole seconds).
 const TICK: Duration = Duration::from_millis(250);
@@ -157,19 +161,12 @@ pub async fn run(deployer: Arc<Deployer>) {
 fn criu_dumps_here(deployer: &Deployer) -> Result<(), String> {
     match &*deployer.engine {
         AnyEngine::Process(_) => taskroot::available(),
-        AnyEngine::Docker(_) => Err(
-            "this node runs its tasks on Docker, and only the process engine takes periodic \
-             CRIU checkpoints for now: the task starts fresh if its host dies"
-                .to_string(),
-        ),
+        AnyEngine::Docker(_) => runc_usable(),
     }
 }
 
 /// Dumps a `checkpoint = "criu"` instance with CRIU, leaving it running, and packs the images.
 async fn capture_criu(deployer: &Deployer, d: &Due) -> Result<CriuImages, String> {
-    let AnyEngine::Process(p) = &*deployer.engine else {
-        return Err("not on the process engine".into());
-    };
     let (name, call_ports) = deployer
         .instances
         .lock()
@@ -179,36 +176,74 @@ async fn capture_criu(deployer: &Deployer, d: &Due) -> Result<CriuImages, String
             (i.name.clone(), ports)
         })
         .ok_or("it no longer runs here")?;
-    let pid = p.checkpoint_pid(&name).map_err(|e| e.to_string())?;
-    let stdout_key = criu_task::stdout_key(pid);
     let dir = scratch_dir("checkpoint");
     let mut tries = 0;
-    let archive = loop {
+    loop {
         tries += 1;
-        let dir = dir.clone();
-        let dumped = tokio::task::spawn_blocking(move || dump_and_pack(pid, &dir)).await;
+        let dumped = match dump_once(deployer, &name, &dir).await {
+            Ok(facts) => {
+                let images = dir.clone();
+                tokio::task::spawn_blocking(move || pack(&images))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|packed| packed.map_err(|e| e.to_string()))
+                    .map(|archive| (facts, archive))
+                    .map_err(|e| (format!("cannot pack the images: {e}"), false))
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
         match dumped {
-            Ok(Ok(archive)) => break archive,
-            Ok(Err((e, transient))) if transient && tries < DUMP_TRIES => {
+            Ok(((dumped_pid, stdout_key, bundle), archive)) => {
+                return Ok(CriuImages {
+                    dumped_pid,
+                    port: d.port,
+                    call_ports,
+                    stdout_key,
+                    archive,
+                    bundle,
+                })
+            }
+            Err((e, true)) if tries < DUMP_TRIES => {
                 debug!(instance = %d.id, "the dump caught a connection ({e}); again shortly");
                 tokio::time::sleep(DUMP_RETRY).await;
             }
-            Ok(Err((e, _))) => return Err(e),
-            Err(e) => return Err(format!("the dump's thread failed: {e}")),
+            Err((e, _)) => return Err(e),
         }
-    };
-    Ok(CriuImages {
-        dumped_pid: pid,
-        port: d.port,
-        call_ports,
-        stdout_key,
-        archive,
-    })
+    }
 }
 
-/// `criu dump --leave-running` of `pid` into `dir`, packed; the directory and CRIU's log
-/// (beside it) are removed either way. The error says whether it was only a connection.
-fn dump_and_pack(pid: u32, dir: &std::path::Path) -> Result<Vec<u8>, (String, bool)> {
+/// What a dump found besides the images: the task's PID, its output pipe's CRIU key (process
+/// engine) and its runc bundle's portable part (Docker).
+type Dumped = (u32, Option<String>, Option<PortableBundle>);
+
+/// One dump of the task `name` into `dir`, left running, on this node's engine; the error says
+/// whether only a connection was in the way.
+async fn dump_once(
+    deployer: &Deployer,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<Dumped, (String, bool)> {
+    match &*deployer.engine {
+        AnyEngine::Process(p) => {
+            let pid = p.checkpoint_pid(name).map_err(|e| (e.to_string(), false))?;
+            let stdout_key = criu_task::stdout_key(pid);
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || dump_process(pid, &dir))
+                .await
+                .map_err(|e| (format!("the dump's thread failed: {e}"), false))??;
+            Ok((pid, stdout_key, None))
+        }
+        AnyEngine::Docker(docker) => {
+            let (pid, bundle) = checkpoint_running(docker, name, dir).await?;
+            Ok((pid, None, Some(bundle)))
+        }
+    }
+}
+
+/// `criu dump --leave-running` of the process engine's task `pid` into `dir` (created);
+/// CRIU's log beside it is removed.
+fn dump_process(pid: u32, dir: &std::path::Path) -> Result<(), (String, bool)> {
     let log = dir.with_extension("log");
     let dumper = CriuProcess {
         criu: Criu::new(),
@@ -222,17 +257,13 @@ fn dump_and_pack(pid: u32, dir: &std::path::Path) -> Result<Vec<u8>, (String, bo
             pid_namespace: true,
         },
     };
-    let out = std::fs::create_dir_all(dir)
-        .map_err(|e| (format!("cannot make {}: {e}", dir.display()), false))
-        .and_then(|()| {
-            dumper
-                .dump(dir, true, &log)
-                .map_err(|e| (e.to_string(), e.transient()))
-        })
-        .and_then(|_| pack(dir).map_err(|e| (format!("cannot pack the images: {e}"), false)));
-    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| (format!("cannot make {}: {e}", dir.display()), false))?;
+    let dumped = dumper.dump(dir, true, &log);
     let _ = std::fs::remove_file(&log);
-    out
+    dumped
+        .map(|_| ())
+        .map_err(|e| (e.to_string(), e.transient()))
 }
 
 /// Captures one instance's state and sends it to its owner; failures are logged.

@@ -2,7 +2,8 @@
 //! the service's owner and, after the host died, from the owner to the task's new host.
 //!
 //! A task that keeps its state in memory (an unmodified server) cannot answer `CHECKPOINT`, so
-//! its host dumps it with `criu dump --leave-running` ([`super::checkpointer`]): the image
+//! its host dumps it with `criu dump --leave-running` (a Docker task: `runc checkpoint
+//! --leave-running`, with its bundle's config; [`super::checkpointer`]): the image
 //! directory is packed as a zstd-compressed tar ([`pack`]) and kept by the owner beside app
 //! checkpoints ([`super::checkpoints`]). A re-placement hands it to the new host in the deploy
 //! request, which unpacks it ([`unpack`]: flat regular files only, size-bounded) and restores
@@ -15,6 +16,7 @@
 use std::io::{self, Read};
 use std::path::{Component, Path};
 
+use brume_migration::checkpointer::PortableBundle;
 use serde::{Deserialize, Serialize};
 
 /// The zstd level of the archive: images are mostly memory pages, where higher levels buy
@@ -35,6 +37,11 @@ pub struct CriuImages {
     /// The image directory, a tar of its files compressed with zstd.
     #[serde(with = "serde_bytes")]
     pub archive: Vec<u8>,
+    /// A Docker task's OCI config and bind-mounted files (`runc checkpoint` images): the new
+    /// host lays a runc bundle out around its own export of the image, as a live move's
+    /// target does. `None`: a process of the process engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<PortableBundle>,
 }
 
 impl std::fmt::Debug for CriuImages {
@@ -45,6 +52,7 @@ impl std::fmt::Debug for CriuImages {
             .field("call_ports", &self.call_ports)
             .field("stdout_key", &self.stdout_key)
             .field("archive_bytes", &self.archive.len())
+            .field("docker", &self.bundle.is_some())
             .finish()
     }
 }

@@ -15,7 +15,7 @@
 //!   generation, the ledger, `Moved` to the callers), from the latest checkpoint kept;
 //! * [`checkpointer`]: on a host, the periodic capture of the instances that ask for it
 //!   (`checkpoint_every_s`), sent to their owner: the task's answer to `CHECKPOINT`
-//!   (`checkpoint = "app"`) or a CRIU dump of it (`checkpoint = "criu"`, process engine);
+//!   (`checkpoint = "app"`) or a CRIU dump of it (`checkpoint = "criu"`, either engine);
 //! * [`criu_images`]: such a dump as it travels, and its archive (packed, and unpacked safely);
 //! * [`checkpoints`]: on the owner, the latest checkpoint of each, on disk;
 //! * [`checkpoint_relay`]: the owner passing each latest checkpoint on to the record's holders;

@@ -523,11 +523,14 @@ impl Drop for ServiceNet {
     }
 }
 
-/// Removes the live-migration work files of daemon `pid` in /dev/shm and the temp dir.
+/// Removes the live-migration and periodic-checkpoint work files of daemon `pid` in /dev/shm
+/// and the temp dir.
 fn remove_live_work(pid: u32) {
     let prefixes = [
         format!("brume-live-in-{pid}-"),
         format!("brume-live-out-{pid}-"),
+        format!("brume-checkpoint-{pid}-"),
+        format!("brume-restore-in-{pid}-"),
     ];
     for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
         let Ok(entries) = std::fs::read_dir(&base) else {

@@ -4,6 +4,7 @@
 
 use super::held::HeldCallers;
 use super::*;
+use brume_migration::checkpointer::Checkpointer;
 
 /// What the source checkpoints: Docker's own container, or a runc container that an earlier
 /// move restored on this node (so a task moves on as often as it is asked).
@@ -48,6 +49,70 @@ impl Checkpointed {
             Checkpointed::Adopted(t) => t.summary.clone(),
         }
     }
+}
+
+/// What `runc checkpoint` works on for the task `name` (a Docker container, or a runc
+/// container an earlier move restored here), ready for a dump, and its PID.
+async fn checkpoint_source(d: &DockerEngine, name: &str) -> Result<(Checkpointed, u32), String> {
+    let source = match d.adopted(name) {
+        Some(t) => Checkpointed::Adopted(t),
+        None => {
+            let summary = match d.summary_of(name).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return Err(format!("Docker does not know {name}")),
+                Err(e) => return Err(e.to_string()),
+            };
+            let id = d.container_id(name).await.map_err(|e| e.to_string())?;
+            Checkpointed::Docker { id, summary }
+        }
+    };
+    let pid = match d.state(name).await {
+        Ok(s) if s.state == TaskState::Running => {
+            s.pid.ok_or_else(|| format!("{name} runs without a pid"))?
+        }
+        Ok(s) => return Err(format!("{name} is not running ({:?})", s.state)),
+        Err(e) => return Err(e.to_string()),
+    };
+    source
+        .ready_for_dump()
+        .map_err(|e| format!("cannot ready its runc bundle for a checkpoint: {e}"))?;
+    let (root, id) = source.runc_state();
+    if !root.join(&id).is_dir() {
+        return Err(format!(
+            "runc has no state for its container in {}",
+            root.display()
+        ));
+    }
+    Ok((source, pid))
+}
+
+/// A periodic checkpoint of the running Docker task `name` (`crate::heal::checkpointer`):
+/// `runc checkpoint --leave-running` into `images` (created), the container runs on. Its PID
+/// and what another host needs to restore it, or why not and whether only a connection the
+/// dump caught was in the way.
+pub(crate) async fn checkpoint_running(
+    d: &DockerEngine,
+    name: &str,
+    images: &Path,
+) -> Result<(u32, PortableBundle), (String, bool)> {
+    runc_usable().map_err(|e| (e, false))?;
+    let (source, pid) = checkpoint_source(d, name).await.map_err(|e| (e, false))?;
+    let (root, id) = source.runc_state();
+    let config = source.config();
+    let images = images.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let portable = PortableBundle::read(&config).map_err(|e| (e.to_string(), false))?;
+        let mut runc = RuncContainer::docker(id);
+        runc.root = root;
+        let log = images.with_extension("log");
+        let dumped = runc.dump(&images, true, &log);
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_dir_all(log.with_extension("work"));
+        dumped.map_err(|e| (e.to_string(), e.transient()))?;
+        Ok((pid, portable))
+    })
+    .await
+    .map_err(|e| (format!("the dump's thread failed: {e}"), false))?
 }
 
 /// A Docker task frozen by a move: a copy restored here is a runc container (from the fallback
@@ -136,41 +201,11 @@ impl Mover {
                 reason: format!("{what} does not run on this node"),
             };
         };
-        // A Docker container, or a runc container an earlier move restored here.
-        let source = match d.adopted(&name) {
-            Some(t) => Checkpointed::Adopted(t),
-            None => {
-                let summary = match d.summary_of(&name).await {
-                    Ok(Some(s)) => s,
-                    Ok(None) => return untouched(format!("Docker does not know {name}")),
-                    Err(e) => return untouched(e.to_string()),
-                };
-                match d.container_id(&name).await {
-                    Ok(id) => Checkpointed::Docker { id, summary },
-                    Err(e) => return untouched(e.to_string()),
-                }
-            }
+        let (source, pid) = match checkpoint_source(&d, &name).await {
+            Ok(s) => s,
+            Err(why) => return untouched(why),
         };
-        let pid = match d.state(&name).await {
-            Ok(s) if s.state == TaskState::Running => match s.pid {
-                Some(pid) => pid,
-                None => return untouched(format!("{name} runs without a pid")),
-            },
-            Ok(s) => return untouched(format!("{name} is not running ({:?})", s.state)),
-            Err(e) => return untouched(e.to_string()),
-        };
-        if let Err(e) = source.ready_for_dump() {
-            return untouched(format!(
-                "cannot ready its runc bundle for a checkpoint: {e}"
-            ));
-        }
         let (root, id) = source.runc_state();
-        if !root.join(&id).is_dir() {
-            return untouched(format!(
-                "runc has no state for its container in {}",
-                root.display()
-            ));
-        }
         // The fallback's bundle, copied while the container runs (Docker unmounts its rootfs
         // once it stops), and what the target needs to make its own.
         let fallback = RuncTask::new(source.summary(), "back");

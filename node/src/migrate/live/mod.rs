@@ -175,7 +175,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 pub(crate) mod book;
-mod docker;
+pub(crate) mod docker;
 pub mod fault;
 mod finish;
 pub(crate) mod guard;
