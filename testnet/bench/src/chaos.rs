@@ -424,6 +424,11 @@ fn crash_with_state(
         std::thread::sleep(Duration::from_millis(20));
     }
     let answered = answered_at.len() as u64;
+    // The crash comes once node 0 keeps a checkpoint (on a slow machine the first may take
+    // longer than the calls).
+    let bound = Duration::from_secs(a.bound_s);
+    poll(bound, || kept_seq(&net, service).ok())
+        .context("node 0 kept no checkpoint of back within the bound")?;
     let pid = hosted_pid(&net.data(victim), "back")?;
     let t0 = Instant::now();
     net.kill(victim)
@@ -432,7 +437,6 @@ fn crash_with_state(
     // The host is dead: the latest checkpoint node 0 keeps is the one back comes back from.
     let seq = kept_seq(&net, service)?;
     let since = answered_at.iter().filter(|&&t| t > seq).count() as u64;
-    let bound = Duration::from_secs(a.bound_s);
     let moved = poll(bound, || {
         let rows = ps(&net);
         let row = rows
