@@ -10,7 +10,8 @@
 //! The same with `checkpoint = "criu"` (the relay's count then lives only in its memory): the
 //! host dumps back with CRIU every second, leaving it running, and the initiator keeps the
 //! images; killed with its host (a device that dies takes its processes along), back is
-//! restored from them on another node and answers the count it had.
+//! restored from them on another node and answers the count it had: on the process engine
+//! (`criu dump`) and on Docker (`runc checkpoint`, restored as a runc container).
 //!
 //! Each node offers 150 mCPU and each task asks 100, so no two tasks share a node.
 
@@ -79,18 +80,90 @@ fn wait_until<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// How back keeps its state, and so what the test waits for and kills.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `checkpoint = "app"`: its CHECKPOINT line; it dies with its host (the process engine's
+    /// tasks die with their node).
+    App,
+    /// `checkpoint = "criu"` on the process engine: a CRIU dump; its process outlives a killed
+    /// node, so the test kills it too.
+    Criu,
+    /// `checkpoint = "criu"` on Docker: a runc checkpoint; its container is killed too.
+    DockerCriu,
+}
+
 #[test]
 fn a_killed_host_s_stateful_task_comes_back_from_its_latest_checkpoint() {
+    failover(Mode::App);
+}
+
+#[test]
+fn a_killed_host_s_criu_task_comes_back_from_its_latest_criu_checkpoint() {
+    let test =
+        "failover_state::a_killed_host_s_criu_task_comes_back_from_its_latest_criu_checkpoint";
+    if common::live_move_supported(test) {
+        failover(Mode::Criu);
+    }
+}
+
+/// The same on the Docker engine: `runc checkpoint --leave-running` of back's container every
+/// second, and the copy restored as a runc container on another node.
+#[test]
+fn a_killed_host_s_docker_criu_task_comes_back_from_its_latest_criu_checkpoint() {
+    let test =
+        "failover_state::a_killed_host_s_docker_criu_task_comes_back_from_its_latest_criu_checkpoint";
+    if common::docker_live_supported(test) {
+        failover(Mode::DockerCriu);
+    }
+}
+
+/// Kills back (and its host) on the Docker engine: its container.
+fn kill_docker_back(service: &str) {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-q", "--filter"])
+        .arg(format!("label=brume.service={service}"))
+        .args(["--filter", "label=brume.task=back"])
+        .output()
+        .expect("docker ps runs");
+    let ids: Vec<String> = text(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ids.len(), 1, "one container of back: {ids:?}");
+    let out = std::process::Command::new("docker")
+        .args(["kill", &ids[0]])
+        .output()
+        .expect("docker kill runs");
+    assert!(out.status.success(), "docker kill: {}", text(&out.stderr));
+}
+
+/// back, checkpointed every second as `mode` says, served SERVED requests, is killed with its
+/// host once the initiator keeps a checkpoint that holds them, and comes back on another node
+/// counting on from SERVED.
+fn failover(mode: Mode) {
     let service = unique("failstate");
+    let _leftovers = common::RuncLeftovers(service.clone());
+    let engine = if mode == Mode::DockerCriu {
+        "docker"
+    } else {
+        "process"
+    };
     let mut net = common::ServiceNet::start_with(
         Path::new(BRUME),
         3,
-        "process",
+        engine,
         150,
         &["--heartbeat-interval-ms", "300"],
         &service,
     );
-    let m = manifest(net.dir(), &service, "app");
+    // CRIU cannot dump a container task running as another user here (docs/limits.md).
+    let checkpoint = match mode {
+        Mode::App => "app",
+        Mode::Criu => "criu",
+        Mode::DockerCriu => "criu\"\nuser = \"root",
+    };
+    let m = manifest(net.dir(), &service, checkpoint);
     let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
     assert!(
         out.status.success(),
@@ -123,8 +196,10 @@ fn a_killed_host_s_stateful_task_comes_back_from_its_latest_checkpoint() {
     let counted =
         |port: u16| -> Option<u64> { common::ask(port, "STATE").ok()?.trim().parse().ok() };
     assert_eq!(counted(port_of(&back.address)), Some(SERVED));
+    let after_the_requests = now_unix_ms();
 
-    // The initiator keeps back's latest checkpoint: wait until it holds the count.
+    // The initiator keeps back's latest checkpoint: wait until it holds the count (an app's
+    // line says it; CRIU images are those of a dump taken after the requests).
     let file = net
         .net
         .data(0)
@@ -133,24 +208,46 @@ fn a_killed_host_s_stateful_task_comes_back_from_its_latest_checkpoint() {
         .join("back.0");
     let line = format!("relay-state/1 served={SERVED}");
     let checkpointed = Instant::now();
-    wait_until("the initiator holds a checkpoint with the count", || {
-        let bytes = std::fs::read(&file).ok()?;
-        String::from_utf8_lossy(&bytes)
-            .contains(&line)
-            .then_some(())
-    });
+    wait_until(
+        "the initiator holds a checkpoint with the count",
+        || match mode {
+            Mode::App => {
+                let bytes = std::fs::read(&file).ok()?;
+                String::from_utf8_lossy(&bytes)
+                    .contains(&line)
+                    .then_some(())
+            }
+            Mode::Criu | Mode::DockerCriu => criu_checkpoint_seq(&file)
+                .filter(|&seq| seq > after_the_requests)
+                .map(|_| ()),
+        },
+    );
     let took = checkpointed.elapsed();
+    // Still the same count: checkpoints leave it running, and nothing else called it.
+    assert_eq!(counted(port_of(&back.address)), Some(SERVED));
 
+    // The device dies: its daemon and the task with it.
+    let pid = (mode == Mode::Criu)
+        .then(|| hosted_pid(&net.net.data(victim), "back").expect("back's pid on its host"));
     let killed = Instant::now();
     net.net.kill(victim).expect("kill -9 back's host");
+    match mode {
+        Mode::App => {}
+        // SAFETY: kill(2) of one pid, the init of back's PID namespace (its whole tree goes).
+        Mode::Criu => assert_eq!(
+            unsafe { libc::kill(pid.unwrap_or(0) as libc::pid_t, libc::SIGKILL) },
+            0
+        ),
+        Mode::DockerCriu => kill_docker_back(&service),
+    }
     let moved = wait_until("back runs again on another node", || {
         let rows = ps(&net);
         running(&rows, "back")
             .filter(|r| r.instance.host != back.host)
             .map(|r| r.instance.clone())
     });
-    assert_ne!(moved.host, back.host);
-    // The new copy started from the checkpoint: it counts on from SERVED.
+    // The new copy started from the checkpoint: it counts on from SERVED (for CRIU, the
+    // count the process had in memory).
     let restored = wait_until("the new back answers STATE", || {
         counted(port_of(&moved.address))
     });
@@ -158,6 +255,14 @@ fn a_killed_host_s_stateful_task_comes_back_from_its_latest_checkpoint() {
         restored, SERVED,
         "the re-placed back lost the state checkpointed before its host died"
     );
+    if mode == Mode::Criu {
+        let logs = net.brume(0, &["logs", "back"]);
+        assert!(
+            text(&logs.stdout).contains("restored by CRIU"),
+            "back was not restored by CRIU: {}",
+            text(&logs.stdout)
+        );
+    }
     // And it serves on, counting from there.
     wait_until("front reaches the new back", || {
         (common::ask(front, "hello").ok().as_deref() == Some("front(back)")).then_some(())
@@ -165,9 +270,10 @@ fn a_killed_host_s_stateful_task_comes_back_from_its_latest_checkpoint() {
     let now = counted(port_of(&moved.address)).expect("the new back answers STATE");
     assert!(now > SERVED, "the new back counts on from {SERVED}: {now}");
     eprintln!(
-        "failover with state: checkpoint holding served={SERVED} seen at the initiator {:.2} s \
-         after the requests; back on {} killed, running again on {} with served={restored} \
-         after {:.2} s",
+        "failover with state ({}, {engine}): a checkpoint holding served={SERVED} at \
+         the initiator {:.2} s after the requests; back on {} killed, running again on {} with \
+         served={restored} after {:.2} s",
+        if mode == Mode::App { "app" } else { "criu" },
         took.as_secs_f64(),
         back.host,
         moved.host,
@@ -214,159 +320,4 @@ fn now_unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("the clock is after 1970")
         .as_millis() as u64
-}
-
-#[test]
-fn a_killed_host_s_criu_task_comes_back_from_its_latest_criu_checkpoint() {
-    let test =
-        "failover_state::a_killed_host_s_criu_task_comes_back_from_its_latest_criu_checkpoint";
-    if common::live_move_supported(test) {
-        criu_failover("process");
-    }
-}
-
-/// The same on the Docker engine: `runc checkpoint --leave-running` of back's container every
-/// second, and the copy restored as a runc container on another node.
-#[test]
-fn a_killed_host_s_docker_criu_task_comes_back_from_its_latest_criu_checkpoint() {
-    let test =
-        "failover_state::a_killed_host_s_docker_criu_task_comes_back_from_its_latest_criu_checkpoint";
-    if common::docker_live_supported(test) {
-        criu_failover("docker");
-    }
-}
-
-/// Kills back (and its host) on the Docker engine: its container.
-fn kill_docker_back(service: &str) {
-    let out = std::process::Command::new("docker")
-        .args(["ps", "-q", "--filter"])
-        .arg(format!("label=brume.service={service}"))
-        .args(["--filter", "label=brume.task=back"])
-        .output()
-        .expect("docker ps runs");
-    let ids: Vec<String> = text(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    assert_eq!(ids.len(), 1, "one container of back: {ids:?}");
-    let out = std::process::Command::new("docker")
-        .args(["kill", &ids[0]])
-        .output()
-        .expect("docker kill runs");
-    assert!(out.status.success(), "docker kill: {}", text(&out.stderr));
-}
-
-/// back with `checkpoint = "criu"`, `checkpoint_every_s = 1` on `engine`: killed with its
-/// host, it comes back on another node from the images the initiator keeps.
-fn criu_failover(engine: &str) {
-    let service = unique("failcriu");
-    let _leftovers = common::RuncLeftovers(service.clone());
-    let mut net = common::ServiceNet::start_with(
-        Path::new(BRUME),
-        3,
-        engine,
-        150,
-        &["--heartbeat-interval-ms", "300"],
-        &service,
-    );
-    // CRIU cannot dump a container task running as another user here (docs/limits.md).
-    let mode = if engine == "docker" {
-        "criu\"\nuser = \"root"
-    } else {
-        "criu"
-    };
-    let m = manifest(net.dir(), &service, mode);
-    let out = net.brume(0, &["deploy", m.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "deploy failed: {}\n{}",
-        text(&out.stderr),
-        text(&out.stdout)
-    );
-    let ids: Vec<String> = (0..3).map(|i| net.status(i).0).collect();
-    let rows = wait_until("the service runs", || {
-        let rows = ps(&net);
-        (running(&rows, "front").is_some() && running(&rows, "back").is_some()).then_some(rows)
-    });
-    let front = port_of(&running(&rows, "front").unwrap().instance.address);
-    let back = running(&rows, "back").unwrap().instance.clone();
-    let victim = ids
-        .iter()
-        .position(|h| *h == back.host)
-        .expect("back's host is a node");
-    assert_ne!(victim, 0, "back never runs beside front on the initiator");
-
-    let mut served = 0;
-    wait_until("front serves the requests", || {
-        if common::ask(front, "hello").ok().as_deref() == Some("front(back)") {
-            served += 1;
-        }
-        (served == SERVED).then_some(())
-    });
-    let counted =
-        |port: u16| -> Option<u64> { common::ask(port, "STATE").ok()?.trim().parse().ok() };
-    assert_eq!(counted(port_of(&back.address)), Some(SERVED));
-    let after_the_requests = now_unix_ms();
-
-    // The initiator keeps back's images: wait for a dump taken after the requests.
-    let file = net
-        .net
-        .data(0)
-        .join("checkpoints")
-        .join(&service)
-        .join("back.0");
-    let checkpointed = Instant::now();
-    wait_until(
-        "the initiator holds CRIU images taken after the requests",
-        || criu_checkpoint_seq(&file).filter(|&seq| seq > after_the_requests),
-    );
-    let took = checkpointed.elapsed();
-    // Still the same count: the dumps left it running, and nothing else called it.
-    assert_eq!(counted(port_of(&back.address)), Some(SERVED));
-
-    // The device dies: its daemon and the task with it.
-    let pid = (engine == "process")
-        .then(|| hosted_pid(&net.net.data(victim), "back").expect("back's pid on its host"));
-    let killed = Instant::now();
-    net.net.kill(victim).expect("kill -9 back's host");
-    match pid {
-        // SAFETY: kill(2) of one pid, the init of back's PID namespace (its whole tree goes).
-        Some(pid) => assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0),
-        None => kill_docker_back(&service),
-    }
-    let moved = wait_until("back runs again on another node", || {
-        let rows = ps(&net);
-        running(&rows, "back")
-            .filter(|r| r.instance.host != back.host)
-            .map(|r| r.instance.clone())
-    });
-    // Restored, not started afresh: the count is the one the process had in memory.
-    let restored = wait_until("the new back answers STATE", || {
-        counted(port_of(&moved.address))
-    });
-    assert_eq!(
-        restored, SERVED,
-        "the re-placed back lost the memory dumped before its host died"
-    );
-    if engine == "process" {
-        let logs = net.brume(0, &["logs", "back"]);
-        assert!(
-            text(&logs.stdout).contains("restored by CRIU"),
-            "back was not restored by CRIU: {}",
-            text(&logs.stdout)
-        );
-    }
-    wait_until("front reaches the new back", || {
-        (common::ask(front, "hello").ok().as_deref() == Some("front(back)")).then_some(())
-    });
-    let now = counted(port_of(&moved.address)).expect("the new back answers STATE");
-    assert!(now > SERVED, "the new back counts on from {SERVED}: {now}");
-    eprintln!(
-        "failover with CRIU images ({engine}): a dump after the requests at the initiator \
-         {:.2} s later; back on {} killed, restored on {} with served={restored} after {:.2} s",
-        took.as_secs_f64(),
-        back.host,
-        moved.host,
-        killed.elapsed().as_secs_f64()
-    );
 }

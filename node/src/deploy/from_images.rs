@@ -18,9 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use brume_engine::runc_task::RuncTask;
-use brume_engine::{
-    criu_task, taskroot, DockerEngine, ImageRef, LaunchSpec, ProcessEngine, TaskState, TaskSummary,
-};
+use brume_engine::{criu_task, taskroot, DockerEngine, ImageRef, LaunchSpec, ProcessEngine};
 use brume_migration::checkpointer::{runc_usable, CriuRestore, Restorer};
 use brume_migration::criu::{Criu, InheritFd, NetworkLock};
 use brume_migration::live::scratch_dir;
@@ -30,6 +28,7 @@ use brume_tunnel::Forwarder;
 use super::deployer::Deployer;
 use super::wire::InstanceSpec;
 use crate::heal::criu_images::{unpack, CriuImages};
+use crate::migrate::live::docker::restore_bundle;
 use brume_engine::AnyEngine;
 
 /// The most bytes the images of one checkpoint may unpack to (its archive is at most
@@ -136,32 +135,9 @@ impl Deployer {
             .bundle
             .clone()
             .ok_or("these are a process's images; this node runs its tasks on Docker")?;
-        let summary = TaskSummary {
-            name: launch.name.clone(),
-            service: spec.id.service.clone(),
-            task: spec.id.task.clone(),
-            replica: spec.id.replica,
-            epoch: spec.epoch,
-            port: launch.port,
-            state: TaskState::Running,
-        };
-        let runc = RuncTask::new(summary, "in");
+        let runc = restore_bundle(d, spec, launch, portable).await?;
         let discard = |t: RuncTask| tokio::task::spawn_blocking(move || t.remove());
-        let laid_out = async {
-            d.export_rootfs(&launch.image, &runc.bundle().join("rootfs"))
-                .await
-                .map_err(|e| format!("cannot export the image's rootfs: {e}"))?;
-            let (bundle, cgroup) = (runc.bundle().to_path_buf(), runc.cgroup.clone());
-            tokio::task::spawn_blocking(move || portable.lay_out(&bundle, &cgroup))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("cannot lay the runc bundle out: {e}"))
-        }
-        .await;
-        let restored = match laid_out {
-            Ok(()) => restore_in(staging, images, runc.restore.clone()).await,
-            Err(why) => Err(why),
-        };
+        let restored = restore_in(staging, images, runc.restore.clone()).await;
         let pid = match restored {
             Ok(pid) => pid,
             Err(why) => {

@@ -115,6 +115,46 @@ pub(crate) async fn checkpoint_running(
     .map_err(|e| (format!("the dump's thread failed: {e}"), false))?
 }
 
+/// A runc container to restore the instance `spec` in, as `launch` (its name and port) says:
+/// its bundle laid out around an export of the image with the dumped container's `portable`
+/// config and files. Nothing of it is left on failure.
+pub(crate) async fn restore_bundle(
+    d: &DockerEngine,
+    spec: &InstanceSpec,
+    launch: &LaunchSpec,
+    portable: PortableBundle,
+) -> Result<RuncTask, String> {
+    let summary = TaskSummary {
+        name: launch.name.clone(),
+        service: spec.id.service.clone(),
+        task: spec.id.task.clone(),
+        replica: spec.id.replica,
+        epoch: spec.epoch,
+        port: launch.port,
+        state: TaskState::Running,
+    };
+    let runc = RuncTask::new(summary, "in");
+    let laid_out = async {
+        d.export_rootfs(&launch.image, &runc.bundle().join("rootfs"))
+            .await
+            .map_err(|e| format!("cannot export the image's rootfs: {e}"))?;
+        let (bundle, cgroup) = (runc.bundle().to_path_buf(), runc.cgroup.clone());
+        tokio::task::spawn_blocking(move || portable.lay_out(&bundle, &cgroup))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot lay the runc bundle out: {e}"))
+    }
+    .await;
+    match laid_out {
+        Ok(()) => Ok(runc),
+        Err(why) => {
+            let t = runc.clone();
+            let _ = tokio::task::spawn_blocking(move || t.remove()).await;
+            Err(why)
+        }
+    }
+}
+
 /// A Docker task frozen by a move: a copy restored here is a runc container (from the fallback
 /// bundle) the engine adopts, in place of the checkpointed one.
 struct DockerCopy {
@@ -422,33 +462,14 @@ impl Mover {
                 return;
             }
         };
-        let summary = TaskSummary {
-            name: launch.name.clone(),
-            service: spec.id.service.clone(),
-            task: spec.id.task.clone(),
-            replica: spec.id.replica,
-            epoch: spec.epoch,
-            port,
-            state: TaskState::Running,
-        };
-        let runc = RuncTask::new(summary, "in");
         let discard = |t: RuncTask| tokio::task::spawn_blocking(move || t.remove());
-        let laid_out = async {
-            d.export_rootfs(&launch.image, &runc.bundle().join("rootfs"))
-                .await
-                .map_err(|e| format!("cannot export the image's rootfs: {e}"))?;
-            let (bundle, cgroup) = (runc.bundle().to_path_buf(), runc.cgroup.clone());
-            tokio::task::spawn_blocking(move || portable.lay_out(&bundle, &cgroup))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("cannot lay the runc bundle out: {e}"))
-        }
-        .await;
-        if let Err(reason) = laid_out {
-            let _ = discard(runc.clone()).await;
-            let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
-            return;
-        }
+        let runc = match restore_bundle(&d, &spec, &launch, portable).await {
+            Ok(runc) => runc,
+            Err(reason) => {
+                let _ = write_frame(stream.get_mut(), &Frame::Refused { reason }).await;
+                return;
+            }
+        };
         let (id, g) = (spec.id.clone(), spec.generation);
         if let Err(reason) = self.fences.with(|f| f.arrive(&id, g)) {
             let _ = discard(runc.clone()).await;
