@@ -75,6 +75,8 @@ pub struct Deployer {
     /// The records this node holds for others ([`crate::heal::replicator`]), once set;
     /// without it, `Replica` is refused.
     holder: std::sync::OnceLock<Arc<crate::heal::holder::Holder>>,
+    /// One CRIU dump of an instance at a time: a live move's or a periodic checkpoint's.
+    pub(crate) dumps: super::dump_claims::DumpClaims,
 }
 
 impl Deployer {
@@ -105,6 +107,7 @@ impl Deployer {
             keeper: std::sync::OnceLock::new(),
             gc: std::sync::OnceLock::new(),
             holder: std::sync::OnceLock::new(),
+            dumps: Default::default(),
         })
     }
 

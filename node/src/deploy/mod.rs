@@ -18,6 +18,7 @@ pub mod authority;
 pub mod cli;
 pub mod client;
 pub mod deployer;
+pub mod dump_claims;
 pub mod from_images;
 pub mod grant;
 pub mod hosted;

@@ -102,8 +102,9 @@ pub async fn run(deployer: Arc<Deployer>) {
     let (done_tx, mut done) = mpsc::channel::<(InstanceId, Generation)>(64);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let dumps = criu_dumps_here(&deployer);
-    let mut told: BTreeSet<InstanceId> = BTreeSet::new();
+    // Whether each CRIU-mode instance can be dumped here, judged once when it is first seen
+    // (Docker's runc state exists only once it runs a container).
+    let mut judged: BTreeMap<(InstanceId, Generation), bool> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -123,12 +124,6 @@ pub async fn run(deployer: Arc<Deployer>) {
                     CheckpointMode::Criu => true,
                     CheckpointMode::None => return None,
                 };
-                if let (true, Err(why)) = (criu, &dumps) {
-                    if told.insert(i.spec.id.clone()) {
-                        warn!(instance = %i.spec.id, "no periodic checkpoints: {why}");
-                    }
-                    return None;
-                }
                 let due = Due {
                     id: i.spec.id.clone(),
                     generation: i.spec.generation,
@@ -138,6 +133,26 @@ pub async fn run(deployer: Arc<Deployer>) {
                 let period = Duration::from_secs(u64::from(every.max(1)));
                 Some((due, period, i.spec.epoch, i.spec.initiator))
             })
+            .collect();
+        judged.retain(|k, _| {
+            running
+                .iter()
+                .any(|(d, ..)| (&d.id, d.generation) == (&k.0, k.1))
+        });
+        for (d, ..) in running.iter().filter(|(d, ..)| d.criu) {
+            judged
+                .entry((d.id.clone(), d.generation))
+                .or_insert_with(|| match criu_dumps_here(&deployer) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        warn!(instance = %d.id, "no periodic checkpoints: {why}");
+                        false
+                    }
+                });
+        }
+        let running: Vec<_> = running
+            .into_iter()
+            .filter(|(d, ..)| !d.criu || judged.get(&(d.id.clone(), d.generation)) == Some(&true))
             .collect();
         let table: Vec<(Due, Duration)> =
             running.iter().map(|(d, p, _, _)| (d.clone(), *p)).collect();
@@ -165,8 +180,13 @@ fn criu_dumps_here(deployer: &Deployer) -> Result<(), String> {
     }
 }
 
-/// Dumps a `checkpoint = "criu"` instance with CRIU, leaving it running, and packs the images.
-async fn capture_criu(deployer: &Deployer, d: &Due) -> Result<CriuImages, String> {
+/// Dumps a `checkpoint = "criu"` instance with CRIU, leaving it running, and packs the images;
+/// `Ok(None)` when a live move of it is dumping it (the next period tries again).
+async fn capture_criu(deployer: &Deployer, d: &Due) -> Result<Option<CriuImages>, String> {
+    let Some(_claim) = deployer.dumps.try_claim(&d.id) else {
+        debug!(instance = %d.id, "a move is dumping it: no periodic checkpoint this period");
+        return Ok(None);
+    };
     let (name, call_ports) = deployer
         .instances
         .lock()
@@ -195,14 +215,14 @@ async fn capture_criu(deployer: &Deployer, d: &Due) -> Result<CriuImages, String
         let _ = std::fs::remove_dir_all(&dir);
         match dumped {
             Ok(((dumped_pid, stdout_key, bundle), archive)) => {
-                return Ok(CriuImages {
+                return Ok(Some(CriuImages {
                     dumped_pid,
                     port: d.port,
                     call_ports,
                     stdout_key,
                     archive,
                     bundle,
-                })
+                }))
             }
             Err((e, true)) if tries < DUMP_TRIES => {
                 debug!(instance = %d.id, "the dump caught a connection ({e}); again shortly");
@@ -271,11 +291,15 @@ async fn checkpoint_one(deployer: &Deployer, d: &Due, epoch: u64, owner: brume_o
     let seq = now_unix_ms();
     let captured = if d.criu {
         let started = Instant::now();
-        capture_criu(deployer, d).await.map(|images| {
-            debug!(instance = %d.id, bytes = images.archive.len(),
-                   ms = started.elapsed().as_millis() as u64, "CRIU checkpoint taken");
-            (String::new(), Some(Box::new(images)))
-        })
+        match capture_criu(deployer, d).await {
+            Ok(Some(images)) => {
+                debug!(instance = %d.id, bytes = images.archive.len(),
+                       ms = started.elapsed().as_millis() as u64, "CRIU checkpoint taken");
+                Ok((String::new(), Some(Box::new(images))))
+            }
+            Ok(None) => return,
+            Err(e) => Err(e),
+        }
     } else {
         app::capture(d.port, CHECKPOINT_TIMEOUT)
             .await

@@ -101,6 +101,9 @@ const QUIET_WAIT: Duration = Duration::from_secs(2);
 /// forwarder ports the source is freeing, and takes the task).
 const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a move waits for a periodic checkpoint of the task under way to end.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
 /// How long the target retries binding a forwarder port the source is releasing.
 const BIND_WAIT: Duration = Duration::from_secs(3);
 
@@ -242,6 +245,15 @@ impl Mover {
         limits: Limits,
         phases: &mpsc::Sender<Phase>,
     ) -> Reply {
+        // A periodic checkpoint of it under way ends first (one dump at a time).
+        let Some(_claim) = self.deployer.dumps.claim(id, CLAIM_WAIT).await else {
+            return Reply::Refused {
+                reason: format!(
+                    "a periodic checkpoint of {id} did not end within {CLAIM_WAIT:?}; it still \
+                     runs here"
+                ),
+            };
+        };
         match &*self.deployer.engine {
             AnyEngine::Docker(d) => {
                 self.move_live_docker(id, moved, dest, limits, phases, d.clone())
