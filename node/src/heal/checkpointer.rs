@@ -12,9 +12,10 @@
 //! such a dump is tried again a few times a moment later, then the next period.
 //!
 //! Bounded: at most one capture (and send) in flight per instance, each bounded in time; a
-//! state over [`MAX_CHECKPOINT`] is not sent; a failed capture or send is logged and tried
-//! again the next period. Which instances are due is [`Schedule`]'s (no I/O, no clock of its
-//! own); this is its I/O.
+//! state over [`MAX_CHECKPOINT`] is not sent; a failed capture or send is tried again the next
+//! period, and a run of failures is told once, reminded every minute and its end told
+//! ([`FailureLog`]). Which instances are due is [`Schedule`]'s and what to tell is
+//! [`FailureLog`]'s (no I/O, no clock of their own); this is their I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use brume_migration::criu::{Criu, NetworkLock};
 use brume_migration::live::scratch_dir;
 use brume_tunnel::InstanceId;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::checkpoints::{now_unix_ms, MAX_CHECKPOINT};
 use super::criu_images::{pack, CriuImages};
@@ -99,7 +100,8 @@ impl Schedule {
 /// Runs until the task is aborted.
 pub async fn run(deployer: Arc<Deployer>) {
     let mut schedule = Schedule::default();
-    let (done_tx, mut done) = mpsc::channel::<(InstanceId, Generation)>(64);
+    let (done_tx, mut done) = mpsc::channel::<(InstanceId, Generation, Outcome)>(64);
+    let mut failures = FailureLog::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Whether each CRIU-mode instance can be dumped here, judged once when it is first seen
@@ -108,8 +110,18 @@ pub async fn run(deployer: Arc<Deployer>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            Some((id, g)) = done.recv() => {
+            Some((id, g, outcome)) = done.recv() => {
                 schedule.done(&id, g);
+                match failures.record(&id, &outcome, Instant::now()) {
+                    Say::Nothing => {}
+                    Say::Warn(what) => warn!(instance = %id, "{what}"),
+                    Say::Recovered(n) => {
+                        info!(instance = %id, failures = n, "periodic checkpoints work again")
+                    }
+                }
+                if let Outcome::Failed(why) = &outcome {
+                    debug!(instance = %id, "periodic checkpoint failed: {why}");
+                }
                 continue;
             }
         }
@@ -134,6 +146,7 @@ pub async fn run(deployer: Arc<Deployer>) {
                 Some((due, period, i.spec.epoch, i.spec.initiator))
             })
             .collect();
+        failures.retain(|id| running.iter().any(|(d, ..)| d.id == *id));
         judged.retain(|k, _| {
             running
                 .iter()
@@ -163,10 +176,11 @@ pub async fn run(deployer: Arc<Deployer>) {
             let (epoch, owner) = (*epoch, *owner);
             let (deployer, done_tx) = (deployer.clone(), done_tx.clone());
             tokio::spawn(async move {
-                if let Some(owner) = owner {
-                    checkpoint_one(&deployer, &d, epoch, owner).await;
-                }
-                let _ = done_tx.send((d.id, d.generation)).await;
+                let outcome = match owner {
+                    Some(owner) => checkpoint_one(&deployer, &d, epoch, owner).await,
+                    None => Outcome::Skipped,
+                };
+                let _ = done_tx.send((d.id, d.generation, outcome)).await;
             });
         }
     }
@@ -286,8 +300,13 @@ fn dump_process(pid: u32, dir: &std::path::Path) -> Result<(), (String, bool)> {
         .map_err(|e| (e.to_string(), e.transient()))
 }
 
-/// Captures one instance's state and sends it to its owner; failures are logged.
-async fn checkpoint_one(deployer: &Deployer, d: &Due, epoch: u64, owner: brume_overlay::PeerId) {
+/// Captures one instance's state and sends it to its owner; what came of it.
+async fn checkpoint_one(
+    deployer: &Deployer,
+    d: &Due,
+    epoch: u64,
+    owner: brume_overlay::PeerId,
+) -> Outcome {
     let seq = now_unix_ms();
     let captured = if d.criu {
         let started = Instant::now();
@@ -297,7 +316,7 @@ async fn checkpoint_one(deployer: &Deployer, d: &Due, epoch: u64, owner: brume_o
                        ms = started.elapsed().as_millis() as u64, "CRIU checkpoint taken");
                 Ok((String::new(), Some(Box::new(images))))
             }
-            Ok(None) => return,
+            Ok(None) => return Outcome::Skipped,
             Err(e) => Err(e),
         }
     } else {
@@ -308,16 +327,13 @@ async fn checkpoint_one(deployer: &Deployer, d: &Due, epoch: u64, owner: brume_o
     };
     let (state, images) = match captured {
         Ok(c) => c,
-        Err(e) => {
-            warn!(instance = %d.id, "periodic checkpoint failed: {e}; trying again next period");
-            return;
-        }
+        Err(e) => return Outcome::Failed(e),
     };
     let bytes = state.len() + images.as_ref().map_or(0, |i| i.archive.len());
     if bytes > MAX_CHECKPOINT {
-        warn!(instance = %d.id, bytes,
-            "periodic checkpoint not sent: larger than the {MAX_CHECKPOINT} bytes kept");
-        return;
+        return Outcome::Failed(format!(
+            "not sent: {bytes} bytes, more than the {MAX_CHECKPOINT} kept"
+        ));
     }
     let req = Request::Checkpointed {
         instance: d.id.clone(),
@@ -331,14 +347,83 @@ async fn checkpoint_one(deployer: &Deployer, d: &Due, epoch: u64, owner: brume_o
         tokio::time::timeout(SEND_TIMEOUT, ask(deployer, owner, &[], &req, |_| async {})).await;
     match sent {
         Ok(Ok(Reply::Taken)) => {
-            debug!(instance = %d.id, bytes, "periodic checkpoint kept by the owner")
+            debug!(instance = %d.id, bytes, "periodic checkpoint kept by the owner");
+            Outcome::Kept
         }
         Ok(Ok(Reply::Refused { reason })) => {
-            warn!(instance = %d.id, "the owner refused the periodic checkpoint: {reason}")
+            Outcome::Failed(format!("the owner refused it: {reason}"))
         }
-        Ok(Ok(other)) => warn!(instance = %d.id, "the owner answered {other:?} to a checkpoint"),
-        Ok(Err(e)) => warn!(instance = %d.id, "cannot send the periodic checkpoint: {e:#}"),
-        Err(_) => warn!(instance = %d.id, "the owner did not take the checkpoint in time"),
+        Ok(Ok(other)) => Outcome::Failed(format!("the owner answered {other:?}")),
+        Ok(Err(e)) => Outcome::Failed(format!("cannot send it: {e:#}")),
+        Err(_) => Outcome::Failed("the owner did not take it in time".into()),
+    }
+}
+
+/// What one capture came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The owner keeps it.
+    Kept,
+    /// Not taken this period (a move was dumping the task).
+    Skipped,
+    /// Why it failed.
+    Failed(String),
+}
+
+/// What to tell the operator about one outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Say {
+    Nothing,
+    /// A warning: the first failure of a run, or a reminder that they go on.
+    Warn(String),
+    /// Checkpoints work again after this many failures in a row.
+    Recovered(u32),
+}
+
+/// How often a run of failures is told again.
+const REMIND: Duration = Duration::from_secs(60);
+
+/// Failures in a row per instance, so that a task whose checkpoints keep failing (every
+/// period, perhaps every second) is told once, reminded every [`REMIND`], and told when they
+/// work again, not logged every period. No I/O, no clock of its own.
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    runs: BTreeMap<InstanceId, (u32, Instant)>,
+}
+
+impl FailureLog {
+    /// Records `outcome` for `id` at `now`; what to say.
+    pub fn record(&mut self, id: &InstanceId, outcome: &Outcome, now: Instant) -> Say {
+        match outcome {
+            Outcome::Skipped => Say::Nothing,
+            Outcome::Kept => match self.runs.remove(id) {
+                Some((n, _)) => Say::Recovered(n),
+                None => Say::Nothing,
+            },
+            Outcome::Failed(why) => match self.runs.get_mut(id) {
+                None => {
+                    self.runs.insert(id.clone(), (1, now));
+                    Say::Warn(format!(
+                        "periodic checkpoint failed: {why}; trying again every period"
+                    ))
+                }
+                Some((n, told)) => {
+                    *n += 1;
+                    if now.duration_since(*told) < REMIND {
+                        return Say::Nothing;
+                    }
+                    *told = now;
+                    Say::Warn(format!(
+                        "periodic checkpoints still fail ({n} in a row): {why}"
+                    ))
+                }
+            },
+        }
+    }
+
+    /// Forgets the instances not in `keep` (no longer running here).
+    pub fn retain(&mut self, keep: impl Fn(&InstanceId) -> bool) {
+        self.runs.retain(|id, _| keep(id));
     }
 }
 
@@ -353,6 +438,38 @@ mod tests {
             port: 1000 + replica as u16,
             criu: false,
         }
+    }
+
+    #[test]
+    fn a_run_of_failures_is_told_once_reminded_and_its_end_told() {
+        let mut log = FailureLog::default();
+        let (id, other) = (due(0, 0).id, due(1, 0).id);
+        let t0 = Instant::now();
+        let failed = Outcome::Failed("a connection".into());
+        assert!(matches!(log.record(&id, &failed, t0), Say::Warn(w) if w.contains("a connection")));
+        // Every period after it: quiet, until a reminder is due.
+        for s in 1..60 {
+            assert_eq!(
+                log.record(&id, &failed, t0 + Duration::from_secs(s)),
+                Say::Nothing
+            );
+        }
+        let reminded = log.record(&id, &failed, t0 + REMIND);
+        assert!(matches!(reminded, Say::Warn(w) if w.contains("61 in a row")));
+        // Another instance has its own run; a skipped period changes nothing.
+        assert!(matches!(log.record(&other, &failed, t0), Say::Warn(_)));
+        assert_eq!(
+            log.record(&id, &Outcome::Skipped, t0 + REMIND),
+            Say::Nothing
+        );
+        assert_eq!(
+            log.record(&id, &Outcome::Kept, t0 + REMIND),
+            Say::Recovered(61)
+        );
+        assert_eq!(log.record(&id, &Outcome::Kept, t0 + REMIND), Say::Nothing);
+        // An instance gone is forgotten.
+        log.retain(|i| *i != other);
+        assert_eq!(log.record(&other, &Outcome::Kept, t0), Say::Nothing);
     }
 
     #[test]
