@@ -223,6 +223,15 @@ fn failover(mode: Mode) {
         },
     );
     let took = checkpointed.elapsed();
+    // The owner's `ps` says how old the checkpoint it keeps is.
+    let rows = ps(&net);
+    let age = running(&rows, "back").and_then(|r| r.instance.checkpoint_age_ms);
+    assert!(age.is_some(), "ps shows no checkpoint of back: {rows:#?}");
+    assert_eq!(
+        running(&rows, "front").map(|r| r.instance.checkpoint_age_ms),
+        Some(None),
+        "front takes no checkpoints"
+    );
     // Still the same count: checkpoints leave it running, and nothing else called it.
     assert_eq!(counted(port_of(&back.address)), Some(SERVED));
 

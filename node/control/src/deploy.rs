@@ -61,6 +61,10 @@ pub struct Row {
     pub state: String,
     /// `127.0.0.1:port` on the host.
     pub address: String,
+    /// How long ago the owner received the latest periodic checkpoint it keeps of the instance
+    /// (`brume ps` on the owner; absent when it keeps none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_age_ms: Option<u64>,
 }
 
 /// What a successful deploy answers.

@@ -22,6 +22,7 @@ fn row(task: &str) -> Row {
         engine: "process".into(),
         state: "running".into(),
         address: "127.0.0.1:4000".into(),
+        checkpoint_age_ms: Some(800),
     }
 }
 

@@ -183,13 +183,26 @@ impl Bars {
 }
 
 fn table(rows: &[Row]) -> String {
+    // The checkpoint column only where some instance has one (the owner's `ps`).
+    let checkpoints = rows.iter().any(|r| r.checkpoint_age_ms.is_some());
     let mut out = format!(
-        "{:<16} {:>7}  {:<22} {:<8} {:<10} {}\n",
-        "TASK", "REPLICA", "HOST", "ENGINE", "STATE", "ADDRESS"
+        "{:<16} {:>7}  {:<22} {:<8} {:<10} {:<21}{}\n",
+        "TASK",
+        "REPLICA",
+        "HOST",
+        "ENGINE",
+        "STATE",
+        "ADDRESS",
+        if checkpoints { " CHECKPOINT" } else { "" }
     );
     for r in rows {
+        let age = match (checkpoints, r.checkpoint_age_ms) {
+            (false, _) => String::new(),
+            (true, Some(ms)) => format!(" {:.1} s ago", ms as f64 / 1000.0),
+            (true, None) => " -".to_string(),
+        };
         out += &format!(
-            "{:<16} {:>7}  {:<22} {:<8} {:<10} {}\n",
+            "{:<16} {:>7}  {:<22} {:<8} {:<10} {:<21}{age}\n",
             r.task,
             r.replica,
             NodeName::of(&r.peer),
@@ -198,7 +211,9 @@ fn table(rows: &[Row]) -> String {
             r.address
         );
     }
-    out
+    out.lines()
+        .map(|l| l.trim_end().to_string() + "\n")
+        .collect()
 }
 
 pub async fn ps(args: &PsArgs) -> anyhow::Result<()> {
@@ -255,4 +270,34 @@ pub async fn stop(args: &StopArgs) -> anyhow::Result<()> {
         stopped.instances.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(task: &str, checkpoint_age_ms: Option<u64>) -> Row {
+        Row {
+            task: task.into(),
+            replica: 0,
+            host: "n7".into(),
+            peer: "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into(),
+            engine: "process".into(),
+            state: "running".into(),
+            address: "127.0.0.1:4000".into(),
+            checkpoint_age_ms,
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_column_shows_only_where_an_instance_has_one() {
+        let plain = table(&[row("front", None)]);
+        assert!(!plain.contains("CHECKPOINT"), "{plain}");
+        assert!(plain.lines().all(|l| l == l.trim_end()), "{plain:?}");
+        let owner = table(&[row("front", None), row("back", Some(850))]);
+        let lines: Vec<&str> = owner.lines().collect();
+        assert!(lines[0].ends_with("CHECKPOINT"), "{owner}");
+        assert!(lines[1].ends_with(" -"), "{owner}");
+        assert!(lines[2].ends_with(" 0.8 s ago"), "{owner}");
+    }
 }

@@ -360,7 +360,17 @@ impl Initiator {
                             "missing".into()
                         },
                         address: "-".into(),
+                        checkpoint_age_ms: None,
                     },
+                };
+                let id = InstanceId::new(service, &p.task, p.replica);
+                let kept = self
+                    .deployer
+                    .keeper()
+                    .and_then(|k| k.latest(&id, entry.epoch));
+                let r = Row {
+                    checkpoint_age_ms: kept.map(|c| c.age_ms()),
+                    ..r
                 };
                 out.push((service.clone(), r));
             }
@@ -630,6 +640,7 @@ fn row(host: String, peer: PeerId, v: &InstanceView) -> Row {
         engine: v.engine.clone(),
         state: v.state.clone(),
         address: format!("127.0.0.1:{}", v.port),
+        checkpoint_age_ms: None,
     }
 }
 
