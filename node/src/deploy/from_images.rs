@@ -9,16 +9,18 @@
 //! tree back in a new PID namespace with a fresh output pipe in place of its old one; on Docker
 //! a runc bundle is laid out around an export of the image with the dumped container's config,
 //! and `runc restore` makes a container Docker does not know. Either way the engine then adopts
-//! the task, as it adopts one a live move restored here. The restored task listens and calls on the ports
-//! it had, so its forwarders are bound there; if a port is taken, or anything else fails, the
-//! restore is undone and the deployer starts the task fresh.
+//! the task, as it adopts one a live move restored here. The restored task listens and calls on
+//! the ports it had, so its forwarders are bound there; if a port is taken, or anything else
+//! fails, the restore is undone and the deployer starts the task fresh.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use brume_engine::runc_task::RuncTask;
-use brume_engine::{criu_task, taskroot, DockerEngine, ImageRef, LaunchSpec, ProcessEngine};
+use brume_engine::{
+    criu_task, taskroot, AnyEngine, DockerEngine, ImageRef, LaunchSpec, ProcessEngine,
+};
 use brume_migration::checkpointer::{runc_usable, CriuRestore, Restorer};
 use brume_migration::criu::{Criu, InheritFd, NetworkLock};
 use brume_migration::live::scratch_dir;
@@ -29,7 +31,6 @@ use super::deployer::Deployer;
 use super::wire::InstanceSpec;
 use crate::heal::criu_images::{unpack, CriuImages};
 use crate::migrate::live::docker::restore_bundle;
-use brume_engine::AnyEngine;
 
 /// The most bytes the images of one checkpoint may unpack to (its archive is at most
 /// [`crate::heal::checkpoints::MAX_CHECKPOINT`]; memory pages compress well, far less than
