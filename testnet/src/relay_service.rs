@@ -37,3 +37,15 @@ pub fn manifest(dir: &Path, service: &str) -> anyhow::Result<PathBuf> {
     std::fs::write(&path, text)?;
     Ok(path)
 }
+
+/// One request line to a relay task at `address` (`host:port`), its reply line.
+pub fn ask(address: &str, line: &str) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::net::TcpStream::connect(address)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut w = s.try_clone()?;
+    writeln!(w, "{line}")?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply)?;
+    Ok(reply.trim_end().to_string())
+}

@@ -426,7 +426,8 @@ impl InstanceSpec {
                     "CRIU images to restore a task that is not checkpoint = \"criu\"".into(),
                 );
             }
-            let max = crate::heal::checkpoints::MAX_CHECKPOINT;
+            // The owner's cap on a kept checkpoint (`heal::checkpoints::MAX_CHECKPOINT`).
+            let max = brume_migration::app::MAX_STATE;
             if images.archive.len() > max {
                 return Err(format!("CRIU images of more than {max} bytes"));
             }

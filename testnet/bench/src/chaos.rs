@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::median;
-use super::predictor_drain::ask;
 use brume_testnet::localnet::LocalNet;
+use brume_testnet::relay_service::ask;
 
 /// Options of `brume bench chaos`.
 #[derive(Debug, Clone, clap::Args)]

@@ -33,6 +33,7 @@ use anyhow::Context;
 use brume_testnet::localnet::LocalNet;
 
 use crate::chaos::strip_ansi;
+use brume_testnet::relay_service::ask;
 
 const NODES: usize = 4;
 const TASKS: [&str; 3] = ["front", "mid", "back"];
@@ -199,18 +200,6 @@ fn node_id(net: &LocalNet, i: usize) -> anyhow::Result<String> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let id = v["node_id"].as_u64().context("no node_id in status")?;
     Ok(format!("n{id}"))
-}
-
-/// One request line to a relay task at `address` (`host:port`), its reply line.
-pub(crate) fn ask(address: &str, line: &str) -> std::io::Result<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let s = std::net::TcpStream::connect(address)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut w = s.try_clone()?;
-    writeln!(w, "{line}")?;
-    let mut reply = String::new();
-    BufReader::new(s).read_line(&mut reply)?;
-    Ok(reply.trim_end().to_string())
 }
 
 /// Polls every [`POLL`] until `ready` gives a value or `limit` passes.
