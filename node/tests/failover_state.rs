@@ -149,12 +149,15 @@ fn failover(mode: Mode) {
     } else {
         "process"
     };
-    let mut net = common::ServiceNet::start_with(
+    // Every node serves its metrics (on a port it picks): the host counts its checkpoints.
+    let metrics = |_| vec![("BRUME_METRICS".into(), "127.0.0.1:0".into())];
+    let mut net = common::ServiceNet::start_with_env(
         Path::new(BRUME),
         3,
         engine,
         150,
         &["--heartbeat-interval-ms", "300"],
+        &metrics,
         &service,
     );
     // CRIU cannot dump a container task running as another user here (docs/limits.md).
@@ -231,6 +234,19 @@ fn failover(mode: Mode) {
         running(&rows, "front").map(|r| r.instance.checkpoint_age_ms),
         Some(None),
         "front takes no checkpoints"
+    );
+    // Back's host counted the checkpoints its owner kept.
+    let addr = std::fs::read_to_string(net.net.data(victim).join("metrics.addr"))
+        .expect("back's host wrote metrics.addr");
+    let addr = addr.trim().parse().expect("an address in metrics.addr");
+    let (_, _, body) = common::http(addr, "GET", "/metrics");
+    let kept = body
+        .lines()
+        .find_map(|l| l.strip_prefix("brume_checkpoints_total{outcome=\"ok\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(
+        kept.is_some_and(|n| n >= 1.0),
+        "back's host counts no kept checkpoint: {body}"
     );
     // Still the same count: checkpoints leave it running, and nothing else called it.
     assert_eq!(counted(port_of(&back.address)), Some(SERVED));

@@ -13,8 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,28 +25,6 @@ const BRUME: &str = env!("CARGO_BIN_EXE_brume");
 
 /// The longest any awaited condition may take: a liveness bound for a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// One HTTP/1.1 request to `addr`; the status line, the headers (lowercase names) and the body.
-fn http(addr: SocketAddr, method: &str, path: &str) -> (String, BTreeMap<String, String>, String) {
-    let mut s = TcpStream::connect_timeout(&addr, PATIENCE).expect("connect to the endpoint");
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    s.set_write_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("a whole answer");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
-    let mut lines = head.lines();
-    let status = lines.next().unwrap_or_default().to_string();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
 
 /// The metrics docs/metrics.md documents: sample name -> type, from its table's rows
 /// ``| `brume_x` | gauge | ... |``.
@@ -187,7 +164,7 @@ fn a_node_serves_its_documented_metrics_on_loopback() {
         "names travel in the records: {map}"
     );
 
-    let (status, headers, body) = http(addr, "GET", "/metrics");
+    let (status, headers, body) = common::http(addr, "GET", "/metrics");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert!(
         headers
@@ -207,7 +184,11 @@ fn a_node_serves_its_documented_metrics_on_loopback() {
     }
     let value = |series: &str| samples.get(series).copied();
     assert_eq!(value("brume_peers"), Some(1.0), "{body}");
-    for counter in ["brume_moves_total", "brume_deploys_total"] {
+    for counter in [
+        "brume_moves_total",
+        "brume_deploys_total",
+        "brume_checkpoints_total",
+    ] {
         for outcome in ["ok", "failed"] {
             let series = format!("{counter}{{outcome=\"{outcome}\"}}");
             assert_eq!(value(&series), Some(0.0), "{series} from the start: {body}");
@@ -238,9 +219,9 @@ fn a_node_serves_its_documented_metrics_on_loopback() {
         "{body}"
     );
 
-    let (status, _, _) = http(addr, "GET", "/nothing");
+    let (status, _, _) = common::http(addr, "GET", "/nothing");
     assert!(status.starts_with("HTTP/1.1 404"), "{status}");
-    let (status, headers, _) = http(addr, "POST", "/metrics");
+    let (status, headers, _) = common::http(addr, "POST", "/metrics");
     assert!(status.starts_with("HTTP/1.1 405"), "{status}");
     assert_eq!(headers.get("allow").map(String::as_str), Some("GET, HEAD"));
 }

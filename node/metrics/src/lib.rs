@@ -90,6 +90,7 @@ struct Inner {
     moves: Family<OutcomeLabels, Counter>,
     moved_bytes: Counter,
     deploys: Family<OutcomeLabels, Counter>,
+    checkpoints: Family<OutcomeLabels, Counter>,
     /// One scrape at a time: a refresh clears and refills the per-peer gauges.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -135,6 +136,7 @@ impl Metrics {
             moves: Family::default(),
             moved_bytes: Counter::default(),
             deploys: Family::default(),
+            checkpoints: Family::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
         let r = &mut m.registry;
@@ -169,6 +171,11 @@ impl Metrics {
             "Deploys this node initiated, by outcome",
             m.deploys.clone(),
         );
+        r.register(
+            "checkpoints",
+            "Periodic checkpoints this node took of the instances it runs, by outcome",
+            m.checkpoints.clone(),
+        );
         // Every outcome's series exists from the start, at 0: `increase()` over a series that
         // appears with its first event misses that event, and an alert would never fire.
         for outcome in [Outcome::Ok, Outcome::Failed] {
@@ -177,6 +184,7 @@ impl Metrics {
             };
             m.moves.get_or_create(&labels).inc_by(0);
             m.deploys.get_or_create(&labels).inc_by(0);
+            m.checkpoints.get_or_create(&labels).inc_by(0);
         }
         Metrics(Arc::new(m))
     }
@@ -200,6 +208,17 @@ impl Metrics {
     pub fn record_deploy(&self, outcome: Outcome) {
         self.0
             .deploys
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Counts a periodic checkpoint this node took of an instance it runs: kept by the owner,
+    /// or failed (capture or send).
+    pub fn record_checkpoint(&self, outcome: Outcome) {
+        self.0
+            .checkpoints
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.label(),
             })
@@ -474,6 +493,9 @@ mod tests {
         m.record_move(Outcome::Failed);
         m.add_moved_bytes(4096);
         m.record_deploy(Outcome::Ok);
+        m.record_checkpoint(Outcome::Ok);
+        m.record_checkpoint(Outcome::Ok);
+        m.record_checkpoint(Outcome::Failed);
         let text = m.encode();
 
         for (family, kind) in [
@@ -485,6 +507,7 @@ mod tests {
             ("brume_moves", "counter"),
             ("brume_moved_bytes", "counter"),
             ("brume_deploys", "counter"),
+            ("brume_checkpoints", "counter"),
         ] {
             assert!(
                 text.lines().any(|l| l == format!("# TYPE {family} {kind}")),
@@ -535,6 +558,15 @@ mod tests {
                 "brume_deploys_total{outcome=\"ok\"} 1"
             ],
             "an outcome not seen yet is there at 0"
+        );
+        let mut checkpoints = samples(&text, "brume_checkpoints_total");
+        checkpoints.sort();
+        assert_eq!(
+            checkpoints,
+            [
+                "brume_checkpoints_total{outcome=\"failed\"} 1",
+                "brume_checkpoints_total{outcome=\"ok\"} 2"
+            ]
         );
 
         // A peer that left and a budget no longer mapped disappear at the next refresh.

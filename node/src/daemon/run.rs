@@ -223,6 +223,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         cfg.live_fault,
     )
     .await?;
+    services.deployer.set_metrics(metrics.clone());
     let _metrics_serving = metrics_endpoint.map(|endpoint| {
         let deployer = services.deployer.clone();
         let count = move || -> BoxFuture<'static, usize> {

@@ -77,6 +77,8 @@ pub struct Deployer {
     holder: std::sync::OnceLock<Arc<crate::heal::holder::Holder>>,
     /// One CRIU dump of an instance at a time: a live move's or a periodic checkpoint's.
     pub(crate) dumps: super::dump_claims::DumpClaims,
+    /// The node's metrics, once set: periodic checkpoints are counted there.
+    metrics: std::sync::OnceLock<brume_metrics::Metrics>,
 }
 
 impl Deployer {
@@ -108,6 +110,7 @@ impl Deployer {
             gc: std::sync::OnceLock::new(),
             holder: std::sync::OnceLock::new(),
             dumps: Default::default(),
+            metrics: std::sync::OnceLock::new(),
         })
     }
 
@@ -198,6 +201,16 @@ impl Deployer {
     /// The records held for others, if set.
     pub(crate) fn holder(&self) -> Option<&Arc<crate::heal::holder::Holder>> {
         self.holder.get()
+    }
+
+    /// Counts into `metrics` from now on (periodic checkpoints).
+    pub fn set_metrics(&self, metrics: brume_metrics::Metrics) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The node's metrics, if set.
+    pub(crate) fn metrics(&self) -> Option<&brume_metrics::Metrics> {
+        self.metrics.get()
     }
 
     /// The owner's checkpoint keeper, if set.

@@ -112,6 +112,13 @@ pub async fn run(deployer: Arc<Deployer>) {
             _ = tick.tick() => {}
             Some((id, g, outcome)) = done.recv() => {
                 schedule.done(&id, g);
+                if let Some(m) = deployer.metrics() {
+                    match outcome {
+                        Outcome::Kept => m.record_checkpoint(brume_metrics::Outcome::Ok),
+                        Outcome::Failed(_) => m.record_checkpoint(brume_metrics::Outcome::Failed),
+                        Outcome::Skipped => {}
+                    }
+                }
                 match failures.record(&id, &outcome, Instant::now()) {
                     Say::Nothing => {}
                     Say::Warn(what) => warn!(instance = %id, "{what}"),

@@ -21,8 +21,9 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -632,4 +633,33 @@ impl Drop for RuncLeftovers {
             }
         }
     }
+}
+
+/// How long [`http`] waits to connect, write or read.
+const HTTP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// One HTTP/1.1 request to `addr`; the status line, the headers (lowercase names) and the body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> (String, BTreeMap<String, String>, String) {
+    let mut s = TcpStream::connect_timeout(&addr, HTTP_PATIENCE).expect("connect to the endpoint");
+    s.set_read_timeout(Some(HTTP_PATIENCE)).unwrap();
+    s.set_write_timeout(Some(HTTP_PATIENCE)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("a whole answer");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
 }
