@@ -34,6 +34,7 @@ pub mod neighbourhood;
 pub mod network_key;
 pub mod node;
 pub mod rate;
+pub mod reach_tree;
 pub mod rtt;
 pub mod signed_record;
 pub mod swarm;

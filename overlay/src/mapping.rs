@@ -63,6 +63,11 @@
 //! and messages (requests beyond the path budget do not shrink hop by hop); `brume bench
 //! overlay` measures both.
 //!
+//! With `MapConfig::reach_tree` (off by default; measured by `brume bench overlay --cones K
+//! --tree`), requests beyond the path budget follow a tree instead of every eligible link: a
+//! peer that published its links with their coordinates ([`MappingNode::set_peer_links`]) gets
+//! the request only from its parents toward the origin ([`crate::reach_tree`]).
+//!
 //! # Time bounds (why a dead peer cannot stall a map)
 //!
 //! The originator waits at most `budget + grace` (`grace = max(grace_min_ms, grace_fraction *
@@ -82,6 +87,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{MapId, NodeId, Time};
 use crate::neighbourhood::{Link, NeighbourhoodMap, NodeRecord, RttHow, RttProof};
+use crate::reach_tree::tree_parents;
 use crate::rtt::RttEstimator;
 use crate::signed_record::{self, RecordError};
 use crate::vivaldi::{Coord, Vivaldi};
@@ -246,6 +252,16 @@ pub struct MapConfig {
     /// than this node. The request then spreads like a wave from the origin instead of echoing
     /// inside the ball, at the price of nodes reachable only by stepping back in.
     pub reach_outward: bool,
+    /// Beyond the path budget, forward along a tree instead of flooding the ball: a peer whose
+    /// own links are known ([`MappingNode::set_peer_links`]) is sent the request only by the
+    /// neighbours its links make its parents toward the origin ([`tree_parents`]).
+    pub reach_tree: bool,
+    /// How many parents each node has in that tree (more: more messages, fewer nodes lost
+    /// behind a parent that was not reached).
+    pub reach_tree_parents: usize,
+    /// Whether requests within the path budget follow the tree as well (false: they flood as
+    /// in seed 004's map, which finds nodes whose coordinates are wrong, at a price in messages).
+    pub reach_tree_paths: bool,
 }
 
 impl Default for MapConfig {
@@ -269,6 +285,9 @@ impl Default for MapConfig {
             reach_wait_factor: 1.0,
             confirm_paths: true,
             reach_outward: false,
+            reach_tree: false,
+            reach_tree_parents: 1,
+            reach_tree_paths: false,
         }
     }
 }
@@ -278,6 +297,8 @@ impl Default for MapConfig {
 struct Peer {
     rtt: RttEstimator,
     coord: Option<(Coord, f64)>,
+    /// The peer's own coordinate and its links with their coordinates, as the peer published them.
+    links: Option<(Coord, Vec<(NodeId, Coord)>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -410,6 +431,13 @@ impl MappingNode {
             if coord.is_finite() && error.is_finite() {
                 p.coord = Some((coord, error));
             }
+        }
+    }
+
+    /// The peer's own coordinate and links, as it published them (for [`MapConfig::reach_tree`]).
+    pub fn set_peer_links(&mut self, peer: NodeId, own: Coord, links: Vec<(NodeId, Coord)>) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.links = Some((own, links));
         }
     }
 
@@ -587,6 +615,20 @@ impl MappingNode {
             let Some((est, upper)) = self.predict(peer) else {
                 continue;
             };
+            if let (Some(r), Some((own, links)), true) =
+                (reach, &peer.links, self.config.reach_tree)
+            {
+                if r.extend
+                    && (self.config.reach_tree_paths || !(proven && upper <= budget_ms))
+                    && {
+                        let k = self.config.reach_tree_parents;
+                        let ps = tree_parents(own, links, id.origin, &r.coord, k);
+                        !ps.is_empty() && !ps.contains(&self.id)
+                    }
+                {
+                    continue;
+                }
+            }
             if proven && upper <= budget_ms {
                 children.push((pid, est, upper, true));
                 continue;
@@ -919,8 +961,15 @@ impl MappingNode {
             if n == self.id {
                 continue;
             }
-            if let Some(srtt) = self.peers.get(&n).and_then(|p| p.rtt.srtt()) {
-                if srtt <= budget {
+            let own = self.peers.get(&n).map(|p| &p.rtt);
+            if let Some(srtt) = own.and_then(|r| r.srtt()) {
+                // A link whose smoothed RTT is within the budget but whose variance margin is
+                // not is measured afresh (a probe) when the map reaches by direct RTT: the
+                // smoothed value of a link on the budget's edge is as likely below its true RTT
+                // as above.
+                let upper = own.and_then(|r| r.predicted_upper(self.config.margin_k));
+                let borderline = extend && upper.is_some_and(|u| u > budget);
+                if srtt <= budget && !borderline {
                     map.set_proof(RttProof {
                         id: n,
                         rtt_ms: srtt,
@@ -928,7 +977,7 @@ impl MappingNode {
                     });
                     continue;
                 }
-                if extend {
+                if extend && srtt > budget {
                     // Measured by the origin itself beyond the budget.
                     map.remove_node(n);
                     continue;
@@ -937,8 +986,9 @@ impl MappingNode {
             if !extend {
                 continue;
             }
+            let own_link = self.peers.contains_key(&n);
             let probe = match map.proof(n).map(|p| p.how) {
-                Some(RttHow::Direct | RttHow::Origin) => false,
+                Some(RttHow::Direct | RttHow::Origin) => own_link,
                 Some(RttHow::Path) => self.config.confirm_paths,
                 Some(RttHow::Candidate) | None => true,
             };
@@ -1211,6 +1261,35 @@ mod reach_tests {
             reach: None,
         });
         assert!(requests(&a2.handle_message(Time(0), O, old)).is_empty());
+    }
+
+    /// With `reach_tree`, `A` sends `C` the unproven request only while `C`'s published links
+    /// make `A` one of its parents: once `C` publishes a link to `E`, predicted nearer the
+    /// origin than `A`, `E` is `C`'s one parent and `A` stays silent. A peer that published
+    /// nothing is judged as without the tree.
+    #[test]
+    fn on_a_tree_only_a_parent_forwards_beyond_the_path_budget() {
+        let tree = MapConfig {
+            reach_tree: true,
+            reach_tree_parents: 1,
+            ..MapConfig::default()
+        };
+        let mut a = node(A, tree);
+        pinged(&mut a, C, 12.0);
+        a.set_peer_coord(C, at(10.0), 0.05);
+        let mut a_is_parent = a.clone();
+        a_is_parent.set_peer_links(C, at(10.0), vec![(A, at(3.0)), (D, at(30.0))]);
+        let sent =
+            requests(&a_is_parent.handle_message(Time(0), O, request(3.0, Some(reach(true)))));
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![C]);
+
+        let mut e_is_parent = a.clone();
+        e_is_parent.set_peer_links(C, at(10.0), vec![(A, at(3.0)), (E, at(1.0))]);
+        let out = e_is_parent.handle_message(Time(0), O, request(3.0, Some(reach(true))));
+        assert!(requests(&out).is_empty(), "{out:?}");
+
+        let sent = requests(&a.handle_message(Time(0), O, request(3.0, Some(reach(true)))));
+        assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![C]);
     }
 
     /// A node's own answer says how it was reached: by a proven path (with the path's RTT sum),

@@ -379,8 +379,13 @@ impl<'m> Simulation<'m> {
                 }
             }
         }
+        self.ping_new_links(&added);
+    }
+
+    /// Pings every new link 8 times each way, as the warm-up does for the joining overlay.
+    fn ping_new_links(&mut self, added: &[(usize, usize)]) {
         for _ in 0..8 {
-            for &(i, j) in &added {
+            for &(i, j) in added {
                 for (a, b) in [(i, j), (j, i)] {
                     let Some(rtt) = self.model.rtt(a, b) else {
                         continue;
@@ -392,6 +397,58 @@ impl<'m> Simulation<'m> {
                     );
                     self.nodes[a].on_rtt_sample(NodeId(b as u64), sample, Some(remote));
                 }
+            }
+        }
+    }
+
+    /// Adds Yao-graph links by Vivaldi coordinates: the plane around each node is cut into `k`
+    /// equal cones and the node links to the nearest node in the plane in each (if not linked
+    /// already). A Yao graph with enough cones is a spanner: every pair has an overlay path at
+    /// most a constant factor longer than their distance, which is what a map of nodes within
+    /// B of an origin *directly* needs. Each new link is then pinged as in the warm-up.
+    pub fn cone_links(&mut self, k: usize) {
+        let n = self.nodes.len();
+        let coords: Vec<_> = self.nodes.iter().map(|x| x.vivaldi().coord()).collect();
+        let mut added = Vec::new();
+        let width = std::f64::consts::TAU / k.max(1) as f64;
+        for i in 0..n {
+            let mut best: Vec<Option<(f64, usize)>> = vec![None; k.max(1)];
+            for j in 0..n {
+                if j == i || self.model.rtt(i, j).is_none() {
+                    continue;
+                }
+                let (dx, dy) = (coords[j].x - coords[i].x, coords[j].y - coords[i].y);
+                let cone = (((dy.atan2(dx) + std::f64::consts::PI) / width) as usize).min(k - 1);
+                let d = dx.hypot(dy);
+                if best[cone].is_none_or(|(b, _)| d < b) {
+                    best[cone] = Some((d, j));
+                }
+            }
+            for (_, j) in best.into_iter().flatten() {
+                if self.graph.link(i, j) {
+                    self.nodes[i].add_peer(NodeId(j as u64));
+                    self.nodes[j].add_peer(NodeId(i as u64));
+                    added.push((i, j));
+                }
+            }
+        }
+        self.ping_new_links(&added);
+    }
+
+    /// Tells every node its neighbours' links with their coordinates, as a node's state record
+    /// would (what [`brume_overlay::mapping::MapConfig::reach_tree`] forwards on).
+    pub fn publish_links(&mut self) {
+        let coords: Vec<_> = self.nodes.iter().map(|x| x.vivaldi().coord()).collect();
+        for i in 0..self.nodes.len() {
+            for k in 0..self.graph.neighbours(i).len() {
+                let j = self.graph.neighbours(i)[k];
+                let links = self
+                    .graph
+                    .neighbours(j)
+                    .iter()
+                    .map(|&w| (NodeId(w as u64), coords[w]))
+                    .collect();
+                self.nodes[i].set_peer_links(NodeId(j as u64), coords[j], links);
             }
         }
     }

@@ -153,6 +153,63 @@ fn direct_maps_hold_only_nodes_within_the_budget() {
     }
 }
 
+/// On cone (Yao) links with requests beyond the path budget following the peers' trees, maps
+/// keep precision 1 against direct RTTs and cost fewer messages than the same maps flooding the
+/// ball, without losing much recall. Deterministic: pinned seeds, the simulator's own time.
+#[test]
+fn tree_maps_on_cone_links_are_exact_and_cheaper_than_flooding_the_ball() {
+    let n = 1_000;
+    let model = SyntheticInternet::new(SyntheticConfig::internet(n, SCALE_SEED));
+    let seeds = format!(
+        "model seed {SCALE_SEED}, simulator seed {}",
+        SimConfig::default().seed
+    );
+    let on_cones = |map: MapConfig| {
+        let mut sim = Simulation::new(
+            &model,
+            SimConfig {
+                map,
+                ..SimConfig::default()
+            },
+        );
+        sim.cone_links(8);
+        sim.publish_links();
+        sim
+    };
+    let mut flood = on_cones(MapConfig::default());
+    let mut tree = on_cones(MapConfig {
+        reach_tree: true,
+        reach_tree_parents: 2,
+        ..MapConfig::default()
+    });
+    let origins: Vec<usize> = (0..6).map(|k| (k * 7919) % n).collect();
+    for budget in [25.0, 50.0] {
+        let (mut flood_msgs, mut tree_msgs, mut flood_found, mut tree_found) = (0, 0, 0, 0);
+        for &o in &origins {
+            let f = flood.run_map(o, budget);
+            let t = tree.run_map(o, budget);
+            assert_eq!(t.precision_direct, 1.0, "origin {o}, {budget} ms ({seeds})");
+            assert!(t.complete, "origin {o}, {budget} ms ({seeds})");
+            flood_msgs += f.messages;
+            tree_msgs += t.messages;
+            flood_found += f.map.nodes.len();
+            tree_found += t.map.nodes.len();
+        }
+        eprintln!(
+            "{budget} ms: flood {flood_msgs} messages, {flood_found} nodes; tree {tree_msgs} \
+             messages, {tree_found} nodes"
+        );
+        assert!(
+            (tree_msgs as f64) < 0.8 * flood_msgs as f64,
+            "{budget} ms: tree {tree_msgs} messages against the flood's {flood_msgs} ({seeds})"
+        );
+        assert!(
+            tree_found as f64 >= 0.9 * flood_found as f64,
+            "{budget} ms: tree found {tree_found} nodes, the flood {flood_found} ({seeds})"
+        );
+    }
+}
+
 /// The simulation also runs on a measured-style matrix read from a file, with unmeasured pairs.
 #[test]
 fn runs_on_a_matrix_file() {

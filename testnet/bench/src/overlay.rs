@@ -101,6 +101,21 @@ pub struct OverlayArgs {
     /// for a third set of maps in the same run (0: none).
     #[arg(long, value_name = "K", default_value_t = 2)]
     pub spread: usize,
+    /// Yao-graph links: cut the Vivaldi plane around each node into K cones and link to the
+    /// predicted-nearest node in each, for a fourth set of maps in the same run (0: none).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub cones: usize,
+    /// Direct maps on the cone links: forward along a tree that the peers' published links
+    /// define instead of flooding the ball.
+    #[arg(long)]
+    pub tree: bool,
+    /// Parents per node in that tree.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub parents: usize,
+    /// With --tree: requests within the path budget follow the tree too (otherwise they flood
+    /// as in seed 004's map).
+    #[arg(long)]
+    pub tree_paths: bool,
 }
 
 impl OverlayArgs {
@@ -113,6 +128,9 @@ impl OverlayArgs {
             reach_slack: self.reach_slack,
             confirm_paths: !self.no_confirm_paths,
             reach_outward: self.outward,
+            reach_tree: self.tree,
+            reach_tree_parents: self.parents,
+            reach_tree_paths: self.tree_paths,
             ..MapConfig::default()
         }
     }
@@ -177,6 +195,8 @@ struct Scale {
     direct_rows: Vec<Row>,
     /// Direct maps after `--spread` Vivaldi-spread links per node were added (if any).
     spread_rows: Option<(Vec<Row>, usize)>,
+    /// Direct maps on the joining overlay plus `--cones` Yao links per node (if any).
+    cone_rows: Option<(Vec<Row>, usize)>,
 }
 
 /// Messages a plain flood of the same region would send, with duplicate suppression and the
@@ -290,6 +310,21 @@ fn evaluate(
     let links = sim.graph().links();
     sim.set_map_config(args.reach_config());
     let direct_rows = run(&mut sim);
+    let cone_rows = (args.cones > 0).then(|| {
+        let mut sim = Simulation::new(
+            model,
+            SimConfig {
+                seed,
+                map: args.reach_config(),
+                ..SimConfig::default()
+            },
+        );
+        let before = sim.graph().links();
+        sim.cone_links(args.cones);
+        sim.publish_links();
+        let added = sim.graph().links() - before;
+        (run(&mut sim), added)
+    });
     let spread_rows = (args.spread > 0).then(|| {
         let before = sim.graph().links();
         sim.spread_links(args.spread);
@@ -306,6 +341,7 @@ fn evaluate(
         rows,
         direct_rows,
         spread_rows,
+        cone_rows,
     }
 }
 
@@ -374,6 +410,15 @@ fn print_scale(s: &Scale) {
         print_direct(
             &format!(
                 "  direct maps after adding Vivaldi-spread links ({added} links, {} overlay links in all):",
+                s.links + added
+            ),
+            rows,
+        );
+    }
+    if let Some((rows, added)) = &s.cone_rows {
+        print_direct(
+            &format!(
+                "  direct maps after adding Yao cone links ({added} links, {} overlay links in all):",
                 s.links + added
             ),
             rows,
