@@ -407,12 +407,15 @@ impl<'m> Simulation<'m> {
     /// most a constant factor longer than their distance, which is what a map of nodes within
     /// B of an origin *directly* needs. Each new link is then pinged as in the warm-up.
     pub fn cone_links(&mut self, k: usize) {
+        if k == 0 {
+            return;
+        }
         let n = self.nodes.len();
         let coords: Vec<_> = self.nodes.iter().map(|x| x.vivaldi().coord()).collect();
         let mut added = Vec::new();
-        let width = std::f64::consts::TAU / k.max(1) as f64;
+        let width = std::f64::consts::TAU / k as f64;
         for i in 0..n {
-            let mut best: Vec<Option<(f64, usize)>> = vec![None; k.max(1)];
+            let mut best: Vec<Option<(f64, usize)>> = vec![None; k];
             for j in 0..n {
                 if j == i || self.model.rtt(i, j).is_none() {
                     continue;

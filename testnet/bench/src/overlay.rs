@@ -102,11 +102,11 @@ pub struct OverlayArgs {
     #[arg(long, value_name = "K", default_value_t = 2)]
     pub spread: usize,
     /// Yao-graph links: cut the Vivaldi plane around each node into K cones and link to the
-    /// predicted-nearest node in each, for a fourth set of maps in the same run (0: none).
+    /// nearest node (in the plane) in each, for a fourth set of maps in the same run (0: none).
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub cones: usize,
-    /// Direct maps on the cone links: forward along a tree that the peers' published links
-    /// define instead of flooding the ball.
+    /// Direct maps on the cone links: beyond the path budget, forward along the tree that the
+    /// peers' published links define instead of flooding the ball (`MapConfig::reach_tree`).
     #[arg(long)]
     pub tree: bool,
     /// Parents per node in that tree.
