@@ -236,6 +236,9 @@ pub struct CriuRestore {
     pub inherit_fds: Vec<InheritFd>,
     /// The task is the init of its own PID namespace: its host PID need not be free here.
     pub pid_namespace: bool,
+    /// The task ran in a mount namespace of its own: restore it with this directory as its
+    /// root (`--root`, see [`RestoreOptions::root`]).
+    pub root: Option<PathBuf>,
 }
 
 impl Restorer for CriuRestore {
@@ -254,6 +257,7 @@ impl Restorer for CriuRestore {
         }
         let mut ro = RestoreOptions::new(images).network_lock(self.network_lock);
         ro.inherit_fds = self.inherit_fds.clone();
+        ro.root = self.root.clone();
         ro.log_file = Some(log.to_path_buf());
         ro.pidfile = Some(log.with_extension("pid"));
         let r = self.criu.restore(&ro)?;

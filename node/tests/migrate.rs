@@ -635,6 +635,7 @@ fn a_criu_task_moves_live_with_its_memory() {
     assert_eq!(state(mid_port), 5, "mid served the five requests");
     let old = processes_of(&service, "mid");
     assert_eq!(old.len(), 1, "one mid process: {old:?}");
+    common::assert_runs_in_its_rootfs(old[0]);
 
     // No room on node 0 (it runs front): refused there, after the hold; mid runs on, counting.
     let refused = net.brume(
@@ -719,6 +720,8 @@ fn a_criu_task_moves_live_with_its_memory() {
     let now = processes_of(&service, "mid");
     assert_eq!(now.len(), 1, "exactly one mid process: {now:?}");
     assert_ne!(now, old, "the old process is gone");
+    // Restored into the target's copy of its rootfs, in a mount namespace of its own again.
+    common::assert_runs_in_its_rootfs(now[0]);
     let left: Vec<PsRow> = net.json(source, &["ps", "--all", "--json"]);
     assert!(
         left.iter().all(|r| r.instance.task != "mid"),

@@ -112,6 +112,27 @@ fn redis_moves_live(engine: &str, service: &str) {
         m.processes_after, m.processes_before,
         "the source's redis process is gone"
     );
+    if engine == "process" {
+        // Its own root on both sides: the libraries it maps are its image's, not the host's
+        // (the image holds copies of them), so the restore needs nothing of the target's tree.
+        let view = m
+            .view_after
+            .as_ref()
+            .expect("the view of the redis that runs");
+        if let Err(why) = view.rooted() {
+            panic!("{why}: {view:#?}");
+        }
+        assert!(
+            view.not_the_hosts() > 0,
+            "redis maps no file of its image that the host also has: it should map its own libc"
+        );
+        eprintln!(
+            "process: the restored redis maps {} files, all from its own root; {} of them are \
+             at a path where the host has another file (its image's libraries)",
+            view.mapped.len(),
+            view.not_the_hosts()
+        );
+    }
 
     eprintln!(
         "{engine}: redis (Debian's {}) moved live in {:?} end to end; {} writes acknowledged \

@@ -19,7 +19,8 @@
 //! sans-IO mapping cores over such a model), [`localnet`] (a few real `brume node` processes on
 //! loopback, for tests and benches), [`relay_service`] (the three-task service they deploy),
 //! [`offshelf`] (Debian's redis moved live under a client counting its acknowledged writes),
-//! and [`require`] (how a test says what system it needs).
+//! [`taskview`] (the mounts and mapped files of a task's process), and [`require`] (how a test
+//! says what system it needs).
 //! The benches themselves are the `brume-bench` binary in `testnet/bench`.
 
 pub mod addr;
@@ -35,6 +36,7 @@ pub mod relay_service;
 pub mod require;
 pub mod router;
 pub mod sim;
+pub mod taskview;
 pub mod testbed;
 pub mod tun;
 

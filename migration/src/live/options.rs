@@ -39,6 +39,9 @@ pub struct SourceOptions {
     /// Descriptors a local restore gives the task in place of files outside it
     /// (`--inherit-fd`), e.g. a fresh stdout pipe for the dumped one.
     pub restore_inherit_fds: Vec<InheritFd>,
+    /// The root a local restore puts the task back in, if it ran in a mount namespace of its
+    /// own (`--root`).
+    pub restore_root: Option<PathBuf>,
     /// What dumps the task; `None`: the process `pid` with CRIU directly ([`CriuProcess`]),
     /// configured by `criu`, `network_lock`, `pid_wait` and `restore_inherit_fds` above. A
     /// container checkpointer (e.g. [`crate::checkpointer::RuncContainer`]) moves in pre-copy or
@@ -100,6 +103,7 @@ impl SourceOptions {
             network_lock: NetworkLock::default(),
             pid_wait: Duration::from_secs(10),
             restore_inherit_fds: Vec::new(),
+            restore_root: None,
             checkpointer: None,
             track: false,
             tracked: TrackedPlan::default(),
@@ -126,6 +130,7 @@ impl SourceOptions {
                 pid_wait: self.pid_wait,
                 inherit_fds: self.restore_inherit_fds.clone(),
                 pid_namespace: false,
+                root: self.restore_root.clone(),
             },
         })
     }
@@ -204,6 +209,9 @@ pub struct TargetOptions {
     /// The task is the init of its own PID namespace: its PIDs are restored inside a new
     /// namespace, so its host PID need not be free here and is not waited for.
     pub pid_namespace: bool,
+    /// The task ran in a mount namespace of its own: it is restored with this directory (the
+    /// target's copy of its rootfs) as its root (`--root`).
+    pub root: Option<PathBuf>,
     /// Post-copy: the most pages one request of the lazy-pages daemon may ask the source for
     /// (see [`super::pageproxy`]): what a page fault may have to wait behind.
     pub page_request_cap: u64,
@@ -234,6 +242,7 @@ impl TargetOptions {
             pid_wait: Duration::from_secs(10),
             inherit_fds: Vec::new(),
             pid_namespace: false,
+            root: None,
             page_request_cap: 16,
             prefetch_window: 16 * 16,
             restorer: None,
@@ -252,6 +261,7 @@ impl TargetOptions {
             pid_wait: self.pid_wait,
             inherit_fds: self.inherit_fds.clone(),
             pid_namespace: self.pid_namespace,
+            root: self.root.clone(),
         })
     }
 }

@@ -420,6 +420,7 @@ async fn relay_target<S: AsyncRead + AsyncWrite + Unpin>(
     ro.log_file = Some(sibling(&opts.staging_dir, "restore.log"));
     ro.pidfile = Some(sibling(&opts.staging_dir, "restore.pid"));
     ro.inherit_fds = opts.inherit_fds.clone();
+    ro.root = opts.root.clone();
     let criu = opts.criu.clone();
     let life = {
         let tx = tx.clone();

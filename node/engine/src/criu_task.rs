@@ -2,10 +2,11 @@
 //! (`checkpoint = "criu"`), and for a task CRIU restored here.
 //!
 //! Such a task must be restorable on another node, so three things a plain child process gets
-//! would break it. Its files live at the same absolute path on every node ([`super::taskroot`]).
-//! It runs as the init of its own PID namespace (`unshare --pid --fork -- setsid PROGRAM`: util-
-//! linux's own tools, the task is PID 1 there and leads its own session, so CRIU restores its
-//! PIDs inside a fresh namespace and never clashes with the target's). And its stdout and
+//! would break it. It runs as the init of its own PID namespace, in a mount namespace of its
+//! own whose root is its rootfs ([`super::confine`]): CRIU restores its PIDs inside a fresh
+//! namespace, so they never clash with the target's, and every path it holds is one inside its
+//! image, which `criu restore --root` puts back in the target's copy. Its directory is also at
+//! the same absolute path on every node ([`super::taskroot`]). And its stdout and
 //! stderr are one pipe drained into `task.log` by a process of the task's own (`drain`,
 //! which outlives the node): a regular log file
 //! could not be restored at a different size, while a pipe is handed back by `criu restore
@@ -18,18 +19,6 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// `unshare`'s arguments that run `program args` as PID 1 of a new PID namespace, in a new
-/// session.
-pub(crate) fn wrap(program: &Path, args: &[String]) -> Vec<String> {
-    let mut argv = ["--pid", "--fork", "--", "setsid", "--"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>();
-    argv.push(program.display().to_string());
-    argv.extend(args.iter().cloned());
-    argv
-}
 
 /// The children of `pid` (all its threads'), from `/proc`.
 fn children(pid: u32) -> Vec<u32> {
@@ -48,11 +37,12 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
-/// The task under `unshare` (its only child), waiting up to `bound` for the fork.
-pub(crate) fn namespace_init(unshare: u32, bound: Duration) -> Option<u32> {
+/// The task under the engine's child (its only child: see [`super::confine`]), waiting up to
+/// `bound` for the fork.
+pub(crate) fn namespace_init(waiter: u32, bound: Duration) -> Option<u32> {
     let started = Instant::now();
     loop {
-        if let Some(&pid) = children(unshare).first() {
+        if let Some(&pid) = children(waiter).first() {
             return Some(pid);
         }
         if started.elapsed() >= bound {
@@ -149,18 +139,6 @@ pub(crate) fn drain(output: std::io::PipeReader, log: &Path) {
 mod tests {
     use super::*;
     use std::io::Write;
-
-    #[test]
-    fn the_task_runs_under_unshare_and_setsid() {
-        let argv = wrap(
-            Path::new("/run/brume/tasks/s.t.0/rootfs/relay"),
-            &["-v".into()],
-        );
-        assert_eq!(
-            argv.join(" "),
-            "--pid --fork -- setsid -- /run/brume/tasks/s.t.0/rootfs/relay -v"
-        );
-    }
 
     #[test]
     fn proc_tells_a_live_process_from_a_gone_one() {

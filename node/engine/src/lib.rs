@@ -28,6 +28,7 @@
 //! Both engines refuse what they cannot do with an [`EngineError`] that says what to do, and a
 //! failed `start` leaves nothing behind.
 
+mod confine;
 pub mod criu_task;
 pub mod detect;
 pub mod docker;

@@ -12,7 +12,7 @@
 //! (`LaunchSpec::workdir` replaces `<root>/tasks/<instance>` when given.) A task runs the image's
 //! entrypoint and command, with the program path and working directory mapped into its rootfs,
 //! and an environment made of the image's ENV, then the spec's (`PORT`, `BRUME_*`). Nothing is
-//! isolated: no chroot, namespaces or resource limits (`cpu_millis`/`memory_mb` are not enforced);
+//! isolated (but CRIU-mode tasks, below): no chroot, namespaces or resource limits (`cpu_millis`/`memory_mb` are not enforced);
 //! it is for static programs on a laptop or a device with nothing installed.
 //!
 //! A task's log is capped (`with_log_max_bytes`, default 16 MiB): a sweep every 10 s moves its
@@ -28,7 +28,8 @@
 //!
 //! Tasks with `checkpoint = "criu"` are the exception ([`super::criu_task`]): started with
 //! [`ProcessEngine::start_checkpointable`] at `/run/brume/tasks/<service>.<task>.<replica>`
-//! ([`super::taskroot`]) as the init of their own PID namespace, with their output through a
+//! ([`super::taskroot`]) as the init of their own PID namespace, in a mount namespace of their
+//! own with their rootfs as root ([`super::confine`]), with their output through a
 //! pipe, and without the death signal (they may outlive a node killed by SIGKILL). A task CRIU
 //! restored here is taken over with [`ProcessEngine::adopt`] and watched through `/proc`.
 
@@ -43,6 +44,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::confine::Confinement;
 use super::criu_task;
 use super::dockerfile::join_abs;
 use super::error::EngineError;
@@ -60,6 +62,8 @@ use super::Engine;
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The file in a task's directory holding its state to start from.
 const RESTORE_FILE: &str = "restore";
+/// A CRIU-mode task's state file, inside its rootfs (it sees nothing outside).
+const ROOTED_RESTORE_FILE: &str = ".brume-restore";
 /// Log lines quoted in a start failure.
 const FAILURE_LOG_LINES: usize = 20;
 /// The most of a log file `logs` reads (from its end).
@@ -92,7 +96,7 @@ struct Inner {
 enum Kind {
     /// The engine's child, in its own process group.
     Plain,
-    /// The engine's child `unshare`, whose child is the task as the init of its own PID
+    /// The engine's child (a waiter), whose child is the task as the init of its own PID
     /// namespace (see [`criu_task`]).
     Checkpointable,
     /// Restored here by CRIU: not a child; the pid is the namespace's init.
@@ -134,8 +138,15 @@ struct Launch {
     cwd: PathBuf,
     log: PathBuf,
     restart: RestartPolicy,
-    /// Run under `unshare` with its output through a pipe (see [`criu_task`]).
-    criu: bool,
+    /// A CRIU-mode task: in its own namespaces with its rootfs as root ([`Confinement`]), its
+    /// output through a pipe (see [`criu_task`]). `program` and `cwd` are then paths inside.
+    confine: Option<Confinement>,
+}
+
+impl Launch {
+    fn criu(&self) -> bool {
+        self.confine.is_some()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -155,7 +166,7 @@ fn signal_group(pid: Option<u32>, signal: libc::c_int) {
 }
 
 impl Task {
-    /// The process CRIU dumps: the namespace init under `unshare`, or the adopted one.
+    /// The process CRIU dumps: the namespace init under the waiter, or the adopted one.
     fn checkpoint_pid(&self) -> Option<u32> {
         let pid = self.snapshot().pid?;
         match self.kind {
@@ -227,13 +238,16 @@ fn code_of(status: std::io::Result<std::process::ExitStatus>) -> i64 {
 
 fn spawn_child(l: &Launch) -> std::io::Result<tokio::process::Child> {
     let mut output = None;
-    let mut cmd = if l.criu {
+    let mut cmd = if let Some(confine) = &l.confine {
         // stdout and stderr: one pipe, drained into the log (a restore hands a new one back).
         let (reader, writer) = std::io::pipe()?;
-        let mut cmd = tokio::process::Command::new("unshare");
-        cmd.args(criu_task::wrap(&l.program, &l.args))
+        let mut cmd = tokio::process::Command::new(&l.program);
+        cmd.arg0(&l.argv0)
+            .args(&l.args)
             .stdout(Stdio::from(writer.try_clone()?))
-            .stderr(Stdio::from(writer));
+            .stderr(Stdio::from(writer))
+            // The host side of the rootfs; the task's own working directory is set inside.
+            .current_dir(confine.host_root());
         output = Some(reader);
         cmd
     } else {
@@ -246,20 +260,21 @@ fn spawn_child(l: &Launch) -> std::io::Result<tokio::process::Child> {
         cmd.arg0(&l.argv0)
             .args(&l.args)
             .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err));
+            .stderr(Stdio::from(err))
+            .current_dir(&l.cwd);
         cmd
     };
     cmd.env_clear()
         .envs(&l.env)
-        .current_dir(&l.cwd)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .process_group(0);
     // SAFETY: getpid is async-signal-safe; it runs before the fork.
     let parent = unsafe { libc::getpid() };
-    let criu = l.criu;
+    let confine = l.confine.clone();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, _exit, close_range); it allocates nothing.
+    // (prctl, getppid, _exit, close_range, and Confinement::enter's, on strings built before
+    // the fork); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(
@@ -278,17 +293,18 @@ fn spawn_child(l: &Launch) -> std::io::Result<tokio::process::Child> {
             }
             // Descriptors the node inherited without close-on-exec would reach the task, and
             // CRIU cannot dump one opened outside the node's mount namespace.
-            if criu {
+            if let Some(confine) = &confine {
                 libc::close_range(
                     3,
                     libc::c_uint::MAX,
                     libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
                 );
+                confine.enter()?;
             }
             Ok(())
         });
     }
-    // PR_SET_PDEATHSIG is not inherited across fork: it reaches `unshare`, never the task
+    // PR_SET_PDEATHSIG is not inherited across fork: it reaches the waiter, never the task
     // under it, which CRIU may restore under a parent that exits at once.
     let child = cmd.spawn()?;
     // The Command (and its copies of the pipe's write end) is gone: the pump sees the end of
@@ -368,8 +384,8 @@ async fn supervise(
         };
         let code = match stop {
             Ok(grace) => {
-                if launch.criu {
-                    // The task is the namespace's init, out of unshare's group.
+                if launch.criu() {
+                    // The task is the namespace's init, out of the waiter's group.
                     if let Some(init) =
                         pid.and_then(|p| criu_task::namespace_init(p, Duration::ZERO))
                     {
@@ -486,9 +502,9 @@ fn rotate_all(paths: &[PathBuf], cap: u64) -> usize {
 /// image: absolute, relative to the working directory, or along PATH.
 /// The task's state to start from, in `<task dir>/restore` (readable by the node's user only, as
 /// the task runs as that user): the file [`RESTORE_FILE_ENV`] names.
-fn write_restore(dir: &Path, state: &str) -> Result<PathBuf, EngineError> {
+fn write_restore(dir: &Path, file: &str, state: &str) -> Result<PathBuf, EngineError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join(RESTORE_FILE);
+    let path = dir.join(file);
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -625,7 +641,14 @@ impl ProcessEngine {
     }
 
     /// Builds everything the supervisor needs: the task's rootfs copy, program, env, cwd.
-    async fn stage(&self, spec: &LaunchSpec, dir: &Path) -> Result<Launch, EngineError> {
+    /// `rooted`: a CRIU-mode task, which runs with the rootfs as its root ([`Confinement`]),
+    /// so its program, working directory and state file are given as paths inside it.
+    async fn stage(
+        &self,
+        spec: &LaunchSpec,
+        dir: &Path,
+        rooted: bool,
+    ) -> Result<Launch, EngineError> {
         let start_failed = |reason: String| EngineError::StartFailed {
             name: spec.name.clone(),
             reason,
@@ -659,8 +682,12 @@ impl ProcessEngine {
         env.extend(config.env.iter().cloned());
         env.extend(spec.task_env());
         match &spec.restore {
+            Some(state) if rooted => {
+                write_restore(&rootfs, ROOTED_RESTORE_FILE, state)?;
+                env.insert(RESTORE_FILE_ENV.into(), format!("/{ROOTED_RESTORE_FILE}"));
+            }
             Some(state) => {
-                let file = write_restore(dir, state)?;
+                let file = write_restore(dir, RESTORE_FILE, state)?;
                 env.insert(RESTORE_FILE_ENV.into(), file.display().to_string());
             }
             // A state left by an earlier task of this name is not this one's.
@@ -680,6 +707,25 @@ impl ProcessEngine {
         std::fs::create_dir_all(&cwd).map_err(|e| EngineError::io("create", &cwd, e))?;
         let log = dir.join("task.log");
         std::fs::write(&log, b"").map_err(|e| EngineError::io("create", &log, e))?;
+        let (program, confine) = if rooted {
+            // The mountpoints the task's namespace has: made here, not only by the task, since
+            // a CRIU restore into a copy laid out for it needs them in place.
+            for d in Confinement::MOUNTPOINTS {
+                let p = rootfs.join(d);
+                std::fs::create_dir_all(&p).map_err(|e| EngineError::io("create", &p, e))?;
+            }
+            let inside = program
+                .strip_prefix(&rootfs)
+                .map(|p| Path::new("/").join(p))
+                .map_err(|_| {
+                    start_failed(format!("{} is outside its rootfs", program.display()))
+                })?;
+            let confine = Confinement::new(&rootfs, &join_abs("/", &config.workdir))
+                .map_err(|e| start_failed(format!("its paths: {e}")))?;
+            (inside, Some(confine))
+        } else {
+            (program, None)
+        };
         Ok(Launch {
             program,
             argv0,
@@ -688,7 +734,7 @@ impl ProcessEngine {
             cwd,
             log,
             restart: spec.restart,
-            criu: false,
+            confine,
         })
     }
 
@@ -752,14 +798,11 @@ impl ProcessEngine {
         self.register(&spec.name, &task)?;
         // From here on the name is taken: any failure discards the task and its files.
         let launch = match ensure_port_free(spec.port) {
-            Ok(()) => self.stage(spec, &dir).await,
+            Ok(()) => self.stage(spec, &dir, kind == Kind::Checkpointable).await,
             Err(e) => Err(e),
         };
         let launch = match launch {
-            Ok(l) => Launch {
-                criu: kind == Kind::Checkpointable,
-                ..l
-            },
+            Ok(l) => l,
             Err(e) => {
                 // No supervisor will run: nothing to wait for.
                 drop(done_tx);
@@ -832,7 +875,13 @@ impl ProcessEngine {
             });
         }
         let dir = taskroot::dir_for(&spec.service, &spec.task, spec.replica);
-        self.stage(spec, &dir).await.map(|_| ())
+        self.stage(spec, &dir, true).await.map(|_| ())
+    }
+
+    /// Where a CRIU-mode task's rootfs is on this node: its root, which `criu restore --root`
+    /// needs (the task ran in a mount namespace of its own with it as `/`).
+    pub fn rootfs_of(spec: &LaunchSpec) -> PathBuf {
+        taskroot::dir_for(&spec.service, &spec.task, spec.replica).join("rootfs")
     }
 
     /// Deletes what [`ProcessEngine::lay_out`] made, unless a task of that name runs.

@@ -94,6 +94,7 @@ impl Deployer {
                 })
                 .collect(),
             pid_namespace: true,
+            root: Some(ProcessEngine::rootfs_of(launch)),
         };
         let restored = restore_in(staging, images, restorer).await;
         drop(into_task);

@@ -296,6 +296,7 @@ fn dump_process(pid: u32, dir: &std::path::Path) -> Result<(), (String, bool)> {
             pid_wait: Duration::ZERO,
             inherit_fds: Vec::new(),
             pid_namespace: true,
+            root: None,
         },
     };
     std::fs::create_dir_all(dir)

@@ -663,3 +663,15 @@ pub fn http(
         .collect();
     (status, headers, body.to_string())
 }
+
+/// Panics unless `pid` (a CRIU-mode task of the process engine) runs in a mount namespace of
+/// its own with its rootfs as root and maps only files of that root
+/// ([`brume_testnet::taskview`]); returns its view.
+pub fn assert_runs_in_its_rootfs(pid: u32) -> brume_testnet::taskview::TaskView {
+    let view =
+        brume_testnet::taskview::read(pid).unwrap_or_else(|e| panic!("the view of {pid}: {e}"));
+    if let Err(why) = view.rooted() {
+        panic!("{why}: {view:#?}");
+    }
+    view
+}

@@ -198,7 +198,8 @@ fn start_node(state: &mut NetState, labels: &[String]) -> anyhow::Result<usize> 
         "-v",
         &mount,
     ];
-    // The process engine forks tasks into new PID namespaces (unshare) and CRIU dumps and
+    // The process engine forks CRIU tasks into PID and mount namespaces of their own (mounts,
+    // device nodes, pivot_root) and CRIU dumps and
     // restores them (ptrace, /proc/*/map_files, namespaces, userfaultfd that Docker's seccomp
     // profile denies): that takes a privileged container (see caps.rs for why not
     // `--privileged` itself).

@@ -77,6 +77,9 @@ pub struct RedisMove {
     /// The redis processes listening on that port before and after.
     pub processes_before: Vec<u32>,
     pub processes_after: Vec<u32>,
+    /// How the redis that runs afterwards sees the filesystem (read while it runs), if one
+    /// redis process runs (see [`crate::taskview`]).
+    pub view_after: Option<crate::taskview::TaskView>,
 }
 
 /// The pinned content of `blob<j>`: printable bytes from a xorshift seeded with `j`.
@@ -312,6 +315,14 @@ pub fn move_redis(s: &Setup) -> anyhow::Result<RedisMove> {
         port_after,
         processes_before,
         processes_after: redis_processes(port_after),
+        view_after: None,
+    };
+    let outcome = RedisMove {
+        view_after: match outcome.processes_after[..] {
+            [pid] => crate::taskview::read(pid).ok(),
+            _ => None,
+        },
+        ..outcome
     };
     let stopped = net
         .brume(0, &["stop", s.service])

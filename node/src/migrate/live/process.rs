@@ -159,6 +159,7 @@ impl Mover {
             let why = lazy.err().map_or(tracking.why, |e| e.to_string());
             info!(instance = %id, "moving with full-dump pre-copy: {why}");
         }
+        opts.restore_root = Some(ProcessEngine::rootfs_of(&launch));
         if let Some(key) = &stdout_key {
             opts.restore_inherit_fds = vec![InheritFd {
                 key: key.clone(),
@@ -356,6 +357,7 @@ impl Mover {
         let mut opts = TargetOptions::new(scratch_dir("live-in"));
         opts.network_lock = NetworkLock::Skip;
         opts.pid_namespace = true;
+        opts.root = Some(ProcessEngine::rootfs_of(&launch));
         opts.store = self.migration_store.get().await;
         if let Some(key) = stdout_key {
             opts.inherit_fds = vec![InheritFd {
