@@ -6,6 +6,7 @@
 #     libraries then come along like criu's),
 #   - criu (/usr/local/sbin/criu from scripts/install-criu.sh) with every library `ldd` lists,
 #   - sh and cat (a CRIU task's output is drained by a `cat` of its own, which outlives the node),
+#   - tar and gzip (CRIU carries a tmpfs's contents through them: a CRIU task's /dev is one),
 #   - empty /tmp, /run, /var/lib/brume (the node's data dir) and /etc/{passwd,group,nsswitch}.
 # The hash covers every file of the root file system and the Dockerfile, so the tag changes
 # exactly when the contents do; an image that exists already is not built again. Prints the tag
@@ -30,7 +31,7 @@ else
 fi
 # A dynamic brume brings its libraries, like criu.
 sh="$(readlink -f /bin/sh)"
-dynamic=("$criu" "$sh" "$(command -v cat)")
+dynamic=("$criu" "$sh" "$(command -v cat)" "$(command -v tar)" "$(command -v gzip)")
 if ! ldd "$brume" 2>&1 | grep -q "not a dynamic executable\|statically linked"; then
     dynamic+=("$brume")
 fi
@@ -55,7 +56,9 @@ if command -v strip >/dev/null; then
     strip --strip-debug "$rootfs.tmp/usr/local/bin/brume"
 fi
 install -m 0755 "$criu" "$rootfs.tmp/usr/local/sbin/criu"
-install -m 0755 "$(command -v cat)" "$rootfs.tmp/usr/bin/cat"
+for tool in cat tar gzip; do
+    install -m 0755 "$(command -v $tool)" "$rootfs.tmp/usr/bin/$tool"
+done
 install -m 0755 "$sh" "$rootfs.tmp/bin/sh"
 # Every shared library (and the loader) the dynamic programs need, at the path ldd resolves,
 # symlinks followed so the image holds the files themselves.
@@ -83,7 +86,7 @@ else
         --label "brume.version=$("$brume" --version | head -1 | cut -d' ' -f2)" "$out" 1>&2
 fi
 # The dynamic programs must run in the image (a library or the loader missing says "no such file").
-for prog in /usr/local/bin/brume /usr/local/sbin/criu /usr/bin/cat; do
+for prog in /usr/local/bin/brume /usr/local/sbin/criu /usr/bin/cat /usr/bin/tar /usr/bin/gzip; do
     if ! docker run --rm --network none --entrypoint "$prog" "$tag" --version >/dev/null; then
         echo "node-image: $prog does not run in $tag (a library missing?)" >&2
         docker rmi "$tag" >/dev/null

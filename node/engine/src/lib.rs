@@ -10,7 +10,9 @@
 //! * [`ProcessEngine`] is the embedded default when no Docker daemon answers: it lays a `FROM
 //!   scratch` build context (or a `docker save` tar) out as a directory tree and runs each task as
 //!   a child process in its own copy of that tree, with a supervisor for the restart policy. It
-//!   isolates nothing; it exists so brume runs on a laptop with nothing installed.
+//!   isolates nothing but the tasks CRIU may move, which run in PID and mount namespaces of
+//!   their own with their copy as root (see [`criu_task`]); it exists so brume runs on a laptop
+//!   with nothing installed.
 //!
 //! [`detect::pick`] chooses one from the node's `engine` setting (`docker`, `process` or `auto`),
 //! and [`AnyEngine`] holds whichever was chosen so the daemon can keep one value.
