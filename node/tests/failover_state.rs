@@ -254,6 +254,9 @@ fn failover(mode: Mode) {
     // The device dies: its daemon and the task with it.
     let pid = (mode == Mode::Criu)
         .then(|| hosted_pid(&net.net.data(victim), "back").expect("back's pid on its host"));
+    if let Some(pid) = pid {
+        common::assert_runs_in_its_rootfs(pid);
+    }
     let killed = Instant::now();
     net.net.kill(victim).expect("kill -9 back's host");
     match mode {
@@ -287,6 +290,16 @@ fn failover(mode: Mode) {
             "back was not restored by CRIU: {}",
             text(&logs.stdout)
         );
+        // Into the new host's copy of its rootfs, in a mount namespace of its own again.
+        let pid = wait_until(
+            "the restored back's pid in its new host's hosted file",
+            || {
+                (0..3)
+                    .filter(|&i| i != victim)
+                    .find_map(|i| hosted_pid(&net.net.data(i), "back"))
+            },
+        );
+        common::assert_runs_in_its_rootfs(pid);
     }
     // And it serves on, counting from there.
     wait_until("front reaches the new back", || {
