@@ -3,7 +3,7 @@
 //!
 //! Such a task must be restorable on another node, so three things a plain child process gets
 //! would break it. It runs as the init of its own PID namespace, in a mount namespace of its
-//! own whose root is its rootfs ([`super::confine`]): CRIU restores its PIDs inside a fresh
+//! own whose root is its rootfs (`confine.rs`): CRIU restores its PIDs inside a fresh
 //! namespace, so they never clash with the target's, and every path it holds is one inside its
 //! image, which `criu restore --root` puts back in the target's copy. Its directory is also at
 //! the same absolute path on every node ([`super::taskroot`]). And its stdout and
@@ -37,7 +37,7 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
-/// The task under the engine's child (its only child: see [`super::confine`]), waiting up to
+/// The task under the engine's child (its only child: see `confine.rs`), waiting up to
 /// `bound` for the fork.
 pub(crate) fn namespace_init(waiter: u32, bound: Duration) -> Option<u32> {
     let started = Instant::now();

@@ -12,8 +12,9 @@
 //! (`LaunchSpec::workdir` replaces `<root>/tasks/<instance>` when given.) A task runs the image's
 //! entrypoint and command, with the program path and working directory mapped into its rootfs,
 //! and an environment made of the image's ENV, then the spec's (`PORT`, `BRUME_*`). Nothing is
-//! isolated (but CRIU-mode tasks, below): no chroot, namespaces or resource limits (`cpu_millis`/`memory_mb` are not enforced);
-//! it is for static programs on a laptop or a device with nothing installed.
+//! isolated (but CRIU-mode tasks, below): no chroot, namespaces or resource limits
+//! (`cpu_millis`/`memory_mb` are not enforced); it is for static programs on a laptop or a
+//! device with nothing installed.
 //!
 //! A task's log is capped (`with_log_max_bytes`, default 16 MiB): a sweep every 10 s moves its
 //! end to `task.log.1` and truncates it ([`super::logcap`]); `logs` reads across both.
@@ -29,7 +30,7 @@
 //! Tasks with `checkpoint = "criu"` are the exception ([`super::criu_task`]): started with
 //! [`ProcessEngine::start_checkpointable`] at `/run/brume/tasks/<service>.<task>.<replica>`
 //! ([`super::taskroot`]) as the init of their own PID namespace, in a mount namespace of their
-//! own with their rootfs as root ([`super::confine`]), with their output through a
+//! own with their rootfs as root (`confine.rs`), with their output through a
 //! pipe, and without the death signal (they may outlive a node killed by SIGKILL). A task CRIU
 //! restored here is taken over with [`ProcessEngine::adopt`] and watched through `/proc`.
 
