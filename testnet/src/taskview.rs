@@ -14,7 +14,7 @@ pub struct TaskView {
     pub pid: u32,
     /// The mount points of its namespace, sorted.
     pub mount_points: Vec<String>,
-    /// Each file it maps, once.
+    /// Each file it maps, once (not deleted ones: those have no path to check).
     pub mapped: Vec<Mapped>,
 }
 
@@ -47,7 +47,11 @@ pub fn read(pid: u32) -> std::io::Result<TaskView> {
         ) else {
             continue;
         };
-        if inode == 0 || !path.starts_with('/') || mapped.iter().any(|m| m.path == *path) {
+        // A deleted file (shared anonymous memory shows as `/dev/zero (deleted)`, SysV memory
+        // and memfds as deleted files too) has no path to check.
+        let deleted = fields.len() > 6 || path.starts_with("/memfd:");
+        if inode == 0 || deleted || !path.starts_with('/') || mapped.iter().any(|m| m.path == *path)
+        {
             continue;
         }
         let inside = std::fs::metadata(format!("/proc/{pid}/root{path}")).ok();
