@@ -119,9 +119,7 @@ fn redis_moves_live(engine: &str, service: &str) {
             .view_after
             .as_ref()
             .expect("the view of the redis that runs");
-        if let Err(why) = view.rooted() {
-            panic!("{why}: {view:#?}");
-        }
+        common::assert_rooted(view);
         assert!(
             view.not_the_hosts() > 0,
             "redis maps no file of its image that the host also has: it should map its own libc"

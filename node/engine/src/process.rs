@@ -140,7 +140,8 @@ struct Launch {
     log: PathBuf,
     restart: RestartPolicy,
     /// A CRIU-mode task: in its own namespaces with its rootfs as root ([`Confinement`]), its
-    /// output through a pipe (see [`criu_task`]). `program` and `cwd` are then paths inside.
+    /// output through a pipe (see [`criu_task`]). `program` is then a path inside, and `cwd`
+    /// (a host path) goes unused: the task changes to its working directory inside its root.
     confine: Option<Confinement>,
 }
 
@@ -499,10 +500,9 @@ fn rotate_all(paths: &[PathBuf], cap: u64) -> usize {
     rotated
 }
 
-/// Finds the program of `argv0` inside `rootfs` the way the kernel and Docker would inside the
-/// image: absolute, relative to the working directory, or along PATH.
-/// The task's state to start from, in `<task dir>/restore` (readable by the node's user only, as
-/// the task runs as that user): the file [`RESTORE_FILE_ENV`] names.
+/// The task's state to start from, in `dir/file` (readable by the node's user only, as the task
+/// runs as that user): `<task dir>/restore`, or for a CRIU-mode task `.brume-restore` in its
+/// rootfs; the file [`RESTORE_FILE_ENV`] names.
 fn write_restore(dir: &Path, file: &str, state: &str) -> Result<PathBuf, EngineError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(file);
@@ -517,6 +517,8 @@ fn write_restore(dir: &Path, file: &str, state: &str) -> Result<PathBuf, EngineE
     Ok(path)
 }
 
+/// Finds the program of `argv0` inside `rootfs` the way the kernel and Docker would inside the
+/// image: absolute, relative to the working directory, or along PATH.
 fn resolve_program(rootfs: &Path, workdir: &str, argv0: &str, path_var: &str) -> Option<PathBuf> {
     let in_rootfs = |abs: &str| rootfs.join(abs.trim_start_matches('/'));
     if argv0.contains('/') {

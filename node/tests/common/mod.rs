@@ -670,8 +670,15 @@ pub fn http(
 pub fn assert_runs_in_its_rootfs(pid: u32) -> brume_testnet::taskview::TaskView {
     let view =
         brume_testnet::taskview::read(pid).unwrap_or_else(|e| panic!("the view of {pid}: {e}"));
+    assert_rooted(&view);
+    view
+}
+
+/// Panics, showing `view`, unless it is of a task in its own root ([`TaskView::rooted`]).
+///
+/// [`TaskView::rooted`]: brume_testnet::taskview::TaskView::rooted
+pub fn assert_rooted(view: &brume_testnet::taskview::TaskView) {
     if let Err(why) = view.rooted() {
         panic!("{why}: {view:#?}");
     }
-    view
 }

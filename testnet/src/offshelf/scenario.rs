@@ -293,6 +293,11 @@ pub fn move_redis(s: &Setup) -> anyhow::Result<RedisMove> {
     let run_id_after = run_id(&addr, s.liveness)?;
     let kv = row(net, "kv")?;
     let port_after = port_of(&kv.address)?;
+    let processes_after = redis_processes(port_after);
+    let view_after = match processes_after[..] {
+        [pid] => crate::taskview::read(pid).ok(),
+        _ => None,
+    };
     let outcome = RedisMove {
         acknowledged: writes.acked + BLOBS,
         writes,
@@ -314,15 +319,8 @@ pub fn move_redis(s: &Setup) -> anyhow::Result<RedisMove> {
         port_before,
         port_after,
         processes_before,
-        processes_after: redis_processes(port_after),
-        view_after: None,
-    };
-    let outcome = RedisMove {
-        view_after: match outcome.processes_after[..] {
-            [pid] => crate::taskview::read(pid).ok(),
-            _ => None,
-        },
-        ..outcome
+        processes_after,
+        view_after,
     };
     let stopped = net
         .brume(0, &["stop", s.service])
