@@ -1,4 +1,4 @@
-//! Live-migration frames (`/brume/live/2`'s payload: rounds, chunks, tracked pages, bitmaps)
+//! Live-migration frames (`/brume/live/3`'s payload: rounds, chunks, tracked pages, bitmaps)
 //! read from a stream the way the target reads them, and a decoded message encoded again must
 //! decode to itself.
 #![no_main]

@@ -90,6 +90,17 @@ pub trait Restorer: Send + Sync + fmt::Debug {
     fn restores_a_process(&self) -> bool {
         false
     }
+
+    /// Runs post-copy's lazy restore, which stands in for [`Restorer::restore`] (the pipeline
+    /// starts it beside its lazy-pages daemon), under whatever guards this restorer's own
+    /// restores: a restorer that may refuse a restore, or must record the restored pid, does
+    /// so around `restore` too. By default it just runs it.
+    fn guard_lazy(
+        &self,
+        restore: &mut dyn FnMut() -> Result<Restored, CheckpointError>,
+    ) -> Result<Restored, CheckpointError> {
+        restore()
+    }
 }
 
 /// Checkpoints a running task. The source side of a live migration; its [`Restorer`] half is

@@ -55,6 +55,16 @@ pub fn check_pipe_max_size() -> Result<(), CriuError> {
     Ok(())
 }
 
+/// The request that ends a page server's transfer as finished (CRIU's `PS_IOV_CLOSE`, in the
+/// 32-byte `struct page_server_iov`): a lazy dump's server answers it with a 4-byte status and
+/// exits, and CRIU ends the dumped task. The source sends it only once the target holds every
+/// page (the target's proxy never forwards its daemon's own close).
+pub fn close_request() -> [u8; 32] {
+    let mut request = [0u8; 32];
+    request[..4].copy_from_slice(&0x1023u32.to_le_bytes());
+    request
+}
+
 /// Makes the page server at the other end of `page_socket` fail its transfer, so the dump thaws
 /// the task instead of killing it: one request with a command it does not know. (Closing the
 /// socket would not do: an end of file is a finished transfer to it.) The request is 32 bytes,

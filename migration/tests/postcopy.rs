@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use brume_migration::criu::Criu;
 use brume_migration::lazy::check_pipe_max_size;
-use brume_migration::live::wire::{read_message, Message};
+use brume_migration::live::wire::{read_message, write_message, Message};
 use brume_migration::live::{
-    migrate_in, migrate_out, LiveError, Migrated, Mode, RoundStats, SourceOptions, TargetOptions,
+    migrate_in, migrate_out, InDoubt, LiveError, Migrated, Mode, RoundStats, SourceOptions,
+    TargetOptions,
 };
 use live_support::{
     ask, assert_counter_continues, have_criu, longest_gap, poll, wait_answers, wait_for, Dirtier,
@@ -344,7 +345,15 @@ fn a_target_gone_before_the_restore_leaves_the_task_thawed_on_the_source() {
         let addr = listener.local_addr().expect("addr");
         let target = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.expect("accept");
-            // Take the images up to the round's end, then vanish without restoring.
+            // Answer the hello as a target does, take the images up to the round's end, then
+            // vanish without restoring.
+            match read_message(&mut stream).await {
+                Ok(Message::Hello { .. }) => {}
+                other => return Err(format!("the source began with {other:?}")),
+            }
+            write_message(&mut stream, &Message::Welcome { store_chunks: 0 })
+                .await
+                .map_err(|e| format!("welcome: {e}"))?;
             loop {
                 match read_message(&mut stream).await {
                     Ok(Message::RoundEnd { .. }) => return Ok(()),
@@ -375,6 +384,72 @@ fn a_target_gone_before_the_restore_leaves_the_task_thawed_on_the_source() {
     task.wait_dirtying_past(s1);
     task.assert_state_consistent();
     eprintln!("target gone before the restore: {err}");
+}
+
+/// The same loss, for a caller that settles the target itself (`InDoubt::Return`, as the
+/// node): the target may have restored from the images it took, so the task is handed back
+/// frozen, with every page still in it, and runs on only once the caller thaws it.
+#[test]
+fn a_target_lost_after_the_images_hands_the_task_back_frozen_until_thawed() {
+    if !ready("a_target_lost_after_the_images_hands_the_task_back_frozen_until_thawed") {
+        return;
+    }
+    let dir = TempDir::new("post-doubt");
+    let socket = dir.path().join("w.sock");
+    let task = Dirtier::start_in_pid_namespace(&socket, 32, 0x90f, 8.0);
+    let counter: u64 = ask(&socket, "TICK").expect("TICK").parse().expect("n");
+    let rt = runtime();
+    let (result, target) = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            match read_message(&mut stream).await {
+                Ok(Message::Hello { .. }) => {}
+                other => return Err(format!("the source began with {other:?}")),
+            }
+            write_message(&mut stream, &Message::Welcome { store_chunks: 0 })
+                .await
+                .map_err(|e| format!("welcome: {e}"))?;
+            loop {
+                match read_message(&mut stream).await {
+                    Ok(Message::RoundEnd { last: true, .. }) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("the source stopped first: {e}")),
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut opts = post_copy(&dir);
+        opts.in_doubt = InDoubt::Return;
+        let r = migrate_out(stream, task.pid, opts, |_| {}).await;
+        (r, target.await.expect("target"))
+    });
+    if let Err(why) = target {
+        panic!("{why}; the source: {result:?}");
+    }
+    let Err(LiveError::FrozenInDoubt { cause, frozen, .. }) = result else {
+        panic!("not handed back frozen: {result:?}");
+    };
+    // Frozen, held by the dump's ptrace (`t`, tracing stop), while the caller settles the
+    // target: not running, not gone.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", task.pid)).expect("stat");
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    assert_eq!(state, Some("t"), "the task is not held frozen: {stat}");
+    let thawed = rt.block_on(frozen.thaw(*cause));
+    assert!(matches!(thawed, LiveError::Thawed { .. }), "{thawed}");
+    // The same process answers, its counter goes on and its memory is consistent.
+    assert_eq!(
+        ask(&socket, "TICK").expect("TICK"),
+        (counter + 1).to_string()
+    );
+    assert_eq!(dirtiers_serving(&socket), vec![task.pid]);
+    let s1 = task.assert_state_consistent();
+    task.wait_dirtying_past(s1);
+    task.assert_state_consistent();
 }
 
 /// A stream that fails every read once `limit` bytes were read: a link that breaks mid-way.

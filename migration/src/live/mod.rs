@@ -60,6 +60,7 @@ use crate::criu::CriuError;
 use crate::planner::{PlanError, RoundProgress, Stopped};
 
 pub use options::{DumpGate, InDoubt, SourceOptions, TargetOptions, TrackedPlan};
+pub use postcopy::FrozenTask;
 pub use recipe::RecipeError;
 pub use source::{migrate_out, restore_at_source, Migrated, PostCopyStats};
 pub use store::{ChunkStore, StoreError};
@@ -169,6 +170,17 @@ pub enum LiveError {
         /// When the source last heard the target (see [`Migrated::last_heard`]).
         last_heard: std::time::Instant,
     },
+    /// Post-copy: the link failed after the task's images went, so the target may run a copy
+    /// (it restores before its pages come); the task is frozen here with its pages. The caller
+    /// makes sure the target runs none (a fence, or its lease run out from `last_heard`), then
+    /// thaws it ([`FrozenTask::thaw`]).
+    #[error("the post-copy migration failed after the task's images went ({cause}) and the target may have restored it; the task is frozen here, to be thawed once the target surely runs no copy")]
+    FrozenInDoubt {
+        cause: Box<LiveError>,
+        frozen: FrozenTask,
+        /// When the source last heard the target before the images (see [`Migrated::last_heard`]).
+        last_heard: std::time::Instant,
+    },
     #[error("the migration failed after the final dump ({cause}) and restoring the task on the source failed too ({restore}); its final images are kept in {}", images.display())]
     Lost {
         cause: Box<LiveError>,
@@ -202,7 +214,10 @@ impl LiveError {
     pub fn task_untouched(&self) -> bool {
         !matches!(
             self,
-            LiveError::RestoredAtSource { .. } | LiveError::Lost { .. } | LiveError::InDoubt { .. }
+            LiveError::RestoredAtSource { .. }
+                | LiveError::Lost { .. }
+                | LiveError::InDoubt { .. }
+                | LiveError::FrozenInDoubt { .. }
         )
     }
 }

@@ -19,6 +19,8 @@
 //! Protocol (CRIU's `struct page_server_iov`, little-endian, 32 bytes: u32 command, 4 bytes of
 //! padding, u64 page count, u64 address, u64 target id). The server answers in request order: a
 //! `GET` with a header (page count possibly lower) and the pages, a close with a 4-byte status.
+//! The daemon's close is answered here and never forwarded: closing the page server ends the
+//! source's task, which the source does itself once the target said it holds every page.
 //! The proxy only ever asks for pages inside ranges the daemon asked for or the dump's lazy
 //! ranges (a request outside them fails the server's whole transfer), with the PID of the
 //! pagemap image as target id (what the daemon sends and the server's `pstree_item_by_virt`
@@ -125,7 +127,6 @@ enum Dest {
 #[derive(Debug)]
 enum Expect {
     Get { iov: Iov },
-    Close,
 }
 
 #[derive(Debug)]
@@ -263,20 +264,6 @@ impl PageProxy {
             };
             let avail = &self.source_in[at..];
             match front.expect {
-                Expect::Close => {
-                    if avail.len() < CLOSE_ANSWER {
-                        break;
-                    }
-                    let bytes = avail[..CLOSE_ANSWER].to_vec();
-                    at += CLOSE_ANSWER;
-                    if let Some(Sent {
-                        dest: Dest::Slot(id),
-                        ..
-                    }) = self.sent.pop_front()
-                    {
-                        self.fill(id, bytes, None);
-                    }
-                }
                 Expect::Get { iov } => {
                     if avail.len() < REQUEST {
                         break;
@@ -375,12 +362,14 @@ impl PageProxy {
                 self.plan.push_back((iov.dst_id, iov.vaddr, end));
             }
             PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE => {
-                iov.encode(&mut out.to_source);
-                self.sent.push_back(Sent {
-                    expect: Expect::Close,
-                    dest: Dest::Slot(id),
+                // Answered here, in its turn, and never forwarded: the page server ends the
+                // source's task when it is closed, which the source does only once it heard
+                // that every page is here (`PagesDone`), so a link lost before that leaves the
+                // task frozen on the source, to be thawed, and never nowhere.
+                self.slots.push_back(Slot::Ready {
+                    bytes: vec![0u8; CLOSE_ANSWER],
+                    covers: None,
                 });
-                self.slots.push_back(Slot::Forwarded);
                 self.closed = true;
                 self.plan.clear();
             }
@@ -924,6 +913,10 @@ mod tests {
         assert_eq!(s.asked.len(), asked, "answered from the cache");
         let got = round(&mut p, &mut s, &close(), 32);
         assert_eq!(got, vec![0u8; 4]);
+        assert!(
+            s.asked.iter().all(|i| i.cmd & CMD_MASK == PS_IOV_GET),
+            "the close reached the server"
+        );
         assert_eq!(p.from_daemon(&get(1, 0, 1)), Err(ProxyError::AfterClose));
     }
 
@@ -973,20 +966,26 @@ mod tests {
     }
 
     #[test]
-    fn a_close_waits_behind_prefetches_and_comes_back_in_order() {
+    fn a_close_is_answered_here_in_its_turn_and_never_reaches_the_source() {
         let mut p = PageProxy::new(1, 2);
         let base = 0x6000_0000;
         let o = p.from_daemon(&get(3, base, 1)).unwrap();
         assert_eq!(o.to_source.len(), 3 * REQUEST);
         let o = p.from_daemon(&close()).unwrap();
-        assert_eq!(o.to_source, close());
+        assert!(o.to_source.is_empty(), "the close went to the source");
+        assert!(
+            o.to_daemon.is_empty(),
+            "the close was answered before the fault"
+        );
+        // The prefetches still in flight come back and are taken without complaint.
         let mut all = answer(1, base, 1);
         all.extend(answer(1, base + PAGE, 1));
         all.extend(answer(1, base + 2 * PAGE, 1));
-        all.extend([0u8; 4]);
         let mut to_daemon = Vec::new();
         for piece in all.chunks(3) {
-            to_daemon.extend(p.from_source(piece).unwrap().to_daemon);
+            let o = p.from_source(piece).unwrap();
+            assert!(o.to_source.is_empty(), "asked the source after the close");
+            to_daemon.extend(o.to_daemon);
         }
         let a = answers(&to_daemon, &[1]);
         assert_eq!(a.len(), 2);

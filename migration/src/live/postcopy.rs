@@ -18,15 +18,18 @@
 //!  dump exits: every page is there ◀── PagesDone ──  daemon exits: every page is here
 //! ```
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::checkpointer::{CheckpointError, Restored as Revived};
 use crate::criu::{Criu, CriuError, DumpOptions, RestoreOptions};
-use crate::lazy::{abort_page_server, LazyDump};
+use crate::lazy::{abort_page_server, close_request, LazyDump};
 
+use super::options::InDoubt;
 use super::pagemap;
 use super::pageproxy::{Out, PageProxy};
 use super::replica::Replica;
@@ -56,6 +59,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         mut on_round: impl FnMut(&RoundStats),
     ) -> Result<Migrated, LiveError> {
         let mut rounds = Vec::new();
+        // The target's first message, before any page.
+        match self.read().await {
+            Ok(Message::Welcome { .. }) => {}
+            Ok(Message::Failed { reason }) => return Err(LiveError::Target { reason }),
+            Ok(other) => {
+                let e = LiveError::Unexpected {
+                    expected: "welcome",
+                    got: format!("{other:?}"),
+                };
+                self.abort(&e.to_string()).await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
         // Asked before the rounds, so the freeze does not wait for it.
         let criu = self.opts.criu.clone();
         let defer = self.opts.defer_lazy_reads
@@ -117,16 +134,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
             }
         }
         let final_round = final_started.elapsed();
+        // The target's lease starts no later than its last message before the images (the
+        // last round's answer), which the source read at `heard`.
+        let heard = self.last_heard;
+        let commit_by = self.opts.commit_within.map(|w| heard + w);
         let images_started = Instant::now();
         let sent = match self.send_images(1, true, &dir).await {
             Ok(s) => s,
-            Err(e) => return Err(self.thaw(e, &mut socket, dump_exit).await),
+            Err(e) => return Err(self.settle(e, socket, dump_exit, heard).await),
         };
         let images = images_started.elapsed();
-        let relayed = relay_source(&mut self.stream, &mut socket).await;
+        let relayed = relay_source(&mut self.stream, &mut socket, commit_by).await;
         let (restored, page_bytes) = match relayed {
             Ok(r) => r,
-            Err(e) => return Err(self.thaw(e, &mut socket, dump_exit).await),
+            Err(e) => return Err(self.settle(e, socket, dump_exit, heard).await),
         };
         drop(socket);
         // The relay ended because the page server closed its socket: the dump is over.
@@ -184,7 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
                 rounds.push(stats);
                 rounds
             },
-            last_heard: Instant::now(),
+            last_heard: heard,
         })
     }
 
@@ -194,40 +215,102 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         &mut self,
         cause: LiveError,
         socket: &mut tokio::net::UnixStream,
-        dump_exit: tokio::task::JoinHandle<Result<Duration, CriuError>>,
+        dump_exit: DumpExit,
     ) -> LiveError {
-        let mut request = Vec::new();
-        let _ = abort_page_server(&mut request);
-        let _ = socket.write_all(&request).await;
-        // The server may be in the middle of an answer nobody relays any more: read and drop
-        // it, so it gets to the request that fails it.
-        let drain = async {
-            let mut buf = vec![0u8; PAGES_FRAME];
-            while let Ok(n) = socket.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        };
-        let ((), thawed) = tokio::join!(drain, dump_exit);
         self.abort(&cause.to_string()).await;
-        match thawed {
-            Ok(Err(_)) => LiveError::Thawed {
-                cause: Box::new(cause),
-            },
-            // The dump finished (the target took every page before the failure) or its
-            // thread died: either way the task is not running here any more.
-            Ok(Ok(_)) => LiveError::Lost {
-                cause: Box::new(cause),
-                restore: "the page transfer had completed, so CRIU ended the task here".into(),
-                images: self.round_dir(1),
-            },
-            Err(e) => LiveError::Lost {
-                cause: Box::new(cause),
-                restore: format!("the thread waiting for criu dump died: {e}"),
-                images: self.round_dir(1),
-            },
+        thaw_frozen(socket, dump_exit, cause, self.round_dir(1)).await
+    }
+
+    /// A failure after the images went, when the target may have restored its copy: thawed at
+    /// once when the target said it failed (it killed its copy) or the caller wants that
+    /// ([`InDoubt::RestoreHere`]); else the frozen task is handed back for the caller to settle
+    /// the target first ([`LiveError::FrozenInDoubt`]).
+    async fn settle(
+        &mut self,
+        cause: LiveError,
+        mut socket: tokio::net::UnixStream,
+        dump_exit: DumpExit,
+        last_heard: Instant,
+    ) -> LiveError {
+        if matches!(cause, LiveError::Target { .. }) || self.opts.in_doubt == InDoubt::RestoreHere {
+            return self.thaw(cause, &mut socket, dump_exit).await;
         }
+        LiveError::FrozenInDoubt {
+            cause: Box::new(cause),
+            frozen: FrozenTask {
+                socket,
+                dump_exit,
+                images: self.round_dir(1),
+            },
+            last_heard,
+        }
+    }
+}
+
+/// The `criu dump --lazy-pages` under way: its exit once the page server ends.
+type DumpExit = tokio::task::JoinHandle<Result<Duration, CriuError>>;
+
+/// A task frozen by a post-copy's lazy dump whose page server still waits: after a failure in
+/// doubt, the caller makes sure the target runs no copy, then [`FrozenTask::thaw`]s it.
+pub struct FrozenTask {
+    socket: tokio::net::UnixStream,
+    dump_exit: DumpExit,
+    images: PathBuf,
+}
+
+impl std::fmt::Debug for FrozenTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrozenTask")
+            .field("images", &self.images)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrozenTask {
+    /// Fails the page server's transfer, so CRIU thaws the task where it was frozen:
+    /// [`LiveError::Thawed`] with `cause`, or [`LiveError::Lost`] if the dump had ended.
+    pub async fn thaw(mut self, cause: LiveError) -> LiveError {
+        thaw_frozen(&mut self.socket, self.dump_exit, cause, self.images).await
+    }
+}
+
+/// Fails the transfer of the page server behind `socket` and waits for the dump's end.
+async fn thaw_frozen(
+    socket: &mut tokio::net::UnixStream,
+    dump_exit: DumpExit,
+    cause: LiveError,
+    images: PathBuf,
+) -> LiveError {
+    let mut request = Vec::new();
+    let _ = abort_page_server(&mut request);
+    let _ = socket.write_all(&request).await;
+    // The server may be in the middle of an answer nobody relays any more: read and drop
+    // it, so it gets to the request that fails it.
+    let drain = async {
+        let mut buf = vec![0u8; PAGES_FRAME];
+        while let Ok(n) = socket.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let ((), thawed) = tokio::join!(drain, dump_exit);
+    match thawed {
+        Ok(Err(_)) => LiveError::Thawed {
+            cause: Box::new(cause),
+        },
+        // The dump finished (the page server was closed before the failure) or its thread
+        // died: either way the task is not running here any more.
+        Ok(Ok(_)) => LiveError::Lost {
+            cause: Box::new(cause),
+            restore: "the page transfer had completed, so CRIU ended the task here".into(),
+            images,
+        },
+        Err(e) => LiveError::Lost {
+            cause: Box::new(cause),
+            restore: format!("the thread waiting for criu dump died: {e}"),
+            images,
+        },
     }
 }
 
@@ -262,13 +345,20 @@ struct Restored {
 }
 
 /// The source's relay: page-server bytes to the target, the target's bytes to the page server,
-/// until the target has every page. Returns the restore and the page bytes sent.
+/// until the target has every page; then it closes the page server itself, which ends the
+/// task here (the commit point: before it, a failure leaves the task frozen here). A
+/// `PagesDone` after `commit_by` is refused (the target's lease may have run out). Returns the
+/// restore and the page bytes sent.
 async fn relay_source<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     socket: &mut tokio::net::UnixStream,
+    commit_by: Option<Instant>,
 ) -> Result<(Restored, u64), LiveError> {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (mut sock_rd, mut sock_wr) = socket.split();
+    // Set once the source closed the page server: what it says after is its answer to that
+    // close (and answers to prefetches the target no longer needs), for nobody.
+    let closed = std::sync::atomic::AtomicBool::new(false);
     let up = async {
         let mut buf = vec![0u8; PAGES_FRAME];
         let mut sent = 0u64;
@@ -279,6 +369,9 @@ async fn relay_source<S: AsyncRead + AsyncWrite + Unpin>(
                 .map_err(|e| LiveError::Worker(format!("reading the page server: {e}")))?;
             if n == 0 {
                 return Ok::<u64, LiveError>(sent);
+            }
+            if closed.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
             }
             let m = Message::Pages {
                 data: buf[..n].to_vec(),
@@ -309,10 +402,23 @@ async fn relay_source<S: AsyncRead + AsyncWrite + Unpin>(
                     })
                 }
                 Message::PagesDone => {
-                    return restored.ok_or_else(|| LiveError::Unexpected {
+                    let restored = restored.ok_or_else(|| LiveError::Unexpected {
                         expected: "restored before pages-done",
                         got: "pages-done".into(),
-                    })
+                    })?;
+                    if let Some(by) = commit_by.filter(|by| Instant::now() > *by) {
+                        let late = by.elapsed();
+                        return Err(LiveError::Link(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the target held every page {late:?} past the time it could be given the task"),
+                        )));
+                    }
+                    closed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    sock_wr
+                        .write_all(&close_request())
+                        .await
+                        .map_err(|e| LiveError::Worker(format!("closing the page server: {e}")))?;
+                    return Ok(restored);
                 }
                 Message::Failed { reason } => return Err(LiveError::Target { reason }),
                 other => {
@@ -324,8 +430,8 @@ async fn relay_source<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     };
-    // Both directions must finish: the page server closes its socket after its last answer,
-    // and the target says pages-done after its daemon read that answer.
+    // Both directions must finish: the target says pages-done once its daemon has every page,
+    // and the page server closes its socket after answering the close that follows.
     let (sent, restored) = tokio::try_join!(up, down)?;
     Ok((restored, sent))
 }
@@ -422,11 +528,23 @@ async fn relay_target<S: AsyncRead + AsyncWrite + Unpin>(
     ro.inherit_fds = opts.inherit_fds.clone();
     ro.root = opts.root.clone();
     let criu = opts.criu.clone();
+    // The caller's restorer (a node's fence and lease) guards the lazy restore as its own.
+    let guard = opts.restorer.clone();
     let life = {
         let tx = tx.clone();
         async move {
             let restored = tokio::task::spawn_blocking(move || {
-                let r = criu.restore(&ro);
+                let mut lazy = || -> Result<Revived, CheckpointError> {
+                    let r = criu.restore(&ro)?;
+                    Ok(Revived {
+                        pid: r.pid,
+                        elapsed: r.elapsed,
+                    })
+                };
+                let r = match &guard {
+                    Some(g) => g.guard_lazy(&mut lazy),
+                    None => lazy(),
+                };
                 if let Ok(mut s) = slot.lock() {
                     *s = RestoreSlot::Done(r.as_ref().ok().map(|r| r.pid));
                 }

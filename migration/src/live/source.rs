@@ -335,7 +335,7 @@ pub(super) struct Source<S> {
     pub(super) wire: u64,
     final_dumped: bool,
     /// When a message of the target was last read.
-    last_heard: Instant,
+    pub(super) last_heard: Instant,
 }
 
 /// What [`Source::send_images`] put on the wire.
@@ -351,7 +351,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
     }
 
     /// The target's next message (and when it came).
-    async fn read(&mut self) -> Result<Message, LiveError> {
+    pub(super) async fn read(&mut self) -> Result<Message, LiveError> {
         let m = read_message(&mut self.stream).await?;
         self.last_heard = Instant::now();
         Ok(m)

@@ -127,9 +127,9 @@ where
             if version != VERSION {
                 return Err(LiveError::Version(version));
             }
-            // Post-copy restores lazily with CRIU itself: a process restorer (guarded or not)
-            // may be stood in for; a container restorer may not. (A guarded restorer's fence
-            // and lease do not wrap the lazy restore: its own failure path kills the copy.)
+            // Post-copy restores lazily with CRIU itself: a process restorer may be stood in
+            // for (its guards wrap the lazy restore: `Restorer::guard_lazy`); a container
+            // restorer may not.
             let lazy_ok = opts
                 .restorer
                 .as_ref()
@@ -155,9 +155,9 @@ where
     ))?;
     let (tx, rx) = mpsc::channel::<Job>(8);
     let disk = opts.store.clone().filter(|_| mode == Mode::PreCopy);
-    let welcome = (mode == Mode::PreCopy).then(|| Message::Welcome {
+    let welcome = Message::Welcome {
         store_chunks: disk.as_ref().map_or(0, |s| s.chunks() as u64),
-    });
+    };
     let stage = Stage {
         dir: opts.staging_dir.clone(),
         store: HashMap::new(),
@@ -173,10 +173,10 @@ where
         .spawn(move || stage.run(rx))
         .map_err(|e| LiveError::Worker(e.to_string()))?;
     let result = async {
-        if let Some(w) = &welcome {
-            write_message(stream, w).await.map_err(LiveError::Link)?;
-            stream.flush().await.map_err(LiveError::Link)?;
-        }
+        write_message(stream, &welcome)
+            .await
+            .map_err(LiveError::Link)?;
+        stream.flush().await.map_err(LiveError::Link)?;
         // One query, in round 1: each loads up to the whole store into memory.
         let mut queried = false;
         // Post-copy with tracking: the pages of the tracked rounds, for the page proxy.

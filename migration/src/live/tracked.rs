@@ -41,7 +41,7 @@ use crate::compress::{compress, Level};
 use crate::track::{task::namespace_pid, Region, Round, Scope, TaskTracker, TrackError};
 
 use super::source::Source;
-use super::wire::{read_message, write_message, Message, MAX_RUNS, MAX_TRACKED_BYTES};
+use super::wire::{write_message, Message, MAX_RUNS, MAX_TRACKED_BYTES};
 use super::{join_error, LiveError, RoundStats};
 
 /// A tracked round that put at least this much on the wire measures the link's speed (for the
@@ -110,7 +110,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
                 .await
                 .map_err(LiveError::Link)?;
             self.stream.flush().await.map_err(LiveError::Link)?;
-            match read_message(&mut self.stream).await? {
+            // Read through `read`: the target's lease counts from its last message before the
+            // restore, this ack, and the source's clock for it from when it read it.
+            match self.read().await? {
                 Message::Ack { round: r, .. } if r == round => {}
                 Message::Failed { reason } => return Err(LiveError::Target { reason }),
                 other => {

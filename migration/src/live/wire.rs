@@ -27,6 +27,12 @@
 //! link than the freeze should wait, the source names its pages instead ([`Message::Stale`]):
 //! the target drops them from its replica and they come from the source's page server after
 //! the restore, like any page the replica lacks.
+//!
+//! Version 3: the post-copy target also answers the hello with [`Message::Welcome`] (no store:
+//! 0 chunks), which the source reads before its first round, so that the target's first
+//! message precedes every page in both modes; and the target's proxy answers its lazy-pages
+//! daemon's close itself, the source closing its page server (which ends its task) only on
+//! [`Message::PagesDone`].
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -36,7 +42,7 @@ use crate::compress::Level;
 /// The protocol's name, for a stream negotiated over the overlay.
 pub const PROTOCOL: &str = "/brume/migrate/2";
 /// The version in [`Message::Hello`].
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The largest frame either side accepts: a recipe of a 7 GiB image fits.
 pub const MAX_FRAME: usize = 64 << 20;
 /// The most chunks one [`Message::Chunks`] may carry.

@@ -62,8 +62,9 @@ pub struct NodeConfig {
     /// move into it (a task coming back, another replica of a service) sends only the pages it
     /// lacks; 0 keeps none and every move sends all its memory.
     pub migration_cache_mb: u64,
-    /// How `checkpoint = "criu"` tasks move on the process engine: `pre-copy` (full dumps) or
-    /// `tracked` (tracked rounds and a freeze that carries only what the task wrote since).
+    /// How `checkpoint = "criu"` tasks move on the process engine: `auto` (tracked to a target
+    /// in another network namespace, else pre-copy), `pre-copy` (full dumps) or `tracked`
+    /// (tracked rounds and a freeze that carries only what the task wrote since).
     pub live_migration: LiveMigration,
     /// Most CPU (millicores) brume may offer to tasks on this device; unset offers all of it.
     pub cpu_millis: Option<u32>,
@@ -132,7 +133,7 @@ impl Default for NodeConfig {
             engine: "auto".into(),
             drain_on_exit: false,
             migration_cache_mb: 1024,
-            live_migration: LiveMigration::PreCopy,
+            live_migration: LiveMigration::Auto,
             cpu_millis: None,
             memory_mb: None,
             name: None,

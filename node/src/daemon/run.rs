@@ -92,11 +92,13 @@ pub struct NodeArgs {
     /// every move sends all its memory (default 1024).
     #[arg(long, value_name = "MIB")]
     pub migration_cache_mb: Option<u64>,
-    /// How checkpoint = "criu" tasks move on the process engine: pre-copy (full dumps, any
-    /// kernel; the default) or tracked (tracked pre-copy rounds and a freeze that carries only
-    /// what the task wrote since, where the kernel tracks written pages, Linux >= 6.7; the
-    /// frozen original and its copy coexist for a moment, so nodes sharing one host's network
-    /// cannot move a task that listens on a TCP port this way).
+    /// How checkpoint = "criu" tasks move on the process engine: auto (the default: tracked
+    /// to a node in another network namespace, another device or a node container, pre-copy
+    /// to one sharing this node's network), pre-copy (full dumps, any kernel) or tracked
+    /// (tracked pre-copy rounds and a freeze that carries only what the task wrote since,
+    /// where the kernel tracks written pages, Linux >= 6.7; the frozen original and its copy
+    /// coexist for a moment, so to a node sharing this host's network a task that listens on
+    /// a TCP port cannot move this way).
     #[arg(long, value_enum, value_name = "HOW")]
     pub live_migration: Option<crate::migrate::LiveMigration>,
     /// Most CPU (millicores) brume may offer to tasks on this device.

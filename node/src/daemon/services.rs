@@ -1,6 +1,6 @@
 //! What a node runs beside the overlay so that services can be deployed on it and from it and
 //! moved: the deployer (`/brume/deploy/3`, which also takes the periodic checkpoints of the
-//! services this node owns, sent by each host's checkpointer), the mover (`/brume/move/2`, `/brume/live/2`), the
+//! services this node owns, sent by each host's checkpointer), the mover (`/brume/move/2`, `/brume/live/3`), the
 //! chunk server hosts fetch artifacts from (`/brume/transfer/1`), the tunnel server that lands
 //! calls on local tasks (`/brume/tunnel/2`), and the initiator behind `brume deploy`, `ps`,
 //! `logs` and `stop`.

@@ -20,7 +20,7 @@
 //! ```
 //!
 //! A task with `checkpoint = "criu"` moves live instead ([`live`]): after `Prepare` and the
-//! hold, brume's CRIU pre-copy carries the whole process over `/brume/live/2`, the target
+//! hold, brume's CRIU pre-copy carries the whole process over `/brume/live/3`, the target
 //! restores and adopts it, and only then are callers switched. Here the old instance is ended
 //! by the final dump, not after the switch: a failure before that dump leaves it untouched, one
 //! after it restores it on the source, but only once the target's copy surely does not run
@@ -64,15 +64,19 @@ use brume_tunnel::InstanceId;
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum LiveMigration {
+    /// Tracked where it can be, full dumps where it cannot: tracked when the kernel tracks
+    /// written pages and the target is in another network namespace (another device, a node
+    /// container), pre-copy otherwise ([`live::network`] says why).
+    #[default]
+    Auto,
     /// Full-dump pre-copy rounds and a final full dump, on any kernel. The task's process
     /// ends before its copy is restored, so the two never hold a port at once.
-    #[default]
     PreCopy,
     /// Tracked pre-copy rounds, then a freeze that carries only what the task wrote since
-    /// (where the kernel tracks written pages: Linux >= 6.7; else pre-copy). The frozen
-    /// original stays until the copy has every page, so the two exist at once for a moment:
-    /// nodes on one host sharing a network namespace cannot move a task that listens on a TCP
-    /// port this way (the copy's listener finds the port taken); separate devices can.
+    /// (where the kernel tracks written pages: Linux >= 6.7; else pre-copy), wherever the
+    /// target is. The frozen original stays until the copy has every page, so the two exist
+    /// at once for a moment: nodes on one host sharing a network namespace cannot move a task
+    /// that listens on a TCP port this way (the copy's listener finds the port taken).
     Tracked,
 }
 

@@ -1,5 +1,5 @@
 //! The mover of one node: the shell around [`Move`](super::machine::Move) that performs its
-//! actions, and the server of `/brume/move/2` and `/brume/live/2`.
+//! actions, and the server of `/brume/move/2` and `/brume/live/3`.
 //!
 //! The node that runs the instance (the source) drives the move, because it holds the instance,
 //! its spec and its state. Each action of the machine is one await here (bounded by the move's

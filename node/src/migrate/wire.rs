@@ -5,7 +5,7 @@
 //! One request per stream, as length-prefixed CBOR frames ([`brume_overlay::frames`]); a move
 //! is answered by any number of [`Reply::Phase`] frames and then exactly one final frame. The
 //! target's part of a move (prepare, start, remove) uses the deploy protocol
-//! ([`crate::deploy::wire`]); a live move's pages go on `/brume/live/2` ([`super::live`]).
+//! ([`crate::deploy::wire`]); a live move's pages go on `/brume/live/3` ([`super::live`]).
 
 use brume_overlay::{Multiaddr, PeerId, StreamProtocol};
 use brume_tunnel::InstanceId;
@@ -19,7 +19,7 @@ pub const MOVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/move/2");
 
 /// A live move's own stream: its frames around the pre-copy ([`super::live`]), then the pages.
 /// Version 2: the instance's spec carries its owner's signature, which the target checks.
-pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/live/2");
+pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/live/3");
 
 /// Largest request or reply frame.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -109,8 +109,11 @@ pub enum Phase {
 pub enum Mode {
     /// The task's own checkpoint line went along.
     App,
-    /// Moved live with CRIU (pre-copy).
+    /// Moved live with CRIU (full-dump pre-copy).
     Criu,
+    /// Moved live with CRIU, its memory carried by the dirty-page tracker before the freeze
+    /// and the pages written since after it (tracked post-copy).
+    Tracked,
     /// Restarted on the target without its state.
     Cold,
 }
@@ -120,6 +123,7 @@ impl Mode {
         match self {
             Mode::App => "app",
             Mode::Criu => "criu",
+            Mode::Tracked => "tracked",
             Mode::Cold => "cold",
         }
     }

@@ -334,7 +334,7 @@ impl Mover {
         .await;
         match answer {
             None => return fail("the move did not finish within the deadline".to_string()).await,
-            Some(Ok(Frame::Ready)) => {}
+            Some(Ok(Frame::Ready { .. })) => {}
             Some(Ok(Frame::Refused { reason })) => {
                 return fail(format!("{} refused {what}: {reason}", dest.name)).await
             }
@@ -394,7 +394,7 @@ impl Mover {
                 last_heard,
             }) => (
                 FinishInput::NoAnswer(cause.to_string()),
-                Some((*cause, images, last_heard)),
+                Some((*cause, HereAgain::Images(images), last_heard)),
                 None,
             ),
             Err(e) => {
@@ -478,7 +478,15 @@ impl Mover {
         }
         // The lease counts from the target's last message: this one is the first.
         let link = Link::new();
-        if write_frame(stream.get_mut(), &Frame::Ready).await.is_err() {
+        if write_frame(
+            stream.get_mut(),
+            &Frame::Ready {
+                network: NetworkId::here(),
+            },
+        )
+        .await
+        .is_err()
+        {
             let _ = discard(runc.clone()).await;
             self.fences.with(|f| f.gone(&id, g));
             return;

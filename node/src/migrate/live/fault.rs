@@ -42,7 +42,9 @@ pub(crate) struct Link {
     cut: AtomicBool,
     shut: AtomicBool,
     /// When the restored copy's lease ends (set when the restore starts).
-    pub(crate) lease_end: Mutex<Option<Instant>>,
+    lease_end: Mutex<Option<Instant>>,
+    /// Woken when `lease_end` is set.
+    lease_set: tokio::sync::Notify,
 }
 
 impl Link {
@@ -53,7 +55,31 @@ impl Link {
             cut: AtomicBool::new(false),
             shut: AtomicBool::new(false),
             lease_end: Mutex::new(None),
+            lease_set: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Starts the restored copy's lease: it ends at `end`.
+    pub(crate) fn start_lease(&self, end: Instant) {
+        *self.lease_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+        self.lease_set.notify_one();
+    }
+
+    /// When the restored copy's lease ends, if a restore started.
+    pub(crate) fn lease_end(&self) -> Option<Instant> {
+        *self.lease_end.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns when the lease of a copy restored here has run out (never, if none is).
+    pub(crate) async fn lease_out(&self) {
+        loop {
+            let set = self.lease_set.notified();
+            if let Some(end) = self.lease_end() {
+                tokio::time::sleep_until(end.into()).await;
+                return;
+            }
+            set.await;
+        }
     }
 
     pub(crate) fn last_write(&self) -> Instant {

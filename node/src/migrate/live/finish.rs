@@ -25,6 +25,17 @@ pub(super) trait LocalCopy {
 
     /// The instance is lost: what the engine still holds of it goes.
     async fn losing(&mut self) {}
+
+    /// The frozen task was thawed here: the same process runs on, which the engine still has.
+    async fn thawed(&mut self) {}
+}
+
+/// What brings a task back on the source once the target surely runs no copy.
+pub(super) enum HereAgain {
+    /// Pre-copy: a restore from the final images.
+    Images(PathBuf),
+    /// Post-copy: the task is still frozen here with its pages; thawing it resumes it.
+    Frozen(FrozenTask),
 }
 
 /// A move whose task the final dump froze: what its end needs.
@@ -43,8 +54,9 @@ pub(super) struct Frozen<'a> {
     pub pid: u32,
     /// What the pipeline ended with.
     pub first: FinishInput,
-    /// After an unanswered final step: why, the final images and when the target was last heard.
-    pub doubt: Option<(LiveError, PathBuf, Instant)>,
+    /// After an unanswered final step: why, what brings the task back here, and when the
+    /// target was last heard.
+    pub doubt: Option<(LiveError, HereAgain, Instant)>,
     /// After a restore on the target: the migration.
     pub migrated: Option<Migrated>,
 }
@@ -72,6 +84,7 @@ impl Mover {
         let (mut finish, mut action) = Finish::start(first);
         let mut view = None;
         let mut restored_pid = None;
+        let mut back_how = L::RESTORED;
         loop {
             let input = match action {
                 FinishAction::Commit => {
@@ -89,23 +102,38 @@ impl Mover {
                     self.fence_target(dest, id, generation, heard).await
                 }
                 FinishAction::RestoreHere => {
-                    let Some((cause, images, _)) = doubt.take() else {
+                    let Some((cause, here, _)) = doubt.take() else {
                         let why = format!("internal: no final images of {what}");
                         return self.lost(&endpoint, hold, why).await;
                     };
-                    match restore_at_source(kept, pid, &images, cause).await {
-                        LiveError::RestoredAtSource { pid, .. } => {
-                            match local.take_back(pid).await {
-                                Ok(()) => {
+                    match here {
+                        HereAgain::Frozen(task) => {
+                            back_how = "thawed here (the very process, from where it was frozen)";
+                            match task.thaw(cause).await {
+                                LiveError::Thawed { .. } => {
+                                    local.thawed().await;
                                     restored_pid = Some(pid);
                                     FinishInput::RestoredHere
                                 }
-                                Err(e) => FinishInput::RestoreFailed(format!(
-                                    "restored here as pid {pid}, but {e}"
-                                )),
+                                e => FinishInput::RestoreFailed(e.to_string()),
                             }
                         }
-                        e => FinishInput::RestoreFailed(e.to_string()),
+                        HereAgain::Images(images) => {
+                            match restore_at_source(kept, pid, &images, cause).await {
+                                LiveError::RestoredAtSource { pid, .. } => {
+                                    match local.take_back(pid).await {
+                                        Ok(()) => {
+                                            restored_pid = Some(pid);
+                                            FinishInput::RestoredHere
+                                        }
+                                        Err(e) => FinishInput::RestoreFailed(format!(
+                                            "restored here as pid {pid}, but {e}"
+                                        )),
+                                    }
+                                }
+                                e => FinishInput::RestoreFailed(e.to_string()),
+                            }
+                        }
                     }
                 }
                 FinishAction::Done(FinishEnd::Moved { confirmed }) => {
@@ -134,10 +162,9 @@ impl Mover {
                     return Reply::Refused {
                         reason: format!(
                             "the live migration to {} failed after the {} ({why}); {what} was \
-                             {} (pid {pid}) and runs here again",
+                             {back_how} (pid {pid}) and runs here again",
                             dest.name,
                             L::FINAL,
-                            L::RESTORED
                         ),
                     };
                 }

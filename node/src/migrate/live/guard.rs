@@ -4,7 +4,10 @@
 //! source, [`crate::migrate::fence::Fences`] on the target).
 //!
 //! The lease: a target kills a restored copy whose `Released` did not come within [`LEASE`]
-//! of its own last message to the source, and starts no restore after that. The source's clock
+//! of its own last message to the source before the restore, and starts no restore after that.
+//! A post-copy's copy, restored before its pages come, is killed when the lease runs out even
+//! if pages are still coming (`Mover::receive_guarded`); the source closes its page server,
+//! which ends its own task, only once the target holds every page within [`COMMIT_WITHIN`]. The source's clock
 //! for the same lease starts when it read that message (later, in real time), so once it has
 //! waited [`LEASE`] plus [`LEASE_MARGIN`] from then, no copy runs on the target whatever it
 //! heard. The source releases the task only within half the lease ([`COMMIT_WITHIN`]), so a
@@ -100,6 +103,24 @@ impl Restorer for Guarded {
         dumped_pid: u32,
         log: &std::path::Path,
     ) -> Result<Restored, CheckpointError> {
+        self.guard(&mut || self.inner.restore(images, dumped_pid, log))
+    }
+
+    fn guard_lazy(
+        &self,
+        restore: &mut dyn FnMut() -> Result<Restored, CheckpointError>,
+    ) -> Result<Restored, CheckpointError> {
+        self.guard(restore)
+    }
+}
+
+impl Guarded {
+    /// Runs `restore` (the inner restorer's, or post-copy's lazy one) behind the fault, the
+    /// lease and the fence table.
+    fn guard(
+        &self,
+        restore: &mut dyn FnMut() -> Result<Restored, CheckpointError>,
+    ) -> Result<Restored, CheckpointError> {
         let (id, g) = (&self.id, self.generation);
         match self.fault {
             Some(LiveFault::CutBeforeRestore) => {
@@ -113,11 +134,7 @@ impl Restorer for Guarded {
             _ => {}
         }
         let lease_end = self.link.last_write() + LEASE;
-        *self
-            .link
-            .lease_end
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(lease_end);
+        self.link.start_lease(lease_end);
         if Instant::now() >= lease_end {
             return Err(refused(format!(
                 "the final images came after this node's lease ({LEASE:?}) ran out"
@@ -126,7 +143,7 @@ impl Restorer for Guarded {
         if !self.book.with(|f| f.may_restore(id, g)) {
             return Err(refused(format!("generation {g} of {id} was fenced here")));
         }
-        match self.inner.restore(images, dumped_pid, log) {
+        match restore() {
             Ok(r) => {
                 if !self.book.with(|f| f.restored(id, g, Some(r.pid))) {
                     warn!(instance = %id, pid = r.pid, "fenced during its restore: killing it");

@@ -1,5 +1,5 @@
 //! Moving a `checkpoint = "criu"` task live: brume's CRIU pre-copy ([`brume_migration::live`])
-//! over an overlay stream of its own, `/brume/live/2`. On the process engine CRIU dumps the
+//! over an overlay stream of its own, `/brume/live/3`. On the process engine CRIU dumps the
 //! task's process tree (below); on the Docker engine `runc checkpoint` dumps its host-network
 //! container and the target restores a runc container Docker does not know, which its engine
 //! adopts ([`Mover::move_live_docker`], [`brume_engine::runc_task`], docs/criu.md).
@@ -48,6 +48,12 @@
 //!   the task from its final images only on the target's answer, or, if the target cannot be
 //!   reached, once the target's lease ([`guard::LEASE`]) has surely run out: a target never
 //!   keeps a copy the source did not release within it;
+//! * tracked post-copy (to a target in another network namespace, [`network`]) restores the
+//!   copy before its pages come, with the original frozen on the source until the target holds
+//!   every page: a failure the target reports, or one before the images went, thaws the
+//!   original; a link lost after the images went leaves it frozen
+//!   ([`LiveError::FrozenInDoubt`]) until the target is fenced or its lease ran out, then
+//!   thaws it. The target's lease bounds the whole post-copy (`receive_guarded`);
 //! * after `Released` the source's instance is gone: a target that cannot take the task (its
 //!   forwarder ports are taken) kills it and the move ends with the instance lost, and says so;
 //!   an `Adopted` that never comes leaves the target's copy the only one, and calls are
@@ -79,7 +85,7 @@ use tracing::{debug, info, warn};
 
 use super::mover::{within, Destination, Mover};
 use super::wire::{Mode, Phase, Reply, LIVE_PROTOCOL};
-use super::{Limits, LiveMigration};
+use super::Limits;
 use crate::deploy::instances::Instance;
 use crate::deploy::wire::{CheckpointMode, InstanceSpec, InstanceView};
 use brume_engine::docker::DockerRestartPolicy;
@@ -122,8 +128,11 @@ enum Frame {
         #[serde(default)]
         bundle: Option<PortableBundle>,
     },
-    /// Target: laid out, the migration may start.
-    Ready,
+    /// Target: laid out, the migration may start; the target's network namespace says
+    /// whether its copy may coexist with the frozen original ([`network`]).
+    Ready {
+        network: Option<NetworkId>,
+    },
     Refused {
         reason: String,
     },
@@ -183,14 +192,17 @@ pub mod fault;
 mod finish;
 pub(crate) mod guard;
 mod held;
+pub(crate) mod network;
 mod process;
 
+use crate::migrate::fence::FenceStep;
 use crate::migrate::machine::{Finish, FinishAction, FinishEnd, FinishInput};
 use brume_migration::checkpointer::Restorer;
-use brume_migration::live::{restore_at_source, InDoubt, Received};
+use brume_migration::live::{restore_at_source, FrozenTask, InDoubt, Received};
 use fault::{Link, Watched};
-use finish::{Frozen, LocalCopy};
+use finish::{Frozen, HereAgain, LocalCopy};
 use guard::{Guarded, COMMIT_WITHIN};
+use network::NetworkId;
 
 /// The answer of a move whose task the pipeline restored on the source (`adopted`: whether the
 /// engine took it).
@@ -266,7 +278,7 @@ impl Mover {
         }
     }
 
-    /// The target side of a live move, on one `/brume/live/2` stream from `peer`.
+    /// The target side of a live move, on one `/brume/live/3` stream from `peer`.
     pub(crate) async fn receive_live(&self, peer: PeerId, stream: Stream) {
         let mut stream = stream.compat();
         let hello = match read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await {
@@ -408,7 +420,11 @@ impl Mover {
             to: dest.peer,
             host: dest.host.clone(),
             instance,
-            mode: Mode::Criu,
+            mode: if migrated.post_copy.is_some() {
+                Mode::Tracked
+            } else {
+                Mode::Criu
+            },
             state_bytes: migrated.wire_bytes,
             held_ms,
             told,
@@ -444,7 +460,24 @@ impl Mover {
         g: crate::deploy::wire::Generation,
     ) -> Result<Received, LiveError> {
         let watched = Watched::new(stream, link.clone(), self.fault);
-        let received = migrate_in(watched, opts).await;
+        // A copy restored here lives within its lease even while the move goes on (post-copy
+        // restores before the pages come): when it runs out first, the copy is fenced and
+        // killed here, as the source, which may thaw its own then, counts on.
+        let received = tokio::select! {
+            r = migrate_in(watched, opts) => r,
+            () = link.lease_out() => {
+                warn!(instance = %id, generation = %g,
+                      "the lease ran out before the move ended: fencing the copy restored here");
+                if let FenceStep::Settled { kill: Some(pid) } = self.fences.with(|f| f.fence(id, g)) {
+                    guard::kill_copy(pid).await;
+                }
+                self.fences.fence_came.notify_waiters();
+                Err(LiveError::Link(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("this node's lease ({:?}) ran out before the move ended", guard::LEASE),
+                )))
+            }
+        };
         if let Err(e) = &received {
             debug!(instance = %id, generation = %g, error = %e, "nothing restored");
         }
@@ -465,8 +498,7 @@ impl Mover {
         if !told {
             return Err("the source never heard of the restore".to_string());
         }
-        let lease_end = (*link.lease_end.lock().unwrap_or_else(|p| p.into_inner()))
-            .unwrap_or_else(Instant::now);
+        let lease_end = link.lease_end().unwrap_or_else(Instant::now);
         let cut = link.is_cut();
         let released = async {
             if cut {

@@ -15,10 +15,21 @@ struct ProcessCopy {
     output: Option<std::io::PipeReader>,
 }
 
+impl ProcessCopy {
+    /// The engine's name of the task.
+    fn name(&self) -> &str {
+        &self.launch.name
+    }
+}
+
 impl LocalCopy for ProcessCopy {
     const FINAL: &'static str = "final dump";
     const RESTORED: &'static str = "restored here";
     const MOVED: &'static str = "instance moved live with CRIU";
+
+    async fn thawed(&mut self) {
+        self.engine.set_migrating(self.name(), false);
+    }
 
     async fn take_back(&mut self, pid: u32) -> Result<(), String> {
         let output = self.output.take().ok_or("internal: no pipe")?;
@@ -129,15 +140,15 @@ impl Mover {
             read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await
         })
         .await;
-        match answer {
+        let there = match answer {
             None => return untouched("the move did not finish within the deadline".to_string()),
-            Some(Ok(Frame::Ready)) => {}
+            Some(Ok(Frame::Ready { network })) => network,
             Some(Ok(Frame::Refused { reason })) => {
                 return untouched(format!("{} refused {what}: {reason}", dest.name))
             }
             Some(Ok(other)) => return untouched(format!("{} answered {other:?}", dest.name)),
             Some(Err(e)) => return untouched(format!("talking to {} failed: {e}", dest.name)),
-        }
+        };
 
         // A pipe for the task's output should it be restored here after all.
         let (local_out, local_in) = match std::io::pipe() {
@@ -148,16 +159,21 @@ impl Mover {
         // Where the kernel tracks written pages, the task's memory crosses before the freeze
         // and the final step carries only what it wrote since (brume_migration::live::tracked);
         // elsewhere, pre-copy with full dumps as before.
+        // Tracked moves restore the copy beside the frozen original: only where the setting
+        // and the target's network namespace allow it (`network`).
         let tracking = brume_migration::track::probe();
         let lazy = brume_migration::lazy::check_pipe_max_size();
-        if self.live == LiveMigration::PreCopy {
-            tracing::debug!(instance = %id, "moving with full-dump pre-copy (live_migration = pre-copy)");
+        if let Err(why) =
+            network::may_coexist(self.live, NetworkId::here().as_ref(), there.as_ref())
+        {
+            info!(instance = %id, to = %dest.name, "moving with full-dump pre-copy: {why}");
         } else if tracking.method == brume_migration::track::Method::Tracked && lazy.is_ok() {
+            info!(instance = %id, to = %dest.name, "moving with tracked pre-copy and post-copy of the last pages");
             opts.mode = brume_migration::live::Mode::PostCopy;
             opts.track = true;
         } else {
             let why = lazy.err().map_or(tracking.why, |e| e.to_string());
-            info!(instance = %id, "moving with full-dump pre-copy: {why}");
+            info!(instance = %id, to = %dest.name, "moving with full-dump pre-copy: {why}");
         }
         opts.restore_root = Some(ProcessEngine::rootfs_of(&launch));
         if let Some(key) = &stdout_key {
@@ -252,7 +268,17 @@ impl Mover {
                 last_heard,
             }) => (
                 FinishInput::NoAnswer(cause.to_string()),
-                Some((*cause, images, last_heard)),
+                Some((*cause, HereAgain::Images(images), last_heard)),
+                None,
+            ),
+            // Post-copy: the task waits frozen here while the target is settled.
+            Err(LiveError::FrozenInDoubt {
+                cause,
+                frozen,
+                last_heard,
+            }) => (
+                FinishInput::NoAnswer(cause.to_string()),
+                Some((*cause, HereAgain::Frozen(frozen), last_heard)),
                 None,
             ),
             Err(e) => {
@@ -349,7 +375,15 @@ impl Mover {
         }
         // The lease counts from the target's last message: this one is the first.
         let link = Link::new();
-        if write_frame(stream.get_mut(), &Frame::Ready).await.is_err() {
+        if write_frame(
+            stream.get_mut(),
+            &Frame::Ready {
+                network: NetworkId::here(),
+            },
+        )
+        .await
+        .is_err()
+        {
             p.drop_layout(&launch).await;
             self.fences.with(|f| f.gone(&id, g));
             return;
