@@ -330,6 +330,61 @@ fn the_last_tracked_pages_can_follow_the_restore_and_the_memory_is_still_exact()
     );
 }
 
+/// A target that answers the hello as a real one does, takes the images up to the round's
+/// end, then vanishes without restoring: `Err` if the source stopped first.
+async fn a_target_that_vanishes_after_the_images(listener: TcpListener) -> Result<(), String> {
+    let (mut stream, _) = listener.accept().await.expect("accept");
+    match read_message(&mut stream).await {
+        Ok(Message::Hello { .. }) => {}
+        other => return Err(format!("the source began with {other:?}")),
+    }
+    write_message(&mut stream, &Message::Welcome { store_chunks: 0 })
+        .await
+        .map_err(|e| format!("welcome: {e}"))?;
+    loop {
+        match read_message(&mut stream).await {
+            Ok(Message::RoundEnd { .. }) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("the source stopped first: {e}")),
+        }
+    }
+}
+
+/// Moves `task` with `opts` to [`a_target_that_vanishes_after_the_images`]: what the source
+/// said.
+fn move_to_a_vanishing_target(
+    task: &Dirtier,
+    opts: SourceOptions,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Migrated, LiveError> {
+    let (result, target) = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(a_target_that_vanishes_after_the_images(listener));
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let r = migrate_out(stream, task.pid, opts, |_| {}).await;
+        (r, target.await.expect("target"))
+    });
+    // If the source gave up before sending its images, its own error says why.
+    if let Err(why) = target {
+        panic!("{why}; the source: {result:?}");
+    }
+    result
+}
+
+/// After a failed move: the same process answers, its counter goes on from `counter`, its
+/// memory is consistent and it dirties.
+fn runs_on_as_before(task: &Dirtier, socket: &std::path::Path, counter: u64) {
+    assert_eq!(
+        ask(socket, "TICK").expect("TICK"),
+        (counter + 1).to_string()
+    );
+    assert_eq!(dirtiers_serving(socket), vec![task.pid]);
+    let s1 = task.assert_state_consistent();
+    task.wait_dirtying_past(s1);
+    task.assert_state_consistent();
+}
+
 #[test]
 fn a_target_gone_before_the_restore_leaves_the_task_thawed_on_the_source() {
     if !ready("a_target_gone_before_the_restore_leaves_the_task_thawed_on_the_source") {
@@ -339,50 +394,11 @@ fn a_target_gone_before_the_restore_leaves_the_task_thawed_on_the_source() {
     let socket = dir.path().join("w.sock");
     let task = Dirtier::start_in_pid_namespace(&socket, 32, 0x90e, 8.0);
     let counter: u64 = ask(&socket, "TICK").expect("TICK").parse().expect("n");
-    let rt = runtime();
-    let result = rt.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let target = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
-            // Answer the hello as a target does, take the images up to the round's end, then
-            // vanish without restoring.
-            match read_message(&mut stream).await {
-                Ok(Message::Hello { .. }) => {}
-                other => return Err(format!("the source began with {other:?}")),
-            }
-            write_message(&mut stream, &Message::Welcome { store_chunks: 0 })
-                .await
-                .map_err(|e| format!("welcome: {e}"))?;
-            loop {
-                match read_message(&mut stream).await {
-                    Ok(Message::RoundEnd { .. }) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("the source stopped first: {e}")),
-                }
-            }
-        });
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let r = migrate_out(stream, task.pid, post_copy(&dir), |_| {}).await;
-        (r, target.await.expect("target"))
-    });
-    let (result, target) = result;
-    // If the source gave up before sending its images, its own error says why.
-    if let Err(why) = target {
-        panic!("{why}; the source: {result:?}");
-    }
+    let result = move_to_a_vanishing_target(&task, post_copy(&dir), &runtime());
     let err = result.expect_err("the target went away");
     assert!(matches!(err, LiveError::Thawed { .. }), "{err}");
     assert!(err.task_untouched(), "{err}");
-    // The same process answers, its counter goes on, its memory is consistent and it dirties.
-    assert_eq!(
-        ask(&socket, "TICK").expect("TICK"),
-        (counter + 1).to_string()
-    );
-    assert_eq!(dirtiers_serving(&socket), vec![task.pid]);
-    let s1 = task.assert_state_consistent();
-    task.wait_dirtying_past(s1);
-    task.assert_state_consistent();
+    runs_on_as_before(&task, &socket, counter);
     eprintln!("target gone before the restore: {err}");
 }
 
@@ -398,36 +414,10 @@ fn a_target_lost_after_the_images_hands_the_task_back_frozen_until_thawed() {
     let socket = dir.path().join("w.sock");
     let task = Dirtier::start_in_pid_namespace(&socket, 32, 0x90f, 8.0);
     let counter: u64 = ask(&socket, "TICK").expect("TICK").parse().expect("n");
+    let mut opts = post_copy(&dir);
+    opts.in_doubt = InDoubt::Return;
     let rt = runtime();
-    let (result, target) = rt.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let target = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
-            match read_message(&mut stream).await {
-                Ok(Message::Hello { .. }) => {}
-                other => return Err(format!("the source began with {other:?}")),
-            }
-            write_message(&mut stream, &Message::Welcome { store_chunks: 0 })
-                .await
-                .map_err(|e| format!("welcome: {e}"))?;
-            loop {
-                match read_message(&mut stream).await {
-                    Ok(Message::RoundEnd { last: true, .. }) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("the source stopped first: {e}")),
-                }
-            }
-        });
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let mut opts = post_copy(&dir);
-        opts.in_doubt = InDoubt::Return;
-        let r = migrate_out(stream, task.pid, opts, |_| {}).await;
-        (r, target.await.expect("target"))
-    });
-    if let Err(why) = target {
-        panic!("{why}; the source: {result:?}");
-    }
+    let result = move_to_a_vanishing_target(&task, opts, &rt);
     let Err(LiveError::FrozenInDoubt { cause, frozen, .. }) = result else {
         panic!("not handed back frozen: {result:?}");
     };
@@ -441,15 +431,7 @@ fn a_target_lost_after_the_images_hands_the_task_back_frozen_until_thawed() {
     assert_eq!(state, Some("t"), "the task is not held frozen: {stat}");
     let thawed = rt.block_on(frozen.thaw(*cause));
     assert!(matches!(thawed, LiveError::Thawed { .. }), "{thawed}");
-    // The same process answers, its counter goes on and its memory is consistent.
-    assert_eq!(
-        ask(&socket, "TICK").expect("TICK"),
-        (counter + 1).to_string()
-    );
-    assert_eq!(dirtiers_serving(&socket), vec![task.pid]);
-    let s1 = task.assert_state_consistent();
-    task.wait_dirtying_past(s1);
-    task.assert_state_consistent();
+    runs_on_as_before(&task, &socket, counter);
 }
 
 /// A stream that fails every read once `limit` bytes were read: a link that breaks mid-way.

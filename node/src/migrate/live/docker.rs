@@ -478,14 +478,9 @@ impl Mover {
         }
         // The lease counts from the target's last message: this one is the first.
         let link = Link::new();
-        if write_frame(
-            stream.get_mut(),
-            &Frame::Ready {
-                network: NetworkId::here(),
-            },
-        )
-        .await
-        .is_err()
+        if write_frame(stream.get_mut(), &Frame::ready())
+            .await
+            .is_err()
         {
             let _ = discard(runc.clone()).await;
             self.fences.with(|f| f.gone(&id, g));

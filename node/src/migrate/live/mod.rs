@@ -147,6 +147,15 @@ enum Frame {
     },
 }
 
+impl Frame {
+    /// The target's `Ready`, saying where it is.
+    fn ready() -> Frame {
+        Frame::Ready {
+            network: NetworkId::here(),
+        }
+    }
+}
+
 /// The pipeline's options on either engine's source: a fresh work dir, no network lock (only
 /// listeners are dumped; connections are held off), and the move's freeze budget when it gave
 /// one.

@@ -157,10 +157,9 @@ impl Mover {
         };
         let mut opts = source_options(max_downtime);
         // Where the kernel tracks written pages, the task's memory crosses before the freeze
-        // and the final step carries only what it wrote since (brume_migration::live::tracked);
-        // elsewhere, pre-copy with full dumps as before.
-        // Tracked moves restore the copy beside the frozen original: only where the setting
-        // and the target's network namespace allow it (`network`).
+        // and the final step carries only what it wrote since (brume_migration::live::tracked),
+        // restoring the copy beside the frozen original: only where the setting and the
+        // target's network namespace allow it (`network`). Elsewhere, full-dump pre-copy.
         let tracking = brume_migration::track::probe();
         let lazy = brume_migration::lazy::check_pipe_max_size();
         if let Err(why) =
@@ -375,14 +374,9 @@ impl Mover {
         }
         // The lease counts from the target's last message: this one is the first.
         let link = Link::new();
-        if write_frame(
-            stream.get_mut(),
-            &Frame::Ready {
-                network: NetworkId::here(),
-            },
-        )
-        .await
-        .is_err()
+        if write_frame(stream.get_mut(), &Frame::ready())
+            .await
+            .is_err()
         {
             p.drop_layout(&launch).await;
             self.fences.with(|f| f.gone(&id, g));
