@@ -5,7 +5,8 @@
 # and once with live_migration = pre-copy (full dumps), MOVES moves each, alternating the two
 # testnets move by move so that both see the same machine. Prints, per move: the mode brume
 # reports, the callers' pause (held_ms), the downtime the source logged, the move's elapsed time,
-# and whether redis still held every key; then the medians.
+# and whether redis still held every key (a move the node refuses or defers is printed with
+# its reason and not counted); then the medians.
 #
 #   bash scripts/bench-namespace-moves.sh [MIB] [MOVES]      (root; criu; cargo build -p brume
 #                                                              -p brume-testnet first)
@@ -28,7 +29,16 @@ command -v redis-cli >/dev/null || { echo "redis-cli is missing: bash scripts/in
 work=$(mktemp -d /tmp/brume-nsmoves.XXXXXX)
 nets=()
 cleanup() {
-  for n in "${nets[@]}"; do "$tn" down --name "$n" >/dev/null 2>&1 || true; done
+  for n in "${nets[@]}"; do
+    # BENCH_LOGS=DIR keeps every node's log (DIR/<testnet>-node-<i>.log).
+    if [ -n "${BENCH_LOGS:-}" ]; then
+      mkdir -p "$BENCH_LOGS"
+      for i in 0 1 2; do
+        cp "/run/brume-testnet/nets/$n/node-$i/node.log" "$BENCH_LOGS/$n-node-$i.log" 2>/dev/null || true
+      done
+    fi
+    "$tn" down --name "$n" >/dev/null 2>&1 || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -113,7 +123,14 @@ for m in $(seq 1 "$MOVES"); do
     mode=$([ "$idx" = 0 ] && echo auto || echo pre-copy)
     read -r host port < <(where "$name")
     to=$(( (host + 1) % 3 ))
-    out=$("$brume" migrate kv --to "$(peer "$name" "$to")" --control "$(ctl "$name" 0)" --max-downtime 60s --json)
+    if ! out=$("$brume" migrate kv --to "$(peer "$name" "$to")" --control "$(ctl "$name" 0)" \
+        --max-downtime 60s --json 2>"$work/err"); then
+      # Refused or deferred (the planner's prediction, say): the task stays; say why, go on.
+      printf '%-9s %4d %-8s %s\n' "$mode" "$m" refused "$(tail -c 300 "$work/err")" | tee -a "$work/refused"
+      n=$(rcli "$name" "$host" "$port" DBSIZE)
+      [ "$n" = "$keys" ] || { echo "redis lost keys: $n of $keys" >&2; exit 1; }
+      continue
+    fi
     log=/run/brume-testnet/nets/$name/node-$host/node.log
     # The source's line for the finished move: `... held_ms=.. downtime_ms=.. rounds=..`.
     downtime=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -a " held_ms=.* downtime_ms=" | tail -1 |
@@ -126,6 +143,7 @@ print('%-9s %4d %-8s %8d %11s %10d %s' % ('$mode', $m, m['mode'], m['held_ms'], 
     [ "$n" = "$keys" ] || { echo "redis lost keys: $n of $keys" >&2; exit 1; }
   done
 done
+[ -f "$work/refused" ] && echo "refused moves: $(wc -l < "$work/refused")"
 python3 - "$results" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]

@@ -500,3 +500,48 @@ fn poll_aborts_when_even_freezing_now_is_too_late() {
     );
     assert!(p.round_finished(ms(29_600), report(MIB)).is_err());
 }
+
+#[test]
+fn a_first_round_the_target_already_held_measures_the_dirtying_before_any_verdict() {
+    // A 97 MiB task moved back to a node whose chunk store holds its pages: round 1 finds 8
+    // KiB of new chunks and puts 12 KiB on the wire in 60 ms, which says nothing of the link
+    // and nothing of how fast the task writes. On the first round's guess (the whole memory
+    // rewritten meanwhile) the freeze looks minutes long; the planner measures instead.
+    let mut p = Planner::new(PlannerConfig::default(), Predictor::default(), 97 * MIB);
+    p.start(Duration::ZERO).unwrap();
+    let first = RoundReport {
+        dumped_bytes: 88 * MIB,
+        delta_bytes: 8 * 1024,
+        wire_bytes: 12 * 1024,
+        dump_time: ms(60),
+        round_time: ms(120),
+        dirty_rate: None,
+    };
+    let (d, pr) = p.round_finished(ms(120), first).unwrap();
+    assert!(
+        pr.predicted_downtime > Duration::from_secs(2),
+        "the guess should look hopeless here: {pr}"
+    );
+    assert_eq!(d, Decision::new(Action::PreCopy, Reason::DirtyRateUnknown));
+    // Round 2, a second later: 100 KiB written since, a freeze that fits.
+    let second = RoundReport {
+        dumped_bytes: 88 * MIB,
+        delta_bytes: 100 * 1024,
+        wire_bytes: 60 * 1024,
+        dump_time: ms(60),
+        round_time: ms(80),
+        dirty_rate: None,
+    };
+    let (d, pr) = p.round_finished(ms(1200), second).unwrap();
+    assert_eq!(d.action, Action::FinalDump, "{d}: {pr}");
+}
+
+#[test]
+fn a_measured_dirty_rate_too_fast_for_the_link_still_aborts() {
+    // The guess only buys a measurement: the same task writing 8 MiB between rounds over a
+    // 1 MB/s link is given up as before.
+    let mut p = planner(64 * MIB);
+    p.set_bandwidth(1.0 * MB);
+    let (d, _) = run(&mut p, &[64 * MIB, 8 * MIB, 8 * MIB]);
+    assert_eq!(d, Decision::new(Action::Abort, Reason::DowntimeTooLong));
+}
