@@ -110,7 +110,12 @@ enum Slot {
     /// Answered from the prefetch holding its first page (arrived or in flight), cut to
     /// `asked` pages and that prefetch's end; forwarded if the prefetch came back short of it.
     Cached { iov: Iov },
-    /// The answer, and the pages it gives the daemon (none for a close).
+    /// The daemon's close, answered here once nothing asked of the source is outstanding:
+    /// the daemon then exits, and the target says `PagesDone`, only after the last byte the
+    /// source's page server sends for this move (nothing of the move's page relay may follow
+    /// that message on the stream).
+    Closing,
+    /// The answer, and the pages it gives the daemon.
     Ready {
         bytes: Vec<u8>,
         covers: Option<(u64, u64, u64)>,
@@ -366,10 +371,7 @@ impl PageProxy {
                 // source's task when it is closed, which the source does only once it heard
                 // that every page is here (`PagesDone`), so a link lost before that leaves the
                 // task frozen on the source, to be thawed, and never nowhere.
-                self.slots.push_back(Slot::Ready {
-                    bytes: vec![0u8; CLOSE_ANSWER],
-                    covers: None,
-                });
+                self.slots.push_back(Slot::Closing);
                 self.closed = true;
                 self.plan.clear();
             }
@@ -573,6 +575,10 @@ impl PageProxy {
                 Some(Slot::Ready { bytes, covers }) => {
                     out.to_daemon.append(bytes);
                     *covers
+                }
+                Some(Slot::Closing) if self.sent.is_empty() => {
+                    out.to_daemon.extend_from_slice(&[0u8; CLOSE_ANSWER]);
+                    None
                 }
                 Some(&mut Slot::Cached { iov }) => {
                     let Some(key) = self.holder(iov.dst_id, iov.vaddr) else {
@@ -977,16 +983,26 @@ mod tests {
             o.to_daemon.is_empty(),
             "the close was answered before the fault"
         );
-        // The prefetches still in flight come back and are taken without complaint.
-        let mut all = answer(1, base, 1);
-        all.extend(answer(1, base + PAGE, 1));
-        all.extend(answer(1, base + 2 * PAGE, 1));
+        // The fault's answer goes to the daemon; the close waits while the prefetches are out,
+        // so that no byte of the source's follows the daemon's exit.
         let mut to_daemon = Vec::new();
-        for piece in all.chunks(3) {
+        for piece in answer(1, base, 1).chunks(3) {
             let o = p.from_source(piece).unwrap();
             assert!(o.to_source.is_empty(), "asked the source after the close");
             to_daemon.extend(o.to_daemon);
         }
+        assert_eq!(answers(&to_daemon, &[]).len(), 1, "only the fault's answer");
+        let mut rest = answer(1, base + PAGE, 1);
+        rest.extend(answer(1, base + 2 * PAGE, 1));
+        let (last, before) = rest.split_last().unwrap();
+        let o = p.from_source(before).unwrap();
+        assert!(
+            o.to_daemon.is_empty(),
+            "the close was answered with a prefetch out"
+        );
+        let o = p.from_source(&[*last]).unwrap();
+        assert!(o.to_source.is_empty(), "asked the source after the close");
+        to_daemon.extend(o.to_daemon);
         let a = answers(&to_daemon, &[1]);
         assert_eq!(a.len(), 2);
         assert_eq!(a[0].0.vaddr, base);
