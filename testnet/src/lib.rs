@@ -32,6 +32,7 @@ pub mod netns;
 pub mod offshelf;
 pub mod pidns;
 pub mod poller;
+pub mod processes;
 pub mod relay_service;
 pub mod require;
 pub mod router;

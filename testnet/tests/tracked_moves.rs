@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use brume_testnet::containers::state::NetState;
 use brume_testnet::containers::test_run;
+use brume_testnet::processes::processes_with_env;
 use brume_testnet::{netns, relay_service, require};
 
 const BIN: &str = env!("CARGO_BIN_EXE_brume-testnet");
@@ -195,25 +196,6 @@ impl Net {
     fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.state.node_dir(i).join("node.log")).unwrap_or_default()
     }
-}
-
-/// The processes whose environment holds every one of `vars` (a task's `BRUME_SERVICE` and
-/// `BRUME_TASK`), wherever they run on this machine: every node shares it.
-fn processes_with_env(vars: &[&str]) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let has = |v: &str| env.split(|b| *b == 0).any(|e| e == v.as_bytes());
-        if vars.iter().all(|v| has(v)) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// The chain deployed from node 0 with mid `checkpoint = "criu"`, each task on its own node.

@@ -59,15 +59,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         mut on_round: impl FnMut(&RoundStats),
     ) -> Result<Migrated, LiveError> {
         let mut rounds = Vec::new();
-        // The target's first message, before any page.
-        match self.read().await {
-            Ok(Message::Welcome { .. }) => {}
-            Ok(Message::Failed { reason }) => return Err(LiveError::Target { reason }),
-            Ok(other) => {
-                let e = LiveError::Unexpected {
-                    expected: "welcome",
-                    got: format!("{other:?}"),
-                };
+        // The target's first message, before any page (post-copy has no store to ask).
+        match self.welcome().await {
+            Ok(_) => {}
+            Err(e @ LiveError::Unexpected { .. }) => {
                 self.abort(&e.to_string()).await;
                 return Err(e);
             }

@@ -472,21 +472,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         Ok((wire, by_level, sizes, reply))
     }
 
+    /// The target's first message, [`Message::Welcome`], in either mode: how many chunks its
+    /// store holds.
+    pub(super) async fn welcome(&mut self) -> Result<u64, LiveError> {
+        match self.read().await? {
+            Message::Welcome { store_chunks } => Ok(store_chunks),
+            Message::Failed { reason } => Err(LiveError::Target { reason }),
+            other => Err(LiveError::Unexpected {
+                expected: "welcome",
+                got: format!("{other:?}"),
+            }),
+        }
+    }
+
     /// Round 1 of a pre-copy: reads the target's [`Message::Welcome`] (sent when it read the
     /// hello, so it is here by now) and, if its chunk store holds anything, hashes the round's
     /// files, asks which of their distinct full chunks it holds and counts those as
     /// acknowledged. Returns the bytes the query put on the wire.
     async fn ask_store(&mut self, dir: &Path) -> Result<u64, LiveError> {
-        match self.read().await? {
-            Message::Welcome { store_chunks: 0 } => return Ok(0),
-            Message::Welcome { .. } => {}
-            Message::Failed { reason } => return Err(LiveError::Target { reason }),
-            other => {
-                return Err(LiveError::Unexpected {
-                    expected: "welcome",
-                    got: format!("{other:?}"),
-                })
-            }
+        if self.welcome().await? == 0 {
+            return Ok(0);
         }
         let d = dir.to_path_buf();
         let hashed = tokio::task::spawn_blocking(move || hash_dir(&d))

@@ -5,13 +5,13 @@
 //!
 //! The lease: a target kills a restored copy whose `Released` did not come within [`LEASE`]
 //! of its own last message to the source before the restore, and starts no restore after that.
-//! A post-copy's copy, restored before its pages come, is killed when the lease runs out even
-//! if pages are still coming (`Mover::receive_guarded`); the source closes its page server,
-//! which ends its own task, only once the target holds every page within [`COMMIT_WITHIN`]. The source's clock
-//! for the same lease starts when it read that message (later, in real time), so once it has
-//! waited [`LEASE`] plus [`LEASE_MARGIN`] from then, no copy runs on the target whatever it
-//! heard. The source releases the task only within half the lease ([`COMMIT_WITHIN`]), so a
-//! `Released` reaches a target that still keeps its copy. The lease is the fallback: a source
+//! The source's clock for the same lease starts when it read that message (later, in real
+//! time), so once it has waited [`LEASE`] plus [`LEASE_MARGIN`] from then, no copy runs on the
+//! target whatever it heard. The source releases the task only within half the lease
+//! ([`COMMIT_WITHIN`]), so a `Released` reaches a target that still keeps its copy. A
+//! post-copy's copy, restored before its pages come, is killed when the lease runs out even if
+//! pages are still coming (`Mover::receive_guarded`), and its source closes its page server,
+//! which ends its own task, only if the target held every page within [`COMMIT_WITHIN`]. The lease is the fallback: a source
 //! in doubt first fences the target and restores as soon as the target answers; it waits the
 //! lease out only when the target cannot be reached.
 

@@ -15,20 +15,13 @@ struct ProcessCopy {
     output: Option<std::io::PipeReader>,
 }
 
-impl ProcessCopy {
-    /// The engine's name of the task.
-    fn name(&self) -> &str {
-        &self.launch.name
-    }
-}
-
 impl LocalCopy for ProcessCopy {
     const FINAL: &'static str = "final dump";
     const RESTORED: &'static str = "restored here";
     const MOVED: &'static str = "instance moved live with CRIU";
 
     async fn thawed(&mut self) {
-        self.engine.set_migrating(self.name(), false);
+        self.engine.set_migrating(&self.launch.name, false);
     }
 
     async fn take_back(&mut self, pid: u32) -> Result<(), String> {
