@@ -104,6 +104,9 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
     println!("up          {:.0} s", s.uptime_s);
     if let Some(p) = &s.predictor {
         println!("dump model  {} ({} dumps learned)", p.model, p.dumps);
+        if !p.pbmlr_features.is_empty() {
+            println!("pb-mlr uses {}", p.pbmlr_features.join(", "));
+        }
         if let Some(why) = &p.refused {
             println!("            {why}");
         }

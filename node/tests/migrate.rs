@@ -1378,6 +1378,11 @@ fn an_impossible_downtime_budget_defers_a_live_move() {
         "the restarted source lost what it learned"
     );
     assert_eq!(after.refused, None);
+    assert_eq!(
+        after.pbmlr_features.get(..2),
+        Some(&["1".to_string(), "ln_rss_gib".to_string()][..]),
+        "status names PB-MLR's features, intercept and memory first: {after:?}"
+    );
 
     // A corrupt state is refused; the node starts with the prior.
     assert!(

@@ -171,6 +171,19 @@ impl PbMlr {
         }
     }
 
+    /// The names of [`PbMlr::active`]'s features, the intercept (`1`) first.
+    pub fn active_names(&self) -> Vec<&'static str> {
+        let names: &[&'static str] = if self.cfg.log_space {
+            &features::LOG_NAMES
+        } else {
+            &features::NAMES
+        };
+        self.active()
+            .into_iter()
+            .filter_map(|j| names.get(j).copied())
+            .collect()
+    }
+
     /// Entries of the vector in use.
     fn used(&self) -> usize {
         if self.cfg.log_space {

@@ -35,6 +35,10 @@ pub struct PredictorView {
     pub model: String,
     /// Real dumps learned.
     pub dumps: u64,
+    /// The features PB-MLR uses now (seed 000's VIF and p-value selection on the node's own
+    /// dumps), intercept first; empty from older nodes.
+    #[serde(default)]
+    pub pbmlr_features: Vec<String>,
     /// Why the stored state was refused at start (the prior is used then), if it was.
     #[serde(default)]
     pub refused: Option<String>,

@@ -61,6 +61,7 @@ impl Backend for OverlayBackend {
                     brume_control::PredictorView {
                         model: v.model.to_string(),
                         dumps: v.dumps,
+                        pbmlr_features: v.pbmlr_features.iter().map(ToString::to_string).collect(),
                         refused: v.refused,
                     }
                 }),

@@ -43,6 +43,8 @@ pub struct DumpModels {
 pub struct ModelsView {
     pub model: &'static str,
     pub dumps: u64,
+    /// The features PB-MLR's last refit kept (seed 000's selection), intercept first.
+    pub pbmlr_features: Vec<&'static str>,
     pub refused: Option<String>,
 }
 
@@ -77,6 +79,7 @@ impl DumpModels {
         ModelsView {
             model: m.winner(),
             dumps: m.dumps(),
+            pbmlr_features: m.pbmlr.active_names(),
             refused: self.refused.clone(),
         }
     }

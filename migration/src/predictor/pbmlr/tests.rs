@@ -238,3 +238,36 @@ fn the_log_space_form_learns_the_noisy_law_and_is_late_less_often_than_mlr() {
     pb.observe(&example(64), f64::NAN, 1.0);
     assert_eq!(pb.samples(), before);
 }
+
+/// `brume status` names what PB-MLR uses: every feature of its form until the selection has
+/// enough dumps, then the intercept, memory and the survivors, by name and in order.
+#[test]
+fn the_active_features_are_named_in_the_forms_order() {
+    let cfg = PredictorConfig::default();
+    let fresh = PbMlr::new(&cfg, PbMlrConfig::default());
+    assert_eq!(fresh.active_names(), features::LOG_NAMES.to_vec());
+    let linear = PbMlr::new(
+        &cfg,
+        PbMlrConfig {
+            log_space: false,
+            ..PbMlrConfig::default()
+        },
+    );
+    assert_eq!(linear.active_names(), features::NAMES.to_vec());
+
+    let mut m = PbMlr::new(&cfg, PbMlrConfig::default());
+    let mut rng = StdRng::seed_from_u64(7);
+    for _ in 0..60 {
+        let f = task(&mut rng);
+        let y = law(&f) * rng.random_range(0.9..1.1);
+        m.observe(&f, y, f.since_checkpoint_s());
+    }
+    let names = m.active_names();
+    let expected: Vec<&str> = m.active().iter().map(|&j| features::LOG_NAMES[j]).collect();
+    assert_eq!(names, expected);
+    assert_eq!(&names[..2], ["1", "ln_rss_gib"], "{names:?}");
+    assert!(
+        names.len() < features::LOG_USED,
+        "nothing dropped: {names:?}"
+    );
+}
