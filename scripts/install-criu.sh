@@ -22,6 +22,7 @@
 #      the same version as the installed libcap2, which a machine's image is often behind;
 #   3. brume's patches (scripts/criu-patches/*.patch, applied in order to the pristine source:
 #      `dump --lazy-pages-defer-read`, which keeps a lazy dump's freeze from growing with memory;
+#      a freezer cgroup polled within milliseconds, not after 100 ms (every runc dump);
 #      docs/criu.md says why);
 #   4. `make criu` (no docs, no GnuTLS, with nftables), `make install-criu` into a staging dir,
 #      copied to /usr/local (criu at /usr/local/sbin/criu); the list of files goes to the cache

@@ -6,11 +6,16 @@
 #   full: `runc checkpoint` (every page written into the images; the container stops);
 #   lazy: `runc checkpoint --lazy-pages --page-server 127.0.0.1:PORT --status-fd`, timed to its
 #         ready byte, then failed on purpose with an unknown page-server command so that CRIU
-#         thaws the container (checked: it must still be running).
-# Prints one line per checkpoint: wall time of the runc command (to ready for lazy), image size.
+#         thaws the container (checked: it must still be running);
+#   lazy+conf: the same with CRIU_CONFIG_FILE naming a file with `address 127.0.0.1` and
+#         `lazy-pages-defer-read` (runc's criu reads it at its start; over RPC the page server
+#         gets only the port, so without it the page server listens on every address).
+# Prints one line per checkpoint: wall time of the runc command (to ready for lazy), image size,
+# and the address the page server listened on.
 #
 #   bash scripts/runc-lazy-probe.sh [SIZES_MIB] [RUNS]   e.g. "32 256 512" 3 (root, Docker, runc,
 #                                                         criu >= 4.2, bash scripts/build-static.sh)
+# CRIU=path runs runc with that criu (`runc --criu`; default: criu on PATH, /usr/local/sbin first).
 # Everything it makes is named brume-probe-runc-lazy-<pid> and labelled brume.test=probe.
 set -euo pipefail
 SIZES=${1:-"32 256 512"}
@@ -22,6 +27,7 @@ export PATH=/usr/local/sbin:$PATH
 name=brume-probe-runc-lazy-$$
 dir=$(mktemp -d /dev/shm/$name.XXXX)
 moby=/run/docker/runtime-runc/moby
+criu=${CRIU:-$(command -v criu)}
 cleanup() {
   docker rm -f "$name" >/dev/null 2>&1 || true
   docker rmi -f "$name:probe" >/dev/null 2>&1 || true
@@ -46,6 +52,7 @@ start() {
 
 ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
 
+main() {
 for mib in $SIZES; do
   rm -rf "$dir/ctx" && mkdir -p "$dir/ctx"
   cp "$workload" "$dir/ctx/workload"
@@ -56,18 +63,33 @@ for mib in $SIZES; do
     start "$mib"
     rm -rf "$dir/full" && mkdir "$dir/full"
     t=$(date +%s%N)
-    runc --root "$moby" checkpoint --image-path "$dir/full" --work-path "$dir/full" "$id"
+    runc --criu "$criu" --root "$moby" checkpoint --image-path "$dir/full" --work-path "$dir/full" "$id"
     echo "mib=$mib run=$run full ms=$(ms_since "$t") images_kib=$(du -sk "$dir/full" | cut -f1)"
 
+    lazy "$mib" "$run" lazy
+    lazy "$mib" "$run" lazy+conf
+  done
+done
+}
+
+# One lazy checkpoint of a fresh container, timed to ready and then failed: $1 MiB, run $2,
+# variant $3 (lazy or lazy+conf).
+lazy() {
+    local mib=$1 run=$2 variant=$3 conf=""
     start "$mib"
     rm -rf "$dir/lazy" "$dir/status" && mkdir "$dir/lazy" && mkfifo "$dir/status"
+    if [ "$variant" = lazy+conf ]; then
+      conf=$dir/criu.conf
+      printf 'address 127.0.0.1\nlazy-pages-defer-read\n' >"$conf"
+    fi
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     t=$(date +%s%N)
-    runc --root "$moby" checkpoint --lazy-pages --page-server "127.0.0.1:$port" --status-fd 3 \
-      --image-path "$dir/lazy" --work-path "$dir/lazy" "$id" 3>"$dir/status" 2>/dev/null &
+    env ${conf:+CRIU_CONFIG_FILE="$conf"} runc --criu "$criu" --root "$moby" checkpoint --lazy-pages --page-server "127.0.0.1:$port" \
+      --status-fd 3 --image-path "$dir/lazy" --work-path "$dir/lazy" "$id" 3>"$dir/status" 2>/dev/null &
     runc_pid=$!
     head -c1 "$dir/status" >/dev/null
     ready=$(ms_since "$t")
+    listen=$(ss -ltnH "sport = :$port" | awk '{print $4}' | head -n1)
     python3 - "$port" <<'PY'
 import socket, struct, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
@@ -81,7 +103,8 @@ except OSError:
 PY
     wait "$runc_pid" 2>/dev/null || true
     state=$(docker inspect -f '{{.State.Status}}' "$name")
-    echo "mib=$mib run=$run lazy ms=$ready images_kib=$(du -sk "$dir/lazy" | cut -f1) after_abort=$state"
+    echo "mib=$mib run=$run $variant ms=$ready images_kib=$(du -sk "$dir/lazy" | cut -f1) listen=$listen after_abort=$state"
     [ "$state" = running ] || { echo "the container did not thaw" >&2; exit 1; }
-  done
-done
+}
+
+main
