@@ -211,6 +211,15 @@ fn move_64_mib(
         migrated.total.as_millis(),
     );
     assert_eq!(migrated.target_pid, received.pid);
+    // Nothing of the move stays on the target: neither the staging directory nor CRIU's logs
+    // and pid file beside it (they live in tmpfs on a node).
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("the test's directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("staging"))
+        .collect();
+    assert!(left.is_empty(), "left on the target: {left:?}");
     assert_ne!(
         received.pid, task.pid,
         "a new PID namespace, so a new host PID"

@@ -249,6 +249,19 @@ pub fn scratch_dir(what: &str) -> std::path::PathBuf {
     ))
 }
 
+/// What a target writes beside its staging directory ([`sibling`]): CRIU's logs and pid file.
+const SIBLINGS: [&str; 3] = ["restore.log", "restore.pid", "lazy-pages.log"];
+
+/// Removes what a move left beside staging directory `dir`, once it succeeded (a failure's
+/// error names its log, which stays). They are small but live in tmpfs, and a node receives
+/// moves for as long as it runs: 25 logs and pid files and 20 daemon logs, 880 KB, were left
+/// in /dev/shm after five runs of the suite.
+pub(crate) fn remove_siblings(dir: &Path) {
+    for suffix in SIBLINGS {
+        let _ = std::fs::remove_file(sibling(dir, suffix));
+    }
+}
+
 /// `<dir>.<suffix>`, beside the staging directory so the images stay exactly as sent.
 pub(crate) fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let mut s = dir.as_os_str().to_owned();

@@ -25,7 +25,7 @@ use super::recipe;
 use super::replica::Replica;
 use super::store::ChunkStore;
 use super::wire::{read_message, to_bitmap, write_message, FileRecipe, Message, Mode, VERSION};
-use super::{files_error, sibling, LiveError};
+use super::{files_error, remove_siblings, sibling, LiveError};
 
 /// A task received and running here.
 #[derive(Clone, Debug)]
@@ -81,6 +81,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let result = receive(&mut stream, &opts).await;
+    if result.is_ok() {
+        remove_siblings(&opts.staging_dir);
+    }
     // After a pre-copy (or stop-and-copy) the staged files are the task's final images: keep
     // its memory in the store, off the downtime (the source has its Restored already), then
     // drop them.
