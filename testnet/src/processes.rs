@@ -7,30 +7,37 @@
 /// A zombie is not counted: a copy killed by a fence may linger as one until reaped.
 pub fn processes_with_env(vars: &[&str]) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+    for (pid, dir) in live_processes() {
+        let Ok(env) = std::fs::read(dir.join("environ")) else {
             continue;
         };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
         let have: Vec<String> = env
             .split(|b| *b == 0)
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if !zombie && comm.trim() != "unshare" && vars.iter().all(|w| have.iter().any(|h| h == w)) {
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != "unshare" && vars.iter().all(|w| have.iter().any(|h| h == w)) {
             out.push(pid);
         }
     }
     out
+}
+
+/// Every process on this machine that is not a zombie, with its `/proc/<pid>` directory (a
+/// process whose `stat` cannot be read counts as live: it may have just exited).
+pub fn live_processes() -> impl Iterator<Item = (u32, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let dir = entry.path();
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            (!zombie).then_some((pid, dir))
+        })
 }
 
 #[cfg(test)]

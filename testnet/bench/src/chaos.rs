@@ -120,29 +120,7 @@ fn node_id(net: &LocalNet, i: usize) -> anyhow::Result<String> {
 /// The pids of the live processes (not zombies, not the `unshare` the process engine starts a
 /// task through) whose environment says they are a task of `service`.
 fn processes_of(service: &str) -> Vec<u32> {
-    let want = format!("BRUME_SERVICE={service}");
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        let ours = env.split(|b| *b == 0).any(|v| v == want.as_bytes());
-        if ours && !zombie && comm.trim() != "unshare" {
-            out.push(pid);
-        }
-    }
-    out
+    brume_testnet::processes::processes_with_env(&[&format!("BRUME_SERVICE={service}")])
 }
 
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {

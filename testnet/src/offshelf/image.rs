@@ -121,28 +121,15 @@ pub fn manifest(dir: &Path, service: &str, budget_ms: u64) -> anyhow::Result<Pat
 /// `<program> 127.0.0.1:<port>`, which is what this reads.
 pub fn redis_processes(port: u16) -> Vec<u32> {
     let title = format!(" 127.0.0.1:{port}");
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if comm.trim() == "redis-server"
-            && !zombie
-            && String::from_utf8_lossy(&cmdline)
-                .trim_end_matches('\0')
-                .ends_with(&title)
-        {
-            out.push(pid);
-        }
-    }
-    out
+    crate::processes::live_processes()
+        .filter(|(_, dir)| {
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+            comm.trim() == "redis-server"
+                && String::from_utf8_lossy(&cmdline)
+                    .trim_end_matches('\0')
+                    .ends_with(&title)
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
