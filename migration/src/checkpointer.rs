@@ -29,6 +29,7 @@ use crate::criu::{
     dir_bytes, error_lines, Criu, CriuError, DumpOptions, DumpReport, DumpStats, InheritFd,
     NetworkLock, RestoreOptions,
 };
+use crate::lazy::{check_pipe_max_size, LazyDump, PageSocket};
 
 /// Where Docker 20.10 keeps runc's state of its containers (exists once dockerd has run a
 /// container since it started).
@@ -101,6 +102,21 @@ pub trait Restorer: Send + Sync + fmt::Debug {
     ) -> Result<Restored, CheckpointError> {
         restore()
     }
+
+    /// Whether this restores post-copy's lazy images itself ([`Restorer::restore_lazy`]): a
+    /// container restorer whose program runs CRIU (runc).
+    fn restores_lazily(&self) -> bool {
+        false
+    }
+
+    /// Restores the task from the lazy images in `images`, beside the `criu lazy-pages` daemon
+    /// already serving that directory (its socket is there), under this restorer's guards.
+    /// Only for a restorer that [`Restorer::restores_lazily`].
+    fn restore_lazy(&self, _images: &Path, _dumped_pid: u32) -> Result<Restored, CheckpointError> {
+        Err(CheckpointError::Unsupported(
+            "this restorer does not restore post-copy's lazy images".into(),
+        ))
+    }
 }
 
 /// Checkpoints a running task. The source side of a live migration; its [`Restorer`] half is
@@ -114,6 +130,22 @@ pub trait Checkpointer: Restorer {
         leave_running: bool,
         log: &Path,
     ) -> Result<DumpReport, CheckpointError>;
+
+    /// Post-copy's dump: freezes the task, writes every image but its anonymous memory into
+    /// `images` (created) and returns once its page server waits for the target, with the
+    /// local end of the page server's connection (`log` as in [`Checkpointer::dump`]). The
+    /// task stays frozen until the transfer ends ([`crate::lazy`]). Only for a checkpointer
+    /// that does it; a process's is driven by the live pipeline with CRIU directly.
+    fn dump_lazy(
+        &self,
+        _images: &Path,
+        _log: &Path,
+        _defer_reads: bool,
+    ) -> Result<(LazyDump, PageSocket), CheckpointError> {
+        Err(CheckpointError::Unsupported(
+            "this checkpointer has no post-copy dump".into(),
+        ))
+    }
 }
 
 /// Why a checkpoint or restore failed.
@@ -170,12 +202,14 @@ fn criu_lines(lines: &[String]) -> String {
 /// connection to a peer outside it (a client that has not closed yet, or one still in the
 /// listen queue), or an established TCP connection (a call the task is making: brume holds the
 /// calls it receives, not the ones it makes). CRIU resumes the task after such a failed dump,
-/// so it can be tried again once the connection is gone.
+/// so it can be tried again once the connection is gone. So can a lazy dump whose page server
+/// found its loopback port taken (runc's lazy dumps name a port, [`RuncContainer::dump_lazy`]).
 pub(crate) fn transient_lines(lines: &[String]) -> bool {
     lines.iter().any(|l| {
         l.contains("External socket is used")
             || (l.contains("unix: Unix socket") && l.contains("not found"))
             || l.contains("Connected TCP socket")
+            || l.contains("Can't bind page server")
     })
 }
 
@@ -382,6 +416,87 @@ impl Checkpointer for RuncContainer {
             stats,
         })
     }
+
+    /// `runc checkpoint --lazy-pages`: runc cannot hand its criu a socket, so the page server
+    /// listens on a loopback port, which a config file in criu's environment keeps on loopback
+    /// (over RPC criu takes only the port of a lazy dump's page server and would listen on
+    /// every address: docs/criu.md, "Post-copy of a Docker container through runc"). The port
+    /// is one the kernel just gave this process and let go; if another program takes it
+    /// first, criu cannot bind, thaws the container, and the dump fails as transient (tried
+    /// again on another port). Once criu is ready this connects to it: the page server serves
+    /// the first peer that connects, and only this process knows the port before then.
+    fn dump_lazy(
+        &self,
+        images: &Path,
+        log: &Path,
+        defer_reads: bool,
+    ) -> Result<(LazyDump, PageSocket), CheckpointError> {
+        check_pipe_max_size()?;
+        let work = fresh_work_dir(log)?;
+        std::fs::create_dir_all(images).map_err(files("create the images directory", images))?;
+        let config = work.join("lazy.conf");
+        let mut lines = String::from("address 127.0.0.1\n");
+        if defer_reads {
+            lines.push_str("lazy-pages-defer-read\n");
+        }
+        std::fs::write(&config, lines).map_err(files("write criu's config", &config))?;
+        let port = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(files("find a loopback port for the page server", &work))?
+            .port();
+        let stderr_file = work.join("runc.stderr");
+        let stderr = std::fs::File::create(&stderr_file)
+            .map_err(files("create runc's stderr file", &stderr_file))?;
+        let (status, status_w) = io::pipe().map_err(files("make the status pipe", &work))?;
+        let started = Instant::now();
+        // runc writes criu's ready byte (its "status-ready" notification) to the descriptor
+        // named: its stdout here, a pipe (runc checks only that it is writable).
+        let child = Command::new(&self.runc)
+            .env("CRIU_CONFIG_FILE", &config)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("checkpoint")
+            .arg("--lazy-pages")
+            .arg("--page-server")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--status-fd")
+            .arg("1")
+            .arg("--image-path")
+            .arg(images)
+            .arg("--work-path")
+            .arg(&work)
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::os::fd::OwnedFd::from(status_w)))
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| CheckpointError::RuncSpawn {
+                binary: self.runc.clone(),
+                source,
+            })?;
+        let mut dump = LazyDump::of_child(
+            child,
+            status,
+            images,
+            work.join("dump.log"),
+            stderr_file,
+            started,
+        );
+        dump.wait_ready()?;
+        match std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)) {
+            Ok(socket) => {
+                let _ = socket.set_nodelay(true);
+                Ok((dump, PageSocket::Tcp(socket)))
+            }
+            // Dropping the dump kills runc; its criu, with no peer ever, then stays frozen
+            // with the container: say so loudly rather than leave it silently.
+            Err(e) => Err(CheckpointError::Files {
+                what: "connect to the lazy dump's page server (the container may stay frozen; `runc resume` it)",
+                path: work.join(format!("127.0.0.1:{port}")),
+                source: e,
+            }),
+        }
+    }
 }
 
 fn runc_failed(
@@ -421,6 +536,29 @@ impl Restorer for RuncRestore {
         log: &Path,
     ) -> Result<Restored, CheckpointError> {
         let work = fresh_work_dir(log)?;
+        self.run_restore(images, &work, false)
+    }
+
+    fn restores_lazily(&self) -> bool {
+        true
+    }
+
+    /// `runc restore --lazy-pages` with the images directory as runc's work directory: that is
+    /// where criu's restore looks for the lazy-pages daemon's socket, which the daemon made in
+    /// the directory it serves. CRIU's restore log lands there too.
+    fn restore_lazy(&self, images: &Path, _dumped_pid: u32) -> Result<Restored, CheckpointError> {
+        self.run_restore(images, images, true)
+    }
+}
+
+impl RuncRestore {
+    /// `runc restore --detach` of `images`, runc's work directory `work`, lazily or not.
+    fn run_restore(
+        &self,
+        images: &Path,
+        work: &Path,
+        lazy: bool,
+    ) -> Result<Restored, CheckpointError> {
         std::fs::create_dir_all(&self.root).map_err(files("create runc's root", &self.root))?;
         // runc's stdio becomes the restored container's (CRIU gives the dumped stdout and
         // stderr pipes runc's own). A pipe, like Docker's, so that the container can be
@@ -447,14 +585,16 @@ impl Restorer for RuncRestore {
         let drain = crate::drain::start(reader, &output)
             .map_err(files("start the drain of the container's output", &output))?;
         let started = Instant::now();
-        let status = Command::new(&self.runc)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("restore")
+        let mut cmd = Command::new(&self.runc);
+        cmd.arg("--root").arg(&self.root).arg("restore");
+        if lazy {
+            cmd.arg("--lazy-pages");
+        }
+        let status = cmd
             .arg("--image-path")
             .arg(images)
             .arg("--work-path")
-            .arg(&work)
+            .arg(work)
             .arg("--bundle")
             .arg(&self.bundle)
             .arg("--detach")
@@ -485,9 +625,7 @@ impl Restorer for RuncRestore {
         let pid = self.pid()?;
         Ok(Restored { pid, elapsed })
     }
-}
 
-impl RuncRestore {
     /// The file the restored container's stdout and stderr go to: `output.log` in its bundle
     /// (a node's `logs` of the container read it).
     pub fn output(&self) -> PathBuf {

@@ -24,6 +24,7 @@
 //! machines) needs `fs.pipe-max-size` >= 4 MiB ([`check_pipe_max_size`], docs/criu.md).
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,9 @@ use crate::criu::{failed, Criu, CriuError, DumpOptions};
 
 /// The most bytes read from criu's status descriptor while waiting for its ready byte.
 const MAX_STATUS_TEXT: usize = 64 << 10;
+
+/// The most characters of a runc's stderr quoted in its error.
+const MAX_STDERR_QUOTE: usize = 2000;
 
 /// What the page server needs `fs.pipe-max-size` to be, at least.
 pub const MIN_PIPE_MAX_SIZE: u64 = 4 << 20;
@@ -76,7 +80,18 @@ pub fn abort_page_server(page_socket: &mut impl Write) -> io::Result<()> {
     page_socket.flush()
 }
 
-/// A running `criu dump --lazy-pages` (see the module's doc).
+/// The local end of a lazy dump's page-server connection, whose bytes the caller relays to the
+/// target's lazy-pages daemon and back.
+#[derive(Debug)]
+pub enum PageSocket {
+    /// A socketpair's end: criu started by brume got the other one (`--ps-socket`).
+    Unix(UnixStream),
+    /// A loopback connection to the page server of a criu started by runc, which can hand criu
+    /// no socket: it listens on a port (`crate::checkpointer::RuncContainer::dump_lazy`).
+    Tcp(TcpStream),
+}
+
+/// A running `criu dump --lazy-pages` (see the module's doc), by brume's own criu or by runc's.
 #[derive(Debug)]
 pub struct LazyDump {
     process: Process,
@@ -96,6 +111,8 @@ struct Process {
     child: Option<Child>,
     status: Option<io::PipeReader>,
     log_file: PathBuf,
+    /// A file with the process's own stderr (runc's messages), quoted when it fails.
+    stderr_file: Option<PathBuf>,
     started: Instant,
 }
 
@@ -104,7 +121,7 @@ impl Criu {
     /// apply; `leave_running` must be off) and returns it with the local end of its page-server
     /// socket. The task is frozen from now on; [`LazyDump::wait_ready`] returns once the images
     /// can be sent.
-    pub fn dump_lazy(&self, opts: &DumpOptions) -> Result<(LazyDump, UnixStream), CriuError> {
+    pub fn dump_lazy(&self, opts: &DumpOptions) -> Result<(LazyDump, PageSocket), CriuError> {
         check_pipe_max_size()?;
         std::fs::create_dir_all(&opts.images_dir).map_err(|source| CriuError::ImagesDir {
             path: opts.images_dir.clone(),
@@ -121,7 +138,7 @@ impl Criu {
                 process,
                 images_dir: opts.images_dir.clone(),
             },
-            socket,
+            PageSocket::Unix(socket),
         ))
     }
 
@@ -189,6 +206,7 @@ impl Criu {
                 child: Some(child),
                 status: Some(status),
                 log_file,
+                stderr_file: None,
                 started,
             },
             ours,
@@ -197,6 +215,30 @@ impl Criu {
 }
 
 impl LazyDump {
+    /// A lazy dump that another program runs (runc, which runs criu): `child`, whose criu
+    /// writes its ready byte into `status` and logs to `log_file`, its own messages going to
+    /// `stderr_file`.
+    pub(crate) fn of_child(
+        child: Child,
+        status: io::PipeReader,
+        images_dir: &Path,
+        log_file: PathBuf,
+        stderr_file: PathBuf,
+        started: Instant,
+    ) -> LazyDump {
+        LazyDump {
+            process: Process {
+                action: "dump",
+                child: Some(child),
+                status: Some(status),
+                log_file,
+                stderr_file: Some(stderr_file),
+                started,
+            },
+            images_dir: images_dir.to_path_buf(),
+        }
+    }
+
     /// Blocks until every image is written and the page server waits for the target (the
     /// freeze, as CRIU's dump takes it, is over), and returns how long that took; or fails, the
     /// task thawed, if the dump failed.
@@ -259,10 +301,20 @@ impl Process {
         })?;
         let elapsed = self.started.elapsed();
         if status.success() {
-            Ok(elapsed)
-        } else {
-            Err(failed(self.action, status, elapsed, "", &self.log_file))
+            return Ok(elapsed);
         }
+        let mut e = failed(self.action, status, elapsed, "", &self.log_file);
+        // runc's own words say what failed before criu ran or what it made of criu's failure.
+        let said = self
+            .stderr_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .map(|s| s.trim().chars().take(MAX_STDERR_QUOTE).collect::<String>())
+            .unwrap_or_default();
+        if let (CriuError::Failed { errors, .. }, false) = (&mut e, said.is_empty()) {
+            errors.push(said);
+        }
+        Err(e)
     }
 }
 
@@ -290,6 +342,7 @@ mod tests {
             child: None,
             status: Some(r),
             log_file: PathBuf::from("/nonexistent/log"),
+            stderr_file: None,
             started: Instant::now(),
         }
     }

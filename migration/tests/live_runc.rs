@@ -32,7 +32,7 @@ use brume_migration::checkpointer::{
 };
 use brume_migration::live::wire::{read_message, write_message, Message};
 use brume_migration::live::{
-    migrate_in, migrate_out, LiveError, RoundStats, SourceOptions, TargetOptions,
+    migrate_in, migrate_out, LiveError, Mode, RoundStats, SourceOptions, TargetOptions,
 };
 use brume_migration::planner::{Action, PlannerConfig};
 use brume_testnet::require::{self, Need};
@@ -474,4 +474,143 @@ fn a_failed_restore_on_the_target_brings_the_container_back_on_the_source() {
         fallback.id,
         restore.as_millis()
     );
+}
+
+/// Post-copy of a Docker container: a lazy `runc checkpoint` (its page server on a loopback
+/// port, relayed over the migration stream), the target's lazy `runc restore` beside its
+/// lazy-pages daemon. The container runs on the target before its memory is there; once every
+/// page arrived the original ends. Proven: the images carried no memory (a fraction of the
+/// container's 16 MiB), the pages crossed over the relay, and the restored container continues
+/// the counter and sums the same memory.
+#[test]
+fn a_docker_container_moves_live_with_post_copy_of_its_memory() {
+    let test = "a_docker_container_moves_live_with_post_copy_of_its_memory";
+    if let Err(e) = brume_migration::lazy::check_pipe_max_size() {
+        require::missing(test, Need::Criu, &e.to_string());
+        return;
+    }
+    let Some(mut f) = Fixture::start(test) else {
+        return;
+    };
+    let socket = socket_of(f.pid);
+    for i in 1..=3 {
+        assert_eq!(ask(&socket, "TICK"), i.to_string());
+    }
+    let sum = ask(&socket, "SUM");
+    let restorer = f.restorer("target");
+    let mut source = source_opts(&f, None);
+    source.mode = Mode::PostCopy;
+    let staging = f.dir.path().join("staging");
+    let rt = runtime();
+    let mut rounds: Vec<RoundStats> = Vec::new();
+    let (migrated, received) = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut opts = TargetOptions::new(staging);
+            opts.restorer = Some(Arc::new(restorer));
+            migrate_in(stream, opts).await
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let migrated = migrate_out(stream, f.pid, source, |r| rounds.push(r.clone())).await;
+        (migrated, target.await.expect("target task"))
+    });
+    let migrated = migrated.unwrap_or_else(|e| panic!("migration: {e}"));
+    let received = received.unwrap_or_else(|e| panic!("target: {e}"));
+    assert_eq!(migrated.target_pid, received.pid);
+    assert_ne!(received.pid, f.pid, "a new container, a new host pid");
+    let post = migrated.post_copy.as_ref().expect("a post-copy move");
+    let memory = (MIB as u64) << 20;
+    assert_eq!(rounds.len(), 1, "one lazy dump: {rounds:?}");
+    assert!(
+        rounds[0].wire_bytes < memory / 4,
+        "the images carry no memory: {} bytes for {memory}",
+        rounds[0].wire_bytes
+    );
+    assert!(
+        post.page_bytes >= memory,
+        "the container's memory crossed as pages after the restore: {} bytes",
+        post.page_bytes
+    );
+    // Every page is on the target, so CRIU ended the original.
+    wait_for(
+        "Docker seeing the container ended by the lazy dump",
+        LIVENESS,
+        || match f.docker_status() {
+            s if s == "running" => Err(s),
+            _ => Ok(()),
+        },
+    );
+    let new_socket = socket_of(received.pid);
+    wait_ready(&new_socket);
+    assert_eq!(ask(&new_socket, "TICK"), "4", "the counter continues");
+    assert_eq!(ask(&new_socket, "SUM"), sum, "memory is the dumped memory");
+    eprintln!(
+        "runc post-copy: images {} KiB, pages {:.1} MiB, lazy dump {} ms, downtime {} ms (rebuild {} ms, runc restore {} ms), every page {} ms after the restore, total {} ms",
+        rounds[0].wire_bytes / 1024,
+        post.page_bytes as f64 / 1048576.0,
+        rounds[0].dump.as_millis(),
+        migrated.downtime.as_millis(),
+        migrated.rebuild.as_millis(),
+        migrated.restore.as_millis(),
+        post.pages_done.as_millis(),
+        migrated.total.as_millis(),
+    );
+}
+
+/// Post-copy whose lazy restore fails on the target: the source's CRIU thaws the frozen
+/// container in place (the very process, Docker's own container), which serves on with its
+/// counter and memory.
+#[test]
+fn a_failed_lazy_restore_on_the_target_thaws_the_docker_container() {
+    let test = "a_failed_lazy_restore_on_the_target_thaws_the_docker_container";
+    if let Err(e) = brume_migration::lazy::check_pipe_max_size() {
+        require::missing(test, Need::Criu, &e.to_string());
+        return;
+    }
+    let Some(mut f) = Fixture::start(test) else {
+        return;
+    };
+    let socket = socket_of(f.pid);
+    assert_eq!(ask(&socket, "TICK"), "1");
+    let mut broken = f.restorer("target");
+    // A runc that fails every command: the lazy restore fails once the images arrived.
+    broken.runc = PathBuf::from("/bin/false");
+    let mut source = source_opts(&f, None);
+    source.mode = Mode::PostCopy;
+    let staging = f.dir.path().join("staging");
+    let rt = runtime();
+    let (result, target) = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut opts = TargetOptions::new(staging);
+            opts.restorer = Some(Arc::new(broken));
+            migrate_in(stream, opts).await
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let r = migrate_out(stream, f.pid, source, |_| {}).await;
+        (r, target.await.expect("target"))
+    });
+    let target_error = target.expect_err("the target's restore failed");
+    let err = result.expect_err("the target could not restore");
+    assert!(
+        matches!(err, LiveError::Thawed { .. }),
+        "expected the container thawed on the source, got {err}"
+    );
+    assert!(err.task_untouched(), "{err}");
+    assert_eq!(f.docker_status(), "running");
+    assert_eq!(
+        run_ok("docker", &["inspect", "-f", "{{.State.Pid}}", &f.id]),
+        f.pid.to_string(),
+        "the same process"
+    );
+    assert_eq!(ask(&socket, "TICK"), "2", "the same container goes on");
+    assert_eq!(
+        ask(&socket, "SUM"),
+        expected_checksum(MIB, SEED).to_string()
+    );
+    eprintln!("lazy restore failed on the target ({target_error}); {err}");
 }

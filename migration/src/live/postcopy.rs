@@ -26,15 +26,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::checkpointer::{CheckpointError, Restored as Revived};
-use crate::criu::{Criu, CriuError, DumpOptions, RestoreOptions};
-use crate::lazy::{abort_page_server, close_request, LazyDump};
+use crate::criu::{CriuError, DumpOptions, RestoreOptions};
+use crate::lazy::{abort_page_server, close_request, LazyDump, PageSocket};
 
 use super::options::InDoubt;
 use super::pagemap;
 use super::pageproxy::{Out, PageProxy};
 use super::replica::Replica;
 use super::sibling;
-use super::source::{settle_before_retry, transient, Source, DUMP_ATTEMPTS};
+use super::source::{settle_before_retry, Source, DUMP_ATTEMPTS};
 use super::tracked::FinalRound;
 use super::wire::{read_message, write_message, Message};
 use super::{join_error, LiveError, Migrated, PostCopyStats, RoundStats, TargetOptions};
@@ -45,10 +45,23 @@ const PAGES_FRAME: usize = 256 << 10;
 /// How long a failed target waits for a restore still under way, to kill what it restored.
 const RESTORE_WAIT: Duration = Duration::from_secs(30);
 
-fn tokio_socket(s: std::os::unix::net::UnixStream) -> Result<tokio::net::UnixStream, LiveError> {
-    s.set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixStream::from_std(s))
-        .map_err(|e| LiveError::Worker(format!("the page-server socket: {e}")))
+/// A page-server connection as the relays use it: a socketpair's end or a loopback TCP one.
+trait PageIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PageIo for T {}
+type PageConn = Box<dyn PageIo>;
+
+fn tokio_socket(s: PageSocket) -> Result<PageConn, LiveError> {
+    let e = |e: std::io::Error| LiveError::Worker(format!("the page-server socket: {e}"));
+    Ok(match s {
+        PageSocket::Unix(s) => {
+            s.set_nonblocking(true).map_err(e)?;
+            Box::new(tokio::net::UnixStream::from_std(s).map_err(e)?)
+        }
+        PageSocket::Tcp(s) => {
+            s.set_nonblocking(true).map_err(e)?;
+            Box::new(tokio::net::TcpStream::from_std(s).map_err(e)?)
+        }
+    })
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
@@ -96,14 +109,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
         }
         let started = Instant::now();
         let dir = self.round_dir(1);
-        let mut opts = DumpOptions::new(&dir, self.pid)
-            .network_lock(self.opts.network_lock)
-            .defer_lazy_reads(defer);
-        opts.log_file = Some(self.opts.work_dir.join("round-1.dump.log"));
-        let criu = self.opts.criu.clone();
-        let dumped = tokio::task::spawn_blocking(move || lazy_dump_retrying(&criu, &opts))
-            .await
-            .map_err(join_error)?;
+        let log = self.opts.work_dir.join("round-1.dump.log");
+        let pid = self.pid;
+        let dumped = match self.opts.checkpointer.clone() {
+            // A container: its runtime runs criu (`Checkpointer::dump_lazy`).
+            Some(c) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    lazy_dump_retrying(pid, &dir, || c.dump_lazy(&dir, &log, defer))
+                })
+                .await
+            }
+            None => {
+                let mut opts = DumpOptions::new(&dir, pid)
+                    .network_lock(self.opts.network_lock)
+                    .defer_lazy_reads(defer);
+                opts.log_file = Some(log);
+                let criu = self.opts.criu.clone();
+                tokio::task::spawn_blocking(move || {
+                    lazy_dump_retrying(pid, &opts.images_dir.clone(), || {
+                        let (mut d, s) = criu.dump_lazy(&opts)?;
+                        d.wait_ready()?;
+                        Ok((d, s))
+                    })
+                })
+                .await
+            }
+        }
+        .map_err(join_error)?;
         let (dump, socket, attempts) = match dumped {
             Ok(d) => d,
             Err(e) => {
@@ -209,7 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
     async fn thaw(
         &mut self,
         cause: LiveError,
-        socket: &mut tokio::net::UnixStream,
+        socket: &mut PageConn,
         dump_exit: DumpExit,
     ) -> LiveError {
         self.abort(&cause.to_string()).await;
@@ -223,7 +256,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Source<S> {
     async fn settle(
         &mut self,
         cause: LiveError,
-        mut socket: tokio::net::UnixStream,
+        mut socket: PageConn,
         dump_exit: DumpExit,
         last_heard: Instant,
     ) -> LiveError {
@@ -248,7 +281,7 @@ type DumpExit = tokio::task::JoinHandle<Result<Duration, CriuError>>;
 /// A task frozen by a post-copy's lazy dump whose page server still waits: after a failure in
 /// doubt, the caller makes sure the target runs no copy, then [`FrozenTask::thaw`]s it.
 pub struct FrozenTask {
-    socket: tokio::net::UnixStream,
+    socket: PageConn,
     dump_exit: DumpExit,
     images: PathBuf,
 }
@@ -271,7 +304,7 @@ impl FrozenTask {
 
 /// Fails the transfer of the page server behind `socket` and waits for the dump's end.
 async fn thaw_frozen(
-    socket: &mut tokio::net::UnixStream,
+    socket: &mut PageConn,
     dump_exit: DumpExit,
     cause: LiveError,
     images: PathBuf,
@@ -309,22 +342,21 @@ async fn thaw_frozen(
     }
 }
 
-/// `criu dump --lazy-pages` until it is ready, tried again while it fails only because the task
-/// held a transient connection (like pre-copy's dumps).
+/// A lazy dump of task `pid` into `images` (`ready`: started and waited for until it is
+/// ready), tried again while it fails only because the task held a transient connection (like
+/// pre-copy's dumps).
 fn lazy_dump_retrying(
-    criu: &Criu,
-    opts: &DumpOptions,
-) -> Result<(LazyDump, std::os::unix::net::UnixStream, u32), CriuError> {
+    pid: u32,
+    images: &std::path::Path,
+    mut ready: impl FnMut() -> Result<(LazyDump, PageSocket), CheckpointError>,
+) -> Result<(LazyDump, PageSocket, u32), CheckpointError> {
     let mut attempt = 1;
     loop {
-        let _ = std::fs::remove_dir_all(&opts.images_dir);
-        let ready = criu
-            .dump_lazy(opts)
-            .and_then(|(mut d, s)| d.wait_ready().map(|_| (d, s)));
-        match ready {
-            Err(e) if attempt < DUMP_ATTEMPTS && transient(&e) => {
+        let _ = std::fs::remove_dir_all(images);
+        match ready() {
+            Err(e) if attempt < DUMP_ATTEMPTS && e.transient() => {
                 attempt += 1;
-                settle_before_retry(opts.pid);
+                settle_before_retry(pid);
             }
             r => return r.map(|(d, s)| (d, s, attempt)),
         }
@@ -346,11 +378,11 @@ struct Restored {
 /// restore and the page bytes sent.
 async fn relay_source<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    socket: &mut tokio::net::UnixStream,
+    socket: &mut PageConn,
     commit_by: Option<Instant>,
 ) -> Result<(Restored, u64), LiveError> {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (mut sock_rd, mut sock_wr) = socket.split();
+    let (mut sock_rd, mut sock_wr) = tokio::io::split(socket);
     // Set once the source closed the page server: what it says after is its answer to that
     // close (and answers to prefetches the target no longer needs), for nobody.
     let closed = std::sync::atomic::AtomicBool::new(false);
@@ -409,8 +441,13 @@ async fn relay_source<S: AsyncRead + AsyncWrite + Unpin>(
                         )));
                     }
                     closed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    sock_wr
-                        .write_all(&close_request())
+                    // Then the end of our side: a page server on TCP (runc's) waits for
+                    // it after answering the close, before it ends the dump.
+                    let close = async {
+                        sock_wr.write_all(&close_request()).await?;
+                        sock_wr.shutdown().await
+                    };
+                    close
                         .await
                         .map_err(|e| LiveError::Worker(format!("closing the page server: {e}")))?;
                     return Ok(restored);
@@ -438,8 +475,7 @@ async fn relay_source<S: AsyncRead + AsyncWrite + Unpin>(
 pub(super) async fn post_copy_in<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     opts: &TargetOptions,
-    rebuild: Duration,
-    replica: Replica,
+    staged: Staged,
 ) -> Result<(u32, Duration), LiveError> {
     let dir = opts.staging_dir.clone();
     let log = sibling(&dir, "lazy-pages.log");
@@ -447,23 +483,24 @@ pub(super) async fn post_copy_in<S: AsyncRead + AsyncWrite + Unpin>(
     let (daemon, socket) = tokio::task::spawn_blocking(move || criu.start_lazy_pages(&dir, &log))
         .await
         .map_err(join_error)??;
-    let mut socket = tokio_socket(socket)?;
+    let mut socket = tokio_socket(PageSocket::Unix(socket))?;
     let slot: Arc<Mutex<RestoreSlot>> = Arc::new(Mutex::new(RestoreSlot::Pending));
-    let result = relay_target(
-        stream,
-        &mut socket,
-        opts,
-        daemon,
-        rebuild,
-        replica,
-        slot.clone(),
-    )
-    .await;
+    let result = relay_target(stream, &mut socket, opts, daemon, staged, slot.clone()).await;
     if result.is_err() {
         kill_restored(&slot).await;
     }
     drop(socket);
     result
+}
+
+/// What the target holds of a post-copy once its images are staged.
+pub(super) struct Staged {
+    /// How long rebuilding the images took.
+    pub rebuild: Duration,
+    /// The pages tracked rounds sent before the freeze.
+    pub replica: Replica,
+    /// The task's pid on the source.
+    pub dumped_pid: u32,
 }
 
 /// Where the target's restore is, for the failure path.
@@ -495,15 +532,19 @@ async fn kill_restored(slot: &Arc<Mutex<RestoreSlot>>) {
 
 async fn relay_target<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    socket: &mut tokio::net::UnixStream,
+    socket: &mut PageConn,
     opts: &TargetOptions,
     daemon: crate::lazy::LazyPages,
-    rebuild: Duration,
-    replica: Replica,
+    staged: Staged,
     slot: Arc<Mutex<RestoreSlot>>,
 ) -> Result<(u32, Duration), LiveError> {
+    let Staged {
+        rebuild,
+        replica,
+        dumped_pid,
+    } = staged;
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (mut sock_rd, mut sock_wr) = socket.split();
+    let (mut sock_rd, mut sock_wr) = tokio::io::split(socket);
     // Unbounded: the proxy's output is sent while it is locked, so both directions' bytes
     // leave in the order the proxy made them; what waits here is bounded by the proxy (the
     // daemon's requests, the prefetch window and one answer).
@@ -523,8 +564,10 @@ async fn relay_target<S: AsyncRead + AsyncWrite + Unpin>(
     ro.inherit_fds = opts.inherit_fds.clone();
     ro.root = opts.root.clone();
     let criu = opts.criu.clone();
-    // The caller's restorer (a node's fence and lease) guards the lazy restore as its own.
+    // The caller's restorer (a node's fence and lease) guards the lazy restore as its own; a
+    // container restorer runs it itself (runc runs criu).
     let guard = opts.restorer.clone();
+    let images = opts.staging_dir.clone();
     let life = {
         let tx = tx.clone();
         async move {
@@ -537,6 +580,7 @@ async fn relay_target<S: AsyncRead + AsyncWrite + Unpin>(
                     })
                 };
                 let r = match &guard {
+                    Some(g) if g.restores_lazily() => g.restore_lazy(&images, dumped_pid),
                     Some(g) => g.guard_lazy(&mut lazy),
                     None => lazy(),
                 };

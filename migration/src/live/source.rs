@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::checkpointer::{CheckpointError, Checkpointer};
 use crate::chunks::{ChunkSet, Digest, Recipe, CHUNK_SIZE};
 use crate::compress::{Chooser, Level};
-use crate::criu::{CriuError, DumpReport};
+use crate::criu::DumpReport;
 use crate::planner::{Action, FinalOutcome, FinalReport, Planner, RoundReport};
 use crate::predictor::Predictor;
 
@@ -88,15 +88,6 @@ pub(super) const DUMP_ATTEMPTS: u32 = 8;
 
 /// How long a retry waits for the task's TCP connections to close before it dumps again.
 const QUIET_BEFORE_RETRY: Duration = Duration::from_secs(2);
-
-/// Whether a failed dump only caught the task mid-connection
-/// ([`crate::checkpointer::transient_lines`]); CRIU resumes the task after a failed dump.
-pub(super) fn transient(e: &CriuError) -> bool {
-    match e {
-        CriuError::Failed { errors, .. } => crate::checkpointer::transient_lines(errors),
-        _ => false,
-    }
-}
 
 /// Before a dump is tried again: waits (at most [`QUIET_BEFORE_RETRY`]) until `pid` holds no
 /// TCP connection but its listeners, then a moment more for a Unix peer to go.
@@ -192,13 +183,6 @@ where
         .await
         .map_err(LiveError::Link)?;
     if src.opts.mode == Mode::PostCopy {
-        if src.opts.checkpointer.is_some() {
-            let e = CheckpointError::Unsupported(
-                "post-copy moves processes dumped with CRIU only, not containers".into(),
-            );
-            src.abort(&e.to_string()).await;
-            return Err(e.into());
-        }
         return src.post_copy(start, on_round).await;
     }
     let mut rounds: Vec<RoundStats> = Vec::new();

@@ -130,16 +130,16 @@ where
             if version != VERSION {
                 return Err(LiveError::Version(version));
             }
-            // Post-copy restores lazily with CRIU itself: a process restorer may be stood in
-            // for (its guards wrap the lazy restore: `Restorer::guard_lazy`); a container
-            // restorer may not.
+            // Post-copy restores lazily: with CRIU itself in place of a process restorer (its
+            // guards wrap the lazy restore: `Restorer::guard_lazy`), or through a container
+            // restorer that does it (`Restorer::restore_lazy`).
             let lazy_ok = opts
                 .restorer
                 .as_ref()
-                .is_none_or(|r| r.restores_a_process());
+                .is_none_or(|r| r.restores_a_process() || r.restores_lazily());
             if mode == Mode::PostCopy && !lazy_ok {
                 return Err(CheckpointError::Unsupported(
-                    "post-copy moves processes dumped with CRIU only, not containers".into(),
+                    "this target cannot restore a post-copy's lazy images with its restorer".into(),
                 )
                 .into());
             }
@@ -272,9 +272,12 @@ where
                     // itself; pre-copy's ran on the staging thread and is reported here.
                     let restored = if post_copy {
                         let replica = replica.take().unwrap_or_default();
-                        let r =
-                            super::postcopy::post_copy_in(stream, opts, applied.rebuild, replica)
-                                .await?;
+                        let staged = super::postcopy::Staged {
+                            rebuild: applied.rebuild,
+                            replica,
+                            dumped_pid: pid,
+                        };
+                        let r = super::postcopy::post_copy_in(stream, opts, staged).await?;
                         Some((r.0, r.1, true))
                     } else if let Some((pid, restore)) = applied.restored {
                         let m = Message::Restored {

@@ -162,6 +162,8 @@ struct DockerCopy {
     name: String,
     source: Checkpointed,
     fallback: RuncTask,
+    /// The Docker container's restart policy, lifted for the move.
+    restart: Option<DockerRestartPolicy>,
 }
 
 impl DockerCopy {
@@ -202,6 +204,17 @@ impl LocalCopy for DockerCopy {
 
     async fn losing(&mut self) {
         self.discard_fallback().await;
+    }
+
+    async fn thawed(&mut self) {
+        // Post-copy's frozen container runs on as it was: the fallback is not needed, and a
+        // Docker container gets its restart policy back.
+        self.discard_fallback().await;
+        if let Some(policy) = self.restart.take() {
+            if let Err(e) = self.engine.set_restart(&self.name, policy).await {
+                warn!(name = %self.name, error = %e, "cannot give its restart policy back");
+            }
+        }
     }
 }
 
@@ -332,17 +345,37 @@ impl Mover {
             read_frame::<_, Frame>(stream.get_mut(), MAX_FRAME).await
         })
         .await;
-        match answer {
+        let there = match answer {
             None => return fail("the move did not finish within the deadline".to_string()).await,
-            Some(Ok(Frame::Ready { .. })) => {}
+            Some(Ok(Frame::Ready { network })) => network,
             Some(Ok(Frame::Refused { reason })) => {
                 return fail(format!("{} refused {what}: {reason}", dest.name)).await
             }
             Some(Ok(other)) => return fail(format!("{} answered {other:?}", dest.name)).await,
             Some(Err(e)) => return fail(format!("talking to {} failed: {e}", dest.name)).await,
-        }
+        };
 
         let mut opts = source_options(max_downtime);
+        // Post-copy (a lazy `runc checkpoint`, the target's lazy `runc restore`) restores the
+        // copy beside the frozen original: only where the setting and the network namespaces
+        // allow it. The container's namespace is Docker's (host network) or, for a container
+        // an earlier move restored, the namespace of the node that restored it; the target
+        // restores into its own. Elsewhere, full-dump pre-copy.
+        let lazy = brume_migration::lazy::check_pipe_max_size();
+        match network::may_coexist(self.live, NetworkId::of(pid).as_ref(), there.as_ref()) {
+            Err(why) => {
+                info!(instance = %instance, to = %dest.name, "moving with full-dump pre-copy: {why}")
+            }
+            Ok(()) => match lazy {
+                Ok(()) => {
+                    info!(instance = %instance, to = %dest.name, "moving with post-copy: a lazy runc checkpoint, the pages after the restore");
+                    opts.mode = brume_migration::live::Mode::PostCopy;
+                }
+                Err(e) => {
+                    info!(instance = %instance, to = %dest.name, "moving with full-dump pre-copy: {e}")
+                }
+            },
+        }
         let mut checkpointer = RuncContainer::docker(id.clone());
         checkpointer.root = root;
         checkpointer.fallback = Some(fallback.restore.clone());
@@ -360,6 +393,7 @@ impl Mover {
             name: name.clone(),
             source,
             fallback: fallback.clone(),
+            restart: restart.clone(),
         };
         let (first, doubt, migrated) = match out {
             Ok(m) => (FinishInput::RestoredThere { in_time: true }, None, Some(m)),
@@ -395,6 +429,16 @@ impl Mover {
             }) => (
                 FinishInput::NoAnswer(cause.to_string()),
                 Some((*cause, HereAgain::Images(images), last_heard)),
+                None,
+            ),
+            // Post-copy: the container waits frozen here while the target is settled.
+            Err(LiveError::FrozenInDoubt {
+                cause,
+                frozen,
+                last_heard,
+            }) => (
+                FinishInput::NoAnswer(cause.to_string()),
+                Some((*cause, HereAgain::Frozen(frozen), last_heard)),
                 None,
             ),
             Err(e) => {

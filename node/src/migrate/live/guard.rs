@@ -112,6 +112,18 @@ impl Restorer for Guarded {
     ) -> Result<Restored, CheckpointError> {
         self.guard(restore)
     }
+
+    fn restores_lazily(&self) -> bool {
+        self.inner.restores_lazily()
+    }
+
+    fn restore_lazy(
+        &self,
+        images: &std::path::Path,
+        dumped_pid: u32,
+    ) -> Result<Restored, CheckpointError> {
+        self.guard(&mut || self.inner.restore_lazy(images, dumped_pid))
+    }
 }
 
 impl Guarded {

@@ -28,8 +28,18 @@ pub(crate) struct NetworkId {
 impl NetworkId {
     /// This process's network namespace; `None` where /proc cannot tell.
     pub(crate) fn here() -> Option<Self> {
+        Self::at("/proc/self/ns/net")
+    }
+
+    /// The network namespace of process `pid` (a Docker task's container: Docker's, not
+    /// necessarily this node's); `None` where /proc cannot tell.
+    pub(crate) fn of(pid: u32) -> Option<Self> {
+        Self::at(&format!("/proc/{pid}/ns/net"))
+    }
+
+    fn at(ns: &str) -> Option<Self> {
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-        let ns = std::fs::metadata("/proc/self/ns/net").ok()?;
+        let ns = std::fs::metadata(ns).ok()?;
         Some(Self {
             boot: boot.trim().to_string(),
             dev: ns.dev(),
@@ -98,6 +108,8 @@ mod tests {
     #[test]
     fn this_process_has_a_namespace_equal_to_itself() {
         let a = NetworkId::here().expect("/proc tells the namespace");
-        assert_eq!(Some(a), NetworkId::here());
+        assert_eq!(Some(a.clone()), NetworkId::here());
+        assert_eq!(Some(a), NetworkId::of(std::process::id()));
+        assert_eq!(NetworkId::of(u32::MAX), None, "no such process");
     }
 }
