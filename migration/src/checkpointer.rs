@@ -417,20 +417,46 @@ impl Checkpointer for RuncContainer {
         })
     }
 
-    /// `runc checkpoint --lazy-pages`: runc cannot hand its criu a socket, so the page server
-    /// listens on a loopback port, which a config file in criu's environment keeps on loopback
-    /// (over RPC criu takes only the port of a lazy dump's page server and would listen on
-    /// every address: docs/criu.md, "Post-copy of a Docker container through runc"). The port
-    /// is one the kernel just gave this process and let go; if another program takes it
-    /// first, criu cannot bind, thaws the container, and the dump fails as transient (tried
-    /// again on another port). Once criu is ready this connects to it: the page server serves
-    /// the first peer that connects, and only this process knows the port before then.
+    /// [`RuncContainer::lazy_checkpoint`], then a connection to its page server: the page
+    /// server serves the first peer that connects, and only this process knows the port before
+    /// then.
     fn dump_lazy(
         &self,
         images: &Path,
         log: &Path,
         defer_reads: bool,
     ) -> Result<(LazyDump, PageSocket), CheckpointError> {
+        let (dump, port) = self.lazy_checkpoint(images, log, defer_reads)?;
+        match std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)) {
+            Ok(socket) => {
+                let _ = socket.set_nodelay(true);
+                Ok((dump, PageSocket::Tcp(socket)))
+            }
+            // Dropping the dump kills runc; its criu, with no peer ever, then stays frozen
+            // with the container: say so loudly rather than leave it silently.
+            Err(e) => Err(CheckpointError::Files {
+                what: "connect to the lazy dump's page server (the container may stay frozen; `runc resume` it)",
+                path: PathBuf::from(format!("127.0.0.1:{port}")),
+                source: e,
+            }),
+        }
+    }
+}
+
+impl RuncContainer {
+    /// `runc checkpoint --lazy-pages` until it is ready, and the loopback port its page server
+    /// listens on. runc cannot hand its criu a socket, so the page server listens on a port,
+    /// which a config file in criu's environment keeps on loopback (over RPC criu takes only
+    /// the port of a lazy dump's page server and would listen on every address: docs/criu.md,
+    /// "Post-copy of a Docker container through runc"). The port is one the kernel just gave
+    /// this process and let go; if another program takes it first, criu cannot bind, thaws the
+    /// container, and the dump fails as transient (tried again on another port).
+    pub fn lazy_checkpoint(
+        &self,
+        images: &Path,
+        log: &Path,
+        defer_reads: bool,
+    ) -> Result<(LazyDump, u16), CheckpointError> {
         check_pipe_max_size()?;
         let work = fresh_work_dir(log)?;
         std::fs::create_dir_all(images).map_err(files("create the images directory", images))?;
@@ -474,28 +500,17 @@ impl Checkpointer for RuncContainer {
                 binary: self.runc.clone(),
                 source,
             })?;
-        let mut dump = LazyDump::of_child(
+        let mut dump = LazyDump::of_runc(
             child,
             status,
             images,
             work.join("dump.log"),
             stderr_file,
+            port,
             started,
         );
         dump.wait_ready()?;
-        match std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)) {
-            Ok(socket) => {
-                let _ = socket.set_nodelay(true);
-                Ok((dump, PageSocket::Tcp(socket)))
-            }
-            // Dropping the dump kills runc; its criu, with no peer ever, then stays frozen
-            // with the container: say so loudly rather than leave it silently.
-            Err(e) => Err(CheckpointError::Files {
-                what: "connect to the lazy dump's page server (the container may stay frozen; `runc resume` it)",
-                path: work.join(format!("127.0.0.1:{port}")),
-                source: e,
-            }),
-        }
+        Ok((dump, port))
     }
 }
 
@@ -614,13 +629,18 @@ impl RuncRestore {
             let all = std::fs::read(&output).unwrap_or_default();
             let start = usize::try_from(before).unwrap_or(0).min(all.len());
             let stderr = all.get(start..).unwrap_or_default().to_vec();
-            return Err(runc_failed(
-                "restore",
-                &self.id,
-                status,
-                &stderr,
-                &work.join("restore.log"),
-            ));
+            let mut log = work.join("restore.log");
+            if lazy {
+                // The work directory is the images directory, which its caller removes once
+                // the move failed: the log is kept beside it (`<images>.restore.log`), where
+                // a process's lazy restore logs.
+                let mut kept = images.as_os_str().to_owned();
+                kept.push(".restore.log");
+                if std::fs::copy(&log, &kept).is_ok() {
+                    log = PathBuf::from(kept);
+                }
+            }
+            return Err(runc_failed("restore", &self.id, status, &stderr, &log));
         }
         let pid = self.pid()?;
         Ok(Restored { pid, elapsed })

@@ -113,6 +113,9 @@ struct Process {
     log_file: PathBuf,
     /// A file with the process's own stderr (runc's messages), quoted when it fails.
     stderr_file: Option<PathBuf>,
+    /// The loopback port of the page server of a lazy dump run by runc, whose criu outlives a
+    /// killed runc: dropped unfinished, it is asked to thaw the task there.
+    page_port: Option<u16>,
     started: Instant,
 }
 
@@ -207,6 +210,7 @@ impl Criu {
                 status: Some(status),
                 log_file,
                 stderr_file: None,
+                page_port: None,
                 started,
             },
             ours,
@@ -215,15 +219,16 @@ impl Criu {
 }
 
 impl LazyDump {
-    /// A lazy dump that another program runs (runc, which runs criu): `child`, whose criu
-    /// writes its ready byte into `status` and logs to `log_file`, its own messages going to
-    /// `stderr_file`.
-    pub(crate) fn of_child(
+    /// A lazy dump that runc runs: `child`, whose criu writes its ready byte into `status`,
+    /// logs to `log_file` and serves pages on loopback `page_port`, runc's own messages going
+    /// to `stderr_file`.
+    pub(crate) fn of_runc(
         child: Child,
         status: io::PipeReader,
         images_dir: &Path,
         log_file: PathBuf,
         stderr_file: PathBuf,
+        page_port: u16,
         started: Instant,
     ) -> LazyDump {
         LazyDump {
@@ -233,6 +238,7 @@ impl LazyDump {
                 status: Some(status),
                 log_file,
                 stderr_file: Some(stderr_file),
+                page_port: Some(page_port),
                 started,
             },
             images_dir: images_dir.to_path_buf(),
@@ -318,13 +324,35 @@ impl Process {
     }
 }
 
+/// How long a dropped runc lazy dump may take to thaw its task and exit before it is killed.
+const THAW_ON_DROP: Duration = Duration::from_secs(10);
+
 impl Drop for Process {
-    /// A process nobody waits for any more is killed, so no criu outlives its migration.
+    /// A process nobody waits for any more is killed, so no criu outlives its migration. A
+    /// lazy dump run by runc is first asked to thaw its task: killing runc would leave its
+    /// criu waiting for a peer with the container frozen. (Nobody connected yet: the request
+    /// thaws it. Somebody did: the connection waits in the backlog unanswered, and runc is
+    /// killed after the bound.)
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(port) = self.page_port {
+            let server = (std::net::Ipv4Addr::LOCALHOST, port).into();
+            if let Ok(mut s) = TcpStream::connect_timeout(&server, Duration::from_secs(1)) {
+                if abort_page_server(&mut s).is_ok() {
+                    let until = Instant::now() + THAW_ON_DROP;
+                    while Instant::now() < until {
+                        if !matches!(child.try_wait(), Ok(None)) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -343,6 +371,7 @@ mod tests {
             status: Some(r),
             log_file: PathBuf::from("/nonexistent/log"),
             stderr_file: None,
+            page_port: None,
             started: Instant::now(),
         }
     }

@@ -30,6 +30,7 @@ use std::time::Duration;
 use brume_migration::checkpointer::{
     prepare_bundle, RuncContainer, RuncRestore, DOCKER_BUNDLES, DOCKER_RUNC_ROOT,
 };
+use brume_migration::lazy::abort_page_server;
 use brume_migration::live::wire::{read_message, write_message, Message};
 use brume_migration::live::{
     migrate_in, migrate_out, LiveError, Mode, RoundStats, SourceOptions, TargetOptions,
@@ -613,4 +614,80 @@ fn a_failed_lazy_restore_on_the_target_thaws_the_docker_container() {
         expected_checksum(MIB, SEED).to_string()
     );
     eprintln!("lazy restore failed on the target ({target_error}); {err}");
+}
+
+/// The IPv4 addresses (as /proc/net/tcp writes them) listening on TCP `port` in this network
+/// namespace.
+fn listeners_on(port: u16) -> Vec<String> {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let want = format!("{port:04X}");
+    tcp.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let local = f.nth(1)?;
+            let state = f.nth(1)?;
+            let (addr, p) = local.split_once(':')?;
+            (p == want && state == "0A").then(|| addr.to_string())
+        })
+        .collect()
+}
+
+/// The lazy `runc checkpoint` on its own: once ready, the criu that serves the frozen
+/// container's pages listens on loopback only (brume's config file in runc's environment says
+/// `address 127.0.0.1`: over RPC criu takes only the port and would listen on every address);
+/// an unknown page-server command then fails the transfer and CRIU thaws the container, which
+/// runs on as Docker's with its counter and memory.
+#[test]
+fn a_lazy_runc_checkpoint_serves_on_loopback_and_thaws_when_aborted() {
+    let test = "a_lazy_runc_checkpoint_serves_on_loopback_and_thaws_when_aborted";
+    if let Err(e) = brume_migration::lazy::check_pipe_max_size() {
+        require::missing(test, Need::Criu, &e.to_string());
+        return;
+    }
+    let Some(f) = Fixture::start(test) else {
+        return;
+    };
+    let socket = socket_of(f.pid);
+    assert_eq!(ask(&socket, "TICK"), "1");
+    let images = f.dir.path().join("lazy");
+    let log = f.dir.path().join("lazy.log");
+    let runc = RuncContainer::docker(f.id.clone());
+    let (dump, port) = runc
+        .lazy_checkpoint(&images, &log, false)
+        .unwrap_or_else(|e| panic!("lazy runc checkpoint: {e}"));
+    let config = log.with_extension("work").join("lazy.conf");
+    assert_eq!(
+        std::fs::read_to_string(&config).expect("the config"),
+        "address 127.0.0.1\n"
+    );
+    let listening = listeners_on(port);
+    assert_eq!(
+        listening,
+        vec!["0100007F".to_string()],
+        "the page server listens on 127.0.0.1:{port} only"
+    );
+    let mut page_socket =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the page server");
+    let peer = page_socket.peer_addr().expect("the page server's address");
+    assert!(peer.ip().is_loopback(), "{peer}");
+    assert!(
+        !images.join("pages-1.img").exists()
+            || std::fs::metadata(images.join("pages-1.img")).map_or(0, |m| m.len())
+                < (MIB as u64) << 18,
+        "the lazy images hold no memory"
+    );
+    abort_page_server(&mut page_socket).expect("the abort request");
+    let ended = dump.wait();
+    assert!(ended.is_err(), "the aborted dump ended as a success");
+    assert_eq!(f.docker_status(), "running");
+    assert_eq!(
+        ask(&socket, "TICK"),
+        "2",
+        "the container thawed and goes on"
+    );
+    assert_eq!(
+        ask(&socket, "SUM"),
+        expected_checksum(MIB, SEED).to_string()
+    );
 }

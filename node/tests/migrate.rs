@@ -1056,8 +1056,23 @@ fn restore_fails_on_the_target(test: &str, live: &str) {
 /// Deploys the relay chain with `checkpoint = "criu"` on the Docker engine, on nodes that run
 /// `fault`'s criu wrapper if given; the net, its service, the nodes (id, host).
 fn docker_criu_chain(prefix: &str, fault: Option<&RestoreFault>) -> Chain {
+    docker_criu_chain_moving(prefix, fault, None)
+}
+
+/// [`docker_criu_chain`] on nodes whose `live_migration` is `live` when given.
+fn docker_criu_chain_moving(
+    prefix: &str,
+    fault: Option<&RestoreFault>,
+    live: Option<&str>,
+) -> Chain {
     let service = unique(prefix);
-    let env = |i| fault.map(|f| f.env(i)).unwrap_or_default();
+    let env = |i| {
+        let mut env = fault.map(|f| f.env(i)).unwrap_or_default();
+        if let Some(live) = live {
+            env.push(("BRUME_LIVE_MIGRATION".into(), live.into()));
+        }
+        env
+    };
     let net = Net(common::ServiceNet::start_with_env(
         Path::new(BRUME),
         4,
@@ -1269,6 +1284,80 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
         now, old,
         "mid runs as the runc container restored on the source"
     );
+
+    let stopped = net.brume(0, &["stop", &service]);
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
+    wait_no_process(&service, "mid");
+}
+
+/// The same failure with post-copy (`live_migration = "tracked"`: a lazy `runc checkpoint`, then
+/// the target's lazy `runc restore`, refused there): the source's CRIU thaws the frozen Docker
+/// container in place. The very process serves on with its count, still Docker's container
+/// (no runc container restored on the source), and stopping the service stops it.
+#[test]
+fn a_docker_lazy_restore_that_fails_on_the_target_thaws_the_task_on_the_source() {
+    let test =
+        "migrate::a_docker_lazy_restore_that_fails_on_the_target_thaws_the_task_on_the_source";
+    if !docker_live_supported(test) {
+        return;
+    }
+    if let Err(e) = brume_migration::lazy::check_pipe_max_size() {
+        require::missing(test, Need::Criu, &e.to_string());
+        return;
+    }
+    let fault = RestoreFault::new(4);
+    let Chain {
+        net,
+        service,
+        nodes,
+        front_port,
+        mid_host,
+        mid_port,
+        source: _,
+        free,
+    } = docker_criu_chain_moving("dthaw", Some(&fault), Some("tracked"));
+    let _leftovers = RuncLeftovers(service.clone());
+    for _ in 0..3 {
+        chain_answers(front_port);
+    }
+    assert_eq!(state(mid_port), 3);
+    let old = processes_of(&service, "mid");
+    assert_eq!(old.len(), 1, "{old:?}");
+
+    fault.arm(free);
+    let moved = net.brume(
+        0,
+        &[
+            "migrate",
+            "mid",
+            "--to",
+            &nodes[free].1,
+            "--max-downtime",
+            MAX_DOWNTIME,
+        ],
+    );
+    let why = text(&moved.stderr);
+    eprintln!("{why}");
+    assert!(
+        !moved.status.success(),
+        "the move succeeded with a broken target"
+    );
+    assert!(why.contains("thawed"), "{why}");
+    let t = fault.calls(free);
+    assert!(
+        t.iter().any(|l| l.starts_with("refused: ")),
+        "the target's criu wrapper refused no restore: {t:#?}"
+    );
+    assert!(
+        t.iter().any(|l| l.contains("lazy-pages")),
+        "the target ran no lazy-pages daemon (not a post-copy move?): {t:#?}"
+    );
+    assert_eq!(net.placement()["mid"], (mid_host, mid_port));
+    assert_eq!(state(mid_port), 3, "the thawed mid kept its count");
+    chain_answers(front_port);
+    assert_eq!(state(mid_port), 4, "the chain goes through the thawed mid");
+    let now = processes_of(&service, "mid");
+    assert_eq!(now, old, "mid runs on as the very process, thawed");
 
     let stopped = net.brume(0, &["stop", &service]);
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));
