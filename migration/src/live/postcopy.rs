@@ -46,8 +46,8 @@ const PAGES_FRAME: usize = 256 << 10;
 const RESTORE_WAIT: Duration = Duration::from_secs(30);
 
 /// A page-server connection as the relays use it: a socketpair's end or a loopback TCP one.
-trait PageIo: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> PageIo for T {}
+trait PageIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> PageIo for T {}
 type PageConn = Box<dyn PageIo>;
 
 fn tokio_socket(s: PageSocket) -> Result<PageConn, LiveError> {

@@ -9,6 +9,7 @@
 
 pub mod chaos;
 pub mod deploy;
+pub mod docker_moves;
 pub mod fedavg;
 pub mod idle;
 pub mod linkspeed;

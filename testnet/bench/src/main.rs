@@ -38,6 +38,10 @@ enum Family {
     /// stop-and-copy of the same task, over links shaped to 100 Mbit/s and 1 Gbit/s between
     /// network namespaces. Needs root and CRIU.
     Migration(brume_bench::migration::MigrationArgs),
+    /// A Docker container moved live by brume's runc checkpointer on this host: full-dump
+    /// pre-copy against post-copy (a lazy runc checkpoint, pages after the restore), at several
+    /// sizes, alternated. Needs root, Docker 20.10, runc and CRIU.
+    DockerMoves(brume_bench::docker_moves::DockerMovesArgs),
     /// Failures on four local daemons (process engine): a crashed host (detection, recovery,
     /// lost instances), a frozen one thawed after --partition-s (duplicates after the heal),
     /// a restarted one (orphan tasks). Needs scripts/build-static.sh's relay binary.
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Family::Transfer(args) => brume_bench::transfer::cli(args),
         Family::Tunnel(args) => brume_bench::tunnel::cli(args),
         Family::Migration(args) => brume_bench::migration::run(args),
+        Family::DockerMoves(args) => brume_bench::docker_moves::run(args),
         Family::Chaos(args) => brume_bench::chaos::run(args),
         Family::Fedavg(args) => brume_bench::fedavg::run(args),
         Family::Predictor(args) => brume_bench::predictor::run(args),
