@@ -1,6 +1,9 @@
 //! The Docker engine's side of a live move: `runc checkpoint` on Docker's runc state dumps the
 //! task's host-network container, and the target restores it as a runc container Docker does
-//! not know, which its engine adopts ([`brume_engine::runc_task`], docs/criu.md).
+//! not know, which its engine adopts ([`brume_engine::runc_task`], docs/criu.md). Between
+//! network namespaces (separate devices) the move is post-copy: a lazy `runc checkpoint`, the
+//! target's lazy `runc restore`, the pages after it; elsewhere full-dump pre-copy, since the
+//! copy could not listen beside its frozen original ([`network::may_coexist`]).
 
 use super::held::HeldCallers;
 use super::*;
@@ -219,9 +222,11 @@ impl LocalCopy for DockerCopy {
 }
 
 impl Mover {
-    /// The source side of a live move of a Docker-engine instance: pre-copy rounds of `runc
-    /// checkpoint --leave-running` of its container, a final checkpoint that stops it, the
-    /// target restoring a runc container (docs/criu.md). The stopped Docker container is removed
+    /// The source side of a live move of a Docker-engine instance: post-copy (a lazy `runc
+    /// checkpoint` that keeps the container frozen until the target holds its pages) where the
+    /// network namespaces allow it, else pre-copy rounds of `runc checkpoint --leave-running`
+    /// of its container and a final checkpoint that stops it; the target restores a runc
+    /// container (docs/criu.md). The stopped Docker container is removed
     /// only once the target took the task; if the target cannot restore it, it comes back here
     /// as a runc container from a bundle copied while it ran, which the engine adopts.
     pub(super) async fn move_live_docker(
