@@ -1290,9 +1290,9 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
     wait_no_process(&service, "mid");
 }
 
-/// The same failure with post-copy (`live_migration = "tracked"`: a lazy `runc checkpoint`, then
-/// the target's lazy `runc restore`, refused there): the source's CRIU thaws the frozen Docker
-/// container in place. The very process serves on with its count, still Docker's container
+/// The same failure with post-copy (`live_migration = "tracked"`: the dirty-page tracker's
+/// rounds where the kernel has it, a lazy `runc checkpoint`, then the target's lazy `runc
+/// restore`, refused there): the source's CRIU thaws the frozen Docker container in place. The very process serves on with its count, still Docker's container
 /// (no runc container restored on the source), and stopping the service stops it.
 #[test]
 fn a_docker_lazy_restore_that_fails_on_the_target_thaws_the_task_on_the_source() {

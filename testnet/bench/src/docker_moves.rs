@@ -55,6 +55,8 @@ pub struct DockerMovesArgs {
 enum Way {
     PreCopy,
     PostCopy,
+    /// Post-copy after rounds of the dirty-page tracker on the container's process.
+    Tracked,
 }
 
 impl Way {
@@ -62,6 +64,7 @@ impl Way {
         match self {
             Way::PreCopy => "pre-copy",
             Way::PostCopy => "post-copy",
+            Way::Tracked => "tracked",
         }
     }
 }
@@ -101,15 +104,12 @@ pub fn run(args: &DockerMovesArgs) -> anyhow::Result<()> {
     );
     let mut bench = Vec::new();
     for &mib in &args.sizes {
-        let mut by_way: Vec<(Way, Vec<Moved>)> =
-            vec![(Way::PreCopy, Vec::new()), (Way::PostCopy, Vec::new())];
+        let ways = [Way::PreCopy, Way::PostCopy, Way::Tracked];
+        let mut by_way: Vec<(Way, Vec<Moved>)> = ways.iter().map(|w| (*w, Vec::new())).collect();
         for run in 0..args.runs {
-            // Alternated, so a drift of the machine's load touches both alike.
-            let order = if run % 2 == 0 {
-                [Way::PreCopy, Way::PostCopy]
-            } else {
-                [Way::PostCopy, Way::PreCopy]
-            };
+            // Rotated, so a drift of the machine's load touches every way alike.
+            let mut order = ways;
+            order.rotate_left(run % ways.len());
             for way in order {
                 let seed = 0x5eed_0000 + (mib as u64) * 100 + run as u64;
                 let m = one_move(&rt, work.path(), &dirtier, &image, mib, seed, args, way)
@@ -133,7 +133,7 @@ pub fn run(args: &DockerMovesArgs) -> anyhow::Result<()> {
         println!("\n{mib} MiB:");
         println!("| way | downtime each | downtime | final dump | restore | rounds | total |");
         println!("|---|---|---|---|---|---|---|");
-        let mut med = [0.0f64; 2];
+        let mut med = [0.0f64; 3];
         for (i, (way, moves)) in by_way.iter().enumerate() {
             let each: Vec<String> = moves.iter().map(|m| format!("{:.0}", m.downtime)).collect();
             let pick = |f: fn(&Moved) -> f64| median(moves.iter().map(f).collect());
@@ -151,9 +151,14 @@ pub fn run(args: &DockerMovesArgs) -> anyhow::Result<()> {
         }
         bench.push(format!("precopy_ms_{mib}={:.0}", med[0]));
         bench.push(format!("postcopy_ms_{mib}={:.0}", med[1]));
+        bench.push(format!("tracked_ms_{mib}={:.0}", med[2]));
         bench.push(format!(
             "postcopy_vs_precopy_{mib}={:.3}",
             med[1] / med[0].max(1e-9)
+        ));
+        bench.push(format!(
+            "tracked_vs_precopy_{mib}={:.3}",
+            med[2] / med[0].max(1e-9)
         ));
     }
     println!("\nBENCH docker_moves {}", bench.join(" "));
@@ -240,8 +245,13 @@ fn one_move(
         max_downtime: Duration::from_secs(120),
         ..PlannerConfig::default()
     };
-    if way == Way::PostCopy {
-        src.mode = Mode::PostCopy;
+    match way {
+        Way::PreCopy => {}
+        Way::PostCopy => src.mode = Mode::PostCopy,
+        Way::Tracked => {
+            src.mode = Mode::PostCopy;
+            src.track = true;
+        }
     }
     let mut dst = TargetOptions::new(staging);
     dst.network_lock = brume_migration::criu::NetworkLock::Skip;
@@ -262,6 +272,9 @@ fn one_move(
         Ok::<_, anyhow::Error>((out, received))
     })?;
     let migrated = out.context("the move failed")?;
+    if way == Way::Tracked && migrated.rounds.len() < 2 {
+        bail!("the move ran no tracked round (the tracker could not attach: see the log)");
+    }
     let received = received.context("the target failed")?;
     let after = verify(&socket(received.pid), dirtier, mib, seed)?;
     if after < before {

@@ -373,8 +373,17 @@ impl Mover {
             }
             Ok(()) => match lazy {
                 Ok(()) => {
-                    info!(instance = %instance, to = %dest.name, "moving with post-copy: a lazy runc checkpoint, the pages after the restore");
+                    // The container's memory crosses in the dirty-page tracker's rounds while
+                    // it runs where the kernel tracks written pages; the rest after the restore.
+                    let tracking = brume_migration::track::probe();
                     opts.mode = brume_migration::live::Mode::PostCopy;
+                    opts.track = tracking.method == brume_migration::track::Method::Tracked;
+                    if opts.track {
+                        info!(instance = %instance, to = %dest.name, "moving with tracked pre-copy and post-copy of the last pages (a lazy runc checkpoint)");
+                    } else {
+                        info!(instance = %instance, to = %dest.name, why = %tracking.why,
+                              "moving with post-copy: a lazy runc checkpoint, the pages after the restore");
+                    }
                 }
                 Err(e) => {
                     info!(instance = %instance, to = %dest.name, "moving with full-dump pre-copy: {e}")
