@@ -33,7 +33,8 @@ use brume_migration::checkpointer::{
 use brume_migration::lazy::abort_page_server;
 use brume_migration::live::wire::{read_message, write_message, Message};
 use brume_migration::live::{
-    migrate_in, migrate_out, LiveError, Mode, RoundStats, SourceOptions, TargetOptions,
+    migrate_in, migrate_out, LiveError, Migrated, Mode, Received, RoundStats, SourceOptions,
+    TargetOptions,
 };
 use brume_migration::planner::{Action, PlannerConfig};
 use brume_testnet::require::{self, Need};
@@ -133,6 +134,15 @@ impl Fixture {
         Some(f)
     }
 
+    /// [`Fixture::start`] for a post-copy test, which needs `fs.pipe-max-size` >= 4 MiB too.
+    fn start_lazy(test: &str) -> Option<Fixture> {
+        if let Err(e) = brume_migration::lazy::check_pipe_max_size() {
+            require::missing(test, Need::Criu, &e.to_string());
+            return None;
+        }
+        Fixture::start(test)
+    }
+
     /// A restorer into a new runc container under the test's own runc root, with a bundle
     /// copied from the running container's (`tag` names it).
     fn restorer(&mut self, tag: &str) -> RuncRestore {
@@ -187,6 +197,31 @@ fn source_opts(f: &Fixture, fallback: Option<RuncRestore>) -> SourceOptions {
     c.fallback = fallback;
     o.checkpointer = Some(Arc::new(c));
     o
+}
+
+/// Moves container `pid` with `source` over loopback TCP to a target that stages into
+/// `staging` and restores with `restorer`, `on_round` seeing each round: the source's and the
+/// target's results.
+fn move_over_loopback(
+    pid: u32,
+    source: SourceOptions,
+    staging: PathBuf,
+    restorer: RuncRestore,
+    on_round: impl FnMut(&RoundStats),
+) -> (Result<Migrated, LiveError>, Result<Received, LiveError>) {
+    runtime().block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let target = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut opts = TargetOptions::new(staging);
+            opts.restorer = Some(Arc::new(restorer));
+            migrate_in(stream, opts).await
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let migrated = migrate_out(stream, pid, source, on_round).await;
+        (migrated, target.await.expect("the target's task"))
+    })
 }
 
 /// A client that TICKs the container every 15 ms until stopped, remembering the last answer
@@ -256,44 +291,30 @@ fn a_docker_container_moves_live_with_precopy_rounds_of_runc_checkpoints() {
     let staging = f.dir.path().join("staging");
     let mut ticker = Ticker::start(socket.clone(), 3);
 
-    let rt = runtime();
     let mut rounds: Vec<RoundStats> = Vec::new();
     let mut before_final: Option<(u64, u64)> = None;
-    let (migrated, received) = rt.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let target = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.expect("accept");
-            let mut opts = TargetOptions::new(staging);
-            opts.restorer = Some(Arc::new(restorer));
-            migrate_in(stream, opts).await
-        });
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let migrated = migrate_out(stream, f.pid, source, |r| {
-            eprintln!(
-                "round {}{}: dumped {} KiB, delta {} KiB, wire {} KiB, dump {} ms ({} attempts, frozen {:?}), round {} ms",
-                r.round,
-                if r.last { " (final)" } else { "" },
-                r.dumped_bytes / 1024,
-                r.delta_bytes / 1024,
-                r.wire_bytes / 1024,
-                r.dump.as_millis(),
-                r.dump_attempts,
-                r.frozen,
-                r.round_time.as_millis()
-            );
-            rounds.push(r.clone());
-            // The planner's next step is the final checkpoint: stop ticking, so the counter
-            // the final checkpoint catches is the ticker's last answer.
-            if r.progress
-                .as_ref()
-                .is_some_and(|p| p.decision.action == Action::FinalDump)
-            {
-                before_final = Some(ticker.stop());
-            }
-        })
-        .await;
-        (migrated, target.await.expect("target task"))
+    let (migrated, received) = move_over_loopback(f.pid, source, staging, restorer, |r| {
+        eprintln!(
+            "round {}{}: dumped {} KiB, delta {} KiB, wire {} KiB, dump {} ms ({} attempts, frozen {:?}), round {} ms",
+            r.round,
+            if r.last { " (final)" } else { "" },
+            r.dumped_bytes / 1024,
+            r.delta_bytes / 1024,
+            r.wire_bytes / 1024,
+            r.dump.as_millis(),
+            r.dump_attempts,
+            r.frozen,
+            r.round_time.as_millis()
+        );
+        rounds.push(r.clone());
+        // The planner's next step is the final checkpoint: stop ticking, so the counter
+        // the final checkpoint catches is the ticker's last answer.
+        if r.progress
+            .as_ref()
+            .is_some_and(|p| p.decision.action == Action::FinalDump)
+        {
+            before_final = Some(ticker.stop());
+        }
     });
     let migrated = migrated.unwrap_or_else(|e| panic!("migration: {e}"));
     let received = received.unwrap_or_else(|e| panic!("target: {e}"));
@@ -433,20 +454,7 @@ fn a_failed_restore_on_the_target_brings_the_container_back_on_the_source() {
     broken.runc = PathBuf::from("/bin/false");
     let source = source_opts(&f, Some(fallback.clone()));
     let staging = f.dir.path().join("staging");
-    let rt = runtime();
-    let (result, target) = rt.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let target = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.expect("accept");
-            let mut opts = TargetOptions::new(staging);
-            opts.restorer = Some(Arc::new(broken));
-            migrate_in(stream, opts).await
-        });
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let r = migrate_out(stream, f.pid, source, |_| {}).await;
-        (r, target.await.expect("target"))
-    });
+    let (result, target) = move_over_loopback(f.pid, source, staging, broken, |_| {});
     assert!(target.is_err(), "the target's restore failed");
     let err = result.expect_err("the target could not restore");
     let LiveError::RestoredAtSource {
@@ -485,12 +493,9 @@ fn a_failed_restore_on_the_target_brings_the_container_back_on_the_source() {
 /// the counter and sums the same memory.
 #[test]
 fn a_docker_container_moves_live_with_post_copy_of_its_memory() {
-    let test = "a_docker_container_moves_live_with_post_copy_of_its_memory";
-    if let Err(e) = brume_migration::lazy::check_pipe_max_size() {
-        require::missing(test, Need::Criu, &e.to_string());
-        return;
-    }
-    let Some(mut f) = Fixture::start(test) else {
+    let Some(mut f) =
+        Fixture::start_lazy("a_docker_container_moves_live_with_post_copy_of_its_memory")
+    else {
         return;
     };
     let socket = socket_of(f.pid);
@@ -502,21 +507,9 @@ fn a_docker_container_moves_live_with_post_copy_of_its_memory() {
     let mut source = source_opts(&f, None);
     source.mode = Mode::PostCopy;
     let staging = f.dir.path().join("staging");
-    let rt = runtime();
     let mut rounds: Vec<RoundStats> = Vec::new();
-    let (migrated, received) = rt.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let target = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.expect("accept");
-            let mut opts = TargetOptions::new(staging);
-            opts.restorer = Some(Arc::new(restorer));
-            migrate_in(stream, opts).await
-        });
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let migrated = migrate_out(stream, f.pid, source, |r| rounds.push(r.clone())).await;
-        (migrated, target.await.expect("target task"))
-    });
+    let (migrated, received) =
+        move_over_loopback(f.pid, source, staging, restorer, |r| rounds.push(r.clone()));
     let migrated = migrated.unwrap_or_else(|e| panic!("migration: {e}"));
     let received = received.unwrap_or_else(|e| panic!("target: {e}"));
     assert_eq!(migrated.target_pid, received.pid);
@@ -565,12 +558,9 @@ fn a_docker_container_moves_live_with_post_copy_of_its_memory() {
 /// counter and memory.
 #[test]
 fn a_failed_lazy_restore_on_the_target_thaws_the_docker_container() {
-    let test = "a_failed_lazy_restore_on_the_target_thaws_the_docker_container";
-    if let Err(e) = brume_migration::lazy::check_pipe_max_size() {
-        require::missing(test, Need::Criu, &e.to_string());
-        return;
-    }
-    let Some(mut f) = Fixture::start(test) else {
+    let Some(mut f) =
+        Fixture::start_lazy("a_failed_lazy_restore_on_the_target_thaws_the_docker_container")
+    else {
         return;
     };
     let socket = socket_of(f.pid);
@@ -581,20 +571,7 @@ fn a_failed_lazy_restore_on_the_target_thaws_the_docker_container() {
     let mut source = source_opts(&f, None);
     source.mode = Mode::PostCopy;
     let staging = f.dir.path().join("staging");
-    let rt = runtime();
-    let (result, target) = rt.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let target = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.expect("accept");
-            let mut opts = TargetOptions::new(staging);
-            opts.restorer = Some(Arc::new(broken));
-            migrate_in(stream, opts).await
-        });
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let r = migrate_out(stream, f.pid, source, |_| {}).await;
-        (r, target.await.expect("target"))
-    });
+    let (result, target) = move_over_loopback(f.pid, source, staging, broken, |_| {});
     let target_error = target.expect_err("the target's restore failed");
     let err = result.expect_err("the target could not restore");
     assert!(
@@ -640,12 +617,9 @@ fn listeners_on(port: u16) -> Vec<String> {
 /// runs on as Docker's with its counter and memory.
 #[test]
 fn a_lazy_runc_checkpoint_serves_on_loopback_and_thaws_when_aborted() {
-    let test = "a_lazy_runc_checkpoint_serves_on_loopback_and_thaws_when_aborted";
-    if let Err(e) = brume_migration::lazy::check_pipe_max_size() {
-        require::missing(test, Need::Criu, &e.to_string());
-        return;
-    }
-    let Some(f) = Fixture::start(test) else {
+    let Some(f) =
+        Fixture::start_lazy("a_lazy_runc_checkpoint_serves_on_loopback_and_thaws_when_aborted")
+    else {
         return;
     };
     let socket = socket_of(f.pid);

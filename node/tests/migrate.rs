@@ -1054,17 +1054,9 @@ fn restore_fails_on_the_target(test: &str, live: &str) {
 }
 
 /// Deploys the relay chain with `checkpoint = "criu"` on the Docker engine, on nodes that run
-/// `fault`'s criu wrapper if given; the net, its service, the nodes (id, host).
-fn docker_criu_chain(prefix: &str, fault: Option<&RestoreFault>) -> Chain {
-    docker_criu_chain_moving(prefix, fault, None)
-}
-
-/// [`docker_criu_chain`] on nodes whose `live_migration` is `live` when given.
-fn docker_criu_chain_moving(
-    prefix: &str,
-    fault: Option<&RestoreFault>,
-    live: Option<&str>,
-) -> Chain {
+/// `fault`'s criu wrapper if given and whose `live_migration` is `live` if given; the net, its
+/// service, the nodes (id, host).
+fn docker_criu_chain(prefix: &str, fault: Option<&RestoreFault>, live: Option<&str>) -> Chain {
     let service = unique(prefix);
     let env = |i| {
         let mut env = fault.map(|f| f.env(i)).unwrap_or_default();
@@ -1105,7 +1097,7 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
         mid_port,
         source,
         free,
-    } = docker_criu_chain("dlive", None);
+    } = docker_criu_chain("dlive", None, None);
     let _leftovers = RuncLeftovers(service.clone());
     for _ in 0..5 {
         chain_answers(front_port);
@@ -1217,15 +1209,36 @@ fn a_docker_criu_task_moves_live_with_its_memory() {
     wait_no_process(&service, "mid");
 }
 
-/// A restore that fails on the target (runc's CRIU is refused there, [`RestoreFault`]): the
-/// source restores mid as a runc container from the
-/// bundle it copied before, its engine adopts it, mid serves on where it was with its count,
-/// exactly one mid runs, and stopping the service stops it.
+/// A restore that fails on the target (runc's CRIU is refused there, [`RestoreFault`]), with
+/// full-dump pre-copy: the source restores mid as a runc container from the bundle it copied
+/// before, its engine adopts it, mid serves on where it was with its count, exactly one mid
+/// runs, and stopping the service stops it.
 #[test]
 fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source() {
-    if !docker_live_supported(
+    docker_restore_fails_on_the_target(
         "migrate::a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source",
-    ) {
+        "pre-copy",
+    );
+}
+
+/// The same failure with post-copy (`live_migration = "tracked"`: the dirty-page tracker's
+/// rounds where the kernel has it, a lazy `runc checkpoint`, then the target's lazy `runc
+/// restore`, refused there): the source's CRIU thaws the frozen Docker container in place. The
+/// very process serves on with its count, still Docker's container (no runc container restored
+/// on the source), and stopping the service stops it.
+#[test]
+fn a_docker_lazy_restore_that_fails_on_the_target_thaws_the_task_on_the_source() {
+    let test =
+        "migrate::a_docker_lazy_restore_that_fails_on_the_target_thaws_the_task_on_the_source";
+    if let Err(e) = brume_migration::lazy::check_pipe_max_size() {
+        require::missing(test, Need::Criu, &e.to_string());
+        return;
+    }
+    docker_restore_fails_on_the_target(test, "tracked");
+}
+
+fn docker_restore_fails_on_the_target(test: &str, live: &str) {
+    if !docker_live_supported(test) {
         return;
     }
     let fault = RestoreFault::new(4);
@@ -1238,7 +1251,7 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
         mid_port,
         source,
         free,
-    } = docker_criu_chain("dback", Some(&fault));
+    } = docker_criu_chain("dback", Some(&fault), Some(live));
     let _leftovers = RuncLeftovers(service.clone());
     for _ in 0..3 {
         chain_answers(front_port);
@@ -1265,99 +1278,38 @@ fn a_docker_restore_that_fails_on_the_target_brings_the_task_back_on_the_source(
         !moved.status.success(),
         "the move succeeded with a broken target"
     );
-    assert!(
-        why.contains("after the final checkpoint") && why.contains("runs here again"),
-        "{why}"
-    );
-    fault.assert_target_refused_source_restored(free, source);
+    if live == "pre-copy" {
+        assert!(
+            why.contains("after the final checkpoint") && why.contains("runs here again"),
+            "{why}"
+        );
+        fault.assert_target_refused_source_restored(free, source);
+    } else {
+        assert!(why.contains("thawed"), "{why}");
+        let t = fault.calls(free);
+        assert!(
+            t.iter().any(|l| l.starts_with("refused: ")),
+            "the target's criu wrapper refused no restore: {t:#?}"
+        );
+        assert!(
+            t.iter().any(|l| l.contains("lazy-pages")),
+            "the target ran no lazy-pages daemon (not a post-copy move?): {t:#?}"
+        );
+    }
     assert_eq!(net.placement()["mid"], (mid_host, mid_port));
-    assert_eq!(state(mid_port), 3, "the restored mid kept its count");
+    assert_eq!(state(mid_port), 3, "mid kept its count");
     chain_answers(front_port);
-    assert_eq!(
-        state(mid_port),
-        4,
-        "the chain goes through the restored mid"
-    );
+    assert_eq!(state(mid_port), 4, "the chain goes through mid");
     let now = processes_of(&service, "mid");
     assert_eq!(now.len(), 1, "exactly one mid process: {now:?}");
-    assert_ne!(
-        now, old,
-        "mid runs as the runc container restored on the source"
-    );
-
-    let stopped = net.brume(0, &["stop", &service]);
-    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
-    wait_no_process(&service, "mid");
-}
-
-/// The same failure with post-copy (`live_migration = "tracked"`: the dirty-page tracker's
-/// rounds where the kernel has it, a lazy `runc checkpoint`, then the target's lazy `runc
-/// restore`, refused there): the source's CRIU thaws the frozen Docker container in place. The very process serves on with its count, still Docker's container
-/// (no runc container restored on the source), and stopping the service stops it.
-#[test]
-fn a_docker_lazy_restore_that_fails_on_the_target_thaws_the_task_on_the_source() {
-    let test =
-        "migrate::a_docker_lazy_restore_that_fails_on_the_target_thaws_the_task_on_the_source";
-    if !docker_live_supported(test) {
-        return;
+    if live == "pre-copy" {
+        assert_ne!(
+            now, old,
+            "mid runs as the runc container restored on the source"
+        );
+    } else {
+        assert_eq!(now, old, "mid runs on as the very process, thawed");
     }
-    if let Err(e) = brume_migration::lazy::check_pipe_max_size() {
-        require::missing(test, Need::Criu, &e.to_string());
-        return;
-    }
-    let fault = RestoreFault::new(4);
-    let Chain {
-        net,
-        service,
-        nodes,
-        front_port,
-        mid_host,
-        mid_port,
-        source: _,
-        free,
-    } = docker_criu_chain_moving("dthaw", Some(&fault), Some("tracked"));
-    let _leftovers = RuncLeftovers(service.clone());
-    for _ in 0..3 {
-        chain_answers(front_port);
-    }
-    assert_eq!(state(mid_port), 3);
-    let old = processes_of(&service, "mid");
-    assert_eq!(old.len(), 1, "{old:?}");
-
-    fault.arm(free);
-    let moved = net.brume(
-        0,
-        &[
-            "migrate",
-            "mid",
-            "--to",
-            &nodes[free].1,
-            "--max-downtime",
-            MAX_DOWNTIME,
-        ],
-    );
-    let why = text(&moved.stderr);
-    eprintln!("{why}");
-    assert!(
-        !moved.status.success(),
-        "the move succeeded with a broken target"
-    );
-    assert!(why.contains("thawed"), "{why}");
-    let t = fault.calls(free);
-    assert!(
-        t.iter().any(|l| l.starts_with("refused: ")),
-        "the target's criu wrapper refused no restore: {t:#?}"
-    );
-    assert!(
-        t.iter().any(|l| l.contains("lazy-pages")),
-        "the target ran no lazy-pages daemon (not a post-copy move?): {t:#?}"
-    );
-    assert_eq!(net.placement()["mid"], (mid_host, mid_port));
-    assert_eq!(state(mid_port), 3, "the thawed mid kept its count");
-    chain_answers(front_port);
-    assert_eq!(state(mid_port), 4, "the chain goes through the thawed mid");
-    let now = processes_of(&service, "mid");
-    assert_eq!(now, old, "mid runs on as the very process, thawed");
 
     let stopped = net.brume(0, &["stop", &service]);
     assert!(stopped.status.success(), "{}", text(&stopped.stderr));

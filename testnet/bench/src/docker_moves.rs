@@ -15,7 +15,6 @@
 //! The downtime is the source's: from the start of the freezing dump to the target's word that
 //! the container runs (the node reports the same), not a client's view.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,7 +31,8 @@ use brume_migration::live::{
 use brume_migration::planner::PlannerConfig;
 use clap::Args;
 
-const DIRTIER_SRC: &str = include_str!("../../../examples/dirtier/src/main.rs");
+use crate::migration::{build_dirtier, verify_dirtier};
+
 const LABEL: &str = "brume.bench=docker-moves";
 /// A liveness bound on anything awaited, never a speed claim.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -90,7 +90,7 @@ pub fn run(args: &DockerMovesArgs) -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("brume-bench-docker-moves-")
         .tempdir()?;
-    let dirtier = build_static_dirtier(work.path())?;
+    let dirtier = build_dirtier(work.path(), true)?;
     let image = format!("brume-bench-dmove:{:08x}", rand::random::<u32>());
     build_image(work.path(), &dirtier, &image)?;
     let _image = RemoveImage(image.clone());
@@ -223,7 +223,7 @@ fn one_move(
     wait_socket(&socket(pid))?;
     // Let it dirty for a while first, then check its memory is what the seed makes.
     std::thread::sleep(Duration::from_millis(500));
-    let before = verify(&socket(pid), dirtier, mib, seed)?;
+    let before = verify_dirtier(&socket(pid), dirtier, mib, seed)?;
     let bundle = dir.join("bundle");
     let config = Path::new(DOCKER_BUNDLES).join(&id).join("config.json");
     prepare_bundle(&config, &bundle, &guard.cgroup)?;
@@ -276,7 +276,7 @@ fn one_move(
         bail!("the move ran no tracked round (the tracker could not attach: see the log)");
     }
     let received = received.context("the target failed")?;
-    let after = verify(&socket(received.pid), dirtier, mib, seed)?;
+    let after = verify_dirtier(&socket(received.pid), dirtier, mib, seed)?;
     if after < before {
         bail!("the restored container's steps went back ({before} -> {after})");
     }
@@ -359,65 +359,6 @@ fn wait_socket(socket: &Path) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
-}
-
-fn ask(socket: &Path, command: &str) -> anyhow::Result<String> {
-    let mut s =
-        UnixStream::connect(socket).with_context(|| format!("connect to {}", socket.display()))?;
-    s.set_read_timeout(Some(PATIENCE))?;
-    writeln!(s, "{command}")?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
-    Ok(line.trim().to_string())
-}
-
-/// Checks that the container's memory is what the seed and its step count make; returns steps.
-fn verify(socket: &Path, dirtier: &Path, mib: usize, seed: u64) -> anyhow::Result<u64> {
-    let line = ask(socket, "SUM")?;
-    let mut it = line.split_whitespace().map(str::parse::<u64>);
-    let (Some(Ok(steps)), Some(Ok(sum))) = (it.next(), it.next()) else {
-        bail!("the container answered {line:?} to SUM");
-    };
-    let out = Command::new(dirtier)
-        .args(["expect", &mib.to_string(), &seed.to_string()])
-        .arg(steps.to_string())
-        .output()?;
-    let expected: u64 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .context("dirtier expect")?;
-    if expected != sum {
-        bail!("after {steps} steps the checksum is {sum}, but the seed and steps make {expected}: the memory did not survive");
-    }
-    Ok(steps)
-}
-
-/// The dirtier, compiled static (`rustc -O`, crt-static) so a `FROM scratch` image runs it.
-fn build_static_dirtier(work: &Path) -> anyhow::Result<PathBuf> {
-    let src = work.join("dirtier.rs");
-    let bin = work.join("dirtier");
-    std::fs::write(&src, DIRTIER_SRC)?;
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-    let out = Command::new(&rustc)
-        .args([
-            "--edition",
-            "2021",
-            "-O",
-            "-C",
-            "target-feature=+crt-static",
-            "-o",
-        ])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .with_context(|| format!("run {rustc} to build the dirtier"))?;
-    if !out.status.success() {
-        bail!(
-            "rustc could not build the dirtier: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(bin)
 }
 
 fn build_image(work: &Path, dirtier: &Path, image: &str) -> anyhow::Result<()> {

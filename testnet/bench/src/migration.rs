@@ -227,7 +227,7 @@ pub fn run(args: &MigrationArgs) -> anyhow::Result<()> {
         .join(format!("brume-bench-migration-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
     let _cleanup = RemoveOnDrop(work.clone());
-    let dirtier = build_dirtier(&work)?;
+    let dirtier = build_dirtier(&work, false)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -831,24 +831,35 @@ impl Task {
 
     /// Checks that the memory is what the seed and the task's step count make; returns steps.
     fn verify(&self, dirtier: &Path) -> anyhow::Result<u64> {
-        let line = ask(&self.socket, "SUM")?;
-        let mut it = line.split_whitespace().map(str::parse::<u64>);
-        let (Some(Ok(steps)), Some(Ok(sum))) = (it.next(), it.next()) else {
-            bail!("the task answered {line:?} to SUM");
-        };
-        let out = Command::new(dirtier)
-            .args(["expect", &self.mib.to_string(), &self.seed.to_string()])
-            .arg(steps.to_string())
-            .output()?;
-        let expected: u64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .context("dirtier expect")?;
-        if expected != sum {
-            bail!("after {steps} steps the task's checksum is {sum}, but the seed and steps make {expected}: its memory did not survive");
-        }
-        Ok(steps)
+        verify_dirtier(&self.socket, dirtier, self.mib, self.seed)
     }
+}
+
+/// Asks the dirtier serving on `socket` for its memory's checksum and checks it is what its
+/// seed and step count make (`dirtier expect`); returns the steps.
+pub(crate) fn verify_dirtier(
+    socket: &Path,
+    dirtier: &Path,
+    mib: usize,
+    seed: u64,
+) -> anyhow::Result<u64> {
+    let line = ask(socket, "SUM")?;
+    let mut it = line.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(steps)), Some(Ok(sum))) = (it.next(), it.next()) else {
+        bail!("the task answered {line:?} to SUM");
+    };
+    let out = Command::new(dirtier)
+        .args(["expect", &mib.to_string(), &seed.to_string()])
+        .arg(steps.to_string())
+        .output()?;
+    let expected: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("dirtier expect")?;
+    if expected != sum {
+        bail!("after {steps} steps the task's checksum is {sum}, but the seed and steps make {expected}: its memory did not survive");
+    }
+    Ok(steps)
 }
 
 impl Task {
@@ -909,14 +920,21 @@ fn nsenter_criu(work: &Path, bed: &Testbed, i: usize) -> anyhow::Result<PathBuf>
     Ok(path)
 }
 
-/// The dirtier, compiled with `rustc -O` into the bench's work directory.
-fn build_dirtier(work: &Path) -> anyhow::Result<PathBuf> {
+/// The dirtier, compiled with `rustc -O` into the bench's work directory; `static_binary`: with
+/// the C library linked in (crt-static), so a `FROM scratch` image runs it
+/// ([`crate::docker_moves`]).
+pub(crate) fn build_dirtier(work: &Path, static_binary: bool) -> anyhow::Result<PathBuf> {
     let src = work.join("dirtier.rs");
     let bin = work.join("dirtier");
     std::fs::write(&src, DIRTIER_SRC)?;
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-    let out = Command::new(&rustc)
-        .args(["--edition", "2021", "-O", "-o"])
+    let mut cmd = Command::new(&rustc);
+    cmd.args(["--edition", "2021", "-O"]);
+    if static_binary {
+        cmd.args(["-C", "target-feature=+crt-static"]);
+    }
+    let out = cmd
+        .arg("-o")
         .arg(&bin)
         .arg(&src)
         .output()
