@@ -199,6 +199,17 @@ fn source_opts(f: &Fixture, fallback: Option<RuncRestore>) -> SourceOptions {
     o
 }
 
+/// What a move left in the test's directory beside the target's staging directory (its
+/// logs, runc's work directory): nothing, once it succeeded.
+fn staging_leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("the test's directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("staging"))
+        .collect()
+}
+
 /// Moves container `pid` with `source` over loopback TCP to a target that stages into
 /// `staging` and restores with `restorer`, `on_round` seeing each round: the source's and the
 /// target's results.
@@ -319,6 +330,8 @@ fn a_docker_container_moves_live_with_precopy_rounds_of_runc_checkpoints() {
     let migrated = migrated.unwrap_or_else(|e| panic!("migration: {e}"));
     let received = received.unwrap_or_else(|e| panic!("target: {e}"));
     let (last, ticks) = before_final.expect("the planner chose the final checkpoint");
+    let left = staging_leftovers(f.dir.path());
+    assert!(left.is_empty(), "left on the target: {left:?}");
 
     assert_eq!(migrated.target_pid, received.pid);
     assert_ne!(received.pid, f.pid, "a new container, a new host pid");
@@ -514,6 +527,8 @@ fn a_docker_container_moves_live_with_post_copy_of_its_memory() {
     let received = received.unwrap_or_else(|e| panic!("target: {e}"));
     assert_eq!(migrated.target_pid, received.pid);
     assert_ne!(received.pid, f.pid, "a new container, a new host pid");
+    let left = staging_leftovers(f.dir.path());
+    assert!(left.is_empty(), "left on the target: {left:?}");
     let post = migrated.post_copy.as_ref().expect("a post-copy move");
     let memory = (MIB as u64) << 20;
     assert_eq!(rounds.len(), 1, "one lazy dump: {rounds:?}");

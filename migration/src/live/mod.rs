@@ -260,6 +260,9 @@ pub(crate) fn remove_siblings(dir: &Path) {
     for suffix in SIBLINGS {
         let _ = std::fs::remove_file(sibling(dir, suffix));
     }
+    // A container restorer's work directory for that log (`restore.work`: runc's, with CRIU's
+    // 46 KB log in it; `crate::checkpointer::RuncRestore`).
+    let _ = std::fs::remove_dir_all(sibling(dir, "restore.work"));
 }
 
 /// `<dir>.<suffix>`, beside the staging directory so the images stay exactly as sent.

@@ -238,6 +238,17 @@ fn one_move(
     let staging = scratch_dir("bench-dmove-in");
     guard.dirs.push(src_dir.clone());
     guard.dirs.push(staging.clone());
+    // What a failed move keeps beside the staging directory (its logs, runc's work directory).
+    for sibling in [
+        "restore.work",
+        "restore.log",
+        "restore.pid",
+        "lazy-pages.log",
+    ] {
+        guard
+            .dirs
+            .push(PathBuf::from(format!("{}.{sibling}", staging.display())));
+    }
     let mut src = SourceOptions::new(src_dir);
     src.checkpointer = Some(Arc::new(RuncContainer::docker(id.clone())));
     src.network_lock = brume_migration::criu::NetworkLock::Skip;
@@ -321,7 +332,9 @@ impl Drop for Cleanup {
             }
         }
         for d in &self.dirs {
-            let _ = std::fs::remove_dir_all(d);
+            if std::fs::remove_dir_all(d).is_err() {
+                let _ = std::fs::remove_file(d);
+            }
         }
     }
 }

@@ -544,20 +544,17 @@ impl Mover {
             self.fences.with(|f| f.gone(&id, g));
             return;
         }
+        // runc's work directory of the restore goes beside the staging directory, removed
+        // with it once the move succeeded (kept when the restore fails: the error names the
+        // CRIU log in it).
         let staging = scratch_dir("live-in");
-        // runc's work directory of the restore, beside the staging directory (kept when the
-        // restore fails: the error names the CRIU log in it).
-        let runc_work = PathBuf::from(format!("{}.restore.work", staging.display()));
         let mut opts = TargetOptions::new(staging);
         opts.network_lock = NetworkLock::Skip;
         opts.restorer = Some(self.guarded(Arc::new(runc.restore.clone()), &id, g, &link));
         opts.store = self.migration_store.get().await;
         let received = self.receive_guarded(&mut stream, opts, &link, &id, g).await;
         let received = match received {
-            Ok(r) => {
-                let _ = std::fs::remove_dir_all(&runc_work);
-                r
-            }
+            Ok(r) => r,
             Err(e) => {
                 info!(%peer, task = %launch.name, error = %e, "live migration in failed");
                 let _ = discard(runc.clone()).await;
