@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::bayes::BayesModel;
+use super::calibrated::Conformal;
 use super::estimates::Predictor;
 use super::mlr::{Mlr, WINDOW};
 use super::pbmlr::{PbMlr, PbMlrConfig};
@@ -33,6 +34,23 @@ pub struct Scores {
     pub pbmlr: f64,
     pub mlr: f64,
     pub bayes: f64,
+    /// PB-MLR with its conformal margin; zero in a state written before it existed.
+    #[serde(default)]
+    pub conformal: f64,
+    /// Late predictions of each model, counted since they were first kept.
+    #[serde(default)]
+    pub late: Lates,
+}
+
+/// How many of each model's predictions were late, over the last `dumps` dumps (those since
+/// the node's state first kept them: a state written before reads as none counted).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lates {
+    pub dumps: u64,
+    pub conformal: u64,
+    pub pbmlr: u64,
+    pub mlr: u64,
+    pub bayes: u64,
 }
 
 /// The online models of one node.
@@ -40,6 +58,10 @@ pub struct Scores {
 pub struct Models {
     pub version: u32,
     pub pbmlr: PbMlr,
+    /// The conformal margin on PB-MLR's answers ([`super::calibrated`]); empty (the prior's
+    /// margin) in a state written before it existed.
+    #[serde(default)]
+    pub conformal: Conformal,
     pub mlr: Mlr,
     pub bayes: BayesModel,
     /// Each model's lost computation on the node's own dumps ([`super::choice`]); zero in a
@@ -58,6 +80,7 @@ impl Models {
         Models {
             version: VERSION,
             pbmlr: PbMlr::new(cfg, PbMlrConfig::default()),
+            conformal: Conformal::default(),
             mlr: Mlr::new(cfg, WINDOW),
             bayes: BayesModel::upper(cfg),
             lost: Scores::default(),

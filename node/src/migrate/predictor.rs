@@ -4,9 +4,10 @@
 //! its downtime fits, to start a move in time), and only its own dumps say that for its disk,
 //! CPUs and load. Every dump of a live move on the process engine is one sample: the features
 //! are read from `/proc` just before it ([`probe`]), the measured duration is learned after it
-//! by every model of `brume_migration::predictor` (PB-MLR, MLR, Bayes), and the node uses the
-//! one with the least lost computation so far (seed 000's measure, as `brume bench predictor`
-//! replays it). Each dump is logged with the prediction of the model in use beside the
+//! by every model of `brume_migration::predictor` (PB-MLR, with and without its conformal
+//! margin, MLR, Bayes), and the node uses PB-MLR with the margin unless another model has
+//! stayed within the late target over at least 20 dumps and lost less computation (seed 000's
+//! measure, as `brume bench predictor` replays it; `predictor::choice`). Each dump is logged with the prediction of the model in use beside the
 //! measured value. The planner's own dump and restore estimates are kept in the same file, so a
 //! move starts from what the last one taught it rather than from the prior.
 //!
@@ -235,7 +236,7 @@ mod tests {
         let models = DumpModels::open(dir.path());
         let v = models.view();
         assert_eq!(v.dumps, 0);
-        assert_eq!(v.model, "pbmlr");
+        assert_eq!(v.model, "pbmlr+conformal");
         assert!(
             v.refused.as_deref().is_some_and(|r| r.contains("corrupt")),
             "{v:?}"

@@ -121,7 +121,11 @@ pub fn render(reports: &[Report], window: usize, target_pct: f64) -> String {
     );
     for (k, (r, c)) in reports.iter().zip(&curves).enumerate() {
         let color = COLORS[k % COLORS.len()];
-        let width = if r.name == "pbmlr" { 2.5 } else { 1.3 };
+        let width = if r.name == "pbmlr+conformal" {
+            2.5
+        } else {
+            1.3
+        };
         for panel in 0..2 {
             let pts: Vec<String> = c
                 .iter()

@@ -35,7 +35,9 @@ fn predictor_bench_runs_on_the_fixture_and_reports_every_key() {
             "early_pct",
             "late_pct",
             "lost_vs_mlr",
-            "lost_vs_static"
+            "lost_vs_static",
+            "pbmlr_dumps_to_learn",
+            "pbmlr_late_pct"
         ]
     );
     let pct = seen["late_pct"] + seen["early_pct"];
@@ -45,8 +47,16 @@ fn predictor_bench_runs_on_the_fixture_and_reports_every_key() {
         "{seen:?}"
     );
     assert!(seen["dumps_to_learn"] >= -1.0, "{seen:?}");
+    assert!((0.0..=100.0).contains(&seen["pbmlr_late_pct"]), "{seen:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for row in ["pbmlr", "mlr", "bayes", "static-best", "cross-validated R²"] {
+    for row in [
+        "pbmlr+conformal",
+        "pbmlr ",
+        "mlr",
+        "bayes",
+        "static-best",
+        "cross-validated R²",
+    ] {
         assert!(stdout.contains(row), "no {row} in\n{stdout}");
     }
     let doc = std::fs::read_to_string(&svg).expect("the SVG was written");
