@@ -174,9 +174,28 @@ impl RuncContainer {
     /// which a config file in criu's environment keeps on loopback (over RPC criu takes only
     /// the port of a lazy dump's page server and would listen on every address: docs/criu.md,
     /// "Post-copy of a Docker container through runc"). The port is one the kernel just gave
-    /// this process and let go; if another program takes it first, criu cannot bind, thaws the
-    /// container, and the dump fails as transient (tried again on another port).
+    /// this process and let go; if another program takes it first, criu cannot bind and thaws
+    /// the container, and the dump is tried again on another port, up to
+    /// [`PORT_ATTEMPTS`] times (then it fails as transient).
     pub fn lazy_checkpoint(
+        &self,
+        images: &Path,
+        log: &Path,
+        defer_reads: bool,
+    ) -> Result<(LazyDump, u16), CheckpointError> {
+        let mut attempt = 1;
+        loop {
+            match self.lazy_checkpoint_once(images, log, defer_reads) {
+                Err(e) if attempt < PORT_ATTEMPTS && port_taken(&e) => {
+                    attempt += 1;
+                    let _ = std::fs::remove_dir_all(images);
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn lazy_checkpoint_once(
         &self,
         images: &Path,
         log: &Path,
@@ -237,6 +256,15 @@ impl RuncContainer {
         dump.wait_ready()?;
         Ok((dump, port))
     }
+}
+
+/// Lazy dumps tried on a fresh port when the last one was taken before criu bound it.
+pub const PORT_ATTEMPTS: u32 = 3;
+
+/// The dump failed because its page server's port was taken (criu thawed the container).
+fn port_taken(e: &CheckpointError) -> bool {
+    matches!(e, CheckpointError::Runc { criu_errors, .. }
+        if criu_errors.iter().any(|l| l.contains("Can't bind page server")))
 }
 
 fn runc_failed(
@@ -424,5 +452,34 @@ impl RuncRestore {
         run(&["kill", &self.id, "KILL"]);
         std::thread::sleep(Duration::from_millis(100));
         run(&["delete", "-f", &self.id]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(line: &str) -> CheckpointError {
+        CheckpointError::Runc {
+            action: "checkpoint",
+            container: "c".into(),
+            status: Command::new("false").status().expect("run false"),
+            stderr: "criu failed".into(),
+            criu_errors: vec![line.into()],
+            log_file: PathBuf::from("/w/dump.log"),
+        }
+    }
+
+    #[test]
+    fn only_a_taken_page_server_port_is_tried_on_another() {
+        let taken = failed("Error (criu/page-xfer.c:1): Can't bind page server: Address in use");
+        assert!(port_taken(&taken));
+        assert!(taken.transient());
+        // Another transient failure is the caller's to retry (after the connection settles).
+        let tcp = failed("Error (criu/sk-inet.c:200): inet: Connected TCP socket");
+        assert!(tcp.transient() && !port_taken(&tcp));
+        assert!(!port_taken(&failed(
+            "Error (criu/cr-dump.c:1): Dumping FAILED."
+        )));
     }
 }
