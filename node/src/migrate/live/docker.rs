@@ -436,33 +436,17 @@ impl Mover {
                     },
                 };
             }
-            Err(LiveError::InDoubt {
-                cause,
-                images,
-                last_heard,
-            }) => (
-                FinishInput::NoAnswer(cause.to_string()),
-                Some((*cause, HereAgain::Images(images), last_heard)),
-                None,
-            ),
-            // Post-copy: the container waits frozen here while the target is settled.
-            Err(LiveError::FrozenInDoubt {
-                cause,
-                frozen,
-                last_heard,
-            }) => (
-                FinishInput::NoAnswer(cause.to_string()),
-                Some((*cause, HereAgain::Frozen(frozen), last_heard)),
-                None,
-            ),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&work_dir);
-                local.losing().await;
-                self.deployer.stop_instance(instance).await;
-                return self
-                    .lost(&endpoint, callers.take().0, format!("{what} is lost: {e}"))
-                    .await;
-            }
+            Err(e) => match finish::in_doubt(e) {
+                Ok((input, doubt)) => (input, Some(doubt), None),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&work_dir);
+                    local.losing().await;
+                    self.deployer.stop_instance(instance).await;
+                    return self
+                        .lost(&endpoint, callers.take().0, format!("{what} is lost: {e}"))
+                        .await;
+                }
+            },
         };
         // The task is frozen for good here: the finish machine says who runs it.
         let (hold, held) = callers.take();

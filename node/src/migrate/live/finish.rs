@@ -38,6 +38,34 @@ pub(super) enum HereAgain {
     Frozen(FrozenTask),
 }
 
+/// A move whose target may or may not run the task: what the finish machine starts from, and
+/// what brings the task back here if the target surely runs none. Any other error comes back.
+pub(super) fn in_doubt(
+    e: LiveError,
+) -> Result<(FinishInput, (LiveError, HereAgain, Instant)), LiveError> {
+    match e {
+        // Pre-copy: the final images are here.
+        LiveError::InDoubt {
+            cause,
+            images,
+            last_heard,
+        } => Ok((
+            FinishInput::NoAnswer(cause.to_string()),
+            (*cause, HereAgain::Images(images), last_heard),
+        )),
+        // Post-copy: the task waits frozen here while the target is settled.
+        LiveError::FrozenInDoubt {
+            cause,
+            frozen,
+            last_heard,
+        } => Ok((
+            FinishInput::NoAnswer(cause.to_string()),
+            (*cause, HereAgain::Frozen(frozen), last_heard),
+        )),
+        other => Err(other),
+    }
+}
+
 /// A move whose task the final dump froze: what its end needs.
 pub(super) struct Frozen<'a> {
     pub id: &'a InstanceId,

@@ -209,7 +209,7 @@ use crate::migrate::machine::{Finish, FinishAction, FinishEnd, FinishInput};
 use brume_migration::checkpointer::Restorer;
 use brume_migration::live::{restore_at_source, FrozenTask, InDoubt, Received};
 use fault::{Link, Watched};
-use finish::{Frozen, HereAgain, LocalCopy};
+use finish::{Frozen, LocalCopy};
 use guard::{Guarded, COMMIT_WITHIN};
 use network::NetworkId;
 
