@@ -19,14 +19,16 @@
 //! sans-IO mapping cores over such a model), [`localnet`] (a few real `brume node` processes on
 //! loopback, for tests and benches), [`relay_service`] (the three-task service they deploy),
 //! [`offshelf`] (Debian's redis moved live under a client counting its acknowledged writes),
-//! [`taskview`] (the mounts and mapped files of a task's process), and [`require`] (how a test
-//! says what system it needs).
+//! [`taskview`] (the mounts and mapped files of a task's process), [`leftovers`] (what a daemon
+//! leaves in tmpfs, removed when a test network ends) and [`require`] (how a test says what
+//! system it needs).
 //! The benches themselves are the `brume-bench` binary in `testnet/bench`.
 
 pub mod addr;
 pub mod containers;
 pub mod error;
 pub mod latency;
+pub mod leftovers;
 pub mod localnet;
 pub mod netns;
 pub mod offshelf;

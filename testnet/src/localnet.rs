@@ -301,6 +301,13 @@ impl LocalNet {
 
 impl Drop for LocalNet {
     fn drop(&mut self) {
+        // What the daemons' failed moves kept in tmpfs, removed while they still run (their
+        // pids cannot be another's yet).
+        for c in &mut self.nodes {
+            if matches!(c.try_wait(), Ok(None)) {
+                crate::leftovers::remove_daemon_work(c.id());
+            }
+        }
         for c in &mut self.nodes {
             // A child already reaped (killed, stopped) is left alone: its pid may be another's.
             if matches!(c.try_wait(), Ok(None)) {

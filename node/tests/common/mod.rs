@@ -490,42 +490,6 @@ impl Drop for ServiceNet {
                 .output();
         }
         remove_owned(&self.service);
-        // What live moves left on tmpfs (work dirs, restore logs and pid files, a lost task's
-        // final images): named `brume-live-{in,out}-<daemon pid>-*`. Removed while the daemons
-        // still run, so their pids cannot belong to another test's daemons yet.
-        let mut i = 0;
-        while let Some(pid) = self.net.pid(i) {
-            remove_live_work(pid);
-            i += 1;
-        }
-    }
-}
-
-/// Removes the live-migration and periodic-checkpoint work files of daemon `pid` in /dev/shm
-/// and the temp dir.
-fn remove_live_work(pid: u32) {
-    let prefixes = [
-        format!("brume-live-in-{pid}-"),
-        format!("brume-live-out-{pid}-"),
-        format!("brume-checkpoint-{pid}-"),
-        format!("brume-restore-in-{pid}-"),
-    ];
-    for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
-        let Ok(entries) = std::fs::read_dir(&base) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-                continue;
-            }
-            let path = e.path();
-            if path.is_dir() {
-                let _ = std::fs::remove_dir_all(&path);
-            } else {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
     }
 }
 

@@ -115,6 +115,10 @@ pub fn down(name: &str) -> anyhow::Result<Vec<String>> {
     let state = NetState::load(name).ok();
     if let Some(state) = state.as_ref().filter(|s| s.processes) {
         stop_processes(state);
+        // What their failed moves kept in tmpfs (they were stopped just now).
+        for node in &state.nodes {
+            crate::leftovers::remove_daemon_work(node.pid);
+        }
     }
     if let Some(state) = &state {
         if router_proc::ask(state, "stop").is_err() {
