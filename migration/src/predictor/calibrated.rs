@@ -66,9 +66,18 @@ impl Conformal {
         self.scores.len()
     }
 
+    /// α as used: a state read from a file may hold anything.
+    fn alpha(&self) -> f64 {
+        if self.alpha.is_finite() {
+            self.alpha.clamp(1e-6, 0.5)
+        } else {
+            ALPHA
+        }
+    }
+
     /// The prior's score bound: `e^{z·σ₀} − 1`, `z` the standard normal's `1 − α` quantile.
     pub fn prior_quantile(&self) -> f64 {
-        let z = std::f64::consts::SQRT_2 * puruspe::inverf(1.0 - 2.0 * self.alpha);
+        let z = std::f64::consts::SQRT_2 * puruspe::inverf(1.0 - 2.0 * self.alpha());
         (z * LOG_NOISE_SD).exp() - 1.0
     }
 
@@ -77,7 +86,7 @@ impl Conformal {
         let k = self.scores.len();
         let mut sorted = self.scores.clone();
         sorted.sort_by(f64::total_cmp);
-        let rank = ((1.0 - self.alpha) * (k as f64 + 1.0)).ceil() as usize;
+        let rank = (((1.0 - self.alpha()) * (k as f64 + 1.0)).ceil() as usize).max(1);
         let q = if rank <= k {
             sorted[rank - 1]
         } else {
@@ -121,7 +130,8 @@ impl Conformal {
 }
 
 fn push(keep: usize, v: &mut Vec<f64>, x: f64) {
-    if v.len() == keep {
+    // `keep` may come from a file: at least 1, and a longer list is cut down to it.
+    while v.len() >= keep.max(1) {
         v.remove(0);
     }
     v.push(x);
@@ -208,6 +218,23 @@ mod tests {
         // ŷ + q·(ŷ + c), c the median duration.
         assert!((c.apply(1.0) - 2.8).abs() < 1e-12);
         assert!((c.apply(0.01) - (0.01 + 0.9 * 1.01)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_state_read_with_odd_knobs_still_answers() {
+        // What no file written by a node holds, but a hand-edited or damaged one may.
+        for alpha in [f64::NAN, -3.0, 7.0] {
+            let mut odd = Conformal {
+                alpha,
+                keep: 0,
+                scores: vec![0.5, 0.1],
+                durations: Vec::new(),
+            };
+            assert!(odd.apply(1.0).is_finite());
+            odd.record(1.0, 2.0);
+            assert_eq!(odd.scored(), 1, "keep 0 keeps one");
+            assert!(odd.apply(1.0) >= 1.0);
+        }
     }
 
     #[test]
