@@ -45,7 +45,9 @@ fn predictor_bench_with_drain_trials_reports_the_drain_keys() {
             "late_pct",
             "lost_vs_mlr",
             "lost_vs_static",
-            "over_budget_freezes"
+            "over_budget_freezes",
+            "pbmlr_dumps_to_learn",
+            "pbmlr_late_pct"
         ]
     );
     assert_eq!(seen["drain_trials"], 2.0, "{seen:?}");
