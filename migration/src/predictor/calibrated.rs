@@ -153,11 +153,6 @@ impl<M: Model> Calibrated<M> {
         }
     }
 
-    /// The model inside.
-    pub fn inner(&self) -> &M {
-        &self.inner
-    }
-
     /// The margin.
     pub fn margin(&self) -> &Conformal {
         &self.margin

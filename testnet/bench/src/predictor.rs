@@ -206,7 +206,11 @@ pub fn run(args: &PredictorArgs) -> anyhow::Result<()> {
     let mut bayes = BayesModel::mean(&cfg);
     let mut bayes_up = BayesModel::upper(&cfg);
     let mut stat = StaticBest::fit(&samples);
-    let mut conformal = Calibrated::new(PbMlr::new(&cfg, pb_cfg), args.max_late_pct / 100.0, 100);
+    let mut conformal = Calibrated::new(
+        PbMlr::new(&cfg, pb_cfg),
+        args.max_late_pct / 100.0,
+        CONFORMAL_KEEP,
+    );
     let mut margin = Margin::new(PbMlr::new(&cfg, pb_cfg), WINDOW);
     let mut models: [&mut dyn Model; 13] = [
         &mut pb as &mut dyn Model,
