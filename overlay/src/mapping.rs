@@ -15,6 +15,7 @@
 //!   whose predicted RTT fits the remaining budget, waits for their answers, merges them with its
 //!   own record and measured links and answers its parent. The answers climb back the tree the
 //!   request grew: recursive aggregation, ending at the originator with a [`NeighbourhoodMap`].
+//!   A receiver with nothing to forward answers at once, and that answer stands for its ack.
 //!
 //! # How the budget shrinks (what the map contains)
 //!
@@ -67,6 +68,17 @@
 //! --tree`), requests beyond the path budget follow a tree instead of every eligible link: a
 //! peer that published its links with their coordinates ([`MappingNode::set_peer_links`]) gets
 //! the request only from its parents toward the origin ([`crate::reach_tree`]).
+//!
+//! Three economies keep the messages near seed 004's. *Listed candidates*
+//! (`MapConfig::reach_rim`, on): a node sends no request to a peer that is not worth one (not
+//! its child in the tree, or predicted beyond the forwarding bound) but lists the peer's state
+//! record ([`MappingNode::set_peer_record`]) as a candidate in its answer when the record's
+//! coordinate may fit `B * (1 + rim_slack)`: the origin probes it like any candidate, so a node
+//! one link past what the requests reached costs two messages (the probe) instead of a request,
+//! an ack and an answer. *A leaf's answer is its ack*: a node with nothing to forward answers at
+//! once, and the sender takes the link's RTT from that answer. *Probes only where they may
+//! fit*: the origin skips a candidate whose record's coordinate, less the error margin, puts it
+//! beyond `B * (1 + probe_slack)` (a relay far outside the ball; it leaves the map unprobed).
 //!
 //! # Time bounds (why a dead peer cannot stall a map)
 //!
@@ -262,6 +274,19 @@ pub struct MapConfig {
     /// Whether requests within the path budget follow the tree as well (false: they flood as
     /// in seed 004's map, which finds nodes whose coordinates are wrong, at a price in messages).
     pub reach_tree_paths: bool,
+    /// Instead of forwarding beyond the path budget, a node reached by a proven path lists in
+    /// its answer the records of its peers beyond the path budget whose predicted RTT from the
+    /// origin may fit `B * (1 + rim_slack)` (less `reach_margin` times the summed errors), as
+    /// candidates the origin probes. No request leaves the path region, so the map is done by
+    /// the path region's answers (within `B + grace`) plus one round of probes.
+    pub reach_rim: bool,
+    pub rim_slack: f64,
+    /// Forward requests beyond the path budget (false with `reach_rim`: the map is the path
+    /// region and the candidates its nodes list).
+    pub reach_beyond: bool,
+    /// The origin probes a candidate only while its predicted RTT, less `reach_margin` times
+    /// the summed errors, fits `B * (1 + probe_slack)` (infinite: every candidate).
+    pub probe_slack: f64,
 }
 
 impl Default for MapConfig {
@@ -288,6 +313,10 @@ impl Default for MapConfig {
             reach_tree: false,
             reach_tree_parents: 1,
             reach_tree_paths: false,
+            reach_rim: true,
+            rim_slack: 0.0,
+            reach_beyond: true,
+            probe_slack: 1.0,
         }
     }
 }
@@ -299,6 +328,9 @@ struct Peer {
     coord: Option<(Coord, f64)>,
     /// The peer's own coordinate and its links with their coordinates, as the peer published them.
     links: Option<(Coord, Vec<(NodeId, Coord)>)>,
+    /// The peer's last state record (signed by the peer in the daemon), listed as a candidate
+    /// by [`MapConfig::reach_rim`].
+    record: Option<NodeRecord>,
 }
 
 #[derive(Debug, Clone)]
@@ -434,6 +466,19 @@ impl MappingNode {
         }
     }
 
+    /// The peer's state record: what a map lists for it as a candidate, judged by the
+    /// coordinate in it ([`MapConfig::reach_rim`]). A record of another node, or with a
+    /// non-finite coordinate, is ignored. (The coordinate used for forwarding is set apart,
+    /// by [`MappingNode::set_peer_coord`] or a ping.)
+    pub fn set_peer_record(&mut self, peer: NodeId, record: NodeRecord) {
+        if record.id != peer || !record.coord.is_finite() || !record.coord_error.is_finite() {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.record = Some(record);
+        }
+    }
+
     /// The peer's own coordinate and links, as it published them (for [`MapConfig::reach_tree`]).
     pub fn set_peer_links(&mut self, peer: NodeId, own: Coord, links: Vec<(NodeId, Coord)>) {
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -536,7 +581,7 @@ impl MappingNode {
         self.remember(now, id);
         let extend = self.config.reach;
         let mut wait = budget_ms + self.grace_ms(budget_ms);
-        if extend {
+        if extend && self.config.reach_beyond {
             wait += self.config.reach_wait_factor.max(0.0) * budget_ms;
         }
         let reach = Reach {
@@ -549,6 +594,34 @@ impl MappingNode {
         let mut out = Vec::new();
         self.open_session(now, id, None, budget_ms, wait, &[], Some(reach), &mut out);
         out
+    }
+
+    /// Whether a candidate may be within `budget_ms` by the coordinate in its record, as seen
+    /// from this node (the origin) now: its prediction less `reach_margin` times the summed
+    /// errors fits `budget_ms * (1 + probe_slack)`. A relay far outside the ball is not probed.
+    fn worth_probing(&self, map: &NeighbourhoodMap, n: NodeId, budget_ms: f64) -> bool {
+        let Some(rec) = map.nodes.iter().find(|r| r.id == n) else {
+            return false;
+        };
+        let err = self.vivaldi.error() + rec.coord_error.max(0.0);
+        if err.is_nan() || err >= VIVALDI_UNTRUSTED {
+            return true;
+        }
+        let v = self.vivaldi.predict(&rec.coord);
+        v * (1.0 - self.config.reach_margin * err).max(0.0)
+            <= budget_ms * (1.0 + self.config.probe_slack)
+    }
+
+    /// The peer's record and predicted RTT from the origin, when [`MapConfig::reach_rim`] lists
+    /// it: a record is known and its coordinate, less `reach_margin` times the summed errors,
+    /// may fit `B * (1 + rim_slack)`.
+    fn rim_candidate(&self, peer: &Peer, r: &Reach) -> Option<(NodeRecord, f64)> {
+        let rec = peer.record.as_ref().filter(|_| self.config.reach_rim)?;
+        let err = r.error + rec.coord_error.max(0.0);
+        let v = r.coord.predicted_rtt(&rec.coord);
+        let lower = v * (1.0 - self.config.reach_margin * err).max(0.0);
+        (err < VIVALDI_UNTRUSTED && lower <= r.budget_ms * (1.0 + self.config.rim_slack))
+            .then(|| (rec.clone(), v))
     }
 
     /// `(predicted RTT from the origin, summed error)` of a peer, when its coordinate and the
@@ -601,6 +674,8 @@ impl MappingNode {
         let link_budget = reach.map_or(budget_ms, |r| r.budget_ms.max(budget_ms));
         // (peer, est, upper, proven)
         let mut children: Vec<(NodeId, f64, f64, bool)> = Vec::new();
+        // Records of peers listed as candidates (`reach_rim`), with their predicted RTT.
+        let mut rim: Vec<(NodeRecord, f64)> = Vec::new();
         for (&pid, peer) in &self.peers {
             if let Some(s) = peer.rtt.srtt() {
                 if s <= link_budget {
@@ -615,17 +690,14 @@ impl MappingNode {
             let Some((est, upper)) = self.predict(peer) else {
                 continue;
             };
-            if let (Some(r), Some((own, links)), true) =
-                (reach, &peer.links, self.config.reach_tree)
-            {
-                if r.extend
-                    && (self.config.reach_tree_paths || !(proven && upper <= budget_ms))
-                    && {
-                        let k = self.config.reach_tree_parents;
-                        let ps = tree_parents(own, links, id.origin, &r.coord, k);
-                        !ps.is_empty() && !ps.contains(&self.id)
-                    }
-                {
+            let r = reach.filter(|r| r.extend);
+            if let (Some(r), Some((own, links)), true) = (r, &peer.links, self.config.reach_tree) {
+                if (self.config.reach_tree_paths || !(proven && upper <= budget_ms)) && {
+                    let k = self.config.reach_tree_parents;
+                    let ps = tree_parents(own, links, id.origin, &r.coord, k);
+                    !ps.is_empty() && !ps.contains(&self.id)
+                } {
+                    rim.extend(self.rim_candidate(peer, &r));
                     continue;
                 }
             }
@@ -635,20 +707,33 @@ impl MappingNode {
             }
             // Beyond the path budget: worth a request while the peer's predicted direct RTT
             // from the origin, less its error margin, may fit and the answer can come back in
-            // time.
-            let Some(r) = reach.filter(|r| r.extend) else {
+            // time; otherwise perhaps worth listing as a candidate.
+            let Some(r) = r else {
                 continue;
             };
             let in_time = wait_ms - upper - self.config.hop_guard_ms > 0.0;
-            if let Some((v, err)) = Self::predicted_from_origin(peer, &r) {
+            if let (true, Some((v, err))) = (
+                self.config.reach_beyond,
+                Self::predicted_from_origin(peer, &r),
+            ) {
                 let lower = v * (1.0 - self.config.reach_margin * err).max(0.0);
                 let outward = !self.config.reach_outward || v > here;
                 if in_time && outward && lower <= r.budget_ms * (1.0 + self.config.reach_slack) {
                     children.push((pid, est, upper, false));
+                    continue;
                 }
             }
+            rim.extend(self.rim_candidate(peer, &r));
         }
         children.sort_by_key(|c| c.0);
+        for (record, predicted) in rim {
+            map.proofs.push(RttProof {
+                id: record.id,
+                rtt_ms: predicted,
+                how: RttHow::Candidate,
+            });
+            map.nodes.push(record);
+        }
         let deadline = now.plus_ms(wait_ms);
         let mut session = Session {
             parent,
@@ -763,14 +848,15 @@ impl MappingNode {
             return;
         }
         let seen = self.seen.get(&req.id).is_some_and(|exp| *exp > now);
-        out.push(Output::Send {
+        let ack = |answer_follows| Output::Send {
             to: from,
             msg: Message::Ack {
                 id: req.id,
-                answer_follows: !seen,
+                answer_follows,
             },
-        });
+        };
         if seen {
+            out.push(ack(false));
             return;
         }
         self.remember(now, req.id);
@@ -781,7 +867,17 @@ impl MappingNode {
             budget_ms: r.budget_ms.min(self.config.max_budget_ms),
             ..r
         });
+        let at = out.len();
         self.open_session(now, req.id, Some(from), budget, wait, &req.skip, reach, out);
+        // A node with nothing to forward answers at once, and its answer is its ack (one
+        // message instead of two; the sender takes the RTT from it as from an ack).
+        let answered = out[at..].iter().any(|o| {
+            matches!(o, Output::Send { to, msg: Message::Answer { id, .. } }
+                if *to == from && *id == req.id)
+        });
+        if !answered {
+            out.insert(at, ack(true));
+        }
     }
 
     fn on_ack(
@@ -829,6 +925,14 @@ impl MappingNode {
         }
         // A child we gave up on may still answer while the session is open: keep its data.
         session.pending.remove(&from);
+        // An answer that came instead of an ack (a leaf's) measures the link as the ack would.
+        if let Some(sent) = session.sent_at.remove(&from) {
+            let rtt = now.ms_since(sent);
+            session.map.links.push(Link::new(self.id, from, rtt));
+            if let Some(peer) = self.peers.get_mut(&from) {
+                peer.rtt.sample(rtt);
+            }
+        }
         session.map.merge(map);
         self.maybe_finish(now, id, out);
     }
@@ -990,7 +1094,8 @@ impl MappingNode {
             let probe = match map.proof(n).map(|p| p.how) {
                 Some(RttHow::Direct | RttHow::Origin) => own_link,
                 Some(RttHow::Path) => self.config.confirm_paths,
-                Some(RttHow::Candidate) | None => true,
+                Some(RttHow::Candidate) => self.worth_probing(&map, n, budget),
+                None => true,
             };
             if probe {
                 targets.push(n);
@@ -1316,6 +1421,115 @@ mod reach_tests {
                 assert_eq!(p.rtt_ms, 11.0);
             }
         }
+    }
+
+    fn record_at(id: NodeId, x: f64) -> NodeRecord {
+        let mut r = NodeRecord::bare(id);
+        r.coord = at(x);
+        r.coord_error = 0.05;
+        r
+    }
+
+    /// `A` got the request with 3 ms of path budget left; its links to `C` and `D` (12 ms) do
+    /// not fit it. With `reach_rim` and no forwarding beyond the path budget, `A` sends no
+    /// request and answers at once, listing `C` (its record says ~10 ms from the origin) as a
+    /// candidate with that prediction, and not `D` (~100 ms). The answer is also `A`'s ack.
+    /// A record of another node than the peer it is given for is ignored.
+    #[test]
+    fn a_reached_node_lists_the_peers_it_does_not_ask_as_candidates() {
+        let rim = MapConfig {
+            reach_rim: true,
+            reach_beyond: false,
+            ..MapConfig::default()
+        };
+        let mut a = node(A, rim.clone());
+        pinged(&mut a, C, 12.0);
+        pinged(&mut a, D, 12.0);
+        pinged(&mut a, E, 12.0);
+        a.set_peer_record(C, record_at(C, 10.0));
+        a.set_peer_record(D, record_at(D, 100.0));
+        a.set_peer_record(E, record_at(C, 5.0));
+        let answer_of = |a: &mut MappingNode| {
+            let out = a.handle_message(Time(0), O, request(3.0, Some(reach(true))));
+            match &out[..] {
+                [Output::Send {
+                    to,
+                    msg: Message::Answer { map, .. },
+                }] if *to == O => map.clone(),
+                _ => panic!("{out:?}"),
+            }
+        };
+        let map = answer_of(&mut a.clone());
+        assert_eq!(map.ids(), vec![A, C]);
+        let p = map.proof(C).copied();
+        assert_eq!(p.map(|p| p.how), Some(RttHow::Candidate));
+        let predicted = at(0.0).predicted_rtt(&at(10.0));
+        assert!(
+            p.is_some_and(|p| (p.rtt_ms - predicted).abs() < 1e-9),
+            "{p:?}"
+        );
+        assert_eq!(map.proof(A).map(|p| p.how), Some(RttHow::Path));
+
+        a.set_config(MapConfig {
+            reach_rim: false,
+            ..rim
+        });
+        assert_eq!(answer_of(&mut a).ids(), vec![A]);
+    }
+
+    /// An answer that arrives without an ack (a leaf answers at once) measures the link as an
+    /// ack would: the time it took is a sample of the peer's RTT.
+    #[test]
+    fn an_answer_without_an_ack_measures_the_link() {
+        let mut o = node(O, MapConfig::default());
+        pinged(&mut o, A, 5.0);
+        let (id, out) = o.start_fresh_map(Time(0), 15.0);
+        assert_eq!(requests(&out).len(), 1, "{out:?}");
+        let mut answer = NeighbourhoodMap::single(NodeRecord::bare(A));
+        answer.proofs.push(RttProof {
+            id: A,
+            rtt_ms: 5.0,
+            how: RttHow::Path,
+        });
+        let out = o.handle_message(Time(6_000), A, Message::Answer { id, map: answer });
+        assert!(matches!(&out[..], [Output::MapDone { .. }]), "{out:?}");
+        let srtt = o.peer_rtt(A).and_then(|r| r.srtt());
+        assert!(srtt.is_some_and(|s| s > 5.0 && s < 6.0), "{srtt:?}");
+    }
+
+    /// The origin does not probe a candidate whose record puts it far beyond the budget (a
+    /// relay): it leaves the map unprobed. One whose record may fit is probed.
+    #[test]
+    fn the_origin_probes_only_candidates_that_may_fit() {
+        let mut o = node(O, MapConfig::default());
+        for _ in 0..200 {
+            o.on_remote_sample(&Coord::origin(), 0.01, 0.5);
+        }
+        assert!(o.vivaldi().error() < 0.2, "error {}", o.vivaldi().error());
+        pinged(&mut o, A, 5.0);
+        let (id, out) = o.start_fresh_map(Time(0), 15.0);
+        assert_eq!(requests(&out).len(), 1, "{out:?}");
+        let mut answer = NeighbourhoodMap::single(NodeRecord::bare(A));
+        answer.nodes.push(record_at(C, 8.0));
+        answer.nodes.push(record_at(D, 500.0));
+        for (id, rtt_ms, how) in [
+            (A, 5.0, RttHow::Path),
+            (C, 8.0, RttHow::Candidate),
+            (D, 500.0, RttHow::Candidate),
+        ] {
+            answer.proofs.push(RttProof { id, rtt_ms, how });
+        }
+        answer.normalize();
+        let out = o.handle_message(Time(6_000), A, Message::Answer { id, map: answer });
+        let [Output::Probe { targets, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(targets.iter().map(|r| r.id).collect::<Vec<_>>(), vec![C]);
+        let out = o.handle_probe_result(Time(14_000), id, C, Some(8.0));
+        let [Output::MapDone { map, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(map.ids(), vec![O, A, C]);
     }
 
     /// Runs the origin `O` (peer `A` at 5 ms) to the point where `A` answered with `answer`.

@@ -728,6 +728,7 @@ impl Driver {
         self.remember_record(&record);
         self.mapping
             .set_peer_coord(node, record.coord, record.coord_error);
+        self.mapping.set_peer_record(node, record.clone());
         if let Some(e) = self.peers.get_mut(&node) {
             e.record = Some(record);
         }

@@ -324,6 +324,7 @@ impl<'m> Simulation<'m> {
             config,
         };
         sim.warm_up();
+        sim.publish_records();
         if sim.config.spread > 0 {
             sim.spread_links(sim.config.spread);
         }
@@ -399,6 +400,7 @@ impl<'m> Simulation<'m> {
                 }
             }
         }
+        self.publish_records();
     }
 
     /// Adds Yao-graph links by Vivaldi coordinates: the plane around each node is cut into `k`
@@ -436,6 +438,19 @@ impl<'m> Simulation<'m> {
             }
         }
         self.ping_new_links(&added);
+    }
+
+    /// Tells every node its neighbours' current state records, as the daemon does when a
+    /// peer's signed record arrives (what [`brume_overlay::mapping::MapConfig::reach_rim`]
+    /// lists as candidates).
+    pub fn publish_records(&mut self) {
+        let records: Vec<NodeRecord> = self.nodes.iter().map(|x| x.record()).collect();
+        for i in 0..self.nodes.len() {
+            for k in 0..self.graph.neighbours(i).len() {
+                let j = self.graph.neighbours(i)[k];
+                self.nodes[i].set_peer_record(NodeId(j as u64), records[j].clone());
+            }
+        }
     }
 
     /// Tells every node its neighbours' links with their coordinates, as a node's state record

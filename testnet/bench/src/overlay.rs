@@ -116,6 +116,26 @@ pub struct OverlayArgs {
     /// as in seed 004's map).
     #[arg(long)]
     pub tree_paths: bool,
+    /// Direct maps: nodes do not list the records of peers they send no request to as
+    /// candidates (`MapConfig::reach_rim`, on by default: a reached node lists its peers
+    /// predicted within budget x (1 + --rim-slack), and the origin probes them).
+    #[arg(long)]
+    pub no_rim: bool,
+    /// Direct maps: no request beyond the path budget (the map is then the path region and the
+    /// candidates its nodes list).
+    #[arg(long)]
+    pub no_beyond: bool,
+    /// Direct maps: the origin probes only candidates predicted within budget x (1 + this)
+    /// (less the error margin); `inf`: every candidate.
+    #[arg(long, value_name = "F", default_value_t = MapConfig::default().probe_slack)]
+    pub probe_slack: f64,
+    /// Warm-up rounds before the maps: every node pings each neighbour and a few random nodes
+    /// once per round (Vivaldi's training).
+    #[arg(long, value_name = "N", default_value_t = SimConfig::default().warmup_rounds)]
+    pub warmup: usize,
+    /// With --rim: list peers predicted within budget x (1 + this).
+    #[arg(long, value_name = "F", default_value_t = MapConfig::default().rim_slack)]
+    pub rim_slack: f64,
 }
 
 impl OverlayArgs {
@@ -131,6 +151,10 @@ impl OverlayArgs {
             reach_tree: self.tree,
             reach_tree_parents: self.parents,
             reach_tree_paths: self.tree_paths,
+            reach_rim: !self.no_rim,
+            rim_slack: self.rim_slack,
+            reach_beyond: !self.no_beyond,
+            probe_slack: self.probe_slack,
             ..MapConfig::default()
         }
     }
@@ -188,6 +212,7 @@ struct Scale {
     nodes: usize,
     links: usize,
     vivaldi_err: f64,
+    warmup_rounds: usize,
     build_s: f64,
     maps_s: f64,
     /// Seed 004's maps (paths only) and issue 17's direct maps, same overlay, same origins.
@@ -284,6 +309,7 @@ fn evaluate(
     let config = SimConfig {
         seed,
         map: path_config(),
+        warmup_rounds: args.warmup,
         ..SimConfig::default()
     };
     let mut sim = Simulation::new(model, config);
@@ -316,6 +342,7 @@ fn evaluate(
             SimConfig {
                 seed,
                 map: args.reach_config(),
+                warmup_rounds: args.warmup,
                 ..SimConfig::default()
             },
         );
@@ -336,6 +363,7 @@ fn evaluate(
         nodes: n,
         links,
         vivaldi_err,
+        warmup_rounds: args.warmup,
         build_s,
         maps_s: t.elapsed().as_secs_f64(),
         rows,
@@ -356,7 +384,7 @@ fn print_scale(s: &Scale) {
         c.near,
         c.far,
         100.0 * s.vivaldi_err,
-        c.warmup_rounds,
+        s.warmup_rounds,
         s.build_s,
         s.maps_s
     );
