@@ -263,6 +263,16 @@ pub struct MapStats {
     pub completion_ms: f64,
     /// The largest RTT of an overlay link inside the region (the "one RTT" of the target).
     pub max_region_link_ms: f64,
+    /// The completion floor of this overlay, whatever the protocol: the share of the direct
+    /// region any map could confirm by `budget + D` (`D` the largest direct RTT in the region,
+    /// the longest probe a map of it needs). The origin learns of a node `x` no sooner than
+    /// an overlay message can bring it back: answers climbing back along paths (recursive
+    /// aggregation, `floor_answers`) at `P(y)` for `y` = `x` or a neighbour listing it (`P`
+    /// the shortest overlay path RTT from the origin); a report sent straight back instead
+    /// (`floor_reports`) at `P(y) / 2 + rtt(origin, y) / 2`. Its probe then takes
+    /// `rtt(origin, x)`.
+    pub floor_answers: f64,
+    pub floor_reports: f64,
 }
 
 impl MapStats {
@@ -739,6 +749,8 @@ impl<'m> Simulation<'m> {
             }
         }
         flood_requests -= truth.len().saturating_sub(1);
+        let (floor_answers, floor_reports) =
+            self.completion_floor(origin, budget_ms, &dist, &direct);
         let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
         MapStats {
             origin,
@@ -761,8 +773,49 @@ impl<'m> Simulation<'m> {
             flood_requests,
             completion_ms,
             max_region_link_ms,
+            floor_answers,
+            floor_reports,
             map,
         }
+    }
+
+    /// See [`MapStats::floor_answers`]: the shares of `direct` confirmable by `budget + D`.
+    fn completion_floor(
+        &self,
+        origin: usize,
+        budget_ms: f64,
+        dist: &[f64],
+        direct: &HashSet<usize>,
+    ) -> (f64, f64) {
+        let d = |v: usize| {
+            if v == origin {
+                Some(0.0)
+            } else {
+                self.model.rtt(origin, v)
+            }
+        };
+        let by = budget_ms + direct.iter().filter_map(|&v| d(v)).fold(0.0, f64::max);
+        let (mut answers, mut reports) = (0, 0);
+        for &x in direct {
+            let Some(dx) = d(x) else { continue };
+            let (mut learn_a, mut learn_r) = (f64::INFINITY, f64::INFINITY);
+            for y in std::iter::once(x).chain(self.graph.neighbours(x).iter().copied()) {
+                learn_a = learn_a.min(dist[y]);
+                if let Some(dy) = d(y) {
+                    learn_r = learn_r.min(dist[y] / 2.0 + dy / 2.0);
+                }
+            }
+            answers += usize::from(learn_a + dx <= by);
+            reports += usize::from(learn_r + dx <= by);
+        }
+        let share = |k: usize| {
+            if direct.is_empty() {
+                1.0
+            } else {
+                k as f64 / direct.len() as f64
+            }
+        };
+        (share(answers), share(reports))
     }
 }
 

@@ -204,6 +204,9 @@ struct Row {
     msgs_per_direct_link: f64,
     /// Largest `completion - (budget + largest confirmation RTT)`.
     worst_confirm_overrun_ms: f64,
+    /// The overlay's completion floor (means of [`MapStats::floor_answers`] and `floor_reports`).
+    floor_answers_mean: f64,
+    floor_reports_mean: f64,
 }
 
 /// One latency model's results.
@@ -282,6 +285,8 @@ fn summarise(budget_ms: f64, stats: &[MapStats]) -> Row {
         precision_direct_min: stats.iter().map(|s| s.precision_direct).fold(1.0, f64::min),
         recall_direct_min: stats.iter().map(|s| s.recall_direct).fold(1.0, f64::min),
         probes_per_map: mean(&|s| s.probes as f64),
+        floor_answers_mean: mean(&|s| s.floor_answers),
+        floor_reports_mean: mean(&|s| s.floor_reports),
         path_proven_per_map: mean(&|s| s.path_proven as f64),
         msgs_per_direct_link: if direct_links == 0 {
             0.0
@@ -335,6 +340,10 @@ fn evaluate(
     let rows = run(&mut sim);
     let links = sim.graph().links();
     sim.set_map_config(args.reach_config());
+    if args.tree {
+        // What the daemon's state exchange tells each node: its neighbours' links.
+        sim.publish_links();
+    }
     let direct_rows = run(&mut sim);
     let cone_rows = (args.cones > 0).then(|| {
         let mut sim = Simulation::new(
@@ -458,7 +467,7 @@ fn print_scale(s: &Scale) {
 fn print_direct(title: &str, rows: &[Row]) {
     println!("{title}");
     println!(
-        "{:>6} {:>4} {:>4} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:>6} {:>4} {:>4} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "budget",
         "maps",
         "done",
@@ -474,11 +483,13 @@ fn print_direct(title: &str, rows: &[Row]) {
         "msg/lnk",
         "t50_ms",
         "tmax_ms",
-        "over_ms"
+        "over_ms",
+        "floorA%",
+        "floorR%"
     );
     for r in rows {
         println!(
-            "{:>6.0} {:>4} {:>4} {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.1} {:>8.1} {:>8.2} {:>8.1} {:>8.1} {:>8.1}",
+            "{:>6.0} {:>4} {:>4} {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.1} {:>8.1} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8.2}",
             r.budget_ms,
             r.maps,
             r.complete,
@@ -494,7 +505,9 @@ fn print_direct(title: &str, rows: &[Row]) {
             r.msgs_per_direct_link,
             r.completion_median_ms,
             r.completion_max_ms,
-            r.worst_confirm_overrun_ms
+            r.worst_confirm_overrun_ms,
+            100.0 * r.floor_answers_mean,
+            100.0 * r.floor_reports_mean
         );
     }
 }
@@ -516,7 +529,12 @@ fn print_legend() {
          acks, answers and 2 per confirmation probe (ping, pong); probes, paths = probes and \
          path-proven nodes per map; msg/lnk = messages per overlay link inside the direct \
          region (target <= 2); over_ms = worst completion - (budget + largest confirmation \
-         RTT), <= 0 meets the target."
+         RTT), <= 0 meets the target; floorA%, floorR% = the overlay's completion floor, \
+         whatever the protocol: the share of the direct region any map could confirm by \
+         budget + the region's largest direct RTT, learning of a node when an answer climbing \
+         back along the shortest overlay path could bring it (from the node or a neighbour \
+         listing it; floorA) or when a report sent straight back could (floorR), then probing \
+         it."
     );
 }
 
