@@ -274,11 +274,10 @@ pub struct MapConfig {
     /// Whether requests within the path budget follow the tree as well (false: they flood as
     /// in seed 004's map, which finds nodes whose coordinates are wrong, at a price in messages).
     pub reach_tree_paths: bool,
-    /// Instead of forwarding beyond the path budget, a node reached by a proven path lists in
-    /// its answer the records of its peers beyond the path budget whose predicted RTT from the
-    /// origin may fit `B * (1 + rim_slack)` (less `reach_margin` times the summed errors), as
-    /// candidates the origin probes. No request leaves the path region, so the map is done by
-    /// the path region's answers (within `B + grace`) plus one round of probes.
+    /// A reached node lists in its answer the state records of the peers it sends no request
+    /// to (not its child in the tree, or beyond the forwarding bound) whose coordinate, less
+    /// `reach_margin` times the summed errors, may fit `B * (1 + rim_slack)`: candidates the
+    /// origin probes, at two messages each instead of a request, an ack and an answer.
     pub reach_rim: bool,
     pub rim_slack: f64,
     /// Forward requests beyond the path budget (false with `reach_rim`: the map is the path
