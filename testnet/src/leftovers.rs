@@ -43,6 +43,25 @@ pub fn remove_daemon_work(pid: u32) {
     }
 }
 
+/// Removes the *empty* work directories of daemon `pid` (`remove_dir` leaves any other): what
+/// a daemon killed with SIGKILL could not remove itself (a move's staging directory it had
+/// emptied). Its files stay: a restarted node may still need what they hold. Call it right
+/// after the daemon was reaped: pids are handed out in turn, so its pid is not another's yet.
+pub fn remove_empty_daemon_dirs(pid: u32) {
+    let prefixes = prefixes(pid);
+    for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if prefixes.iter().any(|p| name.starts_with(p.as_str())) && e.path().is_dir() {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +92,24 @@ mod tests {
         for f in &files[2..] {
             std::fs::remove_file(f).unwrap();
         }
+    }
+
+    #[test]
+    fn a_killed_daemons_empty_dirs_go_and_its_work_stays() {
+        let (gone, kept) = (4_194_403u32, 4_194_404u32);
+        let tmp = std::env::temp_dir();
+        let empty = tmp.join(format!("brume-live-in-{gone}-0c1d"));
+        let full = tmp.join(format!("brume-live-out-{gone}-0c1d"));
+        let other = tmp.join(format!("brume-live-in-{kept}-0c1d"));
+        for d in [&empty, &full, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(full.join("pages-1.img"), b"pages").unwrap();
+        remove_empty_daemon_dirs(gone);
+        assert!(!empty.exists(), "the empty staging dir goes");
+        assert!(full.join("pages-1.img").exists(), "the work in it stays");
+        assert!(other.exists(), "another daemon's dir stays");
+        std::fs::remove_dir_all(&full).unwrap();
+        std::fs::remove_dir(&other).unwrap();
     }
 }

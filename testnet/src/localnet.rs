@@ -196,6 +196,7 @@ impl LocalNet {
         let child = self.nodes.get_mut(i).context("no such node")?;
         child.kill().context("cannot kill the daemon")?;
         child.wait().context("cannot reap the daemon")?;
+        crate::leftovers::remove_empty_daemon_dirs(child.id());
         Ok(())
     }
 
@@ -284,6 +285,7 @@ impl LocalNet {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if matches!(child.try_wait(), Ok(Some(_))) {
+                crate::leftovers::remove_empty_daemon_dirs(child.id());
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
