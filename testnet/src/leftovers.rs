@@ -19,26 +19,33 @@ fn prefixes(pid: u32) -> [String; 4] {
     ]
 }
 
-/// Removes the live-migration and periodic-checkpoint work files of daemon `pid` in /dev/shm
-/// and the temp dir. Call it while the daemon still runs (its pid cannot be another's yet) or
-/// right after it was reaped.
-pub fn remove_daemon_work(pid: u32) {
+/// The work files and directories of daemon `pid` in /dev/shm and the temp dir.
+fn daemon_work(pid: u32) -> Vec<PathBuf> {
     let prefixes = prefixes(pid);
+    let mut found = Vec::new();
     for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
         let Ok(entries) = std::fs::read_dir(&base) else {
             continue;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-                continue;
+            if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                found.push(e.path());
             }
-            let path = e.path();
-            if path.is_dir() {
-                let _ = std::fs::remove_dir_all(&path);
-            } else {
-                let _ = std::fs::remove_file(&path);
-            }
+        }
+    }
+    found
+}
+
+/// Removes the live-migration and periodic-checkpoint work files of daemon `pid` in /dev/shm
+/// and the temp dir. Call it while the daemon still runs (its pid cannot be another's yet) or
+/// right after it was reaped.
+pub fn remove_daemon_work(pid: u32) {
+    for path in daemon_work(pid) {
+        if path.is_dir() {
+            let _ = std::fs::remove_dir_all(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
@@ -48,17 +55,8 @@ pub fn remove_daemon_work(pid: u32) {
 /// emptied). Its files stay: a restarted node may still need what they hold. Call it right
 /// after the daemon was reaped: pids are handed out in turn, so its pid is not another's yet.
 pub fn remove_empty_daemon_dirs(pid: u32) {
-    let prefixes = prefixes(pid);
-    for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
-        let Ok(entries) = std::fs::read_dir(&base) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if prefixes.iter().any(|p| name.starts_with(p.as_str())) && e.path().is_dir() {
-                let _ = std::fs::remove_dir(e.path());
-            }
-        }
+    for path in daemon_work(pid).into_iter().filter(|p| p.is_dir()) {
+        let _ = std::fs::remove_dir(&path);
     }
 }
 
