@@ -210,6 +210,54 @@ fn tree_maps_on_cone_links_are_exact_and_cheaper_than_flooding_the_ball() {
     }
 }
 
+/// The configuration BENCHMARKS.md measures against issue 17's targets (cone links, a tree of
+/// three parents within and beyond the path budget, listed candidates, 128 warm-up rounds)
+/// keeps precision 1, recall over 0.95 and the messages near 2 per overlay link inside the
+/// direct region. On this model seed and these 6 origins it measured 1.48 / 1.55 / 2.32
+/// messages per link and recall 0.980 / 0.999 / 0.983 at 25 / 50 / 80 ms: the 80 ms maps are
+/// over the target of 2 (BENCHMARKS.md reports it). Deterministic: pinned seeds.
+#[test]
+fn three_parent_trees_keep_recall_for_about_two_messages_per_link() {
+    let n = 1_000;
+    let model = SyntheticInternet::new(SyntheticConfig::internet(n, SCALE_SEED));
+    let mut sim = Simulation::new(
+        &model,
+        SimConfig {
+            map: MapConfig {
+                reach_tree: true,
+                reach_tree_parents: 3,
+                reach_tree_paths: true,
+                ..MapConfig::default()
+            },
+            warmup_rounds: 128,
+            ..SimConfig::default()
+        },
+    );
+    sim.cone_links(8);
+    sim.publish_links();
+    let origins: Vec<usize> = (0..6).map(|k| (k * 7919) % n).collect();
+    for budget in [25.0, 50.0, 80.0] {
+        let (mut msgs, mut links, mut recall) = (0, 0, 0.0);
+        for &o in &origins {
+            let m = sim.run_map(o, budget);
+            assert_eq!(m.precision_direct, 1.0, "origin {o}, {budget} ms");
+            msgs += m.messages;
+            links += m.direct_region_links;
+            recall += m.recall_direct / origins.len() as f64;
+        }
+        let per_link = msgs as f64 / links as f64;
+        eprintln!("{budget} ms: {per_link:.2} messages per link, recall {recall:.3}");
+        assert!(
+            per_link <= 2.5,
+            "{budget} ms: {per_link} (model seed {SCALE_SEED})"
+        );
+        assert!(
+            recall >= 0.95,
+            "{budget} ms: recall {recall} (model seed {SCALE_SEED})"
+        );
+    }
+}
+
 /// Candidates listed from records (`reach_rim`, the default) cost nothing but their probes:
 /// the same maps from the same origins send exactly the same requests, acks and answers with
 /// and without them, keep precision 1, and find more nodes with them in all. (Not map by map:
