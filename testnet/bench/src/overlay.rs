@@ -133,7 +133,8 @@ pub struct OverlayArgs {
     /// once per round (Vivaldi's training).
     #[arg(long, value_name = "N", default_value_t = SimConfig::default().warmup_rounds)]
     pub warmup: usize,
-    /// With --rim: list peers predicted within budget x (1 + this).
+    /// Direct maps: listed candidates are peers predicted within budget x (1 + this), less
+    /// the error margin.
     #[arg(long, value_name = "F", default_value_t = MapConfig::default().rim_slack)]
     pub rim_slack: f64,
 }
