@@ -74,6 +74,19 @@ impl MigrationStore {
         }
     }
 
+    /// Waits (at most `timeout`, off the runtime's threads) until no migration's images are
+    /// still being taken into the store: a node stopping right after a move would otherwise
+    /// leave that move's staging directory in tmpfs, half taken in. True if none is under way
+    /// (or the store was never opened).
+    pub async fn settle(&self, timeout: std::time::Duration) -> bool {
+        let Some(store) = self.opened.get().cloned() else {
+            return true;
+        };
+        tokio::task::spawn_blocking(move || store.wait_idle(timeout))
+            .await
+            .unwrap_or(false)
+    }
+
     async fn open(&self) -> Result<Arc<ChunkStore>, OpenError> {
         let (dir, cap) = (self.config.dir.clone(), self.config.cap_bytes);
         // Opening reads every pack's digest table: not on a runtime thread.
@@ -97,6 +110,7 @@ enum OpenError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn the_setting_is_mebibytes_in_the_data_dir() {
@@ -105,6 +119,21 @@ mod tests {
         assert_eq!(c.cap_bytes, crate::live::store::DEFAULT_CAP);
         let huge = MigrationStoreConfig::in_data_dir(Path::new("/data"), u64::MAX);
         assert_eq!(huge.cap_bytes, u64::MAX, "saturates rather than wraps");
+    }
+
+    /// A stopping node waits for an insert under way, and not for a store never opened.
+    #[tokio::test]
+    async fn settle_waits_for_inserts_under_way() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let store = MigrationStore::new(MigrationStoreConfig::in_data_dir(data.path(), 16));
+        assert!(store.settle(Duration::ZERO).await, "never opened");
+        let opened = store.get().await.expect("store");
+        let guard = opened.begin_insert();
+        assert!(!store.settle(Duration::from_millis(20)).await);
+        let release = std::thread::spawn(move || drop(guard));
+        assert!(store.settle(Duration::from_secs(60)).await);
+        release.join().expect("the insert ends");
+        assert!(store.settle(Duration::ZERO).await);
     }
 
     #[tokio::test]

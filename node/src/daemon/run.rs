@@ -342,7 +342,11 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     leases.abort();
     dispatcher.abort();
     undoing.abort();
+    let mover = services.mover.clone();
     services.shutdown().await;
+    if !mover.migration_store.settle(STORE_SETTLE).await {
+        tracing::warn!("a move's images were still going into the chunk store at exit");
+    }
     let _ = std::fs::remove_file(&cfg.control);
     outcome
 }
@@ -495,6 +499,10 @@ async fn collect_periodically(deployer: Arc<Deployer>) {
         }
     }
 }
+
+/// How long a stopping node waits for a finished move's images to go into its chunk store
+/// (they are removed from tmpfs once in).
+const STORE_SETTLE: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
