@@ -20,7 +20,7 @@ fn prefixes(pid: u32) -> [String; 4] {
 }
 
 /// The work files and directories of daemon `pid` in /dev/shm and the temp dir.
-fn daemon_work(pid: u32) -> Vec<PathBuf> {
+pub(crate) fn daemon_work(pid: u32) -> Vec<PathBuf> {
     let prefixes = prefixes(pid);
     let mut found = Vec::new();
     for base in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
@@ -38,25 +38,19 @@ fn daemon_work(pid: u32) -> Vec<PathBuf> {
 }
 
 /// Removes the live-migration and periodic-checkpoint work files of daemon `pid` in /dev/shm
-/// and the temp dir. Call it while the daemon still runs (its pid cannot be another's yet) or
-/// right after it was reaped.
+/// and the temp dir. Call it while the daemon still runs (its pid cannot be another's yet).
 pub fn remove_daemon_work(pid: u32) {
-    for path in daemon_work(pid) {
+    remove(daemon_work(pid));
+}
+
+/// Removes these files and directories (trees), whatever is left of them.
+pub(crate) fn remove(paths: Vec<PathBuf>) {
+    for path in paths {
         if path.is_dir() {
             let _ = std::fs::remove_dir_all(&path);
         } else {
             let _ = std::fs::remove_file(&path);
         }
-    }
-}
-
-/// Removes the *empty* work directories of daemon `pid` (`remove_dir` leaves any other): what
-/// a daemon killed with SIGKILL could not remove itself (a move's staging directory it had
-/// emptied). Its files stay: a restarted node may still need what they hold. Call it right
-/// after the daemon was reaped: pids are handed out in turn, so its pid is not another's yet.
-pub fn remove_empty_daemon_dirs(pid: u32) {
-    for path in daemon_work(pid).into_iter().filter(|p| p.is_dir()) {
-        let _ = std::fs::remove_dir(&path);
     }
 }
 
@@ -90,24 +84,5 @@ mod tests {
         for f in &files[2..] {
             std::fs::remove_file(f).unwrap();
         }
-    }
-
-    #[test]
-    fn a_killed_daemons_empty_dirs_go_and_its_work_stays() {
-        let (gone, kept) = (4_194_403u32, 4_194_404u32);
-        let tmp = std::env::temp_dir();
-        let empty = tmp.join(format!("brume-live-in-{gone}-0c1d"));
-        let full = tmp.join(format!("brume-live-out-{gone}-0c1d"));
-        let other = tmp.join(format!("brume-live-in-{kept}-0c1d"));
-        for d in [&empty, &full, &other] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        std::fs::write(full.join("pages-1.img"), b"pages").unwrap();
-        remove_empty_daemon_dirs(gone);
-        assert!(!empty.exists(), "the empty staging dir goes");
-        assert!(full.join("pages-1.img").exists(), "the work in it stays");
-        assert!(other.exists(), "another daemon's dir stays");
-        std::fs::remove_dir_all(&full).unwrap();
-        std::fs::remove_dir(&other).unwrap();
     }
 }

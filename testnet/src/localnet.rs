@@ -3,15 +3,18 @@
 //! directory, node `i > 0` joining through node 0.
 //!
 //! Dropping a [`LocalNet`] stops its daemons the way an operator would (SIGTERM, so each stops
-//! the tasks it runs), and kills any that linger.
+//! the tasks it runs), kills any that linger, and removes the work they left in tmpfs.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+mod daemon;
+use daemon::Daemon;
 
 /// The latency budget test commands map within (see [`LocalNet::brume`]).
 pub const TEST_BUDGET: &str = "5s";
@@ -19,7 +22,9 @@ pub const TEST_BUDGET: &str = "5s";
 pub struct LocalNet {
     dir: tempfile::TempDir,
     bin: PathBuf,
-    nodes: Vec<Child>,
+    nodes: Vec<Daemon>,
+    /// The work files of daemons replaced by a restart, removed when the net ends.
+    left: Vec<PathBuf>,
     /// How each node was started (to restart it, and for a restarted node to join through).
     started: Vec<Started>,
     /// Each daemon's log goes to [`LocalNet::log`] rather than this program's stderr.
@@ -97,6 +102,7 @@ impl LocalNet {
             dir,
             bin: bin.to_path_buf(),
             nodes: Vec::new(),
+            left: Vec::new(),
             started: Vec::new(),
             logged,
             log_filter: log_filter.to_string(),
@@ -163,9 +169,10 @@ impl LocalNet {
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
         let out = child.stdout.take().context("daemon stdout not piped")?;
         if i < self.nodes.len() {
-            self.nodes[i] = child;
+            let old = std::mem::replace(&mut self.nodes[i], Daemon::new(child));
+            self.left.extend(old.retire());
         } else {
-            self.nodes.push(child);
+            self.nodes.push(Daemon::new(child));
         }
         let mut line = String::new();
         BufReader::new(out)
@@ -194,9 +201,7 @@ impl LocalNet {
     /// it is gone (reaped: the drop then leaves it alone, so no reused pid is signalled).
     pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         let child = self.nodes.get_mut(i).context("no such node")?;
-        child.kill().context("cannot kill the daemon")?;
-        child.wait().context("cannot reap the daemon")?;
-        crate::leftovers::remove_empty_daemon_dirs(child.id());
+        child.kill().context("cannot kill and reap the daemon")?;
         Ok(())
     }
 
@@ -231,7 +236,7 @@ impl LocalNet {
     }
 
     pub fn pid(&self, i: usize) -> Option<u32> {
-        self.nodes.get(i).map(Child::id)
+        self.nodes.get(i).map(Daemon::id)
     }
 
     /// Runs `brume ARGS --control <node i's socket>`.
@@ -276,16 +281,10 @@ impl LocalNet {
         let Some(child) = self.nodes.get_mut(i) else {
             return false;
         };
-        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
+        child.terminate();
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                crate::leftovers::remove_empty_daemon_dirs(child.id());
+            if child.try_wait().is_some() {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -295,36 +294,27 @@ impl LocalNet {
 
     /// Whether every daemon is still running.
     pub fn alive(&mut self) -> bool {
-        self.nodes
-            .iter_mut()
-            .all(|c| matches!(c.try_wait(), Ok(None)))
+        self.nodes.iter_mut().all(|c| c.try_wait().is_none())
     }
 }
 
 impl Drop for LocalNet {
     fn drop(&mut self) {
-        // What the daemons' failed moves kept in tmpfs, removed while they still run (their
-        // pids cannot be another's yet).
         for c in &mut self.nodes {
-            if matches!(c.try_wait(), Ok(None)) {
-                crate::leftovers::remove_daemon_work(c.id());
-            }
-        }
-        for c in &mut self.nodes {
-            // A child already reaped (killed, stopped) is left alone: its pid may be another's.
-            if matches!(c.try_wait(), Ok(None)) {
-                // SAFETY: kill(2) on our own unreaped child's pid has no memory-safety
-                // preconditions.
-                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            }
+            c.terminate();
         }
         let deadline = Instant::now() + Duration::from_secs(15);
         for c in &mut self.nodes {
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+            while Instant::now() < deadline && c.try_wait().is_none() {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = c.kill();
-            let _ = c.wait();
         }
+        // Every daemon reaped now, each with the names of the work it left (what its failed
+        // moves kept in tmpfs on purpose, or a dead one's staging) taken at its reap.
+        let mut left = std::mem::take(&mut self.left);
+        for c in self.nodes.drain(..) {
+            left.extend(c.retire());
+        }
+        crate::leftovers::remove(left);
     }
 }
