@@ -602,19 +602,22 @@ impl MappingNode {
     /// may fit `B * (1 + rim_slack)`.
     fn rim_candidate(&self, peer: &Peer, r: &Reach) -> Option<(NodeRecord, f64)> {
         let rec = peer.record.as_ref().filter(|_| self.config.reach_rim)?;
-        let err = r.error + rec.coord_error.max(0.0);
-        let v = r.coord.predicted_rtt(&rec.coord);
-        let lower = v * (1.0 - self.config.reach_margin * err).max(0.0);
-        (err < VIVALDI_UNTRUSTED && lower <= r.budget_ms * (1.0 + self.config.rim_slack))
-            .then(|| (rec.clone(), v))
+        let (v, lower) = self.direct_range(&r.coord, r.error, &rec.coord, rec.coord_error)?;
+        (lower <= r.budget_ms * (1.0 + self.config.rim_slack)).then(|| (rec.clone(), v))
     }
 
-    /// `(predicted RTT from the origin, summed error)` of a peer, when its coordinate and the
-    /// origin's are trusted enough to say anything.
-    fn predicted_from_origin(peer: &Peer, reach: &Reach) -> Option<(f64, f64)> {
-        let (c, e) = peer.coord?;
-        let error = reach.error + e.max(0.0);
-        (error < VIVALDI_UNTRUSTED).then(|| (reach.coord.predicted_rtt(&c), error))
+    /// `(predicted, lower)`: the direct RTT Vivaldi predicts between coordinates `a` and `b`
+    /// (with errors `ea` and `eb`), and the least it may be, the prediction less
+    /// `reach_margin` times the summed error. `None` while that error says nothing (a fresh
+    /// node on either side): a node is then neither forwarded to, listed nor spared a probe on
+    /// its coordinate.
+    fn direct_range(&self, a: &Coord, ea: f64, b: &Coord, eb: f64) -> Option<(f64, f64)> {
+        let err = ea.max(0.0) + eb.max(0.0);
+        if err.is_nan() || err >= VIVALDI_UNTRUSTED {
+            return None;
+        }
+        let v = a.predicted_rtt(b);
+        Some((v, v * (1.0 - self.config.reach_margin * err).max(0.0)))
     }
 
     fn remember(&mut self, now: Time, id: MapId) {
@@ -697,11 +700,10 @@ impl MappingNode {
                 continue;
             };
             let in_time = wait_ms - upper - self.config.hop_guard_ms > 0.0;
-            if let (true, Some((v, err))) = (
-                self.config.reach_beyond,
-                Self::predicted_from_origin(peer, &r),
-            ) {
-                let lower = v * (1.0 - self.config.reach_margin * err).max(0.0);
+            let range = peer
+                .coord
+                .and_then(|(c, e)| self.direct_range(&r.coord, r.error, &c, e));
+            if let (true, Some((v, lower))) = (self.config.reach_beyond, range) {
                 let outward = !self.config.reach_outward || v > here;
                 if in_time && outward && lower <= r.budget_ms * (1.0 + self.config.reach_slack) {
                     children.push((pid, est, upper, false));

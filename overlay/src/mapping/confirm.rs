@@ -12,13 +12,11 @@ impl MappingNode {
         let Some(rec) = map.nodes.iter().find(|r| r.id == n) else {
             return false;
         };
-        let err = self.vivaldi.error() + rec.coord_error.max(0.0);
-        if err.is_nan() || err >= VIVALDI_UNTRUSTED {
-            return true;
+        let here = self.vivaldi.coord();
+        match self.direct_range(&here, self.vivaldi.error(), &rec.coord, rec.coord_error) {
+            Some((_, lower)) => lower <= budget_ms * (1.0 + self.config.probe_slack),
+            None => true,
         }
-        let v = self.vivaldi.predict(&rec.coord);
-        v * (1.0 - self.config.reach_margin * err).max(0.0)
-            <= budget_ms * (1.0 + self.config.probe_slack)
     }
 
     /// The result of one confirmation probe of map `id` (see [`Output::Probe`]): the RTT
