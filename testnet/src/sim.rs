@@ -21,9 +21,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::latency::LatencyModel;
+
+mod wire_size;
 use brume_overlay::ids::{MapId, NodeId, Time};
 use brume_overlay::mapping::{MapConfig, MappingNode, Message, Output};
 use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord, RttHow};
+use wire_size::WireSize;
 
 /// An undirected overlay graph over node indices.
 #[derive(Debug, Clone)]
@@ -197,6 +200,8 @@ struct Counts {
     messages: usize,
     requests: usize,
     probes: usize,
+    /// Bytes of map messages as daemons would send them (see [`WireSize`]).
+    bytes: usize,
     max_confirm_ms: f64,
 }
 
@@ -245,6 +250,9 @@ pub struct MapStats {
     pub requests: usize,
     /// Confirmation probes the origin sent.
     pub probes: usize,
+    /// Bytes of the map's requests, acks and answers as daemons would send them (CBOR, each
+    /// record as a signed one with a peer id and an address; probes not counted).
+    pub bytes: usize,
     /// The largest RTT of a probe answered within the budget (0 without probes).
     pub max_confirm_ms: f64,
     /// Size of the direct-RTT truth (`rtt(origin, v) <= B`).
@@ -299,6 +307,7 @@ pub struct Simulation<'m> {
     seq: u64,
     rng: ChaCha8Rng,
     config: SimConfig,
+    wire: WireSize,
 }
 
 impl<'m> Simulation<'m> {
@@ -321,6 +330,11 @@ impl<'m> Simulation<'m> {
             }
         }
         let n = model.len();
+        let wire = WireSize::new(
+            &nodes
+                .first()
+                .map_or_else(|| NodeRecord::bare(NodeId(0)), MappingNode::record),
+        );
         let mut sim = Simulation {
             model,
             graph,
@@ -332,6 +346,7 @@ impl<'m> Simulation<'m> {
             seq: 0,
             rng: ChaCha8Rng::seed_from_u64(config.seed ^ 0x51_u64),
             config,
+            wire,
         };
         sim.warm_up();
         sim.publish_records();
@@ -629,6 +644,7 @@ impl<'m> Simulation<'m> {
                 }
                 Output::Send { to, msg } => {
                     counts.messages += 1;
+                    counts.bytes += self.wire.of(&msg);
                     if matches!(msg, Message::Request(_)) {
                         counts.requests += 1;
                     }
@@ -769,6 +785,7 @@ impl<'m> Simulation<'m> {
             messages: counts.messages,
             requests: counts.requests,
             probes: counts.probes,
+            bytes: counts.bytes,
             max_confirm_ms: counts.max_confirm_ms,
             flood_requests,
             completion_ms,
@@ -848,6 +865,8 @@ pub struct BudgetSummary {
     pub messages_per_region_link: f64,
     /// Sum of requests over what flooding would send.
     pub requests_vs_flood: f64,
+    /// Mean bytes of a map's requests, acks and answers (see [`MapStats::bytes`]).
+    pub mean_bytes: f64,
     pub max_completion_ms: f64,
     /// Largest `completion - budget - max_region_link` over the maps (<= 0 means within target).
     pub worst_overrun_ms: f64,
@@ -883,6 +902,7 @@ pub fn summarise(sim: &mut Simulation<'_>, origins: &[usize], budget_ms: f64) ->
             .fold(f64::NEG_INFINITY, f64::max),
         messages_per_region_link: msgs as f64 / links.max(1) as f64,
         requests_vs_flood: reqs as f64 / flood.max(1) as f64,
+        mean_bytes: stats.iter().map(|s| s.bytes as f64).sum::<f64>() / k,
         max_completion_ms: stats.iter().map(|s| s.completion_ms).fold(0.0, f64::max),
         worst_overrun_ms: stats
             .iter()

@@ -208,6 +208,8 @@ struct Row {
     /// The overlay's completion floor (means of [`MapStats::floor_answers`] and `floor_reports`).
     floor_answers_mean: f64,
     floor_reports_mean: f64,
+    /// Mean kB of a map's requests, acks and answers as daemons would send them.
+    kb_per_map: f64,
 }
 
 /// One latency model's results.
@@ -288,6 +290,7 @@ fn summarise(budget_ms: f64, stats: &[MapStats]) -> Row {
         probes_per_map: mean(&|s| s.probes as f64),
         floor_answers_mean: mean(&|s| s.floor_answers),
         floor_reports_mean: mean(&|s| s.floor_reports),
+        kb_per_map: mean(&|s| s.bytes as f64) / 1000.0,
         path_proven_per_map: mean(&|s| s.path_proven as f64),
         msgs_per_direct_link: if direct_links == 0 {
             0.0
@@ -468,7 +471,7 @@ fn print_scale(s: &Scale) {
 fn print_direct(title: &str, rows: &[Row]) {
     println!("{title}");
     println!(
-        "{:>6} {:>4} {:>4} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:>6} {:>4} {:>4} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "budget",
         "maps",
         "done",
@@ -486,11 +489,12 @@ fn print_direct(title: &str, rows: &[Row]) {
         "tmax_ms",
         "over_ms",
         "floorA%",
-        "floorR%"
+        "floorR%",
+        "kB/map"
     );
     for r in rows {
         println!(
-            "{:>6.0} {:>4} {:>4} {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.1} {:>8.1} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8.2}",
+            "{:>6.0} {:>4} {:>4} {:>7.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.1} {:>8.1} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>8.2} {:>8.2} {:>8.1}",
             r.budget_ms,
             r.maps,
             r.complete,
@@ -508,7 +512,8 @@ fn print_direct(title: &str, rows: &[Row]) {
             r.completion_max_ms,
             r.worst_confirm_overrun_ms,
             100.0 * r.floor_answers_mean,
-            100.0 * r.floor_reports_mean
+            100.0 * r.floor_reports_mean,
+            r.kb_per_map
         );
     }
 }
@@ -535,7 +540,9 @@ fn print_legend() {
          budget + the region's largest direct RTT, learning of a node when an answer climbing \
          back along the shortest overlay path could bring it (from the node or a neighbour \
          listing it; floorA) or when a report sent straight back could (floorR), then probing \
-         it."
+         it; kB/map = kB of a map's requests, acks and answers on the wire (CBOR, every record \
+         weighed as a daemon's signed one with its peer id and one address; probes not \
+         counted)."
     );
 }
 
