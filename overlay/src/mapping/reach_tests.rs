@@ -138,6 +138,49 @@ fn on_a_tree_only_a_parent_forwards_beyond_the_path_budget() {
     assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), vec![C]);
 }
 
+/// On a tree, `A` lists `C` as a candidate when `C` is its own child it sends no request to
+/// (no forwarding beyond the path budget here); when `C`'s published links make `E` its
+/// parent, `A` lists it only with `rim_others` (otherwise `E` alone answers for `C`).
+#[test]
+fn on_a_tree_a_node_lists_its_own_children_and_others_only_when_asked() {
+    let tree = MapConfig {
+        reach_tree: true,
+        reach_tree_parents: 1,
+        reach_beyond: false,
+        ..MapConfig::default()
+    };
+    assert!(
+        !tree.rim_others,
+        "others' children are not listed by default"
+    );
+    let mut a = node(A, tree.clone());
+    pinged(&mut a, C, 12.0);
+    a.set_peer_coord(C, at(10.0), 0.05);
+    a.set_peer_record(C, record_at(C, 10.0));
+    let listed = |a: &mut MappingNode| {
+        let out = a.handle_message(Time(0), O, request(3.0, Some(reach(true))));
+        match &out[..] {
+            [Output::Send {
+                msg: Message::Answer { map, .. },
+                ..
+            }] => map.ids(),
+            _ => panic!("{out:?}"),
+        }
+    };
+    let mut a_is_parent = a.clone();
+    a_is_parent.set_peer_links(C, at(10.0), vec![(A, at(3.0)), (D, at(30.0))]);
+    assert_eq!(listed(&mut a_is_parent), vec![A, C]);
+
+    let mut e_is_parent = a.clone();
+    e_is_parent.set_peer_links(C, at(10.0), vec![(A, at(3.0)), (E, at(1.0))]);
+    assert_eq!(listed(&mut e_is_parent.clone()), vec![A]);
+    e_is_parent.set_config(MapConfig {
+        rim_others: true,
+        ..tree
+    });
+    assert_eq!(listed(&mut e_is_parent), vec![A, C]);
+}
+
 /// A node's own answer says how it was reached: by a proven path (with the path's RTT sum),
 /// or as a candidate (with its predicted RTT from the origin).
 #[test]

@@ -137,6 +137,11 @@ pub struct OverlayArgs {
     /// the error margin.
     #[arg(long, value_name = "F", default_value_t = MapConfig::default().rim_slack)]
     pub rim_slack: f64,
+    /// Direct maps with --tree: a node lists as candidates also the peers whose parents in
+    /// the tree are others, not only its own children it sends no request to
+    /// (`MapConfig::rim_others`).
+    #[arg(long)]
+    pub rim_others: bool,
 }
 
 impl OverlayArgs {
@@ -154,6 +159,7 @@ impl OverlayArgs {
             reach_tree_paths: self.tree_paths,
             reach_rim: !self.no_rim,
             rim_slack: self.rim_slack,
+            rim_others: self.rim_others,
             reach_beyond: !self.no_beyond,
             probe_slack: self.probe_slack,
             ..MapConfig::default()
