@@ -285,7 +285,7 @@ pub struct MapConfig {
     /// With `reach_tree`: a node lists its peers that are other nodes' children in the tree
     /// too, not only its own children it sends no request to (those beyond the forwarding
     /// bound). Each listing climbs the tree in every answer above it: in the simulator on cone
-    /// links, listing others cost 1.7-3.3 times the bytes for -0.2 to +0.3 points of recall
+    /// links, listing others cost 1.7-3.3 times the bytes for -0.2 to +0.2 points of recall
     /// after 128 Vivaldi rounds (up to +1.7 after 32), so by default a candidate is listed
     /// only by its parents.
     pub rim_others: bool,
