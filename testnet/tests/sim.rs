@@ -210,6 +210,29 @@ fn tree_maps_on_cone_links_are_exact_and_cheaper_than_flooding_the_ball() {
     }
 }
 
+/// The configuration BENCHMARKS.md measures against issue 17's targets: 128 warm-up rounds,
+/// 8 cone links per node, a tree of three parents within and beyond the path budget, links
+/// published; listing peers whose parents are others as asked.
+fn on_cones_and_tree(model: &SyntheticInternet, rim_others: bool) -> Simulation<'_> {
+    let mut sim = Simulation::new(
+        model,
+        SimConfig {
+            map: MapConfig {
+                reach_tree: true,
+                reach_tree_parents: 3,
+                reach_tree_paths: true,
+                rim_others,
+                ..MapConfig::default()
+            },
+            warmup_rounds: 128,
+            ..SimConfig::default()
+        },
+    );
+    sim.cone_links(8);
+    sim.publish_links();
+    sim
+}
+
 /// The configuration BENCHMARKS.md measures against issue 17's targets (cone links, a tree of
 /// three parents within and beyond the path budget, listed candidates, 128 warm-up rounds)
 /// keeps precision 1, recall over 0.95 and the messages near 2 per overlay link inside the
@@ -221,21 +244,7 @@ fn tree_maps_on_cone_links_are_exact_and_cheaper_than_flooding_the_ball() {
 fn three_parent_trees_keep_recall_for_about_two_messages_per_link() {
     let n = 1_000;
     let model = SyntheticInternet::new(SyntheticConfig::internet(n, SCALE_SEED));
-    let mut sim = Simulation::new(
-        &model,
-        SimConfig {
-            map: MapConfig {
-                reach_tree: true,
-                reach_tree_parents: 3,
-                reach_tree_paths: true,
-                ..MapConfig::default()
-            },
-            warmup_rounds: 128,
-            ..SimConfig::default()
-        },
-    );
-    sim.cone_links(8);
-    sim.publish_links();
+    let mut sim = on_cones_and_tree(&model, false);
     let origins: Vec<usize> = (0..6).map(|k| (k * 7919) % n).collect();
     for budget in [25.0, 50.0, 80.0] {
         let (mut msgs, mut links, mut recall) = (0, 0, 0.0);
@@ -269,26 +278,10 @@ fn three_parent_trees_keep_recall_for_about_two_messages_per_link() {
 fn on_a_tree_listing_only_own_children_halves_the_bytes_and_keeps_recall() {
     let n = 1_000;
     let model = SyntheticInternet::new(SyntheticConfig::internet(n, SCALE_SEED));
-    let sim = |rim_others| {
-        let mut sim = Simulation::new(
-            &model,
-            SimConfig {
-                map: MapConfig {
-                    reach_tree: true,
-                    reach_tree_parents: 3,
-                    reach_tree_paths: true,
-                    rim_others,
-                    ..MapConfig::default()
-                },
-                warmup_rounds: 128,
-                ..SimConfig::default()
-            },
-        );
-        sim.cone_links(8);
-        sim.publish_links();
-        sim
-    };
-    let (mut own, mut others) = (sim(false), sim(true));
+    let (mut own, mut others) = (
+        on_cones_and_tree(&model, false),
+        on_cones_and_tree(&model, true),
+    );
     let origins: Vec<usize> = (0..6).map(|k| (k * 7919) % n).collect();
     let (mut bytes_own, mut bytes_others, mut recall_own, mut recall_others) = (0, 0, 0.0, 0.0);
     for &o in &origins {
