@@ -21,11 +21,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::latency::LatencyModel;
-
-mod wire_size;
 use brume_overlay::ids::{MapId, NodeId, Time};
 use brume_overlay::mapping::{MapConfig, MappingNode, Message, Output};
 use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord, RttHow};
+
+mod wire_size;
 use wire_size::WireSize;
 
 /// An undirected overlay graph over node indices.
@@ -865,8 +865,6 @@ pub struct BudgetSummary {
     pub messages_per_region_link: f64,
     /// Sum of requests over what flooding would send.
     pub requests_vs_flood: f64,
-    /// Mean bytes of a map's requests, acks and answers (see [`MapStats::bytes`]).
-    pub mean_bytes: f64,
     pub max_completion_ms: f64,
     /// Largest `completion - budget - max_region_link` over the maps (<= 0 means within target).
     pub worst_overrun_ms: f64,
@@ -902,7 +900,6 @@ pub fn summarise(sim: &mut Simulation<'_>, origins: &[usize], budget_ms: f64) ->
             .fold(f64::NEG_INFINITY, f64::max),
         messages_per_region_link: msgs as f64 / links.max(1) as f64,
         requests_vs_flood: reqs as f64 / flood.max(1) as f64,
-        mean_bytes: stats.iter().map(|s| s.bytes as f64).sum::<f64>() / k,
         max_completion_ms: stats.iter().map(|s| s.completion_ms).fold(0.0, f64::max),
         worst_overrun_ms: stats
             .iter()
