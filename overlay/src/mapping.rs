@@ -105,6 +105,8 @@ use crate::signed_record::{self, RecordError};
 use crate::vivaldi::{Coord, Vivaldi};
 
 mod confirm;
+mod reports;
+use reports::Collecting;
 
 /// A request to map the neighbourhood of `origin` within `budget_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +141,10 @@ pub struct Reach {
     /// Whether the origin asked for forwarding beyond the path budget (it then probes what comes
     /// back beyond it); false is seed 004's map.
     pub extend: bool,
+    /// Whether each reached node reports straight to the origin ([`Message::Report`]) instead
+    /// of answering the node it got the request from ([`MapConfig::reports`]).
+    #[serde(default)]
+    pub report: bool,
 }
 
 impl Reach {
@@ -165,6 +171,15 @@ pub enum Message {
         id: MapId,
         map: NeighbourhoodMap,
     },
+    /// With [`Reach::report`]: the sender's own part of the map (its record, links and the
+    /// candidates it lists, not its subtree), sent straight to the origin the moment the
+    /// request reached it, with the peers it forwarded the request to (the origin waits for
+    /// their reports in turn).
+    Report {
+        id: MapId,
+        map: NeighbourhoodMap,
+        children: Vec<NodeId>,
+    },
 }
 
 impl Message {
@@ -172,14 +187,16 @@ impl Message {
     /// ([`signed_record::drop_forged`]); returns what was dropped and why.
     pub fn drop_forged(&mut self) -> Vec<(NodeId, RecordError)> {
         match self {
-            Message::Answer { map, .. } => signed_record::drop_forged(map),
+            Message::Answer { map, .. } | Message::Report { map, .. } => {
+                signed_record::drop_forged(map)
+            }
             Message::Request(_) | Message::Ack { .. } => Vec::new(),
         }
     }
 
     /// Signs the record of `me` wherever this message carries it (this node's part of a map).
     pub fn sign_own(&mut self, me: NodeId, key: &Keypair) {
-        if let Message::Answer { map, .. } = self {
+        if let Message::Answer { map, .. } | Message::Report { map, .. } = self {
             for r in map.nodes.iter_mut().filter(|r| r.id == me) {
                 signed_record::sign(r, key);
             }
@@ -295,6 +312,13 @@ pub struct MapConfig {
     /// The origin probes a candidate only while its predicted RTT, less `reach_margin` times
     /// the summed errors, fits `B * (1 + probe_slack)` (infinite: every candidate).
     pub probe_slack: f64,
+    /// Each reached node reports its own part of the map straight to the origin (one message,
+    /// [`Message::Report`]) instead of answering its parent, and no request is acknowledged:
+    /// a record reaches the origin in one hop instead of climbing every hop back, and the
+    /// origin probes candidates as their reports arrive instead of after the last answer
+    /// ([`MappingNode`]'s `reports` module). Off by default: a daemon must be able to send
+    /// to an origin it is not connected to.
+    pub reports: bool,
 }
 
 impl Default for MapConfig {
@@ -326,6 +350,7 @@ impl Default for MapConfig {
             rim_others: false,
             reach_beyond: true,
             probe_slack: 1.0,
+            reports: false,
         }
     }
 }
@@ -347,6 +372,10 @@ struct Pending {
     ack_by: Time,
     acked: bool,
 }
+
+/// A peer a request goes to: `(peer, est, upper, proven)` (its estimated and upper RTT, and
+/// whether the path to it fits the path budget).
+type Child = (NodeId, f64, f64, bool);
 
 #[derive(Debug, Clone)]
 struct Session {
@@ -391,6 +420,8 @@ pub struct MappingNode {
     peers: HashMap<NodeId, Peer>,
     sessions: HashMap<MapId, Session>,
     probing: HashMap<MapId, Probing>,
+    /// Maps this node originated with [`MapConfig::reports`], collecting reports and probing.
+    collecting: HashMap<MapId, Collecting>,
     seen: HashMap<MapId, Time>,
     next_purge: Time,
     cache: Vec<CachedMap>,
@@ -409,6 +440,7 @@ impl MappingNode {
             peers: HashMap::new(),
             sessions: HashMap::new(),
             probing: HashMap::new(),
+            collecting: HashMap::new(),
             seen: HashMap::new(),
             next_purge: Time(0),
             cache: Vec::new(),
@@ -599,9 +631,14 @@ impl MappingNode {
             error: self.vivaldi.error(),
             proven: true,
             extend,
+            report: extend && self.config.reports,
         };
         let mut out = Vec::new();
-        self.open_session(now, id, None, budget_ms, wait, &[], Some(reach), &mut out);
+        if reach.report {
+            self.start_collecting(now, id, budget_ms, wait, reach, &mut out);
+        } else {
+            self.open_session(now, id, None, budget_ms, wait, &[], Some(reach), &mut out);
+        }
         out
     }
 
@@ -610,22 +647,23 @@ impl MappingNode {
     /// may fit `B * (1 + rim_slack)`.
     fn rim_candidate(&self, peer: &Peer, r: &Reach) -> Option<(NodeRecord, f64)> {
         let rec = peer.record.as_ref().filter(|_| self.config.reach_rim)?;
-        let (v, lower) = self.direct_range(&r.coord, r.error, &rec.coord, rec.coord_error)?;
+        let (v, lower, _) = self.direct_range(&r.coord, r.error, &rec.coord, rec.coord_error)?;
         (lower <= r.budget_ms * (1.0 + self.config.rim_slack)).then(|| (rec.clone(), v))
     }
 
-    /// `(predicted, lower)`: the direct RTT Vivaldi predicts between coordinates `a` and `b`
-    /// (with errors `ea` and `eb`), and the least it may be, the prediction less
-    /// `reach_margin` times the summed error. `None` while that error says nothing (a fresh
-    /// node on either side): a node is then neither forwarded to, listed nor spared a probe on
-    /// its coordinate.
-    fn direct_range(&self, a: &Coord, ea: f64, b: &Coord, eb: f64) -> Option<(f64, f64)> {
+    /// `(predicted, lower, upper)`: the direct RTT Vivaldi predicts between coordinates `a`
+    /// and `b` (with errors `ea` and `eb`), the least it may be (the prediction less
+    /// `reach_margin` times the summed error) and the most (plus `vivaldi_margin` times it).
+    /// `None` while that error says nothing (a fresh node on either side): a node is then
+    /// neither forwarded to, listed nor spared a probe on its coordinate.
+    fn direct_range(&self, a: &Coord, ea: f64, b: &Coord, eb: f64) -> Option<(f64, f64, f64)> {
         let err = ea.max(0.0) + eb.max(0.0);
         if err.is_nan() || err >= VIVALDI_UNTRUSTED {
             return None;
         }
         let v = a.predicted_rtt(b);
-        Some((v, v * (1.0 - self.config.reach_margin * err).max(0.0)))
+        let lower = v * (1.0 - self.config.reach_margin * err).max(0.0);
+        Some((v, lower, v * (1.0 + self.config.vivaldi_margin * err)))
     }
 
     fn remember(&mut self, now: Time, id: MapId) {
@@ -637,19 +675,19 @@ impl MappingNode {
         self.seen.insert(id, now.plus_ms(self.config.seen_ttl_ms));
     }
 
-    /// Opens a session: forwards to the peers that fit, or answers at once if none does.
+    /// What a reached node does with a request: its own part of the map (its record with the
+    /// proof of its RTT from the origin, its measured links, the candidates it lists) and the
+    /// peers it forwards to, as `(peer, est, upper, proven)`.
     #[allow(clippy::too_many_arguments)]
-    fn open_session(
-        &mut self,
-        now: Time,
+    fn plan(
+        &self,
         id: MapId,
         parent: Option<NodeId>,
         budget_ms: f64,
         wait_ms: f64,
         skip: &[NodeId],
         reach: Option<Reach>,
-        out: &mut Vec<Output>,
-    ) {
+    ) -> (NeighbourhoodMap, Vec<Child>) {
         let mut map = NeighbourhoodMap::single(self.record());
         if let Some(r) = &reach {
             let (rtt_ms, how) = if parent.is_none() {
@@ -666,10 +704,10 @@ impl MappingNode {
             });
         }
         let proven = reach.is_none_or(|r| r.proven);
+        let report = reach.is_some_and(|r| r.report);
         let here = reach.map_or(0.0, |r| self.vivaldi.predict(&r.coord));
         let link_budget = reach.map_or(budget_ms, |r| r.budget_ms.max(budget_ms));
-        // (peer, est, upper, proven)
-        let mut children: Vec<(NodeId, f64, f64, bool)> = Vec::new();
+        let mut children: Vec<Child> = Vec::new();
         // Records of peers listed as candidates (`reach_rim`), with their predicted RTT.
         let mut rim: Vec<(NodeRecord, f64)> = Vec::new();
         for (&pid, peer) in &self.peers {
@@ -704,16 +742,26 @@ impl MappingNode {
                 continue;
             }
             // Beyond the path budget: worth a request while the peer's predicted direct RTT
-            // from the origin, less its error margin, may fit and the answer can come back in
-            // time; otherwise perhaps worth listing as a candidate.
+            // from the origin, less its error margin, may fit and its answer (or, with reports,
+            // its report) can reach the origin in time; otherwise perhaps worth listing as a
+            // candidate.
             let Some(r) = r else {
                 continue;
             };
-            let in_time = wait_ms - upper - self.config.hop_guard_ms > 0.0;
             let range = peer
                 .coord
                 .and_then(|(c, e)| self.direct_range(&r.coord, r.error, &c, e));
-            if let (true, Some((v, lower))) = (self.config.reach_beyond, range) {
+            if let (true, Some((v, lower, v_upper))) = (self.config.reach_beyond, range) {
+                // With reports, the peer's report must reach the origin before the map's
+                // deadline (the request's way there and the report's way back, at most): the
+                // peer itself is listed in this node's report, so what the peer's own report
+                // brings in time is its children.
+                let back = if report {
+                    (upper + v_upper) / 2.0
+                } else {
+                    upper
+                };
+                let in_time = wait_ms - back - self.config.hop_guard_ms > 0.0;
                 let outward = !self.config.reach_outward || v > here;
                 if in_time && outward && lower <= r.budget_ms * (1.0 + self.config.reach_slack) {
                     children.push((pid, est, upper, false));
@@ -731,18 +779,24 @@ impl MappingNode {
             });
             map.nodes.push(record);
         }
-        let deadline = now.plus_ms(wait_ms);
-        let mut session = Session {
-            parent,
-            budget_ms,
-            deadline,
-            children: children.iter().map(|c| c.0).collect(),
-            pending: HashMap::new(),
-            sent_at: HashMap::new(),
-            map,
-            complete: true,
-            reach,
-        };
+        (map, children)
+    }
+
+    /// The requests to send `children`, with each child's `upper` RTT. A request's `wait_ms`
+    /// is what is left of this node's `wait_ms` once it reached the child (and, when answers
+    /// climb back, once the answer is back: a round trip).
+    #[allow(clippy::too_many_arguments)]
+    fn requests(
+        &self,
+        id: MapId,
+        parent: Option<NodeId>,
+        budget_ms: f64,
+        wait_ms: f64,
+        skip: &[NodeId],
+        reach: Option<Reach>,
+        children: &[Child],
+    ) -> Vec<(NodeId, f64, MapRequest)> {
+        let report = reach.is_some_and(|r| r.report);
         let mut sibling_skip: Vec<NodeId> = Vec::with_capacity(children.len() + 1);
         sibling_skip.push(self.id);
         sibling_skip.extend(parent);
@@ -754,22 +808,12 @@ impl MappingNode {
             }
         }
         sibling_skip.truncate(self.config.max_skip);
-        for &(pid, est, upper, child_proven) in &children {
-            let child_wait = (wait_ms - upper - self.config.hop_guard_ms).max(0.0);
-            let ack_by = now
-                .plus_ms(self.config.ack_timeout_factor * upper + self.config.ack_timeout_min_ms)
-                .min(deadline);
-            session.pending.insert(
-                pid,
-                Pending {
-                    ack_by,
-                    acked: false,
-                },
-            );
-            session.sent_at.insert(pid, now);
-            out.push(Output::Send {
-                to: pid,
-                msg: Message::Request(MapRequest {
+        children
+            .iter()
+            .map(|&(pid, est, upper, child_proven)| {
+                let there = if report { upper / 2.0 } else { upper };
+                let child_wait = (wait_ms - there - self.config.hop_guard_ms).max(0.0);
+                let req = MapRequest {
                     id,
                     origin: id.origin,
                     budget_ms: if child_proven {
@@ -783,7 +827,54 @@ impl MappingNode {
                         proven: child_proven,
                         ..r
                     }),
-                }),
+                };
+                (pid, upper, req)
+            })
+            .collect()
+    }
+
+    /// Opens a session: forwards to the peers that fit, or answers at once if none does.
+    #[allow(clippy::too_many_arguments)]
+    fn open_session(
+        &mut self,
+        now: Time,
+        id: MapId,
+        parent: Option<NodeId>,
+        budget_ms: f64,
+        wait_ms: f64,
+        skip: &[NodeId],
+        reach: Option<Reach>,
+        out: &mut Vec<Output>,
+    ) {
+        let (map, children) = self.plan(id, parent, budget_ms, wait_ms, skip, reach);
+        let deadline = now.plus_ms(wait_ms);
+        let mut session = Session {
+            parent,
+            budget_ms,
+            deadline,
+            children: children.iter().map(|c| c.0).collect(),
+            pending: HashMap::new(),
+            sent_at: HashMap::new(),
+            map,
+            complete: true,
+            reach,
+        };
+        let requests = self.requests(id, parent, budget_ms, wait_ms, skip, reach, &children);
+        for (pid, upper, req) in requests {
+            let ack_by = now
+                .plus_ms(self.config.ack_timeout_factor * upper + self.config.ack_timeout_min_ms)
+                .min(deadline);
+            session.pending.insert(
+                pid,
+                Pending {
+                    ack_by,
+                    acked: false,
+                },
+            );
+            session.sent_at.insert(pid, now);
+            out.push(Output::Send {
+                to: pid,
+                msg: Message::Request(req),
             });
         }
         self.sessions.insert(id, session);
@@ -810,6 +901,20 @@ impl MappingNode {
                     return out;
                 }
                 self.on_answer(now, from, id, map, &mut out)
+            }
+            Message::Report { id, map, children } => {
+                let size = map.nodes.len() + children.len();
+                if size > self.config.max_answer_nodes {
+                    out.push(Output::Refused {
+                        from,
+                        reason: Refusal::AnswerTooLarge {
+                            nodes: size,
+                            max: self.config.max_answer_nodes,
+                        },
+                    });
+                    return out;
+                }
+                self.on_report(now, from, id, map, children, &mut out)
             }
         }
         out
@@ -853,7 +958,10 @@ impl MappingNode {
             },
         };
         if seen {
-            out.push(ack(false));
+            // With reports, nothing waits for a duplicate's word: it stays silent.
+            if !req.reach.is_some_and(|r| r.report) {
+                out.push(ack(false));
+            }
             return;
         }
         self.remember(now, req.id);
@@ -864,6 +972,10 @@ impl MappingNode {
             budget_ms: r.budget_ms.min(self.config.max_budget_ms),
             ..r
         });
+        if reach.is_some_and(|r| r.report) {
+            self.report(req.id, from, budget, wait, &req.skip, reach, out);
+            return;
+        }
         let at = out.len();
         self.open_session(now, req.id, Some(from), budget, wait, &req.skip, reach, out);
         // A node with nothing to forward answers at once, and its answer is its ack (one
@@ -974,6 +1086,7 @@ impl MappingNode {
                 self.finish_origin(now, id, p.budget_ms, p.map, p.complete, &mut out);
             }
         }
+        self.collecting_timeouts(now, &mut out);
         out
     }
 
@@ -989,12 +1102,17 @@ impl MappingNode {
                     .chain(std::iter::once(s.deadline))
             })
             .chain(self.probing.values().map(|p| p.deadline))
+            .chain(
+                self.collecting
+                    .values()
+                    .filter_map(Collecting::next_timeout),
+            )
             .min()
     }
 
     /// Number of maps in progress at this node (waiting for answers or for probes).
     pub fn open_sessions(&self) -> usize {
-        self.sessions.len() + self.probing.len()
+        self.sessions.len() + self.probing.len() + self.collecting.len()
     }
 
     fn maybe_finish(&mut self, now: Time, id: MapId, out: &mut Vec<Output>) {
@@ -1043,3 +1161,6 @@ mod tests;
 
 #[cfg(test)]
 mod reach_tests;
+
+#[cfg(test)]
+mod report_tests;

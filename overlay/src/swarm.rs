@@ -43,6 +43,7 @@ fn msg_kind(msg: &crate::mapping::Message) -> &'static str {
         crate::mapping::Message::Request(_) => "request",
         crate::mapping::Message::Ack { .. } => "ack",
         crate::mapping::Message::Answer { .. } => "answer",
+        crate::mapping::Message::Report { .. } => "report",
     }
 }
 

@@ -70,6 +70,7 @@ mod tests {
                 error: 0.2,
                 proven: false,
                 extend: true,
+                report: false,
             }),
         })
     }
@@ -92,7 +93,15 @@ mod tests {
                     origin: NodeId(1),
                     seq: 7,
                 },
+                map: map.clone(),
+            },
+            Message::Report {
+                id: MapId {
+                    origin: NodeId(1),
+                    seq: 7,
+                },
                 map,
+                children: vec![NodeId(5), NodeId(6)],
             },
         ] {
             let bytes = encode(&msg).unwrap();

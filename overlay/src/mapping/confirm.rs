@@ -8,13 +8,10 @@ impl MappingNode {
     /// Whether a candidate may be within `budget_ms` by the coordinate in its record, as seen
     /// from this node (the origin) now: its prediction less `reach_margin` times the summed
     /// errors fits `budget_ms * (1 + probe_slack)`. A relay far outside the ball is not probed.
-    fn worth_probing(&self, map: &NeighbourhoodMap, n: NodeId, budget_ms: f64) -> bool {
-        let Some(rec) = map.nodes.iter().find(|r| r.id == n) else {
-            return false;
-        };
+    pub(super) fn worth_probing(&self, rec: &NodeRecord, budget_ms: f64) -> bool {
         let here = self.vivaldi.coord();
         match self.direct_range(&here, self.vivaldi.error(), &rec.coord, rec.coord_error) {
-            Some((_, lower)) => lower <= budget_ms * (1.0 + self.config.probe_slack),
+            Some((_, lower, _)) => lower <= budget_ms * (1.0 + self.config.probe_slack),
             None => true,
         }
     }
@@ -32,6 +29,7 @@ impl MappingNode {
     ) -> Vec<Output> {
         let mut out = Vec::new();
         let Some(p) = self.probing.get_mut(&id) else {
+            self.collected_probe(now, id, target, rtt_ms, &mut out);
             return out;
         };
         if !p.pending.remove(&target) {
@@ -95,7 +93,11 @@ impl MappingNode {
             let probe = match map.proof(n).map(|p| p.how) {
                 Some(RttHow::Direct | RttHow::Origin) => own_link,
                 Some(RttHow::Path) => self.config.confirm_paths,
-                Some(RttHow::Candidate) => self.worth_probing(&map, n, budget),
+                Some(RttHow::Candidate) => map
+                    .nodes
+                    .iter()
+                    .find(|r| r.id == n)
+                    .is_some_and(|r| self.worth_probing(r, budget)),
                 None => true,
             };
             if probe {

@@ -4,13 +4,13 @@
 use super::*;
 use crate::vivaldi::MIN_HEIGHT;
 
-const O: NodeId = NodeId(1);
-const A: NodeId = NodeId(2);
-const C: NodeId = NodeId(3);
-const D: NodeId = NodeId(4);
-const E: NodeId = NodeId(5);
+pub(super) const O: NodeId = NodeId(1);
+pub(super) const A: NodeId = NodeId(2);
+pub(super) const C: NodeId = NodeId(3);
+pub(super) const D: NodeId = NodeId(4);
+pub(super) const E: NodeId = NodeId(5);
 
-fn at(x: f64) -> Coord {
+pub(super) fn at(x: f64) -> Coord {
     Coord {
         x,
         y: 0.0,
@@ -18,18 +18,18 @@ fn at(x: f64) -> Coord {
     }
 }
 
-fn node(id: NodeId, config: MapConfig) -> MappingNode {
+pub(super) fn node(id: NodeId, config: MapConfig) -> MappingNode {
     MappingNode::new(id, NodeRecord::bare(id), config)
 }
 
-fn pinged(n: &mut MappingNode, peer: NodeId, rtt: f64) {
+pub(super) fn pinged(n: &mut MappingNode, peer: NodeId, rtt: f64) {
     n.add_peer(peer);
     for _ in 0..20 {
         n.on_rtt_sample(peer, rtt, None);
     }
 }
 
-fn requests(out: &[Output]) -> Vec<(NodeId, MapRequest)> {
+pub(super) fn requests(out: &[Output]) -> Vec<(NodeId, MapRequest)> {
     out.iter()
         .filter_map(|o| match o {
             Output::Send {
@@ -41,13 +41,14 @@ fn requests(out: &[Output]) -> Vec<(NodeId, MapRequest)> {
         .collect()
 }
 
-fn reach(proven: bool) -> Reach {
+pub(super) fn reach(proven: bool) -> Reach {
     Reach {
         budget_ms: 15.0,
         coord: at(0.0),
         error: 0.05,
         proven,
         extend: true,
+        report: false,
     }
 }
 
@@ -207,7 +208,7 @@ fn answers_say_how_each_node_was_reached() {
     }
 }
 
-fn record_at(id: NodeId, x: f64) -> NodeRecord {
+pub(super) fn record_at(id: NodeId, x: f64) -> NodeRecord {
     let mut r = NodeRecord::bare(id);
     r.coord = at(x);
     r.coord_error = 0.05;

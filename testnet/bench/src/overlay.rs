@@ -142,6 +142,11 @@ pub struct OverlayArgs {
     /// (`MapConfig::rim_others`).
     #[arg(long)]
     pub rim_others: bool,
+    /// Direct maps: each reached node reports straight to the origin instead of answering
+    /// back along the request's path, and the origin probes as reports arrive
+    /// (`MapConfig::reports`).
+    #[arg(long)]
+    pub reports: bool,
 }
 
 impl OverlayArgs {
@@ -162,6 +167,7 @@ impl OverlayArgs {
             rim_others: self.rim_others,
             reach_beyond: !self.no_beyond,
             probe_slack: self.probe_slack,
+            reports: self.reports,
             ..MapConfig::default()
         }
     }

@@ -52,7 +52,7 @@ impl WireSize {
     /// not counted).
     pub(super) fn of(&self, msg: &Message) -> usize {
         let records = match msg {
-            Message::Answer { map, .. } => map.nodes.len(),
+            Message::Answer { map, .. } | Message::Report { map, .. } => map.nodes.len(),
             Message::Request(_) | Message::Ack { .. } => 0,
         };
         wire::encode(msg).map_or(0, |b| b.len()) + records * self.record_extra

@@ -1,0 +1,201 @@
+//! Issue 17: maps whose reached nodes report straight to the origin ([`MapConfig::reports`]).
+//! Every test drives the state machines by hand with fixed numbers: no clock, no randomness.
+
+use super::reach_tests::{at, node, pinged, reach, record_at, requests, A, C, D, E, O};
+use super::*;
+
+fn reporting() -> MapConfig {
+    MapConfig {
+        reports: true,
+        ..MapConfig::default()
+    }
+}
+
+fn reports(out: &[Output]) -> Vec<(NodeId, NeighbourhoodMap, Vec<NodeId>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                msg: Message::Report { map, children, .. },
+            } => Some((*to, map.clone(), children.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn probed(out: &[Output]) -> Vec<NodeId> {
+    out.iter()
+        .flat_map(|o| match o {
+            Output::Probe { targets, .. } => targets.iter().map(|r| r.id).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn report(id: MapId, map: NeighbourhoodMap, children: Vec<NodeId>) -> Message {
+    Message::Report { id, map, children }
+}
+
+/// A part of a map: `sender`'s record with its proof, and candidates it lists.
+fn part(sender: (NodeId, f64, RttHow), listed: &[(NodeId, f64, RttHow)]) -> NeighbourhoodMap {
+    let mut m = NeighbourhoodMap::single(NodeRecord::bare(sender.0));
+    for &(id, rtt_ms, how) in std::iter::once(&sender).chain(listed) {
+        if id != sender.0 {
+            m.nodes.push(record_at(id, rtt_ms));
+        }
+        m.proofs.push(RttProof { id, rtt_ms, how });
+    }
+    m.normalize();
+    m
+}
+
+/// `A` gets a request asking for reports with 3 ms of path budget left: it forwards to `C`
+/// (predicted ~10 ms from the origin) and `E` (2 ms away: within the path budget), reports
+/// its own part straight to the origin with the peers it forwarded to, and lists those whose
+/// records it has (with the path's RTT for `E`, the prediction for `C`) so the origin can
+/// probe them at once. It acknowledges nothing and keeps no state. A second copy of the
+/// request gets no answer at all.
+#[test]
+fn a_reached_node_reports_to_the_origin_and_keeps_no_state() {
+    let mut a = node(A, MapConfig::default());
+    pinged(&mut a, C, 12.0);
+    pinged(&mut a, D, 12.0);
+    pinged(&mut a, E, 2.0);
+    a.set_peer_coord(C, at(10.0), 0.05);
+    a.set_peer_coord(D, at(100.0), 0.05);
+    a.set_peer_coord(E, at(2.0), 0.05);
+    a.set_peer_record(C, record_at(C, 10.0));
+    a.set_peer_record(E, record_at(E, 2.0));
+    let asking = Reach {
+        report: true,
+        ..reach(true)
+    };
+    let req = Message::Request(MapRequest {
+        id: MapId { origin: O, seq: 1 },
+        origin: O,
+        budget_ms: 3.0,
+        wait_ms: 40.0,
+        skip: vec![],
+        reach: Some(asking),
+    });
+    let out = a.handle_message(Time(0), D, req.clone());
+    let sent = requests(&out);
+    let to: Vec<NodeId> = sent.iter().map(|s| s.0).collect();
+    assert_eq!(to, vec![C, E], "{out:?}");
+    assert!(sent.iter().all(|s| s.1.reach.is_some_and(|r| r.report)));
+    let [(origin, map, children)] = &reports(&out)[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((*origin, children.clone()), (O, vec![C, E]));
+    assert_eq!(map.ids(), vec![A, C, E]);
+    let how = |n: NodeId| map.proof(n).map(|p| (p.how, p.rtt_ms));
+    assert_eq!(how(A), Some((RttHow::Path, 12.0)));
+    assert_eq!(how(E), Some((RttHow::Path, 14.0)));
+    let predicted = at(0.0).predicted_rtt(&at(10.0));
+    assert_eq!(how(C), Some((RttHow::Candidate, predicted)));
+    assert_eq!(out.len(), 3, "a report and two requests, no ack: {out:?}");
+    assert_eq!(a.open_sessions(), 0);
+    assert_eq!(a.poll_timeout(), None);
+    assert!(a.handle_message(Time(1_000), E, req).is_empty());
+}
+
+/// The origin probes what each report brings the moment it arrives (a report's claim that a
+/// node was measured directly counts as a candidate), waits for a report from every node
+/// named, and is done at its last probe's result, long before its report window closes.
+#[test]
+fn the_origin_probes_each_report_as_it_arrives() {
+    let mut o = node(O, reporting());
+    pinged(&mut o, A, 5.0);
+    let (id, out) = o.start_fresh_map(Time(0), 15.0);
+    let sent = requests(&out);
+    assert_eq!(sent.len(), 1, "{out:?}");
+    assert!(sent[0].1.reach.is_some_and(|r| r.report));
+    assert!(
+        probed(&out).is_empty(),
+        "A is measured by the origin: {out:?}"
+    );
+
+    let from_a = part((A, 5.0, RttHow::Path), &[(C, 9.0, RttHow::Candidate)]);
+    let out = o.handle_message(Time(3_000), A, report(id, from_a, vec![E]));
+    assert_eq!(probed(&out), vec![C]);
+
+    let from_e = part((E, 13.0, RttHow::Path), &[(D, 2.0, RttHow::Direct)]);
+    let out = o.handle_message(Time(7_000), E, report(id, from_e, vec![]));
+    assert_eq!(probed(&out), vec![D, E]);
+
+    assert!(o
+        .handle_probe_result(Time(12_000), id, C, Some(9.5))
+        .is_empty());
+    assert!(o.handle_probe_result(Time(13_000), id, D, None).is_empty());
+    let done = o.handle_probe_result(Time(20_000), id, E, Some(14.0));
+    let [Output::MapDone {
+        map,
+        complete: true,
+        ..
+    }] = &done[..]
+    else {
+        panic!("{done:?}")
+    };
+    assert_eq!(map.ids(), vec![O, A, C, E]);
+    let hows: Vec<(NodeId, RttHow, f64)> =
+        map.proofs.iter().map(|p| (p.id, p.how, p.rtt_ms)).collect();
+    assert_eq!(
+        hows,
+        vec![
+            (O, RttHow::Origin, 0.0),
+            (A, RttHow::Direct, 5.0),
+            (C, RttHow::Direct, 9.5),
+            (E, RttHow::Direct, 14.0),
+        ]
+    );
+    assert_eq!(o.open_sessions(), 0);
+    assert_eq!(o.poll_timeout(), None);
+}
+
+/// A node named by a report that never reports holds the map until the report window closes
+/// (budget + grace + `reach_wait_factor` x budget: 15 + 2 + 15 ms); the map is then
+/// incomplete and holds what was confirmed. Reports without their sender's record, repeated
+/// or after the window, are ignored; so is a probe's result after its time.
+#[test]
+fn a_silent_node_leaves_the_map_incomplete_when_the_window_closes() {
+    let mut o = node(O, reporting());
+    pinged(&mut o, A, 5.0);
+    let (id, _) = o.start_fresh_map(Time(0), 15.0);
+    let from_a = part((A, 5.0, RttHow::Path), &[]);
+    assert!(o
+        .handle_message(Time(3_000), A, report(id, from_a.clone(), vec![E, D]))
+        .is_empty());
+    // E's record in D's report speaks for E, not D: ignored, D still expected.
+    let e_only = part((E, 13.0, RttHow::Path), &[]);
+    assert!(o
+        .handle_message(Time(4_000), D, report(id, e_only, vec![]))
+        .is_empty());
+    assert!(o
+        .handle_message(Time(4_000), A, report(id, from_a, vec![]))
+        .is_empty());
+    let from_d = part((D, 12.0, RttHow::Path), &[]);
+    let out = o.handle_message(Time(8_000), D, report(id, from_d, vec![]));
+    assert_eq!(probed(&out), vec![D]);
+    assert_eq!(o.poll_timeout(), Some(Time(8_000).plus_ms(15.0)));
+    // The probe of D is not back in time: D is beyond the budget.
+    assert!(o.handle_timeout(Time(23_000)).is_empty());
+    assert!(o
+        .handle_probe_result(Time(24_000), id, D, Some(3.0))
+        .is_empty());
+    assert_eq!(o.poll_timeout(), Some(Time(32_000)));
+    let done = o.handle_timeout(Time(32_000));
+    let [Output::MapDone {
+        map,
+        complete: false,
+        ..
+    }] = &done[..]
+    else {
+        panic!("{done:?}")
+    };
+    assert_eq!(map.ids(), vec![O, A]);
+    let late = part((E, 13.0, RttHow::Path), &[]);
+    assert!(o
+        .handle_message(Time(33_000), E, report(id, late, vec![]))
+        .is_empty());
+    assert_eq!(o.open_sessions(), 0);
+}
