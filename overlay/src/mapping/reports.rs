@@ -83,7 +83,9 @@ impl MappingNode {
         reach: Reach,
         out: &mut Vec<Output>,
     ) {
-        let (map, children) = self.plan(id, None, budget_ms, wait_ms, &[], Some(reach));
+        let (mut map, children) = self.plan(id, None, budget_ms, wait_ms, &[], Some(reach));
+        // Sorted, so the probes go out in the same order whatever the peers' hash order.
+        map.normalize();
         let requests = self.requests(id, None, budget_ms, wait_ms, &[], Some(reach), &children);
         let collecting = Collecting {
             budget_ms,
