@@ -86,12 +86,20 @@ impl MappingNode {
                     continue;
                 }
             }
+            // Only the origin measures directly: another node's claim of it (a forged answer)
+            // is probed like a candidate, or taken as a path's at best in seed 004's map.
+            let proof = map.proof(n).copied();
             if !extend {
+                if let Some(p) = proof.filter(|p| p.how > RttHow::Path) {
+                    map.set_proof(RttProof {
+                        how: RttHow::Path,
+                        ..p
+                    });
+                }
                 continue;
             }
-            let own_link = self.peers.contains_key(&n);
-            let probe = match map.proof(n).map(|p| p.how) {
-                Some(RttHow::Direct | RttHow::Origin) => own_link,
+            let probe = match proof.map(|p| p.how) {
+                Some(RttHow::Direct | RttHow::Origin) => true,
                 Some(RttHow::Path) => self.config.confirm_paths,
                 Some(RttHow::Candidate) => map
                     .nodes

@@ -426,6 +426,33 @@ fn the_origin_keeps_only_what_its_probes_confirm() {
     assert_eq!(o.open_sessions(), 0);
 }
 
+/// Only the origin measures directly: a node that an answer claims was measured directly
+/// (a forged claim: no other node sets it) is probed like a candidate, and a seed 004 map
+/// takes the claim as a path's at best.
+#[test]
+fn an_answers_claim_of_a_direct_rtt_is_probed() {
+    let mut forged = answer_of_a();
+    forged.set_proof(RttProof {
+        id: E,
+        rtt_ms: 1.0,
+        how: RttHow::Direct,
+    });
+    let (_, _, out) = origin_with_answer(MapConfig::default(), forged.clone());
+    assert!(
+        matches!(&out[..], [Output::Probe { targets, .. }] if targets.iter().any(|r| r.id == E)),
+        "{out:?}"
+    );
+    let seed_004 = MapConfig {
+        reach: false,
+        ..MapConfig::default()
+    };
+    let (_, _, out) = origin_with_answer(seed_004, forged);
+    let [Output::MapDone { map, .. }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(map.proof(E).map(|p| p.how), Some(RttHow::Path));
+}
+
 /// Without `confirm_paths` a path-proven node stays in the map as such, unprobed; a map
 /// whose every probe answers is done at the last answer, not at the deadline.
 #[test]
