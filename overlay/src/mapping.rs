@@ -80,6 +80,14 @@
 //! fit*: the origin skips a candidate whose record's coordinate, less the error margin, puts it
 //! beyond `B * (1 + probe_slack)` (a relay far outside the ball; it leaves the map unprobed).
 //!
+//! With `MapConfig::reports` (off by default; `brume bench overlay --reports`) no answer climbs
+//! back: each reached node sends its own part of the map straight to the origin
+//! ([`Message::Report`], naming the peers it forwarded to and listing their records), nothing
+//! is acknowledged, and the origin probes each node as its report arrives; the map ends when
+//! every named node reported and every probe is back, or at one deadline, the budget plus
+//! one probe's timeout (`reports` module). In the simulator that ends maps at 2B + grace
+//! instead of about 3B, for fewer messages and bytes.
+//!
 //! # Time bounds (why a dead peer cannot stall a map)
 //!
 //! The originator waits at most `budget + grace` (`grace = max(grace_min_ms, grace_fraction *
