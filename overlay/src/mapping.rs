@@ -385,6 +385,22 @@ struct Pending {
 /// whether the path to it fits the path budget).
 type Child = (NodeId, f64, f64, bool);
 
+/// What one request (or the origin's start of a map) asks of a node: all that the node's part
+/// of the map and its own requests depend on.
+#[derive(Debug, Clone, Copy)]
+struct Ask<'a> {
+    id: MapId,
+    /// The node the request came from (none at the origin).
+    parent: Option<NodeId>,
+    /// What is left of the path budget from this node on.
+    budget_ms: f64,
+    /// The time this node may take to answer, or with reports, the time left before the map's
+    /// deadline.
+    wait_ms: f64,
+    skip: &'a [NodeId],
+    reach: Option<Reach>,
+}
+
 #[derive(Debug, Clone)]
 struct Session {
     parent: Option<NodeId>,
@@ -645,7 +661,15 @@ impl MappingNode {
         if reach.report {
             self.start_collecting(now, id, budget_ms, wait, reach, &mut out);
         } else {
-            self.open_session(now, id, None, budget_ms, wait, &[], Some(reach), &mut out);
+            let ask = Ask {
+                id,
+                parent: None,
+                budget_ms,
+                wait_ms: wait,
+                skip: &[],
+                reach: Some(reach),
+            };
+            self.open_session(now, ask, &mut out);
         }
         out
     }
@@ -686,16 +710,15 @@ impl MappingNode {
     /// What a reached node does with a request: its own part of the map (its record with the
     /// proof of its RTT from the origin, its measured links, the candidates it lists) and the
     /// peers it forwards to, as `(peer, est, upper, proven)`.
-    #[allow(clippy::too_many_arguments)]
-    fn plan(
-        &self,
-        id: MapId,
-        parent: Option<NodeId>,
-        budget_ms: f64,
-        wait_ms: f64,
-        skip: &[NodeId],
-        reach: Option<Reach>,
-    ) -> (NeighbourhoodMap, Vec<Child>) {
+    fn plan(&self, ask: &Ask) -> (NeighbourhoodMap, Vec<Child>) {
+        let Ask {
+            id,
+            parent,
+            budget_ms,
+            wait_ms,
+            skip,
+            reach,
+        } = *ask;
         let mut map = NeighbourhoodMap::single(self.record());
         if let Some(r) = &reach {
             let (rtt_ms, how) = if parent.is_none() {
@@ -793,17 +816,15 @@ impl MappingNode {
     /// The requests to send `children`, with each child's `upper` RTT. A request's `wait_ms`
     /// is what is left of this node's `wait_ms` once it reached the child (and, when answers
     /// climb back, once the answer is back: a round trip).
-    #[allow(clippy::too_many_arguments)]
-    fn requests(
-        &self,
-        id: MapId,
-        parent: Option<NodeId>,
-        budget_ms: f64,
-        wait_ms: f64,
-        skip: &[NodeId],
-        reach: Option<Reach>,
-        children: &[Child],
-    ) -> Vec<(NodeId, f64, MapRequest)> {
+    fn requests(&self, ask: &Ask, children: &[Child]) -> Vec<(NodeId, f64, MapRequest)> {
+        let Ask {
+            id,
+            parent,
+            budget_ms,
+            wait_ms,
+            skip,
+            reach,
+        } = *ask;
         let report = reach.is_some_and(|r| r.report);
         let mut sibling_skip: Vec<NodeId> = Vec::with_capacity(children.len() + 1);
         sibling_skip.push(self.id);
@@ -842,19 +863,16 @@ impl MappingNode {
     }
 
     /// Opens a session: forwards to the peers that fit, or answers at once if none does.
-    #[allow(clippy::too_many_arguments)]
-    fn open_session(
-        &mut self,
-        now: Time,
-        id: MapId,
-        parent: Option<NodeId>,
-        budget_ms: f64,
-        wait_ms: f64,
-        skip: &[NodeId],
-        reach: Option<Reach>,
-        out: &mut Vec<Output>,
-    ) {
-        let (map, children) = self.plan(id, parent, budget_ms, wait_ms, skip, reach);
+    fn open_session(&mut self, now: Time, ask: Ask, out: &mut Vec<Output>) {
+        let (map, children) = self.plan(&ask);
+        let Ask {
+            id,
+            parent,
+            budget_ms,
+            wait_ms,
+            reach,
+            ..
+        } = ask;
         let deadline = now.plus_ms(wait_ms);
         let mut session = Session {
             parent,
@@ -867,7 +885,7 @@ impl MappingNode {
             complete: true,
             reach,
         };
-        let requests = self.requests(id, parent, budget_ms, wait_ms, skip, reach, &children);
+        let requests = self.requests(&ask, &children);
         for (pid, upper, req) in requests {
             let ack_by = now
                 .plus_ms(self.config.ack_timeout_factor * upper + self.config.ack_timeout_min_ms)
@@ -980,12 +998,20 @@ impl MappingNode {
             budget_ms: r.budget_ms.min(self.config.max_budget_ms),
             ..r
         });
+        let ask = Ask {
+            id: req.id,
+            parent: Some(from),
+            budget_ms: budget,
+            wait_ms: wait,
+            skip: &req.skip,
+            reach,
+        };
         if reach.is_some_and(|r| r.report) {
-            self.report(req.id, from, budget, wait, &req.skip, reach, out);
+            self.report(ask, out);
             return;
         }
         let at = out.len();
-        self.open_session(now, req.id, Some(from), budget, wait, &req.skip, reach, out);
+        self.open_session(now, ask, out);
         // A node with nothing to forward answers at once, and its answer is its ack (one
         // message instead of two; the sender takes the RTT from it as from an ack).
         let answered = out[at..].iter().any(|o| {

@@ -83,10 +83,18 @@ impl MappingNode {
         reach: Reach,
         out: &mut Vec<Output>,
     ) {
-        let (mut map, children) = self.plan(id, None, budget_ms, wait_ms, &[], Some(reach));
+        let ask = Ask {
+            id,
+            parent: None,
+            budget_ms,
+            wait_ms,
+            skip: &[],
+            reach: Some(reach),
+        };
+        let (mut map, children) = self.plan(&ask);
         // Sorted, so the probes go out in the same order whatever the peers' hash order.
         map.normalize();
-        let requests = self.requests(id, None, budget_ms, wait_ms, &[], Some(reach), &children);
+        let requests = self.requests(&ask, &children);
         let collecting = Collecting {
             budget_ms,
             deadline: now.plus_ms(wait_ms),
@@ -113,23 +121,14 @@ impl MappingNode {
 
     /// A reached node's part of a map with reports: it forwards the request and reports its own
     /// part to the origin at once, keeping no state.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn report(
-        &mut self,
-        id: MapId,
-        parent: NodeId,
-        budget_ms: f64,
-        wait_ms: f64,
-        skip: &[NodeId],
-        reach: Option<Reach>,
-        out: &mut Vec<Output>,
-    ) {
-        let (mut map, children) = self.plan(id, Some(parent), budget_ms, wait_ms, skip, reach);
-        if let Some(r) = reach {
-            self.list_children(&mut map, &children, budget_ms, &r);
+    pub(super) fn report(&mut self, ask: Ask, out: &mut Vec<Output>) {
+        let (mut map, children) = self.plan(&ask);
+        if let Some(r) = ask.reach {
+            self.list_children(&mut map, &children, ask.budget_ms, &r);
         }
         map.normalize();
-        let requests = self.requests(id, Some(parent), budget_ms, wait_ms, skip, reach, &children);
+        let requests = self.requests(&ask, &children);
+        let id = ask.id;
         out.push(Output::Send {
             to: id.origin,
             msg: Message::Report {
