@@ -282,7 +282,8 @@ pub struct MapConfig {
     pub reach_margin: f64,
     pub reach_slack: f64,
     /// The origin waits `B * (1 + reach_wait_factor) + grace` for answers when it reaches beyond
-    /// paths (requests beyond the path budget travel longer paths than `B`).
+    /// paths (requests beyond the path budget travel longer paths than `B`); with `reports`,
+    /// that is when the whole map ends, probes included.
     pub reach_wait_factor: f64,
     /// Also probe path-proven nodes the origin has not measured itself: an overlay path within
     /// `B` does not prove a direct RTT within `B` where routing violates the triangle inequality.

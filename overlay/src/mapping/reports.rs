@@ -14,10 +14,10 @@
 //!
 //! One deadline bounds the whole map: `wait` (budget + grace + `reach_wait_factor` x budget,
 //! so with the default factor of 1, the budget plus one probe's timeout). A request goes
-//! beyond the path budget only while the receiver's report could still arrive and its probe
-//! come back before it; a probe is given until the deadline at most; whatever has not
-//! reported by then (a dead node, a report slower than predicted) is left out and the map is
-//! marked incomplete.
+//! beyond the path budget only while the receiver's report could still arrive before it (the
+//! receiver itself is probed when its sender's report, which lists it, arrives); a probe is
+//! given until the deadline at most; whatever has not reported by then (a dead node, a report
+//! slower than its coordinate predicted) is left out and the map is marked incomplete.
 //!
 //! Trust: a report speaks only for its sender (its own record must be in it) and no report
 //! can make a node direct: what a report claims to be measured by the origin is taken as a
