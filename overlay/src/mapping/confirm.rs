@@ -4,6 +4,20 @@
 
 use super::*;
 
+/// What the origin makes of one node of a map by direct RTT ([`MappingNode::verdict`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Verdict {
+    /// Its own link measured the node within the budget, at this smoothed RTT.
+    Direct(f64),
+    /// Its own link measured the node beyond the budget: out of the map.
+    Out,
+    /// A probe decides.
+    Probe,
+    /// Left as the map has it: path-proven with paths trusted, or a candidate whose record puts
+    /// it out of reach (unconfirmed candidates leave the map when it ends).
+    Keep,
+}
+
 impl MappingNode {
     /// Whether a candidate may be within `budget_ms` by the coordinate in its record, as seen
     /// from this node (the origin) now: its prediction less `reach_margin` times the summed
@@ -13,6 +27,42 @@ impl MappingNode {
         match self.direct_range(&here, self.vivaldi.error(), &rec.coord, rec.coord_error) {
             Some((_, lower, _)) => lower <= budget_ms * (1.0 + self.config.probe_slack),
             None => true,
+        }
+    }
+
+    /// The origin's verdict, in a map by direct RTT within `budget_ms`, on node `n`, which the
+    /// map's parts say is reached `how` (`record` is its record, if the map has it). A smoothed
+    /// RTT of the origin's own link decides, unless it is within the budget while its variance
+    /// margin is not: the smoothed value of a link on the budget's edge is as likely below its
+    /// true RTT as above, so that link is measured afresh. Otherwise a probe decides, except
+    /// for a path-proven node when paths are trusted (`confirm_paths` off) and a candidate whose
+    /// record puts it out of reach. A claim of a direct RTT in another node's part (a forged
+    /// one: only the origin measures directly) is probed like a node with no proof.
+    pub(super) fn verdict(
+        &self,
+        n: NodeId,
+        how: Option<RttHow>,
+        record: Option<&NodeRecord>,
+        budget_ms: f64,
+    ) -> Verdict {
+        let own = self.peers.get(&n).map(|p| &p.rtt);
+        if let Some(srtt) = own.and_then(|r| r.srtt()) {
+            let upper = own.and_then(|r| r.predicted_upper(self.config.margin_k));
+            if srtt <= budget_ms && upper.is_none_or(|u| u <= budget_ms) {
+                return Verdict::Direct(srtt);
+            }
+            if srtt > budget_ms {
+                return Verdict::Out;
+            }
+        }
+        match how {
+            Some(RttHow::Path) if !self.config.confirm_paths => Verdict::Keep,
+            Some(RttHow::Candidate)
+                if !record.is_some_and(|r| self.worth_probing(r, budget_ms)) =>
+            {
+                Verdict::Keep
+            }
+            _ => Verdict::Probe,
         }
     }
 
@@ -64,52 +114,38 @@ impl MappingNode {
             if n == self.id {
                 continue;
             }
-            let own = self.peers.get(&n).map(|p| &p.rtt);
-            if let Some(srtt) = own.and_then(|r| r.srtt()) {
-                // A link whose smoothed RTT is within the budget but whose variance margin is
-                // not is measured afresh (a probe) when the map reaches by direct RTT: the
-                // smoothed value of a link on the budget's edge is as likely below its true RTT
-                // as above.
-                let upper = own.and_then(|r| r.predicted_upper(self.config.margin_k));
-                let borderline = extend && upper.is_some_and(|u| u > budget);
-                if srtt <= budget && !borderline {
-                    map.set_proof(RttProof {
+            let proof = map.proof(n).copied();
+            if !extend {
+                // Seed 004's map: the origin's own link proves what it measured within the
+                // budget; another node's claim of a direct RTT (a forged answer) is taken as a
+                // path's at best, since only the origin measures directly.
+                match self.peers.get(&n).and_then(|p| p.rtt.srtt()) {
+                    Some(srtt) if srtt <= budget => map.set_proof(RttProof {
                         id: n,
                         rtt_ms: srtt,
                         how: RttHow::Direct,
-                    });
-                    continue;
-                }
-                if extend && srtt > budget {
-                    // Measured by the origin itself beyond the budget.
-                    map.remove_node(n);
-                    continue;
-                }
-            }
-            // Only the origin measures directly: another node's claim of it (a forged answer)
-            // is probed like a candidate, or taken as a path's at best in seed 004's map.
-            let proof = map.proof(n).copied();
-            if !extend {
-                if let Some(p) = proof.filter(|p| p.how > RttHow::Path) {
-                    map.set_proof(RttProof {
-                        how: RttHow::Path,
-                        ..p
-                    });
+                    }),
+                    _ => {
+                        if let Some(p) = proof.filter(|p| p.how > RttHow::Path) {
+                            map.set_proof(RttProof {
+                                how: RttHow::Path,
+                                ..p
+                            });
+                        }
+                    }
                 }
                 continue;
             }
-            let probe = match proof.map(|p| p.how) {
-                Some(RttHow::Direct | RttHow::Origin) => true,
-                Some(RttHow::Path) => self.config.confirm_paths,
-                Some(RttHow::Candidate) => map
-                    .nodes
-                    .iter()
-                    .find(|r| r.id == n)
-                    .is_some_and(|r| self.worth_probing(r, budget)),
-                None => true,
-            };
-            if probe {
-                targets.push(n);
+            let record = map.nodes.iter().find(|r| r.id == n);
+            match self.verdict(n, proof.map(|p| p.how), record, budget) {
+                Verdict::Direct(rtt_ms) => map.set_proof(RttProof {
+                    id: n,
+                    rtt_ms,
+                    how: RttHow::Direct,
+                }),
+                Verdict::Out => map.remove_node(n),
+                Verdict::Probe => targets.push(n),
+                Verdict::Keep => {}
             }
         }
         if targets.is_empty() {

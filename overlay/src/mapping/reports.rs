@@ -23,6 +23,7 @@
 //! can make a node direct: what a report claims to be measured by the origin is taken as a
 //! candidate, so only the origin's own links and probes confirm.
 
+use super::confirm::Verdict;
 use super::*;
 
 /// A map this node originated with reports: what it collected and what it still waits for.
@@ -217,8 +218,6 @@ impl MappingNode {
         own: bool,
         out: &mut Vec<Output>,
     ) {
-        let margin_k = self.config.margin_k;
-        let confirm_paths = self.config.confirm_paths;
         // Taken out while it is worked on, so the node's own state can be read beside it.
         let Some(mut c) = self.collecting.remove(&id) else {
             return;
@@ -249,37 +248,30 @@ impl MappingNode {
             if c.settled.contains(&n) {
                 continue;
             }
-            let own_rtt = self.peers.get(&n).map(|p| &p.rtt);
-            if let Some(srtt) = own_rtt.and_then(|r| r.srtt()) {
-                // As in `confirm`: a link on the budget's edge is measured afresh.
-                let upper = own_rtt.and_then(|r| r.predicted_upper(margin_k));
-                if srtt <= budget && upper.is_none_or(|u| u <= budget) {
+            let how = c.proofs.get(&n).map(|p| p.how);
+            let record = c.records.get(&n);
+            match self.verdict(n, how, record, budget) {
+                Verdict::Direct(rtt_ms) => {
                     c.settled.insert(n);
                     c.prove(RttProof {
                         id: n,
-                        rtt_ms: srtt,
+                        rtt_ms,
                         how: RttHow::Direct,
                     });
-                    continue;
                 }
-                if srtt > budget {
+                Verdict::Out => {
                     c.settled.insert(n);
                     c.reject(n);
-                    continue;
                 }
-            }
-            let Some(record) = c.records.get(&n) else {
-                continue;
-            };
-            let probe = match c.proofs.get(&n).map(|p| p.how) {
-                Some(RttHow::Path) => confirm_paths,
-                Some(RttHow::Candidate) => self.worth_probing(record, budget),
-                Some(RttHow::Direct | RttHow::Origin) | None => true,
-            };
-            if probe {
-                c.settled.insert(n);
-                c.probes.insert(n, now.plus_ms(budget).min(c.deadline));
-                targets.push(record.clone());
+                Verdict::Probe => {
+                    if let Some(record) = record.cloned() {
+                        c.settled.insert(n);
+                        c.probes.insert(n, now.plus_ms(budget).min(c.deadline));
+                        targets.push(record);
+                    }
+                }
+                // Not settled: a later part may prove it another way.
+                Verdict::Keep => {}
             }
         }
         self.collecting.insert(id, c);
