@@ -497,6 +497,7 @@ fn seed_004_maps_probe_nothing() {
 /// A request of a node before issue 17 (no `reach` field on the wire) still decodes.
 #[test]
 fn requests_without_reach_decode() {
+    use serde::Serialize;
     #[derive(Serialize)]
     struct Old {
         id: MapId,
