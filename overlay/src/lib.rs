@@ -17,6 +17,7 @@
 pub mod addresses;
 pub mod behaviour;
 pub mod commands;
+pub mod cones;
 pub mod config;
 pub mod error;
 pub mod events;

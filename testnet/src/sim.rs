@@ -21,9 +21,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::latency::LatencyModel;
+use brume_overlay::cones::{sticky_cone_choices, Stickiness};
 use brume_overlay::ids::{MapId, NodeId, Time};
 use brume_overlay::mapping::{MapConfig, MappingNode, Message, Output};
 use brume_overlay::neighbourhood::{NeighbourhoodMap, NodeRecord, RttHow};
+use brume_overlay::vivaldi::Coord;
 
 mod wire_size;
 use wire_size::WireSize;
@@ -88,6 +90,18 @@ impl OverlayGraph {
         for (a, b) in [(i, j), (j, i)] {
             let at = self.adj[a].binary_search(&b).unwrap_or_else(|e| e);
             self.adj[a].insert(at, b);
+        }
+        true
+    }
+
+    /// Unlinks `i` and `j`; false if they were not linked.
+    pub fn unlink(&mut self, i: usize, j: usize) -> bool {
+        let Ok(at) = self.adj[i].binary_search(&j) else {
+            return false;
+        };
+        self.adj[i].remove(at);
+        if let Ok(at) = self.adj[j].binary_search(&i) {
+            self.adj[j].remove(at);
         }
         true
     }
@@ -434,35 +448,111 @@ impl<'m> Simulation<'m> {
     /// most a constant factor longer than their distance, which is what a map of nodes within
     /// B of an origin *directly* needs. Each new link is then pinged as in the warm-up.
     pub fn cone_links(&mut self, k: usize) {
-        if k == 0 {
-            return;
-        }
         let n = self.nodes.len();
         let coords: Vec<_> = self.nodes.iter().map(|x| x.vivaldi().coord()).collect();
         let mut added = Vec::new();
-        let width = std::f64::consts::TAU / k as f64;
         for i in 0..n {
-            let mut best: Vec<Option<(f64, usize)>> = vec![None; k];
-            for j in 0..n {
-                if j == i || self.model.rtt(i, j).is_none() {
-                    continue;
-                }
-                let (dx, dy) = (coords[j].x - coords[i].x, coords[j].y - coords[i].y);
-                let cone = (((dy.atan2(dx) + std::f64::consts::PI) / width) as usize).min(k - 1);
-                let d = dx.hypot(dy);
-                if best[cone].is_none_or(|(b, _)| d < b) {
-                    best[cone] = Some((d, j));
-                }
-            }
-            for (_, j) in best.into_iter().flatten() {
-                if self.graph.link(i, j) {
-                    self.nodes[i].add_peer(NodeId(j as u64));
-                    self.nodes[j].add_peer(NodeId(i as u64));
-                    added.push((i, j));
-                }
-            }
+            self.link_cones(k, i, 0..n, (&[], Stickiness::NONE), &coords, &mut added);
         }
         self.ping_new_links(&added);
+    }
+
+    /// Cone links as nodes find them without knowing every node (what
+    /// [`brume_overlay::cones`] describes): in each of `rounds` rounds every node looks at its
+    /// peers and the links they published (its peers' peers, with their coordinates) and links
+    /// to the nearest it knows in each of `k` cones; the new links are pinged, so the next
+    /// round sees further. A node keeps a cone's link within the margins of `sticky`
+    /// ([`sticky_cone_choices`]); a cone link its node no longer chooses is dropped, unless the
+    /// node at its other end chose it too or it was a joining link. Returns the links each
+    /// round added and dropped.
+    pub fn seen_cone_links(
+        &mut self,
+        k: usize,
+        rounds: usize,
+        sticky: Stickiness,
+        pings: usize,
+    ) -> Vec<(usize, usize)> {
+        let n = self.nodes.len();
+        let joining: Vec<Vec<usize>> = (0..n).map(|i| self.graph.neighbours(i).to_vec()).collect();
+        let mut chosen: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+        let mut per_round = Vec::new();
+        for _ in 0..rounds {
+            let coords: Vec<_> = self.nodes.iter().map(|x| x.vivaldi().coord()).collect();
+            let mut added = Vec::new();
+            let before = chosen.clone();
+            for (i, chose) in chosen.iter_mut().enumerate() {
+                let mut known: Vec<usize> = self
+                    .graph
+                    .neighbours(i)
+                    .iter()
+                    .flat_map(|&j| {
+                        std::iter::once(j).chain(self.graph.neighbours(j).iter().copied())
+                    })
+                    .collect();
+                known.sort_unstable();
+                known.dedup();
+                let held = std::mem::take(chose);
+                *chose = self.link_cones(k, i, known, (&held, sticky), &coords, &mut added);
+            }
+            let mut dropped = 0;
+            for (i, old) in before.iter().enumerate() {
+                for &(_, j) in old {
+                    let kept = chosen[i].iter().any(|c| c.1 == j)
+                        || chosen[j].iter().any(|c| c.1 == i)
+                        || joining[i].binary_search(&j).is_ok();
+                    if !kept && self.graph.unlink(i, j) {
+                        self.nodes[i].remove_peer(NodeId(j as u64));
+                        self.nodes[j].remove_peer(NodeId(i as u64));
+                        dropped += 1;
+                    }
+                }
+            }
+            per_round.push((added.len(), dropped));
+            if pings == 0 {
+                self.ping_new_links(&added);
+            } else {
+                self.ping_rounds(pings);
+                self.publish_records();
+            }
+        }
+        per_round
+    }
+
+    /// Links node `i` to its [`sticky_cone_choices`] among `known` (itself and nodes the model
+    /// cannot reach from it left out) by `coords`, holding its current choices with a margin
+    /// (`held`: its choices as `(cone, node)`, and the margins); pushes the links that are new
+    /// onto `added` and returns the choices.
+    fn link_cones(
+        &mut self,
+        k: usize,
+        i: usize,
+        known: impl IntoIterator<Item = usize>,
+        held: (&[(usize, usize)], Stickiness),
+        coords: &[Coord],
+        added: &mut Vec<(usize, usize)>,
+    ) -> Vec<(usize, usize)> {
+        let known = known
+            .into_iter()
+            .filter(|&j| j != i && self.model.rtt(i, j).is_some())
+            .map(|j| (NodeId(j as u64), coords[j]));
+        let current: Vec<(usize, NodeId, Coord)> = held
+            .0
+            .iter()
+            .map(|&(c, j)| (c, NodeId(j as u64), coords[j]))
+            .collect();
+        let choices: Vec<(usize, usize)> =
+            sticky_cone_choices(&coords[i], known, &current, held.1, k)
+                .into_iter()
+                .map(|(c, j)| (c, j.0 as usize))
+                .collect();
+        for &(_, j) in &choices {
+            if self.graph.link(i, j) {
+                self.nodes[i].add_peer(NodeId(j as u64));
+                self.nodes[j].add_peer(NodeId(i as u64));
+                added.push((i, j));
+            }
+        }
+        choices
     }
 
     /// Tells every node its neighbours' current state records, as the daemon does when a
@@ -502,8 +592,14 @@ impl<'m> Simulation<'m> {
     }
 
     fn warm_up(&mut self) {
+        self.ping_rounds(self.config.warmup_rounds);
+    }
+
+    /// `rounds` rounds in which every node pings every peer once (a sample into the peer's RTT
+    /// estimator and its Vivaldi coordinate) and `random_pings` random nodes.
+    fn ping_rounds(&mut self, rounds: usize) {
         let n = self.nodes.len();
-        for _ in 0..self.config.warmup_rounds {
+        for _ in 0..rounds {
             for i in 0..n {
                 for k in 0..self.graph.neighbours(i).len() {
                     let j = self.graph.neighbours(i)[k];

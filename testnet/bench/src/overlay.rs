@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use brume_overlay::cones::Stickiness;
 use brume_overlay::mapping::MapConfig;
 use brume_testnet::latency::{LatencyModel, RttMatrix, SyntheticConfig, SyntheticInternet};
 use brume_testnet::sim::{MapStats, SimConfig, Simulation};
@@ -105,6 +106,26 @@ pub struct OverlayArgs {
     /// nearest node (in the plane) in each, for a fourth set of maps in the same run (0: none).
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub cones: usize,
+    /// With --cones: find the cone links as nodes would, from what their peers publish (their
+    /// links, so each node sees its peers' peers), over this many rounds, instead of from every
+    /// node's coordinate (0: every node's).
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    pub cone_rounds: usize,
+    /// With --cone-rounds: a node keeps a cone's link unless another node is nearer by more
+    /// than this fraction of its distance.
+    #[arg(long, value_name = "F", default_value_t = 0.1)]
+    pub cone_keep: f64,
+    /// With --cone-rounds: a node keeps a cone's link while its angle is within this many cone
+    /// widths outside the cone.
+    #[arg(long, value_name = "F", default_value_t = 0.25)]
+    pub cone_slack: f64,
+    /// With --cone-rounds: nodes nearer than this (ms, by coordinates) are no cone's choice.
+    #[arg(long, value_name = "MS", default_value_t = 0.0)]
+    pub cone_floor: f64,
+    /// With --cone-rounds: between two rounds every link is pinged this many times (0: only
+    /// the new links, 8 times).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub cone_pings: usize,
     /// Direct maps on the cone links: beyond the path budget, forward along the tree that the
     /// peers' published links define instead of flooding the ball (`MapConfig::reach_tree`).
     #[arg(long)]
@@ -239,7 +260,7 @@ struct Scale {
     /// Direct maps after `--spread` Vivaldi-spread links per node were added (if any).
     spread_rows: Option<(Vec<Row>, usize)>,
     /// Direct maps on the joining overlay plus `--cones` Yao links per node (if any).
-    cone_rows: Option<(Vec<Row>, usize)>,
+    cone_rows: Option<(Vec<Row>, usize, String)>,
 }
 
 /// Messages a plain flood of the same region would send, with duplicate suppression and the
@@ -372,10 +393,33 @@ fn evaluate(
             },
         );
         let before = sim.graph().links();
-        sim.cone_links(args.cones);
+        let how = if args.cone_rounds == 0 {
+            sim.cone_links(args.cones);
+            "from every node's coordinate".to_string()
+        } else {
+            let per_round = sim.seen_cone_links(
+                args.cones,
+                args.cone_rounds,
+                Stickiness {
+                    keep: args.cone_keep,
+                    slack: args.cone_slack,
+                    floor_ms: args.cone_floor,
+                },
+                args.cone_pings,
+            );
+            format!("from peers' peers, (added, dropped) per round {per_round:?}")
+        };
         sim.publish_links();
         let added = sim.graph().links() - before;
-        (run(&mut sim), added)
+        let degree = (0..n)
+            .map(|i| sim.graph().neighbours(i).len())
+            .max()
+            .unwrap_or(0);
+        (
+            run(&mut sim),
+            added,
+            format!("{how}, largest degree {degree}"),
+        )
     });
     let spread_rows = (args.spread > 0).then(|| {
         let before = sim.graph().links();
@@ -468,10 +512,10 @@ fn print_scale(s: &Scale) {
             rows,
         );
     }
-    if let Some((rows, added)) = &s.cone_rows {
+    if let Some((rows, added, how)) = &s.cone_rows {
         print_direct(
             &format!(
-                "  direct maps after adding Yao cone links ({added} links, {} overlay links in all):",
+                "  direct maps after adding Yao cone links ({added} links {how}, {} overlay links in all):",
                 s.links + added
             ),
             rows,
