@@ -477,7 +477,11 @@ impl<'m> Simulation<'m> {
         let mut chosen: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
         let mut per_round = Vec::new();
         for _ in 0..rounds {
-            let coords: Vec<_> = self.nodes.iter().map(|x| x.vivaldi().coord()).collect();
+            let coords = if pings == 0 {
+                self.nodes.iter().map(|x| x.vivaldi().coord()).collect()
+            } else {
+                self.centroid_rounds(pings)
+            };
             let mut added = Vec::new();
             let before = chosen.clone();
             for (i, chose) in chosen.iter_mut().enumerate() {
@@ -510,12 +514,37 @@ impl<'m> Simulation<'m> {
             per_round.push((added.len(), dropped));
             if pings == 0 {
                 self.ping_new_links(&added);
-            } else {
-                self.ping_rounds(pings);
-                self.publish_records();
             }
         }
+        if pings > 0 {
+            self.ping_rounds(pings);
+            self.publish_records();
+        }
         per_round
+    }
+
+    /// `rounds` ping rounds ([`Simulation::ping_rounds`]); returns each node's coordinate
+    /// averaged over the rounds' ends (what a node would publish as its settled coordinate: a
+    /// Vivaldi coordinate moves a little with every sample, around where it belongs).
+    fn centroid_rounds(&mut self, rounds: usize) -> Vec<Coord> {
+        let n = self.nodes.len();
+        let mut sum = vec![(0.0, 0.0, 0.0); n];
+        for _ in 0..rounds {
+            self.ping_rounds(1);
+            for (s, node) in sum.iter_mut().zip(&self.nodes) {
+                let c = node.vivaldi().coord();
+                *s = (s.0 + c.x, s.1 + c.y, s.2 + c.height);
+            }
+        }
+        self.publish_records();
+        let r = rounds.max(1) as f64;
+        sum.into_iter()
+            .map(|(x, y, h)| Coord {
+                x: x / r,
+                y: y / r,
+                height: h / r,
+            })
+            .collect()
     }
 
     /// Links node `i` to its [`sticky_cone_choices`] among `known` (itself and nodes the model
@@ -597,7 +626,7 @@ impl<'m> Simulation<'m> {
 
     /// `rounds` rounds in which every node pings every peer once (a sample into the peer's RTT
     /// estimator and its Vivaldi coordinate) and `random_pings` random nodes.
-    fn ping_rounds(&mut self, rounds: usize) {
+    pub fn ping_rounds(&mut self, rounds: usize) {
         let n = self.nodes.len();
         for _ in 0..rounds {
             for i in 0..n {

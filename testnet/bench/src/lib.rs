@@ -8,6 +8,7 @@
 //! brume-testnet's `LocalNet`, and the migration family builds its namespaces with brume-testnet.
 
 pub mod chaos;
+pub mod coord_drift;
 pub mod deploy;
 pub mod docker_moves;
 pub mod fedavg;

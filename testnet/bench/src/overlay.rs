@@ -72,6 +72,10 @@ pub struct OverlayArgs {
     /// exit: a way to exercise --rtt-matrix without a published dataset.
     #[arg(long, value_name = "FILE")]
     pub write_matrix: Option<PathBuf>,
+    /// Measure how far Vivaldi coordinates keep moving after the warm-up (1 to 32 more ping
+    /// rounds) and how far the direction between two nodes turns, by their distance; then exit.
+    #[arg(long)]
+    pub coord_drift: bool,
     /// The synthetic model --write-matrix writes: `internet` (5 continents x 8 tight cities,
     /// the model of the runs without a matrix) or `metro` (3 continents x 20 wide metro areas,
     /// slower access, twice the badly routed pairs).
@@ -726,6 +730,10 @@ pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
             path.display(),
             n * (n - 1) / 2
         );
+        if args.coord_drift {
+            crate::coord_drift::coord_drift(&matrix, args.seed, args.warmup);
+            return Ok(());
+        }
         scales.push(evaluate(
             format!("matrix {}", path.display()),
             &matrix,
@@ -736,6 +744,10 @@ pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
     } else {
         for &n in &nodes {
             let model = SyntheticInternet::new(SyntheticConfig::internet(n, args.seed));
+            if args.coord_drift {
+                crate::coord_drift::coord_drift(&model, args.seed, args.warmup);
+                continue;
+            }
             scales.push(evaluate(
                 format!("synthetic, seed {}", args.seed),
                 &model,
@@ -746,6 +758,9 @@ pub fn run(args: &OverlayArgs) -> anyhow::Result<()> {
         }
     }
 
+    if args.coord_drift {
+        return Ok(());
+    }
     println!("Overlay mapping in the discrete-event simulator (sans-IO mapping core)");
     println!();
     for s in &scales {
