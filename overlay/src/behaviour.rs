@@ -7,7 +7,8 @@
 //! * `identify`: learns the peers' listen addresses (what membership hands out to newcomers);
 //! * `ping`: RTT samples for the mapping core's estimators and Vivaldi;
 //! * `/brume/join/1` (request-response, CBOR): join samples and shuffles ([`MembershipRequest`]);
-//! * `/brume/state/3` (request-response, CBOR): signed state records exchanged both ways;
+//! * `/brume/state/4` (request-response, CBOR): signed state records and the links each node
+//!   publishes, exchanged both ways ([`PeerState`]);
 //! * `libp2p-stream`: raw streams, for the mapping core's messages on one long-lived stream per
 //!   peer (`/brume/map/4`, see [`crate::maplink`]) and for the node's own stream protocols
 //!   (deploy, transfer, tunnel), which it opens through [`crate::OverlayHandle::open_stream`].
@@ -23,18 +24,19 @@ use libp2p::{connection_limits, identify, identity, ping, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
 use crate::mapping::Message;
-use crate::neighbourhood::NodeRecord;
+use crate::peer_state::PeerState;
 
 pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/join/1");
 /// Version 3: the record is signed by the node it describes ([`crate::signed_record`]).
-pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/state/3");
+/// Version 4: the record comes with the sender's links ([`PeerState`]).
+pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/brume/state/4");
 /// identify's protocol version string for brume nodes.
 pub const IDENTIFY_VERSION: &str = "/brume/1.0.0";
 
 /// Size limits of the CBOR protocols (a join or shuffle holds a few dozen addresses, a state
-/// record a few numbers).
+/// a record and up to [`crate::peer_state::MAX_PUBLISHED_LINKS`] links).
 pub const MAX_JOIN_BYTES: u64 = 64 * 1024;
-pub const MAX_STATE_BYTES: u64 = 4 * 1024;
+pub const MAX_STATE_BYTES: u64 = 16 * 1024;
 
 /// Requests of one request-response protocol in flight at once on one connection.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
@@ -92,7 +94,7 @@ pub struct BrumeBehaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub join: cbor::Behaviour<MembershipRequest, MembershipResponse>,
-    pub state: cbor::Behaviour<NodeRecord, NodeRecord>,
+    pub state: cbor::Behaviour<PeerState, PeerState>,
     pub streams: libp2p_stream::Behaviour,
 }
 

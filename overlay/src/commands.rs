@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 use crate::ids::NodeId;
 use crate::neighbourhood::{NeighbourhoodMap, NodeRecord};
+use crate::peer_state::PublishedLink;
 use crate::vivaldi::Coord;
 
 /// What a node knows about one connected peer.
@@ -23,6 +24,8 @@ pub struct PeerInfo {
     pub coord: Option<(Coord, f64)>,
     /// Its last state record.
     pub record: Option<NodeRecord>,
+    /// The links it published with that record: its peers, with their coordinates.
+    pub links: Vec<PublishedLink>,
     /// Its membership score (starts at 100; below the ban threshold it is dropped).
     pub score: f64,
 }

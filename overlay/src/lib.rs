@@ -34,6 +34,7 @@ pub mod membership;
 pub mod neighbourhood;
 pub mod network_key;
 pub mod node;
+pub mod peer_state;
 pub mod rate;
 pub mod reach_tree;
 pub mod rtt;

@@ -35,6 +35,7 @@ use crate::maplink::{LinkEvent, MapLinks};
 use crate::mapping::{MappingNode, Output};
 use crate::membership::{Action, Membership, Misbehaviour};
 use crate::neighbourhood::{check_name, NodeRecord};
+use crate::peer_state::{PeerState, PublishedLink, MAX_PUBLISHED_LINKS};
 use crate::rate::RateBook;
 use crate::signed_record;
 
@@ -102,6 +103,8 @@ fn drop_bad_name(record: &mut NodeRecord) {
 struct PeerEntry {
     peer: PeerId,
     record: Option<NodeRecord>,
+    /// The links it published with its last state ([`PeerState`]).
+    links: Vec<PublishedLink>,
 }
 
 /// The swarm task's state.
@@ -345,10 +348,11 @@ impl Driver {
 
     fn learn(&mut self, peer: PeerId) -> NodeId {
         let id = node_id_of(&peer);
-        let entry = self
-            .peers
-            .entry(id)
-            .or_insert(PeerEntry { peer, record: None });
+        let entry = self.peers.entry(id).or_insert(PeerEntry {
+            peer,
+            record: None,
+            links: Vec::new(),
+        });
         if entry.peer != peer {
             warn!(%peer, other = %entry.peer, node = %id, "node id collision; keeping the newer peer");
             entry.peer = peer;
@@ -502,6 +506,7 @@ impl Driver {
                     rttvar_ms: rtt.and_then(|r| r.rttvar()),
                     coord: entry.record.as_ref().map(|r| (r.coord, r.coord_error)),
                     record: entry.record.clone(),
+                    links: entry.links.clone(),
                     score: self.membership.score(*id),
                 })
             })
@@ -692,8 +697,34 @@ impl Driver {
         record
     }
 
+    /// What this node tells its peers: its signed record and its links to the peers whose
+    /// records it has, with their coordinates (by node id, at most [`MAX_PUBLISHED_LINKS`]).
+    fn own_state(&self) -> PeerState {
+        let mut links: Vec<(NodeId, PublishedLink)> = self
+            .connected
+            .iter()
+            .filter_map(|n| {
+                let e = self.peers.get(n)?;
+                let coord = e.record.as_ref()?.coord;
+                Some((
+                    *n,
+                    PublishedLink {
+                        peer: e.peer,
+                        coord,
+                    },
+                ))
+            })
+            .collect();
+        links.sort_by_key(|l| l.0);
+        links.truncate(MAX_PUBLISHED_LINKS);
+        PeerState {
+            record: self.own_record(),
+            links: links.into_iter().map(|l| l.1).collect(),
+        }
+    }
+
     fn broadcast_state(&mut self) {
-        let record = self.own_record();
+        let state = self.own_state();
         let peers: Vec<PeerId> = self
             .connected
             .iter()
@@ -703,12 +734,35 @@ impl Driver {
             self.swarm
                 .behaviour_mut()
                 .state
-                .send_request(&p, record.clone());
+                .send_request(&p, state.clone());
         }
     }
 
-    /// A state record from `node`: stored, its coordinate handed to the mapping core.
-    fn on_record(&mut self, node: NodeId, mut record: NodeRecord) {
+    /// A state from `node`: its record (see [`Driver::on_record`]) and, if the record holds, its
+    /// links, handed to the mapping core (the tree a map may follow is computed from them).
+    fn on_state(&mut self, node: NodeId, state: PeerState) {
+        let links = state.checked_links();
+        let coord = state.record.coord;
+        if !self.on_record(node, state.record) {
+            return;
+        }
+        match links {
+            Ok(links) => {
+                self.mapping.set_peer_links(node, coord, links);
+                if let Some(e) = self.peers.get_mut(&node) {
+                    e.links = state.links;
+                }
+            }
+            Err(e) => {
+                debug!(%node, error = %e, "state links refused");
+                self.misbehaved(node, Misbehaviour::Malformed);
+            }
+        }
+    }
+
+    /// A state record from `node`: stored, its coordinate handed to the mapping core. False if
+    /// it was refused (and its sender scored down).
+    fn on_record(&mut self, node: NodeId, mut record: NodeRecord) -> bool {
         let claimed_other_peer = record.peer.is_some() && self.peer_id(node) != record.peer;
         if record.id != node
             || claimed_other_peer
@@ -717,12 +771,12 @@ impl Driver {
         {
             debug!(%node, "state record with a wrong id or non-finite coordinate");
             self.misbehaved(node, Misbehaviour::Malformed);
-            return;
+            return false;
         }
         if let Err(e) = signed_record::verify(&record) {
             debug!(%node, error = %e, "state record dropped");
             self.misbehaved(node, Misbehaviour::Malformed);
-            return;
+            return false;
         }
         record.id = node;
         drop_bad_name(&mut record);
@@ -734,6 +788,7 @@ impl Driver {
             e.record = Some(record);
         }
         self.membership.on_good(node);
+        true
     }
 
     /// Parses membership entries; malformed ones count against the sender.
@@ -797,11 +852,11 @@ impl Driver {
                     let actions = self.membership.on_connected(now, id, addr);
                     self.apply(actions);
                     if self.connected.contains(&id) {
-                        let record = self.own_record();
+                        let state = self.own_state();
                         self.swarm
                             .behaviour_mut()
                             .state
-                            .send_request(&peer_id, record);
+                            .send_request(&peer_id, state);
                     }
                 } else {
                     // `self.connected` holds `id` since its first connection.
@@ -1017,7 +1072,7 @@ impl Driver {
         }
     }
 
-    fn on_state_event(&mut self, ev: request_response::Event<NodeRecord, NodeRecord>) {
+    fn on_state_event(&mut self, ev: request_response::Event<PeerState, PeerState>) {
         use request_response::{Event, Message};
         match ev {
             Event::Message {
@@ -1033,13 +1088,13 @@ impl Driver {
                     return;
                 }
                 let from = self.learn(peer);
-                let mine = self.own_record();
+                let mine = self.own_state();
                 let _ = self
                     .swarm
                     .behaviour_mut()
                     .state
                     .send_response(channel, mine);
-                self.on_record(from, request);
+                self.on_state(from, request);
             }
             Event::Message {
                 peer,
@@ -1047,7 +1102,7 @@ impl Driver {
                 ..
             } => {
                 let from = self.learn(peer);
-                self.on_record(from, response);
+                self.on_state(from, response);
             }
             Event::OutboundFailure { peer, error, .. } => {
                 debug!(%peer, %error, "state request failed");

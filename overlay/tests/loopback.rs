@@ -315,6 +315,41 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
         }
     })
     .await;
+    // Each node publishes its links with its state: node 0 learns, from a peer, that peer's
+    // links back to node 0 and on to another node of the test (its peers' peers).
+    let node0 = &handles[0];
+    let me = node0.peer_id();
+    let ours: BTreeSet<PeerId> = handles.iter().map(|h| h.peer_id()).collect();
+    let ours = &ours;
+    wait_until(
+        "a peer's published links back to node 0 and beyond",
+        || async move {
+            let peers = node0.peers().await.unwrap();
+            let published: Vec<(String, Vec<String>)> = peers
+                .iter()
+                .map(|p| {
+                    (
+                        short(&p.peer_id),
+                        p.links.iter().map(|l| short(&l.peer)).collect(),
+                    )
+                })
+                .collect();
+            let found = peers.iter().any(|p| {
+                let back = p.links.iter().any(|l| l.peer == me);
+                let beyond = p
+                    .links
+                    .iter()
+                    .any(|l| l.peer != me && ours.contains(&l.peer) && l.coord.is_finite());
+                back && beyond
+            });
+            if found {
+                Ok(())
+            } else {
+                Err(format!("links published by node 0's peers: {published:?}"))
+            }
+        },
+    )
+    .await;
     let srtts: Vec<String> = handles[0]
         .peers()
         .await

@@ -16,6 +16,7 @@ use std::time::Duration;
 use brume_overlay::behaviour::{MAX_CONNECTIONS_PER_PEER, STATE_PROTOCOL};
 use brume_overlay::ids::node_id_of;
 use brume_overlay::neighbourhood::NodeRecord;
+use brume_overlay::peer_state::PeerState;
 use brume_overlay::{
     signed_record, ConnectionEvent, Identity, Overlay, OverlayConfig, OverlayHandle, Rate,
     StreamLimits, StreamProtocol, Timings,
@@ -64,7 +65,7 @@ async fn spawn(cfg: OverlayConfig) -> (OverlayHandle, Multiaddr) {
 #[derive(NetworkBehaviour)]
 struct Bare {
     streams: libp2p_stream::Behaviour,
-    state: cbor::Behaviour<NodeRecord, NodeRecord>,
+    state: cbor::Behaviour<PeerState, PeerState>,
 }
 
 fn bare(key: Keypair) -> Swarm<Bare> {
@@ -215,13 +216,17 @@ async fn state_requests_past_a_peers_rate_go_unanswered() {
     let mut record = NodeRecord::bare(node_id_of(&me));
     record.peer = Some(me);
     signed_record::sign(&mut record, &k);
+    let state = PeerState {
+        record,
+        links: Vec::new(),
+    };
     peer.dial(at).unwrap();
     let mut answered = Vec::new();
     for _ in 0..5 {
         let id = peer
             .behaviour_mut()
             .state
-            .send_request(&node.peer_id(), record.clone());
+            .send_request(&node.peer_id(), state.clone());
         let outcome = tokio::time::timeout(PATIENCE, async {
             loop {
                 match peer.select_next_some().await {
@@ -232,7 +237,7 @@ async fn state_requests_past_a_peers_rate_go_unanswered() {
                                 response,
                             },
                         ..
-                    })) if request_id == id => return Some(response.id),
+                    })) if request_id == id => return Some(response.record.id),
                     SwarmEvent::Behaviour(BareEvent::State(
                         request_response::Event::OutboundFailure { request_id, .. },
                     )) if request_id == id => return None,

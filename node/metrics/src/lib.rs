@@ -460,6 +460,7 @@ mod tests {
             rttvar_ms: None,
             coord: None,
             record: None,
+            links: Vec::new(),
             score: 100.0,
         }
     }
