@@ -97,3 +97,11 @@ impl NetworkBehaviour for AddressBook {
         Poll::Pending
     }
 }
+
+/// The peer id a multiaddr ends with, if any.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => Some(p),
+        _ => None,
+    }
+}

@@ -9,16 +9,17 @@
 //! ([`PeerState::checked_links`]) and a peer that sends bad ones is scored down like any
 //! malformed message.
 
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
+use crate::addresses::peer_of;
 use crate::ids::{node_id_of, NodeId};
 use crate::neighbourhood::NodeRecord;
 use crate::vivaldi::Coord;
 
-/// At most this many links in one state message: a node's degree stays far below it, and it
-/// keeps the message within [`crate::behaviour::MAX_STATE_BYTES`].
-pub const MAX_PUBLISHED_LINKS: usize = 96;
+/// At most this many links in one state message: a node's degree stays below it (joining's
+/// links and cone links), and it keeps the message within [`crate::behaviour::MAX_STATE_BYTES`].
+pub const MAX_PUBLISHED_LINKS: usize = 64;
 
 /// The message of `/brume/state/4`, both ways.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,12 +29,15 @@ pub struct PeerState {
     pub links: Vec<PublishedLink>,
 }
 
-/// One of the sender's links: the peer at its other end and that peer's coordinate, as the
-/// sender last had it from the peer's record.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// One of the sender's links: the peer at its other end, that peer's coordinate and one of its
+/// dialable addresses (ending in `/p2p/<peer>`), as the sender last had them from the peer's
+/// record: what a node choosing cone links among its peers' peers needs to dial one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PublishedLink {
     pub peer: PeerId,
     pub coord: Coord,
+    #[serde(default)]
+    pub addr: Option<Multiaddr>,
 }
 
 /// Why a state message's links were refused.
@@ -43,6 +47,8 @@ pub enum LinksError {
     TooMany { len: usize, max: usize },
     #[error("a link's coordinate is not finite")]
     BadCoord,
+    #[error("a link's address {addr} does not end in its peer's id")]
+    BadAddr { addr: Multiaddr },
 }
 
 impl PeerState {
@@ -57,6 +63,15 @@ impl PeerState {
         }
         if self.links.iter().any(|l| !l.coord.is_finite()) {
             return Err(LinksError::BadCoord);
+        }
+        if let Some(l) = self
+            .links
+            .iter()
+            .find(|l| l.addr.as_ref().is_some_and(|a| peer_of(a) != Some(l.peer)))
+        {
+            return Err(LinksError::BadAddr {
+                addr: l.addr.clone().unwrap_or_else(Multiaddr::empty),
+            });
         }
         let mut out: Vec<(NodeId, Coord)> = self
             .links
@@ -84,6 +99,14 @@ mod tests {
                 y: 0.0,
                 height: MIN_HEIGHT,
             },
+            addr: Some(
+                format!(
+                    "/ip4/192.168.100.{seed}/tcp/40123/p2p/{}",
+                    key.public().to_peer_id()
+                )
+                .parse()
+                .expect("an address"),
+            ),
         }
     }
 
@@ -119,6 +142,13 @@ mod tests {
         );
         let nan = state(vec![link(1, f64::NAN)]);
         assert_eq!(nan.checked_links(), Err(LinksError::BadCoord));
+        // An address that dials someone else than the peer the link names.
+        let mut wrong = link(1, 1.0);
+        wrong.addr = link(2, 1.0).addr;
+        assert!(matches!(
+            state(vec![wrong]).checked_links(),
+            Err(LinksError::BadAddr { .. })
+        ));
     }
 
     #[test]
@@ -143,6 +173,10 @@ mod tests {
         };
         let mut bytes = Vec::new();
         ciborium::into_writer(&full, &mut bytes).expect("encodes");
+        eprintln!(
+            "a state with {MAX_PUBLISHED_LINKS} links: {} bytes",
+            bytes.len()
+        );
         assert!(
             (bytes.len() as u64) < crate::behaviour::MAX_STATE_BYTES,
             "{} bytes",

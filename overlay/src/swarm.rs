@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
+pub use crate::addresses::peer_of;
 use crate::behaviour::{
     BehaviourTimings, BrumeBehaviour, BrumeBehaviourEvent, MapFrame, MembershipRequest,
     MembershipResponse,
@@ -45,14 +46,6 @@ fn msg_kind(msg: &crate::mapping::Message) -> &'static str {
         crate::mapping::Message::Ack { .. } => "ack",
         crate::mapping::Message::Answer { .. } => "answer",
         crate::mapping::Message::Report { .. } => "report",
-    }
-}
-
-/// The peer id a multiaddr ends with, if any.
-pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    match addr.iter().last() {
-        Some(Protocol::P2p(p)) => Some(p),
-        _ => None,
     }
 }
 
@@ -698,19 +691,26 @@ impl Driver {
     }
 
     /// What this node tells its peers: its signed record and its links to the peers whose
-    /// records it has, with their coordinates (by node id, at most [`MAX_PUBLISHED_LINKS`]).
+    /// records it has, with their coordinates and an address from their records (by node id,
+    /// at most [`MAX_PUBLISHED_LINKS`]).
     fn own_state(&self) -> PeerState {
         let mut links: Vec<(NodeId, PublishedLink)> = self
             .connected
             .iter()
             .filter_map(|n| {
                 let e = self.peers.get(n)?;
-                let coord = e.record.as_ref()?.coord;
+                let record = e.record.as_ref()?;
+                let addr = record
+                    .addrs
+                    .iter()
+                    .find(|a| peer_of(a) == Some(e.peer))
+                    .cloned();
                 Some((
                     *n,
                     PublishedLink {
                         peer: e.peer,
-                        coord,
+                        coord: record.coord,
+                        addr,
                     },
                 ))
             })

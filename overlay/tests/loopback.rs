@@ -22,6 +22,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use brume_overlay::addresses::peer_of;
 use brume_overlay::ids::NodeId;
 use brume_overlay::{Overlay, OverlayConfig, OverlayError, OverlayHandle, Timings};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -316,7 +317,8 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
     })
     .await;
     // Each node publishes its links with its state: node 0 learns, from a peer, that peer's
-    // links back to node 0 and on to another node of the test (its peers' peers).
+    // links back to node 0 and on to another node of the test (its peers' peers), with a
+    // coordinate and an address to dial it at.
     let node0 = &handles[0];
     let me = node0.peer_id();
     let ours: BTreeSet<PeerId> = handles.iter().map(|h| h.peer_id()).collect();
@@ -336,10 +338,12 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
                 .collect();
             let found = peers.iter().any(|p| {
                 let back = p.links.iter().any(|l| l.peer == me);
-                let beyond = p
-                    .links
-                    .iter()
-                    .any(|l| l.peer != me && ours.contains(&l.peer) && l.coord.is_finite());
+                let beyond = p.links.iter().any(|l| {
+                    l.peer != me
+                        && ours.contains(&l.peer)
+                        && l.coord.is_finite()
+                        && l.addr.as_ref().and_then(peer_of) == Some(l.peer)
+                });
                 back && beyond
             });
             if found {
