@@ -43,6 +43,8 @@ pub struct Status {
     /// The last map this node started with each recent budget, oldest first: how big its
     /// neighbourhood is, for an operator's dashboard.
     pub maps: Vec<MapSize>,
+    /// The cone links this node chose (issue 17; none unless [`crate::OverlayConfig::cones`]).
+    pub cone_links: Vec<PeerId>,
 }
 
 /// How many nodes the last map of one budget held.

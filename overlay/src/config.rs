@@ -42,6 +42,9 @@ pub struct Timings {
     pub maintain_interval: Duration,
     /// How long [`Overlay::spawn`] waits for its listeners to report their addresses.
     pub listen_timeout: Duration,
+    /// How often a node with cone links ([`OverlayConfig::cones`]) chooses them again: each
+    /// round replaces some of them (Vivaldi coordinates keep moving), so rounds are rare.
+    pub cone_interval: Duration,
 }
 
 impl Default for Timings {
@@ -55,6 +58,7 @@ impl Default for Timings {
             shuffle_interval: Duration::from_secs(10),
             maintain_interval: Duration::from_secs(1),
             listen_timeout: Duration::from_secs(5),
+            cone_interval: Duration::from_secs(300),
         }
     }
 }
@@ -68,6 +72,10 @@ pub struct OverlayConfig {
     pub bootstrap: Vec<Multiaddr>,
     pub min_degree: usize,
     pub max_degree: usize,
+    /// Cone links (issue 17, [`crate::cones`]): the node also links to the nearest node it knows
+    /// of (its peers and the links they publish) in each of this many cones around its Vivaldi
+    /// coordinate, every [`Timings::cone_interval`], beyond `max_degree`. 0: none.
+    pub cones: usize,
     pub identity: Identity,
     /// The resources this node advertises (its id and coordinate are filled in by the node).
     pub record: Option<NodeRecord>,
@@ -98,6 +106,7 @@ impl Default for OverlayConfig {
             bootstrap: Vec::new(),
             min_degree: 4,
             max_degree: 12,
+            cones: 0,
             identity: Identity::Generate,
             record: None,
             timings: Timings::default(),

@@ -27,7 +27,7 @@
 //!   ([`Misbehaviour`]), good messages raise it slowly back. A peer whose score falls below
 //!   `ban_threshold` is disconnected and not dialled again (nor accepted) for `ban_ms`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -177,6 +177,8 @@ pub struct Membership<A> {
     rejoin_rounds: u32,
     /// Failed dials in a row per remembered address.
     failures: BTreeMap<A, u32>,
+    /// Cone links ([`Membership::set_cone_links`]): never trimmed as surplus.
+    protected: BTreeSet<NodeId>,
     joined: bool,
     rng: ChaCha8Rng,
 }
@@ -203,6 +205,7 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
             next_rejoin: Time(0),
             rejoin_rounds: 0,
             failures: BTreeMap::new(),
+            protected: BTreeSet::new(),
             joined: false,
             rng: ChaCha8Rng::seed_from_u64(seed ^ id.0),
         }
@@ -733,15 +736,16 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
     /// Drops the worst-scoring peers above `max_degree` (lowest score, then largest RTT, then the
     /// most recent connection).
     fn trim(&mut self, now: Time, out: &mut Vec<Action<A>>) {
-        let surplus = self.connected.len().saturating_sub(self.config.max_degree);
-        if surplus == 0 {
-            return;
-        }
         let mut ranked: Vec<(NodeId, f64, f64, Time)> = self
             .connected
             .iter()
+            .filter(|(id, _)| !self.protected.contains(id))
             .map(|(id, c)| (*id, c.score, c.rtt_ms.unwrap_or(f64::INFINITY), c.since))
             .collect();
+        let surplus = ranked.len().saturating_sub(self.config.max_degree);
+        if surplus == 0 {
+            return;
+        }
         ranked.sort_by(|x, y| {
             x.1.total_cmp(&y.1)
                 .then(y.2.total_cmp(&x.2))
@@ -757,6 +761,30 @@ impl<A: Clone + Eq + Hash + Ord + std::fmt::Debug> Membership<A> {
                 reason: DropReason::Surplus,
             });
         }
+    }
+
+    /// The node's cone links (issue 17, [`crate::cones`]): `protected` are the peers at the
+    /// other end of a link this node or that peer chose as a cone link; they are never trimmed
+    /// as surplus (the degree bounds count the other links only). Each of `dial`, a cone link
+    /// this node chose, is dialled at its address unless connected, dialling or banned; a peer
+    /// cooling down after a trim is dialled too, since a cone link is not trimmed.
+    pub fn set_cone_links(
+        &mut self,
+        now: Time,
+        dial: Vec<(NodeId, A)>,
+        protected: BTreeSet<NodeId>,
+    ) -> Vec<Action<A>> {
+        self.protected = protected;
+        let mut out = Vec::new();
+        for (node, addr) in dial {
+            if node == self.id || self.connected.contains_key(&node) || self.is_banned(now, node) {
+                continue;
+            }
+            self.cooling.remove(&node);
+            self.remember(now, node, addr.clone());
+            self.dial(now, addr, Some(node), &mut out);
+        }
+        out
     }
 
     /// Periodic work: expire dials and bans, keep the degree in bounds, rejoin, shuffle.
@@ -953,6 +981,45 @@ mod tests {
         }
         let mut m3 = m2.clone();
         assert_eq!(m2.join_sample(NodeId(99)), m3.join_sample(NodeId(99)));
+    }
+
+    #[test]
+    fn cone_links_are_dialled_and_not_trimmed_as_surplus() {
+        let mut m = M::new(NodeId(1), cfg(), vec![], 3);
+        m.start(ms(0));
+        for i in 2..=8u64 {
+            m.on_connected(ms(0), NodeId(i), Some(addr(i)));
+            m.set_rtt(NodeId(i), 5.0);
+        }
+        // Peer 5 is the worst (slowest) and 7 the lowest scored: both cone links, so kept.
+        m.set_rtt(NodeId(5), 500.0);
+        m.on_misbehaviour(ms(0), NodeId(7), Misbehaviour::Unresponsive);
+        // Cone links: 5 and 7 connected already, 9 to dial, 10 banned.
+        m.on_misbehaviour(ms(0), NodeId(10), Misbehaviour::Malformed);
+        for _ in 0..20 {
+            m.on_misbehaviour(ms(0), NodeId(10), Misbehaviour::Malformed);
+        }
+        assert!(m.is_banned(ms(0), NodeId(10)));
+        let out = m.set_cone_links(
+            ms(0),
+            vec![
+                (NodeId(5), addr(5)),
+                (NodeId(9), addr(9)),
+                (NodeId(10), addr(10)),
+            ],
+            [5, 7, 9].map(NodeId).into(),
+        );
+        assert_eq!(dials(&out), vec![addr(9)]);
+        let dropped = surplus_drops(&m.handle_timeout(ms(1_000)));
+        // Seven peers, two protected: the other five are trimmed to max_degree (4).
+        assert_eq!(dropped.len(), 1, "{dropped:?}");
+        assert!(!dropped.contains(&5) && !dropped.contains(&7));
+        assert_eq!(m.degree(), 6);
+        // Once no longer cone links, they are surplus like any other.
+        m.set_cone_links(ms(1_000), Vec::new(), BTreeSet::new());
+        let dropped = surplus_drops(&m.handle_timeout(ms(2_000)));
+        assert_eq!(dropped, vec![7, 5]);
+        assert_eq!(m.degree(), 4);
     }
 
     #[test]

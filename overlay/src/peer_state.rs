@@ -38,6 +38,10 @@ pub struct PublishedLink {
     pub coord: Coord,
     #[serde(default)]
     pub addr: Option<Multiaddr>,
+    /// The sender chose this link as one of its cone links: the peer keeps it too, beyond its
+    /// degree bound ([`crate::membership::Membership::set_cone_links`]).
+    #[serde(default)]
+    pub cone: bool,
 }
 
 /// Why a state message's links were refused.
@@ -107,6 +111,7 @@ mod tests {
                 .parse()
                 .expect("an address"),
             ),
+            cone: seed.is_multiple_of(2),
         }
     }
 

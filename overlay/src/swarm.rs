@@ -21,6 +21,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
+mod cone_links;
+
 pub use crate::addresses::peer_of;
 use crate::behaviour::{
     BehaviourTimings, BrumeBehaviour, BrumeBehaviourEvent, MapFrame, MembershipRequest,
@@ -39,6 +41,7 @@ use crate::neighbourhood::{check_name, NodeRecord};
 use crate::peer_state::{PeerState, PublishedLink, MAX_PUBLISHED_LINKS};
 use crate::rate::RateBook;
 use crate::signed_record;
+use cone_links::ConeLinks;
 
 fn msg_kind(msg: &crate::mapping::Message) -> &'static str {
     match msg {
@@ -131,6 +134,9 @@ struct Driver {
     key: identity::Keypair,
     /// Join, shuffle and state requests from each peer, against [`OverlayConfig::request_rate`].
     requests: RateBook<PeerId>,
+    /// This node's cone links ([`cone_links`]) and how often it chooses them.
+    cones: ConeLinks,
+    cone_interval: Duration,
 }
 
 /// Peers whose request rate is tracked at once.
@@ -282,6 +288,8 @@ pub(crate) async fn spawn(
         events,
         key: signing_key,
         requests: RateBook::new(config.request_rate, REQUEST_RATE_PEERS),
+        cones: ConeLinks::new(config.cones),
+        cone_interval: t.cone_interval,
     };
     info!(peer = %local_peer, node = %node_id, addrs = ?driver.listen_addrs, "overlay node listening");
     let now = driver.now();
@@ -303,6 +311,8 @@ impl Driver {
     async fn run(mut self) -> Result<(), OverlayError> {
         let mut state_tick = tokio::time::interval(self.state_interval);
         state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cone_tick = tokio::time::interval(self.cone_interval);
+        cone_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = match self.mapping.poll_timeout() {
                 Some(m) => m.min(self.membership.poll_timeout()),
@@ -322,6 +332,7 @@ impl Driver {
                 },
                 _ = tokio::time::sleep_until(deadline) => self.on_timers(),
                 _ = state_tick.tick() => self.broadcast_state(),
+                _ = cone_tick.tick() => self.cone_round(),
                 Some(ev) = self.link_events.recv() => self.on_link_event(ev),
             }
         }
@@ -408,6 +419,12 @@ impl Driver {
                     coord_error: v.error(),
                     uptime: self.epoch.elapsed(),
                     maps: self.map_sizes.clone(),
+                    cone_links: self
+                        .cones
+                        .chosen
+                        .iter()
+                        .filter_map(|c| self.peer_id(c.1))
+                        .collect(),
                 });
             }
             Command::Dial { peer, addrs } => {
@@ -711,6 +728,7 @@ impl Driver {
                         peer: e.peer,
                         coord: record.coord,
                         addr,
+                        cone: self.cones.chose(*n),
                     },
                 ))
             })
@@ -749,9 +767,12 @@ impl Driver {
         match links {
             Ok(links) => {
                 self.mapping.set_peer_links(node, coord, links);
+                let me = self.local_peer;
+                let chose = state.links.iter().any(|l| l.peer == me && l.cone);
                 if let Some(e) = self.peers.get_mut(&node) {
                     e.links = state.links;
                 }
+                self.note_cone_choice(node, chose);
             }
             Err(e) => {
                 debug!(%node, error = %e, "state links refused");
@@ -875,6 +896,7 @@ impl Driver {
                     .events
                     .send(ConnectionEvent::Disconnected { peer: peer_id });
                 self.connected.remove(&id);
+                self.cones.chosen_by.remove(&id);
                 self.mapping.remove_peer(id);
                 self.links.close(peer_id);
                 let actions = self.membership.on_disconnected(now, id);

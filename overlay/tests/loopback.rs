@@ -143,6 +143,16 @@ fn short(p: &PeerId) -> String {
 /// handles, tasks and, per node, how long after its start it first appeared in another node's
 /// peer table (printed, not asserted).
 async fn start_chain(ids: &Identities, n: usize) -> (Vec<OverlayHandle>, Vec<Task>, Vec<Duration>) {
+    start_chain_with(ids, n, config).await
+}
+
+/// [`start_chain`] with each node's configuration made by `make` from its identity and
+/// bootstrap addresses.
+async fn start_chain_with(
+    ids: &Identities,
+    n: usize,
+    make: impl Fn(brume_overlay::Identity, Vec<Multiaddr>) -> OverlayConfig,
+) -> (Vec<OverlayHandle>, Vec<Task>, Vec<Duration>) {
     let mut handles: Vec<OverlayHandle> = Vec::new();
     let mut tasks = Vec::new();
     let mut seen_after = Vec::new();
@@ -152,7 +162,7 @@ async fn start_chain(ids: &Identities, n: usize) -> (Vec<OverlayHandle>, Vec<Tas
             None => Vec::new(),
         };
         let started = Instant::now();
-        let (h, t) = Overlay::spawn(config(ids.node(i as u64), boot))
+        let (h, t) = Overlay::spawn(make(ids.node(i as u64), boot))
             .await
             .unwrap();
         let addrs = h.listen_addrs().await.unwrap();
@@ -367,6 +377,60 @@ async fn eight_nodes_join_through_one_another_and_map_each_other() {
          {settled:?} after the first start; degrees {degrees:?}; map times {map_times:?}; tries \
          per map {tries:?}"
     );
+    stop(handles, tasks).await;
+}
+
+/// Cone links in the daemon (issue 17): with `cones` set, a node chooses links among its peers
+/// and their peers (from the links its peers publish with their states), dials them and keeps
+/// them beyond `max_degree`: node 0, allowed one ordinary link, holds all its cone links at
+/// once, and still does three maintenance rounds (100 ms each) later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cone_links_are_dialled_and_kept_beyond_the_degree_bound() {
+    init_tracing();
+    let ids = Identities::new("cone_links_are_dialled_and_kept_beyond_the_degree_bound");
+    let with_cones = |identity, bootstrap| {
+        let mut c = config(identity, bootstrap);
+        c.min_degree = 1;
+        c.max_degree = 1;
+        c.cones = 4;
+        c.timings.cone_interval = Duration::from_secs(2);
+        c
+    };
+    let (handles, tasks, _) = start_chain_with(&ids, 5, with_cones).await;
+    let node0 = &handles[0];
+    // When node 0's cone links were first all held together, and which they were.
+    let held: std::sync::Mutex<Option<(Instant, Vec<PeerId>)>> = std::sync::Mutex::new(None);
+    let held = &held;
+    wait_until("node 0 keeping two or more cone links", || async move {
+        let status = node0.status().await.unwrap();
+        let peers: BTreeSet<PeerId> = node0
+            .peers()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.peer_id)
+            .collect();
+        let mut cones = status.cone_links.clone();
+        cones.sort();
+        let holds = cones.len() >= 2 && cones.iter().all(|c| peers.contains(c));
+        let mut since = held.lock().unwrap();
+        match (&*since, holds) {
+            (Some((t, was)), true) if *was == cones => {
+                if t.elapsed() >= Duration::from_millis(300) {
+                    return Ok(status.degree);
+                }
+            }
+            (_, true) => *since = Some((Instant::now(), cones.clone())),
+            (_, false) => *since = None,
+        }
+        Err(format!(
+            "cone links {:?}, peers {:?}, degree {}",
+            cones.iter().map(short).collect::<Vec<_>>(),
+            peers.iter().map(short).collect::<Vec<_>>(),
+            status.degree
+        ))
+    })
+    .await;
     stop(handles, tasks).await;
 }
 

@@ -31,6 +31,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// The most cones a node may set (`cones`).
+pub const MAX_CONES: usize = 32;
+
 /// Everything `brume node` needs to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,6 +48,10 @@ pub struct NodeConfig {
     pub min_degree: usize,
     /// Most overlay peers the node keeps; above it, it drops the worst.
     pub max_degree: usize,
+    /// Cone links (issue 17): the node also keeps a link to the nearest node it knows of in each
+    /// of this many directions around its Vivaldi coordinate, beyond `max_degree`, so maps find
+    /// what is near it whatever the overlay's other paths. 0 (the default): none.
+    pub cones: usize,
     /// Where the node keeps its identity key, so that it keeps its peer id across restarts.
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
@@ -126,6 +133,7 @@ impl Default for NodeConfig {
             control: default_control_socket(),
             min_degree: 4,
             max_degree: 12,
+            cones: 0,
             data_dir: default_data_dir(),
             log_format: LogFormat::Human,
             log: "info".into(),
@@ -346,6 +354,15 @@ where
 impl NodeConfig {
     /// Refuses values no layer may set; the error names the key at fault.
     fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.cones > MAX_CONES {
+            return Err((
+                "cones",
+                format!(
+                    "cones ({}) must be at most {MAX_CONES}: more directions than that only add links",
+                    self.cones
+                ),
+            ));
+        }
         if self.min_degree == 0 || self.min_degree > self.max_degree {
             return Err((
                 "min_degree",
@@ -669,6 +686,8 @@ mod tests {
             "2",
             "--disk-budget-mib",
             "512",
+            "--cones",
+            "8",
         ]);
         let cfg = load(None, env(&[]), &args).expect("every flag names a setting");
         let want = NodeConfig {
@@ -677,6 +696,7 @@ mod tests {
             control,
             min_degree: 2,
             max_degree: 5,
+            cones: 8,
             data_dir: data,
             log_format: LogFormat::Json,
             log: "debug".into(),
@@ -802,6 +822,9 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("min_degree"), "{err}");
         assert!(err.to_string().contains("from flag --min-degree"), "{err}");
+        let err = load(None, env(&[]), &flags(&["--cones", "33"])).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("--cones") && msg.contains("at most 32"), "{msg}");
     }
 
     #[test]

@@ -40,7 +40,7 @@ const LEARN_TIMEOUT: Duration = Duration::from_secs(20);
 /// empty list, an absent switch) and leaves the lower layers alone.
 #[derive(Debug, Clone, Default, clap::Args, serde::Serialize)]
 pub struct NodeArgs {
-    /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, data_dir,
+    /// A TOML file of settings (keys: listen, join, control, min_degree, max_degree, cones, data_dir,
     /// log_format, log, ping_interval_ms, engine, drain_on_exit, drain_budget_ms, drain_grace_ms,
     /// drain_margin_ms, migration_cache_mb, live_migration, cpu_millis, memory_mb, name,
     /// metrics, network_key, allow_peer, stream_idle_timeout_ms, heartbeat_interval_ms,
@@ -66,6 +66,11 @@ pub struct NodeArgs {
     /// Most overlay peers to keep.
     #[arg(long)]
     pub max_degree: Option<usize>,
+    /// Also keep a link to the nearest node known in each of this many directions around the
+    /// node's Vivaldi coordinate (cone links, beyond --max-degree; 8 is what the maps were
+    /// measured with; 0, the default: none).
+    #[arg(long, value_name = "K")]
+    pub cones: Option<usize>,
     /// Where the node keeps its identity key.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -372,6 +377,7 @@ fn overlay_config(cfg: &NodeConfig) -> anyhow::Result<OverlayConfig> {
         bootstrap: parse(&cfg.join, "join")?,
         min_degree: cfg.min_degree,
         max_degree: cfg.max_degree,
+        cones: cfg.cones,
         identity: Identity::Seed(seed),
         record: Some(record),
         timings: Timings {
