@@ -983,19 +983,24 @@ mod tests {
         assert_eq!(m2.join_sample(NodeId(99)), m3.join_sample(NodeId(99)));
     }
 
-    #[test]
-    fn cone_links_are_dialled_and_not_trimmed_as_surplus() {
+    /// Node 1 with peers 2 to 8 (max degree 4): 5 the slowest, 7 slightly misbehaved.
+    fn seven_peers() -> M {
         let mut m = M::new(NodeId(1), cfg(), vec![], 3);
         m.start(ms(0));
         for i in 2..=8u64 {
             m.on_connected(ms(0), NodeId(i), Some(addr(i)));
             m.set_rtt(NodeId(i), 5.0);
         }
-        // Peer 5 is the worst (slowest) and 7 the lowest scored: both cone links, so kept.
         m.set_rtt(NodeId(5), 500.0);
         m.on_misbehaviour(ms(0), NodeId(7), Misbehaviour::Unresponsive);
+        m
+    }
+
+    #[test]
+    fn cone_links_are_dialled_and_not_trimmed_as_surplus() {
+        // Peer 5 is the worst (slowest) and 7 the lowest scored: both cone links, so kept.
+        let mut m = seven_peers();
         // Cone links: 5 and 7 connected already, 9 to dial, 10 banned.
-        m.on_misbehaviour(ms(0), NodeId(10), Misbehaviour::Malformed);
         for _ in 0..20 {
             m.on_misbehaviour(ms(0), NodeId(10), Misbehaviour::Malformed);
         }
@@ -1024,15 +1029,8 @@ mod tests {
 
     #[test]
     fn trims_worst_surplus_but_never_below_max() {
-        let mut m = M::new(NodeId(1), cfg(), vec![], 3);
-        m.start(ms(0));
-        for i in 2..=8u64 {
-            m.on_connected(ms(0), NodeId(i), Some(addr(i)));
-            m.set_rtt(NodeId(i), 5.0);
-        }
-        m.set_rtt(NodeId(5), 500.0);
-        // Peer 7 is slightly misbehaved: lowest score, dropped first.
-        m.on_misbehaviour(ms(0), NodeId(7), Misbehaviour::Unresponsive);
+        // Peer 7 is slightly misbehaved: lowest score, dropped first; then 5, the slowest.
+        let mut m = seven_peers();
         let dropped = surplus_drops(&m.handle_timeout(ms(1_000)));
         assert_eq!(dropped.len(), 3);
         assert_eq!(dropped[0], 7);

@@ -824,7 +824,10 @@ mod tests {
         assert!(err.to_string().contains("from flag --min-degree"), "{err}");
         let err = load(None, env(&[]), &flags(&["--cones", "33"])).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("--cones") && msg.contains("at most 32"), "{msg}");
+        assert!(
+            msg.contains("--cones") && msg.contains("at most 32"),
+            "{msg}"
+        );
     }
 
     #[test]
