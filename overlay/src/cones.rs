@@ -81,10 +81,7 @@ pub fn sticky_cone_choices(
         if cone >= k || !far(&c) || angle_outside(own, &c, cone, k) > sticky.slack.max(0.0) {
             continue;
         }
-        let d = distance(own, &c);
-        if holds[cone].is_none_or(|(hd, hid)| d < hd || (d == hd && id < hid)) {
-            holds[cone] = Some((d, id));
-        }
+        offer(&mut holds[cone], distance(own, &c), id);
     }
     best.into_iter()
         .zip(holds)
@@ -126,17 +123,17 @@ fn nearest_per_cone(
         if !c.is_finite() {
             continue;
         }
-        let d = distance(own, &c);
-        let slot = &mut best[cone_of(own, &c, k)];
-        let better = match *slot {
-            None => true,
-            Some((bd, bid)) => d < bd || (d == bd && id < bid),
-        };
-        if better {
-            *slot = Some((d, id));
-        }
+        offer(&mut best[cone_of(own, &c, k)], distance(own, &c), id);
     }
     best
+}
+
+/// Puts `id` at distance `d` in `slot` if it is nearer than what the slot holds (ties to the
+/// smaller id, so the choice does not depend on the order nodes are offered in).
+fn offer(slot: &mut Option<(f64, NodeId)>, d: f64, id: NodeId) {
+    if slot.is_none_or(|(sd, sid)| d < sd || (d == sd && id < sid)) {
+        *slot = Some((d, id));
+    }
 }
 
 #[cfg(test)]

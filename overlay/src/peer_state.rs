@@ -68,14 +68,9 @@ impl PeerState {
         if self.links.iter().any(|l| !l.coord.is_finite()) {
             return Err(LinksError::BadCoord);
         }
-        if let Some(l) = self
-            .links
-            .iter()
-            .find(|l| l.addr.as_ref().is_some_and(|a| peer_of(a) != Some(l.peer)))
-        {
-            return Err(LinksError::BadAddr {
-                addr: l.addr.clone().unwrap_or_else(Multiaddr::empty),
-            });
+        let wrong = |l: &PublishedLink| l.addr.clone().filter(|a| peer_of(a) != Some(l.peer));
+        if let Some(addr) = self.links.iter().find_map(wrong) {
+            return Err(LinksError::BadAddr { addr });
         }
         let mut out: Vec<(NodeId, Coord)> = self
             .links

@@ -103,6 +103,24 @@ struct PeerEntry {
     links: Vec<PublishedLink>,
 }
 
+impl PeerEntry {
+    /// This node's link to the peer as it would publish it (not marked as a cone link): the
+    /// coordinate and an address of the peer's own, from its record; none before a record.
+    fn link(&self) -> Option<PublishedLink> {
+        let record = self.record.as_ref()?;
+        Some(PublishedLink {
+            peer: self.peer,
+            coord: record.coord,
+            addr: record
+                .addrs
+                .iter()
+                .find(|a| peer_of(a) == Some(self.peer))
+                .cloned(),
+            cone: false,
+        })
+    }
+}
+
 /// The swarm task's state.
 struct Driver {
     swarm: Swarm<BrumeBehaviour>,
@@ -715,22 +733,9 @@ impl Driver {
             .connected
             .iter()
             .filter_map(|n| {
-                let e = self.peers.get(n)?;
-                let record = e.record.as_ref()?;
-                let addr = record
-                    .addrs
-                    .iter()
-                    .find(|a| peer_of(a) == Some(e.peer))
-                    .cloned();
-                Some((
-                    *n,
-                    PublishedLink {
-                        peer: e.peer,
-                        coord: record.coord,
-                        addr,
-                        cone: self.cones.chose(*n),
-                    },
-                ))
+                let link = self.peers.get(n)?.link()?;
+                let cone = self.cones.chose(*n);
+                Some((*n, PublishedLink { cone, ..link }))
             })
             .collect();
         links.sort_by_key(|l| l.0);

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use libp2p::{Multiaddr, PeerId};
 
-use super::{peer_of, Driver};
+use super::Driver;
 use crate::cones::{sticky_cone_choices, Stickiness};
 use crate::ids::{node_id_of, NodeId};
 use crate::vivaldi::Coord;
@@ -119,9 +119,8 @@ impl Driver {
             let Some(e) = self.peers.get(n) else {
                 continue;
             };
-            if let Some(r) = &e.record {
-                let addr = r.addrs.iter().find(|a| peer_of(a) == Some(e.peer)).cloned();
-                known.insert(*n, (e.peer, r.coord, addr));
+            if let Some(l) = e.link() {
+                known.insert(*n, (l.peer, l.coord, l.addr));
             }
             for l in &e.links {
                 let id = node_id_of(&l.peer);
