@@ -15,7 +15,7 @@
 //! reported beside it ([`MapStats::recall_direct`]) to show what overlay detours cost.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -209,14 +209,18 @@ enum EventKind {
 }
 
 /// What one map cost, counted while it runs.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Counts {
     messages: usize,
     requests: usize,
     probes: usize,
     /// Bytes of map messages as daemons would send them (see [`WireSize`]).
     bytes: usize,
-    max_confirm_ms: f64,
+    /// Each probed node's RTT as its probe measured it (a reply within the probe's timeout):
+    /// the map's largest confirmation RTT is the largest of these among the nodes the
+    /// finished map holds as direct (a reply the origin got after the map ended confirms
+    /// nothing).
+    probe_rtt_ms: HashMap<usize, f64>,
 }
 
 #[derive(Debug)]
@@ -753,7 +757,7 @@ impl<'m> Simulation<'m> {
                         let u: f64 = self.rng.random_range(0.0..=1.0);
                         let rtt_ms = rtt * (1.0 + self.config.jitter * u);
                         if rtt_ms <= timeout_ms {
-                            counts.max_confirm_ms = counts.max_confirm_ms.max(rtt_ms);
+                            counts.probe_rtt_ms.insert(target, rtt_ms);
                         }
                         let at = self.now.plus_ms(rtt_ms);
                         self.push(
@@ -875,6 +879,13 @@ impl<'m> Simulation<'m> {
         let proven = |how: RttHow| map.proofs.iter().filter(|p| p.how == how).count();
         let path_proven = proven(RttHow::Path);
         let direct_confirmed = proven(RttHow::Direct);
+        let max_confirm_ms = map
+            .proofs
+            .iter()
+            .filter(|p| p.how == RttHow::Direct)
+            .filter_map(|p| counts.probe_rtt_ms.get(&(p.id.0 as usize)))
+            .copied()
+            .fold(0.0, f64::max);
         let mut region_links = 0;
         let mut max_region_link_ms: f64 = 0.0;
         let mut flood_requests = 0;
@@ -911,7 +922,7 @@ impl<'m> Simulation<'m> {
             requests: counts.requests,
             probes: counts.probes,
             bytes: counts.bytes,
-            max_confirm_ms: counts.max_confirm_ms,
+            max_confirm_ms,
             flood_requests,
             completion_ms,
             max_region_link_ms,

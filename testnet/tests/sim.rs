@@ -435,6 +435,45 @@ fn reports_end_maps_at_the_budget_plus_one_probe_for_fewer_messages() {
     );
 }
 
+/// With `reports_end_at_confirmed` every map ends within its budget plus the largest RTT a
+/// probe of it confirmed (issue 17's completion bound), where by default maps wait for their
+/// deadline; precision stays 1. Recall is what it costs (BENCHMARKS.md). Deterministic:
+/// pinned seeds, the simulator's own time.
+#[test]
+fn ending_at_the_largest_confirmed_rtt_meets_the_completion_bound() {
+    let n = 1_000;
+    let model = SyntheticInternet::new(SyntheticConfig::internet(n, SCALE_SEED));
+    let reporting = |reports_end_at_confirmed| MapConfig {
+        reports: true,
+        reports_end_at_confirmed,
+        ..tree()
+    };
+    let mut waiting = on_cones_and_tree(&model, reporting(false));
+    let mut ending = on_cones_and_tree(&model, reporting(true));
+    let budget = 50.0;
+    let seeds = format!("model seed {SCALE_SEED}");
+    let mut over_by_default = 0;
+    for o in (0..6).map(|k| (k * 7919) % n) {
+        let w = waiting.run_map(o, budget);
+        let e = ending.run_map(o, budget);
+        assert_eq!(e.precision_direct, 1.0, "origin {o} ({seeds})");
+        // Within the clock's resolution (times are whole microseconds).
+        assert!(
+            e.completion_ms <= budget + e.max_confirm_ms + 1e-3,
+            "origin {o}: {} ms against {budget} + {} ms ({seeds})",
+            e.completion_ms,
+            e.max_confirm_ms
+        );
+        if w.completion_ms > budget + w.max_confirm_ms + 1e-3 {
+            over_by_default += 1;
+        }
+    }
+    assert!(
+        over_by_default > 0,
+        "the default already met the bound ({seeds})"
+    );
+}
+
 /// Candidates listed from records (`reach_rim`, the default) cost nothing but their probes:
 /// the same maps from the same origins send exactly the same requests, acks and answers with
 /// and without them, keep precision 1, and find more nodes with them in all. (Not map by map:

@@ -70,6 +70,12 @@ pub struct MapConfig {
     /// ([`MappingNode`]'s `reports` module). Off by default: a daemon must be able to send
     /// to an origin it is not connected to.
     pub reports: bool,
+    /// With `reports`: the origin ends a map at the budget plus the largest RTT a probe of it
+    /// confirmed so far, instead of waiting for every named node's report and every probe's
+    /// timeout up to its deadline (budget + grace + `reach_wait_factor` x budget). Meets the
+    /// completion bound "budget plus the largest confirmation RTT" on every map, at a cost
+    /// in recall measured in BENCHMARKS.md (issue 17); off by default.
+    pub reports_end_at_confirmed: bool,
 }
 
 impl Default for MapConfig {
@@ -102,6 +108,7 @@ impl Default for MapConfig {
             reach_beyond: true,
             probe_slack: 1.0,
             reports: false,
+            reports_end_at_confirmed: false,
         }
     }
 }

@@ -199,3 +199,55 @@ fn a_silent_node_leaves_the_map_incomplete_when_the_window_closes() {
         .is_empty());
     assert_eq!(o.open_sessions(), 0);
 }
+
+/// With `reports_end_at_confirmed` the map ends at the budget plus the largest RTT a probe
+/// confirmed so far (15 + 9.5 ms here), not at its deadline (32 ms): E, reported late and
+/// probed at 20 ms, is left out although every named node reported (the map is complete), and
+/// its probe's result after the end is ignored. Before the end a probe gets its whole time
+/// (D's, until 18 ms).
+#[test]
+fn ending_at_the_largest_confirmed_rtt_leaves_late_nodes_out() {
+    let mut o = node(
+        O,
+        MapConfig {
+            reports_end_at_confirmed: true,
+            ..reporting()
+        },
+    );
+    pinged(&mut o, A, 5.0);
+    let (id, _) = o.start_fresh_map(Time(0), 15.0);
+    assert_eq!(
+        o.poll_timeout(),
+        Some(Time(15_000)),
+        "nothing confirmed yet"
+    );
+    let from_a = part(
+        (A, 5.0, RttHow::Path),
+        &[(C, 9.0, RttHow::Candidate), (D, 14.0, RttHow::Candidate)],
+    );
+    let out = o.handle_message(Time(3_000), A, report(id, from_a, vec![E]));
+    assert_eq!(probed(&out), vec![C, D]);
+    assert!(o
+        .handle_probe_result(Time(12_500), id, C, Some(9.5))
+        .is_empty());
+    assert_eq!(o.poll_timeout(), Some(Time(18_000)), "D's probe times out");
+    assert!(o.handle_timeout(Time(18_000)).is_empty());
+    let from_e = part((E, 13.0, RttHow::Path), &[]);
+    let out = o.handle_message(Time(20_000), E, report(id, from_e, vec![]));
+    assert_eq!(probed(&out), vec![E]);
+    assert_eq!(o.poll_timeout(), Some(Time(24_500)));
+    let done = o.handle_timeout(Time(24_500));
+    let [Output::MapDone {
+        map,
+        complete: true,
+        ..
+    }] = &done[..]
+    else {
+        panic!("{done:?}")
+    };
+    assert_eq!(map.ids(), vec![O, A, C]);
+    assert!(o
+        .handle_probe_result(Time(26_000), id, E, Some(13.0))
+        .is_empty());
+    assert_eq!(o.open_sessions(), 0);
+}

@@ -19,6 +19,12 @@
 //! given until the deadline at most; whatever has not reported by then (a dead node, a report
 //! slower than its coordinate predicted) is left out and the map is marked incomplete.
 //!
+//! With [`MapConfig::reports_end_at_confirmed`] the map ends sooner: at the budget plus the
+//! largest RTT a probe of it confirmed so far. The probes still out then are mostly those of
+//! candidates beyond the budget, each of which would otherwise hold the map for a whole
+//! timeout; what is lost is a node slower than every node confirmed so far whose report or
+//! probe came late, and reports that arrive after the end.
+//!
 //! Trust: a report speaks only for its sender (its own record must be in it) and no report
 //! can make a node direct: what a report claims to be measured by the origin is taken as a
 //! candidate, so only the origin's own links and probes confirm.
@@ -32,6 +38,9 @@ pub(super) struct Collecting {
     budget_ms: f64,
     /// When the map ends, whatever is still missing.
     deadline: Time,
+    /// With [`MapConfig::reports_end_at_confirmed`], the start plus the budget: the map ends
+    /// by this plus `confirmed_ms`.
+    early: Option<Time>,
     /// Named by a report (or by the origin's own requests) and not heard from yet.
     expected: HashSet<NodeId>,
     reported: HashSet<NodeId>,
@@ -40,6 +49,8 @@ pub(super) struct Collecting {
     links: Vec<Link>,
     /// Probes in flight, each with the time its result must be back by.
     probes: HashMap<NodeId, Time>,
+    /// The largest RTT a probe of this map confirmed so far.
+    confirmed_ms: f64,
     /// Nodes proven by the origin's own link, probed, or rejected: each is decided once.
     settled: HashSet<NodeId>,
     /// Nodes the origin's own link or a probe put beyond the budget.
@@ -50,8 +61,14 @@ pub(super) struct Collecting {
 impl Collecting {
     /// When the origin must next look at this map: a probe's time is over, or the map's.
     pub(super) fn next_timeout(&self) -> Option<Time> {
-        let first_probe = self.probes.values().copied().min();
-        Some(first_probe.map_or(self.deadline, |p| p.min(self.deadline)))
+        self.probes.values().copied().chain([self.ends()]).min()
+    }
+
+    /// When the map ends whatever is missing: its deadline, or sooner (see `early`).
+    fn ends(&self) -> Time {
+        self.early.map_or(self.deadline, |t| {
+            t.plus_ms(self.confirmed_ms).min(self.deadline)
+        })
     }
 
     fn reject(&mut self, n: NodeId) {
@@ -68,8 +85,9 @@ impl Collecting {
         }
     }
 
-    fn done(&self) -> bool {
-        self.expected.is_empty() && self.probes.is_empty()
+    /// Every named node reported and every probe is back, or the map's time is over.
+    fn done(&self, now: Time) -> bool {
+        self.expected.is_empty() && self.probes.is_empty() || self.ends() <= now
     }
 }
 
@@ -99,12 +117,17 @@ impl MappingNode {
         let collecting = Collecting {
             budget_ms,
             deadline: now.plus_ms(wait_ms),
+            early: self
+                .config
+                .reports_end_at_confirmed
+                .then(|| now.plus_ms(budget_ms)),
             expected: children.iter().map(|c| c.0).collect(),
             reported: HashSet::from([self.id]),
             records: HashMap::new(),
             proofs: HashMap::new(),
             links: Vec::new(),
             probes: HashMap::new(),
+            confirmed_ms: 0.0,
             settled: HashSet::from([self.id]),
             rejected: HashSet::new(),
             complete: true,
@@ -301,11 +324,14 @@ impl MappingNode {
         };
         let budget = c.budget_ms;
         match rtt_ms.filter(|r| r.is_finite() && *r >= 0.0 && *r <= budget) {
-            Some(rtt_ms) if now <= by => c.prove(RttProof {
-                id: target,
-                rtt_ms,
-                how: RttHow::Direct,
-            }),
+            Some(rtt_ms) if now <= by => {
+                c.confirmed_ms = c.confirmed_ms.max(rtt_ms);
+                c.prove(RttProof {
+                    id: target,
+                    rtt_ms,
+                    how: RttHow::Direct,
+                });
+            }
             _ => c.reject(target),
         }
         self.maybe_finish_collecting(now, id, out);
@@ -315,10 +341,6 @@ impl MappingNode {
     pub(super) fn collecting_timeouts(&mut self, now: Time, out: &mut Vec<Output>) {
         let mut due: Vec<MapId> = Vec::new();
         for (id, c) in &mut self.collecting {
-            if c.deadline <= now && !c.expected.is_empty() {
-                c.complete = false;
-                c.expected.clear();
-            }
             let late: Vec<NodeId> = c
                 .probes
                 .iter()
@@ -330,7 +352,7 @@ impl MappingNode {
                 c.probes.remove(&n);
                 c.reject(n);
             }
-            if c.done() {
+            if c.done(now) {
                 due.push(*id);
             }
         }
@@ -341,12 +363,16 @@ impl MappingNode {
     }
 
     fn maybe_finish_collecting(&mut self, now: Time, id: MapId, out: &mut Vec<Output>) {
-        if !self.collecting.get(&id).is_some_and(Collecting::done) {
+        if !self.collecting.get(&id).is_some_and(|c| c.done(now)) {
             return;
         }
-        let Some(c) = self.collecting.remove(&id) else {
+        let Some(mut c) = self.collecting.remove(&id) else {
             return;
         };
+        // The map's time is over: nodes still silent or unconfirmed are left out.
+        for n in c.probes.keys().copied().collect::<Vec<_>>() {
+            c.reject(n);
+        }
         let complete = c.complete && c.expected.is_empty();
         let mut map = NeighbourhoodMap {
             nodes: c.records.into_values().collect(),

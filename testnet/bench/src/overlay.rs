@@ -172,6 +172,10 @@ pub struct OverlayArgs {
     /// (`MapConfig::reports`).
     #[arg(long)]
     pub reports: bool,
+    /// With --reports: the origin ends a map at the budget plus the largest RTT a probe of it
+    /// confirmed so far, instead of at its deadline (`MapConfig::reports_end_at_confirmed`).
+    #[arg(long, requires = "reports")]
+    pub end_at_confirmed: bool,
 }
 
 impl OverlayArgs {
@@ -193,6 +197,7 @@ impl OverlayArgs {
             reach_beyond: !self.no_beyond,
             probe_slack: self.probe_slack,
             reports: self.reports,
+            reports_end_at_confirmed: self.end_at_confirmed,
             ..MapConfig::default()
         }
     }
