@@ -14,7 +14,8 @@
 //!   others, so a newcomer gets both local links (cheap mapping) and long ones (a small world).
 //! * **Degree.** Below `min_degree` the node dials addresses it knows; above `max_degree` it drops
 //!   the worst-scoring surplus (lowest score, then largest RTT), never going below `max_degree`
-//!   (hence never below `min_degree`) by trimming.
+//!   (hence never below `min_degree`) by trimming. Cone links ([`Membership::set_cone_links`])
+//!   are never trimmed: they count beyond `max_degree`.
 //! * **Shuffle.** Every `shuffle_interval_ms` (jittered) the node sends a few addresses (its own
 //!   included) to a random peer, which answers with a few of its own ([`Membership::on_shuffle`]).
 //!   Addresses learnt so are remembered; while the degree is below the target (halfway between

@@ -267,7 +267,11 @@ impl Deployer {
         // `unshare` above it); a plain task's is the engine's child.
         let pid = match p.checkpoint_pid(name) {
             Ok(pid) => pid,
-            Err(_) if criu => return None,
+            Err(e) if criu => {
+                // A restarted node could then neither adopt nor clean up this task's process.
+                warn!(task = %name, error = %e, "a CRIU-mode task's process is unknown; its record goes without it");
+                return None;
+            }
             Err(_) => p.state(name).await.ok()?.pid?,
         };
         let start_time = brume_engine::criu_task::start_time(pid)?;

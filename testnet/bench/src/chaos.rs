@@ -170,14 +170,21 @@ fn setup_with(
         (running(&rows, None) == TASKS.len()).then_some(rows)
     })
     .context("the deployed chain did not run within 60 s")?;
+    let (victim, host) = back_host(&net, &rows)?;
+    Ok((net, victim, host))
+}
+
+/// The node (index, id) `rows` show back running on: one of nodes 1.. (node 0 is where the
+/// bench asks, and keeps the checkpoints).
+fn back_host(net: &LocalNet, rows: &[Row]) -> anyhow::Result<(usize, String)> {
     let host = rows
         .iter()
-        .find(|r| r.task == "back")
+        .find(|r| r.task == "back" && r.state == "running")
         .map(|r| r.host.clone())
-        .context("no back in ps")?;
+        .context("no running back in ps")?;
     for i in 1..NODES {
-        if node_id(&net, i)? == host {
-            return Ok((net, i, host));
+        if node_id(net, i)? == host {
+            return Ok((i, host));
         }
     }
     anyhow::bail!("back runs on {host}, none of nodes 1..{NODES}")
@@ -335,15 +342,26 @@ fn restart(
     Ok((orphans, TASKS.len() - running(&rows, None)))
 }
 
-/// back's pid on the node whose data directory is `data` (its hosted file).
+/// `task`'s pid on the node whose data directory is `data` (its hosted file).
 fn hosted_pid(data: &Path, task: &str) -> anyhow::Result<u32> {
-    let text = std::fs::read_to_string(data.join("hosted.json"))?;
+    let file = data.join("hosted.json");
+    let text = std::fs::read_to_string(&file)?;
     let rows: Vec<serde_json::Value> = serde_json::from_str(&text)?;
-    rows.iter()
+    let record = rows
+        .iter()
         .find(|r| r["spec"]["id"]["task"] == task)
-        .and_then(|r| r["process"]["pid"].as_u64())
+        .with_context(|| {
+            let tasks: Vec<&serde_json::Value> =
+                rows.iter().map(|r| &r["spec"]["id"]["task"]).collect();
+            format!(
+                "no record of {task} in {} (tasks: {tasks:?})",
+                file.display()
+            )
+        })?;
+    record["process"]["pid"]
+        .as_u64()
         .and_then(|p| u32::try_from(p).ok())
-        .with_context(|| format!("no pid of {task} in {}", data.display()))
+        .with_context(|| format!("{task}'s record in {} has no pid: {record}", file.display()))
 }
 
 struct Kept {
@@ -386,7 +404,7 @@ fn crash_with_state(
     a: &ChaosArgs,
     service: &str,
 ) -> anyhow::Result<Kept> {
-    let (mut net, victim, host) = setup_with(exe, relay, args, service, CRIU_BACK)?;
+    let (mut net, _, _) = setup_with(exe, relay, args, service, CRIU_BACK)?;
     let front = ps(&net)
         .into_iter()
         .find(|r| r.task == "front")
@@ -407,6 +425,9 @@ fn crash_with_state(
     let bound = Duration::from_secs(a.bound_s);
     poll(bound, || kept_seq(&net, service).ok())
         .context("node 0 kept no checkpoint of back within the bound")?;
+    // Where back runs now: on a loaded machine a node may have been suspected dead meanwhile
+    // and back placed again from its checkpoint elsewhere.
+    let (victim, host) = back_host(&net, &ps(&net))?;
     let pid = hosted_pid(&net.data(victim), "back")?;
     let t0 = Instant::now();
     net.kill(victim)
