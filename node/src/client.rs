@@ -120,21 +120,24 @@ pub async fn peers(target: &Target) -> anyhow::Result<()> {
         return print_json(&peers);
     }
     println!(
-        "{:<28} {:>9} {:>9} {:>10}  address",
-        "peer", "srtt ms", "var ms", "vivaldi ms"
+        "{:<28} {:>9} {:>9} {:>10} {:>5} {:>4}  address",
+        "peer", "srtt ms", "var ms", "vivaldi ms", "links", "cone"
     );
     let ms = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}"));
     for p in &peers {
         println!(
-            "{:<28} {:>9} {:>9} {:>10}  {}",
+            "{:<28} {:>9} {:>9} {:>10} {:>5} {:>4}  {}",
             NodeName::of(&p.peer_id).named(p.name.as_deref()),
             ms(p.srtt_ms),
             ms(p.rttvar_ms),
             ms(p.predicted_ms),
+            p.links,
+            if p.cone { "yes" } else { "-" },
             p.addr.as_deref().unwrap_or("-")
         );
     }
-    println!("{} peers", peers.len());
+    let cones = peers.iter().filter(|p| p.cone).count();
+    println!("{} peers ({cones} held as cone links)", peers.len());
     Ok(())
 }
 

@@ -130,7 +130,8 @@ struct Driver {
     node_id: NodeId,
     mapping: MappingNode,
     membership: Membership<Multiaddr>,
-    /// Every peer ever heard of, by core id (the table back from `NodeId` to `PeerId`).
+    /// Peers heard of, by core id (the table back from `NodeId` to `PeerId`; bounded by
+    /// [`MAX_PEERS_HEARD`], see `forget_strangers`).
     peers: HashMap<NodeId, PeerEntry>,
     connected: HashSet<NodeId>,
     dials: HashMap<ConnectionId, Multiaddr>,

@@ -66,6 +66,8 @@ fn every_reply() -> Vec<Reply> {
             srtt_ms: Some(1.25),
             rttvar_ms: None,
             predicted_ms: Some(3.5),
+            links: 2,
+            cone: true,
         }]),
         Reply::Map(NeighbourhoodMap {
             nodes: vec![record, NodeRecord::bare(NodeId(8))],

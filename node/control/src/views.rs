@@ -58,6 +58,12 @@ pub struct PeerView {
     pub rttvar_ms: Option<f64>,
     /// RTT predicted from the two Vivaldi coordinates.
     pub predicted_ms: Option<f64>,
+    /// How many links the peer published with its last state (issue 17's maps use them).
+    #[serde(default)]
+    pub links: usize,
+    /// This node holds the link to the peer as a cone link (`brume node --cones`).
+    #[serde(default)]
+    pub cone: bool,
 }
 
 /// One line of `brume ps`: an instance and the service it belongs to.

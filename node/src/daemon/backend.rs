@@ -83,6 +83,8 @@ impl Backend for OverlayBackend {
                     srtt_ms: p.srtt_ms,
                     rttvar_ms: p.rttvar_ms,
                     predicted_ms: p.coord.map(|(c, _)| me.coordinate.predicted_rtt(&c)),
+                    links: p.links.len(),
+                    cone: me.cone_links.contains(&p.peer_id),
                 })
                 .collect())
         })
