@@ -404,7 +404,7 @@ fn crash_with_state(
     a: &ChaosArgs,
     service: &str,
 ) -> anyhow::Result<Kept> {
-    let (mut net, _, _) = setup_with(exe, relay, args, service, CRIU_BACK)?;
+    let (mut net, _, placed_on) = setup_with(exe, relay, args, service, CRIU_BACK)?;
     let front = ps(&net)
         .into_iter()
         .find(|r| r.task == "front")
@@ -428,6 +428,9 @@ fn crash_with_state(
     // Where back runs now: on a loaded machine a node may have been suspected dead meanwhile
     // and back placed again from its checkpoint elsewhere.
     let (victim, host) = back_host(&net, &ps(&net))?;
+    if host != placed_on {
+        eprintln!("  crash with state: back moved from {placed_on} to {host} before the crash");
+    }
     let pid = hosted_pid(&net.data(victim), "back")?;
     let t0 = Instant::now();
     net.kill(victim)
