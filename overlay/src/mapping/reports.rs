@@ -369,7 +369,7 @@ impl MappingNode {
         let Some(mut c) = self.collecting.remove(&id) else {
             return;
         };
-        // The map's time is over: nodes still silent or unconfirmed are left out.
+        // The map's time is over: nodes whose probe is still out are left out.
         for n in c.probes.keys().copied().collect::<Vec<_>>() {
             c.reject(n);
         }

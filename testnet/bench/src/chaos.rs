@@ -427,7 +427,8 @@ fn crash_with_state(
         .context("node 0 kept no checkpoint of back within the bound")?;
     // Where back runs now: on a loaded machine a node may have been suspected dead meanwhile
     // and back placed again from its checkpoint elsewhere.
-    let (victim, host) = back_host(&net, &ps(&net))?;
+    let (victim, host) = poll(bound, || back_host(&net, &ps(&net)).ok())
+        .context("back ran on none of nodes 1.. within the bound")?;
     if host != placed_on {
         eprintln!("  crash with state: back moved from {placed_on} to {host} before the crash");
     }
