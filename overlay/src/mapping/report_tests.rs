@@ -32,6 +32,16 @@ fn probed(out: &[Output]) -> Vec<NodeId> {
         .collect()
 }
 
+/// The one map `out` finishes, which must be `complete` or not as said.
+fn finished(out: &[Output], complete: bool) -> &NeighbourhoodMap {
+    match out {
+        [Output::MapDone {
+            map, complete: c, ..
+        }] if *c == complete => map,
+        _ => panic!("not one map done with complete = {complete}: {out:?}"),
+    }
+}
+
 fn report(id: MapId, map: NeighbourhoodMap, children: Vec<NodeId>) -> Message {
     Message::Report { id, map, children }
 }
@@ -128,14 +138,7 @@ fn the_origin_probes_each_report_as_it_arrives() {
         .is_empty());
     assert!(o.handle_probe_result(Time(13_000), id, D, None).is_empty());
     let done = o.handle_probe_result(Time(20_000), id, E, Some(14.0));
-    let [Output::MapDone {
-        map,
-        complete: true,
-        ..
-    }] = &done[..]
-    else {
-        panic!("{done:?}")
-    };
+    let map = finished(&done, true);
     assert_eq!(map.ids(), vec![O, A, C, E]);
     let hows: Vec<(NodeId, RttHow, f64)> =
         map.proofs.iter().map(|p| (p.id, p.how, p.rtt_ms)).collect();
@@ -184,14 +187,7 @@ fn a_silent_node_leaves_the_map_incomplete_when_the_window_closes() {
         .is_empty());
     assert_eq!(o.poll_timeout(), Some(Time(32_000)));
     let done = o.handle_timeout(Time(32_000));
-    let [Output::MapDone {
-        map,
-        complete: false,
-        ..
-    }] = &done[..]
-    else {
-        panic!("{done:?}")
-    };
+    let map = finished(&done, false);
     assert_eq!(map.ids(), vec![O, A]);
     let late = part((E, 13.0, RttHow::Path), &[]);
     assert!(o
@@ -237,14 +233,7 @@ fn ending_at_the_largest_confirmed_rtt_leaves_late_nodes_out() {
     assert_eq!(probed(&out), vec![E]);
     assert_eq!(o.poll_timeout(), Some(Time(24_500)));
     let done = o.handle_timeout(Time(24_500));
-    let [Output::MapDone {
-        map,
-        complete: true,
-        ..
-    }] = &done[..]
-    else {
-        panic!("{done:?}")
-    };
+    let map = finished(&done, true);
     assert_eq!(map.ids(), vec![O, A, C]);
     assert!(o
         .handle_probe_result(Time(26_000), id, E, Some(13.0))
