@@ -39,12 +39,13 @@ fn unique(prefix: &str) -> String {
 /// `front -> back`, back stateful and checkpointed every second (`mode`: app or criu).
 fn manifest(dir: &Path, service: &str, mode: &str) -> PathBuf {
     common::chain_context(dir, service, service);
+    // A generous call bound: brume_testnet::relay_service::CALL_BOUND_MS says why.
     let text = format!(
         "[service]\nname = \"{service}\"\nroot = \"front\"\n\n\
          [[task]]\nname = \"front\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n\
          [[task]]\nname = \"back\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\
          stateful = true\ncheckpoint = \"{mode}\"\ncheckpoint_every_s = 1\n\n\
-         [[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 50\ntraffic_mbps = 1\n"
+         [[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 5000\ntraffic_mbps = 1\n"
     );
     let path = dir.join("service.toml");
     std::fs::write(&path, text).expect("write the manifest");

@@ -67,7 +67,8 @@ fn manifest(dir: &Path, service: &str, back_extra: &str) -> PathBuf {
             "[[task]]\nname = \"{t}\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n{extra}\n"
         );
     }
-    text += "[[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 50\ntraffic_mbps = 1\n";
+    // A generous call bound: brume_testnet::relay_service::CALL_BOUND_MS says why.
+    text += "[[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 5000\ntraffic_mbps = 1\n";
     let path = dir.join("service.toml");
     std::fs::write(&path, text).expect("write the manifest");
     path
