@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use brume_control::PsRow;
-
+use brume_testnet::relay_service::CALL_BOUND_MS;
 use common::{port_of, text};
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
@@ -30,13 +30,13 @@ fn unique(prefix: &str) -> String {
 /// `front -> back` with `replicas` copies of `back`, built from the relay's context.
 fn manifest(dir: &Path, service: &str, replicas: u32) -> PathBuf {
     common::chain_context(dir, service, service);
-    // A generous call bound: brume_testnet::relay_service::CALL_BOUND_MS says why.
+    // A generous call bound: `CALL_BOUND_MS` says why.
     let text = format!(
         "[service]\nname = \"{service}\"\nroot = \"front\"\n\n\
          [[task]]\nname = \"front\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\n\
          [[task]]\nname = \"back\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n\
          replicas = {replicas}\n\n\
-         [[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 5000\ntraffic_mbps = 1\n"
+         [[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = {CALL_BOUND_MS}\ntraffic_mbps = 1\n"
     );
     let path = dir.join("service.toml");
     std::fs::write(&path, text).expect("write the manifest");

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use brume_control::{Deployed, LogLines, Moved, PsRow};
+use brume_testnet::relay_service::CALL_BOUND_MS;
 use common::{port_of, text, ServiceNet};
 
 const BRUME: &str = env!("CARGO_BIN_EXE_brume");
@@ -67,8 +68,10 @@ fn manifest(dir: &Path, service: &str, back_extra: &str) -> PathBuf {
             "[[task]]\nname = \"{t}\"\nbuild = \"ctx\"\ncpu_millis = 100\nmemory_mb = 64\n{extra}\n"
         );
     }
-    // A generous call bound: brume_testnet::relay_service::CALL_BOUND_MS says why.
-    text += "[[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = 5000\ntraffic_mbps = 1\n";
+    // A generous call bound: `CALL_BOUND_MS` says why.
+    text += &format!(
+        "[[call]]\nfrom = \"front\"\nto = \"back\"\nlatency_ms = {CALL_BOUND_MS}\ntraffic_mbps = 1\n"
+    );
     let path = dir.join("service.toml");
     std::fs::write(&path, text).expect("write the manifest");
     path

@@ -240,3 +240,61 @@ fn ending_at_the_largest_confirmed_rtt_leaves_late_nodes_out() {
         .is_empty());
     assert_eq!(o.open_sessions(), 0);
 }
+
+/// A clustered origin: A is 2 ms away, D (a link to a farther cluster) 12 ms, budget 15 ms.
+/// Ending at the budget plus the largest RTT confirmed so far, the map would end at 18 ms once
+/// C (3 ms, A's neighbour) is confirmed, before E (13 ms, learned from D's report at 6 ms)
+/// answers its probe at 19.5 ms. So the map also probes, at its start, the farthest node its
+/// own links prove (D: A is not probed), and D's confirmation at 12 ms (12.2 ms) moves the end
+/// to 27.2 ms: E is in, and the map is done when its last probe is back.
+#[test]
+fn ending_at_the_largest_confirmed_rtt_waits_for_the_farthest_link_of_the_origin() {
+    let mut o = node(
+        O,
+        MapConfig {
+            reports_end_at_confirmed: true,
+            ..reporting()
+        },
+    );
+    pinged(&mut o, A, 2.0);
+    pinged(&mut o, D, 12.0);
+    o.set_peer_record(A, record_at(A, 2.0));
+    o.set_peer_record(D, record_at(D, 12.0));
+    let (id, out) = o.start_fresh_map(Time(0), 15.0);
+    assert_eq!(requests(&out).len(), 2, "{out:?}");
+    assert_eq!(probed(&out), vec![D]);
+
+    let from_a = part((A, 2.0, RttHow::Path), &[(C, 3.0, RttHow::Candidate)]);
+    let out = o.handle_message(Time(1_000), A, report(id, from_a, vec![]));
+    assert_eq!(probed(&out), vec![C]);
+    assert!(o
+        .handle_probe_result(Time(4_000), id, C, Some(3.0))
+        .is_empty());
+    let from_d = part((D, 12.0, RttHow::Path), &[(E, 13.0, RttHow::Candidate)]);
+    let out = o.handle_message(Time(6_000), D, report(id, from_d, vec![]));
+    assert_eq!(probed(&out), vec![E], "D is probed once");
+    assert_eq!(o.poll_timeout(), Some(Time(15_000)), "D's probe times out");
+    assert!(o
+        .handle_probe_result(Time(12_200), id, D, Some(12.2))
+        .is_empty());
+    assert_eq!(o.poll_timeout(), Some(Time(21_000)), "E's probe times out");
+    assert!(
+        o.handle_timeout(Time(18_000)).is_empty(),
+        "the map does not end at the budget plus C's RTT"
+    );
+    let done = o.handle_probe_result(Time(19_500), id, E, Some(13.5));
+    let map = finished(&done, true);
+    let hows: Vec<(NodeId, RttHow, f64)> =
+        map.proofs.iter().map(|p| (p.id, p.how, p.rtt_ms)).collect();
+    assert_eq!(
+        hows,
+        vec![
+            (O, RttHow::Origin, 0.0),
+            (A, RttHow::Direct, 2.0),
+            (C, RttHow::Direct, 3.0),
+            (D, RttHow::Direct, 12.2),
+            (E, RttHow::Direct, 13.5),
+        ]
+    );
+    assert_eq!(o.open_sessions(), 0);
+}

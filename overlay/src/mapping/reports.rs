@@ -23,7 +23,10 @@
 //! largest RTT a probe of it confirmed so far. The probes still out then are mostly those of
 //! candidates beyond the budget, each of which would otherwise hold the map for a whole
 //! timeout; what is lost is a node slower than every node confirmed so far whose report or
-//! probe came late, and reports that arrive after the end.
+//! probe came late, and reports that arrive after the end. Such a map also probes, at its
+//! start, the farthest peer its own links prove within the budget: a clustered origin's first
+//! confirmations are all of its own cluster, and without a far one the map would end before
+//! a farther cluster it links to is learned of and probed.
 //!
 //! Trust: a report speaks only for its sender (its own record must be in it) and no report
 //! can make a node direct: what a report claims to be measured by the origin is taken as a
@@ -139,8 +142,43 @@ impl MappingNode {
                 msg: Message::Request(req),
             });
         }
+        if self.config.reports_end_at_confirmed {
+            self.probe_farthest_link(now, id, budget_ms, out);
+        }
         self.absorb(now, id, map, true, out);
         self.maybe_finish_collecting(now, id, out);
+    }
+
+    /// Probes, at the start of a map that ends at the largest RTT confirmed so far, the farthest
+    /// peer whose own link proves it within the budget: its confirmation, back within the
+    /// budget, lets the map wait for probes of nodes as far. Without it a clustered origin,
+    /// whose first confirmations are all of its own cluster, would end the map at little more
+    /// than the budget, before a farther cluster it links to is learned of and probed.
+    fn probe_farthest_link(&mut self, now: Time, id: MapId, budget_ms: f64, out: &mut Vec<Output>) {
+        let farthest = self
+            .peers
+            .iter()
+            .filter_map(|(&n, p)| {
+                let record = p.record.clone()?;
+                match self.verdict(n, None, Some(&record), budget_ms) {
+                    Verdict::Direct(rtt_ms) => Some((rtt_ms, n, record)),
+                    _ => None,
+                }
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (Some((_, n, record)), Some(c)) = (farthest, self.collecting.get_mut(&id)) else {
+            return;
+        };
+        if !c.settled.insert(n) {
+            return;
+        }
+        c.records.insert(n, record.clone());
+        c.probes.insert(n, now.plus_ms(budget_ms).min(c.deadline));
+        out.push(Output::Probe {
+            id,
+            targets: vec![record],
+            timeout_ms: budget_ms,
+        });
     }
 
     /// A reached node's part of a map with reports: it forwards the request and reports its own
@@ -370,7 +408,7 @@ impl MappingNode {
             return;
         };
         // The map's time is over: nodes whose probe is still out are left out.
-        for n in c.probes.keys().copied().collect::<Vec<_>>() {
+        for n in std::mem::take(&mut c.probes).into_keys() {
             c.reject(n);
         }
         let complete = c.complete && c.expected.is_empty();
