@@ -101,6 +101,11 @@ fn fedavg_bench(engine: &str, mode: &str, args: &[&str]) -> String {
             "--kill-after",
             "4",
             "--no-baseline",
+            // Moving and healing are tested, not latency: a first ping over the example's 40 ms
+            // on a loaded machine would leave placement no host (brume_testnet::relay_service::
+            // CALL_BOUND_MS says more).
+            "--call-bound-ms",
+            "5000",
             // A loaded machine dumps slowly: the move is what is tested, not the 2 s default.
             "--max-downtime",
             "30s",
@@ -121,6 +126,10 @@ fn fedavg_bench(engine: &str, mode: &str, args: &[&str]) -> String {
     assert!(
         stdout.contains(&format!("({engine} engine)")),
         "not on the {engine} engine:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("calls bounded at 5000 ms"),
+        "the call bound was not set:\n{stdout}"
     );
     // Six rounds of softmax regression on the digits: well above chance (10%), not above 100%.
     let (acc, central) = (seen["acc"], seen["central_acc"]);

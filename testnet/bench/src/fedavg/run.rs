@@ -37,6 +37,8 @@ pub struct Plan {
     pub kill_after: Option<u64>,
     /// The manifest (examples/fedavg/service.toml) and the directory its builds are under.
     pub manifest: PathBuf,
+    /// The aggregator's call bound, if not the manifest's.
+    pub call_bound_ms: Option<u32>,
     /// `brume migrate --max-downtime`, if given.
     pub max_downtime: Option<String>,
     /// The nodes' engine: `process` or `docker`.
@@ -226,9 +228,15 @@ fn number_after(line: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The manifest with `ROUNDS` set, written with copies of its build contexts under `dir`
-/// (their static binaries included: scripts/build-static.sh puts them there).
-fn manifest(dir: &Path, source: &Path, rounds: u64) -> anyhow::Result<PathBuf> {
+/// The manifest with `ROUNDS` set (and the call bound, if given), written with copies of its
+/// build contexts under `dir` (their static binaries included: scripts/build-static.sh puts
+/// them there).
+fn manifest(
+    dir: &Path,
+    source: &Path,
+    rounds: u64,
+    call_bound_ms: Option<u32>,
+) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(source)
         .with_context(|| format!("cannot read {}", source.display()))?;
     let from = source.parent().context("the manifest has no directory")?;
@@ -252,8 +260,18 @@ fn manifest(dir: &Path, source: &Path, rounds: u64) -> anyhow::Result<PathBuf> {
         "{} no longer sets {old}: the bench sets the rounds there",
         source.display()
     );
+    let mut text = text.replace(old, &format!("ROUNDS = \"{rounds}\""));
+    if let Some(ms) = call_bound_ms {
+        let bound = "latency_ms = 40 ";
+        anyhow::ensure!(
+            text.matches(bound).count() == 1,
+            "{} no longer has one `{bound}`: the bench sets the call bound there",
+            source.display()
+        );
+        text = text.replace(bound, &format!("latency_ms = {ms} "));
+    }
     let m = dir.join("service.toml");
-    std::fs::write(&m, text.replace(old, &format!("ROUNDS = \"{rounds}\"")))?;
+    std::fs::write(&m, text)?;
     Ok(m)
 }
 
@@ -321,7 +339,7 @@ pub fn run(exe: &Path, plan: &Plan) -> anyhow::Result<Outcome> {
     let _containers = (plan.engine == "docker").then(|| Containers(tags));
     let dir = net.service_dir();
     std::fs::create_dir_all(&dir)?;
-    let m = manifest(&dir, &plan.manifest, plan.rounds)?;
+    let m = manifest(&dir, &plan.manifest, plan.rounds, plan.call_bound_ms)?;
     let out = net.deploy(&m)?;
     anyhow::ensure!(
         out.status.success(),
