@@ -208,6 +208,11 @@ fn answers_say_how_each_node_was_reached() {
     }
 }
 
+/// Each proof of `map` as `(node, how, rtt)`, in the map's order.
+pub(super) fn hows(map: &NeighbourhoodMap) -> Vec<(NodeId, RttHow, f64)> {
+    map.proofs.iter().map(|p| (p.id, p.how, p.rtt_ms)).collect()
+}
+
 pub(super) fn record_at(id: NodeId, x: f64) -> NodeRecord {
     let mut r = NodeRecord::bare(id);
     r.coord = at(x);
@@ -412,10 +417,8 @@ fn the_origin_keeps_only_what_its_probes_confirm() {
         panic!("{done:?}")
     };
     assert_eq!(map.ids(), vec![O, A, C]);
-    let hows: Vec<(NodeId, RttHow, f64)> =
-        map.proofs.iter().map(|p| (p.id, p.how, p.rtt_ms)).collect();
     assert_eq!(
-        hows,
+        hows(map),
         vec![
             (O, RttHow::Origin, 0.0),
             (A, RttHow::Direct, 5.0),

@@ -1,13 +1,21 @@
 //! Issue 17: maps whose reached nodes report straight to the origin ([`MapConfig::reports`]).
 //! Every test drives the state machines by hand with fixed numbers: no clock, no randomness.
 
-use super::reach_tests::{at, node, pinged, reach, record_at, requests, A, C, D, E, O};
+use super::reach_tests::{at, hows, node, pinged, reach, record_at, requests, A, C, D, E, O};
 use super::*;
 
 fn reporting() -> MapConfig {
     MapConfig {
         reports: true,
         ..MapConfig::default()
+    }
+}
+
+/// Reports, ending each map at the budget plus the largest RTT confirmed so far.
+fn ending_early() -> MapConfig {
+    MapConfig {
+        reports_end_at_confirmed: true,
+        ..reporting()
     }
 }
 
@@ -140,10 +148,8 @@ fn the_origin_probes_each_report_as_it_arrives() {
     let done = o.handle_probe_result(Time(20_000), id, E, Some(14.0));
     let map = finished(&done, true);
     assert_eq!(map.ids(), vec![O, A, C, E]);
-    let hows: Vec<(NodeId, RttHow, f64)> =
-        map.proofs.iter().map(|p| (p.id, p.how, p.rtt_ms)).collect();
     assert_eq!(
-        hows,
+        hows(map),
         vec![
             (O, RttHow::Origin, 0.0),
             (A, RttHow::Direct, 5.0),
@@ -203,13 +209,7 @@ fn a_silent_node_leaves_the_map_incomplete_when_the_window_closes() {
 /// (D's, until 18 ms).
 #[test]
 fn ending_at_the_largest_confirmed_rtt_leaves_late_nodes_out() {
-    let mut o = node(
-        O,
-        MapConfig {
-            reports_end_at_confirmed: true,
-            ..reporting()
-        },
-    );
+    let mut o = node(O, ending_early());
     pinged(&mut o, A, 5.0);
     let (id, _) = o.start_fresh_map(Time(0), 15.0);
     assert_eq!(
@@ -249,13 +249,7 @@ fn ending_at_the_largest_confirmed_rtt_leaves_late_nodes_out() {
 /// to 27.2 ms: E is in, and the map is done when its last probe is back.
 #[test]
 fn ending_at_the_largest_confirmed_rtt_waits_for_the_farthest_link_of_the_origin() {
-    let mut o = node(
-        O,
-        MapConfig {
-            reports_end_at_confirmed: true,
-            ..reporting()
-        },
-    );
+    let mut o = node(O, ending_early());
     pinged(&mut o, A, 2.0);
     pinged(&mut o, D, 12.0);
     o.set_peer_record(A, record_at(A, 2.0));
@@ -284,10 +278,8 @@ fn ending_at_the_largest_confirmed_rtt_waits_for_the_farthest_link_of_the_origin
     );
     let done = o.handle_probe_result(Time(19_500), id, E, Some(13.5));
     let map = finished(&done, true);
-    let hows: Vec<(NodeId, RttHow, f64)> =
-        map.proofs.iter().map(|p| (p.id, p.how, p.rtt_ms)).collect();
     assert_eq!(
-        hows,
+        hows(map),
         vec![
             (O, RttHow::Origin, 0.0),
             (A, RttHow::Direct, 2.0),
