@@ -63,6 +63,14 @@ pub struct MapConfig {
     /// The origin probes a candidate only while its predicted RTT, less `reach_margin` times
     /// the summed errors, fits `B * (1 + probe_slack)` (infinite: every candidate).
     pub probe_slack: f64,
+    /// How long the origin waits for a probe's result, in budgets (a result within that time
+    /// still counts only if its RTT fits the budget). 1 in the simulator, where a probe is one
+    /// ping; a daemon must first dial a node it is not connected to (TCP, the Noise handshake,
+    /// stream negotiation: three RTTs or more before the ping's own), so a probe of a node well
+    /// within the budget would time out if it waited one budget ([`crate::config`]).
+    pub probe_wait_factor: f64,
+    /// ... and at least this long (ms).
+    pub probe_wait_min_ms: f64,
     /// Each reached node reports its own part of the map straight to the origin (one message,
     /// [`Message::Report`]) instead of answering its parent, and no request is acknowledged:
     /// a record reaches the origin in one hop instead of climbing every hop back, and the
@@ -77,6 +85,13 @@ pub struct MapConfig {
     /// early. Meets the completion bound "budget plus the largest confirmation RTT" on every
     /// map, at a cost in recall measured in BENCHMARKS.md (issue 17); off by default.
     pub reports_end_at_confirmed: bool,
+}
+
+impl MapConfig {
+    /// How long the origin waits for the result of a probe of a map with this budget.
+    pub fn probe_wait_ms(&self, budget_ms: f64) -> f64 {
+        (budget_ms * self.probe_wait_factor).max(self.probe_wait_min_ms)
+    }
 }
 
 impl Default for MapConfig {
@@ -108,6 +123,8 @@ impl Default for MapConfig {
             rim_others: false,
             reach_beyond: true,
             probe_slack: 1.0,
+            probe_wait_factor: 1.0,
+            probe_wait_min_ms: 0.0,
             reports: false,
             reports_end_at_confirmed: false,
         }

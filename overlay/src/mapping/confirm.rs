@@ -162,7 +162,7 @@ impl MappingNode {
             id,
             Probing {
                 budget_ms: budget,
-                deadline: now.plus_ms(budget),
+                deadline: now.plus_ms(self.config.probe_wait_ms(budget)),
                 pending: targets.into_iter().collect(),
                 map,
                 complete: s.complete,

@@ -429,6 +429,38 @@ fn the_origin_keeps_only_what_its_probes_confirm() {
     assert_eq!(o.open_sessions(), 0);
 }
 
+/// A daemon's probe of a node it is not connected to dials first, so its result comes
+/// several RTTs after the probe went out: with `probe_wait_factor` 3 the origin waits three
+/// budgets (45 ms from 6 ms) for it and keeps what the ping measured within the budget. C's
+/// result at 40 ms (9.5 ms measured) confirms it; D's RTT is beyond the budget whenever it
+/// comes; E's result after the wait (52 ms) counts for nothing.
+#[test]
+fn the_origin_waits_several_budgets_for_a_probe_that_must_dial() {
+    let config = MapConfig {
+        probe_wait_factor: 3.0,
+        ..MapConfig::default()
+    };
+    assert_eq!(config.probe_wait_ms(15.0), 45.0);
+    let (mut o, id, out) = origin_with_answer(config, answer_of_a());
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(o.poll_timeout(), Some(Time(51_000)));
+    assert!(o
+        .handle_probe_result(Time(40_000), id, C, Some(9.5))
+        .is_empty());
+    assert!(o
+        .handle_probe_result(Time(41_000), id, D, Some(15.1))
+        .is_empty());
+    let done = o.handle_timeout(Time(51_000));
+    let [Output::MapDone { map, .. }] = &done[..] else {
+        panic!("{done:?}")
+    };
+    assert_eq!(map.ids(), vec![O, A, C]);
+    assert!(o
+        .handle_probe_result(Time(52_000), id, E, Some(3.0))
+        .is_empty());
+    assert_eq!(o.open_sessions(), 0);
+}
+
 /// Only the origin measures directly: a node that an answer claims was measured directly
 /// (a forged claim: no other node sets it) is probed like a candidate, and a seed 004 map
 /// takes the claim as a path's at best.

@@ -173,7 +173,11 @@ impl MappingNode {
             return;
         }
         c.records.insert(n, record.clone());
-        c.probes.insert(n, now.plus_ms(budget_ms).min(c.deadline));
+        c.probes.insert(
+            n,
+            now.plus_ms(self.config.probe_wait_ms(budget_ms))
+                .min(c.deadline),
+        );
         out.push(Output::Probe {
             id,
             targets: vec![record],
@@ -327,7 +331,11 @@ impl MappingNode {
                 Verdict::Probe => {
                     if let Some(record) = record.cloned() {
                         c.settled.insert(n);
-                        c.probes.insert(n, now.plus_ms(budget).min(c.deadline));
+                        c.probes.insert(
+                            n,
+                            now.plus_ms(self.config.probe_wait_ms(budget))
+                                .min(c.deadline),
+                        );
                         targets.push(record);
                     }
                 }
