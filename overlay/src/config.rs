@@ -126,14 +126,15 @@ impl Default for OverlayConfig {
 /// tens of milliseconds even on loopback, so a child gets at least 250 ms to acknowledge and each
 /// hop keeps 2 ms in hand; the originator's grace is at least 20 ms. A probe of a node the
 /// origin is not connected to dials it first (TCP, the Noise handshake, stream negotiation,
-/// then the ping: four RTTs or more), so the origin waits six budgets for it, and at least
-/// 250 ms; the RTT the ping measures must still fit the budget.
+/// then the ping: four RTTs or more), so the origin waits six budgets for it, at most a second
+/// beyond the budget and at least 250 ms; the RTT the ping measures must still fit the budget.
 pub fn network_map_config() -> MapConfig {
     MapConfig {
         ack_timeout_min_ms: 250.0,
         hop_guard_ms: 2.0,
         grace_min_ms: 20.0,
         probe_wait_factor: 6.0,
+        probe_wait_extra_max_ms: 1_000.0,
         probe_wait_min_ms: 250.0,
         ..MapConfig::default()
     }

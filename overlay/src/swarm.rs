@@ -927,6 +927,19 @@ impl Driver {
                     debug!(%addr, %error, "dial failed");
                     self.membership.on_dial_failed(now, &addr);
                 }
+                // A probe target that cannot be dialled is not reached: its maps need not wait
+                // out the probe's time for it.
+                if let Some(node) = peer_id.map(|p| node_id_of(&p)) {
+                    if !self.connected.contains(&node) {
+                        if let Some(maps) = self.probes.remove(&node) {
+                            debug!(%node, "probe target unreachable");
+                            for m in maps {
+                                let out = self.mapping.handle_probe_result(now, m, node, None);
+                                self.apply_mapping(out);
+                            }
+                        }
+                    }
+                }
             }
             SwarmEvent::IncomingConnectionError {
                 peer_id,

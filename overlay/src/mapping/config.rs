@@ -69,6 +69,9 @@ pub struct MapConfig {
     /// stream negotiation: three RTTs or more before the ping's own), so a probe of a node well
     /// within the budget would time out if it waited one budget ([`crate::config`]).
     pub probe_wait_factor: f64,
+    /// ... at most this much (ms) beyond one budget (a dial takes a few RTTs, not a few
+    /// budgets of a map with a budget of seconds) ...
+    pub probe_wait_extra_max_ms: f64,
     /// ... and at least this long (ms).
     pub probe_wait_min_ms: f64,
     /// Each reached node reports its own part of the map straight to the origin (one message,
@@ -90,7 +93,9 @@ pub struct MapConfig {
 impl MapConfig {
     /// How long the origin waits for the result of a probe of a map with this budget.
     pub fn probe_wait_ms(&self, budget_ms: f64) -> f64 {
-        (budget_ms * self.probe_wait_factor).max(self.probe_wait_min_ms)
+        (budget_ms * self.probe_wait_factor)
+            .min(budget_ms + self.probe_wait_extra_max_ms)
+            .max(self.probe_wait_min_ms)
     }
 }
 
@@ -124,6 +129,7 @@ impl Default for MapConfig {
             reach_beyond: true,
             probe_slack: 1.0,
             probe_wait_factor: 1.0,
+            probe_wait_extra_max_ms: f64::INFINITY,
             probe_wait_min_ms: 0.0,
             reports: false,
             reports_end_at_confirmed: false,

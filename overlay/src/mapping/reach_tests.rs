@@ -441,6 +441,13 @@ fn the_origin_waits_several_budgets_for_a_probe_that_must_dial() {
         ..MapConfig::default()
     };
     assert_eq!(config.probe_wait_ms(15.0), 45.0);
+    // The daemon's: six budgets, at most a second beyond one, at least 250 ms.
+    let daemon = crate::config::network_map_config();
+    let waits: Vec<f64> = [25.0, 80.0, 5_000.0]
+        .iter()
+        .map(|b| daemon.probe_wait_ms(*b))
+        .collect();
+    assert_eq!(waits, vec![250.0, 480.0, 6_000.0]);
     let (mut o, id, out) = origin_with_answer(config, answer_of_a());
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(o.poll_timeout(), Some(Time(51_000)));
