@@ -102,6 +102,13 @@ pub async fn status(target: &Target) -> anyhow::Result<()> {
         s.coord[0], s.coord[1], s.coord[2], s.coord_error
     );
     println!("up          {:.0} s", s.uptime_s);
+    if let Some(p) = s.probes.filter(|p| *p != Default::default()) {
+        println!(
+            "map probes  {} by a peer's ping RTT, {} by a dial's TCP handshake, {} by a ping, \
+             {} unreached",
+            p.srtt, p.handshake, p.ping, p.unreached
+        );
+    }
     if let Some(p) = &s.predictor {
         println!("dump model  {} ({} dumps learned)", p.model, p.dumps);
         if !p.pbmlr_features.is_empty() {

@@ -45,6 +45,21 @@ pub struct Status {
     pub maps: Vec<MapSize>,
     /// The cone links this node chose (issue 17; none unless [`crate::OverlayConfig::cones`]).
     pub cone_links: Vec<PeerId>,
+    /// How this node's maps' confirmation probes were answered since it started.
+    pub probes: ProbeCounts,
+}
+
+/// How a node's confirmation probes (issue 17) were answered, one count per probe of a map: by a
+/// connected peer's smoothed ping RTT, by the kernel's RTT of the TCP handshake of a connection
+/// the probe dialled ([`crate::handshake_rtt`]), by a ping on a connection that had no
+/// handshake sample, or not at all (the target could not be dialled). Probes still out when
+/// their map ended are in none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeCounts {
+    pub srtt: u64,
+    pub handshake: u64,
+    pub ping: u64,
+    pub unreached: u64,
 }
 
 /// How many nodes the last map of one budget held.

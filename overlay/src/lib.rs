@@ -24,6 +24,7 @@ pub mod events;
 pub mod frames;
 pub mod gate;
 pub mod handle;
+pub mod handshake_rtt;
 pub mod idle;
 pub mod ids;
 pub mod limits;
@@ -51,6 +52,6 @@ pub use limits::{Limited, LimitedIncoming, StreamLimits};
 pub use network_key::NetworkKey;
 pub use node::{
     Identity, IncomingStreams, MapOutcome, MapSize, Overlay, OverlayConfig, OverlayError,
-    OverlayHandle, PeerInfo, Status, Timings,
+    OverlayHandle, PeerInfo, ProbeCounts, Status, Timings,
 };
 pub use rate::Rate;

@@ -4,7 +4,7 @@
 
 use tokio::task::JoinHandle;
 
-pub use crate::commands::{MapOutcome, MapSize, PeerInfo, Status};
+pub use crate::commands::{MapOutcome, MapSize, PeerInfo, ProbeCounts, Status};
 pub use crate::config::{network_map_config, Identity, OverlayConfig, Timings};
 pub use crate::error::OverlayError;
 pub use crate::handle::{IncomingStreams, OverlayHandle};

@@ -28,11 +28,12 @@ use crate::behaviour::{
     BehaviourTimings, BrumeBehaviour, BrumeBehaviourEvent, MapFrame, MembershipRequest,
     MembershipResponse,
 };
-use crate::commands::{Command, MapOutcome, MapSize, PeerInfo, Status};
+use crate::commands::{Command, MapOutcome, MapSize, PeerInfo, ProbeCounts, Status};
 use crate::config::{Identity, OverlayConfig};
 use crate::error::OverlayError;
 use crate::events::{ConnectionEvent, EVENT_BUFFER};
 use crate::handle::OverlayHandle;
+use crate::handshake_rtt::{self, HandshakeRtts};
 use crate::ids::{node_id_of, MapId, NodeId, Time};
 use crate::maplink::{LinkEvent, MapLinks};
 use crate::mapping::{MappingNode, Output};
@@ -121,6 +122,15 @@ impl PeerEntry {
     }
 }
 
+/// What answered the probes waiting for a node, in ms.
+enum ProbeAnswer {
+    /// The kernel's RTT of a new connection's TCP handshake.
+    Handshake(f64),
+    Ping(f64),
+    /// The node could not be dialled.
+    Unreached,
+}
+
 /// The swarm task's state.
 struct Driver {
     swarm: Swarm<BrumeBehaviour>,
@@ -145,8 +155,13 @@ struct Driver {
     state_interval: Duration,
     links: MapLinks,
     link_events: mpsc::Receiver<LinkEvent>,
-    /// Confirmation probes in flight: the maps waiting for the next ping of each node.
+    /// Confirmation probes in flight: the maps waiting for the next RTT of each node (the
+    /// handshake of the connection a probe dials, or the next ping).
     probes: HashMap<NodeId, Vec<MapId>>,
+    /// The kernel's handshake RTT of each new connection, left by the transport.
+    handshake_rtts: HandshakeRtts,
+    /// How the probes were answered (see [`Status::probes`]).
+    probe_counts: ProbeCounts,
     /// Where [`ConnectionEvent`]s go (nowhere when nobody listens).
     events: broadcast::Sender<ConnectionEvent>,
     /// This node's identity key: it signs the node's own record as it leaves.
@@ -177,9 +192,13 @@ pub(crate) async fn spawn(
         info!(fingerprint = %k.fingerprint(), "private overlay: only holders of this network key can connect");
     }
     let signing_key = key.clone();
-    let mut swarm = crate::transport::build(key.clone(), config.network_key, move |key| {
-        BrumeBehaviour::new(key, &bt, gate)
-    })?;
+    let handshake_rtts = HandshakeRtts::default();
+    let mut swarm = crate::transport::build(
+        key.clone(),
+        config.network_key,
+        handshake_rtts.clone(),
+        move |key| BrumeBehaviour::new(key, &bt, gate),
+    )?;
     let local_peer = *swarm.local_peer_id();
     let node_id = node_id_of(&local_peer);
 
@@ -304,6 +323,8 @@ pub(crate) async fn spawn(
         links,
         link_events,
         probes: HashMap::new(),
+        handshake_rtts,
+        probe_counts: ProbeCounts::default(),
         events,
         key: signing_key,
         requests: RateBook::new(config.request_rate, REQUEST_RATE_PEERS),
@@ -444,6 +465,7 @@ impl Driver {
                         .iter()
                         .filter_map(|c| self.peer_id(c.1))
                         .collect(),
+                    probes: self.probe_counts,
                 });
             }
             Command::Dial { peer, addrs } => {
@@ -668,11 +690,12 @@ impl Driver {
         }
     }
 
-    /// One confirmation probe of map `id`: the next ping to the node is its result. A connected
-    /// node is pinged by the ping behaviour's own rounds (its SRTT answers at once if the
-    /// mapping core has one); any other is dialled at the addresses its record gives, and
-    /// libp2p's ping runs as soon as the connection is up. A target that cannot be reached is
-    /// left to the core's probe deadline.
+    /// One confirmation probe of map `id`. A connected node's SRTT answers at once if the
+    /// mapping core has one, else its next ping does; any other node is dialled at the addresses
+    /// its record gives, and the kernel's RTT of the new connection's TCP handshake answers
+    /// (see [`crate::handshake_rtt`]; the first ping, if the kernel has no sample). A target
+    /// that cannot be dialled is not reached; one whose dial hangs is left to the core's probe
+    /// deadline.
     fn probe(&mut self, id: MapId, record: NodeRecord) {
         let Some(peer) = record.peer else {
             return;
@@ -685,6 +708,7 @@ impl Driver {
         if self.connected.contains(&node) {
             if let Some(srtt) = self.mapping.peer_rtt(node).and_then(|r| r.srtt()) {
                 let now = self.now();
+                self.probe_counts.srtt += 1;
                 let out = self.mapping.handle_probe_result(now, id, node, Some(srtt));
                 self.apply_mapping(out);
                 return;
@@ -700,6 +724,21 @@ impl Driver {
             } else {
                 trace!(%peer, "dialling to probe");
             }
+        }
+    }
+
+    /// Answers every probe waiting for `node`.
+    fn resolve_probes(&mut self, now: Time, node: NodeId, answer: ProbeAnswer) {
+        let (count, rtt_ms) = match answer {
+            ProbeAnswer::Handshake(ms) => (&mut self.probe_counts.handshake, Some(ms)),
+            ProbeAnswer::Ping(ms) => (&mut self.probe_counts.ping, Some(ms)),
+            ProbeAnswer::Unreached => (&mut self.probe_counts.unreached, None),
+        };
+        let maps = self.probes.remove(&node).unwrap_or_default();
+        *count += maps.len() as u64;
+        for m in maps {
+            let out = self.mapping.handle_probe_result(now, m, node, rtt_ms);
+            self.apply_mapping(out);
         }
     }
 
@@ -861,6 +900,17 @@ impl Driver {
             } => {
                 self.dials.remove(&connection_id);
                 let id = self.learn(peer_id);
+                // A probe that dialled (or met a dial) is answered by the kernel's handshake.
+                let handshake = handshake_rtt::socket_addr(endpoint.get_remote_address())
+                    .and_then(|remote| self.handshake_rtts.take(remote));
+                if let Some(rtt) = handshake {
+                    trace!(node = %id, rtt_ms = rtt.as_secs_f64() * 1000.0, "handshake RTT");
+                    self.resolve_probes(
+                        now,
+                        id,
+                        ProbeAnswer::Handshake(rtt.as_secs_f64() * 1000.0),
+                    );
+                }
                 let addr = match &endpoint {
                     ConnectedPoint::Dialer { address, .. } => {
                         Some(with_peer(address.clone(), peer_id))
@@ -930,14 +980,9 @@ impl Driver {
                 // A probe target that cannot be dialled is not reached: its maps need not wait
                 // out the probe's time for it.
                 if let Some(node) = peer_id.map(|p| node_id_of(&p)) {
-                    if !self.connected.contains(&node) {
-                        if let Some(maps) = self.probes.remove(&node) {
-                            debug!(%node, "probe target unreachable");
-                            for m in maps {
-                                let out = self.mapping.handle_probe_result(now, m, node, None);
-                                self.apply_mapping(out);
-                            }
-                        }
+                    if !self.connected.contains(&node) && self.probes.contains_key(&node) {
+                        debug!(%node, "probe target unreachable");
+                        self.resolve_probes(now, node, ProbeAnswer::Unreached);
                     }
                 }
             }
@@ -993,15 +1038,9 @@ impl Driver {
                 ..
             }) => {
                 let id = node_id_of(&peer);
-                if let Some(maps) = self.probes.remove(&id) {
-                    let ms = rtt.as_secs_f64() * 1000.0;
-                    for m in maps {
-                        let out = self.mapping.handle_probe_result(now, m, id, Some(ms));
-                        self.apply_mapping(out);
-                    }
-                }
+                let ms = rtt.as_secs_f64() * 1000.0;
+                self.resolve_probes(now, id, ProbeAnswer::Ping(ms));
                 if self.connected.contains(&id) {
-                    let ms = rtt.as_secs_f64() * 1000.0;
                     self.mapping.on_rtt_sample(id, ms, None);
                     if let Some(s) = self.mapping.peer_rtt(id).and_then(|r| r.srtt()) {
                         self.membership.set_rtt(id, s);

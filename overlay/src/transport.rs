@@ -7,36 +7,63 @@
 //! Without a key it is the plain TCP + noise + yamux transport, as the overlay always had. The
 //! swarm's connection timeout (libp2p's default, 10 s) bounds a handshake that goes nowhere,
 //! which is how a key mismatch can end when neither side can parse the other's bytes.
+//!
+//! Every new TCP socket leaves the kernel's handshake RTT in [`HandshakeRtts`] before anything
+//! runs on it, for the probes that dial (see [`crate::handshake_rtt`]).
 
 use std::time::Duration;
 
+use std::time::Instant;
+
+use futures::future;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::upgrade::Version;
-use libp2p::core::Transport;
+use libp2p::core::{ConnectedPoint, Transport};
 use libp2p::identity::Keypair;
 use libp2p::pnet::PnetConfig;
 use libp2p::{noise, tcp, yamux, Swarm};
 
 use crate::behaviour::BrumeBehaviour;
 use crate::error::OverlayError;
+use crate::handshake_rtt::{self, HandshakeRtts};
 use crate::network_key::NetworkKey;
 
 /// How long a connection that nothing uses stays up: the overlay decides which connections to
 /// keep (membership's degree bounds), not the idle timer.
 const IDLE: Duration = Duration::from_secs(365 * 86_400);
 
-/// The swarm of a node with identity `key`, over TCP guarded by `network_key` if given.
+/// The swarm of a node with identity `key`, over TCP guarded by `network_key` if given, whose
+/// new sockets' handshake RTTs go to `rtts`.
 pub fn build(
     key: Keypair,
     network_key: Option<NetworkKey>,
+    rtts: HandshakeRtts,
     behaviour: impl FnOnce(&Keypair) -> BrumeBehaviour,
 ) -> Result<Swarm<BrumeBehaviour>, OverlayError> {
     let transport_error = |e: &dyn std::fmt::Display| OverlayError::Transport(e.to_string());
     let tcp_config = tcp::Config::default().nodelay(true);
+    let tcp = tcp::tokio::Transport::new(tcp_config).and_then(
+        move |socket: tcp::tokio::TcpStream, _: ConnectedPoint| {
+            if let (Some(rtt), Ok(remote)) =
+                (handshake_rtt::of_socket(&socket.0), socket.0.peer_addr())
+            {
+                rtts.record(remote, rtt, Instant::now());
+            }
+            future::ready(Ok::<_, std::io::Error>(socket))
+        },
+    );
     let swarm = match network_key {
         None => libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
-            .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)?;
+                let transport = tcp
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(transport)
+            })
             .map_err(|e| transport_error(&e))?
             .with_behaviour(behaviour)
             .map_err(|e| transport_error(&e))?
@@ -48,7 +75,7 @@ pub fn build(
                 .with_tokio()
                 .with_other_transport(|key| {
                     let noise = noise::Config::new(key)?;
-                    let transport = tcp::tokio::Transport::new(tcp_config)
+                    let transport = tcp
                         .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
                         .upgrade(Version::V1Lazy)
                         .authenticate(noise)

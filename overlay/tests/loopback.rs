@@ -434,6 +434,48 @@ async fn cone_links_are_dialled_and_kept_beyond_the_degree_bound() {
     stop(handles, tasks).await;
 }
 
+/// Probes that must dial (issue 17): node 0, allowed two links, maps six nodes by direct RTT;
+/// it confirms each node it is not connected to by dialling it, and the kernel's RTT of the new
+/// connection's TCP handshake answers the probe (counted in `Status::probes`), not the first
+/// ping on the connection, which on a busy host measures the connection's set-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_dials_is_answered_by_the_tcp_handshake() {
+    init_tracing();
+    let ids = Identities::new("a_probe_that_dials_is_answered_by_the_tcp_handshake");
+    let two_links = |identity, bootstrap| {
+        let mut c = config(identity, bootstrap);
+        c.min_degree = 1;
+        c.max_degree = 2;
+        c
+    };
+    let (handles, tasks, _) = start_chain_with(&ids, 6, two_links).await;
+    wait_settled(&handles).await;
+    let all: BTreeSet<NodeId> = handles.iter().map(|h| h.node_id()).collect();
+    let (all, node0) = (&all, &handles[0]);
+    let probes = wait_until(
+        "a complete map of all six from node 0, a probe of it answered by a handshake",
+        || async move {
+            let out = node0
+                .map_with(Duration::from_millis(1000), true)
+                .await
+                .unwrap();
+            let held: BTreeSet<NodeId> = out.map.ids().into_iter().collect();
+            let probes = node0.status().await.unwrap().probes;
+            if held == *all && out.complete && probes.handshake > 0 {
+                Ok(probes)
+            } else {
+                Err(format!(
+                    "map {held:?} (complete: {}), probes {probes:?}",
+                    out.complete
+                ))
+            }
+        },
+    )
+    .await;
+    eprintln!("node 0's probes: {probes:?}");
+    stop(handles, tasks).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_map_protocol_scores_the_sender_down_until_it_is_dropped() {
     init_tracing();

@@ -39,7 +39,8 @@ pub use moves::{DrainLine, MigrateRequest, MoveProgress, MoveStep, Moved};
 pub use names::NodeName;
 pub use socket::{bind, call, serve, ControlError};
 pub use views::{
-    GcReport, LogLines, PeerView, PredictorView, Progress, PsRow, Reply, StatusView, Stopped,
+    GcReport, LogLines, PeerView, PredictorView, ProbesView, Progress, PsRow, Reply, StatusView,
+    Stopped,
 };
 
 #[cfg(test)]

@@ -57,6 +57,12 @@ fn every_reply() -> Vec<Reply> {
             coord_error: 0.5,
             uptime_s: 12.0,
             predictor: None,
+            probes: Some(ProbesView {
+                srtt: 4,
+                handshake: 3,
+                ping: 1,
+                unreached: 2,
+            }),
         }),
         Reply::Peers(vec![PeerView {
             peer_id: PEER.into(),

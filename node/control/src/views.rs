@@ -26,6 +26,21 @@ pub struct StatusView {
     /// What the node learned about its own CRIU dumps (absent from older nodes).
     #[serde(default)]
     pub predictor: Option<PredictorView>,
+    /// How the confirmation probes of the maps this node started were answered (absent from
+    /// older nodes).
+    #[serde(default)]
+    pub probes: Option<ProbesView>,
+}
+
+/// Counts of a node's map confirmation probes by what answered each, in `brume status`: a
+/// connected peer's smoothed ping RTT, the kernel's RTT of the TCP handshake of a connection
+/// the probe dialled, a ping, or nothing (the target could not be dialled).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbesView {
+    pub srtt: u64,
+    pub handshake: u64,
+    pub ping: u64,
+    pub unreached: u64,
 }
 
 /// The node's dump-duration models, in `brume status`.

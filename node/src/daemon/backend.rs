@@ -65,6 +65,12 @@ impl Backend for OverlayBackend {
                         refused: v.refused,
                     }
                 }),
+                probes: Some(brume_control::ProbesView {
+                    srtt: s.probes.srtt,
+                    handshake: s.probes.handshake,
+                    ping: s.probes.ping,
+                    unreached: s.probes.unreached,
+                }),
             })
         })
     }
