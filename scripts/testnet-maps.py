@@ -83,16 +83,39 @@ def one_map(args, net, o, budget, n, m):
     }
 
 
+def probe_totals(args, origins):
+    """How the origins' probes were answered so far (`brume status`), summed over the origins."""
+    totals = {}
+    for o in origins:
+        control = f"/run/brume-testnet/nets/{args.net}/node-{o}/control.sock"
+        p = subprocess.run(
+            [args.brume, "status", "--control", control, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if p.returncode != 0:
+            continue
+        for k, v in (json.loads(p.stdout).get("probes") or {}).items():
+            totals[k] = totals.get(k, 0) + v
+    return totals
+
+
 def measure(args):
     m = read_matrix(args.matrix)
     n = len(m)
     origins = range(0, n, args.every)
     results = []
+    probes = {}
+    before = probe_totals(args, origins)
     for budget in args.budgets:
         for o in origins:
             r = one_map(args, args.net, o, budget, n, m)
             results.append(r)
             print(json.dumps(r), flush=True)
+        after = probe_totals(args, origins)
+        probes[budget] = {k: v - before.get(k, 0) for k, v in after.items()}
+        before = after
     print()
     for budget in args.budgets:
         rs = [r for r in results if r["budget"] == budget and "error" not in r]
@@ -103,7 +126,8 @@ def measure(args):
         print(
             f"B={budget} ms: {len(rs)} maps ({errors} failed), recall {100 * hit / max(truth, 1):.2f}% "
             f"of {truth}, precision {100 * hit / max(got, 1):.2f}%, missed within 2 ms of B "
-            f"{sum(r['edge'] for r in rs)}, median map {statistics.median([r['ms'] for r in rs]) if rs else 0:.0f} ms"
+            f"{sum(r['edge'] for r in rs)}, median map {statistics.median([r['ms'] for r in rs]) if rs else 0:.0f} ms, "
+            f"probes answered by {probes.get(budget) or 'unknown (an older brume)'}"
         )
 
 

@@ -114,7 +114,8 @@ struct Up {
     #[arg(long)]
     label: Vec<String>,
     /// An extra argument of every node's `brume node` command line (repeatable), e.g.
-    /// --node-arg=--cpu-millis=150 to make each node hold one task of 100 mCPU.
+    /// --node-arg=--cpu-millis=150 to make each node hold one task of 100 mCPU. A node-arg
+    /// overrides the testnet's own default for that flag (--ping-interval-ms 1000).
     #[arg(long, allow_hyphen_values = true, value_name = "ARG")]
     node_arg: Vec<String>,
     /// Run each node as a `brume node` process in a network namespace instead of a container

@@ -74,6 +74,13 @@ impl Collecting {
         })
     }
 
+    /// Settles `n` by a probe, whose result must be back within `wait_ms` (and the map's time).
+    fn probe(&mut self, n: NodeId, now: Time, wait_ms: f64) {
+        self.settled.insert(n);
+        self.probes
+            .insert(n, now.plus_ms(wait_ms).min(self.deadline));
+    }
+
     fn reject(&mut self, n: NodeId) {
         self.rejected.insert(n);
         self.records.remove(&n);
@@ -159,25 +166,25 @@ impl MappingNode {
             .peers
             .iter()
             .filter_map(|(&n, p)| {
-                let record = p.record.clone()?;
-                match self.verdict(n, None, Some(&record), budget_ms) {
-                    Verdict::Direct(rtt_ms) => Some((rtt_ms, n, record)),
+                match self.verdict(n, None, Some(p.record.as_ref()?), budget_ms) {
+                    Verdict::Direct(rtt_ms) => Some((rtt_ms, n)),
                     _ => None,
                 }
             })
             .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        let (Some((_, n, record)), Some(c)) = (farthest, self.collecting.get_mut(&id)) else {
+        let Some((_, n)) = farthest else {
             return;
         };
-        if !c.settled.insert(n) {
+        let record = self.peers.get(&n).and_then(|p| p.record.clone());
+        let wait_ms = self.config.probe_wait_ms(budget_ms);
+        let (Some(record), Some(c)) = (record, self.collecting.get_mut(&id)) else {
+            return;
+        };
+        if c.settled.contains(&n) {
             return;
         }
         c.records.insert(n, record.clone());
-        c.probes.insert(
-            n,
-            now.plus_ms(self.config.probe_wait_ms(budget_ms))
-                .min(c.deadline),
-        );
+        c.probe(n, now, wait_ms);
         out.push(Output::Probe {
             id,
             targets: vec![record],
@@ -330,12 +337,7 @@ impl MappingNode {
                 }
                 Verdict::Probe => {
                     if let Some(record) = record.cloned() {
-                        c.settled.insert(n);
-                        c.probes.insert(
-                            n,
-                            now.plus_ms(self.config.probe_wait_ms(budget))
-                                .min(c.deadline),
-                        );
+                        c.probe(n, now, self.config.probe_wait_ms(budget));
                         targets.push(record);
                     }
                 }

@@ -231,9 +231,9 @@ fn start_node(state: &mut NetState, labels: &[String]) -> anyhow::Result<usize> 
         "process",
         "--name",
         &container,
-        "--ping-interval-ms",
-        "1000",
     ]);
+    let defaults = defaults_not_given(&state.node_args);
+    args.extend(defaults.iter().map(String::as_str));
     for a in &join_addrs {
         args.extend(["--join", a.as_str()]);
     }
@@ -263,9 +263,8 @@ fn prepare_process_node(state: &mut NetState) -> anyhow::Result<Vec<String>> {
         "process".into(),
         "--name".into(),
         name.clone(),
-        "--ping-interval-ms".into(),
-        "1000".into(),
     ];
+    args.extend(defaults_not_given(&state.node_args));
     for j in [0, i.saturating_sub(1)] {
         let join = format!(
             "/ip4/{}/tcp/{NODE_PORT}",
@@ -288,6 +287,24 @@ fn prepare_process_node(state: &mut NetState) -> anyhow::Result<Vec<String>> {
     Ok(args)
 }
 
+/// Flags a testnet gives every node unless `up --node-arg` gives them (a node refuses a flag
+/// given twice): pings every second, so a fresh testnet's RTTs settle within seconds.
+const NODE_DEFAULTS: [(&str, &str); 1] = [("--ping-interval-ms", "1000")];
+
+/// The [`NODE_DEFAULTS`] that `node_args` does not set, as arguments.
+fn defaults_not_given(node_args: &[String]) -> Vec<String> {
+    let given = |flag: &str| {
+        node_args
+            .iter()
+            .any(|a| a == flag || a.strip_prefix(flag).is_some_and(|v| v.starts_with('=')))
+    };
+    NODE_DEFAULTS
+        .iter()
+        .filter(|(flag, _)| !given(flag))
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .collect()
+}
+
 /// Testnet names end up in container names and paths: keep them plain.
 fn validate_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
@@ -299,17 +316,40 @@ fn validate_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until node `i` answers on its control socket (it listens on its address by then).
+/// Waits until process node `i` answers on its control socket (it listens on its address by
+/// then); fails at once if it exited, and with the tail of its log either way.
 fn wait_answers(state: &NetState, i: usize, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
+        let exited = !super::procs::alive(state.nodes[i].pid);
         match node_json(state, i, "status") {
             Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => {
-                return Err(e.context(format!("node {i} did not answer within {limit:?}")))
+            Err(e) if exited || Instant::now() > deadline => {
+                let why = if exited {
+                    "exited".to_string()
+                } else {
+                    format!("did not answer within {limit:?}")
+                };
+                let log = state.node_dir(i).join("node.log");
+                return Err(e.context(format!(
+                    "node {i} {why}; the end of {}:\n{}",
+                    log.display(),
+                    log_tail(&log, 20)
+                )));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
+    }
+}
+
+/// The last `lines` lines of the file at `path`, or why it cannot be read.
+fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(unreadable: {e})"),
     }
 }
 
@@ -379,4 +419,38 @@ fn connected(graph: &BTreeMap<usize, BTreeSet<usize>>) -> bool {
         }
     }
     seen.len() == graph.len() && graph.values().all(|s| !s.is_empty() || graph.len() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_node_arg_overrides_the_testnets_default_in_either_form() {
+        assert_eq!(
+            defaults_not_given(&args(&["--cones=8"])),
+            args(&["--ping-interval-ms", "1000"])
+        );
+        assert!(defaults_not_given(&args(&["--ping-interval-ms=500"])).is_empty());
+        assert!(defaults_not_given(&args(&["--ping-interval-ms", "500"])).is_empty());
+        // A flag that only starts like the default's is not it.
+        assert_eq!(
+            defaults_not_given(&args(&["--ping-interval-msx=5"])),
+            args(&["--ping-interval-ms", "1000"])
+        );
+    }
+
+    #[test]
+    fn a_log_tail_is_its_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.log");
+        std::fs::write(&path, "a\nb\nc\n").unwrap();
+        assert_eq!(log_tail(&path, 2), "b\nc");
+        assert_eq!(log_tail(&path, 9), "a\nb\nc");
+        assert!(log_tail(&dir.path().join("none"), 2).starts_with("(unreadable"));
+    }
 }
