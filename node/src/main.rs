@@ -124,6 +124,16 @@ fn main() -> ExitCode {
             };
         }
     };
+    if matches!(
+        cli.command,
+        Command::Status(_)
+            | Command::Peers(_)
+            | Command::Map(_)
+            | Command::Ps(_)
+            | Command::Logs(_)
+    ) {
+        end_quietly_on_a_closed_pipe();
+    }
     let result = match &cli.command {
         Command::Place(args) => brume_plan::place::run(args),
         Command::Bench { args } => bench(args),
@@ -156,6 +166,17 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets a read-only query end as Unix tools do when what reads its output stops
+/// (`brume peers | head`): killed quietly by SIGPIPE, instead of Rust's default of ignoring the
+/// signal and panicking at the next `println!`. Not for commands that change anything (a deploy
+/// must report, a testnet must clean up, the daemon must outlive its peers' sockets).
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restoring a signal's default disposition, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
