@@ -351,8 +351,11 @@ impl Driver {
     async fn run(mut self) -> Result<(), OverlayError> {
         let mut state_tick = tokio::time::interval(self.state_interval);
         state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut cone_tick = tokio::time::interval(self.cone_interval);
-        cone_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cone_rounds = 0;
+        let (state_interval, cone_interval) = (self.state_interval, self.cone_interval);
+        let cone_gap =
+            move |rounds| cone_links::cone_round_gap(rounds, state_interval, cone_interval);
+        let mut next_cone_round = tokio::time::Instant::now() + cone_gap(0);
         loop {
             let next = match self.mapping.poll_timeout() {
                 Some(m) => m.min(self.membership.poll_timeout()),
@@ -372,7 +375,11 @@ impl Driver {
                 },
                 _ = tokio::time::sleep_until(deadline) => self.on_timers(),
                 _ = state_tick.tick() => self.broadcast_state(),
-                _ = cone_tick.tick() => self.cone_round(),
+                _ = tokio::time::sleep_until(next_cone_round) => {
+                    self.cone_round();
+                    cone_rounds += 1;
+                    next_cone_round = tokio::time::Instant::now() + cone_gap(cone_rounds);
+                }
                 Some(ev) = self.link_events.recv() => self.on_link_event(ev),
             }
         }

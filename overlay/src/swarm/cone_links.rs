@@ -5,12 +5,14 @@
 //! them beyond its degree bound. Its state marks those links, so the node at the other end keeps
 //! them too. Rounds are rare on purpose: two give maps their recall, and since Vivaldi
 //! coordinates keep moving, every round replaces some choices (BENCHMARKS.md "Cone links a node
-//! finds itself").
+//! finds itself"). The first two come early ([`cone_round_gap`]): a round at start would find
+//! nothing to choose from, and the next would wait a whole `cone_interval`.
 //!
 //! [`Timings::cone_interval`]: crate::config::Timings::cone_interval
 //! [`OverlayConfig::cones`]: crate::config::OverlayConfig::cones
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 
@@ -25,6 +27,25 @@ const STICKY: Stickiness = Stickiness {
     slack: 0.25,
     floor_ms: 0.0,
 };
+
+/// Rounds done soon after start, before the node settles to one every `cone_interval`.
+pub const EARLY_CONE_ROUNDS: u32 = 2;
+
+/// How long after the last cone round (or the start, `rounds_done` 0) the next one comes: each
+/// of the [`EARLY_CONE_ROUNDS`] two state intervals later (by then the peers' records, with
+/// their coordinates and published links, have arrived, and the node's own coordinate has moved
+/// off the origin), every later one `cone_interval` later; never later than `cone_interval`.
+pub fn cone_round_gap(
+    rounds_done: u32,
+    state_interval: Duration,
+    cone_interval: Duration,
+) -> Duration {
+    if rounds_done < EARLY_CONE_ROUNDS {
+        (state_interval * 2).min(cone_interval)
+    } else {
+        cone_interval
+    }
+}
 
 /// A node's cone links: how many cones, what it chose, and which peers chose it.
 #[derive(Debug, Default)]
@@ -130,5 +151,20 @@ impl Driver {
             }
         }
         known
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_two_rounds_come_two_state_intervals_apart_then_rarely() {
+        let (state, cone) = (Duration::from_secs(10), Duration::from_secs(300));
+        let gaps: Vec<Duration> = (0..4).map(|r| cone_round_gap(r, state, cone)).collect();
+        let s = Duration::from_secs;
+        assert_eq!(gaps, vec![s(20), s(20), s(300), s(300)]);
+        // Never later than the interval asked for.
+        assert_eq!(cone_round_gap(0, state, s(5)), s(5));
     }
 }
