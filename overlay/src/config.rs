@@ -124,15 +124,20 @@ impl Default for OverlayConfig {
 /// simulator, where handling a message takes no time. Over libp2p every message opens a yamux
 /// stream and crosses two tasks, which on a loaded two-core machine in a debug build can take
 /// tens of milliseconds even on loopback, so a child gets at least 250 ms to acknowledge and each
-/// hop keeps 2 ms in hand; the originator's grace is at least 20 ms. A probe of a node the
-/// origin is not connected to dials it first (TCP, the Noise handshake, stream negotiation,
-/// then the ping: four RTTs or more), so the origin waits six budgets for it, at most a second
-/// beyond the budget and at least 250 ms; the RTT the ping measures must still fit the budget.
+/// hop keeps 2 ms in hand. The originator's grace, its wait for answers beyond the budget's
+/// own, is at least 80 ms: answers that climb back several hops, each handled by a busy host,
+/// come later than the sum of the hops' RTTs (on a 48-daemon testbed on two cores, a grace of
+/// 20 ms left 42% of the hosts within 25 ms out of the maps, 80 ms 12%: BENCHMARKS.md "Direct
+/// maps of real daemons"). A probe of a node the origin is not connected to dials it first, and
+/// its result, the kernel's RTT of the TCP handshake ([`crate::handshake_rtt`]), is read when
+/// the connection is up (after the Noise handshake and stream negotiation: three RTTs or more),
+/// so the origin waits six budgets for it, at most a second beyond the budget and at least
+/// 250 ms; the RTT measured must still fit the budget.
 pub fn network_map_config() -> MapConfig {
     MapConfig {
         ack_timeout_min_ms: 250.0,
         hop_guard_ms: 2.0,
-        grace_min_ms: 20.0,
+        grace_min_ms: 80.0,
         probe_wait_factor: 6.0,
         probe_wait_extra_max_ms: 1_000.0,
         probe_wait_min_ms: 250.0,

@@ -65,9 +65,10 @@ pub struct MapConfig {
     pub probe_slack: f64,
     /// How long the origin waits for a probe's result, in budgets (a result within that time
     /// still counts only if its RTT fits the budget). 1 in the simulator, where a probe is one
-    /// ping; a daemon must first dial a node it is not connected to (TCP, the Noise handshake,
-    /// stream negotiation: three RTTs or more before the ping's own), so a probe of a node well
-    /// within the budget would time out if it waited one budget ([`crate::config`]).
+    /// ping; a daemon must first dial a node it is not connected to, and reads the RTT of the
+    /// TCP handshake only once the connection is up (the Noise handshake and stream negotiation
+    /// take three RTTs or more), so a probe of a node well within the budget would time out if
+    /// it waited one budget ([`crate::config`]).
     pub probe_wait_factor: f64,
     /// ... at most this much (ms) beyond one budget (a dial takes a few RTTs, not a few
     /// budgets of a map with a budget of seconds) ...
