@@ -102,6 +102,13 @@ pub struct OverlayArgs {
     /// from the origin than the sender); off by default, as in `MapConfig`.
     #[arg(long)]
     pub outward: bool,
+    /// Links per node of the joining overlay: to its N nearest nodes by RTT ...
+    #[arg(long, value_name = "N", default_value_t = SimConfig::default().near)]
+    pub near: usize,
+    /// ... and to N uniformly random ones (a daemon's membership, 40 s after a testnet came
+    /// up, had about 1 of its 4 nearest among 9 peers: --near 1 --far 8 resembles it).
+    #[arg(long, value_name = "N", default_value_t = SimConfig::default().far)]
+    pub far: usize,
     /// Links per node picked by Vivaldi distance across the space, added to the same overlay
     /// for a third set of maps in the same run (0: none).
     #[arg(long, value_name = "K", default_value_t = 2)]
@@ -261,6 +268,9 @@ struct Scale {
     links: usize,
     vivaldi_err: f64,
     warmup_rounds: usize,
+    /// The joining overlay's nearest and random links per node.
+    near: usize,
+    far: usize,
     build_s: f64,
     maps_s: f64,
     /// Seed 004's maps (paths only) and issue 17's direct maps, same overlay, same origins.
@@ -361,6 +371,8 @@ fn evaluate(
         seed,
         map: path_config(),
         warmup_rounds: args.warmup,
+        near: args.near,
+        far: args.far,
         ..SimConfig::default()
     };
     let mut sim = Simulation::new(model, config);
@@ -398,6 +410,8 @@ fn evaluate(
                 seed,
                 map: args.reach_config(),
                 warmup_rounds: args.warmup,
+                near: args.near,
+                far: args.far,
                 ..SimConfig::default()
             },
         );
@@ -442,6 +456,8 @@ fn evaluate(
         links,
         vivaldi_err,
         warmup_rounds: args.warmup,
+        near: args.near,
+        far: args.far,
         build_s,
         maps_s: t.elapsed().as_secs_f64(),
         rows,
@@ -452,15 +468,14 @@ fn evaluate(
 }
 
 fn print_scale(s: &Scale) {
-    let c = SimConfig::default();
     println!(
         "{}: {} nodes, {} overlay links ({} nearest + {} random per node), Vivaldi median \
          relative error {:.1}% after {} warm-up rounds; built in {:.1} s, maps in {:.1} s",
         s.label,
         s.nodes,
         s.links,
-        c.near,
-        c.far,
+        s.near,
+        s.far,
         100.0 * s.vivaldi_err,
         s.warmup_rounds,
         s.build_s,
