@@ -11,11 +11,9 @@
 //! Every new TCP socket leaves the kernel's handshake RTT in [`HandshakeRtts`] before anything
 //! runs on it, for the probes that dial (see [`crate::handshake_rtt`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use std::time::Instant;
-
-use futures::future;
+use futures::future::Either;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::core::{ConnectedPoint, Transport};
@@ -42,6 +40,7 @@ pub fn build(
 ) -> Result<Swarm<BrumeBehaviour>, OverlayError> {
     let transport_error = |e: &dyn std::fmt::Display| OverlayError::Transport(e.to_string());
     let tcp_config = tcp::Config::default().nodelay(true);
+    let psk = network_key.map(|k| k.psk());
     let tcp = tcp::tokio::Transport::new(tcp_config).and_then(
         move |socket: tcp::tokio::TcpStream, _: ConnectedPoint| {
             if let (Some(rtt), Ok(remote)) =
@@ -49,46 +48,32 @@ pub fn build(
             {
                 rtts.record(remote, rtt, Instant::now());
             }
-            future::ready(Ok::<_, std::io::Error>(socket))
+            async move {
+                match psk {
+                    Some(psk) => PnetConfig::new(psk)
+                        .handshake(socket)
+                        .await
+                        .map(Either::Left),
+                    None => Ok(Either::Right(socket)),
+                }
+            }
         },
     );
-    let swarm = match network_key {
-        None => libp2p::SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_other_transport(|key| {
-                let noise = noise::Config::new(key)?;
-                let transport = tcp
-                    .upgrade(Version::V1Lazy)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default())
-                    .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(transport)
-            })
-            .map_err(|e| transport_error(&e))?
-            .with_behaviour(behaviour)
-            .map_err(|e| transport_error(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
-            .build(),
-        Some(network_key) => {
-            let psk = network_key.psk();
-            libp2p::SwarmBuilder::with_existing_identity(key)
-                .with_tokio()
-                .with_other_transport(|key| {
-                    let noise = noise::Config::new(key)?;
-                    let transport = tcp
-                        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-                        .upgrade(Version::V1Lazy)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default())
-                        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(transport)
-                })
-                .map_err(|e| transport_error(&e))?
-                .with_behaviour(behaviour)
-                .map_err(|e| transport_error(&e))?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
-                .build()
-        }
-    };
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            let transport = tcp
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(transport)
+        })
+        .map_err(|e| transport_error(&e))?
+        .with_behaviour(behaviour)
+        .map_err(|e| transport_error(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE))
+        .build();
     Ok(swarm)
 }
